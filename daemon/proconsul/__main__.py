@@ -1,0 +1,5 @@
+"""`python -m proconsul` runs the command line, the same as the `proconsul` script."""
+
+from proconsul.cli import main
+
+raise SystemExit(main())

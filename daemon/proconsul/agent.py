@@ -1,0 +1,485 @@
+"""The agent: composition root that builds, starts, reloads and stops every part.
+
+Owns the start order (state and consensus, leadership, local state, checks, anti-entropy, then
+the listeners, then READY), the reaction to signals at safe points (SIGHUP reload, SIGTERM and
+SIGINT leave/stop, a second signal exits at once), reload of the reloadable settings, and the
+agent's identity (node name, persisted node ID) as `/v1/agent/self` and `members` report it.
+
+Today the agent runs as a `-dev` server (in-memory, single voter, leader at once). Server
+clusters (Raft) and client agents (gossip) come with their issues; until then the agent refuses
+those modes with a clear message instead of running without durability.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+import proconsul
+from proconsul import config as configmod
+from proconsul import logs
+from proconsul.checks import CheckManager
+from proconsul.flags import FlagError, HelpRequested, ParsedFlags
+from proconsul.leader import reconcile_alive_server
+from proconsul.local import AntiEntropy, LocalCheck, LocalState
+from proconsul.raft.single import SingleNodeLog
+from proconsul.rpc import NoPathToDatacenter, Server
+from proconsul.state.fsm import FSM
+from proconsul.state.store import Store
+from proconsul.structs import DecodeError, decode_check, decode_service
+from proconsul.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
+
+logger = logging.getLogger(__name__)
+
+# Serf member status numbers as `/v1/agent/members` reports them.
+MEMBER_ALIVE = 1
+
+
+class AgentError(Exception):
+    """The agent cannot start; the message says why."""
+
+
+def _node_id(cfg: configmod.RuntimeConfig) -> str:
+    if cfg.node_id:
+        return cfg.node_id
+    if not cfg.data_dir:
+        return str(uuid.uuid4())
+    path = os.path.join(cfg.data_dir, "node-id")
+    try:
+        with open(path, encoding="ascii") as fh:
+            existing = fh.read().strip()
+        uuid.UUID(existing)
+        return existing
+    except FileNotFoundError:
+        pass
+    except ValueError as exc:
+        raise AgentError(f"node ID in {path} is invalid: {exc}") from None
+    new = str(uuid.uuid4())
+    os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(new)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return new
+
+
+class Agent:
+    def __init__(self, cfg: configmod.RuntimeConfig, flags: ParsedFlags | None = None) -> None:
+        self.config = cfg
+        self.flags = flags
+        self.started_at = time.time()
+        self.node_name = cfg.node_name or configmod.hostname()
+        self.node_id = _node_id(cfg)
+        self.address = cfg.advertise_addr or (cfg.bind_addr if cfg.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
+        self.tokens: dict[str, str] = {
+            "default": cfg.acl.tokens.default,
+            "agent": cfg.acl.tokens.agent,
+        }
+        self.store = Store()
+        self.fsm = FSM(self.store)
+        server_addr = f"{self.address}:{cfg.ports.server}"
+        self.log = SingleNodeLog(self.fsm, server_addr, self.node_id, self.node_name)
+        self.server = Server(
+            self.store,
+            self.log,
+            cfg.datacenter,
+            default_query_time_s=cfg.default_query_time_s,
+            max_query_time_s=cfg.max_query_time_s,
+        )
+        self.local = LocalState(
+            self.node_name,
+            self.node_id,
+            self.address,
+            cfg.datacenter,
+            dict(cfg.node_meta),
+            cfg.data_dir,
+            output_max_size=cfg.check_output_max_size,
+        )
+        self.checks = CheckManager(self._report_check, cfg.enable_script_checks, cfg.enable_local_script_checks)
+        self.local.on_check_added = self._check_added
+        self.local.on_check_removed = self.checks.remove
+        self.anti_entropy = AntiEntropy(self.local, self.server)
+        self.notifier = Notifier()
+        self.http: Any = None
+        self._stop = asyncio.Event()
+        self._leave_requested = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._signals_seen = 0
+
+    # --------------------------------------------------------------------------- life cycle
+
+    def _check_added(self, check: LocalCheck) -> None:
+        if self.checks.session is not None:
+            self.checks.add(check.definition, check.source)
+
+    def _report_check(self, check_id: str, status: str, output: str) -> None:
+        if self.config.discard_check_output:
+            output = ""
+        self.local.update_check(check_id, status, output)
+
+    async def start(self) -> None:
+        from proconsul.http.server import HTTPServer
+
+        cfg = self.config
+        await reconcile_alive_server(
+            self.server,
+            self.local.node_record(),
+            cfg.ports.server,
+            {"raft_version": "3", "serf_protocol_current": "2", "serf_protocol_max": "5",
+             "serf_protocol_min": "1", "version": proconsul.CONSUL_COMPAT_VERSION},
+        )
+        await self.checks.open()
+        errors = self._load_config_definitions(cfg)
+        if errors:
+            raise AgentError("; ".join(errors))
+        for warning in self.local.load_persisted():
+            logger.warning("agent: %s", warning)
+        # The first full sync runs before the listeners open, so what the config file defines
+        # is in the catalog by the time a client can ask.
+        await self.local.sync_full(self.server)
+        self._tasks.append(asyncio.get_running_loop().create_task(self.anti_entropy.run(), name="anti-entropy"))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._flush_output_loop(), name="check-output"))
+        addresses = list(cfg.addresses.http or cfg.client_addr)
+        self.http = HTTPServer(self, addresses, cfg.ports.http)
+        await self.http.start()
+        if cfg.pid_file:
+            write_pid_file(cfg.pid_file)
+        logger.info("agent: started; node=%s datacenter=%s server=%s", self.node_name, cfg.datacenter, cfg.server)
+        self.notifier.ready(f"serving; leader of {cfg.datacenter}")
+
+    async def _flush_output_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.config.check_update_interval_s, 1.0))
+            self.local.flush_deferred_output()
+
+    def _load_config_definitions(self, cfg: configmod.RuntimeConfig) -> list[str]:
+        errors: list[str] = []
+        for i, raw in enumerate(cfg.services):
+            try:
+                definition = decode_service(raw)
+            except DecodeError as exc:
+                errors.extend(f"services[{i}].{e}" for e in exc.errors)
+                continue
+            self.local.add_service(definition, "config", cfg.acl.tokens.config_file_service_registration, persist=False)
+        for i, raw in enumerate(cfg.checks):
+            try:
+                check = decode_check(raw)
+                self.local.add_check(check, "config", persist=False)
+            except DecodeError as exc:
+                errors.extend(f"checks[{i}].{e}" for e in exc.errors)
+            except KeyError as exc:
+                errors.append(f"checks[{i}]: {exc.args[0]}")
+        return errors
+
+    async def stop(self) -> None:
+        self.notifier.stopping()
+        if self.http is not None:
+            await self.http.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        await self.checks.close()
+        if self.config.pid_file:
+            remove_pid_file(self.config.pid_file)
+        logger.info("agent: stopped")
+
+    def request_leave(self) -> None:
+        self._leave_requested = True
+        self._stop.set()
+
+    def handle_signal(self, signum: int) -> None:
+        """Signals only set flags; the main loop acts on them at a safe point."""
+        if signum == signal.SIGHUP:
+            asyncio.get_running_loop().create_task(self._reload_from_signal())
+            return
+        self._signals_seen += 1
+        if self._signals_seen > 1:
+            logger.warning("agent: caught second signal, exiting now")
+            os._exit(1)
+        leave = self.config.leave_on_terminate if signum == signal.SIGTERM else not self.config.skip_leave_on_interrupt
+        self._leave_requested = leave
+        self._stop.set()
+
+    async def _reload_from_signal(self) -> None:
+        errors = await self.reload()
+        for error in errors:
+            logger.error("agent: reload failed, keeping the running configuration: %s", error)
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+        if self._leave_requested:
+            logger.info("agent: gracefully leaving")
+
+    # -------------------------------------------------------------------------------- reload
+
+    async def reload(self) -> list[str]:
+        """Re-read the configuration and apply the reloadable part; returns errors, if any."""
+        if self.flags is None:
+            return []
+        self.notifier.reloading()
+        try:
+            try:
+                new = configmod.load_from(self.flags).config
+            except configmod.ConfigError as exc:
+                return list(exc.errors)
+            old = self.config
+            reloadable, restart = configmod.diff(old, new)
+            for name in restart:
+                logger.warning("agent: %s changed; it takes effect after a restart", name)
+            # Replace the config-file services and checks with the new definitions.
+            for sid in [s for s, v in self.local.services.items() if v.source == "config"]:
+                self.local.remove_service(sid, notify=False)
+            for cid in [c for c, v in self.local.checks.items() if v.source == "config"]:
+                self.local.remove_check(cid, notify=False)
+            errors = self._load_config_definitions(new)
+            if errors:
+                self._load_config_definitions(old)
+                return errors
+            logs.set_level(new.log_level)
+            self.local.set_node_meta(dict(new.node_meta))
+            self.tokens["default"] = new.acl.tokens.default or self.tokens["default"]
+            self.tokens["agent"] = new.acl.tokens.agent or self.tokens["agent"]
+            self.config = new
+            self.anti_entropy.trigger()
+            logger.info("agent: reloaded configuration (%d reloadable settings changed)", len(reloadable))
+            return []
+        finally:
+            self.notifier.ready("serving")
+
+    # ------------------------------------------------------------------------------- queries
+
+    def server_for_dc(self, dc: str) -> Server:
+        if dc == self.config.datacenter:
+            return self.server
+        raise NoPathToDatacenter(dc)
+
+    def check_script_allowed(self, checks: Any, source: str) -> None:
+        from proconsul.http.common import bad_request
+
+        if self.config.enable_script_checks:
+            return
+        for check in checks:
+            if check.type == "script":
+                raise bad_request(
+                    "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' to true"
+                )
+
+    def member(self) -> dict[str, Any]:
+        cfg = self.config
+        tags = {
+            "role": "consul" if cfg.server else "node",
+            "dc": cfg.datacenter,
+            "segment": "",
+            "id": self.node_id,
+            "vsn": "2",
+            "vsn_min": "2",
+            "vsn_max": "3",
+            "build": f"{proconsul.CONSUL_COMPAT_VERSION}:proconsul-{proconsul.__version__}",
+        }
+        if cfg.server:
+            tags.update({"port": str(cfg.ports.server), "raft_vsn": "3", "expect": str(cfg.bootstrap_expect)})
+            if cfg.bootstrap:
+                tags["bootstrap"] = "1"
+        return {
+            "Name": self.node_name,
+            "Addr": self.address,
+            "Port": cfg.ports.serf_lan,
+            "Tags": tags,
+            "Status": MEMBER_ALIVE,
+            "ProtocolMin": 1,
+            "ProtocolMax": 5,
+            "ProtocolCur": 2,
+            "DelegateMin": 2,
+            "DelegateMax": 5,
+            "DelegateCur": 4,
+        }
+
+    def members(self, wan: bool = False) -> list[dict[str, Any]]:
+        # A dev agent's gossip pools hold only itself; the gossip issue replaces this.
+        me = self.member()
+        if wan:
+            me = dict(me, Name=f"{self.node_name}.{self.config.datacenter}", Port=self.config.ports.serf_wan)
+        return [me]
+
+    def version_info(self) -> dict[str, Any]:
+        return {
+            "SHA": "",
+            "BuildDate": "",
+            "HumanVersion": proconsul.CONSUL_COMPAT_VERSION,
+            "FIPS": "",
+            "ProconsulVersion": proconsul.__version__,
+        }
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        local = self.local
+        log = self.log
+        return {
+            "agent": {
+                "check_monitors": str(sum(1 for c in local.checks.values() if c.definition.type == "script")),
+                "check_ttls": str(sum(1 for c in local.checks.values() if c.definition.type == "ttl")),
+                "checks": str(len(local.checks)),
+                "services": str(len(local.services)),
+            },
+            "build": {"prerelease": "", "revision": "", "version": proconsul.CONSUL_COMPAT_VERSION},
+            "consul": {
+                "bootstrap": str(self.config.bootstrap).lower(),
+                "known_datacenters": "1",
+                "leader": str(log.is_leader()).lower(),
+                "leader_addr": log.leader_address(),
+                "server": str(self.config.server).lower(),
+            },
+            "raft": {
+                "applied_index": str(log.commit_index),
+                "commit_index": str(log.commit_index),
+                "last_log_index": str(log.commit_index),
+                "num_peers": "0",
+                "state": "Leader",
+                "protocol_version": "3",
+            },
+            "runtime": {
+                "arch": platform.machine(),
+                "os": sys.platform,
+                "version": f"python{platform.python_version()}",
+                "cpu_count": str(os.cpu_count() or 1),
+            },
+            "serf_lan": {"members": "1", "failed": "0", "left": "0"},
+            "serf_wan": {"members": "1", "failed": "0", "left": "0"},
+        }
+
+    def self_info(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "Config": {
+                "Datacenter": cfg.datacenter,
+                "PrimaryDatacenter": cfg.primary_datacenter or cfg.datacenter,
+                "NodeName": self.node_name,
+                "NodeID": self.node_id,
+                "Partition": "",
+                "Revision": "",
+                "Server": cfg.server,
+                "Version": proconsul.CONSUL_COMPAT_VERSION,
+                "BuildDate": "",
+            },
+            "DebugConfig": {
+                "Datacenter": cfg.datacenter,
+                "NodeName": self.node_name,
+                "NodeID": self.node_id,
+                "ServerMode": cfg.server,
+                "DevMode": cfg.dev,
+                "Bootstrap": cfg.bootstrap,
+                "BootstrapExpect": cfg.bootstrap_expect,
+                "DataDir": cfg.data_dir or "",
+                "ClientAddrs": list(cfg.client_addr),
+                "AdvertiseAddrLAN": self.address,
+                "HTTPPort": cfg.ports.http,
+                "DNSPort": cfg.ports.dns,
+                "ServerPort": cfg.ports.server,
+                "SerfPortLAN": cfg.ports.serf_lan,
+                "SerfPortWAN": cfg.ports.serf_wan,
+                "DNSDomain": cfg.domain,
+                "LogLevel": cfg.log_level,
+                "EnableScriptChecks": cfg.enable_script_checks,
+                "EnableLocalScriptChecks": cfg.enable_local_script_checks,
+                "KVMaxValueSize": cfg.limits.kv_max_value_size,
+                "TxnMaxReqLen": cfg.limits.txn_max_req_len,
+                "ConfigFiles": list(cfg.sources),
+            },
+            "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+            "Member": self.member(),
+            "Stats": self.stats(),
+            "Meta": dict(self.local.node_meta),
+            "xDS": None,
+        }
+
+
+def _print_banner(agent: Agent) -> None:
+    cfg = agent.config
+    lines = [
+        "==> Starting Proconsul agent...",
+        f"              Version: '{proconsul.__version__}' (Consul API {proconsul.CONSUL_COMPAT_VERSION})",
+        f"              Node ID: '{agent.node_id}'",
+        f"            Node name: '{agent.node_name}'",
+        f"           Datacenter: '{cfg.datacenter}' (Segment: '<all>')",
+        f"               Server: {str(cfg.server).lower()} (Bootstrap: {str(cfg.bootstrap).lower()})",
+        f"          Client Addr: {list(cfg.client_addr)} (HTTP: {cfg.ports.http}, HTTPS: {cfg.ports.https}, "
+        f"gRPC: {cfg.ports.grpc}, DNS: {cfg.ports.dns})",
+        f"         Cluster Addr: {agent.address} (LAN: {cfg.ports.serf_lan}, WAN: {cfg.ports.serf_wan})",
+        "",
+        "==> Proconsul agent running!",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+async def _run(cfg: configmod.RuntimeConfig, flags: ParsedFlags) -> int:
+    try:
+        loop = asyncio.get_running_loop()
+        agent = Agent(cfg, flags)
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, agent.handle_signal, signum)
+        loop.add_signal_handler(signal.SIGPIPE, lambda: None)
+        try:
+            await agent.start()
+        except (AgentError, PidFileError, OSError) as exc:
+            print(f"==> Error starting agent: {exc}", file=sys.stderr, flush=True)
+            await agent.stop()
+            return 1
+        _print_banner(agent)
+        await agent.wait()
+        await agent.stop()
+        return 0
+    except AgentError as exc:
+        print(f"==> Error starting agent: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+def run_agent(argv: list[str]) -> int:
+    """`proconsul agent ARGS...`: load the config, refuse bad input, run until stopped."""
+    flagset = configmod.agent_flagset()
+    try:
+        flags = flagset.parse(argv)
+    except HelpRequested as exc:
+        print(str(exc), end="")
+        return 0
+    except FlagError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    try:
+        result = configmod.load_from(flags)
+    except configmod.ConfigError as exc:
+        print("==> Config validation failed:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"    {error}", file=sys.stderr)
+        return 1
+    cfg = result.config
+    logs.setup(cfg.log_level, cfg.log_json, cfg.enable_syslog, cfg.syslog_facility)
+    for warning in result.warnings:
+        logger.warning("config: %s", warning)
+    if not cfg.dev:
+        # Without Raft (servers) and gossip (clients) a non-dev agent could not keep its
+        # promises (durability, membership); refuse rather than run without them.
+        print(
+            "==> Error starting agent: only -dev mode is available in this build; "
+            "server clusters and client agents arrive with Raft and gossip",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(_run(cfg, flags))

@@ -1,0 +1,1 @@
+"""Gossip membership (SWIM with Lifeguard): sans-I/O core and asyncio driver."""

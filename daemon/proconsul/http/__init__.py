@@ -1,0 +1,1 @@
+"""The Consul-compatible HTTP API: aiohttp server wiring and the /v1 route modules."""

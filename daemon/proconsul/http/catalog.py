@@ -1,0 +1,272 @@
+"""`/v1/catalog/...`: the cluster-wide register of nodes and services.
+
+Owns catalog register/deregister (direct writes, as opposed to the agent API which goes through
+the agent's local state) and the catalog reads: datacenters, nodes, services, service/:name,
+node/:node, node-services/:node, each with blocking, `?filter`, `?tag`, `?node-meta`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from proconsul import filter as bexpr
+from proconsul.http import render
+from proconsul.http.common import (
+    bad_request,
+    check_dc,
+    filter_items,
+    get_key,
+    json_response,
+    query_options,
+    read_json,
+)
+from proconsul.state import commands
+from proconsul.state.records import HealthCheck, Node, ServiceInstance
+from proconsul.state.store import Store
+from proconsul.structs import CHECK_STATUSES, DecodeError, decode_service
+
+CATALOG_TABLES = ("nodes", "services", "checks")
+
+
+def node_meta_filter(request: web.Request) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in request.query.getall("node-meta", []):
+        k, _, v = pair.partition(":")
+        out[k] = v
+    return out
+
+
+def node_matches_meta(n: Node, wanted: dict[str, str]) -> bool:
+    return all(n.meta.get(k) == v for k, v in wanted.items())
+
+
+def has_tags(svc: ServiceInstance, tags: list[str]) -> bool:
+    lowered = {t.lower() for t in svc.tags}
+    return all(t.lower() in lowered for t in tags)
+
+
+async def register(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    check_dc(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise bad_request("Request decode failed: expected a JSON object")
+    command = decode_register(body, agent.config.datacenter)
+    await agent.server.write(command)
+    return json_response(request, True)
+
+
+def decode_register(body: dict[str, Any], datacenter: str) -> commands.Register:
+    """Decode a `/v1/catalog/register` body into a Register command (400 on bad input)."""
+    node_name = get_key(body, "Node")
+    if not isinstance(node_name, str) or not node_name:
+        raise bad_request("Must provide node")
+    address = get_key(body, "Address")
+    if not isinstance(address, str) or not address:
+        raise bad_request("Must provide address if SkipNodeUpdate is not set")
+    node_id = get_key(body, "ID") or ""
+    tagged = get_key(body, "TaggedAddresses") or {}
+    meta = get_key(body, "NodeMeta") or {}
+    if not isinstance(tagged, dict) or not isinstance(meta, dict):
+        raise bad_request("Request decode failed: TaggedAddresses and NodeMeta must be objects")
+    node = Node(
+        node=node_name,
+        id=str(node_id),
+        address=address,
+        datacenter=datacenter,
+        tagged_addresses={str(k): str(v) for k, v in tagged.items()},
+        meta={str(k): str(v) for k, v in meta.items()},
+    )
+    service = None
+    raw_service = get_key(body, "Service")
+    if raw_service:
+        if not isinstance(raw_service, dict):
+            raise bad_request("Request decode failed: Service must be an object")
+        # The catalog's NodeService names the service `Service`; the decoder expects `Name`.
+        as_def = {k: v for k, v in raw_service.items() if k.lower() not in ("service", "name")}
+        as_def["Name"] = get_key(raw_service, "Service") or get_key(raw_service, "Name") or ""
+        try:
+            definition = decode_service(as_def, strict=False)
+        except DecodeError as exc:
+            raise bad_request("Invalid service: " + "; ".join(exc.errors)) from None
+        service = ServiceInstance(
+            node=node_name,
+            id=definition.id,
+            service=definition.name,
+            tags=definition.tags,
+            address=definition.address,
+            tagged_addresses=definition.tagged_addresses,
+            meta=definition.meta,
+            port=definition.port,
+            weights=definition.weights,
+            enable_tag_override=definition.enable_tag_override,
+            kind=definition.kind,
+        )
+    raw_checks: list[Any] = []
+    single = get_key(body, "Check")
+    if single:
+        raw_checks.append(single)
+    many = get_key(body, "Checks")
+    if many:
+        if not isinstance(many, list):
+            raise bad_request("Request decode failed: Checks must be a list")
+        raw_checks.extend(many)
+    checks = []
+    for raw in raw_checks:
+        if not isinstance(raw, dict):
+            raise bad_request("Request decode failed: a check must be an object")
+        checks.append(decode_catalog_check(raw, node_name, service))
+    skip = bool(get_key(body, "SkipNodeUpdate"))
+    return commands.Register(node=node, service=service, checks=tuple(checks), skip_node_update=skip)
+
+
+def decode_catalog_check(raw: dict[str, Any], node: str, service: ServiceInstance | None) -> HealthCheck:
+    check_id = get_key(raw, "CheckID", "ID") or get_key(raw, "Name") or ""
+    name = get_key(raw, "Name") or check_id
+    if not check_id:
+        raise bad_request("Missing check ID")
+    status = get_key(raw, "Status") or "critical"
+    if status not in CHECK_STATUSES:
+        raise bad_request(f"Invalid check status: {status!r}")
+    service_id = get_key(raw, "ServiceID") or ""
+    definition = get_key(raw, "Definition") or {}
+    return HealthCheck(
+        node=get_key(raw, "Node") or node,
+        check_id=str(check_id),
+        name=str(name),
+        status=status,
+        notes=str(get_key(raw, "Notes") or ""),
+        output=str(get_key(raw, "Output") or ""),
+        service_id=str(service_id),
+        type=str(get_key(raw, "Type") or ""),
+        definition=definition if isinstance(definition, dict) else {},
+    )
+
+
+async def deregister(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    check_dc(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise bad_request("Request decode failed: expected a JSON object")
+    node = get_key(body, "Node")
+    if not isinstance(node, str) or not node:
+        raise bad_request("Must provide node")
+    command = commands.Deregister(
+        node=node,
+        service_id=str(get_key(body, "ServiceID") or ""),
+        check_id=str(get_key(body, "CheckID") or ""),
+    )
+    await agent.server.write(command)
+    return json_response(request, True)
+
+
+async def datacenters(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    return json_response(request, agent.server.known_datacenters())
+
+
+async def nodes(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    opts = query_options(request)
+    wanted = node_meta_filter(request)
+
+    def run(store: Store) -> tuple[int, list[Node]]:
+        index, all_nodes = store.list_nodes()
+        return index, [n for n in all_nodes if node_matches_meta(n, wanted)]
+
+    meta, result = await agent.server.read(opts, run, CATALOG_TABLES)
+    items = filter_items(request, [render.catalog_node(n) for n in result], bexpr.CATALOG_NODE)
+    return json_response(request, items, meta)
+
+
+async def services(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    opts = query_options(request)
+    wanted = node_meta_filter(request)
+
+    def run(store: Store) -> tuple[int, dict[str, list[str]]]:
+        if not wanted:
+            return store.list_services()
+        out: dict[str, set[str]] = {}
+        for node_name, per in store.services.items():
+            n = store.nodes.get(node_name)
+            if n is None or not node_matches_meta(n, wanted):
+                continue
+            for svc in per.values():
+                out.setdefault(svc.service, set()).update(svc.tags)
+        return store.catalog_index("services"), {k: sorted(out[k]) for k in sorted(out)}
+
+    meta, result = await agent.server.read(opts, run, CATALOG_TABLES)
+    return json_response(request, result, meta)
+
+
+async def service_nodes(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    opts = query_options(request)
+    name = request.match_info["service"]
+    tags = request.query.getall("tag", [])
+    wanted = node_meta_filter(request)
+
+    def run(store: Store) -> tuple[int, list[tuple[Node, ServiceInstance]]]:
+        out = []
+        for svc in store.service_instances(name):
+            n = store.nodes.get(svc.node)
+            if n is None or not has_tags(svc, tags) or not node_matches_meta(n, wanted):
+                continue
+            out.append((n, svc))
+        return store.index_for_service(name), out
+
+    meta, result = await agent.server.read(opts, run, CATALOG_TABLES)
+    items = filter_items(request, [render.service_node(n, s) for n, s in result], bexpr.CATALOG_SERVICE_NODE)
+    return json_response(request, items, meta)
+
+
+async def node_detail(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    opts = query_options(request)
+    name = request.match_info["node"]
+
+    def run(store: Store) -> tuple[int, Any]:
+        return _node_services(store, name)
+
+    meta, (n, svcs) = await agent.server.read(opts, run, CATALOG_TABLES)
+    if n is None:
+        return json_response(request, None, meta)
+    body = {"Node": render.node(n), "Services": {s.id: render.service(s) for s in svcs}}
+    return json_response(request, body, meta)
+
+
+def _node_services(store: Store, name: str) -> tuple[int, tuple[Node | None, list[ServiceInstance]]]:
+    index, n, svcs = store.node_services(name)
+    return index, (n, svcs)
+
+
+async def node_services(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    opts = query_options(request)
+    name = request.match_info["node"]
+
+    def run(store: Store) -> tuple[int, Any]:
+        return _node_services(store, name)
+
+    meta, (n, svcs) = await agent.server.read(opts, run, CATALOG_TABLES)
+    if n is None:
+        return json_response(request, None, meta)
+    items = filter_items(request, [render.service(s) for s in svcs], bexpr.CATALOG_NODE_SERVICES)
+    return json_response(request, {"Node": render.node(n), "Services": items}, meta)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.put("/v1/catalog/register", register),
+        web.put("/v1/catalog/deregister", deregister),
+        web.get("/v1/catalog/datacenters", datacenters),
+        web.get("/v1/catalog/nodes", nodes),
+        web.get("/v1/catalog/services", services),
+        web.get("/v1/catalog/service/{service}", service_nodes),
+        web.get("/v1/catalog/node/{node}", node_detail),
+        web.get("/v1/catalog/node-services/{node}", node_services),
+    ]

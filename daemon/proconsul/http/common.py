@@ -1,0 +1,171 @@
+"""Request parsing and response building shared by every /v1 route module.
+
+Owns Consul's cross-cutting HTTP conventions: presence-style boolean parameters, `?index` and
+`?wait` for blocking, `?stale`/`?consistent`, `?dc`, `?filter`, tokens from the three places
+Consul reads them, JSON bodies decoded with one-line 400 reasons, and responses that carry
+`X-Consul-Index`, `X-Consul-KnownLeader`, `X-Consul-LastContact` and the effective consistency.
+The mapping from errors to status codes lives in `http.server`, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from proconsul.config import parse_duration
+from proconsul.rpc import QueryMeta, QueryOptions
+
+try:  # orjson is much faster; stdlib json is the fallback and the pretty printer
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+except ImportError:  # pragma: no cover - orjson is a declared dependency
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class HTTPError(Exception):
+    """Answer with `status` and a plain-text one-line `message`, as Consul does."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def bad_request(message: str) -> HTTPError:
+    return HTTPError(400, message)
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """Presence-style boolean: `?recurse`, `?recurse=1`, `?recurse=true` are true.
+
+    An explicit `false`/`0` is false, as newer Consul versions parse it.
+    """
+    if name not in request.query:
+        return False
+    value = request.query.get(name, "")
+    return value.lower() not in ("false", "0")
+
+
+def uint_param(request: web.Request, name: str, default: int = 0, message: str | None = None) -> int:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text, 10)
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise bad_request(message or f"Invalid {name}: {text!r} is not a non-negative integer") from None
+
+
+def query_options(request: web.Request) -> QueryOptions:
+    """Parse ?index, ?wait, ?stale, ?consistent (and check ?dc) for a read endpoint."""
+    check_dc(request)
+    stale = flag(request, "stale")
+    consistent = flag(request, "consistent")
+    if stale and consistent:
+        raise bad_request("Cannot specify ?stale with ?consistent, conflicting semantics.")
+    wait_s = 0.0
+    wait = request.query.get("wait")
+    if wait:
+        try:
+            wait_s = parse_duration(wait)
+        except ValueError:
+            raise bad_request("Invalid wait time") from None
+        if wait_s < 0:
+            raise bad_request("Invalid wait time")
+    index = uint_param(request, "index", message="Invalid index")
+    return QueryOptions(min_index=index, max_wait_s=wait_s, allow_stale=stale, require_consistent=consistent)
+
+
+def check_dc(request: web.Request) -> None:
+    dc = request.query.get("dc")
+    if dc:
+        request.app["agent"].server_for_dc(dc)
+
+
+def token(request: web.Request) -> str:
+    """The request's ACL token: ?token, then X-Consul-Token, then `Authorization: Bearer`."""
+    if request.query.get("token"):
+        return request.query["token"]
+    header = request.headers.get("X-Consul-Token")
+    if header:
+        return header
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return ""
+
+
+def pretty(request: web.Request) -> bool:
+    return "pretty" in request.query
+
+
+def encode_json(request: web.Request, obj: Any) -> bytes:
+    if pretty(request):
+        # Consul pretty-prints with a four-space indent and a trailing newline.
+        return json.dumps(obj, indent=4).encode() + b"\n"
+    return _dumps(obj)
+
+
+def json_response(
+    request: web.Request, obj: Any, meta: QueryMeta | None = None, status: int = 200, index: int | None = None
+) -> web.Response:
+    resp = web.Response(body=encode_json(request, obj), status=status, content_type="application/json")
+    if meta is not None:
+        set_meta(resp, meta)
+    elif index is not None:
+        resp.headers["X-Consul-Index"] = str(max(index, 1))
+    return resp
+
+
+def set_meta(resp: web.StreamResponse, meta: QueryMeta) -> None:
+    resp.headers["X-Consul-Index"] = str(meta.index)
+    resp.headers["X-Consul-KnownLeader"] = "true" if meta.known_leader else "false"
+    resp.headers["X-Consul-LastContact"] = str(meta.last_contact_ms)
+    resp.headers["X-Consul-Effective-Consistency"] = meta.consistency
+
+
+async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
+    """Decode the JSON body; malformed JSON is a 400 with a one-line reason."""
+    body = await request.read()
+    if not body.strip():
+        if allow_empty:
+            return None
+        raise bad_request("Request decode failed: empty request body")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"Request decode failed: {exc}") from None
+
+
+def get_key(obj: dict[str, Any], *names: str) -> Any:
+    """Look up a field case-insensitively (Go's JSON decoder matches names that way)."""
+    from proconsul.structs import canonical_key
+
+    wanted = {canonical_key(n) for n in names}
+    for k, v in obj.items():
+        if canonical_key(str(k)) in wanted:
+            return v
+    return None
+
+
+def filter_items(request: web.Request, items: Any, schema: Any) -> Any:
+    """Apply `?filter=` (go-bexpr) to a list of JSON objects or to a map's values."""
+    expr = request.query.get("filter")
+    if not expr:
+        return items
+    from proconsul.filter import FilterError, apply_filter
+
+    try:
+        return apply_filter(expr, items, schema)
+    except FilterError as exc:
+        raise bad_request(str(exc)) from None

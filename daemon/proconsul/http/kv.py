@@ -1,0 +1,151 @@
+"""`/v1/kv/<key>`: Consul's KV API (GET with recurse/keys/raw, PUT with cas/flags/locks, DELETE).
+
+Owns the translation between KV HTTP requests and `KVS` FSM commands or store reads, including
+Consul's quirks: a miss is 404 with an index, `?keys` with a separator collapses sub-folders,
+`?raw` returns the bare bytes, values over `limits.kv_max_value_size` get 413.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proconsul.http import render
+from proconsul.http.common import HTTPError, bad_request, flag, json_response, query_options, set_meta, uint_param
+from proconsul.state import commands
+from proconsul.state.records import DirEntry
+from proconsul.state.store import Store
+
+MAX_UINT64 = (1 << 64) - 1
+
+
+def _key(request: web.Request) -> str:
+    key = request.match_info.get("key", "")
+    return key
+
+
+async def kv_get(request: web.Request) -> web.StreamResponse:
+    agent = request.app["agent"]
+    key = _key(request)
+    opts = query_options(request)
+    server = agent.server
+    if flag(request, "keys"):
+        separator = request.query.get("separator", "")
+
+        def run_keys(store: Store) -> tuple[int, list[str]]:
+            index, entries = store.kv_list(key)
+            return index, _collapse_keys(key, [e.key for e in entries], separator)
+
+        meta, keys = await server.read(opts, run_keys, ("kvs", "tombstones"), kv_prefix=key)
+        if not keys:
+            resp = web.Response(status=404)
+            set_meta(resp, meta)
+            return resp
+        return json_response(request, keys, meta)
+    if flag(request, "recurse"):
+
+        def run_list(store: Store) -> tuple[int, list[DirEntry]]:
+            return store.kv_list(key)
+
+        meta, entries = await server.read(opts, run_list, ("kvs", "tombstones"), kv_prefix=key)
+        if not entries:
+            resp = web.Response(status=404)
+            set_meta(resp, meta)
+            return resp
+        return json_response(request, [render.dir_entry(e) for e in entries], meta)
+
+    def run_get(store: Store) -> tuple[int, DirEntry | None]:
+        return store.kv_get(key)
+
+    meta, entry = await server.read(opts, run_get, ("kvs", "tombstones"), kv_prefix=key)
+    if entry is None:
+        resp = web.Response(status=404)
+        set_meta(resp, meta)
+        return resp
+    if flag(request, "raw"):
+        # Consul stopped sniffing the content type (CVE-2020-25864): raw values are text/plain.
+        resp = web.Response(body=entry.value or b"", content_type="text/plain")
+        set_meta(resp, meta)
+        return resp
+    return json_response(request, [render.dir_entry(entry)], meta)
+
+
+def _collapse_keys(prefix: str, keys: list[str], separator: str) -> list[str]:
+    """`?keys&separator=/`: list keys up to the next separator after the prefix, de-duplicated."""
+    if not separator:
+        return keys
+    out: list[str] = []
+    for k in keys:
+        rest = k[len(prefix):]
+        pos = rest.find(separator)
+        item = k if pos < 0 else prefix + rest[: pos + len(separator)]
+        if not out or out[-1] != item:
+            out.append(item)
+    return out
+
+
+async def kv_put(request: web.Request) -> web.StreamResponse:
+    agent = request.app["agent"]
+    from proconsul.http.common import check_dc
+
+    check_dc(request)
+    key = _key(request)
+    if not key:
+        raise bad_request("Missing key name")
+    if request.query.get("recurse") is not None and "recurse" in request.query:
+        raise bad_request("Cannot set recurse with PUT")
+    limit = agent.config.limits.kv_max_value_size
+    if request.content_length is not None and request.content_length > limit:
+        raise HTTPError(
+            413, f"Request body(+{request.content_length} bytes) too large, max size: {limit} bytes. See "
+            "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size."
+        )
+    value = await request.content.read(limit + 1)
+    if len(value) > limit:
+        raise HTTPError(413, f"Request body too large, max size: {limit} bytes.")
+    flags = uint_param(request, "flags", message="Invalid flags")
+    if flags > MAX_UINT64:
+        raise bad_request("Invalid flags")
+    op = commands.KVOp.SET
+    session = ""
+    cas_index = 0
+    if "cas" in request.query:
+        cas_index = uint_param(request, "cas", message="Invalid cas")
+        op = commands.KVOp.CAS
+    if "acquire" in request.query:
+        session = request.query["acquire"]
+        op = commands.KVOp.LOCK
+    if "release" in request.query:
+        session = request.query["release"]
+        op = commands.KVOp.UNLOCK
+    entry = DirEntry(key=key, value=value, flags=flags, session=session, modify_index=cas_index)
+    meta, ok = await agent.server.write(commands.KVS(op, entry))
+    return json_response(request, bool(ok), index=meta.index)
+
+
+async def kv_delete(request: web.Request) -> web.StreamResponse:
+    agent = request.app["agent"]
+    from proconsul.http.common import check_dc
+
+    check_dc(request)
+    key = _key(request)
+    op = commands.KVOp.DELETE
+    cas_index = 0
+    if flag(request, "recurse"):
+        op = commands.KVOp.DELETE_TREE
+    elif not key:
+        raise bad_request("Missing key name")
+    if "cas" in request.query:
+        if op == commands.KVOp.DELETE_TREE:
+            raise bad_request("Conflicting flags: cas=true, recurse=true")
+        cas_index = uint_param(request, "cas", message="Invalid cas")
+        op = commands.KVOp.DELETE_CAS
+    meta, ok = await agent.server.write(commands.KVS(op, DirEntry(key=key, modify_index=cas_index)))
+    return json_response(request, bool(ok), index=meta.index)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/v1/kv/{key:.*}", kv_get),
+        web.put("/v1/kv/{key:.*}", kv_put),
+        web.delete("/v1/kv/{key:.*}", kv_delete),
+    ]

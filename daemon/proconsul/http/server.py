@@ -1,0 +1,103 @@
+"""The HTTP server: aiohttp application, route table and the one error-to-status mapping.
+
+Owns wiring the /v1 route modules into one aiohttp application, the middleware that every
+request passes through (URL sanity, headers Consul always sends, error mapping), and the
+listeners on `client_addr:ports.http`. Each route module owns its endpoints; this module owns
+what they share.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from proconsul.http import agent as agent_routes
+from proconsul.http import catalog, health, kv, status, txn
+from proconsul.http.common import HTTPError
+from proconsul.rpc import RPCError
+from proconsul.state.store import StoreError
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=message)
+
+
+@web.middleware
+async def consul_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # A decoded path with control characters (e.g. a URL-encoded newline in a KV key) is
+    # refused, as Consul does, before it can reach a store key.
+    path = request.path
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+        return _error(400, "Invalid URL path: contains a non-printable character")
+    try:
+        resp = await handler(request)
+    except HTTPError as exc:
+        resp = _error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status == 405:
+            resp = _error(405, f"method {request.method} not allowed")
+        elif exc.status == 404:
+            resp = _error(404, "")
+        elif exc.status == 413:
+            resp = _error(413, "Request body too large")
+        else:
+            raise
+    except (RPCError, StoreError) as exc:
+        # RPC and state errors are 500 with the error text, as Consul answers them.
+        resp = _error(500, str(exc))
+    except ValueError as exc:
+        resp = _error(400, str(exc))
+    resp.headers.setdefault("X-Consul-Default-Acl-Policy", "allow")
+    extra = request.app.get("response_headers") or {}
+    for name, value in extra.items():
+        resp.headers[name] = value
+    return resp
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(text="Consul Agent")
+
+
+def build_app(agent: Any) -> web.Application:
+    # Bodies are read by the handlers with their own limits (KV: kv_max_value_size, txn:
+    # txn_max_req_len); this cap only bounds JSON bodies read with request.read().
+    app = web.Application(middlewares=[consul_middleware], client_max_size=4 * 1024 * 1024)
+    app["agent"] = agent
+    app["response_headers"] = dict(getattr(agent.config, "http_response_headers", {}) or {})
+    app.router.add_get("/", index)
+    for module in (agent_routes, catalog, health, kv, txn, status):
+        app.router.add_routes(module.routes())
+    return app
+
+
+class HTTPServer:
+    """Listens on every client address; `start()` returns once the sockets are bound."""
+
+    def __init__(self, agent: Any, addresses: list[str], port: int) -> None:
+        self.app = build_app(agent)
+        self.addresses = addresses
+        self.port = port
+        self.runner: web.AppRunner | None = None
+        self.bound: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        for address in self.addresses:
+            site = web.TCPSite(self.runner, address, self.port, reuse_address=True)
+            await site.start()
+            server = getattr(site, "_server", None)
+            for sock in getattr(server, "sockets", None) or []:
+                self.bound.append(sock.getsockname()[:2])
+        logger.info("http: listening on %s", ", ".join(f"{h}:{p}" for h, p in self.bound))
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None

@@ -1,0 +1,199 @@
+"""Server-side RPC endpoints and the blocking-query helper.
+
+Owns what a server answers: named endpoints (`KVS.Get`, `Catalog.Register`, ...) that read the
+state store under Consul's consistency modes or propose FSM commands through the replicated log,
+and the blocking-query loop (`?index=&wait=`) that parks on store watches.
+
+Callers (the HTTP API, DNS, the agent's anti-entropy) go through `Server.read` and
+`Server.write`. In a server agent these are in-process calls; the Raft and gossip issues add the
+network path (forwarding to the leader, client agents calling a server) behind the same methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
+
+from proconsul.state import commands
+from proconsul.state.store import Store, StoreError
+
+
+class Consensus(Protocol):
+    """The replicated log as the RPC layer uses it.
+
+    `apply` returns only after the command is committed and applied to the local FSM, with the
+    log index and the FSM's result. It raises `NotLeader` when this server cannot propose and
+    `UnknownOutcome` when leadership was lost after proposing (the write may or may not commit).
+    """
+
+    def is_leader(self) -> bool: ...
+
+    def leader_address(self) -> str: ...
+
+    def last_contact_ms(self) -> int: ...
+
+    def voters(self) -> list[tuple[str, str, str]]: ...
+
+    async def apply(self, command: commands.Command) -> tuple[int, Any]: ...
+
+    async def verify_leader(self) -> None: ...
+
+
+class RPCError(Exception):
+    """An error answered to the caller; HTTP maps it to 500 with this text (Consul's behaviour)."""
+
+
+class NoLeader(RPCError):
+    def __init__(self) -> None:
+        super().__init__("No cluster leader")
+
+
+class NotLeader(RPCError):
+    def __init__(self, leader: str = "") -> None:
+        super().__init__("node is not the leader")
+        self.leader = leader
+
+
+class UnknownOutcome(RPCError):
+    """Leadership was lost after the command was proposed: it may or may not have committed."""
+
+
+class NoPathToDatacenter(RPCError):
+    def __init__(self, dc: str) -> None:
+        super().__init__("No path to datacenter")
+        self.dc = dc
+
+
+@dataclass(frozen=True, slots=True)
+class QueryOptions:
+    min_index: int = 0  # ?index: block until the result's index exceeds it
+    max_wait_s: float = 0.0  # ?wait, already clamped to max_query_time; 0 = default
+    allow_stale: bool = False  # ?stale
+    require_consistent: bool = False  # ?consistent
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMeta:
+    index: int
+    known_leader: bool
+    last_contact_ms: int
+    consistency: str  # "leader" | "stale" | "consistent"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteMeta:
+    index: int
+
+
+# A read is a function of the store returning (index, result).
+ReadFn = Callable[[Store], tuple[int, Any]]
+
+# Jitter added to blocking waits, as a fraction of the wait (Consul's JitterFraction is 16).
+JITTER_FRACTION = 16
+
+
+class Server:
+    """A server's RPC surface for one datacenter."""
+
+    def __init__(
+        self,
+        store: Store,
+        consensus: Consensus,
+        datacenter: str,
+        default_query_time_s: float = 300.0,
+        max_query_time_s: float = 600.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.consensus = consensus
+        self.datacenter = datacenter
+        self.default_query_time_s = default_query_time_s
+        self.max_query_time_s = max_query_time_s
+        self.rng = rng or random.Random()
+        self.known_datacenters: Callable[[], list[str]] = lambda: [datacenter]
+
+    # ---------------------------------------------------------------------------------- reads
+
+    def _meta(self, index: int, consistency: str) -> QueryMeta:
+        c = self.consensus
+        # X-Consul-Index must never be 0: clients treat 0 as "no blocking support" and spin.
+        return QueryMeta(max(index, 1), bool(c.leader_address()), c.last_contact_ms(), consistency)
+
+    def wait_time(self, opts: QueryOptions) -> float:
+        """The blocking deadline in seconds: ?wait (default and cap from config) plus jitter."""
+        wait = opts.max_wait_s or self.default_query_time_s
+        wait = min(wait, self.max_query_time_s)
+        return wait + self.rng.uniform(0, wait / JITTER_FRACTION)
+
+    async def read(
+        self,
+        opts: QueryOptions,
+        run: ReadFn,
+        tables: Iterable[str],
+        kv_prefix: str | None = None,
+    ) -> tuple[QueryMeta, Any]:
+        """Answer a read under `opts`, blocking while the result's index is <= opts.min_index."""
+        c = self.consensus
+        if opts.allow_stale:
+            consistency = "stale"
+        else:
+            if not c.is_leader():
+                if not c.leader_address():
+                    raise NoLeader()
+                raise NotLeader(c.leader_address())
+            consistency = "leader"
+            if opts.require_consistent:
+                await c.verify_leader()
+                consistency = "consistent"
+        tables = tuple(tables)
+        index, result = run(self.store)
+        if opts.min_index <= 0 or index > opts.min_index:
+            return self._meta(index, consistency), result
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_time(opts)
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return self._meta(index, consistency), result
+            woken = asyncio.Event()
+            watch = self.store.watch(tables, woken.set, kv_prefix=kv_prefix)
+            try:
+                await asyncio.wait_for(woken.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self.store.unwatch(watch)
+            index, result = run(self.store)
+            if index > opts.min_index:
+                return self._meta(index, consistency), result
+
+    # --------------------------------------------------------------------------------- writes
+
+    async def write(self, command: commands.Command) -> tuple[WriteMeta, Any]:
+        """Propose `command`; returns the index it was applied at and the FSM's result.
+
+        A StoreError from the FSM is raised here, so the HTTP layer reports it as Consul does.
+        """
+        if not self.consensus.is_leader():
+            if not self.consensus.leader_address():
+                raise NoLeader()
+            raise NotLeader(self.consensus.leader_address())
+        index, result = await self.consensus.apply(command)
+        if isinstance(result, StoreError):
+            raise result
+        return WriteMeta(index), result
+
+    # ------------------------------------------------------------------------------- status
+
+    def leader(self) -> str:
+        return self.consensus.leader_address()
+
+    def peers(self) -> list[str]:
+        return [addr for _, _, addr in self.consensus.voters()]
+
+    def check_datacenter(self, dc: str | None) -> None:
+        """Requests for another datacenter need WAN forwarding (the multi-DC issue)."""
+        if dc and dc != self.datacenter:
+            raise NoPathToDatacenter(dc)

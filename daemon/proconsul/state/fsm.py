@@ -1,0 +1,184 @@
+"""The FSM: applies committed commands to the store, deterministically.
+
+Owns the mapping from a committed log entry (index, command) to store mutations and to the
+result returned to whoever proposed it. Apply must be deterministic: the same sequence of
+entries gives the same store on every server (no clocks, no randomness, no set ordering).
+A command the store rejects (StoreError) changes nothing and its error is the result, so the
+entry is still consumed identically everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from proconsul.state import commands as cmd
+from proconsul.state.records import DirEntry
+from proconsul.state.store import Store, StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class TxnError:
+    op_index: int
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """Either `results` (entries per op; None for ops without a result) or `errors`."""
+
+    results: tuple[DirEntry | None, ...] = ()
+    errors: tuple[TxnError, ...] = ()
+
+
+class FSM:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def apply(self, index: int, command: cmd.Command) -> Any:
+        """Apply one committed command at `index`; returns its result or a StoreError."""
+        store = self.store
+        try:
+            if isinstance(command, cmd.KVS):
+                return self._apply_kv(index, command)
+            if isinstance(command, cmd.Register):
+                store.begin()
+                try:
+                    store.ensure_registration(
+                        index, command.node, command.service, command.checks, command.skip_node_update
+                    )
+                except StoreError:
+                    store.rollback()
+                    raise
+                store.commit()
+                return None
+            if isinstance(command, cmd.Deregister):
+                store.deregister(index, command.node, command.service_id, command.check_id)
+                return None
+            if isinstance(command, cmd.SessionOp):
+                if command.op == "create":
+                    store.create_session(index, command.session)
+                    return command.session.id
+                store.destroy_session(index, command.session.id)
+                return True
+            if isinstance(command, cmd.Txn):
+                return self._apply_txn(index, command)
+            return None
+        except StoreError as exc:
+            return exc
+        finally:
+            store.finish(index)
+
+    def _apply_kv(self, index: int, op: cmd.KVS) -> Any:
+        store, entry = self.store, op.entry
+        if op.op == cmd.KVOp.SET:
+            return store.kv_set(index, entry)
+        if op.op == cmd.KVOp.CAS:
+            return store.kv_cas(index, entry)
+        if op.op == cmd.KVOp.DELETE:
+            store.begin()
+            store._kv_delete(index, entry.key)
+            store.commit()
+            return True
+        if op.op == cmd.KVOp.DELETE_CAS:
+            return store.kv_delete_cas(index, entry.key, entry.modify_index)
+        if op.op == cmd.KVOp.DELETE_TREE:
+            store.kv_delete_tree(index, entry.key)
+            return True
+        if op.op == cmd.KVOp.LOCK:
+            return store.kv_lock(index, entry)
+        if op.op == cmd.KVOp.UNLOCK:
+            return store.kv_unlock(index, entry)
+        raise StoreError(f"Invalid KV operation {op.op!r}")
+
+    def _apply_txn(self, index: int, txn: cmd.Txn) -> TxnResult:
+        store = self.store
+        store.begin()
+        results: list[DirEntry | None] = []
+        errors: list[TxnError] = []
+        for i, op in enumerate(txn.ops):
+            try:
+                errors_before = len(errors)
+                results.extend(self._txn_op(index, i, op, errors))
+                if len(errors) > errors_before:
+                    continue
+            except StoreError as exc:
+                errors.append(TxnError(i, str(exc)))
+        if errors:
+            store.rollback()
+            return TxnResult(errors=tuple(errors))
+        store.commit()
+        return TxnResult(results=tuple(results))
+
+    def _txn_op(self, index: int, i: int, op: cmd.KVS, errors: list[TxnError]) -> list[DirEntry | None]:
+        """Run one txn KV op; returns its result entries (value blanked for writes, as Consul)."""
+        return txn_kv_op(self.store, index, i, op, errors)
+
+
+def txn_kv_op(store: Store, index: int, i: int, op: cmd.KVS, errors: list[TxnError]) -> list[DirEntry | None]:
+    """One KV transaction operation against `store` (reads need no index and change nothing)."""
+    e = op.entry
+    verb = op.op
+    existing = store.kv.get(e.key)
+
+    def fail(what: str) -> list[DirEntry | None]:
+        errors.append(TxnError(i, what))
+        return []
+
+    def written() -> list[DirEntry | None]:
+        now = store.kv.get(e.key)
+        return [replace(now, value=None)] if now is not None else []
+
+    if verb == cmd.KVOp.GET:
+        if existing is None:
+            return fail(f'key "{e.key}" doesn\'t exist')
+        return [existing]
+    if verb == cmd.KVOp.GET_OR_EMPTY:
+        return [existing] if existing is not None else []
+    if verb == cmd.KVOp.GET_TREE:
+        return [store.kv[k] for k in store.kv_keys_under(e.key)]
+    if verb == cmd.KVOp.CHECK_INDEX:
+        if existing is None:
+            return fail(f'key "{e.key}" doesn\'t exist')
+        if existing.modify_index != e.modify_index:
+            return fail(
+                f'current modify index {existing.modify_index} for key "{e.key}" doesn\'t match '
+                f"provided index {e.modify_index}"
+            )
+        return [replace(existing, value=None)]
+    if verb == cmd.KVOp.CHECK_SESSION:
+        if existing is None:
+            return fail(f'key "{e.key}" doesn\'t exist')
+        if existing.session != e.session:
+            return fail(f'key "{e.key}" is not currently locked by session "{e.session}"')
+        return [replace(existing, value=None)]
+    if verb == cmd.KVOp.CHECK_NOT_EXISTS:
+        if existing is not None:
+            return fail(f'key "{e.key}" exists')
+        return []
+    if verb == cmd.KVOp.SET:
+        store.kv_set(index, e)
+        return written()
+    if verb == cmd.KVOp.CAS:
+        if not store.kv_cas(index, e):
+            return fail(f'failed to set key "{e.key}", index is stale')
+        return written()
+    if verb == cmd.KVOp.LOCK:
+        if not store.kv_lock(index, e):
+            return fail(f'failed to lock key "{e.key}", lock is already held')
+        return written()
+    if verb == cmd.KVOp.UNLOCK:
+        if not store.kv_unlock(index, e):
+            return fail(f'failed to unlock key "{e.key}", lock isn\'t held, or is held by another session')
+        return written()
+    if verb == cmd.KVOp.DELETE:
+        store._kv_delete(index, e.key)
+        return []
+    if verb == cmd.KVOp.DELETE_CAS:
+        if not store.kv_delete_cas(index, e.key, e.modify_index):
+            return fail(f'failed to delete key "{e.key}", index is stale')
+        return []
+    if verb == cmd.KVOp.DELETE_TREE:
+        store.kv_delete_tree(index, e.key)
+        return []
+    return fail(f"unknown KV verb {verb!r}")

@@ -1,0 +1,134 @@
+"""Immutable records stored in the state store's tables, and their wire form.
+
+Owns the shape of catalog nodes, service instances, health checks, KV entries and sessions as
+the store keeps them. Records are frozen: an update builds a new record, so a reader may hold one
+across writes without copying (the store shares them between index versions). Each record can
+turn itself into plain msgpack-able values (`to_wire`) and back, for FSM commands and snapshots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+class _Wire:
+    """Mixin: positional list encoding in field order (append-only: new fields go last)."""
+
+    __slots__ = ()
+
+    def to_wire(self) -> list[Any]:
+        return [getattr(self, f.name) for f in fields(self)]  # type: ignore[arg-type]
+
+    @classmethod
+    def from_wire(cls: type[T], data: list[Any]) -> T:
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        return cls(**{n: _freeze(v) for n, v in zip(names, data)})
+
+
+@dataclass(frozen=True, slots=True)
+class Node(_Wire):
+    node: str
+    id: str = ""
+    address: str = ""
+    datacenter: str = ""
+    tagged_addresses: Mapping[str, str] = None  # type: ignore[assignment]
+    meta: Mapping[str, str] = None  # type: ignore[assignment]
+    create_index: int = 0
+    modify_index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tagged_addresses is None:
+            object.__setattr__(self, "tagged_addresses", {})
+        if self.meta is None:
+            object.__setattr__(self, "meta", {})
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInstance(_Wire):
+    """A service registered on a node (Consul's NodeService)."""
+
+    node: str
+    id: str
+    service: str
+    tags: tuple[str, ...] = ()
+    address: str = ""
+    tagged_addresses: Mapping[str, Any] = None  # type: ignore[assignment]
+    meta: Mapping[str, str] = None  # type: ignore[assignment]
+    port: int = 0
+    weights: tuple[int, int] = (1, 1)
+    enable_tag_override: bool = False
+    kind: str = ""
+    extra: Mapping[str, Any] = None  # type: ignore[assignment]  # Proxy, Connect, Locality...
+    create_index: int = 0
+    modify_index: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("tagged_addresses", "meta", "extra"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, {})
+        if isinstance(self.weights, list):
+            object.__setattr__(self, "weights", tuple(self.weights))
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck(_Wire):
+    node: str
+    check_id: str
+    name: str = ""
+    status: str = "critical"
+    notes: str = ""
+    output: str = ""
+    service_id: str = ""
+    service_name: str = ""
+    service_tags: tuple[str, ...] = ()
+    type: str = ""
+    interval: str = ""  # Go duration text, as Consul shows it in the catalog
+    timeout: str = ""
+    definition: Mapping[str, Any] = None  # type: ignore[assignment]
+    create_index: int = 0
+    modify_index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.definition is None:
+            object.__setattr__(self, "definition", {})
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry(_Wire):
+    key: str
+    value: bytes | None = None
+    flags: int = 0
+    session: str = ""
+    lock_index: int = 0
+    create_index: int = 0
+    modify_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Session(_Wire):
+    id: str
+    name: str = ""
+    node: str = ""
+    node_checks: tuple[str, ...] = ()
+    service_checks: tuple[tuple[str, str], ...] = ()  # (check ID, namespace)
+    lock_delay_ns: int = 15_000_000_000
+    behavior: str = "release"
+    ttl: str = ""
+    create_index: int = 0
+    modify_index: int = 0
+
+    def check_ids(self) -> tuple[str, ...]:
+        return self.node_checks + tuple(c for c, _ in self.service_checks)
+
+
+def with_indexes(record: T, create_index: int, modify_index: int) -> T:
+    return replace(record, create_index=create_index, modify_index=modify_index)  # type: ignore[type-var]

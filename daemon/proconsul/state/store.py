@@ -1,0 +1,593 @@
+"""The state store: catalog, KV and session tables, their indexes, watches and snapshots.
+
+Owns the replicated data and Consul's index semantics. Every mutation happens at one log index
+(the Raft index), passed in by the FSM; `CreateIndex`/`ModifyIndex`/`LockIndex` derive from it.
+Reads return immutable records plus the index a blocking query compares against, following
+Consul's state store: a KV read answers the entry's ModifyIndex, a miss or a prefix read the
+highest index of the entries and tombstones below it, catalog reads the per-service or per-table
+index.
+
+Watches are one-shot callbacks registered per table (and per KV prefix, so a blocking read of
+one key is not woken by writes to unrelated keys). They fire after a command has been applied
+as a whole. The store never awaits; the asyncio side turns callbacks into events.
+
+Not thread-safe: the agent's event loop is the only caller.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import replace
+from typing import Any, Callable, Iterable
+
+import msgpack
+
+from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
+from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
+
+TABLES = ("nodes", "services", "checks", "kvs", "tombstones", "sessions")
+
+
+class StoreError(Exception):
+    """A command was rejected by the store's rules; the message is shown to the client."""
+
+
+class _Watch:
+    __slots__ = ("tables", "kv_prefix", "fire", "active")
+
+    def __init__(self, tables: frozenset[str], kv_prefix: str | None, fire: Callable[[], None]) -> None:
+        self.tables = tables
+        self.kv_prefix = kv_prefix
+        self.fire = fire
+        self.active = True
+
+
+class Store:
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.services: dict[str, dict[str, ServiceInstance]] = {}  # node -> service ID -> instance
+        self.checks: dict[str, dict[str, HealthCheck]] = {}  # node -> check ID -> check
+        self.kv: dict[str, DirEntry] = {}
+        self._kv_sorted: list[str] = []
+        self.tombstones: dict[str, int] = {}  # deleted key -> index of deletion
+        self.sessions: dict[str, Session] = {}
+        self.table_index: dict[str, int] = {t: 0 for t in TABLES}
+        self.service_index: dict[str, int] = {}  # service name -> last index touching it
+        self.last_index = 0
+        self._watches: list[_Watch] = []
+        # Changes accumulated while a command applies; watches fire once at the end.
+        self._dirty_tables: set[str] = set()
+        self._dirty_keys: list[str] = []
+        self._undo: list[Callable[[], None]] | None = None
+
+    # ------------------------------------------------------------------------------- watches
+
+    def watch(
+        self, tables: Iterable[str], fire: Callable[[], None], kv_prefix: str | None = None
+    ) -> _Watch:
+        """Register a one-shot callback for the next change to any of `tables`.
+
+        With `kv_prefix`, a `kvs`/`tombstones` change fires it only when a changed key starts
+        with the prefix. The callback runs synchronously at the end of the applying command.
+        """
+        w = _Watch(frozenset(tables), kv_prefix, fire)
+        self._watches.append(w)
+        return w
+
+    def unwatch(self, w: _Watch) -> None:
+        if w.active:
+            w.active = False
+            try:
+                self._watches.remove(w)
+            except ValueError:
+                pass
+
+    def _touch(self, table: str, index: int) -> None:
+        if self._undo is not None:
+            old = self.table_index[table]
+            self._undo.append(lambda: self.table_index.__setitem__(table, old))
+        self.table_index[table] = index
+        self._dirty_tables.add(table)
+
+    def _touch_service(self, name: str, index: int) -> None:
+        self._log_undo_dict(self.service_index, name)
+        self.service_index[name] = index
+
+    def finish(self, index: int) -> None:
+        """Close one applied command: advance the index and fire matching watches."""
+        if index > self.last_index:
+            self.last_index = index
+        tables, keys = self._dirty_tables, self._dirty_keys
+        self._dirty_tables, self._dirty_keys = set(), []
+        if not tables:
+            return
+        remaining: list[_Watch] = []
+        fired: list[_Watch] = []
+        for w in self._watches:
+            hit = bool(w.tables & tables)
+            if hit and w.kv_prefix is not None and not (tables - {"kvs", "tombstones"}) & w.tables:
+                prefix = w.kv_prefix
+                hit = any(k.startswith(prefix) for k in keys)
+            (fired if hit else remaining).append(w)
+        self._watches = remaining
+        for w in fired:
+            w.active = False
+            w.fire()
+
+    # ------------------------------------------------------------------------------- catalog
+
+    def ensure_registration(
+        self,
+        index: int,
+        node: Node,
+        service: ServiceInstance | None,
+        checks: tuple[HealthCheck, ...],
+        skip_node_update: bool,
+    ) -> None:
+        """Apply a catalog register at `index`, validating everything before changing anything."""
+        existing = self.nodes.get(node.node)
+        if node.id:
+            for other in self.nodes.values():
+                if other.id == node.id and other.node != node.node:
+                    raise StoreError(
+                        f'Failed inserting node: Error while renaming Node ID: "{node.id}": '
+                        f'Node name {other.node} is reserved by node {node.id} with name {other.node}'
+                    )
+        if service is not None and not service.service:
+            raise StoreError("Must provide service name with ID")
+        for check in checks:
+            if check.service_id and check.service_id != (service.id if service else None):
+                if check.service_id not in self.services.get(node.node, {}):
+                    raise StoreError(
+                        f'Failed to register check: Unknown service ID "{check.service_id}" '
+                        f'for check ID "{check.check_id}"'
+                    )
+        if existing is None or not skip_node_update:
+            self._ensure_node(index, node)
+        if service is not None:
+            self._ensure_service(index, node.node, service)
+        for check in checks:
+            self._ensure_check(index, check)
+
+    def _ensure_node(self, index: int, node: Node) -> None:
+        existing = self.nodes.get(node.node)
+        if existing is not None:
+            if (
+                existing.id == (node.id or existing.id)
+                and existing.address == node.address
+                and existing.datacenter == (node.datacenter or existing.datacenter)
+                and dict(existing.tagged_addresses) == dict(node.tagged_addresses)
+                and dict(existing.meta) == dict(node.meta)
+            ):
+                return  # unchanged: no index bump, so blocking readers are not woken
+            record = replace(
+                node,
+                id=node.id or existing.id,
+                create_index=existing.create_index,
+                modify_index=index,
+            )
+        else:
+            record = replace(node, create_index=index, modify_index=index)
+        self._log_undo_dict(self.nodes, node.node)
+        self.nodes[node.node] = record
+        self._touch("nodes", index)
+        for svc in self.services.get(node.node, {}).values():
+            self._touch_service(svc.service, index)
+
+    def _ensure_service(self, index: int, node: str, service: ServiceInstance) -> None:
+        per_node = self.services.setdefault(node, {})
+        existing = per_node.get(service.id)
+        service = replace(service, node=node)
+        if existing is not None:
+            if replace(existing, create_index=0, modify_index=0) == replace(service, create_index=0, modify_index=0):
+                return
+            record = replace(service, create_index=existing.create_index, modify_index=index)
+            if existing.service != service.service:
+                self._touch_service(existing.service, index)
+        else:
+            record = replace(service, create_index=index, modify_index=index)
+        self._log_undo_dict(per_node, service.id)
+        per_node[service.id] = record
+        self._touch("services", index)
+        self._touch_service(record.service, index)
+        # Service checks carry the service's name and tags: refresh them when the service changes.
+        for check in list(self.checks.get(node, {}).values()):
+            if check.service_id == service.id and (
+                check.service_name != record.service or check.service_tags != record.tags
+            ):
+                self._ensure_check(index, replace(check, service_name=record.service, service_tags=record.tags))
+
+    def _ensure_check(self, index: int, check: HealthCheck) -> None:
+        if check.node not in self.nodes:
+            raise StoreError(f'Missing node registration for "{check.node}"')
+        svc = None
+        if check.service_id:
+            svc = self.services.get(check.node, {}).get(check.service_id)
+            if svc is None:
+                raise StoreError(f'Missing service registration for check "{check.check_id}"')
+            check = replace(check, service_name=svc.service, service_tags=svc.tags)
+        per_node = self.checks.setdefault(check.node, {})
+        existing = per_node.get(check.check_id)
+        if existing is not None:
+            if replace(existing, create_index=0, modify_index=0) == replace(check, create_index=0, modify_index=0):
+                return
+            record = replace(check, create_index=existing.create_index, modify_index=index)
+        else:
+            record = replace(check, create_index=index, modify_index=index)
+        self._log_undo_dict(per_node, check.check_id)
+        per_node[check.check_id] = record
+        self._touch("checks", index)
+        if svc is not None:
+            self._touch_service(svc.service, index)
+        else:
+            # A node check changes the health of every service on the node.
+            for s in self.services.get(check.node, {}).values():
+                self._touch_service(s.service, index)
+        if record.status == HEALTH_CRITICAL:
+            self._invalidate_sessions_for_check(index, check.node, check.check_id)
+
+    def deregister(self, index: int, node: str, service_id: str = "", check_id: str = "") -> None:
+        if node not in self.nodes:
+            return  # Consul treats deregistering an unknown node as a no-op success
+        if service_id:
+            self._delete_service(index, node, service_id)
+        if check_id:
+            self._delete_check(index, node, check_id)
+        if not service_id and not check_id:
+            for sid in sorted(self.services.get(node, {})):
+                self._delete_service(index, node, sid)
+            for cid in sorted(self.checks.get(node, {})):
+                self._delete_check(index, node, cid)
+            self._log_undo_dict(self.nodes, node)
+            del self.nodes[node]
+            self.services.pop(node, None)
+            self.checks.pop(node, None)
+            self._touch("nodes", index)
+            for sess in sorted(s.id for s in self.sessions.values() if s.node == node):
+                self.destroy_session(index, sess)
+
+    def _delete_service(self, index: int, node: str, service_id: str) -> None:
+        per_node = self.services.get(node, {})
+        svc = per_node.get(service_id)
+        if svc is None:
+            return
+        for cid, check in sorted(self.checks.get(node, {}).items()):
+            if check.service_id == service_id:
+                self._delete_check(index, node, cid)
+        self._log_undo_dict(per_node, service_id)
+        del per_node[service_id]
+        self._touch("services", index)
+        self._touch_service(svc.service, index)
+
+    def _delete_check(self, index: int, node: str, check_id: str) -> None:
+        per_node = self.checks.get(node, {})
+        check = per_node.get(check_id)
+        if check is None:
+            return
+        self._log_undo_dict(per_node, check_id)
+        del per_node[check_id]
+        self._touch("checks", index)
+        if check.service_name:
+            self._touch_service(check.service_name, index)
+        else:
+            for s in self.services.get(node, {}).values():
+                self._touch_service(s.service, index)
+        self._invalidate_sessions_for_check(index, node, check_id)
+
+    # catalog reads ---------------------------------------------------------------------------
+
+    def catalog_index(self, *tables: str) -> int:
+        return max((self.table_index[t] for t in tables), default=0)
+
+    def list_nodes(self) -> tuple[int, list[Node]]:
+        return self.catalog_index("nodes"), [self.nodes[n] for n in sorted(self.nodes)]
+
+    def list_services(self) -> tuple[int, dict[str, list[str]]]:
+        out: dict[str, set[str]] = {}
+        for node in sorted(self.services):
+            for svc in self.services[node].values():
+                out.setdefault(svc.service, set()).update(svc.tags)
+        return self.catalog_index("services"), {k: sorted(out[k]) for k in sorted(out)}
+
+    def index_for_service(self, name: str) -> int:
+        idx = self.service_index.get(name)
+        if idx:
+            return idx
+        # An unknown service answers the table index so that a later registration wakes it.
+        return self.catalog_index("nodes", "services")
+
+    def service_instances(self, name: str) -> list[ServiceInstance]:
+        out = []
+        for node in sorted(self.services):
+            for sid in sorted(self.services[node]):
+                svc = self.services[node][sid]
+                if svc.service == name:
+                    out.append(svc)
+        return out
+
+    def node_services(self, node: str) -> tuple[int, Node | None, list[ServiceInstance]]:
+        idx = self.catalog_index("nodes", "services")
+        n = self.nodes.get(node)
+        if n is None:
+            return idx, None, []
+        per = self.services.get(node, {})
+        return idx, n, [per[s] for s in sorted(per)]
+
+    def node_checks(self, node: str) -> tuple[int, list[HealthCheck]]:
+        per = self.checks.get(node, {})
+        return self.catalog_index("checks"), [per[c] for c in sorted(per)]
+
+    def service_checks(self, name: str) -> tuple[int, list[HealthCheck]]:
+        out = []
+        for node in sorted(self.checks):
+            for cid in sorted(self.checks[node]):
+                c = self.checks[node][cid]
+                if c.service_name == name:
+                    out.append(c)
+        return self.index_for_service(name), out
+
+    def checks_in_state(self, state: str) -> tuple[int, list[HealthCheck]]:
+        out = []
+        for node in sorted(self.checks):
+            for cid in sorted(self.checks[node]):
+                c = self.checks[node][cid]
+                if state == "any" or c.status == state:
+                    out.append(c)
+        return self.catalog_index("checks"), out
+
+    def checks_for_instance(self, svc: ServiceInstance) -> list[HealthCheck]:
+        """Node checks first, then the service's own checks, each sorted by ID."""
+        per = self.checks.get(svc.node, {})
+        node_level = [per[c] for c in sorted(per) if not per[c].service_id]
+        own = [per[c] for c in sorted(per) if per[c].service_id == svc.id]
+        return node_level + own
+
+    # ------------------------------------------------------------------------------------ kv
+
+    def _log_undo_dict(self, table: dict[str, Any], key: str) -> None:
+        if self._undo is None:
+            return
+        if key in table:
+            old = table[key]
+            self._undo.append(lambda: table.__setitem__(key, old))
+        else:
+            self._undo.append(lambda: table.pop(key, None))
+
+    def _kv_put(self, index: int, entry: DirEntry) -> None:
+        key = entry.key
+        if key not in self.kv:
+            bisect.insort(self._kv_sorted, key)
+            if self._undo is not None:
+                self._undo.append(lambda: self._kv_sorted.remove(key))
+        self._log_undo_dict(self.kv, key)
+        self.kv[key] = entry
+        if key in self.tombstones:
+            self._log_undo_dict(self.tombstones, key)
+            del self.tombstones[key]
+        self._touch("kvs", index)
+        self._dirty_keys.append(key)
+
+    def _kv_delete(self, index: int, key: str) -> None:
+        if key not in self.kv:
+            return
+        self._log_undo_dict(self.kv, key)
+        del self.kv[key]
+        pos = bisect.bisect_left(self._kv_sorted, key)
+        del self._kv_sorted[pos]
+        if self._undo is not None:
+            self._undo.append(lambda: bisect.insort(self._kv_sorted, key))
+        self._log_undo_dict(self.tombstones, key)
+        self.tombstones[key] = index
+        self._touch("kvs", index)
+        self._touch("tombstones", index)
+        self._dirty_keys.append(key)
+
+    def kv_keys_under(self, prefix: str) -> list[str]:
+        lo = bisect.bisect_left(self._kv_sorted, prefix)
+        out = []
+        for i in range(lo, len(self._kv_sorted)):
+            k = self._kv_sorted[i]
+            if not k.startswith(prefix):
+                break
+            out.append(k)
+        return out
+
+    def kv_max_index(self) -> int:
+        return max(self.table_index["kvs"], self.table_index["tombstones"])
+
+    def kv_get(self, key: str) -> tuple[int, DirEntry | None]:
+        entry = self.kv.get(key)
+        if entry is not None:
+            return entry.modify_index, entry
+        return self.kv_max_index(), None
+
+    def kv_list(self, prefix: str) -> tuple[int, list[DirEntry]]:
+        entries = [self.kv[k] for k in self.kv_keys_under(prefix)]
+        idx = max((e.modify_index for e in entries), default=0)
+        for key, tomb_index in self.tombstones.items():
+            if tomb_index > idx and key.startswith(prefix):
+                idx = tomb_index
+        if idx == 0:
+            idx = self.kv_max_index()
+        return idx, entries
+
+    def kv_set(self, index: int, entry: DirEntry) -> bool:
+        existing = self.kv.get(entry.key)
+        if existing is not None:
+            entry = replace(
+                entry,
+                create_index=existing.create_index,
+                lock_index=existing.lock_index,
+                session=existing.session,
+                modify_index=index,
+            )
+        else:
+            entry = replace(entry, create_index=index, modify_index=index, lock_index=0, session="")
+        self._kv_put(index, entry)
+        return True
+
+    def kv_cas(self, index: int, entry: DirEntry) -> bool:
+        existing = self.kv.get(entry.key)
+        if entry.modify_index == 0 and existing is not None:
+            return False
+        if entry.modify_index != 0 and (existing is None or existing.modify_index != entry.modify_index):
+            return False
+        return self.kv_set(index, entry)
+
+    def kv_delete_cas(self, index: int, key: str, cas_index: int) -> bool:
+        existing = self.kv.get(key)
+        if existing is None or existing.modify_index != cas_index:
+            return existing is None
+        self._kv_delete(index, key)
+        return True
+
+    def kv_delete_tree(self, index: int, prefix: str) -> None:
+        for key in self.kv_keys_under(prefix):
+            self._kv_delete(index, key)
+
+    def kv_lock(self, index: int, entry: DirEntry) -> bool:
+        session = self.sessions.get(entry.session)
+        if not entry.session or session is None:
+            raise StoreError(f'invalid session "{entry.session}"')
+        existing = self.kv.get(entry.key)
+        if existing is not None and existing.session and existing.session != entry.session:
+            return False
+        if existing is not None:
+            lock_index = existing.lock_index if existing.session == entry.session else existing.lock_index + 1
+            record = replace(
+                entry, create_index=existing.create_index, modify_index=index, lock_index=lock_index
+            )
+        else:
+            record = replace(entry, create_index=index, modify_index=index, lock_index=1)
+        self._kv_put(index, record)
+        return True
+
+    def kv_unlock(self, index: int, entry: DirEntry) -> bool:
+        existing = self.kv.get(entry.key)
+        if existing is None or existing.session != entry.session:
+            return False
+        record = replace(
+            entry,
+            session="",
+            create_index=existing.create_index,
+            modify_index=index,
+            lock_index=existing.lock_index,
+        )
+        self._kv_put(index, record)
+        return True
+
+    # ------------------------------------------------------------------------------ sessions
+
+    def create_session(self, index: int, session: Session) -> None:
+        if session.node not in self.nodes:
+            raise StoreError(f'Missing node registration for "{session.node}"')
+        per = self.checks.get(session.node, {})
+        for cid in session.check_ids():
+            check = per.get(cid)
+            if check is None:
+                raise StoreError(f'Missing check "{cid}" registration')
+            if check.status == HEALTH_CRITICAL:
+                raise StoreError(f'Check "{cid}" is in critical state')
+        self._log_undo_dict(self.sessions, session.id)
+        self.sessions[session.id] = replace(session, create_index=index, modify_index=index)
+        self._touch("sessions", index)
+
+    def destroy_session(self, index: int, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        self._log_undo_dict(self.sessions, session_id)
+        del self.sessions[session_id]
+        self._touch("sessions", index)
+        held = [e for e in self.kv.values() if e.session == session_id]
+        for entry in sorted(held, key=lambda e: e.key):
+            if session.behavior == "delete":
+                self._kv_delete(index, entry.key)
+            else:
+                self._kv_put(index, replace(entry, session="", modify_index=index))
+
+    def _invalidate_sessions_for_check(self, index: int, node: str, check_id: str) -> None:
+        doomed = sorted(
+            s.id for s in self.sessions.values() if s.node == node and check_id in s.check_ids()
+        )
+        for sid in doomed:
+            self.destroy_session(index, sid)
+
+    def list_sessions(self) -> tuple[int, list[Session]]:
+        return self.table_index["sessions"], sorted(self.sessions.values(), key=lambda s: s.id)
+
+    # --------------------------------------------------------------------------- transactions
+
+    def begin(self) -> None:
+        """Start recording undo steps so that a failed transaction can be rolled back."""
+        self._undo = []
+
+    def commit(self) -> None:
+        self._undo = None
+
+    def rollback(self) -> None:
+        undo, self._undo = self._undo or [], None
+        for step in reversed(undo):
+            step()
+        self._dirty_tables.clear()
+        self._dirty_keys.clear()
+
+    # ------------------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> bytes:
+        """Serialise every table and index (msgpack); `restore` gives back an equal store."""
+        data = {
+            "v": 1,
+            "last_index": self.last_index,
+            "table_index": self.table_index,
+            "service_index": self.service_index,
+            "nodes": [n.to_wire() for n in self.nodes.values()],
+            "services": [s.to_wire() for per in self.services.values() for s in per.values()],
+            "checks": [c.to_wire() for per in self.checks.values() for c in per.values()],
+            "kv": [e.to_wire() for e in self.kv.values()],
+            "tombstones": self.tombstones,
+            "sessions": [s.to_wire() for s in self.sessions.values()],
+        }
+        return msgpack.packb(data, use_bin_type=True)
+
+    def restore(self, blob: bytes) -> None:
+        data = msgpack.unpackb(blob, raw=False)
+        if data.get("v") != 1:
+            raise ValueError(f"unknown snapshot version {data.get('v')!r}")
+        self.nodes = {}
+        self.services = {}
+        self.checks = {}
+        self.kv = {}
+        for raw in data["nodes"]:
+            n = Node.from_wire(raw)
+            self.nodes[n.node] = n
+        for raw in data["services"]:
+            s = ServiceInstance.from_wire(raw)
+            self.services.setdefault(s.node, {})[s.id] = s
+        for raw in data["checks"]:
+            c = HealthCheck.from_wire(raw)
+            self.checks.setdefault(c.node, {})[c.check_id] = c
+        for raw in data["kv"]:
+            e = DirEntry.from_wire(raw)
+            self.kv[e.key] = e
+        self._kv_sorted = sorted(self.kv)
+        self.tombstones = dict(data["tombstones"])
+        self.sessions = {s.id: s for s in (Session.from_wire(r) for r in data["sessions"])}
+        self.table_index = {t: int(data["table_index"].get(t, 0)) for t in TABLES}
+        self.service_index = dict(data["service_index"])
+        self.last_index = int(data["last_index"])
+        # Every watcher must re-read: the world changed under it.
+        self._dirty_tables = set(TABLES)
+        self._dirty_keys = [""]
+        self.finish(self.last_index)
+
+
+def aggregate_status(checks: Iterable[HealthCheck]) -> str:
+    """Worst status wins: critical > warning > passing (Consul's AggregatedStatus)."""
+    worst = HEALTH_PASSING
+    for c in checks:
+        if c.status == HEALTH_CRITICAL:
+            return HEALTH_CRITICAL
+        if c.status == HEALTH_WARNING:
+            worst = HEALTH_WARNING
+    return worst
