@@ -11,14 +11,18 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, TextIO
+from typing import Any, ClassVar, TextIO
 
 from proconsul.cli_http import Client, ClientConfigError, resolve_settings
 from proconsul.flags import FlagSet, ParsedFlags
 
 # Returned by a command's run() to ask for its help text and exit 1 (mitchellh/cli's RunResultHelp).
 RUN_RESULT_HELP = -18511
+
+# `FlagSpec.int` shadows the builtin inside the class body; annotations there use this name.
+_Int = int
 
 HTTP_SECTION = "HTTP API Options"
 COMMAND_SECTION = "Command Options"
@@ -92,8 +96,14 @@ class FlagSpec:
     def _doc(self, name: str, help: str, example: str, section: str) -> None:
         self.docs.append(_FlagDoc(name, help, example, section))
 
-    def string(self, name: str, help: str, default: str | None = None, example: str = "string",
-               section: str = COMMAND_SECTION) -> None:
+    def string(
+        self,
+        name: str,
+        help: str,
+        default: str | None = None,
+        example: str = "string",
+        section: str = COMMAND_SECTION,
+    ) -> None:
         self.flagset.string(name, default, help)
         self._doc(name, help, example, section)
 
@@ -105,7 +115,7 @@ class FlagSpec:
         self.flagset.int(name, default, help)
         self._doc(name, help, "int", section)
 
-    def uint(self, name: str, help: str, default: int = 0, section: str = COMMAND_SECTION) -> None:
+    def uint(self, name: str, help: str, default: _Int = 0, section: str = COMMAND_SECTION) -> None:
         self.flagset.custom(name, _parse_uint, default, help)
         self._doc(name, help, "uint", section)
 
@@ -134,28 +144,64 @@ def add_http_flags(spec: FlagSpec, kind: str) -> None:
     if kind == HTTP_NONE:
         return
     s = HTTP_SECTION
-    spec.string("http-addr", "The address and port of the agent's HTTP API, as host:port, http://host:port, "
-                "https://host:port or unix:///path. Also CONSUL_HTTP_ADDR. Default 127.0.0.1:8500.",
-                example="address", section=s)
-    spec.string("token", "ACL token to use in the request. Also CONSUL_HTTP_TOKEN. If unspecified, "
-                "the agent's default token is used.", example="value", section=s)
-    spec.string("token-file", "File containing the ACL token to use in the request instead of -token "
-                "or CONSUL_HTTP_TOKEN. Also CONSUL_HTTP_TOKEN_FILE.", example="value", section=s)
-    spec.string("ca-file", "Path to a CA file for TLS to the agent. Also CONSUL_CACERT.",
-                example="value", section=s)
-    spec.string("ca-path", "Path to a directory of CA certificates for TLS to the agent. "
-                "Also CONSUL_CAPATH.", example="value", section=s)
-    spec.string("client-cert", "Path to a client certificate for TLS. Also CONSUL_CLIENT_CERT.",
-                example="value", section=s)
-    spec.string("client-key", "Path to a client key for TLS. Also CONSUL_CLIENT_KEY.",
-                example="value", section=s)
-    spec.string("tls-server-name", "The server name to use as the SNI host when connecting via TLS. "
-                "Also CONSUL_TLS_SERVER_NAME.", example="value", section=s)
+    spec.string(
+        "http-addr",
+        "The address and port of the agent's HTTP API, as host:port, http://host:port, "
+        "https://host:port or unix:///path. Also CONSUL_HTTP_ADDR. Default 127.0.0.1:8500.",
+        example="address",
+        section=s,
+    )
+    spec.string(
+        "token",
+        "ACL token to use in the request. Also CONSUL_HTTP_TOKEN. If unspecified, "
+        "the agent's default token is used.",
+        example="value",
+        section=s,
+    )
+    spec.string(
+        "token-file",
+        "File containing the ACL token to use in the request instead of -token "
+        "or CONSUL_HTTP_TOKEN. Also CONSUL_HTTP_TOKEN_FILE.",
+        example="value",
+        section=s,
+    )
+    spec.string(
+        "ca-file", "Path to a CA file for TLS to the agent. Also CONSUL_CACERT.", example="value", section=s
+    )
+    spec.string(
+        "ca-path",
+        "Path to a directory of CA certificates for TLS to the agent. Also CONSUL_CAPATH.",
+        example="value",
+        section=s,
+    )
+    spec.string(
+        "client-cert",
+        "Path to a client certificate for TLS. Also CONSUL_CLIENT_CERT.",
+        example="value",
+        section=s,
+    )
+    spec.string(
+        "client-key", "Path to a client key for TLS. Also CONSUL_CLIENT_KEY.", example="value", section=s
+    )
+    spec.string(
+        "tls-server-name",
+        "The server name to use as the SNI host when connecting via TLS. Also CONSUL_TLS_SERVER_NAME.",
+        example="value",
+        section=s,
+    )
     if kind == HTTP_SERVER:
-        spec.string("datacenter", "Name of the datacenter to query. Defaults to the datacenter of "
-                    "the queried agent.", example="value", section=s)
-        spec.bool("stale", "Permit any server (not only the leader) to answer this read, for lower "
-                  "latency at the risk of stale data. No effect on writes.", section=s)
+        spec.string(
+            "datacenter",
+            "Name of the datacenter to query. Defaults to the datacenter of the queried agent.",
+            example="value",
+            section=s,
+        )
+        spec.bool(
+            "stale",
+            "Permit any server (not only the leader) to answer this read, for lower "
+            "latency at the risk of stale data. No effect on writes.",
+            section=s,
+        )
 
 
 @dataclass

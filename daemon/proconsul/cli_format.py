@@ -42,8 +42,13 @@ def go_json_indent(obj: Any, indent: str) -> str:
     """Encode like Go's json.MarshalIndent: HTML characters escaped, non-ASCII kept."""
     text = json.dumps(obj, indent=indent, ensure_ascii=False)
     # Go escapes these inside strings; outside strings they cannot occur in JSON.
-    for ch, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"),
-                    ("\u2029", "\\u2029")):
+    for ch, esc in (
+        ("&", "\\u0026"),
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(ch, esc)
     return text
 

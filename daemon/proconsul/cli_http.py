@@ -287,5 +287,7 @@ class Client:
     def get_json(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
         return self.request("GET", path, params, read=True).json()
 
-    def put(self, path: str, params: list[tuple[str, str]] | None = None, body: bytes | None = None) -> Response:
+    def put(
+        self, path: str, params: list[tuple[str, str]] | None = None, body: bytes | None = None
+    ) -> Response:
         return self.request("PUT", path, params, body if body is not None else b"")

@@ -19,7 +19,7 @@ from proconsul.cli_http import APIError, go_os_error
 
 def _strip_slash(key: str) -> str:
     # Keys cannot start with "/", but users type "/foo"; Consul quietly drops one leading slash.
-    return key[1:] if key.startswith("/") else key
+    return key.removeprefix("/")
 
 
 def _value_bytes(pair: dict[str, Any]) -> bytes:
@@ -30,15 +30,17 @@ def _value_bytes(pair: dict[str, Any]) -> bytes:
 def _detailed(pair: dict[str, Any], b64: bool) -> str:
     value = _value_bytes(pair)
     shown = base64.b64encode(value).decode() if b64 else value.decode("utf-8", "replace")
-    return tab_align([
-        ("CreateIndex", str(pair.get("CreateIndex", 0))),
-        ("Flags", str(pair.get("Flags", 0))),
-        ("Key", str(pair.get("Key", ""))),
-        ("LockIndex", str(pair.get("LockIndex", 0))),
-        ("ModifyIndex", str(pair.get("ModifyIndex", 0))),
-        ("Session", pair.get("Session") or "-"),
-        ("Value", shown),
-    ])
+    return tab_align(
+        [
+            ("CreateIndex", str(pair.get("CreateIndex", 0))),
+            ("Flags", str(pair.get("Flags", 0))),
+            ("Key", str(pair.get("Key", ""))),
+            ("LockIndex", str(pair.get("LockIndex", 0))),
+            ("ModifyIndex", str(pair.get("ModifyIndex", 0))),
+            ("Session", pair.get("Session") or "-"),
+            ("Value", shown),
+        ]
+    )
 
 
 def _read_data_arg(ctx: Context, data: str) -> bytes:
@@ -89,11 +91,18 @@ Usage: proconsul kv get [options] [KEY_OR_PREFIX]
     def define(self, spec: FlagSpec) -> None:
         spec.bool("base64", "Base64 encode the value. The default value is false.")
         spec.bool("detailed", "Print the key's metadata (indexes, flags, session) as well as the value.")
-        spec.bool("keys", "List the keys that start with the given prefix, not their values. "
-                  "Commonly combined with -separator.")
+        spec.bool(
+            "keys",
+            "List the keys that start with the given prefix, not their values. "
+            "Commonly combined with -separator.",
+        )
         spec.bool("recurse", "Recursively list all keys and values under the given prefix.")
-        spec.string("separator", "The separator used to group keys with -keys. The default is \"/\"; "
-                    "an empty string lists every key.", default="/")
+        spec.string(
+            "separator",
+            'The separator used to group keys with -keys. The default is "/"; '
+            "an empty string lists every key.",
+            default="/",
+        )
 
     def run(self, ctx: Context) -> int:
         o = ctx.opts
@@ -165,10 +174,13 @@ Usage: proconsul kv put [options] KEY [DATA]
         spec.bool("acquire", "Obtain a lock on the key, creating it if needed. Requires -session.")
         spec.bool("base64", "Treat the data as base 64 encoded. The default value is false.")
         spec.bool("cas", "Perform a Check-And-Set operation. Requires -modify-index.")
-        spec.uint("flags", "Unsigned integer stored with the pair for the client's own use. "
-                  "The default value is 0.")
-        spec.uint("modify-index", "The ModifyIndex the key must have for -cas to succeed "
-                  "(0 means the key must not exist).")
+        spec.uint(
+            "flags", "Unsigned integer stored with the pair for the client's own use. The default value is 0."
+        )
+        spec.uint(
+            "modify-index",
+            "The ModifyIndex the key must have for -cas to succeed (0 means the key must not exist).",
+        )
         spec.bool("release", "Give up the lock on the key. Requires -session, which must hold it.")
         spec.string("session", "Session ID used with -acquire and -release.", default="")
 
@@ -279,7 +291,9 @@ Usage: proconsul kv delete [options] KEY_OR_PREFIX
             ctx.ui.error("Error! Missing KEY argument")
             return 1
         if o["cas"] and not o["modify-index"]:
-            ctx.ui.error("Cannot delete a key that does not exist. Provide a -modify-index greater than than 0.")
+            ctx.ui.error(
+                "Cannot delete a key that does not exist. Provide a -modify-index greater than than 0."
+            )
             return 1
         if o["modify-index"] and not o["cas"]:
             ctx.ui.error("Cannot specify -modify-index without -cas!")
@@ -366,8 +380,9 @@ Usage: proconsul kv import [options] [DATA]
 """
 
     def define(self, spec: FlagSpec) -> None:
-        spec.string("prefix", "Key prefix for imported data. The default is empty, meaning the root.",
-                    default="")
+        spec.string(
+            "prefix", "Key prefix for imported data. The default is empty, meaning the root.", default=""
+        )
 
     def run(self, ctx: Context) -> int:
         args = ctx.args

@@ -93,6 +93,9 @@ class LocalState:
         self.services: dict[str, LocalService] = {}
         self.checks: dict[str, LocalCheck] = {}
         self.node_in_sync = False
+        # Removed locally but maybe still in the catalog: deregistered by the next sync.
+        self.deleted_services: set[str] = set()
+        self.deleted_checks: set[str] = set()
         self.on_change: Callable[[], None] = lambda: None
         self.on_check_added: Callable[[LocalCheck], None] = lambda c: None
         self.on_check_removed: Callable[[str], None] = lambda cid: None
@@ -116,6 +119,7 @@ class LocalState:
         """Register or update a service and its checks (kept status when a check is unchanged)."""
         previous = self.services.get(definition.id)
         self.services[definition.id] = LocalService(definition, source, token)
+        self.deleted_services.discard(definition.id)
         new_ids = {c.id for c in definition.checks}
         if replace_existing_checks and previous is not None:
             for cid, chk in list(self.checks.items()):
@@ -131,9 +135,12 @@ class LocalState:
         if service_id not in self.services:
             return False
         del self.services[service_id]
+        self.deleted_services.add(service_id)
         for cid, chk in list(self.checks.items()):
             if chk.definition.service_id == service_id:
                 self.remove_check(cid, notify=False)
+                # Deregistering the service removes its checks from the catalog too.
+                self.deleted_checks.discard(cid)
         self._unpersist("services", service_id)
         if notify:
             self.on_change()
@@ -158,6 +165,7 @@ class LocalState:
             self.on_check_removed(definition.id)
         check = LocalCheck(definition, status, output, source, token)
         self.checks[definition.id] = check
+        self.deleted_checks.discard(definition.id)
         if persist and source == "api" and not definition.service_id:
             self._persist("checks", definition.id, {"definition": _check_to_json(definition), "token": token})
         self.on_check_added(check)
@@ -168,6 +176,7 @@ class LocalState:
         if check_id not in self.checks:
             return False
         del self.checks[check_id]
+        self.deleted_checks.add(check_id)
         self.on_check_removed(check_id)
         self._unpersist("checks", check_id)
         if notify:
@@ -351,6 +360,12 @@ class LocalState:
         if not self.node_in_sync:
             await server.write(commands.Register(self.node_record()))
             self.node_in_sync = True
+        for sid in sorted(self.deleted_services):
+            await server.write(commands.Deregister(self.node_name, service_id=sid))
+            self.deleted_services.discard(sid)
+        for cid in sorted(self.deleted_checks):
+            await server.write(commands.Deregister(self.node_name, check_id=cid))
+            self.deleted_checks.discard(cid)
         for sid in sorted(self.services):
             local = self.services.get(sid)
             if local is None or local.in_sync:

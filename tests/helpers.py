@@ -1,0 +1,119 @@
+"""Test helpers: free loopback ports, condition polling, and a real `proconsul agent` process.
+
+Tests wait on conditions with generous deadlines (the machines are small and noisy), never on
+fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except AssertionError:
+            raise  # a broken precondition (the process died) fails at once
+        except Exception as exc:  # the condition may raise while the system settles
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last_exc!r}")
+
+
+class AgentProcess:
+    """A real `proconsul agent` child process on loopback ports chosen for this test."""
+
+    def __init__(self, *extra_args: str, dev: bool = True) -> None:
+        self.http_port = free_port()
+        self.dns_port = free_port()
+        self.tmp = tempfile.TemporaryDirectory(prefix="proconsul-test-")
+        self.log_path = Path(self.tmp.name) / "agent.log"
+        self.args = [sys.executable, "-c", "import sys; from proconsul.agent import run_agent; sys.exit(run_agent(sys.argv[1:]))"]
+        if dev:
+            self.args.append("-dev")
+        self.args += [
+            f"-http-port={self.http_port}",
+            f"-dns-port={self.dns_port}",
+            "-client=127.0.0.1",
+            "-bind=127.0.0.1",
+            "-node=test-node",
+            *extra_args,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+    def start(self) -> "AgentProcess":
+        log = open(self.log_path, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.tmp.name)
+        wait_for(self._leader_known, timeout=60, what=f"agent on {self.addr} to elect a leader\n{self.log()}")
+        return self
+
+    def _leader_known(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
+        with urllib.request.urlopen(f"{self.url}/v1/status/leader", timeout=5) as resp:
+            return resp.read() not in (b'""', b"")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.tmp.cleanup()
+        return code
+
+    def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(f"{self.url}{path}", data=body, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
