@@ -202,13 +202,15 @@ class FakeAgent:
 
 
 def _serve(agent: FakeAgent, unix_path: str | None = None) -> Iterator[FakeAgent]:
+    """Run the fake agent on its own event loop in a thread for the duration of the `with`."""
     loop = asyncio.new_event_loop()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", agent.handle)
-    runner = web.AppRunner(app)
     ready = threading.Event()
+    stop = asyncio.Event()
 
-    async def start() -> None:
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", agent.handle)
+        runner = web.AppRunner(app)
         await runner.setup()
         site: web.BaseSite
         if unix_path:
@@ -220,22 +222,19 @@ def _serve(agent: FakeAgent, unix_path: str | None = None) -> Iterator[FakeAgent
             host, port = runner.addresses[0][:2]
             agent.addr = f"{host}:{port}"
         ready.set()
+        # One coroutine from start to cleanup, so a stop request can never be lost between phases.
+        await stop.wait()
+        await runner.cleanup()
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
     assert ready.wait(10)
     try:
         yield agent
     finally:
-        loop.call_soon_threadsafe(loop.stop)
+        loop.call_soon_threadsafe(stop.set)
         thread.join(10)
+        loop.close()
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,63 @@
+"""The deprecated python-consul client (still widely deployed) against a real dev agent.
+
+python-consul and py-consul both install a package named `consul`, so the set-up script puts
+python-consul in `.venv/python-consul` and this test drives it in its own interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from helpers import REPO, AgentProcess
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, threading, consul
+    assert consul.__version__.startswith("1.1"), consul.__version__
+    c = consul.Consul(host="127.0.0.1", port=int(sys.argv[1]))
+    assert c.kv.put("pc/key", "value") is True
+    index, entry = c.kv.get("pc/key")
+    assert entry["Value"] == b"value", entry
+    assert c.kv.put("pc/key", "new", cas=entry["ModifyIndex"]) is True
+    assert c.kv.put("pc/key", "newer", cas=entry["ModifyIndex"]) is False
+    c.kv.put("pc/dir/a", "1"); c.kv.put("pc/dir/b", "2")
+    _, entries = c.kv.get("pc/dir/", recurse=True)
+    assert [e["Key"] for e in entries] == ["pc/dir/a", "pc/dir/b"]
+    out = {}
+    index, _ = c.kv.get("pc/key")
+    t = threading.Thread(target=lambda: out.setdefault("r", c.kv.get("pc/key", index=index, wait="30s")))
+    t.start()
+    c.kv.put("pc/key", "woken")
+    t.join(30)
+    assert out["r"][1]["Value"] == b"woken"
+    assert c.kv.delete("pc/dir/", recurse=True)
+    c.agent.service.register("legacy", service_id="legacy-1", port=9000, tags=["old"],
+                             check=consul.Check.ttl("30s"))
+    assert "legacy-1" in c.agent.services()
+    c.agent.check.ttl_pass("service:legacy-1")
+    _, nodes = c.health.service("legacy", passing=True)
+    assert [n["Service"]["ID"] for n in nodes] == ["legacy-1"], nodes
+    _, svcs = c.catalog.services()
+    assert svcs["legacy"] == ["old"], svcs
+    c.agent.service.deregister("legacy-1")
+    assert c.status.leader()
+    print("python-consul OK")
+    """
+)
+
+
+def test_python_consul_client(dev_agent: AgentProcess, tmp_path: Path) -> None:
+    target = REPO / ".venv" / "python-consul"
+    assert (target / "consul").is_dir(), "scripts/setup-env test installs python-consul there"
+    script = tmp_path / "drive.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(target))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(dev_agent.http_port)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "python-consul OK" in proc.stdout

@@ -1,0 +1,164 @@
+"""State store and FSM: Consul's index semantics, KV rules, transactions, watches, snapshots."""
+
+from __future__ import annotations
+
+from proconsul.state import commands as cmd
+from proconsul.state.fsm import FSM, TxnResult
+from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
+from proconsul.state.store import Store, StoreError
+
+
+class Log:
+    """Applies commands at increasing indexes through their wire encoding, as Raft would."""
+
+    def __init__(self) -> None:
+        self.store = Store()
+        self.fsm = FSM(self.store)
+        self.index = 0
+
+    def apply(self, command: cmd.Command) -> object:
+        self.index += 1
+        return self.fsm.apply(self.index, cmd.decode(cmd.encode(command)))
+
+
+def kv(op: str, key: str, value: bytes | None = b"v", **kw: object) -> cmd.KVS:
+    return cmd.KVS(op, DirEntry(key=key, value=value, **kw))  # type: ignore[arg-type]
+
+
+def test_kv_set_keeps_create_index_and_bumps_modify_index() -> None:
+    log = Log()
+    log.apply(kv("set", "a"))
+    log.apply(kv("set", "a", b"w"))
+    index, entry = log.store.kv_get("a")
+    assert entry is not None and (entry.create_index, entry.modify_index, index) == (1, 2, 2)
+
+
+def test_cas_zero_only_creates_and_stale_index_fails() -> None:
+    log = Log()
+    assert log.apply(kv("cas", "k", modify_index=0)) is True
+    assert log.apply(kv("cas", "k", modify_index=0)) is False
+    assert log.apply(kv("cas", "k", modify_index=99)) is False
+    assert log.apply(kv("cas", "k", modify_index=1)) is True
+
+
+def test_missing_key_and_prefix_reads_report_tombstone_index() -> None:
+    log = Log()
+    log.apply(kv("set", "p/a"))
+    log.apply(kv("set", "other"))
+    log.apply(kv("delete", "p/a"))
+    index, entries = log.store.kv_list("p/")
+    assert entries == [] and index == 3
+    index, entry = log.store.kv_get("p/a")
+    assert entry is None and index == 3
+
+
+def test_delete_cas_on_missing_key_succeeds() -> None:
+    log = Log()
+    assert log.apply(kv("delete-cas", "nope", modify_index=5)) is True
+
+
+def test_watch_fires_only_for_matching_prefix() -> None:
+    log = Log()
+    fired: list[str] = []
+    log.store.watch(("kvs", "tombstones"), lambda: fired.append("a"), kv_prefix="a")
+    log.apply(kv("set", "b"))
+    assert fired == []
+    log.apply(kv("set", "a/x"))
+    assert fired == ["a"]
+    log.apply(kv("set", "a/y"))
+    assert fired == ["a"], "watches are one-shot"
+
+
+def test_txn_is_atomic() -> None:
+    log = Log()
+    log.apply(kv("set", "exists"))
+    before = dict(log.store.table_index)
+    result = log.apply(cmd.Txn((kv("set", "new"), kv("check-not-exists", "exists"))))
+    assert isinstance(result, TxnResult) and result.errors and result.errors[0].op_index == 1
+    assert "new" not in log.store.kv
+    assert log.store.table_index == before
+
+
+def test_lock_requires_session_and_counts_lock_index() -> None:
+    log = Log()
+    log.apply(cmd.Register(Node("n1", address="10.0.0.1")))
+    assert isinstance(log.apply(kv("lock", "l", session="nope")), StoreError)
+    log.apply(cmd.SessionOp("create", Session(id="s1", node="n1")))
+    log.apply(cmd.SessionOp("create", Session(id="s2", node="n1")))
+    assert log.apply(kv("lock", "l", session="s1")) is True
+    assert log.apply(kv("lock", "l", session="s2")) is False
+    assert log.store.kv["l"].lock_index == 1 and log.store.kv["l"].session == "s1"
+    assert log.apply(kv("unlock", "l", session="s1")) is True
+    assert log.apply(kv("lock", "l", session="s2")) is True
+    assert log.store.kv["l"].lock_index == 2
+
+
+def test_destroying_a_session_releases_or_deletes_its_locks() -> None:
+    log = Log()
+    log.apply(cmd.Register(Node("n1", address="10.0.0.1")))
+    log.apply(cmd.SessionOp("create", Session(id="rel", node="n1")))
+    log.apply(cmd.SessionOp("create", Session(id="del", node="n1", behavior="delete")))
+    log.apply(kv("lock", "a", session="rel"))
+    log.apply(kv("lock", "b", session="del"))
+    log.apply(cmd.SessionOp("destroy", Session(id="rel")))
+    log.apply(cmd.SessionOp("destroy", Session(id="del")))
+    assert log.store.kv["a"].session == "" and "b" not in log.store.kv
+
+
+def test_critical_check_invalidates_sessions() -> None:
+    log = Log()
+    node = Node("n1", address="10.0.0.1")
+    log.apply(cmd.Register(node, checks=(HealthCheck("n1", "serfHealth", status="passing"),)))
+    log.apply(cmd.SessionOp("create", Session(id="s", node="n1", node_checks=("serfHealth",))))
+    log.apply(cmd.Register(node, checks=(HealthCheck("n1", "serfHealth", status="critical"),)))
+    assert "s" not in log.store.sessions
+
+
+def test_register_rejects_check_for_unknown_service_without_changes() -> None:
+    log = Log()
+    before = dict(log.store.table_index)
+    result = log.apply(cmd.Register(Node("n1", address="x"), checks=(HealthCheck("n1", "c", service_id="ghost"),)))
+    assert isinstance(result, StoreError)
+    assert "n1" not in log.store.nodes and log.store.table_index == before
+
+
+def test_unchanged_registration_does_not_bump_indexes() -> None:
+    log = Log()
+    svc = ServiceInstance("n1", "web", "web", port=80)
+    log.apply(cmd.Register(Node("n1", address="x"), svc))
+    first = log.store.index_for_service("web")
+    log.apply(cmd.Register(Node("n1", address="x"), svc))
+    assert log.store.index_for_service("web") == first
+
+
+def test_service_index_tracks_node_check_changes() -> None:
+    log = Log()
+    node = Node("n1", address="x")
+    log.apply(cmd.Register(node, ServiceInstance("n1", "web", "web")))
+    log.apply(cmd.Register(node, ServiceInstance("n1", "db", "db")))
+    web_before = log.store.index_for_service("web")
+    log.apply(cmd.Register(node, checks=(HealthCheck("n1", "maint", status="critical"),)))
+    assert log.store.index_for_service("web") > web_before
+
+
+def test_snapshot_restore_roundtrip() -> None:
+    log = Log()
+    log.apply(cmd.Register(Node("n1", address="x"), ServiceInstance("n1", "web", "web", tags=("a",), port=80),
+                           (HealthCheck("n1", "c1", status="passing", service_id="web"),)))
+    log.apply(kv("set", "k", b"\x00\xff"))
+    log.apply(kv("delete", "gone"))
+    blob = log.store.snapshot()
+    other = Store()
+    other.restore(blob)
+    assert other.snapshot() == blob
+    assert other.kv_get("k") == log.store.kv_get("k")
+    assert other.service_instances("web") == log.store.service_instances("web")
+
+
+def test_deregister_node_removes_services_checks_and_sessions() -> None:
+    log = Log()
+    log.apply(cmd.Register(Node("n1", address="x"), ServiceInstance("n1", "web", "web"),
+                           (HealthCheck("n1", "c1", status="passing", service_id="web"),)))
+    log.apply(cmd.SessionOp("create", Session(id="s", node="n1")))
+    log.apply(cmd.Deregister("n1"))
+    assert log.store.nodes == {} and log.store.service_instances("web") == [] and log.store.sessions == {}
