@@ -21,6 +21,13 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 
 
+def proconsul_command() -> str:
+    """The installed `proconsul` console script, as an operator would run it."""
+    script = Path(sys.executable).parent / "proconsul"
+    assert script.exists(), f"{script} is missing: install the package (scripts/setup-env test)"
+    return str(script)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -52,7 +59,7 @@ class AgentProcess:
         self.dns_port = free_port()
         self.tmp = tempfile.TemporaryDirectory(prefix="proconsul-test-")
         self.log_path = Path(self.tmp.name) / "agent.log"
-        self.args = [sys.executable, "-c", "import sys; from proconsul.agent import run_agent; sys.exit(run_agent(sys.argv[1:]))"]
+        self.args = [proconsul_command(), "agent"]
         if dev:
             self.args.append("-dev")
         self.args += [
