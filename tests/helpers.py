@@ -15,8 +15,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,7 +81,7 @@ class AgentProcess:
     def url(self) -> str:
         return f"http://{self.addr}"
 
-    def start(self) -> "AgentProcess":
+    def start(self) -> AgentProcess:
         log = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.tmp.name)

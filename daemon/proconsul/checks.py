@@ -16,7 +16,7 @@ import os
 import random
 import signal
 import ssl
-from typing import Callable
+from collections.abc import Callable
 
 import aiohttp
 
@@ -170,7 +170,7 @@ class CheckRunner:
                 if resp.status == 429:
                     return HEALTH_WARNING, summary
                 return HEALTH_CRITICAL, summary
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return HEALTH_CRITICAL, f"Get {d.http}: timeout after {timeout:g}s"
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return HEALTH_CRITICAL, f"{method} {d.http}: {exc}"
@@ -182,7 +182,7 @@ class CheckRunner:
         host = host.strip("[]")
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return HEALTH_CRITICAL, f"dial tcp {d.tcp}: i/o timeout"
         except (OSError, ValueError) as exc:
             return HEALTH_CRITICAL, f"dial tcp {d.tcp}: {exc}"
@@ -204,7 +204,7 @@ class CheckRunner:
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:

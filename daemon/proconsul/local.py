@@ -19,8 +19,9 @@ import logging
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from proconsul.config import format_duration
 from proconsul.rpc import QueryOptions, RPCError, Server
@@ -435,7 +436,7 @@ class AntiEntropy:
             self._trigger.clear()
             try:
                 await asyncio.wait_for(self._trigger.wait(), max(0.0, next_full - loop.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 from proconsul.state import commands
 from proconsul.state.store import Store, StoreError
@@ -161,7 +162,7 @@ class Server:
             watch = self.store.watch(tables, woken.set, kv_prefix=kv_prefix)
             try:
                 await asyncio.wait_for(woken.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             finally:
                 self.store.unwatch(watch)

@@ -13,8 +13,9 @@ Errors are collected, never raised one at a time, each naming the key path.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 HEALTH_PASSING = "passing"
 HEALTH_WARNING = "warning"

@@ -9,11 +9,10 @@ import base64
 import http.server
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import consul
 import pytest
-
 from helpers import AgentProcess, wait_for
 
 

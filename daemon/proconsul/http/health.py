@@ -16,7 +16,7 @@ from proconsul.http.catalog import CATALOG_TABLES, has_tags, node_matches_meta, 
 from proconsul.http.common import bad_request, filter_items, flag, json_response, query_options
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store
-from proconsul.structs import HEALTH_ANY, HEALTH_PASSING, CHECK_STATUSES
+from proconsul.structs import CHECK_STATUSES, HEALTH_ANY, HEALTH_PASSING
 
 
 async def node_health(request: web.Request) -> web.Response:

@@ -10,7 +10,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from proconsul.http import render
-from proconsul.http.common import HTTPError, bad_request, flag, json_response, query_options, set_meta, uint_param
+from proconsul.http.common import (
+    HTTPError,
+    bad_request,
+    flag,
+    json_response,
+    query_options,
+    set_meta,
+    uint_param,
+)
 from proconsul.state import commands
 from proconsul.state.records import DirEntry
 from proconsul.state.store import Store

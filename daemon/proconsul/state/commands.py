@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Union
+from typing import Any
 
 import msgpack
 
@@ -99,7 +99,7 @@ class Noop:
     pass
 
 
-Command = Union[Register, Deregister, KVS, SessionOp, Txn, Noop]
+Command = Register | Deregister | KVS | SessionOp | Txn | Noop
 
 
 def encode(command: Command) -> bytes:

@@ -8,8 +8,9 @@ turn itself into plain msgpack-able values (`to_wire`) and back, for FSM command
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -31,7 +32,8 @@ class _Wire:
     @classmethod
     def from_wire(cls: type[T], data: list[Any]) -> T:
         names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        return cls(**{n: _freeze(v) for n, v in zip(names, data)})
+        # Not strict: an entry written before a field was appended has fewer values.
+        return cls(**{n: _freeze(v) for n, v in zip(names, data, strict=False)})
 
 
 @dataclass(frozen=True, slots=True)

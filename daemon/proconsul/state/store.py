@@ -17,8 +17,9 @@ Not thread-safe: the agent's event loop is the only caller.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import msgpack
 
