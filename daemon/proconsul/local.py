@@ -167,7 +167,8 @@ class LocalState:
         check = LocalCheck(definition, status, output, source, token)
         self.checks[definition.id] = check
         self.deleted_checks.discard(definition.id)
-        if persist and source == "api" and not definition.service_id:
+        # A service's own checks are persisted with the service; maintenance checks stand alone.
+        if persist and source == "api" and (not definition.service_id or definition.type == "maintenance"):
             self._persist("checks", definition.id, {"definition": _check_to_json(definition), "token": token})
         self.on_check_added(check)
         if notify:
@@ -308,6 +309,13 @@ class LocalState:
                     if kind == "services":
                         definition = decode_service(payload["definition"], strict=False)
                         self.add_service(definition, "api", payload.get("token", ""), persist=False)
+                    elif payload["definition"].get("Maintenance"):
+                        raw = payload["definition"]
+                        check = CheckDefinition(
+                            id=raw["ID"], name=raw["Name"], notes=raw.get("Notes", ""),
+                            service_id=raw.get("ServiceID", ""), status=HEALTH_CRITICAL, type="maintenance",
+                        )
+                        self.add_check(check, "api", payload.get("token", ""), persist=False)
                     else:
                         check = decode_check(payload["definition"], strict=False)
                         self.add_check(check, "api", payload.get("token", ""), persist=False)
@@ -460,6 +468,8 @@ def _service_to_json(d: ServiceDefinition) -> dict[str, Any]:
 
 def _check_to_json(c: CheckDefinition) -> dict[str, Any]:
     out: dict[str, Any] = {"ID": c.id, "Name": c.name}
+    if c.type == "maintenance":
+        out["Maintenance"] = True
     for attr, key in (
         ("service_id", "ServiceID"),
         ("notes", "Notes"),
