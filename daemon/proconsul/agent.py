@@ -27,7 +27,7 @@ from proconsul import config as configmod
 from proconsul import logs
 from proconsul.checks import CheckManager
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
-from proconsul.leader import reconcile_alive_server
+from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.local import AntiEntropy, LocalCheck, LocalState
 from proconsul.raft.single import SingleNodeLog
 from proconsul.rpc import NoPathToDatacenter, Server
@@ -108,6 +108,8 @@ class Agent:
         self.local.on_check_added = self._check_added
         self.local.on_check_removed = self.checks.remove
         self.anti_entropy = AntiEntropy(self.local, self.server)
+        self.session_timers = SessionTimers(self.server)
+        self.store.now = time.monotonic
         self.notifier = Notifier()
         self.http: Any = None
         self._stop = asyncio.Event()
@@ -191,6 +193,7 @@ class Agent:
                 await task
             except asyncio.CancelledError:
                 pass
+        self.session_timers.stop()
         await self.checks.close()
         if self.config.pid_file:
             remove_pid_file(self.config.pid_file)

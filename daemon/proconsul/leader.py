@@ -8,11 +8,12 @@ the full membership reconcile loop (alive/failed/left members -> serfHealth stat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from proconsul.rpc import Server
 from proconsul.state import commands
-from proconsul.state.records import HealthCheck, Node, ServiceInstance
+from proconsul.state.records import HealthCheck, Node, ServiceInstance, Session
 from proconsul.structs import HEALTH_PASSING, SERF_CHECK_ID, SERF_CHECK_NAME
 
 logger = logging.getLogger(__name__)
@@ -39,3 +40,59 @@ async def reconcile_alive_server(server: Server, node: Node, server_port: int, m
     )
     await server.write(commands.Register(node=node, service=service, checks=(check,)))
     logger.info("leader: member %s is an alive server; catalog reconciled", node.node)
+
+
+# Consul expires a session at TTL x 2, so a client renewing on time never races the leader.
+SESSION_TTL_MULTIPLIER = 2
+
+
+class SessionTimers:
+    """Leader-side TTL timers: a session not renewed within TTL x 2 is destroyed through the log.
+
+    Timers live only on the leader and are re-armed for every TTL session when leadership is
+    gained, so a failover extends TTLs rather than expiring sessions early (as Consul does).
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def arm(self, session: Session) -> None:
+        from proconsul.config import parse_duration
+
+        if not session.ttl:
+            return
+        self.disarm(session.id)
+        ttl_s = parse_duration(session.ttl) * SESSION_TTL_MULTIPLIER
+        loop = asyncio.get_running_loop()
+        self._timers[session.id] = loop.call_later(ttl_s, self._expire, session.id)
+
+    def arm_all(self, sessions: list[Session]) -> None:
+        for session in sessions:
+            self.arm(session)
+
+    def disarm(self, session_id: str) -> None:
+        handle = self._timers.pop(session_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _expire(self, session_id: str) -> None:
+        self._timers.pop(session_id, None)
+        task = asyncio.get_running_loop().create_task(self._destroy(session_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _destroy(self, session_id: str) -> None:
+        try:
+            await self.server.write(commands.SessionOp("destroy", Session(id=session_id)))
+            logger.info("leader: session %s expired (TTL) and was invalidated", session_id)
+        except Exception as exc:  # the next leader re-arms; log and move on
+            logger.warning("leader: could not expire session %s: %s", session_id, exc)
+
+    def stop(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()

@@ -125,6 +125,9 @@ async def kv_put(request: web.Request) -> web.StreamResponse:
     if "release" in request.query:
         session = request.query["release"]
         op = commands.KVOp.UNLOCK
+    if op == commands.KVOp.LOCK and agent.store.lock_delay_active(key):
+        # Consul refuses (false) an acquire during the lock-delay of an invalidated holder.
+        return json_response(request, False, index=agent.store.last_index)
     entry = DirEntry(key=key, value=value, flags=flags, session=session, modify_index=cas_index)
     meta, ok = await agent.server.write(commands.KVS(op, entry))
     return json_response(request, bool(ok), index=meta.index)

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.http import agent as agent_routes
-from proconsul.http import catalog, health, kv, status, txn
+from proconsul.http import catalog, health, kv, session, status, txn
 from proconsul.http.common import HTTPError
 from proconsul.rpc import RPCError
 from proconsul.state.store import StoreError
@@ -72,7 +72,7 @@ def build_app(agent: Any) -> web.Application:
     app["agent"] = agent
     app["response_headers"] = dict(getattr(agent.config, "http_response_headers", {}) or {})
     app.router.add_get("/", index)
-    for module in (agent_routes, catalog, health, kv, txn, status):
+    for module in (agent_routes, catalog, health, kv, session, txn, status):
         app.router.add_routes(module.routes())
     return app
 

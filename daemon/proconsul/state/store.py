@@ -60,6 +60,10 @@ class Store:
         self._dirty_tables: set[str] = set()
         self._dirty_keys: list[str] = []
         self._undo: list[Callable[[], None]] | None = None
+        # Lock-delay bookkeeping, as Consul keeps it: not replicated state but each server's own
+        # memory of when released locks may be taken again. Time is injected (monotonic seconds).
+        self.now: Callable[[], float] = lambda: 0.0
+        self.lock_delays: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------- watches
 
@@ -501,6 +505,10 @@ class Store:
         del self.sessions[session_id]
         self._touch("sessions", index)
         held = [e for e in self.kv.values() if e.session == session_id]
+        if held and session.lock_delay_ns > 0:
+            until = self.now() + session.lock_delay_ns / 1e9
+            for entry in held:
+                self.lock_delays[entry.key] = max(self.lock_delays.get(entry.key, 0.0), until)
         for entry in sorted(held, key=lambda e: e.key):
             if session.behavior == "delete":
                 self._kv_delete(index, entry.key)
@@ -513,6 +521,23 @@ class Store:
         )
         for sid in doomed:
             self.destroy_session(index, sid)
+
+    def lock_delay_active(self, key: str) -> bool:
+        """True while a lock released by an invalidated session may not be re-acquired."""
+        until = self.lock_delays.get(key)
+        if until is None:
+            return False
+        if self.now() >= until:
+            del self.lock_delays[key]
+            return False
+        return True
+
+    def get_session(self, session_id: str) -> tuple[int, Session | None]:
+        return self.table_index["sessions"], self.sessions.get(session_id)
+
+    def node_sessions(self, node: str) -> tuple[int, list[Session]]:
+        found = sorted((s for s in self.sessions.values() if s.node == node), key=lambda s: s.id)
+        return self.table_index["sessions"], found
 
     def list_sessions(self) -> tuple[int, list[Session]]:
         return self.table_index["sessions"], sorted(self.sessions.values(), key=lambda s: s.id)
