@@ -1,0 +1,119 @@
+"""RPC wire format: connection types, frames and messages (sans-I/O).
+
+Owns the bytes exchanged on the server port (`ports.server`, 8300). A connection opens with one
+byte naming its protocol (the listener multiplexes on it, as Consul's does), then carries
+length-prefixed msgpack frames. RPC frames are requests `[REQUEST, seq, method, body]` and
+responses `[RESPONSE, seq, error, body]`; the sequence number lets many requests share one
+connection with responses in any order (pipelining).
+
+Type numbers are append-only: a number is never reused or renumbered, so mixed versions during
+a rolling upgrade agree on what a frame means.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+WIRE_VERSION = 1
+# A frame longer than this is a protocol violation (a snapshot chunk is the largest frame).
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+_LENGTH = struct.Struct(">I")
+
+
+class ConnType(IntEnum):
+    """First byte of a connection on the server port."""
+
+    RPC = 0x01  # client-agent and server-to-server RPC
+    RAFT = 0x02  # Raft messages between servers
+    GOSSIP_STREAM = 0x03  # push-pull and fallback probes when gossip shares the port
+
+
+class FrameKind(IntEnum):
+    REQUEST = 0
+    RESPONSE = 1
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol (bad frame, unknown type): close the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    seq: int
+    method: str
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    seq: int
+    error: str | None
+    body: Any
+
+
+def encode_frame(payload: Any) -> bytes:
+    data = msgpack.packb(payload, use_bin_type=True)
+    if len(data) > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    return _LENGTH.pack(len(data)) + data
+
+
+def encode_request(req: Request) -> bytes:
+    return encode_frame([int(FrameKind.REQUEST), req.seq, req.method, req.body])
+
+
+def encode_response(resp: Response) -> bytes:
+    return encode_frame([int(FrameKind.RESPONSE), resp.seq, resp.error, resp.body])
+
+
+def decode_message(payload: Any) -> Request | Response:
+    """Turn one decoded frame into a Request or Response; ProtocolError if malformed."""
+    if not isinstance(payload, list) or len(payload) != 4:
+        raise ProtocolError("RPC frame is not a 4-element array")
+    kind, seq, a, b = payload
+    if not isinstance(seq, int):
+        raise ProtocolError("RPC frame has a non-integer sequence number")
+    if kind == FrameKind.REQUEST:
+        if not isinstance(a, str):
+            raise ProtocolError("RPC request has a non-string method")
+        return Request(seq, a, b)
+    if kind == FrameKind.RESPONSE:
+        if a is not None and not isinstance(a, str):
+            raise ProtocolError("RPC response has a non-string error")
+        return Response(seq, a, b)
+    raise ProtocolError(f"unknown RPC frame kind {kind!r}")
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes as they arrive, get whole decoded frames back."""
+
+    def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._buf += data
+        out: list[Any] = []
+        while len(self._buf) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buf)
+            if length > self._max:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {self._max}-byte limit")
+            end = _LENGTH.size + length
+            if len(self._buf) < end:
+                break
+            raw = bytes(self._buf[_LENGTH.size : end])
+            del self._buf[:end]
+            try:
+                out.append(msgpack.unpackb(raw, raw=False))
+            except Exception as exc:  # msgpack raises several unrelated exception types
+                raise ProtocolError(f"undecodable frame: {exc}") from exc
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
