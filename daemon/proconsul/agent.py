@@ -112,6 +112,7 @@ class Agent:
         self.store.now = time.monotonic
         self.notifier = Notifier()
         self.http: Any = None
+        self.dns: Any = None
         self._stop = asyncio.Event()
         self._leave_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -153,6 +154,11 @@ class Agent:
         addresses = list(cfg.addresses.http or cfg.client_addr)
         self.http = HTTPServer(self, addresses, cfg.ports.http)
         await self.http.start()
+        if cfg.ports.dns > 0:
+            from proconsul.dns import DNSServer
+
+            self.dns = DNSServer(self.server, lambda: self.config)
+            await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         if cfg.pid_file:
             write_pid_file(cfg.pid_file)
         logger.info("agent: started; node=%s datacenter=%s server=%s", self.node_name, cfg.datacenter, cfg.server)
@@ -186,6 +192,8 @@ class Agent:
         self.notifier.stopping()
         if self.http is not None:
             await self.http.stop()
+        if self.dns is not None:
+            await self.dns.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -1,0 +1,452 @@
+"""Answers for names inside the Consul domain, computed from the state store.
+
+Owns the meaning of a `.consul` question: parsing the query forms (`<node>.node`,
+`[<tag>.]<service>.service`, RFC 2782 `_<service>._<tag>`, `<hexip>.addr`, PTR under `arpa.`,
+SOA/NS of the zone), health filtering, SRV targets and their additional records, TTLs and
+node-meta TXT records. It does no I/O: `resolve` is a pure function of the store, the settings,
+an injected `random.Random` and the time for the SOA serial, run inside `Server.read` (a stale read, never blocking).
+
+The result is an `Answer`: an rcode plus answer *groups* (the records for one instance and the
+additional records that belong to them) so that the wire layer can cut UDP answers to size by
+dropping whole groups, keeping each SRV's glue with it.
+
+Behaviour chosen to match Consul (agent/dns router and message serializer):
+- A name in another datacenter (`.dc2.consul`, `.dc2.dc.consul`) answers NXDOMAIN with the SOA,
+  as Consul does when it has no path to that datacenter (`rCodeFromError(ErrNoDCPath)`); WAN
+  forwarding arrives with the multi-datacenter issue.
+- Unknown names, unknown nodes and services with no healthy instance: NXDOMAIN with the SOA.
+  A known name without records of the asked type: NOERROR, empty answer, SOA in authority.
+- SOA and NS questions anywhere in the zone answer for the zone apex (`ns.<domain>`,
+  `hostmaster.<domain>`, serial = unix time), naming up to three servers (`consul` service).
+- `_<service>._tcp` means "no tag filter"; any other `_<tag>` filters by that tag (`_udp` too).
+- Prepared queries (`.query`) and the mesh forms (`.connect`, `.ingress`, `.virtual`) are not
+  available yet and answer NXDOMAIN, as Consul does for an unknown prepared query.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
+
+from proconsul.config import RuntimeConfig
+from proconsul.state.records import HealthCheck, Node, ServiceInstance
+from proconsul.state.store import Store
+from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
+
+# Consul's InvalidNameRe: nodes and services with other characters are not resolvable.
+_INVALID_NAME = re.compile(r"[^A-Za-z0-9\-]+")
+_HEX = re.compile(r"^[0-9a-f]+$")
+# The zone's NS and SOA answers name at most this many servers (Consul's nameservers()).
+MAX_NAMESERVERS = 3
+CONSUL_SERVICE = "consul"
+_KINDS = ("service", "connect", "virtual", "ingress", "node", "query", "addr")
+
+
+@dataclass
+class Group:
+    """Records for one result: answer records and the additional records they need."""
+
+    answer: list[RR] = field(default_factory=list)
+    extra: list[RR] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    rcode: int = RCODE.NOERROR
+    groups: list[Group] = field(default_factory=list)
+    authority: list[RR] = field(default_factory=list)
+    # True when the answer lists addresses (A/AAAA/ANY of a service): `a_record_limit` applies.
+    address_answer: bool = False
+    # Outside our data (an unmatched PTR): the caller may hand the question to a recursor.
+    recurse: bool = False
+
+
+@dataclass(frozen=True)
+class Question:
+    name: str  # lower-cased, with the trailing dot
+    qtype: int
+    domain: str  # the domain that matched (domain or alt_domain), answers use it
+
+
+def soa_record(cfg: RuntimeConfig, domain: str, now: float) -> RR:
+    """The zone's SOA; the serial is the unix time `now`, as Consul."""
+    soa = cfg.dns_config.soa
+    serial = int(now) & 0xFFFFFFFF
+    rdata = SOA(
+        mname=f"ns.{domain}",
+        rname=f"hostmaster.{domain}",
+        times=(serial, soa.refresh, soa.retry, soa.expire, soa.min_ttl),
+    )
+    # The SOA's own TTL equals its minimum TTL, so negative caching stays consistent.
+    return RR(domain, QTYPE.SOA, rdata=rdata, ttl=soa.min_ttl)
+
+
+def match_domain(name: str, cfg: RuntimeConfig) -> str | None:
+    """The served domain `name` falls in (longest first), `domain` for `arpa.`, else None."""
+    candidates = sorted((d for d in (cfg.domain, cfg.alt_domain) if d), key=len, reverse=True)
+    for domain in candidates:
+        if name == domain or name.endswith("." + domain):
+            return domain
+    if name == "arpa." or name.endswith(".arpa."):
+        return cfg.domain  # PTR answers always use the primary domain, as Consul
+    return None
+
+
+def _ttl_s(value: float) -> int:
+    return max(0, min(int(value), 0x7FFFFFFF))
+
+
+def service_ttl(cfg: RuntimeConfig, service: str) -> int:
+    """`service_ttl`: exact name first, then the longest `prefix*` match; else `node_ttl`."""
+    table = cfg.dns_config.service_ttl_s
+    if service in table:
+        return _ttl_s(table[service])
+    best: tuple[int, float] | None = None
+    for key, value in table.items():
+        if key.endswith("*") and service.startswith(key[:-1]):
+            if best is None or len(key) > best[0]:
+                best = (len(key), value)
+    if best is not None:
+        return _ttl_s(best[1])
+    return _ttl_s(cfg.dns_config.node_ttl_s)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _addr_rr(name: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, ttl: int) -> RR:
+    if ip.version == 4:
+        return RR(name, QTYPE.A, rdata=A(str(ip)), ttl=ttl)
+    return RR(name, QTYPE.AAAA, rdata=AAAA(str(ip)), ttl=ttl)
+
+
+def _fqdn(name: str) -> str:
+    return name if name.endswith(".") else name + "."
+
+
+def encode_rfc1464(key: str, value: str) -> str:
+    """`key=value` with RFC 1464 backquote escapes, as Consul's encodeKVasRFC1464."""
+    key = key.replace("`", "``").replace("=", "`=")
+    stripped = key.lstrip(" ")
+    key = "` " * (len(key) - len(stripped)) + stripped
+    stripped = key.rstrip(" ")
+    key = stripped + "` " * (len(key) - len(stripped))
+    return key + "=" + value.replace("`", "``")
+
+
+def node_meta_txt(name: str, node: Node, ttl: int) -> list[RR]:
+    out = []
+    for key in sorted(node.meta):
+        value = node.meta[key]
+        text = value if key.lower().startswith("rfc1035-") else encode_rfc1464(key, value)
+        data = text.encode()
+        # A TXT character-string holds at most 255 bytes; longer values are split.
+        chunks = [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
+        out.append(RR(name, QTYPE.TXT, rdata=TXT(chunks), ttl=ttl))
+    return out
+
+
+def _healthy(checks: Iterable[HealthCheck], only_passing: bool) -> bool:
+    for c in checks:
+        if c.status == HEALTH_CRITICAL or (only_passing and c.status != HEALTH_PASSING):
+            return False
+    return True
+
+
+def _weight(svc: ServiceInstance, checks: list[HealthCheck]) -> int:
+    passing, warning = (tuple(svc.weights) + (1, 1))[:2] if svc.weights else (1, 1)
+    if any(c.status == HEALTH_WARNING for c in checks):
+        return max(0, min(int(warning), 0xFFFF))
+    return max(0, min(int(passing), 0xFFFF))
+
+
+def _locality(suffixes: list[str], local_dc: str) -> str | None:
+    """The datacenter named by the labels after the kind: [], [dc] or [dc, "dc"]."""
+    if not suffixes:
+        return local_dc
+    if len(suffixes) == 1:
+        return suffixes[0]
+    if len(suffixes) == 2 and suffixes[1] == "dc":
+        return suffixes[0]
+    return None
+
+
+class Resolver:
+    """Answers one question from a store snapshot; see the module docstring."""
+
+    def __init__(self, cfg: RuntimeConfig, datacenter: str, rng: random.Random, now: float) -> None:
+        self.cfg = cfg
+        self.dc = datacenter
+        self.rng = rng
+        self.now = now  # wall-clock seconds, only for the SOA serial
+
+    # ------------------------------------------------------------------------- entry point
+
+    def resolve(self, store: Store, q: Question) -> Answer:
+        if q.qtype in (QTYPE.SOA, QTYPE.NS):
+            return self._zone(store, q)
+        if q.qtype in (QTYPE.AXFR, QTYPE.IXFR):
+            return Answer(rcode=RCODE.NOTIMP)
+        if q.name == "arpa." or q.name.endswith(".arpa."):
+            return self._ptr(store, q)
+        rest = q.name[: -len(q.domain)].rstrip(".") if q.name != q.domain else ""
+        labels = rest.split(".") if rest else []
+        kind, parts, suffixes = "", [], []
+        for i in range(len(labels) - 1, -1, -1):
+            if labels[i] in _KINDS:
+                kind, parts, suffixes = labels[i], labels[:i], labels[i + 1 :]
+                break
+            # For SRV the `.service` label is optional in the RFC 2782 form.
+            if q.qtype == QTYPE.SRV and labels[i].startswith("_"):
+                kind, parts, suffixes = "service", labels[: i + 1], labels[i + 1 :]
+                break
+        if kind == "addr":
+            return self._addr(q, parts)
+        if kind not in ("service", "node") or not parts:
+            return self._nxdomain(q)
+        dc = _locality(suffixes, self.dc)
+        if dc is None or dc != self.dc:
+            # No path to another datacenter yet: Consul answers NXDOMAIN for ErrNoDCPath.
+            return self._nxdomain(q)
+        if kind == "node":
+            return self._node(store, q, ".".join(parts))
+        if len(parts) == 2 and parts[0].startswith("_") and parts[1].startswith("_"):
+            service, tag = parts[0][1:], parts[1][1:]
+            if tag == "tcp":
+                tag = ""
+        else:
+            service, tag = parts[-1], ".".join(parts[:-1])
+        return self._service(store, q, service, tag)
+
+    # --------------------------------------------------------------------------- helpers
+
+    def _nxdomain(self, q: Question) -> Answer:
+        return Answer(rcode=RCODE.NXDOMAIN, authority=[soa_record(self.cfg, q.domain, self.now)])
+
+    def _nodata(self, q: Question) -> Answer:
+        return Answer(rcode=RCODE.NOERROR, authority=[soa_record(self.cfg, q.domain, self.now)])
+
+    def _finish(self, q: Question, answer: Answer) -> Answer:
+        if not any(g.answer or g.extra for g in answer.groups):
+            nodata = self._nodata(q)
+            nodata.address_answer = answer.address_answer
+            return nodata
+        return answer
+
+    def node_fqdn(self, node: str, domain: str) -> str:
+        return f"{node.lower()}.node.{self.dc}.{domain}"
+
+    def _find_node(self, store: Store, name: str) -> Node | None:
+        node = store.nodes.get(name)
+        if node is not None:
+            return node
+        # Consul's node index is case-insensitive; DNS names arrive lower-cased.
+        for key in sorted(store.nodes):
+            if key.lower() == name:
+                return store.nodes[key]
+        return None
+
+    def healthy_instances(
+        self, store: Store, service: str, tag: str
+    ) -> list[tuple[Node, ServiceInstance, list[HealthCheck]]]:
+        """Healthy instances of `service` (case-insensitive), sorted, then shuffled."""
+        out = []
+        only_passing = self.cfg.dns_config.only_passing
+        for node_name in sorted(store.services):
+            node = store.nodes.get(node_name)
+            if node is None:
+                continue
+            per = store.services[node_name]
+            for sid in sorted(per):
+                svc = per[sid]
+                if svc.service.lower() != service:
+                    continue
+                if tag and not any(t.lower() == tag for t in svc.tags):
+                    continue
+                checks = store.checks_for_instance(svc)
+                if _healthy(checks, only_passing):
+                    out.append((node, svc, checks))
+        # Sorted above (node, service ID), so the shuffle depends only on the RNG's state.
+        self.rng.shuffle(out)
+        return out
+
+    # ----------------------------------------------------------------------------- forms
+
+    def _zone(self, store: Store, q: Question) -> Answer:
+        ttl = _ttl_s(self.cfg.dns_config.node_ttl_s)
+        domain = q.domain
+        answer = Answer()
+        servers = self.healthy_instances(store, CONSUL_SERVICE, "")[:MAX_NAMESERVERS]
+        ns_records: list[RR] = []
+        glue: list[RR] = []
+        for node, _svc, _checks in servers:
+            if _INVALID_NAME.search(node.node):
+                continue
+            fqdn = self.node_fqdn(node.node, domain)
+            ns_records.append(RR(domain, QTYPE.NS, rdata=NS(fqdn), ttl=ttl))
+            ip = _ip(node.address)
+            if ip is not None:
+                glue.append(_addr_rr(fqdn, ip, ttl))
+        if q.qtype == QTYPE.SOA:
+            answer.groups.append(Group(answer=[soa_record(self.cfg, domain, self.now)], extra=glue))
+            answer.authority = ns_records
+        else:
+            for i, ns in enumerate(ns_records):
+                answer.groups.append(Group(answer=[ns], extra=glue[i : i + 1]))
+        return self._finish(q, answer)
+
+    def _addr(self, q: Question, parts: list[str]) -> Answer:
+        if len(parts) != 1 or len(parts[0]) not in (8, 32) or not _HEX.match(parts[0]):
+            return self._nxdomain(q)
+        ip = ipaddress.ip_address(bytes.fromhex(parts[0]))
+        rr = _addr_rr(q.name, ip, _ttl_s(self.cfg.dns_config.node_ttl_s))
+        wanted = QTYPE.A if ip.version == 4 else QTYPE.AAAA
+        if q.qtype in (wanted, QTYPE.ANY):
+            return Answer(groups=[Group(answer=[rr])])
+        # Consul puts the address in the additional section for other types.
+        return Answer(groups=[Group(extra=[rr])], authority=[soa_record(self.cfg, q.domain, self.now)])
+
+    def _node(self, store: Store, q: Question, name: str) -> Answer:
+        if q.qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY, QTYPE.TXT):
+            # Consul answers only these types for nodes; other types find no data.
+            return self._nodata(q) if self._find_node(store, name) else self._nxdomain(q)
+        node = self._find_node(store, name)
+        if node is None:
+            return self._nxdomain(q)
+        ttl = _ttl_s(self.cfg.dns_config.node_ttl_s)
+        group = Group()
+        if q.qtype != QTYPE.TXT:
+            ip = _ip(node.address)
+            if ip is None and node.address:
+                group.answer.append(RR(q.name, QTYPE.CNAME, rdata=CNAME(_fqdn(node.address)), ttl=ttl))
+            elif ip is not None and (q.qtype == QTYPE.ANY or (q.qtype == QTYPE.A) == (ip.version == 4)):
+                group.answer.append(_addr_rr(q.name, ip, ttl))
+        if q.qtype in (QTYPE.TXT, QTYPE.ANY):
+            group.answer.extend(node_meta_txt(q.name, node, ttl))
+        elif self.cfg.dns_config.enable_additional_node_meta_txt and group.answer:
+            group.extra.extend(node_meta_txt(q.name, node, ttl))
+        if not group.answer:
+            return self._nodata(q)
+        return Answer(groups=[group])
+
+    def _service(self, store: Store, q: Question, service: str, tag: str) -> Answer:
+        instances = self.healthy_instances(store, service, tag)
+        if not instances:
+            return self._nxdomain(q)
+        ttl = service_ttl(self.cfg, service)
+        if q.qtype == QTYPE.SRV:
+            return self._finish(q, self._srv(q, instances, ttl))
+        answer = Answer(address_answer=True)
+        if q.qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+            return self._nodata(q)
+        seen: set[str] = set()
+        cname: Group | None = None
+        for node, svc, _checks in instances:
+            address = svc.address or node.address
+            ip = _ip(address)
+            if ip is None:
+                # A hostname address answers as a CNAME, used only when no address answers.
+                if address and cname is None:
+                    cname = Group(answer=[RR(q.name, QTYPE.CNAME, rdata=CNAME(_fqdn(address)), ttl=ttl)])
+                continue
+            if q.qtype != QTYPE.ANY and (q.qtype == QTYPE.A) != (ip.version == 4):
+                continue
+            if str(ip) in seen:
+                continue
+            seen.add(str(ip))
+            answer.groups.append(Group(answer=[_addr_rr(q.name, ip, ttl)]))
+        if not answer.groups and cname is not None:
+            answer.groups.append(cname)
+        return self._finish(q, answer)
+
+    def _srv(
+        self, q: Question, instances: list[tuple[Node, ServiceInstance, list[HealthCheck]]], ttl: int
+    ) -> Answer:
+        answer = Answer()
+        seen: set[tuple[str, str, int]] = set()
+        meta_txt = self.cfg.dns_config.enable_additional_node_meta_txt
+        for node, svc, checks in instances:
+            key = (node.node, svc.address or node.address, svc.port)
+            if key in seen or _INVALID_NAME.search(node.node):
+                continue
+            seen.add(key)
+            group = Group()
+            node_fqdn = self.node_fqdn(node.node, q.domain)
+            svc_ip = _ip(svc.address) if svc.address else None
+            if svc.address and svc_ip is None:
+                # The service has a hostname: it is the target; its resolution is the client's.
+                target = _fqdn(svc.address)
+            elif svc_ip is not None and svc.address != node.address:
+                target = f"{svc_ip.packed.hex()}.addr.{self.dc}.{q.domain}"
+                group.extra.append(_addr_rr(target, svc_ip, ttl))
+            else:
+                target = node_fqdn
+                node_ip = _ip(node.address)
+                if node_ip is not None:
+                    group.extra.append(_addr_rr(target, node_ip, ttl))
+                elif node.address:
+                    group.extra.append(RR(target, QTYPE.CNAME, rdata=CNAME(_fqdn(node.address)), ttl=ttl))
+            rdata = SRV(priority=1, weight=_weight(svc, checks), port=svc.port, target=target)
+            group.answer.append(RR(q.name, QTYPE.SRV, rdata=rdata, ttl=ttl))
+            if meta_txt:
+                group.extra.extend(node_meta_txt(node_fqdn, node, ttl))
+            answer.groups.append(group)
+        return answer
+
+    def _ptr(self, store: Store, q: Question) -> Answer:
+        ip = ip_from_arpa(q.name)
+        if ip is None:
+            return self._nxdomain(q)
+        ttl = _ttl_s(self.cfg.dns_config.node_ttl_s)
+        answer = Answer()
+        for name in sorted(store.nodes):
+            node = store.nodes[name]
+            if _ip(node.address) == ip and not _INVALID_NAME.search(node.node):
+                target = self.node_fqdn(node.node, q.domain)
+                answer.groups.append(Group(answer=[RR(q.name, QTYPE.PTR, rdata=PTR(target), ttl=ttl)]))
+        if not answer.groups:
+            # Newer Consul also maps service addresses to `<service>.service.<dc>.<domain>`.
+            names: list[str] = []
+            for node_name in sorted(store.services):
+                for sid in sorted(store.services[node_name]):
+                    svc = store.services[node_name][sid]
+                    if svc.address and _ip(svc.address) == ip and svc.service.lower() not in names:
+                        names.append(svc.service.lower())
+            for svc_name in names:
+                target = f"{svc_name}.service.{self.dc}.{q.domain}"
+                answer.groups.append(Group(answer=[RR(q.name, QTYPE.PTR, rdata=PTR(target), ttl=ttl)]))
+        if not answer.groups:
+            nx = self._nxdomain(q)
+            nx.recurse = True  # Consul hands unknown reverse names to the recursors
+            return nx
+        return answer
+
+
+def ip_from_arpa(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a reverse name stands for, or None when it names no full address."""
+    labels = name.rstrip(".").split(".")
+    try:
+        if labels[-2:] == ["in-addr", "arpa"] and len(labels) == 6:
+            return ipaddress.IPv4Address(".".join(reversed(labels[:4])))
+        if labels[-2:] == ["ip6", "arpa"] and len(labels) == 34:
+            nibbles = "".join(reversed(labels[:32]))
+            if not _HEX.match(nibbles):
+                return None
+            return ipaddress.IPv6Address(bytes.fromhex(nibbles))
+    except ValueError:
+        return None
+    return None
+
+
+def canonical_name(label: DNSLabel) -> str:
+    """Lower-cased text form with the trailing dot (Consul answers with canonical names)."""
+    return str(label).lower() if str(label).endswith(".") else str(label).lower() + "."

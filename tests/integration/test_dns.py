@@ -1,0 +1,349 @@
+"""DNS against a real agent process, with the real `dig` and dnspython as resolvers.
+
+Covers the query forms, health filtering through TTL checks, UDP truncation and the TCP full
+set with 30 instances, forwarding to a local test recursor (and a slow one not blocking other
+queries), and fuzzed packets after which the agent still answers. Only 127.0.0.1 gets traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+from dnslib import QTYPE, RR, A
+from dnslib import server as dnslib_server
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import AgentProcess, free_port, wait_for  # noqa: E402
+
+LOCAL = "127.0.0.1"
+
+
+def dig(agent: AgentProcess, *args: str) -> str:
+    binary = shutil.which("dig")
+    assert binary, "dig is missing: scripts/setup-env test installs bind9-dnsutils"
+    out = subprocess.run(
+        [binary, f"@{LOCAL}", "-p", str(agent.dns_port), "+tries=1", "+time=5", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return out.stdout
+
+
+def dig_short(agent: AgentProcess, *args: str) -> list[str]:
+    return sorted(
+        line for line in dig(agent, "+short", *args).splitlines() if line and not line.startswith(";")
+    )
+
+
+def status(output: str) -> str:
+    for line in output.splitlines():
+        if "status:" in line:
+            return line.split("status:")[1].split(",")[0].strip()
+    raise AssertionError(f"no status in dig output:\n{output}")
+
+
+def query(
+    agent: AgentProcess, name: str, rdtype: str = "A", tcp: bool = False, **kw: object
+) -> dns.message.Message:
+    msg = dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
+    if tcp:
+        return dns.query.tcp(msg, LOCAL, port=agent.dns_port, timeout=10)
+    return dns.query.udp(msg, LOCAL, port=agent.dns_port, timeout=10, ignore_trailing=True)
+
+
+def put(agent: AgentProcess, path: str, body: object | None = None) -> None:
+    code, _, text = agent.http("PUT", path, json.dumps(body).encode() if body is not None else None)
+    assert code == 200, text
+
+
+def register(
+    agent: AgentProcess,
+    sid: str,
+    port: int,
+    address: str = "",
+    tags: list[str] | None = None,
+    ttl_check: bool = False,
+) -> None:
+    body: dict[str, object] = {"Name": "web", "ID": sid, "Port": port, "Address": address, "Tags": tags or []}
+    if ttl_check:
+        body["Check"] = {"TTL": "600s"}
+    put(agent, "/v1/agent/service/register", body)
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    a = AgentProcess("-node-meta=rack:r1").start()
+    try:
+        register(a, "web-1", 8001, tags=["primary"])
+        register(a, "web-2", 8002, address="10.1.2.3", tags=["replica"])
+        wait_for(lambda: len(query(a, "web.service.consul", "SRV").answer[0]) == 2, what="web in DNS")
+        yield a
+    finally:
+        a.stop()
+
+
+# ------------------------------------------------------------------------------ query forms
+
+
+def test_srv_with_dig(agent: AgentProcess) -> None:
+    out = dig(agent, "web.service.consul", "SRV")
+    assert status(out) == "NOERROR" and " aa" in out
+    records = dig_short(agent, "web.service.consul", "SRV")
+    assert records == ["1 1 8001 test-node.node.dc1.consul.", "1 1 8002 0a010203.addr.dc1.consul."]
+    additional = out.split("ADDITIONAL SECTION:")[1]
+    assert "test-node.node.dc1.consul. 0\tIN\tA\t127.0.0.1" in additional
+    assert "0a010203.addr.dc1.consul. 0\tIN\tA\t10.1.2.3" in additional
+
+
+def test_forms_with_dig(agent: AgentProcess) -> None:
+    assert dig_short(agent, "web.service.consul") == ["10.1.2.3", "127.0.0.1"]
+    assert dig_short(agent, "primary.web.service.consul") == ["127.0.0.1"]
+    assert dig_short(agent, "web.service.dc1.consul") == ["10.1.2.3", "127.0.0.1"]
+    assert dig_short(agent, "_web._tcp.service.consul", "SRV") == [
+        "1 1 8001 test-node.node.dc1.consul.",
+        "1 1 8002 0a010203.addr.dc1.consul.",
+    ]
+    assert dig_short(agent, "_web._replica.service.consul", "SRV") == ["1 1 8002 0a010203.addr.dc1.consul."]
+    assert dig_short(agent, "test-node.node.consul") == ["127.0.0.1"]
+    assert dig_short(agent, "test-node.node.dc1.dc.consul") == ["127.0.0.1"]
+    assert '"rack=r1"' in dig_short(agent, "test-node.node.consul", "TXT")
+    assert dig_short(agent, "0a010203.addr.dc1.consul") == ["10.1.2.3"]
+    assert dig_short(agent, "consul.service.consul") == ["127.0.0.1"]
+    assert dig_short(agent, "-x", "127.0.0.1") == ["test-node.node.dc1.consul."]
+    assert dig_short(agent, "consul", "NS") == ["test-node.node.dc1.consul."]
+    soa = dig_short(agent, "consul", "SOA")
+    assert len(soa) == 1 and soa[0].startswith("ns.consul. hostmaster.consul. ")
+    anyq = dig(agent, "test-node.node.consul", "ANY")
+    assert "\tA\t127.0.0.1" in anyq and "\tTXT\t" in anyq
+
+
+def test_negative_answers(agent: AgentProcess) -> None:
+    out = dig(agent, "missing.service.consul")
+    assert status(out) == "NXDOMAIN"
+    assert "AUTHORITY SECTION:\nconsul.\t\t\t0\tIN\tSOA\tns.consul. hostmaster.consul." in out
+    assert status(dig(agent, "web.service.dc2.consul")) == "NXDOMAIN"
+    nodata = dig(agent, "test-node.node.consul", "MX")
+    assert status(nodata) == "NOERROR" and "ANSWER: 0" in nodata and "SOA" in nodata
+    refused = dig(agent, "example.org")
+    assert status(refused) == "REFUSED" and " ra" not in refused.split("flags:")[1].split(";")[0]
+
+
+def test_python_resolver(agent: AgentProcess) -> None:
+    r = query(agent, "web.service.consul", "SRV")
+    assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
+    assert sorted(rd.port for rd in r.answer[0]) == [8001, 8002]
+    tcp = query(agent, "web.service.consul", "SRV", tcp=True)
+    assert sorted(rd.port for rd in tcp.answer[0]) == [8001, 8002]
+    aaaa = query(agent, "test-node.node.consul", "AAAA")
+    assert aaaa.rcode() == dns.rcode.NOERROR and not aaaa.answer and aaaa.authority
+    edns = query(agent, "web.service.consul", "A", use_edns=0, payload=4096)
+    assert edns.edns == 0 and edns.payload == 4096  # the OPT is echoed
+
+
+# ------------------------------------------------------------------------------- health
+
+
+def test_health_filtering_with_ttl_checks() -> None:
+    a = AgentProcess().start()
+    try:
+        register(a, "api-1", 9001, address="10.9.0.1", ttl_check=True)
+        register(a, "api-2", 9002, address="10.9.0.2", ttl_check=True)
+        # TTL checks start critical: nothing is served yet.
+        assert status(dig(a, "web.service.consul")) == "NXDOMAIN"
+        put(a, "/v1/agent/check/pass/service:api-1")
+        put(a, "/v1/agent/check/pass/service:api-2")
+        wait_for(lambda: dig_short(a, "web.service.consul") == ["10.9.0.1", "10.9.0.2"], what="both healthy")
+        put(a, "/v1/agent/check/fail/service:api-2")
+        wait_for(lambda: dig_short(a, "web.service.consul") == ["10.9.0.1"], what="api-2 to vanish")
+        put(a, "/v1/agent/check/warn/service:api-2")
+        wait_for(
+            lambda: dig_short(a, "web.service.consul") == ["10.9.0.1", "10.9.0.2"], what="warning serves"
+        )
+    finally:
+        a.stop()
+
+
+def test_only_passing_drops_warning() -> None:
+    a = AgentProcess("-hcl", "dns_config { only_passing = true }").start()
+    try:
+        register(a, "api-1", 9001, address="10.9.0.1", ttl_check=True)
+        register(a, "api-2", 9002, address="10.9.0.2", ttl_check=True)
+        put(a, "/v1/agent/check/pass/service:api-1")
+        put(a, "/v1/agent/check/warn/service:api-2")
+        wait_for(lambda: dig_short(a, "web.service.consul") == ["10.9.0.1"], what="only the passing one")
+    finally:
+        a.stop()
+
+
+# -------------------------------------------------------------------------------- sizes
+
+
+def test_truncation_with_30_instances() -> None:
+    a = AgentProcess("-hcl", "dns_config { enable_truncate = true }").start()
+    try:
+        for i in range(30):
+            register(a, f"web-{i}", 8000 + i, address=f"10.2.0.{i + 1}")
+        wait_for(
+            lambda: len(query(a, "web.service.consul", "SRV", tcp=True).answer[0]) == 30, what="30 in DNS"
+        )
+        # Plain UDP (no EDNS): fits 512 bytes, TC set.
+        msg = dns.message.make_query("web.service.consul", "SRV", use_edns=False)
+        with _send_udp(a, msg.to_wire()) as sock:
+            wire = sock.recv(65535)
+        assert len(wire) <= 512
+        plain = dns.message.from_wire(wire, ignore_trailing=True)
+        assert plain.flags & dns.flags.TC and 0 < len(plain.answer[0]) < 30
+        # EDNS 1232: fits the buffer, still cut, TC set.
+        edns = query(a, "web.service.consul", "SRV", use_edns=0, payload=1232)
+        assert edns.flags & dns.flags.TC and len(edns.answer[0]) < 30
+        assert len(edns.to_wire()) <= 1232
+        # TCP: the full set.
+        full = query(a, "web.service.consul", "SRV", tcp=True)
+        assert len(full.answer[0]) == 30 and not full.flags & dns.flags.TC
+        # dig with +ignore shows the cut answer; without it dig retries over TCP and gets all 30.
+        assert (
+            " tc"
+            in dig(a, "+ignore", "+noedns", "web.service.consul", "SRV").split("flags:")[1].split(";")[0]
+        )
+        assert len(dig_short(a, "web.service.consul", "SRV")) == 30
+    finally:
+        a.stop()
+
+
+def _send_udp(a: AgentProcess, wire: bytes) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(10)
+    sock.connect((LOCAL, a.dns_port))
+    sock.send(wire)
+    return sock
+
+
+def test_default_trims_silently_like_consul() -> None:
+    a = AgentProcess().start()
+    try:
+        for i in range(10):
+            register(a, f"web-{i}", 8000 + i, address=f"10.3.0.{i + 1}")
+        wait_for(lambda: len(query(a, "web.service.consul", "A", tcp=True).answer[0]) == 10, what="10 in DNS")
+        plain = query(a, "web.service.consul", "A", use_edns=False)
+        assert len(plain.answer[0]) == 3 and not plain.flags & dns.flags.TC  # udp_answer_limit
+    finally:
+        a.stop()
+
+
+# ----------------------------------------------------------------------------- recursors
+
+
+class _Upstream(dnslib_server.BaseResolver):  # type: ignore[misc]
+    """A test recursor: `*.test.` answers 192.0.2.1, `slow.test.` first waits for a release."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.slow_started = threading.Event()
+
+    def resolve(self, request, handler):  # type: ignore[no-untyped-def]
+        reply = request.reply()
+        name = str(request.q.qname)
+        if name == "slow.test.":
+            self.slow_started.set()
+            self.release.wait(30)
+        reply.add_answer(RR(name, QTYPE.A, rdata=A("192.0.2.1"), ttl=60))
+        return reply
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[tuple[int, _Upstream]]:
+    port = free_port()
+    resolver = _Upstream()
+    udp = dnslib_server.DNSServer(resolver, port=port, address=LOCAL)
+    tcp = dnslib_server.DNSServer(resolver, port=port, address=LOCAL, tcp=True)
+    udp.start_thread()
+    tcp.start_thread()
+    try:
+        yield port, resolver
+    finally:
+        resolver.release.set()
+        udp.stop()
+        tcp.stop()
+
+
+def test_recursor_forwarding(upstream: tuple[int, _Upstream]) -> None:
+    port, _ = upstream
+    a = AgentProcess(f"-recursor=127.0.0.1:{port}").start()
+    try:
+        out = dig(a, "www.example.test")
+        assert status(out) == "NOERROR" and "192.0.2.1" in out
+        assert " ra" in out.split("flags:")[1].split(";")[0]
+        assert dig_short(a, "+tcp", "www.example.test") == ["192.0.2.1"]
+        # Our own domain still answers locally, now with RA set.
+        local = query(a, "test-node.node.consul")
+        assert local.flags & dns.flags.RA and local.answer
+    finally:
+        a.stop()
+
+
+def test_dead_recursor_gives_servfail() -> None:
+    dead = free_port()  # nothing listens there: ICMP refusal or timeout
+    a = AgentProcess(f"-recursor=127.0.0.1:{dead}", "-hcl", 'dns_config { recursor_timeout = "1s" }').start()
+    try:
+        assert status(dig(a, "www.example.test")) == "SERVFAIL"
+    finally:
+        a.stop()
+
+
+def test_slow_recursor_does_not_block_other_queries(upstream: tuple[int, _Upstream]) -> None:
+    port, resolver = upstream
+    resolver.release.clear()
+    a = AgentProcess(f"-recursor=127.0.0.1:{port}", "-hcl", 'dns_config { recursor_timeout = "20s" }').start()
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            slow = pool.submit(query, a, "slow.test")
+            assert resolver.slow_started.wait(10)
+            # While the slow exchange is parked upstream, other queries are answered.
+            for _ in range(5):
+                assert query(a, "test-node.node.consul").answer
+                assert [rd.address for rd in query(a, "fast.test").answer[0]] == ["192.0.2.1"]
+            assert not slow.done()
+            resolver.release.set()
+            assert [rd.address for rd in slow.result(timeout=20).answer[0]] == ["192.0.2.1"]
+    finally:
+        resolver.release.set()
+        a.stop()
+
+
+# ------------------------------------------------------------------------------ robustness
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(packets=st.lists(st.binary(max_size=700), min_size=1, max_size=5))
+def test_fuzzed_packets_leave_the_server_answering(agent: AgentProcess, packets: list[bytes]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for packet in packets:
+            sock.sendto(packet, (LOCAL, agent.dns_port))
+    with socket.create_connection((LOCAL, agent.dns_port), timeout=5) as conn:
+        conn.sendall(struct.pack("!H", len(packets[0])) + packets[0])
+    assert query(agent, "test-node.node.consul").answer
+
+
+def test_server_alive_after_fuzzing(agent: AgentProcess) -> None:
+    assert agent.proc is not None and agent.proc.poll() is None
+    assert dig_short(agent, "web.service.consul", "SRV")
+    assert "Traceback" not in agent.log()
