@@ -189,9 +189,10 @@ def test_udp_truncation_and_tcp_full_set() -> None:
     dns, store, holder = make_server()
     for i in range(30):
         add_instance(store, i + 1)
+    holder[0] = dataclasses.replace(holder[0], dns_config=DNSConfig(enable_truncate=False))
     plain = ask(dns, "web.service.consul", "SRV")
     assert len(plain.rr) == 3 and plain.header.tc == 0  # udp_answer_limit, Consul's silent trim
-    holder[0] = dataclasses.replace(holder[0], dns_config=DNSConfig(enable_truncate=True))
+    holder[0] = dataclasses.replace(holder[0], dns_config=DNSConfig())  # proconsul default: TC on
     q = DNSRecord.question("web.service.consul", "SRV")
     raw = asyncio.run(dns.handle(q.pack(), False))
     assert raw is not None and len(raw) <= 512

@@ -207,7 +207,7 @@ class DNSConfig:
     max_stale_s: float = 87600 * 3600.0  # seconds; 87600h (10 years): stale reads always allowed
     node_ttl_s: float = 0.0  # seconds; 0; TTL of node answers (0 = no caching)
     service_ttl_s: dict[str, float] = field(default_factory=dict)  # name (or "*") -> seconds; {}
-    enable_truncate: bool = False  # bool; false; set TC when UDP answers are cut
+    enable_truncate: bool = True  # bool; true (Consul: false); set TC when UDP answers are cut, so resolvers retry over TCP instead of silently getting a partial set
     only_passing: bool = False  # bool; false; warning checks still answer unless set
     recursor_strategy: str = "sequential"  # "sequential" | "random"; sequential
     recursor_timeout_s: float = 2.0  # seconds; 2s; per upstream recursor query

@@ -6,7 +6,7 @@ UDP buffer size, an OPT echoed in every answer, BADVERS for versions above 0), t
 header flags, name compression (`disable_compression`), and fitting answers to the transport:
 512 bytes or the EDNS0 buffer over UDP (with `udp_answer_limit` for plain 512-byte clients),
 64 KiB over TCP. Cuts drop whole answer groups so SRV records keep their glue; the TC bit is set
-on a cut UDP answer only when `enable_truncate` is on (Consul's default trims silently).
+on a cut UDP answer when `enable_truncate` is on (proconsul's default; Consul's default trims silently).
 
 The codec is dnslib; this module adds the checks dnslib leaves out (label and name lengths,
 one question, one OPT, classes) and turns every decoding failure into a value, never a raise.

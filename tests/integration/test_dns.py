@@ -198,7 +198,7 @@ def test_only_passing_drops_warning() -> None:
 
 
 def test_truncation_with_30_instances() -> None:
-    a = AgentProcess("-hcl", "dns_config { enable_truncate = true }").start()
+    a = AgentProcess().start()  # enable_truncate is on by default in proconsul
     try:
         for i in range(30):
             register(a, f"web-{i}", 8000 + i, address=f"10.2.0.{i + 1}")
@@ -237,8 +237,8 @@ def _send_udp(a: AgentProcess, wire: bytes) -> socket.socket:
     return sock
 
 
-def test_default_trims_silently_like_consul() -> None:
-    a = AgentProcess().start()
+def test_enable_truncate_false_trims_silently_like_consul() -> None:
+    a = AgentProcess("-hcl", "dns_config { enable_truncate = false }").start()
     try:
         for i in range(10):
             register(a, f"web-{i}", 8000 + i, address=f"10.3.0.{i + 1}")
