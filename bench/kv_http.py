@@ -16,8 +16,10 @@ What it does, all on 127.0.0.1:
    the server process used during the run (from /proc/<pid>/stat), from which it derives the
    request rate at which the server would saturate one core.
 
-With `--pin` (the default on a machine with >= 2 CPUs) wrk is pinned to CPU 0 and both servers
-to CPU 1 with `taskset`, so the load generator never competes with the server for a core.
+With `--pin` wrk is pinned to CPU 0 and both servers to CPU 1 with `taskset`. Not the default:
+on a shared 2-core box a pinned process cannot move away from another busy process, and pinned
+runs were slower and less steady (docs/PERFORMANCE.md). The `other` column reports how many cores
+something else kept busy during each run, so noisy runs can be recognised.
 Everything it started is stopped by pid in a `finally`, also on Ctrl-C or SIGTERM.
 """
 
@@ -166,7 +168,7 @@ class Result:
     errors: int  # socket errors + non-2xx
     cpu: float  # server CPU used during the run, in cores (1.0 = one core busy)
     wrk_cpu: float  # CPU wrk itself used, in cores
-    core_busy: float  # busy fraction of the server's core (all processes + irq), or the machine's
+    other: float  # cores busy with anything but the server and wrk (other processes, irqs): noise
 
     @property
     def per_core(self) -> float:
@@ -236,16 +238,16 @@ def measure(
 ) -> Result:
     if args.warmup > 0:
         run_wrk(url, conc, args.warmup, script, wrk_cpu, args.threads)
-    core = 1 if wrk_cpu == 0 else None
-    c0, t0, b0 = cpu_seconds(pid), time.monotonic(), cpu_busy(core)
+    c0, t0, b0 = cpu_seconds(pid), time.monotonic(), cpu_busy(None)
     out, wrk_cpu_s = run_wrk(url, conc, args.duration, script, wrk_cpu, args.threads)
-    c1, t1, b1 = cpu_seconds(pid), time.monotonic(), cpu_busy(core)
+    c1, t1, b1 = cpu_seconds(pid), time.monotonic(), cpu_busy(None)
     if args.verbose:
         print(out, file=sys.stderr)
     rps, p50, p99, errors = parse_wrk(out)
     wall = t1 - t0
-    busy = (b1[0] - b0[0]) / max(1, b1[1] - b0[1])
-    return Result(target, op, conc, rps, p50, p99, errors, (c1 - c0) / wall, wrk_cpu_s / wall, busy)
+    busy = (b1[0] - b0[0]) / max(1, b1[1] - b0[1]) * (os.cpu_count() or 1)
+    server, wrk = (c1 - c0) / wall, wrk_cpu_s / wall
+    return Result(target, op, conc, rps, p50, p99, errors, server, wrk, max(0.0, busy - server - wrk))
 
 
 # ------------------------------------------------------------------------------------ main
@@ -286,7 +288,7 @@ def summarise(results: list[Result], repeat: int) -> list[dict[str, Any]]:
     for (target, op, conc), rs in groups.items():
         base = groups[("trivial", "GET", conc)]
         # ratio per round (same round = measured minutes apart at most), then the median
-        ratios = [r.rps / b.rps for r, b in zip(rs, base)]
+        ratios = [r.rps / b.rps for r, b in zip(rs, base, strict=True)]
         rows.append(
             {
                 "target": target,
@@ -302,7 +304,7 @@ def summarise(results: list[Result], repeat: int) -> list[dict[str, Any]]:
                 "cpu": statistics.median(r.cpu for r in rs),
                 "per_core": statistics.median(r.per_core for r in rs),
                 "wrk_cpu": statistics.median(r.wrk_cpu for r in rs),
-                "core_busy": statistics.median(r.core_busy for r in rs),
+                "other": statistics.median(r.other for r in rs),
                 "errors": sum(r.errors for r in rs),
             }
         )
@@ -314,7 +316,7 @@ def summarise(results: list[Result], repeat: int) -> list[dict[str, Any]]:
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
         f"{'server':8} {'op':4} {'conc':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'x rps':>6} {'x p50':>6} {'x p99':>6} {'cpu':>5} {'req/s/core':>10} {'wrk':>5} {'core':>5} {'err':>4}"
+        f"{'x rps':>6} {'x p50':>6} {'x p99':>6} {'cpu':>5} {'req/s/core':>10} {'wrk':>5} {'other':>5} {'err':>4}"
     )
     print(head)
     print("-" * len(head))
@@ -322,7 +324,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['target']:8} {r['op']:4} {r['conc']:>4} {r['rps']:>8.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
             f"{r['ratio_rps']:>6.2f} {r['ratio_p50']:>6.2f} {r['ratio_p99']:>6.2f} {r['cpu']:>5.2f} "
-            f"{r['per_core']:>10.0f} {r['wrk_cpu']:>5.2f} {r['core_busy']:>5.2f} {r['errors']:>4}"
+            f"{r['per_core']:>10.0f} {r['wrk_cpu']:>5.2f} {r['other']:>5.2f} {r['errors']:>4}"
         )
 
 
@@ -335,8 +337,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--keys", type=int, default=100, help="keys written before the runs")
     parser.add_argument("--value-size", type=int, default=64, help="bytes per value")
-    parser.add_argument("--pin", dest="pin", action="store_true", default=(os.cpu_count() or 1) >= 2)
-    parser.add_argument("--no-pin", dest="pin", action="store_false")
+    parser.add_argument("--pin", action="store_true", help="taskset: wrk on CPU 0, servers on CPU 1")
     parser.add_argument("--agent-arg", action="append", default=[], help="extra agent flag (repeatable)")
     parser.add_argument("--only", default="", help="comma list of trivial-GET,agent-GET,agent-PUT")
     parser.add_argument("--hold", type=float, default=0.0, help="keep servers up N s after (for profiling)")
@@ -399,7 +400,7 @@ def main(argv: list[str]) -> int:
                     print(
                         f"# round {rnd + 1} {target:7} {op} c={conc:<3} {r.rps:8.0f} req/s  "
                         f"p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  cpu {r.cpu:4.2f}  wrk {r.wrk_cpu:4.2f}  "
-                        f"core {r.core_busy:4.2f}  err {r.errors}",
+                        f"other {r.other:4.2f}  err {r.errors}",
                         flush=True,
                     )
         # the agent must still answer correctly after the load
@@ -416,7 +417,7 @@ def main(argv: list[str]) -> int:
     print(
         "\nx rps/p50/p99 = agent value / trivial value at the same concurrency; cpu = server cores "
         "used during the run; req/s/core = req/s / cpu (rate that would saturate one core); wrk = cores "
-        "wrk used; core = busy fraction of the server's CPU (all processes and irqs; whole machine if unpinned)"
+        "wrk used; other = cores busy with anything else during the run (noise)"
     )
     agent_log = tmp / "agent.log"
     print(f"# logs in {tmp} (agent log {agent_log.stat().st_size} bytes)")

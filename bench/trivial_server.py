@@ -18,7 +18,7 @@ import sys
 
 from aiohttp import web
 
-# About the size of `[{"LockIndex":0,"Key":"bench/key0000",...}]` for a 64-byte value.
+# 164 bytes: about the size of the agent's one-key KV answer (`[{"LockIndex":0,...}]`).
 BODY = (
     b'[{"LockIndex":0,"Key":"bench/key0000","Flags":0,'
     b'"Value":"eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eA==",'
