@@ -27,7 +27,6 @@ from proconsul.config import format_duration
 from proconsul.rpc import QueryOptions, RPCError, Server
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
-from proconsul.state.store import Store
 from proconsul.structs import (
     HEALTH_CRITICAL,
     SERF_CHECK_ID,
@@ -328,12 +327,10 @@ class LocalState:
     async def sync_full(self, server: Server) -> None:
         """Make the catalog's view of this node equal to the local state."""
 
-        def run(store: Store) -> tuple[int, Any]:
-            index, node, services = store.node_services(self.node_name)
-            _, checks = store.node_checks(self.node_name)
-            return index, (node, {s.id: s for s in services}, {c.check_id: c for c in checks})
-
-        _, (node, remote_services, remote_checks) = await server.read(QueryOptions(), run, ())
+        _, state = await server.query("Internal.NodeState", {"node": self.node_name}, QueryOptions())
+        node = Node.from_wire(state["node"]) if state["node"] is not None else None
+        remote_services = {s.id: s for s in (ServiceInstance.from_wire(w) for w in state["services"])}
+        remote_checks = {c.check_id: c for c in (HealthCheck.from_wire(w) for w in state["checks"])}
         want_node = self.node_record()
         if node is None or (
             node.address != want_node.address

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proconsul import queries
 from proconsul.state import commands
 from proconsul.state.store import Store, StoreError
 
@@ -121,6 +122,15 @@ class Server:
         c = self.consensus
         # X-Consul-Index must never be 0: clients treat 0 as "no blocking support" and spin.
         return QueryMeta(max(index, 1), bool(c.leader_address()), c.last_contact_ms(), consistency)
+
+    async def query(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        """Answer the named read `name` (see `proconsul.queries`) under `opts`."""
+        spec = queries.spec(name)
+
+        def run(store: Store) -> tuple[int, Any]:
+            return spec.run(store, args)
+
+        return await self.read(opts, run, spec.tables, spec.kv_prefix(args))
 
     def wait_time(self, opts: QueryOptions) -> float:
         """The blocking deadline in seconds: ?wait (default and cap from config) plus jitter."""

@@ -12,7 +12,6 @@ from typing import Any
 from aiohttp import web
 
 from proconsul import filter as bexpr
-from proconsul.http import render
 from proconsul.http.common import (
     bad_request,
     check_dc,
@@ -24,10 +23,7 @@ from proconsul.http.common import (
 )
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
-from proconsul.state.store import Store
 from proconsul.structs import CHECK_STATUSES, DecodeError, decode_service
-
-CATALOG_TABLES = ("nodes", "services", "checks")
 
 
 def node_meta_filter(request: web.Request) -> dict[str, str]:
@@ -36,15 +32,6 @@ def node_meta_filter(request: web.Request) -> dict[str, str]:
         k, _, v = pair.partition(":")
         out[k] = v
     return out
-
-
-def node_matches_meta(n: Node, wanted: dict[str, str]) -> bool:
-    return all(n.meta.get(k) == v for k, v in wanted.items())
-
-
-def has_tags(svc: ServiceInstance, tags: list[str]) -> bool:
-    lowered = {t.lower() for t in svc.tags}
-    return all(t.lower() in lowered for t in tags)
 
 
 async def register(request: web.Request) -> web.Response:
@@ -171,92 +158,49 @@ async def datacenters(request: web.Request) -> web.Response:
 async def nodes(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
-    wanted = node_meta_filter(request)
-
-    def run(store: Store) -> tuple[int, list[Node]]:
-        index, all_nodes = store.list_nodes()
-        return index, [n for n in all_nodes if node_matches_meta(n, wanted)]
-
-    meta, result = await agent.server.read(opts, run, CATALOG_TABLES)
-    items = filter_items(request, [render.catalog_node(n) for n in result], bexpr.CATALOG_NODE)
-    return json_response(request, items, meta)
+    args = {"node_meta": node_meta_filter(request)}
+    meta, items = await agent.server.query("Catalog.ListNodes", args, opts)
+    return json_response(request, filter_items(request, items, bexpr.CATALOG_NODE), meta)
 
 
 async def services(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
-    wanted = node_meta_filter(request)
-
-    def run(store: Store) -> tuple[int, dict[str, list[str]]]:
-        if not wanted:
-            return store.list_services()
-        out: dict[str, set[str]] = {}
-        for node_name, per in store.services.items():
-            n = store.nodes.get(node_name)
-            if n is None or not node_matches_meta(n, wanted):
-                continue
-            for svc in per.values():
-                out.setdefault(svc.service, set()).update(svc.tags)
-        return store.catalog_index("services"), {k: sorted(out[k]) for k in sorted(out)}
-
-    meta, result = await agent.server.read(opts, run, CATALOG_TABLES)
+    args = {"node_meta": node_meta_filter(request)}
+    meta, result = await agent.server.query("Catalog.ListServices", args, opts)
     return json_response(request, result, meta)
 
 
 async def service_nodes(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
-    name = request.match_info["service"]
-    tags = request.query.getall("tag", [])
-    wanted = node_meta_filter(request)
-
-    def run(store: Store) -> tuple[int, list[tuple[Node, ServiceInstance]]]:
-        out = []
-        for svc in store.service_instances(name):
-            n = store.nodes.get(svc.node)
-            if n is None or not has_tags(svc, tags) or not node_matches_meta(n, wanted):
-                continue
-            out.append((n, svc))
-        return store.index_for_service(name), out
-
-    meta, result = await agent.server.read(opts, run, CATALOG_TABLES)
-    items = filter_items(request, [render.service_node(n, s) for n, s in result], bexpr.CATALOG_SERVICE_NODE)
-    return json_response(request, items, meta)
+    args = {
+        "service": request.match_info["service"],
+        "tags": request.query.getall("tag", []),
+        "node_meta": node_meta_filter(request),
+    }
+    meta, items = await agent.server.query("Catalog.ServiceNodes", args, opts)
+    return json_response(request, filter_items(request, items, bexpr.CATALOG_SERVICE_NODE), meta)
 
 
 async def node_detail(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
-    name = request.match_info["node"]
-
-    def run(store: Store) -> tuple[int, Any]:
-        return _node_services(store, name)
-
-    meta, (n, svcs) = await agent.server.read(opts, run, CATALOG_TABLES)
-    if n is None:
+    meta, result = await agent.server.query("Catalog.NodeServices", {"node": request.match_info["node"]}, opts)
+    if result is None:
         return json_response(request, None, meta)
-    body = {"Node": render.node(n), "Services": {s.id: render.service(s) for s in svcs}}
+    body = {"Node": result["Node"], "Services": {s["ID"]: s for s in result["Services"]}}
     return json_response(request, body, meta)
-
-
-def _node_services(store: Store, name: str) -> tuple[int, tuple[Node | None, list[ServiceInstance]]]:
-    index, n, svcs = store.node_services(name)
-    return index, (n, svcs)
 
 
 async def node_services(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
-    name = request.match_info["node"]
-
-    def run(store: Store) -> tuple[int, Any]:
-        return _node_services(store, name)
-
-    meta, (n, svcs) = await agent.server.read(opts, run, CATALOG_TABLES)
-    if n is None:
+    meta, result = await agent.server.query("Catalog.NodeServices", {"node": request.match_info["node"]}, opts)
+    if result is None:
         return json_response(request, None, meta)
-    items = filter_items(request, [render.service(s) for s in svcs], bexpr.CATALOG_NODE_SERVICES)
-    return json_response(request, {"Node": render.node(n), "Services": items}, meta)
+    items = filter_items(request, result["Services"], bexpr.CATALOG_NODE_SERVICES)
+    return json_response(request, {"Node": result["Node"], "Services": items}, meta)
 
 
 def routes() -> list[web.RouteDef]:

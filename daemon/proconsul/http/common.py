@@ -66,8 +66,13 @@ def uint_param(request: web.Request, name: str, default: int = 0, message: str |
         raise bad_request(message or f"Invalid {name}: {text!r} is not a non-negative integer") from None
 
 
+_DEFAULT_OPTIONS = QueryOptions()
+
+
 def query_options(request: web.Request) -> QueryOptions:
     """Parse ?index, ?wait, ?stale, ?consistent (and check ?dc) for a read endpoint."""
+    if not request.query_string:
+        return _DEFAULT_OPTIONS  # the common case, kept off the parsing path
     check_dc(request)
     stale = flag(request, "stale")
     consistent = flag(request, "consistent")
@@ -116,22 +121,31 @@ def encode_json(request: web.Request, obj: Any) -> bytes:
     return _dumps(obj)
 
 
+def meta_headers(meta: QueryMeta) -> dict[str, str]:
+    return {
+        "X-Consul-Index": str(meta.index),
+        "X-Consul-KnownLeader": "true" if meta.known_leader else "false",
+        "X-Consul-LastContact": str(meta.last_contact_ms),
+        "X-Consul-Effective-Consistency": meta.consistency,
+    }
+
+
 def json_response(
     request: web.Request, obj: Any, meta: QueryMeta | None = None, status: int = 200, index: int | None = None
 ) -> web.Response:
-    resp = web.Response(body=encode_json(request, obj), status=status, content_type="application/json")
     if meta is not None:
-        set_meta(resp, meta)
+        headers = meta_headers(meta)
     elif index is not None:
-        resp.headers["X-Consul-Index"] = str(max(index, 1))
-    return resp
+        headers = {"X-Consul-Index": str(max(index, 1))}
+    else:
+        headers = {}
+    headers["Content-Type"] = "application/json"
+    body = encode_json(request, obj) if request.query_string else _dumps(obj)
+    return web.Response(body=body, status=status, headers=headers)
 
 
 def set_meta(resp: web.StreamResponse, meta: QueryMeta) -> None:
-    resp.headers["X-Consul-Index"] = str(meta.index)
-    resp.headers["X-Consul-KnownLeader"] = "true" if meta.known_leader else "false"
-    resp.headers["X-Consul-LastContact"] = str(meta.last_contact_ms)
-    resp.headers["X-Consul-Effective-Consistency"] = meta.consistency
+    resp.headers.update(meta_headers(meta))
 
 
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:

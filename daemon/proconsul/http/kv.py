@@ -7,21 +7,23 @@ Consul's quirks: a miss is 404 with an index, `?keys` with a separator collapses
 
 from __future__ import annotations
 
+import base64
+
 from aiohttp import web
 
-from proconsul.http import render
 from proconsul.http.common import (
     HTTPError,
     bad_request,
     flag,
     json_response,
+    meta_headers,
     query_options,
     set_meta,
     uint_param,
 )
+from proconsul.rpc import QueryMeta
 from proconsul.state import commands
 from proconsul.state.records import DirEntry
-from proconsul.state.store import Store
 
 MAX_UINT64 = (1 << 64) - 1
 
@@ -36,59 +38,31 @@ async def kv_get(request: web.Request) -> web.StreamResponse:
     key = _key(request)
     opts = query_options(request)
     server = agent.server
-    if flag(request, "keys"):
-        separator = request.query.get("separator", "")
-
-        def run_keys(store: Store) -> tuple[int, list[str]]:
-            index, entries = store.kv_list(key)
-            return index, _collapse_keys(key, [e.key for e in entries], separator)
-
-        meta, keys = await server.read(opts, run_keys, ("kvs", "tombstones"), kv_prefix=key)
+    if request.query_string and flag(request, "keys"):
+        args = {"prefix": key, "separator": request.query.get("separator", "")}
+        meta, keys = await server.query("KVS.ListKeys", args, opts)
         if not keys:
-            resp = web.Response(status=404)
-            set_meta(resp, meta)
-            return resp
+            return _not_found(meta)
         return json_response(request, keys, meta)
-    if flag(request, "recurse"):
-
-        def run_list(store: Store) -> tuple[int, list[DirEntry]]:
-            return store.kv_list(key)
-
-        meta, entries = await server.read(opts, run_list, ("kvs", "tombstones"), kv_prefix=key)
+    if request.query_string and flag(request, "recurse"):
+        meta, entries = await server.query("KVS.List", {"prefix": key}, opts)
         if not entries:
-            resp = web.Response(status=404)
-            set_meta(resp, meta)
-            return resp
-        return json_response(request, [render.dir_entry(e) for e in entries], meta)
-
-    def run_get(store: Store) -> tuple[int, DirEntry | None]:
-        return store.kv_get(key)
-
-    meta, entry = await server.read(opts, run_get, ("kvs", "tombstones"), kv_prefix=key)
+            return _not_found(meta)
+        return json_response(request, entries, meta)
+    meta, entry = await server.query("KVS.Get", {"key": key}, opts)
     if entry is None:
-        resp = web.Response(status=404)
-        set_meta(resp, meta)
-        return resp
-    if flag(request, "raw"):
+        return _not_found(meta)
+    if request.query_string and flag(request, "raw"):
         # Consul stopped sniffing the content type (CVE-2020-25864): raw values are text/plain.
-        resp = web.Response(body=entry.value or b"", content_type="text/plain")
+        value = base64.b64decode(entry["Value"]) if entry["Value"] is not None else b""
+        resp = web.Response(body=value, content_type="text/plain")
         set_meta(resp, meta)
         return resp
-    return json_response(request, [render.dir_entry(entry)], meta)
+    return json_response(request, [entry], meta)
 
 
-def _collapse_keys(prefix: str, keys: list[str], separator: str) -> list[str]:
-    """`?keys&separator=/`: list keys up to the next separator after the prefix, de-duplicated."""
-    if not separator:
-        return keys
-    out: list[str] = []
-    for k in keys:
-        rest = k[len(prefix):]
-        pos = rest.find(separator)
-        item = k if pos < 0 else prefix + rest[: pos + len(separator)]
-        if not out or out[-1] != item:
-            out.append(item)
-    return out
+def _not_found(meta: QueryMeta) -> web.Response:
+    return web.Response(status=404, headers=meta_headers(meta))
 
 
 async def kv_put(request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,7 @@ what they share.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,12 +30,14 @@ def _error(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message)
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 @web.middleware
 async def consul_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # A decoded path with control characters (e.g. a URL-encoded newline in a KV key) is
     # refused, as Consul does, before it can reach a store key.
-    path = request.path
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+    if _CONTROL_CHARS.search(request.path):
         return _error(400, "Invalid URL path: contains a non-printable character")
     try:
         resp = await handler(request)
@@ -54,10 +57,11 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
         resp = _error(500, str(exc))
     except ValueError as exc:
         resp = _error(400, str(exc))
-    resp.headers.setdefault("X-Consul-Default-Acl-Policy", "allow")
-    extra = request.app.get("response_headers") or {}
-    for name, value in extra.items():
-        resp.headers[name] = value
+    headers = resp.headers
+    headers["X-Consul-Default-Acl-Policy"] = "allow"
+    extra = request.app["response_headers"]
+    if extra:
+        headers.update(extra)
     return resp
 
 

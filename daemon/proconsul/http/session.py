@@ -26,7 +26,6 @@ from proconsul.http.common import (
 )
 from proconsul.state import commands
 from proconsul.state.records import Session
-from proconsul.state.store import Store
 from proconsul.structs import SERF_CHECK_ID
 
 MAX_LOCK_DELAY_S = 60.0
@@ -142,35 +141,23 @@ async def renew(request: web.Request) -> web.Response:
     return json_response(request, [render.session(session)])
 
 
-def _reader(kind: str, arg: str) -> Any:
-    def run(store: Store) -> tuple[int, list[Session]]:
-        if kind == "info":
-            index, session = store.get_session(arg)
-            return index, [session] if session else []
-        if kind == "node":
-            return store.node_sessions(arg)
-        return store.list_sessions()
-
-    return run
-
-
-async def _read(request: web.Request, kind: str, arg: str = "") -> web.Response:
+async def _read(request: web.Request, name: str, args: dict[str, str]) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
-    meta, sessions = await agent.server.read(opts, _reader(kind, arg), ("sessions",))
-    return json_response(request, [render.session(s) for s in sessions], meta)
+    meta, sessions = await agent.server.query(name, args, opts)
+    return json_response(request, sessions, meta)
 
 
 async def info(request: web.Request) -> web.Response:
-    return await _read(request, "info", request.match_info["id"])
+    return await _read(request, "Session.Get", {"id": request.match_info["id"]})
 
 
 async def node_list(request: web.Request) -> web.Response:
-    return await _read(request, "node", request.match_info["node"])
+    return await _read(request, "Session.NodeSessions", {"node": request.match_info["node"]})
 
 
 async def list_all(request: web.Request) -> web.Response:
-    return await _read(request, "list")
+    return await _read(request, "Session.List", {})
 
 
 def routes() -> list[web.RouteDef]:

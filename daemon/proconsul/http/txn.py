@@ -18,9 +18,8 @@ from aiohttp import web
 from proconsul.http import render
 from proconsul.http.common import HTTPError, bad_request, check_dc, get_key, json_response, query_options
 from proconsul.state import commands
-from proconsul.state.fsm import TxnError, TxnResult, txn_kv_op
+from proconsul.state.fsm import TxnResult
 from proconsul.state.records import DirEntry
-from proconsul.state.store import Store
 
 MAX_TXN_OPS = 128
 
@@ -89,18 +88,11 @@ async def txn(request: web.Request) -> web.Response:
     ops = decode_ops(body)
     if all(op.op not in commands.KV_WRITE_VERBS for op in ops):
         opts = query_options(request)
-
-        def run(store: Store) -> tuple[int, TxnResult]:
-            errors: list[TxnError] = []
-            results: list[DirEntry | None] = []
-            for i, op in enumerate(ops):
-                results.extend(txn_kv_op(store, 0, i, op, errors))
-            if errors:
-                return store.kv_max_index(), TxnResult(errors=tuple(errors))
-            return store.kv_max_index(), TxnResult(results=tuple(results))
-
-        meta, result = await agent.server.read(opts, run, ("kvs",))
-        return _render(request, result, meta=meta)
+        args = {"ops": [[op.op, op.entry.to_wire()] for op in ops]}
+        meta, answer = await agent.server.query("Txn.Read", args, opts)
+        if "Errors" in answer:
+            return json_response(request, {"Results": None, "Errors": answer["Errors"]}, meta, status=409)
+        return json_response(request, {"Results": answer["Results"] or None, "Errors": None}, meta)
     wmeta, result = await agent.server.write(commands.Txn(tuple(ops)))
     return _render(request, result, index=wmeta.index)
 

@@ -1,0 +1,229 @@
+"""Named read queries a server answers from its state store (sans-I/O).
+
+Owns every read the HTTP API, anti-entropy and (later) client agents ask of a server, as a
+named, data-only request: `name` plus plain `args`, answered by a pure function of the store
+with `(index, result)`, where the result is already in Consul's JSON shape (PascalCase dicts
+from `http.render`). Because requests and answers are plain data, a follower can forward a read
+to the leader, and a client agent can send it to a server, over the RPC transport unchanged.
+
+Each query also names the tables (and KV prefix) a blocking read of it waits on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proconsul.http import render
+from proconsul.state import commands
+from proconsul.state.fsm import TxnError, txn_kv_op
+from proconsul.state.records import DirEntry, Node, ServiceInstance
+from proconsul.state.store import Store
+from proconsul.structs import HEALTH_ANY, HEALTH_PASSING
+
+CATALOG_TABLES = ("nodes", "services", "checks")
+KV_TABLES = ("kvs", "tombstones")
+
+Args = dict[str, Any]
+QueryFn = Callable[[Store, Args], tuple[int, Any]]
+
+
+class UnknownQuery(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    run: QueryFn
+    tables: tuple[str, ...]
+    kv_prefix: Callable[[Args], str | None] = lambda args: None
+
+
+def _meta_ok(n: Node, wanted: dict[str, str]) -> bool:
+    return all(n.meta.get(k) == v for k, v in wanted.items())
+
+
+def _tags_ok(svc: ServiceInstance, tags: list[str]) -> bool:
+    lowered = {t.lower() for t in svc.tags}
+    return all(t.lower() in lowered for t in tags)
+
+
+# ----------------------------------------------------------------------------------------- KV
+
+
+def kv_get(store: Store, args: Args) -> tuple[int, Any]:
+    index, entry = store.kv_get(args["key"])
+    return index, render.dir_entry(entry) if entry is not None else None
+
+
+def kv_list(store: Store, args: Args) -> tuple[int, Any]:
+    index, entries = store.kv_list(args["prefix"])
+    return index, [render.dir_entry(e) for e in entries]
+
+
+def kv_keys(store: Store, args: Args) -> tuple[int, Any]:
+    prefix, separator = args["prefix"], args.get("separator", "")
+    index, entries = store.kv_list(prefix)
+    keys = [e.key for e in entries]
+    if not separator:
+        return index, keys
+    out: list[str] = []
+    for k in keys:
+        rest = k[len(prefix) :]
+        pos = rest.find(separator)
+        item = k if pos < 0 else prefix + rest[: pos + len(separator)]
+        if not out or out[-1] != item:
+            out.append(item)
+    return index, out
+
+
+def txn_read(store: Store, args: Args) -> tuple[int, Any]:
+    """A read-only transaction: {"Results": [...]} or {"Errors": [...]} (never changes state)."""
+    errors: list[TxnError] = []
+    results: list[DirEntry | None] = []
+    for i, (verb, wire) in enumerate(args["ops"]):
+        results.extend(txn_kv_op(store, 0, i, commands.KVS(verb, DirEntry.from_wire(wire)), errors))
+    if errors:
+        return store.kv_max_index(), {"Errors": [{"OpIndex": e.op_index, "What": e.what} for e in errors]}
+    return store.kv_max_index(), {"Results": [render.dir_entry(e) for e in results if e is not None]}
+
+
+# ------------------------------------------------------------------------------------ catalog
+
+
+def catalog_nodes(store: Store, args: Args) -> tuple[int, Any]:
+    wanted = args.get("node_meta") or {}
+    index, nodes = store.list_nodes()
+    return index, [render.catalog_node(n) for n in nodes if _meta_ok(n, wanted)]
+
+
+def catalog_services(store: Store, args: Args) -> tuple[int, Any]:
+    wanted = args.get("node_meta") or {}
+    if not wanted:
+        return store.list_services()
+    out: dict[str, set[str]] = {}
+    for node_name, per in store.services.items():
+        n = store.nodes.get(node_name)
+        if n is None or not _meta_ok(n, wanted):
+            continue
+        for svc in per.values():
+            out.setdefault(svc.service, set()).update(svc.tags)
+    return store.catalog_index("services"), {k: sorted(out[k]) for k in sorted(out)}
+
+
+def catalog_service_nodes(store: Store, args: Args) -> tuple[int, Any]:
+    name, tags, wanted = args["service"], args.get("tags") or [], args.get("node_meta") or {}
+    out = []
+    for svc in store.service_instances(name):
+        n = store.nodes.get(svc.node)
+        if n is None or not _tags_ok(svc, tags) or not _meta_ok(n, wanted):
+            continue
+        out.append(render.service_node(n, svc))
+    return store.index_for_service(name), out
+
+
+def catalog_node_services(store: Store, args: Args) -> tuple[int, Any]:
+    index, n, svcs = store.node_services(args["node"])
+    if n is None:
+        return index, None
+    return index, {"Node": render.node(n), "Services": [render.service(s) for s in svcs]}
+
+
+# ------------------------------------------------------------------------------------- health
+
+
+def health_node_checks(store: Store, args: Args) -> tuple[int, Any]:
+    index, checks = store.node_checks(args["node"])
+    return index, [render.check(c) for c in checks]
+
+
+def health_service_checks(store: Store, args: Args) -> tuple[int, Any]:
+    wanted = args.get("node_meta") or {}
+    index, checks = store.service_checks(args["service"])
+    return index, [render.check(c) for c in checks if not wanted or _meta_ok(store.nodes[c.node], wanted)]
+
+
+def health_checks_in_state(store: Store, args: Args) -> tuple[int, Any]:
+    wanted = args.get("node_meta") or {}
+    index, checks = store.checks_in_state(args["state"])
+    return index, [render.check(c) for c in checks if not wanted or _meta_ok(store.nodes[c.node], wanted)]
+
+
+def health_service_nodes(store: Store, args: Args) -> tuple[int, Any]:
+    """Instances of a service with node and checks; `passing` keeps all-passing ones only."""
+    name, tags = args["service"], args.get("tags") or []
+    passing, wanted = bool(args.get("passing")), args.get("node_meta") or {}
+    out = []
+    for svc in store.service_instances(name):
+        n = store.nodes.get(svc.node)
+        if n is None or not _tags_ok(svc, tags) or not _meta_ok(n, wanted):
+            continue
+        checks = store.checks_for_instance(svc)
+        if passing and any(c.status != HEALTH_PASSING for c in checks):
+            continue
+        node = render.node(n)
+        node["Datacenter"] = node["Datacenter"] or args.get("datacenter", "")
+        out.append({"Node": node, "Service": render.service(svc), "Checks": [render.check(c) for c in checks]})
+    return store.index_for_service(name), out
+
+
+# ------------------------------------------------------------------------------------ session
+
+
+def session_get(store: Store, args: Args) -> tuple[int, Any]:
+    index, session = store.get_session(args["id"])
+    return index, [render.session(session)] if session else []
+
+
+def session_node(store: Store, args: Args) -> tuple[int, Any]:
+    index, sessions = store.node_sessions(args["node"])
+    return index, [render.session(s) for s in sessions]
+
+
+def session_list(store: Store, args: Args) -> tuple[int, Any]:
+    index, sessions = store.list_sessions()
+    return index, [render.session(s) for s in sessions]
+
+
+# ----------------------------------------------------------------------------------- internal
+
+
+def node_state(store: Store, args: Args) -> tuple[int, Any]:
+    """One node's catalog entries in wire form, for the agent's anti-entropy comparison."""
+    index, n, svcs = store.node_services(args["node"])
+    _, checks = store.node_checks(args["node"])
+    return index, {
+        "node": n.to_wire() if n is not None else None,
+        "services": [s.to_wire() for s in svcs],
+        "checks": [c.to_wire() for c in checks],
+    }
+
+
+READS: dict[str, QuerySpec] = {
+    "KVS.Get": QuerySpec(kv_get, KV_TABLES, lambda a: a["key"]),
+    "KVS.List": QuerySpec(kv_list, KV_TABLES, lambda a: a["prefix"]),
+    "KVS.ListKeys": QuerySpec(kv_keys, KV_TABLES, lambda a: a["prefix"]),
+    "Txn.Read": QuerySpec(txn_read, KV_TABLES),
+    "Catalog.ListNodes": QuerySpec(catalog_nodes, CATALOG_TABLES),
+    "Catalog.ListServices": QuerySpec(catalog_services, CATALOG_TABLES),
+    "Catalog.ServiceNodes": QuerySpec(catalog_service_nodes, CATALOG_TABLES),
+    "Catalog.NodeServices": QuerySpec(catalog_node_services, CATALOG_TABLES),
+    "Health.NodeChecks": QuerySpec(health_node_checks, CATALOG_TABLES),
+    "Health.ServiceChecks": QuerySpec(health_service_checks, CATALOG_TABLES),
+    "Health.ChecksInState": QuerySpec(health_checks_in_state, CATALOG_TABLES),
+    "Health.ServiceNodes": QuerySpec(health_service_nodes, CATALOG_TABLES),
+    "Session.Get": QuerySpec(session_get, ("sessions",)),
+    "Session.NodeSessions": QuerySpec(session_node, ("sessions",)),
+    "Session.List": QuerySpec(session_list, ("sessions",)),
+    "Internal.NodeState": QuerySpec(node_state, CATALOG_TABLES),
+}
+
+VALID_STATES = (HEALTH_PASSING, "warning", "critical", HEALTH_ANY)
+
+
+def spec(name: str) -> QuerySpec:
+    try:
+        return READS[name]
+    except KeyError:
+        raise UnknownQuery(f"unknown query {name!r}") from None
