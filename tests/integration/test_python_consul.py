@@ -39,7 +39,14 @@ SCRIPT = textwrap.dedent(
                              check=consul.Check.ttl("30s"))
     assert "legacy-1" in c.agent.services()
     c.agent.check.ttl_pass("service:legacy-1")
-    _, nodes = c.health.service("legacy", passing=True)
+    # The agent syncs the new status to the catalog asynchronously (anti-entropy): poll.
+    import time
+    deadline = time.monotonic() + 30
+    while True:
+        _, nodes = c.health.service("legacy", passing=True)
+        if nodes or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert [n["Service"]["ID"] for n in nodes] == ["legacy-1"], nodes
     _, svcs = c.catalog.services()
     assert svcs["legacy"] == ["old"], svcs

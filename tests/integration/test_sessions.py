@@ -71,6 +71,13 @@ def test_delete_behavior_removes_keys(c: consul.Consul) -> None:
 def test_session_bound_to_failing_check_is_invalidated(c: consul.Consul) -> None:
     c.agent.check.register("session-guard", check=consul.Check.ttl("60s"), check_id="guard")
     c.agent.check.ttl_pass("guard")
+
+    def guard_passing_in_catalog() -> bool:
+        _, checks = c.health.node("test-node")
+        return any(ch["CheckID"] == "guard" and ch["Status"] == "passing" for ch in checks)
+
+    # The agent syncs check results to the catalog asynchronously (anti-entropy), as Consul does.
+    wait_for(guard_passing_in_catalog, timeout=30, what="guard passing in the catalog")
     sid = c.session.create(checks=["serfHealth", "guard"], lock_delay=0)
     assert c.kv.put("guarded/lock", "x", acquire=sid)
     c.agent.check.ttl_fail("guard")
