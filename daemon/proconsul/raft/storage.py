@@ -78,6 +78,7 @@ class DurableLog:
         self.records: list[LogRecord] = []
         self._offset = 1  # index of records[0]
         self.hard_state = HardState()
+        self.offset_term = 0  # term of the entry at first_index - 1 (the compaction point)
         self._db: sqlite3.Connection | None = None
 
     def open(self) -> None:
@@ -95,10 +96,10 @@ class DurableLog:
         for a, b in zip(self.records, self.records[1:]):
             if b.index != a.index + 1:
                 raise CorruptStorage(f"{self.path}: log jumps from index {a.index} to {b.index}")
-        if self.records:
-            self._offset = self.records[0].index
-        else:
-            self._offset = int(meta.get("first_index", 1))
+        self._offset = int(meta.get("first_index", 1))
+        self.offset_term = int(meta.get("offset_term", 0))
+        if self.records and self.records[0].index != self._offset:
+            raise CorruptStorage(f"{self.path}: log starts at {self.records[0].index}, expected {self._offset}")
 
     def close(self) -> None:
         if self._db is not None:
@@ -138,11 +139,21 @@ class DurableLog:
         """Durably apply, in one transaction: drop entries >= truncate_from, append `entries`,
         record `hard_state`. Returns after the commit is fsynced."""
         batch = list(entries)
+        truncate_from = self.check_append(batch, truncate_from)
+        self.write_db(hard_state, batch, truncate_from)
+        self.apply_memory(hard_state, batch, truncate_from)
+
+    def check_append(self, batch: list[LogRecord], truncate_from: int | None) -> int | None:
+        """Validate a batch against the log; returns the effective truncation point."""
         if truncate_from is None and batch and batch[0].index <= self.last_index:
             truncate_from = batch[0].index  # overwriting a conflicting tail
-        expected = (truncate_from if truncate_from is not None else self.last_index + 1)
+        expected = truncate_from if truncate_from is not None else self.last_index + 1
         if batch and self.records and batch[0].index != expected:
             raise ValueError(f"append at {batch[0].index} but the log continues at {expected}")
+        return truncate_from
+
+    def write_db(self, hard_state: HardState | None, batch: list[LogRecord], truncate_from: int | None) -> None:
+        """The durable half of `save`: safe to run in a worker thread (touches only SQLite)."""
         assert self._db is not None, "open() first"
         db = self._db
         db.execute("BEGIN")
@@ -163,6 +174,9 @@ class DurableLog:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def apply_memory(self, hard_state: HardState | None, batch: list[LogRecord], truncate_from: int | None) -> None:
+        """The in-memory half of `save`, run on the caller's thread after write_db returned."""
         if truncate_from is not None and truncate_from <= self.last_index:
             del self.records[max(truncate_from - self._offset, 0) :]
         if batch:
@@ -182,24 +196,34 @@ class DurableLog:
         """Forget records with index <= upto_index (they are covered by a snapshot)."""
         if upto_index < self._offset:
             return
+        upto_index = min(upto_index, self.last_index)
+        term = self.get(upto_index)
+        offset_term = term.term if term is not None else self.offset_term
         assert self._db is not None
         self._db.execute("BEGIN")
         self._db.execute("DELETE FROM log WHERE idx <= ?", (upto_index,))
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('first_index', ?)", (upto_index + 1,))
+        self._db.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [("first_index", upto_index + 1), ("offset_term", offset_term)],
+        )
         self._db.execute("COMMIT")
-        drop = min(upto_index, self.last_index) - self._offset + 1
-        del self.records[:drop]
+        del self.records[: upto_index - self._offset + 1]
         self._offset = upto_index + 1
+        self.offset_term = offset_term
 
-    def reset(self, next_index: int) -> None:
+    def reset(self, next_index: int, offset_term: int = 0) -> None:
         """Drop every entry and continue at next_index (after installing a snapshot)."""
         assert self._db is not None
         self._db.execute("BEGIN")
         self._db.execute("DELETE FROM log")
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('first_index', ?)", (next_index,))
+        self._db.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [("first_index", next_index), ("offset_term", offset_term)],
+        )
         self._db.execute("COMMIT")
         self.records = []
         self._offset = next_index
+        self.offset_term = offset_term
 
 
 _SNAP_HEADER = struct.Struct(">QQII")  # index, term, config length, crc of config+data
