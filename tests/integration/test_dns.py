@@ -316,7 +316,7 @@ def test_slow_recursor_does_not_block_other_queries(upstream: tuple[int, _Upstre
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             slow = pool.submit(query, a, "slow.test")
-            assert resolver.slow_started.wait(10)
+            assert resolver.slow_started.wait(30)
             # While the slow exchange is parked upstream, other queries are answered.
             for _ in range(5):
                 assert query(a, "test-node.node.consul").answer
