@@ -26,9 +26,11 @@ import proconsul
 from proconsul import config as configmod
 from proconsul import logs
 from proconsul.checks import CheckManager
+from proconsul.cluster import ClusterMember
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.local import AntiEntropy, LocalCheck, LocalState
+from proconsul.raft.node import RaftServer
 from proconsul.raft.single import SingleNodeLog
 from proconsul.rpc import NoPathToDatacenter, Server
 from proconsul.state.fsm import FSM
@@ -87,7 +89,27 @@ class Agent:
         self.store = Store()
         self.fsm = FSM(self.store)
         server_addr = f"{self.address}:{cfg.ports.server}"
-        self.log = SingleNodeLog(self.fsm, server_addr, self.node_id, self.node_name)
+        self.raft: RaftServer | None = None
+        self.log: Any
+        if cfg.dev:
+            self.log = SingleNodeLog(self.fsm, server_addr, self.node_id, self.node_name)
+        else:
+            assert cfg.data_dir, "config validation requires data_dir outside -dev"
+            # Consul's timing: 1s heartbeat/election base scaled by raft_multiplier (5 unless
+            # tuned for production); one tick is a tenth of it.
+            multiplier = cfg.performance.raft_multiplier or 5
+            self.raft = RaftServer(
+                self.node_id,
+                self.node_name,
+                server_addr,
+                self.fsm,
+                cfg.data_dir,
+                tick_s=0.1 * multiplier,
+                election_tick=10,
+                snapshot_threshold=cfg.raft_snapshot_threshold,
+                trailing_logs=cfg.raft_trailing_logs,
+            )
+            self.log = self.raft
         self.server = Server(
             self.store,
             self.log,
@@ -110,6 +132,10 @@ class Agent:
         self.anti_entropy = AntiEntropy(self.local, self.server)
         self.session_timers = SessionTimers(self.server)
         self.store.now = time.monotonic
+        self.cluster: ClusterMember | None = None
+        if self.raft is not None:
+            self.cluster = ClusterMember(self, self.raft, self.server, self.session_timers)
+            self.server.handlers["Session.Renew"] = self._renew_on_leader
         self.notifier = Notifier()
         self.http: Any = None
         self.dns: Any = None
@@ -133,22 +159,23 @@ class Agent:
         from proconsul.http.server import HTTPServer
 
         cfg = self.config
-        await reconcile_alive_server(
-            self.server,
-            self.local.node_record(),
-            cfg.ports.server,
-            {"raft_version": "3", "serf_protocol_current": "2", "serf_protocol_max": "5",
-             "serf_protocol_min": "1", "version": proconsul.CONSUL_COMPAT_VERSION},
-        )
+        if self.cluster is not None:
+            await self.cluster.start()
+        else:
+            await reconcile_alive_server(
+                self.server, self.local.node_record(), cfg.ports.server, self.consul_service_meta()
+            )
         await self.checks.open()
         errors = self._load_config_definitions(cfg)
         if errors:
             raise AgentError("; ".join(errors))
         for warning in self.local.load_persisted():
             logger.warning("agent: %s", warning)
-        # The first full sync runs before the listeners open, so what the config file defines
-        # is in the catalog by the time a client can ask.
-        await self.local.sync_full(self.server)
+        # In dev mode the first full sync runs before the listeners open, so what the config
+        # file defines is in the catalog by the time a client can ask. A cluster server may
+        # have no leader yet: its anti-entropy loop syncs (with back-off) once there is one.
+        if self.cluster is None:
+            await self.local.sync_full(self.server)
         self._tasks.append(asyncio.get_running_loop().create_task(self.anti_entropy.run(), name="anti-entropy"))
         self._tasks.append(asyncio.get_running_loop().create_task(self._flush_output_loop(), name="check-output"))
         addresses = list(cfg.addresses.http or cfg.client_addr)
@@ -162,7 +189,7 @@ class Agent:
         if cfg.pid_file:
             write_pid_file(cfg.pid_file)
         logger.info("agent: started; node=%s datacenter=%s server=%s", self.node_name, cfg.datacenter, cfg.server)
-        self.notifier.ready(f"serving; leader of {cfg.datacenter}")
+        self.notifier.ready(self.cluster.status if self.cluster else f"serving; leader of {cfg.datacenter}")
 
     async def _flush_output_loop(self) -> None:
         while True:
@@ -202,6 +229,8 @@ class Agent:
             except asyncio.CancelledError:
                 pass
         self.session_timers.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.checks.close()
         if self.config.pid_file:
             remove_pid_file(self.config.pid_file)
@@ -271,6 +300,35 @@ class Agent:
             self.notifier.ready("serving")
 
     # ------------------------------------------------------------------------------- queries
+
+    def consul_service_meta(self) -> dict[str, str]:
+        return {
+            "raft_version": "3",
+            "serf_protocol_current": "2",
+            "serf_protocol_max": "5",
+            "serf_protocol_min": "1",
+            "version": proconsul.CONSUL_COMPAT_VERSION,
+        }
+
+    async def touch_session(self, session: Any) -> None:
+        """(Re)arm a TTL session's timer on the leader, which is the one that expires it."""
+        if not session.ttl:
+            return
+        if self.log.is_leader() or self.cluster is None:
+            self.session_timers.arm(session)
+            return
+        leader = await self.server._wait_for_leader()
+        if leader:
+            await self.cluster.pool.call(leader, "Session.Renew", session.id, timeout_s=10.0)
+        else:
+            self.session_timers.arm(session)
+
+    async def _renew_on_leader(self, session_id: Any) -> bool:
+        _, session = self.store.get_session(str(session_id))
+        if session is None:
+            return False
+        self.session_timers.arm(session)
+        return True
 
     def server_for_dc(self, dc: str) -> Server:
         if dc == self.config.datacenter:
@@ -352,14 +410,7 @@ class Agent:
                 "leader_addr": log.leader_address(),
                 "server": str(self.config.server).lower(),
             },
-            "raft": {
-                "applied_index": str(log.commit_index),
-                "commit_index": str(log.commit_index),
-                "last_log_index": str(log.commit_index),
-                "num_peers": "0",
-                "state": "Leader",
-                "protocol_version": "3",
-            },
+            "raft": self._raft_stats(),
             "runtime": {
                 "arch": platform.machine(),
                 "os": sys.platform,
@@ -368,6 +419,22 @@ class Agent:
             },
             "serf_lan": {"members": "1", "failed": "0", "left": "0"},
             "serf_wan": {"members": "1", "failed": "0", "left": "0"},
+        }
+
+    def _raft_stats(self) -> dict[str, str]:
+        if self.raft is None or self.raft.core is None:
+            index = str(getattr(self.log, "commit_index", 0))
+            return {"applied_index": index, "commit_index": index, "last_log_index": index,
+                    "num_peers": "0", "state": "Leader", "protocol_version": "3"}
+        core = self.raft.core
+        return {
+            "applied_index": str(self.raft.applied_index),
+            "commit_index": str(core.commit_index),
+            "last_log_index": str(core.last_index),
+            "term": str(core.term),
+            "num_peers": str(max(len(core.config.voters) - 1, 0)),
+            "state": core.role.value.capitalize(),
+            "protocol_version": "3",
         }
 
     def self_info(self) -> dict[str, Any]:
@@ -478,12 +545,11 @@ def run_agent(argv: list[str]) -> int:
     logs.setup(cfg.log_level, cfg.log_json, cfg.enable_syslog, cfg.syslog_facility)
     for warning in result.warnings:
         logger.warning("config: %s", warning)
-    if not cfg.dev:
-        # Without Raft (servers) and gossip (clients) a non-dev agent could not keep its
-        # promises (durability, membership); refuse rather than run without them.
+    if not cfg.dev and not cfg.server:
+        # Without gossip a client agent cannot find servers; refuse rather than run half-blind.
         print(
-            "==> Error starting agent: only -dev mode is available in this build; "
-            "server clusters and client agents arrive with Raft and gossip",
+            "==> Error starting agent: client agents (no -server) arrive with gossip; "
+            "run servers (-server) or -dev in this build",
             file=sys.stderr,
         )
         return 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -115,6 +115,14 @@ class Server:
         self.max_query_time_s = max_query_time_s
         self.rng = rng or random.Random()
         self.known_datacenters: Callable[[], list[str]] = lambda: [datacenter]
+        # Forwarding to the leader (set by the agent when it runs Raft): a pipelined pool.
+        self.pool: Any = None
+        # How long a request waits for a leader during an election before failing (Consul's
+        # performance.rpc_hold_timeout).
+        self.rpc_hold_timeout_s = 7.0
+        self.identity: dict[str, Any] = {}
+        # Extra RPC methods registered by other parts (e.g. session renewals for the leader).
+        self.handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
 
     # ---------------------------------------------------------------------------------- reads
 
@@ -130,7 +138,42 @@ class Server:
         def run(store: Store) -> tuple[int, Any]:
             return spec.run(store, args)
 
+        if not opts.allow_stale and not self.consensus.is_leader() and self.pool is not None:
+            leader = await self._wait_for_leader()
+            if not self.consensus.is_leader():
+                return await self._forward_query(leader, name, args, opts)
         return await self.read(opts, run, spec.tables, spec.kv_prefix(args))
+
+    async def _wait_for_leader(self) -> str:
+        """The leader's address, waiting up to rpc_hold_timeout for an election to finish."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.rpc_hold_timeout_s
+        while True:
+            if self.consensus.is_leader():
+                return ""
+            addr = self.consensus.leader_address()
+            if addr:
+                return addr
+            if loop.time() >= deadline:
+                raise NoLeader()
+            await asyncio.sleep(0.05)
+
+    async def _forward_query(self, leader: str, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        body = {
+            "name": name,
+            "args": args,
+            "opts": [opts.min_index, opts.max_wait_s, opts.allow_stale, opts.require_consistent],
+        }
+        timeout = (self.wait_time(opts) if opts.min_index else 0) + 30.0
+        try:
+            reply = await self.pool.call(leader, "Query", body, timeout_s=timeout)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            raise RPCError(f"rpc error forwarding to the leader {leader}: {exc}") from None
+        except Exception as exc:  # RemoteError: the leader's own answer
+            raise RPCError(str(exc)) from None
+        index, known_leader, _, consistency = reply["meta"]
+        # Our own last contact with the leader is what X-Consul-LastContact reports.
+        return QueryMeta(index, known_leader, self.consensus.last_contact_ms(), consistency), reply["result"]
 
     def wait_time(self, opts: QueryOptions) -> float:
         """The blocking deadline in seconds: ?wait (default and cap from config) plus jitter."""
@@ -188,13 +231,69 @@ class Server:
         A StoreError from the FSM is raised here, so the HTTP layer reports it as Consul does.
         """
         if not self.consensus.is_leader():
-            if not self.consensus.leader_address():
-                raise NoLeader()
-            raise NotLeader(self.consensus.leader_address())
-        index, result = await self.consensus.apply(command)
+            if self.pool is None:
+                if not self.consensus.leader_address():
+                    raise NoLeader()
+                raise NotLeader(self.consensus.leader_address())
+            leader = await self._wait_for_leader()
+            if leader:
+                return await self._forward_write(leader, command)
+        try:
+            index, result = await self.consensus.apply(command)
+        except NotLeader:
+            if self.pool is None:
+                raise
+            leader = await self._wait_for_leader()
+            if not leader:
+                raise
+            return await self._forward_write(leader, command)
         if isinstance(result, StoreError):
             raise result
         return WriteMeta(index), result
+
+    async def _forward_write(self, leader: str, command: commands.Command) -> tuple[WriteMeta, Any]:
+        """Send a write to the leader once (a follower never forwards a forwarded write)."""
+        try:
+            reply = await self.pool.call(leader, "Raft.Apply", commands.encode(command), timeout_s=30.0)
+        except (ConnectionError, OSError) as exc:
+            raise UnknownOutcome(f"rpc error: lost the connection to the leader {leader} mid-write: {exc}") from None
+        except TimeoutError:
+            raise UnknownOutcome(f"rpc error: no answer from the leader {leader}; the write may have applied") from None
+        except Exception as exc:  # RemoteError: the leader refused or failed it
+            raise RPCError(str(exc)) from None
+        return WriteMeta(reply["index"]), decode_result(reply["result"])
+
+    # ------------------------------------------------------------------------ RPC endpoints
+
+    async def handle_rpc(self, method: str, body: Any) -> Any:
+        """Serve a request from another agent (the transport's RPC dispatch)."""
+        extra = self.handlers.get(method)
+        if extra is not None:
+            return await extra(body)
+        if method == "Status.Ping":
+            return True
+        if method == "Status.Identify":
+            return self.identity
+        if method == "Raft.Apply":
+            if not self.consensus.is_leader():
+                raise NotLeader(self.consensus.leader_address())
+            index, result = await self.consensus.apply(commands.decode(body))
+            if isinstance(result, StoreError):
+                raise result
+            return {"index": index, "result": encode_result(result)}
+        if method == "Query":
+            min_index, max_wait_s, stale, consistent = body["opts"]
+            opts = QueryOptions(min_index, max_wait_s, stale, consistent)
+            if not stale and not self.consensus.is_leader():
+                raise NotLeader(self.consensus.leader_address())
+            meta, result = await self.query(body["name"], body["args"], opts)
+            return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+        if method == "Raft.Join":
+            if not self.consensus.is_leader():
+                raise NotLeader(self.consensus.leader_address())
+            await self.consensus.add_voter(body["id"], body["addr"])  # type: ignore[attr-defined]
+            return True
+        raise RPCError(f"rpc: can't find method {method}")
 
     # ------------------------------------------------------------------------------- status
 
@@ -208,3 +307,30 @@ class Server:
         """Requests for another datacenter need WAN forwarding (the multi-DC issue)."""
         if dc and dc != self.datacenter:
             raise NoPathToDatacenter(dc)
+
+
+def encode_result(result: Any) -> Any:
+    """An FSM result as plain data for the wire (see decode_result)."""
+    from proconsul.state.fsm import TxnResult
+
+    if isinstance(result, TxnResult):
+        return {
+            "txn": [
+                [r.to_wire() if r is not None else None for r in result.results],
+                [[e.op_index, e.what] for e in result.errors],
+            ]
+        }
+    return result
+
+
+def decode_result(raw: Any) -> Any:
+    from proconsul.state.fsm import TxnError, TxnResult
+    from proconsul.state.records import DirEntry
+
+    if isinstance(raw, dict) and "txn" in raw:
+        results, errors = raw["txn"]
+        return TxnResult(
+            tuple(DirEntry.from_wire(r) if r is not None else None for r in results),
+            tuple(TxnError(i, w) for i, w in errors),
+        )
+    return raw

@@ -117,7 +117,7 @@ async def create(request: web.Request) -> web.Response:
     body = await read_json(request, allow_empty=True)
     session = decode_session(body, agent)
     meta, _ = await agent.server.write(commands.SessionOp("create", session))
-    agent.session_timers.arm(session)
+    await agent.touch_session(session)
     return json_response(request, {"ID": session.id}, index=meta.index)
 
 
@@ -137,7 +137,7 @@ async def renew(request: web.Request) -> web.Response:
     _, session = agent.store.get_session(sid)
     if session is None:
         raise HTTPError(404, f"Session id '{sid}' not found")
-    agent.session_timers.arm(session)
+    await agent.touch_session(session)
     return json_response(request, [render.session(session)])
 
 

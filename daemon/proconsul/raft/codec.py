@@ -1,0 +1,73 @@
+"""Raft messages on the wire: `Message` <-> msgpack-able lists (sans-I/O).
+
+Owns the encoding of Raft RPCs between servers. Positional lists, versioned by a leading
+number, with fields only ever appended: a newer server reading an older message fills missing
+trailing fields with their defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proconsul.raft.messages import (
+    Configuration,
+    Entry,
+    EntryKind,
+    Message,
+    MsgType,
+    Snapshot,
+    SnapshotMeta,
+)
+
+CODEC_VERSION = 1
+
+
+def _entry(e: Entry) -> list[Any]:
+    return [e.index, e.term, int(e.kind), e.data]
+
+
+def _snapshot(s: Snapshot) -> list[Any]:
+    return [s.meta.index, s.meta.term, s.meta.config.encode(), s.data]
+
+
+def encode_message(m: Message) -> list[Any]:
+    return [
+        CODEC_VERSION,
+        int(m.type),
+        m.to,
+        m.frm,
+        m.term,
+        m.log_term,
+        m.index,
+        [_entry(e) for e in m.entries],
+        m.commit,
+        m.reject,
+        m.reject_hint,
+        _snapshot(m.snapshot) if m.snapshot is not None else None,
+        m.context,
+    ]
+
+
+def decode_message(raw: Any) -> Message:
+    """Decode `encode_message` output; ValueError when it is not a Raft message."""
+    if not isinstance(raw, list) or len(raw) < 13 or raw[0] != CODEC_VERSION:
+        raise ValueError("not a Raft message")
+    _, kind, to, frm, term, log_term, index, entries, commit, reject, hint, snap, context = raw[:13]
+    snapshot = None
+    if snap is not None:
+        s_index, s_term, s_config, s_data = snap
+        snapshot = Snapshot(SnapshotMeta(s_index, s_term, Configuration.decode(s_config)), s_data)
+    return Message(
+        type=MsgType(kind),
+        to=to,
+        frm=frm,
+        term=term,
+        log_term=log_term,
+        index=index,
+        entries=tuple(Entry(i, t, EntryKind(k), d) for i, t, k, d in entries),
+        commit=commit,
+        reject=bool(reject),
+        reject_hint=hint,
+        snapshot=snapshot,
+        context=context,
+    )

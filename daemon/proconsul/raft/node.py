@@ -1,0 +1,531 @@
+"""The Raft driver: runs the sans-I/O core against the disk, the network, the clock and the FSM.
+
+Owns one server's replicated log in motion: a tick timer, inbound Raft messages, proposals and
+ReadIndex requests go into `RaftNode`; each `Ready` it returns is carried out in the core's
+required order (leader-early replication, then snapshot/entries/hard state persisted in one
+SQLite transaction off the event loop, then messages sent, then committed entries applied to
+the FSM, then read states served, then `advance`). Proposals queued while a Ready is being
+persisted go into the next one, which is the group commit.
+
+It implements `proconsul.rpc.Consensus`, so the RPC layer proposes commands and waits for
+their FSM result. A proposal whose entry is overwritten, or whose leader steps down before it
+applies, is reported as `UnknownOutcome`: it may still commit under another leader.
+
+Peers are known by node ID; their server-port addresses come from the bootstrap (expect)
+discovery, join requests and inbound connections, and are kept in `data_dir/raft/peers.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proconsul.raft import codec
+from proconsul.raft.core import Compacted, NotLeader, RaftNode, Unavailable
+from proconsul.raft.messages import (
+    ConfChange,
+    ConfChangeOp,
+    Configuration,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    MsgType,
+    Snapshot,
+    SnapshotMeta,
+)
+from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore
+from proconsul.raft.storage import HardState as DiskHardState
+from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
+from proconsul.rpc import NoLeader, UnknownOutcome
+from proconsul.rpc import NotLeader as RPCNotLeader
+from proconsul.state import commands
+from proconsul.state.fsm import FSM
+from proconsul.wire import ConnType, FrameDecoder, encode_frame
+
+logger = logging.getLogger(__name__)
+
+
+class DiskStorage:
+    """The core's `LogView` over the SQLite log and the snapshot files (all of it durable)."""
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.log = DurableLog(os.path.join(directory, "raft.db"))
+        self.snapshots = SnapshotStore(os.path.join(directory, "snapshots"))
+        self.log.open()
+        latest = self.snapshots.latest()
+        if latest is not None:
+            meta, data = latest
+            self._snap = Snapshot(SnapshotMeta(meta.index, meta.term, Configuration.decode(meta.config)), data)
+        else:
+            self._snap = Snapshot(SnapshotMeta(0, 0, Configuration()), b"")
+
+    def is_empty(self) -> bool:
+        return self.log.hard_state.term == 0 and self.log.last_index < self.log.first_index and not self._snap.meta.index
+
+    # LogView ---------------------------------------------------------------------------------
+
+    def hard_state(self) -> HardState:
+        hs = self.log.hard_state
+        return HardState(hs.term, hs.vote or None, hs.commit)
+
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        return self._snap.meta
+
+    def first_index(self) -> int:
+        return self.log.first_index
+
+    def last_index(self) -> int:
+        return self.log.last_index
+
+    def term(self, index: int) -> int:
+        first = self.log.first_index
+        if index == first - 1:
+            return self.log.offset_term or (self._snap.meta.term if index == self._snap.meta.index else 0)
+        if index < first - 1:
+            raise Compacted(index)
+        rec = self.log.get(index)
+        if rec is None:
+            raise Unavailable(index)
+        return rec.term
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        if lo < self.log.first_index:
+            raise Compacted(lo)
+        if hi > self.log.last_index + 1:
+            raise Unavailable(hi)
+        out: list[Entry] = []
+        size = 0
+        for rec in self.log.slice(lo, hi):
+            size += len(rec.data)
+            if out and max_bytes is not None and size > max_bytes:
+                break
+            out.append(Entry(rec.index, rec.term, EntryKind(rec.kind), rec.data))
+        return out
+
+    # write side --------------------------------------------------------------------------------
+
+    def install_snapshot(self, snap: Snapshot) -> None:
+        meta = DiskSnapshotMeta(snap.meta.index, snap.meta.term, snap.meta.config.encode())
+        self.snapshots.save(meta, snap.data)
+        self.log.reset(snap.meta.index + 1, snap.meta.term)
+        self._snap = snap
+
+    def record_snapshot(self, snap: Snapshot, compact_to: int) -> None:
+        meta = DiskSnapshotMeta(snap.meta.index, snap.meta.term, snap.meta.config.encode())
+        self.snapshots.save(meta, snap.data)
+        self._snap = snap
+        if compact_to >= self.log.first_index:
+            self.log.compact_prefix(compact_to)
+
+    def bootstrap(self, voters: list[str]) -> None:
+        """Write the initial configuration as snapshot 0 (only on an empty storage)."""
+        snap = Snapshot(SnapshotMeta(0, 0, Configuration(frozenset(voters))), b"")
+        meta = DiskSnapshotMeta(0, 0, snap.meta.config.encode())
+        self.snapshots.save(meta, b"")
+        self._snap = snap
+
+
+class AddressBook:
+    """Node ID -> server-port address, persisted so that a restarted server finds its peers."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.addrs: dict[str, str] = {}
+        if path and os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                self.addrs = dict(json.load(fh))
+
+    def learn(self, node_id: str, addr: str) -> None:
+        if not addr or self.addrs.get(node_id) == addr:
+            return
+        self.addrs[node_id] = addr
+        if self.path:
+            from proconsul.raft.storage import atomic_write
+
+            atomic_write(self.path, json.dumps(self.addrs, sort_keys=True).encode())
+
+
+class _PeerLink:
+    """Outbound Raft messages to one peer, over one connection, dropped when it is down."""
+
+    QUEUE_LIMIT = 4096
+
+    def __init__(self, node: RaftServer, peer: str) -> None:
+        self.node = node
+        self.peer = peer
+        self.queue: asyncio.Queue[Message] = asyncio.Queue(self.QUEUE_LIMIT)
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"raft-link:{peer}")
+
+    def send(self, m: Message) -> None:
+        try:
+            self.queue.put_nowait(m)
+        except asyncio.QueueFull:
+            pass  # Raft tolerates loss; the next heartbeat or retry resends
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            addr = self.node.addresses.addrs.get(self.peer)
+            if not addr:
+                await asyncio.sleep(0.5)
+                self._drain()
+                continue
+            try:
+                host, _, port = addr.rpartition(":")
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+            except (TimeoutError, OSError):
+                self._drain()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            try:
+                writer.write(bytes([ConnType.RAFT]))
+                writer.write(encode_frame({"id": self.node.id, "addr": self.node.address}))
+                while True:
+                    m = await self.queue.get()
+                    batch = [m]
+                    while not self.queue.empty() and len(batch) < 256:
+                        batch.append(self.queue.get_nowait())
+                    writer.write(b"".join(encode_frame(codec.encode_message(x)) for x in batch))
+                    await writer.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+    def _drain(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+    def close(self) -> None:
+        self.task.cancel()
+
+
+class RaftServer:
+    """One server's Raft: the core plus its I/O. Implements `proconsul.rpc.Consensus`."""
+
+    def __init__(
+        self,
+        node_id: str,
+        node_name: str,
+        address: str,
+        fsm: FSM,
+        data_dir: str,
+        *,
+        tick_s: float = 0.1,
+        election_tick: int = 10,
+        snapshot_threshold: int = 16384,
+        trailing_logs: int = 10000,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.id = node_id
+        self.node_name = node_name
+        self.address = address
+        self.fsm = fsm
+        self.tick_s = tick_s
+        self.election_tick = election_tick
+        self.snapshot_threshold = snapshot_threshold
+        self.trailing_logs = trailing_logs
+        self.rng = rng or random.Random()
+        self.storage = DiskStorage(os.path.join(data_dir, "raft"))
+        self.addresses = AddressBook(os.path.join(data_dir, "raft", "peers.json"))
+        self.addresses.learn(node_id, address)
+        self.core: RaftNode | None = None
+        self._inbox: list[Message] = []
+        self._wake = asyncio.Event()
+        self._links: dict[str, _PeerLink] = {}
+        self._pending: dict[int, tuple[int, asyncio.Future[tuple[int, Any]]]] = {}
+        self._reads: dict[bytes, asyncio.Future[None]] = {}
+        self._read_seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._last_leader_contact = 0.0
+        self.leader_id: str | None = None
+        self.applied_index = 0
+        self.on_leadership: Callable[[bool], None] = lambda is_leader: None
+        self.started = asyncio.Event()
+
+    # ------------------------------------------------------------------------------ set-up
+
+    @property
+    def has_state(self) -> bool:
+        return not self.storage.is_empty() or bool(self.storage.snapshot_meta().config.voters)
+
+    def bootstrap(self, voters: dict[str, str]) -> None:
+        """Start a new cluster with these voters (ID -> address); only on empty storage."""
+        if self.has_state:
+            return
+        for vid, addr in voters.items():
+            self.addresses.learn(vid, addr)
+        self.storage.bootstrap(sorted(voters))
+
+    async def start(self) -> None:
+        snap = self.storage.snapshot()
+        if snap.data:
+            self.fsm.store.restore(snap.data)
+        self.applied_index = snap.meta.index
+        self.core = RaftNode(
+            self.id,
+            self.storage,
+            self.rng,
+            election_tick=self.election_tick,
+            heartbeat_tick=1,
+            snapshot_threshold=self.snapshot_threshold,
+            applied=snap.meta.index,
+        )
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
+        self.started.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for link in self._links.values():
+            link.close()
+        self._fail_pending(UnknownOutcome("server shutting down; the write may or may not have committed"))
+        self.storage.log.close()
+
+    # ------------------------------------------------------------------------ Consensus API
+
+    def is_leader(self) -> bool:
+        return self.core is not None and self.core.leader == self.id and self.core.role.value == "leader"
+
+    def leader_address(self) -> str:
+        if self.core is None or not self.core.leader:
+            return ""
+        return self.addresses.addrs.get(self.core.leader, "")
+
+    def last_contact_ms(self) -> int:
+        if self.is_leader() or not self._last_leader_contact:
+            return 0
+        return int((time.monotonic() - self._last_leader_contact) * 1000)
+
+    def voters(self) -> list[tuple[str, str, str]]:
+        if self.core is None:
+            return []
+        return [(v, v, self.addresses.addrs.get(v, "")) for v in sorted(self.core.config.voters)]
+
+    async def apply(self, command: commands.Command) -> tuple[int, Any]:
+        return await self.propose_bytes(commands.encode(command))
+
+    async def propose_bytes(self, data: bytes) -> tuple[int, Any]:
+        core = self._core()
+        try:
+            proposal = core.propose(data)
+        except NotLeader as exc:
+            raise RPCNotLeader(self.addresses.addrs.get(getattr(exc, "leader", "") or "", "")) from None
+        fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[proposal.index] = (proposal.term, fut)
+        self._wake.set()
+        return await fut
+
+    async def verify_leader(self) -> None:
+        """ReadIndex: returns once a quorum confirmed leadership and the FSM caught up."""
+        core = self._core()
+        if not self.is_leader():
+            raise RPCNotLeader(self.leader_address())
+        self._read_seq += 1
+        ctx = f"{self.id}:{self._read_seq}".encode()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        core.read_index(ctx)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, self.tick_s * self.election_tick * 2)
+        except TimeoutError:
+            raise NoLeader() from None
+        finally:
+            self._reads.pop(ctx, None)
+
+    async def add_voter(self, node_id: str, addr: str) -> None:
+        """Leader only: add a server to the configuration (single-server change)."""
+        core = self._core()
+        self.addresses.learn(node_id, addr)
+        if node_id in core.config.voters:
+            return
+        try:
+            proposal = core.propose_conf_change(ConfChange(ConfChangeOp.ADD_VOTER, node_id))
+        except NotLeader:
+            raise RPCNotLeader(self.leader_address()) from None
+        fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[proposal.index] = (proposal.term, fut)
+        self._wake.set()
+        await fut
+
+    def _core(self) -> RaftNode:
+        if self.core is None:
+            raise NoLeader()
+        return self.core
+
+    # ------------------------------------------------------------------------------- inbound
+
+    async def serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Handler for inbound ConnType.RAFT connections: a hello frame, then messages."""
+        decoder = FrameDecoder()
+        hello = True
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            for raw in decoder.feed(data):
+                if hello:
+                    hello = False
+                    if isinstance(raw, dict) and raw.get("id") and raw.get("addr"):
+                        self.addresses.learn(str(raw["id"]), str(raw["addr"]))
+                    continue
+                try:
+                    m = codec.decode_message(raw)
+                except (ValueError, TypeError, KeyError) as exc:
+                    logger.warning("raft: dropping undecodable message: %s", exc)
+                    continue
+                self._inbox.append(m)
+            self._wake.set()
+
+    # ---------------------------------------------------------------------------- the loop
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        core = self._core()
+        next_tick = loop.time() + self.tick_s
+        was_leader = False
+        while True:
+            timeout = max(0.0, next_tick - loop.time())
+            if not self._inbox and not core.has_ready():
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            if loop.time() >= next_tick:
+                core.tick()
+                next_tick = loop.time() + self.tick_s
+            inbox, self._inbox = self._inbox, []
+            for m in inbox:
+                if m.frm == core.leader and m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+                    self._last_leader_contact = time.monotonic()
+                try:
+                    core.step(m)
+                except Exception:  # a bad peer message must not stop the server
+                    logger.exception("raft: step failed for %s from %s", m.type.name, m.frm)
+            rd = core.ready()
+            if rd is None:
+                continue
+            if rd.soft_state is not None:
+                self.leader_id = rd.soft_state.leader
+                if rd.soft_state.leader:
+                    self._last_leader_contact = time.monotonic()
+                is_leader = rd.soft_state.role.value == "leader"
+                if is_leader != was_leader:
+                    logger.info("raft: %s leadership (term %d)", "gained" if is_leader else "lost", core.term)
+                    if not is_leader:
+                        self._fail_pending(
+                            UnknownOutcome("leadership lost before the write applied; it may or may not commit")
+                        )
+                        for fut in self._reads.values():
+                            if not fut.done():
+                                fut.set_exception(NoLeader())
+                    was_leader = is_leader
+                    self.on_leadership(is_leader)
+            for m in rd.early_messages:
+                self._send(m)
+            await self._persist(rd)
+            for m in rd.messages:
+                self._send(m)
+            for e in rd.committed_entries:
+                self._apply(e)
+            for rs in rd.read_states:
+                fut = self._reads.get(rs.context)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            core.advance(rd)
+            self._maybe_snapshot(core)
+
+    async def _persist(self, rd: Any) -> None:
+        log = self.storage.log
+        if rd.snapshot is not None:
+            self.storage.install_snapshot(rd.snapshot)
+            self.fsm.store.restore(rd.snapshot.data)
+            self.applied_index = rd.snapshot.meta.index
+            self._fail_pending_upto(rd.snapshot.meta.index)
+        if not rd.entries and rd.hard_state is None:
+            return
+        hs = None
+        if rd.hard_state is not None:
+            hs = DiskHardState(rd.hard_state.term, rd.hard_state.vote or "", rd.hard_state.commit)
+        batch = [LogRecord(e.index, e.term, int(e.kind), e.data) for e in rd.entries]
+        truncate = log.check_append(batch, None)
+        # The fsync runs off the event loop; proposals arriving meanwhile form the next batch.
+        await asyncio.get_running_loop().run_in_executor(None, log.write_db, hs, batch, truncate)
+        log.apply_memory(hs, batch, truncate)
+        if truncate is not None:
+            # Our uncommitted tail was replaced by a new leader's: those writes' fate is unknown.
+            self._fail_pending_from(truncate)
+
+    def _send(self, m: Message) -> None:
+        link = self._links.get(m.to)
+        if link is None:
+            link = self._links[m.to] = _PeerLink(self, m.to)
+        link.send(m)
+
+    def _apply(self, e: Entry) -> None:
+        result: Any = None
+        if e.kind == EntryKind.NORMAL and e.data:
+            try:
+                command = commands.decode(e.data)
+            except ValueError as exc:
+                logger.error("raft: entry %d is not a command (%s); skipped", e.index, exc)
+                command = commands.Noop()
+            result = self.fsm.apply(e.index, command)
+        else:
+            self.fsm.apply(e.index, commands.Noop())
+        self.applied_index = e.index
+        pending = self._pending.pop(e.index, None)
+        if pending is not None:
+            term, fut = pending
+            if fut.done():
+                return
+            if term == e.term:
+                fut.set_result((e.index, result))
+            else:
+                fut.set_exception(UnknownOutcome("the write was overwritten by a new leader; it did not commit"))
+
+    def _maybe_snapshot(self, core: RaftNode) -> None:
+        index = core.snapshot_due()
+        if index is None:
+            return
+        snap = core.make_snapshot(index, self.fsm.store.snapshot())
+        self.storage.record_snapshot(snap, compact_to=index - self.trailing_logs)
+        logger.info("raft: snapshot at index %d", index)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        for _, fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pending.clear()
+
+    def _fail_pending_from(self, index: int) -> None:
+        for i in [i for i in self._pending if i >= index]:
+            _, fut = self._pending.pop(i)
+            if not fut.done():
+                fut.set_exception(UnknownOutcome("the write was overwritten by a new leader; it did not commit"))
+
+    def _fail_pending_upto(self, index: int) -> None:
+        for i in [i for i in self._pending if i <= index]:
+            _, fut = self._pending.pop(i)
+            if not fut.done():
+                fut.set_exception(UnknownOutcome("a snapshot replaced the log; the write's fate is unknown"))
