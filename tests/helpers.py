@@ -44,7 +44,9 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port for TCP and UDP")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str | Callable[[], str] = ""
+) -> Any:
     """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -58,44 +60,68 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         except Exception as exc:  # the condition may raise while the system settles
             last_exc = exc
         time.sleep(interval)
+    if callable(what):
+        what = what()  # e.g. a process log, read at the moment of failure
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last_exc!r}")
 
 
 class AgentProcess:
-    """A real `proconsul agent` child process on loopback ports chosen for this test."""
+    """A real `proconsul agent` child process on loopback addresses chosen for this test."""
 
-    def __init__(self, *extra_args: str, dev: bool = True) -> None:
-        self.http_port = free_port()
-        self.dns_port = free_port()
+    def __init__(
+        self,
+        *extra_args: str,
+        dev: bool = True,
+        ip: str = "127.0.0.1",
+        node: str = "test-node",
+        data_dir: str | None = None,
+    ) -> None:
+        self.ip = ip
+        self.node = node
+        # On 127.0.0.1 other tests run too, so ports are picked free; a cluster test gets its
+        # own 127.x.y.z addresses and uses the standard ports there.
+        self.http_port = free_port() if ip == "127.0.0.1" else 8500
+        self.dns_port = free_port() if ip == "127.0.0.1" else 8600
         self.tmp = tempfile.TemporaryDirectory(prefix="proconsul-test-")
+        self.data_dir = data_dir
         self.log_path = Path(self.tmp.name) / "agent.log"
         self.args = [proconsul_command(), "agent"]
         if dev:
             self.args.append("-dev")
+        if data_dir:
+            self.args.append(f"-data-dir={data_dir}")
         self.args += [
             f"-http-port={self.http_port}",
             f"-dns-port={self.dns_port}",
-            "-client=127.0.0.1",
-            "-bind=127.0.0.1",
-            "-node=test-node",
+            f"-client={ip}",
+            f"-bind={ip}",
+            f"-node={node}",
             *extra_args,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.wait_for_leader = True
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.ip}:{self.http_port}"
 
     @property
     def url(self) -> str:
         return f"http://{self.addr}"
 
     def start(self) -> AgentProcess:
-        log = open(self.log_path, "wb")
+        log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.tmp.name)
-        wait_for(self._leader_known, timeout=60, what=f"agent on {self.addr} to elect a leader\n{self.log()}")
+        if self.wait_for_leader:
+            wait_for(self._leader_known, timeout=60, what=f"agent on {self.addr} to elect a leader\n{self.log()}")
         return self
+
+    def kill(self) -> None:
+        """kill -9: no chance to flush or leave."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
 
     def _leader_known(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -1,0 +1,192 @@
+"""Real three-server clusters: bootstrap, forwarding, failover, restart from disk, kill -9.
+
+Each cluster gets its own loopback addresses (127.a.b.1-3, standard ports), so the servers
+find each other through `-retry-join` exactly as an operator configures them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import AgentProcess, wait_for
+
+
+def _free_subnet() -> str:
+    """A 127.a.b.0/24 prefix whose .1-.3 have the server, HTTP and DNS ports free."""
+    for _ in range(50):
+        prefix = f"127.{random.randint(1, 250)}.{random.randint(1, 250)}"
+        ok = True
+        for i in (1, 2, 3):
+            for port in (8300, 8500):
+                with socket.socket() as s:
+                    try:
+                        s.bind((f"{prefix}.{i}", port))
+                    except OSError:
+                        ok = False
+        if ok:
+            return prefix
+    raise RuntimeError("no free loopback subnet")
+
+
+class Cluster:
+    def __init__(self, root: Path) -> None:
+        self.prefix = _free_subnet()
+        self.root = root
+        self.ips = [f"{self.prefix}.{i}" for i in (1, 2, 3)]
+        self.nodes: dict[str, AgentProcess] = {}
+
+    def server(self, ip: str, *extra: str) -> AgentProcess:
+        name = f"s{ip.rsplit('.', 1)[1]}"
+        joins = [f"-retry-join={other}" for other in self.ips if other != ip]
+        agent = AgentProcess(
+            "-server", "-bootstrap-expect=3", *joins, "-hcl", "performance { raft_multiplier = 1 }", *extra,
+            dev=False, ip=ip, node=name, data_dir=str(self.root / name),
+        )
+        agent.wait_for_leader = False
+        return agent
+
+    def start(self) -> None:
+        for ip in self.ips:
+            self.nodes[ip] = self.server(ip).start()
+        for agent in self.nodes.values():
+            wait_for(agent._leader_known, timeout=60, what=f"a leader seen by {agent.ip}\n{agent.log()}")
+
+    def leader_ip(self, via: AgentProcess) -> str:
+        status, _, body = via.http("GET", "/v1/status/leader")
+        assert status == 200
+        return json.loads(body).rsplit(":", 1)[0]
+
+    def stop(self) -> None:
+        for agent in self.nodes.values():
+            agent.stop()
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def put(agent: AgentProcess, key: str, value: str) -> bool:
+    status, _, body = agent.http("PUT", f"/v1/kv/{key}", value.encode())
+    assert status == 200, body
+    return json.loads(body) is True
+
+
+def get(agent: AgentProcess, key: str, query: str = "") -> str | None:
+    status, _, body = agent.http("GET", f"/v1/kv/{key}{query}")
+    if status == 404:
+        return None
+    assert status == 200, body
+    import base64
+
+    return base64.b64decode(json.loads(body)[0]["Value"]).decode()
+
+
+def test_bootstrap_forwarding_and_consistency_modes(cluster: Cluster) -> None:
+    a, b, c = (cluster.nodes[ip] for ip in cluster.ips)
+    leader = cluster.leader_ip(a)
+    assert leader in cluster.ips and all(cluster.leader_ip(x) == leader for x in (b, c))
+    peers = json.loads(a.http("GET", "/v1/status/peers")[2])
+    assert sorted(p.rsplit(":", 1)[0] for p in peers) == sorted(cluster.ips)
+    follower = next(x for x in (a, b, c) if x.ip != leader)
+    assert put(follower, "fwd/key", "via-follower")  # forwarded to the leader once
+    for agent in (a, b, c):
+        # Default-mode reads are answered by the leader, wherever they arrive.
+        assert get(agent, "fwd/key") == "via-follower"
+        _, headers, _ = agent.http("GET", "/v1/kv/fwd/key")
+        assert headers["X-Consul-KnownLeader"] == "true"
+        assert headers["X-Consul-Effective-Consistency"] == "leader"
+    status, headers, _ = follower.http("GET", "/v1/kv/fwd/key?consistent")
+    assert status == 200 and headers["X-Consul-Effective-Consistency"] == "consistent"
+    # Stale reads are local: they converge on every server.
+    for agent in (a, b, c):
+        wait_for(lambda agent=agent: get(agent, "fwd/key", "?stale") == "via-follower", what="stale read")
+    # Every server registered itself with serfHealth and the consul service.
+    nodes = json.loads(a.http("GET", "/v1/health/service/consul?passing")[2])
+    assert sorted(n["Node"]["Node"] for n in nodes) == ["s1", "s2", "s3"]
+
+
+def test_leader_kill_9_failover_and_restart_from_disk(cluster: Cluster) -> None:
+    a = cluster.nodes[cluster.ips[0]]
+    for i in range(20):
+        assert put(a, f"before/{i}", str(i))
+    old_leader_ip = cluster.leader_ip(a)
+    cluster.nodes[old_leader_ip].kill()
+    survivors = [agent for ip, agent in cluster.nodes.items() if ip != old_leader_ip]
+
+    def new_leader() -> str | None:
+        try:
+            ip = cluster.leader_ip(survivors[0])
+        except (AssertionError, OSError):
+            return None
+        return ip if ip and ip != old_leader_ip else None
+
+    wait_for(new_leader, timeout=60, what="a new leader among the survivors")
+    for i in range(20):
+        assert put(survivors[1], f"after/{i}", str(i))
+    for i in range(20):
+        assert get(survivors[0], f"before/{i}") == str(i)
+    # The killed server restarts with nothing but its config and data_dir, and catches up.
+    restarted = cluster.server(old_leader_ip).start()
+    cluster.nodes[old_leader_ip] = restarted
+    def caught_up() -> bool:
+        assert restarted.proc is not None and restarted.proc.poll() is None, f"restart died:\n{restarted.log()}"
+        return get(restarted, "after/19", "?stale") == "19"
+
+    wait_for(caught_up, timeout=60,
+             what=lambda: f"restarted server caught up\n{restarted.log()}")
+    assert get(restarted, "before/0", "?stale") == "0"
+
+
+def test_acknowledged_writes_survive_kill_9_of_a_minority(cluster: Cluster) -> None:
+    """Writers record every acknowledged write; the leader is killed mid-stream; none is lost."""
+    acked: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+    entry = [agent for agent in cluster.nodes.values()]
+
+    def writer(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            key = f"w{n}/{i}"
+            target = entry[(n + i) % len(entry)]
+            try:
+                req = urllib.request.Request(f"{target.url}/v1/kv/{key}", data=b"v", method="PUT")
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    if resp.read() == b"true":
+                        acked.append(key)
+            except (urllib.error.URLError, OSError) as exc:
+                failures.append(f"{key}: {exc}")  # unknown or refused: not acknowledged
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acked) >= 50, timeout=60, what="writes flowing")
+    leader_ip = cluster.leader_ip(cluster.nodes[cluster.ips[0]])
+    cluster.nodes[leader_ip].kill()
+    entry[:] = [agent for ip, agent in cluster.nodes.items() if ip != leader_ip]
+    count = len(acked)
+    wait_for(lambda: len(acked) >= count + 50, timeout=90, what="writes acknowledged after failover")
+    stop.set()
+    for t in threads:
+        t.join(60)
+    survivor = entry[0]
+    status, _, body = survivor.http("GET", "/v1/kv/?recurse&consistent")
+    assert status == 200
+    present = {e["Key"] for e in json.loads(body)}
+    lost = [k for k in acked if k not in present]
+    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
