@@ -115,8 +115,12 @@ def test_bootstrap_forwarding_and_consistency_modes(cluster: Cluster) -> None:
     for agent in (a, b, c):
         wait_for(lambda agent=agent: get(agent, "fwd/key", "?stale") == "via-follower", what="stale read")
     # Every server registered itself with serfHealth and the consul service.
-    nodes = json.loads(a.http("GET", "/v1/health/service/consul?passing")[2])
-    assert sorted(n["Node"]["Node"] for n in nodes) == ["s1", "s2", "s3"]
+    # (Each registers asynchronously, retrying until the leader accepts it.)
+    def registered() -> bool:
+        nodes = json.loads(a.http("GET", "/v1/health/service/consul?passing")[2])
+        return sorted(n["Node"]["Node"] for n in nodes) == ["s1", "s2", "s3"]
+
+    wait_for(registered, timeout=60, what="all three servers in the catalog with serfHealth")
 
 
 def test_leader_kill_9_failover_and_restart_from_disk(cluster: Cluster) -> None:
