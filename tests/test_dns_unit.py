@@ -12,13 +12,14 @@ import random
 import struct
 
 import pytest
-from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+from dnslib import AAAA, CNAME, EDNS0, MX, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSRecord
 from hypothesis import HealthCheck as HypothesisHealthCheck
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from proconsul import dns_wire
 from proconsul.config import DNSConfig, RuntimeConfig
 from proconsul.dns import DNSServer
-from proconsul.dns_answer import encode_rfc1464, ip_from_arpa, service_ttl
+from proconsul.dns_answer import Answer, Group, encode_rfc1464, ip_from_arpa, service_ttl
 from proconsul.raft.single import SingleNodeLog
 from proconsul.rpc import Server
 from proconsul.state.fsm import FSM
@@ -317,3 +318,142 @@ def test_every_type_answers(qtype: str) -> None:
     add_instance(store, 1)
     for name in ("web.service.consul", "srv1.node.consul", "0a000001.addr.consul", "consul"):
         assert ask(dns, name, qtype).header.rcode in (RCODE.NOERROR, RCODE.NXDOMAIN)
+
+
+# ------------------------------------------------------------------ answer cache and encoder
+
+
+def srv_ports(dns: DNSServer, tcp: bool = True) -> list[int]:
+    return sorted(x.rdata.port for x in ask(dns, "web.service.consul", "SRV", tcp=tcp).rr)
+
+
+def test_cache_check_turning_critical_drops_the_instance_on_the_next_query() -> None:
+    dns, store, _ = make_server()
+    for i in range(1, 6):
+        add_instance(store, i)
+    assert srv_ports(dns) == [8001, 8002, 8003, 8004, 8005]
+    assert srv_ports(dns) == [8001, 8002, 8003, 8004, 8005]  # served from the cache
+    a_before = sorted(str(x.rdata) for x in ask(dns, "web.service.consul", "A", tcp=True).rr)
+    assert len(a_before) == 5 and dns.cache.entries
+    check = HealthCheck("node3", "service:web-3", status="critical", service_id="web-3", service_name="web")
+    store.ensure_registration(100, store.nodes["node3"], None, (check,), True)
+    assert srv_ports(dns) == [8001, 8002, 8004, 8005]
+    assert "10.0.0.3" not in {str(x.rdata) for x in ask(dns, "web.service.consul", "A", tcp=True).rr}
+    # Plain UDP (3 of 4 sent, built lazily) never shows it either, whatever the shuffle.
+    for _ in range(20):
+        assert 8003 not in srv_ports(dns, tcp=False)
+    # A node-level check is the node's health for every service on it.
+    store.ensure_registration(
+        101, store.nodes["node1"], None, (HealthCheck("node1", "serf", status="critical"),), True
+    )
+    assert srv_ports(dns) == [8002, 8004, 8005]
+    # Back to passing: back in the answer.
+    store.ensure_registration(
+        102, store.nodes["node3"], None, (dataclasses.replace(check, status="passing"),), True
+    )
+    assert srv_ports(dns) == [8002, 8003, 8004, 8005]
+
+
+def test_cache_new_instance_appears_on_the_next_query() -> None:
+    dns, store, _ = make_server()
+    add_instance(store, 1)
+    assert srv_ports(dns) == [8001]
+    assert [str(x.rdata) for x in ask(dns, "web.service.consul", "A").rr] == ["10.0.0.1"]
+    add_instance(store, 2)
+    assert srv_ports(dns) == [8001, 8002]
+    assert sorted(str(x.rdata) for x in ask(dns, "web.service.consul", "A").rr) == ["10.0.0.1", "10.0.0.2"]
+    # Another spelling of the name is the same service in DNS (case-insensitive).
+    node = Node("node9", address="10.0.0.9")
+    store.ensure_registration(50, node, ServiceInstance("node9", "Web-9", "Web", port=8009), (), False)
+    assert srv_ports(dns) == [8001, 8002, 8009]
+    # Deregistering and changing a node's address are seen at once as well.
+    store.deregister(51, "node1")
+    assert srv_ports(dns) == [8002, 8009]
+    store.ensure_registration(52, Node("node2", address="10.9.9.9"), None, (), False)
+    glue = {str(x.rdata) for x in ask(dns, "web.service.consul", "SRV", tcp=True).ar if x.rtype == QTYPE.A}
+    assert glue == {"10.9.9.9", "10.0.0.9"}
+
+
+def test_cache_is_dropped_by_a_snapshot_restore_and_a_config_reload() -> None:
+    dns, store, holder = make_server()
+    add_instance(store, 1)
+    add_instance(store, 2, status="warning")
+    blob = store.snapshot()
+    add_instance(store, 3)
+    assert srv_ports(dns) == [8001, 8002, 8003]
+    store.restore(blob)
+    assert srv_ports(dns) == [8001, 8002]
+    holder[0] = dataclasses.replace(holder[0], dns_config=DNSConfig(only_passing=True))
+    assert srv_ports(dns) == [8001]
+
+
+def test_plain_udp_builds_only_the_groups_it_sends() -> None:
+    dns, store, _ = make_server()
+    for i in range(1, 11):
+        add_instance(store, i)
+    r = ask(dns, "web.service.consul", "SRV")
+    assert len(r.rr) == 3 and r.header.tc == 1
+    (entry,) = [e for key, e in dns.cache.entries.items() if key[1] == QTYPE.SRV]
+    assert sum(item.group is not None for item in entry.items) == 3
+
+
+def _reference_pack(req: dns_wire.Request, answer: Answer, count: int, compress: bool) -> bytes:
+    """The reply as dnslib's DNSRecord.pack writes it (the encoder must give the same bytes)."""
+    msg = DNSRecord(dns_wire.reply_header(req, answer.rcode, True, False), questions=req.record.questions)
+    seen = set()
+    for group in answer.groups[:count]:
+        msg.rr.extend(group.answer)
+        for rr in group.extra:
+            key = (str(rr.rname).lower(), rr.rtype, str(rr.rdata))
+            if key not in seen:
+                seen.add(key)
+                msg.ar.append(rr)
+    msg.auth.extend(answer.authority)
+    if req.edns:
+        msg.ar.append(EDNS0(udp_len=req.udp_size))
+    return dns_wire.pack(msg, compress)
+
+
+_RECORDS = [
+    RR("web.service.consul.", QTYPE.SRV, rdata=SRV(1, 1, 8000, "node1.node.dc1.consul."), ttl=5),
+    RR("node1.node.dc1.consul.", QTYPE.A, rdata=A("10.0.0.1")),
+    RR("Node1.node.dc1.consul.", QTYPE.A, rdata=A("10.0.0.1")),
+    RR("web.service.consul.", QTYPE.AAAA, rdata=AAAA("fd00::1")),
+    RR("web.service.consul.", QTYPE.CNAME, rdata=CNAME("host.example.com.")),
+    RR("node1.node.dc1.consul.", QTYPE.TXT, rdata=TXT([b"a=b", b"c" * 255])),
+    RR("consul.", QTYPE.NS, rdata=NS("node1.node.dc1.consul.")),
+    RR("1.0.0.10.in-addr.arpa.", QTYPE.PTR, rdata=PTR("node1.node.dc1.consul.")),
+    RR("web.service.consul.", QTYPE.MX, rdata=MX("mail.service.consul.", 10)),
+]
+_SOA = RR("consul.", QTYPE.SOA, rdata=SOA("ns.consul.", "hostmaster.consul.", (1, 2, 3, 4, 5)), ttl=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.lists(st.integers(0, 8), max_size=2), st.lists(st.integers(0, 8), max_size=3)),
+        max_size=6,
+    ),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["web.service.consul", "WEB.Service.Consul", "x.consul", "1.0.0.10.in-addr.arpa"]),
+)
+def test_encoder_writes_what_dnslib_writes(
+    groups: list[tuple[list[int], list[int]]], compress: bool, edns: bool, soa: bool, qname: str
+) -> None:
+    q = DNSRecord.question(qname, "SRV")
+    if edns:
+        q.add_ar(EDNS0(udp_len=4096))
+    req = dns_wire.decode(q.pack())
+    assert isinstance(req, dns_wire.Request)
+    answer = Answer(
+        groups=[Group(answer=[_RECORDS[i] for i in a], extra=[_RECORDS[i] for i in x]) for a, x in groups],
+        authority=[_SOA] if soa else [],
+    )
+    limits = dns_wire.Limits(
+        tcp=True, enable_truncate=True, compress=compress, udp_answer_limit=3, a_record_limit=0
+    )
+    for _ in range(2):  # the second time from the groups' memoised encodings
+        got = dns_wire.encode_answer(req, answer, False, limits)
+        assert got == _reference_pack(req, answer, len(groups), compress)

@@ -31,7 +31,7 @@ from dnslib import RCODE
 
 from proconsul import dns_recursor, dns_wire
 from proconsul.config import RuntimeConfig
-from proconsul.dns_answer import Answer, Question, Resolver, match_domain
+from proconsul.dns_answer import Answer, AnswerCache, Question, Resolver, match_domain
 from proconsul.rpc import QueryOptions, RPCError, Server
 from proconsul.state.store import Store
 
@@ -73,6 +73,8 @@ class DNSServer:
         self.rng = rng or random.Random()
         self.max_inflight = max_inflight
         self.tcp_idle_s = tcp_idle_s
+        # Service answers per question, invalidated by the store's per-service index.
+        self.cache = AnswerCache()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.base_events.Server] = []
@@ -166,13 +168,6 @@ class DNSServer:
             if not can_recurse:
                 return dns_wire.simple_reply(req, RCODE.REFUSED, False, False, compress)
             return await self._recurse(cfg, req, data, tcp)
-        try:
-            answer = await self._answer(cfg, Question(req.name, req.qtype, domain))
-        except RPCError as exc:
-            logger.debug("dns: read failed: %s", exc)
-            return dns_wire.simple_reply(req, RCODE.SERVFAIL, False, can_recurse, compress)
-        if answer.recurse and can_recurse:
-            return await self._recurse(cfg, req, data, tcp)
         limits = dns_wire.Limits(
             tcp=tcp,
             enable_truncate=dnscfg.enable_truncate,
@@ -180,10 +175,18 @@ class DNSServer:
             udp_answer_limit=dnscfg.udp_answer_limit,
             a_record_limit=dnscfg.a_record_limit,
         )
+        try:
+            question = Question(req.name, req.qtype, domain)
+            answer = await self._answer(cfg, question, dns_wire.group_limit(req, limits))
+        except RPCError as exc:
+            logger.debug("dns: read failed: %s", exc)
+            return dns_wire.simple_reply(req, RCODE.SERVFAIL, False, can_recurse, compress)
+        if answer.recurse and can_recurse:
+            return await self._recurse(cfg, req, data, tcp)
         return dns_wire.encode_answer(req, answer, can_recurse, limits)
 
-    async def _answer(self, cfg: RuntimeConfig, q: Question) -> Answer:
-        resolver = Resolver(cfg, cfg.datacenter, self.rng, time.time())
+    async def _answer(self, cfg: RuntimeConfig, q: Question, max_groups: int = 0) -> Answer:
+        resolver = Resolver(cfg, cfg.datacenter, self.rng, time.time(), self.cache, max_groups)
 
         def run(store: Store) -> tuple[int, Answer]:
             return 0, resolver.resolve(store, q)

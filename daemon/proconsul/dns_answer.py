@@ -6,6 +6,16 @@ SOA/NS of the zone), health filtering, SRV targets and their additional records,
 node-meta TXT records. It does no I/O: `resolve` is a pure function of the store, the settings,
 an injected `random.Random` and the time for the SOA serial, run inside `Server.read` (a stale read, never blocking).
 
+Service answers (SRV, A, AAAA, ANY) are the hot path, so they are cached (`AnswerCache`): per
+question, the sorted healthy instances and, built lazily, one record group per instance. An
+entry is valid while the store's index for the service (`Store.index_for_service`, over every
+spelling of the name), the store's table-index object (replaced by a snapshot restore), the
+config object and the datacenter are unchanged; any register, deregister or check update that
+touches the service bumps its index, so the next query sees it. Per query only the shuffle (the
+injected RNG, the same draws as shuffling the instances themselves), the duplicate filter and,
+for a transport that can carry only `max_groups` groups (plain UDP), the cut run; groups that are
+never sent are never built.
+
 The result is an `Answer`: an rcode plus answer *groups* (the records for one instance and the
 additional records that belong to them) so that the wire layer can cut UDP answers to size by
 dropping whole groups, keeping each SRV's glue with it.
@@ -25,11 +35,13 @@ Behaviour chosen to match Consul (agent/dns router and message serializer):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
 
@@ -53,6 +65,9 @@ class Group:
 
     answer: list[RR] = field(default_factory=list)
     extra: list[RR] = field(default_factory=list)
+    # The wire layer's memo of this group's encoding (dns_wire sets it). Groups are treated as
+    # immutable once built: cached groups are shared between queries.
+    wire: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -64,6 +79,9 @@ class Answer:
     address_answer: bool = False
     # Outside our data (an unmatched PTR): the caller may hand the question to a recursor.
     recurse: bool = False
+    # Groups left out because the transport cannot carry them (`max_groups`); the wire layer
+    # counts them as cut (TC). Only for answers that are not `address_answer`.
+    omitted: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,17 +134,19 @@ def service_ttl(cfg: RuntimeConfig, service: str) -> int:
     return _ttl_s(cfg.dns_config.node_ttl_s)
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `text` spells, or None (a hostname); memoised, addresses repeat."""
     try:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
 
 
-def _addr_rr(name: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, ttl: int) -> RR:
+def _addr_rr(name: str | DNSLabel, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, ttl: int) -> RR:
     if ip.version == 4:
-        return RR(name, QTYPE.A, rdata=A(str(ip)), ttl=ttl)
-    return RR(name, QTYPE.AAAA, rdata=AAAA(str(ip)), ttl=ttl)
+        return RR(name, QTYPE.A, rdata=A(tuple(ip.packed)), ttl=ttl)
+    return RR(name, QTYPE.AAAA, rdata=AAAA(tuple(ip.packed)), ttl=ttl)
 
 
 def _fqdn(name: str) -> str:
@@ -143,7 +163,7 @@ def encode_rfc1464(key: str, value: str) -> str:
     return key + "=" + value.replace("`", "``")
 
 
-def node_meta_txt(name: str, node: Node, ttl: int) -> list[RR]:
+def node_meta_txt(name: str | DNSLabel, node: Node, ttl: int) -> list[RR]:
     out = []
     for key in sorted(node.meta):
         value = node.meta[key]
@@ -180,14 +200,104 @@ def _locality(suffixes: list[str], local_dc: str) -> str | None:
     return None
 
 
+Instance = tuple[Node, ServiceInstance, list[HealthCheck]]
+
+
+class _Item:
+    """One healthy instance in a cached entry, with its group built on first use."""
+
+    __slots__ = ("node", "svc", "checks", "key", "skip", "group", "cname")
+
+    def __init__(self, node: Node, svc: ServiceInstance, checks: list[HealthCheck]) -> None:
+        self.node = node
+        self.svc = svc
+        self.checks = checks
+        # The duplicate key (SRV: node, address, port; addresses: the IP text) and whether the
+        # instance can never answer this question; both are set when the entry is made.
+        self.key: Any = None
+        self.skip = False
+        self.group: Group | None = None
+        self.cname: Group | None = None  # address answers: the CNAME of a hostname address
+
+
+@dataclass
+class _Entry:
+    cfg: RuntimeConfig
+    dc: str
+    tables: dict[str, int]  # the store's table_index object: a restore replaces it
+    index: int
+    items: list[_Item]
+    ttl: int
+    owner: DNSLabel  # the question name, labelled once
+    txt: dict[str, list[RR]] = field(default_factory=dict)  # node meta TXT per node name
+
+
+class AnswerCache:
+    """Service answers per question, valid while the service's store index is unchanged.
+
+    Owned by the DNS server, used inside `Server.read` (one thread, the event loop). At most
+    `max_entries` questions are kept; the oldest entry goes first. Only questions with healthy
+    instances are cached (a negative answer costs one scan, as before).
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self.max_entries = max_entries
+        self.entries: dict[tuple[str, int, str, str], _Entry] = {}
+        # Lower-cased service name -> the spellings in the store, rebuilt when the services
+        # table (where new names come from) or the store changes.
+        self._names: dict[str, list[str]] = {}
+        self._names_tables: dict[str, int] | None = None
+        self._names_at = -1
+
+    def service_index(self, store: Store, service: str) -> int:
+        """The highest store index of any change to `service` (any spelling) or its health."""
+        tables = store.table_index
+        if self._names_tables is not tables or self._names_at != tables["services"]:
+            names: dict[str, list[str]] = {}
+            for name in store.service_index:
+                names.setdefault(name.lower(), []).append(name)
+            self._names, self._names_tables, self._names_at = names, tables, tables["services"]
+        spellings = self._names.get(service)
+        if not spellings:
+            return store.index_for_service(service)
+        return max(store.index_for_service(n) for n in spellings)
+
+    def get(
+        self, key: tuple[str, int, str, str], cfg: RuntimeConfig, dc: str, store: Store, index: int
+    ) -> _Entry | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry.cfg is cfg and entry.dc == dc and entry.tables is store.table_index and entry.index == index:
+            return entry
+        del self.entries[key]
+        return None
+
+    def put(self, key: tuple[str, int, str, str], entry: _Entry) -> None:
+        if len(self.entries) >= self.max_entries:
+            del self.entries[next(iter(self.entries))]
+        self.entries[key] = entry
+
+
 class Resolver:
     """Answers one question from a store snapshot; see the module docstring."""
 
-    def __init__(self, cfg: RuntimeConfig, datacenter: str, rng: random.Random, now: float) -> None:
+    def __init__(
+        self,
+        cfg: RuntimeConfig,
+        datacenter: str,
+        rng: random.Random,
+        now: float,
+        cache: AnswerCache | None = None,
+        max_groups: int = 0,
+    ) -> None:
         self.cfg = cfg
         self.dc = datacenter
         self.rng = rng
         self.now = now  # wall-clock seconds, only for the SOA serial
+        self.cache = cache
+        # The most SRV groups the transport can carry (plain UDP: the answer limit); 0 = all.
+        self.max_groups = max_groups
 
     # ------------------------------------------------------------------------- entry point
 
@@ -255,10 +365,15 @@ class Resolver:
                 return store.nodes[key]
         return None
 
-    def healthy_instances(
-        self, store: Store, service: str, tag: str
-    ) -> list[tuple[Node, ServiceInstance, list[HealthCheck]]]:
+    def healthy_instances(self, store: Store, service: str, tag: str) -> list[Instance]:
         """Healthy instances of `service` (case-insensitive), sorted, then shuffled."""
+        out = self.sorted_healthy(store, service, tag)
+        # Sorted (node, service ID), so the shuffle depends only on the RNG's state.
+        self.rng.shuffle(out)
+        return out
+
+    def sorted_healthy(self, store: Store, service: str, tag: str) -> list[Instance]:
+        """Healthy instances of `service` (case-insensitive), by node name and service ID."""
         out = []
         only_passing = self.cfg.dns_config.only_passing
         for node_name in sorted(store.services):
@@ -275,8 +390,6 @@ class Resolver:
                 checks = store.checks_for_instance(svc)
                 if _healthy(checks, only_passing):
                     out.append((node, svc, checks))
-        # Sorted above (node, service ID), so the shuffle depends only on the RNG's state.
-        self.rng.shuffle(out)
         return out
 
     # ----------------------------------------------------------------------------- forms
@@ -339,68 +452,131 @@ class Resolver:
         return Answer(groups=[group])
 
     def _service(self, store: Store, q: Question, service: str, tag: str) -> Answer:
-        instances = self.healthy_instances(store, service, tag)
-        if not instances:
-            return self._nxdomain(q)
-        ttl = service_ttl(self.cfg, service)
-        if q.qtype == QTYPE.SRV:
-            return self._finish(q, self._srv(q, instances, ttl))
-        answer = Answer(address_answer=True)
-        if q.qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+        if q.qtype not in (QTYPE.SRV, QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+            # Other types find no data; the shuffle still runs so the RNG advances as always.
+            if not self.healthy_instances(store, service, tag):
+                return self._nxdomain(q)
             return self._nodata(q)
-        seen: set[str] = set()
-        cname: Group | None = None
-        for node, svc, _checks in instances:
-            address = svc.address or node.address
+        entry = self._entry(store, q, service, tag)
+        if entry is None:
+            return self._nxdomain(q)
+        order = entry.items[:]
+        # Shuffling the items draws from the RNG exactly as shuffling the instances did.
+        self.rng.shuffle(order)
+        if q.qtype == QTYPE.SRV:
+            return self._finish(q, self._srv(q, entry, order))
+        return self._finish(q, self._addresses(q, entry, order))
+
+    def _entry(self, store: Store, q: Question, service: str, tag: str) -> _Entry | None:
+        """The cached instances for a service question, made afresh when the index moved."""
+        cache = self.cache
+        key = (q.name, q.qtype, q.domain, tag)
+        index = 0
+        if cache is not None:
+            index = cache.service_index(store, service)
+            entry = cache.get(key, self.cfg, self.dc, store, index)
+            if entry is not None:
+                return entry
+        instances = self.sorted_healthy(store, service, tag)
+        if not instances:
+            return None
+        entry = _Entry(
+            cfg=self.cfg,
+            dc=self.dc,
+            tables=store.table_index,
+            index=index,
+            items=[_Item(node, svc, checks) for node, svc, checks in instances],
+            ttl=service_ttl(self.cfg, service),
+            owner=DNSLabel(q.name),
+        )
+        if q.qtype == QTYPE.SRV:
+            for item in entry.items:
+                item.key = (item.node.node, item.svc.address or item.node.address, item.svc.port)
+                item.skip = bool(_INVALID_NAME.search(item.node.node))
+        else:
+            self._prepare_addresses(q, entry)
+        if cache is not None:
+            cache.put(key, entry)
+        return entry
+
+    def _prepare_addresses(self, q: Question, entry: _Entry) -> None:
+        for item in entry.items:
+            address = item.svc.address or item.node.address
             ip = _ip(address)
             if ip is None:
                 # A hostname address answers as a CNAME, used only when no address answers.
-                if address and cname is None:
-                    cname = Group(answer=[RR(q.name, QTYPE.CNAME, rdata=CNAME(_fqdn(address)), ttl=ttl)])
+                item.skip = True
+                if address:
+                    rr = RR(entry.owner, QTYPE.CNAME, rdata=CNAME(_fqdn(address)), ttl=entry.ttl)
+                    item.cname = Group(answer=[rr])
+            elif q.qtype != QTYPE.ANY and (q.qtype == QTYPE.A) != (ip.version == 4):
+                item.skip = True
+            else:
+                item.key = str(ip)
+                # One IP answers with the same record whichever instance carries it.
+                item.group = Group(answer=[_addr_rr(entry.owner, ip, entry.ttl)])
+
+    def _addresses(self, q: Question, entry: _Entry, order: list[_Item]) -> Answer:
+        answer = Answer(address_answer=True)
+        seen: set[str] = set()
+        cname: Group | None = None
+        for item in order:
+            if item.skip:
+                if cname is None:
+                    cname = item.cname  # the first hostname in the shuffled order
                 continue
-            if q.qtype != QTYPE.ANY and (q.qtype == QTYPE.A) != (ip.version == 4):
+            if item.key in seen:
                 continue
-            if str(ip) in seen:
-                continue
-            seen.add(str(ip))
-            answer.groups.append(Group(answer=[_addr_rr(q.name, ip, ttl)]))
+            seen.add(item.key)
+            assert item.group is not None
+            answer.groups.append(item.group)
         if not answer.groups and cname is not None:
             answer.groups.append(cname)
-        return self._finish(q, answer)
+        return answer
 
-    def _srv(
-        self, q: Question, instances: list[tuple[Node, ServiceInstance, list[HealthCheck]]], ttl: int
-    ) -> Answer:
+    def _srv(self, q: Question, entry: _Entry, order: list[_Item]) -> Answer:
         answer = Answer()
         seen: set[tuple[str, str, int]] = set()
-        meta_txt = self.cfg.dns_config.enable_additional_node_meta_txt
-        for node, svc, checks in instances:
-            key = (node.node, svc.address or node.address, svc.port)
-            if key in seen or _INVALID_NAME.search(node.node):
+        limit = self.max_groups
+        for item in order:
+            if item.skip or item.key in seen:
                 continue
-            seen.add(key)
-            group = Group()
-            node_fqdn = self.node_fqdn(node.node, q.domain)
-            svc_ip = _ip(svc.address) if svc.address else None
-            if svc.address and svc_ip is None:
-                # The service has a hostname: it is the target; its resolution is the client's.
-                target = _fqdn(svc.address)
-            elif svc_ip is not None and svc.address != node.address:
-                target = f"{svc_ip.packed.hex()}.addr.{self.dc}.{q.domain}"
-                group.extra.append(_addr_rr(target, svc_ip, ttl))
-            else:
-                target = node_fqdn
-                node_ip = _ip(node.address)
-                if node_ip is not None:
-                    group.extra.append(_addr_rr(target, node_ip, ttl))
-                elif node.address:
-                    group.extra.append(RR(target, QTYPE.CNAME, rdata=CNAME(_fqdn(node.address)), ttl=ttl))
-            rdata = SRV(priority=1, weight=_weight(svc, checks), port=svc.port, target=target)
-            group.answer.append(RR(q.name, QTYPE.SRV, rdata=rdata, ttl=ttl))
-            if meta_txt:
-                group.extra.extend(node_meta_txt(node_fqdn, node, ttl))
+            seen.add(item.key)
+            if limit and len(answer.groups) >= limit:
+                answer.omitted += 1  # cannot be sent: not built
+                continue
+            group = item.group
+            if group is None:
+                group = item.group = self._srv_group(q, entry, item)
             answer.groups.append(group)
         return answer
+
+    def _srv_group(self, q: Question, entry: _Entry, item: _Item) -> Group:
+        node, svc, ttl = item.node, item.svc, entry.ttl
+        group = Group()
+        node_fqdn = self.node_fqdn(node.node, q.domain)
+        svc_ip = _ip(svc.address) if svc.address else None
+        if svc.address and svc_ip is None:
+            # The service has a hostname: it is the target; its resolution is the client's.
+            target = _fqdn(svc.address)
+        elif svc_ip is not None and svc.address != node.address:
+            target = f"{svc_ip.packed.hex()}.addr.{self.dc}.{q.domain}"
+            group.extra.append(_addr_rr(target, svc_ip, ttl))
+        else:
+            target = node_fqdn
+            node_ip = _ip(node.address)
+            if node_ip is not None:
+                group.extra.append(_addr_rr(target, node_ip, ttl))
+            elif node.address:
+                group.extra.append(RR(target, QTYPE.CNAME, rdata=CNAME(_fqdn(node.address)), ttl=ttl))
+        rdata = SRV(priority=1, weight=_weight(svc, item.checks), port=svc.port, target=target)
+        group.answer.append(RR(entry.owner, QTYPE.SRV, rdata=rdata, ttl=ttl))
+        if self.cfg.dns_config.enable_additional_node_meta_txt:
+            txt = entry.txt.get(node.node)
+            if txt is None:
+                txt = entry.txt[node.node] = node_meta_txt(node_fqdn, node, ttl)
+            group.extra.extend(txt)
+        return group
 
     def _ptr(self, store: Store, q: Question) -> Answer:
         ip = ip_from_arpa(q.name)
