@@ -21,19 +21,29 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    # dataclasses.fields() is slow enough to show in the write path's profile: cache per class.
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    return names
+
+
 class _Wire:
     """Mixin: positional list encoding in field order (append-only: new fields go last)."""
 
     __slots__ = ()
 
     def to_wire(self) -> list[Any]:
-        return [getattr(self, f.name) for f in fields(self)]  # type: ignore[arg-type]
+        return [getattr(self, n) for n in _names(type(self))]
 
     @classmethod
     def from_wire(cls: type[T], data: list[Any]) -> T:
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
         # Not strict: an entry written before a field was appended has fewer values.
-        return cls(**{n: _freeze(v) for n, v in zip(names, data, strict=False)})
+        return cls(**{n: _freeze(v) for n, v in zip(_names(cls), data, strict=False)})
 
 
 @dataclass(frozen=True, slots=True)
