@@ -7,6 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# The machines are small and noisy: a property test must not fail because one example was slow.
+settings.register_profile("proconsul", deadline=None)
+settings.load_profile("proconsul")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -30,15 +30,26 @@ from proconsul.cluster import ClusterMember
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.local import AntiEntropy, LocalCheck, LocalState
-from proconsul.raft.node import RaftServer
+from proconsul.operator import Operator
+from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.raft.single import SingleNodeLog
 from proconsul.rpc import NoPathToDatacenter, Server
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
 from proconsul.structs import DecodeError, decode_check, decode_service
 from proconsul.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
+from proconsul.watch import WatchManager, start_agent_watches
 
 logger = logging.getLogger(__name__)
+
+# Consul's refusals of script checks (agent.addCheck), from config files and from the API.
+SCRIPTS_DISABLED_LOCAL = (
+    "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or "
+    "'enable_local_script_checks' to true"
+)
+SCRIPTS_DISABLED_REMOTE = (
+    "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true"
+)
 
 # Serf member status numbers as `/v1/agent/members` reports them.
 MEMBER_ALIVE = 1
@@ -108,6 +119,7 @@ class Agent:
                 election_tick=10,
                 snapshot_threshold=cfg.raft_snapshot_threshold,
                 trailing_logs=cfg.raft_trailing_logs,
+                snapshot_interval_s=cfg.raft_snapshot_interval_s,
             )
             self.log = self.raft
         self.server = Server(
@@ -126,16 +138,24 @@ class Agent:
             cfg.data_dir,
             output_max_size=cfg.check_output_max_size,
         )
-        self.checks = CheckManager(self._report_check, cfg.enable_script_checks, cfg.enable_local_script_checks)
+        self.checks = CheckManager(
+            self._report_check, cfg.enable_script_checks, cfg.enable_local_script_checks, self.local, self.server
+        )
+        self.local.check_update_interval = lambda: self.config.check_update_interval_s
         self.local.on_check_added = self._check_added
         self.local.on_check_removed = self.checks.remove
         self.anti_entropy = AntiEntropy(self.local, self.server)
+        self.anti_entropy.base_interval = lambda: self.config.ae_interval_s
         self.session_timers = SessionTimers(self.server)
+        self.watches = WatchManager()  # the config's `watches` (proconsul.watch), started after HTTP
         self.store.now = time.monotonic
         self.cluster: ClusterMember | None = None
         if self.raft is not None:
             self.cluster = ClusterMember(self, self.raft, self.server, self.session_timers)
+            # A leader appearing is the moment a waiting anti-entropy sync can succeed.
+            self.raft.on_leader_change = lambda leader: self.anti_entropy.trigger() if leader else None
             self.server.handlers["Session.Renew"] = self._renew_on_leader
+        self.operator = Operator(self)  # operator raft / snapshot endpoints (+ their RPCs)
         self.notifier = Notifier()
         self.http: Any = None
         self.dns: Any = None
@@ -143,6 +163,7 @@ class Agent:
         self._leave_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._signals_seen = 0
+        self.reload_errors: list[str] = []
 
     # --------------------------------------------------------------------------- life cycle
 
@@ -177,10 +198,15 @@ class Agent:
         if self.cluster is None:
             await self.local.sync_full(self.server)
         self._tasks.append(asyncio.get_running_loop().create_task(self.anti_entropy.run(), name="anti-entropy"))
-        self._tasks.append(asyncio.get_running_loop().create_task(self._flush_output_loop(), name="check-output"))
+        reaper = self.local.run_reaper(
+            lambda: self.config.check_reap_interval_s, lambda: self.config.check_deregister_interval_min_s
+        )
+        self._tasks.append(asyncio.get_running_loop().create_task(reaper, name="check-reaper"))
         addresses = list(cfg.addresses.http or cfg.client_addr)
         self.http = HTTPServer(self, addresses, cfg.ports.http)
         await self.http.start()
+        if errors := start_agent_watches(self, cfg.watches):
+            raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
             from proconsul.dns import DNSServer
 
@@ -189,25 +215,43 @@ class Agent:
         if cfg.pid_file:
             write_pid_file(cfg.pid_file)
         logger.info("agent: started; node=%s datacenter=%s server=%s", self.node_name, cfg.datacenter, cfg.server)
-        self.notifier.ready(self.cluster.status if self.cluster else f"serving; leader of {cfg.datacenter}")
+        self.notifier.ready(self.status_text())
+        self._tasks.append(asyncio.get_running_loop().create_task(self.notifier.run(self.status_text), name="systemd"))
 
-    async def _flush_output_loop(self) -> None:
-        while True:
-            await asyncio.sleep(max(self.config.check_update_interval_s, 1.0))
-            self.local.flush_deferred_output()
+    def _serving_text(self) -> str:
+        if self.cluster is None:
+            return f"serving; leader of {self.config.datacenter} (dev)"
+        leader = self.log.leader_address()
+        if leader:
+            return f"serving; leader {leader}" + (" (this server)" if self.log.is_leader() else "")
+        return f"serving; waiting for a leader ({self.cluster.status})"
+
+    def status_text(self) -> str:
+        """What the agent serves or waits for, as systemd's `STATUS=` shows it."""
+        text = self._serving_text()
+        if self.reload_errors:
+            text += f"; last reload failed, running the previous configuration: {self.reload_errors[0]}"
+        return text
 
     def _load_config_definitions(self, cfg: configmod.RuntimeConfig) -> list[str]:
         errors: list[str] = []
+        scripts_ok = cfg.enable_script_checks or cfg.enable_local_script_checks
         for i, raw in enumerate(cfg.services):
             try:
                 definition = decode_service(raw)
             except DecodeError as exc:
                 errors.extend(f"services[{i}].{e}" for e in exc.errors)
                 continue
+            if not scripts_ok and any(c.args for c in definition.checks):
+                errors.append(f'Failed to register service "{definition.name}": {SCRIPTS_DISABLED_LOCAL}')
+                continue
             self.local.add_service(definition, "config", cfg.acl.tokens.config_file_service_registration, persist=False)
         for i, raw in enumerate(cfg.checks):
             try:
                 check = decode_check(raw)
+                if check.args and not scripts_ok:
+                    errors.append(f'Failed to register check "{check.name}": {SCRIPTS_DISABLED_LOCAL}')
+                    continue
                 self.local.add_check(check, "config", persist=False)
             except DecodeError as exc:
                 errors.extend(f"checks[{i}].{e}" for e in exc.errors)
@@ -229,6 +273,7 @@ class Agent:
             except asyncio.CancelledError:
                 pass
         self.session_timers.stop()
+        self.watches.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         await self.checks.close()
@@ -266,38 +311,51 @@ class Agent:
     # -------------------------------------------------------------------------------- reload
 
     async def reload(self) -> list[str]:
-        """Re-read the configuration and apply the reloadable part; returns errors, if any."""
+        """Re-read the configuration and apply the reloadable part; returns errors, if any.
+
+        systemd sees `RELOADING=1` then `READY=1`; a failed reload keeps the running config and
+        says so in `STATUS=` until the next successful one.
+        """
         if self.flags is None:
             return []
         self.notifier.reloading()
+        errors = await self._reload_config()
+        self.reload_errors = errors
+        self.notifier.ready(self.status_text())
+        return errors
+
+    async def _reload_config(self) -> list[str]:
         try:
-            try:
-                new = configmod.load_from(self.flags).config
-            except configmod.ConfigError as exc:
-                return list(exc.errors)
-            old = self.config
-            reloadable, restart = configmod.diff(old, new)
-            for name in restart:
-                logger.warning("agent: %s changed; it takes effect after a restart", name)
-            # Replace the config-file services and checks with the new definitions.
-            for sid in [s for s, v in self.local.services.items() if v.source == "config"]:
-                self.local.remove_service(sid, notify=False)
-            for cid in [c for c, v in self.local.checks.items() if v.source == "config"]:
-                self.local.remove_check(cid, notify=False)
-            errors = self._load_config_definitions(new)
-            if errors:
-                self._load_config_definitions(old)
-                return errors
-            logs.set_level(new.log_level)
-            self.local.set_node_meta(dict(new.node_meta))
-            self.tokens["default"] = new.acl.tokens.default or self.tokens["default"]
-            self.tokens["agent"] = new.acl.tokens.agent or self.tokens["agent"]
-            self.config = new
-            self.anti_entropy.trigger()
-            logger.info("agent: reloaded configuration (%d reloadable settings changed)", len(reloadable))
-            return []
-        finally:
-            self.notifier.ready("serving")
+            new = configmod.load_from(self.flags).config
+        except configmod.ConfigError as exc:
+            return list(exc.errors)
+        old = self.config
+        reloadable, restart = configmod.diff(old, new)
+        for name in restart:
+            logger.warning("agent: %s changed; it takes effect after a restart", name)
+        if watch_errors := WatchManager.validate(new.watches)[1]:
+            return watch_errors
+        # Replace the config-file services and checks with the new definitions.
+        for sid in [s for s, v in self.local.services.items() if v.source == "config"]:
+            self.local.remove_service(sid, notify=False)
+        for cid in [c for c, v in self.local.checks.items() if v.source == "config"]:
+            self.local.remove_check(cid, notify=False)
+        errors = self._load_config_definitions(new)
+        if errors:
+            self._load_config_definitions(old)
+            return errors
+        logs.set_level(new.log_level)
+        if new.log_level != old.log_level:
+            logger.info("agent: log level is now %s", new.log_level)
+        logger.debug("agent: reloadable settings changed: %s", ", ".join(reloadable) or "none")
+        self.local.set_node_meta(dict(new.node_meta))
+        self.tokens["default"] = new.acl.tokens.default or self.tokens["default"]
+        self.tokens["agent"] = new.acl.tokens.agent or self.tokens["agent"]
+        self.config = new
+        start_agent_watches(self, new.watches)
+        self.anti_entropy.trigger()
+        logger.info("agent: reloaded configuration (%d reloadable settings changed)", len(reloadable))
+        return []
 
     # ------------------------------------------------------------------------------- queries
 
@@ -336,15 +394,14 @@ class Agent:
         raise NoPathToDatacenter(dc)
 
     def check_script_allowed(self, checks: Any, source: str) -> None:
-        from proconsul.http.common import bad_request
+        """Consul: script checks from the API need enable_script_checks (a 500, as Consul)."""
+        from proconsul.http.common import HTTPError
 
         if self.config.enable_script_checks:
             return
         for check in checks:
-            if check.type == "script":
-                raise bad_request(
-                    "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' to true"
-                )
+            if check.args:  # script checks, and docker ones (their args run in the container)
+                raise HTTPError(500, SCRIPTS_DISABLED_REMOTE)
 
     def member(self) -> dict[str, Any]:
         cfg = self.config
@@ -518,7 +575,7 @@ async def _run(cfg: configmod.RuntimeConfig, flags: ParsedFlags) -> int:
         await agent.wait()
         await agent.stop()
         return 0
-    except AgentError as exc:
+    except (AgentError, PeersFileError) as exc:
         print(f"==> Error starting agent: {exc}", file=sys.stderr, flush=True)
         return 1
 
@@ -542,7 +599,8 @@ def run_agent(argv: list[str]) -> int:
             print(f"    {error}", file=sys.stderr)
         return 1
     cfg = result.config
-    logs.setup(cfg.log_level, cfg.log_json, cfg.enable_syslog, cfg.syslog_facility)
+    for warning in logs.setup_from_config(cfg):
+        logger.warning("%s", warning)
     for warning in result.warnings:
         logger.warning("config: %s", warning)
     if not cfg.dev and not cfg.server:

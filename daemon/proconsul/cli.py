@@ -14,7 +14,18 @@ from __future__ import annotations
 
 import sys
 
-from proconsul import cli_agent, cli_catalog, cli_kv, cli_services
+from proconsul import (
+    cli_agent,
+    cli_catalog,
+    cli_event,
+    cli_kv,
+    cli_lock,
+    cli_maint,
+    cli_operator,
+    cli_services,
+    cli_snapshot,
+    cli_watch,
+)
 from proconsul.cli_base import RUN_RESULT_HELP, UI, Command, Context, GroupCommand
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 
@@ -27,7 +38,8 @@ EXIT_UNKNOWN_COMMAND = 127
 def commands() -> dict[str, Command]:
     """Every subcommand by its full name (`kv get`)."""
     table: dict[str, Command] = {}
-    for module in (cli_agent, cli_kv, cli_catalog, cli_services):
+    for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_snapshot, cli_maint,
+                   cli_event, cli_lock, cli_watch):
         for cls in module.COMMANDS:
             table[cls.name] = cls()
     return table

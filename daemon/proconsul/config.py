@@ -401,6 +401,10 @@ class RuntimeConfig:
     check_update_interval_s: float = 300.0  # seconds; 5m; output-only changes sync this often
     check_output_max_size: int = 4096  # bytes; 4 KiB
     discard_check_output: bool = False  # bool; false
+    # Consul's hidden (non-user-configurable) timings, settable for tests; not in Consul's docs.
+    ae_interval_s: float = 60.0  # seconds; 1m; anti-entropy full-sync base interval, scaled by cluster size
+    check_reap_interval_s: float = 30.0  # seconds; 30s; how often deregister_critical_service_after is enforced
+    check_deregister_interval_min_s: float = 60.0  # seconds; 1m; floor for deregister_critical_service_after
     # Subsystems
     performance: Performance = Performance()
     limits: Limits = Limits()
@@ -614,6 +618,9 @@ SCHEMA: dict[str, Any] = {
     "check_update_interval": DUR,
     "check_output_max_size": INT,
     "discard_check_output": BOOL,
+    "ae_interval": DUR,
+    "check_reap_interval": DUR,
+    "check_deregister_interval_min": DUR,
     "performance": {"raft_multiplier": INT, "leave_drain_time": DUR, "rpc_hold_timeout": DUR},
     "limits": {
         "http_max_conns_per_client": INT,
@@ -1772,6 +1779,9 @@ def _build(
         out.at(
             "autopilot.max_trailing_logs", "autopilot.max_trailing_logs must be greater than or equal to zero"
         )
+    for key in ("ae_interval", "check_reap_interval"):
+        if merged_get(key, 1.0) <= 0:
+            out.at(key, f"{key} must be positive")
     if merged_get("check_output_max_size", _DEFAULTS.check_output_max_size) < 1:
         out.at(
             "check_output_max_size",

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -61,6 +62,10 @@ class LocalCheck:
     # Output-only changes are deferred (check_update_interval); status changes sync at once.
     deferred_output: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Monotonic time the check turned critical (None when it is not), for the reaper.
+    critical_since: float | None = None
+    # The pending write-back of an output-only change.
+    defer_handle: asyncio.TimerHandle | None = None
 
 
 def sync_interval_s(cluster_size: int, base_s: float = 60.0) -> float:
@@ -99,6 +104,25 @@ class LocalState:
         self.on_change: Callable[[], None] = lambda: None
         self.on_check_added: Callable[[LocalCheck], None] = lambda c: None
         self.on_check_removed: Callable[[str], None] = lambda cid: None
+        # Consul's check_update_interval (read at each change, so reload applies): output-only
+        # changes are written back after interval/2 plus a random stagger of up to one
+        # interval; 0 writes them at once.
+        self.check_update_interval: Callable[[], float] = lambda: 300.0
+        self.rng = random.Random()
+        self.clock: Callable[[], float] = time.monotonic
+        # Called on any change of a service, a check or a check's result (alias checks).
+        self._watchers: list[Callable[[], None]] = []
+
+    def add_watcher(self, callback: Callable[[], None]) -> None:
+        self._watchers.append(callback)
+
+    def remove_watcher(self, callback: Callable[[], None]) -> None:
+        if callback in self._watchers:
+            self._watchers.remove(callback)
+
+    def _notify_watchers(self) -> None:
+        for callback in list(self._watchers):
+            callback()
 
     # ----------------------------------------------------------------------------- mutation
 
@@ -129,6 +153,7 @@ class LocalState:
             self.add_check(check, source, token, notify=False, persist=persist)
         if persist and source == "api":
             self._persist("services", definition.id, {"definition": _service_to_json(definition), "token": token})
+        self._notify_watchers()
         self.on_change()
 
     def remove_service(self, service_id: str, notify: bool = True) -> bool:
@@ -142,6 +167,7 @@ class LocalState:
                 # Deregistering the service removes its checks from the catalog too.
                 self.deleted_checks.discard(cid)
         self._unpersist("services", service_id)
+        self._notify_watchers()
         if notify:
             self.on_change()
         return True
@@ -163,23 +189,29 @@ class LocalState:
             status, output = previous.status, previous.output
         if previous is not None:
             self.on_check_removed(definition.id)
+            _cancel_defer(previous)
         check = LocalCheck(definition, status, output, source, token)
+        if status == HEALTH_CRITICAL:
+            kept = previous.critical_since if previous is not None and previous.status == status else None
+            check.critical_since = kept if kept is not None else self.clock()
         self.checks[definition.id] = check
         self.deleted_checks.discard(definition.id)
         # A service's own checks are persisted with the service; maintenance checks stand alone.
         if persist and source == "api" and (not definition.service_id or definition.type == "maintenance"):
             self._persist("checks", definition.id, {"definition": _check_to_json(definition), "token": token})
         self.on_check_added(check)
+        self._notify_watchers()
         if notify:
             self.on_change()
 
     def remove_check(self, check_id: str, notify: bool = True) -> bool:
         if check_id not in self.checks:
             return False
-        del self.checks[check_id]
+        _cancel_defer(self.checks.pop(check_id))
         self.deleted_checks.add(check_id)
         self.on_check_removed(check_id)
         self._unpersist("checks", check_id)
+        self._notify_watchers()
         if notify:
             self.on_change()
         return True
@@ -196,20 +228,69 @@ class LocalState:
         status_changed = check.status != status
         check.status, check.output = status, output
         if status_changed:
+            check.critical_since = self.clock() if status == HEALTH_CRITICAL else None
+        interval = self.check_update_interval()
+        if status_changed or interval <= 0:
+            _cancel_defer(check)
             check.in_sync = False
             self.on_change()
-        else:
+        elif not check.deferred_output:
             check.deferred_output = True
+            delay = interval / 2 + self.rng.uniform(0, interval)
+            try:
+                check.defer_handle = asyncio.get_running_loop().call_later(delay, self._write_back, check_id)
+            except RuntimeError:  # no event loop (unit tests): the next flush writes it
+                check.defer_handle = None
+        self._notify_watchers()
+
+    def _write_back(self, check_id: str) -> None:
+        check = self.checks.get(check_id)
+        if check is None or not check.deferred_output:
+            return
+        check.deferred_output = False
+        check.defer_handle = None
+        check.in_sync = False
+        self.on_change()
 
     def flush_deferred_output(self) -> None:
+        """Write back every deferred output change now."""
         changed = False
         for check in self.checks.values():
             if check.deferred_output:
-                check.deferred_output = False
+                _cancel_defer(check)
                 check.in_sync = False
                 changed = True
         if changed:
             self.on_change()
+
+    def critical_services_to_reap(self, min_timeout_s: float) -> list[str]:
+        """Services with a check critical for longer than its deregister_critical_service_after.
+
+        As Consul, a timeout below `min_timeout_s` (check_deregister_interval_min, 1m) counts as
+        that minimum.
+        """
+        now = self.clock()
+        out: set[str] = set()
+        for check in self.checks.values():
+            d = check.definition
+            if not d.service_id or not d.deregister_critical_service_after_s or check.critical_since is None:
+                continue
+            if check.status != HEALTH_CRITICAL:
+                continue
+            timeout = max(d.deregister_critical_service_after_s, min_timeout_s)
+            if now - check.critical_since > timeout:
+                out.add(d.service_id)
+        return sorted(out)
+
+    async def run_reaper(self, interval_s: Callable[[], float], min_timeout_s: Callable[[], float]) -> None:
+        """Consul's reapServices loop: every check_reap_interval (30s), deregister the services
+        whose checks stayed critical past deregister_critical_service_after."""
+        while True:
+            await asyncio.sleep(interval_s())
+            for sid in self.critical_services_to_reap(min_timeout_s()):
+                if sid in self.services:
+                    logger.info("agent: check for service %r critical for too long; deregistering the service", sid)
+                    self.remove_service(sid)
 
     # ------------------------------------------------------------------------------- records
 
@@ -394,6 +475,13 @@ class LocalState:
             check.in_sync = True
 
 
+def _cancel_defer(check: LocalCheck) -> None:
+    check.deferred_output = False
+    if check.defer_handle is not None:
+        check.defer_handle.cancel()
+        check.defer_handle = None
+
+
 def _strip(record: Any, like: Any = None) -> Any:
     """A record without its indexes, for comparing the local and the catalog's view."""
     out = replace(record, create_index=0, modify_index=0)
@@ -412,6 +500,9 @@ class AntiEntropy:
         self.rng = rng or random.Random()
         self._trigger = asyncio.Event()
         self.cluster_size: Callable[[], int] = lambda: 1
+        # The full-sync base interval before cluster-size scaling: Consul's hidden `ae_interval`
+        # (1m); tests shorten it.
+        self.base_interval: Callable[[], float] = lambda: 60.0
         self.synced = asyncio.Event()  # set after the first successful full sync
         local.on_change = self.trigger
 
@@ -426,7 +517,7 @@ class AntiEntropy:
             try:
                 if loop.time() >= next_full:
                     await self.local.sync_full(self.server)
-                    interval = sync_interval_s(self.cluster_size())
+                    interval = sync_interval_s(self.cluster_size(), self.base_interval())
                     next_full = loop.time() + interval + self.rng.uniform(0, interval / 16)
                     self.synced.set()
                     logger.debug("anti-entropy: full sync done; next in %.0fs", next_full - loop.time())
@@ -435,8 +526,13 @@ class AntiEntropy:
                 backoff = 0.5
             except RPCError as exc:
                 logger.warning("anti-entropy: sync failed, retrying in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                # A trigger (a local change, or a leader becoming known) cuts the wait short.
+                self._trigger.clear()
+                try:
+                    await asyncio.wait_for(self._trigger.wait(), backoff)
+                except TimeoutError:
+                    pass
+                backoff = min(backoff * 2, 5.0)
                 continue
             self._trigger.clear()
             try:

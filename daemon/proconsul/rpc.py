@@ -32,6 +32,10 @@ class Consensus(Protocol):
 
     def is_leader(self) -> bool: ...
 
+    def ready_for_reads(self) -> bool:
+        """Leader only: its state machine holds every acknowledged write (see RaftServer)."""
+        ...
+
     def leader_address(self) -> str: ...
 
     def last_contact_ms(self) -> int: ...
@@ -144,6 +148,16 @@ class Server:
                 return await self._forward_query(leader, name, args, opts)
         return await self.read(opts, run, spec.tables, spec.kv_prefix(args))
 
+    async def _wait_ready_for_reads(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.rpc_hold_timeout_s
+        while not self.consensus.ready_for_reads():
+            if not self.consensus.is_leader():
+                raise NotLeader(self.consensus.leader_address())
+            if loop.time() >= deadline:
+                raise NoLeader()
+            await asyncio.sleep(0.01)
+
     async def _wait_for_leader(self) -> str:
         """The leader's address, waiting up to rpc_hold_timeout for an election to finish."""
         loop = asyncio.get_running_loop()
@@ -198,6 +212,10 @@ class Server:
                     raise NoLeader()
                 raise NotLeader(c.leader_address())
             consistency = "leader"
+            if not c.ready_for_reads():
+                # A new leader answers only after committing an entry of its term; until then
+                # its store may miss writes its predecessor acknowledged (found by tests/sim).
+                await self._wait_ready_for_reads()
             if opts.require_consistent:
                 await c.verify_leader()
                 consistency = "consistent"

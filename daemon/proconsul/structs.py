@@ -285,6 +285,8 @@ _SERVICE_KEPT = {
 
 
 def _check_type(attrs: dict[str, Any]) -> str:
+    if attrs.get("docker_container_id"):
+        return "docker"  # before args: a docker check's args run in the container, never here
     if attrs.get("args"):
         return "script"
     for attr, name in (
@@ -301,8 +303,6 @@ def _check_type(attrs: dict[str, Any]) -> str:
         return "ttl"
     if attrs.get("alias_node") or attrs.get("alias_service"):
         return "alias"
-    if attrs.get("docker_container_id"):
-        return "docker"
     return ""
 
 

@@ -1,30 +1,36 @@
 """Deterministic in-process Raft cluster: the harness for the unit tests and the seeded simulation.
 
 Owns a set of `RaftNode`s, each with a `MemoryStorage` that plays the disk (it survives a
-crash; everything else about the node is volatile), a toy FSM (the list of applied NORMAL
-entries), and a network between them. Two ways to drive it:
+crash; everything else about the node is volatile), two FSMs (the trace of applied NORMAL
+entries, and the product's `FSM` + `Store` applying `proconsul.state.commands`), and a network
+between them. Two ways to drive it:
 
 - **Instant mode** (unit tests): `stabilize()` processes every Ready and delivers every message
   in FIFO order until the cluster is quiet; `cut`/`isolate`/`drop` filter messages.
 - **Simulated time** (`run_tick`, `simulate`): a virtual clock ticks every live node, and a
   seeded network delays (reorders), loses and duplicates messages, honours one-way and two-way
-  partitions, and crashes and restarts nodes, also in the middle of a persist.
+  partitions, and crashes and restarts nodes, also in the middle of a persist (only a prefix
+  of the Ready's snapshot / entries / hard state writes survives, in either order of entries
+  and hard state, after `early_messages` may have left).
 
 Checkers run as the cluster moves: at most one leader per term, every apply at an index is
 the same entry on every node, applies are contiguous, acknowledged proposals stay where they
 were acknowledged, ReadIndex results cover every write acknowledged before the read started;
-and at the end: log matching over the persisted logs, every acknowledged entry durable on a
-quorum, and (after healing) all nodes converged. A failure raises `SimFailure` naming the seed.
+every acknowledged entry durable on a quorum after every tick (`quorum_voters`); and at the
+end: log matching over the persisted logs, every acknowledged entry durable on a quorum, (after
+healing) all nodes converged with equal KV stores, and (in `simulate`) the KV clients' history
+linearizable (kv_workload.py, linearizability.py). A failure raises `SimFailure` naming the seed.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+import msgpack
 from proconsul.raft.core import (
     ConfChange,
     ConfChangeOp,
@@ -42,6 +48,9 @@ from proconsul.raft.core import (
     Role,
     Snapshot,
 )
+from proconsul.state import commands as cmd
+from proconsul.state.fsm import FSM
+from proconsul.state.store import Store
 
 
 class SimFailure(AssertionError):
@@ -50,7 +59,12 @@ class SimFailure(AssertionError):
 
 @dataclass
 class SimNode:
-    """One server: durable storage, volatile Raft state and FSM (None while crashed)."""
+    """One server: durable storage, volatile Raft state and FSMs (None while crashed).
+
+    Two FSMs see every committed entry: `fsm`, the trace of applied NORMAL entries (what the
+    apply-sequence checkers compare), and `kv`, the product's own `FSM` over a `Store`, which
+    decodes `proconsul.state.commands` (anything else applies as a no-op, as the driver does).
+    """
 
     id: str
     storage: MemoryStorage
@@ -58,6 +72,7 @@ class SimNode:
     fsm: list[tuple[int, bytes]] = field(default_factory=list)  # (index, data) of NORMAL entries
     applied: int = 0
     incarnation: int = 0
+    kv: FSM = field(default_factory=lambda: FSM(Store()))
 
 
 @dataclass
@@ -104,12 +119,22 @@ class Cluster:
         self.drop: Callable[[Message], bool] | None = None
         self.rewrite: Callable[[Message], Message] | None = None  # tamper with messages in flight
         self.sent: list[Message] = []  # every message handed to the network (for tests)
-        self.crash_mid_persist = 0.0
+        self.unsafe_send_before_persist = False  # send everything before persisting (a bug)
+        self.crash_mid_persist = 0.0  # probability a Ready's persist is cut short by a crash
+        self.crashes_mid_persist = 0
+        # Hooks for a client workload (see kv_workload.py): an entry applied on a node (with
+        # the KV FSM's result), a ReadIndex answered on a node, a node crashed.
+        self.on_apply: Callable[[str, Entry, Any], None] | None = None
+        self.on_read: Callable[[str, int, bytes], None] | None = None
+        self.on_crash: Callable[[str], None] | None = None
+        self.on_snapshot: Callable[[str, int], None] | None = None
+        self.quorum_voters: frozenset[str] | None = None  # check_durable_quorum every tick
         # checker state
         self.leaders: dict[int, str] = {}
         self.log: dict[int, tuple[int, bytes]] = {}  # index -> (term, data) applied anywhere
         self.proposals: dict[str, list[tuple[Proposal, bytes, int]]] = {i: [] for i in self.ids}
         self.acked: dict[int, bytes] = {}
+        self._acked_sorted: list[int] = []
         self.reads: dict[bytes, int] = {}
         self.read_results: list[tuple[str, int, bytes]] = []
         self.read_seq = 0
@@ -119,7 +144,7 @@ class Cluster:
     def _start(self, i: str) -> None:
         n = self.nodes[i]
         snap = n.storage.snapshot()
-        n.fsm = _decode_fsm(snap.data)
+        n.fsm, n.kv = _decode_fsm(snap.data)
         n.applied = snap.meta.index
         n.incarnation += 1
         n.raft = RaftNode(i, n.storage, random.Random(self.rng.random()), **self.raft_kw)  # type: ignore[arg-type]
@@ -136,6 +161,8 @@ class Cluster:
         """Lose everything volatile; the storage keeps what was persisted."""
         self.nodes[i].raft = None
         self.proposals[i] = []  # their outcome is unknown to the client now
+        if self.on_crash is not None:
+            self.on_crash(i)
 
     def restart(self, i: str) -> None:
         if self.nodes[i].raft is None:
@@ -188,12 +215,16 @@ class Cluster:
         if rd is None:
             return False
         self.check_ready(i, rd)
-        if self.early_send:
+        if self.early_send or self.unsafe_send_before_persist:
             for m in rd.early_messages:
                 self._send(m)
-        if (self.crash_mid_persist and (rd.entries or rd.hard_state)
+        if self.unsafe_send_before_persist:
+            for m in rd.messages:  # a deliberately broken driver, to prove the checkers bite
+                self._send(m)
+        if (self.crash_mid_persist and (rd.entries or rd.hard_state or rd.snapshot)
                 and self.rng.random() < self.crash_mid_persist):
-            self.crash(i)  # the fsync never completed: nothing of this Ready is durable
+            self._torn_persist(n, rd)
+            self.crash(i)
             return True
         if rd.snapshot is not None:
             n.storage.apply_snapshot(rd.snapshot)
@@ -201,11 +232,12 @@ class Cluster:
         n.storage.append(rd.entries)
         if rd.hard_state is not None:
             n.storage.set_hard_state(rd.hard_state)
-        if not self.early_send:
+        if not self.early_send and not self.unsafe_send_before_persist:
             for m in rd.early_messages:
                 self._send(m)
-        for m in rd.messages:
-            self._send(m)
+        if not self.unsafe_send_before_persist:
+            for m in rd.messages:
+                self._send(m)
         for e in rd.committed_entries:
             self._apply(n, e)
         for rs in rd.read_states:
@@ -213,17 +245,44 @@ class Cluster:
         r.advance(rd)
         due = r.snapshot_due()
         if due is not None:
-            n.storage.create_snapshot(r.make_snapshot(due, _encode_fsm(n.fsm)))
+            n.storage.create_snapshot(r.make_snapshot(due, _encode_fsm(n.fsm, n.kv)))
             n.storage.compact(max(0, due - self.trailing_logs))
         return True
 
+    def _torn_persist(self, n: SimNode, rd: Ready) -> None:
+        """Crash in the middle of carrying out a Ready: only a prefix of its writes is durable.
+
+        The writes are the snapshot, the entries, then the hard state, in the order the Ready
+        contract prescribes (a driver may give each its own fsync); the crash keeps a random
+        prefix of that sequence, the entries themselves possibly torn (a checksummed log keeps
+        the valid prefix of a batch). Nothing of `messages` has left; `early_messages` may have
+        (early_send). The order matters: a hard state written before the entries can persist a
+        commit index that covers stale, about-to-be-replaced entries, which a restart then
+        applies (seed 1519 showed it when this harness tried both orders).
+        """
+        self.crashes_mid_persist += 1
+        steps: list[Callable[[], None]] = []
+        if rd.snapshot is not None:
+            snap = rd.snapshot
+            steps.append(lambda: n.storage.apply_snapshot(snap))
+        ents = [lambda k=k: n.storage.append(rd.entries[:k]) for k in range(1, len(rd.entries) + 1)]
+        hard = []
+        if rd.hard_state is not None:
+            hs = rd.hard_state
+            hard.append(lambda: n.storage.set_hard_state(hs))
+        steps += ents + hard
+        for step in steps[:self.rng.randint(0, len(steps))]:
+            step()
+
     def _install_fsm(self, n: SimNode, snap: Snapshot) -> None:
-        fsm = _decode_fsm(snap.data)
+        fsm, kv = _decode_fsm(snap.data)
         for idx, data in fsm:
             if idx in self.log and self.log[idx][1] != data:
                 self.fail(f"{n.id} installed a snapshot that disagrees at {idx}")
-        n.fsm = fsm
+        n.fsm, n.kv = fsm, kv
         n.applied = snap.meta.index
+        if self.on_snapshot is not None:
+            self.on_snapshot(n.id, snap.meta.index)
 
     def _apply(self, n: SimNode, e: Entry) -> None:
         if e.index != n.applied + 1:
@@ -232,8 +291,18 @@ class Cluster:
         if seen != (e.term, e.data):
             self.fail(f"{n.id} applied {e} but index {e.index} was applied elsewhere as {seen}")
         n.applied = e.index
+        result: Any = None
         if e.kind == EntryKind.NORMAL:
             n.fsm.append((e.index, e.data))
+            try:
+                command: cmd.Command = cmd.decode(e.data)
+            except ValueError:
+                command = cmd.Noop()
+            result = n.kv.apply(e.index, command)
+        else:
+            n.kv.apply(e.index, cmd.Noop())
+        if self.on_apply is not None:
+            self.on_apply(n.id, e, result)
         keep = []
         for prop, data, inc in self.proposals[n.id]:
             if prop.index == e.index:
@@ -254,6 +323,8 @@ class Cluster:
         if n.applied < index:
             self.fail(f"{n.id}: ReadState {index} released before apply ({n.applied})")
         self.read_results.append((n.id, index, ctx))
+        if self.on_read is not None:
+            self.on_read(n.id, index, ctx)
 
     def check_ready(self, i: str, rd: Ready) -> None:
         r = self.raft(i)
@@ -346,6 +417,8 @@ class Cluster:
         for i in self.ids:
             self.process_ready(i)
         self.fifo.clear()
+        if self.quorum_voters is not None:
+            self.check_durable_quorum(self.quorum_voters)
 
     # ------------------------------------------------------------------ final checkers
 
@@ -373,6 +446,47 @@ class Cluster:
                         if ea.term == eb.term:
                             self.fail(f"log matching: {a},{b} differ at {idx} in the same term")
                         diverged = True
+
+    def check_durable_quorum(self, voters: Iterable[str]) -> None:
+        """Every acknowledged entry is durable on a majority of `voters` right now.
+
+        Run after every tick (a crash that loses unsynced data must never take an acknowledged
+        entry below a quorum, even if re-replication would hide it by the end of the run).
+        Cheap form: each voter's durable log "covers" the acknowledged entries up to the highest
+        one it holds (Log Matching, checked separately, makes the rest of the prefix agree), so
+        it is enough that the quorum-th best coverage reaches the newest acknowledged entry.
+        """
+        if not self.acked:
+            return
+        if len(self._acked_sorted) != len(self.acked):
+            self._acked_sorted = sorted(self.acked)
+        idxs = self._acked_sorted
+        vs = sorted(voters)
+        cover = []
+        for i in vs:
+            s = self.nodes[i].storage
+            snap = s.snapshot_meta().index
+            first, last = s.first_index(), s.last_index()
+
+            def holds(idx: int, s: MemoryStorage = s, snap: int = snap, first: int = first,
+                      last: int = last) -> bool:
+                if snap >= idx:
+                    return True
+                return first <= idx <= last and s.term(idx) == self.log[idx][0]
+
+            lo, hi = 0, len(idxs)  # idxs[:lo] held; find the first index not held
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if holds(idxs[mid]):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            cover.append(idxs[lo - 1] if lo else 0)
+        cover.sort(reverse=True)
+        q = len(vs) // 2 + 1
+        if cover[q - 1] < idxs[-1]:
+            self.fail(f"acknowledged entry {idxs[-1]} is durable on fewer than {q} of {len(vs)}"
+                      f" voters at tick {self.now} (coverage {cover})")
 
     def check_acked_on_quorum(self, voters: Iterable[str]) -> None:
         """Every acknowledged entry is durable on a majority (the committed-stays-committed rule)."""
@@ -406,16 +520,27 @@ class Cluster:
         for idx, data in self.acked.items():
             if self.log[idx][1] != data:
                 self.fail(f"acknowledged write at {idx} was replaced")
+        # The product FSM: nodes that applied the same prefix hold the same KV table.
+        by_applied: dict[int, tuple[str, dict[str, Any]]] = {}
+        for i in alive:
+            kv = {k: e.to_wire() for k, e in self.nodes[i].kv.store.kv.items()}
+            first = by_applied.setdefault(applied[i], (i, kv))
+            if first[1] != kv:
+                self.fail(f"{i} and {first[0]} applied up to {applied[i]} but their KV stores differ")
 
 
-def _encode_fsm(fsm: list[tuple[int, bytes]]) -> bytes:
-    return json.dumps([[i, d.hex()] for i, d in fsm]).encode()
+def _encode_fsm(fsm: list[tuple[int, bytes]], kv: FSM) -> bytes:
+    """Snapshot data: the apply trace and the product store's own snapshot."""
+    return msgpack.packb([[[i, d] for i, d in fsm], kv.store.snapshot()], use_bin_type=True)
 
 
-def _decode_fsm(data: bytes) -> list[tuple[int, bytes]]:
+def _decode_fsm(data: bytes) -> tuple[list[tuple[int, bytes]], FSM]:
+    kv = FSM(Store())
     if not data:
-        return []
-    return [(i, bytes.fromhex(h)) for i, h in json.loads(data)]
+        return [], kv
+    trace, blob = msgpack.unpackb(data, raw=False)
+    kv.store.restore(blob)
+    return [(i, d) for i, d in trace], kv
 
 
 # ---------------------------------------------------------------------- the randomized scenario
@@ -429,11 +554,26 @@ class SimResult:
     reads: int
     conf_changes: int
     transfers: int
+    kv_ops: dict[str, int] = field(default_factory=dict)  # "kind:status[:local]" -> count
+    torn_crashes: int = 0  # crashes in the middle of a persist
+    lin_unknown: int = 0  # keys whose linearizability search ran out of budget
+    stale_local_reads: bool = False  # default-mode (leader-local) reads were not linearizable
+    stale_guarded_reads: bool = False  # ... even leaving out those of a not-yet-ready new leader
 
 
 def simulate(seed: int, ticks: int = 300, n_nodes: int | None = None, heal_ticks: int = 200,
-             membership: bool | None = None) -> SimResult:
-    """One seeded run: random faults for `ticks`, then heal everything and check convergence."""
+             membership: bool | None = None, lin_budget: int = 100_000,
+             unsafe_driver: bool = False) -> SimResult:
+    """One seeded run: random faults for `ticks`, then heal everything and check convergence.
+
+    Throughout, KV clients (kv_workload.py) write and read through the cluster; after the run
+    their history (writes and ReadIndex reads) must be linearizable. Default-mode reads from the
+    leader's local store are checked too, but only counted: Consul documents them as possibly
+    stale while a deposed leader has not noticed yet.
+    """
+    from kv_workload import KVWorkload
+    from linearizability import check
+
     rng = random.Random(seed)
     n = n_nodes or rng.choice([3, 5])
     ids = [f"n{k}" for k in range(1, n + 1)]
@@ -445,7 +585,14 @@ def simulate(seed: int, ticks: int = 300, n_nodes: int | None = None, heal_ticks
                 max_inflight=rng.choice([2, 64]), max_entries_per_msg=rng.choice([1, 4, 64]),
                 check_quorum=True, pre_vote=rng.random() < 0.8)
     c.trailing_logs = rng.choice([0, 5])
-    c.crash_mid_persist = 0.01
+    c.crash_mid_persist = rng.choice([0.0, 0.01, 0.03])
+    if unsafe_driver:
+        c.unsafe_send_before_persist = True
+        c.crash_mid_persist = 0.05
+    if not membership:
+        c.quorum_voters = frozenset(ids)  # with membership changes the quorum moves; end-only
+    wl = KVWorkload(c, random.Random(seed * 7919 + 1), clients=rng.choice([2, 4, 6]),
+                    keys=rng.choice([1, 3]), p_op=rng.choice([0.2, 0.5]))
     p_fault = 0.03
     conf_changes = transfers = 0
     removed: list[str] = []
@@ -473,7 +620,7 @@ def simulate(seed: int, ticks: int = 300, n_nodes: int | None = None, heal_ticks
                     c.restart(i)
         lead = c.leader()
         if lead is not None:
-            if rng.random() < 0.4:
+            if rng.random() < 0.2:
                 for k in range(rng.randint(1, 4)):
                     c.propose(lead, f"{seed}:{t}:{k}".encode())
             if rng.random() < 0.05:
@@ -500,6 +647,7 @@ def simulate(seed: int, ticks: int = 300, n_nodes: int | None = None, heal_ticks
                     if c.conf_change(lead, ConfChangeOp.REMOVE, victim) is not None:
                         conf_changes += 1
                         removed.append(victim)
+        wl.step()
         c.run_tick()
     # Heal: no more faults, everyone up, keep proposing a little so a new leader's term commits.
     c.heal()
@@ -511,6 +659,7 @@ def simulate(seed: int, ticks: int = 300, n_nodes: int | None = None, heal_ticks
         lead = c.leader()
         if t < heal_ticks and lead is not None and t % 20 == 0:
             c.propose(lead, f"{seed}:heal:{t}".encode())
+        wl.step(issue=t < heal_ticks)
         c.run_tick()
         # Past the fixed heal period, stop as soon as every member caught up (slow flow-control
         # settings can need a while to stream a long backlog one small message at a time).
@@ -520,6 +669,7 @@ def simulate(seed: int, ticks: int = 300, n_nodes: int | None = None, heal_ticks
             if all(c.nodes[i].raft is not None and c.nodes[i].applied >= r.commit_index
                    for i in members) and r.commit_index >= max(c.acked, default=0):
                 break
+    wl.close()
     c.check_log_matching()
     lead = c.leader()
     if lead is None:
@@ -532,4 +682,14 @@ def simulate(seed: int, ticks: int = 300, n_nodes: int | None = None, heal_ticks
         if i not in voters and i not in c.raft(lead).config.learners:
             c.crash(i)
     c.check_converged()
-    return SimResult(seed, len(c.leaders), len(c.acked), len(c.read_results), conf_changes, transfers)
+    lin = check(wl.strict_history(), budget=lin_budget)
+    if not lin.ok:
+        c.fail(lin.describe())
+    stale = not check(wl.history, budget=lin_budget).ok
+    # Would a guard "serve local reads only once the leader committed an entry of its term"
+    # (as etcd's lease reads and Consul's consistent reads wait for) have been enough?
+    guarded = [op for op in wl.history if "new-uncommitted" not in op.note]
+    stale_guarded = stale and not check(guarded, budget=lin_budget).ok
+    return SimResult(seed, len(c.leaders), len(c.acked), len(c.read_results), conf_changes,
+                     transfers, wl.counts(), c.crashes_mid_persist, lin.unknown, stale,
+                     stale_guarded)

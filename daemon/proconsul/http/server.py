@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.http import agent as agent_routes
-from proconsul.http import catalog, health, kv, session, status, txn
+from proconsul.http import catalog, event, health, kv, operator, session, status, txn
 from proconsul.http.common import HTTPError
 from proconsul.rpc import RPCError
 from proconsul.state.store import StoreError
@@ -76,7 +76,7 @@ def build_app(agent: Any) -> web.Application:
     app["agent"] = agent
     app["response_headers"] = dict(getattr(agent.config, "http_response_headers", {}) or {})
     app.router.add_get("/", index)
-    for module in (agent_routes, catalog, health, kv, session, txn, status):
+    for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event):
         app.router.add_routes(module.routes())
     return app
 
@@ -92,7 +92,7 @@ class HTTPServer:
         self.bound: list[tuple[str, int]] = []
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self.runner.setup()
         for address in self.addresses:
             site = web.TCPSite(self.runner, address, self.port, reuse_address=True)

@@ -641,6 +641,14 @@ class RaftNode:
     def commit_index(self) -> int:
         return self._log.committed
 
+    def committed_in_term(self) -> bool:
+        """True once an entry of the current term is committed (and so every earlier one is).
+
+        A new leader's state machine may lack writes its predecessor acknowledged until then,
+        so it must not answer reads from local state before this holds (dissertation §6.4).
+        """
+        return self._log.term(self._log.committed) == self.term
+
     @property
     def applied_index(self) -> int:
         return self._log.applied

@@ -12,7 +12,9 @@ their FSM result. A proposal whose entry is overwritten, or whose leader steps d
 applies, is reported as `UnknownOutcome`: it may still commit under another leader.
 
 Peers are known by node ID; their server-port addresses come from the bootstrap (expect)
-discovery, join requests and inbound connections, and are kept in `data_dir/raft/peers.json`.
+discovery, join requests and inbound connections, and are kept in `data_dir/raft/addresses.json`
+(older builds kept them in `peers.json`, which is now Consul's recovery file: see
+`recover_from_peers_file` and docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proconsul.raft import codec
-from proconsul.raft.core import Compacted, NotLeader, RaftNode, Unavailable
+from proconsul.raft.core import Compacted, NotLeader, ProposalRejected, RaftNode, Unavailable
 from proconsul.raft.messages import (
     ConfChange,
     ConfChangeOp,
@@ -43,7 +45,7 @@ from proconsul.raft.messages import (
 from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
-from proconsul.rpc import NoLeader, UnknownOutcome
+from proconsul.rpc import NoLeader, RPCError, UnknownOutcome
 from proconsul.rpc import NotLeader as RPCNotLeader
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
@@ -136,12 +138,26 @@ class DiskStorage:
         self._snap = snap
 
 
+class PeersFileError(Exception):
+    """`data_dir/raft/peers.json` (the outage-recovery file) is malformed; nothing was changed."""
+
+
 class AddressBook:
     """Node ID -> server-port address, persisted so that a restarted server finds its peers."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, legacy_path: str | None = None) -> None:
         self.path = path
         self.addrs: dict[str, str] = {}
+        if path and legacy_path and not os.path.exists(path) and os.path.exists(legacy_path):
+            # Builds before the peers.json recovery kept the address book (a JSON object) under
+            # that name; a recovery file is a JSON list and stays where it is.
+            try:
+                with open(legacy_path, encoding="utf-8") as fh:
+                    legacy = json.load(fh)
+            except (OSError, ValueError):
+                legacy = None
+            if isinstance(legacy, dict):
+                os.replace(legacy_path, path)
         if path and os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
                 self.addrs = dict(json.load(fh))
@@ -228,6 +244,7 @@ class RaftServer:
         election_tick: int = 10,
         snapshot_threshold: int = 16384,
         trailing_logs: int = 10000,
+        snapshot_interval_s: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.id = node_id
@@ -238,10 +255,16 @@ class RaftServer:
         self.election_tick = election_tick
         self.snapshot_threshold = snapshot_threshold
         self.trailing_logs = trailing_logs
+        # How often to check whether a snapshot is due (Consul's raft_snapshot_interval, with
+        # hashicorp/raft's jitter of up to one interval); None: after every Ready.
+        self.snapshot_interval_s = snapshot_interval_s
+        self._next_snapshot_check = 0.0
         self.rng = rng or random.Random()
-        self.storage = DiskStorage(os.path.join(data_dir, "raft"))
-        self.addresses = AddressBook(os.path.join(data_dir, "raft", "peers.json"))
+        raft_dir = os.path.join(data_dir, "raft")
+        self.storage = DiskStorage(raft_dir)
+        self.addresses = AddressBook(os.path.join(raft_dir, "addresses.json"), os.path.join(raft_dir, "peers.json"))
         self.addresses.learn(node_id, address)
+        self.recovered_from_peers_file = self.recover_from_peers_file(os.path.join(raft_dir, "peers.json"))
         self.core: RaftNode | None = None
         self._inbox: list[Message] = []
         self._wake = asyncio.Event()
@@ -254,6 +277,8 @@ class RaftServer:
         self.leader_id: str | None = None
         self.applied_index = 0
         self.on_leadership: Callable[[bool], None] = lambda is_leader: None
+        # Called with the new leader's ID (or None) whenever it changes, on every server.
+        self.on_leader_change: Callable[[str | None], None] = lambda leader: None
         self.started = asyncio.Event()
 
     # ------------------------------------------------------------------------------ set-up
@@ -269,6 +294,68 @@ class RaftServer:
         for vid, addr in voters.items():
             self.addresses.learn(vid, addr)
         self.storage.bootstrap(sorted(voters))
+
+    def recover_from_peers_file(self, path: str) -> bool:
+        """Consul's outage recovery: rewrite the configuration to the servers in `peers.json`.
+
+        The file is a JSON list of `{"id", "address", "non_voter"}` (Raft protocol 3). When it
+        exists at start, everything in the log (committed or not, as hashicorp/raft's
+        RecoverCluster does) is applied to the state, which is written as a snapshot at the
+        last log index carrying exactly those servers as the configuration; the log is then
+        compacted past it. The file is deleted so the recovery happens once. Every server of
+        the recovered cluster must get the same file before it starts.
+        """
+        if not os.path.exists(path):
+            return False
+        with open(path, encoding="utf-8") as fh:
+            try:
+                raw = json.load(fh)
+            except ValueError as exc:
+                raise PeersFileError(f"raft: {path} is not valid JSON: {exc}") from None
+        if isinstance(raw, dict) and os.path.exists(self.addresses.path or ""):
+            # An old-style address book left next to the migrated one: not a recovery request.
+            os.remove(path)
+            return False
+        if not isinstance(raw, list) or not raw:
+            raise PeersFileError(f"raft: {path} must be a non-empty JSON list of {{id, address, non_voter}}")
+        voters: dict[str, str] = {}
+        learners: dict[str, str] = {}
+        for item in raw:
+            if not isinstance(item, dict) or not item.get("id") or not item.get("address"):
+                raise PeersFileError(f"raft: {path}: every entry needs an id and an address (got {item!r})")
+            (learners if item.get("non_voter") else voters)[str(item["id"])] = str(item["address"])
+        if not voters:
+            raise PeersFileError(f"raft: {path} names no voter")
+        for sid, addr in {**voters, **learners}.items():
+            self.addresses.learn(sid, addr)
+        config = Configuration(frozenset(voters), frozenset(learners))
+        storage = self.storage
+        if not self.has_state:
+            storage.bootstrap(sorted(voters))
+            if learners:
+                meta = DiskSnapshotMeta(0, 0, config.encode())
+                storage.snapshots.save(meta, b"")
+                storage._snap = Snapshot(SnapshotMeta(0, 0, config), b"")
+        else:
+            snap = storage.snapshot()
+            if snap.data:
+                self.fsm.store.restore(snap.data)
+            index, term = snap.meta.index, snap.meta.term
+            last = storage.last_index()
+            if last >= storage.first_index():
+                for e in storage.entries(storage.first_index(), last + 1):
+                    if e.index <= index:
+                        continue
+                    self._apply_to_fsm(e)
+                    index, term = e.index, e.term
+            recovered = Snapshot(SnapshotMeta(index, term, config), self.fsm.store.snapshot())
+            storage.install_snapshot(recovered)
+        os.remove(path)
+        logger.warning(
+            "raft: recovered the configuration from %s: voters %s, non-voters %s (state kept up to index %d); "
+            "file deleted", path, sorted(voters), sorted(learners), storage.snapshot_meta().index,
+        )
+        return True
 
     async def start(self) -> None:
         snap = self.storage.snapshot()
@@ -305,6 +392,17 @@ class RaftServer:
     def is_leader(self) -> bool:
         return self.core is not None and self.core.leader == self.id and self.core.role.value == "leader"
 
+    def ready_for_reads(self) -> bool:
+        """The leader may serve default-mode reads once it committed an entry of its term and
+        applied everything committed (the new leader's NOOP gets it there within a round trip)."""
+        core = self.core
+        return (
+            core is not None
+            and self.is_leader()
+            and core.committed_in_term()
+            and self.applied_index >= core.commit_index
+        )
+
     def leader_address(self) -> str:
         if self.core is None or not self.core.leader:
             return ""
@@ -319,6 +417,36 @@ class RaftServer:
         if self.core is None:
             return []
         return [(v, v, self.addresses.addrs.get(v, "")) for v in sorted(self.core.config.voters)]
+
+    def configuration(self) -> dict[str, Any]:
+        """This server's view of the Raft configuration (Consul's RaftConfigurationResponse,
+        without node names): every member with its address, role and last known log index.
+
+        `LastIndex` is exact for this server; the leader also knows each peer's match index,
+        a follower reports 0 for the others.
+        """
+        core = self._core()
+        conf = core.config
+        servers = []
+        for sid in conf.members():
+            last = 0
+            if sid == self.id:
+                last = core.last_index
+            elif self.is_leader():
+                try:
+                    last = core.progress(sid)[0]
+                except KeyError:
+                    last = 0
+            servers.append({
+                "ID": sid,
+                "Address": self.addresses.addrs.get(sid, ""),
+                "Leader": sid == core.leader,
+                "Voter": sid in conf.voters,
+                "LastIndex": last,
+            })
+        history = getattr(core, "_conf_history", None)  # index of the configuration in force
+        index = history[-1][0] if history else core.commit_index
+        return {"Servers": servers, "Index": index}
 
     async def apply(self, command: commands.Command) -> tuple[int, Any]:
         return await self.propose_bytes(commands.encode(command))
@@ -367,6 +495,31 @@ class RaftServer:
         self._wake.set()
         await fut
 
+    async def remove_voter(self, node_id: str) -> None:
+        """Leader only: remove a server (voter or not) from the configuration."""
+        core = self._core()
+        if not self.is_leader():
+            raise RPCNotLeader(self.leader_address())
+        if node_id not in core.config.voters and node_id not in core.config.learners:
+            raise RPCError(f'id "{node_id}" was not found in the Raft configuration')
+        try:
+            proposal = core.propose_conf_change(ConfChange(ConfChangeOp.REMOVE, node_id))
+        except NotLeader:
+            raise RPCNotLeader(self.leader_address()) from None
+        except ProposalRejected as exc:
+            raise RPCError(f"raft: cannot remove {node_id}: {exc}") from None
+        fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[proposal.index] = (proposal.term, fut)
+        self._wake.set()
+        try:
+            await fut
+        except UnknownOutcome:
+            # Removing the leader itself: it steps down as its removal commits, which fails
+            # pending futures; the change took effect when appended, so check the outcome.
+            if node_id != self.id or node_id in self._core().config.members():
+                raise
+        logger.info("raft: removed %s from the configuration", node_id)
+
     def _core(self) -> RaftNode:
         if self.core is None:
             raise NoLeader()
@@ -414,6 +567,8 @@ class RaftServer:
             if loop.time() >= next_tick:
                 core.tick()
                 next_tick = loop.time() + self.tick_s
+                if self.snapshot_interval_s is not None and not core.has_ready():
+                    self._maybe_snapshot(core)
             inbox, self._inbox = self._inbox, []
             for m in inbox:
                 if m.frm == core.leader and m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
@@ -426,6 +581,8 @@ class RaftServer:
             if rd is None:
                 continue
             if rd.soft_state is not None:
+                if rd.soft_state.leader != self.leader_id:
+                    self.on_leader_change(rd.soft_state.leader)
                 self.leader_id = rd.soft_state.leader
                 if rd.soft_state.leader:
                     self._last_leader_contact = time.monotonic()
@@ -482,7 +639,7 @@ class RaftServer:
             link = self._links[m.to] = _PeerLink(self, m.to)
         link.send(m)
 
-    def _apply(self, e: Entry) -> None:
+    def _apply_to_fsm(self, e: Entry) -> Any:
         result: Any = None
         if e.kind == EntryKind.NORMAL and e.data:
             try:
@@ -493,6 +650,10 @@ class RaftServer:
             result = self.fsm.apply(e.index, command)
         else:
             self.fsm.apply(e.index, commands.Noop())
+        return result
+
+    def _apply(self, e: Entry) -> None:
+        result = self._apply_to_fsm(e)
         self.applied_index = e.index
         pending = self._pending.pop(e.index, None)
         if pending is not None:
@@ -500,11 +661,17 @@ class RaftServer:
             if fut.done():
                 return
             if term == e.term:
-                fut.set_result((e.index, result))
+                # Callers see the store's index (X-Consul-Index), offset after a restore.
+                fut.set_result((self.fsm.store_index(e.index), result))
             else:
-                fut.set_exception(UnknownOutcome("the write was overwritten by a new leader; it did not commit"))
+                fut.set_exception(RPCError("the write did not commit: a new leader committed another entry at its index; it is safe to retry"))
 
     def _maybe_snapshot(self, core: RaftNode) -> None:
+        if self.snapshot_interval_s is not None:
+            now = time.monotonic()
+            if now < self._next_snapshot_check:
+                return
+            self._next_snapshot_check = now + self.snapshot_interval_s * (1 + self.rng.random())
         index = core.snapshot_due()
         if index is None:
             return
@@ -522,7 +689,7 @@ class RaftServer:
         for i in [i for i in self._pending if i >= index]:
             _, fut = self._pending.pop(i)
             if not fut.done():
-                fut.set_exception(UnknownOutcome("the write was overwritten by a new leader; it did not commit"))
+                fut.set_exception(UnknownOutcome("a new leader replaced this server's uncommitted log tail; the write may or may not commit"))
 
     def _fail_pending_upto(self, index: int) -> None:
         for i in [i for i in self._pending if i <= index]:

@@ -41,6 +41,9 @@ class SingleNodeLog:
     def is_leader(self) -> bool:
         return True
 
+    def ready_for_reads(self) -> bool:
+        return True
+
     def leader_address(self) -> str:
         return self.self_address
 
@@ -54,7 +57,7 @@ class SingleNodeLog:
     async def apply(self, command: commands.Command) -> tuple[int, Any]:
         """Commit and apply `command`; returns (log index, FSM result)."""
         result = self._append(command)
-        return self.commit_index, result
+        return self.fsm.store_index(self.commit_index), result
 
     async def verify_leader(self) -> None:
         """ReadIndex for `?consistent`: trivially confirmed with a single voter."""

@@ -23,6 +23,7 @@ class CommandType(IntEnum):
     SESSION = 4
     TXN = 5
     NOOP = 6  # written by a new leader to commit entries of earlier terms
+    RESTORE = 7  # replace the whole store with a snapshot's (`PUT /v1/snapshot`)
 
 
 class KVOp:
@@ -99,7 +100,14 @@ class Noop:
     pass
 
 
-Command = Register | Deregister | KVS | SessionOp | Txn | Noop
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """Replace the store with `data` (a `Store.snapshot()` blob), on every server at one index."""
+
+    data: bytes
+
+
+Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore
 
 
 def encode(command: Command) -> bytes:
@@ -127,6 +135,9 @@ def encode(command: Command) -> bytes:
     elif isinstance(command, Noop):
         payload = None
         kind = CommandType.NOOP
+    elif isinstance(command, Restore):
+        payload = command.data
+        kind = CommandType.RESTORE
     else:  # pragma: no cover - the Union is closed
         raise TypeError(f"not a command: {command!r}")
     return msgpack.packb([int(kind), payload], use_bin_type=True)
@@ -154,4 +165,6 @@ def decode(data: bytes) -> Command:
         return SessionOp(payload[0], Session.from_wire(payload[1]))
     if kind is CommandType.TXN:
         return Txn(tuple(KVS(op, DirEntry.from_wire(e)) for op, e in payload))
+    if kind is CommandType.RESTORE:
+        return Restore(bytes(payload))
     return Noop()

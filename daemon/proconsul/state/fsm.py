@@ -35,9 +35,16 @@ class FSM:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    def store_index(self, raft_index: int) -> int:
+        """The store index (X-Consul-Index, ModifyIndex) of the entry at `raft_index`."""
+        return raft_index + self.store.index_offset
+
     def apply(self, index: int, command: cmd.Command) -> Any:
-        """Apply one committed command at `index`; returns its result or a StoreError."""
+        """Apply one committed command at Raft `index`; returns its result or a StoreError."""
         store = self.store
+        index = self.store_index(index)
+        if isinstance(command, cmd.Restore):
+            return self._apply_restore(index, command.data)
         try:
             if isinstance(command, cmd.KVS):
                 return self._apply_kv(index, command)
@@ -68,6 +75,32 @@ class FSM:
             return exc
         finally:
             store.finish(index)
+
+    def _apply_restore(self, index: int, blob: bytes) -> Any:
+        """Replace the store with a snapshot's state, deterministically on every server.
+
+        The snapshot may come from a cluster whose indexes are ahead of this log; the store's
+        index offset is raised so that this entry (and every later one) lands above all indexes
+        in the snapshot: X-Consul-Index never goes backwards and blocking readers wake up.
+        A blob that does not decode changes nothing and is the (same) error everywhere.
+        """
+        store = self.store
+        try:
+            probe = Store()
+            probe.restore(blob)  # validate fully before touching the live store
+        except Exception as exc:  # msgpack and malformed records raise several types
+            store.finish(index)
+            return StoreError(f"snapshot restore failed: {exc}")
+        raft_index = index - store.index_offset
+        offset = store.index_offset
+        if probe.last_index >= index:
+            offset = probe.last_index + 1 - raft_index
+        store.restore(blob)
+        store.index_offset = offset
+        restored_at = raft_index + offset
+        store.advance_all_indexes(restored_at)
+        store.finish(restored_at)
+        return restored_at
 
     def _apply_kv(self, index: int, op: cmd.KVS) -> Any:
         store, entry = self.store, op.entry

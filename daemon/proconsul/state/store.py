@@ -55,6 +55,9 @@ class Store:
         self.table_index: dict[str, int] = {t: 0 for t in TABLES}
         self.service_index: dict[str, int] = {}  # service name -> last index touching it
         self.last_index = 0
+        # Added to each Raft index before it reaches the store (see FSM: a restored snapshot
+        # can carry indexes above the log's, and X-Consul-Index must never go backwards).
+        self.index_offset = 0
         self._watches: list[_Watch] = []
         # Changes accumulated while a command applies; watches fire once at the end.
         self._dirty_tables: set[str] = set()
@@ -573,6 +576,7 @@ class Store:
             "kv": [e.to_wire() for e in self.kv.values()],
             "tombstones": self.tombstones,
             "sessions": [s.to_wire() for s in self.sessions.values()],
+            "index_offset": self.index_offset,
         }
         return msgpack.packb(data, use_bin_type=True)
 
@@ -602,10 +606,21 @@ class Store:
         self.table_index = {t: int(data["table_index"].get(t, 0)) for t in TABLES}
         self.service_index = dict(data["service_index"])
         self.last_index = int(data["last_index"])
+        self.index_offset = int(data.get("index_offset", 0))
         # Every watcher must re-read: the world changed under it.
         self._dirty_tables = set(TABLES)
         self._dirty_keys = [""]
         self.finish(self.last_index)
+
+
+    def advance_all_indexes(self, index: int) -> None:
+        """Raise every table's index to `index` (after a restore: every reader must re-read)."""
+        for t in TABLES:
+            self.table_index[t] = max(self.table_index[t], index)
+        for name in self.service_index:
+            self.service_index[name] = max(self.service_index[name], index)
+        self._dirty_tables = set(TABLES)
+        self._dirty_keys = [""]
 
 
 def aggregate_status(checks: Iterable[HealthCheck]) -> str:

@@ -1,0 +1,81 @@
+"""`/v1/operator/raft/configuration`, `/v1/operator/raft/peer` and `/v1/snapshot`.
+
+Thin HTTP over `proconsul.operator.Operator` (which forwards to the leader unless `?stale`).
+Snapshot bodies are binary gzipped tars (see `proconsul.snapshot`); a damaged archive given to
+`PUT /v1/snapshot` is refused with 400 before anything is proposed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from proconsul.http.common import HTTPError, bad_request, check_dc, flag, json_response
+from proconsul.wire import MAX_FRAME_BYTES
+
+# A restore travels to the leader in one RPC frame (and then in one log entry).
+MAX_SNAPSHOT_BYTES = MAX_FRAME_BYTES - (1 << 20)
+
+
+def _operator(request: web.Request) -> Any:
+    agent = request.app["agent"]
+    op = getattr(agent, "operator", None)
+    if op is None:
+        from proconsul.operator import Operator
+
+        op = agent.operator = Operator(agent)
+    return op
+
+
+async def raft_configuration(request: web.Request) -> web.Response:
+    check_dc(request)
+    conf = await _operator(request).raft_configuration(stale=flag(request, "stale"))
+    return json_response(request, conf)
+
+
+async def raft_peer(request: web.Request) -> web.Response:
+    check_dc(request)
+    peer_id = request.query.get("id", "")
+    address = request.query.get("address", "")
+    if not peer_id and not address:
+        raise bad_request("Must specify either ?id with the server's ID or ?address with IP:port of peer to remove")
+    if peer_id and address:
+        raise bad_request("Must specify only one of ?id or ?address")
+    await _operator(request).remove_peer(peer_id, address)
+    return web.Response(status=200)
+
+
+async def snapshot_save(request: web.Request) -> web.Response:
+    check_dc(request)
+    index, blob = await _operator(request).snapshot_save(stale=flag(request, "stale"))
+    server = request.app["agent"].server
+    headers = {
+        "X-Consul-Index": str(max(index, 1)),
+        "X-Consul-KnownLeader": "true" if server.consensus.leader_address() else "false",
+        "X-Consul-LastContact": str(server.consensus.last_contact_ms()),
+        "Content-Type": "application/x-gzip",
+    }
+    return web.Response(body=blob, headers=headers)
+
+
+async def snapshot_restore(request: web.Request) -> web.Response:
+    check_dc(request)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > MAX_SNAPSHOT_BYTES:
+            raise HTTPError(413, f"Snapshot larger than {MAX_SNAPSHOT_BYTES} bytes")
+        chunks.append(chunk)
+    await _operator(request).snapshot_restore(b"".join(chunks))  # SnapshotError -> 400
+    return web.Response(status=200)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/v1/operator/raft/configuration", raft_configuration),
+        web.delete("/v1/operator/raft/peer", raft_peer),
+        web.get("/v1/snapshot", snapshot_save),
+        web.put("/v1/snapshot", snapshot_restore),
+    ]

@@ -1,0 +1,8 @@
+"""Entry point of the frozen (PyInstaller) proconsul: the same `main` as the console script."""
+
+import sys
+
+from proconsul.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The host package on a real systemd: build the .deb/.rpm, boot Debian 12 in systemd-nspawn.
+
+A minimal Debian 12 root (debootstrap, from the same mirror as this machine's apt sources) is
+cached in CACHE and copied for each run; `systemd-nspawn --boot --private-network` boots it, and
+commands run inside through `nsenter` (this machine's PID 1 is not systemd, so there is no
+machined and no `machinectl`). The deb is installed with no network in the container, which
+shows it installs offline from the file alone.
+
+Needs root, systemd-nspawn (systemd-container), debootstrap, rpm and nsenter; scripts/setup-env
+test installs them. Where they cannot be had (not root) the test skips, except under CI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, wait_for
+
+CACHE = Path(os.environ.get("PROCONSUL_TEST_CACHE", "/var/cache/proconsul-tests"))
+BASE_PACKAGES = "systemd,systemd-sysv,dbus,rsyslog,logrotate,curl,procps"
+BASE = CACHE / f"debian12-{BASE_PACKAGES.replace(',', '_')}"
+INSIDE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+
+
+def _missing() -> str:
+    if os.geteuid() != 0:
+        return "needs root (systemd-nspawn, debootstrap)"
+    for tool in ("systemd-nspawn", "debootstrap", "rpm", "nsenter", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing: run scripts/setup-env test"
+    return ""
+
+
+pytestmark = pytest.mark.skipif(bool(_missing()) and not os.environ.get("CI"), reason=_missing() or "ok")
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt uses (debootstrap must use the same one)."""
+    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    for path in sources:
+        text = path.read_text()
+        for block in text.split("\n\n"):
+            if re.search(r"^Suites:.*\bbookworm\b(?!-)", block, re.M) and "debian-security" not in block:
+                m = re.search(r"^URIs:\s*(\S+)", block, re.M)
+                if m:
+                    return m.group(1)
+    for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                m = re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", line)
+                if m:
+                    return m.group(1)
+    raise AssertionError("no Debian bookworm mirror in /etc/apt/sources.list*")
+
+
+def ensure_base() -> Path:
+    if (BASE / "usr/lib/systemd/systemd").exists():
+        return BASE
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=CACHE))
+    subprocess.run(
+        ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(tmp), apt_mirror()],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=900,
+    )
+    tmp.rename(BASE)
+    return BASE
+
+
+@pytest.fixture(scope="module")
+def packages() -> Iterator[dict[str, Path]]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="proconsul-build-") as tmp:
+        env = dict(os.environ, PROCONSUL_BUILD_VENV=str(CACHE / "pkgvenv"),
+                   PROCONSUL_BUILD_DIR=f"{tmp}/build", PROCONSUL_DIST_DIR=f"{tmp}/dist")
+        out = subprocess.run(
+            ["bash", str(REPO / "packaging/build.sh")], cwd=REPO, env=env, capture_output=True, text=True,
+            timeout=900,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr[-5000:]
+        found = {}
+        for line in out.stdout.split():
+            if line.endswith(".deb"):
+                found["deb"] = Path(line)
+            elif line.endswith(".rpm"):
+                found["rpm"] = Path(line)
+        assert set(found) == {"deb", "rpm"}, out.stdout
+        yield found
+
+
+class Container:
+    """A booted Debian 12 container; `run` executes a shell command inside through nsenter."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = root
+        self.name = name
+        self.log_path = root.parent / f"{name}.console"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.leader = 0
+
+    def start(self) -> Container:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["systemd-nspawn", "-D", str(self.root), "--boot", "--register=no", "--keep-unit",
+                 "--private-network", f"--machine={self.name}", f"--hostname={self.name}", "--console=read-only"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+
+        def leader() -> int:
+            assert self.proc is not None and self.proc.poll() is None, self.console()
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            return int(children[0]) if children else 0
+
+        self.leader = wait_for(leader, timeout=30, what="the container's init")
+        wait_for(
+            lambda: self.run("systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded"),
+            timeout=120, what=lambda: f"the container to boot\n{self.console()}",
+        )
+        return self
+
+    def console(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def run(self, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-a", "sh", "-c", command],
+            capture_output=True, text=True, env=INSIDE_ENV, timeout=timeout,
+        )
+        if check:
+            assert out.returncode == 0, f"{command!r} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
+        return out
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.run("systemctl poweroff --no-block", check=False)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            # Killing the container's init ends its PID namespace; nspawn then exits.
+            try:
+                os.kill(self.leader, 9)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def container(packages: dict[str, Path]) -> Iterator[Container]:
+    base = ensure_base()
+    with tempfile.TemporaryDirectory(prefix="proconsul-nspawn-", dir=CACHE) as tmp:
+        root = Path(tmp) / "root"
+        subprocess.run(["cp", "-a", str(base), str(root)], check=True)
+        shutil.copy(packages["deb"], root / "root/proconsul.deb")
+        box = Container(root, "pctest").start()
+        try:
+            yield box
+        finally:
+            box.stop()
+
+
+def test_rpm_contents_and_scripts(packages: dict[str, Path]) -> None:
+    files = subprocess.run(["rpm", "-qlp", str(packages["rpm"])], capture_output=True, text=True, check=True).stdout
+    for path in ("/usr/bin/proconsul", "/opt/proconsul/proconsul", "/usr/lib/systemd/system/proconsul.service",
+                 "/etc/proconsul.d/proconsul.hcl", "/etc/rsyslog.d/30-proconsul.conf", "/etc/logrotate.d/proconsul"):
+        assert path in files.split("\n"), path
+    config = subprocess.run(["rpm", "-qp", "--configfiles", str(packages["rpm"])],
+                            capture_output=True, text=True, check=True).stdout
+    assert "/etc/proconsul.d/proconsul.hcl" in config
+    scripts = subprocess.run(["rpm", "-qp", "--scripts", str(packages["rpm"])],
+                             capture_output=True, text=True, check=True).stdout
+    for part in ("preinstall scriptlet", "postinstall scriptlet", "preuninstall scriptlet", "postuninstall scriptlet",
+                 "useradd --system", "systemctl daemon-reload", "systemctl stop proconsul.service"):
+        assert part in scripts, part
+
+
+def test_deb_contents(packages: dict[str, Path]) -> None:
+    listing = subprocess.run(["dpkg-deb", "-c", str(packages["deb"])], capture_output=True, text=True, check=True).stdout
+    assert "./usr/bin/proconsul -> /opt/proconsul/proconsul" in listing
+    control = subprocess.run(["dpkg-deb", "-I", str(packages["deb"])], capture_output=True, text=True, check=True).stdout
+    for name in ("preinst", "postinst", "prerm", "postrm", "conffiles"):
+        assert re.search(rf"\b{name}\b", control), name
+    conffiles = subprocess.run(["dpkg-deb", "--info", str(packages["deb"]), "conffiles"],
+                               capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(conffiles) == ["/etc/default/proconsul", "/etc/logrotate.d/proconsul",
+                                 "/etc/proconsul.d/proconsul.hcl", "/etc/rsyslog.d/30-proconsul.conf"]
+
+
+def _reloads_logged(box: Container) -> int:
+    text = box.run("cat /var/log/proconsul/proconsul.log /var/log/proconsul/proconsul.log.1 2>/dev/null",
+                   check=False).stdout
+    return text.count("agent: reloaded configuration")
+
+
+def test_deb_on_real_systemd(container: Container) -> None:
+    box = container
+    # Offline install from the file alone: the container has no network.
+    box.run("apt-get install -y -q /root/proconsul.deb", timeout=300)
+    assert box.run("getent passwd proconsul").stdout.startswith("proconsul:")
+    assert box.run("stat -c %U /var/lib/proconsul").stdout.strip() == "proconsul"
+    assert box.run("systemctl is-enabled proconsul", check=False).stdout.strip() == "disabled"
+    assert box.run("systemctl is-active proconsul", check=False).stdout.strip() == "inactive"
+    verify = box.run("systemd-analyze verify /usr/lib/systemd/system/proconsul.service", check=False)
+    assert verify.returncode == 0 and "proconsul.service" not in verify.stderr, verify.stderr
+
+    # Type=notify: `systemctl start` returns once READY=1 arrived.
+    box.run("systemctl start proconsul", timeout=120)
+    assert box.run("systemctl is-active proconsul").stdout.strip() == "active"
+    status = box.run("systemctl show -p StatusText --value proconsul").stdout
+    assert status.startswith("serving"), status
+    assert box.run("curl -sf http://127.0.0.1:8500/v1/agent/self").stdout.startswith("{")
+    wait_for(lambda: box.run("curl -sf http://127.0.0.1:8500/v1/status/leader").stdout.strip() not in ('""', ""),
+             timeout=60, what="a leader")
+    pid = box.run("systemctl show -p MainPID --value proconsul").stdout.strip()
+    assert box.run("cat /run/proconsul/proconsul.pid").stdout.strip() == pid
+
+    # A drop-in service appears after `systemctl reload`.
+    box.run("printf 'service {\\n  name = \"web\"\\n  port = 80\\n}\\n' > /etc/proconsul.d/web.hcl && "
+            "chgrp proconsul /etc/proconsul.d/web.hcl && chmod 0640 /etc/proconsul.d/web.hcl")
+    box.run("systemctl reload proconsul")
+    wait_for(lambda: '"web"' in box.run("curl -sf http://127.0.0.1:8500/v1/catalog/services").stdout,
+             timeout=60, what="service web in the catalog")
+    assert box.run("systemctl is-active proconsul").stdout.strip() == "active"
+
+    # Log lines reach /var/log/proconsul/proconsul.log through rsyslog (facility LOCAL0).
+    wait_for(lambda: "agent: started" in box.run("cat /var/log/proconsul/proconsul.log", check=False).stdout,
+             timeout=30, what="rsyslog file")
+
+    # logrotate -f between reloads loses no line.
+    reloads = 1
+    for i in range(6):
+        if i == 3:
+            box.run("logrotate -f /etc/logrotate.d/proconsul")
+        box.run("systemctl reload proconsul")
+        reloads += 1
+    wait_for(lambda: _reloads_logged(box) == reloads, timeout=30,
+             what=lambda: f"{reloads} reload lines across the rotated files, got {_reloads_logged(box)}")
+    assert box.run("test -s /var/log/proconsul/proconsul.log.1 && test -s /var/log/proconsul/proconsul.log",
+                   check=False).returncode == 0
+
+    # systemctl stop: graceful, exit 0, pid file removed.
+    box.run("systemctl stop proconsul", timeout=60)
+    show = box.run("systemctl show -p Result -p ExecMainStatus proconsul").stdout
+    assert "Result=success" in show and "ExecMainStatus=0" in show, show
+    assert box.run("test -e /run/proconsul/proconsul.pid", check=False).returncode != 0
+    journal = box.run("journalctl -u proconsul --no-pager -o cat").stdout
+    assert "agent: stopped" in journal and "Logging error" not in journal, journal[-3000:]
+    # Structured journal fields from python-systemd (bundled in the package).
+    assert "agent: started" in box.run("journalctl --no-pager -o cat PROCONSUL_MODULE=agent").stdout
+
+    # remove keeps config, data and user; purge removes them.
+    box.run("systemctl start proconsul", timeout=120)
+    box.run("apt-get remove -y -q proconsul", timeout=120)
+    assert box.run("systemctl is-active proconsul", check=False).stdout.strip() != "active"
+    assert box.run("test -e /usr/bin/proconsul", check=False).returncode != 0
+    box.run("test -f /etc/proconsul.d/proconsul.hcl && test -d /var/lib/proconsul && getent passwd proconsul")
+    box.run("apt-get purge -y -q proconsul", timeout=120)
+    assert box.run("getent passwd proconsul", check=False).returncode != 0
+    assert box.run("test -e /var/lib/proconsul || test -e /etc/proconsul.d", check=False).returncode != 0
