@@ -154,6 +154,7 @@ class Agent:
             self.cluster = ClusterMember(self, self.raft, self.server, self.session_timers)
             # A leader appearing is the moment a waiting anti-entropy sync can succeed.
             self.raft.on_leader_change = lambda leader: self.anti_entropy.trigger() if leader else None
+            self.raft.fatal = self._fatal
             self.server.handlers["Session.Renew"] = self._renew_on_leader
         self.operator = Operator(self)  # operator raft / snapshot endpoints (+ their RPCs)
         self.notifier = Notifier()
@@ -163,6 +164,7 @@ class Agent:
         self._leave_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._signals_seen = 0
+        self.exit_code = 0
         self.reload_errors: list[str] = []
 
     # --------------------------------------------------------------------------- life cycle
@@ -280,6 +282,10 @@ class Agent:
         if self.config.pid_file:
             remove_pid_file(self.config.pid_file)
         logger.info("agent: stopped")
+
+    def _fatal(self, exc: BaseException) -> None:
+        self.exit_code = 1
+        self._stop.set()
 
     def request_leave(self) -> None:
         self._leave_requested = True
@@ -574,7 +580,7 @@ async def _run(cfg: configmod.RuntimeConfig, flags: ParsedFlags) -> int:
         _print_banner(agent)
         await agent.wait()
         await agent.stop()
-        return 0
+        return agent.exit_code
     except (AgentError, PeersFileError) as exc:
         print(f"==> Error starting agent: {exc}", file=sys.stderr, flush=True)
         return 1

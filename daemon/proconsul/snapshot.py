@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import tarfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +83,8 @@ def read(blob: bytes) -> Archive:
     """Unpack and verify an archive; raises SnapshotError with a one-line reason."""
     try:
         raw = gzip.decompress(blob)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        # zlib.error is not an OSError: a flipped byte inside the deflate stream raises it.
         raise SnapshotError(f"failed to decompress snapshot: {exc}") from None
     members: dict[str, bytes] = {}
     try:
@@ -97,7 +99,7 @@ def read(blob: bytes) -> Archive:
                 fh = tar.extractfile(info)
                 assert fh is not None
                 members[info.name] = fh.read()
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"failed to read snapshot archive: {exc}") from None
     for name in (META, STATE, SUMS):
         if name not in members:

@@ -218,6 +218,9 @@ class _PeerLink:
                     await writer.drain()
             except (OSError, ConnectionError):
                 pass
+            except Exception:  # never let one bad message end the link for good
+                logger.exception("raft: link to %s failed; reconnecting", self.peer)
+                self._drain()
             finally:
                 writer.close()
 
@@ -277,6 +280,8 @@ class RaftServer:
         self.leader_id: str | None = None
         self.applied_index = 0
         self.on_leadership: Callable[[bool], None] = lambda is_leader: None
+        # Called when the replication loop dies of an error; the agent shuts down (exit 1).
+        self.fatal: Callable[[BaseException], None] = lambda exc: None
         # Called with the new leader's ID (or None) whenever it changes, on every server.
         self.on_leader_change: Callable[[str | None], None] = lambda leader: None
         self.started = asyncio.Event()
@@ -372,7 +377,18 @@ class RaftServer:
             applied=snap.meta.index,
         )
         self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
+        self._task.add_done_callback(self._loop_ended)
         self.started.set()
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # A failed persist or apply leaves this server unable to take part safely:
+            # fail-stop, loudly, rather than linger as a silent, leaderless member.
+            logger.critical("raft: the replication loop failed; stopping the agent", exc_info=exc)
+            self.fatal(exc)
 
     async def stop(self) -> None:
         if self._task is not None:
