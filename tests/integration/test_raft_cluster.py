@@ -169,8 +169,8 @@ def test_acknowledged_writes_survive_kill_9_of_a_minority(cluster: Cluster) -> N
         while not stop.is_set():
             key = f"w{n}/{i}"
             target = entry[(n + i) % len(entry)]
-            client = consul.Consul(host=target.ip, port=target.http_port, timeout=30)
             try:
+                client = consul.Consul(host=target.ip, port=target.http_port, connections_timeout=30)
                 if client.kv.put(key, "v") is True:
                     acked.append(key)
             except Exception as exc:  # refused, 500 "unknown outcome", timeout: not acknowledged
