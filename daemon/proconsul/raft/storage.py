@@ -78,6 +78,8 @@ class DurableLog:
         self.records: list[LogRecord] = []
         self._offset = 1  # index of records[0]
         self.hard_state = HardState()
+        # What the database holds; `hard_state` may be ahead of it by a commit index only.
+        self.durable_hard_state = HardState()
         self.offset_term = 0  # term of the entry at first_index - 1 (the compaction point)
         self._db: sqlite3.Connection | None = None
 
@@ -91,6 +93,7 @@ class DurableLog:
         self._db = db
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self.hard_state = HardState(int(meta.get("term", 0)), str(meta.get("vote", "")), int(meta.get("commit", 0)))
+        self.durable_hard_state = self.hard_state
         rows = db.execute("SELECT idx, term, kind, data FROM log ORDER BY idx").fetchall()
         self.records = [LogRecord(i, t, k, bytes(d)) for i, t, k, d in rows]
         for a, b in zip(self.records, self.records[1:]):
@@ -165,7 +168,7 @@ class DurableLog:
                     "INSERT INTO log (idx, term, kind, data) VALUES (?, ?, ?, ?)",
                     [(r.index, r.term, r.kind, r.data) for r in batch],
                 )
-            if hard_state is not None and hard_state != self.hard_state:
+            if hard_state is not None and hard_state != self.durable_hard_state:
                 db.executemany(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                     [("term", hard_state.term), ("vote", hard_state.vote), ("commit", hard_state.commit)],
@@ -174,6 +177,8 @@ class DurableLog:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if hard_state is not None:
+            self.durable_hard_state = hard_state
 
     def apply_memory(self, hard_state: HardState | None, batch: list[LogRecord], truncate_from: int | None) -> None:
         """The in-memory half of `save`, run on the caller's thread after write_db returned."""
