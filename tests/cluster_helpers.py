@@ -36,11 +36,12 @@ def free_subnet(hosts: int = 3) -> str:
 class Cluster:
     """Three `proconsul agent -server -bootstrap-expect=3` processes with raft_multiplier 1."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, hcl: str = "") -> None:
         self.prefix = free_subnet()
         self.root = root
         self.ips = [f"{self.prefix}.{i}" for i in (1, 2, 3)]
         self.nodes: dict[str, AgentProcess] = {}
+        self.hcl = hcl  # extra HCL given to every server
 
     @staticmethod
     def name(ip: str) -> str:
@@ -55,8 +56,9 @@ class Cluster:
     def server(self, ip: str, *extra: str, expect: bool = True) -> AgentProcess:
         joins = [f"-retry-join={other}" for other in self.ips if other != ip]
         flags = ["-bootstrap-expect=3", *joins] if expect else []
+        hcl = ["-hcl", self.hcl] if self.hcl else []
         agent = AgentProcess(
-            "-server", *flags, "-hcl", "performance { raft_multiplier = 1 }", *extra,
+            "-server", *flags, "-hcl", "performance { raft_multiplier = 1 }", *hcl, *extra,
             dev=False, ip=ip, node=self.name(ip), data_dir=str(self.data_dir(ip)),
         )
         agent.wait_for_leader = False

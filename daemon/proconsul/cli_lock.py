@@ -26,6 +26,7 @@ import signal
 import subprocess
 import threading
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 from proconsul.cli_base import COMMAND_SECTION, HTTP_SERVER, Command, Context, FlagSpec
@@ -101,7 +102,7 @@ class _Session:
             pass
 
 
-class _Base:
+class _Base(ABC):
     """What the lock and the semaphore share: session, try-once timing and the monitor thread."""
 
     session_name_default = ""
@@ -170,17 +171,21 @@ class _Base:
         finally:
             self.lost.set()
 
+    @abstractmethod
     def _acquire(self, stop: threading.Event, sid: str) -> bool:
-        raise NotImplementedError
+        """Implemented by Lock and Semaphore."""
 
+    @abstractmethod
     def _still_held(self, sid: str, index: int) -> tuple[bool, int]:
-        raise NotImplementedError
+        """Implemented by Lock and Semaphore."""
 
+    @abstractmethod
     def release(self) -> None:
-        raise NotImplementedError
+        """Implemented by Lock and Semaphore."""
 
+    @abstractmethod
     def destroy(self) -> None:
-        raise NotImplementedError
+        """Implemented by Lock and Semaphore."""
 
 
 class Lock(_Base):

@@ -1,14 +1,13 @@
 """Real three-server clusters: bootstrap, forwarding, failover, restart from disk, kill -9.
 
-Each cluster gets its own loopback addresses (127.a.b.1-3, standard ports), so the servers
-find each other through `-retry-join` exactly as an operator configures them.
+Clusters come from `tests/cluster_helpers.py`: each gets its own loopback addresses
+(127.a.b.1-3, standard ports), so the servers find each other through `-retry-join` exactly as an
+operator configures them.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,59 +15,8 @@ from pathlib import Path
 
 import consul
 import pytest
+from cluster_helpers import Cluster
 from helpers import AgentProcess, wait_for
-
-
-def _free_subnet() -> str:
-    """A 127.a.b.0/24 prefix whose .1-.3 have the server, HTTP and DNS ports free."""
-    for _ in range(50):
-        prefix = f"127.{random.randint(1, 250)}.{random.randint(1, 250)}"
-        ok = True
-        for i in (1, 2, 3):
-            for port in (8300, 8500):
-                with socket.socket() as s:
-                    try:
-                        s.bind((f"{prefix}.{i}", port))
-                    except OSError:
-                        ok = False
-        if ok:
-            return prefix
-    raise RuntimeError("no free loopback subnet")
-
-
-class Cluster:
-    def __init__(self, root: Path, hcl: str = "") -> None:
-        self.prefix = _free_subnet()
-        self.root = root
-        self.ips = [f"{self.prefix}.{i}" for i in (1, 2, 3)]
-        self.nodes: dict[str, AgentProcess] = {}
-        self.hcl = hcl
-
-    def server(self, ip: str, *extra: str) -> AgentProcess:
-        name = f"s{ip.rsplit('.', 1)[1]}"
-        joins = [f"-retry-join={other}" for other in self.ips if other != ip]
-        hcl = ("-hcl", self.hcl) if self.hcl else ()
-        agent = AgentProcess(
-            "-server", "-bootstrap-expect=3", *joins, "-hcl", "performance { raft_multiplier = 1 }", *hcl, *extra,
-            dev=False, ip=ip, node=name, data_dir=str(self.root / name),
-        )
-        agent.wait_for_leader = False
-        return agent
-
-    def start(self) -> None:
-        for ip in self.ips:
-            self.nodes[ip] = self.server(ip).start()
-        for agent in self.nodes.values():
-            wait_for(agent._leader_known, timeout=60, what=f"a leader seen by {agent.ip}\n{agent.log()}")
-
-    def leader_ip(self, via: AgentProcess) -> str:
-        status, _, body = via.http("GET", "/v1/status/leader")
-        assert status == 200
-        return json.loads(body).rsplit(":", 1)[0]
-
-    def stop(self) -> None:
-        for agent in self.nodes.values():
-            agent.stop()
 
 
 @pytest.fixture()
