@@ -19,7 +19,9 @@ import random
 import signal
 import socket
 import ssl
+import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -80,6 +82,40 @@ class StatusHandler:
             self.report(cid, status, output)
         elif self.failures >= self.failures_before_warning:
             self.report(cid, HEALTH_WARNING, output)
+
+
+# Script checks run in their own small pool, so they can neither stall the event loop nor queue
+# up behind (or in front of) the Raft fsyncs that use the default executor.
+_SCRIPT_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="script-check")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _run_script(args: list[str], timeout: float, holder: list[subprocess.Popen[bytes]]) -> tuple[int | None, bytes]:
+    """(exit code, output), or (None, partial output) when killed at the timeout."""
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so a timeout kills the whole tree
+        )
+    except OSError as exc:
+        return 2, f"failed to run {args[0]!r}: {exc}".encode()
+    holder.append(proc)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, _ = proc.communicate()
+        return None, out
+    return proc.returncode, out
 
 
 class CheckRunner:
@@ -290,29 +326,24 @@ class CheckRunner:
         return HEALTH_PASSING, f"gRPC check {d.grpc}: success"
 
     async def _script(self) -> tuple[str, str]:
+        """Run the script off the event loop: forking a large process from the loop stalled it for
+        milliseconds per spawn (bench/check_loop_lag.py, 200 script checks at 1s)."""
         d = self.definition
         timeout = d.timeout_s or DEFAULT_SCRIPT_TIMEOUT_S
-        proc = await asyncio.create_subprocess_exec(
-            *d.args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so a timeout kills the whole tree
-        )
+        holder: list[subprocess.Popen[bytes]] = []
+        loop = asyncio.get_running_loop()
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            await proc.wait()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            returncode, out = await loop.run_in_executor(_SCRIPT_POOL, _run_script, list(d.args), timeout, holder)
+        except asyncio.CancelledError:
+            if holder:
+                _kill_group(holder[0])  # the check was removed: take its process tree with it
+            raise
+        if returncode is None:
             return HEALTH_CRITICAL, f"Timed out ({timeout:g}s) running check"
         text = out.decode("utf-8", "replace")[:OUTPUT_LIMIT]
-        if proc.returncode == 0:
+        if returncode == 0:
             return HEALTH_PASSING, text
-        if proc.returncode == 1:
+        if returncode == 1:
             return HEALTH_WARNING, text
         return HEALTH_CRITICAL, text
 
