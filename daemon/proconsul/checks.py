@@ -245,6 +245,12 @@ class CheckRunner:
                 return HEALTH_CRITICAL, summary
         except TimeoutError:
             return HEALTH_CRITICAL, f"Get {d.http}: timeout after {timeout:g}s"
+        except aiohttp.ClientConnectorError as exc:
+            # Consul (Go's net/http) words it: Get "URL": dial tcp HOST:PORT: connect: <reason>
+            err = exc.os_error
+            reason = os.strerror(err.errno).lower() if err is not None and err.errno else str(err or exc)
+            verb = method.capitalize()
+            return HEALTH_CRITICAL, f'{verb} "{d.http}": dial tcp {exc.host}:{exc.port}: connect: {reason}'
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return HEALTH_CRITICAL, f"{method} {d.http}: {exc}"
 
