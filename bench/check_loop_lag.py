@@ -41,7 +41,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,22 +49,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Procs, cpu_seconds, free_port, python_exe, wait_http  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TICK_S = 0.010  # sampling period of both the HTTP probe and the lag monitor
-
-
-def python_exe() -> str:
-    return str(VENV_PY) if VENV_PY.exists() else sys.executable
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------ subcommand: _agent (wrapper)
@@ -248,64 +240,9 @@ def sampler_main(agent_port: int, duration_s: float, out_path: str) -> int:
 # ---------------------------------------------------------------------------- the benchmark
 
 
-class Procs:
-    """Processes this script started; `stop_all` ends each one by its pid."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        out = open(log, "wb")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        out.close()
-        self.procs.append((name, proc))
-        return proc
-
-    def stop_all(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                try:
-                    os.kill(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 15
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"# {name} (pid {proc.pid}) ignored SIGTERM; SIGKILL", file=sys.stderr)
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-        self.procs.clear()
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}; log:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                body = resp.read()
-                if resp.status == 200 and body not in (b"", b'""'):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout_s}s; log:\n{log.read_text()[-2000:]}")
-
-
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def cpu_busy() -> tuple[int, int]:
@@ -499,7 +436,7 @@ def main(argv: list[str]) -> int:
         if args.asyncio_debug:
             env["PYTHONASYNCIODEBUG"] = "1"
         agent_log = tmp / "agent.log"
-        agent = procs.start("agent", [python_exe(), __file__, "_agent", str(lag_file), *agent_args], agent_log, env)
+        agent = procs.start("agent", [python_exe(), __file__, "_agent", str(lag_file), *agent_args], agent_log, env=env)
         print(f"# target pid {target.pid} http {hport} tcp {tport}; agent pid {agent.pid} http {aport}", flush=True)
         print(f"# agent: proconsul agent {' '.join(agent_args)} (via {Path(__file__).name} _agent)", flush=True)
         wait_http(f"http://{HOST}:{hport}/stats", target, tmp / "target.log")

@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,9 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Procs, agent_command, cpu_seconds, free_port, http_put, python_exe, wait_http  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -112,83 +114,6 @@ def serve_trivial(port: int, records: int) -> int:
 # ------------------------------------------------------------------------------ processes
 
 
-def free_port() -> int:
-    """A port free for both TCP and UDP (the agent's DNS listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = int(s.getsockname()[1])
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind((HOST, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port")
-
-
-def python_exe() -> str:
-    return str(VENV_PY) if VENV_PY.exists() else sys.executable
-
-
-def agent_command(http_port: int, dns_port: int, extra: list[str]) -> list[str]:
-    args = ["-dev", f"-http-port={http_port}", f"-dns-port={dns_port}", "-node=bench", *extra]
-    if PROCONSUL.exists():
-        return [str(PROCONSUL), "agent", *args]
-    code = "import sys; from proconsul.agent import run_agent; sys.exit(run_agent(sys.argv[1:]))"
-    return [python_exe(), "-c", code, *args]
-
-
-class Procs:
-    """Processes this script started; `stop_all` ends each one by its pid."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-        out = open(log, "wb")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        out.close()
-        self.procs.append((name, proc))
-        return proc
-
-    def stop_all(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                try:
-                    os.kill(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 10
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"# {name} (pid {proc.pid}) ignored SIGTERM; SIGKILL", file=sys.stderr)
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-        self.procs.clear()
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}; log:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                body = resp.read()
-                if resp.status == 200 and body not in (b"", b'""'):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout_s}s; log:\n{log.read_text()[-2000:]}")
-
-
 def dns_query(
     port: int, edns: bool, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0
 ) -> Any:
@@ -207,18 +132,6 @@ def dns_query(
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"no DNS answer on {port} after {timeout_s}s; log:\n{log.read_text()[-2000:]}")
-
-
-def http_put(url: str, body: bytes) -> bytes:
-    req = urllib.request.Request(url, data=body, method="PUT")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return resp.read()
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` (the process, including all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def cpu_busy() -> tuple[int, int]:

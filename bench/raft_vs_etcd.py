@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kv_http import Procs, cpu_busy, cpu_seconds, machine, parse_wrk, run_wrk  # noqa: E402
+from common import Procs, cpu_seconds  # noqa: E402
+from kv_http import cpu_busy, machine, parse_wrk, run_wrk  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
