@@ -943,7 +943,7 @@ def test_top_level_help_and_unknown(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith(
         "Usage: proconsul [--version] [--help] <command> [<args>]\n\nAvailable commands are:\n"
     )
-    assert "    kv          Interact with the key-value store\n" in out
+    assert "    kv             Interact with the key-value store\n" in out
     assert "kv get" not in out
     assert run(capsys, "help")[0] == 0
     assert run(capsys, "--help")[0] == 0

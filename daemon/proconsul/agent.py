@@ -5,9 +5,10 @@ the listeners, then READY), the reaction to signals at safe points (SIGHUP reloa
 SIGINT leave/stop, a second signal exits at once), reload of the reloadable settings, and the
 agent's identity (node name, persisted node ID) as `/v1/agent/self` and `members` report it.
 
-Today the agent runs as a `-dev` server (in-memory, single voter, leader at once). Server
-clusters (Raft) and client agents (gossip) come with their issues; until then the agent refuses
-those modes with a clear message instead of running without durability.
+Three modes: `-dev` (in-memory, single voter, leader at once), servers (`-server`: Raft, see
+cluster.py) and client agents (no `-server`: local state, checks, HTTP and DNS, with every RPC
+sent to a server learned from LAN gossip, see client.py). Every agent runs the LAN gossip pool
+(membership.py).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import proconsul
 from proconsul import config as configmod
 from proconsul import logs
 from proconsul.checks import CheckManager
+from proconsul.client import RemoteServer
 from proconsul.cluster import ClusterMember
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.local import AntiEntropy, LocalCheck, LocalState
+from proconsul.membership import Membership, member_json
 from proconsul.operator import Operator
 from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.raft.single import SingleNodeLog
@@ -102,8 +105,14 @@ class Agent:
         server_addr = f"{self.address}:{cfg.ports.server}"
         self.raft: RaftServer | None = None
         self.log: Any
+        self.membership = Membership(self, self.member()["Tags"])  # LAN gossip pool
+        self.remote: RemoteServer | None = None
         if cfg.dev:
             self.log = SingleNodeLog(self.fsm, server_addr, self.node_id, self.node_name)
+        elif not cfg.server:
+            # A client agent: no Raft, no catalog; every RPC goes to a server found by gossip.
+            self.remote = RemoteServer(self.membership, cfg.datacenter)
+            self.log = self.remote.consensus
         else:
             assert cfg.data_dir, "config validation requires data_dir outside -dev"
             # Consul's timing: 1s heartbeat/election base scaled by raft_multiplier (5 unless
@@ -122,7 +131,7 @@ class Agent:
                 snapshot_interval_s=cfg.raft_snapshot_interval_s,
             )
             self.log = self.raft
-        self.server = Server(
+        self.server: Any = self.remote or Server(
             self.store,
             self.log,
             cfg.datacenter,
@@ -182,8 +191,14 @@ class Agent:
         from proconsul.http.server import HTTPServer
 
         cfg = self.config
+        try:
+            await self.membership.start()
+        except OSError as exc:
+            raise AgentError(f"Failed to start LAN gossip on port {cfg.ports.serf_lan}: {exc}") from None
         if self.cluster is not None:
             await self.cluster.start()
+        elif self.remote is not None:
+            self.remote.start()
         else:
             await reconcile_alive_server(
                 self.server, self.local.node_record(), cfg.ports.server, self.consul_service_meta()
@@ -197,7 +212,7 @@ class Agent:
         # In dev mode the first full sync runs before the listeners open, so what the config
         # file defines is in the catalog by the time a client can ask. A cluster server may
         # have no leader yet: its anti-entropy loop syncs (with back-off) once there is one.
-        if self.cluster is None:
+        if cfg.dev:
             await self.local.sync_full(self.server)
         self._tasks.append(asyncio.get_running_loop().create_task(self.anti_entropy.run(), name="anti-entropy"))
         reaper = self.local.run_reaper(
@@ -214,6 +229,8 @@ class Agent:
 
             self.dns = DNSServer(self.server, lambda: self.config)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
+        self.membership.start_retry_join(self._join_exhausted)
+        self.membership.start_reconcile(self.server, self.log.is_leader)
         if cfg.pid_file:
             write_pid_file(cfg.pid_file)
         logger.info("agent: started; node=%s datacenter=%s server=%s", self.node_name, cfg.datacenter, cfg.server)
@@ -221,6 +238,10 @@ class Agent:
         self._tasks.append(asyncio.get_running_loop().create_task(self.notifier.run(self.status_text), name="systemd"))
 
     def _serving_text(self) -> str:
+        if self.remote is not None:
+            leader = self.log.leader_address()
+            servers = len(self.membership.servers())
+            return f"serving as a client; {servers} servers known" + (f", leader {leader}" if leader else "")
         if self.cluster is None:
             return f"serving; leader of {self.config.datacenter} (dev)"
         leader = self.log.leader_address()
@@ -261,8 +282,17 @@ class Agent:
                 errors.append(f"checks[{i}]: {exc.args[0]}")
         return errors
 
+    def _join_exhausted(self) -> None:
+        self.exit_code = 1
+        self._stop.set()
+
     async def stop(self) -> None:
         self.notifier.stopping()
+        if self._leave_requested:
+            try:
+                await self.membership.leave()
+            except Exception as exc:  # never block the shutdown on the leave broadcast
+                logger.warning("agent: gossip leave failed: %s", exc)
         if self.http is not None:
             await self.http.stop()
         if self.dns is not None:
@@ -278,6 +308,9 @@ class Agent:
         self.watches.stop()
         if self.cluster is not None:
             await self.cluster.stop()
+        await self.membership.stop()
+        if self.remote is not None:
+            await self.remote.stop()
         await self.checks.close()
         if self.config.pid_file:
             remove_pid_file(self.config.pid_file)
@@ -440,11 +473,11 @@ class Agent:
         }
 
     def members(self, wan: bool = False) -> list[dict[str, Any]]:
-        # A dev agent's gossip pools hold only itself; the gossip issue replaces this.
         me = self.member()
         if wan:
-            me = dict(me, Name=f"{self.node_name}.{self.config.datacenter}", Port=self.config.ports.serf_wan)
-        return [me]
+            # The WAN pool is not gossiped yet: servers list only themselves.
+            return [dict(me, Name=f"{self.node_name}.{self.config.datacenter}", Port=self.config.ports.serf_wan)]
+        return [member_json(rec) for rec in self.membership.members()] or [me]
 
     def version_info(self) -> dict[str, Any]:
         return {
@@ -480,7 +513,7 @@ class Agent:
                 "version": f"python{platform.python_version()}",
                 "cpu_count": str(os.cpu_count() or 1),
             },
-            "serf_lan": {"members": "1", "failed": "0", "left": "0"},
+            "serf_lan": self.membership.counts(),
             "serf_wan": {"members": "1", "failed": "0", "left": "0"},
         }
 
@@ -609,14 +642,6 @@ def run_agent(argv: list[str]) -> int:
         logger.warning("%s", warning)
     for warning in result.warnings:
         logger.warning("config: %s", warning)
-    if not cfg.dev and not cfg.server:
-        # Without gossip a client agent cannot find servers; refuse rather than run half-blind.
-        print(
-            "==> Error starting agent: client agents (no -server) arrive with gossip; "
-            "run servers (-server) or -dev in this build",
-            file=sys.stderr,
-        )
-        return 1
     try:
         import uvloop  # type: ignore[import-not-found]
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import urllib.parse
 from typing import Any
 
 import proconsul
@@ -394,12 +395,86 @@ Usage: proconsul keygen
         return 0
 
 
+class JoinCommand(Command):
+    name = "join"
+    synopsis = "Tell Consul agent to join cluster"
+    http = HTTP_CLIENT
+    usage = """
+Usage: proconsul join [options] address ...
+
+  Tells a running Consul agent (with "proconsul agent") to join the cluster
+  by specifying at least one existing member.
+"""
+
+    def define(self, spec: FlagSpec) -> None:
+        spec.bool("wan", "Joins a server to another server in the WAN pool.")
+
+    def run(self, ctx: Context) -> int:
+        addrs = list(ctx.args)
+        if not addrs:
+            ctx.ui.error("At least one address to join must be specified.")
+            ctx.ui.output(self.help())
+            return 1
+        client = ctx.connect()
+        if client is None:
+            return 1
+        params = [("wan", "1")] if ctx.opts["wan"] else []
+        joined = 0
+        for addr in addrs:
+            try:
+                client.put(f"/v1/agent/join/{urllib.parse.quote(addr, safe='')}", params)
+                joined += 1
+            except APIError as exc:
+                ctx.ui.error(f"Error joining address '{addr}': {exc}")
+        if joined == 0:
+            ctx.ui.error("Failed to join any nodes.")
+            return 1
+        ctx.ui.output(f"Successfully joined cluster by contacting {joined} nodes.")
+        return 0
+
+
+class ForceLeaveCommand(Command):
+    name = "force-leave"
+    synopsis = "Forces a member of the cluster to enter the \"left\" state"
+    http = HTTP_CLIENT
+    usage = """
+Usage: proconsul force-leave [options] name
+
+  Forces a member of a Consul cluster to enter the "left" state. Note
+  that if the member is still actually alive, it will eventually rejoin
+  the cluster.
+"""
+
+    def define(self, spec: FlagSpec) -> None:
+        spec.bool("prune", "Remove agent forcibly from list of members")
+        spec.bool("wan", "Exclusively leave the agent from the WAN serf pool.")
+
+    def run(self, ctx: Context) -> int:
+        if len(ctx.args) != 1:
+            ctx.ui.error("A single node name must be specified to force leave.")
+            ctx.ui.output(self.help())
+            return 1
+        client = ctx.connect()
+        if client is None:
+            return 1
+        params = [("prune", "1")] if ctx.opts["prune"] else []
+        node = ctx.args[0]
+        try:
+            client.put(f"/v1/agent/force-leave/{urllib.parse.quote(node, safe='')}", params)
+        except APIError as exc:
+            ctx.ui.error(f"Error force leaving: {exc}")
+            return 1
+        return 0
+
+
 COMMANDS: list[type[Command]] = [
     AgentCommand,
     MembersCommand,
     InfoCommand,
     ReloadCommand,
     LeaveCommand,
+    JoinCommand,
+    ForceLeaveCommand,
     ValidateCommand,
     VersionCommand,
     KeygenCommand,

@@ -14,7 +14,7 @@ import logging
 from proconsul.rpc import Server
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance, Session
-from proconsul.structs import HEALTH_PASSING, SERF_CHECK_ID, SERF_CHECK_NAME
+from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, SERF_CHECK_ID, SERF_CHECK_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +96,54 @@ class SessionTimers:
         self._timers.clear()
         for task in self._tasks:
             task.cancel()
+
+
+# --- gossip membership -> catalog (Consul's leader reconcile) --------------------------------
+
+SERF_ALIVE_OUTPUT = "Agent alive and reachable"
+SERF_FAILED_OUTPUT = "Agent not live or unreachable"
+
+
+async def reconcile_member(server: Server, name: str, addr: str, tags: dict[str, str], status: int,
+                           self_name: str) -> bool:
+    """Bring one gossip member's catalog state in line with its status; True if it wrote.
+
+    alive (1) -> node registered with ``serfHealth`` passing (servers also get the ``consul``
+    service); failed (4) -> ``serfHealth`` critical; left (3) -> the node is deregistered
+    (never ourselves). Members of other datacenters or with other roles are ignored. Writes
+    only when something differs, so it is cheap to run over every member on every pass.
+    """
+    from proconsul.membership import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT
+
+    store = server.store
+    if tags.get("dc") != server.datacenter or tags.get("role") not in ("consul", "node"):
+        return False
+    existing = store.nodes.get(name)
+    serf = store.checks.get(name, {}).get(SERF_CHECK_ID)
+    if status == STATUS_LEFT:
+        if name == self_name or existing is None:
+            return False
+        await server.write(commands.Deregister(name))
+        logger.info("leader: member %s left, deregistered", name)
+        return True
+    if status == STATUS_ALIVE:
+        wanted, output = HEALTH_PASSING, SERF_ALIVE_OUTPUT
+    elif status == STATUS_FAILED:
+        wanted, output = HEALTH_CRITICAL, SERF_FAILED_OUTPUT
+    else:
+        return False
+    is_server = tags.get("role") == "consul"
+    has_consul = CONSUL_SERVICE in store.services.get(name, {})
+    if existing is not None and serf is not None and serf.status == wanted and (not is_server or has_consul):
+        return False
+    node = Node(node=name, id=tags.get("id", ""), address=addr, datacenter=server.datacenter)
+    service = None
+    if is_server and not has_consul and wanted == HEALTH_PASSING:
+        service = ServiceInstance(node=name, id=CONSUL_SERVICE, service=CONSUL_SERVICE, address="",
+                                  port=int(tags.get("port", "8300") or 8300))
+    check = HealthCheck(node=name, check_id=SERF_CHECK_ID, name=SERF_CHECK_NAME, status=wanted, output=output)
+    await server.write(commands.Register(node=node, service=service, checks=(check,),
+                                         skip_node_update=existing is not None))
+    logger.info("leader: member %s is %s; serfHealth %s", name, "alive" if wanted == HEALTH_PASSING else "failed",
+                wanted)
+    return True

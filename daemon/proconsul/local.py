@@ -28,6 +28,7 @@ from proconsul.config import format_duration
 from proconsul.rpc import QueryOptions, RPCError, Server
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
+from proconsul.state.store import StoreError
 from proconsul.structs import (
     HEALTH_CRITICAL,
     SERF_CHECK_ID,
@@ -514,6 +515,10 @@ class AntiEntropy:
         next_full = 0.0
         loop = asyncio.get_running_loop()
         while True:
+            # Cleared before syncing, never after: a change made while a sync is in flight must
+            # leave the trigger set so the loop goes round again (a lost wake-up otherwise delays
+            # it to the next full sync).
+            self._trigger.clear()
             try:
                 if loop.time() >= next_full:
                     await self.local.sync_full(self.server)
@@ -524,17 +529,18 @@ class AntiEntropy:
                 else:
                     await self.local.sync_changes(self.server)
                 backoff = 0.5
-            except RPCError as exc:
-                logger.warning("anti-entropy: sync failed, retrying in %.1fs: %s", backoff, exc)
+            except Exception as exc:  # the loop must outlive any one failure
+                if isinstance(exc, (RPCError, StoreError)):
+                    logger.warning("anti-entropy: sync failed, retrying in %.1fs: %s", backoff, exc)
+                else:
+                    logger.exception("anti-entropy: unexpected error, retrying in %.1fs", backoff)
                 # A trigger (a local change, or a leader becoming known) cuts the wait short.
-                self._trigger.clear()
                 try:
                     await asyncio.wait_for(self._trigger.wait(), backoff)
                 except TimeoutError:
                     pass
                 backoff = min(backoff * 2, 5.0)
                 continue
-            self._trigger.clear()
             try:
                 await asyncio.wait_for(self._trigger.wait(), max(0.0, next_full - loop.time()))
             except TimeoutError:

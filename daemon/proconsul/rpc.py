@@ -306,6 +306,18 @@ class Server:
                 raise NotLeader(self.consensus.leader_address())
             meta, result = await self.query(body["name"], body["args"], opts)
             return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+        if method == "Client.Query":
+            # From a client agent: answered here or forwarded to the leader (Server.query).
+            min_index, max_wait_s, stale, consistent = body["opts"]
+            meta, result = await self.query(body["name"], body["args"],
+                                            QueryOptions(min_index, max_wait_s, stale, consistent))
+            return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+        if method == "Client.Write":
+            # From a client agent: proposed here or forwarded once to the leader (Server.write).
+            wmeta, result = await self.write(commands.decode(body))
+            return {"index": wmeta.index, "result": encode_result(result)}
+        if method == "Status.Leader":
+            return {"leader": self.consensus.leader_address(), "voters": [list(v) for v in self.consensus.voters()]}
         if method == "Raft.Join":
             if not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())

@@ -347,7 +347,8 @@ def test_registrations_and_maintenance_survive_a_server_restart(tmp_path: Path) 
         put(a, "/v1/agent/service/register", {"Name": "kept", "Port": 81, "Check": {"TTL": "600s"}})
         put(a, "/v1/agent/service/maintenance/kept?enable=true&reason=patching")
         put(a, "/v1/agent/maintenance?enable=true&reason=rack%20move")
-        wait_for(lambda: catalog_check(a, "_node_maintenance") is not None, what="node maintenance synced")
+        wait_for(lambda: catalog_check(a, "_node_maintenance") is not None,
+                 what=lambda: f"node maintenance synced\n{a.log()}")
     finally:
         assert a.stop() == 0
     a = start()

@@ -513,6 +513,18 @@ class GossipCore:
             return False
         return now >= self._leave_deadline or not self._queue.pending(self._leave_handle)
 
+    def force_leave(self, name: str, now: float) -> Output:
+        """Consul's force-leave: a failed (or suspect) member is marked left and the leave is
+        gossiped for it, so every member stops waiting for it to come back. An alive member is
+        left alone (it would refute at once)."""
+        node = self._members.get(name)
+        if node is not None and name != self.name and node.state in (MemberState.DEAD, MemberState.SUSPECT):
+            self._suspicions.pop(name, None)
+            if node.state == MemberState.SUSPECT:
+                node.state = MemberState.DEAD
+            self._on_dead(Dead(node.incarnation, name, name), now)
+        return self._drain()
+
     def send_user_event(self, name: str, payload: bytes, now: float) -> Output:
         """Broadcast a user event stamped with our Lamport time; it is delivered to us too.
 

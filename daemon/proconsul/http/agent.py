@@ -301,6 +301,25 @@ async def leave(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def join(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    address = request.match_info["address"]
+    if flag(request, "wan"):
+        raise HTTPError(500, "WAN gossip is not supported by this build")
+    n = await agent.membership.join([address])
+    if n == 0:
+        raise HTTPError(500, f"1 error occurred:\n\t* Failed to join {address}: no reply from its gossip port\n\n")
+    return web.Response(status=200)
+
+
+async def force_leave(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    node = request.match_info["node"]
+    if not agent.membership.force_leave(node, prune=flag(request, "prune")):
+        raise HTTPError(500, f"agent: No node found with name '{node}'")
+    return web.Response(status=200)
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/v1/agent/self", self_info),
@@ -324,4 +343,6 @@ def routes() -> list[web.RouteDef]:
         web.put("/v1/agent/token/{kind}", set_token),
         web.put("/v1/agent/reload", reload),
         web.put("/v1/agent/leave", leave),
+        web.put("/v1/agent/join/{address}", join),
+        web.put("/v1/agent/force-leave/{node}", force_leave),
     ]

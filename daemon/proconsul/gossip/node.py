@@ -1,0 +1,320 @@
+"""The asyncio driver of one gossip pool: sockets, streams and the timer around ``GossipCore``.
+
+Owns the only I/O of gossip: a UDP socket and a TCP listener on the same ``(host, port)``
+(Consul's ``ports.serf_lan`` 8301 / ``serf_wan`` 8302), the outgoing TCP streams the core asks
+for (push-pull and fallback pings), and one timer armed for ``core.next_deadline()``.
+
+Streams carry exactly one request frame and one reply frame, each a 4-byte big-endian length
+followed by the (possibly encrypted) message. With a keyring, every datagram and frame is
+AES-GCM encrypted (``gossip/keyring.py``); anything that does not decrypt is logged and dropped,
+never fatal.
+
+Events from the core are handed, in order, to ``on_event``, synchronously, on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from proconsul.gossip.config import GossipConfig
+from proconsul.gossip.core import Address, Event, GossipCore, Member, Output, StreamRequest
+from proconsul.gossip.keyring import DecryptError, Keyring
+
+logger = logging.getLogger(__name__)
+
+_LEN = struct.Struct(">I")
+# A push-pull of 10,000 members with tags is a few MB; refuse anything far above that.
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def parse_address(text: str, default_port: int) -> Address:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` as a (host, port) pair."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port)
+    return text, default_port
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, node: GossipNode) -> None:
+        self.node = node
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.node._on_datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("gossip: udp error: %s", exc)
+
+
+class GossipNode:
+    """One member of one pool, running on the current event loop.
+
+    Args:
+        name: node name (unique in the pool).
+        bind: (host, port) to listen on, UDP and TCP.
+        advertise: (host, port) others reach us on; defaults to ``bind`` (with port 0 resolved).
+        config: the pool's timing profile.
+        tags: our member tags.
+        on_event: called with every core event (joins, failures, user events, conflicts).
+        keyring: encrypt everything with it (None: plaintext).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        bind: Address,
+        config: GossipConfig,
+        tags: Mapping[str, str] | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        advertise: Address | None = None,
+        keyring: Keyring | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.bind = bind
+        self.advertise = advertise
+        self.config = config
+        self.tags = dict(tags or {})
+        self.on_event = on_event
+        self.keyring = keyring
+        self.rng = rng or random.Random()
+        self.core: GossipCore | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.base_events.Server | None = None
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._stream_waiters: dict[int, asyncio.Future[bool]] = {}
+        self._closed = False
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    @property
+    def address(self) -> Address:
+        assert self.core is not None
+        return self.core.addr
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.bind
+        self._tcp = await asyncio.start_server(self._serve_stream, host, port, reuse_address=True)
+        if port == 0:
+            port = self._tcp.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), local_addr=(host, port))
+        self._udp = transport
+        adv = self.advertise or (host, port)
+        if adv[1] == 0:
+            adv = (adv[0], port)
+        if adv[0] in ("0.0.0.0", "::", ""):
+            adv = ("127.0.0.1", adv[1])
+        self.core = GossipCore(self.name, adv, self.config, self.rng, loop.time(), tags=self.tags, logger=logger)
+        # The core's first output carries our own JOIN event and alive broadcast.
+        self._apply(self.core.tick(loop.time()))
+        self._timer = loop.create_task(self._timer_loop(), name=f"gossip-timer-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop at once (no leave): sockets closed, tasks cancelled."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in [self._timer, *self._tasks]:
+            if task is None:
+                continue
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+
+    # --- public operations -------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        return self.core.members() if self.core is not None else []
+
+    async def join(self, addrs: Iterable[str | Address], default_port: int | None = None) -> int:
+        """Push-pull with every address; returns how many answered (Consul's join count)."""
+        assert self.core is not None
+        port = default_port or self.bind[1]
+        targets = [a if isinstance(a, tuple) else parse_address(a, port) for a in addrs]
+        resolved: list[Address] = []
+        for host, p in targets:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, p, type=2)  # SOCK_DGRAM
+                resolved.append((infos[0][4][0], p))
+            except OSError as exc:
+                logger.warning("gossip: cannot resolve %s: %s", host, exc)
+        if not resolved:
+            return 0
+        loop = asyncio.get_running_loop()
+        out = self.core.join(resolved, loop.time())
+        waiters = []
+        for req in out.streams:
+            fut: asyncio.Future[bool] = loop.create_future()
+            self._stream_waiters[req.id] = fut
+            waiters.append(fut)
+        self._apply(out)
+        results = await asyncio.gather(*waiters)
+        return sum(1 for ok in results if ok)
+
+    async def leave(self, timeout_s: float | None = None) -> None:
+        """Broadcast our leave and wait (bounded) until it was gossiped enough."""
+        assert self.core is not None
+        loop = asyncio.get_running_loop()
+        self._apply(self.core.leave(loop.time()))
+        deadline = loop.time() + (timeout_s if timeout_s is not None else self.config.leave_timeout_s)
+        while not self.core.leave_propagated(loop.time()) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    def update_tags(self, tags: Mapping[str, str]) -> None:
+        assert self.core is not None
+        self.tags = dict(tags)
+        self._apply(self.core.update_tags(tags, asyncio.get_running_loop().time()))
+
+    def send_user_event(self, name: str, payload: bytes) -> None:
+        assert self.core is not None
+        self._apply(self.core.send_user_event(name, payload, asyncio.get_running_loop().time()))
+
+    def force_leave(self, name: str) -> bool:
+        """Mark a failed member as left (Consul's force-leave); False if unknown."""
+        assert self.core is not None
+        out = self.core.force_leave(name, asyncio.get_running_loop().time())
+        self._apply(out)
+        return self.core.member(name) is not None
+
+    # --- core plumbing -----------------------------------------------------------------------
+
+    def _apply(self, out: Output) -> None:
+        if self._closed:
+            return
+        for pkt in out.packets:
+            self._send_packet(pkt.addr, pkt.data)
+        for req in out.streams:
+            self._spawn(self._run_stream(req), f"gossip-stream-{req.id}")
+        for event in out.events:
+            if self.on_event is not None:
+                try:
+                    self.on_event(event)
+                except Exception:
+                    logger.exception("gossip: event handler failed for %r", event)
+        self._wake.set()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _send_packet(self, addr: Address, data: bytes) -> None:
+        if self._udp is None:
+            return
+        if self.keyring is not None:
+            data = self.keyring.encrypt(data)
+        try:
+            self._udp.sendto(data, addr)
+        except OSError as exc:
+            logger.debug("gossip: send to %s:%d failed: %s", addr[0], addr[1], exc)
+
+    def _open(self, data: bytes, src: Address, what: str) -> bytes | None:
+        if self.keyring is None:
+            return data
+        try:
+            return self.keyring.decrypt(data)
+        except DecryptError as exc:
+            logger.warning("gossip: dropping %s from %s:%d: %s", what, src[0], src[1], exc)
+            return None
+
+    def _on_datagram(self, data: bytes, src: Address) -> None:
+        if self.core is None or self._closed:
+            return
+        plain = self._open(data, src, "packet")
+        if plain is None:
+            return
+        self._apply(self.core.handle_packet(plain, src, asyncio.get_running_loop().time()))
+
+    async def _timer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.core is not None
+        while True:
+            self._wake.clear()
+            delay = self.core.next_deadline() - loop.time()
+            if delay > 0:
+                try:
+                    async with asyncio.timeout(min(delay, 5.0)):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                continue
+            now = loop.time()
+            self._apply(self.core.tick(now))
+            if self.core.next_deadline() <= now:
+                # Something stays due that tick does not clear (a passed leave deadline): do not
+                # spin the loop on it.
+                await asyncio.sleep(0.01)
+
+    # --- streams -----------------------------------------------------------------------------
+
+    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
+        (size,) = _LEN.unpack(await reader.readexactly(4))
+        if size > MAX_FRAME:
+            raise ConnectionError(f"frame of {size} bytes is too large")
+        return await reader.readexactly(size)
+
+    def _frame(self, data: bytes) -> bytes:
+        if self.keyring is not None:
+            data = self.keyring.encrypt(data)
+        return _LEN.pack(len(data)) + data
+
+    async def _run_stream(self, req: StreamRequest) -> None:
+        loop = asyncio.get_running_loop()
+        reply: bytes | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout_at(req.deadline):
+                reader, writer = await asyncio.open_connection(req.addr[0], req.addr[1])
+                writer.write(self._frame(req.data))
+                await writer.drain()
+                reply = self._open(await self._read_frame(reader), req.addr, "stream reply")
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            logger.debug("gossip: %s stream to %s:%d failed: %s", req.kind.value, *req.addr, exc)
+        finally:
+            if writer is not None:
+                writer.close()
+        waiter = self._stream_waiters.pop(req.id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reply is not None)
+        if self.core is not None:
+            self._apply(self.core.handle_stream_result(req.id, reply, loop.time()))
+
+    async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        src: Address = (peer[0], peer[1])
+        try:
+            async with asyncio.timeout(self.config.tcp_timeout_s):
+                data = self._open(await self._read_frame(reader), src, "stream")
+                if data is None or self.core is None:
+                    return
+                out = self.core.handle_stream(data, src, asyncio.get_running_loop().time())
+                reply = out.reply
+                self._apply(out)
+                if reply is not None:
+                    writer.write(self._frame(reply))
+                    await writer.drain()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            logger.debug("gossip: inbound stream from %s:%d failed: %s", src[0], src[1], exc)
+        finally:
+            writer.close()

@@ -1,0 +1,261 @@
+"""The agent's LAN gossip membership: the serf layer between the gossip driver and the agent.
+
+Owns:
+- the LAN ``GossipNode`` of every agent (tags: role, dc, id, build, vsn, and port for servers),
+  encrypted when ``encrypt`` or a persisted keyring says so;
+- the member table as ``/v1/agent/members`` reports it (serf keeps failed members until
+  ``reconnect_timeout`` and left ones for a day; memberlist forgets them after 30 s, so this
+  table outlives the core's);
+- ``-join``/``-retry-join`` (``retry_interval``, ``retry_max``: exhausted means exit 1);
+- ``leave`` and ``force-leave``;
+- the leader's reconcile of gossip members into the catalog (``serfHealth``), see
+  :func:`proconsul.leader.reconcile_member`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proconsul.gossip.config import GossipConfig
+from proconsul.gossip.core import Event, Member, MemberEvent, MemberEventKind, MemberState, NameConflict
+from proconsul.gossip.keyring import setup_keyring
+from proconsul.gossip.node import GossipNode
+
+logger = logging.getLogger(__name__)
+
+# Serf member status numbers (serf.MemberStatus), as /v1/agent/members reports them.
+STATUS_NONE, STATUS_ALIVE, STATUS_LEAVING, STATUS_LEFT, STATUS_FAILED = 0, 1, 2, 3, 4
+# Serf's TombstoneTimeout: how long a left member stays listed.
+TOMBSTONE_TIMEOUT_S = 24 * 3600.0
+# How often the leader re-runs the full reconcile even without gossip events (Consul: 60 s).
+RECONCILE_INTERVAL_S = 60.0
+
+
+@dataclass
+class MemberRecord:
+    member: Member
+    status: int
+    since: float  # wall clock of the last status change
+
+
+def _status(state: MemberState) -> int:
+    if state in (MemberState.ALIVE, MemberState.SUSPECT):
+        return STATUS_ALIVE
+    if state == MemberState.LEFT:
+        return STATUS_LEFT
+    return STATUS_FAILED
+
+
+class Membership:
+    """One agent's LAN pool membership."""
+
+    def __init__(self, agent: Any, tags: dict[str, str]) -> None:
+        self.agent = agent
+        cfg = agent.config
+        self.config = cfg
+        bind_host = cfg.serf_lan or cfg.bind_addr
+        self.keyring = setup_keyring(cfg.encrypt, cfg.data_dir)
+        self.gossip_config = GossipConfig.local() if cfg.dev else GossipConfig.lan()
+        self.node = GossipNode(
+            agent.node_name,
+            (bind_host, cfg.ports.serf_lan),
+            self.gossip_config,
+            tags=tags,
+            on_event=self._on_event,
+            advertise=(agent.address, cfg.ports.serf_lan),
+            keyring=self.keyring,
+        )
+        self.records: dict[str, MemberRecord] = {}
+        self.changed = asyncio.Event()
+        # Called with each member event (the leader's reconcile and client server lists).
+        self.listeners: list[Callable[[MemberRecord], None]] = []
+        self.leaving = False
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.node.start()
+        except OSError as exc:
+            if not (self.config.dev and exc.errno == errno.EADDRINUSE):
+                raise
+            # Dev agents are throwaway: another one already holds 8301 on this host.
+            logger.warning("gossip: port %d in use, dev agent gossips on a random port", self.config.ports.serf_lan)
+            self.node.bind = (self.node.bind[0], 0)
+            self.node.advertise = (self.agent.address, 0)
+            await self.node.start()
+        logger.info("gossip: LAN pool on %s:%d", *self.node.address)
+
+    def start_retry_join(self, on_exhausted: Callable[[], None]) -> None:
+        addrs = list(dict.fromkeys([*self.config.start_join, *self.config.retry_join]))
+        if addrs:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._retry_join(addrs, on_exhausted)))
+
+    async def _retry_join(self, addrs: list[str], on_exhausted: Callable[[], None]) -> None:
+        cfg = self.config
+        attempt = 0
+        while True:
+            attempt += 1
+            n = await self.join(addrs)
+            if n > 0:
+                logger.info("agent: join LAN completed; synced with %d initial agents", n)
+                return
+            if cfg.retry_max and attempt >= cfg.retry_max:
+                logger.error("agent: max join LAN retry exhausted, exiting")
+                on_exhausted()
+                return
+            logger.warning("agent: join LAN failed, retrying in %gs (attempt %d)", cfg.retry_interval_s, attempt)
+            await asyncio.sleep(cfg.retry_interval_s)
+
+    async def join(self, addrs: list[str]) -> int:
+        targets = [a for a in addrs if not a.startswith("provider=")]
+        return await self.node.join(targets, self.config.ports.serf_lan)
+
+    async def leave(self) -> None:
+        self.leaving = True
+        me = self.records.get(self.agent.node_name)
+        if me is not None:
+            me.status = STATUS_LEAVING
+        await self.node.leave()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.node.stop()
+
+    def force_leave(self, name: str, prune: bool = False) -> bool:
+        known = self.node.force_leave(name)
+        rec = self.records.get(name)
+        if rec is not None and rec.status == STATUS_FAILED:
+            rec.status = STATUS_LEFT
+            rec.since = time.time()
+            self._notify(rec)
+        if prune and rec is not None and rec.status == STATUS_LEFT:
+            del self.records[name]
+        return known or rec is not None
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, NameConflict):
+            if event.name == self.agent.node_name:
+                logger.error("agent: node name %s is in use by another agent at %s:%d; choose a unique -node",
+                             event.name, *event.theirs)
+            return
+        if not isinstance(event, MemberEvent):
+            return
+        m = event.member
+        if event.kind is MemberEventKind.REAP:
+            return  # serf keeps the member listed (failed until reconnect_timeout, left for a day)
+        status = _status(m.state)
+        if m.name == self.agent.node_name and self.leaving and status == STATUS_LEFT:
+            status = STATUS_LEFT
+        rec = self.records.get(m.name)
+        if rec is None or rec.status != status:
+            rec = MemberRecord(m, status, time.time())
+            self.records[m.name] = rec
+        else:
+            rec.member = m
+        if event.kind in (MemberEventKind.FAIL, MemberEventKind.LEAVE, MemberEventKind.JOIN):
+            logger.info("gossip: member %s %s", m.name, {1: "joined", 3: "left", 4: "failed"}.get(status, "changed"))
+        self._notify(rec)
+
+    def _notify(self, rec: MemberRecord) -> None:
+        self.changed.set()
+        for listener in self.listeners:
+            try:
+                listener(rec)
+            except Exception:
+                logger.exception("gossip: member listener failed")
+
+    def expire(self) -> list[MemberRecord]:
+        """Forget failed members past reconnect_timeout and left ones past the tombstone time."""
+        now = time.time()
+        gone = []
+        for name, rec in list(self.records.items()):
+            limit = self.config.reconnect_timeout_s if rec.status == STATUS_FAILED else TOMBSTONE_TIMEOUT_S
+            if rec.status in (STATUS_FAILED, STATUS_LEFT) and now - rec.since > limit:
+                del self.records[name]
+                gone.append(rec)
+        return gone
+
+    def start_reconcile(self, server: Any, is_leader: Callable[[], bool]) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._reconcile_loop(server, is_leader)))
+
+    async def _reconcile_loop(self, server: Any, is_leader: Callable[[], bool]) -> None:
+        """Leader only: every member event (and at least every few seconds, so a new leader
+        catches up at once) turns gossip membership into catalog state."""
+        from proconsul.leader import reconcile_member
+
+        while True:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.changed.wait()
+            except TimeoutError:
+                pass
+            self.changed.clear()
+            if not is_leader():
+                continue
+            for rec in self.expire():
+                rec.status = STATUS_LEFT  # reaped: deregister as a left member would be
+                await self._reconcile_one(server, reconcile_member, rec)
+            for rec in self.members():
+                await self._reconcile_one(server, reconcile_member, rec)
+
+    async def _reconcile_one(self, server: Any, fn: Any, rec: MemberRecord) -> None:
+        m = rec.member
+        try:
+            await fn(server, m.name, m.addr[0], dict(m.tags), rec.status, self.agent.node_name)
+        except Exception as exc:  # no leader, lost leadership: the next pass retries
+            logger.debug("leader: reconcile of %s failed: %s", m.name, exc)
+
+    # --- views -------------------------------------------------------------------------------
+
+    def members(self) -> list[MemberRecord]:
+        return [self.records[n] for n in sorted(self.records)]
+
+    def counts(self) -> dict[str, str]:
+        recs = list(self.records.values())
+        return {
+            "members": str(sum(1 for r in recs if r.status in (STATUS_ALIVE, STATUS_LEAVING))),
+            "failed": str(sum(1 for r in recs if r.status == STATUS_FAILED)),
+            "left": str(sum(1 for r in recs if r.status == STATUS_LEFT)),
+        }
+
+    def servers(self) -> list[tuple[str, str]]:
+        """Alive servers of our datacenter as (name, "host:port") for RPC, sorted by name."""
+        out = []
+        for rec in self.members():
+            tags = rec.member.tags
+            if rec.status == STATUS_ALIVE and tags.get("role") == "consul" and tags.get("dc") == self.config.datacenter:
+                out.append((rec.member.name, f"{rec.member.addr[0]}:{tags.get('port', '8300')}"))
+        return out
+
+
+def member_json(rec: MemberRecord) -> dict[str, Any]:
+    m = rec.member
+    return {
+        "Name": m.name,
+        "Addr": m.addr[0],
+        "Port": m.addr[1],
+        "Tags": dict(m.tags),
+        "Status": rec.status,
+        "ProtocolMin": 1,
+        "ProtocolMax": 5,
+        "ProtocolCur": 2,
+        "DelegateMin": 2,
+        "DelegateMax": 5,
+        "DelegateCur": 4,
+    }
