@@ -15,8 +15,8 @@ from pathlib import Path
 
 import consul
 import pytest
-from cluster_helpers import Cluster
-from helpers import AgentProcess, wait_for
+from cluster_helpers import Cluster, get, put
+from helpers import wait_for
 
 
 @pytest.fixture()
@@ -27,22 +27,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
-
-
-def put(agent: AgentProcess, key: str, value: str) -> bool:
-    status, _, body = agent.http("PUT", f"/v1/kv/{key}", value.encode())
-    assert status == 200, body
-    return json.loads(body) is True
-
-
-def get(agent: AgentProcess, key: str, query: str = "") -> str | None:
-    status, _, body = agent.http("GET", f"/v1/kv/{key}{query}")
-    if status == 404:
-        return None
-    assert status == 200, body
-    import base64
-
-    return base64.b64decode(json.loads(body)[0]["Value"]).decode()
 
 
 def test_bootstrap_forwarding_and_consistency_modes(cluster: Cluster) -> None:
