@@ -50,13 +50,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Procs, cpu_seconds, free_port, python_exe, wait_http  # noqa: E402
+from common import (  # noqa: E402
+    HOST,
+    Procs,
+    cpu_seconds,
+    free_port,
+    python_exe,
+    wait_http,
+)
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TICK_S = 0.010  # sampling period of both the HTTP probe and the lag monitor
 
 

@@ -43,14 +43,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Procs, agent_command, cpu_seconds, free_port, http_put, python_exe, wait_http  # noqa: E402
+from common import (  # noqa: E402
+    HOST,
+    Procs,
+    agent_command,
+    cpu_seconds,
+    free_port,
+    http_put,
+    python_exe,
+    wait_http,
+)
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-PROCONSUL = ROOT / ".venv" / "bin" / "proconsul"
-HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 QNAME = "web.service.consul"
 
 
