@@ -41,6 +41,7 @@ from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
 from proconsul.structs import DecodeError, decode_check, decode_service
 from proconsul.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
+from proconsul.transport import set_dial_overrides
 from proconsul.watch import WatchManager, start_agent_watches
 
 logger = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class Agent:
         from proconsul.http.server import HTTPServer
 
         cfg = self.config
+        set_dial_overrides(cfg.dial_overrides)
         try:
             await self.membership.start()
         except OSError as exc:

@@ -405,6 +405,9 @@ class RuntimeConfig:
     ae_interval_s: float = 60.0  # seconds; 1m; anti-entropy full-sync base interval, scaled by cluster size
     check_reap_interval_s: float = 30.0  # seconds; 30s; how often deregister_critical_service_after is enforced
     check_deregister_interval_min_s: float = 60.0  # seconds; 1m; floor for deregister_critical_service_after
+    # Test-only (not Consul): "host:port" -> "host:port" redirections for outbound server RPC and Raft
+    # connections, so the simulation harness can route every directed link through its own proxy.
+    dial_overrides: dict[str, str] = field(default_factory=dict)  # address -> address; {}
     # Subsystems
     performance: Performance = Performance()
     limits: Limits = Limits()
@@ -621,6 +624,7 @@ SCHEMA: dict[str, Any] = {
     "ae_interval": DUR,
     "check_reap_interval": DUR,
     "check_deregister_interval_min": DUR,
+    "dial_overrides": STRMAP,
     "performance": {"raft_multiplier": INT, "leave_drain_time": DUR, "rpc_hold_timeout": DUR},
     "limits": {
         "http_max_conns_per_client": INT,

@@ -28,6 +28,21 @@ from proconsul.wire import (
 
 logger = logging.getLogger(__name__)
 
+# Outbound address redirections (config `dial_overrides`, test-only): the simulation harness puts
+# a proxy on every directed server link, and a node dials the proxy in place of its peer.
+_dial_overrides: dict[str, str] = {}
+
+
+def set_dial_overrides(overrides: dict[str, str]) -> None:
+    _dial_overrides.clear()
+    _dial_overrides.update(overrides)
+
+
+def dial_target(address: str) -> tuple[str, int]:
+    """The (host, port) to connect to for `address`, after any configured redirection."""
+    host, _, port = _dial_overrides.get(address, address).rpartition(":")
+    return host.strip("[]"), int(port)
+
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
 _READ_CHUNK = 64 * 1024
@@ -181,9 +196,9 @@ class ConnectionPool:
             conn = self._conns.get(address)
             if conn is not None and not conn.closed:
                 return conn
-            host, _, port = address.rpartition(":")
+            host, port = dial_target(address)
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host.strip("[]"), int(port)), self.connect_timeout_s
+                asyncio.open_connection(host, port), self.connect_timeout_s
             )
             writer.write(bytes([ConnType.RPC]))
             conn = _Connection(reader, writer)

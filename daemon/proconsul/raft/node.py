@@ -49,6 +49,7 @@ from proconsul.rpc import NoLeader, RPCError, UnknownOutcome
 from proconsul.rpc import NotLeader as RPCNotLeader
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
+from proconsul.transport import dial_target
 from proconsul.wire import ConnType, FrameDecoder, encode_frame
 
 logger = logging.getLogger(__name__)
@@ -198,8 +199,8 @@ class _PeerLink:
                 self._drain()
                 continue
             try:
-                host, _, port = addr.rpartition(":")
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+                host, port = dial_target(addr)
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
             except (TimeoutError, OSError):
                 self._drain()
                 await asyncio.sleep(backoff)
