@@ -56,6 +56,7 @@ class ClusterMember:
         self.pool = ConnectionPool()
         server.pool = self.pool
         server.rpc_hold_timeout_s = cfg.performance.rpc_hold_timeout_s
+        server.unsafe_follower_local_reads = cfg.unsafe_follower_local_reads
         server.identity = {
             "id": agent.node_id,
             "name": agent.node_name,

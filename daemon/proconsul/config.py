@@ -408,6 +408,10 @@ class RuntimeConfig:
     # Test-only (not Consul): "host:port" -> "host:port" redirections for outbound server RPC and Raft
     # connections, so the simulation harness can route every directed link through its own proxy.
     dial_overrides: dict[str, str] = field(default_factory=dict)  # address -> address; {}
+    # Test-only (not Consul), a deliberately broken build: a follower answers default-mode reads
+    # from its own store instead of forwarding them to the leader. The chaos suite turns it on to
+    # prove its linearizability checker catches the stale reads this causes. Never set it.
+    unsafe_follower_local_reads: bool = False  # bool; false
     # Subsystems
     performance: Performance = Performance()
     limits: Limits = Limits()
@@ -625,6 +629,7 @@ SCHEMA: dict[str, Any] = {
     "check_reap_interval": DUR,
     "check_deregister_interval_min": DUR,
     "dial_overrides": STRMAP,
+    "unsafe_follower_local_reads": BOOL,
     "performance": {"raft_multiplier": INT, "leave_drain_time": DUR, "rpc_hold_timeout": DUR},
     "limits": {
         "http_max_conns_per_client": INT,

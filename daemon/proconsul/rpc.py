@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from proconsul import queries
@@ -127,6 +127,10 @@ class Server:
         self.identity: dict[str, Any] = {}
         # Extra RPC methods registered by other parts (e.g. session renewals for the leader).
         self.handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
+        # Test-only broken build (config `unsafe_follower_local_reads`): default reads on a
+        # follower are served from its own store, as if ?stale. Lets the chaos suite prove its
+        # linearizability checker catches a real bug.
+        self.unsafe_follower_local_reads = False
 
     # ---------------------------------------------------------------------------------- reads
 
@@ -142,6 +146,8 @@ class Server:
         def run(store: Store) -> tuple[int, Any]:
             return spec.run(store, args)
 
+        if self.unsafe_follower_local_reads and not opts.require_consistent and not self.consensus.is_leader():
+            opts = replace(opts, allow_stale=True)
         if not opts.allow_stale and not self.consensus.is_leader() and self.pool is not None:
             leader = await self._wait_for_leader()
             if not self.consensus.is_leader():
