@@ -1,0 +1,374 @@
+"""Linearizability of a CAS register per key: Wing & Gong's search with Lowe's memo set.
+
+This is the one linearizability checker of the repository: the chaos harness checks real
+clusters' KV histories with `check_cas_register`, and the in-process Raft simulation
+(`tests/sim/linearizability.py`) adapts its own history records onto `search`.
+
+The algorithm is the one Porcupine (anishathalye/porcupine, `checker.go`) and Knossos use:
+lay every call and return event on a doubly linked list in real-time order, then walk it
+depth-first, at each call trying to linearize that operation next (apply it to the model; if
+the model accepts its observed output, lift its call and return out of the list); reaching a
+return whose operation was not linearized yet means backtracking. Lowe's memo set of
+(linearized-ops bitset, model state) prunes the states already explored. Histories are
+partitioned by key first (a register per key is a local property, Herlihy & Wing's locality
+theorem, which is what makes P-compositional checking sound).
+
+The model, with None meaning "the key does not exist":
+
+- `write v`: the register becomes v;
+- `read -> v`: the output must equal the register;
+- `cas (expected, new)`: if the register equals `expected` it becomes `new` (the cas
+  succeeded); otherwise nothing changes (it failed).
+
+Consul's CAS compares a ModifyIndex, not a value; a client builds `expected` from the value a
+previous read returned together with that index, which names the same write as long as every
+written value is unique (the workloads' are), so the value form is equivalent.
+
+Outcomes: an `ok` operation has a return time; a `fail` operation definitely did not take
+effect and is left out; an `info` operation (indeterminate: timeout, connection reset after
+sending, leadership lost after proposing) may take effect at any time after its call, or
+never, so its return is at +infinity and, for a cas, its success is unknown. A read that did
+not complete `ok` constrains nothing and is dropped.
+
+Indeterminate writes are what make these searches blow up (each pending one doubles the
+states), and most of them are never observed. `prune_unobserved` drops the ones that provably
+cannot matter; the argument is in its docstring. The search has a step and a time budget and
+answers None ("unknown") rather than hanging.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..history import FAIL, OK, History, Op
+from .base import UNKNOWN, CheckResult
+
+WRITE = "write"
+READ = "read"
+CAS = "cas"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RegisterOp:
+    """One operation on one register, as the search sees it.
+
+    `ret` is None for an indeterminate operation (it returns at +infinity). `value` is the
+    written value, the read's output, or a cas's (expected, new); `output` is a cas's result
+    when known (True: it swapped; False: the register differed from `expected`), None when the
+    cas is indeterminate. `label` is the caller's record of the operation, for reports.
+    """
+
+    kind: str
+    value: Hashable
+    call: float
+    ret: float | None
+    output: bool | None = None
+    label: Any = None
+
+    def written(self) -> Hashable:
+        """The value this operation puts in the register if it takes effect."""
+        return self.value[1] if self.kind == CAS else self.value  # type: ignore[index]
+
+
+def step(state: Hashable, op: RegisterOp) -> tuple[bool, Hashable]:
+    """The register model: (accepted, new state) for applying `op` in `state`."""
+    if op.kind == WRITE:
+        return True, op.value
+    if op.kind == READ:
+        return op.value == state, state
+    if op.kind == CAS:
+        expected, new = op.value  # type: ignore[misc]
+        matches = state == expected
+        if op.output is None:  # indeterminate: it swapped iff it matched
+            return True, new if matches else state
+        if op.output:
+            return matches, new
+        return not matches, state
+    raise ValueError(f"unknown register operation {op.kind!r}")
+
+
+def prune_unobserved(ops: list[RegisterOp]) -> list[RegisterOp]:
+    """Drop indeterminate writes and cas whose effect no other operation can have observed.
+
+    An indeterminate operation w writing v may be dropped when no read returned v, no cas
+    expected v, no other operation writes v, and no cas known to have failed could be
+    linearized after it (none returned at or after w's call). Proof that the history stays
+    linearizable iff it was: dropping w from a valid linearization L, the operations between
+    w and the next state change saw v, so they include no read (it would have returned v), no
+    successful cas (it would have expected v), no failed cas (by the last condition), only
+    indeterminate cas that did not match v; moving those to the end of L (allowed: an
+    indeterminate operation has no return, so nothing must follow it) leaves every other
+    operation seeing the same state. The converse holds because an indeterminate operation may
+    never take effect. The conditions do not depend on other pruned operations, so they can
+    all be dropped at once.
+    """
+    writers = Counter(op.written() for op in ops if op.kind in (WRITE, CAS))
+    observed = {op.value for op in ops if op.kind == READ}
+    observed.update(op.value[0] for op in ops if op.kind == CAS)  # type: ignore[index]
+    last_failed_cas = max((op.ret for op in ops if op.kind == CAS and op.output is False
+                           and op.ret is not None), default=-math.inf)
+
+    def prunable(op: RegisterOp) -> bool:
+        if op.ret is not None or op.kind == READ:
+            return False
+        v = op.written()
+        return v not in observed and writers[v] == 1 and last_failed_cas < op.call
+
+    return [op for op in ops if not prunable(op)]
+
+
+@dataclass
+class SearchResult:
+    """The verdict for one register: True, False, or None (out of budget).
+
+    When it is False, `prefix` is the longest sequence of operations the search managed to
+    linearize, `state` the register after it, and `blocker` the operation whose return was
+    reached while it could not be placed after any extension of that prefix.
+    """
+
+    valid: bool | None
+    steps: int
+    ops: int
+    pruned: int
+    prefix: list[RegisterOp] = field(default_factory=list)
+    state: Hashable = None
+    blocker: RegisterOp | None = None
+
+
+class _Node:
+    __slots__ = ("op", "id", "is_call", "match", "prev", "next")
+
+    def __init__(self, op: RegisterOp | None, id: int, is_call: bool) -> None:
+        self.op = op
+        self.id = id
+        self.is_call = is_call
+        self.match: _Node | None = None  # a call's return event
+        self.prev: _Node | None = None
+        self.next: _Node | None = None
+
+
+def _event_list(ops: list[RegisterOp]) -> _Node:
+    """Calls and returns in real-time order behind a head node; an equal time means overlap."""
+    events: list[tuple[float, int, int]] = []
+    for i, o in enumerate(ops):
+        if o.ret is not None and o.ret < o.call:
+            raise ValueError(f"operation returns before it is called: {o}")
+        events.append((o.call, 0, i))
+        events.append((math.inf if o.ret is None else o.ret, 1, i))
+    events.sort()  # at equal times calls go first, so the operations overlap (Porcupine's rule)
+    head = _Node(None, -1, False)
+    calls: dict[int, _Node] = {}
+    prev = head
+    for _, is_return, i in events:
+        n = _Node(ops[i], i, not is_return)
+        if is_return:
+            calls[i].match = n
+        else:
+            calls[i] = n
+        prev.next = n
+        n.prev = prev
+        prev = n
+    return head
+
+
+def _lift(n: _Node) -> None:
+    assert n.prev is not None and n.match is not None and n.match.prev is not None
+    n.prev.next = n.next
+    if n.next is not None:
+        n.next.prev = n.prev
+    m = n.match
+    m.prev.next = m.next
+    if m.next is not None:
+        m.next.prev = m.prev
+
+
+def _unlift(n: _Node) -> None:
+    assert n.prev is not None and n.match is not None and n.match.prev is not None
+    m = n.match
+    m.prev.next = m
+    if m.next is not None:
+        m.next.prev = m
+    n.prev.next = n
+    if n.next is not None:
+        n.next.prev = n
+
+
+def search(ops: Iterable[RegisterOp], *, init: Hashable = None, max_steps: int | None = None,
+           deadline: float | None = None, prune: bool = True) -> SearchResult:
+    """WGL search over one register's operations (already filtered: no failed ones, no
+    indeterminate reads). Stops with valid=None after `max_steps` steps or at the monotonic
+    time `deadline`."""
+    all_ops = list(ops)
+    kept = prune_unobserved(all_ops) if prune else all_ops
+    result = SearchResult(True, 0, len(kept), len(all_ops) - len(kept))
+    if not kept:
+        return result
+    head = _event_list(kept)
+    state: Hashable = init
+    linearized = 0
+    cache: set[tuple[int, Hashable]] = set()
+    stack: list[tuple[_Node, Hashable]] = []
+    best_depth = -1
+    entry = head.next
+    steps = 0
+    while head.next is not None:
+        steps += 1
+        if (max_steps is not None and steps > max_steps) or (
+                deadline is not None and steps % 1024 == 0 and time.monotonic() > deadline):
+            result.valid, result.steps = None, steps
+            return result
+        assert entry is not None and entry.op is not None
+        if entry.is_call:
+            accepted, new_state = step(state, entry.op)
+            if accepted:
+                new_lin = linearized | (1 << entry.id)
+                if (new_lin, new_state) not in cache:
+                    cache.add((new_lin, new_state))
+                    stack.append((entry, state))
+                    state = new_state
+                    linearized = new_lin
+                    _lift(entry)
+                    entry = head.next
+                    continue
+            entry = entry.next
+        else:
+            # A return whose operation is not linearized yet: that operation cannot be placed
+            # after the current prefix. Remember the deepest such dead end, then undo the last choice.
+            if len(stack) > best_depth:
+                best_depth = len(stack)
+                result.prefix = [n.op for n, _ in stack if n.op is not None]
+                result.state = state
+                result.blocker = entry.op
+            if not stack:
+                result.valid, result.steps = False, steps
+                return result
+            entry, state = stack.pop()
+            linearized &= ~(1 << entry.id)
+            _unlift(entry)
+            entry = entry.next
+    result.valid, result.steps = True, steps
+    result.prefix, result.state, result.blocker = [], None, None
+    return result
+
+
+# ---------------------------------------------------------------------------- chaos histories
+
+
+def freeze(value: Any) -> Hashable:
+    """A hashable, comparable form of a value read back from JSON (lists become tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), freeze(v)) for k, v in value.items()))
+    if isinstance(value, (set, frozenset)):
+        return frozenset(freeze(v) for v in value)
+    return value  # type: ignore[no-any-return]
+
+
+def register_op(index: int, op: Op) -> RegisterOp | None:
+    """The search's view of a history operation, or None when it constrains nothing."""
+    if op.f not in (READ, WRITE, CAS) or op.type == FAIL:
+        return None
+    done = op.type == OK  # "info", and "invoke" (never completed), are indeterminate
+    if op.f == READ and not done:
+        return None
+    ret = op.end if done else None
+    if ret is None and done:
+        raise ValueError(f"completed operation without an end time: {op}")
+    if op.f == CAS:
+        if not isinstance(op.value, (list, tuple)) or len(op.value) != 2:
+            raise ValueError(f"a cas value must be (expected, new), not {op.value!r}: {op}")
+        output = bool(op.extra.get("result", True)) if done else None
+        return RegisterOp(CAS, freeze(op.value), op.start, ret, output, (index, op))
+    return RegisterOp(op.f, freeze(op.value), op.start, ret, None, (index, op))
+
+
+def describe_op(r: RegisterOp) -> dict[str, Any]:
+    """A register operation as a report line: its history index and what it did."""
+    index, op = r.label if isinstance(r.label, tuple) else (None, r.label)
+    d: dict[str, Any] = {"index": index, "kind": r.kind, "value": r.value,
+                         "call": r.call, "ret": r.ret}
+    if r.kind == CAS:
+        d["result"] = {True: "swapped", False: "mismatch", None: "unknown"}[r.output]
+    if isinstance(op, Op):
+        d.update(process=op.process, type=op.type)
+        if op.extra:
+            d["extra"] = op.extra
+    return d
+
+
+def explain(key: str, r: SearchResult, ops: list[RegisterOp], tail: int = 8) -> dict[str, Any]:
+    """A short account of why a key's history is not linearizable."""
+    blocker = r.blocker
+    why = ""
+    if blocker is not None:
+        if blocker.kind == READ:
+            why = f"it read {blocker.value!r} but the register holds {r.state!r}"
+        elif blocker.kind == CAS and blocker.output:
+            why = f"it swapped from {blocker.value[0]!r} but the register holds {r.state!r}"  # type: ignore[index]
+        elif blocker.kind == CAS:
+            why = f"it found the register different from {blocker.value[0]!r}, which it holds"  # type: ignore[index]
+        else:
+            why = "no order of the concurrent operations leads to its place"
+    placed = set(map(id, r.prefix))
+    horizon = blocker.ret if blocker is not None and blocker.ret is not None else -math.inf
+    concurrent = [o for o in ops if id(o) not in placed and o is not blocker and o.call <= horizon]
+    return {
+        "key": key,
+        "linearized_prefix_length": len(r.prefix),
+        "linearized_prefix_tail": [describe_op(o) for o in r.prefix[-tail:]],
+        "register_after_prefix": r.state,
+        "cannot_place": describe_op(blocker) if blocker is not None else None,
+        "why": why,
+        "concurrent_unplaced": [describe_op(o) for o in concurrent[:tail]],
+    }
+
+
+def check_cas_register(history: History, budget_s: float = 60.0, *,
+                       include: Callable[[Op], bool] | None = None,
+                       name: str = "cas-register") -> CheckResult:
+    """Per-key linearizability of the read/write/cas operations in `history`.
+
+    `include` selects the operations to check (say, only `?consistent` reads); the whole check
+    shares `budget_s` seconds, and a key still unsearched or unfinished by then is "unknown".
+    """
+    deadline = time.monotonic() + budget_s
+    by_key: dict[str, list[RegisterOp]] = {}
+    dropped = 0
+    for i, op in enumerate(history.ops):
+        if op.f not in (READ, WRITE, CAS) or (include is not None and not include(op)):
+            continue
+        r = register_op(i, op)
+        if r is None:
+            dropped += 1
+            continue
+        by_key.setdefault(str(op.key), []).append(r)
+    per_key: dict[str, dict[str, Any]] = {}
+    failures: list[dict[str, Any]] = []
+    unknown: list[str] = []
+    indeterminate = sum(1 for ops in by_key.values() for o in ops if o.ret is None)
+    for key in sorted(by_key):
+        ops = by_key[key]
+        if time.monotonic() > deadline:
+            unknown.append(key)
+            per_key[key] = {"ops": len(ops), "valid": UNKNOWN, "steps": 0, "pruned": 0}
+            continue
+        r = search(ops, deadline=deadline)
+        verdict: bool | str = UNKNOWN if r.valid is None else r.valid
+        per_key[key] = {"ops": len(ops), "valid": verdict, "steps": r.steps, "pruned": r.pruned}
+        if r.valid is None:
+            unknown.append(key)
+        elif not r.valid:
+            failures.append(explain(key, r, ops))
+    valid: bool | str = False if failures else (UNKNOWN if unknown else True)
+    details: dict[str, Any] = {
+        "keys": len(by_key), "ops": sum(len(v) for v in by_key.values()),
+        "indeterminate": indeterminate, "dropped": dropped, "per_key": per_key,
+        "unknown_keys": unknown, "failures": failures,
+    }
+    return CheckResult(name, valid, details)
