@@ -125,8 +125,9 @@ class Proxy:
         try:
             await self._serve(client_reader, client_writer)
         except asyncio.CancelledError:
-            client_writer.transport.abort()  # the proxy was disabled while dialing upstream
-            raise
+            # Only `stop()` cancels this task. It ends normally, not cancelled: Python 3.11's
+            # start_server callback would log a cancelled client task as an error.
+            client_writer.transport.abort()
         except Exception:
             log.exception("proxy %s: connection failed", self.name)
             client_writer.transport.abort()
