@@ -42,8 +42,9 @@ def format_address(host: str, port: int) -> str:
 
 
 async def resolve_listen(address: str) -> tuple[str, int]:
-    """The IP and port a listen address means; an empty host means every interface (IPv4)."""
-    host, port = split_host_port(address, "listen")
+    """The IP and port a listen address means; an empty host means every interface (IPv4), and an
+    empty address a free port on every interface, as Go's net.Listen reads them."""
+    host, port = split_host_port(address or ":0", "listen")
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host or None, port or "0", type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
