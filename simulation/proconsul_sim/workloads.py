@@ -6,7 +6,8 @@ Outcome rules (what the checkers rely on):
 - a read that gets no answer is `fail` too: a read has no effect, so dropping it is sound;
 - a write that times out or loses its connection after sending is `info` (indeterminate), and so
   is any HTTP 5xx on a write except the ones that prove it was never proposed ("No cluster
-  leader", "node is not the leader"): see docs/DURABILITY.md, "UnknownOutcome";
+  leader", "node is not the leader", a forward whose dial was refused): see
+  docs/DURABILITY.md, "UnknownOutcome";
 - after an `info` the worker continues as a new process id (the old request may still land).
 
 Workloads: a CAS register per key on KV (`?cas=ModifyIndex`, default and `?consistent` reads),
@@ -32,6 +33,10 @@ CONNECT_TIMEOUT_S = 2.0
 # exists arrives; a forwarded write can still take longer and then ends `info`.
 READ_TIMEOUT_S = 10.0
 DEFINITE_WRITE_FAILURES = ("No cluster leader", "node is not the leader")
+# A follower's forward to the leader makes one dial and sends nothing before it connects; the
+# daemon reports a refused dial as an unknown outcome ("lost the connection ... mid-write"), but
+# ECONNREFUSED only ever answers a connect, so the write was certainly never sent.
+REFUSED_DIAL = "[Errno 111] Connection refused"
 
 
 class Outcome:
@@ -136,7 +141,8 @@ class Workload:
             return
         if resp.status_code == 200:
             on_ok(resp.json())
-        elif resp.status_code < 500 or resp.text.strip().startswith(DEFINITE_WRITE_FAILURES):
+        elif (resp.status_code < 500 or resp.text.strip().startswith(DEFINITE_WRITE_FAILURES)
+              or resp.text.strip().endswith(REFUSED_DIAL)):
             self.history.fail(op, f"{resp.status_code} {resp.text.strip()[:200]}")
         else:
             self.history.info(op, f"{resp.status_code} {resp.text.strip()[:200]}")
@@ -156,8 +162,12 @@ class CasRegister(Workload):
 
     name = "cas-register"
 
-    def __init__(self, *args: Any, keys: int = 2, ops_per_key: int = 150, **kw: Any) -> None:
+    def __init__(self, *args: Any, keys: int = 2, ops_per_key: int = 100, default_reads: float = 0.3,
+                 consistent_reads: float = 0.2, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        # Operation mix: these fractions of reads, the rest split between writes and CAS.
+        self.default_reads = default_reads
+        self.consistent_reads = consistent_reads
         self.key_groups = keys
         self.ops_per_key = ops_per_key
         self.lock = threading.Lock()
@@ -186,11 +196,12 @@ class CasRegister(Workload):
     def step(self, worker: Worker) -> None:
         key = self.key_for(worker)
         roll = worker.rng.random()
-        if roll < 0.3:
+        reads = self.default_reads + self.consistent_reads
+        if roll < self.default_reads:
             self.read(worker, key, consistent=False)
-        elif roll < 0.5:
+        elif roll < reads:
             self.read(worker, key, consistent=True)
-        elif roll < 0.75 or (worker.index, key) not in self.seen:
+        elif roll < reads + (1 - reads) / 2 or (worker.index, key) not in self.seen:
             self.put(worker, key)
         else:
             self.cas(worker, key)
