@@ -29,6 +29,7 @@ from proconsul import logs
 from proconsul.checks import CheckManager
 from proconsul.client import RemoteServer
 from proconsul.cluster import ClusterMember
+from proconsul.events import AgentEvents
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.local import AntiEntropy, LocalCheck, LocalState
@@ -167,6 +168,7 @@ class Agent:
             self.raft.fatal = self._fatal
             self.server.handlers["Session.Renew"] = self._renew_on_leader
         self.operator = Operator(self)  # operator raft / snapshot endpoints (+ their RPCs)
+        self.events = AgentEvents(self)  # user events: fired through a server, received by gossip
         self.notifier = Notifier()
         self.http: Any = None
         self.dns: Any = None

@@ -143,6 +143,13 @@ class RemoteServer:
         reply = await self._call("Client.Write", commands.encode(command), 40.0, retry_sent=False)
         return WriteMeta(reply["index"]), decode_result(reply["result"])
 
+    async def forward_rpc(self, method: str, body: Any, timeout_s: float = 30.0) -> Any:
+        """Send one RPC a server answers itself (e.g. Internal.EventFire, Session.Renew).
+
+        Not retried on another server once sent: the outcome of a lost call is unknown.
+        """
+        return await self._call(method, body, timeout_s, retry_sent=False)
+
     async def read(self, opts: QueryOptions, run: ReadFn, tables: Iterable[str],
                    kv_prefix: str | None = None) -> tuple[QueryMeta, Any]:
         # Arbitrary store functions cannot travel; DNS on clients needs named queries.

@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from proconsul.gossip.config import GossipConfig
-from proconsul.gossip.core import Event, Member, MemberEvent, MemberEventKind, MemberState, NameConflict
+from proconsul.gossip.core import (
+    Event,
+    Member,
+    MemberEvent,
+    MemberEventKind,
+    MemberState,
+    NameConflict,
+    UserEventReceived,
+)
 from proconsul.gossip.keyring import setup_keyring
 from proconsul.gossip.node import GossipNode
 
@@ -75,6 +83,8 @@ class Membership:
         self.changed = asyncio.Event()
         # Called with each member event (the leader's reconcile and client server lists).
         self.listeners: list[Callable[[MemberRecord], None]] = []
+        # Called with each user event the pool delivers (ours included), see proconsul.events.
+        self.user_event_listeners: list[Callable[[UserEventReceived], None]] = []
         self.leaving = False
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -116,7 +126,8 @@ class Membership:
 
     async def join(self, addrs: list[str]) -> int:
         targets = [a for a in addrs if not a.startswith("provider=")]
-        return await self.node.join(targets, self.config.ports.serf_lan)
+        # Consul agents join with serf's ignoreOld: a (re)joining agent does not replay old events.
+        return await self.node.join(targets, self.config.ports.serf_lan, ignore_old=True)
 
     async def leave(self) -> None:
         self.leaving = True
@@ -153,6 +164,13 @@ class Membership:
             if event.name == self.agent.node_name:
                 logger.error("agent: node name %s is in use by another agent at %s:%d; choose a unique -node",
                              event.name, *event.theirs)
+            return
+        if isinstance(event, UserEventReceived):
+            for on_user_event in self.user_event_listeners:
+                try:
+                    on_user_event(event)
+                except Exception:
+                    logger.exception("gossip: user event listener failed")
             return
         if not isinstance(event, MemberEvent):
             return

@@ -324,8 +324,11 @@ class GossipCore:
         self._leaving = False
         self._leave_handle = 0
         self._leave_deadline = _INF
-        self._event_clock = 0
+        # serf starts its event clock at 1: LTime 0 means "never stamped" to its users.
+        self._event_clock = 1
         self._event_min_time = 0
+        # Streams of a join that ignores old events (serf's Join(addrs, ignoreOld=true)).
+        self._ignore_old_streams: set[int] = set()
         self._event_buffer: list[_EventSlot | None] = [None] * config.event_buffer_size
         self._out = Output()
         # Announce ourselves: once a join gives us peers, this is what tells the cluster we exist
@@ -461,6 +464,8 @@ class GossipCore:
         """The driver finished a :class:`StreamRequest`: ``reply`` is the peer's answer, or None
         if it could not connect, timed out or the peer closed without answering."""
         stream = self._streams.pop(stream_id, None)
+        ignore_old = stream_id in self._ignore_old_streams
+        self._ignore_old_streams.discard(stream_id)
         if stream is None:
             return self._drain()
         msg: Message | None = None
@@ -477,15 +482,24 @@ class GossipCore:
                 p.tcp_ok = True
         elif stream.kind is StreamKind.PUSH_PULL:
             if isinstance(msg, PushPull):
+                if ignore_old:
+                    # The peer's clock is the next time it stamps: everything below predates us.
+                    self._event_min_time = max(self._event_min_time, msg.event_ltime)
                 self._merge_remote(msg, now)
             else:
                 self._log.info("gossip: push-pull got no state back")
         return self._drain()
 
-    def join(self, addrs: Iterable[Address], now: float) -> Output:
-        """Start a join: one push-pull (join=True) per address. Count successes by the replies."""
+    def join(self, addrs: Iterable[Address], now: float, ignore_old: bool = False) -> Output:
+        """Start a join: one push-pull (join=True) per address. Count successes by the replies.
+
+        ``ignore_old``: user events the cluster sent before this join are not delivered to us
+        (serf's ignoreOld, which Consul agents use so a (re)joining agent does not replay them).
+        """
         state = encode(self._local_state(join=True))
         for addr in addrs:
+            if ignore_old:
+                self._ignore_old_streams.add(self._next_stream)
             self._request_stream(StreamKind.PUSH_PULL, addr, state, now + self.config.tcp_timeout_s, 0)
         return self._drain()
 

@@ -147,8 +147,12 @@ class GossipNode:
     def members(self) -> list[Member]:
         return self.core.members() if self.core is not None else []
 
-    async def join(self, addrs: Iterable[str | Address], default_port: int | None = None) -> int:
-        """Push-pull with every address; returns how many answered (Consul's join count)."""
+    async def join(self, addrs: Iterable[str | Address], default_port: int | None = None,
+                   ignore_old: bool = False) -> int:
+        """Push-pull with every address; returns how many answered (Consul's join count).
+
+        ``ignore_old``: do not deliver user events sent before the join (see ``GossipCore.join``).
+        """
         assert self.core is not None
         port = default_port or self.bind[1]
         targets = [a if isinstance(a, tuple) else parse_address(a, port) for a in addrs]
@@ -162,7 +166,7 @@ class GossipNode:
         if not resolved:
             return 0
         loop = asyncio.get_running_loop()
-        out = self.core.join(resolved, loop.time())
+        out = self.core.join(resolved, loop.time(), ignore_old=ignore_old)
         waiters = []
         for req in out.streams:
             fut: asyncio.Future[bool] = loop.create_future()
