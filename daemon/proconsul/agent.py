@@ -415,21 +415,27 @@ class Agent:
         """(Re)arm a TTL session's timer on the leader, which is the one that expires it."""
         if not session.ttl:
             return
-        if self.log.is_leader() or self.cluster is None:
-            self.session_timers.arm(session)
-            return
-        leader = await self.server._wait_for_leader()
-        if leader:
-            await self.cluster.pool.call(leader, "Session.Renew", session.id, timeout_s=10.0)
-        else:
-            self.session_timers.arm(session)
+        await self.renew_session(session.id)
 
-    async def _renew_on_leader(self, session_id: Any) -> bool:
+    async def renew_session(self, session_id: str) -> list[dict[str, Any]]:
+        """Consul's Session.Renew: the leader re-arms the TTL timer; the session as rendered, or []."""
+        if self.remote is not None:
+            # A client agent holds no sessions and runs no timers: a server forwards to its leader.
+            return list(await self.remote.forward_rpc("Session.Renew", session_id, timeout_s=10.0))
+        return await self._renew_on_leader(session_id)
+
+    async def _renew_on_leader(self, session_id: Any) -> list[dict[str, Any]]:
+        from proconsul.http import render
+
+        if self.cluster is not None and not self.log.is_leader():
+            leader = await self.server._wait_for_leader()
+            if leader:
+                return list(await self.cluster.pool.call(leader, "Session.Renew", session_id, timeout_s=10.0))
         _, session = self.store.get_session(str(session_id))
         if session is None:
-            return False
+            return []
         self.session_timers.arm(session)
-        return True
+        return [render.session(session)]
 
     def server_for_dc(self, dc: str) -> Server:
         if dc == self.config.datacenter:

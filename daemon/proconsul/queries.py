@@ -78,6 +78,15 @@ def kv_keys(store: Store, args: Args) -> tuple[int, Any]:
     return index, out
 
 
+def kv_lock_delay(store: Store, args: Args) -> tuple[int, Any]:
+    """Whether acquiring `key` now falls in the lock-delay of an invalidated holder.
+
+    The lock-delay is server-local state (each server records it when it applies the session's
+    invalidation), so a client agent asks a server, as Consul checks it in KVS.Apply on the leader.
+    """
+    return store.last_index, store.lock_delay_active(args["key"])
+
+
 def txn_read(store: Store, args: Args) -> tuple[int, Any]:
     """A read-only transaction: {"Results": [...]} or {"Errors": [...]} (never changes state)."""
     errors: list[TxnError] = []
@@ -217,6 +226,7 @@ READS: dict[str, QuerySpec] = {
     "Session.NodeSessions": QuerySpec(session_node, ("sessions",)),
     "Session.List": QuerySpec(session_list, ("sessions",)),
     "Internal.NodeState": QuerySpec(node_state, CATALOG_TABLES),
+    "KVS.LockDelay": QuerySpec(kv_lock_delay, KV_TABLES),
 }
 
 VALID_STATES = (HEALTH_PASSING, "warning", "critical", HEALTH_ANY)

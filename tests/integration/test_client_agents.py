@@ -163,3 +163,84 @@ def test_blocking_event_list_on_a_client_wakes_on_arrival(lan: dict[str, AgentPr
     new_index, events = result["answer"]  # type: ignore[misc]
     assert new_index != index and events[-1]["Name"] == "wake-c2"
     assert float(result["took"]) < 30  # type: ignore[arg-type]
+
+
+# --- sessions made on client agents --------------------------------------------------------------
+
+
+def test_session_renew_on_a_client_agent_reaches_the_leader(lan: dict[str, AgentProcess]) -> None:
+    c1 = consul.Consul(host=lan["c1"].ip, port=lan["c1"].http_port)
+    c2 = consul.Consul(host=lan["c2"].ip, port=lan["c2"].http_port)
+    sid = c1.session.create(name="renewed", ttl=30)
+    renewed = c2.session.renew(sid)  # another client: the session lives on the servers only
+    assert renewed["ID"] == sid and renewed["TTL"] == "30s" and renewed["Node"] == "c1"
+    status, _, body = lan["c1"].http("PUT", "/v1/session/renew/00000000-0000-0000-0000-000000000000")
+    assert status == 404 and b"not found" in body
+    c1.session.destroy(sid)
+
+
+def _serf_status(server: AgentProcess, node: str) -> str | None:
+    for check in _json(server, "GET", f"/v1/health/node/{node}"):  # type: ignore[union-attr]
+        if check["CheckID"] == "serfHealth":
+            return str(check["Status"])
+    return None
+
+
+def test_lock_released_when_the_holding_client_agent_is_killed(tmp_path: Path) -> None:
+    """The holder's session (serfHealth by default) made on a client agent that dies: the
+    leader marks serfHealth critical, the session is invalidated, the lock released, and a
+    contender on another client agent gets it only after the lock-delay."""
+    lock_delay_s = 5
+    key = "locks/killed-holder"
+    srv, c1, c2 = start_lan(tmp_path)
+    try:
+        holder = consul.Consul(host=c1.ip, port=c1.http_port)
+        contender = consul.Consul(host=c2.ip, port=c2.http_port)
+        observer = consul.Consul(host=srv.ip, port=srv.http_port)
+        held_sid = holder.session.create(name="holder", lock_delay=lock_delay_s)
+        assert holder.session.info(held_sid)[1]["NodeChecks"] == ["serfHealth"]
+        assert holder.kv.put(key, "c1", acquire=held_sid) is True
+        contender_sid = contender.session.create(name="contender", lock_delay=lock_delay_s)
+        assert contender.kv.put(key, "c2", acquire=contender_sid) is False  # held
+
+        attempts: list[tuple[float, bool]] = []
+        stop = threading.Event()
+
+        def contend() -> None:
+            while not stop.is_set():
+                # When the request left: the agent's lock-delay check came after it.
+                sent = time.monotonic()
+                ok = contender.kv.put(key, "c2", acquire=contender_sid)
+                attempts.append((sent, bool(ok)))
+                if ok:
+                    return
+                time.sleep(0.1)
+
+        c1.kill()
+        thread = threading.Thread(target=contend)
+        thread.start()
+        try:
+            # The lock is released by the invalidation (observed on the server, polled closely).
+            def released() -> float | None:
+                _, entry = observer.kv.get(key)
+                return time.monotonic() if entry is not None and not entry.get("Session") else None
+
+            released_at = wait_for(released, timeout=90, interval=0.05,
+                                   what=lambda: f"the lock released\n{srv.log()}")
+            assert _serf_status(srv, "c1") == "critical"
+            assert observer.session.info(held_sid)[1] is None  # invalidated
+            thread.join(60)
+            assert not thread.is_alive(), "the contender never got the lock"
+        finally:
+            stop.set()
+            thread.join(10)
+        acquired_at = attempts[-1][0]
+        assert attempts[-1][1] is True
+        # Refused during the lock-delay (the client agent asked a server), granted after it.
+        assert any(not ok for t, ok in attempts if t > released_at), attempts
+        assert acquired_at - released_at >= lock_delay_s - 0.5, (acquired_at - released_at)
+        _, entry = observer.kv.get(key)
+        assert entry["Session"] == contender_sid and entry["Value"] == b"c2"
+    finally:
+        for agent in (srv, c1, c2):
+            agent.stop()
