@@ -79,6 +79,9 @@ class ClientConsensus:
 class RemoteServer:
     """``rpc.Server``'s surface for client agents, served by a remote server."""
 
+    # Readers that would look at `store` (DNS) must ask a server instead (see dns_remote).
+    catalog_is_remote = True
+
     def __init__(self, membership: Any, datacenter: str, rng: random.Random | None = None) -> None:
         self.membership = membership
         self.datacenter = datacenter

@@ -3,8 +3,9 @@
 Owns the sockets and tasks of the DNS interface (asyncio datagram endpoint and stream server on
 the same port, on each address of `addresses.dns` or `client_addr`), and the order of a query:
 decode and check (`dns_wire`), pick the domain, answer names in the Consul domain from a stale
-read of the state store (`dns_answer`, through `Server.read`), forward other names to the
-recursors (`dns_recursor`), and size the reply for the transport (`dns_wire`).
+read of the state store (`dns_answer`, through `Server.read`; on client agents, from the catalog
+slice a server sends, see `dns_remote`), forward other names to the recursors (`dns_recursor`),
+and size the reply for the transport (`dns_wire`).
 
 Concurrency: each UDP datagram and each TCP connection is served by its own task, owned by the
 server and cancelled on stop, so a slow recursor delays only the query waiting for it. At most
@@ -29,7 +30,7 @@ from typing import Any
 
 from dnslib import RCODE
 
-from proconsul import dns_recursor, dns_wire
+from proconsul import dns_recursor, dns_remote, dns_wire
 from proconsul.config import RuntimeConfig
 from proconsul.dns_answer import Answer, AnswerCache, Question, Resolver, match_domain
 from proconsul.rpc import QueryOptions, RPCError, Server
@@ -186,6 +187,8 @@ class DNSServer:
         return dns_wire.encode_answer(req, answer, can_recurse, limits)
 
     async def _answer(self, cfg: RuntimeConfig, q: Question, max_groups: int = 0) -> Answer:
+        if getattr(self.server, "catalog_is_remote", False):
+            return await self._answer_remote(cfg, q, max_groups)
         resolver = Resolver(cfg, cfg.datacenter, self.rng, time.time(), self.cache, max_groups)
 
         def run(store: Store) -> tuple[int, Answer]:
@@ -198,6 +201,20 @@ class DNSServer:
             meta, answer = await self.server.read(QueryOptions(), run, CATALOG_TABLES)
         result: Answer = answer
         return result
+
+    async def _answer_remote(self, cfg: RuntimeConfig, q: Question, max_groups: int) -> Answer:
+        """A client agent: fetch the catalog slice the question needs from a server, then resolve."""
+        kind, name = dns_remote.catalog_need(q, cfg.datacenter)
+        store = Store()
+        if kind != "none":
+            args = {"kind": kind, "name": name}
+            stale = cfg.dns_config.allow_stale
+            meta, data = await self.server.query(dns_remote.DNS_CATALOG_QUERY, args, QueryOptions(allow_stale=stale))
+            if stale and meta.last_contact_ms > cfg.dns_config.max_stale_s * 1000:
+                meta, data = await self.server.query(dns_remote.DNS_CATALOG_QUERY, args, QueryOptions())
+            store = dns_remote.mirror_store(data)
+        # No answer cache: each slice is a fresh store, so cached entries could never be reused.
+        return Resolver(cfg, cfg.datacenter, self.rng, time.time(), None, max_groups).resolve(store, q)
 
     async def _recurse(self, cfg: RuntimeConfig, req: dns_wire.Request, data: bytes, tcp: bool) -> bytes:
         dnscfg = cfg.dns_config

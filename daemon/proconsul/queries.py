@@ -18,7 +18,7 @@ from typing import Any
 from proconsul.http import render
 from proconsul.state import commands
 from proconsul.state.fsm import TxnError, txn_kv_op
-from proconsul.state.records import DirEntry, Node, ServiceInstance
+from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store
 from proconsul.structs import HEALTH_ANY, HEALTH_PASSING
 
@@ -198,6 +198,43 @@ def session_list(store: Store, args: Args) -> tuple[int, Any]:
 # ----------------------------------------------------------------------------------- internal
 
 
+def dns_catalog(store: Store, args: Args) -> tuple[int, Any]:
+    """The catalog slice one DNS question reads, in wire form, for a client agent's DNS.
+
+    `kind`/`name` come from `dns_remote.catalog_need`: a service (any spelling, with its nodes and
+    those nodes' node checks and the instances' own checks), a node, or everything ("all").
+    """
+    kind, name = args["kind"], args["name"]
+    nodes: list[Node] = []
+    services: list[ServiceInstance] = []
+    checks: list[HealthCheck] = []
+    wanted = name.lower()
+    if kind == "all":
+        nodes = [store.nodes[n] for n in sorted(store.nodes)]
+        services = [per[s] for n in sorted(store.services) for per in (store.services[n],) for s in sorted(per)]
+        checks = [per[c] for n in sorted(store.checks) for per in (store.checks[n],) for c in sorted(per)]
+    elif kind == "node":
+        nodes = [store.nodes[n] for n in sorted(store.nodes) if n == name or n.lower() == wanted]
+    elif kind == "service":
+        for node_name in sorted(store.services):
+            node = store.nodes.get(node_name)
+            per = store.services[node_name]
+            matched = [per[s] for s in sorted(per) if per[s].service.lower() == wanted]
+            if node is None or not matched:
+                continue
+            nodes.append(node)
+            services.extend(matched)
+            ids = {s.id for s in matched}
+            node_checks = store.checks.get(node_name, {})
+            checks.extend(node_checks[c] for c in sorted(node_checks)
+                          if not node_checks[c].service_id or node_checks[c].service_id in ids)
+    return store.last_index, {
+        "nodes": [n.to_wire() for n in nodes],
+        "services": [s.to_wire() for s in services],
+        "checks": [c.to_wire() for c in checks],
+    }
+
+
 def node_state(store: Store, args: Args) -> tuple[int, Any]:
     """One node's catalog entries in wire form, for the agent's anti-entropy comparison."""
     index, n, svcs = store.node_services(args["node"])
@@ -227,6 +264,7 @@ READS: dict[str, QuerySpec] = {
     "Session.List": QuerySpec(session_list, ("sessions",)),
     "Internal.NodeState": QuerySpec(node_state, CATALOG_TABLES),
     "KVS.LockDelay": QuerySpec(kv_lock_delay, KV_TABLES),
+    "Internal.DNSCatalog": QuerySpec(dns_catalog, CATALOG_TABLES),
 }
 
 VALID_STATES = (HEALTH_PASSING, "warning", "critical", HEALTH_ANY)

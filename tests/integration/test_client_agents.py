@@ -165,6 +165,45 @@ def test_blocking_event_list_on_a_client_wakes_on_arrival(lan: dict[str, AgentPr
     assert float(result["took"]) < 30  # type: ignore[arg-type]
 
 
+# --- DNS on client agents -----------------------------------------------------------------------
+
+
+def _dig(agent: AgentProcess, name: str, qtype: str) -> list[str]:
+    run = subprocess.run(["dig", f"@{agent.ip}", "-p", str(agent.dns_port), "+short", "+tries=1", "+time=5",
+                          name, qtype], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run
+    return sorted(line for line in run.stdout.splitlines() if line and not line.startswith(";"))
+
+
+def test_dns_on_a_client_agent_answers_from_the_servers_catalog(lan: dict[str, AgentProcess]) -> None:
+    c1, c2 = lan["c1"], lan["c2"]
+    for agent in (c1, c2):
+        _json(agent, "PUT", "/v1/agent/service/register", json.dumps(
+            {"Name": "dnsweb", "ID": "dnsweb", "Port": 8080, "Tags": ["blue"],
+             "Check": {"CheckID": "dnsweb-ttl", "TTL": "600s", "Status": "passing"}}).encode())
+    both = sorted([c1.ip, c2.ip])
+    # c2 has the instance on c1 only through the servers' catalog.
+    wait_for(lambda: _dig(c2, "dnsweb.service.consul", "A") == both, timeout=60,
+             what=lambda: f"dnsweb A on c2: {_dig(c2, 'dnsweb.service.consul', 'A')}\n{c2.log()}")
+    srv_targets = sorted(line.split()[3] for line in _dig(c2, "dnsweb.service.consul", "SRV"))
+    assert srv_targets == ["c1.node.dc1.consul.", "c2.node.dc1.consul."]
+    assert [line.split()[2] for line in _dig(c1, "_dnsweb._blue.service.consul", "SRV")] == ["8080", "8080"]
+    assert _dig(c1, "srv.node.consul", "A") == [lan["srv"].ip]
+    assert _dig(c1, "c2.node.consul", "A") == [c2.ip]
+    assert _dig(c2, "consul.service.consul", "A") == [lan["srv"].ip]
+    rev = ".".join(reversed(c1.ip.split("."))) + ".in-addr.arpa"
+    assert _dig(c2, rev, "PTR") == ["c1.node.dc1.consul."]
+
+    # A critical check on c1 takes its instance out of DNS answers on both clients.
+    assert c1.http("PUT", "/v1/agent/check/fail/dnsweb-ttl")[0] == 200
+    for agent in (c1, c2):
+        wait_for(lambda a=agent: _dig(a, "dnsweb.service.consul", "A") == [c2.ip], timeout=60,  # type: ignore[misc]
+                 what=lambda a=agent: f"c1's instance filtered on {a.node}")  # type: ignore[misc]
+    assert [line.split()[3] for line in _dig(c1, "dnsweb.service.consul", "SRV")] == ["c2.node.dc1.consul."]
+    assert c1.http("PUT", "/v1/agent/check/pass/dnsweb-ttl")[0] == 200
+    wait_for(lambda: _dig(c2, "dnsweb.service.consul", "A") == both, timeout=60, what="c1's instance back")
+
+
 # --- sessions made on client agents --------------------------------------------------------------
 
 
