@@ -12,9 +12,11 @@ Each agent has its own 127.a.b.x address with the standard ports, joined with `-
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -216,6 +218,18 @@ def test_session_renew_on_a_client_agent_reaches_the_leader(lan: dict[str, Agent
     status, _, body = lan["c1"].http("PUT", "/v1/session/renew/00000000-0000-0000-0000-000000000000")
     assert status == 404 and b"not found" in body
     c1.session.destroy(sid)
+
+
+def test_stale_operator_reads_on_a_client_agent_come_from_the_servers(lan: dict[str, AgentProcess]) -> None:
+    conf = _json(lan["c1"], "GET", "/v1/operator/raft/configuration?stale")
+    assert [(s["Node"], s["Leader"]) for s in conf["Servers"]] == [("srv", True)]  # type: ignore[index]
+    assert lan["c1"].http("PUT", "/v1/kv/snap-marker", b"x")[0] == 200
+    status, _, archive = lan["c1"].http("GET", "/v1/snapshot?stale")
+    assert status == 200 and len(archive) > 0
+    # The archive holds the server's state, with the key just written.
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
+        state = b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())  # type: ignore[union-attr]
+    assert b"snap-marker" in state
 
 
 def _serf_status(server: AgentProcess, node: str) -> str | None:
