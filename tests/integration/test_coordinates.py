@@ -133,6 +133,15 @@ def test_update_validates_and_near_sorts(agent: AgentProcess) -> None:
     assert abs(float(run.stdout.split()[5]) - 48.0) < 0.1  # |0.050 - 0.002| s + two 10 us heights
     run = cli("rtt", f"-http-addr={agent.addr}")
     assert run.returncode == 1 and "One or two node names must be specified" in run.stderr
+    # -wan: servers from /v1/coordinate/datacenters, names as node.datacenter.
+    run = cli("rtt", "-wan", f"-http-addr={agent.addr}", "test-node.dc1")
+    assert run.returncode == 0, run
+    assert re.fullmatch(r"Estimated test-node\.dc1 <-> test-node\.dc1 rtt: \d+\.\d{3} ms \(using WAN coordinates\)\n",
+                        run.stdout), run
+    run = cli("rtt", "-wan", f"-http-addr={agent.addr}", "test-node")
+    assert run.returncode == 1 and "Node names must be specified as <node name>.<datacenter> with -wan" in run.stderr
+    run = cli("rtt", "-wan", f"-http-addr={agent.addr}", "far.dc1")
+    assert run.returncode == 1 and 'Could not find a coordinate for node "far.dc1"' in run.stderr, run
 
 
 def test_disabled_coordinates_answer_401() -> None:
