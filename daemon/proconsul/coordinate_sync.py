@@ -25,7 +25,7 @@ import random
 from typing import Any
 
 from proconsul.coordinate import DEFAULT_CONFIG, DEFAULT_SEGMENT, Coordinate, InvalidCoordinate
-from proconsul.rpc import RPCError
+from proconsul.rpc import NotLeader, RPCError
 from proconsul.state import commands
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ class CoordinateEndpoint:
         consensus = self.server.consensus
         if not consensus.is_leader():
             leader = await self.server._wait_for_leader()
+            if leader and self.server.pool is None:
+                raise NotLeader(leader)
             if leader:
                 try:
                     await self.server.pool.call(leader, "Coordinate.Update", encode_update(node, segment, coord),

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from proconsul import coordinate_sync, queries
 from proconsul.coordinate import Coordinate, InvalidCoordinate
+from proconsul.snapshot import state_stats
 from proconsul.state import commands as cmd
 from proconsul.state.fsm import FSM
 from proconsul.state.records import Node, ServiceInstance
@@ -59,6 +60,8 @@ def test_coordinates_go_with_the_node_and_survive_snapshots() -> None:
     copy = Store()
     copy.restore(log.store.snapshot())
     assert copy.list_coordinates() == log.store.list_coordinates()
+    # `snapshot inspect` counts them as Consul's "Coordinate" records.
+    assert ("Coordinate", 2) in [(name, count) for name, count, _ in state_stats(log.store.snapshot())]
     fired: list[int] = []
     log.store.watch(["coordinates"], lambda: fired.append(1))
     log.apply(cmd.Deregister("a"))
