@@ -29,6 +29,8 @@ from proconsul import logs
 from proconsul.checks import CheckManager
 from proconsul.client import RemoteServer
 from proconsul.cluster import ClusterMember
+from proconsul.coordinate import Coordinate
+from proconsul.coordinate_sync import CoordinateSync
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.local import AntiEntropy, LocalCheck, LocalState
@@ -167,6 +169,7 @@ class Agent:
             self.raft.fatal = self._fatal
             self.server.handlers["Session.Renew"] = self._renew_on_leader
         self.operator = Operator(self)  # operator raft / snapshot endpoints (+ their RPCs)
+        self.coordinate_sync = CoordinateSync(self)  # network coordinates to the catalog (+ Coordinate.Update)
         self.notifier = Notifier()
         self.http: Any = None
         self.dns: Any = None
@@ -233,6 +236,7 @@ class Agent:
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
         self.membership.start_reconcile(self.server, self.log.is_leader)
+        self.coordinate_sync.start()
         if cfg.pid_file:
             write_pid_file(cfg.pid_file)
         logger.info("agent: started; node=%s datacenter=%s server=%s", self.node_name, cfg.datacenter, cfg.server)
@@ -308,6 +312,7 @@ class Agent:
                 pass
         self.session_timers.stop()
         self.watches.stop()
+        await self.coordinate_sync.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         await self.membership.stop()
@@ -573,7 +578,7 @@ class Agent:
                 "TxnMaxReqLen": cfg.limits.txn_max_req_len,
                 "ConfigFiles": list(cfg.sources),
             },
-            "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+            "Coord": (self.coordinate_sync.local_coordinate() or Coordinate.origin()).to_json(),
             "Member": self.member(),
             "Stats": self.stats(),
             "Meta": dict(self.local.node_meta),

@@ -148,6 +148,10 @@ class RemoteServer:
         # Arbitrary store functions cannot travel; DNS on clients needs named queries.
         raise RPCError("this read is not available on client agents")
 
+    async def call(self, method: str, body: Any, timeout_s: float = 10.0) -> Any:
+        """Any other server RPC (e.g. ``Coordinate.Update``); must be safe to resend."""
+        return await self._call(method, body, timeout_s, retry_sent=True)
+
     def wait_time(self, opts: QueryOptions) -> float:
         wait = opts.max_wait_s or 300.0
         return wait + wait / 16

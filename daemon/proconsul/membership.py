@@ -70,6 +70,7 @@ class Membership:
             on_event=self._on_event,
             advertise=(agent.address, cfg.ports.serf_lan),
             keyring=self.keyring,
+            disable_coordinates=cfg.disable_coordinates,
         )
         self.records: dict[str, MemberRecord] = {}
         self.changed = asyncio.Event()

@@ -53,7 +53,7 @@ from proconsul.gossip.messages import (
 
 __all__ = [
     "Address", "Event", "GossipCore", "Member", "MemberEvent", "MemberEventKind", "MemberState",
-    "NameConflict", "Output", "Packet", "StreamKind", "StreamRequest", "UserEventReceived",
+    "NameConflict", "Output", "Packet", "PingComplete", "StreamKind", "StreamRequest", "UserEventReceived",
     "push_pull_scale", "remaining_suspicion_time", "suspicion_timeout",
 ]
 
@@ -179,6 +179,16 @@ class StreamRequest:
     deadline: float
 
 
+@dataclass(frozen=True)
+class PingComplete:
+    """A direct probe of ``name`` was acked after ``rtt_s`` seconds; ``payload`` is what the
+    peer attached to its ack (its network coordinate, see ``proconsul.coordinate``)."""
+
+    name: str
+    rtt_s: float
+    payload: bytes
+
+
 @dataclass
 class Output:
     """Everything one call into the core produced, in the order it happened."""
@@ -188,6 +198,8 @@ class Output:
     events: list[Event] = field(default_factory=list)
     # Only from handle_stream: the bytes to write back on that stream (None: close it).
     reply: bytes | None = None
+    # Completed direct probes, for the driver's network coordinates (kept apart from events).
+    pings: list[PingComplete] = field(default_factory=list)
 
 
 # --- internal state ------------------------------------------------------------------------
@@ -328,6 +340,8 @@ class GossipCore:
         self._event_min_time = 0
         self._event_buffer: list[_EventSlot | None] = [None] * config.event_buffer_size
         self._out = Output()
+        # Attached to every ack we send (the driver keeps our coordinate in it; empty: none).
+        self.ack_payload = b""
         # Announce ourselves: once a join gives us peers, this is what tells the cluster we exist
         # beyond the one member we pushed our state to.
         self._broadcast_alive(me)
@@ -555,7 +569,7 @@ class GossipCore:
                 # Meant for whoever held this address before us; acking would mislead the prober.
                 self._log.debug("gossip: ping for %s reached %s", msg.target, self.name)
                 return
-            self._send(msg.source, [encode(Ack(msg.seq))])
+            self._send(msg.source, [encode(Ack(msg.seq, self.ack_payload))])
         elif isinstance(msg, IndirectPing):
             self._seq += 1
             seq = self._seq
@@ -584,6 +598,9 @@ class GossipCore:
         if p is not None and ack.seq == p.seq:
             self._probe = None
             self._apply_awareness(-1)  # a probe that got an answer is evidence we are healthy
+            if not p.indirect_sent:
+                # Only a direct answer measures the path between us (as memberlist reports it).
+                self._out.pings.append(PingComplete(p.target, now - p.started, ack.payload))
             return
         relay = self._relays.pop(ack.seq, None)
         if relay is not None:

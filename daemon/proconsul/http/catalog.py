@@ -21,6 +21,7 @@ from proconsul.http.common import (
     query_options,
     read_json,
 )
+from proconsul.http.coordinate import near_node
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.structs import CHECK_STATUSES, DecodeError, decode_service
@@ -158,7 +159,7 @@ async def datacenters(request: web.Request) -> web.Response:
 async def nodes(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
-    args = {"node_meta": node_meta_filter(request)}
+    args = {"node_meta": node_meta_filter(request), "near": near_node(request)}
     meta, items = await agent.server.query("Catalog.ListNodes", args, opts)
     return json_response(request, filter_items(request, items, bexpr.CATALOG_NODE), meta)
 
@@ -178,6 +179,7 @@ async def service_nodes(request: web.Request) -> web.Response:
         "service": request.match_info["service"],
         "tags": request.query.getall("tag", []),
         "node_meta": node_meta_filter(request),
+        "near": near_node(request),
     }
     meta, items = await agent.server.query("Catalog.ServiceNodes", args, opts)
     return json_response(request, filter_items(request, items, bexpr.CATALOG_SERVICE_NODE), meta)

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from proconsul.http import agent as agent_routes
 from proconsul.http import catalog, event, health, kv, operator, session, status, txn
+from proconsul.http import coordinate as coordinate_routes
 from proconsul.http.common import HTTPError
 from proconsul.rpc import RPCError
 from proconsul.state.store import StoreError
@@ -78,6 +79,7 @@ def build_app(agent: Any) -> web.Application:
     app.router.add_get("/", index)
     for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event):
         app.router.add_routes(module.routes())
+    app.router.add_routes(coordinate_routes.routes())
     return app
 
 
