@@ -134,12 +134,18 @@ class RemoteServer:
             "args": args,
             "opts": [opts.min_index, opts.max_wait_s, opts.allow_stale, opts.require_consistent],
         }
+        if opts.datacenter and opts.datacenter != self.datacenter:
+            body["dc"] = opts.datacenter  # our server forwards it over the WAN
         timeout = (self.wait_time(opts) if opts.min_index else 0) + 30.0
         reply = await self._call("Client.Query", body, timeout, retry_sent=True)
         index, known_leader, last_contact, consistency = reply["meta"]
         return QueryMeta(index, known_leader, last_contact, consistency), reply["result"]
 
-    async def write(self, command: commands.Command) -> tuple[WriteMeta, Any]:
+    async def write(self, command: commands.Command, datacenter: str = "") -> tuple[WriteMeta, Any]:
+        if datacenter and datacenter != self.datacenter:
+            body = {"dc": datacenter, "command": commands.encode(command)}
+            reply = await self._call("Client.WriteDC", body, 50.0, retry_sent=False)
+            return WriteMeta(reply["index"]), decode_result(reply["result"])
         reply = await self._call("Client.Write", commands.encode(command), 40.0, retry_sent=False)
         return WriteMeta(reply["index"]), decode_result(reply["result"])
 
@@ -151,6 +157,10 @@ class RemoteServer:
     async def call(self, method: str, body: Any, timeout_s: float = 10.0) -> Any:
         """Any other server RPC (e.g. ``Coordinate.Update``); must be safe to resend."""
         return await self._call(method, body, timeout_s, retry_sent=True)
+
+    async def list_datacenters(self) -> list[str]:
+        """Every known datacenter, as our server's WAN pool knows them."""
+        return list(await self._call("Catalog.ListDatacenters", None, 10.0, retry_sent=True))
 
     def wait_time(self, opts: QueryOptions) -> float:
         wait = opts.max_wait_s or 300.0

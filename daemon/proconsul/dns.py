@@ -197,6 +197,11 @@ class DNSServer:
             # Too stale (Consul's max_stale): ask again with a leader read.
             meta, answer = await self.server.read(QueryOptions(), run, CATALOG_TABLES)
         result: Answer = answer
+        if result.remote is not None:
+            # A name in another datacenter: its records come over the WAN (dns_remote).
+            from proconsul.dns_remote import answer_remote
+
+            result = await answer_remote(self.server, cfg, q, result, self.rng, resolver.now, max_groups)
         return result
 
     async def _recurse(self, cfg: RuntimeConfig, req: dns_wire.Request, data: bytes, tcp: bool) -> bytes:

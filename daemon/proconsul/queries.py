@@ -248,6 +248,36 @@ def node_state(store: Store, args: Args) -> tuple[int, Any]:
     }
 
 
+def dns_records(store: Store, args: Args) -> tuple[int, Any]:
+    """The catalog records a DNS answer for another datacenter is built from, in wire form:
+    every instance of `service` (any spelling) with its node and checks, or the node `node`
+    (any spelling). See `proconsul.dns_remote`."""
+    nodes: dict[str, Node] = {}
+    services: list[Any] = []
+    checks: dict[tuple[str, str], Any] = {}  # node checks count once per node
+    if args.get("service"):
+        wanted = str(args["service"]).lower()
+        for node_name in sorted(store.services):
+            node = store.nodes.get(node_name)
+            for sid in sorted(store.services[node_name]):
+                svc = store.services[node_name][sid]
+                if node is None or svc.service.lower() != wanted:
+                    continue
+                nodes[node_name] = node
+                services.append(svc.to_wire())
+                checks.update(((c.node, c.check_id), c.to_wire()) for c in store.checks_for_instance(svc))
+    if args.get("node"):
+        wanted = str(args["node"]).lower()
+        for node_name in sorted(store.nodes):
+            if node_name.lower() == wanted:
+                nodes[node_name] = store.nodes[node_name]
+    return store.catalog_index(*CATALOG_TABLES), {
+        "nodes": [n.to_wire() for n in nodes.values()],
+        "services": services,
+        "checks": list(checks.values()),
+    }
+
+
 READS: dict[str, QuerySpec] = {
     "KVS.Get": QuerySpec(kv_get, KV_TABLES, lambda a: a["key"]),
     "KVS.List": QuerySpec(kv_list, KV_TABLES, lambda a: a["prefix"]),
@@ -267,6 +297,7 @@ READS: dict[str, QuerySpec] = {
     "Internal.NodeState": QuerySpec(node_state, CATALOG_TABLES),
     "Coordinate.ListNodes": QuerySpec(coordinate_list_nodes, COORDINATE_TABLES),
     "Coordinate.Node": QuerySpec(coordinate_node, COORDINATE_TABLES),
+    "Internal.DNSRecords": QuerySpec(dns_records, CATALOG_TABLES),
 }
 
 VALID_STATES = (HEALTH_PASSING, "warning", "critical", HEALTH_ANY)
