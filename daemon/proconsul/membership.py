@@ -24,8 +24,9 @@ from typing import Any
 
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.core import Event, Member, MemberEvent, MemberEventKind, MemberState, NameConflict
-from proconsul.gossip.keyring import setup_keyring
+from proconsul.gossip.keyring import Keyring, setup_keyring
 from proconsul.gossip.node import GossipNode
+from proconsul.serf_queries import KeyringQueries, QueryAsker
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class Membership:
             advertise=(agent.address, cfg.ports.serf_lan),
             keyring=self.keyring,
         )
+        self.queries = QueryAsker(self.node)
+        self.keyring_queries = KeyringQueries(self.node, self.queries, self._save_keyring)
         self.records: dict[str, MemberRecord] = {}
         self.changed = asyncio.Event()
         # Called with each member event (the leader's reconcile and client server lists).
@@ -148,7 +151,13 @@ class Membership:
 
     # --- events ------------------------------------------------------------------------------
 
+    def _save_keyring(self, ring: Keyring) -> None:
+        if self.config.data_dir and not self.config.disable_keyring_file:
+            ring.save(self.config.data_dir)
+
     def _on_event(self, event: Event) -> None:
+        if self.queries.handle_event(event) or self.keyring_queries.handle_event(event):
+            return
         if isinstance(event, NameConflict):
             if event.name == self.agent.node_name:
                 logger.error("agent: node name %s is in use by another agent at %s:%d; choose a unique -node",

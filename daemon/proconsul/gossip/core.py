@@ -43,6 +43,8 @@ from proconsul.gossip.messages import (
     ProtocolError,
     PushNodeState,
     PushPull,
+    Query,
+    QueryResponse,
     Suspect,
     UserEvent,
     decode,
@@ -53,7 +55,8 @@ from proconsul.gossip.messages import (
 
 __all__ = [
     "Address", "Event", "GossipCore", "Member", "MemberEvent", "MemberEventKind", "MemberState",
-    "NameConflict", "Output", "Packet", "StreamKind", "StreamRequest", "UserEventReceived",
+    "NameConflict", "Output", "Packet", "QueryHandle", "QueryReceived", "QueryResponseReceived", "StreamKind",
+    "StreamRequest", "UserEventReceived",
     "push_pull_scale", "remaining_suspicion_time", "suspicion_timeout",
 ]
 
@@ -151,7 +154,40 @@ class NameConflict:
     theirs: Address
 
 
-Event = MemberEvent | UserEventReceived | NameConflict
+@dataclass(frozen=True)
+class QueryHandle:
+    """Names one query we asked: answers carry ``(ltime, id)``; they count until ``deadline``."""
+
+    ltime: int
+    id: int
+    deadline: float
+
+
+@dataclass(frozen=True)
+class QueryReceived:
+    """A query reached us (ours included), once; answer it with :meth:`GossipCore.respond`
+    before ``deadline`` (monotonic seconds)."""
+
+    ltime: int
+    id: int
+    name: str
+    payload: bytes
+    source_name: str
+    source: Address
+    deadline: float
+
+
+@dataclass(frozen=True)
+class QueryResponseReceived:
+    """One member's answer to a query we asked, at most once per member."""
+
+    ltime: int
+    id: int
+    from_name: str
+    payload: bytes
+
+
+Event = MemberEvent | UserEventReceived | NameConflict | QueryReceived | QueryResponseReceived
 
 
 @dataclass(frozen=True)
@@ -262,6 +298,19 @@ class _Stream:
 
 
 @dataclass
+class _QuerySlot:
+    ltime: int
+    ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _AskedQuery:
+    deadline: float
+    # Membership test only (never iterated into an output).
+    responders: set[str] = field(default_factory=set)
+
+
+@dataclass
 class _EventSlot:
     ltime: int
     keys: list[tuple[str, bytes]] = field(default_factory=list)
@@ -327,6 +376,9 @@ class GossipCore:
         self._event_clock = 0
         self._event_min_time = 0
         self._event_buffer: list[_EventSlot | None] = [None] * config.event_buffer_size
+        self._query_clock = 0
+        self._query_buffer: list[_QuerySlot | None] = [None] * config.query_buffer_size
+        self._asked: dict[tuple[int, int], _AskedQuery] = {}
         self._out = Output()
         # Announce ourselves: once a join gives us peers, this is what tells the cluster we exist
         # beyond the one member we pushed our state to.
@@ -547,6 +599,51 @@ class GossipCore:
         self._emit(MemberEvent(MemberEventKind.UPDATE, me.snapshot()))
         return self._drain()
 
+    def default_query_timeout(self) -> float:
+        """Serf's default: ``gossip_interval * query_timeout_mult * ceil(log10(n + 1))`` over the
+        members that are not dead or left, long enough for the query to reach everyone."""
+        alive = sum(1 for n in self._members.values() if n.state in (MemberState.ALIVE, MemberState.SUSPECT))
+        scale = math.ceil(math.log10(alive + 1))
+        return self.config.gossip_interval_s * self.config.query_timeout_mult * max(1, scale)
+
+    def send_query(self, name: str, payload: bytes, now: float,
+                   timeout_s: float | None = None) -> tuple[QueryHandle, Output]:
+        """Gossip a query to every member (us included); answers come back as
+        :class:`QueryResponseReceived` events until the handle's deadline.
+
+        Raises:
+            ValueError: the encoded query exceeds ``query_size_limit`` (caller's misuse).
+        """
+        timeout = self.default_query_timeout() if timeout_s is None else timeout_s
+        ltime = self._query_clock
+        self._query_clock += 1
+        q = Query(ltime, self._rng.getrandbits(32), self.name, self.addr, name, bytes(payload),
+                  int(timeout * 1000))
+        if len(encode(q)) > self.config.query_size_limit:
+            raise ValueError(f"query exceeds limit of {self.config.query_size_limit} bytes")
+        handle = QueryHandle(ltime, q.id, now + timeout)
+        self._asked[(ltime, q.id)] = _AskedQuery(handle.deadline)
+        self._handle_query(q, now)
+        return handle, self._drain()
+
+    def respond(self, query: QueryReceived, payload: bytes, now: float) -> Output:
+        """Answer ``query`` straight to its asker; too late (past its deadline) is dropped.
+
+        Raises:
+            ValueError: the answer exceeds ``query_size_limit`` (caller's misuse).
+        """
+        resp = QueryResponse(query.ltime, query.id, self.name, bytes(payload))
+        data = encode(resp)
+        if len(data) > self.config.query_size_limit:
+            raise ValueError(f"query response exceeds limit of {self.config.query_size_limit} bytes")
+        if now > query.deadline:
+            self._log.debug("gossip: not answering query %s, its deadline passed", query.name)
+        elif query.source_name == self.name and query.source == self.addr:
+            self._handle_query_response(resp, now)
+        else:
+            self._send(query.source, [data])
+        return self._drain()
+
     # --- dispatch --------------------------------------------------------------------------
 
     def _dispatch(self, msg: Message, src: Address, now: float) -> None:
@@ -575,6 +672,10 @@ class GossipCore:
             self._on_dead(msg, now)
         elif isinstance(msg, UserEvent):
             self._handle_user_event(msg)
+        elif isinstance(msg, Query):
+            self._handle_query(msg, now)
+        elif isinstance(msg, QueryResponse):
+            self._handle_query_response(msg, now)
         else:
             # PushPull belongs on streams; Compound was flattened by decode_packet.
             self._log.warning("gossip: unexpected %s in a datagram", type(msg).__name__)
@@ -917,6 +1018,37 @@ class GossipCore:
         self._queue.queue(encode(e))
         self._emit(UserEventReceived(e.ltime, e.name, e.payload))
         return True
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def _handle_query(self, q: Query, now: float) -> None:
+        # Lamport rule on the query clock, as for user events.
+        if q.ltime >= self._query_clock:
+            self._query_clock = q.ltime + 1
+        size = len(self._query_buffer)
+        if self._query_clock > size and q.ltime < self._query_clock - size:
+            return  # older than the buffer remembers: can't tell if seen, so drop
+        idx = q.ltime % size
+        slot = self._query_buffer[idx]
+        if slot is not None and slot.ltime == q.ltime:
+            if q.id in slot.ids:
+                return
+        else:
+            slot = _QuerySlot(q.ltime)
+            self._query_buffer[idx] = slot
+        slot.ids.append(q.id)
+        self._queue.queue(encode(q))
+        self._emit(QueryReceived(q.ltime, q.id, q.name, q.payload, q.source_name, q.source,
+                                 now + q.timeout_ms / 1000.0))
+
+    def _handle_query_response(self, r: QueryResponse, now: float) -> None:
+        for key in [k for k, a in self._asked.items() if now > a.deadline]:
+            del self._asked[key]
+        asked = self._asked.get((r.ltime, r.id))
+        if asked is None or r.from_name in asked.responders:
+            return  # not ours, too late, or a duplicate
+        asked.responders.add(r.from_name)
+        self._emit(QueryResponseReceived(r.ltime, r.id, r.from_name, r.payload))
 
     # --- output helpers --------------------------------------------------------------------
 

@@ -22,7 +22,16 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from proconsul.gossip.config import GossipConfig
-from proconsul.gossip.core import Address, Event, GossipCore, Member, Output, StreamRequest
+from proconsul.gossip.core import (
+    Address,
+    Event,
+    GossipCore,
+    Member,
+    Output,
+    QueryHandle,
+    QueryReceived,
+    StreamRequest,
+)
 from proconsul.gossip.keyring import DecryptError, Keyring
 
 logger = logging.getLogger(__name__)
@@ -189,6 +198,21 @@ class GossipNode:
     def send_user_event(self, name: str, payload: bytes) -> None:
         assert self.core is not None
         self._apply(self.core.send_user_event(name, payload, asyncio.get_running_loop().time()))
+
+    def send_query(self, name: str, payload: bytes, timeout_s: float | None = None) -> QueryHandle:
+        """Gossip a query; answers arrive through ``on_event`` as ``QueryResponseReceived``."""
+        assert self.core is not None
+        handle, out = self.core.send_query(name, payload, asyncio.get_running_loop().time(), timeout_s)
+        self._apply(out)
+        return handle
+
+    def respond(self, query: QueryReceived, payload: bytes) -> None:
+        assert self.core is not None
+        self._apply(self.core.respond(query, payload, asyncio.get_running_loop().time()))
+
+    def loop_time(self) -> float:
+        """The clock query deadlines are on."""
+        return asyncio.get_running_loop().time()
 
     def force_leave(self, name: str) -> bool:
         """Mark a failed member as left (Consul's force-leave); False if unknown."""
