@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from proconsul.gossip.core import Event, Member, MemberEvent, MemberEventKind, M
 from proconsul.gossip.keyring import Keyring, setup_keyring
 from proconsul.gossip.node import GossipNode
 from proconsul.serf_queries import KeyringQueries, QueryAsker
+from proconsul.serf_snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class Membership:
         )
         self.queries = QueryAsker(self.node)
         self.keyring_queries = KeyringQueries(self.node, self.queries, self._save_keyring)
+        # Peers to rejoin after a restart (serf's snapshot); dev agents keep nothing.
+        self.snapshot = Snapshot(cfg.data_dir, cfg.rejoin_after_leave) if cfg.data_dir and not cfg.dev else None
         self.records: dict[str, MemberRecord] = {}
         self.changed = asyncio.Event()
         # Called with each member event (the leader's reconcile and client server lists).
@@ -95,6 +99,19 @@ class Membership:
             self.node.advertise = (self.agent.address, 0)
             await self.node.start()
         logger.info("gossip: LAN pool on %s:%d", *self.node.address)
+        previous = self.snapshot.previous_peers(self.agent.node_name) if self.snapshot is not None else []
+        if previous:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._rejoin(previous), name="serf-rejoin"))
+
+    async def _rejoin(self, previous: list[tuple[str, str]]) -> None:
+        """serf's handleRejoin: try the peers of the snapshot in random order until one answers."""
+        random.shuffle(previous)
+        for name, addr in previous:
+            logger.info("serf: Attempting re-join to previously known node: %s: %s", name, addr)
+            if await self.node.join([addr], self.config.ports.serf_lan) > 0:
+                logger.info("serf: Re-joined to previously known node: %s: %s", name, addr)
+                return
+        logger.warning("serf: Failed to re-join any previously known node")
 
     def start_retry_join(self, on_exhausted: Callable[[], None]) -> None:
         addrs = list(dict.fromkeys([*self.config.start_join, *self.config.retry_join]))
@@ -123,6 +140,8 @@ class Membership:
 
     async def leave(self) -> None:
         self.leaving = True
+        if self.snapshot is not None:
+            self.snapshot.leave()
         me = self.records.get(self.agent.node_name)
         if me is not None:
             me.status = STATUS_LEAVING
@@ -137,6 +156,8 @@ class Membership:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.node.stop()
+        if self.snapshot is not None:
+            self.snapshot.close()
 
     def force_leave(self, name: str, prune: bool = False) -> bool:
         known = self.node.force_leave(name)
@@ -166,6 +187,11 @@ class Membership:
         if not isinstance(event, MemberEvent):
             return
         m = event.member
+        if self.snapshot is not None and m.name != self.agent.node_name:
+            if event.kind is MemberEventKind.JOIN:
+                self.snapshot.member_alive(m.name, m.addr[0], m.addr[1])
+            elif event.kind in (MemberEventKind.LEAVE, MemberEventKind.FAIL):
+                self.snapshot.member_gone(m.name)
         if event.kind is MemberEventKind.REAP:
             return  # serf keeps the member listed (failed until reconnect_timeout, left for a day)
         status = _status(m.state)
