@@ -19,9 +19,11 @@ import errno
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import msgpack
 
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.core import Event, Member, MemberEvent, MemberEventKind, MemberState, NameConflict
@@ -73,6 +75,7 @@ class Membership:
             on_event=self._on_event,
             advertise=(agent.address, cfg.ports.serf_lan),
             keyring=self.keyring,
+            merge_check=self._merge_check,
         )
         self.queries = QueryAsker(self.node)
         self.keyring_queries = KeyringQueries(self.node, self.queries, self._save_keyring)
@@ -83,6 +86,7 @@ class Membership:
         # Called with each member event (the leader's reconcile and client server lists).
         self.listeners: list[Callable[[MemberRecord], None]] = []
         self.leaving = False
+        self._resolving = False  # a name-conflict resolution is under way
         self._tasks: list[asyncio.Task[Any]] = []
 
     # --- life cycle --------------------------------------------------------------------------
@@ -176,13 +180,65 @@ class Membership:
         if self.config.data_dir and not self.config.disable_keyring_file:
             ring.save(self.config.data_dir)
 
+    def _merge_check(self, members: Sequence[tuple[str, Mapping[str, str]]]) -> str | None:
+        """Consul's LAN merge delegate: refuse members that reuse a node ID under another name
+        (ours, one another's, or a live member's) or belong to another datacenter."""
+        me, my_id = self.agent.node_name, self.agent.node_id
+        live = {m.tags.get("id", ""): m.name for m in self.node.members()
+                if m.state in (MemberState.ALIVE, MemberState.SUSPECT) and m.tags.get("id")}
+        seen: dict[str, str] = {}
+        for name, tags in members:
+            node_id = tags.get("id", "")
+            if node_id:
+                if node_id == my_id and name.lower() != me.lower():
+                    return f"Member '{name}' has conflicting node ID '{node_id}' with this agent's ID"
+                other = seen.get(node_id) or live.get(node_id)
+                if other is not None and other.lower() != name.lower():
+                    return f"Member '{name}' has conflicting node ID '{node_id}' with member '{other}'"
+                seen[node_id] = name
+            dc = tags.get("dc", "")
+            if dc and dc != self.config.datacenter:
+                return f"Member '{name}' part of wrong datacenter '{dc}'"
+        return None
+
+    async def _resolve_name_conflict(self) -> None:
+        """serf's conflict resolution: ask everyone which address they hold for our name; in the
+        minority we step out of the pool (the other holder keeps the name)."""
+        me = self.node.address
+        result = await self.queries.ask("_serf_conflict", self.agent.node_name.encode())
+        matching = 0
+        for payload in result.responses.values():
+            try:
+                answer = msgpack.unpackb(payload, raw=False)
+            except Exception:
+                continue
+            if isinstance(answer, dict) and (answer.get("Addr"), answer.get("Port")) == tuple(me):
+                matching += 1
+        # The disputed node does not vote (it does not answer its own query), as in serf.
+        responses = len(result.responses)
+        if matching >= responses // 2 + 1:
+            logger.info("serf: majority in name conflict resolution [%d / %d]", matching, responses)
+            self._resolving = False
+            return
+        logger.error("serf: minority in name conflict resolution, quiting [%d / %d]", matching, responses)
+        logger.error("agent: node name %s is in use by another agent; this agent left the LAN pool, "
+                     "restart it with a unique -node", self.agent.node_name)
+        await self.node.stop()
+
     def _on_event(self, event: Event) -> None:
         if self.queries.handle_event(event) or self.keyring_queries.handle_event(event):
             return
         if isinstance(event, NameConflict):
             if event.name == self.agent.node_name:
-                logger.error("agent: node name %s is in use by another agent at %s:%d; choose a unique -node",
-                             event.name, *event.theirs)
+                logger.error("serf: Node name conflicts with another node at %s:%d. Names must be unique! "
+                             "(Resolution enabled: true)", *event.theirs)
+                if not self._resolving:
+                    self._resolving = True
+                    self._tasks.append(asyncio.get_running_loop().create_task(
+                        self._resolve_name_conflict(), name="serf-conflict"))
+            else:
+                logger.warning("serf: Name conflict for '%s' both %s:%d and %s:%d are claiming",
+                               event.name, *event.ours, *event.theirs)
             return
         if not isinstance(event, MemberEvent):
             return

@@ -5,6 +5,7 @@ Owns two things that sit on top of the gossip core's query messages:
 - :class:`QueryAsker`: send a query and gather the answers (one per member, de-duplicated by the
   core) until every alive member answered or the deadline passed, as serf's ``Query`` and
   ``QueryResponse`` do;
+- serf's ``_serf_conflict`` query: which address each member holds for a disputed node name;
 - the internal queries serf answers by itself (``_serf_install-key``, ``_serf_use-key``,
   ``_serf_remove-key``, ``_serf_list-keys``): each member changes its own keyring, writes
   ``data_dir/serf/local.keyring`` and answers ``{Result, Message, Keys, PrimaryKey}``; the asker
@@ -134,6 +135,9 @@ class KeyringQueries:
         if not isinstance(event, QueryReceived) or not event.name.startswith(INTERNAL_QUERY_PREFIX):
             return False
         op = event.name[len(INTERNAL_QUERY_PREFIX):]
+        if op == "conflict":
+            self._answer_conflict(event)
+            return True
         handlers = {"install-key": self._install, "use-key": self._use, "remove-key": self._remove,
                     "list-keys": self._list}
         handler = handlers.get(op)
@@ -156,6 +160,19 @@ class KeyringQueries:
         except ValueError as exc:
             logger.error("serf: Failed to respond to key query: %s", exc)
         return True
+
+    def _answer_conflict(self, event: QueryReceived) -> None:
+        """serf's conflict query: tell the asker which address we hold for the disputed name."""
+        name = event.payload.decode("utf-8", "replace")
+        if name == self.node.name:
+            return  # the disputed node does not vote for itself
+        logger.debug("serf: Got conflict resolution query for '%s'", name)
+        held = next((m for m in self.node.members() if m.name == name), None)
+        answer = {"Name": held.name, "Addr": held.addr[0], "Port": held.addr[1]} if held is not None else {}
+        try:
+            self.node.respond(event, _encode(answer))
+        except ValueError as exc:
+            logger.error("serf: Failed to respond to conflict query: %s", exc)
 
     def _mutate(self, what: str, change: Callable[[Keyring], None]) -> dict[str, Any]:
         ring = self.node.keyring

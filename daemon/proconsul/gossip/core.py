@@ -54,7 +54,7 @@ from proconsul.gossip.messages import (
 )
 
 __all__ = [
-    "Address", "Event", "GossipCore", "Member", "MemberEvent", "MemberEventKind", "MemberState",
+    "Address", "Event", "GossipCore", "Member", "MemberEvent", "MemberEventKind", "MemberState", "MergeCheck",
     "NameConflict", "Output", "Packet", "QueryHandle", "QueryReceived", "QueryResponseReceived", "StreamKind",
     "StreamRequest", "UserEventReceived",
     "push_pull_scale", "remaining_suspicion_time", "suspicion_timeout",
@@ -224,6 +224,8 @@ class Output:
     events: list[Event] = field(default_factory=list)
     # Only from handle_stream: the bytes to write back on that stream (None: close it).
     reply: bytes | None = None
+    # Only from handle_stream_result: why the peer's push-pull state was refused (a failed join).
+    refused: str | None = None
 
 
 # --- internal state ------------------------------------------------------------------------
@@ -319,6 +321,9 @@ class _EventSlot:
 
 _INF = math.inf
 
+# Serf's merge delegate: given members (name, tags) about to be merged, an error refuses them.
+MergeCheck = Callable[[Sequence[tuple[str, Mapping[str, str]]]], "str | None"]
+
 
 class GossipCore:
     """One member of one gossip pool (LAN or WAN).
@@ -344,8 +349,10 @@ class GossipCore:
         now: float,
         tags: Mapping[str, str] | None = None,
         logger: logging.Logger | None = None,
+        merge_check: MergeCheck | None = None,
     ) -> None:
         self.name = name
+        self._merge_check = merge_check
         self.addr = addr
         self.config = config
         self._rng = rng
@@ -529,7 +536,11 @@ class GossipCore:
                 p.tcp_ok = True
         elif stream.kind is StreamKind.PUSH_PULL:
             if isinstance(msg, PushPull):
-                self._merge_remote(msg, now)
+                refused = self._merge_remote(msg, now)
+                if refused is not None:
+                    out = self._drain()
+                    out.refused = refused
+                    return out
             else:
                 self._log.info("gossip: push-pull got no state back")
         return self._drain()
@@ -797,6 +808,10 @@ class GossipCore:
             self._refute(node, a.incarnation)
             return
         if node is None:
+            refused = self._merge_check([(a.node, a.tags)]) if self._merge_check is not None else None
+            if refused is not None:
+                self._log.warning("memberlist: ignoring alive message for '%s': %s", a.node, refused)
+                return
             node = _Node(a.node, a.addr, dict(a.tags), a.incarnation, MemberState.ALIVE, now)
             self._members[a.node] = node
             self._add_to_probe_order(a.node)
@@ -918,7 +933,9 @@ class GossipCore:
         if self._conflicts.get(name) == theirs:
             return
         self._conflicts[name] = theirs
-        self._log.warning("gossip: name conflict for %s: %s:%d vs %s:%d", name, *ours, *theirs)
+        held = self._members.get(name)
+        self._log.error("memberlist: Conflicting address for %s. Mine: %s:%d Theirs: %s:%d Old state: %s",
+                        name, *ours, *theirs, held.state.name.lower() if held else "unknown")
         self._emit(NameConflict(name, ours, theirs))
 
     def _reap(self, now: float) -> None:
@@ -976,7 +993,14 @@ class GossipCore:
                         key=lambda e: e.ltime)
         return PushPull(join, nodes, self._event_clock, events)
 
-    def _merge_remote(self, pp: PushPull, now: float) -> None:
+    def _merge_remote(self, pp: PushPull, now: float) -> str | None:
+        """Merge a peer's full state; returns why it was refused (nothing merged) or None."""
+        if self._merge_check is not None:
+            live = [(ns.name, ns.tags) for ns in pp.nodes if ns.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+            refused = self._merge_check(live)
+            if refused is not None:
+                self._log.error("memberlist: Failed push/pull merge: %s", refused)
+                return refused
         for ns in pp.nodes:
             if ns.state == MemberState.ALIVE:
                 self._on_alive(Alive(ns.incarnation, ns.name, ns.addr, ns.tags), now)
@@ -989,6 +1013,7 @@ class GossipCore:
         self._witness(pp.event_ltime)
         for e in pp.events:
             self._handle_user_event(e)
+        return None
 
     # --- user events -----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from proconsul.gossip.core import (
     Event,
     GossipCore,
     Member,
+    MergeCheck,
     Output,
     QueryHandle,
     QueryReceived,
@@ -87,7 +88,9 @@ class GossipNode:
         advertise: Address | None = None,
         keyring: Keyring | None = None,
         rng: random.Random | None = None,
+        merge_check: MergeCheck | None = None,
     ) -> None:
+        self.merge_check = merge_check
         self.name = name
         self.bind = bind
         self.advertise = advertise
@@ -125,7 +128,8 @@ class GossipNode:
             adv = (adv[0], port)
         if adv[0] in ("0.0.0.0", "::", ""):
             adv = ("127.0.0.1", adv[1])
-        self.core = GossipCore(self.name, adv, self.config, self.rng, loop.time(), tags=self.tags, logger=logger)
+        self.core = GossipCore(self.name, adv, self.config, self.rng, loop.time(), tags=self.tags, logger=logger,
+                               merge_check=self.merge_check)
         # The core's first output carries our own JOIN event and alive broadcast.
         self._apply(self.core.tick(loop.time()))
         self._timer = loop.create_task(self._timer_loop(), name=f"gossip-timer-{self.name}")
@@ -318,11 +322,15 @@ class GossipNode:
         finally:
             if writer is not None:
                 writer.close()
+        refused: str | None = None
+        if self.core is not None:
+            out = self.core.handle_stream_result(req.id, reply, loop.time())
+            refused = out.refused
+            self._apply(out)
         waiter = self._stream_waiters.pop(req.id, None)
         if waiter is not None and not waiter.done():
-            waiter.set_result(reply is not None)
-        if self.core is not None:
-            self._apply(self.core.handle_stream_result(req.id, reply, loop.time()))
+            # A refused merge (conflicting node ID, wrong datacenter) is a failed join.
+            waiter.set_result(reply is not None and refused is None)
 
     async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
