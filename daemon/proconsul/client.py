@@ -3,8 +3,9 @@
 Owns what a client agent (no ``-server``) puts where a server agent has its ``rpc.Server``:
 :class:`RemoteServer` answers ``query``/``write`` by calling a server of our datacenter over
 the connection pool (``Client.Query`` / ``Client.Write``; the server forwards to its leader
-once), picking one at random among the alive ``role=consul`` gossip members, sticking to it
-while it works and failing over on connection errors. :class:`ClientConsensus` stands in for
+once), choosing among the alive ``role=consul`` gossip members with Consul's router policy
+(``server_manager.ServerList``: stick to one, move a failing one to the end, reshuffle every
+few minutes). :class:`ClientConsensus` stands in for
 the replicated log where the agent asks "who leads?" (refreshed from a server every few
 seconds) and never leads itself.
 
@@ -31,6 +32,7 @@ from proconsul.rpc import (
     WriteMeta,
     decode_result,
 )
+from proconsul.server_manager import ServerList
 from proconsul.state import commands
 from proconsul.state.store import Store
 from proconsul.transport import ConnectionPool, RemoteError
@@ -90,18 +92,18 @@ class RemoteServer:
         self.identity: dict[str, Any] = {}
         self.rpc_hold_timeout_s = 7.0
         self.known_datacenters = lambda: [datacenter]
-        self._preferred = ""
+        self.server_list = ServerList(self.rng)
         self._task: asyncio.Task[None] | None = None
 
     # --- server choice -----------------------------------------------------------------------
 
     def _candidates(self) -> list[str]:
-        addrs = [addr for _, addr in self.membership.servers()]
-        self.rng.shuffle(addrs)
-        if self._preferred in addrs:
-            addrs.remove(self._preferred)
-            addrs.insert(0, self._preferred)
-        return addrs
+        servers = self.server_list
+        servers.update([addr for _, addr in self.membership.servers()])
+        members = sum(1 for r in self.membership.members() if r.status == 1)
+        if servers.maybe_rebalance(asyncio.get_running_loop().time(), members):
+            logger.debug("client: rebalanced servers, now preferring %s", servers.servers[0])
+        return servers.candidates()
 
     async def _call(self, method: str, body: Any, timeout_s: float, retry_sent: bool) -> Any:
         candidates = self._candidates()
@@ -110,9 +112,7 @@ class RemoteServer:
         last: Exception | None = None
         for addr in candidates:
             try:
-                reply = await self.pool.call(addr, method, body, timeout_s=timeout_s)
-                self._preferred = addr
-                return reply
+                return await self.pool.call(addr, method, body, timeout_s=timeout_s)
             except RemoteError as exc:
                 raise RPCError(str(exc)) from None
             except ConnectionRefusedError as exc:
@@ -121,8 +121,7 @@ class RemoteServer:
                 if not retry_sent:
                     raise UnknownOutcome(f"rpc error: lost the server {addr} mid-write: {exc}") from None
                 last = exc
-            if self._preferred == addr:
-                self._preferred = ""
+            self.server_list.notify_failed(addr)
             logger.info("client: server %s failed (%s); trying another", addr, last)
         raise RPCError(f"rpc error: no server answered: {last}")
 

@@ -34,8 +34,11 @@ from proconsul.gossip.core import (
     Member,
     MemberEvent,
     MemberEventKind,
+    MergeCheck,
     Output,
     PingComplete,
+    QueryHandle,
+    QueryReceived,
     StreamRequest,
 )
 from proconsul.gossip.keyring import DecryptError, Keyring
@@ -95,7 +98,9 @@ class GossipNode:
         keyring: Keyring | None = None,
         rng: random.Random | None = None,
         disable_coordinates: bool = False,
+        merge_check: MergeCheck | None = None,
     ) -> None:
+        self.merge_check = merge_check
         self.name = name
         self.bind = bind
         self.advertise = advertise
@@ -135,7 +140,8 @@ class GossipNode:
             adv = (adv[0], port)
         if adv[0] in ("0.0.0.0", "::", ""):
             adv = ("127.0.0.1", adv[1])
-        self.core = GossipCore(self.name, adv, self.config, self.rng, loop.time(), tags=self.tags, logger=logger)
+        self.core = GossipCore(self.name, adv, self.config, self.rng, loop.time(), tags=self.tags, logger=logger,
+                               merge_check=self.merge_check)
         if self.coordinates is not None:
             self.core.ack_payload = self.coordinates.ack_payload()
         # The core's first output carries our own JOIN event and alive broadcast.
@@ -210,6 +216,21 @@ class GossipNode:
     def send_user_event(self, name: str, payload: bytes) -> None:
         assert self.core is not None
         self._apply(self.core.send_user_event(name, payload, asyncio.get_running_loop().time()))
+
+    def send_query(self, name: str, payload: bytes, timeout_s: float | None = None) -> QueryHandle:
+        """Gossip a query; answers arrive through ``on_event`` as ``QueryResponseReceived``."""
+        assert self.core is not None
+        handle, out = self.core.send_query(name, payload, asyncio.get_running_loop().time(), timeout_s)
+        self._apply(out)
+        return handle
+
+    def respond(self, query: QueryReceived, payload: bytes) -> None:
+        assert self.core is not None
+        self._apply(self.core.respond(query, payload, asyncio.get_running_loop().time()))
+
+    def loop_time(self) -> float:
+        """The clock query deadlines are on."""
+        return asyncio.get_running_loop().time()
 
     def force_leave(self, name: str) -> bool:
         """Mark a failed member as left (Consul's force-leave); False if unknown."""
@@ -329,11 +350,15 @@ class GossipNode:
         finally:
             if writer is not None:
                 writer.close()
+        refused: str | None = None
+        if self.core is not None:
+            out = self.core.handle_stream_result(req.id, reply, loop.time())
+            refused = out.refused
+            self._apply(out)
         waiter = self._stream_waiters.pop(req.id, None)
         if waiter is not None and not waiter.done():
-            waiter.set_result(reply is not None)
-        if self.core is not None:
-            self._apply(self.core.handle_stream_result(req.id, reply, loop.time()))
+            # A refused merge (conflicting node ID, wrong datacenter) is a failed join.
+            waiter.set_result(reply is not None and refused is None)
 
     async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
