@@ -1,4 +1,4 @@
-"""DNS on client agents (`dns_remote`): answers built from a server's catalog slice.
+"""DNS on client agents (`dns_remote.answer_on_client`): answers built from a server's catalog slice.
 
 For every query form, a DNS server that fetches the slice a question needs through the named
 query (over a msgpack round trip, as on the wire) must answer exactly as a server answering from
@@ -100,16 +100,16 @@ def test_client_answer_equals_server_answer(name: str, qtype: str) -> None:
 
 
 def test_catalog_need_names_the_slice() -> None:
-    def need(name: str, qtype: int) -> tuple[str, str]:
+    def need(name: str, qtype: int) -> dict[str, object]:
         return catalog_need(Question(name, qtype, "consul."), "dc1")
 
     from dnslib import QTYPE
 
-    assert need("web.service.consul.", QTYPE.A) == ("service", "web")
-    assert need("v1.web.service.dc1.consul.", QTYPE.SRV) == ("service", "web")
-    assert need("_web._tcp.consul.", QTYPE.SRV) == ("service", "web")
-    assert need("n1.node.consul.", QTYPE.A) == ("node", "n1")
-    assert need("consul.", QTYPE.SOA) == ("service", "consul")
-    assert need("1.0.0.10.in-addr.arpa.", QTYPE.PTR) == ("all", "")
-    assert need("web.service.dc2.consul.", QTYPE.A) == ("none", "")
-    assert need("7f000001.addr.consul.", QTYPE.A) == ("none", "")
+    assert need("web.service.consul.", QTYPE.A) == {"service": "web"}
+    assert need("v1.web.service.dc1.consul.", QTYPE.SRV) == {"service": "web"}
+    assert need("_web._tcp.consul.", QTYPE.SRV) == {"service": "web"}
+    assert need("n1.node.consul.", QTYPE.A) == {"node": "n1"}
+    assert need("consul.", QTYPE.SOA) == {"service": "consul"}
+    assert need("1.0.0.10.in-addr.arpa.", QTYPE.PTR) == {"all": True}
+    assert need("web.service.dc2.consul.", QTYPE.A) == {}
+    assert need("7f000001.addr.consul.", QTYPE.A) == {}

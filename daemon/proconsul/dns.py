@@ -30,7 +30,7 @@ from typing import Any
 
 from dnslib import RCODE
 
-from proconsul import dns_recursor, dns_remote, dns_wire
+from proconsul import dns_recursor, dns_wire
 from proconsul.config import RuntimeConfig
 from proconsul.dns_answer import Answer, AnswerCache, Question, Resolver, match_domain
 from proconsul.rpc import QueryOptions, RPCError, Server
@@ -188,7 +188,7 @@ class DNSServer:
 
     async def _answer(self, cfg: RuntimeConfig, q: Question, max_groups: int = 0) -> Answer:
         if getattr(self.server, "catalog_is_remote", False):
-            return await self._answer_remote(cfg, q, max_groups)
+            return await self._answer_on_client(cfg, q, max_groups)
         resolver = Resolver(cfg, cfg.datacenter, self.rng, time.time(), self.cache, max_groups)
 
         def run(store: Store) -> tuple[int, Answer]:
@@ -200,21 +200,18 @@ class DNSServer:
             # Too stale (Consul's max_stale): ask again with a leader read.
             meta, answer = await self.server.read(QueryOptions(), run, CATALOG_TABLES)
         result: Answer = answer
+        if result.remote is not None:
+            # A name in another datacenter: its records come over the WAN (dns_remote).
+            from proconsul.dns_remote import answer_remote
+
+            result = await answer_remote(self.server, cfg, q, result, self.rng, resolver.now, max_groups)
         return result
 
-    async def _answer_remote(self, cfg: RuntimeConfig, q: Question, max_groups: int) -> Answer:
-        """A client agent: fetch the catalog slice the question needs from a server, then resolve."""
-        kind, name = dns_remote.catalog_need(q, cfg.datacenter)
-        store = Store()
-        if kind != "none":
-            args = {"kind": kind, "name": name}
-            stale = cfg.dns_config.allow_stale
-            meta, data = await self.server.query(dns_remote.DNS_CATALOG_QUERY, args, QueryOptions(allow_stale=stale))
-            if stale and meta.last_contact_ms > cfg.dns_config.max_stale_s * 1000:
-                meta, data = await self.server.query(dns_remote.DNS_CATALOG_QUERY, args, QueryOptions())
-            store = dns_remote.mirror_store(data)
-        # No answer cache: each slice is a fresh store, so cached entries could never be reused.
-        return Resolver(cfg, cfg.datacenter, self.rng, time.time(), None, max_groups).resolve(store, q)
+    async def _answer_on_client(self, cfg: RuntimeConfig, q: Question, max_groups: int) -> Answer:
+        """A client agent: the catalog slice the question needs comes from a server (dns_remote)."""
+        from proconsul.dns_remote import answer_on_client
+
+        return await answer_on_client(self.server, cfg, q, self.rng, time.time(), max_groups)
 
     async def _recurse(self, cfg: RuntimeConfig, req: dns_wire.Request, data: bytes, tcp: bool) -> bytes:
         dnscfg = cfg.dns_config

@@ -13,9 +13,9 @@ in-process on servers and dev agents, over RPC to a gossip-learned server on cli
 server broadcasts it as the serf user event `consul:event:<name>` in the LAN pool. Every agent,
 the firing one included, receives it exactly once from gossip (Lamport time and de-duplication
 are the gossip core's), applies the filters against its own node name and local services, and
-ingests it with the gossip Lamport time as LTime. A request for another datacenter is routed
-through `agent.server_for_dc` (the WAN pool's job; without one it answers "No path to
-datacenter").
+ingests it with the gossip Lamport time as LTime. A request for another datacenter (`?dc=`) is
+forwarded by a server of ours to a server of that datacenter through the WAN router, which
+fires it there ("No path to datacenter" when the WAN pool does not know it).
 """
 
 from __future__ import annotations
@@ -255,18 +255,17 @@ class AgentEvents:
         await self._route(body)
 
     async def _route(self, body: dict[str, Any]) -> Any:
-        dc = body["Datacenter"]
-        target = self.agent.server if dc == self.agent.config.datacenter else self.agent.server_for_dc(dc)
-        # A client agent's RemoteServer sends the RPC to a server (any: gossip does the rest);
-        # a server answers it in process.
-        forward = getattr(target, "forward_rpc", None)
+        # A client agent's RemoteServer sends the RPC to one of our servers (any: gossip does the
+        # rest, and a server forwards another datacenter's); a server answers it in process.
+        forward = getattr(self.agent.server, "forward_rpc", None)
         if forward is not None:
             return await forward(FIRE_RPC, body)
-        return await target.handle_rpc(FIRE_RPC, body)
+        return await self.handle_fire_rpc(body)
 
     async def handle_fire_rpc(self, body: Any) -> bool:
-        """Internal.EventFire on a server: broadcast the encoded event as `consul:event:<name>`."""
-        from proconsul.rpc import RPCError
+        """Internal.EventFire on a server: broadcast the encoded event as `consul:event:<name>`,
+        or forward it to a server of the datacenter it names (over the WAN router)."""
+        from proconsul.rpc import NoPathToDatacenter, RPCError
 
         if not isinstance(body, dict) or not isinstance(body.get("Name"), str) or not isinstance(
             body.get("Payload"), bytes
@@ -274,7 +273,11 @@ class AgentEvents:
             raise RPCError("Internal.EventFire: malformed request")
         dc = body.get("Datacenter") or self.agent.config.datacenter
         if dc != self.agent.config.datacenter:
-            await self._route(dict(body, Datacenter=dc))
+            router = getattr(self.agent.server, "router", None)
+            if router is None:
+                raise NoPathToDatacenter(dc)
+            # Any server there will do (Consul sends it AllowStale); not resent once sent.
+            await router._call(dc, FIRE_RPC, dict(body, Datacenter=dc), 30.0, False)
             return True
         gossip_name = GOSSIP_NAME_PREFIX + body["Name"]
         if len(gossip_name.encode()) + len(body["Payload"]) > USER_EVENT_SIZE_LIMIT:

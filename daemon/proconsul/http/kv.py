@@ -68,9 +68,9 @@ def _not_found(meta: QueryMeta) -> web.Response:
 
 async def kv_put(request: web.Request) -> web.StreamResponse:
     agent = request.app["agent"]
-    from proconsul.http.common import check_dc
+    from proconsul.http.common import target_dc
 
-    check_dc(request)
+    dc = target_dc(request)
     key = _key(request)
     if not key:
         raise bad_request("Missing key name")
@@ -100,13 +100,13 @@ async def kv_put(request: web.Request) -> web.StreamResponse:
     if "release" in request.query:
         session = request.query["release"]
         op = commands.KVOp.UNLOCK
-    if op == commands.KVOp.LOCK:
+    if op == commands.KVOp.LOCK and not dc:
         delayed, index = await _lock_delay_active(agent, key)
         if delayed:
             # Consul refuses (false) an acquire during the lock-delay of an invalidated holder.
             return json_response(request, False, index=index)
     entry = DirEntry(key=key, value=value, flags=flags, session=session, modify_index=cas_index)
-    meta, ok = await agent.server.write(commands.KVS(op, entry))
+    meta, ok = await agent.server.write(commands.KVS(op, entry), datacenter=dc)
     return json_response(request, bool(ok), index=meta.index)
 
 
@@ -120,9 +120,9 @@ async def _lock_delay_active(agent: Any, key: str) -> tuple[bool, int]:
 
 async def kv_delete(request: web.Request) -> web.StreamResponse:
     agent = request.app["agent"]
-    from proconsul.http.common import check_dc
+    from proconsul.http.common import target_dc
 
-    check_dc(request)
+    dc = target_dc(request)
     key = _key(request)
     op = commands.KVOp.DELETE
     cas_index = 0
@@ -135,7 +135,7 @@ async def kv_delete(request: web.Request) -> web.StreamResponse:
             raise bad_request("Conflicting flags: cas=true, recurse=true")
         cas_index = uint_param(request, "cas", message="Invalid cas")
         op = commands.KVOp.DELETE_CAS
-    meta, ok = await agent.server.write(commands.KVS(op, DirEntry(key=key, modify_index=cas_index)))
+    meta, ok = await agent.server.write(commands.KVS(op, DirEntry(key=key, modify_index=cas_index)), datacenter=dc)
     return json_response(request, bool(ok), index=meta.index)
 
 
