@@ -9,12 +9,14 @@ for reads, no retry of a write that may have been sent.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from typing import Any
 
 import pytest
 from dnslib import QTYPE
 from proconsul import queries
+from proconsul.coordinate import Coordinate, PeerCoordinates
 from proconsul.dns_answer import Question, Resolver
 from proconsul.dns_remote import records_store
 from proconsul.gossip.core import Member, MemberState
@@ -179,3 +181,55 @@ def test_resolver_marks_other_datacenter_names_for_remote_lookup() -> None:
         answer = resolver.resolve(Store(), Question(name, QTYPE.SRV if "_" in name else QTYPE.A, "consul."))
         assert answer.remote == expected, name
     assert resolver.resolve(Store(), Question("web.service.consul.", QTYPE.A, "consul.")).remote is None
+
+
+# --- RTT order and WAN coordinate maps (Consul's GetDatacentersByDistance / GetDatacenterMaps) ---
+
+
+def _coord(x: float) -> Coordinate:
+    """A coordinate x seconds along the first axis (heights at the floor, no adjustment)."""
+    return Coordinate((x,) + (0.0,) * 7, 0.1, 0.0, 1e-5)
+
+
+def _peers(me: str, mine: Coordinate, others: dict[str, Coordinate]) -> PeerCoordinates:
+    peers = PeerCoordinates(me)
+    peers.client.set_coordinate(mine)
+    peers._peers.update(others)
+    return peers
+
+
+def test_datacenters_sorted_by_median_rtt_local_first() -> None:
+    members = [record("a", "dc1", "127.0.0.1"), record("a2", "dc1", "127.0.0.5"),
+               record("far1", "dc2", "127.0.0.2"), record("far2", "dc2", "127.0.0.6"),
+               record("far3", "dc2", "127.0.0.7"), record("near", "dc3", "127.0.0.3"),
+               record("gone", "dc0", "127.0.0.8", STATUS_LEFT), record("nocoord", "aaa", "127.0.0.4")]
+    peers = _peers("a.dc1", _coord(0.0), {
+        "far1.dc2": _coord(0.010), "far2.dc2": _coord(0.200), "far3.dc2": _coord(0.300),
+        "near.dc3": _coord(0.050), "gone.dc0": _coord(0.001),
+    })
+    router = Router("dc1", lambda: members, coordinates=lambda: peers)
+    distances = router.distances()
+    # dc2's median server is far2 (0.2 s), above dc3's only one (0.05 s).
+    assert distances["dc1"] == 0.0 and distances["dc2"] == pytest.approx(0.2, abs=1e-3)
+    assert distances["dc3"] == pytest.approx(0.05, abs=1e-3) and math.isinf(distances["aaa"])
+    assert "dc0" not in distances  # its only server left
+    assert router.datacenters() == ["dc1", "dc3", "dc2", "aaa"]
+    # Coordinates move: the order follows.
+    peers._peers["near.dc3"] = _coord(0.9)
+    assert router.datacenters() == ["dc1", "dc2", "dc3", "aaa"]
+    # No coordinates at all: ours first, the rest by name (every RTT unknown).
+    assert Router("dc1", lambda: members).datacenters() == ["dc1", "aaa", "dc2", "dc3"]
+
+
+def test_datacenter_maps_strip_suffix_and_skip_unknown() -> None:
+    members = [record("a", "dc1", "127.0.0.1"), record("b", "dc2", "127.0.0.2"),
+               record("c", "dc2", "127.0.0.3"), record("left", "dc2", "127.0.0.4", STATUS_LEFT),
+               record("x", "dc3", "127.0.0.5")]
+    peers = _peers("a.dc1", _coord(0.0), {"c.dc2": _coord(0.02), "b.dc2": _coord(0.01), "left.dc2": _coord(0.1)})
+    router = Router("dc1", lambda: members, coordinates=lambda: peers)
+    maps = router.datacenter_maps()
+    assert [(m["Datacenter"], m["AreaID"], [c["Node"] for c in m["Coordinates"]]) for m in maps] == [
+        ("dc1", "wan", ["a"]), ("dc2", "wan", ["b", "c"]),
+    ]
+    assert maps[1]["Coordinates"][0] == {"Node": "b", "Segment": "", "Coord": _coord(0.01).to_json()}
+    assert Router("dc1", lambda: members).datacenter_maps() == []  # coordinates disabled

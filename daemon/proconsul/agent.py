@@ -33,6 +33,7 @@ from proconsul.coordinate import Coordinate
 from proconsul.coordinate_sync import CoordinateSync
 from proconsul.events import AgentEvents
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
+from proconsul.keyring_ops import KeyringOperations
 from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.local import AntiEntropy, LocalCheck, LocalState
 from proconsul.membership import Membership, member_json
@@ -147,7 +148,8 @@ class Agent:
         self.wan: WANPool | None = None
         if cfg.server and cfg.ports.serf_wan > 0:
             self.wan = WANPool(self, self.member()["Tags"], self.membership.keyring)
-            self.server.router = Router(cfg.datacenter, self.wan.members)
+            wan = self.wan
+            self.server.router = Router(cfg.datacenter, wan.members, coordinates=lambda: wan.node.coordinates)
             self.server.known_datacenters = self.server.router.datacenters
         self.local = LocalState(
             self.node_name,
@@ -179,6 +181,7 @@ class Agent:
         self.operator = Operator(self)  # operator raft / snapshot endpoints (+ their RPCs)
         self.events = AgentEvents(self)  # user events: fired through a server, received by gossip
         self.coordinate_sync = CoordinateSync(self)  # network coordinates to the catalog (+ Coordinate.Update)
+        self.keyring_ops = KeyringOperations(self)  # keyring over LAN, WAN and other DCs (+ Keyring.Operation)
         self.notifier = Notifier()
         self.http: Any = None
         self.dns: Any = None

@@ -12,7 +12,9 @@ Owns how a non-dev server becomes part of a Raft cluster:
   requests to be added as a voter (`Raft.Join`);
 - a restarted server uses what is on disk and needs no flags beyond its config;
 - on gaining leadership: TTL timers for every session are re-armed; every server registers
-  itself (node, `serfHealth`, service `consul`) through the leader.
+  itself (node, `serfHealth`, service `consul`) through the leader;
+- the leader's dead-server cleanup (`proconsul.autopilot`): left servers, and failed ones within
+  the quorum rules, are removed from the Raft configuration.
 
 Until the gossip issue lands, join addresses are contacted on this agent's server port
 (`ports.server`), whatever port they carry: they name hosts, not gossip endpoints.
@@ -25,6 +27,7 @@ import logging
 from typing import Any
 
 import proconsul
+from proconsul.autopilot import DeadServerCleanup
 from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.raft.node import RaftServer
 from proconsul.rpc import RPCError, Server
@@ -77,6 +80,8 @@ class ClusterMember:
         self._logged: set[str] = set()  # conflict lines already logged (the loop repeats every second)
         raft.on_leadership = self._leadership_changed
         self.status = "starting"
+        # Leader only: servers that left or died come out of the Raft configuration.
+        self.autopilot = DeadServerCleanup(agent, raft, server, self.pool)
 
     async def start(self) -> None:
         await self.listener.start()
@@ -97,6 +102,7 @@ class ClusterMember:
             await self.raft.start()
             self._tasks.append(loop.create_task(self._join_loop(), name="join"))
         self._tasks.append(loop.create_task(self._register_self_loop(), name="register-self"))
+        self._tasks.append(loop.create_task(self.autopilot.run(), name="autopilot"))
 
     async def stop(self) -> None:
         for task in self._tasks:

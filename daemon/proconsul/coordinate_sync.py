@@ -7,7 +7,8 @@ Owns both ends of it:
   at most that many updates per second in total), plus a random stagger of up to one interval,
   send our LAN coordinate (``proconsul.coordinate``, kept by the gossip driver) to the servers.
   Client agents call a server over RPC; servers call their own endpoint in-process.
-- **servers** (:class:`CoordinateEndpoint`): validate an update (finite numbers, our
+- **servers** (:class:`CoordinateEndpoint`): answer ``Coordinate.ListDatacenters`` from the
+  WAN pool (``Router.datacenter_maps``; client agents forward it), and validate an update (finite numbers, our
   dimensionality), forward it to the leader, and on the leader keep only the latest update per
   ``node:segment``; every ``COORDINATE_UPDATE_PERIOD_S`` the leader commits what it holds as
   ``CoordinateBatchUpdate`` Raft entries of at most ``COORDINATE_UPDATE_BATCH_SIZE`` updates,
@@ -160,6 +161,7 @@ class CoordinateSync:
         if agent.remote is None:
             self.endpoint = CoordinateEndpoint(agent.server)
             agent.server.handlers["Coordinate.Update"] = self.endpoint.handle
+            agent.server.handlers["Coordinate.ListDatacenters"] = self._rpc_list_datacenters
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -173,6 +175,24 @@ class CoordinateSync:
     def local_coordinate(self) -> Coordinate | None:
         peers = self.coordinates()
         return peers.coordinate if peers is not None else None
+
+    def datacenter_maps(self) -> list[dict[str, Any]]:
+        """Every datacenter's servers with their WAN coordinates, from this server's WAN pool
+        (none without one: a client agent asks a server, see :meth:`list_datacenters`)."""
+        router = getattr(self.agent.server, "router", None)
+        return router.datacenter_maps() if router is not None else []
+
+    async def _rpc_list_datacenters(self, _body: Any) -> list[dict[str, Any]]:
+        if self.disabled:
+            raise CoordinatesDisabled()
+        return self.datacenter_maps()
+
+    async def list_datacenters(self) -> list[dict[str, Any]]:
+        """Consul's ``Coordinate.ListDatacenters``: answered by a server's WAN pool, so a
+        client agent forwards it to one."""
+        if self.agent.remote is not None:
+            return list(await self.agent.remote.call("Coordinate.ListDatacenters", None, timeout_s=10.0) or [])
+        return self.datacenter_maps()
 
     async def send(self, body: Any) -> None:
         """One ``Coordinate.Update`` to the servers (in-process on a server)."""

@@ -14,9 +14,15 @@ Owns:
   a datacenter nobody in the WAN pool belongs to is ``No path to datacenter``; a known one whose
   servers are all failed is ``Remote DC has no server currently reachable``; a server that fails
   to answer is skipped in favour of the next (reads), while a write is retried elsewhere only
-  when it was never sent; the datacenter list is sorted by estimated round-trip time, the local
-  one first (zero RTT) and the others by name, which is Consul's order when no network
-  coordinates are known (``GetDatacentersByDistance``: unknown RTT is +Inf, ties by name).
+  when it was never sent; the datacenter list is sorted by estimated round-trip time
+  (Consul's ``GetDatacentersByDistance``): for each datacenter the median of the RTTs this
+  server's WAN coordinate estimates to that datacenter's servers (left ones skipped; the local
+  datacenter counts as zero; a server whose coordinate we do not know counts as +Inf), ties and
+  unknowns in name order. The same WAN coordinates, per datacenter, are
+  ``/v1/coordinate/datacenters`` (:meth:`Router.datacenter_maps`, Consul's ``GetDatacenterMaps``
+  with the ``.<dc>`` suffix stripped from node names, area ``wan``).
+- serf's internal queries on the WAN pool (the keyring ones, for ``/v1/operator/keyring``),
+  answered and asked as on the LAN pool (:mod:`proconsul.serf_queries`).
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
+from proconsul.coordinate import PeerCoordinates, distance
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.core import Event, MemberEvent, MemberEventKind, NameConflict
 from proconsul.gossip.node import GossipNode
@@ -51,6 +59,7 @@ from proconsul.rpc import (
     WriteMeta,
     decode_result,
 )
+from proconsul.serf_queries import KeyringQueries, QueryAsker
 from proconsul.state import commands
 from proconsul.transport import ConnectionPool, RemoteError
 
@@ -60,6 +69,8 @@ logger = logging.getLogger(__name__)
 DC_NOT_AVAILABLE = "Remote DC has no server currently reachable"
 # Cross-datacenter writes wait at most this long for the remote leader's answer.
 WRITE_TIMEOUT_S = 40.0
+# Consul's built-in WAN network area (types.AreaWAN), as /v1/coordinate/datacenters names it.
+AREA_WAN = "wan"
 
 
 class DatacenterNotAvailable(RPCError):
@@ -93,7 +104,11 @@ class WANPool:
             on_event=self._on_event,
             advertise=(advertise_host, cfg.ports.serf_wan),
             keyring=keyring,
+            disable_coordinates=cfg.disable_coordinates,
         )
+        # The keyring object is the LAN pool's, so a WAN key change is persisted to the same file.
+        self.queries = QueryAsker(self.node)
+        self.keyring_queries = KeyringQueries(self.node, self.queries, agent.membership._save_keyring)
         self.records: dict[str, MemberRecord] = {}
         self.leaving = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -168,6 +183,8 @@ class WANPool:
     # --- events ------------------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
+        if self.queries.handle_event(event) or self.keyring_queries.handle_event(event):
+            return
         if isinstance(event, NameConflict):
             if event.name == self.name:
                 logger.error("agent: WAN member name %s is in use by another server at %s:%d", event.name, *event.theirs)
@@ -217,6 +234,8 @@ class Router:
     ``members`` returns the WAN pool's records (any order); servers of a datacenter are the
     records tagged ``role=consul`` and ``dc=<name>``, reached at their gossip address and the
     ``port`` tag. Requests go over one pipelined connection per server (``ConnectionPool``).
+    ``coordinates`` returns the WAN pool's :class:`PeerCoordinates` (None: coordinates are
+    disabled or unknown, and every remote datacenter is equally far).
     """
 
     def __init__(
@@ -225,9 +244,11 @@ class Router:
         members: Callable[[], list[MemberRecord]],
         pool: ConnectionPool | None = None,
         rng: random.Random | None = None,
+        coordinates: Callable[[], PeerCoordinates | None] | None = None,
     ) -> None:
         self.datacenter = datacenter
         self.members = members
+        self.coordinates = coordinates or (lambda: None)
         self.pool = pool or ConnectionPool()
         self.rng = rng or random.Random()
         # Per datacenter, the server that answered last: kept while it works (Consul's manager
@@ -244,11 +265,63 @@ class Router:
             out.append((tags["dc"], rec.status, f"{rec.member.addr[0]}:{tags.get('port', '8300')}"))
         return out
 
+    def _wan_servers(self) -> list[tuple[str, str]]:
+        """(dc, WAN member name) of every server in the WAN pool that has not left."""
+        out = []
+        for rec in self.members():
+            tags = rec.member.tags
+            if tags.get("role") == "consul" and tags.get("dc") and rec.status != STATUS_LEFT:
+                out.append((tags["dc"], rec.member.name))
+        return out
+
+    def distances(self) -> dict[str, float]:
+        """Estimated RTT in seconds to each known datacenter: the median over its servers of
+        the distance from our WAN coordinate (0 for ours, +Inf where a coordinate is missing)."""
+        peers = self.coordinates()
+        ours = peers.coordinate if peers is not None else None
+        rtts: dict[str, list[float]] = {self.datacenter: []}
+        for dc, name in self._wan_servers():
+            if dc == self.datacenter:
+                rtts.setdefault(dc, []).append(0.0)
+            else:
+                rtts.setdefault(dc, []).append(distance(ours, peers.get(name) if peers is not None else None))
+        out = {}
+        for dc, values in rtts.items():
+            values.sort()
+            out[dc] = values[len(values) // 2] if values else (0.0 if dc == self.datacenter else math.inf)
+        return out
+
+    def sort_key(self, dc: str, distances: dict[str, float] | None = None) -> tuple[float, str]:
+        """Where ``dc`` goes in the datacenter list: by estimated RTT, then by name."""
+        rtt = (distances if distances is not None else self.distances()).get(dc, math.inf)
+        return (rtt, dc)
+
     def datacenters(self) -> list[str]:
-        """Every datacenter with a server in the WAN pool (failed or left too, as serf lists
-        them), the local one first, then by name: the RTT order when no coordinates are known."""
-        names = {dc for dc, _, _ in self._servers()} | {self.datacenter}
-        return sorted(names, key=lambda dc: (dc != self.datacenter, dc))
+        """Every datacenter with a server in the WAN pool (failed ones too, as serf lists them),
+        nearest first by median RTT; ours is at distance zero, so it leads unless another one
+        also estimates to zero and sorts before it by name (as Consul's stable sort does)."""
+        distances = self.distances()
+        return sorted(distances, key=lambda dc: self.sort_key(dc, distances))
+
+    def datacenter_maps(self) -> list[dict[str, Any]]:
+        """``/v1/coordinate/datacenters``: per datacenter, its servers' WAN coordinates as this
+        server's WAN pool holds them (names without the ``.<dc>`` suffix; servers with no known
+        coordinate are left out), datacenters and nodes in name order."""
+        peers = self.coordinates()
+        if peers is None:
+            return []
+        index: dict[str, list[dict[str, Any]]] = {}
+        for dc, name in self._wan_servers():
+            coord = peers.get(name)
+            if coord is None:
+                continue
+            suffix = f".{dc}"
+            node = name[: -len(suffix)] if name.endswith(suffix) else name
+            index.setdefault(dc, []).append({"Node": node, "Segment": "", "Coord": coord.to_json()})
+        return [
+            {"Datacenter": dc, "AreaID": AREA_WAN, "Coordinates": sorted(index[dc], key=lambda e: e["Node"])}
+            for dc in sorted(index)
+        ]
 
     def candidates(self, dc: str) -> list[str]:
         """Alive servers of `dc` to try in order: the last one that worked, then at random."""
@@ -288,6 +361,10 @@ class Router:
                 del self._preferred[dc]
             logger.warning("rpc: server %s in datacenter %s failed (%s); trying another", addr, dc, last)
         raise RPCError(f"rpc error: no server in datacenter {dc} answered: {last}")
+
+    async def call(self, dc: str, method: str, body: Any, timeout_s: float = 30.0) -> Any:
+        """One idempotent RPC to a server of datacenter `dc` (tried on the next one on failure)."""
+        return await self._call(dc, method, body, timeout_s, retry_sent=True)
 
     async def query(self, dc: str, name: str, args: dict[str, Any], opts: QueryOptions,
                     wait_s: float) -> tuple[QueryMeta, Any]:

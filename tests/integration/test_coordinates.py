@@ -67,7 +67,7 @@ def test_agent_pushes_its_own_coordinate(agent: AgentProcess) -> None:
     status, _, dcs = _get(agent, "/v1/coordinate/datacenters")
     assert status == 200
     assert [(d["Datacenter"], d["AreaID"], [c["Node"] for c in d["Coordinates"]]) for d in dcs] == [  # type: ignore[union-attr]
-        ("dc1", "WAN", ["test-node"])
+        ("dc1", "wan", ["test-node"])
     ]
 
 

@@ -33,6 +33,12 @@ def _keyring(agent: AgentProcess) -> list[dict[str, object]]:
     return json.loads(raw)  # type: ignore[no-any-return]
 
 
+def _lan(agent: AgentProcess) -> dict[str, object]:
+    """The LAN pool's entry (the server's WAN pool has its own, listed first)."""
+    [entry] = [e for e in _keyring(agent) if not e["WAN"]]
+    return entry
+
+
 def _keygen() -> str:
     run = _cli("keygen")
     assert run.returncode == 0, run
@@ -63,14 +69,16 @@ def test_keyring_rotation_on_three_agents(tmp_path: Path) -> None:
         everyone = {"srv": 1, "c1": 1, "c2": 1}
         wait_for(lambda: _members(server) == everyone, timeout=60, what=lambda: f"3 members\n{server.log()}")
 
-        # List: one LAN pool entry, K1 on all three.
-        wait_for(lambda: _keyring(c1)[0]["NumNodes"] == 3, timeout=30, what="all three counted")
-        [entry] = _keyring(c1)
+        # List: the server's WAN pool (itself) and the LAN pool, K1 on all three.
+        wait_for(lambda: _lan(c1)["NumNodes"] == 3, timeout=30, what="all three counted")
+        wan, entry = _keyring(c1)
+        assert wan["WAN"] is True and wan["Datacenter"] == "dc1" and wan["Keys"] == {k1: 1} and wan["NumNodes"] == 1
         assert entry["WAN"] is False and entry["Datacenter"] == "dc1" and entry["Segment"] == ""
         assert entry["Keys"] == {k1: 3} and entry["PrimaryKeys"] == {k1: 3} and entry["NumNodes"] == 3
         run = _cli("keyring", "-list", f"-http-addr={c1.addr}")
         assert run.returncode == 0, run
-        assert run.stdout == f"==> Gathering installed encryption keys...\n\ndc1 (LAN):\n  {k1} [3/3]\n"
+        assert run.stdout == (f"==> Gathering installed encryption keys...\n\nWAN:\n  {k1} [1/1]\n"
+                              f"\ndc1 (LAN):\n  {k1} [3/3]\n")
 
         # Consul's refusals: the primary key cannot go; an unknown key cannot be used.
         run = _cli("keyring", f"-remove={k1}", f"-http-addr={c2.addr}")
@@ -86,15 +94,16 @@ def test_keyring_rotation_on_three_agents(tmp_path: Path) -> None:
         # Rotate: install K2 everywhere, make it primary, remove K1.
         run = _cli("keyring", f"-install={k2}", f"-http-addr={c1.addr}")
         assert run.returncode == 0 and run.stdout == "==> Installing new gossip encryption key...\n", run
-        assert _keyring(server)[0]["Keys"] == {k1: 3, k2: 3}
+        assert _lan(server)["Keys"] == {k1: 3, k2: 3}
         status, _, raw = c2.http("PUT", "/v1/operator/keyring", json.dumps({"Key": k2}).encode())
         assert status == 200, raw
         run = _cli("keyring", "-list-primary", f"-http-addr={server.addr}")
         assert run.returncode == 0, run
-        assert run.stdout == f"==> Gathering installed primary encryption keys...\n\ndc1 (LAN):\n  {k2} [3/3]\n"
+        assert run.stdout == (f"==> Gathering installed primary encryption keys...\n\nWAN:\n  {k2} [1/1]\n"
+                              f"\ndc1 (LAN):\n  {k2} [3/3]\n")
         status, _, raw = server.http("DELETE", "/v1/operator/keyring", json.dumps({"Key": k1}).encode())
         assert status == 200, raw
-        entry = _keyring(c2)[0]
+        entry = _lan(c2)
         assert entry["Keys"] == {k2: 3} and entry["PrimaryKeys"] == {k2: 3}
         for name in ("srv", "c1", "c2"):
             assert json.loads((tmp_path / name / "serf" / "local.keyring").read_text()) == [k2]

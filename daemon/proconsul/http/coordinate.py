@@ -1,7 +1,8 @@
 """`/v1/coordinate/...`: network coordinates, and the `?near=` parameter other reads share.
 
-Owns `datacenters` (this datacenter's servers with the coordinates this agent's gossip pool
-holds for them, as Consul serves it from the answering agent's own Serf data), `nodes` and
+Owns `datacenters` (every federated datacenter's servers with the WAN coordinates the answering
+server's WAN pool holds for them, area `wan`, as Consul's `Coordinate.ListDatacenters`; client
+agents ask a server), `nodes` and
 `node/:node` (the catalog's coordinates, blocking, `?segment`; a node without any is a 404),
 `update` (PUT, validated, sent as a `Coordinate.Update` RPC), the 401 that all of them answer
 when `disable_coordinates` is set, and :func:`near_node`, which resolves `?near=_agent` to this
@@ -45,16 +46,7 @@ def _by_segment(request: web.Request, entries: list[dict[str, Any]]) -> list[dic
 async def datacenters(request: web.Request) -> web.Response:
     _check_enabled(request)
     agent = request.app["agent"]
-    peers = agent.coordinate_sync.coordinates()
-    coordinates = []
-    for name, _ in agent.membership.servers():
-        coord = peers.get(name) if peers is not None else None
-        if coord is not None:
-            coordinates.append({"Node": name, "Segment": "", "Coord": coord.to_json()})
-    coordinates.sort(key=lambda e: e["Node"])
-    return json_response(
-        request, [{"Datacenter": agent.config.datacenter, "AreaID": "WAN", "Coordinates": coordinates}]
-    )
+    return json_response(request, await agent.coordinate_sync.list_datacenters())
 
 
 async def nodes(request: web.Request) -> web.Response:

@@ -1,12 +1,15 @@
 """`/v1/operator/keyring`: list (GET), install (POST), use (PUT) and remove (DELETE) gossip keys.
 
-Thin HTTP over the LAN pool's keyring queries (``proconsul.serf_queries``): every member of the
-pool is asked and the answers are folded into Consul's per-pool ``KeyringResponse`` list
-(``WAN``, ``Datacenter``, ``Segment``, ``Messages``, ``Keys``, ``PrimaryKeys``, ``NumNodes``).
+Thin HTTP over the cluster-wide keyring operation (``proconsul.keyring_ops``: on a server the
+WAN pool, the LAN pool and every other datacenter's LAN pool; a client agent asks a server):
+every member of each pool is asked and the answers come back as Consul's per-pool
+``KeyringResponse`` list (``WAN``, ``Datacenter``, ``Segment``, ``Messages``, ``Keys``,
+``PrimaryKeys``, ``NumNodes``).
 When a member reports failure or does not answer, the answer is a 500 whose text lists the pool
 error and each member's message, as Consul's ``keyringErrorsOrNil`` (a go-multierror) words it.
-``?relay-factor`` (0-5) and ``?local-only`` (GET only) are validated as Consul does; relaying is
-not needed on one host's loopback-sized pools and is not done.
+``?relay-factor`` (0-5) and ``?local-only`` (GET only: this datacenter's LAN pool alone) are
+validated as Consul does; relaying is not needed on one host's loopback-sized pools and is not
+done.
 """
 
 from __future__ import annotations
@@ -55,21 +58,11 @@ def _check_params(request: web.Request) -> None:
 
 async def _run(request: web.Request, op: str, key: str = "") -> list[dict[str, Any]]:
     agent = request.app["agent"]
+    local_only = request.query.get("local-only", "").lower() in ("1", "t", "true")
     try:
-        summary = await agent.membership.keyring_queries.operation(op, key)
+        return list(await agent.keyring_ops.run(op, key, local_only=local_only))
     except KeyringError as exc:
         raise bad_request(str(exc)) from None
-    entry = {
-        "WAN": False,
-        "Datacenter": agent.config.datacenter,
-        "Segment": "",
-        "Messages": summary["Messages"],
-        "Keys": summary["Keys"],
-        "PrimaryKeys": summary["PrimaryKeys"],
-        "NumNodes": summary["NumNodes"],
-        "Error": summary["Error"],
-    }
-    return [entry]
 
 
 def _raise_errors(entries: list[dict[str, Any]]) -> None:
