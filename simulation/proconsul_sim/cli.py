@@ -5,8 +5,10 @@
     proconsul-sim list                                          # built-in scenarios
 
 `run` re-executes itself inside a fresh network + mount namespace (`unshare`), so the run's
-addresses, the toxiproxy API port and every nftables rule are private to it. Exit codes: 0 no
-violation found, 1 a checker found a violation, 2 bad usage or a harness failure.
+addresses, the toxiproxy API port and every nftables rule are private to it. Exit codes (see
+EXIT_CODES_HELP): 0 every checker decided "valid", 1 a checker found a violation, 2 bad usage
+or a harness failure, 3 no violation found but some checker could not decide (Jepsen's
+"unknown", which is not "valid": a run nobody could check must not pass).
 """
 
 from __future__ import annotations
@@ -23,12 +25,24 @@ from .scenarios import ScenarioError, load, names
 EXIT_OK = 0
 EXIT_VIOLATION = 1
 EXIT_ERROR = 2
+EXIT_UNKNOWN = 3
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  every checker decided: no violation
+  1  a checker found a violation (result.json names it; `reproduce` replays the run)
+  2  bad usage, or a harness failure (the cluster never formed, a fault could not be
+     injected, the cluster did not recover after healing)
+  3  undecided: no violation found, but a checker could not decide within its budget
+     (e.g. the linearizability search ran out of time on some key); not a pass
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="proconsul-sim", description="Chaos runs of real proconsul clusters.")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a scenario and check its history")
+    run = sub.add_parser("run", help="run a scenario and check its history", epilog=EXIT_CODES_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("scenario", help="a built-in scenario name or a path to a .toml file")
     run.add_argument("--seed", type=int, required=True, help="seeds the nemesis schedule and the workloads")
     run.add_argument("--time-limit", type=float, default=None, help="seconds of workload (default: the scenario's)")
@@ -90,10 +104,38 @@ def main(argv: list[str] | None = None) -> int:
     for err in errors:
         print(f"  harness error: {err}")
     print(f"  result: {args.out / 'result.json'}")
-    if result["valid"] is False:
+    for line in violation_lines(result):
+        print(line)
+    code = exit_code(result)
+    if code == EXIT_VIOLATION:
         print(f"  VIOLATION: reproduce with `{result['meta']['reproduce']}`")
+    elif code == EXIT_UNKNOWN:
+        print("  UNDECIDED: a checker ran out of budget (see `unknown_keys` in result.json); not a pass")
+    return code
+
+
+def exit_code(result: dict) -> int:
+    """A violation wins over everything; then a harness failure; then an undecided check."""
+    if result["valid"] is False:
         return EXIT_VIOLATION
-    return EXIT_ERROR if errors else EXIT_OK
+    if result["meta"].get("harness_errors"):
+        return EXIT_ERROR
+    if result["valid"] is not True:
+        return EXIT_UNKNOWN
+    return EXIT_OK
+
+
+def violation_lines(result: dict, limit: int = 3) -> list[str]:
+    """One line per failure a checker explained in plain words (the stale reads it found)."""
+    lines = []
+    for check in result["checks"]:
+        for failure in (check.get("details") or {}).get("failures", [])[:limit]:
+            if not isinstance(failure, dict):
+                continue
+            stale = failure.get("stale_read")
+            text = stale["summary"] if stale else f"key {failure.get('key')}: {failure.get('why', '')}"
+            lines.append(f"  {check['name']}: {text}")
+    return lines
 
 
 def argv_with_out(argv: list[str], out: Path) -> list[str]:

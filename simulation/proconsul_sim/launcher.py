@@ -299,9 +299,21 @@ class Cluster:
 
         return wait_until(agreed, timeout, "a leader agreed on by a majority of the servers")
 
-    def teardown(self) -> None:
-        for node in self.nodes.values():
-            node.stop()
+    def teardown(self, grace_s: float = 10.0) -> None:
+        """Stop every agent at once: SIGTERM all (resuming paused ones), then wait for all within
+        one shared grace period, SIGKILL whoever lingers. Never raises before every agent was
+        signalled, so no agent outlives the run whatever else failed."""
+        running = [n for n in self.nodes.values() if n.running]
+        for node in running:
+            try:
+                node.resume()
+                assert node.proc is not None
+                node.proc.terminate()
+            except ProcessLookupError:
+                pass  # it exited between the check and the signal
+        deadline = time.monotonic() + grace_s
+        for node in running:
+            node.wait_exit(max(0.1, deadline - time.monotonic()))
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -158,21 +158,27 @@ class CasRegister(Workload):
     """A linearizable register per key: reads (default and ?consistent), writes, and CAS on the
     key's ModifyIndex. Every written value is unique, so "ModifyIndex m" and "the value that the
     write at m wrote" name the same state: the checker's cas(expected, new) compares values.
-    Keys rotate after `ops_per_key` operations to keep each key's history small to check."""
+
+    Keys rotate as Jepsen's independent keys do: a key group moves to a fresh key after
+    `ops_per_key` operations or `key_lifetime_s` seconds, whichever comes first, so each key's
+    history stays small enough for the linearizability search to decide (proving a history
+    non-linearizable means exhausting the search, which is exponential in its concurrency)."""
 
     name = "cas-register"
 
-    def __init__(self, *args: Any, keys: int = 2, ops_per_key: int = 100, default_reads: float = 0.3,
-                 consistent_reads: float = 0.2, **kw: Any) -> None:
+    def __init__(self, *args: Any, keys: int = 2, ops_per_key: int = 80, key_lifetime_s: float = 10.0,
+                 default_reads: float = 0.3, consistent_reads: float = 0.2, **kw: Any) -> None:
         super().__init__(*args, **kw)
         # Operation mix: these fractions of reads, the rest split between writes and CAS.
         self.default_reads = default_reads
         self.consistent_reads = consistent_reads
         self.key_groups = keys
         self.ops_per_key = ops_per_key
+        self.key_lifetime_s = key_lifetime_s
         self.lock = threading.Lock()
         self.generation = [0] * keys
         self.op_count = [0] * keys
+        self.key_born = [0.0] * keys  # history time of each group's current key's first operation
         self.next_value = 0
         # What each worker last saw of each key: value -> the ModifyIndex that wrote it.
         self.seen: dict[tuple[int, str], tuple[int | None, int]] = {}
@@ -181,10 +187,14 @@ class CasRegister(Workload):
         # Consecutive workers sit on different agents (Workload.start), so each key group spans
         # every agent: a stale agent and the majority then work on the same keys.
         group = (worker.index // len(self.nodes)) % self.key_groups
+        now = self.history.clock()
         with self.lock:
             self.op_count[group] += 1
-            if self.op_count[group] > self.ops_per_key:
+            if self.op_count[group] == 1:
+                self.key_born[group] = now
+            elif self.op_count[group] > self.ops_per_key or now - self.key_born[group] > self.key_lifetime_s:
                 self.op_count[group] = 1
+                self.key_born[group] = now
                 self.generation[group] += 1
             return f"reg/{group}/{self.generation[group]}"
 

@@ -178,22 +178,66 @@ def test_budget_returns_unknown_instead_of_hanging():
     # Many overlapping writes and a read that matches none of them: an exhaustive search.
     ops = [op(i, "write", f"v{i}", i * 0.01, 100 + i) for i in range(24)]
     ops.append(op(99, "read", "nope", 50, 200))
-    ops.append(op(1, "write", "a", 0, 1, key="later"))  # never reached once the budget is spent
+    ops.append(op(1, "write", "a", 0, 1, key="later"))  # an easy key: its share decides it
     t0 = time.monotonic()
     res = check_cas_register(history(*ops), budget_s=0.3)
     assert time.monotonic() - t0 < 10
     assert res.valid == "unknown"
-    assert res.details["unknown_keys"] == ["k", "later"]
+    assert res.details["unknown_keys"] == ["k"]
+    assert res.details["per_key"]["later"]["valid"] is True and res.details["decided_keys"] == 1
+    # With no budget at all nothing is searched, and nothing is called valid.
+    res = check_cas_register(history(*ops), budget_s=0)
+    assert res.valid == "unknown" and res.details["unknown_keys"] == ["k", "later"]
     assert search([RegisterOp(WRITE, "a", 0, 1)], max_steps=0).valid is None
 
 
 def test_a_key_left_unsearched_makes_the_verdict_unknown_never_true():
     ops = [op(i, "write", f"v{i}", i * 0.01, 100 + i, key="a-slow") for i in range(24)]
     ops.append(op(99, "read", "nope", 50, 200, key="a-slow"))
-    ops += [op(1, "write", "x", 0, 1, key="b"), op(1, "read", None, 2, 3, key="b")]
+    ops += [op(1, "write", "x", 0, 1, key="b"), op(1, "read", "x", 2, 3, key="b")]
     res = check_cas_register(history(*ops), budget_s=0.3)
-    # The slow key spends the whole budget, so the bad key is not searched: unknown, not True.
-    assert res.valid == "unknown"
+    # Every other key is fine, but the slow one stays undecided: unknown, not True.
+    assert res.valid == "unknown" and res.details["unknown_keys"] == ["a-slow"]
+
+
+def test_a_slow_key_does_not_starve_a_bad_one():
+    # Keys are searched in name order; "a-slow" alone would eat any budget. Each key's equal
+    # first share lets "b" be searched, and its stale read found.
+    ops = [op(i, "write", f"v{i}", i * 0.01, 100 + i, key="a-slow") for i in range(24)]
+    ops.append(op(99, "read", "nope", 50, 200, key="a-slow"))
+    ops += [op(1, "write", "x", 0, 1, key="b"), op(1, "read", None, 2, 3, key="b")]
+    res = check_cas_register(history(*ops), budget_s=0.5)
+    assert res.valid is False
+    assert [f["key"] for f in res.details["failures"]] == ["b"]
+    assert res.details["unknown_keys"] == ["a-slow"]
+
+
+def test_stale_default_read_is_explained_with_the_write_it_missed():
+    ops = [op(1, "write", 1, 0.0, 0.1, node="s1"), op(2, "read", 1, 0.5, 0.6, mode="default", node="s3"),
+           op(1, "write", 2, 1.0, 1.1, node="s1"),
+           # 2.9 s after the write of 2 was acknowledged: within a 3 s bound, so fine ...
+           op(2, "read", 1, 4.0, 4.05, mode="default", node="s3")]
+    def staleness(o):
+        return 3.0 if o.extra.get("mode") == "default" else 0.0
+
+    assert check_cas_register(history(*ops), read_staleness_s=staleness).valid is True
+    # ... but 5 s after it, the read missed an acknowledged write by more than the bound.
+    late = op(2, "read", 1, 6.1, 6.2, mode="default", node="s3")
+    res = check_cas_register(history(*ops, late), read_staleness_s=staleness)
+    assert res.valid is False
+    (failure,) = res.details["failures"]
+    stale = failure["stale_read"]
+    assert stale["stale_read"]["index"] == 4 and stale["stale_read"]["call"] == 6.1
+    assert stale["stale_read"]["may_take_effect_from"] == 6.1 - 3.0
+    assert stale["missed_write"]["index"] == 2 and stale["missed_write"]["value"] == 2
+    assert [w["index"] for w in stale["value_seen_written_by"]] == [0]
+    assert abs(stale["missed_by_s"] - 5.0) < 1e-9
+    assert stale["summary"] == ("key k: a read sent at 6.10s through s3 returned 1, but the write of 2 through "
+                                "s1 had been acknowledged at 1.10s, 5.00s before the read was sent "
+                                "(default reads may be 3s stale)")
+    # A read of an absent key after the key's first write is the same story.
+    absent = check_cas_register(history(op(1, "write", 7, 0, 0.1), op(2, "read", None, 1, 1.1)))
+    assert "returned nothing (the key absent)" in absent.details["failures"][0]["stale_read"]["summary"]
 
 
 def test_history_survives_json_round_trip_with_the_same_verdicts():

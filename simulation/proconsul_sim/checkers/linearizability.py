@@ -270,8 +270,12 @@ def freeze(value: Any) -> Hashable:
     return value  # type: ignore[no-any-return]
 
 
-def register_op(index: int, op: Op) -> RegisterOp | None:
-    """The search's view of a history operation, or None when it constrains nothing."""
+def register_op(index: int, op: Op, staleness_s: float = 0.0) -> RegisterOp | None:
+    """The search's view of a history operation, or None when it constrains nothing.
+
+    A read allowed to be `staleness_s` stale is placed as if it had been invoked that much
+    earlier: it may then take effect anywhere from `start - staleness_s` to its return, which
+    is exactly "it saw a state the register held at most `staleness_s` before it was sent"."""
     if op.f not in (READ, WRITE, CAS) or op.type == FAIL:
         return None
     done = op.type == OK  # "info", and "invoke" (never completed), are indeterminate
@@ -285,14 +289,18 @@ def register_op(index: int, op: Op) -> RegisterOp | None:
             raise ValueError(f"a cas value must be (expected, new), not {op.value!r}: {op}")
         output = bool(op.extra.get("result", True)) if done else None
         return RegisterOp(CAS, freeze(op.value), op.start, ret, output, (index, op))
-    return RegisterOp(op.f, freeze(op.value), op.start, ret, None, (index, op))
+    call = max(0.0, op.start - staleness_s) if op.f == READ else op.start
+    return RegisterOp(op.f, freeze(op.value), call, ret, None, (index, op))
 
 
 def describe_op(r: RegisterOp) -> dict[str, Any]:
-    """A register operation as a report line: its history index and what it did."""
+    """A register operation as a report line: its history index (in history.json) and what it
+    did; `call` is when it was sent (a stale-tolerant read's search window starts earlier)."""
     index, op = r.label if isinstance(r.label, tuple) else (None, r.label)
-    d: dict[str, Any] = {"index": index, "kind": r.kind, "value": r.value,
-                         "call": r.call, "ret": r.ret}
+    call = op.start if isinstance(op, Op) else r.call
+    d: dict[str, Any] = {"index": index, "kind": r.kind, "value": r.value, "call": call, "ret": r.ret}
+    if call != r.call:
+        d["may_take_effect_from"] = r.call
     if r.kind == CAS:
         d["result"] = {True: "swapped", False: "mismatch", None: "unknown"}[r.output]
     if isinstance(op, Op):
@@ -302,13 +310,53 @@ def describe_op(r: RegisterOp) -> dict[str, Any]:
     return d
 
 
+def _node_of(r: RegisterOp) -> str:
+    op = r.label[1] if isinstance(r.label, tuple) else r.label
+    node = op.extra.get("node") if isinstance(op, Op) else None
+    return f" through {node}" if node else ""
+
+
+def stale_read_account(key: str, read: RegisterOp, ops: list[RegisterOp]) -> dict[str, Any] | None:
+    """For a read that cannot be placed, when it is a plain stale read: the acknowledged write
+    it missed (the last write or successful cas that was sent after every write of the value
+    the read saw had returned, and itself returned before the read's window opened), and the
+    write of the value it did see. None when the history does not show it that simply (say,
+    the value seen was written by an indeterminate operation that may have landed late)."""
+    seen = [o for o in ops if o.kind in (WRITE, CAS) and o.written() == read.value]
+    if any(o.ret is None for o in seen):
+        return None
+    seen_done = max((o.ret for o in seen), default=-math.inf)  # type: ignore[type-var]
+    missed = [o for o in ops if o.kind in (WRITE, CAS) and o.ret is not None and o.output is not False
+              and o.written() != read.value and seen_done < o.call and o.ret < read.call]
+    if not missed:
+        return None
+    last = max(missed, key=lambda o: o.ret)  # type: ignore[arg-type, return-value]
+    sent = describe_op(read)["call"]
+    age = sent - last.ret  # type: ignore[operator]
+    saw = "nothing (the key absent)" if read.value is None else f"{read.value!r}"
+    sentence = (f"key {key}: a read sent at {sent:.2f}s{_node_of(read)} returned {saw}, but the write of "
+                f"{last.written()!r}{_node_of(last)} had been acknowledged at {last.ret:.2f}s, {age:.2f}s "
+                f"before the read was sent")
+    if read.call != sent:
+        sentence += f" (default reads may be {sent - read.call:g}s stale)"
+    return {
+        "summary": sentence,
+        "stale_read": describe_op(read),
+        "missed_write": describe_op(last),
+        "missed_by_s": age,
+        "value_seen_written_by": [describe_op(o) for o in seen[:3]],
+    }
+
+
 def explain(key: str, r: SearchResult, ops: list[RegisterOp], tail: int = 8) -> dict[str, Any]:
     """A short account of why a key's history is not linearizable."""
     blocker = r.blocker
     why = ""
+    stale: dict[str, Any] | None = None
     if blocker is not None:
         if blocker.kind == READ:
             why = f"it read {blocker.value!r} but the register holds {r.state!r}"
+            stale = stale_read_account(key, blocker, ops)
         elif blocker.kind == CAS and blocker.output:
             why = f"it swapped from {blocker.value[0]!r} but the register holds {r.state!r}"  # type: ignore[index]
         elif blocker.kind == CAS:
@@ -318,7 +366,7 @@ def explain(key: str, r: SearchResult, ops: list[RegisterOp], tail: int = 8) -> 
     placed = set(map(id, r.prefix))
     horizon = blocker.ret if blocker is not None and blocker.ret is not None else -math.inf
     concurrent = [o for o in ops if id(o) not in placed and o is not blocker and o.call <= horizon]
-    return {
+    account: dict[str, Any] = {
         "key": key,
         "linearized_prefix_length": len(r.prefix),
         "linearized_prefix_tail": [describe_op(o) for o in r.prefix[-tail:]],
@@ -327,15 +375,23 @@ def explain(key: str, r: SearchResult, ops: list[RegisterOp], tail: int = 8) -> 
         "why": why,
         "concurrent_unplaced": [describe_op(o) for o in concurrent[:tail]],
     }
+    if stale is not None:
+        account["stale_read"] = stale
+    return account
 
 
 def check_cas_register(history: History, budget_s: float = 60.0, *,
                        include: Callable[[Op], bool] | None = None,
+                       read_staleness_s: Callable[[Op], float] | None = None,
                        name: str = "cas-register") -> CheckResult:
     """Per-key linearizability of the read/write/cas operations in `history`.
 
-    `include` selects the operations to check (say, only `?consistent` reads); the whole check
-    shares `budget_s` seconds, and a key still unsearched or unfinished by then is "unknown".
+    `include` selects the operations to check (say, only `?consistent` reads);
+    `read_staleness_s(op)` is how stale a read may be (default 0: linearizable). The check
+    shares `budget_s` seconds between keys: a first pass gives each key an equal share of what
+    is left (so one hard key cannot starve the rest), a second pass gives the keys still
+    undecided everything that remains. A key undecided after both is "unknown", and so is the
+    whole check unless some key is not linearizable.
     """
     deadline = time.monotonic() + budget_s
     by_key: dict[str, list[RegisterOp]] = {}
@@ -343,32 +399,46 @@ def check_cas_register(history: History, budget_s: float = 60.0, *,
     for i, op in enumerate(history.ops):
         if op.f not in (READ, WRITE, CAS) or (include is not None and not include(op)):
             continue
-        r = register_op(i, op)
+        staleness = read_staleness_s(op) if read_staleness_s is not None and op.f == READ else 0.0
+        r = register_op(i, op, staleness)
         if r is None:
             dropped += 1
             continue
         by_key.setdefault(str(op.key), []).append(r)
     per_key: dict[str, dict[str, Any]] = {}
+    results: dict[str, SearchResult] = {}
+    indeterminate = sum(1 for ops in by_key.values() for o in ops if o.ret is None)
+    keys = sorted(by_key)
+    for pass_no in (1, 2):
+        pending = [k for k in keys if k not in results or results[k].valid is None]
+        for n, key in enumerate(pending):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            share = left / (len(pending) - n) if pass_no == 1 else left
+            steps_before = results[key].steps if key in results else 0
+            r = search(by_key[key], deadline=time.monotonic() + share)
+            r.steps += steps_before
+            results[key] = r
     failures: list[dict[str, Any]] = []
     unknown: list[str] = []
-    indeterminate = sum(1 for ops in by_key.values() for o in ops if o.ret is None)
-    for key in sorted(by_key):
+    for key in keys:
         ops = by_key[key]
-        if time.monotonic() > deadline:
+        r = results.get(key)
+        if r is None or r.valid is None:
             unknown.append(key)
-            per_key[key] = {"ops": len(ops), "valid": UNKNOWN, "steps": 0, "pruned": 0}
+            per_key[key] = {"ops": len(ops), "valid": UNKNOWN, "steps": r.steps if r else 0,
+                            "pruned": r.pruned if r else 0}
             continue
-        r = search(ops, deadline=deadline)
-        verdict: bool | str = UNKNOWN if r.valid is None else r.valid
-        per_key[key] = {"ops": len(ops), "valid": verdict, "steps": r.steps, "pruned": r.pruned}
-        if r.valid is None:
-            unknown.append(key)
-        elif not r.valid:
+        per_key[key] = {"ops": len(ops), "valid": r.valid, "steps": r.steps, "pruned": r.pruned}
+        if not r.valid:
             failures.append(explain(key, r, ops))
     valid: bool | str = False if failures else (UNKNOWN if unknown else True)
     details: dict[str, Any] = {
         "keys": len(by_key), "ops": sum(len(v) for v in by_key.values()),
-        "indeterminate": indeterminate, "dropped": dropped, "per_key": per_key,
+        "indeterminate": indeterminate, "dropped": dropped,
+        "max_ops_per_key": max((len(v) for v in by_key.values()), default=0),
+        "decided_keys": len(keys) - len(unknown), "per_key": per_key,
         "unknown_keys": unknown, "failures": failures,
     }
     return CheckResult(name, valid, details)
