@@ -9,7 +9,6 @@ with it.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import queue
 import signal
@@ -23,12 +22,11 @@ from typing import Any
 
 import requests
 
-from .netns import Network
+from .netns import Network, die_with_parent
 from .proxies import Links
 
 SERVER_RPC_PORT = 8300
 HTTP_PORT = 8500
-PR_SET_PDEATHSIG = 1
 
 
 def proconsul_command() -> str:
@@ -36,12 +34,6 @@ def proconsul_command() -> str:
     if not script.exists():
         raise FileNotFoundError(f"{script} is missing: install the package (pip install -e .)")
     return str(script)
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: SIGKILL when the runner goes away.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _Spawner:
@@ -121,7 +113,7 @@ class Node:
             log.flush()
             cmd = [*Network.command_prefix(self.name), proconsul_command(), "agent", f"-config-file={self.config_path}"]
             self.proc = spawn(lambda: subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, preexec_fn=_die_with_parent,
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, preexec_fn=die_with_parent,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONUNBUFFERED": "1"},
             ))
         self.paused = False

@@ -16,8 +16,10 @@ node-to-node traffic the rules act on.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -29,6 +31,7 @@ PRIVATE_NAMESPACE_ENV = "PROCONSUL_SIM_PRIVATE_NETNS"
 BRIDGE = "simbr0"
 SUBNET_PREFIX = "10.77.0"
 HOST_IP = f"{SUBNET_PREFIX}.1"  # the runner's (and toxiproxy's) address on the bridge
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 FIRST_NODE_HOST = 11
 NFT_TABLE = "proconsul_sim"
 
@@ -41,11 +44,22 @@ def in_private_namespace() -> bool:
     return os.environ.get(PRIVATE_NAMESPACE_ENV) == "1"
 
 
+def die_with_parent() -> None:
+    """A `preexec_fn`: the child gets SIGKILL when the thread that started it goes away.
+
+    Runs in the child between fork and exec. With it on `unshare` (whose `--kill-child` passes
+    the kill on to the run) and on every process the run starts, killing the outer
+    `proconsul-sim` (say, by a test's timeout) takes the whole run with it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def reexec_in_private_namespace(argv: list[str]) -> int:
     """Run `python -m proconsul_sim.cli ARGV` inside a fresh network + mount namespace.
 
-    `--kill-child` makes the kernel-side cleanup total: if this process dies, the child (and,
-    through their parent-death signal, its agents) die too, and the namespaces go with them.
+    The cleanup is the kernel's, whatever kills this process: `unshare` gets a parent-death
+    SIGKILL when this process dies, its `--kill-child` then kills the run, the run's agents and
+    toxiproxy die by their own parent-death signal, and the namespaces go with the last of them.
     """
     unshare = shutil.which("unshare")
     if unshare is None:
@@ -55,7 +69,7 @@ def reexec_in_private_namespace(argv: list[str]) -> int:
     env = dict(os.environ, **{PRIVATE_NAMESPACE_ENV: "1"})
     cmd = [unshare, "--net", "--mount", "--fork", "--kill-child", "--",
            sys.executable, "-m", "proconsul_sim.cli", *argv]
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
     try:
         return proc.wait()
     except KeyboardInterrupt:

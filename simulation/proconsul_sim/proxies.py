@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .netns import die_with_parent
+
 API_PORT = 8474
 FIRST_PROXY_PORT = 20000
 
@@ -57,7 +59,7 @@ class ToxiproxyServer:
         else:
             cmd = [sys.executable, "-m", "proconsul_sim.toxiproxy", "--host", self.host, "--port", str(API_PORT)]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         log.close()
         import toxiproxy
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 SEED = int(os.environ.get("CHAOS_SEED", "1"))
 BROKEN_SEEDS = [int(s) for s in os.environ.get("CHAOS_BROKEN_SEEDS", str(SEED)).split(",")]
@@ -43,6 +45,36 @@ def agents_started_under(out: Path) -> list[int]:
         if str(out) in cmdline and "agent" in cmdline:
             pids.append(int(proc.name))
     return pids
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(proc.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; its parent just has not reaped it yet
 
 
 def run_scenario(name: str, out: Path, seed: int = SEED) -> tuple[subprocess.CompletedProcess[str], dict]:
@@ -150,3 +182,31 @@ def test_every_seed_gives_at_least_one_full_fault_cycle(scenario: str) -> None:
         assert schedule, f"{scenario} seed {seed}: no fault"
         last = schedule[-1]
         assert last.start + last.duration <= loaded.time_limit_s - float(loaded.nemesis.get("tail_s", 0))
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_run_takes_its_whole_cluster_with_it(tmp_path: Path) -> None:
+    """A test timeout SIGKILLs `proconsul-sim`: the namespace runner, toxiproxy and every agent
+    must go too (parent-death signals all the way down), leaving nothing behind."""
+    out = tmp_path / "killed"
+    log = tmp_path / "proconsul-sim.log"
+    with open(log, "wb") as sink:
+        # A long workload: an orphaned run would still be going long after the deadline below.
+        runner = subprocess.Popen([sim_command(), "run", "minority-partition", "--seed", str(SEED),
+                                   "--time-limit", "600", "--out", str(out)], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        def workloads_running() -> bool:
+            assert runner.poll() is None, f"proconsul-sim exited early ({runner.returncode}):\n{log.read_text()}"
+            return "running workloads" in log.read_text()
+
+        wait_for(workloads_running, timeout=120, what=lambda: f"the cluster to form:\n{log.read_text()}")
+        tree = descendants(runner.pid)
+        assert len(tree) >= 6, tree  # unshare, the runner inside, toxiproxy, four agents
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(30)
+        wait_for(lambda: not [p for p in tree if alive(p)], timeout=45,
+                 what=lambda: f"the run's processes to exit; alive: {[p for p in tree if alive(p)]}")
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(30)

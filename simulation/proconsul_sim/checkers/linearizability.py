@@ -198,11 +198,25 @@ def _unlift(n: _Node) -> None:
         n.next.prev = n
 
 
+def _read_only(op: RegisterOp) -> bool:
+    """An operation that never changes the register: a read, or a cas known to have failed."""
+    return op.kind == READ or (op.kind == CAS and op.output is False)
+
+
 def search(ops: Iterable[RegisterOp], *, init: Hashable = None, max_steps: int | None = None,
            deadline: float | None = None, prune: bool = True) -> SearchResult:
     """WGL search over one register's operations (already filtered: no failed ones, no
     indeterminate reads). Stops with valid=None after `max_steps` steps or at the monotonic
-    time `deadline`."""
+    time `deadline`.
+
+    One reduction on top of WGL: a read-only operation that the model accepts at the current
+    point is linearized there without trying the alternatives ("forced"). Sound and complete:
+    it is a candidate, so every operation that returned before it was called is already
+    linearized, and it changes no state; so any valid order extending the current prefix stays
+    valid with it moved to the front. If the rest fails with it forced, the prefix fails. Without
+    this, stale-tolerant default reads (each concurrent with everything in a 3 s window) make
+    the search try every subset of them before it can say "not linearizable".
+    """
     all_ops = list(ops)
     kept = prune_unobserved(all_ops) if prune else all_ops
     result = SearchResult(True, 0, len(kept), len(all_ops) - len(kept))
@@ -212,7 +226,7 @@ def search(ops: Iterable[RegisterOp], *, init: Hashable = None, max_steps: int |
     state: Hashable = init
     linearized = 0
     cache: set[tuple[int, Hashable]] = set()
-    stack: list[tuple[_Node, Hashable]] = []
+    stack: list[tuple[_Node, Hashable, bool]] = []  # (linearized call, state before it, forced)
     best_depth = -1
     entry = head.next
     steps = 0
@@ -223,34 +237,45 @@ def search(ops: Iterable[RegisterOp], *, init: Hashable = None, max_steps: int |
             result.valid, result.steps = None, steps
             return result
         assert entry is not None and entry.op is not None
+        dead_end = False
         if entry.is_call:
             accepted, new_state = step(state, entry.op)
             if accepted:
+                forced = _read_only(entry.op)
                 new_lin = linearized | (1 << entry.id)
                 if (new_lin, new_state) not in cache:
                     cache.add((new_lin, new_state))
-                    stack.append((entry, state))
+                    stack.append((entry, state, forced))
                     state = new_state
                     linearized = new_lin
                     _lift(entry)
                     entry = head.next
                     continue
-            entry = entry.next
+                # Explored before and failed; for a forced operation that fails this prefix.
+                dead_end = forced
+            if not dead_end:
+                entry = entry.next
+                continue
         else:
             # A return whose operation is not linearized yet: that operation cannot be placed
             # after the current prefix. Remember the deepest such dead end, then undo the last choice.
             if len(stack) > best_depth:
                 best_depth = len(stack)
-                result.prefix = [n.op for n, _ in stack if n.op is not None]
+                result.prefix = [n.op for n, _, _ in stack if n.op is not None]
                 result.state = state
                 result.blocker = entry.op
+        # Backtrack: undo choices until one whose alternatives are still open (a forced
+        # operation has none, so undoing it fails its prefix too).
+        while True:
             if not stack:
                 result.valid, result.steps = False, steps
                 return result
-            entry, state = stack.pop()
-            linearized &= ~(1 << entry.id)
-            _unlift(entry)
-            entry = entry.next
+            node, state, forced = stack.pop()
+            linearized &= ~(1 << node.id)
+            _unlift(node)
+            if not forced:
+                entry = node.next
+                break
     result.valid, result.steps = True, steps
     result.prefix, result.state, result.blocker = [], None, None
     return result
