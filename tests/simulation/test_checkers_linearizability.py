@@ -302,3 +302,24 @@ def test_search_and_pruning_agree_with_brute_force_on_random_small_histories():
         assert search(ops).valid == expected, ops
         pruned_some += len(ops) - len(prune_unobserved(ops))
     assert pruned_some > 50  # the pruning was exercised, not vacuously agreed with
+
+
+def test_many_overlapping_stale_tolerant_reads_are_decided_quickly():
+    # A write every 0.1 s; reads every 0.02 s that see the value of 1 s ago, each allowed 3 s
+    # of staleness, so ~150 reads overlap every point. One read sees a value 7 s old.
+    ops = [op(1, "write", i, i * 0.1, i * 0.1 + 0.05) for i in range(100)]
+    ops += [op(2 + n % 4, "read", max(0, int((n * 0.02 - 1.0) / 0.1)), n * 0.02, n * 0.02 + 0.01, mode="default")
+            for n in range(60, 500)]
+
+    def staleness(o):
+        return 3.0 if o.extra.get("mode") == "default" else 0.0
+
+    fine = check_cas_register(history(*ops), budget_s=20, read_staleness_s=staleness)
+    assert fine.valid is True and fine.details["per_key"]["k"]["steps"] < 50_000
+    stale = op(9, "read", 20, 9.0, 9.01, mode="default", node="s3")
+    res = check_cas_register(history(*ops, stale), budget_s=20, read_staleness_s=staleness)
+    assert res.valid is False, res.details["unknown_keys"]
+    assert res.details["per_key"]["k"]["steps"] < 50_000
+    (failure,) = res.details["failures"]
+    assert failure["cannot_place"]["call"] == 9.0 and failure["cannot_place"]["value"] == 20
+    assert failure["stale_read"]["missed_by_s"] > 3.0

@@ -32,8 +32,11 @@ not complete `ok` constrains nothing and is dropped.
 
 Indeterminate writes are what make these searches blow up (each pending one doubles the
 states), and most of them are never observed. `prune_unobserved` drops the ones that provably
-cannot matter; the argument is in its docstring. The search has a step and a time budget and
-answers None ("unknown") rather than hanging.
+cannot matter; the argument is in its docstring. Reads allowed some staleness overlap many
+operations each, and would make the search try every subset of them; `search` linearizes a
+read-only operation that fits the register without trying the alternatives, which is sound
+and complete (see its docstring). The search has a step and a time budget and answers None
+("unknown") rather than hanging.
 """
 
 from __future__ import annotations
