@@ -82,6 +82,11 @@ class ClusterMember:
         if self.raft.has_state:
             self.status = "rejoining from the state on disk"
             await self.raft.start()
+            if self.raft.core is not None and self.agent.node_id not in self.raft.core.config.members():
+                # It left gracefully (removed from Raft): ask to be added back, as Consul's
+                # leader re-adds a server that rejoins the LAN pool.
+                self.status = "waiting to rejoin the cluster after a leave"
+                self._tasks.append(loop.create_task(self._join_loop(), name="join"))
         elif cfg.bootstrap or cfg.bootstrap_expect == 1:
             self.raft.bootstrap({self.agent.node_id: self.raft.address})
             self.status = "bootstrapped a single-server cluster"

@@ -4,7 +4,8 @@ A client agent stopped with SIGTERM (`leave_on_terminate`, true on clients) is `
 server, not failed, and exits 0; one interrupted with SIGINT while `skip_leave_on_interrupt` is
 set just stops and is seen as failed (4). A server with `leave_on_terminate = true` in a
 three-server cluster takes itself out of the Raft configuration before it goes, so the peers
-shrink and the rest keep a leader (the leader leaving, then a follower). A second SIGTERM
+shrink and the rest keep a leader (the leader leaving, then a follower); restarted, a server
+that left asks to be added back; the last server keeps its configuration. A second SIGTERM
 during a slow leave (a long `leave_drain_time`) exits at once.
 """
 
@@ -45,8 +46,8 @@ def _raft_servers(agent: AgentProcess) -> list[str]:
 def test_client_sigterm_leaves_and_sigint_with_skip_fails(tmp_path: Path) -> None:
     prefix = free_subnet(3)
     sip, c1ip, c2ip = (f"{prefix}.{i}" for i in (1, 2, 3))
-    server = AgentProcess("-server", "-bootstrap", *FAST_RAFT, dev=False, ip=sip, node="srv",
-                          data_dir=str(tmp_path / "srv"))
+    server = AgentProcess("-server", "-bootstrap", *FAST_RAFT, "-hcl", "leave_on_terminate = true",
+                          dev=False, ip=sip, node="srv", data_dir=str(tmp_path / "srv"))
     # Client defaults: leave_on_terminate = true, skip_leave_on_interrupt = false.
     c1 = AgentProcess(f"-retry-join={sip}", "-retry-interval=1s", dev=False, ip=c1ip, node="c1",
                       data_dir=str(tmp_path / "c1"))
@@ -76,6 +77,11 @@ def test_client_sigterm_leaves_and_sigint_with_skip_fails(tmp_path: Path) -> Non
         assert "shutting down without leaving" in c2.log() and "gracefully leaving" not in c2.log(), c2.log()
         wait_for(lambda: _members(server).get("c2") == 4, timeout=60, what=lambda: f"c2 failed\n{server.log()}")
         assert _members(server)["c1"] == 3
+
+        # The only server keeps its Raft configuration when it leaves: nobody to hand over to.
+        server.signal(signal.SIGTERM)
+        assert _exit_code(server) == 0, server.log()
+        assert "last server of the cluster" in server.log(), server.log()
     finally:
         for agent in started:
             agent.stop()
@@ -108,23 +114,33 @@ def test_servers_leaving_on_terminate_shrink_raft_and_keep_a_leader(tmp_path: Pa
         assert len(peers) == 2, peers
         assert put(rest[0], "after-leader-left", "2") and get(rest[1], "before") == "1"
 
-        # A follower leaves through the leader: one server remains, and it still leads.
+        # Restarted from its data, the server that left asks to be added back (Consul's leader
+        # re-adds a server that rejoins): three voters again, and it is alive in gossip.
+        old_leader.stop()
+        restarted = cluster.server(old_leader_ip).start()
+        cluster.nodes[old_leader_ip] = restarted
+        everyone = sorted(cluster.name(ip) for ip in cluster.ips)
+        for agent in (*rest, restarted):
+            wait_for(lambda agent=agent: _raft_servers(agent) == everyone, timeout=90,
+                     what=lambda agent=agent: f"raft peers {everyone} on {agent.node}\n{agent.log()}")
+        wait_for(lambda: _members(rest[0]).get(restarted.node) == 1, timeout=60,
+                 what=lambda: f"{restarted.node} alive again: {_members(rest[0])}")
+        wait_for(lambda: get(restarted, "after-leader-left", "?stale") == "2", timeout=60,
+                 what="the rejoined server caught up")
+
+        # A follower leaves through the leader; the other two keep the leader.
         leader_ip = cluster.leader_ip(rest[0])
-        follower = next(x for x in rest if x.ip != leader_ip)
-        last = cluster.nodes[leader_ip]
+        follower = next(x for x in cluster.nodes.values() if x.ip != leader_ip)
+        leader = cluster.nodes[leader_ip]
         follower.signal(signal.SIGTERM)
         assert _exit_code(follower) == 0, follower.log()
-        wait_for(lambda: _raft_servers(last) == [cluster.name(leader_ip)], timeout=60,
-                 what=lambda: f"a single raft server\n{last.log()}")
-        assert cluster.leader_ip(last) == leader_ip
-        assert put(last, "after-follower-left", "3")
-        listing = cli("operator", "raft", "list-peers", f"-http-addr={last.addr}")
-        assert listing.returncode == 0 and listing.stdout.count("\n") == 2, listing  # header + one server
-
-        # The last server keeps its configuration when it leaves (no one to hand over to).
-        last.signal(signal.SIGTERM)
-        assert _exit_code(last) == 0, last.log()
-        assert "last server of the cluster" in last.log(), last.log()
+        remaining = sorted(cluster.name(ip) for ip in cluster.ips if ip != follower.ip)
+        wait_for(lambda: _raft_servers(leader) == remaining, timeout=60,
+                 what=lambda: f"raft peers {remaining}\n{leader.log()}")
+        assert cluster.leader_ip(leader) == leader_ip
+        assert put(leader, "after-follower-left", "3")
+        listing = cli("operator", "raft", "list-peers", f"-http-addr={leader.addr}")
+        assert listing.returncode == 0 and len(listing.stdout.strip().splitlines()) == 3, listing  # header + 2
     finally:
         cluster.stop()
 
