@@ -469,6 +469,9 @@ RELOADABLE: frozenset[str] = frozenset(
         "recursors",
         "check_update_interval_s",
         "sources",
+        # Read when the signal arrives (command/agent), so a reload changes the next stop.
+        "leave_on_terminate",
+        "skip_leave_on_interrupt",
     }
 )
 

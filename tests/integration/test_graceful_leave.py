@@ -147,11 +147,20 @@ def test_servers_leaving_on_terminate_shrink_raft_and_keep_a_leader(tmp_path: Pa
 
 def test_second_sigterm_during_a_slow_leave_exits_at_once(tmp_path: Path) -> None:
     pid_file = tmp_path / "agent.pid"
-    agent = AgentProcess("-hcl", 'leave_on_terminate = true\nperformance { leave_drain_time = "300s" }',
-                         "-hcl", f'pid_file = "{pid_file}"')
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    base = f'pid_file = "{pid_file}"\nperformance {{ leave_drain_time = "300s" }}\n'
+    (conf / "agent.hcl").write_text(base + "leave_on_terminate = false\n")
+    agent = AgentProcess(f"-config-dir={conf}")
     try:
         agent.start()
         wait_for(pid_file.exists, timeout=30, what="the pid file")
+        # leave_on_terminate is read when the signal arrives: a reload turns it on.
+        (conf / "agent.hcl").write_text(base + "leave_on_terminate = true\n")
+        agent.signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded configuration" in agent.log(), timeout=30, what=lambda: agent.log())
+        assert "leave_on_terminate changed" not in agent.log(), agent.log()
+
         agent.signal(signal.SIGTERM)
         wait_for(lambda: "to drain RPC traffic" in agent.log(), timeout=30,
                  what=lambda: f"the drain to start\n{agent.log()}")
