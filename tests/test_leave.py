@@ -19,7 +19,7 @@ class Steps:
 
 
 def _agent(steps: Steps, *, server: bool, voters: tuple[str, ...] = (), gossip_hangs: bool = False,
-           remove_fails: bool = False, drain_s: float = 0.0) -> Any:
+           remove_fails: bool = False, drain_s: float = 0.0, leader: bool = False) -> Any:
     async def remove_peer(peer_id: str = "", address: str = "") -> None:
         steps.done.append(f"raft-remove:{peer_id}")
         if remove_fails:
@@ -30,10 +30,15 @@ def _agent(steps: Steps, *, server: bool, voters: tuple[str, ...] = (), gossip_h
         if gossip_hangs:
             await asyncio.Event().wait()
 
+    async def transfer_leadership(timeout_s: float) -> str | None:
+        steps.done.append("transfer")
+        return "a"
+
     raft = None
     if server:
         config = SimpleNamespace(voters=set(voters), members=lambda: sorted(voters))
-        raft = SimpleNamespace(core=SimpleNamespace(config=config))
+        raft = SimpleNamespace(core=SimpleNamespace(config=config), is_leader=lambda: leader, tick_s=0.1,
+                               election_tick=10, transfer_leadership=transfer_leadership)
     return SimpleNamespace(
         node_id="me",
         raft=raft,
@@ -49,6 +54,12 @@ def test_a_server_among_others_leaves_raft_before_gossip() -> None:
     assert asyncio.run(leave.run()) is True
     assert steps.done == ["raft-remove:me", "gossip-leave"]
     assert leave.done.is_set() and leave.completed
+
+
+def test_a_leader_hands_leadership_over_before_its_removal() -> None:
+    steps = Steps()
+    assert asyncio.run(GracefulLeave(_agent(steps, server=True, voters=("me", "a", "b"), leader=True)).run())
+    assert steps.done == ["transfer", "raft-remove:me", "gossip-leave"]
 
 
 def test_the_last_server_and_clients_only_leave_gossip() -> None:

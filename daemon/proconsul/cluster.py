@@ -8,7 +8,8 @@ Owns how a non-dev server becomes part of a Raft cluster:
   known, then every one of them starts with the same initial voters (Consul's expect bootstrap);
 - joining: a server with no state and no bootstrap asks the join addresses for the leader and
   requests to be added as a voter (`Raft.Join`);
-- a restarted server uses what is on disk and needs no flags beyond its config;
+- a restarted server uses what is on disk and needs no flags beyond its config; it asks the
+  leader to count it as a voter again (it may have left, or been removed, meanwhile);
 - on gaining leadership: TTL timers for every session are re-armed; every server registers
   itself (node, `serfHealth`, service `consul`) through the leader.
 
@@ -82,11 +83,8 @@ class ClusterMember:
         if self.raft.has_state:
             self.status = "rejoining from the state on disk"
             await self.raft.start()
-            if self.raft.core is not None and self.agent.node_id not in self.raft.core.config.members():
-                # It left gracefully (removed from Raft): ask to be added back, as Consul's
-                # leader re-adds a server that rejoins the LAN pool.
-                self.status = "waiting to rejoin the cluster after a leave"
-                self._tasks.append(loop.create_task(self._join_loop(), name="join"))
+            if self.joins:
+                self._tasks.append(loop.create_task(self._rejoin(), name="rejoin"))
         elif cfg.bootstrap or cfg.bootstrap_expect == 1:
             self.raft.bootstrap({self.agent.node_id: self.raft.address})
             self.status = "bootstrapped a single-server cluster"
@@ -164,6 +162,26 @@ class ClusterMember:
                     logger.info("cluster: join through %s failed: %s", target, exc)
             await asyncio.sleep(interval)
         self.status = "joined"
+
+    async def _rejoin(self) -> None:
+        """A restarted server asks the leader to count it as a voter, once one answers.
+
+        It may have left gracefully or been removed while it was away, which its own log need
+        not show (a leader stops replicating to a server as it removes it). Consul's leader
+        re-adds an alive server it sees in the LAN pool; here the server asks, and `Raft.Join`
+        changes nothing for a server that is still a member.
+        """
+        interval = min(self.agent.config.retry_interval_s, 2.0)
+        while not self.raft.is_leader():  # a leader is a member by definition
+            for target in self.joins:
+                try:
+                    await self.pool.call(target, "Raft.Join", {"id": self.agent.node_id, "addr": self.raft.address},
+                                         timeout_s=10.0)
+                    logger.info("cluster: the leader (through %s) counts this server as a voter", target)
+                    return
+                except Exception as exc:  # not the leader, not up yet: try the next one
+                    logger.debug("cluster: rejoin through %s: %s", target, exc)
+            await asyncio.sleep(interval)
 
     # --------------------------------------------------------------------------- leadership
 

@@ -5,9 +5,10 @@ client's, which only leaves the LAN pool), run when SIGTERM arrives with `leave_
 SIGINT without `skip_leave_on_interrupt`, or `PUT /v1/agent/leave` (`proconsul leave`):
 
 1. A server that is a Raft member alongside other servers has itself removed from the Raft
-   configuration (the leader removes itself; a follower asks the leader), so the remaining
-   servers' quorum shrinks before this one goes away and they keep a leader. The last server
-   keeps its configuration: removing it would leave no cluster to come back to.
+   configuration, so the remaining servers' quorum shrinks before this one goes away and they
+   keep a leader. A leader first hands leadership to the most up-to-date other voter (and, if
+   that fails, removes itself); a follower asks the leader. The last server keeps its
+   configuration: removing it would leave no cluster to come back to.
 2. Every agent leaves the LAN gossip pool: the leave is broadcast and the agent waits (bounded
    by the gossip leave timeout) until it was sent enough times, so the other members record it
    as left (status 3), not failed, and the leader deregisters it from the catalog.
@@ -36,6 +37,8 @@ GRACEFUL_LEAVE_TIMEOUT_S = 15.0
 # How long the Raft removal may take before the leave goes on without it (Consul waits up to
 # raftRemoveGracePeriod, 5 s, for its removal; a forwarded removal also needs the RPC round).
 RAFT_REMOVE_TIMEOUT_S = 8.0
+# Upper bound on waiting for a leadership transfer (it normally takes one round trip).
+LEADERSHIP_TRANSFER_TIMEOUT_S = 3.0
 
 
 class GracefulLeave:
@@ -88,6 +91,15 @@ class GracefulLeave:
         logger.info("agent: removing this server from the Raft configuration (%d other voters)", len(others))
         try:
             async with asyncio.timeout(RAFT_REMOVE_TIMEOUT_S):
+                if raft.is_leader():
+                    # Consul first hands leadership over, so the others need not wait out an
+                    # election timeout; if that fails, the leader removes itself.
+                    election_s = raft.tick_s * raft.election_tick
+                    new_leader = await raft.transfer_leadership(min(2 * election_s, LEADERSHIP_TRANSFER_TIMEOUT_S))
+                    if new_leader:
+                        logger.info("agent: transferred Raft leadership to %s", new_leader)
+                    else:
+                        logger.warning("agent: leadership transfer failed; removing this server as the leader")
                 await agent.operator.remove_peer(peer_id=agent.node_id)
         except TimeoutError:
             logger.error("agent: failed to leave the Raft configuration within %gs", RAFT_REMOVE_TIMEOUT_S)
