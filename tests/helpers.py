@@ -83,6 +83,7 @@ class AgentProcess:
         self.http_port = free_port() if ip == "127.0.0.1" else 8500
         self.dns_port = free_port() if ip == "127.0.0.1" else 8600
         self.serf_lan_port = free_port() if ip == "127.0.0.1" else 8301
+        self.serf_wan_port = free_port() if ip == "127.0.0.1" else 8302
         self.tmp = tempfile.TemporaryDirectory(prefix="proconsul-test-")
         self.data_dir = data_dir
         self.log_path = Path(self.tmp.name) / "agent.log"
@@ -95,6 +96,7 @@ class AgentProcess:
             f"-http-port={self.http_port}",
             f"-dns-port={self.dns_port}",
             f"-serf-lan-port={self.serf_lan_port}",
+            f"-serf-wan-port={self.serf_wan_port}",
             f"-client={ip}",
             f"-bind={ip}",
             f"-node={node}",

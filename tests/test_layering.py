@@ -12,7 +12,7 @@ FORBIDDEN = {"asyncio", "socket", "time", "os", "subprocess", "threading", "sele
 PURE = sorted(
     [*PACKAGE.glob("state/*.py"), PACKAGE / "raft" / "core.py", PACKAGE / "raft" / "quorum.py",
      PACKAGE / "gossip" / "core.py", PACKAGE / "gossip" / "broadcast.py", PACKAGE / "wire.py",
-     PACKAGE / "filter.py", PACKAGE / "structs.py"]
+     PACKAGE / "filter.py", PACKAGE / "structs.py", PACKAGE / "coordinate.py"]
 )
 
 

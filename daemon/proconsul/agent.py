@@ -29,7 +29,11 @@ from proconsul import logs
 from proconsul.checks import CheckManager
 from proconsul.client import RemoteServer
 from proconsul.cluster import ClusterMember
+from proconsul.coordinate import Coordinate
+from proconsul.coordinate_sync import CoordinateSync
+from proconsul.events import AgentEvents
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
+from proconsul.keyring_ops import KeyringOperations
 from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.leave import GracefulLeave
 from proconsul.local import AntiEntropy, LocalCheck, LocalState
@@ -43,6 +47,7 @@ from proconsul.state.store import Store
 from proconsul.structs import DecodeError, decode_check, decode_service
 from proconsul.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
 from proconsul.transport import set_dial_overrides
+from proconsul.wan import Router, WANPool
 from proconsul.watch import WatchManager, start_agent_watches
 
 logger = logging.getLogger(__name__)
@@ -140,6 +145,13 @@ class Agent:
             default_query_time_s=cfg.default_query_time_s,
             max_query_time_s=cfg.max_query_time_s,
         )
+        # Servers also gossip in the WAN pool, which routes ?dc= requests to other datacenters.
+        self.wan: WANPool | None = None
+        if cfg.server and cfg.ports.serf_wan > 0:
+            self.wan = WANPool(self, self.member()["Tags"], self.membership.keyring)
+            wan = self.wan
+            self.server.router = Router(cfg.datacenter, wan.members, coordinates=lambda: wan.node.coordinates)
+            self.server.known_datacenters = self.server.router.datacenters
         self.local = LocalState(
             self.node_name,
             self.node_id,
@@ -168,6 +180,9 @@ class Agent:
             self.raft.fatal = self._fatal
             self.server.handlers["Session.Renew"] = self._renew_on_leader
         self.operator = Operator(self)  # operator raft / snapshot endpoints (+ their RPCs)
+        self.events = AgentEvents(self)  # user events: fired through a server, received by gossip
+        self.coordinate_sync = CoordinateSync(self)  # network coordinates to the catalog (+ Coordinate.Update)
+        self.keyring_ops = KeyringOperations(self)  # keyring over LAN, WAN and other DCs (+ Keyring.Operation)
         self.notifier = Notifier()
         self.http: Any = None
         self.dns: Any = None
@@ -199,6 +214,11 @@ class Agent:
             await self.membership.start()
         except OSError as exc:
             raise AgentError(f"Failed to start LAN gossip on port {cfg.ports.serf_lan}: {exc}") from None
+        if self.wan is not None:
+            try:
+                await self.wan.start()
+            except OSError as exc:
+                raise AgentError(f"Failed to start WAN gossip on port {cfg.ports.serf_wan}: {exc}") from None
         if self.cluster is not None:
             await self.cluster.start()
         elif self.remote is not None:
@@ -234,7 +254,10 @@ class Agent:
             self.dns = DNSServer(self.server, lambda: self.config)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
+        if self.wan is not None:
+            self.wan.start_retry_join(self._join_exhausted)
         self.membership.start_reconcile(self.server, self.log.is_leader)
+        self.coordinate_sync.start()
         if cfg.pid_file:
             write_pid_file(cfg.pid_file)
         logger.info("agent: started; node=%s datacenter=%s server=%s", self.node_name, cfg.datacenter, cfg.server)
@@ -311,9 +334,13 @@ class Agent:
                 pass
         self.session_timers.stop()
         self.watches.stop()
+        await self.coordinate_sync.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         await self.membership.stop()
+        if self.wan is not None:
+            await self.wan.stop()
+            await self.server.router.close()
         if self.remote is not None:
             await self.remote.stop()
         await self.checks.close()
@@ -423,21 +450,27 @@ class Agent:
         """(Re)arm a TTL session's timer on the leader, which is the one that expires it."""
         if not session.ttl:
             return
-        if self.log.is_leader() or self.cluster is None:
-            self.session_timers.arm(session)
-            return
-        leader = await self.server._wait_for_leader()
-        if leader:
-            await self.cluster.pool.call(leader, "Session.Renew", session.id, timeout_s=10.0)
-        else:
-            self.session_timers.arm(session)
+        await self.renew_session(session.id)
 
-    async def _renew_on_leader(self, session_id: Any) -> bool:
+    async def renew_session(self, session_id: str) -> list[dict[str, Any]]:
+        """Consul's Session.Renew: the leader re-arms the TTL timer; the session as rendered, or []."""
+        if self.remote is not None:
+            # A client agent holds no sessions and runs no timers: a server forwards to its leader.
+            return list(await self.remote.forward_rpc("Session.Renew", session_id, timeout_s=10.0))
+        return await self._renew_on_leader(session_id)
+
+    async def _renew_on_leader(self, session_id: Any) -> list[dict[str, Any]]:
+        from proconsul.http import render
+
+        if self.cluster is not None and not self.log.is_leader():
+            leader = await self.server._wait_for_leader()
+            if leader:
+                return list(await self.cluster.pool.call(leader, "Session.Renew", session_id, timeout_s=10.0))
         _, session = self.store.get_session(str(session_id))
         if session is None:
-            return False
+            return []
         self.session_timers.arm(session)
-        return True
+        return [render.session(session)]
 
     def server_for_dc(self, dc: str) -> Server:
         if dc == self.config.datacenter:
@@ -487,8 +520,8 @@ class Agent:
     def members(self, wan: bool = False) -> list[dict[str, Any]]:
         me = self.member()
         if wan:
-            # The WAN pool is not gossiped yet: servers list only themselves.
-            return [dict(me, Name=f"{self.node_name}.{self.config.datacenter}", Port=self.config.ports.serf_wan)]
+            # Client agents are in no WAN pool (Consul lists nothing for them).
+            return self.wan.members_json() if self.wan is not None else []
         return [member_json(rec) for rec in self.membership.members()] or [me]
 
     def version_info(self) -> dict[str, Any]:
@@ -513,7 +546,7 @@ class Agent:
             "build": {"prerelease": "", "revision": "", "version": proconsul.CONSUL_COMPAT_VERSION},
             "consul": {
                 "bootstrap": str(self.config.bootstrap).lower(),
-                "known_datacenters": "1",
+                "known_datacenters": str(len(self.server.known_datacenters()) if self.remote is None else 1),
                 "leader": str(log.is_leader()).lower(),
                 "leader_addr": log.leader_address(),
                 "server": str(self.config.server).lower(),
@@ -526,7 +559,7 @@ class Agent:
                 "cpu_count": str(os.cpu_count() or 1),
             },
             "serf_lan": self.membership.counts(),
-            "serf_wan": {"members": "1", "failed": "0", "left": "0"},
+            **({"serf_wan": self.wan.counts()} if self.wan is not None else {}),
         }
 
     def _raft_stats(self) -> dict[str, str]:
@@ -583,7 +616,7 @@ class Agent:
                 "TxnMaxReqLen": cfg.limits.txn_max_req_len,
                 "ConfigFiles": list(cfg.sources),
             },
-            "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+            "Coord": (self.coordinate_sync.local_coordinate() or Coordinate.origin()).to_json(),
             "Member": self.member(),
             "Stats": self.stats(),
             "Meta": dict(self.local.node_meta),

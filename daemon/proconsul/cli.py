@@ -18,10 +18,12 @@ from proconsul import (
     cli_agent,
     cli_catalog,
     cli_event,
+    cli_keyring,
     cli_kv,
     cli_lock,
     cli_maint,
     cli_operator,
+    cli_rtt,
     cli_services,
     cli_snapshot,
     cli_watch,
@@ -39,7 +41,7 @@ def commands() -> dict[str, Command]:
     """Every subcommand by its full name (`kv get`)."""
     table: dict[str, Command] = {}
     for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_snapshot, cli_maint,
-                   cli_event, cli_lock, cli_watch):
+                   cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring):
         for cls in module.COMMANDS:
             table[cls.name] = cls()
     return table

@@ -458,6 +458,8 @@ Usage: proconsul force-leave [options] name
         if client is None:
             return 1
         params = [("prune", "1")] if ctx.opts["prune"] else []
+        if ctx.opts["wan"]:
+            params.append(("wan", "1"))
         node = ctx.args[0]
         try:
             client.put(f"/v1/agent/force-leave/{urllib.parse.quote(node, safe='')}", params)

@@ -3,8 +3,9 @@
 Owns what a client agent (no ``-server``) puts where a server agent has its ``rpc.Server``:
 :class:`RemoteServer` answers ``query``/``write`` by calling a server of our datacenter over
 the connection pool (``Client.Query`` / ``Client.Write``; the server forwards to its leader
-once), picking one at random among the alive ``role=consul`` gossip members, sticking to it
-while it works and failing over on connection errors. :class:`ClientConsensus` stands in for
+once), choosing among the alive ``role=consul`` gossip members with Consul's router policy
+(``server_manager.ServerList``: stick to one, move a failing one to the end, reshuffle every
+few minutes). :class:`ClientConsensus` stands in for
 the replicated log where the agent asks "who leads?" (refreshed from a server every few
 seconds) and never leads itself.
 
@@ -31,6 +32,7 @@ from proconsul.rpc import (
     WriteMeta,
     decode_result,
 )
+from proconsul.server_manager import ServerList
 from proconsul.state import commands
 from proconsul.state.store import Store
 from proconsul.transport import ConnectionPool, RemoteError
@@ -79,6 +81,9 @@ class ClientConsensus:
 class RemoteServer:
     """``rpc.Server``'s surface for client agents, served by a remote server."""
 
+    # Readers that would look at `store` (DNS) must ask a server instead (see dns_remote).
+    catalog_is_remote = True
+
     def __init__(self, membership: Any, datacenter: str, rng: random.Random | None = None) -> None:
         self.membership = membership
         self.datacenter = datacenter
@@ -90,18 +95,18 @@ class RemoteServer:
         self.identity: dict[str, Any] = {}
         self.rpc_hold_timeout_s = 7.0
         self.known_datacenters = lambda: [datacenter]
-        self._preferred = ""
+        self.server_list = ServerList(self.rng)
         self._task: asyncio.Task[None] | None = None
 
     # --- server choice -----------------------------------------------------------------------
 
     def _candidates(self) -> list[str]:
-        addrs = [addr for _, addr in self.membership.servers()]
-        self.rng.shuffle(addrs)
-        if self._preferred in addrs:
-            addrs.remove(self._preferred)
-            addrs.insert(0, self._preferred)
-        return addrs
+        servers = self.server_list
+        servers.update([addr for _, addr in self.membership.servers()])
+        members = sum(1 for r in self.membership.members() if r.status == 1)
+        if servers.maybe_rebalance(asyncio.get_running_loop().time(), members):
+            logger.debug("client: rebalanced servers, now preferring %s", servers.servers[0])
+        return servers.candidates()
 
     async def _call(self, method: str, body: Any, timeout_s: float, retry_sent: bool) -> Any:
         candidates = self._candidates()
@@ -110,9 +115,7 @@ class RemoteServer:
         last: Exception | None = None
         for addr in candidates:
             try:
-                reply = await self.pool.call(addr, method, body, timeout_s=timeout_s)
-                self._preferred = addr
-                return reply
+                return await self.pool.call(addr, method, body, timeout_s=timeout_s)
             except RemoteError as exc:
                 raise RPCError(str(exc)) from None
             except ConnectionRefusedError as exc:
@@ -121,8 +124,7 @@ class RemoteServer:
                 if not retry_sent:
                     raise UnknownOutcome(f"rpc error: lost the server {addr} mid-write: {exc}") from None
                 last = exc
-            if self._preferred == addr:
-                self._preferred = ""
+            self.server_list.notify_failed(addr)
             logger.info("client: server %s failed (%s); trying another", addr, last)
         raise RPCError(f"rpc error: no server answered: {last}")
 
@@ -134,19 +136,40 @@ class RemoteServer:
             "args": args,
             "opts": [opts.min_index, opts.max_wait_s, opts.allow_stale, opts.require_consistent],
         }
+        if opts.datacenter and opts.datacenter != self.datacenter:
+            body["dc"] = opts.datacenter  # our server forwards it over the WAN
         timeout = (self.wait_time(opts) if opts.min_index else 0) + 30.0
         reply = await self._call("Client.Query", body, timeout, retry_sent=True)
         index, known_leader, last_contact, consistency = reply["meta"]
         return QueryMeta(index, known_leader, last_contact, consistency), reply["result"]
 
-    async def write(self, command: commands.Command) -> tuple[WriteMeta, Any]:
+    async def write(self, command: commands.Command, datacenter: str = "") -> tuple[WriteMeta, Any]:
+        if datacenter and datacenter != self.datacenter:
+            body = {"dc": datacenter, "command": commands.encode(command)}
+            reply = await self._call("Client.WriteDC", body, 50.0, retry_sent=False)
+            return WriteMeta(reply["index"]), decode_result(reply["result"])
         reply = await self._call("Client.Write", commands.encode(command), 40.0, retry_sent=False)
         return WriteMeta(reply["index"]), decode_result(reply["result"])
+
+    async def forward_rpc(self, method: str, body: Any, timeout_s: float = 30.0) -> Any:
+        """Send one RPC a server answers itself (e.g. Internal.EventFire, Session.Renew).
+
+        Not retried on another server once sent: the outcome of a lost call is unknown.
+        """
+        return await self._call(method, body, timeout_s, retry_sent=False)
 
     async def read(self, opts: QueryOptions, run: ReadFn, tables: Iterable[str],
                    kv_prefix: str | None = None) -> tuple[QueryMeta, Any]:
         # Arbitrary store functions cannot travel; DNS on clients needs named queries.
         raise RPCError("this read is not available on client agents")
+
+    async def call(self, method: str, body: Any, timeout_s: float = 10.0) -> Any:
+        """Any other server RPC (e.g. ``Coordinate.Update``); must be safe to resend."""
+        return await self._call(method, body, timeout_s, retry_sent=True)
+
+    async def list_datacenters(self) -> list[str]:
+        """Every known datacenter, as our server's WAN pool knows them."""
+        return list(await self._call("Catalog.ListDatacenters", None, 10.0, retry_sent=True))
 
     def wait_time(self, opts: QueryOptions) -> float:
         wait = opts.max_wait_s or 300.0

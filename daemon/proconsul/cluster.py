@@ -3,15 +3,19 @@
 Owns how a non-dev server becomes part of a Raft cluster:
 - the listener on `bind_addr:ports.server`, multiplexing client RPC and Raft traffic;
 - bootstrap: `-bootstrap` (or `-bootstrap-expect=1`) starts a one-server cluster;
-  `-bootstrap-expect=N` asks the `-join`/`-retry-join` addresses who they are
-  (`Status.Identify` on their server port) until N servers of this datacenter expecting N are
-  known, then every one of them starts with the same initial voters (Consul's expect bootstrap);
+  `-bootstrap-expect=N` counts the servers of this datacenter seen alive in the LAN pool (tags
+  role=consul, id, port, expect) and asks the `-join`/`-retry-join` addresses who they are
+  (`Status.Identify` on their server port) until N servers expecting N are known, then every one
+  of them starts with the same initial voters (Consul's expect bootstrap); a server expecting
+  another number or in `-bootstrap` mode stops it, as in Consul's maybeBootstrap;
 - joining: a server with no state and no bootstrap asks the join addresses for the leader and
   requests to be added as a voter (`Raft.Join`);
 - a restarted server uses what is on disk and needs no flags beyond its config; it asks the
   leader to count it as a voter again (it may have left, or been removed, meanwhile);
 - on gaining leadership: TTL timers for every session are re-armed; every server registers
-  itself (node, `serfHealth`, service `consul`) through the leader.
+  itself (node, `serfHealth`, service `consul`) through the leader;
+- the leader's dead-server cleanup (`proconsul.autopilot`): left servers, and failed ones within
+  the quorum rules, are removed from the Raft configuration.
 
 Until the gossip issue lands, join addresses are contacted on this agent's server port
 (`ports.server`), whatever port they carry: they name hosts, not gossip endpoints.
@@ -24,6 +28,7 @@ import logging
 from typing import Any
 
 import proconsul
+from proconsul.autopilot import DeadServerCleanup
 from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.raft.node import RaftServer
 from proconsul.rpc import RPCError, Server
@@ -73,8 +78,11 @@ class ClusterMember:
         )
         self.joins = join_targets(list(cfg.retry_join) + list(cfg.start_join), cfg.ports.server)
         self._tasks: list[asyncio.Task[None]] = []
+        self._logged: set[str] = set()  # conflict lines already logged (the loop repeats every second)
         raft.on_leadership = self._leadership_changed
         self.status = "starting"
+        # Leader only: servers that left or died come out of the Raft configuration.
+        self.autopilot = DeadServerCleanup(agent, raft, server, self.pool)
 
     async def start(self) -> None:
         await self.listener.start()
@@ -97,6 +105,7 @@ class ClusterMember:
             await self.raft.start()
             self._tasks.append(loop.create_task(self._join_loop(), name="join"))
         self._tasks.append(loop.create_task(self._register_self_loop(), name="register-self"))
+        self._tasks.append(loop.create_task(self.autopilot.run(), name="autopilot"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -119,11 +128,51 @@ class ClusterMember:
             return None
         return reply if isinstance(reply, dict) else None
 
+    def _gossip_servers(self, expect: int) -> dict[str, str] | None:
+        """Servers of our datacenter seen alive in the LAN pool, by node ID (Consul's
+        maybeBootstrap); None when one of them rules a bootstrap out (another expect value, or
+        a server in bootstrap mode)."""
+        cfg = self.agent.config
+        found: dict[str, str] = {}
+        membership = getattr(self.agent, "membership", None)
+        for rec in membership.members() if membership is not None else []:
+            m, tags = rec.member, rec.member.tags
+            if tags.get("role") != "consul" or m.name == self.agent.node_name or rec.status != 1:
+                continue
+            if tags.get("dc") != cfg.datacenter:
+                self._log_once(f"cluster: Member {m.name} has a conflicting datacenter, ignoring")
+                continue
+            try:
+                their_expect = int(tags.get("expect", "0"))
+            except ValueError:
+                their_expect = 0
+            if their_expect and their_expect != expect:
+                self._log_once(f"cluster: Member {m.name} has a conflicting expect value. "
+                               "All nodes should expect the same number.")
+                return None
+            if tags.get("bootstrap") == "1":
+                self._log_once(f"cluster: Member {m.name} has bootstrap mode. Expect disabled.")
+                return None
+            if tags.get("id"):
+                found[tags["id"]] = f"{m.addr[0]}:{tags.get('port', str(cfg.ports.server))}"
+        return found
+
+    def _log_once(self, line: str) -> None:
+        if line not in self._logged:
+            self._logged.add(line)
+            logger.error("%s", line)
+
     async def _expect_bootstrap(self, expect: int) -> None:
         cfg = self.agent.config
         interval = min(cfg.retry_interval_s, 1.0)
         while True:
             peers: dict[str, str] = {self.agent.node_id: self.raft.address}
+            # Servers the LAN pool told us about count as much as the join addresses.
+            from_gossip = self._gossip_servers(expect)
+            if from_gossip is None:
+                await asyncio.sleep(interval)
+                continue
+            peers.update(from_gossip)
             for target in self.joins:
                 info = await self._identify(target)
                 if info and info.get("dc") == cfg.datacenter and info.get("server"):

@@ -405,6 +405,8 @@ class RuntimeConfig:
     ae_interval_s: float = 60.0  # seconds; 1m; anti-entropy full-sync base interval, scaled by cluster size
     check_reap_interval_s: float = 30.0  # seconds; 30s; how often deregister_critical_service_after is enforced
     check_deregister_interval_min_s: float = 60.0  # seconds; 1m; floor for deregister_critical_service_after
+    sync_coordinate_rate_target: float = 64.0  # updates/s; 64; cluster-wide coordinate updates the servers take
+    sync_coordinate_interval_min_s: float = 15.0  # seconds; 15s; floor of each agent's coordinate update interval
     # Test-only (not Consul): "host:port" -> "host:port" redirections for outbound server RPC and Raft
     # connections, so the simulation harness can route every directed link through its own proxy.
     dial_overrides: dict[str, str] = field(default_factory=dict)  # address -> address; {}
@@ -627,6 +629,8 @@ SCHEMA: dict[str, Any] = {
     "ae_interval": DUR,
     "check_reap_interval": DUR,
     "check_deregister_interval_min": DUR,
+    "sync_coordinate_rate_target": FLOAT,
+    "sync_coordinate_interval_min": DUR,
     "dial_overrides": STRMAP,
     "performance": {"raft_multiplier": INT, "leave_drain_time": DUR, "rpc_hold_timeout": DUR},
     "limits": {
@@ -1787,6 +1791,9 @@ def _build(
             "autopilot.max_trailing_logs", "autopilot.max_trailing_logs must be greater than or equal to zero"
         )
     for key in ("ae_interval", "check_reap_interval"):
+        if merged_get(key, 1.0) <= 0:
+            out.at(key, f"{key} must be positive")
+    for key in ("sync_coordinate_rate_target", "sync_coordinate_interval_min"):
         if merged_get(key, 1.0) <= 0:
             out.at(key, f"{key} must be positive")
     if merged_get("check_output_max_size", _DEFAULTS.check_output_max_size) < 1:

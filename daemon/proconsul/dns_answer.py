@@ -21,9 +21,10 @@ additional records that belong to them) so that the wire layer can cut UDP answe
 dropping whole groups, keeping each SRV's glue with it.
 
 Behaviour chosen to match Consul (agent/dns router and message serializer):
-- A name in another datacenter (`.dc2.consul`, `.dc2.dc.consul`) answers NXDOMAIN with the SOA,
-  as Consul does when it has no path to that datacenter (`rCodeFromError(ErrNoDCPath)`); WAN
-  forwarding arrives with the multi-datacenter issue.
+- A name in another datacenter (`.dc2.consul`, `.dc2.dc.consul`) is answered NXDOMAIN with the
+  SOA and `Answer.remote` naming what to fetch from there; the DNS server reads those records
+  over the WAN and resolves the question again for that datacenter (`dns_remote`). Without a
+  path to it the NXDOMAIN stands, as Consul answers `ErrNoDCPath`.
 - Unknown names, unknown nodes and services with no healthy instance: NXDOMAIN with the SOA.
   A known name without records of the asked type: NOERROR, empty answer, SOA in authority.
 - SOA and NS questions anywhere in the zone answer for the zone apex (`ns.<domain>`,
@@ -82,6 +83,8 @@ class Answer:
     # Groups left out because the transport cannot carry them (`max_groups`); the wire layer
     # counts them as cut (TC). Only for answers that are not `address_answer`.
     omitted: int = 0
+    # A question for another datacenter: (dc, "service" | "node", name) to look up there.
+    remote: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -324,10 +327,11 @@ class Resolver:
         if kind not in ("service", "node") or not parts:
             return self._nxdomain(q)
         dc = _locality(suffixes, self.dc)
-        if dc is None or dc != self.dc:
-            # No path to another datacenter yet: Consul answers NXDOMAIN for ErrNoDCPath.
+        if dc is None:
             return self._nxdomain(q)
         if kind == "node":
+            if dc != self.dc:
+                return self._remote(q, dc, kind, ".".join(parts))
             return self._node(store, q, ".".join(parts))
         if len(parts) == 2 and parts[0].startswith("_") and parts[1].startswith("_"):
             service, tag = parts[0][1:], parts[1][1:]
@@ -335,12 +339,19 @@ class Resolver:
                 tag = ""
         else:
             service, tag = parts[-1], ".".join(parts[:-1])
+        if dc != self.dc:
+            return self._remote(q, dc, kind, service)
         return self._service(store, q, service, tag)
 
     # --------------------------------------------------------------------------- helpers
 
     def _nxdomain(self, q: Question) -> Answer:
         return Answer(rcode=RCODE.NXDOMAIN, authority=[soa_record(self.cfg, q.domain, self.now)])
+
+    def _remote(self, q: Question, dc: str, kind: str, name: str) -> Answer:
+        answer = self._nxdomain(q)  # stands when there is no path to `dc`
+        answer.remote = (dc, kind, name)
+        return answer
 
     def _nodata(self, q: Question) -> Answer:
         return Answer(rcode=RCODE.NOERROR, authority=[soa_record(self.cfg, q.domain, self.now)])

@@ -1,20 +1,28 @@
-"""User events: Consul's `consul event` / `/v1/event/*` as an agent-local ring buffer.
+"""User events: Consul's `consul event` / `/v1/event/*`, delivered to every agent over LAN gossip.
 
 Owns what an event is (ID, Name, Payload, node/service/tag regex filters, Version, LTime), the
 checks Consul makes before firing one (name present, a tag filter needs a service filter, filters
-compile, serf's 512-byte user-event limit counted on the encoded message), whether an event's
-filters select this agent, the buffer of the last 256 events this agent received, the Lamport
-time it stamps on them, and the change notification `/v1/event/list` blocks on. The blocking
-index of the list is derived from the last event's ID (`uuid_to_uint64`), as Consul does.
+compile, serf's 512-byte user-event limit on the gossip name plus the encoded message), whether
+an event's filters select this agent, the buffer of the last 256 events this agent received and
+the change notification `/v1/event/list` blocks on. The blocking index of the list is derived
+from the last event's ID (`uuid_to_uint64`), as Consul does.
 
-Cross-agent delivery is gossip's job (serf user events); until the gossip driver carries them,
-an event fired on an agent is delivered to that agent only, when its filters match it.
+Delivery (:class:`AgentEvents`), as Consul routes it (agent/user_event.go, Internal.EventFire):
+the agent validates and encodes the event, then asks a server to fire it (`Internal.EventFire`:
+in-process on servers and dev agents, over RPC to a gossip-learned server on client agents). The
+server broadcasts it as the serf user event `consul:event:<name>` in the LAN pool. Every agent,
+the firing one included, receives it exactly once from gossip (Lamport time and de-duplication
+are the gossip core's), applies the filters against its own node name and local services, and
+ingests it with the gossip Lamport time as LTime. A request for another datacenter (`?dc=`) is
+forwarded by a server of ours to a server of that datacenter through the WAN router, which
+fires it there ("No path to datacenter" when the WAN pool does not know it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import uuid
 from collections import deque
@@ -30,6 +38,12 @@ EVENT_BUFFER_SIZE = 256
 USER_EVENT_SIZE_LIMIT = 512
 # Consul's userEventMaxVersion.
 USER_EVENT_VERSION = 1
+# Consul prefixes the serf event name of user events (userEventName); other names are not ours.
+GOSSIP_NAME_PREFIX = "consul:event:"
+# The RPC a server answers by broadcasting an encoded event in its LAN pool.
+FIRE_RPC = "Internal.EventFire"
+
+logger = logging.getLogger(__name__)
 
 
 class EventError(ValueError):
@@ -70,6 +84,35 @@ class UserEvent:
                 body[key] = value
         return bytes(msgpack.packb(body, use_bin_type=True))
 
+    @classmethod
+    def decode(cls, data: bytes, ltime: int) -> UserEvent:
+        """The event a gossip message carries, stamped with the gossip Lamport time.
+
+        Raises:
+            EventError: the message is not an encoded user event (a peer's fault).
+        """
+        try:
+            body = msgpack.unpackb(data, raw=False)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise EventError(f"undecodable user event: {exc}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("ID"), str) or not isinstance(body.get("n"), str):
+            raise EventError("user event without ID or name")
+        payload = body.get("p")
+        filters = [body.get(k) or "" for k in ("nf", "sf", "tf")]
+        if (payload is not None and not isinstance(payload, bytes)) or not all(isinstance(f, str) for f in filters):
+            raise EventError("user event with malformed fields")
+        version = body.get("v", USER_EVENT_VERSION)
+        return cls(
+            id=body["ID"],
+            name=body["n"],
+            payload=payload or None,
+            node_filter=filters[0],
+            service_filter=filters[1],
+            tag_filter=filters[2],
+            version=version if isinstance(version, int) else USER_EVENT_VERSION,
+            ltime=ltime,
+        )
+
 
 def uuid_to_uint64(event_id: str) -> int:
     """Consul's blocking index for an event: the two 64-bit halves of its UUID, XORed."""
@@ -104,7 +147,8 @@ def new_event(
         service_filter=service_filter,
         tag_filter=tag_filter,
     )
-    size = len(name) + len(event.encode())
+    # serf counts the name it gossips ("consul:event:" + name) plus the encoded event.
+    size = len((GOSSIP_NAME_PREFIX + name).encode()) + len(event.encode())
     if size > USER_EVENT_SIZE_LIMIT:
         raise EventError(f"user event exceeds configured limit of {USER_EVENT_SIZE_LIMIT} bytes before encoding")
     return event
@@ -142,9 +186,13 @@ class EventLog:
         self._changed: asyncio.Event | None = None
 
     def ingest(self, event: UserEvent) -> UserEvent:
-        """Record a received event, stamping its Lamport time, and wake the waiters."""
-        stamped = replace(event, ltime=self._ltime)
-        self._ltime += 1
+        """Record a received event and wake the waiters.
+
+        An event that carries no Lamport time (never went through gossip) is stamped with this
+        log's own clock, which always stays past every time it has seen.
+        """
+        stamped = event if event.ltime else replace(event, ltime=self._ltime)
+        self._ltime = max(self._ltime, stamped.ltime) + 1
         self._events.append(stamped)
         if self._changed is not None:
             self._changed.set()
@@ -169,3 +217,94 @@ class EventLog:
             return True
         except TimeoutError:
             return False
+
+
+# Consul's remote-exec event; remote exec stays disabled (disable_remote_exec defaults to true),
+# so such events are dropped on receipt, as Consul's agent does when it is disabled.
+REMOTE_EXEC_NAME = "_rexec"
+
+
+def local_services(agent: Any) -> list[tuple[str, tuple[str, ...]]]:
+    """This agent's services as (ID, tags) and, when it differs, (name, tags), sorted by ID."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for sid, svc in sorted(agent.local.services.items()):
+        d = svc.definition
+        out.append((sid, tuple(d.tags)))
+        if d.name != sid:
+            out.append((d.name, tuple(d.tags)))
+    return out
+
+
+class AgentEvents:
+    """One agent's user events: fire through a server, receive from the LAN pool, keep the log.
+
+    Built by the agent after its membership and RPC surface; `on_gossip` runs on the agent's
+    loop (the gossip driver calls it synchronously), so the log needs no locking.
+    """
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.log = EventLog()
+        agent.membership.user_event_listeners.append(self.on_gossip)
+        # Servers and dev agents answer Internal.EventFire (for client agents and other DCs).
+        agent.server.handlers[FIRE_RPC] = self.handle_fire_rpc
+
+    async def fire(self, event: UserEvent, dc: str = "") -> None:
+        """Have a server of `dc` (default: ours) broadcast `event` in its LAN pool."""
+        body = {"Datacenter": dc or self.agent.config.datacenter, "Name": event.name, "Payload": event.encode()}
+        await self._route(body)
+
+    async def _route(self, body: dict[str, Any]) -> Any:
+        # A client agent's RemoteServer sends the RPC to one of our servers (any: gossip does the
+        # rest, and a server forwards another datacenter's); a server answers it in process.
+        forward = getattr(self.agent.server, "forward_rpc", None)
+        if forward is not None:
+            return await forward(FIRE_RPC, body)
+        return await self.handle_fire_rpc(body)
+
+    async def handle_fire_rpc(self, body: Any) -> bool:
+        """Internal.EventFire on a server: broadcast the encoded event as `consul:event:<name>`,
+        or forward it to a server of the datacenter it names (over the WAN router)."""
+        from proconsul.rpc import NoPathToDatacenter, RPCError
+
+        if not isinstance(body, dict) or not isinstance(body.get("Name"), str) or not isinstance(
+            body.get("Payload"), bytes
+        ):
+            raise RPCError("Internal.EventFire: malformed request")
+        dc = body.get("Datacenter") or self.agent.config.datacenter
+        if dc != self.agent.config.datacenter:
+            router = getattr(self.agent.server, "router", None)
+            if router is None:
+                raise NoPathToDatacenter(dc)
+            # Any server there will do (Consul sends it AllowStale); not resent once sent.
+            await router._call(dc, FIRE_RPC, dict(body, Datacenter=dc), 30.0, False)
+            return True
+        gossip_name = GOSSIP_NAME_PREFIX + body["Name"]
+        if len(gossip_name.encode()) + len(body["Payload"]) > USER_EVENT_SIZE_LIMIT:
+            raise RPCError(f"user event exceeds configured limit of {USER_EVENT_SIZE_LIMIT} bytes before encoding")
+        self.agent.membership.node.send_user_event(gossip_name, body["Payload"])
+        return True
+
+    def on_gossip(self, received: Any) -> None:
+        """A user event from the LAN pool (a `gossip.core.UserEventReceived`): filter and ingest."""
+        if not received.name.startswith(GOSSIP_NAME_PREFIX):
+            return  # not a Consul user event
+        try:
+            event = UserEvent.decode(received.payload, received.ltime)
+        except EventError as exc:
+            logger.warning("agent: failed to decode event %r: %s", received.name, exc)
+            return
+        if event.version > USER_EVENT_VERSION:
+            logger.warning("agent: event version %d may have unsupported features (%s)", event.version, event.name)
+        try:
+            selected = matches(event, self.agent.node_name, local_services(self.agent))
+        except re.error as exc:
+            logger.error("agent: failed to parse the filters of event %r: %s", event.name, exc)
+            return
+        if not selected:
+            return
+        if event.name == REMOTE_EXEC_NAME:
+            logger.info("agent: ignoring remote exec event (%s), disabled", event.id)
+            return
+        logger.debug("agent: new event: %s (%s)", event.name, event.id)
+        self.log.ingest(event)

@@ -109,6 +109,15 @@ class GracefulLeave:
             logger.info("agent: left the Raft configuration")
 
     async def _leave_gossip(self) -> None:
+        wan = getattr(self.agent, "wan", None)
+        if wan is not None and wan.node.core is not None:
+            self.status = "leaving the WAN gossip pool"
+            try:
+                await wan.leave()
+            except Exception as exc:  # the other datacenters will see us fail instead
+                logger.error("agent: failed to leave the WAN gossip pool: %s", exc)
+            else:
+                logger.info("agent: left the WAN gossip pool")
         self.status = "leaving the LAN gossip pool"
         try:
             await self.agent.membership.leave()

@@ -17,15 +17,28 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from proconsul.gossip.config import GossipConfig
-from proconsul.gossip.core import Event, Member, MemberEvent, MemberEventKind, MemberState, NameConflict
-from proconsul.gossip.keyring import setup_keyring
+from proconsul.gossip.core import (
+    Event,
+    Member,
+    MemberEvent,
+    MemberEventKind,
+    MemberState,
+    NameConflict,
+    UserEventReceived,
+)
+from proconsul.gossip.keyring import Keyring, setup_keyring
 from proconsul.gossip.node import GossipNode
+from proconsul.serf_queries import KeyringQueries, QueryAsker
+from proconsul.serf_snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +83,21 @@ class Membership:
             on_event=self._on_event,
             advertise=(agent.address, cfg.ports.serf_lan),
             keyring=self.keyring,
+            disable_coordinates=cfg.disable_coordinates,
+            merge_check=self._merge_check,
         )
+        self.queries = QueryAsker(self.node)
+        self.keyring_queries = KeyringQueries(self.node, self.queries, self._save_keyring)
+        # Peers to rejoin after a restart (serf's snapshot); dev agents keep nothing.
+        self.snapshot = Snapshot(cfg.data_dir, cfg.rejoin_after_leave) if cfg.data_dir and not cfg.dev else None
         self.records: dict[str, MemberRecord] = {}
         self.changed = asyncio.Event()
         # Called with each member event (the leader's reconcile and client server lists).
         self.listeners: list[Callable[[MemberRecord], None]] = []
+        # Called with each user event the pool delivers (ours included), see proconsul.events.
+        self.user_event_listeners: list[Callable[[UserEventReceived], None]] = []
         self.leaving = False
+        self._resolving = False  # a name-conflict resolution is under way
         self._tasks: list[asyncio.Task[Any]] = []
 
     # --- life cycle --------------------------------------------------------------------------
@@ -92,6 +114,19 @@ class Membership:
             self.node.advertise = (self.agent.address, 0)
             await self.node.start()
         logger.info("gossip: LAN pool on %s:%d", *self.node.address)
+        previous = self.snapshot.previous_peers(self.agent.node_name) if self.snapshot is not None else []
+        if previous:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._rejoin(previous), name="serf-rejoin"))
+
+    async def _rejoin(self, previous: list[tuple[str, str]]) -> None:
+        """serf's handleRejoin: try the peers of the snapshot in random order until one answers."""
+        random.shuffle(previous)
+        for name, addr in previous:
+            logger.info("serf: Attempting re-join to previously known node: %s: %s", name, addr)
+            if await self.node.join([addr], self.config.ports.serf_lan) > 0:
+                logger.info("serf: Re-joined to previously known node: %s: %s", name, addr)
+                return
+        logger.warning("serf: Failed to re-join any previously known node")
 
     def start_retry_join(self, on_exhausted: Callable[[], None]) -> None:
         addrs = list(dict.fromkeys([*self.config.start_join, *self.config.retry_join]))
@@ -116,10 +151,13 @@ class Membership:
 
     async def join(self, addrs: list[str]) -> int:
         targets = [a for a in addrs if not a.startswith("provider=")]
-        return await self.node.join(targets, self.config.ports.serf_lan)
+        # Consul agents join with serf's ignoreOld: a (re)joining agent does not replay old events.
+        return await self.node.join(targets, self.config.ports.serf_lan, ignore_old=True)
 
     async def leave(self) -> None:
         self.leaving = True
+        if self.snapshot is not None:
+            self.snapshot.leave()
         me = self.records.get(self.agent.node_name)
         if me is not None:
             me.status = STATUS_LEAVING
@@ -134,6 +172,8 @@ class Membership:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.node.stop()
+        if self.snapshot is not None:
+            self.snapshot.close()
 
     def force_leave(self, name: str, prune: bool = False) -> bool:
         known = self.node.force_leave(name)
@@ -148,15 +188,85 @@ class Membership:
 
     # --- events ------------------------------------------------------------------------------
 
+    def _save_keyring(self, ring: Keyring) -> None:
+        if self.config.data_dir and not self.config.disable_keyring_file:
+            ring.save(self.config.data_dir)
+
+    def _merge_check(self, members: Sequence[tuple[str, Mapping[str, str]]]) -> str | None:
+        """Consul's LAN merge delegate: refuse members that reuse a node ID under another name
+        (ours, one another's, or a live member's) or belong to another datacenter."""
+        me, my_id = self.agent.node_name, self.agent.node_id
+        live = {m.tags.get("id", ""): m.name for m in self.node.members()
+                if m.state in (MemberState.ALIVE, MemberState.SUSPECT) and m.tags.get("id")}
+        seen: dict[str, str] = {}
+        for name, tags in members:
+            node_id = tags.get("id", "")
+            if node_id:
+                if node_id == my_id and name.lower() != me.lower():
+                    return f"Member '{name}' has conflicting node ID '{node_id}' with this agent's ID"
+                other = seen.get(node_id) or live.get(node_id)
+                if other is not None and other.lower() != name.lower():
+                    return f"Member '{name}' has conflicting node ID '{node_id}' with member '{other}'"
+                seen[node_id] = name
+            dc = tags.get("dc", "")
+            if dc and dc != self.config.datacenter:
+                return f"Member '{name}' part of wrong datacenter '{dc}'"
+        return None
+
+    async def _resolve_name_conflict(self) -> None:
+        """serf's conflict resolution: ask everyone which address they hold for our name; in the
+        minority we step out of the pool (the other holder keeps the name)."""
+        me = self.node.address
+        result = await self.queries.ask("_serf_conflict", self.agent.node_name.encode())
+        matching = 0
+        for payload in result.responses.values():
+            try:
+                answer = msgpack.unpackb(payload, raw=False)
+            except Exception:
+                continue
+            if isinstance(answer, dict) and (answer.get("Addr"), answer.get("Port")) == tuple(me):
+                matching += 1
+        # The disputed node does not vote (it does not answer its own query), as in serf.
+        responses = len(result.responses)
+        if matching >= responses // 2 + 1:
+            logger.info("serf: majority in name conflict resolution [%d / %d]", matching, responses)
+            self._resolving = False
+            return
+        logger.error("serf: minority in name conflict resolution, quiting [%d / %d]", matching, responses)
+        logger.error("agent: node name %s is in use by another agent; this agent left the LAN pool, "
+                     "restart it with a unique -node", self.agent.node_name)
+        await self.node.stop()
+
     def _on_event(self, event: Event) -> None:
+        if self.queries.handle_event(event) or self.keyring_queries.handle_event(event):
+            return
         if isinstance(event, NameConflict):
             if event.name == self.agent.node_name:
-                logger.error("agent: node name %s is in use by another agent at %s:%d; choose a unique -node",
-                             event.name, *event.theirs)
+                logger.error("serf: Node name conflicts with another node at %s:%d. Names must be unique! "
+                             "(Resolution enabled: true)", *event.theirs)
+                if not self._resolving:
+                    self._resolving = True
+                    self._tasks.append(asyncio.get_running_loop().create_task(
+                        self._resolve_name_conflict(), name="serf-conflict"))
+            else:
+                logger.warning("serf: Name conflict for '%s' both %s:%d and %s:%d are claiming",
+                               event.name, *event.ours, *event.theirs)
+            return
+        if isinstance(event, UserEventReceived):
+            for on_user_event in self.user_event_listeners:
+                try:
+                    on_user_event(event)
+                except Exception:
+                    logger.exception("gossip: user event listener failed")
             return
         if not isinstance(event, MemberEvent):
             return
         m = event.member
+        if self.snapshot is not None and m.name != self.agent.node_name:
+            if event.kind is MemberEventKind.JOIN:
+                self.snapshot.member_alive(m.name, m.addr[0], m.addr[1])
+            elif event.kind in (MemberEventKind.LEAVE, MemberEventKind.FAIL):
+                self.snapshot.member_gone(m.name)
         if event.kind is MemberEventKind.REAP:
             return  # serf keeps the member listed (failed until reconnect_timeout, left for a day)
         status = _status(m.state)

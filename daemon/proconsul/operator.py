@@ -46,6 +46,8 @@ class Operator:
     async def _on_leader(self, method: str, body: Any, stale: bool) -> tuple[bool, Any]:
         """(True, reply) when the leader (another server) answered; (False, None): do it here."""
         server = self.server
+        if getattr(server, "catalog_is_remote", False):
+            stale = False  # a client agent holds no state to answer from: the leader answers
         if stale or server.consensus.is_leader() or server.pool is None:
             return False, None
         leader = await server._wait_for_leader()

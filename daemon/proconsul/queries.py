@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from proconsul.coordinate import DEFAULT_SEGMENT, distance
 from proconsul.http import render
 from proconsul.state import commands
 from proconsul.state.fsm import TxnError, txn_kv_op
@@ -23,6 +24,7 @@ from proconsul.state.store import Store
 from proconsul.structs import HEALTH_ANY, HEALTH_PASSING
 
 CATALOG_TABLES = ("nodes", "services", "checks")
+COORDINATE_TABLES = ("coordinates",)
 KV_TABLES = ("kvs", "tombstones")
 
 Args = dict[str, Any]
@@ -47,6 +49,31 @@ def _meta_ok(n: Node, wanted: dict[str, str]) -> bool:
 def _tags_ok(svc: ServiceInstance, tags: list[str]) -> bool:
     lowered = {t.lower() for t in svc.tags}
     return all(t.lower() in lowered for t in tags)
+
+
+def _near(store: Store, args: Args, items: list[Any], node_of: Callable[[Any], str]) -> list[Any]:
+    """Consul's `?near=`: a stable sort by estimated RTT from the node `args["near"]`.
+
+    Nodes without a coordinate sort last (infinite distance); when the source node has no
+    coordinate the order is left alone, as there is nothing to measure from. The source node
+    itself is at distance 0: Consul measures it from its own coordinate (twice its height plus
+    adjustments), which on a jittery link can rank a neighbour before it, but no node is
+    closer to a node than itself.
+    """
+    near = args.get("near")
+    if not near:
+        return items
+    source = store.coordinates.get(near, {}).get(DEFAULT_SEGMENT)
+    if source is None:
+        return items
+
+    def rtt(item: Any) -> float:
+        node = node_of(item)
+        if node == near:
+            return 0.0
+        return distance(source, store.coordinates.get(node, {}).get(DEFAULT_SEGMENT))
+
+    return sorted(items, key=rtt)
 
 
 # ----------------------------------------------------------------------------------------- KV
@@ -78,6 +105,15 @@ def kv_keys(store: Store, args: Args) -> tuple[int, Any]:
     return index, out
 
 
+def kv_lock_delay(store: Store, args: Args) -> tuple[int, Any]:
+    """Whether acquiring `key` now falls in the lock-delay of an invalidated holder.
+
+    The lock-delay is server-local state (each server records it when it applies the session's
+    invalidation), so a client agent asks a server, as Consul checks it in KVS.Apply on the leader.
+    """
+    return store.last_index, store.lock_delay_active(args["key"])
+
+
 def txn_read(store: Store, args: Args) -> tuple[int, Any]:
     """A read-only transaction: {"Results": [...]} or {"Errors": [...]} (never changes state)."""
     errors: list[TxnError] = []
@@ -95,7 +131,8 @@ def txn_read(store: Store, args: Args) -> tuple[int, Any]:
 def catalog_nodes(store: Store, args: Args) -> tuple[int, Any]:
     wanted = args.get("node_meta") or {}
     index, nodes = store.list_nodes()
-    return index, [render.catalog_node(n) for n in nodes if _meta_ok(n, wanted)]
+    found = [render.catalog_node(n) for n in nodes if _meta_ok(n, wanted)]
+    return index, _near(store, args, found, lambda item: item["Node"])
 
 
 def catalog_services(store: Store, args: Args) -> tuple[int, Any]:
@@ -120,7 +157,7 @@ def catalog_service_nodes(store: Store, args: Args) -> tuple[int, Any]:
         if n is None or not _tags_ok(svc, tags) or not _meta_ok(n, wanted):
             continue
         out.append(render.service_node(n, svc))
-    return store.index_for_service(name), out
+    return store.index_for_service(name), _near(store, args, out, lambda item: item["Node"])
 
 
 def catalog_node_services(store: Store, args: Args) -> tuple[int, Any]:
@@ -141,13 +178,15 @@ def health_node_checks(store: Store, args: Args) -> tuple[int, Any]:
 def health_service_checks(store: Store, args: Args) -> tuple[int, Any]:
     wanted = args.get("node_meta") or {}
     index, checks = store.service_checks(args["service"])
-    return index, [render.check(c) for c in checks if not wanted or _meta_ok(store.nodes[c.node], wanted)]
+    found = [render.check(c) for c in checks if not wanted or _meta_ok(store.nodes[c.node], wanted)]
+    return index, _near(store, args, found, lambda item: item["Node"])
 
 
 def health_checks_in_state(store: Store, args: Args) -> tuple[int, Any]:
     wanted = args.get("node_meta") or {}
     index, checks = store.checks_in_state(args["state"])
-    return index, [render.check(c) for c in checks if not wanted or _meta_ok(store.nodes[c.node], wanted)]
+    found = [render.check(c) for c in checks if not wanted or _meta_ok(store.nodes[c.node], wanted)]
+    return index, _near(store, args, found, lambda item: item["Node"])
 
 
 def health_service_nodes(store: Store, args: Args) -> tuple[int, Any]:
@@ -165,7 +204,7 @@ def health_service_nodes(store: Store, args: Args) -> tuple[int, Any]:
         node = render.node(n)
         node["Datacenter"] = node["Datacenter"] or args.get("datacenter", "")
         out.append({"Node": node, "Service": render.service(svc), "Checks": [render.check(c) for c in checks]})
-    return store.index_for_service(name), out
+    return store.index_for_service(name), _near(store, args, out, lambda item: item["Node"]["Node"])
 
 
 # ------------------------------------------------------------------------------------ session
@@ -186,6 +225,24 @@ def session_list(store: Store, args: Args) -> tuple[int, Any]:
     return index, [render.session(s) for s in sessions]
 
 
+# -------------------------------------------------------------------------------- coordinate
+
+
+def _coordinate_entry(node: str, segment: str, coord: Any) -> dict[str, Any]:
+    # Consul CE's structs.Coordinate: Partition is omitted when empty.
+    return {"Node": node, "Segment": segment, "Coord": coord.to_json()}
+
+
+def coordinate_list_nodes(store: Store, args: Args) -> tuple[int, Any]:
+    index, entries = store.list_coordinates()
+    return index, [_coordinate_entry(n, seg, c) for n, seg, c in entries]
+
+
+def coordinate_node(store: Store, args: Args) -> tuple[int, Any]:
+    index, per = store.node_coordinates(args["node"])
+    return index, [_coordinate_entry(args["node"], seg, c) for seg, c in per.items()]
+
+
 # ----------------------------------------------------------------------------------- internal
 
 
@@ -197,6 +254,42 @@ def node_state(store: Store, args: Args) -> tuple[int, Any]:
         "node": n.to_wire() if n is not None else None,
         "services": [s.to_wire() for s in svcs],
         "checks": [c.to_wire() for c in checks],
+    }
+
+
+def dns_records(store: Store, args: Args) -> tuple[int, Any]:
+    """The catalog records a DNS answer for another datacenter is built from, in wire form:
+    every instance of `service` (any spelling) with its node and checks, the node `node` (any
+    spelling), or with `all` the whole catalog (a client agent's reverse lookups). See
+    `proconsul.dns_remote`."""
+    nodes: dict[str, Node] = {}
+    services: list[Any] = []
+    checks: dict[tuple[str, str], Any] = {}  # node checks count once per node
+    if args.get("service"):
+        wanted = str(args["service"]).lower()
+        for node_name in sorted(store.services):
+            node = store.nodes.get(node_name)
+            for sid in sorted(store.services[node_name]):
+                svc = store.services[node_name][sid]
+                if node is None or svc.service.lower() != wanted:
+                    continue
+                nodes[node_name] = node
+                services.append(svc.to_wire())
+                checks.update(((c.node, c.check_id), c.to_wire()) for c in store.checks_for_instance(svc))
+    if args.get("node"):
+        wanted = str(args["node"]).lower()
+        for node_name in sorted(store.nodes):
+            if node_name.lower() == wanted:
+                nodes[node_name] = store.nodes[node_name]
+    if args.get("all"):
+        # Reverse lookups from a client agent scan every node and service address.
+        nodes = {n: store.nodes[n] for n in sorted(store.nodes)}
+        services = [per[s].to_wire() for n in sorted(store.services) for per in (store.services[n],) for s in sorted(per)]
+        checks = {(c.node, c.check_id): c.to_wire() for n in sorted(store.checks) for c in store.checks[n].values()}
+    return store.catalog_index(*CATALOG_TABLES), {
+        "nodes": [n.to_wire() for n in nodes.values()],
+        "services": services,
+        "checks": list(checks.values()),
     }
 
 
@@ -217,6 +310,10 @@ READS: dict[str, QuerySpec] = {
     "Session.NodeSessions": QuerySpec(session_node, ("sessions",)),
     "Session.List": QuerySpec(session_list, ("sessions",)),
     "Internal.NodeState": QuerySpec(node_state, CATALOG_TABLES),
+    "Coordinate.ListNodes": QuerySpec(coordinate_list_nodes, COORDINATE_TABLES),
+    "Coordinate.Node": QuerySpec(coordinate_node, COORDINATE_TABLES),
+    "Internal.DNSRecords": QuerySpec(dns_records, CATALOG_TABLES),
+    "KVS.LockDelay": QuerySpec(kv_lock_delay, KV_TABLES),
 }
 
 VALID_STATES = (HEALTH_PASSING, "warning", "critical", HEALTH_ANY)

@@ -78,6 +78,7 @@ class QueryOptions:
     max_wait_s: float = 0.0  # ?wait, already clamped to max_query_time; 0 = default
     allow_stale: bool = False  # ?stale
     require_consistent: bool = False  # ?consistent
+    datacenter: str = ""  # ?dc: answered by a server of that datacenter ("" = ours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,8 @@ class Server:
         self.max_query_time_s = max_query_time_s
         self.rng = rng or random.Random()
         self.known_datacenters: Callable[[], list[str]] = lambda: [datacenter]
+        # Remote datacenters from the WAN pool (proconsul.wan.Router), set on servers.
+        self.router: Any = None
         # Forwarding to the leader (set by the agent when it runs Raft): a pipelined pool.
         self.pool: Any = None
         # How long a request waits for a leader during an election before failing (Consul's
@@ -138,6 +141,8 @@ class Server:
     async def query(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
         """Answer the named read `name` (see `proconsul.queries`) under `opts`."""
         spec = queries.spec(name)
+        if opts.datacenter and opts.datacenter != self.datacenter:
+            return await self._forward_dc(opts.datacenter, name, args, opts)
 
         def run(store: Store) -> tuple[int, Any]:
             return spec.run(store, args)
@@ -188,6 +193,14 @@ class Server:
         index, known_leader, _, consistency = reply["meta"]
         # Our own last contact with the leader is what X-Consul-LastContact reports.
         return QueryMeta(index, known_leader, self.consensus.last_contact_ms(), consistency), reply["result"]
+
+    async def _forward_dc(self, dc: str, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        if self.router is None:
+            raise NoPathToDatacenter(dc)
+        return await self.router.query(dc, name, args, opts, self.wait_time(opts) if opts.min_index else 0.0)  # type: ignore[no-any-return]
+
+    async def list_datacenters(self) -> list[str]:
+        return self.known_datacenters()
 
     def wait_time(self, opts: QueryOptions) -> float:
         """The blocking deadline in seconds: ?wait (default and cap from config) plus jitter."""
@@ -243,11 +256,16 @@ class Server:
 
     # --------------------------------------------------------------------------------- writes
 
-    async def write(self, command: commands.Command) -> tuple[WriteMeta, Any]:
+    async def write(self, command: commands.Command, datacenter: str = "") -> tuple[WriteMeta, Any]:
         """Propose `command`; returns the index it was applied at and the FSM's result.
 
         A StoreError from the FSM is raised here, so the HTTP layer reports it as Consul does.
+        With another `datacenter`, a server of that datacenter proposes it (WAN forwarding).
         """
+        if datacenter and datacenter != self.datacenter:
+            if self.router is None:
+                raise NoPathToDatacenter(datacenter)
+            return await self.router.write(datacenter, command)  # type: ignore[no-any-return]
         if not self.consensus.is_leader():
             if self.pool is None:
                 if not self.consensus.leader_address():
@@ -310,12 +328,18 @@ class Server:
             # From a client agent: answered here or forwarded to the leader (Server.query).
             min_index, max_wait_s, stale, consistent = body["opts"]
             meta, result = await self.query(body["name"], body["args"],
-                                            QueryOptions(min_index, max_wait_s, stale, consistent))
+                                            QueryOptions(min_index, max_wait_s, stale, consistent, body.get("dc", "")))
             return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
         if method == "Client.Write":
             # From a client agent: proposed here or forwarded once to the leader (Server.write).
             wmeta, result = await self.write(commands.decode(body))
             return {"index": wmeta.index, "result": encode_result(result)}
+        if method == "Client.WriteDC":
+            # From a client agent, for another datacenter (`?dc=`): forwarded over the WAN.
+            wmeta, result = await self.write(commands.decode(body["command"]), datacenter=body["dc"])
+            return {"index": wmeta.index, "result": encode_result(result)}
+        if method == "Catalog.ListDatacenters":
+            return await self.list_datacenters()
         if method == "Status.Leader":
             return {"leader": self.consensus.leader_address(), "voters": [list(v) for v in self.consensus.voters()]}
         if method == "Raft.Join":

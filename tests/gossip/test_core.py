@@ -498,8 +498,8 @@ def test_join_and_periodic_push_pull_go_through_streams() -> None:
 def test_user_events_use_lamport_clocks_and_dedup() -> None:
     a = core("a", 1)
     out = a.send_user_event("deploy", b"v1", 0.0)
-    assert [e for e in out.events if isinstance(e, UserEventReceived)] == [UserEventReceived(0, "deploy", b"v1")]
-    assert a.event_ltime == 1
+    assert [e for e in out.events if isinstance(e, UserEventReceived)] == [UserEventReceived(1, "deploy", b"v1")]
+    assert a.event_ltime == 2
     ev = encode(UserEvent(10, "restart", b"x"))
     out = a.handle_packet(ev, addr(2), 1.0)
     assert [e.name for e in out.events if isinstance(e, UserEventReceived)] == ["restart"]
@@ -521,6 +521,20 @@ def test_user_events_older_than_the_buffer_are_dropped() -> None:
     a = core("a", 1, cfg=cfg)
     a.handle_packet(encode(UserEvent(100, "x", b"")), addr(2), 0.0)
     assert a.handle_packet(encode(UserEvent(90, "y", b"")), addr(2), 0.0).events == []
+
+
+def test_join_ignoring_old_events_skips_what_the_peer_stamped_before() -> None:
+    old = [UserEvent(3, "old", b""), UserEvent(7, "older", b"")]
+    for ignore_old, delivered in ((True, []), (False, ["old", "older"])):
+        a = core("a", 1)
+        out = a.join([addr(2)], 0.0, ignore_old=ignore_old)
+        (req,) = out.streams
+        out = a.handle_stream_result(req.id, pp(("b", 2, 1, NodeStateCode.ALIVE), ltime=8, events=old), 0.1)
+        assert [e.name for e in out.events if isinstance(e, UserEventReceived)] == delivered
+        assert a.event_ltime == 9
+        # What the peer stamps after the join (from its clock on) is delivered.
+        out = a.handle_packet(encode(UserEvent(8, "new", b"")), addr(2), 0.2)
+        assert [e.name for e in out.events if isinstance(e, UserEventReceived)] == ["new"]
 
 
 def test_tag_update_rebroadcasts_alive_with_new_incarnation() -> None:

@@ -25,6 +25,8 @@ from proconsul.gossip.messages import (
     ProtocolError,
     PushNodeState,
     PushPull,
+    Query,
+    QueryResponse,
     Suspect,
     UserEvent,
     decode,
@@ -57,12 +59,15 @@ CASES: dict[str, tuple[Message, str]] = {
         "010694c39196a26e31a831302e302e302e31cd206d81a26463a3646331020106919305a66465706c6f79c4027631",
     ),
     "compound": (Compound([encode(Nack(1)), encode(Nack(2))]), "01079192c40401099101c40401099102"),
+    "query": (Query(5, 77, "n1", A1, "q", b"p", 3200), "010a98054da26e31a831302e302e302e31cd206da171c40170cd0c80"),
+    "query_response": (QueryResponse(5, 77, "n2", b"r"), "010b94054da26e32c40172"),
 }
 
 
 def test_every_message_type_has_a_golden_case() -> None:
     assert {type(m).__name__.lower() for m, _ in CASES.values()} == {
-        "ping", "indirectping", "ack", "nack", "alive", "suspect", "dead", "userevent", "pushpull", "compound"
+        "ping", "indirectping", "ack", "nack", "alive", "suspect", "dead", "userevent", "pushpull", "compound",
+        "query", "queryresponse",
     }
     assert len(CASES) == len(MessageType)
 
@@ -80,7 +85,7 @@ def test_message_type_numbers_are_pinned() -> None:
     # Append-only: these numbers are on the wire.
     assert {t.name: t.value for t in MessageType} == {
         "PING": 0, "INDIRECT_PING": 1, "ACK": 2, "SUSPECT": 3, "ALIVE": 4, "DEAD": 5,
-        "PUSH_PULL": 6, "COMPOUND": 7, "USER_EVENT": 8, "NACK": 9,
+        "PUSH_PULL": 6, "COMPOUND": 7, "USER_EVENT": 8, "NACK": 9, "QUERY": 10, "QUERY_RESPONSE": 11,
     }
     assert [s.value for s in NodeStateCode] == [0, 1, 2, 3]
 

@@ -118,7 +118,18 @@ def out_index(path: Path) -> int:
     return int(archive.read(path.read_bytes()).meta["Index"])
 
 
-def test_remove_peer_of_a_killed_server(cluster: Cluster) -> None:
+def test_remove_peer_of_a_killed_server(tmp_path: Path) -> None:
+    # Autopilot would remove the dead server by itself (cleanup_dead_servers); turned off here so
+    # the operator's remove-peer is what removes it, whatever the timing.
+    cluster = Cluster(tmp_path, hcl="autopilot { cleanup_dead_servers = false }")
+    try:
+        cluster.start()
+        _remove_peer_of_a_killed_server(cluster)
+    finally:
+        cluster.stop()
+
+
+def _remove_peer_of_a_killed_server(cluster: Cluster) -> None:
     a = cluster.nodes[cluster.ips[0]]
     leader_ip = cluster.leader_ip(a)
     victim_ip = next(ip for ip in cluster.ips if ip != leader_ip)

@@ -50,6 +50,12 @@ class GossipConfig:
     user_event_size_limit: int = 512
     # s, 5.0 (serf BroadcastTimeout): longest wait for a leave broadcast to drain before giving up.
     leave_timeout_s: float = 5.0
+    # count, 16 (serf QueryTimeoutMult): query timeout = gossip_interval * 16 * ceil(log10(n + 1)).
+    query_timeout_mult: int = 16
+    # count, 512 (serf QueryBuffer): recent query Lamport slots remembered for de-duplication.
+    query_buffer_size: int = 512
+    # bytes, 1024 (serf QuerySizeLimit / QueryResponseSizeLimit): a query or answer fits in a packet.
+    query_size_limit: int = 1024
 
     @classmethod
     def lan(cls) -> GossipConfig:

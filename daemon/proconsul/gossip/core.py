@@ -43,6 +43,8 @@ from proconsul.gossip.messages import (
     ProtocolError,
     PushNodeState,
     PushPull,
+    Query,
+    QueryResponse,
     Suspect,
     UserEvent,
     decode,
@@ -52,8 +54,9 @@ from proconsul.gossip.messages import (
 )
 
 __all__ = [
-    "Address", "Event", "GossipCore", "Member", "MemberEvent", "MemberEventKind", "MemberState",
-    "NameConflict", "Output", "Packet", "StreamKind", "StreamRequest", "UserEventReceived",
+    "Address", "Event", "GossipCore", "Member", "MemberEvent", "MemberEventKind", "MemberState", "MergeCheck",
+    "NameConflict", "Output", "Packet", "PingComplete", "QueryHandle", "QueryReceived", "QueryResponseReceived",
+    "StreamKind", "StreamRequest", "UserEventReceived",
     "push_pull_scale", "remaining_suspicion_time", "suspicion_timeout",
 ]
 
@@ -151,7 +154,40 @@ class NameConflict:
     theirs: Address
 
 
-Event = MemberEvent | UserEventReceived | NameConflict
+@dataclass(frozen=True)
+class QueryHandle:
+    """Names one query we asked: answers carry ``(ltime, id)``; they count until ``deadline``."""
+
+    ltime: int
+    id: int
+    deadline: float
+
+
+@dataclass(frozen=True)
+class QueryReceived:
+    """A query reached us (ours included), once; answer it with :meth:`GossipCore.respond`
+    before ``deadline`` (monotonic seconds)."""
+
+    ltime: int
+    id: int
+    name: str
+    payload: bytes
+    source_name: str
+    source: Address
+    deadline: float
+
+
+@dataclass(frozen=True)
+class QueryResponseReceived:
+    """One member's answer to a query we asked, at most once per member."""
+
+    ltime: int
+    id: int
+    from_name: str
+    payload: bytes
+
+
+Event = MemberEvent | UserEventReceived | NameConflict | QueryReceived | QueryResponseReceived
 
 
 @dataclass(frozen=True)
@@ -179,6 +215,16 @@ class StreamRequest:
     deadline: float
 
 
+@dataclass(frozen=True)
+class PingComplete:
+    """A direct probe of ``name`` was acked after ``rtt_s`` seconds; ``payload`` is what the
+    peer attached to its ack (its network coordinate, see ``proconsul.coordinate``)."""
+
+    name: str
+    rtt_s: float
+    payload: bytes
+
+
 @dataclass
 class Output:
     """Everything one call into the core produced, in the order it happened."""
@@ -188,6 +234,10 @@ class Output:
     events: list[Event] = field(default_factory=list)
     # Only from handle_stream: the bytes to write back on that stream (None: close it).
     reply: bytes | None = None
+    # Completed direct probes, for the driver's network coordinates (kept apart from events).
+    pings: list[PingComplete] = field(default_factory=list)
+    # Only from handle_stream_result: why the peer's push-pull state was refused (a failed join).
+    refused: str | None = None
 
 
 # --- internal state ------------------------------------------------------------------------
@@ -262,6 +312,19 @@ class _Stream:
 
 
 @dataclass
+class _QuerySlot:
+    ltime: int
+    ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _AskedQuery:
+    deadline: float
+    # Membership test only (never iterated into an output).
+    responders: set[str] = field(default_factory=set)
+
+
+@dataclass
 class _EventSlot:
     ltime: int
     keys: list[tuple[str, bytes]] = field(default_factory=list)
@@ -269,6 +332,9 @@ class _EventSlot:
 
 
 _INF = math.inf
+
+# Serf's merge delegate: given members (name, tags) about to be merged, an error refuses them.
+MergeCheck = Callable[[Sequence[tuple[str, Mapping[str, str]]]], "str | None"]
 
 
 class GossipCore:
@@ -295,8 +361,10 @@ class GossipCore:
         now: float,
         tags: Mapping[str, str] | None = None,
         logger: logging.Logger | None = None,
+        merge_check: MergeCheck | None = None,
     ) -> None:
         self.name = name
+        self._merge_check = merge_check
         self.addr = addr
         self.config = config
         self._rng = rng
@@ -324,10 +392,18 @@ class GossipCore:
         self._leaving = False
         self._leave_handle = 0
         self._leave_deadline = _INF
-        self._event_clock = 0
+        # serf starts its event clock at 1: LTime 0 means "never stamped" to its users.
+        self._event_clock = 1
         self._event_min_time = 0
+        # Streams of a join that ignores old events (serf's Join(addrs, ignoreOld=true)).
+        self._ignore_old_streams: set[int] = set()
         self._event_buffer: list[_EventSlot | None] = [None] * config.event_buffer_size
+        self._query_clock = 0
+        self._query_buffer: list[_QuerySlot | None] = [None] * config.query_buffer_size
+        self._asked: dict[tuple[int, int], _AskedQuery] = {}
         self._out = Output()
+        # Attached to every ack we send (the driver keeps our coordinate in it; empty: none).
+        self.ack_payload = b""
         # Announce ourselves: once a join gives us peers, this is what tells the cluster we exist
         # beyond the one member we pushed our state to.
         self._broadcast_alive(me)
@@ -461,6 +537,8 @@ class GossipCore:
         """The driver finished a :class:`StreamRequest`: ``reply`` is the peer's answer, or None
         if it could not connect, timed out or the peer closed without answering."""
         stream = self._streams.pop(stream_id, None)
+        ignore_old = stream_id in self._ignore_old_streams
+        self._ignore_old_streams.discard(stream_id)
         if stream is None:
             return self._drain()
         msg: Message | None = None
@@ -477,15 +555,28 @@ class GossipCore:
                 p.tcp_ok = True
         elif stream.kind is StreamKind.PUSH_PULL:
             if isinstance(msg, PushPull):
-                self._merge_remote(msg, now)
+                if ignore_old:
+                    # The peer's clock is the next time it stamps: everything below predates us.
+                    self._event_min_time = max(self._event_min_time, msg.event_ltime)
+                refused = self._merge_remote(msg, now)
+                if refused is not None:
+                    out = self._drain()
+                    out.refused = refused
+                    return out
             else:
                 self._log.info("gossip: push-pull got no state back")
         return self._drain()
 
-    def join(self, addrs: Iterable[Address], now: float) -> Output:
-        """Start a join: one push-pull (join=True) per address. Count successes by the replies."""
+    def join(self, addrs: Iterable[Address], now: float, ignore_old: bool = False) -> Output:
+        """Start a join: one push-pull (join=True) per address. Count successes by the replies.
+
+        ``ignore_old``: user events the cluster sent before this join are not delivered to us
+        (serf's ignoreOld, which Consul agents use so a (re)joining agent does not replay them).
+        """
         state = encode(self._local_state(join=True))
         for addr in addrs:
+            if ignore_old:
+                self._ignore_old_streams.add(self._next_stream)
             self._request_stream(StreamKind.PUSH_PULL, addr, state, now + self.config.tcp_timeout_s, 0)
         return self._drain()
 
@@ -547,6 +638,51 @@ class GossipCore:
         self._emit(MemberEvent(MemberEventKind.UPDATE, me.snapshot()))
         return self._drain()
 
+    def default_query_timeout(self) -> float:
+        """Serf's default: ``gossip_interval * query_timeout_mult * ceil(log10(n + 1))`` over the
+        members that are not dead or left, long enough for the query to reach everyone."""
+        alive = sum(1 for n in self._members.values() if n.state in (MemberState.ALIVE, MemberState.SUSPECT))
+        scale = math.ceil(math.log10(alive + 1))
+        return self.config.gossip_interval_s * self.config.query_timeout_mult * max(1, scale)
+
+    def send_query(self, name: str, payload: bytes, now: float,
+                   timeout_s: float | None = None) -> tuple[QueryHandle, Output]:
+        """Gossip a query to every member (us included); answers come back as
+        :class:`QueryResponseReceived` events until the handle's deadline.
+
+        Raises:
+            ValueError: the encoded query exceeds ``query_size_limit`` (caller's misuse).
+        """
+        timeout = self.default_query_timeout() if timeout_s is None else timeout_s
+        ltime = self._query_clock
+        self._query_clock += 1
+        q = Query(ltime, self._rng.getrandbits(32), self.name, self.addr, name, bytes(payload),
+                  int(timeout * 1000))
+        if len(encode(q)) > self.config.query_size_limit:
+            raise ValueError(f"query exceeds limit of {self.config.query_size_limit} bytes")
+        handle = QueryHandle(ltime, q.id, now + timeout)
+        self._asked[(ltime, q.id)] = _AskedQuery(handle.deadline)
+        self._handle_query(q, now)
+        return handle, self._drain()
+
+    def respond(self, query: QueryReceived, payload: bytes, now: float) -> Output:
+        """Answer ``query`` straight to its asker; too late (past its deadline) is dropped.
+
+        Raises:
+            ValueError: the answer exceeds ``query_size_limit`` (caller's misuse).
+        """
+        resp = QueryResponse(query.ltime, query.id, self.name, bytes(payload))
+        data = encode(resp)
+        if len(data) > self.config.query_size_limit:
+            raise ValueError(f"query response exceeds limit of {self.config.query_size_limit} bytes")
+        if now > query.deadline:
+            self._log.debug("gossip: not answering query %s, its deadline passed", query.name)
+        elif query.source_name == self.name and query.source == self.addr:
+            self._handle_query_response(resp, now)
+        else:
+            self._send(query.source, [data])
+        return self._drain()
+
     # --- dispatch --------------------------------------------------------------------------
 
     def _dispatch(self, msg: Message, src: Address, now: float) -> None:
@@ -555,7 +691,7 @@ class GossipCore:
                 # Meant for whoever held this address before us; acking would mislead the prober.
                 self._log.debug("gossip: ping for %s reached %s", msg.target, self.name)
                 return
-            self._send(msg.source, [encode(Ack(msg.seq))])
+            self._send(msg.source, [encode(Ack(msg.seq, self.ack_payload))])
         elif isinstance(msg, IndirectPing):
             self._seq += 1
             seq = self._seq
@@ -575,6 +711,10 @@ class GossipCore:
             self._on_dead(msg, now)
         elif isinstance(msg, UserEvent):
             self._handle_user_event(msg)
+        elif isinstance(msg, Query):
+            self._handle_query(msg, now)
+        elif isinstance(msg, QueryResponse):
+            self._handle_query_response(msg, now)
         else:
             # PushPull belongs on streams; Compound was flattened by decode_packet.
             self._log.warning("gossip: unexpected %s in a datagram", type(msg).__name__)
@@ -584,6 +724,9 @@ class GossipCore:
         if p is not None and ack.seq == p.seq:
             self._probe = None
             self._apply_awareness(-1)  # a probe that got an answer is evidence we are healthy
+            if not p.indirect_sent:
+                # Only a direct answer measures the path between us (as memberlist reports it).
+                self._out.pings.append(PingComplete(p.target, now - p.started, ack.payload))
             return
         relay = self._relays.pop(ack.seq, None)
         if relay is not None:
@@ -696,6 +839,10 @@ class GossipCore:
             self._refute(node, a.incarnation)
             return
         if node is None:
+            refused = self._merge_check([(a.node, a.tags)]) if self._merge_check is not None else None
+            if refused is not None:
+                self._log.warning("memberlist: ignoring alive message for '%s': %s", a.node, refused)
+                return
             node = _Node(a.node, a.addr, dict(a.tags), a.incarnation, MemberState.ALIVE, now)
             self._members[a.node] = node
             self._add_to_probe_order(a.node)
@@ -817,7 +964,9 @@ class GossipCore:
         if self._conflicts.get(name) == theirs:
             return
         self._conflicts[name] = theirs
-        self._log.warning("gossip: name conflict for %s: %s:%d vs %s:%d", name, *ours, *theirs)
+        held = self._members.get(name)
+        self._log.error("memberlist: Conflicting address for %s. Mine: %s:%d Theirs: %s:%d Old state: %s",
+                        name, *ours, *theirs, held.state.name.lower() if held else "unknown")
         self._emit(NameConflict(name, ours, theirs))
 
     def _reap(self, now: float) -> None:
@@ -875,7 +1024,14 @@ class GossipCore:
                         key=lambda e: e.ltime)
         return PushPull(join, nodes, self._event_clock, events)
 
-    def _merge_remote(self, pp: PushPull, now: float) -> None:
+    def _merge_remote(self, pp: PushPull, now: float) -> str | None:
+        """Merge a peer's full state; returns why it was refused (nothing merged) or None."""
+        if self._merge_check is not None:
+            live = [(ns.name, ns.tags) for ns in pp.nodes if ns.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+            refused = self._merge_check(live)
+            if refused is not None:
+                self._log.error("memberlist: Failed push/pull merge: %s", refused)
+                return refused
         for ns in pp.nodes:
             if ns.state == MemberState.ALIVE:
                 self._on_alive(Alive(ns.incarnation, ns.name, ns.addr, ns.tags), now)
@@ -888,6 +1044,7 @@ class GossipCore:
         self._witness(pp.event_ltime)
         for e in pp.events:
             self._handle_user_event(e)
+        return None
 
     # --- user events -----------------------------------------------------------------------
 
@@ -917,6 +1074,37 @@ class GossipCore:
         self._queue.queue(encode(e))
         self._emit(UserEventReceived(e.ltime, e.name, e.payload))
         return True
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def _handle_query(self, q: Query, now: float) -> None:
+        # Lamport rule on the query clock, as for user events.
+        if q.ltime >= self._query_clock:
+            self._query_clock = q.ltime + 1
+        size = len(self._query_buffer)
+        if self._query_clock > size and q.ltime < self._query_clock - size:
+            return  # older than the buffer remembers: can't tell if seen, so drop
+        idx = q.ltime % size
+        slot = self._query_buffer[idx]
+        if slot is not None and slot.ltime == q.ltime:
+            if q.id in slot.ids:
+                return
+        else:
+            slot = _QuerySlot(q.ltime)
+            self._query_buffer[idx] = slot
+        slot.ids.append(q.id)
+        self._queue.queue(encode(q))
+        self._emit(QueryReceived(q.ltime, q.id, q.name, q.payload, q.source_name, q.source,
+                                 now + q.timeout_ms / 1000.0))
+
+    def _handle_query_response(self, r: QueryResponse, now: float) -> None:
+        for key in [k for k, a in self._asked.items() if now > a.deadline]:
+            del self._asked[key]
+        asked = self._asked.get((r.ltime, r.id))
+        if asked is None or r.from_name in asked.responders:
+            return  # not ours, too late, or a duplicate
+        asked.responders.add(r.from_name)
+        self._emit(QueryResponseReceived(r.ltime, r.id, r.from_name, r.payload))
 
     # --- output helpers --------------------------------------------------------------------
 

@@ -67,18 +67,21 @@ class Keyring:
         return self.keys[0]
 
     def install(self, key: bytes) -> None:
+        # Messages as memberlist's keyring words them: serf sends them back to the operator.
+        if len(key) not in VALID_KEY_SIZES:
+            raise KeyringError("key size must be 16, 24 or 32 bytes")
         if key not in self.keys:
             self.keys.append(key)
 
     def use(self, key: bytes) -> None:
         if key not in self.keys:
-            raise KeyringError("key is not in the keyring")
+            raise KeyringError("Requested key is not in the keyring")
         self.keys.remove(key)
         self.keys.insert(0, key)
 
     def remove(self, key: bytes) -> None:
         if key == self.primary:
-            raise KeyringError("removing the primary key is not allowed")
+            raise KeyringError("Removing the primary key is not allowed")
         if key in self.keys:
             self.keys.remove(key)
 

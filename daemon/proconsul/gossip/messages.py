@@ -45,6 +45,8 @@ class MessageType(IntEnum):
     COMPOUND = 7
     USER_EVENT = 8
     NACK = 9
+    QUERY = 10
+    QUERY_RESPONSE = 11
 
 
 class NodeStateCode(IntEnum):
@@ -156,13 +158,41 @@ class PushPull:
 
 
 @dataclass(frozen=True)
+class Query:
+    """A serf-style query: gossiped to every member, answered point-to-point to ``source``.
+
+    ``(ltime, id)`` names the query (Lamport time of the query clock plus a random id), so
+    repeats are recognised; ``timeout_ms`` bounds how long answers are useful to the asker.
+    """
+
+    ltime: int
+    id: int
+    source_name: str
+    source: Address
+    name: str
+    payload: bytes
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class QueryResponse:
+    """One member's answer to the query ``(ltime, id)``, sent straight to the asker."""
+
+    ltime: int
+    id: int
+    from_name: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class Compound:
     """Several already-encoded messages in one datagram."""
 
     parts: Sequence[bytes]
 
 
-Message = Ping | IndirectPing | Ack | Nack | Alive | Suspect | Dead | UserEvent | PushPull | Compound
+Message = (Ping | IndirectPing | Ack | Nack | Alive | Suspect | Dead | UserEvent | PushPull | Compound
+           | Query | QueryResponse)
 
 
 def _tags(tags: Mapping[str, str]) -> dict[str, str]:
@@ -196,6 +226,13 @@ def _fields(msg: Message) -> tuple[MessageType, list[Any]]:
         return MessageType.PUSH_PULL, [msg.join, nodes, msg.event_ltime, events]
     if isinstance(msg, Compound):
         return MessageType.COMPOUND, [list(msg.parts)]
+    if isinstance(msg, Query):
+        return MessageType.QUERY, [
+            msg.ltime, msg.id, msg.source_name, msg.source[0], msg.source[1], msg.name, bytes(msg.payload),
+            msg.timeout_ms,
+        ]
+    if isinstance(msg, QueryResponse):
+        return MessageType.QUERY_RESPONSE, [msg.ltime, msg.id, msg.from_name, bytes(msg.payload)]
     raise TypeError(f"not a gossip message: {msg!r}")
 
 
@@ -330,6 +367,12 @@ def decode(data: bytes) -> Message:
     if mtype is MessageType.COMPOUND:
         _need(f, 1, mtype)
         return Compound([_bytes(p) for p in _list(f[0])])
+    if mtype is MessageType.QUERY:
+        _need(f, 8, mtype)
+        return Query(_int(f[0]), _int(f[1]), _str(f[2]), _addr(f[3], f[4]), _str(f[5]), _bytes(f[6]), _int(f[7]))
+    if mtype is MessageType.QUERY_RESPONSE:
+        _need(f, 4, mtype)
+        return QueryResponse(_int(f[0]), _int(f[1]), _str(f[2]), _bytes(f[3]))
     raise ProtocolError(f"no decoder for {mtype.name}")  # pragma: no cover - enum and decoder in step
 
 

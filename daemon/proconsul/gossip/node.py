@@ -10,6 +10,10 @@ AES-GCM encrypted (``gossip/keyring.py``); anything that does not decrypt is log
 never fatal.
 
 Events from the core are handed, in order, to ``on_event``, synchronously, on the loop.
+
+Network coordinates (Serf's Vivaldi, ``proconsul.coordinate``): our coordinate rides on every
+ack we send, and each direct probe's RTT with the peer's coordinate moves ours; the last
+coordinate of every member is cached in ``coordinates`` until the member is reaped.
 """
 
 from __future__ import annotations
@@ -21,8 +25,22 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from proconsul.coordinate import PeerCoordinates
 from proconsul.gossip.config import GossipConfig
-from proconsul.gossip.core import Address, Event, GossipCore, Member, Output, StreamRequest
+from proconsul.gossip.core import (
+    Address,
+    Event,
+    GossipCore,
+    Member,
+    MemberEvent,
+    MemberEventKind,
+    MergeCheck,
+    Output,
+    PingComplete,
+    QueryHandle,
+    QueryReceived,
+    StreamRequest,
+)
 from proconsul.gossip.keyring import DecryptError, Keyring
 
 logger = logging.getLogger(__name__)
@@ -66,6 +84,7 @@ class GossipNode:
         tags: our member tags.
         on_event: called with every core event (joins, failures, user events, conflicts).
         keyring: encrypt everything with it (None: plaintext).
+        disable_coordinates: keep no network coordinates (Consul's ``disable_coordinates``).
     """
 
     def __init__(
@@ -78,7 +97,10 @@ class GossipNode:
         advertise: Address | None = None,
         keyring: Keyring | None = None,
         rng: random.Random | None = None,
+        disable_coordinates: bool = False,
+        merge_check: MergeCheck | None = None,
     ) -> None:
+        self.merge_check = merge_check
         self.name = name
         self.bind = bind
         self.advertise = advertise
@@ -95,6 +117,8 @@ class GossipNode:
         self._timer: asyncio.Task[None] | None = None
         self._stream_waiters: dict[int, asyncio.Future[bool]] = {}
         self._closed = False
+        # Its own randomness, so coordinates never shift the core's seeded sequence.
+        self.coordinates: PeerCoordinates | None = None if disable_coordinates else PeerCoordinates(name)
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -116,7 +140,10 @@ class GossipNode:
             adv = (adv[0], port)
         if adv[0] in ("0.0.0.0", "::", ""):
             adv = ("127.0.0.1", adv[1])
-        self.core = GossipCore(self.name, adv, self.config, self.rng, loop.time(), tags=self.tags, logger=logger)
+        self.core = GossipCore(self.name, adv, self.config, self.rng, loop.time(), tags=self.tags, logger=logger,
+                               merge_check=self.merge_check)
+        if self.coordinates is not None:
+            self.core.ack_payload = self.coordinates.ack_payload()
         # The core's first output carries our own JOIN event and alive broadcast.
         self._apply(self.core.tick(loop.time()))
         self._timer = loop.create_task(self._timer_loop(), name=f"gossip-timer-{self.name}")
@@ -147,8 +174,12 @@ class GossipNode:
     def members(self) -> list[Member]:
         return self.core.members() if self.core is not None else []
 
-    async def join(self, addrs: Iterable[str | Address], default_port: int | None = None) -> int:
-        """Push-pull with every address; returns how many answered (Consul's join count)."""
+    async def join(self, addrs: Iterable[str | Address], default_port: int | None = None,
+                   ignore_old: bool = False) -> int:
+        """Push-pull with every address; returns how many answered (Consul's join count).
+
+        ``ignore_old``: do not deliver user events sent before the join (see ``GossipCore.join``).
+        """
         assert self.core is not None
         port = default_port or self.bind[1]
         targets = [a if isinstance(a, tuple) else parse_address(a, port) for a in addrs]
@@ -162,7 +193,7 @@ class GossipNode:
         if not resolved:
             return 0
         loop = asyncio.get_running_loop()
-        out = self.core.join(resolved, loop.time())
+        out = self.core.join(resolved, loop.time(), ignore_old=ignore_old)
         waiters = []
         for req in out.streams:
             fut: asyncio.Future[bool] = loop.create_future()
@@ -190,6 +221,21 @@ class GossipNode:
         assert self.core is not None
         self._apply(self.core.send_user_event(name, payload, asyncio.get_running_loop().time()))
 
+    def send_query(self, name: str, payload: bytes, timeout_s: float | None = None) -> QueryHandle:
+        """Gossip a query; answers arrive through ``on_event`` as ``QueryResponseReceived``."""
+        assert self.core is not None
+        handle, out = self.core.send_query(name, payload, asyncio.get_running_loop().time(), timeout_s)
+        self._apply(out)
+        return handle
+
+    def respond(self, query: QueryReceived, payload: bytes) -> None:
+        assert self.core is not None
+        self._apply(self.core.respond(query, payload, asyncio.get_running_loop().time()))
+
+    def loop_time(self) -> float:
+        """The clock query deadlines are on."""
+        return asyncio.get_running_loop().time()
+
     def force_leave(self, name: str) -> bool:
         """Mark a failed member as left (Consul's force-leave); False if unknown."""
         assert self.core is not None
@@ -206,13 +252,27 @@ class GossipNode:
             self._send_packet(pkt.addr, pkt.data)
         for req in out.streams:
             self._spawn(self._run_stream(req), f"gossip-stream-{req.id}")
+        for ping in out.pings:
+            self._on_ping(ping)
         for event in out.events:
+            if (self.coordinates is not None and isinstance(event, MemberEvent)
+                    and event.kind is MemberEventKind.REAP):
+                self.coordinates.forget(event.member.name)
             if self.on_event is not None:
                 try:
                     self.on_event(event)
                 except Exception:
                     logger.exception("gossip: event handler failed for %r", event)
         self._wake.set()
+
+    def _on_ping(self, ping: PingComplete) -> None:
+        if self.coordinates is None or self.core is None:
+            return
+        if self.coordinates.observe(ping.name, ping.rtt_s, ping.payload) is None:
+            if ping.payload:
+                logger.debug("gossip: rejected coordinate from %s (rtt %.6fs)", ping.name, ping.rtt_s)
+            return
+        self.core.ack_payload = self.coordinates.ack_payload()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -294,11 +354,15 @@ class GossipNode:
         finally:
             if writer is not None:
                 writer.close()
+        refused: str | None = None
+        if self.core is not None:
+            out = self.core.handle_stream_result(req.id, reply, loop.time())
+            refused = out.refused
+            self._apply(out)
         waiter = self._stream_waiters.pop(req.id, None)
         if waiter is not None and not waiter.done():
-            waiter.set_result(reply is not None)
-        if self.core is not None:
-            self._apply(self.core.handle_stream_result(req.id, reply, loop.time()))
+            # A refused merge (conflicting node ID, wrong datacenter) is a failed join.
+            waiter.set_result(reply is not None and refused is None)
 
     async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)

@@ -306,8 +306,11 @@ async def join(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     address = request.match_info["address"]
     if flag(request, "wan"):
-        raise HTTPError(500, "WAN gossip is not supported by this build")
-    n = await agent.membership.join([address])
+        if agent.wan is None:
+            raise HTTPError(500, "Must be a server to join WAN cluster")
+        n = await agent.wan.join([address])
+    else:
+        n = await agent.membership.join([address])
     if n == 0:
         raise HTTPError(500, f"1 error occurred:\n\t* Failed to join {address}: no reply from its gossip port\n\n")
     return web.Response(status=200)
@@ -316,7 +319,16 @@ async def join(request: web.Request) -> web.Response:
 async def force_leave(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     node = request.match_info["node"]
-    if not agent.membership.force_leave(node, prune=flag(request, "prune")):
+    prune = flag(request, "prune")
+    if flag(request, "wan"):
+        # Only the WAN pool, where the name is "<node>.<dc>" (Consul's force-leave -wan).
+        if agent.wan is None or not agent.wan.force_leave(node, prune=prune):
+            raise HTTPError(500, f"agent: No node found with name '{node}'")
+        return web.Response(status=200)
+    if agent.wan is not None:
+        # A server's force-leave also covers the node's own WAN member (Consul: removeFailedNode).
+        agent.wan.force_leave(f"{node}.{agent.config.datacenter}", prune=prune)
+    if not agent.membership.force_leave(node, prune=prune):
         raise HTTPError(500, f"agent: No node found with name '{node}'")
     return web.Response(status=200)
 

@@ -14,13 +14,14 @@ from aiohttp import web
 from proconsul import filter as bexpr
 from proconsul.http.common import (
     bad_request,
-    check_dc,
     filter_items,
     get_key,
     json_response,
     query_options,
     read_json,
+    target_dc,
 )
+from proconsul.http.coordinate import near_node
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.structs import CHECK_STATUSES, DecodeError, decode_service
@@ -34,14 +35,21 @@ def node_meta_filter(request: web.Request) -> dict[str, str]:
     return out
 
 
+def _write_dc(request: web.Request, body: dict[str, Any]) -> str:
+    """Where a catalog write goes: the body's `Datacenter` (Consul routes the RPC by it), else
+    ?dc; "" for ours."""
+    dc = get_key(body, "Datacenter") or target_dc(request)
+    return "" if dc == request.app["agent"].config.datacenter else str(dc)
+
+
 async def register(request: web.Request) -> web.Response:
     agent = request.app["agent"]
-    check_dc(request)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: expected a JSON object")
-    command = decode_register(body, agent.config.datacenter)
-    await agent.server.write(command)
+    dc = _write_dc(request, body)
+    command = decode_register(body, dc or agent.config.datacenter)
+    await agent.server.write(command, datacenter=dc)
     return json_response(request, True)
 
 
@@ -134,10 +142,10 @@ def decode_catalog_check(raw: dict[str, Any], node: str, service: ServiceInstanc
 
 async def deregister(request: web.Request) -> web.Response:
     agent = request.app["agent"]
-    check_dc(request)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: expected a JSON object")
+    dc = _write_dc(request, body)
     node = get_key(body, "Node")
     if not isinstance(node, str) or not node:
         raise bad_request("Must provide node")
@@ -146,19 +154,19 @@ async def deregister(request: web.Request) -> web.Response:
         service_id=str(get_key(body, "ServiceID") or ""),
         check_id=str(get_key(body, "CheckID") or ""),
     )
-    await agent.server.write(command)
+    await agent.server.write(command, datacenter=dc)
     return json_response(request, True)
 
 
 async def datacenters(request: web.Request) -> web.Response:
     agent = request.app["agent"]
-    return json_response(request, agent.server.known_datacenters())
+    return json_response(request, await agent.server.list_datacenters())
 
 
 async def nodes(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
-    args = {"node_meta": node_meta_filter(request)}
+    args = {"node_meta": node_meta_filter(request), "near": near_node(request)}
     meta, items = await agent.server.query("Catalog.ListNodes", args, opts)
     return json_response(request, filter_items(request, items, bexpr.CATALOG_NODE), meta)
 
@@ -178,6 +186,7 @@ async def service_nodes(request: web.Request) -> web.Response:
         "service": request.match_info["service"],
         "tags": request.query.getall("tag", []),
         "node_meta": node_meta_filter(request),
+        "near": near_node(request),
     }
     meta, items = await agent.server.query("Catalog.ServiceNodes", args, opts)
     return json_response(request, filter_items(request, items, bexpr.CATALOG_SERVICE_NODE), meta)

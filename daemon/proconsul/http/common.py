@@ -70,10 +70,9 @@ _DEFAULT_OPTIONS = QueryOptions()
 
 
 def query_options(request: web.Request) -> QueryOptions:
-    """Parse ?index, ?wait, ?stale, ?consistent (and check ?dc) for a read endpoint."""
+    """Parse ?index, ?wait, ?stale, ?consistent and ?dc (forwarded over the WAN) for a read endpoint."""
     if not request.query_string:
         return _DEFAULT_OPTIONS  # the common case, kept off the parsing path
-    check_dc(request)
     stale = flag(request, "stale")
     consistent = flag(request, "consistent")
     if stale and consistent:
@@ -88,13 +87,22 @@ def query_options(request: web.Request) -> QueryOptions:
         if wait_s < 0:
             raise bad_request("Invalid wait time")
     index = uint_param(request, "index", message="Invalid index")
-    return QueryOptions(min_index=index, max_wait_s=wait_s, allow_stale=stale, require_consistent=consistent)
+    return QueryOptions(min_index=index, max_wait_s=wait_s, allow_stale=stale, require_consistent=consistent,
+                        datacenter=target_dc(request))
 
 
 def check_dc(request: web.Request) -> None:
+    """For endpoints answered by this agent only: another ?dc is "No path to datacenter"."""
     dc = request.query.get("dc")
     if dc:
         request.app["agent"].server_for_dc(dc)
+
+
+def target_dc(request: web.Request) -> str:
+    """The ?dc a forwardable request goes to ("" = ours); the RPC layer routes it (or answers
+    "No path to datacenter" for one no server knows)."""
+    dc = request.query.get("dc", "")
+    return "" if dc == request.app["agent"].config.datacenter else dc
 
 
 def token(request: web.Request) -> str:

@@ -11,6 +11,7 @@ from aiohttp import web
 from proconsul import filter as bexpr
 from proconsul.http.catalog import node_meta_filter
 from proconsul.http.common import bad_request, filter_items, flag, json_response, query_options
+from proconsul.http.coordinate import near_node
 from proconsul.queries import VALID_STATES
 
 
@@ -24,7 +25,8 @@ async def node_health(request: web.Request) -> web.Response:
 async def service_checks(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
-    args = {"service": request.match_info["service"], "node_meta": node_meta_filter(request)}
+    args = {"service": request.match_info["service"], "node_meta": node_meta_filter(request),
+            "near": near_node(request)}
     meta, items = await agent.server.query("Health.ServiceChecks", args, opts)
     return json_response(request, filter_items(request, items, bexpr.HEALTH_CHECK), meta)
 
@@ -35,7 +37,7 @@ async def checks_in_state(request: web.Request) -> web.Response:
     state = request.match_info["state"]
     if state not in VALID_STATES:
         raise bad_request("Invalid check state")
-    args = {"state": state, "node_meta": node_meta_filter(request)}
+    args = {"state": state, "node_meta": node_meta_filter(request), "near": near_node(request)}
     meta, items = await agent.server.query("Health.ChecksInState", args, opts)
     return json_response(request, filter_items(request, items, bexpr.HEALTH_CHECK), meta)
 
@@ -49,6 +51,7 @@ async def service_health(request: web.Request) -> web.Response:
         "passing": flag(request, "passing"),
         "node_meta": node_meta_filter(request),
         "datacenter": agent.config.datacenter,
+        "near": near_node(request),
     }
     meta, items = await agent.server.query("Health.ServiceNodes", args, opts)
     return json_response(request, filter_items(request, items, bexpr.HEALTH_SERVICE_ENTRY), meta)

@@ -8,6 +8,7 @@ Consul's quirks: a miss is 404 with an index, `?keys` with a separator collapses
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from aiohttp import web
 
@@ -21,7 +22,7 @@ from proconsul.http.common import (
     set_meta,
     uint_param,
 )
-from proconsul.rpc import QueryMeta
+from proconsul.rpc import QueryMeta, QueryOptions
 from proconsul.state import commands
 from proconsul.state.records import DirEntry
 
@@ -67,9 +68,9 @@ def _not_found(meta: QueryMeta) -> web.Response:
 
 async def kv_put(request: web.Request) -> web.StreamResponse:
     agent = request.app["agent"]
-    from proconsul.http.common import check_dc
+    from proconsul.http.common import target_dc
 
-    check_dc(request)
+    dc = target_dc(request)
     key = _key(request)
     if not key:
         raise bad_request("Missing key name")
@@ -99,19 +100,29 @@ async def kv_put(request: web.Request) -> web.StreamResponse:
     if "release" in request.query:
         session = request.query["release"]
         op = commands.KVOp.UNLOCK
-    if op == commands.KVOp.LOCK and agent.store.lock_delay_active(key):
-        # Consul refuses (false) an acquire during the lock-delay of an invalidated holder.
-        return json_response(request, False, index=agent.store.last_index)
+    if op == commands.KVOp.LOCK and not dc:
+        delayed, index = await _lock_delay_active(agent, key)
+        if delayed:
+            # Consul refuses (false) an acquire during the lock-delay of an invalidated holder.
+            return json_response(request, False, index=index)
     entry = DirEntry(key=key, value=value, flags=flags, session=session, modify_index=cas_index)
-    meta, ok = await agent.server.write(commands.KVS(op, entry))
+    meta, ok = await agent.server.write(commands.KVS(op, entry), datacenter=dc)
     return json_response(request, bool(ok), index=meta.index)
+
+
+async def _lock_delay_active(agent: Any, key: str) -> tuple[bool, int]:
+    """(in the lock-delay?, index): from this server's store, or from a server on client agents."""
+    if getattr(agent, "remote", None) is None:
+        return agent.store.lock_delay_active(key), agent.store.last_index
+    meta, active = await agent.server.query("KVS.LockDelay", {"key": key}, QueryOptions())
+    return bool(active), meta.index
 
 
 async def kv_delete(request: web.Request) -> web.StreamResponse:
     agent = request.app["agent"]
-    from proconsul.http.common import check_dc
+    from proconsul.http.common import target_dc
 
-    check_dc(request)
+    dc = target_dc(request)
     key = _key(request)
     op = commands.KVOp.DELETE
     cas_index = 0
@@ -124,7 +135,7 @@ async def kv_delete(request: web.Request) -> web.StreamResponse:
             raise bad_request("Conflicting flags: cas=true, recurse=true")
         cas_index = uint_param(request, "cas", message="Invalid cas")
         op = commands.KVOp.DELETE_CAS
-    meta, ok = await agent.server.write(commands.KVS(op, DirEntry(key=key, modify_index=cas_index)))
+    meta, ok = await agent.server.write(commands.KVS(op, DirEntry(key=key, modify_index=cas_index)), datacenter=dc)
     return json_response(request, bool(ok), index=meta.index)
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.http import agent as agent_routes
-from proconsul.http import catalog, event, health, kv, operator, session, status, txn
+from proconsul.http import catalog, event, health, keyring, kv, operator, session, status, txn
+from proconsul.http import coordinate as coordinate_routes
 from proconsul.http.common import HTTPError
 from proconsul.rpc import RPCError
 from proconsul.state.store import StoreError
@@ -76,8 +77,9 @@ def build_app(agent: Any) -> web.Application:
     app["agent"] = agent
     app["response_headers"] = dict(getattr(agent.config, "http_response_headers", {}) or {})
     app.router.add_get("/", index)
-    for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event):
+    for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event, keyring):
         app.router.add_routes(module.routes())
+    app.router.add_routes(coordinate_routes.routes())
     return app
 
 

@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.config import format_duration, parse_duration
-from proconsul.http import render
 from proconsul.http.common import (
     HTTPError,
     bad_request,
@@ -134,11 +133,11 @@ async def renew(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     check_dc(request)
     sid = request.match_info["id"]
-    _, session = agent.store.get_session(sid)
-    if session is None:
+    # The leader looks the session up and re-arms its TTL (client agents hold no sessions).
+    sessions = await agent.renew_session(sid)
+    if not sessions:
         raise HTTPError(404, f"Session id '{sid}' not found")
-    await agent.touch_session(session)
-    return json_response(request, [render.session(session)])
+    return json_response(request, sessions)
 
 
 async def _read(request: web.Request, name: str, args: dict[str, str]) -> web.Response:

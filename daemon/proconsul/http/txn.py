@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.http import render
-from proconsul.http.common import HTTPError, bad_request, check_dc, get_key, json_response, query_options
+from proconsul.http.common import HTTPError, bad_request, get_key, json_response, query_options, target_dc
 from proconsul.state import commands
 from proconsul.state.fsm import TxnResult
 from proconsul.state.records import DirEntry
@@ -76,7 +76,7 @@ def _render(request: web.Request, result: TxnResult, **kw: Any) -> web.Response:
 
 async def txn(request: web.Request) -> web.Response:
     agent = request.app["agent"]
-    check_dc(request)
+    dc = target_dc(request)
     limit = agent.config.limits.txn_max_req_len
     body_bytes = await request.content.read(limit + 1)
     if len(body_bytes) > limit:
@@ -93,7 +93,7 @@ async def txn(request: web.Request) -> web.Response:
         if "Errors" in answer:
             return json_response(request, {"Results": None, "Errors": answer["Errors"]}, meta, status=409)
         return json_response(request, {"Results": answer["Results"] or None, "Errors": None}, meta)
-    wmeta, result = await agent.server.write(commands.Txn(tuple(ops)))
+    wmeta, result = await agent.server.write(commands.Txn(tuple(ops)), datacenter=dc)
     return _render(request, result, index=wmeta.index)
 
 

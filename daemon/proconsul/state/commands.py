@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 
+from proconsul.coordinate import Coordinate
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
 
 
@@ -24,6 +25,7 @@ class CommandType(IntEnum):
     TXN = 5
     NOOP = 6  # written by a new leader to commit entries of earlier terms
     RESTORE = 7  # replace the whole store with a snapshot's (`PUT /v1/snapshot`)
+    COORDINATE_BATCH_UPDATE = 8  # network coordinates batched by the leader (Coordinate.Update)
 
 
 class KVOp:
@@ -107,7 +109,14 @@ class Restore:
     data: bytes
 
 
-Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore
+@dataclass(frozen=True, slots=True)
+class CoordinateBatchUpdate:
+    """Many nodes' latest coordinates in one entry: (node, segment, coordinate) triples."""
+
+    updates: tuple[tuple[str, str, Coordinate], ...] = ()
+
+
+Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate
 
 
 def encode(command: Command) -> bytes:
@@ -138,6 +147,9 @@ def encode(command: Command) -> bytes:
     elif isinstance(command, Restore):
         payload = command.data
         kind = CommandType.RESTORE
+    elif isinstance(command, CoordinateBatchUpdate):
+        payload = [[node, segment, coord.to_wire()] for node, segment, coord in command.updates]
+        kind = CommandType.COORDINATE_BATCH_UPDATE
     else:  # pragma: no cover - the Union is closed
         raise TypeError(f"not a command: {command!r}")
     return msgpack.packb([int(kind), payload], use_bin_type=True)
@@ -167,4 +179,6 @@ def decode(data: bytes) -> Command:
         return Txn(tuple(KVS(op, DirEntry.from_wire(e)) for op, e in payload))
     if kind is CommandType.RESTORE:
         return Restore(bytes(payload))
+    if kind is CommandType.COORDINATE_BATCH_UPDATE:
+        return CoordinateBatchUpdate(tuple((str(n), str(seg), Coordinate.from_wire(c)) for n, seg, c in payload))
     return Noop()

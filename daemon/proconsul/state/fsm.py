@@ -70,6 +70,9 @@ class FSM:
                 return True
             if isinstance(command, cmd.Txn):
                 return self._apply_txn(index, command)
+            if isinstance(command, cmd.CoordinateBatchUpdate):
+                store.coordinate_batch_update(index, command.updates)
+                return None
             return None
         except StoreError as exc:
             return exc

@@ -23,10 +23,11 @@ from typing import Any
 
 import msgpack
 
+from proconsul.coordinate import Coordinate
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
 from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
 
-TABLES = ("nodes", "services", "checks", "kvs", "tombstones", "sessions")
+TABLES = ("nodes", "services", "checks", "kvs", "tombstones", "sessions", "coordinates")
 
 
 class StoreError(Exception):
@@ -52,6 +53,8 @@ class Store:
         self._kv_sorted: list[str] = []
         self.tombstones: dict[str, int] = {}  # deleted key -> index of deletion
         self.sessions: dict[str, Session] = {}
+        # node -> segment -> network coordinate (Consul's coordinates table; "" is the LAN segment).
+        self.coordinates: dict[str, dict[str, Coordinate]] = {}
         self.table_index: dict[str, int] = {t: 0 for t in TABLES}
         self.service_index: dict[str, int] = {}  # service name -> last index touching it
         self.last_index = 0
@@ -251,6 +254,11 @@ class Store:
             self.services.pop(node, None)
             self.checks.pop(node, None)
             self._touch("nodes", index)
+            if node in self.coordinates:
+                # A node's coordinates live and die with its registration, as in Consul.
+                self._log_undo_dict(self.coordinates, node)
+                del self.coordinates[node]
+                self._touch("coordinates", index)
             for sess in sorted(s.id for s in self.sessions.values() if s.node == node):
                 self.destroy_session(index, sess)
 
@@ -545,6 +553,36 @@ class Store:
     def list_sessions(self) -> tuple[int, list[Session]]:
         return self.table_index["sessions"], sorted(self.sessions.values(), key=lambda s: s.id)
 
+    # --------------------------------------------------------------------------- coordinates
+
+    def coordinate_batch_update(self, index: int, updates: Iterable[tuple[str, str, Coordinate]]) -> None:
+        """Upsert (node, segment, coordinate) triples at `index`.
+
+        As Consul: an invalid coordinate (NaN, infinity) or one for a node not in the catalog
+        (it may not have registered yet; its next update will land) is skipped silently, and
+        the table index moves even when every update was skipped.
+        """
+        for node, segment, coord in updates:
+            if not coord.is_valid() or node not in self.nodes:
+                continue
+            per = self.coordinates.get(node)
+            if per is None:
+                self._log_undo_dict(self.coordinates, node)
+                per = self.coordinates[node] = {}
+            self._log_undo_dict(per, segment)
+            per[segment] = coord
+        self._touch("coordinates", index)
+
+    def list_coordinates(self) -> tuple[int, list[tuple[str, str, Coordinate]]]:
+        """Every (node, segment, coordinate), sorted by node then segment."""
+        out = [(n, seg, self.coordinates[n][seg]) for n in sorted(self.coordinates) for seg in sorted(self.coordinates[n])]
+        return self.table_index["coordinates"], out
+
+    def node_coordinates(self, node: str) -> tuple[int, dict[str, Coordinate]]:
+        """One node's coordinates by segment (empty when it has none)."""
+        per = self.coordinates.get(node, {})
+        return self.table_index["coordinates"], {seg: per[seg] for seg in sorted(per)}
+
     # --------------------------------------------------------------------------- transactions
 
     def begin(self) -> None:
@@ -577,6 +615,7 @@ class Store:
             "tombstones": self.tombstones,
             "sessions": [s.to_wire() for s in self.sessions.values()],
             "index_offset": self.index_offset,
+            "coordinates": [[n, seg, c.to_wire()] for n, per in self.coordinates.items() for seg, c in per.items()],
         }
         return msgpack.packb(data, use_bin_type=True)
 
@@ -607,6 +646,9 @@ class Store:
         self.service_index = dict(data["service_index"])
         self.last_index = int(data["last_index"])
         self.index_offset = int(data.get("index_offset", 0))
+        self.coordinates = {}
+        for node, segment, raw in data.get("coordinates", []):
+            self.coordinates.setdefault(node, {})[segment] = Coordinate.from_wire(raw)
         # Every watcher must re-read: the world changed under it.
         self._dirty_tables = set(TABLES)
         self._dirty_keys = [""]

@@ -1,0 +1,388 @@
+"""The WAN gossip pool of a server and the router of remote datacenters built from it.
+
+Owns:
+- :class:`WANPool`: the second ``GossipNode`` every server runs (Consul's serf WAN), on
+  ``serf_wan``/``ports.serf_wan`` (8302) with memberlist's WAN timing profile and the LAN pool's
+  keyring object (one gossip key, rotated for both pools at once). Its member is named
+  ``<node>.<dc>`` and carries the server's tags (``role=consul``, ``dc``, ``port``, ...), so every
+  server in every federated datacenter knows how to reach every other one. It keeps serf's
+  member table (failed members stay listed, left ones for a day), ``-join-wan`` /
+  ``retry_join_wan`` / ``start_join_wan``, leave and force-leave for the WAN pool.
+- :class:`Router`: remote datacenters as the WAN members describe them, and forwarding of a
+  named read (``Client.Query``) or a write (``Client.Write``) to an alive server of one of them
+  over the server RPC port. Consul's behaviours kept (agent/router, agent/consul/rpc.go):
+  a datacenter nobody in the WAN pool belongs to is ``No path to datacenter``; a known one whose
+  servers are all failed is ``Remote DC has no server currently reachable``; a server that fails
+  to answer is skipped in favour of the next (reads), while a write is retried elsewhere only
+  when it was never sent; the datacenter list is sorted by estimated round-trip time
+  (Consul's ``GetDatacentersByDistance``): for each datacenter the median of the RTTs this
+  server's WAN coordinate estimates to that datacenter's servers (left ones skipped; the local
+  datacenter counts as zero; a server whose coordinate we do not know counts as +Inf), ties and
+  unknowns in name order. The same WAN coordinates, per datacenter, are
+  ``/v1/coordinate/datacenters`` (:meth:`Router.datacenter_maps`, Consul's ``GetDatacenterMaps``
+  with the ``.<dc>`` suffix stripped from node names, area ``wan``).
+- serf's internal queries on the WAN pool (the keyring ones, for ``/v1/operator/keyring``),
+  answered and asked as on the LAN pool (:mod:`proconsul.serf_queries`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proconsul.coordinate import PeerCoordinates, distance
+from proconsul.gossip.config import GossipConfig
+from proconsul.gossip.core import Event, MemberEvent, MemberEventKind, NameConflict
+from proconsul.gossip.node import GossipNode
+from proconsul.membership import (
+    STATUS_ALIVE,
+    STATUS_FAILED,
+    STATUS_LEAVING,
+    STATUS_LEFT,
+    TOMBSTONE_TIMEOUT_S,
+    MemberRecord,
+    _status,
+    member_json,
+)
+from proconsul.rpc import (
+    NoPathToDatacenter,
+    QueryMeta,
+    QueryOptions,
+    RPCError,
+    UnknownOutcome,
+    WriteMeta,
+    decode_result,
+)
+from proconsul.serf_queries import KeyringQueries, QueryAsker
+from proconsul.state import commands
+from proconsul.transport import ConnectionPool, RemoteError
+
+logger = logging.getLogger(__name__)
+
+# Consul's ErrDCNotAvailable: the datacenter is known but none of its servers is reachable.
+DC_NOT_AVAILABLE = "Remote DC has no server currently reachable"
+# Cross-datacenter writes wait at most this long for the remote leader's answer.
+WRITE_TIMEOUT_S = 40.0
+# Consul's built-in WAN network area (types.AreaWAN), as /v1/coordinate/datacenters names it.
+AREA_WAN = "wan"
+
+
+class DatacenterNotAvailable(RPCError):
+    def __init__(self, dc: str) -> None:
+        super().__init__(DC_NOT_AVAILABLE)
+        self.dc = dc
+
+
+def wan_name(node: str, datacenter: str) -> str:
+    """A server's member name in the WAN pool (Consul: ``<node>.<dc>``)."""
+    return f"{node}.{datacenter}"
+
+
+class WANPool:
+    """A server's WAN pool membership."""
+
+    def __init__(self, agent: Any, tags: dict[str, str], keyring: Any) -> None:
+        cfg = agent.config
+        self.agent = agent
+        self.config = cfg
+        self.name = wan_name(agent.node_name, cfg.datacenter)
+        bind_host = cfg.serf_wan or cfg.bind_addr
+        advertise_host = cfg.advertise_addr_wan or agent.address
+        # Dev agents gossip on one host, where the WAN profile's 5 s probes only slow things down.
+        self.gossip_config = GossipConfig.local() if cfg.dev else GossipConfig.wan()
+        self.node = GossipNode(
+            self.name,
+            (bind_host, cfg.ports.serf_wan),
+            self.gossip_config,
+            tags=tags,
+            on_event=self._on_event,
+            advertise=(advertise_host, cfg.ports.serf_wan),
+            keyring=keyring,
+            disable_coordinates=cfg.disable_coordinates,
+        )
+        # The keyring object is the LAN pool's, so a WAN key change is persisted to the same file.
+        self.queries = QueryAsker(self.node)
+        self.keyring_queries = KeyringQueries(self.node, self.queries, agent.membership._save_keyring)
+        self.records: dict[str, MemberRecord] = {}
+        self.leaving = False
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.node.start()
+        except OSError as exc:
+            if not (self.config.dev and exc.errno == errno.EADDRINUSE):
+                raise
+            logger.warning("gossip: port %d in use, dev agent gossips WAN on a random port", self.config.ports.serf_wan)
+            self.node.bind = (self.node.bind[0], 0)
+            self.node.advertise = (self.node.advertise[0] if self.node.advertise else self.agent.address, 0)
+            await self.node.start()
+        logger.info("gossip: WAN pool on %s:%d as %s", *self.node.address, self.name)
+
+    def start_retry_join(self, on_exhausted: Callable[[], None]) -> None:
+        cfg = self.config
+        addrs = list(dict.fromkeys([*cfg.start_join_wan, *cfg.retry_join_wan]))
+        if addrs:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._retry_join(addrs, on_exhausted)))
+
+    async def _retry_join(self, addrs: list[str], on_exhausted: Callable[[], None]) -> None:
+        cfg = self.config
+        attempt = 0
+        while True:
+            attempt += 1
+            n = await self.join(addrs)
+            if n > 0:
+                logger.info("agent: join WAN completed; synced with %d initial agents", n)
+                return
+            if cfg.retry_max_wan and attempt >= cfg.retry_max_wan:
+                logger.error("agent: max join WAN retry exhausted, exiting")
+                on_exhausted()
+                return
+            logger.warning("agent: join WAN failed, retrying in %gs (attempt %d)", cfg.retry_interval_wan_s, attempt)
+            await asyncio.sleep(cfg.retry_interval_wan_s)
+
+    async def join(self, addrs: list[str]) -> int:
+        targets = [a for a in addrs if not a.startswith("provider=")]
+        return await self.node.join(targets, self.config.ports.serf_wan)
+
+    async def leave(self) -> None:
+        self.leaving = True
+        me = self.records.get(self.name)
+        if me is not None:
+            me.status = STATUS_LEAVING
+        await self.node.leave()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.node.stop()
+
+    def force_leave(self, name: str, prune: bool = False) -> bool:
+        known = self.node.force_leave(name)
+        rec = self.records.get(name)
+        if rec is not None and rec.status == STATUS_FAILED:
+            rec.status = STATUS_LEFT
+            rec.since = time.time()
+        if prune and rec is not None and rec.status == STATUS_LEFT:
+            del self.records[name]
+        return known or rec is not None
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if self.queries.handle_event(event) or self.keyring_queries.handle_event(event):
+            return
+        if isinstance(event, NameConflict):
+            if event.name == self.name:
+                logger.error("agent: WAN member name %s is in use by another server at %s:%d", event.name, *event.theirs)
+            return
+        if not isinstance(event, MemberEvent) or event.kind is MemberEventKind.REAP:
+            return  # serf keeps reaped members listed (failed until reconnect_timeout_wan)
+        m = event.member
+        status = _status(m.state)
+        rec = self.records.get(m.name)
+        if rec is None or rec.status != status:
+            self.records[m.name] = MemberRecord(m, status, time.time())
+            if event.kind in (MemberEventKind.FAIL, MemberEventKind.LEAVE, MemberEventKind.JOIN):
+                logger.info("gossip: WAN member %s %s", m.name, {1: "joined", 3: "left", 4: "failed"}.get(status, "changed"))
+        else:
+            rec.member = m
+        self.expire()
+
+    def expire(self) -> None:
+        """Forget failed members past reconnect_timeout_wan and left ones past the tombstone time."""
+        now = time.time()
+        for name, rec in list(self.records.items()):
+            limit = self.config.reconnect_timeout_wan_s if rec.status == STATUS_FAILED else TOMBSTONE_TIMEOUT_S
+            if rec.status in (STATUS_FAILED, STATUS_LEFT) and now - rec.since > limit:
+                del self.records[name]
+
+    # --- views -------------------------------------------------------------------------------
+
+    def members(self) -> list[MemberRecord]:
+        self.expire()
+        return [self.records[n] for n in sorted(self.records)]
+
+    def members_json(self) -> list[dict[str, Any]]:
+        return [member_json(rec) for rec in self.members()]
+
+    def counts(self) -> dict[str, str]:
+        recs = self.members()
+        return {
+            "members": str(sum(1 for r in recs if r.status in (STATUS_ALIVE, STATUS_LEAVING))),
+            "failed": str(sum(1 for r in recs if r.status == STATUS_FAILED)),
+            "left": str(sum(1 for r in recs if r.status == STATUS_LEFT)),
+        }
+
+
+class Router:
+    """Remote datacenters from WAN membership, and forwarding of RPCs to them.
+
+    ``members`` returns the WAN pool's records (any order); servers of a datacenter are the
+    records tagged ``role=consul`` and ``dc=<name>``, reached at their gossip address and the
+    ``port`` tag. Requests go over one pipelined connection per server (``ConnectionPool``).
+    ``coordinates`` returns the WAN pool's :class:`PeerCoordinates` (None: coordinates are
+    disabled or unknown, and every remote datacenter is equally far).
+    """
+
+    def __init__(
+        self,
+        datacenter: str,
+        members: Callable[[], list[MemberRecord]],
+        pool: ConnectionPool | None = None,
+        rng: random.Random | None = None,
+        coordinates: Callable[[], PeerCoordinates | None] | None = None,
+    ) -> None:
+        self.datacenter = datacenter
+        self.members = members
+        self.coordinates = coordinates or (lambda: None)
+        self.pool = pool or ConnectionPool()
+        self.rng = rng or random.Random()
+        # Per datacenter, the server that answered last: kept while it works (Consul's manager
+        # sticks to one server and rotates on failure).
+        self._preferred: dict[str, str] = {}
+
+    def _servers(self) -> list[tuple[str, int, str]]:
+        """(dc, status, "host:port") of every server in the WAN pool."""
+        out = []
+        for rec in self.members():
+            tags = rec.member.tags
+            if tags.get("role") != "consul" or not tags.get("dc"):
+                continue
+            out.append((tags["dc"], rec.status, f"{rec.member.addr[0]}:{tags.get('port', '8300')}"))
+        return out
+
+    def _wan_servers(self) -> list[tuple[str, str]]:
+        """(dc, WAN member name) of every server in the WAN pool that has not left."""
+        out = []
+        for rec in self.members():
+            tags = rec.member.tags
+            if tags.get("role") == "consul" and tags.get("dc") and rec.status != STATUS_LEFT:
+                out.append((tags["dc"], rec.member.name))
+        return out
+
+    def distances(self) -> dict[str, float]:
+        """Estimated RTT in seconds to each known datacenter: the median over its servers of
+        the distance from our WAN coordinate (0 for ours, +Inf where a coordinate is missing)."""
+        peers = self.coordinates()
+        ours = peers.coordinate if peers is not None else None
+        rtts: dict[str, list[float]] = {self.datacenter: []}
+        for dc, name in self._wan_servers():
+            if dc == self.datacenter:
+                rtts.setdefault(dc, []).append(0.0)
+            else:
+                rtts.setdefault(dc, []).append(distance(ours, peers.get(name) if peers is not None else None))
+        out = {}
+        for dc, values in rtts.items():
+            values.sort()
+            out[dc] = values[len(values) // 2] if values else (0.0 if dc == self.datacenter else math.inf)
+        return out
+
+    def sort_key(self, dc: str, distances: dict[str, float] | None = None) -> tuple[float, str]:
+        """Where ``dc`` goes in the datacenter list: by estimated RTT, then by name."""
+        rtt = (distances if distances is not None else self.distances()).get(dc, math.inf)
+        return (rtt, dc)
+
+    def datacenters(self) -> list[str]:
+        """Every datacenter with a server in the WAN pool (failed ones too, as serf lists them),
+        nearest first by median RTT; ours is at distance zero, so it leads unless another one
+        also estimates to zero and sorts before it by name (as Consul's stable sort does)."""
+        distances = self.distances()
+        return sorted(distances, key=lambda dc: self.sort_key(dc, distances))
+
+    def datacenter_maps(self) -> list[dict[str, Any]]:
+        """``/v1/coordinate/datacenters``: per datacenter, its servers' WAN coordinates as this
+        server's WAN pool holds them (names without the ``.<dc>`` suffix; servers with no known
+        coordinate are left out), datacenters and nodes in name order."""
+        peers = self.coordinates()
+        if peers is None:
+            return []
+        index: dict[str, list[dict[str, Any]]] = {}
+        for dc, name in self._wan_servers():
+            coord = peers.get(name)
+            if coord is None:
+                continue
+            suffix = f".{dc}"
+            node = name[: -len(suffix)] if name.endswith(suffix) else name
+            index.setdefault(dc, []).append({"Node": node, "Segment": "", "Coord": coord.to_json()})
+        return [
+            {"Datacenter": dc, "AreaID": AREA_WAN, "Coordinates": sorted(index[dc], key=lambda e: e["Node"])}
+            for dc in sorted(index)
+        ]
+
+    def candidates(self, dc: str) -> list[str]:
+        """Alive servers of `dc` to try in order: the last one that worked, then at random."""
+        servers = self._servers()
+        if not any(d == dc for d, _, _ in servers):
+            raise NoPathToDatacenter(dc)
+        alive = sorted(addr for d, status, addr in servers if d == dc and status == STATUS_ALIVE)
+        if not alive:
+            raise DatacenterNotAvailable(dc)
+        self.rng.shuffle(alive)
+        preferred = self._preferred.get(dc)
+        if preferred in alive:
+            alive.remove(preferred)
+            alive.insert(0, preferred)
+        return alive
+
+    async def _call(self, dc: str, method: str, body: Any, timeout_s: float, retry_sent: bool) -> Any:
+        last: Exception | None = None
+        for addr in self.candidates(dc):
+            try:
+                reply = await self.pool.call(addr, method, body, timeout_s=timeout_s)
+                self._preferred[dc] = addr
+                return reply
+            except RemoteError as exc:
+                raise RPCError(str(exc)) from None  # the remote datacenter's own answer
+            except (ConnectionRefusedError, TimeoutError) as exc:
+                # Refused: never sent. A connect timeout in the pool is also "never sent", but a
+                # reply timeout is not: a write is retried only when allowed.
+                last = exc
+                if isinstance(exc, TimeoutError) and not retry_sent:
+                    raise UnknownOutcome(f"rpc error: no answer from {addr} in {dc}; the write may have applied") from None
+            except (ConnectionError, OSError) as exc:
+                if not retry_sent:
+                    raise UnknownOutcome(f"rpc error: lost the server {addr} in {dc} mid-write: {exc}") from None
+                last = exc
+            if self._preferred.get(dc) == addr:
+                del self._preferred[dc]
+            logger.warning("rpc: server %s in datacenter %s failed (%s); trying another", addr, dc, last)
+        raise RPCError(f"rpc error: no server in datacenter {dc} answered: {last}")
+
+    async def call(self, dc: str, method: str, body: Any, timeout_s: float = 30.0) -> Any:
+        """One idempotent RPC to a server of datacenter `dc` (tried on the next one on failure)."""
+        return await self._call(dc, method, body, timeout_s, retry_sent=True)
+
+    async def query(self, dc: str, name: str, args: dict[str, Any], opts: QueryOptions,
+                    wait_s: float) -> tuple[QueryMeta, Any]:
+        """Answer a named read in datacenter `dc` (its servers apply their own leader rules)."""
+        body = {
+            "name": name,
+            "args": args,
+            "opts": [opts.min_index, opts.max_wait_s, opts.allow_stale, opts.require_consistent],
+            "dc": dc,
+        }
+        reply = await self._call(dc, "Client.Query", body, wait_s + 30.0, retry_sent=True)
+        index, known_leader, last_contact, consistency = reply["meta"]
+        return QueryMeta(index, known_leader, last_contact, consistency), reply["result"]
+
+    async def write(self, dc: str, command: commands.Command) -> tuple[WriteMeta, Any]:
+        """Propose `command` in datacenter `dc` (its server forwards once to its leader)."""
+        reply = await self._call(dc, "Client.Write", commands.encode(command), WRITE_TIMEOUT_S, retry_sent=False)
+        return WriteMeta(reply["index"]), decode_result(reply["result"])
+
+    async def close(self) -> None:
+        await self.pool.close()

@@ -1,0 +1,87 @@
+"""Real processes: a client agent remembers its LAN peers in `data_dir/serf/local.snapshot` and
+rejoins them after a restart without any `-join`; after `proconsul leave` it stays alone unless
+started with `-rejoin` (serf's snapshot and `rejoin_after_leave`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from cluster_helpers import free_subnet
+from helpers import AgentProcess, proconsul_command, wait_for
+
+
+def _members(agent: AgentProcess) -> dict[str, int]:
+    status, _, raw = agent.http("GET", "/v1/agent/members")
+    assert status == 200, raw
+    return {m["Name"]: m["Status"] for m in json.loads(raw)}
+
+
+def _client(ip: str, data_dir: Path, *extra: str) -> AgentProcess:
+    agent = AgentProcess(*extra, dev=False, ip=ip, node="c1", data_dir=str(data_dir))
+    agent.wait_for_leader = False
+    return agent
+
+
+def _up(agent: AgentProcess) -> bool:
+    assert agent.proc is not None and agent.proc.poll() is None, agent.log()
+    return "gossip: LAN pool on" in agent.log() and agent.http("GET", "/v1/agent/self")[0] == 200
+
+
+def _leave(agent: AgentProcess) -> None:
+    run = subprocess.run([proconsul_command(), "leave", f"-http-addr={agent.addr}"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run
+    assert agent.proc is not None
+    agent.proc.wait(60)
+
+
+def test_restarted_client_rejoins_from_its_snapshot(tmp_path: Path) -> None:
+    prefix = free_subnet(2)
+    sip, cip = f"{prefix}.1", f"{prefix}.2"
+    data = tmp_path / "c1"
+    server = AgentProcess("-server", "-bootstrap", "-hcl", "performance { raft_multiplier = 1 }", dev=False,
+                          ip=sip, node="srv", data_dir=str(tmp_path / "srv"))
+    running: list[AgentProcess] = []
+    try:
+        running.append(server.start())
+        first = _client(cip, data, f"-retry-join={sip}", "-retry-interval=1s")
+        running.append(first.start())
+        wait_for(lambda: _members(server) == {"srv": 1, "c1": 1}, timeout=60, what=lambda: first.log())
+        assert "alive: srv " in (data / "serf" / "local.snapshot").read_text()
+
+        # kill -9, then a restart with no join flags at all: it finds the server by itself.
+        first.kill()
+        wait_for(lambda: _members(server)["c1"] == 4, timeout=60, what="c1 failed")
+        second = _client(cip, data)
+        running.append(second.start())
+        wait_for(lambda: _members(server).get("c1") == 1 and _members(second).get("srv") == 1, timeout=60,
+                 what=lambda: f"c1 rejoined\n{second.log()}")
+        assert "Re-joined to previously known node: srv" in second.log()
+
+        # A graceful leave is remembered: the next start stays alone.
+        _leave(second)
+        wait_for(lambda: _members(server).get("c1") == 3, timeout=30, what="c1 left")
+        assert (data / "serf" / "local.snapshot").read_text().endswith("leave\n")
+        third = _client(cip, data)
+        running.append(third.start())
+        wait_for(lambda: _up(third), timeout=60, what=lambda: third.log())
+        assert "Attempting re-join" not in third.log()
+        assert _members(third) == {"c1": 1}
+        assert _members(server).get("c1") == 3
+
+        # Join once more, leave, and start with -rejoin: the leave is ignored and it rejoins.
+        third.stop()
+        fourth = _client(cip, data, f"-retry-join={sip}", "-retry-interval=1s")
+        running.append(fourth.start())
+        wait_for(lambda: _members(server).get("c1") == 1, timeout=60, what=lambda: fourth.log())
+        _leave(fourth)
+        wait_for(lambda: _members(server).get("c1") == 3, timeout=30, what="c1 left again")
+        fifth = _client(cip, data, "-rejoin")
+        running.append(fifth.start())
+        wait_for(lambda: _members(server).get("c1") == 1, timeout=60, what=lambda: f"rejoin\n{fifth.log()}")
+        assert "Ignoring previous leave in snapshot" in fifth.log()
+    finally:
+        for agent in running:
+            agent.stop()
