@@ -104,7 +104,10 @@ def test_servers_leaving_on_terminate_shrink_raft_and_keep_a_leader(tmp_path: Pa
         old_leader.signal(signal.SIGTERM)
         assert _exit_code(old_leader) == 0, old_leader.log()
         assert "left the Raft configuration" in old_leader.log(), old_leader.log()
-        assert "transferred Raft leadership to" in old_leader.log(), old_leader.log()
+        # It hands leadership over first; on a loaded machine the transfer may time out, and then
+        # it removes itself as leader instead. Either way the other two elect a leader below.
+        assert ("transferred Raft leadership to" in old_leader.log()
+                or "removing this server as the leader" in old_leader.log()), old_leader.log()
         remaining = sorted(cluster.name(x.ip) for x in rest)
         for agent in rest:
             wait_for(lambda agent=agent: _raft_servers(agent) == remaining, timeout=60,
@@ -140,7 +143,9 @@ def test_servers_leaving_on_terminate_shrink_raft_and_keep_a_leader(tmp_path: Pa
         remaining = sorted(cluster.name(ip) for ip in cluster.ips if ip != follower.ip)
         wait_for(lambda: _raft_servers(leader) == remaining, timeout=60,
                  what=lambda: f"raft peers {remaining}\n{leader.log()}")
-        assert cluster.leader_ip(leader) == leader_ip
+        # The leader normally stays; a slow machine may re-elect, so wait for any leader of the two.
+        wait_for(lambda: cluster.leader_ip(leader) in [ip for ip in cluster.ips if ip != follower.ip],
+                 timeout=60, what=lambda: f"a leader after the follower left\n{leader.log()}")
         assert put(leader, "after-follower-left", "3")
         listing = cli("operator", "raft", "list-peers", f"-http-addr={leader.addr}")
         assert listing.returncode == 0 and len(listing.stdout.strip().splitlines()) == 3, listing  # header + 2
