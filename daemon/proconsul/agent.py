@@ -503,6 +503,9 @@ class Agent:
             tags.update({"port": str(cfg.ports.server), "raft_vsn": "3", "expect": str(cfg.bootstrap_expect)})
             if cfg.bootstrap:
                 tags["bootstrap"] = "1"
+        elif cfg.advertise_reconnect_timeout_s:
+            # Consul's advertise_reconnect_timeout: the others reap us after this, not theirs.
+            tags["rc_tm"] = configmod.format_duration(cfg.advertise_reconnect_timeout_s)
         return {
             "Name": self.node_name,
             "Addr": self.address,
