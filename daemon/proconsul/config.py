@@ -368,6 +368,7 @@ class RuntimeConfig:
     skip_leave_on_interrupt: bool = False  # bool; true on servers, false on clients (derived)
     reconnect_timeout_s: float = 72 * 3600.0  # seconds; 72h; at least 8h
     reconnect_timeout_wan_s: float = 72 * 3600.0  # seconds; 72h; at least 8h
+    advertise_reconnect_timeout_s: float = 0.0  # seconds; 0 = others use their reconnect_timeout; clients only, no floor
     # Logging and process
     log_level: str = "INFO"  # TRACE|DEBUG|INFO|WARN|ERROR, upper-cased; INFO (DEBUG in -dev)
     log_json: bool = False  # bool; false
@@ -407,6 +408,7 @@ class RuntimeConfig:
     check_deregister_interval_min_s: float = 60.0  # seconds; 1m; floor for deregister_critical_service_after
     sync_coordinate_rate_target: float = 64.0  # updates/s; 64; cluster-wide coordinate updates the servers take
     sync_coordinate_interval_min_s: float = 15.0  # seconds; 15s; floor of each agent's coordinate update interval
+    reconnect_interval_s: float = 30.0  # seconds; 30s (serf ReconnectInterval); how often a failed member is retried
     # Test-only (not Consul): "host:port" -> "host:port" redirections for outbound server RPC and Raft
     # connections, so the simulation harness can route every directed link through its own proxy.
     dial_overrides: dict[str, str] = field(default_factory=dict)  # address -> address; {}
@@ -475,6 +477,9 @@ RELOADABLE: frozenset[str] = frozenset(
         "recursors",
         "check_update_interval_s",
         "sources",
+        # Read when the signal arrives (command/agent), so a reload changes the next stop.
+        "leave_on_terminate",
+        "skip_leave_on_interrupt",
     }
 )
 
@@ -573,6 +578,7 @@ SCHEMA: dict[str, Any] = {
     "skip_leave_on_interrupt": BOOL,
     "reconnect_timeout": DUR,
     "reconnect_timeout_wan": DUR,
+    "advertise_reconnect_timeout": DUR,
     "log_level": STR,
     "log_json": BOOL,
     "log_file": STR,
@@ -632,6 +638,7 @@ SCHEMA: dict[str, Any] = {
     "check_deregister_interval_min": DUR,
     "sync_coordinate_rate_target": FLOAT,
     "sync_coordinate_interval_min": DUR,
+    "reconnect_interval": DUR,
     "dial_overrides": STRMAP,
     "unsafe_follower_local_reads": BOOL,
     "performance": {"raft_multiplier": INT, "leave_drain_time": DUR, "rpc_hold_timeout": DUR},
@@ -739,7 +746,6 @@ SCHEMA: dict[str, Any] = {
             "advertise_addr_ipv6",
             "advertise_addr_wan_ipv4",
             "advertise_addr_wan_ipv6",
-            "advertise_reconnect_timeout",
             "audit",
             "auto_config",
             "auto_encrypt",
@@ -1788,6 +1794,12 @@ def _build(
         value = merged_get(key)
         if value is not None and value < 8 * 3600:
             out.at(key, f"{key} must be >= 8h")
+    if server and merged_get("advertise_reconnect_timeout", 0) != 0:
+        out.at("advertise_reconnect_timeout", "advertise_reconnect_timeout can only be used on a client")
+    if merged_get("advertise_reconnect_timeout", 0) < 0:
+        out.at("advertise_reconnect_timeout", "advertise_reconnect_timeout must not be negative")
+    if merged_get("reconnect_interval", 1.0) <= 0:
+        out.at("reconnect_interval", "reconnect_interval must be positive")
     if merged_get("autopilot.max_trailing_logs", 0) < 0:
         out.at(
             "autopilot.max_trailing_logs", "autopilot.max_trailing_logs must be greater than or equal to zero"

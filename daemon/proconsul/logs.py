@@ -10,7 +10,7 @@ Owns turning `log_level`, `log_json`, `enable_syslog`, `syslog_facility`, `log_f
   that journald reads.
 - syslog: RFC 3164 datagrams to the local socket, tag `proconsul`, facility `syslog_facility`.
   The socket is `/dev/log`; the environment variable `PROCONSUL_SYSLOG_SOCKET` replaces it (an
-  internal knob for tests and unusual hosts; docs/PACKAGING.md).
+  internal knob for tests and unusual hosts; docs/packaging.md).
 - file: `log_file` as Consul: a directory (ends in `/` or exists as one) gets `proconsul.log`
   inside; the active file keeps its name and a rotated one is renamed `<name>-<unix-ns>.log`,
   by size (`log_rotate_bytes`) or age (`log_rotate_duration`); `log_rotate_max_files` keeps that

@@ -7,6 +7,8 @@ Owns:
   ``reconnect_timeout`` and left ones for a day; memberlist forgets them after 30 s, so this
   table outlives the core's);
 - ``-join``/``-retry-join`` (``retry_interval``, ``retry_max``: exhausted means exit 1);
+- serf's reconnect loop and reaper on this table (:mod:`proconsul.reconnect`): failed members
+  are retried by a join now and then, and reaped after ``reconnect_timeout``;
 - ``leave`` and ``force-leave``;
 - the leader's reconcile of gossip members into the catalog (``serfHealth``), see
   :func:`proconsul.leader.reconcile_member`.
@@ -97,6 +99,9 @@ class Membership:
         # Called with each user event the pool delivers (ours included), see proconsul.events.
         self.user_event_listeners: list[Callable[[UserEventReceived], None]] = []
         self.leaving = False
+        # Members reaped from the table, by name, with when: the leader deregisters them from the
+        # catalog (Consul's handleReapMember), even when it became leader after the reap.
+        self.reaped: dict[str, tuple[MemberRecord, float]] = {}
         self._resolving = False  # a name-conflict resolution is under way
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -114,6 +119,14 @@ class Membership:
             self.node.advertise = (self.agent.address, 0)
             await self.node.start()
         logger.info("gossip: LAN pool on %s:%d", *self.node.address)
+        from proconsul.reconnect import Reconnector
+
+        Reconnector(
+            "LAN", self.records, self._reconnect_join,
+            reconnect_interval=lambda: self.config.reconnect_interval_s,
+            reconnect_timeout=lambda: self.config.reconnect_timeout_s,
+            on_reap=self._on_reaped,
+        ).start(self._tasks)
         previous = self.snapshot.previous_peers(self.agent.node_name) if self.snapshot is not None else []
         if previous:
             self._tasks.append(asyncio.get_running_loop().create_task(self._rejoin(previous), name="serf-rejoin"))
@@ -153,6 +166,20 @@ class Membership:
         targets = [a for a in addrs if not a.startswith("provider=")]
         # Consul agents join with serf's ignoreOld: a (re)joining agent does not replay old events.
         return await self.node.join(targets, self.config.ports.serf_lan, ignore_old=True)
+
+    async def _reconnect_join(self, addr: str) -> int:
+        # serf's reconnect joins at the memberlist level: events missed meanwhile are delivered.
+        if self.leaving:
+            return 0
+        return await self.node.join([addr], self.config.ports.serf_lan)
+
+    def _on_reaped(self, rec: MemberRecord) -> None:
+        now = time.time()
+        for name, (_, when) in list(self.reaped.items()):
+            if now - when > TOMBSTONE_TIMEOUT_S:  # no leader took it in a day: stop holding it
+                del self.reaped[name]
+        self.reaped[rec.member.name] = (rec, now)
+        self.changed.set()
 
     async def leave(self) -> None:
         self.leaving = True
@@ -278,6 +305,7 @@ class Membership:
             self.records[m.name] = rec
         else:
             rec.member = m
+        self.reaped.pop(m.name, None)  # back after a reap: it is a member again
         if event.kind in (MemberEventKind.FAIL, MemberEventKind.LEAVE, MemberEventKind.JOIN):
             logger.info("gossip: member %s %s", m.name, {1: "joined", 3: "left", 4: "failed"}.get(status, "changed"))
         self._notify(rec)
@@ -289,17 +317,6 @@ class Membership:
                 listener(rec)
             except Exception:
                 logger.exception("gossip: member listener failed")
-
-    def expire(self) -> list[MemberRecord]:
-        """Forget failed members past reconnect_timeout and left ones past the tombstone time."""
-        now = time.time()
-        gone = []
-        for name, rec in list(self.records.items()):
-            limit = self.config.reconnect_timeout_s if rec.status == STATUS_FAILED else TOMBSTONE_TIMEOUT_S
-            if rec.status in (STATUS_FAILED, STATUS_LEFT) and now - rec.since > limit:
-                del self.records[name]
-                gone.append(rec)
-        return gone
 
     def start_reconcile(self, server: Any, is_leader: Callable[[], bool]) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._reconcile_loop(server, is_leader)))
@@ -318,11 +335,23 @@ class Membership:
             self.changed.clear()
             if not is_leader():
                 continue
-            for rec in self.expire():
-                rec.status = STATUS_LEFT  # reaped: deregister as a left member would be
-                await self._reconcile_one(server, reconcile_member, rec)
+            await self._reconcile_reaped(server, reconcile_member)
             for rec in self.members():
                 await self._reconcile_one(server, reconcile_member, rec)
+
+    async def _reconcile_reaped(self, server: Any, fn: Any) -> None:
+        """Consul's handleReapMember: a reaped member's node leaves the catalog (never ours)."""
+        for name in sorted(self.reaped):
+            rec, _ = self.reaped[name]
+            m = rec.member
+            try:
+                # Deregistered exactly as a left member is; a node already gone writes nothing.
+                if await fn(server, m.name, m.addr[0], dict(m.tags), STATUS_LEFT, self.agent.node_name):
+                    logger.info("leader: member %s was reaped; deregistered", name)
+            except Exception as exc:  # no leader, lost leadership: the next pass retries
+                logger.debug("leader: reconcile of reaped %s failed: %s", name, exc)
+                continue
+            self.reaped.pop(name, None)
 
     async def _reconcile_one(self, server: Any, fn: Any, rec: MemberRecord) -> None:
         m = rec.member

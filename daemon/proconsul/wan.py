@@ -7,7 +7,8 @@ Owns:
   ``<node>.<dc>`` and carries the server's tags (``role=consul``, ``dc``, ``port``, ...), so every
   server in every federated datacenter knows how to reach every other one. It keeps serf's
   member table (failed members stay listed, left ones for a day), ``-join-wan`` /
-  ``retry_join_wan`` / ``start_join_wan``, leave and force-leave for the WAN pool.
+  ``retry_join_wan`` / ``start_join_wan``, leave and force-leave for the WAN pool, and serf's
+  reconnect loop and reaper on it (:mod:`proconsul.reconnect`, ``reconnect_timeout_wan``).
 - :class:`Router`: remote datacenters as the WAN members describe them, and forwarding of a
   named read (``Client.Query``) or a write (``Client.Write``) to an alive server of one of them
   over the server RPC port. Consul's behaviours kept (agent/router, agent/consul/rpc.go):
@@ -45,11 +46,11 @@ from proconsul.membership import (
     STATUS_FAILED,
     STATUS_LEAVING,
     STATUS_LEFT,
-    TOMBSTONE_TIMEOUT_S,
     MemberRecord,
     _status,
     member_json,
 )
+from proconsul.reconnect import Reconnector, reap
 from proconsul.rpc import (
     NoPathToDatacenter,
     QueryMeta,
@@ -126,6 +127,16 @@ class WANPool:
             self.node.advertise = (self.node.advertise[0] if self.node.advertise else self.agent.address, 0)
             await self.node.start()
         logger.info("gossip: WAN pool on %s:%d as %s", *self.node.address, self.name)
+        Reconnector(
+            "WAN", self.records, self._reconnect_join,
+            reconnect_interval=lambda: self.config.reconnect_interval_s,
+            reconnect_timeout=lambda: self.config.reconnect_timeout_wan_s,
+        ).start(self._tasks)
+
+    async def _reconnect_join(self, addr: str) -> int:
+        if self.leaving:
+            return 0
+        return await self.node.join([addr], self.config.ports.serf_wan)
 
     def start_retry_join(self, on_exhausted: Callable[[], None]) -> None:
         cfg = self.config
@@ -204,11 +215,7 @@ class WANPool:
 
     def expire(self) -> None:
         """Forget failed members past reconnect_timeout_wan and left ones past the tombstone time."""
-        now = time.time()
-        for name, rec in list(self.records.items()):
-            limit = self.config.reconnect_timeout_wan_s if rec.status == STATUS_FAILED else TOMBSTONE_TIMEOUT_S
-            if rec.status in (STATUS_FAILED, STATUS_LEFT) and now - rec.since > limit:
-                del self.records[name]
+        reap(self.records, time.time(), self.config.reconnect_timeout_wan_s)
 
     # --- views -------------------------------------------------------------------------------
 

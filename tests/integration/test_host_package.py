@@ -6,7 +6,11 @@ commands run inside through `nsenter` (this machine's PID 1 is not systemd, so t
 machined and no `machinectl`). The deb is installed with no network in the container, which
 shows it installs offline from the file alone.
 
-Needs root, systemd-nspawn (systemd-container), debootstrap, rpm and nsenter; scripts/setup-env
+The two-node check boots two copies, each in a network namespace this test creates, joined only
+by a veth pair (addresses exist only inside those namespaces): one a `bootstrap_expect = 1`
+server, the other a client joining it, both configured by drop-ins and started by systemd.
+
+Needs root, systemd-nspawn (systemd-container), debootstrap, rpm, nsenter and ip; scripts/setup-env
 test installs them. Where they cannot be had (not root) the test skips, except under CI.
 """
 
@@ -18,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,7 +38,7 @@ INSIDE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "DEBIA
 def _missing() -> str:
     if os.geteuid() != 0:
         return "needs root (systemd-nspawn, debootstrap)"
-    for tool in ("systemd-nspawn", "debootstrap", "rpm", "nsenter", "dpkg-deb"):
+    for tool in ("systemd-nspawn", "debootstrap", "rpm", "nsenter", "dpkg-deb", "ip"):
         if shutil.which(tool) is None:
             return f"{tool} is missing: run scripts/setup-env test"
     return ""
@@ -100,9 +105,10 @@ def packages() -> Iterator[dict[str, Path]]:
 class Container:
     """A booted Debian 12 container; `run` executes a shell command inside through nsenter."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, network: tuple[str, ...] = ("--private-network",)) -> None:
         self.root = root
         self.name = name
+        self.network = network  # nspawn's networking options
         self.log_path = root.parent / f"{name}.console"
         self.proc: subprocess.Popen[bytes] | None = None
         self.leader = 0
@@ -111,7 +117,7 @@ class Container:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 ["systemd-nspawn", "-D", str(self.root), "--boot", "--register=no", "--keep-unit",
-                 "--private-network", f"--machine={self.name}", f"--hostname={self.name}", "--console=read-only"],
+                 *self.network, f"--machine={self.name}", f"--hostname={self.name}", "--console=read-only"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
 
@@ -142,15 +148,20 @@ class Container:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.run("systemctl poweroff --no-block", check=False)
+        if self.leader > 0:
+            self.run("systemctl poweroff --no-block", check=False)
         try:
-            self.proc.wait(60)
+            self.proc.wait(60 if self.leader > 0 else 1)
         except subprocess.TimeoutExpired:
-            # Killing the container's init ends its PID namespace; nspawn then exits.
-            try:
-                os.kill(self.leader, 9)
-            except ProcessLookupError:
-                pass
+            # Killing the container's init ends its PID namespace; nspawn then exits. (Never
+            # kill(0): that would be this test's own process group.)
+            if self.leader > 0:
+                try:
+                    os.kill(self.leader, 9)
+                except ProcessLookupError:
+                    pass
+            else:
+                self.proc.terminate()
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -270,3 +281,129 @@ def test_deb_on_real_systemd(container: Container) -> None:
     box.run("apt-get purge -y -q proconsul", timeout=120)
     assert box.run("getent passwd proconsul", check=False).returncode != 0
     assert box.run("test -e /var/lib/proconsul || test -e /etc/proconsul.d", check=False).returncode != 0
+
+
+# --------------------------------------------------------------------------- two-node cluster
+
+
+class PrivateLink:
+    """Two network namespaces of this test joined by a veth pair: the only network two
+    containers share. Addresses exist only inside these namespaces; deleting them deletes the
+    pair."""
+
+    def __init__(self) -> None:
+        tag = f"pc{os.getpid() % 100000}"
+        self.namespaces = [f"{tag}-a", f"{tag}-b"]
+        self.subnet = f"10.213.{os.getpid() % 250 + 1}"
+        self.addresses = [f"{self.subnet}.1", f"{self.subnet}.2"]
+        self.created: list[str] = []
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    def create(self) -> PrivateLink:
+        for ns in self.namespaces:
+            self._ip("netns", "add", ns)
+            self.created.append(ns)
+        a, b = self.namespaces
+        self._ip("-n", a, "link", "add", "pcl0", "type", "veth", "peer", "name", "pcl1", "netns", b)
+        for ns, dev, addr in zip(self.namespaces, ("pcl0", "pcl1"), self.addresses, strict=True):
+            self._ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            self._ip("-n", ns, "link", "set", dev, "up")
+            self._ip("-n", ns, "link", "set", "lo", "up")
+        return self
+
+    def nspawn_args(self, i: int) -> tuple[str, ...]:
+        return (f"--network-namespace-path=/run/netns/{self.namespaces[i]}",)
+
+    def delete(self) -> None:
+        for ns in self.created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        self.created.clear()
+
+
+def _members_table(box: Container) -> dict[str, str]:
+    """`proconsul members` inside a container as {node: status}."""
+    out = box.run("proconsul members", check=False)
+    if out.returncode != 0:
+        return {}
+    rows = [line.split() for line in out.stdout.splitlines()[1:] if line.strip()]
+    return {row[0]: row[2] for row in rows}
+
+
+# The shipped proconsul.hcl is a bootstrapping server on loopback; these drop-ins turn one host
+# into a `bootstrap_expect = 1` server and the other into a client joining it. They override
+# settings proconsul.hcl sets, so their names sort after it (files are merged in lexical order).
+SERVER_DROP_IN = """bootstrap        = false
+bootstrap_expect = 1
+bind_addr        = "{addr}"
+"""
+CLIENT_DROP_IN = """server         = false
+bootstrap      = false
+bind_addr      = "{addr}"
+retry_join     = ["{server}"]
+retry_interval = "2s"
+service {{
+  name = "web"
+  port = 80
+}}
+"""
+
+
+@pytest.mark.timeout(900)  # two boots and two installs on a small shared machine
+def test_two_containers_form_a_cluster(packages: dict[str, Path]) -> None:
+    base = ensure_base()
+    link = PrivateLink()
+    boxes: list[Container] = []
+    with tempfile.TemporaryDirectory(prefix="proconsul-nspawn2-", dir=CACHE) as tmp:
+        try:
+            link.create()
+            for i, name in enumerate(("pc2srv", "pc2cli")):
+                root = Path(tmp) / name
+                subprocess.run(["cp", "-a", str(base), str(root)], check=True)
+                shutil.copy(packages["deb"], root / "root/proconsul.deb")
+                (root / "etc/hostname").write_text(f"{name}\n")  # the node name: one per host
+                boxes.append(Container(root, name, network=link.nspawn_args(i)))
+            with ThreadPoolExecutor(len(boxes)) as pool:  # both boot and install side by side
+                list(pool.map(Container.start, boxes))
+                list(pool.map(lambda box: box.run("apt-get install -y -q /root/proconsul.deb", timeout=300), boxes))
+            server, client = boxes
+            server_addr, client_addr = link.addresses
+            for box, text in ((server, SERVER_DROP_IN.format(addr=server_addr)),
+                              (client, CLIENT_DROP_IN.format(addr=client_addr, server=server_addr))):
+                box.run(f"cat > /etc/proconsul.d/role.hcl <<'EOF'\n{text}EOF\n"
+                        "chgrp proconsul /etc/proconsul.d/role.hcl && chmod 0640 /etc/proconsul.d/role.hcl")
+
+            server.run("systemctl start proconsul", timeout=120)
+            wait_for(lambda: server.run("curl -sf http://127.0.0.1:8500/v1/status/leader").stdout.strip()
+                     == f'"{server_addr}:8300"', timeout=90,
+                     what=lambda: "the server to lead\n" + server.run("journalctl -u proconsul --no-pager -o cat",
+                                                                      check=False).stdout[-3000:])
+            client.run("systemctl start proconsul", timeout=120)
+            assert client.run("systemctl is-active proconsul").stdout.strip() == "active"
+
+            both = {"pc2srv": "alive", "pc2cli": "alive"}
+            for box in boxes:
+                wait_for(lambda box=box: _members_table(box) == both, timeout=90,
+                         what=lambda box=box: f"both members alive on {box.name}: {_members_table(box)}\n"
+                         + box.run("journalctl -u proconsul --no-pager -o cat", check=False).stdout[-3000:])
+            # The client's service reached the server's catalog (anti-entropy through the server).
+            wait_for(lambda: '"pc2cli"' in server.run("curl -sf http://127.0.0.1:8500/v1/catalog/service/web",
+                                                      check=False).stdout,
+                     timeout=90, what="the client's web service in the server's catalog")
+            status = client.run("systemctl show -p StatusText --value proconsul").stdout
+            assert status.startswith("serving as a client"), status
+
+            # systemctl stop on the client: it leaves (leave_on_terminate is true on clients),
+            # exits 0, and the server lists it as left and drops it from the catalog.
+            client.run("systemctl stop proconsul", timeout=60)
+            show = client.run("systemctl show -p Result -p ExecMainStatus proconsul").stdout
+            assert "Result=success" in show and "ExecMainStatus=0" in show, show
+            wait_for(lambda: _members_table(server).get("pc2cli") == "left", timeout=60,
+                     what=lambda: f"the client left: {_members_table(server)}")
+            wait_for(lambda: server.run("curl -sf http://127.0.0.1:8500/v1/catalog/service/web").stdout.strip()
+                     == "[]", timeout=60, what="the client's service deregistered")
+        finally:
+            for box in boxes:
+                box.stop()
+            link.delete()

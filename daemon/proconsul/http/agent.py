@@ -297,7 +297,8 @@ async def reload(request: web.Request) -> web.Response:
 
 async def leave(request: web.Request) -> web.Response:
     agent = request.app["agent"]
-    agent.request_leave()
+    # Consul answers once the leave is done; the agent shuts down after it.
+    await agent.request_leave().done.wait()
     return web.Response(status=200)
 
 

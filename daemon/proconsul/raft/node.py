@@ -537,6 +537,31 @@ class RaftServer:
                 raise
         logger.info("raft: removed %s from the configuration", node_id)
 
+    async def transfer_leadership(self, timeout_s: float) -> str | None:
+        """Leader only: hand leadership to the most up-to-date other voter (as Consul's leaving
+        leader does, so the cluster never waits out an election timeout). Returns the new
+        leader's ID, or None when this is not a leader, has no other voter, or the transfer did
+        not happen within `timeout_s`."""
+        core = self._core()
+        if not self.is_leader():
+            return None
+        others = [v for v in sorted(core.config.voters) if v != self.id]
+        if not others:
+            return None
+        target = max(others, key=lambda v: core.progress(v)[0])  # ties: the first by ID
+        try:
+            core.transfer_leadership(target)
+        except (NotLeader, ProposalRejected):
+            return None
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if self.leader_id and self.leader_id != self.id:
+                return str(self.leader_id)
+            await asyncio.sleep(0.02)
+        return None
+
     def _core(self) -> RaftNode:
         if self.core is None:
             raise NoLeader()
