@@ -253,19 +253,6 @@ class Cluster:
 
         wait_until(ready, timeout, "the cluster to form (leader known, every member alive)")
 
-    def rejoin(self) -> None:
-        """Ask every running agent to join every server (`PUT /v1/agent/join/<ip>`), as an
-        operator would after a partition whose members gossip no longer reconnects."""
-        for node in self.nodes.values():
-            if not node.running:
-                continue
-            for server in self.servers:
-                if server is not node:
-                    try:
-                        requests.put(f"{node.url}/v1/agent/join/{server.ip}", timeout=10)
-                    except requests.RequestException:
-                        pass
-
     def leader_seen_by(self, node: Node) -> Node | None:
         try:
             resp = requests.get(f"{node.url}/v1/status/leader", timeout=5)

@@ -65,7 +65,6 @@ def run(scenario: Scenario, seed: int, out_dir: Path, time_limit_s: float | None
     nemesis: Nemesis | None = None
     cluster: Cluster | None = None
     harness_errors: list[str] = []
-    rejoin_needed = False
     t_started = time.monotonic()
     # Seconds spent in each phase, for result.json (docs/simulation.md records typical values).
     phases: dict[str, float] = {}
@@ -119,21 +118,12 @@ def run(scenario: Scenario, seed: int, out_dir: Path, time_limit_s: float | None
         nemesis.stop()
         nemesis.heal_everything()
         phase_done("workload")
-        rejoin_needed = False
         try:
-            # Serf's reconnect interval is 30 s: a healed cluster should be whole by then.
+            # Serf's reconnect loop retries failed members every 30 s: a healed cluster is whole
+            # again by then, with no operator action.
             cluster.wait_ready(timeout=float(scenario.checks.get("recovery_s", 45.0)))
-        except TimeoutError:
-            # proconsul has no serf reconnect loop yet: members declared failed during a long
-            # partition are not re-probed, so the gossip split outlives the heal. Rejoin by hand
-            # (what an operator does) and note it in the result.
-            rejoin_needed = True
-            log.warning("membership did not reconverge after healing; rejoining by hand")
-            cluster.rejoin()
-            try:
-                cluster.wait_ready(timeout=60)
-            except TimeoutError as exc:
-                harness_errors.append(f"cluster did not recover after healing: {exc}")
+        except TimeoutError as exc:
+            harness_errors.append(f"cluster did not recover after healing: {exc}")
         phase_done("recovery")
         for workload in workloads:
             workload.stop_event.set()  # all at once: their in-flight requests end together
@@ -169,7 +159,6 @@ def run(scenario: Scenario, seed: int, out_dir: Path, time_limit_s: float | None
         "toxiproxy": proxy_server.kind,
         "schedule": [dataclasses.asdict(f) for f in schedule],
         "harness_errors": harness_errors,
-        "membership_rejoin_needed": rejoin_needed,
         "wall_time_s": round(time.monotonic() - t_started, 1),
         "phases_s": phases,
         "nodes_dir": "nodes",
