@@ -17,6 +17,15 @@ from proconsul.gossip.core import Member, MemberState
 STATUS_NONE, STATUS_ALIVE, STATUS_LEAVING, STATUS_LEFT, STATUS_FAILED = 0, 1, 2, 3, 4
 # Serf's TombstoneTimeout: how long a left member stays listed.
 TOMBSTONE_TIMEOUT_S = 24 * 3600.0
+# The memberlist and serf protocol versions every member reports (Consul's, which tools check).
+PROTOCOL_VERSIONS = {
+    "ProtocolMin": 1,
+    "ProtocolMax": 5,
+    "ProtocolCur": 2,
+    "DelegateMin": 2,
+    "DelegateMax": 5,
+    "DelegateCur": 4,
+}
 
 
 @dataclass
@@ -43,10 +52,5 @@ def member_json(rec: MemberRecord) -> dict[str, Any]:
         "Port": m.addr[1],
         "Tags": dict(m.tags),
         "Status": rec.status,
-        "ProtocolMin": 1,
-        "ProtocolMax": 5,
-        "ProtocolCur": 2,
-        "DelegateMin": 2,
-        "DelegateMax": 5,
-        "DelegateCur": 4,
+        **PROTOCOL_VERSIONS,
     }
