@@ -1,6 +1,11 @@
-"""Real-process server clusters for integration tests (shared by the operator tests).
+"""Real-process clusters for integration tests, and the HTTP reads their tests share.
 
-Each cluster gets its own loopback subnet (127.a.b.1-3) with the standard ports, so servers find
+- `Cluster`: three servers (shared by the operator tests).
+- `LanCluster`: one server and client agents in one LAN gossip pool (shared by the gossip,
+  client-agent, keyring and coordinate tests).
+- `agent_json`, `member_statuses`, `serf_health`, `passing_nodes`: what those tests read back.
+
+Each cluster gets its own loopback subnet (127.a.b.1-N) with the standard ports, so agents find
 each other through `-retry-join` exactly as an operator configures them. Same layout as
 `tests/integration/test_raft_cluster.py`.
 """
@@ -12,6 +17,7 @@ import random
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from helpers import AgentProcess, proconsul_command, wait_for
 
@@ -78,6 +84,78 @@ class Cluster:
     def stop(self) -> None:
         for agent in self.nodes.values():
             agent.stop()
+
+
+class LanCluster:
+    """A `-server -bootstrap` agent `srv` (x.1, raft_multiplier 1) and client agents (x.2, x.3,
+    ...) that `-retry-join` it every second, each with its data dir under `root`.
+
+    `extra` flags go to every agent (the server and each client made by `client`); `hosts`
+    reserves more addresses than the first agents need, for clients a test adds later. Every
+    agent started through `start` or `add` is stopped by `stop`.
+    """
+
+    def __init__(self, root: Path, clients: tuple[str, ...] = ("c1", "c2"), *extra: str, hosts: int = 0) -> None:
+        self.root = root
+        self.extra = extra
+        self.prefix = free_subnet(max(hosts, 1 + len(clients)))
+        self.server_ip = f"{self.prefix}.1"
+        self.server = AgentProcess("-server", "-bootstrap", "-hcl", "performance { raft_multiplier = 1 }", *extra,
+                                   dev=False, ip=self.server_ip, node="srv", data_dir=str(root / "srv"))
+        self.clients = [self.client(name, host=i) for i, name in enumerate(clients, start=2)]
+        self.started: list[AgentProcess] = []
+
+    def client(self, name: str, *flags: str, host: int, extra: tuple[str, ...] | None = None) -> AgentProcess:
+        """A client agent `name` at x.`host` joining the server (not started); `extra` replaces
+        the cluster's flags for it (an agent with another key, say)."""
+        return AgentProcess(f"-retry-join={self.server_ip}", "-retry-interval=1s",
+                            *(self.extra if extra is None else extra), *flags,
+                            dev=False, ip=f"{self.prefix}.{host}", node=name, data_dir=str(self.root / name))
+
+    def start(self) -> list[AgentProcess]:
+        """Start the server, then the clients (each once it knows the leader); [srv, *clients]."""
+        try:
+            for agent in (self.server, *self.clients):
+                self.add(agent)
+        except BaseException:
+            self.stop()
+            raise
+        return [self.server, *self.clients]
+
+    def add(self, agent: AgentProcess) -> AgentProcess:
+        """Start `agent` and stop it with the cluster."""
+        self.started.append(agent.start())
+        return agent
+
+    def stop(self) -> None:
+        for agent in self.started:
+            agent.stop()
+
+
+def agent_json(agent: AgentProcess, method: str, path: str, body: bytes | None = None) -> Any:
+    """The JSON answer of a request that must succeed (200)."""
+    status, _, raw = agent.http(method, path, body)
+    assert status == 200, raw
+    return json.loads(raw) if raw else None
+
+
+def member_statuses(agent: AgentProcess, wan: bool = False) -> dict[str, int]:
+    """Name -> serf status (1 alive, 3 left, 4 failed) of every member `agent` lists."""
+    members = agent_json(agent, "GET", "/v1/agent/members" + ("?wan=1" if wan else ""))
+    return {m["Name"]: m["Status"] for m in members}
+
+
+def serf_health(agent: AgentProcess, node: str) -> str | None:
+    """The status of `node`'s serfHealth check in the catalog (None: no such check)."""
+    for check in agent_json(agent, "GET", f"/v1/health/node/{node}"):
+        if check["CheckID"] == "serfHealth":
+            return str(check["Status"])
+    return None
+
+
+def passing_nodes(agent: AgentProcess, service: str) -> list[str]:
+    """The nodes of `service`'s passing instances, sorted."""
+    return sorted(e["Node"]["Node"] for e in agent_json(agent, "GET", f"/v1/health/service/{service}?passing"))
 
 
 def put(agent: AgentProcess, key: str, value: str) -> bool:

@@ -6,6 +6,7 @@ fixed sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -63,6 +64,17 @@ def wait_for(
     if callable(what):
         what = what()  # e.g. a process log, read at the moment of failure
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last_exc!r}")
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    """`wait_for` for tests on the running event loop: poll `predicate` every 50 ms without
+    blocking the loop; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
 
 
 class AgentProcess:

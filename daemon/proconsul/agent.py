@@ -42,6 +42,7 @@ from proconsul.operator import Operator
 from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.raft.single import SingleNodeLog
 from proconsul.rpc import NoPathToDatacenter, Server
+from proconsul.serf_member import PROTOCOL_VERSIONS
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
 from proconsul.structs import DecodeError, decode_check, decode_service
@@ -512,12 +513,7 @@ class Agent:
             "Port": cfg.ports.serf_lan,
             "Tags": tags,
             "Status": MEMBER_ALIVE,
-            "ProtocolMin": 1,
-            "ProtocolMax": 5,
-            "ProtocolCur": 2,
-            "DelegateMin": 2,
-            "DelegateMax": 5,
-            "DelegateCur": 4,
+            **PROTOCOL_VERSIONS,
         }
 
     def members(self, wan: bool = False) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from proconsul.autopilot import DeadServerCleanup
 from proconsul.leader import SessionTimers, reconcile_alive_server
 from proconsul.raft.node import RaftServer
 from proconsul.rpc import RPCError, Server
+from proconsul.tasks import cancel_and_wait
 from proconsul.transport import ConnectionPool, Listener, rpc_stream_handler
 from proconsul.wire import ConnType
 
@@ -109,13 +110,7 @@ class ClusterMember:
         self._tasks.append(loop.create_task(self.autopilot.run(), name="autopilot"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         await self.raft.stop()
         await self.listener.stop()
         await self.pool.close()

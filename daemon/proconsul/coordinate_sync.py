@@ -28,6 +28,7 @@ from typing import Any
 from proconsul.coordinate import DEFAULT_CONFIG, DEFAULT_SEGMENT, Coordinate, InvalidCoordinate
 from proconsul.rpc import NotLeader, RPCError
 from proconsul.state import commands
+from proconsul.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -213,13 +214,7 @@ class CoordinateSync:
             self._tasks.append(loop.create_task(self.endpoint.run(), name="coordinate-batch"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     def interval(self) -> float:

@@ -206,6 +206,20 @@ def _locality(suffixes: list[str], local_dc: str) -> str | None:
 Instance = tuple[Node, ServiceInstance, list[HealthCheck]]
 
 
+def split_name(q: Question) -> tuple[str, list[str], list[str]]:
+    """A forward name read as ``<parts>.<kind>.<suffixes>.<domain>``: the rightmost label that
+    names a kind (``service``, ``node``, ...) splits it; ("", [], []) when none does."""
+    rest = q.name[: -len(q.domain)].rstrip(".") if q.name != q.domain else ""
+    labels = rest.split(".") if rest else []
+    for i in range(len(labels) - 1, -1, -1):
+        if labels[i] in _KINDS:
+            return labels[i], labels[:i], labels[i + 1 :]
+        # For SRV the `.service` label is optional in the RFC 2782 form.
+        if q.qtype == QTYPE.SRV and labels[i].startswith("_"):
+            return "service", labels[: i + 1], labels[i + 1 :]
+    return "", [], []
+
+
 class _Item:
     """One healthy instance in a cached entry, with its group built on first use."""
 
@@ -311,17 +325,7 @@ class Resolver:
             return Answer(rcode=RCODE.NOTIMP)
         if q.name == "arpa." or q.name.endswith(".arpa."):
             return self._ptr(store, q)
-        rest = q.name[: -len(q.domain)].rstrip(".") if q.name != q.domain else ""
-        labels = rest.split(".") if rest else []
-        kind, parts, suffixes = "", [], []
-        for i in range(len(labels) - 1, -1, -1):
-            if labels[i] in _KINDS:
-                kind, parts, suffixes = labels[i], labels[:i], labels[i + 1 :]
-                break
-            # For SRV the `.service` label is optional in the RFC 2782 form.
-            if q.qtype == QTYPE.SRV and labels[i].startswith("_"):
-                kind, parts, suffixes = "service", labels[: i + 1], labels[i + 1 :]
-                break
+        kind, parts, suffixes = split_name(q)
         if kind == "addr":
             return self._addr(q, parts)
         if kind not in ("service", "node") or not parts:

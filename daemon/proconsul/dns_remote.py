@@ -27,7 +27,7 @@ from typing import Any
 from dnslib import QTYPE
 
 from proconsul.config import RuntimeConfig
-from proconsul.dns_answer import _KINDS, CONSUL_SERVICE, Answer, Question, Resolver, _locality
+from proconsul.dns_answer import CONSUL_SERVICE, Answer, Question, Resolver, _locality, split_name
 from proconsul.rpc import NoPathToDatacenter, QueryOptions, RPCError
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store
@@ -86,16 +86,7 @@ def catalog_need(q: Question, datacenter: str) -> dict[str, Any]:
         return {}
     if q.name == "arpa." or q.name.endswith(".arpa."):
         return {"all": True}  # reverse lookups scan every node and service address
-    rest = q.name[: -len(q.domain)].rstrip(".") if q.name != q.domain else ""
-    labels = rest.split(".") if rest else []
-    kind, parts, suffixes = "", [], []
-    for i in range(len(labels) - 1, -1, -1):
-        if labels[i] in _KINDS:
-            kind, parts, suffixes = labels[i], labels[:i], labels[i + 1 :]
-            break
-        if q.qtype == QTYPE.SRV and labels[i].startswith("_"):
-            kind, parts, suffixes = "service", labels[: i + 1], labels[i + 1 :]
-            break
+    kind, parts, suffixes = split_name(q)
     if kind not in ("service", "node") or not parts or _locality(suffixes, datacenter) != datacenter:
         return {}
     if kind == "node":

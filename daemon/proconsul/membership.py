@@ -2,7 +2,8 @@
 
 Owns:
 - the LAN ``GossipNode`` of every agent (tags: role, dc, id, build, vsn, and port for servers),
-  encrypted when ``encrypt`` or a persisted keyring says so;
+  encrypted when ``encrypt`` or a persisted keyring says so; its life cycle, joins and member
+  table are those of every pool (:class:`~proconsul.serf_pool.SerfPool`, shared with the WAN pool);
 - the member table as ``/v1/agent/members`` reports it (serf keeps failed members until
   ``reconnect_timeout`` and left ones for a day; memberlist forgets them after 30 s, so this
   table outlives the core's);
@@ -17,12 +18,10 @@ Owns:
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -30,7 +29,6 @@ import msgpack
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.core import (
     Event,
-    Member,
     MemberEvent,
     MemberEventKind,
     MemberState,
@@ -38,95 +36,62 @@ from proconsul.gossip.core import (
     UserEventReceived,
 )
 from proconsul.gossip.keyring import Keyring, setup_keyring
-from proconsul.gossip.node import GossipNode
-from proconsul.serf_queries import KeyringQueries, QueryAsker
+from proconsul.serf_member import (  # the names other modules import from here too
+    STATUS_ALIVE,
+    STATUS_FAILED,  # noqa: F401
+    STATUS_LEAVING,  # noqa: F401
+    STATUS_LEFT,
+    STATUS_NONE,  # noqa: F401
+    TOMBSTONE_TIMEOUT_S,
+    MemberRecord,
+    member_json,  # noqa: F401
+)
+from proconsul.serf_pool import SerfPool
 from proconsul.serf_snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
 
-# Serf member status numbers (serf.MemberStatus), as /v1/agent/members reports them.
-STATUS_NONE, STATUS_ALIVE, STATUS_LEAVING, STATUS_LEFT, STATUS_FAILED = 0, 1, 2, 3, 4
-# Serf's TombstoneTimeout: how long a left member stays listed.
-TOMBSTONE_TIMEOUT_S = 24 * 3600.0
 # How often the leader re-runs the full reconcile even without gossip events (Consul: 60 s).
 RECONCILE_INTERVAL_S = 60.0
 
 
-@dataclass
-class MemberRecord:
-    member: Member
-    status: int
-    since: float  # wall clock of the last status change
-
-
-def _status(state: MemberState) -> int:
-    if state in (MemberState.ALIVE, MemberState.SUSPECT):
-        return STATUS_ALIVE
-    if state == MemberState.LEFT:
-        return STATUS_LEFT
-    return STATUS_FAILED
-
-
-class Membership:
+class Membership(SerfPool):
     """One agent's LAN pool membership."""
 
+    # Consul agents join with serf's ignoreOld: a (re)joining agent does not replay old events.
+    join_ignores_old_events = True
+
     def __init__(self, agent: Any, tags: dict[str, str]) -> None:
-        self.agent = agent
         cfg = agent.config
-        self.config = cfg
-        bind_host = cfg.serf_lan or cfg.bind_addr
         self.keyring = setup_keyring(cfg.encrypt, cfg.data_dir)
-        self.gossip_config = GossipConfig.local() if cfg.dev else GossipConfig.lan()
-        self.node = GossipNode(
-            agent.node_name,
-            (bind_host, cfg.ports.serf_lan),
-            self.gossip_config,
+        super().__init__(
+            agent, "LAN", agent.node_name, cfg.ports.serf_lan,
+            bind_host=cfg.serf_lan or cfg.bind_addr,
+            advertise_host=agent.address,
+            gossip_config=GossipConfig.local() if cfg.dev else GossipConfig.lan(),
             tags=tags,
-            on_event=self._on_event,
-            advertise=(agent.address, cfg.ports.serf_lan),
             keyring=self.keyring,
-            disable_coordinates=cfg.disable_coordinates,
+            save_keyring=self._save_keyring,
             merge_check=self._merge_check,
         )
-        self.queries = QueryAsker(self.node)
-        self.keyring_queries = KeyringQueries(self.node, self.queries, self._save_keyring)
         # Peers to rejoin after a restart (serf's snapshot); dev agents keep nothing.
         self.snapshot = Snapshot(cfg.data_dir, cfg.rejoin_after_leave) if cfg.data_dir and not cfg.dev else None
-        self.records: dict[str, MemberRecord] = {}
         self.changed = asyncio.Event()
         # Called with each member event (the leader's reconcile and client server lists).
         self.listeners: list[Callable[[MemberRecord], None]] = []
         # Called with each user event the pool delivers (ours included), see proconsul.events.
         self.user_event_listeners: list[Callable[[UserEventReceived], None]] = []
-        self.leaving = False
         # Members reaped from the table, by name, with when: the leader deregisters them from the
         # catalog (Consul's handleReapMember), even when it became leader after the reap.
         self.reaped: dict[str, tuple[MemberRecord, float]] = {}
         self._resolving = False  # a name-conflict resolution is under way
-        self._tasks: list[asyncio.Task[Any]] = []
 
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            await self.node.start()
-        except OSError as exc:
-            if not (self.config.dev and exc.errno == errno.EADDRINUSE):
-                raise
-            # Dev agents are throwaway: another one already holds 8301 on this host.
-            logger.warning("gossip: port %d in use, dev agent gossips on a random port", self.config.ports.serf_lan)
-            self.node.bind = (self.node.bind[0], 0)
-            self.node.advertise = (self.agent.address, 0)
-            await self.node.start()
+        await self._bind()
         logger.info("gossip: LAN pool on %s:%d", *self.node.address)
-        from proconsul.reconnect import Reconnector
-
-        Reconnector(
-            "LAN", self.records, self._reconnect_join,
-            reconnect_interval=lambda: self.config.reconnect_interval_s,
-            reconnect_timeout=lambda: self.config.reconnect_timeout_s,
-            on_reap=self._on_reaped,
-        ).start(self._tasks)
+        self._start_reconnect(lambda: self.config.reconnect_timeout_s, on_reap=self._on_reaped)
         previous = self.snapshot.previous_peers(self.agent.node_name) if self.snapshot is not None else []
         if previous:
             self._tasks.append(asyncio.get_running_loop().create_task(self._rejoin(previous), name="serf-rejoin"))
@@ -142,36 +107,8 @@ class Membership:
         logger.warning("serf: Failed to re-join any previously known node")
 
     def start_retry_join(self, on_exhausted: Callable[[], None]) -> None:
-        addrs = list(dict.fromkeys([*self.config.start_join, *self.config.retry_join]))
-        if addrs:
-            self._tasks.append(asyncio.get_running_loop().create_task(self._retry_join(addrs, on_exhausted)))
-
-    async def _retry_join(self, addrs: list[str], on_exhausted: Callable[[], None]) -> None:
         cfg = self.config
-        attempt = 0
-        while True:
-            attempt += 1
-            n = await self.join(addrs)
-            if n > 0:
-                logger.info("agent: join LAN completed; synced with %d initial agents", n)
-                return
-            if cfg.retry_max and attempt >= cfg.retry_max:
-                logger.error("agent: max join LAN retry exhausted, exiting")
-                on_exhausted()
-                return
-            logger.warning("agent: join LAN failed, retrying in %gs (attempt %d)", cfg.retry_interval_s, attempt)
-            await asyncio.sleep(cfg.retry_interval_s)
-
-    async def join(self, addrs: list[str]) -> int:
-        targets = [a for a in addrs if not a.startswith("provider=")]
-        # Consul agents join with serf's ignoreOld: a (re)joining agent does not replay old events.
-        return await self.node.join(targets, self.config.ports.serf_lan, ignore_old=True)
-
-    async def _reconnect_join(self, addr: str) -> int:
-        # serf's reconnect joins at the memberlist level: events missed meanwhile are delivered.
-        if self.leaving:
-            return 0
-        return await self.node.join([addr], self.config.ports.serf_lan)
+        self._start_retry_join([*cfg.start_join, *cfg.retry_join], cfg.retry_max, cfg.retry_interval_s, on_exhausted)
 
     def _on_reaped(self, rec: MemberRecord) -> None:
         now = time.time()
@@ -182,36 +119,14 @@ class Membership:
         self.changed.set()
 
     async def leave(self) -> None:
-        self.leaving = True
         if self.snapshot is not None:
             self.snapshot.leave()
-        me = self.records.get(self.agent.node_name)
-        if me is not None:
-            me.status = STATUS_LEAVING
-        await self.node.leave()
+        await super().leave()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-        await self.node.stop()
+        await super().stop()
         if self.snapshot is not None:
             self.snapshot.close()
-
-    def force_leave(self, name: str, prune: bool = False) -> bool:
-        known = self.node.force_leave(name)
-        rec = self.records.get(name)
-        if rec is not None and rec.status == STATUS_FAILED:
-            rec.status = STATUS_LEFT
-            rec.since = time.time()
-            self._notify(rec)
-        if prune and rec is not None and rec.status == STATUS_LEFT:
-            del self.records[name]
-        return known or rec is not None
 
     # --- events ------------------------------------------------------------------------------
 
@@ -296,18 +211,10 @@ class Membership:
                 self.snapshot.member_gone(m.name)
         if event.kind is MemberEventKind.REAP:
             return  # serf keeps the member listed (failed until reconnect_timeout, left for a day)
-        status = _status(m.state)
-        if m.name == self.agent.node_name and self.leaving and status == STATUS_LEFT:
-            status = STATUS_LEFT
-        rec = self.records.get(m.name)
-        if rec is None or rec.status != status:
-            rec = MemberRecord(m, status, time.time())
-            self.records[m.name] = rec
-        else:
-            rec.member = m
+        rec, _ = self._record(m)
         self.reaped.pop(m.name, None)  # back after a reap: it is a member again
         if event.kind in (MemberEventKind.FAIL, MemberEventKind.LEAVE, MemberEventKind.JOIN):
-            logger.info("gossip: member %s %s", m.name, {1: "joined", 3: "left", 4: "failed"}.get(status, "changed"))
+            logger.info("gossip: member %s %s", m.name, {1: "joined", 3: "left", 4: "failed"}.get(rec.status, "changed"))
         self._notify(rec)
 
     def _notify(self, rec: MemberRecord) -> None:
@@ -362,17 +269,6 @@ class Membership:
 
     # --- views -------------------------------------------------------------------------------
 
-    def members(self) -> list[MemberRecord]:
-        return [self.records[n] for n in sorted(self.records)]
-
-    def counts(self) -> dict[str, str]:
-        recs = list(self.records.values())
-        return {
-            "members": str(sum(1 for r in recs if r.status in (STATUS_ALIVE, STATUS_LEAVING))),
-            "failed": str(sum(1 for r in recs if r.status == STATUS_FAILED)),
-            "left": str(sum(1 for r in recs if r.status == STATUS_LEFT)),
-        }
-
     def servers(self) -> list[tuple[str, str]]:
         """Alive servers of our datacenter as (name, "host:port") for RPC, sorted by name."""
         out = []
@@ -382,19 +278,3 @@ class Membership:
                 out.append((rec.member.name, f"{rec.member.addr[0]}:{tags.get('port', '8300')}"))
         return out
 
-
-def member_json(rec: MemberRecord) -> dict[str, Any]:
-    m = rec.member
-    return {
-        "Name": m.name,
-        "Addr": m.addr[0],
-        "Port": m.addr[1],
-        "Tags": dict(m.tags),
-        "Status": rec.status,
-        "ProtocolMin": 1,
-        "ProtocolMax": 5,
-        "ProtocolCur": 2,
-        "DelegateMin": 2,
-        "DelegateMax": 5,
-        "DelegateCur": 4,
-    }

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from proconsul.config import parse_duration
-from proconsul.membership import STATUS_FAILED, STATUS_LEFT, TOMBSTONE_TIMEOUT_S, MemberRecord
+from proconsul.serf_member import STATUS_FAILED, STATUS_LEFT, TOMBSTONE_TIMEOUT_S, MemberRecord
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """The WAN gossip pool of a server and the router of remote datacenters built from it.
 
 Owns:
-- :class:`WANPool`: the second ``GossipNode`` every server runs (Consul's serf WAN), on
+- :class:`WANPool`: the second ``GossipNode`` every server runs (Consul's serf WAN; a
+  :class:`~proconsul.serf_pool.SerfPool`, like the LAN pool), on
   ``serf_wan``/``ports.serf_wan`` (8302) with memberlist's WAN timing profile and the LAN pool's
   keyring object (one gossip key, rotated for both pools at once). Its member is named
   ``<node>.<dc>`` and carries the server's tags (``role=consul``, ``dc``, ``port``, ...), so every
@@ -28,8 +29,6 @@ Owns:
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import logging
 import math
 import random
@@ -40,17 +39,7 @@ from typing import Any
 from proconsul.coordinate import PeerCoordinates, distance
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.core import Event, MemberEvent, MemberEventKind, NameConflict
-from proconsul.gossip.node import GossipNode
-from proconsul.membership import (
-    STATUS_ALIVE,
-    STATUS_FAILED,
-    STATUS_LEAVING,
-    STATUS_LEFT,
-    MemberRecord,
-    _status,
-    member_json,
-)
-from proconsul.reconnect import Reconnector, reap
+from proconsul.reconnect import reap
 from proconsul.rpc import (
     NoPathToDatacenter,
     QueryMeta,
@@ -60,7 +49,8 @@ from proconsul.rpc import (
     WriteMeta,
     decode_result,
 )
-from proconsul.serf_queries import KeyringQueries, QueryAsker
+from proconsul.serf_member import STATUS_ALIVE, STATUS_LEFT, MemberRecord
+from proconsul.serf_pool import SerfPool
 from proconsul.state import commands
 from proconsul.transport import ConnectionPool, RemoteError
 
@@ -85,111 +75,35 @@ def wan_name(node: str, datacenter: str) -> str:
     return f"{node}.{datacenter}"
 
 
-class WANPool:
+class WANPool(SerfPool):
     """A server's WAN pool membership."""
 
     def __init__(self, agent: Any, tags: dict[str, str], keyring: Any) -> None:
         cfg = agent.config
-        self.agent = agent
-        self.config = cfg
-        self.name = wan_name(agent.node_name, cfg.datacenter)
-        bind_host = cfg.serf_wan or cfg.bind_addr
-        advertise_host = cfg.advertise_addr_wan or agent.address
-        # Dev agents gossip on one host, where the WAN profile's 5 s probes only slow things down.
-        self.gossip_config = GossipConfig.local() if cfg.dev else GossipConfig.wan()
-        self.node = GossipNode(
-            self.name,
-            (bind_host, cfg.ports.serf_wan),
-            self.gossip_config,
+        super().__init__(
+            agent, "WAN", wan_name(agent.node_name, cfg.datacenter), cfg.ports.serf_wan,
+            bind_host=cfg.serf_wan or cfg.bind_addr,
+            advertise_host=cfg.advertise_addr_wan or agent.address,
+            # Dev agents gossip on one host, where the WAN profile's 5 s probes only slow things down.
+            gossip_config=GossipConfig.local() if cfg.dev else GossipConfig.wan(),
             tags=tags,
-            on_event=self._on_event,
-            advertise=(advertise_host, cfg.ports.serf_wan),
             keyring=keyring,
-            disable_coordinates=cfg.disable_coordinates,
+            # The keyring object is the LAN pool's, so a WAN key change is persisted to the same file.
+            save_keyring=agent.membership._save_keyring,
         )
-        # The keyring object is the LAN pool's, so a WAN key change is persisted to the same file.
-        self.queries = QueryAsker(self.node)
-        self.keyring_queries = KeyringQueries(self.node, self.queries, agent.membership._save_keyring)
-        self.records: dict[str, MemberRecord] = {}
-        self.leaving = False
-        self._tasks: list[asyncio.Task[Any]] = []
 
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            await self.node.start()
-        except OSError as exc:
-            if not (self.config.dev and exc.errno == errno.EADDRINUSE):
-                raise
-            logger.warning("gossip: port %d in use, dev agent gossips WAN on a random port", self.config.ports.serf_wan)
-            self.node.bind = (self.node.bind[0], 0)
-            self.node.advertise = (self.node.advertise[0] if self.node.advertise else self.agent.address, 0)
-            await self.node.start()
+        await self._bind()
         logger.info("gossip: WAN pool on %s:%d as %s", *self.node.address, self.name)
-        Reconnector(
-            "WAN", self.records, self._reconnect_join,
-            reconnect_interval=lambda: self.config.reconnect_interval_s,
-            reconnect_timeout=lambda: self.config.reconnect_timeout_wan_s,
-        ).start(self._tasks)
-
-    async def _reconnect_join(self, addr: str) -> int:
-        if self.leaving:
-            return 0
-        return await self.node.join([addr], self.config.ports.serf_wan)
+        self._start_reconnect(lambda: self.config.reconnect_timeout_wan_s)
 
     def start_retry_join(self, on_exhausted: Callable[[], None]) -> None:
         cfg = self.config
-        addrs = list(dict.fromkeys([*cfg.start_join_wan, *cfg.retry_join_wan]))
-        if addrs:
-            self._tasks.append(asyncio.get_running_loop().create_task(self._retry_join(addrs, on_exhausted)))
-
-    async def _retry_join(self, addrs: list[str], on_exhausted: Callable[[], None]) -> None:
-        cfg = self.config
-        attempt = 0
-        while True:
-            attempt += 1
-            n = await self.join(addrs)
-            if n > 0:
-                logger.info("agent: join WAN completed; synced with %d initial agents", n)
-                return
-            if cfg.retry_max_wan and attempt >= cfg.retry_max_wan:
-                logger.error("agent: max join WAN retry exhausted, exiting")
-                on_exhausted()
-                return
-            logger.warning("agent: join WAN failed, retrying in %gs (attempt %d)", cfg.retry_interval_wan_s, attempt)
-            await asyncio.sleep(cfg.retry_interval_wan_s)
-
-    async def join(self, addrs: list[str]) -> int:
-        targets = [a for a in addrs if not a.startswith("provider=")]
-        return await self.node.join(targets, self.config.ports.serf_wan)
-
-    async def leave(self) -> None:
-        self.leaving = True
-        me = self.records.get(self.name)
-        if me is not None:
-            me.status = STATUS_LEAVING
-        await self.node.leave()
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-        await self.node.stop()
-
-    def force_leave(self, name: str, prune: bool = False) -> bool:
-        known = self.node.force_leave(name)
-        rec = self.records.get(name)
-        if rec is not None and rec.status == STATUS_FAILED:
-            rec.status = STATUS_LEFT
-            rec.since = time.time()
-        if prune and rec is not None and rec.status == STATUS_LEFT:
-            del self.records[name]
-        return known or rec is not None
+        self._start_retry_join(
+            [*cfg.start_join_wan, *cfg.retry_join_wan], cfg.retry_max_wan, cfg.retry_interval_wan_s, on_exhausted
+        )
 
     # --- events ------------------------------------------------------------------------------
 
@@ -203,14 +117,9 @@ class WANPool:
         if not isinstance(event, MemberEvent) or event.kind is MemberEventKind.REAP:
             return  # serf keeps reaped members listed (failed until reconnect_timeout_wan)
         m = event.member
-        status = _status(m.state)
-        rec = self.records.get(m.name)
-        if rec is None or rec.status != status:
-            self.records[m.name] = MemberRecord(m, status, time.time())
-            if event.kind in (MemberEventKind.FAIL, MemberEventKind.LEAVE, MemberEventKind.JOIN):
-                logger.info("gossip: WAN member %s %s", m.name, {1: "joined", 3: "left", 4: "failed"}.get(status, "changed"))
-        else:
-            rec.member = m
+        rec, changed = self._record(m)
+        if changed and event.kind in (MemberEventKind.FAIL, MemberEventKind.LEAVE, MemberEventKind.JOIN):
+            logger.info("gossip: WAN member %s %s", m.name, {1: "joined", 3: "left", 4: "failed"}.get(rec.status, "changed"))
         self.expire()
 
     def expire(self) -> None:
@@ -220,19 +129,9 @@ class WANPool:
     # --- views -------------------------------------------------------------------------------
 
     def members(self) -> list[MemberRecord]:
+        """Members in name order; failed and left ones past their time are forgotten first."""
         self.expire()
-        return [self.records[n] for n in sorted(self.records)]
-
-    def members_json(self) -> list[dict[str, Any]]:
-        return [member_json(rec) for rec in self.members()]
-
-    def counts(self) -> dict[str, str]:
-        recs = self.members()
-        return {
-            "members": str(sum(1 for r in recs if r.status in (STATUS_ALIVE, STATUS_LEAVING))),
-            "failed": str(sum(1 for r in recs if r.status == STATUS_FAILED)),
-            "left": str(sum(1 for r in recs if r.status == STATUS_LEFT)),
-        }
+        return super().members()
 
 
 class Router:

@@ -4,10 +4,10 @@ coordinate cache on real loopback sockets."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 
+from helpers import wait_until
 from proconsul.coordinate import Coordinate, encode_ack_payload
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.core import GossipCore, MemberEvent, MemberEventKind, Output, PingComplete
@@ -72,15 +72,6 @@ FAST = dataclasses.replace(
 )
 
 
-async def _wait(pred, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 async def test_nodes_learn_each_others_coordinates_over_loopback() -> None:
     nodes = [GossipNode(f"n{i}", ("127.0.0.1", 0), FAST) for i in range(3)]
     quiet = GossipNode("quiet", ("127.0.0.1", 0), FAST, disable_coordinates=True)
@@ -98,7 +89,7 @@ async def test_nodes_learn_each_others_coordinates_over_loopback() -> None:
                     and node.coordinates.get(n) != Coordinate.origin()}
 
         # Every node moved off the origin and holds the others' moved coordinates.
-        await _wait(lambda: all(cached(n) == names for n in nodes))
+        await wait_until(lambda: all(cached(n) == names for n in nodes), timeout=20.0)
         for node in nodes:
             assert node.coordinates is not None and node.coordinates.rejected == 0
             mine = node.coordinates.coordinate

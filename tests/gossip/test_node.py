@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 
 import pytest
+from helpers import wait_until
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.core import MemberEvent, MemberEventKind, MemberState, UserEventReceived
 from proconsul.gossip.keyring import Keyring, KeyringError, decode_key, generate_key, setup_keyring
@@ -22,15 +22,6 @@ FAST = dataclasses.replace(
     gossip_to_the_dead_time_s=30.0,
     leave_timeout_s=2.0,
 )
-
-
-async def _wait(pred, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 def _states(node: GossipNode) -> dict[str, MemberState]:
@@ -55,25 +46,25 @@ async def test_three_nodes_join_fail_and_leave() -> None:
         first = f"{nodes[0].address[0]}:{nodes[0].address[1]}"
         assert await nodes[1].join([first]) == 1
         assert await nodes[2].join([first]) == 1
-        await _wait(lambda: all(len(n.members()) == 3 for n in nodes))
+        await wait_until(lambda: all(len(n.members()) == 3 for n in nodes))
         assert {m.tags["i"] for m in nodes[2].members()} == {"0", "1", "2"}
         assert any(isinstance(e, MemberEvent) and e.kind is MemberEventKind.JOIN and e.member.name == "n2"
                    for e in events[0])
 
         # User events reach everyone once.
         nodes[0].send_user_event("deploy", b"v1")
-        await _wait(lambda: all(any(isinstance(e, UserEventReceived) and e.name == "deploy" for e in ev)
+        await wait_until(lambda: all(any(isinstance(e, UserEventReceived) and e.name == "deploy" for e in ev)
                                 for ev in events))
 
         # Graceful leave: left, not failed.
         await nodes[2].leave()
         await nodes[2].stop()
-        await _wait(lambda: _states(nodes[0]).get("n2") == MemberState.LEFT)
-        await _wait(lambda: _states(nodes[1]).get("n2") == MemberState.LEFT)
+        await wait_until(lambda: _states(nodes[0]).get("n2") == MemberState.LEFT)
+        await wait_until(lambda: _states(nodes[1]).get("n2") == MemberState.LEFT)
 
         # Abrupt stop: detected as failed.
         await nodes[1].stop()
-        await _wait(lambda: _states(nodes[0]).get("n1") == MemberState.DEAD)
+        await wait_until(lambda: _states(nodes[0]).get("n1") == MemberState.DEAD)
         assert any(isinstance(e, MemberEvent) and e.kind is MemberEventKind.FAIL and e.member.name == "n1"
                    for e in events[0])
         # force-leave turns failed into left.
@@ -102,7 +93,7 @@ async def test_encrypted_pool_refuses_wrong_key() -> None:
         assert await nodes[2].join([addr]) == 0
         nodes[1].keyring.use(key)  # type: ignore[union-attr]
         assert await nodes[1].join([addr]) == 1
-        await _wait(lambda: len(nodes[0].members()) == 2 and len(nodes[1].members()) == 2)
+        await wait_until(lambda: len(nodes[0].members()) == 2 and len(nodes[1].members()) == 2)
         assert "n2" not in _states(nodes[0])
     finally:
         for n in nodes:

@@ -24,46 +24,26 @@ from pathlib import Path
 
 import consul
 import pytest
-from cluster_helpers import free_subnet
+from cluster_helpers import LanCluster, agent_json, member_statuses, serf_health
 from helpers import AgentProcess, proconsul_command, wait_for
 
 NAMES = ("srv", "c1", "c2")
 
 
-def _json(agent: AgentProcess, method: str, path: str, body: bytes | None = None) -> object:
-    status, _, raw = agent.http(method, path, body)
-    assert status == 200, raw
-    return json.loads(raw) if raw else None
-
-
-def _members(agent: AgentProcess) -> dict[str, int]:
-    return {m["Name"]: m["Status"] for m in _json(agent, "GET", "/v1/agent/members")}  # type: ignore[union-attr]
-
-
 def start_lan(root: Path, clients: tuple[str, ...] = ("c1", "c2")) -> list[AgentProcess]:
     """A server (`srv`, x.1) and client agents (x.2, x.3, ...), all alive in each other's view."""
-    prefix = free_subnet(1 + len(clients))
-    sip = f"{prefix}.1"
-    server = AgentProcess("-server", "-bootstrap", "-hcl", "performance { raft_multiplier = 1 }", dev=False,
-                          ip=sip, node="srv", data_dir=str(root / "srv"))
-    agents = [server]
-    for i, name in enumerate(clients, start=2):
-        agents.append(AgentProcess(f"-retry-join={sip}", "-retry-interval=1s", dev=False, ip=f"{prefix}.{i}",
-                                   node=name, data_dir=str(root / name)))
-    started: list[AgentProcess] = []
+    lan = LanCluster(root, clients)
+    agents = lan.start()
     try:
-        for agent in agents:
-            started.append(agent.start())
         everyone = {a.node: 1 for a in agents}
         for agent in agents:
-            wait_for(lambda a=agent: _members(a) == everyone, timeout=60,  # type: ignore[misc]
+            wait_for(lambda a=agent: member_statuses(a) == everyone, timeout=60,  # type: ignore[misc]
                      what=lambda a=agent: f"all members alive on {a.node}\n{a.log()}")  # type: ignore[misc]
         # The leader has put every member in the catalog (serfHealth) before tests start.
-        wait_for(lambda: sorted(n["Node"] for n in _json(server, "GET", "/v1/catalog/nodes")) == sorted(everyone),  # type: ignore[union-attr]
+        wait_for(lambda: sorted(n["Node"] for n in agent_json(lan.server, "GET", "/v1/catalog/nodes")) == sorted(everyone),
                  timeout=60, what="every member in the catalog")
     except BaseException:
-        for agent in started:
-            agent.stop()
+        lan.stop()
         raise
     return agents
 
@@ -79,7 +59,7 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, AgentPro
 
 
 def _events(agent: AgentProcess, name: str) -> list[dict[str, object]]:
-    return [e for e in _json(agent, "GET", f"/v1/event/list?name={name}") if e["Name"] == name]  # type: ignore[union-attr]
+    return [e for e in agent_json(agent, "GET", f"/v1/event/list?name={name}") if e["Name"] == name]  # type: ignore[union-attr]
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -121,8 +101,8 @@ def test_node_filter_reaches_only_the_matching_node(lan: dict[str, AgentProcess]
 
 
 def test_service_and_tag_filters_follow_local_services(lan: dict[str, AgentProcess]) -> None:
-    _json(lan["c1"], "PUT", "/v1/agent/service/register",
-          json.dumps({"Name": "api", "ID": "api-1", "Tags": ["v2"], "Port": 9000}).encode())
+    agent_json(lan["c1"], "PUT", "/v1/agent/service/register",
+               json.dumps({"Name": "api", "ID": "api-1", "Tags": ["v2"], "Port": 9000}).encode())
     assert lan["c2"].http("PUT", "/v1/event/fire/api-v2?service=^api$&tag=^v2$", b"")[0] == 200
     assert lan["c2"].http("PUT", "/v1/event/fire/api-v2-marker", b"")[0] == 200
     wait_for(lambda: len(_events(lan["c1"], "api-v2")) == 1, timeout=30, what="api-v2 on c1")
@@ -180,7 +160,7 @@ def _dig(agent: AgentProcess, name: str, qtype: str) -> list[str]:
 def test_dns_on_a_client_agent_answers_from_the_servers_catalog(lan: dict[str, AgentProcess]) -> None:
     c1, c2 = lan["c1"], lan["c2"]
     for agent in (c1, c2):
-        _json(agent, "PUT", "/v1/agent/service/register", json.dumps(
+        agent_json(agent, "PUT", "/v1/agent/service/register", json.dumps(
             {"Name": "dnsweb", "ID": "dnsweb", "Port": 8080, "Tags": ["blue"],
              "Check": {"CheckID": "dnsweb-ttl", "TTL": "600s", "Status": "passing"}}).encode())
     both = sorted([c1.ip, c2.ip])
@@ -221,7 +201,7 @@ def test_session_renew_on_a_client_agent_reaches_the_leader(lan: dict[str, Agent
 
 
 def test_stale_operator_reads_on_a_client_agent_come_from_the_servers(lan: dict[str, AgentProcess]) -> None:
-    conf = _json(lan["c1"], "GET", "/v1/operator/raft/configuration?stale")
+    conf = agent_json(lan["c1"], "GET", "/v1/operator/raft/configuration?stale")
     assert [(s["Node"], s["Leader"]) for s in conf["Servers"]] == [("srv", True)]  # type: ignore[index]
     assert lan["c1"].http("PUT", "/v1/kv/snap-marker", b"x")[0] == 200
     status, _, archive = lan["c1"].http("GET", "/v1/snapshot?stale")
@@ -230,13 +210,6 @@ def test_stale_operator_reads_on_a_client_agent_come_from_the_servers(lan: dict[
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
         state = b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())  # type: ignore[union-attr]
     assert b"snap-marker" in state
-
-
-def _serf_status(server: AgentProcess, node: str) -> str | None:
-    for check in _json(server, "GET", f"/v1/health/node/{node}"):  # type: ignore[union-attr]
-        if check["CheckID"] == "serfHealth":
-            return str(check["Status"])
-    return None
 
 
 def test_lock_released_when_the_holding_client_agent_is_killed(tmp_path: Path) -> None:
@@ -280,7 +253,7 @@ def test_lock_released_when_the_holding_client_agent_is_killed(tmp_path: Path) -
 
             released_at = wait_for(released, timeout=90, interval=0.05,
                                    what=lambda: f"the lock released\n{srv.log()}")
-            assert _serf_status(srv, "c1") == "critical"
+            assert serf_health(srv, "c1") == "critical"
             assert observer.session.info(held_sid)[1] is None  # invalidated
             thread.join(60)
             assert not thread.is_alive(), "the contender never got the lock"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import consul
 import pytest
-from cluster_helpers import cli, free_subnet
+from cluster_helpers import LanCluster, cli
 from helpers import AgentProcess, wait_for
 
 FAST_SYNC = ("-hcl", 'sync_coordinate_interval_min = "1s"')
@@ -157,22 +157,9 @@ def test_disabled_coordinates_answer_401() -> None:
 
 
 def test_server_and_two_clients_share_coordinates(tmp_path: Path) -> None:
-    prefix = free_subnet(3)
-    sip = f"{prefix}.1"
-    fast = ("-hcl", "performance { raft_multiplier = 1 }")
-    server = AgentProcess("-server", "-bootstrap", *fast, *FAST_SYNC, dev=False, ip=sip, node="srv",
-                          data_dir=str(tmp_path / "srv"))
-    clients = [
-        AgentProcess(f"-retry-join={sip}", "-retry-interval=1s", *FAST_SYNC, dev=False, ip=f"{prefix}.{i}",
-                     node=name, data_dir=str(tmp_path / name))
-        for i, name in ((2, "c1"), (3, "c2"))
-    ]
-    started: list[AgentProcess] = []
+    lan = LanCluster(tmp_path, ("c1", "c2"), *FAST_SYNC)
+    server, c1, c2 = lan.start()
     try:
-        started.append(server.start())
-        for c in clients:
-            started.append(c.start())
-        c1, c2 = clients
         api = consul.Consul(host=c1.ip, port=c1.http_port)
 
         def moved_nodes() -> set[str]:
@@ -206,5 +193,4 @@ def test_server_and_two_clients_share_coordinates(tmp_path: Path) -> None:
         run = cli("rtt", f"-http-addr={c2.addr}", "srv")
         assert run.returncode == 0 and run.stdout.startswith("Estimated srv <-> c2 rtt: "), run
     finally:
-        for agent in started:
-            agent.stop()
+        lan.stop()

@@ -13,18 +13,12 @@ import json
 import subprocess
 from pathlib import Path
 
-from cluster_helpers import free_subnet
+from cluster_helpers import LanCluster, member_statuses
 from helpers import AgentProcess, proconsul_command, wait_for
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([proconsul_command(), *args], capture_output=True, text=True, timeout=60)
-
-
-def _members(agent: AgentProcess) -> dict[str, int]:
-    status, _, raw = agent.http("GET", "/v1/agent/members")
-    assert status == 200, raw
-    return {m["Name"]: m["Status"] for m in json.loads(raw)}
 
 
 def _keyring(agent: AgentProcess) -> list[dict[str, object]]:
@@ -50,24 +44,11 @@ def _keygen() -> str:
 def test_keyring_rotation_on_three_agents(tmp_path: Path) -> None:
     k1, k2 = _keygen(), _keygen()
     assert k1 != k2
-    prefix = free_subnet(5)
-    ips = [f"{prefix}.{i}" for i in range(1, 6)]
-    sip = ips[0]
-    server = AgentProcess("-server", "-bootstrap", f"-encrypt={k1}", "-hcl", "performance { raft_multiplier = 1 }",
-                          dev=False, ip=sip, node="srv", data_dir=str(tmp_path / "srv"))
-    clients = [
-        AgentProcess(f"-retry-join={sip}", "-retry-interval=1s", f"-encrypt={k1}", dev=False, ip=ip, node=name,
-                     data_dir=str(tmp_path / name))
-        for ip, name in ((ips[1], "c1"), (ips[2], "c2"))
-    ]
-    started: list[AgentProcess] = []
+    lan = LanCluster(tmp_path, ("c1", "c2"), f"-encrypt={k1}", hosts=5)
+    server, c1, c2 = lan.start()
     try:
-        started.append(server.start())
-        for c in clients:
-            started.append(c.start())
-        c1, c2 = clients
         everyone = {"srv": 1, "c1": 1, "c2": 1}
-        wait_for(lambda: _members(server) == everyone, timeout=60, what=lambda: f"3 members\n{server.log()}")
+        wait_for(lambda: member_statuses(server) == everyone, timeout=60, what=lambda: f"3 members\n{server.log()}")
 
         # List: the server's WAN pool (itself) and the LAN pool, K1 on all three.
         wait_for(lambda: _lan(c1)["NumNodes"] == 3, timeout=30, what="all three counted")
@@ -109,27 +90,23 @@ def test_keyring_rotation_on_three_agents(tmp_path: Path) -> None:
             assert json.loads((tmp_path / name / "serf" / "local.keyring").read_text()) == [k2]
 
         # The pool keeps talking on K2: a newcomer holding K2 joins and is seen by everyone.
-        c3 = AgentProcess(f"-retry-join={sip}", "-retry-interval=1s", f"-encrypt={k2}", dev=False, ip=ips[3],
-                          node="c3", data_dir=str(tmp_path / "c3"))
-        started.append(c3.start())
-        wait_for(lambda: _members(c1).get("c3") == 1, timeout=60, what=lambda: f"c3 joined\n{c3.log()}")
+        c3 = lan.add(lan.client("c3", f"-encrypt={k2}", host=4, extra=()))
+        wait_for(lambda: member_statuses(c1).get("c3") == 1, timeout=60, what=lambda: f"c3 joined\n{c3.log()}")
 
         # An agent with only the retired key is refused and logged; nobody crashes.
-        old = AgentProcess(f"-retry-join={sip}", "-retry-interval=1s", f"-encrypt={k1}", dev=False, ip=ips[4],
-                           node="old", data_dir=str(tmp_path / "old"))
+        old = lan.client("old", host=5)  # the cluster's flags: only K1
         old.wait_for_leader = False
-        started.append(old.start())
+        lan.add(old)
         wait_for(lambda: "no installed key decrypts" in server.log(), timeout=60,
                  what=lambda: f"the refusal logged\n{server.log()}")
         wait_for(lambda: "join LAN failed" in old.log(), timeout=60, what=lambda: f"old failing to join\n{old.log()}")
-        assert "old" not in _members(server)
-        assert _members(old) == {"old": 1}
+        assert "old" not in member_statuses(server)
+        assert member_statuses(old) == {"old": 1}
         for agent in (server, c1, c2, old):
             assert agent.proc is not None and agent.proc.poll() is None, agent.log()
-        assert _members(server) == {"srv": 1, "c1": 1, "c2": 1, "c3": 1}
+        assert member_statuses(server) == {"srv": 1, "c1": 1, "c2": 1, "c3": 1}
     finally:
-        for agent in started:
-            agent.stop()
+        lan.stop()
 
 
 def test_keyring_without_encryption_is_reported() -> None:

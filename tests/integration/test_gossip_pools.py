@@ -14,33 +14,11 @@ import json
 import subprocess
 from pathlib import Path
 
-from cluster_helpers import free_subnet
+from cluster_helpers import agent_json, free_subnet, member_statuses, passing_nodes, serf_health
 from helpers import AgentProcess, proconsul_command, wait_for
 
 SERVERS = ("s1", "s2", "s3")
 CLIENTS = ("c4", "c5", "c6")
-
-
-def _json(agent: AgentProcess, method: str, path: str, body: bytes | None = None) -> object:
-    status, _, raw = agent.http(method, path, body)
-    assert status == 200, raw
-    return json.loads(raw) if raw else None
-
-
-def _members(agent: AgentProcess) -> dict[str, int]:
-    return {m["Name"]: m["Status"] for m in _json(agent, "GET", "/v1/agent/members")}  # type: ignore[union-attr]
-
-
-def _serf_health(agent: AgentProcess, node: str) -> str | None:
-    for check in _json(agent, "GET", f"/v1/health/node/{node}"):  # type: ignore[union-attr]
-        if check["CheckID"] == "serfHealth":
-            return str(check["Status"])
-    return None
-
-
-def _passing(agent: AgentProcess) -> list[str]:
-    entries = _json(agent, "GET", "/v1/health/service/web?passing")
-    return sorted(e["Node"]["Node"] for e in entries)  # type: ignore[union-attr]
 
 
 def test_three_servers_three_clients(tmp_path: Path) -> None:
@@ -69,33 +47,33 @@ def test_three_servers_three_clients(tmp_path: Path) -> None:
             running.append(agent.start())
         s1 = servers["s1"]
         everyone = {n: 1 for n in (*SERVERS, *CLIENTS)}
-        wait_for(lambda: _members(s1) == everyone, timeout=90, what=lambda: f"six alive\n{s1.log()}")
+        wait_for(lambda: member_statuses(s1) == everyone, timeout=90, what=lambda: f"six alive\n{s1.log()}")
         for agent in clients.values():
             wait_for(agent._leader_known, timeout=60, what=lambda a=agent: f"{a.node} sees a leader\n{a.log()}")
-            wait_for(lambda a=agent: _members(a) == everyone, timeout=60, what="members on a client")
+            wait_for(lambda a=agent: member_statuses(a) == everyone, timeout=60, what="members on a client")
 
         # Each client registers its service through its own agent; the servers see all three.
         for agent in clients.values():
-            _json(agent, "PUT", "/v1/agent/service/register",
-                  json.dumps({"Name": "web", "Port": 80, "Check": {"TTL": "600s", "Status": "passing"}}).encode())
-        wait_for(lambda: _passing(s1) == list(CLIENTS), timeout=60, what="web passing on three clients")
-        wait_for(lambda: all(_serf_health(s1, c) == "passing" for c in CLIENTS), timeout=60,
+            agent_json(agent, "PUT", "/v1/agent/service/register",
+                       json.dumps({"Name": "web", "Port": 80, "Check": {"TTL": "600s", "Status": "passing"}}).encode())
+        wait_for(lambda: passing_nodes(s1, "web") == list(CLIENTS), timeout=60, what="web passing on three clients")
+        wait_for(lambda: all(serf_health(s1, c) == "passing" for c in CLIENTS), timeout=60,
                  what="serfHealth passing on the clients")
 
         # kill -9 of c4: failed, serfHealth critical, its service leaves ?passing.
         clients["c4"].kill()
-        wait_for(lambda: _members(s1).get("c4") == 4, timeout=60, what=lambda: f"c4 failed\n{s1.log()}")
-        wait_for(lambda: _serf_health(s1, "c4") == "critical", timeout=60, what="serfHealth critical")
-        wait_for(lambda: _passing(s1) == ["c5", "c6"], timeout=30, what="c4 out of ?passing")
-        wait_for(lambda: _members(servers["s3"]).get("c4") == 4, timeout=60, what="c4 failed on s3 too")
+        wait_for(lambda: member_statuses(s1).get("c4") == 4, timeout=60, what=lambda: f"c4 failed\n{s1.log()}")
+        wait_for(lambda: serf_health(s1, "c4") == "critical", timeout=60, what="serfHealth critical")
+        wait_for(lambda: passing_nodes(s1, "web") == ["c5", "c6"], timeout=30, what="c4 out of ?passing")
+        wait_for(lambda: member_statuses(servers["s3"]).get("c4") == 4, timeout=60, what="c4 failed on s3 too")
 
         # proconsul leave on c5: left (3), not failed, and gone from the catalog.
         run = subprocess.run([proconsul_command(), "leave", f"-http-addr={clients['c5'].addr}"],
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run
-        wait_for(lambda: _members(s1).get("c5") == 3, timeout=60, what="c5 left")
-        wait_for(lambda: _json(s1, "GET", "/v1/catalog/node/c5") is None, timeout=60, what="c5 deregistered")
-        assert _passing(s1) == ["c6"]
+        wait_for(lambda: member_statuses(s1).get("c5") == 3, timeout=60, what="c5 left")
+        wait_for(lambda: agent_json(s1, "GET", "/v1/catalog/node/c5") is None, timeout=60, what="c5 deregistered")
+        assert passing_nodes(s1, "web") == ["c6"]
 
         # A server killed under the clients: c6 fails over to another server and keeps working.
         leader = json.loads(s1.http("GET", "/v1/status/leader")[2]).rsplit(":", 1)[0]
@@ -110,9 +88,9 @@ def test_three_servers_three_clients(tmp_path: Path) -> None:
         # c4 restarted with its data dir and no -join: it rejoins alone; its service is back.
         again = client("c4")
         running.append(again.start())
-        wait_for(lambda: _members(s1).get("c4") == 1, timeout=60, what=lambda: f"c4 rejoined\n{again.log()}")
-        wait_for(lambda: _serf_health(s1, "c4") == "passing", timeout=60, what="c4 serfHealth passing")
-        wait_for(lambda: _passing(s1) == ["c4", "c6"], timeout=60, what=lambda: f"c4 passing\n{again.log()}")
+        wait_for(lambda: member_statuses(s1).get("c4") == 1, timeout=60, what=lambda: f"c4 rejoined\n{again.log()}")
+        wait_for(lambda: serf_health(s1, "c4") == "passing", timeout=60, what="c4 serfHealth passing")
+        wait_for(lambda: passing_nodes(s1, "web") == ["c4", "c6"], timeout=60, what=lambda: f"c4 passing\n{again.log()}")
         assert "Re-joined to previously known node" in again.log()
     finally:
         for agent in running:

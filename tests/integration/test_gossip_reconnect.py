@@ -9,17 +9,15 @@ creates (it re-runs itself under ``unshare --net``), where ``nft`` rules drop th
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cluster_helpers import free_subnet
+from cluster_helpers import agent_json, free_subnet, member_statuses, serf_health
 from helpers import REPO, AgentProcess, wait_for
 from proconsul.gossip.config import GossipConfig
 
@@ -36,15 +34,20 @@ def _tool(name: str) -> str:
     return found
 
 
-def _rerun_in_private_netns(nodeid: str) -> None:
-    """Run this one test again in a new network namespace, where only our agents live."""
+def _rerun_in_private_netns(request: pytest.FixtureRequest) -> bool:
+    """Outside the private namespace: run this one test again in a new network namespace, where
+    only our agents live, assert it passed there and return True (the caller is done); inside
+    it: False (the caller runs the test)."""
+    if os.environ.get(IN_NETNS) == "1":
+        return False
     command = [_tool("unshare"), "--net"]
     if os.geteuid() != 0:
         command.append("--map-root-user")  # a user namespace grants the CAP_NET_ADMIN nft needs
-    command += [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid]
+    command += [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid]
     run = subprocess.run(command, cwd=REPO, env=dict(os.environ, **{IN_NETNS: "1"}),
                          capture_output=True, text=True, timeout=280)
     assert run.returncode == 0 and "1 passed" in run.stdout, f"in the private namespace:\n{run.stdout}\n{run.stderr}"
+    return True
 
 
 def _inside_private_netns() -> None:
@@ -78,23 +81,6 @@ def _heal() -> None:
     _nft("delete table inet partition\n")
 
 
-def _json(agent: AgentProcess, path: str) -> Any:
-    status, _, raw = agent.http("GET", path)
-    assert status == 200, raw
-    return json.loads(raw)
-
-
-def _members(agent: AgentProcess, wan: bool = False) -> dict[str, int]:
-    return {m["Name"]: m["Status"] for m in _json(agent, "/v1/agent/members" + ("?wan=1" if wan else ""))}
-
-
-def _serf_health(server: AgentProcess, node: str) -> str | None:
-    for check in _json(server, f"/v1/health/node/{node}"):
-        if check["CheckID"] == "serfHealth":
-            return str(check["Status"])
-    return None
-
-
 def _logs(*agents: AgentProcess) -> str:
     return "\n".join(f"--- {a.node} ---\n{a.log()}" for a in agents)
 
@@ -120,15 +106,15 @@ def _partition_heals(tmp_path: Path, hold_past_gossip_memory: bool) -> None:
     try:
         running.append(server.start())
         running.append(client.start())
-        wait_for(lambda: _members(server) == {"srv": ALIVE, "c1": ALIVE} == _members(client), timeout=60,
+        wait_for(lambda: member_statuses(server) == {"srv": ALIVE, "c1": ALIVE} == member_statuses(client), timeout=60,
                  what=lambda: _logs(server, client))
-        wait_for(lambda: _serf_health(server, "c1") == "passing", timeout=60, what=lambda: _logs(server))
+        wait_for(lambda: serf_health(server, "c1") == "passing", timeout=60, what=lambda: _logs(server))
 
         _partition(SERVER_IP, CLIENT_IP, SERF_LAN_PORT)
-        wait_for(lambda: _members(server).get("c1") == FAILED and _members(client).get("srv") == FAILED,
+        wait_for(lambda: member_statuses(server).get("c1") == FAILED and member_statuses(client).get("srv") == FAILED,
                  timeout=90, what=lambda: f"both sides failed\n{_logs(server, client)}")
         failed_at = time.monotonic()
-        wait_for(lambda: _serf_health(server, "c1") == "critical", timeout=60, what=lambda: _logs(server))
+        wait_for(lambda: serf_health(server, "c1") == "critical", timeout=60, what=lambda: _logs(server))
         # Both keep retrying while the cut lasts (and fail): the loop does not give up.
         wait_for(lambda: "attempting reconnect to c1" in server.log() and "attempting reconnect to srv" in client.log(),
                  timeout=60, what=lambda: _logs(server, client))
@@ -137,13 +123,13 @@ def _partition_heals(tmp_path: Path, hold_past_gossip_memory: bool) -> None:
             # GossipToTheDeadTime): only serf's table remembers where the peer was.
             forgotten_at = failed_at + GossipConfig.lan().gossip_to_the_dead_time_s + 5
             wait_for(lambda: time.monotonic() > forgotten_at, timeout=forgotten_at - time.monotonic() + 30)
-            assert _members(server).get("c1") == FAILED and _members(client).get("srv") == FAILED
+            assert member_statuses(server).get("c1") == FAILED and member_statuses(client).get("srv") == FAILED
 
         _heal()
         # No join by hand: the reconnect loop on either side brings both back.
-        wait_for(lambda: _members(server) == {"srv": ALIVE, "c1": ALIVE} == _members(client), timeout=90,
+        wait_for(lambda: member_statuses(server) == {"srv": ALIVE, "c1": ALIVE} == member_statuses(client), timeout=90,
                  what=lambda: f"both sides alive again\n{_logs(server, client)}")
-        wait_for(lambda: _serf_health(server, "c1") == "passing", timeout=60, what=lambda: _logs(server))
+        wait_for(lambda: serf_health(server, "c1") == "passing", timeout=60, what=lambda: _logs(server))
     finally:
         for agent in running:
             agent.stop()
@@ -151,24 +137,21 @@ def _partition_heals(tmp_path: Path, hold_past_gossip_memory: bool) -> None:
 
 def test_partition_longer_than_the_suspicion_timeout_heals_by_itself(tmp_path: Path,
                                                                       request: pytest.FixtureRequest) -> None:
-    if os.environ.get(IN_NETNS) != "1":
-        _rerun_in_private_netns(request.node.nodeid)
+    if _rerun_in_private_netns(request):
         return
     _partition_heals(tmp_path, hold_past_gossip_memory=False)
 
 
 def test_partition_outlasting_gossips_memory_of_the_dead_heals_by_itself(tmp_path: Path,
                                                                          request: pytest.FixtureRequest) -> None:
-    if os.environ.get(IN_NETNS) != "1":
-        _rerun_in_private_netns(request.node.nodeid)
+    if _rerun_in_private_netns(request):
         return
     _partition_heals(tmp_path, hold_past_gossip_memory=True)
 
 
 def test_wan_partition_outlasting_gossips_memory_of_the_dead_heals_by_itself(tmp_path: Path,
                                                                              request: pytest.FixtureRequest) -> None:
-    if os.environ.get(IN_NETNS) != "1":
-        _rerun_in_private_netns(request.node.nodeid)
+    if _rerun_in_private_netns(request):
         return
     _inside_private_netns()
     # -dev servers gossip with the local profile on both pools, so the WAN pool fails fast.
@@ -180,18 +163,18 @@ def test_wan_partition_outlasting_gossips_memory_of_the_dead_heals_by_itself(tmp
     try:
         running.append(dc1.start())
         running.append(dc2.start())
-        wait_for(lambda: _members(dc1, wan=True) == both_alive == _members(dc2, wan=True), timeout=60,
+        wait_for(lambda: member_statuses(dc1, wan=True) == both_alive == member_statuses(dc2, wan=True), timeout=60,
                  what=lambda: _logs(dc1, dc2))
 
         _partition(SERVER_IP, CLIENT_IP, SERF_WAN_PORT)
-        wait_for(lambda: _members(dc1, wan=True).get("s2.dc2") == FAILED == _members(dc2, wan=True).get("s1.dc1"),
+        wait_for(lambda: member_statuses(dc1, wan=True).get("s2.dc2") == FAILED == member_statuses(dc2, wan=True).get("s1.dc1"),
                  timeout=90, what=lambda: f"both sides failed\n{_logs(dc1, dc2)}")
         forgotten_at = time.monotonic() + GossipConfig.local().gossip_to_the_dead_time_s + 5
         wait_for(lambda: time.monotonic() > forgotten_at, timeout=forgotten_at - time.monotonic() + 30)
         assert "attempting reconnect to s2.dc2" in dc1.log() or "attempting reconnect to s1.dc1" in dc2.log()
 
         _heal()
-        wait_for(lambda: _members(dc1, wan=True) == both_alive == _members(dc2, wan=True), timeout=90,
+        wait_for(lambda: member_statuses(dc1, wan=True) == both_alive == member_statuses(dc2, wan=True), timeout=90,
                  what=lambda: f"both sides alive again\n{_logs(dc1, dc2)}")
     finally:
         for agent in running:
@@ -211,17 +194,17 @@ def test_client_advertising_a_short_reconnect_timeout_is_reaped_and_deregistered
     try:
         running.append(server.start())
         running.append(client.start())
-        wait_for(lambda: _members(server) == {"srv": ALIVE, "c1": ALIVE}, timeout=60, what=lambda: _logs(server, client))
-        tags = {m["Name"]: m["Tags"] for m in _json(server, "/v1/agent/members")}
+        wait_for(lambda: member_statuses(server) == {"srv": ALIVE, "c1": ALIVE}, timeout=60, what=lambda: _logs(server, client))
+        tags = {m["Name"]: m["Tags"] for m in agent_json(server, "GET", "/v1/agent/members")}
         assert tags["c1"]["rc_tm"] == "5s" and "rc_tm" not in tags["srv"]
-        wait_for(lambda: _json(server, "/v1/catalog/node/c1") is not None, timeout=60, what=lambda: _logs(server))
+        wait_for(lambda: agent_json(server, "GET", "/v1/catalog/node/c1") is not None, timeout=60, what=lambda: _logs(server))
 
         client.kill()
-        wait_for(lambda: _members(server).get("c1") == FAILED, timeout=60, what=lambda: _logs(server))
+        wait_for(lambda: member_statuses(server).get("c1") == FAILED, timeout=60, what=lambda: _logs(server))
         # Reaped after 5 s rather than the server's 72 h (the reaper runs every 15 s) ...
-        wait_for(lambda: "c1" not in _members(server), timeout=90, what=lambda: _logs(server))
+        wait_for(lambda: "c1" not in member_statuses(server), timeout=90, what=lambda: _logs(server))
         # ... and the leader takes the node out of the catalog, as Consul's reap does.
-        wait_for(lambda: _json(server, "/v1/catalog/node/c1") is None, timeout=60, what=lambda: _logs(server))
+        wait_for(lambda: agent_json(server, "GET", "/v1/catalog/node/c1") is None, timeout=60, what=lambda: _logs(server))
         assert "serf: EventMemberReap: c1" in server.log()
     finally:
         for agent in running:

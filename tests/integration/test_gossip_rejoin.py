@@ -4,18 +4,11 @@ started with `-rejoin` (serf's snapshot and `rejoin_after_leave`)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
-from cluster_helpers import free_subnet
+from cluster_helpers import free_subnet, member_statuses
 from helpers import AgentProcess, proconsul_command, wait_for
-
-
-def _members(agent: AgentProcess) -> dict[str, int]:
-    status, _, raw = agent.http("GET", "/v1/agent/members")
-    assert status == 200, raw
-    return {m["Name"]: m["Status"] for m in json.loads(raw)}
 
 
 def _client(ip: str, data_dir: Path, *extra: str) -> AgentProcess:
@@ -48,39 +41,39 @@ def test_restarted_client_rejoins_from_its_snapshot(tmp_path: Path) -> None:
         running.append(server.start())
         first = _client(cip, data, f"-retry-join={sip}", "-retry-interval=1s")
         running.append(first.start())
-        wait_for(lambda: _members(server) == {"srv": 1, "c1": 1}, timeout=60, what=lambda: first.log())
+        wait_for(lambda: member_statuses(server) == {"srv": 1, "c1": 1}, timeout=60, what=lambda: first.log())
         assert "alive: srv " in (data / "serf" / "local.snapshot").read_text()
 
         # kill -9, then a restart with no join flags at all: it finds the server by itself.
         first.kill()
-        wait_for(lambda: _members(server)["c1"] == 4, timeout=60, what="c1 failed")
+        wait_for(lambda: member_statuses(server)["c1"] == 4, timeout=60, what="c1 failed")
         second = _client(cip, data)
         running.append(second.start())
-        wait_for(lambda: _members(server).get("c1") == 1 and _members(second).get("srv") == 1, timeout=60,
+        wait_for(lambda: member_statuses(server).get("c1") == 1 and member_statuses(second).get("srv") == 1, timeout=60,
                  what=lambda: f"c1 rejoined\n{second.log()}")
         assert "Re-joined to previously known node: srv" in second.log()
 
         # A graceful leave is remembered: the next start stays alone.
         _leave(second)
-        wait_for(lambda: _members(server).get("c1") == 3, timeout=30, what="c1 left")
+        wait_for(lambda: member_statuses(server).get("c1") == 3, timeout=30, what="c1 left")
         assert (data / "serf" / "local.snapshot").read_text().endswith("leave\n")
         third = _client(cip, data)
         running.append(third.start())
         wait_for(lambda: _up(third), timeout=60, what=lambda: third.log())
         assert "Attempting re-join" not in third.log()
-        assert _members(third) == {"c1": 1}
-        assert _members(server).get("c1") == 3
+        assert member_statuses(third) == {"c1": 1}
+        assert member_statuses(server).get("c1") == 3
 
         # Join once more, leave, and start with -rejoin: the leave is ignored and it rejoins.
         third.stop()
         fourth = _client(cip, data, f"-retry-join={sip}", "-retry-interval=1s")
         running.append(fourth.start())
-        wait_for(lambda: _members(server).get("c1") == 1, timeout=60, what=lambda: fourth.log())
+        wait_for(lambda: member_statuses(server).get("c1") == 1, timeout=60, what=lambda: fourth.log())
         _leave(fourth)
-        wait_for(lambda: _members(server).get("c1") == 3, timeout=30, what="c1 left again")
+        wait_for(lambda: member_statuses(server).get("c1") == 3, timeout=30, what="c1 left again")
         fifth = _client(cip, data, "-rejoin")
         running.append(fifth.start())
-        wait_for(lambda: _members(server).get("c1") == 1, timeout=60, what=lambda: f"rejoin\n{fifth.log()}")
+        wait_for(lambda: member_statuses(server).get("c1") == 1, timeout=60, what=lambda: f"rejoin\n{fifth.log()}")
         assert "Ignoring previous leave in snapshot" in fifth.log()
     finally:
         for agent in running:

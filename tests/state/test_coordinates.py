@@ -8,11 +8,11 @@ import math
 from typing import Any
 
 import pytest
+import state_helpers
 from proconsul import coordinate_sync, queries
 from proconsul.coordinate import Coordinate, InvalidCoordinate
 from proconsul.snapshot import state_stats
 from proconsul.state import commands as cmd
-from proconsul.state.fsm import FSM
 from proconsul.state.records import Node, ServiceInstance
 from proconsul.state.store import Store
 
@@ -21,16 +21,7 @@ def coord(x: float) -> Coordinate:
     return Coordinate((x,) + (0.0,) * 7, 0.2, 0.0, 1e-5)
 
 
-class Log:
-    def __init__(self) -> None:
-        self.store = Store()
-        self.fsm = FSM(self.store)
-        self.index = 0
-
-    def apply(self, command: cmd.Command) -> object:
-        self.index += 1
-        return self.fsm.apply(self.index, cmd.decode(cmd.encode(command)))
-
+class Log(state_helpers.Log):
     def node(self, name: str, service: str = "") -> None:
         svc = ServiceInstance(node=name, id=service, service=service) if service else None
         self.apply(cmd.Register(Node(node=name, address="10.0.0.1"), svc))

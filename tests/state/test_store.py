@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 from proconsul.state import commands as cmd
-from proconsul.state.fsm import FSM, TxnResult
+from proconsul.state.fsm import TxnResult
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
 from proconsul.state.store import Store, StoreError
-
-
-class Log:
-    """Applies commands at increasing indexes through their wire encoding, as Raft would."""
-
-    def __init__(self) -> None:
-        self.store = Store()
-        self.fsm = FSM(self.store)
-        self.index = 0
-
-    def apply(self, command: cmd.Command) -> object:
-        self.index += 1
-        return self.fsm.apply(self.index, cmd.decode(cmd.encode(command)))
+from state_helpers import Log
 
 
 def kv(op: str, key: str, value: bytes | None = b"v", **kw: object) -> cmd.KVS:
