@@ -69,8 +69,8 @@ def test_failed_server_removed_re_added_and_min_quorum_kept(cluster: Cluster) ->
     for ip in cluster.ips:
         wait_for(lambda a=cluster.nodes[ip]: _voters(a) == three, timeout=TIMEOUT,
                  what=lambda: f"s4 removed\n{cluster.nodes[cluster.leader_ip(s1)].log()}")
-    leader = cluster.nodes[cluster.leader_ip(s1)]
-    assert "Attempting removal of failed server node s4" in leader.log()
+    # The leader that removed it may have lost leadership since, on a loaded machine: any server.
+    assert any("Attempting removal of failed server node s4" in cluster.nodes[ip].log() for ip in cluster.ips)
     wait_for(lambda: _member_status(s1, "s4") == 3, timeout=60, what="s4 force-left (status left)")
     wait_for(lambda: s1.http("GET", "/v1/catalog/node/s4")[2] == b"null", timeout=60, what="s4 out of the catalog")
     assert put(s1, "while/s4/away", "yes")
@@ -80,7 +80,9 @@ def test_failed_server_removed_re_added_and_min_quorum_kept(cluster: Cluster) ->
     wait_for(lambda: _voters(s1) == sorted([*three, s4_id]), timeout=TIMEOUT,
              what=lambda: f"s4 added back\n{s4.log()}")
     wait_for(lambda: get(s4, "while/s4/away", "?stale") == "yes", timeout=TIMEOUT, what=lambda: s4.log())
-    assert "back to the configuration" in cluster.nodes[cluster.leader_ip(s1)].log()
+    # Who adds it back is a race between two paths that both do it: the restarted server asks
+    # (Raft.Join, as after a graceful leave) and the leader's autopilot re-adds alive servers.
+    # The voter set above is the behaviour; the log line is not asserted.
 
     # With four voters a failed follower may go (three remain, the minimum)...
     leader_ip = cluster.leader_ip(s1)

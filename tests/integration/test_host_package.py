@@ -127,9 +127,13 @@ class Container:
             return int(children[0]) if children else 0
 
         self.leader = wait_for(leader, timeout=30, what="the container's init")
+        # Generous: on a loaded 2-core CI machine a boot job can take minutes. On failure the
+        # message shows the jobs still queued, which name what held the boot up.
         wait_for(
             lambda: self.run("systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded"),
-            timeout=120, what=lambda: f"the container to boot\n{self.console()}",
+            timeout=300,
+            what=lambda: f"the container to boot\n{self.console()}\n"
+                         f"{self.run('systemctl list-jobs --no-pager', check=False).stdout}",
         )
         return self
 
