@@ -156,9 +156,32 @@ def set_meta(resp: web.StreamResponse, meta: QueryMeta) -> None:
     resp.headers.update(meta_headers(meta))
 
 
+async def read_body(request: web.Request, limit: int, too_large: str | None = None) -> bytes:
+    """The whole request body, or a 413 once it passes `limit` bytes.
+
+    `StreamReader.read(n)` returns whatever has arrived so far, so a single read of a body sent in
+    several TCP segments (or chunks) would silently keep only its first part; this loops to EOF.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > limit:
+            raise HTTPError(413, too_large or f"Request body too large, max size: {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# JSON bodies (registrations, sessions, ...) are bounded by this; KV and txn have their own limits.
+MAX_JSON_BODY = 4 * 1024 * 1024
+
+
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
     """Decode the JSON body; malformed JSON is a 400 with a one-line reason."""
-    body = await request.read()
+    body = await read_body(request, MAX_JSON_BODY)
     if not body.strip():
         if allow_empty:
             return None

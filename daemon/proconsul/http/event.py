@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proconsul import events as ev
 from proconsul.config import parse_duration
-from proconsul.http.common import HTTPError, bad_request, json_response, uint_param
+from proconsul.http.common import HTTPError, bad_request, json_response, read_body, uint_param
 
 # Read at most this much of a fire body: anything larger fails serf's limit anyway.
 _MAX_FIRE_BODY = 64 * 1024
@@ -26,7 +26,7 @@ async def fire(request: web.Request) -> web.Response:
     name = request.match_info.get("name", "")
     if not name:
         raise HTTPError(400, "Missing name")
-    body = await request.content.read(_MAX_FIRE_BODY)
+    body = await read_body(request, _MAX_FIRE_BODY)
     q = request.query
     try:
         event = ev.new_event(name, body or None, q.get("node", ""), q.get("service", ""), q.get("tag", ""))

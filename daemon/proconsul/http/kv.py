@@ -19,6 +19,7 @@ from proconsul.http.common import (
     json_response,
     meta_headers,
     query_options,
+    read_body,
     set_meta,
     uint_param,
 )
@@ -82,9 +83,7 @@ async def kv_put(request: web.Request) -> web.StreamResponse:
             413, f"Request body(+{request.content_length} bytes) too large, max size: {limit} bytes. See "
             "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size."
         )
-    value = await request.content.read(limit + 1)
-    if len(value) > limit:
-        raise HTTPError(413, f"Request body too large, max size: {limit} bytes.")
+    value = await read_body(request, limit)
     flags = uint_param(request, "flags", message="Invalid flags")
     if flags > MAX_UINT64:
         raise bad_request("Invalid flags")

@@ -72,7 +72,7 @@ async def index(request: web.Request) -> web.Response:
 
 def build_app(agent: Any) -> web.Application:
     # Bodies are read by the handlers with their own limits (KV: kv_max_value_size, txn:
-    # txn_max_req_len); this cap only bounds JSON bodies read with request.read().
+    # txn_max_req_len); every body is read through common.read_body, which loops to EOF.
     app = web.Application(middlewares=[consul_middleware], client_max_size=4 * 1024 * 1024)
     app["agent"] = agent
     app["response_headers"] = dict(getattr(agent.config, "http_response_headers", {}) or {})

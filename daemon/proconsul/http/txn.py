@@ -16,7 +16,15 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.http import render
-from proconsul.http.common import HTTPError, bad_request, get_key, json_response, query_options, target_dc
+from proconsul.http.common import (
+    HTTPError,
+    bad_request,
+    get_key,
+    json_response,
+    query_options,
+    read_body,
+    target_dc,
+)
 from proconsul.state import commands
 from proconsul.state.fsm import TxnResult
 from proconsul.state.records import DirEntry
@@ -78,9 +86,7 @@ async def txn(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     dc = target_dc(request)
     limit = agent.config.limits.txn_max_req_len
-    body_bytes = await request.content.read(limit + 1)
-    if len(body_bytes) > limit:
-        raise HTTPError(413, f"Request body too large, max size: {limit} bytes")
+    body_bytes = await read_body(request, limit, f"Request body too large, max size: {limit} bytes")
     try:
         body = json.loads(body_bytes or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
