@@ -12,7 +12,7 @@ What it does, all on 127.0.0.1, each part in its own process:
    listener that accepts and closes; it counts both, so the bench can show the checks ran) and a
    dev agent (`proconsul agent -dev -http-port=P -dns-port=Q -node=bench`, plus
    `-hcl 'enable_script_checks = true'` when `--script` > 0). The agent runs through this file's
-   `_agent` wrapper, which calls `proconsul.agent.run_agent` unchanged but wraps `asyncio.run` so
+   `_agent` wrapper, which calls `proconsul.agent.agent.run_agent` unchanged but wraps `asyncio.run` so
    one extra task, the **lag monitor**, runs on the agent's own loop: it sleeps 10 ms again and
    again and records by how much each wake-up was late (perf_counter), to a file. No daemon code
    is changed; the monitor is the direct measure, the HTTP probe below the outside view.
@@ -67,7 +67,7 @@ TICK_S = 0.010  # sampling period of both the HTTP probe and the lag monitor
 
 def agent_wrapper(lag_file: str, argv: list[str]) -> int:
     """run_agent(argv) with a lag monitor task on its loop; samples go to `lag_file`."""
-    from proconsul.agent import run_agent
+    from proconsul.agent.agent import run_agent
 
     orig_run = asyncio.run
 

@@ -46,7 +46,7 @@ def agent_command(http_port: int, dns_port: int, extra: list[str]) -> list[str]:
     args = ["-dev", f"-http-port={http_port}", f"-dns-port={dns_port}", "-node=bench", *extra]
     if PROCONSUL.exists():
         return [str(PROCONSUL), "agent", *args]
-    code = "import sys; from proconsul.agent import run_agent; sys.exit(run_agent(sys.argv[1:]))"
+    code = "import sys; from proconsul.agent.agent import run_agent; sys.exit(run_agent(sys.argv[1:]))"
     return [python_exe(), "-c", code, *args]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cProfile
 import sys
 
-from proconsul.agent import run_agent
+from proconsul.agent.agent import run_agent
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from proconsul.agent import run_agent
+from proconsul.agent.agent import run_agent
 from proconsul.raft import storage
 
 STATS: dict[str, Any] = {"calls": 0, "entries": 0, "hs_only": 0, "busy_s": 0.0, "hist": {}}

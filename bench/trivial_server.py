@@ -1,6 +1,6 @@
 """The ceiling for one Python process on this machine: an aiohttp server with one handler.
 
-Same event-loop setup as the agent (`proconsul.agent.run_agent`): uvloop if it is importable,
+Same event-loop setup as the agent (`proconsul.agent.agent.run_agent`): uvloop if it is importable,
 `AppRunner(access_log=None)`, one `TCPSite`. The handler returns a small fixed JSON body about
 the size of a one-key KV answer, so `bench/kv_http.py` can compare the agent with it.
 

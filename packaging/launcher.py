@@ -2,7 +2,7 @@
 
 import sys
 
-from proconsul.cli import main
+from proconsul.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

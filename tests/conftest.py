@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from helpers import AgentProcess
 from hypothesis import settings
 
 # The machines are small and noisy: a property test must not fail because one example was slow.
 settings.register_profile("proconsul", deadline=None)
 settings.load_profile("proconsul")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from helpers import AgentProcess  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """`python -m proconsul` runs the command line, the same as the `proconsul` script."""
 
-from proconsul.cli import main
+from proconsul.cli.main import main
 
 raise SystemExit(main())

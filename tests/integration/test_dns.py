@@ -12,11 +12,9 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -26,12 +24,9 @@ import dns.rdatatype
 import pytest
 from dnslib import QTYPE, RR, A
 from dnslib import server as dnslib_server
+from helpers import AgentProcess, free_port, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from helpers import AgentProcess, free_port, wait_for  # noqa: E402
 
 LOCAL = "127.0.0.1"
 

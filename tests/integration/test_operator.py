@@ -113,7 +113,7 @@ def test_list_peers_and_snapshot_restore_into_a_fresh_server(cluster: Cluster, t
 
 
 def out_index(path: Path) -> int:
-    from proconsul import snapshot as archive
+    from proconsul.server import snapshot as archive
 
     return int(archive.read(path.read_bytes()).meta["Index"])
 

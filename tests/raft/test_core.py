@@ -7,14 +7,9 @@ Driven through the in-process harness (tests/sim/raft_sim.py) in instant mode.
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sim"))
-
-from proconsul.raft.core import (  # noqa: E402
+from proconsul.raft.core import (
     ConfChange,
     ConfChangeOp,
     Configuration,
@@ -30,7 +25,7 @@ from proconsul.raft.core import (  # noqa: E402
     RaftNode,
     Role,
 )
-from raft_sim import Cluster  # noqa: E402
+from raft_sim import Cluster
 
 
 def set_log(c: Cluster, node: str, terms: list[int], term: int, commit: int = 0) -> None:

@@ -7,13 +7,9 @@ instant mode: every Ready is persisted and every message delivered before the ne
 from __future__ import annotations
 
 import random
-import sys
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sim"))
-
-from proconsul.raft.core import (  # noqa: E402
+from proconsul.raft.core import (
     Entry,
     EntryKind,
     HardState,
@@ -23,7 +19,7 @@ from proconsul.raft.core import (  # noqa: E402
     RaftNode,
     Role,
 )
-from raft_sim import Cluster  # noqa: E402
+from raft_sim import Cluster
 
 
 def set_log(c: Cluster, node: str, terms: list[int], term: int, commit: int = 0) -> None:

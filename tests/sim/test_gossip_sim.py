@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gossip_sim import Cluster  # noqa: E402
-from proconsul.gossip.config import GossipConfig  # noqa: E402
-from proconsul.gossip.core import (  # noqa: E402
+from gossip_sim import Cluster
+from proconsul.gossip.config import GossipConfig
+from proconsul.gossip.core import (
     MemberEvent,
     MemberEventKind,
     MemberState,

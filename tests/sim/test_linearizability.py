@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import itertools
 import random
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from linearizability import FAIL, INFO, OK, Op, _prepare, _step, check, check_key  # noqa: E402
+from linearizability import FAIL, INFO, OK, Op, _prepare, _step, check, check_key
 
 
 def put(c: int, v: str, call: int, ret: int | None, status: str = OK, key: str = "k") -> Op:

@@ -18,14 +18,9 @@ A failure names its seed; `PROCONSUL_SEED=n pytest tests/sim/test_raft_sim.py` r
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from raft_sim import SimFailure, SimResult, simulate  # noqa: E402
+from raft_sim import SimFailure, SimResult, simulate
 
 SEEDS = int(os.environ.get("PROCONSUL_SIM_SEEDS", "2000"))
 MEMBERSHIP = max(SEEDS // 10, 10)

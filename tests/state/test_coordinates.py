@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import state_helpers
-from proconsul import coordinate_sync, queries
 from proconsul.coordinate import Coordinate, InvalidCoordinate
-from proconsul.snapshot import state_stats
+from proconsul.local import coordinate_sync
+from proconsul.server import queries
+from proconsul.server.snapshot import state_stats
 from proconsul.state import commands as cmd
 from proconsul.state.records import Node, ServiceInstance
 from proconsul.state.store import Store

@@ -16,8 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.coordinate import InvalidCoordinate
-from proconsul.coordinate_sync import decode_update
 from proconsul.http.common import HTTPError, bad_request, check_dc, json_response, query_options, read_json
+from proconsul.local.coordinate_sync import decode_update
 
 # The magic `?near=` value for "the agent answering this request".
 NEAR_AGENT = "_agent"

@@ -1,4 +1,4 @@
-"""`/v1/event/fire/:name` and `/v1/event/list`: user events (see `proconsul.events`).
+"""`/v1/event/fire/:name` and `/v1/event/list`: user events (see `proconsul.local.events`).
 
 Owns the HTTP side of events as Consul's agent/event_endpoint.go does it: fire takes the body as
 the payload, `?node=`, `?service=`, `?tag=` regex filters and `?dc=`, has a server broadcast it
@@ -13,9 +13,9 @@ import time
 
 from aiohttp import web
 
-from proconsul import events as ev
 from proconsul.config import parse_duration
 from proconsul.http.common import HTTPError, bad_request, json_response, read_body, uint_param
+from proconsul.local import events as ev
 
 # Read at most this much of a fire body: anything larger fails serf's limit anyway.
 _MAX_FIRE_BODY = 64 * 1024

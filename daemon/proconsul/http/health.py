@@ -12,7 +12,7 @@ from proconsul import filter as bexpr
 from proconsul.http.catalog import node_meta_filter
 from proconsul.http.common import bad_request, filter_items, flag, json_response, query_options
 from proconsul.http.coordinate import near_node
-from proconsul.queries import VALID_STATES
+from proconsul.server.queries import VALID_STATES
 
 
 async def node_health(request: web.Request) -> web.Response:

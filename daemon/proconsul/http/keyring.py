@@ -1,6 +1,6 @@
 """`/v1/operator/keyring`: list (GET), install (POST), use (PUT) and remove (DELETE) gossip keys.
 
-Thin HTTP over the cluster-wide keyring operation (``proconsul.keyring_ops``: on a server the
+Thin HTTP over the cluster-wide keyring operation (``proconsul.serf.keyring``: on a server the
 WAN pool, the LAN pool and every other datacenter's LAN pool; a client agent asks a server):
 every member of each pool is asked and the answers come back as Consul's per-pool
 ``KeyringResponse`` list (``WAN``, ``Datacenter``, ``Segment``, ``Messages``, ``Keys``,

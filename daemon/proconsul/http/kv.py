@@ -23,7 +23,7 @@ from proconsul.http.common import (
     set_meta,
     uint_param,
 )
-from proconsul.rpc import QueryMeta, QueryOptions
+from proconsul.rpc_api import QueryMeta, QueryOptions
 from proconsul.state import commands
 from proconsul.state.records import DirEntry
 

@@ -1,7 +1,7 @@
 """`/v1/operator/raft/configuration`, `/v1/operator/raft/peer` and `/v1/snapshot`.
 
-Thin HTTP over `proconsul.operator.Operator` (which forwards to the leader unless `?stale`).
-Snapshot bodies are binary gzipped tars (see `proconsul.snapshot`); a damaged archive given to
+Thin HTTP over `proconsul.server.operator.Operator` (which forwards to the leader unless `?stale`).
+Snapshot bodies are binary gzipped tars (see `proconsul.server.snapshot`); a damaged archive given to
 `PUT /v1/snapshot` is refused with 400 before anything is proposed.
 """
 
@@ -22,7 +22,7 @@ def _operator(request: web.Request) -> Any:
     agent = request.app["agent"]
     op = getattr(agent, "operator", None)
     if op is None:
-        from proconsul.operator import Operator
+        from proconsul.server.operator import Operator
 
         op = agent.operator = Operator(agent)
     return op

@@ -19,7 +19,7 @@ from proconsul.http import agent as agent_routes
 from proconsul.http import catalog, event, health, keyring, kv, operator, session, status, txn
 from proconsul.http import coordinate as coordinate_routes
 from proconsul.http.common import HTTPError
-from proconsul.rpc import RPCError
+from proconsul.rpc_api import RPCError
 from proconsul.state.store import StoreError
 
 logger = logging.getLogger(__name__)

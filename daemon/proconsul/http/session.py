@@ -3,7 +3,7 @@
 Owns decoding session create requests with Consul's defaults (node = this agent, checks =
 `serfHealth`, lock delay 15s, behaviour `release`, TTL between `session_ttl_min` and 24h),
 destroy/renew, and the blocking reads info/node/list. TTL expiry is the leader's job
-(`proconsul.leader.SessionTimers`); renew re-arms it.
+(`proconsul.server.leader.SessionTimers`); renew re-arms it.
 """
 
 from __future__ import annotations

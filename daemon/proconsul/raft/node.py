@@ -7,7 +7,7 @@ SQLite transaction off the event loop, then messages sent, then committed entrie
 the FSM, then read states served, then `advance`). Proposals queued while a Ready is being
 persisted go into the next one, which is the group commit.
 
-It implements `proconsul.rpc.Consensus`, so the RPC layer proposes commands and waits for
+It implements `proconsul.rpc_api.Consensus`, so the RPC layer proposes commands and waits for
 their FSM result. A proposal whose entry is overwritten, or whose leader steps down before it
 applies, is reported as `UnknownOutcome`: it may still commit under another leader.
 
@@ -45,8 +45,8 @@ from proconsul.raft.messages import (
 from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
-from proconsul.rpc import NoLeader, RPCError, UnknownOutcome
-from proconsul.rpc import NotLeader as RPCNotLeader
+from proconsul.rpc_api import NoLeader, RPCError, UnknownOutcome
+from proconsul.rpc_api import NotLeader as RPCNotLeader
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
 from proconsul.transport import dial_target
@@ -234,7 +234,7 @@ class _PeerLink:
 
 
 class RaftServer:
-    """One server's Raft: the core plus its I/O. Implements `proconsul.rpc.Consensus`."""
+    """One server's Raft: the core plus its I/O. Implements `proconsul.rpc_api.Consensus`."""
 
     def __init__(
         self,

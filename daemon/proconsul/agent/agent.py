@@ -1,0 +1,696 @@
+"""The agent: composition root that builds, starts, reloads and stops every part.
+
+Owns the start order (state and consensus, leadership, local state, checks, anti-entropy, then
+the listeners, then READY), the reaction to signals at safe points (SIGHUP reload, SIGTERM and
+SIGINT leave/stop, a second signal exits at once), reload of the reloadable settings, and the
+agent's identity (node name, persisted node ID) as `/v1/agent/self` and `members` report it.
+
+Three modes: `-dev` (in-memory, single voter, leader at once), servers (`-server`: Raft, see
+cluster.py) and client agents (no `-server`: local state, checks, HTTP and DNS, with every RPC
+sent to a server learned from LAN gossip, see client.py). Every agent runs the LAN gossip pool
+(membership.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+import proconsul
+from proconsul import config as configmod
+from proconsul.agent import logs
+from proconsul.agent.leave import GracefulLeave
+from proconsul.agent.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
+from proconsul.coordinate import Coordinate
+from proconsul.flags import FlagError, HelpRequested, ParsedFlags
+from proconsul.local.checks import CheckManager
+from proconsul.local.coordinate_sync import CoordinateSync
+from proconsul.local.events import AgentEvents
+from proconsul.local.state import AntiEntropy, LocalCheck, LocalState
+from proconsul.local.watch import WatchManager, start_agent_watches
+from proconsul.raft.node import PeersFileError, RaftServer
+from proconsul.raft.single import SingleNodeLog
+from proconsul.rpc_api import NoPathToDatacenter
+from proconsul.serf.keyring import KeyringOperations
+from proconsul.serf.lan import Membership, member_json
+from proconsul.serf.member import PROTOCOL_VERSIONS
+from proconsul.server.cluster import ClusterMember
+from proconsul.server.leader import SessionTimers, reconcile_alive_server
+from proconsul.server.operator import Operator
+from proconsul.server.remote import RemoteServer
+from proconsul.server.rpc import Server
+from proconsul.server.wan import Router, WANPool
+from proconsul.state.fsm import FSM
+from proconsul.state.store import Store
+from proconsul.structs import DecodeError, decode_check, decode_service
+from proconsul.transport import set_dial_overrides
+
+logger = logging.getLogger(__name__)
+
+# Consul's refusals of script checks (agent.addCheck), from config files and from the API.
+SCRIPTS_DISABLED_LOCAL = (
+    "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or "
+    "'enable_local_script_checks' to true"
+)
+SCRIPTS_DISABLED_REMOTE = (
+    "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true"
+)
+
+# Serf member status numbers as `/v1/agent/members` reports them.
+MEMBER_ALIVE = 1
+
+
+class AgentError(Exception):
+    """The agent cannot start; the message says why."""
+
+
+def _node_id(cfg: configmod.RuntimeConfig) -> str:
+    if cfg.node_id:
+        return cfg.node_id
+    if not cfg.data_dir:
+        return str(uuid.uuid4())
+    path = os.path.join(cfg.data_dir, "node-id")
+    try:
+        with open(path, encoding="ascii") as fh:
+            existing = fh.read().strip()
+        uuid.UUID(existing)
+        return existing
+    except FileNotFoundError:
+        pass
+    except ValueError as exc:
+        raise AgentError(f"node ID in {path} is invalid: {exc}") from None
+    new = str(uuid.uuid4())
+    os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(new)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return new
+
+
+class Agent:
+    def __init__(self, cfg: configmod.RuntimeConfig, flags: ParsedFlags | None = None) -> None:
+        self.config = cfg
+        self.flags = flags
+        self.started_at = time.time()
+        self.node_name = cfg.node_name or configmod.hostname()
+        self.node_id = _node_id(cfg)
+        self.address = cfg.advertise_addr or (cfg.bind_addr if cfg.bind_addr not in ("0.0.0.0", "::") else "127.0.0.1")
+        self.tokens: dict[str, str] = {
+            "default": cfg.acl.tokens.default,
+            "agent": cfg.acl.tokens.agent,
+        }
+        self.store = Store()
+        self.fsm = FSM(self.store)
+        server_addr = f"{self.address}:{cfg.ports.server}"
+        self.raft: RaftServer | None = None
+        self.log: Any
+        self.membership = Membership(self, self.member()["Tags"])  # LAN gossip pool
+        self.remote: RemoteServer | None = None
+        if cfg.dev:
+            self.log = SingleNodeLog(self.fsm, server_addr, self.node_id, self.node_name)
+        elif not cfg.server:
+            # A client agent: no Raft, no catalog; every RPC goes to a server found by gossip.
+            self.remote = RemoteServer(self.membership, cfg.datacenter)
+            self.log = self.remote.consensus
+        else:
+            assert cfg.data_dir, "config validation requires data_dir outside -dev"
+            # Consul's timing: 1s heartbeat/election base scaled by raft_multiplier (5 unless
+            # tuned for production); one tick is a tenth of it.
+            multiplier = cfg.performance.raft_multiplier or 5
+            self.raft = RaftServer(
+                self.node_id,
+                self.node_name,
+                server_addr,
+                self.fsm,
+                cfg.data_dir,
+                tick_s=0.1 * multiplier,
+                election_tick=10,
+                snapshot_threshold=cfg.raft_snapshot_threshold,
+                trailing_logs=cfg.raft_trailing_logs,
+                snapshot_interval_s=cfg.raft_snapshot_interval_s,
+            )
+            self.log = self.raft
+        self.server: Any = self.remote or Server(
+            self.store,
+            self.log,
+            cfg.datacenter,
+            default_query_time_s=cfg.default_query_time_s,
+            max_query_time_s=cfg.max_query_time_s,
+        )
+        # Servers also gossip in the WAN pool, which routes ?dc= requests to other datacenters.
+        self.wan: WANPool | None = None
+        if cfg.server and cfg.ports.serf_wan > 0:
+            self.wan = WANPool(self, self.member()["Tags"], self.membership.keyring)
+            wan = self.wan
+            self.server.router = Router(cfg.datacenter, wan.members, coordinates=lambda: wan.node.coordinates)
+            self.server.known_datacenters = self.server.router.datacenters
+        self.local = LocalState(
+            self.node_name,
+            self.node_id,
+            self.address,
+            cfg.datacenter,
+            dict(cfg.node_meta),
+            cfg.data_dir,
+            output_max_size=cfg.check_output_max_size,
+        )
+        self.checks = CheckManager(
+            self._report_check, cfg.enable_script_checks, cfg.enable_local_script_checks, self.local, self.server
+        )
+        self.local.check_update_interval = lambda: self.config.check_update_interval_s
+        self.local.on_check_added = self._check_added
+        self.local.on_check_removed = self.checks.remove
+        self.anti_entropy = AntiEntropy(self.local, self.server)
+        self.anti_entropy.base_interval = lambda: self.config.ae_interval_s
+        self.session_timers = SessionTimers(self.server)
+        self.watches = WatchManager()  # the config's `watches` (proconsul.local.watch), started after HTTP
+        self.store.now = time.monotonic
+        self.cluster: ClusterMember | None = None
+        if self.raft is not None:
+            self.cluster = ClusterMember(self, self.raft, self.server, self.session_timers)
+            # A leader appearing is the moment a waiting anti-entropy sync can succeed.
+            self.raft.on_leader_change = lambda leader: self.anti_entropy.trigger() if leader else None
+            self.raft.fatal = self._fatal
+            self.server.handlers["Session.Renew"] = self._renew_on_leader
+        self.operator = Operator(self)  # operator raft / snapshot endpoints (+ their RPCs)
+        self.events = AgentEvents(self)  # user events: fired through a server, received by gossip
+        self.coordinate_sync = CoordinateSync(self)  # network coordinates to the catalog (+ Coordinate.Update)
+        self.keyring_ops = KeyringOperations(self)  # keyring over LAN, WAN and other DCs (+ Keyring.Operation)
+        self.notifier = Notifier()
+        self.http: Any = None
+        self.dns: Any = None
+        self._stop = asyncio.Event()
+        self._leave_requested = False
+        self.leaving: GracefulLeave | None = None  # the graceful leave, once one started
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._signals_seen = 0
+        self.exit_code = 0
+        self.reload_errors: list[str] = []
+
+    # --------------------------------------------------------------------------- life cycle
+
+    def _check_added(self, check: LocalCheck) -> None:
+        if self.checks.session is not None:
+            self.checks.add(check.definition, check.source)
+
+    def _report_check(self, check_id: str, status: str, output: str) -> None:
+        if self.config.discard_check_output:
+            output = ""
+        self.local.update_check(check_id, status, output)
+
+    async def start(self) -> None:
+        from proconsul.http.server import HTTPServer
+
+        cfg = self.config
+        set_dial_overrides(cfg.dial_overrides)
+        try:
+            await self.membership.start()
+        except OSError as exc:
+            raise AgentError(f"Failed to start LAN gossip on port {cfg.ports.serf_lan}: {exc}") from None
+        if self.wan is not None:
+            try:
+                await self.wan.start()
+            except OSError as exc:
+                raise AgentError(f"Failed to start WAN gossip on port {cfg.ports.serf_wan}: {exc}") from None
+        if self.cluster is not None:
+            await self.cluster.start()
+        elif self.remote is not None:
+            self.remote.start()
+        else:
+            await reconcile_alive_server(
+                self.server, self.local.node_record(), cfg.ports.server, self.consul_service_meta()
+            )
+        await self.checks.open()
+        errors = self._load_config_definitions(cfg)
+        if errors:
+            raise AgentError("; ".join(errors))
+        for warning in self.local.load_persisted():
+            logger.warning("agent: %s", warning)
+        # In dev mode the first full sync runs before the listeners open, so what the config
+        # file defines is in the catalog by the time a client can ask. A cluster server may
+        # have no leader yet: its anti-entropy loop syncs (with back-off) once there is one.
+        if cfg.dev:
+            await self.local.sync_full(self.server)
+        self._tasks.append(asyncio.get_running_loop().create_task(self.anti_entropy.run(), name="anti-entropy"))
+        reaper = self.local.run_reaper(
+            lambda: self.config.check_reap_interval_s, lambda: self.config.check_deregister_interval_min_s
+        )
+        self._tasks.append(asyncio.get_running_loop().create_task(reaper, name="check-reaper"))
+        addresses = list(cfg.addresses.http or cfg.client_addr)
+        self.http = HTTPServer(self, addresses, cfg.ports.http)
+        await self.http.start()
+        if errors := start_agent_watches(self, cfg.watches):
+            raise AgentError("; ".join(errors))
+        if cfg.ports.dns > 0:
+            from proconsul.dns.server import DNSServer
+
+            self.dns = DNSServer(self.server, lambda: self.config)
+            await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
+        self.membership.start_retry_join(self._join_exhausted)
+        if self.wan is not None:
+            self.wan.start_retry_join(self._join_exhausted)
+        self.membership.start_reconcile(self.server, self.log.is_leader)
+        self.coordinate_sync.start()
+        if cfg.pid_file:
+            write_pid_file(cfg.pid_file)
+        logger.info("agent: started; node=%s datacenter=%s server=%s", self.node_name, cfg.datacenter, cfg.server)
+        self.notifier.ready(self.status_text())
+        self._tasks.append(asyncio.get_running_loop().create_task(self.notifier.run(self.status_text), name="systemd"))
+
+    def _serving_text(self) -> str:
+        if self.remote is not None:
+            leader = self.log.leader_address()
+            servers = len(self.membership.servers())
+            return f"serving as a client; {servers} servers known" + (f", leader {leader}" if leader else "")
+        if self.cluster is None:
+            return f"serving; leader of {self.config.datacenter} (dev)"
+        leader = self.log.leader_address()
+        if leader:
+            return f"serving; leader {leader}" + (" (this server)" if self.log.is_leader() else "")
+        return f"serving; waiting for a leader ({self.cluster.status})"
+
+    def status_text(self) -> str:
+        """What the agent serves or waits for, as systemd's `STATUS=` shows it."""
+        if self.leaving is not None:
+            return self.leaving.status
+        text = self._serving_text()
+        if self.reload_errors:
+            text += f"; last reload failed, running the previous configuration: {self.reload_errors[0]}"
+        return text
+
+    def _load_config_definitions(self, cfg: configmod.RuntimeConfig) -> list[str]:
+        errors: list[str] = []
+        scripts_ok = cfg.enable_script_checks or cfg.enable_local_script_checks
+        for i, raw in enumerate(cfg.services):
+            try:
+                definition = decode_service(raw)
+            except DecodeError as exc:
+                errors.extend(f"services[{i}].{e}" for e in exc.errors)
+                continue
+            if not scripts_ok and any(c.args for c in definition.checks):
+                errors.append(f'Failed to register service "{definition.name}": {SCRIPTS_DISABLED_LOCAL}')
+                continue
+            self.local.add_service(definition, "config", cfg.acl.tokens.config_file_service_registration, persist=False)
+        for i, raw in enumerate(cfg.checks):
+            try:
+                check = decode_check(raw)
+                if check.args and not scripts_ok:
+                    errors.append(f'Failed to register check "{check.name}": {SCRIPTS_DISABLED_LOCAL}')
+                    continue
+                self.local.add_check(check, "config", persist=False)
+            except DecodeError as exc:
+                errors.extend(f"checks[{i}].{e}" for e in exc.errors)
+            except KeyError as exc:
+                errors.append(f"checks[{i}]: {exc.args[0]}")
+        return errors
+
+    def _join_exhausted(self) -> None:
+        self.exit_code = 1
+        self._stop.set()
+
+    async def stop(self) -> None:
+        self.notifier.stopping()
+        if self._leave_requested:
+            self.leaving = self.leaving or GracefulLeave(self)
+            if not await self.leaving.run():
+                self.exit_code = 1  # Consul: a leave past the graceful timeout exits 1
+        if self.http is not None:
+            await self.http.stop()
+        if self.dns is not None:
+            await self.dns.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self.session_timers.stop()
+        self.watches.stop()
+        await self.coordinate_sync.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
+        await self.membership.stop()
+        if self.wan is not None:
+            await self.wan.stop()
+            await self.server.router.close()
+        if self.remote is not None:
+            await self.remote.stop()
+        await self.checks.close()
+        if self.config.pid_file:
+            remove_pid_file(self.config.pid_file)
+        logger.info("agent: stopped")
+
+    def _fatal(self, exc: BaseException) -> None:
+        self.exit_code = 1
+        self._stop.set()
+
+    def request_leave(self) -> GracefulLeave:
+        """Leave, then shut down (`PUT /v1/agent/leave`); wait on the result's `done`."""
+        self._leave_requested = True
+        self.leaving = self.leaving or GracefulLeave(self)
+        self._stop.set()
+        return self.leaving
+
+    def handle_signal(self, signum: int) -> None:
+        """Signals only set flags; the main loop acts on them at a safe point."""
+        if signum == signal.SIGHUP:
+            asyncio.get_running_loop().create_task(self._reload_from_signal())
+            return
+        self._signals_seen += 1
+        if self._signals_seen > 1:
+            logger.warning("agent: caught second signal, exiting now")
+            if self.config.pid_file:
+                remove_pid_file(self.config.pid_file)
+            os._exit(1)
+        leave = self.config.leave_on_terminate if signum == signal.SIGTERM else not self.config.skip_leave_on_interrupt
+        logger.info("agent: caught signal %s; %s", signal.Signals(signum).name,
+                    "graceful leave" if leave else "shutting down without leaving")
+        self._leave_requested = leave
+        self._stop.set()
+
+    async def _reload_from_signal(self) -> None:
+        errors = await self.reload()
+        for error in errors:
+            logger.error("agent: reload failed, keeping the running configuration: %s", error)
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+        if self._leave_requested:
+            logger.info("agent: gracefully leaving")
+
+    # -------------------------------------------------------------------------------- reload
+
+    async def reload(self) -> list[str]:
+        """Re-read the configuration and apply the reloadable part; returns errors, if any.
+
+        systemd sees `RELOADING=1` then `READY=1`; a failed reload keeps the running config and
+        says so in `STATUS=` until the next successful one.
+        """
+        if self.flags is None:
+            return []
+        self.notifier.reloading()
+        errors = await self._reload_config()
+        self.reload_errors = errors
+        self.notifier.ready(self.status_text())
+        return errors
+
+    async def _reload_config(self) -> list[str]:
+        try:
+            new = configmod.load_from(self.flags).config
+        except configmod.ConfigError as exc:
+            return list(exc.errors)
+        old = self.config
+        reloadable, restart = configmod.diff(old, new)
+        for name in restart:
+            logger.warning("agent: %s changed; it takes effect after a restart", name)
+        if watch_errors := WatchManager.validate(new.watches)[1]:
+            return watch_errors
+        # Replace the config-file services and checks with the new definitions.
+        for sid in [s for s, v in self.local.services.items() if v.source == "config"]:
+            self.local.remove_service(sid, notify=False)
+        for cid in [c for c, v in self.local.checks.items() if v.source == "config"]:
+            self.local.remove_check(cid, notify=False)
+        errors = self._load_config_definitions(new)
+        if errors:
+            self._load_config_definitions(old)
+            return errors
+        logs.set_level(new.log_level)
+        if new.log_level != old.log_level:
+            logger.info("agent: log level is now %s", new.log_level)
+        logger.debug("agent: reloadable settings changed: %s", ", ".join(reloadable) or "none")
+        self.local.set_node_meta(dict(new.node_meta))
+        self.tokens["default"] = new.acl.tokens.default or self.tokens["default"]
+        self.tokens["agent"] = new.acl.tokens.agent or self.tokens["agent"]
+        self.config = new
+        start_agent_watches(self, new.watches)
+        self.anti_entropy.trigger()
+        logger.info("agent: reloaded configuration (%d reloadable settings changed)", len(reloadable))
+        return []
+
+    # ------------------------------------------------------------------------------- queries
+
+    def consul_service_meta(self) -> dict[str, str]:
+        return {
+            "raft_version": "3",
+            "serf_protocol_current": "2",
+            "serf_protocol_max": "5",
+            "serf_protocol_min": "1",
+            "version": proconsul.CONSUL_COMPAT_VERSION,
+        }
+
+    async def touch_session(self, session: Any) -> None:
+        """(Re)arm a TTL session's timer on the leader, which is the one that expires it."""
+        if not session.ttl:
+            return
+        await self.renew_session(session.id)
+
+    async def renew_session(self, session_id: str) -> list[dict[str, Any]]:
+        """Consul's Session.Renew: the leader re-arms the TTL timer; the session as rendered, or []."""
+        if self.remote is not None:
+            # A client agent holds no sessions and runs no timers: a server forwards to its leader.
+            return list(await self.remote.forward_rpc("Session.Renew", session_id, timeout_s=10.0))
+        return await self._renew_on_leader(session_id)
+
+    async def _renew_on_leader(self, session_id: Any) -> list[dict[str, Any]]:
+        from proconsul.http import render
+
+        if self.cluster is not None and not self.log.is_leader():
+            leader = await self.server._wait_for_leader()
+            if leader:
+                return list(await self.cluster.pool.call(leader, "Session.Renew", session_id, timeout_s=10.0))
+        _, session = self.store.get_session(str(session_id))
+        if session is None:
+            return []
+        self.session_timers.arm(session)
+        return [render.session(session)]
+
+    def server_for_dc(self, dc: str) -> Server:
+        if dc == self.config.datacenter:
+            return self.server
+        raise NoPathToDatacenter(dc)
+
+    def check_script_allowed(self, checks: Any, source: str) -> None:
+        """Consul: script checks from the API need enable_script_checks (a 500, as Consul)."""
+        from proconsul.http.common import HTTPError
+
+        if self.config.enable_script_checks:
+            return
+        for check in checks:
+            if check.args:  # script checks, and docker ones (their args run in the container)
+                raise HTTPError(500, SCRIPTS_DISABLED_REMOTE)
+
+    def member(self) -> dict[str, Any]:
+        cfg = self.config
+        tags = {
+            "role": "consul" if cfg.server else "node",
+            "dc": cfg.datacenter,
+            "segment": "",
+            "id": self.node_id,
+            "vsn": "2",
+            "vsn_min": "2",
+            "vsn_max": "3",
+            "build": f"{proconsul.CONSUL_COMPAT_VERSION}:proconsul-{proconsul.__version__}",
+        }
+        if cfg.server:
+            tags.update({"port": str(cfg.ports.server), "raft_vsn": "3", "expect": str(cfg.bootstrap_expect)})
+            if cfg.bootstrap:
+                tags["bootstrap"] = "1"
+        elif cfg.advertise_reconnect_timeout_s:
+            # Consul's advertise_reconnect_timeout: the others reap us after this, not theirs.
+            tags["rc_tm"] = configmod.format_duration(cfg.advertise_reconnect_timeout_s)
+        return {
+            "Name": self.node_name,
+            "Addr": self.address,
+            "Port": cfg.ports.serf_lan,
+            "Tags": tags,
+            "Status": MEMBER_ALIVE,
+            **PROTOCOL_VERSIONS,
+        }
+
+    def members(self, wan: bool = False) -> list[dict[str, Any]]:
+        me = self.member()
+        if wan:
+            # Client agents are in no WAN pool (Consul lists nothing for them).
+            return self.wan.members_json() if self.wan is not None else []
+        return [member_json(rec) for rec in self.membership.members()] or [me]
+
+    def version_info(self) -> dict[str, Any]:
+        return {
+            "SHA": "",
+            "BuildDate": "",
+            "HumanVersion": proconsul.CONSUL_COMPAT_VERSION,
+            "FIPS": "",
+            "ProconsulVersion": proconsul.__version__,
+        }
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        local = self.local
+        log = self.log
+        return {
+            "agent": {
+                "check_monitors": str(sum(1 for c in local.checks.values() if c.definition.type == "script")),
+                "check_ttls": str(sum(1 for c in local.checks.values() if c.definition.type == "ttl")),
+                "checks": str(len(local.checks)),
+                "services": str(len(local.services)),
+            },
+            "build": {"prerelease": "", "revision": "", "version": proconsul.CONSUL_COMPAT_VERSION},
+            "consul": {
+                "bootstrap": str(self.config.bootstrap).lower(),
+                "known_datacenters": str(len(self.server.known_datacenters()) if self.remote is None else 1),
+                "leader": str(log.is_leader()).lower(),
+                "leader_addr": log.leader_address(),
+                "server": str(self.config.server).lower(),
+            },
+            "raft": self._raft_stats(),
+            "runtime": {
+                "arch": platform.machine(),
+                "os": sys.platform,
+                "version": f"python{platform.python_version()}",
+                "cpu_count": str(os.cpu_count() or 1),
+            },
+            "serf_lan": self.membership.counts(),
+            **({"serf_wan": self.wan.counts()} if self.wan is not None else {}),
+        }
+
+    def _raft_stats(self) -> dict[str, str]:
+        if self.raft is None or self.raft.core is None:
+            index = str(getattr(self.log, "commit_index", 0))
+            return {"applied_index": index, "commit_index": index, "last_log_index": index,
+                    "num_peers": "0", "state": "Leader", "protocol_version": "3"}
+        core = self.raft.core
+        return {
+            "applied_index": str(self.raft.applied_index),
+            "commit_index": str(core.commit_index),
+            "last_log_index": str(core.last_index),
+            "term": str(core.term),
+            "num_peers": str(max(len(core.config.voters) - 1, 0)),
+            "state": core.role.value.capitalize(),
+            "protocol_version": "3",
+        }
+
+    def self_info(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "Config": {
+                "Datacenter": cfg.datacenter,
+                "PrimaryDatacenter": cfg.primary_datacenter or cfg.datacenter,
+                "NodeName": self.node_name,
+                "NodeID": self.node_id,
+                "Partition": "",
+                "Revision": "",
+                "Server": cfg.server,
+                "Version": proconsul.CONSUL_COMPAT_VERSION,
+                "BuildDate": "",
+            },
+            "DebugConfig": {
+                "Datacenter": cfg.datacenter,
+                "NodeName": self.node_name,
+                "NodeID": self.node_id,
+                "ServerMode": cfg.server,
+                "DevMode": cfg.dev,
+                "Bootstrap": cfg.bootstrap,
+                "BootstrapExpect": cfg.bootstrap_expect,
+                "DataDir": cfg.data_dir or "",
+                "ClientAddrs": list(cfg.client_addr),
+                "AdvertiseAddrLAN": self.address,
+                "HTTPPort": cfg.ports.http,
+                "DNSPort": cfg.ports.dns,
+                "ServerPort": cfg.ports.server,
+                "SerfPortLAN": cfg.ports.serf_lan,
+                "SerfPortWAN": cfg.ports.serf_wan,
+                "DNSDomain": cfg.domain,
+                "LogLevel": cfg.log_level,
+                "EnableScriptChecks": cfg.enable_script_checks,
+                "EnableLocalScriptChecks": cfg.enable_local_script_checks,
+                "KVMaxValueSize": cfg.limits.kv_max_value_size,
+                "TxnMaxReqLen": cfg.limits.txn_max_req_len,
+                "ConfigFiles": list(cfg.sources),
+            },
+            "Coord": (self.coordinate_sync.local_coordinate() or Coordinate.origin()).to_json(),
+            "Member": self.member(),
+            "Stats": self.stats(),
+            "Meta": dict(self.local.node_meta),
+            "xDS": None,
+        }
+
+
+def _print_banner(agent: Agent) -> None:
+    cfg = agent.config
+    lines = [
+        "==> Starting Proconsul agent...",
+        f"              Version: '{proconsul.__version__}' (Consul API {proconsul.CONSUL_COMPAT_VERSION})",
+        f"              Node ID: '{agent.node_id}'",
+        f"            Node name: '{agent.node_name}'",
+        f"           Datacenter: '{cfg.datacenter}' (Segment: '<all>')",
+        f"               Server: {str(cfg.server).lower()} (Bootstrap: {str(cfg.bootstrap).lower()})",
+        f"          Client Addr: {list(cfg.client_addr)} (HTTP: {cfg.ports.http}, HTTPS: {cfg.ports.https}, "
+        f"gRPC: {cfg.ports.grpc}, DNS: {cfg.ports.dns})",
+        f"         Cluster Addr: {agent.address} (LAN: {cfg.ports.serf_lan}, WAN: {cfg.ports.serf_wan})",
+        "",
+        "==> Proconsul agent running!",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+async def _run(cfg: configmod.RuntimeConfig, flags: ParsedFlags) -> int:
+    try:
+        loop = asyncio.get_running_loop()
+        agent = Agent(cfg, flags)
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, agent.handle_signal, signum)
+        loop.add_signal_handler(signal.SIGPIPE, lambda: None)
+        try:
+            await agent.start()
+        except (AgentError, PidFileError, OSError) as exc:
+            print(f"==> Error starting agent: {exc}", file=sys.stderr, flush=True)
+            await agent.stop()
+            return 1
+        _print_banner(agent)
+        await agent.wait()
+        await agent.stop()
+        return agent.exit_code
+    except (AgentError, PeersFileError) as exc:
+        print(f"==> Error starting agent: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+def run_agent(argv: list[str]) -> int:
+    """`proconsul agent ARGS...`: load the config, refuse bad input, run until stopped."""
+    flagset = configmod.agent_flagset()
+    try:
+        flags = flagset.parse(argv)
+    except HelpRequested as exc:
+        print(str(exc), end="")
+        return 0
+    except FlagError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    try:
+        result = configmod.load_from(flags)
+    except configmod.ConfigError as exc:
+        print("==> Config validation failed:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"    {error}", file=sys.stderr)
+        return 1
+    cfg = result.config
+    for warning in logs.setup_from_config(cfg):
+        logger.warning("%s", warning)
+    for warning in result.warnings:
+        logger.warning("config: %s", warning)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(_run(cfg, flags))

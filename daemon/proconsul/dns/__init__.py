@@ -1,0 +1,1 @@
+"""DNS interface on `ports.dns`: server (sockets), wire codec, answers (pure), remote datacenters, recursors."""

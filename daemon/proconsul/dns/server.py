@@ -1,0 +1,230 @@
+"""The DNS server: UDP and TCP listeners on `ports.dns` and the per-query pipeline.
+
+Owns the sockets and tasks of the DNS interface (asyncio datagram endpoint and stream server on
+the same port, on each address of `addresses.dns` or `client_addr`), and the order of a query:
+decode and check (`dns_wire`), pick the domain, answer names in the Consul domain from a stale
+read of the state store (`dns_answer`, through `Server.read`; on client agents, from the catalog
+slice a server sends, see `dns_remote`), forward other names to the recursors (`dns_recursor`),
+and size the reply for the transport (`dns_wire`).
+
+Concurrency: each UDP datagram and each TCP connection is served by its own task, owned by the
+server and cancelled on stop, so a slow recursor delays only the query waiting for it. At most
+`max_inflight` UDP queries run at once; datagrams beyond that are dropped (the client retries),
+which bounds memory under a flood. TCP connections are closed after `tcp_idle_s` without a query.
+
+Consul behaviours kept here: a name outside the domain with no recursors is REFUSED; when every
+recursor fails the answer is SERVFAIL; RA is set only when recursors exist; read errors (no
+leader with `allow_stale=false`) answer SERVFAIL. The config is read per query through a
+callable, so a reload that replaces the agent's config applies to the next query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dnslib import RCODE
+
+from proconsul.config import RuntimeConfig
+from proconsul.dns import recursor as dns_recursor
+from proconsul.dns import wire as dns_wire
+from proconsul.dns.answer import Answer, AnswerCache, Question, Resolver, match_domain
+from proconsul.rpc_api import QueryOptions, RPCError
+from proconsul.server.rpc import Server
+from proconsul.state.store import Store
+
+logger = logging.getLogger(__name__)
+
+CATALOG_TABLES = ("nodes", "services", "checks")
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, owner: DNSServer) -> None:
+        self.owner = owner
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.transport is not None:
+            self.owner.spawn_udp(self.transport, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors from earlier replies (client went away) must not stop the listener.
+        logger.debug("dns: udp error: %r", exc)
+
+
+class DNSServer:
+    """Serves the Consul domain; `handle` is the transport-independent pipeline."""
+
+    def __init__(
+        self,
+        server: Server,
+        config: Callable[[], RuntimeConfig],
+        rng: random.Random | None = None,
+        max_inflight: int = 1024,
+        tcp_idle_s: float = 10.0,
+    ) -> None:
+        self.server = server
+        self.config = config
+        self.rng = rng or random.Random()
+        self.max_inflight = max_inflight
+        self.tcp_idle_s = tcp_idle_s
+        # Service answers per question, invalidated by the store's per-service index.
+        self.cache = AnswerCache()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.base_events.Server] = []
+
+    # ------------------------------------------------------------------------- life cycle
+
+    async def start(self, addresses: Iterable[str], port: int) -> None:
+        loop = asyncio.get_running_loop()
+        for host in addresses:
+            transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), local_addr=(host, port))
+            self._udp.append(transport)
+            self._tcp.append(await asyncio.start_server(self._serve_tcp, host, port))
+            logger.info("dns: listening on %s:%d (udp, tcp)", host, port)
+
+    async def stop(self) -> None:
+        for transport in self._udp:
+            transport.close()
+        for srv in self._tcp:
+            srv.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for srv in self._tcp:
+            await srv.wait_closed()
+        self._udp.clear()
+        self._tcp.clear()
+
+    def _own(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --------------------------------------------------------------------------- transports
+
+    def spawn_udp(self, transport: asyncio.DatagramTransport, data: bytes, addr: Any) -> None:
+        if len(self._tasks) >= self.max_inflight:
+            return  # overloaded: drop, the client's retry comes later
+        self._own(asyncio.get_running_loop().create_task(self._serve_udp(transport, data, addr)))
+
+    async def _serve_udp(self, transport: asyncio.DatagramTransport, data: bytes, addr: Any) -> None:
+        reply = await self.safe_handle(data, tcp=False)
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._own(task)
+        try:
+            while True:
+                try:
+                    prefix = await asyncio.wait_for(reader.readexactly(2), self.tcp_idle_s)
+                    (length,) = struct.unpack("!H", prefix)
+                    data = await asyncio.wait_for(reader.readexactly(length), self.tcp_idle_s)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return
+                reply = await self.safe_handle(data, tcp=True)
+                if reply is None:
+                    return  # undecodable: the stream can no longer be trusted
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+
+    # ----------------------------------------------------------------------------- pipeline
+
+    async def safe_handle(self, data: bytes, tcp: bool) -> bytes | None:
+        try:
+            return await self.handle(data, tcp)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug in answering one query must not take the listener down; log and drop.
+            logger.exception("dns: failed to answer a query")
+            return None
+
+    async def handle(self, data: bytes, tcp: bool) -> bytes | None:
+        """The reply to one request (None: send nothing)."""
+        decoded = dns_wire.decode(data)
+        if isinstance(decoded, dns_wire.Reject):
+            return decoded.reply
+        req = decoded
+        cfg = self.config()
+        dnscfg = cfg.dns_config
+        compress = not dnscfg.disable_compression
+        can_recurse = bool(cfg.recursors)
+        domain = match_domain(req.name, cfg)
+        if domain is None:
+            if not can_recurse:
+                return dns_wire.simple_reply(req, RCODE.REFUSED, False, False, compress)
+            return await self._recurse(cfg, req, data, tcp)
+        limits = dns_wire.Limits(
+            tcp=tcp,
+            enable_truncate=dnscfg.enable_truncate,
+            compress=compress,
+            udp_answer_limit=dnscfg.udp_answer_limit,
+            a_record_limit=dnscfg.a_record_limit,
+        )
+        try:
+            question = Question(req.name, req.qtype, domain)
+            answer = await self._answer(cfg, question, dns_wire.group_limit(req, limits))
+        except RPCError as exc:
+            logger.debug("dns: read failed: %s", exc)
+            return dns_wire.simple_reply(req, RCODE.SERVFAIL, False, can_recurse, compress)
+        if answer.recurse and can_recurse:
+            return await self._recurse(cfg, req, data, tcp)
+        return dns_wire.encode_answer(req, answer, can_recurse, limits)
+
+    async def _answer(self, cfg: RuntimeConfig, q: Question, max_groups: int = 0) -> Answer:
+        if getattr(self.server, "catalog_is_remote", False):
+            return await self._answer_on_client(cfg, q, max_groups)
+        resolver = Resolver(cfg, cfg.datacenter, self.rng, time.time(), self.cache, max_groups)
+
+        def run(store: Store) -> tuple[int, Answer]:
+            return 0, resolver.resolve(store, q)
+
+        stale = cfg.dns_config.allow_stale
+        meta, answer = await self.server.read(QueryOptions(allow_stale=stale), run, CATALOG_TABLES)
+        if stale and meta.last_contact_ms > cfg.dns_config.max_stale_s * 1000:
+            # Too stale (Consul's max_stale): ask again with a leader read.
+            meta, answer = await self.server.read(QueryOptions(), run, CATALOG_TABLES)
+        result: Answer = answer
+        if result.remote is not None:
+            # A name in another datacenter: its records come over the WAN (dns_remote).
+            from proconsul.dns.remote import answer_remote
+
+            result = await answer_remote(self.server, cfg, q, result, self.rng, resolver.now, max_groups)
+        return result
+
+    async def _answer_on_client(self, cfg: RuntimeConfig, q: Question, max_groups: int) -> Answer:
+        """A client agent: the catalog slice the question needs comes from a server (dns_remote)."""
+        from proconsul.dns.remote import answer_on_client
+
+        return await answer_on_client(self.server, cfg, q, self.rng, time.time(), max_groups)
+
+    async def _recurse(self, cfg: RuntimeConfig, req: dns_wire.Request, data: bytes, tcp: bool) -> bytes:
+        dnscfg = cfg.dns_config
+        reply = await dns_recursor.forward(
+            data,
+            list(cfg.recursors),
+            tcp,
+            dnscfg.recursor_timeout_s,
+            dnscfg.recursor_strategy,
+            self.rng,
+        )
+        if reply is None:
+            return dns_wire.simple_reply(req, RCODE.SERVFAIL, False, True, not dnscfg.disable_compression)
+        return reply

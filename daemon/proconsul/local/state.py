@@ -1,0 +1,616 @@
+"""This agent's own services and checks, their persistence, and anti-entropy to the catalog.
+
+Owns the agent's local view (what the operator registered here through the agent API or config
+files), the check statuses the check runners report, persistence of API registrations in
+`data_dir` so they survive restarts, and the anti-entropy loop that makes the catalog equal to
+this view: changes are pushed at once, and a periodic full sync (interval scaled with the
+cluster size, with jitter) removes catalog entries for this node that the agent does not know
+and restores the ones that went missing. The agent is authoritative for its own node.
+
+Sync failures (no leader) are logged and retried with back-off; local state is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from proconsul.config import format_duration
+from proconsul.rpc_api import QueryOptions, RPCError
+from proconsul.server.rpc import Server
+from proconsul.state import commands
+from proconsul.state.records import HealthCheck, Node, ServiceInstance
+from proconsul.state.store import StoreError
+from proconsul.structs import (
+    HEALTH_CRITICAL,
+    SERF_CHECK_ID,
+    CheckDefinition,
+    ServiceDefinition,
+)
+
+logger = logging.getLogger(__name__)
+
+# Consul's check output limit (check_output_max_size): longer output is truncated.
+DEFAULT_OUTPUT_MAX_SIZE = 4096
+# The service ID the leader registers for the servers; anti-entropy never touches it.
+CONSUL_SERVICE_ID = "consul"
+
+
+@dataclass
+class LocalService:
+    definition: ServiceDefinition
+    source: str = "api"  # "api" (persisted) | "config" (re-read on reload)
+    token: str = ""
+    in_sync: bool = False
+
+
+@dataclass
+class LocalCheck:
+    definition: CheckDefinition
+    status: str
+    output: str = ""
+    source: str = "api"
+    token: str = ""
+    in_sync: bool = False
+    # Output-only changes are deferred (check_update_interval); status changes sync at once.
+    deferred_output: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Monotonic time the check turned critical (None when it is not), for the reaper.
+    critical_since: float | None = None
+    # The pending write-back of an output-only change.
+    defer_handle: asyncio.TimerHandle | None = None
+
+
+def sync_interval_s(cluster_size: int, base_s: float = 60.0) -> float:
+    """Consul's scaling: 1m up to 128 nodes, then one more base interval per doubling."""
+    if cluster_size <= 128:
+        return base_s
+    return base_s * (1 + math.ceil(math.log2(cluster_size / 128)))
+
+
+class LocalState:
+    """The agent's services and checks, with change notification and persistence."""
+
+    def __init__(
+        self,
+        node_name: str,
+        node_id: str,
+        address: str,
+        datacenter: str,
+        node_meta: dict[str, str],
+        data_dir: str | None,
+        output_max_size: int = DEFAULT_OUTPUT_MAX_SIZE,
+    ) -> None:
+        self.node_name = node_name
+        self.node_id = node_id
+        self.address = address
+        self.datacenter = datacenter
+        self.node_meta = dict(node_meta)
+        self.data_dir = data_dir
+        self.output_max_size = output_max_size
+        self.services: dict[str, LocalService] = {}
+        self.checks: dict[str, LocalCheck] = {}
+        self.node_in_sync = False
+        # Removed locally but maybe still in the catalog: deregistered by the next sync.
+        self.deleted_services: set[str] = set()
+        self.deleted_checks: set[str] = set()
+        self.on_change: Callable[[], None] = lambda: None
+        self.on_check_added: Callable[[LocalCheck], None] = lambda c: None
+        self.on_check_removed: Callable[[str], None] = lambda cid: None
+        # Consul's check_update_interval (read at each change, so reload applies): output-only
+        # changes are written back after interval/2 plus a random stagger of up to one
+        # interval; 0 writes them at once.
+        self.check_update_interval: Callable[[], float] = lambda: 300.0
+        self.rng = random.Random()
+        self.clock: Callable[[], float] = time.monotonic
+        # Called on any change of a service, a check or a check's result (alias checks).
+        self._watchers: list[Callable[[], None]] = []
+
+    def add_watcher(self, callback: Callable[[], None]) -> None:
+        self._watchers.append(callback)
+
+    def remove_watcher(self, callback: Callable[[], None]) -> None:
+        if callback in self._watchers:
+            self._watchers.remove(callback)
+
+    def _notify_watchers(self) -> None:
+        for callback in list(self._watchers):
+            callback()
+
+    # ----------------------------------------------------------------------------- mutation
+
+    def set_node_meta(self, meta: dict[str, str]) -> None:
+        if meta != self.node_meta:
+            self.node_meta = dict(meta)
+            self.node_in_sync = False
+            self.on_change()
+
+    def add_service(
+        self,
+        definition: ServiceDefinition,
+        source: str = "api",
+        token: str = "",
+        replace_existing_checks: bool = False,
+        persist: bool = True,
+    ) -> None:
+        """Register or update a service and its checks (kept status when a check is unchanged)."""
+        previous = self.services.get(definition.id)
+        self.services[definition.id] = LocalService(definition, source, token)
+        self.deleted_services.discard(definition.id)
+        new_ids = {c.id for c in definition.checks}
+        if replace_existing_checks and previous is not None:
+            for cid, chk in list(self.checks.items()):
+                if chk.definition.service_id == definition.id and cid not in new_ids:
+                    self.remove_check(cid, notify=False)
+        for check in definition.checks:
+            self.add_check(check, source, token, notify=False, persist=persist)
+        if persist and source == "api":
+            self._persist("services", definition.id, {"definition": _service_to_json(definition), "token": token})
+        self._notify_watchers()
+        self.on_change()
+
+    def remove_service(self, service_id: str, notify: bool = True) -> bool:
+        if service_id not in self.services:
+            return False
+        del self.services[service_id]
+        self.deleted_services.add(service_id)
+        for cid, chk in list(self.checks.items()):
+            if chk.definition.service_id == service_id:
+                self.remove_check(cid, notify=False)
+                # Deregistering the service removes its checks from the catalog too.
+                self.deleted_checks.discard(cid)
+        self._unpersist("services", service_id)
+        self._notify_watchers()
+        if notify:
+            self.on_change()
+        return True
+
+    def add_check(
+        self,
+        definition: CheckDefinition,
+        source: str = "api",
+        token: str = "",
+        notify: bool = True,
+        persist: bool = True,
+    ) -> None:
+        if definition.service_id and definition.service_id not in self.services:
+            raise KeyError(f'ServiceID "{definition.service_id}" does not exist')
+        previous = self.checks.get(definition.id)
+        status = definition.status or HEALTH_CRITICAL
+        output = ""
+        if previous is not None and previous.definition == definition:
+            status, output = previous.status, previous.output
+        if previous is not None:
+            self.on_check_removed(definition.id)
+            _cancel_defer(previous)
+        check = LocalCheck(definition, status, output, source, token)
+        if status == HEALTH_CRITICAL:
+            kept = previous.critical_since if previous is not None and previous.status == status else None
+            check.critical_since = kept if kept is not None else self.clock()
+        self.checks[definition.id] = check
+        self.deleted_checks.discard(definition.id)
+        # A service's own checks are persisted with the service; maintenance checks stand alone.
+        if persist and source == "api" and (not definition.service_id or definition.type == "maintenance"):
+            self._persist("checks", definition.id, {"definition": _check_to_json(definition), "token": token})
+        self.on_check_added(check)
+        self._notify_watchers()
+        if notify:
+            self.on_change()
+
+    def remove_check(self, check_id: str, notify: bool = True) -> bool:
+        if check_id not in self.checks:
+            return False
+        _cancel_defer(self.checks.pop(check_id))
+        self.deleted_checks.add(check_id)
+        self.on_check_removed(check_id)
+        self._unpersist("checks", check_id)
+        self._notify_watchers()
+        if notify:
+            self.on_change()
+        return True
+
+    def update_check(self, check_id: str, status: str, output: str) -> None:
+        """Record a check result; a status change syncs at once, output-only changes later."""
+        check = self.checks.get(check_id)
+        if check is None:
+            return
+        if len(output) > self.output_max_size:
+            output = output[: self.output_max_size]
+        if check.status == status and check.output == output:
+            return
+        status_changed = check.status != status
+        check.status, check.output = status, output
+        if status_changed:
+            check.critical_since = self.clock() if status == HEALTH_CRITICAL else None
+        interval = self.check_update_interval()
+        if status_changed or interval <= 0:
+            _cancel_defer(check)
+            check.in_sync = False
+            self.on_change()
+        elif not check.deferred_output:
+            check.deferred_output = True
+            delay = interval / 2 + self.rng.uniform(0, interval)
+            try:
+                check.defer_handle = asyncio.get_running_loop().call_later(delay, self._write_back, check_id)
+            except RuntimeError:  # no event loop (unit tests): the next flush writes it
+                check.defer_handle = None
+        self._notify_watchers()
+
+    def _write_back(self, check_id: str) -> None:
+        check = self.checks.get(check_id)
+        if check is None or not check.deferred_output:
+            return
+        check.deferred_output = False
+        check.defer_handle = None
+        check.in_sync = False
+        self.on_change()
+
+    def flush_deferred_output(self) -> None:
+        """Write back every deferred output change now."""
+        changed = False
+        for check in self.checks.values():
+            if check.deferred_output:
+                _cancel_defer(check)
+                check.in_sync = False
+                changed = True
+        if changed:
+            self.on_change()
+
+    def critical_services_to_reap(self, min_timeout_s: float) -> list[str]:
+        """Services with a check critical for longer than its deregister_critical_service_after.
+
+        As Consul, a timeout below `min_timeout_s` (check_deregister_interval_min, 1m) counts as
+        that minimum.
+        """
+        now = self.clock()
+        out: set[str] = set()
+        for check in self.checks.values():
+            d = check.definition
+            if not d.service_id or not d.deregister_critical_service_after_s or check.critical_since is None:
+                continue
+            if check.status != HEALTH_CRITICAL:
+                continue
+            timeout = max(d.deregister_critical_service_after_s, min_timeout_s)
+            if now - check.critical_since > timeout:
+                out.add(d.service_id)
+        return sorted(out)
+
+    async def run_reaper(self, interval_s: Callable[[], float], min_timeout_s: Callable[[], float]) -> None:
+        """Consul's reapServices loop: every check_reap_interval (30s), deregister the services
+        whose checks stayed critical past deregister_critical_service_after."""
+        while True:
+            await asyncio.sleep(interval_s())
+            for sid in self.critical_services_to_reap(min_timeout_s()):
+                if sid in self.services:
+                    logger.info("agent: check for service %r critical for too long; deregistering the service", sid)
+                    self.remove_service(sid)
+
+    # ------------------------------------------------------------------------------- records
+
+    def node_record(self) -> Node:
+        tagged = {"lan": self.address, "lan_ipv4": self.address, "wan": self.address, "wan_ipv4": self.address}
+        meta = dict(self.node_meta)
+        meta.setdefault("consul-network-segment", "")
+        return Node(
+            node=self.node_name,
+            id=self.node_id,
+            address=self.address,
+            datacenter=self.datacenter,
+            tagged_addresses=tagged,
+            meta=meta,
+        )
+
+    def service_record(self, service_id: str) -> ServiceInstance:
+        d = self.services[service_id].definition
+        return ServiceInstance(
+            node=self.node_name,
+            id=d.id,
+            service=d.name,
+            tags=d.tags,
+            address=d.address,
+            tagged_addresses=d.tagged_addresses,
+            meta=d.meta,
+            port=d.port,
+            weights=d.weights,
+            enable_tag_override=d.enable_tag_override,
+            kind=d.kind,
+            extra={k: v for k, v in d.extra.items() if k in ("Proxy", "Connect")},
+        )
+
+    def check_record(self, check_id: str) -> HealthCheck:
+        c = self.checks[check_id]
+        d = c.definition
+        svc = self.services.get(d.service_id) if d.service_id else None
+        return HealthCheck(
+            node=self.node_name,
+            check_id=d.id,
+            name=d.name,
+            status=c.status,
+            notes=d.notes,
+            output=c.output,
+            service_id=d.service_id,
+            service_name=svc.definition.name if svc else "",
+            service_tags=svc.definition.tags if svc else (),
+            type=d.type,
+            interval=format_duration(d.interval_s) if d.interval_s else "",
+            timeout=format_duration(d.timeout_s) if d.timeout_s else "",
+        )
+
+    # --------------------------------------------------------------------------- persistence
+
+    def _path(self, kind: str, item_id: str) -> str | None:
+        if not self.data_dir:
+            return None
+        digest = hashlib.sha256(item_id.encode()).hexdigest()[:32]
+        return os.path.join(self.data_dir, kind, digest)
+
+    def _persist(self, kind: str, item_id: str, payload: dict[str, Any]) -> None:
+        path = self._path(kind, item_id)
+        if path is None:
+            return
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def _unpersist(self, kind: str, item_id: str) -> None:
+        path = self._path(kind, item_id)
+        if path and os.path.exists(path):
+            os.unlink(path)
+
+    def load_persisted(self) -> list[str]:
+        """Restore API-registered services and checks from data_dir; returns warnings."""
+        from proconsul.structs import DecodeError, decode_check, decode_service
+
+        warnings: list[str] = []
+        if not self.data_dir:
+            return warnings
+        for kind in ("services", "checks"):
+            folder = os.path.join(self.data_dir, kind)
+            if not os.path.isdir(folder):
+                continue
+            for name in sorted(os.listdir(folder)):
+                if name.endswith(".tmp"):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    with open(path, encoding="utf-8") as fh:
+                        payload = json.load(fh)
+                    if kind == "services":
+                        definition = decode_service(payload["definition"], strict=False)
+                        self.add_service(definition, "api", payload.get("token", ""), persist=False)
+                    elif payload["definition"].get("Maintenance"):
+                        raw = payload["definition"]
+                        check = CheckDefinition(
+                            id=raw["ID"], name=raw["Name"], notes=raw.get("Notes", ""),
+                            service_id=raw.get("ServiceID", ""), status=HEALTH_CRITICAL, type="maintenance",
+                        )
+                        self.add_check(check, "api", payload.get("token", ""), persist=False)
+                    else:
+                        check = decode_check(payload["definition"], strict=False)
+                        self.add_check(check, "api", payload.get("token", ""), persist=False)
+                except (OSError, ValueError, KeyError, DecodeError) as exc:
+                    warnings.append(f"skipping persisted {kind[:-1]} {path}: {exc}")
+        return warnings
+
+    # ---------------------------------------------------------------------------- anti-entropy
+
+    async def sync_full(self, server: Server) -> None:
+        """Make the catalog's view of this node equal to the local state."""
+
+        _, state = await server.query("Internal.NodeState", {"node": self.node_name}, QueryOptions())
+        node = Node.from_wire(state["node"]) if state["node"] is not None else None
+        remote_services = {s.id: s for s in (ServiceInstance.from_wire(w) for w in state["services"])}
+        remote_checks = {c.check_id: c for c in (HealthCheck.from_wire(w) for w in state["checks"])}
+        want_node = self.node_record()
+        if node is None or (
+            node.address != want_node.address
+            or node.id != want_node.id
+            or dict(node.meta) != dict(want_node.meta)
+            or dict(node.tagged_addresses) != dict(want_node.tagged_addresses)
+        ):
+            self.node_in_sync = False
+        for sid in sorted(remote_services):
+            if sid == CONSUL_SERVICE_ID and sid not in self.services:
+                continue
+            if sid not in self.services:
+                await server.write(commands.Deregister(self.node_name, service_id=sid))
+        for cid in sorted(remote_checks):
+            if cid == SERF_CHECK_ID or cid in self.checks:
+                continue
+            if remote_checks[cid].service_id == CONSUL_SERVICE_ID:
+                continue
+            await server.write(commands.Deregister(self.node_name, check_id=cid))
+        for sid, local in self.services.items():
+            remote = remote_services.get(sid)
+            want = self.service_record(sid)
+            if remote is None or _strip(remote) != _strip(want, remote):
+                local.in_sync = False
+        for cid, check in self.checks.items():
+            remote_check = remote_checks.get(cid)
+            if remote_check is None or _strip(remote_check) != _strip(self.check_record(cid)):
+                check.in_sync = False
+        await self.sync_changes(server)
+
+    async def sync_changes(self, server: Server) -> None:
+        """Push every out-of-sync service, check and the node itself to the catalog."""
+        if not self.node_in_sync:
+            await server.write(commands.Register(self.node_record()))
+            self.node_in_sync = True
+        for sid in sorted(self.deleted_services):
+            await server.write(commands.Deregister(self.node_name, service_id=sid))
+            self.deleted_services.discard(sid)
+        for cid in sorted(self.deleted_checks):
+            await server.write(commands.Deregister(self.node_name, check_id=cid))
+            self.deleted_checks.discard(cid)
+        for sid in sorted(self.services):
+            local = self.services.get(sid)
+            if local is None or local.in_sync:
+                continue
+            own_checks = tuple(
+                self.check_record(cid)
+                for cid in sorted(self.checks)
+                if self.checks[cid].definition.service_id == sid
+            )
+            await server.write(commands.Register(self.node_record(), self.service_record(sid), own_checks))
+            local.in_sync = True
+            for c in own_checks:
+                if c.check_id in self.checks:
+                    self.checks[c.check_id].in_sync = True
+        for cid in sorted(self.checks):
+            check = self.checks.get(cid)
+            if check is None or check.in_sync:
+                continue
+            await server.write(commands.Register(self.node_record(), None, (self.check_record(cid),)))
+            check.in_sync = True
+
+
+def _cancel_defer(check: LocalCheck) -> None:
+    check.deferred_output = False
+    if check.defer_handle is not None:
+        check.defer_handle.cancel()
+        check.defer_handle = None
+
+
+def _strip(record: Any, like: Any = None) -> Any:
+    """A record without its indexes, for comparing the local and the catalog's view."""
+    out = replace(record, create_index=0, modify_index=0)
+    if isinstance(out, ServiceInstance) and like is not None and out.enable_tag_override:
+        # With enable_tag_override, tags edited in the catalog are not reverted.
+        out = replace(out, tags=like.tags)
+    return out
+
+
+class AntiEntropy:
+    """Runs the sync loop: immediate partial syncs on change, periodic full syncs with jitter."""
+
+    def __init__(self, local: LocalState, server: Server, rng: random.Random | None = None) -> None:
+        self.local = local
+        self.server = server
+        self.rng = rng or random.Random()
+        self._trigger = asyncio.Event()
+        self.cluster_size: Callable[[], int] = lambda: 1
+        # The full-sync base interval before cluster-size scaling: Consul's hidden `ae_interval`
+        # (1m); tests shorten it.
+        self.base_interval: Callable[[], float] = lambda: 60.0
+        self.synced = asyncio.Event()  # set after the first successful full sync
+        local.on_change = self.trigger
+
+    def trigger(self) -> None:
+        self._trigger.set()
+
+    async def run(self) -> None:
+        backoff = 0.5
+        next_full = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            # Cleared before syncing, never after: a change made while a sync is in flight must
+            # leave the trigger set so the loop goes round again (a lost wake-up otherwise delays
+            # it to the next full sync).
+            self._trigger.clear()
+            try:
+                if loop.time() >= next_full:
+                    await self.local.sync_full(self.server)
+                    interval = sync_interval_s(self.cluster_size(), self.base_interval())
+                    next_full = loop.time() + interval + self.rng.uniform(0, interval / 16)
+                    self.synced.set()
+                    logger.debug("anti-entropy: full sync done; next in %.0fs", next_full - loop.time())
+                else:
+                    await self.local.sync_changes(self.server)
+                backoff = 0.5
+            except Exception as exc:  # the loop must outlive any one failure
+                if isinstance(exc, (RPCError, StoreError)):
+                    logger.warning("anti-entropy: sync failed, retrying in %.1fs: %s", backoff, exc)
+                else:
+                    logger.exception("anti-entropy: unexpected error, retrying in %.1fs", backoff)
+                # A trigger (a local change, or a leader becoming known) cuts the wait short.
+                try:
+                    await asyncio.wait_for(self._trigger.wait(), backoff)
+                except TimeoutError:
+                    pass
+                backoff = min(backoff * 2, 5.0)
+                continue
+            try:
+                await asyncio.wait_for(self._trigger.wait(), max(0.0, next_full - loop.time()))
+            except TimeoutError:
+                pass
+
+
+def _service_to_json(d: ServiceDefinition) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "ID": d.id,
+        "Name": d.name,
+        "Tags": list(d.tags),
+        "Address": d.address,
+        "Meta": dict(d.meta),
+        "Port": d.port,
+        "Kind": d.kind,
+        "Weights": {"Passing": d.weights[0], "Warning": d.weights[1]},
+        "EnableTagOverride": d.enable_tag_override,
+        "Checks": [_check_to_json(c) for c in d.checks],
+    }
+    if d.tagged_addresses:
+        out["TaggedAddresses"] = dict(d.tagged_addresses)
+    return out
+
+
+def _check_to_json(c: CheckDefinition) -> dict[str, Any]:
+    out: dict[str, Any] = {"ID": c.id, "Name": c.name}
+    if c.type == "maintenance":
+        out["Maintenance"] = True
+    for attr, key in (
+        ("service_id", "ServiceID"),
+        ("notes", "Notes"),
+        ("status", "Status"),
+        ("http", "HTTP"),
+        ("method", "Method"),
+        ("body", "Body"),
+        ("tcp", "TCP"),
+        ("udp", "UDP"),
+        ("grpc", "GRPC"),
+        ("alias_node", "AliasNode"),
+        ("alias_service", "AliasService"),
+        ("tls_server_name", "TLSServerName"),
+        ("h2ping", "H2PING"),
+        ("os_service", "OSService"),
+        ("docker_container_id", "DockerContainerID"),
+    ):
+        if getattr(c, attr):
+            out[key] = getattr(c, attr)
+    for attr, key in (
+        ("interval_s", "Interval"),
+        ("timeout_s", "Timeout"),
+        ("ttl_s", "TTL"),
+        ("deregister_critical_service_after_s", "DeregisterCriticalServiceAfter"),
+    ):
+        if getattr(c, attr):
+            out[key] = format_duration(getattr(c, attr))
+    for attr, key in (
+        ("tls_skip_verify", "TLSSkipVerify"),
+        ("disable_redirects", "DisableRedirects"),
+        ("tcp_use_tls", "TCPUseTLS"),
+        ("grpc_use_tls", "GRPCUseTLS"),
+        ("success_before_passing", "SuccessBeforePassing"),
+        ("failures_before_warning", "FailuresBeforeWarning"),
+        ("failures_before_critical", "FailuresBeforeCritical"),
+        ("output_max_size", "OutputMaxSize"),
+    ):
+        if getattr(c, attr):
+            out[key] = getattr(c, attr)
+    if c.args:
+        out["Args"] = list(c.args)
+    if c.header:
+        out["Header"] = {k: list(v) for k, v in c.header.items()}
+    return out

@@ -1,0 +1,86 @@
+"""What crosses the RPC boundary between the HTTP/DNS front ends, servers and client agents.
+
+Owns the errors a server answers with (each mapped to an HTTP status in `http.server`), the query
+options and metadata of Consul's reads (`?index`, `?wait`, `?stale`, `?consistent`, `?dc`) and
+writes, and the `Consensus` protocol: the replicated log as the RPC layer sees it. A leaf: it
+imports nothing of proconsul, so the Raft driver, the servers and the client agents share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Consensus(Protocol):
+    """The replicated log as the RPC layer uses it.
+
+    `apply` returns only after the command is committed and applied to the local FSM, with the
+    log index and the FSM's result. It raises `NotLeader` when this server cannot propose and
+    `UnknownOutcome` when leadership was lost after proposing (the write may or may not commit).
+    """
+
+    def is_leader(self) -> bool: ...
+
+    def ready_for_reads(self) -> bool:
+        """Leader only: its state machine holds every acknowledged write (see RaftServer)."""
+        ...
+
+    def leader_address(self) -> str: ...
+
+    def last_contact_ms(self) -> int: ...
+
+    def voters(self) -> list[tuple[str, str, str]]: ...
+
+    async def apply(self, command: Any) -> tuple[int, Any]:
+        """`command` is a `state.commands.Command`; the replicated log itself only carries its bytes."""
+        ...
+
+    async def verify_leader(self) -> None: ...
+
+
+class RPCError(Exception):
+    """An error answered to the caller; HTTP maps it to 500 with this text (Consul's behaviour)."""
+
+
+class NoLeader(RPCError):
+    def __init__(self) -> None:
+        super().__init__("No cluster leader")
+
+
+class NotLeader(RPCError):
+    def __init__(self, leader: str = "") -> None:
+        super().__init__("node is not the leader")
+        self.leader = leader
+
+
+class UnknownOutcome(RPCError):
+    """Leadership was lost after the command was proposed: it may or may not have committed."""
+
+
+class NoPathToDatacenter(RPCError):
+    def __init__(self, dc: str) -> None:
+        super().__init__("No path to datacenter")
+        self.dc = dc
+
+
+@dataclass(frozen=True, slots=True)
+class QueryOptions:
+    min_index: int = 0  # ?index: block until the result's index exceeds it
+    max_wait_s: float = 0.0  # ?wait, already clamped to max_query_time; 0 = default
+    allow_stale: bool = False  # ?stale
+    require_consistent: bool = False  # ?consistent
+    datacenter: str = ""  # ?dc: answered by a server of that datacenter ("" = ours)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMeta:
+    index: int
+    known_leader: bool
+    last_contact_ms: int
+    consistency: str  # "leader" | "stale" | "consistent"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteMeta:
+    index: int

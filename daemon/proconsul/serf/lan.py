@@ -1,0 +1,280 @@
+"""The agent's LAN gossip membership: the serf layer between the gossip driver and the agent.
+
+Owns:
+- the LAN ``GossipNode`` of every agent (tags: role, dc, id, build, vsn, and port for servers),
+  encrypted when ``encrypt`` or a persisted keyring says so; its life cycle, joins and member
+  table are those of every pool (:class:`~proconsul.serf.pool.SerfPool`, shared with the WAN pool);
+- the member table as ``/v1/agent/members`` reports it (serf keeps failed members until
+  ``reconnect_timeout`` and left ones for a day; memberlist forgets them after 30 s, so this
+  table outlives the core's);
+- ``-join``/``-retry-join`` (``retry_interval``, ``retry_max``: exhausted means exit 1);
+- serf's reconnect loop and reaper on this table (:mod:`proconsul.serf.reconnect`): failed members
+  are retried by a join now and then, and reaped after ``reconnect_timeout``;
+- ``leave`` and ``force-leave``;
+- the leader's reconcile of gossip members into the catalog (``serfHealth``), see
+  :func:`proconsul.server.leader.reconcile_member`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgpack
+
+from proconsul.gossip.config import GossipConfig
+from proconsul.gossip.core import (
+    Event,
+    MemberEvent,
+    MemberEventKind,
+    MemberState,
+    NameConflict,
+    UserEventReceived,
+)
+from proconsul.gossip.keyring import Keyring, setup_keyring
+from proconsul.serf.member import (  # the names other modules import from here too
+    STATUS_ALIVE,
+    STATUS_FAILED,  # noqa: F401
+    STATUS_LEAVING,  # noqa: F401
+    STATUS_LEFT,
+    STATUS_NONE,  # noqa: F401
+    TOMBSTONE_TIMEOUT_S,
+    MemberRecord,
+    member_json,  # noqa: F401
+)
+from proconsul.serf.pool import SerfPool
+from proconsul.serf.snapshot import Snapshot
+
+logger = logging.getLogger(__name__)
+
+# How often the leader re-runs the full reconcile even without gossip events (Consul: 60 s).
+RECONCILE_INTERVAL_S = 60.0
+
+
+class Membership(SerfPool):
+    """One agent's LAN pool membership."""
+
+    # Consul agents join with serf's ignoreOld: a (re)joining agent does not replay old events.
+    join_ignores_old_events = True
+
+    def __init__(self, agent: Any, tags: dict[str, str]) -> None:
+        cfg = agent.config
+        self.keyring = setup_keyring(cfg.encrypt, cfg.data_dir)
+        super().__init__(
+            agent, "LAN", agent.node_name, cfg.ports.serf_lan,
+            bind_host=cfg.serf_lan or cfg.bind_addr,
+            advertise_host=agent.address,
+            gossip_config=GossipConfig.local() if cfg.dev else GossipConfig.lan(),
+            tags=tags,
+            keyring=self.keyring,
+            save_keyring=self._save_keyring,
+            merge_check=self._merge_check,
+        )
+        # Peers to rejoin after a restart (serf's snapshot); dev agents keep nothing.
+        self.snapshot = Snapshot(cfg.data_dir, cfg.rejoin_after_leave) if cfg.data_dir and not cfg.dev else None
+        self.changed = asyncio.Event()
+        # Called with each member event (the leader's reconcile and client server lists).
+        self.listeners: list[Callable[[MemberRecord], None]] = []
+        # Called with each user event the pool delivers (ours included), see proconsul.local.events.
+        self.user_event_listeners: list[Callable[[UserEventReceived], None]] = []
+        # Members reaped from the table, by name, with when: the leader deregisters them from the
+        # catalog (Consul's handleReapMember), even when it became leader after the reap.
+        self.reaped: dict[str, tuple[MemberRecord, float]] = {}
+        self._resolving = False  # a name-conflict resolution is under way
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._bind()
+        logger.info("gossip: LAN pool on %s:%d", *self.node.address)
+        self._start_reconnect(lambda: self.config.reconnect_timeout_s, on_reap=self._on_reaped)
+        previous = self.snapshot.previous_peers(self.agent.node_name) if self.snapshot is not None else []
+        if previous:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._rejoin(previous), name="serf-rejoin"))
+
+    async def _rejoin(self, previous: list[tuple[str, str]]) -> None:
+        """serf's handleRejoin: try the peers of the snapshot in random order until one answers."""
+        random.shuffle(previous)
+        for name, addr in previous:
+            logger.info("serf: Attempting re-join to previously known node: %s: %s", name, addr)
+            if await self.node.join([addr], self.config.ports.serf_lan) > 0:
+                logger.info("serf: Re-joined to previously known node: %s: %s", name, addr)
+                return
+        logger.warning("serf: Failed to re-join any previously known node")
+
+    def start_retry_join(self, on_exhausted: Callable[[], None]) -> None:
+        cfg = self.config
+        self._start_retry_join([*cfg.start_join, *cfg.retry_join], cfg.retry_max, cfg.retry_interval_s, on_exhausted)
+
+    def _on_reaped(self, rec: MemberRecord) -> None:
+        now = time.time()
+        for name, (_, when) in list(self.reaped.items()):
+            if now - when > TOMBSTONE_TIMEOUT_S:  # no leader took it in a day: stop holding it
+                del self.reaped[name]
+        self.reaped[rec.member.name] = (rec, now)
+        self.changed.set()
+
+    async def leave(self) -> None:
+        if self.snapshot is not None:
+            self.snapshot.leave()
+        await super().leave()
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.snapshot is not None:
+            self.snapshot.close()
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _save_keyring(self, ring: Keyring) -> None:
+        if self.config.data_dir and not self.config.disable_keyring_file:
+            ring.save(self.config.data_dir)
+
+    def _merge_check(self, members: Sequence[tuple[str, Mapping[str, str]]]) -> str | None:
+        """Consul's LAN merge delegate: refuse members that reuse a node ID under another name
+        (ours, one another's, or a live member's) or belong to another datacenter."""
+        me, my_id = self.agent.node_name, self.agent.node_id
+        live = {m.tags.get("id", ""): m.name for m in self.node.members()
+                if m.state in (MemberState.ALIVE, MemberState.SUSPECT) and m.tags.get("id")}
+        seen: dict[str, str] = {}
+        for name, tags in members:
+            node_id = tags.get("id", "")
+            if node_id:
+                if node_id == my_id and name.lower() != me.lower():
+                    return f"Member '{name}' has conflicting node ID '{node_id}' with this agent's ID"
+                other = seen.get(node_id) or live.get(node_id)
+                if other is not None and other.lower() != name.lower():
+                    return f"Member '{name}' has conflicting node ID '{node_id}' with member '{other}'"
+                seen[node_id] = name
+            dc = tags.get("dc", "")
+            if dc and dc != self.config.datacenter:
+                return f"Member '{name}' part of wrong datacenter '{dc}'"
+        return None
+
+    async def _resolve_name_conflict(self) -> None:
+        """serf's conflict resolution: ask everyone which address they hold for our name; in the
+        minority we step out of the pool (the other holder keeps the name)."""
+        me = self.node.address
+        result = await self.queries.ask("_serf_conflict", self.agent.node_name.encode())
+        matching = 0
+        for payload in result.responses.values():
+            try:
+                answer = msgpack.unpackb(payload, raw=False)
+            except Exception:
+                continue
+            if isinstance(answer, dict) and (answer.get("Addr"), answer.get("Port")) == tuple(me):
+                matching += 1
+        # The disputed node does not vote (it does not answer its own query), as in serf.
+        responses = len(result.responses)
+        if matching >= responses // 2 + 1:
+            logger.info("serf: majority in name conflict resolution [%d / %d]", matching, responses)
+            self._resolving = False
+            return
+        logger.error("serf: minority in name conflict resolution, quiting [%d / %d]", matching, responses)
+        logger.error("agent: node name %s is in use by another agent; this agent left the LAN pool, "
+                     "restart it with a unique -node", self.agent.node_name)
+        await self.node.stop()
+
+    def _on_event(self, event: Event) -> None:
+        if self.queries.handle_event(event) or self.keyring_queries.handle_event(event):
+            return
+        if isinstance(event, NameConflict):
+            if event.name == self.agent.node_name:
+                logger.error("serf: Node name conflicts with another node at %s:%d. Names must be unique! "
+                             "(Resolution enabled: true)", *event.theirs)
+                if not self._resolving:
+                    self._resolving = True
+                    self._tasks.append(asyncio.get_running_loop().create_task(
+                        self._resolve_name_conflict(), name="serf-conflict"))
+            else:
+                logger.warning("serf: Name conflict for '%s' both %s:%d and %s:%d are claiming",
+                               event.name, *event.ours, *event.theirs)
+            return
+        if isinstance(event, UserEventReceived):
+            for on_user_event in self.user_event_listeners:
+                try:
+                    on_user_event(event)
+                except Exception:
+                    logger.exception("gossip: user event listener failed")
+            return
+        if not isinstance(event, MemberEvent):
+            return
+        m = event.member
+        if self.snapshot is not None and m.name != self.agent.node_name:
+            if event.kind is MemberEventKind.JOIN:
+                self.snapshot.member_alive(m.name, m.addr[0], m.addr[1])
+            elif event.kind in (MemberEventKind.LEAVE, MemberEventKind.FAIL):
+                self.snapshot.member_gone(m.name)
+        if event.kind is MemberEventKind.REAP:
+            return  # serf keeps the member listed (failed until reconnect_timeout, left for a day)
+        rec, _ = self._record(m)
+        self.reaped.pop(m.name, None)  # back after a reap: it is a member again
+        if event.kind in (MemberEventKind.FAIL, MemberEventKind.LEAVE, MemberEventKind.JOIN):
+            logger.info("gossip: member %s %s", m.name, {1: "joined", 3: "left", 4: "failed"}.get(rec.status, "changed"))
+        self._notify(rec)
+
+    def _notify(self, rec: MemberRecord) -> None:
+        self.changed.set()
+        for listener in self.listeners:
+            try:
+                listener(rec)
+            except Exception:
+                logger.exception("gossip: member listener failed")
+
+    def start_reconcile(self, server: Any, is_leader: Callable[[], bool]) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._reconcile_loop(server, is_leader)))
+
+    async def _reconcile_loop(self, server: Any, is_leader: Callable[[], bool]) -> None:
+        """Leader only: every member event (and at least every few seconds, so a new leader
+        catches up at once) turns gossip membership into catalog state."""
+        from proconsul.server.leader import reconcile_member
+
+        while True:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.changed.wait()
+            except TimeoutError:
+                pass
+            self.changed.clear()
+            if not is_leader():
+                continue
+            await self._reconcile_reaped(server, reconcile_member)
+            for rec in self.members():
+                await self._reconcile_one(server, reconcile_member, rec)
+
+    async def _reconcile_reaped(self, server: Any, fn: Any) -> None:
+        """Consul's handleReapMember: a reaped member's node leaves the catalog (never ours)."""
+        for name in sorted(self.reaped):
+            rec, _ = self.reaped[name]
+            m = rec.member
+            try:
+                # Deregistered exactly as a left member is; a node already gone writes nothing.
+                if await fn(server, m.name, m.addr[0], dict(m.tags), STATUS_LEFT, self.agent.node_name):
+                    logger.info("leader: member %s was reaped; deregistered", name)
+            except Exception as exc:  # no leader, lost leadership: the next pass retries
+                logger.debug("leader: reconcile of reaped %s failed: %s", name, exc)
+                continue
+            self.reaped.pop(name, None)
+
+    async def _reconcile_one(self, server: Any, fn: Any, rec: MemberRecord) -> None:
+        m = rec.member
+        try:
+            await fn(server, m.name, m.addr[0], dict(m.tags), rec.status, self.agent.node_name)
+        except Exception as exc:  # no leader, lost leadership: the next pass retries
+            logger.debug("leader: reconcile of %s failed: %s", m.name, exc)
+
+    # --- views -------------------------------------------------------------------------------
+
+    def servers(self) -> list[tuple[str, str]]:
+        """Alive servers of our datacenter as (name, "host:port") for RPC, sorted by name."""
+        out = []
+        for rec in self.members():
+            tags = rec.member.tags
+            if rec.status == STATUS_ALIVE and tags.get("role") == "consul" and tags.get("dc") == self.config.datacenter:
+                out.append((rec.member.name, f"{rec.member.addr[0]}:{tags.get('port', '8300')}"))
+        return out
+

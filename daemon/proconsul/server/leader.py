@@ -1,0 +1,149 @@
+"""Leader-only duties: what the cluster leader writes into the catalog on its own behalf.
+
+Owns the leader's reconciliation of servers into the catalog: each server node carries the
+`serfHealth` check and the `consul` service (port `ports.server`), which DNS
+(`consul.service.consul`) and clients use to find servers. The gossip issue extends this into
+the full membership reconcile loop (alive/failed/left members -> serfHealth status, reaping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from proconsul.server.rpc import Server
+from proconsul.state import commands
+from proconsul.state.records import HealthCheck, Node, ServiceInstance, Session
+from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, SERF_CHECK_ID, SERF_CHECK_NAME
+
+logger = logging.getLogger(__name__)
+
+CONSUL_SERVICE = "consul"
+
+
+async def reconcile_alive_server(server: Server, node: Node, server_port: int, meta: dict[str, str]) -> None:
+    """Register `node` as an alive server: node record, `consul` service, passing serfHealth."""
+    service = ServiceInstance(
+        node=node.node,
+        id=CONSUL_SERVICE,
+        service=CONSUL_SERVICE,
+        address="",
+        port=server_port,
+        meta=meta,
+    )
+    check = HealthCheck(
+        node=node.node,
+        check_id=SERF_CHECK_ID,
+        name=SERF_CHECK_NAME,
+        status=HEALTH_PASSING,
+        output="Agent alive and reachable",
+    )
+    await server.write(commands.Register(node=node, service=service, checks=(check,)))
+    logger.info("leader: member %s is an alive server; catalog reconciled", node.node)
+
+
+# Consul expires a session at TTL x 2, so a client renewing on time never races the leader.
+SESSION_TTL_MULTIPLIER = 2
+
+
+class SessionTimers:
+    """Leader-side TTL timers: a session not renewed within TTL x 2 is destroyed through the log.
+
+    Timers live only on the leader and are re-armed for every TTL session when leadership is
+    gained, so a failover extends TTLs rather than expiring sessions early (as Consul does).
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def arm(self, session: Session) -> None:
+        from proconsul.config import parse_duration
+
+        if not session.ttl:
+            return
+        self.disarm(session.id)
+        ttl_s = parse_duration(session.ttl) * SESSION_TTL_MULTIPLIER
+        loop = asyncio.get_running_loop()
+        self._timers[session.id] = loop.call_later(ttl_s, self._expire, session.id)
+
+    def arm_all(self, sessions: list[Session]) -> None:
+        for session in sessions:
+            self.arm(session)
+
+    def disarm(self, session_id: str) -> None:
+        handle = self._timers.pop(session_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _expire(self, session_id: str) -> None:
+        self._timers.pop(session_id, None)
+        task = asyncio.get_running_loop().create_task(self._destroy(session_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _destroy(self, session_id: str) -> None:
+        try:
+            await self.server.write(commands.SessionOp("destroy", Session(id=session_id)))
+            logger.info("leader: session %s expired (TTL) and was invalidated", session_id)
+        except Exception as exc:  # the next leader re-arms; log and move on
+            logger.warning("leader: could not expire session %s: %s", session_id, exc)
+
+    def stop(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+
+
+# --- gossip membership -> catalog (Consul's leader reconcile) --------------------------------
+
+SERF_ALIVE_OUTPUT = "Agent alive and reachable"
+SERF_FAILED_OUTPUT = "Agent not live or unreachable"
+
+
+async def reconcile_member(server: Server, name: str, addr: str, tags: dict[str, str], status: int,
+                           self_name: str) -> bool:
+    """Bring one gossip member's catalog state in line with its status; True if it wrote.
+
+    alive (1) -> node registered with ``serfHealth`` passing (servers also get the ``consul``
+    service); failed (4) -> ``serfHealth`` critical; left (3) -> the node is deregistered
+    (never ourselves). Members of other datacenters or with other roles are ignored. Writes
+    only when something differs, so it is cheap to run over every member on every pass.
+    """
+    from proconsul.serf.lan import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT
+
+    store = server.store
+    if tags.get("dc") != server.datacenter or tags.get("role") not in ("consul", "node"):
+        return False
+    existing = store.nodes.get(name)
+    serf = store.checks.get(name, {}).get(SERF_CHECK_ID)
+    if status == STATUS_LEFT:
+        if name == self_name or existing is None:
+            return False
+        await server.write(commands.Deregister(name))
+        logger.info("leader: member %s left, deregistered", name)
+        return True
+    if status == STATUS_ALIVE:
+        wanted, output = HEALTH_PASSING, SERF_ALIVE_OUTPUT
+    elif status == STATUS_FAILED:
+        wanted, output = HEALTH_CRITICAL, SERF_FAILED_OUTPUT
+    else:
+        return False
+    is_server = tags.get("role") == "consul"
+    has_consul = CONSUL_SERVICE in store.services.get(name, {})
+    if existing is not None and serf is not None and serf.status == wanted and (not is_server or has_consul):
+        return False
+    node = Node(node=name, id=tags.get("id", ""), address=addr, datacenter=server.datacenter)
+    service = None
+    if is_server and not has_consul and wanted == HEALTH_PASSING:
+        service = ServiceInstance(node=name, id=CONSUL_SERVICE, service=CONSUL_SERVICE, address="",
+                                  port=int(tags.get("port", "8300") or 8300))
+    check = HealthCheck(node=name, check_id=SERF_CHECK_ID, name=SERF_CHECK_NAME, status=wanted, output=output)
+    await server.write(commands.Register(node=node, service=service, checks=(check,),
+                                         skip_node_update=existing is not None))
+    logger.info("leader: member %s is %s; serfHealth %s", name, "alive" if wanted == HEALTH_PASSING else "failed",
+                wanted)
+    return True

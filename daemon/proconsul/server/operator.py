@@ -1,0 +1,185 @@
+"""Server-side operator actions: the Raft configuration, removing a peer, snapshots.
+
+Owns what `/v1/operator/raft/*` and `/v1/snapshot` do on a server, and their RPC endpoints
+(`Operator.RaftConfiguration`, `Operator.RaftRemovePeer`, `Snapshot.Save`, registered in
+`Server.handlers`), so that a request arriving at a follower is forwarded once to the leader,
+as writes and default-mode reads are. `?stale` answers from the local server.
+
+Node names in the Raft configuration come from the replicated catalog: every server registers
+itself (node name and node ID) through the leader, so each server can map a Raft ID to a name
+without any side channel; this server's own name is known locally. A server not (yet) in the
+catalog is shown with its ID as its name.
+
+A restore is one FSM command (`commands.Restore`) carrying the store snapshot: it goes through
+the log like any write, so every server replaces its state at the same index. The archive is
+verified (checksums, then a full decode of the state) before anything is proposed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from proconsul.rpc_api import NotLeader, RPCError
+from proconsul.server import snapshot as archive
+from proconsul.server.rpc import Server
+from proconsul.state import commands
+from proconsul.state.store import Store
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = "3"
+
+
+class Operator:
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.server: Server = agent.server
+        self.raft = agent.raft  # None in -dev (the single in-memory log)
+        handlers = self.server.handlers
+        handlers["Operator.RaftConfiguration"] = self._rpc_configuration
+        handlers["Operator.RaftRemovePeer"] = self._rpc_remove_peer
+        handlers["Snapshot.Save"] = self._rpc_snapshot_save
+
+    # ------------------------------------------------------------------------- forwarding
+
+    async def _on_leader(self, method: str, body: Any, stale: bool) -> tuple[bool, Any]:
+        """(True, reply) when the leader (another server) answered; (False, None): do it here."""
+        server = self.server
+        if getattr(server, "catalog_is_remote", False):
+            stale = False  # a client agent holds no state to answer from: the leader answers
+        if stale or server.consensus.is_leader() or server.pool is None:
+            return False, None
+        leader = await server._wait_for_leader()
+        if not leader:
+            return False, None
+        try:
+            return True, await server.pool.call(leader, method, body, timeout_s=60.0)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            raise RPCError(f"rpc error forwarding to the leader {leader}: {exc}") from None
+        except Exception as exc:  # RemoteError: the leader's own answer
+            raise RPCError(str(exc)) from None
+
+    def _require_leader(self) -> None:
+        c = self.server.consensus
+        if not c.is_leader():
+            raise NotLeader(c.leader_address())
+
+    # ----------------------------------------------------------------- raft configuration
+
+    async def raft_configuration(self, stale: bool) -> dict[str, Any]:
+        forwarded, reply = await self._on_leader("Operator.RaftConfiguration", {}, stale)
+        return reply if forwarded else self.local_configuration()
+
+    async def _rpc_configuration(self, body: Any) -> dict[str, Any]:
+        self._require_leader()
+        return self.local_configuration()
+
+    def node_names(self) -> dict[str, str]:
+        names = {n.id: n.node for n in self.agent.store.nodes.values() if n.id}
+        names[self.agent.node_id] = self.agent.node_name
+        return names
+
+    def local_configuration(self) -> dict[str, Any]:
+        names = self.node_names()
+        if self.raft is None:
+            c = self.server.consensus
+            servers = [
+                {"ID": sid, "Address": addr, "Leader": True, "Voter": True, "LastIndex": self.agent.store.last_index}
+                for sid, _, addr in c.voters()
+            ]
+            conf: dict[str, Any] = {"Servers": servers, "Index": 1}
+        else:
+            conf = self.raft.configuration()
+        out = []
+        for s in conf["Servers"]:
+            out.append({
+                "ID": s["ID"],
+                "Node": names.get(s["ID"], s["ID"]),
+                "Address": s["Address"],
+                "Leader": s["Leader"],
+                "ProtocolVersion": PROTOCOL_VERSION,
+                "Voter": s["Voter"],
+                "LastIndex": s["LastIndex"],
+            })
+        return {"Servers": out, "Index": conf["Index"]}
+
+    # ------------------------------------------------------------------------ remove peer
+
+    async def remove_peer(self, peer_id: str = "", address: str = "") -> None:
+        forwarded, _ = await self._on_leader("Operator.RaftRemovePeer", {"id": peer_id, "address": address}, False)
+        if not forwarded:
+            await self._remove_here(peer_id, address)
+
+    async def _rpc_remove_peer(self, body: Any) -> bool:
+        self._require_leader()
+        await self._remove_here(str(body.get("id") or ""), str(body.get("address") or ""))
+        return True
+
+    async def _remove_here(self, peer_id: str, address: str) -> None:
+        if self.raft is None:
+            raise RPCError("cannot remove a peer from a single in-memory (-dev) server")
+        members = self.raft.core.config.members() if self.raft.core is not None else []
+        if address:
+            matches = [m for m in members if self.raft.addresses.addrs.get(m) == address]
+            if not matches:
+                raise RPCError(f'address "{address}" was not found in the Raft configuration')
+            peer_id = matches[0]
+        elif peer_id not in members:
+            raise RPCError(f'id "{peer_id}" was not found in the Raft configuration')
+        logger.info("operator: removing raft peer %s (%s)", peer_id, self.raft.addresses.addrs.get(peer_id, "?"))
+        await self.raft.remove_voter(peer_id)
+
+    # -------------------------------------------------------------------------- snapshots
+
+    async def snapshot_save(self, stale: bool) -> tuple[int, bytes]:
+        """(index, archive bytes) of the leader's state (any server's with `stale`)."""
+        forwarded, reply = await self._on_leader("Snapshot.Save", {}, stale)
+        if forwarded:
+            return int(reply["index"]), bytes(reply["archive"])
+        return self.local_snapshot()
+
+    async def _rpc_snapshot_save(self, body: Any) -> dict[str, Any]:
+        self._require_leader()
+        index, blob = self.local_snapshot()
+        return {"index": index, "archive": blob}
+
+    def local_snapshot(self) -> tuple[int, bytes]:
+        store = self.agent.store
+        state = store.snapshot()
+        index = max(store.last_index, 1)
+        term = 1
+        servers: list[dict[str, Any]] = []
+        conf_index = 0
+        if self.raft is not None and self.raft.core is not None:
+            term = self.raft.core.term
+            conf = self.raft.configuration()
+            conf_index = conf["Index"]
+            servers = [
+                {"Suffrage": 0 if s["Voter"] else 1, "ID": s["ID"], "Address": s["Address"]}
+                for s in conf["Servers"]
+            ]
+        else:
+            servers = [{"Suffrage": 0, "ID": sid, "Address": addr} for sid, _, addr in self.server.consensus.voters()]
+        blob = archive.build(
+            state, index=index, term=term, now_ms=int(time.time() * 1000), servers=servers,
+            configuration_index=conf_index,
+        )
+        return index, blob
+
+    async def snapshot_restore(self, blob: bytes) -> int:
+        """Verify the archive, then replace the state on every server; returns the new index.
+
+        Raises `snapshot.SnapshotError` (a ValueError: HTTP 400) when the archive is damaged;
+        nothing has been proposed then.
+        """
+        snap = archive.read(blob)
+        try:
+            Store().restore(snap.state)
+        except Exception as exc:
+            raise archive.SnapshotError(f"failed to decode {archive.STATE}: {exc}") from None
+        meta, result = await self.server.write(commands.Restore(snap.state))
+        logger.info("operator: restored snapshot %s (index %s) at index %d", snap.meta.get("ID"),
+                    snap.meta.get("Index"), meta.index)
+        return int(result) if isinstance(result, int) else meta.index

@@ -1,0 +1,218 @@
+"""Client agents: the RPC path to servers learned from gossip.
+
+Owns what a client agent (no ``-server``) puts where a server agent has its ``rpc.Server``:
+:class:`RemoteServer` answers ``query``/``write`` by calling a server of our datacenter over
+the connection pool (``Client.Query`` / ``Client.Write``; the server forwards to its leader
+once), choosing among the alive ``role=consul`` gossip members with Consul's router policy
+(``server_manager.ServerList``: stick to one, move a failing one to the end, reshuffle every
+few minutes). :class:`ClientConsensus` stands in for
+the replicated log where the agent asks "who leads?" (refreshed from a server every few
+seconds) and never leads itself.
+
+Writes are retried on another server only when the connection could not be opened (the
+command was never sent); once sent, a lost connection is an unknown outcome, as on servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from proconsul.rpc_api import (
+    NoLeader,
+    NoPathToDatacenter,
+    QueryMeta,
+    QueryOptions,
+    RPCError,
+    UnknownOutcome,
+    WriteMeta,
+)
+from proconsul.server.rpc import ReadFn, decode_result
+from proconsul.server.server_manager import ServerList
+from proconsul.state import commands
+from proconsul.state.store import Store
+from proconsul.transport import ConnectionPool, RemoteError
+
+logger = logging.getLogger(__name__)
+
+# How often a client asks a server who leads (for /v1/status/leader and `members`-style views).
+LEADER_REFRESH_S = 2.0
+
+
+class NoServers(RPCError):
+    def __init__(self) -> None:
+        super().__init__("No known Consul servers")
+
+
+class ClientConsensus:
+    """The consensus view of a client: never the leader; the leader as a server last said."""
+
+    def __init__(self) -> None:
+        self.leader = ""
+        self.voter_list: list[tuple[str, str, str]] = []
+        self.commit_index = 0
+
+    def is_leader(self) -> bool:
+        return False
+
+    def ready_for_reads(self) -> bool:
+        return False
+
+    def leader_address(self) -> str:
+        return self.leader
+
+    def last_contact_ms(self) -> int:
+        return 0
+
+    def voters(self) -> list[tuple[str, str, str]]:
+        return list(self.voter_list)
+
+    async def apply(self, command: commands.Command) -> tuple[int, Any]:
+        raise RPCError("client agents do not apply commands")
+
+    async def verify_leader(self) -> None:
+        raise RPCError("client agents do not lead")
+
+
+class RemoteServer:
+    """``rpc.Server``'s surface for client agents, served by a remote server."""
+
+    # Readers that would look at `store` (DNS) must ask a server instead (see dns_remote).
+    catalog_is_remote = True
+
+    def __init__(self, membership: Any, datacenter: str, rng: random.Random | None = None) -> None:
+        self.membership = membership
+        self.datacenter = datacenter
+        self.consensus = ClientConsensus()
+        self.pool = ConnectionPool()
+        self.store = Store()  # empty: a client holds no catalog
+        self.rng = rng or random.Random()
+        self.handlers: dict[str, Any] = {}
+        self.identity: dict[str, Any] = {}
+        self.rpc_hold_timeout_s = 7.0
+        self.known_datacenters = lambda: [datacenter]
+        self.server_list = ServerList(self.rng)
+        self._task: asyncio.Task[None] | None = None
+
+    # --- server choice -----------------------------------------------------------------------
+
+    def _candidates(self) -> list[str]:
+        servers = self.server_list
+        servers.update([addr for _, addr in self.membership.servers()])
+        members = sum(1 for r in self.membership.members() if r.status == 1)
+        if servers.maybe_rebalance(asyncio.get_running_loop().time(), members):
+            logger.debug("client: rebalanced servers, now preferring %s", servers.servers[0])
+        return servers.candidates()
+
+    async def _call(self, method: str, body: Any, timeout_s: float, retry_sent: bool) -> Any:
+        candidates = self._candidates()
+        if not candidates:
+            raise NoServers()
+        last: Exception | None = None
+        for addr in candidates:
+            try:
+                return await self.pool.call(addr, method, body, timeout_s=timeout_s)
+            except RemoteError as exc:
+                raise RPCError(str(exc)) from None
+            except ConnectionRefusedError as exc:
+                last = exc  # never sent: safe to try the next server
+            except (TimeoutError, ConnectionError, OSError) as exc:
+                if not retry_sent:
+                    raise UnknownOutcome(f"rpc error: lost the server {addr} mid-write: {exc}") from None
+                last = exc
+            self.server_list.notify_failed(addr)
+            logger.info("client: server %s failed (%s); trying another", addr, last)
+        raise RPCError(f"rpc error: no server answered: {last}")
+
+    # --- Server surface ----------------------------------------------------------------------
+
+    async def query(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        body = {
+            "name": name,
+            "args": args,
+            "opts": [opts.min_index, opts.max_wait_s, opts.allow_stale, opts.require_consistent],
+        }
+        if opts.datacenter and opts.datacenter != self.datacenter:
+            body["dc"] = opts.datacenter  # our server forwards it over the WAN
+        timeout = (self.wait_time(opts) if opts.min_index else 0) + 30.0
+        reply = await self._call("Client.Query", body, timeout, retry_sent=True)
+        index, known_leader, last_contact, consistency = reply["meta"]
+        return QueryMeta(index, known_leader, last_contact, consistency), reply["result"]
+
+    async def write(self, command: commands.Command, datacenter: str = "") -> tuple[WriteMeta, Any]:
+        if datacenter and datacenter != self.datacenter:
+            body = {"dc": datacenter, "command": commands.encode(command)}
+            reply = await self._call("Client.WriteDC", body, 50.0, retry_sent=False)
+            return WriteMeta(reply["index"]), decode_result(reply["result"])
+        reply = await self._call("Client.Write", commands.encode(command), 40.0, retry_sent=False)
+        return WriteMeta(reply["index"]), decode_result(reply["result"])
+
+    async def forward_rpc(self, method: str, body: Any, timeout_s: float = 30.0) -> Any:
+        """Send one RPC a server answers itself (e.g. Internal.EventFire, Session.Renew).
+
+        Not retried on another server once sent: the outcome of a lost call is unknown.
+        """
+        return await self._call(method, body, timeout_s, retry_sent=False)
+
+    async def read(self, opts: QueryOptions, run: ReadFn, tables: Iterable[str],
+                   kv_prefix: str | None = None) -> tuple[QueryMeta, Any]:
+        # Arbitrary store functions cannot travel; DNS on clients needs named queries.
+        raise RPCError("this read is not available on client agents")
+
+    async def call(self, method: str, body: Any, timeout_s: float = 10.0) -> Any:
+        """Any other server RPC (e.g. ``Coordinate.Update``); must be safe to resend."""
+        return await self._call(method, body, timeout_s, retry_sent=True)
+
+    async def list_datacenters(self) -> list[str]:
+        """Every known datacenter, as our server's WAN pool knows them."""
+        return list(await self._call("Catalog.ListDatacenters", None, 10.0, retry_sent=True))
+
+    def wait_time(self, opts: QueryOptions) -> float:
+        wait = opts.max_wait_s or 300.0
+        return wait + wait / 16
+
+    async def handle_rpc(self, method: str, body: Any) -> Any:
+        raise RPCError(f"rpc: can't find method {method}")
+
+    def leader(self) -> str:
+        return self.consensus.leader_address()
+
+    def peers(self) -> list[str]:
+        return [addr for _, _, addr in self.consensus.voters()]
+
+    def check_datacenter(self, dc: str | None) -> None:
+        if dc and dc != self.datacenter:
+            raise NoPathToDatacenter(dc)
+
+    async def _wait_for_leader(self) -> str:
+        if not self.consensus.leader:
+            raise NoLeader()
+        return self.consensus.leader
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._refresh_loop(), name="client-leader")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.pool.close()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                info = await self._call("Status.Leader", None, 5.0, retry_sent=True)
+                self.consensus.leader = str(info.get("leader", ""))
+                self.consensus.voter_list = [tuple(v) for v in info.get("voters", [])]  # type: ignore[misc]
+            except Exception as exc:
+                logger.debug("client: cannot learn the leader yet: %s", exc)
+                self.consensus.leader = ""
+            await asyncio.sleep(LEADER_REFRESH_S)

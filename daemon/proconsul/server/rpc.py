@@ -1,0 +1,334 @@
+"""Server-side RPC endpoints and the blocking-query helper.
+
+Owns what a server answers: named endpoints (`KVS.Get`, `Catalog.Register`, ...) that read the
+state store under Consul's consistency modes or propose FSM commands through the replicated log,
+and the blocking-query loop (`?index=&wait=`) that parks on store watches.
+
+Callers (the HTTP API, DNS, the agent's anti-entropy) go through `Server.read` and
+`Server.write`. In a server agent these are in-process calls; the Raft and gossip issues add the
+network path (forwarding to the leader, client agents calling a server) behind the same methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from proconsul.rpc_api import (
+    Consensus,
+    NoLeader,
+    NoPathToDatacenter,
+    NotLeader,
+    QueryMeta,
+    QueryOptions,
+    RPCError,
+    UnknownOutcome,
+    WriteMeta,
+)
+from proconsul.server import queries
+from proconsul.state import commands
+from proconsul.state.store import Store, StoreError
+
+# A read is a function of the store returning (index, result).
+ReadFn = Callable[[Store], tuple[int, Any]]
+
+# Jitter added to blocking waits, as a fraction of the wait (Consul's JitterFraction is 16).
+JITTER_FRACTION = 16
+
+
+class Server:
+    """A server's RPC surface for one datacenter."""
+
+    def __init__(
+        self,
+        store: Store,
+        consensus: Consensus,
+        datacenter: str,
+        default_query_time_s: float = 300.0,
+        max_query_time_s: float = 600.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.consensus = consensus
+        self.datacenter = datacenter
+        self.default_query_time_s = default_query_time_s
+        self.max_query_time_s = max_query_time_s
+        self.rng = rng or random.Random()
+        self.known_datacenters: Callable[[], list[str]] = lambda: [datacenter]
+        # Remote datacenters from the WAN pool (proconsul.server.wan.Router), set on servers.
+        self.router: Any = None
+        # Forwarding to the leader (set by the agent when it runs Raft): a pipelined pool.
+        self.pool: Any = None
+        # How long a request waits for a leader during an election before failing (Consul's
+        # performance.rpc_hold_timeout).
+        self.rpc_hold_timeout_s = 7.0
+        self.identity: dict[str, Any] = {}
+        # Extra RPC methods registered by other parts (e.g. session renewals for the leader).
+        self.handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
+        # Test-only broken build (config `unsafe_follower_local_reads`): default reads on a
+        # follower are served from its own store, as if ?stale. Lets the chaos suite prove its
+        # linearizability checker catches a real bug.
+        self.unsafe_follower_local_reads = False
+
+    # ---------------------------------------------------------------------------------- reads
+
+    def _meta(self, index: int, consistency: str) -> QueryMeta:
+        c = self.consensus
+        # X-Consul-Index must never be 0: clients treat 0 as "no blocking support" and spin.
+        return QueryMeta(max(index, 1), bool(c.leader_address()), c.last_contact_ms(), consistency)
+
+    async def query(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        """Answer the named read `name` (see `proconsul.server.queries`) under `opts`."""
+        spec = queries.spec(name)
+        if opts.datacenter and opts.datacenter != self.datacenter:
+            return await self._forward_dc(opts.datacenter, name, args, opts)
+
+        def run(store: Store) -> tuple[int, Any]:
+            return spec.run(store, args)
+
+        if self.unsafe_follower_local_reads and not opts.require_consistent and not self.consensus.is_leader():
+            opts = replace(opts, allow_stale=True)
+        if not opts.allow_stale and not self.consensus.is_leader() and self.pool is not None:
+            leader = await self._wait_for_leader()
+            if not self.consensus.is_leader():
+                return await self._forward_query(leader, name, args, opts)
+        return await self.read(opts, run, spec.tables, spec.kv_prefix(args))
+
+    async def _wait_ready_for_reads(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.rpc_hold_timeout_s
+        while not self.consensus.ready_for_reads():
+            if not self.consensus.is_leader():
+                raise NotLeader(self.consensus.leader_address())
+            if loop.time() >= deadline:
+                raise NoLeader()
+            await asyncio.sleep(0.01)
+
+    async def _wait_for_leader(self) -> str:
+        """The leader's address, waiting up to rpc_hold_timeout for an election to finish."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.rpc_hold_timeout_s
+        while True:
+            if self.consensus.is_leader():
+                return ""
+            addr = self.consensus.leader_address()
+            if addr:
+                return addr
+            if loop.time() >= deadline:
+                raise NoLeader()
+            await asyncio.sleep(0.05)
+
+    async def _forward_query(self, leader: str, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        body = {
+            "name": name,
+            "args": args,
+            "opts": [opts.min_index, opts.max_wait_s, opts.allow_stale, opts.require_consistent],
+        }
+        timeout = (self.wait_time(opts) if opts.min_index else 0) + 30.0
+        try:
+            reply = await self.pool.call(leader, "Query", body, timeout_s=timeout)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            raise RPCError(f"rpc error forwarding to the leader {leader}: {exc}") from None
+        except Exception as exc:  # RemoteError: the leader's own answer
+            raise RPCError(str(exc)) from None
+        index, known_leader, _, consistency = reply["meta"]
+        # Our own last contact with the leader is what X-Consul-LastContact reports.
+        return QueryMeta(index, known_leader, self.consensus.last_contact_ms(), consistency), reply["result"]
+
+    async def _forward_dc(self, dc: str, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        if self.router is None:
+            raise NoPathToDatacenter(dc)
+        return await self.router.query(dc, name, args, opts, self.wait_time(opts) if opts.min_index else 0.0)  # type: ignore[no-any-return]
+
+    async def list_datacenters(self) -> list[str]:
+        return self.known_datacenters()
+
+    def wait_time(self, opts: QueryOptions) -> float:
+        """The blocking deadline in seconds: ?wait (default and cap from config) plus jitter."""
+        wait = opts.max_wait_s or self.default_query_time_s
+        wait = min(wait, self.max_query_time_s)
+        return wait + self.rng.uniform(0, wait / JITTER_FRACTION)
+
+    async def read(
+        self,
+        opts: QueryOptions,
+        run: ReadFn,
+        tables: Iterable[str],
+        kv_prefix: str | None = None,
+    ) -> tuple[QueryMeta, Any]:
+        """Answer a read under `opts`, blocking while the result's index is <= opts.min_index."""
+        c = self.consensus
+        if opts.allow_stale:
+            consistency = "stale"
+        else:
+            if not c.is_leader():
+                if not c.leader_address():
+                    raise NoLeader()
+                raise NotLeader(c.leader_address())
+            consistency = "leader"
+            if not c.ready_for_reads():
+                # A new leader answers only after committing an entry of its term; until then
+                # its store may miss writes its predecessor acknowledged (found by tests/sim).
+                await self._wait_ready_for_reads()
+            if opts.require_consistent:
+                await c.verify_leader()
+                consistency = "consistent"
+        tables = tuple(tables)
+        index, result = run(self.store)
+        if opts.min_index <= 0 or index > opts.min_index:
+            return self._meta(index, consistency), result
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_time(opts)
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return self._meta(index, consistency), result
+            woken = asyncio.Event()
+            watch = self.store.watch(tables, woken.set, kv_prefix=kv_prefix)
+            try:
+                await asyncio.wait_for(woken.wait(), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self.store.unwatch(watch)
+            index, result = run(self.store)
+            if index > opts.min_index:
+                return self._meta(index, consistency), result
+
+    # --------------------------------------------------------------------------------- writes
+
+    async def write(self, command: commands.Command, datacenter: str = "") -> tuple[WriteMeta, Any]:
+        """Propose `command`; returns the index it was applied at and the FSM's result.
+
+        A StoreError from the FSM is raised here, so the HTTP layer reports it as Consul does.
+        With another `datacenter`, a server of that datacenter proposes it (WAN forwarding).
+        """
+        if datacenter and datacenter != self.datacenter:
+            if self.router is None:
+                raise NoPathToDatacenter(datacenter)
+            return await self.router.write(datacenter, command)  # type: ignore[no-any-return]
+        if not self.consensus.is_leader():
+            if self.pool is None:
+                if not self.consensus.leader_address():
+                    raise NoLeader()
+                raise NotLeader(self.consensus.leader_address())
+            leader = await self._wait_for_leader()
+            if leader:
+                return await self._forward_write(leader, command)
+        try:
+            index, result = await self.consensus.apply(command)
+        except NotLeader:
+            if self.pool is None:
+                raise
+            leader = await self._wait_for_leader()
+            if not leader:
+                raise
+            return await self._forward_write(leader, command)
+        if isinstance(result, StoreError):
+            raise result
+        return WriteMeta(index), result
+
+    async def _forward_write(self, leader: str, command: commands.Command) -> tuple[WriteMeta, Any]:
+        """Send a write to the leader once (a follower never forwards a forwarded write)."""
+        try:
+            reply = await self.pool.call(leader, "Raft.Apply", commands.encode(command), timeout_s=30.0)
+        except (ConnectionError, OSError) as exc:
+            raise UnknownOutcome(f"rpc error: lost the connection to the leader {leader} mid-write: {exc}") from None
+        except TimeoutError:
+            raise UnknownOutcome(f"rpc error: no answer from the leader {leader}; the write may have applied") from None
+        except Exception as exc:  # RemoteError: the leader refused or failed it
+            raise RPCError(str(exc)) from None
+        return WriteMeta(reply["index"]), decode_result(reply["result"])
+
+    # ------------------------------------------------------------------------ RPC endpoints
+
+    async def handle_rpc(self, method: str, body: Any) -> Any:
+        """Serve a request from another agent (the transport's RPC dispatch)."""
+        extra = self.handlers.get(method)
+        if extra is not None:
+            return await extra(body)
+        if method == "Status.Ping":
+            return True
+        if method == "Status.Identify":
+            return self.identity
+        if method == "Raft.Apply":
+            if not self.consensus.is_leader():
+                raise NotLeader(self.consensus.leader_address())
+            index, result = await self.consensus.apply(commands.decode(body))
+            if isinstance(result, StoreError):
+                raise result
+            return {"index": index, "result": encode_result(result)}
+        if method == "Query":
+            min_index, max_wait_s, stale, consistent = body["opts"]
+            opts = QueryOptions(min_index, max_wait_s, stale, consistent)
+            if not stale and not self.consensus.is_leader():
+                raise NotLeader(self.consensus.leader_address())
+            meta, result = await self.query(body["name"], body["args"], opts)
+            return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+        if method == "Client.Query":
+            # From a client agent: answered here or forwarded to the leader (Server.query).
+            min_index, max_wait_s, stale, consistent = body["opts"]
+            meta, result = await self.query(body["name"], body["args"],
+                                            QueryOptions(min_index, max_wait_s, stale, consistent, body.get("dc", "")))
+            return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+        if method == "Client.Write":
+            # From a client agent: proposed here or forwarded once to the leader (Server.write).
+            wmeta, result = await self.write(commands.decode(body))
+            return {"index": wmeta.index, "result": encode_result(result)}
+        if method == "Client.WriteDC":
+            # From a client agent, for another datacenter (`?dc=`): forwarded over the WAN.
+            wmeta, result = await self.write(commands.decode(body["command"]), datacenter=body["dc"])
+            return {"index": wmeta.index, "result": encode_result(result)}
+        if method == "Catalog.ListDatacenters":
+            return await self.list_datacenters()
+        if method == "Status.Leader":
+            return {"leader": self.consensus.leader_address(), "voters": [list(v) for v in self.consensus.voters()]}
+        if method == "Raft.Join":
+            if not self.consensus.is_leader():
+                raise NotLeader(self.consensus.leader_address())
+            await self.consensus.add_voter(body["id"], body["addr"])  # type: ignore[attr-defined]
+            return True
+        raise RPCError(f"rpc: can't find method {method}")
+
+    # ------------------------------------------------------------------------------- status
+
+    def leader(self) -> str:
+        return self.consensus.leader_address()
+
+    def peers(self) -> list[str]:
+        return [addr for _, _, addr in self.consensus.voters()]
+
+    def check_datacenter(self, dc: str | None) -> None:
+        """Requests for another datacenter need WAN forwarding (the multi-DC issue)."""
+        if dc and dc != self.datacenter:
+            raise NoPathToDatacenter(dc)
+
+
+def encode_result(result: Any) -> Any:
+    """An FSM result as plain data for the wire (see decode_result)."""
+    from proconsul.state.fsm import TxnResult
+
+    if isinstance(result, TxnResult):
+        return {
+            "txn": [
+                [r.to_wire() if r is not None else None for r in result.results],
+                [[e.op_index, e.what] for e in result.errors],
+            ]
+        }
+    return result
+
+
+def decode_result(raw: Any) -> Any:
+    from proconsul.state.fsm import TxnError, TxnResult
+    from proconsul.state.records import DirEntry
+
+    if isinstance(raw, dict) and "txn" in raw:
+        results, errors = raw["txn"]
+        return TxnResult(
+            tuple(DirEntry.from_wire(r) if r is not None else None for r in results),
+            tuple(TxnError(i, w) for i, w in errors),
+        )
+    return raw

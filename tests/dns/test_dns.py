@@ -1,0 +1,459 @@
+"""DNS unit tests: query forms, health, sizes and malformed input, in-process without sockets.
+
+The pipeline (`DNSServer.handle`) runs against a real `Store` and `Server` over the dev log, so
+these tests cover dns_answer and dns_wire together with a seeded RNG (deterministic shuffles).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import struct
+
+import pytest
+from dnslib import AAAA, CNAME, EDNS0, MX, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSRecord
+from hypothesis import HealthCheck as HypothesisHealthCheck
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from proconsul.config import DNSConfig, RuntimeConfig
+from proconsul.dns import wire as dns_wire
+from proconsul.dns.answer import Answer, Group, encode_rfc1464, ip_from_arpa, service_ttl
+from proconsul.dns.server import DNSServer
+from proconsul.raft.single import SingleNodeLog
+from proconsul.server.rpc import Server
+from proconsul.state.fsm import FSM
+from proconsul.state.records import HealthCheck, Node, ServiceInstance
+from proconsul.state.store import Store
+
+
+def make_server(
+    cfg: RuntimeConfig | None = None, seed: int = 1
+) -> tuple[DNSServer, Store, list[RuntimeConfig]]:
+    store = Store()
+    log = SingleNodeLog(FSM(store), "127.0.0.1:8300", "id-1", "srv1")
+    server = Server(store, log, "dc1")
+    holder = [cfg or RuntimeConfig()]
+    store.ensure_registration(
+        1,
+        Node("srv1", address="127.0.0.1", meta={"rack": "r1", "rfc1035-raw": "plain"}),
+        ServiceInstance("srv1", "consul", "consul", port=8300),
+        (HealthCheck("srv1", "serfHealth", status="passing"),),
+        False,
+    )
+    return DNSServer(server, lambda: holder[0], rng=random.Random(seed)), store, holder
+
+
+def add_instance(
+    store: Store, i: int, status: str = "passing", tags: tuple[str, ...] = (), **svc: object
+) -> None:
+    node = Node(f"node{i}", address=f"10.0.{i // 256}.{i % 256}")
+    service = ServiceInstance(node.node, f"web-{i}", "web", tags=tags, port=8000 + i, **svc)  # type: ignore[arg-type]
+    check = HealthCheck(
+        node.node, f"service:web-{i}", status=status, service_id=f"web-{i}", service_name="web"
+    )
+    store.ensure_registration(10 + i, node, service, (check,), False)
+
+
+def ask(dns: DNSServer, name: str, qtype: str = "A", tcp: bool = False, edns: int | None = None) -> DNSRecord:
+    q = DNSRecord.question(name, qtype)
+    if edns is not None:
+        q.add_ar(EDNS0(udp_len=edns))
+    raw = asyncio.run(dns.handle(q.pack(), tcp))
+    assert raw is not None
+    reply = DNSRecord.parse(raw)
+    assert reply.header.id == q.header.id
+    return reply
+
+
+def rtypes(records: list) -> list[str]:
+    return [QTYPE[r.rtype] for r in records]
+
+
+# ------------------------------------------------------------------------------- query forms
+
+
+def test_node_lookup_a_and_txt_from_meta() -> None:
+    dns, _, _ = make_server()
+    r = ask(dns, "srv1.node.consul", "A")
+    assert r.header.aa == 1 and r.header.rcode == RCODE.NOERROR
+    assert [str(x.rdata) for x in r.rr] == ["127.0.0.1"]
+    # enable_additional_node_meta_txt (default on) puts the meta in the additional section.
+    assert sorted(str(x.rdata) for x in r.ar) == ['"plain"', '"rack=r1"']
+    txt = ask(dns, "srv1.node.dc1.consul", "TXT")
+    assert rtypes(txt.rr) == ["TXT", "TXT"] and not txt.ar
+    anyq = ask(dns, "SRV1.node.dc1.dc.consul", "ANY")
+    assert sorted(rtypes(anyq.rr)) == ["A", "TXT", "TXT"]
+
+
+def test_unknown_names_are_nxdomain_with_soa() -> None:
+    dns, _, _ = make_server()
+    for name in ("nope.node.consul", "nope.service.consul", "foo.bar.consul", "consul", "x.query.consul"):
+        r = ask(dns, name)
+        assert r.header.rcode == RCODE.NXDOMAIN, name
+        assert rtypes(r.auth) == ["SOA"]
+        soa = r.auth[0].rdata
+        assert str(soa.mname) == "ns.consul." and str(soa.rname) == "hostmaster.consul."
+
+
+def test_other_datacenter_is_nxdomain_until_wan_forwarding() -> None:
+    dns, _, _ = make_server()
+    assert ask(dns, "consul.service.dc2.consul").header.rcode == RCODE.NXDOMAIN
+    assert ask(dns, "consul.service.dc1.consul").header.rcode == RCODE.NOERROR
+
+
+def test_nodata_for_a_known_name_of_another_type() -> None:
+    dns, _, _ = make_server()
+    r = ask(dns, "srv1.node.consul", "MX")
+    assert r.header.rcode == RCODE.NOERROR and not r.rr and rtypes(r.auth) == ["SOA"]
+
+
+def test_service_srv_targets_and_glue() -> None:
+    dns, store, _ = make_server()
+    add_instance(store, 1)
+    add_instance(store, 2, address="192.168.1.9")
+    r = ask(dns, "web.service.consul", "SRV")
+    targets = sorted(str(x.rdata.target) for x in r.rr)
+    assert targets == ["c0a80109.addr.dc1.consul.", "node1.node.dc1.consul."]
+    assert all(x.rdata.priority == 1 and x.rdata.weight == 1 for x in r.rr)
+    glue = {str(x.rname): str(x.rdata) for x in r.ar if x.rtype == QTYPE.A}
+    assert glue == {"c0a80109.addr.dc1.consul.": "192.168.1.9", "node1.node.dc1.consul.": "10.0.0.1"}
+    # The addr form resolves the SRV target.
+    assert str(ask(dns, "c0a80109.addr.dc1.consul").rr[0].rdata) == "192.168.1.9"
+
+
+def test_rfc2782_and_tags() -> None:
+    dns, store, _ = make_server()
+    add_instance(store, 1, tags=("primary",))
+    add_instance(store, 2, tags=("replica",))
+    assert len(ask(dns, "_web._tcp.service.consul", "SRV").rr) == 2  # _tcp: no tag filter
+    assert len(ask(dns, "_web._tcp.consul", "SRV").rr) == 2  # `.service` optional for SRV
+    assert [x.rdata.port for x in ask(dns, "_web._primary.service.consul", "SRV").rr] == [8001]
+    assert [str(x.rdata) for x in ask(dns, "replica.web.service.consul").rr] == ["10.0.0.2"]
+    assert ask(dns, "other.web.service.consul").header.rcode == RCODE.NXDOMAIN
+
+
+def test_health_filtering_and_only_passing_and_weights() -> None:
+    dns, store, holder = make_server()
+    add_instance(store, 1)
+    add_instance(store, 2, status="warning", weights=(10, 3))
+    add_instance(store, 3, status="critical")
+    r = ask(dns, "web.service.consul", "SRV")
+    assert sorted((x.rdata.port, x.rdata.weight) for x in r.rr) == [(8001, 1), (8002, 3)]
+    holder[0] = dataclasses.replace(holder[0], dns_config=DNSConfig(only_passing=True))
+    assert [x.rdata.port for x in ask(dns, "web.service.consul", "SRV").rr] == [8001]
+
+
+def test_ptr_and_zone_records() -> None:
+    dns, _, _ = make_server()
+    r = ask(dns, "1.0.0.127.in-addr.arpa", "PTR")
+    assert [str(x.rdata) for x in r.rr] == ["srv1.node.dc1.consul."]
+    ns = ask(dns, "consul", "NS")
+    assert [str(x.rdata) for x in ns.rr] == ["srv1.node.dc1.consul."] and rtypes(ns.ar) == ["A"]
+    soa = ask(dns, "consul", "SOA")
+    assert rtypes(soa.rr) == ["SOA"] and rtypes(soa.auth) == ["NS"]
+    assert ask(dns, "9.9.9.9.in-addr.arpa", "PTR").header.rcode == RCODE.NXDOMAIN
+
+
+def test_alt_domain_echoes_the_query_domain() -> None:
+    dns, _, _ = make_server(RuntimeConfig(alt_domain="example."))
+    r = ask(dns, "srv1.node.example", "A")
+    assert str(r.rr[0].rname) == "srv1.node.example."
+    assert str(ask(dns, "nope.example").auth[0].rname) == "example."
+
+
+def test_outside_domain_without_recursors_is_refused() -> None:
+    dns, _, _ = make_server()
+    r = ask(dns, "example.com")
+    assert r.header.rcode == RCODE.REFUSED and r.header.ra == 0
+
+
+def test_ttls_from_config() -> None:
+    cfg = RuntimeConfig(dns_config=DNSConfig(node_ttl_s=7, service_ttl_s={"*": 5, "we*": 9, "db": 11}))
+    assert (service_ttl(cfg, "web"), service_ttl(cfg, "db"), service_ttl(cfg, "api")) == (9, 11, 5)
+    dns, store, _ = make_server(cfg)
+    add_instance(store, 1)
+    assert ask(dns, "web.service.consul").rr[0].ttl == 9
+    assert ask(dns, "srv1.node.consul").rr[0].ttl == 7
+
+
+def test_helpers() -> None:
+    assert encode_rfc1464("a=b", "c`d") == "a`=b=c``d"
+    assert str(ip_from_arpa("4.3.2.1.in-addr.arpa.")) == "1.2.3.4"
+    assert ip_from_arpa("3.2.1.in-addr.arpa.") is None
+
+
+# ------------------------------------------------------------------------------ sizes
+
+
+def test_udp_truncation_and_tcp_full_set() -> None:
+    dns, store, holder = make_server()
+    for i in range(30):
+        add_instance(store, i + 1)
+    holder[0] = dataclasses.replace(holder[0], dns_config=DNSConfig(enable_truncate=False))
+    plain = ask(dns, "web.service.consul", "SRV")
+    assert len(plain.rr) == 3 and plain.header.tc == 0  # udp_answer_limit, Consul's silent trim
+    holder[0] = dataclasses.replace(holder[0], dns_config=DNSConfig())  # proconsul default: TC on
+    q = DNSRecord.question("web.service.consul", "SRV")
+    raw = asyncio.run(dns.handle(q.pack(), False))
+    assert raw is not None and len(raw) <= 512
+    assert DNSRecord.parse(raw).header.tc == 1
+    big = ask(dns, "web.service.consul", "SRV", edns=1232)
+    assert 3 < len(big.rr) < 30 and big.header.tc == 1 and rtypes(big.ar)[-1] == "OPT"
+    full = ask(dns, "web.service.consul", "SRV", tcp=True)
+    assert len(full.rr) == 30 and full.header.tc == 0
+    # Each SRV kept its glue.
+    assert {str(x.rdata.target) for x in big.rr} == {str(x.rname) for x in big.ar if x.rtype == QTYPE.A}
+
+
+def test_a_record_limit() -> None:
+    dns, store, _ = make_server(RuntimeConfig(dns_config=DNSConfig(a_record_limit=2)))
+    for i in range(5):
+        add_instance(store, i + 1)
+    assert len(ask(dns, "web.service.consul", "A", tcp=True).rr) == 2
+
+
+def test_disable_compression_makes_bigger_messages() -> None:
+    dns, store, holder = make_server()
+    for i in range(5):
+        add_instance(store, i + 1)
+    q = DNSRecord.question("web.service.consul", "SRV").pack()
+    small = asyncio.run(dns.handle(q, True))
+    holder[0] = dataclasses.replace(holder[0], dns_config=DNSConfig(disable_compression=True))
+    large = asyncio.run(dns.handle(q, True))
+    assert small is not None and large is not None and len(large) > len(small)
+    assert len(DNSRecord.parse(large).rr) == 5
+
+
+def test_shuffle_is_deterministic_for_a_seed() -> None:
+    answers = []
+    for _ in range(2):
+        dns, store, _ = make_server(seed=42)
+        for i in range(10):
+            add_instance(store, i + 1)
+        answers.append([str(x.rdata) for x in ask(dns, "web.service.consul", "A", tcp=True).rr])
+    assert answers[0] == answers[1] and len(set(answers[0])) == 10
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def _header(
+    qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0
+) -> bytes:
+    return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
+
+
+def handle(data: bytes) -> bytes | None:
+    dns, _, _ = make_server()
+    return asyncio.run(dns.handle(data, False))
+
+
+def test_malformed_inputs() -> None:
+    assert handle(b"") is None and handle(b"\x00" * 5) is None  # no header: dropped
+    truncated = handle(_header() + b"\x03abc")
+    assert truncated is not None and DNSRecord.parse(truncated).header.rcode == RCODE.FORMERR
+    # A compression pointer to itself (a loop).
+    loop = handle(_header() + b"\xc0\x0c\x00\x01\x00\x01")
+    assert loop is not None and DNSRecord.parse(loop).header.rcode == RCODE.FORMERR
+    # A 64-byte label (length byte 0x40 is not a valid label length).
+    long_label = handle(_header() + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01")
+    assert long_label is not None and DNSRecord.parse(long_label).header.rcode == RCODE.FORMERR
+    # A response is never answered.
+    assert handle(_header(flags=0x8100) + b"\x00\x00\x01\x00\x01") is None
+    # Wrong class (CHAOS).
+    chaos = handle(_header() + b"\x07version\x04bind\x00\x00\x10\x00\x03")
+    assert chaos is not None and DNSRecord.parse(chaos).header.rcode == RCODE.FORMERR
+    # No question: refused, as Consul.
+    empty = handle(_header(qd=0))
+    assert empty is not None and DNSRecord.parse(empty).header.rcode == RCODE.REFUSED
+    # Unsupported opcode (NOTIFY).
+    notify = handle(_header(flags=0x2000) + b"\x00\x00\x06\x00\x01")
+    assert notify is not None and DNSRecord.parse(notify).header.rcode == RCODE.NOTIMP
+
+
+def test_deep_pointer_chain_does_not_crash() -> None:
+    # Each record's owner is "a" + a pointer to the previous owner: decoding the last one
+    # follows thousands of pointers, deeper than Python's recursion limit.
+    n = 3000
+    body = bytearray(b"\x00\x00\x01\x00\x01")  # the question: root, A, IN (offset 12)
+    previous = 12
+    for _ in range(n):
+        offset = 12 + len(body)
+        body += (
+            b"\x01a"
+            + struct.pack("!H", 0xC000 | previous)
+            + struct.pack("!HHIH", 1, 1, 0, 4)
+            + b"\x01\x02\x03\x04"
+        )
+        previous = offset
+    reply = handle(_header(an=n) + bytes(body))
+    assert reply is not None and DNSRecord.parse(reply).header.rcode == RCODE.FORMERR
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HypothesisHealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_fuzzed_packets_never_raise(data: bytes) -> None:
+    dns, _, _ = make_server()
+    reply = asyncio.run(dns.handle(data, False))
+    if reply is not None:
+        DNSRecord.parse(reply)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=40), st.integers(0, 11))
+def test_mutated_queries_never_raise(noise: bytes, where: int) -> None:
+    base = bytearray(DNSRecord.question("web.service.consul", "SRV").pack())
+    pos = (where * 7) % len(base)
+    mutated = bytes(base[:pos]) + noise + bytes(base[pos:])
+    dns, _, _ = make_server()
+    reply = asyncio.run(dns.handle(mutated, False))
+    if reply is not None:
+        DNSRecord.parse(reply)
+
+
+@pytest.mark.parametrize("qtype", ["A", "AAAA", "SRV", "TXT", "ANY", "MX", "PTR", "CNAME"])
+def test_every_type_answers(qtype: str) -> None:
+    dns, store, _ = make_server()
+    add_instance(store, 1)
+    for name in ("web.service.consul", "srv1.node.consul", "0a000001.addr.consul", "consul"):
+        assert ask(dns, name, qtype).header.rcode in (RCODE.NOERROR, RCODE.NXDOMAIN)
+
+
+# ------------------------------------------------------------------ answer cache and encoder
+
+
+def srv_ports(dns: DNSServer, tcp: bool = True) -> list[int]:
+    return sorted(x.rdata.port for x in ask(dns, "web.service.consul", "SRV", tcp=tcp).rr)
+
+
+def test_cache_check_turning_critical_drops_the_instance_on_the_next_query() -> None:
+    dns, store, _ = make_server()
+    for i in range(1, 6):
+        add_instance(store, i)
+    assert srv_ports(dns) == [8001, 8002, 8003, 8004, 8005]
+    assert srv_ports(dns) == [8001, 8002, 8003, 8004, 8005]  # served from the cache
+    a_before = sorted(str(x.rdata) for x in ask(dns, "web.service.consul", "A", tcp=True).rr)
+    assert len(a_before) == 5 and dns.cache.entries
+    check = HealthCheck("node3", "service:web-3", status="critical", service_id="web-3", service_name="web")
+    store.ensure_registration(100, store.nodes["node3"], None, (check,), True)
+    assert srv_ports(dns) == [8001, 8002, 8004, 8005]
+    assert "10.0.0.3" not in {str(x.rdata) for x in ask(dns, "web.service.consul", "A", tcp=True).rr}
+    # Plain UDP (3 of 4 sent, built lazily) never shows it either, whatever the shuffle.
+    for _ in range(20):
+        assert 8003 not in srv_ports(dns, tcp=False)
+    # A node-level check is the node's health for every service on it.
+    store.ensure_registration(
+        101, store.nodes["node1"], None, (HealthCheck("node1", "serf", status="critical"),), True
+    )
+    assert srv_ports(dns) == [8002, 8004, 8005]
+    # Back to passing: back in the answer.
+    store.ensure_registration(
+        102, store.nodes["node3"], None, (dataclasses.replace(check, status="passing"),), True
+    )
+    assert srv_ports(dns) == [8002, 8003, 8004, 8005]
+
+
+def test_cache_new_instance_appears_on_the_next_query() -> None:
+    dns, store, _ = make_server()
+    add_instance(store, 1)
+    assert srv_ports(dns) == [8001]
+    assert [str(x.rdata) for x in ask(dns, "web.service.consul", "A").rr] == ["10.0.0.1"]
+    add_instance(store, 2)
+    assert srv_ports(dns) == [8001, 8002]
+    assert sorted(str(x.rdata) for x in ask(dns, "web.service.consul", "A").rr) == ["10.0.0.1", "10.0.0.2"]
+    # Another spelling of the name is the same service in DNS (case-insensitive).
+    node = Node("node9", address="10.0.0.9")
+    store.ensure_registration(50, node, ServiceInstance("node9", "Web-9", "Web", port=8009), (), False)
+    assert srv_ports(dns) == [8001, 8002, 8009]
+    # Deregistering and changing a node's address are seen at once as well.
+    store.deregister(51, "node1")
+    assert srv_ports(dns) == [8002, 8009]
+    store.ensure_registration(52, Node("node2", address="10.9.9.9"), None, (), False)
+    glue = {str(x.rdata) for x in ask(dns, "web.service.consul", "SRV", tcp=True).ar if x.rtype == QTYPE.A}
+    assert glue == {"10.9.9.9", "10.0.0.9"}
+
+
+def test_cache_is_dropped_by_a_snapshot_restore_and_a_config_reload() -> None:
+    dns, store, holder = make_server()
+    add_instance(store, 1)
+    add_instance(store, 2, status="warning")
+    blob = store.snapshot()
+    add_instance(store, 3)
+    assert srv_ports(dns) == [8001, 8002, 8003]
+    store.restore(blob)
+    assert srv_ports(dns) == [8001, 8002]
+    holder[0] = dataclasses.replace(holder[0], dns_config=DNSConfig(only_passing=True))
+    assert srv_ports(dns) == [8001]
+
+
+def test_plain_udp_builds_only_the_groups_it_sends() -> None:
+    dns, store, _ = make_server()
+    for i in range(1, 11):
+        add_instance(store, i)
+    r = ask(dns, "web.service.consul", "SRV")
+    assert len(r.rr) == 3 and r.header.tc == 1
+    (entry,) = [e for key, e in dns.cache.entries.items() if key[1] == QTYPE.SRV]
+    assert sum(item.group is not None for item in entry.items) == 3
+
+
+def _reference_pack(req: dns_wire.Request, answer: Answer, count: int, compress: bool) -> bytes:
+    """The reply as dnslib's DNSRecord.pack writes it (the encoder must give the same bytes)."""
+    msg = DNSRecord(dns_wire.reply_header(req, answer.rcode, True, False), questions=req.record.questions)
+    seen = set()
+    for group in answer.groups[:count]:
+        msg.rr.extend(group.answer)
+        for rr in group.extra:
+            key = (str(rr.rname).lower(), rr.rtype, str(rr.rdata))
+            if key not in seen:
+                seen.add(key)
+                msg.ar.append(rr)
+    msg.auth.extend(answer.authority)
+    if req.edns:
+        msg.ar.append(EDNS0(udp_len=req.udp_size))
+    return dns_wire.pack(msg, compress)
+
+
+_RECORDS = [
+    RR("web.service.consul.", QTYPE.SRV, rdata=SRV(1, 1, 8000, "node1.node.dc1.consul."), ttl=5),
+    RR("node1.node.dc1.consul.", QTYPE.A, rdata=A("10.0.0.1")),
+    RR("Node1.node.dc1.consul.", QTYPE.A, rdata=A("10.0.0.1")),
+    RR("web.service.consul.", QTYPE.AAAA, rdata=AAAA("fd00::1")),
+    RR("web.service.consul.", QTYPE.CNAME, rdata=CNAME("host.example.com.")),
+    RR("node1.node.dc1.consul.", QTYPE.TXT, rdata=TXT([b"a=b", b"c" * 255])),
+    RR("consul.", QTYPE.NS, rdata=NS("node1.node.dc1.consul.")),
+    RR("1.0.0.10.in-addr.arpa.", QTYPE.PTR, rdata=PTR("node1.node.dc1.consul.")),
+    RR("web.service.consul.", QTYPE.MX, rdata=MX("mail.service.consul.", 10)),
+]
+_SOA = RR("consul.", QTYPE.SOA, rdata=SOA("ns.consul.", "hostmaster.consul.", (1, 2, 3, 4, 5)), ttl=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.lists(st.integers(0, 8), max_size=2), st.lists(st.integers(0, 8), max_size=3)),
+        max_size=6,
+    ),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["web.service.consul", "WEB.Service.Consul", "x.consul", "1.0.0.10.in-addr.arpa"]),
+)
+def test_encoder_writes_what_dnslib_writes(
+    groups: list[tuple[list[int], list[int]]], compress: bool, edns: bool, soa: bool, qname: str
+) -> None:
+    q = DNSRecord.question(qname, "SRV")
+    if edns:
+        q.add_ar(EDNS0(udp_len=4096))
+    req = dns_wire.decode(q.pack())
+    assert isinstance(req, dns_wire.Request)
+    answer = Answer(
+        groups=[Group(answer=[_RECORDS[i] for i in a], extra=[_RECORDS[i] for i in x]) for a, x in groups],
+        authority=[_SOA] if soa else [],
+    )
+    limits = dns_wire.Limits(
+        tcp=True, enable_truncate=True, compress=compress, udp_answer_limit=3, a_record_limit=0
+    )
+    for _ in range(2):  # the second time from the groups' memoised encodings
+        got = dns_wire.encode_answer(req, answer, False, limits)
+        assert got == _reference_pack(req, answer, len(groups), compress)
