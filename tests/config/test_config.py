@@ -500,11 +500,14 @@ def test_advertise_detection_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_addresses_templates_and_client_lists(tmp_path: Path) -> None:
     cfg = load(
         [*base_args(tmp_path), "-bind", '{{ GetInterfaceIP "eth0" }}', "-client", "127.0.0.1 10.1.2.3",
-         "-hcl", 'addresses { http = "unix:///run/p.sock 127.0.0.1" }']
+         "-hcl", 'addresses { http = "[::1] 127.0.0.1" }']
     ).config  # fmt: skip
     assert cfg.bind_addr == "10.1.2.3"
     assert cfg.client_addr == ("127.0.0.1", "10.1.2.3")
-    assert cfg.addresses.http == ("unix:///run/p.sock", "127.0.0.1")
+    assert cfg.addresses.http == ("::1", "127.0.0.1")
+    # The HTTP server listens on TCP only: a unix socket address is refused (config honesty).
+    errs = errors_of([*base_args(tmp_path), "-hcl", 'addresses { http = "unix:///run/p.sock 127.0.0.1" }'])
+    assert any(e.startswith("command line: -hcl[0]: addresses.http:") and "refusing to start" in e for e in errs)
     errs = errors_of([*base_args(tmp_path), "-bind", "{{ GetAllInterfaces | attr }}"])
     assert any(e.startswith("command line: -bind:") for e in errs)
 
@@ -549,9 +552,9 @@ def test_diff_splits_reloadable_from_restart(tmp_path: Path) -> None:
     old = load([*base_args(tmp_path), "-hcl", 'acl { tokens { agent = "a" } }']).config
     new = load(
         [*base_args(tmp_path), "-log-level", "debug", "-http-port", "9", "-node-meta", "k:v",
-         "-hcl", 'acl { enabled = true\ntokens { agent = "b" } }', "-hcl", 'service { name = "web" }']
+         "-hcl", 'acl { down_policy = "deny"\ntokens { agent = "b" } }', "-hcl", 'service { name = "web" }']
     ).config  # fmt: skip
     reloadable, restart = diff(old, new)
     assert reloadable == ["log_level", "services", "node_meta", "acl.tokens"]
-    assert restart == ["ports.http", "acl.enabled"]
+    assert restart == ["ports.http", "acl.down_policy"]
     assert diff(old, old) == ([], [])

@@ -7,10 +7,12 @@ A re-export list only; each concern lives in its own module:
 - `load`: reading JSON/HCL files and directories, type checking, merging; `load`, `validate_paths`.
 - `build`: merged raw config -> `RuntimeConfig`, one builder per section, with semantic checks.
 - `interfaces`: interface lookups by ioctl, go-sockaddr templates, the default node name.
+- `honesty`: which keys are implemented, inert (warned) or refused (security, not honoured).
 - `result`: `ConfigError`, `LoadResult` and the per-load collector.
 Go durations live in `proconsul.durations`.
 """
 
+from proconsul.config import honesty, interfaces
 from proconsul.config.agent_flags import FLAG_KEYS, agent_flagset
 from proconsul.config.interfaces import expand_template, hostname, interface_addresses
 from proconsul.config.load import load, load_from, validate_paths, validate_paths_with_warnings
@@ -66,8 +68,10 @@ __all__ = [
     "diff",
     "expand_template",
     "field_name",
+    "honesty",
     "hostname",
     "interface_addresses",
+    "interfaces",
     "load",
     "load_from",
     "validate_paths",

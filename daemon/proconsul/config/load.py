@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from proconsul import structs
+from proconsul.config import honesty
 from proconsul.config.agent_flags import agent_flagset, flag_sources
 from proconsul.config.build import build
 from proconsul.config.model import RuntimeConfig
@@ -142,7 +143,11 @@ def _check_object(
             continue
         kind = schema[key]
         if kind == IGNORED:
-            out.warnings.append(f"{src.name}: config key {path} is not supported by proconsul; ignored")
+            refusal = honesty.refuse_ignored(path, value)
+            if refusal is not None:
+                out.errors.append(f"{src.where(path)}: {refusal}")
+            else:
+                out.warnings.append(f"{src.name}: config key {path} is not supported by proconsul; ignored")
             continue
         # Consul's HookWeakDecodeFromSlice: a one-element list stands for its element (HCL1
         # blocks decode as lists).
@@ -200,6 +205,8 @@ def _normalize_legacy(src: Source, out: Collector) -> dict[str, Any]:
         node.setdefault(new_path[-1], value)  # the new key wins when both are given, as Consul
         if old in src.flag_for:
             src.flag_for[new_key] = src.flag_for[old]
+        else:
+            src.renamed[new_key] = old  # problems with the value name the key as written
     acl = data.get("acl")
     if isinstance(acl, dict) and isinstance(acl.get("tokens"), dict):
         tokens = dict(acl["tokens"])
@@ -373,6 +380,7 @@ def _assemble(
         layer = _check_object(data, SCHEMA, "", src, out)
         _validate_definitions(layer, src, out)
         _merge(merged, layer, SCHEMA, src, out)
+    honesty.check(merged, out)
     config = build(merged, dev, [s.name for s in files], out, check_paths)
     return config, out
 

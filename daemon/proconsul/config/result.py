@@ -35,10 +35,13 @@ class Source:
     name: str
     data: dict[str, Any]
     flag_for: dict[str, str] = field(default_factory=dict)  # dotted key -> "-flag"
+    renamed: dict[str, str] = field(default_factory=dict)  # dotted key -> legacy key as written
 
     def where(self, key: str) -> str:
         flag = self.flag_for.get(key)
-        return f"{self.name}: {flag}" if flag else f"{self.name}: {key}"
+        if flag:
+            return f"{self.name}: {flag}"
+        return f"{self.name}: {self.renamed.get(key, key)}"
 
 
 class Collector:
