@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from proconsul.durations import parse_duration
+
 HEALTH_PASSING = "passing"
 HEALTH_WARNING = "warning"
 HEALTH_CRITICAL = "critical"
@@ -105,8 +107,6 @@ class ServiceDefinition:
 
 
 def _duration(value: Any, path: str, errors: list[str]) -> float | None:
-    from proconsul.config import parse_duration  # Go durations are parsed only in config.py
-
     if isinstance(value, bool):
         errors.append(f"{path}: expected a duration, got a boolean")
         return None

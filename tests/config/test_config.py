@@ -11,15 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from proconsul import config
-from proconsul.config import ConfigError, RuntimeConfig, diff, format_duration, load, parse_duration
+from proconsul.config import ConfigError, RuntimeConfig, diff, interfaces, load
+from proconsul.durations import format_duration, parse_duration
 from proconsul.flags import FlagError, HelpRequested
 
 
 @pytest.fixture(autouse=True)
 def _host(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fixed host: hostname "testhost", one private IPv4 (so bind 0.0.0.0 can advertise)."""
-    monkeypatch.setattr(config, "hostname", lambda: "testhost")
-    monkeypatch.setattr(config, "interface_addresses", lambda: [("lo", "127.0.0.1"), ("eth0", "10.1.2.3")])
+    monkeypatch.setattr(interfaces, "hostname", lambda: "testhost")
+    monkeypatch.setattr(interfaces, "interface_addresses", lambda: [("lo", "127.0.0.1"), ("eth0", "10.1.2.3")])
 
 
 def write(path: Path, content: Any) -> Path:
@@ -489,21 +490,24 @@ def test_bootstrap_expect_one_means_bootstrap(tmp_path: Path) -> None:
 
 
 def test_advertise_detection_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "interface_addresses", lambda: [("a", "10.0.0.1"), ("b", "192.168.1.1")])
+    monkeypatch.setattr(interfaces, "interface_addresses", lambda: [("a", "10.0.0.1"), ("b", "192.168.1.1")])
     assert any("Multiple private IPv4" in e for e in errors_of(base_args(tmp_path)))
     assert load([*base_args(tmp_path), "-advertise", "10.0.0.1"]).config.advertise_addr == "10.0.0.1"
-    monkeypatch.setattr(config, "interface_addresses", lambda: [("lo", "127.0.0.1")])
+    monkeypatch.setattr(interfaces, "interface_addresses", lambda: [("lo", "127.0.0.1")])
     assert any("No private IPv4" in e for e in errors_of(base_args(tmp_path)))
 
 
 def test_addresses_templates_and_client_lists(tmp_path: Path) -> None:
     cfg = load(
         [*base_args(tmp_path), "-bind", '{{ GetInterfaceIP "eth0" }}', "-client", "127.0.0.1 10.1.2.3",
-         "-hcl", 'addresses { http = "unix:///run/p.sock 127.0.0.1" }']
+         "-hcl", 'addresses { http = "[::1] 127.0.0.1" }']
     ).config  # fmt: skip
     assert cfg.bind_addr == "10.1.2.3"
     assert cfg.client_addr == ("127.0.0.1", "10.1.2.3")
-    assert cfg.addresses.http == ("unix:///run/p.sock", "127.0.0.1")
+    assert cfg.addresses.http == ("::1", "127.0.0.1")
+    # The HTTP server listens on TCP only: a unix socket address is refused (config honesty).
+    errs = errors_of([*base_args(tmp_path), "-hcl", 'addresses { http = "unix:///run/p.sock 127.0.0.1" }'])
+    assert any(e.startswith("command line: -hcl[0]: addresses.http:") and "refusing to start" in e for e in errs)
     errs = errors_of([*base_args(tmp_path), "-bind", "{{ GetAllInterfaces | attr }}"])
     assert any(e.startswith("command line: -bind:") for e in errs)
 
@@ -532,7 +536,7 @@ def test_every_schema_key_has_a_runtime_field() -> None:
         for key, kind in schema.items():
             if kind == config.IGNORED:
                 continue
-            name = config._field_name(key, kind)
+            name = config.field_name(key, kind)
             assert name in names, f"{cls.__name__}.{name}"
             if isinstance(kind, dict):
                 check(kind, type(getattr(defaults, name)))
@@ -548,9 +552,9 @@ def test_diff_splits_reloadable_from_restart(tmp_path: Path) -> None:
     old = load([*base_args(tmp_path), "-hcl", 'acl { tokens { agent = "a" } }']).config
     new = load(
         [*base_args(tmp_path), "-log-level", "debug", "-http-port", "9", "-node-meta", "k:v",
-         "-hcl", 'acl { enabled = true\ntokens { agent = "b" } }', "-hcl", 'service { name = "web" }']
+         "-hcl", 'acl { down_policy = "deny"\ntokens { agent = "b" } }', "-hcl", 'service { name = "web" }']
     ).config  # fmt: skip
     reloadable, restart = diff(old, new)
     assert reloadable == ["log_level", "services", "node_meta", "acl.tokens"]
-    assert restart == ["ports.http", "acl.enabled"]
+    assert restart == ["ports.http", "acl.down_policy"]
     assert diff(old, old) == ([], [])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from proconsul import config
-from proconsul.config import ConfigError, load
+from proconsul.config import ConfigError, interfaces, load
 from proconsul.gossip.core import Member, MemberState
 from proconsul.serf.lan import STATUS_ALIVE, STATUS_FAILED, STATUS_LEAVING, STATUS_LEFT, MemberRecord
 from proconsul.serf.reconnect import Reconnector, member_timeout, reap, reconnect_candidate
@@ -209,8 +209,8 @@ def test_a_reap_pass_uses_the_injected_clock_and_reports_each_reaped_member() ->
 
 @pytest.fixture
 def host(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "hostname", lambda: "testhost")
-    monkeypatch.setattr(config, "interface_addresses", lambda: [("lo", "127.0.0.1"), ("eth0", "10.1.2.3")])
+    monkeypatch.setattr(interfaces, "hostname", lambda: "testhost")
+    monkeypatch.setattr(interfaces, "interface_addresses", lambda: [("lo", "127.0.0.1"), ("eth0", "10.1.2.3")])
 
 
 def _load(tmp_path: Path, body: dict[str, object], *flags: str) -> config.RuntimeConfig:

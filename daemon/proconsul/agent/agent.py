@@ -29,6 +29,7 @@ from proconsul.agent import logs
 from proconsul.agent.leave import GracefulLeave
 from proconsul.agent.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
 from proconsul.coordinate import Coordinate
+from proconsul.durations import format_duration
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.local.checks import CheckManager
 from proconsul.local.coordinate_sync import CoordinateSync
@@ -507,7 +508,7 @@ class Agent:
                 tags["bootstrap"] = "1"
         elif cfg.advertise_reconnect_timeout_s:
             # Consul's advertise_reconnect_timeout: the others reap us after this, not theirs.
-            tags["rc_tm"] = configmod.format_duration(cfg.advertise_reconnect_timeout_s)
+            tags["rc_tm"] = format_duration(cfg.advertise_reconnect_timeout_s)
         return {
             "Name": self.node_name,
             "Addr": self.address,

@@ -32,7 +32,7 @@ from typing import Any
 from proconsul.api_client import APIError, Client
 from proconsul.cli.base import COMMAND_SECTION, HTTP_SERVER, Command, Context, FlagSpec
 from proconsul.cli.output import go_path_join
-from proconsul.config import parse_duration
+from proconsul.durations import parse_duration
 
 # Consul's api/lock.go and api/semaphore.go constants.
 LOCK_FLAG_VALUE = 0x2DDCCBC058A50C18

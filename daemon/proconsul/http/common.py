@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.config import parse_duration
+from proconsul.durations import parse_duration
 from proconsul.rpc_api import QueryMeta, QueryOptions
 
 try:  # orjson is much faster; stdlib json is the fallback and the pretty printer

@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from proconsul.config import parse_duration
+from proconsul.durations import parse_duration
 from proconsul.http.common import HTTPError, bad_request, json_response, read_body, uint_param
 from proconsul.local import events as ev
 

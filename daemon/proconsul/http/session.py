@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.config import format_duration, parse_duration
+from proconsul.durations import format_duration, parse_duration
 from proconsul.http.common import (
     HTTPError,
     bad_request,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proconsul.config import format_duration
+from proconsul.durations import format_duration
 from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.rpc import Server
 from proconsul.state import commands

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proconsul.api_client import APIError, Client, resolve_settings
+from proconsul.durations import parse_duration
 
 logger = logging.getLogger(__name__)
 
@@ -233,8 +234,6 @@ def parse_http_handler_config(raw: Any) -> dict[str, Any]:
         raise WatchError("Failed to parse 'http_handler_config': Requires 'path' to be set")
     timeout_s = HTTP_HANDLER_TIMEOUT_S
     if raw.get("timeout"):
-        from proconsul.config import parse_duration
-
         try:
             timeout_s = parse_duration(str(raw["timeout"]))
         except ValueError as exc:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from proconsul.config import parse_duration
+from proconsul.durations import parse_duration
 from proconsul.serf.member import STATUS_FAILED, STATUS_LEFT, TOMBSTONE_TIMEOUT_S, MemberRecord
 
 logger = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from proconsul.durations import parse_duration
 from proconsul.server.rpc import Server
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance, Session
@@ -59,8 +60,6 @@ class SessionTimers:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def arm(self, session: Session) -> None:
-        from proconsul.config import parse_duration
-
         if not session.ttl:
             return
         self.disarm(session.id)

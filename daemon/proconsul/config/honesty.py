@@ -1,0 +1,191 @@
+"""Config honesty (house rule 9): which accepted keys are honoured, which are inert, which refuse.
+
+Owns three disjoint lists that together cover every non-IGNORED key of `SCHEMA` (a test walks the
+schema to keep it so):
+- `IMPLEMENTED`: keys something outside `config/` reads and acts on.
+- `INERT`: accepted, no effect, not security-relevant; set to a non-default value, `validate` and
+  start-up warn, naming the source and key.
+- `REFUSED`: security-relevant and not honoured (ACLs and TLS until they land, HTTP access rules);
+  set to anything but an explicitly disabling value, `validate` and start-up fail naming the source
+  and key. Keys of kind IGNORED in `REFUSED_IGNORED` refuse the same way unless every value inside
+  them is off (false, empty, zero); other IGNORED keys are warned about when loaded.
+Also `UNIX_SOCKET_KEYS`: addresses that would listen on a unix socket, which is not supported.
+Values set by the `-dev` layer are proconsul's own choice and are not reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from proconsul.config.model import DEFAULTS
+from proconsul.config.result import Collector
+from proconsul.config.schema import LIST_KINDS, SCHEMA, field_name
+
+__all__ = [
+    "IMPLEMENTED",
+    "INERT",
+    "REFUSED",
+    "REFUSED_IGNORED",
+    "UNIX_SOCKET_KEYS",
+    "check",
+    "refuse_ignored",
+]
+
+IMPLEMENTED: frozenset[str] = frozenset(
+    {
+        "datacenter", "primary_datacenter", "data_dir", "node_name", "node_id", "server", "bootstrap",
+        "bootstrap_expect", "bind_addr", "advertise_addr", "advertise_addr_wan", "serf_lan", "serf_wan",
+        "client_addr", "addresses.dns", "addresses.http",
+        "ports.dns", "ports.http", "ports.serf_lan", "ports.serf_wan", "ports.server",
+        "retry_join", "retry_join_wan", "retry_interval", "retry_interval_wan", "retry_max", "retry_max_wan",
+        "start_join", "start_join_wan", "rejoin_after_leave", "leave_on_terminate", "skip_leave_on_interrupt",
+        "reconnect_timeout", "reconnect_timeout_wan", "advertise_reconnect_timeout",
+        "log_level", "log_json", "log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files",
+        "enable_syslog", "syslog_facility", "pid_file",
+        "encrypt", "disable_keyring_file", "domain", "alt_domain", "recursors",
+        "dns_config.allow_stale", "dns_config.max_stale", "dns_config.node_ttl", "dns_config.service_ttl",
+        "dns_config.enable_truncate", "dns_config.only_passing", "dns_config.recursor_strategy",
+        "dns_config.recursor_timeout", "dns_config.disable_compression", "dns_config.a_record_limit",
+        "dns_config.udp_answer_limit", "dns_config.enable_additional_node_meta_txt",
+        "dns_config.soa.refresh", "dns_config.soa.retry", "dns_config.soa.expire", "dns_config.soa.min_ttl",
+        "enable_script_checks", "enable_local_script_checks", "services", "checks", "watches", "node_meta",
+        "check_update_interval", "check_output_max_size", "discard_check_output",
+        "ae_interval", "check_reap_interval", "check_deregister_interval_min", "sync_coordinate_rate_target",
+        "sync_coordinate_interval_min", "reconnect_interval", "dial_overrides", "unsafe_follower_local_reads",
+        "performance.raft_multiplier", "performance.leave_drain_time", "performance.rpc_hold_timeout",
+        "limits.kv_max_value_size", "limits.txn_max_req_len",
+        # Passed along with the agent's own requests and shown by /v1/agent/token; with ACLs
+        # refused (acl.enabled), they carry no authority, exactly as in Consul with ACLs off.
+        "acl.tokens.default", "acl.tokens.agent", "acl.tokens.config_file_service_registration",
+        "autopilot.cleanup_dead_servers", "autopilot.min_quorum",
+        "session_ttl_min", "default_query_time", "max_query_time", "disable_coordinates",
+        "raft_snapshot_threshold", "raft_snapshot_interval", "raft_trailing_logs",
+        # Only 3 is accepted (build.py), which is the protocol proconsul speaks.
+        "raft_protocol",
+    }
+)  # fmt: skip
+
+INERT: frozenset[str] = frozenset(
+    {
+        "disable_host_node_id",  # node IDs are always random
+        "addresses.https", "addresses.grpc", "addresses.grpc_tls",  # no HTTPS or gRPC listener
+        "ports.grpc",  # no gRPC listener (-dev sets it as Consul does; not reported)
+        "enable_debug",
+        "ui_config.enabled", "ui_config.dir", "ui_config.content_path",  # no web UI is served
+        "encrypt_verify_incoming", "encrypt_verify_outgoing",  # gossip is always verified when encrypted
+        "dns_config.use_cache", "dns_config.cache_max_age",
+        "limits.http_max_conns_per_client", "limits.https_handshake_timeout", "limits.rpc_handshake_timeout",
+        "limits.rpc_rate", "limits.rpc_max_burst", "limits.rpc_max_conns_per_client",
+        "telemetry.prometheus_retention_time", "telemetry.disable_hostname", "telemetry.prefix_filter",
+        "telemetry.filter_default", "telemetry.metrics_prefix", "telemetry.statsd_address",
+        "telemetry.statsite_address", "telemetry.dogstatsd_addr", "telemetry.dogstatsd_tags",
+        "autopilot.last_contact_threshold", "autopilot.max_trailing_logs", "autopilot.server_stabilization_time",
+        "http_config.use_cache", "http_config.max_header_bytes",
+        "unix_sockets.user", "unix_sockets.group", "unix_sockets.mode",  # unix sockets are refused
+        "discovery_max_stale", "translate_wan_addrs",
+        "disable_update_check",  # proconsul never checks for updates
+        "auto_reload_config",  # reload on SIGHUP or `proconsul reload`
+        "disable_remote_exec",  # remote exec is never run, whatever the value
+        # With ACLs off (acl.enabled = true is refused) these have no effect, as in Consul.
+        "acl.down_policy", "acl.enable_token_persistence", "acl.enable_key_list_policy",
+        "acl.enable_token_replication", "acl.policy_ttl", "acl.role_ttl", "acl.token_ttl",
+        "acl.tokens.initial_management", "acl.tokens.agent_recovery", "acl.tokens.replication",
+    }
+)  # fmt: skip
+
+
+def _unset(value: Any, default: Any) -> bool:
+    return value == default
+
+
+def _port_off(value: Any, default: Any) -> bool:
+    return isinstance(value, int) and value <= 0  # any value <= 0 disables the listener
+
+
+_TLS_KEYS = [
+    f"tls.{section}.{key}"
+    for section in ("defaults", "internal_rpc", "https", "grpc")
+    for key, kind in SCHEMA["tls"][section].items()
+    if kind != "ignored"
+]
+
+# Key -> "is this value harmless?" (explicitly disabling, or the default proconsul honours).
+REFUSED: dict[str, Callable[[Any, Any], bool]] = {
+    "ports.https": _port_off,
+    "ports.grpc_tls": _port_off,
+    "acl.enabled": _unset,
+    "acl.default_policy": _unset,  # "allow" is what proconsul does
+    "http_config.allow_write_http_from": _unset,
+    "http_config.block_endpoints": _unset,
+    "http_config.response_headers": _unset,  # not applied by http/server.py today
+    **{key: _unset for key in _TLS_KEYS},
+}
+
+# IGNORED keys that are security settings: refused unless every value inside is off.
+REFUSED_IGNORED: frozenset[str] = frozenset(
+    {
+        # Each would leave an operator believing traffic is encrypted, restricted or audited.
+        # (connect and auto_config fail closed without proconsul support, so they only warn.)
+        "auto_encrypt", "audit", "enable_agent_tls_for_checks", "serf_lan_allowed_cidrs",
+        "serf_wan_allowed_cidrs", "tls.defaults.use_auto_cert", "tls.internal_rpc.use_auto_cert",
+        "tls.https.use_auto_cert", "tls.grpc.use_auto_cert",
+    }
+)  # fmt: skip
+
+UNIX_SOCKET_KEYS: frozenset[str] = frozenset(
+    {"addresses.http", "addresses.https", "addresses.grpc", "addresses.grpc_tls"}
+)
+
+_REFUSAL = "is not supported yet: refusing to start with it set"
+
+
+def _all_off(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_all_off(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_all_off(v) for v in value)
+    return value in (False, None, "", 0)
+
+
+def refuse_ignored(path: str, value: Any) -> str | None:
+    """The refusal message for an IGNORED key that is a security setting set on, else None."""
+    if path in REFUSED_IGNORED and not _all_off(value):
+        return f"{path} {_REFUSAL}"
+    return None
+
+
+def _leaves(
+    merged: dict[str, Any], schema: dict[str, Any], prefix: str = ""
+) -> Iterator[tuple[str, Any, Any]]:
+    for key, value in merged.items():
+        kind = schema[key]
+        if isinstance(kind, dict):
+            yield from _leaves(value, kind, prefix + key + ".")
+        else:
+            yield prefix + key, kind, value
+
+
+def _default(path: str, kind: Any) -> Any:
+    node: Any = DEFAULTS
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = getattr(node, part)
+    value = getattr(node, field_name(parts[-1], kind), None)
+    return list(value) if kind in LIST_KINDS and isinstance(value, tuple) else value
+
+
+def check(merged: dict[str, Any], out: Collector) -> None:
+    """Refuse unhonoured security settings and warn about inert keys, naming source and key."""
+    for path, kind, value in _leaves(merged, SCHEMA):
+        where = out.origin.get(path, "")
+        if where.startswith("dev:"):
+            continue
+        if path in UNIX_SOCKET_KEYS and isinstance(value, str) and "unix://" in value:
+            out.at(path, f"{path} = {value!r}: unix sockets {_REFUSAL}")
+        elif path in REFUSED and not REFUSED[path](value, _default(path, kind)):
+            out.at(path, f"{path} {_REFUSAL}")
+        elif path in INERT and value != _default(path, kind):
+            out.warnings.append(
+                f"{where or path}: config key {path} is accepted but not implemented by proconsul: it has no effect"
+            )

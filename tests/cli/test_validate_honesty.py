@@ -1,0 +1,32 @@
+"""`proconsul validate` refuses security settings proconsul does not honour (issue 17, item 1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_validate_exits_non_zero_naming_the_refused_key(tmp_path: Path) -> None:
+    path = tmp_path / "agent.hcl"
+    path.write_text(f'data_dir = "{tmp_path}"\nhttp_config {{ allow_write_http_from = ["10.0.0.0/8"] }}\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "proconsul", "validate", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert "Configuration is valid!" not in proc.stdout
+    assert f"{path}: http_config.allow_write_http_from:" in proc.stderr
+    assert "is not supported yet: refusing to start with it set" in proc.stderr
+
+
+def test_validate_warns_about_inert_keys_and_passes(tmp_path: Path) -> None:
+    path = tmp_path / "agent.hcl"
+    path.write_text(
+        f'data_dir = "{tmp_path}"\nbind_addr = "127.0.0.1"\ntelemetry {{ statsd_address = "127.0.0.1:8125" }}\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "proconsul", "validate", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Configuration is valid!" in proc.stdout
+    assert "telemetry.statsd_address is accepted but not implemented" in proc.stderr

@@ -1,0 +1,178 @@
+"""Config honesty (house rule 9, issue 17 item 1): every key is honoured, inert or refused."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from proconsul.agent.agent import run_agent
+from proconsul.config import ConfigError, honesty, interfaces, load, validate_paths_with_warnings
+from proconsul.config.schema import IGNORED, SCHEMA, field_name
+
+PACKAGE = Path(__file__).resolve().parents[2] / "daemon" / "proconsul"
+
+# The configuration from issue 17: it passed validate and started an open agent.
+ISSUE_17 = """
+data_dir = "/tmp/x"
+acl { enabled = true  default_policy = "deny" }
+tls { defaults { verify_incoming = true  cert_file = "/nonexistent.pem" } }
+ports { https = 8501 }
+http_config { allow_write_http_from = ["10.0.0.0/8"] }
+"""
+
+
+@pytest.fixture(autouse=True)
+def _host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(interfaces, "hostname", lambda: "testhost")
+    monkeypatch.setattr(
+        interfaces, "interface_addresses", lambda: [("lo", "127.0.0.1"), ("eth0", "10.1.2.3")]
+    )
+
+
+def _leaves(schema: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, kind in schema.items():
+        if isinstance(kind, dict):
+            out.extend(_leaves(kind, prefix + key + "."))
+        else:
+            out.append((prefix + key, kind))
+    return out
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_every_schema_key_is_implemented_inert_or_refused() -> None:
+    leaves = dict(_leaves(SCHEMA))
+    unlisted, doubled = [], []
+    for key, kind in leaves.items():
+        if kind == IGNORED:
+            continue  # warned about when loaded, or refused when in REFUSED_IGNORED
+        homes = [key in honesty.IMPLEMENTED, key in honesty.INERT, key in honesty.REFUSED]
+        if sum(homes) == 0:
+            unlisted.append(key)
+        elif sum(homes) > 1:
+            doubled.append(key)
+    assert not unlisted, f"keys neither implemented, inert nor refused: {unlisted}"
+    assert not doubled, f"keys in more than one list: {doubled}"
+    listed = honesty.IMPLEMENTED | honesty.INERT | set(honesty.REFUSED)
+    assert not listed - leaves.keys(), f"listed keys not in the schema: {listed - leaves.keys()}"
+    for key in honesty.REFUSED_IGNORED:
+        assert leaves.get(key) == IGNORED, key
+
+
+def test_implemented_keys_are_read_outside_config() -> None:
+    """An IMPLEMENTED key's runtime field is read somewhere outside config/ (keeps the list honest)."""
+    text = "\n".join(
+        p.read_text() for p in PACKAGE.rglob("*.py") if "config" not in p.relative_to(PACKAGE).parts[:1]
+    )
+    exempt = {"raft_protocol"}  # only 3 is accepted (build.py), the protocol proconsul speaks
+    leaves = dict(_leaves(SCHEMA))
+    missing = []
+    for key in sorted(honesty.IMPLEMENTED - exempt):
+        name = field_name(key.rsplit(".", 1)[-1], leaves[key])
+        if not re.search(r"[\w\]\)]\." + re.escape(name) + r"\b", text):
+            missing.append(key)
+    assert not missing, f"IMPLEMENTED keys nothing outside config/ reads: {missing}"
+
+
+def test_issue_17_config_is_refused_naming_file_and_every_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, "agent.hcl", ISSUE_17)
+    errors, _ = validate_paths_with_warnings([path])
+    for key in (
+        "acl.enabled",
+        "acl.default_policy",
+        "tls.defaults.verify_incoming",
+        "tls.defaults.cert_file",
+        "ports.https",
+        "http_config.allow_write_http_from",
+    ):
+        assert any(
+            e.startswith(f"{path}: {key}:") and "not supported yet: refusing to start with it set" in e
+            for e in errors
+        ), (key, errors)
+    with pytest.raises(ConfigError):
+        load(["-config-file", path])
+
+
+def test_agent_start_up_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, "agent.hcl", ISSUE_17)
+    assert run_agent(["-config-file", path]) == 1
+    assert f"{path}: acl.enabled: acl.enabled is not supported yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'acl { enabled = false  default_policy = "allow" }',
+        "ports { https = -1  grpc_tls = -1 }",
+        "ports { https = 0 }",
+        "tls { defaults { verify_incoming = false  verify_outgoing = false } }",
+        "verify_incoming = false",
+        "auto_encrypt { tls = false  allow_tls = false }",
+        "http_config { allow_write_http_from = [] }",
+        "serf_lan_allowed_cidrs = []",
+    ],
+)
+def test_explicitly_disabling_values_are_fine(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\n{text}\n')
+    errors, _ = validate_paths_with_warnings([path])
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("auto_encrypt { tls = true }", "auto_encrypt"),
+        ("audit { enabled = true }", "audit"),
+        ('serf_lan_allowed_cidrs = ["10.0.0.0/8"]', "serf_lan_allowed_cidrs"),
+        ('http_config { block_endpoints = ["/v1/kv"] }', "http_config.block_endpoints"),
+        ('http_config { response_headers = { "X-Frame-Options" = "DENY" } }', "http_config.response_headers"),
+        ('addresses { http = "unix:///run/proconsul.sock" }', "addresses.http"),
+        ("ports { grpc_tls = 8503 }", "ports.grpc_tls"),
+        ('tls { https { key_file = "/k.pem" } }', "tls.https.key_file"),
+        ("tls { internal_rpc { use_auto_cert = true } }", "tls.internal_rpc.use_auto_cert"),
+        ('cert_file = "/c.pem"', "cert_file"),  # legacy key: named as written
+        ("verify_incoming = true", "verify_incoming"),
+    ],
+)
+def test_security_settings_not_honoured_are_refused(tmp_path: Path, text: str, key: str) -> None:
+    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\n{text}\n')
+    errors, _ = validate_paths_with_warnings([path])
+    assert any(e.startswith(f"{path}: {key}:") and "refusing to start" in e for e in errors), errors
+
+
+def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "agent.hcl",
+        f'data_dir = "{tmp_path}"\ntelemetry {{ statsd_address = "127.0.0.1:8125" }}\n'
+        'limits { rpc_rate = 10.0 }\nacl { tokens { initial_management = "m" } }\nenable_debug = true\n',
+    )
+    errors, warnings = validate_paths_with_warnings([path])
+    assert errors == []
+    for key in (
+        "telemetry.statsd_address",
+        "limits.rpc_rate",
+        "acl.tokens.initial_management",
+        "enable_debug",
+    ):
+        assert (
+            f"{path}: {key}: config key {key} is accepted but not implemented by proconsul: it has no effect"
+            in warnings
+        )
+    # Start-up carries the same warnings (run_agent logs every LoadResult warning).
+    result = load(["-config-file", path])
+    assert any("telemetry.statsd_address" in w for w in result.warnings)
+
+
+def test_inert_keys_at_their_default_and_dev_mode_layer_are_quiet(tmp_path: Path) -> None:
+    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\nenable_debug = false\n')
+    assert not any("not implemented" in w for w in validate_paths_with_warnings([path])[1])
+    result = load(["-dev"])
+    assert not any("not implemented" in w for w in result.warnings), result.warnings
