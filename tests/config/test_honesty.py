@@ -90,7 +90,6 @@ def test_issue_17_config_is_refused_naming_file_and_every_key(tmp_path: Path) ->
         "tls.defaults.verify_incoming",
         "tls.defaults.cert_file",
         "ports.https",
-        "http_config.allow_write_http_from",
     ):
         assert any(
             e.startswith(f"{path}: {key}:") and "not supported yet: refusing to start with it set" in e
@@ -131,8 +130,6 @@ def test_explicitly_disabling_values_are_fine(tmp_path: Path, text: str) -> None
         ("auto_encrypt { tls = true }", "auto_encrypt"),
         ("audit { enabled = true }", "audit"),
         ('serf_lan_allowed_cidrs = ["10.0.0.0/8"]', "serf_lan_allowed_cidrs"),
-        ('http_config { block_endpoints = ["/v1/kv"] }', "http_config.block_endpoints"),
-        ('http_config { response_headers = { "X-Frame-Options" = "DENY" } }', "http_config.response_headers"),
         ('addresses { http = "unix:///run/proconsul.sock" }', "addresses.http"),
         ("ports { grpc_tls = 8503 }", "ports.grpc_tls"),
         ('tls { https { key_file = "/k.pem" } }', "tls.https.key_file"),
@@ -176,3 +173,9 @@ def test_inert_keys_at_their_default_and_dev_mode_layer_are_quiet(tmp_path: Path
     assert not any("not implemented" in w for w in validate_paths_with_warnings([path])[1])
     result = load(["-dev"])
     assert not any("not implemented" in w for w in result.warnings), result.warnings
+
+
+def test_write_networks_must_be_cidrs(tmp_path: Path) -> None:
+    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\nhttp_config {{ allow_write_http_from = ["10.0.0.0/33"] }}\n')
+    errors, _ = validate_paths_with_warnings([path])
+    assert any(e.startswith(f"{path}: http_config.allow_write_http_from:") and "invalid CIDR" in e for e in errors), errors

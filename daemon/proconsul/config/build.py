@@ -458,6 +458,15 @@ def _tls(c: _Ctx) -> None:
     c.kw["tls"] = TLS(defaults=TLSSection(**_kwargs(TLSSection, defaults, TLS_SECTION_SCHEMA)), **sections)
 
 
+def _http(c: _Ctx) -> None:
+    """http_config: the networks allowed to write must parse as CIDRs (or plain addresses)."""
+    for cidr in c.get("http_config.allow_write_http_from", []) or []:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            c.out.at("http_config.allow_write_http_from", f"allow_write_http_from: invalid CIDR {cidr!r}")
+
+
 # In order: later sections read what earlier ones derived (e.g. _dns reads the datacenter).
 _SECTIONS = (
     _identity,
@@ -472,6 +481,7 @@ _SECTIONS = (
     _acl_and_node_meta,
     _encrypt_ui_sockets,
     _tls,
+    _http,
 )
 
 

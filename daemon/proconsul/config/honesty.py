@@ -55,6 +55,7 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "sync_coordinate_interval_min", "reconnect_interval", "dial_overrides", "unsafe_follower_local_reads",
         "performance.raft_multiplier", "performance.leave_drain_time", "performance.rpc_hold_timeout",
         "limits.kv_max_value_size", "limits.txn_max_req_len",
+        "http_config.allow_write_http_from", "http_config.block_endpoints", "http_config.response_headers",
         # Passed along with the agent's own requests and shown by /v1/agent/token; with ACLs
         # refused (acl.enabled), they carry no authority, exactly as in Consul with ACLs off.
         "acl.tokens.default", "acl.tokens.agent", "acl.tokens.config_file_service_registration",
@@ -116,9 +117,6 @@ REFUSED: dict[str, Callable[[Any, Any], bool]] = {
     "ports.grpc_tls": _port_off,
     "acl.enabled": _unset,
     "acl.default_policy": _unset,  # "allow" is what proconsul does
-    "http_config.allow_write_http_from": _unset,
-    "http_config.block_endpoints": _unset,
-    "http_config.response_headers": _unset,  # not applied by http/server.py today
     **{key: _unset for key in _TLS_KEYS},
 }
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from proconsul.http import agent as agent_routes
 from proconsul.http import catalog, event, health, keyring, kv, operator, session, status, txn
 from proconsul.http import coordinate as coordinate_routes
+from proconsul.http.access import AccessRules
 from proconsul.http.common import HTTPError
 from proconsul.rpc_api import RPCError
 from proconsul.state.store import StoreError
@@ -40,7 +41,10 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
     # refused, as Consul does, before it can reach a store key.
     if _CONTROL_CHARS.search(request.path):
         return _error(400, "Invalid URL path: contains a non-printable character")
+    refusal = request.app["access_rules"].refusal(request.method, request.path, request.remote)
     try:
+        if refusal is not None:
+            raise HTTPError(403, refusal)
         resp = await handler(request)
     except HTTPError as exc:
         resp = _error(exc.status, exc.message)
@@ -75,7 +79,9 @@ def build_app(agent: Any) -> web.Application:
     # txn_max_req_len); every body is read through common.read_body, which loops to EOF.
     app = web.Application(middlewares=[consul_middleware], client_max_size=4 * 1024 * 1024)
     app["agent"] = agent
-    app["response_headers"] = dict(getattr(agent.config, "http_response_headers", {}) or {})
+    http_config = agent.config.http_config
+    app["response_headers"] = dict(http_config.response_headers)
+    app["access_rules"] = AccessRules.build(http_config.block_endpoints, http_config.allow_write_http_from)
     app.router.add_get("/", index)
     for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event, keyring):
         app.router.add_routes(module.routes())
