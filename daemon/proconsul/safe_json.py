@@ -10,11 +10,16 @@ Python's recursion limit. Both are refused here with a plain one-line reason.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 # Consul's own objects nest a handful of levels (txn ops, proxy config maps); 64 leaves ample
 # room for opaque user maps while keeping every recursive consumer far below Python's limit.
 MAX_DEPTH = 64
+# Every integer a Go JSON decoder can hold (int64 or uint64); anything outside fits no Consul
+# field and cannot be encoded by msgpack for the Raft log, so it is refused at the boundary.
+MIN_INT = -(2**63)
+MAX_INT = 2**64 - 1
 
 
 class UnsafeJSON(ValueError):
@@ -44,6 +49,14 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> Any:
         item, depth = stack.pop()
         if isinstance(item, str):
             _check_text(item, "string")
+        elif isinstance(item, bool):
+            pass
+        elif isinstance(item, int):
+            if not MIN_INT <= item <= MAX_INT:
+                raise UnsafeJSON("number out of range of a 64-bit integer")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise UnsafeJSON("number out of range of a 64-bit float")
         elif isinstance(item, dict):
             if depth >= max_depth:
                 raise UnsafeJSON(f"exceeded max depth of {max_depth} nested objects and arrays")
@@ -58,10 +71,15 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+def _no_constant(name: str) -> Any:
+    # Python accepts NaN and Infinity literals; JSON (and Go's decoder) does not.
+    raise UnsafeJSON(f"invalid JSON literal {name}")
+
+
 def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     """Decode JSON and check it; every failure is a ValueError with a one-line reason."""
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_constant=_no_constant)
     except RecursionError:
         raise UnsafeJSON(f"exceeded max depth of {max_depth} nested objects and arrays") from None
     except UnicodeDecodeError as exc:

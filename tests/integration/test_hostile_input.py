@@ -85,9 +85,17 @@ def test_deep_nesting_and_out_of_range_numbers_are_400s(dev_agent: AgentProcess)
         ("/v1/session/create", {"LockDelay": huge}),
         ("/v1/txn", [{"KV": {"Verb": "set", "Key": "k", "Value": "", "Flags": 2**64}}]),
         ("/v1/txn", [{"KV": {"Verb": "cas", "Key": "k", "Value": "", "Index": 2**64}}]),
+        # Accepted before, then failed every anti-entropy sync in the Raft log's encoder.
+        ("/v1/agent/service/register", {"Name": "w", "Weights": {"Passing": huge, "Warning": 1}}),
+        ("/v1/agent/service/register", {"Name": "w", "Weights": {"Passing": -(2**63) - 1, "Warning": 1}}),
+        ("/v1/agent/check/register", {"Name": "t", "Interval": "10s", "TCP": "127.0.0.1:1", "Timeout": huge}),
     ]:
         status, text = _send(dev_agent, "PUT", path, body)
         assert status == 400, (path, body, status, text)
+    # Literals Python's decoder accepts but JSON does not.
+    for raw in (b'{"Name": "n", "Port": NaN}', b'{"Name": "n", "Port": Infinity}', b'{"Name": "n", "Port": 1e400}'):
+        status, text = _send(dev_agent, "PUT", "/v1/agent/service/register", raw=raw)
+        assert status == 400, (raw, status, text)
     # The top of Consul's uint64 range is a valid Flags value.
     status, text = _send(dev_agent, "PUT", "/v1/txn", [{"KV": {"Verb": "set", "Key": "k", "Value": "", "Flags": 2**64 - 1}}])
     assert status == 200, text
@@ -97,6 +105,12 @@ def test_deep_nesting_and_out_of_range_numbers_are_400s(dev_agent: AgentProcess)
         assert (status, text) == (400, "Invalid index"), path
     status, text = _send(dev_agent, "PUT", "/v1/kv/k?flags=18446744073709551616", raw=b"v")
     assert status == 400, text
+    # Nothing kept poisons the agent: a later registration reaches the catalog.
+    services = _get(dev_agent, "/v1/agent/services")
+    assert "nested" in services and "w" not in services and "s" not in services, services
+    status, text = _send(dev_agent, "PUT", "/v1/agent/service/register", {"Name": "after"})
+    assert status == 200, text
+    wait_for(lambda: _get(dev_agent, "/v1/catalog/service/after") != [], what=lambda: f"synced\n{dev_agent.log()}")
     assert "Traceback" not in dev_agent.log()
 
 
