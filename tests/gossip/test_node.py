@@ -123,3 +123,15 @@ def test_parse_address() -> None:
     assert parse_address("10.0.0.1:9", 8301) == ("10.0.0.1", 9)
     assert parse_address("[::1]:7", 8301) == ("::1", 7)
     assert parse_address("[::1]", 8301) == ("::1", 8301)
+
+
+def test_keyring_file_is_created_0600_whatever_the_umask(tmp_path) -> None:
+    """Consul creates local.keyring 0600: it holds the gossip encryption keys (issue 13)."""
+    old = os.umask(0o022)
+    try:
+        Keyring([decode_key(generate_key())]).save(str(tmp_path))
+    finally:
+        os.umask(old)
+    path = tmp_path / "serf" / "local.keyring"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(path.parent).st_mode & 0o777 == 0o700

@@ -42,7 +42,7 @@ from proconsul.raft.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore
+from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, private_dir
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
 from proconsul.rpc_api import NoLeader, RPCError, UnknownOutcome
@@ -59,7 +59,7 @@ class DiskStorage:
     """The core's `LogView` over the SQLite log and the snapshot files (all of it durable)."""
 
     def __init__(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
+        private_dir(directory)
         self.log = DurableLog(os.path.join(directory, "raft.db"))
         self.snapshots = SnapshotStore(os.path.join(directory, "snapshots"))
         self.log.open()
