@@ -81,6 +81,9 @@ class Listener:
             await handler(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except ProtocolError as exc:
+            # The peer broke the protocol: one line, no traceback, and the connection is closed.
+            logger.warning("transport: closing connection from %s: %s", writer.get_extra_info("peername"), exc)
         finally:
             writer.close()
             if task is not None:

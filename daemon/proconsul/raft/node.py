@@ -580,13 +580,13 @@ class RaftServer:
             for raw in decoder.feed(data):
                 if hello:
                     hello = False
-                    if isinstance(raw, dict) and raw.get("id") and raw.get("addr"):
-                        self.addresses.learn(str(raw["id"]), str(raw["addr"]))
+                    if isinstance(raw, dict) and isinstance(raw.get("id"), str) and isinstance(raw.get("addr"), str):
+                        self.addresses.learn(raw["id"], raw["addr"])
                     continue
                 try:
                     m = codec.decode_message(raw)
-                except (ValueError, TypeError, KeyError) as exc:
-                    logger.warning("raft: dropping undecodable message: %s", exc)
+                except Exception as exc:  # any shape a peer sends; the codec's errors vary by field
+                    logger.warning("raft: dropping undecodable message: %s: %s", type(exc).__name__, exc)
                     continue
                 self._inbox.append(m)
             self._wake.set()
