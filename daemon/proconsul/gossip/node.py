@@ -19,6 +19,8 @@ coordinate of every member is cached in ``coordinates`` until the member is reap
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
 import random
 import struct
@@ -60,6 +62,20 @@ def parse_address(text: str, default_port: int) -> Address:
         host, port = text.split(":")
         return host, int(port)
     return text, default_port
+
+
+@functools.lru_cache(maxsize=1024)
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _sendable(addr: Address) -> bool:
+    host, port = addr
+    return isinstance(host, str) and isinstance(port, int) and 0 < port <= 65535 and _ip_literal(host)
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -281,6 +297,12 @@ class GossipNode:
 
     def _send_packet(self, addr: Address, data: bytes) -> None:
         if self._udp is None:
+            return
+        if not _sendable(addr):
+            # A peer-supplied address (a ping-req target, an alive message): a host name would be
+            # resolved by a blocking lookup on the event loop, and a NUL or an impossible port
+            # makes the datagram transport close itself, so it is dropped here.
+            logger.debug("gossip: not sending to %r: not an IP address and port", addr)
             return
         if self.keyring is not None:
             data = self.keyring.encrypt(data)
