@@ -144,3 +144,25 @@ def test_damaged_persisted_entries_are_skipped_at_start_up(tmp_path: Path) -> No
         assert "Traceback" not in log
     finally:
         agent.stop()
+
+
+def test_malformed_requests_are_refused_with_at_most_one_log_line(dev_agent: AgentProcess) -> None:
+    """100 KB request lines and headers, sent 20 times: 400s, and the log gains at most a line per
+    kind rather than a traceback each (issue 13, item 5)."""
+    import socket
+
+    host, port = dev_agent.addr.rsplit(":", 1)
+    before = len(dev_agent.log())
+    requests = [b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n"] * 10
+    for raw in requests:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(raw)
+            answer = sock.recv(64)
+            assert answer.split(b" ")[1] == b"400", answer
+    # A normal request afterwards is answered, and by then every line above has been written.
+    assert _get(dev_agent, "/v1/agent/self")["Config"]["NodeName"]
+    added = dev_agent.log()[before:]
+    assert "Traceback" not in added, added[:2000]
+    assert added.count("Error handling request") <= 2, added[:2000]
+    assert len(added) < 2000, added[:2000]

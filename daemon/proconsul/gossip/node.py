@@ -44,6 +44,7 @@ from proconsul.gossip.core import (
     StreamRequest,
 )
 from proconsul.gossip.keyring import DecryptError, Keyring
+from proconsul.malformed_log import MALFORMED
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ class GossipNode:
         try:
             return self.keyring.decrypt(data)
         except DecryptError as exc:
-            logger.warning("gossip: dropping %s from %s:%d: %s", what, src[0], src[1], exc)
+            logger.warning("gossip: dropping %s from %s:%d: %s", what, src[0], src[1], exc, extra=MALFORMED)
             return None
 
     def _on_datagram(self, data: bytes, src: Address) -> None:

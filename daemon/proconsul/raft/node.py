@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from proconsul.malformed_log import MALFORMED
 from proconsul.raft import codec
 from proconsul.raft.core import Compacted, NotLeader, ProposalRejected, RaftNode, Unavailable
 from proconsul.raft.messages import (
@@ -586,7 +587,7 @@ class RaftServer:
                 try:
                     m = codec.decode_message(raw)
                 except Exception as exc:  # any shape a peer sends; the codec's errors vary by field
-                    logger.warning("raft: dropping undecodable message: %s: %s", type(exc).__name__, exc)
+                    logger.warning("raft: dropping undecodable message: %s: %s", type(exc).__name__, exc, extra=MALFORMED)
                     continue
                 self._inbox.append(m)
             self._wake.set()
