@@ -84,6 +84,8 @@ async def test_protocol_errors_on_the_raft_stream_are_one_line_not_a_traceback(
     """Garbage from a peer closes its connection with one warning; no traceback (issue 13)."""
     from types import SimpleNamespace
 
+    from proconsul.raft import codec
+    from proconsul.raft.messages import Message, MsgType
     from proconsul.raft.node import RaftServer
     from proconsul.wire import encode_frame
 
@@ -101,6 +103,10 @@ async def test_protocol_errors_on_the_raft_stream_are_one_line_not_a_traceback(
         await _send_and_wait_closed(listener.port, raft + b"\x00\x00\x00\x02\xc1\xc1")  # not msgpack
         # A hello that is not a map, then messages of the wrong shape: dropped, connection kept.
         frames = encode_frame([1, 2]) + encode_frame({"type": "bogus", "term": -1}) + encode_frame("x") + encode_frame(None)
+        # The codec's version and message kind, with fields of the wrong types or out of range.
+        good = codec.encode_message(Message(type=MsgType.HEARTBEAT, to="a", frm="b", term=1))
+        for field, value in ((4, "x"), (4, -1), (2, 7), (7, [[1]]), (7, [[1, 1, 0, "text"]]), (11, [1, 2])):
+            frames += encode_frame([*good[:field], value, *good[field + 1 :]])
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         writer.write(raft + encode_frame([{"id": 1}]) + frames)
         writer.write_eof()
