@@ -507,3 +507,17 @@ def test_in_and_contains_agree_with_membership(word: str, item: dict[str, Any]) 
     assert compile_filter(f'"{word}" in Tags').matches(item) is (word in tags)
     assert compile_filter(f'Tags contains "{word}"', AGENT_SERVICE).matches(item) is (word in tags)
     assert compile_filter(f"{word} not in Tags", AGENT_SERVICE).matches(item) is (word not in tags)
+
+
+@pytest.mark.timeout(120)
+def test_regex_matching_is_linear_not_backtracking() -> None:
+    """`^(a+)+$` against 40 `a`s and a `b` is 2^40 steps for a backtracking engine; RE2 answers at
+    once, so this finishes (issue 13, item 2). Before the fix it ran into the timeout."""
+    items = [{"ID": "a" * 40 + "b"}, {"ID": "a" * 40}, {"ID": "a" * 5000 + "!"}]
+    assert apply_filter('ID matches "^(a+)+$"', items) == [{"ID": "a" * 40}]
+    assert apply_filter('ID not matches "^(a+)+$"', items) == [items[0], items[2]]
+
+
+def test_regex_errors_use_gos_wording() -> None:
+    assert error_of('ID matches "("', None).endswith("error parsing regexp: missing closing ): `(`")
+    assert "invalid or unsupported Perl syntax: `(?=`" in error_of('ID matches "(?=x)"', None)

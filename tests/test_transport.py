@@ -68,3 +68,54 @@ async def test_unknown_connection_type_is_closed() -> None:
         writer.close()
     finally:
         await listener.stop()
+
+
+async def _send_and_wait_closed(port: int, data: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 30) == b""
+    writer.close()
+
+
+async def test_protocol_errors_on_the_raft_stream_are_one_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Garbage from a peer closes its connection with one warning; no traceback (issue 13)."""
+    from types import SimpleNamespace
+
+    from proconsul.raft import codec
+    from proconsul.raft.messages import Message, MsgType
+    from proconsul.raft.node import RaftServer
+    from proconsul.wire import encode_frame
+
+    fake = SimpleNamespace(addresses=SimpleNamespace(learn=lambda *a: None), _inbox=[], _wake=asyncio.Event())
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await RaftServer.serve_stream(fake, reader, writer)  # type: ignore[arg-type]
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RAFT: serve})
+    await listener.start()
+    caplog.set_level("DEBUG")
+    try:
+        raft = bytes([ConnType.RAFT])
+        await _send_and_wait_closed(listener.port, raft + b"\xff\xff\xff\xff")  # frame over the limit
+        await _send_and_wait_closed(listener.port, raft + b"\x00\x00\x00\x02\xc1\xc1")  # not msgpack
+        # A hello that is not a map, then messages of the wrong shape: dropped, connection kept.
+        frames = encode_frame([1, 2]) + encode_frame({"type": "bogus", "term": -1}) + encode_frame("x") + encode_frame(None)
+        # The codec's version and message kind, with fields of the wrong types or out of range.
+        good = codec.encode_message(Message(type=MsgType.HEARTBEAT, to="a", frm="b", term=1))
+        for field, value in ((4, "x"), (4, -1), (2, 7), (7, [[1]]), (7, [[1, 1, 0, "text"]]), (11, [1, 2])):
+            frames += encode_frame([*good[:field], value, *good[field + 1 :]])
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(raft + encode_frame([{"id": 1}]) + frames)
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        writer.close()
+    finally:
+        await listener.stop()
+    assert fake._inbox == []
+    warnings = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert warnings, "each bad stream is reported"
+    assert all(r.exc_info is None for r in caplog.records), [r.getMessage() for r in caplog.records if r.exc_info]
+    assert not [r for r in caplog.records if r.name == "asyncio"], [r.getMessage() for r in caplog.records]

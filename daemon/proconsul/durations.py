@@ -38,7 +38,8 @@ def parse_duration(text: str | float) -> float:
     if isinstance(text, bool):
         raise ValueError(f"invalid duration {text!r}")  # noqa: TRY004
     if isinstance(text, (int, float)):
-        if math.isnan(text) or abs(text) > _MAX_NS:  # out of Go's int64 nanoseconds
+        # isnan() of a huge int overflows converting it to float: only floats can be NaN.
+        if (isinstance(text, float) and math.isnan(text)) or abs(text) > _MAX_NS:  # out of int64 ns
             raise ValueError(f"invalid duration {text!r}")
         return int(text) / 1e9
     if not isinstance(text, str):

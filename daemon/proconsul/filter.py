@@ -37,10 +37,11 @@ operators apply to whatever runtime type is found.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
+
+from proconsul import go_regexp
 
 __all__ = [
     "AGENT_CHECK",
@@ -126,7 +127,7 @@ class _Match:
     # Filled in at compile time: the value coerced to the field's type (schema
     # mode) and the compiled regex for (not) matches.
     coerced: Any = None
-    regex: re.Pattern[str] | None = None
+    regex: go_regexp.Pattern | None = None
 
 
 @dataclass(frozen=True)
@@ -599,53 +600,18 @@ def _runtime_kind(value: Any) -> str | None:
 
 
 # ---------------------------------------------------------------------------
-# Regular expressions: Go's RE2 syntax, run with Python's re.
-
-# Constructs Python accepts but RE2 rejects; refuse them rather than silently
-# matching differently from Consul.
-_RE2_UNSUPPORTED = ("(?=", "(?!", "(?<=", "(?<!", "(?>", "(?P=", "(?(", "(?#")
+# Regular expressions: Go's RE2 syntax, run by RE2 itself (go_regexp), so matching is linear in
+# the text and a pattern such as ^(a+)+$ cannot stall the agent.
 
 
-def _compile_regex(pattern: str) -> re.Pattern[str]:
-    def error(detail: str) -> FilterError:
-        return FilterError(
-            f"{_PREFIX}Failed to compile regular expression {_go_quote(pattern)}: "
-            f"error parsing regexp: {detail}"
-        )
-
-    translated: list[str] = []
-    i = 0
-    in_class = False
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < len(pattern):
-            nxt = pattern[i + 1]
-            if nxt in "123456789" and not in_class:
-                raise error(f"invalid escape sequence: `\\{nxt}`")
-            # RE2's \z (end of text) is spelled \Z in Python.
-            translated.append("\\Z" if nxt == "z" and not in_class else pattern[i : i + 2])
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-            # A ']' right after '[' or '[^' is a literal member, not the end.
-            j = i + 1 + (pattern[i + 1 : i + 2] == "^")
-            if pattern[j : j + 1] == "]":
-                translated.append(pattern[i : j + 1])
-                i = j + 1
-                continue
-        elif ch == "(":
-            for bad in _RE2_UNSUPPORTED:
-                if pattern.startswith(bad, i):
-                    raise error(f"invalid or unsupported Perl syntax: `{bad}`")
-        translated.append(ch)
-        i += 1
+def _compile_regex(pattern: str) -> go_regexp.Pattern:
     try:
-        return re.compile("".join(translated))
-    except re.error as err:
-        raise error(str(err)) from None
+        return go_regexp.compile(pattern)
+    except go_regexp.RegexpError as err:
+        raise FilterError(
+            f"{_PREFIX}Failed to compile regular expression {_go_quote(pattern)}: "
+            f"error parsing regexp: {err.detail}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------

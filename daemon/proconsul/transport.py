@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from proconsul.malformed_log import MALFORMED
 from proconsul.wire import (
     ConnType,
     FrameDecoder,
@@ -76,11 +77,19 @@ class Listener:
             try:
                 handler = self.handlers[ConnType(first[0])]
             except (ValueError, KeyError):
-                logger.warning("transport: unknown connection type %r from %s", first, writer.get_extra_info("peername"))
+                logger.warning(
+                    "transport: unknown connection type %r from %s", first, writer.get_extra_info("peername"),
+                    extra=MALFORMED,
+                )
                 return
             await handler(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except ProtocolError as exc:
+            # The peer broke the protocol: one line, no traceback, and the connection is closed.
+            logger.warning(
+                "transport: closing connection from %s: %s", writer.get_extra_info("peername"), exc, extra=MALFORMED
+            )
         finally:
             writer.close()
             if task is not None:
@@ -127,7 +136,7 @@ def rpc_stream_handler(dispatch: RPCHandler) -> StreamHandler:
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
         except ProtocolError as exc:
-            logger.warning("transport: closing RPC connection: %s", exc)
+            logger.warning("transport: closing RPC connection: %s", exc, extra=MALFORMED)
         finally:
             for task in inflight:
                 task.cancel()

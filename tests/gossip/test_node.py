@@ -123,3 +123,47 @@ def test_parse_address() -> None:
     assert parse_address("10.0.0.1:9", 8301) == ("10.0.0.1", 9)
     assert parse_address("[::1]:7", 8301) == ("::1", 7)
     assert parse_address("[::1]", 8301) == ("::1", 8301)
+
+
+def test_keyring_file_is_created_0600_whatever_the_umask(tmp_path) -> None:
+    """Consul creates local.keyring 0600: it holds the gossip encryption keys (issue 13)."""
+    old = os.umask(0o022)
+    try:
+        Keyring([decode_key(generate_key())]).save(str(tmp_path))
+    finally:
+        os.umask(old)
+    path = tmp_path / "serf" / "local.keyring"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(path.parent).st_mode & 0o777 == 0o700
+
+
+async def test_indirect_ping_to_a_non_ip_target_is_dropped_without_a_traceback(caplog) -> None:
+    """A ping-req naming a host name, a NUL or an impossible port is dropped: no DNS lookup on the
+    event loop, no traceback, and the UDP socket stays open for the next one (issue 13)."""
+    import asyncio
+    import socket
+
+    from proconsul.gossip.messages import IndirectPing, encode
+
+    caplog.set_level("DEBUG")
+    nodes, _ = await _cluster(1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        target.bind(("127.0.0.1", 0))
+        target.setblocking(False)
+        node_addr = nodes[0].address
+        for bad in (("not-an-ip.invalid", 8301), ("127.0.0.1\x00", 8301), ("127.0.0.1", -1)):
+            sock.sendto(encode(IndirectPing(7, "x", bad, True, "src", ("127.0.0.1", 9))), node_addr)
+        # A good ping-req after them must still be relayed: the node kept its UDP socket.
+        good = IndirectPing(8, "x", target.getsockname(), False, "src", ("127.0.0.1", 9))
+        loop = asyncio.get_running_loop()
+        sock.sendto(encode(good), node_addr)
+        assert await asyncio.wait_for(loop.sock_recv(target, 65536), 30)
+    finally:
+        sock.close()
+        target.close()
+        for node in nodes:
+            await node.stop()
+    assert all(r.exc_info is None for r in caplog.records), [r.getMessage() for r in caplog.records if r.exc_info]
+    assert not [r for r in caplog.records if r.name == "asyncio"], [r.getMessage() for r in caplog.records]

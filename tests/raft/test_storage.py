@@ -102,3 +102,29 @@ def test_acknowledged_saves_survive_kill_9(tmp_path: Path) -> None:
     assert log.last_index >= acked
     assert [r.index for r in log.slice(1, log.last_index + 1)] == list(range(1, log.last_index + 1))
     assert log.hard_state.commit >= acked - 1
+
+
+def _mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_raft_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """The log and snapshots hold every value and token: 0700 directories, 0600 files (issue 13)."""
+    from proconsul.raft.node import DiskStorage
+
+    old = os.umask(0o022)
+    try:
+        raft_dir = tmp_path / "raft"
+        raft_dir.mkdir(mode=0o755)
+        os.chmod(raft_dir, 0o755)  # as an older version left it
+        storage = DiskStorage(str(raft_dir))
+        storage.log.append(recs(1, 3))
+        path = storage.snapshots.save(SnapshotMeta(2, 1, b"cfg"), b"data")
+        storage.log.close()
+    finally:
+        os.umask(old)
+    assert _mode(raft_dir) == 0o700
+    assert _mode(raft_dir / "snapshots") == 0o700
+    assert _mode(Path(path)) == 0o600
+    files = [p for p in raft_dir.iterdir() if p.name.startswith("raft.db")]
+    assert files and all(_mode(p) == 0o600 for p in files), [(p.name, oct(_mode(p))) for p in files]

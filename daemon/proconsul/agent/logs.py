@@ -29,6 +29,8 @@ import threading
 import time
 from typing import Any
 
+from proconsul.malformed_log import MalformedTrafficFilter
+
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
@@ -277,6 +279,10 @@ def setup(
         file_handler = RotatingLogFile(log_file, rotate_bytes, rotate_duration_s, rotate_max_files)
         file_handler.setFormatter(text)
         root.addHandler(file_handler)
+    # Refused network input is logged once per kind and interval, never with a traceback.
+    malformed = MalformedTrafficFilter()
+    for handler in root.handlers:
+        handler.addFilter(malformed)
     set_level(level)
     # aiohttp's access log is per request; keep it out of INFO (house rule: no hot-path logging).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -52,6 +52,7 @@ from proconsul.gossip.messages import (
     encode,
     encode_compound,
 )
+from proconsul.malformed_log import MALFORMED
 
 __all__ = [
     "Address", "Event", "GossipCore", "Member", "MemberEvent", "MemberEventKind", "MemberState", "MergeCheck",
@@ -504,7 +505,7 @@ class GossipCore:
         try:
             msgs = decode_packet(data)
         except ProtocolError as exc:
-            self._log.warning("gossip: dropping packet from %s:%d: %s", src[0], src[1], exc)
+            self._log.warning("gossip: dropping packet from %s:%d: %s", src[0], src[1], exc, extra=MALFORMED)
             return self._drain()
         # Membership news first, then pings and acks: a refutation triggered by a piggybacked
         # suspicion (the buddy system) then rides back on the very ack we send.
@@ -517,7 +518,7 @@ class GossipCore:
         try:
             msg = decode(data)
         except ProtocolError as exc:
-            self._log.warning("gossip: dropping stream from %s:%d: %s", src[0], src[1], exc)
+            self._log.warning("gossip: dropping stream from %s:%d: %s", src[0], src[1], exc, extra=MALFORMED)
             return self._drain()
         reply: bytes | None = None
         if isinstance(msg, PushPull):
@@ -717,7 +718,7 @@ class GossipCore:
             self._handle_query_response(msg, now)
         else:
             # PushPull belongs on streams; Compound was flattened by decode_packet.
-            self._log.warning("gossip: unexpected %s in a datagram", type(msg).__name__)
+            self._log.warning("gossip: unexpected %s in a datagram", type(msg).__name__, extra=MALFORMED)
 
     def _on_ack(self, ack: Ack, now: float) -> None:
         p = self._probe

@@ -113,7 +113,11 @@ class Keyring:
         path = os.path.join(data_dir, KEYRING_FILE)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         tmp = path + ".tmp"
-        with open(tmp, "w", encoding="ascii") as fh:
+        # The keyring holds the gossip encryption keys: 0600 as Consul creates it, whatever the
+        # umask, and tightened if an older tmp file was left behind.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
             json.dump([encode_key(k) for k in self.keys], fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -19,6 +19,8 @@ coordinate of every member is cached in ``coordinates`` until the member is reap
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
 import random
 import struct
@@ -42,6 +44,7 @@ from proconsul.gossip.core import (
     StreamRequest,
 )
 from proconsul.gossip.keyring import DecryptError, Keyring
+from proconsul.malformed_log import MALFORMED
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,20 @@ def parse_address(text: str, default_port: int) -> Address:
         host, port = text.split(":")
         return host, int(port)
     return text, default_port
+
+
+@functools.lru_cache(maxsize=1024)
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _sendable(addr: Address) -> bool:
+    host, port = addr
+    return isinstance(host, str) and isinstance(port, int) and 0 < port <= 65535 and _ip_literal(host)
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -282,6 +299,12 @@ class GossipNode:
     def _send_packet(self, addr: Address, data: bytes) -> None:
         if self._udp is None:
             return
+        if not _sendable(addr):
+            # A peer-supplied address (a ping-req target, an alive message): a host name would be
+            # resolved by a blocking lookup on the event loop, and a NUL or an impossible port
+            # makes the datagram transport close itself, so it is dropped here.
+            logger.debug("gossip: not sending to %r: not an IP address and port", addr)
+            return
         if self.keyring is not None:
             data = self.keyring.encrypt(data)
         try:
@@ -295,7 +318,7 @@ class GossipNode:
         try:
             return self.keyring.decrypt(data)
         except DecryptError as exc:
-            logger.warning("gossip: dropping %s from %s:%d: %s", what, src[0], src[1], exc)
+            logger.warning("gossip: dropping %s from %s:%d: %s", what, src[0], src[1], exc, extra=MALFORMED)
             return None
 
     def _on_datagram(self, data: bytes, src: Address) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul import safe_json
 from proconsul.durations import parse_duration
 from proconsul.rpc_api import QueryMeta, QueryOptions
 
@@ -53,13 +54,17 @@ def flag(request: web.Request, name: str) -> bool:
     return value.lower() not in ("false", "0")
 
 
+MAX_UINT64 = 2**64 - 1
+
+
 def uint_param(request: web.Request, name: str, default: int = 0, message: str | None = None) -> int:
     text = request.query.get(name)
     if text is None or text == "":
         return default
     try:
         value = int(text, 10)
-        if value < 0:
+        # Consul's indexes, flags and counts are uint64; a larger number is as invalid as "x".
+        if value < 0 or value > MAX_UINT64:
             raise ValueError
         return value
     except ValueError:
@@ -186,9 +191,15 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
         if allow_empty:
             return None
         raise bad_request("Request decode failed: empty request body")
+    return decode_json(body)
+
+
+def decode_json(body: bytes) -> Any:
+    """Decode a JSON body through `safe_json` (nesting bounded, every string valid UTF-8), so
+    nothing undecodable reaches local state, the data dir or the catalog; any failure is a 400."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return safe_json.loads(body)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and UnsafeJSON alike
         raise bad_request(f"Request decode failed: {exc}") from None
 
 

@@ -29,7 +29,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=message)
+    # A reason may quote request text; never let an unencodable character in it turn the
+    # error answer itself into a 500.
+    return web.Response(status=status, text=message.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -60,8 +62,11 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
     except (RPCError, StoreError) as exc:
         # RPC and state errors are 500 with the error text, as Consul answers them.
         resp = _error(500, str(exc))
-    except ValueError as exc:
-        resp = _error(400, str(exc))
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # Each is raised by decoding something the client sent (a malformed, out-of-range or too
+        # deeply nested value), so it is the client's error, never a 500. UnicodeError is a
+        # ValueError.
+        resp = _error(400, str(exc) or type(exc).__name__)
     headers = resp.headers
     headers["X-Consul-Default-Acl-Policy"] = "allow"
     extra = request.app["response_headers"]

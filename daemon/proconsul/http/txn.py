@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from aiohttp import web
 
+from proconsul import safe_json
 from proconsul.http import render
 from proconsul.http.common import (
     HTTPError,
@@ -30,6 +30,11 @@ from proconsul.state.fsm import TxnResult
 from proconsul.state.records import DirEntry
 
 MAX_TXN_OPS = 128
+UINT64_MAX = 2**64 - 1
+
+
+def _uint64(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= UINT64_MAX
 
 
 def decode_ops(body: Any) -> list[commands.KVS]:
@@ -65,8 +70,10 @@ def decode_ops(body: Any) -> list[commands.KVS]:
         flags = get_key(kv, "Flags") or 0
         index = get_key(kv, "Index") or 0
         session = get_key(kv, "Session") or ""
-        if not isinstance(flags, int) or not isinstance(index, int) or flags < 0 or index < 0:
-            raise bad_request(f"Operation {i}: Flags and Index must be non-negative integers")
+        # Consul's Flags and Index are uint64: anything outside 0..2^64-1 (or a bool) is refused
+        # here rather than failing later in the msgpack encoder.
+        if not _uint64(flags) or not _uint64(index):
+            raise bad_request(f"Operation {i}: Flags and Index must be integers in the uint64 range")
         if not isinstance(session, str):
             raise bad_request(f"Operation {i}: Session must be a string")
         entry = DirEntry(key=key, value=value, flags=flags, session=session, modify_index=index)
@@ -88,8 +95,8 @@ async def txn(request: web.Request) -> web.Response:
     limit = agent.config.limits.txn_max_req_len
     body_bytes = await read_body(request, limit, f"Request body too large, max size: {limit} bytes")
     try:
-        body = json.loads(body_bytes or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = safe_json.loads(body_bytes or b"null")
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and UnsafeJSON alike
         raise bad_request(f"Failed to parse body: {exc}") from None
     ops = decode_ops(body)
     if all(op.op not in commands.KV_WRITE_VERBS for op in ops):

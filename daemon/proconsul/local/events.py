@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import re
 import uuid
 from collections import deque
 from collections.abc import Iterable
@@ -31,6 +30,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
+
+from proconsul import go_regexp
 
 # Consul's agent keeps this many recent events (agent.eventBuf).
 EVENT_BUFFER_SIZE = 256
@@ -121,11 +122,11 @@ def uuid_to_uint64(event_id: str) -> int:
     return int(lower, 16) ^ int(upper, 16)
 
 
-def _compile(kind: str, pattern: str) -> re.Pattern[str]:
+def _compile(kind: str, pattern: str) -> go_regexp.Pattern:
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise EventError(f"Invalid {kind} filter: {exc}") from None
+        return go_regexp.compile(pattern)
+    except go_regexp.RegexpError as exc:
+        raise EventError(f"Invalid {kind} filter: error parsing regexp: {exc.detail}") from None
 
 
 def new_event(
@@ -157,13 +158,15 @@ def new_event(
 def matches(event: UserEvent, node_name: str, services: Iterable[tuple[str, Iterable[str]]]) -> bool:
     """Whether this agent (its node name and local services' (name, tags)) passes the filters.
 
-    Go's regexp MatchString is an unanchored search, hence `re.search`.
+    Go's regexp MatchString is an unanchored search, hence `search`. Patterns run on RE2, so the
+    cost is linear in the names; go_regexp.RegexpError if a pattern does not compile.
     """
-    if event.node_filter and not re.search(event.node_filter, node_name):
+    node_re = go_regexp.compile(event.node_filter) if event.node_filter else None
+    service_re = go_regexp.compile(event.service_filter) if event.service_filter else None
+    tag_re = go_regexp.compile(event.tag_filter) if event.tag_filter else None
+    if node_re is not None and not node_re.search(node_name):
         return False
-    if event.service_filter:
-        service_re = re.compile(event.service_filter)
-        tag_re = re.compile(event.tag_filter) if event.tag_filter else None
+    if service_re is not None:
         for name, tags in services:
             if not service_re.search(name):
                 continue
@@ -298,8 +301,8 @@ class AgentEvents:
             logger.warning("agent: event version %d may have unsupported features (%s)", event.version, event.name)
         try:
             selected = matches(event, self.agent.node_name, local_services(self.agent))
-        except re.error as exc:
-            logger.error("agent: failed to parse the filters of event %r: %s", event.name, exc)
+        except go_regexp.RegexpError as exc:
+            logger.error("agent: failed to parse the filters of event %r: %s", event.name, exc.detail)
             return
         if not selected:
             return

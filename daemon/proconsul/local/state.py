@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from proconsul import safe_json
 from proconsul.durations import format_duration
 from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.rpc import Server
@@ -372,7 +373,7 @@ class LocalState:
 
     def load_persisted(self) -> list[str]:
         """Restore API-registered services and checks from data_dir; returns warnings."""
-        from proconsul.structs import DecodeError, decode_check, decode_service
+        from proconsul.structs import decode_check, decode_service
 
         warnings: list[str] = []
         if not self.data_dir:
@@ -387,7 +388,11 @@ class LocalState:
                 path = os.path.join(folder, name)
                 try:
                     with open(path, encoding="utf-8") as fh:
-                        payload = json.load(fh)
+                        # Checked like an HTTP body: an entry written before that check (e.g. a
+                        # lone surrogate) would otherwise load and fail every sync and read.
+                        payload = safe_json.check_value(json.load(fh))
+                    if not isinstance(payload, dict) or not isinstance(payload.get("definition"), dict):
+                        raise ValueError("not a persisted definition object")
                     if kind == "services":
                         definition = decode_service(payload["definition"], strict=False)
                         self.add_service(definition, "api", payload.get("token", ""), persist=False)
@@ -401,7 +406,8 @@ class LocalState:
                     else:
                         check = decode_check(payload["definition"], strict=False)
                         self.add_check(check, "api", payload.get("token", ""), persist=False)
-                except (OSError, ValueError, KeyError, DecodeError) as exc:
+                # Any damage to one file skips that entry only; the rest load and keep syncing.
+                except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                     warnings.append(f"skipping persisted {kind[:-1]} {path}: {exc}")
         return warnings
 

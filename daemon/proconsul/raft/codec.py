@@ -48,13 +48,31 @@ def encode_message(m: Message) -> list[Any]:
     ]
 
 
+def _uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def decode_message(raw: Any) -> Message:
     """Decode `encode_message` output; ValueError when it is not a Raft message."""
     if not isinstance(raw, list) or len(raw) < 13 or raw[0] != CODEC_VERSION:
         raise ValueError("not a Raft message")
     _, kind, to, frm, term, log_term, index, entries, commit, reject, hint, snap, context = raw[:13]
+    # A peer's message is checked field by field here, so a wrongly typed one is dropped as
+    # undecodable instead of raising inside the core's step().
+    if not (isinstance(to, str) and isinstance(frm, str)):
+        raise ValueError("Raft message: to and frm must be strings")
+    if not all(_uint(v) for v in (term, log_term, index, commit, hint)):
+        raise ValueError("Raft message: term, log_term, index, commit and hint must be non-negative integers")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, list) and len(e) == 4 and _uint(e[0]) and _uint(e[1]) and isinstance(e[3], bytes)
+        for e in entries
+    ):
+        raise ValueError("Raft message: entries must be [index, term, kind, data] lists")
     snapshot = None
     if snap is not None:
+        if not (isinstance(snap, list) and len(snap) == 4 and _uint(snap[0]) and _uint(snap[1])
+                and isinstance(snap[2], bytes) and isinstance(snap[3], bytes)):
+            raise ValueError("Raft message: malformed snapshot")
         s_index, s_term, s_config, s_data = snap
         snapshot = Snapshot(SnapshotMeta(s_index, s_term, Configuration.decode(s_config)), s_data)
     return Message(

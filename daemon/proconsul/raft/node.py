@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from proconsul.malformed_log import MALFORMED
 from proconsul.raft import codec
 from proconsul.raft.core import Compacted, NotLeader, ProposalRejected, RaftNode, Unavailable
 from proconsul.raft.messages import (
@@ -42,7 +43,7 @@ from proconsul.raft.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore
+from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, private_dir
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
 from proconsul.rpc_api import NoLeader, RPCError, UnknownOutcome
@@ -59,7 +60,7 @@ class DiskStorage:
     """The core's `LogView` over the SQLite log and the snapshot files (all of it durable)."""
 
     def __init__(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
+        private_dir(directory)
         self.log = DurableLog(os.path.join(directory, "raft.db"))
         self.snapshots = SnapshotStore(os.path.join(directory, "snapshots"))
         self.log.open()
@@ -580,13 +581,13 @@ class RaftServer:
             for raw in decoder.feed(data):
                 if hello:
                     hello = False
-                    if isinstance(raw, dict) and raw.get("id") and raw.get("addr"):
-                        self.addresses.learn(str(raw["id"]), str(raw["addr"]))
+                    if isinstance(raw, dict) and isinstance(raw.get("id"), str) and isinstance(raw.get("addr"), str):
+                        self.addresses.learn(raw["id"], raw["addr"])
                     continue
                 try:
                     m = codec.decode_message(raw)
-                except (ValueError, TypeError, KeyError) as exc:
-                    logger.warning("raft: dropping undecodable message: %s", exc)
+                except Exception as exc:  # any shape a peer sends; the codec's errors vary by field
+                    logger.warning("raft: dropping undecodable message: %s: %s", type(exc).__name__, exc, extra=MALFORMED)
                     continue
                 self._inbox.append(m)
             self._wake.set()

@@ -60,9 +60,23 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def private_dir(path: str) -> None:
+    """Create `path` (and parents) and make it 0700: the Raft log and snapshots hold every KV
+    value and token the cluster stores, so no other local user may list or read them."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)  # makedirs leaves an existing directory's mode, and umask may widen none
+
+
+def _private_create(path: str) -> int:
+    """Open `path` for writing, created (or truncated) with mode 0600 whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an older version keeps its mode otherwise
+    return fd
+
+
 def atomic_write(path: str, data: bytes) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
+    with os.fdopen(_private_create(tmp), "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -84,7 +98,14 @@ class DurableLog:
         self._db: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)  # DiskStorage makes it 0700
+        # SQLite creates the database 0644 and gives its -wal and -shm files the database's mode,
+        # so the file is created 0600 first (and an existing one tightened).
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
@@ -242,7 +263,7 @@ class SnapshotStore:
         self.retain = retain
 
     def save(self, meta: SnapshotMeta, data: bytes) -> str:
-        os.makedirs(self.directory, exist_ok=True)
+        private_dir(self.directory)
         crc = zlib.crc32(data, zlib.crc32(meta.config))
         blob = _SNAP_HEADER.pack(meta.index, meta.term, len(meta.config), crc) + meta.config + data
         path = os.path.join(self.directory, f"{meta.term:020d}-{meta.index:020d}.snap")
