@@ -46,22 +46,46 @@ DEFAULT_OUTPUT_MAX_SIZE = 4096
 CONSUL_SERVICE_ID = "consul"
 
 
+class _Synced:
+    """Per-entry sync state: which version of the entry the catalog is known to hold.
+
+    Every change the catalog must see bumps `revision`; a sync captures the revision when it
+    builds its request and, once the server acknowledged it, records that revision as synced.
+    A change made while the request was in flight bumped the revision past the captured one,
+    so the entry stays out of sync and the next round sends it (a plain "in sync" flag set
+    after the RPC returned would swallow that change until the next full sync).
+    """
+
+    revision: int = 0
+    synced_revision: int = -1
+
+    @property
+    def in_sync(self) -> bool:
+        return self.synced_revision == self.revision
+
+    @in_sync.setter
+    def in_sync(self, value: bool) -> None:
+        if value:
+            self.synced_revision = self.revision
+        else:
+            # A new revision, not just a cleared flag: a sync in flight must not mark it synced.
+            self.revision += 1
+
+
 @dataclass
-class LocalService:
+class LocalService(_Synced):
     definition: ServiceDefinition
     source: str = "api"  # "api" (persisted) | "config" (re-read on reload)
     token: str = ""
-    in_sync: bool = False
 
 
 @dataclass
-class LocalCheck:
+class LocalCheck(_Synced):
     definition: CheckDefinition
     status: str
     output: str = ""
     source: str = "api"
     token: str = ""
-    in_sync: bool = False
     # Output-only changes are deferred (check_update_interval); status changes sync at once.
     deferred_output: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +124,9 @@ class LocalState:
         self.output_max_size = output_max_size
         self.services: dict[str, LocalService] = {}
         self.checks: dict[str, LocalCheck] = {}
-        self.node_in_sync = False
+        # The node record's sync state, as `_Synced` keeps it for services and checks.
+        self._node_revision = 0
+        self._node_synced_revision = -1
         # Removed locally but maybe still in the catalog: deregistered by the next sync.
         self.deleted_services: set[str] = set()
         self.deleted_checks: set[str] = set()
@@ -115,6 +141,17 @@ class LocalState:
         self.clock: Callable[[], float] = time.monotonic
         # Called on any change of a service, a check or a check's result (alias checks).
         self._watchers: list[Callable[[], None]] = []
+
+    @property
+    def node_in_sync(self) -> bool:
+        return self._node_synced_revision == self._node_revision
+
+    @node_in_sync.setter
+    def node_in_sync(self, value: bool) -> None:
+        if value:
+            self._node_synced_revision = self._node_revision
+        else:
+            self._node_revision += 1
 
     def add_watcher(self, callback: Callable[[], None]) -> None:
         self._watchers.append(callback)
@@ -166,9 +203,10 @@ class LocalState:
         self.deleted_services.add(service_id)
         for cid, chk in list(self.checks.items()):
             if chk.definition.service_id == service_id:
+                # Stays in deleted_checks although deregistering the service removes its checks
+                # too: the service may be registered again, without this check, before the
+                # deregistration is sent, and then only the check's own deregistration removes it.
                 self.remove_check(cid, notify=False)
-                # Deregistering the service removes its checks from the catalog too.
-                self.deleted_checks.discard(cid)
         self._unpersist("services", service_id)
         self._notify_watchers()
         if notify:
@@ -451,12 +489,20 @@ class LocalState:
         await self.sync_changes(server)
 
     async def sync_changes(self, server: Server) -> None:
-        """Push every out-of-sync service, check and the node itself to the catalog."""
+        """Push every out-of-sync service, check and the node itself to the catalog.
+
+        Each entry is marked synced only for the revision captured when its request was built
+        (and only if it is still the same entry): a change that lands while the RPC is in
+        flight leaves it out of sync for the next round.
+        """
         if not self.node_in_sync:
+            node_revision = self._node_revision
             await server.write(commands.Register(self.node_record()))
-            self.node_in_sync = True
+            self._node_synced_revision = node_revision
         for sid in sorted(self.deleted_services):
             await server.write(commands.Deregister(self.node_name, service_id=sid))
+            # Re-registered meanwhile: the registration is pending in self.services, and a
+            # second removal after it left the catalog as the deregistration just made it.
             self.deleted_services.discard(sid)
         for cid in sorted(self.deleted_checks):
             await server.write(commands.Deregister(self.node_name, check_id=cid))
@@ -465,22 +511,30 @@ class LocalState:
             local = self.services.get(sid)
             if local is None or local.in_sync:
                 continue
-            own_checks = tuple(
-                self.check_record(cid)
+            sent_service = (local, local.revision)
+            own = [
+                (self.checks[cid], self.checks[cid].revision)
                 for cid in sorted(self.checks)
                 if self.checks[cid].definition.service_id == sid
-            )
+            ]
+            own_checks = tuple(self.check_record(chk.definition.id) for chk, _ in own)
             await server.write(commands.Register(self.node_record(), self.service_record(sid), own_checks))
-            local.in_sync = True
-            for c in own_checks:
-                if c.check_id in self.checks:
-                    self.checks[c.check_id].in_sync = True
+            self._mark_synced(self.services.get(sid), *sent_service)
+            for chk, revision in own:
+                self._mark_synced(self.checks.get(chk.definition.id), chk, revision)
         for cid in sorted(self.checks):
             check = self.checks.get(cid)
             if check is None or check.in_sync:
                 continue
+            revision = check.revision
             await server.write(commands.Register(self.node_record(), None, (self.check_record(cid),)))
-            check.in_sync = True
+            self._mark_synced(self.checks.get(cid), check, revision)
+
+    @staticmethod
+    def _mark_synced(current: _Synced | None, sent: _Synced, revision: int) -> None:
+        """Record that `sent` at `revision` reached the catalog, if it is still what we hold."""
+        if current is sent and sent.revision == revision:
+            sent.synced_revision = revision
 
 
 def _cancel_defer(check: LocalCheck) -> None:

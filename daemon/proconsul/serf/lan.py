@@ -245,6 +245,18 @@ class Membership(SerfPool):
             await self._reconcile_reaped(server, reconcile_member)
             for rec in self.members():
                 await self._reconcile_one(server, reconcile_member, rec)
+            await self._reconcile_non_members(server)
+
+    async def _reconcile_non_members(self, server: Any) -> None:
+        """Consul's reconcile of catalog nodes the pool does not know (after a snapshot restore,
+        a missed leave): see :func:`proconsul.server.leader.reconcile_non_members`."""
+        from proconsul.server.leader import reconcile_non_members
+
+        known = {rec.member.name for rec in self.members()} | set(self.reaped)
+        try:
+            await reconcile_non_members(server, known, self.agent.node_name)
+        except Exception as exc:  # no leader, lost leadership: the next pass retries
+            logger.debug("leader: reconcile of non-members failed: %s", exc)
 
     async def _reconcile_reaped(self, server: Any, fn: Any) -> None:
         """Consul's handleReapMember: a reaped member's node leaves the catalog (never ours)."""

@@ -146,3 +146,23 @@ async def reconcile_member(server: Server, name: str, addr: str, tags: dict[str,
     logger.info("leader: member %s is %s; serfHealth %s", name, "alive" if wanted == HEALTH_PASSING else "failed",
                 wanted)
     return True
+
+
+async def reconcile_non_members(server: Server, members: set[str], self_name: str) -> list[str]:
+    """Deregister catalog nodes that carry ``serfHealth`` but are not gossip members; their names.
+
+    As Consul's leader reconcile: ``serfHealth`` is only ever written for a gossip member, so a
+    node carrying it that the pool does not know is a ghost: brought in by a snapshot restored
+    from another cluster, or left behind by a leave this leader never saw. Nodes without the
+    check (registered through the catalog API, external services) are not the pool's to reap.
+    """
+    store = server.store
+    ghosts = [
+        name
+        for name in sorted(store.checks)
+        if SERF_CHECK_ID in store.checks[name] and name not in members and name != self_name
+    ]
+    for name in ghosts:
+        await server.write(commands.Deregister(name))
+        logger.info("leader: node %s has serfHealth but is not a gossip member; deregistered", name)
+    return ghosts
