@@ -36,6 +36,15 @@ def test_api_registrations_survive_a_restart(tmp_path: Path) -> None:
     assert second.checks["disk"].definition.interval_s == 5.0
 
 
+def test_persisted_registrations_are_private(tmp_path: Path) -> None:
+    local = _local(tmp_path)
+    local.add_service(decode_service({"Name": "web", "Port": 80, "Check": {"TTL": "10s"}}))
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
 def test_full_sync_removes_unknown_entries_and_restores_missing_ones() -> None:
     async def scenario() -> None:
         store = Store()

@@ -398,7 +398,9 @@ class LocalState:
             return
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
+        # 0600 as Consul writes them: a registration can carry a token.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # an older .tmp left with wider bits keeps them through O_CREAT
             json.dump(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
