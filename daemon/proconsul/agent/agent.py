@@ -39,10 +39,10 @@ from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.raft.single import SingleNodeLog
 from proconsul.rpc_api import NoPathToDatacenter
 from proconsul.serf.keyring import KeyringOperations
-from proconsul.serf.lan import Membership, member_json
-from proconsul.serf.member import PROTOCOL_VERSIONS
+from proconsul.serf.lan import Membership
+from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
 from proconsul.server.cluster import ClusterMember
-from proconsul.server.leader import SessionTimers, reconcile_alive_server
+from proconsul.server.leader import SessionTimers, reconcile_alive_server, reconcile_loop
 from proconsul.server.operator import Operator
 from proconsul.server.remote import RemoteServer
 from proconsul.server.rpc import Server
@@ -258,7 +258,8 @@ class Agent:
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:
             self.wan.start_retry_join(self._join_exhausted)
-        self.membership.start_reconcile(self.server, self.log.is_leader)
+        reconcile = reconcile_loop(self.membership, self.server, self.log.is_leader, self.node_name)
+        self._tasks.append(asyncio.get_running_loop().create_task(reconcile, name="leader-reconcile"))
         self.coordinate_sync.start()
         if cfg.pid_file:
             write_pid_file(cfg.pid_file)
