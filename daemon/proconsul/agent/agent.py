@@ -29,7 +29,10 @@ from proconsul.agent import logs
 from proconsul.agent.leave import GracefulLeave
 from proconsul.agent.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
 from proconsul.coordinate import Coordinate
+from proconsul.dns.server import DNSServer
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
+from proconsul.http.common import HTTPError
+from proconsul.http.server import HTTPServer
 from proconsul.local.checks import CheckManager
 from proconsul.local.coordinate_sync import CoordinateSync
 from proconsul.local.events import AgentEvents
@@ -47,6 +50,7 @@ from proconsul.server.operator import Operator
 from proconsul.server.remote import RemoteServer
 from proconsul.server.rpc import Server
 from proconsul.server.wan import Router, WANPool
+from proconsul.state import render
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
 from proconsul.structs import DecodeError, decode_check, decode_service
@@ -208,8 +212,6 @@ class Agent:
         self.local.update_check(check_id, status, output)
 
     async def start(self) -> None:
-        from proconsul.http.server import HTTPServer
-
         cfg = self.config
         set_dial_overrides(cfg.dial_overrides)
         try:
@@ -251,8 +253,6 @@ class Agent:
         if errors := start_agent_watches(self, cfg.watches):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
-            from proconsul.dns.server import DNSServer
-
             self.dns = DNSServer(self.server, lambda: self.config)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
@@ -463,8 +463,6 @@ class Agent:
         return await self._renew_on_leader(session_id)
 
     async def _renew_on_leader(self, session_id: Any) -> list[dict[str, Any]]:
-        from proconsul.http import render
-
         if self.cluster is not None and not self.log.is_leader():
             leader = await self.server._wait_for_leader()
             if leader:
@@ -482,8 +480,6 @@ class Agent:
 
     def check_script_allowed(self, checks: Any, source: str) -> None:
         """Consul: script checks from the API need enable_script_checks (a 500, as Consul)."""
-        from proconsul.http.common import HTTPError
-
         if self.config.enable_script_checks:
             return
         for check in checks:
@@ -689,7 +685,7 @@ def run_agent(argv: list[str]) -> int:
     for warning in result.warnings:
         logger.warning("config: %s", warning)
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop  # type: ignore[import-not-found]  # optional: a faster event loop when installed
 
         uvloop.install()
     except ImportError:

@@ -34,6 +34,7 @@ from proconsul.config import RuntimeConfig
 from proconsul.dns import recursor as dns_recursor
 from proconsul.dns import wire as dns_wire
 from proconsul.dns.answer import Answer, AnswerCache, Question, Resolver, match_domain
+from proconsul.dns.remote import answer_on_client, answer_remote
 from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.rpc import Server
 from proconsul.state.store import Store
@@ -204,15 +205,11 @@ class DNSServer:
         result: Answer = answer
         if result.remote is not None:
             # A name in another datacenter: its records come over the WAN (dns_remote).
-            from proconsul.dns.remote import answer_remote
-
             result = await answer_remote(self.server, cfg, q, result, self.rng, resolver.now, max_groups)
         return result
 
     async def _answer_on_client(self, cfg: RuntimeConfig, q: Question, max_groups: int) -> Answer:
         """A client agent: the catalog slice the question needs comes from a server (dns_remote)."""
-        from proconsul.dns.remote import answer_on_client
-
         return await answer_on_client(self.server, cfg, q, self.rng, time.time(), max_groups)
 
     async def _recurse(self, cfg: RuntimeConfig, req: dns_wire.Request, data: bytes, tcp: bool) -> bytes:

@@ -15,7 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.config import parse_duration
+from proconsul.filter import FilterError, apply_filter
 from proconsul.rpc_api import QueryMeta, QueryOptions
+from proconsul.structs import canonical_key
 
 try:  # orjson is much faster; stdlib json is the fallback and the pretty printer
     import orjson
@@ -194,8 +196,6 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
 
 def get_key(obj: dict[str, Any], *names: str) -> Any:
     """Look up a field case-insensitively (Go's JSON decoder matches names that way)."""
-    from proconsul.structs import canonical_key
-
     wanted = {canonical_key(n) for n in names}
     for k, v in obj.items():
         if canonical_key(str(k)) in wanted:
@@ -208,8 +208,6 @@ def filter_items(request: web.Request, items: Any, schema: Any) -> Any:
     expr = request.query.get("filter")
     if not expr:
         return items
-    from proconsul.filter import FilterError, apply_filter
-
     try:
         return apply_filter(expr, items, schema)
     except FilterError as exc:

@@ -32,6 +32,8 @@ from typing import Any
 
 import msgpack
 
+from proconsul.rpc_api import NoPathToDatacenter, RPCError
+
 # Consul's agent keeps this many recent events (agent.eventBuf).
 EVENT_BUFFER_SIZE = 256
 # serf.DefaultConfig().UserEventSizeLimit: name + encoded event, before serf's own framing.
@@ -265,8 +267,6 @@ class AgentEvents:
     async def handle_fire_rpc(self, body: Any) -> bool:
         """Internal.EventFire on a server: broadcast the encoded event as `consul:event:<name>`,
         or forward it to a server of the datacenter it names (over the WAN router)."""
-        from proconsul.rpc_api import NoPathToDatacenter, RPCError
-
         if not isinstance(body, dict) or not isinstance(body.get("Name"), str) or not isinstance(
             body.get("Payload"), bytes
         ):

@@ -34,7 +34,10 @@ from proconsul.structs import (
     HEALTH_CRITICAL,
     SERF_CHECK_ID,
     CheckDefinition,
+    DecodeError,
     ServiceDefinition,
+    decode_check,
+    decode_service,
 )
 
 logger = logging.getLogger(__name__)
@@ -372,8 +375,6 @@ class LocalState:
 
     def load_persisted(self) -> list[str]:
         """Restore API-registered services and checks from data_dir; returns warnings."""
-        from proconsul.structs import DecodeError, decode_check, decode_service
-
         warnings: list[str] = []
         if not self.data_dir:
             return warnings

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proconsul.api_client import APIError, Client, resolve_settings
+from proconsul.config import parse_duration
+from proconsul.local.events import uuid_to_uint64
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +198,6 @@ def _checks_watch(params: dict[str, Any], stale: bool) -> Fetch:
 
 
 def _event_watch(params: dict[str, Any], stale: bool) -> Fetch:
-    from proconsul.local.events import uuid_to_uint64
-
     name = _take_str(params, "name")
     query = [("name", name)] if name else []
 
@@ -233,8 +233,6 @@ def parse_http_handler_config(raw: Any) -> dict[str, Any]:
         raise WatchError("Failed to parse 'http_handler_config': Requires 'path' to be set")
     timeout_s = HTTP_HANDLER_TIMEOUT_S
     if raw.get("timeout"):
-        from proconsul.config import parse_duration
-
         try:
             timeout_s = parse_duration(str(raw["timeout"]))
         except ValueError as exc:

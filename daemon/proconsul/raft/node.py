@@ -42,7 +42,7 @@ from proconsul.raft.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore
+from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, atomic_write
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
 from proconsul.rpc_api import NoLeader, RPCError, UnknownOutcome
@@ -168,8 +168,6 @@ class AddressBook:
             return
         self.addrs[node_id] = addr
         if self.path:
-            from proconsul.raft.storage import atomic_write
-
             atomic_write(self.path, json.dumps(self.addrs, sort_keys=True).encode())
 
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from proconsul.config import parse_duration
 from proconsul.serf.member import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT, MemberRecord
 from proconsul.server.rpc import Server
 from proconsul.state import commands
@@ -63,8 +64,6 @@ class SessionTimers:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def arm(self, session: Session) -> None:
-        from proconsul.config import parse_duration
-
         if not session.ttl:
             return
         self.disarm(session.id)

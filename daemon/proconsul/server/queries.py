@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proconsul.coordinate import DEFAULT_SEGMENT, distance
-from proconsul.http import render
-from proconsul.state import commands
+from proconsul.state import commands, render
 from proconsul.state.fsm import TxnError, txn_kv_op
 from proconsul.state.records import DirEntry, Node, ServiceInstance
 from proconsul.state.store import Store
