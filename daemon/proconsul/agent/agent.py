@@ -39,16 +39,17 @@ from proconsul.local.events import AgentEvents
 from proconsul.local.state import AntiEntropy, LocalCheck, LocalState
 from proconsul.local.watch import WatchManager, start_agent_watches
 from proconsul.raft.node import PeersFileError, RaftServer
-from proconsul.raft.single import SingleNodeLog
 from proconsul.rpc_api import NoPathToDatacenter
 from proconsul.serf.keyring import KeyringOperations
 from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
 from proconsul.server.cluster import ClusterMember
+from proconsul.server.consensus import CommandStateMachine, RaftLog
 from proconsul.server.leader import SessionTimers, reconcile_alive_server, reconcile_loop
 from proconsul.server.operator import Operator
 from proconsul.server.remote import RemoteServer
 from proconsul.server.rpc import Server
+from proconsul.server.single import SingleNodeLog
 from proconsul.server.wan import Router, WANPool
 from proconsul.state import render
 from proconsul.state.fsm import FSM
@@ -135,7 +136,7 @@ class Agent:
                 self.node_id,
                 self.node_name,
                 server_addr,
-                self.fsm,
+                CommandStateMachine(self.fsm),
                 cfg.data_dir,
                 tick_s=0.1 * multiplier,
                 election_tick=10,
@@ -143,7 +144,7 @@ class Agent:
                 trailing_logs=cfg.raft_trailing_logs,
                 snapshot_interval_s=cfg.raft_snapshot_interval_s,
             )
-            self.log = self.raft
+            self.log = RaftLog(self.raft)
         self.server: Any = self.remote or Server(
             self.store,
             self.log,
