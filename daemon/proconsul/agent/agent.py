@@ -5,10 +5,10 @@ the listeners, then READY), the reaction to signals at safe points (SIGHUP reloa
 SIGINT leave/stop, a second signal exits at once), reload of the reloadable settings, and the
 agent's identity (node name, persisted node ID) as `/v1/agent/self` and `members` report it.
 
-Three modes: `-dev` (in-memory, single voter, leader at once), servers (`-server`: Raft, see
-cluster.py) and client agents (no `-server`: local state, checks, HTTP and DNS, with every RPC
-sent to a server learned from LAN gossip, see client.py). Every agent runs the LAN gossip pool
-(membership.py).
+Three modes: `-dev` (in-memory, single voter, leader at once, see server/single.py), servers
+(`-server`: Raft, see server/cluster.py and server/consensus.py) and client agents (no `-server`:
+local state, checks, HTTP and DNS, with every RPC sent to a server learned from LAN gossip, see
+server/remote.py). Every agent runs the LAN gossip pool (serf/lan.py).
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ from proconsul.local.events import uuid_to_uint64
 
 logger = logging.getLogger(__name__)
 
-WATCH_TYPES = ("key", "keyprefix", "services", "nodes", "service", "checks", "event")
 # Consul's api/watch timings.
 RETRY_INTERVAL_S = 5.0
 MAX_BACKOFF_S = 180.0
