@@ -44,9 +44,6 @@ class ParsedFlags:
     # Flags given on the command line, in order, as (name, parsed value); lists appear per use.
     given: list[tuple[str, Any]] = field(default_factory=list)
 
-    def was_set(self, name: str) -> bool:
-        return any(n == name for n, _ in self.given)
-
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from proconsul.cli import agent as agent_command
 from proconsul.cli import main as cli
 from proconsul.cli.output import columnize, go_json_indent, go_path_join, tab_align
 from proconsul.cli.services import api_key, to_api
@@ -857,10 +858,7 @@ def _fake_config(
         return errors, warnings or []
 
     mod.validate_paths_with_warnings = validate_paths_with_warnings  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "proconsul.config", mod)
-    import proconsul
-
-    monkeypatch.setattr(proconsul, "config", mod, raising=False)
+    monkeypatch.setattr(agent_command, "config", mod)  # the config module `proconsul validate` calls
     return calls
 
 

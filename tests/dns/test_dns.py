@@ -20,8 +20,8 @@ from proconsul.config import DNSConfig, RuntimeConfig
 from proconsul.dns import wire as dns_wire
 from proconsul.dns.answer import Answer, Group, encode_rfc1464, ip_from_arpa, service_ttl
 from proconsul.dns.server import DNSServer
-from proconsul.raft.single import SingleNodeLog
 from proconsul.server.rpc import Server
+from proconsul.server.single import SingleNodeLog
 from proconsul.state.fsm import FSM
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store

@@ -18,9 +18,9 @@ from proconsul.config import RuntimeConfig
 from proconsul.dns.answer import Question
 from proconsul.dns.remote import catalog_need
 from proconsul.dns.server import DNSServer
-from proconsul.raft.single import SingleNodeLog
 from proconsul.rpc_api import QueryMeta, QueryOptions
 from proconsul.server.rpc import Server
+from proconsul.server.single import SingleNodeLog
 from proconsul.state.fsm import FSM
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from proconsul.local.state import LocalState
-from proconsul.raft.single import SingleNodeLog
 from proconsul.server.rpc import Server
+from proconsul.server.single import SingleNodeLog
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
 from proconsul.state.records import ServiceInstance

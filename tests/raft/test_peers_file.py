@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from proconsul.raft.node import PeersFileError, RaftServer
+from proconsul.server.consensus import CommandStateMachine
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
 
 
 def _server(data_dir: Path, node_id: str = "a") -> RaftServer:
-    return RaftServer(node_id, node_id, "10.0.0.1:8300", FSM(Store()), str(data_dir))
+    return RaftServer(node_id, node_id, "10.0.0.1:8300", CommandStateMachine(FSM(Store())), str(data_dir))
 
 
 def test_old_address_book_is_moved_aside(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from proconsul import config
 from proconsul.config import ConfigError, interfaces, load
 from proconsul.gossip.core import Member, MemberState
-from proconsul.serf.lan import STATUS_ALIVE, STATUS_FAILED, STATUS_LEAVING, STATUS_LEFT, MemberRecord
+from proconsul.serf.member import STATUS_ALIVE, STATUS_FAILED, STATUS_LEAVING, STATUS_LEFT, MemberRecord
 from proconsul.serf.reconnect import Reconnector, member_timeout, reap, reconnect_candidate
 
 HOUR = 3600.0

@@ -4,7 +4,7 @@ the leader never removes itself, servers the LAN pool does not know are kept."""
 
 from __future__ import annotations
 
-from proconsul.serf.lan import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT
+from proconsul.serf.member import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT
 from proconsul.server.autopilot import Removal, plan_removals
 
 ALIVE, FAILED, LEFT = STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT

@@ -20,7 +20,7 @@ from proconsul.dns.answer import Question, Resolver
 from proconsul.dns.remote import records_store
 from proconsul.gossip.core import Member, MemberState
 from proconsul.rpc_api import NoPathToDatacenter, QueryOptions, RPCError, UnknownOutcome
-from proconsul.serf.lan import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT, MemberRecord
+from proconsul.serf.member import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT, MemberRecord
 from proconsul.server import queries
 from proconsul.server.rpc import Server
 from proconsul.server.wan import DC_NOT_AVAILABLE, DatacenterNotAvailable, Router, wan_name

@@ -5,10 +5,10 @@ the listeners, then READY), the reaction to signals at safe points (SIGHUP reloa
 SIGINT leave/stop, a second signal exits at once), reload of the reloadable settings, and the
 agent's identity (node name, persisted node ID) as `/v1/agent/self` and `members` report it.
 
-Three modes: `-dev` (in-memory, single voter, leader at once), servers (`-server`: Raft, see
-cluster.py) and client agents (no `-server`: local state, checks, HTTP and DNS, with every RPC
-sent to a server learned from LAN gossip, see client.py). Every agent runs the LAN gossip pool
-(membership.py).
+Three modes: `-dev` (in-memory, single voter, leader at once, see server/single.py), servers
+(`-server`: Raft, see server/cluster.py and server/consensus.py) and client agents (no `-server`:
+local state, checks, HTTP and DNS, with every RPC sent to a server learned from LAN gossip, see
+server/remote.py). Every agent runs the LAN gossip pool (serf/lan.py).
 """
 
 from __future__ import annotations
@@ -29,25 +29,30 @@ from proconsul.agent import logs
 from proconsul.agent.leave import GracefulLeave
 from proconsul.agent.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
 from proconsul.coordinate import Coordinate
+from proconsul.dns.server import DNSServer
 from proconsul.durations import format_duration
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
+from proconsul.http.common import HTTPError
+from proconsul.http.server import HTTPServer
 from proconsul.local.checks import CheckManager
 from proconsul.local.coordinate_sync import CoordinateSync
 from proconsul.local.events import AgentEvents
 from proconsul.local.state import AntiEntropy, LocalCheck, LocalState
 from proconsul.local.watch import WatchManager, start_agent_watches
 from proconsul.raft.node import PeersFileError, RaftServer
-from proconsul.raft.single import SingleNodeLog
 from proconsul.rpc_api import NoPathToDatacenter
 from proconsul.serf.keyring import KeyringOperations
-from proconsul.serf.lan import Membership, member_json
-from proconsul.serf.member import PROTOCOL_VERSIONS
+from proconsul.serf.lan import Membership
+from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
 from proconsul.server.cluster import ClusterMember
-from proconsul.server.leader import SessionTimers, reconcile_alive_server
+from proconsul.server.consensus import CommandStateMachine, RaftLog
+from proconsul.server.leader import SessionTimers, reconcile_alive_server, reconcile_loop
 from proconsul.server.operator import Operator
 from proconsul.server.remote import RemoteServer
 from proconsul.server.rpc import Server
+from proconsul.server.single import SingleNodeLog
 from proconsul.server.wan import Router, WANPool
+from proconsul.state import render
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
 from proconsul.structs import DecodeError, decode_check, decode_service
@@ -132,7 +137,7 @@ class Agent:
                 self.node_id,
                 self.node_name,
                 server_addr,
-                self.fsm,
+                CommandStateMachine(self.fsm),
                 cfg.data_dir,
                 tick_s=0.1 * multiplier,
                 election_tick=10,
@@ -140,7 +145,7 @@ class Agent:
                 trailing_logs=cfg.raft_trailing_logs,
                 snapshot_interval_s=cfg.raft_snapshot_interval_s,
             )
-            self.log = self.raft
+            self.log = RaftLog(self.raft)
         self.server: Any = self.remote or Server(
             self.store,
             self.log,
@@ -209,8 +214,6 @@ class Agent:
         self.local.update_check(check_id, status, output)
 
     async def start(self) -> None:
-        from proconsul.http.server import HTTPServer
-
         cfg = self.config
         set_dial_overrides(cfg.dial_overrides)
         try:
@@ -252,14 +255,13 @@ class Agent:
         if errors := start_agent_watches(self, cfg.watches):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
-            from proconsul.dns.server import DNSServer
-
             self.dns = DNSServer(self.server, lambda: self.config)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:
             self.wan.start_retry_join(self._join_exhausted)
-        self.membership.start_reconcile(self.server, self.log.is_leader)
+        reconcile = reconcile_loop(self.membership, self.server, self.log.is_leader, self.node_name)
+        self._tasks.append(asyncio.get_running_loop().create_task(reconcile, name="leader-reconcile"))
         self.coordinate_sync.start()
         if cfg.pid_file:
             write_pid_file(cfg.pid_file)
@@ -463,8 +465,6 @@ class Agent:
         return await self._renew_on_leader(session_id)
 
     async def _renew_on_leader(self, session_id: Any) -> list[dict[str, Any]]:
-        from proconsul.http import render
-
         if self.cluster is not None and not self.log.is_leader():
             leader = await self.server._wait_for_leader()
             if leader:
@@ -482,8 +482,6 @@ class Agent:
 
     def check_script_allowed(self, checks: Any, source: str) -> None:
         """Consul: script checks from the API need enable_script_checks (a 500, as Consul)."""
-        from proconsul.http.common import HTTPError
-
         if self.config.enable_script_checks:
             return
         for check in checks:
@@ -689,7 +687,7 @@ def run_agent(argv: list[str]) -> int:
     for warning in result.warnings:
         logger.warning("config: %s", warning)
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop  # type: ignore[import-not-found]  # optional: a faster event loop when installed
 
         uvloop.install()
     except ImportError:

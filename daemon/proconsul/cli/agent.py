@@ -19,6 +19,7 @@ import urllib.parse
 from typing import Any
 
 import proconsul
+from proconsul import config
 from proconsul.api_client import APIError
 from proconsul.cli.base import HTTP_CLIENT, RUN_RESULT_HELP, Command, Context, FlagSpec
 from proconsul.cli.output import columnize
@@ -298,14 +299,8 @@ Usage: proconsul validate [options] FILE_OR_DIRECTORY...
             ctx.ui.error("Must specify at least one config file or directory")
             return 1
         fmt = ctx.opts["config-format"] or None
-        # Loaded only for this command; config.py also checks -config-format's value.
-        from proconsul import config
-
-        warnings: list[str] = []
-        if hasattr(config, "validate_paths_with_warnings"):
-            errors, warnings = config.validate_paths_with_warnings(paths, fmt)
-        else:
-            errors = config.validate_paths(paths, fmt)
+        # config also checks -config-format's value.
+        errors, warnings = config.validate_paths_with_warnings(paths, fmt)
         if errors:
             if len(errors) == 1:
                 ctx.ui.error(f"Config validation failed: {errors[0]}")

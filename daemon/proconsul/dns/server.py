@@ -2,10 +2,10 @@
 
 Owns the sockets and tasks of the DNS interface (asyncio datagram endpoint and stream server on
 the same port, on each address of `addresses.dns` or `client_addr`), and the order of a query:
-decode and check (`dns_wire`), pick the domain, answer names in the Consul domain from a stale
-read of the state store (`dns_answer`, through `Server.read`; on client agents, from the catalog
-slice a server sends, see `dns_remote`), forward other names to the recursors (`dns_recursor`),
-and size the reply for the transport (`dns_wire`).
+decode and check (`dns.wire`), pick the domain, answer names in the Consul domain from a stale
+read of the state store (`dns.answer`, through `Server.read`; on client agents, from the catalog
+slice a server sends, see `dns.remote`), forward other names to the recursors (`dns.recursor`),
+and size the reply for the transport (`dns.wire`).
 
 Concurrency: each UDP datagram and each TCP connection is served by its own task, owned by the
 server and cancelled on stop, so a slow recursor delays only the query waiting for it. At most
@@ -34,6 +34,7 @@ from proconsul.config import RuntimeConfig
 from proconsul.dns import recursor as dns_recursor
 from proconsul.dns import wire as dns_wire
 from proconsul.dns.answer import Answer, AnswerCache, Question, Resolver, match_domain
+from proconsul.dns.remote import answer_on_client, answer_remote
 from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.rpc import Server
 from proconsul.state.store import Store
@@ -203,16 +204,12 @@ class DNSServer:
             meta, answer = await self.server.read(QueryOptions(), run, CATALOG_TABLES)
         result: Answer = answer
         if result.remote is not None:
-            # A name in another datacenter: its records come over the WAN (dns_remote).
-            from proconsul.dns.remote import answer_remote
-
+            # A name in another datacenter: its records come over the WAN (dns.remote).
             result = await answer_remote(self.server, cfg, q, result, self.rng, resolver.now, max_groups)
         return result
 
     async def _answer_on_client(self, cfg: RuntimeConfig, q: Question, max_groups: int) -> Answer:
-        """A client agent: the catalog slice the question needs comes from a server (dns_remote)."""
-        from proconsul.dns.remote import answer_on_client
-
+        """A client agent: the catalog slice the question needs comes from a server (dns.remote)."""
         return await answer_on_client(self.server, cfg, q, self.rng, time.time(), max_groups)
 
     async def _recurse(self, cfg: RuntimeConfig, req: dns_wire.Request, data: bytes, tcp: bool) -> bytes:

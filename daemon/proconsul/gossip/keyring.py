@@ -97,7 +97,7 @@ class Keyring:
             raise DecryptError("encrypted message too short")
         if data[0] != ENCRYPTION_VERSION:
             raise DecryptError(f"unsupported encryption version {data[0]}")
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # only pools with a key need it
 
         nonce, body = data[1 : 1 + NONCE_SIZE], data[1 + NONCE_SIZE :]
         for key in self.keys:

@@ -8,13 +8,23 @@ TTL updates, maintenance modes, local health aggregates, tokens, reload and leav
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from aiohttp import web
 
 from proconsul import filter as bexpr
-from proconsul.http import render
-from proconsul.http.common import HTTPError, bad_request, filter_items, flag, json_response, read_json, token
+from proconsul.http.common import (
+    HTTPError,
+    bad_request,
+    filter_items,
+    flag,
+    get_key,
+    json_response,
+    read_json,
+    token,
+)
+from proconsul.state import render
 from proconsul.state.store import aggregate_status
 from proconsul.structs import (
     CHECK_STATUSES,
@@ -59,8 +69,6 @@ async def services(request: web.Request) -> web.Response:
 
 
 def _content_hash(obj: dict[str, Any]) -> str:
-    import json
-
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -162,8 +170,6 @@ async def check_update(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: expected a JSON object")
-    from proconsul.http.common import get_key
-
     status = get_key(body, "Status")
     output = get_key(body, "Output") or ""
     if status not in CHECK_STATUSES:
@@ -279,8 +285,6 @@ async def set_token(request: web.Request) -> web.Response:
     if kind not in known:
         raise HTTPError(404, f"Token {kind!r} is unknown")
     body = await read_json(request)
-    from proconsul.http.common import get_key
-
     value = get_key(body, "Token") if isinstance(body, dict) else None
     if not isinstance(value, str):
         raise bad_request("Request decode failed: Token must be a string")

@@ -16,7 +16,9 @@ from aiohttp import web
 
 from proconsul import safe_json
 from proconsul.durations import parse_duration
+from proconsul.filter import FilterError, apply_filter
 from proconsul.rpc_api import QueryMeta, QueryOptions
+from proconsul.structs import canonical_key
 
 try:  # orjson is much faster; stdlib json is the fallback and the pretty printer
     import orjson
@@ -205,8 +207,6 @@ def decode_json(body: bytes) -> Any:
 
 def get_key(obj: dict[str, Any], *names: str) -> Any:
     """Look up a field case-insensitively (Go's JSON decoder matches names that way)."""
-    from proconsul.structs import canonical_key
-
     wanted = {canonical_key(n) for n in names}
     for k, v in obj.items():
         if canonical_key(str(k)) in wanted:
@@ -219,8 +219,6 @@ def filter_items(request: web.Request, items: Any, schema: Any) -> Any:
     expr = request.query.get("filter")
     if not expr:
         return items
-    from proconsul.filter import FilterError, apply_filter
-
     try:
         return apply_filter(expr, items, schema)
     except FilterError as exc:

@@ -21,6 +21,7 @@ from proconsul.http.common import (
     query_options,
     read_body,
     set_meta,
+    target_dc,
     uint_param,
 )
 from proconsul.rpc_api import QueryMeta, QueryOptions
@@ -69,8 +70,6 @@ def _not_found(meta: QueryMeta) -> web.Response:
 
 async def kv_put(request: web.Request) -> web.StreamResponse:
     agent = request.app["agent"]
-    from proconsul.http.common import target_dc
-
     dc = target_dc(request)
     key = _key(request)
     if not key:
@@ -119,8 +118,6 @@ async def _lock_delay_active(agent: Any, key: str) -> tuple[bool, int]:
 
 async def kv_delete(request: web.Request) -> web.StreamResponse:
     agent = request.app["agent"]
-    from proconsul.http.common import target_dc
-
     dc = target_dc(request)
     key = _key(request)
     op = commands.KVOp.DELETE

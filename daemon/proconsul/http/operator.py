@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.http.common import HTTPError, bad_request, check_dc, flag, json_response
+from proconsul.server.operator import Operator
 from proconsul.wire import MAX_FRAME_BYTES
 
 # A restore travels to the leader in one RPC frame (and then in one log entry).
@@ -22,8 +23,6 @@ def _operator(request: web.Request) -> Any:
     agent = request.app["agent"]
     op = getattr(agent, "operator", None)
     if op is None:
-        from proconsul.server.operator import Operator
-
         op = agent.operator = Operator(agent)
     return op
 

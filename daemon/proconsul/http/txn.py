@@ -15,7 +15,6 @@ from typing import Any
 from aiohttp import web
 
 from proconsul import safe_json
-from proconsul.http import render
 from proconsul.http.common import (
     HTTPError,
     bad_request,
@@ -25,7 +24,7 @@ from proconsul.http.common import (
     read_body,
     target_dc,
 )
-from proconsul.state import commands
+from proconsul.state import commands, render
 from proconsul.state.fsm import TxnResult
 from proconsul.state.records import DirEntry
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from proconsul.rpc_api import QueryOptions
 from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckDefinition
 
 logger = logging.getLogger(__name__)
@@ -413,8 +414,6 @@ class CheckRunner:
 
     async def _alias_remote(self) -> None:
         """Alias of another node (or a service on it): a blocking Health.NodeChecks query."""
-        from proconsul.rpc_api import QueryOptions
-
         d = self.definition
         if self.server is None:
             self.report(d.id, HEALTH_CRITICAL, "alias checks need the agent's server connection")

@@ -32,6 +32,7 @@ from typing import Any
 import msgpack
 
 from proconsul import go_regexp
+from proconsul.rpc_api import NoPathToDatacenter, RPCError
 
 # Consul's agent keeps this many recent events (agent.eventBuf).
 EVENT_BUFFER_SIZE = 256
@@ -268,8 +269,6 @@ class AgentEvents:
     async def handle_fire_rpc(self, body: Any) -> bool:
         """Internal.EventFire on a server: broadcast the encoded event as `consul:event:<name>`,
         or forward it to a server of the datacenter it names (over the WAN router)."""
-        from proconsul.rpc_api import NoPathToDatacenter, RPCError
-
         if not isinstance(body, dict) or not isinstance(body.get("Name"), str) or not isinstance(
             body.get("Payload"), bytes
         ):

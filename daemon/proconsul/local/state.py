@@ -36,6 +36,8 @@ from proconsul.structs import (
     SERF_CHECK_ID,
     CheckDefinition,
     ServiceDefinition,
+    decode_check,
+    decode_service,
 )
 
 logger = logging.getLogger(__name__)
@@ -413,8 +415,6 @@ class LocalState:
 
     def load_persisted(self) -> list[str]:
         """Restore API-registered services and checks from data_dir; returns warnings."""
-        from proconsul.structs import decode_check, decode_service
-
         warnings: list[str] = []
         if not self.data_dir:
             return warnings

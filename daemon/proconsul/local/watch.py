@@ -33,10 +33,10 @@ from typing import Any
 
 from proconsul.api_client import APIError, Client, resolve_settings
 from proconsul.durations import parse_duration
+from proconsul.local.events import uuid_to_uint64
 
 logger = logging.getLogger(__name__)
 
-WATCH_TYPES = ("key", "keyprefix", "services", "nodes", "service", "checks", "event")
 # Consul's api/watch timings.
 RETRY_INTERVAL_S = 5.0
 MAX_BACKOFF_S = 180.0
@@ -197,8 +197,6 @@ def _checks_watch(params: dict[str, Any], stale: bool) -> Fetch:
 
 
 def _event_watch(params: dict[str, Any], stale: bool) -> Fetch:
-    from proconsul.local.events import uuid_to_uint64
-
     name = _take_str(params, "name")
     query = [("name", name)] if name else []
 

@@ -251,11 +251,6 @@ class _RaftLog:
         self.committed = storage.snapshot_meta().index
         self.applied = storage.snapshot_meta().index
 
-    def snapshot_index(self) -> int:
-        if self.unstable_snap is not None:
-            return self.unstable_snap.meta.index
-        return self.storage.first_index() - 1
-
     def first_index(self) -> int:
         if self.unstable_snap is not None:
             return self.unstable_snap.meta.index + 1

@@ -7,9 +7,12 @@ SQLite transaction off the event loop, then messages sent, then committed entrie
 the FSM, then read states served, then `advance`). Proposals queued while a Ready is being
 persisted go into the next one, which is the group commit.
 
-It implements `proconsul.rpc_api.Consensus`, so the RPC layer proposes commands and waits for
-their FSM result. A proposal whose entry is overwritten, or whose leader steps down before it
-applies, is reported as `UnknownOutcome`: it may still commit under another leader.
+It is a generic replicated log: it proposes bytes and applies committed entries to a
+`StateMachine` (bytes in, result out), and knows nothing of Consul. The errors it raises are its
+own (`RaftError` and subclasses); `proconsul.server.consensus` encodes the state store's commands
+and translates these errors into RPC errors at the server boundary. A proposal whose entry is
+overwritten, or whose leader steps down before it applies, is reported as `OutcomeUnknown`: it may
+still commit under another leader.
 
 Peers are known by node ID; their server-port addresses come from the bootstrap (expect)
 discovery, join requests and inbound connections, and are kept in `data_dir/raft/addresses.json`
@@ -26,7 +29,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from proconsul.malformed_log import MALFORMED
 from proconsul.raft import codec
@@ -43,17 +46,57 @@ from proconsul.raft.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, private_dir
+from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, atomic_write, private_dir
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
-from proconsul.rpc_api import NoLeader, RPCError, UnknownOutcome
-from proconsul.rpc_api import NotLeader as RPCNotLeader
-from proconsul.state import commands
-from proconsul.state.fsm import FSM
 from proconsul.transport import dial_target
 from proconsul.wire import ConnType, FrameDecoder, encode_frame
 
 logger = logging.getLogger(__name__)
+
+
+class StateMachine(Protocol):
+    """What committed entries are applied to, in log order, on the event loop.
+
+    `apply` must be deterministic (every server applies the same entries to the same state);
+    `snapshot` returns the whole state, `restore` replaces it with one (a snapshot sent by the
+    leader, or the one on disk at start-up).
+    """
+
+    def apply(self, index: int, data: bytes) -> Any:
+        """Apply entry `index`; `data` is b"" for entries that carry no payload (no-op, conf change)."""
+        ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+    def store_index(self, raft_index: int) -> int:
+        """The index callers see for Raft index `raft_index` (the state's own index may be offset)."""
+        ...
+
+
+class RaftError(Exception):
+    """A request this Raft node could not carry out; the message says why."""
+
+
+class NoLeaderError(RaftError):
+    """No leader is known (or this node has not started its Raft yet)."""
+
+    def __init__(self, message: str = "no cluster leader") -> None:
+        super().__init__(message)
+
+
+class NotLeaderError(RaftError):
+    """This node is not the leader; `leader` is the leader's address when known, else ""."""
+
+    def __init__(self, leader: str = "") -> None:
+        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
+        self.leader = leader
+
+
+class OutcomeUnknown(RaftError):
+    """The proposal may or may not commit (leadership was lost, the log tail was replaced)."""
 
 
 class DiskStorage:
@@ -169,8 +212,6 @@ class AddressBook:
             return
         self.addrs[node_id] = addr
         if self.path:
-            from proconsul.raft.storage import atomic_write
-
             atomic_write(self.path, json.dumps(self.addrs, sort_keys=True).encode())
 
 
@@ -235,14 +276,14 @@ class _PeerLink:
 
 
 class RaftServer:
-    """One server's Raft: the core plus its I/O. Implements `proconsul.rpc_api.Consensus`."""
+    """One server's Raft: the core plus its I/O, over a `StateMachine`."""
 
     def __init__(
         self,
         node_id: str,
         node_name: str,
         address: str,
-        fsm: FSM,
+        fsm: StateMachine,
         data_dir: str,
         *,
         tick_s: float = 0.1,
@@ -346,7 +387,7 @@ class RaftServer:
         else:
             snap = storage.snapshot()
             if snap.data:
-                self.fsm.store.restore(snap.data)
+                self.fsm.restore(snap.data)
             index, term = snap.meta.index, snap.meta.term
             last = storage.last_index()
             if last >= storage.first_index():
@@ -355,7 +396,7 @@ class RaftServer:
                         continue
                     self._apply_to_fsm(e)
                     index, term = e.index, e.term
-            recovered = Snapshot(SnapshotMeta(index, term, config), self.fsm.store.snapshot())
+            recovered = Snapshot(SnapshotMeta(index, term, config), self.fsm.snapshot())
             storage.install_snapshot(recovered)
         os.remove(path)
         logger.warning(
@@ -367,7 +408,7 @@ class RaftServer:
     async def start(self) -> None:
         snap = self.storage.snapshot()
         if snap.data:
-            self.fsm.store.restore(snap.data)
+            self.fsm.restore(snap.data)
         self.applied_index = snap.meta.index
         self.core = RaftNode(
             self.id,
@@ -402,10 +443,10 @@ class RaftServer:
             self._task = None
         for link in self._links.values():
             link.close()
-        self._fail_pending(UnknownOutcome("server shutting down; the write may or may not have committed"))
+        self._fail_pending(OutcomeUnknown("server shutting down; the write may or may not have committed"))
         self.storage.log.close()
 
-    # ------------------------------------------------------------------------ Consensus API
+    # ---------------------------------------------------------------------------- client API
 
     def is_leader(self) -> bool:
         return self.core is not None and self.core.leader == self.id and self.core.role.value == "leader"
@@ -466,15 +507,12 @@ class RaftServer:
         index = history[-1][0] if history else core.commit_index
         return {"Servers": servers, "Index": index}
 
-    async def apply(self, command: commands.Command) -> tuple[int, Any]:
-        return await self.propose_bytes(commands.encode(command))
-
     async def propose_bytes(self, data: bytes) -> tuple[int, Any]:
         core = self._core()
         try:
             proposal = core.propose(data)
         except NotLeader as exc:
-            raise RPCNotLeader(self.addresses.addrs.get(getattr(exc, "leader", "") or "", "")) from None
+            raise NotLeaderError(self.addresses.addrs.get(getattr(exc, "leader", "") or "", "")) from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut)
         self._wake.set()
@@ -484,7 +522,7 @@ class RaftServer:
         """ReadIndex: returns once a quorum confirmed leadership and the FSM caught up."""
         core = self._core()
         if not self.is_leader():
-            raise RPCNotLeader(self.leader_address())
+            raise NotLeaderError(self.leader_address())
         self._read_seq += 1
         ctx = f"{self.id}:{self._read_seq}".encode()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -494,7 +532,7 @@ class RaftServer:
         try:
             await asyncio.wait_for(fut, self.tick_s * self.election_tick * 2)
         except TimeoutError:
-            raise NoLeader() from None
+            raise NoLeaderError() from None
         finally:
             self._reads.pop(ctx, None)
 
@@ -507,7 +545,7 @@ class RaftServer:
         try:
             proposal = core.propose_conf_change(ConfChange(ConfChangeOp.ADD_VOTER, node_id))
         except NotLeader:
-            raise RPCNotLeader(self.leader_address()) from None
+            raise NotLeaderError(self.leader_address()) from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut)
         self._wake.set()
@@ -517,21 +555,21 @@ class RaftServer:
         """Leader only: remove a server (voter or not) from the configuration."""
         core = self._core()
         if not self.is_leader():
-            raise RPCNotLeader(self.leader_address())
+            raise NotLeaderError(self.leader_address())
         if node_id not in core.config.voters and node_id not in core.config.learners:
-            raise RPCError(f'id "{node_id}" was not found in the Raft configuration')
+            raise RaftError(f'id "{node_id}" was not found in the Raft configuration')
         try:
             proposal = core.propose_conf_change(ConfChange(ConfChangeOp.REMOVE, node_id))
         except NotLeader:
-            raise RPCNotLeader(self.leader_address()) from None
+            raise NotLeaderError(self.leader_address()) from None
         except ProposalRejected as exc:
-            raise RPCError(f"raft: cannot remove {node_id}: {exc}") from None
+            raise RaftError(f"raft: cannot remove {node_id}: {exc}") from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut)
         self._wake.set()
         try:
             await fut
-        except UnknownOutcome:
+        except OutcomeUnknown:
             # Removing the leader itself: it steps down as its removal commits, which fails
             # pending futures; the change took effect when appended, so check the outcome.
             if node_id != self.id or node_id in self._core().config.members():
@@ -565,7 +603,7 @@ class RaftServer:
 
     def _core(self) -> RaftNode:
         if self.core is None:
-            raise NoLeader()
+            raise NoLeaderError()
         return self.core
 
     # ------------------------------------------------------------------------------- inbound
@@ -634,11 +672,11 @@ class RaftServer:
                     logger.info("raft: %s leadership (term %d)", "gained" if is_leader else "lost", core.term)
                     if not is_leader:
                         self._fail_pending(
-                            UnknownOutcome("leadership lost before the write applied; it may or may not commit")
+                            OutcomeUnknown("leadership lost before the write applied; it may or may not commit")
                         )
                         for fut in self._reads.values():
                             if not fut.done():
-                                fut.set_exception(NoLeader())
+                                fut.set_exception(NoLeaderError())
                     was_leader = is_leader
                     self.on_leadership(is_leader)
             for m in rd.early_messages:
@@ -659,7 +697,7 @@ class RaftServer:
         log = self.storage.log
         if rd.snapshot is not None:
             self.storage.install_snapshot(rd.snapshot)
-            self.fsm.store.restore(rd.snapshot.data)
+            self.fsm.restore(rd.snapshot.data)
             self.applied_index = rd.snapshot.meta.index
             self._fail_pending_upto(rd.snapshot.meta.index)
         if not rd.entries and rd.hard_state is None:
@@ -690,17 +728,10 @@ class RaftServer:
         link.send(m)
 
     def _apply_to_fsm(self, e: Entry) -> Any:
-        result: Any = None
         if e.kind == EntryKind.NORMAL and e.data:
-            try:
-                command = commands.decode(e.data)
-            except ValueError as exc:
-                logger.error("raft: entry %d is not a command (%s); skipped", e.index, exc)
-                command = commands.Noop()
-            result = self.fsm.apply(e.index, command)
-        else:
-            self.fsm.apply(e.index, commands.Noop())
-        return result
+            return self.fsm.apply(e.index, e.data)
+        self.fsm.apply(e.index, b"")
+        return None
 
     def _apply(self, e: Entry) -> None:
         result = self._apply_to_fsm(e)
@@ -714,7 +745,7 @@ class RaftServer:
                 # Callers see the store's index (X-Consul-Index), offset after a restore.
                 fut.set_result((self.fsm.store_index(e.index), result))
             else:
-                fut.set_exception(RPCError("the write did not commit: a new leader committed another entry at its index; it is safe to retry"))
+                fut.set_exception(RaftError("the write did not commit: a new leader committed another entry at its index; it is safe to retry"))
 
     def _maybe_snapshot(self, core: RaftNode) -> None:
         if self.snapshot_interval_s is not None:
@@ -725,7 +756,7 @@ class RaftServer:
         index = core.snapshot_due()
         if index is None:
             return
-        snap = core.make_snapshot(index, self.fsm.store.snapshot())
+        snap = core.make_snapshot(index, self.fsm.snapshot())
         self.storage.record_snapshot(snap, compact_to=index - self.trailing_logs)
         logger.info("raft: snapshot at index %d", index)
 
@@ -739,10 +770,10 @@ class RaftServer:
         for i in [i for i in self._pending if i >= index]:
             _, fut = self._pending.pop(i)
             if not fut.done():
-                fut.set_exception(UnknownOutcome("a new leader replaced this server's uncommitted log tail; the write may or may not commit"))
+                fut.set_exception(OutcomeUnknown("a new leader replaced this server's uncommitted log tail; the write may or may not commit"))
 
     def _fail_pending_upto(self, index: int) -> None:
         for i in [i for i in self._pending if i <= index]:
             _, fut = self._pending.pop(i)
             if not fut.done():
-                fut.set_exception(UnknownOutcome("a snapshot replaced the log; the write's fate is unknown"))
+                fut.set_exception(OutcomeUnknown("a snapshot replaced the log; the write's fate is unknown"))

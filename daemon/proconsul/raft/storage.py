@@ -215,9 +215,6 @@ class DurableLog:
     def append(self, records: Iterable[LogRecord]) -> None:
         self.save(entries=records)
 
-    def truncate_suffix(self, from_index: int) -> None:
-        self.save(truncate_from=from_index)
-
     def compact_prefix(self, upto_index: int) -> None:
         """Forget records with index <= upto_index (they are covered by a snapshot)."""
         if upto_index < self._offset:

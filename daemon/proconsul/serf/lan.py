@@ -11,8 +11,9 @@ Owns:
 - serf's reconnect loop and reaper on this table (:mod:`proconsul.serf.reconnect`): failed members
   are retried by a join now and then, and reaped after ``reconnect_timeout``;
 - ``leave`` and ``force-leave``;
-- the leader's reconcile of gossip members into the catalog (``serfHealth``), see
-  :func:`proconsul.server.leader.reconcile_member`.
+- what the leader's reconcile of gossip members into the catalog reads (:func:`members`, the
+  ``reaped`` table and the ``changed`` event); the loop itself is the server's
+  (:func:`proconsul.server.leader.reconcile_loop`).
 """
 
 from __future__ import annotations
@@ -36,24 +37,11 @@ from proconsul.gossip.core import (
     UserEventReceived,
 )
 from proconsul.gossip.keyring import Keyring, setup_keyring
-from proconsul.serf.member import (  # the names other modules import from here too
-    STATUS_ALIVE,
-    STATUS_FAILED,  # noqa: F401
-    STATUS_LEAVING,  # noqa: F401
-    STATUS_LEFT,
-    STATUS_NONE,  # noqa: F401
-    TOMBSTONE_TIMEOUT_S,
-    MemberRecord,
-    member_json,  # noqa: F401
-)
+from proconsul.serf.member import STATUS_ALIVE, TOMBSTONE_TIMEOUT_S, MemberRecord
 from proconsul.serf.pool import SerfPool
 from proconsul.serf.snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
-
-# How often the leader re-runs the full reconcile even without gossip events (Consul: 60 s).
-RECONCILE_INTERVAL_S = 60.0
-
 
 class Membership(SerfPool):
     """One agent's LAN pool membership."""
@@ -224,60 +212,6 @@ class Membership(SerfPool):
                 listener(rec)
             except Exception:
                 logger.exception("gossip: member listener failed")
-
-    def start_reconcile(self, server: Any, is_leader: Callable[[], bool]) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(self._reconcile_loop(server, is_leader)))
-
-    async def _reconcile_loop(self, server: Any, is_leader: Callable[[], bool]) -> None:
-        """Leader only: every member event (and at least every few seconds, so a new leader
-        catches up at once) turns gossip membership into catalog state."""
-        from proconsul.server.leader import reconcile_member
-
-        while True:
-            try:
-                async with asyncio.timeout(2.0):
-                    await self.changed.wait()
-            except TimeoutError:
-                pass
-            self.changed.clear()
-            if not is_leader():
-                continue
-            await self._reconcile_reaped(server, reconcile_member)
-            for rec in self.members():
-                await self._reconcile_one(server, reconcile_member, rec)
-            await self._reconcile_non_members(server)
-
-    async def _reconcile_non_members(self, server: Any) -> None:
-        """Consul's reconcile of catalog nodes the pool does not know (after a snapshot restore,
-        a missed leave): see :func:`proconsul.server.leader.reconcile_non_members`."""
-        from proconsul.server.leader import reconcile_non_members
-
-        known = {rec.member.name for rec in self.members()} | set(self.reaped)
-        try:
-            await reconcile_non_members(server, known, self.agent.node_name)
-        except Exception as exc:  # no leader, lost leadership: the next pass retries
-            logger.debug("leader: reconcile of non-members failed: %s", exc)
-
-    async def _reconcile_reaped(self, server: Any, fn: Any) -> None:
-        """Consul's handleReapMember: a reaped member's node leaves the catalog (never ours)."""
-        for name in sorted(self.reaped):
-            rec, _ = self.reaped[name]
-            m = rec.member
-            try:
-                # Deregistered exactly as a left member is; a node already gone writes nothing.
-                if await fn(server, m.name, m.addr[0], dict(m.tags), STATUS_LEFT, self.agent.node_name):
-                    logger.info("leader: member %s was reaped; deregistered", name)
-            except Exception as exc:  # no leader, lost leadership: the next pass retries
-                logger.debug("leader: reconcile of reaped %s failed: %s", name, exc)
-                continue
-            self.reaped.pop(name, None)
-
-    async def _reconcile_one(self, server: Any, fn: Any, rec: MemberRecord) -> None:
-        m = rec.member
-        try:
-            await fn(server, m.name, m.addr[0], dict(m.tags), rec.status, self.agent.node_name)
-        except Exception as exc:  # no leader, lost leadership: the next pass retries
-            logger.debug("leader: reconcile of %s failed: %s", m.name, exc)
 
     # --- views -------------------------------------------------------------------------------
 

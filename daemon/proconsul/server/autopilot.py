@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from proconsul.serf.lan import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT, MemberRecord
+from proconsul.serf.member import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT, MemberRecord
 
 logger = logging.getLogger(__name__)
 

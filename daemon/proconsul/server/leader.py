@@ -2,16 +2,20 @@
 
 Owns the leader's reconciliation of servers into the catalog: each server node carries the
 `serfHealth` check and the `consul` service (port `ports.server`), which DNS
-(`consul.service.consul`) and clients use to find servers. The gossip issue extends this into
-the full membership reconcile loop (alive/failed/left members -> serfHealth status, reaping).
+(`consul.service.consul`) and clients use to find servers; and the membership reconcile loop
+(`reconcile_loop`: alive/failed/left/reaped LAN members -> serfHealth status, deregistration),
+which reads the LAN pool through the narrow `LANMembers` protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from proconsul.durations import parse_duration
+from proconsul.serf.member import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT, MemberRecord
 from proconsul.server.rpc import Server
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance, Session
@@ -112,8 +116,6 @@ async def reconcile_member(server: Server, name: str, addr: str, tags: dict[str,
     (never ourselves). Members of other datacenters or with other roles are ignored. Writes
     only when something differs, so it is cheap to run over every member on every pass.
     """
-    from proconsul.serf.lan import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT
-
     store = server.store
     if tags.get("dc") != server.datacenter or tags.get("role") not in ("consul", "node"):
         return False
@@ -166,3 +168,57 @@ async def reconcile_non_members(server: Server, members: set[str], self_name: st
         await server.write(commands.Deregister(name))
         logger.info("leader: node %s has serfHealth but is not a gossip member; deregistered", name)
     return ghosts
+
+
+class LANMembers(Protocol):
+    """What the reconcile loop reads of the LAN pool (`proconsul.serf.lan.Membership`)."""
+
+    changed: asyncio.Event  # set on every member change; the loop clears it
+    reaped: dict[str, tuple[MemberRecord, float]]  # name -> (record, when reaped); the loop pops
+
+    def members(self) -> list[MemberRecord]: ...
+
+
+Reconcile = Callable[[Server, str, str, dict[str, str], int, str], Awaitable[bool]]
+
+
+async def reconcile_loop(members: LANMembers, server: Server, is_leader: Callable[[], bool], self_name: str,
+                         reconcile: Reconcile = reconcile_member) -> None:
+    """Leader only: every member event (and at least every few seconds, so a new leader
+    catches up at once) turns gossip membership into catalog state."""
+    while True:
+        try:
+            async with asyncio.timeout(2.0):
+                await members.changed.wait()
+        except TimeoutError:
+            pass
+        members.changed.clear()
+        if not is_leader():
+            continue
+        await _reconcile_reaped(members, server, self_name, reconcile)
+        for rec in members.members():
+            m = rec.member
+            try:
+                await reconcile(server, m.name, m.addr[0], dict(m.tags), rec.status, self_name)
+            except Exception as exc:  # no leader, lost leadership: the next pass retries
+                logger.debug("leader: reconcile of %s failed: %s", m.name, exc)
+        known = {rec.member.name for rec in members.members()} | set(members.reaped)
+        try:
+            await reconcile_non_members(server, known, self_name)
+        except Exception as exc:  # no leader, lost leadership: the next pass retries
+            logger.debug("leader: reconcile of non-members failed: %s", exc)
+
+
+async def _reconcile_reaped(members: LANMembers, server: Server, self_name: str, reconcile: Reconcile) -> None:
+    """Consul's handleReapMember: a reaped member's node leaves the catalog (never ours)."""
+    for name in sorted(members.reaped):
+        rec, _ = members.reaped[name]
+        m = rec.member
+        try:
+            # Deregistered exactly as a left member is; a node already gone writes nothing.
+            if await reconcile(server, m.name, m.addr[0], dict(m.tags), STATUS_LEFT, self_name):
+                logger.info("leader: member %s was reaped; deregistered", name)
+        except Exception as exc:  # no leader, lost leadership: the next pass retries
+            logger.debug("leader: reconcile of reaped %s failed: %s", name, exc)
+            continue
+        members.reaped.pop(name, None)

@@ -23,6 +23,7 @@ from typing import Any
 
 from proconsul.rpc_api import NotLeader, RPCError
 from proconsul.server import snapshot as archive
+from proconsul.server.consensus import raft_errors
 from proconsul.server.rpc import Server
 from proconsul.state import commands
 from proconsul.state.store import Store
@@ -129,7 +130,8 @@ class Operator:
         elif peer_id not in members:
             raise RPCError(f'id "{peer_id}" was not found in the Raft configuration')
         logger.info("operator: removing raft peer %s (%s)", peer_id, self.raft.addresses.addrs.get(peer_id, "?"))
-        await self.raft.remove_voter(peer_id)
+        with raft_errors():
+            await self.raft.remove_voter(peer_id)
 
     # -------------------------------------------------------------------------- snapshots
 

@@ -3,7 +3,7 @@
 Owns every read the HTTP API, anti-entropy and (later) client agents ask of a server, as a
 named, data-only request: `name` plus plain `args`, answered by a pure function of the store
 with `(index, result)`, where the result is already in Consul's JSON shape (PascalCase dicts
-from `http.render`). Because requests and answers are plain data, a follower can forward a read
+from `state.render`). Because requests and answers are plain data, a follower can forward a read
 to the leader, and a client agent can send it to a server, over the RPC transport unchanged.
 
 Each query also names the tables (and KV prefix) a blocking read of it waits on.
@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proconsul.coordinate import DEFAULT_SEGMENT, distance
-from proconsul.http import render
-from proconsul.state import commands
+from proconsul.state import commands, render
 from proconsul.state.fsm import TxnError, txn_kv_op
 from proconsul.state.records import DirEntry, Node, ServiceInstance
 from proconsul.state.store import Store

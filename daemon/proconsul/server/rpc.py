@@ -30,6 +30,8 @@ from proconsul.rpc_api import (
 )
 from proconsul.server import queries
 from proconsul.state import commands
+from proconsul.state.fsm import TxnError, TxnResult
+from proconsul.state.records import DirEntry
 from proconsul.state.store import Store, StoreError
 
 # A read is a function of the store returning (index, result).
@@ -309,8 +311,6 @@ class Server:
 
 def encode_result(result: Any) -> Any:
     """An FSM result as plain data for the wire (see decode_result)."""
-    from proconsul.state.fsm import TxnResult
-
     if isinstance(result, TxnResult):
         return {
             "txn": [
@@ -322,9 +322,6 @@ def encode_result(result: Any) -> Any:
 
 
 def decode_result(raw: Any) -> Any:
-    from proconsul.state.fsm import TxnError, TxnResult
-    from proconsul.state.records import DirEntry
-
     if isinstance(raw, dict) and "txn" in raw:
         results, errors = raw["txn"]
         return TxnResult(

@@ -9,7 +9,7 @@ turn itself into plain msgpack-able values (`to_wire`) and back, for FSM command
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -140,7 +140,3 @@ class Session(_Wire):
 
     def check_ids(self) -> tuple[str, ...]:
         return self.node_checks + tuple(c for c, _ in self.service_checks)
-
-
-def with_indexes(record: T, create_index: int, modify_index: int) -> T:
-    return replace(record, create_index=create_index, modify_index=modify_index)  # type: ignore[type-var]

@@ -1,7 +1,9 @@
 """Store records rendered as Consul's JSON objects.
 
 Owns the exact field names and shapes that Consul's HTTP API returns for nodes, services,
-checks, KV entries and sessions, so that every route module renders a record the same way.
+checks, KV entries and sessions, so that every route module renders a record the same way. Pure
+functions of the records; it lives beside them so the server's named queries (which answer in
+this form) and `http/` both use it without the server importing upward.
 """
 
 from __future__ import annotations

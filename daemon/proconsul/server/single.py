@@ -3,8 +3,8 @@
 Owns the commit path of a cluster of exactly one server that keeps nothing on disk, which is
 what Consul's dev mode is. With one voter, an appended entry is committed at once, so this log
 assigns the next index, keeps the encoded entry, applies it to the FSM and returns the result.
-It implements the same `Consensus` protocol as the Raft node (see `proconsul.rpc_api`), so the RPC
-and HTTP layers cannot tell the difference; the Raft issue swaps in the real node.
+It implements the same `Consensus` protocol as the Raft node's `server.consensus.RaftLog` (see
+`proconsul.rpc_api`), so the RPC and HTTP layers cannot tell the difference.
 """
 
 from __future__ import annotations

@@ -1,0 +1,102 @@
+"""The server boundary of the replicated log: state-store commands over Raft's bytes.
+
+Owns the two adapters that keep `proconsul.raft` a generic replicated log:
+- `CommandStateMachine`: Raft's `StateMachine` over the FSM; it decodes each committed entry
+  into a `state.commands.Command` (an entry that is not one, or carries nothing, applies as a
+  no-op, so every server still consumes it identically) and snapshots/restores the store;
+- `RaftLog`: the `rpc_api.Consensus` the RPC layer proposes through; it encodes commands and
+  translates Raft's own errors into the RPC errors servers answer with (`raft_errors`, also for
+  the operator and autopilot, which change the configuration directly).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from proconsul.raft.node import NoLeaderError, NotLeaderError, OutcomeUnknown, RaftError, RaftServer
+from proconsul.rpc_api import NoLeader, NotLeader, RPCError, UnknownOutcome
+from proconsul.state import commands
+from proconsul.state.fsm import FSM
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def raft_errors() -> Iterator[None]:
+    """Raise Raft's errors as the RPC errors they mean (NotLeader keeps the leader's address)."""
+    try:
+        yield
+    except NotLeaderError as exc:
+        raise NotLeader(exc.leader) from None
+    except NoLeaderError:
+        raise NoLeader() from None
+    except OutcomeUnknown as exc:
+        raise UnknownOutcome(str(exc)) from None
+    except RaftError as exc:
+        raise RPCError(str(exc)) from None
+
+
+class CommandStateMachine:
+    """Raft's `StateMachine` over the FSM: committed bytes -> decoded command -> store."""
+
+    def __init__(self, fsm: FSM) -> None:
+        self.fsm = fsm
+
+    def apply(self, index: int, data: bytes) -> Any:
+        if not data:
+            self.fsm.apply(index, commands.Noop())
+            return None
+        try:
+            command = commands.decode(data)
+        except ValueError as exc:
+            logger.error("raft: entry %d is not a command (%s); skipped", index, exc)
+            self.fsm.apply(index, commands.Noop())
+            return None
+        return self.fsm.apply(index, command)
+
+    def snapshot(self) -> bytes:
+        return self.fsm.store.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.fsm.store.restore(data)
+
+    def store_index(self, raft_index: int) -> int:
+        return self.fsm.store_index(raft_index)
+
+
+class RaftLog:
+    """`rpc_api.Consensus` over a Raft node: commands in, RPC errors out."""
+
+    def __init__(self, raft: RaftServer) -> None:
+        self.raft = raft
+
+    def is_leader(self) -> bool:
+        return self.raft.is_leader()
+
+    def ready_for_reads(self) -> bool:
+        return self.raft.ready_for_reads()
+
+    def leader_address(self) -> str:
+        return self.raft.leader_address()
+
+    def last_contact_ms(self) -> int:
+        return self.raft.last_contact_ms()
+
+    def voters(self) -> list[tuple[str, str, str]]:
+        return self.raft.voters()
+
+    async def apply(self, command: commands.Command) -> tuple[int, Any]:
+        with raft_errors():
+            return await self.raft.propose_bytes(commands.encode(command))
+
+    async def verify_leader(self) -> None:
+        with raft_errors():
+            await self.raft.verify_leader()
+
+    async def add_voter(self, node_id: str, addr: str) -> None:
+        """Leader only (the `Raft.Join` RPC): add a server to the configuration."""
+        with raft_errors():
+            await self.raft.add_voter(node_id, addr)
