@@ -19,9 +19,9 @@ from dataclasses import replace
 from typing import Any
 
 from proconsul.local.state import LocalState
-from proconsul.raft.single import SingleNodeLog
 from proconsul.rpc_api import NoLeader, QueryOptions, UnknownOutcome
 from proconsul.server import queries
+from proconsul.server.single import SingleNodeLog
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from proconsul.raft.single import SingleNodeLog
 from proconsul.server.leader import reconcile_member, reconcile_non_members
 from proconsul.server.rpc import Server
+from proconsul.server.single import SingleNodeLog
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
 from proconsul.state.records import Node, ServiceInstance
