@@ -81,6 +81,21 @@ def ensure_base() -> Path:
     return BASE
 
 
+# D-Bus and logind are not needed by the package and cannot start in a sandbox that denies
+# inotify and raising RLIMIT_NOFILE (dbus-daemon then never becomes ready, logind waits on it
+# and the boot never finishes). systemctl reaches PID 1 over its private socket without them.
+UNNEEDED_UNITS = ("dbus.service", "dbus.socket", "systemd-logind.service")
+
+
+def copy_base(base: Path, root: Path) -> None:
+    """A fresh container root from the cached base, with the units it cannot run masked."""
+    subprocess.run(["cp", "-a", str(base), str(root)], check=True)
+    for unit in UNNEEDED_UNITS:
+        mask = root / "etc/systemd/system" / unit
+        mask.unlink(missing_ok=True)
+        mask.symlink_to("/dev/null")
+
+
 @pytest.fixture(scope="module")
 def packages() -> Iterator[dict[str, Path]]:
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -178,7 +193,7 @@ def container(packages: dict[str, Path]) -> Iterator[Container]:
     base = ensure_base()
     with tempfile.TemporaryDirectory(prefix="proconsul-nspawn-", dir=CACHE) as tmp:
         root = Path(tmp) / "root"
-        subprocess.run(["cp", "-a", str(base), str(root)], check=True)
+        copy_base(base, root)
         shutil.copy(packages["deb"], root / "root/proconsul.deb")
         box = Container(root, "pctest").start()
         try:
