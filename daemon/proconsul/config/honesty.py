@@ -54,7 +54,7 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "ae_interval", "check_reap_interval", "check_deregister_interval_min", "sync_coordinate_rate_target",
         "sync_coordinate_interval_min", "reconnect_interval", "dial_overrides", "unsafe_follower_local_reads",
         "performance.raft_multiplier", "performance.leave_drain_time", "performance.rpc_hold_timeout",
-        "limits.kv_max_value_size", "limits.txn_max_req_len",
+        "limits.kv_max_value_size", "limits.txn_max_req_len", "limits.http_max_conns_per_client",
         "http_config.allow_write_http_from", "http_config.block_endpoints", "http_config.response_headers",
         # Passed along with the agent's own requests and shown by /v1/agent/token; with ACLs
         # refused (acl.enabled), they carry no authority, exactly as in Consul with ACLs off.
@@ -76,7 +76,7 @@ INERT: frozenset[str] = frozenset(
         "ui_config.enabled", "ui_config.dir", "ui_config.content_path",  # no web UI is served
         "encrypt_verify_incoming", "encrypt_verify_outgoing",  # gossip is always verified when encrypted
         "dns_config.use_cache", "dns_config.cache_max_age",
-        "limits.http_max_conns_per_client", "limits.https_handshake_timeout", "limits.rpc_handshake_timeout",
+        "limits.https_handshake_timeout", "limits.rpc_handshake_timeout",
         "limits.rpc_rate", "limits.rpc_max_burst", "limits.rpc_max_conns_per_client",
         "telemetry.prometheus_retention_time", "telemetry.disable_hostname", "telemetry.prefix_filter",
         "telemetry.filter_default", "telemetry.metrics_prefix", "telemetry.statsd_address",

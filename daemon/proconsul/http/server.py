@@ -2,12 +2,13 @@
 
 Owns wiring the /v1 route modules into one aiohttp application, the middleware that every
 request passes through (URL sanity, headers Consul always sends, error mapping), and the
-listeners on `client_addr:ports.http`. Each route module owns its endpoints; this module owns
-what they share.
+listeners on `client_addr:ports.http` (through the connection guard: per-IP cap, request-head
+deadline, idle timeout). Each route module owns its endpoints; this module owns what they share.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,13 @@ from proconsul.http import catalog, event, health, keyring, kv, operator, sessio
 from proconsul.http import coordinate as coordinate_routes
 from proconsul.http.access import AccessRules
 from proconsul.http.common import HTTPError
+from proconsul.http.conn_guard import (
+    HEADER_READ_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+    ConnectionCounter,
+    GuardedRequestHandler,
+    guarded_factory,
+)
 from proconsul.rpc_api import RPCError
 from proconsul.state.store import StoreError
 
@@ -44,6 +52,10 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
     if _CONTROL_CHARS.search(request.path):
         return _error(400, "Invalid URL path: contains a non-printable character")
     refusal = request.app["access_rules"].refusal(request.method, request.path, request.remote)
+    protocol = request.protocol
+    guarded = isinstance(protocol, GuardedRequestHandler)
+    if guarded:
+        protocol.request_started()  # the head arrived: stop its deadline
     try:
         if refusal is not None:
             raise HTTPError(403, refusal)
@@ -67,6 +79,9 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
         # deeply nested value), so it is the client's error, never a 500. UnicodeError is a
         # ValueError.
         resp = _error(400, str(exc) or type(exc).__name__)
+    finally:
+        if guarded:
+            protocol.request_finished()
     headers = resp.headers
     headers["X-Consul-Default-Acl-Policy"] = "allow"
     extra = request.app["response_headers"]
@@ -103,19 +118,33 @@ class HTTPServer:
         self.port = port
         self.runner: web.AppRunner | None = None
         self.bound: list[tuple[str, int]] = []
+        self._listeners: list[asyncio.AbstractServer] = []
+        # Read at each new connection, so a reload of `limits` applies to the next one.
+        self.connections = ConnectionCounter(lambda: int(agent.config.limits.http_max_conns_per_client))
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        handler_kwargs: dict[str, Any] = {"access_log": None, "keepalive_timeout": IDLE_TIMEOUT_S}
+        self.runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=2.0, **handler_kwargs)
         await self.runner.setup()
+        assert self.runner.server is not None
+        # Our own listeners instead of TCPSite, so every connection goes through the guard;
+        # runner.cleanup() still shuts the connections down, as the guard registers each one
+        # with the runner's server.
+        factory = guarded_factory(
+            self.runner.server, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs
+        )
+        loop = asyncio.get_running_loop()
         for address in self.addresses:
-            site = web.TCPSite(self.runner, address, self.port, reuse_address=True)
-            await site.start()
-            server = getattr(site, "_server", None)
-            for sock in getattr(server, "sockets", None) or []:
+            listener = await loop.create_server(factory, address, self.port, reuse_address=True)
+            self._listeners.append(listener)
+            for sock in listener.sockets:
                 self.bound.append(sock.getsockname()[:2])
         logger.info("http: listening on %s", ", ".join(f"{h}:{p}" for h, p in self.bound))
 
     async def stop(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
