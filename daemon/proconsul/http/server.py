@@ -94,6 +94,15 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text="Consul Agent")
 
 
+def route_defs() -> list[web.AbstractRouteDef]:
+    """Every /v1 route (method, path, handler): the route table, also read by the fuzz tier."""
+    defs: list[web.AbstractRouteDef] = []
+    for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event, keyring):
+        defs.extend(module.routes())
+    defs.extend(coordinate_routes.routes())
+    return defs
+
+
 def build_app(agent: Any) -> web.Application:
     # Bodies are read by the handlers with their own limits (KV: kv_max_value_size, txn:
     # txn_max_req_len); every body is read through common.read_body, which loops to EOF.
@@ -103,9 +112,7 @@ def build_app(agent: Any) -> web.Application:
     app["response_headers"] = dict(http_config.response_headers)
     app["access_rules"] = AccessRules.build(http_config.block_endpoints, http_config.allow_write_http_from)
     app.router.add_get("/", index)
-    for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event, keyring):
-        app.router.add_routes(module.routes())
-    app.router.add_routes(coordinate_routes.routes())
+    app.router.add_routes(route_defs())
     return app
 
 
