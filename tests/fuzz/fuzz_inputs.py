@@ -229,11 +229,19 @@ def http_input(r: random.Random) -> HTTPInput:
         value = _text(r, 24).encode("latin-1", "replace").decode("latin-1")
         value = "".join(c for c in value if c not in "\r\n\x00") or "x"
         if name == "Transfer-Encoding":
-            value = r.choice(["chunked", "gzip", "identity", value])
+            value = r.choice(["chunked", "chunked", "gzip", "identity", value])
         if name == "Expect":
             value = r.choice(["100-continue", value])
         headers.append((name, value))
-    return HTTPInput(method, path, tuple(headers), _body(r, path))
+    body = _body(r, path)
+    if ("Transfer-Encoding", "chunked") in headers:
+        # Framed as chunks, so the agent sees the body end; sometimes a malformed chunk size.
+        data = body or b""
+        size = (
+            f"{len(data):x}".encode() if r.random() < 0.9 else r.choice([b"zz", b"-1", b"fffffffffffffffff"])
+        )
+        body = size + b"\r\n" + data + b"\r\n0\r\n\r\n"
+    return HTTPInput(method, path, tuple(headers), body)
 
 
 def dns_packet(r: random.Random, domain: str = "consul") -> bytes:

@@ -96,7 +96,7 @@ def _send_http(agent: AgentProcess, r: random.Random, stats: Stats) -> None:
         stats.failures.append(f"no answer in 30s: {item.describe()}")
         return
     stats.statuses[status] += 1
-    if status == 500:
+    if status == 500 and item.method != "HEAD":  # a HEAD answer has no body to tell them apart
         if UNHANDLED_500 in body or not body.strip():
             stats.failures.append(f"unhandled 500: {item.describe()}")
         else:
@@ -174,7 +174,13 @@ def test_fuzz_every_port_of_a_dev_agent() -> None:
         log = agent.log()
         if "Traceback" in log:
             start = log.index("Traceback")
-            stats.failures.append("traceback in the agent log:\n" + log[max(0, start - 400) : start + 3000])
+            stats.failures.append(f"{log.count('Traceback')} tracebacks in the agent log, the first:\n"
+                                  + log[max(0, start - 400) : start + 3000])  # fmt: skip
+            # Each distinct exception once, for the report: the line after a traceback's frames.
+            lines = log.splitlines()
+            ends = {lines[i] for i in range(1, len(lines)) if lines[i - 1].startswith("    ")
+                    and not lines[i].startswith(" ") and "Traceback" not in lines[i] and ":" in lines[i]}  # fmt: skip
+            stats.failures.append("distinct exceptions: " + " | ".join(sorted(ends)[:20]))
         print(stats.report())
         assert not stats.failures, stats.report() + "\n" + "\n".join(stats.failures)
     finally:

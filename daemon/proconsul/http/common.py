@@ -9,6 +9,7 @@ The mapping from errors to status codes lives in `http.server`, in one place.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -94,8 +95,13 @@ def query_options(request: web.Request) -> QueryOptions:
         if wait_s < 0:
             raise bad_request("Invalid wait time")
     index = uint_param(request, "index", message="Invalid index")
-    return QueryOptions(min_index=index, max_wait_s=wait_s, allow_stale=stale, require_consistent=consistent,
-                        datacenter=target_dc(request))
+    return QueryOptions(
+        min_index=index,
+        max_wait_s=wait_s,
+        allow_stale=stale,
+        require_consistent=consistent,
+        datacenter=target_dc(request),
+    )
 
 
 def check_dc(request: web.Request) -> None:
@@ -163,22 +169,33 @@ def set_meta(resp: web.StreamResponse, meta: QueryMeta) -> None:
     resp.headers.update(meta_headers(meta))
 
 
+# A request body must arrive within this long of the handler asking for it. Without a bound a
+# client that declares a body and trickles (or never sends) it holds a connection and a task
+# for ever, the body-side twin of a slow request head (http/conn_guard.py).
+BODY_READ_TIMEOUT_S = 60.0
+
+
 async def read_body(request: web.Request, limit: int, too_large: str | None = None) -> bytes:
-    """The whole request body, or a 413 once it passes `limit` bytes.
+    """The whole request body, or a 413 once it passes `limit` bytes, or a 408 when it does not
+    arrive within BODY_READ_TIMEOUT_S.
 
     `StreamReader.read(n)` returns whatever has arrived so far, so a single read of a body sent in
     several TCP segments (or chunks) would silently keep only its first part; this loops to EOF.
     """
     chunks: list[bytes] = []
     total = 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > limit:
-            raise HTTPError(413, too_large or f"Request body too large, max size: {limit} bytes.")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+            while True:
+                chunk = await request.content.read(65536)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > limit:
+                    raise HTTPError(413, too_large or f"Request body too large, max size: {limit} bytes.")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HTTPError(408, "Request body not received in time") from None
     return b"".join(chunks)
 
 
