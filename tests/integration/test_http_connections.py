@@ -168,3 +168,25 @@ def test_trickled_heads_and_idle_connections_are_closed_in_flight_requests_are_n
     finally:
         sock.close()
     assert "Traceback" not in dev_agent.log()
+
+
+def test_expect_headers_are_answered_not_500(dev_agent: AgentProcess) -> None:
+    # A header byte that is not UTF-8 used to reach aiohttp's 417 text and fail to encode (fuzz).
+    sock = _connect(dev_agent)
+    try:
+        sock.sendall(b"PUT /v1/kv/expect HTTP/1.1\r\nHost: a\r\nExpect: \xe9\r\nContent-Length: 1\r\n\r\nv")
+        status, body = _read_response(sock)
+        assert status == 417, (status, body)
+    finally:
+        sock.close()
+    sock = _connect(dev_agent)
+    try:
+        sock.sendall(b"PUT /v1/kv/expect HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+        interim, _ = _read_response(sock)
+        assert interim == 100
+        sock.sendall(b"v")
+        status, body = _read_response(sock)
+        assert (status, body) == (200, b"true"), (status, body)
+    finally:
+        sock.close()
+    assert "Traceback" not in dev_agent.log()
