@@ -45,6 +45,25 @@ def _error(status: int, message: str) -> web.Response:
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
+# Handlers are cancelled when their client disconnects (handler_cancellation), so an abandoned
+# blocking query stops waiting and drops its store watch at once instead of holding it, its task
+# and its response until ?wait runs out (up to max_query_time plus jitter). Consul's blocking
+# queries likewise stop on the request context's cancellation. Reads only: a write is finished
+# even when its client has gone, so its outcome never depends on when the client hung up.
+_CANCELLABLE = frozenset({"GET", "HEAD"})
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a write whose client left is not "never retrieved" noise
+
+
+async def _run_to_completion(work: Awaitable[web.StreamResponse]) -> web.StreamResponse:
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_consume)
+    return await asyncio.shield(task)
+
+
 @web.middleware
 async def consul_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # A decoded path with control characters (e.g. a URL-encoded newline in a KV key) is
@@ -59,7 +78,10 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         if refusal is not None:
             raise HTTPError(403, refusal)
-        resp = await handler(request)
+        if request.method in _CANCELLABLE:
+            resp = await handler(request)
+        else:
+            resp = await _run_to_completion(handler(request))
     except HTTPError as exc:
         resp = _error(exc.status, exc.message)
     except web.HTTPException as exc:
@@ -164,7 +186,9 @@ class HTTPServer:
 
     async def start(self) -> None:
         handler_kwargs: dict[str, Any] = {"access_log": None, "keepalive_timeout": IDLE_TIMEOUT_S}
-        self.runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=2.0, **handler_kwargs)
+        self.runner = web.AppRunner(
+            self.app, handle_signals=False, shutdown_timeout=2.0, handler_cancellation=True, **handler_kwargs
+        )
         await self.runner.setup()
         assert self.runner.server is not None
         # Our own listeners instead of TCPSite, so every connection goes through the guard;
