@@ -181,7 +181,9 @@ def test_expect_headers_are_answered_not_500(dev_agent: AgentProcess) -> None:
         sock.close()
     sock = _connect(dev_agent)
     try:
-        sock.sendall(b"PUT /v1/kv/expect HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+        sock.sendall(
+            b"PUT /v1/kv/expect HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
+        )
         interim, _ = _read_response(sock)
         assert interim == 100
         sock.sendall(b"v")
