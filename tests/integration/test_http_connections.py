@@ -172,13 +172,15 @@ def test_trickled_heads_and_idle_connections_are_closed_in_flight_requests_are_n
 
 def test_expect_headers_are_answered_not_500(dev_agent: AgentProcess) -> None:
     # A header byte that is not UTF-8 used to reach aiohttp's 417 text and fail to encode (fuzz).
-    sock = _connect(dev_agent)
-    try:
-        sock.sendall(b"PUT /v1/kv/expect HTTP/1.1\r\nHost: a\r\nExpect: \xe9\r\nContent-Length: 1\r\n\r\nv")
-        status, body = _read_response(sock)
-        assert status == 417, (status, body)
-    finally:
-        sock.close()
+    # A routed path, a path no route matches and a known path with the wrong method.
+    for request_line in (b"PUT /v1/kv/expect", b"GET /v1/health/checks/", b"DELETE /v1/status/leader"):
+        sock = _connect(dev_agent)
+        try:
+            sock.sendall(request_line + b" HTTP/1.1\r\nHost: a\r\nExpect: \xe9\r\nContent-Length: 1\r\n\r\nv")
+            status, body = _read_response(sock)
+            assert status == 417, (request_line, status, body)
+        finally:
+            sock.close()
     sock = _connect(dev_agent)
     try:
         sock.sendall(
