@@ -235,11 +235,11 @@ def http_input(r: random.Random) -> HTTPInput:
         headers.append((name, value))
     body = _body(r, path)
     if ("Transfer-Encoding", "chunked") in headers:
-        # Framed as chunks, so the agent sees the body end; sometimes a malformed chunk size.
+        # Framed as chunks, so the agent sees the body end. Malformed chunk sizes are left out:
+        # aiohttp never fails the body of a request whose handler already runs (docs/FUZZING.md),
+        # so each would stall the run for the agent's 60 s body deadline.
         data = body or b""
-        size = (
-            f"{len(data):x}".encode() if r.random() < 0.9 else r.choice([b"zz", b"-1", b"fffffffffffffffff"])
-        )
+        size = f"{len(data):x}".encode()
         body = size + b"\r\n" + data + b"\r\n0\r\n\r\n"
     return HTTPInput(method, path, tuple(headers), body)
 
