@@ -10,7 +10,7 @@ that is not one of the error answers Consul also gives as 500 (an RPC or state e
 text), on a probe that stalls past its deadline, on a traceback in the agent's log, on the agent
 exiting, and on state a fresh client cannot read back afterwards.
 
-Scale with FUZZ_INPUTS (default 1500) and FUZZ_SECONDS (wall-clock cap, default 90); FUZZ_SEED
+Scale with FUZZ_INPUTS (default 3000) and FUZZ_SECONDS (wall-clock cap, default 90); FUZZ_SEED
 picks the run (default 1; the seed is printed, and reproduces the run input for input).
 """
 
@@ -27,7 +27,7 @@ from collections import Counter
 from fuzz_inputs import HTTPInput, dns_packet, gossip_packet, http_input, rpc_stream
 from helpers import AgentProcess, free_port
 
-INPUTS = int(os.environ.get("FUZZ_INPUTS", "1500"))
+INPUTS = int(os.environ.get("FUZZ_INPUTS", "3000"))
 SECONDS = float(os.environ.get("FUZZ_SECONDS", "90"))
 SEED = int(os.environ.get("FUZZ_SEED", "1"))
 PROBE_DEADLINE_S = 5.0  # generous on a loaded 2-core machine; the worst probe is reported
