@@ -95,13 +95,8 @@ def query_options(request: web.Request) -> QueryOptions:
         if wait_s < 0:
             raise bad_request("Invalid wait time")
     index = uint_param(request, "index", message="Invalid index")
-    return QueryOptions(
-        min_index=index,
-        max_wait_s=wait_s,
-        allow_stale=stale,
-        require_consistent=consistent,
-        datacenter=target_dc(request),
-    )
+    return QueryOptions(min_index=index, max_wait_s=wait_s, allow_stale=stale, require_consistent=consistent,
+                        datacenter=target_dc(request))
 
 
 def check_dc(request: web.Request) -> None:

@@ -73,7 +73,9 @@ class Store:
 
     # ------------------------------------------------------------------------------- watches
 
-    def watch(self, tables: Iterable[str], fire: Callable[[], None], kv_prefix: str | None = None) -> _Watch:
+    def watch(
+        self, tables: Iterable[str], fire: Callable[[], None], kv_prefix: str | None = None
+    ) -> _Watch:
         """Register a one-shot callback for the next change to any of `tables`.
 
         With `kv_prefix`, a `kvs`/`tombstones` change fires it only when a changed key starts
@@ -144,7 +146,7 @@ class Store:
                 if other.id == node.id and other.node != node.node:
                     raise StoreError(
                         f'Failed inserting node: Error while renaming Node ID: "{node.id}": '
-                        f"Node name {other.node} is reserved by node {node.id} with name {other.node}"
+                        f'Node name {other.node} is reserved by node {node.id} with name {other.node}'
                     )
         if service is not None and not service.service:
             raise StoreError("Must provide service name with ID")
@@ -192,9 +194,7 @@ class Store:
         existing = per_node.get(service.id)
         service = replace(service, node=node)
         if existing is not None:
-            if replace(existing, create_index=0, modify_index=0) == replace(
-                service, create_index=0, modify_index=0
-            ):
+            if replace(existing, create_index=0, modify_index=0) == replace(service, create_index=0, modify_index=0):
                 return
             record = replace(service, create_index=existing.create_index, modify_index=index)
             if existing.service != service.service:
@@ -210,9 +210,7 @@ class Store:
             if check.service_id == service.id and (
                 check.service_name != record.service or check.service_tags != record.tags
             ):
-                self._ensure_check(
-                    index, replace(check, service_name=record.service, service_tags=record.tags)
-                )
+                self._ensure_check(index, replace(check, service_name=record.service, service_tags=record.tags))
 
     def _ensure_check(self, index: int, check: HealthCheck) -> None:
         if check.node not in self.nodes:
@@ -226,9 +224,7 @@ class Store:
         per_node = self.checks.setdefault(check.node, {})
         existing = per_node.get(check.check_id)
         if existing is not None:
-            if replace(existing, create_index=0, modify_index=0) == replace(
-                check, create_index=0, modify_index=0
-            ):
+            if replace(existing, create_index=0, modify_index=0) == replace(check, create_index=0, modify_index=0):
                 return
             record = replace(check, create_index=existing.create_index, modify_index=index)
         else:
@@ -535,7 +531,9 @@ class Store:
                 self._kv_put(index, replace(entry, session="", modify_index=index))
 
     def _invalidate_sessions_for_check(self, index: int, node: str, check_id: str) -> None:
-        doomed = sorted(s.id for s in self.sessions.values() if s.node == node and check_id in s.check_ids())
+        doomed = sorted(
+            s.id for s in self.sessions.values() if s.node == node and check_id in s.check_ids()
+        )
         for sid in doomed:
             self.destroy_session(index, sid)
 
@@ -581,11 +579,7 @@ class Store:
 
     def list_coordinates(self) -> tuple[int, list[tuple[str, str, Coordinate]]]:
         """Every (node, segment, coordinate), sorted by node then segment."""
-        out = [
-            (n, seg, self.coordinates[n][seg])
-            for n in sorted(self.coordinates)
-            for seg in sorted(self.coordinates[n])
-        ]
+        out = [(n, seg, self.coordinates[n][seg]) for n in sorted(self.coordinates) for seg in sorted(self.coordinates[n])]
         return self.table_index["coordinates"], out
 
     def node_coordinates(self, node: str) -> tuple[int, dict[str, Coordinate]]:
@@ -625,9 +619,7 @@ class Store:
             "tombstones": self.tombstones,
             "sessions": [s.to_wire() for s in self.sessions.values()],
             "index_offset": self.index_offset,
-            "coordinates": [
-                [n, seg, c.to_wire()] for n, per in self.coordinates.items() for seg, c in per.items()
-            ],
+            "coordinates": [[n, seg, c.to_wire()] for n, per in self.coordinates.items() for seg, c in per.items()],
         }
         return msgpack.packb(data, use_bin_type=True)
 
@@ -665,6 +657,7 @@ class Store:
         self._dirty_tables = set(TABLES)
         self._dirty_keys = [""]
         self.finish(self.last_index)
+
 
     def advance_all_indexes(self, index: int) -> None:
         """Raise every table's index to `index` (after a restore: every reader must re-read)."""
