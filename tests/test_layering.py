@@ -68,6 +68,7 @@ LAYERS: dict[str, int] = {
     "state": 4,
     "config": 3,
     "gossip": 2,
+    "tls": 2,
     "rpc_api": 2,
     **{leaf: 1 for leaf in (
         "proconsul", "structs", "filter", "coordinate", "durations", "wire", "transport", "tasks",

@@ -1,0 +1,1 @@
+"""Agent TLS: the certificates an operator creates with `proconsul tls` (certs.py)."""
