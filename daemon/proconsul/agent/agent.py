@@ -46,6 +46,7 @@ from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
 from proconsul.server.cluster import ClusterMember
 from proconsul.server.consensus import CommandStateMachine, RaftLog
+from proconsul.server.flood import WAN_JOIN_PORT_TAG, WANFlooder
 from proconsul.server.leader import SessionTimers, reconcile_alive_server, reconcile_loop
 from proconsul.server.operator import Operator
 from proconsul.server.remote import RemoteServer
@@ -155,11 +156,22 @@ class Agent:
         )
         # Servers also gossip in the WAN pool, which routes ?dc= requests to other datacenters.
         self.wan: WANPool | None = None
+        self.flooder: WANFlooder | None = None
         if cfg.server and cfg.ports.serf_wan > 0:
-            self.wan = WANPool(self, self.member()["Tags"], self.membership.keyring)
+            # The WAN join port is a LAN tag only (Consul's WAN members do not carry it).
+            wan_tags = {k: v for k, v in self.member()["Tags"].items() if k != WAN_JOIN_PORT_TAG}
+            self.wan = WANPool(self, wan_tags, self.membership.keyring)
             wan = self.wan
             self.server.router = Router(cfg.datacenter, wan.members, coordinates=lambda: wan.node.coordinates)
             self.server.known_datacenters = self.server.router.datacenters
+            # Every server of this datacenter the LAN pool sees is flood-joined into the WAN pool
+            # (Consul's LAN -> WAN flooder), on LAN server events and every minute.
+            membership = self.membership
+            self.flooder = WANFlooder(
+                cfg.datacenter, membership.members, wan.members, wan.join,
+                active=lambda: not (wan.leaving or membership.leaving),
+            )
+            membership.listeners.append(self.flooder.on_lan_member)
         self.local = LocalState(
             self.node_name,
             self.node_id,
@@ -260,6 +272,9 @@ class Agent:
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:
             self.wan.start_retry_join(self._join_exhausted)
+        if self.flooder is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.flooder.run(), name="wan-flood"))
+            self.flooder.notify()  # the servers the LAN pool already knows (a restart, a snapshot rejoin)
         reconcile = reconcile_loop(self.membership, self.server, self.log.is_leader, self.node_name)
         self._tasks.append(asyncio.get_running_loop().create_task(reconcile, name="leader-reconcile"))
         self.coordinate_sync.start()
@@ -502,6 +517,9 @@ class Agent:
         }
         if cfg.server:
             tags.update({"port": str(cfg.ports.server), "raft_vsn": "3", "expect": str(cfg.bootstrap_expect)})
+            if cfg.ports.serf_wan > 0:
+                # Where the other servers of this datacenter flood-join us into the WAN pool.
+                tags[WAN_JOIN_PORT_TAG] = str(cfg.ports.serf_wan)
             if cfg.bootstrap:
                 tags["bootstrap"] = "1"
         elif cfg.advertise_reconnect_timeout_s:
