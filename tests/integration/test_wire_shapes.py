@@ -250,3 +250,12 @@ def test_py_consul_sees_acl_disabled(dev_agent: AgentProcess) -> None:
     c = consul.Consul(host="127.0.0.1", port=dev_agent.http_port)
     with pytest.raises(consul.ACLDisabled):
         c.acl.token.list()
+
+
+def test_agent_members_filter(dev_agent: AgentProcess, registered: str) -> None:
+    _, _, everyone = _json(dev_agent, "GET", "/v1/agent/members")
+    assert [m["Name"] for m in everyone] == [registered]
+    _, _, kept = _json(dev_agent, "GET", "/v1/agent/members?filter=" + _q(f'Name == "{registered}"'))
+    _, _, none = _json(dev_agent, "GET", "/v1/agent/members?filter=" + _q('Tags["role"] == "no-such-role"'))
+    assert (kept, none) == (everyone, [])
+    assert dev_agent.http("GET", "/v1/agent/members?filter=" + _q("Nope == 1"))[0] == 400
