@@ -213,6 +213,7 @@ def test_gateway_services_is_null(dev_agent: AgentProcess) -> None:
         ("/v1/health/state/any", []),
         ("/v1/health/node/{node}", []),
         ("/v1/catalog/node/{node}", None),
+        ("/v1/catalog/node-services/{node}", {"Node": None, "Services": None}),
     ],
 )
 def test_unknown_peer_reads_are_empty(dev_agent: AgentProcess, registered: str, path: str, empty: Any) -> None:
@@ -259,3 +260,10 @@ def test_agent_members_filter(dev_agent: AgentProcess, registered: str) -> None:
     _, _, none = _json(dev_agent, "GET", "/v1/agent/members?filter=" + _q('Tags["role"] == "no-such-role"'))
     assert (kept, none) == (everyone, [])
     assert dev_agent.http("GET", "/v1/agent/members?filter=" + _q("Nope == 1"))[0] == 400
+
+
+def test_node_services_of_an_unknown_node_is_a_zero_list_object(dev_agent: AgentProcess) -> None:
+    status, headers, body = _json(dev_agent, "GET", "/v1/catalog/node-services/no-such-node")
+    assert status == 200 and body == {"Node": None, "Services": None} and "X-Consul-Index" in headers
+    # /v1/catalog/node/:n answers a nil pointer there: a bare null.
+    assert dev_agent.http("GET", "/v1/catalog/node/no-such-node")[2] == b"null"

@@ -220,7 +220,8 @@ async def node_services(request: web.Request) -> web.Response:
     opts = query_options(request)
     meta, result = await agent.server.query("Catalog.NodeServices", {"node": request.match_info["node"]}, opts)
     if result is None or peer_requested(request):
-        return json_response(request, None, meta)
+        # Consul's handler answers a pointer to a zero NodeServiceList here, never a bare null.
+        return json_response(request, {"Node": None, "Services": None}, meta)
     items = filter_items(request, result["Services"], bexpr.CATALOG_NODE_SERVICES)
     return json_response(request, {"Node": result["Node"], "Services": items}, meta)
 
