@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.http import absent, catalog, event, health, keyring, kv, operator, session, status, txn
 from proconsul.http import agent as agent_routes
-from proconsul.http import catalog, event, health, keyring, kv, operator, session, status, txn
 from proconsul.http import coordinate as coordinate_routes
 from proconsul.http.access import AccessRules
 from proconsul.http.common import HTTPError
@@ -91,6 +91,7 @@ def build_app(agent: Any) -> web.Application:
     for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event, keyring):
         app.router.add_routes(module.routes())
     app.router.add_routes(coordinate_routes.routes())
+    app.router.add_routes(absent.routes())
     return app
 
 
