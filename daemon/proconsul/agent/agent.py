@@ -44,6 +44,7 @@ from proconsul.rpc_api import NoPathToDatacenter
 from proconsul.serf.keyring import KeyringOperations
 from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
+from proconsul.server.admission import lan_admission
 from proconsul.server.cluster import ClusterMember
 from proconsul.server.consensus import CommandStateMachine, RaftLog
 from proconsul.server.flood import WAN_JOIN_PORT_TAG, WANFlooder
@@ -153,6 +154,7 @@ class Agent:
             cfg.datacenter,
             default_query_time_s=cfg.default_query_time_s,
             max_query_time_s=cfg.max_query_time_s,
+            voter_refusal=lan_admission(self.membership.members, cfg.datacenter) if self.raft else None,
         )
         # Servers also gossip in the WAN pool, which routes ?dc= requests to other datacenters.
         self.wan: WANPool | None = None

@@ -12,11 +12,13 @@ network path (forwarding to the leader, client agents calling a server) behind t
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
+from proconsul.malformed_log import MALFORMED
 from proconsul.rpc_api import (
     Consensus,
     NoLeader,
@@ -33,6 +35,8 @@ from proconsul.state import commands
 from proconsul.state.fsm import TxnError, TxnResult
 from proconsul.state.records import DirEntry
 from proconsul.state.store import Store, StoreError
+
+logger = logging.getLogger(__name__)
 
 # A read is a function of the store returning (index, result).
 ReadFn = Callable[[Store], tuple[int, Any]]
@@ -52,8 +56,12 @@ class Server:
         default_query_time_s: float = 300.0,
         max_query_time_s: float = 600.0,
         rng: random.Random | None = None,
+        voter_refusal: Callable[[str, str], str] | None = None,
     ) -> None:
         self.store = store
+        # Raft.Join's gate (server/admission.py): why a (node ID, address) may not become a
+        # voter, "" when it may. None where no other server can join (dev mode, tests).
+        self.voter_refusal = voter_refusal
         self.consensus = consensus
         self.datacenter = datacenter
         self.default_query_time_s = default_query_time_s
@@ -291,6 +299,13 @@ class Server:
         if method == "Raft.Join":
             if not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())
+            refusal = self.voter_refusal(str(body["id"]), str(body["addr"])) if self.voter_refusal else ""
+            if refusal:
+                # Rate-limited: a server still joining the LAN pool retries every few seconds,
+                # and a hostile client may retry far more often.
+                logger.warning("raft: refused to add %s at %s as a voter: %s", body["id"], body["addr"], refusal,
+                               extra=MALFORMED)
+                raise RPCError(f"Raft.Join refused: {refusal}")
             await self.consensus.add_voter(body["id"], body["addr"])  # type: ignore[attr-defined]
             return True
         raise RPCError(f"rpc: can't find method {method}")
