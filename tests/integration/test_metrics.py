@@ -27,6 +27,14 @@ AGENT_FAMILIES = {
     "consul_runtime_alloc_bytes": "gauge",
     "consul_runtime_num_goroutines": "gauge",
     "consul_runtime_total_gc_runs": "gauge",
+    "consul_memberlist_msg_alive": "unknown",
+    "consul_memberlist_msg_suspect": "unknown",
+    "consul_memberlist_msg_dead": "unknown",
+    "consul_memberlist_probeNode": "summary",
+    "consul_memberlist_udp_sent": "unknown",
+    "consul_memberlist_udp_received": "unknown",
+    "consul_memberlist_tcp_accept": "unknown",
+    "consul_memberlist_tcp_connect": "unknown",
 }
 RAFT_FAMILIES = {
     "consul_raft_apply": "unknown",
@@ -172,6 +180,8 @@ def test_raft_server_reports_raft_metrics(raft_server: AgentProcess) -> None:
         assert types.get(name) == typ, (name, types.get(name))
     before = _prometheus(raft_server)
     assert before["consul_raft_state_leader"][()] >= 1  # it elected itself
+    # Set by the gossip timer: a lone healthy server has nothing to report to Lifeguard.
+    assert wait_for(lambda: _prometheus(raft_server).get("consul_memberlist_health_score"), timeout=30)[()] == 0
     _put_keys(raft_server, 5)
     after = _prometheus(raft_server)
     assert after["consul_raft_apply"][()] >= before["consul_raft_apply"][()] + 5
