@@ -79,17 +79,21 @@ class Inmem:
         self.interval_s = interval_s
         self.max_intervals = int(retain_s // interval_s)
         self.intervals: list[Interval] = []
-        self._end = -math.inf  # when the newest interval ends; the fast path compares only this
+        # The newest interval and when it ends: recording code reads these two attributes and
+        # calls `current` only when `now >= end` (one comparison on the hot path).
+        self.end = -math.inf
+        self.newest = Interval(-math.inf)
 
     def current(self, now: float) -> Interval:
-        if now < self._end:
-            return self.intervals[-1]
+        if now < self.end:
+            return self.newest
         start = now - math.fmod(now, self.interval_s)
         interval = Interval(start)
         self.intervals.append(interval)
         if len(self.intervals) > self.max_intervals:
             del self.intervals[: len(self.intervals) - self.max_intervals]
-        self._end = start + self.interval_s
+        self.end = start + self.interval_s
+        self.newest = interval
         return interval
 
     def reported(self, now: float) -> Interval:

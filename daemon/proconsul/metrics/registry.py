@@ -107,7 +107,8 @@ class Counter(_Handle):
         m = self._metrics
         now = m.clock()
         s = self._series
-        counters = m.inmem.current(now).counters
+        inmem = m.inmem
+        counters = (inmem.newest if now < inmem.end else inmem.current(now)).counters
         agg = counters.get(s)
         if agg is None:
             agg = counters[s] = Aggregate()
@@ -123,7 +124,8 @@ class Gauge(_Handle):
         m = self._metrics
         now = m.clock()
         s = self._series
-        m.inmem.current(now).gauges[s] = value
+        inmem = m.inmem
+        (inmem.newest if now < inmem.end else inmem.current(now)).gauges[s] = value
         s.value = value
         s.updated = now
 
@@ -137,7 +139,8 @@ class Sample(_Handle):
         m = self._metrics
         now = m.clock()
         s = self._series
-        samples = m.inmem.current(now).samples
+        inmem = m.inmem
+        samples = (inmem.newest if now < inmem.end else inmem.current(now)).samples
         agg = samples.get(s)
         if agg is None:
             agg = samples[s] = Aggregate()
