@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ AGENT_FAMILIES = {
     "consul_api_http": "summary",
     "consul_rpc_request": "unknown",
     "consul_rpc_query": "unknown",
+    "consul_rpc_queries_blocking": "gauge",
     "consul_kvs_apply": "summary",
     "consul_txn_apply": "summary",
     "consul_catalog_register": "summary",
@@ -43,6 +45,10 @@ RAFT_FAMILIES = {
     "consul_raft_state_leader": "unknown",
     "consul_raft_state_candidate": "unknown",
     "consul_raft_leader_lastContact": "summary",
+    "consul_raft_leader_dispatchLog": "summary",
+    "consul_raft_rpc_appendEntries_storeLogs": "summary",
+    "consul_raft_snapshot_takeSnapshot": "summary",
+    "consul_raft_fsm_restore": "summary",
 }
 
 
@@ -139,6 +145,21 @@ def test_json_view_has_go_metrics_shape_and_counts_the_writes(dev: AgentProcess)
     assert sample["Rate"] == pytest.approx(sample["Sum"] / 10.0)
 
 
+def test_blocking_queries_in_flight_are_counted(dev: AgentProcess) -> None:
+    assert dev.http("PUT", "/v1/kv/metrics/block", b"0")[0] == 200
+    index = dev.http("GET", "/v1/kv/metrics/block")[1]["X-Consul-Index"]
+
+    def in_flight() -> float:
+        return _prometheus(dev)["consul_rpc_queries_blocking"][()]
+
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(dev.http, "GET", f"/v1/kv/metrics/block?index={index}&wait=60s")
+        wait_for(lambda: in_flight() == 1, timeout=30, what="the blocking query to be counted")
+        assert dev.http("PUT", "/v1/kv/metrics/block", b"1")[0] == 200
+        assert waiting.result(timeout=30)[0] == 200
+    wait_for(lambda: in_flight() == 0, timeout=30, what="the blocking query to be uncounted")
+
+
 def test_dns_queries_are_timed(dev: AgentProcess) -> None:
     import dns.message
     import dns.query
@@ -188,4 +209,6 @@ def test_raft_server_reports_raft_metrics(raft_server: AgentProcess) -> None:
     assert after["consul_raft_commitTime_count"][()] >= before["consul_raft_commitTime_count"][()] + 5
     assert after["consul_raft_fsm_apply_count"][()] >= before["consul_raft_fsm_apply_count"][()] + 5
     assert after["consul_kvs_apply_count"][()] >= before["consul_kvs_apply_count"][()] + 5
+    # Each write was fsynced by the leader before it committed.
+    assert after["consul_raft_leader_dispatchLog_count"][()] >= before["consul_raft_leader_dispatchLog_count"][()] + 5
     assert after["consul_raft_commitTime"][(("quantile", "0.5"),)] > 0

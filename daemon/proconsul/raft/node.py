@@ -344,6 +344,12 @@ class RaftServer:
         self._m_last_contact = m.sample(
             "raft", "leader", "lastContact", help="ms since the leader last heard from each follower, sampled per tick"
         )
+        self._m_dispatch = m.sample("raft", "leader", "dispatchLog", help="ms for the leader to write a batch to its log, fsync included")
+        self._m_store_logs = m.sample(
+            "raft", "rpc", "appendEntries", "storeLogs", help="ms for a follower to write a batch to its log, fsync included"
+        )
+        self._m_snapshot = m.sample("raft", "snapshot", "takeSnapshot", help="ms to take a snapshot and compact the log")
+        self._m_restore = m.sample("raft", "fsm", "restore", help="ms to restore the state machine from a snapshot")
         # Leader only: when each follower last answered (monotonic seconds).
         self._follower_contact: dict[str, float] = {}
 
@@ -716,7 +722,12 @@ class RaftServer:
                     self.on_leadership(is_leader)
             for m in rd.early_messages:
                 self._send(m)
-            await self._persist(rd)
+            if rd.entries:
+                start = time.perf_counter()
+                await self._persist(rd)
+                (self._m_dispatch if was_leader else self._m_store_logs).since(start)
+            else:
+                await self._persist(rd)
             for m in rd.messages:
                 self._send(m)
             for e in rd.committed_entries:
@@ -732,7 +743,9 @@ class RaftServer:
         log = self.storage.log
         if rd.snapshot is not None:
             self.storage.install_snapshot(rd.snapshot)
+            start = time.perf_counter()
             self.fsm.restore(rd.snapshot.data)
+            self._m_restore.since(start)
             self.applied_index = rd.snapshot.meta.index
             self._fail_pending_upto(rd.snapshot.meta.index)
         if not rd.entries and rd.hard_state is None:
@@ -803,8 +816,10 @@ class RaftServer:
         index = core.snapshot_due()
         if index is None:
             return
+        start = time.perf_counter()
         snap = core.make_snapshot(index, self.fsm.snapshot())
         self.storage.record_snapshot(snap, compact_to=index - self.trailing_logs)
+        self._m_snapshot.since(start)
         logger.info("raft: snapshot at index %d", index)
 
     def _fail_pending(self, exc: Exception) -> None:

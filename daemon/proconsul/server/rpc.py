@@ -80,6 +80,8 @@ class Server:
         m = metrics or Metrics()  # without a registry (tests): a private one nobody reads
         self._m_request = m.counter("rpc", "request", help="reads and writes this server was asked to serve")
         self._m_query = m.counter("rpc", "query", help="read queries (blocking or not) this server answered")
+        self._m_blocking = m.gauge("rpc", "queries_blocking", help="blocking queries waiting for a change")
+        self._blocking = 0
         # Consul times each endpoint's apply where it proposes (the leader); by command type.
         self._m_apply_by_type: dict[type, Sample] = {
             commands.KVS: m.sample("kvs", "apply", help="ms to apply a KV write through Raft"),
@@ -200,21 +202,27 @@ class Server:
             return self._meta(index, consistency), result
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_time(opts)
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return self._meta(index, consistency), result
-            woken = asyncio.Event()
-            watch = self.store.watch(tables, woken.set, kv_prefix=kv_prefix)
-            try:
-                await asyncio.wait_for(woken.wait(), remaining)
-            except TimeoutError:
-                pass
-            finally:
-                self.store.unwatch(watch)
-            index, result = run(self.store)
-            if index > opts.min_index:
-                return self._meta(index, consistency), result
+        self._blocking += 1
+        self._m_blocking.set(self._blocking)
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return self._meta(index, consistency), result
+                woken = asyncio.Event()
+                watch = self.store.watch(tables, woken.set, kv_prefix=kv_prefix)
+                try:
+                    await asyncio.wait_for(woken.wait(), remaining)
+                except TimeoutError:
+                    pass
+                finally:
+                    self.store.unwatch(watch)
+                index, result = run(self.store)
+                if index > opts.min_index:
+                    return self._meta(index, consistency), result
+        finally:
+            self._blocking -= 1
+            self._m_blocking.set(self._blocking)
 
     # --------------------------------------------------------------------------------- writes
 
