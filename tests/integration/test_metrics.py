@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cluster_helpers import Cluster
 from helpers import AgentProcess, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -212,3 +213,44 @@ def test_raft_server_reports_raft_metrics(raft_server: AgentProcess) -> None:
     # Each write was fsynced by the leader before it committed.
     assert after["consul_raft_leader_dispatchLog_count"][()] >= before["consul_raft_leader_dispatchLog_count"][()] + 5
     assert after["consul_raft_commitTime"][(("quantile", "0.5"),)] > 0
+
+
+def test_three_servers_report_replication_and_gossip(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, hcl=TELEMETRY)
+    try:
+        cluster.start()
+        agents = [cluster.nodes[ip] for ip in cluster.ips]
+        leader_ip = cluster.leader_ip(agents[0])
+        leader = cluster.nodes[leader_ip]
+        followers = [a for a in agents if a is not leader]
+        before = {a.ip: _prometheus(a) for a in agents}
+        # Written through a follower: forwarded to the leader, which proposes and times it.
+        _put_keys(followers[0], 5)
+        after = {a.ip: _prometheus(a) for a in agents}
+        assert after[leader_ip]["consul_raft_apply"][()] >= before[leader_ip]["consul_raft_apply"][()] + 5
+        assert after[leader_ip]["consul_kvs_apply_count"][()] >= before[leader_ip]["consul_kvs_apply_count"][()] + 5
+        # One of them became leader, and counted it.
+        assert sum(after[a.ip]["consul_raft_state_leader"][()] for a in agents) >= 1
+        # The follower that took the writes served them (and forwarded them).
+        writer = followers[0].ip
+        assert after[writer]["consul_rpc_request"][()] >= before[writer]["consul_rpc_request"][()] + 5
+
+        def stored(ip: str) -> bool:
+            count = _prometheus(cluster.nodes[ip])["consul_raft_rpc_appendEntries_storeLogs_count"][()]
+            return count >= before[ip]["consul_raft_rpc_appendEntries_storeLogs_count"][()] + 1
+
+        for f in followers:
+            # Followers fsync what the leader replicates.
+            wait_for(lambda ip=f.ip: stored(ip), timeout=30, what=f"storeLogs on follower {f.ip}")
+        # The leader samples how long ago each follower answered, every tick.
+        wait_for(
+            lambda: _prometheus(leader)["consul_raft_leader_lastContact_count"][()] > 0,
+            timeout=30, what="lastContact samples on the leader",
+        )
+        for a in agents:
+            m = after[a.ip]
+            assert m["consul_memberlist_msg_alive"][()] >= 1
+            assert m["consul_memberlist_udp_sent"][()] > 0 and m["consul_memberlist_udp_received"][()] > 0
+            assert m["consul_memberlist_probeNode_count"][()] > 0
+    finally:
+        cluster.stop()
