@@ -22,6 +22,7 @@ AGENT_FAMILIES = {
     "consul_rpc_request": "unknown",
     "consul_rpc_query": "unknown",
     "consul_rpc_queries_blocking": "gauge",
+    "consul_rpc_request_error": "unknown",
     "consul_kvs_apply": "summary",
     "consul_txn_apply": "summary",
     "consul_catalog_register": "summary",

@@ -80,6 +80,7 @@ class Server:
         m = metrics or Metrics()  # without a registry (tests): a private one nobody reads
         self._m_request = m.counter("rpc", "request", help="reads and writes this server was asked to serve")
         self._m_query = m.counter("rpc", "query", help="read queries (blocking or not) this server answered")
+        self._m_request_error = m.counter("rpc", "request_error", help="RPCs from other agents answered with an error")
         self._m_blocking = m.gauge("rpc", "queries_blocking", help="blocking queries waiting for a change")
         self._blocking = 0
         # Consul times each endpoint's apply where it proposes (the leader); by command type.
@@ -283,6 +284,16 @@ class Server:
 
     async def handle_rpc(self, method: str, body: Any) -> Any:
         """Serve a request from another agent (the transport's RPC dispatch)."""
+        try:
+            return await self._dispatch_rpc(method, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Whatever goes back to the caller as an error (refusals included), as Consul counts it.
+            self._m_request_error.incr()
+            raise
+
+    async def _dispatch_rpc(self, method: str, body: Any) -> Any:
         extra = self.handlers.get(method)
         if extra is not None:
             return await extra(body)
