@@ -39,6 +39,8 @@ from proconsul.local.coordinate_sync import CoordinateSync
 from proconsul.local.events import AgentEvents
 from proconsul.local.state import AntiEntropy, LocalCheck, LocalState
 from proconsul.local.watch import WatchManager, start_agent_watches
+from proconsul.metrics import Metrics
+from proconsul.metrics.runtime import RuntimeSampler
 from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.rpc_api import NoPathToDatacenter
 from proconsul.serf.keyring import KeyringOperations
@@ -117,6 +119,14 @@ class Agent:
             "default": cfg.acl.tokens.default,
             "agent": cfg.acl.tokens.agent,
         }
+        telemetry = cfg.telemetry
+        # go-metrics names gauges "<prefix>.<host name>.<name>" unless disable_hostname.
+        self.metrics = Metrics(
+            prefix=telemetry.metrics_prefix,
+            hostname="" if telemetry.disable_hostname else configmod.hostname(),
+            prometheus_retention_s=telemetry.prometheus_retention_time_s,
+        )
+        self.runtime_metrics = RuntimeSampler(self.metrics)
         self.store = Store()
         self.fsm = FSM(self.store)
         server_addr = f"{self.address}:{cfg.ports.server}"
@@ -146,6 +156,7 @@ class Agent:
                 snapshot_threshold=cfg.raft_snapshot_threshold,
                 trailing_logs=cfg.raft_trailing_logs,
                 snapshot_interval_s=cfg.raft_snapshot_interval_s,
+                metrics=self.metrics,
             )
             self.log = RaftLog(self.raft)
         self.server: Any = self.remote or Server(
@@ -155,6 +166,7 @@ class Agent:
             default_query_time_s=cfg.default_query_time_s,
             max_query_time_s=cfg.max_query_time_s,
             voter_refusal=lan_admission(self.membership.members, cfg.datacenter) if self.raft else None,
+            metrics=self.metrics,
         )
         # Servers also gossip in the WAN pool, which routes ?dc= requests to other datacenters.
         self.wan: WANPool | None = None
@@ -247,6 +259,7 @@ class Agent:
             await reconcile_alive_server(
                 self.server, self.local.node_record(), cfg.ports.server, self.consul_service_meta()
             )
+        self._tasks.append(asyncio.get_running_loop().create_task(self.runtime_metrics.run(), name="runtime-metrics"))
         await self.checks.open()
         errors = self._load_config_definitions(cfg)
         if errors:
@@ -269,7 +282,7 @@ class Agent:
         if errors := start_agent_watches(self, cfg.watches):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
-            self.dns = DNSServer(self.server, lambda: self.config)
+            self.dns = DNSServer(self.server, lambda: self.config, metrics=self.metrics, node_name=self.node_name)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:

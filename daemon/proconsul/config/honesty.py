@@ -64,6 +64,8 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "raft_snapshot_threshold", "raft_snapshot_interval", "raft_trailing_logs",
         # Only 3 is accepted (build.py), which is the protocol proconsul speaks.
         "raft_protocol",
+        # proconsul.metrics: /v1/agent/metrics and its Prometheus format.
+        "telemetry.prometheus_retention_time", "telemetry.disable_hostname", "telemetry.metrics_prefix",
     }
 )  # fmt: skip
 
@@ -78,8 +80,7 @@ INERT: frozenset[str] = frozenset(
         "dns_config.use_cache", "dns_config.cache_max_age",
         "limits.http_max_conns_per_client", "limits.https_handshake_timeout", "limits.rpc_handshake_timeout",
         "limits.rpc_rate", "limits.rpc_max_burst", "limits.rpc_max_conns_per_client",
-        "telemetry.prometheus_retention_time", "telemetry.disable_hostname", "telemetry.prefix_filter",
-        "telemetry.filter_default", "telemetry.metrics_prefix", "telemetry.statsd_address",
+        "telemetry.prefix_filter", "telemetry.filter_default", "telemetry.statsd_address",
         "telemetry.statsite_address", "telemetry.dogstatsd_addr", "telemetry.dogstatsd_tags",
         "autopilot.last_contact_threshold", "autopilot.max_trailing_logs", "autopilot.server_stabilization_time",
         "http_config.use_cache", "http_config.max_header_bytes",

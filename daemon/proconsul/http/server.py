@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from proconsul.http import absent, catalog, event, health, keyring, kv, operator, session, status, txn
 from proconsul.http import agent as agent_routes
 from proconsul.http import coordinate as coordinate_routes
+from proconsul.http import metrics as metrics_routes
 from proconsul.http.access import AccessRules
 from proconsul.http.common import HTTPError
 from proconsul.rpc_api import RPCError
@@ -39,6 +41,7 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 @web.middleware
 async def consul_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
     # A decoded path with control characters (e.g. a URL-encoded newline in a KV key) is
     # refused, as Consul does, before it can reach a store key.
     if _CONTROL_CHARS.search(request.path):
@@ -72,6 +75,7 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
     extra = request.app["response_headers"]
     if extra:
         headers.update(extra)
+    request.app["http_metrics"].observe(request, start)
     return resp
 
 
@@ -92,6 +96,9 @@ def build_app(agent: Any) -> web.Application:
         app.router.add_routes(module.routes())
     app.router.add_routes(coordinate_routes.routes())
     app.router.add_routes(absent.routes())
+    app["metrics"] = agent.metrics
+    app["http_metrics"] = metrics_routes.HTTPMetrics(agent.metrics)
+    app.router.add_routes(metrics_routes.routes())
     return app
 
 
