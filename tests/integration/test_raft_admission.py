@@ -9,23 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from cluster_helpers import Cluster
 from helpers import wait_for
 from proconsul.transport import ConnectionPool, RemoteError
-
-
-@pytest.fixture()
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
 
 
 def raft_join(address: str, node_id: str, addr: str) -> str:

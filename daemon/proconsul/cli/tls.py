@@ -32,6 +32,14 @@ def _write_new(path: str, text: str, mode: int) -> None:
     os.chmod(path, mode)  # the umask may have narrowed the certificate's 0644
 
 
+def _save(ctx: Context, pair: certs.PemPair, cert_file: str, key_file: str) -> None:
+    """Write a certificate (0644) and its key (0600), saying so as Consul does."""
+    _write_new(cert_file, pair.certificate, 0o644)
+    ctx.ui.output(f"==> Saved {cert_file}")
+    _write_new(key_file, pair.private_key, 0o600)
+    ctx.ui.output(f"==> Saved {key_file}")
+
+
 class TLSCommand(GroupCommand):
     name = "tls"
     synopsis = "Builtin helpers for creating CAs and certificates"
@@ -113,10 +121,7 @@ Usage: proconsul tls ca create [options]
         except certs.CertificateError as exc:
             ctx.ui.error(str(exc))
             return 1
-        _write_new(cert_file, pair.certificate, 0o644)
-        ctx.ui.output(f"==> Saved {cert_file}")
-        _write_new(key_file, pair.private_key, 0o600)
-        ctx.ui.output(f"==> Saved {key_file}")
+        _save(ctx, pair, cert_file, key_file)
         return 0
 
 
@@ -197,10 +202,7 @@ Usage: proconsul tls cert create [options]
         except certs.CertificateError as exc:
             ctx.ui.error(str(exc))
             return 1
-        _write_new(cert_file, pair.certificate, 0o644)
-        ctx.ui.output(f"==> Saved {cert_file}")
-        _write_new(key_file, pair.private_key, 0o600)
-        ctx.ui.output(f"==> Saved {key_file}")
+        _save(ctx, pair, cert_file, key_file)
         return 0
 
 

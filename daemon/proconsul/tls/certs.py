@@ -136,6 +136,14 @@ def _validity(days: int, now: datetime.datetime | None) -> tuple[datetime.dateti
     return start, start + datetime.timedelta(days=days)
 
 
+def _key_usage(ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; a leaf signs handshakes and may encipher keys."""
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=not ca, data_encipherment=False,
+        key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
+    )
+
+
 def create_ca(
     days: int = CA_DAYS_DEFAULT,
     name_constraints: Sequence[str] = (),
@@ -159,13 +167,7 @@ def create_ca(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier(key_id), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier(key_id, authority_cert_issuer=None, authority_cert_serial_number=None),
@@ -224,13 +226,7 @@ def create_cert(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=True, data_encipherment=False,
-                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier(_key_id(key.public_key())), critical=False)
         .add_extension(_authority_key_id(ca), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
