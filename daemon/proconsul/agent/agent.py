@@ -37,6 +37,7 @@ from proconsul.http.server import HTTPServer
 from proconsul.local.checks import CheckManager
 from proconsul.local.coordinate_sync import CoordinateSync
 from proconsul.local.events import AgentEvents
+from proconsul.local.flap import FlapSettings
 from proconsul.local.state import AntiEntropy, LocalCheck, LocalState
 from proconsul.local.watch import WatchManager, start_agent_watches
 from proconsul.metrics import Metrics
@@ -196,7 +197,8 @@ class Agent:
             output_max_size=cfg.check_output_max_size,
         )
         self.checks = CheckManager(
-            self._report_check, cfg.enable_script_checks, cfg.enable_local_script_checks, self.local, self.server
+            self._report_check, cfg.enable_script_checks, cfg.enable_local_script_checks, self.local, self.server,
+            flap=self._flap_settings,
         )
         self.local.check_update_interval = lambda: self.config.check_update_interval_s
         self.local.on_check_added = self._check_added
@@ -517,6 +519,11 @@ class Agent:
         for check in checks:
             if check.args:  # script checks, and docker ones (their args run in the container)
                 raise HTTPError(500, SCRIPTS_DISABLED_REMOTE)
+
+    def _flap_settings(self) -> FlapSettings:
+        """The agent's check_flap_detection, as the check runners take it (read at each check start)."""
+        f = self.config.check_flap_detection
+        return FlapSettings(f.enabled, f.window, f.high_threshold, f.low_threshold)
 
     def member(self) -> dict[str, Any]:
         cfg = self.config

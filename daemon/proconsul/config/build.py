@@ -24,6 +24,7 @@ from proconsul.config.model import (
     DEFAULTS,
     TLS,
     Addresses,
+    CheckFlapDetection,
     DNSConfig,
     Ports,
     RuntimeConfig,
@@ -458,6 +459,20 @@ def _tls(c: _Ctx) -> None:
     c.kw["tls"] = TLS(defaults=TLSSection(**_kwargs(TLSSection, defaults, TLS_SECTION_SCHEMA)), **sections)
 
 
+def _check_flap_detection(c: _Ctx) -> None:
+    """check_flap_detection: writing the block turns it on; a window and two ordered shares."""
+    block = c.get("check_flap_detection")
+    if block is None:
+        return
+    settings = CheckFlapDetection(**{"enabled": True, **_kwargs(CheckFlapDetection, block, SCHEMA["check_flap_detection"])})
+    if settings.window < 2:
+        c.out.at("check_flap_detection.window", "check_flap_detection.window must be at least 2")
+    if not 0 < settings.low_threshold <= settings.high_threshold <= 1:
+        c.out.at("check_flap_detection.high_threshold",
+                 "check_flap_detection needs 0 < low_threshold <= high_threshold <= 1")
+    c.kw["check_flap_detection"] = settings
+
+
 def _http(c: _Ctx) -> None:
     """http_config: the networks allowed to write must parse as CIDRs (or plain addresses)."""
     for cidr in c.get("http_config.allow_write_http_from", []) or []:
@@ -482,6 +497,7 @@ _SECTIONS = (
     _encrypt_ui_sockets,
     _tls,
     _http,
+    _check_flap_detection,
 )
 
 

@@ -51,6 +51,8 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "dns_config.soa.refresh", "dns_config.soa.retry", "dns_config.soa.expire", "dns_config.soa.min_ttl",
         "enable_script_checks", "enable_local_script_checks", "services", "checks", "watches", "node_meta",
         "check_update_interval", "check_output_max_size", "discard_check_output",
+        "check_flap_detection.enabled", "check_flap_detection.window", "check_flap_detection.high_threshold",
+        "check_flap_detection.low_threshold",
         "ae_interval", "check_reap_interval", "check_deregister_interval_min", "sync_coordinate_rate_target",
         "sync_coordinate_interval_min", "reconnect_interval", "dial_overrides", "unsafe_follower_local_reads",
         "performance.raft_multiplier", "performance.leave_drain_time", "performance.rpc_hold_timeout",

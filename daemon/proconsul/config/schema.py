@@ -199,6 +199,7 @@ SCHEMA: dict[str, Any] = {
         "enable_host_metrics": IGNORED,
         "retry_failed_connection": IGNORED,
     },
+    "check_flap_detection": {"enabled": BOOL, "window": INT, "high_threshold": FLOAT, "low_threshold": FLOAT},
     "autopilot": {
         "cleanup_dead_servers": BOOL,
         "last_contact_threshold": DUR,
