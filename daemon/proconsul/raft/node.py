@@ -312,6 +312,25 @@ class RaftServer:
         self.storage = DiskStorage(raft_dir)
         self.addresses = AddressBook(os.path.join(raft_dir, "addresses.json"), os.path.join(raft_dir, "peers.json"))
         self.addresses.learn(node_id, address)
+        # Before recovery: replaying a peers.json recovery applies entries, which is timed.
+        m = metrics or Metrics()
+        self._m_apply = m.counter("raft", "apply", help="writes proposed by this leader")
+        self._m_commit_time = m.sample("raft", "commitTime", help="ms from proposal to applied result on the leader")
+        self._m_fsm_apply = m.sample("raft", "fsm", "apply", help="ms the state machine took to apply one entry")
+        self._m_state = {
+            "candidate": m.counter("raft", "state", "candidate", help="elections this server started"),
+            "leader": m.counter("raft", "state", "leader", help="times this server became leader"),
+            "follower": m.counter("raft", "state", "follower", help="times this server became a follower"),
+        }
+        self._m_last_contact = m.sample(
+            "raft", "leader", "lastContact", help="ms since the leader last heard from each follower, sampled per tick"
+        )
+        self._m_dispatch = m.sample("raft", "leader", "dispatchLog", help="ms for the leader to write a batch to its log, fsync included")
+        self._m_store_logs = m.sample(
+            "raft", "rpc", "appendEntries", "storeLogs", help="ms for a follower to write a batch to its log, fsync included"
+        )
+        self._m_snapshot = m.sample("raft", "snapshot", "takeSnapshot", help="ms to take a snapshot and compact the log")
+        self._m_restore = m.sample("raft", "fsm", "restore", help="ms to restore the state machine from a snapshot")
         self.recovered_from_peers_file = self.recover_from_peers_file(os.path.join(raft_dir, "peers.json"))
         self.core: RaftNode | None = None
         self._inbox: list[Message] = []
@@ -332,24 +351,6 @@ class RaftServer:
         self.started = asyncio.Event()
         # hashicorp/raft's metric names (the registry adds Consul's prefix). A server built
         # without a registry (tests) records into a private one nobody reads.
-        m = metrics or Metrics()
-        self._m_apply = m.counter("raft", "apply", help="writes proposed by this leader")
-        self._m_commit_time = m.sample("raft", "commitTime", help="ms from proposal to applied result on the leader")
-        self._m_fsm_apply = m.sample("raft", "fsm", "apply", help="ms the state machine took to apply one entry")
-        self._m_state = {
-            "candidate": m.counter("raft", "state", "candidate", help="elections this server started"),
-            "leader": m.counter("raft", "state", "leader", help="times this server became leader"),
-            "follower": m.counter("raft", "state", "follower", help="times this server became a follower"),
-        }
-        self._m_last_contact = m.sample(
-            "raft", "leader", "lastContact", help="ms since the leader last heard from each follower, sampled per tick"
-        )
-        self._m_dispatch = m.sample("raft", "leader", "dispatchLog", help="ms for the leader to write a batch to its log, fsync included")
-        self._m_store_logs = m.sample(
-            "raft", "rpc", "appendEntries", "storeLogs", help="ms for a follower to write a batch to its log, fsync included"
-        )
-        self._m_snapshot = m.sample("raft", "snapshot", "takeSnapshot", help="ms to take a snapshot and compact the log")
-        self._m_restore = m.sample("raft", "fsm", "restore", help="ms to restore the state machine from a snapshot")
         # Leader only: when each follower last answered (monotonic seconds).
         self._follower_contact: dict[str, float] = {}
 
