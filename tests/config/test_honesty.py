@@ -84,17 +84,15 @@ def test_implemented_keys_are_read_outside_config() -> None:
 def test_issue_17_config_is_refused_naming_file_and_every_key(tmp_path: Path) -> None:
     path = _write(tmp_path, "agent.hcl", ISSUE_17)
     errors, _ = validate_paths_with_warnings([path])
-    for key in (
-        "acl.enabled",
-        "acl.default_policy",
-        "tls.defaults.verify_incoming",
-        "tls.defaults.cert_file",
-        "ports.https",
+    for key, reason in (
+        ("acl.enabled", "not supported yet: refusing to start with it set"),
+        ("acl.default_policy", "not supported yet: refusing to start with it set"),
+        # HTTPS is honoured now; verify_incoming in tls.defaults also reaches server RPC and gRPC.
+        ("tls.defaults.verify_incoming", "also applies to tls.internal_rpc, tls.grpc"),
+        ("tls.defaults.cert_file", "cannot read /nonexistent.pem"),
+        ("ports.https", "no cert_file and key_file"),
     ):
-        assert any(
-            e.startswith(f"{path}: {key}:") and "not supported yet: refusing to start with it set" in e
-            for e in errors
-        ), (key, errors)
+        assert any(e.startswith(f"{path}: {key}:") and reason in e for e in errors), (key, errors)
     with pytest.raises(ConfigError):
         load(["-config-file", path])
 
@@ -116,6 +114,11 @@ def test_agent_start_up_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "auto_encrypt { tls = false  allow_tls = false }",
         "http_config { allow_write_http_from = [] }",
         "serf_lan_allowed_cidrs = []",
+        # Client verification kept to HTTPS, the listener proconsul secures.
+        "tls { defaults { verify_incoming = true } internal_rpc { verify_incoming = false } "
+        "grpc { verify_incoming = false } }",
+        "verify_incoming_https = true",
+        "verify_incoming = true\nverify_incoming_rpc = false",  # legacy: gRPC is kept off by Consul
     ],
 )
 def test_explicitly_disabling_values_are_fine(tmp_path: Path, text: str) -> None:
@@ -132,9 +135,17 @@ def test_explicitly_disabling_values_are_fine(tmp_path: Path, text: str) -> None
         ('serf_lan_allowed_cidrs = ["10.0.0.0/8"]', "serf_lan_allowed_cidrs"),
         ('addresses { http = "unix:///run/proconsul.sock" }', "addresses.http"),
         ("ports { grpc_tls = 8503 }", "ports.grpc_tls"),
-        ('tls { https { key_file = "/k.pem" } }', "tls.https.key_file"),
+        ("tls { internal_rpc { verify_incoming = true } }", "tls.internal_rpc.verify_incoming"),
+        ("tls { grpc { verify_incoming = true } }", "tls.grpc.verify_incoming"),
+        ("tls { defaults { verify_outgoing = true } }", "tls.defaults.verify_outgoing"),
+        ("tls { https { verify_outgoing = true } }", "tls.https.verify_outgoing"),
+        ("verify_outgoing = true", "verify_outgoing"),  # legacy key: named as written
+        ("verify_server_hostname = true", "verify_server_hostname"),
+        ("verify_incoming_rpc = true", "verify_incoming_rpc"),
+        # tls.defaults.verify_incoming reaches internal_rpc unless it says false (Consul's precedence).
+        ("tls { defaults { verify_incoming = true } grpc { verify_incoming = false } }",
+         "tls.defaults.verify_incoming"),
         ("tls { internal_rpc { use_auto_cert = true } }", "tls.internal_rpc.use_auto_cert"),
-        ('cert_file = "/c.pem"', "cert_file"),  # legacy key: named as written
         ("verify_incoming = true", "verify_incoming"),
     ],
 )

@@ -32,6 +32,7 @@ from proconsul.config.model import (
 )
 from proconsul.config.result import Collector
 from proconsul.config.schema import LIST_KINDS, SCHEMA, TLS_SECTION_SCHEMA, field_name
+from proconsul.tls import context as tls_context
 
 __all__ = ["build"]
 
@@ -448,7 +449,8 @@ def _encrypt_ui_sockets(c: _Ctx) -> None:
 
 
 def _tls(c: _Ctx) -> None:
-    """TLS: internal_rpc/https/grpc inherit unset fields from defaults."""
+    """TLS: internal_rpc/https/grpc inherit unset fields from defaults; the https section (what
+    proconsul serves with) must make a working context, checked by building it."""
     tls_merged = c.get("tls", {})
     defaults = tls_merged.get("defaults", {})
     sections = {
@@ -456,6 +458,45 @@ def _tls(c: _Ctx) -> None:
         for name in ("internal_rpc", "https", "grpc")
     }
     c.kw["tls"] = TLS(defaults=TLSSection(**_kwargs(TLSSection, defaults, TLS_SECTION_SCHEMA)), **sections)
+    https_set = {**defaults, **tls_merged.get("https", {})}
+    material = [k for k in ("cert_file", "key_file", "ca_file", "ca_path") if https_set.get(k)]
+    if c.kw["ports"].https <= 0:
+        if material:
+            # Only the HTTPS listener uses them; say so rather than let them look honoured.
+            c.out.warnings.append(
+                f"{_tls_origin(c, material[0])}: TLS certificates are configured but ports.https is not set: "
+                "no listener uses them"
+            )
+        _tls_files(c, sections["https"])
+        return
+    if not sections["https"].cert_file or not sections["https"].key_file:
+        c.out.at(
+            "ports.https", "ports.https is set but tls.https (or tls.defaults) has no cert_file and key_file"
+        )
+        _tls_files(c, sections["https"])
+        return
+    try:
+        tls_context.server_context(sections["https"])
+    except tls_context.TLSSettingError as exc:
+        c.out.errors.append(f"{_tls_origin(c, exc.field)}: {exc}")
+
+
+def _tls_origin(c: _Ctx, field: str) -> str:
+    """Where the https section's `field` came from: its own key, else the tls.defaults one."""
+    for key in (f"tls.https.{field}", f"tls.defaults.{field}"):
+        if c.get(key) is not None:
+            return c.out.origin.get(key, key)
+    return f"tls.https.{field}"
+
+
+def _tls_files(c: _Ctx, section: TLSSection) -> None:
+    """Set files must still exist and parse, so a typo is found before HTTPS is switched on."""
+    try:
+        tls_context.check_files(section)
+        tls_context.min_version(section.tls_min_version)
+        tls_context.openssl_ciphers(section.tls_cipher_suites)
+    except tls_context.TLSSettingError as exc:
+        c.out.errors.append(f"{_tls_origin(c, exc.field)}: {exc}")
 
 
 def _http(c: _Ctx) -> None:
