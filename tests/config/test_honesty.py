@@ -190,3 +190,30 @@ def test_write_networks_must_be_cidrs(tmp_path: Path) -> None:
     path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\nhttp_config {{ allow_write_http_from = ["10.0.0.0/33"] }}\n')
     errors, _ = validate_paths_with_warnings([path])
     assert any(e.startswith(f"{path}: http_config.allow_write_http_from:") and "invalid CIDR" in e for e in errors), errors
+
+
+def test_tls_precedence_as_consul_folds_legacy_keys(tmp_path: Path) -> None:
+    """Legacy keys land where Consul puts them; a section's own value beats tls.defaults."""
+    path = _write(
+        tmp_path,
+        "agent.hcl",
+        f'data_dir = "{tmp_path}"\nverify_incoming = true\nverify_incoming_rpc = false\n'
+        'verify_incoming_https = false\ntls_min_version = "tls13"\n'
+        'tls { defaults { tls_min_version = "TLSv1_2" } }\n',
+    )
+    cfg = load(["-config-file", path]).config
+    # tls_min_version: the new key wins over the legacy one.
+    assert cfg.tls.defaults.tls_min_version == "TLSv1_2"
+    assert cfg.tls.defaults.verify_incoming is True
+    assert cfg.tls.internal_rpc.verify_incoming is False  # verify_incoming_rpc
+    assert cfg.tls.https.verify_incoming is False  # verify_incoming_https beats the default
+    assert cfg.tls.grpc.verify_incoming is False  # legacy verify_incoming never reaches gRPC
+
+
+def test_tls_material_without_https_is_reported_unused(tmp_path: Path) -> None:
+    cert = _write(tmp_path, "c.pem", "not a certificate")
+    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\ncert_file = "{cert}"\n')
+    errors, warnings = validate_paths_with_warnings([path])
+    assert any(w.startswith(f"{path}: cert_file:") and "ports.https is not set" in w for w in warnings), warnings
+    # ... and a broken file is still an error, named by the key as written.
+    assert any(e.startswith(f"{path}: cert_file:") and "holds no PEM certificate" in e for e in errors), errors
