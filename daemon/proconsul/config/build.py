@@ -459,13 +459,13 @@ def _tls(c: _Ctx) -> None:
     }
     c.kw["tls"] = TLS(defaults=TLSSection(**_kwargs(TLSSection, defaults, TLS_SECTION_SCHEMA)), **sections)
     https_set = {**defaults, **tls_merged.get("https", {})}
-    material = [k for k in ("cert_file", "key_file", "ca_file", "ca_path") if https_set.get(k)]
+    material = [k for k in ("cert_file", "key_file", "ca_file", "ca_path", "verify_incoming") if https_set.get(k)]
     if c.kw["ports"].https <= 0:
         if material:
             # Only the HTTPS listener uses them; say so rather than let them look honoured.
             c.out.warnings.append(
-                f"{_tls_origin(c, material[0])}: TLS certificates are configured but ports.https is not set: "
-                "no listener uses them"
+                f"{_tls_origin(c, material[0])}: TLS settings for HTTPS are configured but ports.https is not "
+                "set: no listener uses them"
             )
         _tls_files(c, sections["https"])
         return
