@@ -137,6 +137,7 @@ def test_explicitly_disabling_values_are_fine(tmp_path: Path, text: str) -> None
         ("ports { grpc_tls = 8503 }", "ports.grpc_tls"),
         ("tls { internal_rpc { verify_incoming = true } }", "tls.internal_rpc.verify_incoming"),
         ("tls { grpc { verify_incoming = true } }", "tls.grpc.verify_incoming"),
+        ("tls { internal_rpc { verify_server_hostname = true } }", "tls.internal_rpc.verify_server_hostname"),
         ("tls { defaults { verify_outgoing = true } }", "tls.defaults.verify_outgoing"),
         ("tls { https { verify_outgoing = true } }", "tls.https.verify_outgoing"),
         ("verify_outgoing = true", "verify_outgoing"),  # legacy key: named as written
@@ -217,3 +218,21 @@ def test_tls_material_without_https_is_reported_unused(tmp_path: Path) -> None:
     assert any(w.startswith(f"{path}: cert_file:") and "ports.https is not set" in w for w in warnings), warnings
     # ... and a broken file is still an error, named by the key as written.
     assert any(e.startswith(f"{path}: cert_file:") and "holds no PEM certificate" in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("tls { grpc { verify_outgoing = false } }", "tls.grpc.verify_outgoing", "not valid in the tls.grpc stanza"),
+        ("tls { defaults { verify_server_hostname = true } }", "tls.defaults.verify_server_hostname",
+         "only valid in the tls.internal_rpc stanza"),
+        ('tls { https { tls_min_version = "TLSv1.2" } }', "tls.https.tls_min_version", "unknown TLS version"),
+        ('tls { defaults { tls_min_version = "TLSv1_3"  tls_cipher_suites = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" } }',
+         "tls.defaults.tls_cipher_suites", "TLS 1.3 cipher suites are not configurable"),
+        ('tls_cipher_suites = "TLS_RSA_WITH_RC4_128_SHA"', "tls_cipher_suites", "unsupported cipher suite"),
+    ],
+)  # fmt: skip
+def test_tls_stanza_rules_as_consul(tmp_path: Path, text: str, key: str, reason: str) -> None:
+    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\n{text}\n')
+    errors, _ = validate_paths_with_warnings([path])
+    assert any(e.startswith(f"{path}: {key}:") and reason in e for e in errors), errors

@@ -14,6 +14,7 @@ import base64
 import ipaddress
 import os
 import re
+import ssl
 import typing
 import uuid
 from typing import Any
@@ -458,6 +459,7 @@ def _tls(c: _Ctx) -> None:
         for name in ("internal_rpc", "https", "grpc")
     }
     c.kw["tls"] = TLS(defaults=TLSSection(**_kwargs(TLSSection, defaults, TLS_SECTION_SCHEMA)), **sections)
+    _tls_stanza_rules(c, tls_merged)
     https_set = {**defaults, **tls_merged.get("https", {})}
     material = [k for k in ("cert_file", "key_file", "ca_file", "ca_path", "verify_incoming") if https_set.get(k)]
     if c.kw["ports"].https <= 0:
@@ -478,7 +480,36 @@ def _tls(c: _Ctx) -> None:
     try:
         tls_context.server_context(sections["https"])
     except tls_context.TLSSettingError as exc:
-        c.out.errors.append(f"{_tls_origin(c, exc.field)}: {exc}")
+        if exc.field not in ("tls_min_version", "tls_cipher_suites"):  # reported by _tls_stanza_rules
+            c.out.errors.append(f"{_tls_origin(c, exc.field)}: {exc}")
+
+
+def _tls_stanza_rules(c: _Ctx, tls_merged: dict[str, Any]) -> None:
+    """Consul's checks on the stanza itself: keys valid only in one section, each written
+    tls_min_version and tls_cipher_suites (none configurable when the minimum is TLS 1.3)."""
+    if "verify_outgoing" in tls_merged.get("grpc", {}):
+        c.out.at("tls.grpc.verify_outgoing", "verify_outgoing is not valid in the tls.grpc stanza")
+    for name in ("defaults", "https", "grpc"):
+        if "verify_server_hostname" in tls_merged.get(name, {}):
+            c.out.at(
+                f"tls.{name}.verify_server_hostname",
+                "verify_server_hostname is only valid in the tls.internal_rpc stanza",
+            )
+    default_version = tls_merged.get("defaults", {}).get("tls_min_version", "TLSv1_2")
+    for name in ("defaults", "internal_rpc", "https", "grpc"):
+        section = tls_merged.get(name, {})
+        version = section.get("tls_min_version", default_version)
+        try:
+            if "tls_min_version" in section:
+                tls_context.min_version(version)
+            if "tls_cipher_suites" in section:
+                if tls_context.MIN_VERSIONS.get(version) is ssl.TLSVersion.TLSv1_3:
+                    raise tls_context.TLSSettingError(
+                        "tls_cipher_suites", "TLS 1.3 cipher suites are not configurable"
+                    )
+                tls_context.openssl_ciphers(section["tls_cipher_suites"])
+        except tls_context.TLSSettingError as exc:
+            c.out.at(f"tls.{name}.{exc.field}", f"tls.{name}.{exc}")
 
 
 def _tls_origin(c: _Ctx, field: str) -> str:
@@ -492,9 +523,7 @@ def _tls_origin(c: _Ctx, field: str) -> str:
 def _tls_files(c: _Ctx, section: TLSSection) -> None:
     """Set files must still exist and parse, so a typo is found before HTTPS is switched on."""
     try:
-        tls_context.check_files(section)
-        tls_context.min_version(section.tls_min_version)
-        tls_context.openssl_ciphers(section.tls_cipher_suites)
+        tls_context.check_files(section)  # version and ciphers: _tls_stanza_rules
     except tls_context.TLSSettingError as exc:
         c.out.errors.append(f"{_tls_origin(c, exc.field)}: {exc}")
 

@@ -36,11 +36,17 @@ _MATERIAL_TLS_KEYS = ("ca_file", "ca_path", "cert_file", "key_file", "tls_min_ve
 _HONOURED_TLS_KEYS = (*_MATERIAL_TLS_KEYS, "verify_incoming")
 # Verification proconsul cannot give yet: TLS on server RPC and gRPC, and outgoing TLS anywhere.
 # section -> the fields that, effectively true there, refuse.
+# (Consul itself rejects tls.grpc.verify_outgoing and verify_server_hostname outside internal_rpc,
+# and gRPC never inherits verify_outgoing: build.py reports those.)
 _UNHONOURED_VERIFY = {
     "internal_rpc": ("verify_incoming", "verify_outgoing", "verify_server_hostname"),
-    "grpc": ("verify_incoming", "verify_outgoing", "verify_server_hostname"),
-    "https": ("verify_outgoing", "verify_server_hostname"),
+    "grpc": ("verify_incoming",),
+    "https": ("verify_outgoing",),
 }
+_INVALID_TLS_KEYS = (
+    "tls.grpc.verify_outgoing", "tls.defaults.verify_server_hostname", "tls.https.verify_server_hostname",
+    "tls.grpc.verify_server_hostname",
+)
 
 IMPLEMENTED: frozenset[str] = frozenset(
     {
@@ -126,6 +132,10 @@ def _inherited(value: Any, default: Any) -> bool:
     return True  # judged with the sections that inherit it, by _tls_reach
 
 
+def _invalid(value: Any, default: Any) -> bool:
+    return True  # an error wherever it is set (build.py, as Consul), so never silently accepted
+
+
 # Key -> "is this value harmless?" (explicitly disabling, or the default proconsul honours).
 REFUSED: dict[str, Callable[[Any, Any], bool]] = {
     "ports.grpc_tls": _port_off,
@@ -135,7 +145,7 @@ REFUSED: dict[str, Callable[[Any, Any], bool]] = {
     **{f"tls.{section}.{key}": _unset for section, keys in _UNHONOURED_VERIFY.items() for key in keys},
     # In tls.defaults they reach internal_rpc, grpc and https unless each overrides them.
     "tls.defaults.verify_outgoing": _inherited,
-    "tls.defaults.verify_server_hostname": _inherited,
+    **{key: _invalid for key in _INVALID_TLS_KEYS},
 }
 
 # IGNORED keys that are security settings: refused unless every value inside is off.
@@ -200,7 +210,7 @@ def _tls_reach(merged: dict[str, Any], out: Collector) -> None:
     """
     tls = merged.get("tls") or {}
     defaults = tls.get("defaults") or {}
-    for field in ("verify_incoming", "verify_outgoing", "verify_server_hostname"):
+    for field in ("verify_incoming", "verify_outgoing"):
         if defaults.get(field) is not True:
             continue
         reached = [

@@ -46,6 +46,7 @@ MIN_VERSIONS: dict[str, ssl.TLSVersion] = {
     "TLSv1_1": ssl.TLSVersion.TLSv1_1,
     "TLSv1_2": ssl.TLSVersion.TLSv1_2,
     "TLSv1_3": ssl.TLSVersion.TLSv1_3,
+    "TLS_AUTO": ssl.TLSVersion.TLSv1_2,  # Consul's "unset": its default minimum
     "tls10": ssl.TLSVersion.TLSv1,
     "tls11": ssl.TLSVersion.TLSv1_1,
     "tls12": ssl.TLSVersion.TLSv1_2,
