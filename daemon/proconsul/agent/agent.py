@@ -61,6 +61,7 @@ from proconsul.state import render
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
 from proconsul.structs import DecodeError, decode_check, decode_service
+from proconsul.tls import context as tls_context
 from proconsul.transport import set_dial_overrides
 
 logger = logging.getLogger(__name__)
@@ -279,7 +280,16 @@ class Agent:
         )
         self._tasks.append(asyncio.get_running_loop().create_task(reaper, name="check-reaper"))
         addresses = list(cfg.addresses.http or cfg.client_addr)
-        self.http = HTTPServer(self, addresses, cfg.ports.http)
+        https = None
+        if cfg.ports.https > 0:
+            # Config validation already built this context once; a failure now is a file
+            # changed since, reported like any other start-up error.
+            try:
+                context = tls_context.server_context(cfg.tls.https)
+            except tls_context.TLSSettingError as exc:
+                raise AgentError(f"tls.https: {exc}") from exc
+            https = (list(cfg.addresses.https or cfg.client_addr), cfg.ports.https, context)
+        self.http = HTTPServer(self, addresses, cfg.ports.http, https)
         await self.http.start()
         if errors := start_agent_watches(self, cfg.watches):
             raise AgentError("; ".join(errors))
@@ -643,6 +653,7 @@ class Agent:
                 "ClientAddrs": list(cfg.client_addr),
                 "AdvertiseAddrLAN": self.address,
                 "HTTPPort": cfg.ports.http,
+                "HTTPSPort": cfg.ports.https,
                 "DNSPort": cfg.ports.dns,
                 "ServerPort": cfg.ports.server,
                 "SerfPortLAN": cfg.ports.serf_lan,

@@ -2,14 +2,15 @@
 
 Owns wiring the /v1 route modules into one aiohttp application, the middleware that every
 request passes through (URL sanity, headers Consul always sends, error mapping), and the
-listeners on `client_addr:ports.http`. Each route module owns its endpoints; this module owns
-what they share.
+listeners on `client_addr:ports.http` and, with an SSL context, `ports.https`. Each route
+module owns its endpoints; this module owns what they share.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -103,25 +104,50 @@ def build_app(agent: Any) -> web.Application:
 
 
 class HTTPServer:
-    """Listens on every client address; `start()` returns once the sockets are bound."""
+    """Listens on every client address; `start()` returns once the sockets are bound.
 
-    def __init__(self, agent: Any, addresses: list[str], port: int) -> None:
+    A port <= 0 opens no listener of that kind (ports.http = -1 leaves only HTTPS, as Consul).
+    `bound` lists the plain HTTP sockets, `bound_https` the TLS ones; both serve the same app.
+    """
+
+    def __init__(
+        self,
+        agent: Any,
+        addresses: list[str],
+        port: int,
+        https: tuple[list[str], int, ssl.SSLContext] | None = None,
+    ) -> None:
         self.app = build_app(agent)
         self.addresses = addresses
         self.port = port
+        self.https = https
         self.runner: web.AppRunner | None = None
         self.bound: list[tuple[str, int]] = []
+        self.bound_https: list[tuple[str, int]] = []
 
     async def start(self) -> None:
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self.runner.setup()
-        for address in self.addresses:
-            site = web.TCPSite(self.runner, address, self.port, reuse_address=True)
-            await site.start()
-            server = getattr(site, "_server", None)
-            for sock in getattr(server, "sockets", None) or []:
-                self.bound.append(sock.getsockname()[:2])
-        logger.info("http: listening on %s", ", ".join(f"{h}:{p}" for h, p in self.bound))
+        listeners: list[tuple[list[str], int, ssl.SSLContext | None, list[tuple[str, int]]]] = [
+            (self.addresses, self.port, None, self.bound)
+        ]
+        if self.https is not None:
+            listeners.append((self.https[0], self.https[1], self.https[2], self.bound_https))
+        for addresses, port, context, bound in listeners:
+            if port <= 0:
+                continue
+            for address in addresses:
+                site = web.TCPSite(self.runner, address, port, reuse_address=True, ssl_context=context)
+                await site.start()
+                server = getattr(site, "_server", None)
+                for sock in getattr(server, "sockets", None) or []:
+                    bound.append(sock.getsockname()[:2])
+        logger.info(
+            "http: listening on %s",
+            ", ".join(
+                [f"{h}:{p}" for h, p in self.bound] + [f"https://{h}:{p}" for h, p in self.bound_https]
+            ),
+        )
 
     async def stop(self) -> None:
         if self.runner is not None:
