@@ -185,3 +185,20 @@ def test_validate_names_file_and_key(certs: Certs, tmp_path: Path, tls_text: str
     assert any(
         line.find(f"{path}: {key}:") >= 0 and reason in line for line in (done.stdout + done.stderr).splitlines()
     ), done.stdout + done.stderr
+
+
+def test_watches_refuse_an_https_only_agent(certs: Certs, tmp_path: Path) -> None:
+    """Watches are clients of the plain HTTP API: with ports.http = -1 the agent says so and stops."""
+    conf = tmp_path / "tls.hcl"
+    conf.write_text(_tls_hcl(certs, free_port(), 'watches = [{ type = "key", key = "k", args = ["true"] }]\n'))
+    agent = AgentProcess(f"-config-file={conf}")
+    agent.args = [a for a in agent.args if not a.startswith("-http-port=")]
+    agent.wait_for_leader = False
+    agent.start()
+    try:
+        assert agent.proc is not None
+        agent.proc.wait(60)
+        assert agent.proc.returncode != 0
+        assert "watches need the plain HTTP API: ports.http is disabled" in agent.log()
+    finally:
+        agent.stop()
