@@ -1037,3 +1037,19 @@ HEALTH_SERVICE_ENTRY: Schema = {
     "Node": CATALOG_NODE,
     "Service": _NODE_SERVICE,
 }
+
+#: /v1/agent/members (each element): serf.Member, which Consul filters directly.
+#: Addr is a net.IP there; it is offered here as the string the JSON shows.
+AGENT_MEMBER: Schema = {
+    "Name": "string",
+    "Addr": "string",
+    "Port": "int",
+    "Tags": ("map", "string"),
+    "Status": "int",
+    "ProtocolMin": "int",
+    "ProtocolMax": "int",
+    "ProtocolCur": "int",
+    "DelegateMin": "int",
+    "DelegateMax": "int",
+    "DelegateCur": "int",
+}

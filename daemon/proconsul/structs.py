@@ -80,6 +80,7 @@ class CheckDefinition:
     failures_before_warning: int = 0
     failures_before_critical: int = 0
     output_max_size: int = 0
+    flap_detection: bool | None = None  # proconsul's FlapDetection; None: the agent's check_flap_detection
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +251,7 @@ _CHECK_FIELDS: dict[str, tuple[str, _Reader]] = {
     "failuresbeforewarning": ("failures_before_warning", _int),
     "failuresbeforecritical": ("failures_before_critical", _int),
     "outputmaxsize": ("output_max_size", _int),
+    "flapdetection": ("flap_detection", _bool),
     # Accepted and ignored, as Consul ignores them outside their features.
     "type": ("", _string),
     "node": ("", _string),

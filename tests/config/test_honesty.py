@@ -84,17 +84,15 @@ def test_implemented_keys_are_read_outside_config() -> None:
 def test_issue_17_config_is_refused_naming_file_and_every_key(tmp_path: Path) -> None:
     path = _write(tmp_path, "agent.hcl", ISSUE_17)
     errors, _ = validate_paths_with_warnings([path])
-    for key in (
-        "acl.enabled",
-        "acl.default_policy",
-        "tls.defaults.verify_incoming",
-        "tls.defaults.cert_file",
-        "ports.https",
+    for key, reason in (
+        ("acl.enabled", "not supported yet: refusing to start with it set"),
+        ("acl.default_policy", "not supported yet: refusing to start with it set"),
+        # HTTPS is honoured now; verify_incoming in tls.defaults also reaches server RPC and gRPC.
+        ("tls.defaults.verify_incoming", "also applies to tls.internal_rpc, tls.grpc"),
+        ("tls.defaults.cert_file", "cannot read /nonexistent.pem"),
+        ("ports.https", "no cert_file and key_file"),
     ):
-        assert any(
-            e.startswith(f"{path}: {key}:") and "not supported yet: refusing to start with it set" in e
-            for e in errors
-        ), (key, errors)
+        assert any(e.startswith(f"{path}: {key}:") and reason in e for e in errors), (key, errors)
     with pytest.raises(ConfigError):
         load(["-config-file", path])
 
@@ -116,6 +114,11 @@ def test_agent_start_up_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "auto_encrypt { tls = false  allow_tls = false }",
         "http_config { allow_write_http_from = [] }",
         "serf_lan_allowed_cidrs = []",
+        # Client verification kept to HTTPS, the listener proconsul secures.
+        "tls { defaults { verify_incoming = true } internal_rpc { verify_incoming = false } "
+        "grpc { verify_incoming = false } }",
+        "verify_incoming_https = true",
+        "verify_incoming = true\nverify_incoming_rpc = false",  # legacy: gRPC is kept off by Consul
     ],
 )
 def test_explicitly_disabling_values_are_fine(tmp_path: Path, text: str) -> None:
@@ -132,9 +135,18 @@ def test_explicitly_disabling_values_are_fine(tmp_path: Path, text: str) -> None
         ('serf_lan_allowed_cidrs = ["10.0.0.0/8"]', "serf_lan_allowed_cidrs"),
         ('addresses { http = "unix:///run/proconsul.sock" }', "addresses.http"),
         ("ports { grpc_tls = 8503 }", "ports.grpc_tls"),
-        ('tls { https { key_file = "/k.pem" } }', "tls.https.key_file"),
+        ("tls { internal_rpc { verify_incoming = true } }", "tls.internal_rpc.verify_incoming"),
+        ("tls { grpc { verify_incoming = true } }", "tls.grpc.verify_incoming"),
+        ("tls { internal_rpc { verify_server_hostname = true } }", "tls.internal_rpc.verify_server_hostname"),
+        ("tls { defaults { verify_outgoing = true } }", "tls.defaults.verify_outgoing"),
+        ("tls { https { verify_outgoing = true } }", "tls.https.verify_outgoing"),
+        ("verify_outgoing = true", "verify_outgoing"),  # legacy key: named as written
+        ("verify_server_hostname = true", "verify_server_hostname"),
+        ("verify_incoming_rpc = true", "verify_incoming_rpc"),
+        # tls.defaults.verify_incoming reaches internal_rpc unless it says false (Consul's precedence).
+        ("tls { defaults { verify_incoming = true } grpc { verify_incoming = false } }",
+         "tls.defaults.verify_incoming"),
         ("tls { internal_rpc { use_auto_cert = true } }", "tls.internal_rpc.use_auto_cert"),
-        ('cert_file = "/c.pem"', "cert_file"),  # legacy key: named as written
         ("verify_incoming = true", "verify_incoming"),
     ],
 )
@@ -179,3 +191,48 @@ def test_write_networks_must_be_cidrs(tmp_path: Path) -> None:
     path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\nhttp_config {{ allow_write_http_from = ["10.0.0.0/33"] }}\n')
     errors, _ = validate_paths_with_warnings([path])
     assert any(e.startswith(f"{path}: http_config.allow_write_http_from:") and "invalid CIDR" in e for e in errors), errors
+
+
+def test_tls_precedence_as_consul_folds_legacy_keys(tmp_path: Path) -> None:
+    """Legacy keys land where Consul puts them; a section's own value beats tls.defaults."""
+    path = _write(
+        tmp_path,
+        "agent.hcl",
+        f'data_dir = "{tmp_path}"\nverify_incoming = true\nverify_incoming_rpc = false\n'
+        'verify_incoming_https = false\ntls_min_version = "tls13"\n'
+        'tls { defaults { tls_min_version = "TLSv1_2" } }\n',
+    )
+    cfg = load(["-config-file", path]).config
+    # tls_min_version: the new key wins over the legacy one.
+    assert cfg.tls.defaults.tls_min_version == "TLSv1_2"
+    assert cfg.tls.defaults.verify_incoming is True
+    assert cfg.tls.internal_rpc.verify_incoming is False  # verify_incoming_rpc
+    assert cfg.tls.https.verify_incoming is False  # verify_incoming_https beats the default
+    assert cfg.tls.grpc.verify_incoming is False  # legacy verify_incoming never reaches gRPC
+
+
+def test_tls_material_without_https_is_reported_unused(tmp_path: Path) -> None:
+    cert = _write(tmp_path, "c.pem", "not a certificate")
+    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\ncert_file = "{cert}"\n')
+    errors, warnings = validate_paths_with_warnings([path])
+    assert any(w.startswith(f"{path}: cert_file:") and "ports.https is not set" in w for w in warnings), warnings
+    # ... and a broken file is still an error, named by the key as written.
+    assert any(e.startswith(f"{path}: cert_file:") and "holds no PEM certificate" in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("tls { grpc { verify_outgoing = false } }", "tls.grpc.verify_outgoing", "not valid in the tls.grpc stanza"),
+        ("tls { defaults { verify_server_hostname = true } }", "tls.defaults.verify_server_hostname",
+         "only valid in the tls.internal_rpc stanza"),
+        ('tls { https { tls_min_version = "TLSv1.2" } }', "tls.https.tls_min_version", "unknown TLS version"),
+        ('tls { defaults { tls_min_version = "TLSv1_3"  tls_cipher_suites = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" } }',
+         "tls.defaults.tls_cipher_suites", "TLS 1.3 cipher suites are not configurable"),
+        ('tls_cipher_suites = "TLS_RSA_WITH_RC4_128_SHA"', "tls_cipher_suites", "unsupported cipher suite"),
+    ],
+)  # fmt: skip
+def test_tls_stanza_rules_as_consul(tmp_path: Path, text: str, key: str, reason: str) -> None:
+    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\n{text}\n')
+    errors, _ = validate_paths_with_warnings([path])
+    assert any(e.startswith(f"{path}: {key}:") and reason in e for e in errors), errors

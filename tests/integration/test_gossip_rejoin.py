@@ -42,7 +42,9 @@ def test_restarted_client_rejoins_from_its_snapshot(tmp_path: Path) -> None:
         first = _client(cip, data, f"-retry-join={sip}", "-retry-interval=1s")
         running.append(first.start())
         wait_for(lambda: member_statuses(server) == {"srv": 1, "c1": 1}, timeout=60, what=lambda: first.log())
-        assert "alive: srv " in (data / "serf" / "local.snapshot").read_text()
+        # The snapshot is appended by its own writer task: it follows the member event shortly.
+        wait_for(lambda: "alive: srv " in (data / "serf" / "local.snapshot").read_text(), timeout=30,
+                 what="the server recorded in c1's snapshot")
 
         # kill -9, then a restart with no join flags at all: it finds the server by itself.
         first.kill()

@@ -44,7 +44,12 @@ def _missing() -> str:
     return ""
 
 
-pytestmark = pytest.mark.skipif(bool(_missing()) and not os.environ.get("CI"), reason=_missing() or "ok")
+pytestmark = [
+    pytest.mark.skipif(bool(_missing()) and not os.environ.get("CI"), reason=_missing() or "ok"),
+    # The first test also pays for the package build (PyInstaller, minutes on a loaded 2-core box)
+    # and, on a fresh machine, the debootstrap.
+    pytest.mark.timeout(900),
+]
 
 
 def apt_mirror() -> str:
@@ -77,23 +82,20 @@ def ensure_base() -> Path:
         stdout=subprocess.DEVNULL,
         timeout=900,
     )
+    tmp.chmod(0o755)  # mkdtemp made it 0700; it becomes the containers' `/`
     tmp.rename(BASE)
     return BASE
 
 
-# D-Bus and logind are not needed by the package and cannot start in a sandbox that denies
-# inotify and raising RLIMIT_NOFILE (dbus-daemon then never becomes ready, logind waits on it
-# and the boot never finishes). systemctl reaches PID 1 over its private socket without them.
-UNNEEDED_UNITS = ("dbus.service", "dbus.socket", "systemd-logind.service")
-
-
 def copy_base(base: Path, root: Path) -> None:
-    """A fresh container root from the cached base, with the units it cannot run masked."""
+    """A fresh container root from the cached base.
+
+    The root directory must be 0755: the base is a renamed mkdtemp (0700), and with a 0700 `/`
+    no unprivileged user inside can reach anything (dbus-daemon never gets ready, logind waits
+    on it and the boot never ends; the proconsul service fails with status 200/CHDIR).
+    """
     subprocess.run(["cp", "-a", str(base), str(root)], check=True)
-    for unit in UNNEEDED_UNITS:
-        mask = root / "etc/systemd/system" / unit
-        mask.unlink(missing_ok=True)
-        mask.symlink_to("/dev/null")
+    root.chmod(0o755)
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +139,18 @@ class Container:
             )
 
         def leader() -> int:
+            # nspawn's first child is a short-lived helper that forks the container's init and
+            # exits; only a child already running systemd is the init to enter (taking the
+            # helper left every later nsenter failing against a dead PID).
             assert self.proc is not None and self.proc.poll() is None, self.console()
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-            return int(children[0]) if children else 0
+            for child in children:
+                try:
+                    if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                        return int(child)
+                except OSError:
+                    continue  # exited meanwhile
+            return 0
 
         self.leader = wait_for(leader, timeout=30, what="the container's init")
         # Generous: on a loaded 2-core CI machine a boot job can take minutes. On failure the
@@ -148,9 +159,13 @@ class Container:
             lambda: self.run("systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded"),
             timeout=300,
             what=lambda: f"the container to boot\n{self.console()}\n"
-                         f"{self.run('systemctl list-jobs --no-pager', check=False).stdout}",
+                         f"{self._jobs()}",
         )
         return self
+
+    def _jobs(self) -> str:
+        out = self.run("systemctl list-jobs --no-pager", check=False)
+        return f"{out.stdout}{out.stderr}(exit {out.returncode})"
 
     def console(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -379,7 +394,7 @@ def test_two_containers_form_a_cluster(packages: dict[str, Path]) -> None:
             link.create()
             for i, name in enumerate(("pc2srv", "pc2cli")):
                 root = Path(tmp) / name
-                subprocess.run(["cp", "-a", str(base), str(root)], check=True)
+                copy_base(base, root)
                 shutil.copy(packages["deb"], root / "root/proconsul.deb")
                 (root / "etc/hostname").write_text(f"{name}\n")  # the node name: one per host
                 boxes.append(Container(root, name, network=link.nspawn_args(i)))

@@ -6,22 +6,10 @@ Clusters come from `cluster_helpers` (own loopback subnet, standard ports, raft_
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cluster_helpers import Cluster, cli, free_subnet, get, put
 from helpers import AgentProcess, wait_for
-
-
-@pytest.fixture()
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
 
 
 def configuration(agent: AgentProcess, query: str = "") -> dict:  # type: ignore[type-arg]

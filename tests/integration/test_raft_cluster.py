@@ -10,23 +10,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import consul
-import pytest
 from cluster_helpers import Cluster, get, put
 from helpers import wait_for
-
-
-@pytest.fixture()
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
 
 
 def test_bootstrap_forwarding_and_consistency_modes(cluster: Cluster) -> None:

@@ -37,15 +37,20 @@ from proconsul.http.server import HTTPServer
 from proconsul.local.checks import CheckManager
 from proconsul.local.coordinate_sync import CoordinateSync
 from proconsul.local.events import AgentEvents
+from proconsul.local.flap import FlapSettings
 from proconsul.local.state import AntiEntropy, LocalCheck, LocalState
 from proconsul.local.watch import WatchManager, start_agent_watches
+from proconsul.metrics import Metrics
+from proconsul.metrics.runtime import RuntimeSampler
 from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.rpc_api import NoPathToDatacenter
 from proconsul.serf.keyring import KeyringOperations
 from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
+from proconsul.server.admission import lan_admission
 from proconsul.server.cluster import ClusterMember
 from proconsul.server.consensus import CommandStateMachine, RaftLog
+from proconsul.server.flood import WAN_JOIN_PORT_TAG, WANFlooder
 from proconsul.server.leader import SessionTimers, reconcile_alive_server, reconcile_loop
 from proconsul.server.operator import Operator
 from proconsul.server.remote import RemoteServer
@@ -56,6 +61,7 @@ from proconsul.state import render
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
 from proconsul.structs import DecodeError, decode_check, decode_service
+from proconsul.tls import context as tls_context
 from proconsul.transport import set_dial_overrides
 
 logger = logging.getLogger(__name__)
@@ -115,6 +121,14 @@ class Agent:
             "default": cfg.acl.tokens.default,
             "agent": cfg.acl.tokens.agent,
         }
+        telemetry = cfg.telemetry
+        # go-metrics names gauges "<prefix>.<host name>.<name>" unless disable_hostname.
+        self.metrics = Metrics(
+            prefix=telemetry.metrics_prefix,
+            hostname="" if telemetry.disable_hostname else configmod.hostname(),
+            prometheus_retention_s=telemetry.prometheus_retention_time_s,
+        )
+        self.runtime_metrics = RuntimeSampler(self.metrics)
         self.store = Store()
         self.fsm = FSM(self.store)
         server_addr = f"{self.address}:{cfg.ports.server}"
@@ -144,6 +158,7 @@ class Agent:
                 snapshot_threshold=cfg.raft_snapshot_threshold,
                 trailing_logs=cfg.raft_trailing_logs,
                 snapshot_interval_s=cfg.raft_snapshot_interval_s,
+                metrics=self.metrics,
             )
             self.log = RaftLog(self.raft)
         self.server: Any = self.remote or Server(
@@ -152,14 +167,27 @@ class Agent:
             cfg.datacenter,
             default_query_time_s=cfg.default_query_time_s,
             max_query_time_s=cfg.max_query_time_s,
+            voter_refusal=lan_admission(self.membership.members, cfg.datacenter) if self.raft else None,
+            metrics=self.metrics,
         )
         # Servers also gossip in the WAN pool, which routes ?dc= requests to other datacenters.
         self.wan: WANPool | None = None
+        self.flooder: WANFlooder | None = None
         if cfg.server and cfg.ports.serf_wan > 0:
-            self.wan = WANPool(self, self.member()["Tags"], self.membership.keyring)
+            # The WAN join port is a LAN tag only (Consul's WAN members do not carry it).
+            wan_tags = {k: v for k, v in self.member()["Tags"].items() if k != WAN_JOIN_PORT_TAG}
+            self.wan = WANPool(self, wan_tags, self.membership.keyring)
             wan = self.wan
             self.server.router = Router(cfg.datacenter, wan.members, coordinates=lambda: wan.node.coordinates)
             self.server.known_datacenters = self.server.router.datacenters
+            # Every server of this datacenter the LAN pool sees is flood-joined into the WAN pool
+            # (Consul's LAN -> WAN flooder), on LAN server events and every minute.
+            membership = self.membership
+            self.flooder = WANFlooder(
+                cfg.datacenter, membership.members, wan.members, wan.join,
+                active=lambda: not (wan.leaving or membership.leaving),
+            )
+            membership.listeners.append(self.flooder.on_lan_member)
         self.local = LocalState(
             self.node_name,
             self.node_id,
@@ -170,7 +198,8 @@ class Agent:
             output_max_size=cfg.check_output_max_size,
         )
         self.checks = CheckManager(
-            self._report_check, cfg.enable_script_checks, cfg.enable_local_script_checks, self.local, self.server
+            self._report_check, cfg.enable_script_checks, cfg.enable_local_script_checks, self.local, self.server,
+            flap=self._flap_settings,
         )
         self.local.check_update_interval = lambda: self.config.check_update_interval_s
         self.local.on_check_added = self._check_added
@@ -233,6 +262,7 @@ class Agent:
             await reconcile_alive_server(
                 self.server, self.local.node_record(), cfg.ports.server, self.consul_service_meta()
             )
+        self._tasks.append(asyncio.get_running_loop().create_task(self.runtime_metrics.run(), name="runtime-metrics"))
         await self.checks.open()
         errors = self._load_config_definitions(cfg)
         if errors:
@@ -250,16 +280,28 @@ class Agent:
         )
         self._tasks.append(asyncio.get_running_loop().create_task(reaper, name="check-reaper"))
         addresses = list(cfg.addresses.http or cfg.client_addr)
-        self.http = HTTPServer(self, addresses, cfg.ports.http)
+        https = None
+        if cfg.ports.https > 0:
+            # Config validation already built this context once; a failure now is a file
+            # changed since, reported like any other start-up error.
+            try:
+                context = tls_context.server_context(cfg.tls.https)
+            except tls_context.TLSSettingError as exc:
+                raise AgentError(f"tls.https: {exc}") from exc
+            https = (list(cfg.addresses.https or cfg.client_addr), cfg.ports.https, context)
+        self.http = HTTPServer(self, addresses, cfg.ports.http, https)
         await self.http.start()
         if errors := start_agent_watches(self, cfg.watches):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
-            self.dns = DNSServer(self.server, lambda: self.config)
+            self.dns = DNSServer(self.server, lambda: self.config, metrics=self.metrics, node_name=self.node_name)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:
             self.wan.start_retry_join(self._join_exhausted)
+        if self.flooder is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.flooder.run(), name="wan-flood"))
+            self.flooder.notify()  # the servers the LAN pool already knows (a restart, a snapshot rejoin)
         reconcile = reconcile_loop(self.membership, self.server, self.log.is_leader, self.node_name)
         self._tasks.append(asyncio.get_running_loop().create_task(reconcile, name="leader-reconcile"))
         self.coordinate_sync.start()
@@ -488,6 +530,11 @@ class Agent:
             if check.args:  # script checks, and docker ones (their args run in the container)
                 raise HTTPError(500, SCRIPTS_DISABLED_REMOTE)
 
+    def _flap_settings(self) -> FlapSettings:
+        """The agent's check_flap_detection, as the check runners take it (read at each check start)."""
+        f = self.config.check_flap_detection
+        return FlapSettings(f.enabled, f.window, f.high_threshold, f.low_threshold)
+
     def member(self) -> dict[str, Any]:
         cfg = self.config
         tags = {
@@ -502,6 +549,9 @@ class Agent:
         }
         if cfg.server:
             tags.update({"port": str(cfg.ports.server), "raft_vsn": "3", "expect": str(cfg.bootstrap_expect)})
+            if cfg.ports.serf_wan > 0:
+                # Where the other servers of this datacenter flood-join us into the WAN pool.
+                tags[WAN_JOIN_PORT_TAG] = str(cfg.ports.serf_wan)
             if cfg.bootstrap:
                 tags["bootstrap"] = "1"
         elif cfg.advertise_reconnect_timeout_s:
@@ -603,6 +653,7 @@ class Agent:
                 "ClientAddrs": list(cfg.client_addr),
                 "AdvertiseAddrLAN": self.address,
                 "HTTPPort": cfg.ports.http,
+                "HTTPSPort": cfg.ports.https,
                 "DNSPort": cfg.ports.dns,
                 "ServerPort": cfg.ports.server,
                 "SerfPortLAN": cfg.ports.serf_lan,

@@ -25,6 +25,7 @@ from proconsul.cli import operator as cli_operator
 from proconsul.cli import rtt as cli_rtt
 from proconsul.cli import services as cli_services
 from proconsul.cli import snapshot as cli_snapshot
+from proconsul.cli import tls as cli_tls
 from proconsul.cli import watch as cli_watch
 from proconsul.cli.base import RUN_RESULT_HELP, UI, Command, Context, GroupCommand
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
@@ -39,7 +40,7 @@ def commands() -> dict[str, Command]:
     """Every subcommand by its full name (`kv get`)."""
     table: dict[str, Command] = {}
     for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_snapshot, cli_maint,
-                   cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring):
+                   cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring, cli_tls):
         for cls in module.COMMANDS:
             table[cls.name] = cls()
     return table

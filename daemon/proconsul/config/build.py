@@ -14,6 +14,7 @@ import base64
 import ipaddress
 import os
 import re
+import ssl
 import typing
 import uuid
 from typing import Any
@@ -24,6 +25,7 @@ from proconsul.config.model import (
     DEFAULTS,
     TLS,
     Addresses,
+    CheckFlapDetection,
     DNSConfig,
     Ports,
     RuntimeConfig,
@@ -32,6 +34,7 @@ from proconsul.config.model import (
 )
 from proconsul.config.result import Collector
 from proconsul.config.schema import LIST_KINDS, SCHEMA, TLS_SECTION_SCHEMA, field_name
+from proconsul.tls import context as tls_context
 
 __all__ = ["build"]
 
@@ -448,7 +451,8 @@ def _encrypt_ui_sockets(c: _Ctx) -> None:
 
 
 def _tls(c: _Ctx) -> None:
-    """TLS: internal_rpc/https/grpc inherit unset fields from defaults."""
+    """TLS: internal_rpc/https/grpc inherit unset fields from defaults; the https section (what
+    proconsul serves with) must make a working context, checked by building it."""
     tls_merged = c.get("tls", {})
     defaults = tls_merged.get("defaults", {})
     sections = {
@@ -456,6 +460,87 @@ def _tls(c: _Ctx) -> None:
         for name in ("internal_rpc", "https", "grpc")
     }
     c.kw["tls"] = TLS(defaults=TLSSection(**_kwargs(TLSSection, defaults, TLS_SECTION_SCHEMA)), **sections)
+    _tls_stanza_rules(c, tls_merged)
+    https_set = {**defaults, **tls_merged.get("https", {})}
+    material = [k for k in ("cert_file", "key_file", "ca_file", "ca_path", "verify_incoming") if https_set.get(k)]
+    if c.kw["ports"].https <= 0:
+        if material:
+            # Only the HTTPS listener uses them; say so rather than let them look honoured.
+            c.out.warnings.append(
+                f"{_tls_origin(c, material[0])}: TLS settings for HTTPS are configured but ports.https is not "
+                "set: no listener uses them"
+            )
+        _tls_files(c, sections["https"])
+        return
+    if not sections["https"].cert_file or not sections["https"].key_file:
+        c.out.at(
+            "ports.https", "ports.https is set but tls.https (or tls.defaults) has no cert_file and key_file"
+        )
+        _tls_files(c, sections["https"])
+        return
+    try:
+        tls_context.server_context(sections["https"])
+    except tls_context.TLSSettingError as exc:
+        if exc.field not in ("tls_min_version", "tls_cipher_suites"):  # reported by _tls_stanza_rules
+            c.out.errors.append(f"{_tls_origin(c, exc.field)}: {exc}")
+
+
+def _tls_stanza_rules(c: _Ctx, tls_merged: dict[str, Any]) -> None:
+    """Consul's checks on the stanza itself: keys valid only in one section, each written
+    tls_min_version and tls_cipher_suites (none configurable when the minimum is TLS 1.3)."""
+    if "verify_outgoing" in tls_merged.get("grpc", {}):
+        c.out.at("tls.grpc.verify_outgoing", "verify_outgoing is not valid in the tls.grpc stanza")
+    for name in ("defaults", "https", "grpc"):
+        if "verify_server_hostname" in tls_merged.get(name, {}):
+            c.out.at(
+                f"tls.{name}.verify_server_hostname",
+                "verify_server_hostname is only valid in the tls.internal_rpc stanza",
+            )
+    default_version = tls_merged.get("defaults", {}).get("tls_min_version", "TLSv1_2")
+    for name in ("defaults", "internal_rpc", "https", "grpc"):
+        section = tls_merged.get(name, {})
+        version = section.get("tls_min_version", default_version)
+        try:
+            if "tls_min_version" in section:
+                tls_context.min_version(version)
+            if "tls_cipher_suites" in section:
+                if tls_context.MIN_VERSIONS.get(version) is ssl.TLSVersion.TLSv1_3:
+                    raise tls_context.TLSSettingError(
+                        "tls_cipher_suites", "TLS 1.3 cipher suites are not configurable"
+                    )
+                tls_context.openssl_ciphers(section["tls_cipher_suites"])
+        except tls_context.TLSSettingError as exc:
+            c.out.at(f"tls.{name}.{exc.field}", f"tls.{name}.{exc}")
+
+
+def _tls_origin(c: _Ctx, field: str) -> str:
+    """Where the https section's `field` came from: its own key, else the tls.defaults one."""
+    for key in (f"tls.https.{field}", f"tls.defaults.{field}"):
+        if c.get(key) is not None:
+            return c.out.origin.get(key, key)
+    return f"tls.https.{field}"
+
+
+def _tls_files(c: _Ctx, section: TLSSection) -> None:
+    """Set files must still exist and parse, so a typo is found before HTTPS is switched on."""
+    try:
+        tls_context.check_files(section)  # version and ciphers: _tls_stanza_rules
+    except tls_context.TLSSettingError as exc:
+        c.out.errors.append(f"{_tls_origin(c, exc.field)}: {exc}")
+
+
+def _check_flap_detection(c: _Ctx) -> None:
+    """check_flap_detection: writing the block turns it on; a window and two ordered shares."""
+    block = c.get("check_flap_detection")
+    if block is None:
+        return
+    settings = CheckFlapDetection(**{"enabled": True, **_kwargs(CheckFlapDetection, block, SCHEMA["check_flap_detection"])})
+    if settings.window < 2:
+        c.out.at("check_flap_detection.window", "check_flap_detection.window must be at least 2")
+    if not 0 < settings.low_threshold <= settings.high_threshold <= 1:
+        c.out.at("check_flap_detection.high_threshold",
+                 "check_flap_detection needs 0 < low_threshold <= high_threshold <= 1")
+    c.kw["check_flap_detection"] = settings
 
 
 def _http(c: _Ctx) -> None:
@@ -482,6 +567,7 @@ _SECTIONS = (
     _encrypt_ui_sockets,
     _tls,
     _http,
+    _check_flap_detection,
 )
 
 

@@ -5,7 +5,7 @@ schema to keep it so):
 - `IMPLEMENTED`: keys something outside `config/` reads and acts on.
 - `INERT`: accepted, no effect, not security-relevant; set to a non-default value, `validate` and
   start-up warn, naming the source and key.
-- `REFUSED`: security-relevant and not honoured (ACLs and TLS until they land, HTTP access rules);
+- `REFUSED`: security-relevant and not honoured (ACLs, TLS on server RPC and gRPC, outgoing TLS);
   set to anything but an explicitly disabling value, `validate` and start-up fail naming the source
   and key. Keys of kind IGNORED in `REFUSED_IGNORED` refuse the same way unless every value inside
   them is off (false, empty, zero); other IGNORED keys are warned about when loaded.
@@ -32,12 +32,28 @@ __all__ = [
     "refuse_ignored",
 ]
 
+_MATERIAL_TLS_KEYS = ("ca_file", "ca_path", "cert_file", "key_file", "tls_min_version", "tls_cipher_suites")
+_HONOURED_TLS_KEYS = (*_MATERIAL_TLS_KEYS, "verify_incoming")
+# Verification proconsul cannot give yet: TLS on server RPC and gRPC, and outgoing TLS anywhere.
+# section -> the fields that, effectively true there, refuse.
+# (Consul itself rejects tls.grpc.verify_outgoing and verify_server_hostname outside internal_rpc,
+# and gRPC never inherits verify_outgoing: build.py reports those.)
+_UNHONOURED_VERIFY = {
+    "internal_rpc": ("verify_incoming", "verify_outgoing", "verify_server_hostname"),
+    "grpc": ("verify_incoming",),
+    "https": ("verify_outgoing",),
+}
+_INVALID_TLS_KEYS = (
+    "tls.grpc.verify_outgoing", "tls.defaults.verify_server_hostname", "tls.https.verify_server_hostname",
+    "tls.grpc.verify_server_hostname",
+)
+
 IMPLEMENTED: frozenset[str] = frozenset(
     {
         "datacenter", "primary_datacenter", "data_dir", "node_name", "node_id", "server", "bootstrap",
         "bootstrap_expect", "bind_addr", "advertise_addr", "advertise_addr_wan", "serf_lan", "serf_wan",
-        "client_addr", "addresses.dns", "addresses.http",
-        "ports.dns", "ports.http", "ports.serf_lan", "ports.serf_wan", "ports.server",
+        "client_addr", "addresses.dns", "addresses.http", "addresses.https",
+        "ports.dns", "ports.http", "ports.https", "ports.serf_lan", "ports.serf_wan", "ports.server",
         "retry_join", "retry_join_wan", "retry_interval", "retry_interval_wan", "retry_max", "retry_max_wan",
         "start_join", "start_join_wan", "rejoin_after_leave", "leave_on_terminate", "skip_leave_on_interrupt",
         "reconnect_timeout", "reconnect_timeout_wan", "advertise_reconnect_timeout",
@@ -51,10 +67,13 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "dns_config.soa.refresh", "dns_config.soa.retry", "dns_config.soa.expire", "dns_config.soa.min_ttl",
         "enable_script_checks", "enable_local_script_checks", "services", "checks", "watches", "node_meta",
         "check_update_interval", "check_output_max_size", "discard_check_output",
+        "check_flap_detection.enabled", "check_flap_detection.window", "check_flap_detection.high_threshold",
+        "check_flap_detection.low_threshold",
         "ae_interval", "check_reap_interval", "check_deregister_interval_min", "sync_coordinate_rate_target",
         "sync_coordinate_interval_min", "reconnect_interval", "dial_overrides", "unsafe_follower_local_reads",
         "performance.raft_multiplier", "performance.leave_drain_time", "performance.rpc_hold_timeout",
         "limits.kv_max_value_size", "limits.txn_max_req_len", "limits.http_max_conns_per_client",
+        "limits.https_handshake_timeout",
         "http_config.allow_write_http_from", "http_config.block_endpoints", "http_config.response_headers",
         # Passed along with the agent's own requests and shown by /v1/agent/token; with ACLs
         # refused (acl.enabled), they carry no authority, exactly as in Consul with ACLs off.
@@ -64,22 +83,27 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "raft_snapshot_threshold", "raft_snapshot_interval", "raft_trailing_logs",
         # Only 3 is accepted (build.py), which is the protocol proconsul speaks.
         "raft_protocol",
+        # proconsul.metrics: /v1/agent/metrics and its Prometheus format.
+        "telemetry.prometheus_retention_time", "telemetry.disable_hostname", "telemetry.metrics_prefix",
+        # proconsul.tls.context: the HTTPS listener's material and client verification. The
+        # defaults are honoured through https, which inherits them; what else they would reach
+        # (server RPC, gRPC) is checked by _tls_reach below.
+        *(f"tls.{section}.{key}" for section in ("defaults", "https") for key in _HONOURED_TLS_KEYS),
     }
 )  # fmt: skip
 
 INERT: frozenset[str] = frozenset(
     {
         "disable_host_node_id",  # node IDs are always random
-        "addresses.https", "addresses.grpc", "addresses.grpc_tls",  # no HTTPS or gRPC listener
+        "addresses.grpc", "addresses.grpc_tls",  # no gRPC listener
         "ports.grpc",  # no gRPC listener (-dev sets it as Consul does; not reported)
         "enable_debug",
         "ui_config.enabled", "ui_config.dir", "ui_config.content_path",  # no web UI is served
         "encrypt_verify_incoming", "encrypt_verify_outgoing",  # gossip is always verified when encrypted
         "dns_config.use_cache", "dns_config.cache_max_age",
-        "limits.https_handshake_timeout", "limits.rpc_handshake_timeout",
+        "limits.rpc_handshake_timeout",
         "limits.rpc_rate", "limits.rpc_max_burst", "limits.rpc_max_conns_per_client",
-        "telemetry.prometheus_retention_time", "telemetry.disable_hostname", "telemetry.prefix_filter",
-        "telemetry.filter_default", "telemetry.metrics_prefix", "telemetry.statsd_address",
+        "telemetry.prefix_filter", "telemetry.filter_default", "telemetry.statsd_address",
         "telemetry.statsite_address", "telemetry.dogstatsd_addr", "telemetry.dogstatsd_tags",
         "autopilot.last_contact_threshold", "autopilot.max_trailing_logs", "autopilot.server_stabilization_time",
         "http_config.use_cache", "http_config.max_header_bytes",
@@ -92,6 +116,9 @@ INERT: frozenset[str] = frozenset(
         "acl.down_policy", "acl.enable_token_persistence", "acl.enable_key_list_policy",
         "acl.enable_token_replication", "acl.policy_ttl", "acl.role_ttl", "acl.token_ttl",
         "acl.tokens.initial_management", "acl.tokens.agent_recovery", "acl.tokens.replication",
+        # Material for listeners proconsul does not run with TLS (server RPC, gRPC): without
+        # verification demanded (refused below), it changes nothing.
+        *(f"tls.{section}.{key}" for section in ("internal_rpc", "grpc") for key in _MATERIAL_TLS_KEYS),
     }
 )  # fmt: skip
 
@@ -104,20 +131,24 @@ def _port_off(value: Any, default: Any) -> bool:
     return isinstance(value, int) and value <= 0  # any value <= 0 disables the listener
 
 
-_TLS_KEYS = [
-    f"tls.{section}.{key}"
-    for section in ("defaults", "internal_rpc", "https", "grpc")
-    for key, kind in SCHEMA["tls"][section].items()
-    if kind != "ignored"
-]
+def _inherited(value: Any, default: Any) -> bool:
+    return True  # judged with the sections that inherit it, by _tls_reach
+
+
+def _invalid(value: Any, default: Any) -> bool:
+    return True  # an error wherever it is set (build.py, as Consul), so never silently accepted
+
 
 # Key -> "is this value harmless?" (explicitly disabling, or the default proconsul honours).
 REFUSED: dict[str, Callable[[Any, Any], bool]] = {
-    "ports.https": _port_off,
     "ports.grpc_tls": _port_off,
     "acl.enabled": _unset,
     "acl.default_policy": _unset,  # "allow" is what proconsul does
-    **{key: _unset for key in _TLS_KEYS},
+    # Set directly in a section proconsul does not secure: refused unless false.
+    **{f"tls.{section}.{key}": _unset for section, keys in _UNHONOURED_VERIFY.items() for key in keys},
+    # In tls.defaults they reach internal_rpc, grpc and https unless each overrides them.
+    "tls.defaults.verify_outgoing": _inherited,
+    **{key: _invalid for key in _INVALID_TLS_KEYS},
 }
 
 # IGNORED keys that are security settings: refused unless every value inside is off.
@@ -173,6 +204,33 @@ def _default(path: str, kind: Any) -> Any:
     return list(value) if kind in LIST_KINDS and isinstance(value, tuple) else value
 
 
+def _tls_reach(merged: dict[str, Any], out: Collector) -> None:
+    """Refuse a tls.defaults verification that a section proconsul does not secure inherits.
+
+    Consul's precedence: a section's own value wins, else tls.defaults (legacy top-level keys fold
+    into tls.defaults, except verify_incoming_rpc/_https and verify_server_hostname, which land in
+    their section, and legacy verify_incoming also sets tls.grpc.verify_incoming = false).
+    """
+    tls = merged.get("tls") or {}
+    defaults = tls.get("defaults") or {}
+    for field in ("verify_incoming", "verify_outgoing"):
+        if defaults.get(field) is not True:
+            continue
+        reached = [
+            s
+            for s, fields in _UNHONOURED_VERIFY.items()
+            if field in fields and field not in (tls.get(s) or {})
+        ]
+        if reached:
+            key = f"tls.defaults.{field}"
+            overrides = " and ".join(f"tls.{s}.{field} = false" for s in reached)
+            out.at(
+                key,
+                f"{key} also applies to {', '.join('tls.' + s for s in reached)}, where verification "
+                f"{_REFUSAL} (set {overrides} to keep it to what proconsul honours)",
+            )
+
+
 def check(merged: dict[str, Any], out: Collector) -> None:
     """Refuse unhonoured security settings and warn about inert keys, naming source and key."""
     for path, kind, value in _leaves(merged, SCHEMA):
@@ -187,3 +245,4 @@ def check(merged: dict[str, Any], out: Collector) -> None:
             out.warnings.append(
                 f"{where or path}: config key {path} is accepted but not implemented by proconsul: it has no effect"
             )
+    _tls_reach(merged, out)

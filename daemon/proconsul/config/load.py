@@ -207,6 +207,15 @@ def _normalize_legacy(src: Source, out: Collector) -> dict[str, Any]:
             src.flag_for[new_key] = src.flag_for[old]
         else:
             src.renamed[new_key] = old  # problems with the value name the key as written
+        if old == "verify_incoming":
+            # Consul keeps the legacy key off the gRPC port (which could not verify clients
+            # before tls.grpc existed) unless tls.grpc.verify_incoming says otherwise.
+            tls = dict(data["tls"])
+            grpc = tls.get("grpc")
+            grpc = dict(grpc) if isinstance(grpc, dict) else {}
+            grpc.setdefault("verify_incoming", False)
+            tls["grpc"] = grpc
+            data["tls"] = tls
     acl = data.get("acl")
     if isinstance(acl, dict) and isinstance(acl.get("tokens"), dict):
         tokens = dict(acl["tokens"])

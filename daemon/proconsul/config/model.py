@@ -121,6 +121,15 @@ class Telemetry:
 
 
 @dataclass(frozen=True)
+class CheckFlapDetection:
+    # proconsul's own block (not Consul's): see proconsul.local.flap. Writing the block turns it on.
+    enabled: bool = False  # bool; false (true when the block is present unless it says otherwise)
+    window: int = 20  # results; 20
+    high_threshold: float = 0.5  # weighted share of changes; 0.5 starts flapping
+    low_threshold: float = 0.25  # weighted share of changes; below 0.25 stops it
+
+
+@dataclass(frozen=True)
 class Autopilot:
     cleanup_dead_servers: bool = True  # bool; true
     last_contact_threshold_s: float = 0.2  # seconds; 200ms
@@ -248,6 +257,7 @@ class RuntimeConfig:
     check_update_interval_s: float = 300.0  # seconds; 5m; output-only changes sync this often
     check_output_max_size: int = 4096  # bytes; 4 KiB
     discard_check_output: bool = False  # bool; false
+    check_flap_detection: CheckFlapDetection = CheckFlapDetection()  # off unless the block is written
     # Consul's hidden (non-user-configurable) timings, settable for tests; not in Consul's docs.
     ae_interval_s: float = 60.0  # seconds; 1m; anti-entropy full-sync base interval, scaled by cluster size
     check_reap_interval_s: float = (
@@ -325,6 +335,7 @@ RELOADABLE: frozenset[str] = frozenset(
         "dns_config",
         "recursors",
         "check_update_interval_s",
+        "check_flap_detection",  # checks registered after the reload use the new settings
         "sources",
         # Read when the signal arrives (command/agent), so a reload changes the next stop.
         "leave_on_terminate",

@@ -199,6 +199,7 @@ SCHEMA: dict[str, Any] = {
         "enable_host_metrics": IGNORED,
         "retry_failed_connection": IGNORED,
     },
+    "check_flap_detection": {"enabled": BOOL, "window": INT, "high_threshold": FLOAT, "low_threshold": FLOAT},
     "autopilot": {
         "cleanup_dead_servers": BOOL,
         "last_contact_threshold": DUR,
@@ -306,6 +307,8 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     "cert_file": ("tls", "defaults", "cert_file"),
     "key_file": ("tls", "defaults", "key_file"),
     "verify_incoming": ("tls", "defaults", "verify_incoming"),
+    "verify_incoming_https": ("tls", "https", "verify_incoming"),
+    "verify_incoming_rpc": ("tls", "internal_rpc", "verify_incoming"),
     "verify_outgoing": ("tls", "defaults", "verify_outgoing"),
     "verify_server_hostname": ("tls", "internal_rpc", "verify_server_hostname"),
     "tls_min_version": ("tls", "defaults", "tls_min_version"),

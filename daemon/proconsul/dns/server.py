@@ -35,6 +35,7 @@ from proconsul.dns import recursor as dns_recursor
 from proconsul.dns import wire as dns_wire
 from proconsul.dns.answer import Answer, AnswerCache, Question, Resolver, match_domain
 from proconsul.dns.remote import answer_on_client, answer_remote
+from proconsul.metrics import Metrics
 from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.rpc import Server
 from proconsul.state.store import Store
@@ -71,6 +72,8 @@ class DNSServer:
         rng: random.Random | None = None,
         max_inflight: int = 1024,
         tcp_idle_s: float = 10.0,
+        metrics: Metrics | None = None,
+        node_name: str = "",
     ) -> None:
         self.server = server
         self.config = config
@@ -82,6 +85,14 @@ class DNSServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.base_events.Server] = []
+        # Consul's timers for questions in its domains, labelled with this agent's node name.
+        m = metrics or Metrics()  # without a registry (tests): a private one nobody reads
+        self._m_domain = m.sample(
+            "dns", "domain_query", help="ms to answer a question in the Consul domain", labels=("node",)
+        ).with_labels(node_name)
+        self._m_ptr = m.sample(
+            "dns", "ptr_query", help="ms to answer a reverse (PTR) lookup", labels=("node",)
+        ).with_labels(node_name)
 
     # ------------------------------------------------------------------------- life cycle
 
@@ -172,6 +183,19 @@ class DNSServer:
             if not can_recurse:
                 return dns_wire.simple_reply(req, RCODE.REFUSED, False, False, compress)
             return await self._recurse(cfg, req, data, tcp)
+        start = time.perf_counter()
+        try:
+            return await self._handle_domain(req, data, tcp, cfg, domain)
+        finally:
+            reverse = req.name.endswith(("in-addr.arpa.", "ip6.arpa."))
+            (self._m_ptr if reverse else self._m_domain).since(start)
+
+    async def _handle_domain(
+        self, req: dns_wire.Request, data: bytes, tcp: bool, cfg: RuntimeConfig, domain: str
+    ) -> bytes | None:
+        dnscfg = cfg.dns_config
+        compress = not dnscfg.disable_compression
+        can_recurse = bool(cfg.recursors)
         limits = dns_wire.Limits(
             tcp=tcp,
             enable_truncate=dnscfg.enable_truncate,

@@ -382,6 +382,9 @@ class GossipCore:
         self._streams: dict[int, _Stream] = {}
         self._next_stream = 1
         self._awareness = 0
+        # alive/suspect/dead messages processed (memberlist's msg.* counters); the driver
+        # reports the growth to its metrics registry.
+        self.msg_counts: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0}
         self._queue = TransmitLimitedQueue(config.retransmit_mult)
         self._conflicts: dict[str, Address] = {}
         # Random first firing within one interval so a cluster started at once does not beat in step.
@@ -823,6 +826,7 @@ class GossipCore:
     # --- state transitions -----------------------------------------------------------------
 
     def _on_alive(self, a: Alive, now: float) -> None:
+        self.msg_counts["alive"] += 1
         node = self._members.get(a.node)
         if a.node == self.name:
             assert node is not None
@@ -876,6 +880,7 @@ class GossipCore:
             self._emit(MemberEvent(MemberEventKind.UPDATE, node.snapshot()))
 
     def _on_suspect(self, s: Suspect, now: float) -> None:
+        self.msg_counts["suspect"] += 1
         node = self._members.get(s.node)
         if node is None:
             return
@@ -921,6 +926,7 @@ class GossipCore:
         self._on_dead(Dead(node.incarnation, name, self.name), now)
 
     def _on_dead(self, d: Dead, now: float) -> None:
+        self.msg_counts["dead"] += 1
         node = self._members.get(d.node)
         if node is None:
             return

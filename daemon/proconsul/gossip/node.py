@@ -45,6 +45,7 @@ from proconsul.gossip.core import (
 )
 from proconsul.gossip.keyring import DecryptError, Keyring
 from proconsul.malformed_log import MALFORMED
+from proconsul.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class GossipNode:
         rng: random.Random | None = None,
         disable_coordinates: bool = False,
         merge_check: MergeCheck | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.merge_check = merge_check
         self.name = name
@@ -136,6 +138,20 @@ class GossipNode:
         self._closed = False
         # Its own randomness, so coordinates never shift the core's seeded sequence.
         self.coordinates: PeerCoordinates | None = None if disable_coordinates else PeerCoordinates(name)
+        # memberlist's metric names; the LAN and WAN pools record into the same series, as in
+        # Consul. Without a registry (tests): a private one nobody reads.
+        m = metrics or Metrics()
+        self._m_udp_sent = m.counter("memberlist", "udp", "sent", help="bytes sent in gossip packets")
+        self._m_udp_received = m.counter("memberlist", "udp", "received", help="bytes received in gossip packets")
+        self._m_tcp_accept = m.counter("memberlist", "tcp", "accept", help="gossip streams accepted")
+        self._m_tcp_connect = m.counter("memberlist", "tcp", "connect", help="gossip streams opened")
+        self._m_probe = m.sample("memberlist", "probeNode", help="ms for a direct probe to be acked")
+        self._m_health = m.gauge("memberlist", "health", "score", help="Lifeguard awareness: 0 is healthy")
+        self._m_msgs = {
+            kind: m.counter("memberlist", "msg", kind, help=f"{kind} messages processed")
+            for kind in ("alive", "suspect", "dead")
+        }
+        self._msgs_reported = {kind: 0 for kind in self._m_msgs}
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -270,6 +286,7 @@ class GossipNode:
         for req in out.streams:
             self._spawn(self._run_stream(req), f"gossip-stream-{req.id}")
         for ping in out.pings:
+            self._m_probe.observe(ping.rtt_s * 1000.0)
             self._on_ping(ping)
         for event in out.events:
             if (self.coordinates is not None and isinstance(event, MemberEvent)
@@ -307,6 +324,7 @@ class GossipNode:
             return
         if self.keyring is not None:
             data = self.keyring.encrypt(data)
+        self._m_udp_sent.incr(len(data))
         try:
             self._udp.sendto(data, addr)
         except OSError as exc:
@@ -324,6 +342,7 @@ class GossipNode:
     def _on_datagram(self, data: bytes, src: Address) -> None:
         if self.core is None or self._closed:
             return
+        self._m_udp_received.incr(len(data))
         plain = self._open(data, src, "packet")
         if plain is None:
             return
@@ -344,10 +363,21 @@ class GossipNode:
                 continue
             now = loop.time()
             self._apply(self.core.tick(now))
+            self._report_core_metrics()
             if self.core.next_deadline() <= now:
                 # Something stays due that tick does not clear (a passed leave deadline): do not
                 # spin the loop on it.
                 await asyncio.sleep(0.01)
+
+    def _report_core_metrics(self) -> None:
+        assert self.core is not None
+        self._m_health.set(float(self.core.health_score))
+        counts = self.core.msg_counts
+        for kind, counter in self._m_msgs.items():
+            grown = counts[kind] - self._msgs_reported[kind]
+            if grown:
+                counter.incr(grown)
+                self._msgs_reported[kind] = counts[kind]
 
     # --- streams -----------------------------------------------------------------------------
 
@@ -368,6 +398,7 @@ class GossipNode:
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout_at(req.deadline):
+                self._m_tcp_connect.incr()
                 reader, writer = await asyncio.open_connection(req.addr[0], req.addr[1])
                 writer.write(self._frame(req.data))
                 await writer.drain()
@@ -390,6 +421,7 @@ class GossipNode:
     async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         src: Address = (peer[0], peer[1])
+        self._m_tcp_accept.incr()
         try:
             async with asyncio.timeout(self.config.tcp_timeout_s):
                 data = self._open(await self._read_frame(reader), src, "stream")

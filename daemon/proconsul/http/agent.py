@@ -1,6 +1,6 @@
 """`/v1/agent/...`: the local agent's own state and controls.
 
-Owns the agent endpoints: self, members, services and checks (local view, with `?filter`),
+Owns the agent endpoints: self, members, services and checks (local views, each with `?filter`),
 service and check registration through local state (so anti-entropy keeps the catalog equal),
 TTL updates, maintenance modes, local health aggregates, tokens, reload and leave.
 """
@@ -53,7 +53,7 @@ async def self_info(request: web.Request) -> web.Response:
 
 async def members(request: web.Request) -> web.Response:
     agent = request.app["agent"]
-    return json_response(request, agent.members(wan=flag(request, "wan")))
+    return json_response(request, filter_items(request, agent.members(wan=flag(request, "wan")), bexpr.AGENT_MEMBER))
 
 
 async def version(request: web.Request) -> web.Response:

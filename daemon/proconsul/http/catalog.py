@@ -2,7 +2,7 @@
 
 Owns catalog register/deregister (direct writes, as opposed to the agent API which goes through
 the agent's local state) and the catalog reads: datacenters, nodes, services, service/:name,
-node/:node, node-services/:node, each with blocking, `?filter`, `?tag`, `?node-meta`.
+node/:node, node-services/:node, each with blocking, `?filter`, `?tag`, `?node-meta`, `?peer`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul import filter as bexpr
+from proconsul.http.absent import peer_requested
 from proconsul.http.common import (
     bad_request,
     filter_items,
@@ -168,15 +169,24 @@ async def nodes(request: web.Request) -> web.Response:
     opts = query_options(request)
     args = {"node_meta": node_meta_filter(request), "near": near_node(request)}
     meta, items = await agent.server.query("Catalog.ListNodes", args, opts)
-    return json_response(request, filter_items(request, items, bexpr.CATALOG_NODE), meta)
+    items = filter_items(request, items, bexpr.CATALOG_NODE)
+    return json_response(request, [] if peer_requested(request) else items, meta)
 
 
 async def services(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
-    args = {"node_meta": node_meta_filter(request)}
+    expr = request.query.get("filter")
+    args: dict[str, Any] = {"node_meta": node_meta_filter(request), "instances": bool(expr)}
     meta, result = await agent.server.query("Catalog.ListServices", args, opts)
-    return json_response(request, result, meta)
+    if expr:
+        # Consul runs the filter on each service instance (catalog/service's selectors), then
+        # groups the survivors by name with the union of their tags.
+        grouped: dict[str, set[str]] = {}
+        for item in filter_items(request, result, bexpr.CATALOG_SERVICE_NODE):
+            grouped.setdefault(item["ServiceName"], set()).update(item["ServiceTags"])
+        result = {name: sorted(grouped[name]) for name in sorted(grouped)}
+    return json_response(request, {} if peer_requested(request) else result, meta)
 
 
 async def service_nodes(request: web.Request) -> web.Response:
@@ -189,16 +199,19 @@ async def service_nodes(request: web.Request) -> web.Response:
         "near": near_node(request),
     }
     meta, items = await agent.server.query("Catalog.ServiceNodes", args, opts)
-    return json_response(request, filter_items(request, items, bexpr.CATALOG_SERVICE_NODE), meta)
+    items = filter_items(request, items, bexpr.CATALOG_SERVICE_NODE)
+    return json_response(request, [] if peer_requested(request) else items, meta)
 
 
 async def node_detail(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
     meta, result = await agent.server.query("Catalog.NodeServices", {"node": request.match_info["node"]}, opts)
-    if result is None:
+    if result is None or peer_requested(request):
         return json_response(request, None, meta)
-    body = {"Node": result["Node"], "Services": {s["ID"]: s for s in result["Services"]}}
+    # The filter runs on each value of the Services map (the node-services selectors).
+    kept = filter_items(request, result["Services"], bexpr.CATALOG_NODE_SERVICES)
+    body = {"Node": result["Node"], "Services": {s["ID"]: s for s in kept}}
     return json_response(request, body, meta)
 
 
@@ -206,8 +219,9 @@ async def node_services(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
     meta, result = await agent.server.query("Catalog.NodeServices", {"node": request.match_info["node"]}, opts)
-    if result is None:
-        return json_response(request, None, meta)
+    if result is None or peer_requested(request):
+        # Consul's handler answers a pointer to a zero NodeServiceList here, never a bare null.
+        return json_response(request, {"Node": None, "Services": None}, meta)
     items = filter_items(request, result["Services"], bexpr.CATALOG_NODE_SERVICES)
     return json_response(request, {"Node": result["Node"], "Services": items}, meta)
 

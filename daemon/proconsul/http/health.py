@@ -1,25 +1,35 @@
 """`/v1/health/...`: health-aware reads of the catalog.
 
 Owns node/:node, checks/:service, state/:state and service/:service (the main discovery query of
-consul-template and py-consul), with `?passing`, `?tag`, `?node-meta`, `?filter` and blocking.
+consul-template and py-consul), with `?passing`, `?tag`, `?node-meta`, `?filter`, `?peer` and blocking.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from proconsul import filter as bexpr
+from proconsul.http.absent import peer_requested
 from proconsul.http.catalog import node_meta_filter
 from proconsul.http.common import bad_request, filter_items, flag, json_response, query_options
 from proconsul.http.coordinate import near_node
 from proconsul.server.queries import VALID_STATES
 
 
+def _unpeered(request: web.Request, items: list[Any], schema: Any) -> list[Any]:
+    """`?filter` applied to the local answer; `[]` for a `?peer=` (none exists: nothing imported)."""
+    # The filter runs first so that a bad expression is still a 400 with a peer named.
+    filtered = filter_items(request, items, schema)
+    return [] if peer_requested(request) else filtered  # type: ignore[no-any-return]
+
+
 async def node_health(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = query_options(request)
     meta, items = await agent.server.query("Health.NodeChecks", {"node": request.match_info["node"]}, opts)
-    return json_response(request, filter_items(request, items, bexpr.HEALTH_CHECK), meta)
+    return json_response(request, _unpeered(request, items, bexpr.HEALTH_CHECK), meta)
 
 
 async def service_checks(request: web.Request) -> web.Response:
@@ -28,7 +38,7 @@ async def service_checks(request: web.Request) -> web.Response:
     args = {"service": request.match_info["service"], "node_meta": node_meta_filter(request),
             "near": near_node(request)}
     meta, items = await agent.server.query("Health.ServiceChecks", args, opts)
-    return json_response(request, filter_items(request, items, bexpr.HEALTH_CHECK), meta)
+    return json_response(request, _unpeered(request, items, bexpr.HEALTH_CHECK), meta)
 
 
 async def checks_in_state(request: web.Request) -> web.Response:
@@ -39,7 +49,7 @@ async def checks_in_state(request: web.Request) -> web.Response:
         raise bad_request("Invalid check state")
     args = {"state": state, "node_meta": node_meta_filter(request), "near": near_node(request)}
     meta, items = await agent.server.query("Health.ChecksInState", args, opts)
-    return json_response(request, filter_items(request, items, bexpr.HEALTH_CHECK), meta)
+    return json_response(request, _unpeered(request, items, bexpr.HEALTH_CHECK), meta)
 
 
 async def service_health(request: web.Request) -> web.Response:
@@ -54,7 +64,7 @@ async def service_health(request: web.Request) -> web.Response:
         "near": near_node(request),
     }
     meta, items = await agent.server.query("Health.ServiceNodes", args, opts)
-    return json_response(request, filter_items(request, items, bexpr.HEALTH_SERVICE_ENTRY), meta)
+    return json_response(request, _unpeered(request, items, bexpr.HEALTH_SERVICE_ENTRY), meta)
 
 
 def routes() -> list[web.RouteDef]:

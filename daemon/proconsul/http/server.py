@@ -2,8 +2,9 @@
 
 Owns wiring the /v1 route modules into one aiohttp application, the middleware that every
 request passes through (URL sanity, headers Consul always sends, error mapping), and the
-listeners on `client_addr:ports.http` (through the connection guard: per-IP cap, request-head
-deadline, idle timeout). Each route module owns its endpoints; this module owns what they share.
+listeners on `client_addr:ports.http` and, with an SSL context, `ports.https` (every connection
+through the connection guard: per-IP cap, request-head deadline, idle timeout). Each route module
+owns its endpoints; this module owns what they share.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 
+from proconsul.http import absent, catalog, event, health, keyring, kv, operator, session, status, txn
 from proconsul.http import agent as agent_routes
-from proconsul.http import catalog, event, health, keyring, kv, operator, session, status, txn
 from proconsul.http import coordinate as coordinate_routes
+from proconsul.http import metrics as metrics_routes
 from proconsul.http.access import AccessRules
 from proconsul.http.common import HTTPError
 from proconsul.http.conn_guard import (
@@ -66,6 +70,7 @@ async def _run_to_completion(work: Awaitable[web.StreamResponse]) -> web.StreamR
 
 @web.middleware
 async def consul_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
     # A decoded path with control characters (e.g. a URL-encoded newline in a KV key) is
     # refused, as Consul does, before it can reach a store key.
     if _CONTROL_CHARS.search(request.path):
@@ -116,6 +121,7 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
     extra = request.app["response_headers"]
     if extra:
         headers.update(extra)
+    request.app["http_metrics"].observe(request, start)
     return resp
 
 
@@ -148,6 +154,8 @@ def route_defs() -> list[web.AbstractRouteDef]:
     for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event, keyring):
         defs.extend(module.routes())
     defs.extend(coordinate_routes.routes())
+    defs.extend(absent.routes())
+    defs.extend(metrics_routes.routes())
     return defs
 
 
@@ -161,21 +169,38 @@ def build_app(agent: Any) -> web.Application:
     app["access_rules"] = AccessRules.build(http_config.block_endpoints, http_config.allow_write_http_from)
     app.router.add_get("/", index)
     app.router.add_routes(route_defs())
+    app["metrics"] = agent.metrics
+    app["http_metrics"] = metrics_routes.HTTPMetrics(agent.metrics)
     return app
 
 
 class HTTPServer:
-    """Listens on every client address; `start()` returns once the sockets are bound."""
+    """Listens on every client address; `start()` returns once the sockets are bound.
 
-    def __init__(self, agent: Any, addresses: list[str], port: int) -> None:
+    A port <= 0 opens no listener of that kind (ports.http = -1 leaves only HTTPS, as Consul).
+    `bound` lists the plain HTTP sockets, `bound_https` the TLS ones; both serve the same app.
+    """
+
+    def __init__(
+        self,
+        agent: Any,
+        addresses: list[str],
+        port: int,
+        https: tuple[list[str], int, ssl.SSLContext] | None = None,
+    ) -> None:
         self.app = build_app(agent)
         self.addresses = addresses
         self.port = port
+        self.https = https
         self.runner: web.AppRunner | None = None
         self.bound: list[tuple[str, int]] = []
         self._listeners: list[asyncio.AbstractServer] = []
         # Read at each new connection, so a reload of `limits` applies to the next one.
         self.connections = ConnectionCounter(lambda: int(agent.config.limits.http_max_conns_per_client))
+        self.bound_https: list[tuple[str, int]] = []
+        # Consul's limits.https_handshake_timeout: a TLS client that does not finish its handshake
+        # in time is dropped (5 s by default).
+        self.tls_handshake_timeout_s = float(agent.config.limits.https_handshake_timeout_s)
 
     async def start(self) -> None:
         handler_kwargs: dict[str, Any] = {"access_log": None, "keepalive_timeout": IDLE_TIMEOUT_S}
@@ -187,17 +212,31 @@ class HTTPServer:
         self.runner.server.request_handler = refuse_unknown_expectations(self.runner.server.request_handler)
         # Our own listeners instead of TCPSite, so every connection goes through the guard;
         # runner.cleanup() still shuts the connections down, as the guard registers each one
-        # with the runner's server.
+        # with the runner's server. HTTPS listeners serve the same app through the same guard.
         factory = guarded_factory(
             self.runner.server, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs
         )
         loop = asyncio.get_running_loop()
-        for address in self.addresses:
-            listener = await loop.create_server(factory, address, self.port, reuse_address=True)
-            self._listeners.append(listener)
-            for sock in listener.sockets:
-                self.bound.append(sock.getsockname()[:2])
-        logger.info("http: listening on %s", ", ".join(f"{h}:{p}" for h, p in self.bound))
+        listeners: list[tuple[list[str], int, ssl.SSLContext | None, list[tuple[str, int]]]] = [
+            (self.addresses, self.port, None, self.bound)
+        ]
+        if self.https is not None:
+            listeners.append((self.https[0], self.https[1], self.https[2], self.bound_https))
+        for addresses, port, context, bound in listeners:
+            if port <= 0:
+                continue
+            tls_args: dict[str, Any] = (
+                {"ssl": context, "ssl_handshake_timeout": self.tls_handshake_timeout_s} if context else {}
+            )
+            for address in addresses:
+                listener = await loop.create_server(factory, address, port, reuse_address=True, **tls_args)
+                self._listeners.append(listener)
+                for sock in listener.sockets:
+                    bound.append(sock.getsockname()[:2])
+        logger.info(
+            "http: listening on %s",
+            ", ".join([f"{h}:{p}" for h, p in self.bound] + [f"https://{h}:{p}" for h, p in self.bound_https]),
+        )
 
     async def stop(self) -> None:
         for listener in self._listeners:

@@ -3,7 +3,8 @@
 Owns decoding Consul's transaction body (`[{"KV": {"Verb", "Key", "Value"(base64), "Flags",
 "Index", "Session"}}]`), its limits (128 operations, `txn_max_req_len` bytes: 413), answering
 read-only transactions as reads under the consistency mode asked for, and rendering results
-(200 `{Results, Errors: null}`) or rollbacks (409 `{Results: null, Errors: [{OpIndex, What}]}`).
+(200 `{Results, Errors: null}`) or rollbacks (409 `{Results: null, Errors: [{OpIndex, What}]}`),
+read-only ones carrying Consul's untagged QueryMeta fields in the body.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from proconsul.http.common import (
     read_body,
     target_dc,
 )
+from proconsul.rpc_api import QueryMeta
 from proconsul.state import commands, render
 from proconsul.state.fsm import TxnResult
 from proconsul.state.records import DirEntry
@@ -80,12 +82,35 @@ def decode_ops(body: Any) -> list[commands.KVS]:
     return ops
 
 
-def _render(request: web.Request, result: TxnResult, **kw: Any) -> web.Response:
+def _render(request: web.Request, result: TxnResult) -> web.Response:
+    # A write transaction answers with no X-Consul-* headers at all, as Consul's handler sets none.
     if result.errors:
         body = {"Results": None, "Errors": [{"OpIndex": e.op_index, "What": e.what} for e in result.errors]}
-        return json_response(request, body, status=409, **kw)
+        return json_response(request, body, status=409)
+    # Consul's state store builds its results as an empty (not nil) slice: `[]` when no operation
+    # returns an entry (deletes, check-not-exists).
     results = [{"KV": render.dir_entry(e)} for e in result.results if e is not None]
-    return json_response(request, {"Results": results or None, "Errors": None}, **kw)
+    return json_response(request, {"Results": results, "Errors": None})
+
+
+def _read_body(answer: dict[str, Any], meta: QueryMeta) -> dict[str, Any]:
+    """Consul's TxnReadResponse embeds QueryMeta without JSON tags, so its fields ride in the body.
+
+    The read is not a blocking query, so Index and ConsistencyLevel keep their zero values;
+    LastContact is a Go duration (nanoseconds); Backend is the blocking-query backend (0).
+    """
+    errors = answer.get("Errors")
+    return {
+        "Results": None if errors else answer["Results"],
+        "Errors": errors or None,
+        "Index": 0,
+        "LastContact": meta.last_contact_ms * 1_000_000,
+        "KnownLeader": meta.known_leader,
+        "ConsistencyLevel": "",
+        "NotModified": False,
+        "Backend": 0,
+        "ResultsFilteredByACLs": False,
+    }
 
 
 async def txn(request: web.Request) -> web.Response:
@@ -102,11 +127,14 @@ async def txn(request: web.Request) -> web.Response:
         opts = query_options(request)
         args = {"ops": [[op.op, op.entry.to_wire()] for op in ops]}
         meta, answer = await agent.server.query("Txn.Read", args, opts)
-        if "Errors" in answer:
-            return json_response(request, {"Results": None, "Errors": answer["Errors"]}, meta, status=409)
-        return json_response(request, {"Results": answer["Results"] or None, "Errors": None}, meta)
-    wmeta, result = await agent.server.write(commands.Txn(tuple(ops)), datacenter=dc)
-    return _render(request, result, index=wmeta.index)
+        status = 409 if answer.get("Errors") else 200
+        resp = json_response(request, _read_body(answer, meta), status=status)
+        # Only these two: the read is not blocking, so Consul sets no index or consistency header.
+        resp.headers["X-Consul-KnownLeader"] = "true" if meta.known_leader else "false"
+        resp.headers["X-Consul-LastContact"] = str(meta.last_contact_ms)
+        return resp
+    _, result = await agent.server.write(commands.Txn(tuple(ops)), datacenter=dc)
+    return _render(request, result)
 
 
 def routes() -> list[web.RouteDef]:

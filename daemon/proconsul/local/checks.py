@@ -26,10 +26,13 @@ from typing import Any
 
 import aiohttp
 
+from proconsul.local.flap import FlapGate, FlapSettings, Report
 from proconsul.rpc_api import QueryOptions
 from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckDefinition
 
 logger = logging.getLogger(__name__)
+
+FLAP_OFF = FlapSettings()  # flap detection off: the default for a runner built on its own
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_SCRIPT_TIMEOUT_S = 30.0
@@ -46,8 +49,6 @@ UNSUPPORTED_TYPES = {
     "docker": "docker checks are not supported by proconsul",
     "os_service": "os_service checks are not supported by proconsul",
 }
-
-Report = Callable[[str, str, str], None]  # (check ID, status, output)
 
 
 class StatusHandler:
@@ -131,10 +132,13 @@ class CheckRunner:
         script_allowed: bool,
         local: Any = None,
         server: Any = None,
+        flap: FlapSettings = FLAP_OFF,
     ) -> None:
         self.definition = definition
         self.report = report
-        self.handler = StatusHandler(definition, report)
+        # Flap detection (local/flap.py) judges what the thresholds let through.
+        gated: Report = FlapGate(definition.id, flap, report) if flap.applies_to(definition.flap_detection) else report
+        self.handler = StatusHandler(definition, gated)
         self.session = session
         self.rng = rng
         self.script_allowed = script_allowed
@@ -460,8 +464,10 @@ class CheckManager:
         enable_local_script_checks: bool,
         local: Any = None,
         server: Any = None,
+        flap: Callable[[], FlapSettings] = FlapSettings,
     ) -> None:
         self.report = report
+        self.flap = flap  # read when a check starts, so a reload applies to checks added afterwards
         self.enable_script_checks = enable_script_checks
         self.enable_local_script_checks = enable_local_script_checks
         self.local = local
@@ -483,7 +489,8 @@ class CheckManager:
     def add(self, definition: CheckDefinition, source: str) -> None:
         self.remove(definition.id)
         runner = CheckRunner(
-            definition, self.report, self.session, self.rng, self.script_allowed(source), self.local, self.server
+            definition, self.report, self.session, self.rng, self.script_allowed(source), self.local, self.server,
+            self.flap(),
         )
         self.runners[definition.id] = runner
         runner.start()

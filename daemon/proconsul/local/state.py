@@ -671,6 +671,8 @@ def _check_to_json(c: CheckDefinition) -> dict[str, Any]:
     ):
         if getattr(c, attr):
             out[key] = getattr(c, attr)
+    if c.flap_detection is not None:
+        out["FlapDetection"] = c.flap_detection
     if c.args:
         out["Args"] = list(c.args)
     if c.header:

@@ -496,6 +496,10 @@ def agent_http_addr(agent: Any) -> str:
 
 def start_agent_watches(agent: Any, defs: Sequence[Mapping[str, Any]]) -> list[str]:
     """(Re)start the agent's configured watches; returns the errors (the old ones keep running)."""
+    if defs and agent.config.ports.http <= 0:
+        # The watches are clients of the plain HTTP API; over HTTPS they would need the agent's
+        # own client certificate, which is not built yet. Refuse instead of watching nothing.
+        return ["watches need the plain HTTP API: ports.http is disabled (HTTPS-only watches are not supported yet)"]
     token = agent.tokens.get("agent") or agent.tokens.get("default") or ""
     manager: WatchManager = agent.watches
     return manager.start(defs, agent_http_addr(agent), token)

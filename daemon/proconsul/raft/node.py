@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from proconsul.malformed_log import MALFORMED
+from proconsul.metrics import Metrics
 from proconsul.raft import codec
 from proconsul.raft.core import Compacted, NotLeader, ProposalRejected, RaftNode, Unavailable
 from proconsul.raft.messages import (
@@ -292,6 +293,7 @@ class RaftServer:
         trailing_logs: int = 10000,
         snapshot_interval_s: float | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = node_id
         self.node_name = node_name
@@ -310,6 +312,25 @@ class RaftServer:
         self.storage = DiskStorage(raft_dir)
         self.addresses = AddressBook(os.path.join(raft_dir, "addresses.json"), os.path.join(raft_dir, "peers.json"))
         self.addresses.learn(node_id, address)
+        # Before recovery: replaying a peers.json recovery applies entries, which is timed.
+        m = metrics or Metrics()
+        self._m_apply = m.counter("raft", "apply", help="writes proposed by this leader")
+        self._m_commit_time = m.sample("raft", "commitTime", help="ms from proposal to applied result on the leader")
+        self._m_fsm_apply = m.sample("raft", "fsm", "apply", help="ms the state machine took to apply one entry")
+        self._m_state = {
+            "candidate": m.counter("raft", "state", "candidate", help="elections this server started"),
+            "leader": m.counter("raft", "state", "leader", help="times this server became leader"),
+            "follower": m.counter("raft", "state", "follower", help="times this server became a follower"),
+        }
+        self._m_last_contact = m.sample(
+            "raft", "leader", "lastContact", help="ms since the leader last heard from each follower, sampled per tick"
+        )
+        self._m_dispatch = m.sample("raft", "leader", "dispatchLog", help="ms for the leader to write a batch to its log, fsync included")
+        self._m_store_logs = m.sample(
+            "raft", "rpc", "appendEntries", "storeLogs", help="ms for a follower to write a batch to its log, fsync included"
+        )
+        self._m_snapshot = m.sample("raft", "snapshot", "takeSnapshot", help="ms to take a snapshot and compact the log")
+        self._m_restore = m.sample("raft", "fsm", "restore", help="ms to restore the state machine from a snapshot")
         self.recovered_from_peers_file = self.recover_from_peers_file(os.path.join(raft_dir, "peers.json"))
         self.core: RaftNode | None = None
         self._inbox: list[Message] = []
@@ -328,6 +349,10 @@ class RaftServer:
         # Called with the new leader's ID (or None) whenever it changes, on every server.
         self.on_leader_change: Callable[[str | None], None] = lambda leader: None
         self.started = asyncio.Event()
+        # hashicorp/raft's metric names (the registry adds Consul's prefix). A server built
+        # without a registry (tests) records into a private one nobody reads.
+        # Leader only: when each follower last answered (monotonic seconds).
+        self._follower_contact: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -515,8 +540,12 @@ class RaftServer:
             raise NotLeaderError(self.addresses.addrs.get(getattr(exc, "leader", "") or "", "")) from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut)
+        self._m_apply.incr()
+        start = time.perf_counter()
         self._wake.set()
-        return await fut
+        result = await fut
+        self._m_commit_time.since(start)
+        return result
 
     async def verify_leader(self) -> None:
         """ReadIndex: returns once a quorum confirmed leadership and the FSM caught up."""
@@ -637,6 +666,7 @@ class RaftServer:
         core = self._core()
         next_tick = loop.time() + self.tick_s
         was_leader = False
+        was_role = "follower"
         while True:
             timeout = max(0.0, next_tick - loop.time())
             if not self._inbox and not core.has_ready():
@@ -648,12 +678,16 @@ class RaftServer:
             if loop.time() >= next_tick:
                 core.tick()
                 next_tick = loop.time() + self.tick_s
+                if was_leader:
+                    self._sample_last_contact()
                 if self.snapshot_interval_s is not None and not core.has_ready():
                     self._maybe_snapshot(core)
             inbox, self._inbox = self._inbox, []
             for m in inbox:
                 if m.frm == core.leader and m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
                     self._last_leader_contact = time.monotonic()
+                elif was_leader and m.type in (MsgType.APP_RESP, MsgType.HEARTBEAT_RESP):
+                    self._follower_contact[m.frm] = time.monotonic()
                 try:
                     core.step(m)
                 except Exception:  # a bad peer message must not stop the server
@@ -667,7 +701,13 @@ class RaftServer:
                 self.leader_id = rd.soft_state.leader
                 if rd.soft_state.leader:
                     self._last_leader_contact = time.monotonic()
-                is_leader = rd.soft_state.role.value == "leader"
+                role = rd.soft_state.role.value
+                if role != was_role:
+                    counter = self._m_state.get(role)
+                    if counter is not None:
+                        counter.incr()
+                    was_role = role
+                is_leader = role == "leader"
                 if is_leader != was_leader:
                     logger.info("raft: %s leadership (term %d)", "gained" if is_leader else "lost", core.term)
                     if not is_leader:
@@ -678,10 +718,17 @@ class RaftServer:
                             if not fut.done():
                                 fut.set_exception(NoLeaderError())
                     was_leader = is_leader
+                    now = time.monotonic()
+                    self._follower_contact = {peer: now for peer, _, _ in self.voters() if peer != self.id}
                     self.on_leadership(is_leader)
             for m in rd.early_messages:
                 self._send(m)
-            await self._persist(rd)
+            if rd.entries:
+                start = time.perf_counter()
+                await self._persist(rd)
+                (self._m_dispatch if was_leader else self._m_store_logs).since(start)
+            else:
+                await self._persist(rd)
             for m in rd.messages:
                 self._send(m)
             for e in rd.committed_entries:
@@ -697,7 +744,9 @@ class RaftServer:
         log = self.storage.log
         if rd.snapshot is not None:
             self.storage.install_snapshot(rd.snapshot)
+            start = time.perf_counter()
             self.fsm.restore(rd.snapshot.data)
+            self._m_restore.since(start)
             self.applied_index = rd.snapshot.meta.index
             self._fail_pending_upto(rd.snapshot.meta.index)
         if not rd.entries and rd.hard_state is None:
@@ -727,9 +776,21 @@ class RaftServer:
             link = self._links[m.to] = _PeerLink(self, m.to)
         link.send(m)
 
+    def _sample_last_contact(self) -> None:
+        now = time.monotonic()
+        voters = {peer for peer, _, _ in self.voters()}
+        for peer, seen in list(self._follower_contact.items()):
+            if peer in voters:
+                self._m_last_contact.observe((now - seen) * 1000.0)
+            else:
+                del self._follower_contact[peer]
+
     def _apply_to_fsm(self, e: Entry) -> Any:
         if e.kind == EntryKind.NORMAL and e.data:
-            return self.fsm.apply(e.index, e.data)
+            start = time.perf_counter()
+            result = self.fsm.apply(e.index, e.data)
+            self._m_fsm_apply.since(start)
+            return result
         self.fsm.apply(e.index, b"")
         return None
 
@@ -756,8 +817,10 @@ class RaftServer:
         index = core.snapshot_due()
         if index is None:
             return
+        start = time.perf_counter()
         snap = core.make_snapshot(index, self.fsm.snapshot())
         self.storage.record_snapshot(snap, compact_to=index - self.trailing_logs)
+        self._m_snapshot.since(start)
         logger.info("raft: snapshot at index %d", index)
 
     def _fail_pending(self, exc: Exception) -> None:

@@ -92,6 +92,7 @@ class SerfPool:
             keyring=keyring,
             disable_coordinates=self.config.disable_coordinates,
             merge_check=merge_check,
+            metrics=getattr(agent, "metrics", None),
         )
         self.queries = QueryAsker(self.node)
         self.keyring_queries = KeyringQueries(self.node, self.queries, save_keyring)

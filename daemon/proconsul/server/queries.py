@@ -114,14 +114,14 @@ def kv_lock_delay(store: Store, args: Args) -> tuple[int, Any]:
 
 
 def txn_read(store: Store, args: Args) -> tuple[int, Any]:
-    """A read-only transaction: {"Results": [...]} or {"Errors": [...]} (never changes state)."""
+    """A read-only transaction: {"Results": [{"KV": ...}]} or {"Errors": [...]} (never changes state)."""
     errors: list[TxnError] = []
     results: list[DirEntry | None] = []
     for i, (verb, wire) in enumerate(args["ops"]):
         results.extend(txn_kv_op(store, 0, i, commands.KVS(verb, DirEntry.from_wire(wire)), errors))
     if errors:
         return store.kv_max_index(), {"Errors": [{"OpIndex": e.op_index, "What": e.what} for e in errors]}
-    return store.kv_max_index(), {"Results": [render.dir_entry(e) for e in results if e is not None]}
+    return store.kv_max_index(), {"Results": [{"KV": render.dir_entry(e)} for e in results if e is not None]}
 
 
 # ------------------------------------------------------------------------------------ catalog
@@ -135,7 +135,17 @@ def catalog_nodes(store: Store, args: Args) -> tuple[int, Any]:
 
 
 def catalog_services(store: Store, args: Args) -> tuple[int, Any]:
+    """Service name -> tags; with `instances`, the instances themselves (`?filter` runs on them)."""
     wanted = args.get("node_meta") or {}
+    if args.get("instances"):
+        found = []
+        for node_name in sorted(store.services):
+            n = store.nodes.get(node_name)
+            if n is None or not _meta_ok(n, wanted):
+                continue
+            per = store.services[node_name]
+            found.extend(render.service_node(n, per[sid]) for sid in sorted(per))
+        return store.catalog_index("services"), found
     if not wanted:
         return store.list_services()
     out: dict[str, set[str]] = {}

@@ -12,11 +12,15 @@ network path (forwarding to the leader, client agents calling a server) behind t
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
+from proconsul.malformed_log import MALFORMED
+from proconsul.metrics import Metrics, Sample
 from proconsul.rpc_api import (
     Consensus,
     NoLeader,
@@ -33,6 +37,8 @@ from proconsul.state import commands
 from proconsul.state.fsm import TxnError, TxnResult
 from proconsul.state.records import DirEntry
 from proconsul.state.store import Store, StoreError
+
+logger = logging.getLogger(__name__)
 
 # A read is a function of the store returning (index, result).
 ReadFn = Callable[[Store], tuple[int, Any]]
@@ -52,8 +58,13 @@ class Server:
         default_query_time_s: float = 300.0,
         max_query_time_s: float = 600.0,
         rng: random.Random | None = None,
+        voter_refusal: Callable[[str, str], str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        # Raft.Join's gate (server/admission.py): why a (node ID, address) may not become a
+        # voter, "" when it may. None where no other server can join (dev mode, tests).
+        self.voter_refusal = voter_refusal
         self.consensus = consensus
         self.datacenter = datacenter
         self.default_query_time_s = default_query_time_s
@@ -74,6 +85,20 @@ class Server:
         # follower are served from its own store, as if ?stale. Lets the chaos suite prove its
         # linearizability checker catches a real bug.
         self.unsafe_follower_local_reads = False
+        m = metrics or Metrics()  # without a registry (tests): a private one nobody reads
+        self._m_request = m.counter("rpc", "request", help="reads and writes this server was asked to serve")
+        self._m_query = m.counter("rpc", "query", help="read queries (blocking or not) this server answered")
+        self._m_request_error = m.counter("rpc", "request_error", help="RPCs from other agents answered with an error")
+        self._m_blocking = m.gauge("rpc", "queries_blocking", help="blocking queries waiting for a change")
+        self._blocking = 0
+        # Consul times each endpoint's apply where it proposes (the leader); by command type.
+        self._m_apply_by_type: dict[type, Sample] = {
+            commands.KVS: m.sample("kvs", "apply", help="ms to apply a KV write through Raft"),
+            commands.Txn: m.sample("txn", "apply", help="ms to apply a transaction through Raft"),
+            commands.Register: m.sample("catalog", "register", help="ms to apply a catalog register through Raft"),
+            commands.Deregister: m.sample("catalog", "deregister", help="ms to apply a catalog deregister through Raft"),
+            commands.SessionOp: m.sample("session", "apply", help="ms to apply a session create/destroy through Raft"),
+        }
 
     # ---------------------------------------------------------------------------------- reads
 
@@ -84,6 +109,7 @@ class Server:
 
     async def query(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
         """Answer the named read `name` (see `proconsul.server.queries`) under `opts`."""
+        self._m_request.incr()
         spec = queries.spec(name)
         if opts.datacenter and opts.datacenter != self.datacenter:
             return await self._forward_dc(opts.datacenter, name, args, opts)
@@ -162,6 +188,7 @@ class Server:
         kv_prefix: str | None = None,
     ) -> tuple[QueryMeta, Any]:
         """Answer a read under `opts`, blocking while the result's index is <= opts.min_index."""
+        self._m_query.incr()
         c = self.consensus
         if opts.allow_stale:
             consistency = "stale"
@@ -184,21 +211,27 @@ class Server:
             return self._meta(index, consistency), result
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_time(opts)
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return self._meta(index, consistency), result
-            woken = asyncio.Event()
-            watch = self.store.watch(tables, woken.set, kv_prefix=kv_prefix)
-            try:
-                await asyncio.wait_for(woken.wait(), remaining)
-            except TimeoutError:
-                pass
-            finally:
-                self.store.unwatch(watch)
-            index, result = run(self.store)
-            if index > opts.min_index:
-                return self._meta(index, consistency), result
+        self._blocking += 1
+        self._m_blocking.set(self._blocking)
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return self._meta(index, consistency), result
+                woken = asyncio.Event()
+                watch = self.store.watch(tables, woken.set, kv_prefix=kv_prefix)
+                try:
+                    await asyncio.wait_for(woken.wait(), remaining)
+                except TimeoutError:
+                    pass
+                finally:
+                    self.store.unwatch(watch)
+                index, result = run(self.store)
+                if index > opts.min_index:
+                    return self._meta(index, consistency), result
+        finally:
+            self._blocking -= 1
+            self._m_blocking.set(self._blocking)
 
     # --------------------------------------------------------------------------------- writes
 
@@ -208,6 +241,7 @@ class Server:
         A StoreError from the FSM is raised here, so the HTTP layer reports it as Consul does.
         With another `datacenter`, a server of that datacenter proposes it (WAN forwarding).
         """
+        self._m_request.incr()
         if datacenter and datacenter != self.datacenter:
             if self.router is None:
                 raise NoPathToDatacenter(datacenter)
@@ -221,7 +255,7 @@ class Server:
             if leader:
                 return await self._forward_write(leader, command)
         try:
-            index, result = await self.consensus.apply(command)
+            index, result = await self._apply(command)
         except NotLeader:
             if self.pool is None:
                 raise
@@ -232,6 +266,15 @@ class Server:
         if isinstance(result, StoreError):
             raise result
         return WriteMeta(index), result
+
+    async def _apply(self, command: commands.Command) -> tuple[int, Any]:
+        timer = self._m_apply_by_type.get(type(command))
+        if timer is None:
+            return await self.consensus.apply(command)
+        start = time.perf_counter()
+        out = await self.consensus.apply(command)
+        timer.since(start)
+        return out
 
     async def _forward_write(self, leader: str, command: commands.Command) -> tuple[WriteMeta, Any]:
         """Send a write to the leader once (a follower never forwards a forwarded write)."""
@@ -249,6 +292,16 @@ class Server:
 
     async def handle_rpc(self, method: str, body: Any) -> Any:
         """Serve a request from another agent (the transport's RPC dispatch)."""
+        try:
+            return await self._dispatch_rpc(method, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Whatever goes back to the caller as an error (refusals included), as Consul counts it.
+            self._m_request_error.incr()
+            raise
+
+    async def _dispatch_rpc(self, method: str, body: Any) -> Any:
         extra = self.handlers.get(method)
         if extra is not None:
             return await extra(body)
@@ -259,7 +312,8 @@ class Server:
         if method == "Raft.Apply":
             if not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())
-            index, result = await self.consensus.apply(commands.decode(body))
+            self._m_request.incr()
+            index, result = await self._apply(commands.decode(body))
             if isinstance(result, StoreError):
                 raise result
             return {"index": index, "result": encode_result(result)}
@@ -291,6 +345,13 @@ class Server:
         if method == "Raft.Join":
             if not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())
+            refusal = self.voter_refusal(str(body["id"]), str(body["addr"])) if self.voter_refusal else ""
+            if refusal:
+                # Rate-limited: a server still joining the LAN pool retries every few seconds,
+                # and a hostile client may retry far more often.
+                logger.warning("raft: refused to add %s at %s as a voter: %s", body["id"], body["addr"], refusal,
+                               extra=MALFORMED)
+                raise RPCError(f"Raft.Join refused: {refusal}")
             await self.consensus.add_voter(body["id"], body["addr"])  # type: ignore[attr-defined]
             return True
         raise RPCError(f"rpc: can't find method {method}")

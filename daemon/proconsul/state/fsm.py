@@ -170,7 +170,8 @@ def txn_kv_op(store: Store, index: int, i: int, op: cmd.KVS, errors: list[TxnErr
             return fail(f'key "{e.key}" doesn\'t exist')
         return [existing]
     if verb == cmd.KVOp.GET_OR_EMPTY:
-        return [existing] if existing is not None else []
+        # Consul answers a missing key with the operation's own entry, value blanked.
+        return [existing] if existing is not None else [replace(e, value=None)]
     if verb == cmd.KVOp.GET_TREE:
         return [store.kv[k] for k in store.kv_keys_under(e.key)]
     if verb == cmd.KVOp.CHECK_INDEX:

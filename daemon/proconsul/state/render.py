@@ -45,42 +45,72 @@ def catalog_node(n: Node) -> dict[str, Any]:
     return out
 
 
-def service(svc: ServiceInstance, datacenter: str = "") -> dict[str, Any]:
-    """A NodeService as `/v1/agent/services`, `/v1/catalog/node` and health entries show it."""
-    out: dict[str, Any] = {
-        "ID": svc.id,
-        "Service": svc.service,
-        "Tags": list(svc.tags),
-        "Address": svc.address,
-        "TaggedAddresses": dict(svc.tagged_addresses) or None,
-        "Meta": dict(svc.meta),
-        "Port": svc.port,
-        "Weights": _weights(svc),
-        "EnableTagOverride": svc.enable_tag_override,
-        "Proxy": svc.extra.get("Proxy") or {"Mode": "", "MeshGateway": {}, "Expose": {}},
-        "Connect": svc.extra.get("Connect") or {},
-        "PeerName": "",
-        "CreateIndex": svc.create_index,
-        "ModifyIndex": svc.modify_index,
-    }
+_PROXY_KINDS = frozenset({"connect-proxy", "mesh-gateway", "terminating-gateway", "ingress-gateway", "api-gateway"})
+
+
+def service(svc: ServiceInstance) -> dict[str, Any]:
+    """A NodeService as `/v1/catalog/node` and health entries show it.
+
+    Go's omitempty on NodeService drops Kind, TaggedAddresses and Port when empty or zero;
+    Proxy and Connect are structs, never omitted; PeerName has no omitempty there.
+    """
+    out: dict[str, Any] = {}
     if svc.kind:
         out["Kind"] = svc.kind
-    if datacenter:
-        out["Datacenter"] = datacenter
+    out["ID"] = svc.id
+    out["Service"] = svc.service
+    out["Tags"] = list(svc.tags)
+    out["Address"] = svc.address
+    if svc.tagged_addresses:
+        out["TaggedAddresses"] = dict(svc.tagged_addresses)
+    out["Meta"] = dict(svc.meta)
+    if svc.port:
+        out["Port"] = svc.port
+    out["Weights"] = _weights(svc)
+    out["EnableTagOverride"] = svc.enable_tag_override
+    out["Proxy"] = svc.extra.get("Proxy") or {"Mode": "", "MeshGateway": {}, "Expose": {}}
+    out["Connect"] = svc.extra.get("Connect") or {}
+    out["PeerName"] = ""
+    out["CreateIndex"] = svc.create_index
+    out["ModifyIndex"] = svc.modify_index
     return out
 
 
 def agent_service(svc: ServiceInstance, datacenter: str) -> dict[str, Any]:
-    out = service(svc, datacenter)
-    out.pop("CreateIndex")
-    out.pop("ModifyIndex")
-    out.pop("PeerName")
+    """An AgentService as `/v1/agent/services` and `/v1/agent/service/:id` show it.
+
+    Consul builds it from the api package's struct: Port always present, no raft indexes or
+    PeerName, Proxy only for proxies and gateways, Connect only for a Connect-native service.
+    """
+    out: dict[str, Any] = {}
+    if svc.kind:
+        out["Kind"] = svc.kind
+    out["ID"] = svc.id
+    out["Service"] = svc.service
+    out["Tags"] = list(svc.tags)
+    out["Meta"] = dict(svc.meta)
+    out["Port"] = svc.port
+    out["Address"] = svc.address
+    if svc.tagged_addresses:
+        out["TaggedAddresses"] = dict(svc.tagged_addresses)
+    out["Weights"] = _weights(svc)
+    out["EnableTagOverride"] = svc.enable_tag_override
+    if svc.kind in _PROXY_KINDS:
+        out["Proxy"] = svc.extra.get("Proxy") or {"MeshGateway": {}, "Expose": {}}
+    connect = svc.extra.get("Connect") or {}
+    if connect.get("Native"):
+        out["Connect"] = {"Native": True}
+    out["Datacenter"] = datacenter
     return out
 
 
 def service_node(n: Node, svc: ServiceInstance) -> dict[str, Any]:
-    """`/v1/catalog/service/:name` items: node fields plus flattened `ServiceXxx` fields."""
-    return {
+    """`/v1/catalog/service/:name` items: node fields plus flattened `ServiceXxx` fields.
+
+    Of the ServiceNode fields only ServiceTaggedAddresses (and PeerName) carry omitempty;
+    ServiceLocality is a pointer without it, so it is always there, null when unset.
+    """
+    out: dict[str, Any] = {
         "ID": n.id,
         "Node": n.node,
         "Address": n.address,
@@ -92,7 +122,10 @@ def service_node(n: Node, svc: ServiceInstance) -> dict[str, Any]:
         "ServiceName": svc.service,
         "ServiceTags": list(svc.tags),
         "ServiceAddress": svc.address,
-        "ServiceTaggedAddresses": dict(svc.tagged_addresses) or None,
+    }
+    if svc.tagged_addresses:
+        out["ServiceTaggedAddresses"] = dict(svc.tagged_addresses)
+    out.update({
         "ServiceWeights": _weights(svc),
         "ServiceMeta": dict(svc.meta),
         "ServicePort": svc.port,
@@ -100,9 +133,11 @@ def service_node(n: Node, svc: ServiceInstance) -> dict[str, Any]:
         "ServiceEnableTagOverride": svc.enable_tag_override,
         "ServiceProxy": svc.extra.get("Proxy") or {"Mode": "", "MeshGateway": {}, "Expose": {}},
         "ServiceConnect": svc.extra.get("Connect") or {},
+        "ServiceLocality": None,
         "CreateIndex": svc.create_index,
         "ModifyIndex": svc.modify_index,
-    }
+    })
+    return out
 
 
 def check(c: HealthCheck) -> dict[str, Any]:
@@ -131,7 +166,8 @@ def dir_entry(e: DirEntry) -> dict[str, Any]:
         "LockIndex": e.lock_index,
         "Key": e.key,
         "Flags": e.flags,
-        "Value": base64.b64encode(e.value).decode() if e.value is not None else None,
+        # Consul stores an empty body as a nil []byte, which Go's encoder writes as null, not "".
+        "Value": base64.b64encode(e.value).decode() if e.value else None,
         "CreateIndex": e.create_index,
         "ModifyIndex": e.modify_index,
     }

@@ -1,0 +1,58 @@
+"""`/v1/agent/metrics` and the per-route HTTP timer (`consul.api.http`).
+
+Owns the endpoint (go-metrics' JSON summary, or `?format=prometheus` through prometheus-client
+when `telemetry.prometheus_retention_time` is positive, else Consul's 415 answer) and
+`HTTPMetrics`, which the one HTTP middleware calls after each routed request. Consul labels the
+timer with the method and the registered pattern, leading "/" dropped and "/" turned into "_"
+(`/v1/kv/` -> `v1_kv_`); here the pattern is the aiohttp route's canonical path cut at its first
+variable part, which names the same prefix.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from proconsul.http.common import json_response
+from proconsul.metrics import Metrics, Sample
+from proconsul.metrics.prometheus import CONTENT_TYPE, render
+
+__all__ = ["HTTPMetrics", "routes"]
+
+PROMETHEUS_DISABLED = "Prometheus is not enabled since its retention time is not positive"
+
+
+class HTTPMetrics:
+    """The `api.http` timer, with one cached series per (method, route)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._timer: Sample = metrics.sample(
+            "api", "http", help="time to answer an HTTP API request, ms", labels=("method", "path")
+        )
+        self._series: dict[tuple[str, object], Sample] = {}
+
+    def observe(self, request: web.Request, start: float) -> None:
+        """Record the request begun at `start` (a perf_counter reading); unrouted requests are not."""
+        resource = request.match_info.route.resource
+        if resource is None:
+            return
+        key = (request.method, resource)
+        series = self._series.get(key)
+        if series is None:
+            pattern = resource.canonical.split("{", 1)[0]
+            series = self._series[key] = self._timer.with_labels(request.method, pattern[1:].replace("/", "_"))
+        series.observe((time.perf_counter() - start) * 1000.0)
+
+
+async def agent_metrics(request: web.Request) -> web.StreamResponse:
+    metrics: Metrics = request.app["metrics"]
+    if request.query.get("format") == "prometheus":
+        if metrics.prometheus_retention_s <= 0:
+            return web.Response(status=415, text=PROMETHEUS_DISABLED)
+        return web.Response(body=render(metrics), headers={"Content-Type": CONTENT_TYPE})
+    return json_response(request, metrics.summary())
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.get("/v1/agent/metrics", agent_metrics)]

@@ -1,0 +1,249 @@
+"""The metrics registry: declared families, their labelled series, and recording into both views.
+
+Owns naming as go-metrics does it for Consul (the `metrics_prefix` first, the host name after it
+for gauges unless `disable_hostname`, parts joined with dots), declaration (every family a part
+will use is declared when that part is built, so its unlabelled series exists from start-up, as
+Consul's Prometheus definitions do; hashicorp/consul#5140), and the cumulative per-series state the
+Prometheus view reads (counter totals, sample counts/sums and a recent window for quantiles, last
+gauge values, last update for `prometheus_retention_time` expiry).
+
+Recording happens on the event loop thread only (no locks): one clock read, one dict lookup in
+the current interval, a few float operations. A labelled series is looked up once by the caller
+(`with_labels`) and kept, so the hot path allocates nothing after warm-up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proconsul.metrics.inmem import Aggregate, Inmem
+
+__all__ = ["COUNTER", "GAUGE", "SAMPLE", "Counter", "Gauge", "Metrics", "Sample", "Series"]
+
+COUNTER = "counter"
+GAUGE = "gauge"
+SAMPLE = "sample"
+
+# A summary's quantiles are computed over roughly the last 10-20 s (go-metrics' Prometheus
+# summaries use a 10 s max age), from at most this many kept values per window: a bound on
+# memory per series whatever the request rate.
+WINDOW_S = 10.0
+WINDOW_CAP = 2048
+
+
+class Series:
+    """One name + label values: what the in-memory intervals key on, and its cumulative state."""
+
+    __slots__ = (
+        "count", "declared", "family", "key", "label_values", "labels", "name", "prev_window", "total",
+        "updated", "value", "window", "window_start",
+    )  # fmt: skip
+
+    def __init__(self, family: Family, label_values: tuple[str, ...], declared: bool) -> None:
+        self.family = family
+        self.name = family.name
+        self.label_values = label_values
+        self.labels = dict(zip(family.label_names, label_values, strict=True))
+        # go-metrics' series key: the name then ";label=value" for each label, spaces as "_".
+        self.key = (self.name + "".join(f";{k}={v}" for k, v in self.labels.items())).replace(" ", "_")
+        self.declared = declared  # a definition: never expires from the Prometheus view
+        self.total = 0.0  # counter: running total; sample: running sum
+        self.count = 0  # sample: observations
+        self.value = 0.0  # gauge: last value
+        self.updated = 0.0
+        self.window: list[float] = []
+        self.prev_window: list[float] = []
+        self.window_start = 0.0
+
+
+class Family:
+    """A declared metric: kind, dotted name (prefix included), help, label names."""
+
+    __slots__ = ("help", "kind", "label_names", "name", "prom_name")
+
+    def __init__(self, kind: str, name: str, help: str, label_names: tuple[str, ...]) -> None:
+        self.kind = kind
+        self.name = name
+        self.help = help
+        self.label_names = label_names
+        self.prom_name = prometheus_name(name)
+
+
+def prometheus_name(name: str) -> str:
+    # The characters go-metrics' Prometheus sink replaces with "_".
+    for ch in " .=-/":
+        name = name.replace(ch, "_")
+    return name
+
+
+class _Handle:
+    __slots__ = ("_children", "_family", "_metrics", "_series")
+
+    def __init__(self, metrics: Metrics, family: Family, series: Series) -> None:
+        self._metrics = metrics
+        self._family = family
+        self._series = series
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self._family.name
+
+    def with_labels(self, *values: str) -> Any:
+        """The handle of this family's series with these label values (cached: look it up once)."""
+        child = self._children.get(values)
+        if child is None:
+            series = self._metrics._series_for(self._family, values)
+            child = self._children[values] = type(self)(self._metrics, self._family, series)
+        return child
+
+
+class Counter(_Handle):
+    __slots__ = ()
+
+    def incr(self, value: float = 1.0) -> None:
+        m = self._metrics
+        now = m.clock()
+        s = self._series
+        inmem = m.inmem
+        counters = (inmem.newest if now < inmem.end else inmem.current(now)).counters
+        agg = counters.get(s)
+        if agg is None:
+            agg = counters[s] = Aggregate()
+        agg.ingest(value)
+        s.total += value
+        s.updated = now
+
+
+class Gauge(_Handle):
+    __slots__ = ()
+
+    def set(self, value: float) -> None:
+        m = self._metrics
+        now = m.clock()
+        s = self._series
+        inmem = m.inmem
+        (inmem.newest if now < inmem.end else inmem.current(now)).gauges[s] = value
+        s.value = value
+        s.updated = now
+
+
+class Sample(_Handle):
+    """A timer or any distribution; durations are recorded in milliseconds, as go-metrics does."""
+
+    __slots__ = ()
+
+    def observe(self, value: float) -> None:
+        m = self._metrics
+        now = m.clock()
+        s = self._series
+        inmem = m.inmem
+        samples = (inmem.newest if now < inmem.end else inmem.current(now)).samples
+        agg = samples.get(s)
+        if agg is None:
+            agg = samples[s] = Aggregate()
+        agg.ingest(value)
+        s.total += value
+        s.count += 1
+        s.updated = now
+        if m.keep_quantiles:
+            if now - s.window_start >= WINDOW_S:
+                s.prev_window = s.window if now - s.window_start < 2 * WINDOW_S else []
+                s.window = []
+                s.window_start = now
+            window = s.window
+            if len(window) < WINDOW_CAP:
+                window.append(value)
+            else:
+                window[s.count % WINDOW_CAP] = value
+
+    def since(self, start: float) -> None:
+        """Observe the milliseconds elapsed since `start`, a `time.perf_counter()` reading."""
+        self.observe((time.perf_counter() - start) * 1000.0)
+
+
+class Metrics:
+    """The registry. One per agent, built from its `telemetry` configuration."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "consul",
+        hostname: str = "",
+        interval_s: float = 10.0,
+        retain_s: float = 60.0,
+        prometheus_retention_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.prefix = prefix
+        self.hostname = hostname  # "" = disable_hostname
+        self.clock = clock
+        self.inmem = Inmem(interval_s, retain_s)
+        self.prometheus_retention_s = prometheus_retention_s
+        # Quantile windows cost an append per observation: kept only when Prometheus is served.
+        self.keep_quantiles = prometheus_retention_s > 0
+        self.families: dict[str, Family] = {}
+        self.series: dict[tuple[str, tuple[str, ...]], Series] = {}
+
+    # ------------------------------------------------------------------------- declaring
+
+    def _full_name(self, parts: tuple[str, ...], kind: str) -> str:
+        head: list[str] = [self.prefix] if self.prefix else []
+        if kind == GAUGE and self.hostname:
+            head.append(self.hostname)
+        return ".".join([*head, *parts]).replace(" ", "_")
+
+    def _declare(self, kind: str, parts: tuple[str, ...], help: str, labels: tuple[str, ...]) -> tuple[Family, Series]:
+        name = self._full_name(parts, kind)
+        family = self.families.get(name)
+        if family is None:
+            family = self.families[name] = Family(kind, name, help or prometheus_name(name), labels)
+            series = self.series[(name, ())] = Series(Family(kind, name, family.help, ()), (), declared=True)
+        elif family.kind != kind or family.label_names != labels:
+            raise ValueError(f"metrics: {name} declared twice, differently")
+        else:
+            series = self.series[(name, ())]
+        return family, series
+
+    def counter(self, *parts: str, help: str = "", labels: tuple[str, ...] = ()) -> Counter:
+        family, series = self._declare(COUNTER, parts, help, labels)
+        return Counter(self, family, series)
+
+    def gauge(self, *parts: str, help: str = "", labels: tuple[str, ...] = ()) -> Gauge:
+        family, series = self._declare(GAUGE, parts, help, labels)
+        return Gauge(self, family, series)
+
+    def sample(self, *parts: str, help: str = "", labels: tuple[str, ...] = ()) -> Sample:
+        family, series = self._declare(SAMPLE, parts, help, labels)
+        return Sample(self, family, series)
+
+    def _series_for(self, family: Family, values: tuple[str, ...]) -> Series:
+        if len(values) != len(family.label_names):
+            raise ValueError(f"metrics: {family.name} takes labels {family.label_names}, got {values}")
+        series = self.series.get((family.name, values))
+        if series is None:
+            series = self.series[(family.name, values)] = Series(family, values, declared=False)
+        return series
+
+    # --------------------------------------------------------------------------- reading
+
+    def summary(self) -> dict[str, Any]:
+        """`/v1/agent/metrics` as JSON (go-metrics' `MetricsSummary`)."""
+        return self.inmem.summary(self.clock(), _describe)
+
+    def live_series(self) -> list[Series]:
+        """Series the Prometheus view shows now: definitions, and others updated within the
+        retention time (go-metrics drops those; here they are only hidden, since callers keep
+        their handles, and they show again with their running totals once updated)."""
+        now = self.clock()
+        retention = self.prometheus_retention_s
+        return [
+            s for s in self.series.values()
+            if s.declared or retention <= 0 or now - s.updated <= retention
+        ]
+
+
+def _describe(series: Series) -> tuple[str, str, dict[str, str]]:
+    return series.key, series.name, series.labels

@@ -1,0 +1,257 @@
+"""Real processes: `/v1/agent/metrics` on a dev agent and on a one-server Raft agent, in go-metrics'
+JSON shape and in the Prometheus format (read with prometheus-client's parser), with Consul's
+metric names present from start-up and growing with the writes made."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from cluster_helpers import Cluster
+from helpers import AgentProcess, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+TELEMETRY = 'telemetry { prometheus_retention_time = "60s" disable_hostname = true }'
+
+# Families every agent declares when it starts.
+AGENT_FAMILIES = {
+    "consul_api_http": "summary",
+    "consul_rpc_request": "unknown",
+    "consul_rpc_query": "unknown",
+    "consul_rpc_queries_blocking": "gauge",
+    "consul_rpc_request_error": "unknown",
+    "consul_kvs_apply": "summary",
+    "consul_txn_apply": "summary",
+    "consul_catalog_register": "summary",
+    "consul_dns_domain_query": "summary",
+    "consul_dns_ptr_query": "summary",
+    "consul_runtime_alloc_bytes": "gauge",
+    "consul_runtime_num_goroutines": "gauge",
+    "consul_runtime_total_gc_runs": "gauge",
+    "consul_memberlist_msg_alive": "unknown",
+    "consul_memberlist_msg_suspect": "unknown",
+    "consul_memberlist_msg_dead": "unknown",
+    "consul_memberlist_probeNode": "summary",
+    "consul_memberlist_udp_sent": "unknown",
+    "consul_memberlist_udp_received": "unknown",
+    "consul_memberlist_tcp_accept": "unknown",
+    "consul_memberlist_tcp_connect": "unknown",
+}
+RAFT_FAMILIES = {
+    "consul_raft_apply": "unknown",
+    "consul_raft_commitTime": "summary",
+    "consul_raft_fsm_apply": "summary",
+    "consul_raft_state_leader": "unknown",
+    "consul_raft_state_candidate": "unknown",
+    "consul_raft_leader_lastContact": "summary",
+    "consul_raft_leader_dispatchLog": "summary",
+    "consul_raft_rpc_appendEntries_storeLogs": "summary",
+    "consul_raft_snapshot_takeSnapshot": "summary",
+    "consul_raft_fsm_restore": "summary",
+}
+
+
+def _prometheus(agent: AgentProcess) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    status, headers, body = agent.http("GET", "/v1/agent/metrics?format=prometheus")
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("text/plain; version=")
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def _types(agent: AgentProcess) -> dict[str, str]:
+    body = agent.http("GET", "/v1/agent/metrics?format=prometheus")[2].decode()
+    return {f.name: f.type for f in text_string_to_metric_families(body)}
+
+
+def _json(agent: AgentProcess) -> dict:
+    status, headers, body = agent.http("GET", "/v1/agent/metrics")
+    assert status == 200, body
+    assert headers["Content-Type"] == "application/json"
+    return json.loads(body)
+
+
+def _put_keys(agent: AgentProcess, n: int) -> None:
+    for i in range(n):
+        status, _, body = agent.http("PUT", f"/v1/kv/metrics/k{i}", b"v")
+        assert status == 200 and body == b"true", body
+
+
+@pytest.fixture(scope="module")
+def dev() -> Iterator[AgentProcess]:
+    agent = AgentProcess("-hcl", TELEMETRY).start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def raft_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    data = Path(tmp_path_factory.mktemp("metrics")) / "data"
+    agent = AgentProcess(
+        "-server", "-bootstrap", "-hcl", "performance { raft_multiplier = 1 }", "-hcl", TELEMETRY,
+        dev=False, data_dir=str(data),
+    ).start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+def test_dev_agent_declares_its_families_at_start_up(dev: AgentProcess) -> None:
+    types = _types(dev)
+    for name, typ in AGENT_FAMILIES.items():
+        assert types.get(name) == typ, (name, types.get(name))
+
+
+def test_kv_puts_grow_kvs_apply_and_api_http(dev: AgentProcess) -> None:
+    before = _prometheus(dev)
+    put = (("method", "PUT"), ("path", "v1_kv_"))
+    http_before = before.get("consul_api_http_count", {}).get(put, 0.0)
+    kvs_before = before["consul_kvs_apply_count"][()]
+    _put_keys(dev, 5)
+    after = _prometheus(dev)
+    assert after["consul_kvs_apply_count"][()] >= kvs_before + 5
+    assert after["consul_api_http_count"][put] >= http_before + 5
+    assert after["consul_api_http_sum"][put] > 0
+    assert after["consul_rpc_request"][()] >= before["consul_rpc_request"][()] + 5
+
+
+def test_json_view_has_go_metrics_shape_and_counts_the_writes(dev: AgentProcess) -> None:
+    doc = _json(dev)
+    assert list(doc) == ["Timestamp", "Gauges", "Points", "Counters", "Samples"]
+    assert doc["Timestamp"].endswith(" +0000 UTC")
+    gauges = {g["Name"] for g in doc["Gauges"]}
+    # The runtime sampler sets its gauges every second, so every interval has them.
+    assert {"consul.runtime.alloc_bytes", "consul.runtime.num_goroutines"} <= gauges
+    _put_keys(dev, 3)
+
+    def kvs_sample() -> dict | None:
+        # The view shows the last finished 10 s interval: wait until one holds the writes.
+        for s in _json(dev)["Samples"]:
+            if s["Name"] == "consul.kvs.apply" and s["Count"] >= 3:
+                return s
+        _put_keys(dev, 3)
+        return None
+
+    sample = wait_for(kvs_sample, timeout=60, interval=1.0, what="consul.kvs.apply in a finished interval")
+    assert set(sample) == {"Name", "Count", "Rate", "Sum", "Min", "Max", "Mean", "Stddev", "Labels"}
+    assert 0 < sample["Min"] <= sample["Mean"] <= sample["Max"]
+    assert sample["Rate"] == pytest.approx(sample["Sum"] / 10.0)
+
+
+def test_blocking_queries_in_flight_are_counted(dev: AgentProcess) -> None:
+    assert dev.http("PUT", "/v1/kv/metrics/block", b"0")[0] == 200
+    index = dev.http("GET", "/v1/kv/metrics/block")[1]["X-Consul-Index"]
+
+    def in_flight() -> float:
+        return _prometheus(dev)["consul_rpc_queries_blocking"][()]
+
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(dev.http, "GET", f"/v1/kv/metrics/block?index={index}&wait=60s")
+        wait_for(lambda: in_flight() == 1, timeout=30, what="the blocking query to be counted")
+        assert dev.http("PUT", "/v1/kv/metrics/block", b"1")[0] == 200
+        assert waiting.result(timeout=30)[0] == 200
+    wait_for(lambda: in_flight() == 0, timeout=30, what="the blocking query to be uncounted")
+
+
+def test_dns_queries_are_timed(dev: AgentProcess) -> None:
+    import dns.message
+    import dns.query
+
+    before = _prometheus(dev)["consul_dns_domain_query_count"].get((("node", "test-node"),), 0.0)
+    query = dns.message.make_query("consul.service.consul.", "A")
+    dns.query.udp(query, "127.0.0.1", port=dev.dns_port, timeout=5)
+    after = _prometheus(dev)["consul_dns_domain_query_count"][(("node", "test-node"),)]
+    assert after >= before + 1
+
+
+def test_prometheus_format_is_refused_without_a_retention_time() -> None:
+    agent = AgentProcess().start()
+    try:
+        status, _, body = agent.http("GET", "/v1/agent/metrics?format=prometheus")
+        assert status == 415
+        assert body == b"Prometheus is not enabled since its retention time is not positive"
+        doc = _json(agent)
+        # disable_hostname is false by default: gauges carry the host name, as go-metrics names them.
+        assert all(not g["Name"].startswith("consul.runtime.") for g in doc["Gauges"])
+        assert any(g["Name"].endswith(".runtime.alloc_bytes") for g in doc["Gauges"])
+    finally:
+        agent.stop()
+
+
+def test_metrics_prefix_is_honoured() -> None:
+    agent = AgentProcess("-hcl", 'telemetry { prometheus_retention_time = "10s" metrics_prefix = "pc" }').start()
+    try:
+        names = set(_prometheus(agent))
+        assert "pc_api_http_count" in names and "pc_kvs_apply_count" in names
+        assert not any(name.startswith("consul_") for name in names)
+    finally:
+        agent.stop()
+
+
+def test_raft_server_reports_raft_metrics(raft_server: AgentProcess) -> None:
+    types = _types(raft_server)
+    for name, typ in {**AGENT_FAMILIES, **RAFT_FAMILIES}.items():
+        assert types.get(name) == typ, (name, types.get(name))
+    before = _prometheus(raft_server)
+    assert before["consul_raft_state_leader"][()] >= 1  # it elected itself
+    # Set by the gossip timer: a lone healthy server has nothing to report to Lifeguard.
+    assert wait_for(lambda: _prometheus(raft_server).get("consul_memberlist_health_score"), timeout=30)[()] == 0
+    _put_keys(raft_server, 5)
+    after = _prometheus(raft_server)
+    assert after["consul_raft_apply"][()] >= before["consul_raft_apply"][()] + 5
+    assert after["consul_raft_commitTime_count"][()] >= before["consul_raft_commitTime_count"][()] + 5
+    assert after["consul_raft_fsm_apply_count"][()] >= before["consul_raft_fsm_apply_count"][()] + 5
+    assert after["consul_kvs_apply_count"][()] >= before["consul_kvs_apply_count"][()] + 5
+    # Each write was fsynced by the leader before it committed.
+    assert after["consul_raft_leader_dispatchLog_count"][()] >= before["consul_raft_leader_dispatchLog_count"][()] + 5
+    assert after["consul_raft_commitTime"][(("quantile", "0.5"),)] > 0
+
+
+def test_three_servers_report_replication_and_gossip(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, hcl=TELEMETRY)
+    try:
+        cluster.start()
+        agents = [cluster.nodes[ip] for ip in cluster.ips]
+        leader_ip = cluster.leader_ip(agents[0])
+        leader = cluster.nodes[leader_ip]
+        followers = [a for a in agents if a is not leader]
+        before = {a.ip: _prometheus(a) for a in agents}
+        # Written through a follower: forwarded to the leader, which proposes and times it.
+        _put_keys(followers[0], 5)
+        after = {a.ip: _prometheus(a) for a in agents}
+        assert after[leader_ip]["consul_raft_apply"][()] >= before[leader_ip]["consul_raft_apply"][()] + 5
+        assert after[leader_ip]["consul_kvs_apply_count"][()] >= before[leader_ip]["consul_kvs_apply_count"][()] + 5
+        # One of them became leader, and counted it.
+        assert sum(after[a.ip]["consul_raft_state_leader"][()] for a in agents) >= 1
+        # The follower that took the writes served them (and forwarded them).
+        writer = followers[0].ip
+        assert after[writer]["consul_rpc_request"][()] >= before[writer]["consul_rpc_request"][()] + 5
+
+        def stored(ip: str) -> bool:
+            count = _prometheus(cluster.nodes[ip])["consul_raft_rpc_appendEntries_storeLogs_count"][()]
+            return count >= before[ip]["consul_raft_rpc_appendEntries_storeLogs_count"][()] + 1
+
+        for f in followers:
+            # Followers fsync what the leader replicates.
+            wait_for(lambda ip=f.ip: stored(ip), timeout=30, what=f"storeLogs on follower {f.ip}")
+        # The leader samples how long ago each follower answered, every tick.
+        wait_for(
+            lambda: _prometheus(leader)["consul_raft_leader_lastContact_count"][()] > 0,
+            timeout=30, what="lastContact samples on the leader",
+        )
+        for a in agents:
+            m = after[a.ip]
+            assert m["consul_memberlist_msg_alive"][()] >= 1
+            assert m["consul_memberlist_udp_sent"][()] > 0 and m["consul_memberlist_udp_received"][()] > 0
+            assert m["consul_memberlist_probeNode_count"][()] > 0
+    finally:
+        cluster.stop()
