@@ -1,7 +1,10 @@
-"""Stopping the background tasks a component owns.
+"""Stopping the background tasks a component owns, and waiting in them without losing a stop.
 
 Components keep their loops in a list of tasks and, when they stop, cancel them and wait for
-each to end: :func:`cancel_and_wait` is that shutdown, written once.
+each to end: :func:`cancel_and_wait` is that shutdown, written once. Their loops wait for an
+event or a timeout with :func:`wait_event`, because `asyncio.wait_for` on Python 3.11 drops a
+cancellation that arrives just as the event is set (CPython gh-86296): the loop goes round
+again, and its owner's stop hangs until the next timeout, or for ever.
 """
 
 from __future__ import annotations
@@ -24,3 +27,18 @@ async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
             await task
         except (asyncio.CancelledError, Exception):
             pass
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until `event` is set or `timeout_s` passes; True if it was set.
+
+    A cancellation always propagates (see the module docstring).
+    """
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False

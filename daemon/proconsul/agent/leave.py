@@ -39,6 +39,9 @@ GRACEFUL_LEAVE_TIMEOUT_S = 15.0
 RAFT_REMOVE_TIMEOUT_S = 8.0
 # Upper bound on waiting for a leadership transfer (it normally takes one round trip).
 LEADERSHIP_TRANSFER_TIMEOUT_S = 3.0
+# Pause between attempts at the removal while the cluster cannot take it yet (no leader, or a
+# new leader that has not committed an entry of its term).
+RAFT_REMOVE_RETRY_S = 0.2
 
 
 class GracefulLeave:
@@ -49,6 +52,7 @@ class GracefulLeave:
         self.status = "leaving the cluster"
         self.done = asyncio.Event()  # set once the leave finished (or gave up)
         self.completed = False
+        self._last_remove_error = ""
 
     async def run(self) -> bool:
         """Leave; True when every step finished within the graceful timeout."""
@@ -100,13 +104,36 @@ class GracefulLeave:
                         logger.info("agent: transferred Raft leadership to %s", new_leader)
                     else:
                         logger.warning("agent: leadership transfer failed; removing this server as the leader")
-                await agent.operator.remove_peer(peer_id=agent.node_id)
+                await self._remove_self_from_raft()
         except TimeoutError:
-            logger.error("agent: failed to leave the Raft configuration within %gs", RAFT_REMOVE_TIMEOUT_S)
-        except Exception as exc:  # no leader, refused: the leave goes on; operators can remove-peer
-            logger.error("agent: failed to remove this server as a Raft peer: %s", exc)
+            logger.error(
+                "agent: failed to leave the Raft configuration within %gs: %s",
+                RAFT_REMOVE_TIMEOUT_S,
+                self._last_remove_error or "no answer",
+            )
         else:
             logger.info("agent: left the Raft configuration")
+
+    async def _remove_self_from_raft(self) -> None:
+        """Asks the leader (perhaps this server) to remove this server, until it is done.
+
+        Right after a leadership transfer, or while an election runs, the cluster refuses the
+        change for a moment (no leader yet, or a leader that has not committed an entry of its
+        term); those refusals are transient, so the request is repeated until the caller's
+        deadline. Once this server is no longer in the configuration it has left.
+        """
+        agent = self.agent
+        while True:
+            try:
+                await agent.operator.remove_peer(peer_id=agent.node_id)
+                return
+            except Exception as exc:  # no leader, a change in flight: try again shortly
+                if "was not found in the Raft configuration" in str(exc):
+                    return  # an earlier attempt committed after its answer was lost
+                if str(exc) != self._last_remove_error:
+                    logger.info("agent: Raft removal not accepted yet (%s); retrying", exc)
+                self._last_remove_error = str(exc)
+            await asyncio.sleep(RAFT_REMOVE_RETRY_S)
 
     async def _leave_gossip(self) -> None:
         wan = getattr(self.agent, "wan", None)

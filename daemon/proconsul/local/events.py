@@ -33,6 +33,7 @@ import msgpack
 
 from proconsul import go_regexp
 from proconsul.rpc_api import NoPathToDatacenter, RPCError
+from proconsul.tasks import wait_event
 
 # Consul's agent keeps this many recent events (agent.eventBuf).
 EVENT_BUFFER_SIZE = 256
@@ -216,11 +217,7 @@ class EventLog:
         if self._changed is None:
             self._changed = asyncio.Event()
         changed = self._changed
-        try:
-            await asyncio.wait_for(changed.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(changed, timeout_s)
 
 
 # Consul's remote-exec event; remote exec stays disabled (disable_remote_exec defaults to true),

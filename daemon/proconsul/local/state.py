@@ -39,6 +39,7 @@ from proconsul.structs import (
     decode_check,
     decode_service,
 )
+from proconsul.tasks import wait_event
 
 logger = logging.getLogger(__name__)
 
@@ -598,16 +599,10 @@ class AntiEntropy:
                 else:
                     logger.exception("anti-entropy: unexpected error, retrying in %.1fs", backoff)
                 # A trigger (a local change, or a leader becoming known) cuts the wait short.
-                try:
-                    await asyncio.wait_for(self._trigger.wait(), backoff)
-                except TimeoutError:
-                    pass
+                await wait_event(self._trigger, backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            try:
-                await asyncio.wait_for(self._trigger.wait(), max(0.0, next_full - loop.time()))
-            except TimeoutError:
-                pass
+            await wait_event(self._trigger, next_full - loop.time())
 
 
 def _service_to_json(d: ServiceDefinition) -> dict[str, Any]:

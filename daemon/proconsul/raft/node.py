@@ -50,6 +50,7 @@ from proconsul.raft.messages import (
 from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, atomic_write, private_dir
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
+from proconsul.tasks import wait_event
 from proconsul.transport import dial_target
 from proconsul.wire import ConnType, FrameDecoder, encode_frame
 
@@ -670,10 +671,7 @@ class RaftServer:
         while True:
             timeout = max(0.0, next_tick - loop.time())
             if not self._inbox and not core.has_ready():
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, timeout)
             self._wake.clear()
             if loop.time() >= next_tick:
                 core.tick()

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from proconsul.serf.member import STATUS_ALIVE, MemberRecord
+from proconsul.tasks import wait_event
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +159,7 @@ class WANFlooder:
     async def run(self) -> None:
         """Pass on every trigger and every `interval_s`, until cancelled."""
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s())
-            except TimeoutError:
-                pass  # the periodic pass
+            await wait_event(self._wake, self.interval_s())  # a trigger, or the periodic pass
             self._wake.clear()
             if self.active():
                 await self.flood_once()

@@ -37,6 +37,7 @@ from proconsul.state import commands
 from proconsul.state.fsm import TxnError, TxnResult
 from proconsul.state.records import DirEntry
 from proconsul.state.store import Store, StoreError
+from proconsul.tasks import wait_event
 
 logger = logging.getLogger(__name__)
 
@@ -221,9 +222,7 @@ class Server:
                 woken = asyncio.Event()
                 watch = self.store.watch(tables, woken.set, kv_prefix=kv_prefix)
                 try:
-                    await asyncio.wait_for(woken.wait(), remaining)
-                except TimeoutError:
-                    pass
+                    await wait_event(woken, remaining)
                 finally:
                     self.store.unwatch(watch)
                 index, result = run(self.store)
