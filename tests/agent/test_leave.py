@@ -19,11 +19,15 @@ class Steps:
 
 
 def _agent(steps: Steps, *, server: bool, voters: tuple[str, ...] = (), gossip_hangs: bool = False,
-           remove_fails: bool = False, drain_s: float = 0.0, leader: bool = False) -> Any:
+           remove_fails: bool | int = False, drain_s: float = 0.0, leader: bool = False) -> Any:
+    """`remove_fails`: True refuses every removal; a number refuses that many, then accepts."""
+    refusals = [0]
+
     async def remove_peer(peer_id: str = "", address: str = "") -> None:
         steps.done.append(f"raft-remove:{peer_id}")
-        if remove_fails:
-            raise RuntimeError("no leader")
+        if remove_fails is True or refusals[0] < int(remove_fails):
+            refusals[0] += 1
+            raise RuntimeError("raft: cannot remove me: leader has not committed an entry of its term yet")
 
     async def gossip_leave() -> None:
         steps.done.append("gossip-leave")
@@ -69,10 +73,24 @@ def test_the_last_server_and_clients_only_leave_gossip() -> None:
     assert last.done == ["gossip-leave"] and client.done == ["gossip-leave"]
 
 
-def test_a_failed_raft_removal_still_leaves_gossip() -> None:
+def test_a_failed_raft_removal_still_leaves_gossip(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leavemod, "RAFT_REMOVE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(leavemod, "RAFT_REMOVE_RETRY_S", 0.01)
     steps = Steps()
     assert asyncio.run(GracefulLeave(_agent(steps, server=True, voters=("me", "a"), remove_fails=True)).run())
-    assert steps.done == ["raft-remove:me", "gossip-leave"]
+    assert steps.done[-1] == "gossip-leave"
+    assert set(steps.done[:-1]) == {"raft-remove:me"} and len(steps.done) > 2  # retried until the deadline
+
+
+def test_a_refused_raft_removal_is_retried_until_accepted(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    # Right after a leadership transfer the new leader refuses configuration changes until it
+    # has committed an entry of its term; the leaving server must not give up on the first no.
+    monkeypatch.setattr(leavemod, "RAFT_REMOVE_RETRY_S", 0.01)
+    steps = Steps()
+    caplog.set_level("INFO")
+    assert asyncio.run(GracefulLeave(_agent(steps, server=True, voters=("me", "a"), remove_fails=3)).run())
+    assert steps.done == ["raft-remove:me"] * 4 + ["gossip-leave"]
+    assert "left the Raft configuration" in caplog.text
 
 
 def test_only_servers_drain(monkeypatch: pytest.MonkeyPatch) -> None:
