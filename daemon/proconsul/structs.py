@@ -101,6 +101,9 @@ class ServiceDefinition:
     checks: tuple[CheckDefinition, ...] = ()
     # Anything else the caller sent that we keep verbatim (Proxy, Connect, Locality...).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # proconsul's ProtectionThreshold (0 = off): below this fraction of passing instances,
+    # `?passing` and DNS answer every instance (see proconsul.server.protection).
+    protection_threshold: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +142,22 @@ def _int(value: Any, path: str, errors: list[str]) -> int | None:
         errors.append(f"{path}: expected an integer, got {value}")
         return None
     return int(value)
+
+
+def _fraction(value: Any, path: str, errors: list[str]) -> float | None:
+    """A number in [0, 1] (strings allowed, as weak decoding allows for numbers)."""
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not 0.0 <= number <= 1.0:  # NaN fails both comparisons
+        errors.append(f"{path}: expected a number between 0 and 1, got {value!r}"[:200])
+        return None
+    return number
 
 
 def _bool(value: Any, path: str, errors: list[str]) -> bool | None:
@@ -274,6 +293,7 @@ _SERVICE_FIELDS: dict[str, tuple[str, _Reader]] = {
     "socketpath": ("socket_path", _string),
     "kind": ("kind", _string),
     "enabletagoverride": ("enable_tag_override", _bool),
+    "protectionthreshold": ("protection_threshold", _fraction),
 }
 _SERVICE_KEPT = {
     "taggedaddresses": "TaggedAddresses",

@@ -47,6 +47,7 @@ from typing import Any
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
 
 from proconsul.config import RuntimeConfig
+from proconsul.state import protection
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store
 from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
@@ -307,8 +308,10 @@ class Resolver:
         now: float,
         cache: AnswerCache | None = None,
         max_groups: int = 0,
+        protection_log: protection.ProtectionLog | None = None,
     ) -> None:
         self.cfg = cfg
+        self.protection_log = protection_log
         self.dc = datacenter
         self.rng = rng
         self.now = now  # wall-clock seconds, only for the SOA serial
@@ -389,7 +392,7 @@ class Resolver:
 
     def sorted_healthy(self, store: Store, service: str, tag: str) -> list[Instance]:
         """Healthy instances of `service` (case-insensitive), by node name and service ID."""
-        out = []
+        candidates = []
         only_passing = self.cfg.dns_config.only_passing
         for node_name in sorted(store.services):
             node = store.nodes.get(node_name)
@@ -402,9 +405,10 @@ class Resolver:
                     continue
                 if tag and not any(t.lower() == tag for t in svc.tags):
                     continue
-                checks = store.checks_for_instance(svc)
-                if _healthy(checks, only_passing):
-                    out.append((node, svc, checks))
+                candidates.append((node, svc, store.checks_for_instance(svc)))
+        out, protected = protection.select_healthy(candidates, lambda c: c[1], lambda c: _healthy(c[2], only_passing))
+        if self.protection_log is not None:
+            self.protection_log.note(service, protected)
         return out
 
     # ----------------------------------------------------------------------------- forms

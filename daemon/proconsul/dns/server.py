@@ -38,6 +38,7 @@ from proconsul.dns.remote import answer_on_client, answer_remote
 from proconsul.metrics import Metrics
 from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.rpc import Server
+from proconsul.state import protection
 from proconsul.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class DNSServer:
         self.tcp_idle_s = tcp_idle_s
         # Service answers per question, invalidated by the store's per-service index.
         self.cache = AnswerCache()
+        self.protection_log = protection.ProtectionLog(logger, "dns")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.base_events.Server] = []
@@ -216,7 +218,9 @@ class DNSServer:
     async def _answer(self, cfg: RuntimeConfig, q: Question, max_groups: int = 0) -> Answer:
         if getattr(self.server, "catalog_is_remote", False):
             return await self._answer_on_client(cfg, q, max_groups)
-        resolver = Resolver(cfg, cfg.datacenter, self.rng, time.time(), self.cache, max_groups)
+        resolver = Resolver(
+            cfg, cfg.datacenter, self.rng, time.time(), self.cache, max_groups, protection_log=self.protection_log
+        )
 
         def run(store: Store) -> tuple[int, Answer]:
             return 0, resolver.resolve(store, q)

@@ -23,7 +23,7 @@ from proconsul.http.common import (
     target_dc,
 )
 from proconsul.http.coordinate import near_node
-from proconsul.state import commands
+from proconsul.state import commands, protection
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.structs import CHECK_STATUSES, DecodeError, decode_service
 
@@ -99,6 +99,7 @@ def decode_register(body: dict[str, Any], datacenter: str) -> commands.Register:
             weights=definition.weights,
             enable_tag_override=definition.enable_tag_override,
             kind=definition.kind,
+            extra=protection.extra_for(definition.protection_threshold),
         )
     raw_checks: list[Any] = []
     single = get_key(body, "Check")

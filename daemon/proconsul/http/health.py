@@ -6,6 +6,7 @@ consul-template and py-consul), with `?passing`, `?tag`, `?node-meta`, `?filter`
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +17,12 @@ from proconsul.http.catalog import node_meta_filter
 from proconsul.http.common import bad_request, filter_items, flag, json_response, query_options
 from proconsul.http.coordinate import near_node
 from proconsul.server.queries import VALID_STATES
+from proconsul.state import protection
+
+logger = logging.getLogger(__name__)
+
+# Which services this agent's API has seen below their protection threshold (logging only).
+PROTECTION_LOG = web.AppKey("protection_log", protection.ProtectionLog)
 
 
 def _unpeered(request: web.Request, items: list[Any], schema: Any) -> list[Any]:
@@ -64,7 +71,17 @@ async def service_health(request: web.Request) -> web.Response:
         "near": near_node(request),
     }
     meta, items = await agent.server.query("Health.ServiceNodes", args, opts)
-    return json_response(request, _unpeered(request, items, bexpr.HEALTH_SERVICE_ENTRY), meta)
+    # With ?passing every entry is all-passing unless the protection threshold kept the others
+    # (the server that ran the query may be another one, so this is read off the answer).
+    protected = args["passing"] and any(
+        check.get("Status") != "passing" for item in items for check in item.get("Checks") or ()
+    )
+    if args["passing"]:
+        request.app[PROTECTION_LOG].note(args["service"], protected)
+    response = json_response(request, _unpeered(request, items, bexpr.HEALTH_SERVICE_ENTRY), meta)
+    if protected:
+        response.headers[protection.APPLIED_HEADER] = "true"
+    return response
 
 
 def routes() -> list[web.RouteDef]:

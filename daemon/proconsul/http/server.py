@@ -33,6 +33,7 @@ from proconsul.http.conn_guard import (
     guarded_factory,
 )
 from proconsul.rpc_api import RPCError
+from proconsul.state import protection
 from proconsul.state.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def build_app(agent: Any) -> web.Application:
     app.router.add_routes(route_defs())
     app["metrics"] = agent.metrics
     app["http_metrics"] = metrics_routes.HTTPMetrics(agent.metrics)
+    app[health.PROTECTION_LOG] = protection.ProtectionLog(health.logger, "http")
     return app
 
 

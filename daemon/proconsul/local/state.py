@@ -28,7 +28,7 @@ from proconsul import safe_json
 from proconsul.durations import format_duration
 from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.rpc import Server
-from proconsul.state import commands
+from proconsul.state import commands, protection
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.state.store import StoreError
 from proconsul.structs import (
@@ -365,7 +365,8 @@ class LocalState:
             weights=d.weights,
             enable_tag_override=d.enable_tag_override,
             kind=d.kind,
-            extra={k: v for k, v in d.extra.items() if k in ("Proxy", "Connect")},
+            extra={k: v for k, v in d.extra.items() if k in ("Proxy", "Connect")}
+            | protection.extra_for(d.protection_threshold),
         )
 
     def check_record(self, check_id: str) -> HealthCheck:
@@ -620,6 +621,8 @@ def _service_to_json(d: ServiceDefinition) -> dict[str, Any]:
     }
     if d.tagged_addresses:
         out["TaggedAddresses"] = dict(d.tagged_addresses)
+    if d.protection_threshold:
+        out["ProtectionThreshold"] = d.protection_threshold
     return out
 
 

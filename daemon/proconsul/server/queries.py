@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proconsul.coordinate import DEFAULT_SEGMENT, distance
-from proconsul.state import commands, render
+from proconsul.state import commands, protection, render
 from proconsul.state.fsm import TxnError, txn_kv_op
 from proconsul.state.records import DirEntry, Node, ServiceInstance
 from proconsul.state.store import Store
@@ -199,17 +199,22 @@ def health_checks_in_state(store: Store, args: Args) -> tuple[int, Any]:
 
 
 def health_service_nodes(store: Store, args: Args) -> tuple[int, Any]:
-    """Instances of a service with node and checks; `passing` keeps all-passing ones only."""
+    """Instances of a service with node and checks; `passing` keeps all-passing ones only,
+    unless the service's protection threshold says the filter would empty it too far."""
     name, tags = args["service"], args.get("tags") or []
     passing, wanted = bool(args.get("passing")), args.get("node_meta") or {}
-    out = []
+    candidates = []
     for svc in store.service_instances(name):
         n = store.nodes.get(svc.node)
         if n is None or not _tags_ok(svc, tags) or not _meta_ok(n, wanted):
             continue
-        checks = store.checks_for_instance(svc)
-        if passing and any(c.status != HEALTH_PASSING for c in checks):
-            continue
+        candidates.append((n, svc, store.checks_for_instance(svc)))
+    if passing:
+        candidates, _ = protection.select_healthy(
+            candidates, lambda c: c[1], lambda c: all(check.status == HEALTH_PASSING for check in c[2])
+        )
+    out = []
+    for n, svc, checks in candidates:
         node = render.node(n)
         node["Datacenter"] = node["Datacenter"] or args.get("datacenter", "")
         out.append({"Node": node, "Service": render.service(svc), "Checks": [render.check(c) for c in checks]})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from proconsul.state import protection
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
 
 
@@ -68,6 +69,8 @@ def service(svc: ServiceInstance) -> dict[str, Any]:
         out["Port"] = svc.port
     out["Weights"] = _weights(svc)
     out["EnableTagOverride"] = svc.enable_tag_override
+    if threshold := protection.threshold_of(svc):
+        out[protection.THRESHOLD_FIELD] = threshold  # proconsul's own field, only when set
     out["Proxy"] = svc.extra.get("Proxy") or {"Mode": "", "MeshGateway": {}, "Expose": {}}
     out["Connect"] = svc.extra.get("Connect") or {}
     out["PeerName"] = ""
@@ -95,6 +98,8 @@ def agent_service(svc: ServiceInstance, datacenter: str) -> dict[str, Any]:
         out["TaggedAddresses"] = dict(svc.tagged_addresses)
     out["Weights"] = _weights(svc)
     out["EnableTagOverride"] = svc.enable_tag_override
+    if threshold := protection.threshold_of(svc):
+        out[protection.THRESHOLD_FIELD] = threshold  # proconsul's own field, only when set
     if svc.kind in _PROXY_KINDS:
         out["Proxy"] = svc.extra.get("Proxy") or {"MeshGateway": {}, "Expose": {}}
     connect = svc.extra.get("Connect") or {}
