@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proconsul.coordinate import DEFAULT_SEGMENT, distance
+from proconsul.server import prepared_query
 from proconsul.state import commands, render
 from proconsul.state.fsm import TxnError, txn_kv_op
 from proconsul.state.records import DirEntry, Node, ServiceInstance
@@ -323,6 +324,10 @@ READS: dict[str, QuerySpec] = {
     "Coordinate.Node": QuerySpec(coordinate_node, COORDINATE_TABLES),
     "Internal.DNSRecords": QuerySpec(dns_records, CATALOG_TABLES),
     "KVS.LockDelay": QuerySpec(kv_lock_delay, KV_TABLES),
+    "PreparedQuery.List": QuerySpec(prepared_query.list_all, ("prepared_queries",)),
+    "PreparedQuery.Get": QuerySpec(prepared_query.get, ("prepared_queries",)),
+    "PreparedQuery.Explain": QuerySpec(prepared_query.explain, ("prepared_queries",)),
+    "PreparedQuery.ExecuteLocal": QuerySpec(prepared_query.execute_local, prepared_query.TABLES),
 }
 
 VALID_STATES = (HEALTH_PASSING, "warning", "critical", HEALTH_ANY)

@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 
 from proconsul.coordinate import Coordinate
-from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
+from proconsul.state.records import DirEntry, HealthCheck, Node, PreparedQuery, ServiceInstance, Session
 
 
 class CommandType(IntEnum):
@@ -26,6 +26,7 @@ class CommandType(IntEnum):
     NOOP = 6  # written by a new leader to commit entries of earlier terms
     RESTORE = 7  # replace the whole store with a snapshot's (`PUT /v1/snapshot`)
     COORDINATE_BATCH_UPDATE = 8  # network coordinates batched by the leader (Coordinate.Update)
+    PREPARED_QUERY = 9  # create, update or delete a prepared query (PreparedQuery.Apply)
 
 
 class KVOp:
@@ -116,7 +117,15 @@ class CoordinateBatchUpdate:
     updates: tuple[tuple[str, str, Coordinate], ...] = ()
 
 
-Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate
+@dataclass(frozen=True, slots=True)
+class PreparedQueryOp:
+    """Create, update or delete one prepared query (the ID is chosen before proposing)."""
+
+    op: str  # "create" | "update" | "delete"
+    query: PreparedQuery
+
+
+Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate | PreparedQueryOp
 
 
 def encode(command: Command) -> bytes:
@@ -150,6 +159,9 @@ def encode(command: Command) -> bytes:
     elif isinstance(command, CoordinateBatchUpdate):
         payload = [[node, segment, coord.to_wire()] for node, segment, coord in command.updates]
         kind = CommandType.COORDINATE_BATCH_UPDATE
+    elif isinstance(command, PreparedQueryOp):
+        payload = [command.op, command.query.to_wire()]
+        kind = CommandType.PREPARED_QUERY
     else:  # pragma: no cover - the Union is closed
         raise TypeError(f"not a command: {command!r}")
     return msgpack.packb([int(kind), payload], use_bin_type=True)
@@ -181,4 +193,6 @@ def decode(data: bytes) -> Command:
         return Restore(bytes(payload))
     if kind is CommandType.COORDINATE_BATCH_UPDATE:
         return CoordinateBatchUpdate(tuple((str(n), str(seg), Coordinate.from_wire(c)) for n, seg, c in payload))
+    if kind is CommandType.PREPARED_QUERY:
+        return PreparedQueryOp(str(payload[0]), PreparedQuery.from_wire(payload[1]))
     return Noop()

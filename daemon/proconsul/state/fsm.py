@@ -70,6 +70,12 @@ class FSM:
                 return True
             if isinstance(command, cmd.Txn):
                 return self._apply_txn(index, command)
+            if isinstance(command, cmd.PreparedQueryOp):
+                if command.op == "delete":
+                    store.prepared_query_delete(index, command.query.id)
+                else:
+                    store.prepared_query_set(index, command.query, command.op == "update")
+                return command.query.id
             if isinstance(command, cmd.CoordinateBatchUpdate):
                 store.coordinate_batch_update(index, command.updates)
                 return None
