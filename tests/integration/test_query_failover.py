@@ -4,7 +4,8 @@ One server per datacenter (`dc1`, `dc2`) on its own 127.a.b.N address, joined ov
 service `web` with a TTL check runs in both; a query `web-q` created in dc1 fails over to dc2
 (`NearestN` and `Datacenters`). While dc1's instance passes, py-consul's `query.execute` and
 `dig web-q.query.consul` answer from dc1; once its check goes critical they answer from dc2
-(`Datacenter: dc2`, `Failovers: 1`, dc2's address); once it passes again they come back to dc1.
+(`Datacenter: dc2`, `Failovers: 1`, dc2's address), on the server and on a client agent of dc1;
+once it passes again they come back to dc1.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ DC1_ADDR, DC2_ADDR = "10.1.0.7", "10.2.0.7"
 class Federation:
     dc1: AgentProcess
     dc2: AgentProcess
+    client: AgentProcess  # a client agent of dc1
 
     def py(self, agent: AgentProcess) -> consul.Consul:
         return consul.Consul(host=agent.ip, port=agent.http_port)
@@ -46,14 +48,16 @@ def _server(ip: str, dc: str, other: str, root: Path) -> AgentProcess:
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("pqwan")
-    prefix = free_subnet(hosts=2)
-    ip1, ip2 = f"{prefix}.1", f"{prefix}.2"
+    prefix = free_subnet(hosts=3)
+    ip1, ip2, ip3 = f"{prefix}.1", f"{prefix}.2", f"{prefix}.3"
     dc1, dc2 = _server(ip1, "dc1", ip2, root), _server(ip2, "dc2", ip1, root)
+    client = AgentProcess("-datacenter=dc1", f"-retry-join={ip1}", "-retry-interval=1s",
+                          dev=False, ip=ip3, node="client-dc1", data_dir=str(root / "client"))
     started: list[AgentProcess] = []
     try:
-        for agent in (dc1, dc2):
+        for agent in (dc1, dc2, client):
             started.append(agent.start())
-        yield Federation(dc1, dc2)
+        yield Federation(dc1, dc2, client)
     finally:
         for agent in started:
             agent.stop()
@@ -112,6 +116,12 @@ def test_query_fails_over_to_dc2_and_comes_back(fed: Federation) -> None:
     assert {c["CheckID"]: c["Status"] for c in node["Checks"]}["service:web-1"] == "passing"
     wait_for(lambda: _dig(fed.dc1, "web-q.query.consul", "A") == [DC2_ADDR], timeout=30,
              what="DNS to answer from dc2")
+    # A client agent executes the same way, through its server.
+    cc = fed.py(fed.client)
+    via_client = cc.query.execute("web-q")
+    assert via_client["Datacenter"] == "dc2" and via_client["Failovers"] == 1
+    assert [n["Service"]["Address"] for n in via_client["Nodes"]] == [DC2_ADDR]
+    assert _dig(fed.client, "web-q.query.consul", "A") == [DC2_ADDR]
     srv = subprocess.run([shutil.which("dig") or "dig", f"@{fed.dc1.ip}", "-p", "8600", "+tries=1", "+time=5",
                           "+noall", "+answer", "_web-q._tcp.query.consul", "SRV"],
                          capture_output=True, text=True, timeout=30).stdout

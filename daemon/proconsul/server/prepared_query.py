@@ -84,14 +84,16 @@ def _meta_ok(meta: Any, wanted: dict[str, str] | None) -> bool:
 def _connect_capable(svc: ServiceInstance, name: str) -> bool:
     if svc.kind == "connect-proxy":
         proxy = svc.extra.get("Proxy") or {}
-        return bool(proxy.get("DestinationServiceName") == name)
+        return str(proxy.get("DestinationServiceName", "")).lower() == name
     connect = svc.extra.get("Connect") or {}
-    return svc.service == name and bool(connect.get("Native"))
+    return svc.service.lower() == name and bool(connect.get("Native"))
 
 
 def matching_instances(store: Store, service: dict[str, Any], connect: bool = False) -> list[Instance]:
-    """The instances a query's Service block selects, in (node, service ID) order."""
-    name = service["Service"]
+    """The instances a query's Service block selects, in (node, service ID) order.
+
+    The service name matches in any case, as Consul's service index (and DNS names) do."""
+    name = service["Service"].lower()
     only_passing = bool(service["OnlyPassing"])
     ignore = frozenset(service["IgnoreCheckIDs"] or ())
     tags = service["Tags"] or []
@@ -107,7 +109,7 @@ def matching_instances(store: Store, service: dict[str, Any], connect: bool = Fa
             if connect:
                 if not _connect_capable(svc, name):
                     continue
-            elif svc.service != name:
+            elif svc.service.lower() != name:
                 continue
             checks = store.checks_for_instance(svc)
             if not _healthy(checks, only_passing, ignore):
