@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from proconsul.server.snapshot import state_stats
 from proconsul.state import commands as cmd
 from proconsul.state import prepared_query as pq
 from proconsul.state.fsm import FSM
@@ -196,6 +197,8 @@ def test_snapshot_restore_keeps_queries() -> None:
     copy = Store()
     copy.restore(store.snapshot())
     assert copy.prepared_queries == store.prepared_queries
+    # `snapshot inspect` counts them as Consul names the table.
+    assert ("PreparedQuery", 2) in [(name, n) for name, n, _ in state_stats(store.snapshot())]
     assert pq.resolve(copy.prepared_queries, "tx")["Service"]["Service"] == "tx"
     # A snapshot from before prepared queries existed restores with none.
     older = Store()
