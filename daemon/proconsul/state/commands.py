@@ -91,11 +91,89 @@ class SessionOp:
     session: Session
 
 
+# Consul's catalog verbs in transactions (api.NodeSet, api.ServiceCAS, ...): the same words
+# for nodes, services and checks; only `get` reads.
+CATALOG_VERBS = frozenset({"set", "cas", "get", "delete", "delete-cas"})
+SESSION_VERBS = frozenset({"delete"})
+
+
+@dataclass(frozen=True, slots=True)
+class TxnNodeOp:
+    """A transaction's Node operation; `node.modify_index` is the CAS index."""
+
+    verb: str
+    node: Node
+
+
+@dataclass(frozen=True, slots=True)
+class TxnServiceOp:
+    """A transaction's Service operation on `node`; `service.modify_index` is the CAS index."""
+
+    verb: str
+    node: str
+    service: ServiceInstance
+
+
+@dataclass(frozen=True, slots=True)
+class TxnCheckOp:
+    """A transaction's Check operation; `check.modify_index` is the CAS index."""
+
+    verb: str
+    check: HealthCheck
+
+
+@dataclass(frozen=True, slots=True)
+class TxnSessionOp:
+    verb: str  # "delete"
+    session_id: str
+
+
+TxnOp = KVS | TxnNodeOp | TxnServiceOp | TxnCheckOp | TxnSessionOp
+
+
 @dataclass(frozen=True, slots=True)
 class Txn:
-    """An atomic list of KV operations: all apply or none does."""
+    """An atomic list of KV, Node, Service, Check and Session operations: all apply or none does."""
 
-    ops: tuple[KVS, ...] = field(default_factory=tuple)
+    ops: tuple[TxnOp, ...] = field(default_factory=tuple)
+
+
+def encode_txn_op(op: TxnOp) -> list[Any]:
+    # A KV op stays [verb, entry] (logs written before catalog ops existed decode unchanged);
+    # the others carry their kind first.
+    if isinstance(op, KVS):
+        return [op.op, op.entry.to_wire()]
+    if isinstance(op, TxnNodeOp):
+        return ["node", op.verb, op.node.to_wire()]
+    if isinstance(op, TxnServiceOp):
+        return ["service", op.verb, op.node, op.service.to_wire()]
+    if isinstance(op, TxnCheckOp):
+        return ["check", op.verb, op.check.to_wire()]
+    return ["session", op.verb, op.session_id]
+
+
+def decode_txn_op(raw: list[Any]) -> TxnOp:
+    if len(raw) == 2:
+        return KVS(raw[0], DirEntry.from_wire(raw[1]))
+    kind = raw[0]
+    if kind == "node":
+        return TxnNodeOp(raw[1], Node.from_wire(raw[2]))
+    if kind == "service":
+        return TxnServiceOp(raw[1], raw[2], ServiceInstance.from_wire(raw[3]))
+    if kind == "check":
+        return TxnCheckOp(raw[1], HealthCheck.from_wire(raw[2]))
+    if kind == "session":
+        return TxnSessionOp(raw[1], raw[2])
+    raise ValueError(f"unknown transaction operation {kind!r}")
+
+
+def txn_op_writes(op: TxnOp) -> bool:
+    """Whether the operation changes state (a transaction of reads only is served as a read)."""
+    if isinstance(op, KVS):
+        return op.op in KV_WRITE_VERBS
+    if isinstance(op, TxnSessionOp):
+        return True
+    return op.verb != "get"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +226,7 @@ def encode(command: Command) -> bytes:
         payload = [command.op, command.session.to_wire()]
         kind = CommandType.SESSION
     elif isinstance(command, Txn):
-        payload = [[op.op, op.entry.to_wire()] for op in command.ops]
+        payload = [encode_txn_op(op) for op in command.ops]
         kind = CommandType.TXN
     elif isinstance(command, Noop):
         payload = None
@@ -188,7 +266,7 @@ def decode(data: bytes) -> Command:
     if kind is CommandType.SESSION:
         return SessionOp(payload[0], Session.from_wire(payload[1]))
     if kind is CommandType.TXN:
-        return Txn(tuple(KVS(op, DirEntry.from_wire(e)) for op, e in payload))
+        return Txn(tuple(decode_txn_op(op) for op in payload))
     if kind is CommandType.RESTORE:
         return Restore(bytes(payload))
     if kind is CommandType.COORDINATE_BATCH_UPDATE:
