@@ -204,3 +204,27 @@ def test_snapshot_restore_keeps_queries() -> None:
     older = Store()
     older.restore(Store().snapshot())
     assert older.prepared_queries == {}
+
+
+@pytest.mark.parametrize("payload", [
+    ["create", [ID1, "q", "", {"Service": 5}]],
+    ["create", [ID1, "q", "", "not a definition"]],
+    ["update", [7, "q", "", {}]],
+    ["rename", [ID1, "q", "", {}]],
+    ["create"],
+])
+def test_forged_query_commands_are_refused_before_the_fsm(payload: list) -> None:
+    import msgpack
+
+    data = msgpack.packb([int(cmd.CommandType.PREPARED_QUERY), payload], use_bin_type=True)
+    with pytest.raises(ValueError):
+        cmd.decode(data)
+
+
+def test_forged_txn_ops_are_refused_before_the_fsm() -> None:
+    import msgpack
+
+    for ops in ([["node", "set", [5]]], [["service", "set", 1, ["n", "id", "svc"]]], [["nope", 1, 2]], [[1]]):
+        data = msgpack.packb([int(cmd.CommandType.TXN), ops], use_bin_type=True)
+        with pytest.raises(ValueError):
+            cmd.decode(data)

@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 
 from proconsul.coordinate import Coordinate
+from proconsul.state import prepared_query
 from proconsul.state.records import DirEntry, HealthCheck, Node, PreparedQuery, ServiceInstance, Session
 
 
@@ -152,17 +153,30 @@ def encode_txn_op(op: TxnOp) -> list[Any]:
     return ["session", op.verb, op.session_id]
 
 
+def _strings(*values: Any) -> None:
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError("a transaction operation's names must be strings")
+
+
 def decode_txn_op(raw: list[Any]) -> TxnOp:
+    """One operation as `encode_txn_op` wrote it; ValueError (or TypeError) for anything else."""
     if len(raw) == 2:
         return KVS(raw[0], DirEntry.from_wire(raw[1]))
     kind = raw[0]
     if kind == "node":
-        return TxnNodeOp(raw[1], Node.from_wire(raw[2]))
+        node = Node.from_wire(raw[2])
+        _strings(raw[1], node.node, node.id, node.address)
+        return TxnNodeOp(raw[1], node)
     if kind == "service":
-        return TxnServiceOp(raw[1], raw[2], ServiceInstance.from_wire(raw[3]))
+        svc = ServiceInstance.from_wire(raw[3])
+        _strings(raw[1], raw[2], svc.id, svc.service)
+        return TxnServiceOp(raw[1], raw[2], svc)
     if kind == "check":
-        return TxnCheckOp(raw[1], HealthCheck.from_wire(raw[2]))
+        check = HealthCheck.from_wire(raw[2])
+        _strings(raw[1], check.node, check.check_id, check.service_id, check.status)
+        return TxnCheckOp(raw[1], check)
     if kind == "session":
+        _strings(raw[1], raw[2])
         return TxnSessionOp(raw[1], raw[2])
     raise ValueError(f"unknown transaction operation {kind!r}")
 
@@ -266,11 +280,31 @@ def decode(data: bytes) -> Command:
     if kind is CommandType.SESSION:
         return SessionOp(payload[0], Session.from_wire(payload[1]))
     if kind is CommandType.TXN:
-        return Txn(tuple(decode_txn_op(op) for op in payload))
+        try:
+            return Txn(tuple(decode_txn_op(op) for op in payload))
+        except (TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise ValueError(f"undecodable transaction: {exc}") from None
     if kind is CommandType.RESTORE:
         return Restore(bytes(payload))
     if kind is CommandType.COORDINATE_BATCH_UPDATE:
         return CoordinateBatchUpdate(tuple((str(n), str(seg), Coordinate.from_wire(c)) for n, seg, c in payload))
     if kind is CommandType.PREPARED_QUERY:
-        return PreparedQueryOp(str(payload[0]), PreparedQuery.from_wire(payload[1]))
+        try:
+            return _decode_prepared_query(payload)
+        except (TypeError, KeyError, IndexError, AttributeError, ValueError) as exc:
+            raise ValueError(f"undecodable prepared query command: {exc}") from None
     return Noop()
+
+
+def _decode_prepared_query(payload: Any) -> PreparedQueryOp:
+    """A prepared query op whose definition is checked as the HTTP endpoint checks it, so that
+    a malformed entry (a forged `Raft.Apply`) is refused here instead of failing in the FSM."""
+    op, raw = payload
+    query = PreparedQuery.from_wire(raw)
+    if op not in ("create", "update", "delete") or not isinstance(query.id, str) or not query.id:
+        raise ValueError(f"bad prepared query operation {op!r}")
+    if op == "delete":
+        return PreparedQueryOp(op, PreparedQuery(query.id))
+    definition = prepared_query.normalize(query.definition)
+    return PreparedQueryOp(op, PreparedQuery(query.id, definition["Name"], definition["Session"], definition,
+                                             int(query.create_index), int(query.modify_index)))
