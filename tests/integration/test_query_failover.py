@@ -137,6 +137,17 @@ def test_query_fails_over_to_dc2_and_comes_back(fed: Federation) -> None:
     wait_for(lambda: _dig(fed.dc1, "web-q.query.consul", "A") == [DC1_ADDR], timeout=30,
              what="DNS to answer from dc1 again")
 
+    # A query stored in dc2 (created through dc1 with ?dc=), executed there from dc1, over HTTP and DNS.
+    status, _, raw = fed.dc1.http("POST", "/v1/query?dc=dc2",
+                                  json.dumps({"Name": "in-dc2", "Service": {"Service": "web"}}).encode())
+    assert status == 200, raw
+    assert [q["Name"] for q in c2.query.list()] == ["in-dc2"]
+    assert [q["Name"] for q in c1.query.list()] == ["web-q"]
+    remote = c1.query.execute("in-dc2", dc="dc2")
+    assert remote["Datacenter"] == "dc2" and [n["Service"]["Address"] for n in remote["Nodes"]] == [DC2_ADDR]
+    assert _dig(fed.dc1, "in-dc2.query.dc2.consul", "A") == [DC2_ADDR]
+    assert fed.dc1.http("GET", "/v1/query/in-dc2/execute")[0] == 404  # not a query of dc1
+
     # Both down: every failover target tried, nothing found, the answer still names the query.
     assert c1.agent.check.ttl_fail("service:web-1")
     assert c2.agent.check.ttl_fail("service:web-1")
