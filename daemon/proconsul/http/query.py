@@ -8,7 +8,8 @@ PeerName, Failovers and the embedded QueryMeta fields). Execution itself, with f
 `server.prepared_query.execute`. `?near=` and `?limit=` on execute; the client's address for
 `_ip` is the first `X-Forwarded-For` entry, else the peer's address, as Consul.
 
-ACLs: `_authorize` is the single place where query permissions are checked; see its docstring.
+ACLs: every handler goes through `server.prepared_query.authorize`, the single place where query
+permissions will be checked (execution calls it itself, for HTTP and DNS alike).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from proconsul.http.common import (
     query_options,
     read_json,
     target_dc,
+    token,
     uint_param,
 )
 from proconsul.rpc_api import QueryMeta
@@ -41,18 +43,8 @@ NOT_FOUND = "Query not found"
 
 
 def _authorize(request: web.Request, access: str, query: dict[str, Any] | None = None) -> None:
-    """ACL-HOOK(query): the one place prepared-query permissions will be enforced.
-
-    Not enforced yet (ACLs are not implemented; the agent refuses to start with `acl.enabled`).
-    When they land, this checks the request's `token(request)` against the `query` rules as
-    Consul does: `access` is "write" for create/update/delete (the prefix is the query's
-    Name, or the stored query's Name for update/delete; a catch-all template needs write on
-    every prefix), "read" for get/list/explain (list and get filter out queries the token may not
-    read, and show `Token` as `<hidden>` unless it has management rights). Execute needs no query
-    rule: the query's own `Token`, else the caller's, must read the service and its nodes, and
-    `Nodes` is filtered by them (setting `X-Consul-Results-Filtered-By-ACLs`).
-    """
-    del request, access, query  # nothing to enforce while ACLs are off
+    """Prepared-query permissions for this request (see `server.prepared_query.authorize`)."""
+    executor.authorize(token(request), access, query)
 
 
 def _meta_fields(meta: QueryMeta) -> dict[str, Any]:
@@ -134,7 +126,6 @@ def source_ip(request: web.Request) -> str:
 
 async def execute(request: web.Request) -> web.Response:
     agent = request.app["agent"]
-    _authorize(request, "execute")
     limit = uint_param(request, "limit", message="Invalid limit")
     execution = await executor.execute(
         agent.server,
@@ -147,6 +138,7 @@ async def execute(request: web.Request) -> web.Response:
         near=request.query.get("near", ""),
         limit=limit,
         connect=flag(request, "connect"),
+        token=token(request),
     )
     query = execution.query
     body = {
