@@ -99,6 +99,8 @@ class Server:
             commands.Register: m.sample("catalog", "register", help="ms to apply a catalog register through Raft"),
             commands.Deregister: m.sample("catalog", "deregister", help="ms to apply a catalog deregister through Raft"),
             commands.SessionOp: m.sample("session", "apply", help="ms to apply a session create/destroy through Raft"),
+            commands.PreparedQueryOp: m.sample("prepared-query", "apply",
+                                               help="ms to apply a prepared query create/update/delete through Raft"),
         }
 
     # ---------------------------------------------------------------------------------- reads
