@@ -127,19 +127,22 @@ def source_ip(request: web.Request) -> str:
 async def execute(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     limit = uint_param(request, "limit", message="Invalid limit")
-    execution = await executor.execute(
-        agent.server,
-        request.match_info["id"],
-        query_options(request),
-        agent.config.datacenter,
-        _rng,
-        agent_node=agent.node_name,
-        source_ip=source_ip(request),
-        near=request.query.get("near", ""),
-        limit=limit,
-        connect=flag(request, "connect"),
-        token=token(request),
-    )
+    try:
+        execution = await executor.execute(
+            agent.server,
+            request.match_info["id"],
+            query_options(request),
+            agent.config.datacenter,
+            _rng,
+            agent_node=agent.node_name,
+            source_ip=source_ip(request),
+            near=request.query.get("near", ""),
+            limit=limit,
+            connect=flag(request, "connect"),
+            token=token(request),
+        )
+    except executor.QueryNotFound:
+        raise HTTPError(404, NOT_FOUND) from None
     query = execution.query
     body = {
         "Service": query["Service"]["Service"],
@@ -163,17 +166,6 @@ async def explain(request: web.Request) -> web.Response:
     return json_response(request, {"Query": query, **_meta_fields(meta)}, meta)
 
 
-async def _not_found(request: web.Request, handler: Any) -> web.Response:
-    try:
-        return await handler(request)  # type: ignore[no-any-return]
-    except executor.QueryNotFound:
-        raise HTTPError(404, NOT_FOUND) from None
-
-
-async def execute_route(request: web.Request) -> web.Response:
-    return await _not_found(request, execute)
-
-
 def routes() -> list[web.RouteDef]:
     return [
         web.post("/v1/query", create),
@@ -181,6 +173,6 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/query/{id}", get_query),
         web.put("/v1/query/{id}", update),
         web.delete("/v1/query/{id}", delete),
-        web.get("/v1/query/{id}/execute", execute_route),
+        web.get("/v1/query/{id}/execute", execute),
         web.get("/v1/query/{id}/explain", explain),
     ]
