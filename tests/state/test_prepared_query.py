@@ -228,3 +228,11 @@ def test_forged_txn_ops_are_refused_before_the_fsm() -> None:
         data = msgpack.packb([int(cmd.CommandType.TXN), ops], use_bin_type=True)
         with pytest.raises(ValueError):
             cmd.decode(data)
+
+
+def test_names_and_prefixes_match_in_any_case() -> None:
+    store = _store(_query(ID1, Name="Web-Q"), PreparedQuery(ID2, "Geo-", "", _template("Geo-")))
+    assert pq.resolve(store.prepared_queries, "web-q")["ID"] == ID1
+    assert pq.resolve(store.prepared_queries, "geo-db")["ID"] == ID2
+    with pytest.raises(StoreError, match="name 'WEB-q' aliases an existing query name"):
+        store.prepared_query_set(3, _query(ID3, Name="WEB-q"))

@@ -10,7 +10,8 @@ templates: `name_prefix_match` selection by the longest matching prefix, the opt
 
 Resolution (`resolve`) follows Consul's state store: an ID first, then an exact name (static
 queries and templates alike), then the template whose name is the longest prefix of the asked
-name; a template is rendered with the asked text as `${name.full}`. Pure functions: no I/O.
+name, names compared in any case (Consul's name and template indexes are lower-cased); a
+template is rendered with the asked text as `${name.full}`. Pure functions: no I/O.
 """
 
 from __future__ import annotations
@@ -329,15 +330,18 @@ def resolve(queries: Mapping[str, Any], id_or_name: str) -> dict[str, Any] | Non
     if not id_or_name:
         return None
     found = queries.get(id_or_name) if is_uuid(id_or_name) else None
+    # Names (and template prefixes) match in any case, as Consul's lower-cased name index does;
+    # DNS names arrive lower-cased.
+    wanted = id_or_name.lower()
     if found is None:
         for q in queries.values():
-            if q.name and q.name == id_or_name:
+            if q.name and q.name.lower() == wanted:
                 found = q
                 break
     if found is None:
         best = None
         for q in queries.values():
-            if q.definition["Template"]["Type"] and id_or_name.startswith(q.name):
+            if q.definition["Template"]["Type"] and wanted.startswith(q.name.lower()):
                 if best is None or len(q.name) > len(best.name) or (len(q.name) == len(best.name) and q.id < best.id):
                     best = q
         found = best

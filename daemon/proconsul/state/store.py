@@ -605,7 +605,8 @@ class Store:
         for other in self.prepared_queries.values():
             if other.id == query.id:
                 continue
-            if query.name and other.name == query.name:
+            # Names are unique in any case (Consul's name index is lower-cased).
+            if query.name and other.name.lower() == query.name.lower():
                 raise StoreError(f"name '{query.name}' aliases an existing query name")
             if not query.name and is_template and not other.name and other.definition["Template"]["Type"]:
                 raise StoreError("a query template with an empty name already exists")
