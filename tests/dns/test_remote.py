@@ -21,8 +21,9 @@ from proconsul.dns.server import DNSServer
 from proconsul.rpc_api import QueryMeta, QueryOptions
 from proconsul.server.rpc import Server
 from proconsul.server.single import SingleNodeLog
+from proconsul.state import prepared_query as pq
 from proconsul.state.fsm import FSM
-from proconsul.state.records import HealthCheck, Node, ServiceInstance
+from proconsul.state.records import HealthCheck, Node, PreparedQuery, ServiceInstance
 from proconsul.state.store import Store
 
 
@@ -45,6 +46,9 @@ class WireServer:
     async def read(self, *args: object, **kwargs: object) -> Any:
         raise AssertionError("a client agent's DNS must not read its own store")
 
+    async def list_datacenters(self) -> list[str]:
+        return await self.server.list_datacenters()
+
 
 def catalog() -> Server:
     store = Store()
@@ -64,6 +68,12 @@ def catalog() -> Server:
                               (HealthCheck("down", "serfHealth", status="critical"),), False)
     store.ensure_registration(21, Node("named", address="db.example.com"),
                               ServiceInstance("named", "db", "db", address="10.9.9.9", port=5432), (), False)
+    # Prepared queries: a static one and a template ("v1-web" asks for tag v1 of web).
+    static = pq.normalize({"Name": "webq", "Service": {"Service": "web"}, "DNS": {"TTL": "3s"}})
+    store.prepared_query_set(30, PreparedQuery("11111111-1111-1111-1111-111111111111", "webq", "", static))
+    template = pq.normalize({"Name": "v", "Template": {"Type": "name_prefix_match", "Regexp": "^(v[0-9])-(.*)$"},
+                             "Service": {"Service": "${match(2)}", "Tags": ["${match(1)}"]}})
+    store.prepared_query_set(31, PreparedQuery("22222222-2222-2222-2222-222222222222", "v", "", template))
     return server
 
 
@@ -77,6 +87,8 @@ QUESTIONS = [
     ("consul.service.consul", "SRV"), ("consul", "SOA"), ("consul", "NS"), ("web.service.consul", "NS"),
     ("1.0.0.10.in-addr.arpa", "PTR"), ("9.9.9.10.in-addr.arpa", "PTR"), ("7f000001.addr.consul", "A"),
     ("foo.query.consul", "A"), ("consul", "A"), ("bar.consul", "A"),
+    ("webq.query.consul", "A"), ("_webq._tcp.query.consul", "SRV"), ("v1-web.query.consul", "SRV"),
+    ("webq.query.consul", "TXT"),
 ]
 
 
@@ -98,6 +110,26 @@ def test_client_answer_equals_server_answer(name: str, qtype: str) -> None:
         assert (w.header.rcode, [str(r) for r in w.rr], [str(r) for r in w.ar]) == (
             g.header.rcode, [str(r) for r in g.rr], [str(r) for r in g.ar]), (name, qtype)
         assert [r.rtype for r in w.auth] == [r.rtype for r in g.auth]
+
+
+def test_prepared_query_answers_from_the_execution() -> None:
+    cfg = RuntimeConfig()
+    dns = DNSServer(catalog(), lambda: cfg, rng=random.Random(3))
+
+    def ask(name: str, qtype: str) -> DNSRecord:
+        raw = asyncio.run(dns.handle(DNSRecord.question(name, qtype).pack(), False))
+        assert raw is not None
+        return DNSRecord.parse(raw)
+
+    r = ask("webq.query.consul", "A")
+    # Healthy instances of web in any case (Web on Node2 too), warning included; the query's TTL.
+    assert sorted(str(x.rdata) for x in r.rr) == ["10.0.0.1", "10.0.0.2", "10.0.0.4"]
+    assert {x.ttl for x in r.rr} == {3}
+    srv = ask("v1-web.query.consul", "SRV")
+    assert [(x.rdata.port, str(x.rdata.target)) for x in srv.rr] == [(8001, "node1.node.dc1.consul.")]
+    assert srv.rr[0].ttl == 0  # no DNS.TTL on the template and no service_ttl: node_ttl (0)
+    assert ask("nope.query.consul", "A").header.rcode == 3  # NXDOMAIN
+    assert ask("webq.query.dc9.consul", "A").header.rcode == 3  # no path to dc9
 
 
 def test_catalog_need_names_the_slice() -> None:

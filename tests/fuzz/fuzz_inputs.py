@@ -41,6 +41,7 @@ QUERY_KEYS = [
     "near", "tag", "passing", "cas", "flags", "acquire", "release", "raw", "pretty", "token", "node-meta",
     "enable", "reason", "note", "replace-existing-checks", "prune", "wan", "segment", "state", "cached",
     "ns", "partition", "peer", "limit", "id", "address", "name", "format", "relay-factor", "local-only",
+    "connect",
 ]  # fmt: skip
 
 FIELDS = [
@@ -51,6 +52,8 @@ FIELDS = [
     "EnableTagOverride", "Kind", "Proxy", "Connect", "Coord", "Vec", "Error", "Adjustment", "Height",
     "DeregisterCriticalServiceAfter", "SuccessBeforePassing", "FailuresBeforeCritical", "AliasService",
     "AliasNode", "Token", "Body", "Method", "Header", "TLSSkipVerify", "Definition", "Segment", "Namespace",
+    "Template", "Type", "Regexp", "RemoveEmptyTags", "Failover", "NearestN", "Datacenters", "Targets",
+    "OnlyPassing", "IgnoreCheckIDs", "Near", "ServiceMeta", "DNS", "ModifyIndex",
 ]  # fmt: skip
 
 # Fields that make the agent contact something: always a closed loopback port.

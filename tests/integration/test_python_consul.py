@@ -50,6 +50,19 @@ SCRIPT = textwrap.dedent(
     assert [n["Service"]["ID"] for n in nodes] == ["legacy-1"], nodes
     _, svcs = c.catalog.services()
     assert svcs["legacy"] == ["old"], svcs
+    # Prepared queries (python-consul sends a name_prefix_match template, as py-consul does).
+    qid = c.query.create("legacy", name="legacy-q", ttl="5s")["ID"]
+    assert [q["ID"] for q in c.query.list()] == [qid]
+    assert c.query.get(qid)[0]["DNS"] == {"TTL": "5s"}
+    res = c.query.execute("legacy-q")
+    assert res["Service"] == "legacy" and [n["Service"]["ID"] for n in res["Nodes"]] == ["legacy-1"], res
+    assert res["Datacenter"] == "dc1" and res["Failovers"] == 0
+    assert c.query.explain("legacy-q")["Query"]["ID"] == qid
+    assert c.query.delete(qid) is True and c.query.list() == []
+    # Catalog operations in a transaction.
+    txn = c.txn.put([{"Service": {"Verb": "get", "Node": "test-node", "Service": {"ID": "legacy-1"}}},
+                     {"Check": {"Verb": "get", "Check": {"Node": "test-node", "CheckID": "service:legacy-1"}}}])
+    assert txn["Results"][0]["Service"]["Port"] == 9000 and txn["Results"][1]["Check"]["Status"] == "passing", txn
     c.agent.service.deregister("legacy-1")
     assert c.status.leader()
     print("python-consul OK")

@@ -32,3 +32,17 @@ async def test_requests_queries_applies_and_errors_are_counted() -> None:
     with pytest.raises(RPCError):
         await server.handle_rpc("No.Such", None)
     assert _total(metrics, "rpc.request_error") == 1
+
+
+async def test_prepared_query_applies_are_timed() -> None:
+    from proconsul.state import prepared_query as pq
+    from proconsul.state.records import PreparedQuery
+
+    metrics = Metrics()
+    store = Store()
+    server = Server(store, SingleNodeLog(FSM(store), "127.0.0.1:8300", "id", "s1"), "dc1", metrics=metrics)
+    definition = pq.normalize({"Name": "q", "Service": {"Service": "web"}})
+    query = PreparedQuery("11111111-1111-1111-1111-111111111111", "q", "", definition)
+    await server.write(commands.PreparedQueryOp("create", query))
+    await server.write(commands.PreparedQueryOp("delete", query))
+    assert _total(metrics, "prepared-query.apply") == 2

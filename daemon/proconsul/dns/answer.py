@@ -30,8 +30,12 @@ Behaviour chosen to match Consul (agent/dns router and message serializer):
 - SOA and NS questions anywhere in the zone answer for the zone apex (`ns.<domain>`,
   `hostmaster.<domain>`, serial = unix time), naming up to three servers (`consul` service).
 - `_<service>._tcp` means "no tag filter"; any other `_<tag>` filters by that tag (`_udp` too).
-- Prepared queries (`.query`) and the mesh forms (`.connect`, `.ingress`, `.virtual`) are not
-  available yet and answer NXDOMAIN, as Consul does for an unknown prepared query.
+- Prepared queries (`<name>.query[.<dc>].<domain>`, `_<name>._tcp.query...` for SRV) are marked
+  with `Answer.prepared`: the DNS server executes the query (with its failover, see
+  `server.prepared_query`) and answers from its instances with `prepared_answer`, in the order the
+  execution returned them, with the query's `DNS.TTL` when set (else `service_ttl` for its
+  service). An unknown query is NXDOMAIN, as Consul.
+- The mesh forms (`.connect`, `.ingress`, `.virtual`) are not available and answer NXDOMAIN.
 """
 
 from __future__ import annotations
@@ -86,6 +90,8 @@ class Answer:
     omitted: int = 0
     # A question for another datacenter: (dc, "service" | "node", name) to look up there.
     remote: tuple[str, str, str] | None = None
+    # A prepared query question: (dc to execute in, query ID or name).
+    prepared: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,13 @@ def _locality(suffixes: list[str], local_dc: str) -> str | None:
 
 
 Instance = tuple[Node, ServiceInstance, list[HealthCheck]]
+
+
+def query_name(parts: list[str]) -> str:
+    """The prepared query a `.query` name asks for: `_<name>._<tag>` (RFC 2782) or the labels."""
+    if len(parts) == 2 and parts[0].startswith("_") and parts[1].startswith("_"):
+        return parts[0][1:]
+    return ".".join(parts)
 
 
 def split_name(q: Question) -> tuple[str, list[str], list[str]]:
@@ -331,6 +344,13 @@ class Resolver:
         kind, parts, suffixes = split_name(q)
         if kind == "addr":
             return self._addr(q, parts)
+        if kind == "query" and parts:
+            dc = _locality(suffixes, self.dc)
+            if dc is None:
+                return self._nxdomain(q)
+            answer = self._nxdomain(q)  # stands when the query is unknown
+            answer.prepared = (dc, query_name(parts))
+            return answer
         if kind not in ("service", "node") or not parts:
             return self._nxdomain(q)
         dc = _locality(suffixes, self.dc)
@@ -410,6 +430,26 @@ class Resolver:
         if self.protection_log is not None:
             self.protection_log.note(service, protected)
         return out
+
+    def prepared_answer(self, q: Question, instances: list[Instance], ttl: int) -> Answer:
+        """The answer for a prepared query from the instances its execution returned (already
+        filtered, shuffled or distance-sorted); NXDOMAIN when there are none."""
+        if not instances:
+            return self._nxdomain(q)
+        if q.qtype not in (QTYPE.SRV, QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+            return self._nodata(q)
+        entry = _Entry(
+            cfg=self.cfg, dc=self.dc, tables={}, index=0,
+            items=[_Item(node, svc, checks) for node, svc, checks in instances],
+            ttl=ttl, owner=DNSLabel(q.name),
+        )
+        if q.qtype == QTYPE.SRV:
+            for item in entry.items:
+                item.key = (item.node.node, item.svc.address or item.node.address, item.svc.port)
+                item.skip = bool(_INVALID_NAME.search(item.node.node))
+            return self._finish(q, self._srv(q, entry, entry.items))
+        self._prepare_addresses(q, entry)
+        return self._finish(q, self._addresses(q, entry, entry.items))
 
     # ----------------------------------------------------------------------------- forms
 

@@ -34,6 +34,7 @@ from proconsul.config import RuntimeConfig
 from proconsul.dns import recursor as dns_recursor
 from proconsul.dns import wire as dns_wire
 from proconsul.dns.answer import Answer, AnswerCache, Question, Resolver, match_domain
+from proconsul.dns.query import answer_prepared
 from proconsul.dns.remote import answer_on_client, answer_remote
 from proconsul.metrics import Metrics
 from proconsul.rpc_api import QueryOptions, RPCError
@@ -81,6 +82,7 @@ class DNSServer:
         self.rng = rng or random.Random()
         self.max_inflight = max_inflight
         self.tcp_idle_s = tcp_idle_s
+        self.node_name = node_name  # `_agent` for prepared queries' Near
         # Service answers per question, invalidated by the store's per-service index.
         self.cache = AnswerCache()
         self.protection_log = protection.ProtectionLog(logger, "dns")
@@ -132,11 +134,13 @@ class DNSServer:
         self._own(asyncio.get_running_loop().create_task(self._serve_udp(transport, data, addr)))
 
     async def _serve_udp(self, transport: asyncio.DatagramTransport, data: bytes, addr: Any) -> None:
-        reply = await self.safe_handle(data, tcp=False)
+        reply = await self.safe_handle(data, tcp=False, source_ip=str(addr[0]) if addr else "")
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source_ip = str(peer[0]) if peer else ""
         task = asyncio.current_task()
         if task is not None:
             self._own(task)
@@ -148,7 +152,7 @@ class DNSServer:
                     data = await asyncio.wait_for(reader.readexactly(length), self.tcp_idle_s)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
-                reply = await self.safe_handle(data, tcp=True)
+                reply = await self.safe_handle(data, tcp=True, source_ip=source_ip)
                 if reply is None:
                     return  # undecodable: the stream can no longer be trusted
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -160,9 +164,9 @@ class DNSServer:
 
     # ----------------------------------------------------------------------------- pipeline
 
-    async def safe_handle(self, data: bytes, tcp: bool) -> bytes | None:
+    async def safe_handle(self, data: bytes, tcp: bool, source_ip: str = "") -> bytes | None:
         try:
-            return await self.handle(data, tcp)
+            return await self.handle(data, tcp, source_ip)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -170,7 +174,7 @@ class DNSServer:
             logger.exception("dns: failed to answer a query")
             return None
 
-    async def handle(self, data: bytes, tcp: bool) -> bytes | None:
+    async def handle(self, data: bytes, tcp: bool, source_ip: str = "") -> bytes | None:
         """The reply to one request (None: send nothing)."""
         decoded = dns_wire.decode(data)
         if isinstance(decoded, dns_wire.Reject):
@@ -187,13 +191,13 @@ class DNSServer:
             return await self._recurse(cfg, req, data, tcp)
         start = time.perf_counter()
         try:
-            return await self._handle_domain(req, data, tcp, cfg, domain)
+            return await self._handle_domain(req, data, tcp, cfg, domain, source_ip)
         finally:
             reverse = req.name.endswith(("in-addr.arpa.", "ip6.arpa."))
             (self._m_ptr if reverse else self._m_domain).since(start)
 
     async def _handle_domain(
-        self, req: dns_wire.Request, data: bytes, tcp: bool, cfg: RuntimeConfig, domain: str
+        self, req: dns_wire.Request, data: bytes, tcp: bool, cfg: RuntimeConfig, domain: str, source_ip: str = ""
     ) -> bytes | None:
         dnscfg = cfg.dns_config
         compress = not dnscfg.disable_compression
@@ -208,6 +212,11 @@ class DNSServer:
         try:
             question = Question(req.name, req.qtype, domain)
             answer = await self._answer(cfg, question, dns_wire.group_limit(req, limits))
+            if answer.prepared is not None:
+                answer = await answer_prepared(
+                    self.server, cfg, question, answer, self.rng, time.time(),
+                    dns_wire.group_limit(req, limits), self.node_name, source_ip,
+                )
         except RPCError as exc:
             logger.debug("dns: read failed: %s", exc)
             return dns_wire.simple_reply(req, RCODE.SERVFAIL, False, can_recurse, compress)

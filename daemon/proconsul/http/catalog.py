@@ -78,29 +78,7 @@ def decode_register(body: dict[str, Any], datacenter: str) -> commands.Register:
     service = None
     raw_service = get_key(body, "Service")
     if raw_service:
-        if not isinstance(raw_service, dict):
-            raise bad_request("Request decode failed: Service must be an object")
-        # The catalog's NodeService names the service `Service`; the decoder expects `Name`.
-        as_def = {k: v for k, v in raw_service.items() if k.lower() not in ("service", "name")}
-        as_def["Name"] = get_key(raw_service, "Service") or get_key(raw_service, "Name") or ""
-        try:
-            definition = decode_service(as_def, strict=False)
-        except DecodeError as exc:
-            raise bad_request("Invalid service: " + "; ".join(exc.errors)) from None
-        service = ServiceInstance(
-            node=node_name,
-            id=definition.id,
-            service=definition.name,
-            tags=definition.tags,
-            address=definition.address,
-            tagged_addresses=definition.tagged_addresses,
-            meta=definition.meta,
-            port=definition.port,
-            weights=definition.weights,
-            enable_tag_override=definition.enable_tag_override,
-            kind=definition.kind,
-            extra=protection.extra_for(definition.protection_threshold),
-        )
+        service = decode_node_service(raw_service, node_name)
     raw_checks: list[Any] = []
     single = get_key(body, "Check")
     if single:
@@ -117,6 +95,34 @@ def decode_register(body: dict[str, Any], datacenter: str) -> commands.Register:
         checks.append(decode_catalog_check(raw, node_name, service))
     skip = bool(get_key(body, "SkipNodeUpdate"))
     return commands.Register(node=node, service=service, checks=tuple(checks), skip_node_update=skip)
+
+
+def decode_node_service(raw_service: Any, node_name: str) -> ServiceInstance:
+    """A NodeService JSON object (catalog register, txn Service operations); 400 on bad input."""
+    if not isinstance(raw_service, dict):
+        raise bad_request("Request decode failed: Service must be an object")
+    # The catalog's NodeService names the service `Service`; the decoder expects `Name`.
+    as_def = {k: v for k, v in raw_service.items() if k.lower() not in ("service", "name", "modifyindex",
+                                                                        "createindex")}
+    as_def["Name"] = get_key(raw_service, "Service") or get_key(raw_service, "Name") or ""
+    try:
+        definition = decode_service(as_def, strict=False)
+    except DecodeError as exc:
+        raise bad_request("Invalid service: " + "; ".join(exc.errors)) from None
+    return ServiceInstance(
+        node=node_name,
+        id=definition.id,
+        service=definition.name,
+        tags=definition.tags,
+        address=definition.address,
+        tagged_addresses=definition.tagged_addresses,
+        meta=definition.meta,
+        port=definition.port,
+        weights=definition.weights,
+        enable_tag_override=definition.enable_tag_override,
+        kind=definition.kind,
+        extra=protection.extra_for(definition.protection_threshold),
+    )
 
 
 def decode_catalog_check(raw: dict[str, Any], node: str, service: ServiceInstance | None) -> HealthCheck:

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 
-from proconsul.http import absent, catalog, event, health, keyring, kv, operator, session, status, txn
+from proconsul.http import absent, catalog, event, health, keyring, kv, operator, query, session, status, txn
 from proconsul.http import agent as agent_routes
 from proconsul.http import coordinate as coordinate_routes
 from proconsul.http import metrics as metrics_routes
@@ -152,7 +152,7 @@ async def index(request: web.Request) -> web.Response:
 def route_defs() -> list[web.AbstractRouteDef]:
     """Every /v1 route (method, path, handler): the route table, also read by the fuzz tier."""
     defs: list[web.AbstractRouteDef] = []
-    for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event, keyring):
+    for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event, keyring, query):
         defs.extend(module.routes())
     defs.extend(coordinate_routes.routes())
     defs.extend(absent.routes())

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from proconsul.coordinate import DEFAULT_SEGMENT, distance
+from proconsul.server import prepared_query
 from proconsul.state import commands, protection, render
-from proconsul.state.fsm import TxnError, txn_kv_op
-from proconsul.state.records import DirEntry, Node, ServiceInstance
-from proconsul.state.store import Store
+from proconsul.state.fsm import TxnError, txn_op
+from proconsul.state.records import Node, ServiceInstance
+from proconsul.state.store import Store, StoreError
 from proconsul.structs import HEALTH_ANY, HEALTH_PASSING
 
 CATALOG_TABLES = ("nodes", "services", "checks")
@@ -114,14 +115,22 @@ def kv_lock_delay(store: Store, args: Args) -> tuple[int, Any]:
 
 
 def txn_read(store: Store, args: Args) -> tuple[int, Any]:
-    """A read-only transaction: {"Results": [{"KV": ...}]} or {"Errors": [...]} (never changes state)."""
+    """A read-only transaction: {"Results": [{"KV"|"Node"|"Service"|"Check": ...}]} or
+    {"Errors": [...]} (its operations only read, so it never changes state)."""
     errors: list[TxnError] = []
-    results: list[DirEntry | None] = []
-    for i, (verb, wire) in enumerate(args["ops"]):
-        results.extend(txn_kv_op(store, 0, i, commands.KVS(verb, DirEntry.from_wire(wire)), errors))
+    results: list[Any] = []
+    for i, raw in enumerate(args["ops"]):
+        op = commands.decode_txn_op(raw)
+        if commands.txn_op_writes(op):
+            errors.append(TxnError(i, "read-only transaction with a write operation"))
+            continue
+        try:
+            results.extend(txn_op(store, 0, i, op, errors))
+        except StoreError as exc:
+            errors.append(TxnError(i, str(exc)))
     if errors:
         return store.kv_max_index(), {"Errors": [{"OpIndex": e.op_index, "What": e.what} for e in errors]}
-    return store.kv_max_index(), {"Results": [{"KV": render.dir_entry(e)} for e in results if e is not None]}
+    return store.kv_max_index(), {"Results": [render.txn_result(r) for r in results if r is not None]}
 
 
 # ------------------------------------------------------------------------------------ catalog
@@ -311,7 +320,7 @@ READS: dict[str, QuerySpec] = {
     "KVS.Get": QuerySpec(kv_get, KV_TABLES, lambda a: a["key"]),
     "KVS.List": QuerySpec(kv_list, KV_TABLES, lambda a: a["prefix"]),
     "KVS.ListKeys": QuerySpec(kv_keys, KV_TABLES, lambda a: a["prefix"]),
-    "Txn.Read": QuerySpec(txn_read, KV_TABLES),
+    "Txn.Read": QuerySpec(txn_read, KV_TABLES + CATALOG_TABLES),
     "Catalog.ListNodes": QuerySpec(catalog_nodes, CATALOG_TABLES),
     "Catalog.ListServices": QuerySpec(catalog_services, CATALOG_TABLES),
     "Catalog.ServiceNodes": QuerySpec(catalog_service_nodes, CATALOG_TABLES),
@@ -328,6 +337,10 @@ READS: dict[str, QuerySpec] = {
     "Coordinate.Node": QuerySpec(coordinate_node, COORDINATE_TABLES),
     "Internal.DNSRecords": QuerySpec(dns_records, CATALOG_TABLES),
     "KVS.LockDelay": QuerySpec(kv_lock_delay, KV_TABLES),
+    "PreparedQuery.List": QuerySpec(prepared_query.list_all, ("prepared_queries",)),
+    "PreparedQuery.Get": QuerySpec(prepared_query.get, ("prepared_queries",)),
+    "PreparedQuery.Explain": QuerySpec(prepared_query.explain, ("prepared_queries",)),
+    "PreparedQuery.ExecuteLocal": QuerySpec(prepared_query.execute_local, prepared_query.TABLES),
 }
 
 VALID_STATES = (HEALTH_PASSING, "warning", "critical", HEALTH_ANY)

@@ -35,7 +35,7 @@ from proconsul.rpc_api import (
 from proconsul.server import queries
 from proconsul.state import commands
 from proconsul.state.fsm import TxnError, TxnResult
-from proconsul.state.records import DirEntry
+from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store, StoreError
 from proconsul.tasks import wait_event
 
@@ -99,6 +99,8 @@ class Server:
             commands.Register: m.sample("catalog", "register", help="ms to apply a catalog register through Raft"),
             commands.Deregister: m.sample("catalog", "deregister", help="ms to apply a catalog deregister through Raft"),
             commands.SessionOp: m.sample("session", "apply", help="ms to apply a session create/destroy through Raft"),
+            commands.PreparedQueryOp: m.sample("prepared-query", "apply",
+                                               help="ms to apply a prepared query create/update/delete through Raft"),
         }
 
     # ---------------------------------------------------------------------------------- reads
@@ -369,12 +371,33 @@ class Server:
             raise NoPathToDatacenter(dc)
 
 
+# Transaction results on the wire: a KV entry as its bare wire list (as before catalog
+# operations existed), the other records tagged with their kind.
+_TXN_RECORD_TAGS: dict[type, str] = {Node: "node", ServiceInstance: "service", HealthCheck: "check"}
+_TXN_RECORD_TYPES: dict[str, Any] = {tag: cls for cls, tag in _TXN_RECORD_TAGS.items()}
+
+
+def _encode_txn_record(r: Any) -> Any:
+    if r is None or isinstance(r, DirEntry):
+        return r.to_wire() if r is not None else None
+    return {_TXN_RECORD_TAGS[type(r)]: r.to_wire()}
+
+
+def _decode_txn_record(raw: Any) -> Any:
+    if raw is None:
+        return None
+    if isinstance(raw, dict):
+        ((tag, wire),) = raw.items()
+        return _TXN_RECORD_TYPES[tag].from_wire(wire)
+    return DirEntry.from_wire(raw)
+
+
 def encode_result(result: Any) -> Any:
     """An FSM result as plain data for the wire (see decode_result)."""
     if isinstance(result, TxnResult):
         return {
             "txn": [
-                [r.to_wire() if r is not None else None for r in result.results],
+                [_encode_txn_record(r) for r in result.results],
                 [[e.op_index, e.what] for e in result.errors],
             ]
         }
@@ -385,7 +408,7 @@ def decode_result(raw: Any) -> Any:
     if isinstance(raw, dict) and "txn" in raw:
         results, errors = raw["txn"]
         return TxnResult(
-            tuple(DirEntry.from_wire(r) if r is not None else None for r in results),
+            tuple(_decode_txn_record(r) for r in results),
             tuple(TxnError(i, w) for i, w in errors),
         )
     return raw

@@ -139,7 +139,7 @@ def state_stats(state: bytes) -> list[tuple[str, int, int]]:
     rows: list[tuple[str, int, int]] = []
     for name, key in (
         ("Node", "nodes"), ("Service", "services"), ("Check", "checks"), ("KVS", "kv"),
-        ("Session", "sessions"), ("Coordinate", "coordinates"),
+        ("Session", "sessions"), ("Coordinate", "coordinates"), ("PreparedQuery", "prepared_queries"),
     ):
         items = data.get(key) or []
         rows.append((name, len(items), sum(len(msgpack.packb(i, use_bin_type=True)) for i in items)))

@@ -14,7 +14,8 @@ from typing import Any
 import msgpack
 
 from proconsul.coordinate import Coordinate
-from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
+from proconsul.state import prepared_query
+from proconsul.state.records import DirEntry, HealthCheck, Node, PreparedQuery, ServiceInstance, Session
 
 
 class CommandType(IntEnum):
@@ -26,6 +27,7 @@ class CommandType(IntEnum):
     NOOP = 6  # written by a new leader to commit entries of earlier terms
     RESTORE = 7  # replace the whole store with a snapshot's (`PUT /v1/snapshot`)
     COORDINATE_BATCH_UPDATE = 8  # network coordinates batched by the leader (Coordinate.Update)
+    PREPARED_QUERY = 9  # create, update or delete a prepared query (PreparedQuery.Apply)
 
 
 class KVOp:
@@ -90,11 +92,102 @@ class SessionOp:
     session: Session
 
 
+# Consul's catalog verbs in transactions (api.NodeSet, api.ServiceCAS, ...): the same words
+# for nodes, services and checks; only `get` reads.
+CATALOG_VERBS = frozenset({"set", "cas", "get", "delete", "delete-cas"})
+SESSION_VERBS = frozenset({"delete"})
+
+
+@dataclass(frozen=True, slots=True)
+class TxnNodeOp:
+    """A transaction's Node operation; `node.modify_index` is the CAS index."""
+
+    verb: str
+    node: Node
+
+
+@dataclass(frozen=True, slots=True)
+class TxnServiceOp:
+    """A transaction's Service operation on `node`; `service.modify_index` is the CAS index."""
+
+    verb: str
+    node: str
+    service: ServiceInstance
+
+
+@dataclass(frozen=True, slots=True)
+class TxnCheckOp:
+    """A transaction's Check operation; `check.modify_index` is the CAS index."""
+
+    verb: str
+    check: HealthCheck
+
+
+@dataclass(frozen=True, slots=True)
+class TxnSessionOp:
+    verb: str  # "delete"
+    session_id: str
+
+
+TxnOp = KVS | TxnNodeOp | TxnServiceOp | TxnCheckOp | TxnSessionOp
+
+
 @dataclass(frozen=True, slots=True)
 class Txn:
-    """An atomic list of KV operations: all apply or none does."""
+    """An atomic list of KV, Node, Service, Check and Session operations: all apply or none does."""
 
-    ops: tuple[KVS, ...] = field(default_factory=tuple)
+    ops: tuple[TxnOp, ...] = field(default_factory=tuple)
+
+
+def encode_txn_op(op: TxnOp) -> list[Any]:
+    # A KV op stays [verb, entry] (logs written before catalog ops existed decode unchanged);
+    # the others carry their kind first.
+    if isinstance(op, KVS):
+        return [op.op, op.entry.to_wire()]
+    if isinstance(op, TxnNodeOp):
+        return ["node", op.verb, op.node.to_wire()]
+    if isinstance(op, TxnServiceOp):
+        return ["service", op.verb, op.node, op.service.to_wire()]
+    if isinstance(op, TxnCheckOp):
+        return ["check", op.verb, op.check.to_wire()]
+    return ["session", op.verb, op.session_id]
+
+
+def _strings(*values: Any) -> None:
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError("a transaction operation's names must be strings")
+
+
+def decode_txn_op(raw: list[Any]) -> TxnOp:
+    """One operation as `encode_txn_op` wrote it; ValueError (or TypeError) for anything else."""
+    if len(raw) == 2:
+        return KVS(raw[0], DirEntry.from_wire(raw[1]))
+    kind = raw[0]
+    if kind == "node":
+        node = Node.from_wire(raw[2])
+        _strings(raw[1], node.node, node.id, node.address)
+        return TxnNodeOp(raw[1], node)
+    if kind == "service":
+        svc = ServiceInstance.from_wire(raw[3])
+        _strings(raw[1], raw[2], svc.id, svc.service)
+        return TxnServiceOp(raw[1], raw[2], svc)
+    if kind == "check":
+        check = HealthCheck.from_wire(raw[2])
+        _strings(raw[1], check.node, check.check_id, check.service_id, check.status)
+        return TxnCheckOp(raw[1], check)
+    if kind == "session":
+        _strings(raw[1], raw[2])
+        return TxnSessionOp(raw[1], raw[2])
+    raise ValueError(f"unknown transaction operation {kind!r}")
+
+
+def txn_op_writes(op: TxnOp) -> bool:
+    """Whether the operation changes state (a transaction of reads only is served as a read)."""
+    if isinstance(op, KVS):
+        return op.op in KV_WRITE_VERBS
+    if isinstance(op, TxnSessionOp):
+        return True
+    return op.verb != "get"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +209,15 @@ class CoordinateBatchUpdate:
     updates: tuple[tuple[str, str, Coordinate], ...] = ()
 
 
-Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate
+@dataclass(frozen=True, slots=True)
+class PreparedQueryOp:
+    """Create, update or delete one prepared query (the ID is chosen before proposing)."""
+
+    op: str  # "create" | "update" | "delete"
+    query: PreparedQuery
+
+
+Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate | PreparedQueryOp
 
 
 def encode(command: Command) -> bytes:
@@ -139,7 +240,7 @@ def encode(command: Command) -> bytes:
         payload = [command.op, command.session.to_wire()]
         kind = CommandType.SESSION
     elif isinstance(command, Txn):
-        payload = [[op.op, op.entry.to_wire()] for op in command.ops]
+        payload = [encode_txn_op(op) for op in command.ops]
         kind = CommandType.TXN
     elif isinstance(command, Noop):
         payload = None
@@ -150,6 +251,9 @@ def encode(command: Command) -> bytes:
     elif isinstance(command, CoordinateBatchUpdate):
         payload = [[node, segment, coord.to_wire()] for node, segment, coord in command.updates]
         kind = CommandType.COORDINATE_BATCH_UPDATE
+    elif isinstance(command, PreparedQueryOp):
+        payload = [command.op, command.query.to_wire()]
+        kind = CommandType.PREPARED_QUERY
     else:  # pragma: no cover - the Union is closed
         raise TypeError(f"not a command: {command!r}")
     return msgpack.packb([int(kind), payload], use_bin_type=True)
@@ -176,9 +280,31 @@ def decode(data: bytes) -> Command:
     if kind is CommandType.SESSION:
         return SessionOp(payload[0], Session.from_wire(payload[1]))
     if kind is CommandType.TXN:
-        return Txn(tuple(KVS(op, DirEntry.from_wire(e)) for op, e in payload))
+        try:
+            return Txn(tuple(decode_txn_op(op) for op in payload))
+        except (TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise ValueError(f"undecodable transaction: {exc}") from None
     if kind is CommandType.RESTORE:
         return Restore(bytes(payload))
     if kind is CommandType.COORDINATE_BATCH_UPDATE:
         return CoordinateBatchUpdate(tuple((str(n), str(seg), Coordinate.from_wire(c)) for n, seg, c in payload))
+    if kind is CommandType.PREPARED_QUERY:
+        try:
+            return _decode_prepared_query(payload)
+        except (TypeError, KeyError, IndexError, AttributeError, ValueError) as exc:
+            raise ValueError(f"undecodable prepared query command: {exc}") from None
     return Noop()
+
+
+def _decode_prepared_query(payload: Any) -> PreparedQueryOp:
+    """A prepared query op whose definition is checked as the HTTP endpoint checks it, so that
+    a malformed entry (a forged `Raft.Apply`) is refused here instead of failing in the FSM."""
+    op, raw = payload
+    query = PreparedQuery.from_wire(raw)
+    if op not in ("create", "update", "delete") or not isinstance(query.id, str) or not query.id:
+        raise ValueError(f"bad prepared query operation {op!r}")
+    if op == "delete":
+        return PreparedQueryOp(op, PreparedQuery(query.id))
+    definition = prepared_query.normalize(query.definition)
+    return PreparedQueryOp(op, PreparedQuery(query.id, definition["Name"], definition["Session"], definition,
+                                             int(query.create_index), int(query.modify_index)))

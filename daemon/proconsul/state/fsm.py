@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proconsul.state import commands as cmd
-from proconsul.state.records import DirEntry
+from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store, StoreError
 
 
@@ -23,11 +23,15 @@ class TxnError:
     what: str
 
 
+# What one transaction operation answers: a KV entry, a node, a service or a check.
+TxnRecord = DirEntry | Node | ServiceInstance | HealthCheck
+
+
 @dataclass(frozen=True, slots=True)
 class TxnResult:
-    """Either `results` (entries per op; None for ops without a result) or `errors`."""
+    """Either `results` (records per op; None for ops without a result) or `errors`."""
 
-    results: tuple[DirEntry | None, ...] = ()
+    results: tuple[TxnRecord | None, ...] = ()
     errors: tuple[TxnError, ...] = ()
 
 
@@ -70,6 +74,12 @@ class FSM:
                 return True
             if isinstance(command, cmd.Txn):
                 return self._apply_txn(index, command)
+            if isinstance(command, cmd.PreparedQueryOp):
+                if command.op == "delete":
+                    store.prepared_query_delete(index, command.query.id)
+                else:
+                    store.prepared_query_set(index, command.query, command.op == "update")
+                return command.query.id
             if isinstance(command, cmd.CoordinateBatchUpdate):
                 store.coordinate_batch_update(index, command.updates)
                 return None
@@ -130,7 +140,7 @@ class FSM:
     def _apply_txn(self, index: int, txn: cmd.Txn) -> TxnResult:
         store = self.store
         store.begin()
-        results: list[DirEntry | None] = []
+        results: list[TxnRecord | None] = []
         errors: list[TxnError] = []
         for i, op in enumerate(txn.ops):
             try:
@@ -146,9 +156,117 @@ class FSM:
         store.commit()
         return TxnResult(results=tuple(results))
 
-    def _txn_op(self, index: int, i: int, op: cmd.KVS, errors: list[TxnError]) -> list[DirEntry | None]:
-        """Run one txn KV op; returns its result entries (value blanked for writes, as Consul)."""
-        return txn_kv_op(self.store, index, i, op, errors)
+    def _txn_op(self, index: int, i: int, op: cmd.TxnOp, errors: list[TxnError]) -> list[TxnRecord | None]:
+        """Run one txn op; returns its result records (KV values blanked for writes, as Consul)."""
+        return txn_op(self.store, index, i, op, errors)
+
+
+def txn_op(store: Store, index: int, i: int, op: cmd.TxnOp, errors: list[TxnError]) -> list[TxnRecord | None]:
+    """One transaction operation of any kind against `store` (reads need no index)."""
+    if isinstance(op, cmd.KVS):
+        return list(txn_kv_op(store, index, i, op, errors))
+    if isinstance(op, cmd.TxnNodeOp):
+        return list(_txn_node(store, index, op))
+    if isinstance(op, cmd.TxnServiceOp):
+        return list(_txn_service(store, index, op))
+    if isinstance(op, cmd.TxnCheckOp):
+        return list(_txn_check(store, index, op))
+    if op.verb != "delete":
+        raise StoreError(f'failed to delete session: unknown Session verb "{op.verb}"')
+    store.destroy_session(index, op.session_id)
+    return []
+
+
+def _txn_node(store: Store, index: int, op: cmd.TxnNodeOp) -> list[Node]:
+    """Consul's txnNode: get, set, cas, delete, delete-cas; set/cas answer the stored node."""
+    want = op.node
+
+    def current() -> Node | None:
+        if want.id:
+            return next((n for n in store.nodes.values() if n.id == want.id), None)
+        return store.nodes.get(want.node)
+
+    existing = current()
+    if op.verb == "get":
+        if existing is None:
+            raise StoreError(f'node "{want.node}" doesn\'t exist')
+        return [existing]
+    if op.verb in ("set", "cas"):
+        if op.verb == "cas" and (existing.modify_index if existing is not None else 0) != want.modify_index:
+            raise StoreError(f'failed to set node "{want.node}", index is stale')
+        if not want.node or not want.address:
+            raise StoreError("Must provide node and address")
+        store.ensure_registration(index, want, None, (), False)
+        found = store.nodes.get(want.node)
+        return [found] if found is not None else []
+    if op.verb == "delete":
+        store.deregister(index, want.node)
+        return []
+    if op.verb == "delete-cas":
+        existing = store.nodes.get(want.node)
+        if existing is None or existing.modify_index != want.modify_index:
+            raise StoreError(f'failed to delete node "{want.node}", index is stale')
+        store.deregister(index, want.node)
+        return []
+    raise StoreError(f'unknown Node verb "{op.verb}"')
+
+
+def _txn_service(store: Store, index: int, op: cmd.TxnServiceOp) -> list[ServiceInstance]:
+    """Consul's txnService on node `op.node`: get, set, cas, delete, delete-cas."""
+    svc, node_name = op.service, op.node
+    existing = store.services.get(node_name, {}).get(svc.id)
+    if op.verb == "get":
+        if existing is None:
+            raise StoreError(f'service "{svc.id}" on node "{node_name}" doesn\'t exist')
+        return [existing]
+    if op.verb in ("set", "cas"):
+        if op.verb == "cas" and (existing.modify_index if existing is not None else 0) != svc.modify_index:
+            raise StoreError(f'failed to set service "{svc.id}" on node "{node_name}", index is stale')
+        node = store.nodes.get(node_name)
+        if node is None:
+            raise StoreError("Missing node registration")
+        store.ensure_registration(index, node, svc, (), True)
+        found = store.services.get(node_name, {}).get(svc.id)
+        return [found] if found is not None else []
+    if op.verb == "delete":
+        store.deregister(index, node_name, service_id=svc.id)
+        return []
+    if op.verb == "delete-cas":
+        if existing is None or existing.modify_index != svc.modify_index:
+            raise StoreError(f'failed to delete service "{svc.id}" on node "{node_name}", index is stale')
+        store.deregister(index, node_name, service_id=svc.id)
+        return []
+    raise StoreError(f'unknown Service verb "{op.verb}"')
+
+
+def _txn_check(store: Store, index: int, op: cmd.TxnCheckOp) -> list[HealthCheck]:
+    """Consul's txnCheck: get, set, cas, delete, delete-cas."""
+    check = op.check
+    existing = store.checks.get(check.node, {}).get(check.check_id)
+    if op.verb == "get":
+        if existing is None:
+            raise StoreError(f'check "{check.check_id}" on node "{check.node}" doesn\'t exist')
+        return [existing]
+    if op.verb in ("set", "cas"):
+        if op.verb == "cas" and (existing.modify_index if existing is not None else 0) != check.modify_index:
+            raise StoreError(f'failed to set check "{check.check_id}" on node "{check.node}", index is stale')
+        node = store.nodes.get(check.node)
+        if node is None:
+            raise StoreError("Missing node registration")
+        if check.service_id and check.service_id not in store.services.get(check.node, {}):
+            raise StoreError("Missing service registration")
+        store.ensure_registration(index, node, None, (check,), True)
+        found = store.checks.get(check.node, {}).get(check.check_id)
+        return [found] if found is not None else []
+    if op.verb == "delete":
+        store.deregister(index, check.node, check_id=check.check_id)
+        return []
+    if op.verb == "delete-cas":
+        if existing is None or existing.modify_index != check.modify_index:
+            raise StoreError(f'failed to delete check "{check.check_id}" on node "{check.node}", index is stale')
+        store.deregister(index, check.node, check_id=check.check_id)
+        return []
+    raise StoreError(f'unknown Check verb "{op.verb}"')
 
 
 def txn_kv_op(store: Store, index: int, i: int, op: cmd.KVS, errors: list[TxnError]) -> list[DirEntry | None]:

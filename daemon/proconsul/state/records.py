@@ -140,3 +140,20 @@ class Session(_Wire):
 
     def check_ids(self) -> tuple[str, ...]:
         return self.node_checks + tuple(c for c, _ in self.service_checks)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQuery(_Wire):
+    """A prepared query: its ID and name (indexed), its session, and the whole definition in
+    its canonical JSON form (`state.prepared_query.normalize`), never mutated once stored."""
+
+    id: str
+    name: str = ""
+    session: str = ""
+    definition: Mapping[str, Any] = None  # type: ignore[assignment]
+    create_index: int = 0
+    modify_index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.definition is None:
+            object.__setattr__(self, "definition", {})

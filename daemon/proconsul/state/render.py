@@ -181,6 +181,19 @@ def dir_entry(e: DirEntry) -> dict[str, Any]:
     return out
 
 
+def txn_result(r: Any) -> dict[str, Any]:
+    """One transaction result as Consul's TxnResult: {"KV"|"Node"|"Service"|"Check": ...}."""
+    if isinstance(r, DirEntry):
+        return {"KV": dir_entry(r)}
+    if isinstance(r, Node):
+        return {"Node": node(r)}
+    if isinstance(r, ServiceInstance):
+        return {"Service": service(r)}
+    if isinstance(r, HealthCheck):
+        return {"Check": check(r)}
+    raise TypeError(f"not a transaction result: {r!r}")
+
+
 def session(s: Session) -> dict[str, Any]:
     return {
         "ID": s.id,

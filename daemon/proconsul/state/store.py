@@ -24,10 +24,11 @@ from typing import Any
 import msgpack
 
 from proconsul.coordinate import Coordinate
-from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
+from proconsul.state import prepared_query as pq
+from proconsul.state.records import DirEntry, HealthCheck, Node, PreparedQuery, ServiceInstance, Session
 from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
 
-TABLES = ("nodes", "services", "checks", "kvs", "tombstones", "sessions", "coordinates")
+TABLES = ("nodes", "services", "checks", "kvs", "tombstones", "sessions", "coordinates", "prepared_queries")
 
 
 class StoreError(Exception):
@@ -55,6 +56,7 @@ class Store:
         self.sessions: dict[str, Session] = {}
         # node -> segment -> network coordinate (Consul's coordinates table; "" is the LAN segment).
         self.coordinates: dict[str, dict[str, Coordinate]] = {}
+        self.prepared_queries: dict[str, PreparedQuery] = {}  # ID -> query
         self.table_index: dict[str, int] = {t: 0 for t in TABLES}
         self.service_index: dict[str, int] = {}  # service name -> last index touching it
         self.last_index = 0
@@ -529,6 +531,9 @@ class Store:
                 self._kv_delete(index, entry.key)
             else:
                 self._kv_put(index, replace(entry, session="", modify_index=index))
+        # Queries bound to the session die with it, as Consul's session invalidation deletes them.
+        for qid in sorted(q.id for q in self.prepared_queries.values() if q.session == session_id):
+            self.prepared_query_delete(index, qid)
 
     def _invalidate_sessions_for_check(self, index: int, node: str, check_id: str) -> None:
         doomed = sorted(
@@ -587,6 +592,50 @@ class Store:
         per = self.coordinates.get(node, {})
         return self.table_index["coordinates"], {seg: per[seg] for seg in sorted(per)}
 
+    # ------------------------------------------------------------------------ prepared queries
+
+    def prepared_query_set(self, index: int, query: PreparedQuery, must_exist: bool = False) -> None:
+        """Create or replace `query` at `index`, with the integrity checks of Consul's store."""
+        if not query.id:
+            raise StoreError("Missing query ID")
+        existing = self.prepared_queries.get(query.id)
+        if must_exist and existing is None:
+            raise StoreError(f"Cannot modify non-existent prepared query: '{query.id}'")
+        is_template = bool(query.definition["Template"]["Type"])
+        for other in self.prepared_queries.values():
+            if other.id == query.id:
+                continue
+            # Names are unique in any case (Consul's name index is lower-cased).
+            if query.name and other.name.lower() == query.name.lower():
+                raise StoreError(f"name '{query.name}' aliases an existing query name")
+            if not query.name and is_template and not other.name and other.definition["Template"]["Type"]:
+                raise StoreError("a query template with an empty name already exists")
+        if query.name and pq.is_uuid(query.name) and query.name in self.prepared_queries:
+            raise StoreError(f"name '{query.name}' aliases an existing query ID")
+        if query.session and query.session not in self.sessions:
+            raise StoreError(f'invalid session "{query.session}"')
+        if is_template:
+            try:
+                pq.compile_template(query.definition)
+            except pq.QueryError as exc:
+                raise StoreError(str(exc)) from None
+        create = existing.create_index if existing is not None else index
+        self._log_undo_dict(self.prepared_queries, query.id)
+        self.prepared_queries[query.id] = replace(query, create_index=create, modify_index=index)
+        self._touch("prepared_queries", index)
+
+    def prepared_query_delete(self, index: int, query_id: str) -> None:
+        if query_id not in self.prepared_queries:
+            raise StoreError(f"Cannot modify non-existent prepared query: '{query_id}'")
+        self._log_undo_dict(self.prepared_queries, query_id)
+        del self.prepared_queries[query_id]
+        self._touch("prepared_queries", index)
+
+    def list_prepared_queries(self) -> tuple[int, list[PreparedQuery]]:
+        """Every query, by ID (Consul's list order)."""
+        qs = self.prepared_queries
+        return self.table_index["prepared_queries"], [qs[i] for i in sorted(qs)]
+
     # --------------------------------------------------------------------------- transactions
 
     def begin(self) -> None:
@@ -620,6 +669,7 @@ class Store:
             "sessions": [s.to_wire() for s in self.sessions.values()],
             "index_offset": self.index_offset,
             "coordinates": [[n, seg, c.to_wire()] for n, per in self.coordinates.items() for seg, c in per.items()],
+            "prepared_queries": [q.to_wire() for q in self.prepared_queries.values()],
         }
         return msgpack.packb(data, use_bin_type=True)
 
@@ -653,6 +703,8 @@ class Store:
         self.coordinates = {}
         for node, segment, raw in data.get("coordinates", []):
             self.coordinates.setdefault(node, {})[segment] = Coordinate.from_wire(raw)
+        queries = (PreparedQuery.from_wire(r) for r in data.get("prepared_queries", []))
+        self.prepared_queries = {q.id: q for q in queries}
         # Every watcher must re-read: the world changed under it.
         self._dirty_tables = set(TABLES)
         self._dirty_keys = [""]

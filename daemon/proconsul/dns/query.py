@@ -1,0 +1,57 @@
+"""DNS answers for prepared queries: `<name>.query[.<dc>].<domain>` and `_<name>._tcp.query...`.
+
+Owns the I/O half of a question `dns.answer.Resolver` marked with `Answer.prepared`: executing
+the query through `server.prepared_query.execute` (the same execution, failover included, as
+`/v1/query/:name/execute`; on client agents through their server), then answering from the
+instances it returned with a `Resolver` for the datacenter that answered, so SRV targets name
+`<node>.node.<that dc>.<domain>`. The TTL is the query's `DNS.TTL` when set, else the agent's
+`service_ttl` for the query's service, as Consul. `Near` sorting uses this agent's node for
+`_agent` and the client's address for `_ip`. An unknown query, or a datacenter with no path, is
+NXDOMAIN; any other failure is raised (`RPCError`: SERVFAIL).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from proconsul.config import RuntimeConfig
+from proconsul.dns.answer import Answer, Question, Resolver, service_ttl
+from proconsul.dns.remote import NO_DC_PATH
+from proconsul.durations import parse_duration
+from proconsul.rpc_api import NoPathToDatacenter, QueryOptions, RPCError
+from proconsul.server import prepared_query as executor
+
+
+async def answer_prepared(
+    server: Any,
+    cfg: RuntimeConfig,
+    q: Question,
+    marked: Answer,
+    rng: random.Random,
+    now: float,
+    max_groups: int = 0,
+    agent_node: str = "",
+    source_ip: str = "",
+) -> Answer:
+    """Execute the query `marked.prepared` names and answer `q` from its result."""
+    assert marked.prepared is not None
+    dc, name = marked.prepared
+    opts = QueryOptions(allow_stale=cfg.dns_config.allow_stale, datacenter="" if dc == cfg.datacenter else dc)
+    try:
+        execution = await executor.execute(
+            server, name, opts, cfg.datacenter, rng, agent_node=agent_node, source_ip=source_ip
+        )
+    except executor.QueryNotFound:
+        return marked
+    except RPCError as exc:
+        if isinstance(exc, NoPathToDatacenter) or str(exc) == NO_DC_PATH:
+            return marked
+        raise
+    ttl_text = execution.query["DNS"]["TTL"]
+    if ttl_text:
+        ttl = max(0, min(int(parse_duration(ttl_text)), 0x7FFFFFFF))
+    else:
+        ttl = service_ttl(cfg, execution.query["Service"]["Service"])
+    resolver = Resolver(cfg, execution.datacenter, rng, now, None, max_groups)
+    return resolver.prepared_answer(q, execution.instances, ttl)

@@ -1,0 +1,178 @@
+"""`/v1/query/...`: prepared queries (create, list, read, update, delete, execute, explain).
+
+Owns decoding query definitions (`state.prepared_query.normalize`: Consul's checks, a refused
+definition is a 400 with Consul's reason), the writes (`PreparedQueryOp` through Raft, forwarded
+with `?dc=`), the reads (named reads, `?dc=`, `?stale`/`?consistent`), and the execute and explain
+answers in Consul's JSON shape (`PreparedQueryExecuteResponse`: Service, Nodes, DNS, Datacenter,
+PeerName, Failovers and the embedded QueryMeta fields). Execution itself, with failover, is
+`server.prepared_query.execute`. `?near=` and `?limit=` on execute; the client's address for
+`_ip` is the first `X-Forwarded-For` entry, else the peer's address, as Consul.
+
+ACLs: every handler goes through `server.prepared_query.authorize`, the single place where query
+permissions will be checked (execution calls it itself, for HTTP and DNS alike).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from proconsul.http.common import (
+    HTTPError,
+    bad_request,
+    flag,
+    json_response,
+    query_options,
+    read_json,
+    target_dc,
+    token,
+    uint_param,
+)
+from proconsul.rpc_api import QueryMeta
+from proconsul.server import prepared_query as executor
+from proconsul.state import commands
+from proconsul.state import prepared_query as pq
+from proconsul.state.records import PreparedQuery
+
+_rng = random.Random()
+
+NOT_FOUND = "Query not found"
+
+
+def _authorize(request: web.Request, access: str, query: dict[str, Any] | None = None) -> None:
+    """Prepared-query permissions for this request (see `server.prepared_query.authorize`)."""
+    executor.authorize(token(request), access, query)
+
+
+def _meta_fields(meta: QueryMeta) -> dict[str, Any]:
+    """Consul's QueryMeta, embedded without JSON tags in execute and explain answers."""
+    return {
+        "Index": meta.index,
+        "LastContact": meta.last_contact_ms * 1_000_000,  # a Go time.Duration: nanoseconds
+        "KnownLeader": meta.known_leader,
+        "ConsistencyLevel": meta.consistency,
+        "NotModified": False,
+        "Backend": 0,
+        "ResultsFilteredByACLs": False,
+    }
+
+
+async def _definition(request: web.Request) -> dict[str, Any]:
+    body = await read_json(request)
+    try:
+        return pq.normalize(body)
+    except pq.QueryError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def _record(query_id: str, definition: dict[str, Any]) -> PreparedQuery:
+    return PreparedQuery(query_id, definition["Name"], definition["Session"], definition)
+
+
+async def create(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    definition = await _definition(request)
+    _authorize(request, "write", definition)
+    query_id = str(uuid.uuid4())
+    op = commands.PreparedQueryOp("create", _record(query_id, definition))
+    await agent.server.write(op, datacenter=target_dc(request))
+    return json_response(request, {"ID": query_id})
+
+
+async def list_queries(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    _authorize(request, "read")
+    meta, items = await agent.server.query("PreparedQuery.List", {}, query_options(request))
+    return json_response(request, items, meta)
+
+
+async def get_query(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    meta, items = await agent.server.query("PreparedQuery.Get", {"id": request.match_info["id"]},
+                                           query_options(request))
+    if items is None:
+        raise HTTPError(404, NOT_FOUND)
+    _authorize(request, "read", items[0])
+    return json_response(request, items, meta)
+
+
+async def update(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    definition = await _definition(request)
+    _authorize(request, "write", definition)
+    op = commands.PreparedQueryOp("update", _record(request.match_info["id"], definition))
+    await agent.server.write(op, datacenter=target_dc(request))
+    return web.Response(status=200)
+
+
+async def delete(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    _authorize(request, "write")
+    op = commands.PreparedQueryOp("delete", PreparedQuery(request.match_info["id"]))
+    await agent.server.write(op, datacenter=target_dc(request))
+    return web.Response(status=200)
+
+
+def source_ip(request: web.Request) -> str:
+    """The client's address for `near=_ip`: X-Forwarded-For's first entry wins, as Consul."""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded:
+        return forwarded.split(",")[0].strip()
+    return request.remote or ""
+
+
+async def execute(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    limit = uint_param(request, "limit", message="Invalid limit")
+    try:
+        execution = await executor.execute(
+            agent.server,
+            request.match_info["id"],
+            query_options(request),
+            agent.config.datacenter,
+            _rng,
+            agent_node=agent.node_name,
+            source_ip=source_ip(request),
+            near=request.query.get("near", ""),
+            limit=limit,
+            connect=flag(request, "connect"),
+            token=token(request),
+        )
+    except executor.QueryNotFound:
+        raise HTTPError(404, NOT_FOUND) from None
+    query = execution.query
+    body = {
+        "Service": query["Service"]["Service"],
+        "Nodes": executor.check_service_nodes(execution),
+        "DNS": dict(query["DNS"]),
+        "Datacenter": execution.datacenter,
+        "PeerName": "",
+        "Failovers": execution.failovers,
+        **_meta_fields(execution.meta),
+    }
+    return json_response(request, body, execution.meta)
+
+
+async def explain(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    meta, query = await agent.server.query("PreparedQuery.Explain", {"name": request.match_info["id"]},
+                                           query_options(request))
+    if query is None:
+        raise HTTPError(404, NOT_FOUND)
+    _authorize(request, "read", query)
+    return json_response(request, {"Query": query, **_meta_fields(meta)}, meta)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/query", create),
+        web.get("/v1/query", list_queries),
+        web.get("/v1/query/{id}", get_query),
+        web.put("/v1/query/{id}", update),
+        web.delete("/v1/query/{id}", delete),
+        web.get("/v1/query/{id}/execute", execute),
+        web.get("/v1/query/{id}/explain", explain),
+    ]
