@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from proconsul.malformed_log import MALFORMED
 from proconsul.metrics import Metrics
-from proconsul.raft import codec
+from proconsul.raft import codec, recovery
 from proconsul.raft.core import Compacted, NotLeader, ProposalRejected, RaftNode, Unavailable
 from proconsul.raft.messages import (
     ConfChange,
@@ -333,6 +333,7 @@ class RaftServer:
         self._m_snapshot = m.sample("raft", "snapshot", "takeSnapshot", help="ms to take a snapshot and compact the log")
         self._m_restore = m.sample("raft", "fsm", "restore", help="ms to restore the state machine from a snapshot")
         self.recovered_from_peers_file = self.recover_from_peers_file(os.path.join(raft_dir, "peers.json"))
+        self.recovery = self._load_recovery(raft_dir)
         self.core: RaftNode | None = None
         self._inbox: list[Message] = []
         self._wake = asyncio.Event()
@@ -424,12 +425,27 @@ class RaftServer:
                     index, term = e.index, e.term
             recovered = Snapshot(SnapshotMeta(index, term, config), self.fsm.snapshot())
             storage.install_snapshot(recovered)
+        recovery.clear_marker(os.path.dirname(path))  # this recovery supersedes an earlier one
         os.remove(path)
         logger.warning(
             "raft: recovered the configuration from %s: voters %s, non-voters %s (state kept up to index %d); "
             "file deleted", path, sorted(voters), sorted(learners), storage.snapshot_meta().index,
         )
         return True
+
+    def _load_recovery(self, raft_dir: str) -> recovery.Marker | None:
+        """`proconsul operator raft recover`'s marker: its voters replace older configurations."""
+        marker = recovery.load_marker(raft_dir)
+        if marker is None:
+            return None
+        for sid, addr in marker.voters.items():
+            self.addresses.learn(sid, addr)
+        hs = self.storage.log.hard_state
+        if hs.term < marker.term:  # the marker was written but the term bump was not
+            self.storage.log.save(hard_state=DiskHardState(marker.term, "", hs.commit))
+        logger.info("raft: recovered configuration in force from term %d: voters %s",
+                    marker.term, sorted(marker.voters))
+        return marker
 
     async def start(self) -> None:
         snap = self.storage.snapshot()
@@ -444,6 +460,7 @@ class RaftServer:
             heartbeat_tick=1,
             snapshot_threshold=self.snapshot_threshold,
             applied=snap.meta.index,
+            recovery=self.recovery.recovery() if self.recovery else None,
         )
         self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
         self._task.add_done_callback(self._loop_ended)
