@@ -56,6 +56,10 @@ from proconsul.wire import ConnType, FrameDecoder, encode_frame
 
 logger = logging.getLogger(__name__)
 
+# X-Consul-LastContact of a server that never heard from a leader: Go's maximum time.Duration
+# in milliseconds, what Consul reports then.
+NEVER_CONTACTED_MS = (2**63 - 1) // 1_000_000
+
 
 class StateMachine(Protocol):
     """What committed entries are applied to, in log order, on the event loop.
@@ -511,8 +515,15 @@ class RaftServer:
         return self.addresses.addrs.get(self.core.leader, "")
 
     def last_contact_ms(self) -> int:
-        if self.is_leader() or not self._last_leader_contact:
+        """How long ago this server last heard from a leader (0 on the leader itself).
+
+        A server that has not heard from any leader since it started reports Go's largest
+        duration, as Consul does (time since the zero time): its state may be arbitrarily old.
+        """
+        if self.is_leader():
             return 0
+        if not self._last_leader_contact:
+            return NEVER_CONTACTED_MS
         return int((time.monotonic() - self._last_leader_contact) * 1000)
 
     def voters(self) -> list[tuple[str, str, str]]:
@@ -695,6 +706,8 @@ class RaftServer:
                 next_tick = loop.time() + self.tick_s
                 if was_leader:
                     self._sample_last_contact()
+                    # A leader is in contact with itself: once deposed, its data is as old as this.
+                    self._last_leader_contact = time.monotonic()
                 if self.snapshot_interval_s is not None and not core.has_ready():
                     self._maybe_snapshot(core)
             inbox, self._inbox = self._inbox, []
