@@ -18,7 +18,7 @@ import random
 
 import pytest
 from proconsul.raft import recovery
-from proconsul.raft.core import Role
+from proconsul.raft.core import Recovery, Role
 from proconsul.raft.messages import HardState
 from raft_sim import Cluster, NetConfig, SimFailure
 
@@ -199,3 +199,19 @@ def test_a_lagging_survivor_alone_is_refused_when_another_holds_more_commits() -
     ok = recovery.plan(states)
     assert not ok.refusals and ok.best.id == "b" and ok.voters == ("b", "c")
     assert not [loss for loss in ok.losses if loss.server == "b"]
+
+
+def test_the_checkers_catch_a_recovery_without_the_kept_log_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the floor, two lagging survivors can elect each other over the one holding the
+    kept log and lose committed entries (seed 267 of the default range does)."""
+    monkeypatch.setattr(recovery.Marker, "recovery",
+                        lambda self: Recovery(self.term, self.configuration, 0, 0))
+    with pytest.raises(SimFailure):
+        run(267)
+
+
+def test_the_checkers_catch_a_recovery_term_a_lost_server_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the term gap, the new era can reuse a term only the lost servers reached (seed 200)."""
+    monkeypatch.setattr(recovery, "TERM_GAP", 0)
+    with pytest.raises(SimFailure, match="two leaders in term"):
+        run(200)
