@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,18 @@ def test_a_running_server_is_refused(tmp_path: Path) -> None:
         holder.stdin.close()
         holder.wait(30)
     assert recovery.inspect(str(a)).id == "a"
+
+
+def test_run_as_root_the_files_stay_the_service_users(tmp_path: Path) -> None:
+    a = _data_dir(tmp_path, "a", [1, 1], commit=2)
+    raft = a / "raft"
+    # As root (how the tests run here), the directory goes to "nobody", the service user's
+    # stand-in; otherwise the files simply stay ours.
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    if os.geteuid() == 0:
+        for p in [raft, *raft.iterdir()]:
+            os.chown(p, *owner)
+    recovery.apply(recovery.plan([recovery.inspect(str(a))]))
+    for name in (recovery.MARKER_FILE, "raft.db"):
+        st = (raft / name).stat()
+        assert (st.st_uid, st.st_gid) == owner, name

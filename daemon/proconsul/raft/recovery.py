@@ -394,5 +394,18 @@ def apply(p: Plan) -> list[str]:
         finally:
             log.close()
         atomic_write(os.path.join(raft_dir, MARKER_FILE), marker.encode())
+        _give_back(raft_dir, [MARKER_FILE, "raft.db", "raft.db-wal", "raft.db-shm"])
         done.append(s.source)
     return done
+
+
+def _give_back(raft_dir: str, names: list[str]) -> None:
+    """Run as root against a service user's data directory, leave what we wrote owned by that
+    user (the owner of the raft directory), or the server could not read it at start."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    st = os.stat(raft_dir)
+    for name in names:
+        path = os.path.join(raft_dir, name)
+        if os.path.exists(path):
+            os.chown(path, st.st_uid, st.st_gid)
