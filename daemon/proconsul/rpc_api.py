@@ -71,6 +71,25 @@ class QueryOptions:
     allow_stale: bool = False  # ?stale
     require_consistent: bool = False  # ?consistent
     datacenter: str = ""  # ?dc: answered by a server of that datacenter ("" = ours)
+    # ?max_stale / discovery_max_stale (seconds, 0 = none): a stale read from a server that has
+    # not heard from the leader for longer is answered by the leader instead (Consul's
+    # MaxStaleDuration).
+    max_stale_s: float = 0.0
+
+    def too_stale(self, last_contact_ms: int) -> bool:
+        return self.allow_stale and self.max_stale_s > 0 and last_contact_ms > self.max_stale_s * 1000
+
+    def wire(self) -> list[Any]:
+        """The `opts` list of a Query RPC; readers accept it without the fifth element."""
+        opts = [self.min_index, self.max_wait_s, self.allow_stale, self.require_consistent]
+        # Only when set, so that a server of an older build (which expects four) still answers.
+        return [*opts, self.max_stale_s] if self.max_stale_s > 0 else opts
+
+    @staticmethod
+    def from_wire(opts: list[Any], datacenter: str = "") -> QueryOptions:
+        min_index, max_wait_s, stale, consistent = opts[:4]
+        max_stale_s = float(opts[4]) if len(opts) > 4 else 0.0
+        return QueryOptions(min_index, max_wait_s, stale, consistent, datacenter, max_stale_s)
 
 
 @dataclass(frozen=True, slots=True)

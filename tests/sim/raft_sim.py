@@ -45,6 +45,7 @@ from proconsul.raft.core import (
     RaftError,
     RaftNode,
     Ready,
+    Recovery,
     Role,
     Snapshot,
 )
@@ -105,6 +106,8 @@ class Cluster:
         self.raft_kw = raft_kw
         voter_set = frozenset(self.ids if voters is None else voters)
         self.initial_config = Configuration(voter_set, frozenset(learners))
+        # An operator's leaderless recovery per node (raft/recovery.py): handed to the core at start.
+        self.recovery: dict[str, Recovery] = {}
         self.nodes: dict[str, SimNode] = {}
         for i in self.ids:
             # A node outside the initial configuration starts empty and learns it from a leader.
@@ -147,7 +150,8 @@ class Cluster:
         n.fsm, n.kv = _decode_fsm(snap.data)
         n.applied = snap.meta.index
         n.incarnation += 1
-        n.raft = RaftNode(i, n.storage, random.Random(self.rng.random()), **self.raft_kw)  # type: ignore[arg-type]
+        n.raft = RaftNode(i, n.storage, random.Random(self.rng.random()), recovery=self.recovery.get(i),
+                          **self.raft_kw)  # type: ignore[arg-type]
 
     def raft(self, i: str) -> RaftNode:
         r = self.nodes[i].raft

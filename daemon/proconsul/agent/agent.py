@@ -43,6 +43,7 @@ from proconsul.local.watch import WatchManager, start_agent_watches
 from proconsul.metrics import Metrics
 from proconsul.metrics.runtime import RuntimeSampler
 from proconsul.raft.node import PeersFileError, RaftServer
+from proconsul.raft.recovery import RecoveryError
 from proconsul.rpc_api import NoPathToDatacenter
 from proconsul.serf.keyring import KeyringOperations
 from proconsul.serf.lan import Membership
@@ -709,7 +710,7 @@ async def _run(cfg: configmod.RuntimeConfig, flags: ParsedFlags) -> int:
         await agent.wait()
         await agent.stop()
         return agent.exit_code
-    except (AgentError, PeersFileError) as exc:
+    except (AgentError, PeersFileError, RecoveryError) as exc:
         print(f"==> Error starting agent: {exc}", file=sys.stderr, flush=True)
         return 1
 

@@ -22,6 +22,7 @@ from proconsul.cli import kv as cli_kv
 from proconsul.cli import lock as cli_lock
 from proconsul.cli import maint as cli_maint
 from proconsul.cli import operator as cli_operator
+from proconsul.cli import raft_recover as cli_raft_recover
 from proconsul.cli import rtt as cli_rtt
 from proconsul.cli import services as cli_services
 from proconsul.cli import snapshot as cli_snapshot
@@ -39,7 +40,8 @@ EXIT_UNKNOWN_COMMAND = 127
 def commands() -> dict[str, Command]:
     """Every subcommand by its full name (`kv get`)."""
     table: dict[str, Command] = {}
-    for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_snapshot, cli_maint,
+    for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_raft_recover, cli_snapshot,
+                   cli_maint,
                    cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring, cli_tls):
         for cls in module.COMMANDS:
             table[cls.name] = cls()

@@ -79,7 +79,7 @@ IMPLEMENTED: frozenset[str] = frozenset(
         # refused (acl.enabled), they carry no authority, exactly as in Consul with ACLs off.
         "acl.tokens.default", "acl.tokens.agent", "acl.tokens.config_file_service_registration",
         "autopilot.cleanup_dead_servers", "autopilot.min_quorum",
-        "session_ttl_min", "default_query_time", "max_query_time", "disable_coordinates",
+        "session_ttl_min", "default_query_time", "max_query_time", "disable_coordinates", "discovery_max_stale",
         "raft_snapshot_threshold", "raft_snapshot_interval", "raft_trailing_logs",
         # Only 3 is accepted (build.py), which is the protocol proconsul speaks.
         "raft_protocol",
@@ -108,7 +108,7 @@ INERT: frozenset[str] = frozenset(
         "autopilot.last_contact_threshold", "autopilot.max_trailing_logs", "autopilot.server_stabilization_time",
         "http_config.use_cache", "http_config.max_header_bytes",
         "unix_sockets.user", "unix_sockets.group", "unix_sockets.mode",  # unix sockets are refused
-        "discovery_max_stale", "translate_wan_addrs",
+        "translate_wan_addrs",
         "disable_update_check",  # proconsul never checks for updates
         "auto_reload_config",  # reload on SIGHUP or `proconsul reload`
         "disable_remote_exec",  # remote exec is never run, whatever the value

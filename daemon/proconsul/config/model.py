@@ -335,6 +335,7 @@ RELOADABLE: frozenset[str] = frozenset(
         "dns_config",
         "recursors",
         "check_update_interval_s",
+        "discovery_max_stale_s",  # read per request by the HTTP layer
         "check_flap_detection",  # checks registered after the reload use the new settings
         "sources",
         # Read when the signal arrives (command/agent), so a reload changes the next stop.

@@ -21,6 +21,7 @@ callable, so a reload that replaces the agent's config applies to the next query
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import struct
@@ -237,8 +238,10 @@ class DNSServer:
         stale = cfg.dns_config.allow_stale
         meta, answer = await self.server.read(QueryOptions(allow_stale=stale), run, CATALOG_TABLES)
         if stale and meta.last_contact_ms > cfg.dns_config.max_stale_s * 1000:
-            # Too stale (Consul's max_stale): ask again with a leader read.
-            meta, answer = await self.server.read(QueryOptions(), run, CATALOG_TABLES)
+            # Too stale (Consul's max_stale): the leader answers, through the named read client
+            # agents use (a follower cannot run a leader read itself).
+            leader_cfg = dataclasses.replace(cfg, dns_config=dataclasses.replace(cfg.dns_config, allow_stale=False))
+            return await answer_on_client(self.server, leader_cfg, q, self.rng, time.time(), max_groups)
         result: Answer = answer
         if result.remote is not None:
             # A name in another datacenter: its records come over the WAN (dns.remote).

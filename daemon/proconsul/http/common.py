@@ -1,7 +1,7 @@
 """Request parsing and response building shared by every /v1 route module.
 
 Owns Consul's cross-cutting HTTP conventions: presence-style boolean parameters, `?index` and
-`?wait` for blocking, `?stale`/`?consistent`, `?dc`, `?filter`, tokens from the three places
+`?wait` for blocking, `?stale`/`?consistent`/`?max_stale` (and `discovery_max_stale`), `?dc`, `?filter`, tokens from the three places
 Consul reads them, JSON bodies decoded with one-line 400 reasons, and responses that carry
 `X-Consul-Index`, `X-Consul-KnownLeader`, `X-Consul-LastContact` and the effective consistency.
 The mapping from errors to status codes lives in `http.server`, in one place.
@@ -10,6 +10,7 @@ The mapping from errors to status codes lives in `http.server`, in one place.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -77,12 +78,31 @@ def uint_param(request: web.Request, name: str, default: int = 0, message: str |
 _DEFAULT_OPTIONS = QueryOptions()
 
 
+def _discovery_default(request: web.Request, opts: QueryOptions) -> QueryOptions:
+    """Consul's `discovery_max_stale`: catalog and health reads that name no consistency mode
+    are stale reads bounded by it."""
+    if request.path.startswith(("/v1/catalog", "/v1/health")):
+        agent = request.app.get("agent")
+        bound = agent.config.discovery_max_stale_s if agent is not None else 0.0
+        if bound > 0:
+            return dataclasses.replace(opts, allow_stale=True, max_stale_s=bound)
+    return opts
+
+
 def query_options(request: web.Request) -> QueryOptions:
-    """Parse ?index, ?wait, ?stale, ?consistent and ?dc (forwarded over the WAN) for a read endpoint."""
+    """Parse ?index, ?wait, ?stale, ?consistent, ?max_stale and ?dc (forwarded over the WAN) for a read endpoint."""
     if not request.query_string:
-        return _DEFAULT_OPTIONS  # the common case, kept off the parsing path
+        return _discovery_default(request, _DEFAULT_OPTIONS)  # the common case, kept off the parsing path
     stale = flag(request, "stale")
     consistent = flag(request, "consistent")
+    max_stale_s = 0.0
+    raw_max_stale = request.query.get("max_stale", "")
+    if raw_max_stale:
+        try:
+            max_stale_s = parse_duration(raw_max_stale)
+        except ValueError:
+            raise bad_request(f'Invalid max_stale value "{raw_max_stale}"') from None
+        stale = stale or max_stale_s > 0  # a positive bound asks for a (bounded) stale read
     if stale and consistent:
         raise bad_request("Cannot specify ?stale with ?consistent, conflicting semantics.")
     wait_s = 0.0
@@ -95,8 +115,11 @@ def query_options(request: web.Request) -> QueryOptions:
         if wait_s < 0:
             raise bad_request("Invalid wait time")
     index = uint_param(request, "index", message="Invalid index")
-    return QueryOptions(min_index=index, max_wait_s=wait_s, allow_stale=stale, require_consistent=consistent,
-                        datacenter=target_dc(request))
+    opts = QueryOptions(min_index=index, max_wait_s=wait_s, allow_stale=stale, require_consistent=consistent,
+                        datacenter=target_dc(request), max_stale_s=max(max_stale_s, 0.0))
+    if not stale and not consistent and "leader" not in request.query:
+        opts = _discovery_default(request, opts)
+    return opts
 
 
 def check_dc(request: web.Request) -> None:

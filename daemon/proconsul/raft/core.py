@@ -531,6 +531,25 @@ class _ReadRequest:
 # ---------------------------------------------------------------------------------- the node
 
 
+@dataclass(frozen=True)
+class Recovery:
+    """An operator's leaderless recovery (`proconsul.raft.recovery` explains why it is safe).
+
+    `config` replaces every configuration carried by an entry or snapshot of a term before
+    `term`; entries of `term` or later decide as usual. No server campaigns, and none votes for
+    a candidate, whose log is less up-to-date than (`floor_term`, `floor_index`), the kept log:
+    the first leader of the new era holds it, and every later one holds that leader's.
+    """
+
+    term: int
+    config: Configuration
+    floor_term: int = 0
+    floor_index: int = 0
+
+    def admits(self, last_term: int, last_index: int) -> bool:
+        return (last_term, last_index) >= (self.floor_term, self.floor_index)
+
+
 class RaftNode:
     """One Raft server's protocol state. See the module docstring for the driver's duties.
 
@@ -553,6 +572,7 @@ class RaftNode:
         snapshot_threshold: applied entries past the last snapshot before snapshot_due() fires
             (0 disables).
         applied: last index already applied to the FSM (default: the snapshot index).
+        recovery: an operator's leaderless recovery (see `Recovery`), or None.
     """
 
     def __init__(
@@ -571,6 +591,7 @@ class RaftNode:
         max_bytes_per_msg: int | None = 1 << 20,
         snapshot_threshold: int = 0,
         applied: int | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         if heartbeat_tick <= 0 or election_tick <= heartbeat_tick:
             raise ValueError("need 0 < heartbeat_tick < election_tick")
@@ -597,15 +618,16 @@ class RaftNode:
         # Configuration history: (index, config) of the snapshot and of every CONF_CHANGE entry
         # in the log, newest last. The newest one is in force (effective when appended, §4.1);
         # truncating the log pops entries off the end, reverting to the previous configuration.
+        self._recovery = recovery
         snap_meta = storage.snapshot_meta()
-        base = snap_meta.config
+        base = self._effective_config(snap_meta.term, snap_meta.config)
         if not base.voters and not base.learners and peers:
             base = Configuration(frozenset(peers))
         self._conf_history: list[tuple[int, Configuration]] = [(snap_meta.index, base)]
         first, last = storage.first_index(), storage.last_index()
         if last >= first:
             for e in storage.entries(first, last + 1):
-                if e.kind == EntryKind.CONF_CHANGE and e.index > snap_meta.index:
+                if e.kind == EntryKind.CONF_CHANGE and e.index > snap_meta.index and self._conf_counts(e.term):
                     self._conf_history.append((e.index, Configuration.decode(e.data)))
         self.config = self._conf_history[-1][1]
 
@@ -654,6 +676,8 @@ class RaftNode:
 
     def promotable(self) -> bool:
         """Only voters campaign; learners and removed servers never do."""
+        if self._recovery is not None and not self._recovery.admits(self._log.last_term(), self._log.last_index()):
+            return False  # lacks the kept log: wait for the new era's leader
         return self.id in self.config.voters
 
     def progress(self, peer: str) -> tuple[int, int, str]:
@@ -993,6 +1017,8 @@ class RaftNode:
         # anyone if we have not voted and know no leader; a pre-vote for a later term is free.
         can_vote = (self.vote == m.frm or (self.vote is None and self.leader is None)
                     or (pre and m.term > self.term))
+        if self._recovery is not None and not self._recovery.admits(m.log_term, m.index):
+            can_vote = False
         if can_vote and self._log.is_up_to_date(m.index, m.log_term):
             self._send(Message(resp, m.frm, self.id, m.term))
             if not pre:
@@ -1046,7 +1072,7 @@ class RaftNode:
                 self._truncate_config(new[0].index)
                 lg.append(new)
                 for e in new:
-                    if e.kind == EntryKind.CONF_CHANGE:
+                    if e.kind == EntryKind.CONF_CHANGE and self._conf_counts(e.term):
                         self._apply_config(e.index, Configuration.decode(e.data))
             lg.commit_to(min(m.commit, last_new))
             self._send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=last_new))
@@ -1072,8 +1098,8 @@ class RaftNode:
             lg.commit_to(s.index)  # our log already contains the snapshot's last entry
         else:
             lg.restore(m.snapshot)
-            self._conf_history = [(s.index, s.config)]
-            self.config = s.config
+            self.config = self._effective_config(s.term, s.config)
+            self._conf_history = [(s.index, self.config)]
             self._send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=lg.last_index()))
             return
         self._send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=lg.committed))
@@ -1277,6 +1303,13 @@ class RaftNode:
                 break
 
     # ---------------------------------------------------------------- internals: config
+
+    def _conf_counts(self, term: int) -> bool:
+        """Whether a configuration written in `term` still decides (a recovery overrides older ones)."""
+        return self._recovery is None or term >= self._recovery.term
+
+    def _effective_config(self, term: int, conf: Configuration) -> Configuration:
+        return conf if self._recovery is None or term >= self._recovery.term else self._recovery.config
 
     def _config_at(self, index: int) -> Configuration:
         conf = self._conf_history[0][1]

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from proconsul.malformed_log import MALFORMED
 from proconsul.metrics import Metrics
-from proconsul.raft import codec
+from proconsul.raft import codec, recovery
 from proconsul.raft.core import Compacted, NotLeader, ProposalRejected, RaftNode, Unavailable
 from proconsul.raft.messages import (
     ConfChange,
@@ -55,6 +55,10 @@ from proconsul.transport import dial_target
 from proconsul.wire import ConnType, FrameDecoder, encode_frame
 
 logger = logging.getLogger(__name__)
+
+# X-Consul-LastContact of a server that never heard from a leader: Go's maximum time.Duration
+# in milliseconds, what Consul reports then.
+NEVER_CONTACTED_MS = (2**63 - 1) // 1_000_000
 
 
 class StateMachine(Protocol):
@@ -333,6 +337,7 @@ class RaftServer:
         self._m_snapshot = m.sample("raft", "snapshot", "takeSnapshot", help="ms to take a snapshot and compact the log")
         self._m_restore = m.sample("raft", "fsm", "restore", help="ms to restore the state machine from a snapshot")
         self.recovered_from_peers_file = self.recover_from_peers_file(os.path.join(raft_dir, "peers.json"))
+        self.recovery = self._load_recovery(raft_dir)
         self.core: RaftNode | None = None
         self._inbox: list[Message] = []
         self._wake = asyncio.Event()
@@ -424,12 +429,27 @@ class RaftServer:
                     index, term = e.index, e.term
             recovered = Snapshot(SnapshotMeta(index, term, config), self.fsm.snapshot())
             storage.install_snapshot(recovered)
+        recovery.clear_marker(os.path.dirname(path))  # this recovery supersedes an earlier one
         os.remove(path)
         logger.warning(
             "raft: recovered the configuration from %s: voters %s, non-voters %s (state kept up to index %d); "
             "file deleted", path, sorted(voters), sorted(learners), storage.snapshot_meta().index,
         )
         return True
+
+    def _load_recovery(self, raft_dir: str) -> recovery.Marker | None:
+        """`proconsul operator raft recover`'s marker: its voters replace older configurations."""
+        marker = recovery.load_marker(raft_dir)
+        if marker is None:
+            return None
+        for sid, addr in marker.voters.items():
+            self.addresses.learn(sid, addr)
+        hs = self.storage.log.hard_state
+        if hs.term < marker.term:  # the marker was written but the term bump was not
+            self.storage.log.save(hard_state=DiskHardState(marker.term, "", hs.commit))
+        logger.info("raft: recovered configuration in force from term %d: voters %s",
+                    marker.term, sorted(marker.voters))
+        return marker
 
     async def start(self) -> None:
         snap = self.storage.snapshot()
@@ -444,6 +464,7 @@ class RaftServer:
             heartbeat_tick=1,
             snapshot_threshold=self.snapshot_threshold,
             applied=snap.meta.index,
+            recovery=self.recovery.recovery() if self.recovery else None,
         )
         self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
         self._task.add_done_callback(self._loop_ended)
@@ -494,8 +515,15 @@ class RaftServer:
         return self.addresses.addrs.get(self.core.leader, "")
 
     def last_contact_ms(self) -> int:
-        if self.is_leader() or not self._last_leader_contact:
+        """How long ago this server last heard from a leader (0 on the leader itself).
+
+        A server that has not heard from any leader since it started reports Go's largest
+        duration, as Consul does (time since the zero time): its state may be arbitrarily old.
+        """
+        if self.is_leader():
             return 0
+        if not self._last_leader_contact:
+            return NEVER_CONTACTED_MS
         return int((time.monotonic() - self._last_leader_contact) * 1000)
 
     def voters(self) -> list[tuple[str, str, str]]:
@@ -678,6 +706,8 @@ class RaftServer:
                 next_tick = loop.time() + self.tick_s
                 if was_leader:
                     self._sample_last_contact()
+                    # A leader is in contact with itself: once deposed, its data is as old as this.
+                    self._last_leader_contact = time.monotonic()
                 if self.snapshot_interval_s is not None and not core.has_ready():
                     self._maybe_snapshot(core)
             inbox, self._inbox = self._inbox, []

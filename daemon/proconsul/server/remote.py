@@ -133,7 +133,7 @@ class RemoteServer:
         body = {
             "name": name,
             "args": args,
-            "opts": [opts.min_index, opts.max_wait_s, opts.allow_stale, opts.require_consistent],
+            "opts": opts.wire(),
         }
         if opts.datacenter and opts.datacenter != self.datacenter:
             body["dc"] = opts.datacenter  # our server forwards it over the WAN

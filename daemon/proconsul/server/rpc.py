@@ -122,11 +122,19 @@ class Server:
 
         if self.unsafe_follower_local_reads and not opts.require_consistent and not self.consensus.is_leader():
             opts = replace(opts, allow_stale=True)
+        if opts.too_stale(self.consensus.last_contact_ms()):
+            # ?max_stale: this server has not heard from the leader for too long; the leader answers.
+            opts = replace(opts, allow_stale=False, max_stale_s=0.0)
         if not opts.allow_stale and not self.consensus.is_leader() and self.pool is not None:
             leader = await self._wait_for_leader()
             if not self.consensus.is_leader():
                 return await self._forward_query(leader, name, args, opts)
-        return await self.read(opts, run, spec.tables, spec.kv_prefix(args))
+        meta, result = await self.read(opts, run, spec.tables, spec.kv_prefix(args))
+        if opts.too_stale(meta.last_contact_ms) and self.pool is not None:
+            # Contact was lost while a blocking read waited: ask the leader now, without blocking
+            # (as Consul retries once; the client sees the leader's index and blocks again).
+            return await self.query(name, args, replace(opts, allow_stale=False, max_stale_s=0.0, min_index=0))
+        return meta, result
 
     async def _wait_ready_for_reads(self) -> None:
         loop = asyncio.get_running_loop()
@@ -156,7 +164,7 @@ class Server:
         body = {
             "name": name,
             "args": args,
-            "opts": [opts.min_index, opts.max_wait_s, opts.allow_stale, opts.require_consistent],
+            "opts": opts.wire(),
         }
         timeout = (self.wait_time(opts) if opts.min_index else 0) + 30.0
         try:
@@ -319,17 +327,15 @@ class Server:
                 raise result
             return {"index": index, "result": encode_result(result)}
         if method == "Query":
-            min_index, max_wait_s, stale, consistent = body["opts"]
-            opts = QueryOptions(min_index, max_wait_s, stale, consistent)
-            if not stale and not self.consensus.is_leader():
+            opts = QueryOptions.from_wire(body["opts"])
+            if not opts.allow_stale and not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())
             meta, result = await self.query(body["name"], body["args"], opts)
             return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
         if method == "Client.Query":
             # From a client agent: answered here or forwarded to the leader (Server.query).
-            min_index, max_wait_s, stale, consistent = body["opts"]
             meta, result = await self.query(body["name"], body["args"],
-                                            QueryOptions(min_index, max_wait_s, stale, consistent, body.get("dc", "")))
+                                            QueryOptions.from_wire(body["opts"], body.get("dc", "")))
             return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
         if method == "Client.Write":
             # From a client agent: proposed here or forwarded once to the leader (Server.write).

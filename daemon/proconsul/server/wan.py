@@ -271,7 +271,7 @@ class Router:
         body = {
             "name": name,
             "args": args,
-            "opts": [opts.min_index, opts.max_wait_s, opts.allow_stale, opts.require_consistent],
+            "opts": opts.wire(),
             "dc": dc,
         }
         reply = await self._call(dc, "Client.Query", body, wait_s + 30.0, retry_sent=True)

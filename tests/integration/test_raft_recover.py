@@ -1,0 +1,135 @@
+"""`proconsul operator raft recover` on real servers: 5 servers, 3 lost for good, 2 survivors.
+
+One survivor (Y) is lost from view first and misses the last writes; the other (X) holds every
+acknowledged write. Then three servers, the leader among them, are killed for good and the two
+survivors stopped. `recover` refuses to keep Y alone (it lacks writes X knows are committed),
+then, with both as voters, writes the new configuration; started again with their usual flags,
+the two elect a leader and every acknowledged write reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from cluster_helpers import free_subnet, get, put
+from helpers import AgentProcess, proconsul_command, wait_for
+
+
+class FiveServers:
+    def __init__(self, root: Path) -> None:
+        self.prefix = free_subnet(5)
+        self.root = root
+        self.ips = [f"{self.prefix}.{i}" for i in range(1, 6)]
+        self.nodes: dict[str, AgentProcess] = {}
+
+    @staticmethod
+    def name(ip: str) -> str:
+        return f"s{ip.rsplit('.', 1)[1]}"
+
+    def data_dir(self, ip: str) -> Path:
+        return self.root / self.name(ip)
+
+    def node_id(self, ip: str) -> str:
+        return (self.data_dir(ip) / "node-id").read_text().strip()
+
+    def server(self, ip: str) -> AgentProcess:
+        joins = [f"-retry-join={other}" for other in self.ips if other != ip]
+        agent = AgentProcess("-server", "-bootstrap-expect=5", *joins, "-hcl", "performance { raft_multiplier = 1 }",
+                             dev=False, ip=ip, node=self.name(ip), data_dir=str(self.data_dir(ip)))
+        agent.wait_for_leader = False
+        return agent
+
+    def start(self) -> None:
+        for ip in self.ips:
+            self.nodes[ip] = self.server(ip).start()
+        for agent in self.nodes.values():
+            wait_for(agent._leader_known, timeout=90, what=f"a leader seen by {agent.ip}\n{agent.log()}")
+
+    def leader_ip(self, via: AgentProcess) -> str:
+        status, _, body = via.http("GET", "/v1/status/leader")
+        assert status == 200
+        return str(json.loads(body)).rsplit(":", 1)[0]
+
+    def stop(self) -> None:
+        for agent in self.nodes.values():
+            if agent.proc is not None and agent.proc.poll() is None:
+                agent.stop()
+
+
+def recover(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([proconsul_command(), "operator", "raft", "recover", *args], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _stale(agent: AgentProcess, key: str) -> str | None:
+    try:
+        return get(agent, key, "?stale")
+    except (OSError, AssertionError):
+        return None
+
+
+def test_recover_two_survivors_of_five(tmp_path: Path) -> None:
+    c = FiveServers(tmp_path)
+    try:
+        c.start()
+        first = c.nodes[c.ips[0]]
+        leader_ip = c.leader_ip(first)
+        followers = [ip for ip in c.ips if ip != leader_ip]
+        x_ip, y_ip = followers[0], followers[1]
+        x, y = c.nodes[x_ip], c.nodes[y_ip]
+        writer = c.nodes[leader_ip]
+        for i in range(20):
+            assert put(writer, f"before/{i}", str(i))
+        wait_for(lambda: _stale(y, "before/19") == "19", timeout=60, what="Y to hold the first writes")
+        y.kill()  # Y is gone from view; the other four still make a quorum
+        for i in range(10):
+            assert put(writer, f"later/{i}", str(i))
+        # X holds every acknowledged write (and has heard that they are committed).
+        wait_for(lambda: _stale(x, "later/9") == "9", timeout=60, what="X to hold the later writes")
+        for ip in c.ips:
+            if ip not in (x_ip, y_ip):
+                c.nodes[ip].kill()  # lost for good, the leader among them
+        x.kill()  # the survivors are stopped for the recovery
+        x_dir, y_dir = str(c.data_dir(x_ip)), str(c.data_dir(y_ip))
+        x_id, y_id = c.node_id(x_ip), c.node_id(y_ip)
+
+        # Keeping only Y would drop writes X knows were acknowledged: refused, nothing written.
+        out = recover(f"-data-dir={x_dir}", f"-data-dir={y_dir}", f"-voters={y_id}", "-yes")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "Refusing" in out.stderr and "acknowledged" in out.stderr and "Nothing was changed" in out.stderr
+        for d in (x_dir, y_dir):
+            assert not (Path(d) / "raft" / "recovery.json").exists()
+
+        # Not confirmed: nothing written either.
+        out = recover(f"-data-dir={x_dir}", f"-data-dir={y_dir}", stdin="no\n")
+        assert out.returncode == 1 and "Aborted" in out.stderr, out.stdout + out.stderr
+        assert not (Path(x_dir) / "raft" / "recovery.json").exists()
+
+        # Both survivors as voters, confirmed at the prompt.
+        out = recover(f"-data-dir={x_dir}", f"-data-dir={y_dir}", stdin="yes\n")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"New voters: {min(x_id, y_id)}, {max(x_id, y_id)}" in out.stdout
+        assert f"Kept: the log of {x_id}" in out.stdout
+        assert "majority of the old voters is gone" in out.stdout
+        for d in (x_dir, y_dir):
+            assert (Path(d) / "raft" / "recovery.json").exists()
+
+        # Started again with their usual flags: they elect, and every acknowledged write is there.
+        x2, y2 = c.server(x_ip), c.server(y_ip)
+        c.nodes[x_ip], c.nodes[y_ip] = x2.start(), y2.start()
+        for agent in (x2, y2):
+            wait_for(agent._leader_known, timeout=90, what=f"a leader after recovery on {agent.ip}\n{agent.log()}")
+        assert c.leader_ip(y2) in (x_ip, y_ip)
+        for i in range(20):
+            assert get(y2, f"before/{i}") == str(i)
+        for i in range(10):
+            assert get(y2, f"later/{i}") == str(i)
+        assert put(y2, "after-recovery", "ok")
+        assert get(x2, "after-recovery") == "ok"
+        status, _, body = x2.http("GET", "/v1/operator/raft/configuration")
+        assert status == 200, body
+        assert sorted(s["ID"] for s in json.loads(body)["Servers"]) == sorted([x_id, y_id])
+    finally:
+        c.stop()

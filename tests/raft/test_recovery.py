@@ -1,0 +1,184 @@
+"""raft/recovery.py on stopped servers' data directories, the driver's marker, and the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from proconsul.cli.base import UI
+from proconsul.cli.main import run_command
+from proconsul.cli.raft_recover import OperatorRaftRecover
+from proconsul.raft import recovery
+from proconsul.raft.messages import Configuration, EntryKind
+from proconsul.raft.node import RaftServer
+from proconsul.raft.storage import DurableLog, HardState, LogRecord, SnapshotMeta, SnapshotStore, private_dir
+from proconsul.server.consensus import CommandStateMachine
+from proconsul.state.fsm import FSM
+from proconsul.state.store import Store
+
+OLD_VOTERS = ["a", "b", "c", "d", "e"]
+
+
+def _data_dir(root: Path, node_id: str, terms: list[int], commit: int, term: int | None = None) -> Path:
+    """A stopped server's data directory: entry i+1 has term terms[i]."""
+    d = root / node_id
+    raft = d / "raft"
+    private_dir(str(raft))
+    (d / "node-id").write_text(node_id)
+    (raft / "addresses.json").write_text(json.dumps({v: f"10.0.0.{k}:8300" for k, v in enumerate(OLD_VOTERS, 1)}))
+    SnapshotStore(str(raft / "snapshots")).save(SnapshotMeta(0, 0, Configuration(frozenset(OLD_VOTERS)).encode()), b"")
+    log = DurableLog(str(raft / "raft.db"))
+    log.open()
+    log.save(HardState(term if term is not None else max(terms), "e", commit),
+             [LogRecord(i, t, int(EntryKind.NOOP), b"") for i, t in enumerate(terms, 1)])
+    log.close()
+    return d
+
+
+def _server(d: Path, node_id: str) -> RaftServer:
+    return RaftServer(node_id, node_id, "10.0.0.9:8300", CommandStateMachine(FSM(Store())), str(d))
+
+
+def test_inspect_plan_and_apply(tmp_path: Path) -> None:
+    a = _data_dir(tmp_path, "a", [1] * 10 + [2, 2], commit=10)
+    b = _data_dir(tmp_path, "b", [1] * 10, commit=8, term=3)
+    sa, sb = recovery.inspect(str(a)), recovery.inspect(str(b))
+    assert (sa.last_term, sa.last_index, sa.commit, sa.address) == (2, 12, 10, "10.0.0.1:8300")
+    assert sb.voters == tuple(OLD_VOTERS)
+    p = recovery.plan([sb, sa])
+    assert p.best.id == "a" and p.voters == ("a", "b") and not p.refusals and not p.losses
+    assert p.recovery_term == 3 + 1 + recovery.TERM_GAP and p.majority_lost
+    assert recovery.apply(p) == [str(a), str(b)]
+    for d in (a, b):
+        marker = recovery.load_marker(str(d / "raft"))
+        assert marker is not None and marker.term == p.recovery_term
+        assert dict(marker.voters) == {"a": "10.0.0.1:8300", "b": "10.0.0.2:8300"}
+        assert (marker.kept_term, marker.kept_index) == (2, 12)
+        log = DurableLog(str(d / "raft" / "raft.db"))
+        log.open()
+        assert log.hard_state.term == p.recovery_term and log.hard_state.vote == ""
+        log.close()
+    # Read again, the survivors see the new configuration.
+    assert recovery.inspect(str(b)).voters == ("a", "b")
+
+
+async def test_the_driver_hands_the_marker_to_the_core(tmp_path: Path) -> None:
+    a = _data_dir(tmp_path, "a", [1] * 10 + [2, 2], commit=10)
+    b = _data_dir(tmp_path, "b", [1] * 10, commit=8)
+    p = recovery.plan([recovery.inspect(str(a)), recovery.inspect(str(b))])
+    recovery.apply(p)
+    for d, node_id, promotable in ((a, "a", True), (b, "b", False)):
+        server = _server(d, node_id)
+        await server.start()
+        try:
+            assert server.core is not None
+            assert server.core.config.voters == frozenset({"a", "b"})
+            assert server.core.term == p.recovery_term
+            # Only a server holding the kept log may lead the new era.
+            assert server.core.promotable() is promotable
+            assert server.addresses.addrs["b"] == "10.0.0.2:8300"
+        finally:
+            await server.stop()
+
+
+def test_a_marker_whose_term_bump_was_lost_raises_the_term_at_start(tmp_path: Path) -> None:
+    a = _data_dir(tmp_path, "a", [1, 1], commit=2)
+    marker = recovery.Marker(50, {"a": "10.0.0.1:8300"}, 1, 2)
+    (a / "raft" / recovery.MARKER_FILE).write_text(marker.encode().decode())
+    server = _server(a, "a")
+    assert server.storage.log.hard_state.term == 50
+    server.storage.log.close()
+
+
+def test_peers_json_replaces_a_recovery_marker(tmp_path: Path) -> None:
+    a = _data_dir(tmp_path, "a", [1, 1], commit=2)
+    recovery.apply(recovery.plan([recovery.inspect(str(a))]))
+    (a / "raft" / "peers.json").write_text(json.dumps([{"id": "a", "address": "10.0.0.1:8300"},
+                                                       {"id": "z", "address": "10.0.0.26:8300"}]))
+    server = _server(a, "a")
+    assert server.recovery is None and not (a / "raft" / recovery.MARKER_FILE).exists()
+    assert server.storage.snapshot_meta().config.voters == frozenset({"a", "z"})
+    server.storage.log.close()
+
+
+def test_a_damaged_marker_stops_the_start(tmp_path: Path) -> None:
+    a = _data_dir(tmp_path, "a", [1], commit=1)
+    (a / "raft" / recovery.MARKER_FILE).write_text("{not json")
+    with pytest.raises(recovery.RecoveryError, match="unreadable"):
+        _server(a, "a")
+
+
+def _cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    cmd = OperatorRaftRecover()
+    spec = cmd.flag_spec()
+    parsed = spec.flagset.parse(list(args))
+    from proconsul.cli.base import Context
+
+    code = cmd.run(Context(opts=parsed, args=parsed.args, ui=UI(out, err), stdin=io.StringIO(stdin)))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_refuses_dropping_committed_entries_unless_forced(tmp_path: Path) -> None:
+    a = _data_dir(tmp_path, "a", [1] * 12, commit=12)
+    b = _data_dir(tmp_path, "b", [1] * 9, commit=9)
+    code, out, err = _cli(f"-data-dir={a}", f"-data-dir={b}", "-voters=b", "-yes")
+    assert code == 1 and "committed (acknowledged) entries up to index 12" in err and "Nothing was changed" in err
+    assert "entries 10-12 left behind on a (some at or below its commit index: acknowledged)" in out
+    code, out, err = _cli(f"-data-dir={a}", f"-data-dir={b}", "-voters=b", "-force", "-dry-run")
+    assert code == 0 and "Dry run" in out and "-force" in err
+    assert not (b / "raft" / recovery.MARKER_FILE).exists()
+    code, out, err = _cli(f"-data-dir={a}", f"-data-dir={b}", "-voters=b", "-force", "-yes")
+    assert code == 0, err
+    marker = recovery.load_marker(str(b / "raft"))
+    assert marker is not None and list(marker.voters) == ["b"]
+    assert not (a / "raft" / recovery.MARKER_FILE).exists()  # left out: untouched
+    assert "must have their data directory wiped" in out
+
+
+def test_cli_bad_input(tmp_path: Path) -> None:
+    assert _cli()[0] == 1
+    code, _, err = _cli(f"-data-dir={tmp_path / 'nothing'}")
+    assert code == 1 and "no Raft state" in err
+    a = _data_dir(tmp_path, "a", [1], commit=1)
+    code, _, err = _cli(f"-data-dir={a}", "-voters=zz")
+    assert code == 1 and "not among the survivors" in err
+    code, _, err = _cli(f"-data-dir={a}", f"-data-dir={a}")
+    assert code == 1 and "twice" in err
+    assert run_command(OperatorRaftRecover(), ["-nope"], UI(io.StringIO(), io.StringIO())) == 1
+
+
+def test_a_running_server_is_refused(tmp_path: Path) -> None:
+    a = _data_dir(tmp_path, "a", [1], commit=1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'rb'); print('open', flush=True); sys.stdin.read()",
+         str(a / "raft" / "raft.db")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(recovery.RecoveryError, match=f"open in process {holder.pid}"):
+            recovery.inspect(str(a))
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(30)
+    assert recovery.inspect(str(a)).id == "a"
+
+
+def test_run_as_root_the_files_stay_the_service_users(tmp_path: Path) -> None:
+    a = _data_dir(tmp_path, "a", [1, 1], commit=2)
+    raft = a / "raft"
+    # As root (how the tests run here), the directory goes to "nobody", the service user's
+    # stand-in; otherwise the files simply stay ours.
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    if os.geteuid() == 0:
+        for p in [raft, *raft.iterdir()]:
+            os.chown(p, *owner)
+    recovery.apply(recovery.plan([recovery.inspect(str(a))]))
+    for name in (recovery.MARKER_FILE, "raft.db"):
+        st = (raft / name).stat()
+        assert (st.st_uid, st.st_gid) == owner, name
