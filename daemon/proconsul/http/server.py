@@ -23,6 +23,7 @@ from proconsul.http import absent, catalog, event, health, keyring, kv, operator
 from proconsul.http import agent as agent_routes
 from proconsul.http import coordinate as coordinate_routes
 from proconsul.http import metrics as metrics_routes
+from proconsul.http import ui, ui_internal
 from proconsul.http.access import AccessRules
 from proconsul.http.common import HTTPError
 from proconsul.http.conn_guard import (
@@ -144,10 +145,6 @@ def refuse_unknown_expectations(app_handler: Handler) -> Handler:
     return handle
 
 
-async def index(request: web.Request) -> web.Response:
-    return web.Response(text="Consul Agent")
-
-
 def route_defs() -> list[web.AbstractRouteDef]:
     """Every /v1 route (method, path, handler): the route table, also read by the fuzz tier."""
     defs: list[web.AbstractRouteDef] = []
@@ -156,6 +153,7 @@ def route_defs() -> list[web.AbstractRouteDef]:
     defs.extend(coordinate_routes.routes())
     defs.extend(absent.routes())
     defs.extend(metrics_routes.routes())
+    defs.extend(ui_internal.routes())
     return defs
 
 
@@ -167,8 +165,8 @@ def build_app(agent: Any) -> web.Application:
     http_config = agent.config.http_config
     app["response_headers"] = dict(http_config.response_headers)
     app["access_rules"] = AccessRules.build(http_config.block_endpoints, http_config.allow_write_http_from)
-    app.router.add_get("/", index)
     app.router.add_routes(route_defs())
+    ui.add_routes(app, agent.config.ui_config)  # `/` and the UI's content path, after /v1
     app["metrics"] = agent.metrics
     app["http_metrics"] = metrics_routes.HTTPMetrics(agent.metrics)
     return app
