@@ -19,11 +19,23 @@ from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 
-from proconsul.http import absent, catalog, event, health, keyring, kv, operator, session, status, txn
+from proconsul.http import (
+    absent,
+    catalog,
+    event,
+    health,
+    keyring,
+    kv,
+    operator,
+    session,
+    status,
+    txn,
+    ui,
+    ui_internal,
+)
 from proconsul.http import agent as agent_routes
 from proconsul.http import coordinate as coordinate_routes
 from proconsul.http import metrics as metrics_routes
-from proconsul.http import ui, ui_internal
 from proconsul.http.access import AccessRules
 from proconsul.http.common import HTTPError
 from proconsul.http.conn_guard import (
