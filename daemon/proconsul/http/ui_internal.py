@@ -3,15 +3,15 @@
 Owns the two summaries the UI's list pages block on, in the shapes Consul's UI endpoints give
 (learned from Consul's API, not its code): per service a `ServiceSummary` (name, tags, the nodes
 it runs on, instance count, checks by status), per node a `NodeDump` entry (the node with its
-services and checks). Each is composed from the public named reads: one blocking read of the
-catalog instances (it wakes on any node, service or check change, as all three share the catalog
-tables' index), then an immediate read of the checks at that point. Both take `?dc`, `?index`,
+services and checks). Each is composed from the public named reads (the catalog's instances,
+its checks and its nodes), so whatever filtering those reads apply applies here too. Both take `?dc`, `?index`,
 `?wait`, `?stale` and `?consistent`; `?filter` is refused with a 400 (not supported here yet)
 rather than ignored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable
 from typing import Any
@@ -24,18 +24,53 @@ from proconsul.rpc_api import QueryMeta, QueryOptions
 _STATUS_FIELD = {"passing": "ChecksPassing", "warning": "ChecksWarning", "critical": "ChecksCritical"}
 
 
-async def _catalog(request: web.Request) -> tuple[QueryMeta, list[dict[str, Any]], list[dict[str, Any]], str]:
-    """(meta, service instances, checks, datacenter): the instances read blocks, the checks read
-    then follows at once, so the pair reflects the state the blocking read woke for."""
+# The reads a summary is composed of. Each answers with its own table's index (services,
+# checks, nodes), so none alone wakes for every change that matters: see `_catalog`.
+_PARTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("Catalog.ListServices", {"instances": True}),
+    ("Health.ChecksInState", {"state": "any"}),
+    ("Catalog.ListNodes", {}),
+)
+
+
+async def _snapshot(server: Any, now: QueryOptions) -> tuple[QueryMeta, list[Any]]:
+    """The three reads answered at once; the index is the largest of theirs (as Consul's dump
+    reads report the catalog's index over all its tables)."""
+    metas, results = [], []
+    for name, args in _PARTS:
+        meta, result = await server.query(name, args, now)
+        metas.append(meta)
+        results.append(list(result))
+    return dataclasses.replace(metas[0], index=max(m.index for m in metas)), results
+
+
+async def _catalog(request: web.Request) -> tuple[QueryMeta, list[Any], str]:
+    """(meta, [instances, checks, nodes], datacenter) under the request's blocking options.
+
+    Blocking composes the public reads: when `?index` is not behind the current one, the three
+    reads block together and the first to see its table pass the index (any node, service or
+    check change) ends the wait; then all three are read afresh. A change between the first
+    look and the wait is not lost, since each blocking read's index is at least the one looked at.
+    """
     if "filter" in request.query:
         raise bad_request("filter is not supported on this endpoint")
     agent = request.app["agent"]
+    server = agent.server
     opts = query_options(request)
-    meta, instances = await agent.server.query("Catalog.ListServices", {"instances": True}, opts)
     now = dataclasses.replace(opts, min_index=0, max_wait_s=0.0)
-    _, checks = await agent.server.query("Health.ChecksInState", {"state": "any"}, now)
-    dc = opts.datacenter or agent.config.datacenter
-    return meta, list(instances), list(checks), dc
+    meta, results = await _snapshot(server, now)
+    if opts.min_index and meta.index <= opts.min_index:
+        waits = [asyncio.ensure_future(server.query(name, args, opts)) for name, args in _PARTS]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a failed read is the request's error
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        meta, results = await _snapshot(server, now)
+    return meta, results, opts.datacenter or agent.config.datacenter
 
 
 def _by_node(checks: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -108,18 +143,13 @@ def _node_service(inst: dict[str, Any]) -> dict[str, Any]:
 
 
 async def ui_services(request: web.Request) -> web.Response:
-    meta, instances, checks, dc = await _catalog(request)
+    meta, (instances, checks, _), dc = await _catalog(request)
     summaries = service_summaries(instances, checks, dc)
     return json_response(request, summaries, meta)
 
 
 async def ui_nodes(request: web.Request) -> web.Response:
-    meta, instances, checks, dc = await _catalog(request)
-    agent = request.app["agent"]
-    opts = query_options(request)
-    now = QueryOptions(allow_stale=opts.allow_stale, require_consistent=opts.require_consistent,
-                       datacenter=opts.datacenter)
-    _, nodes = await agent.server.query("Catalog.ListNodes", {}, now)
+    meta, (instances, checks, nodes), dc = await _catalog(request)
     services: dict[str, list[dict[str, Any]]] = {}
     for inst in instances:
         services.setdefault(inst["Node"], []).append(_node_service(inst))
