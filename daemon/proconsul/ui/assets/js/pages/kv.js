@@ -33,7 +33,7 @@ export function kvFolderPage(ctx, { folder }) {
   const body = h("div", { id: "kv-list" }, h("p", { class: "muted" }, "Loading..."));
   const notice = h("div");
   ctx.main.append(
-    folder ? breadcrumbs(ctx, folder + "x") : null,
+    ...(folder ? [breadcrumbs(ctx, folder + "x")] : []),
     h("h1", {}, folder || "Key/Value"),
     h("div", { class: "actions" }, h("a", { href: kvHref(ctx, `${enc(folder)}create`), id: "kv-create" }, "Create key or folder")),
     notice, body);
