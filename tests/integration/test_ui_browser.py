@@ -167,6 +167,8 @@ def test_instance_turns_critical_when_its_backend_stops(ui_cluster: UICluster, p
         status, _, reason = client.http("PUT", "/v1/agent/service/register", json.dumps(body).encode())
         assert status == 200, reason
 
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
         page.goto(f"{ui_cluster.url}/ui/dc1/services")
         web_row = page.locator('tr[data-service="web"]')
         expect(web_row).to_have_attribute("data-health", "passing")
@@ -186,6 +188,9 @@ def test_instance_turns_critical_when_its_backend_stops(ui_cluster: UICluster, p
         expect(instance.locator('li[data-check="web-1-http"]')).to_have_attribute("data-status", "critical")
         expect(instance.locator('li[data-check="web-1-http"] pre.output')).not_to_be_empty()
         shot(page, "service-instances")
+        # Live by long-polling: after the first read, the page asked with the index it had.
+        reads = [u for u in requested if "/v1/health/service/web?" in u]
+        assert reads[0].endswith("?dc=dc1") and any("index=" in u and "wait=5m" in u for u in reads[1:]), reads
 
         page.go_back()
         expect(web_row).to_have_attribute("data-health", "critical")
