@@ -11,6 +11,8 @@ with the UI on; the browser talks to the client agent, as an operator's browser 
   open editor gives the conflict message and keeps the other writer's value.
 - Members (LAN, WAN) and Raft peers; the token page stores a token that requests then carry as
   X-Consul-Token.
+- Two datacenters federated over the WAN: the switcher lists both and shows dc2's services and
+  nodes through dc1's agent.
 Each page is photographed into docs/ui/ (the README links them).
 
 Chromium is Debian's (`apt-get install chromium`, scripts/setup-env does it); Playwright never
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import Cluster, agent_json
+from cluster_helpers import Cluster, agent_json, free_subnet
 from helpers import REPO, AgentProcess, wait_for
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -125,6 +127,14 @@ def test_nodes_page_lists_every_node_with_the_leader(ui_cluster: UICluster, page
     page.get_by_role("link", name="Service Instances").click()
     expect(page).to_have_url(f"{ui_cluster.url}/ui/dc1/nodes/c4/services")
     expect(page.locator("#node-tab")).to_contain_text("No services on this node.")
+    page.get_by_role("link", name="Lock Sessions").click()
+    expect(page.locator("#node-tab")).to_contain_text("No lock sessions on this node.")
+    # Live: a session made on c4 appears on the open tab.
+    status, _, created = ui_cluster.client.http("PUT", "/v1/session/create", b'{"Name": "ui-lock"}')
+    assert status == 200, created
+    session_id = json.loads(created)["ID"]
+    expect(page.locator(f'tr[data-session="{session_id}"]')).to_contain_text("ui-lock")
+    ui_cluster.client.http("PUT", f"/v1/session/destroy/{session_id}")
 
     # A narrow window: still one readable column of controls, the table scrolls on its own.
     page.set_viewport_size({"width": 420, "height": 800})
@@ -301,3 +311,46 @@ def test_token_is_stored_and_sent(ui_cluster: UICluster, page: Page) -> None:
     with page.expect_request(lambda r: "/v1/internal/ui/nodes" in r.url) as sent:
         page.get_by_role("link", name="Nodes").click()
     assert "x-consul-token" not in sent.value.headers
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentProcess, AgentProcess]]:
+    """One server per datacenter (dc1 with the UI, dc2), joined over the WAN."""
+    root = tmp_path_factory.mktemp("ui-wan")
+    prefix = free_subnet(hosts=2)
+    ip1, ip2 = f"{prefix}.1", f"{prefix}.2"
+
+    def server(ip: str, dc: str, other: str, *extra: str) -> AgentProcess:
+        return AgentProcess("-server", "-bootstrap-expect=1", f"-datacenter={dc}", f"-retry-join-wan={other}",
+                            "-retry-interval-wan=1s", "-hcl", "performance { raft_multiplier = 1 }", *extra,
+                            dev=False, ip=ip, node=f"srv-{dc}", data_dir=str(root / dc))
+
+    started: list[AgentProcess] = []
+    try:
+        for agent in (server(ip1, "dc1", ip2, "-ui"), server(ip2, "dc2", ip1)):
+            started.append(agent.start())
+        dc1, dc2 = started
+        wait_for(lambda: sorted(agent_json(dc1, "GET", "/v1/catalog/datacenters")) == ["dc1", "dc2"],
+                 timeout=90, what="both datacenters known to dc1")
+        yield dc1, dc2
+    finally:
+        for agent in started:
+            agent.stop()
+
+
+def test_datacenter_switcher(federation: tuple[AgentProcess, AgentProcess], page: Page) -> None:
+    dc1, dc2 = federation
+    body = {"Name": "only-in-dc2", "Port": 9000}
+    assert dc2.http("PUT", "/v1/agent/service/register", json.dumps(body).encode())[0] == 200
+    page.goto(f"{dc1.url}/ui/dc1/services")
+    expect(page.locator("#dc-select option")).to_have_text(["dc1", "dc2"])
+    expect(page.locator('tr[data-service="consul"]')).to_be_visible()
+    expect(page.locator('tr[data-service="only-in-dc2"]')).to_have_count(0)
+    page.select_option("#dc-select", "dc2")
+    # The same section in the other datacenter, read through dc1's agent with ?dc=dc2.
+    expect(page).to_have_url(f"{dc1.url}/ui/dc2/services")
+    expect(page.locator('tr[data-service="only-in-dc2"]')).to_have_attribute("data-health", "passing")
+    page.get_by_role("link", name="Nodes").click()
+    expect(page).to_have_url(f"{dc1.url}/ui/dc2/nodes")
+    expect(page.locator("#nodes-table tbody tr")).to_have_count(1)
+    expect(page.locator('tr[data-node="srv-dc2"]')).to_be_visible()
