@@ -5,7 +5,7 @@ with the UI on; the browser talks to the client agent, as an operator's browser 
 - Nodes: `/ui/dc1/nodes` lists every node, with the leader's badge; a node's checks open by
   keyboard.
 - Services: a service instance with an HTTP check against a backend the test runs; the backend
-  stops and, on the open page (no reload: blocking queries), the instance turns critical, and so
+  stops and, on the open pages (no reload: blocking queries), the instance turns critical, and so
   does the service on the list, which the health filter and search narrow.
 - Key/Value: create, edit (CAS), delete a key, create and delete a folder; a key changed under an
   open editor gives the conflict message and keeps the other writer's value.
@@ -192,8 +192,17 @@ def test_instance_turns_critical_when_its_backend_stops(ui_cluster: UICluster, p
         expect(instance).to_have_attribute("data-health", "passing")
         expect(instance.locator('li[data-check="web-1-http"]')).to_have_attribute("data-status", "passing")
 
+        # A second tab stays on the services list, to see the summary change live as well.
+        list_page = page.context.new_page()
+        list_page.goto(f"{ui_cluster.url}/ui/dc1/services")
+        listed = list_page.locator('tr[data-service="web"]')
+        expect(listed).to_have_attribute("data-health", "passing")
+
         backend.stop()
-        # The page is not reloaded: its blocking query brings the change.
+        # Neither page is reloaded: their blocking queries bring the change.
+        expect(listed).to_have_attribute("data-health", "critical")
+        expect(listed).to_contain_text("1 critical")
+        list_page.close()
         expect(instance).to_have_attribute("data-health", "critical")
         expect(instance.locator('li[data-check="web-1-http"]')).to_have_attribute("data-status", "critical")
         expect(instance.locator('li[data-check="web-1-http"] pre.output')).not_to_be_empty()

@@ -11,7 +11,6 @@ rather than ignored.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Iterable
 from typing import Any
@@ -47,10 +46,12 @@ async def _snapshot(server: Any, now: QueryOptions) -> tuple[QueryMeta, list[Any
 async def _catalog(request: web.Request) -> tuple[QueryMeta, list[Any], str]:
     """(meta, [instances, checks, nodes], datacenter) under the request's blocking options.
 
-    Blocking composes the public reads: when `?index` is not behind the current one, the three
-    reads block together and the first to see its table pass the index (any node, service or
-    check change) ends the wait; then all three are read afresh. A change between the first
-    look and the wait is not lost, since each blocking read's index is at least the one looked at.
+    Blocking: when `?index` is not behind the current one, one read parks until any catalog
+    table passes it. That read is `Internal.DNSRecords` asked for no record: it answers only the
+    catalog's overall index (nodes, services and checks together) and wakes on a change to any
+    of them, which none of the public reads does alone. Then the three reads are taken afresh.
+    A change between the first look and the wait is not lost: the wait's index is at least the
+    one looked at.
     """
     if "filter" in request.query:
         raise bad_request("filter is not supported on this endpoint")
@@ -60,15 +61,7 @@ async def _catalog(request: web.Request) -> tuple[QueryMeta, list[Any], str]:
     now = dataclasses.replace(opts, min_index=0, max_wait_s=0.0)
     meta, results = await _snapshot(server, now)
     if opts.min_index and meta.index <= opts.min_index:
-        waits = [asyncio.ensure_future(server.query(name, args, opts)) for name, args in _PARTS]
-        try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # a failed read is the request's error
-        finally:
-            for task in waits:
-                task.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+        await server.query("Internal.DNSRecords", {}, opts)
         meta, results = await _snapshot(server, now)
     return meta, results, opts.datacenter or agent.config.datacenter
 
