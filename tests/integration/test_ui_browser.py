@@ -11,6 +11,7 @@ with the UI on; the browser talks to the client agent, as an operator's browser 
   open editor gives the conflict message and keeps the other writer's value.
 - Members (LAN, WAN) and Raft peers; the token page stores a token that requests then carry as
   X-Consul-Token.
+- A read the agent refuses (403) says so and links to the token page.
 - Two datacenters federated over the WAN: the switcher lists both and shows dc2's services and
   nodes through dc1's agent.
 Each page is photographed into docs/ui/ (the README links them).
@@ -363,3 +364,16 @@ def test_datacenter_switcher(federation: tuple[AgentProcess, AgentProcess], page
     expect(page).to_have_url(f"{dc1.url}/ui/dc2/nodes")
     expect(page.locator("#nodes-table tbody tr")).to_have_count(1)
     expect(page.locator('tr[data-node="srv-dc2"]')).to_be_visible()
+
+
+def test_a_refused_read_points_to_the_token_page(page: Page) -> None:
+    # A 403 as an ACL denial gives it, here from http_config.block_endpoints.
+    agent = AgentProcess("-hcl", 'http_config { block_endpoints = ["/v1/internal/ui/services"] }').start()
+    try:
+        page.goto(f"{agent.url}/ui/dc1/services")
+        expect(page.locator("#status")).to_contain_text("Services: permission denied.")
+        page.locator("#status").get_by_role("link", name="Log in with a token").click()
+        expect(page).to_have_url(f"{agent.url}/ui/dc1/acls/tokens")
+        expect(page.get_by_label("ACL token (SecretID)")).to_be_focused()
+    finally:
+        agent.stop()

@@ -122,6 +122,9 @@ def test_custom_dir(started: list[AgentProcess], tmp_path: Path) -> None:
     assert status == 200 and body == b"<html><body>custom build at /ui/</body></html>"
     assert raw_get(agent, "/ui/assets/x.css")[2] == b"body{}"
     assert raw_get(agent, "/ui/assets/app.css")[0] == 404  # the shipped assets are not mixed in
+    # A new build dropped into the directory is served without a restart.
+    (custom / "index.html").write_text("<html><body>rebuilt</body></html>")
+    assert raw_get(agent, "/ui/")[2] == b"<html><body>rebuilt</body></html>"
 
 
 def _get_json(agent: AgentProcess, path: str) -> tuple[dict[str, str], object]:

@@ -42,16 +42,21 @@ _TYPES = {
 class UIFiles:
     """The directory the UI is served from and its index page with the content path filled in."""
 
-    def __init__(self, root: Path, content_path: str) -> None:
+    def __init__(self, root: Path, content_path: str, cache: bool) -> None:
         self.root = root.resolve()
         self.content_path = content_path
+        # The shipped index never changes under a running agent; a custom directory may be
+        # replaced by a new build at any time, so its index is read each time.
+        self.cache = cache
         self._index: bytes | None = None
 
     def index(self) -> bytes:
-        if self._index is None:
-            raw = (self.root / "index.html").read_bytes()
-            self._index = raw.replace(_PLACEHOLDER, self.content_path.encode())
-        return self._index
+        if self._index is not None:
+            return self._index
+        raw = (self.root / "index.html").read_bytes().replace(_PLACEHOLDER, self.content_path.encode())
+        if self.cache:
+            self._index = raw
+        return raw
 
     def lookup(self, tail: str) -> Path | None:
         """The file `tail` names inside the root, or None (also for anything escaping it)."""
@@ -108,7 +113,7 @@ def add_routes(app: web.Application, ui_config: Any) -> None:
         return
     content_path = ui_config.content_path  # normalised "/x/" (or "/") by config/build.py
     root = Path(ui_config.dir) if ui_config.dir else SHIPPED_DIR
-    files = UIFiles(root, content_path)
+    files = UIFiles(root, content_path, cache=not ui_config.dir)
     serve = _handler(files)
     if content_path != "/":
         app.router.add_get("/", _redirect(content_path))

@@ -112,6 +112,12 @@ async function render() {
     dc, main, signal: controller.signal, href, navigate,
     query: (path, extra = {}) => withDc(path, dc, extra),
     status: (text) => replace(document.getElementById("status"), text || ""),
+    // A failed live read: said in the status line while its loop retries; a 403 points to the
+    // token page, since that is what an operator can do about it.
+    fail: (what, err) => replace(document.getElementById("status"), err.status === 403
+      ? [`${what}: permission denied. `, h("a", { href: href(`${encodeURIComponent(dc)}/acls/tokens`) }, "Log in with a token"),
+         " that may read it."]
+      : `${what}: ${err.message} (retrying)`),
   };
   try {
     await page(ctx, params);
@@ -140,7 +146,8 @@ document.addEventListener("click", (event) => {
   if (url.origin !== location.origin || !url.pathname.startsWith(contentPath)) return;
   event.preventDefault();
   history.pushState(null, "", url.pathname + url.search);
-  render().then(() => main.focus({ preventScroll: true }));
+  // Keyboard users land in the new page, unless the page already focused its first field.
+  render().then(() => { if (!main.contains(document.activeElement)) main.focus({ preventScroll: true }); });
 });
 
 window.addEventListener("popstate", render);

@@ -68,7 +68,7 @@ export function kvFolderPage(ctx, { folder }) {
     const keys = status === 404 ? [] : data.filter((k) => k !== folder);
     replace(body, keys.length ? table(["Name", "Type", "Actions"], keys.map(row))
       : h("p", { class: "muted" }, "No keys here yet."));
-  }, (err) => ctx.status(`Key/Value: ${err.message} (retrying)`), { ok: [404] });
+  }, (err) => ctx.fail(`Key/Value`, err), { ok: [404] });
 }
 
 export function kvCreatePage(ctx, { folder }) {

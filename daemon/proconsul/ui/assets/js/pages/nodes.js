@@ -61,7 +61,7 @@ export function nodesPage(ctx) {
       leader = await leaderAddress(ctx);
       draw();
     },
-    (err) => ctx.status(`Nodes: ${err.message} (retrying)`));
+    (err) => ctx.fail(`Nodes`, err));
 }
 
 const TABS = [["health-checks", "Health Checks"], ["services", "Service Instances"], ["lock-sessions", "Lock Sessions"]];
@@ -76,7 +76,7 @@ export function nodePage(ctx, { node, tab }) {
     h("ul", { class: "tabs", "aria-label": "Node views" },
       TABS.map(([id, label]) => h("li", {}, h("a", { href: ctx.href(`${base}/${id}`), "aria-current": id === tab ? "page" : null }, label)))),
     body);
-  const fail = (err) => ctx.status(`${node}: ${err.message} (retrying)`);
+  const fail = (err) => ctx.fail(node, err);
   if (tab === "services") {
     watch(ctx.query(`/v1/catalog/node-services/${encodeURIComponent(node)}`), ctx.signal, ({ data }) => {
       ctx.status("");

@@ -56,7 +56,7 @@ export function servicesPage(ctx) {
   health.addEventListener("change", draw);
   watch(ctx.query("/v1/internal/ui/services"), ctx.signal,
     ({ data }) => { ctx.status(""); services = data; draw(); },
-    (err) => ctx.status(`Services: ${err.message} (retrying)`));
+    (err) => ctx.fail(`Services`, err));
 }
 
 function checkItem(c) {
@@ -95,7 +95,7 @@ export function instancesPage(ctx, { name }) {
       });
       replace(body, table(["Instance", "Health", "Node", "Checks"], rows));
     },
-    (err) => ctx.status(`Instances: ${err.message} (retrying)`));
+    (err) => ctx.fail(`Instances`, err));
 }
 
 export { checkItem };
