@@ -38,7 +38,7 @@ rm -rf "$build/freeze"
 "$venv/bin/pyinstaller" --noconfirm --log-level WARN --onedir --name proconsul \
     --distpath "$build/freeze" --workpath "$build/work" --specpath "$build" \
     --collect-submodules proconsul --collect-submodules uvloop --collect-submodules systemd \
-    --collect-data grpc_health \
+    --collect-data grpc_health --collect-data proconsul \
     "$root/packaging/launcher.py"
 # Smoke test of the frozen tree before it is packaged.
 "$build/freeze/proconsul/proconsul" version >/dev/null

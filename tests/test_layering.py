@@ -75,6 +75,8 @@ LAYERS: dict[str, int] = {
         "api_client", "flags", "safe_json", "go_regexp", "malformed_log",
         # The telemetry registry: every subsystem records into it, it imports no other unit.
         "metrics",
+        # The web UI's static assets (HTML/CSS/JS as package data); http/ui.py serves them.
+        "ui",
     )},
 }
 LEAF_LAYER = 1

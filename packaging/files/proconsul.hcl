@@ -18,6 +18,11 @@ pid_file = "/run/proconsul/proconsul.pid"
 client_addr = "127.0.0.1"
 bind_addr   = "127.0.0.1"
 
+# The web UI at http://127.0.0.1:8500/ui/ (off by default, as in Consul):
+# ui_config {
+#   enabled = true
+# }
+
 # Log lines go to the journal (journalctl -u proconsul) and to syslog facility LOCAL0, which
 # /etc/rsyslog.d/30-proconsul.conf writes to /var/log/proconsul/proconsul.log.
 log_level       = "INFO"

@@ -261,6 +261,10 @@ def test_deb_on_real_systemd(container: Container) -> None:
     verify = box.run("systemd-analyze verify /usr/lib/systemd/system/proconsul.service", check=False)
     assert verify.returncode == 0 and "proconsul.service" not in verify.stderr, verify.stderr
 
+    # The web UI, turned on by a drop-in (the shipped config leaves it off, as Consul's does).
+    box.run("printf 'ui_config {\\n  enabled = true\\n}\\n' > /etc/proconsul.d/ui.hcl && "
+            "chgrp proconsul /etc/proconsul.d/ui.hcl && chmod 0640 /etc/proconsul.d/ui.hcl")
+
     # Type=notify: `systemctl start` returns once READY=1 arrived.
     box.run("systemctl start proconsul", timeout=120)
     assert box.run("systemctl is-active proconsul").stdout.strip() == "active"
@@ -269,6 +273,10 @@ def test_deb_on_real_systemd(container: Container) -> None:
     assert box.run("curl -sf http://127.0.0.1:8500/v1/agent/self").stdout.startswith("{")
     wait_for(lambda: box.run("curl -sf http://127.0.0.1:8500/v1/status/leader").stdout.strip() not in ('""', ""),
              timeout=60, what="a leader")
+    # The UI's assets travel in the frozen tree: the page, a deep link and a module.
+    assert "301" in box.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8500/").stdout
+    assert '<base href="/ui/">' in box.run("curl -sf http://127.0.0.1:8500/ui/dc1/nodes").stdout
+    assert "X-Consul-Token" in box.run("curl -sf http://127.0.0.1:8500/ui/assets/js/api.js").stdout
     pid = box.run("systemctl show -p MainPID --value proconsul").stdout.strip()
     assert box.run("cat /run/proconsul/proconsul.pid").stdout.strip() == pid
 

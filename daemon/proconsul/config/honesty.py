@@ -75,6 +75,8 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "limits.kv_max_value_size", "limits.txn_max_req_len", "limits.http_max_conns_per_client",
         "limits.https_handshake_timeout",
         "http_config.allow_write_http_from", "http_config.block_endpoints", "http_config.response_headers",
+        # proconsul.http.ui: the web UI, its custom directory and its URL path.
+        "ui_config.enabled", "ui_config.dir", "ui_config.content_path",
         # Passed along with the agent's own requests and shown by /v1/agent/token; with ACLs
         # refused (acl.enabled), they carry no authority, exactly as in Consul with ACLs off.
         "acl.tokens.default", "acl.tokens.agent", "acl.tokens.config_file_service_registration",
@@ -98,7 +100,6 @@ INERT: frozenset[str] = frozenset(
         "addresses.grpc", "addresses.grpc_tls",  # no gRPC listener
         "ports.grpc",  # no gRPC listener (-dev sets it as Consul does; not reported)
         "enable_debug",
-        "ui_config.enabled", "ui_config.dir", "ui_config.content_path",  # no web UI is served
         "encrypt_verify_incoming", "encrypt_verify_outgoing",  # gossip is always verified when encrypted
         "dns_config.use_cache", "dns_config.cache_max_age",
         "limits.rpc_handshake_timeout",

@@ -19,7 +19,21 @@ from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 
-from proconsul.http import absent, catalog, event, health, keyring, kv, operator, query, session, status, txn
+from proconsul.http import (
+    absent,
+    catalog,
+    event,
+    health,
+    keyring,
+    kv,
+    operator,
+    query,
+    session,
+    status,
+    txn,
+    ui,
+    ui_internal,
+)
 from proconsul.http import agent as agent_routes
 from proconsul.http import coordinate as coordinate_routes
 from proconsul.http import metrics as metrics_routes
@@ -145,10 +159,6 @@ def refuse_unknown_expectations(app_handler: Handler) -> Handler:
     return handle
 
 
-async def index(request: web.Request) -> web.Response:
-    return web.Response(text="Consul Agent")
-
-
 def route_defs() -> list[web.AbstractRouteDef]:
     """Every /v1 route (method, path, handler): the route table, also read by the fuzz tier."""
     defs: list[web.AbstractRouteDef] = []
@@ -157,6 +167,7 @@ def route_defs() -> list[web.AbstractRouteDef]:
     defs.extend(coordinate_routes.routes())
     defs.extend(absent.routes())
     defs.extend(metrics_routes.routes())
+    defs.extend(ui_internal.routes())
     return defs
 
 
@@ -168,8 +179,8 @@ def build_app(agent: Any) -> web.Application:
     http_config = agent.config.http_config
     app["response_headers"] = dict(http_config.response_headers)
     app["access_rules"] = AccessRules.build(http_config.block_endpoints, http_config.allow_write_http_from)
-    app.router.add_get("/", index)
     app.router.add_routes(route_defs())
+    ui.add_routes(app, agent.config.ui_config)  # `/` and the UI's content path, after /v1
     app["metrics"] = agent.metrics
     app["http_metrics"] = metrics_routes.HTTPMetrics(agent.metrics)
     app[health.PROTECTION_LOG] = protection.ProtectionLog(health.logger, "http")
