@@ -1,4 +1,5 @@
-"""`/v1/operator/raft/configuration`, `/v1/operator/raft/peer` and `/v1/snapshot`.
+"""`/v1/operator/raft/configuration`, `/v1/operator/raft/peer`, `/v1/operator/raft/transfer-leader`
+and `/v1/snapshot`.
 
 Thin HTTP over `proconsul.server.operator.Operator` (which forwards to the leader unless `?stale`).
 Snapshot bodies are binary gzipped tars (see `proconsul.server.snapshot`); a damaged archive given to
@@ -45,6 +46,13 @@ async def raft_peer(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def raft_transfer_leader(request: web.Request) -> web.Response:
+    """`POST /v1/operator/raft/transfer-leader[?id=]`: Consul answers `{"Success": true}`."""
+    check_dc(request)
+    await _operator(request).transfer_leader(request.query.get("id", ""))
+    return json_response(request, {"Success": True})
+
+
 async def snapshot_save(request: web.Request) -> web.Response:
     check_dc(request)
     index, blob = await _operator(request).snapshot_save(stale=flag(request, "stale"))
@@ -75,6 +83,7 @@ def routes() -> list[web.RouteDef]:
     return [
         web.get("/v1/operator/raft/configuration", raft_configuration),
         web.delete("/v1/operator/raft/peer", raft_peer),
+        web.post("/v1/operator/raft/transfer-leader", raft_transfer_leader),
         web.get("/v1/snapshot", snapshot_save),
         web.put("/v1/snapshot", snapshot_restore),
     ]

@@ -1,7 +1,9 @@
-"""Server-side operator actions: the Raft configuration, removing a peer, snapshots.
+"""Server-side operator actions: the Raft configuration, removing a peer, leadership transfer,
+snapshots.
 
 Owns what `/v1/operator/raft/*` and `/v1/snapshot` do on a server, and their RPC endpoints
-(`Operator.RaftConfiguration`, `Operator.RaftRemovePeer`, `Snapshot.Save`, registered in
+(`Operator.RaftConfiguration`, `Operator.RaftRemovePeer`, `Operator.RaftTransferLeader`,
+`Snapshot.Save`, registered in
 `Server.handlers`), so that a request arriving at a follower is forwarded once to the leader,
 as writes and default-mode reads are. `?stale` answers from the local server.
 
@@ -42,6 +44,7 @@ class Operator:
         handlers["Operator.RaftConfiguration"] = self._rpc_configuration
         handlers["Operator.RaftRemovePeer"] = self._rpc_remove_peer
         handlers["Snapshot.Save"] = self._rpc_snapshot_save
+        handlers["Operator.RaftTransferLeader"] = self._rpc_transfer_leader
 
     # ------------------------------------------------------------------------- forwarding
 
@@ -132,6 +135,35 @@ class Operator:
         logger.info("operator: removing raft peer %s (%s)", peer_id, self.raft.addresses.addrs.get(peer_id, "?"))
         with raft_errors():
             await self.raft.remove_voter(peer_id)
+
+    # -------------------------------------------------------------------- transfer leader
+
+    async def transfer_leader(self, peer_id: str = "") -> str:
+        """Move leadership to server `peer_id` (any other voter when empty); the new leader's ID."""
+        forwarded, reply = await self._on_leader("Operator.RaftTransferLeader", {"id": peer_id}, False)
+        if forwarded:
+            return str(reply)
+        return await self._transfer_here(peer_id)
+
+    async def _rpc_transfer_leader(self, body: Any) -> str:
+        self._require_leader()
+        return await self._transfer_here(str(body.get("id") or ""))
+
+    async def _transfer_here(self, peer_id: str) -> str:
+        if self.raft is None:
+            raise RPCError("cannot transfer leadership from a single in-memory (-dev) server")
+        if peer_id and peer_id not in self.raft.core.config.members():
+            raise RPCError(f'id "{peer_id}" was not found in the Raft configuration')
+        logger.info("operator: transferring raft leadership to %s", peer_id or "the most up-to-date voter")
+        with raft_errors():
+            # Two election timeouts: the transferee catches up, then wins one election.
+            new_leader = await self.raft.transfer_leadership(
+                max(5.0, 2 * self.raft.tick_s * self.raft.election_tick), target=peer_id
+            )
+        if not new_leader:
+            raise RPCError("leadership transfer did not complete: no other voter took over in time")
+        logger.info("operator: raft leadership transferred to %s", new_leader)
+        return new_leader
 
     # -------------------------------------------------------------------------- snapshots
 

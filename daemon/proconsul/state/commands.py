@@ -26,6 +26,8 @@ class CommandType(IntEnum):
     NOOP = 6  # written by a new leader to commit entries of earlier terms
     RESTORE = 7  # replace the whole store with a snapshot's (`PUT /v1/snapshot`)
     COORDINATE_BATCH_UPDATE = 8  # network coordinates batched by the leader (Coordinate.Update)
+    # 9-11 left for other work in flight when this was added.
+    AUTOPILOT_CONFIG = 12  # the operator's autopilot configuration (PUT /v1/operator/autopilot/configuration)
 
 
 class KVOp:
@@ -116,7 +118,17 @@ class CoordinateBatchUpdate:
     updates: tuple[tuple[str, str, Coordinate], ...] = ()
 
 
-Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate
+@dataclass(frozen=True, slots=True)
+class AutopilotSetConfig:
+    """Replace the autopilot configuration (Consul's field names, durations in seconds);
+    with `cas`, only if its ModifyIndex is still `index` (0: only if never set)."""
+
+    config: tuple[tuple[str, Any], ...]
+    cas: bool = False
+    index: int = 0
+
+
+Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate | AutopilotSetConfig
 
 
 def encode(command: Command) -> bytes:
@@ -150,6 +162,9 @@ def encode(command: Command) -> bytes:
     elif isinstance(command, CoordinateBatchUpdate):
         payload = [[node, segment, coord.to_wire()] for node, segment, coord in command.updates]
         kind = CommandType.COORDINATE_BATCH_UPDATE
+    elif isinstance(command, AutopilotSetConfig):
+        payload = [[list(kv) for kv in command.config], command.cas, command.index]
+        kind = CommandType.AUTOPILOT_CONFIG
     else:  # pragma: no cover - the Union is closed
         raise TypeError(f"not a command: {command!r}")
     return msgpack.packb([int(kind), payload], use_bin_type=True)
@@ -181,4 +196,6 @@ def decode(data: bytes) -> Command:
         return Restore(bytes(payload))
     if kind is CommandType.COORDINATE_BATCH_UPDATE:
         return CoordinateBatchUpdate(tuple((str(n), str(seg), Coordinate.from_wire(c)) for n, seg, c in payload))
+    if kind is CommandType.AUTOPILOT_CONFIG:
+        return AutopilotSetConfig(tuple((str(k), v) for k, v in payload[0]), bool(payload[1]), int(payload[2]))
     return Noop()
