@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from proconsul.cli import agent as cli_agent
+from proconsul.cli import autopilot as cli_autopilot
 from proconsul.cli import catalog as cli_catalog
 from proconsul.cli import event as cli_event
 from proconsul.cli import keyring as cli_keyring
@@ -39,8 +40,8 @@ EXIT_UNKNOWN_COMMAND = 127
 def commands() -> dict[str, Command]:
     """Every subcommand by its full name (`kv get`)."""
     table: dict[str, Command] = {}
-    for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_snapshot, cli_maint,
-                   cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring, cli_tls):
+    for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_autopilot, cli_snapshot,
+                   cli_maint, cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring, cli_tls):
         for cls in module.COMMANDS:
             table[cls.name] = cls()
     return table

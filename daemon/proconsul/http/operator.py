@@ -1,5 +1,5 @@
-"""`/v1/operator/raft/configuration`, `/v1/operator/raft/peer`, `/v1/operator/raft/transfer-leader`
-and `/v1/snapshot`.
+"""`/v1/operator/raft/configuration`, `/v1/operator/raft/peer`, `/v1/operator/raft/transfer-leader`,
+`/v1/operator/autopilot/{configuration,health,state}` and `/v1/snapshot`.
 
 Thin HTTP over `proconsul.server.operator.Operator` (which forwards to the leader unless `?stale`).
 Snapshot bodies are binary gzipped tars (see `proconsul.server.snapshot`); a damaged archive given to
@@ -12,7 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.http.common import HTTPError, bad_request, check_dc, flag, json_response
+from proconsul.http.common import HTTPError, bad_request, check_dc, flag, json_response, read_json
+from proconsul.server.autopilot_health import parse_body as parse_autopilot_body
 from proconsul.server.operator import Operator
 from proconsul.wire import MAX_FRAME_BYTES
 
@@ -53,6 +54,43 @@ async def raft_transfer_leader(request: web.Request) -> web.Response:
     return json_response(request, {"Success": True})
 
 
+async def autopilot_get_config(request: web.Request) -> web.Response:
+    check_dc(request)
+    return json_response(request, await _operator(request).autopilot.get_config(stale=flag(request, "stale")))
+
+
+async def autopilot_set_config(request: web.Request) -> web.Response:
+    """PUT: the body replaces the configuration (fields left out take their zero value, as in
+    Consul); `?cas=<ModifyIndex>` makes it a check-and-set answered `true`/`false`."""
+    check_dc(request)
+    cas: int | None = None
+    if "cas" in request.query:
+        try:
+            cas = int(request.query["cas"])
+            if cas < 0:
+                raise ValueError("negative")
+        except ValueError:
+            raise bad_request(f"Error parsing cas value: {request.query['cas']!r} is not an index") from None
+    try:
+        fields = parse_autopilot_body(await read_json(request))
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    ok = await _operator(request).autopilot.set_config(fields, cas)
+    return json_response(request, ok if cas is not None else True)
+
+
+async def autopilot_health(request: web.Request) -> web.Response:
+    """Consul answers 429 (with the same body) while any server is unhealthy."""
+    check_dc(request)
+    reply = await _operator(request).autopilot.health(stale=flag(request, "stale"))
+    return json_response(request, reply, status=200 if reply.get("Healthy") else 429)
+
+
+async def autopilot_state(request: web.Request) -> web.Response:
+    check_dc(request)
+    return json_response(request, await _operator(request).autopilot.state(stale=flag(request, "stale")))
+
+
 async def snapshot_save(request: web.Request) -> web.Response:
     check_dc(request)
     index, blob = await _operator(request).snapshot_save(stale=flag(request, "stale"))
@@ -84,6 +122,10 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/operator/raft/configuration", raft_configuration),
         web.delete("/v1/operator/raft/peer", raft_peer),
         web.post("/v1/operator/raft/transfer-leader", raft_transfer_leader),
+        web.get("/v1/operator/autopilot/configuration", autopilot_get_config),
+        web.put("/v1/operator/autopilot/configuration", autopilot_set_config),
+        web.get("/v1/operator/autopilot/health", autopilot_health),
+        web.get("/v1/operator/autopilot/state", autopilot_state),
         web.get("/v1/snapshot", snapshot_save),
         web.put("/v1/snapshot", snapshot_restore),
     ]

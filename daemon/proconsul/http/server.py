@@ -22,7 +22,9 @@ from aiohttp import HttpVersion11, hdrs, web
 from proconsul.http import absent, catalog, event, health, keyring, kv, operator, session, status, txn
 from proconsul.http import agent as agent_routes
 from proconsul.http import coordinate as coordinate_routes
+from proconsul.http import host as host_routes
 from proconsul.http import metrics as metrics_routes
+from proconsul.http import monitor as monitor_routes
 from proconsul.http.access import AccessRules
 from proconsul.http.common import HTTPError
 from proconsul.http.conn_guard import (
@@ -156,6 +158,8 @@ def route_defs() -> list[web.AbstractRouteDef]:
     defs.extend(coordinate_routes.routes())
     defs.extend(absent.routes())
     defs.extend(metrics_routes.routes())
+    defs.extend(host_routes.routes())
+    defs.extend(monitor_routes.routes())
     return defs
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from proconsul.rpc_api import NotLeader, RPCError
 from proconsul.server import snapshot as archive
+from proconsul.server.autopilot_health import AutopilotOperator
 from proconsul.server.consensus import raft_errors
 from proconsul.server.rpc import Server
 from proconsul.state import commands
@@ -45,6 +46,8 @@ class Operator:
         handlers["Operator.RaftRemovePeer"] = self._rpc_remove_peer
         handlers["Snapshot.Save"] = self._rpc_snapshot_save
         handlers["Operator.RaftTransferLeader"] = self._rpc_transfer_leader
+        # /v1/operator/autopilot/*: configuration, server health, state (+ the leader's gauges).
+        self.autopilot = AutopilotOperator(agent, self, getattr(agent, "metrics", None))
 
     # ------------------------------------------------------------------------- forwarding
 
