@@ -17,11 +17,13 @@ import sys
 from proconsul.cli import agent as cli_agent
 from proconsul.cli import autopilot as cli_autopilot
 from proconsul.cli import catalog as cli_catalog
+from proconsul.cli import debug as cli_debug
 from proconsul.cli import event as cli_event
 from proconsul.cli import keyring as cli_keyring
 from proconsul.cli import kv as cli_kv
 from proconsul.cli import lock as cli_lock
 from proconsul.cli import maint as cli_maint
+from proconsul.cli import monitor as cli_monitor
 from proconsul.cli import operator as cli_operator
 from proconsul.cli import rtt as cli_rtt
 from proconsul.cli import services as cli_services
@@ -41,7 +43,8 @@ def commands() -> dict[str, Command]:
     """Every subcommand by its full name (`kv get`)."""
     table: dict[str, Command] = {}
     for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_autopilot, cli_snapshot,
-                   cli_maint, cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring, cli_tls):
+                   cli_maint, cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring, cli_tls,
+                   cli_monitor, cli_debug):
         for cls in module.COMMANDS:
             table[cls.name] = cls()
     return table

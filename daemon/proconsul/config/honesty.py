@@ -79,6 +79,10 @@ IMPLEMENTED: frozenset[str] = frozenset(
         # refused (acl.enabled), they carry no authority, exactly as in Consul with ACLs off.
         "acl.tokens.default", "acl.tokens.agent", "acl.tokens.config_file_service_registration",
         "autopilot.cleanup_dead_servers", "autopilot.min_quorum",
+        # proconsul.server.autopilot_health: server health and the dead-server cleanup's timing.
+        "autopilot.last_contact_threshold", "autopilot.max_trailing_logs", "autopilot.server_stabilization_time",
+        # proconsul.http.debug: the event-loop profiles under /v1/agent/debug/pprof/.
+        "enable_debug",
         "session_ttl_min", "default_query_time", "max_query_time", "disable_coordinates",
         "raft_snapshot_threshold", "raft_snapshot_interval", "raft_trailing_logs",
         # Only 3 is accepted (build.py), which is the protocol proconsul speaks.
@@ -97,7 +101,6 @@ INERT: frozenset[str] = frozenset(
         "disable_host_node_id",  # node IDs are always random
         "addresses.grpc", "addresses.grpc_tls",  # no gRPC listener
         "ports.grpc",  # no gRPC listener (-dev sets it as Consul does; not reported)
-        "enable_debug",
         "ui_config.enabled", "ui_config.dir", "ui_config.content_path",  # no web UI is served
         "encrypt_verify_incoming", "encrypt_verify_outgoing",  # gossip is always verified when encrypted
         "dns_config.use_cache", "dns_config.cache_max_age",
@@ -105,7 +108,6 @@ INERT: frozenset[str] = frozenset(
         "limits.rpc_rate", "limits.rpc_max_burst", "limits.rpc_max_conns_per_client",
         "telemetry.prefix_filter", "telemetry.filter_default", "telemetry.statsd_address",
         "telemetry.statsite_address", "telemetry.dogstatsd_addr", "telemetry.dogstatsd_tags",
-        "autopilot.last_contact_threshold", "autopilot.max_trailing_logs", "autopilot.server_stabilization_time",
         "http_config.use_cache", "http_config.max_header_bytes",
         "unix_sockets.user", "unix_sockets.group", "unix_sockets.mode",  # unix sockets are refused
         "discovery_max_stale", "translate_wan_addrs",

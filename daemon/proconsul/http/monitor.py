@@ -97,6 +97,16 @@ class LogHub(logging.Handler):
             root.removeHandler(self)
             self._agent_level = None
 
+    def agent_level_changed(self, level: int) -> None:
+        """The agent's level changed (reload) while monitors may be attached: keep both right."""
+        if not self._subs:
+            return
+        for handler, held in self._held.items():
+            handler.setLevel(held)
+        self._held = {}
+        self._agent_level = level
+        self._apply_levels()
+
     def _apply_levels(self) -> None:
         root = logging.getLogger()
         agent_level = self._agent_level if self._agent_level is not None else root.level
@@ -141,6 +151,7 @@ async def monitor(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
     resp.enable_chunked_encoding()
     sub = HUB.subscribe(level, as_json)
+    request.app[MONITORS].add(sub)
     try:
         await resp.prepare(request)
         await resp.write(b"")  # the headers go out now, so the client knows it is attached
@@ -148,6 +159,8 @@ async def monitor(request: web.Request) -> web.StreamResponse:
             try:
                 async with asyncio.timeout(1.0):
                     line = await sub.queue.get()
+                if line is _END:
+                    break
             except TimeoutError:
                 if request.transport is None or request.transport.is_closing():
                     break
@@ -159,8 +172,26 @@ async def monitor(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away
     finally:
+        request.app[MONITORS].discard(sub)
         HUB.unsubscribe(sub)
     return resp
+
+
+MONITORS = web.AppKey("monitors", set)
+_END = "\x00end"  # queued by the app's shutdown: the stream ends before aiohttp waits for handlers
+
+
+async def _end_streams(app: web.Application) -> None:
+    for sub in list(app[MONITORS]):
+        while sub.queue.full():
+            sub.queue.get_nowait()
+        sub.queue.put_nowait(_END)
+
+
+def install(app: web.Application) -> None:
+    """Let the app's shutdown end its monitor streams at once (else the agent waits for them)."""
+    app[MONITORS] = set()
+    app.on_shutdown.append(_end_streams)
 
 
 def routes() -> list[web.RouteDef]:
