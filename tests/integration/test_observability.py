@@ -166,3 +166,27 @@ def test_debug_refusals_and_pprof_needs_enable_debug(tmp_path: Path) -> None:
         assert "pprof" not in json.loads((output / "index.json").read_text())["Targets"]
     finally:
         quiet.stop()
+
+
+def test_operator_usage_counts_the_catalog(agent: AgentProcess) -> None:
+    for body in (b'{"Name": "usage-web", "ID": "usage-web-1", "Port": 80}',
+                 b'{"Name": "usage-web", "ID": "usage-web-2", "Port": 81}',
+                 b'{"Name": "usage-proxy", "Kind": "connect-proxy", "Port": 82,'
+                 b' "Proxy": {"DestinationServiceName": "usage-web"}}'):
+        assert agent.http("PUT", "/v1/agent/service/register", body)[0] == 200
+
+    def usage() -> dict:  # type: ignore[type-arg]
+        status, headers, body = agent.http("GET", "/v1/operator/usage")
+        assert status == 200 and int(headers["X-Consul-Index"]) > 0
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    wait_for(lambda: usage()["Usage"]["dc1"]["ServiceInstances"] >= 4, timeout=30, what="services in the catalog")
+    body = usage()
+    dc = body["Usage"]["dc1"]
+    services = json.loads(agent.http("GET", "/v1/catalog/services")[2])
+    assert dc["Services"] == len(services) and dc["Nodes"] == 1
+    assert dc["ConnectServiceInstances"]["connect-proxy"] == 1
+    assert dc["ConnectServiceInstances"]["mesh-gateway"] == 0
+    # Billable: every instance but the consul service and the proxy.
+    assert dc["BillableServiceInstances"] == dc["ServiceInstances"] - 2
+    assert body["KnownLeader"] is True and body["Index"] > 0
