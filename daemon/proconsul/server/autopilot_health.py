@@ -157,6 +157,7 @@ class ServerHealth:
     last_index: int = 0
     healthy: bool = False
     stable_since: float = field(default_factory=time.time)  # wall time (display only)
+    changed_at: float = field(default_factory=time.monotonic)  # the same moment, for timing
 
     def render_health(self) -> dict[str, Any]:
         return {
@@ -335,6 +336,7 @@ class AutopilotOperator:
             serf_status="alive", version=proconsul.CONSUL_COMPAT_VERSION, leader=True, voter=True,
             last_contact_s=0.0, last_term=1, last_index=agent.store.last_index, healthy=True,
             stable_since=prev.stable_since if prev else time.time(),
+            changed_at=prev.changed_at if prev else time.monotonic(),
         )}
         self._m_healthy.set(1)
         self._m_tolerance.set(0)
@@ -385,7 +387,8 @@ class AutopilotOperator:
         fresh: dict[str, ServerHealth] = {}
         for sid, st in zip(members, stats, strict=True):
             prev = self.servers.get(sid)
-            h = ServerHealth(id=sid, stable_since=prev.stable_since if prev else now)
+            h = ServerHealth(id=sid, stable_since=prev.stable_since if prev else now,
+                             changed_at=prev.changed_at if prev else time.monotonic())
             h.name = names.get(sid, sid)
             h.address = addrs[sid]
             h.serf_status, h.version = serf.get(sid, ("none", ""))
@@ -406,7 +409,7 @@ class AutopilotOperator:
                 and leader_stats["last_index"] - h.last_index <= settings.max_trailing_logs
             )
             if prev is not None and prev.healthy != h.healthy:
-                h.stable_since = now
+                h.stable_since, h.changed_at = now, time.monotonic()
                 logger.info("autopilot: server %s is now %s", h.name, "healthy" if h.healthy else "unhealthy")
             fresh[sid] = h
         self.servers = fresh
@@ -420,7 +423,7 @@ class AutopilotOperator:
         h = self.servers.get(sid)
         if h is None or h.healthy or not self._computed:
             return 0.0
-        return max(0.0, time.time() - h.stable_since)
+        return max(0.0, time.monotonic() - h.changed_at)
 
     async def run(self) -> None:
         while True:
