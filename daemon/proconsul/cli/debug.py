@@ -155,17 +155,16 @@ Usage: proconsul debug [options]
     @staticmethod
     def _capture_static(client: Client, out: Path, capture: list[str], server: bool) -> list[str]:
         errors = []
-        reads = {
-            "host": "/v1/agent/host",
-            "agent": "/v1/agent/self",
-            "members": "/v1/agent/members" + ("?wan=1" if server else ""),
+        reads: dict[str, tuple[str, list[tuple[str, str]]]] = {
+            "host": ("/v1/agent/host", []),
+            "agent": ("/v1/agent/self", []),
+            "members": ("/v1/agent/members", [("wan", "1")] if server else []),  # Consul's Members(wan=true)
         }
-        for target, path in reads.items():
+        for target, (path, params) in reads.items():
             if target not in capture:
                 continue
-            route, _, query = path.partition("?")
             try:
-                _write_json(out / f"{target}.json", client.get_json(route, [("wan", "1")] if query else None))
+                _write_json(out / f"{target}.json", client.get_json(path, params))
             except (APIError, OSError) as exc:
                 errors.append(str(exc))
         return errors
