@@ -50,7 +50,7 @@ from proconsul.raft.messages import (
 from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, atomic_write, private_dir
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
-from proconsul.tasks import wait_event
+from proconsul.tasks import blocking_work, wait_event
 from proconsul.transport import dial_target
 from proconsul.wire import ConnType, FrameDecoder, encode_frame
 
@@ -438,7 +438,8 @@ class RaftServer:
     async def start(self) -> None:
         snap = self.storage.snapshot()
         if snap.data:
-            self.fsm.restore(snap.data)
+            with blocking_work("restoring the state from the last snapshot"):
+                self.fsm.restore(snap.data)
         self.applied_index = snap.meta.index
         self.core = RaftNode(
             self.id,
@@ -802,7 +803,8 @@ class RaftServer:
         if rd.snapshot is not None:
             self.storage.install_snapshot(rd.snapshot)
             start = time.perf_counter()
-            self.fsm.restore(rd.snapshot.data)
+            with blocking_work("restoring a snapshot from the leader"):
+                self.fsm.restore(rd.snapshot.data)
             self._m_restore.since(start)
             self.applied_index = rd.snapshot.meta.index
             self._fail_pending_upto(rd.snapshot.meta.index)
