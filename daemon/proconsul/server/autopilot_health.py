@@ -212,7 +212,7 @@ class AutopilotOperator:
 
     def __init__(self, agent: Any, operator: Any, metrics: Metrics | None) -> None:
         self.agent = agent
-        self.operator = operator  # forwarding to the leader (Operator._on_leader)
+        self.operator = operator  # forwarding to the leader (Operator.on_leader)
         self.raft = getattr(agent, "raft", None)  # None in -dev and on client agents
         self.servers: dict[str, ServerHealth] = {}
         self._computed = False
@@ -247,20 +247,20 @@ class AutopilotOperator:
         )
 
     async def get_config(self, stale: bool) -> dict[str, Any]:
-        forwarded, reply = await self.operator._on_leader("Operator.AutopilotGetConfiguration", {}, stale)
+        forwarded, reply = await self.operator.on_leader("Operator.AutopilotGetConfiguration", {}, stale)
         return reply if forwarded else self.effective().render()  # type: ignore[no-any-return]
 
     async def _rpc_get_config(self, body: Any) -> dict[str, Any]:
-        self.operator._require_leader()
+        self.operator.require_leader()
         return self.effective().render()
 
     async def set_config(self, fields: dict[str, Any], cas_index: int | None) -> bool:
         body = {"fields": fields, "cas": cas_index is not None, "index": cas_index or 0}
-        forwarded, reply = await self.operator._on_leader("Operator.AutopilotSetConfiguration", body, False)
+        forwarded, reply = await self.operator.on_leader("Operator.AutopilotSetConfiguration", body, False)
         return bool(reply) if forwarded else await self._set_here(body)
 
     async def _rpc_set_config(self, body: Any) -> bool:
-        self.operator._require_leader()
+        self.operator.require_leader()
         return await self._set_here(body)
 
     async def _set_here(self, body: dict[str, Any]) -> bool:
@@ -274,19 +274,19 @@ class AutopilotOperator:
     # --------------------------------------------------------------------------------- health
 
     async def health(self, stale: bool = False) -> dict[str, Any]:
-        forwarded, reply = await self.operator._on_leader("Operator.ServerHealth", {}, stale)
+        forwarded, reply = await self.operator.on_leader("Operator.ServerHealth", {}, stale)
         return reply if forwarded else self._health_here()  # type: ignore[no-any-return]
 
     async def _rpc_health(self, body: Any) -> dict[str, Any]:
-        self.operator._require_leader()
+        self.operator.require_leader()
         return self._health_here()
 
     async def state(self, stale: bool = False) -> dict[str, Any]:
-        forwarded, reply = await self.operator._on_leader("Operator.AutopilotState", {}, stale)
+        forwarded, reply = await self.operator.on_leader("Operator.AutopilotState", {}, stale)
         return reply if forwarded else self._state_here()  # type: ignore[no-any-return]
 
     async def _rpc_state(self, body: Any) -> dict[str, Any]:
-        self.operator._require_leader()
+        self.operator.require_leader()
         return self._state_here()
 
     def _ensure_computed(self) -> None:

@@ -51,7 +51,7 @@ class Operator:
 
     # ------------------------------------------------------------------------- forwarding
 
-    async def _on_leader(self, method: str, body: Any, stale: bool) -> tuple[bool, Any]:
+    async def on_leader(self, method: str, body: Any, stale: bool) -> tuple[bool, Any]:
         """(True, reply) when the leader (another server) answered; (False, None): do it here."""
         server = self.server
         if getattr(server, "catalog_is_remote", False):
@@ -68,7 +68,7 @@ class Operator:
         except Exception as exc:  # RemoteError: the leader's own answer
             raise RPCError(str(exc)) from None
 
-    def _require_leader(self) -> None:
+    def require_leader(self) -> None:
         c = self.server.consensus
         if not c.is_leader():
             raise NotLeader(c.leader_address())
@@ -76,11 +76,11 @@ class Operator:
     # ----------------------------------------------------------------- raft configuration
 
     async def raft_configuration(self, stale: bool) -> dict[str, Any]:
-        forwarded, reply = await self._on_leader("Operator.RaftConfiguration", {}, stale)
+        forwarded, reply = await self.on_leader("Operator.RaftConfiguration", {}, stale)
         return reply if forwarded else self.local_configuration()
 
     async def _rpc_configuration(self, body: Any) -> dict[str, Any]:
-        self._require_leader()
+        self.require_leader()
         return self.local_configuration()
 
     def node_names(self) -> dict[str, str]:
@@ -115,12 +115,12 @@ class Operator:
     # ------------------------------------------------------------------------ remove peer
 
     async def remove_peer(self, peer_id: str = "", address: str = "") -> None:
-        forwarded, _ = await self._on_leader("Operator.RaftRemovePeer", {"id": peer_id, "address": address}, False)
+        forwarded, _ = await self.on_leader("Operator.RaftRemovePeer", {"id": peer_id, "address": address}, False)
         if not forwarded:
             await self._remove_here(peer_id, address)
 
     async def _rpc_remove_peer(self, body: Any) -> bool:
-        self._require_leader()
+        self.require_leader()
         await self._remove_here(str(body.get("id") or ""), str(body.get("address") or ""))
         return True
 
@@ -143,13 +143,13 @@ class Operator:
 
     async def transfer_leader(self, peer_id: str = "") -> str:
         """Move leadership to server `peer_id` (any other voter when empty); the new leader's ID."""
-        forwarded, reply = await self._on_leader("Operator.RaftTransferLeader", {"id": peer_id}, False)
+        forwarded, reply = await self.on_leader("Operator.RaftTransferLeader", {"id": peer_id}, False)
         if forwarded:
             return str(reply)
         return await self._transfer_here(peer_id)
 
     async def _rpc_transfer_leader(self, body: Any) -> str:
-        self._require_leader()
+        self.require_leader()
         return await self._transfer_here(str(body.get("id") or ""))
 
     async def _transfer_here(self, peer_id: str) -> str:
@@ -172,13 +172,13 @@ class Operator:
 
     async def snapshot_save(self, stale: bool) -> tuple[int, bytes]:
         """(index, archive bytes) of the leader's state (any server's with `stale`)."""
-        forwarded, reply = await self._on_leader("Snapshot.Save", {}, stale)
+        forwarded, reply = await self.on_leader("Snapshot.Save", {}, stale)
         if forwarded:
             return int(reply["index"]), bytes(reply["archive"])
         return self.local_snapshot()
 
     async def _rpc_snapshot_save(self, body: Any) -> dict[str, Any]:
-        self._require_leader()
+        self.require_leader()
         index, blob = self.local_snapshot()
         return {"index": index, "archive": blob}
 
