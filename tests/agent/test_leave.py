@@ -72,7 +72,9 @@ def test_the_last_server_and_clients_only_leave_gossip() -> None:
 def test_a_failed_raft_removal_still_leaves_gossip() -> None:
     steps = Steps()
     assert asyncio.run(GracefulLeave(_agent(steps, server=True, voters=("me", "a"), remove_fails=True)).run())
-    assert steps.done == ["raft-remove:me", "gossip-leave"]
+    # The removal is retried until the leave's Raft deadline (refusals are transient), then gossip.
+    assert steps.done[-1] == "gossip-leave"
+    assert steps.done[:-1] and set(steps.done[:-1]) == {"raft-remove:me"}
 
 
 def test_only_servers_drain(monkeypatch: pytest.MonkeyPatch) -> None:
