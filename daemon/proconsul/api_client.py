@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +182,32 @@ class _TLSConnection(http.client.HTTPSConnection):
         self.sock = self._ctx.wrap_socket(self.sock, server_hostname=self._server_name or self.host)
 
 
+class Stream:
+    """An open streaming response: iterate for its lines (bytes); `close` from any thread ends it."""
+
+    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+        self._conn = conn
+        self._sock = conn.sock
+        self.response = response
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The lines until the stream ends: closed by the server, broken, or `close`d."""
+        try:
+            yield from self.response
+        except (OSError, ValueError, AttributeError, http.client.HTTPException):
+            pass  # a cut connection (or a concurrent close) mid-chunk ends the stream all the same
+        finally:
+            self._conn.close()
+
+    def close(self) -> None:
+        """End the stream; safe from another thread (the reader closes the connection)."""
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in another thread
+            except OSError:
+                pass
+
+
 class Client:
     """A thin, synchronous client: one connection per request, errors worded like Consul's."""
 
@@ -283,6 +310,36 @@ class Client:
             return resp
         text = resp.body.decode("utf-8", "replace").strip()
         raise APIError(f"Unexpected response code: {resp.status} ({text})", resp.status)
+
+    def stream(self, path: str, params: list[tuple[str, str]] | None = None) -> Stream:
+        """GET a streaming endpoint (`/v1/agent/monitor`): its lines, read by the caller with no
+        read timeout; any status but 200 raises `APIError` as `request` does."""
+        s = self.settings
+        query = list(params or [])
+        if s.datacenter:
+            query.append(("dc", s.datacenter))
+        quoted = urllib.parse.quote(path, safe="/$&+,:;=@")
+        url = self.url(quoted, query)
+        target = quoted + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        headers = {"User-Agent": "proconsul-cli", **s.extra_headers}
+        if s.token:
+            headers["X-Consul-Token"] = s.token
+        if s.basic_auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(s.basic_auth.encode()).decode()
+        conn = self._connection()
+        try:
+            conn.request("GET", target, headers=headers)
+            raw = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._transport_error("GET", url, exc) from None
+        if raw.status != 200:
+            text = raw.read().decode("utf-8", "replace").strip()
+            conn.close()
+            raise APIError(f"Unexpected response code: {raw.status} ({text})", raw.status)
+        if conn.sock is not None:
+            conn.sock.settimeout(None)  # a quiet agent logs nothing for a long time
+        return Stream(conn, raw)
 
     def get_json(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
         return self.request("GET", path, params, read=True).json()

@@ -1,4 +1,5 @@
-"""Stopping the background tasks a component owns, and waiting in them without losing a stop.
+"""Stopping the background tasks a component owns, waiting in them without losing a stop, and
+announcing work that deliberately holds the event loop.
 
 Components keep their loops in a list of tasks and, when they stop, cancel them and wait for
 each to end: :func:`cancel_and_wait` is that shutdown, written once. Their loops wait for an
@@ -10,6 +11,11 @@ again, and its owner's stop hangs until the next timeout, or for ever.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -42,3 +48,34 @@ async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+# Work that holds the event loop on purpose (a snapshot restore replaces the whole state in one
+# go): token -> (what, monotonic start). Read from the systemd watchdog's thread, hence the lock.
+_blocking_lock = threading.Lock()
+_blocking: dict[int, tuple[str, float]] = {}
+_blocking_ids = itertools.count()
+
+
+@contextmanager
+def blocking_work(what: str) -> Iterator[None]:
+    """Mark a stretch of work that keeps the event loop busy for a long time by design, so the
+    systemd watchdog is pet from its own thread meanwhile (`proconsul.agent.systemd`) instead of
+    restarting a healthy server in the middle of a large restore."""
+    token = next(_blocking_ids)
+    with _blocking_lock:
+        _blocking[token] = (what, time.monotonic())
+    try:
+        yield
+    finally:
+        with _blocking_lock:
+            _blocking.pop(token, None)
+
+
+def blocking_work_in_progress() -> tuple[str, float] | None:
+    """The oldest declared blocking work still running: (what, seconds so far), or None."""
+    with _blocking_lock:
+        if not _blocking:
+            return None
+        what, start = min(_blocking.values(), key=lambda item: item[1])
+    return what, time.monotonic() - start

@@ -85,6 +85,11 @@ class Listener:
             await handler(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # stop() cancels open connections. This task is asyncio's client_connected_cb task,
+            # which nobody awaits: on 3.11 a cancelled one is reported as an "Exception in
+            # callback" traceback, so the cancellation ends here (the connection is closed below).
+            pass
         except ProtocolError as exc:
             # The peer broke the protocol: one line, no traceback, and the connection is closed.
             logger.warning(

@@ -112,3 +112,47 @@ def test_pid_file_live_refused_stale_replaced(tmp_path: Path) -> None:
     assert path.read_text().strip() == str(os.getpid())
     systemd.remove_pid_file(str(path))
     assert not path.exists()
+
+
+def test_watchdog_is_pet_while_declared_blocking_work_holds_the_loop(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot restore holds the event loop; the watchdog thread keeps systemd from killing the
+    server meanwhile, and pets nothing while the loop is held by undeclared work (a real hang)."""
+    import asyncio
+
+    from proconsul.tasks import blocking_work
+
+    path = str(tmp_path / "notify")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # pets every 0.1 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+
+    def drain() -> int:
+        pets = 0
+        while True:
+            try:
+                pets += receiver.recv(4096).decode().split("\n").count("WATCHDOG=1")
+            except BlockingIOError:
+                return pets
+
+    async def main() -> tuple[int, int]:
+        notifier = systemd.Notifier()
+        task = asyncio.get_running_loop().create_task(notifier.run(lambda: "serving"))
+        while drain() == 0:  # the loop's own pets are flowing
+            await asyncio.sleep(0.05)
+        drain()  # no await from here to the end of each block: only the thread can pet
+        with blocking_work("restoring a snapshot"):
+            time.sleep(1.0)  # the restore, holding the loop
+        during_restore = drain()
+        time.sleep(1.0)  # undeclared: a hung loop
+        during_hang = drain()
+        task.cancel()
+        return during_restore, during_hang
+
+    during_restore, during_hang = asyncio.run(main())
+    receiver.close()
+    assert during_restore >= 3
+    assert during_hang == 0

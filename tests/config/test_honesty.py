@@ -161,7 +161,7 @@ def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None
         tmp_path,
         "agent.hcl",
         f'data_dir = "{tmp_path}"\ntelemetry {{ statsd_address = "127.0.0.1:8125" }}\n'
-        'limits { rpc_rate = 10.0 }\nacl { tokens { initial_management = "m" } }\nenable_debug = true\n',
+        'limits { rpc_rate = 10.0 }\nacl { tokens { initial_management = "m" } }\ndns_config { use_cache = true }\n',
     )
     errors, warnings = validate_paths_with_warnings([path])
     assert errors == []
@@ -169,7 +169,7 @@ def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None
         "telemetry.statsd_address",
         "limits.rpc_rate",
         "acl.tokens.initial_management",
-        "enable_debug",
+        "dns_config.use_cache",
     ):
         assert (
             f"{path}: {key}: config key {key} is accepted but not implemented by proconsul: it has no effect"
@@ -181,7 +181,7 @@ def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None
 
 
 def test_inert_keys_at_their_default_and_dev_mode_layer_are_quiet(tmp_path: Path) -> None:
-    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\nenable_debug = false\n')
+    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\nhttp_config {{ use_cache = true }}\n')
     assert not any("not implemented" in w for w in validate_paths_with_warnings([path])[1])
     result = load(["-dev"])
     assert not any("not implemented" in w for w in result.warnings), result.warnings

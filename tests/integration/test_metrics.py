@@ -255,3 +255,20 @@ def test_three_servers_report_replication_and_gossip(tmp_path: Path) -> None:
             assert m["consul_memberlist_probeNode_count"][()] > 0
     finally:
         cluster.stop()
+
+
+def test_grafana_dashboard_queries_only_families_a_server_exports(raft_server: AgentProcess) -> None:
+    """packaging/grafana/proconsul-dashboard.json: every metric it queries is a family a Raft
+    server declares at start-up, and the autopilot gauges carry a single server's health."""
+    import re
+
+    dashboard = json.loads((Path(__file__).parents[2] / "packaging" / "grafana" / "proconsul-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    wanted = {name for e in exprs for name in re.findall(r"\bconsul_[A-Za-z0-9_]+", e)}
+    assert {"consul_autopilot_healthy", "consul_raft_commitTime", "consul_memberlist_msg_suspect"} <= wanted
+    missing = wanted - set(_types(raft_server))
+    assert not missing, f"dashboard queries unknown families: {sorted(missing)}"
+    wait_for(lambda: _prometheus(raft_server)["consul_autopilot_healthy"][()] == 1.0, timeout=30,
+             what="a single healthy server")
+    assert _prometheus(raft_server)["consul_autopilot_failure_tolerance"][()] == 0.0

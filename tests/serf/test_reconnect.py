@@ -255,3 +255,25 @@ def test_advertise_reconnect_timeout_is_for_clients_only(host: None, tmp_path: P
 def test_reconnect_interval_must_be_positive(host: None, tmp_path: Path) -> None:
     errs = _errors(tmp_path, {"reconnect_interval": "0s"})
     assert any("reconnect_interval must be positive" in e for e in errs)
+
+
+def test_a_reload_of_reconnect_settings_reaches_the_pools() -> None:
+    """The pools read the agent's config as it is now (not a copy taken at start), and the
+    reconnect settings are reloadable, so SIGHUP changes the reconnect loop and the reaper."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from proconsul.config import RuntimeConfig, diff
+    from proconsul.serf.lan import Membership
+
+    old = RuntimeConfig()
+    new = replace(old, reconnect_timeout_s=9 * 3600.0, reconnect_timeout_wan_s=10 * 3600.0, reconnect_interval_s=5.0)
+    reloadable, restart = diff(old, new)
+    assert sorted(reloadable) == ["reconnect_interval_s", "reconnect_timeout_s", "reconnect_timeout_wan_s"]
+    assert restart == []
+    agent = SimpleNamespace(config=old)
+    pool = object.__new__(Membership)
+    pool.agent = agent
+    assert pool.config.reconnect_timeout_s == old.reconnect_timeout_s
+    agent.config = new  # what Agent._reload_config does
+    assert (pool.config.reconnect_timeout_s, pool.config.reconnect_interval_s) == (9 * 3600.0, 5.0)

@@ -57,3 +57,13 @@ def test_never_itself_nor_unknown_servers_and_failed_learners_go_freely() -> Non
     assert plan_removals("a", {"a", "b", "c", "x"}, set(), lan(a=ALIVE, b=ALIVE, c=ALIVE), True, 0) == []
     plan = plan_removals("a", {"a", "b"}, {"l"}, lan(a=ALIVE, b=ALIVE, l=FAILED), True, 0)
     assert plan == [Removal("l", "l", "failed")]
+
+
+def test_a_failed_server_goes_only_once_its_failure_settled() -> None:
+    # Gossip says failed, but the leader has not seen it unhealthy for ServerStabilizationTime.
+    servers = lan(a=ALIVE, b=ALIVE, c=ALIVE, d=FAILED, e=LEFT)
+    voters = {"a", "b", "c", "d", "e"}
+    plan = plan_removals("a", voters, set(), servers, True, 0, settled=lambda sid: False)
+    assert plan == [Removal("e", "e", "left")]  # left servers never wait
+    plan = plan_removals("a", voters, set(), servers, True, 0, settled=lambda sid: sid == "d")
+    assert plan == [Removal("e", "e", "left"), Removal("d", "d", "failed")]

@@ -648,6 +648,7 @@ class Agent:
                 "NodeID": self.node_id,
                 "ServerMode": cfg.server,
                 "DevMode": cfg.dev,
+                "EnableDebug": cfg.enable_debug,
                 "Bootstrap": cfg.bootstrap,
                 "BootstrapExpect": cfg.bootstrap_expect,
                 "DataDir": cfg.data_dir or "",

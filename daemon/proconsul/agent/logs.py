@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Any
 
+from proconsul.http.monitor import HUB as LOG_MONITORS
 from proconsul.malformed_log import MalformedTrafficFilter
 
 TRACE = 5
@@ -305,3 +306,4 @@ def setup_from_config(cfg: Any) -> list[str]:
 
 def set_level(level: str) -> None:
     logging.getLogger().setLevel(level_number(level))
+    LOG_MONITORS.agent_level_changed(level_number(level))  # a monitor may want more than the agent logs

@@ -5,7 +5,9 @@ Owns telling systemd what the agent is doing through sdnotify when `NOTIFY_SOCKE
 the agent waits for (a join, a leader), `RELOADING=1` with `MONOTONIC_USEC` (as
 `Type=notify-reload` expects; plain `Type=notify` accepts it too) then `READY=1` around a reload,
 `STOPPING=1` on shutdown, and `WATCHDOG=1` every half `WATCHDOG_USEC` when systemd's
-`WatchdogSec=` is set. Also the pid file's life cycle: written atomically once the agent runs,
+`WatchdogSec=` is set. The watchdog is pet from the event loop, and also from a thread while the
+loop runs work declared long on purpose (`tasks.blocking_work`: a snapshot restore), for at most
+`MAX_BLOCKING_S`, so a large restore does not get a healthy server killed. Also the pid file's life cycle: written atomically once the agent runs,
 a stale file from a dead process replaced, a live one refused, removed on exit.
 """
 
@@ -14,12 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
 import sdnotify
 
+from proconsul.tasks import blocking_work_in_progress
+
 logger = logging.getLogger(__name__)
+
+
+# s, 1800: the longest declared blocking work (a restore) the watchdog thread covers; past it the
+# loop is taken as hung and systemd's watchdog fires as it would for any stuck loop.
+MAX_BLOCKING_S = 1800.0
 
 
 def _monotonic_usec() -> int:
@@ -86,16 +96,30 @@ class Notifier:
         interval = self.watchdog_interval_s()
         step = min(poll_s, interval) if interval else poll_s
         next_pet = 0.0
-        while True:
-            now = time.monotonic()
-            if interval and now >= next_pet:
+        stop = threading.Event()
+        if interval:
+            threading.Thread(target=self._pet_during_blocking_work, args=(interval, stop),
+                             name="watchdog", daemon=True).start()
+        try:
+            while True:
+                now = time.monotonic()
+                if interval and now >= next_pet:
+                    self.notify("WATCHDOG=1")
+                    next_pet = now + interval
+                try:
+                    self.status(status())
+                except Exception:  # a status text must never stop the watchdog
+                    logger.debug("systemd: status text failed", exc_info=True)
+                await asyncio.sleep(step)
+        finally:
+            stop.set()
+
+    def _pet_during_blocking_work(self, interval: float, stop: threading.Event) -> None:
+        """The watchdog thread: pets only while declared blocking work runs (and not too long)."""
+        while not stop.wait(interval):
+            work = blocking_work_in_progress()
+            if work is not None and work[1] < MAX_BLOCKING_S:
                 self.notify("WATCHDOG=1")
-                next_pet = now + interval
-            try:
-                self.status(status())
-            except Exception:  # a status text must never stop the watchdog
-                logger.debug("systemd: status text failed", exc_info=True)
-            await asyncio.sleep(step)
 
 
 class PidFileError(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
 
@@ -118,6 +118,13 @@ class FlagSpec:
     def uint(self, name: str, help: str, default: _Int = 0, section: str = COMMAND_SECTION) -> None:
         self.flagset.custom(name, _parse_uint, default, help)
         self._doc(name, help, "uint", section)
+
+    def custom(
+        self, name: str, help: str, parse: Callable[[str], Any], example: str, section: str = COMMAND_SECTION
+    ) -> None:
+        """A flag converted by `parse` (ValueError: bad value); None when not given."""
+        self.flagset.custom(name, parse, None, help)
+        self._doc(name, help, example, section)
 
     def list(self, name: str, help: str, example: str = "value", section: str = COMMAND_SECTION) -> None:
         self.flagset.list(name, help)

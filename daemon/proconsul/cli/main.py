@@ -15,12 +15,15 @@ from __future__ import annotations
 import sys
 
 from proconsul.cli import agent as cli_agent
+from proconsul.cli import autopilot as cli_autopilot
 from proconsul.cli import catalog as cli_catalog
+from proconsul.cli import debug as cli_debug
 from proconsul.cli import event as cli_event
 from proconsul.cli import keyring as cli_keyring
 from proconsul.cli import kv as cli_kv
 from proconsul.cli import lock as cli_lock
 from proconsul.cli import maint as cli_maint
+from proconsul.cli import monitor as cli_monitor
 from proconsul.cli import operator as cli_operator
 from proconsul.cli import raft_recover as cli_raft_recover
 from proconsul.cli import rtt as cli_rtt
@@ -40,9 +43,9 @@ EXIT_UNKNOWN_COMMAND = 127
 def commands() -> dict[str, Command]:
     """Every subcommand by its full name (`kv get`)."""
     table: dict[str, Command] = {}
-    for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_raft_recover, cli_snapshot,
-                   cli_maint,
-                   cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring, cli_tls):
+    for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_raft_recover, cli_autopilot,
+                   cli_snapshot, cli_maint, cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring, cli_tls,
+                   cli_monitor, cli_debug):
         for cls in module.COMMANDS:
             table[cls.name] = cls()
     return table

@@ -1,9 +1,11 @@
-"""`proconsul operator raft list-peers|remove-peer`: the Raft configuration from the command line.
+"""`proconsul operator raft list-peers|remove-peer|transfer-leader`: the Raft configuration from the
+command line.
 
 Owns these commands' flags, their `/v1/operator/raft/...` calls and their output, which follows
 `consul operator raft ...`: list-peers prints the columns `Node  ID  Address  State  Voter
 RaftProtocol` (columnized like ryanuber/columnize); remove-peer takes `-id` or `-address` and
-prints `Removed peer with id "..."` / `Removed peer with address "..."`.
+prints `Removed peer with id "..."` / `Removed peer with address "..."`; transfer-leader takes an
+optional `-id` and prints `Success` (Consul's spelling of its error, "transfering", is kept).
 """
 
 from __future__ import annotations
@@ -117,4 +119,38 @@ Usage: proconsul operator raft remove-peer [options]
         return 0
 
 
-COMMANDS: list[type[Command]] = [OperatorCommand, OperatorRaftCommand, OperatorRaftListPeers, OperatorRaftRemovePeer]
+class OperatorRaftTransferLeader(Command):
+    name = "operator raft transfer-leader"
+    synopsis = "Transfer raft leadership to another node"
+    http = HTTP_SERVER
+    usage = """
+Usage: proconsul operator raft transfer-leader [options]
+
+  Transfer raft leadership to another node: the one given with -id, or else the
+  most up-to-date other voter.
+"""
+
+    def define(self, spec: FlagSpec) -> None:
+        spec.string("id", "The ID of the node to transfer leadership to.", example="string")
+
+    def run(self, ctx: Context) -> int:
+        peer_id = ctx.opts.values.get("id") or ""
+        client = ctx.connect()
+        if client is None:
+            return 1
+        params = [("id", peer_id)] if peer_id else []
+        try:
+            reply = client.request("POST", "/v1/operator/raft/transfer-leader", params, b"").json()
+        except APIError as exc:
+            ctx.ui.error(f"Error transfering leadership: Failed to transfer leadership {exc}")
+            return 1
+        if not (isinstance(reply, dict) and reply.get("Success")):
+            ctx.ui.error("Error transfering leadership: Failed to transfer leadership")
+            return 1
+        ctx.ui.output("Success")
+        return 0
+
+
+COMMANDS: list[type[Command]] = [
+    OperatorCommand, OperatorRaftCommand, OperatorRaftListPeers, OperatorRaftRemovePeer, OperatorRaftTransferLeader,
+]

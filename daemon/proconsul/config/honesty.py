@@ -81,6 +81,10 @@ IMPLEMENTED: frozenset[str] = frozenset(
         # refused (acl.enabled), they carry no authority, exactly as in Consul with ACLs off.
         "acl.tokens.default", "acl.tokens.agent", "acl.tokens.config_file_service_registration",
         "autopilot.cleanup_dead_servers", "autopilot.min_quorum",
+        # proconsul.server.autopilot_health: server health and the dead-server cleanup's timing.
+        "autopilot.last_contact_threshold", "autopilot.max_trailing_logs", "autopilot.server_stabilization_time",
+        # proconsul.http.debug: the event-loop profiles under /v1/agent/debug/pprof/.
+        "enable_debug",
         "session_ttl_min", "default_query_time", "max_query_time", "disable_coordinates", "discovery_max_stale",
         "raft_snapshot_threshold", "raft_snapshot_interval", "raft_trailing_logs",
         # Only 3 is accepted (build.py), which is the protocol proconsul speaks.
@@ -99,14 +103,12 @@ INERT: frozenset[str] = frozenset(
         "disable_host_node_id",  # node IDs are always random
         "addresses.grpc", "addresses.grpc_tls",  # no gRPC listener
         "ports.grpc",  # no gRPC listener (-dev sets it as Consul does; not reported)
-        "enable_debug",
         "encrypt_verify_incoming", "encrypt_verify_outgoing",  # gossip is always verified when encrypted
         "dns_config.use_cache", "dns_config.cache_max_age",
         "limits.rpc_handshake_timeout",
         "limits.rpc_rate", "limits.rpc_max_burst", "limits.rpc_max_conns_per_client",
         "telemetry.prefix_filter", "telemetry.filter_default", "telemetry.statsd_address",
         "telemetry.statsite_address", "telemetry.dogstatsd_addr", "telemetry.dogstatsd_tags",
-        "autopilot.last_contact_threshold", "autopilot.max_trailing_logs", "autopilot.server_stabilization_time",
         "http_config.use_cache", "http_config.max_header_bytes",
         "unix_sockets.user", "unix_sockets.group", "unix_sockets.mode",  # unix sockets are refused
         "translate_wan_addrs",

@@ -338,6 +338,10 @@ RELOADABLE: frozenset[str] = frozenset(
         "discovery_max_stale_s",  # read per request by the HTTP layer
         "check_flap_detection",  # checks registered after the reload use the new settings
         "sources",
+        # Read by the gossip pools' reconnect loop and reaper on every pass (serf.pool).
+        "reconnect_timeout_s",
+        "reconnect_timeout_wan_s",
+        "reconnect_interval_s",
         # Read when the signal arrives (command/agent), so a reload changes the next stop.
         "leave_on_terminate",
         "skip_leave_on_interrupt",

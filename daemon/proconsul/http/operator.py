@@ -1,4 +1,5 @@
-"""`/v1/operator/raft/configuration`, `/v1/operator/raft/peer` and `/v1/snapshot`.
+"""`/v1/operator/raft/configuration`, `/v1/operator/raft/peer`, `/v1/operator/raft/transfer-leader`,
+`/v1/operator/autopilot/{configuration,health,state}`, `/v1/operator/usage` and `/v1/snapshot`.
 
 Thin HTTP over `proconsul.server.operator.Operator` (which forwards to the leader unless `?stale`).
 Snapshot bodies are binary gzipped tars (see `proconsul.server.snapshot`); a damaged archive given to
@@ -11,7 +12,16 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.http.common import HTTPError, bad_request, check_dc, flag, json_response
+from proconsul.http.common import (
+    HTTPError,
+    bad_request,
+    check_dc,
+    flag,
+    json_response,
+    query_options,
+    read_json,
+)
+from proconsul.server.autopilot_health import parse_body as parse_autopilot_body
 from proconsul.server.operator import Operator
 from proconsul.wire import MAX_FRAME_BYTES
 
@@ -45,6 +55,94 @@ async def raft_peer(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def raft_transfer_leader(request: web.Request) -> web.Response:
+    """`POST /v1/operator/raft/transfer-leader[?id=]`: Consul answers `{"Success": true}`."""
+    check_dc(request)
+    await _operator(request).transfer_leader(request.query.get("id", ""))
+    return json_response(request, {"Success": True})
+
+
+async def autopilot_get_config(request: web.Request) -> web.Response:
+    check_dc(request)
+    return json_response(request, await _operator(request).autopilot.get_config(stale=flag(request, "stale")))
+
+
+async def autopilot_set_config(request: web.Request) -> web.Response:
+    """PUT: the body replaces the configuration (fields left out take their zero value, as in
+    Consul); `?cas=<ModifyIndex>` makes it a check-and-set answered `true`/`false`."""
+    check_dc(request)
+    cas: int | None = None
+    if "cas" in request.query:
+        try:
+            cas = int(request.query["cas"])
+            if cas < 0:
+                raise ValueError("negative")
+        except ValueError:
+            raise bad_request(f"Error parsing cas value: {request.query['cas']!r} is not an index") from None
+    try:
+        fields = parse_autopilot_body(await read_json(request))
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    ok = await _operator(request).autopilot.set_config(fields, cas)
+    return json_response(request, ok if cas is not None else True)
+
+
+async def autopilot_health(request: web.Request) -> web.Response:
+    """Consul answers 429 (with the same body) while any server is unhealthy."""
+    check_dc(request)
+    reply = await _operator(request).autopilot.health(stale=flag(request, "stale"))
+    return json_response(request, reply, status=200 if reply.get("Healthy") else 429)
+
+
+async def autopilot_state(request: web.Request) -> web.Response:
+    check_dc(request)
+    return json_response(request, await _operator(request).autopilot.state(stale=flag(request, "stale")))
+
+
+# Consul's connect kinds, each counted in ConnectServiceInstances (always present, 0 when none).
+_CONNECT_KINDS = ("api-gateway", "connect-native", "connect-proxy", "ingress-gateway", "mesh-gateway",
+                  "terminating-gateway")
+
+
+async def usage(request: web.Request) -> web.Response:
+    """`GET /v1/operator/usage`: catalog counts of this datacenter, in Consul's shape (a blocking
+    read on the catalog). Billable instances leave out the `consul` service and connect proxies
+    and gateways, as Consul counts them."""
+    check_dc(request)
+    agent = request.app["agent"]
+    opts = query_options(request)
+    meta, instances = await agent.server.query("Catalog.ListServices", {"node_meta": {}, "instances": True}, opts)
+    _, nodes = await agent.server.query("Catalog.ListNodes", {"node_meta": {}, "near": ""}, opts)
+    connect = dict.fromkeys(_CONNECT_KINDS, 0)
+    billable = 0
+    for inst in instances:
+        kind = inst.get("ServiceKind") or ""
+        if inst.get("ServiceConnect", {}).get("Native"):
+            connect["connect-native"] += 1
+        if kind in connect:
+            connect[kind] += 1
+        elif inst.get("ServiceName") != "consul":
+            billable += 1
+    dc = agent.config.datacenter
+    body = {
+        "Usage": {dc: {
+            "Services": len({inst.get("ServiceName") for inst in instances}),
+            "ServiceInstances": len(instances),
+            "ConnectServiceInstances": connect,
+            "BillableServiceInstances": billable,
+            "Nodes": len(nodes),
+        }},
+        "Index": meta.index,
+        "LastContact": meta.last_contact_ms,
+        "KnownLeader": meta.known_leader,
+        "ConsistencyLevel": meta.consistency,
+        "NotModified": False,
+        "Backend": 0,
+        "ResultsFilteredByACLs": False,
+    }
+    return json_response(request, body, meta)
+
+
 async def snapshot_save(request: web.Request) -> web.Response:
     check_dc(request)
     index, blob = await _operator(request).snapshot_save(stale=flag(request, "stale"))
@@ -75,6 +173,12 @@ def routes() -> list[web.RouteDef]:
     return [
         web.get("/v1/operator/raft/configuration", raft_configuration),
         web.delete("/v1/operator/raft/peer", raft_peer),
+        web.post("/v1/operator/raft/transfer-leader", raft_transfer_leader),
+        web.get("/v1/operator/autopilot/configuration", autopilot_get_config),
+        web.put("/v1/operator/autopilot/configuration", autopilot_set_config),
+        web.get("/v1/operator/autopilot/health", autopilot_health),
+        web.get("/v1/operator/autopilot/state", autopilot_state),
+        web.get("/v1/operator/usage", usage),
         web.get("/v1/snapshot", snapshot_save),
         web.put("/v1/snapshot", snapshot_restore),
     ]

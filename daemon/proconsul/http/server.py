@@ -36,7 +36,10 @@ from proconsul.http import (
 )
 from proconsul.http import agent as agent_routes
 from proconsul.http import coordinate as coordinate_routes
+from proconsul.http import debug as debug_routes
+from proconsul.http import host as host_routes
 from proconsul.http import metrics as metrics_routes
+from proconsul.http import monitor as monitor_routes
 from proconsul.http.access import AccessRules
 from proconsul.http.common import HTTPError
 from proconsul.http.conn_guard import (
@@ -168,6 +171,9 @@ def route_defs() -> list[web.AbstractRouteDef]:
     defs.extend(absent.routes())
     defs.extend(metrics_routes.routes())
     defs.extend(ui_internal.routes())
+    defs.extend(host_routes.routes())
+    defs.extend(monitor_routes.routes())
+    defs.extend(debug_routes.routes())
     return defs
 
 
@@ -176,6 +182,8 @@ def build_app(agent: Any) -> web.Application:
     # txn_max_req_len); every body is read through common.read_body, which loops to EOF.
     app = web.Application(middlewares=[consul_middleware], client_max_size=4 * 1024 * 1024)
     app["agent"] = agent
+    monitor_routes.install(app)
+    debug_routes.install(app)
     http_config = agent.config.http_config
     app["response_headers"] = dict(http_config.response_headers)
     app["access_rules"] = AccessRules.build(http_config.block_endpoints, http_config.allow_write_http_from)

@@ -658,6 +658,11 @@ class RaftNode:
     def commit_index(self) -> int:
         return self._log.committed
 
+    @property
+    def transferee(self) -> str | None:
+        """The voter this leader is handing leadership to, while a transfer runs."""
+        return self._transferee
+
     def committed_in_term(self) -> bool:
         """True once an entry of the current term is committed (and so every earlier one is).
 
@@ -673,6 +678,10 @@ class RaftNode:
     @property
     def last_index(self) -> int:
         return self._log.last_index()
+
+    @property
+    def last_term(self) -> int:
+        return self._log.last_term()
 
     def promotable(self) -> bool:
         """Only voters campaign; learners and removed servers never do."""

@@ -50,7 +50,7 @@ from proconsul.raft.messages import (
 from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, atomic_write, private_dir
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
-from proconsul.tasks import wait_event
+from proconsul.tasks import blocking_work, wait_event
 from proconsul.transport import dial_target
 from proconsul.wire import ConnType, FrameDecoder, encode_frame
 
@@ -359,6 +359,10 @@ class RaftServer:
         # without a registry (tests) records into a private one nobody reads.
         # Leader only: when each follower last answered (monotonic seconds).
         self._follower_contact: dict[str, float] = {}
+        # Loop time until which a leadership transfer started here counts as planned (pending
+        # writes survive losing leadership to it), and until which they may wait to apply.
+        self._transfer_until = 0.0
+        self._pending_deadline = 0.0
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -454,7 +458,8 @@ class RaftServer:
     async def start(self) -> None:
         snap = self.storage.snapshot()
         if snap.data:
-            self.fsm.restore(snap.data)
+            with blocking_work("restoring the state from the last snapshot"):
+                self.fsm.restore(snap.data)
         self.applied_index = snap.meta.index
         self.core = RaftNode(
             self.id,
@@ -526,6 +531,18 @@ class RaftServer:
             return NEVER_CONTACTED_MS
         return int((time.monotonic() - self._last_leader_contact) * 1000)
 
+    def follower_contact_age_s(self, peer: str) -> float | None:
+        """Leader only: seconds since `peer` last answered (None: never, or not the leader)."""
+        if not self.is_leader():
+            return None
+        at = self._follower_contact.get(peer)
+        return None if at is None else max(0.0, time.monotonic() - at)
+
+    def log_stats(self) -> dict[str, int]:
+        """This server's log position and term (Consul's Status.RaftStats)."""
+        core = self._core()
+        return {"last_index": core.last_index, "last_term": core.last_term, "term": core.term}
+
     def voters(self) -> list[tuple[str, str, str]]:
         if self.core is None:
             return []
@@ -563,10 +580,20 @@ class RaftServer:
 
     async def propose_bytes(self, data: bytes) -> tuple[int, Any]:
         core = self._core()
-        try:
-            proposal = core.propose(data)
-        except NotLeader as exc:
-            raise NotLeaderError(self.addresses.addrs.get(getattr(exc, "leader", "") or "", "")) from None
+        for _ in range(3):
+            try:
+                proposal = core.propose(data)
+                break
+            except NotLeader as exc:
+                raise NotLeaderError(self.addresses.addrs.get(getattr(exc, "leader", "") or "", "")) from None
+            except ProposalRejected as exc:
+                # A leadership transfer is running: nothing was proposed, so wait for it to end
+                # and then propose here (abandoned) or let the caller forward (done).
+                if not self._transfer_in_progress():
+                    raise RaftError(str(exc)) from None
+                await self._wait_out_transfer()
+        else:
+            raise NoLeaderError("leadership transfer in progress")
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut)
         self._m_apply.incr()
@@ -634,30 +661,53 @@ class RaftServer:
                 raise
         logger.info("raft: removed %s from the configuration", node_id)
 
-    async def transfer_leadership(self, timeout_s: float) -> str | None:
-        """Leader only: hand leadership to the most up-to-date other voter (as Consul's leaving
-        leader does, so the cluster never waits out an election timeout). Returns the new
-        leader's ID, or None when this is not a leader, has no other voter, or the transfer did
-        not happen within `timeout_s`."""
+    async def transfer_leadership(self, timeout_s: float, target: str = "") -> str | None:
+        """Leader only: hand leadership to voter `target`, or by default to the most up-to-date
+        other voter (as Consul's leaving leader does, so the cluster never waits out an election
+        timeout). Returns the new leader's ID, or None when this is not a leader, has no other
+        voter, or the transfer did not happen within `timeout_s`.
+
+        Raises RaftError when `target` is this server or not a voter. While the transfer runs,
+        proposals wait for it (see `propose_bytes`) and the writes already proposed are kept
+        waiting for their entries to apply under the new leader (the transferee has them all
+        before it campaigns), so a planned transfer fails no write.
+        """
         core = self._core()
         if not self.is_leader():
             return None
-        others = [v for v in sorted(core.config.voters) if v != self.id]
-        if not others:
-            return None
-        target = max(others, key=lambda v: core.progress(v)[0])  # ties: the first by ID
+        if target:
+            if target == self.id:
+                raise RaftError(f"cannot transfer leadership to itself ({target} is the leader)")
+            if target not in core.config.voters:
+                raise RaftError(f'id "{target}" is not a voter in the Raft configuration')
+        else:
+            others = [v for v in sorted(core.config.voters) if v != self.id]
+            if not others:
+                return None
+            target = max(others, key=lambda v: core.progress(v)[0])  # ties: the first by ID
         try:
             core.transfer_leadership(target)
         except (NotLeader, ProposalRejected):
             return None
-        self._wake.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        self._transfer_until = loop.time() + max(timeout_s, self.tick_s * self.election_tick * 2)
+        self._wake.set()
         while loop.time() < deadline:
             if self.leader_id and self.leader_id != self.id:
                 return str(self.leader_id)
             await asyncio.sleep(0.02)
         return None
+
+    def _transfer_in_progress(self) -> bool:
+        return self.core is not None and self.core.transferee is not None
+
+    async def _wait_out_transfer(self) -> None:
+        """Until the leadership transfer this leader runs ends (done or abandoned)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.tick_s * self.election_tick * 2
+        while self._transfer_in_progress() and self.is_leader() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
 
     def _core(self) -> RaftNode:
         if self.core is None:
@@ -704,6 +754,12 @@ class RaftServer:
             if loop.time() >= next_tick:
                 core.tick()
                 next_tick = loop.time() + self.tick_s
+                if self._pending_deadline and loop.time() >= self._pending_deadline:
+                    self._pending_deadline = 0.0
+                    if not was_leader:
+                        self._fail_pending(
+                            OutcomeUnknown("leadership moved before the write applied; it may or may not commit")
+                        )
                 if was_leader:
                     self._sample_last_contact()
                     # A leader is in contact with itself: once deposed, its data is as old as this.
@@ -738,7 +794,11 @@ class RaftServer:
                 is_leader = role == "leader"
                 if is_leader != was_leader:
                     logger.info("raft: %s leadership (term %d)", "gained" if is_leader else "lost", core.term)
-                    if not is_leader:
+                    if not is_leader and loop.time() < self._transfer_until:
+                        # A transfer we started: the new leader holds every pending entry and
+                        # commits them in its term; they resolve as they apply (or time out).
+                        self._pending_deadline = self._transfer_until
+                    elif not is_leader:
                         self._fail_pending(
                             OutcomeUnknown("leadership lost before the write applied; it may or may not commit")
                         )
@@ -773,7 +833,8 @@ class RaftServer:
         if rd.snapshot is not None:
             self.storage.install_snapshot(rd.snapshot)
             start = time.perf_counter()
-            self.fsm.restore(rd.snapshot.data)
+            with blocking_work("restoring a snapshot from the leader"):
+                self.fsm.restore(rd.snapshot.data)
             self._m_restore.since(start)
             self.applied_index = rd.snapshot.meta.index
             self._fail_pending_upto(rd.snapshot.meta.index)

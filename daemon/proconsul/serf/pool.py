@@ -59,6 +59,12 @@ class SerfPool:
         merge_check: refuses members at join time (None: everyone may join).
     """
 
+    @property
+    def config(self) -> Any:
+        """The agent's configuration as it is now: a reload (reconnect_* settings) reaches the
+        pool's reconnect loop and reaper, which read it on every pass."""
+        return self.agent.config
+
     # Whether a join skips user events sent before it (serf's ignoreOld); the LAN pool's does.
     join_ignores_old_events = False
 
@@ -77,7 +83,6 @@ class SerfPool:
         merge_check: MergeCheck | None = None,
     ) -> None:
         self.agent = agent
-        self.config = agent.config
         self.label = label
         self.name = name
         self.port = port

@@ -8,7 +8,10 @@ Owns the leader-only loop that removes servers from the Raft configuration, as C
 - with ``autopilot.cleanup_dead_servers`` (default true), a server that is **failed** in the LAN
   pool and still a voter is removed when the quorum check of raft-autopilot's
   ``adjudicateRemoval`` allows it: at most ``(voters - 1) // 2`` voters per pass (never a
-  majority), and never below ``autopilot.min_quorum`` voters. The failed member is then
+  majority), and never below ``autopilot.min_quorum`` voters, and only once the leader has seen
+  it unhealthy (``proconsul.server.autopilot_health``: no answer within ``LastContactThreshold``,
+  behind by more than ``MaxTrailingLogs``, or not alive) for ``ServerStabilizationTime``: gossip
+  marking it failed is not enough, so a member that flaps keeps its vote. The failed member is then
   force-left in the LAN pool (raft-autopilot's ``RemoveFailedServer`` is serf's
   ``RemoveFailedNode``), so ``members`` shows it ``left`` and the catalog drops it.
 
@@ -16,7 +19,11 @@ An **alive** server of our datacenter that is not in the configuration (typicall
 while it was down, then restarted from its data dir) is added back as a voter, as Consul's
 leader does for every alive server (``handleAliveMember`` -> ``joinConsulServer``); only once it
 says its Raft is running (``Autopilot.ServerState``), so a server still waiting for
-``bootstrap_expect`` peers is never made a voter it cannot yet be.
+``bootstrap_expect`` peers is never made a voter it cannot yet be, and once it has been alive for
+``ServerStabilizationTime``.
+
+The settings are the effective autopilot configuration (replicated once an operator set it through
+``/v1/operator/autopilot/configuration``, else the agent's ``autopilot { }`` block).
 
 The pass runs every ``RECONCILE_INTERVAL_S`` (Consul's ``AutopilotInterval``) and on every LAN
 member event. The leader never removes itself. Servers in the Raft configuration that the LAN
@@ -28,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +66,7 @@ def plan_removals(
     cleanup_dead_servers: bool,
     min_quorum: int,
     refused: list[tuple[str, str]] | None = None,
+    settled: Callable[[str], bool] | None = None,
 ) -> list[Removal]:
     """Which servers to remove now (pure; the quorum rules live here).
 
@@ -67,6 +77,8 @@ def plan_removals(
         cleanup_dead_servers: also remove failed voters (within the quorum rules).
         min_quorum: never leave fewer voters than this (0: no floor).
         refused: if given, receives (name, reason) for each failed voter the rules keep.
+        settled: if given, a failed server is only removed once this says its failure has
+            lasted (unhealthy for ServerStabilizationTime), so a flapping member keeps its vote.
     """
     members = set(voters) | set(learners)
     out: list[Removal] = []
@@ -77,6 +89,9 @@ def plan_removals(
     if not cleanup_dead_servers:
         return out
     remaining = len(set(voters) - {r.server_id for r in out})
+    if settled is not None:
+        servers = {sid: (name, status) for sid, (name, status) in servers.items()
+                   if status != STATUS_FAILED or settled(sid)}
     for sid in sorted(set(learners) - {r.server_id for r in out}):
         name, status = servers.get(sid, ("", 0))
         if sid != self_id and status == STATUS_FAILED:
@@ -110,11 +125,19 @@ class DeadServerCleanup:
         self.pool = pool  # server RPC to the other servers (ServerState)
         self._wake = asyncio.Event()
         self._refused: list[tuple[str, str]] = []
+        self._alive_since: dict[str, float] = {}  # server ID -> monotonic time first seen alive
         agent.membership.listeners.append(self._on_member)
         server.handlers["Autopilot.ServerState"] = self._server_state
 
     async def _server_state(self, _body: Any) -> dict[str, Any]:
-        return {"id": self.agent.node_id, "raft_running": self.raft.core is not None}
+        out: dict[str, Any] = {"id": self.agent.node_id, "raft_running": self.raft.core is not None}
+        if self.raft.core is not None:
+            out.update(self.raft.log_stats())  # the leader's health checks (autopilot_health)
+        return out
+
+    def _settings(self) -> Any:
+        """The effective autopilot configuration (replicated once set; autopilot_health)."""
+        return self.agent.operator.autopilot.effective()
 
     def _on_member(self, rec: MemberRecord) -> None:
         if rec.member.tags.get("role") == "consul":
@@ -140,9 +163,17 @@ class DeadServerCleanup:
             return []
         added = []
         members = set(core.config.voters) | set(core.config.learners)
-        for sid, rec in sorted(self._lan_records().items()):
+        now = time.monotonic()
+        stabilization = self._settings().server_stabilization_time_s
+        records = self._lan_records()
+        self._alive_since = {sid: self._alive_since.get(sid, now) for sid, rec in records.items()
+                             if rec.status == STATUS_ALIVE}
+        for sid, rec in sorted(records.items()):
             if sid in members or sid == self.raft.id or rec.status != STATUS_ALIVE:
                 continue
+            if now - self._alive_since[sid] < stabilization:
+                self._wake_later(stabilization)
+                continue  # ServerStabilizationTime: alive that long before it gets a vote
             addr = f"{rec.member.addr[0]}:{rec.member.tags.get('port', '8300')}"
             try:
                 state = await self.pool.call(addr, "Autopilot.ServerState", None, timeout_s=5.0)
@@ -166,10 +197,18 @@ class DeadServerCleanup:
         core = self.raft.core
         if core is None or not self.raft.is_leader():
             return []
-        settings = self.agent.config.autopilot
+        settings = self._settings()
+        health = self.agent.operator.autopilot
         refused: list[tuple[str, str]] = []
+
+        def settled(sid: str) -> bool:
+            # Gossip's "failed" alone is not enough: the leader must have seen the server
+            # unhealthy (no contact, behind) for ServerStabilizationTime, as long as a flap lasts.
+            return health.unhealthy_for_s(sid) >= max(settings.server_stabilization_time_s,
+                                                      settings.last_contact_threshold_s)
+
         plan = plan_removals(self.raft.id, core.config.voters, core.config.learners, self._lan_servers(),
-                             settings.cleanup_dead_servers, settings.min_quorum, refused)
+                             settings.cleanup_dead_servers, settings.min_quorum, refused, settled)
         if refused != self._refused:  # one line per change, not one per pass
             for name, reason in refused:
                 logger.info("autopilot: not removing failed server %s: %s", name, reason)
@@ -189,6 +228,9 @@ class DeadServerCleanup:
                 break
             done.append(removal)
         return done
+
+    def _wake_later(self, delay_s: float) -> None:
+        asyncio.get_running_loop().call_later(delay_s, self._wake.set)
 
     async def run(self) -> None:
         while True:

@@ -109,6 +109,7 @@ class ClusterMember:
             self._tasks.append(loop.create_task(self._join_loop(), name="join"))
         self._tasks.append(loop.create_task(self._register_self_loop(), name="register-self"))
         self._tasks.append(loop.create_task(self.autopilot.run(), name="autopilot"))
+        self._tasks.append(loop.create_task(self.agent.operator.autopilot.run(), name="autopilot-health"))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)

@@ -20,6 +20,7 @@ from proconsul.raft.node import NoLeaderError, NotLeaderError, OutcomeUnknown, R
 from proconsul.rpc_api import NoLeader, NotLeader, RPCError, UnknownOutcome
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
+from proconsul.tasks import blocking_work
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,17 @@ class CommandStateMachine:
             logger.error("raft: entry %d is not a command (%s); skipped", index, exc)
             self.fsm.apply(index, commands.Noop())
             return None
+        if isinstance(command, commands.Restore):
+            with blocking_work("restoring a snapshot (PUT /v1/snapshot)"):
+                return self.fsm.apply(index, command)
         return self.fsm.apply(index, command)
 
     def snapshot(self) -> bytes:
         return self.fsm.store.snapshot()
 
     def restore(self, data: bytes) -> None:
-        self.fsm.store.restore(data)
+        with blocking_work("restoring a snapshot"):
+            self.fsm.store.restore(data)
 
     def store_index(self, raft_index: int) -> int:
         return self.fsm.store_index(raft_index)

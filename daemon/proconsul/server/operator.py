@@ -1,7 +1,9 @@
-"""Server-side operator actions: the Raft configuration, removing a peer, snapshots.
+"""Server-side operator actions: the Raft configuration, removing a peer, leadership transfer,
+snapshots.
 
 Owns what `/v1/operator/raft/*` and `/v1/snapshot` do on a server, and their RPC endpoints
-(`Operator.RaftConfiguration`, `Operator.RaftRemovePeer`, `Snapshot.Save`, registered in
+(`Operator.RaftConfiguration`, `Operator.RaftRemovePeer`, `Operator.RaftTransferLeader`,
+`Snapshot.Save`, registered in
 `Server.handlers`), so that a request arriving at a follower is forwarded once to the leader,
 as writes and default-mode reads are. `?stale` answers from the local server.
 
@@ -23,6 +25,7 @@ from typing import Any
 
 from proconsul.rpc_api import NotLeader, RPCError
 from proconsul.server import snapshot as archive
+from proconsul.server.autopilot_health import AutopilotOperator
 from proconsul.server.consensus import raft_errors
 from proconsul.server.rpc import Server
 from proconsul.state import commands
@@ -42,10 +45,13 @@ class Operator:
         handlers["Operator.RaftConfiguration"] = self._rpc_configuration
         handlers["Operator.RaftRemovePeer"] = self._rpc_remove_peer
         handlers["Snapshot.Save"] = self._rpc_snapshot_save
+        handlers["Operator.RaftTransferLeader"] = self._rpc_transfer_leader
+        # /v1/operator/autopilot/*: configuration, server health, state (+ the leader's gauges).
+        self.autopilot = AutopilotOperator(agent, self, getattr(agent, "metrics", None))
 
     # ------------------------------------------------------------------------- forwarding
 
-    async def _on_leader(self, method: str, body: Any, stale: bool) -> tuple[bool, Any]:
+    async def on_leader(self, method: str, body: Any, stale: bool) -> tuple[bool, Any]:
         """(True, reply) when the leader (another server) answered; (False, None): do it here."""
         server = self.server
         if getattr(server, "catalog_is_remote", False):
@@ -62,7 +68,7 @@ class Operator:
         except Exception as exc:  # RemoteError: the leader's own answer
             raise RPCError(str(exc)) from None
 
-    def _require_leader(self) -> None:
+    def require_leader(self) -> None:
         c = self.server.consensus
         if not c.is_leader():
             raise NotLeader(c.leader_address())
@@ -70,11 +76,11 @@ class Operator:
     # ----------------------------------------------------------------- raft configuration
 
     async def raft_configuration(self, stale: bool) -> dict[str, Any]:
-        forwarded, reply = await self._on_leader("Operator.RaftConfiguration", {}, stale)
+        forwarded, reply = await self.on_leader("Operator.RaftConfiguration", {}, stale)
         return reply if forwarded else self.local_configuration()
 
     async def _rpc_configuration(self, body: Any) -> dict[str, Any]:
-        self._require_leader()
+        self.require_leader()
         return self.local_configuration()
 
     def node_names(self) -> dict[str, str]:
@@ -109,12 +115,12 @@ class Operator:
     # ------------------------------------------------------------------------ remove peer
 
     async def remove_peer(self, peer_id: str = "", address: str = "") -> None:
-        forwarded, _ = await self._on_leader("Operator.RaftRemovePeer", {"id": peer_id, "address": address}, False)
+        forwarded, _ = await self.on_leader("Operator.RaftRemovePeer", {"id": peer_id, "address": address}, False)
         if not forwarded:
             await self._remove_here(peer_id, address)
 
     async def _rpc_remove_peer(self, body: Any) -> bool:
-        self._require_leader()
+        self.require_leader()
         await self._remove_here(str(body.get("id") or ""), str(body.get("address") or ""))
         return True
 
@@ -133,17 +139,46 @@ class Operator:
         with raft_errors():
             await self.raft.remove_voter(peer_id)
 
+    # -------------------------------------------------------------------- transfer leader
+
+    async def transfer_leader(self, peer_id: str = "") -> str:
+        """Move leadership to server `peer_id` (any other voter when empty); the new leader's ID."""
+        forwarded, reply = await self.on_leader("Operator.RaftTransferLeader", {"id": peer_id}, False)
+        if forwarded:
+            return str(reply)
+        return await self._transfer_here(peer_id)
+
+    async def _rpc_transfer_leader(self, body: Any) -> str:
+        self.require_leader()
+        return await self._transfer_here(str(body.get("id") or ""))
+
+    async def _transfer_here(self, peer_id: str) -> str:
+        if self.raft is None:
+            raise RPCError("cannot transfer leadership from a single in-memory (-dev) server")
+        if peer_id and peer_id not in self.raft.core.config.members():
+            raise RPCError(f'id "{peer_id}" was not found in the Raft configuration')
+        logger.info("operator: transferring raft leadership to %s", peer_id or "the most up-to-date voter")
+        with raft_errors():
+            # Two election timeouts: the transferee catches up, then wins one election.
+            new_leader = await self.raft.transfer_leadership(
+                max(5.0, 2 * self.raft.tick_s * self.raft.election_tick), target=peer_id
+            )
+        if not new_leader:
+            raise RPCError("leadership transfer did not complete: no other voter took over in time")
+        logger.info("operator: raft leadership transferred to %s", new_leader)
+        return new_leader
+
     # -------------------------------------------------------------------------- snapshots
 
     async def snapshot_save(self, stale: bool) -> tuple[int, bytes]:
         """(index, archive bytes) of the leader's state (any server's with `stale`)."""
-        forwarded, reply = await self._on_leader("Snapshot.Save", {}, stale)
+        forwarded, reply = await self.on_leader("Snapshot.Save", {}, stale)
         if forwarded:
             return int(reply["index"]), bytes(reply["archive"])
         return self.local_snapshot()
 
     async def _rpc_snapshot_save(self, body: Any) -> dict[str, Any]:
-        self._require_leader()
+        self.require_leader()
         index, blob = self.local_snapshot()
         return {"index": index, "archive": blob}
 

@@ -262,7 +262,7 @@ class Server:
                 raise NotLeader(self.consensus.leader_address())
             leader = await self._wait_for_leader()
             if leader:
-                return await self._forward_write(leader, command)
+                return await self._forward_write_retrying(leader, command)
         try:
             index, result = await self._apply(command)
         except NotLeader:
@@ -271,7 +271,7 @@ class Server:
             leader = await self._wait_for_leader()
             if not leader:
                 raise
-            return await self._forward_write(leader, command)
+            return await self._forward_write_retrying(leader, command)
         if isinstance(result, StoreError):
             raise result
         return WriteMeta(index), result
@@ -285,6 +285,29 @@ class Server:
         timer.since(start)
         return out
 
+    async def _forward_write_retrying(self, leader: str, command: commands.Command) -> tuple[WriteMeta, Any]:
+        """Forward a write; when the server we took for the leader answers that it is not (a
+        leadership transfer or election moved it, and nothing was proposed), forward to the new
+        leader, within rpc_hold_timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.rpc_hold_timeout_s
+        while True:
+            try:
+                return await self._forward_write(leader, command)
+            except NotLeader:
+                if loop.time() >= deadline:
+                    raise
+            stale = leader
+            while True:
+                await asyncio.sleep(0.02)
+                if self.consensus.is_leader():
+                    return await self.write(command)
+                leader = self.consensus.leader_address()
+                if (leader and leader != stale) or loop.time() >= deadline:
+                    break
+            if not leader:
+                raise NoLeader()
+
     async def _forward_write(self, leader: str, command: commands.Command) -> tuple[WriteMeta, Any]:
         """Send a write to the leader once (a follower never forwards a forwarded write)."""
         try:
@@ -294,6 +317,8 @@ class Server:
         except TimeoutError:
             raise UnknownOutcome(f"rpc error: no answer from the leader {leader}; the write may have applied") from None
         except Exception as exc:  # RemoteError: the leader refused or failed it
+            if str(exc) == str(NotLeader()):
+                raise NotLeader() from None  # refused before proposing: safe to send again
             raise RPCError(str(exc)) from None
         return WriteMeta(reply["index"]), decode_result(reply["result"])
 

@@ -28,6 +28,8 @@ class CommandType(IntEnum):
     RESTORE = 7  # replace the whole store with a snapshot's (`PUT /v1/snapshot`)
     COORDINATE_BATCH_UPDATE = 8  # network coordinates batched by the leader (Coordinate.Update)
     PREPARED_QUERY = 9  # create, update or delete a prepared query (PreparedQuery.Apply)
+    # 10-11 left for other work in flight when this was added.
+    AUTOPILOT_CONFIG = 12  # the operator's autopilot configuration (PUT /v1/operator/autopilot/configuration)
 
 
 class KVOp:
@@ -217,7 +219,19 @@ class PreparedQueryOp:
     query: PreparedQuery
 
 
-Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate | PreparedQueryOp
+class AutopilotSetConfig:
+    """Replace the autopilot configuration (Consul's field names, durations in seconds);
+    with `cas`, only if its ModifyIndex is still `index` (0: only if never set)."""
+
+    config: tuple[tuple[str, Any], ...]
+    cas: bool = False
+    index: int = 0
+
+
+Command = (
+    Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate | PreparedQueryOp
+    | AutopilotSetConfig
+)
 
 
 def encode(command: Command) -> bytes:
@@ -254,6 +268,9 @@ def encode(command: Command) -> bytes:
     elif isinstance(command, PreparedQueryOp):
         payload = [command.op, command.query.to_wire()]
         kind = CommandType.PREPARED_QUERY
+    elif isinstance(command, AutopilotSetConfig):
+        payload = [[list(kv) for kv in command.config], command.cas, command.index]
+        kind = CommandType.AUTOPILOT_CONFIG
     else:  # pragma: no cover - the Union is closed
         raise TypeError(f"not a command: {command!r}")
     return msgpack.packb([int(kind), payload], use_bin_type=True)
@@ -293,6 +310,8 @@ def decode(data: bytes) -> Command:
             return _decode_prepared_query(payload)
         except (TypeError, KeyError, IndexError, AttributeError, ValueError) as exc:
             raise ValueError(f"undecodable prepared query command: {exc}") from None
+    if kind is CommandType.AUTOPILOT_CONFIG:
+        return AutopilotSetConfig(tuple((str(k), v) for k, v in payload[0]), bool(payload[1]), int(payload[2]))
     return Noop()
 
 

@@ -83,6 +83,8 @@ class FSM:
             if isinstance(command, cmd.CoordinateBatchUpdate):
                 store.coordinate_batch_update(index, command.updates)
                 return None
+            if isinstance(command, cmd.AutopilotSetConfig):
+                return store.autopilot_set_config(index, dict(command.config), command.index if command.cas else None)
             return None
         except StoreError as exc:
             return exc

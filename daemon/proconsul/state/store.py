@@ -57,6 +57,9 @@ class Store:
         # node -> segment -> network coordinate (Consul's coordinates table; "" is the LAN segment).
         self.coordinates: dict[str, dict[str, Coordinate]] = {}
         self.prepared_queries: dict[str, PreparedQuery] = {}  # ID -> query
+        # The operator's autopilot configuration (Consul's autopilot-config table): None until
+        # first set, then (fields by Consul's names, CreateIndex, ModifyIndex).
+        self.autopilot_config: tuple[dict[str, Any], int, int] | None = None
         self.table_index: dict[str, int] = {t: 0 for t in TABLES}
         self.service_index: dict[str, int] = {}  # service name -> last index touching it
         self.last_index = 0
@@ -652,6 +655,18 @@ class Store:
         self._dirty_tables.clear()
         self._dirty_keys.clear()
 
+    # ---------------------------------------------------------------------- autopilot config
+
+    def autopilot_set_config(self, index: int, config: dict[str, Any], cas_index: int | None) -> bool:
+        """Set the autopilot configuration; with `cas_index`, only if its ModifyIndex matches."""
+        current = self.autopilot_config
+        if cas_index is not None and (current[2] if current else 0) != cas_index:
+            return False
+        if self._undo is not None:
+            self._undo.append(lambda: setattr(self, "autopilot_config", current))
+        self.autopilot_config = (dict(config), current[1] if current else index, index)
+        return True
+
     # ------------------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
@@ -670,6 +685,7 @@ class Store:
             "index_offset": self.index_offset,
             "coordinates": [[n, seg, c.to_wire()] for n, per in self.coordinates.items() for seg, c in per.items()],
             "prepared_queries": [q.to_wire() for q in self.prepared_queries.values()],
+            "autopilot": list(self.autopilot_config) if self.autopilot_config else None,
         }
         return msgpack.packb(data, use_bin_type=True)
 
@@ -705,6 +721,8 @@ class Store:
             self.coordinates.setdefault(node, {})[segment] = Coordinate.from_wire(raw)
         queries = (PreparedQuery.from_wire(r) for r in data.get("prepared_queries", []))
         self.prepared_queries = {q.id: q for q in queries}
+        ap = data.get("autopilot")
+        self.autopilot_config = (dict(ap[0]), int(ap[1]), int(ap[2])) if ap else None
         # Every watcher must re-read: the world changed under it.
         self._dirty_tables = set(TABLES)
         self._dirty_keys = [""]
