@@ -477,7 +477,8 @@ class Agent:
         # Certificates, keys and CAs are re-read whether or not their paths changed (rotation
         # replaces the files in place); a bad set keeps the one in use for new connections too.
         try:
-            self.tls.reload(new.tls.internal_rpc, new.tls.https if old.ports.https > 0 else None)
+            self.tls.reload(new.tls.internal_rpc, new.tls.https if old.ports.https > 0 else None,
+                            new.limits.rpc_handshake_timeout_s)
         except tls_context.TLSSettingError as exc:
             logger.error("agent: TLS reload refused, keeping the certificates in use: %s", exc)
             return [f"tls: {exc}"]

@@ -117,11 +117,15 @@ class TLSConfigurator:
 
     # --- reload ------------------------------------------------------------------------------
 
-    def reload(self, internal_rpc: InternalRPCSettings, https: TLSSettings | None) -> None:
+    def reload(
+        self, internal_rpc: InternalRPCSettings, https: TLSSettings | None, handshake_timeout_s: float | None = None
+    ) -> None:
         """Re-read every file; raises TLSSettingError (and keeps what is in use) when one fails."""
-        if (https is None) != (self._https_front is None):
-            https = None if self._https_front is None else https  # ports.https changes need a restart
+        if self._https_front is None:
+            https = None  # ports.https turned on needs a restart (the listener is not there)
         self._material = _Material(internal_rpc, https, self.server)
+        if handshake_timeout_s is not None:
+            self._handshake_timeout_s = handshake_timeout_s
 
     def rpc_certificate_file(self) -> str:
         return self._material.rpc.cert_file
