@@ -465,6 +465,10 @@ def _tls(c: _Ctx) -> None:
     _tls_internal_rpc(c, sections["internal_rpc"])
     https_set = {**defaults, **tls_merged.get("https", {})}
     material = [k for k in ("cert_file", "key_file", "ca_file", "ca_path", "verify_incoming") if https_set.get(k)]
+    rpc = sections["internal_rpc"]
+    if (c.server and not c.dev) or rpc.verify_outgoing or rpc.verify_server_hostname:
+        # Server RPC uses what tls.defaults gives (proconsul.tls.rpc): only https's own keys can be unused.
+        material = [k for k in material if tls_merged.get("https", {}).get(k)]
     if c.kw["ports"].https <= 0:
         if material:
             # Only the HTTPS listener uses them; say so rather than let them look honoured.
