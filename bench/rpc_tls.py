@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROCONSUL, Procs  # noqa: E402
+from common import PROCONSUL, Procs, cpu_seconds  # noqa: E402
 
 
 def free_prefix() -> str:
@@ -76,7 +76,9 @@ def leader_of(ips: list[str]) -> str:
     return seen.pop() if len(seen) == 1 else ""
 
 
-def start_cluster(procs: Procs, root: Path, tls: bool) -> list[str]:
+def start_cluster(procs: Procs, root: Path, tls: bool) -> tuple[list[str], list[int]]:
+    root.mkdir(parents=True, exist_ok=True)
+    pids: list[int] = []
     prefix = free_prefix()
     ips = [f"{prefix}.{i}" for i in (1, 2, 3)]
     hcl = ["performance { raft_multiplier = 1 }"]
@@ -93,11 +95,11 @@ def start_cluster(procs: Procs, root: Path, tls: bool) -> list[str]:
                *(f"-retry-join={o}" for o in ips if o != ip), "-hcl", hcl[0], "-hcl", extra or "log_level = \"INFO\"",
                f"-data-dir={root / f's{n}'}", "-http-port=8500", "-dns-port=8600",
                f"-client={ip}", f"-bind={ip}", f"-node=s{n}"]
-        procs.start(f"{'tls' if tls else 'plain'}-s{n}", cmd, root / f"s{n}.log")
+        pids.append(procs.start(f"{'tls' if tls else 'plain'}-s{n}", cmd, root / f"s{n}.log").pid)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if leader := leader_of(ips):
-            return [leader, *(ip for ip in ips if ip != leader)]
+            return [leader, *(ip for ip in ips if ip != leader)], pids
         time.sleep(0.2)
     raise RuntimeError(f"no leader in {root}")
 
@@ -145,7 +147,8 @@ def main(argv: list[str]) -> int:
     procs = Procs()
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
-        clusters = {"plain": start_cluster(procs, root / "plain", False), "tls": start_cluster(procs, root / "tls", True)}
+        started = {"plain": start_cluster(procs, root / "plain", False), "tls": start_cluster(procs, root / "tls", True)}
+        clusters = {name: ips for name, (ips, _) in started.items()}
         for ips in clusters.values():  # keys for the reads
             for k in range(100):
                 urllib.request.urlopen(urllib.request.Request(f"http://{ips[0]}:8500/v1/kv/r/{k}", b"x", method="PUT"))
@@ -159,20 +162,29 @@ def main(argv: list[str]) -> int:
             for case, make in cases.items():
                 for name in order:
                     method, url_of = make(clusters[name])
-                    r = asyncio.run(load(url_of, method, args.conc, args.duration, args.warmup))
+                    pids = started[name][1]
+                    asyncio.run(load(url_of, method, args.conc, args.warmup, 0.0))  # warm-up, not measured
+                    # CPU of the three servers (utime + stime) during the measured run, per request.
+                    cpu0 = sum(cpu_seconds(pid) for pid in pids)
+                    r = asyncio.run(load(url_of, method, args.conc, args.duration, 0.0))
+                    r["cpu_ms_per_req"] = (sum(cpu_seconds(pid) for pid in pids) - cpu0) * 1000 / (
+                        r["rps"] * args.duration)
                     results.setdefault(case, {}).setdefault(name, []).append(r)
                     print(f"round {rnd + 1} {case:32s} {name:5s} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-                          f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}", flush=True)
+                          f"p99 {r['p99_ms']:7.2f} ms  cpu {r['cpu_ms_per_req']:.2f} ms/req  errors {r['errors']}",
+                          flush=True)
             for name, ips in clusters.items():
                 if leader_of(ips) != ips[0]:
                     print(f"warning: the {name} cluster's leader moved", flush=True)
         print("\nmedians:")
         for case, by in results.items():
-            med = {n: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms")} for n, rs in by.items()}
+            med = {n: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")}
+                   for n, rs in by.items()}
             ratio = statistics.median(t["rps"] / p["rps"] for t, p in zip(by["tls"], by["plain"]))
             print(f"| {case} | {args.conc} | {med['plain']['rps']:.0f} | {med['plain']['p50_ms']:.2f} | "
                   f"{med['plain']['p99_ms']:.1f} | {med['tls']['rps']:.0f} | {med['tls']['p50_ms']:.2f} | "
-                  f"{med['tls']['p99_ms']:.1f} | {ratio:.2f} |")
+                  f"{med['tls']['p99_ms']:.1f} | {ratio:.2f} | {med['plain']['cpu_ms_per_req']:.2f} | "
+                  f"{med['tls']['cpu_ms_per_req']:.2f} |")
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
     finally:

@@ -227,3 +227,20 @@ def test_settings_that_cannot_be_honoured_name_the_key(files: Files) -> None:
     assert err.value.field == "cert_file"
     # A client agent has no server port: verify_incoming there needs no certificate.
     assert configurator(Section(ca_file=files.ca_file, verify_incoming=True), server=False).server_context() is None
+
+
+def test_validate_names_the_file_and_key_of_an_internal_rpc_setting_it_cannot_honour(
+    files: Files, tmp_path: Path
+) -> None:
+    from proconsul.config import validate_paths_with_warnings
+
+    path = tmp_path / "tls.hcl"
+    path.write_text(f'data_dir = "{tmp_path}"\nbind_addr = "127.0.0.1"\nserver = true\ncert_file = "{files.server[0]}"\n'
+                    f'key_file = "{files.server[1]}"\nverify_outgoing = true\n')
+    errors, _ = validate_paths_with_warnings([str(path)])
+    assert any(e.startswith(f"{path}: verify_outgoing") and "no ca_file or ca_path" in e for e in errors), errors
+    # With the CA it validates, and nothing is reported unused (server RPC uses the defaults).
+    path.write_text(path.read_text() + f'ca_file = "{files.ca_file}"\nverify_incoming = true\n'
+                    "verify_server_hostname = true\n")
+    errors, warnings = validate_paths_with_warnings([str(path)])
+    assert errors == [] and not [w for w in warnings if "no listener uses them" in w], (errors, warnings)
