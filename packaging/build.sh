@@ -46,7 +46,7 @@ rm -rf "$build/freeze"
 stage=$build/stage
 rm -rf "$stage"
 mkdir -p "$stage/doc" "$stage/examples"
-cp README.md docs/packaging.md "$stage/doc/"
+cp README.md docs/packaging.md docs/TLS.md "$stage/doc/"
 cp systemd/examples/*.conf packaging/grafana/proconsul-dashboard.json "$stage/examples/"
 # nfpm expands variables in few fields only: fill in the template here.
 sed -e "s|\${PROCONSUL_VERSION}|$version|g" -e "s|\${PROCONSUL_FREEZE}|$build/freeze/proconsul|g" \

@@ -1,10 +1,19 @@
-"""TCP transport on the server port: first-byte multiplexing, RPC serving, a pipelined client pool.
+"""TCP transport on the server port: first-byte multiplexing, TLS, RPC serving, a pipelined client pool.
 
 Owns the sockets of server-to-server and client-to-server traffic. The listener reads one byte
 per connection (`wire.ConnType`) and hands the stream to the protocol's handler; the RPC handler
 answers each request in its own task, so slow requests (blocking queries) do not hold up fast
 ones on the same connection. `ConnectionPool` keeps one connection per peer and multiplexes
-concurrent calls on it by sequence number.
+concurrent calls on it by sequence number; `dial` opens every outgoing connection (the pool's and
+Raft's).
+
+TLS works as Consul's RPCTLS byte: a dialer that must verify its server writes `ConnType.TLS`,
+runs the handshake, then writes the inner type byte inside the TLS stream. The listener reads the
+first byte straight from the socket (so the ClientHello stays in the kernel for the handshake),
+refuses a plaintext connection when the agent demands TLS (verify_incoming), and closes a
+connection of a server-only type (Raft) whose peer certificate is not a server's. What TLS means
+(contexts, server names, whose certificate counts as a server's) comes from an `RPCSecurity`,
+built from the agent's settings in `proconsul.tls.rpc`; without one, everything is plaintext.
 """
 
 from __future__ import annotations
@@ -12,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Protocol
 
 from proconsul.malformed_log import MALFORMED
 from proconsul.wire import (
@@ -44,6 +55,73 @@ def dial_target(address: str) -> tuple[str, int]:
     host, _, port = _dial_overrides.get(address, address).rpartition(":")
     return host.strip("[]"), int(port)
 
+
+class RPCSecurity(Protocol):
+    """The agent's TLS policy for the server port, read at each connection (so a reload that
+    swaps certificates reaches new connections only). Implemented by `proconsul.tls.rpc`."""
+
+    def server_context(self) -> ssl.SSLContext | None:
+        """The context TLS connections are accepted with; None: no certificate, TLS refused."""
+        ...
+
+    def require_tls(self) -> bool:
+        """True when a connection that does not start with `ConnType.TLS` is refused."""
+        ...
+
+    def client_context(self, datacenter: str) -> tuple[ssl.SSLContext, str | None] | None:
+        """For a dial to a server of `datacenter` ("" = ours): the context and the server name to
+        verify (None: the chain only); None: dial in plaintext."""
+        ...
+
+    def server_refusal(self, peer_certificate: dict[str, Any] | None) -> str:
+        """Why a peer with this (verified) certificate may not make server-only calls; "" when it
+        may (a server certificate of this datacenter, or incoming verification off)."""
+        ...
+
+    def handshake_timeout_s(self) -> float: ...
+
+
+class TLSHandshakeError(ConnectionRefusedError):
+    """The server's certificate did not verify (or it closed the handshake): nothing was sent,
+    so a caller may try another server, as after a refused connection."""
+
+
+def peer_certificate(writer: asyncio.StreamWriter) -> dict[str, Any] | None:
+    """The verified certificate of the peer on a TLS stream (None: plaintext or none sent)."""
+    ssl_object = writer.get_extra_info("ssl_object")
+    return ssl_object.getpeercert() if ssl_object is not None else None  # type: ignore[no-any-return]
+
+
+async def dial(
+    address: str,
+    conn_type: ConnType,
+    security: RPCSecurity | None = None,
+    datacenter: str = "",
+    timeout_s: float = 5.0,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a connection of `conn_type` to `address` ("host:port"), over TLS when `security` says
+    so; raises OSError (ssl.SSLError included: a certificate that does not verify) or TimeoutError."""
+    host, port = dial_target(address)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    try:
+        outgoing = security.client_context(datacenter) if security is not None else None
+        if outgoing is not None:
+            context, server_name = outgoing
+            writer.write(bytes([ConnType.TLS]))
+            try:
+                await asyncio.wait_for(
+                    writer.start_tls(context, server_hostname=server_name, ssl_handshake_timeout=timeout_s),
+                    timeout_s,
+                )
+            except (ssl.SSLError, ConnectionError) as exc:
+                raise TLSHandshakeError(f"TLS handshake with {address} failed: {exc}") from exc
+        writer.write(bytes([conn_type]))
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
 _READ_CHUNK = 64 * 1024
@@ -54,36 +132,111 @@ class RemoteError(Exception):
 
 
 class Listener:
-    """Accepts connections and routes each by its first byte to a protocol handler."""
+    """Accepts connections and routes each by its first byte to a protocol handler.
 
-    def __init__(self, host: str, port: int, handlers: dict[ConnType, StreamHandler]) -> None:
+    `server_only` lists the connection types only a server may open: with `security` demanding
+    verification, a peer without a server certificate is closed before its handler sees a byte.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handlers: dict[ConnType, StreamHandler],
+        security: RPCSecurity | None = None,
+        server_only: Collection[ConnType] = (),
+    ) -> None:
         self.host = host
         self.port = port
         self.handlers = handlers
-        self._server: asyncio.base_events.Server | None = None
+        self.security = security
+        self.server_only = frozenset(server_only)
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
-        if self.port == 0:
-            self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._conns.add(task)
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            self.host or "0.0.0.0", self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            first = await reader.readexactly(1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self._accepting = loop.create_task(self._accept_loop(sock), name=f"listener:{self.port}")
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
             try:
-                handler = self.handlers[ConnType(first[0])]
-            except (ValueError, KeyError):
-                logger.warning(
-                    "transport: unknown connection type %r from %s", first, writer.get_extra_info("peername"),
-                    extra=MALFORMED,
-                )
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as exc:  # e.g. out of file descriptors: keep the listener, slow down
+                logger.error("transport: accept failed on port %d: %s", self.port, exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            task = loop.create_task(self._serve(conn, peer))
+            self._conns.add(task)
+            task.add_done_callback(self._conns.discard)
+
+    def _timeout(self) -> float:
+        return self.security.handshake_timeout_s() if self.security is not None else 5.0
+
+    async def _serve(self, conn: socket.socket, peer: Any) -> None:
+        loop = asyncio.get_running_loop()
+        writer: asyncio.StreamWriter | None = None
+        try:
+            # One byte straight from the socket: what follows (a ClientHello) stays unread.
+            first = await asyncio.wait_for(loop.sock_recv(conn, 1), self._timeout())
+            if not first:
                 return
+            context: ssl.SSLContext | None = None
+            if first[0] == ConnType.TLS:
+                context = self.security.server_context() if self.security is not None else None
+                if context is None:
+                    logger.warning("transport: TLS connection from %s refused: this agent has no TLS certificate "
+                                   "for server RPC", peer, extra=MALFORMED)
+                    return
+            elif self.security is not None and self.security.require_tls():
+                logger.warning("transport: non-TLS connection from %s refused: verify_incoming requires TLS",
+                               peer, extra=MALFORMED)
+                return
+            reader = asyncio.StreamReader(limit=2**16)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            try:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=context,
+                    **({"ssl_handshake_timeout": self._timeout()} if context is not None else {}),
+                )
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+                logger.warning("transport: TLS handshake with %s failed: %s", peer, exc, extra=MALFORMED)
+                return
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            if context is not None:
+                first = await asyncio.wait_for(reader.readexactly(1), self._timeout())
+            try:
+                conn_type = ConnType(first[0])
+                handler = self.handlers[conn_type]
+            except (ValueError, KeyError):
+                logger.warning("transport: unknown connection type %r from %s", first, peer, extra=MALFORMED)
+                return
+            if conn_type in self.server_only and self.security is not None:
+                refusal = self.security.server_refusal(peer_certificate(writer))
+                if refusal:
+                    logger.warning("transport: %s connection from %s refused: %s", conn_type.name, peer, refusal,
+                                   extra=MALFORMED)
+                    return
             await handler(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass
         except asyncio.CancelledError:
             # stop() cancels open connections. This task is asyncio's client_connected_cb task,
@@ -92,32 +245,48 @@ class Listener:
             pass
         except ProtocolError as exc:
             # The peer broke the protocol: one line, no traceback, and the connection is closed.
-            logger.warning(
-                "transport: closing connection from %s: %s", writer.get_extra_info("peername"), exc, extra=MALFORMED
-            )
+            logger.warning("transport: closing connection from %s: %s", peer, exc, extra=MALFORMED)
+        except OSError:
+            pass
         finally:
-            writer.close()
-            if task is not None:
-                self._conns.discard(task)
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._conns):
-                task.cancel()
-            await self._server.wait_closed()
-            self._server = None
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+            self._accepting = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
 
 
-def rpc_stream_handler(dispatch: RPCHandler) -> StreamHandler:
-    """A stream handler serving pipelined RPC requests with `dispatch(method, body)`."""
+def rpc_stream_handler(
+    dispatch: RPCHandler, security: RPCSecurity | None = None, server_only: Collection[str] = ()
+) -> StreamHandler:
+    """A stream handler serving pipelined RPC requests with `dispatch(method, body)`.
+
+    The methods in `server_only` are answered with a refusal unless `security` accepts the
+    peer's certificate as a server's (with incoming verification off, it accepts anyone)."""
+    server_methods = frozenset(server_only)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder()
         inflight: set[asyncio.Task[None]] = set()
+        refusal = security.server_refusal(peer_certificate(writer)) if security is not None else ""
 
         async def answer(req: Request) -> None:
             try:
+                if refusal and req.method in server_methods:
+                    logger.warning("transport: refused %s from %s: %s", req.method,
+                                   writer.get_extra_info("peername"), refusal, extra=MALFORMED)
+                    raise PermissionError(f"Permission denied: {req.method} is for servers only: {refusal}")
                 body = await dispatch(req.method, req.body)
                 resp = Response(req.seq, None, body)
             except Exception as exc:  # every error becomes the caller's RemoteError
@@ -194,14 +363,16 @@ class _Connection:
 
 
 class ConnectionPool:
-    """One pipelined RPC connection per address ("host:port"), opened on first use."""
+    """One pipelined RPC connection per address ("host:port"), opened on first use (over TLS
+    when `security` says so)."""
 
-    def __init__(self, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, connect_timeout_s: float = 5.0, security: RPCSecurity | None = None) -> None:
         self.connect_timeout_s = connect_timeout_s
+        self.security = security
         self._conns: dict[str, _Connection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def _get(self, address: str) -> _Connection:
+    async def _get(self, address: str, datacenter: str = "") -> _Connection:
         conn = self._conns.get(address)
         if conn is not None and not conn.closed:
             return conn
@@ -210,18 +381,18 @@ class ConnectionPool:
             conn = self._conns.get(address)
             if conn is not None and not conn.closed:
                 return conn
-            host, port = dial_target(address)
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), self.connect_timeout_s
-            )
-            writer.write(bytes([ConnType.RPC]))
+            reader, writer = await dial(address, ConnType.RPC, self.security, datacenter, self.connect_timeout_s)
             conn = _Connection(reader, writer)
             self._conns[address] = conn
             return conn
 
-    async def call(self, address: str, method: str, body: Any, timeout_s: float = 30.0) -> Any:
-        """Send one request and await its response; raises RemoteError, ConnectionError or TimeoutError."""
-        conn = await self._get(address)
+    async def call(
+        self, address: str, method: str, body: Any, timeout_s: float = 30.0, datacenter: str = ""
+    ) -> Any:
+        """Send one request and await its response; raises RemoteError, ConnectionError, OSError
+        (ssl.SSLError: the server's certificate did not verify) or TimeoutError. `datacenter` is
+        the server's, when not ours (the name its certificate must carry)."""
+        conn = await self._get(address, datacenter)
         seq = next(conn.seq)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         conn.pending[seq] = fut

@@ -31,6 +31,8 @@ class ConnType(IntEnum):
     RPC = 0x01  # client-agent and server-to-server RPC
     RAFT = 0x02  # Raft messages between servers
     GOSSIP_STREAM = 0x03  # push-pull and fallback probes when gossip shares the port
+    # TLS follows (Consul's RPCTLS): after the handshake, the inner stream starts with RPC or RAFT.
+    TLS = 0x04
 
 
 class FrameKind(IntEnum):

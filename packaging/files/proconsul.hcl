@@ -28,3 +28,18 @@ bind_addr   = "127.0.0.1"
 log_level       = "INFO"
 enable_syslog   = true
 syslog_facility = "LOCAL0"
+
+# TLS (docs: /usr/share/doc/proconsul/TLS.md). Certificates live in /etc/proconsul.d/tls/
+# (created by the package, 0750 root:proconsul; files 0640 root:proconsul; the agent does not read
+# sub-directories as config). Make them with `proconsul tls ca create` and
+# `proconsul tls cert create -server|-client -dc dc1` on a host that keeps the CA key, copy the CA
+# certificate and this agent's pair here, then uncomment. `systemctl reload proconsul` re-reads
+# the files after a rotation without dropping connections.
+#
+# ca_file   = "/etc/proconsul.d/tls/consul-agent-ca.pem"
+# cert_file = "/etc/proconsul.d/tls/dc1-server-consul-0.pem"
+# key_file  = "/etc/proconsul.d/tls/dc1-server-consul-0-key.pem"
+# verify_incoming        = true   # server RPC (8300) and HTTPS: TLS with a certificate of the CA only
+# verify_outgoing        = true   # dial servers over TLS, verified with the CA
+# verify_server_hostname = true   # servers must present server.dc1.consul
+# ports { https = 8501 }          # HTTPS API; `http = -1` would leave only HTTPS

@@ -10,6 +10,11 @@ chmod 0750 /etc/proconsul.d
 for f in /etc/proconsul.d/*; do
     [ -f "$f" ] && chgrp proconsul "$f" && chmod g+r "$f"
 done
+# TLS certificates and keys (docs/TLS.md): readable by the agent's group, nobody else.
+install -d -m 0750 -o root -g proconsul /etc/proconsul.d/tls
+for f in /etc/proconsul.d/tls/*; do
+    [ -f "$f" ] && chown root:proconsul "$f" && chmod 0640 "$f"
+done
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true
     # Upgrade (deb: configure with the old version; rpm: $1 >= 2): restart a running agent.

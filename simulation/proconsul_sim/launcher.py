@@ -172,12 +172,14 @@ class Cluster:
     """Servers s1..sN and clients c1..cM of one run, and their proxied links."""
 
     def __init__(self, network: Network, links: Links, root: Path, servers: int, clients: int,
-                 extra_config: dict[str, Any] | None = None, server_config: dict[str, Any] | None = None) -> None:
+                 extra_config: dict[str, Any] | None = None, server_config: dict[str, Any] | None = None,
+                 tls: bool = False) -> None:
         self.network = network
         self.links = links
         self.root = root
         self.extra_config = extra_config or {}
         self.server_config = server_config or {}
+        self.tls = tls  # verified TLS on every server RPC link (the proxies forward the bytes)
         self.nodes: dict[str, Node] = {}
         for i in range(1, servers + 1):
             self._add(f"s{i}", server=True)
@@ -219,6 +221,8 @@ class Cluster:
                 "dial_overrides": self.links.dial_overrides(node.name),
                 **self.extra_config,
             }
+            if self.tls:
+                config.update(self._tls_config(node))
             if node.server:
                 config.update({
                     "server": True,
@@ -227,6 +231,29 @@ class Cluster:
                     **self.server_config,
                 })
             node.write_config(config)
+
+    def _tls_config(self, node: Node) -> dict[str, Any]:
+        """Certificates from `proconsul tls` (a CA for the run, a server or client pair per node)
+        and Consul's full verification on server RPC."""
+        ca_dir = self.root / "tls-ca"
+        if not (ca_dir / "consul-agent-ca.pem").exists():
+            ca_dir.mkdir(parents=True, exist_ok=True)
+            subprocess.run([proconsul_command(), "tls", "ca", "create"], cwd=ca_dir, check=True,
+                           capture_output=True, timeout=60)
+        own = node.dir / "tls"
+        own.mkdir(parents=True, exist_ok=True)
+        kind = "server" if node.server else "client"
+        subprocess.run([proconsul_command(), "tls", "cert", "create", f"-{kind}", "-dc", "dc1",
+                        f"-ca={ca_dir / 'consul-agent-ca.pem'}", f"-key={ca_dir / 'consul-agent-ca-key.pem'}"],
+                       cwd=own, check=True, capture_output=True, timeout=60)
+        return {
+            "ca_file": str(ca_dir / "consul-agent-ca.pem"),
+            "cert_file": str(own / f"dc1-{kind}-consul-0.pem"),
+            "key_file": str(own / f"dc1-{kind}-consul-0-key.pem"),
+            "verify_incoming_rpc": True,
+            "verify_outgoing": True,
+            "verify_server_hostname": True,
+        }
 
     def start(self, timeout: float = 90.0) -> None:
         for node in self.nodes.values():

@@ -81,7 +81,8 @@ def run(scenario: Scenario, seed: int, out_dir: Path, time_limit_s: float | None
         proxy_server.start()
         links = Links(proxy_server)
         cluster = Cluster(network, links, out_dir / "nodes", scenario.servers, scenario.clients,
-                          extra_config=scenario.config, server_config=scenario.server_config)
+                          extra_config=scenario.config, server_config=scenario.server_config,
+                          tls=scenario.tls)
         cluster.configure()
         links.create_all()
         log.info("starting %d servers, %d clients", scenario.servers, scenario.clients)

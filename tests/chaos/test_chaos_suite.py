@@ -1,4 +1,4 @@
-"""The CI chaos suite: five scenarios through the real `proconsul-sim` console script, each a
+"""The CI chaos suite: six scenarios (one with TLS on every server RPC link) through the real `proconsul-sim` console script, each a
 real cluster of `proconsul agent` processes in network namespaces behind toxiproxy proxies,
 plus the self-test that proves the linearizability checker catches a real bug.
 
@@ -23,7 +23,8 @@ SEED = int(os.environ.get("CHAOS_SEED", "1"))
 BROKEN_SEEDS = [int(s) for s in os.environ.get("CHAOS_BROKEN_SEEDS", str(SEED)).split(",")]
 # Each scenario's own time limit (30 s: one full fault/heal cycle) unless overridden.
 TIME_LIMIT_S = os.environ.get("CHAOS_TIME_LIMIT")
-CI_SCENARIOS = ["leader-isolation", "minority-partition", "one-way-partition", "latency-jitter", "kill-leader"]
+CI_SCENARIOS = ["leader-isolation", "leader-isolation-tls", "minority-partition", "one-way-partition",
+                "latency-jitter", "kill-leader"]
 
 
 def sim_command() -> str:

@@ -87,8 +87,8 @@ def test_issue_17_config_is_refused_naming_file_and_every_key(tmp_path: Path) ->
     for key, reason in (
         ("acl.enabled", "not supported yet: refusing to start with it set"),
         ("acl.default_policy", "not supported yet: refusing to start with it set"),
-        # HTTPS is honoured now; verify_incoming in tls.defaults also reaches server RPC and gRPC.
-        ("tls.defaults.verify_incoming", "also applies to tls.internal_rpc, tls.grpc"),
+        # HTTPS and server RPC are honoured; verify_incoming in tls.defaults also reaches gRPC.
+        ("tls.defaults.verify_incoming", "also applies to tls.grpc"),
         ("tls.defaults.cert_file", "cannot read /nonexistent.pem"),
         ("ports.https", "no cert_file and key_file"),
     ):
@@ -114,11 +114,13 @@ def test_agent_start_up_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "auto_encrypt { tls = false  allow_tls = false }",
         "http_config { allow_write_http_from = [] }",
         "serf_lan_allowed_cidrs = []",
-        # Client verification kept to HTTPS, the listener proconsul secures.
+        # Client verification kept to what proconsul secures (HTTPS, server RPC).
         "tls { defaults { verify_incoming = true } internal_rpc { verify_incoming = false } "
         "grpc { verify_incoming = false } }",
+        "tls { defaults { verify_incoming = true } grpc { verify_incoming = false } }",
         "verify_incoming_https = true",
         "verify_incoming = true\nverify_incoming_rpc = false",  # legacy: gRPC is kept off by Consul
+        "verify_incoming = true",  # a client agent: no server port to verify on, HTTPS off (warned)
     ],
 )
 def test_explicitly_disabling_values_are_fine(tmp_path: Path, text: str) -> None:
@@ -135,19 +137,12 @@ def test_explicitly_disabling_values_are_fine(tmp_path: Path, text: str) -> None
         ('serf_lan_allowed_cidrs = ["10.0.0.0/8"]', "serf_lan_allowed_cidrs"),
         ('addresses { http = "unix:///run/proconsul.sock" }', "addresses.http"),
         ("ports { grpc_tls = 8503 }", "ports.grpc_tls"),
-        ("tls { internal_rpc { verify_incoming = true } }", "tls.internal_rpc.verify_incoming"),
         ("tls { grpc { verify_incoming = true } }", "tls.grpc.verify_incoming"),
-        ("tls { internal_rpc { verify_server_hostname = true } }", "tls.internal_rpc.verify_server_hostname"),
-        ("tls { defaults { verify_outgoing = true } }", "tls.defaults.verify_outgoing"),
-        ("tls { https { verify_outgoing = true } }", "tls.https.verify_outgoing"),
-        ("verify_outgoing = true", "verify_outgoing"),  # legacy key: named as written
-        ("verify_server_hostname = true", "verify_server_hostname"),
-        ("verify_incoming_rpc = true", "verify_incoming_rpc"),
-        # tls.defaults.verify_incoming reaches internal_rpc unless it says false (Consul's precedence).
-        ("tls { defaults { verify_incoming = true } grpc { verify_incoming = false } }",
+        # tls.defaults.verify_incoming reaches gRPC unless it says false (Consul's precedence).
+        ("tls { defaults { verify_incoming = true } internal_rpc { verify_incoming = false } }",
          "tls.defaults.verify_incoming"),
         ("tls { internal_rpc { use_auto_cert = true } }", "tls.internal_rpc.use_auto_cert"),
-        ("verify_incoming = true", "verify_incoming"),
+        ("auto_encrypt { allow_tls = true }", "auto_encrypt"),
     ],
 )
 def test_security_settings_not_honoured_are_refused(tmp_path: Path, text: str, key: str) -> None:

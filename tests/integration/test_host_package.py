@@ -256,6 +256,8 @@ def test_deb_on_real_systemd(container: Container) -> None:
     box.run("apt-get install -y -q /root/proconsul.deb", timeout=300)
     assert box.run("getent passwd proconsul").stdout.startswith("proconsul:")
     assert box.run("stat -c %U /var/lib/proconsul").stdout.strip() == "proconsul"
+    # Where TLS certificates go (docs/TLS.md): readable by the agent's group only.
+    assert box.run("stat -c '%a %U:%G' /etc/proconsul.d/tls").stdout.strip() == "750 root:proconsul"
     assert box.run("systemctl is-enabled proconsul", check=False).stdout.strip() == "disabled"
     assert box.run("systemctl is-active proconsul", check=False).stdout.strip() == "inactive"
     verify = box.run("systemd-analyze verify /usr/lib/systemd/system/proconsul.service", check=False)

@@ -42,7 +42,7 @@ class ScriptedPool:
         self.script = script
         self.calls: list[tuple[str, str]] = []
 
-    async def call(self, address: str, method: str, body: Any, timeout_s: float = 30.0) -> Any:
+    async def call(self, address: str, method: str, body: Any, timeout_s: float = 30.0, datacenter: str = "") -> Any:
         self.calls.append((address, method))
         outcome = self.script[address]
         if isinstance(outcome, BaseException):

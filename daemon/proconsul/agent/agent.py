@@ -63,7 +63,8 @@ from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
 from proconsul.structs import DecodeError, decode_check, decode_service
 from proconsul.tls import context as tls_context
-from proconsul.transport import set_dial_overrides
+from proconsul.tls.rpc import TLSConfigurator
+from proconsul.transport import ConnectionPool, set_dial_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,18 @@ class Agent:
         self.store = Store()
         self.fsm = FSM(self.store)
         server_addr = f"{self.address}:{cfg.ports.server}"
+        # TLS material of server RPC and HTTPS, replaced on reload (proconsul.tls.rpc).
+        try:
+            self.tls = TLSConfigurator(
+                cfg.tls.internal_rpc,
+                cfg.tls.https if cfg.ports.https > 0 else None,
+                cfg.datacenter,
+                cfg.domain,
+                server=cfg.server and not cfg.dev,
+                handshake_timeout_s=cfg.limits.rpc_handshake_timeout_s,
+            )
+        except tls_context.TLSSettingError as exc:
+            raise AgentError(f"tls: {exc}") from exc
         self.raft: RaftServer | None = None
         self.log: Any
         self.membership = Membership(self, self.member()["Tags"])  # LAN gossip pool
@@ -141,7 +154,7 @@ class Agent:
             self.log = SingleNodeLog(self.fsm, server_addr, self.node_id, self.node_name)
         elif not cfg.server:
             # A client agent: no Raft, no catalog; every RPC goes to a server found by gossip.
-            self.remote = RemoteServer(self.membership, cfg.datacenter)
+            self.remote = RemoteServer(self.membership, cfg.datacenter, security=self.tls)
             self.log = self.remote.consensus
         else:
             assert cfg.data_dir, "config validation requires data_dir outside -dev"
@@ -160,6 +173,7 @@ class Agent:
                 trailing_logs=cfg.raft_trailing_logs,
                 snapshot_interval_s=cfg.raft_snapshot_interval_s,
                 metrics=self.metrics,
+                security=self.tls,
             )
             self.log = RaftLog(self.raft)
         self.server: Any = self.remote or Server(
@@ -179,7 +193,10 @@ class Agent:
             wan_tags = {k: v for k, v in self.member()["Tags"].items() if k != WAN_JOIN_PORT_TAG}
             self.wan = WANPool(self, wan_tags, self.membership.keyring)
             wan = self.wan
-            self.server.router = Router(cfg.datacenter, wan.members, coordinates=lambda: wan.node.coordinates)
+            self.server.router = Router(
+                cfg.datacenter, wan.members, pool=ConnectionPool(security=self.tls),
+                coordinates=lambda: wan.node.coordinates,
+            )
             self.server.known_datacenters = self.server.router.datacenters
             # Every server of this datacenter the LAN pool sees is flood-joined into the WAN pool
             # (Consul's LAN -> WAN flooder), on LAN server events and every minute.
@@ -282,13 +299,10 @@ class Agent:
         self._tasks.append(asyncio.get_running_loop().create_task(reaper, name="check-reaper"))
         addresses = list(cfg.addresses.http or cfg.client_addr)
         https = None
-        if cfg.ports.https > 0:
-            # Config validation already built this context once; a failure now is a file
-            # changed since, reported like any other start-up error.
-            try:
-                context = tls_context.server_context(cfg.tls.https)
-            except tls_context.TLSSettingError as exc:
-                raise AgentError(f"tls.https: {exc}") from exc
+        context = self.tls.https_context()
+        if context is not None:
+            # Built in __init__ (config validation built it once before); the same object serves
+            # for the agent's life, handing new handshakes the certificate of the last reload.
             https = (list(cfg.addresses.https or cfg.client_addr), cfg.ports.https, context)
         self.http = HTTPServer(self, addresses, cfg.ports.http, https)
         await self.http.start()
@@ -461,6 +475,15 @@ class Agent:
             logger.warning("agent: %s changed; it takes effect after a restart", name)
         if watch_errors := WatchManager.validate(new.watches)[1]:
             return watch_errors
+        # Certificates, keys and CAs are re-read whether or not their paths changed (rotation
+        # replaces the files in place); a bad set keeps the one in use for new connections too.
+        try:
+            self.tls.reload(new.tls.internal_rpc, new.tls.https if old.ports.https > 0 else None,
+                            new.limits.rpc_handshake_timeout_s)
+        except tls_context.TLSSettingError as exc:
+            logger.error("agent: TLS reload refused, keeping the certificates in use: %s", exc)
+            return [f"tls: {exc}"]
+        logger.info("agent: TLS certificates re-read for new connections")
         # Replace the config-file services and checks with the new definitions.
         for sid in [s for s, v in self.local.services.items() if v.source == "config"]:
             self.local.remove_service(sid, notify=False)

@@ -35,6 +35,7 @@ from proconsul.config.model import (
 from proconsul.config.result import Collector
 from proconsul.config.schema import LIST_KINDS, SCHEMA, TLS_SECTION_SCHEMA, field_name
 from proconsul.tls import context as tls_context
+from proconsul.tls.rpc import TLSConfigurator
 
 __all__ = ["build"]
 
@@ -461,8 +462,13 @@ def _tls(c: _Ctx) -> None:
     }
     c.kw["tls"] = TLS(defaults=TLSSection(**_kwargs(TLSSection, defaults, TLS_SECTION_SCHEMA)), **sections)
     _tls_stanza_rules(c, tls_merged)
+    _tls_internal_rpc(c, sections["internal_rpc"])
     https_set = {**defaults, **tls_merged.get("https", {})}
     material = [k for k in ("cert_file", "key_file", "ca_file", "ca_path", "verify_incoming") if https_set.get(k)]
+    rpc = sections["internal_rpc"]
+    if (c.server and not c.dev) or rpc.verify_outgoing or rpc.verify_server_hostname:
+        # Server RPC uses what tls.defaults gives (proconsul.tls.rpc): only https's own keys can be unused.
+        material = [k for k in material if tls_merged.get("https", {}).get(k)]
     if c.kw["ports"].https <= 0:
         if material:
             # Only the HTTPS listener uses them; say so rather than let them look honoured.
@@ -483,6 +489,16 @@ def _tls(c: _Ctx) -> None:
     except tls_context.TLSSettingError as exc:
         if exc.field not in ("tls_min_version", "tls_cipher_suites"):  # reported by _tls_stanza_rules
             c.out.errors.append(f"{_tls_origin(c, exc.field)}: {exc}")
+
+
+def _tls_internal_rpc(c: _Ctx, section: TLSSection) -> None:
+    """Server RPC TLS must make working contexts: a server with a certificate (or verify_incoming)
+    serves TLS on ports.server, verify_outgoing/verify_server_hostname dial with the CA."""
+    try:
+        TLSConfigurator(section, None, "dc", "consul", server=c.server and not c.dev)
+    except tls_context.TLSSettingError as exc:
+        if exc.field not in ("tls_min_version", "tls_cipher_suites"):  # reported by _tls_stanza_rules
+            c.out.errors.append(f"{_tls_origin(c, exc.field, 'internal_rpc')}: tls.internal_rpc: {exc}")
 
 
 def _tls_stanza_rules(c: _Ctx, tls_merged: dict[str, Any]) -> None:
@@ -513,12 +529,12 @@ def _tls_stanza_rules(c: _Ctx, tls_merged: dict[str, Any]) -> None:
             c.out.at(f"tls.{name}.{exc.field}", f"tls.{name}.{exc}")
 
 
-def _tls_origin(c: _Ctx, field: str) -> str:
-    """Where the https section's `field` came from: its own key, else the tls.defaults one."""
-    for key in (f"tls.https.{field}", f"tls.defaults.{field}"):
+def _tls_origin(c: _Ctx, field: str, section: str = "https") -> str:
+    """Where a section's `field` came from: its own key, else the tls.defaults one."""
+    for key in (f"tls.{section}.{field}", f"tls.defaults.{field}"):
         if c.get(key) is not None:
             return c.out.origin.get(key, key)
-    return f"tls.https.{field}"
+    return f"tls.{section}.{field}"
 
 
 def _tls_files(c: _Ctx, section: TLSSection) -> None:

@@ -5,7 +5,7 @@ schema to keep it so):
 - `IMPLEMENTED`: keys something outside `config/` reads and acts on.
 - `INERT`: accepted, no effect, not security-relevant; set to a non-default value, `validate` and
   start-up warn, naming the source and key.
-- `REFUSED`: security-relevant and not honoured (ACLs, TLS on server RPC and gRPC, outgoing TLS);
+- `REFUSED`: security-relevant and not honoured (ACLs, client verification on gRPC);
   set to anything but an explicitly disabling value, `validate` and start-up fail naming the source
   and key. Keys of kind IGNORED in `REFUSED_IGNORED` refuse the same way unless every value inside
   them is off (false, empty, zero); other IGNORED keys are warned about when loaded.
@@ -33,15 +33,16 @@ __all__ = [
 ]
 
 _MATERIAL_TLS_KEYS = ("ca_file", "ca_path", "cert_file", "key_file", "tls_min_version", "tls_cipher_suites")
-_HONOURED_TLS_KEYS = (*_MATERIAL_TLS_KEYS, "verify_incoming")
-# Verification proconsul cannot give yet: TLS on server RPC and gRPC, and outgoing TLS anywhere.
+_HONOURED_TLS_KEYS = (*_MATERIAL_TLS_KEYS, "verify_incoming", "verify_outgoing")
+# Verification proconsul cannot give yet: client certificates on gRPC (there is no gRPC listener).
 # section -> the fields that, effectively true there, refuse.
 # (Consul itself rejects tls.grpc.verify_outgoing and verify_server_hostname outside internal_rpc,
 # and gRPC never inherits verify_outgoing: build.py reports those.)
+# https.verify_outgoing is honoured vacuously: as in Consul without enable_agent_tls_for_checks
+# (refused), the agent dials no HTTPS endpoint with the agent's TLS settings; HTTP checks use their
+# own tls_* fields.
 _UNHONOURED_VERIFY = {
-    "internal_rpc": ("verify_incoming", "verify_outgoing", "verify_server_hostname"),
     "grpc": ("verify_incoming",),
-    "https": ("verify_outgoing",),
 }
 _INVALID_TLS_KEYS = (
     "tls.grpc.verify_outgoing", "tls.defaults.verify_server_hostname", "tls.https.verify_server_hostname",
@@ -91,10 +92,12 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "raft_protocol",
         # proconsul.metrics: /v1/agent/metrics and its Prometheus format.
         "telemetry.prometheus_retention_time", "telemetry.disable_hostname", "telemetry.metrics_prefix",
-        # proconsul.tls.context: the HTTPS listener's material and client verification. The
-        # defaults are honoured through https, which inherits them; what else they would reach
-        # (server RPC, gRPC) is checked by _tls_reach below.
-        *(f"tls.{section}.{key}" for section in ("defaults", "https") for key in _HONOURED_TLS_KEYS),
+        # proconsul.tls: the HTTPS listener's material and client verification, TLS on the server
+        # port (tls/rpc.py: incoming, outgoing, server names), reloaded on SIGHUP. What the
+        # defaults would reach beyond that (gRPC) is checked by _tls_reach below.
+        *(f"tls.{section}.{key}" for section in ("defaults", "https", "internal_rpc") for key in _HONOURED_TLS_KEYS),
+        "tls.internal_rpc.verify_server_hostname",
+        "limits.rpc_handshake_timeout",  # first byte and TLS handshake on the server port
     }
 )  # fmt: skip
 
@@ -105,7 +108,6 @@ INERT: frozenset[str] = frozenset(
         "ports.grpc",  # no gRPC listener (-dev sets it as Consul does; not reported)
         "encrypt_verify_incoming", "encrypt_verify_outgoing",  # gossip is always verified when encrypted
         "dns_config.use_cache", "dns_config.cache_max_age",
-        "limits.rpc_handshake_timeout",
         "limits.rpc_rate", "limits.rpc_max_burst", "limits.rpc_max_conns_per_client",
         "telemetry.prefix_filter", "telemetry.filter_default", "telemetry.statsd_address",
         "telemetry.statsite_address", "telemetry.dogstatsd_addr", "telemetry.dogstatsd_tags",
@@ -119,9 +121,9 @@ INERT: frozenset[str] = frozenset(
         "acl.down_policy", "acl.enable_token_persistence", "acl.enable_key_list_policy",
         "acl.enable_token_replication", "acl.policy_ttl", "acl.role_ttl", "acl.token_ttl",
         "acl.tokens.initial_management", "acl.tokens.agent_recovery", "acl.tokens.replication",
-        # Material for listeners proconsul does not run with TLS (server RPC, gRPC): without
-        # verification demanded (refused below), it changes nothing.
-        *(f"tls.{section}.{key}" for section in ("internal_rpc", "grpc") for key in _MATERIAL_TLS_KEYS),
+        # Material for the gRPC listener proconsul does not run: without verification demanded
+        # (refused below), it changes nothing.
+        *(f"tls.grpc.{key}" for key in _MATERIAL_TLS_KEYS),
     }
 )  # fmt: skip
 
@@ -132,10 +134,6 @@ def _unset(value: Any, default: Any) -> bool:
 
 def _port_off(value: Any, default: Any) -> bool:
     return isinstance(value, int) and value <= 0  # any value <= 0 disables the listener
-
-
-def _inherited(value: Any, default: Any) -> bool:
-    return True  # judged with the sections that inherit it, by _tls_reach
 
 
 def _invalid(value: Any, default: Any) -> bool:
@@ -149,8 +147,6 @@ REFUSED: dict[str, Callable[[Any, Any], bool]] = {
     "acl.default_policy": _unset,  # "allow" is what proconsul does
     # Set directly in a section proconsul does not secure: refused unless false.
     **{f"tls.{section}.{key}": _unset for section, keys in _UNHONOURED_VERIFY.items() for key in keys},
-    # In tls.defaults they reach internal_rpc, grpc and https unless each overrides them.
-    "tls.defaults.verify_outgoing": _inherited,
     **{key: _invalid for key in _INVALID_TLS_KEYS},
 }
 

@@ -345,6 +345,15 @@ RELOADABLE: frozenset[str] = frozenset(
         # Read when the signal arrives (command/agent), so a reload changes the next stop.
         "leave_on_terminate",
         "skip_leave_on_interrupt",
+        # proconsul.tls.rpc re-reads certificates on every reload; server RPC takes every TLS
+        # setting per connection, HTTPS only its files (its verify mode, versions and ciphers are
+        # fixed when its listener opens).
+        "tls.defaults",
+        "tls.internal_rpc",
+        "tls.https.ca_file",
+        "tls.https.ca_path",
+        "tls.https.cert_file",
+        "tls.https.key_file",
     }
 )
 

@@ -51,7 +51,7 @@ from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, atomic_
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
 from proconsul.tasks import blocking_work, wait_event
-from proconsul.transport import dial_target
+from proconsul.transport import RPCSecurity, TLSHandshakeError, dial
 from proconsul.wire import ConnType, FrameDecoder, encode_frame
 
 logger = logging.getLogger(__name__)
@@ -247,16 +247,16 @@ class _PeerLink:
                 self._drain()
                 continue
             try:
-                host, port = dial_target(addr)
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
-            except (TimeoutError, OSError):
+                _, writer = await dial(addr, ConnType.RAFT, self.node.security, timeout_s=5)
+            except (TimeoutError, OSError) as exc:
+                if isinstance(exc, TLSHandshakeError):  # a peer with a certificate we do not trust
+                    logger.warning("raft: link to %s: %s", self.peer, exc, extra=MALFORMED)
                 self._drain()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
             try:
-                writer.write(bytes([ConnType.RAFT]))
                 writer.write(encode_frame({"id": self.node.id, "addr": self.node.address}))
                 while True:
                     m = await self.queue.get()
@@ -299,10 +299,13 @@ class RaftServer:
         snapshot_interval_s: float | None = None,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        security: RPCSecurity | None = None,
     ) -> None:
         self.id = node_id
         self.node_name = node_name
         self.address = address
+        # TLS for links to peers (verify_outgoing); None: plaintext. See proconsul.transport.
+        self.security = security
         self.fsm = fsm
         self.tick_s = tick_s
         self.election_tick = election_tick

@@ -32,9 +32,9 @@ from proconsul.raft.node import RaftServer
 from proconsul.rpc_api import RPCError
 from proconsul.server.autopilot import DeadServerCleanup
 from proconsul.server.leader import SessionTimers, reconcile_alive_server
-from proconsul.server.rpc import Server
+from proconsul.server.rpc import SERVER_ONLY_METHODS, Server
 from proconsul.tasks import cancel_and_wait
-from proconsul.transport import ConnectionPool, Listener, rpc_stream_handler
+from proconsul.transport import ConnectionPool, Listener, RPCSecurity, rpc_stream_handler
 from proconsul.wire import ConnType
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,10 @@ class ClusterMember:
         self.server = server
         self.session_timers = session_timers
         cfg = agent.config
-        self.pool = ConnectionPool()
+        # TLS on the server port (proconsul.tls.rpc; None: plaintext only): the same policy
+        # dials other servers (forwarding, joins) and accepts their connections.
+        security: RPCSecurity | None = agent.tls
+        self.pool = ConnectionPool(security=security)
         server.pool = self.pool
         server.rpc_hold_timeout_s = cfg.performance.rpc_hold_timeout_s
         server.unsafe_follower_local_reads = cfg.unsafe_follower_local_reads
@@ -77,7 +80,12 @@ class ClusterMember:
         self.listener = Listener(
             cfg.bind_addr,
             cfg.ports.server,
-            {ConnType.RPC: rpc_stream_handler(server.handle_rpc), ConnType.RAFT: raft.serve_stream},
+            {
+                ConnType.RPC: rpc_stream_handler(server.handle_rpc, security, SERVER_ONLY_METHODS),
+                ConnType.RAFT: raft.serve_stream,
+            },
+            security=security,
+            server_only=(ConnType.RAFT,),  # with verify_incoming, only a server certificate streams Raft
         )
         self.joins = join_targets(list(cfg.retry_join) + list(cfg.start_join), cfg.ports.server)
         self._tasks: list[asyncio.Task[None]] = []

@@ -34,7 +34,7 @@ from proconsul.server.rpc import ReadFn, decode_result
 from proconsul.server.server_manager import ServerList
 from proconsul.state import commands
 from proconsul.state.store import Store
-from proconsul.transport import ConnectionPool, RemoteError
+from proconsul.transport import ConnectionPool, RemoteError, RPCSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,17 @@ class RemoteServer:
     # Readers that would look at `store` (DNS) must ask a server instead (see dns_remote).
     catalog_is_remote = True
 
-    def __init__(self, membership: Any, datacenter: str, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        membership: Any,
+        datacenter: str,
+        rng: random.Random | None = None,
+        security: RPCSecurity | None = None,
+    ) -> None:
         self.membership = membership
         self.datacenter = datacenter
         self.consensus = ClientConsensus()
-        self.pool = ConnectionPool()
+        self.pool = ConnectionPool(security=security)  # TLS to the servers when verify_outgoing
         self.store = Store()  # empty: a client holds no catalog
         self.rng = rng or random.Random()
         self.handlers: dict[str, Any] = {}

@@ -41,6 +41,12 @@ from proconsul.tasks import wait_event
 
 logger = logging.getLogger(__name__)
 
+# Calls only another server of this datacenter makes: a raw Raft proposal or read forwarded to
+# the leader, a voter joining, autopilot's health probe. With verify_incoming the transport
+# answers them only over a connection whose certificate names server.<dc>.<domain> (clients
+# reach the same operations through Client.Query / Client.Write, which the server checks itself).
+SERVER_ONLY_METHODS: frozenset[str] = frozenset({"Raft.Apply", "Query", "Raft.Join", "Autopilot.ServerState"})
+
 # A read is a function of the store returning (index, result).
 ReadFn = Callable[[Store], tuple[int, Any]]
 

@@ -241,7 +241,7 @@ class Router:
         last: Exception | None = None
         for addr in self.candidates(dc):
             try:
-                reply = await self.pool.call(addr, method, body, timeout_s=timeout_s)
+                reply = await self.pool.call(addr, method, body, timeout_s=timeout_s, datacenter=dc)
                 self._preferred[dc] = addr
                 return reply
             except RemoteError as exc:

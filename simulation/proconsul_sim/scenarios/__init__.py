@@ -35,6 +35,7 @@ class Scenario:
     checks: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)  # every agent
     server_config: dict[str, Any] = field(default_factory=dict)  # servers only
+    tls: bool = False  # certificates for every agent, verified TLS on server RPC
 
 
 def names() -> list[str]:
@@ -92,4 +93,5 @@ def load(name_or_path: str) -> Scenario:
         checks=need("checks", dict, {}),
         config=dict(config.get("agent", {})),
         server_config=dict(config.get("server", {})),
+        tls=need("tls", bool, False),
     )
