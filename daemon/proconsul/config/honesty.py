@@ -5,7 +5,7 @@ schema to keep it so):
 - `IMPLEMENTED`: keys something outside `config/` reads and acts on.
 - `INERT`: accepted, no effect, not security-relevant; set to a non-default value, `validate` and
   start-up warn, naming the source and key.
-- `REFUSED`: security-relevant and not honoured (ACLs, TLS on server RPC and gRPC, outgoing TLS);
+- `REFUSED`: security-relevant and not honoured (TLS on server RPC and gRPC, outgoing TLS);
   set to anything but an explicitly disabling value, `validate` and start-up fail naming the source
   and key. Keys of kind IGNORED in `REFUSED_IGNORED` refuse the same way unless every value inside
   them is off (false, empty, zero); other IGNORED keys are warned about when loaded.
@@ -75,9 +75,13 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "limits.kv_max_value_size", "limits.txn_max_req_len", "limits.http_max_conns_per_client",
         "limits.https_handshake_timeout",
         "http_config.allow_write_http_from", "http_config.block_endpoints", "http_config.response_headers",
-        # Passed along with the agent's own requests and shown by /v1/agent/token; with ACLs
-        # refused (acl.enabled), they carry no authority, exactly as in Consul with ACLs off.
+        # The ACL system (proconsul.acl, http/acl_gate.py, docs/ACL.md). policy_ttl and role_ttl
+        # are inert: a client agent caches a token with its policies and roles as one entry,
+        # for token_ttl. config_file_service_registration travels with those services' syncs.
+        "acl.enabled", "acl.default_policy", "acl.down_policy", "acl.enable_token_persistence",
+        "acl.enable_key_list_policy", "acl.token_ttl",
         "acl.tokens.default", "acl.tokens.agent", "acl.tokens.config_file_service_registration",
+        "acl.tokens.initial_management", "acl.tokens.agent_recovery",
         "autopilot.cleanup_dead_servers", "autopilot.min_quorum",
         "session_ttl_min", "default_query_time", "max_query_time", "disable_coordinates",
         "raft_snapshot_threshold", "raft_snapshot_interval", "raft_trailing_logs",
@@ -112,10 +116,10 @@ INERT: frozenset[str] = frozenset(
         "disable_update_check",  # proconsul never checks for updates
         "auto_reload_config",  # reload on SIGHUP or `proconsul reload`
         "disable_remote_exec",  # remote exec is never run, whatever the value
-        # With ACLs off (acl.enabled = true is refused) these have no effect, as in Consul.
-        "acl.down_policy", "acl.enable_token_persistence", "acl.enable_key_list_policy",
-        "acl.enable_token_replication", "acl.policy_ttl", "acl.role_ttl", "acl.token_ttl",
-        "acl.tokens.initial_management", "acl.tokens.agent_recovery", "acl.tokens.replication",
+        # Token, policy and role caches are one entry per token, for token_ttl (docs/ACL.md).
+        "acl.policy_ttl", "acl.role_ttl",
+        # ACL replication between datacenters is not built: every datacenter keeps its own.
+        "acl.enable_token_replication", "acl.tokens.replication",
         # Material for listeners proconsul does not run with TLS (server RPC, gRPC): without
         # verification demanded (refused below), it changes nothing.
         *(f"tls.{section}.{key}" for section in ("internal_rpc", "grpc") for key in _MATERIAL_TLS_KEYS),
@@ -142,8 +146,6 @@ def _invalid(value: Any, default: Any) -> bool:
 # Key -> "is this value harmless?" (explicitly disabling, or the default proconsul honours).
 REFUSED: dict[str, Callable[[Any, Any], bool]] = {
     "ports.grpc_tls": _port_off,
-    "acl.enabled": _unset,
-    "acl.default_policy": _unset,  # "allow" is what proconsul does
     # Set directly in a section proconsul does not secure: refused unless false.
     **{f"tls.{section}.{key}": _unset for section, keys in _UNHONOURED_VERIFY.items() for key in keys},
     # In tls.defaults they reach internal_rpc, grpc and https unless each overrides them.

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul import filter as bexpr
+from proconsul.http import acl_gate
 from proconsul.http.absent import peer_requested
 from proconsul.http.common import (
     bad_request,
@@ -23,6 +24,8 @@ from proconsul.http.common import (
     target_dc,
 )
 from proconsul.http.coordinate import near_node
+from proconsul.rpc_api import QueryOptions
+from proconsul.server import acl_authz
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.structs import CHECK_STATUSES, DecodeError, decode_service
@@ -50,6 +53,9 @@ async def register(request: web.Request) -> web.Response:
         raise bad_request("Request decode failed: expected a JSON object")
     dc = _write_dc(request, body)
     command = decode_register(body, dc or agent.config.datacenter)
+    if acl_gate.acl_enabled(request):
+        names = await _service_names(request, command.node.node)
+        acl_gate.require(request, lambda authz: acl_authz.authorize(authz, command, lambda n, sid: names.get(sid)))
     await agent.server.write(command, datacenter=dc)
     return json_response(request, True)
 
@@ -141,6 +147,13 @@ def decode_catalog_check(raw: dict[str, Any], node: str, service: ServiceInstanc
     )
 
 
+async def _service_names(request: web.Request, node: str) -> dict[str, str]:
+    """Service ID -> name on `node`, for the ACL check of a write naming a service by ID."""
+    _, found = await request.app["agent"].server.query("Catalog.NodeServices", {"node": node},
+                                                       QueryOptions(allow_stale=True))
+    return {s["ID"]: s["Service"] for s in (found or {}).get("Services", [])}
+
+
 async def deregister(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     body = await read_json(request)
@@ -155,6 +168,9 @@ async def deregister(request: web.Request) -> web.Response:
         service_id=str(get_key(body, "ServiceID") or ""),
         check_id=str(get_key(body, "CheckID") or ""),
     )
+    if acl_gate.acl_enabled(request):
+        names = await _service_names(request, node)
+        acl_gate.require(request, lambda authz: acl_authz.authorize(authz, command, lambda n, sid: names.get(sid)))
     await agent.server.write(command, datacenter=dc)
     return json_response(request, True)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proconsul.coordinate import DEFAULT_SEGMENT, distance
+from proconsul.server import acl_queries
 from proconsul.state import commands, render
 from proconsul.state.fsm import TxnError, txn_kv_op
 from proconsul.state.records import DirEntry, Node, ServiceInstance
@@ -323,6 +324,14 @@ READS: dict[str, QuerySpec] = {
     "Coordinate.Node": QuerySpec(coordinate_node, COORDINATE_TABLES),
     "Internal.DNSRecords": QuerySpec(dns_records, CATALOG_TABLES),
     "KVS.LockDelay": QuerySpec(kv_lock_delay, KV_TABLES),
+    "ACL.Resolve": QuerySpec(acl_queries.resolve, acl_queries.TOKEN_TABLES),
+    "ACL.TokenRead": QuerySpec(acl_queries.token_read, acl_queries.TOKEN_TABLES),
+    "ACL.TokenList": QuerySpec(acl_queries.token_list, acl_queries.TOKEN_TABLES),
+    "ACL.PolicyRead": QuerySpec(acl_queries.policy_read, acl_queries.POLICY_TABLES),
+    "ACL.PolicyList": QuerySpec(acl_queries.policy_list, acl_queries.POLICY_TABLES),
+    "ACL.RoleRead": QuerySpec(acl_queries.role_read, acl_queries.ROLE_TABLES),
+    "ACL.RoleList": QuerySpec(acl_queries.role_list, acl_queries.ROLE_TABLES),
+    "ACL.BootstrapState": QuerySpec(acl_queries.bootstrap_state, acl_queries.TOKEN_TABLES),
 }
 
 VALID_STATES = (HEALTH_PASSING, "warning", "critical", HEALTH_ANY)

@@ -22,6 +22,7 @@ from typing import Any
 from proconsul.malformed_log import MALFORMED
 from proconsul.metrics import Metrics, Sample
 from proconsul.rpc_api import (
+    CALLER_TOKEN,
     Consensus,
     NoLeader,
     NoPathToDatacenter,
@@ -82,6 +83,8 @@ class Server:
         self.identity: dict[str, Any] = {}
         # Extra RPC methods registered by other parts (e.g. session renewals for the leader).
         self.handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
+        # With ACLs on (set by the agent): raises RPCError unless the token may apply the command.
+        self.authorize_write: Callable[[str, commands.Command], Awaitable[None]] | None = None
         # Test-only broken build (config `unsafe_follower_local_reads`): default reads on a
         # follower are served from its own store, as if ?stale. Lets the chaos suite prove its
         # linearizability checker catches a real bug.
@@ -330,12 +333,20 @@ class Server:
                                             QueryOptions(min_index, max_wait_s, stale, consistent, body.get("dc", "")))
             return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
         if method == "Client.Write":
-            # From a client agent: proposed here or forwarded once to the leader (Server.write).
-            wmeta, result = await self.write(commands.decode(body))
+            # From a client agent: proposed here or forwarded once to the leader (Server.write),
+            # after the caller's token is authorised here when ACLs are on.
+            command, token = _command_and_token(body)
+            if self.authorize_write is not None:
+                await self.authorize_write(token, command)
+            wmeta, result = await self.write(command)
             return {"index": wmeta.index, "result": encode_result(result)}
         if method == "Client.WriteDC":
             # From a client agent, for another datacenter (`?dc=`): forwarded over the WAN.
-            wmeta, result = await self.write(commands.decode(body["command"]), datacenter=body["dc"])
+            command, token = _command_and_token(body)
+            if self.authorize_write is not None and body["dc"] == self.datacenter:
+                await self.authorize_write(token, command)
+            CALLER_TOKEN.set(token)  # carried on to the other datacenter's server
+            wmeta, result = await self.write(command, datacenter=body["dc"])
             return {"index": wmeta.index, "result": encode_result(result)}
         if method == "Catalog.ListDatacenters":
             return await self.list_datacenters()
@@ -367,6 +378,13 @@ class Server:
         """Requests for another datacenter need WAN forwarding (the multi-DC issue)."""
         if dc and dc != self.datacenter:
             raise NoPathToDatacenter(dc)
+
+
+def _command_and_token(body: Any) -> tuple[commands.Command, str]:
+    """A client agent's write: {"command": bytes, "token": secret} (bare bytes from older agents)."""
+    if isinstance(body, dict):
+        return commands.decode(body["command"]), str(body.get("token") or "")
+    return commands.decode(body), ""
 
 
 def encode_result(result: Any) -> Any:

@@ -26,6 +26,7 @@ class CommandType(IntEnum):
     NOOP = 6  # written by a new leader to commit entries of earlier terms
     RESTORE = 7  # replace the whole store with a snapshot's (`PUT /v1/snapshot`)
     COORDINATE_BATCH_UPDATE = 8  # network coordinates batched by the leader (Coordinate.Update)
+    ACL = 9  # token, policy and role writes, bootstrap and the leader's ACL initialisation
 
 
 class KVOp:
@@ -116,7 +117,29 @@ class CoordinateBatchUpdate:
     updates: tuple[tuple[str, str, Coordinate], ...] = ()
 
 
-Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate
+class ACLOpKind:
+    INIT = "init"  # payload: initial management token wire or None
+    BOOTSTRAP = "bootstrap"  # payload: [token wire, reset index]
+    TOKEN_CREATE = "token-create"  # payload: token wire
+    TOKEN_UPDATE = "token-update"
+    TOKEN_DELETE = "token-delete"  # payload: accessor ID
+    POLICY_CREATE = "policy-create"  # payload: policy wire
+    POLICY_UPDATE = "policy-update"
+    POLICY_DELETE = "policy-delete"  # payload: policy ID
+    ROLE_CREATE = "role-create"  # payload: role wire
+    ROLE_UPDATE = "role-update"
+    ROLE_DELETE = "role-delete"  # payload: role ID
+
+
+@dataclass(frozen=True, slots=True)
+class ACLOp:
+    """One ACL write; `payload` is plain data (record wire forms, IDs), see ACLOpKind."""
+
+    op: str
+    payload: Any = None
+
+
+Command = Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate | ACLOp
 
 
 def encode(command: Command) -> bytes:
@@ -150,6 +173,9 @@ def encode(command: Command) -> bytes:
     elif isinstance(command, CoordinateBatchUpdate):
         payload = [[node, segment, coord.to_wire()] for node, segment, coord in command.updates]
         kind = CommandType.COORDINATE_BATCH_UPDATE
+    elif isinstance(command, ACLOp):
+        payload = [command.op, command.payload]
+        kind = CommandType.ACL
     else:  # pragma: no cover - the Union is closed
         raise TypeError(f"not a command: {command!r}")
     return msgpack.packb([int(kind), payload], use_bin_type=True)
@@ -181,4 +207,6 @@ def decode(data: bytes) -> Command:
         return Restore(bytes(payload))
     if kind is CommandType.COORDINATE_BATCH_UPDATE:
         return CoordinateBatchUpdate(tuple((str(n), str(seg), Coordinate.from_wire(c)) for n, seg, c in payload))
+    if kind is CommandType.ACL:
+        return ACLOp(str(payload[0]), payload[1])
     return Noop()

@@ -23,11 +23,15 @@ from typing import Any
 
 import msgpack
 
+from proconsul.acl.records import ACLPolicy, ACLRole, ACLToken
 from proconsul.coordinate import Coordinate
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
 from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
 
-TABLES = ("nodes", "services", "checks", "kvs", "tombstones", "sessions", "coordinates")
+TABLES = (
+    "nodes", "services", "checks", "kvs", "tombstones", "sessions", "coordinates",
+    "acl_tokens", "acl_policies", "acl_roles",
+)
 
 
 class StoreError(Exception):
@@ -55,6 +59,13 @@ class Store:
         self.sessions: dict[str, Session] = {}
         # node -> segment -> network coordinate (Consul's coordinates table; "" is the LAN segment).
         self.coordinates: dict[str, dict[str, Coordinate]] = {}
+        # ACL records (state/acl.py applies their commands): tokens by AccessorID with a SecretID
+        # index, policies and roles by ID, and the index of the last bootstrap (0 = never).
+        self.acl_tokens: dict[str, ACLToken] = {}
+        self.acl_secrets: dict[str, str] = {}
+        self.acl_policies: dict[str, ACLPolicy] = {}
+        self.acl_roles: dict[str, ACLRole] = {}
+        self.acl_bootstrap_index = 0
         self.table_index: dict[str, int] = {t: 0 for t in TABLES}
         self.service_index: dict[str, int] = {}  # service name -> last index touching it
         self.last_index = 0
@@ -620,6 +631,12 @@ class Store:
             "sessions": [s.to_wire() for s in self.sessions.values()],
             "index_offset": self.index_offset,
             "coordinates": [[n, seg, c.to_wire()] for n, per in self.coordinates.items() for seg, c in per.items()],
+            "acl": {
+                "tokens": [t.to_wire() for t in self.acl_tokens.values()],
+                "policies": [p.to_wire() for p in self.acl_policies.values()],
+                "roles": [r.to_wire() for r in self.acl_roles.values()],
+                "bootstrap_index": self.acl_bootstrap_index,
+            },
         }
         return msgpack.packb(data, use_bin_type=True)
 
@@ -653,6 +670,12 @@ class Store:
         self.coordinates = {}
         for node, segment, raw in data.get("coordinates", []):
             self.coordinates.setdefault(node, {})[segment] = Coordinate.from_wire(raw)
+        acl = data.get("acl", {})
+        self.acl_tokens = {t.accessor_id: t for t in (ACLToken.from_wire(w) for w in acl.get("tokens", []))}
+        self.acl_secrets = {t.secret_id: t.accessor_id for t in self.acl_tokens.values()}
+        self.acl_policies = {p.id: p for p in (ACLPolicy.from_wire(w) for w in acl.get("policies", []))}
+        self.acl_roles = {r.id: r for r in (ACLRole.from_wire(w) for w in acl.get("roles", []))}
+        self.acl_bootstrap_index = int(acl.get("bootstrap_index", 0))
         # Every watcher must re-read: the world changed under it.
         self._dirty_tables = set(TABLES)
         self._dirty_keys = [""]

@@ -1,0 +1,77 @@
+"""Which permission an FSM command needs, as Consul's endpoints check it.
+
+Owns the mapping from a write (catalog register/deregister, KV, session, transaction) to the
+permissions its caller's token must hold: the HTTP handlers check it before proposing, and a server
+checks it again for a write that arrives over RPC with the caller's token (`Client.Write`), so a
+client agent's request is authorised by the server that resolves the token. Lookups (the name of a
+service being deregistered, the node of a session being destroyed) come from the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from proconsul.acl.authorizer import Authorizer, PermissionDenied
+from proconsul.acl.rules import LIST, READ, WRITE
+from proconsul.state import commands
+
+ServiceName = Callable[[str, str], str | None]  # (node, service ID) -> service name
+SessionNode = Callable[[str], str | None]  # session ID -> node
+
+
+def authorize(
+    authz: Authorizer,
+    command: commands.Command,
+    service_name: ServiceName = lambda node, sid: None,
+    session_node: SessionNode = lambda sid: None,
+) -> None:
+    """Raise PermissionDenied unless `authz` may apply `command`."""
+    if authz.management:
+        return
+    if isinstance(command, commands.Register):
+        if command.service is not None:
+            authz.require("service", command.service.service, WRITE)
+        for check in command.checks:
+            if check.service_id and command.service is not None and check.service_id == command.service.id:
+                continue
+            if check.service_id:
+                name = check.service_name or service_name(command.node.node, check.service_id) or ""
+                authz.require("service", name, WRITE)
+            else:
+                authz.require("node", command.node.node, WRITE)
+        if command.service is None and not command.checks:
+            authz.require("node", command.node.node, WRITE)
+        return
+    if isinstance(command, commands.Deregister):
+        if command.service_id:
+            name = service_name(command.node, command.service_id)
+            if name is not None and authz.allowed("service", name, WRITE):
+                return
+        authz.require("node", command.node, WRITE)
+        return
+    if isinstance(command, commands.KVS):
+        authorize_kv(authz, command)
+        return
+    if isinstance(command, commands.Txn):
+        for op in command.ops:
+            authorize_kv(authz, op)
+        return
+    if isinstance(command, commands.SessionOp):
+        node = command.session.node if command.op == "create" else (session_node(command.session.id) or "")
+        authz.require("session", node, WRITE)
+        return
+    # Everything else (restore, ACL writes, coordinates, noop) is management-only over RPC.
+    authz.require_management()
+
+
+def authorize_kv(authz: Authorizer, op: commands.KVS) -> None:
+    key = op.entry.key
+    if op.op == commands.KVOp.DELETE_TREE:
+        if not authz.key_write_prefix(key):
+            raise PermissionDenied(authz.accessor, "key", WRITE, key)
+    elif op.op in commands.KV_WRITE_VERBS:
+        authz.require("key", key, WRITE)
+    elif op.op == commands.KVOp.GET_TREE:
+        authz.require("key", key, LIST if authz.allowed("key", key, LIST) else READ)
+    else:
+        authz.require("key", key, READ)
