@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from proconsul.tasks import cancel_and_wait, wait_event
 
 

@@ -8,9 +8,10 @@ SecretIDs are returned; the HTTP layer hides them from callers without `acl:writ
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from proconsul.acl.records import ACLToken
+from proconsul.acl.records import ACLRole, ACLToken
 from proconsul.state.acl import token_by_secret
 from proconsul.state.store import Store
 
@@ -35,11 +36,14 @@ def _role_name(store: Store) -> Any:
 
 def token_api(store: Store, t: ACLToken) -> dict[str, Any]:
     # Links to deleted policies or roles are left out, as Consul drops them when reading a token.
-    from dataclasses import replace
-
     live = replace(t, policies=tuple(p for p in t.policies if p.id in store.acl_policies),
                    roles=tuple(r for r in t.roles if r.id in store.acl_roles))
     return live.to_api(_policy_name(store), _role_name(store))
+
+
+def role_api(store: Store, r: ACLRole) -> dict[str, Any]:
+    live = replace(r, policies=tuple(p for p in r.policies if p.id in store.acl_policies))
+    return live.to_api(_policy_name(store))
 
 
 def resolve(store: Store, args: Args) -> tuple[int, Any]:
@@ -98,14 +102,14 @@ def role_read(store: Store, args: Args) -> tuple[int, Any]:
         r = found[0] if found else None
     else:
         r = store.acl_roles.get(args["id"])
-    return index, r.to_api(_policy_name(store)) if r is not None else None
+    return index, role_api(store, r) if r is not None else None
 
 
 def role_list(store: Store, args: Args) -> tuple[int, Any]:
     policy = args.get("policy", "")
     roles = sorted(store.acl_roles.values(), key=lambda r: r.id)
     return _index(store, *ROLE_TABLES), [
-        r.to_api(_policy_name(store)) for r in roles if not policy or any(p.id == policy for p in r.policies)
+        role_api(store, r) for r in roles if not policy or any(p.id == policy for p in r.policies)
     ]
 
 
