@@ -50,6 +50,7 @@ from proconsul.serf.keyring import KeyringOperations
 from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
 from proconsul.server import acl_authz, acl_leader
+from proconsul.server.acl_authz import same_node
 from proconsul.server.acl_resolver import ACLNotFound, ACLResolver
 from proconsul.server.admission import lan_admission
 from proconsul.server.cluster import ClusterMember
@@ -525,7 +526,10 @@ class Agent:
                 sess = store.sessions.get(sid)
                 return sess.node if sess is not None else None
 
-            acl_authz.authorize(authz, command, service_name, session_node)
+            def node_unchanged(node: Any) -> bool:
+                return same_node(store.nodes.get(node.node), node)
+
+            acl_authz.authorize(authz, command, service_name, session_node, node_unchanged)
         except (ACLNotFound, PermissionDenied) as exc:
             raise RPCError(str(exc)) from None
 

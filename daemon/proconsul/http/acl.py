@@ -33,7 +33,7 @@ from proconsul.acl.records import (
 from proconsul.durations import parse_duration
 from proconsul.http.acl_gate import authorizer
 from proconsul.http.common import HTTPError, bad_request, get_key, json_response, read_json, token
-from proconsul.rpc_api import QueryOptions
+from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.acl_resolver import ACLNotFound
 from proconsul.state.commands import ACLOp, ACLOpKind
 from proconsul.state.store import StoreError
@@ -62,9 +62,19 @@ async def _query(request: web.Request, name: str, args: dict[str, Any]) -> Any:
     return result
 
 
+# The store's refusals of an ACL write (state/acl.py), recognised by their text also when the
+# write was refused on the leader and came back as an RPC error: the client's error, a 400.
+_REFUSALS = ("Invalid ", "Cannot find", "cannot find", "Changing ", "Delete operation not permitted")
+
+
 async def _write(request: web.Request, op: str, payload: Any) -> Any:
     agent = request.app["agent"]
-    meta, result = await agent.server.write(ACLOp(op, payload))
+    try:
+        meta, result = await agent.server.write(ACLOp(op, payload))
+    except (StoreError, RPCError) as exc:
+        if str(exc).startswith(_REFUSALS):
+            raise bad_request(str(exc)) from None
+        raise
     resolver = request.app.get("acl_resolver")
     if resolver is not None:
         resolver.invalidate()
@@ -105,7 +115,7 @@ async def bootstrap(request: web.Request) -> web.Response:
                    (Link(GLOBAL_MANAGEMENT_ID),), create_time=_now_rfc3339(now))
     try:
         _, result = await _write(request, ACLOpKind.BOOTSTRAP, [tok.to_wire(), reset])
-    except StoreError as exc:
+    except (StoreError, RPCError) as exc:  # RPCError: refused on the leader, forwarded back
         if "ACL bootstrap no longer allowed" in str(exc):
             raise HTTPError(403, f"Permission denied: {exc}") from None
         raise
@@ -333,10 +343,7 @@ async def token_clone(request: web.Request) -> web.Response:
 
 async def token_delete(request: web.Request) -> web.Response:
     _need(request, "write")
-    try:
-        await _write(request, ACLOpKind.TOKEN_DELETE, request.match_info["id"])
-    except StoreError as exc:
-        raise bad_request(str(exc)) from None
+    await _write(request, ACLOpKind.TOKEN_DELETE, request.match_info["id"])
     return json_response(request, True)
 
 
@@ -376,10 +383,7 @@ async def policy_create(request: web.Request) -> web.Response:
     if _given_id(body, "ID"):
         raise bad_request("Cannot specify an ID when creating a policy")
     policy = _decode_policy(body, _new_id())
-    try:
-        _, result = await _write(request, ACLOpKind.POLICY_CREATE, policy.to_wire())
-    except StoreError as exc:
-        raise bad_request(str(exc)) from None
+    _, result = await _write(request, ACLOpKind.POLICY_CREATE, policy.to_wire())
     return json_response(request, ACLPolicy.from_wire(result).to_api())
 
 
@@ -407,19 +411,13 @@ async def policy_update(request: web.Request) -> web.Response:
     if given and given != pid:
         raise bad_request("Policy ID in URL and payload do not match")
     policy = _decode_policy(body, pid)
-    try:
-        _, result = await _write(request, ACLOpKind.POLICY_UPDATE, policy.to_wire())
-    except StoreError as exc:
-        raise bad_request(str(exc)) from None
+    _, result = await _write(request, ACLOpKind.POLICY_UPDATE, policy.to_wire())
     return json_response(request, ACLPolicy.from_wire(result).to_api())
 
 
 async def policy_delete(request: web.Request) -> web.Response:
     _need(request, "write")
-    try:
-        await _write(request, ACLOpKind.POLICY_DELETE, request.match_info["id"])
-    except StoreError as exc:
-        raise bad_request(str(exc)) from None
+    await _write(request, ACLOpKind.POLICY_DELETE, request.match_info["id"])
     return json_response(request, True)
 
 
@@ -451,10 +449,7 @@ async def role_create(request: web.Request) -> web.Response:
     if _given_id(body, "ID"):
         raise bad_request("Cannot specify an ID when creating a role")
     role = await _decode_role(request, body, _new_id())
-    try:
-        await _write(request, ACLOpKind.ROLE_CREATE, role.to_wire())
-    except StoreError as exc:
-        raise bad_request(str(exc)) from None
+    await _write(request, ACLOpKind.ROLE_CREATE, role.to_wire())
     return json_response(request, await _query(request, "ACL.RoleRead", {"id": role.id}))
 
 
@@ -482,10 +477,7 @@ async def role_update(request: web.Request) -> web.Response:
     if given and given != rid:
         raise bad_request("Role ID in URL and payload do not match")
     role = await _decode_role(request, body, rid)
-    try:
-        await _write(request, ACLOpKind.ROLE_UPDATE, role.to_wire())
-    except StoreError as exc:
-        raise bad_request(str(exc)) from None
+    await _write(request, ACLOpKind.ROLE_UPDATE, role.to_wire())
     return json_response(request, await _query(request, "ACL.RoleRead", {"id": rid}))
 
 

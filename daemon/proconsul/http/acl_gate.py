@@ -177,7 +177,7 @@ PRE: dict[tuple[str, str], Check] = {
     ("PUT", "/v1/agent/maintenance"): _own_node_write,
     ("GET", "/v1/agent/health/service/id/{id}"): _local_service(READ),
     ("GET", "/v1/agent/health/service/name/{name}"): _service_name_read,
-    ("PUT", "/v1/agent/token/{kind}"): _single("acl", WRITE),
+    ("PUT", "/v1/agent/token/{kind}"): _agent(WRITE),
     ("PUT", "/v1/agent/reload"): _agent(WRITE),
     ("PUT", "/v1/agent/leave"): _agent(WRITE),
     ("PUT", "/v1/agent/join/{address}"): _agent(WRITE),
@@ -350,6 +350,14 @@ async def before(request: web.Request) -> None:
             await check(request, authz)
     except PermissionDenied as exc:
         raise HTTPError(403, str(exc)) from None
+
+
+def carry_token(request: web.Request) -> None:
+    """ACLs off on this agent: a request's own token still travels with its writes to a server
+    (which authorises it when its ACLs are on); without one, the agent token is sent."""
+    secret = token(request)
+    if secret:
+        CALLER_TOKEN.set(secret)
 
 
 def after(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:

@@ -26,6 +26,7 @@ from proconsul.http.common import (
 from proconsul.http.coordinate import near_node
 from proconsul.rpc_api import QueryOptions
 from proconsul.server import acl_authz
+from proconsul.server.acl_authz import same_node
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.structs import CHECK_STATUSES, DecodeError, decode_service
@@ -54,8 +55,7 @@ async def register(request: web.Request) -> web.Response:
     dc = _write_dc(request, body)
     command = decode_register(body, dc or agent.config.datacenter)
     if acl_gate.acl_enabled(request):
-        names = await _service_names(request, command.node.node)
-        acl_gate.require(request, lambda authz: acl_authz.authorize(authz, command, lambda n, sid: names.get(sid)))
+        _authorize(request, command, *await _acl_lookups(request, command.node.node))
     await agent.server.write(command, datacenter=dc)
     return json_response(request, True)
 
@@ -147,11 +147,18 @@ def decode_catalog_check(raw: dict[str, Any], node: str, service: ServiceInstanc
     )
 
 
-async def _service_names(request: web.Request, node: str) -> dict[str, str]:
-    """Service ID -> name on `node`, for the ACL check of a write naming a service by ID."""
-    _, found = await request.app["agent"].server.query("Catalog.NodeServices", {"node": node},
+async def _acl_lookups(request: web.Request, node: str) -> tuple[dict[str, str], Node | None]:
+    """The node's services (ID -> name) and its stored record, for the ACL check of a write."""
+    _, state = await request.app["agent"].server.query("Internal.NodeState", {"node": node},
                                                        QueryOptions(allow_stale=True))
-    return {s["ID"]: s["Service"] for s in (found or {}).get("Services", [])}
+    services = (ServiceInstance.from_wire(w) for w in state["services"])
+    stored = Node.from_wire(state["node"]) if state["node"] is not None else None
+    return {s.id: s.service for s in services}, stored
+
+
+def _authorize(request: web.Request, command: Any, names: dict[str, str], stored: Node | None) -> None:
+    acl_gate.require(request, lambda authz: acl_authz.authorize(
+        authz, command, lambda n, sid: names.get(sid), node_unchanged=lambda node: same_node(stored, node)))
 
 
 async def deregister(request: web.Request) -> web.Response:
@@ -169,8 +176,7 @@ async def deregister(request: web.Request) -> web.Response:
         check_id=str(get_key(body, "CheckID") or ""),
     )
     if acl_gate.acl_enabled(request):
-        names = await _service_names(request, node)
-        acl_gate.require(request, lambda authz: acl_authz.authorize(authz, command, lambda n, sid: names.get(sid)))
+        _authorize(request, command, *await _acl_lookups(request, node))
     await agent.server.write(command, datacenter=dc)
     return json_response(request, True)
 

@@ -99,6 +99,9 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
         acl_on = request.app["acl_resolver"] is not None and request.path.startswith("/v1/")
         if acl_on:
             await acl_gate.before(request)  # 403 unless the token holds the route's permission
+        else:
+            # ACLs off here, perhaps on in the servers: writes still carry the caller's token.
+            acl_gate.carry_token(request)
         if request.method in _CANCELLABLE:
             resp = await handler(request)
         else:

@@ -26,7 +26,7 @@ from typing import Any
 
 from proconsul import safe_json
 from proconsul.durations import format_duration
-from proconsul.rpc_api import QueryOptions, RPCError
+from proconsul.rpc_api import CALLER_TOKEN, QueryOptions, RPCError
 from proconsul.server.rpc import Server
 from proconsul.state import commands
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
@@ -521,7 +521,12 @@ class LocalState:
                 if self.checks[cid].definition.service_id == sid
             ]
             own_checks = tuple(self.check_record(chk.definition.id) for chk, _ in own)
-            await server.write(commands.Register(self.node_record(), self.service_record(sid), own_checks))
+            # As Consul: a service syncs with the token it was registered with, else the agent's.
+            carried = CALLER_TOKEN.set(local.token or None)
+            try:
+                await server.write(commands.Register(self.node_record(), self.service_record(sid), own_checks))
+            finally:
+                CALLER_TOKEN.reset(carried)
             self._mark_synced(self.services.get(sid), *sent_service)
             for chk, revision in own:
                 self._mark_synced(self.checks.get(chk.definition.id), chk, revision)
@@ -530,7 +535,11 @@ class LocalState:
             if check is None or check.in_sync:
                 continue
             revision = check.revision
-            await server.write(commands.Register(self.node_record(), None, (self.check_record(cid),)))
+            carried = CALLER_TOKEN.set(check.token or None)
+            try:
+                await server.write(commands.Register(self.node_record(), None, (self.check_record(cid),)))
+            finally:
+                CALLER_TOKEN.reset(carried)
             self._mark_synced(self.checks.get(cid), check, revision)
 
     @staticmethod

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from proconsul.acl.authorizer import Authorizer, PermissionDenied
 from proconsul.acl.rules import LIST, READ, WRITE
 from proconsul.state import commands
+from proconsul.state.records import Node
 
 ServiceName = Callable[[str, str], str | None]  # (node, service ID) -> service name
 SessionNode = Callable[[str], str | None]  # session ID -> node
+NodeUnchanged = Callable[[Node], bool]  # is this node already registered exactly so?
 
 
 def authorize(
@@ -24,11 +26,15 @@ def authorize(
     command: commands.Command,
     service_name: ServiceName = lambda node, sid: None,
     session_node: SessionNode = lambda sid: None,
+    node_unchanged: NodeUnchanged = lambda node: False,
 ) -> None:
     """Raise PermissionDenied unless `authz` may apply `command`."""
     if authz.management:
         return
     if isinstance(command, commands.Register):
+        # Creating or changing the node itself needs node:write (Consul's vetRegisterWithACL).
+        if not command.skip_node_update and not node_unchanged(command.node):
+            authz.require("node", command.node.node, WRITE)
         if command.service is not None:
             authz.require("service", command.service.service, WRITE)
         for check in command.checks:
@@ -39,8 +45,6 @@ def authorize(
                 authz.require("service", name, WRITE)
             else:
                 authz.require("node", command.node.node, WRITE)
-        if command.service is None and not command.checks:
-            authz.require("node", command.node.node, WRITE)
         return
     if isinstance(command, commands.Deregister):
         if command.service_id:
@@ -60,7 +64,13 @@ def authorize(
         node = command.session.node if command.op == "create" else (session_node(command.session.id) or "")
         authz.require("session", node, WRITE)
         return
-    # Everything else (restore, ACL writes, coordinates, noop) is management-only over RPC.
+    if isinstance(command, commands.ACLOp):
+        if command.op == commands.ACLOpKind.BOOTSTRAP:
+            return  # needs no token: the store allows it once (or with the reset index)
+        if command.op != commands.ACLOpKind.INIT:
+            authz.require_single("acl", WRITE)
+            return
+    # Everything else (restore, ACL init, coordinates, noop) is management-only over RPC.
     authz.require_management()
 
 
@@ -75,3 +85,11 @@ def authorize_kv(authz: Authorizer, op: commands.KVS) -> None:
         authz.require("key", key, LIST if authz.allowed("key", key, LIST) else READ)
     else:
         authz.require("key", key, READ)
+
+
+def same_node(stored: Node | None, wanted: Node) -> bool:
+    """A registration leaves the node as it is (so service:write alone is enough for it)."""
+    return stored is not None and (
+        stored.id == wanted.id or not wanted.id
+    ) and stored.address == wanted.address and dict(stored.meta) == dict(wanted.meta) and dict(
+        stored.tagged_addresses) == dict(wanted.tagged_addresses or stored.tagged_addresses)
