@@ -314,7 +314,9 @@ class Agent:
         if errors := start_agent_watches(self, cfg.watches):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
-            self.dns = DNSServer(self.server, lambda: self.config, metrics=self.metrics, node_name=self.node_name)
+            resolver = self.acl_resolver
+            self.dns = DNSServer(self.server, lambda: self.config, metrics=self.metrics, node_name=self.node_name,
+                                 acl=(lambda: resolver.resolve("")) if resolver is not None else None)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:

@@ -349,7 +349,7 @@ async def token_delete(request: web.Request) -> web.Response:
 
 async def token_list(request: web.Request) -> web.Response:
     authz = _need(request, "read")
-    args = {k: request.query[k] for k in ("policy", "role") if request.query.get(k)}
+    args = {k: request.query[k] for k in ("policy", "role", "servicename", "authmethod") if request.query.get(k)}
     tokens = await _query(request, "ACL.TokenList", args)
     return json_response(request, [_shown(request, t, authz) for t in tokens])
 

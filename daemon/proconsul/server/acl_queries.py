@@ -70,12 +70,17 @@ def token_read(store: Store, args: Args) -> tuple[int, Any]:
 
 def token_list(store: Store, args: Args) -> tuple[int, Any]:
     policy, role = args.get("policy", ""), args.get("role", "")
+    service, method = args.get("servicename", ""), args.get("authmethod", "")
+    if method:
+        return _index(store, *TOKEN_TABLES), []  # no auth methods: no token came from one
     out = []
     for accessor in sorted(store.acl_tokens):
         t = store.acl_tokens[accessor]
         if policy and all(p.id != policy for p in t.policies):
             continue
         if role and all(r.id != role for r in t.roles):
+            continue
+        if service and all(s.service_name != service for s in t.service_identities):
             continue
         out.append(token_api(store, t))
     return _index(store, *TOKEN_TABLES), out

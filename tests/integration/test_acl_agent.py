@@ -1,0 +1,131 @@
+"""ACLs on one dev agent: roles, token self/clone/update, the agent's own tokens (persisted),
+DNS with the default token, routes without a precise check failing closed, and the HTTP shapes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import consul
+import pytest
+from helpers import AgentProcess, wait_for
+
+MGMT = "11111111-2222-3333-4444-555555555555"
+RECOVERY = "99999999-2222-3333-4444-555555555555"
+
+
+def _hcl(tmp: Path) -> str:
+    return (f'acl {{ enabled = true  default_policy = "deny"  enable_token_persistence = true '
+            f'tokens {{ initial_management = "{MGMT}"  agent_recovery = "{RECOVERY}" }} }}')
+
+
+@pytest.fixture()
+def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    a = AgentProcess("-hcl", _hcl(tmp_path), data_dir=str(tmp_path / "data"))
+    a.start()
+    try:
+        wait_for(lambda: _raw(a, "GET", "/v1/acl/token/self", MGMT)[0] == 200, timeout=60,
+                 what="the initial management token")
+        yield a
+    finally:
+        a.stop()
+
+
+def _raw(agent: AgentProcess, method: str, path: str, token: str = "", body: bytes | None = None
+         ) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(f"{agent.url}{path}", data=body, method=method)
+    if token:
+        req.add_header("X-Consul-Token", token)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+def _dig(agent: AgentProcess, *args: str) -> str:
+    binary = shutil.which("dig")
+    assert binary, "dig is missing: scripts/setup-env test installs bind9-dnsutils"
+    return subprocess.run([binary, f"@{agent.ip}", "-p", str(agent.dns_port), "+tries=1", "+time=5", *args],
+                          capture_output=True, text=True, timeout=30).stdout
+
+
+def test_roles_self_clone_update_and_bearer_tokens(agent: AgentProcess) -> None:
+    m = consul.Consul(host=agent.ip, port=agent.http_port, token=MGMT)
+    policy = m.acl.policy.create("web-kv", rules={"key_prefix": {"web/": {"policy": "write"}}})
+    role = m.acl.role.create("web", policies_id=[policy["ID"]], description="web role")
+    assert role["Policies"] == [{"ID": policy["ID"], "Name": "web-kv"}]
+    assert m.acl.role.read_by_name("web")["ID"] == role["ID"]
+    token = m.acl.token.create(roles_name=["web"], description="through a role")
+    assert token["Roles"] == [{"ID": role["ID"], "Name": "web"}]
+    assert [t["AccessorID"] for t in m.acl.token.list(role=role["ID"])] == [token["AccessorID"]]
+    assert [r["Name"] for r in m.acl.role.list(policy=policy["ID"])] == ["web"]
+
+    # The token works from Authorization: Bearer and ?token= as well as X-Consul-Token.
+    req = urllib.request.Request(f"{agent.url}/v1/kv/web/a", data=b"1", method="PUT")
+    req.add_header("Authorization", f"Bearer {token['SecretID']}")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.read() == b"true"
+    assert _raw(agent, "GET", f"/v1/kv/web/a?token={token['SecretID']}")[0] == 200
+    assert _raw(agent, "PUT", f"/v1/kv/app/a?token={token['SecretID']}", body=b"1")[0] == 403
+
+    me = consul.Consul(host=agent.ip, port=agent.http_port, token=token["SecretID"]).acl.token.read_self()
+    assert me["AccessorID"] == token["AccessorID"] and me["Description"] == "through a role"
+    clone = m.acl.token.clone(token["AccessorID"], description="the clone")
+    assert clone["AccessorID"] != token["AccessorID"] and clone["Roles"] == token["Roles"]
+    updated = m.acl.token.update(token["AccessorID"], description="renamed", policies_id=[policy["ID"]])
+    assert updated["Description"] == "renamed" and updated["CreateIndex"] == token["CreateIndex"]
+    assert updated["ModifyIndex"] > token["ModifyIndex"] and "Roles" not in updated
+
+    # Removing the role's policy takes the permission away from tokens using the role.
+    m.acl.role.update(role["ID"], "web", policies_id=[])
+    status, _, body = _raw(agent, "PUT", "/v1/kv/web/b", clone["SecretID"], b"1")
+    assert status == 403 and b"lacks permission 'key:write' on \"web/b\"" in body
+
+    # Bad input is a 400 with a reason; unknown IDs are "ACL not found".
+    with pytest.raises(consul.ConsulException, match="Invalid Policy"):
+        m.acl.policy.create("bad", rules={"key": {"x": {"policy": "admin"}}})
+    with pytest.raises(consul.ACLPermissionDenied, match="ACL not found"):
+        m.acl.token.read("00000000-1111-2222-3333-444444444444")
+    with pytest.raises(consul.ConsulException, match="not permitted"):
+        m.acl.policy.delete("00000000-0000-0000-0000-000000000001")
+
+
+def test_fail_closed_dns_and_agent_tokens(agent: AgentProcess, tmp_path: Path) -> None:
+    m = consul.Consul(host=agent.ip, port=agent.http_port, token=MGMT)
+    wide = m.acl.policy.create("wide", rules={"key_prefix": {"": {"policy": "write"}},
+                                              "operator": "write", "agent_prefix": {"": {"policy": "write"}}})
+    wide_token = m.acl.token.create(policies_id=[wide["ID"]])["SecretID"]
+    # /v1/snapshot has no finer check than management: a wide non-management token is refused.
+    status, _, body = _raw(agent, "GET", "/v1/snapshot", wide_token)
+    assert status == 403 and b"acl:write" in body
+    assert _raw(agent, "GET", "/v1/snapshot", MGMT)[0] == 200
+    # Operator reads need operator:read.
+    assert _raw(agent, "GET", "/v1/operator/raft/configuration", wide_token)[0] == 200
+    assert _raw(agent, "GET", "/v1/operator/raft/configuration")[0] == 403
+
+    # DNS reads with the agent's default token: none set, anonymous, default deny: NXDOMAIN.
+    assert m.agent.service.register("web", port=80)
+    wait_for(lambda: "web" in m.catalog.services()[1], timeout=30, what="web registered")
+    assert "status: NXDOMAIN" in _dig(agent, "web.service.consul", "A")
+    dns_policy = m.acl.policy.create("dns", rules={"service_prefix": {"": {"policy": "read"}},
+                                                   "node_prefix": {"": {"policy": "read"}}})
+    dns_token = m.acl.token.create(policies_id=[dns_policy["ID"]])["SecretID"]
+    m.agent.token.set("default", dns_token)
+    wait_for(lambda: "status: NOERROR" in _dig(agent, "web.service.consul", "A"), timeout=30,
+             what="web answered once the default token can read it")
+    # The default token also serves HTTP requests without a token.
+    assert _raw(agent, "GET", "/v1/catalog/services")[0] == 200
+
+    # enable_token_persistence: tokens set through the API are kept in data_dir (0600).
+    saved = json.loads((tmp_path / "data" / "acl-tokens.json").read_text())
+    assert saved["default"] == dns_token
+    assert (tmp_path / "data" / "acl-tokens.json").stat().st_mode & 0o077 == 0
+
+    # The agent recovery token works for agent endpoints only.
+    assert _raw(agent, "GET", "/v1/agent/self", RECOVERY)[0] == 200
+    assert _raw(agent, "GET", "/v1/kv/x", RECOVERY)[0] == 403
