@@ -203,6 +203,11 @@ PRE: dict[tuple[str, str], Check] = {
     ("GET", "/v1/session/list"): _none,
     ("GET", "/v1/status/leader"): _none,
     ("GET", "/v1/status/peers"): _none,
+    # Features proconsul leaves out (http/absent.py): always an empty answer, nothing to protect.
+    ("GET", "/v1/health/connect/{service}"): _none,
+    ("GET", "/v1/health/ingress/{service}"): _none,
+    ("GET", "/v1/catalog/connect/{service}"): _none,
+    ("GET", "/v1/catalog/gateway-services/{gateway}"): _none,
 }
 # Not listed, so management only: /v1/snapshot (as in Consul), /v1/coordinate/update, and any
 # route added later until it is given a precise check here.
@@ -323,8 +328,7 @@ def route_key(request: web.Request) -> str | None:
     resource = route.resource
     if resource is None:
         return None
-    canonical = resource.canonical
-    return canonical.replace("{key:.*}", "{key}").replace("{rest:.*}", "{rest}")
+    return resource.canonical  # the path with its variables, without their patterns
 
 
 async def before(request: web.Request) -> None:
