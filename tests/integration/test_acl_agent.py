@@ -129,3 +129,21 @@ def test_fail_closed_dns_and_agent_tokens(agent: AgentProcess, tmp_path: Path) -
     # The agent recovery token works for agent endpoints only.
     assert _raw(agent, "GET", "/v1/agent/self", RECOVERY)[0] == 200
     assert _raw(agent, "GET", "/v1/kv/x", RECOVERY)[0] == 403
+
+
+def test_bootstrap_reset_file(agent: AgentProcess, tmp_path: Path) -> None:
+    # The initial management token counted as the bootstrap: refused, naming the reset index.
+    status, _, body = _raw(agent, "PUT", "/v1/acl/bootstrap")
+    assert status == 403
+    text = body.decode()
+    assert text.startswith("Permission denied: ACL bootstrap no longer allowed (reset index: ")
+    index = int(text.rsplit(" ", 1)[1].rstrip(")"))
+    reset = tmp_path / "data" / "acl-bootstrap-reset"
+    reset.write_text(f"{index}\n")
+    status, _, body = _raw(agent, "PUT", "/v1/acl/bootstrap")
+    assert status == 200, body
+    new = json.loads(body)
+    assert new["Policies"] == [{"ID": "00000000-0000-0000-0000-000000000001", "Name": "global-management"}]
+    assert not reset.exists()
+    assert _raw(agent, "GET", "/v1/acl/tokens", new["SecretID"])[0] == 200
+    assert _raw(agent, "PUT", "/v1/acl/bootstrap")[0] == 403

@@ -56,8 +56,11 @@ def init(store: Store, index: int, management: ACLToken | None) -> ACLToken | No
 
 def bootstrap(store: Store, index: int, token: ACLToken, reset_index: int) -> ACLToken:
     """`PUT /v1/acl/bootstrap`: once, or again when the caller presents the current reset index."""
-    if store.acl_bootstrap_index and reset_index != store.acl_bootstrap_index:
-        raise StoreError(f"ACL bootstrap no longer allowed (reset index: {store.acl_bootstrap_index})")
+    done = store.acl_bootstrap_index
+    if done and not reset_index:
+        raise StoreError(f"ACL bootstrap no longer allowed (reset index: {done})")
+    if done and reset_index != done:
+        raise StoreError(f"Invalid bootstrap reset index (specified {reset_index}, reset index: {done})")
     _ensure_builtins(store, index)
     _put_token(store, index, replace(token, policies=(Link(GLOBAL_MANAGEMENT_ID),)), create=True)
     store.acl_bootstrap_index = index
