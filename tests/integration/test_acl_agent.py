@@ -147,3 +147,18 @@ def test_bootstrap_reset_file(agent: AgentProcess, tmp_path: Path) -> None:
     assert not reset.exists()
     assert _raw(agent, "GET", "/v1/acl/tokens", new["SecretID"])[0] == 200
     assert _raw(agent, "PUT", "/v1/acl/bootstrap")[0] == 403
+
+
+def test_tokens_survive_a_snapshot_save_and_restore(agent: AgentProcess) -> None:
+    m = consul.Consul(host=agent.ip, port=agent.http_port, token=MGMT)
+    policy = m.acl.policy.create("snap", rules={"key_prefix": {"snap/": {"policy": "write"}}})
+    token = m.acl.token.create(policies_id=[policy["ID"]], description="in the snapshot")
+    status, _, archive = _raw(agent, "GET", "/v1/snapshot", MGMT)
+    assert status == 200 and archive
+    m.acl.token.delete(token["AccessorID"])
+    m.acl.policy.delete(policy["ID"])
+    assert _raw(agent, "PUT", "/v1/kv/snap/a", token["SecretID"], b"1")[2] == b"ACL not found"
+    assert _raw(agent, "PUT", "/v1/snapshot", MGMT, archive)[0] == 200
+    assert m.acl.token.read(token["AccessorID"])["Description"] == "in the snapshot"
+    assert _raw(agent, "PUT", "/v1/kv/snap/a", token["SecretID"], b"1")[0] == 200
+    assert _raw(agent, "PUT", "/v1/kv/other", token["SecretID"], b"1")[0] == 403

@@ -3,7 +3,8 @@
 Owns, while `acl.enabled` is on: resolving the request's token (`X-Consul-Token`, `Authorization:
 Bearer`, `?token=`; none means the agent's default token, then anonymous) to an Authorizer; the
 route table that says what each endpoint requires before its handler runs; filtering list answers
-down to what the token may read (setting `X-Consul-Results-Filtered-By-ACLs: true`); and failing
+down to what the token may read (setting `X-Consul-Results-Filtered-By-ACLs: true`, except for
+anonymous requests, as Consul); and failing
 closed: a route not in the table needs a management token.
 
 Routes marked `HANDLER` check inside their handler (their permission depends on the body: catalog
@@ -20,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.acl.authorizer import Authorizer, PermissionDenied, allow_all
+from proconsul.acl.records import ANONYMOUS_ACCESSOR
 from proconsul.acl.rules import READ, WRITE
 from proconsul.http.common import HTTPError, encode_json, flag, token
 from proconsul.rpc_api import CALLER_TOKEN, QueryOptions
@@ -378,7 +380,9 @@ def after(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
     if not filtered:
         return resp
     headers = {k: v for k, v in resp.headers.items() if k.lower() not in ("content-length", "content-type")}
-    headers[FILTERED_HEADER] = "true"
+    if authz.accessor != ANONYMOUS_ACCESSOR:
+        # As Consul: anonymous requests are not told that something was hidden from them.
+        headers[FILTERED_HEADER] = "true"
     if kept == [] and key == "/v1/kv/{key}":
         return web.Response(status=404, headers=headers)
     return web.Response(body=encode_json(request, kept), status=200, headers=headers, content_type="application/json")
