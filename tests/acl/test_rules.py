@@ -114,3 +114,15 @@ def test_merge_is_order_independent_and_idempotent(parts: list[Rules]) -> None:
     assert _norm(merge(list(reversed(parts)))) == _norm(m)
     assert _norm(merge([m, m])) == _norm(m)
     assert _norm(merge([m, *parts])) == _norm(m)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='key_prefix"{}= \npolicyreadwritedenylist[]:,#/*', max_size=80))
+def test_arbitrary_text_parses_or_is_a_rules_error(text: str) -> None:
+    try:
+        result = parse(text)
+    except RulesError:
+        return
+    for table in (result.exact, result.prefix):
+        for names in table.values():
+            assert set(names.values()) <= {"deny", "list", "read", "write"}
