@@ -4,6 +4,7 @@ DNS with the default token, routes without a precise check failing closed, and t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import urllib.request
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import consul
 import pytest
-from helpers import AgentProcess, wait_for
+from helpers import AgentProcess, proconsul_command, wait_for
 
 MGMT = "11111111-2222-3333-4444-555555555555"
 RECOVERY = "99999999-2222-3333-4444-555555555555"
@@ -162,3 +163,48 @@ def test_tokens_survive_a_snapshot_save_and_restore(agent: AgentProcess) -> None
     assert m.acl.token.read(token["AccessorID"])["Description"] == "in the snapshot"
     assert _raw(agent, "PUT", "/v1/kv/snap/a", token["SecretID"], b"1")[0] == 200
     assert _raw(agent, "PUT", "/v1/kv/other", token["SecretID"], b"1")[0] == 403
+
+
+def _cli(agent: AgentProcess, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`proconsul COMMAND ARGS` against `agent` with the management token from CONSUL_HTTP_TOKEN."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+    env.update(CONSUL_HTTP_ADDR=agent.addr, CONSUL_HTTP_TOKEN=MGMT)
+    return subprocess.run([proconsul_command(), *command.split(), *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_cli_policies_roles_and_token_updates(agent: AgentProcess, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.hcl"
+    rules.write_text('key_prefix "cli/" { policy = "write" }\n')
+    made = _cli(agent, "acl policy create", "-name", "cli-kv", "-rules", f"@{rules}", "-format=json")
+    assert made.returncode == 0, made.stderr
+    policy = json.loads(made.stdout)
+    assert policy["Rules"] == rules.read_text()
+    upd = _cli(agent, "acl policy update", "-id", policy["ID"], "-description", "now described")
+    assert upd.returncode == 0 and "Description:  now described" in upd.stdout
+    assert "cli-kv" in _cli(agent, "acl policy list").stdout
+
+    role = _cli(agent, "acl role create", "-name", "cli-role", "-policy-name", "cli-kv", "-format=json")
+    assert role.returncode == 0, role.stderr
+    role_id = json.loads(role.stdout)["ID"]
+    shown = _cli(agent, "acl role read", "-name", "cli-role")
+    assert shown.returncode == 0 and f"   {policy['ID']} - cli-kv" in shown.stdout
+    assert role_id in _cli(agent, "acl role list").stdout
+
+    tok = _cli(agent, "acl token create", "-description", "via role", "-role-name", "cli-role", "-format=json")
+    assert tok.returncode == 0, tok.stderr
+    token = json.loads(tok.stdout)
+    assert _raw(agent, "PUT", "/v1/kv/cli/a", token["SecretID"], b"1")[0] == 200
+    upd = _cli(agent, "acl token update", "-id", token["AccessorID"], "-description", "renamed")
+    assert upd.returncode == 0 and "Token updated successfully." in upd.stdout and "renamed" in upd.stdout
+    assert "   " + role_id + " - cli-role" in upd.stdout  # links kept when none are given
+    clone = _cli(agent, "acl token clone", "-id", token["AccessorID"], "-description", "copy", "-format=json")
+    assert clone.returncode == 0 and json.loads(clone.stdout)["Description"] == "copy"
+    gone = _cli(agent, "acl token delete", "-id", token["AccessorID"])
+    assert gone.returncode == 0 and gone.stdout.strip() == f'Token "{token["AccessorID"]}" deleted successfully'
+    assert _raw(agent, "PUT", "/v1/kv/cli/a", token["SecretID"], b"1")[2] == b"ACL not found"
+    assert _cli(agent, "acl role delete", "-id", role_id).returncode == 0
+    assert _cli(agent, "acl policy delete", "-name", "cli-kv").stdout.strip() == (
+        f'Policy "{policy["ID"]}" deleted successfully')
+    missing = _cli(agent, "acl policy read", "-name", "cli-kv")
+    assert missing.returncode == 1 and "ACL not found" in missing.stderr

@@ -314,7 +314,8 @@ class TokenUpdate(_ACL):
         body.update(_identities(ctx))
         body["AccessorID"] = old["AccessorID"]
         updated = self.call(ctx, "PUT", f"/v1/acl/token/{old['AccessorID']}", body)
-        ctx.ui.output("Token updated successfully.") if (v.get("format") or "pretty") == "pretty" else None
+        if (v.get("format") or "pretty") == "pretty":
+            ctx.ui.output("Token updated successfully.")
         return self.show(ctx, updated)
 
 
