@@ -208,3 +208,36 @@ def test_cli_policies_roles_and_token_updates(agent: AgentProcess, tmp_path: Pat
         f'Policy "{policy["ID"]}" deleted successfully')
     missing = _cli(agent, "acl policy read", "-name", "cli-kv")
     assert missing.returncode == 1 and "ACL not found" in missing.stderr
+
+
+def test_catalog_health_and_agent_lists_are_filtered(agent: AgentProcess) -> None:
+    m = consul.Consul(host=agent.ip, port=agent.http_port, token=MGMT)
+    for name in ("web", "db"):
+        assert m.agent.service.register(name, port=80, check=consul.Check.ttl("30s"))
+    wait_for(lambda: {"web", "db"} <= set(m.catalog.services()[1]), timeout=30, what="both services")
+    policy = m.acl.policy.create("web-only", rules={"service": {"web": {"policy": "read"}},
+                                                    "node_prefix": {"": {"policy": "read"}}})
+    secret = m.acl.token.create(policies_id=[policy["ID"]])["SecretID"]
+
+    def get(path: str) -> tuple[dict[str, str], object]:
+        status, headers, body = _raw(agent, "GET", path, secret)
+        assert status == 200, (path, status, body)
+        return headers, json.loads(body)
+
+    headers, services = get("/v1/catalog/services")
+    assert set(services) == {"web"} and headers["x-consul-results-filtered-by-acls"] == "true"
+    _, nodes = get("/v1/health/service/db")
+    assert nodes == []
+    _, nodes = get("/v1/health/service/web")
+    assert [n["Service"]["Service"] for n in nodes] == ["web"]
+    _, local = get("/v1/agent/services")
+    assert {s["Service"] for s in local.values()} == {"web"}
+    _, checks = get("/v1/health/state/any")
+    assert {c["ServiceName"] for c in checks} <= {"web", ""}
+    _, catalog_node = get(f"/v1/catalog/node/{agent.node}")
+    assert {s["Service"] for s in catalog_node["Services"].values()} == {"web"}
+    # Without node:read the node's own record is hidden too.
+    no_nodes = m.acl.policy.create("svc-only", rules={"service_prefix": {"": {"policy": "read"}}})
+    blind = m.acl.token.create(policies_id=[no_nodes["ID"]])["SecretID"]
+    status, _, body = _raw(agent, "GET", "/v1/catalog/nodes", blind)
+    assert status == 200 and json.loads(body) == []
