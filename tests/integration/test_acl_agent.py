@@ -241,3 +241,23 @@ def test_catalog_health_and_agent_lists_are_filtered(agent: AgentProcess) -> Non
     blind = m.acl.token.create(policies_id=[no_nodes["ID"]])["SecretID"]
     status, _, body = _raw(agent, "GET", "/v1/catalog/nodes", blind)
     assert status == 200 and json.loads(body) == []
+
+
+def test_txn_operations_are_each_checked(agent: AgentProcess) -> None:
+    m = consul.Consul(host=agent.ip, port=agent.http_port, token=MGMT)
+    policy = m.acl.policy.create("txn-kv", rules={"key_prefix": {"t/": {"policy": "write"}}})
+    secret = m.acl.token.create(policies_id=[policy["ID"]])["SecretID"]
+    ops = [{"KV": {"Verb": "set", "Key": "t/a", "Value": "MQ=="}},
+           {"KV": {"Verb": "set", "Key": "u/b", "Value": "MQ=="}}]
+    status, _, body = _raw(agent, "PUT", "/v1/txn", secret, json.dumps(ops).encode())
+    assert status == 409
+    errors = json.loads(body)["Errors"]
+    assert errors == [{"OpIndex": 1, "What": f"Permission denied: token with AccessorID '{_accessor(m, secret)}' "
+                       "lacks permission 'key:write' on \"u/b\""}]
+    assert m.kv.get("t/a")[1] is None  # nothing ran
+    status, _, _ = _raw(agent, "PUT", "/v1/txn", secret, json.dumps(ops[:1]).encode())
+    assert status == 200 and m.kv.get("t/a")[1]["Value"] == b"1"
+
+
+def _accessor(m: consul.Consul, secret: str) -> str:
+    return next(t["AccessorID"] for t in m.acl.token.list() if t["SecretID"] == secret)

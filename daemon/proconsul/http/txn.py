@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul import safe_json
+from proconsul.acl.authorizer import PermissionDenied
 from proconsul.http import acl_gate
 from proconsul.http.common import (
     HTTPError,
@@ -29,7 +30,7 @@ from proconsul.http.common import (
 from proconsul.rpc_api import QueryMeta
 from proconsul.server import acl_authz
 from proconsul.state import commands, render
-from proconsul.state.fsm import TxnResult
+from proconsul.state.fsm import TxnError, TxnResult
 from proconsul.state.records import DirEntry
 
 MAX_TXN_OPS = 128
@@ -125,8 +126,17 @@ async def txn(request: web.Request) -> web.Response:
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and UnsafeJSON alike
         raise bad_request(f"Failed to parse body: {exc}") from None
     ops = decode_ops(body)
-    # Every operation is checked before any runs (key:read / key:write / key:list per op).
-    acl_gate.require(request, lambda authz: acl_authz.authorize(authz, commands.Txn(tuple(ops))))
+    # Every operation is checked before any runs (key:read / key:write / key:list per op); as
+    # Consul, the refused ones are the transaction's errors (409), and nothing runs.
+    authz = acl_gate.authorizer(request)
+    denied = []
+    for i, op in enumerate(ops):
+        try:
+            acl_authz.authorize_kv(authz, op)
+        except PermissionDenied as exc:
+            denied.append(TxnError(i, str(exc)))
+    if denied:
+        return _render(request, TxnResult(errors=tuple(denied)))
     if all(op.op not in commands.KV_WRITE_VERBS for op in ops):
         opts = query_options(request)
         args = {"ops": [[op.op, op.entry.to_wire()] for op in ops]}
