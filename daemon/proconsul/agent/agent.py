@@ -45,11 +45,11 @@ from proconsul.local.watch import WatchManager, start_agent_watches
 from proconsul.metrics import Metrics
 from proconsul.metrics.runtime import RuntimeSampler
 from proconsul.raft.node import PeersFileError, RaftServer
-from proconsul.rpc_api import NoPathToDatacenter, RPCError
+from proconsul.rpc_api import NoPathToDatacenter, QueryMeta, QueryOptions, RPCError
 from proconsul.serf.keyring import KeyringOperations
 from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
-from proconsul.server import acl_authz, acl_leader
+from proconsul.server import acl_authz, acl_leader, acl_queries
 from proconsul.server.acl_authz import same_node
 from proconsul.server.acl_resolver import ACLNotFound, ACLResolver
 from proconsul.server.admission import lan_admission
@@ -182,8 +182,10 @@ class Agent:
         # servers read their own replicated state each time, client agents cache for token_ttl.
         self.acl_resolver: ACLResolver | None = None
         if cfg.acl.enabled:
+            # Servers resolve from their own store directly (Consul's servers do; no RPC counted).
+            lookup = self.server.query if self.remote is not None else self._resolve_locally
             self.acl_resolver = ACLResolver(
-                self.server.query, cfg.datacenter, cfg.acl.default_policy, cfg.acl.down_policy,
+                lookup, cfg.datacenter, cfg.acl.default_policy, cfg.acl.down_policy,
                 lambda: self.tokens, cache_ttl_s=cfg.acl.token_ttl_s if self.remote is not None else 0.0,
             )
             if self.remote is not None:
@@ -512,6 +514,11 @@ class Agent:
         return []
 
     # ------------------------------------------------------------------------------- queries
+
+    async def _resolve_locally(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        assert name == "ACL.Resolve", name  # the only query the ACL resolver makes
+        index, found = acl_queries.resolve(self.store, args)
+        return QueryMeta(index, bool(self.log.leader_address()), 0, "stale"), found
 
     async def _authorize_write(self, secret: str, command: Any) -> None:
         """A client agent's write over RPC: the caller's token must allow it (ACLs on, servers)."""
