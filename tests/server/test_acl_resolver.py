@@ -103,3 +103,22 @@ def test_down_policy(policy: str, cached_ok: bool, fresh_allowed: bool) -> None:
     fresh = asyncio.run(r.resolve("never-seen"))
     assert fresh.allowed("key", "x", "write") is fresh_allowed
     assert not fresh.allowed_single("acl", "write")
+
+
+def test_servers_reuse_a_resolution_while_the_acl_tables_are_unchanged() -> None:
+    server, clock = FakeServer(), [0.0]
+    version = [1]
+    server.tokens["exp"] = ACLToken("a3", "exp", expires_at=1005.0)
+    r = ACLResolver(server.query, "dc1", "deny", "deny", lambda: {}, 0.0,
+                    monotonic=lambda: clock[0], wall=lambda: 1000.0 + clock[0], version=lambda: version[0])
+    asyncio.run(r.resolve("s1"))
+    asyncio.run(r.resolve("s1"))
+    assert server.calls == 1
+    del server.tokens["s1"]
+    version[0] = 2  # a token write changed the tables: resolved again, and now unknown
+    with pytest.raises(ACLNotFound):
+        asyncio.run(r.resolve("s1"))
+    asyncio.run(r.resolve("exp"))
+    clock[0] = 10.0  # past its expiration: not reused even though nothing was written
+    with pytest.raises(ACLNotFound):
+        asyncio.run(r.resolve("exp"))

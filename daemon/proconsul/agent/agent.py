@@ -187,6 +187,7 @@ class Agent:
             self.acl_resolver = ACLResolver(
                 lookup, cfg.datacenter, cfg.acl.default_policy, cfg.acl.down_policy,
                 lambda: self.tokens, cache_ttl_s=cfg.acl.token_ttl_s if self.remote is not None else 0.0,
+                version=None if self.remote is not None else self._acl_tables_version,
             )
             if self.remote is not None:
                 self.remote.agent_token = lambda: self.tokens["agent"] or self.tokens["default"]
@@ -514,6 +515,10 @@ class Agent:
         return []
 
     # ------------------------------------------------------------------------------- queries
+
+    def _acl_tables_version(self) -> tuple[int, int, int, int]:
+        t = self.store.table_index
+        return (t["acl_tokens"], t["acl_policies"], t["acl_roles"], self.store.index_offset)
 
     async def _resolve_locally(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
         assert name == "ACL.Resolve", name  # the only query the ACL resolver makes

@@ -51,6 +51,7 @@ class ACLResolver:
         cache_ttl_s: float,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        version: Callable[[], Any] | None = None,
     ) -> None:
         self._query = query
         self.datacenter = datacenter
@@ -61,6 +62,10 @@ class ACLResolver:
         self._monotonic = monotonic
         self._wall = wall
         self._cache: dict[str, tuple[float, Authorizer]] = {}
+        # Servers: the ACL tables' indexes. A resolved token is reused while they are unchanged
+        # (any token, policy or role write changes them), so a revocation applies at once.
+        self._version = version
+        self._versioned: dict[str, tuple[Any, float, Authorizer]] = {}
 
     def effective_secret(self, secret: str) -> str:
         """The token a request acts with: its own, else the agent's default token, else anonymous."""
@@ -73,6 +78,11 @@ class ACLResolver:
             # Consul's agent recovery token: local agent operations only, even with no servers.
             return Authorizer(Rules(prefix={"agent": {"": WRITE}, "node": {"": READ}}), False, False,
                               "agent-recovery-token")
+        if self._version is not None:
+            current = self._version()
+            seen = self._versioned.get(secret)
+            if seen is not None and seen[0] == current and not (seen[1] and self._wall() >= seen[1]):
+                return seen[2]
         now = self._monotonic()
         hit = self._cache.get(secret)
         if hit is not None and hit[0] > now:
@@ -82,6 +92,11 @@ class ACLResolver:
         except RPCError as exc:
             return self._down(secret, hit, exc)
         authz = self._build(secret, found)
+        if self._version is not None:
+            if len(self._versioned) >= 4096:
+                self._versioned.clear()  # bounded: random secrets must not grow it without end
+            expires = ACLToken.from_wire(found["token"]).expires_at if found.get("token") else 0.0
+            self._versioned[secret] = (current, expires, authz)
         if self.cache_ttl_s > 0:
             self._cache[secret] = (now + self.cache_ttl_s, authz)
         return authz
@@ -109,3 +124,4 @@ class ACLResolver:
     def invalidate(self) -> None:
         """Forget cached tokens (after this agent changed a token, policy or role)."""
         self._cache.clear()
+        self._versioned.clear()
