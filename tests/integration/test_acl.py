@@ -111,6 +111,15 @@ def test_acl_enforcement_on_a_cluster_with_client_agents(acl_cluster: ACLCluster
     # Bootstrap is once: afterwards 403 naming the reset index.
     with pytest.raises(consul.ACLPermissionDenied, match=r"ACL bootstrap no longer allowed \(reset index: \d+\)"):
         _client(server).acl.bootstrap()
+    # The reset file is read where Consul reads it: on the leader, whichever agent is asked.
+    status, _, body = _raw(c1, "PUT", "/v1/acl/bootstrap")
+    index = body.decode().rsplit(" ", 1)[1].rstrip(")")
+    leader_ip = acl_cluster.servers.leader_ip(server)
+    reset_file = acl_cluster.servers.data_dir(leader_ip) / "acl-bootstrap-reset"
+    reset_file.write_text(index)
+    again = _client(c1).acl.bootstrap()
+    assert again["SecretID"] != mgmt and not reset_file.exists()
+    assert _raw(c1, "PUT", "/v1/acl/bootstrap")[0] == 403
 
     # Without a token (anonymous, default deny) a KV read is refused with Consul's text.
     status, headers, body = _raw(c1, "GET", "/v1/kv/app/a")

@@ -193,6 +193,8 @@ class Agent:
                 self.remote.agent_token = lambda: self.tokens["agent"] or self.tokens["default"]
             else:
                 self.server.authorize_write = self._authorize_write
+                if cfg.data_dir:
+                    self.server.acl_bootstrap_reset = acl_leader.BootstrapResetFile(cfg.data_dir)
         # Servers also gossip in the WAN pool, which routes ?dc= requests to other datacenters.
         self.wan: WANPool | None = None
         self.flooder: WANFlooder | None = None

@@ -4,14 +4,13 @@ Owns the ACL HTTP API in Consul's shapes and status codes: decoding token, polic
 (policy links by ID or name, service and node identities, expiration), the permission each call
 needs (`acl:read` for reads, `acl:write` for writes, none for bootstrap and `token/self`), hiding
 SecretIDs from callers without `acl:write`, the bootstrap reset file (`<data_dir>/acl-bootstrap-reset`
-holding the reset index, removed once used), and the FSM commands each write proposes. The records
+read by the leader), and the FSM commands each write proposes. The records
 themselves live in `proconsul.acl.records`, the tables in `state/acl.py`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import uuid
 from dataclasses import replace
@@ -38,7 +37,6 @@ from proconsul.server.acl_resolver import ACLNotFound
 from proconsul.state.commands import ACLOp, ACLOpKind
 from proconsul.state.store import StoreError
 
-RESET_FILE = "acl-bootstrap-reset"
 HIDDEN = "<hidden>"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _NAME = re.compile(r"^[A-Za-z0-9\-_]{1,128}$")
@@ -92,38 +90,21 @@ def _now_rfc3339(now: dt.datetime) -> str:
 # ------------------------------------------------------------------------------ bootstrap
 
 
-def _reset_index(agent: Any) -> int:
-    data_dir = agent.config.data_dir
-    if not data_dir:
-        return 0
-    try:
-        with open(os.path.join(data_dir, RESET_FILE)) as f:
-            return int(f.read().strip() or "0")
-    except (OSError, ValueError):
-        return 0
-
-
 async def bootstrap(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
     body = await read_json(request, allow_empty=True)
     secret = get_key(body, "BootstrapSecret") if isinstance(body, dict) else None
     if secret is not None and (not isinstance(secret, str) or not _UUID.match(secret)):
         raise bad_request("Invalid BootstrapSecret: must be a UUID")
-    reset = _reset_index(agent)
     now = dt.datetime.now(dt.UTC)
     tok = ACLToken(_new_id(), secret or _new_id(), "Bootstrap Token (Global Management)",
                    (Link(GLOBAL_MANAGEMENT_ID),), create_time=_now_rfc3339(now))
     try:
-        _, result = await _write(request, ACLOpKind.BOOTSTRAP, [tok.to_wire(), reset])
+        # Reset index 0: the leader fills in its acl-bootstrap-reset file's (server/rpc.py).
+        _, result = await _write(request, ACLOpKind.BOOTSTRAP, [tok.to_wire(), 0])
     except (StoreError, RPCError) as exc:  # RPCError: refused on the leader, forwarded back
         if "ACL bootstrap no longer allowed" in str(exc):
             raise HTTPError(403, f"Permission denied: {exc}") from None
         raise
-    if reset:
-        try:
-            os.remove(os.path.join(agent.config.data_dir, RESET_FILE))
-        except OSError:
-            pass
     made = ACLToken.from_wire(result)
     return json_response(request, made.to_api(lambda pid: "global-management", lambda rid: ""))
 

@@ -1,5 +1,8 @@
 """The leader's ACL duties: create the built-in records and the initial management token.
 
+Also owns the bootstrap reset file (`<data_dir>/acl-bootstrap-reset`), which Consul's leader reads
+when a bootstrap arrives after the first one.
+
 Owns Consul's ACL initialisation on a server that leads with ACLs enabled: the `global-management`
 policy, the anonymous token and, when `acl.tokens.initial_management` is set, a management token
 with that SecretID (which also counts as the bootstrap). It checks the replicated state every few
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import uuid
 from collections.abc import Callable
 
@@ -48,3 +52,27 @@ async def init_loop(server: Server, is_leader: Callable[[], bool], initial_manag
             except Exception as exc:  # lost leadership, no quorum: the next pass retries
                 logger.warning("acl: initialisation failed, will retry: %s", exc)
         await asyncio.sleep(interval_s)
+
+
+RESET_FILE = "acl-bootstrap-reset"
+
+
+class BootstrapResetFile:
+    """`<data_dir>/acl-bootstrap-reset`: the reset index an operator writes to bootstrap again."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.path = os.path.join(data_dir, RESET_FILE)
+
+    def read(self) -> int:
+        try:
+            with open(self.path) as f:
+                return int(f.read().strip() or "0")
+        except (OSError, ValueError):
+            return 0
+
+    def remove(self) -> None:
+        try:
+            os.remove(self.path)
+            logger.info("acl: bootstrapped again with the reset index; removed %s", self.path)
+        except OSError:
+            pass

@@ -83,6 +83,8 @@ class Server:
         self.identity: dict[str, Any] = {}
         # Extra RPC methods registered by other parts (e.g. session renewals for the leader).
         self.handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
+        # The leader's `<data_dir>/acl-bootstrap-reset` (server/acl_leader.BootstrapResetFile).
+        self.acl_bootstrap_reset: Any = None
         # With ACLs on (set by the agent): raises RPCError unless the token may apply the command.
         self.authorize_write: Callable[[str, commands.Command], Awaitable[None]] | None = None
         # Test-only broken build (config `unsafe_follower_local_reads`): default reads on a
@@ -270,6 +272,20 @@ class Server:
         return WriteMeta(index), result
 
     async def _apply(self, command: commands.Command) -> tuple[int, Any]:
+        """Propose on this server (the leader). An ACL bootstrap takes its reset index from this
+        server's `acl-bootstrap-reset` file, as Consul's leader reads it, and the file goes once used."""
+        reset = self.acl_bootstrap_reset
+        if reset is not None and isinstance(command, commands.ACLOp) and command.op == commands.ACLOpKind.BOOTSTRAP:
+            token, given = command.payload
+            index = int(given) or reset.read()
+            command = commands.ACLOp(command.op, [token, index])
+            out = await self._propose(command)
+            if index and not isinstance(out[1], StoreError):
+                reset.remove()
+            return out
+        return await self._propose(command)
+
+    async def _propose(self, command: commands.Command) -> tuple[int, Any]:
         timer = self._m_apply_by_type.get(type(command))
         if timer is None:
             return await self.consensus.apply(command)
