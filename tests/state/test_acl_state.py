@@ -122,3 +122,14 @@ def test_token_list_filters_by_policy_and_role() -> None:
     assert [t["AccessorID"] for t in by_policy] == ["t1"]
     assert [t["AccessorID"] for t in by_role] == ["t2"]
     assert by_policy[0]["Policies"] == [{"ID": "p1", "Name": "kv"}]
+
+
+def test_snapshot_inspect_counts_acl_records() -> None:
+    from proconsul.server.snapshot import state_stats
+
+    log = Log()
+    _boot(log)
+    log.apply(ACLOp(ACLOpKind.ROLE_CREATE, ACLRole("r1", "ops").to_wire()))
+    counts = {name: count for name, count, _ in state_stats(log.store.snapshot())}
+    # The bootstrap token and the anonymous token; global-management; one role.
+    assert (counts["ACLToken"], counts["ACLPolicy"], counts["ACLRole"]) == (2, 1, 1)
