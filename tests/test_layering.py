@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "daemon" / "proconsul"
 FORBIDDEN = {"asyncio", "socket", "time", "os", "subprocess", "threading", "selectors"}
 PURE = sorted(
-    [*PACKAGE.glob("state/*.py"), PACKAGE / "raft" / "core.py", PACKAGE / "raft" / "quorum.py",
+    [*PACKAGE.glob("state/*.py"), *PACKAGE.glob("acl/*.py"), PACKAGE / "raft" / "core.py", PACKAGE / "raft" / "quorum.py",
      PACKAGE / "gossip" / "core.py", PACKAGE / "gossip" / "broadcast.py", PACKAGE / "wire.py",
      PACKAGE / "filter.py", PACKAGE / "structs.py", PACKAGE / "coordinate.py"]
 )
@@ -67,6 +67,8 @@ LAYERS: dict[str, int] = {
     "raft": 4,
     "state": 4,
     "config": 3,
+    # The ACL core (rules, authorizer, records): protocol-free, below the state store that keeps them.
+    "acl": 2,
     "gossip": 2,
     "tls": 2,
     "rpc_api": 2,

@@ -8,6 +8,7 @@ imports nothing of proconsul, so the Raft driver, the servers and the client age
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -103,3 +104,10 @@ class QueryMeta:
 @dataclass(frozen=True, slots=True)
 class WriteMeta:
     index: int
+
+
+# The ACL token (SecretID) of the request being served, set by the HTTP layer while ACLs are on. A
+# client agent's write to a server carries it, so the server authorises the caller's token; work
+# the agent does on its own (anti-entropy, timers) runs outside any request and carries the
+# agent token instead (None here).
+CALLER_TOKEN: ContextVar[str | None] = ContextVar("caller_token", default=None)

@@ -84,9 +84,9 @@ def test_implemented_keys_are_read_outside_config() -> None:
 def test_issue_17_config_is_refused_naming_file_and_every_key(tmp_path: Path) -> None:
     path = _write(tmp_path, "agent.hcl", ISSUE_17)
     errors, _ = validate_paths_with_warnings([path])
+    # ACLs are honoured now (proconsul.acl, docs/ACL.md): no longer refused.
+    assert not any(e.startswith(f"{path}: acl.") for e in errors), errors
     for key, reason in (
-        ("acl.enabled", "not supported yet: refusing to start with it set"),
-        ("acl.default_policy", "not supported yet: refusing to start with it set"),
         # HTTPS and server RPC are honoured; verify_incoming in tls.defaults also reaches gRPC.
         ("tls.defaults.verify_incoming", "also applies to tls.grpc"),
         ("tls.defaults.cert_file", "cannot read /nonexistent.pem"),
@@ -100,7 +100,7 @@ def test_issue_17_config_is_refused_naming_file_and_every_key(tmp_path: Path) ->
 def test_agent_start_up_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, "agent.hcl", ISSUE_17)
     assert run_agent(["-config-file", path]) == 1
-    assert f"{path}: acl.enabled: acl.enabled is not supported yet" in capsys.readouterr().err
+    assert f"{path}: tls.defaults.verify_incoming: tls.defaults.verify_incoming also applies" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -156,14 +156,14 @@ def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None
         tmp_path,
         "agent.hcl",
         f'data_dir = "{tmp_path}"\ntelemetry {{ statsd_address = "127.0.0.1:8125" }}\n'
-        'limits { rpc_rate = 10.0 }\nacl { tokens { initial_management = "m" } }\ndns_config { use_cache = true }\n',
+        'limits { rpc_rate = 10.0 }\nacl { policy_ttl = "10s" }\ndns_config { use_cache = true }\n',
     )
     errors, warnings = validate_paths_with_warnings([path])
     assert errors == []
     for key in (
         "telemetry.statsd_address",
         "limits.rpc_rate",
-        "acl.tokens.initial_management",
+        "acl.policy_ttl",
         "dns_config.use_cache",
     ):
         assert (

@@ -25,9 +25,11 @@ from typing import Any
 
 import proconsul
 from proconsul import config as configmod
+from proconsul.acl.authorizer import PermissionDenied
 from proconsul.agent import logs
 from proconsul.agent.leave import GracefulLeave
 from proconsul.agent.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
+from proconsul.agent.tokens import load_persisted_tokens, persist_tokens
 from proconsul.coordinate import Coordinate
 from proconsul.dns.server import DNSServer
 from proconsul.durations import format_duration
@@ -44,10 +46,13 @@ from proconsul.metrics import Metrics
 from proconsul.metrics.runtime import RuntimeSampler
 from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.raft.recovery import RecoveryError
-from proconsul.rpc_api import NoPathToDatacenter
+from proconsul.rpc_api import NoPathToDatacenter, QueryMeta, QueryOptions, RPCError
 from proconsul.serf.keyring import KeyringOperations
 from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
+from proconsul.server import acl_authz, acl_leader, acl_queries
+from proconsul.server.acl_authz import same_node
+from proconsul.server.acl_resolver import ACLNotFound, ACLResolver
 from proconsul.server.admission import lan_admission
 from proconsul.server.cluster import ClusterMember
 from proconsul.server.consensus import CommandStateMachine, RaftLog
@@ -122,7 +127,10 @@ class Agent:
         self.tokens: dict[str, str] = {
             "default": cfg.acl.tokens.default,
             "agent": cfg.acl.tokens.agent,
+            "agent_recovery": cfg.acl.tokens.agent_recovery,
         }
+        if cfg.acl.enabled and cfg.acl.enable_token_persistence:
+            self.tokens.update(load_persisted_tokens(cfg.data_dir))
         telemetry = cfg.telemetry
         # go-metrics names gauges "<prefix>.<host name>.<name>" unless disable_hostname.
         self.metrics = Metrics(
@@ -185,6 +193,23 @@ class Agent:
             voter_refusal=lan_admission(self.membership.members, cfg.datacenter) if self.raft else None,
             metrics=self.metrics,
         )
+        # ACLs (acl.enabled): every request's token is resolved to an Authorizer (http/acl_gate.py);
+        # servers read their own replicated state each time, client agents cache for token_ttl.
+        self.acl_resolver: ACLResolver | None = None
+        if cfg.acl.enabled:
+            # Servers resolve from their own store directly (Consul's servers do; no RPC counted).
+            lookup = self.server.query if self.remote is not None else self._resolve_locally
+            self.acl_resolver = ACLResolver(
+                lookup, cfg.datacenter, cfg.acl.default_policy, cfg.acl.down_policy,
+                lambda: self.tokens, cache_ttl_s=cfg.acl.token_ttl_s if self.remote is not None else 0.0,
+                version=None if self.remote is not None else self._acl_tables_version,
+            )
+            if self.remote is not None:
+                self.remote.agent_token = lambda: self.tokens["agent"] or self.tokens["default"]
+            else:
+                self.server.authorize_write = self._authorize_write
+                if cfg.data_dir:
+                    self.server.acl_bootstrap_reset = acl_leader.BootstrapResetFile(cfg.data_dir)
         # Servers also gossip in the WAN pool, which routes ?dc= requests to other datacenters.
         self.wan: WANPool | None = None
         self.flooder: WANFlooder | None = None
@@ -309,7 +334,9 @@ class Agent:
         if errors := start_agent_watches(self, cfg.watches):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
-            self.dns = DNSServer(self.server, lambda: self.config, metrics=self.metrics, node_name=self.node_name)
+            resolver = self.acl_resolver
+            self.dns = DNSServer(self.server, lambda: self.config, metrics=self.metrics, node_name=self.node_name,
+                                 acl=(lambda: resolver.resolve("")) if resolver is not None else None)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:
@@ -319,6 +346,10 @@ class Agent:
             self.flooder.notify()  # the servers the LAN pool already knows (a restart, a snapshot rejoin)
         reconcile = reconcile_loop(self.membership, self.server, self.log.is_leader, self.node_name)
         self._tasks.append(asyncio.get_running_loop().create_task(reconcile, name="leader-reconcile"))
+        if cfg.acl.enabled and self.remote is None:
+            acl_init = acl_leader.init_loop(self.server, self.log.is_leader,
+                                            lambda: self.config.acl.tokens.initial_management)
+            self._tasks.append(asyncio.get_running_loop().create_task(acl_init, name="acl-init"))
         self.coordinate_sync.start()
         if cfg.pid_file:
             write_pid_file(cfg.pid_file)
@@ -500,6 +531,9 @@ class Agent:
         self.local.set_node_meta(dict(new.node_meta))
         self.tokens["default"] = new.acl.tokens.default or self.tokens["default"]
         self.tokens["agent"] = new.acl.tokens.agent or self.tokens["agent"]
+        self.tokens["agent_recovery"] = new.acl.tokens.agent_recovery or self.tokens["agent_recovery"]
+        if self.acl_resolver is not None:
+            self.acl_resolver.invalidate()
         self.config = new
         start_agent_watches(self, new.watches)
         self.anti_entropy.trigger()
@@ -507,6 +541,46 @@ class Agent:
         return []
 
     # ------------------------------------------------------------------------------- queries
+
+    def _acl_tables_version(self) -> tuple[int, int, int, int]:
+        t = self.store.table_index
+        return (t["acl_tokens"], t["acl_policies"], t["acl_roles"], self.store.index_offset)
+
+    async def _resolve_locally(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        assert name == "ACL.Resolve", name  # the only query the ACL resolver makes
+        index, found = acl_queries.resolve(self.store, args)
+        return QueryMeta(index, bool(self.log.leader_address()), 0, "stale"), found
+
+    async def _authorize_write(self, secret: str, command: Any) -> None:
+        """A client agent's write over RPC: the caller's token must allow it (ACLs on, servers)."""
+        assert self.acl_resolver is not None
+        try:
+            authz = await self.acl_resolver.resolve(secret)
+            store = self.store
+
+            def service_name(node: str, sid: str) -> str | None:
+                svc = store.services.get(node, {}).get(sid)
+                return svc.service if svc is not None else None
+
+            def session_node(sid: str) -> str | None:
+                sess = store.sessions.get(sid)
+                return sess.node if sess is not None else None
+
+            def node_unchanged(node: Any) -> bool:
+                return same_node(store.nodes.get(node.node), node)
+
+            acl_authz.authorize(authz, command, service_name, session_node, node_unchanged)
+        except (ACLNotFound, PermissionDenied) as exc:
+            raise RPCError(str(exc)) from None
+
+    def set_agent_token(self, kind: str, value: str) -> None:
+        """`PUT /v1/agent/token/:kind`: replace one of this agent's tokens (persisted with
+        acl.enable_token_persistence, as Consul's acl-tokens.json)."""
+        self.tokens[kind] = value
+        if self.acl_resolver is not None:
+            self.acl_resolver.invalidate()
+        if self.config.acl.enabled and self.config.acl.enable_token_persistence and self.config.data_dir:
+            persist_tokens(self.config.data_dir, self.tokens)
 
     def consul_service_meta(self) -> dict[str, str]:
         return {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 
+from proconsul.cli import acl as cli_acl
 from proconsul.cli import agent as cli_agent
 from proconsul.cli import autopilot as cli_autopilot
 from proconsul.cli import catalog as cli_catalog
@@ -43,9 +44,9 @@ EXIT_UNKNOWN_COMMAND = 127
 def commands() -> dict[str, Command]:
     """Every subcommand by its full name (`kv get`)."""
     table: dict[str, Command] = {}
-    for module in (cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_raft_recover, cli_autopilot,
-                   cli_snapshot, cli_maint, cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring, cli_tls,
-                   cli_monitor, cli_debug):
+    for module in (cli_acl, cli_agent, cli_kv, cli_catalog, cli_services, cli_operator, cli_raft_recover,
+                   cli_autopilot, cli_snapshot, cli_maint, cli_event, cli_lock, cli_watch, cli_rtt, cli_keyring,
+                   cli_tls, cli_monitor, cli_debug):
         for cls in module.COMMANDS:
             table[cls.name] = cls()
     return table

@@ -5,7 +5,7 @@ schema to keep it so):
 - `IMPLEMENTED`: keys something outside `config/` reads and acts on.
 - `INERT`: accepted, no effect, not security-relevant; set to a non-default value, `validate` and
   start-up warn, naming the source and key.
-- `REFUSED`: security-relevant and not honoured (ACLs, client verification on gRPC);
+- `REFUSED`: security-relevant and not honoured (client verification on gRPC, auto_encrypt);
   set to anything but an explicitly disabling value, `validate` and start-up fail naming the source
   and key. Keys of kind IGNORED in `REFUSED_IGNORED` refuse the same way unless every value inside
   them is off (false, empty, zero); other IGNORED keys are warned about when loaded.
@@ -78,9 +78,13 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "http_config.allow_write_http_from", "http_config.block_endpoints", "http_config.response_headers",
         # proconsul.http.ui: the web UI, its custom directory and its URL path.
         "ui_config.enabled", "ui_config.dir", "ui_config.content_path",
-        # Passed along with the agent's own requests and shown by /v1/agent/token; with ACLs
-        # refused (acl.enabled), they carry no authority, exactly as in Consul with ACLs off.
+        # The ACL system (proconsul.acl, http/acl_gate.py, docs/ACL.md). policy_ttl and role_ttl
+        # are inert: a client agent caches a token with its policies and roles as one entry,
+        # for token_ttl. config_file_service_registration travels with those services' syncs.
+        "acl.enabled", "acl.default_policy", "acl.down_policy", "acl.enable_token_persistence",
+        "acl.enable_key_list_policy", "acl.token_ttl",
         "acl.tokens.default", "acl.tokens.agent", "acl.tokens.config_file_service_registration",
+        "acl.tokens.initial_management", "acl.tokens.agent_recovery",
         "autopilot.cleanup_dead_servers", "autopilot.min_quorum",
         # proconsul.server.autopilot_health: server health and the dead-server cleanup's timing.
         "autopilot.last_contact_threshold", "autopilot.max_trailing_logs", "autopilot.server_stabilization_time",
@@ -117,10 +121,10 @@ INERT: frozenset[str] = frozenset(
         "disable_update_check",  # proconsul never checks for updates
         "auto_reload_config",  # reload on SIGHUP or `proconsul reload`
         "disable_remote_exec",  # remote exec is never run, whatever the value
-        # With ACLs off (acl.enabled = true is refused) these have no effect, as in Consul.
-        "acl.down_policy", "acl.enable_token_persistence", "acl.enable_key_list_policy",
-        "acl.enable_token_replication", "acl.policy_ttl", "acl.role_ttl", "acl.token_ttl",
-        "acl.tokens.initial_management", "acl.tokens.agent_recovery", "acl.tokens.replication",
+        # Token, policy and role caches are one entry per token, for token_ttl (docs/ACL.md).
+        "acl.policy_ttl", "acl.role_ttl",
+        # ACL replication between datacenters is not built: every datacenter keeps its own.
+        "acl.enable_token_replication", "acl.tokens.replication",
         # Material for the gRPC listener proconsul does not run: without verification demanded
         # (refused below), it changes nothing.
         *(f"tls.grpc.{key}" for key in _MATERIAL_TLS_KEYS),
@@ -143,8 +147,6 @@ def _invalid(value: Any, default: Any) -> bool:
 # Key -> "is this value harmless?" (explicitly disabling, or the default proconsul honours).
 REFUSED: dict[str, Callable[[Any, Any], bool]] = {
     "ports.grpc_tls": _port_off,
-    "acl.enabled": _unset,
-    "acl.default_policy": _unset,  # "allow" is what proconsul does
     # Set directly in a section proconsul does not secure: refused unless false.
     **{f"tls.{section}.{key}": _unset for section, keys in _UNHONOURED_VERIFY.items() for key in keys},
     **{key: _invalid for key in _INVALID_TLS_KEYS},

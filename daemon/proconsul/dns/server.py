@@ -26,12 +26,14 @@ import logging
 import random
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from dnslib import RCODE
 
+from proconsul.acl.authorizer import Authorizer
 from proconsul.config import RuntimeConfig
+from proconsul.dns import acl as dns_acl
 from proconsul.dns import recursor as dns_recursor
 from proconsul.dns import wire as dns_wire
 from proconsul.dns.answer import Answer, AnswerCache, Question, Resolver, match_domain
@@ -77,8 +79,12 @@ class DNSServer:
         tcp_idle_s: float = 10.0,
         metrics: Metrics | None = None,
         node_name: str = "",
+        acl: Callable[[], Awaitable[Authorizer]] | None = None,
     ) -> None:
         self.server = server
+        # With ACLs on: the Authorizer of the agent's default token (else anonymous), which
+        # every answer is checked against, as Consul's DNS uses that token.
+        self.acl = acl
         self.config = config
         self.rng = rng or random.Random()
         self.max_inflight = max_inflight
@@ -212,6 +218,8 @@ class DNSServer:
         )
         try:
             question = Question(req.name, req.qtype, domain)
+            if self.acl is not None and not dns_acl.allowed(await self.acl(), question):
+                return dns_wire.simple_reply(req, RCODE.NXDOMAIN, True, can_recurse, compress)
             answer = await self._answer(cfg, question, dns_wire.group_limit(req, limits))
             if answer.prepared is not None:
                 answer = await answer_prepared(

@@ -10,7 +10,8 @@ ordinary empty answer instead of a 404 they do not expect:
 - `/v1/catalog/gateway-services/:gw`: `null` (that handler returns the nil list as it is).
 - `?peer=<name>` (see `peer_requested`): no peering exists, so every peer is unknown and the
   catalog and health reads answer as Consul does for a peer with nothing imported.
-- `/v1/acl/...`: 401 "ACL support disabled", which every ACL handler answers while ACLs are off.
+- `/v1/acl/...`: 401 "ACL support disabled", which every ACL handler answers while ACLs are off
+  (with `acl.enabled`, http/acl.py serves them instead).
 """
 
 from __future__ import annotations
@@ -83,13 +84,15 @@ _ACL_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def routes() -> list[web.RouteDef]:
+def routes(acl_enabled: bool = False) -> list[web.RouteDef]:
     out = [
         web.get("/v1/health/connect/{service:.*}", _empty_list_for("Missing service name")),
         web.get("/v1/health/ingress/{service:.*}", _empty_list_for("Missing service name")),
         web.get("/v1/catalog/connect/{service:.*}", _empty_list_for("Missing service name")),
         web.get("/v1/catalog/gateway-services/{gateway:.*}", gateway_services),
     ]
+    if acl_enabled:
+        return out  # http/acl.py serves them
     for path, methods in _ACL_ROUTES:
         out.extend(web.route(method, path, acl_disabled) for method in methods)
     return out

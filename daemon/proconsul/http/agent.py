@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul import filter as bexpr
+from proconsul.http import acl_gate
 from proconsul.http.common import (
     HTTPError,
     bad_request,
@@ -106,6 +107,7 @@ async def service_register(request: web.Request) -> web.Response:
         definition = decode_service(body, strict=False)
     except DecodeError as exc:
         raise bad_request(_decode_error_message("service", exc)) from None
+    acl_gate.require(request, lambda authz: authz.require("service", definition.name, "write"))
     agent.check_script_allowed(definition.checks, source="api")
     replace_existing = flag(request, "replace-existing-checks")
     agent.local.add_service(definition, "api", token(request), replace_existing_checks=replace_existing)
@@ -131,6 +133,7 @@ async def check_register(request: web.Request) -> web.Response:
         definition = decode_check(body, strict=False)
     except DecodeError as exc:
         raise bad_request(_decode_error_message("check", exc)) from None
+    acl_gate.require(request, lambda authz: _check_write(request, authz, definition.service_id))
     agent.check_script_allowed((definition,), source="api")
     try:
         agent.local.add_check(definition, "api", token(request))
@@ -145,6 +148,15 @@ async def check_deregister(request: web.Request) -> web.Response:
     if not agent.local.remove_check(cid):
         raise HTTPError(404, f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check name.')
     return web.Response(status=200)
+
+
+def _check_write(request: web.Request, authz: Any, service_id: str) -> None:
+    """A check on a local service needs service:write on it; a node check node:write."""
+    agent = request.app["agent"]
+    if service_id and service_id in agent.local.services:
+        authz.require("service", agent.local.service_record(service_id).service, "write")
+    else:
+        authz.require("node", agent.node_name, "write")
 
 
 def _ttl_update(request: web.Request, cid: str, status: str, output: str) -> None:
@@ -288,7 +300,8 @@ async def set_token(request: web.Request) -> web.Response:
     value = get_key(body, "Token") if isinstance(body, dict) else None
     if not isinstance(value, str):
         raise bad_request("Request decode failed: Token must be a string")
-    agent.tokens[kind] = value
+    # Consul's legacy name for the recovery token.
+    agent.set_agent_token("agent_recovery" if kind == "agent_master" else kind, value)
     return web.Response(status=200)
 
 

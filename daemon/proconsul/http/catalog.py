@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul import filter as bexpr
+from proconsul.http import acl_gate
 from proconsul.http.absent import peer_requested
 from proconsul.http.common import (
     bad_request,
@@ -23,6 +24,9 @@ from proconsul.http.common import (
     target_dc,
 )
 from proconsul.http.coordinate import near_node
+from proconsul.rpc_api import QueryOptions
+from proconsul.server import acl_authz
+from proconsul.server.acl_authz import same_node
 from proconsul.state import commands, protection
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.structs import CHECK_STATUSES, DecodeError, decode_service
@@ -50,6 +54,8 @@ async def register(request: web.Request) -> web.Response:
         raise bad_request("Request decode failed: expected a JSON object")
     dc = _write_dc(request, body)
     command = decode_register(body, dc or agent.config.datacenter)
+    if acl_gate.acl_enabled(request):
+        _authorize(request, command, *await _acl_lookups(request, command.node.node))
     await agent.server.write(command, datacenter=dc)
     return json_response(request, True)
 
@@ -148,6 +154,20 @@ def decode_catalog_check(raw: dict[str, Any], node: str, service: ServiceInstanc
     )
 
 
+async def _acl_lookups(request: web.Request, node: str) -> tuple[dict[str, str], Node | None]:
+    """The node's services (ID -> name) and its stored record, for the ACL check of a write."""
+    _, state = await request.app["agent"].server.query("Internal.NodeState", {"node": node},
+                                                       QueryOptions(allow_stale=True))
+    services = (ServiceInstance.from_wire(w) for w in state["services"])
+    stored = Node.from_wire(state["node"]) if state["node"] is not None else None
+    return {s.id: s.service for s in services}, stored
+
+
+def _authorize(request: web.Request, command: Any, names: dict[str, str], stored: Node | None) -> None:
+    acl_gate.require(request, lambda authz: acl_authz.authorize(
+        authz, command, lambda n, sid: names.get(sid), node_unchanged=lambda node: same_node(stored, node)))
+
+
 async def deregister(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     body = await read_json(request)
@@ -162,6 +182,8 @@ async def deregister(request: web.Request) -> web.Response:
         service_id=str(get_key(body, "ServiceID") or ""),
         check_id=str(get_key(body, "CheckID") or ""),
     )
+    if acl_gate.acl_enabled(request):
+        _authorize(request, command, *await _acl_lookups(request, node))
     await agent.server.write(command, datacenter=dc)
     return json_response(request, True)
 

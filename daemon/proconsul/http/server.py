@@ -21,6 +21,7 @@ from aiohttp import HttpVersion11, hdrs, web
 
 from proconsul.http import (
     absent,
+    acl_gate,
     catalog,
     event,
     health,
@@ -34,6 +35,7 @@ from proconsul.http import (
     ui,
     ui_internal,
 )
+from proconsul.http import acl as acl_routes
 from proconsul.http import agent as agent_routes
 from proconsul.http import coordinate as coordinate_routes
 from proconsul.http import debug as debug_routes
@@ -101,10 +103,18 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         if refusal is not None:
             raise HTTPError(403, refusal)
+        acl_on = request.app["acl_resolver"] is not None and request.path.startswith("/v1/")
+        if acl_on:
+            await acl_gate.before(request)  # 403 unless the token holds the route's permission
+        else:
+            # ACLs off here, perhaps on in the servers: writes still carry the caller's token.
+            acl_gate.carry_token(request)
         if request.method in _CANCELLABLE:
             resp = await handler(request)
         else:
             resp = await _run_to_completion(handler(request))
+        if acl_on:
+            resp = acl_gate.after(request, resp)  # list answers trimmed to what the token may read
     except HTTPError as exc:
         resp = _error(exc.status, exc.message)
     except web.HTTPException as exc:
@@ -117,8 +127,10 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
         else:
             raise
     except (RPCError, StoreError) as exc:
-        # RPC and state errors are 500 with the error text, as Consul answers them.
-        resp = _error(500, str(exc))
+        # RPC and state errors are 500 with the error text, as Consul answers them; a server's
+        # ACL refusal of a forwarded write is a 403, recognised by its text as Consul does.
+        text = str(exc)
+        resp = _error(403 if text.startswith(("Permission denied", "ACL not found")) else 500, text)
     except ConnectionError:
         transport = request.transport
         if transport is not None and not transport.is_closing():
@@ -135,7 +147,7 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
         if guarded:
             protocol.request_finished()
     headers = resp.headers
-    headers["X-Consul-Default-Acl-Policy"] = "allow"
+    headers["X-Consul-Default-Acl-Policy"] = request.app["default_acl_policy"]
     extra = request.app["response_headers"]
     if extra:
         headers.update(extra)
@@ -162,13 +174,18 @@ def refuse_unknown_expectations(app_handler: Handler) -> Handler:
     return handle
 
 
-def route_defs() -> list[web.AbstractRouteDef]:
-    """Every /v1 route (method, path, handler): the route table, also read by the fuzz tier."""
+def route_defs(acl_enabled: bool = False) -> list[web.AbstractRouteDef]:
+    """Every /v1 route (method, path, handler): the route table, also read by the fuzz tier.
+
+    With ACLs disabled the /v1/acl routes answer 401 "ACL support disabled" (http/absent.py);
+    enabled, they are the ACL API (http/acl.py)."""
     defs: list[web.AbstractRouteDef] = []
     for module in (agent_routes, catalog, health, kv, session, txn, status, operator, event, keyring, query):
         defs.extend(module.routes())
     defs.extend(coordinate_routes.routes())
-    defs.extend(absent.routes())
+    defs.extend(absent.routes(acl_enabled))
+    if acl_enabled:
+        defs.extend(acl_routes.routes())
     defs.extend(metrics_routes.routes())
     defs.extend(ui_internal.routes())
     defs.extend(host_routes.routes())
@@ -187,8 +204,12 @@ def build_app(agent: Any) -> web.Application:
     http_config = agent.config.http_config
     app["response_headers"] = dict(http_config.response_headers)
     app["access_rules"] = AccessRules.build(http_config.block_endpoints, http_config.allow_write_http_from)
-    app.router.add_routes(route_defs())
+    acl_enabled = bool(agent.config.acl.enabled)
+    app.router.add_routes(route_defs(acl_enabled))
     ui.add_routes(app, agent.config.ui_config)  # `/` and the UI's content path, after /v1
+    # The token resolver when ACLs are on (every /v1 request is then checked, see acl_gate).
+    app["acl_resolver"] = getattr(agent, "acl_resolver", None) if acl_enabled else None
+    app["default_acl_policy"] = agent.config.acl.default_policy if acl_enabled else "allow"
     app["metrics"] = agent.metrics
     app["http_metrics"] = metrics_routes.HTTPMetrics(agent.metrics)
     app[health.PROTECTION_LOG] = protection.ProtectionLog(health.logger, "http")

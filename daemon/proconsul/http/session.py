@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.durations import format_duration, parse_duration
+from proconsul.http import acl_gate
 from proconsul.http.common import (
     HTTPError,
     bad_request,
@@ -115,6 +116,7 @@ async def create(request: web.Request) -> web.Response:
     check_dc(request)
     body = await read_json(request, allow_empty=True)
     session = decode_session(body, agent)
+    acl_gate.require(request, lambda authz: authz.require("session", session.node, "write"))
     meta, _ = await agent.server.write(commands.SessionOp("create", session))
     await agent.touch_session(session)
     return json_response(request, {"ID": session.id}, index=meta.index)

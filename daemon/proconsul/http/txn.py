@@ -20,6 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from proconsul import safe_json
+from proconsul.acl.authorizer import PermissionDenied
+from proconsul.http import acl_gate
 from proconsul.http.catalog import decode_catalog_check, decode_node_service
 from proconsul.http.common import (
     HTTPError,
@@ -31,8 +33,9 @@ from proconsul.http.common import (
     target_dc,
 )
 from proconsul.rpc_api import QueryMeta
+from proconsul.server import acl_authz
 from proconsul.state import commands, render
-from proconsul.state.fsm import TxnResult
+from proconsul.state.fsm import TxnError, TxnResult
 from proconsul.state.records import DirEntry, Node, ServiceInstance
 
 MAX_TXN_OPS = 128
@@ -230,6 +233,17 @@ async def txn(request: web.Request) -> web.Response:
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and UnsafeJSON alike
         raise bad_request(f"Failed to parse body: {exc}") from None
     ops = decode_ops(body, agent.config.datacenter if not dc else dc)
+    # Every operation is checked before any runs (key, node, service or session permission per
+    # op); as Consul, the refused ones are the transaction's errors (409), and nothing runs.
+    authz = acl_gate.authorizer(request)
+    denied = []
+    for i, op in enumerate(ops):
+        try:
+            acl_authz.authorize_txn_op(authz, op)
+        except PermissionDenied as exc:
+            denied.append(TxnError(i, str(exc)))
+    if denied:
+        return _render(request, TxnResult(errors=tuple(denied)))
     if not any(commands.txn_op_writes(op) for op in ops):
         opts = query_options(request)
         args = {"ops": [commands.encode_txn_op(op) for op in ops]}

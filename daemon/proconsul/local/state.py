@@ -26,7 +26,7 @@ from typing import Any
 
 from proconsul import safe_json
 from proconsul.durations import format_duration
-from proconsul.rpc_api import QueryOptions, RPCError
+from proconsul.rpc_api import CALLER_TOKEN, QueryOptions, RPCError
 from proconsul.server.rpc import Server
 from proconsul.state import commands, protection
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
@@ -501,7 +501,7 @@ class LocalState:
         """
         if not self.node_in_sync:
             node_revision = self._node_revision
-            await server.write(commands.Register(self.node_record()))
+            await _write(server, commands.Register(self.node_record()), None, "Node info")
             self._node_synced_revision = node_revision
         for sid in sorted(self.deleted_services):
             await server.write(commands.Deregister(self.node_name, service_id=sid))
@@ -522,7 +522,9 @@ class LocalState:
                 if self.checks[cid].definition.service_id == sid
             ]
             own_checks = tuple(self.check_record(chk.definition.id) for chk, _ in own)
-            await server.write(commands.Register(self.node_record(), self.service_record(sid), own_checks))
+            # As Consul: a service syncs with the token it was registered with, else the agent's.
+            register = commands.Register(self.node_record(), self.service_record(sid), own_checks)
+            await _write(server, register, local.token or None, f"Service {sid!r}")
             self._mark_synced(self.services.get(sid), *sent_service)
             for chk, revision in own:
                 self._mark_synced(self.checks.get(chk.definition.id), chk, revision)
@@ -531,7 +533,8 @@ class LocalState:
             if check is None or check.in_sync:
                 continue
             revision = check.revision
-            await server.write(commands.Register(self.node_record(), None, (self.check_record(cid),)))
+            register = commands.Register(self.node_record(), None, (self.check_record(cid),))
+            await _write(server, register, check.token or None, f"Check {cid!r}")
             self._mark_synced(self.checks.get(cid), check, revision)
 
     @staticmethod
@@ -539,6 +542,21 @@ class LocalState:
         """Record that `sent` at `revision` reached the catalog, if it is still what we hold."""
         if current is sent and sent.revision == revision:
             sent.synced_revision = revision
+
+
+async def _write(server: Server, command: commands.Command, token: str | None, what: str) -> None:
+    """One anti-entropy write with `token` (None: the agent token). A refusal by the servers'
+    ACLs is logged and the entry counts as synced until the next full sync, as Consul does, so
+    one entry the token may not write does not hold back the others."""
+    carried = CALLER_TOKEN.set(token)
+    try:
+        await server.write(command)
+    except RPCError as exc:
+        if not str(exc).startswith(("Permission denied", "ACL not found")):
+            raise
+        logger.warning("agent: %s update blocked by ACLs: %s", what, exc)
+    finally:
+        CALLER_TOKEN.reset(carried)
 
 
 def _cancel_defer(check: LocalCheck) -> None:

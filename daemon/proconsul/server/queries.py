@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proconsul.coordinate import DEFAULT_SEGMENT, distance
-from proconsul.server import prepared_query
+from proconsul.server import acl_queries, prepared_query
 from proconsul.state import commands, protection, render
 from proconsul.state.fsm import TxnError, txn_op
 from proconsul.state.records import Node, ServiceInstance
@@ -341,6 +341,14 @@ READS: dict[str, QuerySpec] = {
     "PreparedQuery.Get": QuerySpec(prepared_query.get, ("prepared_queries",)),
     "PreparedQuery.Explain": QuerySpec(prepared_query.explain, ("prepared_queries",)),
     "PreparedQuery.ExecuteLocal": QuerySpec(prepared_query.execute_local, prepared_query.TABLES),
+    "ACL.Resolve": QuerySpec(acl_queries.resolve, acl_queries.TOKEN_TABLES),
+    "ACL.TokenRead": QuerySpec(acl_queries.token_read, acl_queries.TOKEN_TABLES),
+    "ACL.TokenList": QuerySpec(acl_queries.token_list, acl_queries.TOKEN_TABLES),
+    "ACL.PolicyRead": QuerySpec(acl_queries.policy_read, acl_queries.POLICY_TABLES),
+    "ACL.PolicyList": QuerySpec(acl_queries.policy_list, acl_queries.POLICY_TABLES),
+    "ACL.RoleRead": QuerySpec(acl_queries.role_read, acl_queries.ROLE_TABLES),
+    "ACL.RoleList": QuerySpec(acl_queries.role_list, acl_queries.ROLE_TABLES),
+    "ACL.BootstrapState": QuerySpec(acl_queries.bootstrap_state, acl_queries.TOKEN_TABLES),
 }
 
 VALID_STATES = (HEALTH_PASSING, "warning", "critical", HEALTH_ANY)

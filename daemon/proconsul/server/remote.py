@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from proconsul.rpc_api import (
+    CALLER_TOKEN,
     NoLeader,
     NoPathToDatacenter,
     QueryMeta,
@@ -98,6 +99,8 @@ class RemoteServer:
         self.rng = rng or random.Random()
         self.handlers: dict[str, Any] = {}
         self.identity: dict[str, Any] = {}
+        # The token this agent's own writes carry (anti-entropy): acl.tokens.agent, else default.
+        self.agent_token: Any = lambda: ""
         self.rpc_hold_timeout_s = 7.0
         self.known_datacenters = lambda: [datacenter]
         self.server_list = ServerList(self.rng)
@@ -149,11 +152,14 @@ class RemoteServer:
         return QueryMeta(index, known_leader, last_contact, consistency), reply["result"]
 
     async def write(self, command: commands.Command, datacenter: str = "") -> tuple[WriteMeta, Any]:
+        caller = CALLER_TOKEN.get()
+        token = caller if caller is not None else self.agent_token()
         if datacenter and datacenter != self.datacenter:
-            body = {"dc": datacenter, "command": commands.encode(command)}
+            body = {"dc": datacenter, "command": commands.encode(command), "token": token}
             reply = await self._call("Client.WriteDC", body, 50.0, retry_sent=False)
             return WriteMeta(reply["index"]), decode_result(reply["result"])
-        reply = await self._call("Client.Write", commands.encode(command), 40.0, retry_sent=False)
+        body = {"command": commands.encode(command), "token": token}
+        reply = await self._call("Client.Write", body, 40.0, retry_sent=False)
         return WriteMeta(reply["index"]), decode_result(reply["result"])
 
     async def forward_rpc(self, method: str, body: Any, timeout_s: float = 30.0) -> Any:

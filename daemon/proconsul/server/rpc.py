@@ -22,6 +22,7 @@ from typing import Any
 from proconsul.malformed_log import MALFORMED
 from proconsul.metrics import Metrics, Sample
 from proconsul.rpc_api import (
+    CALLER_TOKEN,
     Consensus,
     NoLeader,
     NoPathToDatacenter,
@@ -88,6 +89,10 @@ class Server:
         self.identity: dict[str, Any] = {}
         # Extra RPC methods registered by other parts (e.g. session renewals for the leader).
         self.handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
+        # The leader's `<data_dir>/acl-bootstrap-reset` (server/acl_leader.BootstrapResetFile).
+        self.acl_bootstrap_reset: Any = None
+        # With ACLs on (set by the agent): raises RPCError unless the token may apply the command.
+        self.authorize_write: Callable[[str, commands.Command], Awaitable[None]] | None = None
         # Test-only broken build (config `unsafe_follower_local_reads`): default reads on a
         # follower are served from its own store, as if ?stale. Lets the chaos suite prove its
         # linearizability checker catches a real bug.
@@ -283,6 +288,20 @@ class Server:
         return WriteMeta(index), result
 
     async def _apply(self, command: commands.Command) -> tuple[int, Any]:
+        """Propose on this server (the leader). An ACL bootstrap takes its reset index from this
+        server's `acl-bootstrap-reset` file, as Consul's leader reads it, and the file goes once used."""
+        reset = self.acl_bootstrap_reset
+        if reset is not None and isinstance(command, commands.ACLOp) and command.op == commands.ACLOpKind.BOOTSTRAP:
+            token, given = command.payload
+            index = int(given) or reset.read()
+            command = commands.ACLOp(command.op, [token, index])
+            out = await self._propose(command)
+            if index and not isinstance(out[1], StoreError):
+                reset.remove()
+            return out
+        return await self._propose(command)
+
+    async def _propose(self, command: commands.Command) -> tuple[int, Any]:
         timer = self._m_apply_by_type.get(type(command))
         if timer is None:
             return await self.consensus.apply(command)
@@ -369,12 +388,20 @@ class Server:
                                             QueryOptions.from_wire(body["opts"], body.get("dc", "")))
             return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
         if method == "Client.Write":
-            # From a client agent: proposed here or forwarded once to the leader (Server.write).
-            wmeta, result = await self.write(commands.decode(body))
+            # From a client agent: proposed here or forwarded once to the leader (Server.write),
+            # after the caller's token is authorised here when ACLs are on.
+            command, token = _command_and_token(body)
+            if self.authorize_write is not None:
+                await self.authorize_write(token, command)
+            wmeta, result = await self.write(command)
             return {"index": wmeta.index, "result": encode_result(result)}
         if method == "Client.WriteDC":
             # From a client agent, for another datacenter (`?dc=`): forwarded over the WAN.
-            wmeta, result = await self.write(commands.decode(body["command"]), datacenter=body["dc"])
+            command, token = _command_and_token(body)
+            if self.authorize_write is not None and body["dc"] == self.datacenter:
+                await self.authorize_write(token, command)
+            CALLER_TOKEN.set(token)  # carried on to the other datacenter's server
+            wmeta, result = await self.write(command, datacenter=body["dc"])
             return {"index": wmeta.index, "result": encode_result(result)}
         if method == "Catalog.ListDatacenters":
             return await self.list_datacenters()
@@ -427,6 +454,11 @@ def _decode_txn_record(raw: Any) -> Any:
         ((tag, wire),) = raw.items()
         return _TXN_RECORD_TYPES[tag].from_wire(wire)
     return DirEntry.from_wire(raw)
+def _command_and_token(body: Any) -> tuple[commands.Command, str]:
+    """A client agent's write: {"command": bytes, "token": secret} (bare bytes from older agents)."""
+    if isinstance(body, dict):
+        return commands.decode(body["command"]), str(body.get("token") or "")
+    return commands.decode(body), ""
 
 
 def encode_result(result: Any) -> Any:

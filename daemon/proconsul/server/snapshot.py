@@ -143,6 +143,10 @@ def state_stats(state: bytes) -> list[tuple[str, int, int]]:
     ):
         items = data.get(key) or []
         rows.append((name, len(items), sum(len(msgpack.packb(i, use_bin_type=True)) for i in items)))
+    acl = data.get("acl") or {}
+    for name, key in (("ACLToken", "tokens"), ("ACLPolicy", "policies"), ("ACLRole", "roles")):
+        items = acl.get(key) or [] if isinstance(acl, dict) else []
+        rows.append((name, len(items), sum(len(msgpack.packb(i, use_bin_type=True)) for i in items)))
     tomb = data.get("tombstones") or {}
     rows.append(("Tombstone", len(tomb), len(msgpack.packb(tomb, use_bin_type=True)) if tomb else 0))
     index = data.get("table_index") or {}

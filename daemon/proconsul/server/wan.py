@@ -39,7 +39,15 @@ from typing import Any
 from proconsul.coordinate import PeerCoordinates, distance
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.core import Event, MemberEvent, MemberEventKind, NameConflict
-from proconsul.rpc_api import NoPathToDatacenter, QueryMeta, QueryOptions, RPCError, UnknownOutcome, WriteMeta
+from proconsul.rpc_api import (
+    CALLER_TOKEN,
+    NoPathToDatacenter,
+    QueryMeta,
+    QueryOptions,
+    RPCError,
+    UnknownOutcome,
+    WriteMeta,
+)
 from proconsul.serf.member import STATUS_ALIVE, STATUS_LEFT, MemberRecord
 from proconsul.serf.pool import SerfPool
 from proconsul.serf.reconnect import reap
@@ -280,7 +288,8 @@ class Router:
 
     async def write(self, dc: str, command: commands.Command) -> tuple[WriteMeta, Any]:
         """Propose `command` in datacenter `dc` (its server forwards once to its leader)."""
-        reply = await self._call(dc, "Client.Write", commands.encode(command), WRITE_TIMEOUT_S, retry_sent=False)
+        body = {"command": commands.encode(command), "token": CALLER_TOKEN.get() or ""}
+        reply = await self._call(dc, "Client.Write", body, WRITE_TIMEOUT_S, retry_sent=False)
         return WriteMeta(reply["index"]), decode_result(reply["result"])
 
     async def close(self) -> None:

@@ -28,7 +28,8 @@ class CommandType(IntEnum):
     RESTORE = 7  # replace the whole store with a snapshot's (`PUT /v1/snapshot`)
     COORDINATE_BATCH_UPDATE = 8  # network coordinates batched by the leader (Coordinate.Update)
     PREPARED_QUERY = 9  # create, update or delete a prepared query (PreparedQuery.Apply)
-    # 10-11 left for other work in flight when this was added.
+    ACL = 10  # token, policy and role writes, bootstrap and the leader's ACL initialisation
+    # 11 left for other work in flight when this was added.
     AUTOPILOT_CONFIG = 12  # the operator's autopilot configuration (PUT /v1/operator/autopilot/configuration)
 
 
@@ -219,6 +220,7 @@ class PreparedQueryOp:
     query: PreparedQuery
 
 
+@dataclass(frozen=True, slots=True)
 class AutopilotSetConfig:
     """Replace the autopilot configuration (Consul's field names, durations in seconds);
     with `cas`, only if its ModifyIndex is still `index` (0: only if never set)."""
@@ -228,9 +230,31 @@ class AutopilotSetConfig:
     index: int = 0
 
 
+class ACLOpKind:
+    INIT = "init"  # payload: initial management token wire or None
+    BOOTSTRAP = "bootstrap"  # payload: [token wire, reset index]
+    TOKEN_CREATE = "token-create"  # payload: token wire
+    TOKEN_UPDATE = "token-update"
+    TOKEN_DELETE = "token-delete"  # payload: accessor ID
+    POLICY_CREATE = "policy-create"  # payload: policy wire
+    POLICY_UPDATE = "policy-update"
+    POLICY_DELETE = "policy-delete"  # payload: policy ID
+    ROLE_CREATE = "role-create"  # payload: role wire
+    ROLE_UPDATE = "role-update"
+    ROLE_DELETE = "role-delete"  # payload: role ID
+
+
+@dataclass(frozen=True, slots=True)
+class ACLOp:
+    """One ACL write; `payload` is plain data (record wire forms, IDs), see ACLOpKind."""
+
+    op: str
+    payload: Any = None
+
+
 Command = (
     Register | Deregister | KVS | SessionOp | Txn | Noop | Restore | CoordinateBatchUpdate | PreparedQueryOp
-    | AutopilotSetConfig
+    | AutopilotSetConfig | ACLOp
 )
 
 
@@ -271,6 +295,9 @@ def encode(command: Command) -> bytes:
     elif isinstance(command, AutopilotSetConfig):
         payload = [[list(kv) for kv in command.config], command.cas, command.index]
         kind = CommandType.AUTOPILOT_CONFIG
+    elif isinstance(command, ACLOp):
+        payload = [command.op, command.payload]
+        kind = CommandType.ACL
     else:  # pragma: no cover - the Union is closed
         raise TypeError(f"not a command: {command!r}")
     return msgpack.packb([int(kind), payload], use_bin_type=True)
@@ -312,6 +339,8 @@ def decode(data: bytes) -> Command:
             raise ValueError(f"undecodable prepared query command: {exc}") from None
     if kind is CommandType.AUTOPILOT_CONFIG:
         return AutopilotSetConfig(tuple((str(k), v) for k, v in payload[0]), bool(payload[1]), int(payload[2]))
+    if kind is CommandType.ACL:
+        return ACLOp(str(payload[0]), payload[1])
     return Noop()
 
 

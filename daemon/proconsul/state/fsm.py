@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from proconsul.state import acl as acl_tables
 from proconsul.state import commands as cmd
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store, StoreError
@@ -80,6 +81,8 @@ class FSM:
                 else:
                     store.prepared_query_set(index, command.query, command.op == "update")
                 return command.query.id
+            if isinstance(command, cmd.ACLOp):
+                return acl_tables.apply(store, index, command)
             if isinstance(command, cmd.CoordinateBatchUpdate):
                 store.coordinate_batch_update(index, command.updates)
                 return None

@@ -23,12 +23,16 @@ from typing import Any
 
 import msgpack
 
+from proconsul.acl.records import ACLPolicy, ACLRole, ACLToken
 from proconsul.coordinate import Coordinate
 from proconsul.state import prepared_query as pq
 from proconsul.state.records import DirEntry, HealthCheck, Node, PreparedQuery, ServiceInstance, Session
 from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
 
-TABLES = ("nodes", "services", "checks", "kvs", "tombstones", "sessions", "coordinates", "prepared_queries")
+TABLES = (
+    "nodes", "services", "checks", "kvs", "tombstones", "sessions", "coordinates", "prepared_queries",
+    "acl_tokens", "acl_policies", "acl_roles",
+)
 
 
 class StoreError(Exception):
@@ -60,6 +64,13 @@ class Store:
         # The operator's autopilot configuration (Consul's autopilot-config table): None until
         # first set, then (fields by Consul's names, CreateIndex, ModifyIndex).
         self.autopilot_config: tuple[dict[str, Any], int, int] | None = None
+        # ACL records (state/acl.py applies their commands): tokens by AccessorID with a SecretID
+        # index, policies and roles by ID, and the index of the last bootstrap (0 = never).
+        self.acl_tokens: dict[str, ACLToken] = {}
+        self.acl_secrets: dict[str, str] = {}
+        self.acl_policies: dict[str, ACLPolicy] = {}
+        self.acl_roles: dict[str, ACLRole] = {}
+        self.acl_bootstrap_index = 0
         self.table_index: dict[str, int] = {t: 0 for t in TABLES}
         self.service_index: dict[str, int] = {}  # service name -> last index touching it
         self.last_index = 0
@@ -686,6 +697,12 @@ class Store:
             "coordinates": [[n, seg, c.to_wire()] for n, per in self.coordinates.items() for seg, c in per.items()],
             "prepared_queries": [q.to_wire() for q in self.prepared_queries.values()],
             "autopilot": list(self.autopilot_config) if self.autopilot_config else None,
+            "acl": {
+                "tokens": [t.to_wire() for t in self.acl_tokens.values()],
+                "policies": [p.to_wire() for p in self.acl_policies.values()],
+                "roles": [r.to_wire() for r in self.acl_roles.values()],
+                "bootstrap_index": self.acl_bootstrap_index,
+            },
         }
         return msgpack.packb(data, use_bin_type=True)
 
@@ -723,6 +740,12 @@ class Store:
         self.prepared_queries = {q.id: q for q in queries}
         ap = data.get("autopilot")
         self.autopilot_config = (dict(ap[0]), int(ap[1]), int(ap[2])) if ap else None
+        acl = data.get("acl", {})
+        self.acl_tokens = {t.accessor_id: t for t in (ACLToken.from_wire(w) for w in acl.get("tokens", []))}
+        self.acl_secrets = {t.secret_id: t.accessor_id for t in self.acl_tokens.values()}
+        self.acl_policies = {p.id: p for p in (ACLPolicy.from_wire(w) for w in acl.get("policies", []))}
+        self.acl_roles = {r.id: r for r in (ACLRole.from_wire(w) for w in acl.get("roles", []))}
+        self.acl_bootstrap_index = int(acl.get("bootstrap_index", 0))
         # Every watcher must re-read: the world changed under it.
         self._dirty_tables = set(TABLES)
         self._dirty_keys = [""]

@@ -1,0 +1,221 @@
+"""ACLs on a real cluster: three servers and client agents, driven by py-consul and the CLI.
+
+Bootstrap (once, then refused with the reset index), a policy and a token, an allowed call that
+succeeds, a denied call that is a 403 and changes nothing, a filtered list, the server authorising
+a client agent's forwarded write with the caller's token, the CLI with `-token` and
+`CONSUL_HTTP_TOKEN`, and tokens surviving a kill -9 of the leader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import consul
+import pytest
+from cluster_helpers import Cluster
+from helpers import AgentProcess, proconsul_command, wait_for
+
+ACL_HCL = 'acl { enabled = true  default_policy = "deny"  down_policy = "extend-cache" }'
+APP_RULES = {
+    "key_prefix": {"app/": {"policy": "write"}},
+    "service_prefix": {"": {"policy": "read"}},
+    "node_prefix": {"": {"policy": "read"}},
+}
+AGENT_RULES = {"node_prefix": {"": {"policy": "write"}}, "service_prefix": {"": {"policy": "write"}}}
+
+
+class ACLCluster:
+    def __init__(self, root: Path) -> None:
+        self.servers = Cluster(root, hcl=ACL_HCL)
+        prefix = self.servers.prefix
+        joins = [f"-retry-join={ip}" for ip in self.servers.ips]
+        # c1 enforces ACLs itself; c2 has them off, so only the servers can refuse its writes.
+        self.c1 = AgentProcess(*joins, "-retry-interval=1s", "-hcl", ACL_HCL, dev=False,
+                               ip=f"{prefix}.4", node="c1", data_dir=str(root / "c1"))
+        self.c2 = AgentProcess(*joins, "-retry-interval=1s", dev=False,
+                               ip=f"{prefix}.5", node="c2", data_dir=str(root / "c2"))
+
+    def start(self) -> None:
+        self.servers.start()
+        self.c1.start()
+        self.c2.start()
+
+    def stop(self) -> None:
+        for a in (self.c1, self.c2):
+            a.stop()
+        self.servers.stop()
+
+
+@pytest.fixture()
+def acl_cluster(tmp_path: Path) -> Iterator[ACLCluster]:
+    c = ACLCluster(tmp_path)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def _client(agent: AgentProcess, token: str | None = None) -> consul.Consul:
+    return consul.Consul(host=agent.ip, port=agent.http_port, token=token)
+
+
+def _raw(agent: AgentProcess, method: str, path: str, token: str = "", body: bytes | None = None
+         ) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(f"{agent.url}{path}", data=body, method=method)
+    if token:
+        req.add_header("X-Consul-Token", token)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+def _bootstrap(agent: AgentProcess) -> str:
+    """Bootstrap through `agent`, waiting for the leader's ACL initialisation to be reachable."""
+    result: dict[str, str] = {}
+
+    def attempt() -> bool:
+        token = _client(agent).acl.bootstrap()
+        result.update(token)
+        return True
+
+    wait_for(attempt, timeout=60, what="ACL bootstrap")
+    return result["SecretID"]
+
+
+def _cli(agent: AgentProcess, command: str, *args: str, token: str | None = None, env_token: str | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    """`proconsul COMMAND [-token=T] ARGS...` against `agent` (flags go before positionals)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+    env["CONSUL_HTTP_ADDR"] = agent.addr
+    if env_token is not None:
+        env["CONSUL_HTTP_TOKEN"] = env_token
+    flags = [f"-token={token}"] if token is not None else []
+    argv = [proconsul_command(), *command.split(), *flags, *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_acl_enforcement_on_a_cluster_with_client_agents(acl_cluster: ACLCluster) -> None:
+    c1, c2 = acl_cluster.c1, acl_cluster.c2
+    server = acl_cluster.servers.nodes[acl_cluster.servers.ips[0]]
+    mgmt = _bootstrap(c1)
+    m = _client(c1, mgmt)
+
+    # Bootstrap is once: afterwards 403 naming the reset index.
+    with pytest.raises(consul.ACLPermissionDenied, match=r"ACL bootstrap no longer allowed \(reset index: \d+\)"):
+        _client(server).acl.bootstrap()
+    # The reset file is read where Consul reads it: on the leader, whichever agent is asked.
+    status, _, body = _raw(c1, "PUT", "/v1/acl/bootstrap")
+    index = body.decode().rsplit(" ", 1)[1].rstrip(")")
+    leader_ip = acl_cluster.servers.leader_ip(server)
+    reset_file = acl_cluster.servers.data_dir(leader_ip) / "acl-bootstrap-reset"
+    reset_file.write_text(index)
+    again = _client(c1).acl.bootstrap()
+    assert again["SecretID"] != mgmt and not reset_file.exists()
+    assert _raw(c1, "PUT", "/v1/acl/bootstrap")[0] == 403
+
+    # Without a token (anonymous, default deny) a KV read is refused with Consul's text.
+    status, headers, body = _raw(c1, "GET", "/v1/kv/app/a")
+    assert status == 403 and headers["x-consul-default-acl-policy"] == "deny"
+    assert body.decode() == ("Permission denied: token with AccessorID '00000000-0000-0000-0000-000000000002' "
+                             "lacks permission 'key:read' on \"app/a\"")
+
+    policy = m.acl.policy.create("app", rules=APP_RULES, description="app keys")
+    token = m.acl.token.create(policies_name=["app"], description="app token")
+    assert token["Policies"] == [{"ID": policy["ID"], "Name": "app"}]
+    app = _client(c1, token["SecretID"])
+
+    # Allowed: written through the client agent, read back.
+    assert app.kv.put("app/a", "1") is True
+    assert app.kv.get("app/a")[1]["Value"] == b"1"
+
+    # Denied: 403 and nothing written.
+    with pytest.raises(consul.ACLPermissionDenied, match="lacks permission 'key:write' on \"other/x\""):
+        app.kv.put("other/x", "1")
+    assert m.kv.get("other/x")[1] is None
+    with pytest.raises(consul.ACLPermissionDenied):
+        app.acl.token.list()
+
+    # A list is filtered to what the token may read, and says so.
+    assert m.kv.put("secret/k", "s") is True
+    status, headers, body = _raw(c1, "GET", "/v1/kv/?recurse", token["SecretID"])
+    assert status == 200 and headers.get("x-consul-results-filtered-by-acls") == "true"
+    assert [e["Key"] for e in json.loads(body)] == ["app/a"]
+    assert [e["Key"] for e in m.kv.get("", recurse=True)[1]] == ["app/a", "secret/k"]
+
+    # The client agent with ACLs off does not check; the server does, with the caller's token.
+    with pytest.raises(consul.ACLPermissionDenied, match="lacks permission 'key:write' on \"other/y\""):
+        _client(c2, token["SecretID"]).kv.put("other/y", "1")
+    assert m.kv.get("other/y")[1] is None
+    assert _client(c2, token["SecretID"]).kv.put("app/b", "2") is True
+
+    # Catalog writes need service:write; reads are filtered by node/service read.
+    with pytest.raises(consul.ACLPermissionDenied, match="service:write"):
+        app.agent.service.register("web", port=80)
+    assert m.agent.service.register("web", port=80)
+    wait_for(lambda: "web" in app.catalog.services()[1], timeout=60, what="web in the catalog")
+    # (c1 has no agent token yet: its node info is refused by the servers' ACLs, which holds
+    # back nothing else, as in Consul.) Its own syncs use the agent token once it has one.
+    agent_policy = m.acl.policy.create("agents", rules=AGENT_RULES)
+    agent_token = m.acl.token.create(policies_id=[agent_policy["ID"]], description="agent")
+    m.agent.token.set("agent", agent_token["SecretID"])
+    assert m.agent.service.register("api", port=81)
+    wait_for(lambda: "api" in app.catalog.services()[1], timeout=60, what="api in the catalog")
+
+    # Token updates take effect; deleted tokens are "ACL not found".
+    m.acl.token.delete(token["AccessorID"])
+    wait_for(lambda: _raw(server, "GET", "/v1/kv/app/a", token["SecretID"])[0] == 403, timeout=30,
+             what="deleted token refused")
+    assert _raw(server, "GET", "/v1/kv/app/a", token["SecretID"])[2] == b"ACL not found"
+
+
+def test_acl_cli_and_tokens_survive_a_leader_kill(acl_cluster: ACLCluster) -> None:
+    servers = acl_cluster.servers
+    first = servers.nodes[servers.ips[0]]
+    boot = _cli(first, "acl bootstrap")
+    assert boot.returncode == 0, boot.stderr
+    mgmt = next(line.split()[-1] for line in boot.stdout.splitlines() if line.startswith("SecretID:"))
+    again = _cli(first, "acl bootstrap")
+    assert again.returncode == 1 and "ACL bootstrap no longer allowed" in again.stderr
+
+    created = _cli(first, "acl policy create", "-name", "ro", "-description", "read kv",
+                   "-rules", 'key_prefix "" { policy = "read" }', token=mgmt)
+    assert created.returncode == 0, created.stderr
+    assert "Name:         ro" in created.stdout and 'key_prefix "" { policy = "read" }' in created.stdout
+    made = _cli(first, "acl token create", "-description", "reader", "-policy-name", "ro",
+                "-format=json", env_token=mgmt)
+    assert made.returncode == 0, made.stderr
+    reader = json.loads(made.stdout)
+    assert [p["Name"] for p in reader["Policies"]] == ["ro"]
+    listed = _cli(first, "acl token list", env_token=mgmt)
+    assert listed.returncode == 0 and reader["AccessorID"] in listed.stdout
+    denied = _cli(first, "acl token list", token=reader["SecretID"])
+    assert denied.returncode == 1 and "403" in denied.stderr and "acl:read" in denied.stderr
+    read = _cli(first, "acl token read", "-id", reader["AccessorID"], token=mgmt)
+    assert read.returncode == 0 and "   " + reader["Policies"][0]["ID"] + " - ro" in read.stdout
+    assert _cli(first, "kv put", "cfg/x", "1", token=mgmt).returncode == 0
+    assert _cli(first, "kv put", "cfg/y", "1", token=reader["SecretID"]).returncode == 1
+
+    # Kill -9 the leader: the policy and token are in the replicated state, on every survivor.
+    leader_ip = servers.leader_ip(first)
+    servers.nodes[leader_ip].kill()
+    survivors = [a for ip, a in servers.nodes.items() if ip != leader_ip]
+
+    def new_leader() -> bool:
+        ip = servers.leader_ip(survivors[0])
+        return bool(ip) and ip != leader_ip
+
+    wait_for(new_leader, timeout=60, what="a new leader")
+    for agent in survivors:
+        got = _cli(agent, "kv get", "cfg/x", token=reader["SecretID"])
+        assert got.returncode == 0 and got.stdout.strip() == "1", got.stderr
+        assert _cli(agent, "kv put", "cfg/z", "1", token=reader["SecretID"]).returncode == 1
+        shown = _cli(agent, "acl token read", "-id", reader["AccessorID"], "-format=json", token=mgmt)
+        assert shown.returncode == 0 and json.loads(shown.stdout)["Description"] == "reader"

@@ -1,0 +1,124 @@
+"""Token resolution (server/acl_resolver.py): default and anonymous tokens, caching for
+token_ttl, expired tokens, the agent recovery token and down_policy when no server answers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from proconsul.acl.records import ACLPolicy, ACLToken, Link
+from proconsul.rpc_api import NoLeader, QueryMeta, QueryOptions
+from proconsul.server.acl_resolver import ACLNotFound, ACLResolver
+
+POLICY = ACLPolicy("p1", "kv", rules='key "k" { policy = "write" }')
+
+
+class FakeServer:
+    def __init__(self) -> None:
+        self.tokens: dict[str, ACLToken] = {"s1": ACLToken("a1", "s1", policies=(Link("p1"),))}
+        self.calls = 0
+        self.down = False
+
+    async def query(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        assert name == "ACL.Resolve" and opts.allow_stale
+        self.calls += 1
+        if self.down:
+            raise NoLeader()
+        t = self.tokens.get(args["secret"])
+        found = {"token": t.to_wire() if t else None, "policies": [POLICY.to_wire()] if t else [], "roles": []}
+        return QueryMeta(1, True, 0, "stale"), found
+
+
+def _resolver(server: FakeServer, clock: list[float], down_policy: str = "extend-cache",
+              tokens: dict[str, str] | None = None, ttl: float = 30.0) -> ACLResolver:
+    live = tokens if tokens is not None else {"default": "", "agent_recovery": "rec"}
+    return ACLResolver(server.query, "dc1", "deny", down_policy, lambda: live, ttl,
+                       monotonic=lambda: clock[0], wall=lambda: 1000.0 + clock[0])
+
+
+def test_tokens_resolve_and_cache_for_the_ttl() -> None:
+    server, clock = FakeServer(), [0.0]
+    r = _resolver(server, clock)
+    a = asyncio.run(r.resolve("s1"))
+    assert a.allowed("key", "k", "write") and not a.allowed("key", "x", "read") and a.accessor == "a1"
+    asyncio.run(r.resolve("s1"))
+    assert server.calls == 1
+    clock[0] = 31.0
+    asyncio.run(r.resolve("s1"))
+    assert server.calls == 2
+
+
+def test_servers_do_not_cache() -> None:
+    server, clock = FakeServer(), [0.0]
+    r = _resolver(server, clock, ttl=0.0)
+    asyncio.run(r.resolve("s1"))
+    del server.tokens["s1"]
+    with pytest.raises(ACLNotFound):
+        asyncio.run(r.resolve("s1"))
+
+
+def test_no_token_is_the_default_token_then_anonymous() -> None:
+    server, clock = FakeServer(), [0.0]
+    tokens = {"default": "s1", "agent_recovery": ""}
+    assert _resolver(server, clock, tokens=tokens).effective_secret("") == "s1"
+    tokens["default"] = ""
+    r = _resolver(server, clock, tokens=tokens)
+    assert r.effective_secret("") == "anonymous"
+    anon = asyncio.run(r.resolve(""))  # the anonymous token is not written yet: default policy
+    assert not anon.allowed("key", "k", "read")
+
+
+def test_unknown_and_expired_tokens_are_not_found() -> None:
+    server, clock = FakeServer(), [0.0]
+    server.tokens["old"] = ACLToken("a2", "old", expires_at=1000.5)
+    r = _resolver(server, clock, ttl=0.0)
+    with pytest.raises(ACLNotFound):
+        asyncio.run(r.resolve("nope"))
+    asyncio.run(r.resolve("old"))
+    clock[0] = 1.0
+    with pytest.raises(ACLNotFound):
+        asyncio.run(r.resolve("old"))
+
+
+def test_agent_recovery_token_needs_no_server() -> None:
+    server, clock = FakeServer(), [0.0]
+    server.down = True
+    a = asyncio.run(_resolver(server, clock).resolve("rec"))
+    assert a.allowed("agent", "any-node", "write") and not a.allowed("key", "k", "read")
+    assert server.calls == 0
+
+
+@pytest.mark.parametrize(("policy", "cached_ok", "fresh_allowed"), [
+    ("extend-cache", True, False), ("async-cache", True, False), ("deny", False, False), ("allow", False, True),
+])
+def test_down_policy(policy: str, cached_ok: bool, fresh_allowed: bool) -> None:
+    server, clock = FakeServer(), [0.0]
+    r = _resolver(server, clock, down_policy=policy)
+    asyncio.run(r.resolve("s1"))
+    server.down = True
+    clock[0] = 100.0  # the cached entry expired
+    a = asyncio.run(r.resolve("s1"))
+    assert a.allowed("key", "k", "write") is cached_ok or (policy == "allow")
+    fresh = asyncio.run(r.resolve("never-seen"))
+    assert fresh.allowed("key", "x", "write") is fresh_allowed
+    assert not fresh.allowed_single("acl", "write")
+
+
+def test_servers_reuse_a_resolution_while_the_acl_tables_are_unchanged() -> None:
+    server, clock = FakeServer(), [0.0]
+    version = [1]
+    server.tokens["exp"] = ACLToken("a3", "exp", expires_at=1005.0)
+    r = ACLResolver(server.query, "dc1", "deny", "deny", lambda: {}, 0.0,
+                    monotonic=lambda: clock[0], wall=lambda: 1000.0 + clock[0], version=lambda: version[0])
+    asyncio.run(r.resolve("s1"))
+    asyncio.run(r.resolve("s1"))
+    assert server.calls == 1
+    del server.tokens["s1"]
+    version[0] = 2  # a token write changed the tables: resolved again, and now unknown
+    with pytest.raises(ACLNotFound):
+        asyncio.run(r.resolve("s1"))
+    asyncio.run(r.resolve("exp"))
+    clock[0] = 10.0  # past its expiration: not reused even though nothing was written
+    with pytest.raises(ACLNotFound):
+        asyncio.run(r.resolve("exp"))
