@@ -12,10 +12,13 @@ each other through `-retry-join` exactly as an operator configures them. Same la
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +180,45 @@ def get(agent: AgentProcess, key: str, query: str = "") -> str | None:
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `proconsul ARGS...` and capture its output."""
     return subprocess.run([proconsul_command(), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Federation:
+    """Two single-server datacenters joined over the WAN, plus a client agent of dc1."""
+
+    dc1: AgentProcess
+    dc2: AgentProcess
+    client: AgentProcess  # a client agent of dc1
+
+    def py(self, agent: AgentProcess) -> Any:
+        import consul  # py-consul: only the tests that drive it need it
+
+        return consul.Consul(host=agent.ip, port=agent.http_port)
+
+
+def _federated_server(ip: str, dc: str, other: str, root: Path) -> AgentProcess:
+    name = f"srv-{dc}"
+    return AgentProcess(
+        "-server", "-bootstrap-expect=1", f"-datacenter={dc}", f"-retry-join-wan={other}",
+        "-retry-interval-wan=1s", "-hcl", "performance { raft_multiplier = 1 }",
+        dev=False, ip=ip, node=name, data_dir=str(root / name),
+    )
+
+
+@contextlib.contextmanager
+def federation(root: Path) -> Iterator[Federation]:
+    """Starts srv-dc1 and srv-dc2 (each WAN-joining the other) and client-dc1; stops them after."""
+    prefix = free_subnet(hosts=3)
+    ip1, ip2, ip3 = (f"{prefix}.{i}" for i in (1, 2, 3))
+    dc1 = _federated_server(ip1, "dc1", ip2, root)
+    dc2 = _federated_server(ip2, "dc2", ip1, root)
+    client = AgentProcess("-datacenter=dc1", f"-retry-join={ip1}", "-retry-interval=1s",
+                          dev=False, ip=ip3, node="client-dc1", data_dir=str(root / "client"))
+    started: list[AgentProcess] = []
+    try:
+        for agent in (dc1, dc2, client):
+            started.append(agent.start())
+        yield Federation(dc1, dc2, client)
+    finally:
+        for agent in started:
+            agent.stop()

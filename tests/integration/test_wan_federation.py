@@ -14,53 +14,19 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import consul
 import pytest
-from cluster_helpers import free_subnet
+from cluster_helpers import Federation, federation
 from helpers import AgentProcess, proconsul_command, wait_for
 
 WAN_TIMEOUT = 90  # WAN gossip probes every 5 s and suspects for 30 s before declaring a failure
 
 
-@dataclass
-class Federation:
-    dc1: AgentProcess
-    dc2: AgentProcess
-    client: AgentProcess  # a client agent of dc1
-
-    def py(self, agent: AgentProcess) -> consul.Consul:
-        return consul.Consul(host=agent.ip, port=agent.http_port)
-
-
-def _server(ip: str, dc: str, other: str, root: Path) -> AgentProcess:
-    name = f"srv-{dc}"
-    return AgentProcess(
-        "-server", "-bootstrap-expect=1", f"-datacenter={dc}", f"-retry-join-wan={other}",
-        "-retry-interval-wan=1s", "-hcl", "performance { raft_multiplier = 1 }",
-        dev=False, ip=ip, node=name, data_dir=str(root / name),
-    )
-
-
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    root = tmp_path_factory.mktemp("wan")
-    prefix = free_subnet(hosts=3)
-    ip1, ip2, ip3 = (f"{prefix}.{i}" for i in (1, 2, 3))
-    dc1 = _server(ip1, "dc1", ip2, root)
-    dc2 = _server(ip2, "dc2", ip1, root)
-    client = AgentProcess("-datacenter=dc1", f"-retry-join={ip1}", "-retry-interval=1s",
-                          dev=False, ip=ip3, node="client-dc1", data_dir=str(root / "client"))
-    started: list[AgentProcess] = []
-    try:
-        for agent in (dc1, dc2, client):
-            started.append(agent.start())
-        yield Federation(dc1, dc2, client)
-    finally:
-        for agent in started:
-            agent.stop()
+    with federation(tmp_path_factory.mktemp("wan")) as started:
+        yield started
 
 
 def _wan_members(agent: AgentProcess) -> dict[str, dict]:

@@ -85,30 +85,26 @@ Usage: proconsul operator autopilot get-config [options]
 # flag -> (field, parser, example, help)
 _SET_FLAGS: list[tuple[str, str, Any, str, str]] = [
     ("cleanup-dead-servers", "CleanupDeadServers", _go_bool, "true|false",
-     "Controls whether Consul will automatically remove dead servers when new ones are successfully "
-     "added. Must be one of `true|false`."),
+     "Whether the leader takes failed servers out of the Raft configuration (true or false)."),
     ("max-trailing-logs", "MaxTrailingLogs", _uint, "value",
-     "Controls the maximum number of log entries that a server can trail the leader by before being "
-     "considered unhealthy."),
+     "How many log entries a server may be behind the leader and still count as healthy."),
     ("min-quorum", "MinQuorum", _uint, "value",
-     "Sets the minimum number of servers required in a cluster before autopilot is allowed to prune "
-     "dead servers."),
+     "The fewest voters the cleanup of failed servers may leave behind."),
     ("last-contact-threshold", "LastContactThreshold", _duration, "value",
-     "Controls the maximum amount of time a server can go without contact from the leader before "
-     "being considered unhealthy. Must be a duration value such as `200ms`."),
+     "How long a server may go without hearing from the leader and still count as healthy "
+     "(a duration such as 200ms)."),
     ("server-stabilization-time", "ServerStabilizationTime", _duration, "value",
-     "Controls the minimum amount of time a server must be stable in the 'healthy' state before "
-     "being added to the cluster (and, in proconsul, failed before it is removed). Must be a "
-     "duration value such as `10s`."),
+     "How long a server must stay healthy before it becomes a voter, and stay failed before "
+     "the cleanup removes it (a duration such as 10s)."),
     ("redundancy-zone-tag", "RedundancyZoneTag", str, "value",
-     "(Enterprise-only) Controls the node_meta tag name used for separating servers into different "
-     "redundancy zones."),
+     "Accepted and stored for compatibility; redundancy zones are a Consul Enterprise feature "
+     "and have no effect here."),
     ("disable-upgrade-migration", "DisableUpgradeMigration", _go_bool, "true|false",
-     "(Enterprise-only) Controls whether Consul will avoid promoting new servers until it can "
-     "perform a migration. Must be one of `true|false`."),
+     "Accepted and stored for compatibility; upgrade migrations are a Consul Enterprise feature "
+     "and have no effect here."),
     ("upgrade-version-tag", "UpgradeVersionTag", str, "value",
-     "(Enterprise-only) The node_meta tag to use for version info when performing upgrade "
-     "migrations. If left blank, the Consul version will be used."),
+     "Accepted and stored for compatibility; upgrade migrations are a Consul Enterprise feature "
+     "and have no effect here."),
 ]
 
 

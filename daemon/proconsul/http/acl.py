@@ -368,20 +368,21 @@ async def policy_create(request: web.Request) -> web.Response:
     return json_response(request, ACLPolicy.from_wire(result).to_api())
 
 
-async def policy_read(request: web.Request) -> web.Response:
+async def _read_one(request: web.Request, query: str, by: str) -> web.Response:
+    """One policy or role by ID or name (from the URL); Consul answers an unknown one 403."""
     _need(request, "read")
-    found = await _query(request, "ACL.PolicyRead", {"id": request.match_info["id"]})
+    found = await _query(request, query, {by: request.match_info[by]})
     if found is None:
         raise HTTPError(403, NOT_FOUND)
     return json_response(request, found)
+
+
+async def policy_read(request: web.Request) -> web.Response:
+    return await _read_one(request, "ACL.PolicyRead", "id")
 
 
 async def policy_read_name(request: web.Request) -> web.Response:
-    _need(request, "read")
-    found = await _query(request, "ACL.PolicyRead", {"name": request.match_info["name"]})
-    if found is None:
-        raise HTTPError(403, NOT_FOUND)
-    return json_response(request, found)
+    return await _read_one(request, "ACL.PolicyRead", "name")
 
 
 async def policy_update(request: web.Request) -> web.Response:
@@ -435,19 +436,11 @@ async def role_create(request: web.Request) -> web.Response:
 
 
 async def role_read(request: web.Request) -> web.Response:
-    _need(request, "read")
-    found = await _query(request, "ACL.RoleRead", {"id": request.match_info["id"]})
-    if found is None:
-        raise HTTPError(403, NOT_FOUND)
-    return json_response(request, found)
+    return await _read_one(request, "ACL.RoleRead", "id")
 
 
 async def role_read_name(request: web.Request) -> web.Response:
-    _need(request, "read")
-    found = await _query(request, "ACL.RoleRead", {"name": request.match_info["name"]})
-    if found is None:
-        raise HTTPError(403, NOT_FOUND)
-    return json_response(request, found)
+    return await _read_one(request, "ACL.RoleRead", "name")
 
 
 async def role_update(request: web.Request) -> web.Response:
