@@ -9,13 +9,13 @@ from pathlib import Path
 
 def test_validate_exits_non_zero_naming_the_refused_key(tmp_path: Path) -> None:
     path = tmp_path / "agent.hcl"
-    path.write_text(f'data_dir = "{tmp_path}"\ntls {{ internal_rpc {{ verify_incoming = true }} }}\n')
+    path.write_text(f'data_dir = "{tmp_path}"\ntls {{ grpc {{ verify_incoming = true }} }}\n')
     proc = subprocess.run(
         [sys.executable, "-m", "proconsul", "validate", str(path)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode != 0
     assert "Configuration is valid!" not in proc.stdout
-    assert f"{path}: tls.internal_rpc.verify_incoming:" in proc.stderr
+    assert f"{path}: tls.grpc.verify_incoming:" in proc.stderr
     assert "is not supported yet: refusing to start with it set" in proc.stderr
 
 
