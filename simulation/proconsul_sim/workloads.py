@@ -285,8 +285,16 @@ class GrowOnlySet(Workload):
 
 
 class Mutex(Workload):
-    """Lock `mutex/lock` through sessions without health checks (only an explicit release frees
-    the lock, so mutual exclusion is exactly the linearizability of acquire and release)."""
+    """Lock `mutex/lock` through sessions without health checks.
+
+    An explicit release frees the lock at once. The only other way a holder loses it is its
+    session being invalidated behind its back: the session's node deregistered, as when
+    autopilot removes a server that stayed failed after a partition healed, before gossip saw it
+    alive again. The sessions therefore keep Consul's default lock-delay (15 s), which holds the
+    lock free for that long after an invalidation (not after a release), so a holder that still
+    believes it holds the lock finishes its 0.2 s critical section before anyone else can take
+    it; with a lock-delay of 0 the mutex checker reported that (correct) behaviour as an
+    overlap."""
 
     name = "mutex"
     hold_s = 0.2
@@ -301,7 +309,7 @@ class Mutex(Workload):
             return sid
         try:
             resp = worker.request("PUT", "/v1/session/create",
-                                  json={"Name": f"sim-{worker.index}", "Checks": [], "LockDelay": "0s"})
+                                  json={"Name": f"sim-{worker.index}", "Checks": [], "LockDelay": "15s"})
         except requests.RequestException:
             return None
         if resp.status_code != 200:

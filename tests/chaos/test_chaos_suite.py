@@ -130,14 +130,16 @@ def test_broken_build_is_caught_by_the_linearizability_checker(seed: int, tmp_pa
     details = next(c for c in result["checks"] if c["name"] == "linearizable-kv")["details"]
     # Decided, not "unknown": every key's search finished.
     assert details["unknown_keys"] == [], details["unknown_keys"]
-    # The explanation is the bug: a default read through the isolated follower that missed a
-    # write acknowledged through the majority more than the documented 3 s before.
+    # The explanation is the bug: a default read through the isolated follower that missed an
+    # acknowledged write more than the documented 3 s before. The write usually went through the
+    # majority, but one sent through the follower itself just before it was cut off (forwarded
+    # to the leader, acknowledged, never applied locally) is missed the same way.
     stale = [f["stale_read"] for f in details["failures"] if "stale_read" in f]
     assert stale, details["failures"]
     for account in stale:
         read, missed = account["stale_read"], account["missed_write"]
         assert read["extra"]["node"] == isolated and read["extra"]["mode"] == "default", account
-        assert missed["extra"]["node"] != isolated and missed["type"] == "ok", account
+        assert missed["type"] == "ok", account
         assert account["missed_by_s"] > 3.0, account
     assert stale[0]["summary"] in proc.stdout  # the run's output says it in words
     # While the follower was cut off, each key group (each has a worker on every server) got
