@@ -109,9 +109,13 @@ async def kv_put(request: web.Request) -> web.StreamResponse:
 
 
 async def _lock_delay_active(agent: Any, key: str) -> tuple[bool, int]:
-    """(in the lock-delay?, index): from this server's store, or from a server on client agents."""
-    if getattr(agent, "remote", None) is None:
-        return agent.store.lock_delay_active(key), agent.store.last_index
+    """(in the lock-delay?, index), as the leader sees it.
+
+    Consul's leader checks the delay in its KVS endpoint. A follower's own store may not have
+    applied the invalidation yet (the chaos suite caught an acquire through a follower taking a
+    lock the moment its holder's node was deregistered), so the question is a default-mode read,
+    which a follower forwards to the leader and a client agent to a server.
+    """
     meta, active = await agent.server.query("KVS.LockDelay", {"key": key}, QueryOptions())
     return bool(active), meta.index
 
