@@ -377,3 +377,52 @@ def test_a_refused_read_points_to_the_token_page(page: Page) -> None:
         expect(page.get_by_label("ACL token (SecretID)")).to_be_focused()
     finally:
         agent.stop()
+
+
+def _api(agent: AgentProcess, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{agent.url}{path}", data=data, method=method, headers={"X-Consul-Token": token})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+def test_a_token_on_a_deny_cluster_sees_only_what_it_may_read(page: Page) -> None:
+    management = "5f0c7a3e-1b2d-4c5e-8f90-a1b2c3d4e5f6"
+    agent = AgentProcess(
+        "-hcl", f'acl {{ enabled = true  default_policy = "deny"  tokens {{ initial_management = "{management}" }} }}'
+    ).start()
+    try:
+        wait_for(lambda: _api(agent, "GET", "/v1/acl/token/self", management)[0] == 200, timeout=60,
+                 what="the initial management token")
+        for name, port in (("web", 8080), ("db", 5432)):
+            status, out = _api(agent, "PUT", "/v1/agent/service/register", management, {"Name": name, "Port": port})
+            assert status == 200, out
+        status, policy = _api(agent, "PUT", "/v1/acl/policy", management, {
+            "Name": "web-reader", "Rules": 'service "web" { policy = "read" }\nnode_prefix "" { policy = "read" }',
+        })
+        assert status == 200, policy
+        status, token = _api(agent, "PUT", "/v1/acl/token", management, {"Policies": [{"Name": "web-reader"}]})
+        assert status == 200, token
+        wait_for(lambda: {s for s in (_api(agent, "GET", "/v1/catalog/services", management)[1] or {})}
+                 >= {"web", "db"}, timeout=60, what="both services in the catalog")
+
+        # Anonymous (deny): the services list is filtered down to nothing it may read.
+        page.goto(f"{agent.url}/ui/dc1/services")
+        expect(page.locator('tr[data-service="web"]')).to_have_count(0)
+        page.goto(f"{agent.url}/ui/dc1/acls/tokens")
+        page.get_by_label("ACL token (SecretID)").fill(token["SecretID"])
+        page.get_by_role("button", name="Log in").click()
+        expect(page.locator("#token-notice")).to_contain_text("Token saved")
+        page.get_by_role("link", name="Services").click()
+        expect(page.locator('tr[data-service="web"]')).to_be_visible()
+        expect(page.locator('tr[data-service="db"]')).to_have_count(0)
+        shot(page, "services-with-token")
+    finally:
+        agent.stop()
