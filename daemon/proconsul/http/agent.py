@@ -7,6 +7,7 @@ TTL updates, maintenance modes, local health aggregates, tokens, reload and leav
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
@@ -22,6 +23,7 @@ from proconsul.http.common import (
     flag,
     get_key,
     json_response,
+    query_options,
     read_json,
     token,
 )
@@ -74,12 +76,22 @@ def _content_hash(obj: dict[str, Any]) -> str:
 
 
 async def service(request: web.Request) -> web.Response:
+    """One local service; `?hash=<ContentHash>` blocks until it differs (or `?wait` passes), as
+    Consul's hash-based blocking on this endpoint does (it is what Envoy bootstraps poll)."""
     agent = request.app["agent"]
     sid = request.match_info["id"]
-    if sid not in agent.local.services:
-        raise HTTPError(404, f"unknown service ID: {sid}")
-    body = render.agent_service(agent.local.service_record(sid), agent.config.datacenter)
-    digest = _content_hash(body)
+    opts = query_options(request)
+    wait_s = min(opts.max_wait_s or agent.config.default_query_time_s, agent.config.max_query_time_s)
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        if sid not in agent.local.services:
+            raise HTTPError(404, f"unknown service ID: {sid}")
+        body = render.agent_service(agent.local.service_record(sid), agent.config.datacenter)
+        digest = _content_hash(body)
+        remaining = deadline - asyncio.get_running_loop().time()
+        if request.query.get("hash", "") != digest or remaining <= 0:
+            break
+        await agent.local.wait_for_change(remaining)
     body["ContentHash"] = digest
     resp = json_response(request, body)
     resp.headers["X-Consul-ContentHash"] = digest

@@ -134,6 +134,9 @@ class LocalState:
         self.deleted_services: set[str] = set()
         self.deleted_checks: set[str] = set()
         self.on_change: Callable[[], None] = lambda: None
+        # Bumped on every local change; `wait_for_change` parks hash-blocking reads on it.
+        self.generation = 0
+        self._change_event = asyncio.Event()
         self.on_check_added: Callable[[LocalCheck], None] = lambda c: None
         self.on_check_removed: Callable[[str], None] = lambda cid: None
         # Consul's check_update_interval (read at each change, so reload applies): output-only
@@ -173,7 +176,7 @@ class LocalState:
         if meta != self.node_meta:
             self.node_meta = dict(meta)
             self.node_in_sync = False
-            self.on_change()
+            self._changed()
 
     def add_service(
         self,
@@ -197,7 +200,7 @@ class LocalState:
         if persist and source == "api":
             self._persist("services", definition.id, {"definition": _service_to_json(definition), "token": token})
         self._notify_watchers()
-        self.on_change()
+        self._changed()
 
     def remove_service(self, service_id: str, notify: bool = True) -> bool:
         if service_id not in self.services:
@@ -213,7 +216,7 @@ class LocalState:
         self._unpersist("services", service_id)
         self._notify_watchers()
         if notify:
-            self.on_change()
+            self._changed()
         return True
 
     def add_check(
@@ -246,7 +249,7 @@ class LocalState:
         self.on_check_added(check)
         self._notify_watchers()
         if notify:
-            self.on_change()
+            self._changed()
 
     def remove_check(self, check_id: str, notify: bool = True) -> bool:
         if check_id not in self.checks:
@@ -257,7 +260,7 @@ class LocalState:
         self._unpersist("checks", check_id)
         self._notify_watchers()
         if notify:
-            self.on_change()
+            self._changed()
         return True
 
     def update_check(self, check_id: str, status: str, output: str) -> None:
@@ -277,7 +280,7 @@ class LocalState:
         if status_changed or interval <= 0:
             _cancel_defer(check)
             check.in_sync = False
-            self.on_change()
+            self._changed()
         elif not check.deferred_output:
             check.deferred_output = True
             delay = interval / 2 + self.rng.uniform(0, interval)
@@ -294,7 +297,7 @@ class LocalState:
         check.deferred_output = False
         check.defer_handle = None
         check.in_sync = False
-        self.on_change()
+        self._changed()
 
     def flush_deferred_output(self) -> None:
         """Write back every deferred output change now."""
@@ -305,7 +308,7 @@ class LocalState:
                 check.in_sync = False
                 changed = True
         if changed:
-            self.on_change()
+            self._changed()
 
     def critical_services_to_reap(self, min_timeout_s: float) -> list[str]:
         """Services with a check critical for longer than its deregister_critical_service_after.
@@ -350,6 +353,16 @@ class LocalState:
             tagged_addresses=tagged,
             meta=meta,
         )
+
+    def _changed(self) -> None:
+        self.generation += 1
+        event, self._change_event = self._change_event, asyncio.Event()
+        event.set()
+        self.on_change()
+
+    async def wait_for_change(self, timeout_s: float) -> bool:
+        """Wait until the next local change (True) or `timeout_s` (False)."""
+        return await wait_event(self._change_event, timeout_s)
 
     def service_record(self, service_id: str) -> ServiceInstance:
         d = self.services[service_id].definition
