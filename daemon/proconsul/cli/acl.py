@@ -111,6 +111,7 @@ class _ACL(Command):
     failure = "Failed"
 
     def act(self, ctx: Context) -> int:
+        """The subcommand's work; every concrete `acl ...` command overrides it (abstract here)."""
         raise NotImplementedError
 
 
