@@ -30,9 +30,10 @@ sending, leadership lost after proposing) may take effect at any time after its 
 never, so its return is at +infinity and, for a cas, its success is unknown. A read that did
 not complete `ok` constrains nothing and is dropped.
 
-Indeterminate writes are what make these searches blow up (each pending one doubles the
-states), and most of them are never observed. `prune_unobserved` drops the ones that provably
-cannot matter; the argument is in its docstring. Reads allowed some staleness overlap many
+Indeterminate writes are what make plain WGL blow up (each pending one doubles the states: a
+leader kill's sixty timed-out writes made one key undecidable in a minute). `prune_unobserved`
+drops the ones nothing observed, and `search` places the others only immediately before an
+operation that depends on them; both arguments are in the docstrings. Reads allowed some staleness overlap many
 operations each, and would make the search try every subset of them; `search` linearizes a
 read-only operation that fits the register without trying the alternatives, which is sound
 and complete (see its docstring). The search has a step and a time budget and answers None
@@ -206,19 +207,60 @@ def _read_only(op: RegisterOp) -> bool:
     return op.kind == READ or (op.kind == CAS and op.output is False)
 
 
+_NO_DEP = object()  # the last linearized operation was determinate: nothing waits to be observed
+
+
+def _placement(state: Hashable, dep: Hashable, op: RegisterOp) -> tuple[bool, Hashable]:
+    """Whether `op` may be linearized next, and the register after it.
+
+    `dep` is the register before the last linearized operation when that one was indeterminate
+    (`_NO_DEP` otherwise): the operation placed now must then be one that depends on it. See
+    `search` for why this restriction loses no linearization."""
+    accepted, new_state = step(state, op)
+    if not accepted:
+        return False, state
+    if op.ret is None:
+        # Indeterminate: only where it changes the register, and after another indeterminate
+        # operation only as a cas that consumes what that one wrote (a write would erase it).
+        allowed = new_state != state and (dep is _NO_DEP or op.kind == CAS)
+        return allowed, new_state
+    if dep is not _NO_DEP and step(dep, op)[0]:
+        return False, state  # it fits without the indeterminate operation just placed
+    return True, new_state
+
+
 def search(ops: Iterable[RegisterOp], *, init: Hashable = None, max_steps: int | None = None,
            deadline: float | None = None, prune: bool = True) -> SearchResult:
     """WGL search over one register's operations (already filtered: no failed ones, no
     indeterminate reads). Stops with valid=None after `max_steps` steps or at the monotonic
     time `deadline`.
 
-    One reduction on top of WGL: a read-only operation that the model accepts at the current
-    point is linearized there without trying the alternatives ("forced"). Sound and complete:
-    it is a candidate, so every operation that returned before it was called is already
-    linearized, and it changes no state; so any valid order extending the current prefix stays
-    valid with it moved to the front. If the rest fails with it forced, the prefix fails. Without
-    this, stale-tolerant default reads (each concurrent with everything in a 3 s window) make
-    the search try every subset of them before it can say "not linearizable".
+    Two reductions on top of WGL, both sound and complete.
+
+    Forced read-only operations: a read-only operation that the model accepts at the current
+    point is linearized there without trying the alternatives. It is a candidate, so every
+    operation that returned before it was called is already linearized, and it changes no
+    state; so any valid order extending the current prefix stays valid with it moved to the
+    front. If the rest fails with it forced, the prefix fails. Without this, stale-tolerant
+    default reads (each concurrent with everything in a 3 s window) make the search try every
+    subset of them before it can say "not linearizable".
+
+    Indeterminate operations only where observed: an indeterminate operation (no return) is
+    linearized only where it changes the register and immediately before an operation that
+    depends on it: a determinate one the model would reject without it (a read of its value,
+    a cas expecting it, a failed cas that needs the register changed), or an indeterminate cas
+    that consumes its value (which in turn must be followed by a dependant). Any valid order
+    can be rewritten into that shape, one indeterminate operation w at a time: if w changes
+    nothing, or is last, or is followed by a write (which erases it), drop w (an indeterminate
+    operation may never take effect); if it is followed by an indeterminate cas that does not
+    match w's value, that cas changes nothing there, so drop it; if it is followed by a
+    determinate read-only operation that fits the register as it was before w, swap the two
+    (nothing must follow w in real time, as it never returned, and the read-only operation
+    leaves the register as it found it). Each rewrite removes an operation or moves a
+    determinate one earlier, so the rewriting ends. Without this, every indeterminate write
+    doubles the orders tried (whether it took effect, and where), which is what a leader
+    kill's dozens of timed-out writes did to the old search. The search ends as soon as every
+    determinate operation is linearized.
     """
     all_ops = list(ops)
     kept = prune_unobserved(all_ops) if prune else all_ops
@@ -227,29 +269,32 @@ def search(ops: Iterable[RegisterOp], *, init: Hashable = None, max_steps: int |
         return result
     head = _event_list(kept)
     state: Hashable = init
+    dep: Hashable = _NO_DEP
     linearized = 0
-    cache: set[tuple[int, Hashable]] = set()
-    stack: list[tuple[_Node, Hashable, bool]] = []  # (linearized call, state before it, forced)
+    cache: set[tuple[int, Hashable, Hashable]] = set()
+    # (linearized call, state before it, dep before it, forced)
+    stack: list[tuple[_Node, Hashable, Hashable, bool]] = []
     best_depth = -1
     entry = head.next
     steps = 0
-    while head.next is not None:
+    while entry is not None:
         steps += 1
         if (max_steps is not None and steps > max_steps) or (
                 deadline is not None and steps % 1024 == 0 and time.monotonic() > deadline):
             result.valid, result.steps = None, steps
             return result
-        assert entry is not None and entry.op is not None
+        assert entry.op is not None
         dead_end = False
         if entry.is_call:
-            accepted, new_state = step(state, entry.op)
-            if accepted:
+            allowed, new_state = _placement(state, dep, entry.op)
+            if allowed:
                 forced = _read_only(entry.op)
+                new_dep = state if entry.op.ret is None else _NO_DEP
                 new_lin = linearized | (1 << entry.id)
-                if (new_lin, new_state) not in cache:
-                    cache.add((new_lin, new_state))
-                    stack.append((entry, state, forced))
-                    state = new_state
+                if (new_lin, new_state, new_dep) not in cache:
+                    cache.add((new_lin, new_state, new_dep))
+                    stack.append((entry, state, dep, forced))
+                    state, dep = new_state, new_dep
                     linearized = new_lin
                     _lift(entry)
                     entry = head.next
@@ -259,21 +304,25 @@ def search(ops: Iterable[RegisterOp], *, init: Hashable = None, max_steps: int |
             if not dead_end:
                 entry = entry.next
                 continue
-        else:
+        elif entry.op.ret is None:
+            # The first return left is an indeterminate operation's, at +infinity: every
+            # determinate operation is linearized (an indeterminate one placed last, still
+            # waiting for a dependant, is simply dropped: it may never have taken effect).
+            break
+        elif entry.op.ret is not None and len(stack) > best_depth:
             # A return whose operation is not linearized yet: that operation cannot be placed
-            # after the current prefix. Remember the deepest such dead end, then undo the last choice.
-            if len(stack) > best_depth:
-                best_depth = len(stack)
-                result.prefix = [n.op for n, _, _ in stack if n.op is not None]
-                result.state = state
-                result.blocker = entry.op
+            # after the current prefix. Remember the deepest such dead end.
+            best_depth = len(stack)
+            result.prefix = [n.op for n, _, _, _ in stack if n.op is not None]
+            result.state = state
+            result.blocker = entry.op
         # Backtrack: undo choices until one whose alternatives are still open (a forced
         # operation has none, so undoing it fails its prefix too).
         while True:
             if not stack:
                 result.valid, result.steps = False, steps
                 return result
-            node, state, forced = stack.pop()
+            node, state, dep, forced = stack.pop()
             linearized &= ~(1 << node.id)
             _unlift(node)
             if not forced:
