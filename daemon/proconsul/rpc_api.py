@@ -8,6 +8,7 @@ imports nothing of proconsul, so the Raft driver, the servers and the client age
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,6 +39,32 @@ class Consensus(Protocol):
         ...
 
     async def verify_leader(self) -> None: ...
+
+
+# A server RPC method's implementation: the decoded request body in, the reply body out.
+RPCHandler = Callable[[Any], Awaitable[Any]]
+
+
+class HandlerRegistry(Protocol):
+    """Where an agent's parts register the server RPC methods they answer (the in-process
+    `Server`; a client agent's `RemoteServer` accepts and ignores them, as it answers none)."""
+
+    def register(self, method: str, handler: RPCHandler) -> None: ...
+
+
+class ServerCaller(Protocol):
+    """A client agent's way to one of its datacenter's servers (`RemoteServer.call`)."""
+
+    async def call(self, method: str, body: Any, timeout_s: float = 10.0) -> Any: ...
+
+
+class DatacenterRouter(Protocol):
+    """A server's way to the servers of other datacenters (the WAN `Router`)."""
+
+    def datacenters(self) -> list[str]: ...
+
+    async def call(self, dc: str, method: str, body: Any, timeout_s: float = 30.0,
+                   retry_sent: bool = True) -> Any: ...
 
 
 class RPCError(Exception):

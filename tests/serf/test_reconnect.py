@@ -273,7 +273,7 @@ def test_a_reload_of_reconnect_settings_reaches_the_pools() -> None:
     assert restart == []
     agent = SimpleNamespace(config=old)
     pool = object.__new__(Membership)
-    pool.agent = agent
+    pool._config = lambda: agent.config  # how the agent builds its pools
     assert pool.config.reconnect_timeout_s == old.reconnect_timeout_s
     agent.config = new  # what Agent._reload_config does
     assert (pool.config.reconnect_timeout_s, pool.config.reconnect_interval_s) == (9 * 3600.0, 5.0)

@@ -37,17 +37,17 @@ from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.http.common import HTTPError
 from proconsul.http.server import HTTPServer
 from proconsul.local.checks import CheckManager
-from proconsul.local.coordinate_sync import CoordinateSync
+from proconsul.local.coordinate_sync import CoordinateEndpoint, CoordinateSync
 from proconsul.local.events import AgentEvents
 from proconsul.local.flap import FlapSettings
 from proconsul.local.state import AntiEntropy, LocalCheck, LocalState
-from proconsul.local.watch import WatchManager, start_agent_watches
+from proconsul.local.watch import WatchManager, agent_http_addr, start_agent_watches
 from proconsul.metrics import Metrics
 from proconsul.metrics.runtime import RuntimeSampler
 from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.raft.recovery import RecoveryError
 from proconsul.rpc_api import NoPathToDatacenter, QueryMeta, QueryOptions, RPCError
-from proconsul.serf.keyring import KeyringOperations
+from proconsul.serf.keyring import KEYRING_RPC, KeyringOperations
 from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
 from proconsul.server import acl_authz, acl_leader, acl_queries
@@ -156,7 +156,9 @@ class Agent:
             raise AgentError(f"tls: {exc}") from exc
         self.raft: RaftServer | None = None
         self.log: Any
-        self.membership = Membership(self, self.member()["Tags"])  # LAN gossip pool
+        self.membership = Membership(  # LAN gossip pool
+            lambda: self.config, self.node_name, self.node_id, self.address, self.member()["Tags"], self.metrics,
+        )
         self.remote: RemoteServer | None = None
         if cfg.dev:
             self.log = SingleNodeLog(self.fsm, server_addr, self.node_id, self.node_name)
@@ -216,7 +218,10 @@ class Agent:
         if cfg.server and cfg.ports.serf_wan > 0:
             # The WAN join port is a LAN tag only (Consul's WAN members do not carry it).
             wan_tags = {k: v for k, v in self.member()["Tags"].items() if k != WAN_JOIN_PORT_TAG}
-            self.wan = WANPool(self, wan_tags, self.membership.keyring)
+            self.wan = WANPool(
+                lambda: self.config, self.node_name, self.address, wan_tags,
+                self.membership.keyring, self.membership.save_keyring, self.metrics,
+            )
             wan = self.wan
             self.server.router = Router(
                 cfg.datacenter, wan.members, pool=ConnectionPool(security=self.tls),
@@ -230,7 +235,7 @@ class Agent:
                 cfg.datacenter, membership.members, wan.members, wan.join,
                 active=lambda: not (wan.leaving or membership.leaving),
             )
-            membership.listeners.append(self.flooder.on_lan_member)
+            membership.on_member_event(self.flooder.on_lan_member)
         self.local = LocalState(
             self.node_name,
             self.node_id,
@@ -258,11 +263,31 @@ class Agent:
             # A leader appearing is the moment a waiting anti-entropy sync can succeed.
             self.raft.on_leader_change = lambda leader: self.anti_entropy.trigger() if leader else None
             self.raft.fatal = self._fatal
-            self.server.handlers["Session.Renew"] = self._renew_on_leader
+            self.server.register("Session.Renew", self._renew_on_leader)
         self.operator = Operator(self)  # operator raft / snapshot endpoints (+ their RPCs)
-        self.events = AgentEvents(self)  # user events: fired through a server, received by gossip
-        self.coordinate_sync = CoordinateSync(self)  # network coordinates to the catalog (+ Coordinate.Update)
-        self.keyring_ops = KeyringOperations(self)  # keyring over LAN, WAN and other DCs (+ Keyring.Operation)
+        router: Router | None = getattr(self.server, "router", None)  # servers with a WAN pool
+        # User events: fired through a server, received by gossip.
+        self.events = AgentEvents(
+            cfg.datacenter, self.node_name, lambda: self.local.services, self.membership.node.send_user_event,
+            router=router, forward=self.remote.forward_rpc if self.remote is not None else None,
+        )
+        self.membership.on_user_event(self.events.on_gossip)
+        # Network coordinates to the catalog (a server batches Coordinate.Update into Raft).
+        self.coordinate_sync = CoordinateSync(
+            lambda: self.config, self.node_name, lambda: self.membership.node.coordinates,
+            lambda: len(self.membership.members()),
+            endpoint=CoordinateEndpoint(self.server) if self.remote is None else None,
+            router=router, forward=self.remote,
+        )
+        # Keyring operations over LAN, WAN and other datacenters (+ Keyring.Operation).
+        self.keyring_ops = KeyringOperations(
+            cfg.datacenter, self.membership.keyring_queries,
+            wan=self.wan.keyring_queries if self.wan is not None else None, router=router, forward=self.remote,
+        )
+        for part in (self.events, self.coordinate_sync):
+            part.register_rpc(self.server)
+        if self.remote is None:
+            self.server.register(KEYRING_RPC, self.keyring_ops.handle_rpc)
         self.notifier = Notifier()
         self.http: Any = None
         self.dns: Any = None
@@ -284,6 +309,18 @@ class Agent:
         if self.config.discard_check_output:
             output = ""
         self.local.update_check(check_id, status, output)
+
+    def _graceful_leave(self) -> GracefulLeave:
+        return GracefulLeave(
+            self.node_id, self.config, self.membership, self.wan, self.raft,
+            remove_peer=lambda peer_id: self.operator.remove_peer(peer_id=peer_id),
+        )
+
+    def _start_watches(self, cfg: configmod.RuntimeConfig) -> list[str]:
+        """(Re)start the config's watches against our own HTTP API with the agent's token."""
+        http_addr = agent_http_addr(self.http.bound if self.http else [], cfg.ports.http)
+        token = self.tokens.get("agent") or self.tokens.get("default") or ""
+        return start_agent_watches(self.watches, cfg.watches, http_addr, token, http_enabled=cfg.ports.http > 0)
 
     async def start(self) -> None:
         cfg = self.config
@@ -331,7 +368,7 @@ class Agent:
             https = (list(cfg.addresses.https or cfg.client_addr), cfg.ports.https, context)
         self.http = HTTPServer(self, addresses, cfg.ports.http, https)
         await self.http.start()
-        if errors := start_agent_watches(self, cfg.watches):
+        if errors := self._start_watches(cfg):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
             resolver = self.acl_resolver
@@ -411,7 +448,7 @@ class Agent:
     async def stop(self) -> None:
         self.notifier.stopping()
         if self._leave_requested:
-            self.leaving = self.leaving or GracefulLeave(self)
+            self.leaving = self.leaving or self._graceful_leave()
             if not await self.leaving.run():
                 self.exit_code = 1  # Consul: a leave past the graceful timeout exits 1
         if self.http is not None:
@@ -448,7 +485,7 @@ class Agent:
     def request_leave(self) -> GracefulLeave:
         """Leave, then shut down (`PUT /v1/agent/leave`); wait on the result's `done`."""
         self._leave_requested = True
-        self.leaving = self.leaving or GracefulLeave(self)
+        self.leaving = self.leaving or self._graceful_leave()
         self._stop.set()
         return self.leaving
 
@@ -535,7 +572,7 @@ class Agent:
         if self.acl_resolver is not None:
             self.acl_resolver.invalidate()
         self.config = new
-        start_agent_watches(self, new.watches)
+        self._start_watches(new)
         self.anti_entropy.trigger()
         logger.info("agent: reloaded configuration (%d reloadable settings changed)", len(reloadable))
         return []

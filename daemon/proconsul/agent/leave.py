@@ -28,7 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from proconsul.config import RuntimeConfig
+    from proconsul.raft.node import RaftServer
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +49,34 @@ LEADERSHIP_TRANSFER_TIMEOUT_S = 3.0
 RAFT_REMOVE_RETRY_S = 0.2
 
 
+class Leaver(Protocol):
+    """A gossip pool as the leave uses it (its `node.core` is None until it started)."""
+
+    node: Any
+
+    async def leave(self) -> None: ...
+
+
 class GracefulLeave:
     """One agent's leave; `status` says which step runs (systemd's `STATUS=` shows it)."""
 
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        node_id: str,
+        config: RuntimeConfig,
+        lan: Leaver,
+        wan: Leaver | None = None,
+        raft: RaftServer | None = None,
+        remove_peer: Callable[[str], Awaitable[Any]] | None = None,
+    ) -> None:
+        """`raft` and `remove_peer` (asks the leader to remove a server by ID) on servers; `wan`
+        on servers with a WAN pool."""
+        self.node_id = node_id
+        self.config = config
+        self.lan = lan
+        self.wan = wan
+        self.raft = raft
+        self.remove_peer = remove_peer
         self.status = "leaving the cluster"
         self.done = asyncio.Event()  # set once the leave finished (or gave up)
         self.completed = False
@@ -63,7 +91,7 @@ class GracefulLeave:
         return self.completed
 
     async def _run(self) -> bool:
-        cfg = self.agent.config
+        cfg = self.config
         logger.info("agent: gracefully leaving the cluster")
         try:
             async with asyncio.timeout(GRACEFUL_LEAVE_TIMEOUT_S):
@@ -80,14 +108,13 @@ class GracefulLeave:
         return True
 
     async def _leave_raft(self) -> None:
-        agent = self.agent
-        raft = agent.raft
+        raft = self.raft
         if raft is None or raft.core is None:
             return  # a client agent, or -dev's single in-memory log
         conf = raft.core.config
-        if agent.node_id not in conf.members():
+        if self.node_id not in conf.members():
             return  # never joined, or already removed
-        others = [v for v in conf.voters if v != agent.node_id]
+        others = [v for v in conf.voters if v != self.node_id]
         if not others:
             logger.info("agent: last server of the cluster; keeping the Raft configuration")
             return
@@ -122,10 +149,10 @@ class GracefulLeave:
         term); those refusals are transient, so the request is repeated until the caller's
         deadline. Once this server is no longer in the configuration it has left.
         """
-        agent = self.agent
+        assert self.remove_peer is not None, "a server's leave needs remove_peer"
         while True:
             try:
-                await agent.operator.remove_peer(peer_id=agent.node_id)
+                await self.remove_peer(self.node_id)
                 return
             except Exception as exc:  # no leader, a change in flight: try again shortly
                 if "was not found in the Raft configuration" in str(exc):
@@ -136,7 +163,7 @@ class GracefulLeave:
             await asyncio.sleep(RAFT_REMOVE_RETRY_S)
 
     async def _leave_gossip(self) -> None:
-        wan = getattr(self.agent, "wan", None)
+        wan = self.wan
         if wan is not None and wan.node.core is not None:
             self.status = "leaving the WAN gossip pool"
             try:
@@ -147,7 +174,7 @@ class GracefulLeave:
                 logger.info("agent: left the WAN gossip pool")
         self.status = "leaving the LAN gossip pool"
         try:
-            await self.agent.membership.leave()
+            await self.lan.leave()
         except Exception as exc:  # the others will see us fail instead of leave
             logger.error("agent: failed to leave the LAN gossip pool: %s", exc)
         else:

@@ -23,12 +23,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from proconsul.coordinate import DEFAULT_CONFIG, DEFAULT_SEGMENT, Coordinate, InvalidCoordinate
-from proconsul.rpc_api import NotLeader, RPCError
+from proconsul.rpc_api import HandlerRegistry, NotLeader, RPCError, ServerCaller
 from proconsul.state import commands
 from proconsul.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from proconsul.config import RuntimeConfig
+    from proconsul.coordinate import PeerCoordinates
+    from proconsul.server.wan import Router
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +123,7 @@ class CoordinateEndpoint:
         return True
 
     async def handle(self, body: Any) -> bool:
-        """The RPC entry point (``Server.handlers``); bad input is the caller's error."""
+        """The RPC entry point (registered with the server); bad input is the caller's error."""
         try:
             return await self.update(body)
         except InvalidCoordinate as exc:
@@ -153,25 +159,53 @@ class CoordinateEndpoint:
 
 
 class CoordinateSync:
-    """An agent's side: its coordinate source and the periodic push to the servers."""
+    """An agent's side: its coordinate source and the periodic push to the servers.
 
-    def __init__(self, agent: Any, rng: random.Random | None = None) -> None:
-        self.agent = agent
+    Args:
+        config: the agent's configuration as it is now (the sync rate settings are read each time).
+        node_name: ours, as the updates name it.
+        coordinates: the LAN pool's :class:`~proconsul.coordinate.PeerCoordinates` (None when
+            coordinates are disabled).
+        member_count: how many LAN members there are (the send interval scales with it).
+        endpoint: a server's ``Coordinate.Update`` batcher (None on client agents).
+        router: a server's WAN router, whose pool knows every datacenter's coordinates.
+        forward: a client agent's way to a server (None on servers).
+    """
+
+    def __init__(
+        self,
+        config: Callable[[], RuntimeConfig],
+        node_name: str,
+        coordinates: Callable[[], PeerCoordinates | None],
+        member_count: Callable[[], int],
+        endpoint: CoordinateEndpoint | None = None,
+        router: Router | None = None,
+        forward: ServerCaller | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self.node_name = node_name
+        self._coordinates = coordinates
+        self._member_count = member_count
+        self.endpoint = endpoint
+        self.router = router
+        self.forward = forward
         self.rng = rng or random.Random()
-        self.endpoint: CoordinateEndpoint | None = None
-        if agent.remote is None:
-            self.endpoint = CoordinateEndpoint(agent.server)
-            agent.server.handlers["Coordinate.Update"] = self.endpoint.handle
-            agent.server.handlers["Coordinate.ListDatacenters"] = self._rpc_list_datacenters
         self._tasks: list[asyncio.Task[Any]] = []
+
+    def register_rpc(self, registry: HandlerRegistry) -> None:
+        """A server answers ``Coordinate.Update`` and ``Coordinate.ListDatacenters``."""
+        if self.endpoint is not None:
+            registry.register("Coordinate.Update", self.endpoint.handle)
+            registry.register("Coordinate.ListDatacenters", self._rpc_list_datacenters)
 
     @property
     def disabled(self) -> bool:
-        return bool(self.agent.config.disable_coordinates)
+        return bool(self._config().disable_coordinates)
 
-    def coordinates(self) -> Any:
+    def coordinates(self) -> PeerCoordinates | None:
         """The LAN pool's :class:`~proconsul.coordinate.PeerCoordinates` (None when disabled)."""
-        return self.agent.membership.node.coordinates
+        return self._coordinates()
 
     def local_coordinate(self) -> Coordinate | None:
         peers = self.coordinates()
@@ -180,8 +214,7 @@ class CoordinateSync:
     def datacenter_maps(self) -> list[dict[str, Any]]:
         """Every datacenter's servers with their WAN coordinates, from this server's WAN pool
         (none without one: a client agent asks a server, see :meth:`list_datacenters`)."""
-        router = getattr(self.agent.server, "router", None)
-        return router.datacenter_maps() if router is not None else []
+        return self.router.datacenter_maps() if self.router is not None else []
 
     async def _rpc_list_datacenters(self, _body: Any) -> list[dict[str, Any]]:
         if self.disabled:
@@ -191,8 +224,8 @@ class CoordinateSync:
     async def list_datacenters(self) -> list[dict[str, Any]]:
         """Consul's ``Coordinate.ListDatacenters``: answered by a server's WAN pool, so a
         client agent forwards it to one."""
-        if self.agent.remote is not None:
-            return list(await self.agent.remote.call("Coordinate.ListDatacenters", None, timeout_s=10.0) or [])
+        if self.forward is not None:
+            return list(await self.forward.call("Coordinate.ListDatacenters", None, timeout_s=10.0) or [])
         return self.datacenter_maps()
 
     async def send(self, body: Any) -> None:
@@ -202,8 +235,10 @@ class CoordinateSync:
         if self.endpoint is not None:
             await self.endpoint.update(body)
             return
+        if self.forward is None:
+            raise RPCError("coordinate: no server to send the update to")
         decode_update(body)  # refuse bad input here rather than after a network round trip
-        await self.agent.remote.call("Coordinate.Update", body, timeout_s=10.0)
+        await self.forward.call("Coordinate.Update", body, timeout_s=10.0)
 
     def start(self) -> None:
         if self.disabled:
@@ -218,8 +253,8 @@ class CoordinateSync:
         self._tasks.clear()
 
     def interval(self) -> float:
-        cfg = self.agent.config
-        members = len(self.agent.membership.members())
+        cfg = self._config()
+        members = self._member_count()
         base = rate_scaled_interval(cfg.sync_coordinate_rate_target, cfg.sync_coordinate_interval_min_s, members)
         return base + self.rng.uniform(0, base)
 
@@ -230,6 +265,6 @@ class CoordinateSync:
             if coord is None:
                 continue
             try:
-                await self.send(encode_update(self.agent.node_name, DEFAULT_SEGMENT, coord))
+                await self.send(encode_update(self.node_name, DEFAULT_SEGMENT, coord))
             except Exception as exc:  # no server or leader yet: the next interval retries
                 logger.warning("agent: coordinate update error: %s", exc)

@@ -25,14 +25,14 @@ import base64
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
 
 from proconsul import go_regexp
-from proconsul.rpc_api import NoPathToDatacenter, RPCError
+from proconsul.rpc_api import DatacenterRouter, HandlerRegistry, NoPathToDatacenter, RPCError
 from proconsul.tasks import wait_event
 
 # Consul's agent keeps this many recent events (agent.eventBuf).
@@ -225,10 +225,11 @@ class EventLog:
 REMOTE_EXEC_NAME = "_rexec"
 
 
-def local_services(agent: Any) -> list[tuple[str, tuple[str, ...]]]:
-    """This agent's services as (ID, tags) and, when it differs, (name, tags), sorted by ID."""
+def local_services(services: Mapping[str, Any]) -> list[tuple[str, tuple[str, ...]]]:
+    """This agent's services (ID -> local service record, as `LocalState.services` holds them)
+    as (ID, tags) and, when it differs, (name, tags), sorted by ID."""
     out: list[tuple[str, tuple[str, ...]]] = []
-    for sid, svc in sorted(agent.local.services.items()):
+    for sid, svc in sorted(services.items()):
         d = svc.definition
         out.append((sid, tuple(d.tags)))
         if d.name != sid:
@@ -239,29 +240,48 @@ def local_services(agent: Any) -> list[tuple[str, tuple[str, ...]]]:
 class AgentEvents:
     """One agent's user events: fire through a server, receive from the LAN pool, keep the log.
 
-    Built by the agent after its membership and RPC surface; `on_gossip` runs on the agent's
-    loop (the gossip driver calls it synchronously), so the log needs no locking.
+    `on_gossip` runs on the agent's loop (the gossip driver calls it synchronously), so the log
+    needs no locking.
+
+    Args:
+        datacenter, node_name: ours (an event's default datacenter; the node filter's subject).
+        services: this agent's services as they are now (the service and tag filters' subject).
+        broadcast: sends a user event (name, payload) in the LAN pool (servers).
+        router: a server's WAN router, for events fired in another datacenter.
+        forward: a client agent's way to send ``Internal.EventFire`` to one of its servers,
+            not resent once sent (None on servers, which answer it: `handle_fire_rpc`).
     """
 
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        datacenter: str,
+        node_name: str,
+        services: Callable[[], Mapping[str, Any]],
+        broadcast: Callable[[str, bytes], None],
+        router: DatacenterRouter | None = None,
+        forward: Callable[[str, Any], Awaitable[Any]] | None = None,
+    ) -> None:
+        self.datacenter = datacenter
+        self.node_name = node_name
+        self._services = services
+        self._broadcast = broadcast
+        self.router = router
+        self.forward = forward
         self.log = EventLog()
-        agent.membership.user_event_listeners.append(self.on_gossip)
-        # Servers and dev agents answer Internal.EventFire (for client agents and other DCs).
-        agent.server.handlers[FIRE_RPC] = self.handle_fire_rpc
+
+    def register_rpc(self, registry: HandlerRegistry) -> None:
+        """Servers and dev agents answer Internal.EventFire (for client agents and other DCs)."""
+        registry.register(FIRE_RPC, self.handle_fire_rpc)
 
     async def fire(self, event: UserEvent, dc: str = "") -> None:
         """Have a server of `dc` (default: ours) broadcast `event` in its LAN pool."""
-        body = {"Datacenter": dc or self.agent.config.datacenter, "Name": event.name, "Payload": event.encode()}
-        await self._route(body)
-
-    async def _route(self, body: dict[str, Any]) -> Any:
-        # A client agent's RemoteServer sends the RPC to one of our servers (any: gossip does the
-        # rest, and a server forwards another datacenter's); a server answers it in process.
-        forward = getattr(self.agent.server, "forward_rpc", None)
-        if forward is not None:
-            return await forward(FIRE_RPC, body)
-        return await self.handle_fire_rpc(body)
+        body = {"Datacenter": dc or self.datacenter, "Name": event.name, "Payload": event.encode()}
+        # A client agent sends the RPC to one of our servers (any: gossip does the rest, and a
+        # server forwards another datacenter's); a server answers it in process.
+        if self.forward is not None:
+            await self.forward(FIRE_RPC, body)
+        else:
+            await self.handle_fire_rpc(body)
 
     async def handle_fire_rpc(self, body: Any) -> bool:
         """Internal.EventFire on a server: broadcast the encoded event as `consul:event:<name>`,
@@ -270,18 +290,17 @@ class AgentEvents:
             body.get("Payload"), bytes
         ):
             raise RPCError("Internal.EventFire: malformed request")
-        dc = body.get("Datacenter") or self.agent.config.datacenter
-        if dc != self.agent.config.datacenter:
-            router = getattr(self.agent.server, "router", None)
-            if router is None:
+        dc = body.get("Datacenter") or self.datacenter
+        if dc != self.datacenter:
+            if self.router is None:
                 raise NoPathToDatacenter(dc)
             # Any server there will do (Consul sends it AllowStale); not resent once sent.
-            await router._call(dc, FIRE_RPC, dict(body, Datacenter=dc), 30.0, False)
+            await self.router.call(dc, FIRE_RPC, dict(body, Datacenter=dc), 30.0, retry_sent=False)
             return True
         gossip_name = GOSSIP_NAME_PREFIX + body["Name"]
         if len(gossip_name.encode()) + len(body["Payload"]) > USER_EVENT_SIZE_LIMIT:
             raise RPCError(f"user event exceeds configured limit of {USER_EVENT_SIZE_LIMIT} bytes before encoding")
-        self.agent.membership.node.send_user_event(gossip_name, body["Payload"])
+        self._broadcast(gossip_name, body["Payload"])
         return True
 
     def on_gossip(self, received: Any) -> None:
@@ -296,7 +315,7 @@ class AgentEvents:
         if event.version > USER_EVENT_VERSION:
             logger.warning("agent: event version %d may have unsupported features (%s)", event.version, event.name)
         try:
-            selected = matches(event, self.agent.node_name, local_services(self.agent))
+            selected = matches(event, self.node_name, local_services(self._services()))
         except go_regexp.RegexpError as exc:
             logger.error("agent: failed to parse the filters of event %r: %s", event.name, exc.detail)
             return

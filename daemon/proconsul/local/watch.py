@@ -486,20 +486,21 @@ class WatchManager:
         return len(self._running)
 
 
-def agent_http_addr(agent: Any) -> str:
-    """Where the agent's own HTTP API answers (a wildcard bind is reached on loopback)."""
-    host, port = agent.http.bound[0] if agent.http and agent.http.bound else ("127.0.0.1", agent.config.ports.http)
+def agent_http_addr(bound: Sequence[tuple[str, int]], configured_port: int) -> str:
+    """Where the agent's own HTTP API answers: its first bound listener, else the configured
+    port on loopback (a wildcard bind is reached on loopback too)."""
+    host, port = bound[0] if bound else ("127.0.0.1", configured_port)
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def start_agent_watches(agent: Any, defs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """(Re)start the agent's configured watches; returns the errors (the old ones keep running)."""
-    if defs and agent.config.ports.http <= 0:
+def start_agent_watches(manager: WatchManager, defs: Sequence[Mapping[str, Any]], http_addr: str,
+                        token: str, http_enabled: bool = True) -> list[str]:
+    """(Re)start the agent's configured watches against its HTTP API at `http_addr`, with the
+    agent's `token`; returns the errors (the old ones keep running)."""
+    if defs and not http_enabled:
         # The watches are clients of the plain HTTP API; over HTTPS they would need the agent's
         # own client certificate, which is not built yet. Refuse instead of watching nothing.
         return ["watches need the plain HTTP API: ports.http is disabled (HTTPS-only watches are not supported yet)"]
-    token = agent.tokens.get("agent") or agent.tokens.get("default") or ""
-    manager: WatchManager = agent.watches
-    return manager.start(defs, agent_http_addr(agent), token)
+    return manager.start(defs, http_addr, token)

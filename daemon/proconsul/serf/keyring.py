@@ -26,7 +26,7 @@ import logging
 from typing import Any
 
 from proconsul.gossip.keyring import KeyringError
-from proconsul.rpc_api import RPCError
+from proconsul.rpc_api import DatacenterRouter, RPCError, ServerCaller
 from proconsul.serf.queries import KEYRING_OPERATIONS, KeyringQueries
 
 logger = logging.getLogger(__name__)
@@ -65,23 +65,42 @@ def validate(op: str, key: str, local_only: bool) -> None:
 
 
 class KeyringOperations:
-    """One agent's entry point for keyring operations, and a server's ``Keyring.Operation``."""
+    """One agent's entry point for keyring operations, and a server's ``Keyring.Operation``.
 
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
-        if agent.remote is None:
-            agent.server.handlers[KEYRING_RPC] = self._handle_rpc
+    Args:
+        datacenter: ours, as each pool's answer names it.
+        lan: the LAN pool's keyring queries.
+        wan: the WAN pool's (servers with a WAN pool only).
+        router: the way to other datacenters' servers (servers with a WAN pool only).
+        forward: a client agent's way to a server, which runs the operation for it (None on
+            servers, which run it themselves and answer `handle_rpc`).
+    """
+
+    def __init__(
+        self,
+        datacenter: str,
+        lan: KeyringQueries,
+        wan: KeyringQueries | None = None,
+        router: DatacenterRouter | None = None,
+        forward: ServerCaller | None = None,
+    ) -> None:
+        self.datacenter = datacenter
+        self.lan = lan
+        self.wan = wan
+        self.router = router
+        self.forward = forward
 
     async def run(self, op: str, key: str = "", local_only: bool = False) -> list[dict[str, Any]]:
         """Run `op` where Consul runs it; one entry per pool reached (WAN first)."""
         validate(op, key, local_only)
         body = {"op": op, "key": key, "local_only": local_only, "forwarded": False}
-        if self.agent.remote is not None:
-            reply = await self.agent.remote.call(KEYRING_RPC, body, timeout_s=KEYRING_RPC_TIMEOUT_S)
+        if self.forward is not None:
+            reply = await self.forward.call(KEYRING_RPC, body, timeout_s=KEYRING_RPC_TIMEOUT_S)
             return list(reply or [])
         return await self._on_server(op, key, local_only, forwarded=False)
 
-    async def _handle_rpc(self, body: Any) -> list[dict[str, Any]]:
+    async def handle_rpc(self, body: Any) -> list[dict[str, Any]]:
+        """``Keyring.Operation`` on a server (registered by the agent under `KEYRING_RPC`)."""
         if not isinstance(body, dict):
             raise RPCError("keyring: malformed request")
         op, key = str(body.get("op", "")), str(body.get("key", ""))
@@ -94,20 +113,18 @@ class KeyringOperations:
 
     async def _pool(self, queries: KeyringQueries, op: str, key: str, wan: bool) -> dict[str, Any]:
         summary = await queries.operation(op, key)
-        return _entry(summary, self.agent.config.datacenter, wan)
+        return _entry(summary, self.datacenter, wan)
 
     async def _on_server(self, op: str, key: str, local_only: bool, forwarded: bool) -> list[dict[str, Any]]:
-        agent = self.agent
-        wan = agent.wan
-        if local_only or forwarded or wan is None:
-            return [await self._pool(agent.membership.keyring_queries, op, key, wan=False)]
-        entries = [await self._pool(wan.keyring_queries, op, key, wan=True)]
-        entries.append(await self._pool(agent.membership.keyring_queries, op, key, wan=False))
-        router = agent.server.router
-        local = agent.config.datacenter
-        remote = [dc for dc in router.datacenters() if dc != local]
+        if local_only or forwarded or self.wan is None:
+            return [await self._pool(self.lan, op, key, wan=False)]
+        entries = [await self._pool(self.wan, op, key, wan=True)]
+        entries.append(await self._pool(self.lan, op, key, wan=False))
+        if self.router is None:
+            return entries
+        remote = [dc for dc in self.router.datacenters() if dc != self.datacenter]
         body = {"op": op, "key": key, "local_only": False, "forwarded": True}
         for dc in remote:
-            reply = await router.call(dc, KEYRING_RPC, body, timeout_s=KEYRING_RPC_TIMEOUT_S)
+            reply = await self.router.call(dc, KEYRING_RPC, body, timeout_s=KEYRING_RPC_TIMEOUT_S)
             entries.extend(reply or [])
         return entries

@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgpack
 
@@ -41,6 +41,10 @@ from proconsul.serf.member import STATUS_ALIVE, TOMBSTONE_TIMEOUT_S, MemberRecor
 from proconsul.serf.pool import SerfPool
 from proconsul.serf.snapshot import Snapshot
 
+if TYPE_CHECKING:
+    from proconsul.config import RuntimeConfig
+    from proconsul.metrics.registry import Metrics
+
 logger = logging.getLogger(__name__)
 
 class Membership(SerfPool):
@@ -49,17 +53,27 @@ class Membership(SerfPool):
     # Consul agents join with serf's ignoreOld: a (re)joining agent does not replay old events.
     join_ignores_old_events = True
 
-    def __init__(self, agent: Any, tags: dict[str, str]) -> None:
-        cfg = agent.config
+    def __init__(
+        self,
+        config: Callable[[], RuntimeConfig],
+        node_name: str,
+        node_id: str,
+        address: str,
+        tags: dict[str, str],
+        metrics: Metrics | None = None,
+    ) -> None:
+        cfg = config()
+        self.node_name = node_name
+        self.node_id = node_id
         self.keyring = setup_keyring(cfg.encrypt, cfg.data_dir)
         super().__init__(
-            agent, "LAN", agent.node_name, cfg.ports.serf_lan,
+            config, metrics, "LAN", node_name, cfg.ports.serf_lan,
             bind_host=cfg.serf_lan or cfg.bind_addr,
-            advertise_host=agent.address,
+            advertise_host=address,
             gossip_config=GossipConfig.local() if cfg.dev else GossipConfig.lan(),
             tags=tags,
             keyring=self.keyring,
-            save_keyring=self._save_keyring,
+            save_keyring=self.save_keyring,
             merge_check=self._merge_check,
         )
         # Peers to rejoin after a restart (serf's snapshot); dev agents keep nothing.
@@ -74,13 +88,21 @@ class Membership(SerfPool):
         self.reaped: dict[str, tuple[MemberRecord, float]] = {}
         self._resolving = False  # a name-conflict resolution is under way
 
+    def on_member_event(self, listener: Callable[[MemberRecord], None]) -> None:
+        """Call `listener` with each member event, after the table is updated."""
+        self.listeners.append(listener)
+
+    def on_user_event(self, listener: Callable[[UserEventReceived], None]) -> None:
+        """Call `listener` with each user event the pool delivers, ours included."""
+        self.user_event_listeners.append(listener)
+
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self._bind()
         logger.info("gossip: LAN pool on %s:%d", *self.node.address)
         self._start_reconnect(lambda: self.config.reconnect_timeout_s, on_reap=self._on_reaped)
-        previous = self.snapshot.previous_peers(self.agent.node_name) if self.snapshot is not None else []
+        previous = self.snapshot.previous_peers(self.node_name) if self.snapshot is not None else []
         if previous:
             self._tasks.append(asyncio.get_running_loop().create_task(self._rejoin(previous), name="serf-rejoin"))
 
@@ -118,14 +140,15 @@ class Membership(SerfPool):
 
     # --- events ------------------------------------------------------------------------------
 
-    def _save_keyring(self, ring: Keyring) -> None:
+    def save_keyring(self, ring: Keyring) -> None:
+        """Persist the keyring after a key change (the WAN pool shares the LAN pool's ring and file)."""
         if self.config.data_dir and not self.config.disable_keyring_file:
             ring.save(self.config.data_dir)
 
     def _merge_check(self, members: Sequence[tuple[str, Mapping[str, str]]]) -> str | None:
         """Consul's LAN merge delegate: refuse members that reuse a node ID under another name
         (ours, one another's, or a live member's) or belong to another datacenter."""
-        me, my_id = self.agent.node_name, self.agent.node_id
+        me, my_id = self.node_name, self.node_id
         live = {m.tags.get("id", ""): m.name for m in self.node.members()
                 if m.state in (MemberState.ALIVE, MemberState.SUSPECT) and m.tags.get("id")}
         seen: dict[str, str] = {}
@@ -147,7 +170,7 @@ class Membership(SerfPool):
         """serf's conflict resolution: ask everyone which address they hold for our name; in the
         minority we step out of the pool (the other holder keeps the name)."""
         me = self.node.address
-        result = await self.queries.ask("_serf_conflict", self.agent.node_name.encode())
+        result = await self.queries.ask("_serf_conflict", self.node_name.encode())
         matching = 0
         for payload in result.responses.values():
             try:
@@ -164,14 +187,14 @@ class Membership(SerfPool):
             return
         logger.error("serf: minority in name conflict resolution, quiting [%d / %d]", matching, responses)
         logger.error("agent: node name %s is in use by another agent; this agent left the LAN pool, "
-                     "restart it with a unique -node", self.agent.node_name)
+                     "restart it with a unique -node", self.node_name)
         await self.node.stop()
 
     def _on_event(self, event: Event) -> None:
         if self.queries.handle_event(event) or self.keyring_queries.handle_event(event):
             return
         if isinstance(event, NameConflict):
-            if event.name == self.agent.node_name:
+            if event.name == self.node_name:
                 logger.error("serf: Node name conflicts with another node at %s:%d. Names must be unique! "
                              "(Resolution enabled: true)", *event.theirs)
                 if not self._resolving:
@@ -192,7 +215,7 @@ class Membership(SerfPool):
         if not isinstance(event, MemberEvent):
             return
         m = event.member
-        if self.snapshot is not None and m.name != self.agent.node_name:
+        if self.snapshot is not None and m.name != self.node_name:
             if event.kind is MemberEventKind.JOIN:
                 self.snapshot.member_alive(m.name, m.addr[0], m.addr[1])
             elif event.kind in (MemberEventKind.LEAVE, MemberEventKind.FAIL):

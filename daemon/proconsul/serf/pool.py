@@ -21,7 +21,7 @@ import errno
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.core import Event, Member, MergeCheck
@@ -40,6 +40,10 @@ from proconsul.serf.queries import KeyringQueries, QueryAsker
 from proconsul.serf.reconnect import Reconnector
 from proconsul.tasks import cancel_and_wait
 
+if TYPE_CHECKING:
+    from proconsul.config import RuntimeConfig
+    from proconsul.metrics.registry import Metrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,7 +51,8 @@ class SerfPool:
     """One gossip pool of this agent, as serf layers it over memberlist.
 
     Args:
-        agent: the agent (its ``config`` and ``address``).
+        config: the agent's configuration as it is now (a reload replaces what it returns).
+        metrics: where the gossip core counts probes, suspicions and messages (None: nowhere).
         label: "LAN" or "WAN", for log lines and task names.
         name: our member name in the pool.
         port: the pool's gossip port; join addresses without a port get it too.
@@ -60,17 +65,18 @@ class SerfPool:
     """
 
     @property
-    def config(self) -> Any:
+    def config(self) -> RuntimeConfig:
         """The agent's configuration as it is now: a reload (reconnect_* settings) reaches the
         pool's reconnect loop and reaper, which read it on every pass."""
-        return self.agent.config
+        return self._config()
 
     # Whether a join skips user events sent before it (serf's ignoreOld); the LAN pool's does.
     join_ignores_old_events = False
 
     def __init__(
         self,
-        agent: Any,
+        config: Callable[[], RuntimeConfig],
+        metrics: Metrics | None,
         label: str,
         name: str,
         port: int,
@@ -82,8 +88,9 @@ class SerfPool:
         save_keyring: Callable[[Keyring], None],
         merge_check: MergeCheck | None = None,
     ) -> None:
-        self.agent = agent
+        self._config = config
         self.label = label
+        self.advertise_host = advertise_host
         self.name = name
         self.port = port
         self.gossip_config = gossip_config
@@ -97,7 +104,7 @@ class SerfPool:
             keyring=keyring,
             disable_coordinates=self.config.disable_coordinates,
             merge_check=merge_check,
-            metrics=getattr(agent, "metrics", None),
+            metrics=metrics,
         )
         self.queries = QueryAsker(self.node)
         self.keyring_queries = KeyringQueries(self.node, self.queries, save_keyring)
@@ -124,7 +131,7 @@ class SerfPool:
             # Dev agents are throwaway: another one already holds the port on this host.
             logger.warning("gossip: port %d in use, dev agent gossips %s on a random port", self.port, self.label)
             self.node.bind = (self.node.bind[0], 0)
-            self.node.advertise = (self.node.advertise[0] if self.node.advertise else self.agent.address, 0)
+            self.node.advertise = (self.node.advertise[0] if self.node.advertise else self.advertise_host, 0)
             await self.node.start()
 
     def _start_reconnect(

@@ -126,8 +126,8 @@ class DeadServerCleanup:
         self._wake = asyncio.Event()
         self._refused: list[tuple[str, str]] = []
         self._alive_since: dict[str, float] = {}  # server ID -> monotonic time first seen alive
-        agent.membership.listeners.append(self._on_member)
-        server.handlers["Autopilot.ServerState"] = self._server_state
+        agent.membership.on_member_event(self._on_member)
+        server.register("Autopilot.ServerState", self._server_state)
 
     async def _server_state(self, _body: Any) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.agent.node_id, "raft_running": self.raft.core is not None}

@@ -223,11 +223,11 @@ class AutopilotOperator:
         )
         self._m_healthy.set(0)
         self._m_tolerance.set(0)
-        handlers = operator.server.handlers
-        handlers["Operator.AutopilotGetConfiguration"] = self._rpc_get_config
-        handlers["Operator.AutopilotSetConfiguration"] = self._rpc_set_config
-        handlers["Operator.ServerHealth"] = self._rpc_health
-        handlers["Operator.AutopilotState"] = self._rpc_state
+        registry = operator.server
+        registry.register("Operator.AutopilotGetConfiguration", self._rpc_get_config)
+        registry.register("Operator.AutopilotSetConfiguration", self._rpc_set_config)
+        registry.register("Operator.ServerHealth", self._rpc_health)
+        registry.register("Operator.AutopilotState", self._rpc_state)
 
     # ------------------------------------------------------------------------- configuration
 

@@ -4,7 +4,7 @@ snapshots.
 Owns what `/v1/operator/raft/*` and `/v1/snapshot` do on a server, and their RPC endpoints
 (`Operator.RaftConfiguration`, `Operator.RaftRemovePeer`, `Operator.RaftTransferLeader`,
 `Snapshot.Save`, registered in
-`Server.handlers`), so that a request arriving at a follower is forwarded once to the leader,
+`Server.register`), so that a request arriving at a follower is forwarded once to the leader,
 as writes and default-mode reads are. `?stale` answers from the local server.
 
 Node names in the Raft configuration come from the replicated catalog: every server registers
@@ -41,11 +41,11 @@ class Operator:
         self.agent = agent
         self.server: Server = agent.server
         self.raft = agent.raft  # None in -dev (the single in-memory log)
-        handlers = self.server.handlers
-        handlers["Operator.RaftConfiguration"] = self._rpc_configuration
-        handlers["Operator.RaftRemovePeer"] = self._rpc_remove_peer
-        handlers["Snapshot.Save"] = self._rpc_snapshot_save
-        handlers["Operator.RaftTransferLeader"] = self._rpc_transfer_leader
+        registry = self.server
+        registry.register("Operator.RaftConfiguration", self._rpc_configuration)
+        registry.register("Operator.RaftRemovePeer", self._rpc_remove_peer)
+        registry.register("Snapshot.Save", self._rpc_snapshot_save)
+        registry.register("Operator.RaftTransferLeader", self._rpc_transfer_leader)
         # /v1/operator/autopilot/*: configuration, server health, state (+ the leader's gauges).
         self.autopilot = AutopilotOperator(agent, self, getattr(agent, "metrics", None))
 

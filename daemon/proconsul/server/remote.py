@@ -28,6 +28,7 @@ from proconsul.rpc_api import (
     QueryMeta,
     QueryOptions,
     RPCError,
+    RPCHandler,
     UnknownOutcome,
     WriteMeta,
 )
@@ -97,7 +98,6 @@ class RemoteServer:
         self.pool = ConnectionPool(security=security)  # TLS to the servers when verify_outgoing
         self.store = Store()  # empty: a client holds no catalog
         self.rng = rng or random.Random()
-        self.handlers: dict[str, Any] = {}
         self.identity: dict[str, Any] = {}
         # The token this agent's own writes carry (anti-entropy): acl.tokens.agent, else default.
         self.agent_token: Any = lambda: ""
@@ -185,6 +185,9 @@ class RemoteServer:
     def wait_time(self, opts: QueryOptions) -> float:
         wait = opts.max_wait_s or 300.0
         return wait + wait / 16
+
+    def register(self, method: str, handler: RPCHandler) -> None:
+        """A client agent answers no server RPC: what the agent's parts register is dropped."""
 
     async def handle_rpc(self, method: str, body: Any) -> Any:
         raise RPCError(f"rpc: can't find method {method}")

@@ -30,6 +30,7 @@ from proconsul.rpc_api import (
     QueryMeta,
     QueryOptions,
     RPCError,
+    RPCHandler,
     UnknownOutcome,
     WriteMeta,
 )
@@ -87,8 +88,8 @@ class Server:
         # performance.rpc_hold_timeout).
         self.rpc_hold_timeout_s = 7.0
         self.identity: dict[str, Any] = {}
-        # Extra RPC methods registered by other parts (e.g. session renewals for the leader).
-        self.handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
+        # Extra RPC methods registered by other parts (`register`: session renewals, events, ...).
+        self.handlers: dict[str, RPCHandler] = {}
         # The leader's `<data_dir>/acl-bootstrap-reset` (server/acl_leader.BootstrapResetFile).
         self.acl_bootstrap_reset: Any = None
         # With ACLs on (set by the agent): raises RPCError unless the token may apply the command.
@@ -348,6 +349,10 @@ class Server:
         return WriteMeta(reply["index"]), decode_result(reply["result"])
 
     # ------------------------------------------------------------------------ RPC endpoints
+
+    def register(self, method: str, handler: RPCHandler) -> None:
+        """Answer the RPC `method` with `handler` (parts built after the server add theirs)."""
+        self.handlers[method] = handler
 
     async def handle_rpc(self, method: str, body: Any) -> Any:
         """Serve a request from another agent (the transport's RPC dispatch)."""

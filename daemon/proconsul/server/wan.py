@@ -34,7 +34,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proconsul.coordinate import PeerCoordinates, distance
 from proconsul.gossip.config import GossipConfig
@@ -54,6 +54,11 @@ from proconsul.serf.reconnect import reap
 from proconsul.server.rpc import decode_result
 from proconsul.state import commands
 from proconsul.transport import ConnectionPool, RemoteError
+
+if TYPE_CHECKING:
+    from proconsul.config import RuntimeConfig
+    from proconsul.gossip.keyring import Keyring
+    from proconsul.metrics.registry import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -79,18 +84,27 @@ def wan_name(node: str, datacenter: str) -> str:
 class WANPool(SerfPool):
     """A server's WAN pool membership."""
 
-    def __init__(self, agent: Any, tags: dict[str, str], keyring: Any) -> None:
-        cfg = agent.config
+    def __init__(
+        self,
+        config: Callable[[], RuntimeConfig],
+        node_name: str,
+        address: str,
+        tags: dict[str, str],
+        keyring: Keyring | None,
+        save_keyring: Callable[[Keyring], None],
+        metrics: Metrics | None = None,
+    ) -> None:
+        cfg = config()
         super().__init__(
-            agent, "WAN", wan_name(agent.node_name, cfg.datacenter), cfg.ports.serf_wan,
+            config, metrics, "WAN", wan_name(node_name, cfg.datacenter), cfg.ports.serf_wan,
             bind_host=cfg.serf_wan or cfg.bind_addr,
-            advertise_host=cfg.advertise_addr_wan or agent.address,
+            advertise_host=cfg.advertise_addr_wan or address,
             # Dev agents gossip on one host, where the WAN profile's 5 s probes only slow things down.
             gossip_config=GossipConfig.local() if cfg.dev else GossipConfig.wan(),
             tags=tags,
             keyring=keyring,
             # The keyring object is the LAN pool's, so a WAN key change is persisted to the same file.
-            save_keyring=agent.membership._save_keyring,
+            save_keyring=save_keyring,
         )
 
     # --- life cycle --------------------------------------------------------------------------
@@ -269,9 +283,10 @@ class Router:
             logger.warning("rpc: server %s in datacenter %s failed (%s); trying another", addr, dc, last)
         raise RPCError(f"rpc error: no server in datacenter {dc} answered: {last}")
 
-    async def call(self, dc: str, method: str, body: Any, timeout_s: float = 30.0) -> Any:
-        """One idempotent RPC to a server of datacenter `dc` (tried on the next one on failure)."""
-        return await self._call(dc, method, body, timeout_s, retry_sent=True)
+    async def call(self, dc: str, method: str, body: Any, timeout_s: float = 30.0, retry_sent: bool = True) -> Any:
+        """One RPC to a server of datacenter `dc`, tried on the next one on failure; with
+        `retry_sent` False, not once it may have been delivered (not idempotent)."""
+        return await self._call(dc, method, body, timeout_s, retry_sent=retry_sent)
 
     async def query(self, dc: str, name: str, args: dict[str, Any], opts: QueryOptions,
                     wait_s: float) -> tuple[QueryMeta, Any]:
