@@ -245,6 +245,21 @@ async def test_first_fetch_error_is_raised_and_the_next_get_retries() -> None:
     assert retried.value == "ok" and len(script.calls) == 2
 
 
+async def test_a_background_entry_that_never_fetched_keeps_no_query_until_a_get_succeeds() -> None:
+    cache, _, slept = make()
+    script = Script()
+    task = asyncio.ensure_future(cache.get(REFRESH, RequestInfo(key="web", datacenter="nowhere"), script))
+    await settle()
+    script.fail("No path to datacenter")
+    with pytest.raises(RPCError, match="No path to datacenter"):
+        await task
+    await settle()
+    assert script.pending() == [] and slept == [], "no background retries for an entry without a value"
+    again = await first_get(cache, REFRESH, RequestInfo(key="web", datacenter="nowhere"), script, 3, "v3")
+    assert (again.hit, again.value) == (False, "v3")
+    assert script.pending() == [2] and script.calls[2][0] == 3  # now it is kept fresh
+
+
 async def test_max_age_and_must_revalidate_refetch_a_simple_entry() -> None:
     cache, clock, _ = make()
     script = Script()

@@ -15,7 +15,8 @@ answers another. Two kinds of type, as Consul's:
   to the kept value when it is no older than that. The age is the time since the fetch.
 
 Concurrent gets of one entry share one fetch. A failed background fetch is retried at once three
-times, then after 2, 4, ... up to 60 s plus a random stagger. An entry nobody asked for during
+times, then after 2, 4, ... up to 60 s plus a random stagger; an entry whose first fetch failed
+keeps no background query (Consul's does): the next get fetches again. An entry nobody asked for during
 its type's `last_get_ttl_s` (3 days, as Consul) is dropped with its background query by `expire`,
 which `run_expiry` calls every `EXPIRY_INTERVAL_S`.
 
@@ -258,7 +259,7 @@ class AgentCache:
         if entry.fetching:
             return entry.waiter
         self._begin(entry)
-        if ctype.refresh and entry.refresher is None:
+        if ctype.refresh and (entry.refresher is None or entry.refresher.done()):
             entry.refresher = self._spawn(entry, self._refresh_loop(key, entry))
         else:
             self._spawn(entry, self._run_fetch(entry))
@@ -309,6 +310,10 @@ class AgentCache:
         """A background refresh type's entry: one blocking query after another until dropped."""
         await self._run_fetch(entry)
         while not self._closed and self._entries.get(key) is entry:
+            if not entry.valid:
+                # Nothing fetched yet (an unknown datacenter, no servers): no background query
+                # for a value nobody has; the next get tries again, and refreshes once it succeeds.
+                return
             wait = self.backoff(entry.attempt)
             if wait > 0:
                 await self.sleep(wait)
