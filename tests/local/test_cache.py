@@ -342,8 +342,13 @@ async def test_close_ends_every_background_query() -> None:
     script = Script()
     await first_get(cache, REFRESH, RequestInfo(key="web"), script, 10, "v10")
     running = script.calls[-1][2]
+    parked = asyncio.ensure_future(cache.get(REFRESH, RequestInfo(key="web", min_index=10, timeout_s=60), script))
+    await settle()
     await cache.close()
     assert running.cancelled() and len(cache) == 0
+    with pytest.raises(RuntimeError):
+        await parked  # woken, and not by a new fetch on the closed cache
+    assert len(script.calls) == 2
     with pytest.raises(RuntimeError):
         await cache.get(REFRESH, RequestInfo(key="web"), script)
 

@@ -160,13 +160,13 @@ class AgentCache:
         error is raised when no acceptable value is kept; a blocking get that times out answers
         the value it has (not a hit), as a blocking query does.
         """
-        if self._closed:
-            raise RuntimeError("the agent cache is closed")
         key = (ctype.name, info.datacenter, info.token, info.key)
         first = True
         must_revalidate = info.must_revalidate
         deadline: float | None = None
         while True:
+            if self._closed:  # also when close() ended the fetch this get waited for
+                raise RuntimeError("the agent cache is closed")
             now = self.clock()
             entry = self._entries.get(key)
             if entry is not None:
