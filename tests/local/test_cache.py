@@ -362,7 +362,10 @@ def test_cache_control_directives() -> None:
     assert c.must_revalidate
     c = cache_control("no-cache, private")
     assert c == cache_control("")
-    for bad in ("max-age=x", "max-age=1.5", "stale-if-error=", "max-age=٣"):
+    assert cache_control("max-age=-5").max_age_s is None  # Consul: a negative age bounds nothing
+    assert cache_control("max-age=0009223372036854775807").max_age_s == float(2**63 - 1)
+    for bad in ("max-age=x", "max-age=1.5", "stale-if-error=", "max-age=٣", "max-age=9223372036854775808",
+                "stale-if-error=" + "9" * 5000):
         with pytest.raises(HTTPError) as exc:
             cache_control(bad)
         assert (exc.value.status, exc.value.message) == (400, "Invalid Cache-Control header.")

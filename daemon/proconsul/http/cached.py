@@ -65,11 +65,14 @@ def cache_control(header: str) -> CacheControl:
 
 
 def _seconds(text: str) -> float:
-    # Consul parses a decimal integer (strconv.Atoi): a sign is allowed, nothing else.
+    # Consul parses a decimal int64 (strconv.Atoi): a sign is allowed, nothing else, no overflow.
     body = text[1:] if text[:1] in ("+", "-") else text
-    if not body.isascii() or not body.isdigit():
+    if not body.isascii() or not body.isdigit() or len(body.lstrip("0")) > 19:
         raise bad_request("Invalid Cache-Control header.")
-    return float(int(text, 10))
+    value = int(text, 10)
+    if not -(2**63) <= value < 2**63:
+        raise bad_request("Invalid Cache-Control header.")
+    return float(value)
 
 
 def _cache(request: web.Request) -> AgentCache:
