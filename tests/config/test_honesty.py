@@ -176,7 +176,7 @@ def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None
 
 
 def test_inert_keys_at_their_default_and_dev_mode_layer_are_quiet(tmp_path: Path) -> None:
-    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\nhttp_config {{ use_cache = true }}\n')
+    path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\nhttp_config {{ max_header_bytes = 0 }}\n')
     assert not any("not implemented" in w for w in validate_paths_with_warnings([path])[1])
     result = load(["-dev"])
     assert not any("not implemented" in w for w in result.warnings), result.warnings

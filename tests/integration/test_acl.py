@@ -169,6 +169,14 @@ def test_acl_enforcement_on_a_cluster_with_client_agents(acl_cluster: ACLCluster
     assert m.agent.service.register("api", port=81)
     wait_for(lambda: "api" in app.catalog.services()[1], timeout=60, what="api in the catalog")
 
+    # The agent cache (?cached) keeps an entry per token, and ACL filtering applies to its answers.
+    for tok, expected in ((token["SecretID"], "MISS"), (token["SecretID"], "HIT"), ("", "MISS"), (mgmt, "MISS")):
+        status, headers, body = _raw(c1, "GET", "/v1/catalog/services?cached", tok)
+        assert status == 200 and headers["x-cache"] == expected, (tok == mgmt, headers)
+        # Anonymous (default deny) sees nothing, and is not told that something was hidden.
+        assert ("web" in json.loads(body)) == (tok != ""), body
+        assert (json.loads(body) == {}) == (tok == "") and "x-consul-results-filtered-by-acls" not in headers
+
     # Token updates take effect; deleted tokens are "ACL not found".
     m.acl.token.delete(token["AccessorID"])
     wait_for(lambda: _raw(server, "GET", "/v1/kv/app/a", token["SecretID"])[0] == 403, timeout=30,

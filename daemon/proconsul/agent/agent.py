@@ -36,6 +36,7 @@ from proconsul.durations import format_duration
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.http.common import HTTPError
 from proconsul.http.server import HTTPServer
+from proconsul.local.cache import AgentCache
 from proconsul.local.checks import CheckManager
 from proconsul.local.coordinate_sync import CoordinateEndpoint, CoordinateSync
 from proconsul.local.events import AgentEvents
@@ -289,6 +290,8 @@ class Agent:
         if self.remote is None:
             self.server.register(KEYRING_RPC, self.keyring_ops.handle_rpc)
         self.notifier = Notifier()
+        # `?cached` reads (http/cached.py); http_config.use_cache = false leaves them uncached.
+        self.cache = AgentCache(metrics=self.metrics) if cfg.http_config.use_cache else None
         self.http: Any = None
         self.dns: Any = None
         self._stop = asyncio.Event()
@@ -366,6 +369,8 @@ class Agent:
             # Built in __init__ (config validation built it once before); the same object serves
             # for the agent's life, handing new handshakes the certificate of the last reload.
             https = (list(cfg.addresses.https or cfg.client_addr), cfg.ports.https, context)
+        if self.cache is not None:
+            self.cache.start()
         self.http = HTTPServer(self, addresses, cfg.ports.http, https)
         await self.http.start()
         if errors := self._start_watches(cfg):
@@ -455,6 +460,8 @@ class Agent:
             await self.http.stop()
         if self.dns is not None:
             await self.dns.stop()
+        if self.cache is not None:
+            await self.cache.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -76,6 +76,8 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "limits.kv_max_value_size", "limits.txn_max_req_len", "limits.http_max_conns_per_client",
         "limits.https_handshake_timeout",
         "http_config.allow_write_http_from", "http_config.block_endpoints", "http_config.response_headers",
+        # proconsul.local.cache via http/cached.py: false leaves `?cached` ignored.
+        "http_config.use_cache",
         # proconsul.http.ui: the web UI, its custom directory and its URL path.
         "ui_config.enabled", "ui_config.dir", "ui_config.content_path",
         # The ACL system (proconsul.acl, http/acl_gate.py, docs/ACL.md). policy_ttl and role_ttl
@@ -115,7 +117,7 @@ INERT: frozenset[str] = frozenset(
         "limits.rpc_rate", "limits.rpc_max_burst", "limits.rpc_max_conns_per_client",
         "telemetry.prefix_filter", "telemetry.filter_default", "telemetry.statsd_address",
         "telemetry.statsite_address", "telemetry.dogstatsd_addr", "telemetry.dogstatsd_tags",
-        "http_config.use_cache", "http_config.max_header_bytes",
+        "http_config.max_header_bytes",
         "unix_sockets.user", "unix_sockets.group", "unix_sockets.mode",  # unix sockets are refused
         "translate_wan_addrs",
         "disable_update_check",  # proconsul never checks for updates

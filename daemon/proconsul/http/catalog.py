@@ -2,7 +2,8 @@
 
 Owns catalog register/deregister (direct writes, as opposed to the agent API which goes through
 the agent's local state) and the catalog reads: datacenters, nodes, services, service/:name,
-node/:node, node-services/:node, each with blocking, `?filter`, `?tag`, `?node-meta`, `?peer`.
+node/:node, node-services/:node, each with blocking, `?filter`, `?tag`, `?node-meta`, `?peer`;
+services and service/:name also answer `?cached` from the agent cache (http/cached.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul import filter as bexpr
-from proconsul.http import acl_gate
+from proconsul.http import acl_gate, cached
 from proconsul.http.absent import peer_requested
 from proconsul.http.common import (
     bad_request,
@@ -24,6 +25,7 @@ from proconsul.http.common import (
     target_dc,
 )
 from proconsul.http.coordinate import near_node
+from proconsul.local.cache import CATALOG_SERVICE_NODES, CATALOG_SERVICES
 from proconsul.rpc_api import QueryOptions
 from proconsul.server import acl_authz
 from proconsul.server.acl_authz import same_node
@@ -203,11 +205,10 @@ async def nodes(request: web.Request) -> web.Response:
 
 
 async def services(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
     opts = query_options(request)
     expr = request.query.get("filter")
     args: dict[str, Any] = {"node_meta": node_meta_filter(request), "instances": bool(expr)}
-    meta, result = await agent.server.query("Catalog.ListServices", args, opts)
+    meta, result = await cached.query(request, CATALOG_SERVICES, "Catalog.ListServices", args, opts)
     if expr:
         # Consul runs the filter on each service instance (catalog/service's selectors), then
         # groups the survivors by name with the union of their tags.
@@ -215,11 +216,10 @@ async def services(request: web.Request) -> web.Response:
         for item in filter_items(request, result, bexpr.CATALOG_SERVICE_NODE):
             grouped.setdefault(item["ServiceName"], set()).update(item["ServiceTags"])
         result = {name: sorted(grouped[name]) for name in sorted(grouped)}
-    return json_response(request, {} if peer_requested(request) else result, meta)
+    return cached.mark(request, json_response(request, {} if peer_requested(request) else result, meta))
 
 
 async def service_nodes(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
     opts = query_options(request)
     args = {
         "service": request.match_info["service"],
@@ -227,9 +227,9 @@ async def service_nodes(request: web.Request) -> web.Response:
         "node_meta": node_meta_filter(request),
         "near": near_node(request),
     }
-    meta, items = await agent.server.query("Catalog.ServiceNodes", args, opts)
+    meta, items = await cached.query(request, CATALOG_SERVICE_NODES, "Catalog.ServiceNodes", args, opts)
     items = filter_items(request, items, bexpr.CATALOG_SERVICE_NODE)
-    return json_response(request, [] if peer_requested(request) else items, meta)
+    return cached.mark(request, json_response(request, [] if peer_requested(request) else items, meta))
 
 
 async def node_detail(request: web.Request) -> web.Response:

@@ -1,7 +1,8 @@
 """`/v1/health/...`: health-aware reads of the catalog.
 
 Owns node/:node, checks/:service, state/:state and service/:service (the main discovery query of
-consul-template and py-consul), with `?passing`, `?tag`, `?node-meta`, `?filter`, `?peer` and blocking.
+consul-template and py-consul), with `?passing`, `?tag`, `?node-meta`, `?filter`, `?peer` and blocking;
+service/:service also answers `?cached` from the agent cache (http/cached.py).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import Any
 from aiohttp import web
 
 from proconsul import filter as bexpr
+from proconsul.http import cached
 from proconsul.http.absent import peer_requested
 from proconsul.http.catalog import node_meta_filter
 from proconsul.http.common import bad_request, filter_items, flag, json_response, query_options
 from proconsul.http.coordinate import near_node
+from proconsul.local.cache import HEALTH_SERVICES
 from proconsul.server.queries import VALID_STATES
 from proconsul.state import protection
 
@@ -70,7 +73,7 @@ async def service_health(request: web.Request) -> web.Response:
         "datacenter": agent.config.datacenter,
         "near": near_node(request),
     }
-    meta, items = await agent.server.query("Health.ServiceNodes", args, opts)
+    meta, items = await cached.query(request, HEALTH_SERVICES, "Health.ServiceNodes", args, opts)
     # With ?passing every entry is all-passing unless the protection threshold kept the others
     # (the server that ran the query may be another one, so this is read off the answer).
     protected = args["passing"] and any(
@@ -81,7 +84,7 @@ async def service_health(request: web.Request) -> web.Response:
     response = json_response(request, _unpeered(request, items, bexpr.HEALTH_SERVICE_ENTRY), meta)
     if protected:
         response.headers[protection.APPLIED_HEADER] = "true"
-    return response
+    return cached.mark(request, response)
 
 
 def routes() -> list[web.RouteDef]:

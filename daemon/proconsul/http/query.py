@@ -6,7 +6,8 @@ with `?dc=`), the reads (named reads, `?dc=`, `?stale`/`?consistent`), and the e
 answers in Consul's JSON shape (`PreparedQueryExecuteResponse`: Service, Nodes, DNS, Datacenter,
 PeerName, Failovers and the embedded QueryMeta fields). Execution itself, with failover, is
 `server.prepared_query.execute`. `?near=` and `?limit=` on execute; the client's address for
-`_ip` is the first `X-Forwarded-For` entry, else the peer's address, as Consul.
+`_ip` is the first `X-Forwarded-For` entry, else the peer's address, as Consul. Execute answers
+`?cached` from the agent cache (a simple type, http/cached.py).
 
 ACLs: every handler goes through `server.prepared_query.authorize`, the single place where query
 permissions will be checked (execution calls it itself, for HTTP and DNS alike).
@@ -20,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.http import cached
 from proconsul.http.common import (
     HTTPError,
     bad_request,
@@ -31,7 +33,8 @@ from proconsul.http.common import (
     token,
     uint_param,
 )
-from proconsul.rpc_api import QueryMeta
+from proconsul.local.cache import PREPARED_QUERY
+from proconsul.rpc_api import QueryMeta, QueryOptions
 from proconsul.server import prepared_query as executor
 from proconsul.state import commands
 from proconsul.state import prepared_query as pq
@@ -127,20 +130,28 @@ def source_ip(request: web.Request) -> str:
 async def execute(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     limit = uint_param(request, "limit", message="Invalid limit")
-    try:
-        execution = await executor.execute(
-            agent.server,
-            request.match_info["id"],
-            query_options(request),
-            agent.config.datacenter,
-            _rng,
-            agent_node=agent.node_name,
-            source_ip=source_ip(request),
-            near=request.query.get("near", ""),
-            limit=limit,
-            connect=flag(request, "connect"),
-            token=token(request),
+    opts = query_options(request)
+    args = (request.match_info["id"], source_ip(request), request.query.get("near", ""), limit,
+            flag(request, "connect"))
+    secret = token(request)
+
+    # Kept by a cache entry for its refetches, so it holds the request's values, not the request.
+    async def run(opts: QueryOptions) -> executor.Execution:
+        id_or_name, ip, near, limit, connect = args
+        return await executor.execute(
+            agent.server, id_or_name, opts, agent.config.datacenter, _rng, agent_node=agent.node_name,
+            source_ip=ip, near=near, limit=limit, connect=connect, token=secret,
         )
+
+    async def fetch(min_index: int, wait_s: float) -> tuple[QueryMeta, executor.Execution]:
+        found = await run(cached.stale_options(opts))  # a simple cache type: never blocking
+        return found.meta, found
+
+    try:
+        if cached.requested(request):
+            _, execution = await cached.get(request, PREPARED_QUERY, args, fetch, opts)
+        else:
+            execution = await run(opts)
     except executor.QueryNotFound:
         raise HTTPError(404, NOT_FOUND) from None
     query = execution.query
@@ -153,7 +164,7 @@ async def execute(request: web.Request) -> web.Response:
         "Failovers": execution.failovers,
         **_meta_fields(execution.meta),
     }
-    return json_response(request, body, execution.meta)
+    return cached.mark(request, json_response(request, body, execution.meta))
 
 
 async def explain(request: web.Request) -> web.Response:
