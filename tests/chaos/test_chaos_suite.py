@@ -109,9 +109,9 @@ def test_scenario_has_no_violation(scenario: str, tmp_path: Path) -> None:
     # The session checkers had something to judge: default reads after their process's own
     # write, and ?stale reads carrying X-Consul-LastContact.
     ryw = next(c for c in result["checks"] if c["name"] == "read-your-writes")["details"]
-    assert ryw["reads_after_own_write"] > 20, ryw
+    assert ryw["reads_after_own_write"] > 10, ryw
     stale = next(c for c in result["checks"] if c["name"] == "bounded-staleness")["details"]
-    assert stale["stale_reads"] > 20 and stale["without_header"] == 0, stale
+    assert stale["stale_reads"] > 10 and stale["without_header"] == 0, stale
     assert stale["unknown_keys"] == [], stale["unknown_keys"]
     # Short per-key histories: the search decided every key, well within its budget.
     kv = next(c for c in result["checks"] if c["name"] == "linearizable-kv")["details"]

@@ -464,19 +464,77 @@ class RaftServer:
             with blocking_work("restoring the state from the last snapshot"):
                 self.fsm.restore(snap.data)
         self.applied_index = snap.meta.index
-        self.core = RaftNode(
+        self.core = self._new_core(snap.meta.index)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
+        self._task.add_done_callback(self._loop_ended)
+        self.started.set()
+
+    def _new_core(self, applied: int) -> RaftNode:
+        """The protocol state, rebuilt from what is durable (at start, and by a live recovery)."""
+        return RaftNode(
             self.id,
             self.storage,
             self.rng,
             election_tick=self.election_tick,
             heartbeat_tick=1,
             snapshot_threshold=self.snapshot_threshold,
-            applied=snap.meta.index,
+            applied=applied,
             recovery=self.recovery.recovery() if self.recovery else None,
         )
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
-        self._task.add_done_callback(self._loop_ended)
-        self.started.set()
+
+    async def recover_live(self, marker: recovery.Marker) -> None:
+        """`proconsul operator raft recover` against a running survivor (docs/RECOVERY.md): make
+        `marker` durable as the stopped-server path does (term first, then the marker file) and
+        restart the protocol state from storage under it, without restarting the agent.
+
+        Refused (RecoveryError) while this server has a leader or is not among the new voters.
+        The replication loop is stopped between two Readies (the core has none outstanding, so
+        no persist is in flight on the worker thread) and started again on the new core; the
+        state machine keeps what it applied. Writes and reads waiting on the old core fail.
+        """
+        core = self._core()
+        if self.is_leader() or core.leader:
+            leader = core.leader or self.id
+            raise recovery.RecoveryError(
+                f"this server has a leader ({leader} at {self.addresses.addrs.get(leader, '?')}); "
+                "recovery is only for a cluster that lost its majority")
+        if self.id not in marker.voters:
+            raise recovery.RecoveryError(f"this server ({self.id}) is not among the new voters")
+        if marker.term <= core.term:
+            raise recovery.RecoveryError(f"the recovery term {marker.term} is not past this server's term {core.term}")
+        while core._outstanding is not None:  # mid-Ready: let the loop finish its persist
+            await asyncio.sleep(0.005)
+        task, self._task = self._task, None
+        if task is not None:
+            task.remove_done_callback(self._loop_ended)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        try:
+            hs = self.storage.log.hard_state
+            self.storage.log.save(hard_state=DiskHardState(max(hs.term, marker.term), "",
+                                                           max(hs.commit, core.commit_index)))
+            raft_dir = os.path.dirname(self.storage.log.path)
+            recovery.write_marker(raft_dir, marker)
+            for sid, addr in marker.voters.items():
+                self.addresses.learn(sid, addr)
+            self.recovery = marker
+            self._fail_pending(OutcomeUnknown("the server was recovered; the write may or may not commit"))
+            for fut in self._reads.values():
+                if not fut.done():
+                    fut.set_exception(NoLeaderError())
+            self.leader_id = None
+            self._transfer_until = self._pending_deadline = 0.0
+            self.core = self._new_core(self.applied_index)
+        finally:
+            # Whatever happened, the server goes on running Raft (on the old core if the
+            # writes failed: nothing changed then but perhaps the term).
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
+            self._task.add_done_callback(self._loop_ended)
+        logger.warning("raft: recovered while running: voters %s from term %d, kept log up to index %d (term %d)",
+                       sorted(marker.voters), marker.term, marker.kept_index, marker.kept_term)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
