@@ -76,8 +76,11 @@ async def raft_recover(request: web.Request) -> web.Response:
     """`PUT /v1/operator/raft/recover`: install a recovery planned from every survivor's state.
     409 when refused (this server has a leader, its log moved, it is not a new voter)."""
     body = await read_json(request)
+    op = _operator(request)
+    if op.raft is None:
+        raise bad_request("this agent runs no Raft server with a data directory (a client agent or -dev)")
     try:
-        reply = await _operator(request).recover(body)
+        reply = await op.recover(body)
     except ValueError as exc:
         raise bad_request(str(exc)) from None
     except RecoveryError as exc:
