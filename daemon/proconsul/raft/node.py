@@ -502,8 +502,9 @@ class RaftServer:
             raise recovery.RecoveryError(f"this server ({self.id}) is not among the new voters")
         if marker.term <= core.term:
             raise recovery.RecoveryError(f"the recovery term {marker.term} is not past this server's term {core.term}")
-        while core._outstanding is not None:  # mid-Ready: let the loop finish its persist
-            await asyncio.sleep(0.005)
+        await self._between_readies()
+        if core._outstanding is not None:
+            raise recovery.RecoveryError("the Raft loop is stuck in the middle of a write; nothing was changed")
         task, self._task = self._task, None
         if task is not None:
             task.remove_done_callback(self._loop_ended)
@@ -546,8 +547,19 @@ class RaftServer:
             logger.critical("raft: the replication loop failed; stopping the agent", exc_info=exc)
             self.fatal(exc)
 
+    async def _between_readies(self, timeout_s: float = 10.0) -> None:
+        """Until the replication loop is not in the middle of a Ready (no persist in flight on
+        the worker thread), so it can be cancelled without the thread writing to a database
+        that is closed or rewritten under it (which crashed the process in SQLite)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (self.core is not None and self.core._outstanding is not None and self._task is not None
+               and not self._task.done() and loop.time() < deadline):
+            await asyncio.sleep(0.005)
+
     async def stop(self) -> None:
         if self._task is not None:
+            await self._between_readies()
             self._task.cancel()
             try:
                 await self._task
