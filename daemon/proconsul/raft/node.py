@@ -366,6 +366,7 @@ class RaftServer:
         # writes survive losing leadership to it), and until which they may wait to apply.
         self._transfer_until = 0.0
         self._pending_deadline = 0.0
+        self._recovering = False  # a live recovery (recover_live) is being installed
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -492,6 +493,8 @@ class RaftServer:
         no persist is in flight on the worker thread) and started again on the new core; the
         state machine keeps what it applied. Writes and reads waiting on the old core fail.
         """
+        if self._recovering:
+            raise recovery.RecoveryError("a recovery is already being installed on this server")
         core = self._core()
         if self.is_leader() or core.leader:
             leader = core.leader or self.id
@@ -502,9 +505,20 @@ class RaftServer:
             raise recovery.RecoveryError(f"this server ({self.id}) is not among the new voters")
         if marker.term <= core.term:
             raise recovery.RecoveryError(f"the recovery term {marker.term} is not past this server's term {core.term}")
+        self._recovering = True
+        try:
+            await self._install_recovery(core, marker)
+        finally:
+            self._recovering = False
+        logger.warning("raft: recovered while running: voters %s from term %d, kept log up to index %d (term %d)",
+                       sorted(marker.voters), marker.term, marker.kept_index, marker.kept_term)
+
+    async def _install_recovery(self, core: RaftNode, marker: recovery.Marker) -> None:
         await self._between_readies()
         if core._outstanding is not None:
             raise recovery.RecoveryError("the Raft loop is stuck in the middle of a write; nothing was changed")
+        if core.leader or core.term >= marker.term:  # while we waited
+            raise recovery.RecoveryError("this server found a leader or a newer term meanwhile; nothing was changed")
         task, self._task = self._task, None
         if task is not None:
             task.remove_done_callback(self._loop_ended)
@@ -534,8 +548,6 @@ class RaftServer:
             # writes failed: nothing changed then but perhaps the term).
             self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
             self._task.add_done_callback(self._loop_ended)
-        logger.warning("raft: recovered while running: voters %s from term %d, kept log up to index %d (term %d)",
-                       sorted(marker.voters), marker.term, marker.kept_index, marker.kept_term)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
