@@ -10,6 +10,7 @@ with it.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -35,6 +36,16 @@ def proconsul_command() -> str:
         raise FileNotFoundError(f"{script} is missing: install the package (pip install -e .)")
     return str(script)
 
+
+
+def agent_env() -> dict[str, str]:
+    """A minimal environment for an agent; PYTHONPATH passes through, so a run from a source
+    checkout (`PYTHONPATH=daemon:simulation proconsul-sim ...`) tests that checkout's agent and
+    not whatever the console script's environment has installed."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONUNBUFFERED": "1"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 class _Spawner:
     """Starts every agent from one thread that lives as long as the run.
@@ -114,7 +125,7 @@ class Node:
             cmd = [*Network.command_prefix(self.name), proconsul_command(), "agent", f"-config-file={self.config_path}"]
             self.proc = spawn(lambda: subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, preexec_fn=die_with_parent,
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONUNBUFFERED": "1"},
+                env=agent_env(),
             ))
         self.paused = False
 

@@ -10,7 +10,8 @@ Outcome rules (what the checkers rely on):
   docs/DURABILITY.md, "UnknownOutcome";
 - after an `info` the worker continues as a new process id (the old request may still land).
 
-Workloads: a CAS register per key on KV (`?cas=ModifyIndex`, default and `?consistent` reads),
+Workloads: a CAS register per key on KV (`?cas=ModifyIndex`; default, `?consistent` and `?stale`
+reads, the last recording `X-Consul-LastContact` and `X-Consul-KnownLeader`),
 a grow-only set (one KV key per element), a mutex (KV lock `?acquire`/`?release` through a
 session of its own) and service-discovery sampling (`/v1/health/service/web?passing`).
 """
@@ -155,7 +156,7 @@ def _decode_value(entry: dict[str, Any]) -> int | None:
 
 
 class CasRegister(Workload):
-    """A linearizable register per key: reads (default and ?consistent), writes, and CAS on the
+    """A linearizable register per key: reads (default, ?consistent and ?stale), writes, and CAS on the
     key's ModifyIndex. Every written value is unique, so "ModifyIndex m" and "the value that the
     write at m wrote" name the same state: the checker's cas(expected, new) compares values.
 
@@ -167,11 +168,15 @@ class CasRegister(Workload):
     name = "cas-register"
 
     def __init__(self, *args: Any, keys: int = 2, ops_per_key: int = 80, key_lifetime_s: float = 10.0,
-                 default_reads: float = 0.3, consistent_reads: float = 0.2, **kw: Any) -> None:
+                 default_reads: float = 0.3, consistent_reads: float = 0.2, stale_reads: float = 0.1,
+                 **kw: Any) -> None:
         super().__init__(*args, **kw)
         # Operation mix: these fractions of reads, the rest split between writes and CAS.
+        if min(default_reads, consistent_reads, stale_reads) < 0 or default_reads + consistent_reads + stale_reads > 1:
+            raise ValueError("cas_register read fractions must be >= 0 and add up to at most 1")
         self.default_reads = default_reads
         self.consistent_reads = consistent_reads
+        self.stale_reads = stale_reads
         self.key_groups = keys
         self.ops_per_key = ops_per_key
         self.key_lifetime_s = key_lifetime_s
@@ -206,24 +211,33 @@ class CasRegister(Workload):
     def step(self, worker: Worker) -> None:
         key = self.key_for(worker)
         roll = worker.rng.random()
-        reads = self.default_reads + self.consistent_reads
+        reads = self.default_reads + self.consistent_reads + self.stale_reads
         if roll < self.default_reads:
-            self.read(worker, key, consistent=False)
+            self.read(worker, key, "default")
+        elif roll < self.default_reads + self.consistent_reads:
+            self.read(worker, key, "consistent")
         elif roll < reads:
-            self.read(worker, key, consistent=True)
+            self.read(worker, key, "stale")
         elif roll < reads + (1 - reads) / 2 or (worker.index, key) not in self.seen:
             self.put(worker, key)
         else:
             self.cas(worker, key)
 
-    def read(self, worker: Worker, key: str, consistent: bool) -> None:
-        mode = "consistent" if consistent else "default"
+    def read(self, worker: Worker, key: str, mode: str) -> None:
+        """A read in `mode` ("default", "consistent" or "stale"); the answer's LastContact and
+        KnownLeader headers go into the op (the bounded-staleness checker's bound)."""
         op = self.history.invoke(worker.process, "read", key, None, mode=mode, node=worker.node.name)
+        query = {"default": "", "consistent": "?consistent", "stale": "?stale"}[mode]
         try:
-            resp = worker.request("GET", f"/v1/kv/{key}" + ("?consistent" if consistent else ""))
+            resp = worker.request("GET", f"/v1/kv/{key}{query}")
         except requests.RequestException as exc:
             self.history.fail(op, f"read not answered: {type(exc).__name__}")
             return
+        contact = resp.headers.get("X-Consul-LastContact")
+        if contact is not None and contact.isdigit():
+            op.extra["last_contact_ms"] = int(contact)
+        if "X-Consul-KnownLeader" in resp.headers:
+            op.extra["known_leader"] = resp.headers["X-Consul-KnownLeader"] == "true"
         if resp.status_code == 404:
             self.seen[(worker.index, key)] = (None, 0)
             self.history.ok(op, None)

@@ -1,6 +1,8 @@
 """The CI chaos suite: six scenarios (one with TLS on every server RPC link) through the real `proconsul-sim` console script, each a
 real cluster of `proconsul agent` processes in network namespaces behind toxiproxy proxies,
-plus the self-test that proves the linearizability checker catches a real bug.
+checked for linearizability, read-your-writes (default reads) and bounded staleness (`?stale`
+reads), plus the self-test that proves the linearizability checker catches a real bug (the
+read-your-writes checker's is in-process: tests/harness/test_broken_first_apply.py).
 
 Seeds are fixed so a failure is reproducible (`CHAOS_SEED=N` tries another;
 `CHAOS_BROKEN_SEEDS=1,2,3` runs the self-test once per seed); each run's directory
@@ -103,7 +105,14 @@ def test_scenario_has_no_violation(scenario: str, tmp_path: Path) -> None:
     assert result["nemesis"] and all(n["end"] is not None for n in result["nemesis"]), result["nemesis"]
     assert all("error" not in n["params"] for n in result["nemesis"]), result["nemesis"]
     assert result["ops"]["by_outcome"]["ok"] > 200, result["ops"]
-    assert {"linearizable-kv", "grow-only-set"} <= set(result["verdicts"])
+    assert {"linearizable-kv", "read-your-writes", "bounded-staleness", "grow-only-set"} <= set(result["verdicts"])
+    # The session checkers had something to judge: default reads after their process's own
+    # write, and ?stale reads carrying X-Consul-LastContact.
+    ryw = next(c for c in result["checks"] if c["name"] == "read-your-writes")["details"]
+    assert ryw["reads_after_own_write"] > 10, ryw
+    stale = next(c for c in result["checks"] if c["name"] == "bounded-staleness")["details"]
+    assert stale["stale_reads"] > 10 and stale["without_header"] == 0, stale
+    assert stale["unknown_keys"] == [], stale["unknown_keys"]
     # Short per-key histories: the search decided every key, well within its budget.
     kv = next(c for c in result["checks"] if c["name"] == "linearizable-kv")["details"]
     assert kv["unknown_keys"] == [] and kv["decided_keys"] == kv["keys"] > 3, kv["unknown_keys"]

@@ -1,10 +1,14 @@
 """`proconsul operator raft recover` on real servers: 5 servers, 3 lost for good, 2 survivors.
 
 One survivor (Y) is lost from view first and misses the last writes; the other (X) holds every
-acknowledged write. Then three servers, the leader among them, are killed for good and the two
-survivors stopped. `recover` refuses to keep Y alone (it lacks writes X knows are committed),
-then, with both as voters, writes the new configuration; started again with their usual flags,
-the two elect a leader and every acknowledged write reads back.
+acknowledged write. Then three servers, the leader among them, are killed for good.
+
+- Stopped survivors (`-data-dir`): `recover` refuses to keep Y alone (it lacks writes X knows are
+  committed), then, with both as voters, writes the new configuration; started again with their
+  usual flags, the two elect a leader and every acknowledged write reads back.
+- Running survivors (`-server`, their HTTP addresses; Y restarted after the loss): a refusal
+  while a leader exists, the same refusal to keep Y alone, then the survivors install the
+  configuration in place and elect without a restart.
 """
 
 from __future__ import annotations
@@ -129,6 +133,83 @@ def test_recover_two_survivors_of_five(tmp_path: Path) -> None:
         assert put(y2, "after-recovery", "ok")
         assert get(x2, "after-recovery") == "ok"
         status, _, body = x2.http("GET", "/v1/operator/raft/configuration")
+        assert status == 200, body
+        assert sorted(s["ID"] for s in json.loads(body)["Servers"]) == sorted([x_id, y_id])
+    finally:
+        c.stop()
+
+
+def _recover_state(agent: AgentProcess) -> dict:
+    status, _, body = agent.http("GET", "/v1/operator/raft/recover")
+    assert status == 200, body
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+def test_live_recover_two_running_survivors_of_five(tmp_path: Path) -> None:
+    c = FiveServers(tmp_path)
+    try:
+        c.start()
+        first = c.nodes[c.ips[0]]
+        leader_ip = c.leader_ip(first)
+        x_ip, y_ip = [ip for ip in c.ips if ip != leader_ip][:2]
+        x, y = c.nodes[x_ip], c.nodes[y_ip]
+        writer = c.nodes[leader_ip]
+        for i in range(20):
+            assert put(writer, f"before/{i}", str(i))
+        wait_for(lambda: _stale(y, "before/19") == "19", timeout=60, what="Y to hold the first writes")
+
+        # While the cluster has a leader, the command and the endpoint both refuse.
+        out = recover(f"-server={x.addr}", f"-server={y.addr}", "-yes")
+        assert out.returncode == 1 and "has a leader" in out.stderr, out.stdout + out.stderr
+        state = _recover_state(x)
+        status, _, body = x.http("PUT", "/v1/operator/raft/recover", json.dumps(
+            {"Term": state["Term"] + 5000, "Voters": {state["ID"]: state["Address"]}}).encode())
+        assert status == 409 and b"has a leader" in body, (status, body)
+        status, _, body = x.http("PUT", "/v1/operator/raft/recover", b'{"Term": "soon"}')
+        assert status == 400 and b"Voters" in body, (status, body)
+
+        y.kill()  # Y misses the later writes...
+        for i in range(10):
+            assert put(writer, f"later/{i}", str(i))
+        wait_for(lambda: _stale(x, "later/9") == "9", timeout=60, what="X to hold the later writes")
+        for ip in c.ips:
+            if ip not in (x_ip, y_ip):
+                c.nodes[ip].kill()  # lost for good, by pid, the leader among them
+        y = c.nodes[y_ip] = c.server(y_ip).start()  # ... and is back, running, after the loss
+        for agent in (x, y):
+            wait_for(lambda agent=agent: _recover_state(agent)["Leader"] == "", timeout=60,
+                     what=f"{agent.ip} to notice it has no leader")
+        x_id, y_id = _recover_state(x)["ID"], _recover_state(y)["ID"]
+        terms_before = {_recover_state(a)["Term"] for a in (x, y)}
+
+        # Keeping only Y would drop writes X knows were acknowledged: refused, nothing changed.
+        out = recover(f"-server={x.addr}", f"-server={y.addr}", f"-voters={y_id}", "-yes")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "Refusing" in out.stderr and "acknowledged" in out.stderr and "Nothing was changed" in out.stderr
+        assert "HTTP Address" in out.stdout and x.addr in out.stdout
+        # (Pre-vote keeps a minority's terms where they were, so the term is a witness too.)
+        assert {_recover_state(a)["Term"] for a in (x, y)} == terms_before
+        for agent in (x, y):
+            assert not (Path(agent.data_dir or "") / "raft" / "recovery.json").exists()
+
+        # Both survivors as voters: installed in place, a leader is elected, nothing is lost.
+        out = recover(f"-server={x.addr}", f"-server={y.addr}", "-yes", "-timeout=60s")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"Kept: the log of {x_id}" in out.stdout
+        assert "majority of the old voters is gone" in out.stdout
+        assert "Leader elected: " in out.stdout
+        assert out.stdout.count("Installed the new configuration on") == 2
+        for agent in (x, y):
+            assert (Path(agent.data_dir or "") / "raft" / "recovery.json").exists()
+            wait_for(agent._leader_known, timeout=60, what=f"a leader after recovery on {agent.ip}\n{agent.log()}")
+        assert c.leader_ip(y) in (x_ip, y_ip)
+        for i in range(20):
+            assert get(y, f"before/{i}") == str(i)
+        for i in range(10):
+            assert get(y, f"later/{i}") == str(i)
+        assert put(y, "after-recovery", "ok")
+        assert get(x, "after-recovery") == "ok"
+        status, _, body = x.http("GET", "/v1/operator/raft/configuration")
         assert status == 200, body
         assert sorted(s["ID"] for s in json.loads(body)["Servers"]) == sorted([x_id, y_id])
     finally:

@@ -182,3 +182,70 @@ def test_run_as_root_the_files_stay_the_service_users(tmp_path: Path) -> None:
     for name in (recovery.MARKER_FILE, "raft.db"):
         st = (raft / name).stat()
         assert (st.st_uid, st.st_gid) == owner, name
+
+
+# ------------------------------------------------------------------------------ running servers
+
+
+async def test_a_running_server_recovers_in_place(tmp_path: Path) -> None:
+    """`RaftServer.recover_live`: refused for a server left out or a stale term; otherwise the
+    marker and term are durable and the Raft restarts under them without restarting the agent
+    (alone in the new configuration, the survivor elects itself and keeps its log)."""
+    import asyncio
+
+    a = _data_dir(tmp_path, "a", [1] * 6 + [2, 2], commit=6)
+    server = RaftServer("a", "a", "127.77.0.1:8300", CommandStateMachine(FSM(Store())), str(a),
+                        tick_s=0.02)
+    await server.start()
+    try:
+        state = recovery.live_state(server, "here")
+        assert (state.last_term, state.last_index, state.commit, state.voters) == (2, 8, 6, tuple(OLD_VOTERS))
+        assert state.terms == {6: 1, 7: 2, 8: 2}  # from the known-committed index on
+        again = recovery.SurvivorState.from_json(json.loads(json.dumps(state.to_json())), "there")
+        assert again.up_to_date == state.up_to_date and again.terms == state.terms and again.source == "there"
+        p = recovery.plan([state])
+        marker = p.marker()
+        with pytest.raises(recovery.RecoveryError, match="not among the new voters"):
+            await server.recover_live(recovery.Marker(marker.term, {"b": "127.77.0.2:8300"}, 2, 8))
+        with pytest.raises(recovery.RecoveryError, match="not past"):
+            await server.recover_live(recovery.Marker(1, {"a": "127.77.0.1:8300"}, 2, 8))
+        assert not (a / "raft" / recovery.MARKER_FILE).exists()
+        await server.recover_live(marker)
+        assert recovery.load_marker(str(a / "raft")) == marker
+        assert server.storage.log.hard_state.term >= marker.term
+
+        async def leads() -> None:
+            while not server.is_leader():
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(leads(), 30)
+        assert server.core is not None and server.core.config.voters == frozenset({"a"})
+        assert server.core.term > marker.term and server.core.last_index > 8  # its own term's entry
+        # With a leader, a second recovery is refused.
+        with pytest.raises(recovery.RecoveryError, match="has a leader"):
+            await server.recover_live(recovery.Marker(marker.term + 10, {"a": "127.77.0.1:8300"}, 2, 8))
+    finally:
+        await server.stop()
+
+
+def test_the_put_body_is_validated() -> None:
+    marker, expect = recovery.marker_from_json(recovery.marker_to_json(
+        recovery.Marker(7, {"a": "127.0.0.1:8300"}, 2, 9), None))
+    assert (marker.term, dict(marker.voters), marker.kept_term, marker.kept_index, expect) == (
+        7, {"a": "127.0.0.1:8300"}, 2, 9, None)
+    for body, reason in (([], "JSON object"), ({"Term": 3}, "Voters"), ({"Term": 0, "Voters": {"a": "x:1"}}, "positive"),
+                         ({"Term": "3", "Voters": {"a": "x:1"}}, "Term must be"),
+                         ({"Term": 3, "Voters": {"a": ""}}, "Voters"),
+                         ({"Term": 3, "Voters": {"a": "x:1"}, "ExpectLastTerm": 1}, "missing field ExpectLastIndex")):
+        with pytest.raises(ValueError, match=reason):
+            recovery.marker_from_json(body)
+
+
+def test_cli_takes_servers_or_data_dirs_not_both(tmp_path: Path) -> None:
+    code, _, err = _cli(f"-data-dir={tmp_path}", "-server=127.77.0.1:8500")
+    assert code == 1 and "not both" in err
+    code, _, err = _cli("-server=127.77.0.1:1", "-timeout=soon")
+    assert code == 1 and "-timeout" in err
+    # Nothing listens there: a plain error naming the address, nothing planned.
+    code, out, err = _cli("-server=127.77.0.1:1", "-yes")
+    assert code == 1 and "127.77.0.1:1" in err and "Survivors" not in out

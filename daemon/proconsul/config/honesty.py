@@ -72,6 +72,7 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "check_flap_detection.low_threshold",
         "ae_interval", "check_reap_interval", "check_deregister_interval_min", "sync_coordinate_rate_target",
         "sync_coordinate_interval_min", "reconnect_interval", "dial_overrides", "unsafe_follower_local_reads",
+        "unsafe_reads_before_first_apply",
         "performance.raft_multiplier", "performance.leave_drain_time", "performance.rpc_hold_timeout",
         "limits.kv_max_value_size", "limits.txn_max_req_len", "limits.http_max_conns_per_client",
         "limits.https_handshake_timeout",

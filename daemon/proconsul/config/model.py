@@ -280,6 +280,11 @@ class RuntimeConfig:
     # from its own store instead of forwarding them to the leader. The chaos suite turns it on to
     # prove its linearizability checker catches the stale reads this causes. Never set it.
     unsafe_follower_local_reads: bool = False  # bool; false
+    # Test-only (not Consul), a deliberately broken build: a new leader answers default-mode reads
+    # as soon as it wins, before it applied its term's first entry, so its store may miss writes
+    # its predecessor acknowledged (hashicorp/consul#2644). The chaos suite's read-your-writes
+    # checker must catch it (scenarios/broken-new-leader-reads.toml). Never set it.
+    unsafe_reads_before_first_apply: bool = False  # bool; false
     # Subsystems
     performance: Performance = Performance()
     limits: Limits = Limits()

@@ -139,6 +139,7 @@ SCHEMA: dict[str, Any] = {
     "reconnect_interval": DUR,
     "dial_overrides": STRMAP,
     "unsafe_follower_local_reads": BOOL,
+    "unsafe_reads_before_first_apply": BOOL,
     "performance": {"raft_multiplier": INT, "leave_drain_time": DUR, "rpc_hold_timeout": DUR},
     "limits": {
         "http_max_conns_per_client": INT,

@@ -215,6 +215,10 @@ PRE: dict[tuple[str, str], Check] = {
     ("GET", "/v1/operator/autopilot/state"): _single("operator", READ),
     ("GET", "/v1/operator/usage"): _single("operator", READ),
     ("POST", "/v1/operator/raft/transfer-leader"): _single("operator", WRITE),
+    # proconsul's leaderless recovery (docs/RECOVERY.md): both sides need operator:write, since
+    # the state it reads only serves to plan a change of the configuration.
+    ("GET", "/v1/operator/raft/recover"): _single("operator", WRITE),
+    ("PUT", "/v1/operator/raft/recover"): _single("operator", WRITE),
     # The web UI's summaries: filtered below to the nodes and services the token may read.
     ("GET", "/v1/internal/ui/services"): _none,
     ("GET", "/v1/internal/ui/nodes"): _none,

@@ -1,4 +1,5 @@
 """`/v1/operator/raft/configuration`, `/v1/operator/raft/peer`, `/v1/operator/raft/transfer-leader`,
+`/v1/operator/raft/recover` (proconsul's own, see docs/RECOVERY.md),
 `/v1/operator/autopilot/{configuration,health,state}`, `/v1/operator/usage` and `/v1/snapshot`.
 
 Thin HTTP over `proconsul.server.operator.Operator` (which forwards to the leader unless `?stale`).
@@ -21,6 +22,7 @@ from proconsul.http.common import (
     query_options,
     read_json,
 )
+from proconsul.raft.recovery import RecoveryError
 from proconsul.server.autopilot_health import parse_body as parse_autopilot_body
 from proconsul.server.operator import Operator
 from proconsul.wire import MAX_FRAME_BYTES
@@ -60,6 +62,30 @@ async def raft_transfer_leader(request: web.Request) -> web.Response:
     check_dc(request)
     await _operator(request).transfer_leader(request.query.get("id", ""))
     return json_response(request, {"Success": True})
+
+
+async def raft_recover_state(request: web.Request) -> web.Response:
+    """`GET /v1/operator/raft/recover`: this server's Raft position, for a live recovery."""
+    try:
+        return json_response(request, _operator(request).recovery_state())
+    except RecoveryError as exc:
+        raise bad_request(str(exc)) from None
+
+
+async def raft_recover(request: web.Request) -> web.Response:
+    """`PUT /v1/operator/raft/recover`: install a recovery planned from every survivor's state.
+    409 when refused (this server has a leader, its log moved, it is not a new voter)."""
+    body = await read_json(request)
+    op = _operator(request)
+    if op.raft is None:
+        raise bad_request("this agent runs no Raft server with a data directory (a client agent or -dev)")
+    try:
+        reply = await op.recover(body)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    except RecoveryError as exc:
+        raise HTTPError(409, str(exc)) from None
+    return json_response(request, reply)
 
 
 async def autopilot_get_config(request: web.Request) -> web.Response:
@@ -174,6 +200,8 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/operator/raft/configuration", raft_configuration),
         web.delete("/v1/operator/raft/peer", raft_peer),
         web.post("/v1/operator/raft/transfer-leader", raft_transfer_leader),
+        web.get("/v1/operator/raft/recover", raft_recover_state),
+        web.put("/v1/operator/raft/recover", raft_recover),
         web.get("/v1/operator/autopilot/configuration", autopilot_get_config),
         web.put("/v1/operator/autopilot/configuration", autopilot_set_config),
         web.get("/v1/operator/autopilot/health", autopilot_health),

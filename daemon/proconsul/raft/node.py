@@ -366,6 +366,7 @@ class RaftServer:
         # writes survive losing leadership to it), and until which they may wait to apply.
         self._transfer_until = 0.0
         self._pending_deadline = 0.0
+        self._recovering = False  # a live recovery (recover_live) is being installed
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -464,19 +465,89 @@ class RaftServer:
             with blocking_work("restoring the state from the last snapshot"):
                 self.fsm.restore(snap.data)
         self.applied_index = snap.meta.index
-        self.core = RaftNode(
+        self.core = self._new_core(snap.meta.index)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
+        self._task.add_done_callback(self._loop_ended)
+        self.started.set()
+
+    def _new_core(self, applied: int) -> RaftNode:
+        """The protocol state, rebuilt from what is durable (at start, and by a live recovery)."""
+        return RaftNode(
             self.id,
             self.storage,
             self.rng,
             election_tick=self.election_tick,
             heartbeat_tick=1,
             snapshot_threshold=self.snapshot_threshold,
-            applied=snap.meta.index,
+            applied=applied,
             recovery=self.recovery.recovery() if self.recovery else None,
         )
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
-        self._task.add_done_callback(self._loop_ended)
-        self.started.set()
+
+    async def recover_live(self, marker: recovery.Marker) -> None:
+        """`proconsul operator raft recover` against a running survivor (docs/RECOVERY.md): make
+        `marker` durable as the stopped-server path does (term first, then the marker file) and
+        restart the protocol state from storage under it, without restarting the agent.
+
+        Refused (RecoveryError) while this server has a leader or is not among the new voters.
+        The replication loop is stopped between two Readies (the core has none outstanding, so
+        no persist is in flight on the worker thread) and started again on the new core; the
+        state machine keeps what it applied. Writes and reads waiting on the old core fail.
+        """
+        if self._recovering:
+            raise recovery.RecoveryError("a recovery is already being installed on this server")
+        core = self._core()
+        if self.is_leader() or core.leader:
+            leader = core.leader or self.id
+            raise recovery.RecoveryError(
+                f"this server has a leader ({leader} at {self.addresses.addrs.get(leader, '?')}); "
+                "recovery is only for a cluster that lost its majority")
+        if self.id not in marker.voters:
+            raise recovery.RecoveryError(f"this server ({self.id}) is not among the new voters")
+        if marker.term <= core.term:
+            raise recovery.RecoveryError(f"the recovery term {marker.term} is not past this server's term {core.term}")
+        self._recovering = True
+        try:
+            await self._install_recovery(core, marker)
+        finally:
+            self._recovering = False
+        logger.warning("raft: recovered while running: voters %s from term %d, kept log up to index %d (term %d)",
+                       sorted(marker.voters), marker.term, marker.kept_index, marker.kept_term)
+
+    async def _install_recovery(self, core: RaftNode, marker: recovery.Marker) -> None:
+        await self._between_readies()
+        if core._outstanding is not None:
+            raise recovery.RecoveryError("the Raft loop is stuck in the middle of a write; nothing was changed")
+        if core.leader or core.term >= marker.term:  # while we waited
+            raise recovery.RecoveryError("this server found a leader or a newer term meanwhile; nothing was changed")
+        task, self._task = self._task, None
+        if task is not None:
+            task.remove_done_callback(self._loop_ended)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        try:
+            hs = self.storage.log.hard_state
+            self.storage.log.save(hard_state=DiskHardState(max(hs.term, marker.term), "",
+                                                           max(hs.commit, core.commit_index)))
+            raft_dir = os.path.dirname(self.storage.log.path)
+            recovery.write_marker(raft_dir, marker)
+            for sid, addr in marker.voters.items():
+                self.addresses.learn(sid, addr)
+            self.recovery = marker
+            self._fail_pending(OutcomeUnknown("the server was recovered; the write may or may not commit"))
+            for fut in self._reads.values():
+                if not fut.done():
+                    fut.set_exception(NoLeaderError())
+            self.leader_id = None
+            self._transfer_until = self._pending_deadline = 0.0
+            self.core = self._new_core(self.applied_index)
+        finally:
+            # Whatever happened, the server goes on running Raft (on the old core if the
+            # writes failed: nothing changed then but perhaps the term).
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
+            self._task.add_done_callback(self._loop_ended)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -488,8 +559,19 @@ class RaftServer:
             logger.critical("raft: the replication loop failed; stopping the agent", exc_info=exc)
             self.fatal(exc)
 
+    async def _between_readies(self, timeout_s: float = 10.0) -> None:
+        """Until the replication loop is not in the middle of a Ready (no persist in flight on
+        the worker thread), so it can be cancelled without the thread writing to a database
+        that is closed or rewritten under it (which crashed the process in SQLite)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (self.core is not None and self.core._outstanding is not None and self._task is not None
+               and not self._task.done() and loop.time() < deadline):
+            await asyncio.sleep(0.005)
+
     async def stop(self) -> None:
         if self._task is not None:
+            await self._between_readies()
             self._task.cancel()
             try:
                 await self._task

@@ -2,7 +2,7 @@
 new configuration made of themselves, without losing what they hold.
 
 Owns the recovery marker (`data_dir/raft/recovery.json`), reading a stopped server's durable
-Raft state (`inspect`), the plan (`plan`: which survivors become the voters, what is kept, what
+Raft state (`inspect`) or a running one's (`live_state`, and the wire forms of both), the plan (`plan`: which survivors become the voters, what is kept, what
 may be lost, and when to refuse) and writing it (`apply`). `proconsul operator raft recover`
 (cli/raft_recover.py) is its user; the driver (raft/node.py) loads the marker at start and hands
 it to the core, which lets the marker's configuration replace every configuration carried by an
@@ -45,8 +45,11 @@ data directory wiped before it joins the new cluster again.
 The new term is set far past every term any survivor has seen (`TERM_GAP`): lost servers may
 have run elections no survivor heard of, and the new era must not reuse their terms.
 
-The servers must be stopped while their state is read and written; `inspect` refuses a data
-directory whose Raft database another process has open.
+Two ways to reach the survivors. Stopped: `inspect` reads a data directory (and refuses one whose
+Raft database another process has open) and `apply` writes it; the survivors are then started.
+Running: each survivor answers `GET /v1/operator/raft/recover` with `live_state` and takes the
+plan's marker through `PUT` (`RaftServer.recover_live`: the same durable writes, then its Raft
+restarts from storage in place), refusing while it has a leader. Either way the same `plan` decides.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from proconsul.raft.core import Recovery
 from proconsul.raft.messages import Configuration, EntryKind
@@ -121,6 +124,11 @@ def load_marker(raft_dir: str) -> Marker | None:
     return Marker(term, voters, kept[0], kept[1], str(raw.get("created", "")))
 
 
+def write_marker(raft_dir: str, marker: Marker) -> None:
+    """Durably (write, fsync, rename) put `marker` in `raft_dir`."""
+    atomic_write(os.path.join(raft_dir, MARKER_FILE), marker.encode())
+
+
 def clear_marker(raft_dir: str) -> None:
     """A later `peers.json` recovery replaces this one."""
     path = os.path.join(raft_dir, MARKER_FILE)
@@ -144,6 +152,30 @@ class SurvivorState:
     voters: tuple[str, ...]  # the configuration this server had in force
     terms: Mapping[int, int] = field(default_factory=dict, repr=False)  # index -> term, entries in the log
     addresses: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, object]:
+        """The wire form `GET /v1/operator/raft/recover` answers with (see `from_json`)."""
+        return {"ID": self.id, "Address": self.address, "Term": self.term, "CommitIndex": self.commit,
+                "LastIndex": self.last_index, "LastTerm": self.last_term, "SnapshotIndex": self.snapshot_index,
+                "SnapshotTerm": self.snapshot_term, "Voters": list(self.voters),
+                "Terms": {str(i): t for i, t in sorted(self.terms.items())},
+                "Addresses": dict(sorted(self.addresses.items()))}
+
+    @classmethod
+    def from_json(cls, raw: object, source: str) -> SurvivorState:
+        """Parse a survivor's answer; RecoveryError names `source` when it is malformed."""
+        try:
+            assert isinstance(raw, dict)
+            return cls(
+                id=str(raw["ID"]), address=str(raw["Address"]), source=source, term=int(raw["Term"]),
+                commit=int(raw["CommitIndex"]), last_index=int(raw["LastIndex"]), last_term=int(raw["LastTerm"]),
+                snapshot_index=int(raw["SnapshotIndex"]), snapshot_term=int(raw["SnapshotTerm"]),
+                voters=tuple(sorted(str(v) for v in raw["Voters"])),
+                terms={int(i): int(t) for i, t in dict(raw.get("Terms") or {}).items()},
+                addresses={str(k): str(v) for k, v in dict(raw.get("Addresses") or {}).items()},
+            )
+        except (AssertionError, KeyError, TypeError, ValueError) as exc:
+            raise RecoveryError(f"{source}: unexpected answer ({type(exc).__name__}: {exc})") from None
 
     @property
     def up_to_date(self) -> tuple[int, int]:
@@ -374,6 +406,76 @@ def describe(
     )
 
 
+# ------------------------------------------------------------------------------ running servers
+
+
+class LiveRaft(Protocol):
+    """What `live_state` reads of a running server's Raft (`proconsul.raft.node.RaftServer`)."""
+
+    id: str
+    address: str
+    core: Any
+    storage: Any
+    addresses: Any
+
+
+def live_state(raft: LiveRaft, source: str) -> SurvivorState:
+    """A running server's Raft state, from memory (its log records are held in memory, so this
+    never races the replication loop's writes): the current term and commit index (which may
+    be ahead of the durable ones), its log position, and the terms of the entries past what it
+    knows committed (all `plan` compares)."""
+    core = raft.core
+    if core is None:
+        raise RecoveryError("this server's Raft has not started")
+    snap = raft.storage.snapshot_meta()
+    log = raft.storage.log
+    known = max(core.commit_index, snap.index)
+    terms = {r.index: r.term for r in log.slice(max(known, log.first_index), core.last_index + 1)}
+    return SurvivorState(
+        id=raft.id, address=raft.address, source=source, term=core.term, commit=core.commit_index,
+        last_index=core.last_index, last_term=core.last_term, snapshot_index=snap.index, snapshot_term=snap.term,
+        voters=tuple(sorted(core.config.voters)), terms=terms, addresses=dict(raft.addresses.addrs),
+    )
+
+
+def marker_to_json(marker: Marker, expect: SurvivorState | None = None) -> dict[str, object]:
+    """The body of `PUT /v1/operator/raft/recover`: the marker, and the log position the plan saw
+    on that server (it refuses when its log moved since)."""
+    body: dict[str, object] = {"Term": marker.term, "Voters": dict(sorted(marker.voters.items())),
+                               "KeptTerm": marker.kept_term, "KeptIndex": marker.kept_index}
+    if expect is not None:
+        body["ExpectLastTerm"], body["ExpectLastIndex"] = expect.last_term, expect.last_index
+    return body
+
+
+def marker_from_json(raw: object) -> tuple[Marker, tuple[int, int] | None]:
+    """Parse that body; ValueError with a plain reason when it is malformed."""
+    if not isinstance(raw, dict):
+        raise ValueError("the body must be a JSON object with Term, Voters, KeptTerm and KeptIndex")
+
+    def number(name: str, default: int | None = None) -> int:
+        value = raw.get(name, default)
+        if value is None:
+            raise ValueError(f"missing field {name}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+        return value
+
+    voters = raw.get("Voters")
+    if not isinstance(voters, dict) or not voters or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in voters.items()):
+        raise ValueError("Voters must be a non-empty object of node ID -> server address")
+    term = number("Term")
+    if term <= 0:
+        raise ValueError("Term must be positive")
+    marker = Marker(term, dict(voters), number("KeptTerm", 0), number("KeptIndex", 0),
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    expect = None
+    if "ExpectLastTerm" in raw or "ExpectLastIndex" in raw:
+        expect = (number("ExpectLastTerm"), number("ExpectLastIndex"))
+    return marker, expect
+
+
 def apply(p: Plan) -> list[str]:
     """Write the plan to every chosen survivor's data directory; returns those directories.
 
@@ -393,7 +495,7 @@ def apply(p: Plan) -> list[str]:
             log.save(hard_state=HardState(max(hs.term, p.recovery_term), "", hs.commit))
         finally:
             log.close()
-        atomic_write(os.path.join(raft_dir, MARKER_FILE), marker.encode())
+        write_marker(raft_dir, marker)
         _give_back(raft_dir, [MARKER_FILE, "raft.db", "raft.db-wal", "raft.db-shm"])
         done.append(s.source)
     return done

@@ -68,6 +68,7 @@ class ClusterMember:
         server.pool = self.pool
         server.rpc_hold_timeout_s = cfg.performance.rpc_hold_timeout_s
         server.unsafe_follower_local_reads = cfg.unsafe_follower_local_reads
+        server.unsafe_reads_before_first_apply = cfg.unsafe_reads_before_first_apply
         server.identity = {
             "id": agent.node_id,
             "name": agent.node_name,

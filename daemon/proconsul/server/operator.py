@@ -1,5 +1,5 @@
 """Server-side operator actions: the Raft configuration, removing a peer, leadership transfer,
-snapshots.
+snapshots, and this server's part in a leaderless recovery.
 
 Owns what `/v1/operator/raft/*` and `/v1/snapshot` do on a server, and their RPC endpoints
 (`Operator.RaftConfiguration`, `Operator.RaftRemovePeer`, `Operator.RaftTransferLeader`,
@@ -12,6 +12,10 @@ itself (node name and node ID) through the leader, so each server can map a Raft
 without any side channel; this server's own name is known locally. A server not (yet) in the
 catalog is shown with its ID as its name.
 
+`/v1/operator/raft/recover` is never forwarded: there is no leader to forward to. GET answers
+this server's Raft position (`proconsul.raft.recovery.live_state`) and PUT installs a recovery
+planned by `proconsul operator raft recover` (`RaftServer.recover_live`).
+
 A restore is one FSM command (`commands.Restore`) carrying the store snapshot: it goes through
 the log like any write, so every server replaces its state at the same index. The archive is
 verified (checksums, then a full decode of the state) before anything is proposed.
@@ -23,6 +27,7 @@ import logging
 import time
 from typing import Any
 
+from proconsul.raft import recovery
 from proconsul.rpc_api import NotLeader, RPCError
 from proconsul.server import snapshot as archive
 from proconsul.server.autopilot_health import AutopilotOperator
@@ -72,6 +77,38 @@ class Operator:
         c = self.server.consensus
         if not c.is_leader():
             raise NotLeader(c.leader_address())
+
+    # ------------------------------------------------------------------ leaderless recovery
+
+    def _local_raft(self) -> Any:
+        if self.raft is None:
+            raise recovery.RecoveryError("this agent runs no Raft server with a data directory (a client agent or -dev)")
+        return self.raft
+
+    def recovery_state(self) -> dict[str, Any]:
+        """`GET /v1/operator/raft/recover`: this server's log position and the leader it knows."""
+        raft = self._local_raft()
+        state = recovery.live_state(raft, self.agent.config.node_name).to_json()
+        leader = raft.core.leader if raft.core is not None else None
+        state["Leader"] = leader or ""
+        state["LeaderAddress"] = raft.addresses.addrs.get(leader, "") if leader else ""
+        state["NodeName"] = self.agent.config.node_name
+        return state
+
+    async def recover(self, body: Any) -> dict[str, Any]:
+        """`PUT /v1/operator/raft/recover`: install the planned recovery here (ValueError: bad
+        body; RecoveryError: refused, nothing changed)."""
+        raft = self._local_raft()
+        marker, expect = recovery.marker_from_json(body)
+        core = raft.core
+        if expect is not None and core is not None and (core.last_term, core.last_index) != expect:
+            raise recovery.RecoveryError(
+                f"this server's log moved since the plan was made (last term {core.last_term}, index "
+                f"{core.last_index}; the plan saw term {expect[0]}, index {expect[1]}): run recover again")
+        logger.warning("operator: leaderless recovery requested: voters %s, new term %d",
+                       sorted(marker.voters), marker.term)
+        await raft.recover_live(marker)
+        return {"ID": raft.id, "Term": marker.term, "Voters": sorted(marker.voters)}
 
     # ----------------------------------------------------------------- raft configuration
 

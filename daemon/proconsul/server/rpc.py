@@ -98,6 +98,9 @@ class Server:
         # follower are served from its own store, as if ?stale. Lets the chaos suite prove its
         # linearizability checker catches a real bug.
         self.unsafe_follower_local_reads = False
+        # Test-only broken build (config `unsafe_reads_before_first_apply`): a new leader answers
+        # default reads before its term's first apply; the read-your-writes checker catches it.
+        self.unsafe_reads_before_first_apply = False
         m = metrics or Metrics()  # without a registry (tests): a private one nobody reads
         self._m_request = m.counter("rpc", "request", help="reads and writes this server was asked to serve")
         self._m_query = m.counter("rpc", "query", help="read queries (blocking or not) this server answered")
@@ -221,7 +224,7 @@ class Server:
                     raise NoLeader()
                 raise NotLeader(c.leader_address())
             consistency = "leader"
-            if not c.ready_for_reads():
+            if not c.ready_for_reads() and not self.unsafe_reads_before_first_apply:
                 # A new leader answers only after committing an entry of its term; until then
                 # its store may miss writes its predecessor acknowledged (found by tests/sim).
                 await self._wait_ready_for_reads()
