@@ -260,7 +260,11 @@ class Agent:
         self.store.now = time.monotonic
         self.cluster: ClusterMember | None = None
         if self.raft is not None:
-            self.cluster = ClusterMember(self, self.raft, self.server, self.session_timers)
+            self.cluster = ClusterMember(
+                lambda: self.config, self.node_id, self.node_name, self.raft, self.server, self.session_timers,
+                self.tls, self.membership, self.local.node_record, self.consul_service_meta,
+                health=lambda: self.operator.autopilot,
+            )
             # A leader appearing is the moment a waiting anti-entropy sync can succeed.
             self.raft.on_leader_change = lambda leader: self.anti_entropy.trigger() if leader else None
             self.raft.fatal = self._fatal

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -41,6 +41,9 @@ from proconsul.structs import (
     decode_check,
     decode_service,
 )
+
+if TYPE_CHECKING:
+    from proconsul.local.state import LocalState
 
 
 def _decode_error_message(kind: str, exc: DecodeError) -> str:
@@ -253,8 +256,7 @@ async def service_maintenance(request: web.Request) -> web.Response:
 _HEALTH_CODES = {HEALTH_PASSING: 200, HEALTH_WARNING: 429, HEALTH_CRITICAL: 503}
 
 
-def _service_health(agent: Any, sid: str) -> dict[str, Any]:
-    local = agent.local
+def _service_health(local: LocalState, datacenter: str, sid: str) -> dict[str, Any]:
     own = [local.check_record(c) for c in sorted(local.checks) if local.checks[c].definition.service_id == sid]
     node_checks = [local.check_record(c) for c in sorted(local.checks) if not local.checks[c].definition.service_id]
     status = aggregate_status(node_checks + own)
@@ -263,7 +265,7 @@ def _service_health(agent: Any, sid: str) -> dict[str, Any]:
             status = "maintenance"
     return {
         "AggregatedStatus": status,
-        "Service": render.agent_service(local.service_record(sid), agent.config.datacenter),
+        "Service": render.agent_service(local.service_record(sid), datacenter),
         "Checks": [render.check(c) for c in own],
     }
 
@@ -273,7 +275,7 @@ async def health_by_id(request: web.Request) -> web.Response:
     sid = request.match_info["id"]
     if sid not in agent.local.services:
         return _health_text(request, 404, f"ServiceId {sid} not found", None)
-    body = _service_health(agent, sid)
+    body = _service_health(agent.local, agent.config.datacenter, sid)
     code = _HEALTH_CODES.get(body["AggregatedStatus"], 503)
     return _health_text(request, code, body["AggregatedStatus"], body)
 
@@ -284,7 +286,7 @@ async def health_by_name(request: web.Request) -> web.Response:
     sids = [sid for sid in sorted(agent.local.services) if agent.local.services[sid].definition.name == name]
     if not sids:
         return _health_text(request, 404, f"ServiceName {name} Not Found", None)
-    bodies = [_service_health(agent, sid) for sid in sids]
+    bodies = [_service_health(agent.local, agent.config.datacenter, sid) for sid in sids]
     worst = aggregate_status_names([b["AggregatedStatus"] for b in bodies])
     return _health_text(request, _HEALTH_CODES.get(worst, 503), worst, bodies)
 

@@ -8,7 +8,7 @@ Consul's quirks: a miss is 404 with an index, `?keys` with a separator collapses
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -27,6 +27,10 @@ from proconsul.http.common import (
 from proconsul.rpc_api import QueryMeta, QueryOptions
 from proconsul.state import commands
 from proconsul.state.records import DirEntry
+
+if TYPE_CHECKING:
+    from proconsul.server.remote import RemoteServer
+    from proconsul.server.rpc import Server
 
 MAX_UINT64 = (1 << 64) - 1
 
@@ -99,7 +103,7 @@ async def kv_put(request: web.Request) -> web.StreamResponse:
         session = request.query["release"]
         op = commands.KVOp.UNLOCK
     if op == commands.KVOp.LOCK and not dc:
-        delayed, index = await _lock_delay_active(agent, key)
+        delayed, index = await _lock_delay_active(agent.server, key)
         if delayed:
             # Consul refuses (false) an acquire during the lock-delay of an invalidated holder.
             return json_response(request, False, index=index)
@@ -108,7 +112,7 @@ async def kv_put(request: web.Request) -> web.StreamResponse:
     return json_response(request, bool(ok), index=meta.index)
 
 
-async def _lock_delay_active(agent: Any, key: str) -> tuple[bool, int]:
+async def _lock_delay_active(server: Server | RemoteServer, key: str) -> tuple[bool, int]:
     """(in the lock-delay?, index), as the leader sees it.
 
     Consul's leader checks the delay in its KVS endpoint. A follower's own store may not have
@@ -116,7 +120,7 @@ async def _lock_delay_active(agent: Any, key: str) -> tuple[bool, int]:
     lock the moment its holder's node was deregistered), so the question is a default-mode read,
     which a follower forwards to the leader and a client agent to a server.
     """
-    meta, active = await agent.server.query("KVS.LockDelay", {"key": key}, QueryOptions())
+    meta, active = await server.query("KVS.LockDelay", {"key": key}, QueryOptions())
     return bool(active), meta.index
 
 

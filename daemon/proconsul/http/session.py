@@ -47,13 +47,13 @@ def _lock_delay(value: Any) -> float:
     raise bad_request("Request decode failed: LockDelay must be a duration")
 
 
-def decode_session(body: Any, agent: Any) -> Session:
+def decode_session(body: Any, node_name: str, session_ttl_min_s: float) -> Session:
     if body is None:
         body = {}
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: expected a JSON object")
     name = get_key(body, "Name") or ""
-    node = get_key(body, "Node") or agent.node_name
+    node = get_key(body, "Node") or node_name
     if not isinstance(name, str) or not isinstance(node, str):
         raise bad_request("Request decode failed: Name and Node must be strings")
     lock_delay_s = 15.0
@@ -92,7 +92,7 @@ def decode_session(body: Any, agent: Any) -> Session:
             ttl_s = parse_duration(raw_ttl)
         except ValueError:
             raise bad_request(f"Request decode failed: invalid TTL {raw_ttl!r}") from None
-        low = agent.config.session_ttl_min_s
+        low = session_ttl_min_s
         if ttl_s != 0 and not low <= ttl_s <= MAX_SESSION_TTL_S:
             raise bad_request(
                 f"Invalid Session TTL '{format_duration(ttl_s)}', must be between "
@@ -115,7 +115,7 @@ async def create(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     check_dc(request)
     body = await read_json(request, allow_empty=True)
-    session = decode_session(body, agent)
+    session = decode_session(body, agent.node_name, agent.config.session_ttl_min_s)
     acl_gate.require(request, lambda authz: authz.require("session", session.node, "write"))
     meta, _ = await agent.server.write(commands.SessionOp("create", session))
     await agent.touch_session(session)

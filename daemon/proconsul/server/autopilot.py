@@ -38,8 +38,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from proconsul.rpc_api import HandlerRegistry
 from proconsul.serf.member import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT, MemberRecord
 
 logger = logging.getLogger(__name__)
@@ -116,28 +117,64 @@ def plan_removals(
     return out
 
 
-class DeadServerCleanup:
-    """The leader's loop; a no-op on followers."""
+class ServerHealthView(Protocol):
+    """The leader's autopilot health tracking (`autopilot_health.AutopilotOperator`) as the
+    cleanup and the cluster membership use it."""
 
-    def __init__(self, agent: Any, raft: Any, server: Any, pool: Any) -> None:
-        self.agent = agent
+    def effective(self) -> Any:
+        """The autopilot settings in force (replicated once set, else the agent's config)."""
+        ...
+
+    def unhealthy_for_s(self, server_id: str) -> float: ...
+
+    async def run(self) -> None: ...
+
+
+class LANServers(Protocol):
+    """The LAN pool as the cleanup uses it."""
+
+    def members(self) -> list[MemberRecord]: ...
+
+    def force_leave(self, name: str, prune: bool = False) -> bool: ...
+
+    def on_member_event(self, listener: Callable[[MemberRecord], None]) -> None: ...
+
+
+class DeadServerCleanup:
+    """The leader's loop; a no-op on followers.
+
+    Args:
+        node_id, datacenter: ours (servers of other datacenters are never counted).
+        raft: this server's Raft driver.
+        registry: where it registers ``Autopilot.ServerState``.
+        pool: server RPC to the other servers.
+        lan: the LAN pool (which servers gossip sees, and force-leave of removed ones).
+        health: the autopilot health tracker, built after this (hence a getter).
+    """
+
+    def __init__(self, node_id: str, datacenter: str, raft: Any, registry: HandlerRegistry, pool: Any,
+                 lan: LANServers, health: Callable[[], ServerHealthView]) -> None:
+        self.node_id = node_id
+        self.datacenter = datacenter
         self.raft = raft
         self.pool = pool  # server RPC to the other servers (ServerState)
+        self.lan = lan
+        self._health = health
         self._wake = asyncio.Event()
         self._refused: list[tuple[str, str]] = []
         self._alive_since: dict[str, float] = {}  # server ID -> monotonic time first seen alive
-        agent.membership.on_member_event(self._on_member)
-        server.register("Autopilot.ServerState", self._server_state)
+        lan.on_member_event(self._on_member)
+        registry.register("Autopilot.ServerState", self._server_state)
 
     async def _server_state(self, _body: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.agent.node_id, "raft_running": self.raft.core is not None}
+        out: dict[str, Any] = {"id": self.node_id, "raft_running": self.raft.core is not None}
         if self.raft.core is not None:
             out.update(self.raft.log_stats())  # the leader's health checks (autopilot_health)
         return out
 
     def _settings(self) -> Any:
         """The effective autopilot configuration (replicated once set; autopilot_health)."""
-        return self.agent.operator.autopilot.effective()
+        return self._health().effective()
 
     def _on_member(self, rec: MemberRecord) -> None:
         if rec.member.tags.get("role") == "consul":
@@ -145,9 +182,9 @@ class DeadServerCleanup:
 
     def _lan_records(self) -> dict[str, MemberRecord]:
         """LAN-pool servers of our datacenter by server ID."""
-        dc = self.agent.config.datacenter
+        dc = self.datacenter
         out: dict[str, MemberRecord] = {}
-        for rec in self.agent.membership.members():
+        for rec in self.lan.members():
             tags = rec.member.tags
             if tags.get("role") == "consul" and tags.get("dc") == dc and tags.get("id"):
                 out[tags["id"]] = rec
@@ -198,7 +235,7 @@ class DeadServerCleanup:
         if core is None or not self.raft.is_leader():
             return []
         settings = self._settings()
-        health = self.agent.operator.autopilot
+        health = self._health()
         refused: list[tuple[str, str]] = []
 
         def settled(sid: str) -> bool:
@@ -218,7 +255,7 @@ class DeadServerCleanup:
             if removal.reason == "failed":
                 logger.info("autopilot: Attempting removal of failed server node %s (id %s)",
                             removal.name, removal.server_id)
-                self.agent.membership.force_leave(removal.name)
+                self.lan.force_leave(removal.name)
             else:
                 logger.info("leader: removing server %s (id %s) that left", removal.name, removal.server_id)
             try:

@@ -25,17 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import proconsul
 from proconsul.raft.node import RaftServer
 from proconsul.rpc_api import RPCError
-from proconsul.server.autopilot import DeadServerCleanup
+from proconsul.server.autopilot import DeadServerCleanup, LANServers, ServerHealthView
 from proconsul.server.leader import SessionTimers, reconcile_alive_server
 from proconsul.server.rpc import SERVER_ONLY_METHODS, Server
+from proconsul.state.records import Node
 from proconsul.tasks import cancel_and_wait
 from proconsul.transport import ConnectionPool, Listener, RPCSecurity, rpc_stream_handler
 from proconsul.wire import ConnType
+
+if TYPE_CHECKING:
+    from proconsul.config import RuntimeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,25 +58,53 @@ def join_targets(addresses: list[str], server_port: int) -> list[str]:
 
 
 class ClusterMember:
-    """A server agent's membership in its datacenter's Raft cluster."""
+    """A server agent's membership in its datacenter's Raft cluster.
 
-    def __init__(self, agent: Any, raft: RaftServer, server: Server, session_timers: SessionTimers) -> None:
-        self.agent = agent
+    Args:
+        config: the agent's configuration as it is now.
+        node_id, node_name: ours.
+        raft, server, session_timers: this server's Raft driver, RPC server and session TTLs.
+        security: TLS on the server port (proconsul.tls.rpc; None: plaintext only): the same
+            policy dials other servers (forwarding, joins) and accepts their connections.
+        lan: the LAN pool (servers seen there count for bootstrap_expect; dead-server cleanup).
+        node_record, service_meta: this node's catalog record and the `consul` service's meta,
+            which the server registers through the leader.
+        health: the autopilot health tracker (built after this, hence a getter).
+    """
+
+    def __init__(
+        self,
+        config: Callable[[], RuntimeConfig],
+        node_id: str,
+        node_name: str,
+        raft: RaftServer,
+        server: Server,
+        session_timers: SessionTimers,
+        security: RPCSecurity | None,
+        lan: LANServers,
+        node_record: Callable[[], Node],
+        service_meta: Callable[[], dict[str, str]],
+        health: Callable[[], ServerHealthView],
+    ) -> None:
+        self._config = config
+        self.node_id = node_id
+        self.node_name = node_name
         self.raft = raft
         self.server = server
         self.session_timers = session_timers
-        cfg = agent.config
-        # TLS on the server port (proconsul.tls.rpc; None: plaintext only): the same policy
-        # dials other servers (forwarding, joins) and accepts their connections.
-        security: RPCSecurity | None = agent.tls
+        self.lan = lan
+        self._node_record = node_record
+        self._service_meta = service_meta
+        self._health = health
+        cfg = config()
         self.pool = ConnectionPool(security=security)
         server.pool = self.pool
         server.rpc_hold_timeout_s = cfg.performance.rpc_hold_timeout_s
         server.unsafe_follower_local_reads = cfg.unsafe_follower_local_reads
         server.unsafe_reads_before_first_apply = cfg.unsafe_reads_before_first_apply
         server.identity = {
-            "id": agent.node_id,
-            "name": agent.node_name,
+            "id": node_id,
+            "name": node_name,
             "addr": raft.address,
             "dc": cfg.datacenter,
             "expect": cfg.bootstrap_expect,
@@ -94,11 +127,15 @@ class ClusterMember:
         raft.on_leadership = self._leadership_changed
         self.status = "starting"
         # Leader only: servers that left or died come out of the Raft configuration.
-        self.autopilot = DeadServerCleanup(agent, raft, server, self.pool)
+        self.autopilot = DeadServerCleanup(node_id, cfg.datacenter, raft, server, self.pool, lan, health)
+
+    @property
+    def config(self) -> RuntimeConfig:
+        return self._config()
 
     async def start(self) -> None:
         await self.listener.start()
-        cfg = self.agent.config
+        cfg = self.config
         loop = asyncio.get_running_loop()
         if self.raft.has_state:
             self.status = "rejoining from the state on disk"
@@ -106,7 +143,7 @@ class ClusterMember:
             if self.joins:
                 self._tasks.append(loop.create_task(self._rejoin(), name="rejoin"))
         elif cfg.bootstrap or cfg.bootstrap_expect == 1:
-            self.raft.bootstrap({self.agent.node_id: self.raft.address})
+            self.raft.bootstrap({self.node_id: self.raft.address})
             self.status = "bootstrapped a single-server cluster"
             await self.raft.start()
         elif cfg.bootstrap_expect > 1:
@@ -118,7 +155,7 @@ class ClusterMember:
             self._tasks.append(loop.create_task(self._join_loop(), name="join"))
         self._tasks.append(loop.create_task(self._register_self_loop(), name="register-self"))
         self._tasks.append(loop.create_task(self.autopilot.run(), name="autopilot"))
-        self._tasks.append(loop.create_task(self.agent.operator.autopilot.run(), name="autopilot-health"))
+        self._tasks.append(loop.create_task(self._health().run(), name="autopilot-health"))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -139,12 +176,11 @@ class ClusterMember:
         """Servers of our datacenter seen alive in the LAN pool, by node ID (Consul's
         maybeBootstrap); None when one of them rules a bootstrap out (another expect value, or
         a server in bootstrap mode)."""
-        cfg = self.agent.config
+        cfg = self.config
         found: dict[str, str] = {}
-        membership = getattr(self.agent, "membership", None)
-        for rec in membership.members() if membership is not None else []:
+        for rec in self.lan.members():
             m, tags = rec.member, rec.member.tags
-            if tags.get("role") != "consul" or m.name == self.agent.node_name or rec.status != 1:
+            if tags.get("role") != "consul" or m.name == self.node_name or rec.status != 1:
                 continue
             if tags.get("dc") != cfg.datacenter:
                 self._log_once(f"cluster: Member {m.name} has a conflicting datacenter, ignoring")
@@ -170,10 +206,10 @@ class ClusterMember:
             logger.error("%s", line)
 
     async def _expect_bootstrap(self, expect: int) -> None:
-        cfg = self.agent.config
+        cfg = self.config
         interval = min(cfg.retry_interval_s, 1.0)
         while True:
-            peers: dict[str, str] = {self.agent.node_id: self.raft.address}
+            peers: dict[str, str] = {self.node_id: self.raft.address}
             # Servers the LAN pool told us about count as much as the join addresses.
             from_gossip = self._gossip_servers(expect)
             if from_gossip is None:
@@ -203,14 +239,14 @@ class ClusterMember:
 
     async def _join_loop(self) -> None:
         """Ask a known server's leader to add us, until we are part of a configuration."""
-        interval = min(self.agent.config.retry_interval_s, 2.0)
-        while self.raft.core is not None and self.agent.node_id not in self.raft.core.config.voters:
+        interval = min(self.config.retry_interval_s, 2.0)
+        while self.raft.core is not None and self.node_id not in self.raft.core.config.voters:
             for target in self.joins:
                 info = await self._identify(target)
                 if not info:
                     continue
                 try:
-                    await self.pool.call(target, "Raft.Join", {"id": self.agent.node_id, "addr": self.raft.address},
+                    await self.pool.call(target, "Raft.Join", {"id": self.node_id, "addr": self.raft.address},
                                          timeout_s=10.0)
                     logger.info("cluster: joined through %s", target)
                     break
@@ -227,11 +263,11 @@ class ClusterMember:
         re-adds an alive server it sees in the LAN pool; here the server asks, and `Raft.Join`
         changes nothing for a server that is still a member.
         """
-        interval = min(self.agent.config.retry_interval_s, 2.0)
+        interval = min(self.config.retry_interval_s, 2.0)
         while not self.raft.is_leader():  # a leader is a member by definition
             for target in self.joins:
                 try:
-                    await self.pool.call(target, "Raft.Join", {"id": self.agent.node_id, "addr": self.raft.address},
+                    await self.pool.call(target, "Raft.Join", {"id": self.node_id, "addr": self.raft.address},
                                          timeout_s=10.0)
                     logger.info("cluster: the leader (through %s) counts this server as a voter", target)
                     return
@@ -243,7 +279,7 @@ class ClusterMember:
 
     def _leadership_changed(self, is_leader: bool) -> None:
         if is_leader:
-            _, sessions = self.agent.store.list_sessions()
+            _, sessions = self.server.store.list_sessions()
             self.session_timers.arm_all([s for s in sessions if s.ttl])
             self._tasks.append(asyncio.get_running_loop().create_task(self._register_self_loop(), name="reconcile"))
         else:
@@ -255,8 +291,7 @@ class ClusterMember:
         while True:
             try:
                 await reconcile_alive_server(
-                    self.server, self.agent.local.node_record(), self.agent.config.ports.server,
-                    self.agent.consul_service_meta(),
+                    self.server, self._node_record(), self.config.ports.server, self._service_meta(),
                 )
                 return
             except RPCError as exc:
