@@ -5,6 +5,8 @@ metric names present from start-up and growing with the writes made."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -185,6 +187,67 @@ def test_prometheus_format_is_refused_without_a_retention_time() -> None:
         assert any(g["Name"].endswith(".runtime.alloc_bytes") for g in doc["Gauges"])
     finally:
         agent.stop()
+
+
+def _receive(sock: socket.socket, packets: list[bytes]) -> list[bytes]:
+    """Every datagram waiting on `sock`, appended to `packets` (which is returned)."""
+    while True:
+        try:
+            packets.append(sock.recv(65536))
+        except BlockingIOError:
+            return packets
+
+
+STATSD_LINE = re.compile(r"^[^:|#]+:-?\d+\.\d{6}\|(c|g|ms)$")  # go-metrics' "%s:%f|<type>"
+DOGSTATSD_LINE = re.compile(r"^[^:|#]+:-?\d+(\.\d+)?\|(c|g|ms)\|#env:test,team(,[^,]+)*$")
+
+
+def test_statsd_and_dogstatsd_sinks_receive_lines() -> None:
+    """A real agent sends go-metrics' statsd and DogStatsD lines to UDP sockets on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dog:
+        for sock in (statsd, dog):
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+        telemetry = (f'telemetry {{ statsd_address = "127.0.0.1:{statsd.getsockname()[1]}" '
+                     f'dogstatsd_addr = "127.0.0.1:{dog.getsockname()[1]}" dogstatsd_tags = ["env:test", "team"] }}')
+        agent = AgentProcess("-hcl", telemetry).start()
+        try:
+            _put_keys(agent, 2)
+            host = socket.gethostname().replace(":", "_").replace(" ", "_")
+            statsd_packets: list[bytes] = []
+            wanted = [re.compile(p) for p in (
+                r"^consul\.kvs\.apply:\d+\.\d{6}\|ms$",
+                r"^consul\.api\.http\.PUT\.v1_kv_:\d+\.\d{6}\|ms$",
+                r"^consul\.rpc\.request:1\.000000\|c$",
+                rf"^consul\.{re.escape(host)}\.runtime\.alloc_bytes:\d+\.\d{{6}}\|g$",  # gauges carry the host
+            )]
+
+            def statsd_lines() -> list[str]:
+                return [line for p in _receive(statsd, statsd_packets) for line in p.decode().splitlines()]
+
+            wait_for(lambda: all(any(w.match(line) for line in statsd_lines()) for w in wanted), timeout=30,
+                     what=lambda: f"statsd lines {[w.pattern for w in wanted]} in {statsd_lines()[:40]}")
+            assert all(len(p) <= 1400 and p.endswith(b"\n") for p in statsd_packets)
+            assert all(STATSD_LINE.match(line) for line in statsd_lines()), statsd_lines()
+
+            dog_packets: list[bytes] = []
+            wanted = [re.compile(p) for p in (
+                r"^consul\.kvs\.apply:\d+(\.\d+)?\|ms\|#env:test,team$",
+                r"^consul\.api\.http:\d+(\.\d+)?\|ms\|#env:test,team,method:PUT,path:v1_kv_$",
+                r"^consul\.rpc\.request:1\|c\|#env:test,team$",
+                r"^consul\.runtime\.alloc_bytes:\d+\|g\|#env:test,team$",  # the host is spliced out
+            )]
+
+            def dog_lines() -> list[str]:
+                return [line for p in _receive(dog, dog_packets) for line in p.decode().split("\n")]
+
+            wait_for(lambda: all(any(w.match(line) for line in dog_lines()) for w in wanted), timeout=30,
+                     what=lambda: f"DogStatsD lines {[w.pattern for w in wanted]} in {dog_lines()[:40]}")
+            assert all(len(p) <= 1432 and not p.endswith(b"\n") for p in dog_packets)
+            assert all(DOGSTATSD_LINE.match(line) for line in dog_lines()), dog_lines()
+        finally:
+            agent.stop()
 
 
 def test_metrics_prefix_is_honoured() -> None:

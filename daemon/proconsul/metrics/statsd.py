@@ -1,0 +1,230 @@
+"""go-metrics' statsd and DogStatsD sinks: every recorded value as a line in a UDP datagram.
+
+Owns the two line formats Consul's `telemetry { statsd_address, dogstatsd_addr, dogstatsd_tags }`
+produce, and their sender.
+
+- statsd (go-metrics `StatsdSink`): `<name>:<value>|<c|g|ms>` with Go's `%f` value (six decimals),
+  each line ending in a newline, lines packed into datagrams of at most 1400 bytes. The name is
+  the full go-metrics key (prefix, host name for gauges unless `disable_hostname`, the parts) with
+  the label *values* appended as further parts (`consul.api.http.GET.v1_kv_`), `:` and ` `
+  turned into `_`.
+- DogStatsD (go-metrics `datadog.DogStatsdSink` over datadog-go): `<name>:<value>|<c|g|ms>|#tags`,
+  the host name spliced out of gauge names (DogStatsD tags the host itself), labels as
+  `name:value` tags after the configured `dogstatsd_tags`, counters as integers (datadog-go's
+  `Count` takes an int64), other values in Go's shortest decimal form; lines joined by newlines
+  in datagrams of at most 1432 bytes.
+
+Recording code only appends `(series, value)` to the registry's bounded outbox; `StatsdSinks.run`
+swaps it out every 100 ms (go-metrics' flush interval), formats and sends. Sending is UDP
+fire-and-forget as in go-metrics: an unreachable collector costs nothing but the datagrams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from decimal import Decimal
+
+from proconsul.metrics.registry import COUNTER, GAUGE, Metrics, Series
+
+__all__ = ["DogStatsdFormat", "StatsdFormat", "StatsdSinks", "Target", "pack", "split_address"]
+
+logger = logging.getLogger(__name__)
+
+FLUSH_S = 0.1  # go-metrics' statsd flush interval
+STATSD_MAX_PACKET = 1400  # go-metrics' statsdMaxLen
+DOGSTATSD_MAX_PACKET = 1432  # datadog-go's default UDP payload
+RETRY_S = 5.0  # after a failed socket set-up (e.g. a name that does not resolve yet)
+
+_TYPE = {COUNTER: "c", GAUGE: "g"}  # samples: "ms"
+
+
+def _sanitize(text: str) -> str:
+    # The characters both go-metrics sinks turn into "_" in names (and DogStatsD in tags).
+    return text.replace(":", "_").replace(" ", "_")
+
+
+def _go_float(value: float) -> str:
+    """Go's `strconv.FormatFloat(v, 'f', -1, 64)`: the shortest decimal, never an exponent."""
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    text = repr(value)
+    if "e" in text or "E" in text:
+        text = format(Decimal(text), "f")
+    return text
+
+
+class StatsdFormat:
+    """go-metrics' statsd line for a recorded value."""
+
+    max_packet = STATSD_MAX_PACKET
+    trailing_newline = True
+
+    def __init__(self) -> None:
+        self._names: dict[Series, str] = {}
+
+    def line(self, series: Series, value: float) -> str:
+        name = self._names.get(series)
+        if name is None:
+            name = self._names[series] = _sanitize(".".join([series.name, *series.label_values]))
+        return f"{name}:{value:f}|{_TYPE.get(series.family.kind, 'ms')}"
+
+
+class DogStatsdFormat:
+    """go-metrics' DogStatsD line (datadog-go's format) for a recorded value."""
+
+    max_packet = DOGSTATSD_MAX_PACKET
+    trailing_newline = False
+
+    def __init__(self, tags: tuple[str, ...] = ()) -> None:
+        self._tags = list(tags)
+        self._heads: dict[Series, tuple[str, str]] = {}
+
+    def line(self, series: Series, value: float) -> str:
+        head = self._heads.get(series)
+        if head is None:
+            tags = self._tags + [
+                f"{_sanitize(k)}:{_sanitize(v)}" if v else _sanitize(k) for k, v in series.labels.items()
+            ]
+            head = self._heads[series] = (
+                _sanitize(series.family.bare_name),
+                f"|#{','.join(tags)}" if tags else "",
+            )
+        name, tag_part = head
+        kind = series.family.kind
+        if kind == COUNTER:
+            return f"{name}:{int(value)}|c{tag_part}"
+        return f"{name}:{_go_float(value)}|{_TYPE.get(kind, 'ms')}{tag_part}"
+
+
+def pack(lines: list[str], max_packet: int, trailing_newline: bool) -> list[bytes]:
+    """Lines into datagrams of at most `max_packet` bytes (a longer line goes alone)."""
+    packets: list[bytes] = []
+    buf: list[bytes] = []
+    size = 0
+    for text in lines:
+        data = text.encode()
+        extra = len(data) + 1 if (trailing_newline or buf) else len(data)
+        if buf and size + extra > max_packet:
+            packets.append(_join(buf, trailing_newline))
+            buf, size = [], 0
+            extra = len(data) + (1 if trailing_newline else 0)
+        buf.append(data)
+        size += extra
+    if buf:
+        packets.append(_join(buf, trailing_newline))
+    return packets
+
+
+def _join(buf: list[bytes], trailing_newline: bool) -> bytes:
+    body = b"\n".join(buf)
+    return body + b"\n" if trailing_newline else body
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port` too) -> (host, port); ValueError with a reason otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{address!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} has no valid port")
+    return host, int(port)
+
+
+class Target:
+    """One collector: its format and its connected UDP socket (made on first use, remade on failure)."""
+
+    def __init__(self, kind: str, address: str, fmt: StatsdFormat | DogStatsdFormat) -> None:
+        self.kind = kind
+        self.address = address
+        self.host, self.port = split_address(address)
+        self.format = fmt
+        self.transport: asyncio.DatagramTransport | None = None
+        self._retry_at = 0.0
+        self._warned = False
+        self.sent = 0  # datagrams handed to the kernel (tests, debugging)
+
+    async def ensure(self) -> bool:
+        if self.transport is not None and not self.transport.is_closing():
+            return True
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        try:
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                _Ignore, remote_addr=(self.host, self.port)
+            )
+        except OSError as exc:
+            self._retry_at = now + RETRY_S
+            if not self._warned:
+                logger.warning("telemetry: cannot reach the %s sink at %s: %s", self.kind, self.address, exc)
+                self._warned = True
+            return False
+        self.transport = transport  # type: ignore[assignment]
+        self._warned = False
+        return True
+
+    def send(self, values: list[tuple[Series, float]]) -> None:
+        fmt = self.format
+        transport = self.transport
+        assert transport is not None
+        for packet in pack([fmt.line(s, v) for s, v in values], fmt.max_packet, fmt.trailing_newline):
+            transport.sendto(packet)
+            self.sent += 1
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+class _Ignore(asyncio.DatagramProtocol):
+    def error_received(self, exc: Exception) -> None:
+        # A collector that is not listening answers with ICMP port unreachable: as go-metrics,
+        # the values are lost and nothing else happens.
+        pass
+
+
+class StatsdSinks:
+    """The configured sinks of one registry. Built only when at least one address is set."""
+
+    def __init__(self, metrics: Metrics, targets: list[Target]) -> None:
+        self._metrics = metrics
+        self.targets = targets
+        metrics.outbox = []
+
+    @classmethod
+    def from_config(
+        cls, metrics: Metrics, statsd_address: str, dogstatsd_addr: str, dogstatsd_tags: tuple[str, ...]
+    ) -> StatsdSinks | None:
+        targets = []
+        if statsd_address:
+            targets.append(Target("statsd", statsd_address, StatsdFormat()))
+        if dogstatsd_addr:
+            targets.append(Target("dogstatsd", dogstatsd_addr, DogStatsdFormat(dogstatsd_tags)))
+        return cls(metrics, targets) if targets else None
+
+    async def flush(self) -> None:
+        values = self._metrics.outbox or []
+        self._metrics.outbox = []
+        for target in self.targets:
+            if await target.ensure() and values:
+                target.send(values)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(FLUSH_S)
+                await self.flush()
+        finally:
+            # What was recorded since the last flush still goes out (go-metrics drains its
+            # queue on shutdown), then the sockets close.
+            values = self._metrics.outbox or []
+            self._metrics.outbox = None
+            for target in self.targets:
+                if target.transport is not None and values:
+                    target.send(values)
+                target.close()

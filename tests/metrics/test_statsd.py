@@ -1,0 +1,83 @@
+"""The statsd and DogStatsD line formats on a registry (go-metrics' naming, labels and tags), and
+the packing of lines into datagrams. The agent sending them over UDP is
+tests/integration/test_metrics.py::test_statsd_and_dogstatsd_sinks_receive_lines."""
+
+from __future__ import annotations
+
+from proconsul.metrics import Metrics
+from proconsul.metrics.statsd import DogStatsdFormat, StatsdFormat, pack, split_address
+
+
+def _lines(m: Metrics, fmt: StatsdFormat | DogStatsdFormat) -> list[str]:
+    assert m.outbox is not None
+    return [fmt.line(s, v) for s, v in m.outbox]
+
+
+def test_statsd_names_carry_host_for_gauges_and_label_values_as_parts() -> None:
+    m = Metrics(hostname="web-1")
+    m.outbox = []
+    m.counter("rpc", "request").incr()
+    m.gauge("runtime", "alloc_bytes").set(1024.5)
+    m.sample("api", "http", labels=("method", "path")).with_labels("GET", "v1_kv_").observe(0.25)
+    m.sample("kvs", "apply").observe(3)
+    assert _lines(m, StatsdFormat()) == [
+        "consul.rpc.request:1.000000|c",
+        "consul.web-1.runtime.alloc_bytes:1024.500000|g",
+        "consul.api.http.GET.v1_kv_:0.250000|ms",
+        "consul.kvs.apply:3.000000|ms",
+    ]
+
+
+def test_dogstatsd_splices_the_host_out_and_tags_labels_after_the_configured_tags() -> None:
+    m = Metrics(hostname="web-1", prefix="pc")
+    m.outbox = []
+    m.counter("rpc", "request").incr(2.7)
+    m.gauge("runtime", "alloc_bytes").set(1024.0)
+    m.gauge("autopilot", "healthy").set(0.000001)
+    m.sample("api", "http", labels=("method", "path")).with_labels("GET", "a b:c").observe(0.25)
+    fmt = DogStatsdFormat(("env:test", "team"))
+    assert _lines(m, fmt) == [
+        "pc.rpc.request:2|c|#env:test,team",  # datadog-go's Count takes an int64
+        "pc.runtime.alloc_bytes:1024|g|#env:test,team",
+        "pc.autopilot.healthy:0.000001|g|#env:test,team",  # Go's 'f' format: never an exponent
+        "pc.api.http:0.25|ms|#env:test,team,method:GET,path:a_b_c",
+    ]
+    plain = Metrics(hostname="")
+    plain.outbox = []
+    plain.counter("serf", "events").incr()
+    assert _lines(plain, DogStatsdFormat()) == ["consul.serf.events:1|c"]
+
+
+def test_without_a_sink_nothing_is_queued_and_the_outbox_is_bounded() -> None:
+    m = Metrics()
+    c = m.counter("x")
+    c.incr()
+    assert m.outbox is None
+    m.outbox = []
+    for _ in range(20000):
+        c.incr()
+    assert len(m.outbox) == 16384
+
+
+def test_packets_stay_under_the_limit_and_end_as_each_format_does() -> None:
+    lines = [f"consul.some.metric.{i:04d}:1.000000|c" for i in range(200)]
+    statsd = pack(lines, 1400, trailing_newline=True)
+    assert all(len(p) <= 1400 and p.endswith(b"\n") for p in statsd)
+    assert b"".join(statsd).decode().splitlines() == lines
+    dog = pack(lines, 1432, trailing_newline=False)
+    assert all(len(p) <= 1432 and not p.endswith(b"\n") for p in dog)
+    assert b"\n".join(dog).decode().splitlines() == lines
+    # A line longer than a packet still goes, alone.
+    assert pack(["x" * 2000, "y"], 1400, trailing_newline=True) == [b"x" * 2000 + b"\n", b"y\n"]
+
+
+def test_addresses() -> None:
+    assert split_address("127.0.0.1:8125") == ("127.0.0.1", 8125)
+    assert split_address("[::1]:8125") == ("::1", 8125)
+    assert split_address("statsd.internal:9125") == ("statsd.internal", 9125)
+    for bad in ("127.0.0.1", ":8125", "host:0", "host:x"):
+        try:
+            split_address(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
