@@ -4,6 +4,7 @@ metric names present from start-up and growing with the writes made."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import socket
@@ -149,6 +150,46 @@ def test_json_view_has_go_metrics_shape_and_counts_the_writes(dev: AgentProcess)
     assert sample["Rate"] == pytest.approx(sample["Sum"] / 10.0)
 
 
+def _next_document(resp: http.client.HTTPResponse) -> tuple[str, dict]:
+    """One document of the metrics stream: Go's indented JSON ends with a "}" line at column 0."""
+    lines = []
+    while True:
+        line = resp.readline().decode()
+        assert line, f"the stream ended after {lines}"
+        lines.append(line)
+        if line == "}\n":
+            text = "".join(lines)
+            return text, json.loads(text)
+
+
+def test_metrics_stream_sends_each_interval_as_it_ends(dev: AgentProcess) -> None:
+    conn = http.client.HTTPConnection(dev.ip, dev.http_port, timeout=60)
+    try:
+        conn.request("GET", "/v1/agent/metrics/stream")
+        resp = conn.getresponse()  # the headers come at once, the first document when the interval ends
+        assert resp.status == 200
+        _put_keys(dev, 3)
+        docs = []
+        # The puts land in the interval open when they were made: the first document, or the
+        # second when an interval ended between the request and the puts (go-metrics' 10 s).
+        for _ in range(2):
+            text, doc = _next_document(resp)
+            assert text.startswith('{\n    "Timestamp": "'), text[:40]  # Go's four-space indent
+            assert set(doc) == {"Timestamp", "Gauges", "Points", "Counters", "Samples"}
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d0 \+0000 UTC", doc["Timestamp"]), doc["Timestamp"]
+            docs.append(doc)
+            applies = [s for s in doc["Samples"] if s["Name"] == "consul.kvs.apply"]
+            if applies and applies[0]["Count"] >= 3:
+                break
+        else:
+            raise AssertionError(f"no document counted the 3 KV applies: {[d['Samples'] for d in docs]}")
+        assert any(g["Name"] == "consul.runtime.alloc_bytes" for g in docs[-1]["Gauges"])
+        if len(docs) == 2:  # consecutive intervals, one document each
+            assert docs[0]["Timestamp"] < docs[1]["Timestamp"]
+    finally:
+        conn.close()
+
+
 def test_blocking_queries_in_flight_are_counted(dev: AgentProcess) -> None:
     assert dev.http("PUT", "/v1/kv/metrics/block", b"0")[0] == 200
     index = dev.http("GET", "/v1/kv/metrics/block")[1]["X-Consul-Index"]
@@ -202,15 +243,18 @@ STATSD_LINE = re.compile(r"^[^:|#]+:-?\d+\.\d{6}\|(c|g|ms)$")  # go-metrics' "%s
 DOGSTATSD_LINE = re.compile(r"^[^:|#]+:-?\d+(\.\d+)?\|(c|g|ms)\|#env:test,team(,[^,]+)*$")
 
 
-def test_statsd_and_dogstatsd_sinks_receive_lines() -> None:
-    """A real agent sends go-metrics' statsd and DogStatsD lines to UDP sockets on loopback."""
+def test_statsd_dogstatsd_and_statsite_sinks_receive_lines() -> None:
+    """A real agent sends go-metrics' statsd and DogStatsD lines to UDP sockets on loopback, and the
+    statsd lines to a statsite TCP listener."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dog:
-        for sock in (statsd, dog):
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dog, socket.socket() as statsite:
+        for sock in (statsd, dog, statsite):
             sock.bind(("127.0.0.1", 0))
             sock.setblocking(False)
+        statsite.listen()
         telemetry = (f'telemetry {{ statsd_address = "127.0.0.1:{statsd.getsockname()[1]}" '
-                     f'dogstatsd_addr = "127.0.0.1:{dog.getsockname()[1]}" dogstatsd_tags = ["env:test", "team"] }}')
+                     f'dogstatsd_addr = "127.0.0.1:{dog.getsockname()[1]}" dogstatsd_tags = ["env:test", "team"] '
+                     f'statsite_address = "127.0.0.1:{statsite.getsockname()[1]}" }}')
         agent = AgentProcess("-hcl", telemetry).start()
         try:
             _put_keys(agent, 2)
@@ -230,6 +274,27 @@ def test_statsd_and_dogstatsd_sinks_receive_lines() -> None:
                      what=lambda: f"statsd lines {[w.pattern for w in wanted]} in {statsd_lines()[:40]}")
             assert all(len(p) <= 1400 and p.endswith(b"\n") for p in statsd_packets)
             assert all(STATSD_LINE.match(line) for line in statsd_lines()), statsd_lines()
+
+            # statsite: the same lines on one TCP connection.
+            statsite.settimeout(30)
+            conn, _ = statsite.accept()
+            with conn:
+                conn.setblocking(False)
+                received = bytearray()
+
+                def statsite_lines() -> list[str]:
+                    while True:
+                        try:
+                            chunk = conn.recv(65536)
+                        except BlockingIOError:
+                            break
+                        assert chunk, "the agent closed the statsite connection"
+                        received.extend(chunk)
+                    return received[: received.rfind(b"\n") + 1].decode().splitlines()
+
+                wait_for(lambda: all(any(w.match(line) for line in statsite_lines()) for w in wanted), timeout=30,
+                         what=lambda: f"statsite lines {[w.pattern for w in wanted]} in {statsite_lines()[:40]}")
+                assert all(STATSD_LINE.match(line) for line in statsite_lines()), statsite_lines()
 
             dog_packets: list[bytes] = []
             wanted = [re.compile(p) for p in (

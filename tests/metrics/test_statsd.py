@@ -5,7 +5,7 @@ tests/integration/test_metrics.py::test_statsd_and_dogstatsd_sinks_receive_lines
 from __future__ import annotations
 
 from proconsul.metrics import Metrics
-from proconsul.metrics.statsd import DogStatsdFormat, StatsdFormat, pack, split_address
+from proconsul.metrics.statsd import DogStatsdFormat, StatsdFormat, coalesce, pack, split_address
 
 
 def _lines(m: Metrics, fmt: StatsdFormat | DogStatsdFormat) -> list[str]:
@@ -57,6 +57,19 @@ def test_without_a_sink_nothing_is_queued_and_the_outbox_is_bounded() -> None:
     for _ in range(20000):
         c.incr()
     assert len(m.outbox) == 16384
+
+
+def test_one_flush_sums_counters_keeps_the_last_gauge_and_every_sample() -> None:
+    m = Metrics(hostname="")
+    m.outbox = []
+    c, g, s = m.counter("c"), m.gauge("g"), m.sample("s")
+    for i in range(3):
+        c.incr(2)
+        g.set(i)
+        s.observe(i)
+    lines = [StatsdFormat().line(series, v) for series, v in coalesce(m.outbox)]
+    assert lines == ["consul.c:6.000000|c", "consul.g:2.000000|g", "consul.s:0.000000|ms",
+                     "consul.s:1.000000|ms", "consul.s:2.000000|ms"]
 
 
 def test_packets_stay_under_the_limit_and_end_as_each_format_does() -> None:

@@ -140,9 +140,11 @@ class Agent:
             prometheus_retention_s=telemetry.prometheus_retention_time_s,
         )
         self.runtime_metrics = RuntimeSampler(self.metrics)
-        # statsd_address / dogstatsd_addr: every recorded value also goes out as a UDP line.
+        # statsd_address / dogstatsd_addr / statsite_address: every recorded value also goes out
+        # as a line to that collector.
         self.statsd_sinks = StatsdSinks.from_config(
-            self.metrics, telemetry.statsd_address, telemetry.dogstatsd_addr, telemetry.dogstatsd_tags
+            self.metrics, telemetry.statsd_address, telemetry.dogstatsd_addr, telemetry.dogstatsd_tags,
+            telemetry.statsite_address,
         )
         self.store = Store()
         self.fsm = FSM(self.store)

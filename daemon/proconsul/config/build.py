@@ -570,8 +570,8 @@ def _http(c: _Ctx) -> None:
 
 
 def _telemetry(c: _Ctx) -> None:
-    """The statsd and DogStatsD sinks' addresses must be host:port (the sinks send to them)."""
-    for key in ("statsd_address", "dogstatsd_addr"):
+    """The metric sinks' addresses must be host:port (the sinks send to them)."""
+    for key in ("statsd_address", "dogstatsd_addr", "statsite_address"):
         address = c.get(f"telemetry.{key}")
         if address:
             try:

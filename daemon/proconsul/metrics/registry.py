@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proconsul.metrics.inmem import Aggregate, Inmem
+from proconsul.metrics.inmem import Aggregate, Inmem, Interval
 
 __all__ = ["COUNTER", "GAUGE", "OUTBOX_CAP", "SAMPLE", "Counter", "Gauge", "Metrics", "Sample", "Series"]
 
@@ -254,6 +254,10 @@ class Metrics:
     def summary(self) -> dict[str, Any]:
         """`/v1/agent/metrics` as JSON (go-metrics' `MetricsSummary`)."""
         return self.inmem.summary(self.clock(), _describe)
+
+    def interval_summary(self, interval: Interval) -> dict[str, Any]:
+        """The same document for one given interval (`/v1/agent/metrics/stream`)."""
+        return self.inmem.summarize(interval, _describe)
 
     def live_series(self) -> list[Series]:
         """Series the Prometheus view shows now: definitions, and others updated within the

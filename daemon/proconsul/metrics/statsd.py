@@ -1,7 +1,7 @@
-"""go-metrics' statsd and DogStatsD sinks: every recorded value as a line in a UDP datagram.
+"""go-metrics' statsd, DogStatsD and statsite sinks: every recorded value as a line to a collector.
 
-Owns the two line formats Consul's `telemetry { statsd_address, dogstatsd_addr, dogstatsd_tags }`
-produce, and their sender.
+Owns the two line formats Consul's `telemetry { statsd_address, dogstatsd_addr, dogstatsd_tags,
+statsite_address }` produce, and their senders.
 
 - statsd (go-metrics `StatsdSink`): `<name>:<value>|<c|g|ms>` with Go's `%f` value (six decimals),
   each line ending in a newline, lines packed into datagrams of at most 1400 bytes. The name is
@@ -13,10 +13,15 @@ produce, and their sender.
   `name:value` tags after the configured `dogstatsd_tags`, counters as integers (datadog-go's
   `Count` takes an int64), other values in Go's shortest decimal form; lines joined by newlines
   in datagrams of at most 1432 bytes.
+- statsite (go-metrics `StatsiteSink`): the statsd lines over one TCP connection, reconnected
+  after a failure.
 
 Recording code only appends `(series, value)` to the registry's bounded outbox; `StatsdSinks.run`
-swaps it out every 100 ms (go-metrics' flush interval), formats and sends. Sending is UDP
-fire-and-forget as in go-metrics: an unreachable collector costs nothing but the datagrams.
+swaps it out every 100 ms (go-metrics' flush interval), formats and sends. A counter or gauge
+recorded several times within one flush goes out as one line (the sum, the last value: what a
+statsd server makes of the separate lines anyway), which keeps formatting off the busy paths'
+cost; every sample goes out as its own line. Sending is UDP fire-and-forget as in go-metrics: an
+unreachable collector costs nothing but the datagrams.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ import logging
 import time
 from decimal import Decimal
 
-from proconsul.metrics.registry import COUNTER, GAUGE, Metrics, Series
+from proconsul.metrics.registry import COUNTER, GAUGE, SAMPLE, Metrics, Series
 
-__all__ = ["DogStatsdFormat", "StatsdFormat", "StatsdSinks", "Target", "pack", "split_address"]
+__all__ = [
+    "DogStatsdFormat", "StatsdFormat", "StatsdSinks", "TCPTarget", "Target", "UDPTarget", "coalesce", "pack",
+    "split_address",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,8 @@ FLUSH_S = 0.1  # go-metrics' statsd flush interval
 STATSD_MAX_PACKET = 1400  # go-metrics' statsdMaxLen
 DOGSTATSD_MAX_PACKET = 1432  # datadog-go's default UDP payload
 RETRY_S = 5.0  # after a failed socket set-up (e.g. a name that does not resolve yet)
+CONNECT_TIMEOUT_S = 5.0  # name resolution and, for statsite, the TCP connect
+TCP_BACKLOG_BYTES = 1 << 20  # statsite: unsent bytes past which new values are dropped
 
 _TYPE = {COUNTER: "c", GAUGE: "g"}  # samples: "ms"
 
@@ -98,6 +108,26 @@ class DogStatsdFormat:
         return f"{name}:{_go_float(value)}|{_TYPE.get(kind, 'ms')}{tag_part}"
 
 
+def coalesce(values: list[tuple[Series, float]]) -> list[tuple[Series, float]]:
+    """One entry per counter (summed) and gauge (last value), in first-seen order; every sample."""
+    out: list[tuple[Series, float]] = []
+    where: dict[Series, int] = {}
+    for series, value in values:
+        kind = series.family.kind
+        if kind == SAMPLE:
+            out.append((series, value))
+            continue
+        i = where.get(series)
+        if i is None:
+            where[series] = len(out)
+            out.append((series, value))
+        elif kind == COUNTER:
+            out[i] = (series, out[i][1] + value)
+        else:
+            out[i] = (series, value)
+    return out
+
+
 def pack(lines: list[str], max_packet: int, trailing_newline: bool) -> list[bytes]:
     """Lines into datagrams of at most `max_packet` bytes (a longer line goes alone)."""
     packets: list[bytes] = []
@@ -135,37 +165,67 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Target:
-    """One collector: its format and its connected UDP socket (made on first use, remade on failure)."""
+    """One collector: its format and its connection (made on first use, remade after a failure)."""
 
-    def __init__(self, kind: str, address: str, fmt: StatsdFormat | DogStatsdFormat) -> None:
-        self.kind = kind
+    kind = ""
+
+    def __init__(self, address: str, fmt: StatsdFormat | DogStatsdFormat) -> None:
         self.address = address
         self.host, self.port = split_address(address)
         self.format = fmt
-        self.transport: asyncio.DatagramTransport | None = None
         self._retry_at = 0.0
         self._warned = False
-        self.sent = 0  # datagrams handed to the kernel (tests, debugging)
+
+    def connected(self) -> bool:
+        raise NotImplementedError
+
+    async def _connect(self) -> None:
+        raise NotImplementedError
+
+    def send(self, values: list[tuple[Series, float]]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
     async def ensure(self) -> bool:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.connected():
             return True
         now = time.monotonic()
         if now < self._retry_at:
             return False
         try:
-            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                _Ignore, remote_addr=(self.host, self.port)
-            )
-        except OSError as exc:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await self._connect()
+        except (OSError, TimeoutError) as exc:
             self._retry_at = now + RETRY_S
             if not self._warned:
-                logger.warning("telemetry: cannot reach the %s sink at %s: %s", self.kind, self.address, exc)
+                logger.warning("telemetry: cannot reach the %s sink at %s: %s", self.kind, self.address,
+                               exc or "timed out")
                 self._warned = True
             return False
-        self.transport = transport  # type: ignore[assignment]
+        if self._warned:
+            logger.info("telemetry: the %s sink at %s is reachable again", self.kind, self.address)
         self._warned = False
         return True
+
+
+class UDPTarget(Target):
+    """statsd or DogStatsD: lines packed into datagrams on a connected UDP socket."""
+
+    def __init__(self, kind: str, address: str, fmt: StatsdFormat | DogStatsdFormat) -> None:
+        super().__init__(address, fmt)
+        self.kind = kind
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connected(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    async def _connect(self) -> None:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            _Ignore, remote_addr=(self.host, self.port)
+        )
+        self.transport = transport
 
     def send(self, values: list[tuple[Series, float]]) -> None:
         fmt = self.format
@@ -173,12 +233,43 @@ class Target:
         assert transport is not None
         for packet in pack([fmt.line(s, v) for s, v in values], fmt.max_packet, fmt.trailing_newline):
             transport.sendto(packet)
-            self.sent += 1
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+
+class TCPTarget(Target):
+    """statsite (go-metrics `StatsiteSink`): statsd lines, each ending in a newline, over TCP."""
+
+    kind = "statsite"
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address, StatsdFormat())
+        self.writer: asyncio.StreamWriter | None = None
+        self.dropped = 0  # values not written because the collector stopped reading
+
+    def connected(self) -> bool:
+        return self.writer is not None and not self.writer.is_closing()
+
+    async def _connect(self) -> None:
+        _, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    def send(self, values: list[tuple[Series, float]]) -> None:
+        writer = self.writer
+        assert writer is not None
+        if writer.transport.get_write_buffer_size() > TCP_BACKLOG_BYTES:
+            # A collector that accepts but does not read: lose values rather than memory.
+            self.dropped += len(values)
+            return
+        fmt = self.format
+        writer.write("".join(fmt.line(s, v) + "\n" for s, v in values).encode())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 class _Ignore(asyncio.DatagramProtocol):
@@ -198,17 +289,24 @@ class StatsdSinks:
 
     @classmethod
     def from_config(
-        cls, metrics: Metrics, statsd_address: str, dogstatsd_addr: str, dogstatsd_tags: tuple[str, ...]
+        cls,
+        metrics: Metrics,
+        statsd_address: str = "",
+        dogstatsd_addr: str = "",
+        dogstatsd_tags: tuple[str, ...] = (),
+        statsite_address: str = "",
     ) -> StatsdSinks | None:
-        targets = []
+        targets: list[Target] = []
         if statsd_address:
-            targets.append(Target("statsd", statsd_address, StatsdFormat()))
+            targets.append(UDPTarget("statsd", statsd_address, StatsdFormat()))
         if dogstatsd_addr:
-            targets.append(Target("dogstatsd", dogstatsd_addr, DogStatsdFormat(dogstatsd_tags)))
+            targets.append(UDPTarget("dogstatsd", dogstatsd_addr, DogStatsdFormat(dogstatsd_tags)))
+        if statsite_address:
+            targets.append(TCPTarget(statsite_address))
         return cls(metrics, targets) if targets else None
 
     async def flush(self) -> None:
-        values = self._metrics.outbox or []
+        values = coalesce(self._metrics.outbox or [])
         self._metrics.outbox = []
         for target in self.targets:
             if await target.ensure() and values:
@@ -222,9 +320,9 @@ class StatsdSinks:
         finally:
             # What was recorded since the last flush still goes out (go-metrics drains its
             # queue on shutdown), then the sockets close.
-            values = self._metrics.outbox or []
+            values = coalesce(self._metrics.outbox or [])
             self._metrics.outbox = None
             for target in self.targets:
-                if target.transport is not None and values:
+                if target.connected() and values:
                     target.send(values)
                 target.close()
