@@ -7,7 +7,6 @@ import random
 import sys
 
 import pytest
-
 from proconsul.local.checks import GRPC_EXTRA_MISSING, CheckRunner, StatusHandler
 from proconsul.local.state import LocalState
 from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckDefinition, decode_service

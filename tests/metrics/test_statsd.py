@@ -42,6 +42,12 @@ def test_dogstatsd_splices_the_host_out_and_tags_labels_after_the_configured_tag
         "pc.autopilot.healthy:0.000001|g|#env:test,team",  # Go's 'f' format: never an exponent
         "pc.api.http:0.25|ms|#env:test,team,method:GET,path:a_b_c",
     ]
+    nan = Metrics(hostname="")
+    nan.outbox = []
+    nan.gauge("g").set(float("nan"))
+    nan.counter("c").incr(float("inf"))
+    assert _lines(nan, DogStatsdFormat()) == ["consul.g:NaN|g", "consul.c:0|c"]
+    assert _lines(nan, StatsdFormat()) == ["consul.g:NaN|g", "consul.c:+Inf|c"]
     plain = Metrics(hostname="")
     plain.outbox = []
     plain.counter("serf", "events").incr()

@@ -19,8 +19,8 @@ statsite_address }` produce, and their senders.
 Recording code only appends `(series, value)` to the registry's bounded outbox; `StatsdSinks.run`
 swaps it out every 100 ms (go-metrics' flush interval), formats and sends. A counter or gauge
 recorded several times within one flush goes out as one line (the sum, the last value: what a
-statsd server makes of the separate lines anyway), which keeps formatting off the busy paths'
-cost; every sample goes out as its own line. Sending is UDP fire-and-forget as in go-metrics: an
+statsd server makes of the separate lines anyway), which bounds the formatting work for busy
+counters; every sample goes out as its own line. Sending is UDP fire-and-forget as in go-metrics: an
 unreachable collector costs nothing but the datagrams.
 """
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from decimal import Decimal
 
@@ -55,8 +56,19 @@ def _sanitize(text: str) -> str:
     return text.replace(":", "_").replace(" ", "_")
 
 
+def _go_special(value: float) -> str:
+    return "NaN" if math.isnan(value) else "+Inf" if value > 0 else "-Inf"
+
+
+def _go_f(value: float) -> str:
+    """Go's `%f`: six decimals (NaN and infinities as Go spells them)."""
+    return f"{value:f}" if math.isfinite(value) else _go_special(value)
+
+
 def _go_float(value: float) -> str:
     """Go's `strconv.FormatFloat(v, 'f', -1, 64)`: the shortest decimal, never an exponent."""
+    if not math.isfinite(value):
+        return _go_special(value)
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     text = repr(value)
@@ -78,7 +90,7 @@ class StatsdFormat:
         name = self._names.get(series)
         if name is None:
             name = self._names[series] = _sanitize(".".join([series.name, *series.label_values]))
-        return f"{name}:{value:f}|{_TYPE.get(series.family.kind, 'ms')}"
+        return f"{name}:{_go_f(value)}|{_TYPE.get(series.family.kind, 'ms')}"
 
 
 class DogStatsdFormat:
@@ -104,7 +116,7 @@ class DogStatsdFormat:
         name, tag_part = head
         kind = series.family.kind
         if kind == COUNTER:
-            return f"{name}:{int(value)}|c{tag_part}"
+            return f"{name}:{int(value) if math.isfinite(value) else 0}|c{tag_part}"
         return f"{name}:{_go_float(value)}|{_TYPE.get(kind, 'ms')}{tag_part}"
 
 
@@ -316,7 +328,10 @@ class StatsdSinks:
         try:
             while True:
                 await asyncio.sleep(FLUSH_S)
-                await self.flush()
+                try:
+                    await self.flush()
+                except Exception:  # a sink must never stop for good: lose this flush, keep going
+                    logger.exception("telemetry: sending metrics failed")
         finally:
             # What was recorded since the last flush still goes out (go-metrics drains its
             # queue on shutdown), then the sockets close.
