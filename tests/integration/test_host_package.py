@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import REPO, wait_for
 
@@ -287,9 +288,12 @@ def test_deb_on_real_systemd(container: Container) -> None:
     verify = box.run("systemd-analyze verify /usr/lib/systemd/system/proconsul.service", check=False)
     assert verify.returncode == 0 and "proconsul.service" not in verify.stderr, verify.stderr
 
-    # The web UI, turned on by a drop-in (the shipped config leaves it off, as Consul's does).
+    # The web UI and the Prometheus format, turned on by drop-ins (the shipped config leaves both
+    # off, as Consul's does).
     box.run("printf 'ui_config {\\n  enabled = true\\n}\\n' > /etc/proconsul.d/ui.hcl && "
-            "chgrp proconsul /etc/proconsul.d/ui.hcl && chmod 0640 /etc/proconsul.d/ui.hcl")
+            "printf 'telemetry {\\n  prometheus_retention_time = \"60s\"\\n  disable_hostname = true\\n}\\n' "
+            "> /etc/proconsul.d/telemetry.hcl && "
+            "chgrp proconsul /etc/proconsul.d/*.hcl && chmod 0640 /etc/proconsul.d/*.hcl")
 
     # Type=notify: `systemctl start` returns once READY=1 arrived.
     box.run("systemctl start proconsul", timeout=120)
@@ -303,6 +307,11 @@ def test_deb_on_real_systemd(container: Container) -> None:
     assert "301" in box.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8500/").stdout
     assert '<base href="/ui/">' in box.run("curl -sf http://127.0.0.1:8500/ui/dc1/nodes").stdout
     assert "X-Consul-Token" in box.run("curl -sf http://127.0.0.1:8500/ui/assets/js/api.js").stdout
+    # Metrics from the installed service, read as Prometheus reads them.
+    scrape = box.run("curl -sf 'http://127.0.0.1:8500/v1/agent/metrics?format=prometheus'").stdout
+    samples = {s.name: s.value for f in text_string_to_metric_families(scrape) for s in f.samples if not s.labels}
+    assert samples["consul_raft_state_leader"] >= 1 and samples["consul_runtime_alloc_bytes"] > 0, scrape[-2000:]
+    assert "consul_raft_commitTime_count" in samples and "consul_autopilot_failure_tolerance" in samples
     pid = box.run("systemctl show -p MainPID --value proconsul").stdout.strip()
     assert box.run("cat /run/proconsul/proconsul.pid").stdout.strip() == pid
     assert "PROCONSUL_TEST_SYSCONFIG=read" in box.run(f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout
@@ -343,6 +352,7 @@ def test_deb_on_real_systemd(container: Container) -> None:
     assert box.run("test -e /run/proconsul/proconsul.pid", check=False).returncode != 0
     journal = box.run("journalctl -u proconsul --no-pager -o cat").stdout
     assert "agent: stopped" in journal and "Logging error" not in journal, journal[-3000:]
+    assert "Traceback" not in journal, journal[-3000:]  # a clean SIGTERM (issue 20)
     # Structured journal fields from python-systemd (bundled in the package).
     assert "agent: started" in box.run("journalctl --no-pager -o cat PROCONSUL_MODULE=agent").stdout
 
