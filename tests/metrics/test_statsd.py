@@ -1,11 +1,14 @@
-"""The statsd and DogStatsD line formats on a registry (go-metrics' naming, labels and tags), and
-the packing of lines into datagrams. The agent sending them over UDP is
+"""The statsd and DogStatsD line formats on a registry (go-metrics' naming, labels and tags), the
+packing of lines into datagrams, and the statsite sender's reconnection. The agent sending them over UDP is
 tests/integration/test_metrics.py::test_statsd_and_dogstatsd_sinks_receive_lines."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 from proconsul.metrics import Metrics
-from proconsul.metrics.statsd import DogStatsdFormat, StatsdFormat, coalesce, pack, split_address
+from proconsul.metrics.statsd import DogStatsdFormat, StatsdFormat, StatsdSinks, coalesce, pack, split_address
 
 
 def _lines(m: Metrics, fmt: StatsdFormat | DogStatsdFormat) -> list[str]:
@@ -100,3 +103,43 @@ def test_addresses() -> None:
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+async def test_statsite_reconnects_after_the_collector_drops_the_connection() -> None:
+    """In-process sender against a real TCP listener on loopback: lines arrive, the collector
+    closes the connection, and the next lines arrive on a new one."""
+    connections: asyncio.Queue[asyncio.StreamReader] = asyncio.Queue()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await connections.put(reader)
+
+    writers: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    m = Metrics(hostname="")
+    sinks = StatsdSinks.from_config(m, statsite_address=f"127.0.0.1:{port}")
+    assert sinks is not None
+    counter = m.counter("ticks")
+    task = asyncio.get_running_loop().create_task(sinks.run())
+    try:
+        counter.incr()
+        first = await asyncio.wait_for(connections.get(), 30)
+        assert await asyncio.wait_for(first.readline(), 30) == b"consul.ticks:1.000000|c\n"
+        writers[0].close()  # the collector goes away
+        second = None
+        while second is None:  # every flush writes; the broken connection is replaced
+            counter.incr(2)
+            try:
+                second = await asyncio.wait_for(connections.get(), 0.5)
+            except TimeoutError:
+                continue
+        # (What was flushed into the broken connection before it was found broken is lost, as
+        # in go-metrics.) Values recorded now go out on the new connection.
+        counter.incr(2)
+        assert re.fullmatch(rb"consul\.ticks:\d+\.000000\|c\n", await asyncio.wait_for(second.readline(), 30))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
