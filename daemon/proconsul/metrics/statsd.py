@@ -60,11 +60,6 @@ def _go_special(value: float) -> str:
     return "NaN" if math.isnan(value) else "+Inf" if value > 0 else "-Inf"
 
 
-def _go_f(value: float) -> str:
-    """Go's `%f`: six decimals (NaN and infinities as Go spells them)."""
-    return f"{value:f}" if math.isfinite(value) else _go_special(value)
-
-
 def _go_float(value: float) -> str:
     """Go's `strconv.FormatFloat(v, 'f', -1, 64)`: the shortest decimal, never an exponent."""
     if not math.isfinite(value):
@@ -84,13 +79,16 @@ class StatsdFormat:
     trailing_newline = True
 
     def __init__(self) -> None:
-        self._names: dict[Series, str] = {}
+        # Per series, the text around the value ("name:", "|ms"): built once.
+        self._parts: dict[Series, tuple[str, str]] = {}
 
     def line(self, series: Series, value: float) -> str:
-        name = self._names.get(series)
-        if name is None:
-            name = self._names[series] = _sanitize(".".join([series.name, *series.label_values]))
-        return f"{name}:{_go_f(value)}|{_TYPE.get(series.family.kind, 'ms')}"
+        parts = self._parts.get(series)
+        if parts is None:
+            name = _sanitize(".".join([series.name, *series.label_values]))
+            parts = self._parts[series] = (name + ":", "|" + _TYPE.get(series.family.kind, "ms"))
+        head, tail = parts
+        return head + (format(value, "f") if math.isfinite(value) else _go_special(value)) + tail
 
 
 class DogStatsdFormat:
@@ -101,23 +99,25 @@ class DogStatsdFormat:
 
     def __init__(self, tags: tuple[str, ...] = ()) -> None:
         self._tags = list(tags)
-        self._heads: dict[Series, tuple[str, str]] = {}
+        # Per series, the text around the value ("name:", "|ms|#tags") and whether it is a counter.
+        self._parts: dict[Series, tuple[str, str, bool]] = {}
 
     def line(self, series: Series, value: float) -> str:
-        head = self._heads.get(series)
-        if head is None:
+        parts = self._parts.get(series)
+        if parts is None:
+            kind = series.family.kind
             tags = self._tags + [
                 f"{_sanitize(k)}:{_sanitize(v)}" if v else _sanitize(k) for k, v in series.labels.items()
             ]
-            head = self._heads[series] = (
-                _sanitize(series.family.bare_name),
-                f"|#{','.join(tags)}" if tags else "",
+            parts = self._parts[series] = (
+                _sanitize(series.family.bare_name) + ":",
+                "|" + _TYPE.get(kind, "ms") + (f"|#{','.join(tags)}" if tags else ""),
+                kind == COUNTER,
             )
-        name, tag_part = head
-        kind = series.family.kind
-        if kind == COUNTER:
-            return f"{name}:{int(value) if math.isfinite(value) else 0}|c{tag_part}"
-        return f"{name}:{_go_float(value)}|{_TYPE.get(kind, 'ms')}{tag_part}"
+        head, tail, counter = parts
+        if counter:
+            return head + str(int(value) if math.isfinite(value) else 0) + tail
+        return head + _go_float(value) + tail
 
 
 def coalesce(values: list[tuple[Series, float]]) -> list[tuple[Series, float]]:
@@ -143,25 +143,26 @@ def coalesce(values: list[tuple[Series, float]]) -> list[tuple[Series, float]]:
 def pack(lines: list[str], max_packet: int, trailing_newline: bool) -> list[bytes]:
     """Lines into datagrams of at most `max_packet` bytes (a longer line goes alone)."""
     packets: list[bytes] = []
-    buf: list[bytes] = []
+    buf: list[str] = []
     size = 0
+    newline = 1 if trailing_newline else 0
     for text in lines:
-        data = text.encode()
-        extra = len(data) + 1 if (trailing_newline or buf) else len(data)
+        length = len(text) if text.isascii() else len(text.encode())
+        extra = length + 1 if (newline or buf) else length
         if buf and size + extra > max_packet:
             packets.append(_join(buf, trailing_newline))
             buf, size = [], 0
-            extra = len(data) + (1 if trailing_newline else 0)
-        buf.append(data)
+            extra = length + newline
+        buf.append(text)
         size += extra
     if buf:
         packets.append(_join(buf, trailing_newline))
     return packets
 
 
-def _join(buf: list[bytes], trailing_newline: bool) -> bytes:
-    body = b"\n".join(buf)
-    return body + b"\n" if trailing_newline else body
+def _join(buf: list[str], trailing_newline: bool) -> bytes:
+    body = "\n".join(buf)
+    return (body + "\n" if trailing_newline else body).encode()
 
 
 def split_address(address: str) -> tuple[str, int]:
