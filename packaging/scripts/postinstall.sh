@@ -4,7 +4,24 @@
 # `systemctl enable --now proconsul`. On upgrade a running service is restarted.
 set -e
 install -d -m 0750 -o proconsul -g proconsul /var/lib/proconsul
-install -d -m 0750 -o root -g adm /var/log/proconsul 2>/dev/null || install -d -m 0750 /var/log/proconsul
+# /var/log/proconsul is written by the syslog daemon (/etc/rsyslog.d/30-proconsul.conf). rsyslog
+# runs as root on Debian and RHEL-family systems; Ubuntu's drops to the user `syslog`
+# ($PrivDropToUser in /etc/rsyslog.conf), which must then own the directory. Group adm (where it
+# exists) reads the logs, as it reads /var/log/syslog.
+log_user=root
+drop_user=$(sed -n 's/^[[:space:]]*\$PrivDropToUser[[:space:]][[:space:]]*\([^[:space:]]*\).*/\1/p' \
+    /etc/rsyslog.conf /etc/rsyslog.d/*.conf 2>/dev/null | tail -n 1)
+if [ -n "$drop_user" ] && getent passwd "$drop_user" >/dev/null; then
+    log_user=$drop_user
+elif getent passwd syslog >/dev/null; then
+    log_user=syslog
+fi
+log_group=root
+if getent group adm >/dev/null; then log_group=adm; fi
+install -d -m 0750 -o "$log_user" -g "$log_group" /var/log/proconsul
+chown "$log_user:$log_group" /var/log/proconsul  # also when an older package made it root's
+# SELinux (RHEL family): the directory gets /var/log's label, so rsyslog may write there.
+if command -v restorecon >/dev/null 2>&1; then restorecon -R /var/log/proconsul >/dev/null 2>&1 || true; fi
 chown root:proconsul /etc/proconsul.d
 chmod 0750 /etc/proconsul.d
 for f in /etc/proconsul.d/*; do

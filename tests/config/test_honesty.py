@@ -155,13 +155,13 @@ def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None
     path = _write(
         tmp_path,
         "agent.hcl",
-        f'data_dir = "{tmp_path}"\ntelemetry {{ statsd_address = "127.0.0.1:8125" }}\n'
+        f'data_dir = "{tmp_path}"\ntelemetry {{ filter_default = false }}\n'
         'limits { rpc_rate = 10.0 }\nacl { policy_ttl = "10s" }\ndns_config { use_cache = true }\n',
     )
     errors, warnings = validate_paths_with_warnings([path])
     assert errors == []
     for key in (
-        "telemetry.statsd_address",
+        "telemetry.filter_default",
         "limits.rpc_rate",
         "acl.policy_ttl",
         "dns_config.use_cache",
@@ -172,7 +172,20 @@ def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None
         )
     # Start-up carries the same warnings (run_agent logs every LoadResult warning).
     result = load(["-config-file", path])
-    assert any("telemetry.statsd_address" in w for w in result.warnings)
+    assert any("telemetry.filter_default" in w for w in result.warnings)
+
+
+def test_statsd_sinks_are_honoured_and_their_addresses_checked(tmp_path: Path) -> None:
+    good = _write(tmp_path, "good.hcl", f'data_dir = "{tmp_path}"\ntelemetry {{ statsd_address = "127.0.0.1:8125"\n'
+                  'dogstatsd_addr = "[::1]:8125" dogstatsd_tags = ["env:test"] statsite_address = "s:8125" }\n')
+    errors, warnings = validate_paths_with_warnings([good])
+    assert errors == [] and not any("telemetry" in w for w in warnings), (errors, warnings)
+    bad = _write(tmp_path, "bad.hcl", f'data_dir = "{tmp_path}"\ntelemetry {{ statsd_address = "127.0.0.1"\n'
+                 'dogstatsd_addr = "localhost:99999" statsite_address = "x" }\n')
+    errors, _ = validate_paths_with_warnings([bad])
+    assert any(e.startswith(f"{bad}: telemetry.statsd_address:") and "host:port" in e for e in errors), errors
+    assert any(e.startswith(f"{bad}: telemetry.dogstatsd_addr:") and "port" in e for e in errors), errors
+    assert any(e.startswith(f"{bad}: telemetry.statsite_address:") for e in errors), errors
 
 
 def test_inert_keys_at_their_default_and_dev_mode_layer_are_quiet(tmp_path: Path) -> None:

@@ -23,10 +23,10 @@ from dnslib import QTYPE, DNSRecord
 from proconsul.http.server import route_defs
 
 # Privileged operations that end or unseat a one-node agent by design (see module docstring).
-# The monitor streams until the client leaves and a profile runs for its `seconds`: a fuzz request
+# The monitor and the metrics stream run until the client leaves, and a profile for its `seconds`: a fuzz request
 # would never end, or take half a minute.
 EXCLUDED_ROUTES = {("PUT", "/v1/agent/leave"), ("DELETE", "/v1/operator/raft/peer"), ("GET", "/v1/agent/monitor"),
-                   ("GET", "/v1/agent/debug/pprof/profile")}
+                   ("GET", "/v1/agent/debug/pprof/profile"), ("GET", "/v1/agent/metrics/stream")}
 EXCLUDED_RPC = {"Raft.Join", "Operator.RaftRemovePeer"}
 
 RPC_METHODS = [

@@ -108,6 +108,9 @@ def test_fail_closed_dns_and_agent_tokens(agent: AgentProcess, tmp_path: Path) -
     # Operator reads need operator:read.
     assert _raw(agent, "GET", "/v1/operator/raft/configuration", wide_token)[0] == 200
     assert _raw(agent, "GET", "/v1/operator/raft/configuration")[0] == 403
+    # The metrics and their stream need agent:read (an allowed stream would not end: not read here).
+    assert _raw(agent, "GET", "/v1/agent/metrics/stream")[0] == 403
+    assert _raw(agent, "GET", "/v1/agent/metrics")[0] == 403
 
     # DNS reads with the agent's default token: none set, anonymous, default deny: NXDOMAIN.
     assert m.agent.service.register("web", port=80)

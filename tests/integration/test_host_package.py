@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import REPO, wait_for
 
@@ -220,11 +221,15 @@ def container(packages: dict[str, Path]) -> Iterator[Container]:
 def test_rpm_contents_and_scripts(packages: dict[str, Path]) -> None:
     files = subprocess.run(["rpm", "-qlp", str(packages["rpm"])], capture_output=True, text=True, check=True).stdout
     for path in ("/usr/bin/proconsul", "/opt/proconsul/proconsul", "/usr/lib/systemd/system/proconsul.service",
-                 "/etc/proconsul.d/proconsul.hcl", "/etc/rsyslog.d/30-proconsul.conf", "/etc/logrotate.d/proconsul"):
+                 "/etc/proconsul.d/proconsul.hcl", "/etc/rsyslog.d/30-proconsul.conf", "/etc/logrotate.d/proconsul",
+                 "/etc/sysconfig/proconsul"):
         assert path in files.split("\n"), path
+    # The unit's environment file where RHEL expects it; /etc/default is Debian's (the .deb's).
+    assert "/etc/default/proconsul" not in files.split("\n")
     config = subprocess.run(["rpm", "-qp", "--configfiles", str(packages["rpm"])],
-                            capture_output=True, text=True, check=True).stdout
-    assert "/etc/proconsul.d/proconsul.hcl" in config
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(config) == ["/etc/logrotate.d/proconsul", "/etc/proconsul.d/proconsul.hcl",
+                              "/etc/rsyslog.d/30-proconsul.conf", "/etc/sysconfig/proconsul"]
     scripts = subprocess.run(["rpm", "-qp", "--scripts", str(packages["rpm"])],
                              capture_output=True, text=True, check=True).stdout
     for part in ("preinstall scriptlet", "postinstall scriptlet", "preuninstall scriptlet", "postuninstall scriptlet",
@@ -235,6 +240,7 @@ def test_rpm_contents_and_scripts(packages: dict[str, Path]) -> None:
 def test_deb_contents(packages: dict[str, Path]) -> None:
     listing = subprocess.run(["dpkg-deb", "-c", str(packages["deb"])], capture_output=True, text=True, check=True).stdout
     assert "./usr/bin/proconsul -> /opt/proconsul/proconsul" in listing
+    assert "./etc/sysconfig/" not in listing  # the rpm's place for the environment file
     control = subprocess.run(["dpkg-deb", "-I", str(packages["deb"])], capture_output=True, text=True, check=True).stdout
     for name in ("preinst", "postinst", "prerm", "postrm", "conffiles"):
         assert re.search(rf"\b{name}\b", control), name
@@ -250,10 +256,29 @@ def _reloads_logged(box: Container) -> int:
     return text.count("agent: reloaded configuration")
 
 
+# Ubuntu's rsyslog, on the Debian container: it drops to the user `syslog` (group adm), and the
+# files it creates are syslog:adm. Debian's rsyslog runs as root (the two-container test keeps it).
+UBUNTU_LIKE_RSYSLOG = """$PrivDropToUser syslog
+$PrivDropToGroup syslog
+$FileOwner syslog
+$FileGroup adm
+"""
+
+
 def test_deb_on_real_systemd(container: Container) -> None:
     box = container
+    box.run("useradd --system --user-group --no-create-home --shell /usr/sbin/nologin syslog && "
+            "usermod -a -G adm syslog && "
+            f"cat > /etc/rsyslog.d/00-ubuntu-like.conf <<'EOF'\n{UBUNTU_LIKE_RSYSLOG}EOF\n"
+            "systemctl restart rsyslog")
+    wait_for(lambda: box.run("ps -o user= -C rsyslogd", check=False).stdout.strip() == "syslog", timeout=30,
+             what=lambda: "rsyslogd running as syslog: " + box.run("ps -o user=,args= -C rsyslogd", check=False).stdout)
+    # RHEL's environment file: the unit reads it when present (on any distribution).
+    box.run("mkdir -p /etc/sysconfig && echo PROCONSUL_TEST_SYSCONFIG=read > /etc/sysconfig/proconsul")
     # Offline install from the file alone: the container has no network.
     box.run("apt-get install -y -q /root/proconsul.deb", timeout=300)
+    # Written by the syslog daemon's user: syslog here (Ubuntu), root on Debian and RHEL.
+    assert box.run("stat -c '%a %U:%G' /var/log/proconsul").stdout.strip() == "750 syslog:adm"
     assert box.run("getent passwd proconsul").stdout.startswith("proconsul:")
     assert box.run("stat -c %U /var/lib/proconsul").stdout.strip() == "proconsul"
     # Where TLS certificates go (docs/TLS.md): readable by the agent's group only.
@@ -263,9 +288,12 @@ def test_deb_on_real_systemd(container: Container) -> None:
     verify = box.run("systemd-analyze verify /usr/lib/systemd/system/proconsul.service", check=False)
     assert verify.returncode == 0 and "proconsul.service" not in verify.stderr, verify.stderr
 
-    # The web UI, turned on by a drop-in (the shipped config leaves it off, as Consul's does).
+    # The web UI and the Prometheus format, turned on by drop-ins (the shipped config leaves both
+    # off, as Consul's does).
     box.run("printf 'ui_config {\\n  enabled = true\\n}\\n' > /etc/proconsul.d/ui.hcl && "
-            "chgrp proconsul /etc/proconsul.d/ui.hcl && chmod 0640 /etc/proconsul.d/ui.hcl")
+            "printf 'telemetry {\\n  prometheus_retention_time = \"60s\"\\n  disable_hostname = true\\n}\\n' "
+            "> /etc/proconsul.d/telemetry.hcl && "
+            "chgrp proconsul /etc/proconsul.d/*.hcl && chmod 0640 /etc/proconsul.d/*.hcl")
 
     # Type=notify: `systemctl start` returns once READY=1 arrived.
     box.run("systemctl start proconsul", timeout=120)
@@ -279,8 +307,14 @@ def test_deb_on_real_systemd(container: Container) -> None:
     assert "301" in box.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8500/").stdout
     assert '<base href="/ui/">' in box.run("curl -sf http://127.0.0.1:8500/ui/dc1/nodes").stdout
     assert "X-Consul-Token" in box.run("curl -sf http://127.0.0.1:8500/ui/assets/js/api.js").stdout
+    # Metrics from the installed service, read as Prometheus reads them.
+    scrape = box.run("curl -sf 'http://127.0.0.1:8500/v1/agent/metrics?format=prometheus'").stdout
+    samples = {s.name: s.value for f in text_string_to_metric_families(scrape) for s in f.samples if not s.labels}
+    assert samples["consul_raft_state_leader"] >= 1 and samples["consul_runtime_alloc_bytes"] > 0, scrape[-2000:]
+    assert "consul_raft_commitTime_count" in samples and "consul_autopilot_failure_tolerance" in samples
     pid = box.run("systemctl show -p MainPID --value proconsul").stdout.strip()
     assert box.run("cat /run/proconsul/proconsul.pid").stdout.strip() == pid
+    assert "PROCONSUL_TEST_SYSCONFIG=read" in box.run(f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout
 
     # A drop-in service appears after `systemctl reload`.
     box.run("printf 'service {\\n  name = \"web\"\\n  port = 80\\n}\\n' > /etc/proconsul.d/web.hcl && "
@@ -294,7 +328,11 @@ def test_deb_on_real_systemd(container: Container) -> None:
     wait_for(lambda: "agent: started" in box.run("cat /var/log/proconsul/proconsul.log", check=False).stdout,
              timeout=30, what="rsyslog file")
 
-    # logrotate -f between reloads loses no line.
+    assert box.run("stat -c %U:%G /var/log/proconsul/proconsul.log").stdout.strip() == "syslog:adm"
+
+    # logrotate -f between reloads loses no line, without Debian's rsyslog-rotate helper (RHEL
+    # has none): the new file is written only if rsyslog reopened its files.
+    box.run("rm -f /usr/lib/rsyslog/rsyslog-rotate")
     reloads = 1
     for i in range(6):
         if i == 3:
@@ -305,6 +343,7 @@ def test_deb_on_real_systemd(container: Container) -> None:
              what=lambda: f"{reloads} reload lines across the rotated files, got {_reloads_logged(box)}")
     assert box.run("test -s /var/log/proconsul/proconsul.log.1 && test -s /var/log/proconsul/proconsul.log",
                    check=False).returncode == 0
+    assert box.run("stat -c '%a %U:%G' /var/log/proconsul/proconsul.log").stdout.strip() == "640 syslog:adm"
 
     # systemctl stop: graceful, exit 0, pid file removed.
     box.run("systemctl stop proconsul", timeout=60)
@@ -313,6 +352,7 @@ def test_deb_on_real_systemd(container: Container) -> None:
     assert box.run("test -e /run/proconsul/proconsul.pid", check=False).returncode != 0
     journal = box.run("journalctl -u proconsul --no-pager -o cat").stdout
     assert "agent: stopped" in journal and "Logging error" not in journal, journal[-3000:]
+    assert "Traceback" not in journal, journal[-3000:]  # a clean SIGTERM (issue 20)
     # Structured journal fields from python-systemd (bundled in the package).
     assert "agent: started" in box.run("journalctl --no-pager -o cat PROCONSUL_MODULE=agent").stdout
 
@@ -418,6 +458,8 @@ def test_two_containers_form_a_cluster(packages: dict[str, Path]) -> None:
                 box.run(f"cat > /etc/proconsul.d/role.hcl <<'EOF'\n{text}EOF\n"
                         "chgrp proconsul /etc/proconsul.d/role.hcl && chmod 0640 /etc/proconsul.d/role.hcl")
 
+            # Debian's rsyslog runs as root: the log directory is root's, readable by adm.
+            assert server.run("stat -c '%a %U:%G' /var/log/proconsul").stdout.strip() == "750 root:adm"
             server.run("systemctl start proconsul", timeout=120)
             wait_for(lambda: server.run("curl -sf http://127.0.0.1:8500/v1/status/leader").stdout.strip()
                      == f'"{server_addr}:8300"', timeout=90,
@@ -425,6 +467,9 @@ def test_two_containers_form_a_cluster(packages: dict[str, Path]) -> None:
                                                                       check=False).stdout[-3000:])
             client.run("systemctl start proconsul", timeout=120)
             assert client.run("systemctl is-active proconsul").stdout.strip() == "active"
+            wait_for(lambda: "agent: started" in server.run("cat /var/log/proconsul/proconsul.log",
+                                                            check=False).stdout,
+                     timeout=30, what="the server's lines in rsyslog's file (rsyslog as root)")
 
             both = {"pc2srv": "alive", "pc2cli": "alive"}
             for box in boxes:

@@ -4,7 +4,10 @@ metric names present from start-up and growing with the writes made."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -147,6 +150,46 @@ def test_json_view_has_go_metrics_shape_and_counts_the_writes(dev: AgentProcess)
     assert sample["Rate"] == pytest.approx(sample["Sum"] / 10.0)
 
 
+def _next_document(resp: http.client.HTTPResponse) -> tuple[str, dict]:
+    """One document of the metrics stream: Go's indented JSON ends with a "}" line at column 0."""
+    lines = []
+    while True:
+        line = resp.readline().decode()
+        assert line, f"the stream ended after {lines}"
+        lines.append(line)
+        if line == "}\n":
+            text = "".join(lines)
+            return text, json.loads(text)
+
+
+def test_metrics_stream_sends_each_interval_as_it_ends(dev: AgentProcess) -> None:
+    conn = http.client.HTTPConnection(dev.ip, dev.http_port, timeout=60)
+    try:
+        conn.request("GET", "/v1/agent/metrics/stream")
+        resp = conn.getresponse()  # the headers come at once, the first document when the interval ends
+        assert resp.status == 200
+        _put_keys(dev, 3)
+        docs = []
+        # The puts land in the interval open when they were made: the first document, or the
+        # second when an interval ended between the request and the puts (go-metrics' 10 s).
+        for _ in range(2):
+            text, doc = _next_document(resp)
+            assert text.startswith('{\n    "Timestamp": "'), text[:40]  # Go's four-space indent
+            assert set(doc) == {"Timestamp", "Gauges", "Points", "Counters", "Samples"}
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d0 \+0000 UTC", doc["Timestamp"]), doc["Timestamp"]
+            docs.append(doc)
+            applies = [s for s in doc["Samples"] if s["Name"] == "consul.kvs.apply"]
+            if applies and applies[0]["Count"] >= 3:
+                break
+        else:
+            raise AssertionError(f"no document counted the 3 KV applies: {[d['Samples'] for d in docs]}")
+        assert any(g["Name"] == "consul.runtime.alloc_bytes" for g in docs[-1]["Gauges"])
+        if len(docs) == 2:  # consecutive intervals, one document each
+            assert docs[0]["Timestamp"] < docs[1]["Timestamp"]
+    finally:
+        conn.close()
+
+
 def test_blocking_queries_in_flight_are_counted(dev: AgentProcess) -> None:
     assert dev.http("PUT", "/v1/kv/metrics/block", b"0")[0] == 200
     index = dev.http("GET", "/v1/kv/metrics/block")[1]["X-Consul-Index"]
@@ -173,18 +216,113 @@ def test_dns_queries_are_timed(dev: AgentProcess) -> None:
     assert after >= before + 1
 
 
-def test_prometheus_format_is_refused_without_a_retention_time() -> None:
-    agent = AgentProcess().start()
-    try:
-        status, _, body = agent.http("GET", "/v1/agent/metrics?format=prometheus")
-        assert status == 415
-        assert body == b"Prometheus is not enabled since its retention time is not positive"
-        doc = _json(agent)
-        # disable_hostname is false by default: gauges carry the host name, as go-metrics names them.
-        assert all(not g["Name"].startswith("consul.runtime.") for g in doc["Gauges"])
-        assert any(g["Name"].endswith(".runtime.alloc_bytes") for g in doc["Gauges"])
-    finally:
-        agent.stop()
+@pytest.fixture(scope="module")
+def sinks_agent() -> Iterator[tuple[AgentProcess, socket.socket, socket.socket, socket.socket]]:
+    """A dev agent with the default telemetry (no Prometheus, host names in gauge names) and a
+    statsd (UDP), a DogStatsD (UDP) and a statsite (TCP) sink on sockets of this test."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dog, socket.socket() as statsite:
+        for sock in (statsd, dog, statsite):
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+        statsite.listen()
+        telemetry = (f'telemetry {{ statsd_address = "127.0.0.1:{statsd.getsockname()[1]}" '
+                     f'dogstatsd_addr = "127.0.0.1:{dog.getsockname()[1]}" dogstatsd_tags = ["env:test", "team"] '
+                     f'statsite_address = "127.0.0.1:{statsite.getsockname()[1]}" }}')
+        agent = AgentProcess("-hcl", telemetry).start()
+        try:
+            yield agent, statsd, dog, statsite
+        finally:
+            agent.stop()
+
+
+def test_prometheus_format_is_refused_without_a_retention_time(sinks_agent: tuple[AgentProcess, ...]) -> None:
+    agent = sinks_agent[0]
+    status, _, body = agent.http("GET", "/v1/agent/metrics?format=prometheus")
+    assert status == 415
+    assert body == b"Prometheus is not enabled since its retention time is not positive"
+    doc = _json(agent)
+    # disable_hostname is false by default: gauges carry the host name, as go-metrics names them.
+    assert all(not g["Name"].startswith("consul.runtime.") for g in doc["Gauges"])
+    assert any(g["Name"].endswith(".runtime.alloc_bytes") for g in doc["Gauges"])
+
+
+def _receive(sock: socket.socket, packets: list[bytes]) -> list[bytes]:
+    """Every datagram waiting on `sock`, appended to `packets` (which is returned)."""
+    while True:
+        try:
+            packets.append(sock.recv(65536))
+        except BlockingIOError:
+            return packets
+
+
+STATSD_LINE = re.compile(r"^[^:|#]+:-?\d+\.\d{6}\|(c|g|ms)$")  # go-metrics' "%s:%f|<type>"
+DOGSTATSD_LINE = re.compile(r"^[^:|#]+:-?\d+(\.\d+)?\|(c|g|ms)\|#env:test,team(,[^,]+)*$")
+
+
+def test_statsd_dogstatsd_and_statsite_sinks_receive_lines(
+    sinks_agent: tuple[AgentProcess, socket.socket, socket.socket, socket.socket],
+) -> None:
+    """A real agent sends go-metrics' statsd and DogStatsD lines to UDP sockets on loopback, and the
+    statsd lines to a statsite TCP listener."""
+    agent, statsd, dog, statsite = sinks_agent
+    # What queued up since the agent started goes: a full socket buffer would drop new datagrams.
+    _receive(statsd, [])
+    _receive(dog, [])
+    _put_keys(agent, 2)
+    host = socket.gethostname().replace(":", "_").replace(" ", "_")
+    statsd_packets: list[bytes] = []
+    wanted = [re.compile(p) for p in (
+        r"^consul\.kvs\.apply:\d+\.\d{6}\|ms$",
+        r"^consul\.api\.http\.PUT\.v1_kv_:\d+\.\d{6}\|ms$",
+        r"^consul\.rpc\.request:\d+\.000000\|c$",  # one line per flush: the requests of those 100 ms
+        rf"^consul\.{re.escape(host)}\.runtime\.alloc_bytes:\d+\.\d{{6}}\|g$",  # gauges carry the host
+    )]
+
+    def statsd_lines() -> list[str]:
+        return [line for p in _receive(statsd, statsd_packets) for line in p.decode().splitlines()]
+
+    wait_for(lambda: all(any(w.match(line) for line in statsd_lines()) for w in wanted), timeout=30,
+             what=lambda: f"statsd lines {[w.pattern for w in wanted]} in {statsd_lines()[:40]}")
+    assert all(len(p) <= 1400 and p.endswith(b"\n") for p in statsd_packets)
+    assert all(STATSD_LINE.match(line) for line in statsd_lines()), statsd_lines()
+
+    # statsite: the same lines on one TCP connection.
+    statsite.settimeout(30)
+    conn, _ = statsite.accept()
+    with conn:
+        conn.setblocking(False)
+        received = bytearray()
+
+        def statsite_lines() -> list[str]:
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except BlockingIOError:
+                    break
+                assert chunk, "the agent closed the statsite connection"
+                received.extend(chunk)
+            return received[: received.rfind(b"\n") + 1].decode().splitlines()
+
+        wait_for(lambda: all(any(w.match(line) for line in statsite_lines()) for w in wanted), timeout=30,
+                 what=lambda: f"statsite lines {[w.pattern for w in wanted]} in {statsite_lines()[:40]}")
+        assert all(STATSD_LINE.match(line) for line in statsite_lines()), statsite_lines()
+
+    dog_packets: list[bytes] = []
+    wanted = [re.compile(p) for p in (
+        r"^consul\.kvs\.apply:\d+(\.\d+)?\|ms\|#env:test,team$",
+        r"^consul\.api\.http:\d+(\.\d+)?\|ms\|#env:test,team,method:PUT,path:v1_kv_$",
+        r"^consul\.rpc\.request:\d+\|c\|#env:test,team$",
+        r"^consul\.runtime\.alloc_bytes:\d+\|g\|#env:test,team$",  # the host is spliced out
+    )]
+
+    def dog_lines() -> list[str]:
+        return [line for p in _receive(dog, dog_packets) for line in p.decode().split("\n")]
+
+    wait_for(lambda: all(any(w.match(line) for line in dog_lines()) for w in wanted), timeout=30,
+             what=lambda: f"DogStatsD lines {[w.pattern for w in wanted]} in {dog_lines()[:40]}")
+    assert all(len(p) <= 1432 and not p.endswith(b"\n") for p in dog_packets)
+    assert all(DOGSTATSD_LINE.match(line) for line in dog_lines()), dog_lines()
 
 
 def test_metrics_prefix_is_honoured() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 
-from proconsul.local.checks import CheckRunner, StatusHandler
+import pytest
+from proconsul.local.checks import GRPC_EXTRA_MISSING, CheckRunner, StatusHandler
 from proconsul.local.state import LocalState
 from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckDefinition, decode_service
 
@@ -106,3 +108,12 @@ def test_alias_rules_follow_consul() -> None:
     assert runner._alias_result([chk("x", HEALTH_PASSING, "web"), chk("y", HEALTH_CRITICAL, node="n3")], None)[0] == HEALTH_PASSING
     worst = runner._alias_result([chk("w", HEALTH_WARNING, "web"), chk("c", HEALTH_CRITICAL, "web")], None)
     assert worst == (HEALTH_CRITICAL, 'Aliased check "c" failing: o')
+
+
+def test_a_grpc_check_without_the_grpc_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "grpc", None)  # what `import grpc` finds without grpcio installed
+    d = CheckDefinition(id="g", name="g", type="grpc", grpc="127.0.0.1:1", interval_s=10)
+    runner = CheckRunner(d, lambda *a: None, None, random.Random(), False)
+    status, output = asyncio.run(runner._probe_once())
+    assert status == HEALTH_CRITICAL
+    assert output.startswith(GRPC_EXTRA_MISSING) and "proconsul[grpc]" in output

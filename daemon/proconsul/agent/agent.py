@@ -45,6 +45,7 @@ from proconsul.local.state import AntiEntropy, LocalCheck, LocalState
 from proconsul.local.watch import WatchManager, agent_http_addr, start_agent_watches
 from proconsul.metrics import Metrics
 from proconsul.metrics.runtime import RuntimeSampler
+from proconsul.metrics.statsd import StatsdSinks
 from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.raft.recovery import RecoveryError
 from proconsul.rpc_api import NoPathToDatacenter, QueryMeta, QueryOptions, RPCError
@@ -140,6 +141,12 @@ class Agent:
             prometheus_retention_s=telemetry.prometheus_retention_time_s,
         )
         self.runtime_metrics = RuntimeSampler(self.metrics)
+        # statsd_address / dogstatsd_addr / statsite_address: every recorded value also goes out
+        # as a line to that collector.
+        self.statsd_sinks = StatsdSinks.from_config(
+            self.metrics, telemetry.statsd_address, telemetry.dogstatsd_addr, telemetry.dogstatsd_tags,
+            telemetry.statsite_address,
+        )
         self.store = Store()
         self.fsm = FSM(self.store)
         server_addr = f"{self.address}:{cfg.ports.server}"
@@ -350,6 +357,8 @@ class Agent:
                 self.server, self.local.node_record(), cfg.ports.server, self.consul_service_meta()
             )
         self._tasks.append(asyncio.get_running_loop().create_task(self.runtime_metrics.run(), name="runtime-metrics"))
+        if self.statsd_sinks is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.statsd_sinks.run(), name="statsd-sinks"))
         await self.checks.open()
         errors = self._load_config_definitions(cfg)
         if errors:

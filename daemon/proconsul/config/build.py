@@ -34,6 +34,7 @@ from proconsul.config.model import (
 )
 from proconsul.config.result import Collector
 from proconsul.config.schema import LIST_KINDS, SCHEMA, TLS_SECTION_SCHEMA, field_name
+from proconsul.metrics.statsd import split_address
 from proconsul.tls import context as tls_context
 from proconsul.tls.rpc import TLSConfigurator
 
@@ -568,6 +569,17 @@ def _http(c: _Ctx) -> None:
             c.out.at("http_config.allow_write_http_from", f"allow_write_http_from: invalid CIDR {cidr!r}")
 
 
+def _telemetry(c: _Ctx) -> None:
+    """The metric sinks' addresses must be host:port (the sinks send to them)."""
+    for key in ("statsd_address", "dogstatsd_addr", "statsite_address"):
+        address = c.get(f"telemetry.{key}")
+        if address:
+            try:
+                split_address(address)
+            except ValueError as exc:
+                c.out.at(f"telemetry.{key}", f"telemetry.{key}: {exc}")
+
+
 # In order: later sections read what earlier ones derived (e.g. _dns reads the datacenter).
 _SECTIONS = (
     _identity,
@@ -584,6 +596,7 @@ _SECTIONS = (
     _tls,
     _http,
     _check_flap_detection,
+    _telemetry,
 )
 
 

@@ -185,6 +185,7 @@ PRE: dict[tuple[str, str], Check] = {
     ("PUT", "/v1/agent/join/{address}"): _agent(WRITE),
     ("PUT", "/v1/agent/force-leave/{node}"): _single("operator", WRITE),
     ("GET", "/v1/agent/metrics"): _agent(READ),
+    ("GET", "/v1/agent/metrics/stream"): _agent(READ),
     ("GET", "/v1/coordinate/datacenters"): _none,
     ("GET", "/v1/coordinate/nodes"): _none,
     ("GET", "/v1/coordinate/node/{node}"): _none,

@@ -200,6 +200,7 @@ def build_app(agent: Any) -> web.Application:
     app = web.Application(middlewares=[consul_middleware], client_max_size=4 * 1024 * 1024)
     app["agent"] = agent
     monitor_routes.install(app)
+    metrics_routes.install(app)
     debug_routes.install(app)
     http_config = agent.config.http_config
     app["response_headers"] = dict(http_config.response_headers)

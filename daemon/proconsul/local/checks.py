@@ -51,6 +51,12 @@ UNSUPPORTED_TYPES = {
 }
 
 
+GRPC_EXTRA_MISSING = (
+    "gRPC checks need proconsul's optional grpc extra (pip install 'proconsul[grpc]'; the .deb and .rpm "
+    "include it), which is not installed"
+)
+
+
 class StatusHandler:
     """Consul's flap thresholds between a probe's result and the reported status.
 
@@ -310,8 +316,12 @@ class CheckRunner:
 
     async def _grpc(self) -> tuple[str, str]:
         """grpc.health.v1 Check against `host:port[/service]`, a fresh connection each time."""
-        import grpc  # imported here: only agents with gRPC checks pay for loading it
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        try:  # imported here: only agents with gRPC checks pay for loading it
+            import grpc
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+        except ImportError as exc:
+            # grpcio is the optional `grpc` extra: without it the check says what to install.
+            return HEALTH_CRITICAL, f"{GRPC_EXTRA_MISSING} ({exc})"
 
         d = self.definition
         timeout = d.timeout_s or DEFAULT_TIMEOUT_S

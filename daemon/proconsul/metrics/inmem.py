@@ -103,7 +103,10 @@ class Inmem:
 
     def summary(self, now: float, describe: Any) -> dict[str, Any]:
         """The go-metrics JSON document. `describe(series) -> (sort key, name, labels dict)`."""
-        interval = self.reported(now)
+        return self.summarize(self.reported(now), describe)
+
+    def summarize(self, interval: Interval, describe: Any) -> dict[str, Any]:
+        """The go-metrics JSON document of one interval (what `/v1/agent/metrics/stream` sends)."""
         rate_denominator = self.interval_s
         gauges = []
         for series, value in interval.gauges.items():

@@ -5,7 +5,9 @@ for gauges unless `disable_hostname`, parts joined with dots), declaration (ever
 will use is declared when that part is built, so its unlabelled series exists from start-up, as
 Consul's Prometheus definitions do; hashicorp/consul#5140), and the cumulative per-series state the
 Prometheus view reads (counter totals, sample counts/sums and a recent window for quantiles, last
-gauge values, last update for `prometheus_retention_time` expiry).
+gauge values, last update for `prometheus_retention_time` expiry), and the outbox the statsd and
+DogStatsD sinks drain (`proconsul.metrics.statsd`): every recorded value, as go-metrics hands
+each one to its sinks, in a bounded list so a stalled sender costs no more than the bound.
 
 Recording happens on the event loop thread only (no locks): one clock read, one dict lookup in
 the current interval, a few float operations. A labelled series is looked up once by the caller
@@ -18,9 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proconsul.metrics.inmem import Aggregate, Inmem
+from proconsul.metrics.inmem import Aggregate, Inmem, Interval
 
-__all__ = ["COUNTER", "GAUGE", "SAMPLE", "Counter", "Gauge", "Metrics", "Sample", "Series"]
+__all__ = ["COUNTER", "GAUGE", "OUTBOX_CAP", "SAMPLE", "Counter", "Gauge", "Metrics", "Sample", "Series"]
 
 COUNTER = "counter"
 GAUGE = "gauge"
@@ -31,6 +33,9 @@ SAMPLE = "sample"
 # memory per series whatever the request rate.
 WINDOW_S = 10.0
 WINDOW_CAP = 2048
+# Values recorded between two flushes of the statsd sinks (every 100 ms) beyond this many are
+# dropped (go-metrics' statsd sink drops past a queue of 4096 the same way).
+OUTBOX_CAP = 16384
 
 
 class Series:
@@ -61,11 +66,13 @@ class Series:
 class Family:
     """A declared metric: kind, dotted name (prefix included), help, label names."""
 
-    __slots__ = ("help", "kind", "label_names", "name", "prom_name")
+    __slots__ = ("bare_name", "help", "kind", "label_names", "name", "prom_name")
 
-    def __init__(self, kind: str, name: str, help: str, label_names: tuple[str, ...]) -> None:
+    def __init__(self, kind: str, name: str, help: str, label_names: tuple[str, ...], bare_name: str = "") -> None:
         self.kind = kind
         self.name = name
+        # The name without the host name go-metrics puts in gauge names: DogStatsD splices it out.
+        self.bare_name = bare_name or name
         self.help = help
         self.label_names = label_names
         self.prom_name = prometheus_name(name)
@@ -115,6 +122,9 @@ class Counter(_Handle):
         agg.ingest(value)
         s.total += value
         s.updated = now
+        out = m.outbox
+        if out is not None and len(out) < OUTBOX_CAP:
+            out.append((s, value))
 
 
 class Gauge(_Handle):
@@ -128,6 +138,9 @@ class Gauge(_Handle):
         (inmem.newest if now < inmem.end else inmem.current(now)).gauges[s] = value
         s.value = value
         s.updated = now
+        out = m.outbox
+        if out is not None and len(out) < OUTBOX_CAP:
+            out.append((s, value))
 
 
 class Sample(_Handle):
@@ -148,6 +161,9 @@ class Sample(_Handle):
         s.total += value
         s.count += 1
         s.updated = now
+        out = m.outbox
+        if out is not None and len(out) < OUTBOX_CAP:
+            out.append((s, value))
         if m.keep_quantiles:
             if now - s.window_start >= WINDOW_S:
                 s.prev_window = s.window if now - s.window_start < 2 * WINDOW_S else []
@@ -186,6 +202,8 @@ class Metrics:
         self.keep_quantiles = prometheus_retention_s > 0
         self.families: dict[str, Family] = {}
         self.series: dict[tuple[str, tuple[str, ...]], Series] = {}
+        # (series, value) of every recording since the sinks' last flush; None without a sink.
+        self.outbox: list[tuple[Series, float]] | None = None
 
     # ------------------------------------------------------------------------- declaring
 
@@ -195,12 +213,16 @@ class Metrics:
             head.append(self.hostname)
         return ".".join([*head, *parts]).replace(" ", "_")
 
+    def _bare_name(self, parts: tuple[str, ...]) -> str:
+        return ".".join([self.prefix, *parts] if self.prefix else parts).replace(" ", "_")
+
     def _declare(self, kind: str, parts: tuple[str, ...], help: str, labels: tuple[str, ...]) -> tuple[Family, Series]:
         name = self._full_name(parts, kind)
         family = self.families.get(name)
         if family is None:
-            family = self.families[name] = Family(kind, name, help or prometheus_name(name), labels)
-            series = self.series[(name, ())] = Series(Family(kind, name, family.help, ()), (), declared=True)
+            bare = self._bare_name(parts)
+            family = self.families[name] = Family(kind, name, help or prometheus_name(name), labels, bare)
+            series = self.series[(name, ())] = Series(Family(kind, name, family.help, (), bare), (), declared=True)
         elif family.kind != kind or family.label_names != labels:
             raise ValueError(f"metrics: {name} declared twice, differently")
         else:
@@ -232,6 +254,10 @@ class Metrics:
     def summary(self) -> dict[str, Any]:
         """`/v1/agent/metrics` as JSON (go-metrics' `MetricsSummary`)."""
         return self.inmem.summary(self.clock(), _describe)
+
+    def interval_summary(self, interval: Interval) -> dict[str, Any]:
+        """The same document for one given interval (`/v1/agent/metrics/stream`)."""
+        return self.inmem.summarize(interval, _describe)
 
     def live_series(self) -> list[Series]:
         """Series the Prometheus view shows now: definitions, and others updated within the
