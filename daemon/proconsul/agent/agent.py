@@ -276,7 +276,11 @@ class Agent:
             self.raft.on_leader_change = lambda leader: self.anti_entropy.trigger() if leader else None
             self.raft.fatal = self._fatal
             self.server.register("Session.Renew", self._renew_on_leader)
-        self.operator = Operator(self)  # operator raft / snapshot endpoints (+ their RPCs)
+        # Operator raft / snapshot / autopilot endpoints (+ their RPCs).
+        self.operator = Operator(
+            self.server, self.store, self.raft, self.node_id, self.node_name, lambda: self.config, self.membership,
+            pool=self.cluster.pool if self.cluster is not None else None, metrics=self.metrics,
+        )
         router: Router | None = getattr(self.server, "router", None)  # servers with a WAN pool
         # User events: fired through a server, received by gossip.
         self.events = AgentEvents(

@@ -27,16 +27,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import proconsul
 from proconsul.durations import format_duration, parse_duration
 from proconsul.metrics import Metrics
 from proconsul.rpc_api import RPCError
 from proconsul.serf.member import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT
+from proconsul.server.autopilot import LANServers
 from proconsul.state import commands
+
+if TYPE_CHECKING:
+    from proconsul.config import RuntimeConfig
+    from proconsul.raft.node import RaftServer
+    from proconsul.state.store import Store
+    from proconsul.transport import ConnectionPool
 
 logger = logging.getLogger(__name__)
 
@@ -210,10 +218,26 @@ def failure_tolerance(voters_healthy: int, voters: int) -> int:
 class AutopilotOperator:
     """The configuration and health reads/writes, with their RPCs; the leader's health loop."""
 
-    def __init__(self, agent: Any, operator: Any, metrics: Metrics | None) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        operator: Any,
+        store: Store,
+        raft: RaftServer | None,
+        node_id: str,
+        node_name: str,
+        config: Callable[[], RuntimeConfig],
+        lan: LANServers,
+        pool: ConnectionPool | None,
+        metrics: Metrics | None,
+    ) -> None:
         self.operator = operator  # forwarding to the leader (Operator.on_leader)
-        self.raft = getattr(agent, "raft", None)  # None in -dev and on client agents
+        self.store = store
+        self.raft = raft  # None in -dev and on client agents
+        self.node_id = node_id
+        self.node_name = node_name
+        self._config = config
+        self.lan = lan
+        self.pool = pool
         self.servers: dict[str, ServerHealth] = {}
         self._computed = False
         m = metrics or Metrics()
@@ -233,11 +257,11 @@ class AutopilotOperator:
 
     def effective(self) -> Settings:
         """The replicated configuration once set, else the agent's `autopilot { }` block."""
-        stored = getattr(self.agent.store, "autopilot_config", None) if hasattr(self.agent, "store") else None
+        stored = getattr(self.store, "autopilot_config", None)
         if stored:
             fields, create, modify = stored
             return from_fields(fields, create, modify)
-        a = self.agent.config.autopilot
+        a = self._config().autopilot
         return Settings(
             cleanup_dead_servers=a.cleanup_dead_servers,
             last_contact_threshold_s=a.last_contact_threshold_s,
@@ -328,13 +352,12 @@ class AutopilotOperator:
 
     def _compute_single(self) -> None:
         """-dev: one in-memory server, the leader of itself, always healthy."""
-        agent = self.agent
-        sid = agent.node_id
+        sid = self.node_id
         prev = self.servers.get(sid)
         self.servers = {sid: ServerHealth(
-            id=sid, name=agent.node_name, address=self.operator.server.consensus.leader_address(),
+            id=sid, name=self.node_name, address=self.operator.server.consensus.leader_address(),
             serf_status="alive", version=proconsul.CONSUL_COMPAT_VERSION, leader=True, voter=True,
-            last_contact_s=0.0, last_term=1, last_index=agent.store.last_index, healthy=True,
+            last_contact_s=0.0, last_term=1, last_index=self.store.last_index, healthy=True,
             stable_since=prev.stable_since if prev else time.time(),
             changed_at=prev.changed_at if prev else time.monotonic(),
         )}
@@ -343,9 +366,9 @@ class AutopilotOperator:
 
     def _serf(self) -> dict[str, tuple[str, str]]:
         """LAN-pool servers of our datacenter by server ID: (serf status, version)."""
-        dc = self.agent.config.datacenter
+        dc = self._config().datacenter
         out: dict[str, tuple[str, str]] = {}
-        for rec in self.agent.membership.members():
+        for rec in self.lan.members():
             tags = rec.member.tags
             if tags.get("role") == "consul" and tags.get("dc") == dc and tags.get("id"):
                 build = tags.get("build", "")
@@ -355,7 +378,7 @@ class AutopilotOperator:
     async def _stats(self, sid: str, addr: str) -> dict[str, Any] | None:
         if sid == self.raft.id:
             return dict(self.raft.log_stats())
-        pool = getattr(self.agent.cluster, "pool", None)
+        pool = self.pool
         if pool is None or not addr:
             return None
         try:

@@ -25,16 +25,23 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from proconsul.raft import recovery
-from proconsul.rpc_api import NotLeader, RPCError
+from proconsul.rpc_api import HandlerRegistry, NotLeader, RPCError
 from proconsul.server import snapshot as archive
+from proconsul.server.autopilot import LANServers
 from proconsul.server.autopilot_health import AutopilotOperator
 from proconsul.server.consensus import raft_errors
-from proconsul.server.rpc import Server
 from proconsul.state import commands
 from proconsul.state.store import Store
+
+if TYPE_CHECKING:
+    from proconsul.config import RuntimeConfig
+    from proconsul.metrics import Metrics
+    from proconsul.raft.node import RaftServer
+    from proconsul.transport import ConnectionPool
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +49,43 @@ PROTOCOL_VERSION = "3"
 
 
 class Operator:
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
-        self.server: Server = agent.server
-        self.raft = agent.raft  # None in -dev (the single in-memory log)
-        registry = self.server
+    """The operator endpoints' server side (see the module docstring).
+
+    Args:
+        server: this agent's RPC server (a client agent's RemoteServer forwards everything).
+        store: the state store (the snapshot's source, the node names of Raft peers).
+        raft: this server's Raft driver; None in -dev (the single in-memory log) and on clients.
+        node_id, node_name: ours.
+        config: the agent's configuration as it is now (the autopilot block, the datacenter).
+        lan: the LAN pool (the servers autopilot's health reports).
+        pool: server RPC to the other servers (None without a Raft cluster).
+        metrics: where autopilot's gauges go.
+    """
+
+    def __init__(
+        self,
+        server: Any,
+        store: Store,
+        raft: RaftServer | None,
+        node_id: str,
+        node_name: str,
+        config: Callable[[], RuntimeConfig],
+        lan: LANServers,
+        pool: ConnectionPool | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.server = server
+        self.store = store
+        self.raft = raft
+        self.node_id = node_id
+        self.node_name = node_name
+        registry: HandlerRegistry = server
         registry.register("Operator.RaftConfiguration", self._rpc_configuration)
         registry.register("Operator.RaftRemovePeer", self._rpc_remove_peer)
         registry.register("Snapshot.Save", self._rpc_snapshot_save)
         registry.register("Operator.RaftTransferLeader", self._rpc_transfer_leader)
         # /v1/operator/autopilot/*: configuration, server health, state (+ the leader's gauges).
-        self.autopilot = AutopilotOperator(agent, self, getattr(agent, "metrics", None))
+        self.autopilot = AutopilotOperator(self, store, raft, node_id, node_name, config, lan, pool, metrics)
 
     # ------------------------------------------------------------------------- forwarding
 
@@ -88,11 +121,11 @@ class Operator:
     def recovery_state(self) -> dict[str, Any]:
         """`GET /v1/operator/raft/recover`: this server's log position and the leader it knows."""
         raft = self._local_raft()
-        state = recovery.live_state(raft, self.agent.config.node_name).to_json()
+        state = recovery.live_state(raft, self.node_name).to_json()
         leader = raft.core.leader if raft.core is not None else None
         state["Leader"] = leader or ""
         state["LeaderAddress"] = raft.addresses.addrs.get(leader, "") if leader else ""
-        state["NodeName"] = self.agent.config.node_name
+        state["NodeName"] = self.node_name
         return state
 
     async def recover(self, body: Any) -> dict[str, Any]:
@@ -121,8 +154,8 @@ class Operator:
         return self.local_configuration()
 
     def node_names(self) -> dict[str, str]:
-        names = {n.id: n.node for n in self.agent.store.nodes.values() if n.id}
-        names[self.agent.node_id] = self.agent.node_name
+        names = {n.id: n.node for n in self.store.nodes.values() if n.id}
+        names[self.node_id] = self.node_name
         return names
 
     def local_configuration(self) -> dict[str, Any]:
@@ -130,7 +163,7 @@ class Operator:
         if self.raft is None:
             c = self.server.consensus
             servers = [
-                {"ID": sid, "Address": addr, "Leader": True, "Voter": True, "LastIndex": self.agent.store.last_index}
+                {"ID": sid, "Address": addr, "Leader": True, "Voter": True, "LastIndex": self.store.last_index}
                 for sid, _, addr in c.voters()
             ]
             conf: dict[str, Any] = {"Servers": servers, "Index": 1}
@@ -220,7 +253,7 @@ class Operator:
         return {"index": index, "archive": blob}
 
     def local_snapshot(self) -> tuple[int, bytes]:
-        store = self.agent.store
+        store = self.store
         state = store.snapshot()
         index = max(store.last_index, 1)
         term = 1
