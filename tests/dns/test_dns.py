@@ -477,10 +477,17 @@ def test_answer_beyond_16k_over_tcp_has_pointers_only_to_reachable_names() -> No
     assert targets == set(glue)
     for r in srv:
         i = r.port - 8000
-        assert str(r.target) == f"node{i}.node.dc1.consul." and glue[str(r.target)] == f"10.0.{i // 256}.{i % 256}"
+        assert (
+            str(r.target) == f"node{i}.node.dc1.consul."
+            and glue[str(r.target)] == f"10.0.{i // 256}.{i % 256}"
+        )
     # The reference packer (dnslib's DNSRecord.pack over the fixed buffer) agrees byte for byte.
     req = dns_wire.decode(q.pack())
     assert isinstance(req, dns_wire.Request)
     answer = Answer(groups=[Group(answer=[rr], extra=[]) for rr in DNSRecord.parse(raw).rr])
-    limits = dns_wire.Limits(tcp=True, enable_truncate=True, compress=True, udp_answer_limit=3, a_record_limit=0)
-    assert dns_wire.encode_answer(req, answer, False, limits) == _reference_pack(req, answer, len(answer.groups), True)
+    limits = dns_wire.Limits(
+        tcp=True, enable_truncate=True, compress=True, udp_answer_limit=3, a_record_limit=0
+    )
+    assert dns_wire.encode_answer(req, answer, False, limits) == _reference_pack(
+        req, answer, len(answer.groups), True
+    )

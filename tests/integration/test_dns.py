@@ -200,8 +200,18 @@ def _register_many(a: AgentProcess, count: int) -> None:
         ops: list[dict[str, object]] = []
         for i in range(first, min(first + 64, count)):
             node = f"web-node-{i:04d}"
-            ops.append({"Node": {"Verb": "set", "Node": {"Node": node, "Address": f"10.2.{i // 250}.{i % 250 + 1}"}}})
-            ops.append({"Service": {"Verb": "set", "Node": node, "Service": {"ID": f"web-{i}", "Service": "web", "Port": 20000 + i}}})
+            ops.append(
+                {"Node": {"Verb": "set", "Node": {"Node": node, "Address": f"10.2.{i // 250}.{i % 250 + 1}"}}}
+            )
+            ops.append(
+                {
+                    "Service": {
+                        "Verb": "set",
+                        "Node": node,
+                        "Service": {"ID": f"web-{i}", "Service": "web", "Port": 20000 + i},
+                    }
+                }
+            )
         put(a, "/v1/txn", ops)
 
 
@@ -218,7 +228,9 @@ def test_truncation_and_a_64k_tcp_answer_with_1000_instances() -> None:
     a = AgentProcess().start()  # enable_truncate is on by default in proconsul
     try:
         _register_many(a, 1000)
-        wait_for(lambda: len(query(a, "web.service.consul", "SRV", tcp=True).answer[0]) > 700, what="web in DNS")
+        wait_for(
+            lambda: len(query(a, "web.service.consul", "SRV", tcp=True).answer[0]) > 700, what="web in DNS"
+        )
         # TCP: as many whole SRV+glue groups as 64 KiB holds (about 765), no TC. Names written
         # past byte 16,383 must not become compression targets (a pointer holds 14 bits):
         # dnspython follows and checks every pointer, and each target must have its own glue.
@@ -238,7 +250,10 @@ def test_truncation_and_a_64k_tcp_answer_with_1000_instances() -> None:
         assert len(dug) > 700
         for f in dug:
             i = int(f[6]) - 20000
-            assert f[7] == f"web-node-{i:04d}.node.dc1.consul." and dug_glue[f[7]] == f"10.2.{i // 250}.{i % 250 + 1}"
+            assert (
+                f[7] == f"web-node-{i:04d}.node.dc1.consul."
+                and dug_glue[f[7]] == f"10.2.{i // 250}.{i % 250 + 1}"
+            )
         # Plain UDP (no EDNS): fits 512 bytes, at most udp_answer_limit (3) groups, TC set.
         msg = dns.message.make_query("web.service.consul", "SRV", use_edns=False)
         with _send_udp(a, msg.to_wire()) as sock:
