@@ -19,6 +19,7 @@ verified (checksums, then a full decode of the state) before anything is propose
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -175,16 +176,19 @@ class Operator:
         forwarded, reply = await self.on_leader("Snapshot.Save", {}, stale)
         if forwarded:
             return int(reply["index"]), bytes(reply["archive"])
-        return self.local_snapshot()
+        return await self.local_snapshot()
 
     async def _rpc_snapshot_save(self, body: Any) -> dict[str, Any]:
         self.require_leader()
-        index, blob = self.local_snapshot()
+        index, blob = await self.local_snapshot()
         return {"index": index, "archive": blob}
 
-    def local_snapshot(self) -> tuple[int, bytes]:
+    async def local_snapshot(self) -> tuple[int, bytes]:
+        """The archive of this server's state. The view is taken on the loop at one index;
+        serialising, checksumming and compressing it run in a worker thread while the loop
+        keeps serving (and applying writes, which the view does not see)."""
         store = self.agent.store
-        state = store.snapshot()
+        encode = store.snapshot_view()
         index = max(store.last_index, 1)
         term = 1
         servers: list[dict[str, Any]] = []
@@ -199,11 +203,14 @@ class Operator:
             ]
         else:
             servers = [{"Suffrage": 0, "ID": sid, "Address": addr} for sid, _, addr in self.server.consensus.voters()]
-        blob = archive.build(
-            state, index=index, term=term, now_ms=int(time.time() * 1000), servers=servers,
-            configuration_index=conf_index,
-        )
-        return index, blob
+        now_ms = int(time.time() * 1000)
+
+        def build() -> bytes:
+            return archive.build(
+                encode(), index=index, term=term, now_ms=now_ms, servers=servers, configuration_index=conf_index
+            )
+
+        return index, await asyncio.get_running_loop().run_in_executor(None, build)
 
     async def snapshot_restore(self, blob: bytes) -> int:
         """Verify the archive, then replace the state on every server; returns the new index.
@@ -211,11 +218,16 @@ class Operator:
         Raises `snapshot.SnapshotError` (a ValueError: HTTP 400) when the archive is damaged;
         nothing has been proposed then.
         """
-        snap = archive.read(blob)
-        try:
-            Store().restore(snap.state)
-        except Exception as exc:
-            raise archive.SnapshotError(f"failed to decode {archive.STATE}: {exc}") from None
+        def verify() -> archive.Archive:
+            # Off the loop: decompressing, checksumming and decoding a large state take a while.
+            snap = archive.read(blob)
+            try:
+                Store.decode(snap.state)
+            except Exception as exc:
+                raise archive.SnapshotError(f"failed to decode {archive.STATE}: {exc}") from None
+            return snap
+
+        snap = await asyncio.get_running_loop().run_in_executor(None, verify)
         meta, result = await self.server.write(commands.Restore(snap.state))
         logger.info("operator: restored snapshot %s (index %s) at index %d", snap.meta.get("ID"),
                     snap.meta.get("Index"), meta.index)

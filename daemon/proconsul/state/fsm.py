@@ -104,8 +104,7 @@ class FSM:
         """
         store = self.store
         try:
-            probe = Store()
-            probe.restore(blob)  # validate fully before touching the live store
+            probe = Store.decode(blob)  # validate fully before touching the live store
         except Exception as exc:  # msgpack and malformed records raise several types
             store.finish(index)
             return StoreError(f"snapshot restore failed: {exc}")
@@ -113,7 +112,7 @@ class FSM:
         offset = store.index_offset
         if probe.last_index >= index:
             offset = probe.last_index + 1 - raft_index
-        store.restore(blob)
+        store.adopt(probe)  # decoded once: the probe's tables become the store's
         store.index_offset = offset
         restored_at = raft_index + offset
         store.advance_all_indexes(restored_at)
