@@ -202,3 +202,22 @@ def test_snapshot_view_serialised_off_thread_while_writes_continue_is_the_state_
     assert restored.kv_list("k/") == reference.store.kv_list("k/")
     assert restored.service_instances("web") == reference.store.service_instances("web")
     assert restored.service_instances("web") != live.store.service_instances("web")
+
+
+def test_restore_entry_adopts_a_store_decoded_off_the_loop_only_for_its_own_blob() -> None:
+    source = Log()
+    for step in range(50):
+        source.apply(_workload(step))
+    blob = source.store.snapshot()
+    other = source.store.snapshot_view()()  # same bytes: the offer is matched by content
+    plain, offered, mismatched = Log(), Log(), Log()
+    for log in (plain, offered, mismatched):
+        log.apply(kv("set", "before", b"1"))
+    decoded = Store.decode(blob)
+    offered.fsm.offer_decoded(blob, decoded)
+    mismatched.fsm.offer_decoded(Log().store.snapshot(), Store())  # another blob: not used
+    for log in (plain, offered, mismatched):
+        log.apply(cmd.Restore(other))
+    assert offered.store.nodes is decoded.nodes  # adopted, not decoded again
+    assert plain.store.snapshot() == offered.store.snapshot() == mismatched.store.snapshot()
+    assert offered.store.kv_get("before")[1] is None and offered.store.kv_list("k/") == source.store.kv_list("k/")

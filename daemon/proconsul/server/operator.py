@@ -218,16 +218,18 @@ class Operator:
         Raises `snapshot.SnapshotError` (a ValueError: HTTP 400) when the archive is damaged;
         nothing has been proposed then.
         """
-        def verify() -> archive.Archive:
-            # Off the loop: decompressing, checksumming and decoding a large state take a while.
+        def verify() -> tuple[archive.Archive, Store]:
+            # Off the loop: decompressing, checksumming and decoding a large state take seconds.
             snap = archive.read(blob)
             try:
-                Store.decode(snap.state)
+                return snap, Store.decode(snap.state)
             except Exception as exc:
                 raise archive.SnapshotError(f"failed to decode {archive.STATE}: {exc}") from None
-            return snap
 
-        snap = await asyncio.get_running_loop().run_in_executor(None, verify)
+        snap, decoded = await asyncio.get_running_loop().run_in_executor(None, verify)
+        # Where this server applies the Restore entry it adopts the decoded store instead of
+        # decoding again on the loop (other servers decode it while applying).
+        self.agent.fsm.offer_decoded(snap.state, decoded)
         meta, result = await self.server.write(commands.Restore(snap.state))
         logger.info("operator: restored snapshot %s (index %s) at index %d", snap.meta.get("ID"),
                     snap.meta.get("Index"), meta.index)
