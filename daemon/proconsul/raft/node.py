@@ -931,6 +931,10 @@ class RaftServer:
             else:
                 fut.set_exception(RaftError("the write did not commit: a new leader committed another entry at its index; it is safe to retry"))
 
+    def snapshot_in_progress(self) -> bool:
+        """A snapshot is being serialised and written in a worker thread."""
+        return self._snapshot_job is not None
+
     async def _restore_fsm(self, data: bytes, what: str) -> None:
         """Replace the state with a snapshot's: decoded in a worker thread (the loop keeps
         serving, from the old state), swapped in on the loop. Nothing applies meanwhile: the
