@@ -50,7 +50,7 @@ from proconsul.raft.messages import (
 from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, atomic_write, private_dir
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
-from proconsul.tasks import blocking_work, wait_event
+from proconsul.tasks import blocking_work, collector_paused, wait_event
 from proconsul.transport import RPCSecurity, TLSHandshakeError, dial
 from proconsul.wire import ConnType, FrameDecoder, encode_frame
 
@@ -940,8 +940,12 @@ class RaftServer:
         serving, from the old state), swapped in on the loop. Nothing applies meanwhile: the
         driver awaits this before it applies further entries."""
         start = time.perf_counter()
+        def decode() -> object:
+            with collector_paused():
+                return self.fsm.decode_snapshot(data)
+
         with blocking_work(what):
-            decoded = await asyncio.get_running_loop().run_in_executor(None, self.fsm.decode_snapshot, data)
+            decoded = await asyncio.get_running_loop().run_in_executor(None, decode)
             self.fsm.install(decoded)
         self._m_restore.since(start)
 

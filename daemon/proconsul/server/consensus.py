@@ -21,7 +21,7 @@ from proconsul.rpc_api import NoLeader, NotLeader, RPCError, UnknownOutcome
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
-from proconsul.tasks import blocking_work
+from proconsul.tasks import blocking_work, collector_paused
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class CommandStateMachine:
             self.fsm.apply(index, commands.Noop())
             return None
         if isinstance(command, commands.Restore):
-            with blocking_work("restoring a snapshot (PUT /v1/snapshot)"):
+            with blocking_work("restoring a snapshot (PUT /v1/snapshot)"), collector_paused():
                 return self.fsm.apply(index, command)
         return self.fsm.apply(index, command)
 

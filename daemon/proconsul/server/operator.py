@@ -31,6 +31,7 @@ from proconsul.server.consensus import raft_errors
 from proconsul.server.rpc import Server
 from proconsul.state import commands
 from proconsul.state.store import Store
+from proconsul.tasks import collector_paused
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,8 @@ class Operator:
             # Off the loop: decompressing, checksumming and decoding a large state take seconds.
             snap = archive.read(blob)
             try:
-                return snap, Store.decode(snap.state)
+                with collector_paused():
+                    return snap, Store.decode(snap.state)
             except Exception as exc:
                 raise archive.SnapshotError(f"failed to decode {archive.STATE}: {exc}") from None
 
