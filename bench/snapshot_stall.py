@@ -22,7 +22,8 @@ What it does, all on 127.0.0.1:
    of snapshots the server logged;
 5. **restore** phase: `PUT /v1/snapshot` with the last saved archive, the lag in its window.
 Prints the loop lag (max, p99.9, p99) per phase and the write throughput in the auto phase.
-Everything it started is stopped by pid in a `finally`.
+Everything it started is stopped by pid in a `finally`; its temporary directory is removed
+unless `--keep`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -94,6 +96,7 @@ def main() -> int:
     parser.add_argument("--saves", type=int, default=3)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of KV writes in the auto phase")
     parser.add_argument("--json", default="")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="snapshot_stall."))
@@ -164,6 +167,8 @@ def main() -> int:
         print(f"restore: {t1 - t0:.2f} s; loop lag {lag}", flush=True)
     finally:
         procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
