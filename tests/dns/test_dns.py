@@ -11,6 +11,7 @@ import dataclasses
 import random
 import struct
 
+import dns.message as dns_pymessage
 import pytest
 from dnslib import AAAA, CNAME, EDNS0, MX, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSRecord
 from hypothesis import HealthCheck as HypothesisHealthCheck
@@ -457,3 +458,36 @@ def test_encoder_writes_what_dnslib_writes(
     for _ in range(2):  # the second time from the groups' memoised encodings
         got = dns_wire.encode_answer(req, answer, False, limits)
         assert got == _reference_pack(req, answer, len(groups), compress)
+
+
+def test_answer_beyond_16k_over_tcp_has_pointers_only_to_reachable_names() -> None:
+    # A compression pointer holds 14 bits: a name first written after byte 16,383 must not be
+    # pointed at (dnslib's buffer masked such offsets, pointing into unrelated bytes).
+    dns, store, _ = make_server()
+    for i in range(1, 1001):
+        add_instance(store, i)
+    q = DNSRecord.question("web.service.consul", "SRV")
+    raw = asyncio.run(dns.handle(q.pack(), True))
+    assert raw is not None and 60_000 < len(raw) <= dns_wire.MAX_TCP_SIZE
+    reply = dns_pymessage.from_wire(raw)  # dnspython follows every pointer and checks it
+    (srv,) = reply.answer
+    assert 700 < len(srv) < 1000  # cut to 64 KiB, whole groups
+    targets = {str(r.target) for r in srv}
+    glue = {str(rrset.name): str(rrset[0]) for rrset in reply.additional}
+    assert targets == set(glue)
+    for r in srv:
+        i = r.port - 8000
+        assert (
+            str(r.target) == f"node{i}.node.dc1.consul."
+            and glue[str(r.target)] == f"10.0.{i // 256}.{i % 256}"
+        )
+    # The reference packer (dnslib's DNSRecord.pack over the fixed buffer) agrees byte for byte.
+    req = dns_wire.decode(q.pack())
+    assert isinstance(req, dns_wire.Request)
+    answer = Answer(groups=[Group(answer=[rr], extra=[]) for rr in DNSRecord.parse(raw).rr])
+    limits = dns_wire.Limits(
+        tcp=True, enable_truncate=True, compress=True, udp_answer_limit=3, a_record_limit=0
+    )
+    assert dns_wire.encode_answer(req, answer, False, limits) == _reference_pack(
+        req, answer, len(answer.groups), True
+    )

@@ -1,8 +1,9 @@
 """DNS against a real agent process, with the real `dig` and dnspython as resolvers.
 
 Covers the query forms, health filtering through TTL checks, UDP truncation and the TCP full
-set with 30 instances, forwarding to a local test recursor (and a slow one not blocking other
-queries), and fuzzed packets after which the agent still answers. Only 127.0.0.1 gets traffic.
+set with 1,000 instances (a 64 KiB TCP answer), forwarding to a local test recursor (and a slow
+one not blocking other queries), and fuzzed packets after which the agent still answers. Only
+127.0.0.1 gets traffic.
 """
 
 from __future__ import annotations
@@ -192,34 +193,88 @@ def test_only_passing_drops_warning() -> None:
 # -------------------------------------------------------------------------------- sizes
 
 
-def test_truncation_with_30_instances() -> None:
+def _register_many(a: AgentProcess, count: int) -> None:
+    """`count` instances of `web`, each on its own node (so each SRV target has its own glue
+    name), written as agents' registrations are, 64 to a transaction."""
+    for first in range(0, count, 64):
+        ops: list[dict[str, object]] = []
+        for i in range(first, min(first + 64, count)):
+            node = f"web-node-{i:04d}"
+            ops.append(
+                {"Node": {"Verb": "set", "Node": {"Node": node, "Address": f"10.2.{i // 250}.{i % 250 + 1}"}}}
+            )
+            ops.append(
+                {
+                    "Service": {
+                        "Verb": "set",
+                        "Node": node,
+                        "Service": {"ID": f"web-{i}", "Service": "web", "Port": 20000 + i},
+                    }
+                }
+            )
+        put(a, "/v1/txn", ops)
+
+
+def _check_srv_and_glue(msg: dns.message.Message) -> None:
+    """Every SRV target is its instance's node, with that node's address as glue."""
+    glue = {str(rrset.name): rrset[0].address for rrset in msg.additional}
+    for r in msg.answer[0]:
+        i = r.port - 20000
+        assert str(r.target) == f"web-node-{i:04d}.node.dc1.consul."
+        assert glue[str(r.target)] == f"10.2.{i // 250}.{i % 250 + 1}"
+
+
+def test_truncation_and_a_64k_tcp_answer_with_1000_instances() -> None:
     a = AgentProcess().start()  # enable_truncate is on by default in proconsul
     try:
-        for i in range(30):
-            register(a, f"web-{i}", 8000 + i, address=f"10.2.0.{i + 1}")
+        _register_many(a, 1000)
         wait_for(
-            lambda: len(query(a, "web.service.consul", "SRV", tcp=True).answer[0]) == 30, what="30 in DNS"
+            lambda: len(query(a, "web.service.consul", "SRV", tcp=True).answer[0]) > 700, what="web in DNS"
         )
-        # Plain UDP (no EDNS): fits 512 bytes, TC set.
+        # TCP: as many whole SRV+glue groups as 64 KiB holds (about 765), no TC. Names written
+        # past byte 16,383 must not become compression targets (a pointer holds 14 bits):
+        # dnspython follows and checks every pointer, and each target must have its own glue.
+        msg = dns.message.make_query("web.service.consul", "SRV")
+        wire = dns.query.tcp(msg, LOCAL, port=a.dns_port, timeout=30).to_wire()
+        full = dns.message.from_wire(wire)
+        assert 60_000 < len(wire) <= 65_535
+        (srv,) = full.answer
+        assert 700 < len(srv) < 1000 and not full.flags & dns.flags.TC
+        _check_srv_and_glue(full)
+        # dig +tcp reads such an answer too (its instances are shuffled per query).
+        out = dig(a, "+tcp", "web.service.consul", "SRV")
+        assert status(out) == "NOERROR" and " tc" not in out.split("flags:")[1].split(";")[0]
+        answer, additional = out.split("ANSWER SECTION:")[1].split("ADDITIONAL SECTION:")
+        dug = [line.split() for line in answer.splitlines() if "\tSRV\t" in line]
+        dug_glue = {f[0]: f[4] for f in (line.split() for line in additional.splitlines() if "\tA\t" in line)}
+        assert len(dug) > 700
+        for f in dug:
+            i = int(f[6]) - 20000
+            assert (
+                f[7] == f"web-node-{i:04d}.node.dc1.consul."
+                and dug_glue[f[7]] == f"10.2.{i // 250}.{i % 250 + 1}"
+            )
+        # Plain UDP (no EDNS): fits 512 bytes, at most udp_answer_limit (3) groups, TC set.
         msg = dns.message.make_query("web.service.consul", "SRV", use_edns=False)
         with _send_udp(a, msg.to_wire()) as sock:
             wire = sock.recv(65535)
         assert len(wire) <= 512
         plain = dns.message.from_wire(wire, ignore_trailing=True)
-        assert plain.flags & dns.flags.TC and 0 < len(plain.answer[0]) < 30
+        assert plain.flags & dns.flags.TC and 0 < len(plain.answer[0]) <= 3
         # EDNS 1232: fits the buffer, still cut, TC set.
         edns = query(a, "web.service.consul", "SRV", use_edns=0, payload=1232)
-        assert edns.flags & dns.flags.TC and len(edns.answer[0]) < 30
+        assert edns.flags & dns.flags.TC and 3 < len(edns.answer[0]) < 1000
         assert len(edns.to_wire()) <= 1232
-        # TCP: the full set.
-        full = query(a, "web.service.consul", "SRV", tcp=True)
-        assert len(full.answer[0]) == 30 and not full.flags & dns.flags.TC
-        # dig with +ignore shows the cut answer; without it dig retries over TCP and gets all 30.
+        # EDNS 65000 over UDP: a big datagram, cut to the buffer, compressed correctly too.
+        big = query(a, "web.service.consul", "SRV", use_edns=0, payload=65000)
+        assert big.flags & dns.flags.TC and len(big.answer[0]) > 700 and len(big.to_wire()) <= 65_000
+        _check_srv_and_glue(big)
+        # dig with +ignore shows the cut answer; without it dig retries over TCP and gets it all.
         assert (
             " tc"
             in dig(a, "+ignore", "+noedns", "web.service.consul", "SRV").split("flags:")[1].split(";")[0]
         )
-        assert len(dig_short(a, "web.service.consul", "SRV")) == 30
+        assert len(dig_short(a, "web.service.consul", "SRV")) == len(srv)
     finally:
         a.stop()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from proconsul.state import commands as cmd
 from proconsul.state.fsm import TxnResult
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance, Session
@@ -150,3 +152,72 @@ def test_deregister_node_removes_services_checks_and_sessions() -> None:
     log.apply(cmd.SessionOp("create", Session(id="s", node="n1")))
     log.apply(cmd.Deregister("n1"))
     assert log.store.nodes == {} and log.store.service_instances("web") == [] and log.store.sessions == {}
+
+
+def _workload(step: int) -> cmd.Command:
+    """A deterministic mix of writes over a few nodes and keys: registrations, check changes,
+    updates, deregistrations and KV sets/deletes, so later steps change what earlier ones wrote."""
+    node = f"n{step % 7}"
+    kind = step % 5
+    if kind == 0:
+        return cmd.Register(
+            Node(node, address=f"10.0.0.{step % 250}", meta={"step": str(step)}),
+            ServiceInstance(node, f"web-{step % 11}", "web", port=step, tags=(f"t{step}",)),
+            (HealthCheck(node, f"c{step % 3}", status=("passing", "critical")[step % 2], service_id=f"web-{step % 11}"),),
+        )
+    if kind == 1:
+        return kv("set", f"k/{step % 13}", str(step).encode())
+    if kind == 2:
+        return kv("delete", f"k/{(step * 3) % 13}")
+    if kind == 3:
+        return cmd.Deregister(node, service_id=f"web-{(step * 7) % 11}")
+    return cmd.Deregister(node) if step % 4 == 0 else kv("set", f"other/{step}", b"x")
+
+
+def test_snapshot_view_serialised_off_thread_while_writes_continue_is_the_state_at_its_index() -> None:
+    live = Log()
+    for step in range(300):
+        live.apply(_workload(step))
+    at = live.index
+    encode = live.store.snapshot_view()  # on the "loop", at index `at`
+    # Writes continue before the encoding starts and while it runs in another thread: the
+    # encoding must see neither (and must not trip over dicts changing size under it).
+    for step in range(300, 600):
+        live.apply(_workload(step))
+    result: list[bytes] = []
+    worker = threading.Thread(target=lambda: result.append(encode()))
+    worker.start()
+    for step in range(600, 1200):
+        live.apply(_workload(step))
+    worker.join(timeout=60)
+    assert result, "the encoding thread did not finish"
+    reference = Log()  # the same writes, stopped at the view's index
+    for step in range(300):
+        reference.apply(_workload(step))
+    assert reference.index == at
+    assert result[0] == reference.store.snapshot()
+    restored = Store.decode(result[0])
+    assert restored.snapshot() == result[0]
+    assert restored.last_index == at and live.store.last_index > at
+    assert restored.kv_list("k/") == reference.store.kv_list("k/")
+    assert restored.service_instances("web") == reference.store.service_instances("web")
+    assert restored.service_instances("web") != live.store.service_instances("web")
+
+
+def test_restore_entry_adopts_a_store_decoded_off_the_loop_only_for_its_own_blob() -> None:
+    source = Log()
+    for step in range(50):
+        source.apply(_workload(step))
+    blob = source.store.snapshot()
+    other = source.store.snapshot_view()()  # same bytes: the offer is matched by content
+    plain, offered, mismatched = Log(), Log(), Log()
+    for log in (plain, offered, mismatched):
+        log.apply(kv("set", "before", b"1"))
+    decoded = Store.decode(blob)
+    offered.fsm.offer_decoded(blob, decoded)
+    mismatched.fsm.offer_decoded(Log().store.snapshot(), Store())  # another blob: not used
+    for log in (plain, offered, mismatched):
+        log.apply(cmd.Restore(other))
+    assert offered.store.nodes is decoded.nodes  # adopted, not decoded again
+    assert plain.store.snapshot() == offered.store.snapshot() == mismatched.store.snapshot()
+    assert offered.store.kv_get("before")[1] is None and offered.store.kv_list("k/") == source.store.kv_list("k/")

@@ -278,7 +278,8 @@ class Agent:
             self.server.register("Session.Renew", self._renew_on_leader)
         # Operator raft / snapshot / autopilot endpoints (+ their RPCs).
         self.operator = Operator(
-            self.server, self.store, self.raft, self.node_id, self.node_name, lambda: self.config, self.membership,
+            self.server, self.store, self.fsm, self.raft, self.node_id, self.node_name, lambda: self.config,
+            self.membership,
             pool=self.cluster.pool if self.cluster is not None else None, metrics=self.metrics,
         )
         router: Router | None = getattr(self.server, "router", None)  # servers with a WAN pool

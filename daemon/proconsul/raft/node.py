@@ -50,7 +50,7 @@ from proconsul.raft.messages import (
 from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, atomic_write, private_dir
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
-from proconsul.tasks import blocking_work, wait_event
+from proconsul.tasks import blocking_work, collector_paused, wait_event
 from proconsul.transport import RPCSecurity, TLSHandshakeError, dial
 from proconsul.wire import ConnType, FrameDecoder, encode_frame
 
@@ -67,6 +67,12 @@ class StateMachine(Protocol):
     `apply` must be deterministic (every server applies the same entries to the same state);
     `snapshot` returns the whole state, `restore` replaces it with one (a snapshot sent by the
     leader, or the one on disk at start-up).
+
+    The driver keeps the loop running through large states with the split forms:
+    `snapshot_view` takes a consistent view on the loop and returns the function that
+    serialises it, which runs in a worker thread while entries keep applying;
+    `decode_snapshot` runs in a worker thread and touches no live state, `install` then
+    swaps its result in on the loop.
     """
 
     def apply(self, index: int, data: bytes) -> Any:
@@ -76,6 +82,18 @@ class StateMachine(Protocol):
     def snapshot(self) -> bytes: ...
 
     def restore(self, data: bytes) -> None: ...
+
+    def snapshot_view(self) -> Callable[[], bytes]:
+        """The state now (cheap); the returned function serialises it from any thread."""
+        ...
+
+    def decode_snapshot(self, data: bytes) -> object:
+        """A snapshot decoded into a new state, from any thread (raises when malformed)."""
+        ...
+
+    def install(self, decoded: object) -> None:
+        """Replace the state with a `decode_snapshot` result (on the loop, cheap)."""
+        ...
 
     def store_index(self, raft_index: int) -> int:
         """The index callers see for Raft index `raft_index` (the state's own index may be offset)."""
@@ -175,8 +193,16 @@ class DiskStorage:
         self._snap = snap
 
     def record_snapshot(self, snap: Snapshot, compact_to: int) -> None:
+        self.write_snapshot_file(snap)
+        self.adopt_snapshot(snap, compact_to)
+
+    def write_snapshot_file(self, snap: Snapshot) -> None:
+        """The file half of `record_snapshot`: safe in a worker thread (touches no SQLite)."""
         meta = DiskSnapshotMeta(snap.meta.index, snap.meta.term, snap.meta.config.encode())
         self.snapshots.save(meta, snap.data)
+
+    def adopt_snapshot(self, snap: Snapshot, compact_to: int) -> None:
+        """The log half of `record_snapshot`, on the loop: serve `snap`, compact the log."""
         self._snap = snap
         if compact_to >= self.log.first_index:
             self.log.compact_prefix(compact_to)
@@ -315,6 +341,9 @@ class RaftServer:
         # hashicorp/raft's jitter of up to one interval); None: after every Ready.
         self.snapshot_interval_s = snapshot_interval_s
         self._next_snapshot_check = 0.0
+        # A snapshot being serialised and written in a worker thread: (its start, the
+        # metadata, the future of its Snapshot). The driver finishes it between Readys.
+        self._snapshot_job: tuple[float, SnapshotMeta, asyncio.Future[Snapshot]] | None = None
         self.rng = rng or random.Random()
         raft_dir = os.path.join(data_dir, "raft")
         self.storage = DiskStorage(raft_dir)
@@ -462,8 +491,7 @@ class RaftServer:
     async def start(self) -> None:
         snap = self.storage.snapshot()
         if snap.data:
-            with blocking_work("restoring the state from the last snapshot"):
-                self.fsm.restore(snap.data)
+            await self._restore_fsm(snap.data, "restoring the state from the last snapshot")
         self.applied_index = snap.meta.index
         self.core = self._new_core(snap.meta.index)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
@@ -578,6 +606,10 @@ class RaftServer:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._snapshot_job is not None:
+            # Let its thread finish the file it is writing (it never touches the log).
+            job, self._snapshot_job = self._snapshot_job[2], None
+            await asyncio.gather(job, return_exceptions=True)
         for link in self._links.values():
             link.close()
         self._fail_pending(OutcomeUnknown("server shutting down; the write may or may not have committed"))
@@ -836,6 +868,8 @@ class RaftServer:
             if not self._inbox and not core.has_ready():
                 await wait_event(self._wake, timeout)
             self._wake.clear()
+            if self._snapshot_job is not None and self._snapshot_job[2].done():
+                self._finish_snapshot(core)
             if loop.time() >= next_tick:
                 core.tick()
                 next_tick = loop.time() + self.tick_s
@@ -917,10 +951,7 @@ class RaftServer:
         log = self.storage.log
         if rd.snapshot is not None:
             self.storage.install_snapshot(rd.snapshot)
-            start = time.perf_counter()
-            with blocking_work("restoring a snapshot from the leader"):
-                self.fsm.restore(rd.snapshot.data)
-            self._m_restore.since(start)
+            await self._restore_fsm(rd.snapshot.data, "restoring a snapshot from the leader")
             self.applied_index = rd.snapshot.meta.index
             self._fail_pending_upto(rd.snapshot.meta.index)
         if not rd.entries and rd.hard_state is None:
@@ -982,7 +1013,27 @@ class RaftServer:
             else:
                 fut.set_exception(RaftError("the write did not commit: a new leader committed another entry at its index; it is safe to retry"))
 
+    def snapshot_in_progress(self) -> bool:
+        """A snapshot is being serialised and written in a worker thread."""
+        return self._snapshot_job is not None
+
+    async def _restore_fsm(self, data: bytes, what: str) -> None:
+        """Replace the state with a snapshot's: decoded in a worker thread (the loop keeps
+        serving, from the old state), swapped in on the loop. Nothing applies meanwhile: the
+        driver awaits this before it applies further entries."""
+        start = time.perf_counter()
+        def decode() -> object:
+            with collector_paused():
+                return self.fsm.decode_snapshot(data)
+
+        with blocking_work(what):
+            decoded = await asyncio.get_running_loop().run_in_executor(None, decode)
+            self.fsm.install(decoded)
+        self._m_restore.since(start)
+
     def _maybe_snapshot(self, core: RaftNode) -> None:
+        if self._snapshot_job is not None:
+            return  # one at a time; the driver finishes it when its thread is done
         if self.snapshot_interval_s is not None:
             now = time.monotonic()
             if now < self._next_snapshot_check:
@@ -991,11 +1042,38 @@ class RaftServer:
         index = core.snapshot_due()
         if index is None:
             return
+        # On the loop, at the applied index: the metadata and a consistent view of the state
+        # (references to immutable records). Serialising and writing the file, the slow part,
+        # run in a worker thread while entries keep applying.
         start = time.perf_counter()
-        snap = core.make_snapshot(index, self.fsm.snapshot())
-        self.storage.record_snapshot(snap, compact_to=index - self.trailing_logs)
+        meta = core.make_snapshot(index, b"").meta
+        encode = self.fsm.snapshot_view()
+        storage = self.storage
+
+        def write() -> Snapshot:
+            snap = Snapshot(meta, encode())
+            storage.write_snapshot_file(snap)
+            return snap
+
+        future = asyncio.get_running_loop().run_in_executor(None, write)
+        future.add_done_callback(lambda _: self._wake.set())
+        self._snapshot_job = (start, meta, future)
+
+    def _finish_snapshot(self, core: RaftNode) -> None:
+        """Between Readys (no log write in flight): serve the written snapshot, compact the log."""
+        assert self._snapshot_job is not None
+        start, meta, future = self._snapshot_job
+        self._snapshot_job = None
+        try:
+            snap = future.result()
+        except Exception:
+            logger.exception("raft: snapshot at index %d failed; retrying later", meta.index)
+            return
+        if self.storage.snapshot_meta().index >= meta.index:
+            return  # a newer snapshot (from the leader) was installed meanwhile
+        self.storage.adopt_snapshot(snap, compact_to=meta.index - self.trailing_logs)
         self._m_snapshot.since(start)
-        logger.info("raft: snapshot at index %d", index)
+        logger.info("raft: snapshot at index %d", meta.index)
 
     def _fail_pending(self, exc: Exception) -> None:
         for _, fut in self._pending.values():

@@ -266,7 +266,12 @@ class SnapshotStore:
         path = os.path.join(self.directory, f"{meta.term:020d}-{meta.index:020d}.snap")
         atomic_write(path, blob)
         for old in self._files()[: -self.retain]:
-            os.unlink(old)
+            # A snapshot written by a worker thread may prune at the same time as one installed
+            # from the leader on the loop: the other may have removed this file already.
+            try:
+                os.unlink(old)
+            except FileNotFoundError:
+                pass
         return path
 
     def _files(self) -> list[str]:

@@ -12,7 +12,7 @@ Owns the two adapters that keep `proconsul.raft` a generic replicated log:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +20,8 @@ from proconsul.raft.node import NoLeaderError, NotLeaderError, OutcomeUnknown, R
 from proconsul.rpc_api import NoLeader, NotLeader, RPCError, UnknownOutcome
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
-from proconsul.tasks import blocking_work
+from proconsul.state.store import Store
+from proconsul.tasks import blocking_work, collector_paused
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class CommandStateMachine:
             self.fsm.apply(index, commands.Noop())
             return None
         if isinstance(command, commands.Restore):
-            with blocking_work("restoring a snapshot (PUT /v1/snapshot)"):
+            with blocking_work("restoring a snapshot (PUT /v1/snapshot)"), collector_paused():
                 return self.fsm.apply(index, command)
         return self.fsm.apply(index, command)
 
@@ -67,6 +68,16 @@ class CommandStateMachine:
     def restore(self, data: bytes) -> None:
         with blocking_work("restoring a snapshot"):
             self.fsm.store.restore(data)
+
+    def snapshot_view(self) -> Callable[[], bytes]:
+        return self.fsm.store.snapshot_view()
+
+    def decode_snapshot(self, data: bytes) -> object:
+        return Store.decode(data)
+
+    def install(self, decoded: object) -> None:
+        assert isinstance(decoded, Store)
+        self.fsm.store.adopt(decoded)
 
     def store_index(self, raft_index: int) -> int:
         return self.fsm.store_index(raft_index)

@@ -23,6 +23,7 @@ verified (checksums, then a full decode of the state) before anything is propose
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -36,11 +37,13 @@ from proconsul.server.autopilot_health import AutopilotOperator
 from proconsul.server.consensus import raft_errors
 from proconsul.state import commands
 from proconsul.state.store import Store
+from proconsul.tasks import collector_paused
 
 if TYPE_CHECKING:
     from proconsul.config import RuntimeConfig
     from proconsul.metrics import Metrics
     from proconsul.raft.node import RaftServer
+    from proconsul.state.fsm import FSM
     from proconsul.transport import ConnectionPool
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ class Operator:
     Args:
         server: this agent's RPC server (a client agent's RemoteServer forwards everything).
         store: the state store (the snapshot's source, the node names of Raft peers).
+        fsm: the state machine over it (a restore it applies adopts the store decoded here).
         raft: this server's Raft driver; None in -dev (the single in-memory log) and on clients.
         node_id, node_name: ours.
         config: the agent's configuration as it is now (the autopilot block, the datacenter).
@@ -66,6 +70,7 @@ class Operator:
         self,
         server: Any,
         store: Store,
+        fsm: FSM,
         raft: RaftServer | None,
         node_id: str,
         node_name: str,
@@ -76,6 +81,7 @@ class Operator:
     ) -> None:
         self.server = server
         self.store = store
+        self.fsm = fsm
         self.raft = raft
         self.node_id = node_id
         self.node_name = node_name
@@ -245,16 +251,19 @@ class Operator:
         forwarded, reply = await self.on_leader("Snapshot.Save", {}, stale)
         if forwarded:
             return int(reply["index"]), bytes(reply["archive"])
-        return self.local_snapshot()
+        return await self.local_snapshot()
 
     async def _rpc_snapshot_save(self, body: Any) -> dict[str, Any]:
         self.require_leader()
-        index, blob = self.local_snapshot()
+        index, blob = await self.local_snapshot()
         return {"index": index, "archive": blob}
 
-    def local_snapshot(self) -> tuple[int, bytes]:
+    async def local_snapshot(self) -> tuple[int, bytes]:
+        """The archive of this server's state. The view is taken on the loop at one index;
+        serialising, checksumming and compressing it run in a worker thread while the loop
+        keeps serving (and applying writes, which the view does not see)."""
         store = self.store
-        state = store.snapshot()
+        encode = store.snapshot_view()
         index = max(store.last_index, 1)
         term = 1
         servers: list[dict[str, Any]] = []
@@ -269,11 +278,14 @@ class Operator:
             ]
         else:
             servers = [{"Suffrage": 0, "ID": sid, "Address": addr} for sid, _, addr in self.server.consensus.voters()]
-        blob = archive.build(
-            state, index=index, term=term, now_ms=int(time.time() * 1000), servers=servers,
-            configuration_index=conf_index,
-        )
-        return index, blob
+        now_ms = int(time.time() * 1000)
+
+        def build() -> bytes:
+            return archive.build(
+                encode(), index=index, term=term, now_ms=now_ms, servers=servers, configuration_index=conf_index
+            )
+
+        return index, await asyncio.get_running_loop().run_in_executor(None, build)
 
     async def snapshot_restore(self, blob: bytes) -> int:
         """Verify the archive, then replace the state on every server; returns the new index.
@@ -281,11 +293,19 @@ class Operator:
         Raises `snapshot.SnapshotError` (a ValueError: HTTP 400) when the archive is damaged;
         nothing has been proposed then.
         """
-        snap = archive.read(blob)
-        try:
-            Store().restore(snap.state)
-        except Exception as exc:
-            raise archive.SnapshotError(f"failed to decode {archive.STATE}: {exc}") from None
+        def verify() -> tuple[archive.Archive, Store]:
+            # Off the loop: decompressing, checksumming and decoding a large state take seconds.
+            snap = archive.read(blob)
+            try:
+                with collector_paused():
+                    return snap, Store.decode(snap.state)
+            except Exception as exc:
+                raise archive.SnapshotError(f"failed to decode {archive.STATE}: {exc}") from None
+
+        snap, decoded = await asyncio.get_running_loop().run_in_executor(None, verify)
+        # Where this server applies the Restore entry it adopts the decoded store instead of
+        # decoding again on the loop (other servers decode it while applying).
+        self.fsm.offer_decoded(snap.state, decoded)
         meta, result = await self.server.write(commands.Restore(snap.state))
         logger.info("operator: restored snapshot %s (index %s) at index %d", snap.meta.get("ID"),
                     snap.meta.get("Index"), meta.index)

@@ -75,8 +75,10 @@ def build(
             info.mode = 0o600
             info.mtime = now_ms // 1000
             tar.addfile(info, io.BytesIO(data))
-    # mtime=0 keeps the gzip header deterministic for equal inputs.
-    return gzip.compress(raw.getvalue(), mtime=0)
+    # mtime=0 keeps the gzip header deterministic for equal inputs. Level 6 is Go's default,
+    # which Consul's archive uses; Python's default 9 took 4-6 s for a 10,000-node catalog
+    # (issue 16) for about the same size.
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
 
 
 def read(blob: bytes) -> Archive:

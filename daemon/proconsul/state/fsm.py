@@ -39,6 +39,15 @@ class TxnResult:
 class FSM:
     def __init__(self, store: Store) -> None:
         self.store = store
+        # A snapshot blob this server already decoded off the loop (PUT /v1/snapshot verifies
+        # it so) and the store it decodes to: its Restore entry adopts that instead of decoding
+        # again on the loop. Decoding is pure, so this gives the same state as on every other
+        # server. Used once; the adopted store's tables become the live ones.
+        self._decoded: tuple[bytes, Store] | None = None
+
+    def offer_decoded(self, blob: bytes, decoded: Store) -> None:
+        """`decoded` is `Store.decode(blob)`, fresh and unshared; see `_decoded`."""
+        self._decoded = (blob, decoded)
 
     def store_index(self, raft_index: int) -> int:
         """The store index (X-Consul-Index, ModifyIndex) of the entry at `raft_index`."""
@@ -103,9 +112,10 @@ class FSM:
         A blob that does not decode changes nothing and is the (same) error everywhere.
         """
         store = self.store
+        cached, self._decoded = self._decoded, None
         try:
-            probe = Store()
-            probe.restore(blob)  # validate fully before touching the live store
+            # Validate fully before touching the live store.
+            probe = cached[1] if cached is not None and cached[0] == blob else Store.decode(blob)
         except Exception as exc:  # msgpack and malformed records raise several types
             store.finish(index)
             return StoreError(f"snapshot restore failed: {exc}")
@@ -113,7 +123,7 @@ class FSM:
         offset = store.index_offset
         if probe.last_index >= index:
             offset = probe.last_index + 1 - raft_index
-        store.restore(blob)
+        store.adopt(probe)  # decoded once: the probe's tables become the store's
         store.index_offset = offset
         restored_at = raft_index + offset
         store.advance_all_indexes(restored_at)

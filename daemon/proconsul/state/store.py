@@ -682,75 +682,98 @@ class Store:
 
     def snapshot(self) -> bytes:
         """Serialise every table and index (msgpack); `restore` gives back an equal store."""
-        data = {
+        return self.snapshot_view()()
+
+    def snapshot_view(self) -> Callable[[], bytes]:
+        """A consistent view of every table now, and the function that serialises it.
+
+        Taking the view costs only lists of references (records are immutable and a write
+        replaces them), so it runs on the event loop at the index being snapshotted; the
+        returned function touches nothing of the live store and may run in another thread
+        while writes continue. It encodes record by record (`_pack_stream`), so the thread
+        never holds the GIL for long and the loop keeps running (one `packb` of the whole
+        state would hold it for the whole encode).
+        """
+        view: dict[str, Any] = {
             "v": 1,
             "last_index": self.last_index,
-            "table_index": self.table_index,
-            "service_index": self.service_index,
-            "nodes": [n.to_wire() for n in self.nodes.values()],
-            "services": [s.to_wire() for per in self.services.values() for s in per.values()],
-            "checks": [c.to_wire() for per in self.checks.values() for c in per.values()],
-            "kv": [e.to_wire() for e in self.kv.values()],
-            "tombstones": self.tombstones,
-            "sessions": [s.to_wire() for s in self.sessions.values()],
+            "table_index": dict(self.table_index),
+            "service_index": dict(self.service_index),
+            "nodes": list(self.nodes.values()),
+            "services": [s for per in self.services.values() for s in per.values()],
+            "checks": [c for per in self.checks.values() for c in per.values()],
+            "kv": list(self.kv.values()),
+            "tombstones": dict(self.tombstones),
+            "sessions": list(self.sessions.values()),
             "index_offset": self.index_offset,
-            "coordinates": [[n, seg, c.to_wire()] for n, per in self.coordinates.items() for seg, c in per.items()],
-            "prepared_queries": [q.to_wire() for q in self.prepared_queries.values()],
+            "coordinates": [(n, seg, c) for n, per in self.coordinates.items() for seg, c in per.items()],
+            "prepared_queries": list(self.prepared_queries.values()),
             "autopilot": list(self.autopilot_config) if self.autopilot_config else None,
             "acl": {
-                "tokens": [t.to_wire() for t in self.acl_tokens.values()],
-                "policies": [p.to_wire() for p in self.acl_policies.values()],
-                "roles": [r.to_wire() for r in self.acl_roles.values()],
+                "tokens": list(self.acl_tokens.values()),
+                "policies": list(self.acl_policies.values()),
+                "roles": list(self.acl_roles.values()),
                 "bootstrap_index": self.acl_bootstrap_index,
             },
         }
-        return msgpack.packb(data, use_bin_type=True)
+        return lambda: _pack_stream(view)
 
     def restore(self, blob: bytes) -> None:
-        data = msgpack.unpackb(blob, raw=False)
+        """Replace every table with a snapshot's (`decode` then `adopt`)."""
+        self.adopt(Store.decode(blob))
+
+    @staticmethod
+    def decode(blob: bytes) -> Store:
+        """A new store holding a snapshot's tables; raises on a malformed blob.
+
+        Touches no existing store, so it may run in another thread; decodes record by record
+        for the same reason as `snapshot_view`. The result is only for `adopt`.
+        """
+        data = _unpack_stream(blob)
         if data.get("v") != 1:
             raise ValueError(f"unknown snapshot version {data.get('v')!r}")
-        self.nodes = {}
-        self.services = {}
-        self.checks = {}
-        self.kv = {}
+        out = Store()
         for raw in data["nodes"]:
             n = Node.from_wire(raw)
-            self.nodes[n.node] = n
+            out.nodes[n.node] = n
         for raw in data["services"]:
             s = ServiceInstance.from_wire(raw)
-            self.services.setdefault(s.node, {})[s.id] = s
+            out.services.setdefault(s.node, {})[s.id] = s
         for raw in data["checks"]:
             c = HealthCheck.from_wire(raw)
-            self.checks.setdefault(c.node, {})[c.check_id] = c
+            out.checks.setdefault(c.node, {})[c.check_id] = c
         for raw in data["kv"]:
             e = DirEntry.from_wire(raw)
-            self.kv[e.key] = e
-        self._kv_sorted = sorted(self.kv)
-        self.tombstones = dict(data["tombstones"])
-        self.sessions = {s.id: s for s in (Session.from_wire(r) for r in data["sessions"])}
-        self.table_index = {t: int(data["table_index"].get(t, 0)) for t in TABLES}
-        self.service_index = dict(data["service_index"])
-        self.last_index = int(data["last_index"])
-        self.index_offset = int(data.get("index_offset", 0))
-        self.coordinates = {}
+            out.kv[e.key] = e
+        out._kv_sorted = sorted(out.kv)
+        out.tombstones = dict(data["tombstones"])
+        out.sessions = {s.id: s for s in (Session.from_wire(r) for r in data["sessions"])}
+        out.table_index = {t: int(data["table_index"].get(t, 0)) for t in TABLES}
+        out.service_index = dict(data["service_index"])
+        out.last_index = int(data["last_index"])
+        out.index_offset = int(data.get("index_offset", 0))
         for node, segment, raw in data.get("coordinates", []):
-            self.coordinates.setdefault(node, {})[segment] = Coordinate.from_wire(raw)
+            out.coordinates.setdefault(node, {})[segment] = Coordinate.from_wire(raw)
         queries = (PreparedQuery.from_wire(r) for r in data.get("prepared_queries", []))
-        self.prepared_queries = {q.id: q for q in queries}
+        out.prepared_queries = {q.id: q for q in queries}
         ap = data.get("autopilot")
-        self.autopilot_config = (dict(ap[0]), int(ap[1]), int(ap[2])) if ap else None
+        out.autopilot_config = (dict(ap[0]), int(ap[1]), int(ap[2])) if ap else None
         acl = data.get("acl", {})
-        self.acl_tokens = {t.accessor_id: t for t in (ACLToken.from_wire(w) for w in acl.get("tokens", []))}
-        self.acl_secrets = {t.secret_id: t.accessor_id for t in self.acl_tokens.values()}
-        self.acl_policies = {p.id: p for p in (ACLPolicy.from_wire(w) for w in acl.get("policies", []))}
-        self.acl_roles = {r.id: r for r in (ACLRole.from_wire(w) for w in acl.get("roles", []))}
-        self.acl_bootstrap_index = int(acl.get("bootstrap_index", 0))
+        out.acl_tokens = {t.accessor_id: t for t in (ACLToken.from_wire(w) for w in acl.get("tokens", []))}
+        out.acl_secrets = {t.secret_id: t.accessor_id for t in out.acl_tokens.values()}
+        out.acl_policies = {p.id: p for p in (ACLPolicy.from_wire(w) for w in acl.get("policies", []))}
+        out.acl_roles = {r.id: r for r in (ACLRole.from_wire(w) for w in acl.get("roles", []))}
+        out.acl_bootstrap_index = int(acl.get("bootstrap_index", 0))
+        return out
+
+    def adopt(self, loaded: Store) -> None:
+        """Take over the tables of a `decode`d store (cheap: references) and wake every watcher."""
+        for name in _SNAPSHOT_FIELDS:
+            setattr(self, name, getattr(loaded, name))
         # Every watcher must re-read: the world changed under it.
         self._dirty_tables = set(TABLES)
         self._dirty_keys = [""]
         self.finish(self.last_index)
-
 
     def advance_all_indexes(self, index: int) -> None:
         """Raise every table's index to `index` (after a restore: every reader must re-read)."""
@@ -771,3 +794,69 @@ def aggregate_status(checks: Iterable[HealthCheck]) -> str:
         if c.status == HEALTH_WARNING:
             worst = HEALTH_WARNING
     return worst
+
+
+# What a snapshot carries: the replicated tables and indexes (not watches, lock delays, clock).
+_SNAPSHOT_FIELDS = (
+    "nodes", "services", "checks", "kv", "_kv_sorted", "tombstones", "sessions", "table_index",
+    "service_index", "last_index", "index_offset", "coordinates", "prepared_queries",
+    "autopilot_config", "acl_tokens", "acl_secrets", "acl_policies", "acl_roles", "acl_bootstrap_index",
+)
+# Keys of a snapshot whose values are lists of records, at the top level and under "acl".
+_RECORD_LISTS = frozenset(
+    ("nodes", "services", "checks", "kv", "sessions", "coordinates", "prepared_queries", "tokens", "policies", "roles")
+)
+
+
+def _wire(item: Any) -> Any:
+    if isinstance(item, tuple):  # a coordinate: (node, segment, Coordinate)
+        return [item[0], item[1], item[2].to_wire()]
+    return item.to_wire()
+
+
+def _pack_stream(view: dict[str, Any]) -> bytes:
+    """`msgpack.packb(...)` of the view with each record as its `to_wire()`, byte for byte,
+    written one record at a time (a short hold of the GIL each)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    out: list[bytes] = []
+
+    def pack_map(mapping: dict[str, Any]) -> None:
+        out.append(packer.pack_map_header(len(mapping)))
+        for key, value in mapping.items():
+            out.append(packer.pack(key))
+            if key in _RECORD_LISTS and isinstance(value, list):
+                out.append(packer.pack_array_header(len(value)))
+                out.extend(packer.pack(_wire(item)) for item in value)
+            elif key == "acl":
+                pack_map(value)
+            else:
+                out.append(packer.pack(value))
+
+    pack_map(view)
+    return b"".join(out)
+
+
+def _unpack_stream(blob: bytes) -> dict[str, Any]:
+    """`msgpack.unpackb(blob)` of a snapshot, reading its record lists one record at a time."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(blob), 1 << 20))
+    unpacker.feed(blob)
+
+    def read_map() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key in _RECORD_LISTS:
+                out[key] = [unpacker.unpack() for _ in range(unpacker.read_array_header())]
+            elif key == "acl":
+                out[key] = read_map()
+            else:
+                out[key] = unpacker.unpack()
+        return out
+
+    try:
+        data = read_map()
+    except msgpack.OutOfData:
+        raise ValueError("snapshot is truncated") from None
+    if unpacker.tell() != len(blob):
+        raise ValueError("snapshot has trailing data")
+    return data
