@@ -14,7 +14,8 @@ with the UI on; the browser talks to the client agent, as an operator's browser 
 - A read the agent refuses (403) says so and links to the token page.
 - Two datacenters federated over the WAN: the switcher lists both and shows dc2's services and
   nodes through dc1's agent.
-Each page is photographed into docs/ui/ (the README links them).
+Each page is photographed, into docs/ui/ (which the README links) when PROCONSUL_UI_SCREENSHOTS=docs
+is set, else into a temporary directory, so a test run leaves the checkout clean.
 
 Chromium is Debian's (`apt-get install chromium`, scripts/setup-env does it); Playwright never
 downloads a browser here.
@@ -23,6 +24,8 @@ downloads a browser here.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,7 +42,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHOTS = REPO / "docs" / "ui"
+SHOTS = REPO / "docs" / "ui" if os.environ.get("PROCONSUL_UI_SCREENSHOTS") == "docs" else Path(tempfile.mkdtemp(prefix="ui-shots-"))
 # Generous: the machines are small and shared; every wait is on a condition, never a sleep.
 DEADLINE_MS = 30_000
 
