@@ -113,9 +113,9 @@ class RaftLog:
     def voters(self) -> list[tuple[str, str, str]]:
         return self.raft.voters()
 
-    async def apply(self, command: commands.Command) -> tuple[int, Any]:
+    async def apply(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         with raft_errors():
-            return await self.raft.propose_bytes(commands.encode(command), command)
+            return await self.raft.propose_bytes(encoded if encoded is not None else commands.encode(command), command)
 
     async def verify_leader(self) -> None:
         with raft_errors():
