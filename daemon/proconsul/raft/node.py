@@ -267,10 +267,13 @@ class _LogWriter:
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
 
+    async def drain(self) -> None:
+        """Return once every write submitted so far has finished."""
+        await self.submit(lambda: None)
+
     def stop(self) -> None:
-        """Let queued writes finish, then end the thread (waits for it)."""
+        """End the thread after the writes queued so far (does not wait for it)."""
         self._q.put(self._STOP)
-        self._thread.join()
 
 
 def _resolve(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
@@ -569,10 +572,13 @@ class RaftServer:
         self._fail_pending(OutcomeUnknown("server shutting down; the write may or may not have committed"))
         self._fail_reads(NoLeaderError("server shutting down"))
         if self._writer is not None:
-            # A write cancelled with the loop task may still be running: let it end before the
-            # database closes under it.
-            await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
-            self._writer = None
+            writer, self._writer = self._writer, None
+            try:
+                # A write cancelled with the loop task may still be running: let it end before
+                # the database closes under it.
+                await writer.drain()
+            finally:
+                writer.stop()
         self.storage.log.close()
 
     # ---------------------------------------------------------------------------- client API
