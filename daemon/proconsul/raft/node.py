@@ -3,9 +3,11 @@
 Owns one server's replicated log in motion: a tick timer, inbound Raft messages, proposals and
 ReadIndex requests go into `RaftNode`; each `Ready` it returns is carried out in the core's
 required order (leader-early replication, then snapshot/entries/hard state persisted in one
-SQLite transaction off the event loop, then messages sent, then committed entries applied to
-the FSM, then read states served, then `advance`). Proposals queued while a Ready is being
-persisted go into the next one, which is the group commit.
+SQLite transaction by the log-writer thread, then messages sent, then committed entries applied
+to the FSM, then read states served, then `advance`); committed entries already in the durable
+log are applied while the new ones are written. Proposals queued while a Ready is being
+persisted go into the next one, which is the group commit; `?consistent` reads queued meanwhile
+share the next ReadIndex round.
 
 It is a generic replicated log: it proposes bytes and applies committed entries to a
 `StateMachine` (bytes in, result out), and knows nothing of Consul. The errors it raises are its
