@@ -8,12 +8,14 @@ Run by hand (needs `wrk` and Debian's etcd: `apt-get install -y wrk etcd-server`
 
 Layout (loopback only; every member on its own address, default ports):
 - proconsul: `proconsul agent -server -bootstrap-expect=3 -retry-join=<the other two>
-  -data-dir=D/pN -hcl 'performance { raft_multiplier = 1 }'` on 127.a.b.1-3 (HTTP 8500, DNS 8600,
+  -data-dir=D/pN` on 127.a.b.1-3 (HTTP 8500, DNS 8600,
   server 8300, serf 8301/8302), as tests/integration/test_raft_cluster.py starts them. Each runs
   through bench/raft_server_wrapper.py, which counts entries per `DurableLog.write_db` call (one
   SQLite WAL fsync) without changing daemon code.
 - etcd: `etcd --enable-v2 --data-dir=D/eN` on 127.c.d.1-3 (client 2379, peer 2380), default
   heartbeat (100 ms), election timeout (1 s) and snapshot count; fsync on every WAL batch.
+proconsul runs at the default `raft_multiplier` (5, Consul's default) unless `--raft-multiplier`
+says otherwise (older runs used 1).
 Both data dirs are under one `mkdtemp` directory (`--data-root`, default /tmp: the same
 filesystem as /work on this machine).
 
@@ -28,8 +30,11 @@ and which system goes first alternates between rounds:
   default, ReadIndex) and vs v2 `?quorum=true` (in etcd 3.4 a v2 quorum GET goes through the
   Raft log: a proposal, an fsync on every member, like a write);
 - stale GET: proconsul `?stale` vs etcd v3 range with `"serializable": true`.
-Round-robin PUT over all three members (`--rr`, default on) is measured too; the table reports the
-leader-directed runs. Everything started is stopped by pid in a `finally`.
+Round-robin PUT over all three members (`--rr`, default on) and follower-targeted runs (PUT and
+linearizable GET sent to one follower of each cluster: a proconsul follower forwards them to
+the leader over the server RPC, an etcd follower forwards the proposal or ReadIndex inside Raft)
+are measured too. Every run reports p50, p99 and p99.9 (wrk's latency histogram, read by a Lua
+`done` hook) and the CPU each member spent per request (leader, then the two followers). Everything started is stopped by pid in a `finally`.
 """
 
 from __future__ import annotations
@@ -133,15 +138,21 @@ class Cluster:
     def leader_pid(self) -> int:
         return self.procs[self.ips.index(self.leader)][1].pid
 
+    def follower(self) -> str:
+        """The first follower by address (the follower-targeted runs all go to it)."""
+        return next(ip for ip in self.ips if ip != self.leader)
 
-def start_proconsul(procs: Procs, root: Path, prefix: str, prof_dir: Path | None, stats_dir: Path) -> Cluster:
+
+def start_proconsul(procs: Procs, root: Path, prefix: str, prof_dir: Path | None, stats_dir: Path,
+                    raft_multiplier: int | None = None) -> Cluster:
     ips = [f"{prefix}.{i}" for i in (1, 2, 3)]
     c = Cluster("proconsul", ips)
     py = str(VENV_PY) if VENV_PY.exists() else sys.executable
     for n, ip in enumerate(ips, 1):
         joins = [f"-retry-join={o}" for o in ips if o != ip]
         agent_args = [
-            "-server", "-bootstrap-expect=3", *joins, "-hcl", "performance { raft_multiplier = 1 }",
+            "-server", "-bootstrap-expect=3", *joins,
+            *(["-hcl", f"performance {{ raft_multiplier = {raft_multiplier} }}"] if raft_multiplier else []),
             f"-data-dir={root / f'p{n}'}", "-http-port=8500", "-dns-port=8600",
             f"-client={ip}", f"-bind={ip}", f"-node=s{n}",
         ]
@@ -211,6 +222,7 @@ class Case:
     path: str
     lua: str  # static part of the wrk script (method, body, headers)
     rr: bool = False  # round-robin over the three members (else: the leader)
+    follower: bool = False  # sent to one follower instead of the leader
 
 
 def lua_request(method: str, body: str = "", headers: dict[str, str] | None = None) -> str:
@@ -262,6 +274,12 @@ def cases(pc: Cluster, ec: Cluster, rr: bool, v3: bool) -> list[tuple[str, Case,
     if v3:
         out.insert(1, ("PUT (v3)", p_put, e_put3))
         out.append(("GET linearizable (v2 quorum)", p_cons, e_q2))
+    out.append(("PUT follower (v2)",
+                Case("proconsul", "PUT follower", p_put.path, p_put.lua, follower=True),
+                Case("etcd", "PUT v2 follower", e_put2.path, e_put2.lua, follower=True)))
+    out.append(("GET lin. follower (v3)",
+                Case("proconsul", "GET consistent follower", p_cons.path, p_cons.lua, follower=True),
+                Case("etcd", "GET v3 lin. follower", e_lin3.path, e_lin3.lua, follower=True)))
     if rr:
         out.append(("PUT round-robin (v2)",
                     Case("proconsul", "PUT rr", p_put.path, p_put.lua, rr=True),
@@ -278,12 +296,15 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    p999_ms: float
     errors: int
     leader_cpu: float  # cores
     cluster_cpu: float  # cores, all three members
     wrk_cpu: float
     other: float  # cores busy with anything else (noise)
     batches: dict[str, Any] | None = None  # proconsul leader: write_db calls/entries during the run
+    # CPU ms per request of each member: the leader first, then the followers in address order
+    cpu_ms_per_req: list[float] = field(default_factory=list)
 
 
 def read_stats(path: Path) -> dict[str, Any]:
@@ -310,17 +331,33 @@ def batch_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+# wrk's --latency table stops at p99; the histogram answers any percentile (microseconds).
+LUA_DONE = (
+    "function done(summary, latency, requests)\n"
+    '  io.write(string.format("p99.9 %d\\n", latency:percentile(99.9)))\n'
+    "end\n"
+)
+
+
+def parse_p999(out: str) -> float:
+    for line in out.splitlines():
+        if line.startswith("p99.9 "):
+            return int(line.split()[1]) / 1000.0
+    return float("nan")
+
+
 def run_case(case: Case, cl: Cluster, conc: int, rnd: int, args: argparse.Namespace, tmp: Path,
              stats_dir: Path) -> Result:
     port = 8500 if case.system == "proconsul" else 2379
-    script = tmp / f"{case.system}-{case.op.replace(' ', '_')}.lua"
+    script = tmp / f"{case.system}-{case.op.replace(' ', '_').replace('.', '')}.lua"
     threads = 1
     lua = case.lua
     if case.rr:
         lua += lua_rr(cl.ips, port)
         threads = 3
-    script.write_text(lua or "-- plain GET\n")
-    url = f"http://{cl.leader}:{port}{case.path}"
+    script.write_text(lua + LUA_DONE)
+    target = cl.follower() if case.follower else cl.leader
+    url = f"http://{target}:{port}{case.path}"
     if args.warmup > 0:
         run_wrk(url, conc, args.warmup, script, None, threads)
     stats_file = stats_dir / f"s{cl.ips.index(cl.leader) + 1}.json"
@@ -343,8 +380,11 @@ def run_case(case: Case, cl: Cluster, conc: int, rnd: int, args: argparse.Namesp
     busy = (b1[0] - b0[0]) / max(1, b1[1] - b0[1]) * (os.cpu_count() or 1)
     cluster = sum(c1[p] - c0[p] for p in pids) / wall
     wrk = wrk_s / wall
-    return Result(case.system, case.op, conc, rnd, rps, p50, p99, errors, (c1[lpid] - c0[lpid]) / wall,
-                  cluster, wrk, max(0.0, busy - cluster - wrk), batches)
+    reqs = max(1.0, rps * wall)
+    per_member = [(c1[p] - c0[p]) * 1000.0 / reqs for p in [lpid, *(p for p in pids if p != lpid)]]
+    return Result(case.system, case.op, conc, rnd, rps, p50, p99, parse_p999(out), errors,
+                  (c1[lpid] - c0[lpid]) / wall, cluster, wrk, max(0.0, busy - cluster - wrk), batches,
+                  per_member)
 
 
 def check_leader(cl: Cluster) -> None:
@@ -400,7 +440,11 @@ def summarise(results: list[Result], pairs: list[tuple[str, Case, Case | None]],
             rows.append({
                 "pair": label, "conc": conc, "p_op": pcase.op, "e_op": ecase.op if ecase else "",
                 "p_rps": med(pr, "rps"), "p_p50": med(pr, "p50_ms"), "p_p99": med(pr, "p99_ms"),
+                "p_p999": med(pr, "p999_ms"),
                 "e_rps": med(er, "rps"), "e_p50": med(er, "p50_ms"), "e_p99": med(er, "p99_ms"),
+                "e_p999": med(er, "p999_ms"),
+                "p_cpu_ms": [statistics.median(r.cpu_ms_per_req[i] for r in pr) for i in range(3)],
+                "e_cpu_ms": [statistics.median(r.cpu_ms_per_req[i] for r in er) for i in range(3)],
                 "ratio": statistics.median(ratios) if ratios else float("nan"),
                 "p_rps_all": [round(r.rps) for r in pr], "e_rps_all": [round(r.rps) for r in er],
                 "p_leader_cpu": med(pr, "leader_cpu"), "p_cluster_cpu": med(pr, "cluster_cpu"),
@@ -413,16 +457,18 @@ def summarise(results: list[Result], pairs: list[tuple[str, Case, Case | None]],
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'pair':30} {'conc':>4} | {'pc req/s':>8} {'p50':>6} {'p99':>6} | {'etcd req/s':>10} {'p50':>6} "
-            f"{'p99':>6} | {'ratio':>5} | {'pc cpu L/all':>12} {'etcd cpu L/all':>14} {'other':>5} {'ent/fsync':>9} {'err':>4}")
+    head = (f"{'pair':30} {'conc':>4} | {'pc req/s':>8} {'p50':>6} {'p99':>6} {'p99.9':>6} | {'etcd req/s':>10} "
+            f"{'p50':>6} {'p99':>6} {'p99.9':>6} | {'ratio':>5} | {'pc cpu ms/req L,F,F':>19} "
+            f"{'etcd cpu ms/req L,F,F':>21} {'other':>5} {'ent/fsync':>9} {'err':>4}")
     print(head)
     print("-" * len(head))
     for r in rows:
         epf = f"{r['p_entries_per_fsync']:.1f}" if r["p_entries_per_fsync"] is not None else "-"
-        print(f"{r['pair']:30} {r['conc']:>4} | {r['p_rps']:>8.0f} {r['p_p50']:>6.2f} {r['p_p99']:>6.2f} | "
-              f"{r['e_rps']:>10.0f} {r['e_p50']:>6.2f} {r['e_p99']:>6.2f} | {r['ratio']:>5.2f} | "
-              f"{r['p_leader_cpu']:>5.2f}/{r['p_cluster_cpu']:<6.2f} {r['e_leader_cpu']:>6.2f}/{r['e_cluster_cpu']:<7.2f} "
-              f"{r['other']:>5.2f} {epf:>9} {r['errors']:>4}")
+        pcpu = ",".join(f"{x:.3f}" for x in r["p_cpu_ms"])
+        ecpu = ",".join(f"{x:.3f}" for x in r["e_cpu_ms"])
+        print(f"{r['pair']:30} {r['conc']:>4} | {r['p_rps']:>8.0f} {r['p_p50']:>6.2f} {r['p_p99']:>6.2f} "
+              f"{r['p_p999']:>6.1f} | {r['e_rps']:>10.0f} {r['e_p50']:>6.2f} {r['e_p99']:>6.2f} {r['e_p999']:>6.1f} | "
+              f"{r['ratio']:>5.2f} | {pcpu:>19} {ecpu:>21} {r['other']:>5.2f} {epf:>9} {r['errors']:>4}")
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -442,6 +488,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--profile", default="", help="directory: after the comparison, run a profiled "
                     "proconsul cluster under PUT load and write s1..s3.prof and stats there")
     ap.add_argument("--profile-seconds", type=float, default=15.0)
+    ap.add_argument("--raft-multiplier", type=int, default=None,
+                    help="proconsul's performance.raft_multiplier (default: the agent's default, 5)")
     ap.add_argument("--keep-data", action="store_true", help="keep the data dirs (logs are always kept)")
     ap.add_argument("--json", help="write machine info and results here")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -470,7 +518,7 @@ def main(argv: list[str]) -> int:
         pprefix = free_subnet((8300, 8301, 8500, 8600))
         eprefix = free_subnet((2379, 2380), avoid=pprefix)
         ec = start_etcd(procs, tmp, eprefix)
-        pc = start_proconsul(procs, tmp, pprefix, None, stats_dir)
+        pc = start_proconsul(procs, tmp, pprefix, None, stats_dir, args.raft_multiplier)
         print(f"# proconsul {pc.ips} leader {pc.leader} pids {pc.pids()}", flush=True)
         print(f"# etcd      {ec.ips} leader {ec.leader} pids {ec.pids()}", flush=True)
         st, body = http("GET", f"http://{ec.leader}:2379/v2/keys/")
@@ -501,8 +549,10 @@ def main(argv: list[str]) -> int:
                             b = r.batches
                             extra = (f"  write_db {b['calls']} calls {b['entries']} entries "
                                      f"{b['entries_per_call']:.1f}/call {b['ms_per_call']:.2f} ms/call")
-                        print(f"# round {rnd} {case.system:9} {case.op:20} c={conc:<3} {r.rps:8.0f} req/s  "
-                              f"p50 {r.p50_ms:7.2f}  p99 {r.p99_ms:7.2f} ms  cpu L {r.leader_cpu:4.2f} "
+                        cpu = ",".join(f"{x:.3f}" for x in r.cpu_ms_per_req)
+                        print(f"# round {rnd} {case.system:9} {case.op:24} c={conc:<3} {r.rps:8.0f} req/s  "
+                              f"p50 {r.p50_ms:7.2f}  p99 {r.p99_ms:7.2f}  p99.9 {r.p999_ms:7.1f} ms  "
+                              f"cpu ms/req L,F,F {cpu}  cpu L {r.leader_cpu:4.2f} "
                               f"all {r.cluster_cpu:4.2f}  wrk {r.wrk_cpu:4.2f}  other {r.other:4.2f}  "
                               f"err {r.errors}{extra}", flush=True)
             check_leader(pc)
@@ -526,7 +576,7 @@ def main(argv: list[str]) -> int:
     print()
     print_table(rows)
     print("\nratio = proconsul req/s / etcd req/s (median of per-round ratios); cpu L/all = cores used by the "
-          "leader / by all three members; other = cores busy with anything else (noise); ent/fsync = Raft "
+          "leader / by all three members; cpu ms/req L,F,F = CPU milliseconds per request spent by the leader and each follower; other = cores busy with anything else (noise); ent/fsync = Raft "
           "entries per DurableLog.write_db call on the proconsul leader")
     print(f"# logs and data in {tmp}")
     if args.json:
@@ -542,7 +592,7 @@ def run_profile(args: argparse.Namespace, procs: Procs, out: Path, prefix: str) 
     root = Path(tempfile.mkdtemp(prefix="raft_prof.", dir=args.data_root))
     sdir = root / "stats"
     sdir.mkdir()
-    pc = start_proconsul(procs, root, prefix, out, sdir)
+    pc = start_proconsul(procs, root, prefix, out, sdir, args.raft_multiplier)
     print(f"# profile: proconsul leader {pc.leader} (pid {pc.leader_pid()})", flush=True)
     for i in range(args.keys):
         http("PUT", f"http://{pc.leader}:8500/v1/kv/bench/key{i:04d}", VALUE.encode())

@@ -34,8 +34,9 @@ class Consensus(Protocol):
 
     def voters(self) -> list[tuple[str, str, str]]: ...
 
-    async def apply(self, command: Any) -> tuple[int, Any]:
-        """`command` is a `state.commands.Command`; the replicated log itself only carries its bytes."""
+    async def apply(self, command: Any, encoded: bytes | None = None) -> tuple[int, Any]:
+        """`command` is a `state.commands.Command`; the replicated log itself only carries its
+        bytes. `encoded`, when given, is `command`'s encoding already (a forwarded write's body)."""
         ...
 
     async def verify_leader(self) -> None: ...

@@ -506,7 +506,8 @@ class Ready:
        `early_messages` only when this Ready changes neither term nor vote (a leader's term
        is already durable, so no (index, term) can be reused after a crash).
     3. Apply `committed_entries` to the FSM in order (they may include entries from this
-       Ready's `entries`: step 1 made them durable first).
+       Ready's `entries`: step 1 made them durable first). Committed entries that precede
+       this Ready's `entries` are durable already, so they may be applied while step 1 runs.
     4. Serve `read_states`: their index is applied once step 3 is done.
     5. `advance(ready)`. Only one Ready may be outstanding; `step`, `tick` and `propose` may
        be called while the driver works on it (their output goes into the next Ready).

@@ -3,9 +3,11 @@
 Owns one server's replicated log in motion: a tick timer, inbound Raft messages, proposals and
 ReadIndex requests go into `RaftNode`; each `Ready` it returns is carried out in the core's
 required order (leader-early replication, then snapshot/entries/hard state persisted in one
-SQLite transaction off the event loop, then messages sent, then committed entries applied to
-the FSM, then read states served, then `advance`). Proposals queued while a Ready is being
-persisted go into the next one, which is the group commit.
+SQLite transaction by the log-writer thread, then messages sent, then committed entries applied
+to the FSM, then read states served, then `advance`); committed entries already in the durable
+log are applied while the new ones are written. Proposals queued while a Ready is being
+persisted go into the next one, which is the group commit; `?consistent` reads queued meanwhile
+share the next ReadIndex round.
 
 It is a generic replicated log: it proposes bytes and applies committed entries to a
 `StateMachine` (bytes in, result out), and knows nothing of Consul. The errors it raises are its
@@ -26,7 +28,9 @@ import asyncio
 import json
 import logging
 import os
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -75,8 +79,13 @@ class StateMachine(Protocol):
     swaps its result in on the loop.
     """
 
-    def apply(self, index: int, data: bytes) -> Any:
-        """Apply entry `index`; `data` is b"" for entries that carry no payload (no-op, conf change)."""
+    def apply(self, index: int, data: bytes, proposed: Any = None) -> Any:
+        """Apply entry `index`; `data` is b"" for entries that carry no payload (no-op, conf change).
+
+        `proposed` is, on the leader that proposed this very entry, the object the caller passed
+        to `propose_bytes` alongside `data` (its decoded form), so the state machine may skip
+        decoding its own bytes; None everywhere else. It must apply exactly as `data` would.
+        """
         ...
 
     def snapshot(self) -> bytes: ...
@@ -247,6 +256,64 @@ class AddressBook:
             atomic_write(self.path, json.dumps(self.addrs, sort_keys=True).encode())
 
 
+class _LogWriter:
+    """One long-lived thread that runs the log's durable writes (the SQLite commit and its fsync).
+
+    The hand-off is a `SimpleQueue.put` and, for the answer, one `call_soon_threadsafe`: cheaper
+    per batch than `run_in_executor` (a `concurrent.futures` future chained to an asyncio one,
+    the pool's work item and thread accounting), and the fsync never queues behind unrelated
+    work in the default executor. Writes run one at a time, in submission order.
+    """
+
+    _STOP = object()
+
+    def __init__(self, name: str) -> None:
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._q.put((loop, fut, fn, args))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is self._STOP:
+                return
+            loop, fut, fn, args = item
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the awaiting coroutine, which fails the loop
+                outcome: tuple[bool, Any] = (False, exc)
+            else:
+                outcome = (True, result)
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, outcome)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    async def drain(self) -> None:
+        """Return once every write submitted so far has finished."""
+        await self.submit(lambda: None)
+
+    def stop(self) -> None:
+        """End the thread after the writes queued so far (does not wait for it)."""
+        self._q.put(self._STOP)
+
+
+def _resolve(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if fut.done():
+        return
+    ok, value = outcome
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
 class _PeerLink:
     """Outbound Raft messages to one peer, over one connection, dropped when it is down."""
 
@@ -374,9 +441,14 @@ class RaftServer:
         self._inbox: list[Message] = []
         self._wake = asyncio.Event()
         self._links: dict[str, _PeerLink] = {}
-        self._pending: dict[int, tuple[int, asyncio.Future[tuple[int, Any]]]] = {}
-        self._reads: dict[bytes, asyncio.Future[None]] = {}
+        # Raft index -> (term, future, the decoded object proposed with the bytes or None).
+        self._pending: dict[int, tuple[int, asyncio.Future[tuple[int, Any]], Any]] = {}
+        # ReadIndex: reads waiting for the next round, and the rounds under way (context -> the
+        # reads it answers). One round serves every read that was waiting when it started.
+        self._read_waiting: list[asyncio.Future[None]] = []
+        self._reads: dict[bytes, list[asyncio.Future[None]]] = {}
         self._read_seq = 0
+        self._writer: _LogWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_leader_contact = 0.0
         self.leader_id: str | None = None
@@ -494,6 +566,7 @@ class RaftServer:
             await self._restore_fsm(snap.data, "restoring the state from the last snapshot")
         self.applied_index = snap.meta.index
         self.core = self._new_core(snap.meta.index)
+        self._writer = _LogWriter(f"raft-log-writer:{self.node_name}")
         self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
         self._task.add_done_callback(self._loop_ended)
         self.started.set()
@@ -613,6 +686,15 @@ class RaftServer:
         for link in self._links.values():
             link.close()
         self._fail_pending(OutcomeUnknown("server shutting down; the write may or may not have committed"))
+        self._fail_reads(NoLeaderError("server shutting down"))
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            try:
+                # A write cancelled with the loop task may still be running: let it end before
+                # the database closes under it.
+                await writer.drain()
+            finally:
+                writer.stop()
         self.storage.log.close()
 
     # ---------------------------------------------------------------------------- client API
@@ -695,7 +777,10 @@ class RaftServer:
         index = history[-1][0] if history else core.commit_index
         return {"Servers": servers, "Index": index}
 
-    async def propose_bytes(self, data: bytes) -> tuple[int, Any]:
+    async def propose_bytes(self, data: bytes, proposed: Any = None) -> tuple[int, Any]:
+        """Append `data` to the log; returns (store index, the state machine's result) once it
+        applied here. `proposed`, if given, is handed to `StateMachine.apply` with the entry
+        when this leader applies it (see there)."""
         core = self._core()
         for _ in range(3):
             try:
@@ -712,7 +797,7 @@ class RaftServer:
         else:
             raise NoLeaderError("leadership transfer in progress")
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[proposal.index] = (proposal.term, fut)
+        self._pending[proposal.index] = (proposal.term, fut, proposed)
         self._m_apply.incr()
         start = time.perf_counter()
         self._wake.set()
@@ -721,22 +806,47 @@ class RaftServer:
         return result
 
     async def verify_leader(self) -> None:
-        """ReadIndex: returns once a quorum confirmed leadership and the FSM caught up."""
-        core = self._core()
+        """ReadIndex: returns once a quorum confirmed leadership and the FSM caught up.
+
+        The read joins the next ReadIndex round, which the Raft loop starts for every read
+        waiting at that moment (one heartbeat exchange for all of them, as etcd's linearizable
+        read loop does). That is still linearizable: the round records the commit index after
+        each of its reads arrived, and confirms leadership after that.
+        """
+        self._core()
         if not self.is_leader():
             raise NotLeaderError(self.leader_address())
-        self._read_seq += 1
-        ctx = f"{self.id}:{self._read_seq}".encode()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reads[ctx] = fut
-        core.read_index(ctx)
+        self._read_waiting.append(fut)
         self._wake.set()
         try:
             await asyncio.wait_for(fut, self.tick_s * self.election_tick * 2)
         except TimeoutError:
             raise NoLeaderError() from None
-        finally:
-            self._reads.pop(ctx, None)
+
+    def _start_read_round(self, core: RaftNode) -> None:
+        """One ReadIndex round for every read waiting now (called by the loop, before ready())."""
+        waiting = [f for f in self._read_waiting if not f.done()]
+        self._read_waiting = []
+        if not waiting:
+            return
+        self._read_seq += 1
+        ctx = f"{self.id}:{self._read_seq}".encode()
+        try:
+            core.read_index(ctx)
+        except NotLeader:
+            for fut in waiting:
+                fut.set_exception(NotLeaderError(self.leader_address()))
+            return
+        self._reads[ctx] = waiting
+
+    def _fail_reads(self, exc: Exception) -> None:
+        for futs in [self._read_waiting, *self._reads.values()]:
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(exc)
+        self._read_waiting = []
+        self._reads.clear()
 
     async def add_voter(self, node_id: str, addr: str) -> None:
         """Leader only: add a server to the configuration (single-server change)."""
@@ -749,7 +859,7 @@ class RaftServer:
         except NotLeader:
             raise NotLeaderError(self.leader_address()) from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[proposal.index] = (proposal.term, fut)
+        self._pending[proposal.index] = (proposal.term, fut, None)
         self._wake.set()
         await fut
 
@@ -767,7 +877,7 @@ class RaftServer:
         except ProposalRejected as exc:
             raise RaftError(f"raft: cannot remove {node_id}: {exc}") from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[proposal.index] = (proposal.term, fut)
+        self._pending[proposal.index] = (proposal.term, fut, None)
         self._wake.set()
         try:
             await fut
@@ -895,6 +1005,8 @@ class RaftServer:
                     core.step(m)
                 except Exception:  # a bad peer message must not stop the server
                     logger.exception("raft: step failed for %s from %s", m.type.name, m.frm)
+            if self._read_waiting:
+                self._start_read_round(core)
             rd = core.ready()
             if rd is None:
                 continue
@@ -921,15 +1033,29 @@ class RaftServer:
                         self._fail_pending(
                             OutcomeUnknown("leadership lost before the write applied; it may or may not commit")
                         )
-                        for fut in self._reads.values():
-                            if not fut.done():
-                                fut.set_exception(NoLeaderError())
+                    if not is_leader:
+                        # The core drops its ReadIndex requests with leadership.
+                        self._fail_reads(NoLeaderError())
                     was_leader = is_leader
                     now = time.monotonic()
                     self._follower_contact = {peer: now for peer, _, _ in self.voters() if peer != self.id}
                     self.on_leadership(is_leader)
             for m in rd.early_messages:
                 self._send(m)
+            committed = rd.committed_entries
+            if rd.snapshot is None and committed:
+                # Committed entries already in the durable log are applied while this Ready's
+                # own entries are being written (committed means durable on a quorum, and these
+                # are durable here too): a write's answer does not wait for the fsync of the
+                # proposals that arrived after it. Entries this Ready appends wait (below).
+                durable_last = rd.entries[0].index - 1 if rd.entries else committed[-1].index
+                n = 0
+                for e in committed:
+                    if e.index > durable_last:
+                        break
+                    self._apply(e)
+                    n += 1
+                committed = committed[n:]
             if rd.entries:
                 start = time.perf_counter()
                 await self._persist(rd)
@@ -938,12 +1064,12 @@ class RaftServer:
                 await self._persist(rd)
             for m in rd.messages:
                 self._send(m)
-            for e in rd.committed_entries:
+            for e in committed:
                 self._apply(e)
             for rs in rd.read_states:
-                fut = self._reads.get(rs.context)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+                for fut in self._reads.pop(rs.context, ()):
+                    if not fut.done():
+                        fut.set_result(None)
             core.advance(rd)
             self._maybe_snapshot(core)
 
@@ -969,7 +1095,8 @@ class RaftServer:
         batch = [LogRecord(e.index, e.term, int(e.kind), e.data) for e in rd.entries]
         truncate = log.check_append(batch, None)
         # The fsync runs off the event loop; proposals arriving meanwhile form the next batch.
-        await asyncio.get_running_loop().run_in_executor(None, log.write_db, hs, batch, truncate)
+        assert self._writer is not None, "start() first"
+        await self._writer.submit(log.write_db, hs, batch, truncate)
         log.apply_memory(hs, batch, truncate)
         if truncate is not None:
             # Our uncommitted tail was replaced by a new leader's: those writes' fate is unknown.
@@ -990,21 +1117,23 @@ class RaftServer:
             else:
                 del self._follower_contact[peer]
 
-    def _apply_to_fsm(self, e: Entry) -> Any:
+    def _apply_to_fsm(self, e: Entry, proposed: Any = None) -> Any:
         if e.kind == EntryKind.NORMAL and e.data:
             start = time.perf_counter()
-            result = self.fsm.apply(e.index, e.data)
+            result = self.fsm.apply(e.index, e.data, proposed)
             self._m_fsm_apply.since(start)
             return result
         self.fsm.apply(e.index, b"")
         return None
 
     def _apply(self, e: Entry) -> None:
-        result = self._apply_to_fsm(e)
-        self.applied_index = e.index
         pending = self._pending.pop(e.index, None)
+        # Our own proposal's object only if this entry is that proposal (same term).
+        proposed = pending[2] if pending is not None and pending[0] == e.term else None
+        result = self._apply_to_fsm(e, proposed)
+        self.applied_index = e.index
         if pending is not None:
-            term, fut = pending
+            term, fut, _ = pending
             if fut.done():
                 return
             if term == e.term:
@@ -1076,19 +1205,19 @@ class RaftServer:
         logger.info("raft: snapshot at index %d", meta.index)
 
     def _fail_pending(self, exc: Exception) -> None:
-        for _, fut in self._pending.values():
+        for _, fut, _ in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
 
     def _fail_pending_from(self, index: int) -> None:
         for i in [i for i in self._pending if i >= index]:
-            _, fut = self._pending.pop(i)
+            _, fut, _ = self._pending.pop(i)
             if not fut.done():
                 fut.set_exception(OutcomeUnknown("a new leader replaced this server's uncommitted log tail; the write may or may not commit"))
 
     def _fail_pending_upto(self, index: int) -> None:
         for i in [i for i in self._pending if i <= index]:
-            _, fut = self._pending.pop(i)
+            _, fut, _ = self._pending.pop(i)
             if not fut.done():
                 fut.set_exception(OutcomeUnknown("a snapshot replaced the log; the write's fate is unknown"))

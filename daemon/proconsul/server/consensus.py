@@ -3,7 +3,8 @@
 Owns the two adapters that keep `proconsul.raft` a generic replicated log:
 - `CommandStateMachine`: Raft's `StateMachine` over the FSM; it decodes each committed entry
   into a `state.commands.Command` (an entry that is not one, or carries nothing, applies as a
-  no-op, so every server still consumes it identically) and snapshots/restores the store;
+  no-op, so every server still consumes it identically) and snapshots/restores the store; on
+  the leader it applies the command object it proposed when decoding would give the same;
 - `RaftLog`: the `rpc_api.Consensus` the RPC layer proposes through; it encodes commands and
   translates Raft's own errors into the RPC errors servers answer with (`raft_errors`, also for
   the operator and autopilot, which change the configuration directly).
@@ -41,16 +42,35 @@ def raft_errors() -> Iterator[None]:
         raise RPCError(str(exc)) from None
 
 
+def _round_trips(command: Any) -> bool:
+    """Whether `command` is exactly what `commands.decode(commands.encode(command))` gives, so
+    the leader may apply it instead of its bytes and still build the state every follower
+    builds. Only the hot, flat shape is vouched for: a KV operation whose fields have the exact
+    types the decoder produces (no bytearray value, no bool or int subclass, no str subclass)."""
+    if type(command) is not commands.KVS or type(command.op) is not str:
+        return False
+    e = command.entry
+    return (
+        type(e.key) is str and type(e.session) is str
+        and (e.value is None or type(e.value) is bytes)
+        and type(e.flags) is int and type(e.lock_index) is int
+        and type(e.create_index) is int and type(e.modify_index) is int
+    )
+
+
 class CommandStateMachine:
     """Raft's `StateMachine` over the FSM: committed bytes -> decoded command -> store."""
 
     def __init__(self, fsm: FSM) -> None:
         self.fsm = fsm
 
-    def apply(self, index: int, data: bytes) -> Any:
+    def apply(self, index: int, data: bytes, proposed: Any = None) -> Any:
         if not data:
             self.fsm.apply(index, commands.Noop())
             return None
+        if proposed is not None and _round_trips(proposed):
+            # The leader's own proposal: the command it encoded, unchanged by a decode.
+            return self.fsm.apply(index, proposed)
         try:
             command = commands.decode(data)
         except ValueError as exc:
@@ -104,9 +124,9 @@ class RaftLog:
     def voters(self) -> list[tuple[str, str, str]]:
         return self.raft.voters()
 
-    async def apply(self, command: commands.Command) -> tuple[int, Any]:
+    async def apply(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         with raft_errors():
-            return await self.raft.propose_bytes(commands.encode(command))
+            return await self.raft.propose_bytes(encoded if encoded is not None else commands.encode(command), command)
 
     async def verify_leader(self) -> None:
         with raft_errors():

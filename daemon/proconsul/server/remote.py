@@ -72,7 +72,7 @@ class ClientConsensus:
     def voters(self) -> list[tuple[str, str, str]]:
         return list(self.voter_list)
 
-    async def apply(self, command: commands.Command) -> tuple[int, Any]:
+    async def apply(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         raise RPCError("client agents do not apply commands")
 
     async def verify_leader(self) -> None:

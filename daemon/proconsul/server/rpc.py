@@ -291,7 +291,7 @@ class Server:
             raise result
         return WriteMeta(index), result
 
-    async def _apply(self, command: commands.Command) -> tuple[int, Any]:
+    async def _apply(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         """Propose on this server (the leader). An ACL bootstrap takes its reset index from this
         server's `acl-bootstrap-reset` file, as Consul's leader reads it, and the file goes once used."""
         reset = self.acl_bootstrap_reset
@@ -303,14 +303,14 @@ class Server:
             if index and not isinstance(out[1], StoreError):
                 reset.remove()
             return out
-        return await self._propose(command)
+        return await self._propose(command, encoded)
 
-    async def _propose(self, command: commands.Command) -> tuple[int, Any]:
+    async def _propose(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         timer = self._m_apply_by_type.get(type(command))
         if timer is None:
-            return await self.consensus.apply(command)
+            return await self.consensus.apply(command, encoded)
         start = time.perf_counter()
-        out = await self.consensus.apply(command)
+        out = await self.consensus.apply(command, encoded)
         timer.since(start)
         return out
 
@@ -380,7 +380,8 @@ class Server:
             if not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())
             self._m_request.incr()
-            index, result = await self._apply(commands.decode(body))
+            # The forwarded bytes are proposed as they came (decoded once, to check them).
+            index, result = await self._apply(commands.decode(body), body if type(body) is bytes else None)
             if isinstance(result, StoreError):
                 raise result
             return {"index": index, "result": encode_result(result)}

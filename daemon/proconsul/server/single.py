@@ -54,7 +54,7 @@ class SingleNodeLog:
         """(node ID, node name, address) of each voter."""
         return [(self.node_id, self.node_name, self.self_address)]
 
-    async def apply(self, command: commands.Command) -> tuple[int, Any]:
+    async def apply(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         """Commit and apply `command`; returns (log index, FSM result)."""
         result = self._append(command)
         return self.fsm.store_index(self.commit_index), result
