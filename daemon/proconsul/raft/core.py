@@ -1143,8 +1143,10 @@ class RaftNode:
             pr = self._prs[p]
             commit = min(pr.match, self._log.committed)
             pr.sent_commit = max(pr.sent_commit, commit)
-            self._send(Message(MsgType.HEARTBEAT, p, self.id, self.term, commit=commit,
-                               context=context))
+            # `index` carries the real commit index: the follower's last contact counts only
+            # once it applied that far (RaftServer._heard_from_leader).
+            self._send(Message(MsgType.HEARTBEAT, p, self.id, self.term, index=self._log.committed,
+                               commit=commit, context=context))
 
     def _step_leader(self, m: Message) -> None:
         pr = self._prs.get(m.frm)

@@ -62,7 +62,8 @@ class Message:
         log_term: APP: term of the entry at `index`; VOTE/PRE_VOTE: term of the last entry;
             rejected APP_RESP: term of the entry at `reject_hint` in the follower's log.
         index: APP: prev entry index; VOTE/PRE_VOTE: last entry index; APP_RESP: on accept the
-            highest index known to match the leader, on reject the `index` of the rejected APP.
+            highest index known to match the leader, on reject the `index` of the rejected APP;
+            HEARTBEAT: the leader's commit index, uncapped (for the follower's last contact).
         entries: APP only.
         commit: APP/HEARTBEAT: leader commit (for HEARTBEAT already capped at the peer's match).
         reject: responses only.

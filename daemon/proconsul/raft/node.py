@@ -32,6 +32,7 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -451,6 +452,9 @@ class RaftServer:
         self._writer: _LogWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_leader_contact = 0.0
+        # (leader commit index, when the leader said so) this follower has yet to apply: its data
+        # counts as current as of a leader message only once it applied what that message knew.
+        self._contact_pending: deque[tuple[int, float]] = deque()
         self.leader_id: str | None = None
         self.applied_index = 0
         self.on_leadership: Callable[[bool], None] = lambda is_leader: None
@@ -717,6 +721,41 @@ class RaftServer:
         if self.core is None or not self.core.leader:
             return ""
         return self.addresses.addrs.get(self.core.leader, "")
+
+    def _heard_from_leader(self, m: Message) -> None:
+        """A message from the leader: this server's data is current as of now once it applied
+        what the leader had committed when sending it (at once if it already has).
+
+        Consul (hashicorp/raft) counts any AppendEntries as contact, so a follower that rejoins
+        after a partition reports a last contact of ~0 ms while it still serves the data of
+        before the partition; `?max_stale` and `X-Consul-LastContact` then promise freshness it
+        does not have. A heartbeat's `commit` is capped at the follower's match index, so the
+        leader sends its own commit index in the heartbeat's otherwise unused `index`.
+        """
+        now = time.monotonic()
+        if m.type == MsgType.SNAP and m.snapshot is not None:
+            needed = m.snapshot.meta.index
+        elif m.type == MsgType.HEARTBEAT:
+            needed = max(m.index, m.commit)
+        else:
+            needed = m.commit
+        if needed <= self.applied_index:
+            self._last_leader_contact = now
+            return
+        pending = self._contact_pending
+        if pending and pending[-1][0] == needed:
+            pending[-1] = (needed, now)  # the leader's commit was still this at `now`
+        else:
+            pending.append((needed, now))
+            if len(pending) > 64:  # far behind: fold it into the last one, whose older time
+                pending.pop()     # only understates freshness
+                pending[-1] = (needed, pending[-1][1])
+
+    def _caught_up_with_leader(self) -> None:
+        pending = self._contact_pending
+        while pending and pending[0][0] <= self.applied_index:
+            _, at = pending.popleft()
+            self._last_leader_contact = max(self._last_leader_contact, at)
 
     def last_contact_ms(self) -> int:
         """How long ago this server last heard from a leader (0 on the leader itself).
@@ -997,14 +1036,15 @@ class RaftServer:
                     self._maybe_snapshot(core)
             inbox, self._inbox = self._inbox, []
             for m in inbox:
-                if m.frm == core.leader and m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
-                    self._last_leader_contact = time.monotonic()
-                elif was_leader and m.type in (MsgType.APP_RESP, MsgType.HEARTBEAT_RESP):
+                if was_leader and m.type in (MsgType.APP_RESP, MsgType.HEARTBEAT_RESP):
                     self._follower_contact[m.frm] = time.monotonic()
                 try:
                     core.step(m)
                 except Exception:  # a bad peer message must not stop the server
                     logger.exception("raft: step failed for %s from %s", m.type.name, m.frm)
+                    continue
+                if m.frm == core.leader and m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+                    self._heard_from_leader(m)
             if self._read_waiting:
                 self._start_read_round(core)
             rd = core.ready()
@@ -1014,7 +1054,7 @@ class RaftServer:
                 if rd.soft_state.leader != self.leader_id:
                     self.on_leader_change(rd.soft_state.leader)
                 self.leader_id = rd.soft_state.leader
-                if rd.soft_state.leader:
+                if rd.soft_state.leader == self.id:
                     self._last_leader_contact = time.monotonic()
                 role = rd.soft_state.role.value
                 if role != was_role:
@@ -1066,6 +1106,8 @@ class RaftServer:
                 self._send(m)
             for e in committed:
                 self._apply(e)
+            if self._contact_pending:
+                self._caught_up_with_leader()
             for rs in rd.read_states:
                 for fut in self._reads.pop(rs.context, ()):
                     if not fut.done():
