@@ -15,10 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from proconsul.agent.leave import GracefulLeave
     from proconsul.config import RuntimeConfig
     from proconsul.http.access import AccessRules
-    from proconsul.http.metrics import HTTPMetrics
     from proconsul.local.cache import AgentCache
     from proconsul.local.checks import CheckManager
     from proconsul.local.coordinate_sync import CoordinateSync
@@ -69,7 +67,9 @@ class AgentSurface(Protocol):
 
     async def reload(self) -> list[str]: ...
 
-    def request_leave(self) -> GracefulLeave: ...
+    def request_leave(self) -> Any:
+        """Start (or join) the graceful leave; its `done` event is set when it ends."""
+        ...
 
     def set_agent_token(self, kind: str, value: str) -> None: ...
 
@@ -90,4 +90,5 @@ ACCESS_RULES: web.AppKey[AccessRules] = web.AppKey("access_rules")
 ACL_RESOLVER: web.AppKey[ACLResolver | None] = web.AppKey("acl_resolver")
 DEFAULT_ACL_POLICY: web.AppKey[str] = web.AppKey("default_acl_policy")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
-HTTP_METRICS: web.AppKey[HTTPMetrics] = web.AppKey("http_metrics")
+# http.metrics.HTTPMetrics (not named here: that module imports the ones that import this).
+HTTP_METRICS: web.AppKey[Any] = web.AppKey("http_metrics")
