@@ -36,6 +36,7 @@ import random
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from proconsul.gossip.config import GossipConfig  # noqa: E402
 from proconsul.gossip.core import (  # noqa: E402
     MemberEvent,
     MemberEventKind,
+    MemberState,
     UserEventReceived,
     push_pull_scale,
 )
@@ -201,7 +203,31 @@ def run_one(n: int, seed: int, loss: float, steady: float, push_pull: bool) -> d
     result["rss_peak_mb"] = round(_status("VmHWM") / 1e6, 1)
     result["wall_s"] = round(time.monotonic() - wall0, 1)
     result["serf_simulator"] = serf_simulator(n, loss)
+    result["agent_table_bytes_per_member"] = round(agent_table_bytes(n))
     return result
+
+
+def agent_table_bytes(n: int) -> float:
+    """Bytes per member of one agent's own table (records not shared with anyone): a fresh core
+    learns ``n`` members from one push-pull, under tracemalloc."""
+    from proconsul.gossip.core import GossipCore
+    from proconsul.gossip.messages import PushNodeState, PushPull
+
+    tags = {"role": "node", "dc": "dc1"}
+    state = PushPull(False, [PushNodeState(f"m{i}", (f"10.1.{i // 250}.{i % 250 + 1}", 8301), tags, 1,
+                                           MemberState.ALIVE) for i in range(n)])
+    data = encode(state)  # decoded inside the measurement, as a peer's bytes would be
+    core = GossipCore("agent", ("10.2.0.1", 8301), GossipConfig.lan(), random.Random(0), 0.0, tags=tags)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        core.handle_stream(data, ("10.1.0.1", 8301), 0.0)
+        core._queue.reset()  # the N alive broadcasts a merge queues leave within seconds
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return used / n
 
 
 def _fmt(x: Any) -> str:

@@ -793,7 +793,13 @@ class GossipCore:
                 self._reset_probe_order()
                 if not self._probe_order:
                     return None
-            name = self._probe_order[self._probe_index]
+            # Lazy Fisher-Yates: the next member of the round is drawn from those not yet probed
+            # in it, so each round is a uniformly random permutation without shuffling the whole
+            # list up front (O(1) per probe rather than O(n) at the start of each round).
+            order, i = self._probe_order, self._probe_index
+            j = self._rng.randrange(i, len(order))
+            order[i], order[j] = order[j], order[i]
+            name = order[i]
             self._probe_index += 1
             checked += 1
             node = self._members.get(name)
@@ -803,10 +809,10 @@ class GossipCore:
         return None
 
     def _reset_probe_order(self) -> None:
-        # A fresh random permutation each round: every member is probed once per round (SWIM's
-        # time-bounded completeness) yet the order is not predictable.
+        # A fresh random permutation each round (drawn as it goes, see _next_target): every
+        # member is probed once per round (SWIM's time-bounded completeness) yet the order is
+        # not predictable.
         self._probe_order = [n for n in self._members if n != self.name]
-        self._rng.shuffle(self._probe_order)
         self._probe_index = 0
 
     def _probe_indirect(self, p: _Probe, now: float) -> None:
@@ -1208,11 +1214,14 @@ def install_converged_view(cores: Sequence[GossipCore], now: float) -> None:
     cores cost N records plus one reference per (member, member) pair.
     """
     table = {c.name: c._members[c.name] for c in cores}
+    names = list(table)
     for c in cores:
         c._members = dict(table)
         c._gone = {}
         c._suspicions.clear()
         c._queue.reset()
-        c._reset_probe_order()
+        c._probe_order = names.copy()  # everyone but us, as _reset_probe_order makes it
+        c._probe_order.remove(c.name)
+        c._probe_index = 0
         if c.config.push_pull_interval_s > 0:
             c._next_push_pull = now + c._rng.random() * push_pull_scale(c.config.push_pull_interval_s, len(table))
