@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gossip_sim import Cluster
@@ -31,7 +32,7 @@ class Figures:
     false_positives: list[str]
 
 
-def _first(c: Cluster, pred, limit: float) -> float:  # type: ignore[no-untyped-def]
+def _first(c: Cluster, pred: Callable[[], bool], limit: float) -> float:
     start = c.now
     t = c.run_until_true(pred, start + limit, step=0.05)
     assert t is not None, f"not within {limit} virtual s (N={len(c.nodes)}, seed {c.seed})"
