@@ -2,7 +2,8 @@
 
 Owns a virtual clock (an event heap), a UDP model (loss, delay, directed partitions, crashes)
 and a TCP model (reliable but blocked by partitions in either direction, as a handshake needs
-both), plus the checkers the scenarios use. Everything random comes from one seed, so a
+both), plus the checkers the scenarios use. It counts every byte offered to the network (UDP datagrams,
+and stream requests and replies), per sender and in total, for the bandwidth figures. Everything random comes from one seed, so a
 failing seed replays exactly (``PROCONSUL_SEED=n``).
 
 This stands in for ``gossip/node.py``: it does what the asyncio driver does (send datagrams,
@@ -28,6 +29,7 @@ from proconsul.gossip.core import (
     MemberState,
     Output,
     StreamRequest,
+    install_converged_view,
 )
 
 
@@ -41,6 +43,10 @@ class SimNode:
     events: list[tuple[float, Event]] = field(default_factory=list)
     ticks_at_same_time: int = 0
     last_tick: float = -1.0
+    # Bytes this node put on the network: datagrams (lost ones too) and TCP (requests it opened
+    # and replies it served).
+    udp_bytes: int = 0
+    tcp_bytes: int = 0
 
 
 class SimNetwork:
@@ -54,6 +60,8 @@ class SimNetwork:
         self.blocked: set[tuple[Address, Address]] = set()
         self.sent = 0
         self.dropped = 0
+        self.udp_bytes = 0
+        self.tcp_bytes = 0
 
     def partition(self, a: Iterable[Address], b: Iterable[Address], one_way: bool = False) -> None:
         """Block a -> b (and b -> a unless ``one_way``)."""
@@ -110,6 +118,18 @@ class Cluster:
         self._apply(node, Output())
         return node
 
+    def start_converged(self, n: int, prefix: str = "n") -> list[SimNode]:
+        """Add ``n`` nodes that already know each other alive, as a settled cluster does.
+
+        Skips the O(N²) join phase; the tables share their member records
+        (:func:`install_converged_view`), so this scales to thousands of members.
+        """
+        nodes = [self.add_node(f"{prefix}{i}") for i in range(n)]
+        install_converged_view([x.core for x in nodes], self.now)
+        for node in nodes:
+            self._arm(node)
+        return nodes
+
     def start(self, n: int, join_within: float = 2.0, prefix: str = "n") -> list[SimNode]:
         """Add ``n`` nodes; every node but the first joins the first at a random time."""
         nodes = [self.add_node(f"{prefix}{i}") for i in range(n)]
@@ -147,6 +167,8 @@ class Cluster:
             return
         for pkt in out.packets:
             self.net.sent += 1
+            self.net.udp_bytes += len(pkt.data)
+            node.udp_bytes += len(pkt.data)
             if self.net.drops(node.addr, pkt.addr):
                 self.net.dropped += 1
                 continue
@@ -185,6 +207,8 @@ class Cluster:
         self._apply(node, node.core.handle_packet(data, src, self.now))
 
     def _stream(self, node: SimNode, req: StreamRequest) -> None:
+        self.net.tcp_bytes += len(req.data)
+        node.tcp_bytes += len(req.data)
         target = self.by_addr.get(req.addr)
         blocked = (node.addr, req.addr) in self.net.blocked or (req.addr, node.addr) in self.net.blocked
         if target is None or target.crashed or blocked:
@@ -200,6 +224,9 @@ class Cluster:
             return
         out = target.core.handle_stream(req.data, self.nodes[client].addr, self.now)
         self._apply(target, out)
+        if out.reply is not None:
+            self.net.tcp_bytes += len(out.reply)
+            target.tcp_bytes += len(out.reply)
         back = self.now + self.net.delay()
         if back > req.deadline:
             self.at(req.deadline, self._stream_result, client, req.id, None)

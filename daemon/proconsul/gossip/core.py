@@ -58,7 +58,7 @@ __all__ = [
     "Address", "Event", "GossipCore", "Member", "MemberEvent", "MemberEventKind", "MemberState", "MergeCheck",
     "NameConflict", "Output", "Packet", "PingComplete", "QueryHandle", "QueryReceived", "QueryResponseReceived",
     "StreamKind", "StreamRequest", "UserEventReceived",
-    "push_pull_scale", "remaining_suspicion_time", "suspicion_timeout",
+    "install_converged_view", "push_pull_scale", "remaining_suspicion_time", "suspicion_timeout",
 ]
 
 # Member states share their numbers with the wire (push-pull carries them).
@@ -244,14 +244,31 @@ class Output:
 # --- internal state ------------------------------------------------------------------------
 
 
-@dataclass
 class _Node:
-    name: str
-    addr: Address
-    tags: dict[str, str]
-    incarnation: int
-    state: MemberState
-    state_change: float
+    """One member as this node sees it: a record that is never changed in place.
+
+    A change builds a new record and puts it in the table (:meth:`GossipCore._put`), reusing the
+    old record's name, address and tags objects when they did not change. Nothing else holds a
+    record across a change, so one record may sit in many tables at once: a simulation of N
+    cores in one process (``install_converged_view``) then keeps N records and N² references
+    instead of N² records, which is what lets it reach 10,000 members. Slots keep each record at
+    about 80 bytes.
+    """
+
+    __slots__ = ("name", "addr", "tags", "incarnation", "state", "state_change")
+
+    def __init__(self, name: str, addr: Address, tags: dict[str, str], incarnation: int,
+                 state: MemberState, state_change: float) -> None:
+        self.name = name
+        self.addr = addr
+        self.tags = tags  # never mutated: a tag change brings a new dict
+        self.incarnation = incarnation
+        self.state = state
+        self.state_change = state_change
+
+    def changed(self, incarnation: int, state: MemberState, state_change: float) -> _Node:
+        """A copy with a new incarnation and state (name, address and tags shared)."""
+        return _Node(self.name, self.addr, self.tags, incarnation, state, state_change)
 
     def snapshot(self) -> Member:
         return Member(self.name, self.addr, dict(self.tags), self.incarnation, self.state, self.state_change)
@@ -334,6 +351,14 @@ class _EventSlot:
 
 _INF = math.inf
 
+# Above this many members, random peers are drawn by rejection sampling from the probe list
+# (a few draws per pick, as memberlist's kRandomNodes) instead of filtering the whole table: a
+# filter costs O(n) on every gossip round, which at 10,000 members would dominate the core.
+_SCAN_LIMIT = 128
+# Draws before giving up on rejection sampling (few eligible members, say after a mass failure)
+# and filtering the whole table after all, so the pick stays uniform over the eligible ones.
+_SAMPLE_TRIES = 16
+
 # Serf's merge delegate: given members (name, tags) about to be merged, an error refuses them.
 MergeCheck = Callable[[Sequence[tuple[str, Mapping[str, str]]]], "str | None"]
 
@@ -371,8 +396,10 @@ class GossipCore:
         self._rng = rng
         self._log = logger or logging.getLogger(__name__)
         self._members: dict[str, _Node] = {}
-        me = _Node(name, addr, dict(tags or {}), 0, MemberState.ALIVE, now)
-        self._members[name] = me
+        # Other members that are dead or left, in the order they became so: the only ones with
+        # a reap deadline, so timers and reaping never walk the whole table.
+        self._gone: dict[str, None] = {}
+        me = self._put(_Node(name, addr, dict(tags or {}), 0, MemberState.ALIVE, now))
         self._probe_order: list[str] = []
         self._probe_index = 0
         self._seq = 0
@@ -458,8 +485,7 @@ class GossipCore:
         times.extend(r.deadline for r in self._relays.values())
         times.extend(s.deadline for s in self._suspicions.values())
         gtd = self.config.gossip_to_the_dead_time_s
-        times.extend(n.state_change + gtd for n in self._members.values()
-                     if n.state in (MemberState.DEAD, MemberState.LEFT) and n.name != self.name)
+        times.extend(self._members[n].state_change + gtd for n in self._gone)
         if self._leaving and self._leave_deadline != _INF:
             times.append(self._leave_deadline)
         return min(times)
@@ -616,7 +642,7 @@ class GossipCore:
         if node is not None and name != self.name and node.state in (MemberState.DEAD, MemberState.SUSPECT):
             self._suspicions.pop(name, None)
             if node.state == MemberState.SUSPECT:
-                node.state = MemberState.DEAD
+                node = self._put(node.changed(node.incarnation, MemberState.DEAD, node.state_change))
             self._on_dead(Dead(node.incarnation, name, name), now)
         return self._drain()
 
@@ -635,9 +661,8 @@ class GossipCore:
 
     def update_tags(self, tags: Mapping[str, str], now: float) -> Output:
         """Replace our tags and re-announce ourselves alive with a new incarnation."""
-        me = self._members[self.name]
-        me.incarnation += 1
-        me.tags = dict(tags)
+        old = self._members[self.name]
+        me = self._put(_Node(old.name, old.addr, dict(tags), old.incarnation + 1, old.state, old.state_change))
         self._broadcast_alive(me)
         self._emit(MemberEvent(MemberEventKind.UPDATE, me.snapshot()))
         return self._drain()
@@ -768,7 +793,13 @@ class GossipCore:
                 self._reset_probe_order()
                 if not self._probe_order:
                     return None
-            name = self._probe_order[self._probe_index]
+            # Lazy Fisher-Yates: the next member of the round is drawn from those not yet probed
+            # in it, so each round is a uniformly random permutation without shuffling the whole
+            # list up front (O(1) per probe rather than O(n) at the start of each round).
+            order, i = self._probe_order, self._probe_index
+            j = self._rng.randrange(i, len(order))
+            order[i], order[j] = order[j], order[i]
+            name = order[i]
             self._probe_index += 1
             checked += 1
             node = self._members.get(name)
@@ -778,10 +809,10 @@ class GossipCore:
         return None
 
     def _reset_probe_order(self) -> None:
-        # A fresh random permutation each round: every member is probed once per round (SWIM's
-        # time-bounded completeness) yet the order is not predictable.
+        # A fresh random permutation each round (drawn as it goes, see _next_target): every
+        # member is probed once per round (SWIM's time-bounded completeness) yet the order is
+        # not predictable.
         self._probe_order = [n for n in self._members if n != self.name]
-        self._rng.shuffle(self._probe_order)
         self._probe_index = 0
 
     def _probe_indirect(self, p: _Probe, now: float) -> None:
@@ -848,8 +879,7 @@ class GossipCore:
             if refused is not None:
                 self._log.warning("memberlist: ignoring alive message for '%s': %s", a.node, refused)
                 return
-            node = _Node(a.node, a.addr, dict(a.tags), a.incarnation, MemberState.ALIVE, now)
-            self._members[a.node] = node
+            node = self._put(_Node(a.node, a.addr, dict(a.tags), a.incarnation, MemberState.ALIVE, now))
             self._add_to_probe_order(a.node)
             self._broadcast_alive(node)
             self._emit(MemberEvent(MemberEventKind.JOIN, node.snapshot()))
@@ -865,18 +895,21 @@ class GossipCore:
         if a.incarnation <= node.incarnation and not updates_addr:
             return
         self._suspicions.pop(a.node, None)
-        old_state, old_addr, old_tags = node.state, node.addr, node.tags
-        node.incarnation = a.incarnation
-        node.addr = a.addr
-        node.tags = dict(a.tags)
-        if node.state != MemberState.ALIVE:
-            node.state = MemberState.ALIVE
-            node.state_change = now
+        old = node
+        tags = dict(a.tags)
+        node = self._put(_Node(
+            old.name,
+            old.addr if a.addr == old.addr else a.addr,
+            old.tags if tags == old.tags else tags,  # unchanged tags stay shared
+            a.incarnation,
+            MemberState.ALIVE,
+            old.state_change if old.state == MemberState.ALIVE else now,
+        ))
         self._conflicts.pop(a.node, None)
         self._broadcast_alive(node)
-        if old_state in (MemberState.DEAD, MemberState.LEFT):
+        if old.state in (MemberState.DEAD, MemberState.LEFT):
             self._emit(MemberEvent(MemberEventKind.JOIN, node.snapshot()))
-        elif old_addr != node.addr or old_tags != node.tags:
+        elif old.addr != node.addr or old.tags != node.tags:
             self._emit(MemberEvent(MemberEventKind.UPDATE, node.snapshot()))
 
     def _on_suspect(self, s: Suspect, now: float) -> None:
@@ -900,9 +933,7 @@ class GossipCore:
                 self._refute(node, s.incarnation)
             return
         self._queue.queue(encode(s), key=s.node)
-        node.incarnation = s.incarnation
-        node.state = MemberState.SUSPECT
-        node.state_change = now
+        self._put(node.changed(s.incarnation, MemberState.SUSPECT, now))
         n = self.num_members()
         # k confirmations bring the timeout to its minimum; in tiny clusters there are not
         # enough independent members to confirm, so start at the minimum instead.
@@ -945,15 +976,13 @@ class GossipCore:
         handle = self._queue.queue(encode(d), key=d.node)
         if d.node == self.name:
             self._leave_handle = handle
-        node.incarnation = d.incarnation
-        node.state = MemberState.LEFT if d.is_leave else MemberState.DEAD
-        node.state_change = now
+        node = self._put(node.changed(d.incarnation, MemberState.LEFT if d.is_leave else MemberState.DEAD, now))
         kind = MemberEventKind.LEAVE if d.is_leave else MemberEventKind.FAIL
         self._emit(MemberEvent(kind, node.snapshot()))
 
     def _refute(self, me: _Node, accused: int) -> None:
         # Beat the accusation's incarnation so every member prefers our alive message.
-        me.incarnation = max(me.incarnation, accused) + 1
+        me = self._put(me.changed(max(me.incarnation, accused) + 1, me.state, me.state_change))
         # Lifeguard: being suspected suggests we are slow to answer; back off a little.
         self._apply_awareness(1)
         self._log.info("gossip: refuting suspicion of %s at incarnation %d", me.name, me.incarnation)
@@ -978,10 +1007,9 @@ class GossipCore:
 
     def _reap(self, now: float) -> None:
         gtd = self.config.gossip_to_the_dead_time_s
-        for name in [n.name for n in self._members.values()
-                     if n.state in (MemberState.DEAD, MemberState.LEFT) and n.name != self.name
-                     and now >= n.state_change + gtd]:
+        for name in [n for n in self._gone if now >= self._members[n].state_change + gtd]:
             node = self._members.pop(name)
+            del self._gone[name]
             self._suspicions.pop(name, None)
             if name in self._probe_order:
                 pos = self._probe_order.index(name)
@@ -1039,8 +1067,16 @@ class GossipCore:
             if refused is not None:
                 self._log.error("memberlist: Failed push/pull merge: %s", refused)
                 return refused
+        members = self._members
         for ns in pp.nodes:
             if ns.state == MemberState.ALIVE:
+                node = members.get(ns.name)
+                if (node is not None and ns.name != self.name and ns.incarnation <= node.incarnation
+                        and ns.addr == node.addr):
+                    # Old news about a member we hold at that address: exactly what _on_alive
+                    # would conclude, without building a message for each of N entries.
+                    self.msg_counts["alive"] += 1
+                    continue
                 self._on_alive(Alive(ns.incarnation, ns.name, ns.addr, ns.tags), now)
             elif ns.state == MemberState.LEFT:
                 self._on_dead(Dead(ns.incarnation, ns.name, ns.name), now)
@@ -1131,11 +1167,33 @@ class GossipCore:
         self._out.streams.append(StreamRequest(sid, kind, addr, data, deadline))
 
     def _random_nodes(self, k: int, accept: Callable[[_Node], bool]) -> list[_Node]:
+        # The probe list holds every other member (see _add_to_probe_order and _reap), so a
+        # uniform draw from it with rejection of the ineligible and the already picked gives a
+        # uniform k-subset of the eligible ones.
+        names = self._probe_order
+        if len(names) > _SCAN_LIMIT:
+            picked: dict[str, _Node] = {}
+            for _ in range(_SAMPLE_TRIES + 4 * k):
+                node = self._members.get(names[self._rng.randrange(len(names))])
+                if node is not None and node.name not in picked and accept(node):
+                    picked[node.name] = node
+                    if len(picked) == k:
+                        return list(picked.values())
         candidates = [n for n in self._members.values() if accept(n)]
         if len(candidates) <= k:
             self._rng.shuffle(candidates)
             return candidates
         return self._rng.sample(candidates, k)
+
+    def _put(self, node: _Node) -> _Node:
+        """Store a new or changed record (the only way the table changes, besides reaping)."""
+        self._members[node.name] = node
+        if node.name != self.name:
+            if node.state in (MemberState.DEAD, MemberState.LEFT):
+                self._gone[node.name] = None
+            else:
+                self._gone.pop(node.name, None)
+        return node
 
     def _emit(self, event: Event) -> None:
         self._out.events.append(event)
@@ -1143,3 +1201,27 @@ class GossipCore:
     def _drain(self) -> Output:
         out, self._out = self._out, Output()
         return out
+
+
+def install_converged_view(cores: Sequence[GossipCore], now: float) -> None:
+    """Give every core the settled view a cluster of exactly these cores reaches after joining.
+
+    For simulations and benchmarks, which would otherwise spend O(N²) work (every join's
+    push-pull and N broadcasts of N alive messages) reaching the state a long-running cluster
+    is in anyway: everyone knows everyone alive at the incarnation each core holds for itself,
+    no broadcast is left to send, and push-pull runs on its scaled interval from a random
+    phase. The records are shared between the tables (they are never changed in place), so N
+    cores cost N records plus one reference per (member, member) pair.
+    """
+    table = {c.name: c._members[c.name] for c in cores}
+    names = list(table)
+    for c in cores:
+        c._members = dict(table)
+        c._gone = {}
+        c._suspicions.clear()
+        c._queue.reset()
+        c._probe_order = names.copy()  # everyone but us, as _reset_probe_order makes it
+        c._probe_order.remove(c.name)
+        c._probe_index = 0
+        if c.config.push_pull_interval_s > 0:
+            c._next_push_pull = now + c._rng.random() * push_pull_scale(c.config.push_pull_interval_s, len(table))

@@ -268,6 +268,10 @@ def peek_type(data: bytes) -> MessageType:
         raise ProtocolError(f"unknown gossip message type {data[1]}") from None
 
 
+# Member states by wire number (the enum is append-only and numbered from 0).
+_STATES = tuple(sorted(NodeStateCode))
+
+
 def _int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ProtocolError(f"expected a non-negative integer, got {v!r}")
@@ -354,6 +358,15 @@ def decode(data: bytes) -> Message:
         _need(f, 2, mtype)
         nodes: list[PushNodeState] = []
         for n in _list(f[1]):
+            # A full state carries every member: check the common well-formed entry in one go
+            # (msgpack yields exact types), and leave anything else to the field checks below,
+            # which name what is wrong.
+            if (type(n) is list and len(n) >= 6 and type(n[0]) is str and type(n[1]) is str
+                    and type(n[2]) is int and 0 <= n[2] <= 65535 and type(n[3]) is dict
+                    and type(n[4]) is int and n[4] >= 0 and type(n[5]) is int and 0 <= n[5] < len(_STATES)
+                    and all(type(k) is str and type(v) is str for k, v in n[3].items())):
+                nodes.append(PushNodeState(n[0], (n[1], n[2]), n[3], n[4], _STATES[n[5]]))
+                continue
             n = _need(_list(n), 6, mtype)
             try:
                 state = NodeStateCode(_int(n[5]))
