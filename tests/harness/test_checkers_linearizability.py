@@ -275,25 +275,35 @@ def _brute_force(ops: list[RegisterOp]) -> bool:
     return False
 
 
+def _random_ops(rng: random.Random, vals: list[str], *, sizes: tuple[int, int], spread: int, length: int,
+                open_p: float, kinds: list[str], open_reads: str) -> list[RegisterOp]:
+    """A small random register history: `open_p` of the operations indeterminate; an
+    indeterminate read (which constrains nothing) is dropped or turned into a write."""
+    ops: list[RegisterOp] = []
+    t = 0
+    for _c in range(rng.randint(*sizes)):
+        t += rng.randint(0, 2)
+        call = t + rng.randint(0, spread)
+        ret = None if rng.random() < open_p else call + rng.randint(0, length)
+        kind = rng.choice(kinds)
+        if kind == READ and ret is None:
+            if open_reads == "drop":
+                continue
+            kind = WRITE
+        if kind == CAS:
+            out = None if ret is None else rng.random() < 0.5
+            ops.append(RegisterOp(CAS, (rng.choice([None, *vals]), rng.choice(vals)), call, ret, out))
+        else:
+            ops.append(RegisterOp(kind, rng.choice(vals if kind == WRITE else [None, *vals]), call, ret))
+    return ops
+
+
 def test_search_and_pruning_agree_with_brute_force_on_random_small_histories():
     rng = random.Random(2)
-    vals = ["a", "b", "c", "d", "e"]
     pruned_some = 0
     for _ in range(400):
-        ops = []
-        t = 0
-        for _c in range(rng.randint(1, 6)):
-            t += rng.randint(0, 2)
-            call = t + rng.randint(0, 3)
-            ret = None if rng.random() < 0.3 else call + rng.randint(0, 6)
-            kind = rng.choice([WRITE, READ, CAS])
-            if kind == READ and ret is None:
-                continue
-            if kind == CAS:
-                out = None if ret is None else rng.random() < 0.5
-                ops.append(RegisterOp(CAS, (rng.choice([None, *vals]), rng.choice(vals)), call, ret, out))
-            else:
-                ops.append(RegisterOp(kind, rng.choice(vals if kind == WRITE else [None, *vals]), call, ret))
+        ops = _random_ops(rng, ["a", "b", "c", "d", "e"], sizes=(1, 6), spread=3, length=6, open_p=0.3,
+                          kinds=[WRITE, READ, CAS], open_reads="drop")
         expected = _brute_force(ops)
         assert search(ops, prune=False).valid == expected, ops
         assert search(ops).valid == expected, ops
@@ -306,23 +316,10 @@ def test_search_agrees_with_brute_force_when_most_operations_are_indeterminate()
     # them; this drives that rule through chains of indeterminate cas and failed cas that need
     # the register changed, with repeated values and None among them.
     rng = random.Random(7)
-    vals = ["a", "b", "c"]
     verdicts = Counter()
     for _ in range(1500):
-        ops = []
-        t = 0
-        for _c in range(rng.randint(2, 6)):
-            t += rng.randint(0, 2)
-            call = t + rng.randint(0, 2)
-            ret = None if rng.random() < 0.55 else call + rng.randint(0, 4)
-            kind = rng.choice([WRITE, READ, CAS, CAS])
-            if kind == READ and ret is None:
-                kind = WRITE
-            if kind == CAS:
-                out = None if ret is None else rng.random() < 0.5
-                ops.append(RegisterOp(CAS, (rng.choice([None, *vals]), rng.choice(vals)), call, ret, out))
-            else:
-                ops.append(RegisterOp(kind, rng.choice(vals if kind == WRITE else [None, *vals]), call, ret))
+        ops = _random_ops(rng, ["a", "b", "c"], sizes=(2, 6), spread=2, length=4, open_p=0.55,
+                          kinds=[WRITE, READ, CAS, CAS], open_reads="write")
         expected = _brute_force(ops)
         verdicts[expected] += 1
         assert search(ops, prune=False).valid == expected, ops

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from cluster_helpers import free_subnet, get, put
 from helpers import AgentProcess, proconsul_command, wait_for
@@ -125,16 +126,7 @@ def test_recover_two_survivors_of_five(tmp_path: Path) -> None:
         c.nodes[x_ip], c.nodes[y_ip] = x2.start(), y2.start()
         for agent in (x2, y2):
             wait_for(agent._leader_known, timeout=90, what=f"a leader after recovery on {agent.ip}\n{agent.log()}")
-        assert c.leader_ip(y2) in (x_ip, y_ip)
-        for i in range(20):
-            assert get(y2, f"before/{i}") == str(i)
-        for i in range(10):
-            assert get(y2, f"later/{i}") == str(i)
-        assert put(y2, "after-recovery", "ok")
-        assert get(x2, "after-recovery") == "ok"
-        status, _, body = x2.http("GET", "/v1/operator/raft/configuration")
-        assert status == 200, body
-        assert sorted(s["ID"] for s in json.loads(body)["Servers"]) == sorted([x_id, y_id])
+        _assert_recovered(c, x2, y2, (x_ip, y_ip), (x_id, y_id))
     finally:
         c.stop()
 
@@ -202,15 +194,21 @@ def test_live_recover_two_running_survivors_of_five(tmp_path: Path) -> None:
         for agent in (x, y):
             assert (Path(agent.data_dir or "") / "raft" / "recovery.json").exists()
             wait_for(agent._leader_known, timeout=60, what=f"a leader after recovery on {agent.ip}\n{agent.log()}")
-        assert c.leader_ip(y) in (x_ip, y_ip)
-        for i in range(20):
-            assert get(y, f"before/{i}") == str(i)
-        for i in range(10):
-            assert get(y, f"later/{i}") == str(i)
-        assert put(y, "after-recovery", "ok")
-        assert get(x, "after-recovery") == "ok"
-        status, _, body = x.http("GET", "/v1/operator/raft/configuration")
-        assert status == 200, body
-        assert sorted(s["ID"] for s in json.loads(body)["Servers"]) == sorted([x_id, y_id])
+        _assert_recovered(c, x, y, (x_ip, y_ip), (x_id, y_id))
     finally:
         c.stop()
+
+
+def _assert_recovered(c: Any, x: Any, y: Any, ips: tuple[str, str], ids: tuple[str, str]) -> None:
+    """The two survivors lead, hold every write acknowledged before the loss, take new ones, and
+    are the whole Raft configuration."""
+    assert c.leader_ip(y) in ips
+    for i in range(20):
+        assert get(y, f"before/{i}") == str(i)
+    for i in range(10):
+        assert get(y, f"later/{i}") == str(i)
+    assert put(y, "after-recovery", "ok")
+    assert get(x, "after-recovery") == "ok"
+    status, _, body = x.http("GET", "/v1/operator/raft/configuration")
+    assert status == 200, body
+    assert sorted(s["ID"] for s in json.loads(body)["Servers"]) == sorted(ids)
