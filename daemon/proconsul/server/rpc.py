@@ -71,13 +71,14 @@ class _Parked:
     """
 
     __slots__ = ("key", "store", "run", "watches", "min_index", "index", "result", "answered", "readers",
-                 "_watch", "_closed", "_on_close")
+                 "_watch", "_closed", "_on_close", "_counters")
 
     def __init__(
         self, key: Any, store: Store, run: ReadFn, watches: WatchSet, min_index: int, index: int, result: Any,
-        on_close: Callable[[_Parked], None],
+        on_close: Callable[[_Parked], None], counters: tuple[Any, Any],
     ) -> None:
         self.key = key
+        self._counters = counters  # (re-runs, re-runs that found nothing new)
         self.store, self.run, self.watches, self.min_index = store, run, watches, min_index
         self.index, self.result = index, result
         self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -100,10 +101,12 @@ class _Parked:
             self.close()
             return
         self.index, self.result = index, result
+        self._counters[0].incr()
         if index > self.min_index:
             self.answered.set_result(None)
             self.close()  # later readers with this index start afresh (the answer is already newer)
         else:
+            self._counters[1].incr()  # woken for nothing: a write it does not read touched its watch
             self._watch = self.store.watch_set(self.watches, self._fired)
 
     def leave(self) -> None:
@@ -169,6 +172,11 @@ class Server:
         self._m_request_error = m.counter("rpc", "request_error", help="RPCs from other agents answered with an error")
         self._m_blocking = m.gauge("rpc", "queries_blocking", help="blocking queries waiting for a change")
         self._blocking = 0
+        self._parked_counters = (
+            m.counter("rpc", "queries_blocking_rerun", help="re-runs of parked blocking reads after a change they watch"),
+            m.counter("rpc", "queries_blocking_unchanged",
+                      help="re-runs of parked blocking reads that found nothing new (woken for nothing)"),
+        )
         # Parked blocking reads shared by identical readers: (query, args, index, consistency).
         self._parked: dict[Any, _Parked] = {}
         # Consul times each endpoint's apply where it proposes (the leader); by command type.
@@ -302,15 +310,19 @@ class Server:
                 await c.verify_leader()
                 consistency = "consistent"
         watches = tables if isinstance(tables, WatchSet) else WatchSet(tuple(tables), kv_prefix)
-        index, result = run(self.store)
-        if opts.min_index <= 0 or index > opts.min_index:
-            return self._meta(index, consistency), result
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_time(opts)
-        key = None if share_key is None else (share_key, opts.min_index, consistency)
+        key = None if share_key is None or opts.min_index <= 0 else (share_key, opts.min_index, consistency)
+        # An identical read already parked: nothing it reads has changed since its last run (or
+        # its re-run is on its way), so this reader joins it without running the read again.
         parked = self._parked.get(key) if key is not None else None
         if parked is None:
-            parked = _Parked(key, self.store, run, watches, opts.min_index, index, result, self._unpark)
+            index, result = run(self.store)
+            if opts.min_index <= 0 or index > opts.min_index:
+                return self._meta(index, consistency), result
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_time(opts)
+        if parked is None:
+            parked = _Parked(key, self.store, run, watches, opts.min_index, index, result, self._unpark,
+                             self._parked_counters)
             if key is not None:
                 self._parked[key] = parked
         parked.readers += 1
