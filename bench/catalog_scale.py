@@ -283,6 +283,12 @@ def plan_watchers(layout: Layout, bases: list[str], n: int, rng: random.Random,
 # ----------------------------------------------------------------------------------- writes
 
 
+# Each flipped instance's check status, kept across runs on one cluster: a run must flip from
+# what is there, or its write could change nothing (and wake nobody).
+_CHECK_STATUS: dict[int, str] = {}
+_RUN = [0]
+
+
 @dataclass
 class WriteLog:
     sent: dict[str, float] = field(default_factory=dict)
@@ -296,13 +302,16 @@ async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout
     under watched prefixes, round-robin over the topics (so one topic's writes are far apart)."""
     services = sorted({w.topic for w in watchers if w.kind == "health"})
     prefixes = sorted({w.topic for w in watchers if w.kind == "kv"})
-    status: dict[int, str] = {}
+    status = _CHECK_STATUS
     log = WriteLog()
     pending: set[asyncio.Task[None]] = set()
     start = time.perf_counter()
 
+    _RUN[0] += 1
+    run = _RUN[0]
+
     async def one(seq: int) -> None:
-        token = f"w{seq:06d}x{rng.randrange(10**6):06d}"
+        token = f"r{run}w{seq:06d}x{rng.randrange(10**6):06d}"  # unique across runs too
         base = bases[seq % len(bases)]
         if seq % 2 == 0 and services or not prefixes:
             svc = services[(seq // 2) % len(services)]
@@ -441,7 +450,7 @@ async def watch_and_write(session: aiohttp.ClientSession, bases: list[str], layo
                           writes: int, rate: float, seed: int, kv_prefixes: int, health_services: int,
                           wait: str = WATCH_WAIT, on_parked: Any = None) -> Result:
     """Phases 2 and 3: park the watchers, stream the writes, collect what the watchers saw."""
-    rng = random.Random(seed)
+    rng = random.Random(seed * 1_000_003 + watchers)
     for k in range(kv_prefixes):  # each watched prefix holds a key from the start
         async with session.put(f"{bases[0]}/v1/kv/scale/p{k:03d}/seed", data=b"seed") as resp:
             await resp.read()
