@@ -368,6 +368,7 @@ def _note_error(text: str) -> None:
 @dataclass
 class Result:
     latencies_ms: list[float]  # per write: ack -> last affected watcher's answer
+    by_server: dict[str, dict[str, float]]  # per (write, watcher): ack -> its answer, by server asked
     missed: int  # writes some affected watcher never saw
     affected_pairs: int
     spurious: int
@@ -381,6 +382,7 @@ class Result:
             "writes_measured": len(lat),
             "ack_to_last_watcher_ms": {"p50": round(pct(lat, 0.5), 1), "p99": round(pct(lat, 0.99), 1),
                                        "max": round(max(lat), 1) if lat else None},
+            "ack_to_each_watcher_by_server_ms": self.by_server,
             "missed": self.missed,
             "affected_watcher_answers": self.affected_pairs,
             "spurious_wakeups": self.spurious,
@@ -396,11 +398,15 @@ def collect(watchers: list[Watcher], log: WriteLog, board: Board) -> Result:
     for w in watchers:
         by_topic.setdefault(w.topic, []).append(w)
     latencies: list[float] = []
+    per_server: dict[str, list[float]] = {}  # each watcher's own ack -> answer, by the server it asked
     missed = pairs = 0
     for token, acked in log.acked.items():
         affected = by_topic.get(board.topic_of[token], [])
         seen = [w.seen.get(token) for w in affected]
         pairs += len(seen)
+        for w in affected:
+            if token in w.seen:
+                per_server.setdefault(w.base, []).append((w.seen[token] - acked) * 1000)
         if any(t is None for t in seen):
             missed += 1
             lagging = [w for w in affected if token not in w.seen]
@@ -408,7 +414,8 @@ def collect(watchers: list[Watcher], log: WriteLog, board: Board) -> Result:
                         f"e.g. {lagging[0].kind} at index {lagging[0].index} via {lagging[0].base}")
             continue
         latencies.append((max(t for t in seen if t is not None) - acked) * 1000)
-    return Result(latencies, missed, pairs, sum(w.spurious for w in watchers), sum(w.answers for w in watchers),
+    by_server = {b: {"p50": round(pct(v, 0.5), 1), "p99": round(pct(v, 0.99), 1)} for b, v in sorted(per_server.items())}
+    return Result(latencies, by_server, missed, pairs, sum(w.spurious for w in watchers), sum(w.answers for w in watchers),
                   sum(w.errors for w in watchers), log.errors)
 
 

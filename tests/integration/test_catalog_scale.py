@@ -11,11 +11,13 @@ deadline, no timing asserted); no watcher is answered with nothing new before it
 and on the server, no parked read is re-run for a write it does not read (the
 `rpc.queries_blocking_unchanged` counter stays where it was, while `..._rerun` moves), which a
 store waking every catalog reader on each catalog write fails (the `/v1/catalog/services`
-watchers would be re-run on every check flip).
+watchers would be re-run on every check flip). When the watchers hang up, the copies the client
+agent forwarded stop on the server at once (the transport cancels them), long before their wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import urllib.request
 from pathlib import Path
@@ -25,7 +27,7 @@ from cluster_helpers import LanCluster
 from helpers import wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from catalog_scale import Layout, load_catalog, watch_and_write  # noqa: E402
+from catalog_scale import Layout, load_catalog, parked_total, watch_and_write  # noqa: E402
 
 
 def _counters(url: str) -> dict[str, float]:
@@ -64,6 +66,12 @@ async def test_a_thousand_watchers_wake_only_for_their_own_changes(tmp_path: Pat
                 kv_prefixes=20, health_services=40, wait="60s",
                 on_parked=lambda: before.update(_counters(srv.url)),
             )  # fmt: skip
+            # The watchers have hung up (their ?wait was 60 s): the queries the client agent
+            # forwarded end on the server too, at once, not when their wait runs out.
+            deadline = asyncio.get_running_loop().time() + 30
+            while (parked := await parked_total(session, [srv.url, c1.url])) > 0:
+                assert asyncio.get_running_loop().time() < deadline, f"{parked} blocking queries still parked"
+                await asyncio.sleep(0.2)
         after = _counters(srv.url)
         summary = result.summary()
         assert result.write_errors == 0 and result.watcher_errors == 0, summary
