@@ -507,6 +507,22 @@ def start_servers(procs: Any, root: Path, ips: list[str]) -> list[Any]:
     return started
 
 
+async def poll_loop_lag(session: aiohttp.ClientSession, bases: list[str], worst: dict[str, float]) -> None:
+    """Until cancelled: the worst `runtime.loop_lag` (how late a 1 s timer fired, ms) each server
+    reports, read every 2 s (each 10 s metrics interval keeps its max)."""
+    while True:
+        for base in bases:
+            try:
+                async with session.get(f"{base}/v1/agent/metrics", timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                    data = await resp.json()
+            except (TimeoutError, aiohttp.ClientError):
+                continue
+            for sample in data.get("Samples", []):
+                if sample["Name"].endswith("runtime.loop_lag"):
+                    worst[base] = max(worst.get(base, 0.0), float(sample.get("Max", 0.0)))
+        await asyncio.sleep(2)
+
+
 async def wait_leader(session: aiohttp.ClientSession, bases: list[str], timeout_s: float = 90) -> None:
     deadline = time.perf_counter() + timeout_s
     while time.perf_counter() < deadline:
@@ -551,10 +567,16 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
                     run["stream_start"] = time.perf_counter()
                     print(f"# {run['watchers']} watchers parked", file=sys.stderr)
 
-                result = await watch_and_write(
-                    session, bases, layout, watchers=n_watchers, writes=a.writes, rate=a.write_rate, seed=a.seed,
-                    kv_prefixes=a.kv_prefixes, health_services=a.health_services, on_parked=mark,
-                )
+                lag: dict[str, float] = {}
+                poller = asyncio.ensure_future(poll_loop_lag(session, bases, lag))
+                try:
+                    result = await watch_and_write(
+                        session, bases, layout, watchers=n_watchers, writes=a.writes, rate=a.write_rate,
+                        seed=a.seed, kv_prefixes=a.kv_prefixes, health_services=a.health_services, on_parked=mark,
+                    )
+                finally:
+                    poller.cancel()
+                run["worst_loop_lag_ms"] = {b: round(v) for b, v in sorted(lag.items())}
                 elapsed = time.perf_counter() - run.pop("stream_start")
                 run["result"] = result.summary()
                 run["servers"] = []
