@@ -58,6 +58,45 @@ async def test_pending_calls_fail_when_the_server_goes_away() -> None:
     await pool.close()
 
 
+async def test_an_abandoned_call_is_cancelled_on_the_server() -> None:
+    """A caller that stops waiting (its task cancelled, or its timeout run out) cancels the
+    request's task on the server, and the connection keeps serving other calls."""
+    started: dict[str, asyncio.Event] = {"a": asyncio.Event(), "b": asyncio.Event()}
+    ended: dict[str, asyncio.Event] = {"a": asyncio.Event(), "b": asyncio.Event()}
+    outcome: dict[str, str] = {}
+
+    async def dispatch(method: str, body: Any) -> Any:
+        if method == "echo":
+            return body
+        started[body].set()
+        try:
+            await asyncio.Event().wait()  # a blocking query that nothing wakes
+        except asyncio.CancelledError:
+            outcome[body] = "cancelled"
+            raise
+        finally:
+            ended[body].set()
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(dispatch)})
+    await listener.start()
+    pool = ConnectionPool()
+    addr = f"127.0.0.1:{listener.port}"
+    try:
+        call = asyncio.ensure_future(pool.call(addr, "park", "a", timeout_s=600))
+        await asyncio.wait_for(started["a"].wait(), 30)
+        call.cancel()
+        await asyncio.wait_for(ended["a"].wait(), 30)
+        with pytest.raises(TimeoutError):
+            await pool.call(addr, "park", "b", timeout_s=0.2)
+        await asyncio.wait_for(ended["b"].wait(), 30)
+        assert outcome == {"a": "cancelled", "b": "cancelled"}
+        assert await pool.call(addr, "echo", 7) == 7
+        assert len(pool._conns) == 1
+    finally:
+        await pool.close()
+        await listener.stop()
+
+
 async def test_unknown_connection_type_is_closed() -> None:
     listener = Listener("127.0.0.1", 0, {})
     await listener.start()

@@ -5,7 +5,11 @@ per connection (`wire.ConnType`) and hands the stream to the protocol's handler;
 answers each request in its own task, so slow requests (blocking queries) do not hold up fast
 ones on the same connection. `ConnectionPool` keeps one connection per peer and multiplexes
 concurrent calls on it by sequence number; `dial` opens every outgoing connection (the pool's and
-Raft's).
+Raft's). A caller that gives up on a call (cancelled, or timed out) sends `CANCEL_METHOD` with the
+call's sequence number on the same connection, and the serving side cancels that request's task:
+a blocking query forwarded to the leader ends when the agent that forwarded it stops waiting, as
+Consul's RPCs end with their caller's context. (A server without it answers "can't find method",
+which the caller ignores: it no longer waits for any answer to that number.)
 
 TLS works as Consul's RPCTLS byte: a dialer that must verify its server writes `ConnType.TLS`,
 runs the handshake, then writes the inner type byte inside the TLS stream. The listener reads the
@@ -39,6 +43,9 @@ from proconsul.wire import (
 )
 
 logger = logging.getLogger(__name__)
+
+# The request a caller sends, body = the sequence number of its abandoned call. Never answered.
+CANCEL_METHOD = "RPC.Cancel"
 
 # Outbound address redirections (config `dial_overrides`, test-only): the simulation harness puts
 # a proxy on every directed server link, and a node dials the proxy in place of its peer.
@@ -308,7 +315,7 @@ def rpc_stream_handler(
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder()
-        inflight: set[asyncio.Task[None]] = set()
+        inflight: dict[int, asyncio.Task[None]] = {}
         cork = _Cork(writer)
         refusal = security.server_refusal(peer_certificate(writer)) if security is not None else ""
 
@@ -337,16 +344,26 @@ def rpc_stream_handler(
                     msg = decode_message(payload)
                     if not isinstance(msg, Request):
                         raise ProtocolError("client sent a response frame")
+                    if msg.method == CANCEL_METHOD:
+                        abandoned = inflight.get(msg.body) if isinstance(msg.body, int) else None
+                        if abandoned is not None:
+                            abandoned.cancel()
+                        continue
                     task = asyncio.get_running_loop().create_task(answer(msg))
-                    inflight.add(task)
-                    task.add_done_callback(inflight.discard)
+                    inflight[msg.seq] = task
+                    task.add_done_callback(lambda t, seq=msg.seq: _forget(inflight, seq, t))
         except ProtocolError as exc:
             logger.warning("transport: closing RPC connection: %s", exc, extra=MALFORMED)
         finally:
-            for task in inflight:
+            for task in inflight.values():
                 task.cancel()
 
     return serve
+
+
+def _forget(inflight: dict[int, asyncio.Task[None]], seq: int, task: asyncio.Task[None]) -> None:
+    if inflight.get(seq) is task:
+        del inflight[seq]
 
 
 class _Connection:
@@ -428,12 +445,23 @@ class ConnectionPool:
         seq = next(conn.seq)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         conn.pending[seq] = fut
+        sent = False
         try:
             conn.cork.write(encode_request(Request(seq, method, body)))
+            sent = True
             await conn.writer.drain()
             return await asyncio.wait_for(fut, timeout_s)
         finally:
             conn.pending.pop(seq, None)
+            # Given up (cancelled, or timed out: wait_for cancels the future): the server stops
+            # working on it.
+            if sent and (not fut.done() or fut.cancelled()) and not conn.closed:
+                fut.cancel()
+                try:
+                    # Through the cork, after the request itself (which may not be flushed yet).
+                    conn.cork.write(encode_request(Request(next(conn.seq), CANCEL_METHOD, seq)))
+                except (ConnectionError, OSError, RuntimeError):
+                    pass
 
     async def close(self) -> None:
         for conn in self._conns.values():

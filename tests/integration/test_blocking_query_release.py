@@ -53,8 +53,10 @@ async def test_blocking_queries_leave_no_watches_or_connections_behind() -> None
             assert statuses == [200] * N
             assert store.watch_count() == 0
             # 2. Queries woken by a write.
+            # Identical reads park once: one store watch for all N readers (and one re-run).
             woken = [asyncio.ensure_future(query(f"/v1/kv/k?index={index}&wait=60s")) for _ in range(N)]
-            await wait_until(lambda: store.watch_count() == N, timeout=60)
+            await wait_until(lambda: agent.server.blocking_reads() == N, timeout=60)
+            assert store.watch_count() == 1
             async with client.put(f"{base}/v1/kv/k", data=b"w") as resp:
                 assert resp.status == 200
             assert await asyncio.gather(*woken) == [200] * N
@@ -62,14 +64,16 @@ async def test_blocking_queries_leave_no_watches_or_connections_behind() -> None
             # 3. Queries whose clients hang up mid-wait: the agent stops waiting at once, long
             # before the 60 s ?wait, instead of parking a watch per abandoned query.
             abandoned = [
-                asyncio.ensure_future(query("/v1/catalog/services?index=1000000&wait=60s")) for _ in range(N)
+                asyncio.ensure_future(query(f"/v1/catalog/services?index={1000000 + i % 2}&wait=60s"))
+                for i in range(N)
             ]
-            await wait_until(lambda: store.watch_count() == N, timeout=60)
+            await wait_until(lambda: agent.server.blocking_reads() == N, timeout=60)
+            assert store.watch_count() == 2
             for task in abandoned:
                 task.cancel()
             await asyncio.gather(*abandoned, return_exceptions=True)
         # The session is closed: every client connection is gone.
-        await wait_until(lambda: store.watch_count() == 0, timeout=30)
+        await wait_until(lambda: store.watch_count() == 0 and agent.server.blocking_reads() == 0, timeout=30)
         await wait_until(lambda: agent.http.connections.open_connections() == 0, timeout=IDLE_TIMEOUT_S)
     finally:
         await agent.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
@@ -179,8 +180,30 @@ def json_response(
     else:
         headers = {}
     headers["Content-Type"] = "application/json"
-    body = encode_json(request, obj) if request.query_string else _dumps(obj)
+    if meta is not None and "index" in request.query and not pretty(request) and isinstance(obj, (list, dict)):
+        body = _encode_shared(obj)
+    else:
+        body = encode_json(request, obj) if request.query_string else _dumps(obj)
     return web.Response(body=body, status=status, headers=headers)
+
+
+# Identical parked blocking queries are answered with one shared object (server/rpc.py's
+# _Parked); the answers of the last few are kept encoded by identity, so a thousand watchers of
+# one service cost one encoding. An entry holds its object, so its id cannot be reused meanwhile;
+# answers are never changed once returned.
+_SHARED_ENCODINGS: OrderedDict[int, tuple[Any, bytes]] = OrderedDict()
+_SHARED_ENCODINGS_MAX = 16
+
+
+def _encode_shared(obj: Any) -> bytes:
+    hit = _SHARED_ENCODINGS.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    body = _dumps(obj)
+    _SHARED_ENCODINGS[id(obj)] = (obj, body)
+    if len(_SHARED_ENCODINGS) > _SHARED_ENCODINGS_MAX:
+        _SHARED_ENCODINGS.popitem(last=False)
+    return body
 
 
 def set_meta(resp: web.StreamResponse, meta: QueryMeta) -> None:

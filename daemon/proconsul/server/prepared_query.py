@@ -119,26 +119,28 @@ def matching_instances(store: Store, service: dict[str, Any], connect: bool = Fa
     tags = service["Tags"] or []
     connect = connect or bool(service["Connect"])
     out: list[Instance] = []
-    for node_name in sorted(store.services):
-        node = store.nodes.get(node_name)
+    # A plain query reads the by-name index; Connect matches proxies by destination: a scan.
+    if connect:
+        candidates = [store.services[n][sid] for n in sorted(store.services) for sid in sorted(store.services[n])]
+    else:
+        candidates = store.service_instances_any_case(name)
+    for svc in candidates:
+        node = store.nodes.get(svc.node)
         if node is None:
             continue
-        per = store.services[node_name]
-        for sid in sorted(per):
-            svc = per[sid]
-            if connect:
-                if not _connect_capable(svc, name):
-                    continue
-            elif svc.service.lower() != name:
+        if connect:
+            if not _connect_capable(svc, name):
                 continue
-            checks = store.checks_for_instance(svc)
-            if not _healthy(checks, only_passing, ignore):
-                continue
-            if not _meta_ok(node.meta, service["NodeMeta"]) or not _meta_ok(svc.meta, service["ServiceMeta"]):
-                continue
-            if tags and not _tags_ok(svc, tags):
-                continue
-            out.append((node, svc, checks))
+        elif svc.service.lower() != name:
+            continue
+        checks = store.checks_for_instance(svc)
+        if not _healthy(checks, only_passing, ignore):
+            continue
+        if not _meta_ok(node.meta, service["NodeMeta"]) or not _meta_ok(svc.meta, service["ServiceMeta"]):
+            continue
+        if tags and not _tags_ok(svc, tags):
+            continue
+        out.append((node, svc, checks))
     return out
 
 

@@ -6,7 +6,9 @@ with `(index, result)`, where the result is already in Consul's JSON shape (Pasc
 from `state.render`). Because requests and answers are plain data, a follower can forward a read
 to the leader, and a client agent can send it to a server, over the RPC transport unchanged.
 
-Each query also names the tables (and KV prefix) a blocking read of it waits on.
+Each query also names what a blocking read of it waits on: tables, a KV prefix, or (for the
+hot discovery reads) one service or one node by name, so that a write wakes only the reads it
+can change.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from proconsul.server import acl_queries, prepared_query
 from proconsul.state import commands, protection, render
 from proconsul.state.fsm import TxnError, txn_op
 from proconsul.state.records import Node, ServiceInstance
-from proconsul.state.store import Store, StoreError
+from proconsul.state.store import Store, StoreError, WatchSet
 from proconsul.structs import HEALTH_ANY, HEALTH_PASSING
 
 CATALOG_TABLES = ("nodes", "services", "checks")
@@ -40,6 +42,30 @@ class QuerySpec:
     run: QueryFn
     tables: tuple[str, ...]
     kv_prefix: Callable[[Args], str | None] = lambda args: None
+    # Narrower than `tables` where the read allows it (one service, one node, fewer tables).
+    narrow: Callable[[Args], WatchSet] | None = None
+
+    def watch_set(self, args: Args) -> WatchSet:
+        if self.narrow is not None:
+            return self.narrow(args)
+        return WatchSet(self.tables, self.kv_prefix(args))
+
+
+def _one_service(args: Args) -> WatchSet:
+    # Every write that can change a service's instances, their nodes or checks touches the
+    # service by name (Store._touch_service), as its index does.
+    return WatchSet(services=(str(args["service"]),))
+
+
+def _one_node(args: Args) -> WatchSet:
+    return WatchSet(nodes=(str(args["node"]),))
+
+
+def _service_list(args: Args) -> WatchSet:
+    # The answer's index is the services table's; node fields matter only when filtered by them.
+    if args.get("node_meta") or args.get("instances"):
+        return WatchSet(("services", "nodes"))
+    return WatchSet(("services",))
 
 
 def _meta_ok(n: Node, wanted: dict[str, str]) -> bool:
@@ -289,16 +315,13 @@ def dns_records(store: Store, args: Args) -> tuple[int, Any]:
     services: list[Any] = []
     checks: dict[tuple[str, str], Any] = {}  # node checks count once per node
     if args.get("service"):
-        wanted = str(args["service"]).lower()
-        for node_name in sorted(store.services):
-            node = store.nodes.get(node_name)
-            for sid in sorted(store.services[node_name]):
-                svc = store.services[node_name][sid]
-                if node is None or svc.service.lower() != wanted:
-                    continue
-                nodes[node_name] = node
-                services.append(svc.to_wire())
-                checks.update(((c.node, c.check_id), c.to_wire()) for c in store.checks_for_instance(svc))
+        for svc in store.service_instances_any_case(str(args["service"])):
+            node = store.nodes.get(svc.node)
+            if node is None:
+                continue
+            nodes[svc.node] = node
+            services.append(svc.to_wire())
+            checks.update(((c.node, c.check_id), c.to_wire()) for c in store.checks_for_instance(svc))
     if args.get("node"):
         wanted = str(args["node"]).lower()
         for node_name in sorted(store.nodes):
@@ -321,18 +344,18 @@ READS: dict[str, QuerySpec] = {
     "KVS.List": QuerySpec(kv_list, KV_TABLES, lambda a: a["prefix"]),
     "KVS.ListKeys": QuerySpec(kv_keys, KV_TABLES, lambda a: a["prefix"]),
     "Txn.Read": QuerySpec(txn_read, KV_TABLES + CATALOG_TABLES),
-    "Catalog.ListNodes": QuerySpec(catalog_nodes, CATALOG_TABLES),
-    "Catalog.ListServices": QuerySpec(catalog_services, CATALOG_TABLES),
-    "Catalog.ServiceNodes": QuerySpec(catalog_service_nodes, CATALOG_TABLES),
-    "Catalog.NodeServices": QuerySpec(catalog_node_services, CATALOG_TABLES),
-    "Health.NodeChecks": QuerySpec(health_node_checks, CATALOG_TABLES),
-    "Health.ServiceChecks": QuerySpec(health_service_checks, CATALOG_TABLES),
-    "Health.ChecksInState": QuerySpec(health_checks_in_state, CATALOG_TABLES),
-    "Health.ServiceNodes": QuerySpec(health_service_nodes, CATALOG_TABLES),
+    "Catalog.ListNodes": QuerySpec(catalog_nodes, CATALOG_TABLES, narrow=lambda a: WatchSet(("nodes",))),
+    "Catalog.ListServices": QuerySpec(catalog_services, CATALOG_TABLES, narrow=_service_list),
+    "Catalog.ServiceNodes": QuerySpec(catalog_service_nodes, CATALOG_TABLES, narrow=_one_service),
+    "Catalog.NodeServices": QuerySpec(catalog_node_services, CATALOG_TABLES, narrow=_one_node),
+    "Health.NodeChecks": QuerySpec(health_node_checks, CATALOG_TABLES, narrow=_one_node),
+    "Health.ServiceChecks": QuerySpec(health_service_checks, CATALOG_TABLES, narrow=_one_service),
+    "Health.ChecksInState": QuerySpec(health_checks_in_state, CATALOG_TABLES, narrow=lambda a: WatchSet(("checks",))),
+    "Health.ServiceNodes": QuerySpec(health_service_nodes, CATALOG_TABLES, narrow=_one_service),
     "Session.Get": QuerySpec(session_get, ("sessions",)),
     "Session.NodeSessions": QuerySpec(session_node, ("sessions",)),
     "Session.List": QuerySpec(session_list, ("sessions",)),
-    "Internal.NodeState": QuerySpec(node_state, CATALOG_TABLES),
+    "Internal.NodeState": QuerySpec(node_state, CATALOG_TABLES, narrow=_one_node),
     "Coordinate.ListNodes": QuerySpec(coordinate_list_nodes, COORDINATE_TABLES),
     "Coordinate.Node": QuerySpec(coordinate_node, COORDINATE_TABLES),
     "Internal.DNSRecords": QuerySpec(dns_records, CATALOG_TABLES),

@@ -4,6 +4,12 @@ Owns what a server answers: named endpoints (`KVS.Get`, `Catalog.Register`, ...)
 state store under Consul's consistency modes or propose FSM commands through the replicated log,
 and the blocking-query loop (`?index=&wait=`) that parks on store watches.
 
+Identical parked blocking reads (same query, arguments, index and consistency mode) share one
+parked read (`_Parked`): one store watch, one re-run when it fires, one answer object (which the
+HTTP layer then encodes once). A parked read goes when its last reader does: a client that hangs
+up (its handler is cancelled) or a forwarding server that gives up (the transport cancels the
+forwarded call) stops costing anything at once.
+
 Callers (the HTTP API, DNS, the agent's anti-entropy) go through `Server.read` and
 `Server.write`. In a server agent these are in-process calls; the Raft and gossip issues add the
 network path (forwarding to the leader, client agents calling a server) behind the same methods.
@@ -12,6 +18,7 @@ network path (forwarding to the leader, client agents calling a server) behind t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -38,8 +45,7 @@ from proconsul.server import queries
 from proconsul.state import commands
 from proconsul.state.fsm import TxnError, TxnResult
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance
-from proconsul.state.store import Store, StoreError
-from proconsul.tasks import wait_event
+from proconsul.state.store import Store, StoreError, WatchSet
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,69 @@ ReadFn = Callable[[Store], tuple[int, Any]]
 
 # Jitter added to blocking waits, as a fraction of the wait (Consul's JitterFraction is 16).
 JITTER_FRACTION = 16
+
+
+class _Parked:
+    """One blocking read parked on the store for every reader waiting on the same answer.
+
+    It holds one store watch; when that fires it re-runs the read once (soon after the write's
+    command has applied, not inside it) and either answers every reader, when the index moved
+    past theirs, or parks again. Readers leave on their own deadlines; the last one to leave
+    drops the watch.
+    """
+
+    __slots__ = ("key", "store", "run", "watches", "min_index", "index", "result", "answered", "readers",
+                 "_watch", "_closed", "_on_close", "_counters")
+
+    def __init__(
+        self, key: Any, store: Store, run: ReadFn, watches: WatchSet, min_index: int, index: int, result: Any,
+        on_close: Callable[[_Parked], None], counters: tuple[Any, Any],
+    ) -> None:
+        self.key = key
+        self._counters = counters  # (re-runs, re-runs that found nothing new)
+        self.store, self.run, self.watches, self.min_index = store, run, watches, min_index
+        self.index, self.result = index, result
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.readers = 0
+        self._closed = False
+        self._on_close = on_close
+        self._watch: Any = store.watch_set(watches, self._fired)
+
+    def _fired(self) -> None:
+        self._watch = None
+        asyncio.get_running_loop().call_soon(self._rerun)
+
+    def _rerun(self) -> None:
+        if self._closed:
+            return
+        try:
+            index, result = self.run(self.store)
+        except Exception as exc:  # every reader gets the error, as an unshared read would
+            self.answered.set_exception(exc)
+            self.close()
+            return
+        self.index, self.result = index, result
+        self._counters[0].incr()
+        if index > self.min_index:
+            self.answered.set_result(None)
+            self.close()  # later readers with this index start afresh (the answer is already newer)
+        else:
+            self._counters[1].incr()  # woken for nothing: a write it does not read touched its watch
+            self._watch = self.store.watch_set(self.watches, self._fired)
+
+    def leave(self) -> None:
+        self.readers -= 1
+        if self.readers <= 0:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._watch is not None:
+            self.store.unwatch(self._watch)
+            self._watch = None
+        self._on_close(self)
 
 
 class Server:
@@ -107,6 +176,13 @@ class Server:
         self._m_request_error = m.counter("rpc", "request_error", help="RPCs from other agents answered with an error")
         self._m_blocking = m.gauge("rpc", "queries_blocking", help="blocking queries waiting for a change")
         self._blocking = 0
+        self._parked_counters = (
+            m.counter("rpc", "queries_blocking_rerun", help="re-runs of parked blocking reads after a change they watch"),
+            m.counter("rpc", "queries_blocking_unchanged",
+                      help="re-runs of parked blocking reads that found nothing new (woken for nothing)"),
+        )
+        # Parked blocking reads shared by identical readers: (query, args, index, consistency).
+        self._parked: dict[Any, _Parked] = {}
         # Consul times each endpoint's apply where it proposes (the leader); by command type.
         self._m_apply_by_type: dict[type, Sample] = {
             commands.KVS: m.sample("kvs", "apply", help="ms to apply a KV write through Raft"),
@@ -144,7 +220,8 @@ class Server:
             leader = await self._wait_for_leader()
             if not self.consensus.is_leader():
                 return await self._forward_query(leader, name, args, opts)
-        meta, result = await self.read(opts, run, spec.tables, spec.kv_prefix(args))
+        share = (name, _args_key(args)) if opts.min_index > 0 else None
+        meta, result = await self.read(opts, run, spec.watch_set(args), share_key=share)
         if opts.too_stale(meta.last_contact_ms) and self.pool is not None:
             # Contact was lost while a blocking read waited: ask the leader now, without blocking
             # (as Consul retries once; the client sees the leader's index and blocks again).
@@ -210,10 +287,15 @@ class Server:
         self,
         opts: QueryOptions,
         run: ReadFn,
-        tables: Iterable[str],
+        tables: Iterable[str] | WatchSet,
         kv_prefix: str | None = None,
+        share_key: Any = None,
     ) -> tuple[QueryMeta, Any]:
-        """Answer a read under `opts`, blocking while the result's index is <= opts.min_index."""
+        """Answer a read under `opts`, blocking while the result's index is <= opts.min_index.
+
+        `tables` (with `kv_prefix`) or a WatchSet says what wakes a blocked read. Readers that
+        pass the same `share_key` (equal for reads that answer alike) share one parked read.
+        """
         self._m_query.incr()
         c = self.consensus
         if opts.allow_stale:
@@ -231,31 +313,44 @@ class Server:
             if opts.require_consistent:
                 await c.verify_leader()
                 consistency = "consistent"
-        tables = tuple(tables)
-        index, result = run(self.store)
-        if opts.min_index <= 0 or index > opts.min_index:
-            return self._meta(index, consistency), result
+        watches = tables if isinstance(tables, WatchSet) else WatchSet(tuple(tables), kv_prefix)
+        key = None if share_key is None or opts.min_index <= 0 else (share_key, opts.min_index, consistency)
+        # An identical read already parked: nothing it reads has changed since its last run (or
+        # its re-run is on its way), so this reader joins it without running the read again.
+        parked = self._parked.get(key) if key is not None else None
+        if parked is None:
+            index, result = run(self.store)
+            if opts.min_index <= 0 or index > opts.min_index:
+                return self._meta(index, consistency), result
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_time(opts)
+        if parked is None:
+            parked = _Parked(key, self.store, run, watches, opts.min_index, index, result, self._unpark,
+                             self._parked_counters)
+            if key is not None:
+                self._parked[key] = parked
+        parked.readers += 1
         self._blocking += 1
         self._m_blocking.set(self._blocking)
         try:
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return self._meta(index, consistency), result
-                woken = asyncio.Event()
-                watch = self.store.watch(tables, woken.set, kv_prefix=kv_prefix)
-                try:
-                    await wait_event(woken, remaining)
-                finally:
-                    self.store.unwatch(watch)
-                index, result = run(self.store)
-                if index > opts.min_index:
-                    return self._meta(index, consistency), result
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                await asyncio.wait((parked.answered,), timeout=remaining)
+            if parked.answered.done():
+                parked.answered.result()  # raises the re-run's error, if it failed
+            return self._meta(parked.index, consistency), parked.result
         finally:
+            parked.leave()
             self._blocking -= 1
             self._m_blocking.set(self._blocking)
+
+    def _unpark(self, parked: _Parked) -> None:
+        if parked.key is not None and self._parked.get(parked.key) is parked:
+            del self._parked[parked.key]
+
+    def blocking_reads(self) -> int:
+        """Readers waiting in a blocking query here (identical ones share one store watch)."""
+        return self._blocking
 
     # --------------------------------------------------------------------------------- writes
 
@@ -463,6 +558,11 @@ def _decode_txn_record(raw: Any) -> Any:
         ((tag, wire),) = raw.items()
         return _TXN_RECORD_TYPES[tag].from_wire(wire)
     return DirEntry.from_wire(raw)
+def _args_key(args: dict[str, Any]) -> str:
+    """A canonical text of a query's arguments: equal for reads that answer alike."""
+    return json.dumps(args, sort_keys=True, separators=(",", ":"), default=repr)
+
+
 def _command_and_token(body: Any) -> tuple[commands.Command, str]:
     """A client agent's write: {"command": bytes, "token": secret} (bare bytes from older agents)."""
     if isinstance(body, dict):

@@ -7,9 +7,16 @@ Consul's state store: a KV read answers the entry's ModifyIndex, a miss or a pre
 highest index of the entries and tombstones below it, catalog reads the per-service or per-table
 index.
 
-Watches are one-shot callbacks registered per table (and per KV prefix, so a blocking read of
-one key is not woken by writes to unrelated keys). They fire after a command has been applied
-as a whole. The store never awaits; the asyncio side turns callbacks into events.
+Watches are one-shot callbacks registered on topics, as Consul's memdb watch sets are on index
+entries: a table, a service name, a node name or a KV prefix, so a blocking read is woken only by
+a change to what it reads (a health read of `web` by writes touching `web`, a read of one key by
+writes under its prefix). A write marks the topics it touched; at the end of the command the
+store looks those topics up and fires what is parked there, so the cost of a write does not grow
+with the number of parked watches. The store never awaits; the asyncio side turns callbacks into
+events.
+
+Services are also indexed by name (name -> (node, service ID)), so reading one service costs what
+it returns, not a scan of every instance.
 
 Not thread-safe: the agent's event loop is the only caller.
 """
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -39,12 +46,26 @@ class StoreError(Exception):
     """A command was rejected by the store's rules; the message is shown to the client."""
 
 
-class _Watch:
-    __slots__ = ("tables", "kv_prefix", "fire", "active")
+# Watch topics: ("t", table), ("s", service name), ("n", node name), ("k", KV prefix).
+Topic = tuple[str, str]
 
-    def __init__(self, tables: frozenset[str], kv_prefix: str | None, fire: Callable[[], None]) -> None:
-        self.tables = tables
-        self.kv_prefix = kv_prefix
+
+@dataclass(frozen=True, slots=True)
+class WatchSet:
+    """What a blocking read waits on: whole tables, KV keys under a prefix (instead of the KV
+    tables), services and nodes by name. See `Store.watch`."""
+
+    tables: tuple[str, ...] = ()
+    kv_prefix: str | None = None
+    services: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+
+
+class _Watch:
+    __slots__ = ("topics", "fire", "active")
+
+    def __init__(self, topics: tuple[Topic, ...], fire: Callable[[], None]) -> None:
+        self.topics = topics
         self.fire = fire
         self.active = True
 
@@ -77,10 +98,21 @@ class Store:
         # Added to each Raft index before it reaches the store (see FSM: a restored snapshot
         # can carry indexes above the log's, and X-Consul-Index must never go backwards).
         self.index_offset = 0
-        self._watches: list[_Watch] = []
+        # Parked watches by topic, and how many watch each KV prefix length (a changed key is
+        # matched against its own prefixes of those lengths only).
+        self._watches: dict[Topic, dict[_Watch, None]] = {}
+        self._watch_total = 0
+        self._kv_prefix_lens: dict[int, int] = {}
+        # service name -> {(node, service ID)}: the catalog's by-name index.
+        self._by_service: dict[str, dict[tuple[str, str], None]] = {}
+        # /v1/catalog/services without filters, kept while the services table index stays.
+        self._services_cache: tuple[int, dict[str, list[str]]] | None = None
         # Changes accumulated while a command applies; watches fire once at the end.
         self._dirty_tables: set[str] = set()
         self._dirty_keys: list[str] = []
+        self._dirty_services: set[str] = set()
+        self._dirty_nodes: set[str] = set()
+        self._dirty_all = False
         self._undo: list[Callable[[], None]] | None = None
         # Lock-delay bookkeeping, as Consul keeps it: not replicated state but each server's own
         # memory of when released locks may be taken again. Time is injected (monotonic seconds).
@@ -90,28 +122,64 @@ class Store:
     # ------------------------------------------------------------------------------- watches
 
     def watch(
-        self, tables: Iterable[str], fire: Callable[[], None], kv_prefix: str | None = None
+        self,
+        tables: Iterable[str],
+        fire: Callable[[], None],
+        kv_prefix: str | None = None,
+        services: Iterable[str] = (),
+        nodes: Iterable[str] = (),
     ) -> _Watch:
-        """Register a one-shot callback for the next change to any of `tables`.
+        """Register a one-shot callback for the next change to any of `tables`, `services` (by
+        name) or `nodes` (by name).
 
-        With `kv_prefix`, a `kvs`/`tombstones` change fires it only when a changed key starts
-        with the prefix. The callback runs synchronously at the end of the applying command.
+        With `kv_prefix`, the `kvs`/`tombstones` tables are watched through the prefix only: a
+        KV change fires it when a changed key starts with the prefix. The callback runs
+        synchronously at the end of the applying command.
         """
-        w = _Watch(frozenset(tables), kv_prefix, fire)
-        self._watches.append(w)
+        topics: list[Topic] = []
+        for t in tables:
+            if kv_prefix is not None and t in ("kvs", "tombstones"):
+                continue
+            topics.append(("t", t))
+        if kv_prefix is not None:
+            topics.append(("k", kv_prefix))
+            n = len(kv_prefix)
+            self._kv_prefix_lens[n] = self._kv_prefix_lens.get(n, 0) + 1
+        topics.extend(("s", name) for name in services)
+        topics.extend(("n", name) for name in nodes)
+        w = _Watch(tuple(dict.fromkeys(topics)), fire)
+        for topic in w.topics:
+            self._watches.setdefault(topic, {})[w] = None
+        self._watch_total += 1
         return w
+
+    def watch_set(self, ws: WatchSet, fire: Callable[[], None]) -> _Watch:
+        return self.watch(ws.tables, fire, kv_prefix=ws.kv_prefix, services=ws.services, nodes=ws.nodes)
 
     def unwatch(self, w: _Watch) -> None:
         if w.active:
-            w.active = False
-            try:
-                self._watches.remove(w)
-            except ValueError:
-                pass
+            self._drop(w)
+
+    def _drop(self, w: _Watch) -> None:
+        w.active = False
+        self._watch_total -= 1
+        for topic in w.topics:
+            parked = self._watches.get(topic)
+            if parked is not None:
+                parked.pop(w, None)
+                if not parked:
+                    del self._watches[topic]
+            if topic[0] == "k":
+                n = len(topic[1])
+                left = self._kv_prefix_lens.get(n, 0) - 1
+                if left > 0:
+                    self._kv_prefix_lens[n] = left
+                else:
+                    self._kv_prefix_lens.pop(n, None)
 
     def watch_count(self) -> int:
         """Watches registered and not yet fired or removed: parked blocking reads."""
-        return len(self._watches)
+        return self._watch_total
 
     def _touch(self, table: str, index: int) -> None:
         if self._undo is not None:
@@ -123,27 +191,71 @@ class Store:
     def _touch_service(self, name: str, index: int) -> None:
         self._log_undo_dict(self.service_index, name)
         self.service_index[name] = index
+        self._dirty_services.add(name)
+
+    def _touch_node(self, name: str) -> None:
+        self._dirty_nodes.add(name)
 
     def finish(self, index: int) -> None:
-        """Close one applied command: advance the index and fire matching watches."""
+        """Close one applied command: advance the index and fire the watches on what it touched.
+
+        The cost is that of the touched topics and the watches they fire, not of every parked
+        watch."""
         if index > self.last_index:
             self.last_index = index
         tables, keys = self._dirty_tables, self._dirty_keys
+        services, nodes, everything = self._dirty_services, self._dirty_nodes, self._dirty_all
         self._dirty_tables, self._dirty_keys = set(), []
-        if not tables:
-            return
-        remaining: list[_Watch] = []
-        fired: list[_Watch] = []
-        for w in self._watches:
-            hit = bool(w.tables & tables)
-            if hit and w.kv_prefix is not None and not (tables - {"kvs", "tombstones"}) & w.tables:
-                prefix = w.kv_prefix
-                hit = any(k.startswith(prefix) for k in keys)
-            (fired if hit else remaining).append(w)
-        self._watches = remaining
+        self._dirty_services, self._dirty_nodes, self._dirty_all = set(), set(), False
+        if everything:
+            fired = {w: None for parked in self._watches.values() for w in parked}
+        else:
+            if not (tables or services or nodes or keys):
+                return
+            fired = {}
+            watches = self._watches
+            for table in tables:
+                fired.update(watches.get(("t", table), {}))
+            for name in services:
+                fired.update(watches.get(("s", name), {}))
+            for name in nodes:
+                fired.update(watches.get(("n", name), {}))
+            if keys and self._kv_prefix_lens:
+                lens = sorted(self._kv_prefix_lens)
+                for key in dict.fromkeys(keys):
+                    for n in lens:
+                        if n > len(key):
+                            break
+                        fired.update(watches.get(("k", key[:n]), {}))
         for w in fired:
-            w.active = False
+            self._drop(w)
+        for w in fired:
             w.fire()
+
+    # by-name service index ----------------------------------------------------------------
+
+    def _index_service(self, name: str, node: str, service_id: str, add: bool) -> None:
+        entry = (node, service_id)
+        members = self._by_service.get(name)
+        present = members is not None and entry in members
+        if present == add:
+            return
+        if add:
+            self._by_service.setdefault(name, {})[entry] = None
+        else:
+            assert members is not None
+            del members[entry]
+            if not members:
+                del self._by_service[name]
+        if self._undo is not None:
+            self._undo.append(lambda: self._index_service(name, node, service_id, not add))
+
+    def _rebuild_service_index(self) -> None:
+        self._by_service = {}
+        for node, per in self.services.items():
+            for sid, svc in per.items():
+                self._by_service.setdefault(svc.service, {})[(node, sid)] = None
+        self._services_cache = None
 
     # ------------------------------------------------------------------------------- catalog
 
@@ -202,6 +314,7 @@ class Store:
         self._log_undo_dict(self.nodes, node.node)
         self.nodes[node.node] = record
         self._touch("nodes", index)
+        self._touch_node(node.node)
         for svc in self.services.get(node.node, {}).values():
             self._touch_service(svc.service, index)
 
@@ -215,11 +328,14 @@ class Store:
             record = replace(service, create_index=existing.create_index, modify_index=index)
             if existing.service != service.service:
                 self._touch_service(existing.service, index)
+                self._index_service(existing.service, node, service.id, add=False)
         else:
             record = replace(service, create_index=index, modify_index=index)
         self._log_undo_dict(per_node, service.id)
         per_node[service.id] = record
+        self._index_service(record.service, node, service.id, add=True)
         self._touch("services", index)
+        self._touch_node(node)
         self._touch_service(record.service, index)
         # Service checks carry the service's name and tags: refresh them when the service changes.
         for check in list(self.checks.get(node, {}).values()):
@@ -248,6 +364,7 @@ class Store:
         self._log_undo_dict(per_node, check.check_id)
         per_node[check.check_id] = record
         self._touch("checks", index)
+        self._touch_node(check.node)
         if svc is not None:
             self._touch_service(svc.service, index)
         else:
@@ -274,6 +391,7 @@ class Store:
             self.services.pop(node, None)
             self.checks.pop(node, None)
             self._touch("nodes", index)
+            self._touch_node(node)
             if node in self.coordinates:
                 # A node's coordinates live and die with its registration, as in Consul.
                 self._log_undo_dict(self.coordinates, node)
@@ -292,7 +410,9 @@ class Store:
                 self._delete_check(index, node, cid)
         self._log_undo_dict(per_node, service_id)
         del per_node[service_id]
+        self._index_service(svc.service, node, service_id, add=False)
         self._touch("services", index)
+        self._touch_node(node)
         self._touch_service(svc.service, index)
 
     def _delete_check(self, index: int, node: str, check_id: str) -> None:
@@ -303,6 +423,7 @@ class Store:
         self._log_undo_dict(per_node, check_id)
         del per_node[check_id]
         self._touch("checks", index)
+        self._touch_node(node)
         if check.service_name:
             self._touch_service(check.service_name, index)
         else:
@@ -319,11 +440,18 @@ class Store:
         return self.catalog_index("nodes"), [self.nodes[n] for n in sorted(self.nodes)]
 
     def list_services(self) -> tuple[int, dict[str, list[str]]]:
-        out: dict[str, set[str]] = {}
-        for node in sorted(self.services):
-            for svc in self.services[node].values():
-                out.setdefault(svc.service, set()).update(svc.tags)
-        return self.catalog_index("services"), {k: sorted(out[k]) for k in sorted(out)}
+        index = self.catalog_index("services")
+        cached = self._services_cache
+        if cached is not None and cached[0] == index:
+            return index, cached[1]
+        out: dict[str, list[str]] = {}
+        for name in sorted(self._by_service):
+            tags: set[str] = set()
+            for node, sid in self._by_service[name]:
+                tags.update(self.services[node][sid].tags)
+            out[name] = sorted(tags)
+        self._services_cache = (index, out)
+        return index, out
 
     def index_for_service(self, name: str) -> int:
         idx = self.service_index.get(name)
@@ -333,13 +461,21 @@ class Store:
         return self.catalog_index("nodes", "services")
 
     def service_instances(self, name: str) -> list[ServiceInstance]:
-        out = []
-        for node in sorted(self.services):
-            for sid in sorted(self.services[node]):
-                svc = self.services[node][sid]
-                if svc.service == name:
-                    out.append(svc)
-        return out
+        """Every instance of `name`, by node then service ID, from the by-name index."""
+        members = self._by_service.get(name)
+        if not members:
+            return []
+        services = self.services
+        return [services[node][sid] for node, sid in sorted(members)]
+
+    def service_instances_any_case(self, name: str) -> list[ServiceInstance]:
+        """Every instance whose service name equals `name` in any case (as DNS and prepared
+        queries match), by node then service ID. Costs the number of service names plus what
+        it returns."""
+        wanted = name.lower()
+        members = [m for n, ms in self._by_service.items() if n.lower() == wanted for m in ms]
+        services = self.services
+        return [services[node][sid] for node, sid in sorted(members)]
 
     def node_services(self, node: str) -> tuple[int, Node | None, list[ServiceInstance]]:
         idx = self.catalog_index("nodes", "services")
@@ -354,12 +490,15 @@ class Store:
         return self.catalog_index("checks"), [per[c] for c in sorted(per)]
 
     def service_checks(self, name: str) -> tuple[int, list[HealthCheck]]:
+        """The checks of `name`'s instances, by node then check ID."""
         out = []
-        for node in sorted(self.checks):
-            for cid in sorted(self.checks[node]):
-                c = self.checks[node][cid]
-                if c.service_name == name:
-                    out.append(c)
+        by_node: dict[str, set[str]] = {}
+        for node, sid in self._by_service.get(name, {}):
+            by_node.setdefault(node, set()).add(sid)
+        for node in sorted(by_node):
+            per = self.checks.get(node, {})
+            sids = by_node[node]
+            out.extend(per[cid] for cid in sorted(per) if per[cid].service_id in sids)
         return self.index_for_service(name), out
 
     def checks_in_state(self, state: str) -> tuple[int, list[HealthCheck]]:
@@ -665,6 +804,8 @@ class Store:
             step()
         self._dirty_tables.clear()
         self._dirty_keys.clear()
+        self._dirty_services.clear()
+        self._dirty_nodes.clear()
 
     # ---------------------------------------------------------------------- autopilot config
 
@@ -770,9 +911,9 @@ class Store:
         """Take over the tables of a `decode`d store (cheap: references) and wake every watcher."""
         for name in _SNAPSHOT_FIELDS:
             setattr(self, name, getattr(loaded, name))
+        self._rebuild_service_index()
         # Every watcher must re-read: the world changed under it.
-        self._dirty_tables = set(TABLES)
-        self._dirty_keys = [""]
+        self._dirty_all = True
         self.finish(self.last_index)
 
     def advance_all_indexes(self, index: int) -> None:
@@ -781,8 +922,7 @@ class Store:
             self.table_index[t] = max(self.table_index[t], index)
         for name in self.service_index:
             self.service_index[name] = max(self.service_index[name], index)
-        self._dirty_tables = set(TABLES)
-        self._dirty_keys = [""]
+        self._dirty_all = True
 
 
 def aggregate_status(checks: Iterable[HealthCheck]) -> str:

@@ -1,0 +1,628 @@
+"""Blocking queries on a large catalog: do writes reach their watchers, and only theirs?
+
+Run by hand (issue 16; figures in docs/PERFORMANCE.md):
+
+    PYTHONPATH=daemon .venv/bin/python bench/catalog_scale.py                       # 10,000 nodes
+    PYTHONPATH=daemon .venv/bin/python bench/catalog_scale.py --nodes 10000 --instances 50000 \\
+        --services 500 --watchers 5000 --writes 400 --write-rate 20
+    PYTHONPATH=daemon .venv/bin/python bench/catalog_scale.py --servers 127.61.5.1,127.61.5.2,127.61.5.3
+
+Starts three `proconsul agent -server -bootstrap-expect=3` processes on 127.61.<n>.1-3 (or uses
+`--servers`), then:
+1. loads `--nodes` nodes and `--instances` service instances over `--services` names through
+   `/v1/txn` (as agents' anti-entropy would register them: node, node check, each service and
+   its check), one service (`svc-0000`) with `--big` instances, the rest spread evenly;
+2. parks `--watchers` blocking queries spread over the three servers: `/v1/health/service/<name>
+   ?passing` on services that get writes, `/v1/catalog/services`, and KV prefixes
+   (`?recurse`), and waits until the servers report them all parked;
+3. streams `--writes` writes at `--write-rate`/s, alternating a check-status change (passing <->
+   warning, so the instance leaves and rejoins the ?passing answer) of a watched service and a KV
+   write under a watched prefix, each carrying a unique token in its check output or value.
+
+A watcher sees a write when an answer holding its token arrives. Reported:
+- per write, acknowledgement -> the last affected watcher's answer: p50/p99/max (ms), and writes
+  some affected watcher never saw (`missed`, should be 0);
+- spurious wake-ups: answers identical to the watcher's previous one that came back before its
+  `wait` ran out (should be 0; `/v1/catalog/services` watchers must not wake at all);
+- the servers' CPU seconds during the stream and RSS after it;
+- `/v1/health/service/svc-0000` latency (the `--big`-instance service), p50/p99 of sequential reads.
+
+The functions below are also what the reduced CI test (tests/integration/test_catalog_scale.py)
+drives, at 1,000 nodes and 1,000 watchers. Processes started here are stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import platform
+import random
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Procs, python_exe  # noqa: E402
+
+MAX_TXN_OPS = 128
+WATCH_WAIT = "120s"
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))] if s else float("nan")
+
+
+# --------------------------------------------------------------------------------- the catalog
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which instance lives where: instance i is on node i % nodes; the first `big` instances
+    are `svc-0000`, the others spread round-robin over the remaining names."""
+
+    nodes: int
+    instances: int
+    services: int
+    big: int
+
+    def service_of(self, i: int) -> str:
+        if i < self.big:
+            return "svc-0000"
+        return f"svc-{1 + (i - self.big) % (self.services - 1):04d}"
+
+    def node_of(self, i: int) -> str:
+        return f"node-{i % self.nodes:05d}"
+
+    def address_of(self, node: str) -> str:
+        n = int(node.rsplit("-", 1)[1])
+        return f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
+
+    def instances_of(self, service: str) -> list[int]:
+        if service == "svc-0000":
+            return list(range(min(self.big, self.instances)))
+        k = int(service.rsplit("-", 1)[1]) - 1
+        return list(range(self.big + k, self.instances, self.services - 1))
+
+
+def check_op(layout: Layout, i: int, status: str, output: str) -> dict[str, Any]:
+    return {"Check": {"Verb": "set", "Check": {
+        "Node": layout.node_of(i), "CheckID": f"chk-{i}", "Name": "alive", "Status": status,
+        "ServiceID": f"{layout.service_of(i)}-{i}", "Output": output,
+    }}}
+
+
+def load_batches(layout: Layout) -> list[list[dict[str, Any]]]:
+    """Transactions of at most MAX_TXN_OPS operations registering the whole catalog, a node
+    (its registration, node check, services and their checks) never split across two."""
+    per_node: dict[int, list[int]] = {}
+    for i in range(layout.instances):
+        per_node.setdefault(i % layout.nodes, []).append(i)
+    batches: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    for n in range(layout.nodes):
+        node = f"node-{n:05d}"
+        ops: list[dict[str, Any]] = [
+            {"Node": {"Verb": "set", "Node": {"Node": node, "Address": layout.address_of(node)}}},
+            {"Check": {"Verb": "set", "Check": {"Node": node, "CheckID": "node-alive", "Name": "node alive",
+                                                "Status": "passing"}}},
+        ]
+        for i in per_node.get(n, []):
+            svc = layout.service_of(i)
+            ops.append({"Service": {"Verb": "set", "Node": node, "Service": {
+                "ID": f"{svc}-{i}", "Service": svc, "Tags": ["scale"], "Port": 20000 + i % 40000,
+            }}})
+            ops.append(check_op(layout, i, "passing", "ok"))
+        if len(current) + len(ops) > MAX_TXN_OPS:
+            batches.append(current)
+            current = []
+        current.extend(ops)
+    if current:
+        batches.append(current)
+    return batches
+
+
+async def load_catalog(session: aiohttp.ClientSession, bases: list[str], layout: Layout,
+                       concurrency: int = 6) -> tuple[float, int]:
+    """Register the catalog; (seconds, transactions)."""
+    batches = load_batches(layout)
+    queue = list(enumerate(batches))
+    start = time.perf_counter()
+
+    async def worker(w: int) -> None:
+        while queue:
+            k, ops = queue.pop()
+            base = bases[(k + w) % len(bases)]
+            for attempt in range(5):
+                async with session.put(f"{base}/v1/txn", json=ops) as resp:
+                    body = await resp.read()
+                    if resp.status == 200:
+                        break
+                    if attempt == 4:
+                        raise RuntimeError(f"txn answered {resp.status}: {body[:300]!r}")
+                await asyncio.sleep(0.5)
+
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return time.perf_counter() - start, len(batches)
+
+
+# --------------------------------------------------------------------------------- watchers
+
+
+@dataclass
+class Watcher:
+    kind: str  # "health", "services" or "kv"
+    topic: str  # service name, "" or KV prefix
+    base: str
+    index: int = 0
+    last_digest: bytes = b""
+    answers: int = 0
+    spurious: int = 0
+    expired: int = 0
+    errors: int = 0
+    seen: dict[str, float] = field(default_factory=dict)  # write token -> first answer holding it
+    parked_once: bool = False
+
+    def path(self) -> str:
+        if self.kind == "health":
+            return f"/v1/health/service/{self.topic}?passing"
+        if self.kind == "services":
+            return "/v1/catalog/services?"
+        return f"/v1/kv/{self.topic}?recurse"
+
+
+class Board:
+    """The writes made so far by topic, so a watcher knows what shows it each one: a needle
+    present in the answer (a token in a check's output or a KV value), or absent from it (an
+    instance flipped to warning leaves the ?passing answer)."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, list[tuple[str, bytes, bool]]] = {}  # topic -> [(token, needle, present)]
+        self.topic_of: dict[str, str] = {}
+        self.stop = False
+
+    def add(self, topic: str, token: str, needle: bytes, present: bool = True) -> None:
+        self.tokens.setdefault(topic, []).append((token, needle, present))
+        self.topic_of[token] = topic
+
+
+async def run_watcher(session: aiohttp.ClientSession, w: Watcher, board: Board, wait: str) -> None:
+    wait_s = float(wait.rstrip("s"))
+    while not board.stop:
+        url = w.base + w.path() + (f"&index={w.index}&wait={wait}" if w.index else "")
+        sent = time.perf_counter()
+        try:
+            w.parked_once = w.parked_once or bool(w.index)
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=wait_s * 2 + 60)) as resp:
+                body = await resp.read()
+                now = time.perf_counter()
+                if resp.status != 200:
+                    w.errors += 1
+                    _note_error(f"watch {w.path()}: {resp.status} {body[:200]!r}")
+                    await asyncio.sleep(0.2)
+                    continue
+                index = int(resp.headers.get("X-Consul-Index", "0"))
+        except asyncio.CancelledError:
+            raise
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            w.errors += 1
+            _note_error(f"watch {w.path()}: {exc!r}")
+            await asyncio.sleep(0.2)
+            continue
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        if w.index:
+            w.answers += 1
+            if digest == w.last_digest:
+                if now - sent < wait_s * 0.9:
+                    w.spurious += 1
+                else:
+                    w.expired += 1
+        for token, needle, present in board.tokens.get(w.topic, ()):
+            if token not in w.seen and (needle in body) == present:
+                w.seen[token] = now
+        w.last_digest = digest
+        w.index = index if index >= w.index else 0
+
+
+async def prime(session: aiohttp.ClientSession, watchers: list[Watcher]) -> None:
+    """One plain read per watched topic gives every watcher of it its starting index (as if each
+    had made it; the load generator's time goes to the blocking reads being measured)."""
+    first: dict[tuple[str, str], tuple[int, bytes]] = {}
+    for w in watchers:
+        key = (w.kind, w.topic)
+        if key not in first:
+            async with session.get(w.base + w.path()) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"{w.path()} answered {resp.status}: {body[:200]!r}")
+                first[key] = (int(resp.headers["X-Consul-Index"]), hashlib.blake2b(body, digest_size=16).digest())
+        w.index, w.last_digest = first[key]
+
+
+async def parked_total(session: aiohttp.ClientSession, bases: list[str]) -> int:
+    """Blocking queries parked on the servers (each counted where it is read: the leader for
+    the default consistency mode)."""
+    total = 0
+    for base in bases:
+        async with session.get(f"{base}/v1/agent/metrics") as resp:
+            data = await resp.json()
+        for g in data.get("Gauges", []):
+            if g["Name"].endswith("rpc.queries_blocking"):
+                total += int(g["Value"])
+    return total
+
+
+def plan_watchers(layout: Layout, bases: list[str], n: int, rng: random.Random,
+                  kv_prefixes: int, health_services: int) -> list[Watcher]:
+    """70 % health ?passing over `health_services` names (svc-0000 among them), 10 % catalog
+    services, 20 % KV prefixes."""
+    names = ["svc-0000"] + [f"svc-{k:04d}" for k in rng.sample(range(1, layout.services), health_services - 1)]
+    out: list[Watcher] = []
+    for i in range(n):
+        base = bases[i % len(bases)]
+        r = i % 10
+        if r < 7:
+            out.append(Watcher("health", names[i % len(names)], base))
+        elif r == 7:
+            out.append(Watcher("services", "", base))
+        else:
+            out.append(Watcher("kv", f"scale/p{i % kv_prefixes:03d}/", base))
+    return out
+
+
+# ----------------------------------------------------------------------------------- writes
+
+
+# Each flipped instance's check status, kept across runs on one cluster: a run must flip from
+# what is there, or its write could change nothing (and wake nobody).
+_CHECK_STATUS: dict[int, str] = {}
+_RUN = [0]
+
+
+@dataclass
+class WriteLog:
+    sent: dict[str, float] = field(default_factory=dict)
+    acked: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+
+
+async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout: Layout, board: Board,
+                        watchers: list[Watcher], count: int, rate: float, rng: random.Random) -> WriteLog:
+    """`count` writes at `rate`/s, alternating check flips on watched services and KV writes
+    under watched prefixes, round-robin over the topics (so one topic's writes are far apart)."""
+    services = sorted({w.topic for w in watchers if w.kind == "health"})
+    prefixes = sorted({w.topic for w in watchers if w.kind == "kv"})
+    status = _CHECK_STATUS
+    log = WriteLog()
+    pending: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+
+    _RUN[0] += 1
+    run = _RUN[0]
+
+    async def one(seq: int) -> None:
+        token = f"r{run}w{seq:06d}x{rng.randrange(10**6):06d}"  # unique across runs too
+        base = bases[seq % len(bases)]
+        if seq % 2 == 0 and services or not prefixes:
+            svc = services[(seq // 2) % len(services)]
+            i = rng.choice(layout.instances_of(svc))
+            status[i] = "warning" if status.get(i, "passing") == "passing" else "passing"
+            if status[i] == "passing":  # back in the ?passing answer, with the token as output
+                board.add(svc, token, token.encode())
+            else:  # it leaves the answer (it was in every earlier one)
+                board.add(svc, token, f'"ID":"{svc}-{i}"'.encode(), present=False)
+            url, body, method = f"{base}/v1/txn", [check_op(layout, i, status[i], token)], "PUT"
+        else:
+            prefix = prefixes[(seq // 2) % len(prefixes)]
+            value = token.encode()
+            board.add(prefix, token, base64.b64encode(value))
+            url, body, method = f"{base}/v1/kv/{prefix}k{seq % 7}", value, "PUT"
+        log.sent[token] = time.perf_counter()
+        try:
+            kwargs: dict[str, Any] = {"json": body} if isinstance(body, list) else {"data": body}
+            async with session.request(method, url, **kwargs) as resp:
+                text = await resp.read()
+                if resp.status != 200:
+                    log.errors += 1
+                    _note_error(f"write {url}: {resp.status} {text[:200]!r}")
+                    return
+            log.acked[token] = time.perf_counter()
+        except aiohttp.ClientError as exc:
+            log.errors += 1
+            _note_error(f"write {url}: {exc!r}")
+
+    for seq in range(count):
+        due = start + seq / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.ensure_future(one(seq))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.gather(*pending)
+    return log
+
+
+# ---------------------------------------------------------------------------------- results
+
+ERRORS: list[str] = []
+
+
+def _note_error(text: str) -> None:
+    if len(ERRORS) < 20:
+        ERRORS.append(text)
+
+
+
+@dataclass
+class Result:
+    latencies_ms: list[float]  # per write: ack -> last affected watcher's answer
+    by_server: dict[str, dict[str, float]]  # per (write, watcher): ack -> its answer, by server asked
+    missed: int  # writes some affected watcher never saw
+    affected_pairs: int
+    spurious: int
+    answers: int
+    watcher_errors: int
+    write_errors: int
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.latencies_ms
+        return {
+            "writes_measured": len(lat),
+            "ack_to_last_watcher_ms": {"p50": round(pct(lat, 0.5), 1), "p99": round(pct(lat, 0.99), 1),
+                                       "max": round(max(lat), 1) if lat else None},
+            "ack_to_each_watcher_by_server_ms": self.by_server,
+            "missed": self.missed,
+            "affected_watcher_answers": self.affected_pairs,
+            "spurious_wakeups": self.spurious,
+            "answers": self.answers,
+            "watcher_errors": self.watcher_errors,
+            "write_errors": self.write_errors,
+            "first_errors": ERRORS[:10],
+        }
+
+
+def collect(watchers: list[Watcher], log: WriteLog, board: Board) -> Result:
+    by_topic: dict[str, list[Watcher]] = {}
+    for w in watchers:
+        by_topic.setdefault(w.topic, []).append(w)
+    latencies: list[float] = []
+    per_server: dict[str, list[float]] = {}  # each watcher's own ack -> answer, by the server it asked
+    missed = pairs = 0
+    for token, acked in log.acked.items():
+        affected = by_topic.get(board.topic_of[token], [])
+        seen = [w.seen.get(token) for w in affected]
+        pairs += len(seen)
+        for w in affected:
+            if token in w.seen:
+                per_server.setdefault(w.base, []).append((w.seen[token] - acked) * 1000)
+        if any(t is None for t in seen):
+            missed += 1
+            lagging = [w for w in affected if token not in w.seen]
+            _note_error(f"missed {token} on {board.topic_of[token]}: {len(lagging)} of {len(affected)} watchers, "
+                        f"e.g. {lagging[0].kind} at index {lagging[0].index} via {lagging[0].base}")
+            continue
+        latencies.append((max(t for t in seen if t is not None) - acked) * 1000)
+    by_server = {b: {"p50": round(pct(v, 0.5), 1), "p99": round(pct(v, 0.99), 1)} for b, v in sorted(per_server.items())}
+    return Result(latencies, by_server, missed, pairs, sum(w.spurious for w in watchers), sum(w.answers for w in watchers),
+                  sum(w.errors for w in watchers), log.errors)
+
+
+async def all_seen(watchers: list[Watcher], log: WriteLog, board: Board, timeout_s: float) -> None:
+    """Until every acknowledged write has reached every watcher of its topic (or the timeout)."""
+    by_topic: dict[str, list[Watcher]] = {}
+    for w in watchers:
+        by_topic.setdefault(w.topic, []).append(w)
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if all(token in w.seen for token in log.acked for w in by_topic.get(board.topic_of[token], [])):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def wait_parked(session: aiohttp.ClientSession, bases: list[str], watchers: list[Watcher],
+                      timeout_s: float) -> None:
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        parked = await parked_total(session, bases)
+        if parked >= len(watchers) and all(w.parked_once for w in watchers):
+            return
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"only {parked} of {len(watchers)} blocking queries parked after {timeout_s}s")
+        await asyncio.sleep(0.2)
+
+
+async def health_latency(session: aiohttp.ClientSession, base: str, service: str, n: int) -> dict[str, float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        async with session.get(f"{base}/v1/health/service/{service}") as resp:
+            await resp.read()
+        out.append((time.perf_counter() - t) * 1000)
+    return {"p50": round(pct(out, 0.5), 1), "p99": round(pct(out, 0.99), 1), "n": n}
+
+
+async def watch_and_write(session: aiohttp.ClientSession, bases: list[str], layout: Layout, *, watchers: int,
+                          writes: int, rate: float, seed: int, kv_prefixes: int, health_services: int,
+                          wait: str = WATCH_WAIT, on_parked: Any = None) -> Result:
+    """Phases 2 and 3: park the watchers, stream the writes, collect what the watchers saw."""
+    rng = random.Random(seed * 1_000_003 + watchers)
+    for k in range(kv_prefixes):  # each watched prefix holds a key from the start
+        async with session.put(f"{bases[0]}/v1/kv/scale/p{k:03d}/seed", data=b"seed") as resp:
+            await resp.read()
+    plan = plan_watchers(layout, bases, watchers, rng, kv_prefixes, health_services)
+    board = Board()
+    await prime(session, plan)
+    tasks = [asyncio.ensure_future(run_watcher(session, w, board, wait)) for w in plan]
+    try:
+        await wait_parked(session, bases, plan, timeout_s=120 + watchers / 20)
+        if on_parked is not None:
+            on_parked()
+        log = await stream_writes(session, bases, layout, board, plan, writes, rate, rng)
+        await all_seen(plan, log, board, timeout_s=60)
+        return collect(plan, log, board)
+    finally:
+        board.stop = True
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------------------- servers
+
+
+def proc_cpu_rss(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    return cpu, rss
+
+
+def start_servers(procs: Any, root: Path, ips: list[str]) -> list[Any]:
+    code = "import sys; from proconsul.agent.agent import run_agent; sys.exit(run_agent(sys.argv[1:]))"
+    started = []
+    for ip in ips:
+        joins = [f"-retry-join={o}" for o in ips if o != ip]
+        args = [
+            "-server", "-bootstrap-expect=3", *joins, f"-bind={ip}", f"-client={ip}", f"-node=s{ip.rsplit('.', 1)[1]}",
+            f"-data-dir={root / ip}",
+            "-hcl", "limits { http_max_conns_per_client = 100000 }", "-log-level=warn",
+        ]
+        started.append(procs.start(f"server {ip}", [python_exe(), "-c", code, *args], root / f"{ip}.log"))
+    return started
+
+
+async def poll_loop_lag(session: aiohttp.ClientSession, bases: list[str], worst: dict[str, float]) -> None:
+    """Until cancelled: the worst `runtime.loop_lag` (how late a 1 s timer fired, ms) each server
+    reports, read every 2 s (each 10 s metrics interval keeps its max)."""
+    while True:
+        for base in bases:
+            try:
+                async with session.get(f"{base}/v1/agent/metrics", timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                    data = await resp.json()
+            except (TimeoutError, aiohttp.ClientError):
+                continue
+            for sample in data.get("Samples", []):
+                if sample["Name"].endswith("runtime.loop_lag"):
+                    worst[base] = max(worst.get(base, 0.0), float(sample.get("Max", 0.0)))
+        await asyncio.sleep(2)
+
+
+async def wait_leader(session: aiohttp.ClientSession, bases: list[str], timeout_s: float = 90) -> None:
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        try:
+            ok = 0
+            for base in bases:
+                async with session.get(f"{base}/v1/status/leader") as resp:
+                    ok += (await resp.read()) not in (b'""', b"")
+            if ok == len(bases):
+                return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("no leader")
+
+
+async def main_async(a: argparse.Namespace) -> dict[str, Any]:
+    layout = Layout(a.nodes, a.instances, a.services, a.big)
+    procs = Procs()
+    tmp = tempfile.TemporaryDirectory(prefix="catalog-scale-")
+    ips = a.servers.split(",") if a.servers else [f"127.61.{a.subnet}.{k}" for k in (1, 2, 3)]
+    bases = [f"http://{ip}:8500" for ip in ips]
+    out: dict[str, Any] = {"layout": vars(layout), "writes": a.writes, "rate": a.write_rate}
+    try:
+        pids = [] if a.servers else [p.pid for p in start_servers(procs, Path(tmp.name), ips)]
+        conn = aiohttp.TCPConnector(limit=0, force_close=False)
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as session:
+            await wait_leader(session, bases)
+            secs, txns = await load_catalog(session, bases, layout)
+            out["load"] = {"seconds": round(secs, 1), "txns": txns, "instances_per_s": round(a.instances / secs)}
+            print(f"# loaded {a.nodes} nodes / {a.instances} instances in {secs:.1f}s", file=sys.stderr)
+            leader = await leader_base(session, bases)
+            out["health_big_service_ms"] = await health_latency(session, leader, "svc-0000", a.health_reads)
+            out["runs"] = []
+            for n_watchers in [int(x) for x in str(a.watchers).split(",")]:
+                before: dict[int, tuple[float, int]] = {}
+                run: dict[str, Any] = {"watchers": n_watchers}
+
+                def mark(run: dict[str, Any] = run, before: dict[int, tuple[float, int]] = before) -> None:
+                    for pid in pids:
+                        before[pid] = proc_cpu_rss(pid)
+                    run["stream_start"] = time.perf_counter()
+                    print(f"# {run['watchers']} watchers parked", file=sys.stderr)
+
+                lag: dict[str, float] = {}
+                poller = asyncio.ensure_future(poll_loop_lag(session, bases, lag))
+                try:
+                    result = await watch_and_write(
+                        session, bases, layout, watchers=n_watchers, writes=a.writes, rate=a.write_rate,
+                        seed=a.seed, kv_prefixes=a.kv_prefixes, health_services=a.health_services, on_parked=mark,
+                    )
+                finally:
+                    poller.cancel()
+                run["worst_loop_lag_ms"] = {b: round(v) for b, v in sorted(lag.items())}
+                elapsed = time.perf_counter() - run.pop("stream_start")
+                run["result"] = result.summary()
+                run["servers"] = []
+                for pid in pids:
+                    cpu, rss = proc_cpu_rss(pid)
+                    run["servers"].append({"cpu_s_during_stream": round(cpu - before[pid][0], 1),
+                                           "cpu_share": round((cpu - before[pid][0]) / elapsed, 2),
+                                           "rss_mb": round(rss / 2**20)})
+                run["stream_seconds"] = round(elapsed, 1)
+                out["runs"].append(run)
+                ERRORS.clear()
+                print(f"# {n_watchers} watchers: {json.dumps(run)}", file=sys.stderr)
+    finally:
+        procs.stop_all()
+        tmp.cleanup()
+    return out
+
+
+async def leader_base(session: aiohttp.ClientSession, bases: list[str]) -> str:
+    async with session.get(f"{bases[0]}/v1/status/leader") as resp:
+        leader = json.loads(await resp.read()).rsplit(":", 1)[0]
+    return next(b for b in bases if f"//{leader}:" in b)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, default=10_000)
+    p.add_argument("--instances", type=int, default=50_000)
+    p.add_argument("--services", type=int, default=500)
+    p.add_argument("--big", type=int, default=1000, help="instances of svc-0000")
+    p.add_argument("--watchers", default="1000", help="comma-separated: one run per count on the same cluster")
+    p.add_argument("--health-services", type=int, default=100, help="distinct services health watchers watch")
+    p.add_argument("--kv-prefixes", type=int, default=50)
+    p.add_argument("--writes", type=int, default=400)
+    p.add_argument("--write-rate", type=float, default=20.0)
+    p.add_argument("--health-reads", type=int, default=100)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--subnet", type=int, default=5, help="servers on 127.61.<subnet>.1-3")
+    p.add_argument("--servers", default="", help="comma-separated IPs of running servers (HTTP on :8500)")
+    a = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per watcher
+    out = asyncio.run(main_async(a))
+    out["machine"] = f"{platform.node()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
