@@ -905,13 +905,15 @@ class Store:
         out.acl_policies = {p.id: p for p in (ACLPolicy.from_wire(w) for w in acl.get("policies", []))}
         out.acl_roles = {r.id: r for r in (ACLRole.from_wire(w) for w in acl.get("roles", []))}
         out.acl_bootstrap_index = int(acl.get("bootstrap_index", 0))
+        out._rebuild_service_index()  # derived, so built here too, off the loop
         return out
 
     def adopt(self, loaded: Store) -> None:
         """Take over the tables of a `decode`d store (cheap: references) and wake every watcher."""
         for name in _SNAPSHOT_FIELDS:
             setattr(self, name, getattr(loaded, name))
-        self._rebuild_service_index()
+        self._by_service = loaded._by_service
+        self._services_cache = None
         # Every watcher must re-read: the world changed under it.
         self._dirty_all = True
         self.finish(self.last_index)
