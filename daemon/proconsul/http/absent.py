@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import HTTPError, bad_request, json_response, query_options
 
 ACL_DISABLED = "ACL support disabled"
@@ -31,7 +32,7 @@ def peer_requested(request: web.Request) -> bool:
 
 
 async def _service_meta(request: web.Request, name: str) -> Any:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     args = {"service": name, "tags": [], "node_meta": {}, "near": ""}
     meta, _ = await agent.server.query("Catalog.ServiceNodes", args, query_options(request))
     return meta

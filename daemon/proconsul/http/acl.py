@@ -31,6 +31,7 @@ from proconsul.acl.records import (
 )
 from proconsul.durations import parse_duration
 from proconsul.http.acl_gate import authorizer
+from proconsul.http.appkeys import ACL_RESOLVER, AGENT
 from proconsul.http.common import HTTPError, bad_request, get_key, json_response, read_json, token
 from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.acl_resolver import ACLNotFound
@@ -54,7 +55,7 @@ def _need(request: web.Request, access: str) -> Authorizer:
 
 
 async def _query(request: web.Request, name: str, args: dict[str, Any]) -> Any:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     # Consistent with the writes that precede it on the same agent: default (leader) reads.
     _, result = await agent.server.query(name, args, QueryOptions())
     return result
@@ -66,7 +67,7 @@ _REFUSALS = ("Invalid ", "Cannot find", "cannot find", "Changing ", "Delete oper
 
 
 async def _write(request: web.Request, op: str, payload: Any) -> Any:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     try:
         meta, result = await agent.server.write(ACLOp(op, payload))
     except (StoreError, RPCError) as exc:
@@ -263,7 +264,7 @@ async def token_read(request: web.Request) -> web.Response:
 
 
 async def token_self(request: web.Request) -> web.Response:
-    resolver = request.app["acl_resolver"]
+    resolver = request.app[ACL_RESOLVER]
     secret = resolver.effective_secret(token(request))
     found = await _query(request, "ACL.TokenRead", {"secret": secret})
     if found is None:

@@ -23,6 +23,7 @@ from aiohttp import web
 from proconsul.acl.authorizer import Authorizer, PermissionDenied, allow_all
 from proconsul.acl.records import ANONYMOUS_ACCESSOR
 from proconsul.acl.rules import READ, WRITE
+from proconsul.http.appkeys import ACL_RESOLVER, AGENT
 from proconsul.http.common import HTTPError, encode_json, flag, token
 from proconsul.rpc_api import CALLER_TOKEN, QueryOptions
 from proconsul.server.acl_resolver import ACLNotFound
@@ -54,7 +55,7 @@ async def HANDLER(request: web.Request, authz: Authorizer) -> None:  # noqa: N80
 
 
 def _own_node(request: web.Request) -> str:
-    return str(request.app["agent"].node_name)
+    return str(request.app[AGENT].node_name)
 
 
 def _agent(access: str) -> Check:
@@ -78,7 +79,7 @@ async def _own_node_write(request: web.Request, authz: Authorizer) -> None:
 async def _kv_get(request: web.Request, authz: Authorizer) -> None:
     key = request.match_info.get("key", "")
     if request.query_string and (flag(request, "recurse") or flag(request, "keys")):
-        if request.app["agent"].config.acl.enable_key_list_policy:
+        if request.app[AGENT].config.acl.enable_key_list_policy:
             authz.require("key", key, "list")
         return  # entries are filtered by key:read
     authz.require("key", key, READ)
@@ -98,7 +99,7 @@ async def _kv_delete(request: web.Request, authz: Authorizer) -> None:
 
 
 def _local_service_name(request: web.Request, sid: str) -> str | None:
-    local = request.app["agent"].local
+    local = request.app[AGENT].local
     if sid not in local.services:
         return None
     return str(local.service_record(sid).service)
@@ -114,7 +115,7 @@ def _local_service(access: str) -> Check:
 
 
 async def _local_check_write(request: web.Request, authz: Authorizer) -> None:
-    check = request.app["agent"].local.checks.get(request.match_info.get("id", ""))
+    check = request.app[AGENT].local.checks.get(request.match_info.get("id", ""))
     if check is None:
         return  # the handler's 404
     sid = getattr(check, "service_id", "") or getattr(getattr(check, "definition", None), "service_id", "")
@@ -135,7 +136,7 @@ async def _event_fire(request: web.Request, authz: Authorizer) -> None:
 
 async def _session_write(request: web.Request, authz: Authorizer) -> None:
     sid = request.match_info.get("id", "")
-    _, found = await request.app["agent"].server.query("Session.Get", {"id": sid}, QueryOptions(allow_stale=True))
+    _, found = await request.app[AGENT].server.query("Session.Get", {"id": sid}, QueryOptions(allow_stale=True))
     if found:
         authz.require("session", found[0].get("Node", ""), WRITE)
 
@@ -373,7 +374,7 @@ def route_key(request: web.Request) -> str | None:
 
 async def before(request: web.Request) -> None:
     """Resolve the token and apply the route's check; raises HTTPError(403) when refused."""
-    resolver = request.app["acl_resolver"]
+    resolver = request.app[ACL_RESOLVER]
     secret = resolver.effective_secret(token(request))
     CALLER_TOKEN.set(secret)  # carried by this request's writes to a server (client agents)
     try:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from proconsul import filter as bexpr
 from proconsul.http import acl_gate
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import (
     HTTPError,
     bad_request,
@@ -54,20 +55,20 @@ def _decode_error_message(kind: str, exc: DecodeError) -> str:
 
 
 async def self_info(request: web.Request) -> web.Response:
-    return json_response(request, request.app["agent"].self_info())
+    return json_response(request, request.app[AGENT].self_info())
 
 
 async def members(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     return json_response(request, filter_items(request, agent.members(wan=flag(request, "wan")), bexpr.AGENT_MEMBER))
 
 
 async def version(request: web.Request) -> web.Response:
-    return json_response(request, request.app["agent"].version_info())
+    return json_response(request, request.app[AGENT].version_info())
 
 
 async def services(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     local = agent.local
     dc = agent.config.datacenter
     out = {sid: render.agent_service(local.service_record(sid), dc) for sid in sorted(local.services)}
@@ -81,7 +82,7 @@ def _content_hash(obj: dict[str, Any]) -> str:
 async def service(request: web.Request) -> web.Response:
     """One local service; `?hash=<ContentHash>` blocks until it differs (or `?wait` passes), as
     Consul's hash-based blocking on this endpoint does (it is what Envoy bootstraps poll)."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     sid = request.match_info["id"]
     opts = query_options(request)
     wait_s = min(opts.max_wait_s or agent.config.default_query_time_s, agent.config.max_query_time_s)
@@ -102,7 +103,7 @@ async def service(request: web.Request) -> web.Response:
 
 
 async def checks(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     local = agent.local
     out = {}
     for cid in sorted(local.checks):
@@ -114,7 +115,7 @@ async def checks(request: web.Request) -> web.Response:
 
 
 async def service_register(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = await read_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: expected a JSON object")
@@ -130,7 +131,7 @@ async def service_register(request: web.Request) -> web.Response:
 
 
 async def service_deregister(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     sid = request.match_info["id"]
     if not agent.local.remove_service(sid):
         raise HTTPError(
@@ -140,7 +141,7 @@ async def service_deregister(request: web.Request) -> web.Response:
 
 
 async def check_register(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = await read_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: expected a JSON object")
@@ -158,7 +159,7 @@ async def check_register(request: web.Request) -> web.Response:
 
 
 async def check_deregister(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     cid = request.match_info["id"]
     if not agent.local.remove_check(cid):
         raise HTTPError(404, f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check name.')
@@ -167,7 +168,7 @@ async def check_deregister(request: web.Request) -> web.Response:
 
 def _check_write(request: web.Request, authz: Any, service_id: str) -> None:
     """A check on a local service needs service:write on it; a node check node:write."""
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     if service_id and service_id in agent.local.services:
         authz.require("service", agent.local.service_record(service_id).service, "write")
     else:
@@ -175,7 +176,7 @@ def _check_write(request: web.Request, authz: Any, service_id: str) -> None:
 
 
 def _ttl_update(request: web.Request, cid: str, status: str, output: str) -> None:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     check = agent.local.checks.get(cid)
     if check is None:
         raise HTTPError(404, f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check name.')
@@ -219,7 +220,7 @@ def _enable_param(request: web.Request) -> bool:
 
 
 async def node_maintenance(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     enable = _enable_param(request)
     reason = request.query.get("reason", "")
     if enable:
@@ -235,7 +236,7 @@ async def node_maintenance(request: web.Request) -> web.Response:
 
 
 async def service_maintenance(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     sid = request.match_info["id"]
     enable = _enable_param(request)
     if sid not in agent.local.services:
@@ -271,7 +272,7 @@ def _service_health(local: LocalState, datacenter: str, sid: str) -> dict[str, A
 
 
 async def health_by_id(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     sid = request.match_info["id"]
     if sid not in agent.local.services:
         return _health_text(request, 404, f"ServiceId {sid} not found", None)
@@ -281,7 +282,7 @@ async def health_by_id(request: web.Request) -> web.Response:
 
 
 async def health_by_name(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     name = request.match_info["name"]
     sids = [sid for sid in sorted(agent.local.services) if agent.local.services[sid].definition.name == name]
     if not sids:
@@ -305,7 +306,7 @@ def _health_text(request: web.Request, code: int, text: str, body: Any) -> web.R
 
 
 async def set_token(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     kind = request.match_info["kind"]
     known = ("default", "agent", "agent_recovery", "agent_master", "replication", "config_file_service_registration", "dns")
     if kind not in known:
@@ -320,21 +321,21 @@ async def set_token(request: web.Request) -> web.Response:
 
 
 async def reload(request: web.Request) -> web.Response:
-    errors = await request.app["agent"].reload()
+    errors = await request.app[AGENT].reload()
     if errors:
         raise HTTPError(500, "Failed reloading config: " + "; ".join(errors))
     return web.Response(status=200)
 
 
 async def leave(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     # Consul answers once the leave is done; the agent shuts down after it.
     await agent.request_leave().done.wait()
     return web.Response(status=200)
 
 
 async def join(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     address = request.match_info["address"]
     if flag(request, "wan"):
         if agent.wan is None:
@@ -348,7 +349,7 @@ async def join(request: web.Request) -> web.Response:
 
 
 async def force_leave(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     node = request.match_info["node"]
     prune = flag(request, "prune")
     if flag(request, "wan"):

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import bad_request, flag, token
 from proconsul.local.cache import AgentCache, CacheResult, CacheType, Fetch, RequestInfo
 from proconsul.rpc_api import QueryMeta, QueryOptions
@@ -31,7 +32,7 @@ _RESULT = "agent_cache_result"  # request key: the CacheResult this request was 
 
 def requested(request: web.Request) -> bool:
     """Does this request ask for the agent cache (and may it)?"""
-    if "cached" not in request.query or request.app["agent"].cache is None:
+    if "cached" not in request.query or request.app[AGENT].cache is None:
         return False  # http_config.use_cache = false: the agent has no cache, ?cached is ignored
     if flag(request, "consistent"):
         raise bad_request("Cannot specify ?cached with ?consistent, conflicting semantics.")
@@ -76,7 +77,7 @@ def _seconds(text: str) -> float:
 
 
 def _cache(request: web.Request) -> AgentCache:
-    cache: AgentCache | None = request.app["agent"].cache
+    cache: AgentCache | None = request.app[AGENT].cache
     assert cache is not None, "requested() said the agent has a cache"
     return cache
 
@@ -84,7 +85,7 @@ def _cache(request: web.Request) -> AgentCache:
 async def get(request: web.Request, ctype: CacheType, key: Any, fetch: Fetch, opts: QueryOptions) -> tuple[QueryMeta, Any]:
     """Answer from the agent cache: `key` (JSON-able) names what `fetch` reads; `opts` are the
     request's query options (its index, wait and datacenter)."""
-    config = request.app["agent"].config
+    config = request.app[AGENT].config
     control = cache_control(request.headers.get("Cache-Control", ""))
     wait = opts.max_wait_s or config.default_query_time_s
     if config.max_query_time_s > 0:
@@ -113,7 +114,7 @@ def stale_options(opts: QueryOptions, min_index: int = 0, wait_s: float = 0.0) -
 async def query(request: web.Request, ctype: CacheType, name: str, args: dict[str, Any],
                 opts: QueryOptions) -> tuple[QueryMeta, Any]:
     """The named read `name(args)`: through the agent cache with `?cached`, else to the servers."""
-    server = request.app["agent"].server
+    server = request.app[AGENT].server
     if not requested(request):
         meta, result = await server.query(name, args, opts)
         return meta, result

@@ -15,6 +15,7 @@ from aiohttp import web
 from proconsul import filter as bexpr
 from proconsul.http import acl_gate, cached
 from proconsul.http.absent import peer_requested
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import (
     bad_request,
     filter_items,
@@ -46,11 +47,11 @@ def _write_dc(request: web.Request, body: dict[str, Any]) -> str:
     """Where a catalog write goes: the body's `Datacenter` (Consul routes the RPC by it), else
     ?dc; "" for ours."""
     dc = get_key(body, "Datacenter") or target_dc(request)
-    return "" if dc == request.app["agent"].config.datacenter else str(dc)
+    return "" if dc == request.app[AGENT].config.datacenter else str(dc)
 
 
 async def register(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = await read_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: expected a JSON object")
@@ -158,7 +159,7 @@ def decode_catalog_check(raw: dict[str, Any], node: str, service: ServiceInstanc
 
 async def _acl_lookups(request: web.Request, node: str) -> tuple[dict[str, str], Node | None]:
     """The node's services (ID -> name) and its stored record, for the ACL check of a write."""
-    _, state = await request.app["agent"].server.query("Internal.NodeState", {"node": node},
+    _, state = await request.app[AGENT].server.query("Internal.NodeState", {"node": node},
                                                        QueryOptions(allow_stale=True))
     services = (ServiceInstance.from_wire(w) for w in state["services"])
     stored = Node.from_wire(state["node"]) if state["node"] is not None else None
@@ -171,7 +172,7 @@ def _authorize(request: web.Request, command: Any, names: dict[str, str], stored
 
 
 async def deregister(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = await read_json(request)
     if not isinstance(body, dict):
         raise bad_request("Request decode failed: expected a JSON object")
@@ -191,12 +192,12 @@ async def deregister(request: web.Request) -> web.Response:
 
 
 async def datacenters(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     return json_response(request, await agent.server.list_datacenters())
 
 
 async def nodes(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     args = {"node_meta": node_meta_filter(request), "near": near_node(request)}
     meta, items = await agent.server.query("Catalog.ListNodes", args, opts)
@@ -233,7 +234,7 @@ async def service_nodes(request: web.Request) -> web.Response:
 
 
 async def node_detail(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     meta, result = await agent.server.query("Catalog.NodeServices", {"node": request.match_info["node"]}, opts)
     if result is None or peer_requested(request):
@@ -245,7 +246,7 @@ async def node_detail(request: web.Request) -> web.Response:
 
 
 async def node_services(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     meta, result = await agent.server.query("Catalog.NodeServices", {"node": request.match_info["node"]}, opts)
     if result is None or peer_requested(request):

@@ -20,6 +20,7 @@ from aiohttp import web
 from proconsul import safe_json
 from proconsul.durations import parse_duration
 from proconsul.filter import FilterError, apply_filter
+from proconsul.http.appkeys import AGENT
 from proconsul.rpc_api import QueryMeta, QueryOptions
 from proconsul.structs import canonical_key
 
@@ -127,14 +128,14 @@ def check_dc(request: web.Request) -> None:
     """For endpoints answered by this agent only: another ?dc is "No path to datacenter"."""
     dc = request.query.get("dc")
     if dc:
-        request.app["agent"].server_for_dc(dc)
+        request.app[AGENT].server_for_dc(dc)
 
 
 def target_dc(request: web.Request) -> str:
     """The ?dc a forwardable request goes to ("" = ours); the RPC layer routes it (or answers
     "No path to datacenter" for one no server knows)."""
     dc = request.query.get("dc", "")
-    return "" if dc == request.app["agent"].config.datacenter else dc
+    return "" if dc == request.app[AGENT].config.datacenter else dc
 
 
 def token(request: web.Request) -> str:

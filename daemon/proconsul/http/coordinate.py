@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.coordinate import InvalidCoordinate
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import HTTPError, bad_request, check_dc, json_response, query_options, read_json
 from proconsul.local.coordinate_sync import decode_update
 
@@ -27,12 +28,12 @@ def near_node(request: web.Request) -> str:
     """The node `?near=` names ("" for none), with `_agent` meaning this agent's node."""
     near = request.query.get("near", "")
     if near == NEAR_AGENT:
-        return str(request.app["agent"].node_name)
+        return str(request.app[AGENT].node_name)
     return near
 
 
 def _check_enabled(request: web.Request) -> None:
-    if request.app["agent"].config.disable_coordinates:
+    if request.app[AGENT].config.disable_coordinates:
         raise HTTPError(401, "Coordinate support disabled")
 
 
@@ -45,13 +46,13 @@ def _by_segment(request: web.Request, entries: list[dict[str, Any]]) -> list[dic
 
 async def datacenters(request: web.Request) -> web.Response:
     _check_enabled(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     return json_response(request, await agent.coordinate_sync.list_datacenters())
 
 
 async def nodes(request: web.Request) -> web.Response:
     _check_enabled(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     meta, items = await agent.server.query("Coordinate.ListNodes", {}, opts)
     return json_response(request, _by_segment(request, items), meta)
@@ -59,7 +60,7 @@ async def nodes(request: web.Request) -> web.Response:
 
 async def node(request: web.Request) -> web.Response:
     _check_enabled(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     meta, items = await agent.server.query("Coordinate.Node", {"node": request.match_info["node"]}, opts)
     items = _by_segment(request, items)
@@ -73,7 +74,7 @@ async def node(request: web.Request) -> web.Response:
 async def update(request: web.Request) -> web.Response:
     _check_enabled(request)
     check_dc(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     body = await read_json(request)
     try:
         decode_update(body)

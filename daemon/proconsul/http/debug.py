@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import HTTPError, bad_request
 
 MAX_PROFILE_S = 600
@@ -30,7 +31,7 @@ _PROFILE_LOCK = web.AppKey("profile_lock", asyncio.Lock)
 
 
 def _enabled(request: web.Request) -> None:
-    if not getattr(request.app["agent"].config, "enable_debug", False):
+    if not getattr(request.app[AGENT].config, "enable_debug", False):
         raise HTTPError(404, "")
 
 

@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 
 from proconsul.durations import parse_duration
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import HTTPError, bad_request, json_response, read_body, uint_param
 from proconsul.local import events as ev
 
@@ -22,7 +23,7 @@ _MAX_FIRE_BODY = 64 * 1024
 
 
 async def fire(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     name = request.match_info.get("name", "")
     if not name:
         raise HTTPError(400, "Missing name")
@@ -38,7 +39,7 @@ async def fire(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     log = agent.events.log
     name = request.query.get("name", "")
     min_index = uint_param(request, "index", message="Invalid index")

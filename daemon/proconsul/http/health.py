@@ -15,6 +15,7 @@ from aiohttp import web
 from proconsul import filter as bexpr
 from proconsul.http import cached
 from proconsul.http.absent import peer_requested
+from proconsul.http.appkeys import AGENT
 from proconsul.http.catalog import node_meta_filter
 from proconsul.http.common import bad_request, filter_items, flag, json_response, query_options
 from proconsul.http.coordinate import near_node
@@ -36,14 +37,14 @@ def _unpeered(request: web.Request, items: list[Any], schema: Any) -> list[Any]:
 
 
 async def node_health(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     meta, items = await agent.server.query("Health.NodeChecks", {"node": request.match_info["node"]}, opts)
     return json_response(request, _unpeered(request, items, bexpr.HEALTH_CHECK), meta)
 
 
 async def service_checks(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     args = {"service": request.match_info["service"], "node_meta": node_meta_filter(request),
             "near": near_node(request)}
@@ -52,7 +53,7 @@ async def service_checks(request: web.Request) -> web.Response:
 
 
 async def checks_in_state(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     state = request.match_info["state"]
     if state not in VALID_STATES:
@@ -63,7 +64,7 @@ async def checks_in_state(request: web.Request) -> web.Response:
 
 
 async def service_health(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     args = {
         "service": request.match_info["service"],

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import json_response
 
 
@@ -141,7 +142,7 @@ def collect(data_dir: str) -> dict[str, Any]:
 
 
 async def host_info(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     data_dir = getattr(agent.config, "data_dir", "") or ""
     return json_response(request, collect(data_dir))
 

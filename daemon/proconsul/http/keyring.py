@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.gossip.keyring import KeyringError
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import HTTPError, bad_request, get_key, json_response, read_json
 
 
@@ -57,7 +58,7 @@ def _check_params(request: web.Request) -> None:
 
 
 async def _run(request: web.Request, op: str, key: str = "") -> list[dict[str, Any]]:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     local_only = request.query.get("local-only", "").lower() in ("1", "t", "true")
     try:
         return list(await agent.keyring_ops.run(op, key, local_only=local_only))

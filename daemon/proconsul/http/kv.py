@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import (
     HTTPError,
     bad_request,
@@ -41,7 +42,7 @@ def _key(request: web.Request) -> str:
 
 
 async def kv_get(request: web.Request) -> web.StreamResponse:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     key = _key(request)
     opts = query_options(request)
     server = agent.server
@@ -73,7 +74,7 @@ def _not_found(meta: QueryMeta) -> web.Response:
 
 
 async def kv_put(request: web.Request) -> web.StreamResponse:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     dc = target_dc(request)
     key = _key(request)
     if not key:
@@ -125,7 +126,7 @@ async def _lock_delay_active(server: Server | RemoteServer, key: str) -> tuple[b
 
 
 async def kv_delete(request: web.Request) -> web.StreamResponse:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     dc = target_dc(request)
     key = _key(request)
     op = commands.KVOp.DELETE

@@ -18,6 +18,7 @@ import time
 
 from aiohttp import web
 
+from proconsul.http.appkeys import METRICS
 from proconsul.http.common import json_response
 from proconsul.metrics import Metrics, Sample
 from proconsul.metrics.prometheus import CONTENT_TYPE, render
@@ -50,7 +51,7 @@ class HTTPMetrics:
 
 
 async def agent_metrics(request: web.Request) -> web.StreamResponse:
-    metrics: Metrics = request.app["metrics"]
+    metrics: Metrics = request.app[METRICS]
     if request.query.get("format") == "prometheus":
         if metrics.prometheus_retention_s <= 0:
             return web.Response(status=415, text=PROMETHEUS_DISABLED)
@@ -64,7 +65,7 @@ _POLL_S = 1.0
 
 
 async def agent_metrics_stream(request: web.Request) -> web.StreamResponse:
-    metrics: Metrics = request.app["metrics"]
+    metrics: Metrics = request.app[METRICS]
     stopping = request.app[STOPPING]
     inmem = metrics.inmem
     # Consul sets no content type (Go writes the header before any body byte); each document is

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import (
     HTTPError,
     bad_request,
@@ -32,7 +33,7 @@ MAX_SNAPSHOT_BYTES = MAX_FRAME_BYTES - (1 << 20)
 
 
 def _operator(request: web.Request) -> Any:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     op = getattr(agent, "operator", None)
     if op is None:
         op = agent.operator = Operator(agent)
@@ -135,7 +136,7 @@ async def usage(request: web.Request) -> web.Response:
     read on the catalog). Billable instances leave out the `consul` service and connect proxies
     and gateways, as Consul counts them."""
     check_dc(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     meta, instances = await agent.server.query("Catalog.ListServices", {"node_meta": {}, "instances": True}, opts)
     _, nodes = await agent.server.query("Catalog.ListNodes", {"node_meta": {}, "near": ""}, opts)
@@ -172,7 +173,7 @@ async def usage(request: web.Request) -> web.Response:
 async def snapshot_save(request: web.Request) -> web.Response:
     check_dc(request)
     index, blob = await _operator(request).snapshot_save(stale=flag(request, "stale"))
-    server = request.app["agent"].server
+    server = request.app[AGENT].server
     headers = {
         "X-Consul-Index": str(max(index, 1)),
         "X-Consul-KnownLeader": "true" if server.consensus.leader_address() else "false",

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.http import cached
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import (
     HTTPError,
     bad_request,
@@ -76,7 +77,7 @@ def _record(query_id: str, definition: dict[str, Any]) -> PreparedQuery:
 
 
 async def create(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     definition = await _definition(request)
     _authorize(request, "write", definition)
     query_id = str(uuid.uuid4())
@@ -86,14 +87,14 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def list_queries(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     _authorize(request, "read")
     meta, items = await agent.server.query("PreparedQuery.List", {}, query_options(request))
     return json_response(request, items, meta)
 
 
 async def get_query(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     meta, items = await agent.server.query("PreparedQuery.Get", {"id": request.match_info["id"]},
                                            query_options(request))
     if items is None:
@@ -103,7 +104,7 @@ async def get_query(request: web.Request) -> web.Response:
 
 
 async def update(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     definition = await _definition(request)
     _authorize(request, "write", definition)
     op = commands.PreparedQueryOp("update", _record(request.match_info["id"], definition))
@@ -112,7 +113,7 @@ async def update(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     _authorize(request, "write")
     op = commands.PreparedQueryOp("delete", PreparedQuery(request.match_info["id"]))
     await agent.server.write(op, datacenter=target_dc(request))
@@ -128,7 +129,7 @@ def source_ip(request: web.Request) -> str:
 
 
 async def execute(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     limit = uint_param(request, "limit", message="Invalid limit")
     opts = query_options(request)
     args = (request.match_info["id"], source_ip(request), request.query.get("near", ""), limit,
@@ -168,7 +169,7 @@ async def execute(request: web.Request) -> web.Response:
 
 
 async def explain(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     meta, query = await agent.server.query("PreparedQuery.Explain", {"name": request.match_info["id"]},
                                            query_options(request))
     if query is None:

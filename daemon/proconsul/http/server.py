@@ -43,6 +43,16 @@ from proconsul.http import host as host_routes
 from proconsul.http import metrics as metrics_routes
 from proconsul.http import monitor as monitor_routes
 from proconsul.http.access import AccessRules
+from proconsul.http.appkeys import (
+    ACCESS_RULES,
+    ACL_RESOLVER,
+    AGENT,
+    DEFAULT_ACL_POLICY,
+    HTTP_METRICS,
+    METRICS,
+    RESPONSE_HEADERS,
+    AgentSurface,
+)
 from proconsul.http.common import HTTPError
 from proconsul.http.conn_guard import (
     HEADER_READ_TIMEOUT_S,
@@ -95,7 +105,7 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
     # refused, as Consul does, before it can reach a store key.
     if _CONTROL_CHARS.search(request.path):
         return _error(400, "Invalid URL path: contains a non-printable character")
-    refusal = request.app["access_rules"].refusal(request.method, request.path, request.remote)
+    refusal = request.app[ACCESS_RULES].refusal(request.method, request.path, request.remote)
     protocol = request.protocol
     guarded = isinstance(protocol, GuardedRequestHandler)
     if guarded:
@@ -103,7 +113,7 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         if refusal is not None:
             raise HTTPError(403, refusal)
-        acl_on = request.app["acl_resolver"] is not None and request.path.startswith("/v1/")
+        acl_on = request.app[ACL_RESOLVER] is not None and request.path.startswith("/v1/")
         if acl_on:
             await acl_gate.before(request)  # 403 unless the token holds the route's permission
         else:
@@ -147,11 +157,11 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
         if guarded:
             protocol.request_finished()
     headers = resp.headers
-    headers["X-Consul-Default-Acl-Policy"] = request.app["default_acl_policy"]
-    extra = request.app["response_headers"]
+    headers["X-Consul-Default-Acl-Policy"] = request.app[DEFAULT_ACL_POLICY]
+    extra = request.app[RESPONSE_HEADERS]
     if extra:
         headers.update(extra)
-    request.app["http_metrics"].observe(request, start)
+    request.app[HTTP_METRICS].observe(request, start)
     return resp
 
 
@@ -194,25 +204,25 @@ def route_defs(acl_enabled: bool = False) -> list[web.AbstractRouteDef]:
     return defs
 
 
-def build_app(agent: Any) -> web.Application:
+def build_app(agent: AgentSurface) -> web.Application:
     # Bodies are read by the handlers with their own limits (KV: kv_max_value_size, txn:
     # txn_max_req_len); every body is read through common.read_body, which loops to EOF.
     app = web.Application(middlewares=[consul_middleware], client_max_size=4 * 1024 * 1024)
-    app["agent"] = agent
+    app[AGENT] = agent
     monitor_routes.install(app)
     metrics_routes.install(app)
     debug_routes.install(app)
     http_config = agent.config.http_config
-    app["response_headers"] = dict(http_config.response_headers)
-    app["access_rules"] = AccessRules.build(http_config.block_endpoints, http_config.allow_write_http_from)
+    app[RESPONSE_HEADERS] = dict(http_config.response_headers)
+    app[ACCESS_RULES] = AccessRules.build(http_config.block_endpoints, http_config.allow_write_http_from)
     acl_enabled = bool(agent.config.acl.enabled)
     app.router.add_routes(route_defs(acl_enabled))
     ui.add_routes(app, agent.config.ui_config)  # `/` and the UI's content path, after /v1
     # The token resolver when ACLs are on (every /v1 request is then checked, see acl_gate).
-    app["acl_resolver"] = getattr(agent, "acl_resolver", None) if acl_enabled else None
-    app["default_acl_policy"] = agent.config.acl.default_policy if acl_enabled else "allow"
-    app["metrics"] = agent.metrics
-    app["http_metrics"] = metrics_routes.HTTPMetrics(agent.metrics)
+    app[ACL_RESOLVER] = agent.acl_resolver if acl_enabled else None
+    app[DEFAULT_ACL_POLICY] = agent.config.acl.default_policy if acl_enabled else "allow"
+    app[METRICS] = agent.metrics
+    app[HTTP_METRICS] = metrics_routes.HTTPMetrics(agent.metrics)
     app[health.PROTECTION_LOG] = protection.ProtectionLog(health.logger, "http")
     return app
 
@@ -226,7 +236,7 @@ class HTTPServer:
 
     def __init__(
         self,
-        agent: Any,
+        agent: AgentSurface,
         addresses: list[str],
         port: int,
         https: tuple[list[str], int, ssl.SSLContext] | None = None,

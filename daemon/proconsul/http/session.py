@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proconsul.durations import format_duration, parse_duration
 from proconsul.http import acl_gate
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import (
     HTTPError,
     bad_request,
@@ -112,7 +113,7 @@ def decode_session(body: Any, node_name: str, session_ttl_min_s: float) -> Sessi
 
 
 async def create(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     check_dc(request)
     body = await read_json(request, allow_empty=True)
     session = decode_session(body, agent.node_name, agent.config.session_ttl_min_s)
@@ -123,7 +124,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def destroy(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     check_dc(request)
     sid = request.match_info["id"]
     meta, _ = await agent.server.write(commands.SessionOp("destroy", Session(id=sid)))
@@ -132,7 +133,7 @@ async def destroy(request: web.Request) -> web.Response:
 
 
 async def renew(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     check_dc(request)
     sid = request.match_info["id"]
     # The leader looks the session up and re-arms its TTL (client agents hold no sessions).
@@ -143,7 +144,7 @@ async def renew(request: web.Request) -> web.Response:
 
 
 async def _read(request: web.Request, name: str, args: dict[str, str]) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     opts = query_options(request)
     meta, sessions = await agent.server.query(name, args, opts)
     return json_response(request, sessions, meta)

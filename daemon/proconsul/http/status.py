@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import check_dc, json_response
 
 
 async def leader(request: web.Request) -> web.Response:
     check_dc(request)
-    return json_response(request, request.app["agent"].server.leader())
+    return json_response(request, request.app[AGENT].server.leader())
 
 
 async def peers(request: web.Request) -> web.Response:
     check_dc(request)
-    return json_response(request, request.app["agent"].server.peers())
+    return json_response(request, request.app[AGENT].server.peers())
 
 
 def routes() -> list[web.RouteDef]:

@@ -22,6 +22,7 @@ from aiohttp import web
 from proconsul import safe_json
 from proconsul.acl.authorizer import PermissionDenied
 from proconsul.http import acl_gate
+from proconsul.http.appkeys import AGENT
 from proconsul.http.catalog import decode_catalog_check, decode_node_service
 from proconsul.http.common import (
     HTTPError,
@@ -224,7 +225,7 @@ def _read_body(answer: dict[str, Any], meta: QueryMeta) -> dict[str, Any]:
 
 
 async def txn(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     dc = target_dc(request)
     limit = agent.config.limits.txn_max_req_len
     body_bytes = await read_body(request, limit, f"Request body too large, max size: {limit} bytes")

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proconsul.http.appkeys import AGENT
 from proconsul.http.common import bad_request, json_response, query_options
 from proconsul.rpc_api import QueryMeta, QueryOptions
 
@@ -55,7 +56,7 @@ async def _catalog(request: web.Request) -> tuple[QueryMeta, list[Any], str]:
     """
     if "filter" in request.query:
         raise bad_request("filter is not supported on this endpoint")
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     server = agent.server
     opts = query_options(request)
     now = dataclasses.replace(opts, min_index=0, max_wait_s=0.0)
