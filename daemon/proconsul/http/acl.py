@@ -74,7 +74,7 @@ async def _write(request: web.Request, op: str, payload: Any) -> Any:
         if str(exc).startswith(_REFUSALS):
             raise bad_request(str(exc)) from None
         raise
-    resolver = request.app.get("acl_resolver")
+    resolver = request.app.get(ACL_RESOLVER)
     if resolver is not None:
         resolver.invalidate()
     return meta, result

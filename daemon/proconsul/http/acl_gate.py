@@ -40,7 +40,7 @@ def authorizer(request: web.Request) -> Authorizer:
 
 
 def acl_enabled(request: web.Request) -> bool:
-    return request.app.get("acl_resolver") is not None
+    return request.app.get(ACL_RESOLVER) is not None
 
 
 # ------------------------------------------------------------------------------ pre-checks

@@ -84,7 +84,7 @@ def _discovery_default(request: web.Request, opts: QueryOptions) -> QueryOptions
     """Consul's `discovery_max_stale`: catalog and health reads that name no consistency mode
     are stale reads bounded by it."""
     if request.path.startswith(("/v1/catalog", "/v1/health")):
-        agent = request.app.get("agent")
+        agent = request.app.get(AGENT)
         bound = agent.config.discovery_max_stale_s if agent is not None else 0.0
         if bound > 0:
             return dataclasses.replace(opts, allow_stale=True, max_stale_s=bound)
