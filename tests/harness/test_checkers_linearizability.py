@@ -15,6 +15,7 @@ from proconsul_sim.checkers.linearizability import (
     READ,
     WRITE,
     RegisterOp,
+    decide,
     prune_unobserved,
     search,
     step,
@@ -324,6 +325,8 @@ def test_search_agrees_with_brute_force_when_most_operations_are_indeterminate()
         verdicts[expected] += 1
         assert search(ops, prune=False).valid == expected, ops
         assert search(ops).valid == expected, ops
+        assert search(ops, lazy=False).valid == expected, ops
+        assert decide(ops).valid == expected, ops
     assert verdicts[True] > 300 and verdicts[False] > 300
 
 
@@ -340,6 +343,8 @@ def test_a_leader_outage_full_of_timed_out_writes_is_decided_quickly():
 
     fine = search(outage(), max_steps=1_000_000)
     assert fine.valid is True and fine.steps < 20_000
+    assert search(outage(), max_steps=100_000, lazy=False).valid is None  # plain WGL: out of budget
+    assert decide(outage(), max_steps=100_000).valid is True  # the portfolio takes the lazy one
     # A read after the last write that returns a value from the outage is a violation; saying
     # so means ruling out every placement, which stays polynomial (~n^2 list scans here).
     broken = search(outage([RegisterOp(READ, 7, 6.0, 6.1)]), max_steps=1_000_000)

@@ -14,7 +14,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proconsul_sim.checkers.linearizability import RegisterOp, search, step
+from proconsul_sim.checkers.linearizability import RegisterOp, decide, step
 from proconsul_sim.history import FAIL, INFO, OK
 
 __all__ = ["FAIL", "INFO", "OK", "KeyResult", "Op", "Result", "check", "check_key"]
@@ -102,7 +102,7 @@ def _prepare(ops: Iterable[Op]) -> list[Op]:
 
 def check_key(ops: list[Op], budget: int = 200_000, init: Hashable = None) -> tuple[bool | None, int]:
     """WGL search over one key's operations; (linearizable or None if out of budget, steps)."""
-    r = search([_register_op(o) for o in _prepare(ops)], init=init, max_steps=budget)
+    r = decide([_register_op(o) for o in _prepare(ops)], init=init, max_steps=budget)
     return r.valid, r.steps
 
 
