@@ -102,7 +102,9 @@ def _prepare(ops: Iterable[Op]) -> list[Op]:
 
 def check_key(ops: list[Op], budget: int = 200_000, init: Hashable = None) -> tuple[bool | None, int]:
     """WGL search over one key's operations; (linearizable or None if out of budget, steps)."""
-    r = decide([_register_op(o) for o in _prepare(ops)], init=init, max_steps=budget)
+    # `decide` shares its steps between two searches restarted with quotas growing fourfold;
+    # three times the budget lets plain WGL alone run a full round of more than `budget` steps.
+    r = decide([_register_op(o) for o in _prepare(ops)], init=init, max_steps=3 * budget)
     return r.valid, r.steps
 
 
