@@ -189,6 +189,9 @@ class Target:
         self._retry_at = 0.0
         self._warned = False
 
+    # The four transport hooks below are abstract: UDPTarget (statsd, DogStatsD) and the TCP
+    # target (statsite) each implement all of them; `ensure` is the shared reconnect policy.
+
     def connected(self) -> bool:
         raise NotImplementedError
 
