@@ -401,14 +401,16 @@ def test_a_critical_node_check_takes_the_nodes_instances_out(agent: AgentProcess
     put(agent, "/v1/catalog/register", {
         "Node": "other", "Address": "10.7.7.7",
         "Service": {"Service": "nodehealth", "ID": "nh"},
-        "Check": {"CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing"},
+        # Not `serfHealth`: the leader deregisters a node carrying that check which is not a
+        # gossip member (Consul's reconcile), which would race this test.
+        "Check": {"CheckID": "node-alive", "Name": "Node alive", "Status": "passing"},
     })
     try:
         wait_for(lambda: passing_ids(agent, "nodehealth") == ["nh"])
         assert dig_short(agent, "nodehealth.service.consul") == ["10.7.7.7"]
         put(agent, "/v1/catalog/register", {
             "Node": "other", "Address": "10.7.7.7",
-            "Check": {"CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "critical"},
+            "Check": {"CheckID": "node-alive", "Name": "Node alive", "Status": "critical"},
         })
         wait_for(lambda: passing_ids(agent, "nodehealth") == [])
         assert dig_short(agent, "nodehealth.service.consul") == []
