@@ -217,9 +217,9 @@ class DiskStorage:
         if compact_to >= self.log.first_index:
             self.log.compact_prefix(compact_to)
 
-    def bootstrap(self, voters: list[str]) -> None:
+    def bootstrap(self, voters: list[str], learners: list[str] | None = None) -> None:
         """Write the initial configuration as snapshot 0 (only on an empty storage)."""
-        snap = Snapshot(SnapshotMeta(0, 0, Configuration(frozenset(voters))), b"")
+        snap = Snapshot(SnapshotMeta(0, 0, Configuration(frozenset(voters), frozenset(learners or ()))), b"")
         meta = DiskSnapshotMeta(0, 0, snap.meta.config.encode())
         self.snapshots.save(meta, b"")
         self._snap = snap
@@ -394,6 +394,9 @@ class RaftServer:
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
         security: RPCSecurity | None = None,
+        on_leadership: Callable[[bool], None] | None = None,
+        on_leader_change: Callable[[str | None], None] | None = None,
+        fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.id = node_id
         self.node_name = node_name
@@ -457,11 +460,12 @@ class RaftServer:
         self._contact_pending: deque[tuple[int, float]] = deque()
         self.leader_id: str | None = None
         self.applied_index = 0
-        self.on_leadership: Callable[[bool], None] = lambda is_leader: None
+        # Called with True when this server becomes leader, False when it stops being one.
+        self.on_leadership: Callable[[bool], None] = on_leadership or (lambda is_leader: None)
         # Called when the replication loop dies of an error; the agent shuts down (exit 1).
-        self.fatal: Callable[[BaseException], None] = lambda exc: None
+        self.fatal: Callable[[BaseException], None] = fatal or (lambda exc: None)
         # Called with the new leader's ID (or None) whenever it changes, on every server.
-        self.on_leader_change: Callable[[str | None], None] = lambda leader: None
+        self.on_leader_change: Callable[[str | None], None] = on_leader_change or (lambda leader: None)
         self.started = asyncio.Event()
         # hashicorp/raft's metric names (the registry adds Consul's prefix). A server built
         # without a registry (tests) records into a private one nobody reads.
@@ -523,11 +527,7 @@ class RaftServer:
         config = Configuration(frozenset(voters), frozenset(learners))
         storage = self.storage
         if not self.has_state:
-            storage.bootstrap(sorted(voters))
-            if learners:
-                meta = DiskSnapshotMeta(0, 0, config.encode())
-                storage.snapshots.save(meta, b"")
-                storage._snap = Snapshot(SnapshotMeta(0, 0, config), b"")
+            storage.bootstrap(sorted(voters), sorted(learners))
         else:
             snap = storage.snapshot()
             if snap.data:
