@@ -8,7 +8,7 @@ Two checks, each with its checker tested on synthetic input below:
 - the protocols named at the seams are met by every implementation the agent plugs into them:
   `rpc_api.ServerAccess` (what `agent.server` is) by the in-process `Server` and the client
   agent's `RemoteServer`; the RPC server's WAN router and server pool by `Router` and
-  `ConnectionPool`. `signature_problems` compares each protocol member with the implementation's
+  `ConnectionPool`; `http.appkeys.AgentSurface`'s methods by the `Agent`. `signature_problems` compares each protocol member with the implementation's
   (name, sync/async, parameter names, kinds and defaults).
 """
 
@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 from proconsul import rpc_api
+from proconsul.agent.agent import Agent
+from proconsul.http.appkeys import AgentSurface
 from proconsul.server import rpc
 from proconsul.server.acl_leader import BootstrapResetFile
 from proconsul.server.remote import RemoteServer
@@ -211,6 +213,10 @@ def _in_process_server() -> Server:
 ], ids=lambda x: x.__name__)
 def test_each_implementation_has_its_protocols_signatures(proto: type, impl: type) -> None:
     assert signature_problems(proto, impl) == []
+
+
+def test_the_agent_has_the_methods_http_calls_on_it() -> None:
+    assert signature_problems(AgentSurface, Agent) == []
 
 
 def test_both_servers_are_server_access_instances() -> None:
