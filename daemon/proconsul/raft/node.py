@@ -461,11 +461,11 @@ class RaftServer:
         self.leader_id: str | None = None
         self.applied_index = 0
         # Called with True when this server becomes leader, False when it stops being one.
-        self.on_leadership: Callable[[bool], None] = on_leadership or (lambda is_leader: None)
+        self._on_leadership: Callable[[bool], None] = on_leadership or (lambda is_leader: None)
         # Called when the replication loop dies of an error; the agent shuts down (exit 1).
-        self.fatal: Callable[[BaseException], None] = fatal or (lambda exc: None)
+        self._fatal: Callable[[BaseException], None] = fatal or (lambda exc: None)
         # Called with the new leader's ID (or None) whenever it changes, on every server.
-        self.on_leader_change: Callable[[str | None], None] = on_leader_change or (lambda leader: None)
+        self._on_leader_change: Callable[[str | None], None] = on_leader_change or (lambda leader: None)
         self.started = asyncio.Event()
         # hashicorp/raft's metric names (the registry adds Consul's prefix). A server built
         # without a registry (tests) records into a private one nobody reads.
@@ -662,7 +662,7 @@ class RaftServer:
             # A failed persist or apply leaves this server unable to take part safely:
             # fail-stop, loudly, rather than linger as a silent, leaderless member.
             logger.critical("raft: the replication loop failed; stopping the agent", exc_info=exc)
-            self.fatal(exc)
+            self._fatal(exc)
 
     async def _between_readies(self, timeout_s: float = 10.0) -> None:
         """Until the replication loop is not in the middle of a Ready (no persist in flight on
@@ -1052,7 +1052,7 @@ class RaftServer:
                 continue
             if rd.soft_state is not None:
                 if rd.soft_state.leader != self.leader_id:
-                    self.on_leader_change(rd.soft_state.leader)
+                    self._on_leader_change(rd.soft_state.leader)
                 self.leader_id = rd.soft_state.leader
                 if rd.soft_state.leader == self.id:
                     self._last_leader_contact = time.monotonic()
@@ -1079,7 +1079,7 @@ class RaftServer:
                     was_leader = is_leader
                     now = time.monotonic()
                     self._follower_contact = {peer: now for peer, _, _ in self.voters() if peer != self.id}
-                    self.on_leadership(is_leader)
+                    self._on_leadership(is_leader)
             for m in rd.early_messages:
                 self._send(m)
             committed = rd.committed_entries
