@@ -2,16 +2,17 @@
 
 Owns the errors a server answers with (each mapped to an HTTP status in `http.server`), the query
 options and metadata of Consul's reads (`?index`, `?wait`, `?stale`, `?consistent`, `?dc`) and
-writes, and the `Consensus` protocol: the replicated log as the RPC layer sees it. A leaf: it
+writes, the `Consensus` protocol (the replicated log as the RPC layer sees it) and the
+`ServerAccess` protocol (a datacenter's servers as the agent's front ends see them). A leaf: it
 imports nothing of proconsul, so the Raft driver, the servers and the client agents share it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class Consensus(Protocol):
@@ -51,6 +52,60 @@ class HandlerRegistry(Protocol):
     `Server`; a client agent's `RemoteServer` accepts and ignores them, as it answers none)."""
 
     def register(self, method: str, handler: RPCHandler) -> None: ...
+
+
+@runtime_checkable
+class ServerAccess(Protocol):
+    """This agent's way to its datacenter's servers: what the HTTP API, DNS, checks and
+    anti-entropy call. Two implementations: the in-process `server.rpc.Server` (servers and
+    `-dev`; it answers from its own store, forwards to the leader, and to other datacenters
+    through the WAN `DatacenterRouter`) and the client agent's `server.remote.RemoteServer`
+    (every call is an RPC to a server found by gossip).
+
+    `query` answers the named read (server/queries.py) under `opts`, blocking while
+    `opts.min_index` is set and not passed; `write` proposes a `state.commands.Command` (in
+    `datacenter` when another one is named) and returns once it applied; `read` runs a function
+    of the store, which only the in-process server can (the remote one refuses, so DNS on a
+    client agent uses named queries, as `catalog_is_remote` tells it). `register` adds a server
+    RPC method (the remote server, which answers none, drops it).
+    """
+
+    datacenter: str
+    consensus: Consensus
+    # True on client agents: the local store is empty, ask a server instead of reading it.
+    catalog_is_remote: bool
+
+    async def query(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]: ...
+
+    async def write(self, command: Any, datacenter: str = "") -> tuple[WriteMeta, Any]: ...
+
+    async def read(self, opts: QueryOptions, run: Callable[[Any], tuple[int, Any]], tables: Iterable[str],
+                   kv_prefix: str | None = None) -> tuple[QueryMeta, Any]: ...
+
+    async def list_datacenters(self) -> list[str]:
+        """Every datacenter this agent can reach (for a client agent, as its server knows them)."""
+        ...
+
+    def known_datacenters(self) -> list[str]:
+        """The datacenters known here without asking anyone (a client agent: its own)."""
+        ...
+
+    def wait_time(self, opts: QueryOptions) -> float:
+        """A blocking read's deadline in seconds (?wait, capped, plus jitter)."""
+        ...
+
+    async def wait_for_leader(self) -> str:
+        """The leader's address ("" when this server is the leader), waiting through an
+        election up to rpc_hold_timeout; raises `NoLeader` when there is none."""
+        ...
+
+    def register(self, method: str, handler: RPCHandler) -> None: ...
+
+    def leader(self) -> str: ...
+
+    def peers(self) -> list[str]: ...
+
+    def check_datacenter(self, dc: str | None) -> None: ...
 
 
 class ServerCaller(Protocol):

@@ -51,8 +51,7 @@ async def run_client(unsafe: bool) -> History:
     store = Store()
     fsm = FSM(store)
     fsm.apply(5, commands.KVS(commands.KVOp.SET, DirEntry(key="reg/0", value=b"1")))  # applied everywhere
-    server = Server(store, NewLeader(fsm), "dc1")
-    server.unsafe_reads_before_first_apply = unsafe
+    server = Server(store, NewLeader(fsm), "dc1", unsafe_reads_before_first_apply=unsafe)
     # Process 1's write of 2, acknowledged by the old leader (which died before telling the
     # others it committed), after process 2's write of 1.
     h.ok(h.invoke(2, "write", "reg/0", 1))

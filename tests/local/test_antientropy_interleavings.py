@@ -166,11 +166,11 @@ async def _next_call(catalog: HeldCatalog) -> None:
 
 async def run_seed(seed: int, steps: int = 80) -> None:
     rng = random.Random(seed)
-    local = LocalState(NODE, "11111111-2222-3333-4444-555555555555", "127.0.0.1", "dc1", {"rack": "a"}, None)
-    local.rng = random.Random(seed)
     # Half the seeds defer output-only changes (written back by the "write_back" step).
     interval = rng.choice([0.0, 300.0])
-    local.check_update_interval = lambda: interval
+    local = LocalState(NODE, "11111111-2222-3333-4444-555555555555", "127.0.0.1", "dc1", {"rack": "a"}, None,
+                       check_update_interval=lambda: interval)
+    local.rng = random.Random(seed)
     catalog = HeldCatalog()
     sync: asyncio.Task[None] | None = None
     trace: list[str] = []

@@ -51,10 +51,10 @@ def _local() -> LocalState:
 
 def test_output_only_changes_are_written_back_later_status_changes_at_once() -> None:
     async def scenario() -> None:
-        local = _local()
         changes: list[int] = []
-        local.on_change = lambda: changes.append(1)
-        local.check_update_interval = lambda: 0.2
+        interval = [0.2]
+        local = LocalState("n1", "11111111-2222-3333-4444-555555555555", "127.0.0.1", "dc1", {}, None,
+                           on_change=lambda: changes.append(1), check_update_interval=lambda: interval[0])
         local.add_check(CheckDefinition(id="t", name="t", type="ttl", ttl_s=60))
         local.checks["t"].in_sync = True
         changes.clear()
@@ -66,7 +66,7 @@ def test_output_only_changes_are_written_back_later_status_changes_at_once() -> 
         local.checks["t"].in_sync = True
         local.update_check("t", HEALTH_PASSING, "newer output")
         assert changes == [1, 1] and not local.checks["t"].in_sync
-        local.check_update_interval = lambda: 0.0  # 0: every change at once
+        interval[0] = 0.0  # 0: every change at once (read at each change, as a reload would set it)
         local.update_check("t", HEALTH_PASSING, "again")
         assert changes == [1, 1, 1]
 

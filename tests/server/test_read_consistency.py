@@ -58,11 +58,11 @@ class Pool:
         return {"meta": [42, True, 0, "leader"], "result": "from-leader"}
 
 
-def _server() -> tuple[Server, Consensus, Store]:
+def _server(pool: Pool | None = None) -> tuple[Server, Consensus, Store]:
     store = Store()
     fsm = FSM(store)
     consensus = Consensus(fsm)
-    return Server(store, consensus, "dc1"), consensus, store
+    return Server(store, consensus, "dc1", pool=pool), consensus, store
 
 
 async def test_a_new_leader_answers_only_after_its_first_apply() -> None:
@@ -100,11 +100,10 @@ async def test_stale_reads_do_not_wait_for_readiness() -> None:
 
 
 async def test_max_stale_hands_a_too_stale_read_to_the_leader() -> None:
-    server, consensus, _ = _server()
+    pool = Pool()
+    server, consensus, _ = _server(pool)
     consensus.leader = False
     consensus.contact_ms = 5000
-    pool = Pool()
-    server.pool = pool
     meta, _ = await server.query("KVS.Get", {"key": "k"}, QueryOptions(allow_stale=True, max_stale_s=10))
     assert meta.consistency == "stale" and meta.last_contact_ms == 5000 and not pool.calls
     meta, result = await server.query("KVS.Get", {"key": "k"}, QueryOptions(allow_stale=True, max_stale_s=1))
@@ -116,10 +115,9 @@ async def test_max_stale_hands_a_too_stale_read_to_the_leader() -> None:
 
 
 async def test_the_query_rpc_carries_max_stale() -> None:
-    server, consensus, _ = _server()
+    server, consensus, _ = _server(Pool())
     consensus.leader = False
     consensus.contact_ms = 5000
-    server.pool = Pool()
     body = {"name": "KVS.Get", "args": {"key": "k"}}
     reply = await server.handle_rpc("Client.Query", {**body, "opts": [0, 0.0, True, False]})
     assert reply["meta"][3] == "stale"  # an older client: no bound

@@ -140,9 +140,8 @@ def test_server_without_wan_has_no_path() -> None:
 
 
 def test_server_forwards_to_the_router_and_answers_its_own_dc_locally() -> None:
-    server = Server(Store(), consensus=None, datacenter="dc1")  # type: ignore[arg-type]
     router, pool = make_router([record("b", "dc2", "127.0.0.2")], {"127.0.0.2:8300": QUERY_REPLY})
-    server.router = router
+    server = Server(Store(), consensus=None, datacenter="dc1", router=router)  # type: ignore[arg-type]
     meta, result = asyncio.run(server.query("KVS.Get", {"key": "k"}, QueryOptions(datacenter="dc2")))
     assert result == ["dc2-answer"] and pool.calls == [("127.0.0.2:8300", "Client.Query")]
 

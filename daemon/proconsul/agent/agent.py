@@ -48,7 +48,7 @@ from proconsul.metrics.runtime import RuntimeSampler
 from proconsul.metrics.statsd import StatsdSinks
 from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.raft.recovery import RecoveryError
-from proconsul.rpc_api import NoPathToDatacenter, QueryMeta, QueryOptions, RPCError
+from proconsul.rpc_api import NoPathToDatacenter, QueryMeta, QueryOptions, RPCError, ServerAccess
 from proconsul.serf.keyring import KEYRING_RPC, KeyringOperations
 from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
@@ -56,7 +56,7 @@ from proconsul.server import acl_authz, acl_leader, acl_queries
 from proconsul.server.acl_authz import same_node
 from proconsul.server.acl_resolver import ACLNotFound, ACLResolver
 from proconsul.server.admission import lan_admission
-from proconsul.server.cluster import ClusterMember
+from proconsul.server.cluster import ClusterMember, server_identity
 from proconsul.server.consensus import CommandStateMachine, RaftLog
 from proconsul.server.flood import WAN_JOIN_PORT_TAG, WANFlooder
 from proconsul.server.leader import SessionTimers, reconcile_alive_server, reconcile_loop
@@ -147,7 +147,8 @@ class Agent:
             self.metrics, telemetry.statsd_address, telemetry.dogstatsd_addr, telemetry.dogstatsd_tags,
             telemetry.statsite_address,
         )
-        self.store = Store()
+        # Lock delays are timed on this server's monotonic clock.
+        self.store = Store(now=time.monotonic)
         self.fsm = FSM(self.store)
         server_addr = f"{self.address}:{cfg.ports.server}"
         # TLS material of server RPC and HTTPS, replaced on reload (proconsul.tls.rpc).
@@ -162,17 +163,43 @@ class Agent:
             )
         except tls_context.TLSSettingError as exc:
             raise AgentError(f"tls: {exc}") from exc
-        self.raft: RaftServer | None = None
-        self.log: Any
         self.membership = Membership(  # LAN gossip pool
             lambda: self.config, self.node_name, self.node_id, self.address, self.member()["Tags"], self.metrics,
         )
+        # Servers also gossip in the WAN pool, which routes ?dc= requests to other datacenters
+        # (built before the RPC server, which forwards through the router).
+        self.wan: WANPool | None = None
+        self.router: Router | None = None
+        self.flooder: WANFlooder | None = None
+        if cfg.server and cfg.ports.serf_wan > 0:
+            # The WAN join port is a LAN tag only (Consul's WAN members do not carry it).
+            wan_tags = {k: v for k, v in self.member()["Tags"].items() if k != WAN_JOIN_PORT_TAG}
+            self.wan = wan = WANPool(
+                lambda: self.config, self.node_name, self.address, wan_tags,
+                self.membership.keyring, self.membership.save_keyring, self.metrics,
+            )
+            self.router = Router(
+                cfg.datacenter, wan.members, pool=ConnectionPool(security=self.tls),
+                coordinates=lambda: wan.node.coordinates,
+            )
+            # Every server of this datacenter the LAN pool sees is flood-joined into the WAN pool
+            # (Consul's LAN -> WAN flooder), on LAN server events and every minute.
+            membership = self.membership
+            self.flooder = WANFlooder(
+                cfg.datacenter, membership.members, wan.members, wan.join,
+                active=lambda: not (wan.leaving or membership.leaving),
+            )
+            membership.on_member_event(self.flooder.on_lan_member)
+        self.raft: RaftServer | None = None
+        self.log: Any
         self.remote: RemoteServer | None = None
         if cfg.dev:
             self.log = SingleNodeLog(self.fsm, server_addr, self.node_id, self.node_name)
         elif not cfg.server:
             # A client agent: no Raft, no catalog; every RPC goes to a server found by gossip.
-            self.remote = RemoteServer(self.membership, cfg.datacenter, security=self.tls)
+            # With ACLs on, its own writes (anti-entropy) carry the agent token, else the default.
+            agent_token = (lambda: self.tokens["agent"] or self.tokens["default"]) if cfg.acl.enabled else None
+            self.remote = RemoteServer(self.membership, cfg.datacenter, security=self.tls, agent_token=agent_token)
             self.log = self.remote.consensus
         else:
             assert cfg.data_dir, "config validation requires data_dir outside -dev"
@@ -192,58 +219,56 @@ class Agent:
                 snapshot_interval_s=cfg.raft_snapshot_interval_s,
                 metrics=self.metrics,
                 security=self.tls,
+                # The cluster member and the anti-entropy loop are built after the driver (the
+                # first takes it, the second the RPC server over it), so these two are called
+                # late-bound; Raft calls neither before `cluster.start()` starts it.
+                on_leadership=self._leadership_changed,
+                # A leader appearing is the moment a waiting anti-entropy sync can succeed.
+                on_leader_change=lambda leader: self.anti_entropy.trigger() if leader else None,
+                fatal=self._fatal,
             )
             self.log = RaftLog(self.raft)
-        self.server: Any = self.remote or Server(
-            self.store,
-            self.log,
-            cfg.datacenter,
-            default_query_time_s=cfg.default_query_time_s,
-            max_query_time_s=cfg.max_query_time_s,
-            voter_refusal=lan_admission(self.membership.members, cfg.datacenter) if self.raft else None,
-            metrics=self.metrics,
-        )
         # ACLs (acl.enabled): every request's token is resolved to an Authorizer (http/acl_gate.py);
         # servers read their own replicated state each time, client agents cache for token_ttl.
         self.acl_resolver: ACLResolver | None = None
         if cfg.acl.enabled:
             # Servers resolve from their own store directly (Consul's servers do; no RPC counted).
-            lookup = self.server.query if self.remote is not None else self._resolve_locally
+            lookup = self.remote.query if self.remote is not None else self._resolve_locally
             self.acl_resolver = ACLResolver(
                 lookup, cfg.datacenter, cfg.acl.default_policy, cfg.acl.down_policy,
                 lambda: self.tokens, cache_ttl_s=cfg.acl.token_ttl_s if self.remote is not None else 0.0,
                 version=None if self.remote is not None else self._acl_tables_version,
             )
-            if self.remote is not None:
-                self.remote.agent_token = lambda: self.tokens["agent"] or self.tokens["default"]
-            else:
-                self.server.authorize_write = self._authorize_write
-                if cfg.data_dir:
-                    self.server.acl_bootstrap_reset = acl_leader.BootstrapResetFile(cfg.data_dir)
-        # Servers also gossip in the WAN pool, which routes ?dc= requests to other datacenters.
-        self.wan: WANPool | None = None
-        self.flooder: WANFlooder | None = None
-        if cfg.server and cfg.ports.serf_wan > 0:
-            # The WAN join port is a LAN tag only (Consul's WAN members do not carry it).
-            wan_tags = {k: v for k, v in self.member()["Tags"].items() if k != WAN_JOIN_PORT_TAG}
-            self.wan = WANPool(
-                lambda: self.config, self.node_name, self.address, wan_tags,
-                self.membership.keyring, self.membership.save_keyring, self.metrics,
+        # Server-to-server RPC (forwarding to the leader, joins, autopilot): one pipelined pool,
+        # shared by the RPC server and the cluster member (which closes it).
+        server_pool = ConnectionPool(security=self.tls) if self.raft is not None else None
+        # What the HTTP API, DNS, checks and anti-entropy call (`server`): the in-process RPC server
+        # (`rpc_server`) on servers and in -dev, the client agent's remote server otherwise.
+        self.server: ServerAccess
+        self.rpc_server: Server | None = None
+        if self.remote is not None:
+            self.server = self.remote
+        else:
+            acl_on = cfg.acl.enabled
+            self.rpc_server = Server(
+                self.store,
+                self.log,
+                cfg.datacenter,
+                default_query_time_s=cfg.default_query_time_s,
+                max_query_time_s=cfg.max_query_time_s,
+                voter_refusal=lan_admission(self.membership.members, cfg.datacenter) if self.raft else None,
+                metrics=self.metrics,
+                pool=server_pool,
+                router=self.router,
+                rpc_hold_timeout_s=cfg.performance.rpc_hold_timeout_s,
+                identity=server_identity(cfg, self.node_id, self.node_name, server_addr) if self.raft else None,
+                # A client agent's write over RPC: the caller's token must allow it.
+                authorize_write=self._authorize_write if acl_on else None,
+                acl_bootstrap_reset=acl_leader.BootstrapResetFile(cfg.data_dir) if acl_on and cfg.data_dir else None,
+                unsafe_follower_local_reads=cfg.unsafe_follower_local_reads,
+                unsafe_reads_before_first_apply=cfg.unsafe_reads_before_first_apply,
             )
-            wan = self.wan
-            self.server.router = Router(
-                cfg.datacenter, wan.members, pool=ConnectionPool(security=self.tls),
-                coordinates=lambda: wan.node.coordinates,
-            )
-            self.server.known_datacenters = self.server.router.datacenters
-            # Every server of this datacenter the LAN pool sees is flood-joined into the WAN pool
-            # (Consul's LAN -> WAN flooder), on LAN server events and every minute.
-            membership = self.membership
-            self.flooder = WANFlooder(
-                cfg.datacenter, membership.members, wan.members, wan.join,
-                active=lambda: not (wan.leaving or membership.leaving),
-            )
-            membership.on_member_event(self.flooder.on_lan_member)
+            self.server = self.rpc_server
         self.local = LocalState(
             self.node_name,
             self.node_id,
@@ -252,37 +277,39 @@ class Agent:
             dict(cfg.node_meta),
             cfg.data_dir,
             output_max_size=cfg.check_output_max_size,
+            # The check manager and the anti-entropy loop both take this local state, and it tells
+            # them of its changes: a cycle, broken by calling them late-bound (both exist before
+            # anything is added, in start()).
+            on_change=lambda: self.anti_entropy.trigger(),
+            on_check_added=self._check_added,
+            on_check_removed=lambda check_id: self.checks.remove(check_id),
+            check_update_interval=lambda: self.config.check_update_interval_s,
         )
         self.checks = CheckManager(
             self._report_check, cfg.enable_script_checks, cfg.enable_local_script_checks, self.local, self.server,
             flap=self._flap_settings,
         )
-        self.local.check_update_interval = lambda: self.config.check_update_interval_s
-        self.local.on_check_added = self._check_added
-        self.local.on_check_removed = self.checks.remove
-        self.anti_entropy = AntiEntropy(self.local, self.server)
-        self.anti_entropy.base_interval = lambda: self.config.ae_interval_s
+        self.anti_entropy = AntiEntropy(
+            self.local, self.server,
+            base_interval=lambda: self.config.ae_interval_s, cluster_size=lambda: len(self.membership.members()),
+        )
         self.session_timers = SessionTimers(self.server)
         self.watches = WatchManager()  # the config's `watches` (proconsul.local.watch), started after HTTP
-        self.store.now = time.monotonic
         self.cluster: ClusterMember | None = None
         if self.raft is not None:
+            assert self.rpc_server is not None and server_pool is not None
             self.cluster = ClusterMember(
-                lambda: self.config, self.node_id, self.node_name, self.raft, self.server, self.session_timers,
+                lambda: self.config, self.node_id, self.node_name, self.raft, self.rpc_server, self.session_timers,
                 self.tls, self.membership, self.local.node_record, self.consul_service_meta,
-                health=lambda: self.operator.autopilot,
+                health=lambda: self.operator.autopilot, pool=server_pool,
             )
-            # A leader appearing is the moment a waiting anti-entropy sync can succeed.
-            self.raft.on_leader_change = lambda leader: self.anti_entropy.trigger() if leader else None
-            self.raft.fatal = self._fatal
-            self.server.register("Session.Renew", self._renew_on_leader)
+            self.rpc_server.register("Session.Renew", self._renew_on_leader)
         # Operator raft / snapshot / autopilot endpoints (+ their RPCs).
         self.operator = Operator(
             self.server, self.store, self.fsm, self.raft, self.node_id, self.node_name, lambda: self.config,
-            self.membership,
-            pool=self.cluster.pool if self.cluster is not None else None, metrics=self.metrics,
+            self.membership, pool=server_pool, metrics=self.metrics,
         )
-        router: Router | None = getattr(self.server, "router", None)  # servers with a WAN pool
+        router = self.router  # servers with a WAN pool
         # User events: fired through a server, received by gossip.
         self.events = AgentEvents(
             cfg.datacenter, self.node_name, lambda: self.local.services, self.membership.node.send_user_event,
@@ -293,7 +320,7 @@ class Agent:
         self.coordinate_sync = CoordinateSync(
             lambda: self.config, self.node_name, lambda: self.membership.node.coordinates,
             lambda: len(self.membership.members()),
-            endpoint=CoordinateEndpoint(self.server) if self.remote is None else None,
+            endpoint=CoordinateEndpoint(self.rpc_server) if self.rpc_server is not None else None,
             router=router, forward=self.remote,
         )
         # Keyring operations over LAN, WAN and other datacenters (+ Keyring.Operation).
@@ -303,8 +330,8 @@ class Agent:
         )
         for part in (self.events, self.coordinate_sync):
             part.register_rpc(self.server)
-        if self.remote is None:
-            self.server.register(KEYRING_RPC, self.keyring_ops.handle_rpc)
+        if self.rpc_server is not None:
+            self.rpc_server.register(KEYRING_RPC, self.keyring_ops.handle_rpc)
         self.notifier = Notifier()
         # `?cached` reads (http/cached.py); http_config.use_cache = false leaves them uncached.
         self.cache = AgentCache(metrics=self.metrics) if cfg.http_config.use_cache else None
@@ -357,9 +384,9 @@ class Agent:
             await self.cluster.start()
         elif self.remote is not None:
             self.remote.start()
-        else:
+        elif self.rpc_server is not None:  # -dev
             await reconcile_alive_server(
-                self.server, self.local.node_record(), cfg.ports.server, self.consul_service_meta()
+                self.rpc_server, self.local.node_record(), cfg.ports.server, self.consul_service_meta()
             )
         self._tasks.append(asyncio.get_running_loop().create_task(self.runtime_metrics.run(), name="runtime-metrics"))
         if self.statsd_sinks is not None:
@@ -406,8 +433,8 @@ class Agent:
             self.flooder.notify()  # the servers the LAN pool already knows (a restart, a snapshot rejoin)
         reconcile = reconcile_loop(self.membership, self.server, self.log.is_leader, self.node_name)
         self._tasks.append(asyncio.get_running_loop().create_task(reconcile, name="leader-reconcile"))
-        if cfg.acl.enabled and self.remote is None:
-            acl_init = acl_leader.init_loop(self.server, self.log.is_leader,
+        if cfg.acl.enabled and self.rpc_server is not None:
+            acl_init = acl_leader.init_loop(self.rpc_server, self.log.is_leader,
                                             lambda: self.config.acl.tokens.initial_management)
             self._tasks.append(asyncio.get_running_loop().create_task(acl_init, name="acl-init"))
         self.coordinate_sync.start()
@@ -495,13 +522,19 @@ class Agent:
         await self.membership.stop()
         if self.wan is not None:
             await self.wan.stop()
-            await self.server.router.close()
+        if self.router is not None:
+            await self.router.close()
         if self.remote is not None:
             await self.remote.stop()
         await self.checks.close()
         if self.config.pid_file:
             remove_pid_file(self.config.pid_file)
         logger.info("agent: stopped")
+
+    def _leadership_changed(self, is_leader: bool) -> None:
+        """Raft's `on_leadership`, handed to the cluster member (built after the driver)."""
+        assert self.cluster is not None, "Raft starts only in cluster.start()"
+        self.cluster.leadership_changed(is_leader)
 
     def _fatal(self, exc: BaseException) -> None:
         self.exit_code = 1
@@ -668,7 +701,7 @@ class Agent:
 
     async def _renew_on_leader(self, session_id: Any) -> list[dict[str, Any]]:
         if self.cluster is not None and not self.log.is_leader():
-            leader = await self.server._wait_for_leader()
+            leader = await self.server.wait_for_leader()
             if leader:
                 return list(await self.cluster.pool.call(leader, "Session.Renew", session_id, timeout_s=10.0))
         _, session = self.store.get_session(str(session_id))
@@ -677,7 +710,7 @@ class Agent:
         self.session_timers.arm(session)
         return [render.session(session)]
 
-    def server_for_dc(self, dc: str) -> Server:
+    def server_for_dc(self, dc: str) -> ServerAccess:
         if dc == self.config.datacenter:
             return self.server
         raise NoPathToDatacenter(dc)
@@ -755,7 +788,7 @@ class Agent:
             "build": {"prerelease": "", "revision": "", "version": proconsul.CONSUL_COMPAT_VERSION},
             "consul": {
                 "bootstrap": str(self.config.bootstrap).lower(),
-                "known_datacenters": str(len(self.server.known_datacenters()) if self.remote is None else 1),
+                "known_datacenters": str(len(self.server.known_datacenters())),
                 "leader": str(log.is_leader()).lower(),
                 "leader_addr": log.leader_address(),
                 "server": str(self.config.server).lower(),

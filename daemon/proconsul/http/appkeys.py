@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from proconsul.local.events import AgentEvents
     from proconsul.local.state import LocalState
     from proconsul.metrics.registry import Metrics
+    from proconsul.rpc_api import ServerAccess
     from proconsul.serf.keyring import KeyringOperations
     from proconsul.serf.lan import Membership
     from proconsul.server.acl_resolver import ACLResolver
@@ -36,14 +37,14 @@ class AgentSurface(Protocol):
     """The agent as the HTTP API uses it: its parts, and the few operations that span them.
 
     `server` is the in-process `Server` on servers and dev agents, the client agent's
-    `RemoteServer` otherwise; both answer `query`, `write`, `read` and the other RPC entry
-    points the handlers call.
+    `RemoteServer` otherwise; both are an `rpc_api.ServerAccess` (`query`, `write`, `read` and
+    the other entry points the handlers call).
     """
 
     config: RuntimeConfig
     node_name: str
     node_id: str
-    server: Any
+    server: ServerAccess
     store: Store
     local: LocalState
     checks: CheckManager
@@ -77,7 +78,7 @@ class AgentSurface(Protocol):
 
     async def renew_session(self, session_id: str) -> list[dict[str, Any]]: ...
 
-    def server_for_dc(self, dc: str) -> Any: ...
+    def server_for_dc(self, dc: str) -> ServerAccess: ...
 
     def check_script_allowed(self, checks: Any, source: str) -> None: ...
 

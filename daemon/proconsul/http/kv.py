@@ -8,7 +8,6 @@ Consul's quirks: a miss is 404 with an index, `?keys` with a separator collapses
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -25,13 +24,9 @@ from proconsul.http.common import (
     target_dc,
     uint_param,
 )
-from proconsul.rpc_api import QueryMeta, QueryOptions
+from proconsul.rpc_api import QueryMeta, QueryOptions, ServerAccess
 from proconsul.state import commands
 from proconsul.state.records import DirEntry
-
-if TYPE_CHECKING:
-    from proconsul.server.remote import RemoteServer
-    from proconsul.server.rpc import Server
 
 MAX_UINT64 = (1 << 64) - 1
 
@@ -113,7 +108,7 @@ async def kv_put(request: web.Request) -> web.StreamResponse:
     return json_response(request, bool(ok), index=meta.index)
 
 
-async def _lock_delay_active(server: Server | RemoteServer, key: str) -> tuple[bool, int]:
+async def _lock_delay_active(server: ServerAccess, key: str) -> tuple[bool, int]:
     """(in the lock-delay?, index), as the leader sees it.
 
     Consul's leader checks the delay in its KVS endpoint. A follower's own store may not have

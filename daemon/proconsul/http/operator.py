@@ -9,8 +9,6 @@ Snapshot bodies are binary gzipped tars (see `proconsul.server.snapshot`); a dam
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from proconsul.http.appkeys import AGENT
@@ -32,12 +30,8 @@ from proconsul.wire import MAX_FRAME_BYTES
 MAX_SNAPSHOT_BYTES = MAX_FRAME_BYTES - (1 << 20)
 
 
-def _operator(request: web.Request) -> Any:
-    agent = request.app[AGENT]
-    op = getattr(agent, "operator", None)
-    if op is None:
-        op = agent.operator = Operator(agent)
-    return op
+def _operator(request: web.Request) -> Operator:
+    return request.app[AGENT].operator
 
 
 async def raft_configuration(request: web.Request) -> web.Response:

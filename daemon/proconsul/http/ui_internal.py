@@ -19,7 +19,7 @@ from aiohttp import web
 
 from proconsul.http.appkeys import AGENT
 from proconsul.http.common import bad_request, json_response, query_options
-from proconsul.rpc_api import QueryMeta, QueryOptions
+from proconsul.rpc_api import QueryMeta, QueryOptions, ServerAccess
 
 _STATUS_FIELD = {"passing": "ChecksPassing", "warning": "ChecksWarning", "critical": "ChecksCritical"}
 
@@ -33,7 +33,7 @@ _PARTS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-async def _snapshot(server: Any, now: QueryOptions) -> tuple[QueryMeta, list[Any]]:
+async def _snapshot(server: ServerAccess, now: QueryOptions) -> tuple[QueryMeta, list[Any]]:
     """The three reads answered at once; the index is the largest of theirs (as Consul's dump
     reads report the catalog's index over all its tables)."""
     metas, results = [], []

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from proconsul.local.flap import FlapGate, FlapSettings, Report
-from proconsul.rpc_api import QueryOptions
+from proconsul.rpc_api import QueryOptions, ServerAccess
 from proconsul.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckDefinition
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class CheckRunner:
         rng: random.Random,
         script_allowed: bool,
         local: Any = None,
-        server: Any = None,
+        server: ServerAccess | None = None,
         flap: FlapSettings = FLAP_OFF,
     ) -> None:
         self.definition = definition
@@ -149,7 +149,7 @@ class CheckRunner:
         self.rng = rng
         self.script_allowed = script_allowed
         self.local = local  # LocalState, for alias checks on this agent's services
-        self.server = server  # rpc.Server, for alias checks on other nodes
+        self.server = server  # this agent's way to the catalog, for alias checks on other nodes
         self.task: asyncio.Task[None] | None = None
         self._ttl_handle: asyncio.TimerHandle | None = None
 
@@ -473,7 +473,7 @@ class CheckManager:
         enable_script_checks: bool,
         enable_local_script_checks: bool,
         local: Any = None,
-        server: Any = None,
+        server: ServerAccess | None = None,
         flap: Callable[[], FlapSettings] = FlapSettings,
     ) -> None:
         self.report = report

@@ -105,7 +105,7 @@ class CoordinateEndpoint:
         node, segment, coord = decode_update(body)
         consensus = self.server.consensus
         if not consensus.is_leader():
-            leader = await self.server._wait_for_leader()
+            leader = await self.server.wait_for_leader()
             if leader and self.server.pool is None:
                 raise NotLeader(leader)
             if leader:

@@ -26,8 +26,7 @@ from typing import Any
 
 from proconsul import safe_json
 from proconsul.durations import format_duration
-from proconsul.rpc_api import CALLER_TOKEN, QueryOptions, RPCError
-from proconsul.server.rpc import Server
+from proconsul.rpc_api import CALLER_TOKEN, QueryOptions, RPCError, ServerAccess
 from proconsul.state import commands, protection
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.state.store import StoreError
@@ -106,7 +105,16 @@ def sync_interval_s(cluster_size: int, base_s: float = 60.0) -> float:
 
 
 class LocalState:
-    """The agent's services and checks, with change notification and persistence."""
+    """The agent's services and checks, with change notification and persistence.
+
+    Callbacks (each optional, passed when built):
+        on_change: something needs syncing to the catalog (the anti-entropy loop's trigger).
+        on_check_added, on_check_removed: a check was added (or replaced) / removed, so its
+            runner starts or stops (the check manager).
+        check_update_interval: Consul's check_update_interval in seconds, read at each change so
+            that a reload applies: output-only changes are written back after interval/2 plus a
+            random stagger of up to one interval; 0 writes them at once.
+    """
 
     def __init__(
         self,
@@ -117,6 +125,11 @@ class LocalState:
         node_meta: dict[str, str],
         data_dir: str | None,
         output_max_size: int = DEFAULT_OUTPUT_MAX_SIZE,
+        *,
+        on_change: Callable[[], None] | None = None,
+        on_check_added: Callable[[LocalCheck], None] | None = None,
+        on_check_removed: Callable[[str], None] | None = None,
+        check_update_interval: Callable[[], float] | None = None,
     ) -> None:
         self.node_name = node_name
         self.node_id = node_id
@@ -133,16 +146,13 @@ class LocalState:
         # Removed locally but maybe still in the catalog: deregistered by the next sync.
         self.deleted_services: set[str] = set()
         self.deleted_checks: set[str] = set()
-        self.on_change: Callable[[], None] = lambda: None
+        self._on_change: Callable[[], None] = on_change or (lambda: None)
         # Bumped on every local change; `wait_for_change` parks hash-blocking reads on it.
         self.generation = 0
         self._change_event = asyncio.Event()
-        self.on_check_added: Callable[[LocalCheck], None] = lambda c: None
-        self.on_check_removed: Callable[[str], None] = lambda cid: None
-        # Consul's check_update_interval (read at each change, so reload applies): output-only
-        # changes are written back after interval/2 plus a random stagger of up to one
-        # interval; 0 writes them at once.
-        self.check_update_interval: Callable[[], float] = lambda: 300.0
+        self._on_check_added: Callable[[LocalCheck], None] = on_check_added or (lambda c: None)
+        self._on_check_removed: Callable[[str], None] = on_check_removed or (lambda cid: None)
+        self._check_update_interval: Callable[[], float] = check_update_interval or (lambda: 300.0)
         self.rng = random.Random()
         self.clock: Callable[[], float] = time.monotonic
         # Called on any change of a service, a check or a check's result (alias checks).
@@ -235,7 +245,7 @@ class LocalState:
         if previous is not None and previous.definition == definition:
             status, output = previous.status, previous.output
         if previous is not None:
-            self.on_check_removed(definition.id)
+            self._on_check_removed(definition.id)
             _cancel_defer(previous)
         check = LocalCheck(definition, status, output, source, token)
         if status == HEALTH_CRITICAL:
@@ -246,7 +256,7 @@ class LocalState:
         # A service's own checks are persisted with the service; maintenance checks stand alone.
         if persist and source == "api" and (not definition.service_id or definition.type == "maintenance"):
             self._persist("checks", definition.id, {"definition": _check_to_json(definition), "token": token})
-        self.on_check_added(check)
+        self._on_check_added(check)
         self._notify_watchers()
         if notify:
             self._changed()
@@ -256,7 +266,7 @@ class LocalState:
             return False
         _cancel_defer(self.checks.pop(check_id))
         self.deleted_checks.add(check_id)
-        self.on_check_removed(check_id)
+        self._on_check_removed(check_id)
         self._unpersist("checks", check_id)
         self._notify_watchers()
         if notify:
@@ -276,7 +286,7 @@ class LocalState:
         check.status, check.output = status, output
         if status_changed:
             check.critical_since = self.clock() if status == HEALTH_CRITICAL else None
-        interval = self.check_update_interval()
+        interval = self._check_update_interval()
         if status_changed or interval <= 0:
             _cancel_defer(check)
             check.in_sync = False
@@ -358,7 +368,7 @@ class LocalState:
         self.generation += 1
         event, self._change_event = self._change_event, asyncio.Event()
         event.set()
-        self.on_change()
+        self._on_change()
 
     async def wait_for_change(self, timeout_s: float) -> bool:
         """Wait until the next local change (True) or `timeout_s` (False)."""
@@ -468,7 +478,7 @@ class LocalState:
 
     # ---------------------------------------------------------------------------- anti-entropy
 
-    async def sync_full(self, server: Server) -> None:
+    async def sync_full(self, server: ServerAccess) -> None:
         """Make the catalog's view of this node equal to the local state."""
 
         _, state = await server.query("Internal.NodeState", {"node": self.node_name}, QueryOptions())
@@ -505,7 +515,7 @@ class LocalState:
                 check.in_sync = False
         await self.sync_changes(server)
 
-    async def sync_changes(self, server: Server) -> None:
+    async def sync_changes(self, server: ServerAccess) -> None:
         """Push every out-of-sync service, check and the node itself to the catalog.
 
         Each entry is marked synced only for the revision captured when its request was built
@@ -557,7 +567,7 @@ class LocalState:
             sent.synced_revision = revision
 
 
-async def _write(server: Server, command: commands.Command, token: str | None, what: str) -> None:
+async def _write(server: ServerAccess, command: commands.Command, token: str | None, what: str) -> None:
     """One anti-entropy write with `token` (None: the agent token). A refusal by the servers'
     ACLs is logged and the entry counts as synced until the next full sync, as Consul does, so
     one entry the token may not write does not hold back the others."""
@@ -589,19 +599,30 @@ def _strip(record: Any, like: Any = None) -> Any:
 
 
 class AntiEntropy:
-    """Runs the sync loop: immediate partial syncs on change, periodic full syncs with jitter."""
+    """Runs the sync loop: immediate partial syncs on change, periodic full syncs with jitter.
 
-    def __init__(self, local: LocalState, server: Server, rng: random.Random | None = None) -> None:
+    `trigger` is what the local state's `on_change` should call (and a leader appearing).
+    """
+
+    def __init__(
+        self,
+        local: LocalState,
+        server: ServerAccess,
+        rng: random.Random | None = None,
+        *,
+        base_interval: Callable[[], float] | None = None,
+        cluster_size: Callable[[], int] | None = None,
+    ) -> None:
         self.local = local
         self.server = server
         self.rng = rng or random.Random()
         self._trigger = asyncio.Event()
-        self.cluster_size: Callable[[], int] = lambda: 1
+        # The LAN pool's size, which stretches the full-sync interval past 128 members.
+        self.cluster_size: Callable[[], int] = cluster_size or (lambda: 1)
         # The full-sync base interval before cluster-size scaling: Consul's hidden `ae_interval`
-        # (1m); tests shorten it.
-        self.base_interval: Callable[[], float] = lambda: 60.0
+        # (1m); tests shorten it. Read at each sync, so that a reload applies.
+        self.base_interval: Callable[[], float] = base_interval or (lambda: 60.0)
         self.synced = asyncio.Event()  # set after the first successful full sync
-        local.on_change = self.trigger
 
     def trigger(self) -> None:
         self._trigger.set()

@@ -217,9 +217,9 @@ class DiskStorage:
         if compact_to >= self.log.first_index:
             self.log.compact_prefix(compact_to)
 
-    def bootstrap(self, voters: list[str]) -> None:
+    def bootstrap(self, voters: list[str], learners: list[str] | None = None) -> None:
         """Write the initial configuration as snapshot 0 (only on an empty storage)."""
-        snap = Snapshot(SnapshotMeta(0, 0, Configuration(frozenset(voters))), b"")
+        snap = Snapshot(SnapshotMeta(0, 0, Configuration(frozenset(voters), frozenset(learners or ()))), b"")
         meta = DiskSnapshotMeta(0, 0, snap.meta.config.encode())
         self.snapshots.save(meta, b"")
         self._snap = snap
@@ -394,6 +394,9 @@ class RaftServer:
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
         security: RPCSecurity | None = None,
+        on_leadership: Callable[[bool], None] | None = None,
+        on_leader_change: Callable[[str | None], None] | None = None,
+        fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.id = node_id
         self.node_name = node_name
@@ -457,11 +460,12 @@ class RaftServer:
         self._contact_pending: deque[tuple[int, float]] = deque()
         self.leader_id: str | None = None
         self.applied_index = 0
-        self.on_leadership: Callable[[bool], None] = lambda is_leader: None
+        # Called with True when this server becomes leader, False when it stops being one.
+        self._on_leadership: Callable[[bool], None] = on_leadership or (lambda is_leader: None)
         # Called when the replication loop dies of an error; the agent shuts down (exit 1).
-        self.fatal: Callable[[BaseException], None] = lambda exc: None
+        self._fatal: Callable[[BaseException], None] = fatal or (lambda exc: None)
         # Called with the new leader's ID (or None) whenever it changes, on every server.
-        self.on_leader_change: Callable[[str | None], None] = lambda leader: None
+        self._on_leader_change: Callable[[str | None], None] = on_leader_change or (lambda leader: None)
         self.started = asyncio.Event()
         # hashicorp/raft's metric names (the registry adds Consul's prefix). A server built
         # without a registry (tests) records into a private one nobody reads.
@@ -523,11 +527,7 @@ class RaftServer:
         config = Configuration(frozenset(voters), frozenset(learners))
         storage = self.storage
         if not self.has_state:
-            storage.bootstrap(sorted(voters))
-            if learners:
-                meta = DiskSnapshotMeta(0, 0, config.encode())
-                storage.snapshots.save(meta, b"")
-                storage._snap = Snapshot(SnapshotMeta(0, 0, config), b"")
+            storage.bootstrap(sorted(voters), sorted(learners))
         else:
             snap = storage.snapshot()
             if snap.data:
@@ -662,7 +662,7 @@ class RaftServer:
             # A failed persist or apply leaves this server unable to take part safely:
             # fail-stop, loudly, rather than linger as a silent, leaderless member.
             logger.critical("raft: the replication loop failed; stopping the agent", exc_info=exc)
-            self.fatal(exc)
+            self._fatal(exc)
 
     async def _between_readies(self, timeout_s: float = 10.0) -> None:
         """Until the replication loop is not in the middle of a Ready (no persist in flight on
@@ -1052,7 +1052,7 @@ class RaftServer:
                 continue
             if rd.soft_state is not None:
                 if rd.soft_state.leader != self.leader_id:
-                    self.on_leader_change(rd.soft_state.leader)
+                    self._on_leader_change(rd.soft_state.leader)
                 self.leader_id = rd.soft_state.leader
                 if rd.soft_state.leader == self.id:
                     self._last_leader_contact = time.monotonic()
@@ -1079,7 +1079,7 @@ class RaftServer:
                     was_leader = is_leader
                     now = time.monotonic()
                     self._follower_contact = {peer: now for peer, _, _ in self.voters() if peer != self.id}
-                    self.on_leadership(is_leader)
+                    self._on_leadership(is_leader)
             for m in rd.early_messages:
                 self._send(m)
             committed = rd.committed_entries

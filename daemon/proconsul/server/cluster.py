@@ -57,6 +57,19 @@ def join_targets(addresses: list[str], server_port: int) -> list[str]:
     return out
 
 
+def server_identity(cfg: RuntimeConfig, node_id: str, node_name: str, raft_address: str) -> dict[str, Any]:
+    """What a server answers to `Status.Identify` (bootstrap_expect counts these)."""
+    return {
+        "id": node_id,
+        "name": node_name,
+        "addr": raft_address,
+        "dc": cfg.datacenter,
+        "expect": cfg.bootstrap_expect,
+        "server": True,
+        "version": proconsul.__version__,
+    }
+
+
 class ClusterMember:
     """A server agent's membership in its datacenter's Raft cluster.
 
@@ -70,6 +83,11 @@ class ClusterMember:
         node_record, service_meta: this node's catalog record and the `consul` service's meta,
             which the server registers through the leader.
         health: the autopilot health tracker (built after this, hence a getter).
+        pool: RPC to the other servers of this datacenter (joins, bootstrap, autopilot), shared
+            with the RPC server's forwarding to the leader; closed by `stop`.
+
+    The Raft driver is built before this and calls `leadership_changed` (the agent passes it
+    as the driver's `on_leadership`).
     """
 
     def __init__(
@@ -85,6 +103,7 @@ class ClusterMember:
         node_record: Callable[[], Node],
         service_meta: Callable[[], dict[str, str]],
         health: Callable[[], ServerHealthView],
+        pool: ConnectionPool,
     ) -> None:
         self._config = config
         self.node_id = node_id
@@ -97,20 +116,7 @@ class ClusterMember:
         self._service_meta = service_meta
         self._health = health
         cfg = config()
-        self.pool = ConnectionPool(security=security)
-        server.pool = self.pool
-        server.rpc_hold_timeout_s = cfg.performance.rpc_hold_timeout_s
-        server.unsafe_follower_local_reads = cfg.unsafe_follower_local_reads
-        server.unsafe_reads_before_first_apply = cfg.unsafe_reads_before_first_apply
-        server.identity = {
-            "id": node_id,
-            "name": node_name,
-            "addr": raft.address,
-            "dc": cfg.datacenter,
-            "expect": cfg.bootstrap_expect,
-            "server": True,
-            "version": proconsul.__version__,
-        }
+        self.pool = pool
         self.listener = Listener(
             cfg.bind_addr,
             cfg.ports.server,
@@ -124,7 +130,6 @@ class ClusterMember:
         self.joins = join_targets(list(cfg.retry_join) + list(cfg.start_join), cfg.ports.server)
         self._tasks: list[asyncio.Task[None]] = []
         self._logged: set[str] = set()  # conflict lines already logged (the loop repeats every second)
-        raft.on_leadership = self._leadership_changed
         self.status = "starting"
         # Leader only: servers that left or died come out of the Raft configuration.
         self.autopilot = DeadServerCleanup(node_id, cfg.datacenter, raft, server, self.pool, lan, health)
@@ -277,7 +282,8 @@ class ClusterMember:
 
     # --------------------------------------------------------------------------- leadership
 
-    def _leadership_changed(self, is_leader: bool) -> None:
+    def leadership_changed(self, is_leader: bool) -> None:
+        """Raft's `on_leadership`: a new leader re-arms session TTLs and registers itself."""
         if is_leader:
             _, sessions = self.server.store.list_sessions()
             self.session_timers.arm_all([s for s in sessions if s.ttl])

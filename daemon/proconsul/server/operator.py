@@ -98,11 +98,11 @@ class Operator:
     async def on_leader(self, method: str, body: Any, stale: bool) -> tuple[bool, Any]:
         """(True, reply) when the leader (another server) answered; (False, None): do it here."""
         server = self.server
-        if getattr(server, "catalog_is_remote", False):
+        if server.catalog_is_remote:
             stale = False  # a client agent holds no state to answer from: the leader answers
         if stale or server.consensus.is_leader() or server.pool is None:
             return False, None
-        leader = await server._wait_for_leader()
+        leader = await server.wait_for_leader()
         if not leader:
             return False, None
         try:

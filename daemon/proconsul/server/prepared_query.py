@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proconsul.coordinate import DEFAULT_SEGMENT, distance
-from proconsul.rpc_api import QueryMeta, QueryOptions, RPCError
+from proconsul.rpc_api import QueryMeta, QueryOptions, RPCError, ServerAccess
 from proconsul.state import prepared_query as pq
 from proconsul.state import render
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
@@ -269,7 +269,7 @@ def failover_targets(query: dict[str, Any], nearest: list[str]) -> list[tuple[st
 
 
 async def execute(
-    server: Any,
+    server: ServerAccess,
     id_or_name: str,
     opts: QueryOptions,
     local_dc: str,

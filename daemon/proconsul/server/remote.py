@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from proconsul.rpc_api import (
@@ -91,6 +91,7 @@ class RemoteServer:
         datacenter: str,
         rng: random.Random | None = None,
         security: RPCSecurity | None = None,
+        agent_token: Callable[[], str] | None = None,
     ) -> None:
         self.membership = membership
         self.datacenter = datacenter
@@ -98,11 +99,9 @@ class RemoteServer:
         self.pool = ConnectionPool(security=security)  # TLS to the servers when verify_outgoing
         self.store = Store()  # empty: a client holds no catalog
         self.rng = rng or random.Random()
-        self.identity: dict[str, Any] = {}
-        # The token this agent's own writes carry (anti-entropy): acl.tokens.agent, else default.
-        self.agent_token: Any = lambda: ""
-        self.rpc_hold_timeout_s = 7.0
-        self.known_datacenters = lambda: [datacenter]
+        # The token this agent's own writes carry (anti-entropy): acl.tokens.agent, else default
+        # (read at each write: the tokens change at run time); none with ACLs off.
+        self._agent_token: Callable[[], str] = agent_token or (lambda: "")
         self.server_list = ServerList(self.rng)
         self._task: asyncio.Task[None] | None = None
 
@@ -153,7 +152,7 @@ class RemoteServer:
 
     async def write(self, command: commands.Command, datacenter: str = "") -> tuple[WriteMeta, Any]:
         caller = CALLER_TOKEN.get()
-        token = caller if caller is not None else self.agent_token()
+        token = caller if caller is not None else self._agent_token()
         if datacenter and datacenter != self.datacenter:
             body = {"dc": datacenter, "command": commands.encode(command), "token": token}
             reply = await self._call("Client.WriteDC", body, 50.0, retry_sent=False)
@@ -202,7 +201,11 @@ class RemoteServer:
         if dc and dc != self.datacenter:
             raise NoPathToDatacenter(dc)
 
-    async def _wait_for_leader(self) -> str:
+    def known_datacenters(self) -> list[str]:
+        """Ours only: the others are known to our server (`list_datacenters` asks it)."""
+        return [self.datacenter]
+
+    async def wait_for_leader(self) -> str:
         if not self.consensus.leader:
             raise NoLeader()
         return self.consensus.leader

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from proconsul.malformed_log import MALFORMED
 from proconsul.metrics import Metrics, Sample
@@ -57,6 +57,33 @@ SERVER_ONLY_METHODS: frozenset[str] = frozenset({"Raft.Apply", "Query", "Raft.Jo
 
 # A read is a function of the store returning (index, result).
 ReadFn = Callable[[Store], tuple[int, Any]]
+
+
+class ServerPool(Protocol):
+    """RPC to the other servers of this datacenter (`transport.ConnectionPool`)."""
+
+    async def call(self, address: str, method: str, body: Any, timeout_s: float = ...) -> Any: ...
+
+
+class WANRouter(Protocol):
+    """The servers of other datacenters, as a server forwards `?dc=` requests to them
+    (`server.wan.Router`)."""
+
+    def datacenters(self) -> list[str]: ...
+
+    async def query(self, dc: str, name: str, args: dict[str, Any], opts: QueryOptions,
+                    wait_s: float) -> tuple[QueryMeta, Any]: ...
+
+    async def write(self, dc: str, command: commands.Command) -> tuple[WriteMeta, Any]: ...
+
+
+class BootstrapReset(Protocol):
+    """The leader's `acl-bootstrap-reset` file (server/acl_leader.BootstrapResetFile)."""
+
+    def read(self) -> int: ...
+
+    def remove(self) -> None: ...
+
 
 # Jitter added to blocking waits, as a fraction of the wait (Consul's JitterFraction is 16).
 JITTER_FRACTION = 16
@@ -126,7 +153,33 @@ class _Parked:
 
 
 class Server:
-    """A server's RPC surface for one datacenter."""
+    """A server's RPC surface for one datacenter (the in-process `rpc_api.ServerAccess`).
+
+    Args:
+        store, consensus, datacenter: the replicated state, its log, and our datacenter.
+        default_query_time_s, max_query_time_s: a blocking read's default and longest wait.
+        voter_refusal: Raft.Join's gate (server/admission.py): why a (node ID, address) may not
+            become a voter, "" when it may. None where no other server can join (dev mode, tests).
+        metrics: where the RPC counters go (None: a private registry nobody reads).
+        pool: RPC to the other servers of this datacenter, for forwarding to the leader; None
+            without a Raft cluster (dev mode), where this server always leads.
+        router: the WAN router to other datacenters' servers; None without a WAN pool.
+        rpc_hold_timeout_s: how long a request waits for a leader during an election before
+            failing (Consul's performance.rpc_hold_timeout).
+        identity: what `Status.Identify` answers (server/cluster.py's `server_identity`).
+        authorize_write: with ACLs on, raises RPCError unless the token may apply the command
+            (for client agents' writes); None with ACLs off.
+        acl_bootstrap_reset: the leader's `<data_dir>/acl-bootstrap-reset`
+            (server/acl_leader.BootstrapResetFile); None without ACLs or a data directory.
+        unsafe_follower_local_reads: test-only broken build: default reads on a follower are
+            served from its own store, as if ?stale. Lets the chaos suite prove its
+            linearizability checker catches a real bug.
+        unsafe_reads_before_first_apply: test-only broken build: a new leader answers default
+            reads before its term's first apply; the read-your-writes checker catches it.
+    """
+
+    # The catalog is here (a client agent's RemoteServer says True: ask a server instead).
+    catalog_is_remote = False
 
     def __init__(
         self,
@@ -138,38 +191,33 @@ class Server:
         rng: random.Random | None = None,
         voter_refusal: Callable[[str, str], str] | None = None,
         metrics: Metrics | None = None,
+        *,
+        pool: ServerPool | None = None,
+        router: WANRouter | None = None,
+        rpc_hold_timeout_s: float = 7.0,
+        identity: dict[str, Any] | None = None,
+        authorize_write: Callable[[str, commands.Command], Awaitable[None]] | None = None,
+        acl_bootstrap_reset: BootstrapReset | None = None,
+        unsafe_follower_local_reads: bool = False,
+        unsafe_reads_before_first_apply: bool = False,
     ) -> None:
         self.store = store
-        # Raft.Join's gate (server/admission.py): why a (node ID, address) may not become a
-        # voter, "" when it may. None where no other server can join (dev mode, tests).
         self.voter_refusal = voter_refusal
         self.consensus = consensus
         self.datacenter = datacenter
         self.default_query_time_s = default_query_time_s
         self.max_query_time_s = max_query_time_s
         self.rng = rng or random.Random()
-        self.known_datacenters: Callable[[], list[str]] = lambda: [datacenter]
-        # Remote datacenters from the WAN pool (proconsul.server.wan.Router), set on servers.
-        self.router: Any = None
-        # Forwarding to the leader (set by the agent when it runs Raft): a pipelined pool.
-        self.pool: Any = None
-        # How long a request waits for a leader during an election before failing (Consul's
-        # performance.rpc_hold_timeout).
-        self.rpc_hold_timeout_s = 7.0
-        self.identity: dict[str, Any] = {}
+        self.router = router
+        self.pool = pool
+        self.rpc_hold_timeout_s = rpc_hold_timeout_s
+        self.identity: dict[str, Any] = identity or {}
         # Extra RPC methods registered by other parts (`register`: session renewals, events, ...).
         self.handlers: dict[str, RPCHandler] = {}
-        # The leader's `<data_dir>/acl-bootstrap-reset` (server/acl_leader.BootstrapResetFile).
-        self.acl_bootstrap_reset: Any = None
-        # With ACLs on (set by the agent): raises RPCError unless the token may apply the command.
-        self.authorize_write: Callable[[str, commands.Command], Awaitable[None]] | None = None
-        # Test-only broken build (config `unsafe_follower_local_reads`): default reads on a
-        # follower are served from its own store, as if ?stale. Lets the chaos suite prove its
-        # linearizability checker catches a real bug.
-        self.unsafe_follower_local_reads = False
-        # Test-only broken build (config `unsafe_reads_before_first_apply`): a new leader answers
-        # default reads before its term's first apply; the read-your-writes checker catches it.
-        self.unsafe_reads_before_first_apply = False
+        self.acl_bootstrap_reset = acl_bootstrap_reset
+        self.authorize_write = authorize_write
+        self.unsafe_follower_local_reads = unsafe_follower_local_reads
+        self.unsafe_reads_before_first_apply = unsafe_reads_before_first_apply
         m = metrics or Metrics()  # without a registry (tests): a private one nobody reads
         self._m_request = m.counter("rpc", "request", help="reads and writes this server was asked to serve")
         self._m_query = m.counter("rpc", "query", help="read queries (blocking or not) this server answered")
@@ -217,7 +265,7 @@ class Server:
             # ?max_stale: this server has not heard from the leader for too long; the leader answers.
             opts = replace(opts, allow_stale=False, max_stale_s=0.0)
         if not opts.allow_stale and not self.consensus.is_leader() and self.pool is not None:
-            leader = await self._wait_for_leader()
+            leader = await self.wait_for_leader()
             if not self.consensus.is_leader():
                 return await self._forward_query(leader, name, args, opts)
         share = (name, _args_key(args)) if opts.min_index > 0 else None
@@ -238,7 +286,7 @@ class Server:
                 raise NoLeader()
             await asyncio.sleep(0.01)
 
-    async def _wait_for_leader(self) -> str:
+    async def wait_for_leader(self) -> str:
         """The leader's address, waiting up to rpc_hold_timeout for an election to finish."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.rpc_hold_timeout_s
@@ -272,10 +320,14 @@ class Server:
     async def _forward_dc(self, dc: str, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
         if self.router is None:
             raise NoPathToDatacenter(dc)
-        return await self.router.query(dc, name, args, opts, self.wait_time(opts) if opts.min_index else 0.0)  # type: ignore[no-any-return]
+        return await self.router.query(dc, name, args, opts, self.wait_time(opts) if opts.min_index else 0.0)
 
     async def list_datacenters(self) -> list[str]:
         return self.known_datacenters()
+
+    def known_datacenters(self) -> list[str]:
+        """Ours, and every other the WAN pool knows."""
+        return self.router.datacenters() if self.router is not None else [self.datacenter]
 
     def wait_time(self, opts: QueryOptions) -> float:
         """The blocking deadline in seconds: ?wait (default and cap from config) plus jitter."""
@@ -364,13 +416,13 @@ class Server:
         if datacenter and datacenter != self.datacenter:
             if self.router is None:
                 raise NoPathToDatacenter(datacenter)
-            return await self.router.write(datacenter, command)  # type: ignore[no-any-return]
+            return await self.router.write(datacenter, command)
         if not self.consensus.is_leader():
             if self.pool is None:
                 if not self.consensus.leader_address():
                     raise NoLeader()
                 raise NotLeader(self.consensus.leader_address())
-            leader = await self._wait_for_leader()
+            leader = await self.wait_for_leader()
             if leader:
                 return await self._forward_write_retrying(leader, command)
         try:
@@ -378,7 +430,7 @@ class Server:
         except NotLeader:
             if self.pool is None:
                 raise
-            leader = await self._wait_for_leader()
+            leader = await self.wait_for_leader()
             if not leader:
                 raise
             return await self._forward_write_retrying(leader, command)

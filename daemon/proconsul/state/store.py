@@ -71,7 +71,7 @@ class _Watch:
 
 
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] | None = None) -> None:
         self.nodes: dict[str, Node] = {}
         self.services: dict[str, dict[str, ServiceInstance]] = {}  # node -> service ID -> instance
         self.checks: dict[str, dict[str, HealthCheck]] = {}  # node -> check ID -> check
@@ -115,8 +115,9 @@ class Store:
         self._dirty_all = False
         self._undo: list[Callable[[], None]] | None = None
         # Lock-delay bookkeeping, as Consul keeps it: not replicated state but each server's own
-        # memory of when released locks may be taken again. Time is injected (monotonic seconds).
-        self.now: Callable[[], float] = lambda: 0.0
+        # memory of when released locks may be taken again. Time is injected (monotonic seconds;
+        # without a clock, as in tests and decoded snapshots, it stands still at 0).
+        self.now: Callable[[], float] = now or (lambda: 0.0)
         self.lock_delays: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------- watches

@@ -1,0 +1,253 @@
+"""The package's typed seams (issue 14, DESIGN.md's layout rules).
+
+Two checks, each with its checker tested on synthetic input below:
+- the composition root (`agent/`) passes callbacks and settings to the objects it builds as
+  constructor arguments; it never patches an attribute onto another object after building it
+  (`self.local.on_change = ...`, `raft.fatal = ...`, `setattr(...)`) nor reads another object's
+  private members (`self.server._wait_for_leader()`). `patching_problems` is the AST scan.
+- the protocols named at the seams are met by every implementation the agent plugs into them:
+  `rpc_api.ServerAccess` (what `agent.server` is) by the in-process `Server` and the client
+  agent's `RemoteServer`; the RPC server's WAN router and server pool by `Router` and
+  `ConnectionPool`; `http.appkeys.AgentSurface`'s methods by the `Agent`. `signature_problems` compares each protocol member with the implementation's
+  (name, sync/async, parameter names, kinds and defaults).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+from proconsul import rpc_api
+from proconsul.agent.agent import Agent
+from proconsul.http.appkeys import AgentSurface
+from proconsul.server import rpc
+from proconsul.server.acl_leader import BootstrapResetFile
+from proconsul.server.remote import RemoteServer
+from proconsul.server.rpc import Server
+from proconsul.server.single import SingleNodeLog
+from proconsul.server.wan import Router
+from proconsul.state.fsm import FSM
+from proconsul.state.store import Store
+from proconsul.transport import ConnectionPool
+
+PACKAGE = Path(__file__).resolve().parent.parent / "daemon" / "proconsul"
+COMPOSITION_ROOT = sorted((PACKAGE / "agent").glob("*.py"))
+
+# (module path relative to the package, the offending expression) that stays on purpose, each
+# with its reason. Empty today; keep it short.
+ALLOWED: frozenset[tuple[str, str]] = frozenset({
+    ("agent/agent.py", "os._exit"),  # the standard library's immediate exit, not another object's member
+})
+
+
+# ------------------------------------------------------------------------- post-construction patching
+
+
+def _target_attributes(node: ast.AST) -> list[ast.Attribute]:
+    """The attribute targets an assignment statement writes (tuples unpacked)."""
+    if isinstance(node, ast.Assign):
+        targets = list(node.targets)
+    elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        targets = [node.target]
+    else:
+        return []
+    out: list[ast.Attribute] = []
+    while targets:
+        t = targets.pop()
+        if isinstance(t, (ast.Tuple, ast.List)):
+            targets.extend(t.elts)
+        elif isinstance(t, ast.Attribute):
+            out.append(t)
+    return out
+
+
+def _is_self(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) and node.id in ("self", "cls")
+
+
+def patching_problems(source: str, path: str, allowed: frozenset[tuple[str, str]] = ALLOWED) -> list[str]:
+    """Every place in `source` that writes an attribute of an object other than `self` (directly,
+    or with setattr) or reads another object's private (`_name`) member, as readable lines."""
+    tree = ast.parse(source, filename=path)
+    problems: list[str] = []
+
+    def report(node: ast.AST, what: str, expr: str) -> None:
+        if (path, expr) not in allowed:
+            problems.append(f"{path}:{node.lineno}: {what} {expr}")  # type: ignore[attr-defined]
+
+    for node in ast.walk(tree):
+        for target in _target_attributes(node):
+            if not _is_self(target.value):
+                report(node, "assigns onto another object:", ast.unparse(target))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr"):
+            if node.args and not _is_self(node.args[0]):
+                report(node, f"{node.func.id} on another object:", ast.unparse(node.args[0]))
+        if isinstance(node, ast.Delete):
+            for target in node.targets:
+                if isinstance(target, ast.Attribute) and not _is_self(target.value):
+                    report(node, "deletes from another object:", ast.unparse(target))
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and not _is_self(node.value)):
+            report(node, "reads another object's private member:", ast.unparse(node))
+    return sorted(problems)
+
+
+@pytest.mark.parametrize("path", COMPOSITION_ROOT, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_composition_root_patches_nothing_onto_what_it_builds(path: Path) -> None:
+    problems = patching_problems(path.read_text(), str(path.relative_to(PACKAGE)))
+    assert not problems, "pass it to the constructor instead (or a named method):\n" + "\n".join(problems)
+
+
+def test_the_scan_covers_the_agent() -> None:
+    assert PACKAGE / "agent" / "agent.py" in COMPOSITION_ROOT
+
+
+BAD_AGENT = '''
+class Agent:
+    def __init__(self, cfg):
+        self.local = LocalState(cfg)
+        self.local.on_change = self.trigger
+        raft = RaftServer()
+        raft.fatal, self.ok = self._fatal, 1
+        self.anti_entropy.base_interval += 1
+        setattr(self.server, "router", Router())
+        del self.server.pool
+        self.tokens["agent"] = cfg.token
+        self.started = True
+
+    async def renew(self):
+        return await self.server._wait_for_leader()
+'''
+
+
+def test_scanner_finds_every_kind_of_patching_in_a_bad_snippet() -> None:
+    assert patching_problems(BAD_AGENT, "agent/bad.py") == sorted([
+        "agent/bad.py:5: assigns onto another object: self.local.on_change",
+        "agent/bad.py:7: assigns onto another object: raft.fatal",
+        "agent/bad.py:8: assigns onto another object: self.anti_entropy.base_interval",
+        "agent/bad.py:9: setattr on another object: self.server",
+        "agent/bad.py:10: deletes from another object: self.server.pool",
+        "agent/bad.py:15: reads another object's private member: self.server._wait_for_leader",
+    ])
+
+
+def test_scanner_accepts_own_attributes_and_the_allow_list() -> None:
+    good = "import os\nclass A:\n    def f(self):\n        self.x = 1\n        self.d['k'] = 2\n        self._y = 3\n        os._exit(1)\n"
+    assert patching_problems(good, "agent/agent.py") == []
+    assert patching_problems(good, "agent/other.py") == ["agent/other.py:7: reads another object's private member: os._exit"]
+
+
+# ------------------------------------------------------------------------------ protocol conformance
+
+
+def _members(proto: type) -> dict[str, Any]:
+    """A Protocol's own members: its methods, and its annotated data members (as None)."""
+    out: dict[str, Any] = {}
+    for name, value in vars(proto).items():
+        if callable(value) and not name.startswith("_"):
+            out[name] = value
+    for name in vars(proto).get("__annotations__", {}):
+        out.setdefault(name, None)
+    return out
+
+
+def signature_problems(proto: type, impl: Any) -> list[str]:
+    """How `impl` (a class, or an instance for its data members) fails `proto`'s members: a
+    member missing, a coroutine that is not one (or the reverse), a parameter missing, renamed,
+    moved or of another kind, a protocol default the implementation does not have, or an extra
+    implementation parameter without a default."""
+    cls = impl if isinstance(impl, type) else type(impl)
+    problems: list[str] = []
+    for name, want in sorted(_members(proto).items()):
+        if want is None:  # a data member: checked on an instance (a class may set it in __init__)
+            if not isinstance(impl, type) and not hasattr(impl, name):
+                problems.append(f"{cls.__name__}.{name}: missing")
+            continue
+        have = getattr(cls, name, None)
+        if have is None or not callable(have):
+            problems.append(f"{cls.__name__}.{name}: missing")
+            continue
+        if inspect.iscoroutinefunction(want) != inspect.iscoroutinefunction(have):
+            problems.append(f"{cls.__name__}.{name}: {'not ' if inspect.iscoroutinefunction(want) else ''}async")
+        wp = list(inspect.signature(want).parameters.values())
+        hp = list(inspect.signature(have).parameters.values())
+        for i, p in enumerate(wp):
+            q = hp[i] if i < len(hp) else None
+            if q is None or q.name != p.name or q.kind != p.kind:
+                problems.append(f"{cls.__name__}.{name}: parameter {p.name!r} is {q.name if q else 'missing'!r} there")
+            elif p.default is not inspect.Parameter.empty and q.default is inspect.Parameter.empty:
+                problems.append(f"{cls.__name__}.{name}: parameter {p.name!r} needs a default")
+        for q in hp[len(wp):]:
+            if q.default is inspect.Parameter.empty and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD):
+                problems.append(f"{cls.__name__}.{name}: extra parameter {q.name!r} needs a default")
+    return problems
+
+
+class _Membership:
+    def servers(self) -> list[tuple[str, str]]:
+        return []
+
+    def members(self) -> list[Any]:
+        return []
+
+
+def _in_process_server() -> Server:
+    store = Store()
+    return Server(store, SingleNodeLog(FSM(store), "127.0.0.1:8300", "id-1", "s1"), "dc1")
+
+
+@pytest.mark.parametrize(("proto", "impl"), [
+    (rpc_api.ServerAccess, Server),
+    (rpc_api.ServerAccess, RemoteServer),
+    (rpc_api.Consensus, SingleNodeLog),
+    (rpc_api.HandlerRegistry, Server),
+    (rpc_api.HandlerRegistry, RemoteServer),
+    (rpc_api.ServerCaller, RemoteServer),
+    (rpc_api.DatacenterRouter, Router),
+    (rpc.WANRouter, Router),
+    (rpc.ServerPool, ConnectionPool),
+    (rpc.BootstrapReset, BootstrapResetFile),
+], ids=lambda x: x.__name__)
+def test_each_implementation_has_its_protocols_signatures(proto: type, impl: type) -> None:
+    assert signature_problems(proto, impl) == []
+
+
+def test_the_agent_has_the_methods_http_calls_on_it() -> None:
+    assert signature_problems(AgentSurface, Agent) == []
+
+
+def test_both_servers_are_server_access_instances() -> None:
+    # runtime_checkable: the data members (datacenter, consensus, catalog_is_remote) are there too.
+    remote = RemoteServer(_Membership(), "dc1")
+    assert isinstance(_in_process_server(), rpc_api.ServerAccess)
+    assert isinstance(remote, rpc_api.ServerAccess)
+    assert signature_problems(rpc_api.ServerAccess, remote) == []
+    assert signature_problems(rpc_api.ServerAccess, _in_process_server()) == []
+    assert (Server.catalog_is_remote, RemoteServer.catalog_is_remote) == (False, True)
+
+
+def test_signature_checker_reports_a_server_that_drifted() -> None:
+    class Drifted:
+        datacenter = "dc1"
+        consensus = None
+
+        async def query(self, name: str, arguments: dict[str, Any], opts: Any) -> Any: ...
+
+        def write(self, command: Any, datacenter: str) -> Any: ...
+
+        async def read(self, opts: Any, run: Any, tables: Any, kv_prefix: Any = None, share: Any = None) -> Any: ...
+
+        async def list_datacenters(self, refresh: bool) -> list[str]: ...
+
+    problems = signature_problems(rpc_api.ServerAccess, Drifted())
+    assert "Drifted.catalog_is_remote: missing" in problems
+    assert "Drifted.query: parameter 'args' is 'arguments' there" in problems
+    assert "Drifted.write: not async" in problems
+    assert "Drifted.write: parameter 'datacenter' needs a default" in problems
+    assert "Drifted.list_datacenters: extra parameter 'refresh' needs a default" in problems
+    assert "Drifted.wait_for_leader: missing" in problems
+    assert not any(p.startswith("Drifted.read") for p in problems)  # an extra defaulted parameter is fine
+    assert not isinstance(Drifted(), rpc_api.ServerAccess)
