@@ -36,6 +36,9 @@ Behaviour chosen to match Consul (agent/dns router and message serializer):
   execution returned them, with the query's `DNS.TTL` when set (else `service_ttl` for its
   service). An unknown query is NXDOMAIN, as Consul.
 - The mesh forms (`.connect`, `.ingress`, `.virtual`) are not available and answer NXDOMAIN.
+- Records named after the question (service and node answers, `.addr`, PTR) carry the name as
+  the client spelled it (`Question.spelled`), as Consul answers with the question's own name;
+  targets and glue use canonical lower-case names.
 """
 
 from __future__ import annotations

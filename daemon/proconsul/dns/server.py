@@ -7,8 +7,13 @@ read of the state store (`dns.answer`, through `Server.read`; on client agents, 
 slice a server sends, see `dns.remote`), forward other names to the recursors (`dns.recursor`),
 and size the reply for the transport (`dns.wire`).
 
-Concurrency: each UDP datagram and each TCP connection is served by its own task, owned by the
-server and cancelled on stop, so a slow recursor delays only the query waiting for it. At most
+Hot path: a request that repeats a service question answered before (same bytes after the ID)
+is answered by `fast_reply` from the reply cache (`dns.fastpath`), in the datagram callback or
+the TCP loop, when the entry still holds (config object, the service's store index, a local read
+allowed by `allow_stale`/`max_stale` or leadership); everything else takes the full pipeline.
+
+Concurrency: each other UDP datagram and each TCP connection is served by its own task, owned by
+the server and cancelled on stop, so a slow recursor delays only the query waiting for it. At most
 `max_inflight` UDP queries run at once; datagrams beyond that are dropped (the client retries),
 which bounds memory under a flood. TCP connections are closed after `tcp_idle_s` without a query.
 
