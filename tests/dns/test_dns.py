@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import random
 import struct
+import time
 
 import dns.message as dns_pymessage
 import pytest
@@ -532,7 +533,11 @@ _TABLE = [
 ]
 
 
-def test_reply_cache_gives_the_full_paths_bytes_through_health_and_config_changes() -> None:
+def test_reply_cache_gives_the_full_paths_bytes_through_health_and_config_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Negative answers carry an SOA whose serial is the unix time: one clock for both servers.
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
     # Two servers over equal stores and equally seeded RNGs, one answering through the reply
     # cache as its listeners do and one always on the full path: every reply must be the same
     # bytes, also right after each change (a stale cached reply is the failure looked for).

@@ -71,7 +71,8 @@ class _UDP(asyncio.DatagramProtocol):
         # A repeated service question is answered here, in the callback: no task, no parsing.
         reply = self.owner.fast_reply(data, False)
         if reply is not None:
-            transport.sendto(reply, addr)
+            if not transport.is_closing():
+                transport.sendto(reply, addr)
             return
         self.owner.spawn_udp(transport, data, addr)
 
