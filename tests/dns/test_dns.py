@@ -672,3 +672,19 @@ def test_reply_cache_respects_max_stale_leadership_acl_and_odd_requests() -> Non
     _via_transport(acl_dns, wire, False)
     assert acl_dns.fast_reply(wire, False) is None
     assert DNSServer(dns.server, lambda: holder[0], acl=lambda: None).fast is False  # type: ignore[arg-type,return-value]
+
+
+def test_reply_cache_stays_within_its_byte_budget() -> None:
+    dns, store, _ = make_server()
+    for i in range(1, 11):
+        add_instance(store, i)
+    dns.replies.max_bytes = 20_000
+    for name in ("web.service.consul", "WEB.service.consul", "wEb.service.consul"):
+        for qid in range(300):
+            raw, _ = _via_transport(dns, _query_wire(name, "SRV", None, qid), False)
+            assert DNSRecord.parse(raw).header.id == qid
+        stats = fastpath_stats(dns)
+        assert 0 < stats["bytes"] <= 20_000
+        assert stats["bytes"] == sum(e.size for e in dns.replies.udp.values())
+    # The newest question kept its replies; older ones were dropped to make room.
+    assert dns.replies.get(_query_wire("wEb.service.consul", "SRV", None, 1), False) is not None

@@ -150,7 +150,7 @@ class Entry:
             resolver = Resolver(self.cfg, entry.dc, rng, time.time(), None, self.max_groups)
             answer = resolver.service_answer(self.question, entry, order)
             encoded = dns_wire.encode_answer(self.request, answer, self.recursion_available, self.limits)
-            if not answer.authority and len(self.replies) < owner.max_replies and owner.take(len(encoded)):
+            if not answer.authority and len(self.replies) < owner.max_replies and owner.take(len(encoded), self):
                 self.replies[key] = encoded
                 self.size += len(encoded)
         return data[:2] + encoded[2:]
@@ -158,7 +158,7 @@ class Entry:
 
 class ReplyCache:
     """Remembered questions per transport, at most `max_entries` (oldest dropped), holding at
-    most `max_bytes` of encoded replies in all."""
+    most `max_bytes` of encoded replies in all (oldest entries dropped to make room)."""
 
     def __init__(self, max_entries: int = 512, max_replies: int = 1024, max_bytes: int = 32 << 20) -> None:
         self.max_entries = max_entries
@@ -171,7 +171,15 @@ class ReplyCache:
     def get(self, data: bytes, tcp: bool) -> Entry | None:
         return (self.tcp if tcp else self.udp).get(bytes(data[2:]))
 
-    def take(self, size: int) -> bool:
+    def take(self, size: int, keep: Entry) -> bool:
+        """Account `size` more bytes of replies for `keep`, dropping the oldest other entries
+        when the budget is spent (a question asked no more must not hold it for good)."""
+        for table in (self.udp, self.tcp):
+            while self.bytes + size > self.max_bytes and table:
+                key = next(iter(table))
+                if table[key] is keep:
+                    break
+                self.bytes -= table.pop(key).size
         if self.bytes + size > self.max_bytes:
             return False
         self.bytes += size
