@@ -10,10 +10,11 @@ import asyncio
 import dataclasses
 import random
 import struct
+import time
 
 import dns.message as dns_pymessage
 import pytest
-from dnslib import AAAA, CNAME, EDNS0, MX, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSRecord
+from dnslib import AAAA, CNAME, EDNS0, MX, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSRecord, EDNSOption
 from hypothesis import HealthCheck as HypothesisHealthCheck
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -394,7 +395,7 @@ def test_plain_udp_builds_only_the_groups_it_sends() -> None:
         add_instance(store, i)
     r = ask(dns, "web.service.consul", "SRV")
     assert len(r.rr) == 3 and r.header.tc == 1
-    (entry,) = [e for key, e in dns.cache.entries.items() if key[1] == QTYPE.SRV]
+    (entry,) = [e for key, e in dns.cache.entries.items() if key[2] == QTYPE.SRV]
     assert sum(item.group is not None for item in entry.items) == 3
 
 
@@ -491,3 +492,199 @@ def test_answer_beyond_16k_over_tcp_has_pointers_only_to_reachable_names() -> No
     assert dns_wire.encode_answer(req, answer, False, limits) == _reference_pack(
         req, answer, len(answer.groups), True
     )
+
+
+# ------------------------------------------------------------------------ reply cache
+
+
+def _via_transport(dns: DNSServer, wire: bytes, tcp: bool) -> tuple[bytes, bool]:
+    """What a listener sends for `wire`: the reply cache's answer, else the full path's; and
+    whether the reply came from the cache."""
+    fast = dns.fast_reply(wire, tcp)
+    if fast is not None:
+        return fast, True
+    raw = asyncio.run(dns.handle(wire, tcp))
+    assert raw is not None
+    return raw, False
+
+
+def _query_wire(name: str, qtype: str, edns: int | None, qid: int) -> bytes:
+    q = DNSRecord.question(name, qtype)
+    q.header.id = qid
+    if edns is not None:
+        q.add_ar(EDNS0(udp_len=edns))
+    return bytes(q.pack())
+
+
+# (name, type, EDNS0 buffer or None, TCP)
+_TABLE = [
+    ("web.service.consul", "SRV", None, False),
+    ("web.service.consul", "SRV", 4096, False),
+    ("web.service.consul", "SRV", None, True),
+    ("web.service.consul", "A", None, False),
+    ("web.service.consul", "A", 4096, False),
+    ("web.service.consul", "AAAA", None, False),
+    ("web.service.consul", "ANY", None, True),
+    ("WeB.SeRvIcE.consul", "SRV", None, False),
+    ("_web._tcp.service.consul", "SRV", None, False),
+    ("primary.web.service.dc1.consul", "SRV", None, False),
+    ("web.service.consul", "TXT", None, False),
+    ("nope.service.consul", "SRV", None, False),
+]
+
+
+def test_reply_cache_gives_the_full_paths_bytes_through_health_and_config_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Negative answers carry an SOA whose serial is the unix time: one clock for both servers.
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
+    # Two servers over equal stores and equally seeded RNGs, one answering through the reply
+    # cache as its listeners do and one always on the full path: every reply must be the same
+    # bytes, also right after each change (a stale cached reply is the failure looked for).
+    pairs = [make_server(seed=7), make_server(seed=7)]
+    cached, plain = pairs[0][0], pairs[1][0]
+    plain.fast = False
+    stores = [p[1] for p in pairs]
+    holders = [p[2] for p in pairs]
+
+    def each(fn) -> None:  # type: ignore[no-untyped-def]
+        for store in stores:
+            fn(store)
+
+    for i in range(1, 11):
+        each(lambda s, i=i: add_instance(s, i, tags=("primary",) if i % 2 else ()))
+    each(lambda s: add_instance(s, 11, address="fd00::11"))
+    each(lambda s: add_instance(s, 12, address="db.example.com"))
+    hits = 0
+    qid = 0
+
+    def both(name: str, qtype: str, edns: int | None, tcp: bool) -> DNSRecord:
+        nonlocal hits, qid
+        qid += 1
+        wire = _query_wire(name, qtype, edns, qid)
+        got, fast = _via_transport(cached, wire, tcp)
+        want = asyncio.run(plain.handle(wire, tcp))
+        assert got == want, (name, qtype, edns, tcp)
+        assert struct.unpack("!H", got[:2])[0] == qid  # the ID is the query's
+        hits += fast
+        return DNSRecord.parse(got)
+
+    def sweep(rounds: int = 3) -> None:
+        for _ in range(rounds):
+            for row in _TABLE:
+                both(*row)
+
+    sweep()
+    assert hits > 0 and fastpath_stats(cached)["replies"] > 0
+    # A service check turning critical: gone from the very next answer.
+    critical = HealthCheck("node3", "service:web-3", status="critical", service_id="web-3", service_name="web")
+    each(lambda s: s.ensure_registration(100, s.nodes["node3"], None, (critical,), True))
+    before = hits
+    sweep(2)
+    ports = {x.rdata.port for x in both("web.service.consul", "SRV", None, True).rr}
+    assert 8003 not in ports and len(ports) == 11
+    assert hits > before  # the new answers are cached again
+    # A node check, a deregistration, a node address change, a new spelling of the service.
+    each(lambda s: s.ensure_registration(
+        101, s.nodes["node1"], None, (HealthCheck("node1", "serf", status="critical"),), True))
+    sweep(2)
+    each(lambda s: s.deregister(102, "node2"))
+    sweep(2)
+    each(lambda s: s.ensure_registration(103, Node("node4", address="10.9.9.9"), None, (), False))
+    sweep(2)
+    each(lambda s: s.ensure_registration(
+        104, Node("node9x", address="10.0.9.9"), ServiceInstance("node9x", "Web-9", "Web", port=8099), (), False))
+    sweep(2)
+    # Config reloads: TTLs, only_passing, udp_answer_limit, enable_truncate.
+    for dnscfg in (
+        DNSConfig(service_ttl_s={"web": 30}),
+        DNSConfig(only_passing=True),
+        DNSConfig(udp_answer_limit=5, enable_truncate=False),
+        DNSConfig(a_record_limit=2, disable_compression=True),
+    ):
+        for holder in holders:
+            holder[0] = dataclasses.replace(holder[0], dns_config=dnscfg)
+        sweep(2)
+    # A snapshot restore replaces the tables.
+    blob = stores[0].snapshot()
+    each(lambda s: add_instance(s, 13))
+    sweep(2)
+    each(lambda s: s.restore(blob))
+    sweep(2)
+    assert 8013 not in {x.rdata.port for x in both("web.service.consul", "SRV", None, True).rr}
+
+
+def fastpath_stats(dns: DNSServer) -> dict[str, int]:
+    from proconsul.dns.fastpath import stats
+
+    return stats(dns.replies)
+
+
+def test_reply_cache_shuffles_truncates_and_keeps_the_question_case() -> None:
+    dns, store, _ = make_server()
+    for i in range(1, 11):
+        add_instance(store, i)
+    firsts = set()
+    for qid in range(1, 61):
+        raw, _ = _via_transport(dns, _query_wire("web.service.consul", "SRV", None, qid), False)
+        r = DNSRecord.parse(raw)
+        assert r.header.id == qid and r.header.tc == 1 and len(r.rr) == 3
+        firsts.add(r.rr[0].rdata.port)
+    assert len(firsts) > 3  # shuffled per query, not one reply replayed
+    full = DNSRecord.parse(_via_transport(dns, _query_wire("web.service.consul", "SRV", 4096, 1), False)[0])
+    assert len(full.rr) == 10 and full.header.tc == 0
+    # Consul answers with the question's own spelling of the name.
+    for _ in range(3):
+        raw, _ = _via_transport(dns, _query_wire("WeB.SeRvIcE.cOnSuL", "SRV", None, 9), False)
+        r = DNSRecord.parse(raw)
+        assert {str(x.rname) for x in r.rr} == {"WeB.SeRvIcE.cOnSuL."} and str(r.q.qname) == "WeB.SeRvIcE.cOnSuL."
+    raw, fast = _via_transport(dns, _query_wire("WeB.SeRvIcE.cOnSuL", "A", None, 9), False)
+    assert {str(x.rname) for x in DNSRecord.parse(raw).rr} == {"WeB.SeRvIcE.cOnSuL."}
+
+
+def test_reply_cache_respects_max_stale_leadership_acl_and_odd_requests() -> None:
+    dns, store, holder = make_server(RuntimeConfig(dns_config=DNSConfig(max_stale_s=5)))
+    add_instance(store, 1)
+    wire = _query_wire("web.service.consul", "SRV", None, 5)
+    _via_transport(dns, wire, False)
+    assert dns.fast_reply(wire, False) is not None
+    consensus = dns.server.consensus
+    # Too stale for max_stale: the full path (which asks the leader) answers.
+    consensus.last_contact_ms = lambda: 10**9  # type: ignore[method-assign]
+    assert dns.fast_reply(wire, False) is None
+    # allow_stale = false: only a leader answers from its own store.
+    holder[0] = dataclasses.replace(holder[0], dns_config=DNSConfig(allow_stale=False))
+    _via_transport(dns, wire, False)
+    assert dns.fast_reply(wire, False) is not None
+    consensus.is_leader = lambda: False  # type: ignore[method-assign]
+    assert dns.fast_reply(wire, False) is None
+    # An EDNS0 option (a cookie differs per query) is never remembered.
+    consensus.is_leader = lambda: True  # type: ignore[method-assign]
+    q = DNSRecord.question("web.service.consul", "SRV")
+    q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(10, b"\x01" * 8)]))
+    cookie = bytes(q.pack())
+    _via_transport(dns, cookie, False)
+    assert dns.fast_reply(cookie, False) is None
+    # With ACLs on, answers depend on the token: never from the cache.
+    acl_dns, acl_store, _ = make_server()
+    acl_dns.fast = False  # what DNSServer(acl=...) sets
+    add_instance(acl_store, 1)
+    _via_transport(acl_dns, wire, False)
+    assert acl_dns.fast_reply(wire, False) is None
+    assert DNSServer(dns.server, lambda: holder[0], acl=lambda: None).fast is False  # type: ignore[arg-type,return-value]
+
+
+def test_reply_cache_stays_within_its_byte_budget() -> None:
+    dns, store, _ = make_server()
+    for i in range(1, 11):
+        add_instance(store, i)
+    dns.replies.max_bytes = 20_000
+    for name in ("web.service.consul", "WEB.service.consul", "wEb.service.consul"):
+        for qid in range(300):
+            raw, _ = _via_transport(dns, _query_wire(name, "SRV", None, qid), False)
+            assert DNSRecord.parse(raw).header.id == qid
+        stats = fastpath_stats(dns)
+        assert 0 < stats["bytes"] <= 20_000
+        assert stats["bytes"] == sum(e.size for e in dns.replies.udp.values())
+    # The newest question kept its replies; older ones were dropped to make room.
+    assert dns.replies.get(_query_wire("wEb.service.consul", "SRV", None, 1), False) is not None

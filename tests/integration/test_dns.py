@@ -190,6 +190,57 @@ def test_only_passing_drops_warning() -> None:
         a.stop()
 
 
+def _catalog_register(a: AgentProcess, i: int, status_: str = "passing") -> None:
+    """Instance `cache-<i>` of `cached` on its own node, with a service check, written straight
+    to the catalog (applied before the PUT returns; the agent's anti-entropy leaves it alone)."""
+    put(a, "/v1/catalog/register", {
+        "Node": f"cache-node-{i}", "Address": f"10.6.0.{i}",
+        "Service": {"ID": f"cache-{i}", "Service": "cached", "Port": 7000 + i},
+        "Check": {"CheckID": f"svc:cache-{i}", "Name": "c", "Status": status_, "ServiceID": f"cache-{i}"},
+    })
+
+
+def test_repeated_queries_from_the_reply_cache_follow_health_at_once() -> None:
+    # Repeated questions are answered from the reply cache: after each catalog write the very
+    # next answer must show it (dnspython checks every reply's ID against its query's).
+    a = AgentProcess().start()
+    try:
+        for i in range(1, 7):
+            _catalog_register(a, i)
+
+        def udp_ports(rounds: int = 12) -> tuple[set[int], set[int]]:
+            seen: set[int] = set()
+            firsts: set[int] = set()
+            for _ in range(rounds):
+                r = query(a, "cached.service.consul", "SRV", use_edns=False)
+                assert r.flags & dns.flags.TC and len(r.answer[0]) == 3  # udp_answer_limit
+                ports = [rd.port for rd in r.answer[0]]
+                seen.update(ports)
+                firsts.add(ports[0])
+            return seen, firsts
+
+        def tcp_ports() -> set[int]:
+            return {rd.port for rd in query(a, "cached.service.consul", "SRV", tcp=True).answer[0]}
+
+        seen, firsts = udp_ports(30)
+        assert seen <= set(range(7001, 7007)) and len(firsts) > 1  # shuffled per query
+        assert tcp_ports() == tcp_ports() == set(range(7001, 7007))
+        _catalog_register(a, 3, "critical")
+        assert 7003 not in udp_ports(20)[0] and tcp_ports() == {7001, 7002, 7004, 7005, 7006}
+        put(a, "/v1/catalog/deregister", {"Node": "cache-node-5"})
+        assert tcp_ports() == {7001, 7002, 7004, 7006} and udp_ports(6)[0] <= {7001, 7002, 7004, 7006}
+        _catalog_register(a, 3, "passing")
+        assert tcp_ports() == {7001, 7002, 7003, 7004, 7006}
+        # Addresses, and the question's own spelling in the answer (as Consul), twice over.
+        for _ in range(2):
+            assert dig_short(a, "cached.service.consul") == [f"10.6.0.{i}" for i in (1, 2, 3, 4, 6)]
+            out = dig(a, "CaChEd.SeRvIcE.consul", "SRV")
+            answers = out.split("ANSWER SECTION:")[1].split("\n\n")[0].strip().splitlines()
+            assert len(answers) == 5 and all(line.startswith("CaChEd.SeRvIcE.consul.\t") for line in answers)
+    finally:
+        a.stop()
+
+
 # -------------------------------------------------------------------------------- sizes
 
 

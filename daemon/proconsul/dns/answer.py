@@ -36,6 +36,9 @@ Behaviour chosen to match Consul (agent/dns router and message serializer):
   execution returned them, with the query's `DNS.TTL` when set (else `service_ttl` for its
   service). An unknown query is NXDOMAIN, as Consul.
 - The mesh forms (`.connect`, `.ingress`, `.virtual`) are not available and answer NXDOMAIN.
+- Records named after the question (service and node answers, `.addr`, PTR) carry the name as
+  the client spelled it (`Question.spelled`), as Consul answers with the question's own name;
+  targets and glue use canonical lower-case names.
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ class Answer:
     remote: tuple[str, str, str] | None = None
     # A prepared query question: (dc to execute in, query ID or name).
     prepared: tuple[str, str] | None = None
+    # A service answer made from an `AnswerCache` entry: (entry, lower-cased service name). The
+    # DNS server's reply cache (`dns.fastpath`) answers the same question from it while the
+    # service's index is unchanged.
+    cached: tuple[_Entry, str] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,13 @@ class Question:
     name: str  # lower-cased, with the trailing dot
     qtype: int
     domain: str  # the domain that matched (domain or alt_domain), answers use it
+    # The name as the client spelled it (case kept); answer records for the question name
+    # carry it, as Consul's (it answers with the question's own name). Empty: `name`.
+    spelled: str = ""
+
+    @property
+    def owner(self) -> str:
+        return self.spelled or self.name
 
 
 def soa_record(cfg: RuntimeConfig, domain: str, now: float) -> RR:
@@ -237,9 +251,10 @@ def split_name(q: Question) -> tuple[str, list[str], list[str]]:
 class _Item:
     """One healthy instance in a cached entry, with its group built on first use."""
 
-    __slots__ = ("node", "svc", "checks", "key", "skip", "group", "cname")
+    __slots__ = ("node", "svc", "checks", "key", "skip", "group", "cname", "index")
 
-    def __init__(self, node: Node, svc: ServiceInstance, checks: list[HealthCheck]) -> None:
+    def __init__(self, node: Node, svc: ServiceInstance, checks: list[HealthCheck], index: int = 0) -> None:
+        self.index = index  # position in the entry's sorted items (the reply cache's key)
         self.node = node
         self.svc = svc
         self.checks = checks
@@ -273,7 +288,7 @@ class AnswerCache:
 
     def __init__(self, max_entries: int = 1024) -> None:
         self.max_entries = max_entries
-        self.entries: dict[tuple[str, int, str, str], _Entry] = {}
+        self.entries: dict[tuple[str, str, int, str, str], _Entry] = {}
         # Lower-cased service name -> the spellings in the store, rebuilt when the services
         # table (where new names come from) or the store changes.
         self._names: dict[str, list[str]] = {}
@@ -294,7 +309,7 @@ class AnswerCache:
         return max(store.index_for_service(n) for n in spellings)
 
     def get(
-        self, key: tuple[str, int, str, str], cfg: RuntimeConfig, dc: str, store: Store, index: int
+        self, key: tuple[str, str, int, str, str], cfg: RuntimeConfig, dc: str, store: Store, index: int
     ) -> _Entry | None:
         entry = self.entries.get(key)
         if entry is None:
@@ -304,10 +319,45 @@ class AnswerCache:
         del self.entries[key]
         return None
 
-    def put(self, key: tuple[str, int, str, str], entry: _Entry) -> None:
+    def put(self, key: tuple[str, str, int, str, str], entry: _Entry) -> None:
         if len(self.entries) >= self.max_entries:
             del self.entries[next(iter(self.entries))]
         self.entries[key] = entry
+
+
+def select_srv(order: list[_Item], limit: int) -> tuple[list[_Item], int]:
+    """The SRV instances answered, in `order`: duplicates and unusable ones left out, at most
+    `limit` (0: all); and how many more there were (cut: never built, counted for TC)."""
+    chosen: list[_Item] = []
+    seen: set[Any] = set()
+    omitted = 0
+    for item in order:
+        if item.skip or item.key in seen:
+            continue
+        seen.add(item.key)
+        if limit and len(chosen) >= limit:
+            omitted += 1
+            continue
+        chosen.append(item)
+    return chosen, omitted
+
+
+def select_addresses(order: list[_Item]) -> tuple[list[_Item], _Item | None]:
+    """The instances whose address answers, in `order`, one per IP; and the first instance with
+    a hostname address (its CNAME answers when no address does)."""
+    chosen: list[_Item] = []
+    seen: set[Any] = set()
+    cname: _Item | None = None
+    for item in order:
+        if item.skip:
+            if cname is None and item.cname is not None:
+                cname = item  # the first hostname in the shuffled order
+            continue
+        if item.key in seen:
+            continue
+        seen.add(item.key)
+        chosen.append(item)
+    return chosen, cname
 
 
 class Resolver:
@@ -440,8 +490,8 @@ class Resolver:
             return self._nodata(q)
         entry = _Entry(
             cfg=self.cfg, dc=self.dc, tables={}, index=0,
-            items=[_Item(node, svc, checks) for node, svc, checks in instances],
-            ttl=ttl, owner=DNSLabel(q.name),
+            items=[_Item(node, svc, checks, i) for i, (node, svc, checks) in enumerate(instances)],
+            ttl=ttl, owner=DNSLabel(q.owner),
         )
         if q.qtype == QTYPE.SRV:
             for item in entry.items:
@@ -480,7 +530,7 @@ class Resolver:
         if len(parts) != 1 or len(parts[0]) not in (8, 32) or not _HEX.match(parts[0]):
             return self._nxdomain(q)
         ip = ipaddress.ip_address(bytes.fromhex(parts[0]))
-        rr = _addr_rr(q.name, ip, _ttl_s(self.cfg.dns_config.node_ttl_s))
+        rr = _addr_rr(q.owner, ip, _ttl_s(self.cfg.dns_config.node_ttl_s))
         wanted = QTYPE.A if ip.version == 4 else QTYPE.AAAA
         if q.qtype in (wanted, QTYPE.ANY):
             return Answer(groups=[Group(answer=[rr])])
@@ -499,13 +549,13 @@ class Resolver:
         if q.qtype != QTYPE.TXT:
             ip = _ip(node.address)
             if ip is None and node.address:
-                group.answer.append(RR(q.name, QTYPE.CNAME, rdata=CNAME(_fqdn(node.address)), ttl=ttl))
+                group.answer.append(RR(q.owner, QTYPE.CNAME, rdata=CNAME(_fqdn(node.address)), ttl=ttl))
             elif ip is not None and (q.qtype == QTYPE.ANY or (q.qtype == QTYPE.A) == (ip.version == 4)):
-                group.answer.append(_addr_rr(q.name, ip, ttl))
+                group.answer.append(_addr_rr(q.owner, ip, ttl))
         if q.qtype in (QTYPE.TXT, QTYPE.ANY):
-            group.answer.extend(node_meta_txt(q.name, node, ttl))
+            group.answer.extend(node_meta_txt(q.owner, node, ttl))
         elif self.cfg.dns_config.enable_additional_node_meta_txt and group.answer:
-            group.extra.extend(node_meta_txt(q.name, node, ttl))
+            group.extra.extend(node_meta_txt(q.owner, node, ttl))
         if not group.answer:
             return self._nodata(q)
         return Answer(groups=[group])
@@ -522,6 +572,13 @@ class Resolver:
         order = entry.items[:]
         # Shuffling the items draws from the RNG exactly as shuffling the instances did.
         self.rng.shuffle(order)
+        answer = self.service_answer(q, entry, order)
+        if self.cache is not None and not answer.authority:
+            answer.cached = (entry, service)
+        return answer
+
+    def service_answer(self, q: Question, entry: _Entry, order: list[_Item]) -> Answer:
+        """The answer to a service question from `entry`'s items in the shuffled `order`."""
         if q.qtype == QTYPE.SRV:
             return self._finish(q, self._srv(q, entry, order))
         return self._finish(q, self._addresses(q, entry, order))
@@ -529,7 +586,7 @@ class Resolver:
     def _entry(self, store: Store, q: Question, service: str, tag: str) -> _Entry | None:
         """The cached instances for a service question, made afresh when the index moved."""
         cache = self.cache
-        key = (q.name, q.qtype, q.domain, tag)
+        key = (q.name, q.owner, q.qtype, q.domain, tag)
         index = 0
         if cache is not None:
             index = cache.service_index(store, service)
@@ -544,9 +601,9 @@ class Resolver:
             dc=self.dc,
             tables=store.table_index,
             index=index,
-            items=[_Item(node, svc, checks) for node, svc, checks in instances],
+            items=[_Item(node, svc, checks, i) for i, (node, svc, checks) in enumerate(instances)],
             ttl=service_ttl(self.cfg, service),
-            owner=DNSLabel(q.name),
+            owner=DNSLabel(q.owner),
         )
         if q.qtype == QTYPE.SRV:
             for item in entry.items:
@@ -577,33 +634,19 @@ class Resolver:
 
     def _addresses(self, q: Question, entry: _Entry, order: list[_Item]) -> Answer:
         answer = Answer(address_answer=True)
-        seen: set[str] = set()
-        cname: Group | None = None
-        for item in order:
-            if item.skip:
-                if cname is None:
-                    cname = item.cname  # the first hostname in the shuffled order
-                continue
-            if item.key in seen:
-                continue
-            seen.add(item.key)
+        chosen, cname = select_addresses(order)
+        for item in chosen:
             assert item.group is not None
             answer.groups.append(item.group)
-        if not answer.groups and cname is not None:
-            answer.groups.append(cname)
+        if not chosen and cname is not None:
+            assert cname.cname is not None
+            answer.groups.append(cname.cname)
         return answer
 
     def _srv(self, q: Question, entry: _Entry, order: list[_Item]) -> Answer:
         answer = Answer()
-        seen: set[tuple[str, str, int]] = set()
-        limit = self.max_groups
-        for item in order:
-            if item.skip or item.key in seen:
-                continue
-            seen.add(item.key)
-            if limit and len(answer.groups) >= limit:
-                answer.omitted += 1  # cannot be sent: not built
-                continue
+        chosen, answer.omitted = select_srv(order, self.max_groups)
+        for item in chosen:
             group = item.group
             if group is None:
                 group = item.group = self._srv_group(q, entry, item)
@@ -647,7 +690,7 @@ class Resolver:
             node = store.nodes[name]
             if _ip(node.address) == ip and not _INVALID_NAME.search(node.node):
                 target = self.node_fqdn(node.node, q.domain)
-                answer.groups.append(Group(answer=[RR(q.name, QTYPE.PTR, rdata=PTR(target), ttl=ttl)]))
+                answer.groups.append(Group(answer=[RR(q.owner, QTYPE.PTR, rdata=PTR(target), ttl=ttl)]))
         if not answer.groups:
             # Newer Consul also maps service addresses to `<service>.service.<dc>.<domain>`.
             names: list[str] = []
@@ -658,7 +701,7 @@ class Resolver:
                         names.append(svc.service.lower())
             for svc_name in names:
                 target = f"{svc_name}.service.{self.dc}.{q.domain}"
-                answer.groups.append(Group(answer=[RR(q.name, QTYPE.PTR, rdata=PTR(target), ttl=ttl)]))
+                answer.groups.append(Group(answer=[RR(q.owner, QTYPE.PTR, rdata=PTR(target), ttl=ttl)]))
         if not answer.groups:
             nx = self._nxdomain(q)
             nx.recurse = True  # Consul hands unknown reverse names to the recursors

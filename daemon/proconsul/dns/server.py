@@ -7,8 +7,13 @@ read of the state store (`dns.answer`, through `Server.read`; on client agents, 
 slice a server sends, see `dns.remote`), forward other names to the recursors (`dns.recursor`),
 and size the reply for the transport (`dns.wire`).
 
-Concurrency: each UDP datagram and each TCP connection is served by its own task, owned by the
-server and cancelled on stop, so a slow recursor delays only the query waiting for it. At most
+Hot path: a request that repeats a service question answered before (same bytes after the ID)
+is answered by `fast_reply` from the reply cache (`dns.fastpath`), in the datagram callback or
+the TCP loop, when the entry still holds (config object, the service's store index, a local read
+allowed by `allow_stale`/`max_stale` or leadership); everything else takes the full pipeline.
+
+Concurrency: each other UDP datagram and each TCP connection is served by its own task, owned by
+the server and cancelled on stop, so a slow recursor delays only the query waiting for it. At most
 `max_inflight` UDP queries run at once; datagrams beyond that are dropped (the client retries),
 which bounds memory under a flood. TCP connections are closed after `tcp_idle_s` without a query.
 
@@ -29,11 +34,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from dnslib import RCODE
+from dnslib import RCODE, DNSLabel
 
 from proconsul.acl.authorizer import Authorizer
 from proconsul.config import RuntimeConfig
 from proconsul.dns import acl as dns_acl
+from proconsul.dns import fastpath
 from proconsul.dns import recursor as dns_recursor
 from proconsul.dns import wire as dns_wire
 from proconsul.dns.answer import Answer, AnswerCache, Question, Resolver, match_domain
@@ -59,8 +65,16 @@ class _UDP(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.transport is not None:
-            self.owner.spawn_udp(self.transport, data, addr)
+        transport = self.transport
+        if transport is None:
+            return
+        # A repeated service question is answered here, in the callback: no task, no parsing.
+        reply = self.owner.fast_reply(data, False)
+        if reply is not None:
+            if not transport.is_closing():
+                transport.sendto(reply, addr)
+            return
+        self.owner.spawn_udp(transport, data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from earlier replies (client went away) must not stop the listener.
@@ -92,6 +106,10 @@ class DNSServer:
         self.node_name = node_name  # `_agent` for prepared queries' Near
         # Service answers per question, invalidated by the store's per-service index.
         self.cache = AnswerCache()
+        # Whole encoded replies to repeated service questions (dns.fastpath), checked against the
+        # same index per query. Off with ACLs: an answer then depends on the token's Authorizer.
+        self.replies = fastpath.ReplyCache()
+        self.fast = acl is None
         self.protection_log = protection.ProtectionLog(logger, "dns")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._udp: list[asyncio.DatagramTransport] = []
@@ -159,7 +177,9 @@ class DNSServer:
                     data = await asyncio.wait_for(reader.readexactly(length), self.tcp_idle_s)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
-                reply = await self.safe_handle(data, tcp=True, source_ip=source_ip)
+                reply = self.fast_reply(data, True)
+                if reply is None:
+                    reply = await self.safe_handle(data, tcp=True, source_ip=source_ip)
                 if reply is None:
                     return  # undecodable: the stream can no longer be trusted
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -168,6 +188,50 @@ class DNSServer:
             return
         finally:
             writer.close()
+
+    # ---------------------------------------------------------------------------- fast path
+
+    def fast_reply(self, data: bytes, tcp: bool) -> bytes | None:
+        """The reply from the reply cache when `data` repeats a remembered question that still
+        holds; None: take the full path. Never raises."""
+        entry = self.replies.get(data, tcp)
+        if entry is None:
+            return None
+        try:
+            cfg = self.config()
+            if entry.cfg is not cfg:
+                return None
+            server = self.server
+            c = server.consensus
+            dnscfg = cfg.dns_config
+            if dnscfg.allow_stale:
+                # The full path would re-ask the leader for a read this stale (max_stale).
+                if c.last_contact_ms() > dnscfg.max_stale_s * 1000:
+                    return None
+            elif not (c.is_leader() and (c.ready_for_reads() or server.unsafe_reads_before_first_apply)):
+                return None
+            store = server.store
+            if entry.tables is not store.table_index or self.cache.service_index(store, entry.service) != entry.index:
+                return None
+            start = time.perf_counter()
+            reply = entry.reply(data, self.rng, self.replies)
+            self._m_domain.since(start)
+            return reply
+        except Exception:
+            logger.exception("dns: fast path failed; answering on the full path")
+            self.replies.clear()
+            return None
+
+    def _remember(
+        self, data: bytes, tcp: bool, req: dns_wire.Request, question: Question, answer: Answer,
+        limits: dns_wire.Limits, recursion_available: bool,
+    ) -> None:
+        if not self.fast or answer.cached is None or getattr(self.server, "catalog_is_remote", False):
+            return
+        entry, service = answer.cached
+        self.replies.remember(
+            data, tcp, fastpath.Entry(entry, service, question, req, limits, recursion_available)
+        )
 
     # ----------------------------------------------------------------------------- pipeline
 
@@ -217,7 +281,7 @@ class DNSServer:
             a_record_limit=dnscfg.a_record_limit,
         )
         try:
-            question = Question(req.name, req.qtype, domain)
+            question = Question(req.name, req.qtype, domain, _spelled(req))
             if self.acl is not None and not dns_acl.allowed(await self.acl(), question):
                 return dns_wire.simple_reply(req, RCODE.NXDOMAIN, True, can_recurse, compress)
             answer = await self._answer(cfg, question, dns_wire.group_limit(req, limits))
@@ -231,7 +295,10 @@ class DNSServer:
             return dns_wire.simple_reply(req, RCODE.SERVFAIL, False, can_recurse, compress)
         if answer.recurse and can_recurse:
             return await self._recurse(cfg, req, data, tcp)
-        return dns_wire.encode_answer(req, answer, can_recurse, limits)
+        reply = dns_wire.encode_answer(req, answer, can_recurse, limits)
+        if answer.cached is not None:
+            self._remember(data, tcp, req, question, answer, limits, can_recurse)
+        return reply
 
     async def _answer(self, cfg: RuntimeConfig, q: Question, max_groups: int = 0) -> Answer:
         if getattr(self.server, "catalog_is_remote", False):
@@ -273,3 +340,20 @@ class DNSServer:
         if reply is None:
             return dns_wire.simple_reply(req, RCODE.SERVFAIL, False, True, not dnscfg.disable_compression)
         return reply
+
+
+def _spelled(req: dns_wire.Request) -> str:
+    """The question name as the client spelled it, when its case differs from `req.name` and it
+    reads back to the same labels (else "": records use the lower-cased name)."""
+    label = req.record.questions[0].qname
+    text = str(label)
+    if not text.endswith("."):
+        text += "."
+    if text == req.name:
+        return ""
+    try:
+        if DNSLabel(text).label != label.label:
+            return ""
+    except Exception:
+        return ""
+    return text
