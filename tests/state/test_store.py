@@ -95,6 +95,40 @@ def test_destroying_a_session_releases_or_deletes_its_locks() -> None:
     assert log.store.kv["a"].session == "" and "b" not in log.store.kv
 
 
+def test_an_acquire_checked_before_an_invalidation_is_refused() -> None:
+    """The lock-delay is checked before the acquire is proposed; if the holder's session is
+    invalidated in between, the acquire (carrying the index it was checked at) must not take
+    the lock the invalidation just freed, or two holders overlap for the whole lock-delay."""
+    for behavior in ("release", "delete"):
+        log = Log()
+        log.apply(cmd.Register(Node("n1", address="10.0.0.1")))
+        log.apply(cmd.SessionOp("create", Session(id="a", node="n1", behavior=behavior)))
+        log.apply(cmd.SessionOp("create", Session(id="b", node="n1")))
+        log.apply(kv("lock", "l", session="a"))
+        checked_at = log.store.last_index
+        assert not log.store.lock_delay_active("l")
+        log.apply(cmd.SessionOp("destroy", Session(id="a")))  # invalidated after the check
+        late = cmd.KVS("lock", DirEntry(key="l", value=b"v", session="b"), checked_at)
+        assert log.apply(late) is False, behavior
+        assert log.store.kv.get("l") is None or log.store.kv["l"].session == ""
+        # Checked after the invalidation, the acquire meets the delay (the HTTP layer refuses);
+        # once the key is unchanged since the check, the same acquire succeeds.
+        assert log.store.lock_delay_active("l")
+        fresh = cmd.KVS("lock", DirEntry(key="l", value=b"v", session="b"), log.store.last_index)
+        assert log.apply(fresh) is True
+        # The holder re-acquiring its own lock is not refused by later writes of its own.
+        log.apply(kv("lock", "l", b"w", session="b"))
+        again = cmd.KVS("lock", DirEntry(key="l", value=b"x", session="b"), checked_at)
+        assert log.apply(again) is True
+
+
+def test_the_checked_index_of_an_acquire_survives_encoding() -> None:
+    command = cmd.KVS("lock", DirEntry(key="l", session="s"), 41)
+    assert cmd.decode(cmd.encode(command)) == command
+    plain = cmd.KVS("set", DirEntry(key="k", value=b"v"))
+    assert cmd.decode(cmd.encode(plain)) == plain and len(cmd.encode(plain)) < len(cmd.encode(command))
+
+
 def test_critical_check_invalidates_sessions() -> None:
     log = Log()
     node = Node("n1", address="10.0.0.1")

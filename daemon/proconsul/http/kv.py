@@ -98,13 +98,14 @@ async def kv_put(request: web.Request) -> web.StreamResponse:
     if "release" in request.query:
         session = request.query["release"]
         op = commands.KVOp.UNLOCK
+    checked_at = 0
     if op == commands.KVOp.LOCK and not dc:
-        delayed, index = await _lock_delay_active(agent.server, key)
+        delayed, checked_at = await _lock_delay_active(agent.server, key)
         if delayed:
             # Consul refuses (false) an acquire during the lock-delay of an invalidated holder.
-            return json_response(request, False, index=index)
+            return json_response(request, False, index=checked_at)
     entry = DirEntry(key=key, value=value, flags=flags, session=session, modify_index=cas_index)
-    meta, ok = await agent.server.write(commands.KVS(op, entry), datacenter=dc)
+    meta, ok = await agent.server.write(commands.KVS(op, entry, checked_at), datacenter=dc)
     return json_response(request, bool(ok), index=meta.index)
 
 

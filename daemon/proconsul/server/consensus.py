@@ -49,6 +49,8 @@ def _round_trips(command: Any) -> bool:
     types the decoder produces (no bytearray value, no bool or int subclass, no str subclass)."""
     if type(command) is not commands.KVS or type(command.op) is not str:
         return False
+    if type(command.checked_at) is not int:
+        return False
     e = command.entry
     return (
         type(e.key) is str and type(e.session) is str

@@ -83,10 +83,18 @@ class Deregister:
 
 @dataclass(frozen=True, slots=True)
 class KVS:
-    """One KV operation; `entry.modify_index` carries the CAS index for cas/delete-cas."""
+    """One KV operation; `entry.modify_index` carries the CAS index for cas/delete-cas.
+
+    `checked_at` (acquires only, 0 = none) is the store index at which the writer found the key
+    outside any lock-delay. The check and the write are two steps, and a session invalidated
+    between them would release the lock without its delay being seen; the FSM refuses such an
+    acquire when the key changed after `checked_at`, which decides it from replicated state
+    alone, the same on every server.
+    """
 
     op: str
     entry: DirEntry
+    checked_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +270,8 @@ def encode(command: Command) -> bytes:
     """Encode a command as msgpack bytes: [type, payload]."""
     if isinstance(command, KVS):
         payload: Any = [command.op, command.entry.to_wire()]
+        if command.checked_at:
+            payload.append(command.checked_at)
         kind = CommandType.KVS
     elif isinstance(command, Register):
         payload = [
@@ -311,7 +321,8 @@ def decode(data: bytes) -> Command:
     except Exception as exc:  # msgpack raises several unrelated types
         raise ValueError(f"undecodable command: {exc}") from exc
     if kind is CommandType.KVS:
-        return KVS(payload[0], DirEntry.from_wire(payload[1]))
+        checked_at = int(payload[2]) if len(payload) > 2 else 0
+        return KVS(payload[0], DirEntry.from_wire(payload[1]), checked_at)
     if kind is CommandType.REGISTER:
         return Register(
             Node.from_wire(payload[0]),

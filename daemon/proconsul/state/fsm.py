@@ -147,7 +147,7 @@ class FSM:
             store.kv_delete_tree(index, entry.key)
             return True
         if op.op == cmd.KVOp.LOCK:
-            return store.kv_lock(index, entry)
+            return store.kv_lock(index, entry, unchanged_since=op.checked_at)
         if op.op == cmd.KVOp.UNLOCK:
             return store.kv_unlock(index, entry)
         raise StoreError(f"Invalid KV operation {op.op!r}")

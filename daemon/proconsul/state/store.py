@@ -621,13 +621,27 @@ class Store:
         for key in self.kv_keys_under(prefix):
             self._kv_delete(index, key)
 
-    def kv_lock(self, index: int, entry: DirEntry) -> bool:
+    def kv_lock(self, index: int, entry: DirEntry, unchanged_since: int = 0) -> bool:
+        """Acquire `entry.key` for `entry.session`; False when another session holds it.
+
+        With `unchanged_since` (the index at which the writer checked the lock-delay), also
+        False when the key is free but was written or deleted after that index: the free lock
+        may be the release of an invalidated holder whose lock-delay the check could not see.
+        The writer retries and then meets the delay, as Consul's clients do on a refused acquire.
+        """
         session = self.sessions.get(entry.session)
         if not entry.session or session is None:
             raise StoreError(f'invalid session "{entry.session}"')
         existing = self.kv.get(entry.key)
         if existing is not None and existing.session and existing.session != entry.session:
             return False
+        if unchanged_since:
+            if existing is None:
+                changed_at = self.tombstones.get(entry.key, 0)
+            else:
+                changed_at = 0 if existing.session == entry.session else existing.modify_index
+            if changed_at > unchanged_since:
+                return False
         if existing is not None:
             lock_index = existing.lock_index if existing.session == entry.session else existing.lock_index + 1
             record = replace(
