@@ -36,6 +36,8 @@ from proconsul.durations import format_duration
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.http.common import HTTPError
 from proconsul.http.server import HTTPServer
+from proconsul.http.workers.feed import ApplyFeed
+from proconsul.http.workers.supervisor import WorkerSupervisor
 from proconsul.local.cache import AgentCache
 from proconsul.local.checks import CheckManager
 from proconsul.local.coordinate_sync import CoordinateEndpoint, CoordinateSync
@@ -164,6 +166,16 @@ class Agent:
             raise AgentError(f"tls: {exc}") from exc
         self.raft: RaftServer | None = None
         self.log: Any
+        # http_workers > 1 on a server: worker processes with read replicas fed by the apply
+        # stream (http/workers/, docs/HTTP-WORKERS.md). Client and dev agents serve alone.
+        self.http_feed: ApplyFeed | None = None
+        self.http_workers: WorkerSupervisor | None = None
+        if cfg.http_workers > 1 and cfg.server and not cfg.dev:
+            self.http_feed = ApplyFeed(self.store, self._worker_hello)
+            self.http_workers = WorkerSupervisor(cfg.http_workers - 1, self.http_feed)
+        elif cfg.http_workers > 1:
+            logger.warning("agent: http_workers = %d is used on servers only; this agent serves HTTP alone",
+                           cfg.http_workers)
         self.membership = Membership(  # LAN gossip pool
             lambda: self.config, self.node_name, self.node_id, self.address, self.member()["Tags"], self.metrics,
         )
@@ -183,7 +195,7 @@ class Agent:
                 self.node_id,
                 self.node_name,
                 server_addr,
-                CommandStateMachine(self.fsm),
+                CommandStateMachine(self.fsm, self.http_feed.on_applied if self.http_feed else None),
                 cfg.data_dir,
                 tick_s=0.1 * multiplier,
                 election_tick=10,
@@ -194,6 +206,8 @@ class Agent:
                 security=self.tls,
             )
             self.log = RaftLog(self.raft)
+            if self.http_feed is not None:
+                self.http_feed.status = self.log
         self.server: Any = self.remote or Server(
             self.store,
             self.log,
@@ -391,6 +405,8 @@ class Agent:
             self.cache.start()
         self.http = HTTPServer(self, addresses, cfg.ports.http, https)
         await self.http.start()
+        if self.http_workers is not None:
+            await self.http_workers.start(self.http)
         if errors := self._start_watches(cfg):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
@@ -474,6 +490,8 @@ class Agent:
             self.leaving = self.leaving or self._graceful_leave()
             if not await self.leaving.run():
                 self.exit_code = 1  # Consul: a leave past the graceful timeout exits 1
+        if self.http_workers is not None:
+            await self.http_workers.stop()
         if self.http is not None:
             await self.http.stop()
         if self.dns is not None:
@@ -502,6 +520,10 @@ class Agent:
         if self.config.pid_file:
             remove_pid_file(self.config.pid_file)
         logger.info("agent: stopped")
+
+    def _worker_hello(self) -> dict[str, Any]:
+        """What an HTTP worker process is told about this agent (http/workers/feed.py)."""
+        return {"config": self.config, "node_name": self.node_name, "node_id": self.node_id}
 
     def _fatal(self, exc: BaseException) -> None:
         self.exit_code = 1
@@ -597,6 +619,8 @@ class Agent:
         if self.acl_resolver is not None:
             self.acl_resolver.invalidate()
         self.config = new
+        if self.http_feed is not None:
+            self.http_feed.config_changed()
         self._start_watches(new)
         self.anti_entropy.trigger()
         logger.info("agent: reloaded configuration (%d reloadable settings changed)", len(reloadable))
