@@ -13,7 +13,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -67,26 +69,23 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     agent.stop()
 
 
-def _served_by_workers(agent: AgentProcess, path: str, tries: int = 60) -> set[str]:
-    seen = set()
-    for _ in range(tries):
+def _a_worker_answers(agent: AgentProcess, path: str, workers: set[int] | None = None) -> bool:
+    """Whether one of up to 30 reads on fresh connections was answered by a worker (of `workers`)."""
+    pids = {str(p) for p in (workers if workers is not None else _worker_pids(agent))}
+    for _ in range(30):
         status, headers, _ = _request(agent.addr, "GET", path)
-        assert status in (200, 404)
-        if "x-proconsul-worker" in headers:
-            seen.add(headers["x-proconsul-worker"])
-    return seen
+        assert status in (200, 404), status
+        if headers.get("x-proconsul-worker") in pids:
+            return True
+    return False
 
 
 def test_reads_are_answered_by_several_processes(server: AgentProcess) -> None:
     assert _request(server.addr, "PUT", "/v1/kv/w/spread", b"x")[0] == 200
-    pids = {str(p) for p in _worker_pids(server)}
-    # New connections are spread over the agent and both workers; some land on workers.
-    wait_for(lambda: _served_by_workers(server, "/v1/kv/w/spread") & pids, timeout=60,
-             what=f"a read answered by a worker\n{server.log()}")
-    for path in ("/v1/catalog/services", "/v1/catalog/nodes", "/v1/health/service/consul",
+    for path in ("/v1/kv/w/spread", "/v1/catalog/services", "/v1/catalog/nodes", "/v1/health/service/consul",
                  "/v1/catalog/service/consul", "/v1/kv/w/spread?stale"):
-        wait_for(lambda path=path: _served_by_workers(server, path, 20) & pids, timeout=60,
-                 what=f"{path} answered by a worker")
+        wait_for(lambda path=path: _a_worker_answers(server, path), timeout=60,
+                 what=f"{path} answered by a worker\n{server.log()}")
     status, headers, body = _request(server.addr, "GET", "/v1/catalog/services")
     assert status == 200 and "consul" in json.loads(body) and headers["x-consul-knownleader"] == "true"
 
@@ -118,40 +117,69 @@ def test_consistent_reads_and_other_routes_are_forwarded(server: AgentProcess) -
         assert status == 400 and b"Invalid index" in body
 
 
+def _tcp_hex(addr: tuple[str, int]) -> str:
+    ip, port = addr
+    return "".join(f"{int(b):02X}" for b in reversed(ip.split("."))) + f":{port:04X}"
+
+
+def _server_side(sock: socket.socket) -> tuple[int, int] | None:
+    """(inode, bytes not yet read by the server) of the server's end of the client `sock`."""
+    here, there = _tcp_hex(sock.getsockname()), _tcp_hex(sock.getpeername())
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == there and fields[2] == here and fields[3] == "01":  # ESTABLISHED
+            inode = int(fields[9])
+            return (inode, int(fields[4].split(":")[1], 16)) if inode else None
+    return None
+
+
+def _owner(inode: int, pids: set[int]) -> int | None:
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                if os.readlink(fd) == target:
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
 def test_blocking_query_on_a_worker_wakes_on_a_write(server: AgentProcess) -> None:
-    _, headers, _ = _request(server.addr, "PUT", "/v1/kv/w/block", b"0")
+    """A blocking read accepted by a worker (its connection's socket is in the worker's fd table,
+    found through /proc) that has consumed the request and not answered wakes on a write made on
+    another connection, answered by the worker with the new value and index."""
+    assert server.proc is not None
+    _request(server.addr, "PUT", "/v1/kv/w/block", b"0")
     status, headers, _ = _request(server.addr, "GET", "/v1/kv/w/block")
     index = int(headers["x-consul-index"])
-    pids = {str(p) for p in _worker_pids(server)}
-    # Park blocking reads until one is parked in a worker (its answer names it); each wakes on
-    # a write made through the agent (a PUT on a connection that may land anywhere: forwarded).
-    import threading
-
-    for attempt in range(30):
-        result: dict[str, object] = {}
-
-        def block(index: int = index) -> None:
-            result["answer"] = _request(server.addr, "GET", f"/v1/kv/w/block?index={index}&wait=60s&raw", timeout=90)
-
-        reader = threading.Thread(target=block)
-        reader.start()
-        wait_for(lambda: _blocking_parked(server) or not reader.is_alive(), timeout=30, what="a parked read")
-        status, _, _ = _request(server.addr, "PUT", "/v1/kv/w/block", str(attempt + 1).encode())
-        assert status == 200
-        reader.join(timeout=30)
-        assert not reader.is_alive(), "the blocking read did not wake on the write"
-        status, headers, body = result["answer"]  # type: ignore[misc]
-        assert (status, body) == (200, str(attempt + 1).encode())
-        index = int(headers["x-consul-index"])
-        if headers.get("x-proconsul-worker") in pids:
+    workers = _worker_pids(server)
+    host, port = server.addr.rsplit(":", 1)
+    for attempt in range(40):
+        sock = socket.create_connection((host, int(port)), timeout=90)
+        try:
+            side = wait_for(lambda: _server_side(sock), timeout=30, what="the accepted connection")
+            owner = wait_for(lambda: _owner(side[0], workers | {server.proc.pid}), timeout=30,  # type: ignore[union-attr]
+                             what="the process that accepted it")
+            if owner not in workers:
+                continue
+            sock.sendall(f"GET /v1/kv/w/block?index={index}&wait=60s&raw HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            wait_for(lambda: (_server_side(sock) or (0, 1))[1] == 0, timeout=30, what="the worker reading the request")
+            assert not select.select([sock], [], [], 0)[0], "answered at once: the read did not block"
+            assert _request(server.addr, "PUT", "/v1/kv/w/block", b"woken")[0] == 200
+            answer = b""
+            while b"woken" not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            head = answer.split(b"\r\n\r\n", 1)[0].decode().lower()
+            assert head.startswith("http/1.1 200") and f"x-proconsul-worker: {owner}" in head, head
+            new_index = int(head.split("x-consul-index: ", 1)[1].split("\r\n", 1)[0])
+            assert new_index > index
             return
-    pytest.fail("no blocking read landed on a worker in 30 attempts")
-
-
-def _blocking_parked(agent: AgentProcess) -> bool:
-    # The read has had time to park wherever it landed: the agent's own gauge is 0 when it is
-    # in a worker, so this waits on the request having left the client (its socket is open).
-    return True
+        finally:
+            sock.close()
+    pytest.fail("no connection landed on a worker in 40 attempts")
 
 
 def test_a_killed_worker_is_restarted(server: AgentProcess) -> None:
@@ -162,8 +190,30 @@ def test_a_killed_worker_is_restarted(server: AgentProcess) -> None:
              what=f"the worker restarted\n{server.log()}")
     new = _worker_pids(server) - before
     assert _request(server.addr, "PUT", "/v1/kv/w/after", b"a")[0] == 200
-    wait_for(lambda: _served_by_workers(server, "/v1/kv/w/after", 20) & {str(p) for p in new}, timeout=60,
-             what="the new worker answering")
+    wait_for(lambda: _a_worker_answers(server, "/v1/kv/w/after", new), timeout=60, what="the new worker answering")
     for _ in range(30):
         status, _, body = _request(server.addr, "GET", "/v1/kv/w/after?raw")
         assert (status, body) == (200, b"a")
+
+
+def test_a_followers_default_reads_still_go_to_the_leader(tmp_path: Path) -> None:
+    """Three servers with workers: on a follower, default reads are forwarded (worker -> its agent
+    -> the leader) and see a write acknowledged by the leader; `?stale` reads are answered by the
+    follower's worker from its replica."""
+    cluster = Cluster(tmp_path, hcl="http_workers = 2")
+    try:
+        cluster.start()
+        some = next(iter(cluster.nodes.values()))
+        leader_ip = cluster.leader_ip(some)
+        follower = next(a for ip, a in cluster.nodes.items() if ip != leader_ip)
+        leader = cluster.nodes[leader_ip]
+        wait_for(lambda: len(_worker_pids(follower)) == 1, timeout=60, what="the follower's worker")
+        for i in range(40):
+            assert _request(leader.addr, "PUT", "/v1/kv/f/k", str(i).encode())[0] == 200
+            status, headers, body = _request(follower.addr, "GET", "/v1/kv/f/k?raw")
+            assert (status, body) == (200, str(i).encode()), (i, headers)
+            assert "x-proconsul-worker" not in headers  # the follower's worker forwarded it
+        wait_for(lambda: _a_worker_answers(follower, "/v1/kv/f/k?stale"), timeout=60,
+                 what=f"a stale read answered by the follower's worker\n{follower.log()}")
+    finally:
+        cluster.stop()
