@@ -22,8 +22,6 @@ import pytest
 from cluster_helpers import Cluster, free_subnet
 from helpers import AgentProcess, wait_for
 
-pytestmark = pytest.mark.integration
-
 WORKERS_HCL = "http_workers = 3"
 
 
@@ -155,16 +153,16 @@ def test_blocking_query_on_a_worker_wakes_on_a_write(server: AgentProcess) -> No
     index = int(headers["x-consul-index"])
     workers = _worker_pids(server)
     host, port = server.addr.rsplit(":", 1)
-    for attempt in range(40):
+    everyone = workers | {server.proc.pid}
+    for _attempt in range(40):
         sock = socket.create_connection((host, int(port)), timeout=90)
         try:
-            side = wait_for(lambda: _server_side(sock), timeout=30, what="the accepted connection")
-            owner = wait_for(lambda: _owner(side[0], workers | {server.proc.pid}), timeout=30,  # type: ignore[union-attr]
-                             what="the process that accepted it")
+            side = wait_for(lambda s=sock: _server_side(s), timeout=30, what="the accepted connection")
+            owner = wait_for(lambda i=side[0]: _owner(i, everyone), timeout=30, what="the process that accepted it")
             if owner not in workers:
                 continue
             sock.sendall(f"GET /v1/kv/w/block?index={index}&wait=60s&raw HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            wait_for(lambda: (_server_side(sock) or (0, 1))[1] == 0, timeout=30, what="the worker reading the request")
+            wait_for(lambda s=sock: (_server_side(s) or (0, 1))[1] == 0, timeout=30, what="the worker reading the request")
             assert not select.select([sock], [], [], 0)[0], "answered at once: the read did not block"
             assert _request(server.addr, "PUT", "/v1/kv/w/block", b"woken")[0] == 200
             answer = b""

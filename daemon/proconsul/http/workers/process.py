@@ -21,7 +21,12 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.http.conn_guard import HEADER_READ_TIMEOUT_S, IDLE_TIMEOUT_S, ConnectionCounter, guarded_factory
+from proconsul.http.conn_guard import (
+    HEADER_READ_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+    ConnectionCounter,
+    guarded_factory,
+)
 from proconsul.http.server import refuse_unknown_expectations
 from proconsul.http.workers.app import WorkerAgent, apply_config, build_worker_app
 from proconsul.http.workers.proxy import Forwarder
