@@ -22,7 +22,9 @@ import pytest
 from cluster_helpers import Cluster, free_subnet
 from helpers import AgentProcess, wait_for
 
-WORKERS_HCL = "http_workers = 3"
+# Writes only from loopback: a write forwarded by a worker passes only if the agent sees the
+# client's real address (a unix-socket peer has none, and is refused).
+WORKERS_HCL = 'http_workers = 3\nhttp_config { allow_write_http_from = ["127.0.0.0/8"] }'
 
 
 def _request(addr: str, method: str, path: str, body: bytes | None = None,
@@ -143,6 +145,26 @@ def _owner(inode: int, pids: set[int]) -> int | None:
     return None
 
 
+def test_the_forwarded_client_header_is_believed_only_from_the_unix_socket(server: AgentProcess) -> None:
+    """From TCP (on the agent or on a worker) the header is dropped or overwritten: claiming an
+    address outside allow_write_http_from changes nothing, nor does one inside it."""
+    for i in range(20):
+        status, _, body = _request_with(server.addr, "PUT", f"/v1/kv/w/spoof{i}", b"x",
+                                        {"X-Proconsul-Forwarded-Client": "10.9.9.9"})
+        assert (status, body) == (200, b"true"), body
+
+
+def _request_with(addr: str, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
 def test_blocking_query_on_a_worker_wakes_on_a_write(server: AgentProcess) -> None:
     """A blocking read accepted by a worker (its connection's socket is in the worker's fd table,
     found through /proc) that has consumed the request and not answered wakes on a write made on
@@ -215,3 +237,24 @@ def test_a_followers_default_reads_still_go_to_the_leader(tmp_path: Path) -> Non
                  what=f"a stale read answered by the follower's worker\n{follower.log()}")
     finally:
         cluster.stop()
+
+
+def test_a_write_with_expect_100_continue_goes_through(server: AgentProcess) -> None:
+    """curl sends `Expect: 100-continue` before a large body and waits: a worker forwarding the
+    write must say 100 Continue itself (whichever process the connection lands on)."""
+    host, port = server.addr.rsplit(":", 1)
+    for i in range(12):
+        body = f"payload-{i}".encode()
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f"PUT /v1/kv/w/expect HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                         "Expect: 100-continue\r\n\r\n".encode())
+            interim = sock.recv(65536)
+            assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+            sock.sendall(body)
+            answer = b""
+            while not answer.endswith(b"true"):
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert _request(server.addr, "GET", "/v1/kv/w/expect?raw")[2] == body

@@ -17,9 +17,13 @@ from proconsul.http.server import FORWARDED_CLIENT
 _HOP_BY_HOP = frozenset(
     h.lower() for h in (
         hdrs.CONNECTION, hdrs.KEEP_ALIVE, hdrs.PROXY_AUTHENTICATE, hdrs.PROXY_AUTHORIZATION, hdrs.TE,
-        hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, hdrs.CONTENT_LENGTH, FORWARDED_CLIENT,
+        hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, FORWARDED_CLIENT,
+        # Answered here (100 Continue below), not passed on: the agent would answer it too.
+        hdrs.EXPECT,
     )
 )
+# The answer's length is set from the agent's (or left to chunking), never copied verbatim.
+_NOT_COPIED_BACK = _HOP_BY_HOP | {hdrs.CONTENT_LENGTH.lower()}
 
 
 class Forwarder:
@@ -45,13 +49,18 @@ class Forwarder:
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
         headers[FORWARDED_CLIENT] = request.remote or ""
         body = request.content if request.can_read_body else None
+        if body is not None and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" \
+                and request.version >= (1, 1):
+            # The client waits for this before its body (aiohttp sends it only for routes it
+            # matched itself, and a forwarded request matched none here).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         url = "http://agent" + request.raw_path
         async with self._client().request(
             request.method, url, headers=headers, data=body, allow_redirects=False, compress=None,
         ) as upstream:
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in upstream.headers.items():
-                if name.lower() not in _HOP_BY_HOP:
+                if name.lower() not in _NOT_COPIED_BACK:
                     resp.headers.add(name, value)
             if upstream.content_length is not None and hdrs.TRANSFER_ENCODING not in upstream.headers:
                 resp.content_length = upstream.content_length
