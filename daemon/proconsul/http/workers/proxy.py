@@ -18,7 +18,7 @@ _HOP_BY_HOP = frozenset(
     h.lower() for h in (
         hdrs.CONNECTION, hdrs.KEEP_ALIVE, hdrs.PROXY_AUTHENTICATE, hdrs.PROXY_AUTHORIZATION, hdrs.TE,
         hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, FORWARDED_CLIENT,
-        # Answered here (100 Continue below), not passed on: the agent would answer it too.
+        # Answered here (aiohttp says 100 Continue before the body is read), not passed on.
         hdrs.EXPECT,
     )
 )
@@ -49,11 +49,6 @@ class Forwarder:
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
         headers[FORWARDED_CLIENT] = request.remote or ""
         body = request.content if request.can_read_body else None
-        if body is not None and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" \
-                and request.version >= (1, 1):
-            # The client waits for this before its body (aiohttp sends it only for routes it
-            # matched itself, and a forwarded request matched none here).
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         url = "http://agent" + request.raw_path
         async with self._client().request(
             request.method, url, headers=headers, data=body, allow_redirects=False, compress=None,
