@@ -258,3 +258,27 @@ def test_a_write_with_expect_100_continue_goes_through(server: AgentProcess) -> 
                 answer += chunk
             assert answer.startswith(b"HTTP/1.1 200"), answer
         assert _request(server.addr, "GET", "/v1/kv/w/expect?raw")[2] == body
+
+
+def test_with_acls_every_request_is_forwarded_and_enforced(tmp_path: Path) -> None:
+    """ACLs on: workers answer nothing themselves, so every read is checked by the agent: no
+    token is refused on every connection, the management token reads, no answer names a worker."""
+    ip = f"{free_subnet(1)}.1"
+    acl = 'acl { enabled = true  default_policy = "deny"  tokens { initial_management = "root" } }'
+    agent = AgentProcess(
+        "-server", "-bootstrap-expect=1", "-hcl", "performance { raft_multiplier = 1 }", "-hcl", "http_workers = 2",
+        "-hcl", acl, dev=False, ip=ip, node="a1", data_dir=str(tmp_path / "data"),
+    )
+    agent.wait_for_leader = False
+    try:
+        agent.start()
+        wait_for(lambda: len(_worker_pids(agent)) == 1, timeout=60, what=f"the worker\n{agent.log()}")
+        wait_for(lambda: _request_with(agent.addr, "PUT", "/v1/kv/secret", b"s", {"X-Consul-Token": "root"})[0] == 200,
+                 timeout=60, what=f"the management token accepted\n{agent.log()}")
+        for _ in range(30):
+            status, headers, body = _request(agent.addr, "GET", "/v1/kv/secret?stale")
+            assert status == 403 and "x-proconsul-worker" not in headers, (status, body)
+            status, headers, body = _request_with(agent.addr, "GET", "/v1/kv/secret?raw", b"", {"X-Consul-Token": "root"})
+            assert (status, body) == (200, b"s") and "x-proconsul-worker" not in headers
+    finally:
+        agent.stop()
