@@ -119,6 +119,8 @@ class Replica:
                 if self.serving:
                     logger.warning("http worker: the apply stream broke (%s); forwarding until re-bootstrapped",
                                    type(exc).__name__)
+            except Exception:  # anything else: say so, and start afresh rather than stop following
+                logger.exception("http worker: the apply stream failed; forwarding until re-bootstrapped")
             finally:
                 self.serving = False
                 self._writer = None
