@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
+from proconsul.http.conn_guard import IDLE_TIMEOUT_S
 from proconsul.http.server import FORWARDED_CLIENT
 
 _HOP_BY_HOP = frozenset(
@@ -34,11 +35,18 @@ class Forwarder:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=self.path, limit=0),
+                # Idle connections are closed here well before the agent's own idle timeout, so a
+                # request is never sent on one the agent is closing (it would not be retried).
+                connector=aiohttp.UnixConnector(path=self.path, limit=0, keepalive_timeout=IDLE_TIMEOUT_S / 4),
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None),
                 skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE),
             )
+            # aiohttp sends an "idempotent" request (PUT and DELETE included) again when a reused
+            # connection drops before the answer; the agent may have applied the first one (a KV
+            # set, a lock release), and applying it twice could undo a later write. The client
+            # gets the error instead and decides, as it would talking to the agent directly.
+            self._session._retry_connection = False
         return self._session
 
     async def close(self) -> None:
