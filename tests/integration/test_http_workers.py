@@ -282,3 +282,27 @@ def test_with_acls_every_request_is_forwarded_and_enforced(tmp_path: Path) -> No
             assert (status, body) == (200, b"s") and "x-proconsul-worker" not in headers
     finally:
         agent.stop()
+
+
+def test_a_reload_keeps_the_workers_and_their_answers(server: AgentProcess) -> None:
+    """SIGHUP (systemctl reload) reaches the agent only: the workers stay (same pids), get the
+    configuration again and keep answering."""
+    before = _worker_pids(server)
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "reloadable settings changed" in server.log() or "TLS certificates re-read" in server.log(),
+             timeout=30, what=f"the reload\n{server.log()}")
+    assert _request(server.addr, "PUT", "/v1/kv/w/reloaded", b"r")[0] == 200
+    wait_for(lambda: _a_worker_answers(server, "/v1/kv/w/reloaded", before), timeout=60,
+             what="a worker answering after the reload")
+    assert _worker_pids(server) == before
+
+
+def test_a_dev_agent_serves_alone_and_says_so() -> None:
+    agent = AgentProcess("-hcl", "http_workers = 2").start()
+    try:
+        assert "http_workers = 2 is used on servers only" in agent.log()
+        assert _worker_pids(agent) == set()
+        status, headers, _ = _request(agent.addr, "GET", "/v1/catalog/services")
+        assert status == 200 and "x-proconsul-worker" not in headers
+    finally:
+        agent.stop()
