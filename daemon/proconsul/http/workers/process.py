@@ -4,7 +4,8 @@ Owns a worker's life: it dies with the agent that started it (PR_SET_PDEATHSIG, 
 stream's end), takes its configuration from the agent over CONTROL, accepts on the agent's
 listening HTTP sockets it inherited (FD...), answers the hot reads from its replica and forwards
 the rest to FORWARD (http/workers/app.py); SIGTERM stops it. It never talks to systemd (the
-agent alone notifies) and ignores SIGHUP (a reload reaches it as a new configuration).
+agent alone notifies), ignores SIGHUP (a reload reaches it as a new configuration) and SIGINT
+(a terminal's Ctrl-C is the agent's to handle).
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ def _die_with_parent(parent: int) -> None:
 async def serve(control: str, forward: str, fds: list[int]) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Ctrl-C in a terminal reaches the whole process group: the agent decides (a graceful leave
+    # while its workers keep serving, then SIGTERM to each), so the worker ignores it; SIGHUP too.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     metrics = Metrics()
     app: web.Application | None = None
