@@ -306,3 +306,24 @@ def test_a_dev_agent_serves_alone_and_says_so() -> None:
         assert status == 200 and "x-proconsul-worker" not in headers
     finally:
         agent.stop()
+
+
+def test_a_snapshot_restore_reaches_the_replicas(server: AgentProcess) -> None:
+    """PUT /v1/snapshot is a Raft entry like any other: the replicas apply it too, so a key
+    written after the snapshot is gone from every process's answers once it is restored."""
+    assert _request(server.addr, "PUT", "/v1/kv/w/snap", b"before")[0] == 200
+    wait_for(lambda: _a_worker_answers(server, "/v1/kv/w/snap"), timeout=60, what="workers serving")
+    status, _, archive = _request(server.addr, "GET", "/v1/snapshot")
+    assert status == 200 and archive
+    assert _request(server.addr, "PUT", "/v1/kv/w/after-snap", b"later")[0] == 200
+    assert _request(server.addr, "PUT", "/v1/snapshot", archive, timeout=60)[0] == 200
+    workers = {str(p) for p in _worker_pids(server)}
+
+    def restored_answer_from_a_worker() -> bool:
+        status, headers, _ = _request(server.addr, "GET", "/v1/kv/w/after-snap")
+        assert status == 404, headers
+        status, headers, body = _request(server.addr, "GET", "/v1/kv/w/snap?raw")
+        assert (status, body) == (200, b"before")
+        return headers.get("x-proconsul-worker") in workers
+
+    wait_for(restored_answer_from_a_worker, timeout=60, what="a worker answering from the restored state")
