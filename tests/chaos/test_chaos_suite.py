@@ -1,4 +1,4 @@
-"""The CI chaos suite: six scenarios (one with TLS on every server RPC link) through the real `proconsul-sim` console script, each a
+"""The CI chaos suite: seven scenarios (one with TLS on every server RPC link, one with two HTTP processes per server) through the real `proconsul-sim` console script, each a
 real cluster of `proconsul agent` processes in network namespaces behind toxiproxy proxies,
 checked for linearizability, read-your-writes (default reads) and bounded staleness (`?stale`
 reads), plus the self-test that proves the linearizability checker catches a real bug (the
@@ -25,7 +25,7 @@ SEED = int(os.environ.get("CHAOS_SEED", "1"))
 BROKEN_SEEDS = [int(s) for s in os.environ.get("CHAOS_BROKEN_SEEDS", str(SEED)).split(",")]
 # Each scenario's own time limit (30 s: one full fault/heal cycle) unless overridden.
 TIME_LIMIT_S = os.environ.get("CHAOS_TIME_LIMIT")
-CI_SCENARIOS = ["leader-isolation", "leader-isolation-tls", "minority-partition", "one-way-partition",
+CI_SCENARIOS = ["leader-isolation", "leader-isolation-tls", "leader-isolation-workers", "minority-partition", "one-way-partition",
                 "latency-jitter", "kill-leader"]
 
 

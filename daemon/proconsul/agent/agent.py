@@ -36,6 +36,8 @@ from proconsul.durations import format_duration
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
 from proconsul.http.common import HTTPError
 from proconsul.http.server import HTTPServer
+from proconsul.http.workers.feed import ApplyFeed
+from proconsul.http.workers.supervisor import WorkerSupervisor
 from proconsul.local.cache import AgentCache
 from proconsul.local.checks import CheckManager
 from proconsul.local.coordinate_sync import CoordinateEndpoint, CoordinateSync
@@ -163,6 +165,17 @@ class Agent:
             )
         except tls_context.TLSSettingError as exc:
             raise AgentError(f"tls: {exc}") from exc
+        # http_workers > 1 on a server: worker processes with read replicas fed by the apply
+        # stream (http/workers/, docs/HTTP-WORKERS.md). Client and dev agents serve alone.
+        self.http_feed: ApplyFeed | None = None
+        self.http_workers: WorkerSupervisor | None = None
+        if cfg.http_workers > 1 and cfg.server and not cfg.dev:
+            # Raft's status is read late: the driver is built below, with the feed's subscriber.
+            self.http_feed = ApplyFeed(self.store, self._worker_hello, status=lambda: self.log if self.raft is not None else None)
+            self.http_workers = WorkerSupervisor(cfg.http_workers - 1, self.http_feed)
+        elif cfg.http_workers > 1:
+            logger.warning("agent: http_workers = %d is used on servers only; this agent serves HTTP alone",
+                           cfg.http_workers)
         self.membership = Membership(  # LAN gossip pool
             lambda: self.config, self.node_name, self.node_id, self.address, self.member()["Tags"], self.metrics,
         )
@@ -210,7 +223,7 @@ class Agent:
                 self.node_id,
                 self.node_name,
                 server_addr,
-                CommandStateMachine(self.fsm),
+                CommandStateMachine(self.fsm, self.http_feed.on_applied if self.http_feed else None),
                 cfg.data_dir,
                 tick_s=0.1 * multiplier,
                 election_tick=10,
@@ -418,6 +431,8 @@ class Agent:
             self.cache.start()
         self.http = HTTPServer(self, addresses, cfg.ports.http, https)
         await self.http.start()
+        if self.http_workers is not None:
+            await self.http_workers.start(self.http)
         if errors := self._start_watches(cfg):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
@@ -501,6 +516,8 @@ class Agent:
             self.leaving = self.leaving or self._graceful_leave()
             if not await self.leaving.run():
                 self.exit_code = 1  # Consul: a leave past the graceful timeout exits 1
+        if self.http_workers is not None:
+            await self.http_workers.stop()
         if self.http is not None:
             await self.http.stop()
         if self.dns is not None:
@@ -535,6 +552,10 @@ class Agent:
         """Raft's `on_leadership`, handed to the cluster member (built after the driver)."""
         assert self.cluster is not None, "Raft starts only in cluster.start()"
         self.cluster.leadership_changed(is_leader)
+
+    def _worker_hello(self) -> dict[str, Any]:
+        """What an HTTP worker process is told about this agent (http/workers/feed.py)."""
+        return {"config": self.config, "node_name": self.node_name, "node_id": self.node_id}
 
     def _fatal(self, exc: BaseException) -> None:
         self.exit_code = 1
@@ -630,6 +651,8 @@ class Agent:
         if self.acl_resolver is not None:
             self.acl_resolver.invalidate()
         self.config = new
+        if self.http_feed is not None:
+            self.http_feed.config_changed()
         self._start_watches(new)
         self.anti_entropy.trigger()
         logger.info("agent: reloaded configuration (%d reloadable settings changed)", len(reloadable))

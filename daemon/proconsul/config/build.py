@@ -384,6 +384,8 @@ def _timings(c: _Ctx) -> None:
     ):
         if c.get(key, 1.0) <= 0:
             out.at(key, f"{key} must be positive")
+    if not 1 <= c.get("http_workers", 1) <= 64:
+        out.at("http_workers", "http_workers must be between 1 and 64")
     if c.get("check_output_max_size", DEFAULTS.check_output_max_size) < 1:
         out.at(
             "check_output_max_size",

@@ -95,6 +95,8 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "enable_debug",
         "session_ttl_min", "default_query_time", "max_query_time", "disable_coordinates", "discovery_max_stale",
         "raft_snapshot_threshold", "raft_snapshot_interval", "raft_trailing_logs",
+        # proconsul.http.workers: read-replica worker processes on servers (1 elsewhere, logged).
+        "http_workers",
         # Only 3 is accepted (build.py), which is the protocol proconsul speaks.
         "raft_protocol",
         # proconsul.metrics: /v1/agent/metrics and its Prometheus format.

@@ -308,6 +308,9 @@ class RuntimeConfig:
     raft_snapshot_threshold: int = 16384  # entries; 16384
     raft_snapshot_interval_s: float = 30.0  # seconds; 30s
     raft_trailing_logs: int = 10000  # entries; 10000
+    # HTTP: processes serving HTTP on a server agent (1 = the agent alone; N > 1 adds N-1 worker
+    # processes holding read replicas, docs/HTTP-WORKERS.md). Client and -dev agents use 1.
+    http_workers: int = 1
     # Reload
     auto_reload_config: bool = False  # bool; false; watch config files and reload on change
     sources: tuple[str, ...] = ()  # config files loaded, in merge order (for agent/self, reload)

@@ -237,6 +237,8 @@ SCHEMA: dict[str, Any] = {
     "raft_snapshot_threshold": INT,
     "raft_snapshot_interval": DUR,
     "raft_trailing_logs": INT,
+    # proconsul's own: processes serving HTTP on a server agent (docs/HTTP-WORKERS.md).
+    "http_workers": INT,
     "auto_reload_config": BOOL,
     # Consul keys proconsul accepts and ignores with a warning, so Consul configs still load.
     **{

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -184,6 +185,30 @@ def refuse_unknown_expectations(app_handler: Handler) -> Handler:
     return handle
 
 
+# A request an HTTP worker process forwards (http/workers/proxy.py) names its real client in
+# this header. It is believed only on a unix-socket connection (the agent's private forwarding
+# socket, in a 0700 directory); from TCP it is dropped, so nobody can claim another address to
+# pass `allow_write_http_from`.
+FORWARDED_CLIENT = "X-Proconsul-Forwarded-Client"
+
+
+def trust_forwarded_client(app_handler: Handler) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        client = request.headers.get(FORWARDED_CLIENT)
+        if client is not None:
+            headers = request.headers.copy()
+            del headers[FORWARDED_CLIENT]
+            transport = request.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is not None and sock.family == socket.AF_UNIX:
+                request = request.clone(remote=client, headers=headers)
+            else:
+                request = request.clone(headers=headers)
+        return await app_handler(request)
+
+    return handle
+
+
 def route_defs(acl_enabled: bool = False) -> list[web.AbstractRouteDef]:
     """Every /v1 route (method, path, handler): the route table, also read by the fuzz tier.
 
@@ -262,11 +287,13 @@ class HTTPServer:
         )
         await self.runner.setup()
         assert self.runner.server is not None
-        self.runner.server.request_handler = refuse_unknown_expectations(self.runner.server.request_handler)
+        self.runner.server.request_handler = refuse_unknown_expectations(
+            trust_forwarded_client(self.runner.server.request_handler)
+        )
         # Our own listeners instead of TCPSite, so every connection goes through the guard;
         # runner.cleanup() still shuts the connections down, as the guard registers each one
         # with the runner's server. HTTPS listeners serve the same app through the same guard.
-        factory = guarded_factory(
+        factory = self._factory = guarded_factory(
             self.runner.server, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs
         )
         loop = asyncio.get_running_loop()
@@ -290,6 +317,21 @@ class HTTPServer:
             "http: listening on %s",
             ", ".join([f"{h}:{p}" for h, p in self.bound] + [f"https://{h}:{p}" for h, p in self.bound_https]),
         )
+
+    def plain_sockets(self) -> list[socket.socket]:
+        """The listening sockets of plain HTTP, which HTTP worker processes inherit and accept
+        on too (http/workers/)."""
+        out: list[socket.socket] = []
+        for listener in self._listeners:
+            for sock in listener.sockets:
+                if sock.getsockname()[:2] in self.bound:
+                    out.append(sock)  # type: ignore[arg-type]
+        return out
+
+    async def listen_unix(self, path: str) -> None:
+        """Also serve the app on the unix socket `path`: the HTTP workers forward to it."""
+        listener = await asyncio.get_running_loop().create_unix_server(self._factory, path)
+        self._listeners.append(listener)
 
     async def stop(self) -> None:
         for listener in self._listeners:

@@ -4,7 +4,9 @@ Owns the two adapters that keep `proconsul.raft` a generic replicated log:
 - `CommandStateMachine`: Raft's `StateMachine` over the FSM; it decodes each committed entry
   into a `state.commands.Command` (an entry that is not one, or carries nothing, applies as a
   no-op, so every server still consumes it identically) and snapshots/restores the store; on
-  the leader it applies the command object it proposed when decoding would give the same;
+  the leader it applies the command object it proposed when decoding would give the same; an
+  optional `on_applied` subscriber sees every applied (index, bytes) in order, and `None` bytes
+  when the whole state was replaced (the HTTP workers' read replicas, http/workers/);
 - `RaftLog`: the `rpc_api.Consensus` the RPC layer proposes through; it encodes commands and
   translates Raft's own errors into the RPC errors servers answer with (`raft_errors`, also for
   the operator and autopilot, which change the configuration directly).
@@ -63,10 +65,20 @@ def _round_trips(command: Any) -> bool:
 class CommandStateMachine:
     """Raft's `StateMachine` over the FSM: committed bytes -> decoded command -> store."""
 
-    def __init__(self, fsm: FSM) -> None:
+    def __init__(self, fsm: FSM, on_applied: Callable[[int, bytes | None], None] | None = None) -> None:
         self.fsm = fsm
+        # Called after each entry is applied with (Raft index, its bytes), in apply order, and
+        # with (index, None) after a snapshot replaced the state. Apply is deterministic, so
+        # whoever applies the same bytes in the same order to a copy of the store holds a copy.
+        self.on_applied = on_applied
 
     def apply(self, index: int, data: bytes, proposed: Any = None) -> Any:
+        result = self._apply(index, data, proposed)
+        if self.on_applied is not None:
+            self.on_applied(index, data)
+        return result
+
+    def _apply(self, index: int, data: bytes, proposed: Any) -> Any:
         if not data:
             self.fsm.apply(index, commands.Noop())
             return None
@@ -90,6 +102,8 @@ class CommandStateMachine:
     def restore(self, data: bytes) -> None:
         with blocking_work("restoring a snapshot"):
             self.fsm.store.restore(data)
+        if self.on_applied is not None:
+            self.on_applied(self.fsm.store.last_index, None)
 
     def snapshot_view(self) -> Callable[[], bytes]:
         return self.fsm.store.snapshot_view()
@@ -100,6 +114,8 @@ class CommandStateMachine:
     def install(self, decoded: object) -> None:
         assert isinstance(decoded, Store)
         self.fsm.store.adopt(decoded)
+        if self.on_applied is not None:
+            self.on_applied(self.fsm.store.last_index, None)
 
     def store_index(self, raft_index: int) -> int:
         return self.fsm.store_index(raft_index)

@@ -1,0 +1,155 @@
+"""A worker's read replica: the state store copy fed by the agent's apply stream.
+
+Owns the worker's end of the control socket (http/workers/feed.py): it adopts the snapshot it
+is sent, then applies every entry through the same `CommandStateMachine` the servers use, so its
+`store` equals the agent's at each index; it keeps the agent's last reported Raft status (the
+`Consensus` a worker-side `server.rpc.Server` reads: leader?, last contact) and runs barriers:
+all default-mode reads that arrive in one event-loop iteration share one "what have you applied?"
+round trip, whose answer arrives after every entry the agent had applied when it answered.
+`serving` is false until bootstrapped and whenever the stream breaks: the worker then forwards
+every request to the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from proconsul.http.workers import frames
+from proconsul.server.consensus import CommandStateMachine
+from proconsul.state.fsm import FSM
+from proconsul.state.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class BarrierFailed(Exception):
+    """The stream broke before the agent answered: the read must be forwarded."""
+
+
+class Replica:
+    def __init__(self, path: str, on_hello: Callable[[dict[str, Any]], None]) -> None:
+        self.path = path
+        self.on_hello = on_hello
+        self.store = Store()
+        self.machine = CommandStateMachine(FSM(self.store))
+        self.serving = False
+        self.applied = 0
+        # The agent's Raft status as last reported.
+        self.leader = False
+        self.ready = False
+        self.known_leader = False
+        self.contact_ms = 0
+        self._writer: asyncio.StreamWriter | None = None
+        self._seq = 0
+        self._waiting: dict[int, asyncio.Future[tuple[bool, bool]]] = {}
+        self._batch: asyncio.Future[tuple[bool, bool]] | None = None
+        self.hello_seen = asyncio.Event()
+
+    # ------------------------------------------------------ Consensus, as server.rpc reads it
+
+    def is_leader(self) -> bool:
+        return self.leader
+
+    def ready_for_reads(self) -> bool:
+        return self.ready
+
+    def leader_address(self) -> str:
+        return "agent" if self.known_leader else ""
+
+    def last_contact_ms(self) -> int:
+        return self.contact_ms
+
+    # -------------------------------------------------------------------------- barriers
+
+    async def barrier(self) -> tuple[bool, bool]:
+        """(the agent is the leader?, ready for reads?) once this replica holds every entry the
+        agent had applied after this call was made. Calls in one loop iteration share a trip."""
+        if not self.serving or self._writer is None:
+            raise BarrierFailed()
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._send_barrier)
+        return await asyncio.shield(batch)
+
+    def _send_barrier(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        if self._writer is None or self._writer.is_closing():
+            batch.set_exception(BarrierFailed())
+            return
+        self._seq += 1
+        self._waiting[self._seq] = batch
+        self._writer.write(frames.frame(frames.BARRIER, self._seq.to_bytes(8, "big")))
+
+    def _fail_waiters(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(BarrierFailed())
+        batch, self._batch = self._batch, None
+        if batch is not None and not batch.done():
+            batch.set_exception(BarrierFailed())
+
+    # ---------------------------------------------------------------------------- stream
+
+    async def run(self, gone: Callable[[], None]) -> None:
+        """Stay connected: bootstrap, apply, re-bootstrap after a break. Calls `gone` when the
+        agent's socket no longer accepts connections (the agent has exited)."""
+        failures = 0
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 20)
+            except OSError:
+                failures += 1
+                if failures >= 25:
+                    gone()
+                    return
+                await asyncio.sleep(0.2)
+                continue
+            failures = 0
+            try:
+                await self._follow(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+                if self.serving:
+                    logger.warning("http worker: the apply stream broke (%s); forwarding until re-bootstrapped",
+                                   type(exc).__name__)
+            except Exception:  # anything else: say so, and start afresh rather than stop following
+                logger.exception("http worker: the apply stream failed; forwarding until re-bootstrapped")
+            finally:
+                self.serving = False
+                self._writer = None
+                self._fail_waiters()
+                writer.close()
+            await asyncio.sleep(0.1)
+
+    async def _follow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            kind, payload = await frames.read_frame(reader)
+            if kind == frames.ENTRY:
+                index, data = frames.split_index(payload)
+                self.machine.apply(index, data)
+                self.applied = index
+            elif kind == frames.BARRIER_ANSWER or kind == frames.STATUS:
+                self.leader, self.ready, self.known_leader, self.contact_ms, _, seq = frames.parse_status(payload)
+                if kind == frames.BARRIER_ANSWER:
+                    fut = self._waiting.pop(seq, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result((self.leader, self.ready))
+            elif kind == frames.SNAPSHOT:
+                index, blob = frames.split_index(payload)
+                decoded = await asyncio.to_thread(Store.decode, blob)
+                self.store.adopt(decoded)
+                self.applied = index
+                self._writer = writer
+                if not self.serving:
+                    logger.info("http worker: replica bootstrapped at index %d", index)
+                self.serving = True
+            elif kind == frames.HELLO:
+                self.on_hello(pickle.loads(payload))
+                self.hello_seen.set()
