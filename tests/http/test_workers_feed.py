@@ -45,8 +45,8 @@ def _put(machine: CommandStateMachine, index: int, key: str, value: bytes) -> No
 
 async def test_replica_follows_bootstraps_and_rebootstraps(tmp_path: Path) -> None:
     store = Store()
-    feed = ApplyFeed(store, lambda: {"hello": 1})
-    feed.status = _Status()
+    status = _Status()
+    feed = ApplyFeed(store, lambda: {"hello": 1}, status=lambda: status)
     machine = CommandStateMachine(FSM(store), feed.on_applied)
     for i in range(1, 21):
         _put(machine, i, f"k{i % 5}", str(i).encode())  # before any worker: in the snapshot
@@ -82,7 +82,7 @@ async def test_replica_follows_bootstraps_and_rebootstraps(tmp_path: Path) -> No
         await replica.barrier()
         assert replica.store.snapshot() == store.snapshot()
         # The agent steps down: barriers say so (the worker then forwards default reads).
-        feed.status.leader = False  # type: ignore[attr-defined]
+        status.leader = False
         assert await replica.barrier() == (False, True)
     finally:
         await feed.stop()
