@@ -24,6 +24,7 @@ from proconsul.http import (
     acl_gate,
     catalog,
     event,
+    fast,
     health,
     keyring,
     kv,
@@ -254,6 +255,8 @@ class HTTPServer:
         # Consul's limits.https_handshake_timeout: a TLS client that does not finish its handshake
         # in time is dropped (5 s by default).
         self.tls_handshake_timeout_s = float(agent.config.limits.https_handshake_timeout_s)
+        # False: every request through aiohttp (tests compare the two paths' answers).
+        self.fast_path = True
 
     async def start(self) -> None:
         handler_kwargs: dict[str, Any] = {"access_log": None, "keepalive_timeout": IDLE_TIMEOUT_S}
@@ -266,9 +269,14 @@ class HTTPServer:
         # Our own listeners instead of TCPSite, so every connection goes through the guard;
         # runner.cleanup() still shuts the connections down, as the guard registers each one
         # with the runner's server. HTTPS listeners serve the same app through the same guard.
-        factory = guarded_factory(
-            self.runner.server, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs
-        )
+        # The hot routes are answered by http/fast.py ahead of aiohttp's request machinery.
+        routes = fast.FastRoutes(self.app, IDLE_TIMEOUT_S)
+        if routes.enabled and self.fast_path:
+            factory: Callable[[], GuardedRequestHandler] = fast.fast_factory(
+                self.runner.server, routes, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs
+            )
+        else:
+            factory = guarded_factory(self.runner.server, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs)
         loop = asyncio.get_running_loop()
         listeners: list[tuple[list[str], int, ssl.SSLContext | None, list[tuple[str, int]]]] = [
             (self.addresses, self.port, None, self.bound)
