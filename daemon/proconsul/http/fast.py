@@ -125,6 +125,7 @@ class FastRoutes:
         self.tail = ("X-Consul-Default-Acl-Policy: allow\r\n" + "".join(f"{k}: {v}\r\n" for k, v in extra.items())
                      ).encode("utf-8")
         self._series: dict[tuple[str, str], Sample] = {}
+        self.answered = 0  # requests the fast path answered (tests check which ones it takes)
         self._date_str = ""
         self._date = b""
 
@@ -298,6 +299,8 @@ class FastRequestHandler(GuardedRequestHandler):
         self._busy: asyncio.Task[None] | None = None  # a fast write being answered
         self._backlog: deque[tuple[Any, Any]] = deque()  # messages behind it, in order
         self._may_write: bool | None = None  # allow_write_http_from, decided once per connection
+        self._routing = False  # a message is being routed (see _Intercept.feed_data)
+        self._reentered: list[tuple[Any, Any]] = []  # messages parsed meanwhile, routed after it
 
     # ------------------------------------------------------------------ routing each message
 
@@ -360,9 +363,9 @@ class FastRequestHandler(GuardedRequestHandler):
                 else:
                     return False
                 self.request_started()
+                routes.observe("GET", pattern, start)  # as the middleware: before the answer goes out
                 self._answer(data)
                 self.request_finished()
-                routes.observe("GET", pattern, start)
                 return True
             if not path.startswith(_KV):
                 return False
@@ -385,14 +388,15 @@ class FastRequestHandler(GuardedRequestHandler):
     async def _put(self, command: commands.KVS, start: float) -> None:
         try:
             data = await self._routes.kv_put(command)
+            self._routes.observe("PUT", _KV, start)
             self._answer(data)
         finally:
             self.request_finished()
-            self._routes.observe("PUT", _KV, start)
             self._busy = None
             self._drain()
 
     def _answer(self, data: bytes) -> None:
+        self._routes.answered += 1  # before the write: a client may read the answer at once
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
@@ -403,14 +407,22 @@ class FastRequestHandler(GuardedRequestHandler):
     def _drain(self) -> None:
         """Route the messages that waited behind a fast write, in order."""
         handed = False
-        while self._backlog and self._busy is None and not self._force_close:
-            msg, payload = self._backlog.popleft()
-            if self._slow == 0 and self._try(msg, payload):
-                continue
-            self._slow += 1
-            self._request_count += 1
-            self._messages.append((msg, payload))
-            handed = True
+        self._routing = True
+        try:
+            while self._backlog and self._busy is None and not self._force_close:
+                msg, payload = self._backlog.popleft()
+                taken = self._slow == 0 and self._try(msg, payload)
+                if self._reentered:
+                    self._backlog.extend(self._reentered)
+                    self._reentered.clear()
+                if taken:
+                    continue
+                self._slow += 1
+                self._request_count += 1
+                self._messages.append((msg, payload))
+                handed = True
+        finally:
+            self._routing = False
         if handed:
             waiter = self._waiter
             if waiter is not None and not waiter.done():
@@ -435,16 +447,34 @@ class _Intercept:
         self._handler = handler
 
     def feed_data(self, data: bytes) -> Any:
+        handler = self._handler
         try:
             result = self._parser.feed_data(data)
         except Exception:
-            self._handler._slow += 1  # aiohttp answers the parse error itself
+            handler._slow += 1  # aiohttp answers the parse error itself
             raise
         messages = result[0]
         if not messages:
             return result
-        route = self._handler.route
-        kept = [m for m in messages if not route(m[0], m[1])]
+        if handler._routing:
+            # Re-entered while a message is being routed (reading a body can resume a parser
+            # paused at its queue limit, which parses what follows): these messages come after
+            # the rest of the batch, so they join its end.
+            handler._reentered.extend(messages)
+            return [], result[1], result[2]
+        handler._routing = True
+        try:
+            kept = []
+            queue = deque(messages)
+            while queue:
+                msg, payload = queue.popleft()
+                if not handler.route(msg, payload):
+                    kept.append((msg, payload))
+                if handler._reentered:
+                    queue.extend(handler._reentered)
+                    handler._reentered.clear()
+        finally:
+            handler._routing = False
         return kept, result[1], result[2]
 
     def message_consumed(self) -> None:

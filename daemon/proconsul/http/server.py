@@ -257,6 +257,7 @@ class HTTPServer:
         self.tls_handshake_timeout_s = float(agent.config.limits.https_handshake_timeout_s)
         # False: every request through aiohttp (tests compare the two paths' answers).
         self.fast_path = True
+        self.fast_routes: fast.FastRoutes | None = None
 
     async def start(self) -> None:
         handler_kwargs: dict[str, Any] = {"access_log": None, "keepalive_timeout": IDLE_TIMEOUT_S}
@@ -272,6 +273,7 @@ class HTTPServer:
         # The hot routes are answered by http/fast.py ahead of aiohttp's request machinery.
         routes = fast.FastRoutes(self.app, IDLE_TIMEOUT_S)
         if routes.enabled and self.fast_path:
+            self.fast_routes = routes
             factory: Callable[[], GuardedRequestHandler] = fast.fast_factory(
                 self.runner.server, routes, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs
             )
