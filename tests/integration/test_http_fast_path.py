@@ -295,6 +295,21 @@ def test_pipelined_requests_are_answered_in_order(agent: AgentProcess) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize("normal_every", [0, 20])
+def test_long_pipelines_past_the_parser_queue_are_all_answered(agent: AgentProcess, normal_every: int) -> None:
+    """aiohttp's parser hands out at most 32 unanswered messages and keeps the rest: once the fast
+    path (and the normal path, when a pipeline mixes them) has answered those, it parses on."""
+    conn = _conn(agent)
+    try:
+        paths = [("/v1/agent/members" if normal_every and i % normal_every == normal_every - 1 else f"/v1/kv/lp/{i}")
+                 for i in range(100)]
+        conn.sock.sendall(b"".join(conn.request_bytes("GET", p) for p in paths))
+        statuses = [_status(conn.response()) for _ in paths]
+        assert statuses == [200 if p == "/v1/agent/members" else 404 for p in paths]
+    finally:
+        conn.close()
+
+
 def eval_json(body: bytes) -> list[dict[str, str]]:
     return json.loads(body)  # type: ignore[no-any-return]
 

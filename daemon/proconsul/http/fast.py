@@ -300,6 +300,7 @@ class FastRequestHandler(GuardedRequestHandler):
         self._backlog: deque[tuple[Any, Any]] = deque()  # messages behind it, in order
         self._may_write: bool | None = None  # allow_write_http_from, decided once per connection
         self._routing = False  # a message is being routed (see _Intercept.feed_data)
+        self._parser_full = False  # the parser's last batch filled its queue: it may hold more
         self._reentered: list[tuple[Any, Any]] = []  # messages parsed meanwhile, routed after it
 
     # ------------------------------------------------------------------ routing each message
@@ -429,12 +430,22 @@ class FastRequestHandler(GuardedRequestHandler):
                 waiter.set_result(None)
         if self._buffer_paused and not self._backlog and len(self._messages) <= self._msg_queue_resume_size:
             self._resume_reading_if_drained()
+        self._refeed()
+
+    def _refeed(self) -> None:
+        """Parse what the parser held back at its queue limit, once every message it had given
+        out is answered (nothing else would make it look at that data again)."""
+        if (self._parser_full and not self._routing and self._busy is None and not self._backlog
+                and self._slow == 0 and not self._messages and self._parser is not None):
+            self._parser_full = False
+            self.data_received(b"")
 
     async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
         try:
             return await super()._handle_request(request, start_time, request_handler)
         finally:
             self._slow -= 1
+            self._refeed()
 
 
 class _Intercept:
@@ -462,17 +473,27 @@ class _Intercept:
             # the rest of the batch, so they join its end.
             handler._reentered.extend(messages)
             return [], result[1], result[2]
+        kept: list[tuple[Any, Any]] = []
         handler._routing = True
         try:
-            kept = []
-            queue = deque(messages)
-            while queue:
-                msg, payload = queue.popleft()
-                if not handler.route(msg, payload):
-                    kept.append((msg, payload))
-                if handler._reentered:
-                    queue.extend(handler._reentered)
-                    handler._reentered.clear()
+            while True:
+                handler._parser_full = len(messages) >= handler._max_msg_queue_size
+                queue = deque(messages)
+                while queue:
+                    msg, payload = queue.popleft()
+                    if not handler.route(msg, payload):
+                        kept.append((msg, payload))
+                    if handler._reentered:
+                        queue.extend(handler._reentered)
+                        handler._reentered.clear()
+                # The parser stops after a full queue of unanswered messages and keeps the rest
+                # for its next feed; when the fast path answered them all, that feed is now.
+                if not handler._parser_full or kept or handler._busy is not None or handler._backlog:
+                    break
+                result = self._parser.feed_data(b"")
+                messages = result[0]
+                if not messages:
+                    break
         finally:
             handler._routing = False
         return kept, result[1], result[2]
