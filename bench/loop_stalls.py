@@ -191,6 +191,13 @@ def main() -> int:
                   f"p99 {r.get('p99', 0):6.2f}  p99.9 {r.get('p99.9', 0):6.2f}  max {r.get('max', 0):6.1f} ms | "
                   f"loop lag p99 {row['lag_p99']:.1f} p99.9 {row['lag_p999']:.1f} max {row['lag_max']:.1f} ms | "
                   f"{gc_text} | load {row['load']:.1f}", flush=True)
+        # Every collection since the agent started (loading and the PUT phase included): what a
+        # full collection costs is the question, wherever it happened to fall.
+        whole: dict[int, list[float]] = {}
+        for gen, ms in read_series(gc_file, 0.0, float("inf")):
+            whole.setdefault(int(gen), []).append(ms)
+        print("collections, whole run: " + "  ".join(
+            f"gen{g} n={len(v)} max={max(v):.1f}ms sum={sum(v):.0f}ms" for g, v in sorted(whole.items())), flush=True)
         if len(results) > 1:
             print(f"median p99.9 {statistics.median(r.get('p99.9', 0) for r in results):.2f} ms", flush=True)
         if args.json:

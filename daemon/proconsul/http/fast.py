@@ -331,8 +331,8 @@ class FastRequestHandler(GuardedRequestHandler):
                 return False
         target = msg.path
         path, sep, _ = target.partition("?")
-        if "%" in path or "/." in path:
-            return False  # escapes and dot segments: the normal path decodes and routes them
+        if "%" in path or "/." in path or "#" in target or not target.isascii():
+            return False  # escapes, dot segments, fragments, raw non-ASCII: the normal path's URL rules
         query = msg.url.query if sep else None
         routes = self._routes
         rules = routes.rules
