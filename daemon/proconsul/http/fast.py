@@ -375,6 +375,11 @@ class FastRequestHandler(GuardedRequestHandler):
             command = routes.kv_put_command(path[len(_KV):], query, headers, payload)
         except _Fallback:
             return False
+        except Exception:
+            # Nothing was done for the request yet (a read has no effect, a write was not
+            # proposed): the normal path answers it, with its own error mapping.
+            logger.debug("http: fast path passed %s %s on after an error", method, target, exc_info=True)
+            return False
         self.request_started()
         self._busy = self._loop.create_task(self._put(command, start))
         return True
