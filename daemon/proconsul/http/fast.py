@@ -77,6 +77,8 @@ _CATALOG = "/v1/catalog/service/"
 _JSON = b"Content-Type: application/json\r\n"
 _SERVER = f"\r\nServer: {SERVER_SOFTWARE}\r\n\r\n".encode()
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+_DEFAULT = QueryOptions()
+_STALE = QueryOptions(allow_stale=True)
 _INTERNAL_ERROR_BODY = b"500 Internal Server Error\n\nServer got itself in trouble"
 
 
@@ -161,7 +163,7 @@ class FastRoutes:
             bound = self.agent.config.discovery_max_stale_s
             if bound > 0:
                 return QueryOptions(allow_stale=True, max_stale_s=bound)
-        return QueryOptions(allow_stale=stale)
+        return _STALE if stale else _DEFAULT
 
     def _read_now(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
         """`server.query(name, args, opts)` when this server answers it without waiting."""
