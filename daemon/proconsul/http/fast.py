@@ -82,6 +82,19 @@ _STALE = QueryOptions(allow_stale=True)
 _INTERNAL_ERROR_BODY = b"500 Internal Server Error\n\nServer got itself in trouble"
 
 
+# aiohttp internals the fast path relies on (RequestHandler and its BaseProtocol, aiohttp 3.14):
+# with another aiohttp that lacks one of them the fast path stays off rather than misbehave.
+_AIOHTTP_INTERNALS = (
+    "_parser", "_messages", "_waiter", "_request_count", "_force_close", "_paused", "_buffer_paused",
+    "_max_msg_queue_size", "_msg_queue_resume_size", "_next_keepalive_close_time", "_loop",
+    "_handle_request", "_pause_reading_for_buffer", "_resume_reading_if_drained",
+)
+
+
+def aiohttp_supported() -> bool:
+    return all(hasattr(web.RequestHandler, name) for name in _AIOHTTP_INTERNALS)
+
+
 def _flag(query: Any, name: str) -> bool:
     """common.flag on a parsed query: present and not "false"/"0"."""
     value = query.get(name)
@@ -122,7 +135,8 @@ class FastRoutes:
         self.datacenter = agent.config.datacenter
         extra = app[RESPONSE_HEADERS]
         # ACLs on: every request is authorised (and list answers trimmed) by http/acl_gate.py.
-        self.enabled = app[ACL_RESOLVER] is None and not any(k.lower() in _OWN_HEADERS for k in extra)
+        self.enabled = (app[ACL_RESOLVER] is None and not any(k.lower() in _OWN_HEADERS for k in extra)
+                        and aiohttp_supported())
         # What the middleware adds to every answer, in its order, then aiohttp's own headers.
         self.tail = ("X-Consul-Default-Acl-Policy: allow\r\n" + "".join(f"{k}: {v}\r\n" for k, v in extra.items())
                      ).encode("utf-8")
