@@ -26,7 +26,7 @@ from typing import Any
 import proconsul
 from proconsul import config as configmod
 from proconsul.acl.authorizer import PermissionDenied
-from proconsul.agent import logs
+from proconsul.agent import gc_policy, logs
 from proconsul.agent.leave import GracefulLeave
 from proconsul.agent.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
 from proconsul.agent.tokens import load_persisted_tokens, persist_tokens
@@ -923,6 +923,7 @@ async def _run(cfg: configmod.RuntimeConfig, flags: ParsedFlags) -> int:
             await agent.stop()
             return 1
         _print_banner(agent)
+        gc_policy.POLICY.install()  # the startup heap is never scanned again (agent/gc_policy.py)
         await agent.wait()
         await agent.stop()
         return agent.exit_code

@@ -88,7 +88,11 @@ class GuardedRequestHandler(web.RequestHandler):
         self._refused = False
         self._in_flight = 0
         self._heads = 0  # request heads seen by the middleware
+        # One timer per connection, moved lazily: arming and cancelling a deadline per request
+        # only sets `_due` (a timer handle per request was a measurable share of a fast-path GET).
         self._deadline: asyncio.TimerHandle | None = None
+        self._due: float | None = None  # when the current request head must be complete
+        self._due_heads = 0  # request heads seen when it was armed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -111,6 +115,9 @@ class GuardedRequestHandler(web.RequestHandler):
         if self._refused:
             return
         self._cancel_deadline()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if self._peer_ip is not None:
             self._counter.release(self._peer_ip)
             self._peer_ip = None
@@ -121,7 +128,7 @@ class GuardedRequestHandler(web.RequestHandler):
             return
         # Bytes while no request is being handled start a new request head: it must be
         # complete within the deadline, however slowly it trickles in.
-        if data and self._in_flight == 0 and self._deadline is None:
+        if data and self._in_flight == 0 and self._due is None:
             self._arm_deadline()
         super().data_received(data)
 
@@ -135,17 +142,24 @@ class GuardedRequestHandler(web.RequestHandler):
         self._in_flight -= 1
 
     def _arm_deadline(self) -> None:
-        heads = self._heads
-        self._deadline = self._guard_loop.call_later(self._header_timeout_s, self._deadline_passed, heads)
+        self._due = self._guard_loop.time() + self._header_timeout_s
+        self._due_heads = self._heads
+        if self._deadline is None:
+            self._deadline = self._guard_loop.call_at(self._due, self._deadline_check)
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._due = None  # the timer finds nothing to do when it fires
 
-    def _deadline_passed(self, heads_when_armed: int) -> None:
+    def _deadline_check(self) -> None:
         self._deadline = None
-        if self._heads == heads_when_armed and self._in_flight == 0:
+        due = self._due
+        if due is None:
+            return
+        if self._guard_loop.time() < due:  # re-armed since the timer was set: wait for that one
+            self._deadline = self._guard_loop.call_at(due, self._deadline_check)
+            return
+        self._due = None
+        if self._heads == self._due_heads and self._in_flight == 0:
             logger.debug("http: closed a connection from %s: no request head within %ss", self._peer_ip,
                          self._header_timeout_s)  # fmt: skip
             self.force_close()

@@ -49,6 +49,11 @@ class HTTPMetrics:
             series = self._series[key] = self._timer.with_labels(request.method, pattern[1:].replace("/", "_"))
         series.observe((time.perf_counter() - start) * 1000.0)
 
+    def route_series(self, method: str, pattern: str) -> Sample:
+        """The series `observe` feeds for a route whose canonical path starts with `pattern`
+        (e.g. "/v1/kv/"), for http/fast.py, which answers without a routed request."""
+        return self._timer.with_labels(method, pattern[1:].replace("/", "_"))  # type: ignore[no-any-return]
+
 
 async def agent_metrics(request: web.Request) -> web.StreamResponse:
     metrics: Metrics = request.app[METRICS]

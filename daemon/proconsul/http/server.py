@@ -25,6 +25,7 @@ from proconsul.http import (
     acl_gate,
     catalog,
     event,
+    fast,
     health,
     keyring,
     kv,
@@ -279,6 +280,9 @@ class HTTPServer:
         # Consul's limits.https_handshake_timeout: a TLS client that does not finish its handshake
         # in time is dropped (5 s by default).
         self.tls_handshake_timeout_s = float(agent.config.limits.https_handshake_timeout_s)
+        # False: every request through aiohttp (tests compare the two paths' answers).
+        self.fast_path = True
+        self.fast_routes: fast.FastRoutes | None = None
 
     async def start(self) -> None:
         handler_kwargs: dict[str, Any] = {"access_log": None, "keepalive_timeout": IDLE_TIMEOUT_S}
@@ -293,9 +297,20 @@ class HTTPServer:
         # Our own listeners instead of TCPSite, so every connection goes through the guard;
         # runner.cleanup() still shuts the connections down, as the guard registers each one
         # with the runner's server. HTTPS listeners serve the same app through the same guard.
-        factory = self._factory = guarded_factory(
-            self.runner.server, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs
-        )
+        # Requests the HTTP workers forward arrive on a unix socket and take aiohttp's path:
+        # their real client is in a header only that path reads (allow_write_http_from), and
+        # the fast path would judge them by the socket's empty peer address.
+        self._factory = guarded_factory(self.runner.server, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs)
+        # The hot routes are answered by http/fast.py ahead of aiohttp's request machinery.
+        routes = fast.FastRoutes(self.app, IDLE_TIMEOUT_S)
+        factory: Callable[[], GuardedRequestHandler]
+        if routes.enabled and self.fast_path:
+            self.fast_routes = routes
+            factory = fast.fast_factory(
+                self.runner.server, routes, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs
+            )
+        else:
+            factory = self._factory
         loop = asyncio.get_running_loop()
         listeners: list[tuple[list[str], int, ssl.SSLContext | None, list[tuple[str, int]]]] = [
             (self.addresses, self.port, None, self.bound)

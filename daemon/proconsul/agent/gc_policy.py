@@ -1,0 +1,92 @@
+"""The agent's garbage-collector policy: full collections that do not stall the event loop.
+
+Owns when CPython's cyclic collector scans the agent's long-lived heap. By default every full
+(generation 2) collection walks every tracked object: the modules and code loaded at startup, the
+state store, the Raft log, the watches. On a leader under write load one such collection took
+60-340 ms (bench/loop_stalls.py, docs/PERFORMANCE.md "Issue 21 items 2 and 4"), which is the
+agent's p99.9 latency.
+
+The policy, installed once the agent has started:
+1. one collection, then `gc.freeze()`: the startup heap moves to the permanent generation and no
+   later collection scans it again;
+2. after each generation-1 or full collection, the objects it promoted are frozen the same way:
+   they were just found live, so a full collection scans only what was promoted since (short,
+   whatever the heap size). Objects that die later are still freed by reference counting as
+   always; only garbage cycles among frozen objects wait for step 3;
+3. once the frozen heap has doubled since the last complete scan, a complete collection runs on
+   the event loop: unfreeze, collect everything (reclaiming such cycles), freeze again. A long
+   pause at most once per doubling of the frozen heap, so memory stays bounded (to about twice
+   the live heap). Freezing resets CPython's own trigger for full collections, so without this
+   step none would run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Below this many frozen objects a complete scan is cheap (a few ms) and not worth postponing.
+_MIN_FULL_SCAN_OBJECTS = 200_000
+
+
+class GCPolicy:
+    def __init__(self) -> None:
+        self.installed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scanned_size = 0  # frozen objects after the last complete scan
+        self._scan_pending = False
+        self.freezes = 0
+        self.full_scans = 0
+        self.last_full_scan_ms = 0.0
+
+    def install(self) -> None:
+        """From the event loop's thread, once the agent has started."""
+        if self.installed:
+            return
+        self._loop = asyncio.get_running_loop()
+        gc.collect()
+        gc.freeze()
+        self._scanned_size = gc.get_freeze_count()
+        gc.callbacks.append(self._on_gc)
+        self.installed = True
+        logger.debug("gc: froze %d startup objects", self._scanned_size)
+
+    def uninstall(self) -> None:
+        if self.installed:
+            gc.callbacks.remove(self._on_gc)
+            gc.unfreeze()
+            self.installed = False
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        # Runs inside the collector, in whichever thread allocated: only list moves and a flag.
+        if phase != "stop" or info.get("generation", 0) == 0:
+            return
+        # The generations this collection covered are empty: the oldest holds only what just
+        # survived (live), and freezing it takes nothing younger along.
+        gc.freeze()
+        self.freezes += 1
+        if not self._scan_pending and gc.get_freeze_count() > max(2 * self._scanned_size, _MIN_FULL_SCAN_OBJECTS):
+            # Freezing resets the collector's own trigger for full collections, so the complete
+            # scan is this policy's to start; on the loop, where it is one bounded pause.
+            self._scan_pending = True
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._full_scan)
+
+    def _full_scan(self) -> None:
+        started = time.perf_counter()
+        gc.unfreeze()
+        gc.collect()  # (its callback freezes the survivors; _scan_pending keeps it from rescheduling)
+        gc.freeze()
+        self._scanned_size = gc.get_freeze_count()
+        self._scan_pending = False
+        self.full_scans += 1
+        self.last_full_scan_ms = (time.perf_counter() - started) * 1000.0
+        logger.debug("gc: complete scan: %d objects live, %.1f ms", self._scanned_size, self.last_full_scan_ms)
+
+
+POLICY = GCPolicy()

@@ -1,0 +1,539 @@
+"""The HTTP fast path: the requests that dominate traffic, answered without aiohttp's per-request
+machinery.
+
+Owns recognising, from the message aiohttp's C parser has just produced, the hot requests (KV GET
+and PUT, `/v1/health/service/<name>`, `/v1/catalog/service/<name>`) in the plain forms this module
+fully understands, and answering them straight onto the transport with pre-encoded header bytes:
+no `Request`, no router lookup, no middleware chain, no `Response`, no CIMultiDict, no task for a
+read. A profile of the agent under KV GET load (docs/PERFORMANCE.md) put most of its time there.
+
+Everything else goes through aiohttp as before, and so does any hot request the fast path does
+not fully understand: a parameter outside the short lists below, a token, `Expect`, HTTP/1.0 or
+`Connection: close`, a body not yet complete, a percent-escaped or dotted path, a blocking or
+`?consistent` read, another `?dc`, a read this server cannot answer at once (a follower's
+default-mode read), ACLs enabled, a `http_config.response_headers` entry that names a header the
+fast path writes. Bad input is never answered here: whatever would be a 4xx from validation falls
+back, so every error text stays the route module's. What the fast path writes is byte for byte
+what the normal path writes (tests/http/test_fast_path.py compares the two on a table of requests).
+
+How it hooks in: `FastRequestHandler` is the connection guard's `RequestHandler` with aiohttp's
+parser wrapped (`_Intercept`); each parsed message is either answered here or handed on to aiohttp
+unchanged. Responses stay in request order on a pipelined connection: while a request aiohttp
+handles is unanswered, the following ones go to aiohttp too; while a fast PUT waits for Raft, the
+following messages wait in a backlog and are routed, in order, once it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import HttpVersion11, web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_server import Server as AiohttpServer
+
+from proconsul.http import health
+from proconsul.http.appkeys import ACCESS_RULES, ACL_RESOLVER, AGENT, HTTP_METRICS, RESPONSE_HEADERS
+from proconsul.http.common import HTTPError, _dumps
+from proconsul.http.conn_guard import ConnectionCounter, GuardedRequestHandler
+from proconsul.metrics import Sample
+from proconsul.rpc_api import QueryMeta, QueryOptions, RPCError
+from proconsul.state import commands, protection
+from proconsul.state.records import DirEntry
+from proconsul.state.store import StoreError
+
+logger = logging.getLogger(__name__)
+
+MAX_UINT64 = (1 << 64) - 1
+
+# Parameters each fast route understands; any other one sends the request down the normal path.
+_KV_GET_PARAMS = frozenset({"raw", "recurse", "keys", "separator", "stale", "dc"})
+_KV_PUT_PARAMS = frozenset({"flags", "cas", "dc"})
+_SERVICE_PARAMS = frozenset({"stale", "dc", "tag"})
+_HEALTH_PARAMS = frozenset({"stale", "dc", "tag", "passing"})
+# Headers the fast path writes itself: a `response_headers` entry naming one of them would change
+# it in place on the normal path, so with such an entry the fast path stays off.
+_OWN_HEADERS = frozenset({
+    "content-type", "content-length", "date", "server", "connection", "transfer-encoding",
+    "x-consul-index", "x-consul-knownleader", "x-consul-lastcontact", "x-consul-effective-consistency",
+    "x-consul-default-acl-policy", protection.APPLIED_HEADER.lower(),
+})
+# Request headers that need the normal path: a token (forwarded with writes, checked with ACLs),
+# expectations (100-continue and its refusals), and bodies in a transfer coding.
+_SLOW_HEADERS = ("X-Consul-Token", "Authorization", "Expect", "Transfer-Encoding")
+
+_KV = "/v1/kv/"
+_HEALTH = "/v1/health/service/"
+_CATALOG = "/v1/catalog/service/"
+_JSON = b"Content-Type: application/json\r\n"
+_SERVER = f"\r\nServer: {SERVER_SOFTWARE}\r\n\r\n".encode()
+_STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+_DEFAULT = QueryOptions()
+_STALE = QueryOptions(allow_stale=True)
+_INTERNAL_ERROR_BODY = b"500 Internal Server Error\n\nServer got itself in trouble"
+
+
+# aiohttp internals the fast path relies on (RequestHandler and its BaseProtocol, aiohttp 3.14):
+# with another aiohttp that lacks one of them the fast path stays off rather than misbehave.
+_AIOHTTP_INTERNALS = (
+    "_parser", "_messages", "_waiter", "_request_count", "_force_close", "_paused", "_buffer_paused",
+    "_max_msg_queue_size", "_msg_queue_resume_size", "_next_keepalive_close_time", "_loop",
+    "_handle_request", "_pause_reading_for_buffer", "_resume_reading_if_drained",
+)
+
+
+def aiohttp_supported() -> bool:
+    return all(hasattr(web.RequestHandler, name) for name in _AIOHTTP_INTERNALS)
+
+
+def _flag(query: Any, name: str) -> bool:
+    """common.flag on a parsed query: present and not "false"/"0"."""
+    value = query.get(name)
+    return value is not None and value.lower() not in ("false", "0")
+
+
+def _uint(text: str) -> int | None:
+    """common.uint_param's accepted values ("" is 0); None for what it answers 400."""
+    if text == "":
+        return 0
+    try:
+        value = int(text, 10)
+    except ValueError:
+        return None
+    return value if 0 <= value <= MAX_UINT64 else None
+
+
+def _meta_bytes(meta: QueryMeta) -> bytes:
+    return (
+        f"X-Consul-Index: {meta.index}\r\nX-Consul-KnownLeader: {'true' if meta.known_leader else 'false'}\r\n"
+        f"X-Consul-LastContact: {meta.last_contact_ms}\r\nX-Consul-Effective-Consistency: {meta.consistency}\r\n"
+    ).encode()
+
+
+class _Fallback(Exception):
+    """The request needs the normal path (raised before anything was done for it)."""
+
+
+class FastRoutes:
+    """What one application's fast path may answer and how; built once per HTTP server."""
+
+    def __init__(self, app: web.Application, keepalive_timeout_s: float) -> None:
+        self.agent = agent = app[AGENT]
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.rules = app[ACCESS_RULES]
+        self.metrics = app[HTTP_METRICS]
+        self.protection_log = app[health.PROTECTION_LOG]
+        self.datacenter = agent.config.datacenter
+        extra = app[RESPONSE_HEADERS]
+        # ACLs on: every request is authorised (and list answers trimmed) by http/acl_gate.py.
+        self.enabled = (app[ACL_RESOLVER] is None and not any(k.lower() in _OWN_HEADERS for k in extra)
+                        and aiohttp_supported())
+        # What the middleware adds to every answer, in its order, then aiohttp's own headers.
+        self.tail = ("X-Consul-Default-Acl-Policy: allow\r\n" + "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+                     ).encode("utf-8")
+        self._series: dict[tuple[str, str], Sample] = {}
+        self.answered = 0  # requests the fast path answered (tests check which ones it takes)
+        self._date_str = ""
+        self._date = b""
+
+    # ------------------------------------------------------------------------------ answers
+
+    def response(self, status: int, head: bytes, body: bytes) -> bytes:
+        date = rfc822_formatted_time()  # aiohttp's own, cached per second
+        if date is not self._date_str:
+            self._date_str, self._date = date, date.encode()
+        return b"".join((_STATUS[status], head, self.tail, b"Content-Length: ", str(len(body)).encode(),
+                         b"\r\nDate: ", self._date, _SERVER, body))
+
+    def error(self, status: int, message: str) -> bytes:
+        """server._error's answer (a text/plain reason), as the middleware completes it."""
+        body = message.encode("utf-8", "backslashreplace")
+        return self.response(status, b"Content-Type: text/plain; charset=utf-8\r\n", body)
+
+    def observe(self, method: str, pattern: str, start: float) -> None:
+        series = self._series.get((method, pattern))
+        if series is None:
+            series = self._series[(method, pattern)] = self.metrics.route_series(method, pattern)
+        series.observe((time.perf_counter() - start) * 1000.0)
+
+    # -------------------------------------------------------------------------------- reads
+
+    def _options(self, query: Any, discovery: bool) -> QueryOptions:
+        """common.query_options for the parameters the fast routes accept."""
+        dc = query.get("dc") if query else None
+        if dc and dc != self.datacenter:
+            raise _Fallback  # another datacenter: forwarded over the WAN
+        stale = bool(query) and _flag(query, "stale")
+        if discovery and not stale:
+            bound = self.agent.config.discovery_max_stale_s
+            if bound > 0:
+                return QueryOptions(allow_stale=True, max_stale_s=bound)
+        return _STALE if stale else _DEFAULT
+
+    def _read_now(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        """`server.query(name, args, opts)` when this server answers it without waiting."""
+        server = self.agent.server
+        consensus = getattr(server, "consensus", None)
+        if consensus is None:
+            raise _Fallback  # a client agent: reads go to a server over RPC
+        if opts.allow_stale:
+            if opts.too_stale(consensus.last_contact_ms()):
+                raise _Fallback
+        elif not (consensus.is_leader() and (consensus.ready_for_reads() or server.unsafe_reads_before_first_apply)):
+            raise _Fallback  # a follower forwards, a new leader waits for its first commit
+        coro = server.query(name, args, opts)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        # It suspended after all: abandon it (a read has no effect but its counters) and let the
+        # normal path answer.
+        coro.close()
+        raise _Fallback
+
+    def kv_get(self, key: str, query: Any) -> bytes:
+        if query and not query.keys() <= _KV_GET_PARAMS:
+            raise _Fallback
+        opts = self._options(query, discovery=False)
+        if query and _flag(query, "keys"):
+            meta, keys = self._read_now("KVS.ListKeys", {"prefix": key, "separator": query.get("separator", "")}, opts)
+            return self._list(meta, keys)
+        if query and _flag(query, "recurse"):
+            meta, entries = self._read_now("KVS.List", {"prefix": key}, opts)
+            return self._list(meta, entries)
+        meta, entry = self._read_now("KVS.Get", {"key": key}, opts)
+        if entry is None:
+            return self.response(404, _meta_bytes(meta), b"")
+        if query and _flag(query, "raw"):
+            value = base64.b64decode(entry["Value"]) if entry["Value"] is not None else b""
+            return self.response(200, b"Content-Type: text/plain\r\n" + _meta_bytes(meta), value)
+        return self.response(200, _meta_bytes(meta) + _JSON, _dumps([entry]))
+
+    def _list(self, meta: QueryMeta, items: Any) -> bytes:
+        if not items:
+            return self.response(404, _meta_bytes(meta), b"")
+        return self.response(200, _meta_bytes(meta) + _JSON, _dumps(items))
+
+    def health_service(self, service: str, query: Any) -> bytes:
+        if query and not query.keys() <= _HEALTH_PARAMS:
+            raise _Fallback
+        opts = self._options(query, discovery=True)
+        passing = bool(query) and _flag(query, "passing")
+        args = {"service": service, "tags": query.getall("tag", []) if query else [], "passing": passing,
+                "node_meta": {}, "datacenter": self.datacenter, "near": ""}
+        meta, items = self._read_now("Health.ServiceNodes", args, opts)
+        protected = passing and any(
+            check.get("Status") != "passing" for item in items for check in item.get("Checks") or ()
+        )
+        if passing:
+            self.protection_log.note(service, protected)
+        head = _meta_bytes(meta) + _JSON
+        if protected:
+            head += f"{protection.APPLIED_HEADER}: true\r\n".encode()
+        return self.response(200, head, _dumps(items))
+
+    def catalog_service(self, service: str, query: Any) -> bytes:
+        if query and not query.keys() <= _SERVICE_PARAMS:
+            raise _Fallback
+        opts = self._options(query, discovery=True)
+        args = {"service": service, "tags": query.getall("tag", []) if query else [], "node_meta": {}, "near": ""}
+        meta, items = self._read_now("Catalog.ServiceNodes", args, opts)
+        return self.response(200, _meta_bytes(meta) + _JSON, _dumps(items))
+
+    # -------------------------------------------------------------------------------- writes
+
+    def kv_put_command(self, key: str, query: Any, headers: Any, payload: Any) -> commands.KVS:
+        """The command of a plain KV PUT (set, `?flags`, `?cas`), checked as http/kv.py checks it."""
+        if not key or (query and not query.keys() <= _KV_PUT_PARAMS):
+            raise _Fallback
+        flags = cas = 0
+        op = commands.KVOp.SET
+        if query:
+            dc = query.get("dc")
+            if dc and dc != self.datacenter:
+                raise _Fallback
+            if "flags" in query:
+                flags = _uint(query["flags"])  # type: ignore[assignment]
+            if "cas" in query:
+                cas = _uint(query["cas"])  # type: ignore[assignment]
+                op = commands.KVOp.CAS
+            if flags is None or cas is None:
+                raise _Fallback  # the normal path answers the 400
+        value = _value(headers, payload, self.agent.config.limits.kv_max_value_size)
+        return commands.KVS(op, DirEntry(key=key, value=value, flags=flags, modify_index=cas))
+
+    async def kv_put(self, command: commands.KVS) -> bytes:
+        try:
+            meta, ok = await self.agent.server.write(command)
+        except HTTPError as exc:
+            return self.error(exc.status, exc.message)
+        except (RPCError, StoreError) as exc:
+            # As the middleware maps them: a server's ACL refusal by its text, else a 500.
+            text = str(exc)
+            return self.error(403 if text.startswith(("Permission denied", "ACL not found")) else 500, text)
+        except (ValueError, OverflowError, RecursionError) as exc:
+            return self.error(400, str(exc) or type(exc).__name__)
+        except Exception:
+            logger.exception("http: error handling PUT %s", command.entry.key)
+            return self.response(500, b"Content-Type: text/plain; charset=utf-8\r\n", _INTERNAL_ERROR_BODY)
+        return self.response(200, f"X-Consul-Index: {max(meta.index, 1)}\r\n".encode() + _JSON,
+                             b"true" if ok else b"false")
+
+
+def _value(headers: Any, payload: Any, limit: int) -> bytes:
+    """A PUT's whole body when it has all arrived (declared length, no coding, within `limit`)."""
+    if payload is EMPTY_PAYLOAD:
+        return b""
+    length = headers.get("Content-Length")
+    if length is None or not isinstance(payload, StreamReader) or not payload.is_eof():
+        raise _Fallback  # still arriving (or chunked): read_body on the normal path waits for it
+    size = int(length)
+    if size > limit or payload.total_bytes != size:
+        raise _Fallback  # the normal path answers 413
+    return payload.read_nowait(-1)
+
+
+class FastRequestHandler(GuardedRequestHandler):
+    """The guarded request handler with the fast path in front of aiohttp's request handling."""
+
+    def __init__(self, manager: AiohttpServer, counter: ConnectionCounter, header_timeout_s: float,
+                 routes: FastRoutes, **kwargs: Any) -> None:
+        super().__init__(manager, counter, header_timeout_s, **kwargs)
+        self._routes = routes
+        self._real_parser = self._parser
+        self._parser = _Intercept(self._parser, self)  # type: ignore[assignment]
+        self._slow = 0  # messages handed to aiohttp and not answered yet
+        self._busy: asyncio.Task[None] | None = None  # a fast write being answered
+        self._backlog: deque[tuple[Any, Any]] = deque()  # messages behind it, in order
+        self._may_write: bool | None = None  # allow_write_http_from, decided once per connection
+        self._routing = False  # a message is being routed (see _Intercept.feed_data)
+        self._parser_full = False  # the parser's last batch filled its queue: it may hold more
+        self._reentered: list[tuple[Any, Any]] = []  # messages parsed meanwhile, routed after it
+
+    # ------------------------------------------------------------------ routing each message
+
+    def route(self, msg: Any, payload: Any) -> bool:
+        """True when the fast path took the message (answered it, or holds it in order)."""
+        if self._busy is not None or self._backlog:
+            self._backlog.append((msg, payload))
+            if len(self._backlog) >= self._max_msg_queue_size and not self._buffer_paused:
+                self._pause_reading_for_buffer()  # as aiohttp does with its own queue
+            return True
+        if self._slow == 0 and self._try(msg, payload):
+            return True
+        self._slow += 1
+        return False
+
+    def _try(self, msg: Any, payload: Any) -> bool:
+        if type(msg) is not RawRequestMessage or self._paused or self.transport is None:
+            return False  # a parse error, or the client is not reading: aiohttp waits for it
+        method = msg.method
+        if method != "GET" and method != "PUT":
+            return False
+        if msg.version != HttpVersion11 or msg.should_close or msg.upgrade or msg.compression:
+            return False
+        headers = msg.headers
+        for name in _SLOW_HEADERS:
+            if name in headers:
+                return False
+        target = msg.path
+        path, sep, _ = target.partition("?")
+        if "%" in path or "/." in path or "#" in target or not target.isascii():
+            return False  # escapes, dot segments, fragments, raw non-ASCII: the normal path's URL rules
+        query = msg.url.query if sep else None
+        routes = self._routes
+        rules = routes.rules
+        if rules.blocked_prefixes and any(path.startswith(p) for p in rules.blocked_prefixes):
+            return False
+        start = time.perf_counter()
+        try:
+            if method == "GET":
+                if payload is not EMPTY_PAYLOAD:
+                    return False  # a GET with a body: aiohttp reads and drops it
+                if path.startswith(_KV):
+                    key = path[len(_KV):]
+                    if not key:
+                        return False
+                    data = routes.kv_get(key, query)
+                    pattern = _KV
+                elif path.startswith(_HEALTH):
+                    service = path[len(_HEALTH):]
+                    if not service or "/" in service:
+                        return False
+                    data = routes.health_service(service, query)
+                    pattern = _HEALTH
+                elif path.startswith(_CATALOG):
+                    service = path[len(_CATALOG):]
+                    if not service or "/" in service:
+                        return False
+                    data = routes.catalog_service(service, query)
+                    pattern = _CATALOG
+                else:
+                    return False
+                self.request_started()
+                routes.observe("GET", pattern, start)  # as the middleware: before the answer goes out
+                self._answer(data)
+                self.request_finished()
+                return True
+            if not path.startswith(_KV):
+                return False
+            if rules.write_networks and not self._write_allowed():
+                return False  # the normal path answers the 403
+            command = routes.kv_put_command(path[len(_KV):], query, headers, payload)
+        except _Fallback:
+            return False
+        except Exception:
+            # Nothing was done for the request yet (a read has no effect, a write was not
+            # proposed): the normal path answers it, with its own error mapping.
+            logger.debug("http: fast path passed %s %s on after an error", method, target, exc_info=True)
+            return False
+        self.request_started()
+        self._busy = self._loop.create_task(self._put(command, start))
+        return True
+
+    def _write_allowed(self) -> bool:
+        if self._may_write is None:
+            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+            remote = peer[0] if isinstance(peer, tuple) and peer else None
+            self._may_write = self._routes.rules.refusal("PUT", "", remote) is None
+        return self._may_write
+
+    async def _put(self, command: commands.KVS, start: float) -> None:
+        try:
+            data = await self._routes.kv_put(command)
+            self._routes.observe("PUT", _KV, start)
+            self._answer(data)
+        finally:
+            self.request_finished()
+            self._busy = None
+            self._drain()
+
+    def _answer(self, data: bytes) -> None:
+        self._routes.answered += 1  # before the write: a client may read the answer at once
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+        self._real_parser.message_consumed()  # type: ignore[union-attr]
+        # aiohttp's keep-alive timer closes a connection idle for keepalive_timeout; this one is not.
+        self._next_keepalive_close_time = self._loop.time() + self._routes.keepalive_timeout_s
+
+    def _drain(self) -> None:
+        """Route the messages that waited behind a fast write, in order."""
+        handed = False
+        self._routing = True
+        try:
+            while self._backlog and self._busy is None and not self._force_close:
+                msg, payload = self._backlog.popleft()
+                taken = self._slow == 0 and self._try(msg, payload)
+                if self._reentered:
+                    self._backlog.extend(self._reentered)
+                    self._reentered.clear()
+                if taken:
+                    continue
+                self._slow += 1
+                self._request_count += 1
+                self._messages.append((msg, payload))
+                handed = True
+        finally:
+            self._routing = False
+        if handed:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        if self._buffer_paused and not self._backlog and len(self._messages) <= self._msg_queue_resume_size:
+            self._resume_reading_if_drained()
+        self._refeed()
+
+    def _refeed(self) -> None:
+        """Parse what the parser held back at its queue limit, once every message it had given
+        out is answered (nothing else would make it look at that data again)."""
+        if (self._parser_full and not self._routing and self._busy is None and not self._backlog
+                and self._slow == 0 and not self._messages and self._parser is not None):
+            self._parser_full = False
+            self.data_received(b"")
+
+    async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self._slow -= 1
+            self._refeed()
+
+
+class _Intercept:
+    """aiohttp's request parser, with the messages the fast path takes removed from its output."""
+
+    __slots__ = ("_parser", "_handler")
+
+    def __init__(self, parser: Any, handler: FastRequestHandler) -> None:
+        self._parser = parser
+        self._handler = handler
+
+    def feed_data(self, data: bytes) -> Any:
+        handler = self._handler
+        try:
+            result = self._parser.feed_data(data)
+        except Exception:
+            handler._slow += 1  # aiohttp answers the parse error itself
+            raise
+        messages = result[0]
+        if not messages:
+            return result
+        if handler._routing:
+            # Re-entered while a message is being routed (reading a body can resume a parser
+            # paused at its queue limit, which parses what follows): these messages come after
+            # the rest of the batch, so they join its end.
+            handler._reentered.extend(messages)
+            return [], result[1], result[2]
+        kept: list[tuple[Any, Any]] = []
+        handler._routing = True
+        try:
+            while True:
+                handler._parser_full = len(messages) >= handler._max_msg_queue_size
+                queue = deque(messages)
+                while queue:
+                    msg, payload = queue.popleft()
+                    if not handler.route(msg, payload):
+                        kept.append((msg, payload))
+                    if handler._reentered:
+                        queue.extend(handler._reentered)
+                        handler._reentered.clear()
+                # The parser stops after a full queue of unanswered messages and keeps the rest
+                # for its next feed; when the fast path answered them all, that feed is now.
+                if not handler._parser_full or kept or handler._busy is not None or handler._backlog:
+                    break
+                result = self._parser.feed_data(b"")
+                messages = result[0]
+                if not messages:
+                    break
+        finally:
+            handler._routing = False
+        return kept, result[1], result[2]
+
+    def message_consumed(self) -> None:
+        self._parser.message_consumed()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
+def fast_factory(
+    server: AiohttpServer, routes: FastRoutes, counter: ConnectionCounter, header_timeout_s: float,
+    **handler_kwargs: Any,
+) -> Callable[[], FastRequestHandler]:
+    """A protocol factory for `loop.create_server`: guarded handlers with the fast path."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> FastRequestHandler:
+        return FastRequestHandler(server, counter, header_timeout_s, routes, loop=loop, **handler_kwargs)
+
+    return factory

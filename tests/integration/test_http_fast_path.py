@@ -1,0 +1,336 @@
+"""The HTTP fast path (http/fast.py): the same answers as the normal path, driven by real clients.
+
+1. An agent runs in this process with a second HTTP listener whose fast path is off; a table of
+   requests goes to both over keep-alive raw sockets, and each answer (status line, every header
+   but Date, body) must be the same. The table also says which requests the fast path must answer
+   itself (counted), so a fast path that silently stops working fails too.
+2. A real agent process: py-consul (requests keeps connections alive, so its calls take the fast
+   path) mixed with requests that need the normal path on the same connection; a pipeline of fast
+   and normal requests in one write, answered in order; PUT bodies and request heads split across
+   TCP segments on a keep-alive connection. The api.http metric counts fast answers (part 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import consul
+import pytest
+from helpers import AgentProcess, free_port
+from proconsul import config as configmod
+from proconsul.agent.agent import Agent
+from proconsul.http.server import HTTPServer
+
+# ------------------------------------------------------------------------------------ raw HTTP
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection over a raw socket, reading Content-Length answers."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.host = f"{host}:{port}"
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request_bytes(self, method: str, path: str, body: bytes | None = None, headers: str = "") -> bytes:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{headers}"
+        if body is not None:
+            head += f"Content-Length: {len(body)}\r\n"
+        return (head + "\r\n").encode() + (body or b"")
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed; buffered {self.buf!r}")
+        self.buf += chunk
+
+    def response(self) -> tuple[bytes, list[tuple[str, str]], bytes]:
+        """(status line, headers in order, body) of the next answer on the connection."""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+        length = int(next(v for k, v in headers if k.lower() == "content-length"))
+        while len(self.buf) < length:
+            self._fill()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return lines[0].encode(), headers, body
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: str = "") -> tuple[bytes, list[tuple[str, str]], bytes]:
+        self.sock.sendall(self.request_bytes(method, path, body, headers))
+        return self.response()
+
+
+def _status(answer: tuple[bytes, list[tuple[str, str]], bytes]) -> int:
+    return int(answer[0].split()[1])
+
+
+# ---------------------------------------------------------- 1. fast and normal path side by side
+
+# (method, path, body, extra headers, answered by the fast path?)
+READS: list[tuple[str, str, bytes | None, str, bool]] = [
+    ("GET", "/v1/kv/cmp/a", None, "", True),
+    ("GET", "/v1/kv/cmp/a?raw", None, "", True),
+    ("GET", "/v1/kv/cmp/a?raw=false", None, "", True),
+    ("GET", "/v1/kv/cmp/a?stale", None, "", True),
+    ("GET", "/v1/kv/cmp/a?dc=dc1", None, "", True),
+    ("GET", "/v1/kv/cmp/empty?raw", None, "", True),
+    ("GET", "/v1/kv/cmp/missing", None, "", True),
+    ("GET", "/v1/kv/cmp?recurse", None, "", True),
+    ("GET", "/v1/kv/cmp?recurse=0", None, "", True),
+    ("GET", "/v1/kv/cmp/?keys", None, "", True),
+    ("GET", "/v1/kv/cmp/?keys&separator=/", None, "", True),
+    ("GET", "/v1/kv/cmp/?keys&recurse", None, "", True),
+    ("GET", "/v1/kv/nothing/?keys", None, "", True),
+    ("GET", "/v1/kv/nothing?recurse", None, "", True),
+    ("GET", "/v1/kv/cmp//a", None, "", True),
+    ("GET", "/v1/kv/cmp/a?", None, "", True),
+    ("GET", "/v1/kv/cmp/a", None, "Connection: keep-alive\r\n", True),
+    ("GET", "/v1/kv/cmp/a+b", None, "", True),
+    ("GET", "/v1/kv/cmp/a;b", None, "", True),
+    ("GET", "/v1/kv/cmp/a#frag", None, "", False),
+    ("GET", "/v1/health/service/consul", None, "", True),
+    ("GET", "/v1/health/service/consul?passing", None, "", True),
+    ("GET", "/v1/health/service/consul?passing=false&stale", None, "", True),
+    ("GET", "/v1/health/service/web?passing", None, "", True),
+    ("GET", "/v1/health/service/web", None, "", True),
+    ("GET", "/v1/health/service/consul?tag=nope", None, "", True),
+    ("GET", "/v1/health/service/nothing", None, "", True),
+    ("GET", "/v1/catalog/service/consul", None, "", True),
+    ("GET", "/v1/catalog/service/web?tag=v1", None, "", True),
+    ("GET", "/v1/catalog/service/web?tag=v1&tag=v2", None, "", True),
+    ("GET", "/v1/catalog/service/nothing?stale", None, "", True),
+    # The normal path's: parameters the fast path leaves alone, errors, tokens, odd paths.
+    ("GET", "/v1/kv/cmp/a?pretty", None, "", False),
+    ("GET", "/v1/kv/cmp/a?consistent", None, "", False),
+    ("GET", "/v1/kv/cmp/a?index=1", None, "", False),
+    ("GET", "/v1/kv/cmp/a?stale&consistent", None, "", False),
+    ("GET", "/v1/kv/cmp/a?dc=elsewhere", None, "", False),
+    ("GET", "/v1/kv/cmp/a?index=x", None, "", False),
+    ("GET", "/v1/kv/cmp/sp%20ace", None, "", False),
+    ("GET", "/v1/kv/cmp/../cmp/a", None, "", False),
+    ("GET", "/v1/kv/cmp/a", None, "X-Consul-Token: anything\r\n", False),
+    ("GET", "/v1/kv/", None, "", False),
+    ("GET", "/v1/health/service/consul?filter=Service.Port%20%3D%3D%208300", None, "", False),
+    ("GET", "/v1/health/service/consul?near=_agent", None, "", False),
+    ("GET", "/v1/catalog/service/consul?node-meta=a:b", None, "", False),
+    ("GET", "/v1/catalog/service/", None, "", False),
+    ("GET", "/v1/agent/self/../members", None, "", False),
+]
+
+# Writes change the index, so their X-Consul-Index is compared with the store's after each.
+WRITES: list[tuple[str, str, bytes | None, str, bool]] = [
+    ("PUT", "/v1/kv/{c}/w", b"plain", "", True),
+    ("PUT", "/v1/kv/{c}/w?flags=42", b"with flags", "", True),
+    ("PUT", "/v1/kv/{c}/w?flags=", b"empty flags", "", True),
+    ("PUT", "/v1/kv/{c}/w?cas=1", b"cas that fails", "", True),
+    ("PUT", "/v1/kv/{c}/new?cas=0", b"cas create", "", True),
+    ("PUT", "/v1/kv/{c}/new?cas=0", b"cas create again", "", True),
+    ("PUT", "/v1/kv/{c}/w?dc=dc1", b"", "", True),
+    ("PUT", "/v1/kv/{c}/w", None, "", True),
+    ("PUT", "/v1/kv/{c}/w?flags=x", b"v", "", False),
+    ("PUT", "/v1/kv/{c}/w?flags=18446744073709551616", b"v", "", False),
+    ("PUT", "/v1/kv/{c}/w?cas=-1", b"v", "", False),
+    ("PUT", "/v1/kv/{c}/w?recurse", b"v", "", False),
+    ("PUT", "/v1/kv/", b"v", "", False),
+    ("PUT", "/v1/kv/{c}/w", b"x" * 65, "", False),  # over kv_max_value_size: 413
+    ("PUT", "/v1/kv/{c}/w?acquire=nosuchsession", b"v", "", False),
+    ("PUT", "/v1/kv/{c}/w?dc=elsewhere", b"v", "", False),
+    ("PUT", "/v1/kv/{c}/w", b"v", "X-Consul-Token: anything\r\n", False),
+    ("POST", "/v1/kv/{c}/w", b"v", "", False),
+]
+
+
+async def _start_agent(tmp: Path) -> tuple[Agent, HTTPServer]:
+    conf = tmp / "fast.hcl"
+    conf.write_text(
+        'http_config { response_headers = { "X-Extra" = "yes" } }\n'
+        "limits { kv_max_value_size = 64 }\n"
+        'services = [{ name = "web", port = 80, tags = ["v1", "v2"], checks = [{ ttl = "60s" }] }]\n'
+    )
+    flags = configmod.agent_flagset().parse([
+        "-dev", f"-http-port={free_port()}", f"-dns-port={free_port()}", f"-serf-lan-port={free_port()}",
+        f"-serf-wan-port={free_port()}", "-client=127.0.0.1", "-bind=127.0.0.1", "-node=fast-test",
+        f"-config-file={conf}",
+    ])  # fmt: skip
+    agent = Agent(configmod.load_from(flags).config, flags)
+    await agent.start()
+    normal = HTTPServer(agent, ["127.0.0.1"], free_port())
+    normal.fast_path = False
+    await normal.start()
+    return agent, normal
+
+
+def _comparable(answer: tuple[bytes, list[tuple[str, str]], bytes]) -> tuple[bytes, list[tuple[str, str]], bytes]:
+    status, headers, body = answer
+    return status, [(k, v) for k, v in headers if k.lower() != "date"], body
+
+
+async def test_fast_path_answers_like_the_normal_path(tmp_path: Path) -> None:
+    agent, normal = await _start_agent(tmp_path)
+    try:
+        fast_addr, normal_addr = agent.http.bound[0], normal.bound[0]
+        routes = agent.http.fast_routes
+        assert routes is not None and normal.fast_routes is None
+
+        def run() -> None:
+            fast, slow = Conn(*fast_addr), Conn(*normal_addr)
+            try:
+                for key, value in (("cmp/a", b"hello"), ("cmp/b/c", b"nested"), ("cmp/empty", b"")):
+                    assert _status(slow.call("PUT", f"/v1/kv/{key}", value)) == 200
+                for method, path, body, headers, expect_fast in READS:
+                    before = routes.answered
+                    got_fast = _comparable(fast.call(method, path, body, headers))
+                    assert (routes.answered - before == 1) == expect_fast, (method, path)
+                    got_normal = _comparable(slow.call(method, path, body, headers))
+                    assert got_fast == got_normal, (method, path)
+                for method, template, body, headers, expect_fast in WRITES:
+                    answers = []
+                    for conn, name in ((fast, "fast"), (slow, "slow")):
+                        path = template.format(c=name)
+                        before = routes.answered
+                        status, hdrs, payload = conn.call(method, path, body, headers)
+                        assert (routes.answered - before == 1) == (expect_fast and name == "fast"), (method, path)
+                        index = dict(hdrs).get("X-Consul-Index")
+                        if index is not None:
+                            assert int(index) == max(agent.server.store.last_index, 1), (method, path)
+                        if payload == b"true":
+                            # What the PUT stored is what the normal path reads back, whole.
+                            key = path.split("?")[0]
+                            assert slow.call("GET", key + "?raw")[2] == (body or b""), path
+                        answers.append(_comparable((status, [(k, v) for k, v in hdrs if k != "X-Consul-Index"],
+                                                    payload)))
+                    assert answers[0] == answers[1], (method, template)
+                # Fast answers are counted in the api.http timer under their route, as before.
+                series = routes.metrics.route_series("GET", "/v1/kv/")._series
+                before = series.count
+                for _ in range(5):
+                    assert _status(fast.call("GET", "/v1/kv/cmp/a")) == 200
+                assert series.count == before + 5
+            finally:
+                fast.close()
+                slow.close()
+
+        await asyncio.to_thread(run)
+    finally:
+        await normal.stop()
+        await agent.stop()
+
+
+# ------------------------------------------------------------------- 2. a real agent process
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    a = AgentProcess(ip="127.0.0.1", node="fast-path")
+    a.start()
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def _conn(agent: AgentProcess) -> Conn:
+    host, port = agent.addr.rsplit(":", 1)
+    return Conn(host, int(port))
+
+
+def test_py_consul_on_keep_alive_connections(agent: AgentProcess) -> None:
+    host, port = agent.addr.rsplit(":", 1)
+    c = consul.Consul(host=host, port=int(port))
+    assert c.kv.put("pc/a", "one", flags=7) is True
+    index, entry = c.kv.get("pc/a")
+    assert entry["Value"] == b"one" and entry["Flags"] == 7 and int(index) >= entry["ModifyIndex"]
+    assert c.kv.put("pc/a", "two", cas=entry["ModifyIndex"]) is True
+    assert c.kv.put("pc/a", "three", cas=entry["ModifyIndex"]) is False  # the index moved on
+    assert c.kv.put("pc/b/c", "x" * 5000) is True
+    _, entries = c.kv.get("pc", recurse=True)
+    assert [(e["Key"], e["Value"]) for e in entries] == [("pc/a", b"two"), ("pc/b/c", b"x" * 5000)]
+    _, keys = c.kv.get("pc/", keys=True, separator="/")
+    assert keys == ["pc/a", "pc/b/"]
+    # A normal-path request (a blocking query) on the same session, then fast ones again.
+    index, entry = c.kv.get("pc/a")
+    again, entry = c.kv.get("pc/a", index=int(index) - 1, wait="1s")
+    assert again == index and entry["Value"] == b"two"
+    assert c.kv.get("pc/missing")[1] is None
+    _, nodes = c.health.service("consul", passing=True)
+    assert [n["Service"]["Service"] for n in nodes] == ["consul"]
+    _, nodes = c.catalog.service("consul")
+    assert [n["ServiceName"] for n in nodes] == ["consul"]
+    assert c.agent.self()["Config"]["NodeName"] == "fast-path"
+    assert c.kv.get("pc/a")[1]["Value"] == b"two"
+
+
+def test_pipelined_requests_are_answered_in_order(agent: AgentProcess) -> None:
+    conn = _conn(agent)
+    try:
+        steps: list[tuple[str, str, bytes | None]] = []
+        for i in range(20):
+            steps += [("PUT", "/v1/kv/pipe/k", f"v{i}".encode()), ("GET", "/v1/kv/pipe/k?raw", None)]
+            if i % 5 == 0:
+                steps += [("GET", "/v1/agent/members", None), ("GET", "/v1/kv/pipe/k?pretty", None)]
+            if i % 7 == 0:
+                steps += [("DELETE", "/v1/kv/pipe/other", None), ("GET", "/v1/health/service/consul", None)]
+        conn.sock.sendall(b"".join(conn.request_bytes(m, p, b) for m, p, b in steps))
+        last = b""
+        for method, path, body in steps:
+            status, _, payload = conn.response()
+            assert _status((status, [], b"")) == 200, (method, path, payload)
+            if method == "PUT":
+                assert payload == b"true"
+                last = body or b""
+            elif path == "/v1/kv/pipe/k?raw":
+                assert payload == last  # the write just before it in the pipeline, never an older one
+            elif path.endswith("?pretty"):
+                assert base64.b64decode(eval_json(payload)[0]["Value"]) == last
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("normal_every", [0, 20])
+def test_long_pipelines_past_the_parser_queue_are_all_answered(agent: AgentProcess, normal_every: int) -> None:
+    """aiohttp's parser hands out at most 32 unanswered messages and keeps the rest: once the fast
+    path (and the normal path, when a pipeline mixes them) has answered those, it parses on."""
+    conn = _conn(agent)
+    try:
+        paths = [("/v1/agent/members" if normal_every and i % normal_every == normal_every - 1 else f"/v1/kv/lp/{i}")
+                 for i in range(100)]
+        conn.sock.sendall(b"".join(conn.request_bytes("GET", p) for p in paths))
+        statuses = [_status(conn.response()) for _ in paths]
+        assert statuses == [200 if p == "/v1/agent/members" else 404 for p in paths]
+    finally:
+        conn.close()
+
+
+def eval_json(body: bytes) -> list[dict[str, str]]:
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+def test_bodies_and_heads_split_across_segments_on_a_kept_connection(agent: AgentProcess) -> None:
+    conn = _conn(agent)
+    try:
+        value = bytes(range(40, 120)) * 20
+        for cut in (0, 1, len(value) // 2, len(value) - 1):
+            request = conn.request_bytes("PUT", f"/v1/kv/split/{cut}", value)
+            head_end = request.index(b"\r\n\r\n") + 4
+            for piece in (request[:7], request[7:head_end + cut], request[head_end + cut:]):
+                if piece:
+                    conn.sock.sendall(piece)
+                    time.sleep(0.02)  # each piece arrives on its own (not a timing assertion)
+            status, _, payload = conn.response()
+            assert (status, payload) == (b"HTTP/1.1 200 OK", b"true"), cut
+            assert conn.call("GET", f"/v1/kv/split/{cut}?raw")[2] == value, cut
+    finally:
+        conn.close()
