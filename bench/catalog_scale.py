@@ -36,12 +36,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import cProfile
 import hashlib
 import json
 import os
 import platform
 import random
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -173,12 +175,15 @@ class Watcher:
     seen: dict[str, float] = field(default_factory=dict)  # write token -> first answer holding it
     parked_once: bool = False
 
+    stale: bool = False  # read with ?stale: answered by the server asked, never forwarded
+
     def path(self) -> str:
+        extra = "&stale" if self.stale else ""
         if self.kind == "health":
-            return f"/v1/health/service/{self.topic}?passing"
+            return f"/v1/health/service/{self.topic}?passing{extra}"
         if self.kind == "services":
-            return "/v1/catalog/services?"
-        return f"/v1/kv/{self.topic}?recurse"
+            return f"/v1/catalog/services?{extra[1:]}"
+        return f"/v1/kv/{self.topic}?recurse{extra}"
 
 
 class Board:
@@ -199,7 +204,8 @@ class Board:
 async def run_watcher(session: aiohttp.ClientSession, w: Watcher, board: Board, wait: str) -> None:
     wait_s = float(wait.rstrip("s"))
     while not board.stop:
-        url = w.base + w.path() + (f"&index={w.index}&wait={wait}" if w.index else "")
+        path = w.path()
+        url = w.base + path + (("&" if path[-1] != "?" else "") + f"index={w.index}&wait={wait}" if w.index else "")
         sent = time.perf_counter()
         try:
             w.parked_once = w.parked_once or bool(w.index)
@@ -263,7 +269,7 @@ async def parked_total(session: aiohttp.ClientSession, bases: list[str]) -> int:
 
 
 def plan_watchers(layout: Layout, bases: list[str], n: int, rng: random.Random,
-                  kv_prefixes: int, health_services: int) -> list[Watcher]:
+                  kv_prefixes: int, health_services: int, stale: bool = False) -> list[Watcher]:
     """70 % health ?passing over `health_services` names (svc-0000 among them), 10 % catalog
     services, 20 % KV prefixes."""
     names = ["svc-0000"] + [f"svc-{k:04d}" for k in rng.sample(range(1, layout.services), health_services - 1)]
@@ -272,11 +278,11 @@ def plan_watchers(layout: Layout, bases: list[str], n: int, rng: random.Random,
         base = bases[i % len(bases)]
         r = i % 10
         if r < 7:
-            out.append(Watcher("health", names[i % len(names)], base))
+            out.append(Watcher("health", names[i % len(names)], base, stale=stale))
         elif r == 7:
-            out.append(Watcher("services", "", base))
+            out.append(Watcher("services", "", base, stale=stale))
         else:
-            out.append(Watcher("kv", f"scale/p{i % kv_prefixes:03d}/", base))
+            out.append(Watcher("kv", f"scale/p{i % kv_prefixes:03d}/", base, stale=stale))
     return out
 
 
@@ -455,13 +461,14 @@ async def health_latency(session: aiohttp.ClientSession, base: str, service: str
 
 async def watch_and_write(session: aiohttp.ClientSession, bases: list[str], layout: Layout, *, watchers: int,
                           writes: int, rate: float, seed: int, kv_prefixes: int, health_services: int,
-                          wait: str = WATCH_WAIT, on_parked: Any = None) -> Result:
+                          wait: str = WATCH_WAIT, on_parked: Any = None, watch_bases: list[str] | None = None,
+                          stale: bool = False, on_stream_end: Any = None) -> Result:
     """Phases 2 and 3: park the watchers, stream the writes, collect what the watchers saw."""
     rng = random.Random(seed * 1_000_003 + watchers)
     for k in range(kv_prefixes):  # each watched prefix holds a key from the start
         async with session.put(f"{bases[0]}/v1/kv/scale/p{k:03d}/seed", data=b"seed") as resp:
             await resp.read()
-    plan = plan_watchers(layout, bases, watchers, rng, kv_prefixes, health_services)
+    plan = plan_watchers(layout, watch_bases or bases, watchers, rng, kv_prefixes, health_services, stale)
     board = Board()
     await prime(session, plan)
     tasks = [asyncio.ensure_future(run_watcher(session, w, board, wait)) for w in plan]
@@ -471,6 +478,8 @@ async def watch_and_write(session: aiohttp.ClientSession, bases: list[str], layo
             on_parked()
         log = await stream_writes(session, bases, layout, board, plan, writes, rate, rng)
         await all_seen(plan, log, board, timeout_s=60)
+        if on_stream_end is not None:
+            on_stream_end()
         return collect(plan, log, board)
     finally:
         board.stop = True
@@ -493,17 +502,23 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def start_servers(procs: Any, root: Path, ips: list[str]) -> list[Any]:
+def start_servers(procs: Any, root: Path, ips: list[str], profile_dir: Path | None = None) -> list[Any]:
+    """With `profile_dir`, each server runs under cProfile (bench/raft_server_wrapper.py) and
+    writes `<profile_dir>/<ip>.prof` when stopped."""
     code = "import sys; from proconsul.agent.agent import run_agent; sys.exit(run_agent(sys.argv[1:]))"
+    wrapper = str(Path(__file__).resolve().parent / "raft_server_wrapper.py")
     started = []
     for ip in ips:
+        head = ([wrapper, "--prof", str(profile_dir / f"{ip}.prof"), "--"] if profile_dir is not None
+                else ["-c", code])
         joins = [f"-retry-join={o}" for o in ips if o != ip]
         args = [
             "-server", "-bootstrap-expect=3", *joins, f"-bind={ip}", f"-client={ip}", f"-node=s{ip.rsplit('.', 1)[1]}",
             f"-data-dir={root / ip}",
             "-hcl", "limits { http_max_conns_per_client = 100000 }", "-log-level=warn",
         ]
-        started.append(procs.start(f"server {ip}", [python_exe(), "-c", code, *args], root / f"{ip}.log"))
+        env = {**os.environ, "PROF_WINDOW": "1"} if profile_dir is not None else None
+        started.append(procs.start(f"server {ip}", [python_exe(), *head, *args], root / f"{ip}.log", env=env))
     return started
 
 
@@ -521,6 +536,16 @@ async def poll_loop_lag(session: aiohttp.ClientSession, bases: list[str], worst:
                 if sample["Name"].endswith("runtime.loop_lag"):
                     worst[base] = max(worst.get(base, 0.0), float(sample.get("Max", 0.0)))
         await asyncio.sleep(2)
+
+
+async def own_loop_lag(worst: list[float], period_s: float = 0.05) -> None:
+    """Until cancelled: how late this process's own loop runs a `period_s` timer (ms), all
+    samples (the load generator is one process: when it lags, every latency it reports does)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(period_s)
+        worst.append((loop.time() - t - period_s) * 1000)
 
 
 async def wait_leader(session: aiohttp.ClientSession, bases: list[str], timeout_s: float = 90) -> None:
@@ -546,8 +571,11 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     ips = a.servers.split(",") if a.servers else [f"127.61.{a.subnet}.{k}" for k in (1, 2, 3)]
     bases = [f"http://{ip}:8500" for ip in ips]
     out: dict[str, Any] = {"layout": vars(layout), "writes": a.writes, "rate": a.write_rate}
+    profile_dir = Path(a.profile).resolve() if a.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
     try:
-        pids = [] if a.servers else [p.pid for p in start_servers(procs, Path(tmp.name), ips)]
+        pids = [] if a.servers else [p.pid for p in start_servers(procs, Path(tmp.name), ips, profile_dir)]
         conn = aiohttp.TCPConnector(limit=0, force_close=False)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as session:
             await wait_leader(session, bases)
@@ -557,15 +585,36 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
             leader = await leader_base(session, bases)
             out["health_big_service_ms"] = await health_latency(session, leader, "svc-0000", a.health_reads)
             out["runs"] = []
+            watch_bases = [leader] if a.watch_on == "leader" else bases
+            out["watch_on"], out["stale"] = a.watch_on, a.stale
             for n_watchers in [int(x) for x in str(a.watchers).split(",")]:
                 before: dict[int, tuple[float, int]] = {}
                 run: dict[str, Any] = {"watchers": n_watchers}
 
-                def mark(run: dict[str, Any] = run, before: dict[int, tuple[float, int]] = before) -> None:
+                prof = cProfile.Profile() if profile_dir is not None else None
+                own_lag: list[float] = []
+                own_lagger: list[asyncio.Future[None]] = []
+
+                def mark(run: dict[str, Any] = run, before: dict[int, tuple[float, int]] = before,
+                         prof: Any = prof, own_lag: list[float] = own_lag, own_lagger: Any = own_lagger) -> None:
                     for pid in pids:
                         before[pid] = proc_cpu_rss(pid)
                     run["stream_start"] = time.perf_counter()
+                    own_lagger.append(asyncio.ensure_future(own_loop_lag(own_lag)))
+                    if prof is not None:
+                        for pid in pids:
+                            os.kill(pid, signal.SIGUSR1)
+                        prof.enable()
                     print(f"# {run['watchers']} watchers parked", file=sys.stderr)
+
+                def stream_end(prof: Any = prof, n: int = n_watchers, own_lagger: Any = own_lagger) -> None:
+                    for t in own_lagger:
+                        t.cancel()
+                    if prof is not None:
+                        for pid in pids:
+                            os.kill(pid, signal.SIGUSR2)
+                        prof.disable()
+                        prof.dump_stats(str(profile_dir / f"loadgen-{n}.prof"))  # type: ignore[operator]
 
                 lag: dict[str, float] = {}
                 poller = asyncio.ensure_future(poll_loop_lag(session, bases, lag))
@@ -573,10 +622,13 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
                     result = await watch_and_write(
                         session, bases, layout, watchers=n_watchers, writes=a.writes, rate=a.write_rate,
                         seed=a.seed, kv_prefixes=a.kv_prefixes, health_services=a.health_services, on_parked=mark,
+                        watch_bases=watch_bases, stale=a.stale, on_stream_end=stream_end,
                     )
                 finally:
                     poller.cancel()
                 run["worst_loop_lag_ms"] = {b: round(v) for b, v in sorted(lag.items())}
+                run["loadgen_loop_lag_ms"] = {"p50": round(pct(own_lag, 0.5), 1), "p99": round(pct(own_lag, 0.99), 1),
+                                              "max": round(max(own_lag, default=0.0), 1)}
                 elapsed = time.perf_counter() - run.pop("stream_start")
                 run["result"] = result.summary()
                 run["servers"] = []
@@ -615,6 +667,10 @@ def main() -> None:
     p.add_argument("--health-reads", type=int, default=100)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--subnet", type=int, default=5, help="servers on 127.61.<subnet>.1-3")
+    p.add_argument("--watch-on", choices=("all", "leader"), default="all",
+                   help="spread watchers over all servers, or put them all on the leader (no forwarding)")
+    p.add_argument("--stale", action="store_true", help="watchers read with ?stale (no forwarding)")
+    p.add_argument("--profile", default="", help="directory: run the servers and the stream phase under cProfile")
     p.add_argument("--servers", default="", help="comma-separated IPs of running servers (HTTP on :8500)")
     a = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -46,6 +46,7 @@ from proconsul.state import commands
 from proconsul.state.fsm import TxnError, TxnResult
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store, StoreError, WatchSet
+from proconsul.wire import SharedBody
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,56 @@ class _Parked:
         self._on_close(self)
 
 
+class _SharedCall:
+    __slots__ = ("key", "task", "callers")
+
+    def __init__(self, key: Any, task: asyncio.Future[Any]) -> None:
+        self.key = key
+        self.task = task
+        self.callers = 0
+
+
+class SharedCalls:
+    """Identical calls in flight made once: the callers of one key share one task and its answer.
+
+    Used for blocking reads forwarded to another server (a follower's to the leader, a client
+    agent's to its server): a thousand watchers of one service cost one forwarded call, one
+    answer to encode on the far side and one to decode here, and they all get the same answer
+    object (so the HTTP layer encodes it once). A caller that goes away leaves the others
+    waiting; when the last one goes the call is cancelled (the transport then tells the far side
+    to stop serving it) and leaves the table at once, so nobody joins a call being cancelled. A
+    caller arriving after the answer starts a new call.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[Any, _SharedCall] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    async def call(self, key: Any, start: Callable[[], Awaitable[Any]]) -> Any:
+        shared = self._calls.get(key)
+        if shared is None:
+            shared = _SharedCall(key, asyncio.ensure_future(start()))
+            self._calls[key] = shared
+            shared.task.add_done_callback(lambda _t, shared=shared: self._done(shared))
+        shared.callers += 1
+        try:
+            # shield: one caller going away must not cancel the call the others wait on.
+            return await asyncio.shield(shared.task)
+        finally:
+            shared.callers -= 1
+            if shared.callers <= 0 and not shared.task.done():
+                self._done(shared)
+                shared.task.cancel()
+
+    def _done(self, shared: _SharedCall) -> None:
+        if self._calls.get(shared.key) is shared:
+            del self._calls[shared.key]
+        if shared.task.done() and not shared.task.cancelled():
+            shared.task.exception()  # retrieved: callers that left early must not leave it unreported
+
+
 class Server:
     """A server's RPC surface for one datacenter."""
 
@@ -183,6 +234,8 @@ class Server:
         )
         # Parked blocking reads shared by identical readers: (query, args, index, consistency).
         self._parked: dict[Any, _Parked] = {}
+        # Blocking reads forwarded to the leader, shared the same way: (leader, query, args, options).
+        self._forwarding = SharedCalls()
         # Consul times each endpoint's apply where it proposes (the leader); by command type.
         self._m_apply_by_type: dict[type, Sample] = {
             commands.KVS: m.sample("kvs", "apply", help="ms to apply a KV write through Raft"),
@@ -219,8 +272,10 @@ class Server:
         if not opts.allow_stale and not self.consensus.is_leader() and self.pool is not None:
             leader = await self._wait_for_leader()
             if not self.consensus.is_leader():
+                if opts.min_index > 0:
+                    return await self._forward_query_shared(leader, name, args, opts)
                 return await self._forward_query(leader, name, args, opts)
-        share = (name, _args_key(args)) if opts.min_index > 0 else None
+        share = (name, args_key(args)) if opts.min_index > 0 else None
         meta, result = await self.read(opts, run, spec.watch_set(args), share_key=share)
         if opts.too_stale(meta.last_contact_ms) and self.pool is not None:
             # Contact was lost while a blocking read waited: ask the leader now, without blocking
@@ -268,6 +323,18 @@ class Server:
         index, known_leader, _, consistency = reply["meta"]
         # Our own last contact with the leader is what X-Consul-LastContact reports.
         return QueryMeta(index, known_leader, self.consensus.last_contact_ms(), consistency), reply["result"]
+
+    async def _forward_query_shared(self, leader: str, name: str, args: dict[str, Any],
+                                    opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        """A blocking read forwarded to the leader once for every identical reader here: the
+        leader serves and answers it once, this server decodes it once, and every reader gets
+        the same answer object (so the HTTP layer encodes it once too). See SharedCalls."""
+        key = (leader, name, args_key(args), tuple(opts.wire()))
+        return await self._forwarding.call(key, lambda: self._forward_query(leader, name, args, opts))  # type: ignore[no-any-return]
+
+    def forwarded_blocking_calls(self) -> int:
+        """Blocking reads this server is forwarding to the leader (one per group of identical readers)."""
+        return len(self._forwarding)
 
     async def _forward_dc(self, dc: str, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
         if self.router is None:
@@ -485,12 +552,12 @@ class Server:
             if not opts.allow_stale and not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())
             meta, result = await self.query(body["name"], body["args"], opts)
-            return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+            return _query_reply(meta, result, opts)
         if method == "Client.Query":
             # From a client agent: answered here or forwarded to the leader (Server.query).
-            meta, result = await self.query(body["name"], body["args"],
-                                            QueryOptions.from_wire(body["opts"], body.get("dc", "")))
-            return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+            opts = QueryOptions.from_wire(body["opts"], body.get("dc", ""))
+            meta, result = await self.query(body["name"], body["args"], opts)
+            return _query_reply(meta, result, opts)
         if method == "Client.Write":
             # From a client agent: proposed here or forwarded once to the leader (Server.write),
             # after the caller's token is authorised here when ACLs are on.
@@ -558,7 +625,16 @@ def _decode_txn_record(raw: Any) -> Any:
         ((tag, wire),) = raw.items()
         return _TXN_RECORD_TYPES[tag].from_wire(wire)
     return DirEntry.from_wire(raw)
-def _args_key(args: dict[str, Any]) -> str:
+def _query_reply(meta: QueryMeta, result: Any, opts: QueryOptions) -> dict[str, Any]:
+    body = {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+    if opts.min_index > 0:
+        # A blocking read's answer is one object shared by every caller of its parked read (or
+        # forwarded call): the transport packs it once for all of them.
+        return SharedBody(body, ("result",))
+    return body
+
+
+def args_key(args: dict[str, Any]) -> str:
     """A canonical text of a query's arguments: equal for reads that answer alike."""
     return json.dumps(args, sort_keys=True, separators=(",", ":"), default=repr)
 
