@@ -439,14 +439,20 @@ async def all_seen(watchers: list[Watcher], log: WriteLog, board: Board, timeout
 
 async def wait_parked(session: aiohttp.ClientSession, bases: list[str], watchers: list[Watcher],
                       timeout_s: float) -> None:
+    """Until every watcher has sent its blocking request and the servers' parked count has
+    settled (identical reads forwarded by a follower or a client agent travel as one call and
+    are counted once, on the server that serves them; Consul counts the same way)."""
     deadline = time.perf_counter() + timeout_s
+    last, steady = -1, 0
     while True:
         parked = await parked_total(session, bases)
-        if parked >= len(watchers) and all(w.parked_once for w in watchers):
+        steady = steady + 1 if parked == last and parked > 0 else 0
+        last = parked
+        if steady >= 3 and all(w.parked_once for w in watchers):
             return
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"only {parked} of {len(watchers)} blocking queries parked after {timeout_s}s")
-        await asyncio.sleep(0.2)
+            raise RuntimeError(f"{parked} blocking queries parked for {len(watchers)} watchers after {timeout_s}s")
+        await asyncio.sleep(0.3)
 
 
 async def health_latency(session: aiohttp.ClientSession, base: str, service: str, n: int) -> dict[str, float]:

@@ -155,7 +155,9 @@ class SharedCalls:
 
     async def call(self, key: Any, start: Callable[[], Awaitable[Any]]) -> Any:
         shared = self._calls.get(key)
-        if shared is None:
+        # A finished call leaves the table a moment later (done callbacks run on the next loop
+        # iteration); its answer is not this caller's: it may be a wait that ran out.
+        if shared is None or shared.task.done():
             shared = _SharedCall(key, asyncio.ensure_future(start()))
             self._calls[key] = shared
             shared.task.add_done_callback(lambda _t, shared=shared: self._done(shared))
