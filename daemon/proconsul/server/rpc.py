@@ -62,6 +62,9 @@ ReadFn = Callable[[Store], tuple[int, Any]]
 # Jitter added to blocking waits, as a fraction of the wait (Consul's JitterFraction is 16).
 JITTER_FRACTION = 16
 
+# How long an answered shared read stays parked at its new index for its readers to come back.
+SUCCESSOR_GRACE_S = 5.0
+
 
 class _Parked:
     """One blocking read parked on the store for every reader waiting on the same answer.
@@ -73,11 +76,12 @@ class _Parked:
     """
 
     __slots__ = ("key", "store", "run", "watches", "min_index", "index", "result", "answered", "readers",
-                 "_watch", "_closed", "_on_close", "_counters")
+                 "_watch", "_closed", "_on_close", "_on_answer", "_counters")
 
     def __init__(
         self, key: Any, store: Store, run: ReadFn, watches: WatchSet, min_index: int, index: int, result: Any,
         on_close: Callable[[_Parked], None], counters: tuple[Any, Any],
+        on_answer: Callable[[_Parked], None] | None = None,
     ) -> None:
         self.key = key
         self._counters = counters  # (re-runs, re-runs that found nothing new)
@@ -87,6 +91,7 @@ class _Parked:
         self.readers = 0
         self._closed = False
         self._on_close = on_close
+        self._on_answer = on_answer
         self._watch: Any = store.watch_set(watches, self._fired)
 
     def _fired(self) -> None:
@@ -95,6 +100,9 @@ class _Parked:
 
     def _rerun(self) -> None:
         if self._closed:
+            return
+        if self.readers <= 0:  # a successor nobody joined: whoever comes runs the read afresh
+            self.close()
             return
         try:
             index, result = self.run(self.store)
@@ -107,12 +115,18 @@ class _Parked:
         if index > self.min_index:
             self.answered.set_result(None)
             self.close()  # later readers with this index start afresh (the answer is already newer)
+            if self._on_answer is not None:
+                self._on_answer(self)
         else:
             self._counters[1].incr()  # woken for nothing: a write it does not read touched its watch
             self._watch = self.store.watch_set(self.watches, self._fired)
 
     def leave(self) -> None:
         self.readers -= 1
+        if self.readers <= 0:
+            self.close()
+
+    def close_if_unused(self) -> None:
         if self.readers <= 0:
             self.close()
 
@@ -236,6 +250,7 @@ class Server:
         )
         # Parked blocking reads shared by identical readers: (query, args, index, consistency).
         self._parked: dict[Any, _Parked] = {}
+        self.successor_grace_s = SUCCESSOR_GRACE_S
         # Blocking reads forwarded to the leader, shared the same way: (leader, query, args, options).
         self._forwarding = SharedCalls()
         # Consul times each endpoint's apply where it proposes (the leader); by command type.
@@ -395,7 +410,7 @@ class Server:
         deadline = loop.time() + self.wait_time(opts)
         if parked is None:
             parked = _Parked(key, self.store, run, watches, opts.min_index, index, result, self._unpark,
-                             self._parked_counters)
+                             self._parked_counters, self._park_successor if key is not None else None)
             if key is not None:
                 self._parked[key] = parked
         parked.readers += 1
@@ -412,6 +427,24 @@ class Server:
             parked.leave()
             self._blocking -= 1
             self._m_blocking.set(self._blocking)
+
+    def _park_successor(self, answered: _Parked) -> None:
+        """Park the read again at the index it just answered with, before anyone asks.
+
+        Every reader it answered comes back at once with that index (a watcher's next request,
+        a follower's next forwarded call); without this the first of them re-runs the read the
+        wake-up just ran. The successor holds the answer and a store watch from the moment of
+        the re-run, so a write in between wakes it as it would a reader parked then; nobody
+        joining within `successor_grace_s` (or a write coming first) ends it.
+        """
+        share, _, consistency = answered.key
+        key = (share, answered.index, consistency)
+        if key in self._parked:
+            return
+        successor = _Parked(key, self.store, answered.run, answered.watches, answered.index, answered.index,
+                            answered.result, self._unpark, self._parked_counters, self._park_successor)
+        self._parked[key] = successor
+        asyncio.get_running_loop().call_later(self.successor_grace_s, successor.close_if_unused)
 
     def _unpark(self, parked: _Parked) -> None:
         if parked.key is not None and self._parked.get(parked.key) is parked:
