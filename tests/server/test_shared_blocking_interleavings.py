@@ -317,3 +317,31 @@ async def test_readers_returning_at_the_answered_index_do_not_run_the_read_again
     store.kv_set(4, DirEntry("a/z", b"4"))
     store.finish(4)
     assert [m.index for m in await asyncio.gather(*again)] == [4, 4, 4]
+
+
+async def test_a_wake_up_answers_its_readers_in_batches_between_which_the_loop_runs_other_work() -> None:
+    from proconsul.server import rpc
+
+    store = Store()
+    server = Server(store, Consensus(True), "dc1")  # type: ignore[arg-type]
+    store.kv_set(1, DirEntry("a/x", b"1"))
+    store.finish(1)
+    n = rpc.WAKE_BATCH * 4 + 3
+    readers = [asyncio.ensure_future(server.query("KVS.List", {"prefix": "a/"}, QueryOptions(min_index=1, max_wait_s=60.0)))
+               for _ in range(n)]
+    await _ticks(3)
+    assert server.blocking_reads() == n
+    store.kv_set(2, DirEntry("a/x", b"2"))
+    store.finish(2)
+    # Something else due on the loop (a Raft timer, a socket read): it runs after at most one batch.
+    other_ran_after: list[int] = []
+    asyncio.get_running_loop().call_soon(lambda: asyncio.get_running_loop().call_soon(
+        lambda: other_ran_after.append(sum(r.done() for r in readers))))
+    done_counts = []
+    while not all(r.done() for r in readers):
+        await asyncio.sleep(0)
+        done_counts.append(sum(r.done() for r in readers))
+    steps = [b - a for a, b in zip([0, *done_counts], done_counts)]
+    assert max(steps) <= rpc.WAKE_BATCH, steps
+    assert other_ran_after and other_ran_after[0] <= rpc.WAKE_BATCH
+    assert {(await r)[0].index for r in readers} == {2}

@@ -65,6 +65,21 @@ JITTER_FRACTION = 16
 # How long an answered shared read stays parked at its new index for its readers to come back.
 SUCCESSOR_GRACE_S = 5.0
 
+# Readers of one shared answer woken per event-loop iteration. Each woken reader then encodes
+# and writes its answer in the same iteration; in batches, the loop polls its sockets and runs
+# due timers (Raft heartbeats and elections among them) between batches, so a write that wakes
+# thousands of watchers cannot hold them up past an election timeout.
+WAKE_BATCH = 64
+
+
+def wake_in_batches(waiters: list[asyncio.Future[Any]]) -> None:
+    """Resolve `waiters` (their owners read the outcome elsewhere), WAKE_BATCH per iteration."""
+    for fut in waiters[:WAKE_BATCH]:
+        if not fut.done():
+            fut.set_result(None)
+    if len(waiters) > WAKE_BATCH:
+        asyncio.get_running_loop().call_soon(wake_in_batches, waiters[WAKE_BATCH:])
+
 
 class _Parked:
     """One blocking read parked on the store for every reader waiting on the same answer.
@@ -75,8 +90,8 @@ class _Parked:
     drops the watch.
     """
 
-    __slots__ = ("key", "store", "run", "watches", "min_index", "index", "result", "answered", "readers",
-                 "_watch", "_closed", "_on_close", "_on_answer", "_counters")
+    __slots__ = ("key", "store", "run", "watches", "min_index", "index", "result", "done", "error", "waiters",
+                 "readers", "_watch", "_closed", "_on_close", "_on_answer", "_counters")
 
     def __init__(
         self, key: Any, store: Store, run: ReadFn, watches: WatchSet, min_index: int, index: int, result: Any,
@@ -87,7 +102,9 @@ class _Parked:
         self._counters = counters  # (re-runs, re-runs that found nothing new)
         self.store, self.run, self.watches, self.min_index = store, run, watches, min_index
         self.index, self.result = index, result
-        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done = False  # answered (or failed): every reader is woken, in batches
+        self.error: BaseException | None = None
+        self.waiters: dict[asyncio.Future[None], None] = {}
         self.readers = 0
         self._closed = False
         self._on_close = on_close
@@ -107,13 +124,15 @@ class _Parked:
         try:
             index, result = self.run(self.store)
         except Exception as exc:  # every reader gets the error, as an unshared read would
-            self.answered.set_exception(exc)
+            self.done, self.error = True, exc
+            wake_in_batches(list(self.waiters))
             self.close()
             return
         self.index, self.result = index, result
         self._counters[0].incr()
         if index > self.min_index:
-            self.answered.set_result(None)
+            self.done = True
+            wake_in_batches(list(self.waiters))
             self.close()  # later readers with this index start afresh (the answer is already newer)
             if self._on_answer is not None:
                 self._on_answer(self)
@@ -141,12 +160,13 @@ class _Parked:
 
 
 class _SharedCall:
-    __slots__ = ("key", "task", "callers")
+    __slots__ = ("key", "task", "callers", "waiters")
 
     def __init__(self, key: Any, task: asyncio.Future[Any]) -> None:
         self.key = key
         self.task = task
         self.callers = 0
+        self.waiters: dict[asyncio.Future[None], None] = {}
 
 
 class SharedCalls:
@@ -155,10 +175,11 @@ class SharedCalls:
     Used for blocking reads forwarded to another server (a follower's to the leader, a client
     agent's to its server): a thousand watchers of one service cost one forwarded call, one
     answer to encode on the far side and one to decode here, and they all get the same answer
-    object (so the HTTP layer encodes it once). A caller that goes away leaves the others
-    waiting; when the last one goes the call is cancelled (the transport then tells the far side
-    to stop serving it) and leaves the table at once, so nobody joins a call being cancelled. A
-    caller arriving after the answer starts a new call.
+    object (so the HTTP layer encodes it once). Callers are woken in batches (see WAKE_BATCH). A
+    caller that goes away leaves the others waiting; when the last one goes the call is
+    cancelled (the transport then tells the far side to stop serving it) and leaves the table at
+    once, so nobody joins a call being cancelled. A caller arriving after the answer starts a
+    new call.
     """
 
     def __init__(self) -> None:
@@ -176,20 +197,29 @@ class SharedCalls:
             self._calls[key] = shared
             shared.task.add_done_callback(lambda _t, shared=shared: self._done(shared))
         shared.callers += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shared.waiters[waiter] = None
         try:
-            # shield: one caller going away must not cancel the call the others wait on.
-            return await asyncio.shield(shared.task)
+            # Our own future, not the task: one caller going away must not cancel the call the
+            # others wait on.
+            await waiter
+            return shared.task.result()
         finally:
+            shared.waiters.pop(waiter, None)
             shared.callers -= 1
             if shared.callers <= 0 and not shared.task.done():
-                self._done(shared)
+                self._drop(shared)
                 shared.task.cancel()
 
-    def _done(self, shared: _SharedCall) -> None:
+    def _drop(self, shared: _SharedCall) -> None:
         if self._calls.get(shared.key) is shared:
             del self._calls[shared.key]
-        if shared.task.done() and not shared.task.cancelled():
+
+    def _done(self, shared: _SharedCall) -> None:
+        self._drop(shared)
+        if not shared.task.cancelled():
             shared.task.exception()  # retrieved: callers that left early must not leave it unreported
+        wake_in_batches(list(shared.waiters))
 
 
 class Server:
@@ -414,16 +444,19 @@ class Server:
             if key is not None:
                 self._parked[key] = parked
         parked.readers += 1
+        waiter: asyncio.Future[None] = loop.create_future()
+        parked.waiters[waiter] = None
         self._blocking += 1
         self._m_blocking.set(self._blocking)
         try:
             remaining = deadline - loop.time()
-            if remaining > 0:
-                await asyncio.wait((parked.answered,), timeout=remaining)
-            if parked.answered.done():
-                parked.answered.result()  # raises the re-run's error, if it failed
+            if remaining > 0 and not parked.done:
+                await asyncio.wait((waiter,), timeout=remaining)
+            if parked.error is not None:
+                raise parked.error  # the re-run failed: every reader gets its error, as an unshared read would
             return self._meta(parked.index, consistency), parked.result
         finally:
+            parked.waiters.pop(waiter, None)
             parked.leave()
             self._blocking -= 1
             self._m_blocking.set(self._blocking)
