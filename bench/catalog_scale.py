@@ -705,8 +705,10 @@ def start_servers(procs: Any, root: Path, ips: list[str], profile_dir: Path | No
     return started
 
 
-async def poll_loop_lag(session: aiohttp.ClientSession, bases: list[str], worst: dict[str, float]) -> None:
-    """Until cancelled: the worst `runtime.loop_lag` (how late a 1 s timer fired, ms) each server
+async def poll_loop_lag(session: aiohttp.ClientSession, bases: list[str], worst: dict[str, float],
+                        gc_worst: dict[str, float] | None = None) -> None:
+    """Until cancelled: the worst `runtime.loop_lag` (how late a 1 s timer fired, ms) and, into
+    `gc_worst`, the longest garbage collection (`runtime.gc_pause_ns`, as ms) each server
     reports, read every 2 s (each 10 s metrics interval keeps its max)."""
     while True:
         for base in bases:
@@ -718,6 +720,8 @@ async def poll_loop_lag(session: aiohttp.ClientSession, bases: list[str], worst:
             for sample in data.get("Samples", []):
                 if sample["Name"].endswith("runtime.loop_lag"):
                     worst[base] = max(worst.get(base, 0.0), float(sample.get("Max", 0.0)))
+                elif gc_worst is not None and sample["Name"].endswith("runtime.gc_pause_ns"):
+                    gc_worst[base] = max(gc_worst.get(base, 0.0), float(sample.get("Max", 0.0)) / 1e6)
         await asyncio.sleep(2)
 
 
@@ -800,7 +804,8 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
                         prof.dump_stats(str(profile_dir / f"loadgen-{n}.prof"))  # type: ignore[operator]
 
                 lag: dict[str, float] = {}
-                poller = asyncio.ensure_future(poll_loop_lag(session, bases, lag))
+                gc_lag: dict[str, float] = {}
+                poller = asyncio.ensure_future(poll_loop_lag(session, bases, lag, gc_lag))
                 try:
                     result = await watch_and_write(
                         session, bases, layout, watchers=n_watchers, writes=a.writes, rate=a.write_rate,
@@ -809,7 +814,9 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
                     )
                 finally:
                     poller.cancel()
+                # Over the whole run: the watchers' arrival and parking included, not only the stream.
                 run["worst_loop_lag_ms"] = {b: round(v) for b, v in sorted(lag.items())}
+                run["worst_gc_pause_ms"] = {b: round(v) for b, v in sorted(gc_lag.items())}
                 run["loadgen_loop_lag_ms"] = {"p50": round(pct(own_lag, 0.5), 1), "p99": round(pct(own_lag, 0.99), 1),
                                               "max": round(max(own_lag, default=0.0), 1)}
                 run["watcher_procs_loop_lag_ms"] = list(WATCHER_PROCESS_LAG)
