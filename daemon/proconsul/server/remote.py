@@ -11,6 +11,8 @@ seconds) and never leads itself.
 
 Writes are retried on another server only when the connection could not be opened (the
 command was never sent); once sent, a lost connection is an unknown outcome, as on servers.
+Identical blocking reads travel as one call (`rpc.SharedCalls`), so a thousand local watchers
+of one service cost the server one parked read and one answer.
 """
 
 from __future__ import annotations

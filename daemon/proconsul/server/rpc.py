@@ -6,9 +6,14 @@ and the blocking-query loop (`?index=&wait=`) that parks on store watches.
 
 Identical parked blocking reads (same query, arguments, index and consistency mode) share one
 parked read (`_Parked`): one store watch, one re-run when it fires, one answer object (which the
-HTTP layer then encodes once). A parked read goes when its last reader does: a client that hangs
-up (its handler is cancelled) or a forwarding server that gives up (the transport cancels the
-forwarded call) stops costing anything at once.
+HTTP layer then encodes once, and the transport packs once for every RPC caller: `SharedBody`).
+Once answered, the read parks again at its new index for a few seconds, so the readers coming
+back with that index join it instead of re-running the read; the readers of one answer are woken
+in batches, so the loop's sockets and timers (Raft's) run between them. A parked read goes when
+its last reader does: a client that hangs up (its handler is cancelled) or a forwarding server
+that gives up (the transport cancels the forwarded call) stops costing anything at once.
+Blocking reads a follower forwards to the leader are shared the same way (`SharedCalls`: one
+forwarded call per group of identical readers), as are a client agent's (server/remote.py).
 
 Callers (the HTTP API, DNS, the agent's anti-entropy) go through `Server.read` and
 `Server.write`. In a server agent these are in-process calls; the Raft and gossip issues add the
