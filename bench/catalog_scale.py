@@ -36,14 +36,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import cProfile
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import random
 import resource
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,13 +176,21 @@ class Watcher:
     errors: int = 0
     seen: dict[str, float] = field(default_factory=dict)  # write token -> first answer holding it
     parked_once: bool = False
+    # In a watcher process: the last answer and when it came (a write learnt after its answer
+    # arrived is checked against it), and who hears of each write seen.
+    last_body: bytes | None = None
+    last_at: float = 0.0
+    on_seen: Any = None
+
+    stale: bool = False  # read with ?stale: answered by the server asked, never forwarded
 
     def path(self) -> str:
+        extra = "&stale" if self.stale else ""
         if self.kind == "health":
-            return f"/v1/health/service/{self.topic}?passing"
+            return f"/v1/health/service/{self.topic}?passing{extra}"
         if self.kind == "services":
-            return "/v1/catalog/services?"
-        return f"/v1/kv/{self.topic}?recurse"
+            return f"/v1/catalog/services?{extra[1:]}"
+        return f"/v1/kv/{self.topic}?recurse{extra}"
 
 
 class Board:
@@ -190,8 +202,11 @@ class Board:
         self.tokens: dict[str, list[tuple[str, bytes, bool]]] = {}  # topic -> [(token, needle, present)]
         self.topic_of: dict[str, str] = {}
         self.stop = False
+        self.listeners: list[Any] = []  # called with each write added (watcher processes learn it)
 
     def add(self, topic: str, token: str, needle: bytes, present: bool = True) -> None:
+        for listener in self.listeners:
+            listener(topic, token, needle, present)
         self.tokens.setdefault(topic, []).append((token, needle, present))
         self.topic_of[token] = topic
 
@@ -199,7 +214,8 @@ class Board:
 async def run_watcher(session: aiohttp.ClientSession, w: Watcher, board: Board, wait: str) -> None:
     wait_s = float(wait.rstrip("s"))
     while not board.stop:
-        url = w.base + w.path() + (f"&index={w.index}&wait={wait}" if w.index else "")
+        path = w.path()
+        url = w.base + path + (("&" if path[-1] != "?" else "") + f"index={w.index}&wait={wait}" if w.index else "")
         sent = time.perf_counter()
         try:
             w.parked_once = w.parked_once or bool(w.index)
@@ -230,6 +246,10 @@ async def run_watcher(session: aiohttp.ClientSession, w: Watcher, board: Board, 
         for token, needle, present in board.tokens.get(w.topic, ()):
             if token not in w.seen and (needle in body) == present:
                 w.seen[token] = now
+                if w.on_seen is not None:
+                    w.on_seen(w, token, now)
+        if w.on_seen is not None:
+            w.last_body, w.last_at = body, now
         w.last_digest = digest
         w.index = index if index >= w.index else 0
 
@@ -263,7 +283,7 @@ async def parked_total(session: aiohttp.ClientSession, bases: list[str]) -> int:
 
 
 def plan_watchers(layout: Layout, bases: list[str], n: int, rng: random.Random,
-                  kv_prefixes: int, health_services: int) -> list[Watcher]:
+                  kv_prefixes: int, health_services: int, stale: bool = False) -> list[Watcher]:
     """70 % health ?passing over `health_services` names (svc-0000 among them), 10 % catalog
     services, 20 % KV prefixes."""
     names = ["svc-0000"] + [f"svc-{k:04d}" for k in rng.sample(range(1, layout.services), health_services - 1)]
@@ -272,12 +292,163 @@ def plan_watchers(layout: Layout, bases: list[str], n: int, rng: random.Random,
         base = bases[i % len(bases)]
         r = i % 10
         if r < 7:
-            out.append(Watcher("health", names[i % len(names)], base))
+            out.append(Watcher("health", names[i % len(names)], base, stale=stale))
         elif r == 7:
-            out.append(Watcher("services", "", base))
+            out.append(Watcher("services", "", base, stale=stale))
         else:
-            out.append(Watcher("kv", f"scale/p{i % kv_prefixes:03d}/", base))
+            out.append(Watcher("kv", f"scale/p{i % kv_prefixes:03d}/", base, stale=stale))
     return out
+
+
+class WatcherProcesses:
+    """The watchers spread over `n` processes (one Python process cannot hold thousands of
+    blocking queries and answer each at once: its own loop lags by seconds). The writer stays
+    here; each write's token reaches every process through its pipe before the write is sent,
+    and each process reports the first answer holding it (its clock is the same monotonic one),
+    so `Watcher.seen` here fills as with one process."""
+
+    def __init__(self, plan: list[Watcher], n: int, wait: str, board: Board) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.plan = plan
+        self.loop = asyncio.get_running_loop()
+        self.children: list[tuple[Any, Any, list[int]]] = []
+        self.threads: list[threading.Thread] = []
+        self.finals = 0
+        self.lags: list[list[float]] = []  # per watcher process: its loop lag p50, p99, max (ms)
+        for k in range(n):
+            ids = list(range(k, len(plan), n))
+            specs = [(i, plan[i].kind, plan[i].topic, plan[i].base, plan[i].index, plan[i].last_digest, plan[i].stale)
+                     for i in ids]
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_watcher_process, args=(specs, wait, theirs), daemon=True)
+            proc.start()
+            theirs.close()
+            self.children.append((proc, ours, ids))
+            t = threading.Thread(target=self._listen, args=(ours, ids), daemon=True)
+            t.start()
+            self.threads.append(t)
+        board.listeners.append(self._tell)
+
+    def _tell(self, topic: str, token: str, needle: bytes, present: bool) -> None:
+        for _, conn, _ in self.children:
+            conn.send(("write", topic, token, needle, present))
+
+    def _listen(self, conn: Any, ids: list[int]) -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            self.loop.call_soon_threadsafe(self._handle, msg, ids)
+            if msg[0] == "final":
+                return
+
+    def _handle(self, msg: tuple[Any, ...], ids: list[int]) -> None:
+        kind = msg[0]
+        if kind == "seen":
+            _, i, token, t = msg
+            self.plan[i].seen.setdefault(token, t)
+        elif kind == "parked":
+            for i in ids:
+                self.plan[i].parked_once = True
+        elif kind == "error":
+            _note_error(msg[1])
+        elif kind == "lag":
+            self.lags.append(list(msg[1:]))
+        elif kind == "final":
+            for i, answers, spurious, expired, errors in msg[1]:
+                w = self.plan[i]
+                w.answers, w.spurious, w.expired, w.errors = answers, spurious, expired, errors
+            self.finals += 1
+
+    async def stop(self) -> None:
+        for _, conn, _ in self.children:
+            try:
+                conn.send(("stop",))
+            except OSError:
+                pass
+        deadline = time.perf_counter() + 60
+        while self.finals < len(self.children) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)
+        for proc, conn, _ in self.children:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+            conn.close()
+
+
+def _watcher_process(specs: list[tuple[Any, ...]], wait: str, conn: Any) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    asyncio.run(_watch_in_process(specs, wait, conn))
+
+
+async def _watch_in_process(specs: list[tuple[Any, ...]], wait: str, conn: Any) -> None:
+    loop = asyncio.get_running_loop()
+    board = Board()
+    ids: dict[int, Watcher] = {}
+    by_topic: dict[str, list[Watcher]] = {}
+    done = asyncio.Event()
+
+    def on_seen(w: Watcher, token: str, t: float) -> None:
+        conn.send(("seen", ids_of[id(w)], token, t))
+
+    ids_of: dict[int, int] = {}
+    for i, kind, topic, base, index, digest, stale in specs:
+        w = Watcher(kind, topic, base, index=index, last_digest=digest, stale=stale, on_seen=on_seen)
+        ids[i] = w
+        ids_of[id(w)] = i
+        by_topic.setdefault(topic, []).append(w)
+
+    def handle(msg: tuple[Any, ...]) -> None:
+        if msg[0] == "write":
+            _, topic, token, needle, present = msg
+            board.add(topic, token, needle, present)
+            if not present:
+                return  # an absence could predate the write; only a new token proves an answer came after it
+            for w in by_topic.get(topic, ()):  # an answer that came before the news of its write
+                if token not in w.seen and w.last_body is not None and needle in w.last_body:
+                    w.seen[token] = w.last_at
+                    on_seen(w, token, w.last_at)
+        elif msg[0] == "stop":
+            done.set()
+
+    def listen() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                loop.call_soon_threadsafe(done.set)
+                return
+            loop.call_soon_threadsafe(handle, msg)
+            if msg[0] == "stop":
+                return
+
+    threading.Thread(target=listen, daemon=True).start()
+    lag: list[float] = []
+    lagger = asyncio.ensure_future(own_loop_lag(lag))
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
+        tasks = [asyncio.ensure_future(run_watcher(session, w, board, wait)) for w in ids.values()]
+        reported = False
+        while not done.is_set():
+            if not reported and all(w.parked_once for w in ids.values()):
+                conn.send(("parked",))
+                reported = True
+            try:
+                await asyncio.wait_for(done.wait(), 0.2)
+            except TimeoutError:
+                pass
+        board.stop = True
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    lagger.cancel()
+    conn.send(("lag", round(pct(lag, 0.5), 1), round(pct(lag, 0.99), 1), round(max(lag, default=0.0), 1)))
+    for text in ERRORS:
+        conn.send(("error", text))
+    conn.send(("final", [(i, w.answers, w.spurious, w.expired, w.errors) for i, w in ids.items()]))
+    conn.close()
 
 
 # ----------------------------------------------------------------------------------- writes
@@ -357,6 +528,7 @@ async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout
 # ---------------------------------------------------------------------------------- results
 
 ERRORS: list[str] = []
+WATCHER_PROCESS_LAG: list[list[float]] = []  # the last run's, per watcher process: loop lag p50, p99, max (ms)
 
 
 def _note_error(text: str) -> None:
@@ -433,14 +605,20 @@ async def all_seen(watchers: list[Watcher], log: WriteLog, board: Board, timeout
 
 async def wait_parked(session: aiohttp.ClientSession, bases: list[str], watchers: list[Watcher],
                       timeout_s: float) -> None:
+    """Until every watcher has sent its blocking request and the servers' parked count has
+    settled (identical reads forwarded by a follower or a client agent travel as one call and
+    are counted once, on the server that serves them; Consul counts the same way)."""
     deadline = time.perf_counter() + timeout_s
+    last, steady = -1, 0
     while True:
         parked = await parked_total(session, bases)
-        if parked >= len(watchers) and all(w.parked_once for w in watchers):
+        steady = steady + 1 if parked == last and parked > 0 else 0
+        last = parked
+        if steady >= 3 and all(w.parked_once for w in watchers):
             return
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"only {parked} of {len(watchers)} blocking queries parked after {timeout_s}s")
-        await asyncio.sleep(0.2)
+            raise RuntimeError(f"{parked} blocking queries parked for {len(watchers)} watchers after {timeout_s}s")
+        await asyncio.sleep(0.3)
 
 
 async def health_latency(session: aiohttp.ClientSession, base: str, service: str, n: int) -> dict[str, float]:
@@ -455,28 +633,42 @@ async def health_latency(session: aiohttp.ClientSession, base: str, service: str
 
 async def watch_and_write(session: aiohttp.ClientSession, bases: list[str], layout: Layout, *, watchers: int,
                           writes: int, rate: float, seed: int, kv_prefixes: int, health_services: int,
-                          wait: str = WATCH_WAIT, on_parked: Any = None) -> Result:
+                          wait: str = WATCH_WAIT, on_parked: Any = None, watch_bases: list[str] | None = None,
+                          stale: bool = False, on_stream_end: Any = None, procs: int = 1) -> Result:
     """Phases 2 and 3: park the watchers, stream the writes, collect what the watchers saw."""
     rng = random.Random(seed * 1_000_003 + watchers)
     for k in range(kv_prefixes):  # each watched prefix holds a key from the start
         async with session.put(f"{bases[0]}/v1/kv/scale/p{k:03d}/seed", data=b"seed") as resp:
             await resp.read()
-    plan = plan_watchers(layout, bases, watchers, rng, kv_prefixes, health_services)
+    plan = plan_watchers(layout, watch_bases or bases, watchers, rng, kv_prefixes, health_services, stale)
     board = Board()
     await prime(session, plan)
-    tasks = [asyncio.ensure_future(run_watcher(session, w, board, wait)) for w in plan]
+    if procs > 1:
+        tasks: list[asyncio.Future[Any]] = []
+        pool = WatcherProcesses(plan, procs, wait, board)
+    else:
+        tasks = [asyncio.ensure_future(run_watcher(session, w, board, wait)) for w in plan]
+        pool = None
     try:
         await wait_parked(session, bases, plan, timeout_s=120 + watchers / 20)
         if on_parked is not None:
             on_parked()
         log = await stream_writes(session, bases, layout, board, plan, writes, rate, rng)
         await all_seen(plan, log, board, timeout_s=60)
+        if on_stream_end is not None:
+            on_stream_end()
+        if pool is not None:  # the processes' counts arrive as they stop
+            await pool.stop()
+            WATCHER_PROCESS_LAG[:] = pool.lags
+            pool = None
         return collect(plan, log, board)
     finally:
         board.stop = True
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if pool is not None:
+            await pool.stop()
 
 
 # ---------------------------------------------------------------------------------- servers
@@ -493,22 +685,30 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def start_servers(procs: Any, root: Path, ips: list[str]) -> list[Any]:
+def start_servers(procs: Any, root: Path, ips: list[str], profile_dir: Path | None = None) -> list[Any]:
+    """With `profile_dir`, each server runs under cProfile (bench/raft_server_wrapper.py) and
+    writes `<profile_dir>/<ip>.prof` when stopped."""
     code = "import sys; from proconsul.agent.agent import run_agent; sys.exit(run_agent(sys.argv[1:]))"
+    wrapper = str(Path(__file__).resolve().parent / "raft_server_wrapper.py")
     started = []
     for ip in ips:
+        head = ([wrapper, "--prof", str(profile_dir / f"{ip}.prof"), "--"] if profile_dir is not None
+                else ["-c", code])
         joins = [f"-retry-join={o}" for o in ips if o != ip]
         args = [
             "-server", "-bootstrap-expect=3", *joins, f"-bind={ip}", f"-client={ip}", f"-node=s{ip.rsplit('.', 1)[1]}",
             f"-data-dir={root / ip}",
             "-hcl", "limits { http_max_conns_per_client = 100000 }", "-log-level=warn",
         ]
-        started.append(procs.start(f"server {ip}", [python_exe(), "-c", code, *args], root / f"{ip}.log"))
+        env = {**os.environ, "PROF_WINDOW": "1"} if profile_dir is not None else None
+        started.append(procs.start(f"server {ip}", [python_exe(), *head, *args], root / f"{ip}.log", env=env))
     return started
 
 
-async def poll_loop_lag(session: aiohttp.ClientSession, bases: list[str], worst: dict[str, float]) -> None:
-    """Until cancelled: the worst `runtime.loop_lag` (how late a 1 s timer fired, ms) each server
+async def poll_loop_lag(session: aiohttp.ClientSession, bases: list[str], worst: dict[str, float],
+                        gc_worst: dict[str, float] | None = None) -> None:
+    """Until cancelled: the worst `runtime.loop_lag` (how late a 1 s timer fired, ms) and, into
+    `gc_worst`, the longest garbage collection (`runtime.gc_pause_ns`, as ms) each server
     reports, read every 2 s (each 10 s metrics interval keeps its max)."""
     while True:
         for base in bases:
@@ -520,7 +720,19 @@ async def poll_loop_lag(session: aiohttp.ClientSession, bases: list[str], worst:
             for sample in data.get("Samples", []):
                 if sample["Name"].endswith("runtime.loop_lag"):
                     worst[base] = max(worst.get(base, 0.0), float(sample.get("Max", 0.0)))
+                elif gc_worst is not None and sample["Name"].endswith("runtime.gc_pause_ns"):
+                    gc_worst[base] = max(gc_worst.get(base, 0.0), float(sample.get("Max", 0.0)) / 1e6)
         await asyncio.sleep(2)
+
+
+async def own_loop_lag(worst: list[float], period_s: float = 0.05) -> None:
+    """Until cancelled: how late this process's own loop runs a `period_s` timer (ms), all
+    samples (the load generator is one process: when it lags, every latency it reports does)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(period_s)
+        worst.append((loop.time() - t - period_s) * 1000)
 
 
 async def wait_leader(session: aiohttp.ClientSession, bases: list[str], timeout_s: float = 90) -> None:
@@ -546,8 +758,11 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     ips = a.servers.split(",") if a.servers else [f"127.61.{a.subnet}.{k}" for k in (1, 2, 3)]
     bases = [f"http://{ip}:8500" for ip in ips]
     out: dict[str, Any] = {"layout": vars(layout), "writes": a.writes, "rate": a.write_rate}
+    profile_dir = Path(a.profile).resolve() if a.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
     try:
-        pids = [] if a.servers else [p.pid for p in start_servers(procs, Path(tmp.name), ips)]
+        pids = [] if a.servers else [p.pid for p in start_servers(procs, Path(tmp.name), ips, profile_dir)]
         conn = aiohttp.TCPConnector(limit=0, force_close=False)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as session:
             await wait_leader(session, bases)
@@ -557,26 +772,54 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
             leader = await leader_base(session, bases)
             out["health_big_service_ms"] = await health_latency(session, leader, "svc-0000", a.health_reads)
             out["runs"] = []
+            watch_bases = [leader] if a.watch_on == "leader" else bases
+            out["watch_on"], out["stale"], out["watch_procs"] = a.watch_on, a.stale, a.watch_procs
             for n_watchers in [int(x) for x in str(a.watchers).split(",")]:
                 before: dict[int, tuple[float, int]] = {}
                 run: dict[str, Any] = {"watchers": n_watchers}
 
-                def mark(run: dict[str, Any] = run, before: dict[int, tuple[float, int]] = before) -> None:
+                prof = cProfile.Profile() if profile_dir is not None else None
+                own_lag: list[float] = []
+                own_lagger: list[asyncio.Future[None]] = []
+
+                def mark(run: dict[str, Any] = run, before: dict[int, tuple[float, int]] = before,
+                         prof: Any = prof, own_lag: list[float] = own_lag, own_lagger: Any = own_lagger) -> None:
                     for pid in pids:
                         before[pid] = proc_cpu_rss(pid)
                     run["stream_start"] = time.perf_counter()
+                    own_lagger.append(asyncio.ensure_future(own_loop_lag(own_lag)))
+                    if prof is not None:
+                        for pid in pids:
+                            os.kill(pid, signal.SIGUSR1)
+                        prof.enable()
                     print(f"# {run['watchers']} watchers parked", file=sys.stderr)
 
+                def stream_end(prof: Any = prof, n: int = n_watchers, own_lagger: Any = own_lagger) -> None:
+                    for t in own_lagger:
+                        t.cancel()
+                    if prof is not None:
+                        for pid in pids:
+                            os.kill(pid, signal.SIGUSR2)
+                        prof.disable()
+                        prof.dump_stats(str(profile_dir / f"loadgen-{n}.prof"))  # type: ignore[operator]
+
                 lag: dict[str, float] = {}
-                poller = asyncio.ensure_future(poll_loop_lag(session, bases, lag))
+                gc_lag: dict[str, float] = {}
+                poller = asyncio.ensure_future(poll_loop_lag(session, bases, lag, gc_lag))
                 try:
                     result = await watch_and_write(
                         session, bases, layout, watchers=n_watchers, writes=a.writes, rate=a.write_rate,
                         seed=a.seed, kv_prefixes=a.kv_prefixes, health_services=a.health_services, on_parked=mark,
+                        watch_bases=watch_bases, stale=a.stale, on_stream_end=stream_end, procs=a.watch_procs,
                     )
                 finally:
                     poller.cancel()
+                # Over the whole run: the watchers' arrival and parking included, not only the stream.
                 run["worst_loop_lag_ms"] = {b: round(v) for b, v in sorted(lag.items())}
+                run["worst_gc_pause_ms"] = {b: round(v) for b, v in sorted(gc_lag.items())}
+                run["loadgen_loop_lag_ms"] = {"p50": round(pct(own_lag, 0.5), 1), "p99": round(pct(own_lag, 0.99), 1),
+                                              "max": round(max(own_lag, default=0.0), 1)}
+                run["watcher_procs_loop_lag_ms"] = list(WATCHER_PROCESS_LAG)
                 elapsed = time.perf_counter() - run.pop("stream_start")
                 run["result"] = result.summary()
                 run["servers"] = []
@@ -615,6 +858,12 @@ def main() -> None:
     p.add_argument("--health-reads", type=int, default=100)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--subnet", type=int, default=5, help="servers on 127.61.<subnet>.1-3")
+    p.add_argument("--watch-on", choices=("all", "leader"), default="all",
+                   help="spread watchers over all servers, or put them all on the leader (no forwarding)")
+    p.add_argument("--watch-procs", type=int, default=4,
+                   help="processes holding the watchers (the writer and the measurement stay in the main one)")
+    p.add_argument("--stale", action="store_true", help="watchers read with ?stale (no forwarding)")
+    p.add_argument("--profile", default="", help="directory: run the servers and the stream phase under cProfile")
     p.add_argument("--servers", default="", help="comma-separated IPs of running servers (HTTP on :8500)")
     a = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -11,7 +11,9 @@ inside (the fsync dominates) and a histogram of entries per call. A daemon threa
 The wrapper costs one Python call and a few additions per batch (the batch itself costs ~1 ms).
 
 With `--prof` the agent runs under cProfile and the stats are dumped when it stops (SIGTERM);
-cProfile slows Python-level calls, so read shares, not absolute times.
+cProfile slows Python-level calls, so read shares, not absolute times. With `PROF_WINDOW=1` in
+the environment the profiler runs only between a SIGUSR1 and a SIGUSR2 (bench/catalog_scale.py
+profiles its write stream that way).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import cProfile
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -88,7 +91,12 @@ def main(argv: list[str]) -> int:
         threading.Thread(target=_dumper, args=(stats_path,), daemon=True, name="batch-stats").start()
     prof = cProfile.Profile() if prof_path else None
     if prof is not None:
-        prof.enable()
+        if os.environ.get("PROF_WINDOW"):
+            # Only between SIGUSR1 (start) and SIGUSR2 (stop): a benchmark profiles one phase.
+            signal.signal(signal.SIGUSR1, lambda *_: prof.enable())
+            signal.signal(signal.SIGUSR2, lambda *_: prof.disable())
+        else:
+            prof.enable()
     try:
         return run_agent(argv)
     finally:

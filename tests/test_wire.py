@@ -42,3 +42,15 @@ def test_oversized_and_malformed_frames_are_protocol_errors() -> None:
         decode_message([9, 1, "x", None])
     with pytest.raises(ProtocolError):
         decode_message({"not": "a list"})
+
+
+def test_a_shared_body_encodes_as_the_plain_map_and_packs_its_shared_value_once() -> None:
+    from proconsul import wire
+
+    result = [{"Key": f"k{i}", "Value": "dg=="} for i in range(50)]
+    plain = {"meta": [7, True, 0, "leader"], "result": result}
+    shared = wire.SharedBody(plain, ("result",))
+    assert wire.encode_response(wire.Response(3, None, shared)) == wire.encode_response(wire.Response(3, None, plain))
+    packed = wire._SHARED_PACKED[id(result)][1]
+    assert wire.encode_response(wire.Response(4, None, wire.SharedBody(plain, ("result",)))).endswith(packed)
+    assert wire._SHARED_PACKED[id(result)][1] is packed  # the second frame reused the bytes

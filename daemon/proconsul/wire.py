@@ -13,6 +13,7 @@ a rolling upgrade agree on what a frame means.
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -69,8 +70,53 @@ def encode_request(req: Request) -> bytes:
     return encode_frame([int(FrameKind.REQUEST), req.seq, req.method, req.body])
 
 
+class SharedBody(dict):  # type: ignore[type-arg]
+    """A response body (a map) whose `shared` values are objects many responses carry (one
+    parked blocking read's answer, sent to every caller waiting on it): `encode_response` packs
+    each of them once, by identity, and splices the bytes into every frame that carries it.
+    Still a plain dict to an in-process caller. The objects must never change once sent."""
+
+    __slots__ = ("shared",)
+
+    def __init__(self, items: dict[str, Any], shared: tuple[str, ...]) -> None:
+        super().__init__(items)
+        self.shared = shared
+
+
+_SHARED_PACKED: OrderedDict[int, tuple[Any, bytes]] = OrderedDict()
+_SHARED_PACKED_MAX = 16
+
+
+def _pack_shared(obj: Any) -> bytes:
+    hit = _SHARED_PACKED.get(id(obj))
+    if hit is not None and hit[0] is obj:  # the entry holds obj, so its id cannot be reused meanwhile
+        return hit[1]
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    _SHARED_PACKED[id(obj)] = (obj, data)
+    if len(_SHARED_PACKED) > _SHARED_PACKED_MAX:
+        _SHARED_PACKED.popitem(last=False)
+    return data
+
+
+def _pack_body(body: SharedBody) -> bytes:
+    # Concatenated msgpack items are what packing the containing map would have produced.
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(len(body))]
+    for key, value in body.items():
+        parts.append(packer.pack(key))
+        parts.append(_pack_shared(value) if key in body.shared else packer.pack(value))
+    return b"".join(parts)
+
+
 def encode_response(resp: Response) -> bytes:
-    return encode_frame([int(FrameKind.RESPONSE), resp.seq, resp.error, resp.body])
+    if type(resp.body) is not SharedBody:
+        return encode_frame([int(FrameKind.RESPONSE), resp.seq, resp.error, resp.body])
+    packer = msgpack.Packer(use_bin_type=True)
+    data = b"".join((packer.pack_array_header(4), packer.pack(int(FrameKind.RESPONSE)), packer.pack(resp.seq),
+                     packer.pack(resp.error), _pack_body(resp.body)))
+    if len(data) > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    return _LENGTH.pack(len(data)) + data
 
 
 def decode_message(payload: Any) -> Request | Response:

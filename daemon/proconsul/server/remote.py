@@ -11,6 +11,8 @@ seconds) and never leads itself.
 
 Writes are retried on another server only when the connection could not be opened (the
 command was never sent); once sent, a lost connection is an unknown outcome, as on servers.
+Identical blocking reads travel as one call (`rpc.SharedCalls`), so a thousand local watchers
+of one service cost the server one parked read and one answer.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from proconsul.rpc_api import (
     UnknownOutcome,
     WriteMeta,
 )
-from proconsul.server.rpc import ReadFn, decode_result
+from proconsul.server.rpc import ReadFn, SharedCalls, args_key, decode_result
 from proconsul.server.server_manager import ServerList
 from proconsul.state import commands
 from proconsul.state.store import Store
@@ -104,6 +106,8 @@ class RemoteServer:
         self._agent_token: Callable[[], str] = agent_token or (lambda: "")
         self.server_list = ServerList(self.rng)
         self._task: asyncio.Task[None] | None = None
+        # Identical blocking reads (same query, arguments and options) share one call to a server.
+        self._blocking_calls = SharedCalls()
 
     # --- server choice -----------------------------------------------------------------------
 
@@ -146,7 +150,11 @@ class RemoteServer:
         if opts.datacenter and opts.datacenter != self.datacenter:
             body["dc"] = opts.datacenter  # our server forwards it over the WAN
         timeout = (self.wait_time(opts) if opts.min_index else 0) + 30.0
-        reply = await self._call("Client.Query", body, timeout, retry_sent=True)
+        if opts.min_index:
+            key = (name, args_key(args), tuple(opts.wire()), opts.datacenter)
+            reply = await self._blocking_calls.call(key, lambda: self._call("Client.Query", body, timeout, True))
+        else:
+            reply = await self._call("Client.Query", body, timeout, retry_sent=True)
         index, known_leader, last_contact, consistency = reply["meta"]
         return QueryMeta(index, known_leader, last_contact, consistency), reply["result"]
 

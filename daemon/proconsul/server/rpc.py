@@ -6,9 +6,14 @@ and the blocking-query loop (`?index=&wait=`) that parks on store watches.
 
 Identical parked blocking reads (same query, arguments, index and consistency mode) share one
 parked read (`_Parked`): one store watch, one re-run when it fires, one answer object (which the
-HTTP layer then encodes once). A parked read goes when its last reader does: a client that hangs
-up (its handler is cancelled) or a forwarding server that gives up (the transport cancels the
-forwarded call) stops costing anything at once.
+HTTP layer then encodes once, and the transport packs once for every RPC caller: `SharedBody`).
+Once answered, the read parks again at its new index for a few seconds, so the readers coming
+back with that index join it instead of re-running the read; the readers of one answer are woken
+in batches, so the loop's sockets and timers (Raft's) run between them. A parked read goes when
+its last reader does: a client that hangs up (its handler is cancelled) or a forwarding server
+that gives up (the transport cancels the forwarded call) stops costing anything at once.
+Blocking reads a follower forwards to the leader are shared the same way (`SharedCalls`: one
+forwarded call per group of identical readers), as are a client agent's (server/remote.py).
 
 Callers (the HTTP API, DNS, the agent's anti-entropy) go through `Server.read` and
 `Server.write`. In a server agent these are in-process calls; the Raft and gossip issues add the
@@ -46,6 +51,7 @@ from proconsul.state import commands
 from proconsul.state.fsm import TxnError, TxnResult
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store, StoreError, WatchSet
+from proconsul.wire import SharedBody
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +94,24 @@ class BootstrapReset(Protocol):
 # Jitter added to blocking waits, as a fraction of the wait (Consul's JitterFraction is 16).
 JITTER_FRACTION = 16
 
+# How long an answered shared read stays parked at its new index for its readers to come back.
+SUCCESSOR_GRACE_S = 5.0
+
+# Readers of one shared answer woken per event-loop iteration. Each woken reader then encodes
+# and writes its answer in the same iteration; in batches, the loop polls its sockets and runs
+# due timers (Raft heartbeats and elections among them) between batches, so a write that wakes
+# thousands of watchers cannot hold them up past an election timeout.
+WAKE_BATCH = 64
+
+
+def wake_in_batches(waiters: list[asyncio.Future[Any]]) -> None:
+    """Resolve `waiters` (their owners read the outcome elsewhere), WAKE_BATCH per iteration."""
+    for fut in waiters[:WAKE_BATCH]:
+        if not fut.done():
+            fut.set_result(None)
+    if len(waiters) > WAKE_BATCH:
+        asyncio.get_running_loop().call_soon(wake_in_batches, waiters[WAKE_BATCH:])
+
 
 class _Parked:
     """One blocking read parked on the store for every reader waiting on the same answer.
@@ -98,21 +122,25 @@ class _Parked:
     drops the watch.
     """
 
-    __slots__ = ("key", "store", "run", "watches", "min_index", "index", "result", "answered", "readers",
-                 "_watch", "_closed", "_on_close", "_counters")
+    __slots__ = ("key", "store", "run", "watches", "min_index", "index", "result", "done", "error", "waiters",
+                 "readers", "_watch", "_closed", "_on_close", "_on_answer", "_counters")
 
     def __init__(
         self, key: Any, store: Store, run: ReadFn, watches: WatchSet, min_index: int, index: int, result: Any,
         on_close: Callable[[_Parked], None], counters: tuple[Any, Any],
+        on_answer: Callable[[_Parked], None] | None = None,
     ) -> None:
         self.key = key
         self._counters = counters  # (re-runs, re-runs that found nothing new)
         self.store, self.run, self.watches, self.min_index = store, run, watches, min_index
         self.index, self.result = index, result
-        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done = False  # answered (or failed): every reader is woken, in batches
+        self.error: BaseException | None = None
+        self.waiters: dict[asyncio.Future[None], None] = {}
         self.readers = 0
         self._closed = False
         self._on_close = on_close
+        self._on_answer = on_answer
         self._watch: Any = store.watch_set(watches, self._fired)
 
     def _fired(self) -> None:
@@ -122,23 +150,34 @@ class _Parked:
     def _rerun(self) -> None:
         if self._closed:
             return
+        if self.readers <= 0:  # a successor nobody joined: whoever comes runs the read afresh
+            self.close()
+            return
         try:
             index, result = self.run(self.store)
         except Exception as exc:  # every reader gets the error, as an unshared read would
-            self.answered.set_exception(exc)
+            self.done, self.error = True, exc
+            wake_in_batches(list(self.waiters))
             self.close()
             return
         self.index, self.result = index, result
         self._counters[0].incr()
         if index > self.min_index:
-            self.answered.set_result(None)
+            self.done = True
+            wake_in_batches(list(self.waiters))
             self.close()  # later readers with this index start afresh (the answer is already newer)
+            if self._on_answer is not None:
+                self._on_answer(self)
         else:
             self._counters[1].incr()  # woken for nothing: a write it does not read touched its watch
             self._watch = self.store.watch_set(self.watches, self._fired)
 
     def leave(self) -> None:
         self.readers -= 1
+        if self.readers <= 0:
+            self.close()
+
+    def close_if_unused(self) -> None:
         if self.readers <= 0:
             self.close()
 
@@ -150,6 +189,69 @@ class _Parked:
             self.store.unwatch(self._watch)
             self._watch = None
         self._on_close(self)
+
+
+class _SharedCall:
+    __slots__ = ("key", "task", "callers", "waiters")
+
+    def __init__(self, key: Any, task: asyncio.Future[Any]) -> None:
+        self.key = key
+        self.task = task
+        self.callers = 0
+        self.waiters: dict[asyncio.Future[None], None] = {}
+
+
+class SharedCalls:
+    """Identical calls in flight made once: the callers of one key share one task and its answer.
+
+    Used for blocking reads forwarded to another server (a follower's to the leader, a client
+    agent's to its server): a thousand watchers of one service cost one forwarded call, one
+    answer to encode on the far side and one to decode here, and they all get the same answer
+    object (so the HTTP layer encodes it once). Callers are woken in batches (see WAKE_BATCH). A
+    caller that goes away leaves the others waiting; when the last one goes the call is
+    cancelled (the transport then tells the far side to stop serving it) and leaves the table at
+    once, so nobody joins a call being cancelled. A caller arriving after the answer starts a
+    new call.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[Any, _SharedCall] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    async def call(self, key: Any, start: Callable[[], Awaitable[Any]]) -> Any:
+        shared = self._calls.get(key)
+        # A finished call leaves the table a moment later (done callbacks run on the next loop
+        # iteration); its answer is not this caller's: it may be a wait that ran out.
+        if shared is None or shared.task.done():
+            shared = _SharedCall(key, asyncio.ensure_future(start()))
+            self._calls[key] = shared
+            shared.task.add_done_callback(lambda _t, shared=shared: self._done(shared))
+        shared.callers += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shared.waiters[waiter] = None
+        try:
+            # Our own future, not the task: one caller going away must not cancel the call the
+            # others wait on.
+            await waiter
+            return shared.task.result()
+        finally:
+            shared.waiters.pop(waiter, None)
+            shared.callers -= 1
+            if shared.callers <= 0 and not shared.task.done():
+                self._drop(shared)
+                shared.task.cancel()
+
+    def _drop(self, shared: _SharedCall) -> None:
+        if self._calls.get(shared.key) is shared:
+            del self._calls[shared.key]
+
+    def _done(self, shared: _SharedCall) -> None:
+        self._drop(shared)
+        if not shared.task.cancelled():
+            shared.task.exception()  # retrieved: callers that left early must not leave it unreported
+        wake_in_batches(list(shared.waiters))
 
 
 class Server:
@@ -231,6 +333,9 @@ class Server:
         )
         # Parked blocking reads shared by identical readers: (query, args, index, consistency).
         self._parked: dict[Any, _Parked] = {}
+        self.successor_grace_s = SUCCESSOR_GRACE_S
+        # Blocking reads forwarded to the leader, shared the same way: (leader, query, args, options).
+        self._forwarding = SharedCalls()
         # Consul times each endpoint's apply where it proposes (the leader); by command type.
         self._m_apply_by_type: dict[type, Sample] = {
             commands.KVS: m.sample("kvs", "apply", help="ms to apply a KV write through Raft"),
@@ -267,8 +372,10 @@ class Server:
         if not opts.allow_stale and not self.consensus.is_leader() and self.pool is not None:
             leader = await self.wait_for_leader()
             if not self.consensus.is_leader():
+                if opts.min_index > 0:
+                    return await self._forward_query_shared(leader, name, args, opts)
                 return await self._forward_query(leader, name, args, opts)
-        share = (name, _args_key(args)) if opts.min_index > 0 else None
+        share = (name, args_key(args)) if opts.min_index > 0 else None
         meta, result = await self.read(opts, run, spec.watch_set(args), share_key=share)
         if opts.too_stale(meta.last_contact_ms) and self.pool is not None:
             # Contact was lost while a blocking read waited: ask the leader now, without blocking
@@ -316,6 +423,18 @@ class Server:
         index, known_leader, _, consistency = reply["meta"]
         # Our own last contact with the leader is what X-Consul-LastContact reports.
         return QueryMeta(index, known_leader, self.consensus.last_contact_ms(), consistency), reply["result"]
+
+    async def _forward_query_shared(self, leader: str, name: str, args: dict[str, Any],
+                                    opts: QueryOptions) -> tuple[QueryMeta, Any]:
+        """A blocking read forwarded to the leader once for every identical reader here: the
+        leader serves and answers it once, this server decodes it once, and every reader gets
+        the same answer object (so the HTTP layer encodes it once too). See SharedCalls."""
+        key = (leader, name, args_key(args), tuple(opts.wire()))
+        return await self._forwarding.call(key, lambda: self._forward_query(leader, name, args, opts))  # type: ignore[no-any-return]
+
+    def forwarded_blocking_calls(self) -> int:
+        """Blocking reads this server is forwarding to the leader (one per group of identical readers)."""
+        return len(self._forwarding)
 
     async def _forward_dc(self, dc: str, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
         if self.router is None:
@@ -378,23 +497,44 @@ class Server:
         deadline = loop.time() + self.wait_time(opts)
         if parked is None:
             parked = _Parked(key, self.store, run, watches, opts.min_index, index, result, self._unpark,
-                             self._parked_counters)
+                             self._parked_counters, self._park_successor if key is not None else None)
             if key is not None:
                 self._parked[key] = parked
         parked.readers += 1
+        waiter: asyncio.Future[None] = loop.create_future()
+        parked.waiters[waiter] = None
         self._blocking += 1
         self._m_blocking.set(self._blocking)
         try:
             remaining = deadline - loop.time()
-            if remaining > 0:
-                await asyncio.wait((parked.answered,), timeout=remaining)
-            if parked.answered.done():
-                parked.answered.result()  # raises the re-run's error, if it failed
+            if remaining > 0 and not parked.done:
+                await asyncio.wait((waiter,), timeout=remaining)
+            if parked.error is not None:
+                raise parked.error  # the re-run failed: every reader gets its error, as an unshared read would
             return self._meta(parked.index, consistency), parked.result
         finally:
+            parked.waiters.pop(waiter, None)
             parked.leave()
             self._blocking -= 1
             self._m_blocking.set(self._blocking)
+
+    def _park_successor(self, answered: _Parked) -> None:
+        """Park the read again at the index it just answered with, before anyone asks.
+
+        Every reader it answered comes back at once with that index (a watcher's next request,
+        a follower's next forwarded call); without this the first of them re-runs the read the
+        wake-up just ran. The successor holds the answer and a store watch from the moment of
+        the re-run, so a write in between wakes it as it would a reader parked then; nobody
+        joining within `successor_grace_s` (or a write coming first) ends it.
+        """
+        share, _, consistency = answered.key
+        key = (share, answered.index, consistency)
+        if key in self._parked:
+            return
+        successor = _Parked(key, self.store, answered.run, answered.watches, answered.index, answered.index,
+                            answered.result, self._unpark, self._parked_counters, self._park_successor)
+        self._parked[key] = successor
+        asyncio.get_running_loop().call_later(self.successor_grace_s, successor.close_if_unused)
 
     def _unpark(self, parked: _Parked) -> None:
         if parked.key is not None and self._parked.get(parked.key) is parked:
@@ -537,12 +677,12 @@ class Server:
             if not opts.allow_stale and not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())
             meta, result = await self.query(body["name"], body["args"], opts)
-            return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+            return _query_reply(meta, result, opts)
         if method == "Client.Query":
             # From a client agent: answered here or forwarded to the leader (Server.query).
-            meta, result = await self.query(body["name"], body["args"],
-                                            QueryOptions.from_wire(body["opts"], body.get("dc", "")))
-            return {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+            opts = QueryOptions.from_wire(body["opts"], body.get("dc", ""))
+            meta, result = await self.query(body["name"], body["args"], opts)
+            return _query_reply(meta, result, opts)
         if method == "Client.Write":
             # From a client agent: proposed here or forwarded once to the leader (Server.write),
             # after the caller's token is authorised here when ACLs are on.
@@ -610,7 +750,16 @@ def _decode_txn_record(raw: Any) -> Any:
         ((tag, wire),) = raw.items()
         return _TXN_RECORD_TYPES[tag].from_wire(wire)
     return DirEntry.from_wire(raw)
-def _args_key(args: dict[str, Any]) -> str:
+def _query_reply(meta: QueryMeta, result: Any, opts: QueryOptions) -> dict[str, Any]:
+    body = {"meta": [meta.index, meta.known_leader, meta.last_contact_ms, meta.consistency], "result": result}
+    if opts.min_index > 0:
+        # A blocking read's answer is one object shared by every caller of its parked read (or
+        # forwarded call): the transport packs it once for all of them.
+        return SharedBody(body, ("result",))
+    return body
+
+
+def args_key(args: dict[str, Any]) -> str:
     """A canonical text of a query's arguments: equal for reads that answer alike."""
     return json.dumps(args, sort_keys=True, separators=(",", ":"), default=repr)
 
