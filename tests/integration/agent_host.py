@@ -13,7 +13,8 @@ every agent.
 Process-level control stands for what happens to a host of agents:
 - SIGTERM or SIGINT: every agent leaves gracefully (a client's leave_on_terminate), then the
   process exits 0;
-- SIGKILL: every agent fails at once, without a word to the others.
+- SIGKILL: every agent fails at once, without a word to the others;
+- SIGUSR1: the stack of every task on the loop goes to stderr (what a host that hangs waits on).
 
 It prints `ready N` once all N agents have started, then every 5 s a JSON line with its CPU
 seconds, RSS and event loop lag (the latest 1 s timer's lateness and the worst since the last
