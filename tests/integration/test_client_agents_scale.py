@@ -72,8 +72,8 @@ class Host:
         return True
 
     def stats(self) -> dict[str, Any]:
-        """The host's latest CPU / RSS / loop-lag line."""
-        lines = [x for x in self.log().splitlines() if x.startswith("{")]
+        """The host's latest CPU / RSS / loop-lag line (none yet: {})."""
+        lines = [x for x in self.log().splitlines() if x.startswith('{"cpu_s"')]
         return json.loads(lines[-1]) if lines else {}
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
@@ -206,6 +206,7 @@ def test_client_agents_join_fail_leave_and_rejoin(tmp_path: Path) -> None:
              lambda: obs.serf_health("passing") == staying | failed | {"srv"} and not obs.serf_health("critical"),
              view)
         for host in (hosts[0], *hosts[2:]):
+            # A host reports every 5 s once ready: {} if none yet (a host just restarted).
             print(f"{host.root.name}: {json.dumps(host.stats())}", flush=True)
     finally:
         for host in hosts:
