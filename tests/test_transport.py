@@ -158,3 +158,31 @@ async def test_protocol_errors_on_the_raft_stream_are_one_line_not_a_traceback(
     assert warnings, "each bad stream is reported"
     assert all(r.exc_info is None for r in caplog.records), [r.getMessage() for r in caplog.records if r.exc_info]
     assert not [r for r in caplog.records if r.name == "asyncio"], [r.getMessage() for r in caplog.records]
+
+
+async def test_a_call_cancelled_as_its_answer_arrives_stays_cancelled() -> None:
+    # The caller is cancelled in the same loop iteration as the answer lands (a stopping agent's
+    # coordinate sync, under load): the cancellation must win, or the caller's loop goes on.
+    release = asyncio.Event()
+
+    async def dispatch(method: str, body: Any) -> Any:
+        await release.wait()
+        return "answer"
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(dispatch)})
+    await listener.start()
+    pool = ConnectionPool()
+    addr = f"127.0.0.1:{listener.port}"
+    try:
+        call = asyncio.ensure_future(pool.call(addr, "wait", None))
+        while not (pool._conns.get(addr) and pool._conns[addr].pending):
+            await asyncio.sleep(0.01)
+        (fut,) = pool._conns[addr].pending.values()
+        fut.set_result("answer")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    finally:
+        release.set()
+        await pool.close()
+        await listener.stop()

@@ -450,10 +450,14 @@ class ConnectionPool:
             conn.cork.write(encode_request(Request(seq, method, body)))
             sent = True
             await conn.writer.drain()
-            return await asyncio.wait_for(fut, timeout_s)
+            # Not asyncio.wait_for: on 3.11 it returns the answer when the caller is cancelled in
+            # the loop iteration the answer arrives, and the cancellation is lost (a stopping
+            # agent then waits forever on a task that went back to sleep).
+            async with asyncio.timeout(timeout_s):
+                return await fut
         finally:
             conn.pending.pop(seq, None)
-            # Given up (cancelled, or timed out: wait_for cancels the future): the server stops
+            # Given up (cancelled, or timed out: the timeout cancels the future): the server stops
             # working on it.
             if sent and (not fut.done() or fut.cancelled()) and not conn.closed:
                 fut.cancel()

@@ -156,3 +156,18 @@ def test_watchdog_is_pet_while_declared_blocking_work_holds_the_loop(tmp_path: P
     receiver.close()
     assert during_restore >= 3
     assert during_hang == 0
+
+
+def test_without_systemd_the_status_poll_does_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No NOTIFY_SOCKET: nobody reads STATUS=, so the loop ends at once and never computes it."""
+    import asyncio
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    asked: list[str] = []
+
+    def status() -> str:
+        asked.append("status")
+        return "serving"
+
+    asyncio.run(asyncio.wait_for(systemd.Notifier().run(status, poll_s=0.01), timeout=5))
+    assert asked == []

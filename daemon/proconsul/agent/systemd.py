@@ -91,8 +91,12 @@ class Notifier:
         """Keep `STATUS=` current and pet the watchdog until cancelled.
 
         The watchdog is pet from the event loop, so a loop blocked for longer than `WatchdogSec`
-        gets the agent restarted by systemd, which is the point of it.
+        gets the agent restarted by systemd, which is the point of it. Without systemd there is
+        nobody to tell: it returns at once rather than compute a status line every second (which
+        lists the servers among every LAN member; with many agents in one process, 7 % of them).
         """
+        if not self._enabled:
+            return
         interval = self.watchdog_interval_s()
         step = min(poll_s, interval) if interval else poll_s
         next_pet = 0.0
