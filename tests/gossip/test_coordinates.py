@@ -37,7 +37,7 @@ def test_ack_carries_the_responder_payload_and_the_prober_measures_rtt() -> None
     a, b = _core("a", "10.0.0.1"), _core("b", "10.0.0.2")
     a.handle_packet(encode(Alive(0, "b", ("10.0.0.2", 8301))), ("10.0.0.9", 1), 0.0)
     coord = Coordinate((0.001,) * 8, 0.4, 0.0, 1e-5)
-    b.ack_payload = encode_ack_payload(coord)
+    b.set_ack_payload(encode_ack_payload(coord))
     sent_at, ping = _probe(a)
     answer = b.handle_packet(encode(ping), ("10.0.0.1", 8301), sent_at + 0.002)
     acks = [m for p in answer.packets for m in decode_packet(p.data) if isinstance(m, Ack)]

@@ -18,7 +18,7 @@ def _lines(m: Metrics, fmt: StatsdFormat | DogStatsdFormat) -> list[str]:
 
 def test_statsd_names_carry_host_for_gauges_and_label_values_as_parts() -> None:
     m = Metrics(hostname="web-1")
-    m.outbox = []
+    m.open_outbox()
     m.counter("rpc", "request").incr()
     m.gauge("runtime", "alloc_bytes").set(1024.5)
     m.sample("api", "http", labels=("method", "path")).with_labels("GET", "v1_kv_").observe(0.25)
@@ -33,7 +33,7 @@ def test_statsd_names_carry_host_for_gauges_and_label_values_as_parts() -> None:
 
 def test_dogstatsd_splices_the_host_out_and_tags_labels_after_the_configured_tags() -> None:
     m = Metrics(hostname="web-1", prefix="pc")
-    m.outbox = []
+    m.open_outbox()
     m.counter("rpc", "request").incr(2.7)
     m.gauge("runtime", "alloc_bytes").set(1024.0)
     m.gauge("autopilot", "healthy").set(0.000001)
@@ -46,13 +46,13 @@ def test_dogstatsd_splices_the_host_out_and_tags_labels_after_the_configured_tag
         "pc.api.http:0.25|ms|#env:test,team,method:GET,path:a_b_c",
     ]
     nan = Metrics(hostname="")
-    nan.outbox = []
+    nan.open_outbox()
     nan.gauge("g").set(float("nan"))
     nan.counter("c").incr(float("inf"))
     assert _lines(nan, DogStatsdFormat()) == ["consul.g:NaN|g", "consul.c:0|c"]
     assert _lines(nan, StatsdFormat()) == ["consul.g:NaN|g", "consul.c:+Inf|c"]
     plain = Metrics(hostname="")
-    plain.outbox = []
+    plain.open_outbox()
     plain.counter("serf", "events").incr()
     assert _lines(plain, DogStatsdFormat()) == ["consul.serf.events:1|c"]
 
@@ -62,7 +62,7 @@ def test_without_a_sink_nothing_is_queued_and_the_outbox_is_bounded() -> None:
     c = m.counter("x")
     c.incr()
     assert m.outbox is None
-    m.outbox = []
+    m.open_outbox()
     for _ in range(20000):
         c.incr()
     assert len(m.outbox) == 16384
@@ -70,7 +70,7 @@ def test_without_a_sink_nothing_is_queued_and_the_outbox_is_bounded() -> None:
 
 def test_one_flush_sums_counters_keeps_the_last_gauge_and_every_sample() -> None:
     m = Metrics(hostname="")
-    m.outbox = []
+    m.open_outbox()
     c, g, s = m.counter("c"), m.gauge("g"), m.sample("s")
     for i in range(3):
         c.incr(2)

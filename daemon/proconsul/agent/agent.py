@@ -829,7 +829,9 @@ class Agent:
 
     def _raft_stats(self) -> dict[str, str]:
         if self.raft is None or self.raft.core is None:
-            index = str(getattr(self.log, "commit_index", 0))
+            # -dev's single-node log and a client's consensus view count commits; a server
+            # whose Raft has not started yet has none.
+            index = str(self.log.commit_index if self.raft is None else 0)
             return {"applied_index": index, "commit_index": index, "last_log_index": index,
                     "num_peers": "0", "state": "Leader", "protocol_version": "3"}
         core = self.raft.core

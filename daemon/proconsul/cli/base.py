@@ -93,7 +93,8 @@ class FlagSpec:
         self.flagset = FlagSet(name)
         self.docs: list[_FlagDoc] = []
 
-    def _doc(self, name: str, help: str, example: str, section: str) -> None:
+    def doc(self, name: str, help: str, example: str, section: str) -> None:
+        """Document a flag in `-help` (a command that parses it itself, e.g. a custom duration)."""
         self.docs.append(_FlagDoc(name, help, example, section))
 
     def string(
@@ -105,30 +106,30 @@ class FlagSpec:
         section: str = COMMAND_SECTION,
     ) -> None:
         self.flagset.string(name, default, help)
-        self._doc(name, help, example, section)
+        self.doc(name, help, example, section)
 
     def bool(self, name: str, help: str, default: bool = False, section: str = COMMAND_SECTION) -> None:
         self.flagset.bool(name, default, help)
-        self._doc(name, help, "", section)
+        self.doc(name, help, "", section)
 
     def int(self, name: str, help: str, default: int = 0, section: str = COMMAND_SECTION) -> None:
         self.flagset.int(name, default, help)
-        self._doc(name, help, "int", section)
+        self.doc(name, help, "int", section)
 
     def uint(self, name: str, help: str, default: _Int = 0, section: str = COMMAND_SECTION) -> None:
         self.flagset.custom(name, _parse_uint, default, help)
-        self._doc(name, help, "uint", section)
+        self.doc(name, help, "uint", section)
 
     def custom(
         self, name: str, help: str, parse: Callable[[str], Any], example: str, section: str = COMMAND_SECTION
     ) -> None:
         """A flag converted by `parse` (ValueError: bad value); None when not given."""
         self.flagset.custom(name, parse, None, help)
-        self._doc(name, help, example, section)
+        self.doc(name, help, example, section)
 
     def list(self, name: str, help: str, example: str = "value", section: str = COMMAND_SECTION) -> None:
         self.flagset.list(name, help)
-        self._doc(name, help, example, section)
+        self.doc(name, help, example, section)
 
     def help_text(self, usage: str) -> str:
         """Consul's flags.Usage layout: usage, then HTTP API and command options, sorted by name."""

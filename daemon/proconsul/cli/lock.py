@@ -465,7 +465,7 @@ Usage: proconsul lock [options] prefix child...
             ("try", "DEPRECATED. Use -timeout instead."),
         ):
             spec.flagset.custom(flag, _parse_go_duration, None, help_text)
-            spec._doc(flag, help_text, "duration", COMMAND_SECTION)
+            spec.doc(flag, help_text, "duration", COMMAND_SECTION)
         spec.bool("verbose", "Enable verbose (debugging) output.")
 
     def run(self, ctx: Context) -> int:

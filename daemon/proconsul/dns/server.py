@@ -226,7 +226,7 @@ class DNSServer:
         self, data: bytes, tcp: bool, req: dns_wire.Request, question: Question, answer: Answer,
         limits: dns_wire.Limits, recursion_available: bool,
     ) -> None:
-        if not self.fast or answer.cached is None or getattr(self.server, "catalog_is_remote", False):
+        if not self.fast or answer.cached is None or self.server.catalog_is_remote:
             return
         entry, service = answer.cached
         self.replies.remember(
@@ -301,7 +301,7 @@ class DNSServer:
         return reply
 
     async def _answer(self, cfg: RuntimeConfig, q: Question, max_groups: int = 0) -> Answer:
-        if getattr(self.server, "catalog_is_remote", False):
+        if self.server.catalog_is_remote:
             return await self._answer_on_client(cfg, q, max_groups)
         resolver = Resolver(
             cfg, cfg.datacenter, self.rng, time.time(), self.cache, max_groups, protection_log=self.protection_log

@@ -434,7 +434,7 @@ class GossipCore:
         self._asked: dict[tuple[int, int], _AskedQuery] = {}
         self._out = Output()
         # Attached to every ack we send (the driver keeps our coordinate in it; empty: none).
-        self.ack_payload = b""
+        self._ack_payload = b""
         # Announce ourselves: once a join gives us peers, this is what tells the cluster we exist
         # beyond the one member we pushed our state to.
         self._broadcast_alive(me)
@@ -463,6 +463,14 @@ class GossipCore:
     def event_ltime(self) -> int:
         """The user-event Lamport clock (the next event we send gets this time)."""
         return self._event_clock
+
+    @property
+    def ack_payload(self) -> bytes:
+        """What every ack we send carries (our coordinate, set by the driver; empty: none)."""
+        return self._ack_payload
+
+    def set_ack_payload(self, payload: bytes) -> None:
+        self._ack_payload = payload
 
     @property
     def leaving(self) -> bool:
@@ -720,7 +728,7 @@ class GossipCore:
                 # Meant for whoever held this address before us; acking would mislead the prober.
                 self._log.debug("gossip: ping for %s reached %s", msg.target, self.name)
                 return
-            self._send(msg.source, [encode(Ack(msg.seq, self.ack_payload))])
+            self._send(msg.source, [encode(Ack(msg.seq, self._ack_payload))])
         elif isinstance(msg, IndirectPing):
             self._seq += 1
             seq = self._seq
@@ -1202,6 +1210,25 @@ class GossipCore:
         out, self._out = self._out, Output()
         return out
 
+    # --- install_converged_view's two halves -----------------------------------------------
+
+    def own_record(self) -> _Node:
+        """This member's own record, as the other cores of a converged view share it."""
+        return self._members[self.name]
+
+    def adopt_converged_view(self, table: Mapping[str, _Node], now: float) -> None:
+        """Take `table` (every member's own record) as the settled view; see install_converged_view."""
+        self._members = dict(table)
+        self._gone = {}
+        self._suspicions.clear()
+        self._queue.reset()
+        self._probe_order = list(table)  # everyone but us, as _reset_probe_order makes it
+        self._probe_order.remove(self.name)
+        self._probe_index = 0
+        if self.config.push_pull_interval_s > 0:
+            self._next_push_pull = now + self._rng.random() * push_pull_scale(self.config.push_pull_interval_s,
+                                                                              len(table))
+
 
 def install_converged_view(cores: Sequence[GossipCore], now: float) -> None:
     """Give every core the settled view a cluster of exactly these cores reaches after joining.
@@ -1213,15 +1240,6 @@ def install_converged_view(cores: Sequence[GossipCore], now: float) -> None:
     phase. The records are shared between the tables (they are never changed in place), so N
     cores cost N records plus one reference per (member, member) pair.
     """
-    table = {c.name: c._members[c.name] for c in cores}
-    names = list(table)
+    table = {c.name: c.own_record() for c in cores}
     for c in cores:
-        c._members = dict(table)
-        c._gone = {}
-        c._suspicions.clear()
-        c._queue.reset()
-        c._probe_order = names.copy()  # everyone but us, as _reset_probe_order makes it
-        c._probe_order.remove(c.name)
-        c._probe_index = 0
-        if c.config.push_pull_interval_s > 0:
-            c._next_push_pull = now + c._rng.random() * push_pull_scale(c.config.push_pull_interval_s, len(table))
+        c.adopt_converged_view(table, now)

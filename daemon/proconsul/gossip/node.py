@@ -81,11 +81,11 @@ def _sendable(addr: Address) -> bool:
 
 
 class _UDP(asyncio.DatagramProtocol):
-    def __init__(self, node: GossipNode) -> None:
-        self.node = node
+    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+        self.on_datagram = on_datagram
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.node._on_datagram(data, (addr[0], addr[1]))
+        self.on_datagram(data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("gossip: udp error: %s", exc)
@@ -166,7 +166,7 @@ class GossipNode:
         self._tcp = await asyncio.start_server(self._serve_stream, host, port, reuse_address=True)
         if port == 0:
             port = self._tcp.sockets[0].getsockname()[1]
-        transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), local_addr=(host, port))
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self._on_datagram), local_addr=(host, port))
         self._udp = transport
         adv = self.advertise or (host, port)
         if adv[1] == 0:
@@ -176,10 +176,16 @@ class GossipNode:
         self.core = GossipCore(self.name, adv, self.config, self.rng, loop.time(), tags=self.tags, logger=logger,
                                merge_check=self.merge_check)
         if self.coordinates is not None:
-            self.core.ack_payload = self.coordinates.ack_payload()
+            self.core.set_ack_payload(self.coordinates.ack_payload())
         # The core's first output carries our own JOIN event and alive broadcast.
         self._apply(self.core.tick(loop.time()))
         self._timer = loop.create_task(self._timer_loop(), name=f"gossip-timer-{self.name}")
+
+    def use_random_port(self, advertise_host: str) -> None:
+        """Before `start`: listen, and advertise, on a port the OS picks (a dev agent whose
+        configured port another agent on this host already holds)."""
+        self.bind = (self.bind[0], 0)
+        self.advertise = (self.advertise[0] if self.advertise else advertise_host, 0)
 
     async def stop(self) -> None:
         """Stop at once (no leave): sockets closed, tasks cancelled."""
@@ -306,7 +312,7 @@ class GossipNode:
             if ping.payload:
                 logger.debug("gossip: rejected coordinate from %s (rtt %.6fs)", ping.name, ping.rtt_s)
             return
-        self.core.ack_payload = self.coordinates.ack_payload()
+        self.core.set_ack_payload(self.coordinates.ack_payload())
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

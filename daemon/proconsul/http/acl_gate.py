@@ -118,7 +118,7 @@ async def _local_check_write(request: web.Request, authz: Authorizer) -> None:
     check = request.app[AGENT].local.checks.get(request.match_info.get("id", ""))
     if check is None:
         return  # the handler's 404
-    sid = getattr(check, "service_id", "") or getattr(getattr(check, "definition", None), "service_id", "")
+    sid = check.definition.service_id
     if sid:
         name = _local_service_name(request, sid)
         authz.require("service", name or "", WRITE)

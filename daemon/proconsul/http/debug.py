@@ -31,7 +31,7 @@ _PROFILE_LOCK = web.AppKey("profile_lock", asyncio.Lock)
 
 
 def _enabled(request: web.Request) -> None:
-    if not getattr(request.app[AGENT].config, "enable_debug", False):
+    if not request.app[AGENT].config.enable_debug:
         raise HTTPError(404, "")
 
 

@@ -147,6 +147,10 @@ class FastRoutes:
 
     # ------------------------------------------------------------------------------ answers
 
+    def note_answer(self) -> None:
+        """A connection answered one more request on the fast path (`answered`)."""
+        self.answered += 1
+
     def response(self, status: int, head: bytes, body: bytes) -> bytes:
         date = rfc822_formatted_time()  # aiohttp's own, cached per second
         if date is not self._date_str:
@@ -182,9 +186,9 @@ class FastRoutes:
     def _read_now(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
         """`server.query(name, args, opts)` when this server answers it without waiting."""
         server = self.agent.server
-        consensus = getattr(server, "consensus", None)
-        if consensus is None:
+        if server.catalog_is_remote:
             raise _Fallback  # a client agent: reads go to a server over RPC
+        consensus = server.consensus
         if opts.allow_stale:
             if opts.too_stale(consensus.last_contact_ms()):
                 raise _Fallback
@@ -418,7 +422,7 @@ class FastRequestHandler(GuardedRequestHandler):
             self._drain()
 
     def _answer(self, data: bytes) -> None:
-        self._routes.answered += 1  # before the write: a client may read the answer at once
+        self._routes.note_answer()  # before the write: a client may read the answer at once
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)

@@ -143,7 +143,7 @@ def collect(data_dir: str) -> dict[str, Any]:
 
 async def host_info(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    data_dir = getattr(agent.config, "data_dir", "") or ""
+    data_dir = agent.config.data_dir or ""
     return json_response(request, collect(data_dir))
 
 

@@ -376,7 +376,7 @@ class CheckRunner:
         status, message = HEALTH_PASSING, "No checks found."
         service_found = False
         for chk in checks:
-            if chk["CheckID"] == d.id and chk.get("Node", "") in ("", getattr(self.local, "node_name", "")):
+            if chk["CheckID"] == d.id and chk.get("Node", "") in ("", (self.local.node_name if self.local is not None else "")):
                 continue  # never mirror ourselves
             if d.alias_node and chk.get("Node") != d.alias_node:
                 continue

@@ -102,7 +102,7 @@ class _Handle:
         """The handle of this family's series with these label values (cached: look it up once)."""
         child = self._children.get(values)
         if child is None:
-            series = self._metrics._series_for(self._family, values)
+            series = self._metrics.series_for(self._family, values)
             child = self._children[values] = type(self)(self._metrics, self._family, series)
         return child
 
@@ -241,13 +241,33 @@ class Metrics:
         family, series = self._declare(SAMPLE, parts, help, labels)
         return Sample(self, family, series)
 
-    def _series_for(self, family: Family, values: tuple[str, ...]) -> Series:
+    def series_for(self, family: Family, values: tuple[str, ...]) -> Series:
+        """The series of `family` with these label values, made on first use (`with_labels`)."""
         if len(values) != len(family.label_names):
             raise ValueError(f"metrics: {family.name} takes labels {family.label_names}, got {values}")
         series = self.series.get((family.name, values))
         if series is None:
             series = self.series[(family.name, values)] = Series(family, values, declared=False)
         return series
+
+    # --------------------------------------------------------------------------- the outbox
+
+    def open_outbox(self) -> None:
+        """Queue every recording from now on, for the sinks to drain (`take_outbox`)."""
+        if self.outbox is None:
+            self.outbox = []
+
+    def take_outbox(self) -> list[tuple[Series, float]]:
+        """What was recorded since the last take; queueing goes on."""
+        out = self.outbox or []
+        if self.outbox is not None:
+            self.outbox = []
+        return out
+
+    def close_outbox(self) -> list[tuple[Series, float]]:
+        """What was recorded since the last take; nothing is queued from now on."""
+        out, self.outbox = self.outbox or [], None
+        return out
 
     # --------------------------------------------------------------------------- reading
 

@@ -301,7 +301,7 @@ class StatsdSinks:
     def __init__(self, metrics: Metrics, targets: list[Target]) -> None:
         self._metrics = metrics
         self.targets = targets
-        metrics.outbox = []
+        metrics.open_outbox()
 
     @classmethod
     def from_config(
@@ -322,8 +322,7 @@ class StatsdSinks:
         return cls(metrics, targets) if targets else None
 
     async def flush(self) -> None:
-        values = coalesce(self._metrics.outbox or [])
-        self._metrics.outbox = []
+        values = coalesce(self._metrics.take_outbox())
         for target in self.targets:
             if await target.ensure() and values:
                 target.send(values)
@@ -339,8 +338,7 @@ class StatsdSinks:
         finally:
             # What was recorded since the last flush still goes out (go-metrics drains its
             # queue on shutdown), then the sockets close.
-            values = coalesce(self._metrics.outbox or [])
-            self._metrics.outbox = None
+            values = coalesce(self._metrics.close_outbox())
             for target in self.targets:
                 if target.connected() and values:
                     target.send(values)

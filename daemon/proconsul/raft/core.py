@@ -251,6 +251,10 @@ class _RaftLog:
         self.committed = storage.snapshot_meta().index
         self.applied = storage.snapshot_meta().index
 
+    def applied_to(self, index: int) -> None:
+        """The state machine has applied up to `index` (the driver said so, or a restart's FSM)."""
+        self.applied = index
+
     def first_index(self) -> int:
         if self.unstable_snap is not None:
             return self.unstable_snap.meta.index + 1
@@ -614,7 +618,7 @@ class RaftNode:
         self.vote: str | None = hs.vote
         self._log.commit_to(min(max(hs.commit, self._log.committed), self._log.last_index()))
         if applied is not None:
-            self._log.applied = applied
+            self._log.applied_to(applied)
 
         # Configuration history: (index, config) of the snapshot and of every CONF_CHANGE entry
         # in the log, newest last. The newest one is in force (effective when appended, §4.1);
@@ -671,6 +675,16 @@ class RaftNode:
         so it must not answer reads from local state before this holds (dissertation §6.4).
         """
         return self._log.term(self._log.committed) == self.term
+
+    @property
+    def ready_outstanding(self) -> bool:
+        """A Ready was handed out and not advanced yet: the driver is persisting or applying it."""
+        return self._outstanding is not None
+
+    @property
+    def config_index(self) -> int:
+        """The log index of the configuration in force (the snapshot's, or its entry's)."""
+        return self._conf_history[-1][0]
 
     @property
     def applied_index(self) -> int:
@@ -908,12 +922,12 @@ class RaftNode:
         lg = self._log
         if rd.snapshot is not None:
             lg.stable_snap_to(rd.snapshot.meta.index)
-            lg.applied = max(lg.applied, rd.snapshot.meta.index)
+            lg.applied_to(max(lg.applied, rd.snapshot.meta.index))
         if rd.entries:
             last = rd.entries[-1]
             lg.stable_to(last.index, last.term)
         if rd.committed_entries:
-            lg.applied = max(lg.applied, rd.committed_entries[-1].index)
+            lg.applied_to(max(lg.applied, rd.committed_entries[-1].index))
         if self.role == Role.LEADER and self.id in self._prs:
             # Only now does the leader's own log count toward commit (see Ready).
             if self._prs[self.id].maybe_update(lg.persisted_last()):

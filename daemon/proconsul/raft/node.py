@@ -620,7 +620,7 @@ class RaftServer:
 
     async def _install_recovery(self, core: RaftNode, marker: recovery.Marker) -> None:
         await self._between_readies()
-        if core._outstanding is not None:
+        if core.ready_outstanding:
             raise recovery.RecoveryError("the Raft loop is stuck in the middle of a write; nothing was changed")
         if core.leader or core.term >= marker.term:  # while we waited
             raise recovery.RecoveryError("this server found a leader or a newer term meanwhile; nothing was changed")
@@ -670,7 +670,7 @@ class RaftServer:
         that is closed or rewritten under it (which crashed the process in SQLite)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while (self.core is not None and self.core._outstanding is not None and self._task is not None
+        while (self.core is not None and self.core.ready_outstanding and self._task is not None
                and not self._task.done() and loop.time() < deadline):
             await asyncio.sleep(0.005)
 
@@ -812,9 +812,7 @@ class RaftServer:
                 "Voter": sid in conf.voters,
                 "LastIndex": last,
             })
-        history = getattr(core, "_conf_history", None)  # index of the configuration in force
-        index = history[-1][0] if history else core.commit_index
-        return {"Servers": servers, "Index": index}
+        return {"Servers": servers, "Index": core.config_index}
 
     async def propose_bytes(self, data: bytes, proposed: Any = None) -> tuple[int, Any]:
         """Append `data` to the log; returns (store index, the state machine's result) once it
@@ -826,7 +824,7 @@ class RaftServer:
                 proposal = core.propose(data)
                 break
             except NotLeader as exc:
-                raise NotLeaderError(self.addresses.addrs.get(getattr(exc, "leader", "") or "", "")) from None
+                raise NotLeaderError(self.addresses.addrs.get(exc.leader_hint or "", "")) from None
             except ProposalRejected as exc:
                 # A leadership transfer is running: nothing was proposed, so wait for it to end
                 # and then propose here (abandoned) or let the caller forward (done).

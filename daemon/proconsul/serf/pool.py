@@ -130,8 +130,7 @@ class SerfPool:
                 raise
             # Dev agents are throwaway: another one already holds the port on this host.
             logger.warning("gossip: port %d in use, dev agent gossips %s on a random port", self.port, self.label)
-            self.node.bind = (self.node.bind[0], 0)
-            self.node.advertise = (self.node.advertise[0] if self.node.advertise else self.advertise_host, 0)
+            self.node.use_random_port(self.advertise_host)
             await self.node.start()
 
     def _start_reconnect(

@@ -257,7 +257,7 @@ class AutopilotOperator:
 
     def effective(self) -> Settings:
         """The replicated configuration once set, else the agent's `autopilot { }` block."""
-        stored = getattr(self.store, "autopilot_config", None)
+        stored = self.store.autopilot_config
         if stored:
             fields, create, modify = stored
             return from_fields(fields, create, modify)

@@ -59,6 +59,13 @@ class ClientConsensus:
         self.voter_list: list[tuple[str, str, str]] = []
         self.commit_index = 0
 
+    def learn(self, leader: str, voters: list[tuple[str, ...]] | None = None) -> None:
+        """What a server said (`Status.Leader`): the leader's address ("" for none) and, when
+        given, the voters."""
+        self.leader = leader
+        if voters is not None:
+            self.voter_list = voters  # type: ignore[assignment]
+
     def is_leader(self) -> bool:
         return False
 
@@ -236,9 +243,8 @@ class RemoteServer:
         while True:
             try:
                 info = await self._call("Status.Leader", None, 5.0, retry_sent=True)
-                self.consensus.leader = str(info.get("leader", ""))
-                self.consensus.voter_list = [tuple(v) for v in info.get("voters", [])]  # type: ignore[misc]
+                self.consensus.learn(str(info.get("leader", "")), [tuple(v) for v in info.get("voters", [])])
             except Exception as exc:
                 logger.debug("client: cannot learn the leader yet: %s", exc)
-                self.consensus.leader = ""
+                self.consensus.learn("")
             await asyncio.sleep(LEADER_REFRESH_S)

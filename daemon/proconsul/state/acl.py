@@ -34,12 +34,12 @@ def token_by_secret(store: Store, secret: str) -> ACLToken | None:
 def _ensure_builtins(store: Store, index: int) -> None:
     if GLOBAL_MANAGEMENT_ID not in store.acl_policies:
         store.acl_policies[GLOBAL_MANAGEMENT_ID] = global_management_policy(index)
-        store._touch("acl_policies", index)
+        store.touch("acl_policies", index)
     if ANONYMOUS_ACCESSOR not in store.acl_tokens:
         anon = anonymous_token(index)
         store.acl_tokens[anon.accessor_id] = anon
         store.acl_secrets[anon.secret_id] = anon.accessor_id
-        store._touch("acl_tokens", index)
+        store.touch("acl_tokens", index)
 
 
 def init(store: Store, index: int, management: ACLToken | None) -> ACLToken | None:
@@ -93,7 +93,7 @@ def _put_token(store: Store, index: int, token: ACLToken, create: bool) -> None:
     _check_links(store, token.policies, token.roles)
     store.acl_tokens[token.accessor_id] = token.with_indexes(create_index, index)
     store.acl_secrets[token.secret_id] = token.accessor_id
-    store._touch("acl_tokens", index)
+    store.touch("acl_tokens", index)
 
 
 def set_token(store: Store, index: int, token: ACLToken, create: bool) -> ACLToken:
@@ -107,7 +107,7 @@ def delete_token(store: Store, index: int, accessor: str) -> bool:
     old = store.acl_tokens.pop(accessor, None)
     if old is not None:
         store.acl_secrets.pop(old.secret_id, None)
-        store._touch("acl_tokens", index)
+        store.touch("acl_tokens", index)
     return True
 
 
@@ -127,7 +127,7 @@ def set_policy(store: Store, index: int, policy: ACLPolicy, create: bool) -> ACL
             raise StoreError("Changing the Datacenters of the builtin global-management policy is not permitted")
     create_index = old.create_index if old is not None else index
     store.acl_policies[policy.id] = replace(policy, create_index=create_index, modify_index=index)
-    store._touch("acl_policies", index)
+    store.touch("acl_policies", index)
     return store.acl_policies[policy.id]
 
 
@@ -136,7 +136,7 @@ def delete_policy(store: Store, index: int, policy_id: str) -> bool:
         raise StoreError("Delete operation not permitted on the builtin global-management policy")
     if store.acl_policies.pop(policy_id, None) is not None:
         # Links to it stay on tokens and roles and are skipped when read, as Consul does.
-        store._touch("acl_policies", index)
+        store.touch("acl_policies", index)
     return True
 
 
@@ -152,13 +152,13 @@ def set_role(store: Store, index: int, role: ACLRole, create: bool) -> ACLRole:
     _check_links(store, role.policies)
     create_index = old.create_index if old is not None else index
     store.acl_roles[role.id] = replace(role, create_index=create_index, modify_index=index)
-    store._touch("acl_roles", index)
+    store.touch("acl_roles", index)
     return store.acl_roles[role.id]
 
 
 def delete_role(store: Store, index: int, role_id: str) -> bool:
     if store.acl_roles.pop(role_id, None) is not None:
-        store._touch("acl_roles", index)
+        store.touch("acl_roles", index)
     return True
 
 

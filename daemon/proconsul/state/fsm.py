@@ -138,7 +138,7 @@ class FSM:
             return store.kv_cas(index, entry)
         if op.op == cmd.KVOp.DELETE:
             store.begin()
-            store._kv_delete(index, entry.key)
+            store.kv_delete(index, entry.key)
             store.commit()
             return True
         if op.op == cmd.KVOp.DELETE_CAS:
@@ -342,7 +342,7 @@ def txn_kv_op(store: Store, index: int, i: int, op: cmd.KVS, errors: list[TxnErr
             return fail(f'failed to unlock key "{e.key}", lock isn\'t held, or is held by another session')
         return written()
     if verb == cmd.KVOp.DELETE:
-        store._kv_delete(index, e.key)
+        store.kv_delete(index, e.key)
         return []
     if verb == cmd.KVOp.DELETE_CAS:
         if not store.kv_delete_cas(index, e.key, e.modify_index):

@@ -182,7 +182,8 @@ class Store:
         """Watches registered and not yet fired or removed: parked blocking reads."""
         return self._watch_total
 
-    def _touch(self, table: str, index: int) -> None:
+    def touch(self, table: str, index: int) -> None:
+        """Mark `table` changed at `index` (undone with the transaction; watches fire at `finish`)."""
         if self._undo is not None:
             old = self.table_index[table]
             self._undo.append(lambda: self.table_index.__setitem__(table, old))
@@ -314,7 +315,7 @@ class Store:
             record = replace(node, create_index=index, modify_index=index)
         self._log_undo_dict(self.nodes, node.node)
         self.nodes[node.node] = record
-        self._touch("nodes", index)
+        self.touch("nodes", index)
         self._touch_node(node.node)
         for svc in self.services.get(node.node, {}).values():
             self._touch_service(svc.service, index)
@@ -335,7 +336,7 @@ class Store:
         self._log_undo_dict(per_node, service.id)
         per_node[service.id] = record
         self._index_service(record.service, node, service.id, add=True)
-        self._touch("services", index)
+        self.touch("services", index)
         self._touch_node(node)
         self._touch_service(record.service, index)
         # Service checks carry the service's name and tags: refresh them when the service changes.
@@ -364,7 +365,7 @@ class Store:
             record = replace(check, create_index=index, modify_index=index)
         self._log_undo_dict(per_node, check.check_id)
         per_node[check.check_id] = record
-        self._touch("checks", index)
+        self.touch("checks", index)
         self._touch_node(check.node)
         if svc is not None:
             self._touch_service(svc.service, index)
@@ -391,13 +392,13 @@ class Store:
             del self.nodes[node]
             self.services.pop(node, None)
             self.checks.pop(node, None)
-            self._touch("nodes", index)
+            self.touch("nodes", index)
             self._touch_node(node)
             if node in self.coordinates:
                 # A node's coordinates live and die with its registration, as in Consul.
                 self._log_undo_dict(self.coordinates, node)
                 del self.coordinates[node]
-                self._touch("coordinates", index)
+                self.touch("coordinates", index)
             for sess in sorted(s.id for s in self.sessions.values() if s.node == node):
                 self.destroy_session(index, sess)
 
@@ -412,7 +413,7 @@ class Store:
         self._log_undo_dict(per_node, service_id)
         del per_node[service_id]
         self._index_service(svc.service, node, service_id, add=False)
-        self._touch("services", index)
+        self.touch("services", index)
         self._touch_node(node)
         self._touch_service(svc.service, index)
 
@@ -423,7 +424,7 @@ class Store:
             return
         self._log_undo_dict(per_node, check_id)
         del per_node[check_id]
-        self._touch("checks", index)
+        self.touch("checks", index)
         self._touch_node(node)
         if check.service_name:
             self._touch_service(check.service_name, index)
@@ -540,10 +541,11 @@ class Store:
         if key in self.tombstones:
             self._log_undo_dict(self.tombstones, key)
             del self.tombstones[key]
-        self._touch("kvs", index)
+        self.touch("kvs", index)
         self._dirty_keys.append(key)
 
-    def _kv_delete(self, index: int, key: str) -> None:
+    def kv_delete(self, index: int, key: str) -> None:
+        """Delete `key` (if present) leaving a tombstone; inside `begin`/`commit`."""
         if key not in self.kv:
             return
         self._log_undo_dict(self.kv, key)
@@ -554,8 +556,8 @@ class Store:
             self._undo.append(lambda: bisect.insort(self._kv_sorted, key))
         self._log_undo_dict(self.tombstones, key)
         self.tombstones[key] = index
-        self._touch("kvs", index)
-        self._touch("tombstones", index)
+        self.touch("kvs", index)
+        self.touch("tombstones", index)
         self._dirty_keys.append(key)
 
     def kv_keys_under(self, prefix: str) -> list[str]:
@@ -614,12 +616,12 @@ class Store:
         existing = self.kv.get(key)
         if existing is None or existing.modify_index != cas_index:
             return existing is None
-        self._kv_delete(index, key)
+        self.kv_delete(index, key)
         return True
 
     def kv_delete_tree(self, index: int, prefix: str) -> None:
         for key in self.kv_keys_under(prefix):
-            self._kv_delete(index, key)
+            self.kv_delete(index, key)
 
     def kv_lock(self, index: int, entry: DirEntry, unchanged_since: int = 0) -> bool:
         """Acquire `entry.key` for `entry.session`; False when another session holds it.
@@ -680,7 +682,7 @@ class Store:
                 raise StoreError(f'Check "{cid}" is in critical state')
         self._log_undo_dict(self.sessions, session.id)
         self.sessions[session.id] = replace(session, create_index=index, modify_index=index)
-        self._touch("sessions", index)
+        self.touch("sessions", index)
 
     def destroy_session(self, index: int, session_id: str) -> None:
         session = self.sessions.get(session_id)
@@ -688,7 +690,7 @@ class Store:
             return
         self._log_undo_dict(self.sessions, session_id)
         del self.sessions[session_id]
-        self._touch("sessions", index)
+        self.touch("sessions", index)
         held = [e for e in self.kv.values() if e.session == session_id]
         if held and session.lock_delay_ns > 0:
             until = self.now() + session.lock_delay_ns / 1e9
@@ -696,7 +698,7 @@ class Store:
                 self.lock_delays[entry.key] = max(self.lock_delays.get(entry.key, 0.0), until)
         for entry in sorted(held, key=lambda e: e.key):
             if session.behavior == "delete":
-                self._kv_delete(index, entry.key)
+                self.kv_delete(index, entry.key)
             else:
                 self._kv_put(index, replace(entry, session="", modify_index=index))
         # Queries bound to the session die with it, as Consul's session invalidation deletes them.
@@ -748,7 +750,7 @@ class Store:
                 per = self.coordinates[node] = {}
             self._log_undo_dict(per, segment)
             per[segment] = coord
-        self._touch("coordinates", index)
+        self.touch("coordinates", index)
 
     def list_coordinates(self) -> tuple[int, list[tuple[str, str, Coordinate]]]:
         """Every (node, segment, coordinate), sorted by node then segment."""
@@ -790,14 +792,14 @@ class Store:
         create = existing.create_index if existing is not None else index
         self._log_undo_dict(self.prepared_queries, query.id)
         self.prepared_queries[query.id] = replace(query, create_index=create, modify_index=index)
-        self._touch("prepared_queries", index)
+        self.touch("prepared_queries", index)
 
     def prepared_query_delete(self, index: int, query_id: str) -> None:
         if query_id not in self.prepared_queries:
             raise StoreError(f"Cannot modify non-existent prepared query: '{query_id}'")
         self._log_undo_dict(self.prepared_queries, query_id)
         del self.prepared_queries[query_id]
-        self._touch("prepared_queries", index)
+        self.touch("prepared_queries", index)
 
     def list_prepared_queries(self) -> tuple[int, list[PreparedQuery]]:
         """Every query, by ID (Consul's list order)."""
