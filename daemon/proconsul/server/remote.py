@@ -59,12 +59,12 @@ class ClientConsensus:
         self.voter_list: list[tuple[str, str, str]] = []
         self.commit_index = 0
 
-    def learn(self, leader: str, voters: list[tuple[str, ...]] | None = None) -> None:
+    def learn(self, leader: str, voters: list[tuple[str, str, str]] | None = None) -> None:
         """What a server said (`Status.Leader`): the leader's address ("" for none) and, when
         given, the voters."""
         self.leader = leader
         if voters is not None:
-            self.voter_list = voters  # type: ignore[assignment]
+            self.voter_list = voters
 
     def is_leader(self) -> bool:
         return False
@@ -243,7 +243,8 @@ class RemoteServer:
         while True:
             try:
                 info = await self._call("Status.Leader", None, 5.0, retry_sent=True)
-                self.consensus.learn(str(info.get("leader", "")), [tuple(v) for v in info.get("voters", [])])
+                voters = [tuple(v) for v in info.get("voters", [])]
+                self.consensus.learn(str(info.get("leader", "")), voters)  # type: ignore[arg-type]
             except Exception as exc:
                 logger.debug("client: cannot learn the leader yet: %s", exc)
                 self.consensus.learn("")
