@@ -1,7 +1,9 @@
 """Process gauges under go-metrics' `runtime.*` names, sampled once a second as go-metrics does.
 
 Owns the mapping of Go's runtime figures onto what a Python process can report cheaply:
-`num_goroutines` is the number of asyncio tasks; `alloc_bytes` and `sys_bytes` are the resident
+`num_goroutines` is the number of unfinished asyncio tasks on the agent's loop, kept by a task
+factory that counts each task in and out (walking `asyncio.all_tasks()` every second cost time
+in proportion to the open connections, on the loop that serves them); `alloc_bytes` and `sys_bytes` are the resident
 and virtual sizes from /proc (Python has no cheap live-heap figure); `total_gc_runs` and
 `total_gc_pause_ns` come from the `gc` module (a callback times each collection; `gc_pause_ns` is
 a sample per collection). Go's `heap_objects`, `malloc_count` and `free_count` have no cheap
@@ -16,6 +18,7 @@ import gc
 import logging
 import os
 import time
+import weakref
 from typing import Any
 
 from proconsul.metrics.registry import Metrics
@@ -37,12 +40,50 @@ def _memory() -> tuple[float, float]:
         return 0.0, 0.0
 
 
+class _LiveTasks:
+    """Unfinished tasks of one loop: the task factory counts each new task in, its done callback
+    counts it out. O(1) per task created and per read, whatever the number of connections."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Tasks that exist before the factory is installed: one walk, once per loop.
+        running = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        self.count = len(running)
+        for task in running:
+            task.add_done_callback(self._done)
+        inner = loop.get_task_factory()
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+            task = inner(loop, coro, **kwargs) if inner is not None else asyncio.Task(coro, loop=loop, **kwargs)
+            self.count += 1
+            task.add_done_callback(self._done)
+            return task
+
+        loop.set_task_factory(factory)
+
+    def _done(self, _task: asyncio.Future[Any]) -> None:
+        self.count -= 1
+
+
+# One counter per loop, installed by the first sampler on it and left for the loop's life (several
+# in-process agents share a loop in tests; each reads the same count, as all_tasks() gave them).
+_LIVE_TASKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LiveTasks] = weakref.WeakKeyDictionary()
+
+
+def live_tasks() -> int:
+    """Unfinished asyncio tasks on the running loop (counting starts at the first call)."""
+    loop = asyncio.get_running_loop()
+    counter = _LIVE_TASKS.get(loop)
+    if counter is None:
+        counter = _LIVE_TASKS[loop] = _LiveTasks(loop)
+    return counter.count
+
+
 class RuntimeSampler:
     """Declares the runtime gauges at construction; `run()` updates them until cancelled."""
 
     def __init__(self, metrics: Metrics, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
-        self.goroutines = metrics.gauge("runtime", "num_goroutines", help="asyncio tasks in the agent's loop")
+        self.goroutines = metrics.gauge("runtime", "num_goroutines", help="unfinished asyncio tasks in the agent's loop")
         self.alloc = metrics.gauge("runtime", "alloc_bytes", help="resident set size in bytes")
         self.sys = metrics.gauge("runtime", "sys_bytes", help="virtual memory size in bytes")
         self.gc_runs = metrics.gauge("runtime", "total_gc_runs", help="garbage collections since start")
@@ -65,7 +106,7 @@ class RuntimeSampler:
 
     def sample(self) -> None:
         """Set every gauge once (also called at start so they hold real values from the first scrape)."""
-        self.goroutines.set(float(len(asyncio.all_tasks())))
+        self.goroutines.set(float(live_tasks()))
         resident, virtual = _memory()
         self.alloc.set(resident)
         self.sys.set(virtual)
