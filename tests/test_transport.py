@@ -221,3 +221,35 @@ async def test_a_dial_cancelled_as_its_connection_opens_stays_cancelled(monkeypa
         for writer in opened:
             writer.close()
         await listener.stop()
+
+
+async def test_a_connection_cancelled_as_its_first_byte_arrives_is_not_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The listener stops (cancelling its connections) in the loop iteration a connection's type
+    # byte arrives: the connection must end there, not go on to its handler.
+    served: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append("rpc")
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: handler})
+    await listener.start()
+    loop = asyncio.get_running_loop()
+    real_recv = loop.sock_recv
+
+    async def recv_then_get_cancelled(sock: Any, n: int) -> bytes:
+        data = await real_recv(sock, n)
+        for task in listener._conns:
+            task.cancel()  # arrives with the byte, before the connection's task resumes
+        return data
+
+    monkeypatch.setattr(loop, "sock_recv", recv_then_get_cancelled)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(bytes([ConnType.RPC]))
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # closed by the listener
+        writer.close()
+        assert served == []
+    finally:
+        await listener.stop()
