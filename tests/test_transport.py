@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from proconsul.transport import ConnectionPool, Listener, RemoteError, rpc_stream_handler
+from proconsul import transport
+from proconsul.transport import ConnectionPool, Listener, RemoteError, dial, rpc_stream_handler
 from proconsul.wire import ConnType
 
 
@@ -185,4 +186,70 @@ async def test_a_call_cancelled_as_its_answer_arrives_stays_cancelled() -> None:
     finally:
         release.set()
         await pool.close()
+        await listener.stop()
+
+
+async def test_a_dial_cancelled_as_its_connection_opens_stays_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The dialling task is cancelled in the loop iteration its connection completes (a stopping
+    # agent's pool connecting under load): the cancellation must reach the caller, not be traded
+    # for the connection (asyncio.wait_for on 3.11), or the caller goes on with its RPC.
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(lambda m, b: asyncio.sleep(0))})
+    await listener.start()
+    real_open = asyncio.open_connection
+    opened: list[asyncio.StreamWriter] = []
+    carried_on = False
+
+    async def open_then_get_cancelled(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await real_open(host, port)
+        opened.append(writer)
+        caller.cancel()  # arrives with the result, before the caller resumes
+        return reader, writer
+
+    async def dialler() -> None:
+        nonlocal carried_on
+        await dial(f"127.0.0.1:{listener.port}", ConnType.RPC)
+        await asyncio.sleep(0)
+        carried_on = True
+
+    monkeypatch.setattr(transport.asyncio, "open_connection", open_then_get_cancelled)
+    caller = asyncio.ensure_future(dialler())
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert opened and not carried_on
+    finally:
+        for writer in opened:
+            writer.close()
+        await listener.stop()
+
+
+async def test_a_connection_cancelled_as_its_first_byte_arrives_is_not_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The listener stops (cancelling its connections) in the loop iteration a connection's type
+    # byte arrives: the connection must end there, not go on to its handler.
+    served: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append("rpc")
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: handler})
+    await listener.start()
+    loop = asyncio.get_running_loop()
+    real_recv = loop.sock_recv
+
+    async def recv_then_get_cancelled(sock: Any, n: int) -> bytes:
+        data = await real_recv(sock, n)
+        for task in listener._conns:
+            task.cancel()  # arrives with the byte, before the connection's task resumes
+        return data
+
+    monkeypatch.setattr(loop, "sock_recv", recv_then_get_cancelled)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(bytes([ConnType.RPC]))
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # closed by the listener
+        writer.close()
+        assert served == []
+    finally:
         await listener.stop()

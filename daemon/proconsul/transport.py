@@ -109,17 +109,19 @@ async def dial(
     """Open a connection of `conn_type` to `address` ("host:port"), over TLS when `security` says
     so; raises OSError (ssl.SSLError included: a certificate that does not verify) or TimeoutError."""
     host, port = dial_target(address)
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    # asyncio.timeout, not asyncio.wait_for, for every wait in this module: on 3.11 wait_for returns
+    # the result when its caller is cancelled in the loop iteration the result arrives, and the
+    # cancellation is lost (CPython gh-86296): a stopping agent's dial, accept or call carries on.
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(host, port)
     try:
         outgoing = security.client_context(datacenter) if security is not None else None
         if outgoing is not None:
             context, server_name = outgoing
             writer.write(bytes([ConnType.TLS]))
             try:
-                await asyncio.wait_for(
-                    writer.start_tls(context, server_hostname=server_name, ssl_handshake_timeout=timeout_s),
-                    timeout_s,
-                )
+                async with asyncio.timeout(timeout_s):
+                    await writer.start_tls(context, server_hostname=server_name, ssl_handshake_timeout=timeout_s)
             except (ssl.SSLError, ConnectionError) as exc:
                 raise TLSHandshakeError(f"TLS handshake with {address} failed: {exc}") from exc
         writer.write(bytes([conn_type]))
@@ -203,7 +205,8 @@ class Listener:
         writer: asyncio.StreamWriter | None = None
         try:
             # One byte straight from the socket: what follows (a ClientHello) stays unread.
-            first = await asyncio.wait_for(loop.sock_recv(conn, 1), self._timeout())
+            async with asyncio.timeout(self._timeout()):
+                first = await loop.sock_recv(conn, 1)
             if not first:
                 return
             context: ssl.SSLContext | None = None
@@ -229,7 +232,8 @@ class Listener:
                 return
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             if context is not None:
-                first = await asyncio.wait_for(reader.readexactly(1), self._timeout())
+                async with asyncio.timeout(self._timeout()):
+                    first = await reader.readexactly(1)
             try:
                 conn_type = ConnType(first[0])
                 handler = self.handlers[conn_type]
@@ -450,9 +454,8 @@ class ConnectionPool:
             conn.cork.write(encode_request(Request(seq, method, body)))
             sent = True
             await conn.writer.drain()
-            # Not asyncio.wait_for: on 3.11 it returns the answer when the caller is cancelled in
-            # the loop iteration the answer arrives, and the cancellation is lost (a stopping
-            # agent then waits forever on a task that went back to sleep).
+            # Not asyncio.wait_for (see dial): a caller cancelled as the answer arrives would take
+            # the answer and go on, and a stopping agent wait forever on a task back asleep.
             async with asyncio.timeout(timeout_s):
                 return await fut
         finally:

@@ -91,7 +91,8 @@ async def forward(
         try:
             host, port = parse_recursor(addr)
             exchange = _exchange_tcp if tcp else _exchange_udp
-            data = await asyncio.wait_for(exchange(query, host, port), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: it can lose a cancellation
+                data = await exchange(query, host, port)
             reply = DNSRecord.parse(data)
         except Exception as exc:
             # Every failure of one upstream (timeout, refused, garbage) means "try the next".

@@ -172,9 +172,13 @@ class DNSServer:
         try:
             while True:
                 try:
-                    prefix = await asyncio.wait_for(reader.readexactly(2), self.tcp_idle_s)
+                    # asyncio.timeout, not wait_for: a stop's cancellation arriving with a query
+                    # must end this loop, not be lost to it (CPython gh-86296).
+                    async with asyncio.timeout(self.tcp_idle_s):
+                        prefix = await reader.readexactly(2)
                     (length,) = struct.unpack("!H", prefix)
-                    data = await asyncio.wait_for(reader.readexactly(length), self.tcp_idle_s)
+                    async with asyncio.timeout(self.tcp_idle_s):
+                        data = await reader.readexactly(length)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
                 reply = self.fast_reply(data, True)

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -189,22 +190,49 @@ def json_response(
 
 
 # Identical parked blocking queries are answered with one shared object (server/rpc.py's
-# _Parked); the answers of the last few are kept encoded by identity, so a thousand watchers of
-# one service cost one encoding. An entry holds its object, so its id cannot be reused meanwhile;
+# _Parked); the answers of the last few are kept by identity with their encoding and any fact a
+# route derives from them (`shared_fact`), so a thousand watchers of one service cost one
+# encoding and one scan. An entry holds its object, so its id cannot be reused meanwhile;
 # answers are never changed once returned.
-_SHARED_ENCODINGS: OrderedDict[int, tuple[Any, bytes]] = OrderedDict()
-_SHARED_ENCODINGS_MAX = 16
+class _Shared:
+    __slots__ = ("obj", "body", "facts")
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self.body: bytes | None = None
+        self.facts: dict[str, Any] = {}
+
+
+_SHARED_ANSWERS: OrderedDict[int, _Shared] = OrderedDict()
+_SHARED_ANSWERS_MAX = 16
+
+
+def _shared(obj: Any) -> _Shared:
+    entry = _SHARED_ANSWERS.get(id(obj))
+    if entry is None or entry.obj is not obj:
+        entry = _SHARED_ANSWERS[id(obj)] = _Shared(obj)
+        if len(_SHARED_ANSWERS) > _SHARED_ANSWERS_MAX:
+            _SHARED_ANSWERS.popitem(last=False)
+    return entry
 
 
 def _encode_shared(obj: Any) -> bytes:
-    hit = _SHARED_ENCODINGS.get(id(obj))
-    if hit is not None and hit[0] is obj:
-        return hit[1]
-    body = _dumps(obj)
-    _SHARED_ENCODINGS[id(obj)] = (obj, body)
-    if len(_SHARED_ENCODINGS) > _SHARED_ENCODINGS_MAX:
-        _SHARED_ENCODINGS.popitem(last=False)
-    return body
+    entry = _shared(obj)
+    if entry.body is None:
+        entry.body = _dumps(obj)
+    return entry.body
+
+
+def shared_fact(request: web.Request, obj: Any, name: str, compute: Callable[[Any], Any]) -> Any:
+    """`compute(obj)`, a pure function of an answer, computed once per shared answer: a blocking
+    read's answer may be the one object handed to every identical parked watcher, so the result
+    is kept beside its encoding under `name`. Other reads' answers are their own; computed."""
+    if "index" not in request.query or not isinstance(obj, (list, dict)):
+        return compute(obj)
+    facts = _shared(obj).facts
+    if name not in facts:
+        facts[name] = compute(obj)
+    return facts[name]
 
 
 def set_meta(resp: web.StreamResponse, meta: QueryMeta) -> None:

@@ -17,7 +17,7 @@ from proconsul.http import cached
 from proconsul.http.absent import peer_requested
 from proconsul.http.appkeys import AGENT
 from proconsul.http.catalog import node_meta_filter
-from proconsul.http.common import bad_request, filter_items, flag, json_response, query_options
+from proconsul.http.common import bad_request, filter_items, flag, json_response, query_options, shared_fact
 from proconsul.http.coordinate import near_node
 from proconsul.local.cache import HEALTH_SERVICES
 from proconsul.server.queries import VALID_STATES
@@ -27,6 +27,12 @@ logger = logging.getLogger(__name__)
 
 # Which services this agent's API has seen below their protection threshold (logging only).
 PROTECTION_LOG = web.AppKey("protection_log", protection.ProtectionLog)
+
+
+def protection_applied(items: list[Any]) -> bool:
+    """Whether a `?passing` answer holds a non-passing check: only the protection threshold
+    keeps those. Scans every check of every instance, hence computed once per shared answer."""
+    return any(check.get("Status") != "passing" for item in items for check in item.get("Checks") or ())
 
 
 def _unpeered(request: web.Request, items: list[Any], schema: Any) -> list[Any]:
@@ -77,9 +83,7 @@ async def service_health(request: web.Request) -> web.Response:
     meta, items = await cached.query(request, HEALTH_SERVICES, "Health.ServiceNodes", args, opts)
     # With ?passing every entry is all-passing unless the protection threshold kept the others
     # (the server that ran the query may be another one, so this is read off the answer).
-    protected = args["passing"] and any(
-        check.get("Status") != "passing" for item in items for check in item.get("Checks") or ()
-    )
+    protected = args["passing"] and shared_fact(request, items, "protection", protection_applied)
     if args["passing"]:
         request.app[PROTECTION_LOG].note(args["service"], protected)
     response = json_response(request, _unpeered(request, items, bexpr.HEALTH_SERVICE_ENTRY), meta)

@@ -270,7 +270,10 @@ class CheckRunner:
         timeout = d.timeout_s or DEFAULT_TIMEOUT_S
         host, port = _split_host_port(d.tcp)
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            # asyncio.timeout, not wait_for, here and in _udp: a removed check's cancellation
+            # arriving as the probe completes must stop its runner (CPython gh-86296).
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(host, port)
         except TimeoutError:
             return HEALTH_CRITICAL, f"dial tcp {d.tcp}: i/o timeout"
         except (OSError, ValueError) as exc:
@@ -293,7 +296,8 @@ class CheckRunner:
         host, port = _split_host_port(d.udp)
         loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), timeout)
+            async with asyncio.timeout(timeout):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         except (OSError, TimeoutError) as exc:
             return HEALTH_CRITICAL, f"dial udp {d.udp}: {exc}"
         family, _, proto, _, address = infos[0]
@@ -304,7 +308,8 @@ class CheckRunner:
             sock.connect(address)
             local = sock.getsockname()
             sock.send(b"")
-            await asyncio.wait_for(loop.sock_recv(sock, 1), timeout)
+            async with asyncio.timeout(timeout):
+                await loop.sock_recv(sock, 1)
         except TimeoutError:
             pass  # nothing came back, not even a refusal: passing, as Consul
         except OSError as exc:

@@ -857,7 +857,10 @@ class RaftServer:
         self._read_waiting.append(fut)
         self._wake.set()
         try:
-            await asyncio.wait_for(fut, self.tick_s * self.election_tick * 2)
+            # Not asyncio.wait_for: it loses a cancellation arriving as the round confirms
+            # (CPython gh-86296), and an abandoned read would go on to run (and park).
+            async with asyncio.timeout(self.tick_s * self.election_tick * 2):
+                await fut
         except TimeoutError:
             raise NoLeaderError() from None
 
