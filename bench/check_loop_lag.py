@@ -55,6 +55,7 @@ from common import (  # noqa: E402
     Procs,
     cpu_seconds,
     free_port,
+    install_loop_lag_monitor,
     python_exe,
     wait_http,
 )
@@ -69,37 +70,7 @@ def agent_wrapper(lag_file: str, argv: list[str]) -> int:
     """run_agent(argv) with a lag monitor task on its loop; samples go to `lag_file`."""
     from proconsul.agent.agent import run_agent
 
-    orig_run = asyncio.run
-
-    async def monitor() -> None:
-        buf: list[str] = []
-        last_flush = time.monotonic()
-        with open(lag_file, "a", buffering=1) as out:
-            try:
-                while True:
-                    t0 = time.perf_counter()
-                    await asyncio.sleep(TICK_S)
-                    lag = time.perf_counter() - t0 - TICK_S
-                    now = time.monotonic()
-                    buf.append(f"{now:.6f} {lag * 1000:.3f}\n")
-                    if now - last_flush >= 0.5:
-                        out.write("".join(buf))
-                        buf.clear()
-                        last_flush = now
-            finally:
-                out.write("".join(buf))
-
-    def run(coro: Any, **kwargs: Any) -> Any:
-        async def main() -> Any:
-            task = asyncio.get_running_loop().create_task(monitor(), name="bench:lag-monitor")
-            try:
-                return await coro
-            finally:
-                task.cancel()
-
-        return orig_run(main(), **kwargs)
-
-    asyncio.run = run  # type: ignore[assignment]
+    install_loop_lag_monitor(lag_file, TICK_S)
     return int(run_agent(argv) or 0)
 
 

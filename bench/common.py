@@ -6,6 +6,7 @@ up after itself even on failure; each benchmark keeps only its own load and repo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -115,3 +117,40 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of `pid` (the process, including all its threads), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def install_loop_lag_monitor(lag_file: str, tick_s: float) -> None:
+    """Make `asyncio.run` also run a task that sleeps `tick_s` in a loop and appends
+    "<monotonic time> <lag ms>" lines to `lag_file` (how late each wake-up was): an agent started
+    with `run_agent` in this process then has its event loop's lag recorded."""
+    orig_run = asyncio.run
+
+    async def monitor() -> None:
+        buf: list[str] = []
+        last_flush = time.monotonic()
+        with open(lag_file, "a", buffering=1) as out:
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    await asyncio.sleep(tick_s)
+                    lag = time.perf_counter() - t0 - tick_s
+                    now = time.monotonic()
+                    buf.append(f"{now:.6f} {lag * 1000:.3f}\n")
+                    if now - last_flush >= 0.5:  # batched, so the monitor barely adds lag itself
+                        out.write("".join(buf))
+                        buf.clear()
+                        last_flush = now
+            finally:
+                out.write("".join(buf))
+
+    def run(coro: Any, **kwargs: Any) -> Any:
+        async def main() -> Any:
+            task = asyncio.get_running_loop().create_task(monitor(), name="bench:lag-monitor")
+            try:
+                return await coro
+            finally:
+                task.cancel()
+
+        return orig_run(main(), **kwargs)
+
+    asyncio.run = run  # type: ignore[assignment]

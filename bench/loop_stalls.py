@@ -22,7 +22,6 @@ Everything it started is stopped by pid in a `finally`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HOST, Procs, free_port, http_put, python_exe, wait_http  # noqa: E402
+from common import HOST, Procs, free_port, http_put, install_loop_lag_monitor, python_exe, wait_http  # noqa: E402
 
 TICK_S = 0.010
 
@@ -53,7 +52,6 @@ def agent_wrapper(lag_file: str, gc_file: str, argv: list[str]) -> int:
     """run_agent(argv) with a lag monitor on its loop and a GC hook; samples go to the files."""
     from proconsul.agent.agent import run_agent
 
-    orig_run = asyncio.run
     gc_out = open(gc_file, "a", buffering=1)
     started = [0.0]
 
@@ -64,36 +62,8 @@ def agent_wrapper(lag_file: str, gc_file: str, argv: list[str]) -> int:
             now = time.perf_counter()
             gc_out.write(f"{time.monotonic():.6f} {info['generation']} {(now - started[0]) * 1000:.3f}\n")
 
-    async def monitor() -> None:
-        buf: list[str] = []
-        last_flush = time.monotonic()
-        with open(lag_file, "a", buffering=1) as out:
-            try:
-                while True:
-                    t0 = time.perf_counter()
-                    await asyncio.sleep(TICK_S)
-                    lag = time.perf_counter() - t0 - TICK_S
-                    now = time.monotonic()
-                    buf.append(f"{now:.6f} {lag * 1000:.3f}\n")
-                    if now - last_flush >= 0.5:
-                        out.write("".join(buf))
-                        buf.clear()
-                        last_flush = now
-            finally:
-                out.write("".join(buf))
-
-    def run(coro: Any, **kwargs: Any) -> Any:
-        async def main() -> Any:
-            task = asyncio.get_running_loop().create_task(monitor(), name="bench:lag-monitor")
-            try:
-                return await coro
-            finally:
-                task.cancel()
-
-        return orig_run(main(), **kwargs)
-
     gc.callbacks.append(on_gc)
-    asyncio.run = run  # type: ignore[assignment]
+    install_loop_lag_monitor(lag_file, TICK_S)
     return int(run_agent(argv) or 0)
 
 
