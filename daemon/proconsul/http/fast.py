@@ -369,20 +369,16 @@ class FastRequestHandler(GuardedRequestHandler):
                         return False
                     data = routes.kv_get(key, query)
                     pattern = _KV
-                elif path.startswith(_HEALTH):
-                    service = path[len(_HEALTH):]
-                    if not service or "/" in service:
-                        return False
-                    data = routes.health_service(service, query)
-                    pattern = _HEALTH
-                elif path.startswith(_CATALOG):
-                    service = path[len(_CATALOG):]
-                    if not service or "/" in service:
-                        return False
-                    data = routes.catalog_service(service, query)
-                    pattern = _CATALOG
                 else:
-                    return False
+                    for pattern, read in ((_HEALTH, routes.health_service), (_CATALOG, routes.catalog_service)):  # noqa: B007 (used after the break)
+                        if path.startswith(pattern):
+                            break
+                    else:
+                        return False
+                    service = path[len(pattern):]
+                    if not service or "/" in service:
+                        return False
+                    data = read(service, query)
                 self.request_started()
                 routes.observe("GET", pattern, start)  # as the middleware: before the answer goes out
                 self._answer(data)
