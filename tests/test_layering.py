@@ -74,7 +74,7 @@ LAYERS: dict[str, int] = {
     "rpc_api": 2,
     **{leaf: 1 for leaf in (
         "proconsul", "structs", "filter", "coordinate", "durations", "wire", "transport", "tasks",
-        "api_client", "flags", "safe_json", "go_regexp", "malformed_log",
+        "api_client", "flags", "safe_json", "go_regexp", "malformed_log", "listen",
         # The telemetry registry: every subsystem records into it, it imports no other unit.
         "metrics",
         # The web UI's static assets (HTML/CSS/JS as package data); http/ui.py serves them.

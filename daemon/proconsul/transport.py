@@ -30,6 +30,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
 
+from proconsul.listen import listen_backlog
 from proconsul.malformed_log import MALFORMED
 from proconsul.wire import (
     ConnType,
@@ -174,7 +175,7 @@ class Listener:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(sockaddr)
-            sock.listen(1024)
+            sock.listen(listen_backlog())
             sock.setblocking(False)
         except OSError:
             sock.close()

@@ -45,6 +45,7 @@ from proconsul.dns import wire as dns_wire
 from proconsul.dns.answer import Answer, AnswerCache, Question, Resolver, match_domain
 from proconsul.dns.query import answer_prepared
 from proconsul.dns.remote import answer_on_client, answer_remote
+from proconsul.listen import listen_backlog
 from proconsul.metrics import Metrics
 from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.rpc import Server
@@ -130,7 +131,7 @@ class DNSServer:
         for host in addresses:
             transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), local_addr=(host, port))
             self._udp.append(transport)
-            self._tcp.append(await asyncio.start_server(self._serve_tcp, host, port))
+            self._tcp.append(await asyncio.start_server(self._serve_tcp, host, port, backlog=listen_backlog()))
             logger.info("dns: listening on %s:%d (udp, tcp)", host, port)
 
     async def stop(self) -> None:

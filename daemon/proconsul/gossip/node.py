@@ -44,6 +44,7 @@ from proconsul.gossip.core import (
     StreamRequest,
 )
 from proconsul.gossip.keyring import DecryptError, Keyring
+from proconsul.listen import listen_backlog
 from proconsul.malformed_log import MALFORMED
 from proconsul.metrics import Metrics
 
@@ -163,7 +164,9 @@ class GossipNode:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.bind
-        self._tcp = await asyncio.start_server(self._serve_stream, host, port, reuse_address=True)
+        self._tcp = await asyncio.start_server(
+            self._serve_stream, host, port, reuse_address=True, backlog=listen_backlog()
+        )
         if port == 0:
             port = self._tcp.sockets[0].getsockname()[1]
         transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self._on_datagram), local_addr=(host, port))

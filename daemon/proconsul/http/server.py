@@ -63,6 +63,7 @@ from proconsul.http.conn_guard import (
     GuardedRequestHandler,
     guarded_factory,
 )
+from proconsul.listen import listen_backlog
 from proconsul.rpc_api import RPCError
 from proconsul.state import protection
 from proconsul.state.store import StoreError
@@ -324,7 +325,9 @@ class HTTPServer:
                 {"ssl": context, "ssl_handshake_timeout": self.tls_handshake_timeout_s} if context else {}
             )
             for address in addresses:
-                listener = await loop.create_server(factory, address, port, reuse_address=True, **tls_args)
+                listener = await loop.create_server(
+                    factory, address, port, reuse_address=True, backlog=listen_backlog(), **tls_args
+                )
                 self._listeners.append(listener)
                 for sock in listener.sockets:
                     bound.append(sock.getsockname()[:2])

@@ -32,6 +32,7 @@ from proconsul.http.server import refuse_unknown_expectations
 from proconsul.http.workers.app import WorkerAgent, apply_config, build_worker_app
 from proconsul.http.workers.proxy import Forwarder
 from proconsul.http.workers.replica import Replica
+from proconsul.listen import listen_backlog
 from proconsul.metrics.registry import Metrics
 
 logger = logging.getLogger("proconsul.http.worker")
@@ -87,7 +88,7 @@ async def serve(control: str, forward: str, fds: list[int]) -> None:
         factory = guarded_factory(runner.server, counter, HEADER_READ_TIMEOUT_S, **kwargs)
         for fd in fds:
             sock = socket.socket(fileno=fd)
-            listeners.append(await loop.create_server(factory, sock=sock))
+            listeners.append(await loop.create_server(factory, sock=sock, backlog=listen_backlog()))
         logger.info("http worker %d: serving", os.getpid())
     await stopping
     for listener in listeners:
