@@ -497,7 +497,9 @@ async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout
             prefix = prefixes[(seq // 2) % len(prefixes)]
             value = token.encode()
             board.add(prefix, token, base64.b64encode(value))
-            url, body, method = f"{base}/v1/kv/{prefix}k{seq % 7}", value, "PUT"
+            # A key of its own: a watcher answered late still finds the token (a shared key could
+            # have been overwritten by then, and the write counted as missed).
+            url, body, method = f"{base}/v1/kv/{prefix}k{seq}", value, "PUT"
         log.sent[token] = time.perf_counter()
         try:
             kwargs: dict[str, Any] = {"json": body} if isinstance(body, list) else {"data": body}
@@ -603,6 +605,48 @@ async def all_seen(watchers: list[Watcher], log: WriteLog, board: Board, timeout
         await asyncio.sleep(0.1)
 
 
+async def settle(session: aiohttp.ClientSession, bases: list[str], layout: Layout, board: Board,
+                 watchers: list[Watcher], timeout_s: float) -> float:
+    """Before the measured stream: one write to every watched KV prefix and service (a new key;
+    a new output on a passing instance's check, in `/v1/txn`s), then wait until every KV and
+    health watcher has answered with it; returns how long that took.
+
+    The servers' parked count cannot tell a watcher whose first request is still on its way
+    (in a listen queue, in a busy watcher process) from one parked on the server: without this,
+    a write streamed at such a moment reached that watcher only with its first answer, seconds
+    later, and was counted against the servers. After it, every watcher has been served once
+    and is back (or on its way back) at a known index. `/v1/catalog/services` watchers get
+    nothing here: nothing in the stream may wake them."""
+    _RUN[0] += 1
+    tag = f"s{_RUN[0]}x{random.randrange(10**6):06d}"
+    status = _CHECK_STATUS
+    ops: list[dict[str, Any]] = []
+    for topic in sorted({w.topic for w in watchers if w.kind in ("kv", "health")}):
+        token = f"{tag}-{topic.replace('/', '_')}"
+        if topic.startswith("scale/"):
+            board.add(topic, token, base64.b64encode(token.encode()))
+            ops.append({"KV": {"Verb": "set", "Key": f"{topic}settle", "Value": base64.b64encode(token.encode()).decode()}})
+        else:
+            i = next(i for i in layout.instances_of(topic) if status.get(i, "passing") == "passing")
+            board.add(topic, token, token.encode())
+            ops.append(check_op(layout, i, "passing", token))
+    start = time.perf_counter()
+    for k in range(0, len(ops), MAX_TXN_OPS):
+        async with session.put(f"{bases[0]}/v1/txn", json=ops[k:k + MAX_TXN_OPS]) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"settling txn answered {resp.status}: {body[:300]!r}")
+    waiting = [w for w in watchers if w.kind in ("kv", "health")]
+    deadline = start + timeout_s
+    while True:
+        waiting = [w for w in waiting if not any(t.startswith(tag) for t in w.seen)]
+        if not waiting:
+            return time.perf_counter() - start
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{len(waiting)} watchers never answered the settling writes in {timeout_s}s")
+        await asyncio.sleep(0.2)
+
+
 async def wait_parked(session: aiohttp.ClientSession, bases: list[str], watchers: list[Watcher],
                       timeout_s: float) -> None:
     """Until every watcher has sent its blocking request and the servers' parked count has
@@ -651,6 +695,8 @@ async def watch_and_write(session: aiohttp.ClientSession, bases: list[str], layo
         pool = None
     try:
         await wait_parked(session, bases, plan, timeout_s=120 + watchers / 20)
+        settle_s = await settle(session, bases, layout, board, plan, timeout_s=300)
+        print(f"# {watchers} watchers: every one answered the settling writes after {settle_s:.1f}s", file=sys.stderr)
         if on_parked is not None:
             on_parked()
         log = await stream_writes(session, bases, layout, board, plan, writes, rate, rng)
