@@ -235,23 +235,106 @@ async def run_watcher(session: aiohttp.ClientSession, w: Watcher, board: Board, 
             _note_error(f"watch {w.path()}: {exc!r}")
             await asyncio.sleep(0.2)
             continue
-        digest = hashlib.blake2b(body, digest_size=16).digest()
-        if w.index:
-            w.answers += 1
-            if digest == w.last_digest:
-                if now - sent < wait_s * 0.9:
-                    w.spurious += 1
-                else:
-                    w.expired += 1
-        for token, needle, present in board.tokens.get(w.topic, ()):
-            if token not in w.seen and (needle in body) == present:
-                w.seen[token] = now
-                if w.on_seen is not None:
-                    w.on_seen(w, token, now)
-        if w.on_seen is not None:
-            w.last_body, w.last_at = body, now
-        w.last_digest = digest
-        w.index = index if index >= w.index else 0
+        _took_answer(w, board, body, index, sent, now, wait_s)
+
+
+def _took_answer(w: Watcher, board: Board, body: bytes, index: int, sent: float, now: float, wait_s: float) -> None:
+    """Count one answer: spurious or expired, the writes it shows, the index to wait on next."""
+    digest = hashlib.blake2b(body, digest_size=16).digest()
+    if w.index:
+        w.answers += 1
+        if digest == w.last_digest:
+            if now - sent < wait_s * 0.9:
+                w.spurious += 1
+            else:
+                w.expired += 1
+    for token, needle, present in board.tokens.get(w.topic, ()):
+        if token not in w.seen and (needle in body) == present:
+            w.seen[token] = now
+            if w.on_seen is not None:
+                w.on_seen(w, token, now)
+    if w.on_seen is not None:
+        w.last_body, w.last_at = body, now
+    w.last_digest = digest
+    w.index = index if index >= w.index else 0
+
+
+class _RawConnection:
+    """One keep-alive HTTP/1.1 connection with just what a watcher needs: GET, status, the
+    X-Consul-Index header, a Content-Length body. aiohttp's client cost the watcher processes
+    more CPU than the servers spent answering (their loops lagged seconds at 5,000 watchers, and
+    every latency reported included it); a watcher holds one connection, as Consul's clients do."""
+
+    def __init__(self, base: str) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port or 80)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str) -> tuple[int, int, bytes]:
+        """(status, X-Consul-Index or 0, body); reconnects once if a kept-alive connection was closed."""
+        for attempt in (0, 1):
+            fresh = self.writer is None
+            if fresh:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 24)
+            assert self.reader is not None and self.writer is not None
+            try:
+                self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+                head = await self.reader.readuntil(b"\r\n\r\n")
+            except (OSError, asyncio.IncompleteReadError):
+                self.close()
+                if fresh or attempt:
+                    raise
+                continue
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            index = length = 0
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                name = name.lower()
+                if name == "content-length":
+                    length = int(value)
+                elif name == "x-consul-index":
+                    index = int(value)
+            body = await self.reader.readexactly(length) if length else b""
+            return status, index, body
+        raise ConnectionError("unreachable")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def run_watcher_raw(w: Watcher, board: Board, wait: str) -> None:
+    """`run_watcher` over one raw keep-alive connection (the watcher processes' path)."""
+    conn = _RawConnection(w.base)
+    wait_s = float(wait.rstrip("s"))
+    try:
+        while not board.stop:
+            path = w.path()
+            url = path + (("&" if path[-1] != "?" else "") + f"index={w.index}&wait={wait}" if w.index else "")
+            sent = time.perf_counter()
+            try:
+                w.parked_once = w.parked_once or bool(w.index)
+                status, index, body = await asyncio.wait_for(conn.get(url), wait_s * 2 + 60)
+                now = time.perf_counter()
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                conn.close()
+                w.errors += 1
+                _note_error(f"watch {w.path()}: {exc!r}")
+                await asyncio.sleep(0.2)
+                continue
+            if status != 200:
+                w.errors += 1
+                _note_error(f"watch {w.path()}: {status} {body[:200]!r}")
+                await asyncio.sleep(0.2)
+                continue
+            _took_answer(w, board, body, index, sent, now, wait_s)
+    finally:
+        conn.close()
 
 
 async def prime(session: aiohttp.ClientSession, watchers: list[Watcher]) -> None:
@@ -380,7 +463,12 @@ class WatcherProcesses:
 def _watcher_process(specs: list[tuple[Any, ...]], wait: str, conn: Any) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.run(_watch_in_process(specs, wait, conn))
+    try:
+        import uvloop  # the agent's own loop; a third of asyncio's per-callback cost
+    except ImportError:
+        asyncio.run(_watch_in_process(specs, wait, conn))
+    else:
+        uvloop.run(_watch_in_process(specs, wait, conn))
 
 
 async def _watch_in_process(specs: list[tuple[Any, ...]], wait: str, conn: Any) -> None:
@@ -427,22 +515,20 @@ async def _watch_in_process(specs: list[tuple[Any, ...]], wait: str, conn: Any) 
     threading.Thread(target=listen, daemon=True).start()
     lag: list[float] = []
     lagger = asyncio.ensure_future(own_loop_lag(lag))
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        tasks = [asyncio.ensure_future(run_watcher(session, w, board, wait)) for w in ids.values()]
-        reported = False
-        while not done.is_set():
-            if not reported and all(w.parked_once for w in ids.values()):
-                conn.send(("parked",))
-                reported = True
-            try:
-                await asyncio.wait_for(done.wait(), 0.2)
-            except TimeoutError:
-                pass
-        board.stop = True
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    tasks = [asyncio.ensure_future(run_watcher_raw(w, board, wait)) for w in ids.values()]
+    reported = False
+    while not done.is_set():
+        if not reported and all(w.parked_once for w in ids.values()):
+            conn.send(("parked",))
+            reported = True
+        try:
+            await asyncio.wait_for(done.wait(), 0.2)
+        except TimeoutError:
+            pass
+    board.stop = True
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     lagger.cancel()
     conn.send(("lag", round(pct(lag, 0.5), 1), round(pct(lag, 0.99), 1), round(max(lag, default=0.0), 1)))
     for text in ERRORS:
