@@ -13,11 +13,13 @@ The policy, installed once the agent has started:
    they were just found live, so a full collection scans only what was promoted since (short,
    whatever the heap size). Objects that die later are still freed by reference counting as
    always; only garbage cycles among frozen objects wait for step 3;
-3. once the frozen heap has doubled since the last complete scan, a complete collection runs on
-   the event loop: unfreeze, collect everything (reclaiming such cycles), freeze again. A long
-   pause at most once per doubling of the frozen heap, so memory stays bounded (to about twice
-   the live heap). Freezing resets CPython's own trigger for full collections, so without this
-   step none would run.
+3. once the frozen heap has grown by half since the last complete scan (checked whenever the
+   objects frozen since could have doubled it), a complete collection runs on the event loop:
+   unfreeze, collect everything (reclaiming such cycles), freeze again. A long pause at most once
+   per such growth of the frozen heap, so memory stays bounded (to about twice the live heap).
+   Freezing resets CPython's own trigger for full collections, so without this step none would
+   run. The size of the frozen heap is never asked for on every collection: CPython counts it
+   by walking it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ class GCPolicy:
         self.installed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scanned_size = 0  # frozen objects after the last complete scan
+        # Objects frozen so far, added up as they are frozen: an upper bound, since a frozen object
+        # that dies leaves the frozen list without telling us. `gc.get_freeze_count()` is exact
+        # but walks the whole frozen list (57 ms for 3 million objects); called after every
+        # collection it was the very stall this policy exists to remove (a server with 5,000
+        # watchers under cProfile: 0.15-0.19 s per call, 23 calls in 30 s; docs/PERFORMANCE.md,
+        # issue 16). It now runs only when the bound says the heap may have doubled.
+        self._frozen = 0
         self._scan_pending = False
         self.freezes = 0
         self.full_scans = 0
@@ -51,7 +60,7 @@ class GCPolicy:
         self._loop = asyncio.get_running_loop()
         gc.collect()
         gc.freeze()
-        self._scanned_size = gc.get_freeze_count()
+        self._scanned_size = self._frozen = gc.get_freeze_count()  # once, at startup
         gc.callbacks.append(self._on_gc)
         self.installed = True
         logger.debug("gc: froze %d startup objects", self._scanned_size)
@@ -68,9 +77,22 @@ class GCPolicy:
             return
         # The generations this collection covered are empty: the oldest holds only what just
         # survived (live), and freezing it takes nothing younger along.
+        if self._scan_pending:  # the complete scan on its way counts everything afresh
+            gc.freeze()
+            self.freezes += 1
+            return
+        # Counting that generation walks only the survivors, never the frozen heap.
+        self._frozen += len(gc.get_objects(generation=2))
         gc.freeze()
         self.freezes += 1
-        if not self._scan_pending and gc.get_freeze_count() > max(2 * self._scanned_size, _MIN_FULL_SCAN_OBJECTS):
+        threshold = max(2 * self._scanned_size, _MIN_FULL_SCAN_OBJECTS)
+        if self._frozen <= threshold:
+            return
+        # The bound says the heap may have doubled: check it against the true size. A complete
+        # scan is due from three quarters of the way, so when the true size is below that, at
+        # least a quarter of the threshold must be frozen again before the next walk.
+        self._frozen = gc.get_freeze_count()
+        if self._frozen > threshold * 3 // 4:
             # Freezing resets the collector's own trigger for full collections, so the complete
             # scan is this policy's to start; on the loop, where it is one bounded pause.
             self._scan_pending = True
@@ -82,7 +104,8 @@ class GCPolicy:
         gc.unfreeze()
         gc.collect()  # (its callback freezes the survivors; _scan_pending keeps it from rescheduling)
         gc.freeze()
-        self._scanned_size = gc.get_freeze_count()
+        # One walk of the frozen list per complete scan, which has just walked all of it anyway.
+        self._scanned_size = self._frozen = gc.get_freeze_count()
         self._scan_pending = False
         self.full_scans += 1
         self.last_full_scan_ms = (time.perf_counter() - started) * 1000.0
