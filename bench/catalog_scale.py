@@ -414,7 +414,7 @@ class WatcherProcesses:
 
     def _tell(self, topic: str, token: str, needle: bytes, present: bool) -> None:
         for _, conn, _ in self.children:
-            conn.send(("write", topic, token, needle, present))
+            conn.send(("write", topic, token, needle, present, time.perf_counter()))
 
     def _listen(self, conn: Any, ids: list[int]) -> None:
         while True:
@@ -439,9 +439,9 @@ class WatcherProcesses:
         elif kind == "lag":
             self.lags.append(list(msg[1:]))
         elif kind == "final":
-            for i, answers, spurious, expired, errors in msg[1]:
+            for i, answers, spurious, expired, errors, index in msg[1]:
                 w = self.plan[i]
-                w.answers, w.spurious, w.expired, w.errors = answers, spurious, expired, errors
+                w.answers, w.spurious, w.expired, w.errors, w.index = answers, spurious, expired, errors, index
             self.finals += 1
 
     async def stop(self) -> None:
@@ -490,12 +490,16 @@ async def _watch_in_process(specs: list[tuple[Any, ...]], wait: str, conn: Any) 
 
     def handle(msg: tuple[Any, ...]) -> None:
         if msg[0] == "write":
-            _, topic, token, needle, present = msg
+            _, topic, token, needle, present, announced = msg
             board.add(topic, token, needle, present)
-            if not present:
-                return  # an absence could predate the write; only a new token proves an answer came after it
-            for w in by_topic.get(topic, ()):  # an answer that came before the news of its write
-                if token not in w.seen and w.last_body is not None and needle in w.last_body:
+            # An answer that came before the news of its write (the pipe and this loop can be
+            # slower than the server): a token present in it proves it came after the write; an
+            # instance absent from it does so only if the answer came after the write was
+            # announced (the instance was in every answer before the write).
+            for w in by_topic.get(topic, ()):
+                if token in w.seen or w.last_body is None:
+                    continue
+                if (needle in w.last_body) if present else (w.last_at >= announced and needle not in w.last_body):
                     w.seen[token] = w.last_at
                     on_seen(w, token, w.last_at)
         elif msg[0] == "stop":
@@ -533,7 +537,7 @@ async def _watch_in_process(specs: list[tuple[Any, ...]], wait: str, conn: Any) 
     conn.send(("lag", round(pct(lag, 0.5), 1), round(pct(lag, 0.99), 1), round(max(lag, default=0.0), 1)))
     for text in ERRORS:
         conn.send(("error", text))
-    conn.send(("final", [(i, w.answers, w.spurious, w.expired, w.errors) for i, w in ids.items()]))
+    conn.send(("final", [(i, w.answers, w.spurious, w.expired, w.errors, w.index) for i, w in ids.items()]))
     conn.close()
 
 
@@ -550,6 +554,7 @@ _RUN = [0]
 class WriteLog:
     sent: dict[str, float] = field(default_factory=dict)
     acked: dict[str, float] = field(default_factory=dict)
+    index: dict[str, int] = field(default_factory=dict)  # the write's X-Consul-Index, when answered with one
     errors: int = 0
 
 
@@ -596,6 +601,7 @@ async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout
                     _note_error(f"write {url}: {resp.status} {text[:200]!r}")
                     return
             log.acked[token] = time.perf_counter()
+            log.index[token] = int(resp.headers.get("X-Consul-Index", "0"))
         except aiohttp.ClientError as exc:
             log.errors += 1
             _note_error(f"write {url}: {exc!r}")
@@ -670,8 +676,9 @@ def collect(watchers: list[Watcher], log: WriteLog, board: Board) -> Result:
         if any(t is None for t in seen):
             missed += 1
             lagging = [w for w in affected if token not in w.seen]
-            _note_error(f"missed {token} on {board.topic_of[token]}: {len(lagging)} of {len(affected)} watchers, "
-                        f"e.g. {lagging[0].kind} at index {lagging[0].index} via {lagging[0].base}")
+            where = ", ".join(f"{w.base.rsplit('/', 1)[-1]} at index {w.index}" for w in lagging[:5])
+            _note_error(f"missed {token} (index {log.index.get(token, 0)}) on {board.topic_of[token]}: {len(lagging)} of {len(affected)} "
+                        f"{lagging[0].kind} watchers ({where})")
             continue
         latencies.append((max(t for t in seen if t is not None) - acked) * 1000)
     by_server = {b: {"p50": round(pct(v, 0.5), 1), "p99": round(pct(v, 0.99), 1)} for b, v in sorted(per_server.items())}
