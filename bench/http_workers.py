@@ -8,8 +8,8 @@ Run by hand (needs `wrk`):
 For each `http_workers` value it starts a real server agent (`-server -bootstrap-expect=1`,
 durable, default raft_multiplier) on 127.0.0.1 free ports, writes one 64-byte key, and runs wrk
 (after a warm-up) on the default-mode GET and the `?stale` GET of that key at each concurrency.
-It prints req/s and p50/p99, the CPU the agent and its workers used together (cores), and the
-load average before each run (what else was running: the box is shared). Everything it started
+It prints req/s and p50/p99, the CPU the agent and its workers used together (cores), req/s per
+core used, and the load average before each run (what else was running: the box is shared). Everything it started
 is stopped by pid in a `finally` (the workers exit with their agent).
 """
 
@@ -25,21 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HOST, PROCONSUL, Procs, cpu_seconds, free_port, http_put, wait_http  # noqa: E402
+from common import HOST, PROCONSUL, Procs, family_cpu_seconds, free_port, http_put, wait_http  # noqa: E402
 from kv_http import parse_wrk, run_wrk  # noqa: E402
-
-
-def family_cpu(pid: int) -> float:
-    """CPU seconds of `pid` and its live children (the HTTP workers)."""
-    total = cpu_seconds(pid)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    total += cpu_seconds(int(entry.name))
-            except (OSError, ValueError):
-                continue
-    return total
 
 
 def run_one(workers: int, args: argparse.Namespace, procs: Procs, tmp: Path) -> list[dict[str, object]]:
@@ -73,12 +60,13 @@ def run_one(workers: int, args: argparse.Namespace, procs: Procs, tmp: Path) -> 
             for _ in range(args.repeat):
                 run_wrk(url, conc, args.warmup, None, None, args.threads)
                 load = os.getloadavg()[0]
-                c0, t0 = family_cpu(proc.pid), time.monotonic()
+                c0, t0 = family_cpu_seconds(proc.pid), time.monotonic()
                 out, _ = run_wrk(url, conc, args.duration, None, None, args.threads)
-                cpu = (family_cpu(proc.pid) - c0) / (time.monotonic() - t0)
+                cpu = (family_cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
                 rps, p50, p99, errors = parse_wrk(out)
                 rows.append({"workers": workers, "mode": mode, "conc": conc, "rps": rps, "p50_ms": p50,
-                             "p99_ms": p99, "errors": errors, "cpu": cpu, "load1_before": load})
+                             "p99_ms": p99, "errors": errors, "cpu": cpu, "rps_per_core": rps / cpu if cpu else 0.0,
+                             "load1_before": load})
     return rows
 
 
@@ -101,14 +89,16 @@ def main() -> int:
                 procs.stop_all()
     finally:
         procs.stop_all()
-    print(f"{'workers':>7} {'mode':8} {'conc':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu':>5} {'load1':>5} {'err':>4}")
+    print(f"{'workers':>7} {'mode':8} {'conc':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu':>5} {'rps/core':>8} "
+          f"{'load1':>5} {'err':>4}")
     groups: dict[tuple[object, object, object], list[dict[str, object]]] = {}
     for r in rows:
         groups.setdefault((r["workers"], r["mode"], r["conc"]), []).append(r)
     for (w, mode, conc), rs in groups.items():
-        med = {k: statistics.median(float(r[k]) for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu", "load1_before")}  # type: ignore[arg-type]
+        med = {k: statistics.median(float(r[k]) for r in rs)  # type: ignore[arg-type]
+               for k in ("rps", "p50_ms", "p99_ms", "cpu", "rps_per_core", "load1_before")}
         print(f"{w:>7} {mode:8} {conc:>4} {med['rps']:>8.0f} {med['p50_ms']:>7.2f} {med['p99_ms']:>7.2f} "
-              f"{med['cpu']:>5.2f} {med['load1_before']:>5.2f} {sum(int(r['errors']) for r in rs):>4}")  # type: ignore[call-overload]
+              f"{med['cpu']:>5.2f} {med['rps_per_core']:>8.0f} {med['load1_before']:>5.2f} {sum(int(r['errors']) for r in rs):>4}")  # type: ignore[call-overload]
     if args.json:
         Path(args.json).write_text(json.dumps({"nproc": os.cpu_count(), "rows": rows}, indent=2))
     return 0
