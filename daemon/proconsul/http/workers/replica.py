@@ -5,9 +5,11 @@ is sent, then applies every entry through the same `CommandStateMachine` the ser
 `store` equals the agent's at each index; it keeps the agent's last reported Raft status (the
 `Consensus` a worker-side `server.rpc.Server` reads: leader?, last contact) and runs barriers:
 all default-mode reads that arrive in one event-loop iteration share one "what have you applied?"
-round trip, whose answer arrives after every entry the agent had applied when it answered. A
-waiting read is a callback in its batch's list (the fast path parks its connection on it), not
-a task or a future: a stream of reads costs one frame each way per loop iteration.
+round trip, whose answer arrives after every entry the agent had applied when it answered. One
+barrier is in flight at a time: reads arriving meanwhile (they cannot use it: it was asked
+before them) form the next batch, sent when its answer comes, so under load a batch holds every
+read of a round trip. A waiting read is a callback in its batch's list (the fast path parks its
+connection on it), not a task or a future.
 `serving` is false until bootstrapped and whenever the stream breaks: the worker then forwards
 every request to the agent.
 """
@@ -91,12 +93,14 @@ class Replica:
         when the replica is not following the agent. Calls in one loop iteration share a trip."""
         if not self.serving or self._writer is None:
             return False
-        if not self._next:
+        if not self._next and not self._waiting:
             asyncio.get_running_loop().call_soon(self._send_barrier)
         self._next.append(done)
         return True
 
     def _send_barrier(self) -> None:
+        if self._waiting:
+            return  # one barrier in flight at a time: its answer sends this batch
         batch, self._next = self._next, []
         if not batch:
             return
@@ -156,6 +160,8 @@ class Replica:
                 self.leader, self.ready, self.known_leader, self.contact_ms, _, seq = frames.parse_status(payload)
                 if kind == frames.BARRIER_ANSWER:
                     batch = self._waiting.pop(seq, None)
+                    if self._next:
+                        self._send_barrier()  # the reads that arrived meanwhile: their own trip
                     if batch:
                         _call(batch, (self.leader, self.ready))
             elif kind == frames.SNAPSHOT:
