@@ -14,7 +14,8 @@ not fully understand: a parameter outside the short lists below, a token, `Expec
 default-mode read), ACLs enabled, a `http_config.response_headers` entry that names a header the
 fast path writes. Bad input is never answered here: whatever would be a 4xx from validation falls
 back, so every error text stays the route module's. What the fast path writes is byte for byte
-what the normal path writes (tests/http/test_fast_path.py compares the two on a table of requests).
+what the normal path writes (tests/integration/test_http_fast_path.py compares the two on a table
+of requests, for the agent and for an HTTP worker).
 
 Where reads come from: a narrow `ReadGate` says which `server.rpc.Server` to read (the agent's,
 over its store; an HTTP worker's, over its replica, http/workers/app.py), whether a default-mode
