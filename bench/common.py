@@ -119,6 +119,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def family_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its live children (an agent's HTTP worker processes)."""
+    total = cpu_seconds(pid)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    total += cpu_seconds(int(entry.name))
+            except (OSError, ValueError):
+                continue
+    return total
+
+
 def install_loop_lag_monitor(lag_file: str, tick_s: float) -> None:
     """Make `asyncio.run` also run a task that sleeps `tick_s` in a loop and appends
     "<monotonic time> <lag ms>" lines to `lag_file` (how late each wake-up was): an agent started

@@ -1,7 +1,8 @@
 """The apply feed and the read replica of the HTTP workers (http/workers/feed.py, replica.py),
 in one event loop over a real unix socket: the replica equals the store after every entry, a
 barrier's answer arrives after every entry applied before it, a state replacement makes the
-replica re-bootstrap, and reads arriving in one loop iteration share one barrier."""
+replica re-bootstrap, reads arriving in one loop iteration share one barrier, and one barrier is
+in flight at a time."""
 
 from __future__ import annotations
 
@@ -69,6 +70,21 @@ async def test_replica_follows_bootstraps_and_rebootstraps(tmp_path: Path) -> No
         sent = replica._seq
         results = await asyncio.gather(*(replica.barrier() for _ in range(25)))
         assert results == [(True, True)] * 25 and replica._seq == sent + 1
+        # One barrier in flight at a time: reads arriving while it is out (it was asked before
+        # them, so it cannot serve them) wait for its answer, then share the next trip.
+        sent = replica._seq
+        first = asyncio.ensure_future(asyncio.gather(*(replica.barrier() for _ in range(5))))
+        async with asyncio.timeout(10):
+            while replica._seq == sent:
+                await asyncio.sleep(0)  # no timer: look again as soon as the first batch is out
+        second: list[object] = []
+        for _ in range(5):
+            assert replica.barrier_then(second.append)
+        await asyncio.sleep(0)  # the old behaviour would send the second batch right here
+        assert replica._seq == sent + 1 or first.done()
+        assert await first == [(True, True)] * 5
+        await _until(lambda: len(second) == 5)
+        assert second == [(True, True)] * 5 and replica._seq == sent + 2
         assert replica.store.snapshot() == store.snapshot()
         # A snapshot install replaces the state: the replica re-bootstraps from the new one.
         other = Store()

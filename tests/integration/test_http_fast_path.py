@@ -8,6 +8,10 @@
    path) mixed with requests that need the normal path on the same connection; a pipeline of fast
    and normal requests in one write, answered in order; PUT bodies and request heads split across
    TCP segments on a keep-alive connection. The api.http metric counts fast answers (part 1).
+3. An HTTP worker (http/workers/) run in this process against a server agent with
+   `http_workers = 2`: the same table through the worker's fast path (answered from its replica)
+   equals the agent's normal path; default reads park on the barrier and see every write the
+   agent acknowledged before them, in order on a pipelined connection; blocking reads still wake.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from pathlib import Path
 
 import consul
 import pytest
-from helpers import AgentProcess, free_port
+from cluster_helpers import free_subnet
+from helpers import AgentProcess, free_port, wait_for
 from proconsul import config as configmod
 from proconsul.agent.agent import Agent
 from proconsul.http.server import HTTPServer
+from proconsul.http.workers.process import Worker
 
 # ------------------------------------------------------------------------------------ raw HTTP
 
@@ -334,3 +340,124 @@ def test_bodies_and_heads_split_across_segments_on_a_kept_connection(agent: Agen
             assert conn.call("GET", f"/v1/kv/split/{cut}?raw")[2] == value, cut
     finally:
         conn.close()
+
+
+# ------------------------------------------------- 3. the same answers from an HTTP worker's replica
+
+
+def _worker_comparable(answer: tuple[bytes, list[tuple[str, str]], bytes]) -> tuple[bytes, list[tuple[str, str]], bytes]:
+    """Everything but Date and the worker's own X-Proconsul-Worker (tests tell processes apart by it)."""
+    status, headers, body = _comparable(answer)
+    return status, [(k, v) for k, v in headers if k != "X-Proconsul-Worker"], body
+
+
+async def test_a_workers_fast_path_answers_like_the_agent(tmp_path: Path) -> None:
+    ip = f"{free_subnet(1)}.1"
+    conf = tmp_path / "worker.hcl"
+    conf.write_text(
+        'http_workers = 2\nperformance { raft_multiplier = 1 }\n'
+        'http_config { response_headers = { "X-Extra" = "yes" } }\n'
+        'services = [{ name = "web", port = 80, tags = ["v1", "v2"], checks = [{ ttl = "60s" }] }]\n'
+    )
+    flags = configmod.agent_flagset().parse([
+        "-server", "-bootstrap-expect=1", f"-data-dir={tmp_path / 'data'}", f"-http-port={free_port()}",
+        f"-dns-port={free_port()}", f"-serf-lan-port={free_port()}", f"-serf-wan-port={free_port()}",
+        f"-client={ip}", f"-bind={ip}", "-node=worker-fast", f"-config-file={conf}",
+    ])  # fmt: skip
+    agent = Agent(configmod.load_from(flags).config, flags)
+    assert agent.http_workers is not None
+    agent.http_workers.count = 0  # no worker process: this test's own Worker is the worker
+    await agent.start()
+    normal = HTTPServer(agent, [ip], free_port())
+    normal.fast_path = False
+    worker: Worker | None = None
+    try:
+        await normal.start()
+        worker = Worker(agent.http_workers.control, agent.http_workers.forward)
+        worker.follow(lambda: None)
+        async with asyncio.timeout(60):
+            await worker.replica.hello_seen.wait()
+            listener = socket.create_server((ip, 0))
+            await worker.listen([listener])
+            while not (worker.replica.serving and worker.replica.leader and worker.replica.ready):
+                await asyncio.sleep(0.02)
+        routes = worker.routes
+        assert routes is not None and routes.on
+        worker_addr, normal_addr = listener.getsockname()[:2], normal.bound[0]
+        replica = worker.replica
+
+        def run() -> None:
+            fast, slow = Conn(*worker_addr), Conn(*normal_addr)
+            try:
+                for key, value in (("cmp/a", b"hello"), ("cmp/b/c", b"nested"), ("cmp/empty", b"")):
+                    assert _status(slow.call("PUT", f"/v1/kv/{key}", value)) == 200
+                # The table: what the worker's fast path answers equals the agent's normal path,
+                # byte for byte but Date and the worker's name; the rest reaches its application
+                # (answered there or forwarded to the agent) with the same status.
+                for method, path, body, headers, expect_fast in READS:
+                    before, barriers = routes.answered, replica._seq
+                    got_worker = fast.call(method, path, body, headers)
+                    assert (routes.answered - before == 1) == expect_fast, (method, path)
+                    got_normal = slow.call(method, path, body, headers)
+                    if expect_fast:
+                        assert _worker_comparable(got_worker) == _comparable(got_normal), (method, path)
+                        # A default read passed a barrier first; a ?stale one did not.
+                        assert (replica._seq > barriers) == ("stale" not in path), (method, path)
+                    else:
+                        assert got_worker[0] == got_normal[0] and got_worker[2] == got_normal[2], (method, path)
+                # Read your writes: every write the agent acknowledged is in the worker's next
+                # default read (and a ?stale read after the barrier'd one, which saw it too).
+                for i in range(40):
+                    assert slow.call("PUT", "/v1/kv/ryw/k", str(i).encode())[2] == b"true"
+                    before = routes.answered
+                    assert fast.call("GET", "/v1/kv/ryw/k?raw")[2] == str(i).encode(), i
+                    assert fast.call("GET", "/v1/kv/ryw/k?raw&stale")[2] == str(i).encode(), i
+                    assert routes.answered == before + 2
+                # A pipeline of parked default reads, stale reads, forwarded requests and writes
+                # (forwarded to the agent) is answered in order, each read after the write before it.
+                steps: list[tuple[str, str, bytes | None]] = []
+                for i in range(15):
+                    steps += [("PUT", "/v1/kv/wpipe/k", f"v{i}".encode()), ("GET", "/v1/kv/wpipe/k?raw", None),
+                              ("GET", "/v1/kv/wpipe/k?raw", None), ("GET", "/v1/health/service/web", None)]
+                    if i % 4 == 0:
+                        steps += [("GET", "/v1/agent/members", None), ("GET", "/v1/kv/wpipe/k?stale&raw", None)]
+                fast.sock.sendall(b"".join(fast.request_bytes(m, p, b) for m, p, b in steps))
+                last = b""
+                for method, path, body in steps:
+                    status, _, payload = fast.response()
+                    assert _status((status, [], b"")) == 200, (method, path, payload)
+                    if method == "PUT":
+                        last = body or b""
+                    elif "/v1/kv/wpipe/k" in path:
+                        assert payload == last, (path, payload, last)
+            finally:
+                fast.close()
+                slow.close()
+
+        await asyncio.to_thread(run)
+
+        # A blocking read on a worker (its application's path, parked on the replica's watches)
+        # wakes on a write made through the agent.
+        def blocking() -> None:
+            fast, slow = Conn(*worker_addr), Conn(*normal_addr)
+            try:
+                assert slow.call("PUT", "/v1/kv/wblock", b"0")[2] == b"true"
+                index = int(dict(fast.call("GET", "/v1/kv/wblock")[1])["X-Consul-Index"])
+                fast.sock.sendall(fast.request_bytes("GET", f"/v1/kv/wblock?index={index}&wait=60s&raw"))
+                server = worker.agent.server
+                assert server is not None
+                wait_for(lambda: len(server._parked) > 0, timeout=30, what="the blocking read parked in the worker")
+                assert slow.call("PUT", "/v1/kv/wblock", b"woken")[2] == b"true"
+                status, headers, payload = fast.response()
+                assert (status, payload) == (b"HTTP/1.1 200 OK", b"woken")
+                assert int(dict(headers)["X-Consul-Index"]) > index
+            finally:
+                fast.close()
+                slow.close()
+
+        await asyncio.to_thread(blocking)
+    finally:
+        if worker is not None:
+            await worker.close()
+        await normal.stop()
+        await agent.stop()

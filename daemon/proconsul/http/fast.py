@@ -14,7 +14,15 @@ not fully understand: a parameter outside the short lists below, a token, `Expec
 default-mode read), ACLs enabled, a `http_config.response_headers` entry that names a header the
 fast path writes. Bad input is never answered here: whatever would be a 4xx from validation falls
 back, so every error text stays the route module's. What the fast path writes is byte for byte
-what the normal path writes (tests/http/test_fast_path.py compares the two on a table of requests).
+what the normal path writes (tests/integration/test_http_fast_path.py compares the two on a table
+of requests, for the agent and for an HTTP worker).
+
+Where reads come from: a narrow `ReadGate` says which `server.rpc.Server` to read (the agent's,
+over its store; an HTTP worker's, over its replica, http/workers/app.py), whether a default-mode
+read may be answered now, must first pass a barrier (a worker: the agent's applied index, one
+round trip for every read waiting at that moment), or must take the normal path. A read waiting
+on a barrier is parked on its connection (no task): its connection routes nothing else until the
+barrier's answer comes back and the read is answered, or handed to aiohttp when it must be.
 
 How it hooks in: `FastRequestHandler` is the connection guard's `RequestHandler` with aiohttp's
 parser wrapped (`_Intercept`); each parsed message is either answered here or handed on to aiohttp
@@ -32,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import HttpVersion11, web
 from aiohttp.helpers import rfc822_formatted_time
@@ -50,6 +58,9 @@ from proconsul.rpc_api import QueryMeta, QueryOptions, RPCError
 from proconsul.state import commands, protection
 from proconsul.state.records import DirEntry
 from proconsul.state.store import StoreError
+
+if TYPE_CHECKING:
+    from proconsul.server.rpc import Server
 
 logger = logging.getLogger(__name__)
 
@@ -123,27 +134,91 @@ class _Fallback(Exception):
     """The request needs the normal path (raised before anything was done for it)."""
 
 
+class _Barrier(Exception):
+    """A default-mode read that may be answered only after a barrier (raised before anything
+    was done for it): the connection parks it until `ReadGate.barrier` calls back."""
+
+
+# ReadGate.default_read's answers (anything else: the normal path).
+ANSWER = 1
+BARRIER = 2
+FALLBACK = 0
+# The barrier's outcome: (the agent is the leader?, ready for reads?), or None when it failed.
+BarrierResult = tuple[bool, bool] | None
+_PARKED = object()  # FastRequestHandler._busy while a read waits for its barrier
+
+
+class ReadGate(Protocol):
+    """Where the fast path's reads come from, and when a default-mode read may be answered."""
+
+    writes: bool  # plain KV PUTs answered here too (the agent); a worker forwards every write
+
+    def reader(self) -> Server | None:
+        """The server whose `query` answers the read (its store, its query meta); None: the
+        fast path takes no read now."""
+
+    def default_read(self) -> int:
+        """ANSWER (now), BARRIER (after `barrier`) or FALLBACK (the normal path)."""
+
+    def barrier(self, done: Callable[[BarrierResult], None]) -> bool:
+        """Call `done` once the store to read holds every write acknowledged before this call;
+        False when no barrier can be run (the read then takes the normal path)."""
+
+
+class AgentReads:
+    """The agent's own store: a default read is answered at once by a leader ready for reads."""
+
+    writes = True
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def reader(self) -> Server | None:
+        server = self.agent.server
+        return None if server.catalog_is_remote else server  # a client agent asks a server over RPC
+
+    def default_read(self) -> int:
+        server = self.agent.server
+        consensus = server.consensus
+        if consensus.is_leader() and (consensus.ready_for_reads() or server.unsafe_reads_before_first_apply):
+            return ANSWER
+        return FALLBACK  # a follower forwards, a new leader waits for its first commit
+
+    def barrier(self, done: Callable[[BarrierResult], None]) -> bool:
+        return False
+
+
 class FastRoutes:
     """What one application's fast path may answer and how; built once per HTTP server."""
 
-    def __init__(self, app: web.Application, keepalive_timeout_s: float) -> None:
+    def __init__(self, app: web.Application, keepalive_timeout_s: float, reads: ReadGate | None = None,
+                 own_headers: str = "") -> None:
+        """`reads`: the agent's store unless given (a worker's replica); `own_headers`: lines
+        ("Name: value\r\n") the application's middleware adds after the configured ones."""
+        self.app = app
         self.agent = agent = app[AGENT]
+        self.reads: ReadGate = reads if reads is not None else AgentReads(agent)
         self.keepalive_timeout_s = keepalive_timeout_s
         self.rules = app[ACCESS_RULES]
         self.metrics = app[HTTP_METRICS]
         self.protection_log = app[health.PROTECTION_LOG]
         self.datacenter = agent.config.datacenter
-        extra = app[RESPONSE_HEADERS]
-        # ACLs on: every request is authorised (and list answers trimmed) by http/acl_gate.py.
-        self.enabled = (app[ACL_RESOLVER] is None and not any(k.lower() in _OWN_HEADERS for k in extra)
-                        and aiohttp_supported())
-        # What the middleware adds to every answer, in its order, then aiohttp's own headers.
-        self.tail = ("X-Consul-Default-Acl-Policy: allow\r\n" + "".join(f"{k}: {v}\r\n" for k, v in extra.items())
-                     ).encode("utf-8")
+        self._own_headers = own_headers
+        self.refresh()
         self._series: dict[tuple[str, str], Sample] = {}
         self.answered = 0  # requests the fast path answered (tests check which ones it takes)
         self._date_str = ""
         self._date = b""
+
+    def refresh(self) -> None:
+        """Take the application's (reloaded) response headers."""
+        extra = self.app[RESPONSE_HEADERS]
+        # ACLs on: every request is authorised (and list answers trimmed) by http/acl_gate.py.
+        self.on = self.app[ACL_RESOLVER] is None and not any(k.lower() in _OWN_HEADERS for k in extra)
+        self.enabled = self.on and aiohttp_supported()
+        # What the middleware adds to every answer, in its order, then aiohttp's own headers.
+        self.tail = ("X-Consul-Default-Acl-Policy: allow\r\n" + "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+                     + self._own_headers).encode("utf-8")
 
     # ------------------------------------------------------------------------------ answers
 
@@ -183,17 +258,20 @@ class FastRoutes:
                 return QueryOptions(allow_stale=True, max_stale_s=bound)
         return _STALE if stale else _DEFAULT
 
-    def _read_now(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
-        """`server.query(name, args, opts)` when this server answers it without waiting."""
-        server = self.agent.server
-        if server.catalog_is_remote:
-            raise _Fallback  # a client agent: reads go to a server over RPC
-        consensus = server.consensus
+    def _read_now(self, name: str, args: dict[str, Any], opts: QueryOptions,
+                  passed: bool) -> tuple[QueryMeta, Any]:
+        """`server.query(name, args, opts)` when the reader answers it without waiting; `passed`:
+        a default read whose barrier has just been passed."""
+        server = self.reads.reader()
+        if server is None:
+            raise _Fallback
         if opts.allow_stale:
-            if opts.too_stale(consensus.last_contact_ms()):
+            if opts.too_stale(server.consensus.last_contact_ms()):
                 raise _Fallback
-        elif not (consensus.is_leader() and (consensus.ready_for_reads() or server.unsafe_reads_before_first_apply)):
-            raise _Fallback  # a follower forwards, a new leader waits for its first commit
+        elif not passed:
+            mode = self.reads.default_read()
+            if mode != ANSWER:
+                raise _Barrier if mode == BARRIER else _Fallback
         coro = server.query(name, args, opts)
         try:
             coro.send(None)
@@ -204,17 +282,18 @@ class FastRoutes:
         coro.close()
         raise _Fallback
 
-    def kv_get(self, key: str, query: Any) -> bytes:
+    def kv_get(self, key: str, query: Any, passed: bool = False) -> bytes:
         if query and not query.keys() <= _KV_GET_PARAMS:
             raise _Fallback
         opts = self._options(query, discovery=False)
         if query and _flag(query, "keys"):
-            meta, keys = self._read_now("KVS.ListKeys", {"prefix": key, "separator": query.get("separator", "")}, opts)
+            meta, keys = self._read_now("KVS.ListKeys", {"prefix": key, "separator": query.get("separator", "")}, opts,
+                                         passed)
             return self._list(meta, keys)
         if query and _flag(query, "recurse"):
-            meta, entries = self._read_now("KVS.List", {"prefix": key}, opts)
+            meta, entries = self._read_now("KVS.List", {"prefix": key}, opts, passed)
             return self._list(meta, entries)
-        meta, entry = self._read_now("KVS.Get", {"key": key}, opts)
+        meta, entry = self._read_now("KVS.Get", {"key": key}, opts, passed)
         if entry is None:
             return self.response(404, _meta_bytes(meta), b"")
         if query and _flag(query, "raw"):
@@ -227,14 +306,14 @@ class FastRoutes:
             return self.response(404, _meta_bytes(meta), b"")
         return self.response(200, _meta_bytes(meta) + _JSON, _dumps(items))
 
-    def health_service(self, service: str, query: Any) -> bytes:
+    def health_service(self, service: str, query: Any, passed: bool = False) -> bytes:
         if query and not query.keys() <= _HEALTH_PARAMS:
             raise _Fallback
         opts = self._options(query, discovery=True)
         passing = bool(query) and _flag(query, "passing")
         args = {"service": service, "tags": query.getall("tag", []) if query else [], "passing": passing,
                 "node_meta": {}, "datacenter": self.datacenter, "near": ""}
-        meta, items = self._read_now("Health.ServiceNodes", args, opts)
+        meta, items = self._read_now("Health.ServiceNodes", args, opts, passed)
         protected = passing and any(
             check.get("Status") != "passing" for item in items for check in item.get("Checks") or ()
         )
@@ -245,12 +324,12 @@ class FastRoutes:
             head += f"{protection.APPLIED_HEADER}: true\r\n".encode()
         return self.response(200, head, _dumps(items))
 
-    def catalog_service(self, service: str, query: Any) -> bytes:
+    def catalog_service(self, service: str, query: Any, passed: bool = False) -> bytes:
         if query and not query.keys() <= _SERVICE_PARAMS:
             raise _Fallback
         opts = self._options(query, discovery=True)
         args = {"service": service, "tags": query.getall("tag", []) if query else [], "node_meta": {}, "near": ""}
-        meta, items = self._read_now("Catalog.ServiceNodes", args, opts)
+        meta, items = self._read_now("Catalog.ServiceNodes", args, opts, passed)
         return self.response(200, _meta_bytes(meta) + _JSON, _dumps(items))
 
     # -------------------------------------------------------------------------------- writes
@@ -316,7 +395,10 @@ class FastRequestHandler(GuardedRequestHandler):
         self._real_parser = self._parser
         self._parser = _Intercept(self._parser, self)  # type: ignore[assignment]
         self._slow = 0  # messages handed to aiohttp and not answered yet
-        self._busy: asyncio.Task[None] | None = None  # a fast write being answered
+        self._busy: asyncio.Task[None] | object | None = None  # a fast write being answered, or _PARKED
+        self._parked: tuple[Any, Any, float] | None = None  # the read waiting for its barrier, since when
+        self._passed: Any = None  # the message whose barrier has just been passed
+        self._passed_start = 0.0  # and when it arrived
         self._backlog: deque[tuple[Any, Any]] = deque()  # messages behind it, in order
         self._may_write: bool | None = None  # allow_write_http_from, decided once per connection
         self._routing = False  # a message is being routed (see _Intercept.feed_data)
@@ -338,6 +420,9 @@ class FastRequestHandler(GuardedRequestHandler):
         return False
 
     def _try(self, msg: Any, payload: Any) -> bool:
+        passed = self._passed is msg
+        if passed:
+            self._passed = None
         if type(msg) is not RawRequestMessage or self._paused or self.transport is None:
             return False  # a parse error, or the client is not reading: aiohttp waits for it
         method = msg.method
@@ -355,10 +440,12 @@ class FastRequestHandler(GuardedRequestHandler):
             return False  # escapes, dot segments, fragments, raw non-ASCII: the normal path's URL rules
         query = msg.url.query if sep else None
         routes = self._routes
+        if not routes.on:
+            return False
         rules = routes.rules
         if rules.blocked_prefixes and any(path.startswith(p) for p in rules.blocked_prefixes):
             return False
-        start = time.perf_counter()
+        start = self._passed_start if passed else time.perf_counter()
         try:
             if method == "GET":
                 if payload is not EMPTY_PAYLOAD:
@@ -367,7 +454,7 @@ class FastRequestHandler(GuardedRequestHandler):
                     key = path[len(_KV):]
                     if not key:
                         return False
-                    data = routes.kv_get(key, query)
+                    data = routes.kv_get(key, query, passed)
                     pattern = _KV
                 else:
                     for pattern, read in ((_HEALTH, routes.health_service), (_CATALOG, routes.catalog_service)):  # noqa: B007 (used after the break)
@@ -378,19 +465,21 @@ class FastRequestHandler(GuardedRequestHandler):
                     service = path[len(pattern):]
                     if not service or "/" in service:
                         return False
-                    data = read(service, query)
+                    data = read(service, query, passed)
                 self.request_started()
                 routes.observe("GET", pattern, start)  # as the middleware: before the answer goes out
                 self._answer(data)
                 self.request_finished()
                 return True
-            if not path.startswith(_KV):
+            if not path.startswith(_KV) or not routes.reads.writes:
                 return False
             if rules.write_networks and not self._write_allowed():
                 return False  # the normal path answers the 403
             command = routes.kv_put_command(path[len(_KV):], query, headers, payload)
         except _Fallback:
             return False
+        except _Barrier:
+            return self._park(msg, payload, start)
         except Exception:
             # Nothing was done for the request yet (a read has no effect, a write was not
             # proposed): the normal path answers it, with its own error mapping.
@@ -399,6 +488,36 @@ class FastRequestHandler(GuardedRequestHandler):
         self.request_started()
         self._busy = self._loop.create_task(self._put(command, start))
         return True
+
+    def _park(self, msg: Any, payload: Any, start: float) -> bool:
+        """Hold a default read until its barrier answers (`_unpark`); the messages after it wait
+        in the backlog, as behind a fast write. False when no barrier can be run."""
+        self._parked = (msg, payload, start)
+        self._busy = _PARKED
+        if not self._routes.reads.barrier(self._unpark):
+            self._parked = self._busy = None
+            return False
+        self.request_started()
+        return True
+
+    def _unpark(self, result: BarrierResult) -> None:
+        """The barrier answered: route the parked read again, first in line. Passed (the agent
+        still the leader, ready), it is answered from the store now; otherwise it meets the
+        gate again, which sends it down the normal path."""
+        parked, self._parked = self._parked, None
+        self._busy = None
+        if parked is None:
+            return
+        msg, payload, start = parked
+        self.request_finished()
+        if result is not None and result[0] and result[1]:
+            self._passed, self._passed_start = msg, start
+        self._backlog.appendleft((msg, payload))
+        try:
+            self._drain()
+        finally:
+            if self._passed is msg:
+                self._passed = None  # not routed here after all (aiohttp holds earlier messages)
 
     def _write_allowed(self) -> bool:
         if self._may_write is None:

@@ -1,6 +1,9 @@
 """The HTTP worker's application: which requests a worker answers itself, and how.
 
-Owns the routing decision of a worker process. It answers locally, from its replica
+Owns the routing decision of a worker process. The hottest reads (KV GET, health and catalog
+service, default and `?stale`) are answered ahead of aiohttp by http/fast.py over `WorkerReads`
+(the replica; a default read parks on a barrier); what the fast path leaves reaches this
+application. It answers locally, from its replica
 (http/workers/replica.py), only GETs of the hot reads in `LOCAL_ROUTES`, through the very
 handlers of http/kv.py, health.py and catalog.py and a `server.rpc.Server` over the replica
 (the same named queries, blocking and jitter as the agent):
@@ -17,6 +20,7 @@ it to the leader, as before). A local read that finds the agent no longer leader
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +37,7 @@ from proconsul.http.appkeys import (
     RESPONSE_HEADERS,
 )
 from proconsul.http.common import HTTPError, query_options
+from proconsul.http.fast import BARRIER, FALLBACK, BarrierResult
 from proconsul.http.metrics import HTTPMetrics
 from proconsul.http.server import Handler, consul_middleware
 from proconsul.http.workers.proxy import Forwarder
@@ -86,6 +91,31 @@ class WorkerAgent:
             self.server = Server(self.replica.store, self.replica, cfg.datacenter,
                                  default_query_time_s=cfg.default_query_time_s,
                                  max_query_time_s=cfg.max_query_time_s, metrics=self.metrics)
+
+
+class WorkerReads:
+    """http/fast.py's `ReadGate` over the replica: `?stale` reads at once, default reads after a
+    barrier while the agent is the leader and ready, nothing while ACLs are on or the replica is
+    not following the agent; writes are forwarded."""
+
+    writes = False
+
+    def __init__(self, agent: WorkerAgent) -> None:
+        self.agent = agent
+        self.replica = agent.replica
+
+    def reader(self) -> Server | None:
+        agent = self.agent
+        if not self.replica.serving or agent.config is None or agent.config.acl.enabled:
+            return None
+        return agent.server
+
+    def default_read(self) -> int:
+        replica = self.replica
+        return BARRIER if replica.leader and replica.ready else FALLBACK
+
+    def barrier(self, done: Callable[[BarrierResult], None]) -> bool:
+        return self.replica.barrier_then(done)
 
 
 def _local(handler: Handler) -> Handler:
@@ -154,6 +184,14 @@ class _Rules:
 
     def __init__(self) -> None:
         self.rules = AccessRules.build((), ())
+
+    @property
+    def blocked_prefixes(self) -> tuple[str, ...]:
+        return self.rules.blocked_prefixes
+
+    @property
+    def write_networks(self) -> tuple[Any, ...]:
+        return self.rules.write_networks
 
     def refusal(self, method: str, path: str, remote: str | None) -> str | None:
         return self.rules.refusal(method, path, remote)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
+from yarl import URL
 
 from proconsul.http.conn_guard import IDLE_TIMEOUT_S
 from proconsul.http.server import FORWARDED_CLIENT
@@ -57,7 +58,9 @@ class Forwarder:
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
         headers[FORWARDED_CLIENT] = request.remote or ""
         body = request.content if request.can_read_body else None
-        url = "http://agent" + request.raw_path
+        # Encoded: the raw target as the client sent it (yarl would resolve dot segments and
+        # re-quote escapes, and the agent answers those paths itself: a 404 or a redirect).
+        url = URL("http://agent" + request.raw_path, encoded=True)
         async with self._client().request(
             request.method, url, headers=headers, data=body, allow_redirects=False, compress=None,
         ) as upstream:

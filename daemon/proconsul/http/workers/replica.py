@@ -5,7 +5,11 @@ is sent, then applies every entry through the same `CommandStateMachine` the ser
 `store` equals the agent's at each index; it keeps the agent's last reported Raft status (the
 `Consensus` a worker-side `server.rpc.Server` reads: leader?, last contact) and runs barriers:
 all default-mode reads that arrive in one event-loop iteration share one "what have you applied?"
-round trip, whose answer arrives after every entry the agent had applied when it answered.
+round trip, whose answer arrives after every entry the agent had applied when it answered. One
+barrier is in flight at a time: reads arriving meanwhile (they cannot use it: it was asked
+before them) form the next batch, sent when its answer comes, so under load a batch holds every
+read of a round trip. A waiting read is a callback in its batch's list (the fast path parks its
+connection on it), not a task or a future.
 `serving` is false until bootstrapped and whenever the stream breaks: the worker then forwards
 every request to the agent.
 """
@@ -18,6 +22,7 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+from proconsul.http.fast import BarrierResult
 from proconsul.http.workers import frames
 from proconsul.server.consensus import CommandStateMachine
 from proconsul.state.fsm import FSM
@@ -45,8 +50,9 @@ class Replica:
         self.contact_ms = 0
         self._writer: asyncio.StreamWriter | None = None
         self._seq = 0
-        self._waiting: dict[int, asyncio.Future[tuple[bool, bool]]] = {}
-        self._batch: asyncio.Future[tuple[bool, bool]] | None = None
+        # Callbacks of the barriers sent and not answered (by sequence number), and of the next.
+        self._waiting: dict[int, list[Callable[[BarrierResult], None]]] = {}
+        self._next: list[Callable[[BarrierResult], None]] = []
         self.hello_seen = asyncio.Event()
 
     # ------------------------------------------------------ Consensus, as server.rpc reads it
@@ -68,20 +74,38 @@ class Replica:
     async def barrier(self) -> tuple[bool, bool]:
         """(the agent is the leader?, ready for reads?) once this replica holds every entry the
         agent had applied after this call was made. Calls in one loop iteration share a trip."""
-        if not self.serving or self._writer is None:
+        fut: asyncio.Future[BarrierResult] = asyncio.get_running_loop().create_future()
+
+        def done(result: BarrierResult) -> None:
+            if not fut.done():
+                fut.set_result(result)
+
+        if not self.barrier_then(done):
             raise BarrierFailed()
-        batch = self._batch
-        if batch is None:
-            batch = self._batch = asyncio.get_running_loop().create_future()
+        result = await fut
+        if result is None:
+            raise BarrierFailed()
+        return result
+
+    def barrier_then(self, done: Callable[[BarrierResult], None]) -> bool:
+        """Call `done((leader?, ready?))` once this replica holds every entry the agent had
+        applied after this call, or `done(None)` if the stream breaks first. False (and no call)
+        when the replica is not following the agent. Calls in one loop iteration share a trip."""
+        if not self.serving or self._writer is None:
+            return False
+        if not self._next and not self._waiting:
             asyncio.get_running_loop().call_soon(self._send_barrier)
-        return await asyncio.shield(batch)
+        self._next.append(done)
+        return True
 
     def _send_barrier(self) -> None:
-        batch, self._batch = self._batch, None
-        if batch is None:
+        if self._waiting:
+            return  # one barrier in flight at a time: its answer sends this batch
+        batch, self._next = self._next, []
+        if not batch:
             return
         if self._writer is None or self._writer.is_closing():
-            batch.set_exception(BarrierFailed())
+            _call(batch, None)
             return
         self._seq += 1
         self._waiting[self._seq] = batch
@@ -89,12 +113,9 @@ class Replica:
 
     def _fail_waiters(self) -> None:
         waiting, self._waiting = self._waiting, {}
-        for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(BarrierFailed())
-        batch, self._batch = self._batch, None
-        if batch is not None and not batch.done():
-            batch.set_exception(BarrierFailed())
+        batch, self._next = self._next, []
+        for callbacks in (*waiting.values(), batch):
+            _call(callbacks, None)
 
     # ---------------------------------------------------------------------------- stream
 
@@ -138,9 +159,11 @@ class Replica:
             elif kind == frames.BARRIER_ANSWER or kind == frames.STATUS:
                 self.leader, self.ready, self.known_leader, self.contact_ms, _, seq = frames.parse_status(payload)
                 if kind == frames.BARRIER_ANSWER:
-                    fut = self._waiting.pop(seq, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result((self.leader, self.ready))
+                    batch = self._waiting.pop(seq, None)
+                    if self._next:
+                        self._send_barrier()  # the reads that arrived meanwhile: their own trip
+                    if batch:
+                        _call(batch, (self.leader, self.ready))
             elif kind == frames.SNAPSHOT:
                 index, blob = frames.split_index(payload)
                 decoded = await asyncio.to_thread(Store.decode, blob)
@@ -153,3 +176,12 @@ class Replica:
             elif kind == frames.HELLO:
                 self.on_hello(pickle.loads(payload))
                 self.hello_seen.set()
+
+
+def _call(callbacks: list[Callable[[BarrierResult], None]], result: BarrierResult) -> None:
+    """Run each waiting read's callback; one that fails must not break the stream for the rest."""
+    for done in callbacks:
+        try:
+            done(result)
+        except Exception:
+            logger.exception("http worker: a read waiting for a barrier failed")
