@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -269,7 +270,17 @@ class _LogWriter:
 
     _STOP = object()
 
+    # The thread needs the GIL for a few short stretches per batch (between SQLite's steps,
+    # which release it), while the event loop holds it nearly all the time under load. A thread
+    # waiting for the GIL asks for it only after the interpreter's switch interval (5 ms by
+    # default), so each stretch could wait that long and an fsync batch took several ms on a
+    # busy leader. The process-wide interval is lowered to SWITCH_INTERVAL_S: the loop hands the
+    # GIL over within that, at the cost of a thread switch only when another thread wants it.
+    SWITCH_INTERVAL_S = 0.0005
+
     def __init__(self, name: str) -> None:
+        if sys.getswitchinterval() > self.SWITCH_INTERVAL_S:
+            sys.setswitchinterval(self.SWITCH_INTERVAL_S)
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
