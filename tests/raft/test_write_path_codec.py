@@ -10,7 +10,6 @@ from typing import Any
 
 import msgpack
 import pytest
-
 from proconsul.raft import codec
 from proconsul.raft.messages import Entry, EntryKind, Message, MsgType
 from proconsul.raft.node import _PeerLink
