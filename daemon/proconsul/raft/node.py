@@ -328,7 +328,11 @@ def _resolve(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
 
 
 class _PeerLink:
-    """Outbound Raft messages to one peer, over one connection, dropped when it is down."""
+    """Outbound Raft messages to one peer, over one connection, dropped when it is down.
+
+    A send phase's messages are written straight to the socket by `flush`; the link's task
+    dials, writes what had to queue (while dialling, or behind a full socket buffer) and notices
+    a lost connection."""
 
     QUEUE_LIMIT = 4096
     # Above this many unsent bytes in the socket's buffer, messages wait in the queue for the
