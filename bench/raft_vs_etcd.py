@@ -491,6 +491,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--profile", default="", help="directory: after the comparison, run a profiled "
                     "proconsul cluster under PUT load and write s1..s3.prof and stats there")
     ap.add_argument("--profile-seconds", type=float, default=15.0)
+    ap.add_argument("--profile-follower", action="store_true",
+                    help="in the profiled phase, send the PUTs to a follower (forwarded writes)")
     ap.add_argument("--raft-multiplier", type=int, default=None,
                     help="proconsul's performance.raft_multiplier (default: the agent's default, 5)")
     ap.add_argument("--http-workers", type=int, default=1,
@@ -606,8 +608,10 @@ def run_profile(args: argparse.Namespace, procs: Procs, out: Path, prefix: str) 
     case = Case("proconsul", "PUT", "/v1/kv/bench/put", lua_request("PUT", VALUE))
     script = root / "put.lua"
     script.write_text(case.lua)
-    url = f"http://{pc.leader}:8500{case.path}"
-    res: dict[str, Any] = {"root": str(root), "leader": pc.leader, "leader_node": f"s{pc.ips.index(pc.leader) + 1}", "runs": []}
+    target = pc.follower() if args.profile_follower else pc.leader
+    url = f"http://{target}:8500{case.path}"
+    res: dict[str, Any] = {"root": str(root), "leader": pc.leader, "leader_node": f"s{pc.ips.index(pc.leader) + 1}",
+                           "target": target, "runs": []}
     stats_file = sdir / f"s{pc.ips.index(pc.leader) + 1}.json"
     for conc in (16, 64):
         s0 = read_stats(stats_file)

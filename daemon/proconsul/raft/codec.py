@@ -52,6 +52,30 @@ def _uint(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+# Enum members by value: a dict lookup instead of an Enum call (`EntryKind(k)` goes through
+# EnumType.__call__), which a follower made several times per replicated entry.
+_MSG_TYPES = {int(t): t for t in MsgType}
+ENTRY_KINDS = {int(k): k for k in EntryKind}
+
+
+def _entries(raw: Any) -> tuple[Entry, ...]:
+    """The entries of an AppendEntries, checked; ValueError when malformed."""
+    if type(raw) is not list:
+        raise ValueError("Raft message: entries must be [index, term, kind, data] lists")
+    out = []
+    kinds = ENTRY_KINDS
+    for e in raw:
+        # type() is: a peer's msgpack gives exactly int and bytes, and bool is not an index.
+        if (type(e) is not list or len(e) != 4 or type(e[0]) is not int or e[0] < 0
+                or type(e[1]) is not int or e[1] < 0 or type(e[3]) is not bytes):
+            raise ValueError("Raft message: entries must be [index, term, kind, data] lists")
+        kind = kinds.get(e[2]) if type(e[2]) is int else None
+        if kind is None:
+            raise ValueError(f"Raft message: unknown entry kind {e[2]!r}")
+        out.append(Entry(e[0], e[1], kind, e[3]))
+    return tuple(out)
+
+
 def decode_message(raw: Any) -> Message:
     """Decode `encode_message` output; ValueError when it is not a Raft message."""
     if not isinstance(raw, list) or len(raw) < 13 or raw[0] != CODEC_VERSION:
@@ -61,13 +85,12 @@ def decode_message(raw: Any) -> Message:
     # undecodable instead of raising inside the core's step().
     if not (isinstance(to, str) and isinstance(frm, str)):
         raise ValueError("Raft message: to and frm must be strings")
-    if not all(_uint(v) for v in (term, log_term, index, commit, hint)):
+    if not (_uint(term) and _uint(log_term) and _uint(index) and _uint(commit) and _uint(hint)):
         raise ValueError("Raft message: term, log_term, index, commit and hint must be non-negative integers")
-    if not isinstance(entries, list) or not all(
-        isinstance(e, list) and len(e) == 4 and _uint(e[0]) and _uint(e[1]) and isinstance(e[3], bytes)
-        for e in entries
-    ):
-        raise ValueError("Raft message: entries must be [index, term, kind, data] lists")
+    msg_type = _MSG_TYPES.get(kind) if type(kind) is int else None
+    if msg_type is None:
+        raise ValueError(f"Raft message: unknown type {kind!r}")
+    decoded = _entries(entries)
     snapshot = None
     if snap is not None:
         if not (isinstance(snap, list) and len(snap) == 4 and _uint(snap[0]) and _uint(snap[1])
@@ -76,13 +99,13 @@ def decode_message(raw: Any) -> Message:
         s_index, s_term, s_config, s_data = snap
         snapshot = Snapshot(SnapshotMeta(s_index, s_term, Configuration.decode(s_config)), s_data)
     return Message(
-        type=MsgType(kind),
+        type=msg_type,
         to=to,
         frm=frm,
         term=term,
         log_term=log_term,
         index=index,
-        entries=tuple(Entry(i, t, EntryKind(k), d) for i, t, k, d in entries),
+        entries=decoded,
         commit=commit,
         reject=bool(reject),
         reject_hint=hint,

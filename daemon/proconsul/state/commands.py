@@ -322,7 +322,7 @@ def decode(data: bytes) -> Command:
         raise ValueError(f"undecodable command: {exc}") from exc
     if kind is CommandType.KVS:
         checked_at = int(payload[2]) if len(payload) > 2 else 0
-        return KVS(payload[0], DirEntry.from_wire(payload[1]), checked_at)
+        return KVS(payload[0], _dir_entry(payload[1]), checked_at)
     if kind is CommandType.REGISTER:
         return Register(
             Node.from_wire(payload[0]),
@@ -353,6 +353,22 @@ def decode(data: bytes) -> Command:
     if kind is CommandType.ACL:
         return ACLOp(str(payload[0]), payload[1])
     return Noop()
+
+
+_DIR_ENTRY_FIELDS = len(DirEntry.__dataclass_fields__)
+
+
+def _dir_entry(wire: Any) -> DirEntry:
+    """`DirEntry.from_wire`, built positionally when the wire list is the flat shape every
+    server writes (no more values than fields, none of them a list): the same object, without
+    the keyword dict and the per-value freeze, which every member pays for every KV write."""
+    if type(wire) is list and len(wire) <= _DIR_ENTRY_FIELDS:
+        for v in wire:
+            if type(v) is list:
+                break
+        else:
+            return DirEntry(*wire)
+    return DirEntry.from_wire(wire)
 
 
 def _decode_prepared_query(payload: Any) -> PreparedQueryOp:

@@ -591,16 +591,13 @@ class Store:
 
     def kv_set(self, index: int, entry: DirEntry) -> bool:
         existing = self.kv.get(entry.key)
+        # Built directly rather than with dataclasses.replace, which showed in every member's
+        # write-path profile (it rebuilds a kwargs dict from the fields on every call).
         if existing is not None:
-            entry = replace(
-                entry,
-                create_index=existing.create_index,
-                lock_index=existing.lock_index,
-                session=existing.session,
-                modify_index=index,
-            )
+            entry = DirEntry(entry.key, entry.value, entry.flags, existing.session, existing.lock_index,
+                             existing.create_index, index)
         else:
-            entry = replace(entry, create_index=index, modify_index=index, lock_index=0, session="")
+            entry = DirEntry(entry.key, entry.value, entry.flags, "", 0, index, index)
         self._kv_put(index, entry)
         return True
 
