@@ -348,9 +348,11 @@ class _PeerLink:
         self._out: list[Message] = []
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"raft-link:{peer}")
 
-    def send(self, m: Message) -> None:
-        """Collect `m`; it leaves with the rest of this send phase at `flush`."""
+    def send(self, m: Message) -> bool:
+        """Collect `m`; it leaves with the rest of this send phase at `flush`. True when it is the
+        phase's first message (the caller then flushes this link once, at the phase's end)."""
         self._out.append(m)
+        return len(self._out) == 1
 
     def flush(self) -> None:
         """Send what `send` collected: written to the socket at once, all in one write, when the
@@ -1197,9 +1199,8 @@ class RaftServer:
             link = self._links.get(m.to)
             if link is None:
                 link = self._links[m.to] = _PeerLink(self, m.to)
-            if not link._out:
+            if link.send(m):
                 touched.append(link)
-            link.send(m)
         for link in touched:
             link.flush()
 
