@@ -184,6 +184,29 @@ def _comparable(answer: tuple[bytes, list[tuple[str, str]], bytes]) -> tuple[byt
     return status, [(k, v) for k, v in headers if k.lower() != "date"], body
 
 
+def _check_pipeline(conn: Conn, steps: list[tuple[str, str, bytes | None]], key_path: str) -> None:
+    """Send `steps` in one pipeline; every answer is a 200 in order, and every read of `key_path`
+    (raw, or `?pretty` JSON) shows the write just before it in the pipeline, never an older one."""
+    conn.sock.sendall(b"".join(conn.request_bytes(m, p, b) for m, p, b in steps))
+    last = b""
+    for method, path, body in steps:
+        status, _, payload = conn.response()
+        assert _status((status, [], b"")) == 200, (method, path, payload)
+        if method == "PUT":
+            assert payload == b"true"
+            last = body or b""
+        elif path.startswith(key_path) and path.endswith("?pretty"):
+            assert base64.b64decode(eval_json(payload)[0]["Value"]) == last, (path, payload, last)
+        elif path.startswith(key_path):
+            assert payload == last, (path, payload, last)
+
+
+def _put_comparison_keys(conn: Conn) -> None:
+    """The keys the READS table reads, written through the normal path."""
+    for key, value in (("cmp/a", b"hello"), ("cmp/b/c", b"nested"), ("cmp/empty", b"")):
+        assert _status(conn.call("PUT", f"/v1/kv/{key}", value)) == 200
+
+
 async def test_fast_path_answers_like_the_normal_path(tmp_path: Path) -> None:
     agent, normal = await _start_agent(tmp_path)
     try:
@@ -194,8 +217,7 @@ async def test_fast_path_answers_like_the_normal_path(tmp_path: Path) -> None:
         def run() -> None:
             fast, slow = Conn(*fast_addr), Conn(*normal_addr)
             try:
-                for key, value in (("cmp/a", b"hello"), ("cmp/b/c", b"nested"), ("cmp/empty", b"")):
-                    assert _status(slow.call("PUT", f"/v1/kv/{key}", value)) == 200
+                _put_comparison_keys(slow)
                 for method, path, body, headers, expect_fast in READS:
                     before = routes.answered
                     got_fast = _comparable(fast.call(method, path, body, headers))
@@ -289,18 +311,7 @@ def test_pipelined_requests_are_answered_in_order(agent: AgentProcess) -> None:
                 steps += [("GET", "/v1/agent/members", None), ("GET", "/v1/kv/pipe/k?pretty", None)]
             if i % 7 == 0:
                 steps += [("DELETE", "/v1/kv/pipe/other", None), ("GET", "/v1/health/service/consul", None)]
-        conn.sock.sendall(b"".join(conn.request_bytes(m, p, b) for m, p, b in steps))
-        last = b""
-        for method, path, body in steps:
-            status, _, payload = conn.response()
-            assert _status((status, [], b"")) == 200, (method, path, payload)
-            if method == "PUT":
-                assert payload == b"true"
-                last = body or b""
-            elif path == "/v1/kv/pipe/k?raw":
-                assert payload == last  # the write just before it in the pipeline, never an older one
-            elif path.endswith("?pretty"):
-                assert base64.b64decode(eval_json(payload)[0]["Value"]) == last
+        _check_pipeline(conn, steps, "/v1/kv/pipe/k")
     finally:
         conn.close()
 
@@ -389,8 +400,7 @@ async def test_a_workers_fast_path_answers_like_the_agent(tmp_path: Path) -> Non
         def run() -> None:
             fast, slow = Conn(*worker_addr), Conn(*normal_addr)
             try:
-                for key, value in (("cmp/a", b"hello"), ("cmp/b/c", b"nested"), ("cmp/empty", b"")):
-                    assert _status(slow.call("PUT", f"/v1/kv/{key}", value)) == 200
+                _put_comparison_keys(slow)
                 # The table: what the worker's fast path answers equals the agent's normal path,
                 # byte for byte but Date and the worker's name; the rest reaches its application
                 # (answered there or forwarded to the agent) with the same status.
@@ -421,15 +431,7 @@ async def test_a_workers_fast_path_answers_like_the_agent(tmp_path: Path) -> Non
                               ("GET", "/v1/kv/wpipe/k?raw", None), ("GET", "/v1/health/service/web", None)]
                     if i % 4 == 0:
                         steps += [("GET", "/v1/agent/members", None), ("GET", "/v1/kv/wpipe/k?stale&raw", None)]
-                fast.sock.sendall(b"".join(fast.request_bytes(m, p, b) for m, p, b in steps))
-                last = b""
-                for method, path, body in steps:
-                    status, _, payload = fast.response()
-                    assert _status((status, [], b"")) == 200, (method, path, payload)
-                    if method == "PUT":
-                        last = body or b""
-                    elif "/v1/kv/wpipe/k" in path:
-                        assert payload == last, (path, payload, last)
+                _check_pipeline(fast, steps, "/v1/kv/wpipe/k")
             finally:
                 fast.close()
                 slow.close()
