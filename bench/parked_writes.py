@@ -84,7 +84,7 @@ def measure(base: str, pid: int, parked: int, args: argparse.Namespace, lua: Pat
         procs.append(proc)
     try:
         deadline = time.monotonic() + 120 + parked / 50
-        while blocking_now(base) < parked:
+        while blocking_now(base) != parked:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {blocking_now(base)} of {parked} reads parked")
             time.sleep(0.5)
@@ -102,6 +102,10 @@ def measure(base: str, pid: int, parked: int, args: argparse.Namespace, lua: Pat
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
+        # The agent ends the hung-up reads as it notices: the next count starts from none.
+        deadline = time.monotonic() + 120
+        while blocking_now(base) and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 def main() -> None:
