@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import consul
 import pytest
@@ -91,6 +92,13 @@ READS: list[tuple[str, str, bytes | None, str, bool]] = [
     ("GET", "/v1/kv/cmp/a?raw", None, "", True),
     ("GET", "/v1/kv/cmp/a?raw=false", None, "", True),
     ("GET", "/v1/kv/cmp/a?stale", None, "", True),
+    # ?consistent: a dev agent (one voter) answers at once; a Raft leader after ReadIndex (below).
+    ("GET", "/v1/kv/cmp/a?consistent", None, "", True),
+    ("GET", "/v1/kv/cmp/a?consistent&raw", None, "", True),
+    ("GET", "/v1/kv/cmp/a?consistent=false", None, "", True),
+    ("GET", "/v1/kv/cmp?recurse&consistent", None, "", True),
+    ("GET", "/v1/kv/cmp/?keys&consistent=1", None, "", True),
+    ("GET", "/v1/kv/cmp/missing?consistent", None, "", True),
     ("GET", "/v1/kv/cmp/a?dc=dc1", None, "", True),
     ("GET", "/v1/kv/cmp/empty?raw", None, "", True),
     ("GET", "/v1/kv/cmp/missing", None, "", True),
@@ -120,9 +128,10 @@ READS: list[tuple[str, str, bytes | None, str, bool]] = [
     ("GET", "/v1/catalog/service/nothing?stale", None, "", True),
     # The normal path's: parameters the fast path leaves alone, errors, tokens, odd paths.
     ("GET", "/v1/kv/cmp/a?pretty", None, "", False),
-    ("GET", "/v1/kv/cmp/a?consistent", None, "", False),
     ("GET", "/v1/kv/cmp/a?index=1", None, "", False),
     ("GET", "/v1/kv/cmp/a?stale&consistent", None, "", False),
+    ("GET", "/v1/kv/cmp/a?consistent&index=1", None, "", False),
+    ("GET", "/v1/health/service/consul?consistent", None, "", False),
     ("GET", "/v1/kv/cmp/a?dc=elsewhere", None, "", False),
     ("GET", "/v1/kv/cmp/a?index=x", None, "", False),
     ("GET", "/v1/kv/cmp/sp%20ace", None, "", False),
@@ -247,6 +256,92 @@ async def test_fast_path_answers_like_the_normal_path(tmp_path: Path) -> None:
                 for _ in range(5):
                     assert _status(fast.call("GET", "/v1/kv/cmp/a")) == 200
                 assert series.count == before + 5
+            finally:
+                fast.close()
+                slow.close()
+
+        await asyncio.to_thread(run)
+    finally:
+        await normal.stop()
+        await agent.stop()
+
+
+class HeldReadIndex:
+    """Stands in for `RaftServer.read_barrier` on the dev agent's consensus (which needs none):
+    the reads' callbacks wait here until the test confirms or fails the round."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: list[Any] = []
+
+    def __call__(self, done: Any) -> None:
+        self.waiting.append(done)
+
+    def finish(self, exc: BaseException | None) -> None:
+        """From the test's thread: answer every read waiting now (on the agent's loop)."""
+        def run() -> None:
+            waiting, self.waiting = self.waiting, []
+            for done in waiting:
+                done(exc)
+
+        self.loop.call_soon_threadsafe(run)
+
+
+async def test_consistent_reads_park_on_read_index_and_are_answered_like_the_normal_path(tmp_path: Path) -> None:
+    """With a Raft leader's ReadIndex, a ?consistent read is parked on its connection (no task)
+    until the round confirms, then answered from the store as the normal path answers it; the
+    requests behind it on the connection wait, in order; a failed round sends the read to the
+    normal path (which runs ReadIndex itself)."""
+    agent, normal = await _start_agent(tmp_path)
+    held = HeldReadIndex(asyncio.get_running_loop())
+    agent.server.consensus.read_barrier = held  # type: ignore[attr-defined]
+    try:
+        fast_addr, normal_addr = agent.http.bound[0], normal.bound[0]
+        routes = agent.http.fast_routes
+        assert routes is not None
+
+        def run() -> None:
+            fast, slow = Conn(*fast_addr), Conn(*normal_addr)
+            try:
+                _put_comparison_keys(slow)
+                for path in ("/v1/kv/cmp/a?consistent", "/v1/kv/cmp?recurse&consistent", "/v1/kv/cmp/missing?consistent"):
+                    before = routes.answered
+                    fast.sock.sendall(fast.request_bytes("GET", path) + fast.request_bytes("GET", "/v1/kv/cmp/a?raw"))
+                    wait_for(lambda: len(held.waiting) == 1, what="the read parked on ReadIndex")
+                    # A write acknowledged while the read waits: the read, answered later, sees it.
+                    assert _status(slow.call("PUT", "/v1/kv/cmp/a", b"while-parked")) == 200
+                    assert routes.answered == before  # neither the parked read nor the one behind it
+                    held.finish(None)
+                    got = _comparable(fast.response())
+                    assert _comparable(fast.response())[2] == b"while-parked"
+                    assert routes.answered == before + 2, path
+                    assert got == _comparable(slow.call("GET", path)), path
+                    assert ("X-Consul-Effective-Consistency", "consistent") in got[1]
+                    assert _status(slow.call("PUT", "/v1/kv/cmp/a", b"hello")) == 200
+                # A failed round: the normal path answers (the dev agent's own ReadIndex passes).
+                before = routes.answered
+                fast.sock.sendall(fast.request_bytes("GET", "/v1/kv/cmp/a?consistent&raw"))
+                wait_for(lambda: len(held.waiting) == 1, what="the read parked on ReadIndex")
+                held.finish(RuntimeError("leadership lost"))
+                status, headers, body = fast.response()
+                assert (_status((status, [], b"")), body) == (200, b"hello")
+                assert routes.answered == before and ("X-Consul-Effective-Consistency", "consistent") in headers
+                # Pipelined ?consistent reads and writes: each read shows the write before it.
+                steps: list[tuple[str, str, bytes | None]] = []
+                for i in range(10):
+                    steps += [("PUT", "/v1/kv/pipe/c", f"v{i}".encode()), ("GET", "/v1/kv/pipe/c?consistent&raw", None)]
+                fast.sock.sendall(b"".join(fast.request_bytes(m, p, b) for m, p, b in steps))
+                last = b""
+                for method, _, body in steps:
+                    if method == "GET":
+                        wait_for(lambda: held.waiting, what="the next read parked")
+                        held.finish(None)
+                    status, _, payload = fast.response()
+                    assert _status((status, [], b"")) == 200
+                    if method == "PUT":
+                        last = body or b""
+                    else:
+                        assert payload == last
             finally:
                 fast.close()
                 slow.close()
@@ -405,6 +500,8 @@ async def test_a_workers_fast_path_answers_like_the_agent(tmp_path: Path) -> Non
                 # byte for byte but Date and the worker's name; the rest reaches its application
                 # (answered there or forwarded to the agent) with the same status.
                 for method, path, body, headers, expect_fast in READS:
+                    # A worker forwards ?consistent reads to the agent, which runs ReadIndex.
+                    expect_fast = expect_fast and "consistent" not in path.replace("consistent=false", "")
                     before, barriers = routes.answered, replica._seq
                     got_worker = fast.call(method, path, body, headers)
                     assert (routes.answered - before == 1) == expect_fast, (method, path)

@@ -9,9 +9,9 @@ read. A profile of the agent under KV GET load (docs/PERFORMANCE.md) put most of
 
 Everything else goes through aiohttp as before, and so does any hot request the fast path does
 not fully understand: a parameter outside the short lists below, a token, `Expect`, HTTP/1.0 or
-`Connection: close`, a body not yet complete, a percent-escaped or dotted path, a blocking or
-`?consistent` read, another `?dc`, a read this server cannot answer at once (a follower's
-default-mode read), ACLs enabled, a `http_config.response_headers` entry that names a header the
+`Connection: close`, a body not yet complete, a percent-escaped or dotted path, a blocking
+read, another `?dc`, a read this server cannot answer at once (a follower's default-mode or
+`?consistent` read), ACLs enabled, a `http_config.response_headers` entry that names a header the
 fast path writes. Bad input is never answered here: whatever would be a 4xx from validation falls
 back, so every error text stays the route module's. What the fast path writes is byte for byte
 what the normal path writes (tests/integration/test_http_fast_path.py compares the two on a table
@@ -20,9 +20,13 @@ of requests, for the agent and for an HTTP worker).
 Where reads come from: a narrow `ReadGate` says which `server.rpc.Server` to read (the agent's,
 over its store; an HTTP worker's, over its replica, http/workers/app.py), whether a default-mode
 read may be answered now, must first pass a barrier (a worker: the agent's applied index, one
-round trip for every read waiting at that moment), or must take the normal path. A read waiting
-on a barrier is parked on its connection (no task): its connection routes nothing else until the
-barrier's answer comes back and the read is answered, or handed to aiohttp when it must be.
+round trip for every read waiting at that moment), or must take the normal path; and the same
+for a KV `?consistent` read, whose barrier on a Raft leader is ReadIndex (`RaftServer.read_barrier`:
+one leadership confirmation for every read waiting, then the store once it applied the commit
+index of the moment the read arrived). A read waiting on a barrier is parked on its connection
+(no task, no timer): its connection routes nothing else until the barrier's answer comes back and
+the read is answered, or handed to aiohttp when it must be (a failed `?consistent` barrier always
+is: the normal path then answers, forwards or reports the error as it always did).
 
 How it hooks in: `FastRequestHandler` is the connection guard's `RequestHandler` with aiohttp's
 parser wrapped (`_Intercept`); each parsed message is either answered here or handed on to aiohttp
@@ -67,7 +71,7 @@ logger = logging.getLogger(__name__)
 MAX_UINT64 = (1 << 64) - 1
 
 # Parameters each fast route understands; any other one sends the request down the normal path.
-_KV_GET_PARAMS = frozenset({"raw", "recurse", "keys", "separator", "stale", "dc"})
+_KV_GET_PARAMS = frozenset({"raw", "recurse", "keys", "separator", "stale", "consistent", "dc"})
 _KV_PUT_PARAMS = frozenset({"flags", "cas", "dc"})
 _SERVICE_PARAMS = frozenset({"stale", "dc", "tag"})
 _HEALTH_PARAMS = frozenset({"stale", "dc", "tag", "passing"})
@@ -90,6 +94,7 @@ _SERVER = f"\r\nServer: {SERVER_SOFTWARE}\r\n\r\n".encode()
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _DEFAULT = QueryOptions()
 _STALE = QueryOptions(allow_stale=True)
+_CONSISTENT = QueryOptions(require_consistent=True)
 _INTERNAL_ERROR_BODY = b"500 Internal Server Error\n\nServer got itself in trouble"
 
 
@@ -138,6 +143,14 @@ class _Barrier(Exception):
     """A default-mode read that may be answered only after a barrier (raised before anything
     was done for it): the connection parks it until `ReadGate.barrier` calls back."""
 
+    consistent = False
+
+
+class _ConsistentBarrier(_Barrier):
+    """A `?consistent` read: parked until `ReadGate.consistent_barrier` calls back."""
+
+    consistent = True
+
 
 # ReadGate.default_read's answers (anything else: the normal path).
 ANSWER = 1
@@ -164,6 +177,15 @@ class ReadGate(Protocol):
         """Call `done` once the store to read holds every write acknowledged before this call;
         False when no barrier can be run (the read then takes the normal path)."""
 
+    def consistent_read(self) -> int:
+        """For a `?consistent` read: ANSWER (now: a single voter), BARRIER (after
+        `consistent_barrier`) or FALLBACK (the normal path)."""
+
+    def consistent_barrier(self, done: Callable[[BarrierResult], None]) -> bool:
+        """Call `done` with (True, True) once leadership was confirmed after this call and the
+        store applied the commit index of this moment (ReadIndex), or with None when that
+        failed; never from inside this call. False when no barrier can be run."""
+
 
 class AgentReads:
     """The agent's own store: a default read is answered at once by a leader ready for reads."""
@@ -186,6 +208,31 @@ class AgentReads:
 
     def barrier(self, done: Callable[[BarrierResult], None]) -> bool:
         return False
+
+    def consistent_read(self) -> int:
+        server = self.agent.server
+        consensus = server.consensus
+        if not consensus.is_leader() or not consensus.ready_for_reads():
+            return FALLBACK  # a follower forwards, a new leader waits for its first commit
+        # A Raft leader confirms its leadership (ReadIndex); a single voter needs no round.
+        return BARRIER if hasattr(consensus, "read_barrier") else ANSWER
+
+    def consistent_barrier(self, done: Callable[[BarrierResult], None]) -> bool:
+        read_barrier = getattr(self.agent.server.consensus, "read_barrier", None)
+        if read_barrier is None:
+            return False
+
+        def confirmed(exc: BaseException | None) -> None:
+            done(None if exc is not None else _CONFIRMED)
+
+        try:
+            read_barrier(confirmed)
+        except RPCError:
+            return False  # not the leader any more: the normal path forwards
+        return True
+
+
+_CONFIRMED: BarrierResult = (True, True)
 
 
 class FastRoutes:
@@ -252,6 +299,10 @@ class FastRoutes:
         if dc and dc != self.datacenter:
             raise _Fallback  # another datacenter: forwarded over the WAN
         stale = bool(query) and _flag(query, "stale")
+        if query and "consistent" in query and _flag(query, "consistent"):
+            if stale:
+                raise _Fallback  # the normal path answers the 400
+            return _CONSISTENT
         if discovery and not stale:
             bound = self.agent.config.discovery_max_stale_s
             if bound > 0:
@@ -259,19 +310,35 @@ class FastRoutes:
         return _STALE if stale else _DEFAULT
 
     def _read_now(self, name: str, args: dict[str, Any], opts: QueryOptions,
-                  passed: bool) -> tuple[QueryMeta, Any]:
+                  passed: bool | None) -> tuple[QueryMeta, Any]:
         """`server.query(name, args, opts)` when the reader answers it without waiting; `passed`:
-        a default read whose barrier has just been passed."""
+        True for a read whose barrier has just been passed, False for one whose barrier failed."""
         server = self.reads.reader()
         if server is None:
             raise _Fallback
-        if opts.allow_stale:
+        if opts.require_consistent:
+            if passed is None:
+                mode = self.reads.consistent_read()
+                if mode != ANSWER:
+                    raise _ConsistentBarrier if mode == BARRIER else _Fallback
+            elif passed:
+                # ReadIndex confirmed leadership after the read arrived and the store holds the
+                # commit index of that moment: the leader's read of the store now is linearizable.
+                meta, result = self._run_query(server, name, args, _DEFAULT)
+                return QueryMeta(meta.index, meta.known_leader, meta.last_contact_ms, "consistent"), result
+            else:
+                raise _Fallback  # the normal path runs (and reports) ReadIndex itself
+        elif opts.allow_stale:
             if opts.too_stale(server.consensus.last_contact_ms()):
                 raise _Fallback
         elif not passed:
             mode = self.reads.default_read()
             if mode != ANSWER:
                 raise _Barrier if mode == BARRIER else _Fallback
+        return self._run_query(server, name, args, opts)
+
+    @staticmethod
+    def _run_query(server: Server, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
         coro = server.query(name, args, opts)
         try:
             coro.send(None)
@@ -282,7 +349,7 @@ class FastRoutes:
         coro.close()
         raise _Fallback
 
-    def kv_get(self, key: str, query: Any, passed: bool = False) -> bytes:
+    def kv_get(self, key: str, query: Any, passed: bool | None = None) -> bytes:
         if query and not query.keys() <= _KV_GET_PARAMS:
             raise _Fallback
         opts = self._options(query, discovery=False)
@@ -306,7 +373,7 @@ class FastRoutes:
             return self.response(404, _meta_bytes(meta), b"")
         return self.response(200, _meta_bytes(meta) + _JSON, _dumps(items))
 
-    def health_service(self, service: str, query: Any, passed: bool = False) -> bytes:
+    def health_service(self, service: str, query: Any, passed: bool | None = None) -> bytes:
         if query and not query.keys() <= _HEALTH_PARAMS:
             raise _Fallback
         opts = self._options(query, discovery=True)
@@ -324,7 +391,7 @@ class FastRoutes:
             head += f"{protection.APPLIED_HEADER}: true\r\n".encode()
         return self.response(200, head, _dumps(items))
 
-    def catalog_service(self, service: str, query: Any, passed: bool = False) -> bytes:
+    def catalog_service(self, service: str, query: Any, passed: bool | None = None) -> bytes:
         if query and not query.keys() <= _SERVICE_PARAMS:
             raise _Fallback
         opts = self._options(query, discovery=True)
@@ -397,7 +464,8 @@ class FastRequestHandler(GuardedRequestHandler):
         self._slow = 0  # messages handed to aiohttp and not answered yet
         self._busy: asyncio.Task[None] | object | None = None  # a fast write being answered, or _PARKED
         self._parked: tuple[Any, Any, float] | None = None  # the read waiting for its barrier, since when
-        self._passed: Any = None  # the message whose barrier has just been passed
+        self._passed: Any = None  # the message whose barrier has just answered
+        self._passed_ok = False  # whether it passed (else it failed)
         self._passed_start = 0.0  # and when it arrived
         self._backlog: deque[tuple[Any, Any]] = deque()  # messages behind it, in order
         self._may_write: bool | None = None  # allow_write_http_from, decided once per connection
@@ -420,8 +488,9 @@ class FastRequestHandler(GuardedRequestHandler):
         return False
 
     def _try(self, msg: Any, payload: Any) -> bool:
-        passed = self._passed is msg
-        if passed:
+        passed: bool | None = None
+        if self._passed is msg:
+            passed = self._passed_ok
             self._passed = None
         if type(msg) is not RawRequestMessage or self._paused or self.transport is None:
             return False  # a parse error, or the client is not reading: aiohttp waits for it
@@ -445,7 +514,7 @@ class FastRequestHandler(GuardedRequestHandler):
         rules = routes.rules
         if rules.blocked_prefixes and any(path.startswith(p) for p in rules.blocked_prefixes):
             return False
-        start = self._passed_start if passed else time.perf_counter()
+        start = self._passed_start if passed is not None else time.perf_counter()
         try:
             if method == "GET":
                 if payload is not EMPTY_PAYLOAD:
@@ -478,8 +547,8 @@ class FastRequestHandler(GuardedRequestHandler):
             command = routes.kv_put_command(path[len(_KV):], query, headers, payload)
         except _Fallback:
             return False
-        except _Barrier:
-            return self._park(msg, payload, start)
+        except _Barrier as barrier:
+            return self._park(msg, payload, start, barrier.consistent)
         except Exception:
             # Nothing was done for the request yet (a read has no effect, a write was not
             # proposed): the normal path answers it, with its own error mapping.
@@ -489,12 +558,13 @@ class FastRequestHandler(GuardedRequestHandler):
         self._busy = self._loop.create_task(self._put(command, start))
         return True
 
-    def _park(self, msg: Any, payload: Any, start: float) -> bool:
-        """Hold a default read until its barrier answers (`_unpark`); the messages after it wait
-        in the backlog, as behind a fast write. False when no barrier can be run."""
+    def _park(self, msg: Any, payload: Any, start: float, consistent: bool) -> bool:
+        """Hold a read until its barrier answers (`_unpark`); the messages after it wait in the
+        backlog, as behind a fast write. False when no barrier can be run."""
         self._parked = (msg, payload, start)
         self._busy = _PARKED
-        if not self._routes.reads.barrier(self._unpark):
+        reads = self._routes.reads
+        if not (reads.consistent_barrier(self._unpark) if consistent else reads.barrier(self._unpark)):
             self._parked = self._busy = None
             return False
         self.request_started()
@@ -502,16 +572,17 @@ class FastRequestHandler(GuardedRequestHandler):
 
     def _unpark(self, result: BarrierResult) -> None:
         """The barrier answered: route the parked read again, first in line. Passed (the agent
-        still the leader, ready), it is answered from the store now; otherwise it meets the
-        gate again, which sends it down the normal path."""
+        still the leader, ready), it is answered from the store now; otherwise a default read
+        meets the gate again, which sends it down the normal path, and a `?consistent` read
+        goes down the normal path."""
         parked, self._parked = self._parked, None
         self._busy = None
         if parked is None:
             return
         msg, payload, start = parked
         self.request_finished()
-        if result is not None and result[0] and result[1]:
-            self._passed, self._passed_start = msg, start
+        self._passed, self._passed_start = msg, start
+        self._passed_ok = result is not None and result[0] and result[1]
         self._backlog.appendleft((msg, payload))
         try:
             self._drain()

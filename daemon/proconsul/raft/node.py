@@ -25,6 +25,7 @@ discovery, join requests and inbound connections, and are kept in `data_dir/raft
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -327,6 +328,35 @@ def _resolve(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
         fut.set_exception(value)
 
 
+# A ReadIndex waiter (`RaftServer.read_barrier`): called with None once its read may be served
+# from the local FSM, or with the error that ends it.
+ReadDone = Callable[[BaseException | None], None]
+
+
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if fut.done():
+        return  # the reader gave up (its task was cancelled)
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
+
+
+def _notify(waiters: list[ReadDone], exc: BaseException | None) -> None:
+    for done in waiters:
+        try:
+            done(exc)
+        except Exception:  # one reader's failure must not keep the others (or the loop) waiting
+            logger.exception("raft: a ReadIndex waiter failed")
+
+
+def _notify_soon(waiters: list[ReadDone], exc: BaseException | None) -> None:
+    """Call the waiters from the event loop, not from inside a Raft loop iteration: a reader's
+    own work (a fast-path read is answered from its callback) must not delay the loop."""
+    if waiters:
+        asyncio.get_running_loop().call_soon(_notify, waiters, exc)
+
+
 class _PeerLink:
     """Outbound Raft messages to one peer, over one connection, dropped when it is down.
 
@@ -494,10 +524,11 @@ class RaftServer:
         self._links: dict[str, _PeerLink] = {}
         # Raft index -> (term, future, the decoded object proposed with the bytes or None).
         self._pending: dict[int, tuple[int, asyncio.Future[tuple[int, Any]], Any]] = {}
-        # ReadIndex: reads waiting for the next round, and the rounds under way (context -> the
-        # reads it answers). One round serves every read that was waiting when it started.
-        self._read_waiting: list[asyncio.Future[None]] = []
-        self._reads: dict[bytes, list[asyncio.Future[None]]] = {}
+        # ReadIndex: reads waiting for the next round, and the rounds under way (context -> when
+        # it started, the reads it answers), oldest first. One round serves every read that was
+        # waiting when it started; reads arriving while it is under way wait for the next one.
+        self._read_waiting: list[ReadDone] = []
+        self._reads: dict[bytes, tuple[float, list[ReadDone]]] = {}
         self._read_seq = 0
         self._writer: _LogWriter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -689,9 +720,7 @@ class RaftServer:
                 self.addresses.learn(sid, addr)
             self.recovery = marker
             self._fail_pending(OutcomeUnknown("the server was recovered; the write may or may not commit"))
-            for fut in self._reads.values():
-                if not fut.done():
-                    fut.set_exception(NoLeaderError())
+            self._fail_reads(NoLeaderError())
             self.leader_id = None
             self._transfer_until = self._pending_deadline = 0.0
             self.core = self._new_core(self.applied_index)
@@ -892,48 +921,80 @@ class RaftServer:
     async def verify_leader(self) -> None:
         """ReadIndex: returns once a quorum confirmed leadership and the FSM caught up.
 
-        The read joins the next ReadIndex round, which the Raft loop starts for every read
-        waiting at that moment (one heartbeat exchange for all of them, as etcd's linearizable
-        read loop does). That is still linearizable: the round records the commit index after
-        each of its reads arrived, and confirms leadership after that.
+        The read joins the next ReadIndex round (see `read_barrier`).
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.read_barrier(functools.partial(_settle, fut))
+        # No timeout of its own: the loop fails a round that is not confirmed in time.
+        await fut
+
+    def read_barrier(self, done: ReadDone) -> None:
+        """ReadIndex without a task: `done(None)` is called (soon, from the event loop, never
+        from inside this call) once a quorum confirmed this server's leadership after the call
+        and the FSM applied the commit index it had then; `done(error)` when that cannot happen
+        (leadership lost, no quorum within two election timeouts, shutdown).
+
+        Reads share rounds, as etcd's linearizable read loop does: one round (one heartbeat to
+        each follower) is under way at a time, and the next one starts, for every read that
+        arrived meanwhile, as soon as it ends. A read therefore never joins a round that started
+        before it arrived, whose confirmation could predate it; the round it joins records the
+        commit index after the read arrived and confirms leadership after that.
+
+        Raises:
+            NotLeaderError: this server is not the leader now.
         """
         self._core()
         if not self.is_leader():
             raise NotLeaderError(self.leader_address())
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._read_waiting.append(fut)
-        self._wake.set()
-        try:
-            # Not asyncio.wait_for: it loses a cancellation arriving as the round confirms
-            # (CPython gh-86296), and an abandoned read would go on to run (and park).
-            async with asyncio.timeout(self.tick_s * self.election_tick * 2):
-                await fut
-        except TimeoutError:
-            raise NoLeaderError() from None
+        self._read_waiting.append(done)
+        if len(self._read_waiting) == 1:
+            self._wake.set()
 
     def _start_read_round(self, core: RaftNode) -> None:
-        """One ReadIndex round for every read waiting now (called by the loop, before ready())."""
-        waiting = [f for f in self._read_waiting if not f.done()]
-        self._read_waiting = []
-        if not waiting:
+        """One ReadIndex round for every read waiting now, unless one is under way (called by
+        the loop, before ready()). A round unanswered for a heartbeat interval (a heartbeat or
+        its answer lost with a link) no longer holds the next one back."""
+        now = time.monotonic()
+        if self._reads and now - next(reversed(self._reads.values()))[0] < self.tick_s:
             return
+        waiting, self._read_waiting = self._read_waiting, []
         self._read_seq += 1
         ctx = f"{self.id}:{self._read_seq}".encode()
         try:
             core.read_index(ctx)
         except NotLeader:
-            for fut in waiting:
-                fut.set_exception(NotLeaderError(self.leader_address()))
+            _notify_soon(waiting, NotLeaderError(self.leader_address()))
             return
-        self._reads[ctx] = waiting
+        self._reads[ctx] = (now, waiting)
+
+    def _release_reads(self, read_states: Any) -> None:
+        """Confirmed rounds (their index is applied): answer their reads, and let the next
+        round start."""
+        done: list[ReadDone] = []
+        for rs in read_states:
+            entry = self._reads.pop(rs.context, None)
+            if entry is not None:
+                done.extend(entry[1])
+        _notify_soon(done, None)
+        if self._read_waiting:
+            self._wake.set()
+
+    def _expire_reads(self) -> None:
+        """Fail the rounds unconfirmed for two election timeouts (no quorum answers; with
+        check-quorum this leader steps down within one, which fails them sooner)."""
+        limit = time.monotonic() - self.tick_s * self.election_tick * 2
+        while self._reads:
+            ctx, (started, waiters) = next(iter(self._reads.items()))
+            if started > limit:
+                break
+            del self._reads[ctx]
+            _notify_soon(waiters, NoLeaderError())
 
     def _fail_reads(self, exc: Exception) -> None:
-        for futs in [self._read_waiting, *self._reads.values()]:
-            for fut in futs:
-                if not fut.done():
-                    fut.set_exception(exc)
+        waiting = [w for _, ws in self._reads.values() for w in ws] + self._read_waiting
         self._read_waiting = []
         self._reads.clear()
+        _notify_soon(waiting, exc)
 
     async def add_voter(self, node_id: str, addr: str) -> None:
         """Leader only: add a server to the configuration (single-server change)."""
@@ -1076,6 +1137,8 @@ class RaftServer:
                         self._fail_pending(
                             OutcomeUnknown("leadership moved before the write applied; it may or may not commit")
                         )
+                if self._reads:
+                    self._expire_reads()
                 if was_leader:
                     self._sample_last_contact()
                     # A leader is in contact with itself: once deposed, its data is as old as this.
@@ -1156,10 +1219,8 @@ class RaftServer:
                 self._apply(e)
             if self._contact_pending:
                 self._caught_up_with_leader()
-            for rs in rd.read_states:
-                for fut in self._reads.pop(rs.context, ()):
-                    if not fut.done():
-                        fut.set_result(None)
+            if rd.read_states:
+                self._release_reads(rd.read_states)
             core.advance(rd)
             self._maybe_snapshot(core)
 

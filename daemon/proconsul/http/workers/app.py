@@ -117,6 +117,12 @@ class WorkerReads:
     def barrier(self, done: Callable[[BarrierResult], None]) -> bool:
         return self.replica.barrier_then(done)
 
+    def consistent_read(self) -> int:
+        return FALLBACK  # forwarded to the agent, which runs ReadIndex
+
+    def consistent_barrier(self, done: Callable[[BarrierResult], None]) -> bool:
+        return False
+
 
 def _local(handler: Handler) -> Handler:
     async def run(request: web.Request) -> web.StreamResponse:
