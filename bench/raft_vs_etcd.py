@@ -493,6 +493,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--profile-seconds", type=float, default=15.0)
     ap.add_argument("--profile-follower", action="store_true",
                     help="in the profiled phase, send the PUTs to a follower (forwarded writes)")
+    ap.add_argument("--profile-op", choices=("put", "consistent"), default="put",
+                    help="the profiled phase's load: PUTs (default) or ?consistent GETs of one key")
     ap.add_argument("--raft-multiplier", type=int, default=None,
                     help="proconsul's performance.raft_multiplier (default: the agent's default, 5)")
     ap.add_argument("--http-workers", type=int, default=1,
@@ -596,7 +598,8 @@ def main(argv: list[str]) -> int:
 
 
 def run_profile(args: argparse.Namespace, procs: Procs, out: Path, prefix: str) -> dict[str, Any]:
-    """A fresh proconsul cluster, every server under cProfile; PUT load on the leader."""
+    """A fresh proconsul cluster, every server under cProfile; PUT load (or `?consistent` GETs,
+    `--profile-op consistent`) on the leader (or a follower, `--profile-follower`)."""
     out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="raft_prof.", dir=args.data_root))
     sdir = root / "stats"
@@ -605,7 +608,10 @@ def run_profile(args: argparse.Namespace, procs: Procs, out: Path, prefix: str) 
     print(f"# profile: proconsul leader {pc.leader} (pid {pc.leader_pid()})", flush=True)
     for i in range(args.keys):
         http("PUT", f"http://{pc.leader}:8500/v1/kv/bench/key{i:04d}", VALUE.encode())
-    case = Case("proconsul", "PUT", "/v1/kv/bench/put", lua_request("PUT", VALUE))
+    if args.profile_op == "consistent":
+        case = Case("proconsul", "GET consistent", "/v1/kv/bench/key0050?consistent", "")
+    else:
+        case = Case("proconsul", "PUT", "/v1/kv/bench/put", lua_request("PUT", VALUE))
     script = root / "put.lua"
     script.write_text(case.lua)
     target = pc.follower() if args.profile_follower else pc.leader
