@@ -352,6 +352,54 @@ async def test_consistent_reads_park_on_read_index_and_are_answered_like_the_nor
         await agent.stop()
 
 
+async def test_a_raft_leader_answers_consistent_reads_after_read_index(tmp_path: Path) -> None:
+    """A (one-voter) Raft server: ?consistent reads go through the real ReadIndex barrier
+    (`RaftLog.read_barrier`) and are answered by the fast path, as the normal path answers them."""
+    ip = f"{free_subnet(1)}.1"
+    flags = configmod.agent_flagset().parse([
+        "-server", "-bootstrap-expect=1", f"-data-dir={tmp_path / 'data'}", f"-http-port={free_port()}",
+        f"-dns-port={free_port()}", f"-serf-lan-port={free_port()}", f"-serf-wan-port={free_port()}",
+        f"-client={ip}", f"-bind={ip}", "-node=raft-fast", "-hcl=performance { raft_multiplier = 1 }",
+    ])  # fmt: skip
+    agent = Agent(configmod.load_from(flags).config, flags)
+    await agent.start()
+    normal = HTTPServer(agent, [ip], free_port())
+    normal.fast_path = False
+    try:
+        await normal.start()
+        async with asyncio.timeout(60):
+            while not (agent.server.consensus.is_leader() and agent.server.consensus.ready_for_reads()):
+                await asyncio.sleep(0.02)
+        routes = agent.http.fast_routes
+        assert routes is not None
+        raft = agent.server.consensus.raft  # type: ignore[attr-defined]
+        fast_addr, normal_addr = agent.http.bound[0], normal.bound[0]
+
+        def run() -> None:
+            fast, slow = Conn(*fast_addr), Conn(*normal_addr)
+            try:
+                _put_comparison_keys(slow)
+                for path in ("/v1/kv/cmp/a?consistent", "/v1/kv/cmp/a?consistent&raw", "/v1/kv/cmp?recurse&consistent",
+                             "/v1/kv/cmp/missing?consistent"):
+                    before, rounds = routes.answered, raft._read_seq
+                    got = _comparable(fast.call("GET", path))
+                    assert routes.answered == before + 1 and raft._read_seq > rounds, path
+                    assert got == _comparable(slow.call("GET", path)), path
+                    assert ("X-Consul-Effective-Consistency", "consistent") in got[1]
+                steps: list[tuple[str, str, bytes | None]] = []
+                for i in range(20):
+                    steps += [("PUT", "/v1/kv/pipe/c", f"v{i}".encode()), ("GET", "/v1/kv/pipe/c?consistent&raw", None)]
+                _check_pipeline(fast, steps, "/v1/kv/pipe/c")
+            finally:
+                fast.close()
+                slow.close()
+
+        await asyncio.to_thread(run)
+    finally:
+        await normal.stop()
+        await agent.stop()
+
+
 # ------------------------------------------------------------------- 2. a real agent process
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import consul
 from cluster_helpers import Cluster, get, put
-from helpers import wait_for
+from helpers import AgentProcess, wait_for
 
 
 def test_bootstrap_forwarding_and_consistency_modes(cluster: Cluster) -> None:
@@ -33,6 +33,7 @@ def test_bootstrap_forwarding_and_consistency_modes(cluster: Cluster) -> None:
         assert headers["X-Consul-Effective-Consistency"] == "leader"
     status, headers, _ = follower.http("GET", "/v1/kv/fwd/key?consistent")
     assert status == 200 and headers["X-Consul-Effective-Consistency"] == "consistent"
+    _consistent_reads_on_the_leader_see_every_acknowledged_write(cluster.nodes[leader], follower)
     # Stale reads are local: they converge on every server.
     for agent in (a, b, c):
         wait_for(lambda agent=agent: get(agent, "fwd/key", "?stale") == "via-follower", what="stale read")
@@ -43,6 +44,48 @@ def test_bootstrap_forwarding_and_consistency_modes(cluster: Cluster) -> None:
         return sorted(n["Node"]["Node"] for n in nodes) == ["s1", "s2", "s3"]
 
     wait_for(registered, timeout=60, what="all three servers in the catalog with serfHealth")
+
+
+def _consistent_reads_on_the_leader_see_every_acknowledged_write(leader: AgentProcess, follower: AgentProcess) -> None:
+    """py-consul `?consistent` reads on the leader (kept-alive connections: the HTTP fast path,
+    parked on shared ReadIndex rounds) while a writer goes through the follower: every read
+    returns at least the last write acknowledged before it began, and says `consistent`."""
+    writer = consul.Consul(host=follower.ip, port=follower.http_port)
+    acked = [-1]
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            assert writer.kv.put("lin/k", str(i)) is True
+            acked[0] = i
+            i += 1
+
+    def read() -> None:
+        reader = consul.Consul(host=leader.ip, port=leader.http_port)
+        for _ in range(150):
+            floor = acked[0]
+            _, entry = reader.kv.get("lin/k", consistency="consistent")
+            seen = -1 if entry is None else int(entry["Value"])
+            if seen < floor:
+                errors.append(f"read {seen} after the write of {floor} was acknowledged")
+        raw = reader.http.session.get(f"http://{leader.ip}:{leader.http_port}/v1/kv/lin/k?consistent")
+        if raw.headers["X-Consul-Effective-Consistency"] != "consistent":
+            errors.append(f"headers {dict(raw.headers)}")
+
+    w = threading.Thread(target=write)
+    w.start()
+    readers = [threading.Thread(target=read) for _ in range(6)]
+    try:
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join(120)
+    finally:
+        stop.set()
+        w.join(60)
+    assert acked[0] > 0 and not errors, errors[:5]
 
 
 def test_leader_kill_9_failover_and_restart_from_disk(cluster: Cluster) -> None:

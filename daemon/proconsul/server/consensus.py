@@ -150,6 +150,12 @@ class RaftLog:
         with raft_errors():
             await self.raft.verify_leader()
 
+    def read_barrier(self, done: Callable[[BaseException | None], None]) -> None:
+        """`verify_leader` without a task (`RaftServer.read_barrier`): `done(None)` once the read
+        may be served, `done(error)` (a Raft error) when it may not; NotLeader when not leader."""
+        with raft_errors():
+            self.raft.read_barrier(done)
+
     async def add_voter(self, node_id: str, addr: str) -> None:
         """Leader only (the `Raft.Join` RPC): add a server to the configuration."""
         with raft_errors():
