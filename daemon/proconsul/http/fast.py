@@ -210,12 +210,13 @@ class AgentReads:
         return False
 
     def consistent_read(self) -> int:
-        server = self.agent.server
-        consensus = server.consensus
-        if not consensus.is_leader() or not consensus.ready_for_reads():
-            return FALLBACK  # a follower forwards, a new leader waits for its first commit
-        # A Raft leader confirms its leadership (ReadIndex); a single voter needs no round.
-        return BARRIER if hasattr(consensus, "read_barrier") else ANSWER
+        consensus = self.agent.server.consensus
+        if hasattr(consensus, "read_barrier"):
+            # A Raft server: ReadIndex decides (on a follower it refuses at once, and the read
+            # is forwarded by the normal path; a new leader's round waits for its first commit).
+            return BARRIER
+        # A single voter confirms without a round (SingleNodeLog.verify_leader returns at once).
+        return ANSWER if consensus.is_leader() else FALLBACK
 
     def consistent_barrier(self, done: Callable[[BarrierResult], None]) -> bool:
         read_barrier = getattr(self.agent.server.consensus, "read_barrier", None)
@@ -228,7 +229,7 @@ class AgentReads:
         try:
             read_barrier(confirmed)
         except RPCError:
-            return False  # not the leader any more: the normal path forwards
+            return False  # not the leader: the normal path forwards the read
         return True
 
 
@@ -564,7 +565,12 @@ class FastRequestHandler(GuardedRequestHandler):
         self._parked = (msg, payload, start)
         self._busy = _PARKED
         reads = self._routes.reads
-        if not (reads.consistent_barrier(self._unpark) if consistent else reads.barrier(self._unpark)):
+        try:
+            started = reads.consistent_barrier(self._unpark) if consistent else reads.barrier(self._unpark)
+        except Exception:
+            logger.debug("http: no barrier for a parked read", exc_info=True)
+            started = False
+        if not started:
             self._parked = self._busy = None
             return False
         self.request_started()

@@ -153,8 +153,12 @@ class RaftLog:
     def read_barrier(self, done: Callable[[BaseException | None], None]) -> None:
         """`verify_leader` without a task (`RaftServer.read_barrier`): `done(None)` once the read
         may be served, `done(error)` (a Raft error) when it may not; NotLeader when not leader."""
-        with raft_errors():
+        try:  # not raft_errors(): a generator context manager per read costs more than the call
             self.raft.read_barrier(done)
+        except NotLeaderError as exc:
+            raise NotLeader(exc.leader) from None
+        except RaftError:
+            raise NoLeader() from None  # not started yet
 
     async def add_voter(self, node_id: str, addr: str) -> None:
         """Leader only (the `Raft.Join` RPC): add a server to the configuration."""
