@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -287,7 +288,8 @@ class HeldReadIndex:
         self.loop.call_soon_threadsafe(run)
 
 
-async def test_consistent_reads_park_on_read_index_and_are_answered_like_the_normal_path(tmp_path: Path) -> None:
+async def test_consistent_reads_park_on_read_index_and_are_answered_like_the_normal_path(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """With a Raft leader's ReadIndex, a ?consistent read is parked on its connection (no task)
     until the round confirms, then answered from the store as the normal path answers it; the
     requests behind it on the connection wait, in order; a failed round sends the read to the
@@ -326,6 +328,16 @@ async def test_consistent_reads_park_on_read_index_and_are_answered_like_the_nor
                 status, headers, body = fast.response()
                 assert (_status((status, [], b"")), body) == (200, b"hello")
                 assert routes.answered == before and ("X-Consul-Effective-Consistency", "consistent") in headers
+                # A client that hangs up while its read is parked: the round's answer finds the
+                # connection gone, and the agent goes on answering.
+                gone = Conn(*fast_addr)
+                gone.sock.sendall(gone.request_bytes("GET", "/v1/kv/cmp/a?consistent"))
+                wait_for(lambda: len(held.waiting) == 1, what="the read parked on ReadIndex")
+                gone.close()
+                held.finish(None)
+                wait_for(lambda: not held.waiting, what="the round answered")
+                assert _status(fast.call("GET", "/v1/kv/cmp/a")) == 200
+                assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
                 # Pipelined ?consistent reads and writes: each read shows the write before it.
                 steps: list[tuple[str, str, bytes | None]] = []
                 for i in range(10):
