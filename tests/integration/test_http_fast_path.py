@@ -121,7 +121,7 @@ READS: list[tuple[str, str, bytes | None, str, bool]] = [
     # The normal path's: parameters the fast path leaves alone, errors, tokens, odd paths.
     ("GET", "/v1/kv/cmp/a?pretty", None, "", False),
     ("GET", "/v1/kv/cmp/a?consistent", None, "", False),
-    ("GET", "/v1/kv/cmp/a?index=1", None, "", True),  # a blocking read: http/fast_blocking.py
+    ("GET", "/v1/kv/cmp/a?index=1", None, "", False),
     ("GET", "/v1/kv/cmp/a?stale&consistent", None, "", False),
     ("GET", "/v1/kv/cmp/a?dc=elsewhere", None, "", False),
     ("GET", "/v1/kv/cmp/a?index=x", None, "", False),
