@@ -315,7 +315,10 @@ class ParkedRead:
         except Exception as exc:  # the re-run's or the forwarded call's error
             outcome = exc
         self._leave()
-        self._on_done(outcome)
+        try:
+            self._on_done(outcome)
+        except Exception:  # one reader's failure must not keep the rest of its batch asleep
+            logger.exception("rpc: answering a parked blocking read failed")
 
     def _outcome(self) -> tuple[QueryMeta, Any]:
         parked = self._parked
