@@ -5,7 +5,7 @@ go to both: answered at once (the watcher's index is already stale), and parked 
 write; every answer (status line, every header but Date, body) must be the same on both, with
 and without `Accept-Encoding: gzip`, and the fast listener must have answered it itself (counted).
 Then: a watcher that hangs up leaves the parked read at once (nothing stays parked); a wait that
-runs out is answered at the unchanged index; a request pipelined behind a parked read is answered
+runs out is answered at the unchanged index, on a connection parked past its keep-alive timeout; a request pipelined behind a parked read is answered
 after it, in order; many watchers of one read woken by one write share one encoding.
 """
 
@@ -174,14 +174,23 @@ async def test_blocking_reads_answer_like_the_normal_path(tmp_path: Path) -> Non
 
 
 async def test_hang_up_expiry_pipelining_and_one_encoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A short keep-alive: a parked watcher's connection is not idle, and must not be closed as such.
+    monkeypatch.setattr("proconsul.http.server.IDLE_TIMEOUT_S", 0.3)
     agent, normal = await _start(tmp_path)
     try:
         addr = agent.http.bound[0]
         blocking = agent.http.blocking_routes
         assert blocking is not None
-        setup = Conn(normal.bound[0])
-        assert (await acall(setup, "/v1/kv/hu/a", method="PUT", body=b"1"))[0].endswith(b"200 OK")
-        index = _index(await acall(setup, "/v1/kv/hu?recurse"))
+
+        async def setup_call(path: str, method: str = "GET", body: bytes | None = None) -> Answer:
+            conn = Conn(normal.bound[0])  # a new one each time: idle ones are closed after 0.3 s
+            try:
+                return await acall(conn, path, method=method, body=body)
+            finally:
+                conn.close()
+
+        assert (await setup_call("/v1/kv/hu/a", method="PUT", body=b"1"))[0].endswith(b"200 OK")
+        index = _index(await setup_call("/v1/kv/hu?recurse"))
 
         # Watchers that hang up leave at once: nothing stays parked, and a write wakes nobody.
         quitters = [Conn(addr) for _ in range(20)]
@@ -193,10 +202,11 @@ async def test_hang_up_expiry_pipelining_and_one_encoding(tmp_path: Path, monkey
             conn.close()
         await wait_until(lambda: agent.server.blocking_reads() == 0 and not agent.server._parked, timeout=30)
 
-        # A wait that runs out is answered at the unchanged index, with the unchanged answer.
+        # A wait that runs out is answered at the unchanged index, with the unchanged answer
+        # (and the connection outlived its keep-alive timeout meanwhile).
         conn = Conn(addr)
         before = blocking.answered
-        expired = await asyncio.to_thread(conn.call, f"/v1/kv/hu?recurse&index={index}&wait=1s")
+        expired = await asyncio.to_thread(conn.call, f"/v1/kv/hu?recurse&index={index}&wait=2s")
         assert expired[0].endswith(b"200 OK") and _index(expired) == index
         assert json.loads(expired[2])[0]["Key"] == "hu/a"
         assert blocking.answered == before + 1
@@ -205,7 +215,7 @@ async def test_hang_up_expiry_pipelining_and_one_encoding(tmp_path: Path, monkey
         conn.send(f"/v1/kv/hu?recurse&index={index}&wait=60s")
         conn.send("/v1/kv/hu/a?raw")
         await wait_until(lambda: agent.server.blocking_reads() == 1, timeout=30)
-        assert (await acall(setup, "/v1/kv/hu/a", method="PUT", body=b"2"))[0].endswith(b"200 OK")
+        assert (await setup_call("/v1/kv/hu/a", method="PUT", body=b"2"))[0].endswith(b"200 OK")
         first = await asyncio.to_thread(conn.response)
         second = await asyncio.to_thread(conn.response)
         assert _index(first) > index and json.loads(first[2])[0]["Key"] == "hu/a"
@@ -229,13 +239,12 @@ async def test_hang_up_expiry_pipelining_and_one_encoding(tmp_path: Path, monkey
         for w in watchers:
             w.send(f"/v1/kv/hu?recurse&index={index}&wait=60s")
         await wait_until(lambda: agent.server.blocking_reads() == 30, timeout=30)
-        assert (await acall(setup, "/v1/kv/hu/b", method="PUT", body=b"3"))[0].endswith(b"200 OK")
+        assert (await setup_call("/v1/kv/hu/b", method="PUT", body=b"3"))[0].endswith(b"200 OK")
         answers = [await asyncio.to_thread(w.response) for w in watchers]
         for w in watchers:
             w.close()
         assert len({a[2] for a in answers}) == 1 and all(_index(a) > index for a in answers)
         assert len(built) <= 2, built  # once (twice if the Date's second turned meanwhile)
-        setup.close()
     finally:
         await normal.stop()
         await agent.stop()

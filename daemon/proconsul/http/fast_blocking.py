@@ -54,6 +54,8 @@ _SERVICE_PARAMS = _COMMON | {"tag"}
 _SERVICES_PARAMS = _COMMON
 _SERVICES = "/v1/catalog/services"
 _PROTECTED = f"{protection.APPLIED_HEADER}: true\r\n".encode()
+# Longer than any blocking wait (max_query_time is at most 10 minutes, plus jitter).
+_PARKED_KEEPALIVE_S = 86400.0
 _BLOCKED = object()  # BlockingRequestHandler._busy while a blocking read is parked
 
 
@@ -260,8 +262,9 @@ class BlockingRequestHandler(fast.FastRequestHandler):
             self._busy = _BLOCKED  # later pipelined requests wait in the backlog, in order
             self.request_started()
             # Not idle: aiohttp's keep-alive timer would close a connection with no request in
-            # its own queue; the answer moves it on again.
-            self._next_keepalive_close_time = float("inf")
+            # its own queue; the answer moves it on again. (A finite time: uvloop's timers take
+            # no infinity.)
+            self._next_keepalive_close_time = self._loop.time() + _PARKED_KEEPALIVE_S
             return True
         meta, result = out
         self.request_started()
