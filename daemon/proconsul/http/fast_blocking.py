@@ -262,8 +262,7 @@ class BlockingRequestHandler(fast.FastRequestHandler):
             self._busy = _BLOCKED  # later pipelined requests wait in the backlog, in order
             self.request_started()
             # Not idle: aiohttp's keep-alive timer would close a connection with no request in
-            # its own queue; the answer moves it on again. (A finite time: uvloop's timers take
-            # no infinity.)
+            # its own queue; the answer moves it on again.
             self._next_keepalive_close_time = self._loop.time() + _PARKED_KEEPALIVE_S
             return True
         meta, result = out
