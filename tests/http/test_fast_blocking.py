@@ -23,6 +23,7 @@ from proconsul import config as configmod
 from proconsul.agent.agent import Agent
 from proconsul.http import common
 from proconsul.http.server import HTTPServer
+from proconsul.server.rpc import ParkedRead
 
 Answer = tuple[bytes, list[tuple[str, str]], bytes]
 
@@ -245,6 +246,55 @@ async def test_hang_up_expiry_pipelining_and_one_encoding(tmp_path: Path, monkey
             w.close()
         assert len({a[2] for a in answers}) == 1 and all(_index(a) > index for a in answers)
         assert len(built) <= 2, built  # once (twice if the Date's second turned meanwhile)
+    finally:
+        await normal.stop()
+        await agent.stop()
+
+
+async def test_a_parked_read_whose_rerun_fails_is_answered_by_the_normal_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The re-run after a wake-up raises: the parked request goes to aiohttp's path, which runs
+    it again and answers the error as the middleware maps it (a StoreError: 500 with its text);
+    the connection then serves the next request."""
+    from dataclasses import replace
+
+    from proconsul.server import queries
+    from proconsul.state.store import StoreError
+
+    agent, normal = await _start(tmp_path)
+    try:
+        addr = agent.http.bound[0]
+        blocking = agent.http.blocking_routes
+        assert blocking is not None
+        setup = Conn(normal.bound[0])
+        assert (await acall(setup, "/v1/kv/fail/a", method="PUT", body=b"1"))[0].endswith(b"200 OK")
+        index = _index(await acall(setup, "/v1/kv/fail?recurse"))
+        spec = queries.READS["KVS.List"]
+        broken = {"on": False}
+
+        def run(store: Any, args: dict[str, Any]) -> tuple[int, Any]:
+            if broken["on"]:
+                raise StoreError("the read broke")
+            return spec.run(store, args)
+
+        monkeypatch.setitem(queries.READS, "KVS.List", replace(spec, run=run))
+        conn = Conn(addr)
+        conn.send(f"/v1/kv/fail?recurse&index={index}&wait=60s")
+        await wait_until(lambda: agent.server.blocking_reads() == 1, timeout=30)
+        (parked,) = agent.server._parked.values()
+        assert [type(w) for w in parked.waiters] == [ParkedRead]  # parked by the fast path
+        before = blocking.answered
+        broken["on"] = True
+        assert (await acall(setup, "/v1/kv/fail/a", method="PUT", body=b"2"))[0].endswith(b"200 OK")
+        status, _, body = await asyncio.to_thread(conn.response)
+        assert status.endswith(b"500 Internal Server Error") and body == b"the read broke", (status, body)
+        assert blocking.answered == before  # answered by the normal path
+        broken["on"] = False
+        answer = await acall(conn, "/v1/kv/fail/a?raw")
+        assert answer[2] == b"2"
+        await wait_until(lambda: agent.server.blocking_reads() == 0 and not agent.server._parked, timeout=30)
+        conn.close()
+        setup.close()
     finally:
         await normal.stop()
         await agent.stop()
