@@ -43,7 +43,7 @@ from proconsul.http import fast, health
 from proconsul.http.common import _dumps, shared_fact_of, shared_response
 from proconsul.http.conn_guard import ConnectionCounter
 from proconsul.rpc_api import QueryMeta, QueryOptions
-from proconsul.server.rpc import ParkedOutcome, ParkedRead
+from proconsul.server.rpc import ParkedOutcome, ParkedRead, args_key
 from proconsul.state import protection
 
 # Parameters each blocking route understands (with `index`, required, and `wait`).
@@ -77,13 +77,20 @@ def _uint(text: str) -> int:
 
 
 class _Read:
-    """One recognised blocking read: the query to park, and how to turn its answer into bytes."""
+    """One recognised blocking read: the query to park, and how to turn its answer into bytes.
+    Shared by every request with the same target (never changed once built)."""
 
-    __slots__ = ("name", "args", "opts", "kind", "service", "pattern")
+    __slots__ = ("name", "args", "args_text", "opts", "kind", "service", "pattern")
 
     def __init__(self, name: str, args: dict[str, Any], opts: QueryOptions, kind: str, pattern: str,
                  service: str = "") -> None:
         self.name, self.args, self.opts, self.kind, self.pattern, self.service = name, args, opts, kind, pattern, service
+        self.args_text = args_key(args)
+
+
+# Recognised targets kept (watchers of one read send the same target, index included); cleared
+# when full. A profile at 10,000 watchers put a tenth of a server's time in parsing them anew.
+_READS_KEPT = 4096
 
 
 def _meta_key(meta: QueryMeta) -> tuple[int, bool, int, str]:
@@ -98,6 +105,19 @@ class BlockingRoutes:
         # Only over the agent's own store (a worker's replica answers no blocking read here).
         self.enabled = isinstance(routes.reads, fast.AgentReads)
         self.answered = 0  # blocking reads answered here (tests check which ones it takes)
+        self._reads: dict[tuple[str, float], _Read] = {}
+
+    def read_for(self, target: str, path: str, msg: Any) -> _Read:
+        """`recognise`, kept per target (and the `discovery_max_stale` it was read under, which
+        a reload may change)."""
+        key = (target, self.routes.agent.config.discovery_max_stale_s)
+        read = self._reads.get(key)
+        if read is None:
+            read = self.recognise(path, msg.url.query)
+            if len(self._reads) >= _READS_KEPT:
+                self._reads.clear()
+            self._reads[key] = read
+        return read
 
     # ------------------------------------------------------------------------ recognising
 
@@ -245,11 +265,11 @@ class BlockingRequestHandler(fast.FastRequestHandler):
             return None
         start = time.perf_counter()
         try:
-            read = blocking.recognise(path, msg.url.query)
+            read = blocking.read_for(target, path, msg)
             server = routes.reads.reader()
             if server is None:
                 return None
-            out = server.park_query(read.name, read.args, read.opts, self._woken)
+            out = server.park_query(read.name, read.args, read.opts, self._woken, read.args_text)
         except _NotOurs:
             return None
         except Exception:

@@ -615,7 +615,8 @@ class Server:
         return parked
 
     def park_query(self, name: str, args: dict[str, Any], opts: QueryOptions,
-                   on_done: Callable[[ParkedOutcome], None]) -> tuple[QueryMeta, Any] | ParkedRead | None:
+                   on_done: Callable[[ParkedOutcome], None],
+                   args_text: str | None = None) -> tuple[QueryMeta, Any] | ParkedRead | None:
         """`query` for a blocking read (`opts.min_index` > 0), without a task: the answer now
         when there is one, else a ParkedRead that calls `on_done` with it later; None when only
         `query` serves this read (another datacenter, `?consistent`, a `max_stale` bound, no
@@ -624,6 +625,7 @@ class Server:
         A reader parked here shares the parked read (or, on a follower, the forwarded call) of
         identical readers awaiting `query`, and its answer object: what the HTTP fast path needs
         to answer thousands of watchers of one change with one encoding and no task each.
+        `args_text`: `args_key(args)`, when the caller keeps it.
         """
         c = self.consensus
         if (opts.min_index <= 0 or (opts.datacenter and opts.datacenter != self.datacenter)
@@ -631,6 +633,8 @@ class Server:
                 or self.unsafe_follower_local_reads or self.unsafe_reads_before_first_apply):
             return None
         spec = queries.spec(name)
+        if args_text is None:
+            args_text = args_key(args)
         reader = ParkedRead(self, on_done)
         if not opts.allow_stale and not c.is_leader():
             leader = c.leader_address()
@@ -638,7 +642,7 @@ class Server:
                 return None  # `query` waits for an election (or answers that there is no leader)
             self._m_request.incr()
             # Joined to the call identical readers awaiting `query` share (_forward_query_shared).
-            key = (leader, name, args_key(args), tuple(opts.wire()))
+            key = (leader, name, args_text, tuple(opts.wire()))
             reader._calls = self._forwarding
             reader._call = self._forwarding.join(key, lambda: self._forward_query(leader, name, args, opts), reader)
             return reader
@@ -651,7 +655,7 @@ class Server:
         def run(store: Store) -> tuple[int, Any]:
             return spec.run(store, args)
 
-        key = ((name, args_key(args)), opts.min_index, consistency)
+        key = ((name, args_text), opts.min_index, consistency)
         parked = self._parked.get(key)
         if parked is None:
             index, result = run(self.store)
