@@ -14,6 +14,8 @@ its last reader does: a client that hangs up (its handler is cancelled) or a for
 that gives up (the transport cancels the forwarded call) stops costing anything at once.
 Blocking reads a follower forwards to the leader are shared the same way (`SharedCalls`: one
 forwarded call per group of identical readers), as are a client agent's (server/remote.py).
+A reader may also wait without a task of its own (`park_query`, a `ParkedRead` in the same
+tables): the HTTP fast path parks a watcher that way on its connection (http/fast_blocking.py).
 
 Callers (the HTTP API, DNS, the agent's anti-entropy) go through `Server.read` and
 `Server.write`. In a server agent these are in-process calls; the Raft and gossip issues add the
