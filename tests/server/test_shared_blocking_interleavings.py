@@ -13,7 +13,9 @@ fires (waits are long), so a seed always gives the same interleaving.
 
 Checked on every answer: its index is past the watcher's (nobody is answered for nothing; no
 wait runs out here), and it is exactly the store's content at that index (nothing stale, nothing
-torn). Checked at the end, once every write has replicated and the loop is quiet: every watcher
+torn). Half the watchers wait as the HTTP fast path's do (`Server.park_query`: a `ParkedRead` with no
+task of its own, in the same tables as the awaiting readers; hanging up is `cancel`). Checked at
+the end, once every write has replicated and the loop is quiet: every watcher
 still waiting is at the current index of what it watches (no watcher missed a write); and once
 all of them hang up, nothing is left parked or forwarded on either server.
 """
@@ -28,7 +30,7 @@ from typing import Any
 import msgpack
 import pytest
 from proconsul.rpc_api import QueryMeta, QueryOptions
-from proconsul.server.rpc import Server
+from proconsul.server.rpc import ParkedOutcome, ParkedRead, Server
 from proconsul.state.records import DirEntry
 from proconsul.state.store import Store, WatchSet
 from proconsul.wire import FrameDecoder, Response, decode_message, encode_response
@@ -122,6 +124,37 @@ class Watcher:
     index: int
     answers: int = 0
     task: asyncio.Task[None] | None = None
+    parked: bool = False  # waits through Server.park_query (the HTTP fast path's way)
+
+
+DOUBLE_CALLS: list[Any] = []  # outcomes delivered to a ParkedRead's on_done after its first
+
+
+async def park(server: Server, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
+    """`server.query` through `park_query`, as http/fast_blocking.py uses it: the outcome comes
+    to a callback; a caller that goes away cancels its ParkedRead."""
+    got: asyncio.Future[ParkedOutcome] = asyncio.get_running_loop().create_future()
+    calls = []
+
+    def on_done(outcome: ParkedOutcome) -> None:
+        calls.append(outcome)
+        if len(calls) > 1:
+            DOUBLE_CALLS.append(outcome)
+        if not got.done():  # (cancelled: this caller's task is being cancelled, `cancel` follows)
+            got.set_result(outcome)
+
+    out = server.park_query(name, args, opts, on_done)
+    assert out is not None, "park_query declined a plain blocking read"
+    if not isinstance(out, ParkedRead):
+        return out
+    try:
+        outcome = await got
+    except asyncio.CancelledError:
+        out.cancel()
+        raise
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 class World:
@@ -183,7 +216,10 @@ class World:
         server = self.leader if w.on_leader else self.follower
         while True:
             opts = QueryOptions(min_index=w.index, max_wait_s=3600.0, allow_stale=w.stale)
-            meta, result = await server.query("KVS.List", {"prefix": w.prefix}, opts)
+            if w.parked:
+                meta, result = await park(server, "KVS.List", {"prefix": w.prefix}, opts)
+            else:
+                meta, result = await server.query("KVS.List", {"prefix": w.prefix}, opts)
             assert isinstance(meta, QueryMeta)
             applied = self.applied_on(w)
             if meta.index <= w.index:
@@ -205,7 +241,7 @@ class World:
         stale = self.rng.random() < 0.25
         # Mostly an index others already wait on (so the read is shared), else the current one.
         peers = [w.index for w in self.watchers if w.prefix == prefix and w.task is not None and w.index]
-        w = Watcher(len(self.watchers), on_leader, stale, prefix, 0)
+        w = Watcher(len(self.watchers), on_leader, stale, prefix, 0, parked=self.rng.random() < 0.5)
         if peers and self.rng.random() < 0.7:
             w.index = self.rng.choice(peers)
         else:
@@ -241,7 +277,7 @@ async def run_world(seed: int, steps: int = 400) -> World:
             w.task.cancel()
             w.task = None
             if rng.random() < 0.5:  # the client retries at the same index
-                again = Watcher(len(world.watchers), w.on_leader, w.stale, w.prefix, w.index)
+                again = Watcher(len(world.watchers), w.on_leader, w.stale, w.prefix, w.index, parked=w.parked)
                 world.watchers.append(again)
                 world.start(again)
         elif roll < 0.65:
@@ -274,8 +310,10 @@ async def run_world(seed: int, steps: int = 400) -> World:
 
 @pytest.mark.parametrize("seed", range(12))
 async def test_shared_blocking_reads_miss_nothing_and_answer_nothing_early(seed: int) -> None:
+    DOUBLE_CALLS.clear()
     world = await run_world(seed)
     assert not world.failures, world.failures[:5]
+    assert not DOUBLE_CALLS
     assert sum(w.answers for w in world.watchers) > 0
     # Everyone hung up: nothing parked or forwarded is left behind on either server.
     assert world.leader.blocking_reads() == 0 and world.follower.blocking_reads() == 0

@@ -235,6 +235,36 @@ def shared_fact(request: web.Request, obj: Any, name: str, compute: Callable[[An
     return facts[name]
 
 
+def shared_fact_of(obj: Any, name: str, compute: Callable[[Any], Any]) -> Any:
+    """`shared_fact` for an answer known to be a blocking read's (the fast path's, which has
+    no `Request`)."""
+    if not isinstance(obj, (list, dict)):
+        return compute(obj)
+    facts = _shared(obj).facts
+    if name not in facts:
+        facts[name] = compute(obj)
+    return facts[name]
+
+
+_RESPONSES_PER_ANSWER = 8
+
+
+def shared_response(obj: Any, key: Any, build: Callable[[], bytes]) -> bytes:
+    """A whole HTTP response to a blocking read answered with `obj`, built once per `key` (what
+    else it depends on: the route's kind, the query meta, the Date second) and kept with the
+    shared answer, so every watcher woken with one answer is written the same bytes
+    (http/fast_blocking.py). `None` answers (a missing key) are not shared: built each time."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return build()
+    responses = _shared(obj).facts.setdefault("responses", {})
+    data: bytes | None = responses.get(key)
+    if data is None:
+        if len(responses) >= _RESPONSES_PER_ANSWER:
+            responses.clear()  # an answer kept across many seconds: old Dates are no use
+        data = responses[key] = build()
+    return data
+
+
 def set_meta(resp: web.StreamResponse, meta: QueryMeta) -> None:
     resp.headers.update(meta_headers(meta))
 

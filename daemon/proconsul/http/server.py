@@ -26,6 +26,7 @@ from proconsul.http import (
     catalog,
     event,
     fast,
+    fast_blocking,
     health,
     keyring,
     kv,
@@ -284,6 +285,7 @@ class HTTPServer:
         # False: every request through aiohttp (tests compare the two paths' answers).
         self.fast_path = True
         self.fast_routes: fast.FastRoutes | None = None
+        self.blocking_routes: fast_blocking.BlockingRoutes | None = None
 
     async def start(self) -> None:
         handler_kwargs: dict[str, Any] = {"access_log": None, "keepalive_timeout": IDLE_TIMEOUT_S}
@@ -307,8 +309,12 @@ class HTTPServer:
         factory: Callable[[], GuardedRequestHandler]
         if routes.enabled and self.fast_path:
             self.fast_routes = routes
-            factory = fast.fast_factory(
-                self.runner.server, routes, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs
+            # Blocking reads are parked on their connections and answered from one shared
+            # encoding per change (http/fast_blocking.py), ahead of the rest of the fast path.
+            self.blocking_routes = fast_blocking.BlockingRoutes(routes)
+            factory = fast_blocking.blocking_factory(
+                self.runner.server, routes, self.blocking_routes, self.connections, HEADER_READ_TIMEOUT_S,
+                **handler_kwargs,
             )
         else:
             factory = self._factory

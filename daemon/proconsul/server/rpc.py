@@ -14,6 +14,8 @@ its last reader does: a client that hangs up (its handler is cancelled) or a for
 that gives up (the transport cancels the forwarded call) stops costing anything at once.
 Blocking reads a follower forwards to the leader are shared the same way (`SharedCalls`: one
 forwarded call per group of identical readers), as are a client agent's (server/remote.py).
+A reader may also wait without a task of its own (`park_query`, a `ParkedRead` in the same
+tables): the HTTP fast path parks a watcher that way on its connection (http/fast_blocking.py).
 
 Callers (the HTTP API, DNS, the agent's anti-entropy) go through `Server.read` and
 `Server.write`. In a server agent these are in-process calls; the Raft and gossip issues add the
@@ -221,6 +223,20 @@ class SharedCalls:
         return len(self._calls)
 
     async def call(self, key: Any, start: Callable[[], Awaitable[Any]]) -> Any:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shared = self.join(key, start, waiter)
+        try:
+            # Our own future, not the task: one caller going away must not cancel the call the
+            # others wait on.
+            await waiter
+            return shared.task.result()
+        finally:
+            self.leave(shared, waiter)
+
+    def join(self, key: Any, start: Callable[[], Awaitable[Any]], waiter: Any) -> _SharedCall:
+        """Add `waiter` (a future, or anything with `done()` and `set_result(None)`) to the call
+        of `key`, starting one if none is in flight; it is woken when the call ends. Every
+        joiner must `leave` once, woken or not."""
         shared = self._calls.get(key)
         # A finished call leaves the table a moment later (done callbacks run on the next loop
         # iteration); its answer is not this caller's: it may be a wait that ran out.
@@ -229,19 +245,16 @@ class SharedCalls:
             self._calls[key] = shared
             shared.task.add_done_callback(lambda _t, shared=shared: self._done(shared))
         shared.callers += 1
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         shared.waiters[waiter] = None
-        try:
-            # Our own future, not the task: one caller going away must not cancel the call the
-            # others wait on.
-            await waiter
-            return shared.task.result()
-        finally:
-            shared.waiters.pop(waiter, None)
-            shared.callers -= 1
-            if shared.callers <= 0 and not shared.task.done():
-                self._drop(shared)
-                shared.task.cancel()
+        return shared
+
+    def leave(self, shared: _SharedCall, waiter: Any) -> None:
+        """`waiter` is done with `shared`; the last one to leave an unfinished call cancels it."""
+        shared.waiters.pop(waiter, None)
+        shared.callers -= 1
+        if shared.callers <= 0 and not shared.task.done():
+            self._drop(shared)
+            shared.task.cancel()
 
     def _drop(self, shared: _SharedCall) -> None:
         if self._calls.get(shared.key) is shared:
@@ -252,6 +265,86 @@ class SharedCalls:
         if not shared.task.cancelled():
             shared.task.exception()  # retrieved: callers that left early must not leave it unreported
         wake_in_batches(list(shared.waiters))
+
+
+# What a ParkedRead's `on_done` receives: the answer, or the exception `query` would have raised.
+ParkedOutcome = tuple[QueryMeta, Any] | BaseException
+
+
+class ParkedRead:
+    """One blocking read parked without a task of its own (`Server.park_query`: the HTTP fast
+    path's), beside the readers that await one.
+
+    It waits in the same tables as those readers: a shared parked read's waiters here, a shared
+    forwarded call's on a follower, looking like their futures (`done`, `set_result`), so one
+    wake-up answers both kinds alike, in the same batches. When woken, when its wait runs out
+    (a parked read here) or never, if its client goes away first (`cancel`), it leaves its table
+    and calls `on_done` once with the outcome; a cancelled read calls nothing.
+    """
+
+    __slots__ = ("_server", "_on_done", "_finished", "_parked", "_consistency", "_timer", "_calls", "_call")
+
+    def __init__(self, server: Server, on_done: Callable[[ParkedOutcome], None]) -> None:
+        self._server = server
+        self._on_done = on_done
+        self._finished = False
+        self._parked: _Parked | None = None
+        self._consistency = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._calls: SharedCalls | None = None
+        self._call: _SharedCall | None = None
+
+    def done(self) -> bool:
+        return self._finished
+
+    def set_result(self, _value: Any) -> None:
+        """Woken (the shared read answered or failed, the forwarded call ended)."""
+        self._finish()
+
+    def cancel(self) -> None:
+        """The client went away: leave without an answer (the last reader drops the watch, the
+        last caller of a forwarded call cancels it, and the leader stops serving it)."""
+        if not self._finished:
+            self._finished = True
+            self._leave()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            outcome: ParkedOutcome = self._outcome()
+        except Exception as exc:  # the re-run's or the forwarded call's error
+            outcome = exc
+        self._leave()
+        try:
+            self._on_done(outcome)
+        except Exception:  # one reader's failure must not keep the rest of its batch asleep
+            logger.exception("rpc: answering a parked blocking read failed")
+
+    def _outcome(self) -> tuple[QueryMeta, Any]:
+        parked = self._parked
+        if parked is not None:
+            if parked.error is not None:
+                raise parked.error
+            return self._server._meta(parked.index, self._consistency), parked.result
+        assert self._call is not None
+        if not self._call.task.done():  # cannot happen: woken only by the call's end
+            raise RPCError("forwarded blocking read ended without an answer")
+        return self._call.task.result()  # type: ignore[no-any-return]
+
+    def _leave(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            parked.waiters.pop(self, None)  # type: ignore[call-overload]
+            parked.leave()
+            self._server._parked_reader_left()
+        call, self._call = self._call, None
+        if call is not None and self._calls is not None:
+            self._calls.leave(call, self)
 
 
 class Server:
@@ -496,10 +589,7 @@ class Server:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_time(opts)
         if parked is None:
-            parked = _Parked(key, self.store, run, watches, opts.min_index, index, result, self._unpark,
-                             self._parked_counters, self._park_successor if key is not None else None)
-            if key is not None:
-                self._parked[key] = parked
+            parked = self._new_parked(key, run, watches, opts.min_index, index, result)
         parked.readers += 1
         waiter: asyncio.Future[None] = loop.create_future()
         parked.waiters[waiter] = None
@@ -517,6 +607,77 @@ class Server:
             parked.leave()
             self._blocking -= 1
             self._m_blocking.set(self._blocking)
+
+    def _new_parked(self, key: Any, run: ReadFn, watches: WatchSet, min_index: int, index: int,
+                    result: Any) -> _Parked:
+        parked = _Parked(key, self.store, run, watches, min_index, index, result, self._unpark,
+                         self._parked_counters, self._park_successor if key is not None else None)
+        if key is not None:
+            self._parked[key] = parked
+        return parked
+
+    def park_query(self, name: str, args: dict[str, Any], opts: QueryOptions,
+                   on_done: Callable[[ParkedOutcome], None],
+                   args_text: str | None = None) -> tuple[QueryMeta, Any] | ParkedRead | None:
+        """`query` for a blocking read (`opts.min_index` > 0), without a task: the answer now
+        when there is one, else a ParkedRead that calls `on_done` with it later; None when only
+        `query` serves this read (another datacenter, `?consistent`, a `max_stale` bound, no
+        leader known yet, a new leader not ready for reads, the test-only unsafe modes).
+
+        A reader parked here shares the parked read (or, on a follower, the forwarded call) of
+        identical readers awaiting `query`, and its answer object: what the HTTP fast path needs
+        to answer thousands of watchers of one change with one encoding and no task each.
+        `args_text`: `args_key(args)`, when the caller keeps it.
+        """
+        c = self.consensus
+        if (opts.min_index <= 0 or (opts.datacenter and opts.datacenter != self.datacenter)
+                or opts.require_consistent or opts.max_stale_s > 0
+                or self.unsafe_follower_local_reads or self.unsafe_reads_before_first_apply):
+            return None
+        spec = queries.spec(name)
+        if args_text is None:
+            args_text = args_key(args)
+        reader = ParkedRead(self, on_done)
+        if not opts.allow_stale and not c.is_leader():
+            leader = c.leader_address()
+            if self.pool is None or not leader:
+                return None  # `query` waits for an election (or answers that there is no leader)
+            self._m_request.incr()
+            # Joined to the call identical readers awaiting `query` share (_forward_query_shared).
+            key = (leader, name, args_text, tuple(opts.wire()))
+            reader._calls = self._forwarding
+            reader._call = self._forwarding.join(key, lambda: self._forward_query(leader, name, args, opts), reader)
+            return reader
+        if not opts.allow_stale and not c.ready_for_reads():
+            return None
+        self._m_request.incr()
+        self._m_query.incr()
+        consistency = "stale" if opts.allow_stale else "leader"
+
+        def run(store: Store) -> tuple[int, Any]:
+            return spec.run(store, args)
+
+        key = ((name, args_text), opts.min_index, consistency)
+        parked = self._parked.get(key)
+        if parked is None:
+            index, result = run(self.store)
+            if index > opts.min_index:
+                return self._meta(index, consistency), result
+            parked = self._new_parked(key, run, spec.watch_set(args), opts.min_index, index, result)
+        parked.readers += 1
+        parked.waiters[reader] = None  # type: ignore[index]
+        reader._parked, reader._consistency = parked, consistency
+        self._blocking += 1
+        self._m_blocking.set(self._blocking)
+        if parked.done:  # answered, its readers being woken in batches: this one with them
+            asyncio.get_running_loop().call_soon(reader._finish)
+        else:
+            reader._timer = asyncio.get_running_loop().call_later(self.wait_time(opts), reader._finish)
+        return reader
+
+    def _parked_reader_left(self) -> None:
+        self._blocking -= 1
+        self._m_blocking.set(self._blocking)
 
     def _park_successor(self, answered: _Parked) -> None:
         """Park the read again at the index it just answered with, before anyone asks.
