@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from proconsul.metrics import Metrics
 from proconsul.raft.node import RaftServer
 from proconsul.rpc_api import NoLeader, NotLeader, RPCError, UnknownOutcome
 from proconsul.server import forwarding
@@ -321,6 +322,24 @@ async def test_the_leader_refuses_a_batch_it_cannot_take() -> None:
     first, second, third = reply["results"]
     assert first[1] is True and logs[LEADER].fsm.store.kv_get("good")[1] is not None
     assert type(second) is str and type(third) is str and "bytes" in third
+    assert (await leader.handle_rpc("Raft.ApplyBatch", {"commands": [b"\xc1"]}))["results"][0]
+    assert await leader.handle_rpc("Raft.ApplyBatch", {"commands": []}) == {"results": []}
+
+
+async def test_a_batch_counts_as_its_writes_in_the_metrics() -> None:
+    metrics = Metrics()
+    store = Store()
+    leader = Server(store, ScriptedLeader(store, LEADER), "dc1", metrics=metrics)
+    bad_lock = commands.KVS(commands.KVOp.LOCK, DirEntry("l", b"v", session="none"))
+    body = {"commands": [commands.encode(c) for c in (kv_set("a"), kv_set("b"), bad_lock)]}
+    await leader.handle_rpc("Raft.ApplyBatch", body)
+
+    def total(name: str) -> float:
+        series = metrics.series[(f"consul.{name}", ())]
+        return series.count if series.family.kind == "sample" else series.total
+
+    # As three Raft.Apply calls would count: three requests, two timed applies, one error.
+    assert (total("rpc.request"), total("kvs.apply"), total("rpc.request_error")) == (3, 2, 1)
 
 
 # ------------------------------------------------------------- a real one-voter Raft server

@@ -651,8 +651,8 @@ class Server:
         batch: list[tuple[commands.Command, bytes]] = []
         slots: list[int] = []
         one_by_one = False
+        self._m_request.incr(len(raw))  # one request per write, as separate Raft.Apply calls count
         for i, data in enumerate(raw):
-            self._m_request.incr()
             if type(data) is not bytes:
                 out[i] = "Raft.ApplyBatch: a command must be bytes"
                 continue
@@ -666,9 +666,10 @@ class Server:
             batch.append((command, data))
             slots.append(i)
         start = time.perf_counter()
+        outcomes: list[Any] = []
         if batch and not one_by_one:
             try:
-                outcomes: list[Any] = await self.consensus.apply_batch(batch)
+                outcomes = await self.consensus.apply_batch(batch)
             except NotLeader:
                 raise
             except RPCError:
@@ -677,7 +678,9 @@ class Server:
                 one_by_one = True
         if one_by_one:
             outcomes = await asyncio.gather(*(self._apply_one(c, d) for c, d in batch))
-        failed = 0
+        # Each write's apply time is the batch's: its writes commit and apply together.
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        timers = self._m_apply_by_type
         for i, (command, _), outcome in zip(slots, batch, outcomes):
             if isinstance(outcome, Exception):
                 out[i] = str(outcome) or type(outcome).__name__
@@ -687,9 +690,10 @@ class Server:
                 out[i] = str(result)
                 continue
             out[i] = [index, encode_result(result)]
-            timer = None if one_by_one else self._m_apply_by_type.get(type(command))  # _apply times its own
+            timer = None if one_by_one else timers.get(type(command))  # _apply times its own
             if timer is not None:
-                timer.since(start)
+                timer.observe(elapsed_ms)
+        failed = 0
         for r in out:
             if type(r) is str:
                 failed += 1
