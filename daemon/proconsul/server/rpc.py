@@ -15,6 +15,10 @@ that gives up (the transport cancels the forwarded call) stops costing anything 
 Blocking reads a follower forwards to the leader are shared the same way (`SharedCalls`: one
 forwarded call per group of identical readers), as are a client agent's (server/remote.py).
 
+A follower forwards the writes it is handed to the leader in batches (server/forwarding.py: one
+`Raft.ApplyBatch` call per loop iteration), which the leader proposes as one Raft batch and
+answers together (`Server.apply_forwarded`).
+
 Callers (the HTTP API, DNS, the agent's anti-entropy) go through `Server.read` and
 `Server.write`. In a server agent these are in-process calls; the Raft and gossip issues add the
 network path (forwarding to the leader, client agents calling a server) behind the same methods.
