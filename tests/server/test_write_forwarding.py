@@ -154,6 +154,22 @@ async def test_a_write_given_up_before_the_call_left_is_not_sent() -> None:
     assert pool.calls[0][2] == {"commands": [b"kept"]}
 
 
+async def test_a_result_it_cannot_read_leaves_that_write_unknown() -> None:
+    fwd = WriteForwarder(ScriptedPool(lambda m, b: {"results": [[1, True], [2, True, "extra"]]}))
+    got = await asyncio.gather(fwd.submit(LEADER, b"a"), fwd.submit(LEADER, b"b"), return_exceptions=True)
+    assert got[0] == (1, True) and type(got[1]) is UnknownOutcome
+
+
+async def test_a_failure_inside_the_forwarder_still_answers_every_writer() -> None:
+    class Exploding(dict):  # type: ignore[type-arg]
+        def get(self, key: Any, default: Any = None) -> Any:
+            raise RuntimeError("bug")
+
+    fwd = WriteForwarder(ScriptedPool(lambda m, b: Exploding()))
+    got = await asyncio.gather(fwd.submit(LEADER, b"a"), fwd.submit(LEADER, b"b"), return_exceptions=True)
+    assert [type(g) for g in got] == [UnknownOutcome, UnknownOutcome]
+
+
 async def test_stopping_the_forwarder_leaves_outcomes_unknown() -> None:
     never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 

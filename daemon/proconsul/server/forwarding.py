@@ -14,8 +14,8 @@ Each write's outcome is what its own `Raft.Apply` call would have given:
 - `NotLeader` when the server we took for the leader refused the batch before proposing any of
   it (or refused that write before proposing it): the caller may send it again, to the new
   leader (`Server._forward_write_retrying`);
-- `UnknownOutcome` when the connection was lost or no answer came after the batch was sent: the
-  write may have applied, so it is never sent again blindly;
+- `UnknownOutcome` when the connection was lost, no answer came, or the answer could not be read
+  after the batch was sent: the write may have applied, so it is never sent again blindly;
 - `RPCError` with the leader's text otherwise (an FSM error, a refusal, a write that lost its
   leader mid-flight: the leader's own "may or may not commit").
 
@@ -131,6 +131,11 @@ class WriteForwarder:
             _fail(writes, lambda: UnknownOutcome(f"rpc error: stopped waiting for the leader {leader}; "
                                                  "the write may have applied"))
             raise
+        except Exception:
+            # A bug here must not leave the writers waiting forever.
+            logger.exception("rpc: forwarding %d writes to the leader %s failed", len(writes), leader)
+            _fail(writes, lambda: UnknownOutcome(f"rpc error: forwarding to the leader {leader} failed; "
+                                                 "the write may have applied"))
 
     def _split(self, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> list[list[tuple[bytes, asyncio.Future[Outcome]]]]:
         if len(writes) <= self.max_writes and sum(len(d) for d, _ in writes) <= self.max_bytes:
@@ -181,8 +186,11 @@ class WriteForwarder:
                 continue
             if type(r) is list and len(r) == 2:
                 fut.set_result((r[0], r[1]))
+            elif type(r) is str:
+                fut.set_exception(error_from_text(r))
             else:
-                fut.set_exception(error_from_text(str(r)))
+                fut.set_exception(UnknownOutcome(f"rpc error: the leader {leader} answered a write with {r!r}; "
+                                                 "it may have applied"))
 
     async def _send_singly(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
         await asyncio.gather(*(self._send_one(leader, data, fut) for data, fut in writes))
