@@ -8,6 +8,8 @@ Used by bench/raft_vs_etcd.py. Without touching daemon code it wraps
 cumulatively: calls, entries written, calls with no entries (hard state only), the seconds spent
 inside (the fsync dominates) and a histogram of entries per call. A daemon thread rewrites
 `--stats` (temporary file + rename) every 0.25 s, so a benchmark can take deltas around a run.
+It also counts the writes the server forwarded to its leader (`fwd_writes`) and the
+`Raft.ApplyBatch` calls that carried them (`fwd_calls`).
 The wrapper costs one Python call and a few additions per batch (the batch itself costs ~1 ms).
 
 With `--prof` the agent runs under cProfile and the stats are dumped when it stops (SIGTERM);
@@ -29,6 +31,7 @@ from typing import Any
 
 from proconsul.agent.agent import run_agent
 from proconsul.raft import storage
+from proconsul.server import forwarding
 
 STATS: dict[str, Any] = {"calls": 0, "entries": 0, "hs_only": 0, "busy_s": 0.0, "hist": {}}
 _LOCK = threading.Lock()
@@ -54,6 +57,17 @@ def _install_counter() -> None:
                 STATS["hist"][bucket] = STATS["hist"].get(bucket, 0) + 1
 
     storage.DurableLog.write_db = write_db  # type: ignore[method-assign]
+
+    # Writes this server forwarded to its leader, and in how many Raft.ApplyBatch calls.
+    send = forwarding.WriteForwarder._send_batch
+
+    async def send_batch(self: forwarding.WriteForwarder, leader: str, writes: list[Any]) -> None:
+        with _LOCK:
+            STATS["fwd_calls"] = STATS.get("fwd_calls", 0) + 1
+            STATS["fwd_writes"] = STATS.get("fwd_writes", 0) + len(writes)
+        await send(self, leader, writes)
+
+    forwarding.WriteForwarder._send_batch = send_batch  # type: ignore[method-assign]
 
 
 def _dump(path: str) -> None:

@@ -40,6 +40,12 @@ class Consensus(Protocol):
         bytes. `encoded`, when given, is `command`'s encoding already (a forwarded write's body)."""
         ...
 
+    async def apply_batch(self, batch: list[tuple[Any, bytes]]) -> list[Any]:
+        """Propose `(command, its encoding)` pairs together (the writes a follower forwards in
+        one frame) and wait for all; each outcome is what `apply` returns, or the `RPCError` it
+        would raise. Raises `NotLeader` (or another RPCError) only before proposing any."""
+        ...
+
     async def verify_leader(self) -> None: ...
 
 

@@ -34,8 +34,8 @@ RPC_METHODS = [
     "Catalog.NodeServices", "Catalog.ServiceNodes", "Client.Query", "Client.Write", "Client.WriteDC",
     "Coordinate.ListNodes", "Coordinate.Node", "Health.ChecksInState", "Health.NodeChecks",
     "Health.ServiceChecks", "Health.ServiceNodes", "Internal.DNSRecords", "Internal.NodeState", "KVS.Get",
-    "KVS.List", "KVS.ListKeys", "KVS.LockDelay", "Operator.RaftConfiguration", "Raft.Apply", "Session.Get",
-    "Session.List", "Session.NodeSessions", "Snapshot.Save", "Status.Identify", "Status.Leader",
+    "KVS.List", "KVS.ListKeys", "KVS.LockDelay", "Operator.RaftConfiguration", "Raft.Apply", "Raft.ApplyBatch",
+    "Session.Get", "Session.List", "Session.NodeSessions", "Snapshot.Save", "Status.Identify", "Status.Leader",
     "Status.Ping", "Txn.Read", "No.Such",
 ]  # fmt: skip
 

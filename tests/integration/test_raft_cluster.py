@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import consul
 from cluster_helpers import Cluster, get, put
@@ -34,6 +36,7 @@ def test_bootstrap_forwarding_and_consistency_modes(cluster: Cluster) -> None:
     status, headers, _ = follower.http("GET", "/v1/kv/fwd/key?consistent")
     assert status == 200 and headers["X-Consul-Effective-Consistency"] == "consistent"
     _consistent_reads_on_the_leader_see_every_acknowledged_write(cluster.nodes[leader], follower)
+    _concurrent_writes_through_a_follower(follower, cluster.nodes[leader])
     # Stale reads are local: they converge on every server.
     for agent in (a, b, c):
         wait_for(lambda agent=agent: get(agent, "fwd/key", "?stale") == "via-follower", what="stale read")
@@ -86,6 +89,29 @@ def _consistent_reads_on_the_leader_see_every_acknowledged_write(leader: AgentPr
         stop.set()
         w.join(60)
     assert acked[0] > 0 and not errors, errors[:5]
+
+
+def _concurrent_writes_through_a_follower(follower: Any, leader: Any) -> None:
+    """16 clients write through one follower at once, which forwards their writes to the leader
+    in batches (server/forwarding.py): every write is acknowledged once, each with its own
+    index, and a default-mode read through the same follower right after the acknowledgement
+    sees it (read-your-writes); the leader holds exactly these keys."""
+    def client(n: int) -> list[int]:
+        c = consul.Consul(host=follower.ip, port=follower.http_port, connections_timeout=60)
+        indexes = []
+        for i in range(12):
+            key = f"many/{n}/{i}"
+            assert c.kv.put(key, f"{n}-{i}") is True
+            _, entry = c.kv.get(key)
+            assert entry is not None and entry["Value"] == f"{n}-{i}".encode(), (key, entry)
+            indexes.append(entry["ModifyIndex"])
+        return indexes
+
+    with ThreadPoolExecutor(16) as pool:
+        indexes = [i for got in pool.map(client, range(16)) for i in got]
+    assert len(set(indexes)) == 16 * 12  # one apply each: no write applied twice or merged
+    keys = json.loads(leader.http("GET", "/v1/kv/many/?keys")[2])
+    assert sorted(keys) == sorted(f"many/{n}/{i}" for n in range(16) for i in range(12))
 
 
 def test_leader_kill_9_failover_and_restart_from_disk(cluster: Cluster) -> None:

@@ -918,6 +918,49 @@ class RaftServer:
         self._m_commit_time.since(start)
         return result
 
+    def propose_batch(self, items: list[tuple[bytes, Any]]) -> list[asyncio.Future[tuple[int, Any]]]:
+        """Append several entries at once, `(data, proposed)` each as `propose_bytes` takes them
+        (the writes a follower forwards in one frame): one wake of the loop, and no coroutine
+        per entry. Each future resolves as `propose_bytes` would return or raise.
+
+        All or none: NotLeaderError, or RaftError while a leadership transfer runs, is raised
+        before anything is proposed, so the caller may send the writes elsewhere (or wait the
+        transfer out through `propose_bytes`). Nothing between two `core.propose` calls can
+        change the core's role, so a batch whose first entry is accepted is accepted whole.
+        """
+        core = self._core()
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        futs: list[asyncio.Future[tuple[int, Any]]] = []
+        pending = self._pending
+        try:
+            for data, proposed in items:
+                proposal = core.propose(data)
+                fut: asyncio.Future[tuple[int, Any]] = loop.create_future()
+                pending[proposal.index] = (proposal.term, fut, proposed)
+                futs.append(fut)
+        except NotLeader as exc:
+            if futs:  # unreachable (see above); never drop proposed entries' futures
+                raise AssertionError("raft: a batch proposal was refused half-way") from exc
+            raise NotLeaderError(self.addresses.addrs.get(exc.leader_hint or "", "")) from None
+        except ProposalRejected as exc:
+            if futs:
+                raise AssertionError("raft: a batch proposal was refused half-way") from exc
+            raise RaftError(str(exc)) from None
+        if not futs:
+            return futs
+        self._m_apply.incr(len(futs))
+        commit_time = self._m_commit_time
+
+        def committed(f: asyncio.Future[tuple[int, Any]]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                commit_time.since(start)
+
+        for fut in futs:
+            fut.add_done_callback(committed)
+        self._wake.set()
+        return futs
+
     async def verify_leader(self) -> None:
         """ReadIndex: returns once a quorum confirmed leadership and the FSM caught up.
 

@@ -14,6 +14,7 @@ Owns the two adapters that keep `proconsul.raft` a generic replicated log:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -145,6 +146,24 @@ class RaftLog:
     async def apply(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         with raft_errors():
             return await self.raft.propose_bytes(encoded if encoded is not None else commands.encode(command), command)
+
+    async def apply_batch(self, batch: list[tuple[commands.Command, bytes]]) -> list[tuple[int, Any] | RPCError]:
+        """Propose `(command, its encoding)` pairs as one Raft batch and wait for all of them;
+        each outcome is what `apply` would return, or the RPC error it would raise. NotLeader
+        (or the RPCError of a leadership transfer in progress) is raised before any is proposed."""
+        with raft_errors():
+            futs = self.raft.propose_batch([(data, command) for command, data in batch])
+        done = await asyncio.gather(*futs, return_exceptions=True)
+        out: list[tuple[int, Any] | RPCError] = []
+        for r in done:
+            if isinstance(r, BaseException):
+                try:
+                    with raft_errors():
+                        raise r
+                except RPCError as exc:
+                    r = exc
+            out.append(r)
+        return out
 
     async def verify_leader(self) -> None:
         with raft_errors():

@@ -84,6 +84,9 @@ class ClientConsensus:
     async def apply(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         raise RPCError("client agents do not apply commands")
 
+    async def apply_batch(self, batch: list[tuple[commands.Command, bytes]]) -> list[Any]:
+        raise RPCError("client agents do not apply commands")
+
     async def verify_leader(self) -> None:
         raise RPCError("client agents do not lead")
 

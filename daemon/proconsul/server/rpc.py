@@ -17,6 +17,10 @@ forwarded call per group of identical readers), as are a client agent's (server/
 A reader may also wait without a task of its own (`park_query`, a `ParkedRead` in the same
 tables): the HTTP fast path parks a watcher that way on its connection (http/fast_blocking.py).
 
+A follower forwards the writes it is handed to the leader in batches (server/forwarding.py: one
+`Raft.ApplyBatch` call per loop iteration), which the leader proposes as one Raft batch and
+answers together (`Server.apply_forwarded`).
+
 Callers (the HTTP API, DNS, the agent's anti-entropy) go through `Server.read` and
 `Server.write`. In a server agent these are in-process calls; the Raft and gossip issues add the
 network path (forwarding to the leader, client agents calling a server) behind the same methods.
@@ -45,10 +49,10 @@ from proconsul.rpc_api import (
     QueryOptions,
     RPCError,
     RPCHandler,
-    UnknownOutcome,
     WriteMeta,
 )
 from proconsul.server import queries
+from proconsul.server.forwarding import WriteForwarder
 from proconsul.state import commands
 from proconsul.state.fsm import TxnError, TxnResult
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance
@@ -61,7 +65,8 @@ logger = logging.getLogger(__name__)
 # the leader, a voter joining, autopilot's health probe. With verify_incoming the transport
 # answers them only over a connection whose certificate names server.<dc>.<domain> (clients
 # reach the same operations through Client.Query / Client.Write, which the server checks itself).
-SERVER_ONLY_METHODS: frozenset[str] = frozenset({"Raft.Apply", "Query", "Raft.Join", "Autopilot.ServerState"})
+SERVER_ONLY_METHODS: frozenset[str] = frozenset({"Raft.Apply", "Raft.ApplyBatch", "Query", "Raft.Join",
+                                                 "Autopilot.ServerState"})
 
 # A read is a function of the store returning (index, result).
 ReadFn = Callable[[Store], tuple[int, Any]]
@@ -429,6 +434,8 @@ class Server:
         self.successor_grace_s = SUCCESSOR_GRACE_S
         # Blocking reads forwarded to the leader, shared the same way: (leader, query, args, options).
         self._forwarding = SharedCalls()
+        # Writes forwarded to the leader, in one Raft.ApplyBatch call per loop iteration and leader.
+        self.write_forwarder = WriteForwarder(pool) if pool is not None else None
         # Consul times each endpoint's apply where it proposes (the leader); by command type.
         self._m_apply_by_type: dict[type, Sample] = {
             commands.KVS: m.sample("kvs", "apply", help="ms to apply a KV write through Raft"),
@@ -786,18 +793,85 @@ class Server:
                 raise NoLeader()
 
     async def _forward_write(self, leader: str, command: commands.Command) -> tuple[WriteMeta, Any]:
-        """Send a write to the leader once (a follower never forwards a forwarded write)."""
+        """Send a write to the leader once (a follower never forwards a forwarded write): with
+        the other writes forwarded in this loop iteration, in one call (server/forwarding.py).
+        Raises NotLeader only when the leader refused it before proposing it."""
+        assert self.write_forwarder is not None, "forwarding needs a pool"
+        index, result = await self.write_forwarder.submit(leader, commands.encode(command))
+        return WriteMeta(index), decode_result(result)
+
+    async def apply_forwarded(self, body: Any) -> dict[str, Any]:
+        """`Raft.ApplyBatch`: the writes a follower forwarded together ({"commands": [bytes]}),
+        proposed as one Raft batch and answered together once all of them applied:
+        {"results": [...]}, per write `[index, result]` or the text of the error its own
+        `Raft.Apply` would have answered. The whole batch is refused (NotLeader) only before
+        any of it is proposed, so the follower may resend it; after that, every write gets its
+        own outcome (an unknown one if leadership is lost before it applies)."""
+        if not self.consensus.is_leader():
+            raise NotLeader(self.consensus.leader_address())
+        raw = body.get("commands") if type(body) is dict else None
+        if type(raw) is not list:
+            raise RPCError('Raft.ApplyBatch: the body must be {"commands": [encoded command, ...]}')
+        out: list[Any] = [None] * len(raw)
+        batch: list[tuple[commands.Command, bytes]] = []
+        slots: list[int] = []
+        one_by_one = False
+        self._m_request.incr(len(raw))  # one request per write, as separate Raft.Apply calls count
+        for i, data in enumerate(raw):
+            if type(data) is not bytes:
+                out[i] = "Raft.ApplyBatch: a command must be bytes"
+                continue
+            try:
+                command = commands.decode(data)  # checked here, proposed as it came
+            except Exception as exc:
+                out[i] = str(exc) or type(exc).__name__
+                continue
+            if type(command) is commands.ACLOp:
+                one_by_one = True  # an ACL bootstrap takes this server's reset index (see _apply)
+            batch.append((command, data))
+            slots.append(i)
+        start = time.perf_counter()
+        outcomes: list[Any] = []
+        if batch and not one_by_one:
+            try:
+                outcomes = await self.consensus.apply_batch(batch)
+            except NotLeader:
+                raise
+            except RPCError:
+                # Nothing proposed (a leadership transfer is running): each write waits it out
+                # as a single Raft.Apply would.
+                one_by_one = True
+        if one_by_one:
+            outcomes = await asyncio.gather(*(self._apply_one(c, d) for c, d in batch))
+        # Each write's apply time is the batch's: its writes commit and apply together.
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        timers = self._m_apply_by_type
+        for i, (command, _), outcome in zip(slots, batch, outcomes):
+            if isinstance(outcome, Exception):
+                out[i] = str(outcome) or type(outcome).__name__
+                continue
+            index, result = outcome
+            if isinstance(result, StoreError):
+                out[i] = str(result)
+                continue
+            out[i] = [index, encode_result(result)]
+            timer = None if one_by_one else timers.get(type(command))  # _apply times its own
+            if timer is not None:
+                timer.observe(elapsed_ms)
+        failed = 0
+        for r in out:
+            if type(r) is str:
+                failed += 1
+        if failed:
+            # As many as separate Raft.Apply calls would have answered with an error.
+            self._m_request_error.incr(failed)
+        return {"results": out}
+
+    async def _apply_one(self, command: commands.Command, data: bytes) -> tuple[int, Any] | RPCError:
         try:
-            reply = await self.pool.call(leader, "Raft.Apply", commands.encode(command), timeout_s=30.0)
-        except (ConnectionError, OSError) as exc:
-            raise UnknownOutcome(f"rpc error: lost the connection to the leader {leader} mid-write: {exc}") from None
-        except TimeoutError:
-            raise UnknownOutcome(f"rpc error: no answer from the leader {leader}; the write may have applied") from None
-        except Exception as exc:  # RemoteError: the leader refused or failed it
-            if str(exc) == str(NotLeader()):
-                raise NotLeader() from None  # refused before proposing: safe to send again
-            raise RPCError(str(exc)) from None
-        return WriteMeta(reply["index"]), decode_result(reply["result"])
+            return await self._apply(command, data)
+        except RPCError as exc:
+            return exc
 
     # ------------------------------------------------------------------------ RPC endpoints
 
@@ -824,6 +898,8 @@ class Server:
             return True
         if method == "Status.Identify":
             return self.identity
+        if method == "Raft.ApplyBatch":
+            return await self.apply_forwarded(body)
         if method == "Raft.Apply":
             if not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())

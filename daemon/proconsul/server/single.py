@@ -59,6 +59,11 @@ class SingleNodeLog:
         result = self._append(command)
         return self.fsm.store_index(self.commit_index), result
 
+    async def apply_batch(self, batch: list[tuple[commands.Command, bytes]]) -> list[tuple[int, Any]]:
+        """Commit and apply each command in turn (one voter: nobody forwards to it, but the
+        protocol is the same)."""
+        return [await self.apply(command, data) for command, data in batch]
+
     async def verify_leader(self) -> None:
         """ReadIndex for `?consistent`: trivially confirmed with a single voter."""
         return None

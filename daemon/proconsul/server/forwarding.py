@@ -1,0 +1,220 @@
+"""Write forwarding, follower side: the writes a server hands to its leader, sent in batches.
+
+Owns the path of a write that reaches a server which does not lead. Every write handed over
+during one event-loop iteration goes to the leader in one `Raft.ApplyBatch` call: one frame on
+the pooled connection (`transport.ConnectionPool`), one deadline, one task. The leader proposes
+the batch as one Raft batch and answers it in one frame once every write in it has applied
+(server/rpc.py, `Server.apply_forwarded`). Per write, the follower pays a future instead of an
+RPC, and the leader an entry instead of a request task; the command is encoded once, here, and
+the leader proposes those bytes as they came.
+
+Each write's outcome is what its own `Raft.Apply` call would have given:
+- `(index, raw result)` once the leader applied it (`rpc.decode_result` turns the raw result
+  back into the FSM's);
+- `NotLeader` when the server we took for the leader refused the batch before proposing any of
+  it (or refused that write before proposing it): the caller may send it again, to the new
+  leader (`Server._forward_write_retrying`);
+- `UnknownOutcome` when the connection was lost, no answer came, or the answer could not be read
+  after the batch was sent: the write may have applied, so it is never sent again blindly;
+- `RPCError` with the leader's text otherwise (an FSM error, a refusal, a write that lost its
+  leader mid-flight: the leader's own "may or may not commit").
+
+A leader of an older build that does not know `Raft.ApplyBatch` answers "can't find method"
+before doing anything: the batch's writes then go one `Raft.Apply` call each, and that leader
+is offered batches again after `UNSUPPORTED_RETRY_S` (it may have been upgraded meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from proconsul.rpc_api import NotLeader, RPCError, UnknownOutcome
+
+logger = logging.getLogger(__name__)
+
+BATCH_METHOD = "Raft.ApplyBatch"
+SINGLE_METHOD = "Raft.Apply"
+# How long a forwarded write (or batch) waits for the leader's answer before its outcome is
+# unknown, as one Raft.Apply call always waited.
+FORWARD_TIMEOUT_S = 30.0
+# A batch is cut at this many writes or bytes, so that a burst of large values never makes a
+# frame near the transport's 64 MiB limit; the parts travel concurrently.
+MAX_BATCH_WRITES = 1024
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+# After a leader answered that it does not know Raft.ApplyBatch, how long before we try again.
+UNSUPPORTED_RETRY_S = 60.0
+
+_NOT_LEADER_TEXT = str(NotLeader())
+_UNKNOWN_METHOD_TEXT = f"rpc: can't find method {BATCH_METHOD}"
+
+# (index, raw result) of one applied write.
+Outcome = tuple[int, Any]
+
+
+class Caller(Protocol):
+    """RPC to another server of this datacenter (`transport.ConnectionPool`)."""
+
+    async def call(self, address: str, method: str, body: Any, timeout_s: float = ...) -> Any: ...
+
+
+def error_from_text(text: str) -> RPCError:
+    """The error a leader's answer text stands for (its class decides whether to resend)."""
+    if text == _NOT_LEADER_TEXT:
+        return NotLeader()  # refused before proposing: safe to send again
+    return RPCError(text)
+
+
+class WriteForwarder:
+    """Coalesces the writes forwarded to each leader into `Raft.ApplyBatch` calls."""
+
+    def __init__(self, pool: Caller, timeout_s: float = FORWARD_TIMEOUT_S,
+                 max_writes: int = MAX_BATCH_WRITES, max_bytes: int = MAX_BATCH_BYTES) -> None:
+        self.pool = pool
+        self.timeout_s = timeout_s
+        self.max_writes = max_writes
+        self.max_bytes = max_bytes
+        # Writes waiting for the next call, per leader address; a key exists while that call's
+        # task is scheduled but has not yet taken them.
+        self._queued: dict[str, list[tuple[bytes, asyncio.Future[Outcome]]]] = {}
+        # Leaders that refused Raft.ApplyBatch as unknown: address -> monotonic time to try again.
+        self._single_until: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches_sent = 0  # calls made (tests and benchmarks read how writes were grouped)
+
+    def submit(self, leader: str, data: bytes) -> asyncio.Future[Outcome]:
+        """Queue the encoded command `data` for `leader`; the future gives its outcome (see the
+        module docstring). It leaves with every other write queued in this loop iteration."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Outcome] = loop.create_future()
+        queued = self._queued.get(leader)
+        if queued is None:
+            queued = self._queued[leader] = []
+            # The task's first step runs after the callbacks already scheduled in this
+            # iteration (the other requests that arrived with this one), which queue here too.
+            task = loop.create_task(self._send(leader), name=f"forward-writes:{leader}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        queued.append((data, fut))
+        return fut
+
+    def in_flight(self) -> int:
+        """Calls under way (or about to start) to leaders."""
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        """Stop every call under way; their writes' outcomes are unknown (they may have applied)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _send(self, leader: str) -> None:
+        writes = self._queued.pop(leader, [])
+        # A caller that gave up before the call left (its request was cancelled): not sent.
+        writes = [w for w in writes if not w[1].done()]
+        if not writes:
+            return
+        try:
+            if time.monotonic() < self._single_until.get(leader, 0.0):
+                await self._send_singly(leader, writes)
+                return
+            parts = self._split(writes)
+            if len(parts) == 1:
+                await self._send_batch(leader, writes)
+            else:
+                await asyncio.gather(*(self._send_batch(leader, part) for part in parts))
+        except asyncio.CancelledError:
+            _fail(writes, lambda: UnknownOutcome(f"rpc error: stopped waiting for the leader {leader}; "
+                                                 "the write may have applied"))
+            raise
+        except Exception:
+            # A bug here must not leave the writers waiting forever.
+            logger.exception("rpc: forwarding %d writes to the leader %s failed", len(writes), leader)
+            _fail(writes, lambda: UnknownOutcome(f"rpc error: forwarding to the leader {leader} failed; "
+                                                 "the write may have applied"))
+
+    def _split(self, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> list[list[tuple[bytes, asyncio.Future[Outcome]]]]:
+        if len(writes) <= self.max_writes and sum(len(d) for d, _ in writes) <= self.max_bytes:
+            return [writes]
+        parts: list[list[tuple[bytes, asyncio.Future[Outcome]]]] = [[]]
+        size = 0
+        for w in writes:
+            part = parts[-1]
+            if part and (len(part) >= self.max_writes or size + len(w[0]) > self.max_bytes):
+                parts.append([])
+                part, size = parts[-1], 0
+            part.append(w)
+            size += len(w[0])
+        return parts
+
+    async def _send_batch(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
+        self.batches_sent += 1
+        try:
+            reply = await self.pool.call(leader, BATCH_METHOD, {"commands": [d for d, _ in writes]},
+                                         timeout_s=self.timeout_s)
+        except TimeoutError:  # before OSError, of which it is a subclass
+            _fail(writes, lambda: UnknownOutcome(f"rpc error: no answer from the leader {leader}; "
+                                                 "the write may have applied"))
+            return
+        except (ConnectionError, OSError) as exc:
+            text = f"rpc error: lost the connection to the leader {leader} mid-write: {exc}"
+            _fail(writes, lambda: UnknownOutcome(text))
+            return
+        except Exception as exc:  # RemoteError: the leader refused the whole batch (before proposing)
+            text = str(exc)
+            if text == _UNKNOWN_METHOD_TEXT:
+                logger.info("rpc: the leader %s does not take batched writes (an older build); "
+                            "forwarding one call per write", leader)
+                self._single_until[leader] = time.monotonic() + UNSUPPORTED_RETRY_S
+                await self._send_singly(leader, writes)
+                return
+            _fail(writes, lambda: error_from_text(text))
+            return
+        results = reply.get("results") if isinstance(reply, dict) else None
+        if not isinstance(results, list) or len(results) != len(writes):
+            # The leader answered, so each write was proposed or refused; which, we cannot tell.
+            n = len(writes)
+            _fail(writes, lambda: UnknownOutcome(f"rpc error: the leader {leader} answered a batch of {n} writes "
+                                                 "with a malformed reply; the writes may have applied"))
+            return
+        for (_, fut), r in zip(writes, results):
+            if fut.done():
+                continue
+            if type(r) is list and len(r) == 2:
+                fut.set_result((r[0], r[1]))
+            elif type(r) is str:
+                fut.set_exception(error_from_text(r))
+            else:
+                fut.set_exception(UnknownOutcome(f"rpc error: the leader {leader} answered a write with {r!r}; "
+                                                 "it may have applied"))
+
+    async def _send_singly(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
+        await asyncio.gather(*(self._send_one(leader, data, fut) for data, fut in writes))
+
+    async def _send_one(self, leader: str, data: bytes, fut: asyncio.Future[Outcome]) -> None:
+        try:
+            reply = await self.pool.call(leader, SINGLE_METHOD, data, timeout_s=self.timeout_s)
+        except TimeoutError:
+            outcome: BaseException = UnknownOutcome(
+                f"rpc error: no answer from the leader {leader}; the write may have applied")
+        except (ConnectionError, OSError) as exc:
+            outcome = UnknownOutcome(f"rpc error: lost the connection to the leader {leader} mid-write: {exc}")
+        except Exception as exc:  # RemoteError: the leader refused or failed it
+            outcome = error_from_text(str(exc))
+        else:
+            if not fut.done():
+                fut.set_result((reply["index"], reply["result"]))
+            return
+        if not fut.done():
+            fut.set_exception(outcome)
+
+
+def _fail(writes: list[tuple[bytes, asyncio.Future[Outcome]]], make: Callable[[], BaseException]) -> None:
+    # An exception object per write: one raised in many callers would grow one traceback.
+    for _, fut in writes:
+        if not fut.done():
+            fut.set_exception(make())

@@ -1,0 +1,387 @@
+"""Writes a follower forwards to its leader in batches (server/forwarding.py, `Raft.ApplyBatch`).
+
+Deterministic, in one event loop: the follower's `WriteForwarder` against a scripted pool (how
+writes are grouped, and which outcome each write gets for every answer a leader can give), and a
+follower `Server` forwarding to leader `Server`s through a loopback pool that goes through
+msgpack as the transport does (the leader's batch endpoint, a leader change before proposing, a
+leadership loss after proposing, a leadership transfer, malformed batches). The last tests run
+`RaftLog.apply_batch` on a real one-voter Raft server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pytest
+from proconsul.metrics import Metrics
+from proconsul.raft.node import RaftServer
+from proconsul.rpc_api import NoLeader, NotLeader, RPCError, UnknownOutcome
+from proconsul.server import forwarding
+from proconsul.server.consensus import CommandStateMachine, RaftLog
+from proconsul.server.forwarding import WriteForwarder
+from proconsul.server.rpc import Server
+from proconsul.server.single import SingleNodeLog
+from proconsul.state import commands
+from proconsul.state.fsm import FSM
+from proconsul.state.records import DirEntry
+from proconsul.state.store import Store
+from proconsul.transport import RemoteError
+
+LEADER = "127.0.0.1:8300"
+OTHER = "127.0.0.2:8300"
+
+
+def kv_set(key: str, value: bytes = b"v") -> commands.KVS:
+    return commands.KVS(commands.KVOp.SET, DirEntry(key, value))
+
+
+# ------------------------------------------------------------------ the follower's forwarder
+
+
+class ScriptedPool:
+    """Answers each call with `answer(method, body)` (a reply, or an exception to raise)."""
+
+    def __init__(self, answer: Callable[[str, Any], Any]) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, str, Any]] = []
+
+    async def call(self, address: str, method: str, body: Any, timeout_s: float = 30.0) -> Any:
+        self.calls.append((address, method, body))
+        await asyncio.sleep(0)
+        reply = self.answer(method, body)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+
+def applied_in_order(method: str, body: Any) -> Any:
+    if method == "Raft.ApplyBatch":
+        return {"results": [[100 + i, data.decode()] for i, data in enumerate(body["commands"])]}
+    return {"index": 1, "result": body.decode()}
+
+
+async def test_writes_handed_over_together_travel_in_one_call() -> None:
+    pool = ScriptedPool(applied_in_order)
+    fwd = WriteForwarder(pool)
+    futs = [fwd.submit(LEADER, f"w{i}".encode()) for i in range(5)]
+    other = fwd.submit(OTHER, b"x")
+    assert await asyncio.gather(*futs) == [(100 + i, f"w{i}") for i in range(5)]
+    assert await other == (100, "x")
+    assert [(a, m) for a, m, _ in pool.calls] == [(LEADER, "Raft.ApplyBatch"), (OTHER, "Raft.ApplyBatch")]
+    assert pool.calls[0][2] == {"commands": [f"w{i}".encode() for i in range(5)]}
+    # A write handed over after that call left goes in a call of its own.
+    assert await fwd.submit(LEADER, b"late") == (100, "late")
+    assert len(pool.calls) == 3 and fwd.batches_sent == 3
+    for _ in range(3):  # the call's task ends in the loop iterations after it answered
+        await asyncio.sleep(0)
+    assert fwd.in_flight() == 0
+
+
+async def test_each_write_gets_its_own_outcome() -> None:
+    results = [
+        [7, True],
+        "node is not the leader",
+        "Permission denied: token lacks key:write",
+        "leadership lost before the write applied; it may or may not commit",
+        [8, False],
+    ]
+    fwd = WriteForwarder(ScriptedPool(lambda m, b: {"results": results}))
+    futs = [fwd.submit(LEADER, b"c") for _ in results]
+    got = await asyncio.gather(*futs, return_exceptions=True)
+    assert got[0] == (7, True) and got[4] == (8, False)
+    assert type(got[1]) is NotLeader  # refused before proposing: the caller may resend it
+    assert type(got[2]) is RPCError and str(got[2]).startswith("Permission denied")  # HTTP maps it to 403
+    assert type(got[3]) is RPCError and "may or may not commit" in str(got[3])  # never resent
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected", "text"),
+    [
+        (RemoteError("node is not the leader"), NotLeader, "node is not the leader"),
+        (RemoteError("Raft.ApplyBatch: the body must be a map"), RPCError, "the body must be a map"),
+        (ConnectionResetError("reset by peer"), UnknownOutcome, "mid-write"),
+        (TimeoutError(), UnknownOutcome, "may have applied"),
+        ({"results": [[1, True]]}, UnknownOutcome, "malformed reply"),  # one result for two writes
+    ],
+)
+async def test_a_batch_refused_or_lost_as_a_whole(failure: Any, expected: type, text: str) -> None:
+    fwd = WriteForwarder(ScriptedPool(lambda m, b: failure))
+    got = await asyncio.gather(fwd.submit(LEADER, b"a"), fwd.submit(LEADER, b"b"), return_exceptions=True)
+    for exc in got:
+        assert type(exc) is expected and text in str(exc), exc
+    assert got[0] is not got[1]  # an exception object per caller
+
+
+async def test_a_leader_without_batches_gets_one_call_per_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    def old_build(method: str, body: Any) -> Any:
+        if method == "Raft.ApplyBatch":
+            return RemoteError("rpc: can't find method Raft.ApplyBatch")
+        return applied_in_order(method, body) if body != b"refused" else RemoteError("node is not the leader")
+
+    pool = ScriptedPool(old_build)
+    fwd = WriteForwarder(pool)
+    got = await asyncio.gather(fwd.submit(LEADER, b"a"), fwd.submit(LEADER, b"refused"), return_exceptions=True)
+    assert got[0] == (1, "a") and type(got[1]) is NotLeader
+    assert [m for _, m, _ in pool.calls] == ["Raft.ApplyBatch", "Raft.Apply", "Raft.Apply"]
+    # Remembered: the next writes go singly at once, until the retry time passes.
+    assert await fwd.submit(LEADER, b"c") == (1, "c")
+    assert [m for _, m, _ in pool.calls][3:] == ["Raft.Apply"]
+    monkeypatch.setattr(forwarding, "UNSUPPORTED_RETRY_S", 0.0)
+    fwd._single_until.clear()  # as if the retry time had passed
+    assert await fwd.submit(LEADER, b"d") == (1, "d")
+    assert pool.calls[-1][1] == "Raft.Apply"  # the leader still refused the batch
+
+
+async def test_large_batches_are_cut_and_travel_together() -> None:
+    pool = ScriptedPool(applied_in_order)
+    fwd = WriteForwarder(pool, max_writes=3, max_bytes=10)
+    futs = [fwd.submit(LEADER, b"%d" % i) for i in range(7)] + [fwd.submit(LEADER, b"x" * 25)]
+    got = await asyncio.gather(*futs)
+    assert [r[1] for r in got] == [str(i) for i in range(7)] + ["x" * 25]
+    assert [len(b["commands"]) for _, _, b in pool.calls] == [3, 3, 1, 1]
+
+
+async def test_a_write_given_up_before_the_call_left_is_not_sent() -> None:
+    pool = ScriptedPool(applied_in_order)
+    fwd = WriteForwarder(pool)
+    gone = fwd.submit(LEADER, b"gone")
+    kept = fwd.submit(LEADER, b"kept")
+    gone.cancel()
+    assert await kept == (100, "kept")
+    assert pool.calls[0][2] == {"commands": [b"kept"]}
+
+
+async def test_a_result_it_cannot_read_leaves_that_write_unknown() -> None:
+    fwd = WriteForwarder(ScriptedPool(lambda m, b: {"results": [[1, True], [2, True, "extra"]]}))
+    got = await asyncio.gather(fwd.submit(LEADER, b"a"), fwd.submit(LEADER, b"b"), return_exceptions=True)
+    assert got[0] == (1, True) and type(got[1]) is UnknownOutcome
+
+
+async def test_a_failure_inside_the_forwarder_still_answers_every_writer() -> None:
+    class Exploding(dict):  # type: ignore[type-arg]
+        def get(self, key: Any, default: Any = None) -> Any:
+            raise RuntimeError("bug")
+
+    fwd = WriteForwarder(ScriptedPool(lambda m, b: Exploding()))
+    got = await asyncio.gather(fwd.submit(LEADER, b"a"), fwd.submit(LEADER, b"b"), return_exceptions=True)
+    assert [type(g) for g in got] == [UnknownOutcome, UnknownOutcome]
+
+
+async def test_stopping_the_forwarder_leaves_outcomes_unknown() -> None:
+    never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    class Hanging:
+        async def call(self, address: str, method: str, body: Any, timeout_s: float = 30.0) -> Any:
+            return await never
+
+    fwd = WriteForwarder(Hanging())
+    fut = fwd.submit(LEADER, b"a")
+    await asyncio.sleep(0)
+    await fwd.close()
+    with pytest.raises(UnknownOutcome):
+        await fut
+
+
+# ------------------------------------------------------------- a follower and its leader(s)
+
+
+class LoopbackPool:
+    """The follower's pool: requests and answers go through msgpack as on the wire; the
+    leader's error becomes the caller's RemoteError with its text, as the transport carries it."""
+
+    def __init__(self, servers: dict[str, Server]) -> None:
+        self.servers = servers
+        self.calls: list[tuple[str, str, int]] = []
+
+    async def call(self, address: str, method: str, body: Any, timeout_s: float = 30.0) -> Any:
+        n = len(body["commands"]) if method == "Raft.ApplyBatch" else 1
+        self.calls.append((address, method, n))
+        body = msgpack.unpackb(msgpack.packb(body, use_bin_type=True), raw=False)
+        try:
+            reply = await self.servers[address].handle_rpc(method, body)
+        except Exception as exc:
+            raise RemoteError(str(exc) or type(exc).__name__) from None
+        return msgpack.unpackb(msgpack.packb(reply, use_bin_type=True), raw=False)
+
+
+class FollowerView:
+    """A follower's view of the log: never leads; the leader is whoever it was last told."""
+
+    def __init__(self, leader: str) -> None:
+        self.leader = leader
+
+    def is_leader(self) -> bool:
+        return False
+
+    def ready_for_reads(self) -> bool:
+        return False
+
+    def leader_address(self) -> str:
+        return self.leader
+
+    def last_contact_ms(self) -> int:
+        return 0
+
+    def voters(self) -> list[tuple[str, str, str]]:
+        return []
+
+    async def apply(self, command: Any, encoded: bytes | None = None) -> tuple[int, Any]:
+        raise NotLeader(self.leader)
+
+    async def apply_batch(self, batch: list[tuple[Any, bytes]]) -> list[Any]:
+        raise NotLeader(self.leader)
+
+    async def verify_leader(self) -> None:
+        raise NotLeader(self.leader)
+
+
+class ScriptedLeader(SingleNodeLog):
+    """A one-server log whose batch proposals can be scripted to fail as a real leader's do."""
+
+    def __init__(self, store: Store, address: str) -> None:
+        super().__init__(FSM(store), address, "id-" + address, "s-" + address)
+        self.batch_failure: Callable[[], Any] | None = None
+        self.batches = 0
+
+    async def apply_batch(self, batch: list[tuple[commands.Command, bytes]]) -> list[Any]:
+        self.batches += 1
+        if self.batch_failure is not None:
+            outcome = self.batch_failure()
+            if isinstance(outcome, Exception):
+                raise outcome
+            return [outcome() for _ in batch]
+        return await super().apply_batch(batch)
+
+
+def cluster(leaders: tuple[str, ...] = (LEADER,)) -> tuple[Server, FollowerView, LoopbackPool, dict[str, ScriptedLeader]]:
+    servers: dict[str, Server] = {}
+    logs: dict[str, ScriptedLeader] = {}
+    for addr in leaders:
+        store = Store()
+        logs[addr] = ScriptedLeader(store, addr)
+        servers[addr] = Server(store, logs[addr], "dc1")
+    pool = LoopbackPool(servers)
+    view = FollowerView(leaders[0])
+    follower = Server(Store(), view, "dc1", pool=pool, rpc_hold_timeout_s=30.0)
+    return follower, view, pool, logs
+
+
+async def test_writes_through_a_follower_are_applied_once_and_answered_as_the_leader_would() -> None:
+    follower, _, pool, logs = cluster()
+    leader_store = logs[LEADER].fsm.store
+    sets = [kv_set(f"k/{i}", b"%d" % i) for i in range(20)]
+    cas_fail = commands.KVS(commands.KVOp.CAS, DirEntry("k/0", b"new", modify_index=999_999))
+    bad_lock = commands.KVS(commands.KVOp.LOCK, DirEntry("locked", b"v", session="no-such-session"))
+    got = await asyncio.gather(*(follower.write(c) for c in [*sets, cas_fail, bad_lock]), return_exceptions=True)
+    # One call carried all of them, and the leader proposed them as one batch.
+    assert pool.calls == [(LEADER, "Raft.ApplyBatch", 22)] and logs[LEADER].batches == 1
+    for i, (meta, ok) in enumerate(got[:20]):  # type: ignore[misc]
+        assert ok is True
+        entry = leader_store.kv_get(f"k/{i}")[1]
+        assert entry is not None and entry.value == b"%d" % i and entry.modify_index == meta.index
+    meta, ok = got[20]  # type: ignore[misc]
+    assert ok is False  # a failed check-and-set is a result, not an error
+    assert type(got[21]) is RPCError and str(got[21]) == 'invalid session "no-such-session"'
+
+
+async def test_a_leader_that_refuses_before_proposing_is_replaced_by_the_new_one() -> None:
+    follower, view, pool, logs = cluster((LEADER, OTHER))
+
+    def moved() -> Exception:
+        view.leader = OTHER  # the follower learns the new leader, as Raft would tell it
+        return NotLeader(OTHER)
+
+    logs[LEADER].batch_failure = moved
+    got = await asyncio.gather(*(follower.write(kv_set(f"m/{i}")) for i in range(5)))
+    assert all(ok is True for _, ok in got)
+    assert logs[LEADER].fsm.store.kv_get("m/0")[1] is None  # nothing proposed on the old leader
+    assert [logs[OTHER].fsm.store.kv_get(f"m/{i}")[1] is not None for i in range(5)] == [True] * 5
+    # Each write was resent once, after the refusal; the new leader got them (one call each or
+    # fewer: they come back from their retry waits together).
+    assert pool.calls[0] == (LEADER, "Raft.ApplyBatch", 5)
+    assert sum(n for addr, _, n in pool.calls if addr == OTHER) == 5
+
+
+async def test_a_write_that_lost_its_leader_after_proposing_is_not_resent() -> None:
+    follower, _, pool, logs = cluster()
+    logs[LEADER].batch_failure = lambda: lambda: UnknownOutcome(
+        "leadership lost before the write applied; it may or may not commit")
+    with pytest.raises(RPCError, match="may or may not commit") as info:
+        await follower.write(kv_set("lost"))
+    assert not isinstance(info.value, NotLeader)
+    assert pool.calls == [(LEADER, "Raft.ApplyBatch", 1)]
+
+
+async def test_a_batch_met_by_a_leadership_transfer_waits_it_out_write_by_write() -> None:
+    follower, _, pool, logs = cluster()
+    logs[LEADER].batch_failure = lambda: RPCError("leadership transfer to s2 in progress")
+    got = await asyncio.gather(follower.write(kv_set("t/1")), follower.write(kv_set("t/2")))
+    assert [ok for _, ok in got] == [True, True]
+    assert logs[LEADER].fsm.store.kv_get("t/2")[1] is not None
+
+
+async def test_the_leader_refuses_a_batch_it_cannot_take() -> None:
+    _, _, _, logs = cluster()
+    store = Store()
+    not_leader = Server(store, FollowerView(OTHER), "dc1")
+    with pytest.raises(NotLeader):
+        await not_leader.handle_rpc("Raft.ApplyBatch", {"commands": [commands.encode(kv_set("x"))]})
+    leader = Server(logs[LEADER].fsm.store, logs[LEADER], "dc1")
+    with pytest.raises(RPCError, match="body must be"):
+        await leader.handle_rpc("Raft.ApplyBatch", [b"not a map"])
+    # A malformed command fails alone; the others in its batch apply.
+    reply = await leader.handle_rpc(
+        "Raft.ApplyBatch", {"commands": [commands.encode(kv_set("good")), b"\xc1garbage", "text"]})
+    first, second, third = reply["results"]
+    assert first[1] is True and logs[LEADER].fsm.store.kv_get("good")[1] is not None
+    assert type(second) is str and type(third) is str and "bytes" in third
+    assert (await leader.handle_rpc("Raft.ApplyBatch", {"commands": [b"\xc1"]}))["results"][0]
+    assert await leader.handle_rpc("Raft.ApplyBatch", {"commands": []}) == {"results": []}
+
+
+async def test_a_batch_counts_as_its_writes_in_the_metrics() -> None:
+    metrics = Metrics()
+    store = Store()
+    leader = Server(store, ScriptedLeader(store, LEADER), "dc1", metrics=metrics)
+    bad_lock = commands.KVS(commands.KVOp.LOCK, DirEntry("l", b"v", session="none"))
+    body = {"commands": [commands.encode(c) for c in (kv_set("a"), kv_set("b"), bad_lock)]}
+    await leader.handle_rpc("Raft.ApplyBatch", body)
+
+    def total(name: str) -> float:
+        series = metrics.series[(f"consul.{name}", ())]
+        return series.count if series.family.kind == "sample" else series.total
+
+    # As three Raft.Apply calls would count: three requests, two timed applies, one error.
+    assert (total("rpc.request"), total("kvs.apply"), total("rpc.request_error")) == (3, 2, 1)
+
+
+# ------------------------------------------------------------- a real one-voter Raft server
+
+
+async def test_raft_applies_a_batch_in_order_with_the_proposed_objects(tmp_path: Any) -> None:
+    store = Store()
+    raft = RaftServer("a", "a", "127.0.0.1:8300", CommandStateMachine(FSM(store)), str(tmp_path), tick_s=0.02)
+    raft.bootstrap({"a": "127.0.0.1:8300"})
+    await raft.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not raft.ready_for_reads():
+            assert asyncio.get_running_loop().time() < deadline, "the single voter never became a ready leader"
+            await asyncio.sleep(0.01)
+        log = RaftLog(raft)
+        cmds = [kv_set(f"b/{i}", b"%d" % i) for i in range(10)]
+        cmds.append(commands.KVS(commands.KVOp.CAS, DirEntry("b/0", b"x", modify_index=1)))
+        outcomes = await log.apply_batch([(c, commands.encode(c)) for c in cmds])
+        indexes = [index for index, _ in outcomes]
+        assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes)
+        assert [ok for _, ok in outcomes] == [True] * 10 + [False]
+        assert store.kv_get("b/9")[1].value == b"9"  # type: ignore[union-attr]
+    finally:
+        await raft.stop()
+    # Not running (so leading nothing): the whole batch is refused before anything is proposed.
+    idle = RaftServer("b", "b", "127.0.0.1:8300", CommandStateMachine(FSM(Store())), str(tmp_path / "b"))
+    with pytest.raises(NoLeader):
+        await RaftLog(idle).apply_batch([(kv_set("after"), commands.encode(kv_set("after")))])
