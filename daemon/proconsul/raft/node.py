@@ -7,7 +7,9 @@ SQLite transaction by the log-writer thread, then messages sent, then committed 
 to the FSM, then read states served, then `advance`); committed entries already in the durable
 log are applied while the new ones are written. Proposals queued while a Ready is being
 persisted go into the next one, which is the group commit; `?consistent` reads queued meanwhile
-share the next ReadIndex round.
+share the next ReadIndex round. A leader's new commit index reaches followers with the next
+entries it replicates, or `commit_delay_s` later if none leave meanwhile (the core's
+`defer_commit`).
 
 It is a generic replicated log: it proposes bytes and applies committed entries to a
 `StateMachine` (bytes in, result out), and knows nothing of Consul. The errors it raises are its
