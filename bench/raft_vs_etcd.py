@@ -489,8 +489,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--only", default="", help="comma list of pair labels to run (prefix match)")
     ap.add_argument("--data-root", default="/tmp", help="parent of the data dirs (both systems)")
     ap.add_argument("--profile", default="", help="directory: after the comparison, run a profiled "
-                    "proconsul cluster under PUT load and write s1..s3.prof and stats there")
-    ap.add_argument("--profile-seconds", type=float, default=15.0)
+                    "proconsul cluster under PUT load (at each --conc) and write s1..s3.prof and stats there")
+    ap.add_argument("--profile-seconds", type=float, default=15.0,
+                    help="seconds of profiled load at each of --conc's concurrencies")
     ap.add_argument("--profile-follower", action="store_true",
                     help="in the profiled phase, send the PUTs to a follower (forwarded writes)")
     ap.add_argument("--profile-op", choices=("put", "consistent"), default="put",
@@ -619,7 +620,7 @@ def run_profile(args: argparse.Namespace, procs: Procs, out: Path, prefix: str) 
     res: dict[str, Any] = {"root": str(root), "leader": pc.leader, "leader_node": f"s{pc.ips.index(pc.leader) + 1}",
                            "target": target, "runs": []}
     stats_file = sdir / f"s{pc.ips.index(pc.leader) + 1}.json"
-    for conc in (16, 64):
+    for conc in [int(c) for c in args.conc.split(",")]:
         s0 = read_stats(stats_file)
         o, _ = run_wrk(url, conc, args.profile_seconds, script, None, 1)
         time.sleep(0.35)

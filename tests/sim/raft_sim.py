@@ -418,6 +418,12 @@ class Cluster:
         while self.queue and self.queue[0][0] <= self.now:
             _, _, m = heapq.heappop(self.queue)
             self._deliver(m)
+        for i in self.alive():
+            r = self.raft(i)
+            # A driver with `defer_commit` tells followers a commit index nothing else carried
+            # after a delay of its choosing: here, each tick with probability one half.
+            if r.defer_commit and r.commit_unsent() and self.rng.random() < 0.5:
+                r.flush_commit()
         for i in self.ids:
             self.process_ready(i)
         self.fifo.clear()
@@ -563,6 +569,7 @@ class SimResult:
     lin_unknown: int = 0  # keys whose linearizability search ran out of budget
     stale_local_reads: bool = False  # default-mode (leader-local) reads were not linearizable
     stale_guarded_reads: bool = False  # ... even leaving out those of a not-yet-ready new leader
+    defer_commit: bool = False  # the leader deferred commit-only AppendEntries (RaftNode's option)
 
 
 def simulate(seed: int, ticks: int = 300, n_nodes: int | None = None, heal_ticks: int = 200,
@@ -584,10 +591,12 @@ def simulate(seed: int, ticks: int = 300, n_nodes: int | None = None, heal_ticks
     membership = rng.random() < 0.3 if membership is None else membership
     net = NetConfig(loss=rng.choice([0.0, 0.02, 0.1]), dup=rng.choice([0.0, 0.05]),
                     min_delay=1, max_delay=rng.choice([1, 2, 4]))
+    # Drawn apart from `rng`, so a seed's other choices are what they were before this option.
+    defer_commit = random.Random(seed * 6007 + 3).random() < 0.5
     c = Cluster(ids, seed=seed, net=net, early_send=rng.random() < 0.5,
                 election_tick=10, heartbeat_tick=2, snapshot_threshold=rng.choice([0, 8, 30]),
                 max_inflight=rng.choice([2, 64]), max_entries_per_msg=rng.choice([1, 4, 64]),
-                check_quorum=True, pre_vote=rng.random() < 0.8)
+                check_quorum=True, pre_vote=rng.random() < 0.8, defer_commit=defer_commit)
     c.trailing_logs = rng.choice([0, 5])
     c.crash_mid_persist = rng.choice([0.0, 0.01, 0.03])
     if unsafe_driver:
@@ -696,4 +705,4 @@ def simulate(seed: int, ticks: int = 300, n_nodes: int | None = None, heal_ticks
     stale_guarded = stale and not check(guarded, budget=lin_budget).ok
     return SimResult(seed, len(c.leaders), len(c.acked), len(c.read_results), conf_changes,
                      transfers, wl.counts(), c.crashes_mid_persist, lin.unknown, stale,
-                     stale_guarded)
+                     stale_guarded, defer_commit)

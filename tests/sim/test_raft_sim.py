@@ -103,6 +103,8 @@ def test_sim_exercises_the_interesting_paths() -> None:
     assert sum(r.leaders for r in results) > 40
     assert sum(r.transfers for r in results) > 0
     assert sum(r.torn_crashes for r in results) > 10
+    # Both ways a leader tells followers the commit index: at once, and deferred (defer_commit).
+    assert 0 < sum(r.defer_commit for r in results) < len(results)
     ops: dict[str, int] = {}
     for r in results:
         for k, v in r.kv_ops.items():
@@ -117,13 +119,14 @@ def test_checkers_catch_a_driver_that_sends_before_persisting() -> None:
     """A driver that acknowledges entries before they are durable loses them in a torn crash:
     the durability-on-a-quorum check must notice within a few seeds."""
     caught = []
-    for s in range(10):
+    for s in range(40):
         try:
             simulate(s, unsafe_driver=True, membership=False)
         except SimFailure as e:
             assert f"PROCONSUL_SEED={s}" in str(e)
             caught.append(s)
-    assert len(caught) >= 3, caught
+    # About a third of the seeds catch it; which ones moves with the message pattern.
+    assert len(caught) >= 8, caught
 
 
 def test_checker_sees_stale_default_mode_reads() -> None:

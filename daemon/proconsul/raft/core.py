@@ -576,6 +576,9 @@ class RaftNode:
         max_entries_per_msg, max_bytes_per_msg: batch bounds of one AppendEntries.
         snapshot_threshold: applied entries past the last snapshot before snapshot_due() fires
             (0 disables).
+        defer_commit: a leader does not send an AppendEntries just to carry a new commit index;
+            followers learn it from the next AppendEntries that carries entries, the next
+            heartbeat, or when the driver calls `flush_commit()` (see there).
         applied: last index already applied to the FSM (default: the snapshot index).
         recovery: an operator's leaderless recovery (see `Recovery`), or None.
     """
@@ -597,6 +600,7 @@ class RaftNode:
         snapshot_threshold: int = 0,
         applied: int | None = None,
         recovery: Recovery | None = None,
+        defer_commit: bool = False,
     ) -> None:
         if heartbeat_tick <= 0 or election_tick <= heartbeat_tick:
             raise ValueError("need 0 < heartbeat_tick < election_tick")
@@ -610,6 +614,9 @@ class RaftNode:
         self.max_entries_per_msg = max_entries_per_msg
         self.max_bytes_per_msg = max_bytes_per_msg
         self.snapshot_threshold = snapshot_threshold
+        self.defer_commit = defer_commit
+        # While True (and defer_commit is on) the next broadcast also sends commit-only messages.
+        self._commit_flush = False
 
         self._storage = storage
         self._log = _RaftLog(storage)
@@ -818,6 +825,31 @@ class RaftNode:
         else:
             self._send_append(to)
 
+    def commit_unsent(self) -> bool:
+        """Leader: some follower holds entries up to an index now committed but was not told so.
+
+        Only ever True with `defer_commit` for long: otherwise the commit index leaves with the
+        Ready that follows the commit."""
+        if self.role != Role.LEADER:
+            return False
+        committed = self._log.committed
+        for p, pr in self._prs.items():
+            if p != self.id and pr.sent_commit < min(committed, pr.match):
+                return True
+        return False
+
+    def flush_commit(self) -> None:
+        """Leader with `defer_commit`: the next Ready tells every follower that lacks it the
+        commit index (a commit-only AppendEntries where no entries are due anyway).
+
+        Deferring lets a commit ride on the next proposal's AppendEntries: a write that follows
+        within the driver's delay costs each follower one message and one answer instead of
+        two. Followers apply later by up to that delay (a heartbeat carries the commit too);
+        the leader's own commit, and so every acknowledgement, is not delayed."""
+        if self.role == Role.LEADER:
+            self._commit_flush = True
+            self._bcast_pending = True
+
     def step(self, m: Message) -> None:
         """Process one message from a peer. Messages not addressed to this node are ignored."""
         if m.to != self.id:
@@ -978,6 +1010,7 @@ class RaftNode:
         self._votes = {}
         self._transferee = None
         self._bcast_pending = False
+        self._commit_flush = False
         self._reads_before_commit = []
         self._read_requests = {}
         self._read_ready = []
@@ -1205,7 +1238,7 @@ class RaftNode:
         elif pr.state == _PeerState.REPLICATE:
             while pr.inflight and pr.inflight[0] <= m.index:
                 pr.inflight.pop(0)
-        self._maybe_commit()  # on success it schedules a broadcast carrying the new commit index
+        self._maybe_commit()  # on success it schedules a broadcast of the new commit index (unless deferred)
         if self.role != Role.LEADER:
             return  # the commit removed us from the configuration
         while self._send_append(m.frm, send_empty=False):
@@ -1232,8 +1265,9 @@ class RaftNode:
             return self._send_snapshot(to, pr)
         # The follower may use the commit index only up to the last entry this APP vouches for.
         usable_commit = min(lg.committed, ents[-1].index if ents else prev)
-        if not ents and not send_empty and usable_commit <= pr.sent_commit:
-            return False  # nothing new, not even a commit index the follower could use
+        if not ents and not send_empty and (usable_commit <= pr.sent_commit
+                                            or (self.defer_commit and not self._commit_flush)):
+            return False  # nothing new, not even a commit index the follower could use (now)
         pr.sent_commit = max(pr.sent_commit, usable_commit)
         self._send(Message(MsgType.APP, to, self.id, self.term, log_term=prev_term, index=prev,
                            entries=tuple(ents), commit=lg.committed))
@@ -1259,11 +1293,16 @@ class RaftNode:
             return
         self._bcast_pending = False
         if self.role != Role.LEADER:
+            self._commit_flush = False
             return
+        # Only what a peer lacks: entries, or a commit index it can use. An empty AppendEntries
+        # to a peer that was just told everything (by the answer to its acknowledgement, in
+        # `_handle_append_response`) would cost it a message and the leader an answer.
         for p in sorted(self._prs):
-            if p != self.id and self._send_append(p):
+            if p != self.id:
                 while self._send_append(p, send_empty=False):
                     pass
+        self._commit_flush = False
 
     def _committed_in_term(self) -> bool:
         return self._log.term(self._log.committed) == self.term
@@ -1276,7 +1315,8 @@ class RaftNode:
             return False
         first_in_term = not self._committed_in_term()
         self._log.commit_to(idx)
-        self._bcast_pending = True
+        if not self.defer_commit:  # else it rides on the next entries (see flush_commit)
+            self._bcast_pending = True
         if first_in_term and self._reads_before_commit:
             pending, self._reads_before_commit = self._reads_before_commit, []
             for ctx in pending:
