@@ -381,6 +381,13 @@ async def test_raft_applies_a_batch_in_order_with_the_proposed_objects(tmp_path:
         assert store.kv_get("b/9")[1].value == b"9"  # type: ignore[union-attr]
     finally:
         await raft.stop()
+    # Stopped, its core still says leader: a proposal is refused at once instead of waiting
+    # forever for a loop that no longer runs.
+    stopped = RaftLog(raft)
+    for propose in (lambda: stopped.apply(kv_set("late")),
+                    lambda: stopped.apply_batch([(kv_set("late"), commands.encode(kv_set("late")))])):
+        with pytest.raises(NoLeader):
+            await asyncio.wait_for(propose(), 10)
     # Not running (so leading nothing): the whole batch is refused before anything is proposed.
     idle = RaftServer("b", "b", "127.0.0.1:8300", CommandStateMachine(FSM(Store())), str(tmp_path / "b"))
     with pytest.raises(NoLeader):

@@ -541,6 +541,7 @@ class RaftServer:
         self._read_seq = 0
         self._writer: _LogWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._last_leader_contact = 0.0
         # (leader commit index, when the leader said so) this follower has yet to apply: its data
         # counts as current as of a leader message only once it applied what that message knew.
@@ -652,6 +653,7 @@ class RaftServer:
         return marker
 
     async def start(self) -> None:
+        self._stopped = False
         snap = self.storage.snapshot()
         if snap.data:
             await self._restore_fsm(snap.data, "restoring the state from the last snapshot")
@@ -761,6 +763,9 @@ class RaftServer:
             await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
+        # Refuse proposals from now on: the loop that would commit them is going away, and a
+        # proposal accepted by the core after this point would wait forever.
+        self._stopped = True
         if self._task is not None:
             await self._between_readies()
             self._task.cancel()
@@ -1138,6 +1143,8 @@ class RaftServer:
             await asyncio.sleep(0.01)
 
     def _core(self) -> RaftNode:
+        if self._stopped:
+            raise NoLeaderError("server shutting down")
         if self.core is None:
             raise NoLeaderError()
         return self.core
