@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import free_port, wait_until
-from proconsul import config as configmod
+from helpers import wait_until
+from inprocess_agent import start_agent_with_normal_listener
 from proconsul.agent.agent import Agent
 from proconsul.http import common
 from proconsul.http.server import HTTPServer
@@ -78,22 +78,11 @@ def _index(answer: Answer) -> int:
 
 
 async def _start(tmp: Path) -> tuple[Agent, HTTPServer]:
-    conf = tmp / "blocking.hcl"
-    conf.write_text(
+    return await start_agent_with_normal_listener(
+        tmp, "blocking-test",
         'http_config { response_headers = { "X-Extra" = "yes" } }\n'
-        'services = [{ name = "web", port = 80, tags = ["v1"], checks = [{ ttl = "600s", status = "passing" }] }]\n'
+        'services = [{ name = "web", port = 80, tags = ["v1"], checks = [{ ttl = "600s", status = "passing" }] }]\n',
     )
-    flags = configmod.agent_flagset().parse([
-        "-dev", f"-http-port={free_port()}", f"-dns-port={free_port()}", f"-serf-lan-port={free_port()}",
-        f"-serf-wan-port={free_port()}", "-client=127.0.0.1", "-bind=127.0.0.1", "-node=blocking-test",
-        f"-config-file={conf}",
-    ])  # fmt: skip
-    agent = Agent(configmod.load_from(flags).config, flags)
-    await agent.start()
-    normal = HTTPServer(agent, ["127.0.0.1"], free_port())
-    normal.fast_path = False
-    await normal.start()
-    return agent, normal
 
 
 Write = tuple[str, str, bytes | None]

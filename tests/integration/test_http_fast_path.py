@@ -30,6 +30,7 @@ import consul
 import pytest
 from cluster_helpers import free_subnet
 from helpers import AgentProcess, free_port, wait_for
+from inprocess_agent import start_agent_with_normal_listener
 from proconsul import config as configmod
 from proconsul.agent.agent import Agent
 from proconsul.http.server import HTTPServer
@@ -170,23 +171,12 @@ WRITES: list[tuple[str, str, bytes | None, str, bool]] = [
 
 
 async def _start_agent(tmp: Path) -> tuple[Agent, HTTPServer]:
-    conf = tmp / "fast.hcl"
-    conf.write_text(
+    return await start_agent_with_normal_listener(
+        tmp, "fast-test",
         'http_config { response_headers = { "X-Extra" = "yes" } }\n'
         "limits { kv_max_value_size = 64 }\n"
-        'services = [{ name = "web", port = 80, tags = ["v1", "v2"], checks = [{ ttl = "60s" }] }]\n'
+        'services = [{ name = "web", port = 80, tags = ["v1", "v2"], checks = [{ ttl = "60s" }] }]\n',
     )
-    flags = configmod.agent_flagset().parse([
-        "-dev", f"-http-port={free_port()}", f"-dns-port={free_port()}", f"-serf-lan-port={free_port()}",
-        f"-serf-wan-port={free_port()}", "-client=127.0.0.1", "-bind=127.0.0.1", "-node=fast-test",
-        f"-config-file={conf}",
-    ])  # fmt: skip
-    agent = Agent(configmod.load_from(flags).config, flags)
-    await agent.start()
-    normal = HTTPServer(agent, ["127.0.0.1"], free_port())
-    normal.fast_path = False
-    await normal.start()
-    return agent, normal
 
 
 def _comparable(answer: tuple[bytes, list[tuple[str, str]], bytes]) -> tuple[bytes, list[tuple[str, str]], bytes]:
