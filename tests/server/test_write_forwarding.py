@@ -22,6 +22,7 @@ from proconsul.rpc_api import NoLeader, NotLeader, RPCError, UnknownOutcome
 from proconsul.server import forwarding
 from proconsul.server.consensus import CommandStateMachine, RaftLog
 from proconsul.server.forwarding import WriteForwarder
+from proconsul.server.remote import ClientConsensus
 from proconsul.server.rpc import Server
 from proconsul.server.single import SingleNodeLog
 from proconsul.state import commands
@@ -207,35 +208,11 @@ class LoopbackPool:
         return msgpack.unpackb(msgpack.packb(reply, use_bin_type=True), raw=False)
 
 
-class FollowerView:
+def follower_view(leader: str) -> ClientConsensus:
     """A follower's view of the log: never leads; the leader is whoever it was last told."""
-
-    def __init__(self, leader: str) -> None:
-        self.leader = leader
-
-    def is_leader(self) -> bool:
-        return False
-
-    def ready_for_reads(self) -> bool:
-        return False
-
-    def leader_address(self) -> str:
-        return self.leader
-
-    def last_contact_ms(self) -> int:
-        return 0
-
-    def voters(self) -> list[tuple[str, str, str]]:
-        return []
-
-    async def apply(self, command: Any, encoded: bytes | None = None) -> tuple[int, Any]:
-        raise NotLeader(self.leader)
-
-    async def apply_batch(self, batch: list[tuple[Any, bytes]]) -> list[Any]:
-        raise NotLeader(self.leader)
-
-    async def verify_leader(self) -> None:
-        raise NotLeader(self.leader)
+    view = ClientConsensus()
+    view.learn(leader)
+    return view
 
 
 class ScriptedLeader(SingleNodeLog):
@@ -256,7 +233,7 @@ class ScriptedLeader(SingleNodeLog):
         return await super().apply_batch(batch)
 
 
-def cluster(leaders: tuple[str, ...] = (LEADER,)) -> tuple[Server, FollowerView, LoopbackPool, dict[str, ScriptedLeader]]:
+def cluster(leaders: tuple[str, ...] = (LEADER,)) -> tuple[Server, ClientConsensus, LoopbackPool, dict[str, ScriptedLeader]]:
     servers: dict[str, Server] = {}
     logs: dict[str, ScriptedLeader] = {}
     for addr in leaders:
@@ -264,7 +241,7 @@ def cluster(leaders: tuple[str, ...] = (LEADER,)) -> tuple[Server, FollowerView,
         logs[addr] = ScriptedLeader(store, addr)
         servers[addr] = Server(store, logs[addr], "dc1")
     pool = LoopbackPool(servers)
-    view = FollowerView(leaders[0])
+    view = follower_view(leaders[0])
     follower = Server(Store(), view, "dc1", pool=pool, rpc_hold_timeout_s=30.0)
     return follower, view, pool, logs
 
@@ -326,7 +303,7 @@ async def test_a_batch_met_by_a_leadership_transfer_waits_it_out_write_by_write(
 async def test_the_leader_refuses_a_batch_it_cannot_take() -> None:
     _, _, _, logs = cluster()
     store = Store()
-    not_leader = Server(store, FollowerView(OTHER), "dc1")
+    not_leader = Server(store, follower_view(OTHER), "dc1")
     with pytest.raises(NotLeader):
         await not_leader.handle_rpc("Raft.ApplyBatch", {"commands": [commands.encode(kv_set("x"))]})
     leader = Server(logs[LEADER].fsm.store, logs[LEADER], "dc1")
