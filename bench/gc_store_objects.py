@@ -246,6 +246,20 @@ if __name__ == "__main__":
         ap.add_argument("--services", type=int, default=500)
         ap.add_argument("--big", type=int, default=1000)
         ap.add_argument("--collects", type=int, default=5)
-        asyncio.run(parked_census(ap.parse_args()))
+        ap.add_argument(
+            "--no-uvloop",
+            action="store_true",
+            help="asyncio's own loop (the agent uses uvloop when installed)",
+        )
+        args = ap.parse_args()
+        if not args.no_uvloop:
+            try:
+                import uvloop
+
+                uvloop.install()  # as `proconsul agent` does
+            except ImportError:
+                pass
+        print(f"event loop: {asyncio.get_event_loop_policy().__class__.__module__}")
+        asyncio.run(parked_census(args))
     else:
         main()

@@ -45,11 +45,60 @@ async def test_survivors_are_frozen_and_dead_cycles_still_reclaimed(monkeypatch:
         await asyncio.sleep(0)
         assert policy.freezes > 0
         assert policy.full_scans > 0
-        assert walks[0] <= 2 * policy.full_scans + 2 and 2 * walks[0] <= policy.freezes, (walks, policy.freezes)
+        assert walks[0] <= 2 * policy.full_scans + 2 and 2 * walks[0] <= policy.freezes, (
+            walks,
+            policy.freezes,
+        )
         monkeypatch.undo()
         # `cycles` dead cycles (twice as many objects) went through; what stays frozen is bounded
         # by the doubling rule (twice the live heap after a complete scan), not by the churn.
         assert gc.get_freeze_count() < 2 * startup + 100_000 < 2 * cycles, (gc.get_freeze_count(), startup)
+    finally:
+        policy.uninstall()
+    assert gc.get_freeze_count() == 0
+
+
+async def test_frozen_objects_freed_by_reference_counting_never_cost_a_complete_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Connection churn without cycles: every object lives long enough to be frozen, then dies by
+    # reference counting, which takes it off the frozen list. The policy's running total of what
+    # it froze grows past the threshold again and again, but the frozen heap itself does not:
+    # the exact count it then takes must keep it from scheduling a complete scan (a long pause on
+    # a server's loop, docs/PERFORMANCE.md "The collector's complete scans", issue 16).
+    monkeypatch.setattr(gc_policy, "_MIN_FULL_SCAN_OBJECTS", 20_000)
+    policy = gc_policy.GCPolicy()
+    policy.install()
+    real_freeze_count = gc.get_freeze_count
+    walks = [0]
+
+    def counting_freeze_count() -> int:
+        walks[0] += 1
+        return real_freeze_count()
+
+    try:
+        startup = gc.get_freeze_count()
+        monkeypatch.setattr(gc, "get_freeze_count", counting_freeze_count)
+        window: collections.deque[dict[str, object]] = collections.deque()
+        churned = max(300_000, 2 * startup)
+        for i in range(churned):
+            window.append({"i": i, "parts": [i]})  # two tracked objects, no cycle
+            # Young garbage, as a server's requests leave: it keeps the collector running (freed
+            # objects do not count towards its trigger) and dies before it is ever frozen.
+            young: list[object] = []
+            young.append(young)
+            if len(window) > 5_000:
+                window.popleft()
+            if i % 1_000 == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert policy.freezes > 0
+        # What went through the frozen heap was several times its size: the running total crossed
+        # the threshold (so the policy took the exact count) and the count said no.
+        assert walks[0] > 0, (policy._frozen, policy.freezes, startup, gc.get_threshold())
+        assert policy.full_scans == 0, (policy.full_scans, walks, startup, churned)
+        monkeypatch.undo()
+        assert gc.get_freeze_count() < startup + 50_000
     finally:
         policy.uninstall()
     assert gc.get_freeze_count() == 0
