@@ -31,7 +31,7 @@ async def test_survivors_are_frozen_and_dead_cycles_still_reclaimed(monkeypatch:
         window: collections.deque[dict[str, object]] = collections.deque()
         # Enough churn to more than double the frozen heap whatever the startup heap's size:
         # every cycle lives long enough to be frozen, so the doubling rule must fire.
-        cycles = max(300_000, startup)
+        cycles = max(300_000, startup + 100_000)  # (so that 2 * startup + 100_000 < 2 * cycles)
         for i in range(cycles):
             # A cycle that outlives a few collections (so it is frozen), then becomes garbage:
             # only a complete scan can reclaim it.
@@ -77,13 +77,15 @@ async def test_frozen_objects_freed_by_reference_counting_never_cost_a_complete_
         startup = gc.get_freeze_count()
         monkeypatch.setattr(gc, "get_freeze_count", counting_freeze_count)
         window: collections.deque[dict[str, object]] = collections.deque()
-        churned = max(300_000, 2 * startup)
+        # Each entry outlives a generation-1 collection (so it is frozen) and is two objects: three
+        # times the startup heap goes through, and the running total must cross its threshold.
+        churned = max(300_000, 3 * startup // 2)
         for i in range(churned):
             window.append({"i": i, "parts": [i]})  # two tracked objects, no cycle
             # Young garbage, as a server's requests leave: it keeps the collector running (freed
             # objects do not count towards its trigger) and dies before it is ever frozen.
-            young: list[object] = []
-            young.append(young)
+            young: list[object] = [[]]
+            young[0].append(young)  # (two objects: a window entry outlives two collections of generation 1)
             if len(window) > 5_000:
                 window.popleft()
             if i % 1_000 == 0:
