@@ -45,6 +45,7 @@ async def test_survivors_are_frozen_and_dead_cycles_still_reclaimed(monkeypatch:
         await asyncio.sleep(0)
         assert policy.freezes > 0
         assert policy.full_scans > 0
+        assert policy.last_full_scan_collected > 0  # the dead cycles it was scheduled for
         assert walks[0] <= 2 * policy.full_scans + 2 and 2 * walks[0] <= policy.freezes, (walks, policy.freezes)
         monkeypatch.undo()
         # `cycles` dead cycles (twice as many objects) went through; what stays frozen is bounded
