@@ -298,7 +298,8 @@ class BlockingRequestHandler(fast.FastRequestHandler):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
-        self._real_parser.message_consumed()  # type: ignore[union-attr]
+        if self._real_parser is not None:  # None once the connection is gone
+            self._real_parser.message_consumed()
         # aiohttp's keep-alive timer closes a connection idle for keepalive_timeout; this one is not.
         self._next_keepalive_close_time = self._loop.time() + self._routes.keepalive_timeout_s
 
