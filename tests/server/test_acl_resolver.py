@@ -17,15 +17,21 @@ POLICY = ACLPolicy("p1", "kv", rules='key "k" { policy = "write" }')
 class FakeServer:
     def __init__(self) -> None:
         self.tokens: dict[str, ACLToken] = {"s1": ACLToken("a1", "s1", policies=(Link("p1"),))}
+        # Tokens the leader committed that this (follower) server has not applied yet.
+        self.leader_only: dict[str, ACLToken] = {}
         self.calls = 0
+        self.leader_calls = 0
         self.down = False
 
     async def query(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
-        assert name == "ACL.Resolve" and opts.allow_stale
+        assert name == "ACL.Resolve"
         self.calls += 1
+        self.leader_calls += not opts.allow_stale
         if self.down:
             raise NoLeader()
         t = self.tokens.get(args["secret"])
+        if t is None and not opts.allow_stale:
+            t = self.leader_only.get(args["secret"])
         found = {"token": t.to_wire() if t else None, "policies": [POLICY.to_wire()] if t else [], "roles": []}
         return QueryMeta(1, True, 0, "stale"), found
 
@@ -56,6 +62,19 @@ def test_servers_do_not_cache() -> None:
     del server.tokens["s1"]
     with pytest.raises(ACLNotFound):
         asyncio.run(r.resolve("s1"))
+
+
+def test_a_token_the_answering_server_has_not_applied_yet_is_asked_of_the_leader() -> None:
+    server, clock = FakeServer(), [0.0]
+    server.leader_only["new"] = ACLToken("a3", "new", policies=(Link("p1"),))
+    r = _resolver(server, clock, ttl=0.0)
+    assert asyncio.run(r.resolve("new")).accessor == "a3"
+    assert server.leader_calls == 1
+    asyncio.run(r.resolve("s1"))  # known locally: the leader is not asked
+    assert server.leader_calls == 1
+    with pytest.raises(ACLNotFound):  # unknown to the leader too
+        asyncio.run(r.resolve("nope"))
+    assert server.leader_calls == 2
 
 
 def test_no_token_is_the_default_token_then_anonymous() -> None:

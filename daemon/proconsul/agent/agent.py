@@ -666,6 +666,10 @@ class Agent:
 
     async def _resolve_locally(self, name: str, args: dict[str, Any], opts: QueryOptions) -> tuple[QueryMeta, Any]:
         assert name == "ACL.Resolve", name  # the only query the ACL resolver makes
+        if not opts.allow_stale and not self.log.is_leader():
+            # The resolver's second try for a token this server does not know (yet): the leader's.
+            assert self.rpc_server is not None  # servers resolve here; client agents ask one
+            return await self.rpc_server.query(name, args, opts)
         index, found = acl_queries.resolve(self.store, args)
         return QueryMeta(index, bool(self.log.leader_address()), 0, "stale"), found
 

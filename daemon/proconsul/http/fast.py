@@ -84,12 +84,12 @@ _OWN_HEADERS = frozenset({
 })
 # Request headers that need the normal path: a token (forwarded with writes, checked with ACLs),
 # expectations (100-continue and its refusals), and bodies in a transfer coding.
-_SLOW_HEADERS = ("X-Consul-Token", "Authorization", "Expect", "Transfer-Encoding")
+SLOW_HEADERS = ("X-Consul-Token", "Authorization", "Expect", "Transfer-Encoding")
 
-_KV = "/v1/kv/"
-_HEALTH = "/v1/health/service/"
-_CATALOG = "/v1/catalog/service/"
-_JSON = b"Content-Type: application/json\r\n"
+KV_ROUTE = "/v1/kv/"
+HEALTH_ROUTE = "/v1/health/service/"
+CATALOG_ROUTE = "/v1/catalog/service/"
+JSON_HEADER = b"Content-Type: application/json\r\n"
 _SERVER = f"\r\nServer: {SERVER_SOFTWARE}\r\n\r\n".encode()
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _DEFAULT = QueryOptions()
@@ -111,7 +111,7 @@ def aiohttp_supported() -> bool:
     return all(hasattr(web.RequestHandler, name) for name in _AIOHTTP_INTERNALS)
 
 
-def _flag(query: Any, name: str) -> bool:
+def query_flag(query: Any, name: str) -> bool:
     """common.flag on a parsed query: present and not "false"/"0"."""
     value = query.get(name)
     return value is not None and value.lower() not in ("false", "0")
@@ -128,7 +128,7 @@ def _uint(text: str) -> int | None:
     return value if 0 <= value <= MAX_UINT64 else None
 
 
-def _meta_bytes(meta: QueryMeta) -> bytes:
+def meta_header_bytes(meta: QueryMeta) -> bytes:
     return (
         f"X-Consul-Index: {meta.index}\r\nX-Consul-KnownLeader: {'true' if meta.known_leader else 'false'}\r\n"
         f"X-Consul-LastContact: {meta.last_contact_ms}\r\nX-Consul-Effective-Consistency: {meta.consistency}\r\n"
@@ -299,8 +299,8 @@ class FastRoutes:
         dc = query.get("dc") if query else None
         if dc and dc != self.datacenter:
             raise _Fallback  # another datacenter: forwarded over the WAN
-        stale = bool(query) and _flag(query, "stale")
-        if query and "consistent" in query and _flag(query, "consistent"):
+        stale = bool(query) and query_flag(query, "stale")
+        if query and "consistent" in query and query_flag(query, "consistent"):
             if stale:
                 raise _Fallback  # the normal path answers the 400
             return _CONSISTENT
@@ -354,31 +354,31 @@ class FastRoutes:
         if query and not query.keys() <= _KV_GET_PARAMS:
             raise _Fallback
         opts = self._options(query, discovery=False)
-        if query and _flag(query, "keys"):
+        if query and query_flag(query, "keys"):
             meta, keys = self._read_now("KVS.ListKeys", {"prefix": key, "separator": query.get("separator", "")}, opts,
                                          passed)
             return self._list(meta, keys)
-        if query and _flag(query, "recurse"):
+        if query and query_flag(query, "recurse"):
             meta, entries = self._read_now("KVS.List", {"prefix": key}, opts, passed)
             return self._list(meta, entries)
         meta, entry = self._read_now("KVS.Get", {"key": key}, opts, passed)
         if entry is None:
-            return self.response(404, _meta_bytes(meta), b"")
-        if query and _flag(query, "raw"):
+            return self.response(404, meta_header_bytes(meta), b"")
+        if query and query_flag(query, "raw"):
             value = base64.b64decode(entry["Value"]) if entry["Value"] is not None else b""
-            return self.response(200, b"Content-Type: text/plain\r\n" + _meta_bytes(meta), value)
-        return self.response(200, _meta_bytes(meta) + _JSON, _dumps([entry]))
+            return self.response(200, b"Content-Type: text/plain\r\n" + meta_header_bytes(meta), value)
+        return self.response(200, meta_header_bytes(meta) + JSON_HEADER, _dumps([entry]))
 
     def _list(self, meta: QueryMeta, items: Any) -> bytes:
         if not items:
-            return self.response(404, _meta_bytes(meta), b"")
-        return self.response(200, _meta_bytes(meta) + _JSON, _dumps(items))
+            return self.response(404, meta_header_bytes(meta), b"")
+        return self.response(200, meta_header_bytes(meta) + JSON_HEADER, _dumps(items))
 
     def health_service(self, service: str, query: Any, passed: bool | None = None) -> bytes:
         if query and not query.keys() <= _HEALTH_PARAMS:
             raise _Fallback
         opts = self._options(query, discovery=True)
-        passing = bool(query) and _flag(query, "passing")
+        passing = bool(query) and query_flag(query, "passing")
         args = {"service": service, "tags": query.getall("tag", []) if query else [], "passing": passing,
                 "node_meta": {}, "datacenter": self.datacenter, "near": ""}
         meta, items = self._read_now("Health.ServiceNodes", args, opts, passed)
@@ -387,7 +387,7 @@ class FastRoutes:
         )
         if passing:
             self.protection_log.note(service, protected)
-        head = _meta_bytes(meta) + _JSON
+        head = meta_header_bytes(meta) + JSON_HEADER
         if protected:
             head += f"{protection.APPLIED_HEADER}: true\r\n".encode()
         return self.response(200, head, _dumps(items))
@@ -398,7 +398,7 @@ class FastRoutes:
         opts = self._options(query, discovery=True)
         args = {"service": service, "tags": query.getall("tag", []) if query else [], "node_meta": {}, "near": ""}
         meta, items = self._read_now("Catalog.ServiceNodes", args, opts, passed)
-        return self.response(200, _meta_bytes(meta) + _JSON, _dumps(items))
+        return self.response(200, meta_header_bytes(meta) + JSON_HEADER, _dumps(items))
 
     # -------------------------------------------------------------------------------- writes
 
@@ -436,7 +436,7 @@ class FastRoutes:
         except Exception:
             logger.exception("http: error handling PUT %s", command.entry.key)
             return self.response(500, b"Content-Type: text/plain; charset=utf-8\r\n", _INTERNAL_ERROR_BODY)
-        return self.response(200, f"X-Consul-Index: {max(meta.index, 1)}\r\n".encode() + _JSON,
+        return self.response(200, f"X-Consul-Index: {max(meta.index, 1)}\r\n".encode() + JSON_HEADER,
                              b"true" if ok else b"false")
 
 
@@ -501,7 +501,7 @@ class FastRequestHandler(GuardedRequestHandler):
         if msg.version != HttpVersion11 or msg.should_close or msg.upgrade or msg.compression:
             return False
         headers = msg.headers
-        for name in _SLOW_HEADERS:
+        for name in SLOW_HEADERS:
             if name in headers:
                 return False
         target = msg.path
@@ -520,14 +520,14 @@ class FastRequestHandler(GuardedRequestHandler):
             if method == "GET":
                 if payload is not EMPTY_PAYLOAD:
                     return False  # a GET with a body: aiohttp reads and drops it
-                if path.startswith(_KV):
-                    key = path[len(_KV):]
+                if path.startswith(KV_ROUTE):
+                    key = path[len(KV_ROUTE):]
                     if not key:
                         return False
                     data = routes.kv_get(key, query, passed)
-                    pattern = _KV
+                    pattern = KV_ROUTE
                 else:
-                    for pattern, read in ((_HEALTH, routes.health_service), (_CATALOG, routes.catalog_service)):  # noqa: B007 (used after the break)
+                    for pattern, read in ((HEALTH_ROUTE, routes.health_service), (CATALOG_ROUTE, routes.catalog_service)):  # noqa: B007 (used after the break)
                         if path.startswith(pattern):
                             break
                     else:
@@ -541,11 +541,11 @@ class FastRequestHandler(GuardedRequestHandler):
                 self._answer(data)
                 self.request_finished()
                 return True
-            if not path.startswith(_KV) or not routes.reads.writes:
+            if not path.startswith(KV_ROUTE) or not routes.reads.writes:
                 return False
             if rules.write_networks and not self._write_allowed():
                 return False  # the normal path answers the 403
-            command = routes.kv_put_command(path[len(_KV):], query, headers, payload)
+            command = routes.kv_put_command(path[len(KV_ROUTE):], query, headers, payload)
         except _Fallback:
             return False
         except _Barrier as barrier:
@@ -606,7 +606,7 @@ class FastRequestHandler(GuardedRequestHandler):
     async def _put(self, command: commands.KVS, start: float) -> None:
         try:
             data = await self._routes.kv_put(command)
-            self._routes.observe("PUT", _KV, start)
+            self._routes.observe("PUT", KV_ROUTE, start)
             self._answer(data)
         finally:
             self.request_finished()

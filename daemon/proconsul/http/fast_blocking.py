@@ -126,7 +126,7 @@ class BlockingRoutes:
         dc = query.get("dc")
         if dc and dc != self.routes.datacenter:
             raise _NotOurs  # another datacenter: forwarded over the WAN
-        stale = fast._flag(query, "stale")
+        stale = fast.query_flag(query, "stale")
         if discovery and not stale and self.routes.agent.config.discovery_max_stale_s > 0:
             raise _NotOurs  # a bounded stale read: `query` decides where it goes
         index = _uint(query.get("index", ""))
@@ -145,23 +145,23 @@ class BlockingRoutes:
 
     def recognise(self, path: str, query: Any) -> _Read:
         keys = query.keys()
-        if path.startswith(fast._KV):
-            key = path[len(fast._KV):]
+        if path.startswith(fast.KV_ROUTE):
+            key = path[len(fast.KV_ROUTE):]
             if not key or not keys <= _KV_PARAMS:
                 raise _NotOurs
             opts = self._options(query, discovery=False)
-            if fast._flag(query, "keys"):
+            if fast.query_flag(query, "keys"):
                 return _Read("KVS.ListKeys", {"prefix": key, "separator": query.get("separator", "")}, opts, "list",
-                             fast._KV)
-            if fast._flag(query, "recurse"):
-                return _Read("KVS.List", {"prefix": key}, opts, "list", fast._KV)
-            return _Read("KVS.Get", {"key": key}, opts, "raw" if fast._flag(query, "raw") else "get", fast._KV)
+                             fast.KV_ROUTE)
+            if fast.query_flag(query, "recurse"):
+                return _Read("KVS.List", {"prefix": key}, opts, "list", fast.KV_ROUTE)
+            return _Read("KVS.Get", {"key": key}, opts, "raw" if fast.query_flag(query, "raw") else "get", fast.KV_ROUTE)
         if path == _SERVICES:
             if not keys <= _SERVICES_PARAMS:
                 raise _NotOurs
             opts = self._options(query, discovery=True)
             return _Read("Catalog.ListServices", {"node_meta": {}, "instances": False}, opts, "json", _SERVICES)
-        for pattern in (fast._HEALTH, fast._CATALOG):
+        for pattern in (fast.HEALTH_ROUTE, fast.CATALOG_ROUTE):
             if path.startswith(pattern):
                 break
         else:
@@ -170,11 +170,11 @@ class BlockingRoutes:
         if not service or "/" in service:
             raise _NotOurs
         tags = query.getall("tag", [])
-        if pattern == fast._HEALTH:
+        if pattern == fast.HEALTH_ROUTE:
             if not keys <= _HEALTH_PARAMS:
                 raise _NotOurs
             opts = self._options(query, discovery=True)
-            passing = fast._flag(query, "passing")
+            passing = fast.query_flag(query, "passing")
             args = {"service": service, "tags": tags, "passing": passing, "node_meta": {},
                     "datacenter": self.routes.datacenter, "near": ""}
             return _Read("Health.ServiceNodes", args, opts, "health-passing" if passing else "json", pattern, service)
@@ -189,6 +189,7 @@ class BlockingRoutes:
     def answer(self, read: _Read, meta: QueryMeta, result: Any) -> bytes:
         """The whole response, encoded once per (answer object, meta, kind, second): every
         watcher woken by one change with one answer gets the same bytes."""
+        self.answered += 1  # (not in http/fast.py's count: tests tell the two apart)
         if read.kind == "health-passing":
             self.routes.protection_log.note(read.service, _protected(result))
         # The Date header's text (aiohttp's, cached per second) is part of what is shared.
@@ -197,20 +198,20 @@ class BlockingRoutes:
 
     def _encode(self, read: _Read, meta: QueryMeta, result: Any) -> bytes:
         routes = self.routes
-        head = fast._meta_bytes(meta)
+        head = fast.meta_header_bytes(meta)
         kind = read.kind
         if kind == "list":
             if not result:
                 return routes.response(404, head, b"")
-            return routes.response(200, head + fast._JSON, _dumps(result))
+            return routes.response(200, head + fast.JSON_HEADER, _dumps(result))
         if kind in ("get", "raw"):
             if result is None:
                 return routes.response(404, head, b"")
             if kind == "raw":
                 value = base64.b64decode(result["Value"]) if result["Value"] is not None else b""
                 return routes.response(200, b"Content-Type: text/plain\r\n" + head, value)
-            return routes.response(200, head + fast._JSON, _dumps([result]))
-        head += fast._JSON
+            return routes.response(200, head + fast.JSON_HEADER, _dumps([result]))
+        head += fast.JSON_HEADER
         if kind == "health-passing" and _protected(result):
             head += _PROTECTED
         return routes.response(200, head, _dumps(result))
@@ -251,7 +252,7 @@ class BlockingRequestHandler(fast.FastRequestHandler):
         if msg.method != "GET" or msg.version != HttpVersion11 or msg.should_close or msg.upgrade or msg.compression:
             return None
         headers = msg.headers
-        for name in fast._SLOW_HEADERS:
+        for name in fast.SLOW_HEADERS:
             if name in headers:
                 return None
         target = msg.path
@@ -294,7 +295,6 @@ class BlockingRequestHandler(fast.FastRequestHandler):
     def _send(self, read: _Read, meta: QueryMeta, result: Any, start: float) -> None:
         data = self._blocking.answer(read, meta, result)
         self._routes.observe("GET", read.pattern, start)
-        self._blocking.answered += 1  # (not in http/fast.py's count: tests tell the two apart)
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)

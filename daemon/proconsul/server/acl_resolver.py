@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 Query = Callable[[str, dict[str, Any], QueryOptions], Awaitable[tuple[QueryMeta, Any]]]
 _STALE = QueryOptions(allow_stale=True)
+_LEADER = QueryOptions()
 
 
 class ACLNotFound(Exception):
@@ -89,6 +90,11 @@ class ACLResolver:
             return hit[1]
         try:
             _, found = await self._query("ACL.Resolve", {"secret": secret}, _STALE)
+            if found["token"] is None and secret != ANONYMOUS_SECRET:
+                # A server that answered from its own state may not have applied a token the
+                # leader just committed (followers learn commits a moment later): before saying
+                # "ACL not found", ask again in the default mode, which the leader answers.
+                _, found = await self._query("ACL.Resolve", {"secret": secret}, _LEADER)
         except RPCError as exc:
             return self._down(secret, hit, exc)
         authz = self._build(secret, found)

@@ -287,10 +287,13 @@ class ParkedRead:
     and calls `on_done` once with the outcome; a cancelled read calls nothing.
     """
 
-    __slots__ = ("_server", "_on_done", "_finished", "_parked", "_consistency", "_timer", "_calls", "_call")
+    __slots__ = ("_meta_of", "_left", "_on_done", "_finished", "_parked", "_consistency", "_timer", "_calls",
+                 "_call")
 
-    def __init__(self, server: Server, on_done: Callable[[ParkedOutcome], None]) -> None:
-        self._server = server
+    def __init__(self, meta_of: Callable[[int, str], QueryMeta], left: Callable[[], None],
+                 on_done: Callable[[ParkedOutcome], None]) -> None:
+        self._meta_of = meta_of  # the server's QueryMeta for an index and consistency mode
+        self._left = left  # tells the server a parked reader left its table
         self._on_done = on_done
         self._finished = False
         self._parked: _Parked | None = None
@@ -301,6 +304,20 @@ class ParkedRead:
 
     def done(self) -> bool:
         return self._finished
+
+    def join_forwarded(self, calls: SharedCalls, key: Any, start: Callable[[], Awaitable[Any]]) -> None:
+        """Wait on the shared forwarded call `key` (a follower's), started by `start` if new."""
+        self._calls = calls
+        self._call = calls.join(key, start, self)
+
+    def wait_on(self, parked: _Parked, consistency: str, wait_s: float) -> None:
+        """Wait in `parked`'s table (the server added it there) until woken or `wait_s` passed."""
+        self._parked, self._consistency = parked, consistency
+        loop = asyncio.get_running_loop()
+        if parked.done:  # answered, its readers being woken in batches: this one with them
+            loop.call_soon(self._finish)
+        else:
+            self._timer = loop.call_later(wait_s, self._finish)
 
     def set_result(self, _value: Any) -> None:
         """Woken (the shared read answered or failed, the forwarded call ended)."""
@@ -332,7 +349,7 @@ class ParkedRead:
         if parked is not None:
             if parked.error is not None:
                 raise parked.error
-            return self._server._meta(parked.index, self._consistency), parked.result
+            return self._meta_of(parked.index, self._consistency), parked.result
         assert self._call is not None
         if not self._call.task.done():  # cannot happen: woken only by the call's end
             raise RPCError("forwarded blocking read ended without an answer")
@@ -346,7 +363,7 @@ class ParkedRead:
         if parked is not None:
             parked.waiters.pop(self, None)  # type: ignore[call-overload]
             parked.leave()
-            self._server._parked_reader_left()
+            self._left()
         call, self._call = self._call, None
         if call is not None and self._calls is not None:
             self._calls.leave(call, self)
@@ -644,7 +661,7 @@ class Server:
         spec = queries.spec(name)
         if args_text is None:
             args_text = args_key(args)
-        reader = ParkedRead(self, on_done)
+        reader = ParkedRead(self._meta, self._parked_reader_left, on_done)
         if not opts.allow_stale and not c.is_leader():
             leader = c.leader_address()
             if self.pool is None or not leader:
@@ -652,8 +669,7 @@ class Server:
             self._m_request.incr()
             # Joined to the call identical readers awaiting `query` share (_forward_query_shared).
             key = (leader, name, args_text, tuple(opts.wire()))
-            reader._calls = self._forwarding
-            reader._call = self._forwarding.join(key, lambda: self._forward_query(leader, name, args, opts), reader)
+            reader.join_forwarded(self._forwarding, key, lambda: self._forward_query(leader, name, args, opts))
             return reader
         if not opts.allow_stale and not c.ready_for_reads():
             return None
@@ -673,13 +689,9 @@ class Server:
             parked = self._new_parked(key, run, spec.watch_set(args), opts.min_index, index, result)
         parked.readers += 1
         parked.waiters[reader] = None  # type: ignore[index]
-        reader._parked, reader._consistency = parked, consistency
         self._blocking += 1
         self._m_blocking.set(self._blocking)
-        if parked.done:  # answered, its readers being woken in batches: this one with them
-            asyncio.get_running_loop().call_soon(reader._finish)
-        else:
-            reader._timer = asyncio.get_running_loop().call_later(self.wait_time(opts), reader._finish)
+        reader.wait_on(parked, consistency, self.wait_time(opts))
         return reader
 
     def _parked_reader_left(self) -> None:
