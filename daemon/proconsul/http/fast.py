@@ -111,6 +111,16 @@ def aiohttp_supported() -> bool:
     return all(hasattr(web.RequestHandler, name) for name in _AIOHTTP_INTERNALS)
 
 
+def service_route(path: str) -> tuple[str, str] | None:
+    """(route prefix, service name) of a `/v1/health/service/<name>` or `/v1/catalog/service/<name>`
+    path, or None for any other path (a name with a slash included: the normal path answers it)."""
+    for pattern in (HEALTH_ROUTE, CATALOG_ROUTE):
+        if path.startswith(pattern):
+            service = path[len(pattern):]
+            return (pattern, service) if service and "/" not in service else None
+    return None
+
+
 def query_flag(query: Any, name: str) -> bool:
     """common.flag on a parsed query: present and not "false"/"0"."""
     value = query.get(name)
@@ -527,14 +537,11 @@ class FastRequestHandler(GuardedRequestHandler):
                     data = routes.kv_get(key, query, passed)
                     pattern = KV_ROUTE
                 else:
-                    for pattern, read in ((HEALTH_ROUTE, routes.health_service), (CATALOG_ROUTE, routes.catalog_service)):  # noqa: B007 (used after the break)
-                        if path.startswith(pattern):
-                            break
-                    else:
+                    matched = service_route(path)
+                    if matched is None:
                         return False
-                    service = path[len(pattern):]
-                    if not service or "/" in service:
-                        return False
+                    pattern, service = matched
+                    read = routes.health_service if pattern == HEALTH_ROUTE else routes.catalog_service
                     data = read(service, query, passed)
                 self.request_started()
                 routes.observe("GET", pattern, start)  # as the middleware: before the answer goes out

@@ -161,14 +161,10 @@ class BlockingRoutes:
                 raise _NotOurs
             opts = self._options(query, discovery=True)
             return _Read("Catalog.ListServices", {"node_meta": {}, "instances": False}, opts, "json", _SERVICES)
-        for pattern in (fast.HEALTH_ROUTE, fast.CATALOG_ROUTE):
-            if path.startswith(pattern):
-                break
-        else:
+        matched = fast.service_route(path)
+        if matched is None:
             raise _NotOurs
-        service = path[len(pattern):]
-        if not service or "/" in service:
-            raise _NotOurs
+        pattern, service = matched
         tags = query.getall("tag", [])
         if pattern == fast.HEALTH_ROUTE:
             if not keys <= _HEALTH_PARAMS:
