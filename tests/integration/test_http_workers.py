@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from cluster_helpers import Cluster, free_subnet
 from helpers import AgentProcess, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 # Writes only from loopback: a write forwarded by a worker passes only if the agent sees the
 # client's real address (a unix-socket peer has none, and is refused).
@@ -62,6 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("workers")
     agent = AgentProcess(
         "-server", "-bootstrap-expect=1", "-hcl", "performance { raft_multiplier = 1 }", "-hcl", WORKERS_HCL,
+        "-hcl", 'telemetry { prometheus_retention_time = "60s" }',
         dev=False, ip=ip, node="w1", data_dir=str(root / "data"),
     ).start()
     wait_for(lambda: len(_worker_pids(agent)) == 2, timeout=60, what=f"two workers\n{agent.log()}")
@@ -237,6 +239,39 @@ def test_a_followers_default_reads_still_go_to_the_leader(tmp_path: Path) -> Non
                  what=f"a stale read answered by the follower's worker\n{follower.log()}")
     finally:
         cluster.stop()
+
+
+def _prometheus_count(agent: AgentProcess, method: str, path_label: str) -> float:
+    status, _, body = _request(agent.addr, "GET", "/v1/agent/metrics?format=prometheus")
+    assert status == 200
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if (sample.name == "consul_api_http_count"
+                    and sample.labels == {"method": method, "path": path_label}):
+                return sample.value
+    return 0.0
+
+
+def test_the_agents_metrics_count_the_requests_every_process_answered(server: AgentProcess) -> None:
+    """Each worker reports its telemetry to the agent: the agent's `api.http` timer counts the
+    requests its workers answered as well as its own, each once."""
+    wait_for(lambda: _a_worker_answers(server, "/v1/kv/w/metrics-warmup?stale"), timeout=60, what="workers serving")
+    # A route no other test here reads (the worker-answered warm-up above is a KV read).
+    path, label = "/v1/health/checks/metrics-probe", "v1_health_checks_"
+    assert _prometheus_count(server, "GET", label) == 0
+    by_worker = by_agent = 0
+    total = 60
+    for _ in range(total):
+        status, headers, _ = _request(server.addr, "GET", path)
+        assert status == 200
+        if "x-proconsul-worker" in headers:
+            by_worker += 1
+        else:
+            by_agent += 1
+    assert by_worker > 0, "no read was answered by a worker"
+    wait_for(lambda: _prometheus_count(server, "GET", label) >= total, timeout=30,
+             what=f"{total} reads counted ({by_worker} by workers, {by_agent} by the agent)")
+    assert _prometheus_count(server, "GET", label) == total
 
 
 def test_a_write_with_expect_100_continue_goes_through(server: AgentProcess) -> None:

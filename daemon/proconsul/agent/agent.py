@@ -171,7 +171,8 @@ class Agent:
         self.http_workers: WorkerSupervisor | None = None
         if cfg.http_workers > 1 and cfg.server and not cfg.dev:
             # Raft's status is read late: the driver is built below, with the feed's subscriber.
-            self.http_feed = ApplyFeed(self.store, self._worker_hello, status=lambda: self.log if self.raft is not None else None)
+            self.http_feed = ApplyFeed(self.store, self._worker_hello, status=lambda: self.log if self.raft is not None else None,
+                                       metrics=self.metrics)
             self.http_workers = WorkerSupervisor(cfg.http_workers - 1, self.http_feed)
         elif cfg.http_workers > 1:
             logger.warning("agent: http_workers = %d is used on servers only; this agent serves HTTP alone",

@@ -38,6 +38,18 @@ class Aggregate:
         if self.count == 1 or value > self.max:
             self.max = value
 
+    def merge(self, other: Aggregate) -> None:
+        """Fold in another aggregate's values (as if each had been ingested here)."""
+        if other.count <= 0:
+            return
+        if self.count == 0 or other.min < self.min:
+            self.min = other.min
+        if self.count == 0 or other.max > self.max:
+            self.max = other.max
+        self.count += other.count
+        self.total += other.total
+        self.sumsq += other.sumsq
+
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0

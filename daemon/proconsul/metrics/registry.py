@@ -269,6 +269,45 @@ class Metrics:
         out, self.outbox = self.outbox or [], None
         return out
 
+    # ------------------------------------------------------------- another process's values
+
+    def merge(self, kind: str, parts: tuple[str, ...], help: str, label_names: tuple[str, ...],
+              label_values: tuple[str, ...], agg: Aggregate, values: list[float]) -> None:
+        """Add what another process recorded for one counter or sample series (`agg`: its
+        count, sum, sum of squares, min and max since its last report; `values`: some or all of
+        the individual values, for quantile windows and the statsd sinks) into this registry's
+        current interval and running totals, as if recorded here now. The family is declared if
+        this process has not; one declared here differently raises ValueError."""
+        if kind == GAUGE or agg.count <= 0:
+            raise ValueError("metrics: only counters and samples with values merge")
+        family, declared = self._declare(kind, parts, help, label_names)
+        s = self.series_for(family, label_values) if label_values else declared
+        now = self.clock()
+        interval = self.inmem.newest if now < self.inmem.end else self.inmem.current(now)
+        table = interval.counters if kind == COUNTER else interval.samples
+        mine = table.get(s)
+        if mine is None:
+            mine = table[s] = Aggregate()
+        mine.merge(agg)
+        s.total += agg.total
+        if kind == SAMPLE:
+            s.count += agg.count
+        s.updated = now
+        out = self.outbox
+        if out is not None:
+            # A counter's report is one increment by its sum (what a statsd server adds up anyway).
+            for value in (values if kind == SAMPLE else (agg.total,)):
+                if len(out) >= OUTBOX_CAP:
+                    break
+                out.append((s, value))
+        if kind == SAMPLE and self.keep_quantiles:
+            if now - s.window_start >= WINDOW_S:
+                s.prev_window = s.window if now - s.window_start < 2 * WINDOW_S else []
+                s.window = []
+                s.window_start = now
+            room = WINDOW_CAP - len(s.window)
+            s.window.extend(values[:room])
+
     # --------------------------------------------------------------------------- reading
 
     def summary(self) -> dict[str, Any]:

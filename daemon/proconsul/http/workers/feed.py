@@ -7,7 +7,9 @@ encoded in a thread) and, in order after it, every entry Raft applies from that 
 worker's copy equals this store at each index. It also pushes the Raft status (leader? last
 contact?) when it changes and answers barrier requests with it: written after every entry applied
 so far, an answer tells the worker it holds everything this process had applied when it asked.
-A snapshot install replaces the state wholesale: every connection is closed, and the workers
+Workers report what their telemetry recorded (METRICS frames), merged into the agent's registry
+(`proconsul.metrics.remote`), so `/v1/agent/metrics`, the Prometheus view and the statsd sinks
+count every request whichever process answered it. A snapshot install replaces the state wholesale: every connection is closed, and the workers
 re-bootstrap. So is one whose worker reads too slowly (its buffer passes `MAX_BUFFER`).
 """
 
@@ -20,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from proconsul.http.workers import frames
+from proconsul.metrics.registry import Metrics
+from proconsul.metrics.remote import merge_report
 from proconsul.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -62,8 +66,10 @@ class ApplyFeed:
     machine's subscriber, so the status is looked up late rather than set afterwards.
     """
 
-    def __init__(self, store: Store, hello: Callable[[], dict[str, Any]], status: Callable[[], Any]) -> None:
+    def __init__(self, store: Store, hello: Callable[[], dict[str, Any]], status: Callable[[], Any],
+                 metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics  # where the workers' reports go (None: dropped)
         self.hello = hello
         self._status = status
         self.applied = 0
@@ -153,6 +159,8 @@ class ApplyFeed:
                     seq = frames.split_index(payload)[0]
                     if not conn.send(self._status_frame(frames.BARRIER_ANSWER, seq)):
                         break
+                elif kind == frames.METRICS and self.metrics is not None:
+                    merge_report(self.metrics, payload)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:

@@ -3,7 +3,8 @@
 Owns the byte layout of one frame (4-byte payload length, 1-byte kind, payload) and the kinds:
 the agent sends its configuration (HELLO), the store snapshot a worker starts from (SNAPSHOT),
 every applied Raft entry in order (ENTRY), its Raft status (STATUS) and barrier answers
-(BARRIER_ANSWER); a worker sends barrier requests (BARRIER). The stream is ordered, which is
+(BARRIER_ANSWER); a worker sends barrier requests (BARRIER) and, every 100 ms, what its
+telemetry recorded (METRICS: JSON rows of `proconsul.metrics.remote`). The stream is ordered, which is
 what makes the barrier work: an answer is written after every entry applied before it.
 """
 
@@ -18,6 +19,7 @@ ENTRY = b"E"
 STATUS = b"T"
 BARRIER = b"b"
 BARRIER_ANSWER = b"B"
+METRICS = b"M"
 
 _HEAD = struct.Struct("!Ic")
 _INDEX = struct.Struct("!Q")

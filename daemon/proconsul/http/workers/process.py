@@ -36,9 +36,12 @@ from proconsul.http.workers.proxy import Forwarder
 from proconsul.http.workers.replica import Replica
 from proconsul.listen import listen_backlog
 from proconsul.metrics.registry import Metrics
+from proconsul.metrics.remote import take_report
 
 logger = logging.getLogger("proconsul.http.worker")
 PR_SET_PDEATHSIG = 1
+# How often a worker reports its telemetry to the agent (the statsd sinks' flush interval too).
+METRICS_REPORT_S = 0.1
 
 
 def _die_with_parent(parent: int) -> None:
@@ -57,6 +60,9 @@ class Worker:
 
     def __init__(self, control: str, forward: str, own_log_level: bool = False) -> None:
         self.metrics = Metrics()
+        # Every value recorded here is reported to the agent (`_report_metrics`), whose
+        # registry is the one operators read.
+        self.metrics.open_outbox()
         self.replica = Replica(control, self._on_hello)
         self.agent = WorkerAgent(self.replica, self.metrics)
         self.forwarder = Forwarder(forward)
@@ -66,6 +72,7 @@ class Worker:
         self.runner: web.AppRunner | None = None
         self.listeners: list[asyncio.AbstractServer] = []
         self._follow: asyncio.Task[None] | None = None
+        self._reports: asyncio.Task[None] | None = None
 
     def _on_hello(self, hello: dict[str, Any]) -> None:
         self.agent.configure(hello)
@@ -78,7 +85,16 @@ class Worker:
 
     def follow(self, gone: Callable[[], None]) -> None:
         """Connect to the agent's feed and keep the replica; `gone` when the agent has exited."""
-        self._follow = asyncio.get_running_loop().create_task(self.replica.run(gone), name="replica")
+        loop = asyncio.get_running_loop()
+        self._follow = loop.create_task(self.replica.run(gone), name="replica")
+        self._reports = loop.create_task(self._report_metrics(), name="metrics-reports")
+
+    async def _report_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_REPORT_S)
+            payload = take_report(self.metrics)
+            if payload is not None:
+                self.replica.report(payload)
 
     async def listen(self, socks: list[socket.socket]) -> None:
         """Serve on `socks` (after the first configuration arrived: `replica.hello_seen`)."""
@@ -112,6 +128,12 @@ class Worker:
         if self.runner is not None:
             await self.runner.cleanup()
         await self.forwarder.close()
+        if self._reports is not None:
+            self._reports.cancel()
+            # What was recorded since the last report (the requests answered while stopping).
+            payload = take_report(self.metrics)
+            if payload is not None:
+                self.replica.report(payload)
         if self._follow is not None:
             self._follow.cancel()
 

@@ -117,6 +117,15 @@ class Replica:
         for callbacks in (*waiting.values(), batch):
             _call(callbacks, None)
 
+    def report(self, payload: bytes) -> bool:
+        """Send the agent a metrics report (`proconsul.metrics.remote`); False when not connected
+        (the report is then lost: telemetry is best effort, as a statsd datagram is)."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return False
+        writer.write(frames.frame(frames.METRICS, payload))
+        return True
+
     # ---------------------------------------------------------------------------- stream
 
     async def run(self, gone: Callable[[], None]) -> None:
