@@ -22,11 +22,11 @@ def test_validate_exits_non_zero_naming_the_refused_key(tmp_path: Path) -> None:
 def test_validate_warns_about_inert_keys_and_passes(tmp_path: Path) -> None:
     path = tmp_path / "agent.hcl"
     path.write_text(
-        f'data_dir = "{tmp_path}"\nbind_addr = "127.0.0.1"\ntelemetry {{ prefix_filter = ["+consul.raft"] }}\n'
+        f'data_dir = "{tmp_path}"\nbind_addr = "127.0.0.1"\nlimits {{ rpc_rate = 10.0 }}\n'
     )
     proc = subprocess.run(
         [sys.executable, "-m", "proconsul", "validate", str(path)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
     assert "Configuration is valid!" in proc.stdout
-    assert "telemetry.prefix_filter is accepted but not implemented" in proc.stderr
+    assert "limits.rpc_rate is accepted but not implemented" in proc.stderr

@@ -155,13 +155,12 @@ def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None
     path = _write(
         tmp_path,
         "agent.hcl",
-        f'data_dir = "{tmp_path}"\ntelemetry {{ filter_default = false }}\n'
+        f'data_dir = "{tmp_path}"\n'
         'limits { rpc_rate = 10.0 }\nacl { policy_ttl = "10s" }\ndns_config { use_cache = true }\n',
     )
     errors, warnings = validate_paths_with_warnings([path])
     assert errors == []
     for key in (
-        "telemetry.filter_default",
         "limits.rpc_rate",
         "acl.policy_ttl",
         "dns_config.use_cache",
@@ -172,7 +171,20 @@ def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None
         )
     # Start-up carries the same warnings (run_agent logs every LoadResult warning).
     result = load(["-config-file", path])
-    assert any("telemetry.filter_default" in w for w in result.warnings)
+    assert any("limits.rpc_rate" in w for w in result.warnings)
+
+
+def test_prefix_filter_rules_consul_skips_are_warned_about_naming_file_and_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, "telemetry.hcl", f'data_dir = "{tmp_path}"\n'
+                  'telemetry { prefix_filter = ["+consul.raft", "", "nix", "-consul.api"] filter_default = false }\n')
+    errors, warnings = validate_paths_with_warnings([path])
+    assert errors == []
+    assert f"{path}: telemetry.prefix_filter: Cannot have empty filter rule in prefix_filter" in warnings
+    assert f"{path}: telemetry.prefix_filter: Filter rule must begin with either '+' or '-': \"nix\"" in warnings
+    assert not any("not implemented" in w for w in warnings), warnings  # honoured, not inert
+    cfg = load(["-config-file", path]).config
+    assert cfg.telemetry.prefix_filter == ("+consul.raft", "", "nix", "-consul.api")
+    assert cfg.telemetry.filter_default is False
 
 
 def test_statsd_sinks_are_honoured_and_their_addresses_checked(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import signal
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -331,6 +332,32 @@ def test_metrics_prefix_is_honoured() -> None:
         names = set(_prometheus(agent))
         assert "pc_api_http_count" in names and "pc_kvs_apply_count" in names
         assert not any(name.startswith("consul_") for name in names)
+    finally:
+        agent.stop()
+
+
+def test_prefix_filter_blocks_families_and_a_reload_changes_it(tmp_path: Path) -> None:
+    """`telemetry.prefix_filter` as go-metrics applies it: the blocked family records nothing
+    and is listed nowhere; a reload with other rules (SIGHUP) applies them at once."""
+    config = tmp_path / "telemetry.json"
+    config.write_text(json.dumps({"telemetry": {
+        "prometheus_retention_time": "60s", "disable_hostname": True, "prefix_filter": ["-consul.api.http", "-consul.kvs"],
+    }}))
+    agent = AgentProcess(f"-config-file={config}").start()
+    try:
+        _put_keys(agent, 3)
+        names = set(_prometheus(agent))
+        assert "consul_txn_apply_count" in names  # not blocked
+        assert not any(n.startswith(("consul_api_http", "consul_kvs_")) for n in names), sorted(names)
+        config.write_text(json.dumps({"telemetry": {
+            "prometheus_retention_time": "60s", "disable_hostname": True, "prefix_filter": ["-consul.kvs"],
+        }}))
+        agent.signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded configuration" in agent.log(), timeout=30, what=f"the reload\n{agent.log()}")
+        _put_keys(agent, 2)
+        samples = _prometheus(agent)
+        assert samples["consul_api_http_count"][(("method", "PUT"), ("path", "v1_kv_"))] == 2
+        assert not any(n.startswith("consul_kvs_") for n in samples)
     finally:
         agent.stop()
 

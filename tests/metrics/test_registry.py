@@ -210,3 +210,49 @@ def test_quantile_windows_are_kept_only_when_prometheus_is_served() -> None:
     t = m.sample("x")
     t.observe(1.0)
     assert m.series[("consul.x", ())].window == []
+
+
+def test_prefix_filter_blocks_by_longest_rule_and_filter_default() -> None:
+    clock = Clock()
+    m = Metrics(clock=clock, hostname="box", prometheus_retention_s=60,
+                prefix_filter=("-consul.api", "+consul.api.http.extra", "-consul.box", "+consul.raft", "-consul.raft"))
+    http = m.sample("api", "http", labels=("method", "path"))
+    extra = m.counter("api", "http", "extra")
+    apply = m.counter("raft", "apply")
+    leader_gauge = m.gauge("server", "isLeader")  # "consul.box.server.isLeader": a host-name rule
+    kept = m.counter("kvs", "apply")
+    http.with_labels("GET", "v1_kv_").observe(3.0)
+    extra.incr()
+    apply.incr()  # "+consul.raft" and "-consul.raft": the same prefix both ways is blocked
+    leader_gauge.set(1.0)
+    kept.incr()
+    clock.now += 10
+    doc = m.summary()
+    names = {e["Name"] for section in ("Gauges", "Counters", "Samples") for e in doc[section]}
+    assert names == {"consul.api.http.extra", "consul.kvs.apply"}
+    prom = {f.name for f in _families(m).values()}
+    assert "consul_api_http" not in prom and "consul_raft_apply" not in prom
+    assert {"consul_kvs_apply", "consul_api_http_extra"} <= prom
+
+    # Without a matching rule filter_default decides; with no rules at all too.
+    closed = Metrics(clock=clock, hostname="", prefix_filter=("+consul.raft",), filter_default=False)
+    closed.counter("raft", "apply").incr()
+    closed.counter("kvs", "apply").incr()
+    clock.now += 10
+    assert [e["Name"] for e in closed.summary()["Counters"]] == ["consul.raft.apply"]
+    assert not Metrics(filter_default=False).allows("consul.raft.apply")
+
+
+def test_a_new_prefix_filter_applies_to_families_already_declared() -> None:
+    clock = Clock()
+    m = Metrics(clock=clock, hostname="")
+    timer = m.sample("api", "http", labels=("method", "path")).with_labels("GET", "v1_kv_")
+    timer.observe(1.0)
+    m.set_filter(("-consul.api.http",))
+    timer.observe(2.0)  # a handle taken before the reload records nothing now
+    clock.now += 10
+    assert [e["Count"] for e in m.summary()["Samples"]] == [1]
+    m.set_filter(())
+    timer.observe(5.0)
+    clock.now += 10
+    assert [(e["Count"], e["Sum"]) for e in m.summary()["Samples"]] == [(1, 5.0)]

@@ -141,6 +141,8 @@ class Agent:
             prefix=telemetry.metrics_prefix,
             hostname="" if telemetry.disable_hostname else configmod.hostname(),
             prometheus_retention_s=telemetry.prometheus_retention_time_s,
+            prefix_filter=telemetry.prefix_filter,
+            filter_default=telemetry.filter_default,
         )
         self.runtime_metrics = RuntimeSampler(self.metrics)
         # statsd_address / dogstatsd_addr / statsite_address: every recorded value also goes out
@@ -646,6 +648,8 @@ class Agent:
             logger.info("agent: log level is now %s", new.log_level)
         logger.debug("agent: reloadable settings changed: %s", ", ".join(reloadable) or "none")
         self.local.set_node_meta(dict(new.node_meta))
+        if new.telemetry.prefix_filter != old.telemetry.prefix_filter:
+            self.metrics.set_filter(new.telemetry.prefix_filter)
         self.tokens["default"] = new.acl.tokens.default or self.tokens["default"]
         self.tokens["agent"] = new.acl.tokens.agent or self.tokens["agent"]
         self.tokens["agent_recovery"] = new.acl.tokens.agent_recovery or self.tokens["agent_recovery"]

@@ -34,6 +34,7 @@ from proconsul.config.model import (
 )
 from proconsul.config.result import Collector
 from proconsul.config.schema import LIST_KINDS, SCHEMA, TLS_SECTION_SCHEMA, field_name
+from proconsul.metrics.registry import parse_prefix_filter
 from proconsul.metrics.statsd import split_address
 from proconsul.tls import context as tls_context
 from proconsul.tls.rpc import TLSConfigurator
@@ -572,7 +573,11 @@ def _http(c: _Ctx) -> None:
 
 
 def _telemetry(c: _Ctx) -> None:
-    """The metric sinks' addresses must be host:port (the sinks send to them)."""
+    """The metric sinks' addresses must be host:port (the sinks send to them); a prefix_filter
+    rule Consul would skip is skipped with its warning."""
+    _, _, problems = parse_prefix_filter(c.get("telemetry.prefix_filter", []) or [])
+    where = c.out.origin.get("telemetry.prefix_filter", "telemetry.prefix_filter")
+    c.out.warnings.extend(f"{where}: {problem}" for problem in problems)
     for key in ("statsd_address", "dogstatsd_addr", "statsite_address"):
         address = c.get(f"telemetry.{key}")
         if address:

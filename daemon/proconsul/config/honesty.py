@@ -104,6 +104,8 @@ IMPLEMENTED: frozenset[str] = frozenset(
         # proconsul.metrics.statsd: go-metrics' statsd and DogStatsD (UDP) and statsite (TCP) sinks.
         "telemetry.statsd_address", "telemetry.dogstatsd_addr", "telemetry.dogstatsd_tags",
         "telemetry.statsite_address",
+        # proconsul.metrics.registry: go-metrics' allow/block prefixes (reloadable) and default.
+        "telemetry.prefix_filter", "telemetry.filter_default",
         # proconsul.tls: the HTTPS listener's material and client verification, TLS on the server
         # port (tls/rpc.py: incoming, outgoing, server names), reloaded on SIGHUP. What the
         # defaults would reach beyond that (gRPC) is checked by _tls_reach below.
@@ -121,7 +123,6 @@ INERT: frozenset[str] = frozenset(
         "encrypt_verify_incoming", "encrypt_verify_outgoing",  # gossip is always verified when encrypted
         "dns_config.use_cache", "dns_config.cache_max_age",
         "limits.rpc_rate", "limits.rpc_max_burst", "limits.rpc_max_conns_per_client",
-        "telemetry.prefix_filter", "telemetry.filter_default",
         "http_config.max_header_bytes",
         "unix_sockets.user", "unix_sockets.group", "unix_sockets.mode",  # unix sockets are refused
         "translate_wan_addrs",

@@ -9,6 +9,11 @@ gauge values, last update for `prometheus_retention_time` expiry), and the outbo
 DogStatsD sinks drain (`proconsul.metrics.statsd`): every recorded value, as go-metrics hands
 each one to its sinks, in a bounded list so a stalled sender costs no more than the bound.
 
+Filtering as go-metrics does it for `telemetry { prefix_filter, filter_default }`: a family whose
+full name's longest matching rule is a "-" rule (or that no rule matches, with `filter_default =
+false`) records nothing and is not shown, decided at declaration and again when the rules are
+replaced on reload (`set_filter`), so a recording pays one flag test.
+
 Recording happens on the event loop thread only (no locks): one clock read, one dict lookup in
 the current interval, a few float operations. A labelled series is looked up once by the caller
 (`with_labels`) and kept, so the hot path allocates nothing after warm-up.
@@ -16,13 +21,16 @@ the current interval, a few float operations. A labelled series is looked up onc
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from proconsul.metrics.inmem import Aggregate, Inmem, Interval
 
-__all__ = ["COUNTER", "GAUGE", "OUTBOX_CAP", "SAMPLE", "Counter", "Gauge", "Metrics", "Sample", "Series"]
+__all__ = [
+    "COUNTER", "GAUGE", "OUTBOX_CAP", "SAMPLE", "Counter", "Gauge", "Metrics", "Sample", "Series", "parse_prefix_filter",
+]  # fmt: skip
 
 COUNTER = "counter"
 GAUGE = "gauge"
@@ -66,7 +74,7 @@ class Series:
 class Family:
     """A declared metric: kind, dotted name (prefix included), help, label names."""
 
-    __slots__ = ("bare_name", "help", "kind", "label_names", "name", "prom_name")
+    __slots__ = ("bare_name", "blocked", "help", "kind", "label_names", "name", "prom_name")
 
     def __init__(self, kind: str, name: str, help: str, label_names: tuple[str, ...], bare_name: str = "") -> None:
         self.kind = kind
@@ -76,6 +84,25 @@ class Family:
         self.help = help
         self.label_names = label_names
         self.prom_name = prometheus_name(name)
+        self.blocked = False  # by telemetry.prefix_filter / filter_default: records nothing
+
+
+def parse_prefix_filter(rules: tuple[str, ...] | list[str]) -> tuple[list[str], list[str], list[str]]:
+    """`telemetry.prefix_filter` as Consul reads it: (allowed prefixes, blocked prefixes,
+    warnings); an empty rule or one not starting with "+" or "-" is skipped with a warning."""
+    allowed: list[str] = []
+    blocked: list[str] = []
+    warnings: list[str] = []
+    for rule in rules:
+        if not rule:
+            warnings.append("Cannot have empty filter rule in prefix_filter")
+        elif rule[0] == "+":
+            allowed.append(rule[1:])
+        elif rule[0] == "-":
+            blocked.append(rule[1:])
+        else:
+            warnings.append(f"Filter rule must begin with either '+' or '-': {json.dumps(rule)}")
+    return allowed, blocked, warnings
 
 
 def prometheus_name(name: str) -> str:
@@ -111,6 +138,8 @@ class Counter(_Handle):
     __slots__ = ()
 
     def incr(self, value: float = 1.0) -> None:
+        if self._family.blocked:
+            return
         m = self._metrics
         now = m.clock()
         s = self._series
@@ -131,6 +160,8 @@ class Gauge(_Handle):
     __slots__ = ()
 
     def set(self, value: float) -> None:
+        if self._family.blocked:
+            return
         m = self._metrics
         now = m.clock()
         s = self._series
@@ -149,6 +180,8 @@ class Sample(_Handle):
     __slots__ = ()
 
     def observe(self, value: float) -> None:
+        if self._family.blocked:
+            return
         m = self._metrics
         now = m.clock()
         s = self._series
@@ -191,6 +224,8 @@ class Metrics:
         interval_s: float = 10.0,
         retain_s: float = 60.0,
         prometheus_retention_s: float = 0.0,
+        prefix_filter: tuple[str, ...] = (),
+        filter_default: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.prefix = prefix
@@ -204,6 +239,28 @@ class Metrics:
         self.series: dict[tuple[str, tuple[str, ...]], Series] = {}
         # (series, value) of every recording since the sinks' last flush; None without a sink.
         self.outbox: list[tuple[Series, float]] | None = None
+        self.filter_default = filter_default
+        self._rules: list[tuple[str, bool]] = []  # (prefix, allowed?), longest prefix first
+        self.set_filter(prefix_filter)
+
+    # ------------------------------------------------------------------------- filtering
+
+    def set_filter(self, prefix_filter: tuple[str, ...] | list[str]) -> None:
+        """Replace the `prefix_filter` rules (start-up and reload) and re-decide every family."""
+        allowed, blocked, _ = parse_prefix_filter(prefix_filter)
+        rules = {prefix: True for prefix in allowed}
+        rules.update((prefix, False) for prefix in blocked)  # a prefix in both is blocked
+        self._rules = sorted(rules.items(), key=lambda rule: len(rule[0]), reverse=True)
+        for family in self.families.values():
+            family.blocked = not self.allows(family.name)
+
+    def allows(self, name: str) -> bool:
+        """Whether the series named `name` (full dotted name) is recorded: the longest rule that
+        prefixes it decides, else `filter_default`."""
+        for prefix, allowed in self._rules:
+            if name.startswith(prefix):
+                return allowed
+        return self.filter_default
 
     # ------------------------------------------------------------------------- declaring
 
@@ -222,6 +279,7 @@ class Metrics:
         if family is None:
             bare = self._bare_name(parts)
             family = self.families[name] = Family(kind, name, help or prometheus_name(name), labels, bare)
+            family.blocked = not self.allows(name)
             series = self.series[(name, ())] = Series(Family(kind, name, family.help, (), bare), (), declared=True)
         elif family.kind != kind or family.label_names != labels:
             raise ValueError(f"metrics: {name} declared twice, differently")
@@ -281,6 +339,8 @@ class Metrics:
         if kind == GAUGE or agg.count <= 0:
             raise ValueError("metrics: only counters and samples with values merge")
         family, declared = self._declare(kind, parts, help, label_names)
+        if family.blocked:
+            return
         s = self.series_for(family, label_values) if label_values else declared
         now = self.clock()
         interval = self.inmem.newest if now < self.inmem.end else self.inmem.current(now)
@@ -324,9 +384,10 @@ class Metrics:
         their handles, and they show again with their running totals once updated)."""
         now = self.clock()
         retention = self.prometheus_retention_s
+        families = self.families
         return [
             s for s in self.series.values()
-            if s.declared or retention <= 0 or now - s.updated <= retention
+            if not families[s.name].blocked and (s.declared or retention <= 0 or now - s.updated <= retention)
         ]
 
 
