@@ -23,6 +23,7 @@ def _is_malformed(record: logging.LogRecord) -> bool:
     if getattr(record, "malformed_traffic", False):
         return True
     if record.name == "aiohttp.server" and record.exc_info and record.exc_info[1] is not None:
+        # Imported here: this leaf module is loaded by the CLI too, which must not pay for aiohttp.
         from aiohttp.http_exceptions import HttpProcessingError
 
         return isinstance(record.exc_info[1], HttpProcessingError)

@@ -18,16 +18,13 @@ agent forwarded stop on the server at once (the transport cancels them), long be
 from __future__ import annotations
 
 import asyncio
-import sys
 import urllib.request
 from pathlib import Path
 
 import aiohttp
+from catalog_scale import Layout, load_catalog, parked_total, watch_and_write
 from cluster_helpers import LanCluster
 from helpers import wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from catalog_scale import Layout, load_catalog, parked_total, watch_and_write  # noqa: E402
 
 
 def _counters(url: str) -> dict[str, float]:

@@ -38,7 +38,7 @@ from proconsul.structs import (
 NODE = "n1"
 SERVICES = ("web", "db", "cache")
 STATUSES = (HEALTH_PASSING, HEALTH_WARNING, HEALTH_CRITICAL)
-SEEDS = int(os.environ.get("AE_SEEDS", "1000"))
+SEEDS = int(os.environ.get("AE_SEEDS", "3000"))
 
 
 class HeldCatalog:

@@ -19,6 +19,8 @@ import typing
 import uuid
 from typing import Any
 
+import netaddr
+
 from proconsul.config import interfaces
 from proconsul.config.interfaces import expand_template, is_any, is_ip
 from proconsul.config.model import (
@@ -567,8 +569,8 @@ def _http(c: _Ctx) -> None:
     """http_config: the networks allowed to write must parse as CIDRs (or plain addresses)."""
     for cidr in c.get("http_config.allow_write_http_from", []) or []:
         try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
+            netaddr.IPNetwork(cidr)  # what http/access.py builds its IPSet from
+        except (netaddr.AddrFormatError, ValueError, TypeError):
             c.out.at("http_config.allow_write_http_from", f"allow_write_http_from: invalid CIDR {cidr!r}")
 
 
