@@ -57,6 +57,15 @@ def test_kv_put_get_roundtrip(c: consul.Consul) -> None:
     assert entry["LockIndex"] == 0 and entry["Flags"] == 0
 
 
+def test_kv_empty_value_is_none(c: consul.Consul) -> None:
+    """Consul sends an empty value as null; the client hands it over as None, flat and recursive."""
+    assert c.kv.put("app/empty", "") is True
+    _, entry = c.kv.get("app/empty")
+    assert entry["Key"] == "app/empty" and entry["Value"] is None
+    _, entries = c.kv.get("app/empty", recurse=True)
+    assert [(e["Key"], e["Value"]) for e in entries] == [("app/empty", None)]
+
+
 def test_kv_missing_key_has_index(c: consul.Consul) -> None:
     index, entry = c.kv.get("does/not/exist")
     assert entry is None

@@ -24,6 +24,12 @@ SCRIPT = textwrap.dedent(
     assert entry["Value"] == b"value", entry
     assert c.kv.put("pc/key", "new", cas=entry["ModifyIndex"]) is True
     assert c.kv.put("pc/key", "newer", cas=entry["ModifyIndex"]) is False
+    # An empty value comes back as Consul sends it, null, which the client hands over as None.
+    assert c.kv.put("pc/empty", "") is True
+    _, empty = c.kv.get("pc/empty")
+    assert empty["Key"] == "pc/empty" and empty["Value"] is None, empty
+    _, raw = c.kv.get("pc/empty", recurse=True)
+    assert [e["Value"] for e in raw] == [None], raw
     c.kv.put("pc/dir/a", "1"); c.kv.put("pc/dir/b", "2")
     _, entries = c.kv.get("pc/dir/", recurse=True)
     assert [e["Key"] for e in entries] == ["pc/dir/a", "pc/dir/b"]
