@@ -33,11 +33,18 @@ def test_acl_tokens_master_and_agent_master_are_renamed(tmp_path: Path) -> None:
     assert (tokens.initial_management, tokens.agent_recovery) == ("m2", "r2")
 
 
-def test_inert_acl_keys_warn_and_nothing_acl_is_refused(tmp_path: Path) -> None:
+def test_every_acl_key_is_honoured_and_replication_is_refused(tmp_path: Path) -> None:
     path = _write(tmp_path, 'acl { enabled = true  default_policy = "deny"  policy_ttl = "1m"  role_ttl = "1m" '
-                            'enable_token_replication = true }')
+                            'tokens { dns = "d" } }')
     errors, warnings = validate_paths_with_warnings([path])
     assert errors == []
-    for key in ("acl.policy_ttl", "acl.role_ttl", "acl.enable_token_replication"):
-        assert any(f"config key {key} is accepted but not implemented" in w for w in warnings), key
-    assert not any("acl.enabled" in w or "acl.default_policy" in w for w in warnings)
+    assert not any(w.split(": ")[1].startswith("acl.") for w in warnings if ": " in w), warnings
+    # Replication between datacenters is not built: turning it on refuses, naming file and key.
+    for setting, key in (("enable_token_replication = true", "acl.enable_token_replication"),
+                         ('tokens { replication = "r" }', "acl.tokens.replication")):
+        bad = _write(tmp_path, f"acl {{ enabled = true  {setting} }}")
+        errors, _ = validate_paths_with_warnings([bad])
+        assert any(e.startswith(f"{bad}: {key}:") and "refusing to start" in e for e in errors), errors
+    # Off (the default) is fine.
+    ok = _write(tmp_path, "acl { enabled = true  enable_token_replication = false }")
+    assert validate_paths_with_warnings([ok])[0] == []

@@ -156,13 +156,12 @@ def test_inert_keys_are_warned_about_naming_file_and_key(tmp_path: Path) -> None
         tmp_path,
         "agent.hcl",
         f'data_dir = "{tmp_path}"\n'
-        'limits { rpc_rate = 10.0 }\nacl { policy_ttl = "10s" }\ndns_config { use_cache = true }\n',
+        'limits { rpc_rate = 10.0 }\ndns_config { use_cache = true }\n',
     )
     errors, warnings = validate_paths_with_warnings([path])
     assert errors == []
     for key in (
         "limits.rpc_rate",
-        "acl.policy_ttl",
         "dns_config.use_cache",
     ):
         assert (

@@ -124,6 +124,16 @@ def test_fail_closed_dns_and_agent_tokens(agent: AgentProcess, tmp_path: Path) -
              what="web answered once the default token can read it")
     # The default token also serves HTTP requests without a token.
     assert _raw(agent, "GET", "/v1/catalog/services")[0] == 200
+    # acl.tokens.dns (here through /v1/agent/token/dns) takes DNS over from the default token.
+    blind = m.acl.token.create(description="reads nothing")["SecretID"]
+    assert _raw(agent, "PUT", "/v1/agent/token/dns", MGMT, json.dumps({"Token": blind}).encode())[0] == 200
+    wait_for(lambda: "status: NXDOMAIN" in _dig(agent, "web.service.consul", "A"), timeout=30,
+             what="DNS answering with the dns token, which reads nothing")
+    assert _raw(agent, "GET", "/v1/catalog/services")[0] == 200  # HTTP still uses the default token
+    assert json.loads((tmp_path / "data" / "acl-tokens.json").read_text())["dns"] == blind
+    assert _raw(agent, "PUT", "/v1/agent/token/dns", MGMT, json.dumps({"Token": dns_token}).encode())[0] == 200
+    wait_for(lambda: "status: NOERROR" in _dig(agent, "web.service.consul", "A"), timeout=30,
+             what="web answered with a dns token that can read it")
 
     # enable_token_persistence: tokens set through the API are kept in data_dir (0600).
     saved = json.loads((tmp_path / "data" / "acl-tokens.json").read_text())

@@ -55,6 +55,21 @@ def test_tokens_resolve_and_cache_for_the_ttl() -> None:
     assert server.calls == 2
 
 
+def test_policy_and_role_ttls_shorten_the_entry_of_a_token_that_has_them() -> None:
+    """One cache entry per token, never kept longer than the TTL of any part it holds: a token
+    with policies for policy_ttl when shorter; roles (none here) leave it alone."""
+    server, clock = FakeServer(), [0.0]
+    r = ACLResolver(server.query, "dc1", "deny", "extend-cache", lambda: {"default": ""}, 30.0,
+                    monotonic=lambda: clock[0], wall=lambda: 1000.0 + clock[0], policy_ttl_s=5.0, role_ttl_s=1.0)
+    asyncio.run(r.resolve("s1"))
+    clock[0] = 4.0
+    asyncio.run(r.resolve("s1"))
+    assert server.calls == 1  # within policy_ttl; role_ttl does not apply (no roles)
+    clock[0] = 6.0
+    asyncio.run(r.resolve("s1"))
+    assert server.calls == 2
+
+
 def test_servers_do_not_cache() -> None:
     server, clock = FakeServer(), [0.0]
     r = _resolver(server, clock, ttl=0.0)

@@ -132,6 +132,7 @@ class Agent:
             "default": cfg.acl.tokens.default,
             "agent": cfg.acl.tokens.agent,
             "agent_recovery": cfg.acl.tokens.agent_recovery,
+            "dns": cfg.acl.tokens.dns,
         }
         if cfg.acl.enabled and cfg.acl.enable_token_persistence:
             self.tokens.update(load_persisted_tokens(cfg.data_dir))
@@ -253,6 +254,7 @@ class Agent:
             self.acl_resolver = ACLResolver(
                 lookup, cfg.datacenter, cfg.acl.default_policy, cfg.acl.down_policy,
                 lambda: self.tokens, cache_ttl_s=cfg.acl.token_ttl_s if self.remote is not None else 0.0,
+                policy_ttl_s=cfg.acl.policy_ttl_s, role_ttl_s=cfg.acl.role_ttl_s,
                 version=None if self.remote is not None else self._acl_tables_version,
             )
         # Server-to-server RPC (forwarding to the leader, joins, autopilot): one pipelined pool,
@@ -441,7 +443,7 @@ class Agent:
         if cfg.ports.dns > 0:
             resolver = self.acl_resolver
             self.dns = DNSServer(self.server, lambda: self.config, metrics=self.metrics, node_name=self.node_name,
-                                 acl=(lambda: resolver.resolve("")) if resolver is not None else None)
+                                 acl=(lambda: resolver.resolve(self.tokens.get("dns", ""))) if resolver is not None else None)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:
@@ -653,6 +655,7 @@ class Agent:
         self.tokens["default"] = new.acl.tokens.default or self.tokens["default"]
         self.tokens["agent"] = new.acl.tokens.agent or self.tokens["agent"]
         self.tokens["agent_recovery"] = new.acl.tokens.agent_recovery or self.tokens["agent_recovery"]
+        self.tokens["dns"] = new.acl.tokens.dns or self.tokens.get("dns", "")
         if self.acl_resolver is not None:
             self.acl_resolver.invalidate()
         self.config = new

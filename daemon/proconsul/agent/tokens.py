@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 
 TOKENS_FILE = "acl-tokens.json"
 # The file's keys (Consul's) and the agent's token names.
-_KEYS = {"default": "default", "agent": "agent", "agent_recovery": "agent_recovery"}
+_KEYS = {"default": "default", "agent": "agent", "agent_recovery": "agent_recovery", "dns": "dns"}
 
 
 def load_persisted_tokens(data_dir: str) -> dict[str, str]:

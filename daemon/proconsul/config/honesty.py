@@ -81,13 +81,15 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "http_config.use_cache",
         # proconsul.http.ui: the web UI, its custom directory and its URL path.
         "ui_config.enabled", "ui_config.dir", "ui_config.content_path",
-        # The ACL system (proconsul.acl, http/acl_gate.py, docs/ACL.md). policy_ttl and role_ttl
-        # are inert: a client agent caches a token with its policies and roles as one entry,
-        # for token_ttl. config_file_service_registration travels with those services' syncs.
+        # The ACL system (proconsul.acl, http/acl_gate.py, docs/ACL.md). A client agent caches a
+        # token with its policies and roles as one entry, kept for the shortest of token_ttl,
+        # policy_ttl (when it has policies) and role_ttl (when it has roles).
+        # config_file_service_registration travels with those services' syncs; DNS answers with
+        # tokens.dns, else the default token.
         "acl.enabled", "acl.default_policy", "acl.down_policy", "acl.enable_token_persistence",
-        "acl.enable_key_list_policy", "acl.token_ttl",
+        "acl.enable_key_list_policy", "acl.token_ttl", "acl.policy_ttl", "acl.role_ttl",
         "acl.tokens.default", "acl.tokens.agent", "acl.tokens.config_file_service_registration",
-        "acl.tokens.initial_management", "acl.tokens.agent_recovery",
+        "acl.tokens.initial_management", "acl.tokens.agent_recovery", "acl.tokens.dns",
         "autopilot.cleanup_dead_servers", "autopilot.min_quorum",
         # proconsul.server.autopilot_health: server health and the dead-server cleanup's timing.
         "autopilot.last_contact_threshold", "autopilot.max_trailing_logs", "autopilot.server_stabilization_time",
@@ -129,10 +131,6 @@ INERT: frozenset[str] = frozenset(
         "disable_update_check",  # proconsul never checks for updates
         "auto_reload_config",  # reload on SIGHUP or `proconsul reload`
         "disable_remote_exec",  # remote exec is never run, whatever the value
-        # Token, policy and role caches are one entry per token, for token_ttl (docs/ACL.md).
-        "acl.policy_ttl", "acl.role_ttl",
-        # ACL replication between datacenters is not built: every datacenter keeps its own.
-        "acl.enable_token_replication", "acl.tokens.replication",
         # Material for the gRPC listener proconsul does not run: without verification demanded
         # (refused below), it changes nothing.
         *(f"tls.grpc.{key}" for key in _MATERIAL_TLS_KEYS),
@@ -158,6 +156,10 @@ REFUSED: dict[str, Callable[[Any, Any], bool]] = {
     # Set directly in a section proconsul does not secure: refused unless false.
     **{f"tls.{section}.{key}": _unset for section, keys in _UNHONOURED_VERIFY.items() for key in keys},
     **{key: _invalid for key in _INVALID_TLS_KEYS},
+    # ACL replication between datacenters is not built (every datacenter keeps its own tokens):
+    # an operator who turns it on expects the primary's tokens and policies in this datacenter.
+    "acl.enable_token_replication": _unset,
+    "acl.tokens.replication": _unset,
 }
 
 # IGNORED keys that are security settings: refused unless every value inside is off.

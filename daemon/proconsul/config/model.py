@@ -91,6 +91,7 @@ class ACLTokens:
     agent_recovery: str = ""  # token; ""; legacy alias "agent_master"
     replication: str = ""  # token; ""
     config_file_service_registration: str = ""  # token; ""; services/checks from config files
+    dns: str = ""  # token; ""; what DNS answers with (else the default token)
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ SCHEMA: dict[str, Any] = {
             "agent_recovery": STR,
             "replication": STR,
             "config_file_service_registration": STR,
-            "dns": IGNORED,
+            "dns": STR,
             "managed_service_provider": IGNORED,
         },
         "msp_disable_bootstrap": IGNORED,

@@ -2,8 +2,10 @@
 
 Owns asking a server for a token (`ACL.Resolve`, answered from the server's own replicated state:
 servers resolve locally, client agents over RPC), building the Authorizer from the token, its
-policies and roles, caching it for `acl.token_ttl` on client agents (servers read their own store
-on every request, so a revoked token stops working at once there), Consul's special tokens (no
+policies and roles, caching it on client agents (servers read their own store on every request,
+so a revoked token stops working at once there): one entry per token, kept for `acl.token_ttl`,
+or `policy_ttl` / `role_ttl` when shorter and the token has policies / roles, so no part of it is
+used longer than Consul's separate caches would keep it, Consul's special tokens (no
 token means the agent's default token, then anonymous; `acl.tokens.agent_recovery` works even
 when no server answers), and `acl.down_policy` when no server can be reached.
 """
@@ -51,6 +53,8 @@ class ACLResolver:
         tokens: Callable[[], dict[str, str]],
         cache_ttl_s: float,
         monotonic: Callable[[], float] = time.monotonic,
+        policy_ttl_s: float | None = None,
+        role_ttl_s: float | None = None,
         wall: Callable[[], float] = time.time,
         version: Callable[[], Any] | None = None,
     ) -> None:
@@ -60,6 +64,8 @@ class ACLResolver:
         self.down_policy = down_policy
         self._tokens = tokens  # the agent's live tokens (set by config, reload or /v1/agent/token)
         self.cache_ttl_s = cache_ttl_s
+        self.policy_ttl_s = cache_ttl_s if policy_ttl_s is None else policy_ttl_s
+        self.role_ttl_s = cache_ttl_s if role_ttl_s is None else role_ttl_s
         self._monotonic = monotonic
         self._wall = wall
         self._cache: dict[str, tuple[float, Authorizer]] = {}
@@ -103,8 +109,13 @@ class ACLResolver:
                 self._versioned.clear()  # bounded: random secrets must not grow it without end
             expires = ACLToken.from_wire(found["token"]).expires_at if found.get("token") else 0.0
             self._versioned[secret] = (current, expires, authz)
-        if self.cache_ttl_s > 0:
-            self._cache[secret] = (now + self.cache_ttl_s, authz)
+        ttl = self.cache_ttl_s
+        if found.get("policies"):
+            ttl = min(ttl, self.policy_ttl_s)
+        if found.get("roles"):
+            ttl = min(ttl, self.role_ttl_s)
+        if ttl > 0:
+            self._cache[secret] = (now + ttl, authz)
         return authz
 
     def _build(self, secret: str, found: dict[str, Any]) -> Authorizer:
