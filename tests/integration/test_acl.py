@@ -227,3 +227,6 @@ def test_acl_cli_and_tokens_survive_a_leader_kill(acl_cluster: ACLCluster) -> No
         assert _cli(agent, "kv put", "cfg/z", "1", token=reader["SecretID"]).returncode == 1
         shown = _cli(agent, "acl token read", "-id", reader["AccessorID"], "-format=json", token=mgmt)
         assert shown.returncode == 0 and json.loads(shown.stdout)["Description"] == "reader"
+        # The bootstrap is in the replicated state too: the new leader refuses another one.
+        status, _, body = _raw(agent, "PUT", "/v1/acl/bootstrap")
+        assert status == 403 and b"ACL bootstrap no longer allowed" in body, body

@@ -176,6 +176,9 @@ def test_tokens_survive_a_snapshot_save_and_restore(agent: AgentProcess) -> None
     assert m.acl.token.read(token["AccessorID"])["Description"] == "in the snapshot"
     assert _raw(agent, "PUT", "/v1/kv/snap/a", token["SecretID"], b"1")[0] == 200
     assert _raw(agent, "PUT", "/v1/kv/other", token["SecretID"], b"1")[0] == 403
+    # The restored state still records the bootstrap: nobody can bootstrap again.
+    status, _, body = _raw(agent, "PUT", "/v1/acl/bootstrap")
+    assert status == 403 and body.startswith(b"Permission denied: ACL bootstrap no longer allowed"), body
 
 
 def _cli(agent: AgentProcess, command: str, *args: str) -> subprocess.CompletedProcess[str]:
