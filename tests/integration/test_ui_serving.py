@@ -16,6 +16,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from helpers import AgentProcess, wait_for
@@ -177,5 +178,12 @@ def test_internal_ui_summaries(started: list[AgentProcess]) -> None:
     (web,) = [s for s in services if s["Name"] == "web"]
     assert web["ChecksCritical"] == 1
 
-    status, _, reason = agent.http("GET", "/v1/internal/ui/services?filter=Name%3D%3Dweb")
-    assert status == 400 and b"filter" in reason
+    # ?filter over the summaries' fields, as Consul's UI endpoints take it.
+    _, only_web = _get_json(agent, "/v1/internal/ui/services?filter=" + quote('Name == "web" and Kind == ""'))
+    assert [s["Name"] for s in only_web] == ["web"]  # type: ignore[union-attr, index]
+    _, tagged = _get_json(agent, "/v1/internal/ui/services?filter=" + quote('"green" in Tags'))
+    assert [s["Name"] for s in tagged] == ["web"]  # type: ignore[union-attr, index]
+    _, dump = _get_json(agent, "/v1/internal/ui/nodes?filter=" + quote('Node == "ui-node"'))
+    assert [n["Node"] for n in dump] == ["ui-node"]  # type: ignore[union-attr, index]
+    status, _, reason = agent.http("GET", "/v1/internal/ui/services?filter=" + quote("Name =="))
+    assert status == 400 and reason.startswith(b"Failed to create boolean expression evaluator"), reason

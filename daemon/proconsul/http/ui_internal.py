@@ -5,8 +5,8 @@ Owns the two summaries the UI's list pages block on, in the shapes Consul's UI e
 it runs on, instance count, checks by status), per node a `NodeDump` entry (the node with its
 services and checks). Each is composed from the public named reads (the catalog's instances,
 its checks and its nodes), so whatever filtering those reads apply applies here too. Both take `?dc`, `?index`,
-`?wait`, `?stale` and `?consistent`; `?filter` is refused with a 400 (not supported here yet)
-rather than ignored.
+`?wait`, `?stale`, `?consistent` and `?filter` (go-bexpr over the summaries' own fields, as
+Consul filters them: `Name`, `Tags`, `ChecksCritical`, ...; `Node`, `Address`, `Meta`, ...).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from proconsul.http.appkeys import AGENT
-from proconsul.http.common import bad_request, json_response, query_options
+from proconsul.http.common import filter_items, json_response, query_options
 from proconsul.rpc_api import QueryMeta, QueryOptions, ServerAccess
 
 _STATUS_FIELD = {"passing": "ChecksPassing", "warning": "ChecksWarning", "critical": "ChecksCritical"}
@@ -54,8 +54,6 @@ async def _catalog(request: web.Request) -> tuple[QueryMeta, list[Any], str]:
     A change between the first look and the wait is not lost: the wait's index is at least the
     one looked at.
     """
-    if "filter" in request.query:
-        raise bad_request("filter is not supported on this endpoint")
     agent = request.app[AGENT]
     server = agent.server
     opts = query_options(request)
@@ -138,7 +136,7 @@ def _node_service(inst: dict[str, Any]) -> dict[str, Any]:
 
 async def ui_services(request: web.Request) -> web.Response:
     meta, (instances, checks, _), dc = await _catalog(request)
-    summaries = service_summaries(instances, checks, dc)
+    summaries = filter_items(request, service_summaries(instances, checks, dc), None)
     return json_response(request, summaries, meta)
 
 
@@ -161,7 +159,7 @@ async def ui_nodes(request: web.Request) -> web.Response:
             "Checks": node_checks.get(node["Node"], []),
         }
         dump.append(entry)
-    return json_response(request, dump, meta)
+    return json_response(request, filter_items(request, dump, None), meta)
 
 
 def routes() -> list[web.RouteDef]:
