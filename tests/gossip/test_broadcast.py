@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from proconsul.gossip.broadcast import TransmitLimitedQueue, retransmit_limit
+from proconsul.gossip.broadcast import EVENT, MEMBERLIST, QUERY, TransmitLimitedQueue, retransmit_limit
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,20 @@ def test_prune_keeps_the_least_sent() -> None:
     assert len(q) == 2 and q.pending(hb) and q.pending(hc)
     q.reset()
     assert len(q) == 0
+
+
+def test_depth_per_kind_follows_queueing_replacement_and_removal() -> None:
+    q = TransmitLimitedQueue(retransmit_mult=1)
+    q.queue(b"alive-a", key="a")
+    q.queue(b"alive-a2", key="a")  # replaces: still one
+    q.queue(b"event", kind=EVENT)
+    q.queue(b"query", kind=QUERY)
+    assert (q.depth(MEMBERLIST), q.depth(EVENT), q.depth(QUERY)) == (1, 1, 1)
+    q.get(overhead=0, limit=1000, num_nodes=1)  # one transmit each is the limit with one node
+    assert (q.depth(MEMBERLIST), q.depth(EVENT), q.depth(QUERY)) == (0, 0, 0)
+    q.queue(b"event", kind=EVENT)
+    q.queue(b"event2", kind=EVENT)
+    q.prune(1)
+    assert q.depth(EVENT) == 1
+    q.reset()
+    assert q.depth(EVENT) == 0

@@ -298,7 +298,9 @@ def test_awareness_stretches_probe_timeout_and_interval() -> None:
     for _ in range(2):  # two refutations: health score 2, so everything waits 3x
         a.handle_packet(encode(Suspect(a.incarnation, "a", "b")), addr(2), 0.0)
     assert a.health_score == 2
+    assert a.degraded_probes == 0
     t0, _, ping, _ = run_to_ping(a)
+    assert a.degraded_probes == 1  # memberlist's degraded.probe: a probe with a stretched interval
     t, _ = tick_until(a, has(IndirectPing), after=t0)
     assert t == pytest.approx(t0 + 3 * LAN.probe_timeout_s)
     # A successful probe brings the score back down one step at a time.
@@ -307,6 +309,16 @@ def test_awareness_stretches_probe_timeout_and_interval() -> None:
     # ...and the next probe came 3 probe intervals after the previous one (scored at its start).
     t, _ = tick_until(a, has(Ping), after=t0 + 2.0)
     assert t == pytest.approx(t0 + 3 * LAN.probe_interval_s)
+
+
+def test_queue_depth_counts_each_kind_of_broadcast() -> None:
+    a = core("a", 1)
+    know(a, "b", "c")
+    assert a.queue_depth("memberlist") >= 1  # our own alive, and the learnt ones re-gossiped
+    assert a.queue_depth("event") == 0 and a.queue_depth("query") == 0
+    a.send_user_event("deploy", b"x", 1.0)
+    a.send_query("ping", b"", 1.0)
+    assert a.queue_depth("event") == 1 and a.queue_depth("query") == 1
 
 
 def test_awareness_is_capped() -> None:

@@ -43,6 +43,26 @@ AGENT_FAMILIES = {
     "consul_memberlist_udp_received": "unknown",
     "consul_memberlist_tcp_accept": "unknown",
     "consul_memberlist_tcp_connect": "unknown",
+    "consul_memberlist_queue_broadcasts": "summary",
+    "consul_memberlist_pushPullNode": "summary",
+    "consul_memberlist_degraded_probe": "unknown",
+    "consul_memberlist_node_instances": "gauge",
+    "consul_serf_member_join": "unknown",
+    "consul_serf_member_left": "unknown",
+    "consul_serf_member_failed": "unknown",
+    "consul_serf_member_update": "unknown",
+    "consul_serf_member_flap": "unknown",
+    "consul_serf_events": "unknown",
+    "consul_serf_queries": "unknown",
+    "consul_serf_query_responses": "unknown",
+    "consul_serf_queue_Event": "summary",
+    "consul_serf_queue_Query": "summary",
+    "consul_health_service_query": "unknown",
+    "consul_health_service_query_tags": "unknown",
+    "consul_health_service_not_found": "unknown",
+    "consul_catalog_service_query": "unknown",
+    "consul_catalog_service_query_tags": "unknown",
+    "consul_catalog_service_not_found": "unknown",
 }
 RAFT_FAMILIES = {
     "consul_raft_apply": "unknown",
@@ -413,11 +433,64 @@ def test_three_servers_report_replication_and_gossip(tmp_path: Path) -> None:
             lambda: _prometheus(leader)["consul_raft_leader_lastContact_count"][()] > 0,
             timeout=30, what="lastContact samples on the leader",
         )
+        lan, wan = (("network", "lan"),), (("network", "wan"),)
         for a in agents:
             m = after[a.ip]
             assert m["consul_memberlist_msg_alive"][()] >= 1
             assert m["consul_memberlist_udp_sent"][()] > 0 and m["consul_memberlist_udp_received"][()] > 0
             assert m["consul_memberlist_probeNode_count"][()] > 0
+            # serf saw the three servers join both pools, each series labelled with its pool.
+            assert m["consul_serf_member_join"][lan] >= 3 and m["consul_serf_member_join"][wan] >= 3
+            assert m["consul_serf_member_failed"][()] == 0
+            # Sampled every 30 s; declared (count 0) from start-up.
+            assert m["consul_memberlist_queue_broadcasts_count"][()] == 0
+            assert m["consul_serf_queue_Event_count"][()] == 0
+        # A user event reaches every server's LAN pool (gossiped a few times, then carried by
+        # push-pull every 30 s: a loaded box may drop the datagrams).
+        status, _, body = followers[0].http("PUT", "/v1/event/fire/deploy", b"")
+        assert status == 200, body
+        for a in agents:
+            wait_for(lambda a=a: _prometheus(a).get("consul_serf_events", {}).get(lan, 0) >= 1, timeout=120,
+                     what=f"serf.events on {a.ip}")
+        # ... and the queue depths are sampled every 30 s (serf's and memberlist's QueueCheckInterval).
+        def sampled(m: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> bool:
+            return all(m[name].get(net, 0) >= 1 for net in (lan, wan) for name in (
+                "consul_memberlist_queue_broadcasts_count", "consul_serf_queue_Event_count",
+                "consul_serf_queue_Query_count"))
+
+        wait_for(lambda: sampled(_prometheus(leader)), timeout=90, what="queue depths sampled in both pools")
+    finally:
+        cluster.stop()
+
+
+def test_client_agent_counts_its_rpcs_and_servers_count_service_reads(tmp_path: Path) -> None:
+    """A client agent's `client.rpc` grows with the reads it sends its server, which counts them
+    as `health.service.query` / `catalog.service.query` by service, as do its own fast-path reads."""
+    from cluster_helpers import LanCluster
+
+    cluster = LanCluster(tmp_path, ("c1",), "-hcl", TELEMETRY)
+    try:
+        server, client = cluster.start()
+        assert "consul_client_rpc" in _types(client) and "consul_client_rpc" not in _types(server)
+        before = _prometheus(client)["consul_client_rpc"][()]
+        consul = (("service", "consul"),)
+        for path in ("/v1/health/service/consul", "/v1/catalog/service/consul", "/v1/health/service/nope"):
+            status, _, body = client.http("GET", path)
+            assert status == 200, body
+        # Sent to the server at least once each (the agent's own sync and leader refresh send more).
+        assert _prometheus(client)["consul_client_rpc"][()] >= before + 3
+        on_server = _prometheus(server)
+        assert on_server["consul_health_service_query"][consul] >= 1
+        assert on_server["consul_catalog_service_query"][consul] >= 1
+        assert on_server["consul_health_service_not_found"][(("service", "nope"),)] >= 1
+        # The server's own HTTP reads (its fast path) count too.
+        health_before = on_server["consul_health_service_query"][consul]
+        for _ in range(3):
+            assert server.http("GET", "/v1/health/service/consul?tag=x")[0] == 200
+        after = _prometheus(server)
+        assert after["consul_health_service_query"][consul] == health_before + 3
+        assert after["consul_health_service_query_tags"][(("service", "consul"), ("tag", "x"))] == 3
+        assert after["consul_health_service_not_found"][consul] == 3  # no consul instance is tagged x
     finally:
         cluster.stop()
 
@@ -431,8 +504,12 @@ def test_grafana_dashboard_queries_only_families_a_server_exports(raft_server: A
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert len(exprs) >= 20
     wanted = {name for e in exprs for name in re.findall(r"\bconsul_[A-Za-z0-9_]+", e)}
-    assert {"consul_autopilot_healthy", "consul_raft_commitTime", "consul_memberlist_msg_suspect"} <= wanted
-    missing = wanted - set(_types(raft_server))
+    assert {"consul_autopilot_healthy", "consul_raft_commitTime", "consul_memberlist_msg_suspect",
+            "consul_serf_member_failed"} <= wanted
+    types = _types(raft_server)
+    # A summary's `_sum` and `_count` series belong to its family.
+    missing = {name for name in wanted if name not in types
+               and types.get(re.sub(r"_(sum|count)$", "", name)) != "summary"}
     assert not missing, f"dashboard queries unknown families: {sorted(missing)}"
     wait_for(lambda: _prometheus(raft_server)["consul_autopilot_healthy"][()] == 1.0, timeout=30,
              what="a single healthy server")

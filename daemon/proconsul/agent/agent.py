@@ -216,7 +216,8 @@ class Agent:
             # A client agent: no Raft, no catalog; every RPC goes to a server found by gossip.
             # With ACLs on, its own writes (anti-entropy) carry the agent token, else the default.
             agent_token = (lambda: self.tokens["agent"] or self.tokens["default"]) if cfg.acl.enabled else None
-            self.remote = RemoteServer(self.membership, cfg.datacenter, security=self.tls, agent_token=agent_token)
+            self.remote = RemoteServer(self.membership, cfg.datacenter, security=self.tls, agent_token=agent_token,
+                                       metrics=self.metrics)
             self.log = self.remote.consensus
         else:
             assert cfg.data_dir, "config validation requires data_dir outside -dev"

@@ -7,13 +7,22 @@ fastest), and a newer message about a member replaces any older one still queued
 same member (only the latest state matters, and stale states would waste space and mislead).
 
 Pure: no clock, no I/O. Handles let a caller ask whether a given broadcast is still queued,
-which is how a leave waits for its message to be sent enough times.
+which is how a leave waits for its message to be sent enough times. Each broadcast has a kind
+(memberlist's member states, serf's user events, serf's queries), one queue serving what
+memberlist and serf keep in three: :meth:`TransmitLimitedQueue.depth` counts each kind, what
+the driver reports as memberlist's and serf's queue depths.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+# The kinds of broadcast (memberlist's queue, serf's event and query queues).
+MEMBERLIST = "memberlist"
+EVENT = "event"
+QUERY = "query"
+KINDS = (MEMBERLIST, EVENT, QUERY)
 
 
 def retransmit_limit(retransmit_mult: int, num_nodes: int) -> int:
@@ -27,6 +36,7 @@ class _Entry:
     handle: int
     key: str | None
     data: bytes
+    kind: str
     transmits: int = 0
 
 
@@ -42,11 +52,16 @@ class TransmitLimitedQueue:
         self._entries: dict[int, _Entry] = {}
         self._by_key: dict[str, int] = {}
         self._next_handle = 1
+        self._depths = dict.fromkeys(KINDS, 0)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def queue(self, data: bytes, key: str | None = None) -> int:
+    def depth(self, kind: str) -> int:
+        """How many broadcasts of ``kind`` (one of ``KINDS``) are queued."""
+        return self._depths[kind]
+
+    def queue(self, data: bytes, key: str | None = None, kind: str = MEMBERLIST) -> int:
         """Queue an encoded message; one with the same ``key`` (a member name) replaces the old.
 
         Returns a handle for :meth:`pending`.
@@ -54,10 +69,11 @@ class TransmitLimitedQueue:
         if key is not None:
             old = self._by_key.pop(key, None)
             if old is not None:
-                del self._entries[old]
+                self._depths[self._entries.pop(old).kind] -= 1
         handle = self._next_handle
         self._next_handle += 1
-        self._entries[handle] = _Entry(handle, key, data)
+        self._entries[handle] = _Entry(handle, key, data, kind)
+        self._depths[kind] += 1
         if key is not None:
             self._by_key[key] = handle
         return handle
@@ -102,8 +118,10 @@ class TransmitLimitedQueue:
         """Forget everything queued."""
         self._entries.clear()
         self._by_key.clear()
+        self._depths = dict.fromkeys(KINDS, 0)
 
     def _remove(self, entry: _Entry) -> None:
         del self._entries[entry.handle]
+        self._depths[entry.kind] -= 1
         if entry.key is not None and self._by_key.get(entry.key) == entry.handle:
             del self._by_key[entry.key]

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from proconsul.gossip.broadcast import TransmitLimitedQueue
+from proconsul.gossip.broadcast import EVENT, QUERY, TransmitLimitedQueue
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.messages import (
     COMPOUND_OVERHEAD,
@@ -412,6 +412,9 @@ class GossipCore:
         # alive/suspect/dead messages processed (memberlist's msg.* counters); the driver
         # reports the growth to its metrics registry.
         self.msg_counts: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0}
+        # Probes started while Lifeguard stretched the probe interval (memberlist's
+        # degraded.probe), reported the same way.
+        self.degraded_probes = 0
         self._queue = TransmitLimitedQueue(config.retransmit_mult)
         self._conflicts: dict[str, Address] = {}
         # Random first firing within one interval so a cluster started at once does not beat in step.
@@ -449,6 +452,10 @@ class GossipCore:
     def member(self, name: str) -> Member | None:
         node = self._members.get(name)
         return node.snapshot() if node else None
+
+    def queue_depth(self, kind: str) -> int:
+        """Broadcasts of ``kind`` (``gossip.broadcast.KINDS``) waiting to be piggybacked."""
+        return self._queue.depth(kind)
 
     @property
     def health_score(self) -> int:
@@ -783,6 +790,8 @@ class GossipCore:
         target = self._next_target()
         if target is None:
             return
+        if self._awareness:
+            self.degraded_probes += 1
         self._seq += 1
         p = _Probe(self._seq, target.name, target.addr, now, now + self._scaled(self.config.probe_timeout_s),
                    now + interval)
@@ -1122,7 +1131,7 @@ class GossipCore:
             self._event_buffer[idx] = slot
         slot.keys.append(key)
         slot.events.append(e)
-        self._queue.queue(encode(e))
+        self._queue.queue(encode(e), kind=EVENT)
         self._emit(UserEventReceived(e.ltime, e.name, e.payload))
         return True
 
@@ -1144,7 +1153,7 @@ class GossipCore:
             slot = _QuerySlot(q.ltime)
             self._query_buffer[idx] = slot
         slot.ids.append(q.id)
-        self._queue.queue(encode(q))
+        self._queue.queue(encode(q), kind=QUERY)
         self._emit(QueryReceived(q.ltime, q.id, q.name, q.payload, q.source_name, q.source,
                                  now + q.timeout_ms / 1000.0))
 

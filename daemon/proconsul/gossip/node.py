@@ -24,10 +24,12 @@ import ipaddress
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from proconsul.coordinate import PeerCoordinates
+from proconsul.gossip.broadcast import MEMBERLIST
 from proconsul.gossip.config import GossipConfig
 from proconsul.gossip.core import (
     Address,
@@ -36,11 +38,13 @@ from proconsul.gossip.core import (
     Member,
     MemberEvent,
     MemberEventKind,
+    MemberState,
     MergeCheck,
     Output,
     PingComplete,
     QueryHandle,
     QueryReceived,
+    StreamKind,
     StreamRequest,
 )
 from proconsul.gossip.keyring import DecryptError, Keyring
@@ -53,6 +57,11 @@ logger = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
 # A push-pull of 10,000 members with tags is a few MB; refuse anything far above that.
 MAX_FRAME = 64 * 1024 * 1024
+# How often the broadcast queue's depth is sampled (memberlist's QueueCheckInterval default).
+QUEUE_CHECK_INTERVAL_S = 30.0
+# memberlist's node_state label values of memberlist.node.instances.
+_NODE_STATES = {MemberState.ALIVE: "alive", MemberState.SUSPECT: "suspect", MemberState.DEAD: "dead",
+                MemberState.LEFT: "left"}
 
 
 def parse_address(text: str, default_port: int) -> Address:
@@ -104,6 +113,9 @@ class GossipNode:
         on_event: called with every core event (joins, failures, user events, conflicts).
         keyring: encrypt everything with it (None: plaintext).
         disable_coordinates: keep no network coordinates (Consul's ``disable_coordinates``).
+        metrics: where memberlist's metrics go (None: a private registry nobody reads).
+        network: the ``network`` label of the metrics Consul labels by pool ("lan" or "wan").
+        queue_check_interval_s: how often the broadcast queue's depth is sampled.
     """
 
     def __init__(
@@ -119,6 +131,8 @@ class GossipNode:
         disable_coordinates: bool = False,
         merge_check: MergeCheck | None = None,
         metrics: Metrics | None = None,
+        network: str = "lan",
+        queue_check_interval_s: float = QUEUE_CHECK_INTERVAL_S,
     ) -> None:
         self.merge_check = merge_check
         self.name = name
@@ -153,6 +167,21 @@ class GossipNode:
             for kind in ("alive", "suspect", "dead")
         }
         self._msgs_reported = {kind: 0 for kind in self._m_msgs}
+        # The families memberlist records since Consul labels them by pool (serf hands memberlist
+        # its `network` label): one series per pool, looked up once.
+        self.network = network
+        self.queue_check_interval_s = queue_check_interval_s
+        net = ("network",)
+        self._m_queue = m.sample("memberlist", "queue", "broadcasts", labels=net,
+                                 help="broadcasts queued, sampled every 30 s").with_labels(network)
+        self._m_push_pull = m.sample("memberlist", "pushPullNode", labels=net,
+                                     help="ms for a push-pull state exchange with a member").with_labels(network)
+        self._m_degraded = m.counter("memberlist", "degraded", "probe", labels=net,
+                                     help="probes started with the probe interval stretched by Lifeguard").with_labels(network)
+        instances = m.gauge("memberlist", "node", "instances", labels=("network", "node_state"),
+                            help="members by state, at each push-pull this agent starts")
+        self._m_instances = {state: instances.with_labels(network, label) for state, label in _NODE_STATES.items()}
+        self._degraded_reported = 0
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -183,6 +212,7 @@ class GossipNode:
         # The core's first output carries our own JOIN event and alive broadcast.
         self._apply(self.core.tick(loop.time()))
         self._timer = loop.create_task(self._timer_loop(), name=f"gossip-timer-{self.name}")
+        self._spawn(self._queue_depth_loop(), f"gossip-queue-depth-{self.name}")
 
     def use_random_port(self, advertise_host: str) -> None:
         """Before `start`: listen, and advertise, on a port the OS picks (a dev agent whose
@@ -378,9 +408,33 @@ class GossipNode:
                 # spin the loop on it.
                 await asyncio.sleep(0.01)
 
+    async def _queue_depth_loop(self) -> None:
+        """memberlist's checkBroadcastQueueDepth: sample the member-state queue's depth."""
+        while True:
+            await asyncio.sleep(self.queue_check_interval_s)
+            if self.core is not None:
+                self._m_queue.observe(self.core.queue_depth(MEMBERLIST))
+
+    def queue_depth(self, kind: str) -> int:
+        """Broadcasts of ``kind`` (``gossip.broadcast.KINDS``) queued now (0 before `start`)."""
+        return self.core.queue_depth(kind) if self.core is not None else 0
+
+    def _report_member_states(self) -> None:
+        if self.core is None:
+            return
+        counts = dict.fromkeys(self._m_instances, 0)
+        for member in self.core.members():
+            counts[member.state] += 1
+        for state, gauge in self._m_instances.items():
+            gauge.set(float(counts[state]))
+
     def _report_core_metrics(self) -> None:
         assert self.core is not None
         self._m_health.set(float(self.core.health_score))
+        degraded = self.core.degraded_probes
+        if degraded != self._degraded_reported:
+            self._m_degraded.incr(degraded - self._degraded_reported)
+            self._degraded_reported = degraded
         counts = self.core.msg_counts
         for kind, counter in self._m_msgs.items():
             grown = counts[kind] - self._msgs_reported[kind]
@@ -403,6 +457,10 @@ class GossipNode:
 
     async def _run_stream(self, req: StreamRequest) -> None:
         loop = asyncio.get_running_loop()
+        push_pull = req.kind is StreamKind.PUSH_PULL
+        if push_pull:
+            started = time.perf_counter()
+            self._report_member_states()  # what memberlist reports as it sends its state
         reply: bytes | None = None
         writer: asyncio.StreamWriter | None = None
         try:
@@ -422,6 +480,8 @@ class GossipNode:
             out = self.core.handle_stream_result(req.id, reply, loop.time())
             refused = out.refused
             self._apply(out)
+        if push_pull:
+            self._m_push_pull.since(started)
         waiter = self._stream_waiters.pop(req.id, None)
         if waiter is not None and not waiter.done():
             # A refused merge (conflicting node ID, wrong datacenter) is a failed join.

@@ -7,7 +7,9 @@ Owns, for :class:`proconsul.serf.lan.Membership` and :class:`proconsul.server.wa
   member event updates it;
 - serf's reconnect loop and reaper on that table (:mod:`proconsul.serf.reconnect`);
 - joining (``-join``/``-retry-join`` with their retry count and interval), leave and force-leave;
-- the views ``/v1/agent/members`` and ``/v1/agent/self`` read (members in name order, counts).
+- the views ``/v1/agent/members`` and ``/v1/agent/self`` read (members in name order, counts);
+- serf's metrics of the pool (:mod:`proconsul.serf.metrics`), counted from every gossip event
+  before the pool handles it.
 
 What differs stays in the pools, explicitly: their names, ports, timing profiles and config
 keys, the LAN pool's snapshot, merge check, name-conflict resolution, user events and listeners,
@@ -36,6 +38,7 @@ from proconsul.serf.member import (
     member_json,
     member_status,
 )
+from proconsul.serf.metrics import SerfMetrics
 from proconsul.serf.queries import KeyringQueries, QueryAsker
 from proconsul.serf.reconnect import Reconnector
 from proconsul.tasks import cancel_and_wait
@@ -52,7 +55,7 @@ class SerfPool:
 
     Args:
         config: the agent's configuration as it is now (a reload replaces what it returns).
-        metrics: where the gossip core counts probes, suspicions and messages (None: nowhere).
+        metrics: where the gossip driver and serf record this pool's metrics (None: nowhere).
         label: "LAN" or "WAN", for log lines and task names.
         name: our member name in the pool.
         port: the pool's gossip port; join addresses without a port get it too.
@@ -99,18 +102,25 @@ class SerfPool:
             (bind_host, port),
             gossip_config,
             tags=tags,
-            on_event=self._on_event,
+            on_event=self._on_gossip_event,
             advertise=(advertise_host, port),
             keyring=keyring,
             disable_coordinates=self.config.disable_coordinates,
             merge_check=merge_check,
             metrics=metrics,
+            network=label.lower(),
         )
         self.queries = QueryAsker(self.node)
         self.keyring_queries = KeyringQueries(self.node, self.queries, save_keyring)
         self.records: dict[str, MemberRecord] = {}
         self.leaving = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self.serf_metrics = SerfMetrics(metrics, label.lower())
+
+    def _on_gossip_event(self, event: Event) -> None:
+        member = getattr(event, "member", None)  # a MemberEvent's: its record before the event
+        self.serf_metrics.record(event, self.records.get(member.name) if member is not None else None)
+        self._on_event(event)
 
     def _on_event(self, event: Event) -> None:
         raise NotImplementedError  # each pool handles its own events
@@ -132,6 +142,8 @@ class SerfPool:
             logger.warning("gossip: port %d in use, dev agent gossips %s on a random port", self.port, self.label)
             self.node.use_random_port(self.advertise_host)
             await self.node.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(
+            self.serf_metrics.run_queue_checks(self.node.queue_depth), name=f"serf-queue-depth-{self.label}"))
 
     def _start_reconnect(
         self, reconnect_timeout: Callable[[], float], on_reap: Callable[[MemberRecord], None] | None = None

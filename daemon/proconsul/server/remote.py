@@ -13,6 +13,11 @@ Writes are retried on another server only when the connection could not be opene
 command was never sent); once sent, a lost connection is an unknown outcome, as on servers.
 Identical blocking reads travel as one call (`rpc.SharedCalls`), so a thousand local watchers
 of one service cost the server one parked read and one answer.
+
+Consul's client metrics: ``client.rpc`` counts every RPC sent to a server (each attempt, a retry
+on another server included), ``client.rpc.failed`` (label ``server``, the server's node name)
+every one that failed, whether the connection failed or the server answered with an error.
+Consul's ``client.rpc.exceeded`` has no counterpart: client agents have no RPC rate limit here.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import random
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from proconsul.metrics import Metrics
 from proconsul.rpc_api import (
     CALLER_TOKEN,
     NoLeader,
@@ -104,6 +110,7 @@ class RemoteServer:
         rng: random.Random | None = None,
         security: RPCSecurity | None = None,
         agent_token: Callable[[], str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.membership = membership
         self.datacenter = datacenter
@@ -118,6 +125,10 @@ class RemoteServer:
         self._task: asyncio.Task[None] | None = None
         # Identical blocking reads (same query, arguments and options) share one call to a server.
         self._blocking_calls = SharedCalls()
+        m = metrics or Metrics()  # without a registry (tests): a private one nobody reads
+        self._m_rpc = m.counter("client", "rpc", help="RPCs this agent sent to a server")
+        self._m_rpc_failed = m.counter("client", "rpc", "failed", labels=("server",),
+                                       help="RPCs this agent sent to a server that failed")
 
     # --- server choice -----------------------------------------------------------------------
 
@@ -135,19 +146,28 @@ class RemoteServer:
             raise NoServers()
         last: Exception | None = None
         for addr in candidates:
+            self._m_rpc.incr()
             try:
                 return await self.pool.call(addr, method, body, timeout_s=timeout_s)
             except RemoteError as exc:
+                self._rpc_failed(addr)
                 raise RPCError(str(exc)) from None
             except ConnectionRefusedError as exc:
+                self._rpc_failed(addr)
                 last = exc  # never sent: safe to try the next server
             except (TimeoutError, ConnectionError, OSError) as exc:
+                self._rpc_failed(addr)
                 if not retry_sent:
                     raise UnknownOutcome(f"rpc error: lost the server {addr} mid-write: {exc}") from None
                 last = exc
             self.server_list.notify_failed(addr)
             logger.info("client: server %s failed (%s); trying another", addr, last)
         raise RPCError(f"rpc error: no server answered: {last}")
+
+    def _rpc_failed(self, addr: str) -> None:
+        """Count a failed RPC to the server at `addr`, labelled with its node name (Consul's)."""
+        name = next((n for n, a in self.membership.servers() if a == addr), addr)
+        self._m_rpc_failed.with_labels(name).incr()
 
     # --- Server surface ----------------------------------------------------------------------
 

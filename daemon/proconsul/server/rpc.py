@@ -53,6 +53,7 @@ from proconsul.rpc_api import (
 )
 from proconsul.server import queries
 from proconsul.server.forwarding import WriteForwarder
+from proconsul.server.query_metrics import ServiceQueryCounters
 from proconsul.state import commands
 from proconsul.state.fsm import TxnError, TxnResult
 from proconsul.state.records import DirEntry, HealthCheck, Node, ServiceInstance
@@ -440,6 +441,7 @@ class Server:
         self._m_query = m.counter("rpc", "query", help="read queries (blocking or not) this server answered")
         self._m_request_error = m.counter("rpc", "request_error", help="RPCs from other agents answered with an error")
         self._m_blocking = m.gauge("rpc", "queries_blocking", help="blocking queries waiting for a change")
+        self._service_queries = ServiceQueryCounters(m)  # health/catalog.service.* by service
         self._blocking = 0
         self._parked_counters = (
             m.counter("rpc", "queries_blocking_rerun", help="re-runs of parked blocking reads after a change they watch"),
@@ -498,6 +500,7 @@ class Server:
             # Contact was lost while a blocking read waited: ask the leader now, without blocking
             # (as Consul retries once; the client sees the leader's index and blocks again).
             return await self.query(name, args, replace(opts, allow_stale=False, max_stale_s=0.0, min_index=0))
+        self._service_queries.record(name, args, result)
         return meta, result
 
     async def _wait_ready_for_reads(self) -> None:
@@ -661,6 +664,8 @@ class Server:
         spec = queries.spec(name)
         if args_text is None:
             args_text = args_key(args)
+        if opts.allow_stale or c.is_leader():  # answered here (a forwarded read is the leader's to count)
+            on_done = self._service_queries.counting(name, args, on_done)
         reader = ParkedRead(self._meta, self._parked_reader_left, on_done)
         if not opts.allow_stale and not c.is_leader():
             leader = c.leader_address()
@@ -685,6 +690,7 @@ class Server:
         if parked is None:
             index, result = run(self.store)
             if index > opts.min_index:
+                self._service_queries.record(name, args, result)
                 return self._meta(index, consistency), result
             parked = self._new_parked(key, run, spec.watch_set(args), opts.min_index, index, result)
         parked.readers += 1
