@@ -102,6 +102,13 @@ def test_health_state(dev_agent: AgentProcess, node: str, state: str) -> None:
     assert _json(dev_agent, "GET", "/v1/health/state/warning")[2] == []
 
 
+def test_health_state_unknown_is_an_empty_list(dev_agent: AgentProcess, node: str) -> None:
+    # Neither HealthChecksInState nor Health.ChecksInState (agent/consul/health_endpoint.go) nor
+    # state/catalog.go checksInStateTxn validates the state: an unknown one matches no check.
+    status, headers, checks = _json(dev_agent, "GET", "/v1/health/state/bogus")
+    assert (status, checks) == (200, []) and QUERY_META_HEADERS <= set(headers)
+
+
 # ------------------------------------------------------------------------------------ agent
 
 
