@@ -20,7 +20,6 @@ from proconsul.http.catalog import node_meta_filter
 from proconsul.http.common import bad_request, filter_items, flag, json_response, query_options, shared_fact
 from proconsul.http.coordinate import near_node
 from proconsul.local.cache import HEALTH_SERVICES
-from proconsul.server.queries import VALID_STATES
 from proconsul.state import protection
 
 logger = logging.getLogger(__name__)
@@ -42,18 +41,28 @@ def _unpeered(request: web.Request, items: list[Any], schema: Any) -> list[Any]:
     return [] if peer_requested(request) else filtered  # type: ignore[no-any-return]
 
 
+def _path_name(request: web.Request, key: str, missing: str) -> str:
+    """The name at the end of the path; an empty one is Consul's 400 (its routes are prefixes,
+    so `/v1/health/node/` reaches the handler, which refuses it with `missing`)."""
+    name = request.match_info.get(key, "")
+    if not name:
+        raise bad_request(missing)
+    return name
+
+
 async def node_health(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     opts = query_options(request)
-    meta, items = await agent.server.query("Health.NodeChecks", {"node": request.match_info["node"]}, opts)
+    node = _path_name(request, "node", "Missing node name")
+    meta, items = await agent.server.query("Health.NodeChecks", {"node": node}, opts)
     return json_response(request, _unpeered(request, items, bexpr.HEALTH_CHECK), meta)
 
 
 async def service_checks(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     opts = query_options(request)
-    args = {"service": request.match_info["service"], "node_meta": node_meta_filter(request),
-            "near": near_node(request)}
+    args = {"service": _path_name(request, "service", "Missing service name"),
+            "node_meta": node_meta_filter(request), "near": near_node(request)}
     meta, items = await agent.server.query("Health.ServiceChecks", args, opts)
     return json_response(request, _unpeered(request, items, bexpr.HEALTH_CHECK), meta)
 
@@ -61,9 +70,8 @@ async def service_checks(request: web.Request) -> web.Response:
 async def checks_in_state(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     opts = query_options(request)
-    state = request.match_info["state"]
-    if state not in VALID_STATES:
-        raise bad_request("Invalid check state")
+    # Consul validates nothing but emptiness: an unknown state matches no check (200, []).
+    state = _path_name(request, "state", "Missing check state")
     args = {"state": state, "node_meta": node_meta_filter(request), "near": near_node(request)}
     meta, items = await agent.server.query("Health.ChecksInState", args, opts)
     return json_response(request, _unpeered(request, items, bexpr.HEALTH_CHECK), meta)
@@ -95,7 +103,10 @@ async def service_health(request: web.Request) -> web.Response:
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/v1/health/node/{node}", node_health),
+        web.get("/v1/health/node/", node_health),
         web.get("/v1/health/checks/{service}", service_checks),
+        web.get("/v1/health/checks/", service_checks),
         web.get("/v1/health/state/{state}", checks_in_state),
+        web.get("/v1/health/state/", checks_in_state),
         web.get("/v1/health/service/{service}", service_health),
     ]

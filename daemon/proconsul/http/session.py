@@ -112,30 +112,40 @@ def decode_session(body: Any, node_name: str, session_ttl_min_s: float) -> Sessi
     )
 
 
+def _path_id(request: web.Request, key: str, missing: str) -> str:
+    """The session ID or node name ending the path; Consul's routes are prefixes, so an empty one
+    reaches its handler and is a 400 with `missing`."""
+    value = request.match_info.get(key, "")
+    if not value:
+        raise bad_request(missing)
+    return value
+
+
 async def create(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     check_dc(request)
     body = await read_json(request, allow_empty=True)
     session = decode_session(body, agent.node_name, agent.config.session_ttl_min_s)
     acl_gate.require(request, lambda authz: authz.require("session", session.node, "write"))
-    meta, _ = await agent.server.write(commands.SessionOp("create", session))
+    await agent.server.write(commands.SessionOp("create", session))
     await agent.touch_session(session)
-    return json_response(request, {"ID": session.id}, index=meta.index)
+    # Consul's SessionCreate and SessionDestroy set no query metadata: no X-Consul-Index.
+    return json_response(request, {"ID": session.id})
 
 
 async def destroy(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     check_dc(request)
-    sid = request.match_info["id"]
-    meta, _ = await agent.server.write(commands.SessionOp("destroy", Session(id=sid)))
+    sid = _path_id(request, "id", "Missing session")
+    await agent.server.write(commands.SessionOp("destroy", Session(id=sid)))
     agent.session_timers.disarm(sid)
-    return json_response(request, True, index=meta.index)
+    return json_response(request, True)
 
 
 async def renew(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     check_dc(request)
-    sid = request.match_info["id"]
+    sid = _path_id(request, "id", "Missing session")
     # The leader looks the session up and re-arms its TTL (client agents hold no sessions).
     sessions = await agent.renew_session(sid)
     if not sessions:
@@ -151,11 +161,11 @@ async def _read(request: web.Request, name: str, args: dict[str, str]) -> web.Re
 
 
 async def info(request: web.Request) -> web.Response:
-    return await _read(request, "Session.Get", {"id": request.match_info["id"]})
+    return await _read(request, "Session.Get", {"id": _path_id(request, "id", "Missing session")})
 
 
 async def node_list(request: web.Request) -> web.Response:
-    return await _read(request, "Session.NodeSessions", {"node": request.match_info["node"]})
+    return await _read(request, "Session.NodeSessions", {"node": _path_id(request, "node", "Missing node name")})
 
 
 async def list_all(request: web.Request) -> web.Response:
@@ -166,8 +176,12 @@ def routes() -> list[web.RouteDef]:
     return [
         web.put("/v1/session/create", create),
         web.put("/v1/session/destroy/{id}", destroy),
+        web.put("/v1/session/destroy/", destroy),
         web.put("/v1/session/renew/{id}", renew),
+        web.put("/v1/session/renew/", renew),
         web.get("/v1/session/info/{id}", info),
+        web.get("/v1/session/info/", info),
         web.get("/v1/session/node/{node}", node_list),
+        web.get("/v1/session/node/", node_list),
         web.get("/v1/session/list", list_all),
     ]

@@ -398,6 +398,7 @@ class AutopilotOperator:
         conf = core.config
         members = sorted(set(conf.voters) | set(conf.learners))
         names = self.operator.node_names()
+        gossip = self.operator.gossip_names()
         serf = self._serf()
         addrs = {sid: raft.addresses.addrs.get(sid, "") for sid in members}
         stats = await asyncio.gather(*(self._stats(sid, addrs[sid]) for sid in members))
@@ -412,7 +413,7 @@ class AutopilotOperator:
             prev = self.servers.get(sid)
             h = ServerHealth(id=sid, stable_since=prev.stable_since if prev else now,
                              changed_at=prev.changed_at if prev else time.monotonic())
-            h.name = names.get(sid, sid)
+            h.name = self.operator.server_name(sid, addrs[sid], gossip, names)
             h.address = addrs[sid]
             h.serf_status, h.version = serf.get(sid, ("none", ""))
             if sid == raft.id:

@@ -7,10 +7,12 @@ Owns what `/v1/operator/raft/*` and `/v1/snapshot` do on a server, and their RPC
 `Server.register`), so that a request arriving at a follower is forwarded once to the leader,
 as writes and default-mode reads are. `?stale` answers from the local server.
 
-Node names in the Raft configuration come from the replicated catalog: every server registers
-itself (node name and node ID) through the leader, so each server can map a Raft ID to a name
-without any side channel; this server's own name is known locally. A server not (yet) in the
-catalog is shown with its ID as its name.
+Node names in the Raft configuration come first from the LAN gossip pool, as Consul's
+`RaftGetConfiguration` indexes the serf LAN members that are servers by their Raft address: gossip
+is right even when the catalog is not, for instance just after a restore of another cluster's
+snapshot replaced the catalog and before the leader's reconcile re-registered this cluster's
+servers (issue 15). A server gossip does not know (yet) is named from the replicated catalog
+(every server registers its node name and ID there), then by its ID.
 
 `/v1/operator/raft/recover` is never forwarded: there is no leader to forward to. GET answers
 this server's Raft position (`proconsul.raft.recovery.live_state`) and PUT installs a recovery
@@ -85,6 +87,7 @@ class Operator:
         self.raft = raft
         self.node_id = node_id
         self.node_name = node_name
+        self.lan = lan
         registry: HandlerRegistry = server
         registry.register("Operator.RaftConfiguration", self._rpc_configuration)
         registry.register("Operator.RaftRemovePeer", self._rpc_remove_peer)
@@ -160,12 +163,29 @@ class Operator:
         return self.local_configuration()
 
     def node_names(self) -> dict[str, str]:
+        """Server names by node ID, from the catalog (and ours)."""
         names = {n.id: n.node for n in self.store.nodes.values() if n.id}
         names[self.node_id] = self.node_name
         return names
 
+    def gossip_names(self) -> dict[str, str]:
+        """Names of the LAN pool's servers keyed by their Raft address ("ip:port") and by their ID."""
+        names: dict[str, str] = {}
+        for rec in self.lan.members():
+            tags = rec.member.tags
+            if tags.get("role") != "consul":
+                continue
+            names[f"{rec.member.addr[0]}:{tags.get('port') or 8300}"] = rec.member.name
+            if tags.get("id"):
+                names.setdefault(tags["id"], rec.member.name)
+        return names
+
+    def server_name(self, sid: str, address: str, gossip: dict[str, str], catalog: dict[str, str]) -> str:
+        return gossip.get(address) or gossip.get(sid) or catalog.get(sid, sid)
+
     def local_configuration(self) -> dict[str, Any]:
         names = self.node_names()
+        gossip = self.gossip_names()
         if self.raft is None:
             c = self.server.consensus
             servers = [
@@ -179,7 +199,7 @@ class Operator:
         for s in conf["Servers"]:
             out.append({
                 "ID": s["ID"],
-                "Node": names.get(s["ID"], s["ID"]),
+                "Node": self.server_name(s["ID"], s["Address"], gossip, names),
                 "Address": s["Address"],
                 "Leader": s["Leader"],
                 "ProtocolVersion": PROTOCOL_VERSION,

@@ -669,14 +669,14 @@ class Store:
 
     def create_session(self, index: int, session: Session) -> None:
         if session.node not in self.nodes:
-            raise StoreError(f'Missing node registration for "{session.node}"')
+            raise StoreError("Missing node registration")  # Consul's ErrMissingNode, word for word
         per = self.checks.get(session.node, {})
         for cid in session.check_ids():
             check = per.get(cid)
             if check is None:
-                raise StoreError(f'Missing check "{cid}" registration')
+                raise StoreError(f"Missing check '{cid}' registration")
             if check.status == HEALTH_CRITICAL:
-                raise StoreError(f'Check "{cid}" is in critical state')
+                raise StoreError(f"Check '{cid}' is in critical state")
         self._log_undo_dict(self.sessions, session.id)
         self.sessions[session.id] = replace(session, create_index=index, modify_index=index)
         self.touch("sessions", index)
