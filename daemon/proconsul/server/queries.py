@@ -23,7 +23,7 @@ from proconsul.state import commands, protection, render
 from proconsul.state.fsm import TxnError, txn_op
 from proconsul.state.records import Node, ServiceInstance
 from proconsul.state.store import Store, StoreError, WatchSet
-from proconsul.structs import HEALTH_ANY, HEALTH_PASSING
+from proconsul.structs import HEALTH_PASSING
 
 CATALOG_TABLES = ("nodes", "services", "checks")
 COORDINATE_TABLES = ("coordinates",)
@@ -373,9 +373,6 @@ READS: dict[str, QuerySpec] = {
     "ACL.RoleList": QuerySpec(acl_queries.role_list, acl_queries.ROLE_TABLES),
     "ACL.BootstrapState": QuerySpec(acl_queries.bootstrap_state, acl_queries.TOKEN_TABLES),
 }
-
-VALID_STATES = (HEALTH_PASSING, "warning", "critical", HEALTH_ANY)
-
 
 def spec(name: str) -> QuerySpec:
     try:
