@@ -101,13 +101,15 @@ def test_crud_explain_with_py_consul(c: consul.Consul, dev_agent: AgentProcess) 
 
 
 def test_bad_definitions_and_unknown_queries(dev_agent: AgentProcess) -> None:
-    assert _post(dev_agent, {"Name": "x", "Service": {}}) == (400, "Must provide a Service name to query")
-    assert _post(dev_agent, {"Service": {"Service": "web"}}) == (400, "Must be bound to a session")
+    # Consul checks a definition in its PreparedQuery.Apply RPC, whose errors are 500s.
+    assert _post(dev_agent, {"Name": "x", "Service": {}}) == (
+        500, "Invalid prepared query: Must provide a Service name to query")
+    assert _post(dev_agent, {"Service": {"Service": "web"}}) == (500, "Invalid prepared query: Must be bound to a session")
     status, text = _post(dev_agent, {"Name": "x", "Service": {"Service": "web"}, "DNS": {"TTL": "later"}})
-    assert status == 400 and text.startswith("Bad DNS TTL 'later'")
+    assert status == 500 and text.startswith("Invalid prepared query: Bad DNS TTL 'later'")
     status, text = _post(dev_agent, {"Name": "x", "Template": {"Type": "name_prefix_match", "Regexp": "(("},
                                      "Service": {"Service": "web"}})
-    assert status == 400 and "error parsing regexp" in text
+    assert status == 500 and "error parsing regexp" in text
     status, _, raw = dev_agent.http("POST", "/v1/query", b"{not json")
     assert status == 400 and raw.startswith(b"Request decode failed")
 

@@ -69,7 +69,14 @@ async def _definition(request: web.Request) -> dict[str, Any]:
     try:
         return pq.normalize(body)
     except pq.QueryError as exc:
-        raise bad_request(str(exc)) from None
+        message = str(exc)
+        if message.startswith("Request decode failed"):
+            raise bad_request(message) from None  # Consul's HTTP layer decodes the body: a 400
+        # The rest Consul checks inside its PreparedQuery.Apply RPC ("Invalid prepared query: ..."),
+        # whose errors its HTTP layer answers with a 500.
+        if not message.startswith("Invalid prepared query"):
+            message = f"Invalid prepared query: {message}"
+        raise HTTPError(500, message) from None
 
 
 def _record(query_id: str, definition: dict[str, Any]) -> PreparedQuery:
