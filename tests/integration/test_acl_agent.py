@@ -277,3 +277,60 @@ def test_txn_operations_are_each_checked(agent: AgentProcess) -> None:
 
 def _accessor(m: consul.Consul, secret: str) -> str:
     return next(t["AccessorID"] for t in m.acl.token.list() if t["SecretID"] == secret)
+
+
+def test_prepared_queries_follow_query_rules(agent: AgentProcess) -> None:
+    """`query`/`query_prefix` rules on the query's name for changes and reads (tokens hidden without
+    acl:write), and execution results filtered by the query's own token, else the caller's."""
+    m = consul.Consul(host=agent.ip, port=agent.http_port, token=MGMT)
+    policy = m.acl.policy.create("pq", rules={"query_prefix": {"web-": {"policy": "write"}},
+                                              "service_prefix": {"": {"policy": "read"}},
+                                              "node_prefix": {"": {"policy": "read"}}})
+    writer = m.acl.token.create(policies_id=[policy["ID"]])["SecretID"]
+    blind = m.acl.token.create(description="no rules")["SecretID"]
+    assert m.agent.service.register("pqweb", port=80)
+    wait_for(lambda: "pqweb" in m.catalog.services()[1], timeout=30, what="pqweb registered")
+
+    def post(secret: str, body: dict) -> tuple[int, bytes]:
+        status, _, raw = _raw(agent, "POST", "/v1/query", secret, json.dumps(body).encode())
+        return status, raw
+
+    status, raw = post(writer, {"Name": "web-q", "Service": {"Service": "pqweb"}})
+    assert status == 200, raw
+    web_q = json.loads(raw)["ID"]
+    status, raw = post(writer, {"Name": "db-q", "Service": {"Service": "pqweb"}})
+    assert status == 403 and b"lacks permission 'query:write' on \"db-q\"" in raw
+    status, raw = post(MGMT, {"Name": "db-q", "Service": {"Service": "pqweb"}, "Token": writer})
+    assert status == 200, raw
+    db_q = json.loads(raw)["ID"]
+    status, raw = post(MGMT, {"Name": "web-tok", "Service": {"Service": "pqweb"}, "Token": writer})
+    web_tok = json.loads(raw)["ID"]
+
+    # Reads: only what query read covers, tokens hidden from a token without acl:write.
+    status, headers, raw = _raw(agent, "GET", "/v1/query", writer)
+    assert status == 200 and headers.get("x-consul-results-filtered-by-acls") == "true"
+    listed = {q["Name"]: q["Token"] for q in json.loads(raw)}
+    assert listed == {"web-q": "", "web-tok": "<hidden>"}
+    assert {q["Name"]: q["Token"] for q in m.query.list()}["web-tok"] == writer
+    assert _raw(agent, "GET", f"/v1/query/{db_q}", writer)[:3:2] == (403, b"Permission denied")
+    assert _raw(agent, "GET", f"/v1/query/{web_q}", writer)[0] == 200
+    assert _raw(agent, "GET", "/v1/query/db-q/explain", writer)[0] == 403
+
+    # Changes need write on the stored query's name and on the new one.
+    assert _raw(agent, "DELETE", f"/v1/query/{db_q}", writer)[0] == 403
+    moved = json.dumps({"Name": "db-moved", "Service": {"Service": "pqweb"}}).encode()
+    assert _raw(agent, "PUT", f"/v1/query/{web_q}", writer, moved)[0] == 403
+    renamed = json.dumps({"Name": "web-renamed", "Service": {"Service": "pqweb"}}).encode()
+    assert _raw(agent, "PUT", f"/v1/query/{web_q}", writer, renamed)[0] == 200
+
+    # Execution: no query rule needed; instances filtered by the query's token, else the caller's.
+    def execute(query_id: str, secret: str) -> tuple[list[str], bool]:
+        status, _, raw = _raw(agent, "GET", f"/v1/query/{query_id}/execute", secret)
+        assert status == 200, raw
+        answer = json.loads(raw)
+        return [n["Service"]["Service"] for n in answer["Nodes"]], answer["ResultsFilteredByACLs"]
+
+    assert execute(web_q, writer) == (["pqweb"], False)
+    assert execute(web_q, blind) == ([], True)
+    assert execute(db_q, blind) == (["pqweb"], False)  # the query's own token reads pqweb
+    assert _raw(agent, "DELETE", f"/v1/query/{web_tok}", writer)[0] == 200

@@ -229,10 +229,18 @@ PRE: dict[tuple[str, str], Check] = {
     ("GET", "/v1/health/ingress/{service}"): _none,
     ("GET", "/v1/catalog/connect/{service}"): _none,
     ("GET", "/v1/catalog/gateway-services/{gateway}"): _none,
+    # Prepared queries: `query` rules on the query's name, checked by http/query.py (the name is
+    # in the body or the stored query), and execution results filtered by the query's token.
+    ("POST", "/v1/query"): HANDLER,
+    ("GET", "/v1/query"): HANDLER,
+    ("GET", "/v1/query/{id}"): HANDLER,
+    ("PUT", "/v1/query/{id}"): HANDLER,
+    ("DELETE", "/v1/query/{id}"): HANDLER,
+    ("GET", "/v1/query/{id}/execute"): HANDLER,
+    ("GET", "/v1/query/{id}/explain"): HANDLER,
 }
-# Not listed, so management only: /v1/snapshot (as in Consul), /v1/coordinate/update, the
-# prepared-query routes (/v1/query*: Consul's query-name rules are not wired yet), and any route
-# added later until it is given a precise check here.
+# Not listed, so management only: /v1/snapshot (as in Consul), /v1/coordinate/update, and any
+# route added later until it is given a precise check here.
 
 
 # ------------------------------------------------------------------------------- filtering

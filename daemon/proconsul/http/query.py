@@ -1,7 +1,8 @@
 """`/v1/query/...`: prepared queries (create, list, read, update, delete, execute, explain).
 
-Owns decoding query definitions (`state.prepared_query.normalize`: Consul's checks, a refused
-definition is a 400 with Consul's reason), the writes (`PreparedQueryOp` through Raft, forwarded
+Owns decoding query definitions (`state.prepared_query.normalize`: Consul's checks; a body that
+does not decode is a 400, a refused definition a 500 "Invalid prepared query: <reason>", as
+Consul's PreparedQuery.Apply answers), the writes (`PreparedQueryOp` through Raft, forwarded
 with `?dc=`), the reads (named reads, `?dc=`, `?stale`/`?consistent`), and the execute and explain
 answers in Consul's JSON shape (`PreparedQueryExecuteResponse`: Service, Nodes, DNS, Datacenter,
 PeerName, Failovers and the embedded QueryMeta fields). Execution itself, with failover, is
@@ -9,8 +10,10 @@ PeerName, Failovers and the embedded QueryMeta fields). Execution itself, with f
 `_ip` is the first `X-Forwarded-For` entry, else the peer's address, as Consul. Execute answers
 `?cached` from the agent cache (a simple type, http/cached.py).
 
-ACLs: every handler goes through `server.prepared_query.authorize`, the single place where query
-permissions will be checked (execution calls it itself, for HTTP and DNS alike).
+ACLs (`http/query_acl.py`): `query` write on the name for changes, `query` read for reads (with
+tokens redacted unless `acl:write`), execution results filtered by the query's token or the
+caller's. DNS executions are guarded by the DNS token's read on every node and service
+(dns/acl.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from proconsul.http import cached
+from proconsul.acl.records import ANONYMOUS_ACCESSOR
+from proconsul.http import cached, query_acl
+from proconsul.http.acl_gate import FILTERED_HEADER, acl_enabled, authorizer
 from proconsul.http.appkeys import AGENT
 from proconsul.http.common import (
     HTTPError,
@@ -31,7 +36,6 @@ from proconsul.http.common import (
     query_options,
     read_json,
     target_dc,
-    token,
     uint_param,
 )
 from proconsul.local.cache import PREPARED_QUERY
@@ -46,9 +50,19 @@ _rng = random.Random()
 NOT_FOUND = "Query not found"
 
 
-def _authorize(request: web.Request, access: str, query: dict[str, Any] | None = None) -> None:
-    """Prepared-query permissions for this request (see `server.prepared_query.authorize`)."""
-    executor.authorize(token(request), access, query)
+async def _stored(request: web.Request) -> dict[str, Any] | None:
+    """The query named by the path's ID as stored (for the permission checks of a change)."""
+    _, items = await request.app[AGENT].server.query("PreparedQuery.Get", {"id": request.match_info["id"]},
+                                                     QueryOptions(allow_stale=False))
+    return items[0] if items else None
+
+
+def _only_visible(request: web.Request, query: dict[str, Any]) -> dict[str, Any]:
+    """`query` as this token may see it (redacted), or Consul's bare "Permission denied"."""
+    kept, _ = query_acl.readable(request, [query])
+    if not kept:
+        raise HTTPError(403, "Permission denied")
+    return kept[0]
 
 
 def _meta_fields(meta: QueryMeta) -> dict[str, Any]:
@@ -86,7 +100,7 @@ def _record(query_id: str, definition: dict[str, Any]) -> PreparedQuery:
 async def create(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     definition = await _definition(request)
-    _authorize(request, "write", definition)
+    query_acl.require_write(request, definition)
     query_id = str(uuid.uuid4())
     op = commands.PreparedQueryOp("create", _record(query_id, definition))
     await agent.server.write(op, datacenter=target_dc(request))
@@ -95,9 +109,12 @@ async def create(request: web.Request) -> web.Response:
 
 async def list_queries(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    _authorize(request, "read")
     meta, items = await agent.server.query("PreparedQuery.List", {}, query_options(request))
-    return json_response(request, items, meta)
+    items, removed = query_acl.readable(request, list(items))
+    resp = json_response(request, items, meta)
+    if removed and authorizer(request).accessor != ANONYMOUS_ACCESSOR:
+        resp.headers[FILTERED_HEADER] = "true"
+    return resp
 
 
 async def get_query(request: web.Request) -> web.Response:
@@ -106,14 +123,15 @@ async def get_query(request: web.Request) -> web.Response:
                                            query_options(request))
     if items is None:
         raise HTTPError(404, NOT_FOUND)
-    _authorize(request, "read", items[0])
-    return json_response(request, items, meta)
+    return json_response(request, [_only_visible(request, items[0])], meta)
 
 
 async def update(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     definition = await _definition(request)
-    _authorize(request, "write", definition)
+    query_acl.require_write(request, definition)
+    if acl_enabled(request) and (stored := await _stored(request)) is not None:
+        query_acl.require_write(request, stored)  # a missing one: the write answers as Consul's
     op = commands.PreparedQueryOp("update", _record(request.match_info["id"], definition))
     await agent.server.write(op, datacenter=target_dc(request))
     return web.Response(status=200)
@@ -121,7 +139,8 @@ async def update(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    _authorize(request, "write")
+    if acl_enabled(request) and (stored := await _stored(request)) is not None:
+        query_acl.require_write(request, stored)
     op = commands.PreparedQueryOp("delete", PreparedQuery(request.match_info["id"]))
     await agent.server.write(op, datacenter=target_dc(request))
     return web.Response(status=200)
@@ -141,14 +160,13 @@ async def execute(request: web.Request) -> web.Response:
     opts = query_options(request)
     args = (request.match_info["id"], source_ip(request), request.query.get("near", ""), limit,
             flag(request, "connect"))
-    secret = token(request)
 
     # Kept by a cache entry for its refetches, so it holds the request's values, not the request.
     async def run(opts: QueryOptions) -> executor.Execution:
         id_or_name, ip, near, limit, connect = args
         return await executor.execute(
             agent.server, id_or_name, opts, agent.config.datacenter, _rng, agent_node=agent.node_name,
-            source_ip=ip, near=near, limit=limit, connect=connect, token=secret,
+            source_ip=ip, near=near, limit=limit, connect=connect,
         )
 
     async def fetch(min_index: int, wait_s: float) -> tuple[QueryMeta, executor.Execution]:
@@ -163,16 +181,25 @@ async def execute(request: web.Request) -> web.Response:
     except executor.QueryNotFound:
         raise HTTPError(404, NOT_FOUND) from None
     query = execution.query
+    nodes = executor.check_service_nodes(execution)
+    filtered = False
+    exec_authz = await query_acl.execution_authorizer(request, query)
+    if exec_authz is not None:
+        nodes, filtered = query_acl.visible_nodes(exec_authz, nodes)
     body = {
         "Service": query["Service"]["Service"],
-        "Nodes": executor.check_service_nodes(execution),
+        "Nodes": nodes,
         "DNS": dict(query["DNS"]),
         "Datacenter": execution.datacenter,
         "PeerName": "",
         "Failovers": execution.failovers,
         **_meta_fields(execution.meta),
+        "ResultsFilteredByACLs": filtered,
     }
-    return cached.mark(request, json_response(request, body, execution.meta))
+    resp = json_response(request, body, execution.meta)
+    if filtered:
+        resp.headers[FILTERED_HEADER] = "true"
+    return cached.mark(request, resp)
 
 
 async def explain(request: web.Request) -> web.Response:
@@ -181,8 +208,7 @@ async def explain(request: web.Request) -> web.Response:
                                            query_options(request))
     if query is None:
         raise HTTPError(404, NOT_FOUND)
-    _authorize(request, "read", query)
-    return json_response(request, {"Query": query, **_meta_fields(meta)}, meta)
+    return json_response(request, {"Query": _only_visible(request, query), **_meta_fields(meta)}, meta)
 
 
 def routes() -> list[web.RouteDef]:

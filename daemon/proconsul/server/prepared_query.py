@@ -51,26 +51,6 @@ class QueryNotFound(RPCError):
         super().__init__("Query not found")
 
 
-# ------------------------------------------------------------------------------------------ ACLs
-
-
-def authorize(token: str, access: str, query: dict[str, Any] | None = None) -> None:
-    """ACL-HOOK(query): the one place prepared-query permissions will be enforced.
-
-    Not enforced yet: ACLs are not implemented (the agent refuses to start with `acl.enabled`).
-    Called by every `/v1/query` handler and by `execute` (so DNS executions pass here too), with
-    the request's token (DNS: "" for the agent's default token). When ACLs land this checks, as
-    Consul does: `access` "write" (create/update/delete) needs `query` write on the query's Name
-    prefix (the stored query's Name for update/delete; a catch-all template needs write on every
-    prefix); "read" (get/list/explain) needs `query` read, list and get leave out what the token
-    may not read and show `Token` as `<hidden>` without management rights; "execute" needs no
-    `query` rule, but the query's own `Token`, else the caller's, must read the service and its
-    nodes, and `Nodes` is filtered by them (`X-Consul-Results-Filtered-By-ACLs`). Raise an RPCError
-    subclass that the HTTP layer maps to 403 ("Permission denied").
-    """
-    del token, access, query  # nothing to enforce while ACLs are off
-
-
 # -------------------------------------------------------------------------------- local filter
 
 Instance = tuple[Node, ServiceInstance, list[HealthCheck]]
@@ -280,7 +260,6 @@ async def execute(
     near: str = "",
     limit: int = 0,
     connect: bool = False,
-    token: str = "",
 ) -> Execution:
     """Execute the query `id_or_name` where `opts.datacenter` says (ours by default), failing over
     when nothing healthy is found there. Raises QueryNotFound."""
@@ -302,7 +281,6 @@ async def execute(
     query = found["Query"]
     if query is None:
         raise QueryNotFound()
-    authorize(query["Token"] or token, "execute", query)
     instances = _instances(found["Nodes"])
     answered, failovers = target, 0
     if not instances:
