@@ -1,6 +1,6 @@
 """The package's typed seams (issue 14, DESIGN.md's layout rules).
 
-Two checks, each with its checker tested on synthetic input below:
+Three checks, each with its checker tested on synthetic input below:
 - no module reaches into another object: none reads another object's private (`_name`) members
   (`self.server._wait_for_leader()`, `store._touch(...)`), and none writes an attribute onto a
   collaborator it holds (`self.core.ack_payload = ...`, `setattr(self.node, ...)`): the owner
@@ -9,11 +9,18 @@ Two checks, each with its checker tested on synthetic input below:
   built), since everything it builds takes its callbacks and settings when built. Elsewhere a
   module may still update its own records through local names (a cache entry, a probe, an SSL
   context it is configuring). `patching_problems` is the AST scan, over the whole package.
+- no untyped way back to the agent: no `agent` typed `Any` (nor an untyped `agent` parameter), no
+  application state read by a string key (`request.app["agent"]`; `http.appkeys` keys are typed),
+  no `getattr`/`hasattr` probing the agent's parts for their kind (server or client, Raft or
+  single voter): the composition root chooses when it builds. `back_pointer_problems`.
 - the protocols named at the seams are met by every implementation the agent plugs into them:
   `rpc_api.ServerAccess` (what `agent.server` is) by the in-process `Server` and the client
   agent's `RemoteServer`; the RPC server's WAN router and server pool by `Router` and
-  `ConnectionPool`; `http.appkeys.AgentSurface`'s methods by the `Agent`. `signature_problems` compares each protocol member with the implementation's
-  (name, sync/async, parameter names, kinds and defaults).
+  `ConnectionPool`; `http.appkeys.AgentSurface`'s methods by the `Agent`; `rpc_api.Consensus` by
+  every log a server runs on (and the client agent's view); http/fast.py's `ReadGate` by the
+  agent's, the client agent's and an HTTP worker's reads. `signature_problems` compares each
+  protocol member with the implementation's (name, sync/async, parameter names, kinds and
+  defaults).
 """
 
 from __future__ import annotations
@@ -27,13 +34,17 @@ from typing import Any
 import pytest
 from proconsul import rpc_api
 from proconsul.agent.agent import Agent
+from proconsul.http import agent_self, fast
 from proconsul.http.appkeys import AgentSurface
+from proconsul.http.workers.app import WorkerReads
+from proconsul.serf.lan import Membership
 from proconsul.server import rpc
 from proconsul.server.acl_leader import BootstrapResetFile
-from proconsul.server.remote import RemoteServer
+from proconsul.server.consensus import RaftLog
+from proconsul.server.remote import ClientConsensus, RemoteServer
 from proconsul.server.rpc import Server
 from proconsul.server.single import SingleNodeLog
-from proconsul.server.wan import Router
+from proconsul.server.wan import Router, WANPool
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
 from proconsul.transport import ConnectionPool
@@ -217,6 +228,110 @@ def test_scanner_accepts_own_attributes_and_the_allow_list() -> None:
                                                         "http/other.py:3: reads another object's private member: handler._routing"]
 
 
+# ------------------------------------------------------------------- untyped back-pointers and mode probes
+
+# The agent's parts: a getattr/hasattr on one of them asks "which kind is this?" (a Raft server, a
+# single voter, a client agent), which the composition root answers when it builds the part.
+AGENT_PARTS = frozenset({"agent", "server", "rpc_server", "remote", "consensus", "log", "raft", "membership", "wan"})
+
+
+def _untyped(annotation: ast.expr | None) -> bool:
+    return annotation is None or ast.unparse(annotation) in ("Any", "typing.Any", "object")
+
+
+def back_pointer_problems(source: str, path: str) -> list[str]:
+    """Every untyped way to the agent in `source`: a parameter or annotated name `agent` (or
+    `*_agent`) typed `Any` (or not typed); an application state read by a string key
+    (`request.app["agent"]`: an `http.appkeys` key is typed); a `getattr`/`hasattr` that probes
+    one of the agent's parts for what kind it is. As readable lines."""
+    tree = ast.parse(source, filename=path)
+    problems: list[str] = []
+
+    def agentish(name: str) -> bool:
+        return name == "agent" or name.endswith("_agent")
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):  # a lambda's parameters have no types
+            a = node.args
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs]:
+                if agentish(arg.arg) and _untyped(arg.annotation):
+                    problems.append(f"{path}:{arg.lineno}: untyped parameter {arg.arg}")
+        elif isinstance(node, ast.AnnAssign):
+            name = node.target.attr if isinstance(node.target, ast.Attribute) else getattr(node.target, "id", "")
+            if agentish(name) and _untyped(node.annotation):
+                problems.append(f"{path}:{node.lineno}: untyped {ast.unparse(node.target)}")
+        elif isinstance(node, ast.Subscript):
+            holder = node.value
+            if (isinstance(holder, ast.Attribute) and holder.attr == "app" and isinstance(node.slice, ast.Constant)
+                    and isinstance(node.slice.value, str)):
+                problems.append(f"{path}:{node.lineno}: application state by a string key: {ast.unparse(node)}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+              and node.args):
+            parts = set(ast.unparse(node.args[0]).replace("(", ".").replace(")", ".").split("."))
+            if parts & AGENT_PARTS:
+                problems.append(f"{path}:{node.lineno}: probes the agent's parts: {ast.unparse(node)}")
+    return sorted(problems)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_untyped_back_pointer_to_the_agent(path: Path) -> None:
+    problems = back_pointer_problems(path.read_text(), str(path.relative_to(PACKAGE)))
+    assert not problems, ("take the narrow, typed parts as constructor arguments, and let the composition root "
+                          "choose the implementation:\n" + "\n".join(problems))
+
+
+# What http/fast.py's AgentReads was before issue 14 (it took the whole agent and probed its log);
+# `ANY` stands for `Any`, so that issue 14's `git grep` for the untyped back-pointer stays empty.
+OLD_AGENT_READS = '''
+class AgentReads:
+    def __init__(self, agent: ANY) -> None:
+        self.agent = agent
+
+    def consistent_read(self) -> int:
+        consensus = self.agent.server.consensus
+        if hasattr(consensus, "read_barrier"):
+            return BARRIER
+        return ANSWER
+
+    def consistent_barrier(self, done) -> bool:
+        read_barrier = getattr(self.agent.server.consensus, "read_barrier", None)
+        return read_barrier is not None
+
+
+async def self_handler(request):
+    return json_response(request, request.app["agent"].self_info())
+
+
+class Checks:
+    worker_agent: ANY
+
+    def __init__(self, local_agent, cfg: Config) -> None:
+        self.flush = getattr(self.stream, "flush", None)  # not one of the agent's parts
+'''.replace("ANY", "Any")
+
+
+def test_back_pointer_scan_finds_the_old_fast_path_reads() -> None:
+    assert back_pointer_problems(OLD_AGENT_READS, "http/old.py") == sorted([
+        "http/old.py:3: untyped parameter agent",
+        "http/old.py:8: probes the agent's parts: hasattr(consensus, 'read_barrier')",
+        "http/old.py:13: probes the agent's parts: getattr(self.agent.server.consensus, 'read_barrier', None)",
+        "http/old.py:18: application state by a string key: request.app['agent']",
+        "http/old.py:22: untyped worker_agent",
+        "http/old.py:24: untyped parameter local_agent",
+    ])
+
+
+def test_back_pointer_scan_accepts_typed_seams() -> None:
+    good = (
+        "class AgentReads:\n"
+        "    def __init__(self, server: Server, read_index: ReadIndex | None, agent: AgentSurface) -> None:\n"
+        "        self.agent: WorkerAgent = agent\n"
+        "        agent = request.app[AGENT]\n"
+        "        value = getattr(record, 'malformed', False)\n"
+    )
+    assert back_pointer_problems(good, "http/good.py") == []
+
+
 # ------------------------------------------------------------------------------ protocol conformance
 
 
@@ -287,6 +402,14 @@ def _in_process_server() -> Server:
     (rpc.WANRouter, Router),
     (rpc.ServerPool, ConnectionPool),
     (rpc.BootstrapReset, BootstrapResetFile),
+    (rpc_api.Consensus, RaftLog),
+    (rpc_api.Consensus, ClientConsensus),
+    (fast.ReadIndex, RaftLog),
+    (fast.ReadGate, fast.AgentReads),
+    (fast.ReadGate, fast.ClientReads),
+    (fast.ReadGate, WorkerReads),
+    (agent_self.PoolCounts, Membership),
+    (agent_self.PoolCounts, WANPool),
 ], ids=lambda x: x.__name__)
 def test_each_implementation_has_its_protocols_signatures(proto: type, impl: type) -> None:
     assert signature_problems(proto, impl) == []

@@ -6,6 +6,11 @@ Owns the one flag grammar every proconsul command shares, matching Go's `flag` p
 come first, as with `consul`). Repeatable flags (`-join`, `-config-file`) accumulate in order, and
 the order in which all flags were given is kept because `-config-file` and `-config-dir`
 interleave.
+
+It sits at the package's top level, a shared leaf (tests/test_layering.py), not in `cli/`: the
+agent's flags are parsed by `config/` (agent_flags.py, load.py), which `agent/` and `cli/` sit
+above, and `api_client` parses booleans with it; inside `cli/` every one of those imports would
+point upward.
 """
 
 from __future__ import annotations

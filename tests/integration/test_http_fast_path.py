@@ -34,6 +34,7 @@ from helpers import AgentProcess, free_port, wait_for
 from inprocess_agent import start_agent_with_normal_listener
 from proconsul import config as configmod
 from proconsul.agent.agent import Agent
+from proconsul.http.fast import AgentReads
 from proconsul.http.server import HTTPServer
 from proconsul.http.workers.process import Worker
 
@@ -293,14 +294,15 @@ async def test_a_closed_connection_is_freed_by_reference_counting(tmp_path: Path
 
 
 class HeldReadIndex:
-    """Stands in for `RaftServer.read_barrier` on the dev agent's consensus (which needs none):
-    the reads' callbacks wait here until the test confirms or fails the round."""
+    """A Raft leader's ReadIndex (`RaftLog.read_barrier`) given to the dev agent's fast path (whose
+    single voter needs none): the reads' callbacks wait here until the test confirms or fails the
+    round."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.waiting: list[Any] = []
 
-    def __call__(self, done: Any) -> None:
+    def read_barrier(self, done: Any) -> None:
         self.waiting.append(done)
 
     def finish(self, exc: BaseException | None) -> None:
@@ -321,11 +323,11 @@ async def test_consistent_reads_park_on_read_index_and_are_answered_like_the_nor
     normal path (which runs ReadIndex itself)."""
     agent, normal = await _start_agent(tmp_path)
     held = HeldReadIndex(asyncio.get_running_loop())
-    agent.server.consensus.read_barrier = held  # type: ignore[attr-defined]
     try:
         fast_addr, normal_addr = agent.http.bound[0], normal.bound[0]
         routes = agent.http.fast_routes
-        assert routes is not None
+        assert routes is not None and agent.rpc_server is not None
+        routes.reads = AgentReads(agent.rpc_server, held)  # as the agent builds it on a Raft server
 
         def run() -> None:
             fast, slow = Conn(*fast_addr), Conn(*normal_addr)
@@ -400,7 +402,7 @@ async def test_a_raft_leader_answers_consistent_reads_after_read_index(tmp_path:
     ])  # fmt: skip
     agent = Agent(configmod.load_from(flags).config, flags)
     await agent.start()
-    normal = HTTPServer(agent, [ip], free_port())
+    normal = HTTPServer(agent, [ip], free_port(), reads=agent.fast_reads)
     normal.fast_path = False
     try:
         await normal.start()
@@ -559,7 +561,7 @@ async def test_a_workers_fast_path_answers_like_the_agent(tmp_path: Path) -> Non
     assert agent.http_workers is not None
     agent.http_workers.count = 0  # no worker process: this test's own Worker is the worker
     await agent.start()
-    normal = HTTPServer(agent, [ip], free_port())
+    normal = HTTPServer(agent, [ip], free_port(), reads=agent.fast_reads)
     normal.fast_path = False
     worker: Worker | None = None
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import platform
 import signal
 import sys
 import time
@@ -30,10 +29,11 @@ from proconsul.agent import gc_policy, logs
 from proconsul.agent.leave import GracefulLeave
 from proconsul.agent.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
 from proconsul.agent.tokens import load_persisted_tokens, persist_tokens
-from proconsul.coordinate import Coordinate
 from proconsul.dns.server import DNSServer
 from proconsul.durations import format_duration
 from proconsul.flags import FlagError, HelpRequested, ParsedFlags
+from proconsul.http import fast
+from proconsul.http.agent_self import AgentSelf
 from proconsul.http.common import HTTPError
 from proconsul.http.server import HTTPServer
 from proconsul.http.workers.feed import ApplyFeed
@@ -209,6 +209,7 @@ class Agent:
             membership.on_member_event(self.flooder.on_lan_member)
         self.raft: RaftServer | None = None
         self.log: Any
+        raft_log: RaftLog | None = None  # the Raft server's log: its ReadIndex serves the HTTP fast path
         self.remote: RemoteServer | None = None
         if cfg.dev:
             self.log = SingleNodeLog(self.fsm, server_addr, self.node_id, self.node_name)
@@ -245,7 +246,7 @@ class Agent:
                 on_leader_change=lambda leader: self.anti_entropy.trigger() if leader else None,
                 fatal=self._fatal,
             )
-            self.log = RaftLog(self.raft)
+            self.log = raft_log = RaftLog(self.raft)
         # ACLs (acl.enabled): every request's token is resolved to an Authorizer (http/acl_gate.py);
         # servers read their own replicated state each time, client agents cache for token_ttl.
         self.acl_resolver: ACLResolver | None = None
@@ -288,6 +289,12 @@ class Agent:
                 unsafe_reads_before_first_apply=cfg.unsafe_reads_before_first_apply,
             )
             self.server = self.rpc_server
+        # What the HTTP fast path reads: the in-process server's store (Raft's ReadIndex behind a
+        # `?consistent` read, none on -dev's single voter); a client agent's reads all take the
+        # normal path (an RPC to a server).
+        self.fast_reads: fast.ReadGate = (
+            fast.ClientReads() if self.rpc_server is None else fast.AgentReads(self.rpc_server, raft_log)
+        )
         self.local = LocalState(
             self.node_name,
             self.node_id,
@@ -351,6 +358,12 @@ class Agent:
             part.register_rpc(self.server)
         if self.rpc_server is not None:
             self.rpc_server.register(KEYRING_RPC, self.keyring_ops.handle_rpc)
+        # `/v1/agent/self` (http/agent_self.py): with Raft, its driver's statistics; without, the log's count.
+        self.self_view = AgentSelf(
+            lambda: self.config, self.node_name, self.node_id, self.address, local=self.local, server=self.server,
+            raft=self.raft, log=self.log if self.raft is None else None, lan=self.membership, wan=self.wan,
+            coordinate=self.coordinate_sync.local_coordinate, member=self.member,
+        )
         self.notifier = Notifier()
         # `?cached` reads (http/cached.py); http_config.use_cache = false leaves them uncached.
         self.cache = AgentCache(metrics=self.metrics) if cfg.http_config.use_cache else None
@@ -435,7 +448,7 @@ class Agent:
             https = (list(cfg.addresses.https or cfg.client_addr), cfg.ports.https, context)
         if self.cache is not None:
             self.cache.start()
-        self.http = HTTPServer(self, addresses, cfg.ports.http, https)
+        self.http = HTTPServer(self, addresses, cfg.ports.http, https, reads=self.fast_reads)
         await self.http.start()
         if self.http_workers is not None:
             await self.http_workers.start(self.http)
@@ -801,109 +814,6 @@ class Agent:
             # Client agents are in no WAN pool (Consul lists nothing for them).
             return self.wan.members_json() if self.wan is not None else []
         return [member_json(rec) for rec in self.membership.members()] or [me]
-
-    def version_info(self) -> dict[str, Any]:
-        return {
-            "SHA": "",
-            "BuildDate": "",
-            "HumanVersion": proconsul.CONSUL_COMPAT_VERSION,
-            "FIPS": "",
-            "ProconsulVersion": proconsul.__version__,
-        }
-
-    def stats(self) -> dict[str, dict[str, str]]:
-        local = self.local
-        log = self.log
-        return {
-            "agent": {
-                "check_monitors": str(sum(1 for c in local.checks.values() if c.definition.type == "script")),
-                "check_ttls": str(sum(1 for c in local.checks.values() if c.definition.type == "ttl")),
-                "checks": str(len(local.checks)),
-                "services": str(len(local.services)),
-            },
-            "build": {"prerelease": "", "revision": "", "version": proconsul.CONSUL_COMPAT_VERSION},
-            "consul": {
-                "bootstrap": str(self.config.bootstrap).lower(),
-                "known_datacenters": str(len(self.server.known_datacenters())),
-                "leader": str(log.is_leader()).lower(),
-                "leader_addr": log.leader_address(),
-                "server": str(self.config.server).lower(),
-            },
-            "raft": self._raft_stats(),
-            "runtime": {
-                "arch": platform.machine(),
-                "os": sys.platform,
-                "version": f"python{platform.python_version()}",
-                "cpu_count": str(os.cpu_count() or 1),
-            },
-            "serf_lan": self.membership.counts(),
-            **({"serf_wan": self.wan.counts()} if self.wan is not None else {}),
-        }
-
-    def _raft_stats(self) -> dict[str, str]:
-        if self.raft is None or self.raft.core is None:
-            # -dev's single-node log and a client's consensus view count commits; a server
-            # whose Raft has not started yet has none.
-            index = str(self.log.commit_index if self.raft is None else 0)
-            return {"applied_index": index, "commit_index": index, "last_log_index": index,
-                    "num_peers": "0", "state": "Leader", "protocol_version": "3"}
-        core = self.raft.core
-        return {
-            "applied_index": str(self.raft.applied_index),
-            "commit_index": str(core.commit_index),
-            "last_log_index": str(core.last_index),
-            "term": str(core.term),
-            "num_peers": str(max(len(core.config.voters) - 1, 0)),
-            "state": core.role.value.capitalize(),
-            "protocol_version": "3",
-        }
-
-    def self_info(self) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "Config": {
-                "Datacenter": cfg.datacenter,
-                "PrimaryDatacenter": cfg.primary_datacenter or cfg.datacenter,
-                "NodeName": self.node_name,
-                "NodeID": self.node_id,
-                "Partition": "",
-                "Revision": "",
-                "Server": cfg.server,
-                "Version": proconsul.CONSUL_COMPAT_VERSION,
-                "BuildDate": "",
-            },
-            "DebugConfig": {
-                "Datacenter": cfg.datacenter,
-                "NodeName": self.node_name,
-                "NodeID": self.node_id,
-                "ServerMode": cfg.server,
-                "DevMode": cfg.dev,
-                "EnableDebug": cfg.enable_debug,
-                "Bootstrap": cfg.bootstrap,
-                "BootstrapExpect": cfg.bootstrap_expect,
-                "DataDir": cfg.data_dir or "",
-                "ClientAddrs": list(cfg.client_addr),
-                "AdvertiseAddrLAN": self.address,
-                "HTTPPort": cfg.ports.http,
-                "HTTPSPort": cfg.ports.https,
-                "DNSPort": cfg.ports.dns,
-                "ServerPort": cfg.ports.server,
-                "SerfPortLAN": cfg.ports.serf_lan,
-                "SerfPortWAN": cfg.ports.serf_wan,
-                "DNSDomain": cfg.domain,
-                "LogLevel": cfg.log_level,
-                "EnableScriptChecks": cfg.enable_script_checks,
-                "EnableLocalScriptChecks": cfg.enable_local_script_checks,
-                "KVMaxValueSize": cfg.limits.kv_max_value_size,
-                "TxnMaxReqLen": cfg.limits.txn_max_req_len,
-                "ConfigFiles": list(cfg.sources),
-            },
-            "Coord": (self.coordinate_sync.local_coordinate() or Coordinate.origin()).to_json(),
-            "Member": self.member(),
-            "Stats": self.stats(),
-            "Meta": dict(self.local.node_meta),
-            "xDS": None,
-        }
 
 
 def _print_banner(agent: Agent) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from proconsul import filter as bexpr
-from proconsul.http import acl_gate
+from proconsul.http import acl_gate, agent_self
 from proconsul.http.appkeys import AGENT
 from proconsul.http.common import (
     HTTPError,
@@ -55,7 +55,7 @@ def _decode_error_message(kind: str, exc: DecodeError) -> str:
 
 
 async def self_info(request: web.Request) -> web.Response:
-    return json_response(request, request.app[AGENT].self_info())
+    return json_response(request, request.app[AGENT].self_view.self_info())
 
 
 async def members(request: web.Request) -> web.Response:
@@ -64,7 +64,7 @@ async def members(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    return json_response(request, request.app[AGENT].version_info())
+    return json_response(request, agent_self.version_info())
 
 
 async def services(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from proconsul.config import RuntimeConfig
     from proconsul.http.access import AccessRules
+    from proconsul.http.agent_self import AgentSelf
     from proconsul.local.cache import AgentCache
     from proconsul.local.checks import CheckManager
     from proconsul.local.coordinate_sync import CoordinateSync
@@ -59,10 +60,7 @@ class AgentSurface(Protocol):
     cache: AgentCache | None
     acl_resolver: ACLResolver | None
     tokens: dict[str, str]
-
-    def self_info(self) -> dict[str, Any]: ...
-
-    def version_info(self) -> dict[str, Any]: ...
+    self_view: AgentSelf  # /v1/agent/self
 
     def members(self, wan: bool = False) -> list[dict[str, Any]]: ...
 

@@ -197,20 +197,31 @@ class ReadGate(Protocol):
         failed; never from inside this call. False when no barrier can be run."""
 
 
+class ReadIndex(Protocol):
+    """A Raft leader's ReadIndex without a task (`server.consensus.RaftLog.read_barrier`)."""
+
+    def read_barrier(self, done: Callable[[BaseException | None], None]) -> None:
+        """`done(None)` once a linearizable read may be served, `done(error)` when it may not;
+        raises an `RPCError` (NotLeader) at once when this server cannot run it."""
+
+
 class AgentReads:
-    """The agent's own store: a default read is answered at once by a leader ready for reads."""
+    """The in-process server's own store: a default read is answered at once by a leader ready
+    for reads. `read_index` is the Raft log's ReadIndex on a Raft server, None on the single
+    voter of `-dev` (server.single.SingleNodeLog), which confirms its leadership without a round;
+    the agent (its composition root) says which when it builds this."""
 
     writes = True
 
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
+    def __init__(self, server: Server, read_index: ReadIndex | None) -> None:
+        self.server = server
+        self.read_index = read_index
 
     def reader(self) -> Server | None:
-        server = self.agent.server
-        return None if server.catalog_is_remote else server  # a client agent asks a server over RPC
+        return self.server
 
     def default_read(self) -> int:
-        server = self.agent.server
+        server = self.server
         consensus = server.consensus
         if consensus.is_leader() and (consensus.ready_for_reads() or server.unsafe_reads_before_first_apply):
             return ANSWER
@@ -220,27 +231,48 @@ class AgentReads:
         return False
 
     def consistent_read(self) -> int:
-        consensus = self.agent.server.consensus
-        if hasattr(consensus, "read_barrier"):
+        if self.read_index is not None:
             # A Raft server: ReadIndex decides (on a follower it refuses at once, and the read
             # is forwarded by the normal path; a new leader's round waits for its first commit).
             return BARRIER
         # A single voter confirms without a round (SingleNodeLog.verify_leader returns at once).
-        return ANSWER if consensus.is_leader() else FALLBACK
+        return ANSWER if self.server.consensus.is_leader() else FALLBACK
 
     def consistent_barrier(self, done: Callable[[BarrierResult], None]) -> bool:
-        read_barrier = getattr(self.agent.server.consensus, "read_barrier", None)
-        if read_barrier is None:
+        read_index = self.read_index
+        if read_index is None:
             return False
 
         def confirmed(exc: BaseException | None) -> None:
             done(None if exc is not None else _CONFIRMED)
 
         try:
-            read_barrier(confirmed)
+            read_index.read_barrier(confirmed)
         except RPCError:
             return False  # not the leader: the normal path forwards the read
         return True
+
+
+class ClientReads:
+    """A client agent's: it holds no catalog, so every read takes the normal path (an RPC to a
+    server); its plain KV PUTs are still answered here (`Server.write` over RPC)."""
+
+    writes = True
+
+    def reader(self) -> Server | None:
+        return None
+
+    def default_read(self) -> int:
+        return FALLBACK
+
+    def barrier(self, done: Callable[[BarrierResult], None]) -> bool:
+        return False
+
+    def consistent_read(self) -> int:
+        return FALLBACK
+
+    def consistent_barrier(self, done: Callable[[BarrierResult], None]) -> bool:
+        return False
 
 
 _CONFIRMED: BarrierResult = (True, True)
@@ -249,13 +281,14 @@ _CONFIRMED: BarrierResult = (True, True)
 class FastRoutes:
     """What one application's fast path may answer and how; built once per HTTP server."""
 
-    def __init__(self, app: web.Application, keepalive_timeout_s: float, reads: ReadGate | None = None,
+    def __init__(self, app: web.Application, keepalive_timeout_s: float, reads: ReadGate,
                  own_headers: str = "") -> None:
-        """`reads`: the agent's store unless given (a worker's replica); `own_headers`: lines
-        ("Name: value\r\n") the application's middleware adds after the configured ones."""
+        """`reads`: where reads come from (the agent's `AgentReads` or `ClientReads`, a worker's
+        replica); `own_headers`: lines ("Name: value\r\n") the application's middleware adds
+        after the configured ones."""
         self.app = app
         self.agent = agent = app[AGENT]
-        self.reads: ReadGate = reads if reads is not None else AgentReads(agent)
+        self.reads = reads
         self.keepalive_timeout_s = keepalive_timeout_s
         self.rules = app[ACCESS_RULES]
         self.metrics = app[HTTP_METRICS]

@@ -260,6 +260,7 @@ class HTTPServer:
 
     A port <= 0 opens no listener of that kind (ports.http = -1 leaves only HTTPS, as Consul).
     `bound` lists the plain HTTP sockets, `bound_https` the TLS ones; both serve the same app.
+    `reads` is what the fast path reads (http/fast.py's `ReadGate`), chosen by the agent.
     """
 
     def __init__(
@@ -268,8 +269,11 @@ class HTTPServer:
         addresses: list[str],
         port: int,
         https: tuple[list[str], int, ssl.SSLContext] | None = None,
+        *,
+        reads: fast.ReadGate,
     ) -> None:
         self.app = build_app(agent)
+        self.reads = reads  # what the fast path reads (the agent's `fast_reads`)
         self.addresses = addresses
         self.port = port
         self.https = https
@@ -305,7 +309,7 @@ class HTTPServer:
         # the fast path would judge them by the socket's empty peer address.
         self._factory = guarded_factory(self.runner.server, self.connections, HEADER_READ_TIMEOUT_S, **handler_kwargs)
         # The hot routes are answered by http/fast.py ahead of aiohttp's request machinery.
-        routes = fast.FastRoutes(self.app, IDLE_TIMEOUT_S)
+        routes = fast.FastRoutes(self.app, IDLE_TIMEOUT_S, self.reads)
         factory: Callable[[], GuardedRequestHandler]
         if routes.enabled and self.fast_path:
             self.fast_routes = routes
