@@ -20,13 +20,14 @@ async def test_create_list_info_and_destroy(api: Client) -> None:
     await _node(api)
     resp = await api.put("/v1/session/create", json={"Node": "n2", "Name": "lock", "TTL": "30s"})
     assert resp.status == 200
-    created = int(resp.headers["X-Consul-Index"])
+    assert "X-Consul-Index" not in resp.headers  # Consul sets no query metadata on a create
     body = await resp.json()
     assert list(body) == ["ID"]
     sid = body["ID"]
     resp = await api.get(f"/v1/session/info/{sid}")
     assert (resp.status, resp.headers["X-Consul-KnownLeader"]) == (200, "true")
     [session] = await resp.json()
+    created = int(resp.headers["X-Consul-Index"])
     assert session == {"ID": sid, "Name": "lock", "Node": "n2", "LockDelay": 15_000_000_000, "Behavior": "release",
                        "TTL": "30s", "NodeChecks": ["serfHealth"], "ServiceChecks": None,
                        "CreateIndex": created, "ModifyIndex": created}
@@ -55,7 +56,7 @@ async def test_unknown_sessions_and_nodes(api: Client) -> None:
     assert (resp.status, await resp.json()) == (200, [])
     assert "X-Consul-Index" in resp.headers
     resp = await api.put("/v1/session/create", json={"Node": "nope"})
-    assert (resp.status, await resp.text()) == (500, 'Missing node registration for "nope"')
+    assert (resp.status, await resp.text()) == (500, "Missing node registration")
 
 
 async def test_bad_session_bodies_are_400s(api: Client) -> None:
