@@ -57,6 +57,7 @@ from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
 from proconsul.server import acl_authz, acl_leader, acl_queries
 from proconsul.server.acl_authz import same_node
 from proconsul.server.acl_resolver import ACLNotFound, ACLResolver
+from proconsul.server.acl_rpc import RPCACL
 from proconsul.server.admission import lan_admission
 from proconsul.server.cluster import ClusterMember, server_identity
 from proconsul.server.consensus import CommandStateMachine, RaftLog
@@ -277,6 +278,9 @@ class Agent:
                 identity=server_identity(cfg, self.node_id, self.node_name, server_addr) if self.raft else None,
                 # A client agent's write over RPC: the caller's token must allow it.
                 authorize_write=self._authorize_write if acl_on else None,
+                # Reads over RPC are checked with the caller's token; calls to other servers carry one.
+                acl_gate=RPCACL(self.acl_resolver.resolve, lambda: self.tokens, cfg.acl.enable_key_list_policy)
+                if self.acl_resolver is not None else None,
                 acl_bootstrap_reset=acl_leader.BootstrapResetFile(cfg.data_dir) if acl_on and cfg.data_dir else None,
                 unsafe_follower_local_reads=cfg.unsafe_follower_local_reads,
                 unsafe_reads_before_first_apply=cfg.unsafe_reads_before_first_apply,
