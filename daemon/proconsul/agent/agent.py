@@ -25,7 +25,7 @@ from typing import Any
 
 import proconsul
 from proconsul import config as configmod
-from proconsul.acl.authorizer import PermissionDenied
+from proconsul.acl.authorizer import Authorizer, PermissionDenied
 from proconsul.agent import gc_policy, logs
 from proconsul.agent.leave import GracefulLeave
 from proconsul.agent.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
@@ -50,7 +50,14 @@ from proconsul.metrics.runtime import RuntimeSampler
 from proconsul.metrics.statsd import StatsdSinks
 from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.raft.recovery import RecoveryError
-from proconsul.rpc_api import NoPathToDatacenter, QueryMeta, QueryOptions, RPCError, ServerAccess
+from proconsul.rpc_api import (
+    CALLER_TOKEN,
+    NoPathToDatacenter,
+    QueryMeta,
+    QueryOptions,
+    RPCError,
+    ServerAccess,
+)
 from proconsul.serf.keyring import KEYRING_RPC, KeyringOperations
 from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
@@ -440,9 +447,8 @@ class Agent:
         if errors := self._start_watches(cfg):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
-            resolver = self.acl_resolver
             self.dns = DNSServer(self.server, lambda: self.config, metrics=self.metrics, node_name=self.node_name,
-                                 acl=(lambda: resolver.resolve("")) if resolver is not None else None)
+                                 acl=self._dns_authorizer if self.acl_resolver is not None else None)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:
@@ -676,6 +682,14 @@ class Agent:
             return await self.rpc_server.query(name, args, opts)
         index, found = acl_queries.resolve(self.store, args)
         return QueryMeta(index, bool(self.log.leader_address()), 0, "stale"), found
+
+    async def _dns_authorizer(self) -> Authorizer:
+        """DNS answers with the default token (else anonymous), as Consul's; the reads it sends
+        to a server (client agents) carry that token, so the server filters them alike."""
+        assert self.acl_resolver is not None
+        secret = self.acl_resolver.effective_secret("")
+        CALLER_TOKEN.set(secret)  # this DNS question's task only
+        return await self.acl_resolver.resolve(secret)
 
     async def _authorize_write(self, secret: str, command: Any) -> None:
         """A client agent's write over RPC: the caller's token must allow it (ACLs on, servers)."""

@@ -952,6 +952,8 @@ class Server:
             opts = QueryOptions.from_wire(body["opts"], body.get("dc", ""))
             if self.acl_gate is not None:
                 return await self._query_authorized(body, opts)
+            if opts.datacenter:
+                CALLER_TOKEN.set(body.get("token"))  # the other datacenter's server may check it
             meta, result = await self.query(body["name"], body["args"], opts)
             return _query_reply(meta, result, opts)
         if method == "Client.Write":
