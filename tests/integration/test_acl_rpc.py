@@ -166,7 +166,8 @@ def test_server_rpc_port_enforces_acls_without_tls(server: AgentProcess) -> None
     assert isinstance(refused, RemoteError) and DENIED in str(refused) and _kv(a, "sec/a") == b"s"
 
     # The operator calls a follower forwards to its leader: their HTTP endpoint's permission.
-    for method, body in (("Snapshot.Save", {}), ("Operator.RaftConfiguration", {})):
+    for method, body in (("Snapshot.Save", {}), ("Operator.RaftConfiguration", {}),
+                         ("Keyring.Operation", {"op": "list", "key": "", "local_only": True, "forwarded": False})):
         for tok in ("", reader):
             refused = _rpc(a, method, {**body, "token": tok} if tok else body)
             assert isinstance(refused, RemoteError) and DENIED in str(refused), (method, refused)

@@ -10,9 +10,9 @@ after it (the rules of server/acl_reads.py, the same the HTTP API applies). A ca
 acts as the anonymous token (a server does not substitute its own default token for a caller),
 and one with an unknown or deleted token is refused with "ACL not found", as Consul answers.
 
-The operator calls a server forwards to its leader (`Operator.*`, `Snapshot.Save`: a dict body
-with the caller's `token`) are checked with the permission of their HTTP endpoint
-(`OPERATOR_CALLS`) before their handler runs.
+The operator calls a server forwards to its leader (`Operator.*`, `Snapshot.Save`) and the
+keyring operations (`Keyring.Operation`), each a dict body with the caller's `token`, are
+checked with the permission of their HTTP endpoint (`OPERATOR_CALLS`) before their handler runs.
 """
 
 from __future__ import annotations
@@ -29,17 +29,20 @@ from proconsul.server.acl_resolver import ACLNotFound
 
 Resolve = Callable[[str], Awaitable[Authorizer]]
 
-# Registered RPC methods that read or change cluster state, with the `operator` access their
-# HTTP endpoint needs ("" = a management token: a snapshot holds every secret, as Consul's).
-OPERATOR_CALLS: dict[str, str] = {
-    "Snapshot.Save": "",
-    "Operator.RaftConfiguration": READ,
-    "Operator.AutopilotGetConfiguration": READ,
-    "Operator.ServerHealth": READ,
-    "Operator.AutopilotState": READ,
-    "Operator.RaftRemovePeer": WRITE,
-    "Operator.RaftTransferLeader": WRITE,
-    "Operator.AutopilotSetConfiguration": WRITE,
+# Registered RPC methods that read or change cluster state, with the (resource, access) their
+# HTTP endpoint needs, from the call's body (resource "" = a management token: a snapshot holds
+# every secret, as Consul's).
+OPERATOR_CALLS: dict[str, Callable[[Any], tuple[str, str]]] = {
+    "Snapshot.Save": lambda body: ("", ""),
+    "Operator.RaftConfiguration": lambda body: ("operator", READ),
+    "Operator.AutopilotGetConfiguration": lambda body: ("operator", READ),
+    "Operator.ServerHealth": lambda body: ("operator", READ),
+    "Operator.AutopilotState": lambda body: ("operator", READ),
+    "Operator.RaftRemovePeer": lambda body: ("operator", WRITE),
+    "Operator.RaftTransferLeader": lambda body: ("operator", WRITE),
+    "Operator.AutopilotSetConfiguration": lambda body: ("operator", WRITE),
+    # The gossip keyring (serf/keyring.py): listing needs keyring:read, changing it keyring:write.
+    "Keyring.Operation": lambda body: ("keyring", READ if type(body) is dict and body.get("op") == "list" else WRITE),
 }
 
 
@@ -94,18 +97,20 @@ class RPCACL:
 
     async def check_call(self, method: str, body: Any) -> None:
         """Authorise an operator call (`OPERATOR_CALLS`) with the token in its body."""
-        access = OPERATOR_CALLS.get(method)
-        if access is None:
+        need = OPERATOR_CALLS.get(method)
+        if need is None:
             return
         secret = str(body.get("token") or "") if type(body) is dict else ""
         authz = await self.authorizer(secret)
+        resource, access = need(body)
         try:
-            if access:
-                authz.require_single("operator", access)
+            if resource:
+                authz.require_single(resource, access)
             else:
                 authz.require_management()
         except PermissionDenied as exc:
             raise RPCError(str(exc)) from None
+        CALLER_TOKEN.set(secret)  # carried on where the call goes next (another datacenter's servers)
 
     @staticmethod
     def filter(authz: Authorizer | None, name: str, args: dict[str, Any], result: Any) -> tuple[Any, bool]:
