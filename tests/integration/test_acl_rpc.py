@@ -3,7 +3,7 @@
 A `-server` agent with `acl { enabled = true default_policy = "deny" }` and no TLS. A raw RPC
 client on its server port (as an attacker who reaches port 8300 would, speaking the agent's own
 protocol) calls what client agents and other servers call: `Client.Query`, `Query`,
-`Raft.Apply`, `Raft.ApplyBatch`, the operator calls. Without a token, or with a token lacking the permission, reads
+`Raft.Apply`, `Raft.ApplyBatch`, the operator, keyring and event calls. Without a token, or with a token lacking the permission, reads
 are refused or filtered exactly as over HTTP and writes change nothing; with the management
 token they work. Then the audit's blocking-query case: a parked `GET /v1/kv/...?index=` whose
 token is deleted while it waits answers 403 "ACL not found" when the key changes.
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from helpers import AgentProcess, free_port, wait_for
 from proconsul.state import commands
@@ -167,7 +168,9 @@ def test_server_rpc_port_enforces_acls_without_tls(server: AgentProcess) -> None
 
     # The operator calls a follower forwards to its leader: their HTTP endpoint's permission.
     for method, body in (("Snapshot.Save", {}), ("Operator.RaftConfiguration", {}),
-                         ("Keyring.Operation", {"op": "list", "key": "", "local_only": True, "forwarded": False})):
+                         ("Keyring.Operation", {"op": "list", "key": "", "local_only": True, "forwarded": False}),
+                         ("Internal.EventFire", {"Name": "deploy", "Payload": msgpack.packb(
+                             {"ID": "00000000-0000-0000-0000-00000000000e", "n": "deploy", "v": 1})})):
         for tok in ("", reader):
             refused = _rpc(a, method, {**body, "token": tok} if tok else body)
             assert isinstance(refused, RemoteError) and DENIED in str(refused), (method, refused)

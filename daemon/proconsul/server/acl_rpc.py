@@ -11,7 +11,7 @@ acts as the anonymous token (a server does not substitute its own default token 
 and one with an unknown or deleted token is refused with "ACL not found", as Consul answers.
 
 The operator calls a server forwards to its leader (`Operator.*`, `Snapshot.Save`) and the
-keyring operations (`Keyring.Operation`), each a dict body with the caller's `token`, are
+keyring operations (`Keyring.Operation`) and user events (`Internal.EventFire`), each a dict body with the caller's `token`, are
 checked with the permission of their HTTP endpoint (`OPERATOR_CALLS`) before their handler runs.
 """
 
@@ -29,21 +29,29 @@ from proconsul.server.acl_resolver import ACLNotFound
 
 Resolve = Callable[[str], Awaitable[Authorizer]]
 
-# Registered RPC methods that read or change cluster state, with the (resource, access) their
-# HTTP endpoint needs, from the call's body (resource "" = a management token: a snapshot holds
+# Registered RPC methods that read or change cluster state, with what their HTTP endpoint needs,
+# from the call's body: (resource, access, name) for a named resource, name None for a
+# single-valued one (operator, keyring), resource "" for a management token (a snapshot holds
 # every secret, as Consul's).
-OPERATOR_CALLS: dict[str, Callable[[Any], tuple[str, str]]] = {
-    "Snapshot.Save": lambda body: ("", ""),
-    "Operator.RaftConfiguration": lambda body: ("operator", READ),
-    "Operator.AutopilotGetConfiguration": lambda body: ("operator", READ),
-    "Operator.ServerHealth": lambda body: ("operator", READ),
-    "Operator.AutopilotState": lambda body: ("operator", READ),
-    "Operator.RaftRemovePeer": lambda body: ("operator", WRITE),
-    "Operator.RaftTransferLeader": lambda body: ("operator", WRITE),
-    "Operator.AutopilotSetConfiguration": lambda body: ("operator", WRITE),
+Need = tuple[str, str, str | None]
+OPERATOR_CALLS: dict[str, Callable[[Any], Need]] = {
+    "Snapshot.Save": lambda body: ("", "", None),
+    "Operator.RaftConfiguration": lambda body: ("operator", READ, None),
+    "Operator.AutopilotGetConfiguration": lambda body: ("operator", READ, None),
+    "Operator.ServerHealth": lambda body: ("operator", READ, None),
+    "Operator.AutopilotState": lambda body: ("operator", READ, None),
+    "Operator.RaftRemovePeer": lambda body: ("operator", WRITE, None),
+    "Operator.RaftTransferLeader": lambda body: ("operator", WRITE, None),
+    "Operator.AutopilotSetConfiguration": lambda body: ("operator", WRITE, None),
     # The gossip keyring (serf/keyring.py): listing needs keyring:read, changing it keyring:write.
-    "Keyring.Operation": lambda body: ("keyring", READ if type(body) is dict and body.get("op") == "list" else WRITE),
+    "Keyring.Operation": lambda body: ("keyring", READ if _field(body, "op") == "list" else WRITE, None),
+    # A user event (local/events.py): event:write on its name (watch handlers run on it).
+    "Internal.EventFire": lambda body: ("event", WRITE, _field(body, "Name")),
 }
+
+
+def _field(body: Any, name: str) -> str:
+    return str(body.get(name) or "") if type(body) is dict else ""
 
 
 def with_token(body: Any) -> Any:
@@ -102,12 +110,14 @@ class RPCACL:
             return
         secret = str(body.get("token") or "") if type(body) is dict else ""
         authz = await self.authorizer(secret)
-        resource, access = need(body)
+        resource, access, name = need(body)
         try:
-            if resource:
+            if not resource:
+                authz.require_management()
+            elif name is None:
                 authz.require_single(resource, access)
             else:
-                authz.require_management()
+                authz.require(resource, name, access)
         except PermissionDenied as exc:
             raise RPCError(str(exc)) from None
         CALLER_TOKEN.set(secret)  # carried on where the call goes next (another datacenter's servers)
