@@ -6,7 +6,8 @@ protocol) calls what client agents and other servers call: `Client.Query`, `Quer
 `Raft.Apply`, `Raft.ApplyBatch`, the operator, keyring and event calls. Without a token, or with a token lacking the permission, reads
 are refused or filtered exactly as over HTTP and writes change nothing; with the management
 token they work. Then the audit's blocking-query case: a parked `GET /v1/kv/...?index=` whose
-token is deleted while it waits answers 403 "ACL not found" when the key changes.
+token is deleted while it waits answers 403 "ACL not found" when the key changes, on the server
+itself and through a client agent.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from cluster_helpers import LanCluster
 from helpers import AgentProcess, free_port, wait_for
 from proconsul.state import commands
 from proconsul.state.records import DirEntry
@@ -190,27 +192,45 @@ def _blocking_now(agent: AgentProcess) -> float:
     return sum(g["Value"] for g in json.loads(body)["Gauges"] if g["Name"].endswith("rpc.queries_blocking"))
 
 
-def test_a_parked_blocking_query_is_refused_once_its_token_is_deleted(server: AgentProcess) -> None:
-    a = server
-    made = _token(a, {"key_prefix": {"sec/": {"policy": "read"}}}, "sec-read")
+def _parked_read_of_a_deleted_token(via: AgentProcess, server: AgentProcess) -> tuple[int, bytes]:
+    """Park `GET /v1/kv/sec/a?index=` on `via` with a read token, delete the token, write the
+    key: the parked request's (status, body)."""
+    made = _token(server, {"key_prefix": {"sec/": {"policy": "read"}}}, "sec-read")
     reader, accessor = made["SecretID"], made["AccessorID"]
-    assert _http(a, "PUT", "/v1/kv/sec/a", MGMT, b"1")[0] == 200
-    status, headers, _ = _http(a, "GET", "/v1/kv/sec/a", reader)
+    assert _http(server, "PUT", "/v1/kv/sec/a", MGMT, b"1")[0] == 200
+    status, headers, _ = _http(via, "GET", "/v1/kv/sec/a", reader)
     assert status == 200
     index = int(headers["x-consul-index"])
 
     answer: list[tuple[int, dict[str, str], bytes]] = []
-    before = _blocking_now(a)
+    before = _blocking_now(server)
     parked = threading.Thread(target=lambda: answer.append(
-        _http(a, "GET", f"/v1/kv/sec/a?index={index}&wait=20s", reader, timeout=60)))
+        _http(via, "GET", f"/v1/kv/sec/a?index={index}&wait=20s", reader, timeout=60)))
     parked.start()
     try:
-        wait_for(lambda: _blocking_now(a) > before, timeout=30, what="the blocking query parked")
-        assert _http(a, "DELETE", f"/v1/acl/token/{accessor}", MGMT)[0] == 200
-        assert _http(a, "PUT", "/v1/kv/sec/a", MGMT, b"2")[0] == 200
+        wait_for(lambda: _blocking_now(server) > before, timeout=30, what="the blocking query parked")
+        assert _http(server, "DELETE", f"/v1/acl/token/{accessor}", MGMT)[0] == 200
+        assert _http(server, "PUT", "/v1/kv/sec/a", MGMT, b"2")[0] == 200
     finally:
         parked.join(timeout=60)
+    # A fresh request with that token is refused the same way (on a server at once).
+    assert _http(server, "GET", "/v1/kv/sec/a", reader)[:3:2] == (403, b"ACL not found")
     status, _, body = answer[0]
-    assert (status, body) == (403, b"ACL not found")
-    # A fresh request with that token says the same.
-    assert _http(a, "GET", "/v1/kv/sec/a", reader)[:3:2] == (403, b"ACL not found")
+    return status, body
+
+
+def test_a_parked_blocking_query_is_refused_once_its_token_is_deleted(server: AgentProcess) -> None:
+    assert _parked_read_of_a_deleted_token(server, server) == (403, b"ACL not found")
+
+
+def test_through_a_client_agent_the_server_refuses_the_woken_read(tmp_path: Path) -> None:
+    """The client agent caches the token's resolution (token_ttl), but the server that answers
+    its blocking read checks the token again when it wakes."""
+    cluster = LanCluster(tmp_path, ("c1",), "-hcl", _hcl())
+    try:
+        srv, c1 = cluster.start()
+        wait_for(lambda: _http(c1, "GET", "/v1/acl/token/self", MGMT)[0] == 200, timeout=60,
+                 what="the management token through the client agent")
+        assert _parked_read_of_a_deleted_token(c1, srv) == (403, b"ACL not found")
+    finally:
+        cluster.stop()
