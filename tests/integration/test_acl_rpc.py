@@ -232,5 +232,24 @@ def test_through_a_client_agent_the_server_refuses_the_woken_read(tmp_path: Path
         wait_for(lambda: _http(c1, "GET", "/v1/acl/token/self", MGMT)[0] == 200, timeout=60,
                  what="the management token through the client agent")
         assert _parked_read_of_a_deleted_token(c1, srv) == (403, b"ACL not found")
+
+        # A catalog write through the client agent is judged by the server against the whole
+        # catalog: service:write alone registers a service on an existing, unchanged node the
+        # token may not even read; anything more is Consul's 403, and nothing is written.
+        node = {"Node": "n9", "Address": "10.0.0.9"}
+        assert _http(srv, "PUT", "/v1/catalog/register", MGMT, json.dumps(node).encode())[0] == 200
+        web = _token(srv, {"service": {"web": {"policy": "write"}}}, "web-write")["SecretID"]
+        status, _, body = _http(c1, "PUT", "/v1/catalog/register", web,
+                                json.dumps({**node, "Service": {"Service": "web", "Port": 80}}).encode())
+        assert status == 200, body
+        status, _, body = _http(c1, "PUT", "/v1/catalog/register", web,
+                                json.dumps({**node, "Service": {"Service": "db", "Port": 5432}}).encode())
+        assert status == 403 and b"lacks permission 'service:write' on \"db\"" in body, body
+        status, _, body = _http(c1, "PUT", "/v1/catalog/register", web,
+                                json.dumps({"Node": "n9", "Address": "10.9.9.9"}).encode())
+        assert status == 403 and b"lacks permission 'node:write' on \"n9\"" in body, body
+        services = json.loads(_http(srv, "GET", "/v1/catalog/node-services/n9", MGMT)[2])["Services"]
+        assert [s["Service"] for s in services] == ["web"]
+        assert json.loads(_http(srv, "GET", "/v1/catalog/node/n9", MGMT)[2])["Node"]["Address"] == "10.0.0.9"
     finally:
         cluster.stop()
