@@ -188,6 +188,9 @@ class QueryMeta:
     known_leader: bool
     last_contact_ms: int
     consistency: str  # "leader" | "stale" | "consistent"
+    # The answering server left out what the caller's token may not read (ACLs; Consul's
+    # ResultsFilteredByACLs): the HTTP API says so with X-Consul-Results-Filtered-By-ACLs.
+    results_filtered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 import proconsul
 from proconsul import config as configmod
-from proconsul.acl.authorizer import PermissionDenied
+from proconsul.acl.authorizer import Authorizer, PermissionDenied
 from proconsul.agent import gc_policy, logs
 from proconsul.agent.leave import GracefulLeave
 from proconsul.agent.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
@@ -50,13 +50,21 @@ from proconsul.metrics.runtime import RuntimeSampler
 from proconsul.metrics.statsd import StatsdSinks
 from proconsul.raft.node import PeersFileError, RaftServer
 from proconsul.raft.recovery import RecoveryError
-from proconsul.rpc_api import NoPathToDatacenter, QueryMeta, QueryOptions, RPCError, ServerAccess
+from proconsul.rpc_api import (
+    CALLER_TOKEN,
+    NoPathToDatacenter,
+    QueryMeta,
+    QueryOptions,
+    RPCError,
+    ServerAccess,
+)
 from proconsul.serf.keyring import KEYRING_RPC, KeyringOperations
 from proconsul.serf.lan import Membership
 from proconsul.serf.member import PROTOCOL_VERSIONS, member_json
 from proconsul.server import acl_authz, acl_leader, acl_queries
 from proconsul.server.acl_authz import same_node
 from proconsul.server.acl_resolver import ACLNotFound, ACLResolver
+from proconsul.server.acl_rpc import RPCACL
 from proconsul.server.admission import lan_admission
 from proconsul.server.cluster import ClusterMember, server_identity
 from proconsul.server.consensus import CommandStateMachine, RaftLog
@@ -284,6 +292,9 @@ class Agent:
                 identity=server_identity(cfg, self.node_id, self.node_name, server_addr) if self.raft else None,
                 # A client agent's write over RPC: the caller's token must allow it.
                 authorize_write=self._authorize_write if acl_on else None,
+                # Reads over RPC are checked with the caller's token; calls to other servers carry one.
+                acl_gate=RPCACL(self.acl_resolver.resolve, lambda: self.tokens, cfg.acl.enable_key_list_policy)
+                if self.acl_resolver is not None else None,
                 acl_bootstrap_reset=acl_leader.BootstrapResetFile(cfg.data_dir) if acl_on and cfg.data_dir else None,
                 unsafe_follower_local_reads=cfg.unsafe_follower_local_reads,
                 unsafe_reads_before_first_apply=cfg.unsafe_reads_before_first_apply,
@@ -455,9 +466,8 @@ class Agent:
         if errors := self._start_watches(cfg):
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
-            resolver = self.acl_resolver
             self.dns = DNSServer(self.server, lambda: self.config, metrics=self.metrics, node_name=self.node_name,
-                                 acl=(lambda: resolver.resolve(self.tokens.get("dns", ""))) if resolver is not None else None)
+                                 acl=self._dns_authorizer if self.acl_resolver is not None else None)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:
@@ -694,6 +704,15 @@ class Agent:
             return await self.rpc_server.query(name, args, opts)
         index, found = acl_queries.resolve(self.store, args)
         return QueryMeta(index, bool(self.log.leader_address()), 0, "stale"), found
+
+    async def _dns_authorizer(self) -> Authorizer:
+        """DNS answers with `acl.tokens.dns`, else the default token, else anonymous (Consul's);
+        the reads it sends to a server (client agents) carry that token, so the server filters
+        them alike."""
+        assert self.acl_resolver is not None
+        secret = self.acl_resolver.effective_secret(self.tokens.get("dns", ""))
+        CALLER_TOKEN.set(secret)  # this DNS question's task only
+        return await self.acl_resolver.resolve(secret)
 
     async def _authorize_write(self, secret: str, command: Any) -> None:
         """A client agent's write over RPC: the caller's token must allow it (ACLs on, servers)."""

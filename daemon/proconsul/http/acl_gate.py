@@ -7,6 +7,14 @@ down to what the token may read (setting `X-Consul-Results-Filtered-By-ACLs: tru
 anonymous requests, as Consul); and failing
 closed: a route not in the table needs a management token.
 
+A blocking query (`?index=`) is checked again when it answers (`recheck`, Consul re-authorises
+on every wake): a token deleted while the request waited is "ACL not found", one whose policy
+changed gets its new rights. A server resolves from its own store each time; a client agent
+caches for `acl.token_ttl`, as Consul's do.
+
+The filter predicates are server/acl_reads.py's, which a server applies to the reads that reach
+it over RPC; an answer a server already filtered passes here unchanged.
+
 Routes marked `HANDLER` check inside their handler (their permission depends on the body: catalog
 register, agent service and check registration, session create, txn); they read the Authorizer
 with `authorizer(request)`.
@@ -26,9 +34,16 @@ from proconsul.acl.rules import READ, WRITE
 from proconsul.http.appkeys import ACL_RESOLVER, AGENT
 from proconsul.http.common import HTTPError, encode_json, flag, token
 from proconsul.rpc_api import CALLER_TOKEN, QueryOptions
+from proconsul.server import acl_reads
 from proconsul.server.acl_resolver import ACLNotFound
 
 FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
+
+# The predicates a server filters its RPC answers with (server/acl_reads.py).
+_node_read = acl_reads.node_read
+_check_read = acl_reads.check_read
+_service_entry_read = acl_reads.service_entry_read
+_health_entry_read = acl_reads.health_entry_read
 
 Check = Callable[[web.Request, Authorizer], Awaitable[None]]
 
@@ -248,27 +263,6 @@ PRE: dict[tuple[str, str], Check] = {
 Keep = Callable[[Authorizer, Any], bool]
 
 
-def _node_read(field: str) -> Keep:
-    return lambda a, item: isinstance(item, dict) and a.allowed("node", str(item.get(field, "")), READ)
-
-
-def _check_read(a: Authorizer, c: Any) -> bool:
-    if not isinstance(c, dict) or not a.allowed("node", str(c.get("Node", "")), READ):
-        return False
-    name = c.get("ServiceName") or ""
-    return not name or a.allowed("service", str(name), READ)
-
-
-def _service_entry_read(a: Authorizer, e: Any) -> bool:
-    return (isinstance(e, dict) and a.allowed("node", str(e.get("Node", "")), READ)
-            and a.allowed("service", str(e.get("ServiceName", "")), READ))
-
-
-def _health_entry_read(a: Authorizer, e: Any) -> bool:
-    return (isinstance(e, dict) and a.allowed("node", str((e.get("Node") or {}).get("Node", "")), READ)
-            and a.allowed("service", str((e.get("Service") or {}).get("Service", "")), READ))
-
-
 def _ui_nodes(request: web.Request, a: Authorizer, body: Any) -> tuple[Any, bool]:
     """The UI's node dump: nodes the token may read, each with only its readable services/checks."""
     if not isinstance(body, list):
@@ -307,26 +301,11 @@ def _map(keep: Callable[[Authorizer, str, Any], bool]) -> Callable[[web.Request,
 
 
 def _kv_list(request: web.Request, a: Authorizer, body: Any) -> tuple[Any, bool]:
-    if not isinstance(body, list):
-        return body, False
-    kept = [e for e in body if a.allowed("key", e if isinstance(e, str) else str(e.get("Key", "")), READ)]
-    return kept, len(kept) != len(body)
+    return acl_reads.kv_entries(a, body)
 
 
 def _node_detail(request: web.Request, a: Authorizer, body: Any) -> tuple[Any, bool]:
-    if not isinstance(body, dict):
-        return body, False
-    node = str((body.get("Node") or {}).get("Node", ""))
-    if not a.allowed("node", node, READ):
-        return None, True
-    services = body.get("Services")
-    if isinstance(services, dict):
-        kept: Any = {k: s for k, s in services.items() if a.allowed("service", str(s.get("Service", "")), READ)}
-    elif isinstance(services, list):
-        kept = [s for s in services if a.allowed("service", str(s.get("Service", "")), READ)]
-    else:
-        return body, False
-    return {**body, "Services": kept}, len(kept) != len(services)
+    return acl_reads.node_detail(a, body)
 
 
 def _agent_check(request: web.Request) -> Keep:
@@ -403,6 +382,13 @@ async def before(request: web.Request) -> None:
             await check(request, authz)
     except PermissionDenied as exc:
         raise HTTPError(403, str(exc)) from None
+
+
+async def recheck(request: web.Request) -> None:
+    """A blocking query answering: resolve its token again and re-apply the route's check (the
+    token may have been deleted or changed while it waited); the answer is then filtered with
+    the rights the token has now. Raises HTTPError(403) when refused."""
+    await before(request)
 
 
 def carry_token(request: web.Request) -> None:

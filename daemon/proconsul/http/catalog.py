@@ -57,7 +57,7 @@ async def register(request: web.Request) -> web.Response:
         raise bad_request("Request decode failed: expected a JSON object")
     dc = _write_dc(request, body)
     command = decode_register(body, dc or agent.config.datacenter)
-    if acl_gate.acl_enabled(request):
+    if _check_here(request):
         _authorize(request, command, *await _acl_lookups(request, command.node.node))
     await agent.server.write(command, datacenter=dc)
     return json_response(request, True)
@@ -157,6 +157,13 @@ def decode_catalog_check(raw: dict[str, Any], node: str, service: ServiceInstanc
     )
 
 
+def _check_here(request: web.Request) -> bool:
+    """ACLs on a server: the write is checked here, against this server's catalog. A client agent
+    leaves it to the server, which checks the forwarded write with the caller's token against the
+    whole catalog (this agent would only see what the token may read of it), with the same 403."""
+    return acl_gate.acl_enabled(request) and not request.app[AGENT].server.catalog_is_remote
+
+
 async def _acl_lookups(request: web.Request, node: str) -> tuple[dict[str, str], Node | None]:
     """The node's services (ID -> name) and its stored record, for the ACL check of a write."""
     _, state = await request.app[AGENT].server.query("Internal.NodeState", {"node": node},
@@ -185,7 +192,7 @@ async def deregister(request: web.Request) -> web.Response:
         service_id=str(get_key(body, "ServiceID") or ""),
         check_id=str(get_key(body, "CheckID") or ""),
     )
-    if acl_gate.acl_enabled(request):
+    if _check_here(request):
         _authorize(request, command, *await _acl_lookups(request, node))
     await agent.server.write(command, datacenter=dc)
     return json_response(request, True)

@@ -164,12 +164,16 @@ def encode_json(request: web.Request, obj: Any) -> bytes:
 
 
 def meta_headers(meta: QueryMeta) -> dict[str, str]:
-    return {
+    headers = {
         "X-Consul-Index": str(meta.index),
         "X-Consul-KnownLeader": "true" if meta.known_leader else "false",
         "X-Consul-LastContact": str(meta.last_contact_ms),
         "X-Consul-Effective-Consistency": meta.consistency,
     }
+    if meta.results_filtered:
+        # The server that answered left out what the token may not read (ACLs over RPC).
+        headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
+    return headers
 
 
 def json_response(

@@ -123,6 +123,8 @@ async def get_query(request: web.Request) -> web.Response:
                                            query_options(request))
     if items is None:
         raise HTTPError(404, NOT_FOUND)
+    if not items:
+        raise HTTPError(403, "Permission denied")  # a server left out what the token may not see
     return json_response(request, [_only_visible(request, items[0])], meta)
 
 
@@ -182,10 +184,11 @@ async def execute(request: web.Request) -> web.Response:
         raise HTTPError(404, NOT_FOUND) from None
     query = execution.query
     nodes = executor.check_service_nodes(execution)
-    filtered = False
+    filtered = execution.meta.results_filtered
     exec_authz = await query_acl.execution_authorizer(request, query)
     if exec_authz is not None:
-        nodes, filtered = query_acl.visible_nodes(exec_authz, nodes)
+        nodes, dropped = query_acl.visible_nodes(exec_authz, nodes)
+        filtered = filtered or dropped
     body = {
         "Service": query["Service"]["Service"],
         "Nodes": nodes,
@@ -208,6 +211,8 @@ async def explain(request: web.Request) -> web.Response:
                                            query_options(request))
     if query is None:
         raise HTTPError(404, NOT_FOUND)
+    if not query:
+        raise HTTPError(403, "Permission denied")  # a server left out what the token may not see
     return json_response(request, {"Query": _only_visible(request, query), **_meta_fields(meta)}, meta)
 
 

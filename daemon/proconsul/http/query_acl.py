@@ -23,44 +23,20 @@ from proconsul.acl.authorizer import Authorizer
 from proconsul.acl.rules import READ, WRITE
 from proconsul.http.acl_gate import acl_enabled, authorizer, require
 from proconsul.http.appkeys import ACL_RESOLVER
+from proconsul.server.acl_reads import query_acl_prefix, readable_queries
 from proconsul.state.prepared_query import REDACTED_TOKEN
-
-
-def acl_prefix(query: dict[str, Any]) -> str | None:
-    if query.get("Name"):
-        return str(query["Name"])
-    if (query.get("Template") or {}).get("Type"):
-        return ""  # a catch-all template: every name
-    return None
 
 
 def require_write(request: web.Request, query: dict[str, Any]) -> None:
     """403 unless the token may write a query with this definition's prefix."""
-    prefix = acl_prefix(query)
+    prefix = query_acl_prefix(query)
     if prefix is not None:
         require(request, lambda a: a.require("query", prefix, WRITE))
 
 
-def _sees_tokens(authz: Authorizer) -> bool:
-    return authz.allowed_single("acl", WRITE)
-
-
 def readable(request: web.Request, queries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
     """(the queries this token may see, redacted; whether a named one was left out)."""
-    authz = authorizer(request)
-    if _sees_tokens(authz):
-        return queries, False
-    kept: list[dict[str, Any]] = []
-    named_removed = False
-    for query in queries:
-        prefix = acl_prefix(query)
-        if prefix is None:
-            continue
-        if not authz.allowed("query", prefix, READ):
-            named_removed = True
-            continue
-        kept.append({**query, "Token": REDACTED_TOKEN} if query.get("Token") else query)
-    return kept, named_removed
+    return readable_queries(authorizer(request), queries)
 
 
 async def execution_authorizer(request: web.Request, query: dict[str, Any]) -> Authorizer | None:
@@ -68,6 +44,8 @@ async def execution_authorizer(request: web.Request, query: dict[str, Any]) -> A
     caller's. None when ACLs are off."""
     if not acl_enabled(request):
         return None
+    if query.get("Token") == REDACTED_TOKEN:
+        return None  # hidden by the server that ran it, which filtered with the query's token
     if query.get("Token"):
         return await request.app[ACL_RESOLVER].resolve(str(query["Token"]))  # type: ignore[union-attr]
     return authorizer(request)

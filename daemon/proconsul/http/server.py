@@ -128,6 +128,8 @@ async def consul_middleware(request: web.Request, handler: Handler) -> web.Strea
         else:
             resp = await _run_to_completion(handler(request))
         if acl_on:
+            if "index" in request.query:
+                await acl_gate.recheck(request)  # a blocking query woke: is its token still good?
             resp = acl_gate.after(request, resp)  # list answers trimmed to what the token may read
     except HTTPError as exc:
         resp = _error(exc.status, exc.message)

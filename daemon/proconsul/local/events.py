@@ -32,7 +32,7 @@ from typing import Any
 import msgpack
 
 from proconsul import go_regexp
-from proconsul.rpc_api import DatacenterRouter, HandlerRegistry, NoPathToDatacenter, RPCError
+from proconsul.rpc_api import CALLER_TOKEN, DatacenterRouter, HandlerRegistry, NoPathToDatacenter, RPCError
 from proconsul.tasks import wait_event
 
 # Consul's agent keeps this many recent events (agent.eventBuf).
@@ -276,6 +276,9 @@ class AgentEvents:
     async def fire(self, event: UserEvent, dc: str = "") -> None:
         """Have a server of `dc` (default: ours) broadcast `event` in its LAN pool."""
         body = {"Datacenter": dc or self.datacenter, "Name": event.name, "Payload": event.encode()}
+        token = CALLER_TOKEN.get()
+        if token:
+            body["token"] = token  # servers with ACLs on check event:write on the name
         # A client agent sends the RPC to one of our servers (any: gossip does the rest, and a
         # server forwards another datacenter's); a server answers it in process.
         if self.forward is not None:

@@ -26,7 +26,7 @@ import logging
 from typing import Any
 
 from proconsul.gossip.keyring import KeyringError
-from proconsul.rpc_api import DatacenterRouter, RPCError, ServerCaller
+from proconsul.rpc_api import CALLER_TOKEN, DatacenterRouter, RPCError, ServerCaller
 from proconsul.serf.queries import KEYRING_OPERATIONS, KeyringQueries
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ class KeyringOperations:
         """Run `op` where Consul runs it; one entry per pool reached (WAN first)."""
         validate(op, key, local_only)
         body = {"op": op, "key": key, "local_only": local_only, "forwarded": False}
+        token = CALLER_TOKEN.get()
+        if token:
+            body["token"] = token  # servers with ACLs on check it (keyring:read / keyring:write)
         if self.forward is not None:
             reply = await self.forward.call(KEYRING_RPC, body, timeout_s=KEYRING_RPC_TIMEOUT_S)
             return list(reply or [])
@@ -124,6 +127,9 @@ class KeyringOperations:
             return entries
         remote = [dc for dc in self.router.datacenters() if dc != self.datacenter]
         body = {"op": op, "key": key, "local_only": False, "forwarded": True}
+        token = CALLER_TOKEN.get()
+        if token:
+            body["token"] = token  # the other datacenters' servers check it
         for dc in remote:
             reply = await self.router.call(dc, KEYRING_RPC, body, timeout_s=KEYRING_RPC_TIMEOUT_S)
             entries.extend(reply or [])

@@ -19,6 +19,11 @@ Each write's outcome is what its own `Raft.Apply` call would have given:
 - `RPCError` with the leader's text otherwise (an FSM error, a refusal, a write that lost its
   leader mid-flight: the leader's own "may or may not commit").
 
+With ACLs on, each write carries its caller's token (`submit`'s `token`), which the leader
+authorises it with: `"tokens"` beside `"commands"` in a batch, `{"command", "token"}` for a
+single `Raft.Apply`. The tokens are kept beside the queue (`_tokens`, by the write's future), so
+the batching itself is the same with ACLs on or off.
+
 A leader of an older build that does not know `Raft.ApplyBatch` answers "can't find method"
 before doing anything: the batch's writes then go one `Raft.Apply` call each, and that leader
 is offered batches again after `UNSUPPORTED_RETRY_S` (it may have been upgraded meanwhile).
@@ -84,12 +89,18 @@ class WriteForwarder:
         self._single_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches_sent = 0  # calls made (tests and benchmarks read how writes were grouped)
+        # ACLs on: the token each queued write carries, by its future (empty with ACLs off).
+        self._tokens: dict[asyncio.Future[Outcome], str] = {}
 
-    def submit(self, leader: str, data: bytes) -> asyncio.Future[Outcome]:
+    def submit(self, leader: str, data: bytes, token: str | None = None) -> asyncio.Future[Outcome]:
         """Queue the encoded command `data` for `leader`; the future gives its outcome (see the
-        module docstring). It leaves with every other write queued in this loop iteration."""
+        module docstring). It leaves with every other write queued in this loop iteration.
+        `token`: the caller's ACL token (None with ACLs off)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Outcome] = loop.create_future()
+        if token is not None:
+            self._tokens[fut] = token
+            fut.add_done_callback(self._forget_token)
         queued = self._queued.get(leader)
         if queued is None:
             queued = self._queued[leader] = []
@@ -100,6 +111,19 @@ class WriteForwarder:
             task.add_done_callback(self._tasks.discard)
         queued.append((data, fut))
         return fut
+
+    def _forget_token(self, fut: asyncio.Future[Outcome]) -> None:
+        self._tokens.pop(fut, None)
+
+    def _batch_body(self, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> dict[str, Any]:
+        body: dict[str, Any] = {"commands": [d for d, _ in writes]}
+        if self._tokens:
+            body["tokens"] = [self._tokens.get(fut, "") for _, fut in writes]
+        return body
+
+    def _single_body(self, data: bytes, fut: asyncio.Future[Outcome]) -> Any:
+        token = self._tokens.get(fut) if self._tokens else None
+        return data if token is None else {"command": data, "token": token}
 
     def in_flight(self) -> int:
         """Calls under way (or about to start) to leaders."""
@@ -154,8 +178,7 @@ class WriteForwarder:
     async def _send_batch(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
         self.batches_sent += 1
         try:
-            reply = await self.pool.call(leader, BATCH_METHOD, {"commands": [d for d, _ in writes]},
-                                         timeout_s=self.timeout_s)
+            reply = await self.pool.call(leader, BATCH_METHOD, self._batch_body(writes), timeout_s=self.timeout_s)
         except TimeoutError:  # before OSError, of which it is a subclass
             _fail(writes, lambda: UnknownOutcome(f"rpc error: no answer from the leader {leader}; "
                                                  "the write may have applied"))
@@ -197,7 +220,7 @@ class WriteForwarder:
 
     async def _send_one(self, leader: str, data: bytes, fut: asyncio.Future[Outcome]) -> None:
         try:
-            reply = await self.pool.call(leader, SINGLE_METHOD, data, timeout_s=self.timeout_s)
+            reply = await self.pool.call(leader, SINGLE_METHOD, self._single_body(data, fut), timeout_s=self.timeout_s)
         except TimeoutError:
             outcome: BaseException = UnknownOutcome(
                 f"rpc error: no answer from the leader {leader}; the write may have applied")

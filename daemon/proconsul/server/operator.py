@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from proconsul.raft import recovery
 from proconsul.rpc_api import HandlerRegistry, NotLeader, RPCError
 from proconsul.server import snapshot as archive
+from proconsul.server.acl_rpc import with_token
 from proconsul.server.autopilot import LANServers
 from proconsul.server.autopilot_health import AutopilotOperator
 from proconsul.server.consensus import raft_errors
@@ -109,7 +110,8 @@ class Operator:
         if not leader:
             return False, None
         try:
-            return True, await server.pool.call(leader, method, body, timeout_s=60.0)
+            # With ACLs on, the leader checks the caller's token (server/acl_rpc.py).
+            return True, await server.pool.call(leader, method, with_token(body), timeout_s=60.0)
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise RPCError(f"rpc error forwarding to the leader {leader}: {exc}") from None
         except Exception as exc:  # RemoteError: the leader's own answer

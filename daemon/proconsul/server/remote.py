@@ -118,7 +118,7 @@ class RemoteServer:
         self.pool = ConnectionPool(security=security)  # TLS to the servers when verify_outgoing
         self.store = Store()  # empty: a client holds no catalog
         self.rng = rng or random.Random()
-        # The token this agent's own writes carry (anti-entropy): acl.tokens.agent, else default
+        # The token this agent's own reads and writes carry (anti-entropy): acl.tokens.agent, else default
         # (read at each write: the tokens change at run time); none with ACLs off.
         self._agent_token: Callable[[], str] = agent_token or (lambda: "")
         self.server_list = ServerList(self.rng)
@@ -179,18 +179,25 @@ class RemoteServer:
         }
         if opts.datacenter and opts.datacenter != self.datacenter:
             body["dc"] = opts.datacenter  # our server forwards it over the WAN
+        token = self._token()
+        if token:
+            body["token"] = token  # the server resolves it, checks the read and filters the answer
         timeout = (self.wait_time(opts) if opts.min_index else 0) + 30.0
         if opts.min_index:
-            key = (name, args_key(args), tuple(opts.wire()), opts.datacenter)
+            key = (name, args_key(args), tuple(opts.wire()), opts.datacenter, token)
             reply = await self._blocking_calls.call(key, lambda: self._call("Client.Query", body, timeout, True))
         else:
             reply = await self._call("Client.Query", body, timeout, retry_sent=True)
         index, known_leader, last_contact, consistency = reply["meta"]
-        return QueryMeta(index, known_leader, last_contact, consistency), reply["result"]
+        return QueryMeta(index, known_leader, last_contact, consistency, "filtered" in reply), reply["result"]
+
+    def _token(self) -> str:
+        """The token a call carries: the request's (CALLER_TOKEN), else the agent's own."""
+        caller = CALLER_TOKEN.get()
+        return caller if caller is not None else self._agent_token()
 
     async def write(self, command: commands.Command, datacenter: str = "") -> tuple[WriteMeta, Any]:
-        caller = CALLER_TOKEN.get()
-        token = caller if caller is not None else self._agent_token()
+        token = self._token()
         if datacenter and datacenter != self.datacenter:
             body = {"dc": datacenter, "command": commands.encode(command), "token": token}
             reply = await self._call("Client.WriteDC", body, 50.0, retry_sent=False)

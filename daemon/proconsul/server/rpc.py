@@ -52,6 +52,7 @@ from proconsul.rpc_api import (
     WriteMeta,
 )
 from proconsul.server import queries
+from proconsul.server.acl_rpc import RPCACL
 from proconsul.server.forwarding import WriteForwarder
 from proconsul.server.query_metrics import ServiceQueryCounters
 from proconsul.state import commands
@@ -386,7 +387,9 @@ class Server:
             failing (Consul's performance.rpc_hold_timeout).
         identity: what `Status.Identify` answers (server/cluster.py's `server_identity`).
         authorize_write: with ACLs on, raises RPCError unless the token may apply the command
-            (for client agents' writes); None with ACLs off.
+            (client agents' writes, and writes forwarded by another server); None with ACLs off.
+        acl_gate: with ACLs on, the token every call to another server carries and the check of
+            the reads that arrive over RPC (server/acl_rpc.py); None with ACLs off.
         acl_bootstrap_reset: the leader's `<data_dir>/acl-bootstrap-reset`
             (server/acl_leader.BootstrapResetFile); None without ACLs or a data directory.
         unsafe_follower_local_reads: test-only broken build: default reads on a follower are
@@ -415,6 +418,7 @@ class Server:
         rpc_hold_timeout_s: float = 7.0,
         identity: dict[str, Any] | None = None,
         authorize_write: Callable[[str, commands.Command], Awaitable[None]] | None = None,
+        acl_gate: RPCACL | None = None,
         acl_bootstrap_reset: BootstrapReset | None = None,
         unsafe_follower_local_reads: bool = False,
         unsafe_reads_before_first_apply: bool = False,
@@ -434,6 +438,7 @@ class Server:
         self.handlers: dict[str, RPCHandler] = {}
         self.acl_bootstrap_reset = acl_bootstrap_reset
         self.authorize_write = authorize_write
+        self.acl_gate = acl_gate
         self.unsafe_follower_local_reads = unsafe_follower_local_reads
         self.unsafe_reads_before_first_apply = unsafe_reads_before_first_apply
         m = metrics or Metrics()  # without a registry (tests): a private one nobody reads
@@ -533,6 +538,8 @@ class Server:
             "args": args,
             "opts": opts.wire(),
         }
+        if self.acl_gate is not None:
+            body["token"] = self.acl_gate.outgoing_token()  # the leader authorises it
         timeout = (self.wait_time(opts) if opts.min_index else 0) + 30.0
         try:
             reply = await self.pool.call(leader, "Query", body, timeout_s=timeout)
@@ -542,14 +549,16 @@ class Server:
             raise RPCError(str(exc)) from None
         index, known_leader, _, consistency = reply["meta"]
         # Our own last contact with the leader is what X-Consul-LastContact reports.
-        return QueryMeta(index, known_leader, self.consensus.last_contact_ms(), consistency), reply["result"]
+        return QueryMeta(index, known_leader, self.consensus.last_contact_ms(), consistency,
+                         "filtered" in reply), reply["result"]
 
     async def _forward_query_shared(self, leader: str, name: str, args: dict[str, Any],
                                     opts: QueryOptions) -> tuple[QueryMeta, Any]:
         """A blocking read forwarded to the leader once for every identical reader here: the
         leader serves and answers it once, this server decodes it once, and every reader gets
         the same answer object (so the HTTP layer encodes it once too). See SharedCalls."""
-        key = (leader, name, args_key(args), tuple(opts.wire()))
+        key = (leader, name, args_key(args), tuple(opts.wire()),
+               self.acl_gate.outgoing_token() if self.acl_gate is not None else None)  # answers differ by token
         return await self._forwarding.call(key, lambda: self._forward_query(leader, name, args, opts))  # type: ignore[no-any-return]
 
     def forwarded_blocking_calls(self) -> int:
@@ -815,7 +824,8 @@ class Server:
         the other writes forwarded in this loop iteration, in one call (server/forwarding.py).
         Raises NotLeader only when the leader refused it before proposing it."""
         assert self.write_forwarder is not None, "forwarding needs a pool"
-        index, result = await self.write_forwarder.submit(leader, commands.encode(command))
+        token = self.acl_gate.outgoing_token() if self.acl_gate is not None else None  # the leader authorises it
+        index, result = await self.write_forwarder.submit(leader, commands.encode(command), token)
         return WriteMeta(index), decode_result(result)
 
     async def apply_forwarded(self, body: Any) -> dict[str, Any]:
@@ -911,19 +921,27 @@ class Server:
     async def _dispatch_rpc(self, method: str, body: Any) -> Any:
         extra = self.handlers.get(method)
         if extra is not None:
+            if self.acl_gate is not None:
+                await self.acl_gate.check_call(method, body)  # the operator calls: their token
             return await extra(body)
         if method == "Status.Ping":
             return True
         if method == "Status.Identify":
             return self.identity
         if method == "Raft.ApplyBatch":
+            if self.authorize_write is not None:
+                return await self._apply_forwarded_authorized(body)
             return await self.apply_forwarded(body)
         if method == "Raft.Apply":
             if not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())
             self._m_request.incr()
+            data, token = _command_data_and_token(body)
+            command = commands.decode(data)
+            if self.authorize_write is not None:
+                await self.authorize_write(token, command)  # ACLs: the forwarding caller's token
             # The forwarded bytes are proposed as they came (decoded once, to check them).
-            index, result = await self._apply(commands.decode(body), body if type(body) is bytes else None)
+            index, result = await self._apply(command, data if type(data) is bytes else None)
             if isinstance(result, StoreError):
                 raise result
             return {"index": index, "result": encode_result(result)}
@@ -931,11 +949,17 @@ class Server:
             opts = QueryOptions.from_wire(body["opts"])
             if not opts.allow_stale and not self.consensus.is_leader():
                 raise NotLeader(self.consensus.leader_address())
+            if self.acl_gate is not None:
+                return await self._query_authorized(body, opts)
             meta, result = await self.query(body["name"], body["args"], opts)
             return _query_reply(meta, result, opts)
         if method == "Client.Query":
             # From a client agent: answered here or forwarded to the leader (Server.query).
             opts = QueryOptions.from_wire(body["opts"], body.get("dc", ""))
+            if self.acl_gate is not None:
+                return await self._query_authorized(body, opts)
+            if opts.datacenter:
+                CALLER_TOKEN.set(body.get("token"))  # the other datacenter's server may check it
             meta, result = await self.query(body["name"], body["args"], opts)
             return _query_reply(meta, result, opts)
         if method == "Client.Write":
@@ -944,6 +968,7 @@ class Server:
             command, token = _command_and_token(body)
             if self.authorize_write is not None:
                 await self.authorize_write(token, command)
+                CALLER_TOKEN.set(token)  # carried on to the leader, which authorises it too
             wmeta, result = await self.write(command)
             return {"index": wmeta.index, "result": encode_result(result)}
         if method == "Client.WriteDC":
@@ -971,6 +996,63 @@ class Server:
             await self.consensus.add_voter(body["id"], body["addr"])  # type: ignore[attr-defined]
             return True
         raise RPCError(f"rpc: can't find method {method}")
+
+    # ------------------------------------------------------------------------ ACLs over RPC
+
+    async def _query_authorized(self, body: Any, opts: QueryOptions) -> dict[str, Any]:
+        """A read over RPC with ACLs on: the caller's token is resolved and checked here, where
+        the read is answered (another datacenter's server checks its own), and the answer is
+        filtered to what the token may read. A blocking read checks the token again when it
+        wakes: one deleted (or changed) while it waited gets its new rights."""
+        gate = self.acl_gate
+        assert gate is not None
+        name, args, token = body["name"], body["args"], str(body.get("token") or "")
+        here = not opts.datacenter or opts.datacenter == self.datacenter
+        authz = await gate.check(token, name, args) if here else None
+        CALLER_TOKEN.set(token)  # carried on to the leader or the other datacenter
+        meta, result = await self.query(name, args, opts)
+        filtered = meta.results_filtered
+        if here:
+            if opts.min_index > 0:
+                authz = await gate.check(token, name, args)
+            result, dropped = await gate.filter_answer(authz, name, args, result)
+            filtered = filtered or dropped
+        reply = _query_reply(meta, result, opts)
+        if filtered:
+            reply["filtered"] = True
+        return reply
+
+    async def _apply_forwarded_authorized(self, body: Any) -> dict[str, Any]:
+        """`Raft.ApplyBatch` with ACLs on: each write is authorised with the token it carries
+        (`{"commands": [...], "tokens": [...]}`; none is anonymous) before the batch goes to
+        `apply_forwarded`; a refused write is answered with the refusal, in its place."""
+        if not self.consensus.is_leader():
+            raise NotLeader(self.consensus.leader_address())
+        raw = body.get("commands") if type(body) is dict else None
+        if type(raw) is not list:
+            return await self.apply_forwarded(body)  # its own error
+        tokens = body.get("tokens")
+        if type(tokens) is not list or len(tokens) != len(raw):
+            tokens = [""] * len(raw)
+        assert self.authorize_write is not None
+        refused: dict[int, str] = {}
+        for i, data in enumerate(raw):
+            try:
+                command = commands.decode(data)
+            except Exception:
+                continue  # apply_forwarded answers it with the decoding error
+            try:
+                await self.authorize_write(str(tokens[i] or ""), command)
+            except RPCError as exc:
+                refused[i] = str(exc)
+        if not refused:
+            return await self.apply_forwarded({"commands": raw})
+        self._m_request.incr(len(refused))
+        self._m_request_error.incr(len(refused))
+        allowed = [data for i, data in enumerate(raw) if i not in refused]
+        results = (await self.apply_forwarded({"commands": allowed}))["results"] if allowed else []
+        answers = iter(results)
+        return {"results": [refused[i] if i in refused else next(answers) for i in range(len(raw))]}
 
     # ------------------------------------------------------------------------------- status
 
@@ -1017,6 +1099,13 @@ def _query_reply(meta: QueryMeta, result: Any, opts: QueryOptions) -> dict[str, 
 def args_key(args: dict[str, Any]) -> str:
     """A canonical text of a query's arguments: equal for reads that answer alike."""
     return json.dumps(args, sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def _command_data_and_token(body: Any) -> tuple[Any, str]:
+    """A forwarded `Raft.Apply`: {"command": bytes, "token": secret} with ACLs on, bare bytes otherwise."""
+    if type(body) is dict:
+        return body.get("command"), str(body.get("token") or "")
+    return body, ""
 
 
 def _command_and_token(body: Any) -> tuple[commands.Command, str]:

@@ -297,9 +297,12 @@ class Router:
             "opts": opts.wire(),
             "dc": dc,
         }
+        token = CALLER_TOKEN.get()
+        if token:
+            body["token"] = token  # the other datacenter's server authorises the read
         reply = await self._call(dc, "Client.Query", body, wait_s + 30.0, retry_sent=True)
         index, known_leader, last_contact, consistency = reply["meta"]
-        return QueryMeta(index, known_leader, last_contact, consistency), reply["result"]
+        return QueryMeta(index, known_leader, last_contact, consistency, "filtered" in reply), reply["result"]
 
     async def write(self, dc: str, command: commands.Command) -> tuple[WriteMeta, Any]:
         """Propose `command` in datacenter `dc` (its server forwards once to its leader)."""
