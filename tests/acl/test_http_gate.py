@@ -17,14 +17,6 @@ MANAGEMENT_ONLY = {
     ("GET", "/v1/snapshot"),
     ("PUT", "/v1/snapshot"),
     ("PUT", "/v1/coordinate/update"),
-    # Prepared queries: Consul's query/query_prefix rules on the name are not wired yet.
-    ("GET", "/v1/query"),
-    ("POST", "/v1/query"),
-    ("GET", "/v1/query/{id}"),
-    ("PUT", "/v1/query/{id}"),
-    ("DELETE", "/v1/query/{id}"),
-    ("GET", "/v1/query/{id}/execute"),
-    ("GET", "/v1/query/{id}/explain"),
 }
 
 

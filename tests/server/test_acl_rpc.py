@@ -30,7 +30,7 @@ from proconsul.server.rpc import Server
 from proconsul.server.single import SingleNodeLog
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
-from proconsul.state.records import DirEntry
+from proconsul.state.records import DirEntry, Node, ServiceInstance
 from proconsul.state.store import Store
 from proconsul.transport import RemoteError
 
@@ -167,11 +167,10 @@ async def test_forwarded_reads_are_checked_and_filtered_on_the_leader() -> None:
 
 
 def test_every_read_has_a_rule_or_needs_management() -> None:
-    management_only = {"PreparedQuery.List", "PreparedQuery.Get", "PreparedQuery.Explain"}
     for name in queries.READS:
-        assert (name in acl_reads.RULES) + (name in acl_reads.TOKENLESS) + (name in management_only) == 1, name
+        assert (name in acl_reads.RULES) + (name in acl_reads.TOKENLESS) == 1, name
     app = AUTHZ[APP]
-    for name in management_only | {"No.Such"}:
+    for name in {"No.Such"}:
         with pytest.raises(PermissionDenied):
             acl_reads.check(app, name, {}, APP)
     acl_reads.check(AUTHZ[MGMT], "No.Such", {}, MGMT)
@@ -198,3 +197,36 @@ def test_filtering_twice_changes_nothing_and_matches_the_http_gate() -> None:
         assert acl_reads.filter_result(a, name, {}, once) == (once, False), name
         assert acl_gate.FILTERS[route](None, a, body)[0] == once, name  # type: ignore[arg-type]
         assert acl_gate.FILTERS[route](None, a, once) == (once, False), name  # type: ignore[arg-type]
+
+
+def test_prepared_queries_over_rpc_follow_query_rules() -> None:
+    """List/Get/Explain answer what `query` read covers (tokens hidden without acl:write, unnamed
+    queries never); an execution with a token of its own is filtered by that token's rights."""
+    reader = Authorizer(Rules(prefix={"query": {"web-": READ}}), False, False, "reader")
+    queries_ = [
+        {"ID": "1", "Name": "web-a", "Token": "t-1", "Template": {"Type": ""}},
+        {"ID": "2", "Name": "db-a", "Token": "", "Template": {"Type": ""}},
+        {"ID": "3", "Name": "", "Token": "", "Template": {"Type": ""}, "Session": "s"},
+    ]
+    kept, filtered = acl_reads.filter_result(reader, "PreparedQuery.List", {}, queries_)
+    assert [(q["Name"], q["Token"]) for q in kept] == [("web-a", "<hidden>")] and filtered
+    kept, _ = acl_reads.filter_result(AUTHZ[MGMT], "PreparedQuery.List", {}, queries_)
+    assert kept == queries_
+    assert acl_reads.filter_result(reader, "PreparedQuery.Get", {}, [queries_[1]])[0] == []
+    assert acl_reads.filter_result(reader, "PreparedQuery.Explain", {}, queries_[1])[0] == {}
+    assert acl_reads.filter_result(reader, "PreparedQuery.Explain", {}, queries_[0])[0]["Token"] == "<hidden>"
+
+    gate = RPCACL(resolve, lambda: {})
+    node = Node("n1", address="10.0.0.1").to_wire()
+    instances = [[node, ServiceInstance("n1", name, name).to_wire(), []] for name in ("web", "db")]
+    body = {"Query": {"Name": "q", "Token": APP}, "Nodes": instances}
+
+    def services(answer: Any) -> list[str]:
+        return [ServiceInstance.from_wire(n[1]).service for n in answer["Nodes"]]
+
+    # The caller (anonymous) may read nothing; the query's own token (APP) reads web.
+    answer, _ = asyncio.run(gate.filter_answer(AUTHZ["anonymous"], "PreparedQuery.ExecuteLocal", {}, body))
+    assert services(answer) == ["web"] and answer["Query"]["Token"] == "<hidden>"
+    no_token = {**body, "Query": {"Name": "q", "Token": ""}}
+    answer, _ = asyncio.run(gate.filter_answer(AUTHZ["anonymous"], "PreparedQuery.ExecuteLocal", {}, no_token))
+    assert services(answer) == []

@@ -244,6 +244,15 @@ PRE: dict[tuple[str, str], Check] = {
     ("GET", "/v1/health/ingress/{service}"): _none,
     ("GET", "/v1/catalog/connect/{service}"): _none,
     ("GET", "/v1/catalog/gateway-services/{gateway}"): _none,
+    # The empty-name forms answer Consul's 400 ("Missing session", "Missing node name", ...)
+    # before reading or writing anything.
+    ("GET", "/v1/health/node/"): _none,
+    ("GET", "/v1/health/checks/"): _none,
+    ("GET", "/v1/health/state/"): _none,
+    ("PUT", "/v1/session/destroy/"): _none,
+    ("PUT", "/v1/session/renew/"): _none,
+    ("GET", "/v1/session/info/"): _none,
+    ("GET", "/v1/session/node/"): _none,
     # Prepared queries: `query` rules on the query's name, checked by http/query.py (the name is
     # in the body or the stored query), and execution results filtered by the query's token.
     ("POST", "/v1/query"): HANDLER,
