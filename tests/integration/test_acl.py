@@ -230,3 +230,87 @@ def test_acl_cli_and_tokens_survive_a_leader_kill(acl_cluster: ACLCluster) -> No
         # The bootstrap is in the replicated state too: the new leader refuses another one.
         status, _, body = _raw(agent, "PUT", "/v1/acl/bootstrap")
         assert status == 403 and b"ACL bootstrap no longer allowed" in body, body
+
+
+def test_sessions_locks_events_keyring_coordinates_and_dns_through_a_client_agent(acl_cluster: ACLCluster) -> None:
+    """The rest of the endpoint families on the cluster, through the ACL-enforcing client agent:
+    an allowed call succeeds, a denied one is a 403 that changes nothing, a list is filtered."""
+    c1 = acl_cluster.c1
+    mgmt = _bootstrap(c1)
+    m = _client(c1, mgmt)
+    agent_policy = m.acl.policy.create("agents", rules=AGENT_RULES)
+    m.agent.token.set("agent", m.acl.token.create(policies_id=[agent_policy["ID"]])["SecretID"])
+    wait_for(lambda: "c1" in [n["Node"] for n in m.catalog.nodes()[1]], timeout=60, what="c1 in the catalog")
+    server_node = next(n["Node"] for n in m.catalog.nodes()[1] if n["Node"] not in ("c1", "c2"))
+    rules = {
+        "session_prefix": {"c1": {"policy": "write"}},
+        "key_prefix": {"lock/": {"policy": "write"}},
+        "event_prefix": {"deploy": {"policy": "write"}},
+        "node_prefix": {"c1": {"policy": "read"}},
+        "keyring": "read",
+    }
+    policy = m.acl.policy.create("families", rules=rules)
+    user = m.acl.token.create(policies_id=[policy["ID"]])["SecretID"]
+    u = _client(c1, user)
+
+    # Sessions: on the token's node only; the list shows only what session read covers.
+    sid = u.session.create(name="mine", node="c1", checks=[])
+    with pytest.raises(consul.ACLPermissionDenied, match="session:write"):
+        u.session.create(name="theirs", node=server_node, checks=[])
+    other = m.session.create(name="theirs", node=server_node, checks=[])
+    assert {s["ID"] for s in m.session.list()[1]} == {sid, other}
+    status, headers, body = _raw(c1, "GET", "/v1/session/list", user)
+    assert status == 200 and [s["ID"] for s in json.loads(body)] == [sid]
+    assert headers.get("x-consul-results-filtered-by-acls") == "true"
+
+    # Locks: a held key under the token's prefix; elsewhere refused and not held.
+    assert u.kv.put("lock/leader", "me", acquire=sid) is True
+    with pytest.raises(consul.ACLPermissionDenied, match="key:write"):
+        u.kv.put("other/leader", "me", acquire=sid)
+    assert m.kv.get("other/leader")[1] is None and m.kv.get("lock/leader")[1]["Session"] == sid
+
+    # Events: fired only under the token's prefix; the list is what event read covers.
+    assert u.event.fire("deploy-web", body="v2")
+    with pytest.raises(consul.ACLPermissionDenied, match="event:write"):
+        u.event.fire("restart", body="x")
+    assert m.event.fire("audit", body="y")
+
+    # The list is what event read covers (read where the servers hold both events).
+    server = acl_cluster.servers.nodes[acl_cluster.servers.ips[0]]
+
+    def events(secret: str) -> set[str]:
+        status, _, body = _raw(server, "GET", "/v1/event/list", secret)
+        assert status == 200, body
+        return {e["Name"] for e in json.loads(body)}
+
+    wait_for(lambda: events(mgmt) >= {"deploy-web", "audit"}, timeout=120, what="both events on a server")
+    assert events(user) == {"deploy-web"}
+    assert events("") == set()  # anonymous, default deny
+
+    # Keyring: reading needs keyring:read, changing it keyring:write.
+    assert _raw(c1, "GET", "/v1/operator/keyring")[0] == 403
+    assert _raw(c1, "GET", "/v1/operator/keyring", user)[0] != 403
+    status, _, body = _raw(c1, "POST", "/v1/operator/keyring", user, json.dumps({"Key": "x" * 44}).encode())
+    assert status == 403 and b"keyring:write" in body, body
+
+    # Coordinates: only the nodes node read covers.
+    def coordinates(secret: str) -> set[str]:
+        status, _, body = _raw(c1, "GET", "/v1/coordinate/nodes", secret)
+        assert status == 200, body
+        return {c["Node"] for c in json.loads(body)}
+
+    wait_for(lambda: len(coordinates(mgmt)) >= 2, timeout=60, what="coordinates of several nodes")
+    assert coordinates(user) <= {"c1"}
+
+    # DNS on the client agent answers with its default token: none, so anonymous sees nothing,
+    # until a default token that can read services and nodes is set.
+    def dig(name: str) -> str:
+        return subprocess.run(["dig", f"@{c1.ip}", "-p", str(c1.dns_port), "+tries=1", "+time=5", name, "A"],
+                              capture_output=True, text=True, timeout=30).stdout
+
+    assert "status: NXDOMAIN" in dig("consul.service.consul")
+    reader = m.acl.policy.create("dns", rules={"service_prefix": {"": {"policy": "read"}},
+                                               "node_prefix": {"": {"policy": "read"}}})
+    m.agent.token.set("default", m.acl.token.create(policies_id=[reader["ID"]])["SecretID"])
+    wait_for(lambda: "status: NOERROR" in dig("consul.service.consul"), timeout=60,
+             what="consul.service.consul answered with a default token that may read it")
