@@ -119,6 +119,15 @@ class DurableLog:
         finally:
             os.close(fd)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # One process owns the log: the connection takes SQLite's file locks on first use and
+        # never releases them, instead of taking and dropping them around every transaction
+        # (6 fcntl calls per write), and, set before WAL mode is entered, keeps the WAL index in
+        # its own memory instead of a shared -shm file. Nothing else opens raft.db while its
+        # server runs: `operator raft recover` and its inspection refuse a database another
+        # process holds open (recovery._raft_paths), a live recovery goes through this very
+        # connection, and peers.json is read by the server itself at start. A second opener
+        # gets "database is locked" (a process that held the lock and died releases it).
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
         db.execute("CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, term INTEGER, kind INTEGER, data BLOB)")
