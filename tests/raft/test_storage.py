@@ -36,6 +36,23 @@ def test_append_and_reopen(tmp_path: Path) -> None:
     assert again.hard_state == HardState(2, "n1", 10)
 
 
+def test_hard_state_survives_reopen_whichever_fields_moved(tmp_path: Path) -> None:
+    """write_db replaces only the commit row when term and vote did not move; every sequence of
+    changes (commit only, vote, term, back to commit only) reads back exactly."""
+    steps = [HardState(1, "a", 0), HardState(1, "a", 3), HardState(1, "a", 7), HardState(2, "", 7),
+             HardState(2, "b", 7), HardState(2, "b", 9), HardState(3, "c", 9), HardState(3, "c", 12)]
+    index = 1
+    for hs in steps:
+        log = reopen(tmp_path)
+        log.save(hs, recs(index, index + 2))
+        index += 2
+        log.close()
+        again = reopen(tmp_path)
+        assert again.hard_state == hs
+        assert again.last_index == index - 1
+        again.close()
+
+
 def test_conflicting_tail_is_replaced(tmp_path: Path) -> None:
     log = reopen(tmp_path)
     log.append(recs(1, 30))
