@@ -84,7 +84,11 @@ def _stream(msgs: list[Message]) -> bytes:
 def _protocol(server: _Server) -> tuple[_InboundRaft, _FakeTransport, asyncio.Future[None]]:
     loop = asyncio.new_event_loop()
     closed: asyncio.Future[None] = loop.create_future()
-    proto = _InboundRaft(server, ("127.0.0.1", 1), closed)
+    def deliver(msgs: list[Message]) -> None:
+        server._inbox.extend(msgs)
+        server._wake.set()
+
+    proto = _InboundRaft(server.addresses.learn, deliver, ("127.0.0.1", 1), closed)
     transport = _FakeTransport()
     proto.connection_made(transport)
     return proto, transport, closed

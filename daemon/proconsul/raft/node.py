@@ -419,21 +419,28 @@ class _InboundRaft(asyncio.Protocol):
     A message of the wrong shape is dropped (one warning); a frame that breaks the framing (over
     the size limit, not msgpack) closes the connection, as the listener does for other streams.
     Nothing is ever written back: answers leave on this server's own link to the peer.
+
+    `learn(id, addr)` gets the hello; `deliver(messages)` each read's decoded messages (never
+    an empty list); `closed` is resolved when the connection ends.
     """
 
-    def __init__(self, server: Any, peer: Any, closed: asyncio.Future[None]) -> None:
-        # `server`: a RaftServer, or anything with its `addresses`, `_inbox` and `_wake`.
-        self._server = server
+    def __init__(self, learn: Callable[[str, str], None], deliver: Callable[[list[Message]], None], peer: Any,
+                 closed: asyncio.Future[None]) -> None:
+        self._learn = learn
+        self._deliver = deliver
         self._peer = peer
         self._closed = closed
         self._buf = bytearray()
         self._hello = True
+        self._failed = False  # a broken frame closed the connection: ignore whatever still arrives
         self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
         buf = self._buf
         if buf:
             buf += data
@@ -443,44 +450,47 @@ class _InboundRaft(asyncio.Protocol):
         size = len(src)
         pos = 0
         header = _FRAME_HEADER
-        server = self._server
-        decoded = 0
+        decoded: list[Message] = []
+        broken = ""
         with memoryview(src) as view:
             while size - pos >= 4:
                 (length,) = header.unpack_from(src, pos)
                 if length > MAX_FRAME_BYTES:
-                    self._protocol_error(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
-                    return
+                    broken = f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
+                    break
                 end = pos + 4 + length
                 if end > size:
                     break
                 try:
                     raw = msgpack.unpackb(view[pos + 4 : end], raw=False)
                 except Exception as exc:  # msgpack raises several unrelated exception types
-                    self._protocol_error(f"undecodable frame: {exc}")
-                    return
+                    broken = f"undecodable frame: {exc}"
+                    break
                 pos = end
                 if self._hello:
                     self._hello = False
                     if isinstance(raw, dict) and isinstance(raw.get("id"), str) and isinstance(raw.get("addr"), str):
-                        server.addresses.learn(raw["id"], raw["addr"])
+                        self._learn(raw["id"], raw["addr"])
                     continue
                 try:
                     m = codec.decode_message(raw)
                 except Exception as exc:  # any shape a peer sends; the codec's errors vary by field
                     logger.warning("raft: dropping undecodable message: %s: %s", type(exc).__name__, exc, extra=MALFORMED)
                     continue
-                server._inbox.append(m)
-                decoded += 1
+                decoded.append(m)
+        if decoded:  # what arrived whole before a broken frame is kept
+            self._deliver(decoded)
+        if broken:
+            self._protocol_error(broken)
+            return
         if buf:
             del buf[:pos]
         elif pos < size:
             buf += data[pos:]
-        if decoded:
-            server._wake.set()
 
     def _protocol_error(self, why: str) -> None:
         logger.warning("transport: closing connection from %s: %s", self._peer, why, extra=MALFORMED)
+        self._failed = True
         self._buf.clear()
         if self._transport is not None:
             self._transport.close()
@@ -1306,8 +1316,12 @@ class RaftServer:
         into the inbox as the loop reads them and wakes the Raft loop: no task switch, read
         call or copy through a StreamReader per message. This task only waits for the end.
         """
+        def deliver(msgs: list[Message]) -> None:
+            self._inbox.extend(msgs)
+            self._wake.set()
+
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        adopt_stream(reader, writer, _InboundRaft(self, writer.get_extra_info("peername"), closed))
+        adopt_stream(reader, writer, _InboundRaft(self.addresses.learn, deliver, writer.get_extra_info("peername"), closed))
         await closed
 
     # ---------------------------------------------------------------------------- the loop
