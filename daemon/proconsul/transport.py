@@ -132,6 +132,33 @@ async def dial(
     return reader, writer
 
 
+def adopt_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: asyncio.Protocol) -> bool:
+    """Hand an accepted stream's transport to `protocol` (a handler that wants every byte as it
+    arrives, without a task woken per read): from now on the transport calls `protocol`, which
+    first gets `connection_made` and what the stream had already read. Returns False when the
+    connection was already over (the protocol got its bytes and `connection_lost(None)`).
+
+    Plaintext and TLS transports alike (both implement `set_protocol`). The buffered bytes are
+    the StreamReader's own, read from its `_buffer` (no public way to take them without a task
+    switch); the listener creates every reader, with the limit that keeps that buffer small.
+    """
+    transport = writer.transport
+    protocol.connection_made(transport)
+    transport.set_protocol(protocol)
+    buffered = bytes(reader._buffer)  # noqa: SLF001 (see the docstring)
+    reader._buffer.clear()  # noqa: SLF001
+    if buffered:
+        protocol.data_received(buffered)
+    if reader.exception() is not None or reader.at_eof() or transport.is_closing():
+        # The StreamReaderProtocol saw the end already; nothing more comes to `protocol`.
+        transport.close()
+        protocol.connection_lost(None)
+        return False
+    if not transport.is_reading():
+        transport.resume_reading()  # the reader had paused it with a full buffer
+    return True
+
+
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
 _READ_CHUNK = 64 * 1024

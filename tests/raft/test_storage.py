@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -35,11 +36,29 @@ def test_append_and_reopen(tmp_path: Path) -> None:
     assert again.hard_state == HardState(2, "n1", 10)
 
 
+def test_hard_state_survives_reopen_whichever_fields_moved(tmp_path: Path) -> None:
+    """write_db replaces only the commit row when term and vote did not move; every sequence of
+    changes (commit only, vote, term, back to commit only) reads back exactly."""
+    steps = [HardState(1, "a", 0), HardState(1, "a", 3), HardState(1, "a", 7), HardState(2, "", 7),
+             HardState(2, "b", 7), HardState(2, "b", 9), HardState(3, "c", 9), HardState(3, "c", 12)]
+    index = 1
+    for hs in steps:
+        log = reopen(tmp_path)
+        log.save(hs, recs(index, index + 2))
+        index += 2
+        log.close()
+        again = reopen(tmp_path)
+        assert again.hard_state == hs
+        assert again.last_index == index - 1
+        again.close()
+
+
 def test_conflicting_tail_is_replaced(tmp_path: Path) -> None:
     log = reopen(tmp_path)
     log.append(recs(1, 30))
     log.save(entries=recs(10, 13, term=5))  # a new leader overwrites from index 10
     assert log.last_index == 12
+    log.close()  # one connection at a time: the log holds SQLite's lock while open
     again = reopen(tmp_path)
     assert again.last_index == 12 and again.get(10) == LogRecord(10, 5, 0, b"entry-10")
     assert again.get(9) == LogRecord(9, 1, 0, b"entry-9")
@@ -52,14 +71,35 @@ def test_compaction_and_reset(tmp_path: Path) -> None:
     log.append(recs(1, 40))
     log.compact_prefix(25)
     assert log.first_index == 26 and log.get(25) is None
+    log.close()
     again = reopen(tmp_path)
     assert (again.first_index, again.last_index) == (26, 39)
     again.reset(101)
     again.append(recs(101, 103))
+    again.close()
     third = reopen(tmp_path)
     assert (third.first_index, third.last_index) == (101, 102)
     third.compact_prefix(102)
-    assert (reopen(tmp_path).first_index, reopen(tmp_path).last_index) == (103, 102)
+    third.close()
+    fourth = reopen(tmp_path)
+    assert (fourth.first_index, fourth.last_index) == (103, 102)
+
+
+def test_a_second_opener_is_refused_while_the_log_is_open(tmp_path: Path) -> None:
+    """The server's connection keeps SQLite's lock (locking_mode=EXCLUSIVE): nothing else may
+    open raft.db under it, in this process or another, and it is free again once closed."""
+    log = reopen(tmp_path)
+    log.append(recs(1, 3))
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('SELECT * FROM log').fetchall()",
+         str(tmp_path / "raft.db")], capture_output=True, text=True, timeout=60)
+    assert probe.returncode != 0 and "locked" in probe.stderr
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        reopen(tmp_path)
+    log.close()
+    again = reopen(tmp_path)
+    assert again.last_index == 2
+    again.close()
 
 
 def test_snapshots_fall_back_when_newest_is_damaged(tmp_path: Path) -> None:

@@ -33,12 +33,15 @@ import logging
 import os
 import queue
 import random
+import struct
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
+
+import msgpack
 
 from proconsul.malformed_log import MALFORMED
 from proconsul.metrics import Metrics
@@ -59,9 +62,9 @@ from proconsul.raft.messages import (
 from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, atomic_write, private_dir
 from proconsul.raft.storage import HardState as DiskHardState
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
-from proconsul.tasks import blocking_work, collector_paused, wait_event
-from proconsul.transport import RPCSecurity, TLSHandshakeError, dial
-from proconsul.wire import ConnType, FrameDecoder, encode_frame
+from proconsul.tasks import blocking_work, collector_paused
+from proconsul.transport import RPCSecurity, TLSHandshakeError, adopt_stream, dial
+from proconsul.wire import MAX_FRAME_BYTES, ConnType, encode_frame
 
 logger = logging.getLogger(__name__)
 
@@ -281,15 +284,18 @@ class _LogWriter:
     # GIL over within that, at the cost of a thread switch only when another thread wants it.
     SWITCH_INTERVAL_S = 0.0005
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
         if sys.getswitchinterval() > self.SWITCH_INTERVAL_S:
             sys.setswitchinterval(self.SWITCH_INTERVAL_S)
+        # The loop every submit() comes from (the driver's): asyncio.get_running_loop() costs a
+        # getpid() system call per call on Python 3.11.
+        self._loop = loop
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         fut: asyncio.Future[Any] = loop.create_future()
         self._q.put((loop, fut, fn, args))
         return fut
@@ -330,6 +336,52 @@ def _resolve(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
         fut.set_exception(value)
 
 
+class _Wake:
+    """The Raft loop's wake-up: `set` from anything on the loop, `wait` in the loop's task.
+
+    An `asyncio.Event` waited under `asyncio.timeout` costs, per wait, the event's future and
+    waiter list, a `Timeout` context manager with its timer and the task's (un)cancel
+    bookkeeping; the loop waits once or twice per write. This is one future and one timer handle.
+    """
+
+    __slots__ = ("_set", "_fut")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._fut: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        """Until `set` is called or `timeout_s` passes (a cancellation propagates)."""
+        if self._set:
+            return
+        fut = self._fut = loop.create_future()
+        timer = loop.call_later(max(0.0, timeout_s), _set_none, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._fut = None
+
+
+def _set_none(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 # A ReadIndex waiter (`RaftServer.read_barrier`): called with None once its read may be served
 # from the local FSM, or with the error that ends it.
 ReadDone = Callable[[BaseException | None], None]
@@ -352,11 +404,107 @@ def _notify(waiters: list[ReadDone], exc: BaseException | None) -> None:
             logger.exception("raft: a ReadIndex waiter failed")
 
 
-def _notify_soon(waiters: list[ReadDone], exc: BaseException | None) -> None:
+def _notify_soon(loop: asyncio.AbstractEventLoop | None, waiters: list[ReadDone], exc: BaseException | None) -> None:
     """Call the waiters from the event loop, not from inside a Raft loop iteration: a reader's
     own work (a fast-path read is answered from its callback) must not delay the loop."""
     if waiters:
-        asyncio.get_running_loop().call_soon(_notify, waiters, exc)
+        (loop or asyncio.get_running_loop()).call_soon(_notify, waiters, exc)
+
+
+class _InboundRaft(asyncio.Protocol):
+    """One inbound Raft connection, as an asyncio protocol: length-prefixed msgpack frames (see
+    `proconsul.wire`), the first the dialler's hello (`{"id", "addr"}`), then messages, which go
+    to the server's inbox as they are decoded; the loop is woken once per read.
+
+    A message of the wrong shape is dropped (one warning); a frame that breaks the framing (over
+    the size limit, not msgpack) closes the connection, as the listener does for other streams.
+    Nothing is ever written back: answers leave on this server's own link to the peer.
+
+    `learn(id, addr)` gets the hello; `deliver(messages)` each read's decoded messages (never
+    an empty list); `closed` is resolved when the connection ends.
+    """
+
+    def __init__(self, learn: Callable[[str, str], None], deliver: Callable[[list[Message]], None], peer: Any,
+                 closed: asyncio.Future[None]) -> None:
+        self._learn = learn
+        self._deliver = deliver
+        self._peer = peer
+        self._closed = closed
+        self._buf = bytearray()
+        self._hello = True
+        self._failed = False  # a broken frame closed the connection: ignore whatever still arrives
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
+        buf = self._buf
+        if buf:
+            buf += data
+            src: bytes | bytearray = buf
+        else:
+            src = data  # the common case: whole frames in one read, parsed without a copy
+        size = len(src)
+        pos = 0
+        header = _FRAME_HEADER
+        decoded: list[Message] = []
+        broken = ""
+        with memoryview(src) as view:
+            while size - pos >= 4:
+                (length,) = header.unpack_from(src, pos)
+                if length > MAX_FRAME_BYTES:
+                    broken = f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
+                    break
+                end = pos + 4 + length
+                if end > size:
+                    break
+                try:
+                    raw = msgpack.unpackb(view[pos + 4 : end], raw=False)
+                except Exception as exc:  # msgpack raises several unrelated exception types
+                    broken = f"undecodable frame: {exc}"
+                    break
+                pos = end
+                if self._hello:
+                    self._hello = False
+                    if isinstance(raw, dict) and isinstance(raw.get("id"), str) and isinstance(raw.get("addr"), str):
+                        self._learn(raw["id"], raw["addr"])
+                    continue
+                try:
+                    m = codec.decode_message(raw)
+                except Exception as exc:  # any shape a peer sends; the codec's errors vary by field
+                    logger.warning("raft: dropping undecodable message: %s: %s", type(exc).__name__, exc, extra=MALFORMED)
+                    continue
+                decoded.append(m)
+        if decoded:  # what arrived whole before a broken frame is kept
+            self._deliver(decoded)
+        if broken:
+            self._protocol_error(broken)
+            return
+        if buf:
+            del buf[:pos]
+        elif pos < size:
+            buf += data[pos:]
+
+    def _protocol_error(self, why: str) -> None:
+        logger.warning("transport: closing connection from %s: %s", self._peer, why, extra=MALFORMED)
+        self._failed = True
+        self._buf.clear()
+        if self._transport is not None:
+            self._transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._buf = bytearray()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+
+_FRAME_HEADER = struct.Struct(">I")
 
 
 class _PeerLink:
@@ -529,7 +677,7 @@ class RaftServer:
         self.recovery = self._load_recovery(raft_dir)
         self.core: RaftNode | None = None
         self._inbox: list[Message] = []
-        self._wake = asyncio.Event()
+        self._wake = _Wake()
         self._links: dict[str, _PeerLink] = {}
         # Raft index -> (term, future, the decoded object proposed with the bytes or None).
         self._pending: dict[int, tuple[int, asyncio.Future[tuple[int, Any]], Any]] = {}
@@ -540,6 +688,10 @@ class RaftServer:
         self._reads: dict[bytes, tuple[float, list[ReadDone]]] = {}
         self._read_seq = 0
         self._writer: _LogWriter | None = None
+        # The event loop the driver runs on, kept by start(): asyncio.get_running_loop() costs a
+        # getpid() system call per call on Python 3.11, and the write path asked it ~11 times per
+        # write. Everything that uses it runs after start() (a core exists).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._last_leader_contact = 0.0
@@ -659,8 +811,9 @@ class RaftServer:
             await self._restore_fsm(snap.data, "restoring the state from the last snapshot")
         self.applied_index = snap.meta.index
         self.core = self._new_core(snap.meta.index)
-        self._writer = _LogWriter(f"raft-log-writer:{self.node_name}")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="raft")
+        loop = self._loop = asyncio.get_running_loop()
+        self._writer = _LogWriter(f"raft-log-writer:{self.node_name}", loop)
+        self._task = loop.create_task(self._run(), name="raft")
         self._task.add_done_callback(self._loop_ended)
         self.started.set()
 
@@ -924,7 +1077,7 @@ class RaftServer:
                 await self._wait_out_transfer()
         else:
             raise NoLeaderError("leadership transfer in progress")
-        fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[int, Any]] = self._running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut, proposed)
         self._m_apply.incr()
         start = time.perf_counter()
@@ -944,7 +1097,7 @@ class RaftServer:
         change the core's role, so a batch whose first entry is accepted is accepted whole.
         """
         core = self._core()
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         start = time.perf_counter()
         futs: list[asyncio.Future[tuple[int, Any]]] = []
         pending = self._pending
@@ -981,7 +1134,8 @@ class RaftServer:
 
         The read joins the next ReadIndex round (see `read_barrier`).
         """
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._core()
+        fut: asyncio.Future[None] = self._running_loop().create_future()
         self.read_barrier(functools.partial(_settle, fut))
         # No timeout of its own: the loop fails a round that is not confirmed in time.
         await fut
@@ -1021,7 +1175,7 @@ class RaftServer:
         try:
             core.read_index(ctx)
         except NotLeader:
-            _notify_soon(waiting, NotLeaderError(self.leader_address()))
+            _notify_soon(self._loop, waiting, NotLeaderError(self.leader_address()))
             return
         self._reads[ctx] = (now, waiting)
 
@@ -1033,7 +1187,7 @@ class RaftServer:
             entry = self._reads.pop(rs.context, None)
             if entry is not None:
                 done.extend(entry[1])
-        _notify_soon(done, None)
+        _notify_soon(self._loop, done, None)
         if self._read_waiting:
             self._wake.set()
 
@@ -1046,13 +1200,13 @@ class RaftServer:
             if started > limit:
                 break
             del self._reads[ctx]
-            _notify_soon(waiters, NoLeaderError())
+            _notify_soon(self._loop, waiters, NoLeaderError())
 
     def _fail_reads(self, exc: Exception) -> None:
         waiting = [w for _, ws in self._reads.values() for w in ws] + self._read_waiting
         self._read_waiting = []
         self._reads.clear()
-        _notify_soon(waiting, exc)
+        _notify_soon(self._loop, waiting, exc)
 
     async def add_voter(self, node_id: str, addr: str) -> None:
         """Leader only: add a server to the configuration (single-server change)."""
@@ -1142,6 +1296,10 @@ class RaftServer:
         while self._transfer_in_progress() and self.is_leader() and loop.time() < deadline:
             await asyncio.sleep(0.01)
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        return loop if loop is not None else asyncio.get_running_loop()
+
     def _core(self) -> RaftNode:
         if self._stopped:
             raise NoLeaderError("server shutting down")
@@ -1152,26 +1310,19 @@ class RaftServer:
     # ------------------------------------------------------------------------------- inbound
 
     async def serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Handler for inbound ConnType.RAFT connections: a hello frame, then messages."""
-        decoder = FrameDecoder()
-        hello = True
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                return
-            for raw in decoder.feed(data):
-                if hello:
-                    hello = False
-                    if isinstance(raw, dict) and isinstance(raw.get("id"), str) and isinstance(raw.get("addr"), str):
-                        self.addresses.learn(raw["id"], raw["addr"])
-                    continue
-                try:
-                    m = codec.decode_message(raw)
-                except Exception as exc:  # any shape a peer sends; the codec's errors vary by field
-                    logger.warning("raft: dropping undecodable message: %s: %s", type(exc).__name__, exc, extra=MALFORMED)
-                    continue
-                self._inbox.append(m)
+        """Handler for inbound ConnType.RAFT connections: a hello frame, then messages.
+
+        The stream's transport is handed to an `_InboundRaft` protocol, which decodes frames
+        into the inbox as the loop reads them and wakes the Raft loop: no task switch, read
+        call or copy through a StreamReader per message. This task only waits for the end.
+        """
+        def deliver(msgs: list[Message]) -> None:
+            self._inbox.extend(msgs)
             self._wake.set()
+
+        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        adopt_stream(reader, writer, _InboundRaft(self.addresses.learn, deliver, writer.get_extra_info("peername"), closed))
+        await closed
 
     # ---------------------------------------------------------------------------- the loop
 
@@ -1185,7 +1336,7 @@ class RaftServer:
         while True:
             timeout = max(0.0, (min(next_tick, commit_due) if commit_due else next_tick) - loop.time())
             if not self._inbox and not core.has_ready():
-                await wait_event(self._wake, timeout)
+                await self._wake.wait(loop, timeout)
             self._wake.clear()
             if commit_due and loop.time() >= commit_due:
                 commit_due = 0.0
