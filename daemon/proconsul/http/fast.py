@@ -451,7 +451,7 @@ class FastRoutes:
             asyncio.get_running_loop().call_soon(done, self.put_answer(command, None, None, exc))
             return True
 
-    async def kv_put(self, command: commands.KVS) -> bytes:
+    async def kv_put(self, command: commands.KVS) -> bytes | None:
         try:
             meta, ok = await self.agent.server.write(command)
         except Exception as exc:
