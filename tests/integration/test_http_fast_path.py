@@ -209,6 +209,26 @@ def _put_comparison_keys(conn: Conn) -> None:
         assert _status(conn.call("PUT", f"/v1/kv/{key}", value)) == 200
 
 
+def _compare_writes(fast: Conn, slow: Conn, routes: Any, agent: Agent) -> None:
+    """The WRITES table through both listeners: the same answers, X-Consul-Index the store's."""
+    for method, template, body, headers, expect_fast in WRITES:
+        answers = []
+        for conn, name in ((fast, "fast"), (slow, "slow")):
+            path = template.format(c=name)
+            before = routes.answered
+            status, hdrs, payload = conn.call(method, path, body, headers)
+            assert (routes.answered - before == 1) == (expect_fast and name == "fast"), (method, path)
+            index = dict(hdrs).get("X-Consul-Index")
+            if index is not None:
+                assert int(index) == max(agent.server.store.last_index, 1), (method, path)
+            if payload == b"true":
+                # What the PUT stored is what the normal path reads back, whole.
+                key = path.split("?")[0]
+                assert slow.call("GET", key + "?raw")[2] == (body or b""), path
+            answers.append(_comparable((status, [(k, v) for k, v in hdrs if k != "X-Consul-Index"], payload)))
+        assert answers[0] == answers[1], (method, template)
+
+
 async def test_fast_path_answers_like_the_normal_path(tmp_path: Path) -> None:
     agent, normal = await _start_agent(tmp_path)
     try:
@@ -226,23 +246,7 @@ async def test_fast_path_answers_like_the_normal_path(tmp_path: Path) -> None:
                     assert (routes.answered - before == 1) == expect_fast, (method, path)
                     got_normal = _comparable(slow.call(method, path, body, headers))
                     assert got_fast == got_normal, (method, path)
-                for method, template, body, headers, expect_fast in WRITES:
-                    answers = []
-                    for conn, name in ((fast, "fast"), (slow, "slow")):
-                        path = template.format(c=name)
-                        before = routes.answered
-                        status, hdrs, payload = conn.call(method, path, body, headers)
-                        assert (routes.answered - before == 1) == (expect_fast and name == "fast"), (method, path)
-                        index = dict(hdrs).get("X-Consul-Index")
-                        if index is not None:
-                            assert int(index) == max(agent.server.store.last_index, 1), (method, path)
-                        if payload == b"true":
-                            # What the PUT stored is what the normal path reads back, whole.
-                            key = path.split("?")[0]
-                            assert slow.call("GET", key + "?raw")[2] == (body or b""), path
-                        answers.append(_comparable((status, [(k, v) for k, v in hdrs if k != "X-Consul-Index"],
-                                                    payload)))
-                    assert answers[0] == answers[1], (method, template)
+                _compare_writes(fast, slow, routes, agent)
                 # Fast answers are counted in the api.http timer under their route, as before.
                 series = routes.metrics.route_series("GET", "/v1/kv/")._series
                 before = series.count
@@ -393,12 +397,15 @@ async def test_consistent_reads_park_on_read_index_and_are_answered_like_the_nor
 
 async def test_a_raft_leader_answers_consistent_reads_after_read_index(tmp_path: Path) -> None:
     """A (one-voter) Raft server: ?consistent reads go through the real ReadIndex barrier
-    (`RaftLog.read_barrier`) and are answered by the fast path, as the normal path answers them."""
+    (`RaftLog.read_barrier`) and are answered by the fast path, as the normal path answers them;
+    its PUTs are proposed without a task (`Server.write_now`) and answered as the normal path
+    answers them (the WRITES table, with the same limits as the dev agent's)."""
     ip = f"{free_subnet(1)}.1"
     flags = configmod.agent_flagset().parse([
         "-server", "-bootstrap-expect=1", f"-data-dir={tmp_path / 'data'}", f"-http-port={free_port()}",
         f"-dns-port={free_port()}", f"-serf-lan-port={free_port()}", f"-serf-wan-port={free_port()}",
         f"-client={ip}", f"-bind={ip}", "-node=raft-fast", "-hcl=performance { raft_multiplier = 1 }",
+        "-hcl=limits { kv_max_value_size = 64 }",
     ])  # fmt: skip
     agent = Agent(configmod.load_from(flags).config, flags)
     await agent.start()
@@ -413,6 +420,14 @@ async def test_a_raft_leader_answers_consistent_reads_after_read_index(tmp_path:
         assert routes is not None
         raft = agent.server.consensus.raft  # type: ignore[attr-defined]
         fast_addr, normal_addr = agent.http.bound[0], normal.bound[0]
+        proposed_now: list[bool] = []
+        write_now = agent.server.write_now
+
+        def counted_write_now(command: Any, done: Any) -> bool:
+            proposed_now.append(write_now(command, done))
+            return proposed_now[-1]
+
+        agent.server.write_now = counted_write_now  # type: ignore[method-assign]
 
         def run() -> None:
             fast, slow = Conn(*fast_addr), Conn(*normal_addr)
@@ -429,6 +444,11 @@ async def test_a_raft_leader_answers_consistent_reads_after_read_index(tmp_path:
                 for i in range(20):
                     steps += [("PUT", "/v1/kv/pipe/c", f"v{i}".encode()), ("GET", "/v1/kv/pipe/c?consistent&raw", None)]
                 _check_pipeline(fast, steps, "/v1/kv/pipe/c")
+                assert proposed_now == [True] * 20
+                proposed_now.clear()
+                _compare_writes(fast, slow, routes, agent)
+                # Every PUT the fast path took was proposed by write_now, none by a task.
+                assert proposed_now == [True] * sum(1 for w in WRITES if w[4])
             finally:
                 fast.close()
                 slow.close()

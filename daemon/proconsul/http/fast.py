@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import time
 from collections import deque
@@ -58,7 +59,7 @@ from proconsul.http.appkeys import ACCESS_RULES, ACL_RESOLVER, AGENT, HTTP_METRI
 from proconsul.http.common import HTTPError, _dumps
 from proconsul.http.conn_guard import ConnectionCounter, GuardedRequestHandler
 from proconsul.metrics import Sample
-from proconsul.rpc_api import QueryMeta, QueryOptions, RPCError
+from proconsul.rpc_api import QueryMeta, QueryOptions, RPCError, WriteMeta
 from proconsul.state import commands, protection
 from proconsul.state.records import DirEntry
 from proconsul.state.store import StoreError
@@ -169,6 +170,7 @@ FALLBACK = 0
 # The barrier's outcome: (the agent is the leader?, ready for reads?), or None when it failed.
 BarrierResult = tuple[bool, bool] | None
 _PARKED = object()  # FastRequestHandler._busy while a read waits for its barrier
+_WRITING = object()  # FastRequestHandler._busy while a fast write started without a task runs
 
 
 class ReadGate(Protocol):
@@ -465,22 +467,48 @@ class FastRoutes:
         value = _value(headers, payload, self.agent.config.limits.kv_max_value_size)
         return commands.KVS(op, DirEntry(key=key, value=value, flags=flags, modify_index=cas))
 
-    async def kv_put(self, command: commands.KVS) -> bytes:
+    def kv_put_now(self, command: commands.KVS, done: Callable[[bytes | None], None]) -> bool:
+        """Start the write without a task where the server can (`Server.write_now`: the leader's
+        Raft log) and call `done(answer)` once it applied, with what `kv_put` would answer (None
+        when the write's future was cancelled: nothing is answered, as when `kv_put`'s task is);
+        never from inside this call. False, with nothing proposed: `kv_put` must do it."""
+        write_now = getattr(self.agent.server, "write_now", None)  # a client agent's RemoteServer has none
+
+        def applied(meta: WriteMeta | None, ok: Any, exc: BaseException | None) -> None:
+            done(self.put_answer(command, meta, ok, exc))
+
+        try:
+            return write_now is not None and write_now(command, applied)
+        except Exception as exc:
+            # Whether it was proposed is not known: answer it here as `kv_put` would, never retry.
+            asyncio.get_running_loop().call_soon(done, self.put_answer(command, None, None, exc))
+            return True
+
+    async def kv_put(self, command: commands.KVS) -> bytes | None:
         try:
             meta, ok = await self.agent.server.write(command)
-        except HTTPError as exc:
+        except Exception as exc:
+            return self.put_answer(command, None, None, exc)
+        return self.put_answer(command, meta, ok, None)
+
+    def put_answer(self, command: commands.KVS, meta: WriteMeta | None, ok: Any, exc: BaseException | None) -> bytes | None:
+        """The answer to a KV PUT: `ok` at `meta.index`, or `exc` as the middleware maps it."""
+        if exc is None:
+            assert meta is not None
+            return self.response(200, f"X-Consul-Index: {max(meta.index, 1)}\r\n".encode() + JSON_HEADER,
+                                 b"true" if ok else b"false")
+        if isinstance(exc, HTTPError):
             return self.error(exc.status, exc.message)
-        except (RPCError, StoreError) as exc:
+        if isinstance(exc, (RPCError, StoreError)):
             # As the middleware maps them: a server's ACL refusal by its text, else a 500.
             text = str(exc)
             return self.error(403 if text.startswith(("Permission denied", "ACL not found")) else 500, text)
-        except (ValueError, OverflowError, RecursionError) as exc:
+        if isinstance(exc, (ValueError, OverflowError, RecursionError)):
             return self.error(400, str(exc) or type(exc).__name__)
-        except Exception:
-            logger.exception("http: error handling PUT %s", command.entry.key)
-            return self.response(500, b"Content-Type: text/plain; charset=utf-8\r\n", _INTERNAL_ERROR_BODY)
-        return self.response(200, f"X-Consul-Index: {max(meta.index, 1)}\r\n".encode() + JSON_HEADER,
-                             b"true" if ok else b"false")
+        if not isinstance(exc, Exception):
+            return None  # cancelled
+        logger.error("http: error handling PUT %s", command.entry.key, exc_info=exc)
+        return self.response(500, b"Content-Type: text/plain; charset=utf-8\r\n", _INTERNAL_ERROR_BODY)
 
 
 def _value(headers: Any, payload: Any, limit: int) -> bytes:
@@ -506,7 +534,7 @@ class FastRequestHandler(GuardedRequestHandler):
         self._real_parser = self._parser
         self._parser = _Intercept(self._parser, self)  # type: ignore[assignment]
         self._slow = 0  # messages handed to aiohttp and not answered yet
-        self._busy: asyncio.Task[None] | object | None = None  # a fast write being answered, or _PARKED
+        self._busy: asyncio.Task[None] | object | None = None  # a fast write being answered (_WRITING or its task), or _PARKED
         self._parked: tuple[Any, Any, float] | None = None  # the read waiting for its barrier, since when
         self._passed: Any = None  # the message whose barrier has just answered
         self._passed_ok = False  # whether it passed (else it failed)
@@ -596,7 +624,9 @@ class FastRequestHandler(GuardedRequestHandler):
             logger.debug("http: fast path passed %s %s on after an error", method, target, exc_info=True)
             return False
         self.request_started()
-        self._busy = self._loop.create_task(self._put(command, start))
+        self._busy = _WRITING
+        if not routes.kv_put_now(command, functools.partial(self._put_done, start)):
+            self._busy = self._loop.create_task(self._put(command, start))
         return True
 
     def _park(self, msg: Any, payload: Any, start: float, consistent: bool) -> bool:
@@ -644,10 +674,19 @@ class FastRequestHandler(GuardedRequestHandler):
         return self._may_write
 
     async def _put(self, command: commands.KVS, start: float) -> None:
+        data = None
         try:
             data = await self._routes.kv_put(command)
-            self._routes.observe("PUT", KV_ROUTE, start)
-            self._answer(data)
+        finally:
+            self._put_done(start, data)
+
+    def _put_done(self, start: float, data: bytes | None) -> None:
+        """A fast write's answer is ready (None: cancelled, nothing to answer): write it, then
+        route what waited behind it."""
+        try:
+            if data is not None:
+                self._routes.observe("PUT", KV_ROUTE, start)
+                self._answer(data)
         finally:
             self.request_finished()
             self._busy = None

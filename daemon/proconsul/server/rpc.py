@@ -773,6 +773,40 @@ class Server:
             raise result
         return WriteMeta(index), result
 
+    def write_now(self, command: commands.Command,
+                  done: Callable[[WriteMeta | None, Any, BaseException | None], None]) -> bool:
+        """`write` of a KV operation on the leader without a coroutine (the HTTP fast path's
+        PUT: no task and no chain of awaits per write): proposes `command` now and calls
+        `done(meta, result, None)` once it applied, or `done(None, None, error)` with what
+        `write` would raise; never from inside this call. False, with nothing proposed, when
+        `write` must do it: not the leader (it forwards), another kind of command, a consensus
+        that proposes only through a coroutine, a leadership transfer running."""
+        if type(command) is not commands.KVS:
+            return False
+        consensus = self.consensus
+        # Only the Raft log has it (a single voter applies at once, a client agent never does).
+        propose_now = getattr(consensus, "propose_now", None)
+        if propose_now is None or not consensus.is_leader():
+            return False
+        timer = self._m_apply_by_type[commands.KVS]
+        start = time.perf_counter()
+
+        def applied(out: tuple[int, Any] | None, exc: BaseException | None) -> None:
+            if out is None:
+                done(None, None, exc)
+                return
+            timer.since(start)  # as `_propose`: the successful applies only
+            index, result = out
+            if isinstance(result, StoreError):
+                done(None, None, result)
+            else:
+                done(WriteMeta(index), result, None)
+
+        if not propose_now(command, applied):
+            return False
+        self._m_request.incr()
+        return True
+
     async def _apply(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         """Propose on this server (the leader). An ACL bootstrap takes its reset index from this
         server's `acl-bootstrap-reset` file, as Consul's leader reads it, and the file goes once used."""

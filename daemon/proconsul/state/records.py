@@ -124,6 +124,16 @@ class DirEntry(_Wire):
     create_index: int = 0
     modify_index: int = 0
 
+    def to_wire(self) -> list[Any]:
+        # `_Wire.to_wire` spelled out: every KV write encodes one. Checked against the fields
+        # below, so a field appended to the class cannot be left out of the wire form.
+        return [self.key, self.value, self.flags, self.session, self.lock_index, self.create_index,
+                self.modify_index]
+
+
+if _names(DirEntry) != ("key", "value", "flags", "session", "lock_index", "create_index", "modify_index"):
+    raise TypeError("DirEntry.to_wire must list DirEntry's fields in order")
+
 
 @dataclass(frozen=True, slots=True)
 class Session(_Wire):

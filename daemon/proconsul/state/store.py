@@ -207,8 +207,16 @@ class Store:
             self.last_index = index
         tables, keys = self._dirty_tables, self._dirty_keys
         services, nodes, everything = self._dirty_services, self._dirty_nodes, self._dirty_all
-        self._dirty_tables, self._dirty_keys = set(), []
-        self._dirty_services, self._dirty_nodes, self._dirty_all = set(), set(), False
+        # Fresh containers for what was touched only (a KV write touches no service or node).
+        if tables:
+            self._dirty_tables = set()
+        if keys:
+            self._dirty_keys = []
+        if services:
+            self._dirty_services = set()
+        if nodes:
+            self._dirty_nodes = set()
+        self._dirty_all = False
         if everything:
             fired = {w: None for parked in self._watches.values() for w in parked}
         else:

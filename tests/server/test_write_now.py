@@ -1,0 +1,171 @@
+"""KV writes proposed without a coroutine (`Server.write_now` over `RaftLog.propose_now`), the
+HTTP fast path's PUT on a Raft leader: the same outcomes, indexes and metrics as `write`, the
+answer never given from inside the call, and nothing proposed whenever `write` must do it.
+
+`RaftLog.propose_now` against a scripted Raft stand-in (every way a proposal ends: applied,
+refused before proposing, lost after proposing, cancelled), then `Server.write_now` on a real
+one-voter Raft server next to `Server.write`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from proconsul.metrics import Metrics
+from proconsul.raft.node import NoLeaderError, NotLeaderError, OutcomeUnknown, RaftError, RaftServer
+from proconsul.rpc_api import NoLeader, RPCError, UnknownOutcome, WriteMeta
+from proconsul.server.consensus import CommandStateMachine, RaftLog
+from proconsul.server.rpc import Server
+from proconsul.server.single import SingleNodeLog
+from proconsul.state import commands
+from proconsul.state.fsm import FSM
+from proconsul.state.records import DirEntry
+from proconsul.state.store import Store, StoreError
+
+
+def kv_set(key: str, value: bytes = b"v") -> commands.KVS:
+    return commands.KVS(commands.KVOp.SET, DirEntry(key, value))
+
+
+class ScriptedRaft:
+    """`propose_batch` as RaftServer's: refuses with `refusal`, else one future per entry."""
+
+    def __init__(self, refusal: RaftError | None = None) -> None:
+        self.refusal = refusal
+        self.proposed: list[tuple[bytes, Any]] = []
+        self.futures: list[asyncio.Future[tuple[int, Any]]] = []
+
+    def propose_batch(self, items: list[tuple[bytes, Any]]) -> list[asyncio.Future[tuple[int, Any]]]:
+        if self.refusal is not None:
+            raise self.refusal
+        self.proposed.extend(items)
+        futs = [asyncio.get_running_loop().create_future() for _ in items]
+        self.futures.extend(futs)
+        return futs
+
+
+class Outcomes:
+    def __init__(self) -> None:
+        self.got: list[tuple[Any, ...]] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, *outcome: Any) -> None:
+        self.got.append(outcome)
+        self.event.set()
+
+    async def one(self) -> tuple[Any, ...]:
+        await asyncio.wait_for(self.event.wait(), 30)
+        assert len(self.got) == 1
+        return self.got[0]
+
+
+async def test_propose_now_reports_each_ending_in_rpc_terms() -> None:
+    raft = ScriptedRaft()
+    log = RaftLog(raft)  # type: ignore[arg-type]
+    endings: list[tuple[Any, Any]] = [
+        (lambda f: f.set_result((7, True)), lambda out, exc: out == (7, True) and exc is None),
+        (lambda f: f.set_exception(OutcomeUnknown("lost")), lambda out, exc: out is None and type(exc) is UnknownOutcome),
+        (lambda f: f.set_exception(RaftError("other entry")), lambda out, exc: type(exc) is RPCError and str(exc) == "other entry"),
+        (lambda f: f.cancel(), lambda out, exc: out is None and isinstance(exc, asyncio.CancelledError)),
+    ]
+    for end, expected in endings:
+        outcomes = Outcomes()
+        command = kv_set("k")
+        assert log.propose_now(command, outcomes) is True
+        assert raft.proposed[-1] == (commands.encode(command), command)  # the object rides with its bytes
+        end(raft.futures[-1])
+        assert outcomes.got == []  # never from inside the call that settled it either
+        assert expected(*await outcomes.one())
+
+
+@pytest.mark.parametrize("refusal", [NotLeaderError("10.0.0.1:8300"), NoLeaderError(), RaftError("transfer running")])
+async def test_propose_now_refused_before_proposing_leaves_it_to_apply(refusal: RaftError) -> None:
+    log = RaftLog(ScriptedRaft(refusal))  # type: ignore[arg-type]
+    called: list[Any] = []
+    assert log.propose_now(kv_set("k"), lambda *a: called.append(a)) is False
+    await asyncio.sleep(0)
+    assert called == []
+
+
+async def test_propose_now_does_not_propose_what_does_not_encode() -> None:
+    raft = ScriptedRaft()
+    bad = commands.KVS(commands.KVOp.SET, DirEntry("k", object()))  # type: ignore[arg-type]
+    assert RaftLog(raft).propose_now(bad, lambda *a: None) is False  # type: ignore[arg-type]
+    assert raft.proposed == []
+
+
+async def test_write_now_leaves_what_it_cannot_do_to_write() -> None:
+    store = Store()
+    dev = Server(store, SingleNodeLog(FSM(store), "127.0.0.1:8300", "id", "s1"), "dc1")
+    assert dev.write_now(kv_set("k"), lambda *a: None) is False  # a single voter: `write` applies at once
+    follower_raft = ScriptedRaft()
+    follower = Server(Store(), _Follower(follower_raft), "dc1")
+    assert follower.write_now(kv_set("k"), lambda *a: None) is False  # `write` forwards it
+    leader_raft = ScriptedRaft()
+    leader = Server(Store(), RaftLog(leader_raft), "dc1")  # type: ignore[arg-type]
+    txn = commands.Txn((kv_set("k"),))
+    assert leader.write_now(txn, lambda *a: None) is False  # only KV operations
+    assert follower_raft.proposed == [] and leader_raft.proposed == []
+
+
+class _Follower(RaftLog):
+    def is_leader(self) -> bool:
+        return False
+
+
+async def _one_voter(tmp_path: Any, store: Store) -> RaftServer:
+    raft = RaftServer("a", "a", "127.0.0.1:8300", CommandStateMachine(FSM(store)), str(tmp_path), tick_s=0.02)
+    raft.bootstrap({"a": "127.0.0.1:8300"})
+    await raft.start()
+    deadline = asyncio.get_running_loop().time() + 30
+    while not raft.ready_for_reads():
+        assert asyncio.get_running_loop().time() < deadline, "the single voter never became a ready leader"
+        await asyncio.sleep(0.01)
+    return raft
+
+
+def _total(m: Metrics, name: str) -> float:
+    series = m.series[(f"consul.{name}", ())]
+    return series.count if series.family.kind == "sample" else series.total
+
+
+async def test_write_now_on_a_raft_leader_answers_as_write_does(tmp_path: Any) -> None:
+    store = Store()
+    raft = await _one_voter(tmp_path, store)
+    metrics = Metrics()
+    server = Server(store, RaftLog(raft), "dc1", metrics=metrics)
+    try:
+        by_write = [await server.write(kv_set("w")),
+                    await server.write(commands.KVS(commands.KVOp.CAS, DirEntry("w", b"x", modify_index=1)))]
+        requests, applies = _total(metrics, "rpc.request"), _total(metrics, "kvs.apply")
+        cases = [
+            kv_set("n", b"first"),
+            commands.KVS(commands.KVOp.CAS, DirEntry("n", b"stale cas", modify_index=1)),
+            commands.KVS("no-such-op", DirEntry("n")),  # the FSM's StoreError, raised by `write`
+        ]
+        got = []
+        for command in cases:
+            outcomes = Outcomes()
+            assert server.write_now(command, outcomes) is True
+            assert outcomes.got == []
+            got.append(await outcomes.one())
+        (meta0, ok0, exc0), (meta1, ok1, exc1), (meta2, ok2, exc2) = got
+        assert isinstance(meta0, WriteMeta) and ok0 is True and exc0 is None
+        assert meta0.index > by_write[1][0].index and meta0.index == store.kv_get("n")[1].modify_index  # type: ignore[union-attr]
+        assert isinstance(meta1, WriteMeta) and meta1.index > meta0.index and ok1 is False and exc1 is None
+        assert by_write[1][1] is False  # the same CAS outcome `write` gives
+        assert meta2 is None and ok2 is None and type(exc2) is StoreError and "no-such-op" in str(exc2)
+        with pytest.raises(StoreError):
+            await server.write(commands.KVS("no-such-op", DirEntry("n")))
+        assert store.kv_get("n")[1].value == b"first"  # type: ignore[union-attr]
+        # Counted as `write` counts: one request each, the applies that succeeded timed.
+        assert _total(metrics, "rpc.request") == requests + 4
+        assert _total(metrics, "kvs.apply") == applies + 4
+    finally:
+        await raft.stop()
+    # Stopped: nothing is proposed, and `write` reports it as it always did.
+    assert server.write_now(kv_set("late"), lambda *a: None) is False
+    with pytest.raises(NoLeader):
+        await asyncio.wait_for(server.write(kv_set("late")), 10)
