@@ -11,8 +11,8 @@ Two checks, each with its checker tested on synthetic input below:
   context it is configuring). `patching_problems` is the AST scan, over the whole package.
 - the protocols named at the seams are met by every implementation the agent plugs into them:
   `rpc_api.ServerAccess` (what `agent.server` is) by the in-process `Server` and the client
-  agent's `RemoteServer`; the RPC server's WAN router and server pool by `Router` and
-  `ConnectionPool`; `http.appkeys.AgentSurface`'s methods by the `Agent`. `signature_problems` compares each protocol member with the implementation's
+  agent's `RemoteServer`; the RPC server's WAN router and server pool (and the write
+  forwarder's task-less sender) by `Router` and `ConnectionPool`; `http.appkeys.AgentSurface`'s methods by the `Agent`. `signature_problems` compares each protocol member with the implementation's
   (name, sync/async, parameter names, kinds and defaults).
 """
 
@@ -28,7 +28,7 @@ import pytest
 from proconsul import rpc_api
 from proconsul.agent.agent import Agent
 from proconsul.http.appkeys import AgentSurface
-from proconsul.server import rpc
+from proconsul.server import forwarding, rpc
 from proconsul.server.acl_leader import BootstrapResetFile
 from proconsul.server.remote import RemoteServer
 from proconsul.server.rpc import Server
@@ -286,6 +286,7 @@ def _in_process_server() -> Server:
     (rpc_api.DatacenterRouter, Router),
     (rpc.WANRouter, Router),
     (rpc.ServerPool, ConnectionPool),
+    (forwarding.DirectCaller, ConnectionPool),
     (rpc.BootstrapReset, BootstrapResetFile),
 ], ids=lambda x: x.__name__)
 def test_each_implementation_has_its_protocols_signatures(proto: type, impl: type) -> None:
