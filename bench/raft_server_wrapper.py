@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Any
 
+from proconsul import transport
 from proconsul.agent.agent import run_agent
 from proconsul.raft import storage
 from proconsul.server import forwarding
@@ -58,16 +59,33 @@ def _install_counter() -> None:
 
     storage.DurableLog.write_db = write_db  # type: ignore[method-assign]
 
-    # Writes this server forwarded to its leader, and in how many Raft.ApplyBatch calls.
-    send = forwarding.WriteForwarder._send_batch
+    # Writes this server forwarded to its leader, and in how many Raft.ApplyBatch calls: counted
+    # where the pool sends them (`call`, or `send_call` when it sent), whichever way the
+    # forwarder sends a batch.
+    def count(method: str, body: Any) -> None:
+        if method == forwarding.BATCH_METHOD and isinstance(body, dict):
+            with _LOCK:
+                STATS["fwd_calls"] = STATS.get("fwd_calls", 0) + 1
+                STATS["fwd_writes"] = STATS.get("fwd_writes", 0) + len(body.get("commands") or ())
 
-    async def send_batch(self: forwarding.WriteForwarder, leader: str, writes: list[Any]) -> None:
-        with _LOCK:
-            STATS["fwd_calls"] = STATS.get("fwd_calls", 0) + 1
-            STATS["fwd_writes"] = STATS.get("fwd_writes", 0) + len(writes)
-        await send(self, leader, writes)
+    call = transport.ConnectionPool.call
 
-    forwarding.WriteForwarder._send_batch = send_batch  # type: ignore[method-assign]
+    async def counted_call(self: transport.ConnectionPool, address: str, method: str, body: Any,
+                           *args: Any, **kwargs: Any) -> Any:
+        count(method, body)
+        return await call(self, address, method, body, *args, **kwargs)
+
+    transport.ConnectionPool.call = counted_call  # type: ignore[method-assign]
+    send_call = getattr(transport.ConnectionPool, "send_call", None)
+    if send_call is not None:  # trees before it send every batch through `call`
+        def counted_send_call(self: transport.ConnectionPool, address: str, method: str, body: Any,
+                              *args: Any, **kwargs: Any) -> bool:
+            sent = bool(send_call(self, address, method, body, *args, **kwargs))
+            if sent:
+                count(method, body)
+            return sent
+
+        transport.ConnectionPool.send_call = counted_send_call  # type: ignore[method-assign]
 
 
 def _dump(path: str) -> None:

@@ -15,12 +15,12 @@ Three checks, each with its checker tested on synthetic input below:
   single voter): the composition root chooses when it builds. `back_pointer_problems`.
 - the protocols named at the seams are met by every implementation the agent plugs into them:
   `rpc_api.ServerAccess` (what `agent.server` is) by the in-process `Server` and the client
-  agent's `RemoteServer`; the RPC server's WAN router and server pool by `Router` and
-  `ConnectionPool`; `http.appkeys.AgentSurface`'s methods by the `Agent`; `rpc_api.Consensus` by
-  every log a server runs on (and the client agent's view); http/fast.py's `ReadGate` by the
-  agent's, the client agent's and an HTTP worker's reads. `signature_problems` compares each
-  protocol member with the implementation's (name, sync/async, parameter names, kinds and
-  defaults).
+  agent's `RemoteServer`; the RPC server's WAN router and server pool (and the write
+  forwarder's task-less sender) by `Router` and `ConnectionPool`; `http.appkeys.AgentSurface`'s
+  methods by the `Agent`; `rpc_api.Consensus` by every log a server runs on (and the client
+  agent's view); http/fast.py's `ReadGate` by the agent's, the client agent's and an HTTP
+  worker's reads. `signature_problems` compares each protocol member with the implementation's
+  (name, sync/async, parameter names, kinds and defaults).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from proconsul.http import agent_self, fast
 from proconsul.http.appkeys import AgentSurface
 from proconsul.http.workers.app import WorkerReads
 from proconsul.serf.lan import Membership
-from proconsul.server import rpc
+from proconsul.server import forwarding, rpc
 from proconsul.server.acl_leader import BootstrapResetFile
 from proconsul.server.consensus import RaftLog
 from proconsul.server.remote import ClientConsensus, RemoteServer
@@ -403,6 +403,7 @@ def _in_process_server() -> Server:
     (rpc_api.DatacenterRouter, Router),
     (rpc.WANRouter, Router),
     (rpc.ServerPool, ConnectionPool),
+    (forwarding.DirectCaller, ConnectionPool),
     (rpc.BootstrapReset, BootstrapResetFile),
     (rpc_api.Consensus, RaftLog),
     (rpc_api.Consensus, ClientConsensus),

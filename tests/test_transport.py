@@ -253,3 +253,108 @@ async def test_a_connection_cancelled_as_its_first_byte_arrives_is_not_served(
         assert served == []
     finally:
         await listener.stop()
+
+
+async def test_send_call_answers_through_its_callback_on_an_open_connection() -> None:
+    """`send_call` writes at once on an open connection and hands the answer (or the error) to
+    its callback from the connection's reader; with no connection open it sends nothing."""
+    release = asyncio.Event()
+
+    async def dispatch(method: str, body: Any) -> Any:
+        if method == "boom":
+            raise ValueError("no such thing")
+        if method == "slow":
+            await release.wait()
+        return body * 2
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(dispatch)})
+    await listener.start()
+    pool = ConnectionPool()
+    addr = f"127.0.0.1:{listener.port}"
+    got: dict[str, asyncio.Future[tuple[Any, BaseException | None]]] = {}
+
+    def answer(name: str) -> Any:
+        fut = got[name] = asyncio.get_running_loop().create_future()
+        return lambda reply, error: fut.set_result((reply, error))
+
+    try:
+        assert pool.send_call(addr, "double", 1, answer("unopened")) is False
+        assert not got["unopened"].done()
+        assert await pool.call(addr, "double", 2) == 4  # dials
+        assert pool.send_call(addr, "slow", 5, answer("slow")) is True
+        assert pool.send_call(addr, "double", 21, answer("fast")) is True
+        assert pool.send_call(addr, "boom", None, answer("boom")) is True
+        assert await asyncio.wait_for(got["fast"], 30) == (42, None)
+        reply, error = await asyncio.wait_for(got["boom"], 30)
+        assert reply is None and isinstance(error, RemoteError) and "no such thing" in str(error)
+        assert not got["slow"].done()  # pipelined: the slow one does not hold the others up
+        release.set()
+        assert await asyncio.wait_for(got["slow"], 30) == (10, None)
+        assert not pool._conns[addr].pending and len(pool._conns) == 1
+    finally:
+        await pool.close()
+        await listener.stop()
+
+
+async def test_send_call_times_out_and_cancels_the_request_on_the_server() -> None:
+    started, ended = asyncio.Event(), asyncio.Event()
+
+    async def dispatch(method: str, body: Any) -> Any:
+        if method == "echo":
+            return body
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(dispatch)})
+    await listener.start()
+    pool = ConnectionPool()
+    addr = f"127.0.0.1:{listener.port}"
+    calls: list[tuple[Any, BaseException | None]] = []
+    done = asyncio.Event()
+
+    def record(reply: Any, error: BaseException | None) -> None:
+        calls.append((reply, error))
+        done.set()
+
+    try:
+        assert await pool.call(addr, "echo", 1) == 1
+        assert pool.send_call(addr, "park", None, record, timeout_s=0.2) is True
+        await asyncio.wait_for(started.wait(), 30)
+        await asyncio.wait_for(done.wait(), 30)
+        await asyncio.wait_for(ended.wait(), 30)  # the server stopped working on it
+        assert len(calls) == 1 and calls[0][0] is None and isinstance(calls[0][1], TimeoutError)
+        assert not pool._conns[addr].pending
+        assert await pool.call(addr, "echo", 7) == 7  # the connection still serves
+        assert len(calls) == 1  # called once
+    finally:
+        await pool.close()
+        await listener.stop()
+
+
+async def test_send_call_reports_a_lost_connection() -> None:
+    entered = asyncio.Event()
+
+    async def dispatch(method: str, body: Any) -> Any:
+        if method == "echo":
+            return body
+        entered.set()
+        await asyncio.Event().wait()
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(dispatch)})
+    await listener.start()
+    pool = ConnectionPool()
+    addr = f"127.0.0.1:{listener.port}"
+    got: asyncio.Future[tuple[Any, BaseException | None]] = asyncio.get_running_loop().create_future()
+    try:
+        assert await pool.call(addr, "echo", 1) == 1
+        assert pool.send_call(addr, "hang", None, lambda r, e: got.set_result((r, e)), timeout_s=60) is True
+        await asyncio.wait_for(entered.wait(), 30)
+        await listener.stop()
+        reply, error = await asyncio.wait_for(got, 30)
+        assert reply is None and isinstance(error, (ConnectionError, RemoteError))
+    finally:
+        await pool.close()
+        await listener.stop()

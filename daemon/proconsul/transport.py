@@ -9,7 +9,9 @@ Raft's). A caller that gives up on a call (cancelled, or timed out) sends `CANCE
 call's sequence number on the same connection, and the serving side cancels that request's task:
 a blocking query forwarded to the leader ends when the agent that forwarded it stops waiting, as
 Consul's RPCs end with their caller's context. (A server without it answers "can't find method",
-which the caller ignores: it no longer waits for any answer to that number.)
+which the caller ignores: it no longer waits for any answer to that number.) `send_call` is the
+task-less form of `call` for a caller on a hot path (a follower's forwarded writes): the frame
+leaves at once and the answer is handed to a callback from the connection's reader.
 
 TLS works as Consul's RPCTLS byte: a dialer that must verify its server writes `ConnType.TLS`,
 runs the handshake, then writes the inner type byte inside the TLS stream. The listener reads the
@@ -326,9 +328,14 @@ class _Cork:
             asyncio.get_running_loop().call_soon(self._flush)
         self._buf.append(data)
 
+    def flush_now(self) -> None:
+        """Write what is buffered now (the scheduled flush then finds nothing to do)."""
+        if self._buf:
+            self._flush()
+
     def _flush(self) -> None:
         buf, self._buf = self._buf, []
-        if self._writer.is_closing():
+        if not buf or self._writer.is_closing():
             return  # the callers see the loss through drain() or their pending futures
         try:
             self._writer.write(buf[0] if len(buf) == 1 else b"".join(buf))
@@ -398,12 +405,52 @@ def _forget(inflight: dict[int, asyncio.Task[None]], seq: int, task: asyncio.Tas
         del inflight[seq]
 
 
+# Above this many bytes waiting in a connection's socket buffer, `send_call` declines (the caller
+# uses `call`, which waits for the buffer to drain).
+_SEND_CALL_MAX_BUFFERED = 256 * 1024
+
+Answered = Callable[[Any, BaseException | None], None]
+
+
+class _Callback:
+    """A pending entry of `send_call`: quacks like the future the reader settles, and hands
+    the answer to `done(body, error)` right there, at most once; its timer gives up on it."""
+
+    __slots__ = ("_done", "timer", "fired")
+
+    def __init__(self, done: Answered) -> None:
+        self._done = done
+        self.timer: asyncio.TimerHandle | None = None
+        self.fired = False
+
+    def done(self) -> bool:
+        return self.fired
+
+    def set_result(self, body: Any) -> None:
+        self._fire(body, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._fire(None, error)
+
+    def _fire(self, body: Any, error: BaseException | None) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        if self.timer is not None:
+            self.timer.cancel()
+        try:
+            self._done(body, error)
+        except Exception:
+            # Never into the connection's reader, which would drop the connection for it.
+            logger.exception("transport: an RPC answer's callback failed")
+
+
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.cork = _Cork(writer)
-        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.pending: dict[int, asyncio.Future[Any] | _Callback] = {}
         self.seq = itertools.count(1)
         self.closed = False
         self.reader_task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -437,7 +484,7 @@ class _Connection:
             return
         self.closed = True
         self.writer.close()
-        for fut in self.pending.values():
+        for fut in list(self.pending.values()):  # a send_call callback runs in here
             if not fut.done():
                 fut.set_exception(error or ConnectionError("connection closed"))
         self.pending.clear()
@@ -497,6 +544,38 @@ class ConnectionPool:
                     conn.cork.write(encode_request(Request(next(conn.seq), CANCEL_METHOD, seq)))
                 except (ConnectionError, OSError, RuntimeError):
                     pass
+
+    def send_call(self, address: str, method: str, body: Any, done: Answered, timeout_s: float = 30.0) -> bool:
+        """`call` without a task, for an open connection: the request is written now, and
+        `done(reply, None)` or `done(None, error)` (RemoteError, ConnectionError, TimeoutError,
+        as `call` raises them) is called once, from the connection's reader (or the timeout's
+        timer, which also cancels the request on the server as `call` does). Returns False,
+        having sent nothing, when no connection to `address` is open or its socket buffer is
+        full: use `call`, which dials and waits for the buffer to drain."""
+        conn = self._conns.get(address)
+        if conn is None or conn.closed or conn.writer.transport.get_write_buffer_size() > _SEND_CALL_MAX_BUFFERED:
+            return False
+        seq = next(conn.seq)
+        frame = encode_request(Request(seq, method, body))  # before anything is registered
+        entry = _Callback(done)
+        conn.pending[seq] = entry
+        entry.timer = asyncio.get_running_loop().call_later(timeout_s, self._expire, conn, seq, entry)
+        conn.cork.write(frame)
+        conn.cork.flush_now()
+        return True
+
+    @staticmethod
+    def _expire(conn: _Connection, seq: int, entry: _Callback) -> None:
+        if conn.pending.get(seq) is entry:
+            del conn.pending[seq]
+        if entry.fired:
+            return
+        entry.set_exception(TimeoutError())
+        if not conn.closed:
+            try:
+                conn.cork.write(encode_request(Request(next(conn.seq), CANCEL_METHOD, seq)))
+            except (ConnectionError, OSError, RuntimeError):
+                pass
 
     async def close(self) -> None:
         for conn in self._conns.values():

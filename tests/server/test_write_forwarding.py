@@ -1,7 +1,9 @@
 """Writes a follower forwards to its leader in batches (server/forwarding.py, `Raft.ApplyBatch`).
 
 Deterministic, in one event loop: the follower's `WriteForwarder` against a scripted pool (how
-writes are grouped, and which outcome each write gets for every answer a leader can give), and a
+writes are grouped, and which outcome each write gets for every answer a leader can give, sent by
+a task through `call` or straight out through `send_call`), one follower and leader over the real
+transport (`ConnectionPool`, `rpc_stream_handler`), and a
 follower `Server` forwarding to leader `Server`s through a loopback pool that goes through
 msgpack as the transport does (the leader's batch endpoint, a leader change before proposing, a
 leadership loss after proposing, a leadership transfer, malformed batches). The last tests run
@@ -29,7 +31,8 @@ from proconsul.state import commands
 from proconsul.state.fsm import FSM
 from proconsul.state.records import DirEntry
 from proconsul.state.store import Store
-from proconsul.transport import RemoteError
+from proconsul.transport import ConnectionPool, Listener, RemoteError, rpc_stream_handler
+from proconsul.wire import ConnType
 
 LEADER = "127.0.0.1:8300"
 OTHER = "127.0.0.2:8300"
@@ -186,6 +189,127 @@ async def test_stopping_the_forwarder_leaves_outcomes_unknown() -> None:
         await fut
 
 
+class DirectPool(ScriptedPool):
+    """A scripted pool that also sends without a task (`ConnectionPool.send_call`): answers
+    come back through the callback in a later loop iteration; `open_to` are the leaders it has
+    a connection to (a call to any other dials, through `call`, and opens one)."""
+
+    def __init__(self, answer: Callable[[str, Any], Any], open_to: set[str] | None = None) -> None:
+        super().__init__(answer)
+        self.open_to = {LEADER, OTHER} if open_to is None else open_to
+        self.direct: list[tuple[str, str, Any]] = []
+        self.hold = False  # True: keep the answers (in `held`) until released
+        self.held: list[Callable[[], None]] = []
+
+    async def call(self, address: str, method: str, body: Any, timeout_s: float = 30.0) -> Any:
+        self.open_to.add(address)
+        return await super().call(address, method, body, timeout_s)
+
+    def send_call(self, address: str, method: str, body: Any,
+                  done: Callable[[Any, BaseException | None], None], timeout_s: float = 30.0) -> bool:
+        if address not in self.open_to:
+            return False
+        self.direct.append((address, method, body))
+        reply = self.answer(method, body)
+
+        def settle() -> None:
+            done(None, reply) if isinstance(reply, BaseException) else done(reply, None)
+
+        if self.hold:
+            self.held.append(settle)
+        else:
+            asyncio.get_running_loop().call_soon(settle)
+        return True
+
+
+async def test_writes_go_without_a_task_once_the_leader_connection_is_open() -> None:
+    pool = DirectPool(applied_in_order, open_to={OTHER})
+    fwd = WriteForwarder(pool)
+    first = [fwd.submit(LEADER, f"a{i}".encode()) for i in range(3)]
+    assert await asyncio.gather(*first) == [(100 + i, f"a{i}") for i in range(3)]
+    # The first call dialled (through call, in a task); the next ones go straight out.
+    assert [m for _, m, _ in pool.calls] == ["Raft.ApplyBatch"] and pool.direct == []
+    second = [fwd.submit(LEADER, f"b{i}".encode()) for i in range(4)]
+    other = fwd.submit(OTHER, b"x")
+    assert fwd.in_flight() == 2 and not fwd._tasks  # queued, no task made for them
+    assert await asyncio.gather(*second) == [(100 + i, f"b{i}") for i in range(4)]
+    assert await other == (100, "x")
+    assert [(a, m, b["commands"]) for a, m, b in pool.direct] == [
+        (LEADER, "Raft.ApplyBatch", [f"b{i}".encode() for i in range(4)]),
+        (OTHER, "Raft.ApplyBatch", [b"x"]),
+    ]
+    assert len(pool.calls) == 1 and fwd.batches_sent == 3 and fwd.in_flight() == 0
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected", "text"),
+    [
+        (RemoteError("node is not the leader"), NotLeader, "node is not the leader"),
+        (RemoteError("Raft.ApplyBatch: the body must be a map"), RPCError, "the body must be a map"),
+        (ConnectionResetError("reset by peer"), UnknownOutcome, "mid-write"),
+        (TimeoutError(), UnknownOutcome, "may have applied"),
+        ({"results": [[1, True]]}, UnknownOutcome, "malformed reply"),
+        ({"results": [[1, True], "Permission denied: no"]}, None, ""),
+    ],
+)
+async def test_a_batch_sent_without_a_task_gets_the_same_outcomes(failure: Any, expected: type | None,
+                                                                  text: str) -> None:
+    pool = DirectPool(lambda m, b: failure)
+    fwd = WriteForwarder(pool)
+    got = await asyncio.gather(fwd.submit(LEADER, b"a"), fwd.submit(LEADER, b"b"), return_exceptions=True)
+    assert len(pool.direct) == 1 and pool.calls == []
+    if expected is None:
+        assert got[0] == (1, True) and type(got[1]) is RPCError and str(got[1]) == "Permission denied: no"
+        return
+    for exc in got:
+        assert type(exc) is expected and text in str(exc), exc
+    assert got[0] is not got[1]
+
+
+async def test_an_older_leader_met_without_a_task_gets_one_call_per_write() -> None:
+    def old_build(method: str, body: Any) -> Any:
+        if method == "Raft.ApplyBatch":
+            return RemoteError("rpc: can't find method Raft.ApplyBatch")
+        return {"index": 3, "result": body.decode()}
+
+    pool = DirectPool(old_build)
+    fwd = WriteForwarder(pool)
+    assert await asyncio.gather(fwd.submit(LEADER, b"p"), fwd.submit(LEADER, b"q")) == [(3, "p"), (3, "q")]
+    assert [m for _, m, _ in pool.direct] == ["Raft.ApplyBatch"]
+    assert [m for _, m, _ in pool.calls] == ["Raft.Apply", "Raft.Apply"]
+    assert await fwd.submit(LEADER, b"r") == (3, "r")  # within the minute: straight to Raft.Apply
+    assert [m for _, m, _ in pool.direct] == ["Raft.ApplyBatch"] and pool.calls[-1][1] == "Raft.Apply"
+
+
+async def test_stopping_the_forwarder_settles_the_batches_sent_without_a_task() -> None:
+    pool = DirectPool(applied_in_order)
+    pool.hold = True
+    fwd = WriteForwarder(pool)
+    sent = [fwd.submit(LEADER, b"a"), fwd.submit(LEADER, b"b")]
+    await asyncio.sleep(0)  # the batch leaves
+    assert len(pool.direct) == 1 and fwd.in_flight() == 1
+    queued = fwd.submit(LEADER, b"c")  # handed over, not sent yet
+    await fwd.close()
+    for fut in [*sent, queued]:
+        with pytest.raises(UnknownOutcome):
+            await fut
+    for settle in pool.held:  # an answer arriving afterwards changes nothing
+        settle()
+    assert fwd.in_flight() == 0
+    await asyncio.sleep(0)
+    assert len(pool.direct) == 1  # the write queued when it stopped never left
+
+
+async def test_a_write_given_up_before_its_batch_left_without_a_task_is_not_sent() -> None:
+    pool = DirectPool(applied_in_order)
+    fwd = WriteForwarder(pool)
+    dropped = fwd.submit(LEADER, b"dropped")
+    kept = fwd.submit(LEADER, b"kept")
+    dropped.cancel()
+    assert await kept == (100, "kept")
+    assert pool.direct[0][2] == {"commands": [b"kept"]}
+
+
 # ------------------------------------------------------------- a follower and its leader(s)
 
 
@@ -333,6 +457,46 @@ async def test_a_batch_counts_as_its_writes_in_the_metrics() -> None:
 
     # As three Raft.Apply calls would count: three requests, two timed applies, one error.
     assert (total("rpc.request"), total("kvs.apply"), total("rpc.request_error")) == (3, 2, 1)
+
+
+async def test_writes_through_a_follower_over_the_real_transport() -> None:
+    """The follower's pool and the leader's RPC server as the agent runs them: the first batch
+    dials, the later ones go without a task, and each write is answered as the leader applied it."""
+    store = Store()
+    log = ScriptedLeader(store, LEADER)
+    leader = Server(store, log, "dc1")
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(leader.handle_rpc)})
+    await listener.start()
+    address = f"127.0.0.1:{listener.port}"
+    pool = ConnectionPool()
+    sent_directly: list[bool] = []
+    send_call = pool.send_call
+
+    def spy(*args: Any, **kwargs: Any) -> bool:
+        sent_directly.append(send_call(*args, **kwargs))
+        return sent_directly[-1]
+
+    pool.send_call = spy  # type: ignore[method-assign]
+    follower = Server(Store(), follower_view(address), "dc1", pool=pool, rpc_hold_timeout_s=30.0)
+    try:
+        meta, ok = await follower.write(kv_set("first"))
+        assert ok is True and store.kv_get("first")[1] is not None
+        assert follower.write_forwarder is not None and follower.write_forwarder.batches_sent == 1
+        for round_ in range(3):
+            cas_fail = commands.KVS(commands.KVOp.CAS, DirEntry("first", b"x", modify_index=999_999))
+            got = await asyncio.gather(*(follower.write(kv_set(f"r{round_}/{i}", b"%d" % i)) for i in range(16)),
+                                       follower.write(cas_fail))
+            for i, (meta, ok) in enumerate(got[:16]):
+                entry = store.kv_get(f"r{round_}/{i}")[1]
+                assert ok is True and entry is not None and entry.value == b"%d" % i
+                assert entry.modify_index == meta.index
+            assert got[16][1] is False
+        assert follower.write_forwarder.batches_sent == 4 and log.batches == 4
+        assert sent_directly == [False, True, True, True]  # the first one dialled
+        assert follower.write_forwarder.in_flight() == 0
+    finally:
+        await pool.close()
+        await listener.stop()
 
 
 # ------------------------------------------------------------- a real one-voter Raft server

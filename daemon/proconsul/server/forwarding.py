@@ -2,7 +2,12 @@
 
 Owns the path of a write that reaches a server which does not lead. Every write handed over
 during one event-loop iteration goes to the leader in one `Raft.ApplyBatch` call: one frame on
-the pooled connection (`transport.ConnectionPool`), one deadline, one task. The leader proposes
+the pooled connection (`transport.ConnectionPool`), one deadline. The frame is written by a
+callback at the start of the next iteration, and the answer settles the writes from the
+connection's reader (`ConnectionPool.send_call`): no task, and no loop iteration spent waiting
+for one to be scheduled, on a path a write through a follower pays twice (a task per call, and
+the pool's write-coalescing flush, remain for the first call to a leader, which dials, and for a
+full socket buffer). The leader proposes
 the batch as one Raft batch and answers it in one frame once every write in it has applied
 (server/rpc.py, `Server.apply_forwarded`). Per write, the follower pays a future instead of an
 RPC, and the leader an entry instead of a request task; the command is encoded once, here, and
@@ -66,6 +71,14 @@ class Caller(Protocol):
     async def call(self, address: str, method: str, body: Any, timeout_s: float = ...) -> Any: ...
 
 
+class DirectCaller(Caller, Protocol):
+    """A `Caller` that can also send on an open connection without a task
+    (`transport.ConnectionPool.send_call`); the forwarder uses it when the pool has it."""
+
+    def send_call(self, address: str, method: str, body: Any,
+                  done: Callable[[Any, BaseException | None], None], timeout_s: float = ...) -> bool: ...
+
+
 def error_from_text(text: str) -> RPCError:
     """The error a leader's answer text stands for (its class decides whether to resend)."""
     if text == _NOT_LEADER_TEXT:
@@ -87,7 +100,12 @@ class WriteForwarder:
         self._queued: dict[str, list[tuple[bytes, asyncio.Future[Outcome]]]] = {}
         # Leaders that refused Raft.ApplyBatch as unknown: address -> monotonic time to try again.
         self._single_until: dict[str, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Calls under way in tasks (the first to a leader, which dials; one call per write to an
+        # older leader): task -> its writes.
+        self._tasks: dict[asyncio.Task[None], list[tuple[bytes, asyncio.Future[Outcome]]]] = {}
+        # Calls sent with send_call, not yet answered: id -> their writes.
+        self._flying: dict[int, list[tuple[bytes, asyncio.Future[Outcome]]]] = {}
+        self._send_call: Callable[..., bool] | None = getattr(pool, "send_call", None)
         self.batches_sent = 0  # calls made (tests and benchmarks read how writes were grouped)
         # ACLs on: the token each queued write carries, by its future (empty with ACLs off).
         self._tokens: dict[asyncio.Future[Outcome], str] = {}
@@ -104,11 +122,9 @@ class WriteForwarder:
         queued = self._queued.get(leader)
         if queued is None:
             queued = self._queued[leader] = []
-            # The task's first step runs after the callbacks already scheduled in this
-            # iteration (the other requests that arrived with this one), which queue here too.
-            task = loop.create_task(self._send(leader), name=f"forward-writes:{leader}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # Runs after the callbacks already scheduled in this iteration (the other requests
+            # that arrived with this one), which queue here too.
+            loop.call_soon(self._dispatch, leader)
         queued.append((data, fut))
         return fut
 
@@ -127,21 +143,68 @@ class WriteForwarder:
 
     def in_flight(self) -> int:
         """Calls under way (or about to start) to leaders."""
-        return len(self._tasks)
+        return len(self._tasks) + len(self._flying) + len(self._queued)
 
     async def close(self) -> None:
         """Stop every call under way; their writes' outcomes are unknown (they may have applied)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
+        # Every write not answered yet, a task's included (one cancelled before it started
+        # never runs its own handler).
+        unsettled = [*self._tasks.values(), *self._flying.values(), *self._queued.values()]
+        self._flying.clear()
+        self._queued.clear()
+        for writes in unsettled:
+            _fail(writes, lambda: UnknownOutcome("rpc error: stopped waiting for the leader; "
+                                                 "the write may have applied"))
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _send(self, leader: str) -> None:
+    def _dispatch(self, leader: str) -> None:
         writes = self._queued.pop(leader, [])
         # A caller that gave up before the call left (its request was cancelled): not sent.
         writes = [w for w in writes if not w[1].done()]
         if not writes:
             return
+        send_call = self._send_call
+        if send_call is None or time.monotonic() < self._single_until.get(leader, 0.0):
+            self._spawn(leader, writes)
+            return
+        for part in self._split(writes):
+            self.batches_sent += 1
+            key = self.batches_sent
+            self._flying[key] = part
+            try:
+                sent = send_call(leader, BATCH_METHOD, self._batch_body(part),
+                                 lambda reply, error, key=key: self._answered(leader, key, reply, error),
+                                 self.timeout_s)
+            except Exception:
+                del self._flying[key]
+                logger.exception("rpc: forwarding %d writes to the leader %s failed", len(part), leader)
+                _fail(part, lambda: UnknownOutcome(f"rpc error: forwarding to the leader {leader} failed; "
+                                                   "the write may have applied"))
+                continue
+            if not sent:  # no open connection (or a full buffer): the call dials, and waits
+                del self._flying[key]
+                self.batches_sent -= 1
+                self._spawn(leader, part)
+
+    def _answered(self, leader: str, key: int, reply: Any, error: BaseException | None) -> None:
+        writes = self._flying.pop(key, None)
+        if writes is None:
+            return  # the forwarder was closed: its writes are settled already
+        if self._settle(leader, writes, reply, error):
+            self._spawn(leader, writes)  # one call per write (_single_until is set)
+
+    def _spawn(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(leader, writes), name=f"forward-writes:{leader}")
+        self._tasks[task] = writes
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    async def _send(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
         try:
             if time.monotonic() < self._single_until.get(leader, 0.0):
                 await self._send_singly(leader, writes)
@@ -179,31 +242,40 @@ class WriteForwarder:
         self.batches_sent += 1
         try:
             reply = await self.pool.call(leader, BATCH_METHOD, self._batch_body(writes), timeout_s=self.timeout_s)
-        except TimeoutError:  # before OSError, of which it is a subclass
+        except Exception as exc:  # (not CancelledError: _send answers the writers for that)
+            if self._settle(leader, writes, None, exc):
+                await self._send_singly(leader, writes)
+            return
+        self._settle(leader, writes, reply, None)
+
+    def _settle(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]], reply: Any,
+                error: BaseException | None) -> bool:
+        """Give each write the outcome a batch call's answer (or `error`) means for it. True:
+        the leader does not know batches, and the writes are still to be sent one by one."""
+        if isinstance(error, TimeoutError):  # before OSError, of which it is a subclass
             _fail(writes, lambda: UnknownOutcome(f"rpc error: no answer from the leader {leader}; "
                                                  "the write may have applied"))
-            return
-        except (ConnectionError, OSError) as exc:
-            text = f"rpc error: lost the connection to the leader {leader} mid-write: {exc}"
+            return False
+        if isinstance(error, (ConnectionError, OSError)):
+            text = f"rpc error: lost the connection to the leader {leader} mid-write: {error}"
             _fail(writes, lambda: UnknownOutcome(text))
-            return
-        except Exception as exc:  # RemoteError: the leader refused the whole batch (before proposing)
-            text = str(exc)
+            return False
+        if error is not None:  # RemoteError: the leader refused the whole batch (before proposing)
+            text = str(error)
             if text == _UNKNOWN_METHOD_TEXT:
                 logger.info("rpc: the leader %s does not take batched writes (an older build); "
                             "forwarding one call per write", leader)
                 self._single_until[leader] = time.monotonic() + UNSUPPORTED_RETRY_S
-                await self._send_singly(leader, writes)
-                return
+                return True
             _fail(writes, lambda: error_from_text(text))
-            return
+            return False
         results = reply.get("results") if isinstance(reply, dict) else None
         if not isinstance(results, list) or len(results) != len(writes):
             # The leader answered, so each write was proposed or refused; which, we cannot tell.
             n = len(writes)
             _fail(writes, lambda: UnknownOutcome(f"rpc error: the leader {leader} answered a batch of {n} writes "
                                                  "with a malformed reply; the writes may have applied"))
-            return
+            return False
         for (_, fut), r in zip(writes, results):
             if fut.done():
                 continue
@@ -214,6 +286,7 @@ class WriteForwarder:
             else:
                 fut.set_exception(UnknownOutcome(f"rpc error: the leader {leader} answered a write with {r!r}; "
                                                  "it may have applied"))
+        return False
 
     async def _send_singly(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
         await asyncio.gather(*(self._send_one(leader, data, fut) for data, fut in writes))
