@@ -466,6 +466,9 @@ def _value(headers: Any, payload: Any, limit: int) -> bytes:
 class FastRequestHandler(GuardedRequestHandler):
     """The guarded request handler with the fast path in front of aiohttp's request handling."""
 
+    __slots__ = ("_routes", "_real_parser", "_slow", "_busy", "_parked", "_passed", "_passed_ok", "_passed_start",
+                 "_backlog", "_may_write", "_routing", "_parser_full", "_reentered")
+
     def __init__(self, manager: AiohttpServer, counter: ConnectionCounter, header_timeout_s: float,
                  routes: FastRoutes, **kwargs: Any) -> None:
         super().__init__(manager, counter, header_timeout_s, **kwargs)
@@ -657,6 +660,7 @@ class FastRequestHandler(GuardedRequestHandler):
         finally:
             self._routing = False
         if handed:
+            self.start_request_task()  # (no-op once started)
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
