@@ -1,11 +1,12 @@
 """One event-loop timer for many deadlines: the parked blocking reads' waits and the HTTP
 connections' header and keep-alive deadlines.
 
-Owns a table of deadlines kept in slots of `RESOLUTION_S` (a set of items per slot, the slots in
-a heap) and the single loop timer armed for the earliest slot. At 10,000 watchers a timer per
+Owns a table of deadlines kept in slots of `RESOLUTION_S` (the item alone in its slot, or a set
+of them; the slots in a heap) and the single loop timer armed for the earliest slot. At 10,000 watchers a timer per
 parked read and two per connection were a third of the objects CPython's collector walks in a
 complete scan (each `call_later` is a `TimerHandle`, uvloop's `UVTimer`, a copied `Context` and the
-bound method it calls back: docs/PERFORMANCE.md, issue 16); here an item costs a place in a set.
+bound method it calls back: docs/PERFORMANCE.md, issue 16); here an item costs a place in a dict
+or a set.
 
 An item is any object with a `deadline_expired(now)` method; it is called once, at or after its
 due time (at most one slot late), unless removed first. Several items may fall in one slot;
@@ -33,13 +34,13 @@ class Deadlines:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._slots: dict[int, set[Any]] = {}  # slot -> items due in it
+        self._slots: dict[int, Any] = {}  # slot -> the item due in it, or a set of them
         self._heap: list[int] = []  # the slots of `_slots`, each once
         self._timer: asyncio.TimerHandle | None = None
         self._timer_slot = -1
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self._slots.values())
+        return sum(len(v) if type(v) is set else int(v is not None) for v in self._slots.values())
 
     @staticmethod
     def slot_of(due: float) -> int:
@@ -49,19 +50,32 @@ class Deadlines:
         """Call `item.deadline_expired(now)` once `due` (loop time) has passed. Returns the slot,
         which `remove` needs."""
         slot = math.ceil(due / RESOLUTION_S)
-        items = self._slots.get(slot)
-        if items is None:
-            items = self._slots[slot] = set()
+        slots = self._slots
+        if slot not in slots:
+            # Alone in its slot: no set (most slots hold one item: a set each was a tracked object
+            # per parked read).
+            slots[slot] = item
             heapq.heappush(self._heap, slot)
             if self._timer is None or slot < self._timer_slot:
                 self._arm(slot)
-        items.add(item)
+            return slot
+        held = slots[slot]
+        if type(held) is set:
+            held.add(item)
+        elif held is None:
+            slots[slot] = item
+        elif held is not item:
+            slots[slot] = {held, item}
         return slot
 
     def remove(self, item: Any, slot: int) -> None:
-        items = self._slots.get(slot)
-        if items is not None:
-            items.discard(item)  # (an emptied slot goes when its time comes)
+        slots = self._slots
+        held = slots.get(slot)
+        # (An emptied slot stays in the heap, None, until its time comes.)
+        if held is item:
+            slots[slot] = None
+        elif type(held) is set:
+            held.discard(item)
 
     def _arm(self, slot: int) -> None:
         if self._timer is not None:
@@ -74,18 +88,21 @@ class Deadlines:
         heap = self._heap
         # The loop may run a timer up to its clock resolution early: a slot this close is due.
         limit = math.floor((self._loop.time() + RESOLUTION_S / 2) / RESOLUTION_S)
-        due: list[set[Any]] = []
+        due: list[Any] = []
         while heap and heap[0] <= limit:
-            due.append(self._slots.pop(heapq.heappop(heap)))
+            held = self._slots.pop(heapq.heappop(heap))
+            if type(held) is set:
+                due.extend(held)
+            elif held is not None:
+                due.append(held)
         # Items see the time of the last slot taken, at or past each one's due time, so one that
         # moves its deadline later always lands in a slot after these (never fired again now).
         now = limit * RESOLUTION_S
-        for items in due:
-            for item in items:
-                try:
-                    item.deadline_expired(now)
-                except Exception:  # one item's failure must not keep the rest waiting
-                    logger.exception("deadlines: an expiry failed")
+        for item in due:
+            try:
+                item.deadline_expired(now)
+            except Exception:  # one item's failure must not keep the rest waiting
+                logger.exception("deadlines: an expiry failed")
         # (An item that asked for a new deadline meanwhile may have armed the timer for its own
         # slot, not the earliest.)
         if heap and (self._timer is None or self._timer_slot != heap[0]):
