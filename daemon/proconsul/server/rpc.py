@@ -111,8 +111,25 @@ SUCCESSOR_GRACE_S = 5.0
 WAKE_BATCH = 64
 
 
+def wake_order(waiters: Iterable[Any]) -> list[Any]:
+    """`waiters` in the order to wake them: futures (a task awaits each) before ParkedReads.
+
+    A task awaiting a shared read is often the handler of a forwarded call (a follower's, a
+    client agent's `Query`), whose answer then wakes that server's own watchers; a ParkedRead
+    answers one watcher. In the table's order (who joined first), a follower's next forwarded
+    call, sent once one of its watchers came back, sat behind most of the leader's own watchers,
+    which come back sooner: woken batches later, its watchers answered that much after the
+    leader's (issue 16: 37-400 ms at 10,000 watchers).
+    """
+    ahead = [w for w in waiters if type(w) is not ParkedRead]
+    if not ahead:
+        return list(waiters)
+    return ahead + [w for w in waiters if type(w) is ParkedRead]
+
+
 def wake_in_batches(waiters: list[asyncio.Future[Any]]) -> None:
-    """Resolve `waiters` (their owners read the outcome elsewhere), WAKE_BATCH per iteration."""
+    """Resolve `waiters` (their owners read the outcome elsewhere), WAKE_BATCH per iteration;
+    pass them in `wake_order`."""
     for fut in waiters[:WAKE_BATCH]:
         if not fut.done():
             fut.set_result(None)
@@ -164,14 +181,14 @@ class _Parked:
             index, result = self.run(self.store)
         except Exception as exc:  # every reader gets the error, as an unshared read would
             self.done, self.error = True, exc
-            wake_in_batches(list(self.waiters))
+            wake_in_batches(wake_order(self.waiters))
             self.close()
             return
         self.index, self.result = index, result
         self._counters[0].incr()
         if index > self.min_index:
             self.done = True
-            wake_in_batches(list(self.waiters))
+            wake_in_batches(wake_order(self.waiters))
             self.close()  # later readers with this index start afresh (the answer is already newer)
             if self._on_answer is not None:
                 self._on_answer(self)
@@ -269,7 +286,7 @@ class SharedCalls:
         self._drop(shared)
         if not shared.task.cancelled():
             shared.task.exception()  # retrieved: callers that left early must not leave it unreported
-        wake_in_batches(list(shared.waiters))
+        wake_in_batches(wake_order(shared.waiters))
 
 
 # What a ParkedRead's `on_done` receives: the answer, or the exception `query` would have raised.
