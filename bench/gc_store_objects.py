@@ -212,7 +212,7 @@ async def parked_census(a: argparse.Namespace) -> None:
     def show(title: str, x: collections.Counter, y: collections.Counter, per: int) -> None:
         diff = {k: y[k] - x.get(k, 0) for k in y if y[k] != x.get(k, 0)}
         print(f"{title}: +{sum(diff.values()):,} tracked ({sum(diff.values()) / per:.1f} each)")
-        for name, n in sorted(diff.items(), key=lambda kv: -kv[1])[:12]:
+        for name, n in sorted(diff.items(), key=lambda kv: -kv[1])[:a.types]:
             print(f"  {name:28s} {n:>10,} {n / per:8.2f}")
 
     print(f"agent at start: {sum(c0.values()):,} tracked")
@@ -246,6 +246,7 @@ if __name__ == "__main__":
         ap.add_argument("--services", type=int, default=500)
         ap.add_argument("--big", type=int, default=1000)
         ap.add_argument("--collects", type=int, default=5)
+        ap.add_argument("--types", type=int, default=12, help="types listed per census diff")
         ap.add_argument(
             "--no-uvloop",
             action="store_true",

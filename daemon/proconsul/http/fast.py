@@ -527,6 +527,9 @@ def _value(headers: Any, payload: Any, limit: int) -> bytes:
 class FastRequestHandler(GuardedRequestHandler):
     """The guarded request handler with the fast path in front of aiohttp's request handling."""
 
+    __slots__ = ("_routes", "_real_parser", "_slow", "_busy", "_parked", "_passed", "_passed_ok", "_passed_start",
+                 "_backlog", "_may_write", "_routing", "_parser_full", "_reentered")
+
     def __init__(self, manager: AiohttpServer, counter: ConnectionCounter, header_timeout_s: float,
                  routes: FastRoutes, **kwargs: Any) -> None:
         super().__init__(manager, counter, header_timeout_s, **kwargs)
@@ -543,7 +546,9 @@ class FastRequestHandler(GuardedRequestHandler):
         self._may_write: bool | None = None  # allow_write_http_from, decided once per connection
         self._routing = False  # a message is being routed (see _Intercept.feed_data)
         self._parser_full = False  # the parser's last batch filled its queue: it may hold more
-        self._reentered: list[tuple[Any, Any]] = []  # messages parsed meanwhile, routed after it
+        # Messages parsed meanwhile, routed after it (a list only while there are some: one
+        # tracked object fewer per idle connection).
+        self._reentered: list[tuple[Any, Any]] | None = None
 
     # ------------------------------------------------------------------ routing each message
 
@@ -719,7 +724,7 @@ class FastRequestHandler(GuardedRequestHandler):
                 taken = self._slow == 0 and self._try(msg, payload)
                 if self._reentered:
                     self._backlog.extend(self._reentered)
-                    self._reentered.clear()
+                    self._reentered = None
                 if taken:
                     continue
                 self._slow += 1
@@ -729,6 +734,7 @@ class FastRequestHandler(GuardedRequestHandler):
         finally:
             self._routing = False
         if handed:
+            self.start_request_task()  # (no-op once started)
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -775,7 +781,10 @@ class _Intercept:
             # Re-entered while a message is being routed (reading a body can resume a parser
             # paused at its queue limit, which parses what follows): these messages come after
             # the rest of the batch, so they join its end.
-            handler._reentered.extend(messages)
+            if handler._reentered is None:
+                handler._reentered = list(messages)
+            else:
+                handler._reentered.extend(messages)
             return [], result[1], result[2]
         kept: list[tuple[Any, Any]] = []
         handler._routing = True
@@ -789,7 +798,7 @@ class _Intercept:
                         kept.append((msg, payload))
                     if handler._reentered:
                         queue.extend(handler._reentered)
-                        handler._reentered.clear()
+                        handler._reentered = None
                 # The parser stops after a full queue of unanswered messages and keeps the rest
                 # for its next feed; when the fast path answered them all, that feed is now.
                 if not handler._parser_full or kept or handler._busy is not None or handler._backlog:

@@ -221,12 +221,18 @@ def _protected(items: Any) -> bool:
 class BlockingRequestHandler(fast.FastRequestHandler):
     """http/fast.py's request handler, with blocking reads parked on the connection."""
 
+    __slots__ = ("_blocking", "_blocked", "_blocked_msg", "_blocked_read", "_blocked_start", "_to_aiohttp")
+
     def __init__(self, manager: AiohttpServer, counter: ConnectionCounter, header_timeout_s: float,
                  routes: fast.FastRoutes, blocking: BlockingRoutes, **kwargs: Any) -> None:
         super().__init__(manager, counter, header_timeout_s, routes, **kwargs)
         self._blocking = blocking
         self._blocked: ParkedRead | None = None  # the read parked on this connection
-        self._blocked_msg: tuple[Any, Any, _Read, float] | None = None
+        # Its message, recognised read and arrival (three slots, not a tuple: one tracked object
+        # fewer per parked read; its payload is always EMPTY_PAYLOAD).
+        self._blocked_msg: Any = None
+        self._blocked_read: _Read | None = None
+        self._blocked_start = 0.0
         self._to_aiohttp: Any = None  # a parked read whose outcome aiohttp must answer
 
     def _try(self, msg: Any, payload: Any) -> bool:
@@ -266,7 +272,9 @@ class BlockingRequestHandler(fast.FastRequestHandler):
             server = routes.reads.reader()
             if server is None:
                 return None
-            out = server.park_query(read.name, read.args, read.opts, self._woken, read.args_text)
+            # A plain function and this connection, not a bound method kept per parked read.
+            out = server.park_query(read.name, read.args, read.opts, BlockingRequestHandler.parked_read_done,
+                                    read.args_text, self)
         except _NotOurs:
             return None
         except Exception:
@@ -275,7 +283,7 @@ class BlockingRequestHandler(fast.FastRequestHandler):
             return None
         if isinstance(out, ParkedRead):
             self._blocked = out
-            self._blocked_msg = (msg, payload, read, start)
+            self._blocked_msg, self._blocked_read, self._blocked_start = msg, read, start
             self._busy = _BLOCKED  # later pipelined requests wait in the backlog, in order
             self.request_started()
             # Not idle: aiohttp's keep-alive timer would close a connection with no request in
@@ -298,14 +306,17 @@ class BlockingRequestHandler(fast.FastRequestHandler):
             self._real_parser.message_consumed()
         # aiohttp's keep-alive timer closes a connection idle for keepalive_timeout; this one is not.
         self._next_keepalive_close_time = self._loop.time() + self._routes.keepalive_timeout_s
+        self.keepalive_moved()  # (earlier than the parked read's long one)
 
-    def _woken(self, outcome: ParkedOutcome) -> None:
+    def parked_read_done(self, outcome: ParkedOutcome) -> None:
         """The parked read's outcome: answer it, or hand the request to aiohttp."""
         self._blocked = None
-        parked, self._blocked_msg = self._blocked_msg, None
-        if parked is None:
+        msg, self._blocked_msg = self._blocked_msg, None
+        read, self._blocked_read = self._blocked_read, None
+        if msg is None or read is None:
             return
-        msg, payload, read, start = parked
+        payload = EMPTY_PAYLOAD
+        start = self._blocked_start
         self._busy = None
         if isinstance(outcome, BaseException):
             # aiohttp runs it again and answers the error as the middleware maps it.
@@ -325,7 +336,7 @@ class BlockingRequestHandler(fast.FastRequestHandler):
         blocked, self._blocked = self._blocked, None
         if blocked is not None:
             blocked.cancel()  # the client went away: stop costing anything
-            self._blocked_msg = None
+            self._blocked_msg = self._blocked_read = None
             self._busy = None
         super().connection_lost(exc)
 

@@ -78,8 +78,11 @@ class ServiceQueryCounters:
         if kind is not None:
             kind.record(str(args.get("service", "")), args.get("tags"), result)
 
-    def counting(self, name: str, args: dict[str, Any], on_done: Callable[[Any], None]) -> Callable[[Any], None]:
-        """`on_done` of a parked read, counting its answer first (unchanged for other reads)."""
+    def counting(self, name: str, args: dict[str, Any], on_done: Callable[..., None],
+                 owner: Any = None) -> Callable[..., None]:
+        """`on_done` of a parked read (called `on_done(owner, outcome)` when `owner` is given),
+        counting its answer first: a function of the outcome alone; `on_done` itself, unchanged,
+        for reads these counters do not count."""
         kind = self._kinds.get(name)
         if kind is None:
             return on_done
@@ -88,6 +91,9 @@ class ServiceQueryCounters:
         def done(outcome: Any) -> None:
             if isinstance(outcome, tuple):  # (meta, result); an exception counts nothing, as in Consul
                 kind.record(service, tags, outcome[1])
-            on_done(outcome)
+            if owner is not None:
+                on_done(owner, outcome)
+            else:
+                on_done(outcome)
 
         return done
