@@ -73,6 +73,7 @@ RAFT_FAMILIES = {
     "consul_raft_leader_lastContact": "summary",
     "consul_raft_leader_dispatchLog": "summary",
     "consul_raft_rpc_appendEntries_storeLogs": "summary",
+    "consul_raft_rpc_appendEntries": "summary",
     "consul_raft_snapshot_takeSnapshot": "summary",
     "consul_raft_fsm_restore": "summary",
 }
@@ -422,8 +423,9 @@ def test_three_servers_report_replication_and_gossip(tmp_path: Path) -> None:
         assert after[writer]["consul_rpc_request"][()] >= before[writer]["consul_rpc_request"][()] + 5
 
         def stored(ip: str) -> bool:
-            count = _prometheus(cluster.nodes[ip])["consul_raft_rpc_appendEntries_storeLogs_count"][()]
-            return count >= before[ip]["consul_raft_rpc_appendEntries_storeLogs_count"][()] + 1
+            now = _prometheus(cluster.nodes[ip])
+            return all(now[f"{name}_count"][()] >= before[ip][f"{name}_count"][()] + 1
+                       for name in ("consul_raft_rpc_appendEntries_storeLogs", "consul_raft_rpc_appendEntries"))
 
         for f in followers:
             # Followers fsync what the leader replicates.

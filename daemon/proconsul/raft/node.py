@@ -671,6 +671,10 @@ class RaftServer:
         self._m_store_logs = m.sample(
             "raft", "rpc", "appendEntries", "storeLogs", help="ms for a follower to write a batch to its log, fsync included"
         )
+        self._m_append_entries = m.sample(
+            "raft", "rpc", "appendEntries",
+            help="ms for a follower to handle the AppendEntries of one loop iteration: step, persist, answer",
+        )
         self._m_snapshot = m.sample("raft", "snapshot", "takeSnapshot", help="ms to take a snapshot and compact the log")
         self._m_restore = m.sample("raft", "fsm", "restore", help="ms to restore the state machine from a snapshot")
         self.recovered_from_peers_file = self.recover_from_peers_file(os.path.join(raft_dir, "peers.json"))
@@ -1361,7 +1365,10 @@ class RaftServer:
                 if self.snapshot_interval_s is not None and not core.has_ready():
                     self._maybe_snapshot(core)
             inbox, self._inbox = self._inbox, []
+            appends_from = 0.0  # when this iteration began handling AppendEntries (0: none came)
             for m in inbox:
+                if m.type is MsgType.APP and not appends_from:
+                    appends_from = time.perf_counter()
                 if was_leader and m.type in (MsgType.APP_RESP, MsgType.HEARTBEAT_RESP):
                     self._follower_contact[m.frm] = time.monotonic()
                 try:
@@ -1430,6 +1437,8 @@ class RaftServer:
                 await self._persist(rd)
             if rd.messages:
                 self._send_all(rd.messages)
+            if appends_from:
+                self._m_append_entries.since(appends_from)  # answered (hashicorp/raft's rpc.appendEntries)
             for e in committed:
                 self._apply(e)
             if self._contact_pending:
