@@ -22,6 +22,7 @@ import random
 import socket
 import tempfile
 import time
+import urllib.parse
 from collections import Counter
 
 from fuzz_inputs import HTTPInput, dns_packet, gossip_packet, http_input, rpc_stream
@@ -46,12 +47,14 @@ class Stats:
         self.statuses: Counter[int] = Counter()
         self.mapped_500s: Counter[str] = Counter()
         self.worst_probe_s = 0.0
+        self.blocked = 0  # blocking reads still waiting when the client gave up (Consul's behaviour)
         self.failures: list[str] = []
 
     def report(self) -> str:
         return (
             f"seed={SEED} inputs={dict(self.sent)} statuses={dict(sorted(self.statuses.items()))} "
-            f"worst_probe={self.worst_probe_s:.3f}s mapped_500s={dict(self.mapped_500s.most_common(15))}"
+            f"worst_probe={self.worst_probe_s:.3f}s blocked={self.blocked} "
+            f"mapped_500s={dict(self.mapped_500s.most_common(15))}"
         )
 
 
@@ -88,6 +91,17 @@ def _probe(agent: AgentProcess, stats: Stats) -> None:
         stats.failures.append(f"probe answered {status} {body!r}")
 
 
+def _blocking(item: HTTPInput) -> bool:
+    """A GET/HEAD with a positive ?index=: a blocking read, which Consul holds until the index
+    passes or its wait ends, however far ahead the index is."""
+    if item.method not in ("GET", "HEAD") or "?" not in item.path:
+        return False
+    for key, value in urllib.parse.parse_qsl(item.path.split("?", 1)[1], keep_blank_values=True):
+        if key == "index" and value.isdigit() and int(value) > 0:
+            return True
+    return False
+
+
 def _send_http(agent: AgentProcess, r: random.Random, stats: Stats) -> None:
     item = http_input(r)
     try:
@@ -98,7 +112,10 @@ def _send_http(agent: AgentProcess, r: random.Random, stats: Stats) -> None:
         stats.statuses[0] += 1
         return
     except TimeoutError:
-        stats.failures.append(f"no answer in 30s: {item.describe()}")
+        if _blocking(item):
+            stats.blocked += 1  # an ?index= past the current one waits out its wait (5 min by default)
+        else:
+            stats.failures.append(f"no answer in 30s: {item.describe()}")
         return
     stats.statuses[status] += 1
     if status == 500 and item.method != "HEAD":  # a HEAD answer has no body to tell them apart
