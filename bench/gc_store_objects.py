@@ -81,7 +81,9 @@ def main() -> None:
 
 # ------------------------------------------------------------- --parked: a dev agent in this process
 
-_HOLDER = r"""
+# A child process that opens N connections, sends each one blocking read and holds them (also
+# used by tests/http/test_fast_blocking.py).
+HOLDER_SCRIPT = r"""
 import socket, sys
 host, port, n, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 socks = []
@@ -149,7 +151,7 @@ async def parked_census(a: argparse.Namespace) -> None:
         index = agent.store.last_index
         path = f"/v1/health/service/svc-0001?index={index}&wait=10m"
         holder = subprocess.Popen(
-            [sys.executable, "-c", _HOLDER, "127.0.0.1", str(port), str(a.parked), path],
+            [sys.executable, "-c", HOLDER_SCRIPT, "127.0.0.1", str(port), str(a.parked), path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

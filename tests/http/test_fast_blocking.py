@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gc_store_objects import HOLDER_SCRIPT
 from helpers import wait_until
 from inprocess_agent import start_agent_with_normal_listener
 from proconsul.agent.agent import Agent
@@ -290,19 +291,6 @@ async def test_a_parked_read_whose_rerun_fails_is_answered_by_the_normal_path(
         await agent.stop()
 
 
-_HOLDER = r"""
-import socket, sys
-host, port, n, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-socks = []
-for i in range(n):
-    s = socket.create_connection((host, port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    socks.append(s)
-print("sent", flush=True)
-sys.stdin.read()
-"""
-
-
 async def test_a_parked_read_and_its_connection_are_few_objects_for_the_collector(tmp_path: Path) -> None:
     """Every complete scan of the collector walks each parked watcher's objects (docs/PERFORMANCE.md,
     issue 16: 42 tracked objects per parked read, two thirds of a 10,000-watcher server's heap). A
@@ -326,7 +314,7 @@ async def test_a_parked_read_and_its_connection_are_few_objects_for_the_collecto
         before = len(gc.get_objects())
         tasks_before = len(asyncio.all_tasks())
         holder = subprocess.Popen(
-            [sys.executable, "-c", _HOLDER, addr[0], str(addr[1]), str(n), f"/v1/kv/few/a?index={index}&wait=600s"],
+            [sys.executable, "-c", HOLDER_SCRIPT, addr[0], str(addr[1]), str(n), f"/v1/kv/few/a?index={index}&wait=600s"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         await asyncio.to_thread(holder.stdout.readline)  # type: ignore[union-attr]
