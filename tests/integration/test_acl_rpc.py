@@ -253,3 +253,23 @@ def test_through_a_client_agent_the_server_refuses_the_woken_read(tmp_path: Path
         assert json.loads(_http(srv, "GET", "/v1/catalog/node/n9", MGMT)[2])["Node"]["Address"] == "10.0.0.9"
     finally:
         cluster.stop()
+
+
+def test_coordinate_updates_and_session_renewals_carry_a_token(server: AgentProcess) -> None:
+    """Coordinate.Update needs node:write on its node and Session.Renew session:write on the
+    session's node, with the token the call carries; none is the anonymous token."""
+    a = server
+    node = json.loads(_http(a, "GET", "/v1/agent/self", MGMT)[2])["Config"]["NodeName"]
+    update = {"Node": node, "Segment": "", "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05}}
+    refused = _rpc(a, "Coordinate.Update", update)
+    assert isinstance(refused, RemoteError) and "lacks permission 'node:write'" in str(refused), refused
+    assert _rpc(a, "Coordinate.Update", {**update, "token": MGMT}) is True
+
+    status, _, body = _http(a, "PUT", "/v1/session/create", MGMT, json.dumps({"Node": node, "TTL": "30s"}).encode())
+    assert status == 200, body
+    sid = json.loads(body)["ID"]
+    for anonymous in (sid, {"ID": sid}):  # an older agent's bare ID, or no token
+        refused = _rpc(a, "Session.Renew", anonymous)
+        assert isinstance(refused, RemoteError) and "lacks permission 'session:write'" in str(refused), refused
+    renewed = _rpc(a, "Session.Renew", {"ID": sid, "token": MGMT})
+    assert [s["ID"] for s in renewed] == [sid]

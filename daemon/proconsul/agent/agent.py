@@ -25,6 +25,7 @@ from typing import Any
 import proconsul
 from proconsul import config as configmod
 from proconsul.acl.authorizer import Authorizer, PermissionDenied
+from proconsul.acl.rules import WRITE
 from proconsul.agent import gc_policy, logs
 from proconsul.agent.leave import GracefulLeave
 from proconsul.agent.systemd import Notifier, PidFileError, remove_pid_file, write_pid_file
@@ -340,7 +341,7 @@ class Agent:
                 self.tls, self.membership, self.local.node_record, self.consul_service_meta,
                 health=lambda: self.operator.autopilot, pool=server_pool,
             )
-            self.rpc_server.register("Session.Renew", self._renew_on_leader)
+            self.rpc_server.register("Session.Renew", self._renew_rpc)
         # Operator raft / snapshot / autopilot endpoints (+ their RPCs).
         self.operator = Operator(
             self.server, self.store, self.fsm, self.raft, self.node_id, self.node_name, lambda: self.config,
@@ -359,6 +360,7 @@ class Agent:
             lambda: len(self.membership.members()),
             endpoint=CoordinateEndpoint(self.rpc_server) if self.rpc_server is not None else None,
             router=router, forward=self.remote,
+            token=lambda: self.tokens.get("agent") or self.tokens.get("default") or "",
         )
         # Keyring operations over LAN, WAN and other datacenters (+ Keyring.Operation).
         self.keyring_ops = KeyringOperations(
@@ -764,14 +766,38 @@ class Agent:
         """Consul's Session.Renew: the leader re-arms the TTL timer; the session as rendered, or []."""
         if self.remote is not None:
             # A client agent holds no sessions and runs no timers: a server forwards to its leader.
-            return list(await self.remote.forward_rpc("Session.Renew", session_id, timeout_s=10.0))
-        return await self._renew_on_leader(session_id)
+            body = {"ID": session_id, "token": self._outgoing_token()}
+            return list(await self.remote.forward_rpc("Session.Renew", body, timeout_s=10.0))
+        return await self._renew_on_leader(session_id, self._outgoing_token())
 
-    async def _renew_on_leader(self, session_id: Any) -> list[dict[str, Any]]:
+    def _outgoing_token(self) -> str:
+        """The token a call to a server carries: the request's, else this agent's own."""
+        caller = CALLER_TOKEN.get()
+        if caller is not None:
+            return caller
+        return self.tokens.get("agent") or self.tokens.get("default") or ""
+
+    async def _renew_rpc(self, body: Any) -> list[dict[str, Any]]:
+        """Session.Renew over RPC: `{"ID", "token"}` (a bare ID from an older agent carries no
+        token). With ACLs on, the token needs session:write on the session's node, as Consul's."""
+        session_id, token = (body.get("ID"), str(body.get("token") or "")) if isinstance(body, dict) else (body, "")
+        gate = self.rpc_server.acl_gate if self.rpc_server is not None else None
+        if gate is not None:
+            _, session = self.store.get_session(str(session_id))
+            if session is not None:
+                authz = await gate.authorizer(token)
+                try:
+                    authz.require("session", session.node, WRITE)
+                except PermissionDenied as exc:
+                    raise RPCError(str(exc)) from None
+        return await self._renew_on_leader(session_id, token)
+
+    async def _renew_on_leader(self, session_id: Any, token: str = "") -> list[dict[str, Any]]:
         if self.cluster is not None and not self.log.is_leader():
             leader = await self.server.wait_for_leader()
             if leader:
-                return list(await self.cluster.pool.call(leader, "Session.Renew", session_id, timeout_s=10.0))
+                body = {"ID": session_id, "token": token}
+                return list(await self.cluster.pool.call(leader, "Session.Renew", body, timeout_s=10.0))
         _, session = self.store.get_session(str(session_id))
         if session is None:
             return []

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from proconsul.coordinate import DEFAULT_CONFIG, DEFAULT_SEGMENT, Coordinate, InvalidCoordinate
-from proconsul.rpc_api import HandlerRegistry, NotLeader, RPCError, ServerCaller
+from proconsul.rpc_api import CALLER_TOKEN, HandlerRegistry, NotLeader, RPCError, ServerCaller
 from proconsul.state import commands
 from proconsul.tasks import cancel_and_wait
 
@@ -110,8 +110,10 @@ class CoordinateEndpoint:
                 raise NotLeader(leader)
             if leader:
                 try:
-                    await self.server.pool.call(leader, "Coordinate.Update", encode_update(node, segment, coord),
-                                                timeout_s=10.0)
+                    forwarded = encode_update(node, segment, coord)
+                    if isinstance(body, dict) and body.get("token"):
+                        forwarded["token"] = body["token"]  # the leader checks it again (ACLs on)
+                    await self.server.pool.call(leader, "Coordinate.Update", forwarded, timeout_s=10.0)
                 except (TimeoutError, ConnectionError, OSError) as exc:
                     raise RPCError(f"rpc error forwarding to the leader {leader}: {exc}") from None
                 except Exception as exc:  # the leader's own refusal
@@ -182,8 +184,12 @@ class CoordinateSync:
         router: Router | None = None,
         forward: ServerCaller | None = None,
         rng: random.Random | None = None,
+        token: Callable[[], str] | None = None,
     ) -> None:
         self._config = config
+        # The agent's own token (acl.tokens.agent, else default) its periodic updates carry; a
+        # request's own token (CALLER_TOKEN) wins for the HTTP endpoint's updates.
+        self._token = token or (lambda: "")
         self.node_name = node_name
         self._coordinates = coordinates
         self._member_count = member_count
@@ -229,9 +235,14 @@ class CoordinateSync:
         return self.datacenter_maps()
 
     async def send(self, body: Any) -> None:
-        """One ``Coordinate.Update`` to the servers (in-process on a server)."""
+        """One ``Coordinate.Update`` to the servers (in-process on a server), with the token the
+        servers check (node:write on the node) when their ACLs are on."""
         if self.disabled:
             raise CoordinatesDisabled()
+        caller = CALLER_TOKEN.get()
+        secret = caller if caller is not None else self._token()
+        if secret and isinstance(body, dict):
+            body = {**body, "token": secret}
         if self.endpoint is not None:
             await self.endpoint.update(body)
             return

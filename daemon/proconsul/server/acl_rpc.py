@@ -47,6 +47,9 @@ OPERATOR_CALLS: dict[str, Callable[[Any], Need]] = {
     "Keyring.Operation": lambda body: ("keyring", READ if _field(body, "op") == "list" else WRITE, None),
     # A user event (local/events.py): event:write on its name (watch handlers run on it).
     "Internal.EventFire": lambda body: ("event", WRITE, _field(body, "Name")),
+    # A node's network coordinate (local/coordinate_sync.py): node:write on that node, as Consul's
+    # Coordinate.Update; the agent sends it with its agent token.
+    "Coordinate.Update": lambda body: ("node", WRITE, _field(body, "Node")),
 }
 
 
