@@ -201,7 +201,12 @@ def test_statsd_sinks_are_honoured_and_their_addresses_checked(tmp_path: Path) -
 
 def test_inert_keys_at_their_default_and_dev_mode_layer_are_quiet(tmp_path: Path) -> None:
     path = _write(tmp_path, "agent.hcl", f'data_dir = "{tmp_path}"\nhttp_config {{ max_header_bytes = 0 }}\n')
-    assert not any("not implemented" in w for w in validate_paths_with_warnings([path])[1])
+    errors, warnings = validate_paths_with_warnings([path])
+    assert errors == [] and not any("not implemented" in w for w in warnings)
+    # Set to a limit proconsul does not enforce, it refuses to start, naming file and key.
+    limited = _write(tmp_path, "limit.hcl", f'data_dir = "{tmp_path}"\nhttp_config {{ max_header_bytes = 4096 }}\n')
+    errors, _ = validate_paths_with_warnings([limited])
+    assert any(e.startswith(f"{limited}: http_config.max_header_bytes:") and "refusing to start" in e for e in errors), errors
     result = load(["-dev"])
     assert not any("not implemented" in w for w in result.warnings), result.warnings
 

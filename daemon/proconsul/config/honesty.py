@@ -125,7 +125,6 @@ INERT: frozenset[str] = frozenset(
         "encrypt_verify_incoming", "encrypt_verify_outgoing",  # gossip is always verified when encrypted
         "dns_config.use_cache", "dns_config.cache_max_age",
         "limits.rpc_rate", "limits.rpc_max_burst", "limits.rpc_max_conns_per_client",
-        "http_config.max_header_bytes",
         "unix_sockets.user", "unix_sockets.group", "unix_sockets.mode",  # unix sockets are refused
         "translate_wan_addrs",
         "disable_update_check",  # proconsul never checks for updates
@@ -160,6 +159,9 @@ REFUSED: dict[str, Callable[[Any, Any], bool]] = {
     # an operator who turns it on expects the primary's tokens and policies in this datacenter.
     "acl.enable_token_replication": _unset,
     "acl.tokens.replication": _unset,
+    # A header-size limit an operator sets to bound what a client may make the agent hold; the
+    # HTTP server enforces aiohttp's own per-line limits instead (8 KiB a line), not this total.
+    "http_config.max_header_bytes": _unset,
 }
 
 # IGNORED keys that are security settings: refused unless every value inside is off.
