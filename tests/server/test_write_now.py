@@ -101,10 +101,12 @@ async def test_write_now_leaves_what_it_cannot_do_to_write() -> None:
     dev = Server(store, SingleNodeLog(FSM(store), "127.0.0.1:8300", "id", "s1"), "dc1")
     assert dev.write_now(kv_set("k"), lambda *a: None) is False  # a single voter: `write` applies at once
     follower_raft = ScriptedRaft()
-    follower = Server(Store(), _Follower(follower_raft), "dc1")
+    follower_log = _Follower(follower_raft)
+    follower = Server(Store(), follower_log, "dc1", propose_now=follower_log.propose_now)
     assert follower.write_now(kv_set("k"), lambda *a: None) is False  # `write` forwards it
     leader_raft = ScriptedRaft()
-    leader = Server(Store(), RaftLog(leader_raft), "dc1")  # type: ignore[arg-type]
+    leader_log = RaftLog(leader_raft)  # type: ignore[arg-type]
+    leader = Server(Store(), leader_log, "dc1", propose_now=leader_log.propose_now)
     txn = commands.Txn((kv_set("k"),))
     assert leader.write_now(txn, lambda *a: None) is False  # only KV operations
     assert follower_raft.proposed == [] and leader_raft.proposed == []
@@ -135,7 +137,8 @@ async def test_write_now_on_a_raft_leader_answers_as_write_does(tmp_path: Any) -
     store = Store()
     raft = await _one_voter(tmp_path, store)
     metrics = Metrics()
-    server = Server(store, RaftLog(raft), "dc1", metrics=metrics)
+    log = RaftLog(raft)
+    server = Server(store, log, "dc1", metrics=metrics, propose_now=log.propose_now)
     try:
         by_write = [await server.write(kv_set("w")),
                     await server.write(commands.KVS(commands.KVOp.CAS, DirEntry("w", b"x", modify_index=1)))]

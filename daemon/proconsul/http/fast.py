@@ -169,6 +169,9 @@ BARRIER = 2
 FALLBACK = 0
 # The barrier's outcome: (the agent is the leader?, ready for reads?), or None when it failed.
 BarrierResult = tuple[bool, bool] | None
+# `Server.write_now`'s callback: (meta, result, None) once applied, or (None, None, error).
+WriteDone = Callable[[WriteMeta | None, Any, BaseException | None], None]
+
 _PARKED = object()  # FastRequestHandler._busy while a read waits for its barrier
 _WRITING = object()  # FastRequestHandler._busy while a fast write started without a task runs
 
@@ -197,6 +200,11 @@ class ReadGate(Protocol):
         """Call `done` with (True, True) once leadership was confirmed after this call and the
         store applied the commit index of this moment (ReadIndex), or with None when that
         failed; never from inside this call. False when no barrier can be run."""
+
+    def write_now(self, command: commands.KVS, done: WriteDone) -> bool:
+        """Propose a plain KV write without a task (`Server.write_now` on a Raft leader) and
+        call `done(meta, result, error)` once it applied; False, with nothing proposed, when the
+        write must take the task path (`Server.write`: forwarding, a single voter, a client)."""
 
 
 class ReadIndex(Protocol):
@@ -254,6 +262,9 @@ class AgentReads:
             return False  # not the leader: the normal path forwards the read
         return True
 
+    def write_now(self, command: commands.KVS, done: WriteDone) -> bool:
+        return self.server.write_now(command, done)
+
 
 class ClientReads:
     """A client agent's: it holds no catalog, so every read takes the normal path (an RPC to a
@@ -272,6 +283,9 @@ class ClientReads:
 
     def consistent_read(self) -> int:
         return FALLBACK
+
+    def write_now(self, command: commands.KVS, done: WriteDone) -> bool:
+        return False  # a client agent's writes are RPCs to a server: the task path
 
     def consistent_barrier(self, done: Callable[[BarrierResult], None]) -> bool:
         return False
@@ -472,13 +486,11 @@ class FastRoutes:
         Raft log) and call `done(answer)` once it applied, with what `kv_put` would answer (None
         when the write's future was cancelled: nothing is answered, as when `kv_put`'s task is);
         never from inside this call. False, with nothing proposed: `kv_put` must do it."""
-        write_now = getattr(self.agent.server, "write_now", None)  # a client agent's RemoteServer has none
-
         def applied(meta: WriteMeta | None, ok: Any, exc: BaseException | None) -> None:
             done(self.put_answer(command, meta, ok, exc))
 
         try:
-            return write_now is not None and write_now(command, applied)
+            return self.reads.write_now(command, applied)
         except Exception as exc:
             # Whether it was proposed is not known: answer it here as `kv_put` would, never retry.
             asyncio.get_running_loop().call_soon(done, self.put_answer(command, None, None, exc))

@@ -72,6 +72,9 @@ SERVER_ONLY_METHODS: frozenset[str] = frozenset({"Raft.Apply", "Raft.ApplyBatch"
 
 # A read is a function of the store returning (index, result).
 ReadFn = Callable[[Store], tuple[int, Any]]
+# `RaftLog.propose_now`: propose a command now and call back with ((index, result) | None, error);
+# False when it cannot be proposed at once.
+ProposeNow = Callable[[commands.Command, Callable[[tuple[int, Any] | None, BaseException | None], None]], bool]
 
 
 class ServerPool(Protocol):
@@ -453,8 +456,12 @@ class Server:
         acl_bootstrap_reset: BootstrapReset | None = None,
         unsafe_follower_local_reads: bool = False,
         unsafe_reads_before_first_apply: bool = False,
+        propose_now: ProposeNow | None = None,
     ) -> None:
         self.store = store
+        # The Raft log's task-less proposal (`RaftLog.propose_now`), for `write_now`; None where
+        # the consensus proposes only through a coroutine (a single voter, a client agent).
+        self._propose_now = propose_now
         self.voter_refusal = voter_refusal
         self.consensus = consensus
         self.datacenter = datacenter
@@ -823,10 +830,8 @@ class Server:
         that proposes only through a coroutine, a leadership transfer running."""
         if type(command) is not commands.KVS:
             return False
-        consensus = self.consensus
-        # Only the Raft log has it (a single voter applies at once, a client agent never does).
-        propose_now = getattr(consensus, "propose_now", None)
-        if propose_now is None or not consensus.is_leader():
+        propose_now = self._propose_now
+        if propose_now is None or not self.consensus.is_leader():
             return False
         timer = self._m_apply_by_type[commands.KVS]
         start = time.perf_counter()

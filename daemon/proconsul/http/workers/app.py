@@ -123,6 +123,9 @@ class WorkerReads:
     def consistent_barrier(self, done: Callable[[BarrierResult], None]) -> bool:
         return False
 
+    def write_now(self, command: Any, done: Callable[..., None]) -> bool:
+        return False  # a worker forwards every write to the agent (`writes` is False)
+
 
 def _local(handler: Handler) -> Handler:
     async def run(request: web.Request) -> web.StreamResponse:
