@@ -5,6 +5,7 @@ only HTTPS, and `proconsul validate` naming the file and key of a TLS setting it
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -118,6 +119,27 @@ def test_cli_kv_get_over_https(certs: Certs, https_agent: tuple[AgentProcess, in
     # Without a client certificate the same command is refused (verify_incoming).
     done = _run(certs.root, "kv", "get", f"-http-addr=https://127.0.0.1:{port}", f"-ca-file={certs.ca}", "tls/cli")
     assert done.returncode == 1 and "from the cli" not in done.stdout
+
+
+def test_cli_takes_its_tls_settings_from_the_environment(certs: Certs, https_agent: tuple[AgentProcess, int]) -> None:
+    """CONSUL_HTTP_ADDR without a scheme plus CONSUL_HTTP_SSL, CONSUL_CACERT, CONSUL_CLIENT_CERT and
+    CONSUL_CLIENT_KEY: what operators export instead of passing the flags."""
+    _, port = https_agent
+    c = consul.Consul(
+        host="127.0.0.1", port=port, scheme="https", verify=str(certs.ca), cert=(str(certs.cli[0]), str(certs.cli[1]))
+    )
+    assert c.kv.put("tls/env", "from the environment") is True
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+    env.update(CONSUL_HTTP_ADDR=f"127.0.0.1:{port}", CONSUL_HTTP_SSL="true", CONSUL_CACERT=str(certs.ca),
+               CONSUL_CLIENT_CERT=str(certs.cli[0]), CONSUL_CLIENT_KEY=str(certs.cli[1]))
+    done = subprocess.run([proconsul_command(), "kv", "get", "tls/env"], cwd=certs.root, capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert (done.returncode, done.stdout.strip()) == (0, "from the environment"), done.stderr
+    # Without CONSUL_HTTP_SSL the address means plain HTTP, which this agent does not serve.
+    env.pop("CONSUL_HTTP_SSL")
+    done = subprocess.run([proconsul_command(), "kv", "get", "tls/env"], cwd=certs.root, capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert done.returncode != 0 and "from the environment" not in done.stdout
 
 
 def test_verify_incoming_refuses_a_client_without_a_certificate(
