@@ -18,7 +18,6 @@ lookup and one or two additions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from proconsul.metrics import Metrics
@@ -78,22 +77,6 @@ class ServiceQueryCounters:
         if kind is not None:
             kind.record(str(args.get("service", "")), args.get("tags"), result)
 
-    def counting(self, name: str, args: dict[str, Any], on_done: Callable[..., None],
-                 owner: Any = None) -> Callable[..., None]:
-        """`on_done` of a parked read (called `on_done(owner, outcome)` when `owner` is given),
-        counting its answer first: a function of the outcome alone; `on_done` itself, unchanged,
-        for reads these counters do not count."""
-        kind = self._kinds.get(name)
-        if kind is None:
-            return on_done
-        service, tags = str(args.get("service", "")), args.get("tags")
-
-        def done(outcome: Any) -> None:
-            if isinstance(outcome, tuple):  # (meta, result); an exception counts nothing, as in Consul
-                kind.record(service, tags, outcome[1])
-            if owner is not None:
-                on_done(owner, outcome)
-            else:
-                on_done(outcome)
-
-        return done
+    def counts(self, name: str) -> bool:
+        """Whether `record` counts the read `name` (a parked read then keeps what it needs)."""
+        return name in self._kinds

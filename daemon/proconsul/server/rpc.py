@@ -315,7 +315,7 @@ class ParkedRead:
     """
 
     __slots__ = ("_server", "_owner", "_on_done", "_finished", "_parked", "_consistency", "_slot", "_calls",
-                 "_call")
+                 "_call", "_count_name", "_count_args")
 
     def __init__(self, server: Server, on_done: Callable[..., None], owner: Any = None) -> None:
         self._server = server  # its QueryMeta for an index and mode; told when a parked reader leaves
@@ -327,6 +327,13 @@ class ParkedRead:
         self._slot = -1  # its place in the loop's deadline table while it waits there
         self._calls: SharedCalls | None = None
         self._call: _SharedCall | None = None
+        # The service-query counters this read's answer goes to (`count_as`; None: not counted).
+        self._count_name: str | None = None
+        self._count_args: dict[str, Any] | None = None
+
+    def count_as(self, name: str, args: dict[str, Any]) -> None:
+        """Count the answer as the read `name` with `args` (the server's service-query counters)."""
+        self._count_name, self._count_args = name, args
 
     def done(self) -> bool:
         return self._finished
@@ -370,6 +377,8 @@ class ParkedRead:
         except Exception as exc:  # the re-run's or the forwarded call's error
             outcome = exc
         owner = self._owner
+        if self._count_name is not None and isinstance(outcome, tuple):  # an error counts nothing
+            self._server.count_service_query(self._count_name, self._count_args or {}, outcome[1])
         self._leave()  # (drops the owner: no cycle left with a connection that keeps this read)
         try:
             if owner is not None:
@@ -690,6 +699,10 @@ class Server:
             self._parked[key] = parked
         return parked
 
+    def count_service_query(self, name: str, args: dict[str, Any], result: Any) -> None:
+        """Count an answered health/catalog service read (a parked one's, when it answers)."""
+        self._service_queries.record(name, args, result)
+
     def park_query(self, name: str, args: dict[str, Any], opts: QueryOptions,
                    on_done: Callable[..., None],
                    args_text: str | None = None, owner: Any = None) -> tuple[QueryMeta, Any] | ParkedRead | None:
@@ -713,11 +726,9 @@ class Server:
         spec = queries.spec(name)
         if args_text is None:
             args_text = args_key(args)
-        if opts.allow_stale or c.is_leader():  # answered here (a forwarded read is the leader's to count)
-            counted = self._service_queries.counting(name, args, on_done, owner)
-            if counted is not on_done:
-                on_done, owner = counted, None
         reader = ParkedRead(self, on_done, owner)
+        if (opts.allow_stale or c.is_leader()) and self._service_queries.counts(name):
+            reader.count_as(name, args)  # answered here (a forwarded read is the leader's to count)
         if not opts.allow_stale and not c.is_leader():
             leader = c.leader_address()
             if self.pool is None or not leader:
