@@ -148,16 +148,6 @@ async def test_large_batches_are_cut_and_travel_together() -> None:
     assert [len(b["commands"]) for _, _, b in pool.calls] == [3, 3, 1, 1]
 
 
-async def test_a_write_given_up_before_the_call_left_is_not_sent() -> None:
-    pool = ScriptedPool(applied_in_order)
-    fwd = WriteForwarder(pool)
-    gone = fwd.submit(LEADER, b"gone")
-    kept = fwd.submit(LEADER, b"kept")
-    gone.cancel()
-    assert await kept == (100, "kept")
-    assert pool.calls[0][2] == {"commands": [b"kept"]}
-
-
 async def test_a_result_it_cannot_read_leaves_that_write_unknown() -> None:
     fwd = WriteForwarder(ScriptedPool(lambda m, b: {"results": [[1, True], [2, True, "extra"]]}))
     got = await asyncio.gather(fwd.submit(LEADER, b"a"), fwd.submit(LEADER, b"b"), return_exceptions=True)
@@ -300,14 +290,16 @@ async def test_stopping_the_forwarder_settles_the_batches_sent_without_a_task() 
     assert len(pool.direct) == 1  # the write queued when it stopped never left
 
 
-async def test_a_write_given_up_before_its_batch_left_without_a_task_is_not_sent() -> None:
-    pool = DirectPool(applied_in_order)
+@pytest.mark.parametrize("pool_type, sent", [(ScriptedPool, "calls"), (DirectPool, "direct")],
+                         ids=["in-a-task", "without-a-task"])
+async def test_a_write_given_up_before_its_batch_left_is_not_sent(pool_type: type[ScriptedPool], sent: str) -> None:
+    pool = pool_type(applied_in_order)
     fwd = WriteForwarder(pool)
-    dropped = fwd.submit(LEADER, b"dropped")
+    gone = fwd.submit(LEADER, b"gone")
     kept = fwd.submit(LEADER, b"kept")
-    dropped.cancel()
+    gone.cancel()
     assert await kept == (100, "kept")
-    assert pool.direct[0][2] == {"commands": [b"kept"]}
+    assert getattr(pool, sent)[0][2] == {"commands": [b"kept"]}
 
 
 # ------------------------------------------------------------- a follower and its leader(s)
