@@ -145,6 +145,30 @@ def test_fail_closed_dns_and_agent_tokens(agent: AgentProcess, tmp_path: Path) -
     assert _raw(agent, "GET", "/v1/kv/x", RECOVERY)[0] == 403
 
 
+def test_dns_lists_only_instances_on_nodes_the_token_may_read(agent: AgentProcess) -> None:
+    """Consul's DNS reads the health endpoint with the DNS token, whose filter drops an instance
+    unless the token may read its node and its service: service read alone finds nothing."""
+    m = consul.Consul(host=agent.ip, port=agent.http_port, token=MGMT)
+    assert m.agent.service.register("web", port=80)
+    wait_for(lambda: "web" in m.catalog.services()[1], timeout=30, what="web registered")
+    node = json.loads(_raw(agent, "GET", "/v1/agent/self", MGMT)[2])["Config"]["NodeName"]
+    service_only = m.acl.policy.create("svc-only", rules={"service": {"web": {"policy": "read"}}})
+    created = m.acl.token.create(policies_id=[service_only["ID"]])
+    token = created["SecretID"]
+    assert _raw(agent, "PUT", "/v1/agent/token/dns", MGMT, json.dumps({"Token": token}).encode())[0] == 200
+    # Asked after the token was set (the agent takes it at once): no instance is visible.
+    for qtype in ("A", "SRV"):
+        assert "status: NXDOMAIN" in _dig(agent, "web.service.consul", qtype), qtype
+    assert "status: NXDOMAIN" in _dig(agent, f"{node}.node.consul", "A")
+    nodes = m.acl.policy.create("nodes", rules={"node_prefix": {"": {"policy": "read"}}})
+    assert m.acl.token.update(created["AccessorID"], policies_id=[service_only["ID"], nodes["ID"]])
+    wait_for(lambda: "status: NOERROR" in _dig(agent, "web.service.consul", "A"), timeout=60,
+             what="web answered once the DNS token may read its node")
+    srv = _dig(agent, "web.service.consul", "SRV")
+    assert "status: NOERROR" in srv and f"{node.lower()}.node.dc1.consul." in srv, srv
+    assert "status: NOERROR" in _dig(agent, f"{node}.node.consul", "A")
+
+
 def test_bootstrap_reset_file(agent: AgentProcess, tmp_path: Path) -> None:
     # The initial management token counted as the bootstrap: refused, naming the reset index.
     status, _, body = _raw(agent, "PUT", "/v1/acl/bootstrap")

@@ -470,7 +470,8 @@ class Agent:
             raise AgentError("; ".join(errors))
         if cfg.ports.dns > 0:
             self.dns = DNSServer(self.server, lambda: self.config, metrics=self.metrics, node_name=self.node_name,
-                                 acl=self._dns_authorizer if self.acl_resolver is not None else None)
+                                 acl=self._dns_authorizer if self.acl_resolver is not None else None,
+                                 resolve=self.acl_resolver.resolve if self.acl_resolver is not None else None)
             await self.dns.start(list(cfg.addresses.dns or cfg.client_addr), cfg.ports.dns)
         self.membership.start_retry_join(self._join_exhausted)
         if self.wan is not None:

@@ -16,6 +16,11 @@ injected RNG, the same draws as shuffling the instances themselves), the duplica
 for a transport that can carry only `max_groups` groups (plain UDP), the cut run; groups that are
 never sent are never built.
 
+With ACLs on, the resolver is given the DNS token's `Visibility` (dns.acl): instances on nodes or
+of services the token may not read are left out before the health selection, as Consul's servers
+filter the health endpoint's answer before its DNS filters health; a cached entry holds the
+Authorizer it was made for and serves only that one.
+
 The result is an `Answer`: an rcode plus answer *groups* (the records for one instance and the
 additional records that belong to them) so that the wire layer can cut UDP answers to size by
 dropping whole groups, keeping each SRV's glue with it.
@@ -276,6 +281,8 @@ class _Entry:
     ttl: int
     owner: DNSLabel  # the question name, labelled once
     txt: dict[str, list[RR]] = field(default_factory=dict)  # node meta TXT per node name
+    # The Authorizer (ACLs on) whose visible instances these are; None: every instance.
+    viewer: Any = None
 
 
 class AnswerCache:
@@ -309,12 +316,14 @@ class AnswerCache:
         return max(store.index_for_service(n) for n in spellings)
 
     def get(
-        self, key: tuple[str, str, int, str, str], cfg: RuntimeConfig, dc: str, store: Store, index: int
+        self, key: tuple[str, str, int, str, str], cfg: RuntimeConfig, dc: str, store: Store, index: int,
+        viewer: Any = None,
     ) -> _Entry | None:
         entry = self.entries.get(key)
         if entry is None:
             return None
-        if entry.cfg is cfg and entry.dc == dc and entry.tables is store.table_index and entry.index == index:
+        if (entry.cfg is cfg and entry.dc == dc and entry.tables is store.table_index and entry.index == index
+                and entry.viewer is viewer):
             return entry
         del self.entries[key]
         return None
@@ -360,6 +369,22 @@ def select_addresses(order: list[_Item]) -> tuple[list[_Item], _Item | None]:
     return chosen, cname
 
 
+class Visibility:
+    """The instances an Authorizer may see in DNS answers (ACLs on): `allows(node, service)`
+    is Consul's filterCheckServiceNodes test, node read on the node and service read on the
+    service. `key` is the Authorizer itself: cached entries made for it are reused only for the
+    same object (the ACL resolver hands out one object per token until its rights change)."""
+
+    __slots__ = ("key", "_allows")
+
+    def __init__(self, key: Any, allows: Any) -> None:
+        self.key = key
+        self._allows = allows
+
+    def allows(self, node: str, service: str) -> bool:
+        return bool(self._allows(node, service))
+
+
 class Resolver:
     """Answers one question from a store snapshot; see the module docstring."""
 
@@ -372,8 +397,12 @@ class Resolver:
         cache: AnswerCache | None = None,
         max_groups: int = 0,
         protection_log: protection.ProtectionLog | None = None,
+        visible: Visibility | None = None,
     ) -> None:
         self.cfg = cfg
+        # ACLs on: which instances the DNS token may see (Consul's filterCheckServiceNodes: read
+        # on the instance's node and on its service); the others do not exist for this answer.
+        self.visible = visible
         self.protection_log = protection_log
         self.dc = datacenter
         self.rng = rng
@@ -464,6 +493,7 @@ class Resolver:
         """Healthy instances of `service` (case-insensitive), by node name and service ID."""
         candidates = []
         only_passing = self.cfg.dns_config.only_passing
+        visible = self.visible
         for node_name in sorted(store.services):
             node = store.nodes.get(node_name)
             if node is None:
@@ -474,6 +504,8 @@ class Resolver:
                 if svc.service.lower() != service:
                     continue
                 if tag and not any(t.lower() == tag for t in svc.tags):
+                    continue
+                if visible is not None and not visible.allows(node.node, svc.service):
                     continue
                 candidates.append((node, svc, store.checks_for_instance(svc)))
         out, protected = protection.select_healthy(candidates, lambda c: c[1], lambda c: _healthy(c[2], only_passing))
@@ -588,9 +620,10 @@ class Resolver:
         cache = self.cache
         key = (q.name, q.owner, q.qtype, q.domain, tag)
         index = 0
+        viewer = self.visible.key if self.visible is not None else None
         if cache is not None:
             index = cache.service_index(store, service)
-            entry = cache.get(key, self.cfg, self.dc, store, index)
+            entry = cache.get(key, self.cfg, self.dc, store, index, viewer)
             if entry is not None:
                 return entry
         instances = self.sorted_healthy(store, service, tag)
@@ -604,6 +637,7 @@ class Resolver:
             items=[_Item(node, svc, checks, i) for i, (node, svc, checks) in enumerate(instances)],
             ttl=service_ttl(self.cfg, service),
             owner=DNSLabel(q.owner),
+            viewer=viewer,
         )
         if q.qtype == QTYPE.SRV:
             for item in entry.items:

@@ -27,7 +27,7 @@ from typing import Any
 from dnslib import QTYPE
 
 from proconsul.config import RuntimeConfig
-from proconsul.dns.answer import CONSUL_SERVICE, Answer, Question, Resolver, _locality, split_name
+from proconsul.dns.answer import CONSUL_SERVICE, Answer, Question, Resolver, Visibility, _locality, split_name
 from proconsul.rpc_api import NoPathToDatacenter, QueryOptions, RPCError
 from proconsul.state.records import HealthCheck, Node, ServiceInstance
 from proconsul.state.store import Store
@@ -97,10 +97,13 @@ def catalog_need(q: Question, datacenter: str) -> dict[str, Any]:
 
 
 async def answer_on_client(
-    server: Any, cfg: RuntimeConfig, q: Question, rng: random.Random, now: float, max_groups: int = 0
+    server: Any, cfg: RuntimeConfig, q: Question, rng: random.Random, now: float, max_groups: int = 0,
+    visible: Visibility | None = None,
 ) -> Answer:
     """A client agent's answer: the slice from a server (`allow_stale`/`max_stale` as the
-    agent's DNS settings say), resolved here; names in other datacenters go the remote way."""
+    agent's DNS settings say), resolved here; names in other datacenters go the remote way.
+    `visible` (ACLs on) keeps the instances the DNS token may see: a server answering a client
+    agent's read has filtered the slice already, one reading for itself has not."""
     args = catalog_need(q, cfg.datacenter)
     store = Store()
     if args:
@@ -110,7 +113,7 @@ async def answer_on_client(
             meta, records = await server.query("Internal.DNSRecords", args, QueryOptions())
         store = records_store(records)
     # No answer cache: each slice is a fresh store, so a cached entry could never be reused.
-    answer = Resolver(cfg, cfg.datacenter, rng, now, None, max_groups).resolve(store, q)
+    answer = Resolver(cfg, cfg.datacenter, rng, now, None, max_groups, visible=visible).resolve(store, q)
     if answer.remote is not None:
         answer = await answer_remote(server, cfg, q, answer, rng, now, max_groups)
     return answer

@@ -42,7 +42,7 @@ from proconsul.dns import acl as dns_acl
 from proconsul.dns import fastpath
 from proconsul.dns import recursor as dns_recursor
 from proconsul.dns import wire as dns_wire
-from proconsul.dns.answer import Answer, AnswerCache, Question, Resolver, match_domain
+from proconsul.dns.answer import Answer, AnswerCache, Question, Resolver, Visibility, match_domain
 from proconsul.dns.query import answer_prepared
 from proconsul.dns.remote import answer_on_client, answer_remote
 from proconsul.listen import listen_backlog
@@ -50,6 +50,7 @@ from proconsul.metrics import Metrics
 from proconsul.rpc_api import QueryOptions, RPCError
 from proconsul.server.rpc import Server
 from proconsul.state import protection
+from proconsul.state.prepared_query import REDACTED_TOKEN
 from proconsul.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -95,11 +96,15 @@ class DNSServer:
         metrics: Metrics | None = None,
         node_name: str = "",
         acl: Callable[[], Awaitable[Authorizer]] | None = None,
+        resolve: Callable[[str], Awaitable[Authorizer]] | None = None,
     ) -> None:
         self.server = server
-        # With ACLs on: the Authorizer of the agent's default token (else anonymous), which
-        # every answer is checked against, as Consul's DNS uses that token.
+        # With ACLs on: the Authorizer of the agent's DNS token (else its default token, else
+        # anonymous), which every question and the instances of every answer are checked
+        # against (dns.acl), as Consul's DNS uses that token; `resolve` turns a prepared query's
+        # own token into its Authorizer (its execution is filtered by it instead).
         self.acl = acl
+        self.resolve = resolve
         self.config = config
         self.rng = rng or random.Random()
         self.max_inflight = max_inflight
@@ -287,13 +292,22 @@ class DNSServer:
         )
         try:
             question = Question(req.name, req.qtype, domain, _spelled(req))
-            if self.acl is not None and not dns_acl.allowed(await self.acl(), question):
-                return dns_wire.simple_reply(req, RCODE.NXDOMAIN, True, can_recurse, compress)
-            answer = await self._answer(cfg, question, dns_wire.group_limit(req, limits))
+            authz: Authorizer | None = None
+            if self.acl is not None:
+                authz = await self.acl()
+                if not dns_acl.allowed(authz, question):
+                    return dns_wire.simple_reply(req, RCODE.NXDOMAIN, True, can_recurse, compress)
+            visible = dns_acl.visibility(authz) if authz is not None else None
+            answer = await self._answer(cfg, question, dns_wire.group_limit(req, limits), visible)
             if answer.prepared is not None:
+
+                async def execution_visibility(query: dict[str, Any]) -> Visibility | None:
+                    return await self._execution_visibility(authz, query)
+
                 answer = await answer_prepared(
                     self.server, cfg, question, answer, self.rng, time.time(),
                     dns_wire.group_limit(req, limits), self.node_name, source_ip,
+                    visibility=execution_visibility if authz is not None else None,
                 )
         except RPCError as exc:
             logger.debug("dns: read failed: %s", exc)
@@ -305,11 +319,28 @@ class DNSServer:
             self._remember(data, tcp, req, question, answer, limits, can_recurse)
         return reply
 
-    async def _answer(self, cfg: RuntimeConfig, q: Question, max_groups: int = 0) -> Answer:
+    async def _execution_visibility(self, authz: Authorizer | None, query: dict[str, Any]) -> Visibility | None:
+        """Which instances of an executed prepared query DNS may answer: those the query's own
+        token may see, else the DNS token's. None: the server that ran it filtered them (it
+        hides the query's token when it has one)."""
+        token = str(query.get("Token") or "")
+        if authz is None or token == REDACTED_TOKEN:
+            return None
+        if token and self.resolve is not None:
+            try:
+                authz = await self.resolve(token)
+            except Exception as exc:  # a deleted token: Consul's execution fails; answer nothing
+                logger.debug("dns: prepared query token not usable: %s", exc)
+                return dns_acl.sees_nothing()
+        return dns_acl.visibility(authz)
+
+    async def _answer(self, cfg: RuntimeConfig, q: Question, max_groups: int = 0,
+                      visible: Visibility | None = None) -> Answer:
         if self.server.catalog_is_remote:
-            return await self._answer_on_client(cfg, q, max_groups)
+            return await self._answer_on_client(cfg, q, max_groups, visible)
         resolver = Resolver(
-            cfg, cfg.datacenter, self.rng, time.time(), self.cache, max_groups, protection_log=self.protection_log
+            cfg, cfg.datacenter, self.rng, time.time(), self.cache, max_groups, protection_log=self.protection_log,
+            visible=visible,
         )
 
         def run(store: Store) -> tuple[int, Answer]:
@@ -321,16 +352,17 @@ class DNSServer:
             # Too stale (Consul's max_stale): the leader answers, through the named read client
             # agents use (a follower cannot run a leader read itself).
             leader_cfg = dataclasses.replace(cfg, dns_config=dataclasses.replace(cfg.dns_config, allow_stale=False))
-            return await answer_on_client(self.server, leader_cfg, q, self.rng, time.time(), max_groups)
+            return await answer_on_client(self.server, leader_cfg, q, self.rng, time.time(), max_groups, visible)
         result: Answer = answer
         if result.remote is not None:
             # A name in another datacenter: its records come over the WAN (dns.remote).
             result = await answer_remote(self.server, cfg, q, result, self.rng, resolver.now, max_groups)
         return result
 
-    async def _answer_on_client(self, cfg: RuntimeConfig, q: Question, max_groups: int) -> Answer:
+    async def _answer_on_client(self, cfg: RuntimeConfig, q: Question, max_groups: int,
+                                visible: Visibility | None = None) -> Answer:
         """A client agent: the catalog slice the question needs comes from a server (dns.remote)."""
-        return await answer_on_client(self.server, cfg, q, self.rng, time.time(), max_groups)
+        return await answer_on_client(self.server, cfg, q, self.rng, time.time(), max_groups, visible)
 
     async def _recurse(self, cfg: RuntimeConfig, req: dns_wire.Request, data: bytes, tcp: bool) -> bytes:
         dnscfg = cfg.dns_config
