@@ -549,6 +549,40 @@ def test_join_ignoring_old_events_skips_what_the_peer_stamped_before() -> None:
         assert [e.name for e in out.events if isinstance(e, UserEventReceived)] == ["new"]
 
 
+def delivered(out: Output) -> list[str]:
+    return [e.name for e in out.events if isinstance(e, UserEventReceived)]
+
+
+def test_join_ignoring_old_events_keeps_events_a_lagging_peer_stamps_after_it() -> None:
+    """Lamport clocks differ between members: joining b (clock 10) and c (clock 4) at once must
+    not drop what c stamps next (5), though it is below b's clock. Once dropped, no push-pull
+    could ever deliver it (the agent that fired it through c never saw its own event)."""
+    a = core("a", 1)
+    out = a.join([addr(2), addr(3)], 0.0, ignore_old=True)
+    to_b, to_c = out.streams
+    a.handle_stream_result(to_b.id, pp(("b", 2, 0, NodeStateCode.ALIVE), ("c", 3, 0, NodeStateCode.ALIVE),
+                                       ltime=10, events=[UserEvent(9, "before", b"")]), 0.1)
+    a.handle_stream_result(to_c.id, pp(("b", 2, 0, NodeStateCode.ALIVE), ("c", 3, 0, NodeStateCode.ALIVE),
+                                       ltime=4, events=[UserEvent(9, "before", b"")]), 0.1)
+    assert delivered(a.handle_packet(encode(UserEvent(5, "deploy", b"v2")), addr(3), 0.2)) == ["deploy"]
+    # What the cluster held at the join stays undelivered, whichever way it comes back.
+    assert delivered(a.handle_stream(pp(ltime=11, events=[UserEvent(9, "before", b""), UserEvent(5, "deploy", b"v2")]),
+                                     addr(2), 30.0)) == []
+
+
+def test_a_join_while_already_in_the_cluster_does_not_skip_events() -> None:
+    """A member others joined retries its own -retry-join later (Consul's retry loop): that join
+    is not a first contact, so an event it has not received yet (its datagrams were lost) still
+    arrives, from the join's push-pull or a later one."""
+    a = core("a", 1)
+    know(a, "b")  # b joined us
+    out = a.join([addr(2)], 1.0, ignore_old=True)
+    (req,) = out.streams
+    out = a.handle_stream_result(req.id, pp(("b", 2, 0, NodeStateCode.ALIVE), ltime=7,
+                                            events=[UserEvent(6, "deploy", b"")]), 1.1)
+    assert delivered(out) == ["deploy"]
+
+
 def test_tag_update_rebroadcasts_alive_with_new_incarnation() -> None:
     a = core("a", 1, tags={"role": "client"})
     know(a, "b")

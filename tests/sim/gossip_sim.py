@@ -241,10 +241,10 @@ class Cluster:
 
     # --- actions ----------------------------------------------------------------------------
 
-    def join(self, name: str, addrs: list[Address]) -> None:
+    def join(self, name: str, addrs: list[Address], ignore_old: bool = False) -> None:
         node = self.nodes[name]
-        self.trace.append(f"{self.now:9.3f} {name} joins {addrs}")
-        self._apply(node, node.core.join(addrs, self.now))
+        self.trace.append(f"{self.now:9.3f} {name} joins {addrs}{' ignoring old events' if ignore_old else ''}")
+        self._apply(node, node.core.join(addrs, self.now, ignore_old=ignore_old))
 
     def crash(self, name: str) -> None:
         self.trace.append(f"{self.now:9.3f} {name} crashes")

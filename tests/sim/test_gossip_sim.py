@@ -162,6 +162,35 @@ def test_user_event_reaches_everyone_once(seed: int) -> None:
     assert delivered() == [1] * 8, f"duplicate deliveries {delivered()} (seed {seed})"
 
 
+@pytest.mark.parametrize("seed", SEEDS[:10])
+def test_an_agent_joining_the_servers_ignoring_old_events_gets_every_later_event(seed: int) -> None:
+    """Consul's client agent joins every server at once with serf's ignore-old, then fires events
+    through one of them. The servers' Lamport clocks differ (each push-pull moves a pair's clocks),
+    so the server that stamps the next event may be behind another server the agent joined: that
+    event is still new to the agent and must reach it (issue: it never did, push-pull included)."""
+    c = Cluster(seed, GossipConfig.lan(), loss=0.05)
+    servers = c.start(3, prefix="s")
+    _within(c, c.converged, CONVERGE_BOUND, "servers did not converge")
+    c.run_until(c.now + 95.0)  # push-pull rounds between the servers: their clocks drift apart
+    c.user_event("s1", "before", b"")  # fired before the agent exists: never delivered to it
+    c.run_until(c.now + 5.0)
+    agent = c.add_node("c1")
+    c.join("c1", [s.addr for s in servers], ignore_old=True)
+    _within(c, lambda: c.converged(), CONVERGE_BOUND, "the agent did not join")
+    # Each server fires one event, the one with the lowest clock first.
+    for server in sorted(servers, key=lambda s: s.core.event_ltime):
+        c.user_event(server.name, f"after-{server.name}", b"")
+
+    def received() -> list[str]:
+        return sorted(e.name for _, e in agent.events if isinstance(e, UserEventReceived))
+
+    wanted = sorted(f"after-{s.name}" for s in servers)
+    _within(c, lambda: received() == wanted, 3 * c.config.push_pull_interval_s,
+            f"the agent got {received()}, not {wanted}")
+    c.run_until(c.now + 40.0)  # push-pull carries the old and the new events again: no change
+    assert received() == wanted, f"seed {seed}: {received()}"
+
+
 def test_same_seed_same_history() -> None:
     def run() -> list[tuple[float, str, str]]:
         c = Cluster(7, GossipConfig.lan(), loss=0.05)

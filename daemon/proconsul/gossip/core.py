@@ -428,8 +428,8 @@ class GossipCore:
         self._leave_deadline = _INF
         # serf starts its event clock at 1: LTime 0 means "never stamped" to its users.
         self._event_clock = 1
-        self._event_min_time = 0
-        # Streams of a join that ignores old events (serf's Join(addrs, ignoreOld=true)).
+        # Streams of a first join that ignores old events (serf's Join(addrs, ignoreOld=true)):
+        # the events their replies carry are taken as seen, not delivered.
         self._ignore_old_streams: set[int] = set()
         self._event_buffer: list[_EventSlot | None] = [None] * config.event_buffer_size
         self._query_clock = 0
@@ -600,10 +600,7 @@ class GossipCore:
                 p.tcp_ok = True
         elif stream.kind is StreamKind.PUSH_PULL:
             if isinstance(msg, PushPull):
-                if ignore_old:
-                    # The peer's clock is the next time it stamps: everything below predates us.
-                    self._event_min_time = max(self._event_min_time, msg.event_ltime)
-                refused = self._merge_remote(msg, now)
+                refused = self._merge_remote(msg, now, old_events=ignore_old)
                 if refused is not None:
                     out = self._drain()
                     out.refused = refused
@@ -616,9 +613,18 @@ class GossipCore:
         """Start a join: one push-pull (join=True) per address. Count successes by the replies.
 
         ``ignore_old``: user events the cluster sent before this join are not delivered to us
-        (serf's ignoreOld, which Consul agents use so a (re)joining agent does not replay them).
+        (serf's ignoreOld, which Consul agents use so a (re)joining agent does not replay them):
+        those the peers' replies carry (every event they still remember) are taken as seen.
+        Unlike serf, no Lamport time is taken as a floor: members' clocks differ, so an event a
+        lagging member stamps after the join can be below another peer's clock, and dropping it
+        would lose it for good (every later push-pull would be refused it too). It applies only
+        to a first contact: a member others already joined (whose own retry-join comes later)
+        has been receiving events all along, and its pending ones must still arrive.
         """
         state = encode(self._local_state(join=True))
+        if ignore_old and any(n.name != self.name and n.state in (MemberState.ALIVE, MemberState.SUSPECT)
+                              for n in self._members.values()):
+            ignore_old = False
         for addr in addrs:
             if ignore_old:
                 self._ignore_old_streams.add(self._next_stream)
@@ -1076,8 +1082,9 @@ class GossipCore:
                         key=lambda e: e.ltime)
         return PushPull(join, nodes, self._event_clock, events)
 
-    def _merge_remote(self, pp: PushPull, now: float) -> str | None:
-        """Merge a peer's full state; returns why it was refused (nothing merged) or None."""
+    def _merge_remote(self, pp: PushPull, now: float, old_events: bool = False) -> str | None:
+        """Merge a peer's full state; returns why it was refused (nothing merged) or None.
+        ``old_events``: its events predate us (a first join's reply): seen, not delivered."""
         if self._merge_check is not None:
             live = [(ns.name, ns.tags) for ns in pp.nodes if ns.state in (MemberState.ALIVE, MemberState.SUSPECT)]
             refused = self._merge_check(live)
@@ -1103,7 +1110,7 @@ class GossipCore:
                 self._on_suspect(Suspect(ns.incarnation, ns.name, self.name), now)
         self._witness(pp.event_ltime)
         for e in pp.events:
-            self._handle_user_event(e)
+            self._handle_user_event(e, deliver=not old_events)
         return None
 
     # --- user events -----------------------------------------------------------------------
@@ -1113,10 +1120,10 @@ class GossipCore:
         if ltime >= self._event_clock:
             self._event_clock = ltime + 1
 
-    def _handle_user_event(self, e: UserEvent) -> bool:
+    def _handle_user_event(self, e: UserEvent, deliver: bool = True) -> bool:
+        """Take in an event: True if new. `deliver` False only records it as seen (an event
+        from before our first join), so it is neither delivered nor gossiped on."""
         self._witness(e.ltime)
-        if e.ltime < self._event_min_time:
-            return False
         size = len(self._event_buffer)
         if self._event_clock > size and e.ltime < self._event_clock - size:
             return False  # older than the buffer remembers: can't tell if seen, so drop
@@ -1131,8 +1138,9 @@ class GossipCore:
             self._event_buffer[idx] = slot
         slot.keys.append(key)
         slot.events.append(e)
-        self._queue.queue(encode(e), kind=EVENT)
-        self._emit(UserEventReceived(e.ltime, e.name, e.payload))
+        if deliver:
+            self._queue.queue(encode(e), kind=EVENT)
+            self._emit(UserEventReceived(e.ltime, e.name, e.payload))
         return True
 
     # --- queries ---------------------------------------------------------------------------
