@@ -414,8 +414,13 @@ def test_three_servers_report_replication_and_gossip(tmp_path: Path) -> None:
         # Written through a follower: forwarded to the leader, which proposes and times it.
         _put_keys(followers[0], 5)
         after = {a.ip: _prometheus(a) for a in agents}
-        assert after[leader_ip]["consul_raft_apply"][()] >= before[leader_ip]["consul_raft_apply"][()] + 5
-        assert after[leader_ip]["consul_kvs_apply_count"][()] >= before[leader_ip]["consul_kvs_apply_count"][()] + 5
+
+        def grown(name: str) -> float:
+            # Summed over the servers: on a loaded box leadership may move during the writes.
+            return sum(after[a.ip][name][()] - before[a.ip][name][()] for a in agents)
+
+        assert grown("consul_raft_apply") >= 5
+        assert grown("consul_kvs_apply_count") >= 5
         # One of them became leader, and counted it.
         assert sum(after[a.ip]["consul_raft_state_leader"][()] for a in agents) >= 1
         # The follower that took the writes served them (and forwarded them).
@@ -427,7 +432,9 @@ def test_three_servers_report_replication_and_gossip(tmp_path: Path) -> None:
             return all(now[f"{name}_count"][()] >= before[ip][f"{name}_count"][()] + 1
                        for name in ("consul_raft_rpc_appendEntries_storeLogs", "consul_raft_rpc_appendEntries"))
 
-        for f in followers:
+        leader_ip = cluster.leader_ip(followers[0])  # again: it may have moved on a loaded box
+        leader = cluster.nodes[leader_ip]
+        for f in (a for a in agents if a is not leader):
             # Followers fsync what the leader replicates.
             wait_for(lambda ip=f.ip: stored(ip), timeout=30, what=f"storeLogs on follower {f.ip}")
         # The leader samples how long ago each follower answered, every tick.
