@@ -56,13 +56,9 @@ def raft_errors() -> Iterator[None]:
 Applied = Callable[[tuple[int, Any] | None, BaseException | None], None]
 
 
-def _settled(done: Applied, fut: asyncio.Future[tuple[int, Any]]) -> None:
-    if fut.cancelled():
-        done(None, asyncio.CancelledError())
-        return
-    exc = fut.exception()
+def _settled(done: Applied, out: tuple[int, Any] | None, exc: BaseException | None) -> None:
     if exc is None:
-        done(fut.result(), None)
+        done(out, None)
     else:
         done(None, rpc_error(exc) if isinstance(exc, RaftError) else exc)
 
@@ -184,10 +180,9 @@ class RaftLog:
         except Exception:
             return False  # `apply` raises it
         try:
-            fut = self.raft.propose_batch([(data, command)])[0]
+            self.raft.propose_now(data, command, functools.partial(_settled, done))
         except RaftError:
-            return False  # raised before anything was proposed (all or none)
-        fut.add_done_callback(functools.partial(_settled, done))
+            return False  # raised before anything was proposed
         return True
 
     async def apply_batch(self, batch: list[tuple[commands.Command, bytes]]) -> list[tuple[int, Any] | RPCError]:
