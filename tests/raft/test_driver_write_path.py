@@ -106,7 +106,8 @@ async def test_propose_now_answers_a_batch_by_callback_after_the_iteration(tmp_p
         await asyncio.sleep(0.01)
     commit = metrics.series[("consul.raft.commitTime", ())]
     fsm_apply = metrics.series[("consul.raft.fsm.apply", ())]
-    commits_before, applies_before = commit.count, fsm_apply.count
+    proposed = metrics.series[("consul.raft.apply", ())]
+    commits_before, applies_before, proposed_before = commit.count, fsm_apply.count, proposed.total
     got: list[tuple[int, Any, Any]] = []
     after_first: list[int] = []  # how many outcomes had arrived when the loop next ran something
     all_in = asyncio.Event()
@@ -147,6 +148,7 @@ async def test_propose_now_answers_a_batch_by_callback_after_the_iteration(tmp_p
         # Proposed before the driver ran: one Ready applied them, and one callback answered all.
         assert after_first == [n]
         assert commit.count == commits_before + n and fsm_apply.count >= applies_before + n
+        assert proposed.total == proposed_before + n
         # A write pending when the server stops is answered too (applied, or its fate unknown).
         late: list[Any] = []
         last = commands.KVS(commands.KVOp.SET, DirEntry("late", b"v"))

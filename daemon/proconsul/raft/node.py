@@ -715,6 +715,7 @@ class RaftServer:
         # raft.fsm.apply's and raft.commitTime's milliseconds.
         self._fsm_ms: list[float] = []
         self._commit_ms: list[float] = []
+        self._proposed_now = 0  # `propose_now` calls not yet counted in raft.apply
         self._m_apply = m.counter("raft", "apply", help="writes proposed by this leader")
         self._m_commit_time = m.sample("raft", "commitTime", help="ms from proposal to applied result on the leader")
         self._m_fsm_apply = m.sample("raft", "fsm", "apply", help="ms the state machine took to apply one entry")
@@ -1201,7 +1202,7 @@ class RaftServer:
         except ProposalRejected as exc:
             raise RaftError(str(exc)) from None
         self._pending[proposal.index] = (proposal.term, _Settle(self._settlements, done), proposed, time.perf_counter())
-        self._m_apply.incr()
+        self._proposed_now += 1  # raft.apply, counted once per loop iteration (_record_timings)
         self._wake.set()
 
     async def verify_leader(self) -> None:
@@ -1453,6 +1454,7 @@ class RaftServer:
                 self._start_read_round(core)
             rd = core.ready()
             if rd is None:
+                self._record_timings()
                 continue
             if rd.soft_state is not None:
                 if rd.soft_state.leader != self.leader_id:
@@ -1584,7 +1586,11 @@ class RaftServer:
         return None
 
     def _record_timings(self) -> None:
-        """Record the per-entry timings collected since the last call, one call per metric."""
+        """Record the per-entry timings and the `propose_now` proposals collected since the last
+        call, one call per metric."""
+        if self._proposed_now:
+            self._m_apply.incr(self._proposed_now)
+            self._proposed_now = 0
         if self._fsm_ms:
             self._m_fsm_apply.observe_many(self._fsm_ms)
             self._fsm_ms = []
