@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# Entries are built with tuple.__new__ on the hot paths (see messages.Entry): no Python-level
+# constructor per replicated entry.
+_new_tuple = tuple.__new__
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -1329,7 +1332,7 @@ class RaftNode:
         return self._append_as_leader(kind, data)
 
     def _append_as_leader(self, kind: EntryKind, data: bytes) -> Entry:
-        e = Entry(self._log.last_index() + 1, self.term, kind, data)
+        e = _new_tuple(Entry, (self._log.last_index() + 1, self.term, kind, data))
         self._log.append([e])
         if kind == EntryKind.CONF_CHANGE:
             self._apply_config(e.index, Configuration.decode(data))

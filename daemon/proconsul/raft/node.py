@@ -67,6 +67,9 @@ from proconsul.transport import RPCSecurity, TLSHandshakeError, adopt_stream, di
 from proconsul.wire import MAX_FRAME_BYTES, ConnType, encode_frame
 
 logger = logging.getLogger(__name__)
+# Entries are built with tuple.__new__ on the hot paths (see messages.Entry): no Python-level
+# constructor per replicated entry.
+_new_tuple = tuple.__new__
 
 # X-Consul-LastContact of a server that never heard from a leader: Go's maximum time.Duration
 # in milliseconds, what Consul reports then.
@@ -199,7 +202,7 @@ class DiskStorage:
             size += len(rec.data)
             if out and max_bytes is not None and size > max_bytes:
                 break
-            out.append(Entry(rec.index, rec.term, kinds[rec.kind], rec.data))
+            out.append(_new_tuple(Entry, (rec.index, rec.term, kinds[rec.kind], rec.data)))
         return out
 
     # write side --------------------------------------------------------------------------------
