@@ -171,8 +171,9 @@ class RaftLog:
     def propose_now(self, command: commands.Command, done: Applied) -> bool:
         """`apply` without a coroutine (the HTTP fast path's KV writes on the leader): proposes
         `command` now and calls `done((index, result), None)` once it applied here, or
-        `done(None, error)` with the RPC error `apply` would raise (CancelledError if the future
-        was cancelled); never from inside this call. False, with nothing proposed, when it cannot
+        `done(None, error)` with the RPC error `apply` would raise; never from inside this call
+        (`RaftServer.propose_now`: a loop iteration's outcomes come in one event-loop callback;
+        there is no future to cancel). False, with nothing proposed, when it cannot
         be proposed at once (not the leader, a leadership transfer running, a command that does
         not encode): `apply` then does what it always does (waits the transfer out, or raises)."""
         try:
