@@ -394,16 +394,20 @@ class _Settlements:
     batch: the driver settles a loop iteration's applied entries together, and their owners'
     work (a fast-path PUT writes its answer) runs after the iteration, not inside it."""
 
-    __slots__ = ("_due", "loop")
+    __slots__ = ("_due", "_loop")
 
     def __init__(self) -> None:
         self._due: list[tuple[Settled, tuple[int, Any] | None, BaseException | None]] = []
-        self.loop: asyncio.AbstractEventLoop | None = None  # the driver's, set by start()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand outcomes out on `loop` (the driver's, from `start()`)."""
+        self._loop = loop
 
     def add(self, done: Settled, value: tuple[int, Any] | None, exc: BaseException | None) -> None:
         due = self._due
         if not due:
-            (self.loop or asyncio.get_running_loop()).call_soon(self._run)
+            (self._loop or asyncio.get_running_loop()).call_soon(self._run)
         due.append((done, value, exc))
 
     def _run(self) -> None:
@@ -881,7 +885,7 @@ class RaftServer:
         self.applied_index = snap.meta.index
         self.core = self._new_core(snap.meta.index)
         loop = self._loop = asyncio.get_running_loop()
-        self._settlements.loop = loop
+        self._settlements.bind(loop)
         self._writer = _LogWriter(f"raft-log-writer:{self.node_name}", loop)
         self._task = loop.create_task(self._run(), name="raft")
         self._task.add_done_callback(self._loop_ended)
