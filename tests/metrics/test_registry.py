@@ -256,3 +256,33 @@ def test_a_new_prefix_filter_applies_to_families_already_declared() -> None:
     timer.observe(5.0)
     clock.now += 10
     assert [(e["Count"], e["Sum"]) for e in m.summary()["Samples"]] == [(1, 5.0)]
+
+
+@pytest.mark.parametrize("prometheus_retention_s", [0.0, 60.0])
+def test_observe_many_records_what_observing_each_value_records(prometheus_retention_s: float) -> None:
+    # A batch recorder (the Raft driver's per-entry timers) must leave every view as one
+    # observe per value would: the interval's aggregate, the running totals, the quantile
+    # window (wrapping past its cap), the statsd outbox, a new interval, a blocked family.
+    values = [float((i * 37) % 101) / 7 for i in range(3000)]
+    clocks = [Clock(), Clock()]
+    ms = [Metrics(clock=c, prometheus_retention_s=prometheus_retention_s, prefix_filter=("-consul.blocked",))
+          for c in clocks]
+    for m in ms:
+        m.open_outbox()
+    one, many = (m.sample("raft", "commitTime") for m in ms)
+    blocked_one, blocked_many = (m.sample("blocked", "x") for m in ms)
+    for chunk in (values[:5], values[5:2500], [], values[2500:]):
+        for v in chunk:
+            one.observe(v)
+            blocked_one.observe(v)
+        many.observe_many(chunk)
+        blocked_many.observe_many(chunk)
+        a, b = (m.series[("consul.raft.commitTime", ())] for m in ms)
+        assert (a.count, a.total, a.window, a.prev_window) == (b.count, b.total, b.window, b.prev_window)
+        assert ms[0].summary() == ms[1].summary()
+        for c in clocks:
+            c.now += 7  # every other chunk lands in a new interval
+    assert repr(_samples(ms[0])) == repr(_samples(ms[1]))  # (repr: NaN quantiles of an empty window)
+    outs = [[(s.name, v) for s, v in m.take_outbox()] for m in ms]
+    assert outs[0] == outs[1] and len(outs[0]) == len(values)
+    assert ms[1].series[("consul.blocked.x", ())].count == 0

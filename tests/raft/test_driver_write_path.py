@@ -1,14 +1,17 @@
 """The Raft driver's write and read paths on a real one-voter `RaftServer` (SQLite log, its
 log-writer thread): one ReadIndex round serves every `?consistent` read waiting at that moment,
 and the leader applies the command object it proposed, but only when decoding its bytes would
-give the very same command."""
+give the very same command; `propose_now` answers a batch of writes by callback, once, after the
+driver's iteration."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from proconsul.raft.node import RaftServer
+import pytest
+from proconsul.metrics import Metrics
+from proconsul.raft.node import NoLeaderError, OutcomeUnknown, RaftServer
 from proconsul.server.consensus import CommandStateMachine, RaftLog
 from proconsul.state import commands
 from proconsul.state.fsm import FSM
@@ -87,3 +90,77 @@ async def test_the_leader_applies_its_own_kv_command_object(tmp_path: Any) -> No
         assert not any(seen is register for seen in fsm.seen)
     finally:
         await raft.stop()
+
+
+async def test_propose_now_answers_a_batch_by_callback_after_the_iteration(tmp_path: Any) -> None:
+    store = Store()
+    metrics = Metrics()
+    raft = RaftServer("a", "a", "127.0.0.1:8300", CommandStateMachine(FSM(store)), str(tmp_path), tick_s=0.02,
+                      metrics=metrics)
+    raft.bootstrap({"a": "127.0.0.1:8300"})
+    await raft.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not raft.ready_for_reads():
+        assert loop.time() < deadline, "the single voter never became a ready leader"
+        await asyncio.sleep(0.01)
+    commit = metrics.series[("consul.raft.commitTime", ())]
+    fsm_apply = metrics.series[("consul.raft.fsm.apply", ())]
+    proposed = metrics.series[("consul.raft.apply", ())]
+    commits_before, applies_before, proposed_before = commit.count, fsm_apply.count, proposed.total
+    got: list[tuple[int, Any, Any]] = []
+    after_first: list[int] = []  # how many outcomes had arrived when the loop next ran something
+    all_in = asyncio.Event()
+    n = 20
+
+    def outcome(i: int, out: Any, exc: Any) -> None:
+        if not got:
+            loop.call_soon(lambda: after_first.append(len(got)))
+        got.append((i, out, exc))
+        if len(got) == n:
+            all_in.set()
+
+    commands_ = [commands.KVS(commands.KVOp.SET, DirEntry(f"k{i}", b"v")) for i in range(n)]
+    scheduled = 0  # event-loop callbacks scheduled while the batch went through
+    real_call_soon = loop.call_soon
+
+    def counting_call_soon(*args: Any, **kwargs: Any) -> Any:
+        nonlocal scheduled
+        scheduled += 1
+        return real_call_soon(*args, **kwargs)
+
+    try:
+        loop.call_soon = counting_call_soon  # type: ignore[method-assign]
+        try:
+            for i, command in enumerate(commands_):
+                raft.propose_now(commands.encode(command), command, lambda out, exc, i=i: outcome(i, out, exc))
+            assert got == []  # never from inside the call
+            await asyncio.wait_for(all_in.wait(), 30)
+        finally:
+            del loop.call_soon
+        # Not a future and its callbacks per write (two or more each): a few for the whole batch.
+        assert scheduled < n // 2, scheduled
+        assert [i for i, _, _ in got] == list(range(n))  # in log order
+        assert all(exc is None and out[1] is True for _, out, exc in got)
+        indexes = [out[0] for _, out, _ in got]
+        assert indexes == sorted(indexes) and len(set(indexes)) == n
+        assert indexes[-1] == store.kv_get("k19")[1].modify_index  # type: ignore[union-attr]
+        # Proposed before the driver ran: one Ready applied them, and one callback answered all.
+        assert after_first == [n]
+        assert commit.count == commits_before + n and fsm_apply.count >= applies_before + n
+        assert proposed.total == proposed_before + n
+        # A write pending when the server stops is answered too (applied, or its fate unknown).
+        late: list[Any] = []
+        last = commands.KVS(commands.KVOp.SET, DirEntry("late", b"v"))
+        raft.propose_now(commands.encode(last), last, lambda out, exc: late.append((out, exc)))
+    finally:
+        await raft.stop()
+    deadline = loop.time() + 30
+    while not late:
+        assert loop.time() < deadline, "the pending write was never answered"
+        await asyncio.sleep(0.01)
+    assert len(late) == 1
+    out, exc = late[0]
+    assert (exc is None and out[1] is True) or (out is None and isinstance(exc, OutcomeUnknown))
+    with pytest.raises(NoLeaderError):  # stopped: refused, nothing proposed
+        raft.propose_now(commands.encode(last), last, lambda out, exc: late.append((out, exc)))

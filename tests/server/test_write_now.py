@@ -30,20 +30,19 @@ def kv_set(key: str, value: bytes = b"v") -> commands.KVS:
 
 
 class ScriptedRaft:
-    """`propose_batch` as RaftServer's: refuses with `refusal`, else one future per entry."""
+    """`propose_now` as RaftServer's: refuses with `refusal`, else keeps the entry and its
+    callback for the test to settle (RaftServer calls back from the event loop, later)."""
 
     def __init__(self, refusal: RaftError | None = None) -> None:
         self.refusal = refusal
         self.proposed: list[tuple[bytes, Any]] = []
-        self.futures: list[asyncio.Future[tuple[int, Any]]] = []
+        self.callbacks: list[Any] = []
 
-    def propose_batch(self, items: list[tuple[bytes, Any]]) -> list[asyncio.Future[tuple[int, Any]]]:
+    def propose_now(self, data: bytes, proposed: Any, done: Any) -> None:
         if self.refusal is not None:
             raise self.refusal
-        self.proposed.extend(items)
-        futs = [asyncio.get_running_loop().create_future() for _ in items]
-        self.futures.extend(futs)
-        return futs
+        self.proposed.append((data, proposed))
+        self.callbacks.append(done)
 
 
 class Outcomes:
@@ -64,19 +63,21 @@ class Outcomes:
 async def test_propose_now_reports_each_ending_in_rpc_terms() -> None:
     raft = ScriptedRaft()
     log = RaftLog(raft)  # type: ignore[arg-type]
+    boom = KeyError("not a Raft error")
     endings: list[tuple[Any, Any]] = [
-        (lambda f: f.set_result((7, True)), lambda out, exc: out == (7, True) and exc is None),
-        (lambda f: f.set_exception(OutcomeUnknown("lost")), lambda out, exc: out is None and type(exc) is UnknownOutcome),
-        (lambda f: f.set_exception(RaftError("other entry")), lambda out, exc: type(exc) is RPCError and str(exc) == "other entry"),
-        (lambda f: f.cancel(), lambda out, exc: out is None and isinstance(exc, asyncio.CancelledError)),
+        (((7, True), None), lambda out, exc: out == (7, True) and exc is None),
+        ((None, OutcomeUnknown("lost")), lambda out, exc: out is None and type(exc) is UnknownOutcome),
+        ((None, RaftError("other entry")), lambda out, exc: type(exc) is RPCError and str(exc) == "other entry"),
+        ((None, NoLeaderError()), lambda out, exc: out is None and type(exc) is NoLeader),
+        ((None, boom), lambda out, exc: out is None and exc is boom),
     ]
     for end, expected in endings:
         outcomes = Outcomes()
         command = kv_set("k")
         assert log.propose_now(command, outcomes) is True
         assert raft.proposed[-1] == (commands.encode(command), command)  # the object rides with its bytes
-        end(raft.futures[-1])
-        assert outcomes.got == []  # never from inside the call that settled it either
+        assert outcomes.got == []
+        raft.callbacks[-1](*end)
         assert expected(*await outcomes.one())
 
 

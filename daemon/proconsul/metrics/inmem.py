@@ -38,6 +38,19 @@ class Aggregate:
         if self.count == 1 or value > self.max:
             self.max = value
 
+    def ingest_many(self, values: list[float]) -> None:
+        """`ingest` each of `values` in order (one call for a batch's values)."""
+        count, total, sumsq, lo, hi = self.count, self.total, self.sumsq, self.min, self.max
+        for value in values:
+            count += 1
+            total += value
+            sumsq += value * value
+            if count == 1 or value < lo:
+                lo = value
+            if count == 1 or value > hi:
+                hi = value
+        self.count, self.total, self.sumsq, self.min, self.max = count, total, sumsq, lo, hi
+
     def merge(self, other: Aggregate) -> None:
         """Fold in another aggregate's values (as if each had been ingested here)."""
         if other.count <= 0:

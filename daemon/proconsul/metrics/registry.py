@@ -212,6 +212,46 @@ class Sample(_Handle):
         """Observe the milliseconds elapsed since `start`, a `time.perf_counter()` reading."""
         self.observe((time.perf_counter() - start) * 1000.0)
 
+    def observe_many(self, values: list[float]) -> None:
+        """`observe` each of `values`, in order, at one clock reading: what a caller that
+        measures every entry of a batch records once per batch (the Raft driver's per-entry
+        timers) instead of paying a clock read, an interval lookup and a call per value."""
+        if self._family.blocked or not values:
+            return
+        m = self._metrics
+        now = m.clock()
+        s = self._series
+        inmem = m.inmem
+        samples = (inmem.newest if now < inmem.end else inmem.current(now)).samples
+        agg = samples.get(s)
+        if agg is None:
+            agg = samples[s] = Aggregate()
+        agg.ingest_many(values)
+        total = s.total
+        for value in values:
+            total += value
+        s.total = total
+        s.updated = now
+        out = m.outbox
+        if out is not None and len(out) < OUTBOX_CAP:
+            out.extend([(s, value) for value in values[: OUTBOX_CAP - len(out)]])
+        if not m.keep_quantiles:
+            s.count += len(values)
+            return
+        if now - s.window_start >= WINDOW_S:
+            s.prev_window = s.window if now - s.window_start < 2 * WINDOW_S else []
+            s.window = []
+            s.window_start = now
+        window = s.window
+        count = s.count
+        for value in values:
+            count += 1
+            if len(window) < WINDOW_CAP:
+                window.append(value)
+            else:
+                window[count % WINDOW_CAP] = value
+        s.count = count
+
 
 class Metrics:
     """The registry. One per agent, built from its `telemetry` configuration."""

@@ -20,6 +20,9 @@ from proconsul.raft.messages import (
 )
 
 CODEC_VERSION = 1
+# Entries are built with tuple.__new__ on the hot paths (see messages.Entry): no Python-level
+# constructor per replicated entry.
+_new_tuple = tuple.__new__
 
 
 def _entry(e: Entry) -> list[Any]:
@@ -72,7 +75,7 @@ def _entries(raw: Any) -> tuple[Entry, ...]:
         kind = kinds.get(e[2]) if type(e[2]) is int else None
         if kind is None:
             raise ValueError(f"Raft message: unknown entry kind {e[2]!r}")
-        out.append(Entry(e[0], e[1], kind, e[3]))
+        out.append(_new_tuple(Entry, (e[0], e[1], kind, e[3])))
     return tuple(out)
 
 

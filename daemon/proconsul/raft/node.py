@@ -67,6 +67,9 @@ from proconsul.transport import RPCSecurity, TLSHandshakeError, adopt_stream, di
 from proconsul.wire import MAX_FRAME_BYTES, ConnType, encode_frame
 
 logger = logging.getLogger(__name__)
+# Entries are built with tuple.__new__ on the hot paths (see messages.Entry): no Python-level
+# constructor per replicated entry.
+_new_tuple = tuple.__new__
 
 # X-Consul-LastContact of a server that never heard from a leader: Go's maximum time.Duration
 # in milliseconds, what Consul reports then.
@@ -199,7 +202,7 @@ class DiskStorage:
             size += len(rec.data)
             if out and max_bytes is not None and size > max_bytes:
                 break
-            out.append(Entry(rec.index, rec.term, kinds[rec.kind], rec.data))
+            out.append(_new_tuple(Entry, (rec.index, rec.term, kinds[rec.kind], rec.data)))
         return out
 
     # write side --------------------------------------------------------------------------------
@@ -380,6 +383,63 @@ class _Wake:
 def _set_none(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+# `RaftServer.propose_now`'s callback: ((store index, result), None) once applied, or (None, error).
+Settled = Callable[[tuple[int, Any] | None, BaseException | None], None]
+
+
+class _Settlements:
+    """Outcomes of callback proposals (`_Settle`), handed out in one event-loop callback per
+    batch: the driver settles a loop iteration's applied entries together, and their owners'
+    work (a fast-path PUT writes its answer) runs after the iteration, not inside it."""
+
+    __slots__ = ("_due", "_loop")
+
+    def __init__(self) -> None:
+        self._due: list[tuple[Settled, tuple[int, Any] | None, BaseException | None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand outcomes out on `loop` (the driver's, from `start()`)."""
+        self._loop = loop
+
+    def add(self, done: Settled, value: tuple[int, Any] | None, exc: BaseException | None) -> None:
+        due = self._due
+        if not due:
+            (self._loop or asyncio.get_running_loop()).call_soon(self._run)
+        due.append((done, value, exc))
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for done, value, exc in due:
+            try:
+                done(value, exc)
+            except Exception:  # one owner's failure must not keep the others' outcomes
+                logger.exception("raft: a proposal's callback failed")
+
+
+class _Settle:
+    """A pending proposal's waiter that calls back (`propose_now`): the part of a future's
+    interface the driver uses on its pending proposals (`done`, `set_result`, `set_exception`)."""
+
+    __slots__ = ("_done", "_fn", "_settlements")
+
+    def __init__(self, settlements: _Settlements, fn: Settled) -> None:
+        self._settlements = settlements
+        self._fn = fn
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: tuple[int, Any]) -> None:
+        self._done = True
+        self._settlements.add(self._fn, value, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._done = True
+        self._settlements.add(self._fn, None, exc)
 
 
 # A ReadIndex waiter (`RaftServer.read_barrier`): called with None once its read may be served
@@ -656,6 +716,11 @@ class RaftServer:
         self.addresses.learn(node_id, address)
         # Before recovery: replaying a peers.json recovery applies entries, which is timed.
         m = metrics or Metrics()
+        # Per-entry timings of a loop iteration (or a recovery replay), recorded once per iteration (observe_many):
+        # raft.fsm.apply's and raft.commitTime's milliseconds.
+        self._fsm_ms: list[float] = []
+        self._commit_ms: list[float] = []
+        self._proposed_now = 0  # `propose_now` calls not yet counted in raft.apply
         self._m_apply = m.counter("raft", "apply", help="writes proposed by this leader")
         self._m_commit_time = m.sample("raft", "commitTime", help="ms from proposal to applied result on the leader")
         self._m_fsm_apply = m.sample("raft", "fsm", "apply", help="ms the state machine took to apply one entry")
@@ -683,8 +748,11 @@ class RaftServer:
         self._inbox: list[Message] = []
         self._wake = _Wake()
         self._links: dict[str, _PeerLink] = {}
-        # Raft index -> (term, future, the decoded object proposed with the bytes or None).
-        self._pending: dict[int, tuple[int, asyncio.Future[tuple[int, Any]], Any]] = {}
+        # Raft index -> (term, its waiter, the decoded object proposed with the bytes or None,
+        # the perf_counter reading it was proposed at for raft.commitTime, 0.0: not timed). The
+        # waiter is a future, or a `_Settle` for a proposal answered by callback (`propose_now`).
+        self._pending: dict[int, tuple[int, asyncio.Future[tuple[int, Any]] | _Settle, Any, float]] = {}
+        self._settlements = _Settlements()
         # ReadIndex: reads waiting for the next round, and the rounds under way (context -> when
         # it started, the reads it answers), oldest first. One round serves every read that was
         # waiting when it started; reads arriving while it is under way wait for the next one.
@@ -784,6 +852,7 @@ class RaftServer:
                         continue
                     self._apply_to_fsm(e)
                     index, term = e.index, e.term
+                self._record_timings()
             recovered = Snapshot(SnapshotMeta(index, term, config), self.fsm.snapshot())
             storage.install_snapshot(recovered)
         recovery.clear_marker(os.path.dirname(path))  # this recovery supersedes an earlier one
@@ -816,6 +885,7 @@ class RaftServer:
         self.applied_index = snap.meta.index
         self.core = self._new_core(snap.meta.index)
         loop = self._loop = asyncio.get_running_loop()
+        self._settlements.bind(loop)
         self._writer = _LogWriter(f"raft-log-writer:{self.node_name}", loop)
         self._task = loop.create_task(self._run(), name="raft")
         self._task.add_done_callback(self._loop_ended)
@@ -1082,13 +1152,10 @@ class RaftServer:
         else:
             raise NoLeaderError("leadership transfer in progress")
         fut: asyncio.Future[tuple[int, Any]] = self._running_loop().create_future()
-        self._pending[proposal.index] = (proposal.term, fut, proposed)
+        self._pending[proposal.index] = (proposal.term, fut, proposed, time.perf_counter())
         self._m_apply.incr()
-        start = time.perf_counter()
         self._wake.set()
-        result = await fut
-        self._m_commit_time.since(start)
-        return result
+        return await fut
 
     def propose_batch(self, items: list[tuple[bytes, Any]]) -> list[asyncio.Future[tuple[int, Any]]]:
         """Append several entries at once, `(data, proposed)` each as `propose_bytes` takes them
@@ -1109,7 +1176,7 @@ class RaftServer:
             for data, proposed in items:
                 proposal = core.propose(data)
                 fut: asyncio.Future[tuple[int, Any]] = loop.create_future()
-                pending[proposal.index] = (proposal.term, fut, proposed)
+                pending[proposal.index] = (proposal.term, fut, proposed, start)
                 futs.append(fut)
         except NotLeader as exc:
             if futs:  # unreachable (see above); never drop proposed entries' futures
@@ -1122,16 +1189,27 @@ class RaftServer:
         if not futs:
             return futs
         self._m_apply.incr(len(futs))
-        commit_time = self._m_commit_time
-
-        def committed(f: asyncio.Future[tuple[int, Any]]) -> None:
-            if not f.cancelled() and f.exception() is None:
-                commit_time.since(start)
-
-        for fut in futs:
-            fut.add_done_callback(committed)
         self._wake.set()
         return futs
+
+    def propose_now(self, data: bytes, proposed: Any, done: Settled) -> None:
+        """`propose_batch` of one entry answered by callback instead of a future (the HTTP fast
+        path's writes on the leader): `done((store index, result), None)` once it applied here,
+        or `done(None, error)` with what `propose_bytes` would raise; never from inside this
+        call. The outcomes of one loop iteration's applied entries are handed out together, in
+        one event-loop callback (`_Settlements`), not a future and its callbacks per write.
+        NotLeaderError, or RaftError while a leadership transfer runs, is raised with nothing
+        proposed."""
+        core = self._core()
+        try:
+            proposal = core.propose(data)
+        except NotLeader as exc:
+            raise NotLeaderError(self.addresses.addrs.get(exc.leader_hint or "", "")) from None
+        except ProposalRejected as exc:
+            raise RaftError(str(exc)) from None
+        self._pending[proposal.index] = (proposal.term, _Settle(self._settlements, done), proposed, time.perf_counter())
+        self._proposed_now += 1  # raft.apply, counted once per loop iteration (_record_timings)
+        self._wake.set()
 
     async def verify_leader(self) -> None:
         """ReadIndex: returns once a quorum confirmed leadership and the FSM caught up.
@@ -1223,7 +1301,7 @@ class RaftServer:
         except NotLeader:
             raise NotLeaderError(self.leader_address()) from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[proposal.index] = (proposal.term, fut, None)
+        self._pending[proposal.index] = (proposal.term, fut, None, 0.0)
         self._wake.set()
         await fut
 
@@ -1241,7 +1319,7 @@ class RaftServer:
         except ProposalRejected as exc:
             raise RaftError(f"raft: cannot remove {node_id}: {exc}") from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[proposal.index] = (proposal.term, fut, None)
+        self._pending[proposal.index] = (proposal.term, fut, None, 0.0)
         self._wake.set()
         try:
             await fut
@@ -1382,6 +1460,7 @@ class RaftServer:
                 self._start_read_round(core)
             rd = core.ready()
             if rd is None:
+                self._record_timings()
                 continue
             if rd.soft_state is not None:
                 if rd.soft_state.leader != self.leader_id:
@@ -1445,6 +1524,7 @@ class RaftServer:
                 self._caught_up_with_leader()
             if rd.read_states:
                 self._release_reads(rd.read_states)
+            self._record_timings()
             core.advance(rd)
             if not core.commit_unsent():
                 commit_due = 0.0
@@ -1506,10 +1586,23 @@ class RaftServer:
         if e.kind == EntryKind.NORMAL and e.data:
             start = time.perf_counter()
             result = self.fsm.apply(e.index, e.data, proposed)
-            self._m_fsm_apply.since(start)
+            self._fsm_ms.append((time.perf_counter() - start) * 1000.0)  # recorded by _record_timings
             return result
         self.fsm.apply(e.index, b"")
         return None
+
+    def _record_timings(self) -> None:
+        """Record the per-entry timings and the `propose_now` proposals collected since the last
+        call, one call per metric."""
+        if self._proposed_now:
+            self._m_apply.incr(self._proposed_now)
+            self._proposed_now = 0
+        if self._fsm_ms:
+            self._m_fsm_apply.observe_many(self._fsm_ms)
+            self._fsm_ms = []
+        if self._commit_ms:
+            self._m_commit_time.observe_many(self._commit_ms)
+            self._commit_ms = []
 
     def _apply(self, e: Entry) -> None:
         pending = self._pending.pop(e.index, None)
@@ -1518,12 +1611,14 @@ class RaftServer:
         result = self._apply_to_fsm(e, proposed)
         self.applied_index = e.index
         if pending is not None:
-            term, fut, _ = pending
+            term, fut, _, start = pending
             if fut.done():
                 return
             if term == e.term:
                 # Callers see the store's index (X-Consul-Index), offset after a restore.
                 fut.set_result((self.fsm.store_index(e.index), result))
+                if start:
+                    self._commit_ms.append((time.perf_counter() - start) * 1000.0)
             else:
                 fut.set_exception(RaftError("the write did not commit: a new leader committed another entry at its index; it is safe to retry"))
 
@@ -1590,19 +1685,19 @@ class RaftServer:
         logger.info("raft: snapshot at index %d", meta.index)
 
     def _fail_pending(self, exc: Exception) -> None:
-        for _, fut, _ in self._pending.values():
+        for _, fut, _, _ in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()
 
     def _fail_pending_from(self, index: int) -> None:
         for i in [i for i in self._pending if i >= index]:
-            _, fut, _ = self._pending.pop(i)
+            _, fut, _, _ = self._pending.pop(i)
             if not fut.done():
                 fut.set_exception(OutcomeUnknown("a new leader replaced this server's uncommitted log tail; the write may or may not commit"))
 
     def _fail_pending_upto(self, index: int) -> None:
         for i in [i for i in self._pending if i <= index]:
-            _, fut, _ = self._pending.pop(i)
+            _, fut, _, _ = self._pending.pop(i)
             if not fut.done():
                 fut.set_exception(OutcomeUnknown("a snapshot replaced the log; the write's fate is unknown"))

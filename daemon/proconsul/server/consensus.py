@@ -56,13 +56,9 @@ def raft_errors() -> Iterator[None]:
 Applied = Callable[[tuple[int, Any] | None, BaseException | None], None]
 
 
-def _settled(done: Applied, fut: asyncio.Future[tuple[int, Any]]) -> None:
-    if fut.cancelled():
-        done(None, asyncio.CancelledError())
-        return
-    exc = fut.exception()
+def _settled(done: Applied, out: tuple[int, Any] | None, exc: BaseException | None) -> None:
     if exc is None:
-        done(fut.result(), None)
+        done(out, None)
     else:
         done(None, rpc_error(exc) if isinstance(exc, RaftError) else exc)
 
@@ -175,8 +171,9 @@ class RaftLog:
     def propose_now(self, command: commands.Command, done: Applied) -> bool:
         """`apply` without a coroutine (the HTTP fast path's KV writes on the leader): proposes
         `command` now and calls `done((index, result), None)` once it applied here, or
-        `done(None, error)` with the RPC error `apply` would raise (CancelledError if the future
-        was cancelled); never from inside this call. False, with nothing proposed, when it cannot
+        `done(None, error)` with the RPC error `apply` would raise; never from inside this call
+        (`RaftServer.propose_now`: a loop iteration's outcomes come in one event-loop callback;
+        there is no future to cancel). False, with nothing proposed, when it cannot
         be proposed at once (not the leader, a leadership transfer running, a command that does
         not encode): `apply` then does what it always does (waits the transfer out, or raises)."""
         try:
@@ -184,10 +181,9 @@ class RaftLog:
         except Exception:
             return False  # `apply` raises it
         try:
-            fut = self.raft.propose_batch([(data, command)])[0]
+            self.raft.propose_now(data, command, functools.partial(_settled, done))
         except RaftError:
-            return False  # raised before anything was proposed (all or none)
-        fut.add_done_callback(functools.partial(_settled, done))
+            return False  # raised before anything was proposed
         return True
 
     async def apply_batch(self, batch: list[tuple[commands.Command, bytes]]) -> list[tuple[int, Any] | RPCError]:
