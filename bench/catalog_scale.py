@@ -367,8 +367,14 @@ class _RawConnection:
     async def get(self, path: str) -> tuple[int, int, bytes]:
         """(status, X-Consul-Index or 0, body); reconnects once if a kept-alive connection was
         closed. `arrived` then holds when the answer arrived."""
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, int, bytes]:
+        """As `get`, any method (a PUT retried on a fresh connection must be idempotent: the
+        writer's are, each sets a key of its own or a check's status)."""
         loop = asyncio.get_running_loop()
-        request = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
+        length = f"Content-Length: {len(body)}\r\n" if body or method != "GET" else ""
+        request = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{length}\r\n".encode() + body
         for attempt in (0, 1):
             if self.eof:
                 self.close()
@@ -655,7 +661,7 @@ class WriteLog:
     errors: int = 0
 
 
-async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout: Layout, board: Board,
+async def stream_writes(bases: list[str], layout: Layout, board: Board,
                         watchers: list[Watcher], count: int, rate: float, rng: random.Random) -> WriteLog:
     """`count` writes at `rate`/s, alternating check flips on watched services and KV writes
     under watched prefixes, round-robin over the topics (so one topic's writes are far apart)."""
@@ -668,6 +674,7 @@ async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout
 
     _RUN[0] += 1
     run = _RUN[0]
+    idle: dict[str, list[_RawConnection]] = {b: [] for b in bases}  # kept-alive connections per server
 
     async def one(seq: int) -> None:
         token = f"r{run}w{seq:06d}x{rng.randrange(10**6):06d}"  # unique across runs too
@@ -680,28 +687,33 @@ async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout
                 board.add(svc, token, token.encode())
             else:  # it leaves the answer (it was in every earlier one)
                 board.add(svc, token, f'"ID":"{svc}-{i}"'.encode(), present=False)
-            url, body, method = f"{base}/v1/txn", [check_op(layout, i, status[i], token)], "PUT"
+            path, body, method = "/v1/txn", json.dumps([check_op(layout, i, status[i], token)]).encode(), "PUT"
         else:
             prefix = prefixes[(seq // 2) % len(prefixes)]
             value = token.encode()
             board.add(prefix, token, base64.b64encode(value))
             # A key of its own: a watcher answered late still finds the token (a shared key could
             # have been overwritten by then, and the write counted as missed).
-            url, body, method = f"{base}/v1/kv/{prefix}k{seq}", value, "PUT"
+            path, body, method = f"/v1/kv/{prefix}k{seq}", value, "PUT"
+        # Over a raw connection too: the acknowledgement's time is the kernel's receive
+        # timestamp of its last segment, like the watchers' answers (not when this process,
+        # which lags too, got round to it).
+        conn = idle[base].pop() if idle[base] else _RawConnection(base)
         log.sent[token] = time.perf_counter()
         try:
-            kwargs: dict[str, Any] = {"json": body} if isinstance(body, list) else {"data": body}
-            async with session.request(method, url, **kwargs) as resp:
-                text = await resp.read()
-                if resp.status != 200:
-                    log.errors += 1
-                    _note_error(f"write {url}: {resp.status} {text[:200]!r}")
-                    return
-            log.acked[token] = time.perf_counter()
-            log.index[token] = int(resp.headers.get("X-Consul-Index", "0"))
-        except aiohttp.ClientError as exc:
+            code, index, text = await conn.request(method, path, body)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            conn.close()
             log.errors += 1
-            _note_error(f"write {url}: {exc!r}")
+            _note_error(f"write {base}{path}: {exc!r}")
+            return
+        idle[base].append(conn)
+        if code != 200:
+            log.errors += 1
+            _note_error(f"write {base}{path}: {code} {text[:200]!r}")
+            return
+        log.acked[token] = conn.arrived
+        log.index[token] = index
 
     for seq in range(count):
         due = start + seq / rate
@@ -713,6 +725,9 @@ async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout
         task.add_done_callback(pending.discard)
     if pending:
         await asyncio.gather(*pending)
+    for conns in idle.values():
+        for c in conns:
+            c.close()
     return log
 
 
@@ -913,7 +928,7 @@ async def watch_and_write(session: aiohttp.ClientSession, bases: list[str], layo
         print(f"# {watchers} watchers: every one answered the settling writes after {settle_s:.1f}s", file=sys.stderr)
         if on_parked is not None:
             on_parked()
-        log = await stream_writes(session, bases, layout, board, plan, writes, rate, rng)
+        log = await stream_writes(bases, layout, board, plan, writes, rate, rng)
         await all_seen(plan, log, board, timeout_s=60)
         if on_stream_end is not None:
             on_stream_end()
