@@ -1000,9 +1000,10 @@ def stalls_in(log: Path, start: float, end: float) -> list[dict[str, Any]]:
         ended = float(m.group(4))
         if start <= ended <= end:
             item: dict[str, Any] = {"kind": kinds[m.group(1)], "ms": round(float(m.group(3))), "at": round(ended - start, 2)}
-            reclaimed = re.search(r"(\d+) reclaimed", m.group(2))
-            if reclaimed:
-                item["reclaimed"] = int(reclaimed.group(1))
+            for name in ("generation", "reclaimed"):
+                found = re.search(rf"{name} (\d+)" if name == "generation" else rf"(\d+) {name}", m.group(0))
+                if found:
+                    item[name] = int(found.group(1))
             out.append(item)
     return out
 
