@@ -761,6 +761,9 @@ class Result:
     watcher_errors: int
     write_errors: int
     unstamped: int = 0  # answers whose arrival had no kernel timestamp (should be 0 on Linux)
+    # The writes whose last answer arrived latest: when each was sent (s after the first write),
+    # its latencies, and the server the last watcher asked (to set beside the stalls logged).
+    worst: list[dict[str, Any]] = field(default_factory=list)
     before_sent: int = 0  # (write, watcher) answers that arrived before the write was sent (must be 0)
 
     def summary(self) -> dict[str, Any]:
@@ -781,6 +784,7 @@ class Result:
             "watcher_errors": self.watcher_errors,
             "write_errors": self.write_errors,
             "unstamped_answers": self.unstamped,
+            "worst_writes": self.worst,
             "first_errors": ERRORS[:10],
         }
 
@@ -794,6 +798,8 @@ def collect(watchers: list[Watcher], log: WriteLog, board: Board) -> Result:
     backlog: list[float] = []
     per_server: dict[str, tuple[list[float], list[float]]] = {}  # by the server asked: (arrived, read)
     missed = pairs = before_sent = 0
+    first = min(log.sent.values(), default=0.0)
+    per_write: list[tuple[float, dict[str, Any]]] = []
     for token, acked in log.acked.items():
         affected = by_topic.get(board.topic_of[token], [])
         pairs += len(affected)
@@ -813,13 +819,19 @@ def collect(watchers: list[Watcher], log: WriteLog, board: Board) -> Result:
             continue
         if affected:
             latencies.append((max(w.seen[token] for w in affected) - acked) * 1000)
-            arrivals.append((max(w.arrived[token] for w in affected) - acked) * 1000)
+            last = max(affected, key=lambda w: w.arrived[token])
+            arrivals.append((last.arrived[token] - acked) * 1000)
+            per_write.append((arrivals[-1], {
+                "at": round(log.sent[token] - first, 2), "arrived_ms": round(arrivals[-1]), "read_ms": round(latencies[-1]),
+                "ack_ms": round((acked - log.sent[token]) * 1000), "kind": last.kind, "last_from": last.base,
+            }))
     by_server = {b: {"arrived_p50": round(pct(a, 0.5), 1), "arrived_p99": round(pct(a, 0.99), 1),
                      "read_p50": round(pct(r, 0.5), 1), "read_p99": round(pct(r, 0.99), 1)}
                  for b, (a, r) in sorted(per_server.items())}
     return Result(latencies, arrivals, by_server, backlog, missed, pairs, sum(w.spurious for w in watchers),
                   sum(w.answers for w in watchers), sum(w.errors for w in watchers), log.errors,
-                  sum(w.unstamped for w in watchers), before_sent)
+                  unstamped=sum(w.unstamped for w in watchers), before_sent=before_sent,
+                  worst=[d for _, d in sorted(per_write, key=lambda x: -x[0])[:8]])
 
 
 async def all_seen(watchers: list[Watcher], log: WriteLog, board: Board, timeout_s: float) -> None:
