@@ -985,8 +985,8 @@ def start_servers(procs: Any, root: Path, ips: list[str], profile_dir: Path | No
         args = [
             "-server", "-bootstrap-expect=3", *joins, f"-bind={ip}", f"-client={ip}", f"-node=s{ip.rsplit('.', 1)[1]}",
             f"-data-dir={root / ip}",
-            # info: the stalls of 100 ms or more and the collector's complete scans are logged
-            # with their times (read back by `stalls_in`); nothing else at info during a run.
+            # info (was warn): the stalls of 100 ms or more and the collector's complete scans
+            # are logged at info with their times (read back by `stalls_in`).
             "-hcl", "limits { http_max_conns_per_client = 100000 }", "-log-level=info",
         ]
         env = {**os.environ, "PROF_WINDOW": "1"} if profile_dir is not None else None
