@@ -764,6 +764,7 @@ class Result:
     # The writes whose last answer arrived latest: when each was sent (s after the first write),
     # its latencies, and the server the last watcher asked (to set beside the stalls logged).
     worst: list[dict[str, Any]] = field(default_factory=list)
+    write_ack_ms: list[float] = field(default_factory=list)  # per write: sent -> its acknowledgement arrived
     before_sent: int = 0  # (write, watcher) answers that arrived before the write was sent (must be 0)
 
     def summary(self) -> dict[str, Any]:
@@ -785,6 +786,7 @@ class Result:
             "write_errors": self.write_errors,
             "unstamped_answers": self.unstamped,
             "worst_writes": self.worst,
+            "write_ack_ms": dist(self.write_ack_ms),
             "first_errors": ERRORS[:10],
         }
 
@@ -831,7 +833,8 @@ def collect(watchers: list[Watcher], log: WriteLog, board: Board) -> Result:
     return Result(latencies, arrivals, by_server, backlog, missed, pairs, sum(w.spurious for w in watchers),
                   sum(w.answers for w in watchers), sum(w.errors for w in watchers), log.errors,
                   unstamped=sum(w.unstamped for w in watchers), before_sent=before_sent,
-                  worst=[d for _, d in sorted(per_write, key=lambda x: -x[0])[:8]])
+                  worst=[d for _, d in sorted(per_write, key=lambda x: -x[0])[:8]],
+                  write_ack_ms=[(acked - log.sent[t]) * 1000 for t, acked in log.acked.items()])
 
 
 async def all_seen(watchers: list[Watcher], log: WriteLog, board: Board, timeout_s: float) -> None:
