@@ -87,7 +87,7 @@ class RuntimeSampler:
         self._gc_started = 0.0
         self._gc_pause_ns = 0
         self._pending_pauses: list[int] = []
-        self._long_pauses: list[tuple[float, int, int, int]] = []  # (ended, wall clock), generation, collected, ns
+        self._long_pauses: list[tuple[float, int, int, int]] = []  # ended (wall clock), generation, collected, ns
         self._registry = _task_registry()
         self._samples = 0
         self._walked = 0
