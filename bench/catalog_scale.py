@@ -20,11 +20,16 @@ Starts three `proconsul agent -server -bootstrap-expect=3` processes on 127.61.<
    write under a watched prefix, each carrying a unique token in its check output or value.
 
 A watcher sees a write when an answer holding its token arrives. Reported:
-- per write, acknowledgement -> the last affected watcher's answer: p50/p99/max (ms), and writes
-  some affected watcher never saw (`missed`, should be 0);
+- per write, acknowledgement -> the last affected watcher's answer: p50/p99/max (ms), twice: when
+  the answer *arrived* (the kernel's receive timestamp of its last segment, `SO_TIMESTAMPNS`) and
+  when the watcher process *read* it (its loop got round to that socket; the difference, also
+  reported per answer, is the load generator's own backlog); and writes some affected watcher
+  never saw (`missed`, should be 0);
 - spurious wake-ups: answers identical to the watcher's previous one that came back before its
   `wait` ran out (should be 0; `/v1/catalog/services` watchers must not wake at all);
-- the servers' CPU seconds during the stream and RSS after it;
+- the servers' CPU seconds during the stream and RSS after it, their worst loop lag and collector
+  pause over the run, and the stalls of 100 ms or more they logged inside the stream (each with
+  its kind and time: a complete scan of agent/gc_policy.py, another collection, a loop lag);
 - `/v1/health/service/svc-0000` latency (the `--big`-instance service), p50/p99 of sequential reads.
 
 The functions below are also what the reduced CI test (tests/integration/test_catalog_scale.py)
@@ -43,8 +48,11 @@ import multiprocessing
 import os
 import platform
 import random
+import re
 import resource
 import signal
+import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -174,12 +182,16 @@ class Watcher:
     spurious: int = 0
     expired: int = 0
     errors: int = 0
-    seen: dict[str, float] = field(default_factory=dict)  # write token -> first answer holding it
+    unstamped: int = 0  # answers without a kernel receive timestamp (their arrival is their read)
+    seen: dict[str, float] = field(default_factory=dict)  # write token -> first answer holding it, read
+    # write token -> when that answer arrived (the kernel's receive timestamp of its last segment)
+    arrived: dict[str, float] = field(default_factory=dict)
     parked_once: bool = False
     # In a watcher process: the last answer and when it came (a write learnt after its answer
     # arrived is checked against it), and who hears of each write seen.
     last_body: bytes | None = None
     last_at: float = 0.0
+    last_arrived: float = 0.0
     on_seen: Any = None
 
     stale: bool = False  # read with ?stale: answered by the server asked, never forwarded
@@ -211,35 +223,10 @@ class Board:
         self.topic_of[token] = topic
 
 
-async def run_watcher(session: aiohttp.ClientSession, w: Watcher, board: Board, wait: str) -> None:
-    wait_s = float(wait.rstrip("s"))
-    while not board.stop:
-        path = w.path()
-        url = w.base + path + (("&" if path[-1] != "?" else "") + f"index={w.index}&wait={wait}" if w.index else "")
-        sent = time.perf_counter()
-        try:
-            w.parked_once = w.parked_once or bool(w.index)
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=wait_s * 2 + 60)) as resp:
-                body = await resp.read()
-                now = time.perf_counter()
-                if resp.status != 200:
-                    w.errors += 1
-                    _note_error(f"watch {w.path()}: {resp.status} {body[:200]!r}")
-                    await asyncio.sleep(0.2)
-                    continue
-                index = int(resp.headers.get("X-Consul-Index", "0"))
-        except asyncio.CancelledError:
-            raise
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            w.errors += 1
-            _note_error(f"watch {w.path()}: {exc!r}")
-            await asyncio.sleep(0.2)
-            continue
-        _took_answer(w, board, body, index, sent, now, wait_s)
-
-
-def _took_answer(w: Watcher, board: Board, body: bytes, index: int, sent: float, now: float, wait_s: float) -> None:
-    """Count one answer: spurious or expired, the writes it shows, the index to wait on next."""
+def _took_answer(w: Watcher, board: Board, body: bytes, index: int, sent: float, now: float, wait_s: float,
+                 arrived: float) -> None:
+    """Count one answer: spurious or expired, the writes it shows (each with when the answer
+    arrived and when it was read, `now`), the index to wait on next."""
     digest = hashlib.blake2b(body, digest_size=16).digest()
     if w.index:
         w.answers += 1
@@ -251,42 +238,110 @@ def _took_answer(w: Watcher, board: Board, body: bytes, index: int, sent: float,
     for token, needle, present in board.tokens.get(w.topic, ()):
         if token not in w.seen and (needle in body) == present:
             w.seen[token] = now
+            w.arrived[token] = arrived
             if w.on_seen is not None:
-                w.on_seen(w, token, now)
+                w.on_seen(w, token, now, arrived)
     if w.on_seen is not None:
-        w.last_body, w.last_at = body, now
+        w.last_body, w.last_at, w.last_arrived = body, now, arrived
     w.last_digest = digest
     w.index = index if index >= w.index else 0
+
+
+# Linux: SO_TIMESTAMPNS asks the kernel for the receive time of what each recvmsg returns (for
+# TCP, of the last segment it read: tcp_recv_timestamp), as a struct timespec on CLOCK_REALTIME.
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_STAMP_SPACE = socket.CMSG_SPACE(16)
+# A receive buffer that holds any answer whole (the largest, svc-0000's 1,000 instances, is ~1 MB):
+# with the default (~128 KB of window) the server can send the rest of a large answer only once
+# the process has read the start, and the last segment's arrival would include the process's lag.
+_RCVBUF = 4 << 20
+_READ_INTO: list[memoryview] = []  # one buffer per process (one loop thread reads every socket)
+
+
+def _read_view() -> memoryview:
+    if not _READ_INTO:
+        _READ_INTO.append(memoryview(bytearray(_RCVBUF * 2)))
+    return _READ_INTO[0]
 
 
 class _RawConnection:
     """One keep-alive HTTP/1.1 connection with just what a watcher needs: GET, status, the
     X-Consul-Index header, a Content-Length body. aiohttp's client cost the watcher processes
     more CPU than the servers spent answering (their loops lagged seconds at 5,000 watchers, and
-    every latency reported included it); a watcher holds one connection, as Consul's clients do."""
+    every latency reported included it); a watcher holds one connection, as Consul's clients do.
+
+    It also tells when an answer *arrived*, not only when this process got round to reading it:
+    a non-blocking socket read with `recvmsg` from the loop's reader callback, each read carrying
+    the kernel's receive timestamp (`SO_TIMESTAMPNS`); `arrived` is the timestamp of the segment
+    that completed the last answer, on the `time.perf_counter` clock. A watcher process holding
+    2,500 connections that are answered within a few ms of each other reads them one after
+    another: the read time of the last includes the process's own backlog (up to 1.85 s measured
+    at 10,000 watchers), the arrival time does not."""
 
     def __init__(self, base: str) -> None:
         host, _, port = base.removeprefix("http://").partition(":")
         self.host, self.port = host, int(port or 80)
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.sock: socket.socket | None = None
+        self.buf = bytearray()
+        self.eof = False
+        self.waiter: asyncio.Future[tuple[int, int, bytes]] | None = None
+        self.head: tuple[int, int, int, int] | None = None  # status, index, body start, length
+        self.stamp = 0.0  # kernel receive time (CLOCK_REALTIME) of the last segment read
+        self.arrived = 0.0  # the last answer's arrival, perf_counter clock
+        self.stamped = False  # whether it came from the kernel (else: when it was parsed)
 
-    async def get(self, path: str) -> tuple[int, int, bytes]:
-        """(status, X-Consul-Index or 0, body); reconnects once if a kept-alive connection was closed."""
-        for attempt in (0, 1):
-            fresh = self.writer is None
-            if fresh:
-                self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 24)
-            assert self.reader is not None and self.writer is not None
-            try:
-                self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-                head = await self.reader.readuntil(b"\r\n\r\n")
-            except (OSError, asyncio.IncompleteReadError):
-                self.close()
-                if fresh or attempt:
-                    raise
-                continue
-            lines = head.decode("latin-1").split("\r\n")
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)  # before connect: the window scale
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, (self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock, self.buf, self.eof, self.head = sock, bytearray(), False, None
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        view = _read_view()
+        try:
+            n, anc, _, _ = sock.recvmsg_into([view], _STAMP_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._stop_reading(exc)
+            return
+        if n == 0:
+            self._stop_reading(ConnectionResetError("connection closed by the server"))
+            return
+        self.buf += view[:n]
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+                sec, nsec = struct.unpack_from("qq", data)
+                self.stamp = sec + nsec * 1e-9
+        if self.waiter is not None and not self.waiter.done():
+            self._answer_if_whole()
+
+    def _stop_reading(self, exc: BaseException) -> None:
+        self.eof = True
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    def _answer_if_whole(self) -> None:
+        buf = self.buf
+        if self.head is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
             status = int(lines[0].split(" ", 2)[1])
             index = length = 0
             for line in lines[1:]:
@@ -296,18 +351,62 @@ class _RawConnection:
                     length = int(value)
                 elif name == "x-consul-index":
                     index = int(value)
-            body = await self.reader.readexactly(length) if length else b""
-            return status, index, body
+            self.head = (status, index, end + 4, length)
+        status, index, start, length = self.head
+        if len(buf) < start + length:
+            return
+        body = bytes(buf[start:start + length])
+        del buf[:start + length]
+        self.head = None
+        # The kernel's clock is CLOCK_REALTIME; its offset from perf_counter's, read now.
+        self.stamped = bool(self.stamp)
+        self.arrived = self.stamp - (time.time() - time.perf_counter()) if self.stamp else time.perf_counter()
+        assert self.waiter is not None
+        self.waiter.set_result((status, index, body))
+
+    async def get(self, path: str) -> tuple[int, int, bytes]:
+        """(status, X-Consul-Index or 0, body); reconnects once if a kept-alive connection was
+        closed. `arrived` then holds when the answer arrived."""
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, int, bytes]:
+        """As `get`, any method (a PUT retried on a fresh connection must be idempotent: the
+        writer's are, each sets a key of its own or a check's status)."""
+        loop = asyncio.get_running_loop()
+        length = f"Content-Length: {len(body)}\r\n" if body or method != "GET" else ""
+        request = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{length}\r\n".encode() + body
+        for attempt in (0, 1):
+            if self.eof:
+                self.close()
+            fresh = self.sock is None
+            if fresh:
+                await self._connect()
+            assert self.sock is not None
+            self.waiter = loop.create_future()
+            try:
+                await loop.sock_sendall(self.sock, request)
+                return await self.waiter
+            except OSError:
+                self.close()
+                if fresh or attempt:
+                    raise
+            finally:
+                self.waiter = None
         raise ConnectionError("unreachable")
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+        if self.sock is not None:
+            if not self.eof:
+                try:
+                    asyncio.get_running_loop().remove_reader(self.sock.fileno())
+                except RuntimeError:  # no loop (closed after it)
+                    pass
+            self.sock.close()
+        self.sock, self.buf, self.eof, self.head = None, bytearray(), False, None
 
 
 async def run_watcher_raw(w: Watcher, board: Board, wait: str) -> None:
-    """`run_watcher` over one raw keep-alive connection (the watcher processes' path)."""
+    """One watcher's loop of blocking reads over one raw keep-alive connection, until `board.stop`."""
     conn = _RawConnection(w.base)
     wait_s = float(wait.rstrip("s"))
     try:
@@ -332,7 +431,8 @@ async def run_watcher_raw(w: Watcher, board: Board, wait: str) -> None:
                 _note_error(f"watch {w.path()}: {status} {body[:200]!r}")
                 await asyncio.sleep(0.2)
                 continue
-            _took_answer(w, board, body, index, sent, now, wait_s)
+            w.unstamped += not conn.stamped
+            _took_answer(w, board, body, index, sent, now, wait_s, conn.arrived)
     finally:
         conn.close()
 
@@ -429,8 +529,9 @@ class WatcherProcesses:
     def _handle(self, msg: tuple[Any, ...], ids: list[int]) -> None:
         kind = msg[0]
         if kind == "seen":
-            _, i, token, t = msg
+            _, i, token, t, arrived = msg
             self.plan[i].seen.setdefault(token, t)
+            self.plan[i].arrived.setdefault(token, arrived)
         elif kind == "parked":
             for i in ids:
                 self.plan[i].parked_once = True
@@ -439,9 +540,10 @@ class WatcherProcesses:
         elif kind == "lag":
             self.lags.append(list(msg[1:]))
         elif kind == "final":
-            for i, answers, spurious, expired, errors, index in msg[1]:
+            for i, answers, spurious, expired, errors, index, unstamped in msg[1]:
                 w = self.plan[i]
                 w.answers, w.spurious, w.expired, w.errors, w.index = answers, spurious, expired, errors, index
+                w.unstamped = unstamped
             self.finals += 1
 
     async def stop(self) -> None:
@@ -478,8 +580,8 @@ async def _watch_in_process(specs: list[tuple[Any, ...]], wait: str, conn: Any) 
     by_topic: dict[str, list[Watcher]] = {}
     done = asyncio.Event()
 
-    def on_seen(w: Watcher, token: str, t: float) -> None:
-        conn.send(("seen", ids_of[id(w)], token, t))
+    def on_seen(w: Watcher, token: str, t: float, arrived: float) -> None:
+        conn.send(("seen", ids_of[id(w)], token, t, arrived))
 
     ids_of: dict[int, int] = {}
     for i, kind, topic, base, index, digest, stale in specs:
@@ -495,13 +597,14 @@ async def _watch_in_process(specs: list[tuple[Any, ...]], wait: str, conn: Any) 
             # An answer that came before the news of its write (the pipe and this loop can be
             # slower than the server): a token present in it proves it came after the write; an
             # instance absent from it does so only if the answer came after the write was
-            # announced (the instance was in every answer before the write).
+            # arrived after the write was announced (the instance was in every answer before it).
             for w in by_topic.get(topic, ()):
                 if token in w.seen or w.last_body is None:
                     continue
-                if (needle in w.last_body) if present else (w.last_at >= announced and needle not in w.last_body):
+                if (needle in w.last_body) if present else (w.last_arrived >= announced and needle not in w.last_body):
                     w.seen[token] = w.last_at
-                    on_seen(w, token, w.last_at)
+                    w.arrived[token] = w.last_arrived
+                    on_seen(w, token, w.last_at, w.last_arrived)
         elif msg[0] == "stop":
             done.set()
 
@@ -537,7 +640,7 @@ async def _watch_in_process(specs: list[tuple[Any, ...]], wait: str, conn: Any) 
     conn.send(("lag", round(pct(lag, 0.5), 1), round(pct(lag, 0.99), 1), round(max(lag, default=0.0), 1)))
     for text in ERRORS:
         conn.send(("error", text))
-    conn.send(("final", [(i, w.answers, w.spurious, w.expired, w.errors, w.index) for i, w in ids.items()]))
+    conn.send(("final", [(i, w.answers, w.spurious, w.expired, w.errors, w.index, w.unstamped) for i, w in ids.items()]))
     conn.close()
 
 
@@ -558,7 +661,7 @@ class WriteLog:
     errors: int = 0
 
 
-async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout: Layout, board: Board,
+async def stream_writes(bases: list[str], layout: Layout, board: Board,
                         watchers: list[Watcher], count: int, rate: float, rng: random.Random) -> WriteLog:
     """`count` writes at `rate`/s, alternating check flips on watched services and KV writes
     under watched prefixes, round-robin over the topics (so one topic's writes are far apart)."""
@@ -571,6 +674,7 @@ async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout
 
     _RUN[0] += 1
     run = _RUN[0]
+    idle: dict[str, list[_RawConnection]] = {b: [] for b in bases}  # kept-alive connections per server
 
     async def one(seq: int) -> None:
         token = f"r{run}w{seq:06d}x{rng.randrange(10**6):06d}"  # unique across runs too
@@ -583,28 +687,33 @@ async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout
                 board.add(svc, token, token.encode())
             else:  # it leaves the answer (it was in every earlier one)
                 board.add(svc, token, f'"ID":"{svc}-{i}"'.encode(), present=False)
-            url, body, method = f"{base}/v1/txn", [check_op(layout, i, status[i], token)], "PUT"
+            path, body, method = "/v1/txn", json.dumps([check_op(layout, i, status[i], token)]).encode(), "PUT"
         else:
             prefix = prefixes[(seq // 2) % len(prefixes)]
             value = token.encode()
             board.add(prefix, token, base64.b64encode(value))
             # A key of its own: a watcher answered late still finds the token (a shared key could
             # have been overwritten by then, and the write counted as missed).
-            url, body, method = f"{base}/v1/kv/{prefix}k{seq}", value, "PUT"
+            path, body, method = f"/v1/kv/{prefix}k{seq}", value, "PUT"
+        # Over a raw connection too: the acknowledgement's time is the kernel's receive
+        # timestamp of its last segment, like the watchers' answers (not when this process,
+        # which lags too, got round to it).
+        conn = idle[base].pop() if idle[base] else _RawConnection(base)
         log.sent[token] = time.perf_counter()
         try:
-            kwargs: dict[str, Any] = {"json": body} if isinstance(body, list) else {"data": body}
-            async with session.request(method, url, **kwargs) as resp:
-                text = await resp.read()
-                if resp.status != 200:
-                    log.errors += 1
-                    _note_error(f"write {url}: {resp.status} {text[:200]!r}")
-                    return
-            log.acked[token] = time.perf_counter()
-            log.index[token] = int(resp.headers.get("X-Consul-Index", "0"))
-        except aiohttp.ClientError as exc:
+            code, index, text = await conn.request(method, path, body)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            conn.close()
             log.errors += 1
-            _note_error(f"write {url}: {exc!r}")
+            _note_error(f"write {base}{path}: {exc!r}")
+            return
+        idle[base].append(conn)
+        if code != 200:
+            log.errors += 1
+            _note_error(f"write {base}{path}: {code} {text[:200]!r}")
+            return
+        log.acked[token] = conn.arrived
+        log.index[token] = index
 
     for seq in range(count):
         due = start + seq / rate
@@ -616,6 +725,9 @@ async def stream_writes(session: aiohttp.ClientSession, bases: list[str], layout
         task.add_done_callback(pending.discard)
     if pending:
         await asyncio.gather(*pending)
+    for conns in idle.values():
+        for c in conns:
+            c.close()
     return log
 
 
@@ -633,21 +745,38 @@ def _note_error(text: str) -> None:
 
 @dataclass
 class Result:
-    latencies_ms: list[float]  # per write: ack -> last affected watcher's answer
+    """Per write, acknowledgement -> the last affected watcher's answer, two ways: when that answer
+    *arrived* (the kernel's receive timestamp of its last segment) and when the watcher process
+    *read* it (its loop got round to that socket). The difference is the watcher processes'
+    own backlog, a property of the load generator, not of the servers."""
+
+    latencies_ms: list[float]  # per write: ack -> the last affected watcher's answer, read
+    arrived_ms: list[float]  # per write: ack -> the last affected watcher's answer, arrived
     by_server: dict[str, dict[str, float]]  # per (write, watcher): ack -> its answer, by server asked
+    backlog_ms: list[float]  # per (write, watcher): answer arrived -> read by the watcher process
     missed: int  # writes some affected watcher never saw
     affected_pairs: int
     spurious: int
     answers: int
     watcher_errors: int
     write_errors: int
+    unstamped: int = 0  # answers whose arrival had no kernel timestamp (should be 0 on Linux)
+    # The writes whose last answer arrived latest: when each was sent (s after the first write),
+    # its latencies, and the server the last watcher asked (to set beside the stalls logged).
+    worst: list[dict[str, Any]] = field(default_factory=list)
+    write_ack_ms: list[float] = field(default_factory=list)  # per write: sent -> its acknowledgement arrived
+    before_sent: int = 0  # (write, watcher) answers that arrived before the write was sent (must be 0)
 
     def summary(self) -> dict[str, Any]:
-        lat = self.latencies_ms
+        def dist(values: list[float]) -> dict[str, float | None]:
+            return {"p50": round(pct(values, 0.5), 1), "p99": round(pct(values, 0.99), 1),
+                    "max": round(max(values), 1) if values else None}
+
         return {
-            "writes_measured": len(lat),
-            "ack_to_last_watcher_ms": {"p50": round(pct(lat, 0.5), 1), "p99": round(pct(lat, 0.99), 1),
-                                       "max": round(max(lat), 1) if lat else None},
+            "writes_measured": len(self.latencies_ms),
+            "ack_to_last_answer_arrived_ms": dist(self.arrived_ms),
+            "ack_to_last_answer_read_ms": dist(self.latencies_ms),
+            "answer_arrived_to_read_ms": dist(self.backlog_ms),
             "ack_to_each_watcher_by_server_ms": self.by_server,
             "missed": self.missed,
             "affected_watcher_answers": self.affected_pairs,
@@ -655,6 +784,9 @@ class Result:
             "answers": self.answers,
             "watcher_errors": self.watcher_errors,
             "write_errors": self.write_errors,
+            "unstamped_answers": self.unstamped,
+            "worst_writes": self.worst,
+            "write_ack_ms": dist(self.write_ack_ms),
             "first_errors": ERRORS[:10],
         }
 
@@ -664,26 +796,45 @@ def collect(watchers: list[Watcher], log: WriteLog, board: Board) -> Result:
     for w in watchers:
         by_topic.setdefault(w.topic, []).append(w)
     latencies: list[float] = []
-    per_server: dict[str, list[float]] = {}  # each watcher's own ack -> answer, by the server it asked
-    missed = pairs = 0
+    arrivals: list[float] = []
+    backlog: list[float] = []
+    per_server: dict[str, tuple[list[float], list[float]]] = {}  # by the server asked: (arrived, read)
+    missed = pairs = before_sent = 0
+    first = min(log.sent.values(), default=0.0)
+    per_write: list[tuple[float, dict[str, Any]]] = []
     for token, acked in log.acked.items():
         affected = by_topic.get(board.topic_of[token], [])
-        seen = [w.seen.get(token) for w in affected]
-        pairs += len(seen)
+        pairs += len(affected)
         for w in affected:
             if token in w.seen:
-                per_server.setdefault(w.base, []).append((w.seen[token] - acked) * 1000)
-        if any(t is None for t in seen):
+                arrived, read = per_server.setdefault(w.base, ([], []))
+                arrived.append((w.arrived[token] - acked) * 1000)
+                read.append((w.seen[token] - acked) * 1000)
+                backlog.append((w.seen[token] - w.arrived[token]) * 1000)
+                before_sent += w.arrived[token] < log.sent[token]
+        lagging = [w for w in affected if token not in w.seen]
+        if lagging:
             missed += 1
-            lagging = [w for w in affected if token not in w.seen]
             where = ", ".join(f"{w.base.rsplit('/', 1)[-1]} at index {w.index}" for w in lagging[:5])
             _note_error(f"missed {token} (index {log.index.get(token, 0)}) on {board.topic_of[token]}: {len(lagging)} of {len(affected)} "
                         f"{lagging[0].kind} watchers ({where})")
             continue
-        latencies.append((max(t for t in seen if t is not None) - acked) * 1000)
-    by_server = {b: {"p50": round(pct(v, 0.5), 1), "p99": round(pct(v, 0.99), 1)} for b, v in sorted(per_server.items())}
-    return Result(latencies, by_server, missed, pairs, sum(w.spurious for w in watchers), sum(w.answers for w in watchers),
-                  sum(w.errors for w in watchers), log.errors)
+        if affected:
+            latencies.append((max(w.seen[token] for w in affected) - acked) * 1000)
+            last = max(affected, key=lambda w: w.arrived[token])
+            arrivals.append((last.arrived[token] - acked) * 1000)
+            per_write.append((arrivals[-1], {
+                "at": round(log.sent[token] - first, 2), "arrived_ms": round(arrivals[-1]), "read_ms": round(latencies[-1]),
+                "ack_ms": round((acked - log.sent[token]) * 1000), "kind": last.kind, "last_from": last.base,
+            }))
+    by_server = {b: {"arrived_p50": round(pct(a, 0.5), 1), "arrived_p99": round(pct(a, 0.99), 1),
+                     "read_p50": round(pct(r, 0.5), 1), "read_p99": round(pct(r, 0.99), 1)}
+                 for b, (a, r) in sorted(per_server.items())}
+    return Result(latencies, arrivals, by_server, backlog, missed, pairs, sum(w.spurious for w in watchers),
+                  sum(w.answers for w in watchers), sum(w.errors for w in watchers), log.errors,
+                  unstamped=sum(w.unstamped for w in watchers), before_sent=before_sent,
+                  worst=[d for _, d in sorted(per_write, key=lambda x: -x[0])[:8]],
+                  write_ack_ms=[(acked - log.sent[t]) * 1000 for t, acked in log.acked.items()])
 
 
 async def all_seen(watchers: list[Watcher], log: WriteLog, board: Board, timeout_s: float) -> None:
@@ -784,7 +935,7 @@ async def watch_and_write(session: aiohttp.ClientSession, bases: list[str], layo
         tasks: list[asyncio.Future[Any]] = []
         pool = WatcherProcesses(plan, procs, wait, board)
     else:
-        tasks = [asyncio.ensure_future(run_watcher(session, w, board, wait)) for w in plan]
+        tasks = [asyncio.ensure_future(run_watcher_raw(w, board, wait)) for w in plan]
         pool = None
     try:
         await wait_parked(session, bases, plan, timeout_s=120 + watchers / 20)
@@ -792,7 +943,7 @@ async def watch_and_write(session: aiohttp.ClientSession, bases: list[str], layo
         print(f"# {watchers} watchers: every one answered the settling writes after {settle_s:.1f}s", file=sys.stderr)
         if on_parked is not None:
             on_parked()
-        log = await stream_writes(session, bases, layout, board, plan, writes, rate, rng)
+        log = await stream_writes(bases, layout, board, plan, writes, rate, rng)
         await all_seen(plan, log, board, timeout_s=60)
         if on_stream_end is not None:
             on_stream_end()
@@ -837,11 +988,39 @@ def start_servers(procs: Any, root: Path, ips: list[str], profile_dir: Path | No
         args = [
             "-server", "-bootstrap-expect=3", *joins, f"-bind={ip}", f"-client={ip}", f"-node=s{ip.rsplit('.', 1)[1]}",
             f"-data-dir={root / ip}",
-            "-hcl", "limits { http_max_conns_per_client = 100000 }", "-log-level=warn",
+            # info (was warn): the stalls of 100 ms or more and the collector's complete scans
+            # are logged at info with their times (read back by `stalls_in`).
+            "-hcl", "limits { http_max_conns_per_client = 100000 }", "-log-level=info",
         ]
         env = {**os.environ, "PROF_WINDOW": "1"} if profile_dir is not None else None
         started.append(procs.start(f"server {ip}", [python_exe(), *head, *args], root / f"{ip}.log", env=env))
     return started
+
+
+_STALL_LINE = re.compile(r"(gc: complete scan|runtime: gc pause|runtime: loop lag)(.*?)([\d.]+) ms.*ended at ([\d.]+)")
+
+
+def stalls_in(log: Path, start: float, end: float) -> list[dict[str, Any]]:
+    """The stalls a server logged (agent/gc_policy.py, metrics/runtime.py: loop lag and collector
+    pauses of 100 ms or more, each with the wall time it ended) that ended between `start` and
+    `end` (wall clock), each as {"kind", "ms", "at": seconds after `start`}. A complete scan is
+    also a generation-2 pause of the same collection (both lines are kept, told apart by kind)."""
+    kinds = {"gc: complete scan": "complete_scan", "runtime: gc pause": "gc_pause", "runtime: loop lag": "loop_lag"}
+    out: list[dict[str, Any]] = []
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return out
+    for m in _STALL_LINE.finditer(text):
+        ended = float(m.group(4))
+        if start <= ended <= end:
+            item: dict[str, Any] = {"kind": kinds[m.group(1)], "ms": round(float(m.group(3))), "at": round(ended - start, 2)}
+            for name in ("generation", "reclaimed"):
+                found = re.search(rf"{name} (\d+)" if name == "generation" else rf"(\d+) {name}", m.group(0))
+                if found:
+                    item[name] = int(found.group(1))
+            out.append(item)
+    return out
 
 
 async def poll_loop_lag(session: aiohttp.ClientSession, bases: list[str], worst: dict[str, float],
@@ -926,6 +1105,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
                     for pid in pids:
                         before[pid] = proc_cpu_rss(pid)
                     run["stream_start"] = time.perf_counter()
+                    run["stream_start_wall"] = time.time()
                     own_lagger.append(asyncio.ensure_future(own_loop_lag(own_lag)))
                     if prof is not None:
                         for pid in pids:
@@ -933,7 +1113,9 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
                         prof.enable()
                     print(f"# {run['watchers']} watchers parked", file=sys.stderr)
 
-                def stream_end(prof: Any = prof, n: int = n_watchers, own_lagger: Any = own_lagger) -> None:
+                def stream_end(prof: Any = prof, n: int = n_watchers, own_lagger: Any = own_lagger,
+                               run: dict[str, Any] = run) -> None:
+                    run["stream_end_wall"] = time.time()
                     for t in own_lagger:
                         t.cancel()
                     if prof is not None:
@@ -959,6 +1141,12 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
                 run["loadgen_loop_lag_ms"] = {"p50": round(pct(own_lag, 0.5), 1), "p99": round(pct(own_lag, 0.99), 1),
                                               "max": round(max(own_lag, default=0.0), 1)}
                 run["watcher_procs_loop_lag_ms"] = list(WATCHER_PROCESS_LAG)
+                # From the first write to the last affected watcher's answer: what the servers
+                # logged of their stalls then (the whole run's worst figures are above).
+                t0, t1 = run.pop("stream_start_wall"), run.pop("stream_end_wall")
+                if not a.servers:
+                    run["stalls_in_stream"] = {b: stalls_in(Path(tmp.name) / f"{ip}.log", t0, t1)
+                                               for b, ip in zip(bases, ips)}
                 elapsed = time.perf_counter() - run.pop("stream_start")
                 run["result"] = result.summary()
                 run["servers"] = []

@@ -7,7 +7,8 @@ agent (real processes; the client agent forwards every read to the server), 1,00
 over real HTTP on both agents, and a stream of check-status flips and KV writes.
 
 Checked: every write reaches every watcher of its service or prefix (within a generous
-deadline, no timing asserted); no watcher is answered with nothing new before its wait runs out;
+deadline, no timing asserted), each answer with the kernel's receive timestamp, which falls
+between the write being sent and the watcher reading the answer; no watcher is answered with nothing new before its wait runs out;
 and on the server, no parked read is re-run for a write it does not read (the
 `rpc.queries_blocking_unchanged` counter stays where it was, while `..._rerun` moves), which a
 store waking every catalog reader on each catalog write fails (the `/v1/catalog/services`
@@ -74,6 +75,11 @@ async def test_a_thousand_watchers_wake_only_for_their_own_changes(tmp_path: Pat
         assert result.write_errors == 0 and result.watcher_errors == 0, summary
         assert len(result.latencies_ms) == 40 and result.missed == 0, summary
         assert result.spurious == 0, summary
+        # Each answer's arrival is the kernel's receive timestamp (bench/catalog_scale.py
+        # `_RawConnection`): stamped for every answer, never before its write was sent, never
+        # after the watcher read it.
+        assert result.unstamped == 0 and result.before_sent == 0, summary
+        assert len(result.backlog_ms) == result.affected_pairs and min(result.backlog_ms) > -1.0, summary  # (two clocks: 1 ms slack)
         assert after["rerun"] > before["rerun"], (before, after)
         assert after["unchanged"] == before["unchanged"], (before, after)
     finally:

@@ -66,3 +66,52 @@ async def test_without_asyncio_task_sets_the_tasks_are_walked_once_a_minute(monk
         sampler.sample()
     assert len(walks) == 2
     assert _gauge(m, "consul.runtime.num_goroutines") >= 1
+
+
+async def test_long_pauses_and_loop_lags_are_logged_with_when_they_ended(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    """A benchmark must place each stall against its measured window: a collection pause or a
+    loop lag of `LONG_STALL_MS` or more is logged (info) with the wall time it ended, in the
+    form bench/catalog_scale.py's `stalls_in` reads back."""
+    import time
+
+    from catalog_scale import stalls_in
+
+    monkeypatch.setattr(runtime, "LONG_STALL_MS", 20.0)
+    caplog.set_level("INFO", logger=runtime.__name__)
+    m = Metrics(hostname="")
+    sampler = RuntimeSampler(m, interval_s=0.05)
+    started = time.time()
+    # A collection shorter than the threshold is not logged; one at or above it is.
+    sampler._on_gc("start", {"generation": 2})
+    sampler._on_gc("stop", {"generation": 2, "collected": 0})
+    sampler.sample()
+    assert not caplog.records
+    monkeypatch.setattr(runtime, "LONG_STALL_MS", 0.0)
+    sampler._on_gc("start", {"generation": 1})
+    sampler._on_gc("stop", {"generation": 1, "collected": 7})
+    monkeypatch.setattr(runtime, "LONG_STALL_MS", 20.0)
+    sampler.sample()
+    task = asyncio.ensure_future(sampler.run())
+    try:
+        await asyncio.sleep(0)  # the sampler's first timer is armed
+        time.sleep(0.2)  # the stimulus: the loop is held for 200 ms while that timer is due
+        deadline = time.monotonic() + 30
+        while not any("loop lag" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    ended = time.time()
+    log = tmp_path / "agent.log"
+    log.write_text("".join(f"2026-12-04 02:00:00,000 [INFO] {r.name}: {r.getMessage()}\n" for r in caplog.records))
+    stalls = stalls_in(log, started - 0.01, ended + 0.01)  # (the times are logged to the ms)
+    kinds = [s["kind"] for s in stalls]
+    assert kinds.count("gc_pause") == 1 and "loop_lag" in kinds, stalls
+    (pause,) = [s for s in stalls if s["kind"] == "gc_pause"]
+    assert pause["generation"] == 1 and pause["reclaimed"] == 7, pause
+    (lag,) = [s for s in stalls if s["kind"] == "loop_lag"][:1]
+    assert lag["ms"] >= 100 and 0 <= lag["at"] <= ended - started + 0.02, lag
+    assert stalls_in(log, ended + 1, ended + 2) == []  # outside the window: none

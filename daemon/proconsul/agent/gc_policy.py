@@ -114,9 +114,11 @@ class GCPolicy:
         self.full_scans += 1
         self.last_full_scan_ms = (time.perf_counter() - started) * 1000.0
         self.last_full_scan_collected = collected
-        logger.debug(
-            "gc: complete scan: %d objects live, %d reclaimed, %.1f ms",
-            self._scanned_size, collected, self.last_full_scan_ms,
+        # At info: a scan is a pause of the whole loop, rare (once per growth of the frozen heap
+        # by half), and a benchmark must be able to place it (bench/catalog_scale.py reads it).
+        logger.info(
+            "gc: complete scan: %d objects live, %d reclaimed, %.1f ms, ended at %.3f",
+            self._scanned_size, collected, self.last_full_scan_ms, time.time(),
         )  # fmt: skip
 
 

@@ -11,6 +11,10 @@ callback times each collection; `gc_pause_ns` is a sample per collection). Go's
 `heap_objects`, `malloc_count` and `free_count` have no cheap equivalent and are not reported.
 `loop_lag` (ms) is proconsul's own: how late the sampler's one-second sleep woke, i.e. how long
 the event loop was busy.
+
+A collection pause or a loop lag of `LONG_STALL_MS` or more is also logged (info), with the wall
+time it ended: a metric keeps only each interval's maximum, and a benchmark needs to know whether
+a stall fell inside its measured window (bench/catalog_scale.py reads these lines).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from proconsul.metrics.registry import Metrics
 __all__ = ["RuntimeSampler"]
 
 logger = logging.getLogger(__name__)
+
+LONG_STALL_MS = 100.0
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -81,6 +87,7 @@ class RuntimeSampler:
         self._gc_started = 0.0
         self._gc_pause_ns = 0
         self._pending_pauses: list[int] = []
+        self._long_pauses: list[tuple[float, int, int, int]] = []  # ended (wall clock), generation, collected, ns
         self._registry = _task_registry()
         self._samples = 0
         self._walked = 0
@@ -94,6 +101,8 @@ class RuntimeSampler:
             self._gc_started = 0.0
             self._gc_pause_ns += pause
             self._pending_pauses.append(pause)
+            if pause >= LONG_STALL_MS * 1e6:
+                self._long_pauses.append((time.time(), info.get("generation", -1), info.get("collected", 0), pause))
 
     def _task_count(self) -> int:
         # Not len(asyncio.all_tasks()) each second: that walks every task (one per open
@@ -118,6 +127,13 @@ class RuntimeSampler:
         pauses, self._pending_pauses = self._pending_pauses, []
         for pause in pauses:
             self.gc_pause.observe(float(pause))
+        if self._long_pauses:
+            long_pauses, self._long_pauses = self._long_pauses, []
+            for ended, generation, collected, ns in long_pauses:
+                logger.info(
+                    "runtime: gc pause %.0f ms (generation %d, %d reclaimed), ended at %.3f",
+                    ns / 1e6, generation, collected, ended,
+                )  # fmt: skip
 
     async def run(self) -> None:
         gc.callbacks.append(self._on_gc)
@@ -127,7 +143,10 @@ class RuntimeSampler:
             while True:
                 due = loop.time() + self.interval_s
                 await asyncio.sleep(self.interval_s)
-                self.loop_lag.observe(max(0.0, loop.time() - due) * 1000.0)
+                lag_ms = max(0.0, loop.time() - due) * 1000.0
+                self.loop_lag.observe(lag_ms)
+                if lag_ms >= LONG_STALL_MS:
+                    logger.info("runtime: loop lag %.0f ms, ended at %.3f", lag_ms, time.time())
                 self.sample()
         finally:
             gc.callbacks.remove(self._on_gc)
