@@ -507,6 +507,8 @@ class Server:
         self._forwarding = SharedCalls()
         # Writes forwarded to the leader, in one Raft.ApplyBatch call per loop iteration and leader.
         self.write_forwarder = WriteForwarder(pool) if pool is not None else None
+        # `write_now`'s forwarded writes that a refusal sent on to the next leader, in tasks.
+        self._retries: set[asyncio.Task[None]] = set()
         # Consul times each endpoint's apply where it proposes (the leader); by command type.
         self._m_apply_by_type: dict[type, Sample] = {
             commands.KVS: m.sample("kvs", "apply", help="ms to apply a KV write through Raft"),
@@ -833,16 +835,20 @@ class Server:
 
     def write_now(self, command: commands.Command,
                   done: Callable[[WriteMeta | None, Any, BaseException | None], None]) -> bool:
-        """`write` of a KV operation on the leader without a coroutine (the HTTP fast path's
-        PUT: no task and no chain of awaits per write): proposes `command` now and calls
-        `done(meta, result, None)` once it applied, or `done(None, None, error)` with what
-        `write` would raise; never from inside this call. False, with nothing proposed, when
-        `write` must do it: not the leader (it forwards), another kind of command, a consensus
-        that proposes only through a coroutine, a leadership transfer running."""
+        """`write` of a KV operation without a coroutine (the HTTP fast path's PUT: no task
+        and no chain of awaits per write): on the leader, proposes `command` now; on a follower
+        that knows its leader, hands it to the write forwarder (`WriteForwarder.submit_now`);
+        then calls `done(meta, result, None)` once it applied, or `done(None, None, error)` with
+        what `write` would raise; never from inside this call. False, with nothing proposed or
+        sent, when `write` must do it: another kind of command, a leader whose consensus
+        proposes only through a coroutine, a leadership transfer running, a follower without a
+        known leader (`write` waits for the election) or without a pool."""
         if type(command) is not commands.KVS:
             return False
+        if not self.consensus.is_leader():
+            return self._forward_now(command, done)
         propose_now = self._propose_now
-        if propose_now is None or not self.consensus.is_leader():
+        if propose_now is None:
             return False
         timer = self._m_apply_by_type[commands.KVS]
         start = time.perf_counter()
@@ -862,6 +868,58 @@ class Server:
             return False
         self._m_request.incr()
         return True
+
+    def _forward_now(self, command: commands.KVS,
+                     done: Callable[[WriteMeta | None, Any, BaseException | None], None]) -> bool:
+        """`write_now` on a follower: the forwarding `write` does (`_forward_write_retrying`),
+        with the first attempt settled by a callback; a refusal before proposing (NotLeader)
+        goes on in a task, as `write`'s retry loop, within the same rpc_hold_timeout."""
+        forwarder = self.write_forwarder
+        if forwarder is None:
+            return False
+        leader = self.consensus.leader_address()
+        if not leader:
+            return False
+        try:
+            data = commands.encode(command)
+        except Exception:
+            return False  # `write` raises it
+        token = self.acl_gate.outgoing_token() if self.acl_gate is not None else None  # the leader authorises it
+        deadline = asyncio.get_running_loop().time() + self.rpc_hold_timeout_s
+
+        def settled(outcome: tuple[int, Any] | None, exc: BaseException | None) -> None:
+            if outcome is not None:
+                try:
+                    result = decode_result(outcome[1])
+                except Exception as bad:
+                    done(None, None, bad)
+                    return
+                done(WriteMeta(outcome[0]), result, None)
+            elif isinstance(exc, NotLeader) and asyncio.get_running_loop().time() < deadline:
+                self._retry_forward(leader, command, deadline, done)
+            else:
+                done(None, None, exc)
+
+        self._m_request.incr()
+        forwarder.submit_now(leader, data, token, settled)
+        return True
+
+    def _retry_forward(self, leader: str, command: commands.Command, deadline: float,
+                       done: Callable[[WriteMeta | None, Any, BaseException | None], None]) -> None:
+        async def retry() -> None:
+            try:
+                meta, result = await self._forward_write_retrying(leader, command, deadline, refused=True)
+            except asyncio.CancelledError as exc:
+                done(None, None, exc)  # nothing to answer, as when `write`'s task is cancelled
+                raise
+            except Exception as exc:
+                done(None, None, exc)
+            else:
+                done(meta, result, None)
+
+        task = asyncio.get_running_loop().create_task(retry())
+        self._retries.add(task)  # held until it ends (the loop keeps only weak references)
+        task.add_done_callback(self._retries.discard)
 
     async def _apply(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         """Propose on this server (the leader). An ACL bootstrap takes its reset index from this
@@ -886,18 +944,23 @@ class Server:
         timer.since(start)
         return out
 
-    async def _forward_write_retrying(self, leader: str, command: commands.Command) -> tuple[WriteMeta, Any]:
+    async def _forward_write_retrying(self, leader: str, command: commands.Command, deadline: float | None = None,
+                                      refused: bool = False) -> tuple[WriteMeta, Any]:
         """Forward a write; when the server we took for the leader answers that it is not (a
         leadership transfer or election moved it, and nothing was proposed), forward to the new
-        leader, within rpc_hold_timeout."""
+        leader, within rpc_hold_timeout (until `deadline`, when given). `refused`: `leader`
+        has refused it already (`write_now`'s first attempt), so look for the next one."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.rpc_hold_timeout_s
+        if deadline is None:
+            deadline = loop.time() + self.rpc_hold_timeout_s
         while True:
-            try:
-                return await self._forward_write(leader, command)
-            except NotLeader:
-                if loop.time() >= deadline:
-                    raise
+            if not refused:
+                try:
+                    return await self._forward_write(leader, command)
+                except NotLeader:
+                    if loop.time() >= deadline:
+                        raise
+            refused = False
             stale = leader
             while True:
                 await asyncio.sleep(0.02)
