@@ -76,6 +76,11 @@ ReadFn = Callable[[Store], tuple[int, Any]]
 # False when it cannot be proposed at once.
 ProposeNow = Callable[[commands.Command, Callable[[tuple[int, Any] | None, BaseException | None], None]], bool]
 
+# `RaftLog.propose_batch_now`: propose (command, bytes) pairs now and call back with
+# (outcome per write | None, error of the whole batch); False when they cannot be proposed at once.
+ProposeBatchNow = Callable[[list[tuple[commands.Command, bytes]],
+                            Callable[[list[Any] | None, BaseException | None], None]], bool]
+
 
 class ServerPool(Protocol):
     """RPC to the other servers of this datacenter (`transport.ConnectionPool`)."""
@@ -466,11 +471,14 @@ class Server:
         unsafe_follower_local_reads: bool = False,
         unsafe_reads_before_first_apply: bool = False,
         propose_now: ProposeNow | None = None,
+        propose_batch_now: ProposeBatchNow | None = None,
     ) -> None:
         self.store = store
         # The Raft log's task-less proposal (`RaftLog.propose_now`), for `write_now`; None where
         # the consensus proposes only through a coroutine (a single voter, a client agent).
         self._propose_now = propose_now
+        # Its batch form (`RaftLog.propose_batch_now`), for `apply_forwarded_now`; None likewise.
+        self._propose_batch_now = propose_batch_now
         self.voter_refusal = voter_refusal
         self.consensus = consensus
         self.datacenter = datacenter
@@ -990,27 +998,8 @@ class Server:
         own outcome (an unknown one if leadership is lost before it applies)."""
         if not self.consensus.is_leader():
             raise NotLeader(self.consensus.leader_address())
-        raw = body.get("commands") if type(body) is dict else None
-        if type(raw) is not list:
-            raise RPCError('Raft.ApplyBatch: the body must be {"commands": [encoded command, ...]}')
-        out: list[Any] = [None] * len(raw)
-        batch: list[tuple[commands.Command, bytes]] = []
-        slots: list[int] = []
-        one_by_one = False
-        self._m_request.incr(len(raw))  # one request per write, as separate Raft.Apply calls count
-        for i, data in enumerate(raw):
-            if type(data) is not bytes:
-                out[i] = "Raft.ApplyBatch: a command must be bytes"
-                continue
-            try:
-                command = commands.decode(data)  # checked here, proposed as it came
-            except Exception as exc:
-                out[i] = str(exc) or type(exc).__name__
-                continue
-            if type(command) is commands.ACLOp:
-                one_by_one = True  # an ACL bootstrap takes this server's reset index (see _apply)
-            batch.append((command, data))
-            slots.append(i)
+        out, batch, slots, one_by_one = self._forwarded_batch(body)
+        self._m_request.incr(len(out))  # one request per write, as separate Raft.Apply calls count
         start = time.perf_counter()
         outcomes: list[Any] = []
         if batch and not one_by_one:
@@ -1024,6 +1013,74 @@ class Server:
                 one_by_one = True
         if one_by_one:
             outcomes = await asyncio.gather(*(self._apply_one(c, d) for c, d in batch))
+        return self._forwarded_reply(out, slots, batch, outcomes, start, one_by_one)
+
+    def apply_forwarded_now(self, body: Any, answer: Callable[[Any, BaseException | None], None]) -> bool:
+        """`apply_forwarded` without a task (the RPC connection's reader hands it over): the
+        batch is proposed now (`RaftLog.propose_batch_now`) and `answer(reply, None)` or
+        `answer(None, error)` is called once its last entry is settled; never from inside this
+        call. False, with nothing proposed or counted, when `apply_forwarded` must do it (and
+        answer its refusals): ACLs on (tokens are checked by a coroutine), not the leader, a
+        batch that must go write by write, a leadership transfer running, a malformed body."""
+        propose = self._propose_batch_now
+        if propose is None or self.authorize_write is not None or not self.consensus.is_leader():
+            return False
+        try:
+            out, batch, slots, one_by_one = self._forwarded_batch(body)
+        except Exception:
+            return False
+        if one_by_one or not batch:
+            return False
+        start = time.perf_counter()
+
+        def applied(outcomes: list[Any] | None, exc: BaseException | None) -> None:
+            if exc is None:
+                assert outcomes is not None
+                try:
+                    reply = self._forwarded_reply(out, slots, batch, outcomes, start, False)
+                except Exception as bad:
+                    exc = bad
+                else:
+                    answer(reply, None)
+                    return
+            if isinstance(exc, Exception):
+                self._m_request_error.incr()  # a failed call, as `handle_rpc` counts one
+            answer(None, exc)
+
+        if not propose(batch, applied):
+            return False
+        self._m_request.incr(len(out))
+        return True
+
+    def _forwarded_batch(self, body: Any) -> tuple[list[Any], list[tuple[commands.Command, bytes]], list[int], bool]:
+        """A `Raft.ApplyBatch` body checked and decoded: (a slot per write, holding the error
+        text of those that cannot be proposed; the (command, bytes) to propose; their slots;
+        whether they must be proposed one by one)."""
+        raw = body.get("commands") if type(body) is dict else None
+        if type(raw) is not list:
+            raise RPCError('Raft.ApplyBatch: the body must be {"commands": [encoded command, ...]}')
+        out: list[Any] = [None] * len(raw)
+        batch: list[tuple[commands.Command, bytes]] = []
+        slots: list[int] = []
+        one_by_one = False
+        for i, data in enumerate(raw):
+            if type(data) is not bytes:
+                out[i] = "Raft.ApplyBatch: a command must be bytes"
+                continue
+            try:
+                command = commands.decode(data)  # checked here, proposed as it came
+            except Exception as exc:
+                out[i] = str(exc) or type(exc).__name__
+                continue
+            if type(command) is commands.ACLOp:
+                one_by_one = True  # an ACL bootstrap takes this server's reset index (see _apply)
+            batch.append((command, data))
+            slots.append(i)
+        return out, batch, slots, one_by_one
+
+    def _forwarded_reply(self, out: list[Any], slots: list[int], batch: list[tuple[commands.Command, bytes]],
+                         outcomes: list[Any], start: float, one_by_one: bool) -> dict[str, Any]:
+        """`Raft.ApplyBatch`'s answer from each proposed write's outcome (written into `out`)."""
         # Each write's apply time is the batch's: its writes commit and apply together.
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         timers = self._m_apply_by_type
@@ -1059,6 +1116,14 @@ class Server:
     def register(self, method: str, handler: RPCHandler) -> None:
         """Answer the RPC `method` with `handler` (parts built after the server add theirs)."""
         self.handlers[method] = handler
+
+    def handle_rpc_now(self, method: str, body: Any, answer: Callable[[Any, BaseException | None], None]) -> bool:
+        """Serve a request without a task where this server can (the transport's
+        `dispatch_now`): a follower's `Raft.ApplyBatch` (`apply_forwarded_now`); `answer` is
+        called once, never from inside this call. False: `handle_rpc` serves it."""
+        if method != "Raft.ApplyBatch" or method in self.handlers:
+            return False
+        return self.apply_forwarded_now(body, answer)
 
     async def handle_rpc(self, method: str, body: Any) -> Any:
         """Serve a request from another agent (the transport's RPC dispatch)."""
