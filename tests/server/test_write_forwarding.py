@@ -592,6 +592,53 @@ async def test_writes_through_a_follower_over_the_real_transport() -> None:
 # ------------------------------------------------------------- a real one-voter Raft server
 
 
+async def _ready_one_voter(tmp_path: Any, store: Store) -> RaftServer:
+    raft = RaftServer("a", "a", "127.0.0.1:8300", CommandStateMachine(FSM(store)), str(tmp_path), tick_s=0.02)
+    raft.bootstrap({"a": "127.0.0.1:8300"})
+    await raft.start()
+    deadline = asyncio.get_running_loop().time() + 30
+    while not raft.ready_for_reads():
+        assert asyncio.get_running_loop().time() < deadline, "the single voter never became a ready leader"
+        await asyncio.sleep(0.01)
+    return raft
+
+
+async def test_a_raft_leader_serves_forwarded_batches_without_a_task(tmp_path: Any) -> None:
+    """The agent's wiring: the leader's RPC handler hands `Raft.ApplyBatch` to
+    `Server.handle_rpc_now` (proposed by `RaftLog.propose_batch_now`, answered from the last
+    entry's completion); a follower's `write` and `write_now` get what the leader applied."""
+    store = Store()
+    raft = await _ready_one_voter(tmp_path, store)
+    log = RaftLog(raft)
+    leader = Server(store, log, "dc1", propose_now=log.propose_now, propose_batch_now=log.propose_batch_now)
+    taken: list[bool] = []
+
+    def now(method: str, body: Any, answer: Any) -> bool:
+        taken.append(leader.handle_rpc_now(method, body, answer))
+        return taken[-1]
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(leader.handle_rpc, dispatch_now=now)})
+    await listener.start()
+    pool = ConnectionPool()
+    follower = Server(Store(), follower_view(f"127.0.0.1:{listener.port}"), "dc1", pool=pool, rpc_hold_timeout_s=30.0)
+    try:
+        cas_fail = commands.KVS(commands.KVOp.CAS, DirEntry("r/0", b"x", modify_index=999_999))
+        for round_ in range(3):
+            got = await asyncio.gather(*(follower.write(kv_set(f"r/{i}", b"%d" % round_)) for i in range(8)),
+                                       follower.write(cas_fail))
+            assert [ok for _, ok in got] == [True] * 8 + [False]
+            got_now = [await out.one() for out in start_now(follower, [kv_set(f"n/{round_}/{i}") for i in range(8)])]
+            for i, (meta, ok, exc) in enumerate(got_now):
+                entry = store.kv_get(f"n/{round_}/{i}")[1]
+                assert exc is None and ok is True and entry is not None and entry.modify_index == meta.index
+        assert store.kv_get("r/7")[1].value == b"2"  # type: ignore[union-attr]
+        assert taken == [True] * 6  # every batch, none through a task
+    finally:
+        await pool.close()
+        await listener.stop()
+        await raft.stop()
+
+
 async def test_raft_applies_a_batch_in_order_with_the_proposed_objects(tmp_path: Any) -> None:
     store = Store()
     raft = RaftServer("a", "a", "127.0.0.1:8300", CommandStateMachine(FSM(store)), str(tmp_path), tick_s=0.02)
