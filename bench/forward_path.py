@@ -14,6 +14,13 @@ CPU ms per write of the follower (this process) and of the leader (`/proc/<pid>/
 counts only each process's own cycles, so it is the figure that a busy box disturbs least.
 Both processes run on uvloop, as the agent does. Compare trees by running this file with each
 tree's `daemon` on PYTHONPATH.
+
+`--now`: the task-less paths where the tree has them, as the agent wires them: the follower
+starts each write with `Server.write_now` (the HTTP fast path's PUT) and the coroutine waits on
+a future its callback settles (one wake-up the fast path does not pay); the leader serves
+`Raft.ApplyBatch` from the connection's reader (`Server.handle_rpc_now`, with a
+`propose_batch_now` that applies after the same `--commit-ms`). A tree without them runs the
+task paths.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-async def run_leader(port: int, commit_ms: float) -> None:
+async def run_leader(port: int, commit_ms: float, now: bool) -> None:
     from proconsul.server.rpc import Server
     from proconsul.server.single import SingleNodeLog
     from proconsul.state.fsm import FSM
@@ -52,17 +59,34 @@ async def run_leader(port: int, commit_ms: float) -> None:
             await asyncio.sleep(commit_ms / 1000.0)
             return await super().apply_batch(batch)
 
+        def propose_batch_now(self, batch: list[Any], done: Any) -> bool:
+            def apply() -> None:
+                out = []
+                for command, _ in batch:
+                    result = self._append(command)
+                    out.append((self.fsm.store_index(self.commit_index), result))
+                done(out, None)
+
+            asyncio.get_running_loop().call_later(commit_ms / 1000.0, apply)
+            return True
+
     store = Store()
     addr = f"{HOST}:{port}"
-    leader = Server(store, DelayedLog(FSM(store), addr, "id-leader", "leader"), "dc1")
-    listener = Listener(HOST, port, {ConnType.RPC: rpc_stream_handler(leader.handle_rpc)})
+    log = DelayedLog(FSM(store), addr, "id-leader", "leader")
+    if now and hasattr(Server, "handle_rpc_now"):
+        leader = Server(store, log, "dc1", propose_batch_now=log.propose_batch_now)
+        handler = rpc_stream_handler(leader.handle_rpc, dispatch_now=leader.handle_rpc_now)
+    else:
+        leader = Server(store, log, "dc1")
+        handler = rpc_stream_handler(leader.handle_rpc)
+    listener = Listener(HOST, port, {ConnType.RPC: handler})
     await listener.start()
     print("ready", flush=True)
     await asyncio.Event().wait()
 
 
 async def run_follower(port: int, conc: int, duration_s: float, warmup_s: float, leader_pid: int,
-                       commit_ms: float) -> dict[str, Any]:
+                       commit_ms: float, now: bool) -> dict[str, Any]:
     from proconsul.server.remote import ClientConsensus
     from proconsul.server.rpc import Server
     from proconsul.state import commands
@@ -78,12 +102,24 @@ async def run_follower(port: int, conc: int, duration_s: float, warmup_s: float,
     measuring = False
     stop = False
 
+    loop = asyncio.get_running_loop()
+    write_now = getattr(follower, "write_now", None) if now else None
+
+    async def write(command: Any) -> None:
+        fut = loop.create_future()
+        if write_now is None or not write_now(command, lambda *out: fut.set_result(out)):
+            await follower.write(command)
+            return
+        meta, _, exc = await fut
+        if exc is not None:
+            raise exc
+
     async def writer(i: int) -> None:
         n = 0
         while not stop:
             command = commands.KVS(commands.KVOp.SET, DirEntry(f"bench/{i}/{n % 100}", b"x" * 64))
             t0 = time.perf_counter()
-            await follower.write(command)
+            await write(command)
             if measuring:
                 latencies.append(time.perf_counter() - t0)
             n += 1
@@ -115,22 +151,24 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--commit-ms", type=float, default=3.0, help="the leader's wait before applying a batch")
+    ap.add_argument("--now", action="store_true", help="the task-less paths (see the module docstring)")
     ap.add_argument("--json", default="")
     ap.add_argument("--leader-port", type=int, default=0, help=argparse.SUPPRESS)  # the leader's own process
     args = ap.parse_args()
     import uvloop
 
     if args.leader_port:
-        uvloop.run(run_leader(args.leader_port, args.commit_ms))
+        uvloop.run(run_leader(args.leader_port, args.commit_ms, args.now))
         return 0
     rows = []
     for rnd in range(1, args.rounds + 1):
         port = free_port()
         leader = subprocess.Popen([sys.executable, __file__, "--leader-port", str(port), "--commit-ms",
-                                   str(args.commit_ms)], stdout=subprocess.PIPE, env=os.environ.copy())
+                                   str(args.commit_ms), *(["--now"] if args.now else [])], stdout=subprocess.PIPE, env=os.environ.copy())
         try:
             assert leader.stdout is not None and leader.stdout.readline().strip() == b"ready"
-            row = uvloop.run(run_follower(port, args.conc, args.duration, args.warmup, leader.pid, args.commit_ms))
+            row = uvloop.run(run_follower(port, args.conc, args.duration, args.warmup, leader.pid, args.commit_ms,
+                                             args.now))
         finally:
             leader.terminate()
             leader.wait()

@@ -358,3 +358,60 @@ async def test_send_call_reports_a_lost_connection() -> None:
     finally:
         await pool.close()
         await listener.stop()
+
+
+async def test_dispatch_now_answers_requests_without_a_task() -> None:
+    """`dispatch_now` is offered each request first: what it takes is answered through its
+    callback (body or error), later, in the connection's order of completion; what it declines,
+    and a server-only method from a peer that is not a server, go to `dispatch` in a task."""
+    taken: dict[int, Any] = {}
+    tasks: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def dispatch_now(method: str, body: Any, answer: Any) -> bool:
+        if method in ("now", "server-only"):
+            taken[body] = answer
+            return True
+        if method == "now-broken":
+            raise RuntimeError("bug before taking it")
+        return False
+
+    async def dispatch(method: str, body: Any) -> Any:
+        tasks.append(method)
+        if method == "server-only":
+            return "served"
+        return body * 2
+
+    class NotAServer:
+        def server_refusal(self, cert: Any) -> str:
+            return "not a server certificate"
+
+    handler = rpc_stream_handler(dispatch, NotAServer(), ["server-only"], dispatch_now=dispatch_now)  # type: ignore[arg-type]
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: handler})
+    await listener.start()
+    pool = ConnectionPool()
+    addr = f"127.0.0.1:{listener.port}"
+    try:
+        first = asyncio.ensure_future(pool.call(addr, "now", 1))
+        second = asyncio.ensure_future(pool.call(addr, "now", 2))
+        assert await pool.call(addr, "double", 21) == 42  # declined: a task answers it
+        deadline = loop.time() + 30
+        while len(taken) < 2:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        assert not first.done() and not second.done()
+        taken[2](["two"], None)  # answered out of order, each to its own call
+        assert await second == ["two"]
+        taken[1](None, ValueError("refused"))
+        with pytest.raises(RemoteError, match="refused"):
+            await first
+        with pytest.raises(RemoteError, match="bug before taking it"):
+            await pool.call(addr, "now-broken", None)
+        # A server-only method from a peer that is not a server is refused by the task path,
+        # never offered to dispatch_now.
+        with pytest.raises(RemoteError, match="servers only"):
+            await pool.call(addr, "server-only", 99)
+        assert tasks == ["double"] and 99 not in taken
+    finally:
+        await pool.close()
+        await listener.stop()

@@ -3,7 +3,8 @@
 Owns the sockets of server-to-server and client-to-server traffic. The listener reads one byte
 per connection (`wire.ConnType`) and hands the stream to the protocol's handler; the RPC handler
 answers each request in its own task, so slow requests (blocking queries) do not hold up fast
-ones on the same connection. `ConnectionPool` keeps one connection per peer and multiplexes
+ones on the same connection (except the requests its `dispatch_now` takes and answers through a
+callback: a follower's batch of writes on the leader, with no task per request). `ConnectionPool` keeps one connection per peer and multiplexes
 concurrent calls on it by sequence number; `dial` opens every outgoing connection (the pool's and
 Raft's). A caller that gives up on a call (cancelled, or timed out) sends `CANCEL_METHOD` with the
 call's sequence number on the same connection, and the serving side cancels that request's task:
@@ -163,6 +164,8 @@ def adopt_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pro
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
+# (method, body, answer) -> whether it took the request (`rpc_stream_handler`'s `dispatch_now`).
+RPCHandlerNow = Callable[[str, Any, Callable[[Any, BaseException | None], None]], bool]
 _READ_CHUNK = 64 * 1024
 
 
@@ -344,12 +347,18 @@ class _Cork:
 
 
 def rpc_stream_handler(
-    dispatch: RPCHandler, security: RPCSecurity | None = None, server_only: Collection[str] = ()
+    dispatch: RPCHandler, security: RPCSecurity | None = None, server_only: Collection[str] = (),
+    dispatch_now: RPCHandlerNow | None = None,
 ) -> StreamHandler:
     """A stream handler serving pipelined RPC requests with `dispatch(method, body)`.
 
     The methods in `server_only` are answered with a refusal unless `security` accepts the
-    peer's certificate as a server's (with incoming verification off, it accepts anyone)."""
+    peer's certificate as a server's (with incoming verification off, it accepts anyone).
+    `dispatch_now(method, body, answer)`, when given, is offered each request first: True
+    means it took the request and calls `answer(body, None)` or `answer(None, error)` once,
+    later (no task for that request: a hot, short one such as a follower's batch of writes; it
+    cannot be cancelled, and its answer is written through the cork without waiting for the
+    socket buffer to drain); False sends it to `dispatch` in a task."""
     server_methods = frozenset(server_only)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -388,6 +397,9 @@ def rpc_stream_handler(
                         if abandoned is not None:
                             abandoned.cancel()
                         continue
+                    if (dispatch_now is not None and not (refusal and msg.method in server_methods)
+                            and _offer(dispatch_now, msg, cork)):
+                        continue
                     task = asyncio.get_running_loop().create_task(answer(msg))
                     inflight[msg.seq] = task
                     task.add_done_callback(lambda t, seq=msg.seq: _forget(inflight, seq, t))
@@ -398,6 +410,31 @@ def rpc_stream_handler(
                 task.cancel()
 
     return serve
+
+
+def _offer(dispatch_now: RPCHandlerNow, req: Request, cork: _Cork) -> bool:
+    """Offer `req` to `dispatch_now`; its answer goes out through `cork` as a task's would."""
+    seq = req.seq
+
+    def answered(body: Any, error: BaseException | None) -> None:
+        if error is not None and not isinstance(error, Exception):
+            return  # cancelled: nothing is answered, as for a cancelled task
+        resp = Response(seq, None, body) if error is None else Response(seq, str(error) or type(error).__name__, None)
+        try:
+            data = encode_response(resp)
+        except Exception as exc:  # an answer that does not encode: the caller gets why
+            data = encode_response(Response(seq, str(exc) or type(exc).__name__, None))
+        try:
+            cork.write(data)
+        except (ConnectionError, RuntimeError):
+            pass
+
+    try:
+        return dispatch_now(req.method, req.body, answered)
+    except Exception as exc:  # a bug before taking it: answered as `dispatch` would have failed
+        logger.exception("transport: serving %s without a task failed", req.method)
+        answered(None, exc)
+        return True
 
 
 def _forget(inflight: dict[int, asyncio.Task[None]], seq: int, task: asyncio.Task[None]) -> None:

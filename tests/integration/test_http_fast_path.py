@@ -459,6 +459,70 @@ async def test_a_raft_leader_answers_consistent_reads_after_read_index(tmp_path:
         await agent.stop()
 
 
+async def test_a_raft_follower_forwards_fast_path_puts_and_answers_like_the_normal_path(tmp_path: Path) -> None:
+    """Two Raft servers in this process: PUTs to the follower's fast path are forwarded
+    without a task (`Server.write_now` -> `WriteForwarder.submit_now`) and answered as the
+    follower's normal path answers them (the WRITES table; X-Consul-Index is the leader's)."""
+    prefix = free_subnet(2)
+    agents: list[Agent] = []
+    for i in (1, 2):
+        ip = f"{prefix}.{i}"
+        flags = configmod.agent_flagset().parse([
+            "-server", "-bootstrap-expect=2", f"-data-dir={tmp_path / f'data{i}'}", f"-http-port={free_port()}",
+            "-dns-port=-1", f"-client={ip}", f"-bind={ip}", f"-node=fwd-{i}", f"-retry-join={prefix}.1",
+            "-retry-interval=1s", "-hcl=performance { raft_multiplier = 1 }", "-hcl=limits { kv_max_value_size = 64 }",
+        ])  # fmt: skip
+        agents.append(Agent(configmod.load_from(flags).config, flags))
+    normal: HTTPServer | None = None
+    try:
+        for a in agents:
+            await a.start()
+        async with asyncio.timeout(60):
+            while True:
+                leaders = [a for a in agents if a.server.consensus.is_leader() and a.server.consensus.ready_for_reads()]
+                if leaders and all(a.server.consensus.leader_address() for a in agents):
+                    break
+                await asyncio.sleep(0.05)
+        leader = leaders[0]
+        follower = next(a for a in agents if a is not leader)
+        normal = HTTPServer(follower, [follower.http.bound[0][0]], free_port(), reads=follower.fast_reads)
+        normal.fast_path = False
+        await normal.start()
+        routes = follower.http.fast_routes
+        assert routes is not None
+        forwarded_now: list[bool] = []
+        write_now = follower.server.write_now
+
+        def counted_write_now(command: Any, done: Any) -> bool:
+            forwarded_now.append(write_now(command, done))
+            return forwarded_now[-1]
+
+        follower.server.write_now = counted_write_now  # type: ignore[method-assign]
+
+        def run() -> None:
+            fast, slow = Conn(*follower.http.bound[0]), Conn(*normal.bound[0])
+            try:
+                # Pipelined PUTs, each answered in order (a default read on a follower takes the
+                # normal path, and so would everything behind it: it comes last).
+                steps: list[tuple[str, str, bytes | None]] = [("PUT", "/v1/kv/pipe/f", f"v{i}".encode()) for i in range(10)]
+                _check_pipeline(fast, [*steps, ("GET", "/v1/kv/pipe/f?raw", None)], "/v1/kv/pipe/f")
+                assert forwarded_now == [True] * 10
+                forwarded_now.clear()
+                _compare_writes(fast, slow, routes, leader)
+                # Every PUT the fast path took was forwarded by write_now, none by a task.
+                assert forwarded_now == [True] * sum(1 for w in WRITES if w[4])
+            finally:
+                fast.close()
+                slow.close()
+
+        await asyncio.to_thread(run)
+    finally:
+        if normal is not None:
+            await normal.stop()
+        for a in agents:
+            await a.stop()
+
+
 # ------------------------------------------------------------------- 2. a real agent process
 
 

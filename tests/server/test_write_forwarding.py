@@ -398,6 +398,98 @@ async def test_a_leader_that_refuses_before_proposing_is_replaced_by_the_new_one
     assert sum(n for addr, _, n in pool.calls if addr == OTHER) == 5
 
 
+class Outcomes:
+    """`Server.write_now`'s callback: the (meta, result, error) it was called with."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[Any, ...]] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, *outcome: Any) -> None:
+        self.got.append(outcome)
+        self.event.set()
+
+    async def one(self) -> tuple[Any, ...]:
+        await asyncio.wait_for(self.event.wait(), 30)
+        assert len(self.got) == 1
+        return self.got[0]
+
+
+def start_now(server: Server, cmds: list[commands.Command]) -> list[Outcomes]:
+    """`write_now` each command; each must be taken, and none answered from inside the call."""
+    outs = [Outcomes() for _ in cmds]
+    for command, out in zip(cmds, outs):
+        assert server.write_now(command, out) is True
+    assert all(out.got == [] for out in outs)
+    return outs
+
+
+async def test_write_now_on_a_follower_forwards_and_answers_as_write_does() -> None:
+    follower, _, pool, logs = cluster()
+    leader_store = logs[LEADER].fsm.store
+    sets = [kv_set(f"n/{i}", b"%d" % i) for i in range(20)]
+    cas_fail = commands.KVS(commands.KVOp.CAS, DirEntry("n/0", b"new", modify_index=999_999))
+    bad_lock = commands.KVS(commands.KVOp.LOCK, DirEntry("locked", b"v", session="no-such-session"))
+    outs = start_now(follower, [*sets, cas_fail, bad_lock])
+    got = [await out.one() for out in outs]
+    # Batched as `write`'s are: one call, one Raft batch on the leader.
+    assert pool.calls == [(LEADER, "Raft.ApplyBatch", 22)] and logs[LEADER].batches == 1
+    for i, (meta, ok, exc) in enumerate(got[:20]):
+        entry = leader_store.kv_get(f"n/{i}")[1]
+        assert exc is None and ok is True and entry is not None and entry.modify_index == meta.index
+    assert got[20][1:] == (False, None) and got[20][0].index > 0
+    meta, ok, exc = got[21]
+    assert meta is None and ok is None and type(exc) is RPCError
+    with pytest.raises(RPCError) as by_write:
+        await follower.write(bad_lock)
+    assert str(exc) == str(by_write.value) == 'invalid session "no-such-session"'
+
+
+async def test_write_now_on_a_follower_goes_to_the_new_leader_after_a_refusal() -> None:
+    follower, view, pool, logs = cluster((LEADER, OTHER))
+
+    def moved() -> Exception:
+        view.leader = OTHER
+        return NotLeader(OTHER)
+
+    logs[LEADER].batch_failure = moved
+    got = [await out.one() for out in start_now(follower, [kv_set(f"m/{i}") for i in range(5)])]
+    assert [(ok, exc) for _, ok, exc in got] == [(True, None)] * 5
+    assert logs[LEADER].fsm.store.kv_get("m/0")[1] is None  # nothing proposed on the old leader
+    assert [logs[OTHER].fsm.store.kv_get(f"m/{i}")[1] is not None for i in range(5)] == [True] * 5
+    assert pool.calls[0] == (LEADER, "Raft.ApplyBatch", 5)
+    assert sum(n for addr, _, n in pool.calls if addr == OTHER) == 5
+    assert not follower._retries  # the retry tasks ended
+
+
+async def test_write_now_on_a_follower_never_resends_a_write_that_may_have_applied() -> None:
+    follower, _, pool, logs = cluster()
+    logs[LEADER].batch_failure = lambda: lambda: UnknownOutcome(
+        "leadership lost before the write applied; it may or may not commit")
+    meta, ok, exc = await start_now(follower, [kv_set("lost")])[0].one()
+    assert meta is None and type(exc) is RPCError and "may or may not commit" in str(exc)
+    assert pool.calls == [(LEADER, "Raft.ApplyBatch", 1)]
+    # Stopped with a write queued: its outcome is unknown, as `write`'s would be.
+    logs[LEADER].batch_failure = None
+    queued = start_now(follower, [kv_set("queued")])[0]
+    assert follower.write_forwarder is not None
+    await follower.write_forwarder.close()
+    meta, ok, exc = await queued.one()
+    assert meta is None and type(exc) is UnknownOutcome
+
+
+async def test_write_now_on_a_follower_leaves_to_write_what_it_cannot_send() -> None:
+    pool = LoopbackPool({})
+    no_leader = Server(Store(), ClientConsensus(), "dc1", pool=pool)
+    assert no_leader.write_now(kv_set("k"), lambda *a: None) is False  # `write` waits for the election
+    follower, _, pool, _ = cluster()
+    assert follower.write_now(commands.Txn((kv_set("k"),)), lambda *a: None) is False  # only KV operations
+    no_pool = Server(Store(), follower_view(LEADER), "dc1")
+    assert no_pool.write_now(kv_set("k"), lambda *a: None) is False
+    await asyncio.sleep(0)
+    assert pool.calls == []
+
+
 async def test_a_write_that_lost_its_leader_after_proposing_is_not_resent() -> None:
     follower, _, pool, logs = cluster()
     logs[LEADER].batch_failure = lambda: lambda: UnknownOutcome(
@@ -485,6 +577,12 @@ async def test_writes_through_a_follower_over_the_real_transport() -> None:
             assert got[16][1] is False
         assert follower.write_forwarder.batches_sent == 4 and log.batches == 4
         assert sent_directly == [False, True, True, True]  # the first one dialled
+        # The HTTP fast path's PUTs (`write_now`): the same batch, answered from the reader.
+        got_now = [await out.one() for out in start_now(follower, [kv_set(f"now/{i}") for i in range(16)])]
+        for i, (meta, ok, exc) in enumerate(got_now):
+            entry = store.kv_get(f"now/{i}")[1]
+            assert exc is None and ok is True and entry is not None and entry.modify_index == meta.index
+        assert sent_directly == [False, True, True, True, True] and log.batches == 5
         assert follower.write_forwarder.in_flight() == 0
     finally:
         await pool.close()
@@ -492,6 +590,53 @@ async def test_writes_through_a_follower_over_the_real_transport() -> None:
 
 
 # ------------------------------------------------------------- a real one-voter Raft server
+
+
+async def _ready_one_voter(tmp_path: Any, store: Store) -> RaftServer:
+    raft = RaftServer("a", "a", "127.0.0.1:8300", CommandStateMachine(FSM(store)), str(tmp_path), tick_s=0.02)
+    raft.bootstrap({"a": "127.0.0.1:8300"})
+    await raft.start()
+    deadline = asyncio.get_running_loop().time() + 30
+    while not raft.ready_for_reads():
+        assert asyncio.get_running_loop().time() < deadline, "the single voter never became a ready leader"
+        await asyncio.sleep(0.01)
+    return raft
+
+
+async def test_a_raft_leader_serves_forwarded_batches_without_a_task(tmp_path: Any) -> None:
+    """The agent's wiring: the leader's RPC handler hands `Raft.ApplyBatch` to
+    `Server.handle_rpc_now` (proposed by `RaftLog.propose_batch_now`, answered from the last
+    entry's completion); a follower's `write` and `write_now` get what the leader applied."""
+    store = Store()
+    raft = await _ready_one_voter(tmp_path, store)
+    log = RaftLog(raft)
+    leader = Server(store, log, "dc1", propose_now=log.propose_now, propose_batch_now=log.propose_batch_now)
+    taken: list[bool] = []
+
+    def now(method: str, body: Any, answer: Any) -> bool:
+        taken.append(leader.handle_rpc_now(method, body, answer))
+        return taken[-1]
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(leader.handle_rpc, dispatch_now=now)})
+    await listener.start()
+    pool = ConnectionPool()
+    follower = Server(Store(), follower_view(f"127.0.0.1:{listener.port}"), "dc1", pool=pool, rpc_hold_timeout_s=30.0)
+    try:
+        cas_fail = commands.KVS(commands.KVOp.CAS, DirEntry("r/0", b"x", modify_index=999_999))
+        for round_ in range(3):
+            got = await asyncio.gather(*(follower.write(kv_set(f"r/{i}", b"%d" % round_)) for i in range(8)),
+                                       follower.write(cas_fail))
+            assert [ok for _, ok in got] == [True] * 8 + [False]
+            got_now = [await out.one() for out in start_now(follower, [kv_set(f"n/{round_}/{i}") for i in range(8)])]
+            for i, (meta, ok, exc) in enumerate(got_now):
+                entry = store.kv_get(f"n/{round_}/{i}")[1]
+                assert exc is None and ok is True and entry is not None and entry.modify_index == meta.index
+        assert store.kv_get("r/7")[1].value == b"2"  # type: ignore[union-attr]
+        assert taken == [True] * 6  # every batch, none through a task
+    finally:
+        await pool.close()
+        await listener.stop()
+        await raft.stop()
 
 
 async def test_raft_applies_a_batch_in_order_with_the_proposed_objects(tmp_path: Any) -> None:

@@ -173,3 +173,115 @@ async def test_write_now_on_a_raft_leader_answers_as_write_does(tmp_path: Any) -
     assert server.write_now(kv_set("late"), lambda *a: None) is False
     with pytest.raises(NoLeader):
         await asyncio.wait_for(server.write(kv_set("late")), 10)
+
+
+# ------------------------------------------------- a follower's batch on the leader, task-less
+
+
+async def test_propose_batch_now_answers_once_every_entry_is_settled() -> None:
+    raft = ScriptedRaft()
+    log = RaftLog(raft)  # type: ignore[arg-type]
+    outcomes = Outcomes()
+    batch = [(kv_set(f"k{i}"), commands.encode(kv_set(f"k{i}"))) for i in range(3)]
+    assert log.propose_batch_now(batch, outcomes) is True
+    assert raft.proposed == [(data, command) for command, data in batch]
+    first, second, last = raft.futures
+    last.set_result((3, True))  # the last one first: the others are still pending
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert outcomes.got == []
+    first.set_result((1, True))
+    second.set_exception(OutcomeUnknown("lost"))
+    got, exc = await outcomes.one()
+    assert exc is None and got[0] == (1, True) and got[2] == (3, True)
+    assert type(got[1]) is UnknownOutcome
+    # Anything but a Raft error fails the whole batch, as it fails `apply_batch`.
+    failed = Outcomes()
+    assert log.propose_batch_now(batch[:1], failed) is True
+    raft.futures[-1].set_exception(ValueError("broken"))
+    got, exc = await failed.one()
+    assert got is None and type(exc) is ValueError
+    empty = Outcomes()
+    assert log.propose_batch_now([], empty) is True and empty.got == []
+    assert await empty.one() == ([], None)
+
+
+@pytest.mark.parametrize("refusal", [NotLeaderError("10.0.0.1:8300"), RaftError("transfer running")])
+async def test_propose_batch_now_refused_before_proposing_leaves_it_to_apply_batch(refusal: RaftError) -> None:
+    log = RaftLog(ScriptedRaft(refusal))  # type: ignore[arg-type]
+    called: list[Any] = []
+    assert log.propose_batch_now([(kv_set("k"), commands.encode(kv_set("k")))], lambda *a: called.append(a)) is False
+    await asyncio.sleep(0)
+    assert called == []
+
+
+async def test_apply_batch_waits_for_every_entry_whatever_the_order() -> None:
+    raft = ScriptedRaft()
+    log = RaftLog(raft)  # type: ignore[arg-type]
+    batch = [(kv_set(f"k{i}"), commands.encode(kv_set(f"k{i}"))) for i in range(3)]
+    task = asyncio.ensure_future(log.apply_batch(batch))
+    await asyncio.sleep(0)
+    raft.futures[2].set_result((3, True))
+    raft.futures[0].set_result((1, True))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not task.done()
+    raft.futures[1].set_exception(OutcomeUnknown("lost"))
+    got = await asyncio.wait_for(task, 30)
+    assert got[0] == (1, True) and type(got[1]) is UnknownOutcome and got[2] == (3, True)
+    # Cancelled while waiting: every proposal's future is cancelled, as gather cancelled them.
+    task = asyncio.ensure_future(log.apply_batch(batch))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert all(f.cancelled() for f in raft.futures[3:])
+
+
+async def test_apply_forwarded_now_answers_as_apply_forwarded_does(tmp_path: Any) -> None:
+    store = Store()
+    raft = await _one_voter(tmp_path, store)
+    metrics = Metrics()
+    log = RaftLog(raft)
+    server = Server(store, log, "dc1", metrics=metrics, propose_now=log.propose_now,
+                    propose_batch_now=log.propose_batch_now)
+    try:
+        def body(tag: str) -> dict[str, Any]:
+            return {"commands": [
+                commands.encode(kv_set(f"{tag}/a")),
+                commands.encode(commands.KVS(commands.KVOp.CAS, DirEntry(f"{tag}/a", b"x", modify_index=1))),
+                commands.encode(commands.KVS(commands.KVOp.LOCK, DirEntry("l", b"v", session="none"))),
+                b"\xc1garbage",
+            ]}
+        by_task = await server.handle_rpc("Raft.ApplyBatch", body("task"))
+        requests, errors, applies = (_total(metrics, n) for n in ("rpc.request", "rpc.request_error", "kvs.apply"))
+        answers = Outcomes()
+        assert server.handle_rpc_now("Raft.ApplyBatch", body("now"), answers) is True
+        assert answers.got == []
+        reply, exc = await answers.one()
+        assert exc is None
+        assert [type(r) for r in reply["results"]] == [type(r) for r in by_task["results"]] == [list, list, str, str]
+        assert reply["results"][1][1] is False and reply["results"][2:] == by_task["results"][2:]
+        entry = store.kv_get("now/a")[1]
+        assert entry is not None and entry.modify_index == reply["results"][0][0]
+        # Counted as the task path counts: a request per write, an error per failed one.
+        assert _total(metrics, "rpc.request") == requests + 4
+        assert _total(metrics, "rpc.request_error") == errors + 2
+        assert _total(metrics, "kvs.apply") == applies + 2
+        # What it leaves to the task path: other methods, a malformed body, an ACL bootstrap
+        # (one by one), nothing to propose.
+        for method, declined in [("Raft.Apply", commands.encode(kv_set("x"))), ("Raft.ApplyBatch", {"commands": 1}),
+                                 ("Raft.ApplyBatch", {"commands": [commands.encode(commands.ACLOp(
+                                     commands.ACLOpKind.BOOTSTRAP, [{}, 0]))]}),
+                                 ("Raft.ApplyBatch", {"commands": [b"\xc1"]})]:
+            assert server.handle_rpc_now(method, declined, lambda *a: None) is False, declined
+        assert _total(metrics, "rpc.request") == requests + 4
+        acl_on = Server(store, log, "dc1", authorize_write=_allow, propose_batch_now=log.propose_batch_now)
+        assert acl_on.handle_rpc_now("Raft.ApplyBatch", body("acl"), lambda *a: None) is False
+    finally:
+        await raft.stop()
+    assert server.handle_rpc_now("Raft.ApplyBatch", body("late"), lambda *a: None) is False  # not leading
+
+
+async def _allow(token: str, command: commands.Command) -> None:
+    return None

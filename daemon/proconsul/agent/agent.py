@@ -299,6 +299,7 @@ class Agent:
                 acl_bootstrap_reset=acl_leader.BootstrapResetFile(cfg.data_dir) if acl_on and cfg.data_dir else None,
                 unsafe_follower_local_reads=cfg.unsafe_follower_local_reads,
                 propose_now=raft_log.propose_now if raft_log is not None else None,
+                propose_batch_now=raft_log.propose_batch_now if raft_log is not None else None,
                 unsafe_reads_before_first_apply=cfg.unsafe_reads_before_first_apply,
             )
             self.server = self.rpc_server

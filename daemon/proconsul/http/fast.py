@@ -202,9 +202,10 @@ class ReadGate(Protocol):
         failed; never from inside this call. False when no barrier can be run."""
 
     def write_now(self, command: commands.KVS, done: WriteDone) -> bool:
-        """Propose a plain KV write without a task (`Server.write_now` on a Raft leader) and
-        call `done(meta, result, error)` once it applied; False, with nothing proposed, when the
-        write must take the task path (`Server.write`: forwarding, a single voter, a client)."""
+        """Start a plain KV write without a task (`Server.write_now`: proposed on a Raft leader,
+        forwarded by a follower that knows its leader) and call `done(meta, result, error)` once
+        it applied; False, with nothing proposed or sent, when the write must take the task
+        path (`Server.write`: no known leader, a single voter, a client)."""
 
 
 class ReadIndex(Protocol):
@@ -483,7 +484,7 @@ class FastRoutes:
 
     def kv_put_now(self, command: commands.KVS, done: Callable[[bytes | None], None]) -> bool:
         """Start the write without a task where the server can (`Server.write_now`: the leader's
-        Raft log) and call `done(answer)` once it applied, with what `kv_put` would answer (None
+        Raft log, or a follower's write forwarder) and call `done(answer)` once it applied, with what `kv_put` would answer (None
         when the write's future was cancelled: nothing is answered, as when `kv_put`'s task is);
         never from inside this call. False, with nothing proposed: `kv_put` must do it."""
         def applied(meta: WriteMeta | None, ok: Any, exc: BaseException | None) -> None:

@@ -121,7 +121,8 @@ class ClusterMember:
             cfg.bind_addr,
             cfg.ports.server,
             {
-                ConnType.RPC: rpc_stream_handler(server.handle_rpc, security, SERVER_ONLY_METHODS),
+                ConnType.RPC: rpc_stream_handler(server.handle_rpc, security, SERVER_ONLY_METHODS,
+                                                 dispatch_now=server.handle_rpc_now),
                 ConnType.RAFT: raft.serve_stream,
             },
             security=security,

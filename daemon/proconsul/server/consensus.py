@@ -10,7 +10,8 @@ Owns the two adapters that keep `proconsul.raft` a generic replicated log:
 - `RaftLog`: the `rpc_api.Consensus` the RPC layer proposes through; it encodes commands and
   translates Raft's own errors into the RPC errors servers answer with (`raft_errors`, also for
   the operator and autopilot, which change the configuration directly); `propose_now` proposes
-  without a coroutine for the HTTP fast path's writes (no task, no chain of awaits per PUT).
+  without a coroutine for the HTTP fast path's writes (no task, no chain of awaits per PUT),
+  and `propose_batch_now` a follower's forwarded batch, from the RPC connection's reader.
 """
 
 from __future__ import annotations
@@ -61,6 +62,43 @@ def _settled(done: Applied, out: tuple[int, Any] | None, exc: BaseException | No
         done(out, None)
     else:
         done(None, rpc_error(exc) if isinstance(exc, RaftError) else exc)
+
+
+# What `RaftLog.propose_batch_now` reports: (outcomes, None), or (None, error) for the whole batch.
+BatchApplied = Callable[[list[tuple[int, Any] | RPCError] | None, BaseException | None], None]
+
+
+def _batch_outcomes(futs: list[asyncio.Future[tuple[int, Any]]]) -> list[tuple[int, Any] | RPCError]:
+    """Each settled proposal's outcome: (index, result), or the RPC error `apply` would raise
+    for a Raft error; any other exception (CancelledError for a cancelled one) is raised."""
+    out: list[tuple[int, Any] | RPCError] = []
+    for fut in futs:
+        exc = fut.exception()  # raises CancelledError for a cancelled future
+        if exc is None:
+            out.append(fut.result())
+        elif isinstance(exc, RaftError):
+            out.append(rpc_error(exc))
+        else:
+            raise exc
+    return out
+
+
+def _when_all_settled(futs: list[asyncio.Future[tuple[int, Any]]], last: int, done: BatchApplied) -> None:
+    """Call `done(outcomes)` once every future in `futs` is settled: waits on the last one (the
+    entries apply in order, so the others are then settled too), then on any still pending."""
+    def settled(_: Any) -> None:
+        for i in range(len(futs) - 1, -1, -1):
+            if not futs[i].done():
+                _when_all_settled(futs, i, done)
+                return
+        try:
+            outcomes = _batch_outcomes(futs)
+        except BaseException as exc:  # (CancelledError included: nothing here is being cancelled)
+            done(None, exc)
+            return
+        done(outcomes, None)
+
+    futs[last].add_done_callback(settled)
 
 
 def _round_trips(command: Any) -> bool:
@@ -192,17 +230,33 @@ class RaftLog:
         (or the RPCError of a leadership transfer in progress) is raised before any is proposed."""
         with raft_errors():
             futs = self.raft.propose_batch([(data, command) for command, data in batch])
-        done = await asyncio.gather(*futs, return_exceptions=True)
-        out: list[tuple[int, Any] | RPCError] = []
-        for r in done:
-            if isinstance(r, BaseException):
-                try:
-                    with raft_errors():
-                        raise r
-                except RPCError as exc:
-                    r = exc
-            out.append(r)
-        return out
+        # Not asyncio.gather (a callback and an iteration more): the entries apply in order, so
+        # once the last is settled the others almost always are.
+        try:
+            for fut in reversed(futs):
+                if not fut.done():
+                    await asyncio.wait((fut,))
+        except asyncio.CancelledError:
+            for fut in futs:
+                fut.cancel()  # as gather cancelled its children
+            raise
+        return _batch_outcomes(futs)
+
+    def propose_batch_now(self, batch: list[tuple[commands.Command, bytes]],
+                          done: BatchApplied) -> bool:
+        """`apply_batch` without a coroutine (a follower's `Raft.ApplyBatch` on the leader):
+        proposes the batch now and calls `done(outcomes, None)` once every entry is settled, or
+        `done(None, error)` with what `apply_batch` would raise then; never from inside this call. False, with nothing proposed, when Raft refuses the batch before
+        proposing (not the leader, a leadership transfer): `apply_batch` then raises it."""
+        try:
+            futs = self.raft.propose_batch([(data, command) for command, data in batch])
+        except RaftError:
+            return False
+        if not futs:
+            asyncio.get_running_loop().call_soon(done, [], None)
+            return True
+        _when_all_settled(futs, len(futs) - 1, done)
+        return True
 
     async def verify_leader(self) -> None:
         with raft_errors():

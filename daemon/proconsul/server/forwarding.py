@@ -29,6 +29,11 @@ authorises it with: `"tokens"` beside `"commands"` in a batch, `{"command", "tok
 single `Raft.Apply`. The tokens are kept beside the queue (`_tokens`, by the write's future), so
 the batching itself is the same with ACLs on or off.
 
+`submit_now` is `submit` for a caller without a coroutine (the HTTP fast path's PUT on a
+follower, `Server.write_now`): the write is queued and batched the same way, and its outcome is
+handed to a callback where a future would have been settled (`_CallbackWrite`), so the answer
+from the connection's reader reaches the HTTP connection in the same step, with no task to wake.
+
 A leader of an older build that does not know `Raft.ApplyBatch` answers "can't find method"
 before doing anything: the batch's writes then go one `Raft.Apply` call each, and that leader
 is offered batches again after `UNSUPPORTED_RETRY_S` (it may have been upgraded meanwhile).
@@ -79,6 +84,49 @@ class DirectCaller(Caller, Protocol):
                   done: Callable[[Any, BaseException | None], None], timeout_s: float = ...) -> bool: ...
 
 
+# `submit_now`'s callback: (outcome, None) once applied, or (None, error).
+Settled = Callable[[Outcome | None, BaseException | None], None]
+
+
+class _CallbackWrite:
+    """A queued write answered by a callback (`submit_now`): quacks like the future `submit`
+    gives (`done`, `set_result`, `set_exception`, all the forwarder uses), and hands the outcome
+    to `settled` right there, at most once."""
+
+    __slots__ = ("_settled", "_tokens", "fired")
+
+    def __init__(self, settled: Settled, tokens: dict[Any, str]) -> None:
+        self._settled = settled
+        self._tokens = tokens  # the forwarder's: this write's token leaves with its outcome
+        self.fired = False
+
+    def done(self) -> bool:
+        return self.fired
+
+    def set_result(self, outcome: Outcome) -> None:
+        self._fire(outcome, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._fire(None, error)
+
+    def _fire(self, outcome: Outcome | None, error: BaseException | None) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        if self._tokens:
+            self._tokens.pop(self, None)
+        try:
+            self._settled(outcome, error)
+        except Exception:
+            # Never into the loop settling a whole batch (or the connection's reader).
+            logger.exception("rpc: a forwarded write's callback failed")
+
+
+# What a queued write is settled through: `submit`'s future or `submit_now`'s callback.
+Pending = asyncio.Future[Outcome] | _CallbackWrite
+_Write = tuple[bytes, Pending]
+
+
 def error_from_text(text: str) -> RPCError:
     """The error a leader's answer text stands for (its class decides whether to resend)."""
     if text == _NOT_LEADER_TEXT:
@@ -97,18 +145,18 @@ class WriteForwarder:
         self.max_bytes = max_bytes
         # Writes waiting for the next call, per leader address; a key exists while that call's
         # task is scheduled but has not yet taken them.
-        self._queued: dict[str, list[tuple[bytes, asyncio.Future[Outcome]]]] = {}
+        self._queued: dict[str, list[_Write]] = {}
         # Leaders that refused Raft.ApplyBatch as unknown: address -> monotonic time to try again.
         self._single_until: dict[str, float] = {}
         # Calls under way in tasks (the first to a leader, which dials; one call per write to an
         # older leader): task -> its writes.
-        self._tasks: dict[asyncio.Task[None], list[tuple[bytes, asyncio.Future[Outcome]]]] = {}
+        self._tasks: dict[asyncio.Task[None], list[_Write]] = {}
         # Calls sent with send_call, not yet answered: id -> their writes.
-        self._flying: dict[int, list[tuple[bytes, asyncio.Future[Outcome]]]] = {}
+        self._flying: dict[int, list[_Write]] = {}
         self._send_call: Callable[..., bool] | None = getattr(pool, "send_call", None)
         self.batches_sent = 0  # calls made (tests and benchmarks read how writes were grouped)
         # ACLs on: the token each queued write carries, by its future (empty with ACLs off).
-        self._tokens: dict[asyncio.Future[Outcome], str] = {}
+        self._tokens: dict[Pending, str] = {}
 
     def submit(self, leader: str, data: bytes, token: str | None = None) -> asyncio.Future[Outcome]:
         """Queue the encoded command `data` for `leader`; the future gives its outcome (see the
@@ -128,16 +176,29 @@ class WriteForwarder:
         queued.append((data, fut))
         return fut
 
-    def _forget_token(self, fut: asyncio.Future[Outcome]) -> None:
+    def submit_now(self, leader: str, data: bytes, token: str | None, settled: Settled) -> None:
+        """`submit` without a future: `settled(outcome, None)` or `settled(None, error)` (the
+        same outcomes) is called once, from the connection's reader (or a timer, or `close`);
+        never from inside this call."""
+        write = _CallbackWrite(settled, self._tokens)
+        if token is not None:
+            self._tokens[write] = token
+        queued = self._queued.get(leader)
+        if queued is None:
+            queued = self._queued[leader] = []
+            asyncio.get_running_loop().call_soon(self._dispatch, leader)
+        queued.append((data, write))
+
+    def _forget_token(self, fut: Pending) -> None:
         self._tokens.pop(fut, None)
 
-    def _batch_body(self, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> dict[str, Any]:
+    def _batch_body(self, writes: list[_Write]) -> dict[str, Any]:
         body: dict[str, Any] = {"commands": [d for d, _ in writes]}
         if self._tokens:
             body["tokens"] = [self._tokens.get(fut, "") for _, fut in writes]
         return body
 
-    def _single_body(self, data: bytes, fut: asyncio.Future[Outcome]) -> Any:
+    def _single_body(self, data: bytes, fut: Pending) -> Any:
         token = self._tokens.get(fut) if self._tokens else None
         return data if token is None else {"command": data, "token": token}
 
@@ -196,7 +257,7 @@ class WriteForwarder:
         if self._settle(leader, writes, reply, error):
             self._spawn(leader, writes)  # one call per write (_single_until is set)
 
-    def _spawn(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
+    def _spawn(self, leader: str, writes: list[_Write]) -> None:
         task = asyncio.get_running_loop().create_task(self._send(leader, writes), name=f"forward-writes:{leader}")
         self._tasks[task] = writes
         task.add_done_callback(self._forget)
@@ -204,7 +265,7 @@ class WriteForwarder:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
 
-    async def _send(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
+    async def _send(self, leader: str, writes: list[_Write]) -> None:
         try:
             if time.monotonic() < self._single_until.get(leader, 0.0):
                 await self._send_singly(leader, writes)
@@ -224,10 +285,10 @@ class WriteForwarder:
             _fail(writes, lambda: UnknownOutcome(f"rpc error: forwarding to the leader {leader} failed; "
                                                  "the write may have applied"))
 
-    def _split(self, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> list[list[tuple[bytes, asyncio.Future[Outcome]]]]:
+    def _split(self, writes: list[_Write]) -> list[list[_Write]]:
         if len(writes) <= self.max_writes and sum(len(d) for d, _ in writes) <= self.max_bytes:
             return [writes]
-        parts: list[list[tuple[bytes, asyncio.Future[Outcome]]]] = [[]]
+        parts: list[list[_Write]] = [[]]
         size = 0
         for w in writes:
             part = parts[-1]
@@ -238,7 +299,7 @@ class WriteForwarder:
             size += len(w[0])
         return parts
 
-    async def _send_batch(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
+    async def _send_batch(self, leader: str, writes: list[_Write]) -> None:
         self.batches_sent += 1
         try:
             reply = await self.pool.call(leader, BATCH_METHOD, self._batch_body(writes), timeout_s=self.timeout_s)
@@ -248,7 +309,7 @@ class WriteForwarder:
             return
         self._settle(leader, writes, reply, None)
 
-    def _settle(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]], reply: Any,
+    def _settle(self, leader: str, writes: list[_Write], reply: Any,
                 error: BaseException | None) -> bool:
         """Give each write the outcome a batch call's answer (or `error`) means for it. True:
         the leader does not know batches, and the writes are still to be sent one by one."""
@@ -288,10 +349,10 @@ class WriteForwarder:
                                                  "it may have applied"))
         return False
 
-    async def _send_singly(self, leader: str, writes: list[tuple[bytes, asyncio.Future[Outcome]]]) -> None:
+    async def _send_singly(self, leader: str, writes: list[_Write]) -> None:
         await asyncio.gather(*(self._send_one(leader, data, fut) for data, fut in writes))
 
-    async def _send_one(self, leader: str, data: bytes, fut: asyncio.Future[Outcome]) -> None:
+    async def _send_one(self, leader: str, data: bytes, fut: Pending) -> None:
         try:
             reply = await self.pool.call(leader, SINGLE_METHOD, self._single_body(data, fut), timeout_s=self.timeout_s)
         except TimeoutError:
@@ -309,7 +370,7 @@ class WriteForwarder:
             fut.set_exception(outcome)
 
 
-def _fail(writes: list[tuple[bytes, asyncio.Future[Outcome]]], make: Callable[[], BaseException]) -> None:
+def _fail(writes: list[_Write], make: Callable[[], BaseException]) -> None:
     # An exception object per write: one raised in many callers would grow one traceback.
     for _, fut in writes:
         if not fut.done():

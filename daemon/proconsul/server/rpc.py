@@ -76,6 +76,11 @@ ReadFn = Callable[[Store], tuple[int, Any]]
 # False when it cannot be proposed at once.
 ProposeNow = Callable[[commands.Command, Callable[[tuple[int, Any] | None, BaseException | None], None]], bool]
 
+# `RaftLog.propose_batch_now`: propose (command, bytes) pairs now and call back with
+# (outcome per write | None, error of the whole batch); False when they cannot be proposed at once.
+ProposeBatchNow = Callable[[list[tuple[commands.Command, bytes]],
+                            Callable[[list[Any] | None, BaseException | None], None]], bool]
+
 
 class ServerPool(Protocol):
     """RPC to the other servers of this datacenter (`transport.ConnectionPool`)."""
@@ -466,11 +471,14 @@ class Server:
         unsafe_follower_local_reads: bool = False,
         unsafe_reads_before_first_apply: bool = False,
         propose_now: ProposeNow | None = None,
+        propose_batch_now: ProposeBatchNow | None = None,
     ) -> None:
         self.store = store
         # The Raft log's task-less proposal (`RaftLog.propose_now`), for `write_now`; None where
         # the consensus proposes only through a coroutine (a single voter, a client agent).
         self._propose_now = propose_now
+        # Its batch form (`RaftLog.propose_batch_now`), for `apply_forwarded_now`; None likewise.
+        self._propose_batch_now = propose_batch_now
         self.voter_refusal = voter_refusal
         self.consensus = consensus
         self.datacenter = datacenter
@@ -507,6 +515,8 @@ class Server:
         self._forwarding = SharedCalls()
         # Writes forwarded to the leader, in one Raft.ApplyBatch call per loop iteration and leader.
         self.write_forwarder = WriteForwarder(pool) if pool is not None else None
+        # `write_now`'s forwarded writes that a refusal sent on to the next leader, in tasks.
+        self._retries: set[asyncio.Task[None]] = set()
         # Consul times each endpoint's apply where it proposes (the leader); by command type.
         self._m_apply_by_type: dict[type, Sample] = {
             commands.KVS: m.sample("kvs", "apply", help="ms to apply a KV write through Raft"),
@@ -833,16 +843,20 @@ class Server:
 
     def write_now(self, command: commands.Command,
                   done: Callable[[WriteMeta | None, Any, BaseException | None], None]) -> bool:
-        """`write` of a KV operation on the leader without a coroutine (the HTTP fast path's
-        PUT: no task and no chain of awaits per write): proposes `command` now and calls
-        `done(meta, result, None)` once it applied, or `done(None, None, error)` with what
-        `write` would raise; never from inside this call. False, with nothing proposed, when
-        `write` must do it: not the leader (it forwards), another kind of command, a consensus
-        that proposes only through a coroutine, a leadership transfer running."""
+        """`write` of a KV operation without a coroutine (the HTTP fast path's PUT: no task
+        and no chain of awaits per write): on the leader, proposes `command` now; on a follower
+        that knows its leader, hands it to the write forwarder (`WriteForwarder.submit_now`);
+        then calls `done(meta, result, None)` once it applied, or `done(None, None, error)` with
+        what `write` would raise; never from inside this call. False, with nothing proposed or
+        sent, when `write` must do it: another kind of command, a leader whose consensus
+        proposes only through a coroutine, a leadership transfer running, a follower without a
+        known leader (`write` waits for the election) or without a pool."""
         if type(command) is not commands.KVS:
             return False
+        if not self.consensus.is_leader():
+            return self._forward_now(command, done)
         propose_now = self._propose_now
-        if propose_now is None or not self.consensus.is_leader():
+        if propose_now is None:
             return False
         timer = self._m_apply_by_type[commands.KVS]
         start = time.perf_counter()
@@ -862,6 +876,58 @@ class Server:
             return False
         self._m_request.incr()
         return True
+
+    def _forward_now(self, command: commands.KVS,
+                     done: Callable[[WriteMeta | None, Any, BaseException | None], None]) -> bool:
+        """`write_now` on a follower: the forwarding `write` does (`_forward_write_retrying`),
+        with the first attempt settled by a callback; a refusal before proposing (NotLeader)
+        goes on in a task, as `write`'s retry loop, within the same rpc_hold_timeout."""
+        forwarder = self.write_forwarder
+        if forwarder is None:
+            return False
+        leader = self.consensus.leader_address()
+        if not leader:
+            return False
+        try:
+            data = commands.encode(command)
+        except Exception:
+            return False  # `write` raises it
+        token = self.acl_gate.outgoing_token() if self.acl_gate is not None else None  # the leader authorises it
+        deadline = asyncio.get_running_loop().time() + self.rpc_hold_timeout_s
+
+        def settled(outcome: tuple[int, Any] | None, exc: BaseException | None) -> None:
+            if outcome is not None:
+                try:
+                    result = decode_result(outcome[1])
+                except Exception as bad:
+                    done(None, None, bad)
+                    return
+                done(WriteMeta(outcome[0]), result, None)
+            elif isinstance(exc, NotLeader) and asyncio.get_running_loop().time() < deadline:
+                self._retry_forward(leader, command, deadline, done)
+            else:
+                done(None, None, exc)
+
+        self._m_request.incr()
+        forwarder.submit_now(leader, data, token, settled)
+        return True
+
+    def _retry_forward(self, leader: str, command: commands.Command, deadline: float,
+                       done: Callable[[WriteMeta | None, Any, BaseException | None], None]) -> None:
+        async def retry() -> None:
+            try:
+                meta, result = await self._forward_write_retrying(leader, command, deadline, refused=True)
+            except asyncio.CancelledError as exc:
+                done(None, None, exc)  # nothing to answer, as when `write`'s task is cancelled
+                raise
+            except Exception as exc:
+                done(None, None, exc)
+            else:
+                done(meta, result, None)
+
+        task = asyncio.get_running_loop().create_task(retry())
+        self._retries.add(task)  # held until it ends (the loop keeps only weak references)
+        task.add_done_callback(self._retries.discard)
 
     async def _apply(self, command: commands.Command, encoded: bytes | None = None) -> tuple[int, Any]:
         """Propose on this server (the leader). An ACL bootstrap takes its reset index from this
@@ -886,18 +952,23 @@ class Server:
         timer.since(start)
         return out
 
-    async def _forward_write_retrying(self, leader: str, command: commands.Command) -> tuple[WriteMeta, Any]:
+    async def _forward_write_retrying(self, leader: str, command: commands.Command, deadline: float | None = None,
+                                      refused: bool = False) -> tuple[WriteMeta, Any]:
         """Forward a write; when the server we took for the leader answers that it is not (a
         leadership transfer or election moved it, and nothing was proposed), forward to the new
-        leader, within rpc_hold_timeout."""
+        leader, within rpc_hold_timeout (until `deadline`, when given). `refused`: `leader`
+        has refused it already (`write_now`'s first attempt), so look for the next one."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.rpc_hold_timeout_s
+        if deadline is None:
+            deadline = loop.time() + self.rpc_hold_timeout_s
         while True:
-            try:
-                return await self._forward_write(leader, command)
-            except NotLeader:
-                if loop.time() >= deadline:
-                    raise
+            if not refused:
+                try:
+                    return await self._forward_write(leader, command)
+                except NotLeader:
+                    if loop.time() >= deadline:
+                        raise
+            refused = False
             stale = leader
             while True:
                 await asyncio.sleep(0.02)
@@ -927,27 +998,8 @@ class Server:
         own outcome (an unknown one if leadership is lost before it applies)."""
         if not self.consensus.is_leader():
             raise NotLeader(self.consensus.leader_address())
-        raw = body.get("commands") if type(body) is dict else None
-        if type(raw) is not list:
-            raise RPCError('Raft.ApplyBatch: the body must be {"commands": [encoded command, ...]}')
-        out: list[Any] = [None] * len(raw)
-        batch: list[tuple[commands.Command, bytes]] = []
-        slots: list[int] = []
-        one_by_one = False
-        self._m_request.incr(len(raw))  # one request per write, as separate Raft.Apply calls count
-        for i, data in enumerate(raw):
-            if type(data) is not bytes:
-                out[i] = "Raft.ApplyBatch: a command must be bytes"
-                continue
-            try:
-                command = commands.decode(data)  # checked here, proposed as it came
-            except Exception as exc:
-                out[i] = str(exc) or type(exc).__name__
-                continue
-            if type(command) is commands.ACLOp:
-                one_by_one = True  # an ACL bootstrap takes this server's reset index (see _apply)
-            batch.append((command, data))
-            slots.append(i)
+        out, batch, slots, one_by_one = self._forwarded_batch(body)
+        self._m_request.incr(len(out))  # one request per write, as separate Raft.Apply calls count
         start = time.perf_counter()
         outcomes: list[Any] = []
         if batch and not one_by_one:
@@ -961,6 +1013,74 @@ class Server:
                 one_by_one = True
         if one_by_one:
             outcomes = await asyncio.gather(*(self._apply_one(c, d) for c, d in batch))
+        return self._forwarded_reply(out, slots, batch, outcomes, start, one_by_one)
+
+    def apply_forwarded_now(self, body: Any, answer: Callable[[Any, BaseException | None], None]) -> bool:
+        """`apply_forwarded` without a task (the RPC connection's reader hands it over): the
+        batch is proposed now (`RaftLog.propose_batch_now`) and `answer(reply, None)` or
+        `answer(None, error)` is called once its last entry is settled; never from inside this
+        call. False, with nothing proposed or counted, when `apply_forwarded` must do it (and
+        answer its refusals): ACLs on (tokens are checked by a coroutine), not the leader, a
+        batch that must go write by write, a leadership transfer running, a malformed body."""
+        propose = self._propose_batch_now
+        if propose is None or self.authorize_write is not None or not self.consensus.is_leader():
+            return False
+        try:
+            out, batch, slots, one_by_one = self._forwarded_batch(body)
+        except Exception:
+            return False
+        if one_by_one or not batch:
+            return False
+        start = time.perf_counter()
+
+        def applied(outcomes: list[Any] | None, exc: BaseException | None) -> None:
+            if exc is None:
+                assert outcomes is not None
+                try:
+                    reply = self._forwarded_reply(out, slots, batch, outcomes, start, False)
+                except Exception as bad:
+                    exc = bad
+                else:
+                    answer(reply, None)
+                    return
+            if isinstance(exc, Exception):
+                self._m_request_error.incr()  # a failed call, as `handle_rpc` counts one
+            answer(None, exc)
+
+        if not propose(batch, applied):
+            return False
+        self._m_request.incr(len(out))
+        return True
+
+    def _forwarded_batch(self, body: Any) -> tuple[list[Any], list[tuple[commands.Command, bytes]], list[int], bool]:
+        """A `Raft.ApplyBatch` body checked and decoded: (a slot per write, holding the error
+        text of those that cannot be proposed; the (command, bytes) to propose; their slots;
+        whether they must be proposed one by one)."""
+        raw = body.get("commands") if type(body) is dict else None
+        if type(raw) is not list:
+            raise RPCError('Raft.ApplyBatch: the body must be {"commands": [encoded command, ...]}')
+        out: list[Any] = [None] * len(raw)
+        batch: list[tuple[commands.Command, bytes]] = []
+        slots: list[int] = []
+        one_by_one = False
+        for i, data in enumerate(raw):
+            if type(data) is not bytes:
+                out[i] = "Raft.ApplyBatch: a command must be bytes"
+                continue
+            try:
+                command = commands.decode(data)  # checked here, proposed as it came
+            except Exception as exc:
+                out[i] = str(exc) or type(exc).__name__
+                continue
+            if type(command) is commands.ACLOp:
+                one_by_one = True  # an ACL bootstrap takes this server's reset index (see _apply)
+            batch.append((command, data))
+            slots.append(i)
+        return out, batch, slots, one_by_one
+
+    def _forwarded_reply(self, out: list[Any], slots: list[int], batch: list[tuple[commands.Command, bytes]],
+                         outcomes: list[Any], start: float, one_by_one: bool) -> dict[str, Any]:
+        """`Raft.ApplyBatch`'s answer from each proposed write's outcome (written into `out`)."""
         # Each write's apply time is the batch's: its writes commit and apply together.
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         timers = self._m_apply_by_type
@@ -996,6 +1116,14 @@ class Server:
     def register(self, method: str, handler: RPCHandler) -> None:
         """Answer the RPC `method` with `handler` (parts built after the server add theirs)."""
         self.handlers[method] = handler
+
+    def handle_rpc_now(self, method: str, body: Any, answer: Callable[[Any, BaseException | None], None]) -> bool:
+        """Serve a request without a task where this server can (the transport's
+        `dispatch_now`): a follower's `Raft.ApplyBatch` (`apply_forwarded_now`); `answer` is
+        called once, never from inside this call. False: `handle_rpc` serves it."""
+        if method != "Raft.ApplyBatch" or method in self.handlers:
+            return False
+        return self.apply_forwarded_now(body, answer)
 
     async def handle_rpc(self, method: str, body: Any) -> Any:
         """Serve a request from another agent (the transport's RPC dispatch)."""
