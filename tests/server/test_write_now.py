@@ -30,19 +30,30 @@ def kv_set(key: str, value: bytes = b"v") -> commands.KVS:
 
 
 class ScriptedRaft:
-    """`propose_now` as RaftServer's: refuses with `refusal`, else keeps the entry and its
-    callback for the test to settle (RaftServer calls back from the event loop, later)."""
+    """`propose_now` and `propose_batch` as RaftServer's: refuse with `refusal`, else keep the
+    entry and its callback (or its future) for the test to settle (RaftServer settles them from
+    the event loop, later)."""
 
     def __init__(self, refusal: RaftError | None = None) -> None:
         self.refusal = refusal
         self.proposed: list[tuple[bytes, Any]] = []
         self.callbacks: list[Any] = []
+        self.futures: list[asyncio.Future[tuple[int, Any]]] = []
 
     def propose_now(self, data: bytes, proposed: Any, done: Any) -> None:
         if self.refusal is not None:
             raise self.refusal
         self.proposed.append((data, proposed))
         self.callbacks.append(done)
+
+    def propose_batch(self, items: list[tuple[bytes, Any]]) -> list[asyncio.Future[tuple[int, Any]]]:
+        """As RaftServer's (a follower's forwarded batch on the leader): one future per entry."""
+        if self.refusal is not None:
+            raise self.refusal
+        self.proposed.extend(items)
+        futs = [asyncio.get_running_loop().create_future() for _ in items]
+        self.futures.extend(futs)
+        return futs
 
 
 class Outcomes:
