@@ -458,6 +458,10 @@ class DurableLog:
         while len(self._segments) > 1 and self._segments[0].max_index < first_index:
             seg = self._segments.pop(0)
             os.unlink(seg.path)
+            # Oldest first, each deletion durable before the next: a crash never leaves an old
+            # segment whose successor is gone (its entries would not connect to the next one's).
+            # A few per 16 MB of log, so the fsyncs are rare.
+            _fsync_dir(self.path)
 
 
 def _encode_entries(batch: list[LogRecord]) -> bytes:
