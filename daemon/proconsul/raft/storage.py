@@ -162,7 +162,10 @@ class DurableLog:
     # ------------------------------------------------------------------------------- open/close
 
     def open(self) -> None:
+        new = not os.path.isdir(self.path)
         private_dir(self.path)
+        if new:  # the directory's own entry, durable before anything in it is acknowledged
+            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         lock = os.open(os.path.join(self.path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             os.fchmod(lock, 0o600)
