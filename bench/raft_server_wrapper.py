@@ -4,7 +4,7 @@
         -server -bootstrap-expect=3 -data-dir=... (the `proconsul agent` arguments)
 
 Used by bench/raft_vs_etcd.py. Without touching daemon code it wraps
-`proconsul.raft.storage.DurableLog.write_db` (one SQLite transaction = one WAL fsync) and counts,
+`proconsul.raft.storage.DurableLog.write_db` (one log write = one fdatasync) and counts,
 cumulatively: calls, entries written, calls with no entries (hard state only), the seconds spent
 inside (the fsync dominates) and a histogram of entries per call. A daemon thread rewrites
 `--stats` (temporary file + rename) every 0.25 s, so a benchmark can take deltas around a run.

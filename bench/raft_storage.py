@@ -1,9 +1,10 @@
-"""Raft log storage compared: SQLite WAL (what proconsul uses) against plain segment files.
+"""Raft log storage compared: proconsul's DurableLog against naive segment-file designs.
 
 Run by hand: `.venv/bin/python bench/raft_storage.py [--seconds 4] [--rounds 3]`. Each round
 persists what a Raft `Ready` needs, hard state (term, vote, commit) plus a batch of 256-byte
 entries, durably, in batches of 1 and 16:
-- `sqlite-wal`: proconsul.raft.storage.DurableLog, one transaction per batch (one fsync);
+- `durable-log`: proconsul.raft.storage.DurableLog, one write + fdatasync per batch (SQLite WAL,
+  one transaction per batch, before issue 21: bench/raft_log_write.py compares the two);
 - `segments`: an append-only segment file with fdatasync per batch, plus the hard state written
   atomically to its own file (write, fsync, rename, fsync dir), as a segment design must;
 - `segments-nohs`: the segment file alone, the best case for segments (no hard state).
@@ -19,13 +20,13 @@ import statistics
 import tempfile
 import time
 
-from proconsul.raft.storage import DurableLog, HardState, LogRecord, atomic_write
+from proconsul.raft.storage import HardState, LogRecord, atomic_write, raft_log
 
 PAYLOAD = b"x" * 256
 
 
-def bench_sqlite(directory: str, batch: int, seconds: float) -> float:
-    log = DurableLog(os.path.join(directory, "raft.db"))
+def bench_durable_log(directory: str, batch: int, seconds: float) -> float:
+    log = raft_log(directory)
     log.open()
     index, batches = 1, 0
     deadline = time.perf_counter() + seconds
@@ -63,11 +64,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     formats = {
-        "sqlite-wal": bench_sqlite,
+        "durable-log": bench_durable_log,
         "segments": lambda d, b, s: _bench_segments(d, b, s, True),
         "segments-nohs": lambda d, b, s: _bench_segments(d, b, s, False),
     }
-    print(f"{'format':14} {'batch':>5} {'batches/s (median)':>19} {'entries/s':>10} {'vs sqlite':>9}")
+    print(f"{'format':14} {'batch':>5} {'batches/s (median)':>19} {'entries/s':>10} {'vs ours':>9}")
     for batch in (1, 16):
         runs: dict[str, list[float]] = {name: [] for name in formats}
         for r in range(args.rounds):
@@ -75,7 +76,7 @@ def main() -> None:
             for name in order:
                 with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
                     runs[name].append(formats[name](d, batch, args.seconds))
-        base = statistics.median(runs["sqlite-wal"])
+        base = statistics.median(runs["durable-log"])
         for name, values in runs.items():
             med = statistics.median(values)
             print(f"{name:14} {batch:>5} {med:>19.0f} {med * batch:>10.0f} {med / base:>8.2f}x")

@@ -11,7 +11,7 @@ Layout (loopback only; every member on its own address, default ports):
   -data-dir=D/pN` on 127.a.b.1-3 (HTTP 8500, DNS 8600,
   server 8300, serf 8301/8302), as tests/integration/test_raft_cluster.py starts them. Each runs
   through bench/raft_server_wrapper.py, which counts entries per `DurableLog.write_db` call (one
-  SQLite WAL fsync) without changing daemon code.
+  log write + fdatasync) without changing daemon code.
 - etcd: `etcd --enable-v2 --data-dir=D/eN` on 127.c.d.1-3 (client 2379, peer 2380), default
   heartbeat (100 ms), election timeout (1 s) and snapshot count; fsync on every WAL batch.
 proconsul runs at the default `raft_multiplier` (5, Consul's default) unless `--raft-multiplier`

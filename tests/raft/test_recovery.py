@@ -16,7 +16,7 @@ from proconsul.cli.raft_recover import OperatorRaftRecover
 from proconsul.raft import recovery
 from proconsul.raft.messages import Configuration, EntryKind
 from proconsul.raft.node import RaftServer
-from proconsul.raft.storage import DurableLog, HardState, LogRecord, SnapshotMeta, SnapshotStore, private_dir
+from proconsul.raft.storage import HardState, LogRecord, SnapshotMeta, SnapshotStore, private_dir, raft_log
 from proconsul.server.consensus import CommandStateMachine
 from proconsul.state.fsm import FSM
 from proconsul.state.store import Store
@@ -32,7 +32,7 @@ def _data_dir(root: Path, node_id: str, terms: list[int], commit: int, term: int
     (d / "node-id").write_text(node_id)
     (raft / "addresses.json").write_text(json.dumps({v: f"10.0.0.{k}:8300" for k, v in enumerate(OLD_VOTERS, 1)}))
     SnapshotStore(str(raft / "snapshots")).save(SnapshotMeta(0, 0, Configuration(frozenset(OLD_VOTERS)).encode()), b"")
-    log = DurableLog(str(raft / "raft.db"))
+    log = raft_log(str(raft))
     log.open()
     log.save(HardState(term if term is not None else max(terms), "e", commit),
              [LogRecord(i, t, int(EntryKind.NOOP), b"") for i, t in enumerate(terms, 1)])
@@ -59,7 +59,7 @@ def test_inspect_plan_and_apply(tmp_path: Path) -> None:
         assert marker is not None and marker.term == p.recovery_term
         assert dict(marker.voters) == {"a": "10.0.0.1:8300", "b": "10.0.0.2:8300"}
         assert (marker.kept_term, marker.kept_index) == (2, 12)
-        log = DurableLog(str(d / "raft" / "raft.db"))
+        log = raft_log(str(d / "raft"))
         log.open()
         assert log.hard_state.term == p.recovery_term and log.hard_state.vote == ""
         log.close()
@@ -157,7 +157,7 @@ def test_a_running_server_is_refused(tmp_path: Path) -> None:
     a = _data_dir(tmp_path, "a", [1], commit=1)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'rb'); print('open', flush=True); sys.stdin.read()",
-         str(a / "raft" / "raft.db")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+         str(a / "raft" / "wal" / "LOCK")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         with pytest.raises(recovery.RecoveryError, match=f"open in process {holder.pid}"):
@@ -179,7 +179,7 @@ def test_run_as_root_the_files_stay_the_service_users(tmp_path: Path) -> None:
         for p in [raft, *raft.iterdir()]:
             os.chown(p, *owner)
     recovery.apply(recovery.plan([recovery.inspect(str(a))]))
-    for name in (recovery.MARKER_FILE, "raft.db"):
+    for name in (recovery.MARKER_FILE, "wal", "wal/LOCK", "wal/00000000000000000001.wal"):
         st = (raft / name).stat()
         assert (st.st_uid, st.st_gid) == owner, name
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from proconsul.raft.storage import DurableLog, HardState, LogRecord, SnapshotMeta, SnapshotStore
+from proconsul.raft.storage import (
+    DurableLog,
+    HardState,
+    LogLocked,
+    LogRecord,
+    SnapshotMeta,
+    SnapshotStore,
+    raft_log,
+)
 
 
 def recs(lo: int, hi: int, term: int = 1) -> list[LogRecord]:
@@ -19,7 +26,7 @@ def recs(lo: int, hi: int, term: int = 1) -> list[LogRecord]:
 
 
 def reopen(path: Path) -> DurableLog:
-    log = DurableLog(str(path / "raft.db"))
+    log = raft_log(str(path))
     log.open()
     return log
 
@@ -37,8 +44,8 @@ def test_append_and_reopen(tmp_path: Path) -> None:
 
 
 def test_hard_state_survives_reopen_whichever_fields_moved(tmp_path: Path) -> None:
-    """write_db replaces only the commit row when term and vote did not move; every sequence of
-    changes (commit only, vote, term, back to commit only) reads back exactly."""
+    """Every sequence of hard state changes (commit only, vote, term, back to commit only) reads
+    back exactly."""
     steps = [HardState(1, "a", 0), HardState(1, "a", 3), HardState(1, "a", 7), HardState(2, "", 7),
              HardState(2, "b", 7), HardState(2, "b", 9), HardState(3, "c", 9), HardState(3, "c", 12)]
     index = 1
@@ -58,7 +65,7 @@ def test_conflicting_tail_is_replaced(tmp_path: Path) -> None:
     log.append(recs(1, 30))
     log.save(entries=recs(10, 13, term=5))  # a new leader overwrites from index 10
     assert log.last_index == 12
-    log.close()  # one connection at a time: the log holds SQLite's lock while open
+    log.close()  # one opener at a time: the log holds its lock while open
     again = reopen(tmp_path)
     assert again.last_index == 12 and again.get(10) == LogRecord(10, 5, 0, b"entry-10")
     assert again.get(9) == LogRecord(9, 1, 0, b"entry-9")
@@ -86,15 +93,15 @@ def test_compaction_and_reset(tmp_path: Path) -> None:
 
 
 def test_a_second_opener_is_refused_while_the_log_is_open(tmp_path: Path) -> None:
-    """The server's connection keeps SQLite's lock (locking_mode=EXCLUSIVE): nothing else may
-    open raft.db under it, in this process or another, and it is free again once closed."""
+    """The open log holds an flock on wal/LOCK: nothing else may open it, in this process or
+    another, and it is free again once closed."""
     log = reopen(tmp_path)
     log.append(recs(1, 3))
     probe = subprocess.run(
-        [sys.executable, "-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('SELECT * FROM log').fetchall()",
-         str(tmp_path / "raft.db")], capture_output=True, text=True, timeout=60)
-    assert probe.returncode != 0 and "locked" in probe.stderr
-    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        [sys.executable, "-c", "import sys; from proconsul.raft.storage import raft_log; raft_log(sys.argv[1]).open()",
+         str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert probe.returncode != 0 and "locked" in probe.stderr, probe.stderr
+    with pytest.raises(LogLocked, match="locked"):
         reopen(tmp_path)
     log.close()
     again = reopen(tmp_path)
@@ -119,8 +126,8 @@ def test_acknowledged_saves_survive_kill_9(tmp_path: Path) -> None:
     """A writer reports each index only after save() returned; kill -9 must lose none of them."""
     script = textwrap.dedent(
         f"""
-        from proconsul.raft.storage import DurableLog, HardState, LogRecord
-        log = DurableLog({str(tmp_path / "raft.db")!r})
+        from proconsul.raft.storage import HardState, LogRecord, raft_log
+        log = raft_log({str(tmp_path)!r})
         log.open()
         i = log.last_index + 1
         while True:
@@ -166,5 +173,6 @@ def test_raft_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
     assert _mode(raft_dir) == 0o700
     assert _mode(raft_dir / "snapshots") == 0o700
     assert _mode(Path(path)) == 0o600
-    files = [p for p in raft_dir.iterdir() if p.name.startswith("raft.db")]
-    assert files and all(_mode(p) == 0o600 for p in files), [(p.name, oct(_mode(p))) for p in files]
+    assert _mode(raft_dir / "wal") == 0o700
+    files = list((raft_dir / "wal").iterdir())
+    assert len(files) == 2 and all(_mode(p) == 0o600 for p in files), [(p.name, oct(_mode(p))) for p in files]

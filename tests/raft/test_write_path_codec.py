@@ -13,7 +13,7 @@ import pytest
 from proconsul.raft import codec
 from proconsul.raft.messages import Entry, EntryKind, Message, MsgType
 from proconsul.raft.node import _PeerLink
-from proconsul.raft.storage import DurableLog, HardState, LogRecord
+from proconsul.raft.storage import HardState, LogRecord, raft_log
 from proconsul.state import commands
 from proconsul.state.records import DirEntry
 from proconsul.state.store import Store
@@ -106,8 +106,8 @@ def test_kv_set_keeps_what_replace_kept() -> None:
 
 
 def test_write_db_multi_row_batches_reopen_intact(tmp_path: Any) -> None:
-    path = str(tmp_path / "raft.db")
-    log = DurableLog(path)
+    path = str(tmp_path)
+    log = raft_log(path)
     log.open()
     index = 1
     for size in (1, 199, 200, 201, 450):
@@ -123,7 +123,7 @@ def test_write_db_multi_row_batches_reopen_intact(tmp_path: Any) -> None:
     log.apply_memory(HardState(3, "b", 10), tail, index - 3)
     expected = list(log.records)
     log.close()
-    again = DurableLog(path)
+    again = raft_log(path)
     again.open()
     assert again.records == expected
     assert again.hard_state == HardState(3, "b", 10)

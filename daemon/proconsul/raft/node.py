@@ -3,7 +3,7 @@
 Owns one server's replicated log in motion: a tick timer, inbound Raft messages, proposals and
 ReadIndex requests go into `RaftNode`; each `Ready` it returns is carried out in the core's
 required order (leader-early replication, then snapshot/entries/hard state persisted in one
-SQLite transaction by the log-writer thread, then messages sent, then committed entries applied
+log write + fdatasync by the log-writer thread, then messages sent, then committed entries applied
 to the FSM, then read states served, then `advance`); committed entries already in the durable
 log are applied while the new ones are written. Proposals queued while a Ready is being
 persisted go into the next one, which is the group commit; `?consistent` reads queued meanwhile
@@ -59,8 +59,8 @@ from proconsul.raft.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from proconsul.raft.storage import DurableLog, LogRecord, SnapshotStore, atomic_write, private_dir
 from proconsul.raft.storage import HardState as DiskHardState
+from proconsul.raft.storage import LogRecord, SnapshotStore, atomic_write, private_dir, raft_log
 from proconsul.raft.storage import SnapshotMeta as DiskSnapshotMeta
 from proconsul.tasks import blocking_work, collector_paused
 from proconsul.transport import RPCSecurity, TLSHandshakeError, adopt_stream, dial
@@ -144,11 +144,11 @@ class OutcomeUnknown(RaftError):
 
 
 class DiskStorage:
-    """The core's `LogView` over the SQLite log and the snapshot files (all of it durable)."""
+    """The core's `LogView` over the segment log and the snapshot files (all of it durable)."""
 
     def __init__(self, directory: str) -> None:
         private_dir(directory)
-        self.log = DurableLog(os.path.join(directory, "raft.db"))
+        self.log = raft_log(directory)
         self.snapshots = SnapshotStore(os.path.join(directory, "snapshots"))
         self.log.open()
         latest = self.snapshots.latest()
@@ -218,7 +218,7 @@ class DiskStorage:
         self.adopt_snapshot(snap, compact_to)
 
     def write_snapshot_file(self, snap: Snapshot) -> None:
-        """The file half of `record_snapshot`: safe in a worker thread (touches no SQLite)."""
+        """The file half of `record_snapshot`: safe in a worker thread (touches no log file)."""
         meta = DiskSnapshotMeta(snap.meta.index, snap.meta.term, snap.meta.config.encode())
         self.snapshots.save(meta, snap.data)
 
@@ -269,7 +269,7 @@ class AddressBook:
 
 
 class _LogWriter:
-    """One long-lived thread that runs the log's durable writes (the SQLite commit and its fsync).
+    """One long-lived thread that runs the log's durable writes (one log write and its fdatasync).
 
     The hand-off is a `SimpleQueue.put` and, for the answer, one `call_soon_threadsafe`: cheaper
     per batch than `run_in_executor` (a `concurrent.futures` future chained to an asyncio one,
@@ -279,8 +279,8 @@ class _LogWriter:
 
     _STOP = object()
 
-    # The thread needs the GIL for a few short stretches per batch (between SQLite's steps,
-    # which release it), while the event loop holds it nearly all the time under load. A thread
+    # The thread needs the GIL for a few short stretches per batch (around the write and the
+    # fdatasync, which release it), while the event loop holds it nearly all the time under load. A thread
     # waiting for the GIL asks for it only after the interpreter's switch interval (5 ms by
     # default), so each stretch could wait that long and an fsync batch took several ms on a
     # busy leader. The process-wide interval is lowered to SWITCH_INTERVAL_S: the loop hands the
@@ -981,7 +981,7 @@ class RaftServer:
 
     async def _between_readies(self, timeout_s: float = 10.0) -> None:
         """Until the replication loop is not in the middle of a Ready (no persist in flight on
-        the worker thread), so it can be cancelled without the thread writing to a database
+        the worker thread), so it can be cancelled without the thread writing to a log
         that is closed or rewritten under it (which crashed the process in SQLite)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

@@ -46,7 +46,7 @@ The new term is set far past every term any survivor has seen (`TERM_GAP`): lost
 have run elections no survivor heard of, and the new era must not reuse their terms.
 
 Two ways to reach the survivors. Stopped: `inspect` reads a data directory (and refuses one whose
-Raft database another process has open) and `apply` writes it; the survivors are then started.
+Raft log another process has open) and `apply` writes it; the survivors are then started.
 Running: each survivor answers `GET /v1/operator/raft/recover` with `live_state` and takes the
 plan's marker through `PUT` (`RaftServer.recover_live`: the same durable writes, then its Raft
 restarts from storage in place), refusing while it has a leader. Either way the same `plan` decides.
@@ -63,7 +63,17 @@ from typing import Any, Protocol
 
 from proconsul.raft.core import Recovery
 from proconsul.raft.messages import Configuration, EntryKind
-from proconsul.raft.storage import DurableLog, HardState, SnapshotStore, atomic_write
+from proconsul.raft.storage import (
+    LEGACY_DB,
+    LOG_DIR,
+    DurableLog,
+    HardState,
+    LogLocked,
+    SnapshotStore,
+    atomic_write,
+    log_file_names,
+    raft_log,
+)
 
 MARKER_FILE = "recovery.json"
 
@@ -312,20 +322,36 @@ def _open_elsewhere(path: str) -> list[int]:
     return pids
 
 
-def _raft_paths(data_dir: str) -> tuple[str, str]:
+def _raft_paths(data_dir: str) -> str:
+    """The raft directory of a stopped server's data directory (refused while a server runs)."""
     raft_dir = os.path.join(data_dir, "raft")
-    db = os.path.join(raft_dir, "raft.db")
-    if not os.path.exists(db):
-        raise RecoveryError(f"{data_dir}: no Raft state (no raft/raft.db); is this a server's data directory?")
-    busy = _open_elsewhere(db)
-    if busy:
-        raise RecoveryError(f"{data_dir}: the Raft database is open in process {busy[0]}; stop that server first")
-    return raft_dir, db
+    log_dir, legacy = os.path.join(raft_dir, LOG_DIR), os.path.join(raft_dir, LEGACY_DB)
+    if not os.path.isdir(log_dir) and not os.path.exists(legacy):
+        raise RecoveryError(f"{data_dir}: no Raft state (no raft/{LOG_DIR}/); is this a server's data directory?")
+    for held in (os.path.join(log_dir, "LOCK"), legacy):
+        busy = _open_elsewhere(held) if os.path.exists(held) else []
+        if busy:
+            raise RecoveryError(f"{data_dir}: the Raft log is open in process {busy[0]}; stop that server first")
+    return raft_dir
+
+
+def _open_log(data_dir: str, raft_dir: str) -> DurableLog:
+    log = raft_log(raft_dir)
+    try:
+        log.open()
+    except LogLocked:
+        raise RecoveryError(f"{data_dir}: the Raft log is open in another process; stop that server first") from None
+    return log
+
+
+def _log_names(raft_dir: str) -> list[str]:
+    """What opening the log may have written (an old raft.db is imported at the first open)."""
+    return [*log_file_names(raft_dir), *(LEGACY_DB + s + ".imported" for s in ("", "-wal", "-shm"))]
 
 
 def inspect(data_dir: str) -> SurvivorState:
     """Read a stopped server's node ID, address book, hard state, snapshot and log."""
-    raft_dir, db = _raft_paths(data_dir)
+    raft_dir = _raft_paths(data_dir)
     try:
         with open(os.path.join(data_dir, "node-id"), encoding="utf-8") as fh:
             node_id = fh.read().strip()
@@ -339,8 +365,7 @@ def inspect(data_dir: str) -> SurvivorState:
     marker = load_marker(raft_dir)
     if marker is not None:
         addresses = {**addresses, **marker.voters}
-    log = DurableLog(db)
-    log.open()
+    log = _open_log(data_dir, raft_dir)
     try:
         hs = log.hard_state
         records = log.slice(log.first_index, log.last_index + 1) if log.last_index >= log.first_index else []
@@ -348,6 +373,7 @@ def inspect(data_dir: str) -> SurvivorState:
         first = log.first_index
     finally:
         log.close()
+    _give_back(raft_dir, _log_names(raft_dir))
     latest = SnapshotStore(os.path.join(raft_dir, "snapshots")).latest()
     snap_index, snap_term, config = 0, 0, Configuration()
     if latest is not None:
@@ -487,16 +513,15 @@ def apply(p: Plan) -> list[str]:
     for s in p.survivors:
         if s.id not in p.voters:
             continue
-        raft_dir, db = _raft_paths(s.source)
-        log = DurableLog(db)
-        log.open()
+        raft_dir = _raft_paths(s.source)
+        log = _open_log(s.source, raft_dir)
         try:
             hs = log.hard_state
             log.save(hard_state=HardState(max(hs.term, p.recovery_term), "", hs.commit))
         finally:
             log.close()
         write_marker(raft_dir, marker)
-        _give_back(raft_dir, [MARKER_FILE, "raft.db", "raft.db-wal", "raft.db-shm"])
+        _give_back(raft_dir, [MARKER_FILE, *_log_names(raft_dir)])
         done.append(s.source)
     return done
 

@@ -1,0 +1,253 @@
+"""The segment log's crash safety: torn tails, damage, segments, compaction, the SQLite upgrade.
+
+Crashes are simulated on the files (what a kill -9 or a power cut can leave: the last write cut
+at any byte, the rest zeros or garbage); tests/raft/test_storage.py kills a real writer.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from proconsul.raft.storage import CorruptStorage, DurableLog, HardState, LogRecord, raft_log
+
+SMALL = 4096  # bytes per segment: a few dozen entries each, so tests cross segments
+
+
+def recs(lo: int, hi: int, term: int = 1, size: int = 20) -> list[LogRecord]:
+    return [LogRecord(i, term, i % 3, (f"entry-{i}-".encode() * size)[:size]) for i in range(lo, hi)]
+
+
+def opened(path: Path, segment_bytes: int = SMALL) -> DurableLog:
+    log = raft_log(str(path), segment_bytes)
+    log.open()
+    return log
+
+
+def image(log: DurableLog) -> tuple[object, ...]:
+    return (log.first_index, log.last_index, log.offset_term, log.durable_hard_state, list(log.records))
+
+
+def segments(path: Path) -> list[Path]:
+    return sorted((path / "wal").glob("*.wal"))
+
+
+@pytest.mark.parametrize("garbage", [b"\0", b"\xa5"])
+def test_a_last_write_torn_at_any_byte_reopens_with_the_writes_before_it(tmp_path: Path, garbage: bytes) -> None:
+    log = opened(tmp_path)
+    log.save(HardState(1, "a", 3), recs(1, 6))
+    before = image(log)
+    start = log._pos
+    log.save(HardState(2, "b", 5), recs(6, 8, term=2))
+    end = log._pos
+    after = image(log)
+    log.close()
+    (seg,) = segments(tmp_path)
+    data = seg.read_bytes()
+    for cut in range(start, end + 1):
+        # What reached the disk: the write up to `cut`, then zeros (preallocated) or garbage.
+        seg.write_bytes(data[:cut] + garbage * (end - cut) + data[end:])
+        again = opened(tmp_path)
+        assert image(again) == (after if cut == end else before), cut
+        # The torn bytes are gone for good: a shorter write in their place reads back alone.
+        again.save(HardState(3, "c", 5), recs(again.last_index + 1, again.last_index + 2, term=3, size=1))
+        expected = image(again)
+        again.close()
+        third = opened(tmp_path)
+        assert image(third) == expected, cut
+        third.close()
+
+
+def test_a_damaged_record_with_valid_ones_after_it_is_corruption(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    log.save(HardState(1, "a", 0), recs(1, 4))
+    middle = log._pos
+    log.save(None, recs(4, 7))
+    log.save(None, recs(7, 9))
+    log.close()
+    (seg,) = segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    data[middle + 20] ^= 0x01  # one bit inside the second write's entries
+    seg.write_bytes(bytes(data))
+    with pytest.raises(CorruptStorage, match=f"{seg.name}: damaged record at offset {middle}"):
+        opened(tmp_path)
+
+
+def test_damage_in_a_complete_segment_is_corruption(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    for i in range(1, 120, 5):
+        log.save(HardState(1, "a", i), recs(i, i + 5))
+    log.close()
+    first = segments(tmp_path)[0]
+    assert len(segments(tmp_path)) >= 2
+    data = bytearray(first.read_bytes())
+    end = len(bytes(data).rstrip(b"\0"))
+    data[end - 1] ^= 0x40  # the last write of a segment that later ones follow
+    first.write_bytes(bytes(data))
+    with pytest.raises(CorruptStorage, match=first.name):
+        opened(tmp_path)
+
+
+def test_writes_cross_segments_and_reopen(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    for i in range(1, 300, 7):
+        log.save(HardState(1, "a", i), recs(i, i + 7, size=60))
+    expected = image(log)
+    log.close()
+    assert len(segments(tmp_path)) > 5
+    again = opened(tmp_path)
+    assert image(again) == expected and again.last_index == 301
+    again.close()
+
+
+def test_truncate_append_and_reopen_across_segments(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    for i in range(1, 200, 10):
+        log.save(HardState(1, "a", 0), recs(i, i + 10))
+    log.save(HardState(2, "b", 0), recs(35, 40, term=2))  # a new leader's tail replaces 35..200
+    assert log.last_index == 39
+    expected = image(log)
+    log.close()
+    again = opened(tmp_path)
+    assert image(again) == expected
+    assert again.get(34) == recs(34, 35)[0] and again.get(35) == recs(35, 36, term=2)[0]
+    again.close()
+
+
+def test_compaction_drops_old_segments_and_reopens(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    for i in range(1, 400, 10):
+        log.save(HardState(1, "a", i + 9), recs(i, i + 10))
+    many = len(segments(tmp_path))
+    log.compact_prefix(300)
+    assert (log.first_index, log.offset_term) == (301, 1)
+    expected = image(log)
+    log.close()
+    assert 1 < len(segments(tmp_path)) < many
+    again = opened(tmp_path)
+    assert image(again) == expected
+    again.compact_prefix(400)  # everything: the log is empty and continues at 401
+    again.append(recs(401, 403, term=2))
+    expected = image(again)
+    again.close()
+    third = opened(tmp_path)
+    assert image(third) == expected and third.first_index == 401
+    third.close()
+
+
+def test_reset_after_a_snapshot_install_drops_everything_before(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    for i in range(1, 200, 10):
+        log.save(HardState(1, "a", 0), recs(i, i + 10))
+    log.reset(1001, 4)
+    log.save(HardState(4, "", 1000), recs(1001, 1004, term=4))
+    expected = image(log)
+    log.close()
+    assert len(segments(tmp_path)) == 1
+    again = opened(tmp_path)
+    assert image(again) == expected and (again.first_index, again.offset_term) == (1001, 4)
+    again.close()
+
+
+def test_a_hard_state_change_alone_is_durable(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    log.append(recs(1, 3))
+    log.save(HardState(7, "n2", 0))  # a vote: no entries
+    log.close()
+    again = opened(tmp_path)
+    assert again.hard_state == HardState(7, "n2", 0) and again.last_index == 2
+    again.close()
+
+
+def test_an_interrupted_segment_creation_is_ignored(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    log.append(recs(1, 5))
+    expected = image(log)
+    log.close()
+    (tmp_path / "wal" / "00000000000000000002.wal.tmp").write_bytes(b"\x07" * 100)
+    again = opened(tmp_path)
+    assert image(again) == expected
+    assert not list((tmp_path / "wal").glob("*.tmp"))
+    again.close()
+
+
+def test_random_operations_read_back_exactly_after_every_reopen(tmp_path: Path) -> None:
+    """Seeded: appends, conflicting tails, hard states, compactions, resets and reopens, with
+    segments small enough that compaction deletes some while others restate the bounds."""
+    rng = random.Random(21)
+    log = opened(tmp_path, 2048)
+    term = 1
+    for step in range(400):
+        op = rng.random()
+        if op < 0.55:
+            n = rng.randint(1, 12)
+            lo = log.last_index + 1
+            log.save(HardState(term, "v", max(log.first_index - 1, lo - 1)), recs(lo, lo + n, term, rng.randint(0, 60)))
+        elif op < 0.7 and log.last_index >= log.first_index:
+            term += 1
+            lo = rng.randint(max(log.first_index, log.last_index - 15), log.last_index)
+            log.save(HardState(term, "w", 0), recs(lo, lo + rng.randint(1, 5), term))
+        elif op < 0.8:
+            term += rng.randint(0, 1)
+            log.save(HardState(term, rng.choice(["", "a", "b"]), log.hard_state.commit))
+        elif op < 0.9 and log.last_index >= log.first_index:
+            log.compact_prefix(rng.randint(log.first_index, log.last_index))
+        elif op < 0.93:
+            log.reset(log.last_index + rng.randint(1, 50), term)
+        else:
+            expected = image(log)
+            log.close()
+            log = opened(tmp_path, 2048)
+            assert image(log) == expected, step
+    expected = image(log)
+    log.close()
+    log = opened(tmp_path, 2048)
+    assert image(log) == expected
+    log.close()
+
+
+def _old_raft_db(path: Path, hs: HardState, first: int, offset_term: int, entries: list[LogRecord]) -> None:
+    """A raft.db as the SQLite log (before issue 21) wrote it: same schema and pragmas."""
+    db = sqlite3.connect(str(path), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, term INTEGER, kind INTEGER, data BLOB)")
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO log (idx, term, kind, data) VALUES (?, ?, ?, ?)",
+                   [(r.index, r.term, r.kind, r.data) for r in entries])
+    db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                   [("term", hs.term), ("vote", hs.vote), ("commit", hs.commit), ("first_index", first),
+                    ("offset_term", offset_term)])
+    db.execute("COMMIT")
+    db.close()
+
+
+def test_an_old_sqlite_log_is_imported_once_and_moved_aside(tmp_path: Path) -> None:
+    entries = recs(51, 5000, term=3)
+    _old_raft_db(tmp_path / "raft.db", HardState(4, "n3", 4990), 51, 2, entries)
+    log = opened(tmp_path, 1 << 20)
+    assert (log.first_index, log.last_index, log.offset_term) == (51, 4999, 2)
+    assert log.hard_state == HardState(4, "n3", 4990) and log.records == entries
+    log.append(recs(5000, 5002, term=4))
+    log.close()
+    assert not (tmp_path / "raft.db").exists() and (tmp_path / "raft.db.imported").exists()
+    assert all(os.stat(p).st_mode & 0o777 == 0o600 for p in (tmp_path / "wal").iterdir())
+    again = opened(tmp_path, 1 << 20)
+    assert again.records == entries + recs(5000, 5002, term=4)
+    again.close()
+
+
+def test_an_import_a_crash_cut_short_is_finished_at_the_next_open(tmp_path: Path) -> None:
+    """Crash after the imported segment was written, before raft.db was moved aside: the
+    segment wins (it is complete: created under a temporary name, renamed once durable)."""
+    _old_raft_db(tmp_path / "raft.db", HardState(2, "", 3), 1, 0, recs(1, 4, term=2))
+    log = opened(tmp_path)
+    log.append(recs(4, 6, term=2))
+    log.close()
+    os.replace(tmp_path / "raft.db.imported", tmp_path / "raft.db")
+    again = opened(tmp_path)
+    assert again.last_index == 5 and not (tmp_path / "raft.db").exists()
+    again.close()
