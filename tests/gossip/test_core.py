@@ -676,3 +676,21 @@ def test_stale_suspicion_of_ourselves_is_answered_with_our_current_alive() -> No
     assert b.incarnation == 1 and b.health_score == 1  # no new refutation, no health penalty
     inside = [m for _, m in msgs(reply)]
     assert Ack(7) in inside and Alive(1, "b", addr(2), {}) in inside
+
+
+def test_restored_clocks_skip_events_handled_before_a_restart() -> None:
+    """serf's eventMinTime: after a restart, the events the cluster still gossips that this agent
+    handled before (up to the snapshot's event clock) are neither delivered nor passed on again;
+    later ones are, and the clock continues past the restored time."""
+    a = core("a", 1)
+    a.restore_clocks(event_ltime=12, query_ltime=0)
+    assert a.event_ltime == 13
+    out = a.handle_stream(pp(ltime=15, events=[UserEvent(5, "old", b""), UserEvent(12, "last-seen", b""),
+                                               UserEvent(13, "missed", b"")]), addr(2), 1.0)
+    assert delivered(out) == ["missed"]
+    assert delivered(a.handle_packet(encode(UserEvent(12, "last-seen", b"")), addr(2), 1.1)) == []
+    assert delivered(a.send_user_event("mine", b"", 1.2)) == ["mine"]
+    # Without a restored clock the same push-pull delivers everything.
+    b = core("b", 2)
+    out = b.handle_stream(pp(ltime=15, events=[UserEvent(5, "old", b""), UserEvent(13, "missed", b"")]), addr(1), 1.0)
+    assert delivered(out) == ["old", "missed"]

@@ -109,3 +109,14 @@ def test_unknown_answers_are_ignored_and_oversized_queries_refused() -> None:
     assert answers(a.handle_packet(encode(QueryResponse(0, 99, "b", b"x")), addr(2), 0.0)) == []
     with pytest.raises(ValueError):
         a.send_query("big", b"x" * 2000, 0.0)
+
+
+def test_restored_query_clock_skips_queries_handled_before_a_restart() -> None:
+    a = core("a", 1)
+    a.restore_clocks(event_ltime=0, query_ltime=7)
+    old = a.handle_packet(encode(Query(7, 1, "b", addr(2), "_serf_ping", b"", 5000)), addr(2), 0.1)
+    assert received(old) == []
+    new = a.handle_packet(encode(Query(8, 2, "b", addr(2), "_serf_ping", b"", 5000)), addr(2), 0.2)
+    assert [q.ltime for q in received(new)] == [8]
+    handle, _ = a.send_query("_serf_ping", b"", 0.3, timeout_s=5.0)
+    assert handle.ltime == 9  # our own continue past what we saw

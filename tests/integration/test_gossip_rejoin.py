@@ -4,6 +4,7 @@ started with `-rejoin` (serf's snapshot and `rejoin_after_leave`)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -77,6 +78,45 @@ def test_restarted_client_rejoins_from_its_snapshot(tmp_path: Path) -> None:
         running.append(fifth.start())
         wait_for(lambda: member_statuses(server).get("c1") == 1, timeout=60, what=lambda: f"rejoin\n{fifth.log()}")
         assert "Ignoring previous leave in snapshot" in fifth.log()
+    finally:
+        for agent in running:
+            agent.stop()
+
+
+def _event_names(agent: AgentProcess) -> list[str]:
+    status, _, body = agent.http("GET", "/v1/event/list")
+    assert status == 200, body
+    return [e["Name"] for e in json.loads(body)]
+
+
+def test_restarted_client_does_not_replay_events_it_handled(tmp_path: Path) -> None:
+    """serf's event clock in the snapshot: after kill -9 and a restart, the user events the client
+    had already received are not delivered again by the cluster's push-pull (its watches would
+    fire twice), while one fired while it was down still arrives."""
+    prefix = free_subnet(2)
+    sip, cip = f"{prefix}.1", f"{prefix}.2"
+    data = tmp_path / "c1"
+    server = AgentProcess("-server", "-bootstrap", "-hcl", "performance { raft_multiplier = 1 }", dev=False,
+                          ip=sip, node="srv", data_dir=str(tmp_path / "srv"))
+    running: list[AgentProcess] = []
+    try:
+        running.append(server.start())
+        first = _client(cip, data, f"-retry-join={sip}", "-retry-interval=1s")
+        running.append(first.start())
+        wait_for(lambda: member_statuses(server) == {"srv": 1, "c1": 1}, timeout=60, what=lambda: first.log())
+        assert server.http("PUT", "/v1/event/fire/before-restart")[0] == 200
+        wait_for(lambda: _event_names(first) == ["before-restart"], timeout=30, what="c1 got the event")
+        wait_for(lambda: "event-clock: " in (data / "serf" / "local.snapshot").read_text(), timeout=30,
+                 what="the event clock in c1's snapshot")
+
+        first.kill()
+        wait_for(lambda: member_statuses(server)["c1"] == 4, timeout=60, what="c1 failed")
+        assert server.http("PUT", "/v1/event/fire/while-down")[0] == 200
+        second = _client(cip, data)
+        running.append(second.start())
+        wait_for(lambda: "while-down" in _event_names(second), timeout=60,
+                 what=lambda: f"the event fired while c1 was down\n{second.log()}")
+        assert _event_names(second) == ["while-down"]
     finally:
         for agent in running:
             agent.stop()

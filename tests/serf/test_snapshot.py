@@ -56,3 +56,35 @@ def test_compaction_keeps_live_entries(tmp_path: Path, monkeypatch: pytest.Monke
     snap.close()
     assert (tmp_path / "serf" / "local.snapshot").stat().st_size < 400
     assert Snapshot(str(tmp_path), rejoin_after_leave=False).previous_peers("me") == [("steady", "10.0.0.6:8301")]
+
+
+def test_event_and_query_clocks_survive_replay_and_compaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    snap = Snapshot(str(tmp_path), rejoin_after_leave=False)
+    assert (snap.event_clock, snap.query_clock) == (0, 0)
+    snap.event_seen(4)
+    snap.event_seen(9)
+    snap.event_seen(6)  # older than what was seen: nothing to record
+    snap.query_seen(3)
+    snap.close()
+    text = (tmp_path / "serf" / "local.snapshot").read_text()
+    assert text == "event-clock: 4\nevent-clock: 9\nquery-clock: 3\n"
+    again = Snapshot(str(tmp_path), rejoin_after_leave=False)
+    assert (again.event_clock, again.query_clock) == (9, 3)
+    # Compaction keeps the clocks with the live entries.
+    monkeypatch.setattr(serf_snapshot, "MIN_COMPACT_SIZE", 200)
+    for _ in range(20):
+        again.member_alive("flappy", "10.0.0.5", 8301)
+        again.member_gone("flappy")
+    again.close()
+    assert "event-clock: 9\nquery-clock: 3\n" in (tmp_path / "serf" / "local.snapshot").read_text()
+    third = Snapshot(str(tmp_path), rejoin_after_leave=False)
+    assert (third.event_clock, third.query_clock) == (9, 3)
+    third.close()
+
+
+def test_a_bad_clock_line_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "serf" / "local.snapshot"
+    path.parent.mkdir()
+    path.write_text("event-clock: x\nevent-clock: 5\nquery-clock: \n")
+    snap = Snapshot(str(tmp_path), rejoin_after_leave=False)
+    assert (snap.event_clock, snap.query_clock) == (5, 0)

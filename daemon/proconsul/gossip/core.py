@@ -433,6 +433,10 @@ class GossipCore:
         self._ignore_old_streams: set[int] = set()
         self._event_buffer: list[_EventSlot | None] = [None] * config.event_buffer_size
         self._query_clock = 0
+        # Events and queries stamped before these times were seen before a restart (serf's
+        # eventMinTime / queryMinTime, from the snapshot's clocks): never delivered again.
+        self._event_min_time = 0
+        self._query_min_time = 0
         self._query_buffer: list[_QuerySlot | None] = [None] * config.query_buffer_size
         self._asked: dict[tuple[int, int], _AskedQuery] = {}
         self._out = Output()
@@ -470,6 +474,23 @@ class GossipCore:
     def event_ltime(self) -> int:
         """The user-event Lamport clock (the next event we send gets this time)."""
         return self._event_clock
+
+    @property
+    def query_ltime(self) -> int:
+        """The query Lamport clock (the next query we send gets this time)."""
+        return self._query_clock
+
+    def restore_clocks(self, event_ltime: int, query_ltime: int) -> None:
+        """Resume after a restart: `event_ltime` / `query_ltime` are the highest Lamport times of
+        an event / a query handled before it (0: none). Those and older ones that the cluster
+        still gossips are ignored, so a restarted agent does not run its handlers for them again,
+        and our clocks continue past them."""
+        if event_ltime:
+            self._witness(event_ltime)
+            self._event_min_time = max(self._event_min_time, event_ltime + 1)
+        if query_ltime:
+            self._query_clock = max(self._query_clock, query_ltime + 1)
+            self._query_min_time = max(self._query_min_time, query_ltime + 1)
 
     @property
     def ack_payload(self) -> bytes:
@@ -1124,6 +1145,8 @@ class GossipCore:
         """Take in an event: True if new. `deliver` False only records it as seen (an event
         from before our first join), so it is neither delivered nor gossiped on."""
         self._witness(e.ltime)
+        if e.ltime < self._event_min_time:
+            return False  # handled before our restart
         size = len(self._event_buffer)
         if self._event_clock > size and e.ltime < self._event_clock - size:
             return False  # older than the buffer remembers: can't tell if seen, so drop
@@ -1149,6 +1172,8 @@ class GossipCore:
         # Lamport rule on the query clock, as for user events.
         if q.ltime >= self._query_clock:
             self._query_clock = q.ltime + 1
+        if q.ltime < self._query_min_time:
+            return  # handled before our restart
         size = len(self._query_buffer)
         if self._query_clock > size and q.ltime < self._query_clock - size:
             return  # older than the buffer remembers: can't tell if seen, so drop

@@ -144,6 +144,7 @@ class GossipNode:
         self.keyring = keyring
         self.rng = rng or random.Random()
         self.core: GossipCore | None = None
+        self._restored_clocks = (0, 0)  # (event, query) Lamport times handled before a restart
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self._wake = asyncio.Event()
@@ -207,12 +208,20 @@ class GossipNode:
             adv = ("127.0.0.1", adv[1])
         self.core = GossipCore(self.name, adv, self.config, self.rng, loop.time(), tags=self.tags, logger=logger,
                                merge_check=self.merge_check)
+        self.core.restore_clocks(*self._restored_clocks)
         if self.coordinates is not None:
             self.core.set_ack_payload(self.coordinates.ack_payload())
         # The core's first output carries our own JOIN event and alive broadcast.
         self._apply(self.core.tick(loop.time()))
         self._timer = loop.create_task(self._timer_loop(), name=f"gossip-timer-{self.name}")
         self._spawn(self._queue_depth_loop(), f"gossip-queue-depth-{self.name}")
+
+    def restore_clocks(self, event_ltime: int, query_ltime: int) -> None:
+        """Before `start`: the Lamport times of the last event and query handled before a
+        restart (see `GossipCore.restore_clocks`)."""
+        self._restored_clocks = (event_ltime, query_ltime)
+        if self.core is not None:
+            self.core.restore_clocks(event_ltime, query_ltime)
 
     def use_random_port(self, advertise_host: str) -> None:
         """Before `start`: listen, and advertise, on a port the OS picks (a dev agent whose

@@ -34,6 +34,7 @@ from proconsul.gossip.core import (
     MemberEventKind,
     MemberState,
     NameConflict,
+    QueryReceived,
     UserEventReceived,
 )
 from proconsul.gossip.keyring import Keyring, setup_keyring
@@ -99,6 +100,8 @@ class Membership(SerfPool):
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.snapshot is not None:
+            self.node.restore_clocks(self.snapshot.event_clock, self.snapshot.query_clock)
         await self._bind()
         logger.info("gossip: LAN pool on %s:%d", *self.node.address)
         self._start_reconnect(lambda: self.config.reconnect_timeout_s, on_reap=self._on_reaped)
@@ -191,6 +194,11 @@ class Membership(SerfPool):
         await self.node.stop()
 
     def _on_event(self, event: Event) -> None:
+        if self.snapshot is not None:
+            if isinstance(event, UserEventReceived):
+                self.snapshot.event_seen(event.ltime)
+            elif isinstance(event, QueryReceived):
+                self.snapshot.query_seen(event.ltime)
         if self.queries.handle_event(event) or self.keyring_queries.handle_event(event):
             return
         if isinstance(event, NameConflict):

@@ -8,7 +8,11 @@ Owns ``<data_dir>/serf/local.snapshot`` (Consul's file) and serf's rules for it:
   after ``proconsul leave`` does not rejoin unless ``rejoin_after_leave`` (``-rejoin``), in which
   case the ``leave`` line is ignored (``Ignoring previous leave in snapshot``); once a leave was
   issued nothing more is recorded;
-- the file is rewritten with only the live entries when it grows past twice the size its peers
+- the highest Lamport time of a user event and of a query this agent handled are appended as
+  ``event-clock: <n>`` / ``query-clock: <n>`` when they grow; after a restart the pool ignores
+  events and queries up to those times, which the cluster may still be gossiping (serf's
+  eventMinTime / queryMinTime), so their handlers and watches do not fire twice;
+- the file is rewritten with only the live entries and the clocks when it grows past twice the size its peers
   need (at least 128 KiB), as serf compacts it; lines it does not know are logged and skipped.
 
 The rejoin itself (each previous peer in random order until one answers) is the membership's
@@ -42,6 +46,8 @@ class Snapshot:
         self.rejoin_after_leave = rejoin_after_leave
         self.alive: dict[str, str] = {}
         self.leaving = False
+        self.event_clock = 0  # highest user-event / query Lamport time handled (0: none)
+        self.query_clock = 0
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         self._replay()
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for appends
@@ -68,8 +74,19 @@ class Snapshot:
                     logger.info("serf: Ignoring previous leave in snapshot")
                     continue
                 self.alive.clear()
-            elif line.startswith(("#", "clock: ", "event-clock: ", "query-clock: ", "coordinate: ")):
-                continue  # clocks and coordinates re-converge from the cluster
+            elif line.startswith(("event-clock: ", "query-clock: ")):
+                name, _, value = line.partition(": ")
+                try:
+                    ltime = int(value)
+                except ValueError:
+                    logger.warning("serf: Failed to convert %s time: %s", name, value)
+                    continue
+                if name == "event-clock":
+                    self.event_clock = max(self.event_clock, ltime)
+                else:
+                    self.query_clock = max(self.query_clock, ltime)
+            elif line.startswith(("#", "clock: ", "coordinate: ")):
+                continue  # the member clock and coordinates re-converge from the cluster
             else:
                 logger.warning("serf: Unrecognized snapshot line: %s", line)
 
@@ -89,6 +106,18 @@ class Snapshot:
             return
         self.alive.pop(name, None)
         self._append(f"not-alive: {name}\n")
+
+    def event_seen(self, ltime: int) -> None:
+        """A user event with this Lamport time was handled."""
+        if ltime > self.event_clock and not self.leaving:
+            self.event_clock = ltime
+            self._append(f"event-clock: {ltime}\n")
+
+    def query_seen(self, ltime: int) -> None:
+        """A query with this Lamport time was handled."""
+        if ltime > self.query_clock and not self.leaving:
+            self.query_clock = ltime
+            self._append(f"query-clock: {ltime}\n")
 
     def leave(self) -> None:
         """Record our graceful leave; from now on nothing else is recorded."""
@@ -123,6 +152,10 @@ class Snapshot:
     def _compact(self) -> None:
         tmp = self.path + ".compact"
         lines = [f"alive: {n} {a}\n" for n, a in sorted(self.alive.items())]
+        if self.event_clock:
+            lines.append(f"event-clock: {self.event_clock}\n")
+        if self.query_clock:
+            lines.append(f"query-clock: {self.query_clock}\n")
         if self.leaving:
             lines.append("leave\n")
         with open(tmp, "w", encoding="utf-8") as fh:
