@@ -29,10 +29,14 @@ import threading
 import time
 from typing import Any
 
-from proconsul import transport
-from proconsul.agent.agent import run_agent
-from proconsul.raft import storage
-from proconsul.server import forwarding
+# The agent measured is this tree's: a shared venv's editable install may point at another
+# checkout, and a bench run from a worktree must not measure that one.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "daemon"))
+
+from proconsul import transport  # noqa: E402
+from proconsul.agent.agent import run_agent  # noqa: E402
+from proconsul.raft import storage  # noqa: E402
+from proconsul.server import forwarding  # noqa: E402
 
 STATS: dict[str, Any] = {"calls": 0, "entries": 0, "hs_only": 0, "busy_s": 0.0, "hist": {}}
 _LOCK = threading.Lock()
