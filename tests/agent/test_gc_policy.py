@@ -15,6 +15,7 @@ from proconsul.agent import gc_policy
 async def test_survivors_are_frozen_and_dead_cycles_still_reclaimed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gc_policy, "_MIN_FULL_SCAN_OBJECTS", 20_000)
     policy = gc_policy.GCPolicy()
+    policy.max_defer_s = 0.0  # every scan as soon as it is due (waiting for quiet: below)
     policy.install()
     real_freeze_count = gc.get_freeze_count
     walks = [0]
@@ -99,6 +100,67 @@ async def test_frozen_objects_freed_by_reference_counting_never_cost_a_complete_
         assert policy.full_scans == 0, (policy.full_scans, walks, startup, churned)
         monkeypatch.undo()
         assert gc.get_freeze_count() < startup + 50_000
+    finally:
+        policy.uninstall()
+    assert gc.get_freeze_count() == 0
+
+
+async def _churn_cycles(count: int, stop: list[bool] | None = None) -> None:
+    """Dead cycles that live long enough to be frozen (what a complete scan is for), allocated
+    fast enough that the collector runs many times in every quiet window."""
+    window: collections.deque[dict[str, object]] = collections.deque()
+    for i in range(count):
+        a: dict[str, object] = {"i": i}
+        a["self"] = [a]
+        window.append(a)
+        if len(window) > 5_000:
+            window.popleft()
+        if i % 1_000 == 0:
+            await asyncio.sleep(0)
+            if stop and stop[0]:
+                return
+
+
+async def test_a_due_complete_scan_waits_for_a_quiet_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 4: a complete scan that falls due under load (the collector running all the time)
+    runs once a window sees few collections, not in the middle of the load."""
+    monkeypatch.setattr(gc_policy, "_MIN_FULL_SCAN_OBJECTS", 20_000)
+    monkeypatch.setattr(gc_policy, "QUIET_WINDOW_S", 0.05)
+    policy = gc_policy.GCPolicy()
+    policy.max_defer_s = 3600.0
+    policy.install()
+    try:
+        startup = gc.get_freeze_count()
+        await _churn_cycles(max(300_000, startup + 100_000))
+        assert policy._scan_pending and policy.full_scans == 0  # due, and held back by the load
+        for _ in range(200):  # the loop idles: the next quiet window runs it
+            await asyncio.sleep(0.05)
+            if policy.full_scans:
+                break
+        assert policy.full_scans == 1 and not policy._scan_pending
+        assert policy.last_full_scan_collected > 0
+    finally:
+        policy.uninstall()
+    assert gc.get_freeze_count() == 0
+
+
+async def test_a_due_complete_scan_runs_under_load_once_deferred_long_enough(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The memory bound holds under load that never stops: the scan runs `max_defer_s` after it
+    fell due, busy or not."""
+    monkeypatch.setattr(gc_policy, "_MIN_FULL_SCAN_OBJECTS", 20_000)
+    monkeypatch.setattr(gc_policy, "QUIET_WINDOW_S", 0.01)
+    policy = gc_policy.GCPolicy()
+    policy.max_defer_s = 0.05
+    policy.install()
+    try:
+        startup = gc.get_freeze_count()
+        stop = [False]
+        # Only the deadline can start it: every window sees the load (no quiet one).
+        monkeypatch.setattr(gc_policy, "QUIET_COLLECTIONS", -1)
+        await _churn_cycles(max(600_000, 2 * startup + 200_000), stop)
+        assert policy.full_scans > 0
     finally:
         policy.uninstall()
     assert gc.get_freeze_count() == 0

@@ -156,3 +156,27 @@ def test_servers_reuse_a_resolution_while_the_acl_tables_are_unchanged() -> None
     clock[0] = 10.0  # past its expiration: not reused even though nothing was written
     with pytest.raises(ACLNotFound):
         asyncio.run(r.resolve("exp"))
+
+
+def test_resolve_cached_answers_only_what_resolve_would_answer_without_asking() -> None:
+    server, clock = FakeServer(), [0.0]
+    version = [1]
+    server.tokens["exp"] = ACLToken("a3", "exp", expires_at=1005.0)
+    r = ACLResolver(server.query, "dc1", "deny", "deny", lambda: {"agent_recovery": "rec"}, 0.0,
+                    monotonic=lambda: clock[0], wall=lambda: 1000.0 + clock[0], version=lambda: version[0])
+    assert r.resolve_cached("s1") is None and server.calls == 0  # never resolved: the caller must ask
+    assert r.resolve_cached("rec") is not None  # the recovery token needs no server
+    a = asyncio.run(r.resolve("s1"))
+    assert r.resolve_cached("s1") is a and server.calls == 1
+    version[0] = 2  # a token, policy or role write: not reused until resolved again
+    assert r.resolve_cached("s1") is None
+    asyncio.run(r.resolve("exp"))
+    assert r.resolve_cached("exp") is not None
+    clock[0] = 10.0  # expired
+    assert r.resolve_cached("exp") is None
+    # A client agent's TTL cache: reused until the TTL runs out.
+    client = _resolver(FakeServer(), clock)
+    b = asyncio.run(client.resolve("s1"))
+    assert client.resolve_cached("s1") is b
+    clock[0] = 41.0
+    assert client.resolve_cached("s1") is None

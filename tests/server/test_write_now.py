@@ -296,3 +296,61 @@ async def test_apply_forwarded_now_answers_as_apply_forwarded_does(tmp_path: Any
 
 async def _allow(token: str, command: commands.Command) -> None:
     return None
+
+
+async def test_apply_forwarded_now_with_acls_authorises_each_write_as_the_task_path(tmp_path: Any) -> None:
+    """With ACLs on, the leader takes a batch without a task once every token in it is resolved:
+    each write is authorised with its own token, a denied write is still denied (answered with
+    its refusal, in its place, and never applied), and the reply and counts are the task
+    path's (`_apply_forwarded_authorized`). An unresolved token, or a batch refused whole, goes
+    to the task path."""
+    store = Store()
+    raft = await _one_voter(tmp_path, store)
+    metrics = Metrics()
+    log = RaftLog(raft)
+    resolved = {"good", "bad"}
+
+    def verdict(token: str, command: commands.Command) -> str:
+        key = command.entry.key if type(command) is commands.KVS else ""
+        return "Permission denied" if token == "bad" or key.startswith("secret/") else ""
+
+    async def authorize(token: str, command: commands.Command) -> None:
+        refusal = verdict(token, command)
+        if refusal:
+            raise RPCError(refusal)
+
+    def authorize_now(token: str, command: commands.Command) -> str | None:
+        return verdict(token, command) if token in resolved else None
+
+    server = Server(store, log, "dc1", metrics=metrics, propose_batch_now=log.propose_batch_now,
+                    authorize_write=authorize, authorize_write_now=authorize_now)
+    try:
+        def body(tag: str, tokens: list[str]) -> dict[str, Any]:
+            return {"commands": [commands.encode(kv_set(f"{tag}/a")), commands.encode(kv_set(f"secret/{tag}")),
+                                 commands.encode(kv_set(f"{tag}/b")), b"\xc1garbage"], "tokens": tokens}
+        by_task = await server.handle_rpc("Raft.ApplyBatch", body("task", ["good", "good", "bad", "good"]))
+        requests, errors = _total(metrics, "rpc.request"), _total(metrics, "rpc.request_error")
+        answers = Outcomes()
+        assert server.handle_rpc_now("Raft.ApplyBatch", body("now", ["good", "good", "bad", "good"]), answers) is True
+        reply, exc = await answers.one()
+        assert exc is None
+        assert [type(r) for r in reply["results"]] == [type(r) for r in by_task["results"]] == [list, str, str, str]
+        assert reply["results"][1:3] == by_task["results"][1:3] == ["Permission denied", "Permission denied"]
+        assert store.kv_get("now/a")[1] is not None
+        assert store.kv_get("secret/now")[1] is None and store.kv_get("now/b")[1] is None  # denied: not applied
+        assert _total(metrics, "rpc.request") == requests + 4
+        assert _total(metrics, "rpc.request_error") == errors + 3
+        # A token not resolved yet: the task path resolves it (and answers alike).
+        assert server.handle_rpc_now("Raft.ApplyBatch", body("x", ["good", "unknown", "good", "good"]),
+                                     lambda *a: None) is False
+        # Every write refused: nothing to propose, the task path answers the refusals.
+        denied = {"commands": [commands.encode(kv_set("y"))], "tokens": ["bad"]}
+        assert server.handle_rpc_now("Raft.ApplyBatch", denied, lambda *a: None) is False
+        assert (await server.handle_rpc("Raft.ApplyBatch", denied))["results"] == ["Permission denied"]
+        # No tokens in the body: every write is anonymous (""), which is not resolved here.
+        assert server.handle_rpc_now("Raft.ApplyBatch", {"commands": [commands.encode(kv_set("z"))]},
+                                     lambda *a: None) is False
+        assert _total(metrics, "rpc.request") == requests + 5
+        assert store.kv_get("x/a")[1] is None
+    finally:
+        await raft.stop()

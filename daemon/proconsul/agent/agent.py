@@ -293,6 +293,7 @@ class Agent:
                 identity=server_identity(cfg, self.node_id, self.node_name, server_addr) if self.raft else None,
                 # A client agent's write over RPC: the caller's token must allow it.
                 authorize_write=self._authorize_write if acl_on else None,
+                authorize_write_now=self._authorize_write_now if acl_on else None,
                 # Reads over RPC are checked with the caller's token; calls to other servers carry one.
                 acl_gate=RPCACL(self.acl_resolver.resolve, lambda: self.tokens, cfg.acl.enable_key_list_policy)
                 if self.acl_resolver is not None else None,
@@ -724,6 +725,25 @@ class Agent:
         assert self.acl_resolver is not None
         try:
             authz = await self.acl_resolver.resolve(secret)
+        except ACLNotFound as exc:
+            raise RPCError(str(exc)) from None
+        refusal = self._write_refusal(authz, command)
+        if refusal:
+            raise RPCError(refusal)
+
+    def _authorize_write_now(self, secret: str, command: Any) -> str | None:
+        """`_authorize_write` without waiting: "" when the token allows the write, the refusal
+        text when it does not, None when the token is not resolved yet (the caller then takes
+        `_authorize_write`, which asks for it)."""
+        assert self.acl_resolver is not None
+        authz = self.acl_resolver.resolve_cached(secret)
+        if authz is None:
+            return None
+        return self._write_refusal(authz, command)
+
+    def _write_refusal(self, authz: Any, command: Any) -> str:
+        """"" when `authz` may apply `command`, else the refusal's text."""
+        try:
             store = self.store
 
             def service_name(node: str, sid: str) -> str | None:
@@ -739,7 +759,8 @@ class Agent:
 
             acl_authz.authorize(authz, command, service_name, session_node, node_unchanged)
         except (ACLNotFound, PermissionDenied) as exc:
-            raise RPCError(str(exc)) from None
+            return str(exc) or type(exc).__name__
+        return ""
 
     def set_agent_token(self, kind: str, value: str) -> None:
         """`PUT /v1/agent/token/:kind`: replace one of this agent's tokens (persisted with

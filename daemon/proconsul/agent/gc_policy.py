@@ -20,6 +20,15 @@ The policy, installed once the agent has started:
    Freezing resets CPython's own trigger for full collections, so without this step none would
    run. The size of the frozen heap is never asked for on every collection: CPython counts it
    by walking it.
+4. a complete scan that is due waits for a quiet moment: the loop checks every `QUIET_WINDOW_S`
+   how many collections ran since the last check (the collector runs on allocations, so under
+   load it runs hundreds of times a second, and idle a few times), and scans once a window saw
+   at most `QUIET_COLLECTIONS`, or `MAX_DEFER_S` after it fell due whatever the load. A fresh
+   server's heap grows under its first load (the Raft log held in memory, connections, the
+   store) past the first threshold, so its first scan (60-120 ms on a 200,000-object heap) used
+   to land in the middle of that load: the p99 of a benchmark's first round (docs/PERFORMANCE.md,
+   "Issue 21: the forwarded write's first round"). The bound keeps the memory argument of step
+   3: the heap may grow for `MAX_DEFER_S` longer, no more.
 """
 
 from __future__ import annotations
@@ -34,6 +43,11 @@ logger = logging.getLogger(__name__)
 
 # Below this many frozen objects a complete scan is cheap (a few ms) and not worth postponing.
 _MIN_FULL_SCAN_OBJECTS = 200_000
+# A due complete scan runs once a window of this length saw at most this many collections (of
+# any generation), or this long after it fell due.
+QUIET_WINDOW_S = 0.5
+QUIET_COLLECTIONS = 10
+MAX_DEFER_S = 60.0
 
 
 class GCPolicy:
@@ -49,6 +63,10 @@ class GCPolicy:
         # issue 16). It now runs only when the bound says the heap may have doubled.
         self._frozen = 0
         self._scan_pending = False
+        self._collections = 0  # collections of any generation so far (the load, for step 4)
+        self._window_start = 0  # `_collections` when the current quiet window began
+        self._scan_due_at = 0.0  # loop time when the pending scan fell due
+        self.max_defer_s = MAX_DEFER_S
         self.freezes = 0
         self.full_scans = 0
         self.last_full_scan_ms = 0.0
@@ -73,11 +91,15 @@ class GCPolicy:
         if self.installed:
             gc.callbacks.remove(self._on_gc)
             gc.unfreeze()
+            self._scan_pending = False  # (a deferred scan's check sees it and stops)
             self.installed = False
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         # Runs inside the collector, in whichever thread allocated: only list moves and a flag.
-        if phase != "stop" or info.get("generation", 0) == 0:
+        if phase != "stop":
+            return
+        self._collections += 1
+        if info.get("generation", 0) == 0:
             return
         # The generations this collection covered are empty: the oldest holds only what just
         # survived (live), and freezing it takes nothing younger along.
@@ -101,7 +123,27 @@ class GCPolicy:
             # scan is this policy's to start; on the loop, where it is one bounded pause.
             self._scan_pending = True
             if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._full_scan)
+                self._loop.call_soon_threadsafe(self._scan_when_quiet)
+
+    def _scan_when_quiet(self) -> None:
+        loop = self._loop
+        if loop is None or self.max_defer_s <= 0:
+            self._full_scan()
+            return
+        self._scan_due_at = loop.time()
+        self._window_start = self._collections
+        loop.call_later(QUIET_WINDOW_S, self._quiet_check)
+
+    def _quiet_check(self) -> None:
+        if not self.installed or not self._scan_pending:
+            return
+        assert self._loop is not None
+        busy = self._collections - self._window_start
+        if busy <= QUIET_COLLECTIONS or self._loop.time() - self._scan_due_at >= self.max_defer_s:
+            self._full_scan()
+            return
+        self._window_start = self._collections
+        self._loop.call_later(QUIET_WINDOW_S, self._quiet_check)
 
     def _full_scan(self) -> None:
         started = time.perf_counter()

@@ -78,7 +78,11 @@ class ACLResolver:
         """The token a request acts with: its own, else the agent's default token, else anonymous."""
         return secret or self._tokens().get("default", "") or ANONYMOUS_SECRET
 
-    async def resolve(self, secret: str) -> Authorizer:
+    def resolve_cached(self, secret: str) -> Authorizer | None:
+        """What `resolve` would answer without asking anyone (the recovery token, a token
+        resolved since the ACL tables last changed, a client agent's unexpired cache entry);
+        None when `resolve` would have to query. For callers that cannot wait (the leader's
+        task-less `Raft.ApplyBatch`): they fall back to `resolve` on None."""
         secret = self.effective_secret(secret)
         recovery = self._tokens().get("agent_recovery", "")
         if recovery and secret == recovery:
@@ -86,14 +90,22 @@ class ACLResolver:
             return Authorizer(Rules(prefix={"agent": {"": WRITE}, "node": {"": READ}}), False, False,
                               "agent-recovery-token")
         if self._version is not None:
-            current = self._version()
             seen = self._versioned.get(secret)
-            if seen is not None and seen[0] == current and not (seen[1] and self._wall() >= seen[1]):
+            if seen is not None and seen[0] == self._version() and not (seen[1] and self._wall() >= seen[1]):
                 return seen[2]
+        hit = self._cache.get(secret)
+        if hit is not None and hit[0] > self._monotonic():
+            return hit[1]
+        return None
+
+    async def resolve(self, secret: str) -> Authorizer:
+        cached = self.resolve_cached(secret)
+        if cached is not None:
+            return cached
+        secret = self.effective_secret(secret)
+        current = self._version() if self._version is not None else None
         now = self._monotonic()
         hit = self._cache.get(secret)
-        if hit is not None and hit[0] > now:
-            return hit[1]
         try:
             _, found = await self._query("ACL.Resolve", {"secret": secret}, _STALE)
             if found["token"] is None and secret != ANONYMOUS_SECRET:

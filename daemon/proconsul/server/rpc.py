@@ -436,6 +436,10 @@ class Server:
         identity: what `Status.Identify` answers (server/cluster.py's `server_identity`).
         authorize_write: with ACLs on, raises RPCError unless the token may apply the command
             (client agents' writes, and writes forwarded by another server); None with ACLs off.
+        authorize_write_now: `authorize_write` without waiting, for the leader's task-less
+            `Raft.ApplyBatch`: "" when the token allows the command, the refusal text when it
+            does not, None when it cannot tell without resolving the token (the batch then takes
+            `authorize_write`). None: every batch with ACLs on takes the task path.
         acl_gate: with ACLs on, the token every call to another server carries and the check of
             the reads that arrive over RPC (server/acl_rpc.py); None with ACLs off.
         acl_bootstrap_reset: the leader's `<data_dir>/acl-bootstrap-reset`
@@ -466,6 +470,7 @@ class Server:
         rpc_hold_timeout_s: float = 7.0,
         identity: dict[str, Any] | None = None,
         authorize_write: Callable[[str, commands.Command], Awaitable[None]] | None = None,
+        authorize_write_now: Callable[[str, commands.Command], str | None] | None = None,
         acl_gate: RPCACL | None = None,
         acl_bootstrap_reset: BootstrapReset | None = None,
         unsafe_follower_local_reads: bool = False,
@@ -493,6 +498,7 @@ class Server:
         self.handlers: dict[str, RPCHandler] = {}
         self.acl_bootstrap_reset = acl_bootstrap_reset
         self.authorize_write = authorize_write
+        self.authorize_write_now = authorize_write_now
         self.acl_gate = acl_gate
         self.unsafe_follower_local_reads = unsafe_follower_local_reads
         self.unsafe_reads_before_first_apply = unsafe_reads_before_first_apply
@@ -1019,12 +1025,26 @@ class Server:
         """`apply_forwarded` without a task (the RPC connection's reader hands it over): the
         batch is proposed now (`RaftLog.propose_batch_now`) and `answer(reply, None)` or
         `answer(None, error)` is called once its last entry is settled; never from inside this
-        call. False, with nothing proposed or counted, when `apply_forwarded` must do it (and
-        answer its refusals): ACLs on (tokens are checked by a coroutine), not the leader, a
-        batch that must go write by write, a leadership transfer running, a malformed body."""
+        call. False, with nothing proposed or counted, when `_apply_forwarded_authorized` or
+        `apply_forwarded` must do it (and answer its refusals): not the leader, a batch that
+        must go write by write, a leadership transfer running, a malformed body; with ACLs on,
+        a token not resolved yet (`authorize_write_now` answered None) or every write refused.
+        With ACLs on, each write is authorised with its token as `_apply_forwarded_authorized`
+        does, and a refused write is answered with the refusal, in its place."""
         propose = self._propose_batch_now
-        if propose is None or self.authorize_write is not None or not self.consensus.is_leader():
+        if propose is None or not self.consensus.is_leader():
             return False
+        refused: dict[int, str] = {}
+        raw: list[Any] = []
+        if self.authorize_write is not None:
+            checked = self._refusals_now(body)
+            if checked is None:
+                return False
+            raw, refused = checked
+            if refused:
+                if len(refused) == len(raw):
+                    return False  # nothing to propose: the task path answers the refusals
+                body = {"commands": [data for i, data in enumerate(raw) if i not in refused]}
         try:
             out, batch, slots, one_by_one = self._forwarded_batch(body)
         except Exception:
@@ -1038,6 +1058,10 @@ class Server:
                 assert outcomes is not None
                 try:
                     reply = self._forwarded_reply(out, slots, batch, outcomes, start, False)
+                    if refused:
+                        answers = iter(reply["results"])
+                        reply = {"results": [refused[i] if i in refused else next(answers)
+                                             for i in range(len(raw))]}
                 except Exception as bad:
                     exc = bad
                 else:
@@ -1049,8 +1073,35 @@ class Server:
 
         if not propose(batch, applied):
             return False
-        self._m_request.incr(len(out))
+        self._m_request.incr(len(out) + len(refused))
+        if refused:
+            self._m_request_error.incr(len(refused))  # as separate Raft.Apply calls would count them
         return True
+
+    def _refusals_now(self, body: Any) -> tuple[list[Any], dict[int, str]] | None:
+        """With ACLs on, a `Raft.ApplyBatch` body's writes authorised without waiting, as
+        `_apply_forwarded_authorized` does: (the commands, the refusal text by position), or
+        None when the body is malformed or a token is not resolved yet (the task path then
+        answers it)."""
+        check = self.authorize_write_now
+        raw = body.get("commands") if type(body) is dict else None
+        if check is None or type(raw) is not list:
+            return None
+        tokens = body.get("tokens")
+        if type(tokens) is not list or len(tokens) != len(raw):
+            tokens = [""] * len(raw)
+        refused: dict[int, str] = {}
+        for i, data in enumerate(raw):
+            try:
+                command = commands.decode(data)
+            except Exception:
+                continue  # `_forwarded_batch` answers it with the decoding error
+            verdict = check(str(tokens[i] or ""), command)
+            if verdict is None:
+                return None
+            if verdict:
+                refused[i] = verdict
+        return raw, refused
 
     def _forwarded_batch(self, body: Any) -> tuple[list[Any], list[tuple[commands.Command, bytes]], list[int], bool]:
         """A `Raft.ApplyBatch` body checked and decoded: (a slot per write, holding the error
