@@ -34,9 +34,12 @@ from helpers import AgentProcess, free_port, wait_for
 from inprocess_agent import start_agent_with_normal_listener
 from proconsul import config as configmod
 from proconsul.agent.agent import Agent
+from proconsul.http import fast as fast_module
+from proconsul.http.appkeys import RESPONSE_HEADERS
 from proconsul.http.fast import AgentReads
 from proconsul.http.server import HTTPServer
 from proconsul.http.workers.process import Worker
+from proconsul.rpc_api import WriteMeta
 
 # ------------------------------------------------------------------------------------ raw HTTP
 
@@ -227,6 +230,44 @@ def _compare_writes(fast: Conn, slow: Conn, routes: Any, agent: Agent) -> None:
                 assert slow.call("GET", key + "?raw")[2] == (body or b""), path
             answers.append(_comparable((status, [(k, v) for k, v in hdrs if k != "X-Consul-Index"], payload)))
         assert answers[0] == answers[1], (method, template)
+
+
+async def test_put_answers_built_from_the_cached_end_match_the_general_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A PUT's `true`/`false` answer comes from an end cached per Date and per refresh
+    # (`FastRoutes.put_ok`): it must be `response`'s answer after a new second and after a
+    # reload changed the configured response headers.
+    agent, normal = await _start_agent(tmp_path)
+    try:
+        routes = agent.http.fast_routes
+        assert routes is not None
+        date = ["Fri, 04 Dec 2026 12:00:00 GMT"]
+        monkeypatch.setattr(fast_module, "rfc822_formatted_time", lambda: date[0])
+
+        def check(index: int) -> None:
+            for ok, body in ((True, b"true"), (False, b"false")):
+                expected = routes.response(200, f"X-Consul-Index: {index}\r\n".encode() + fast_module.JSON_HEADER, body)
+                assert routes.put_ok(index, ok) == expected
+                assert routes.put_answer(None, WriteMeta(index), ok, None) == expected  # type: ignore[arg-type]
+
+        check(1)
+        check(123456789)
+        date[0] = "Fri, 04 Dec 2026 12:00:01 GMT"  # a new string: the end is rebuilt
+        check(7)
+        assert b"12:00:01" in routes.put_ok(7, True)
+        headers = routes.app[RESPONSE_HEADERS]
+        headers["X-Reloaded"] = "1"
+        try:
+            routes.refresh()
+            assert b"X-Reloaded: 1\r\n" in routes.put_ok(8, False)
+            check(8)
+        finally:
+            del headers["X-Reloaded"]
+            routes.refresh()
+    finally:
+        await normal.stop()
+        await agent.stop()
 
 
 async def test_fast_path_answers_like_the_normal_path(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ prometheus-client's own parser."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import statistics
 
@@ -11,6 +12,7 @@ import pytest
 from proconsul.metrics import Metrics
 from proconsul.metrics.inmem import go_timestamp
 from proconsul.metrics.prometheus import render
+from proconsul.metrics.registry import CounterBatch, SampleBatch, deferred_group
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -286,3 +288,64 @@ def test_observe_many_records_what_observing_each_value_records(prometheus_reten
     outs = [[(s.name, v) for s, v in m.take_outbox()] for m in ms]
     assert outs[0] == outs[1] and len(outs[0]) == len(values)
     assert ms[1].series[("consul.blocked.x", ())].count == 0
+
+
+def test_incr_each_records_what_incrementing_each_time_records() -> None:
+    # A counter counted once per batch must leave every view as one `incr` per event would:
+    # the interval's aggregate (count, mean, min/max), the running total, the statsd outbox.
+    clocks = [Clock(), Clock()]
+    ms = [Metrics(clock=c, prometheus_retention_s=60, prefix_filter=("-consul.blocked",)) for c in clocks]
+    for m in ms:
+        m.open_outbox()
+    one, each = (m.counter("rpc", "request") for m in ms)
+    blocked_one, blocked_each = (m.counter("blocked", "x") for m in ms)
+    for times, value in ((3, 1.0), (0, 1.0), (64, 1.0), (5, 2.5), (1, 0.25)):
+        for _ in range(times):
+            one.incr(value)
+            blocked_one.incr(value)
+        each.incr_each(times, value)
+        blocked_each.incr_each(times, value)
+        a, b = (m.series[("consul.rpc.request", ())] for m in ms)
+        assert a.total == b.total
+        assert ms[0].summary() == ms[1].summary()
+        for c in clocks:
+            c.now += 7  # every other step lands in a new interval
+    outs = [[(s.name, v) for s, v in m.take_outbox()] for m in ms]
+    assert outs[0] == outs[1] and len(outs[0]) == 73
+    assert ms[1].series[("consul.blocked.x", ())].total == 0
+
+
+async def test_batches_record_at_the_end_of_the_loop_iteration_what_each_recording_would() -> None:
+    # The per-write timers and counters of the hot paths (SampleBatch, CounterBatch): nothing is
+    # recorded inside the iteration, everything by the next one, identical to direct recordings.
+    clocks = [Clock(), Clock()]
+    ms = [Metrics(clock=c, prometheus_retention_s=60) for c in clocks]
+    for m in ms:
+        m.open_outbox()
+    group = deferred_group()
+    timer, counter = SampleBatch(ms[1].sample("kvs", "apply"), group), CounterBatch(ms[1].counter("rpc", "request"), group)
+    direct_timer, direct_counter = ms[0].sample("kvs", "apply"), ms[0].counter("rpc", "request")
+    for round_ in range(3):
+        for i in range(10 * round_ + 1):
+            direct_timer.observe(i / 3)
+            direct_counter.incr()
+            timer.observe(i / 3)
+            counter.incr()
+        assert ms[1].series[("consul.rpc.request", ())].total < ms[0].series[("consul.rpc.request", ())].total
+        await asyncio.sleep(0)  # the next iteration
+        assert ms[0].summary() == ms[1].summary()
+        # Each metric's statsd lines, in order (a batch's lines come together, not interleaved
+        # with another metric's).
+        outs = [sorted(((s.name, v) for s, v in m.take_outbox()), key=lambda line: line[0]) for m in ms]
+        assert outs[0] == outs[1] and len(outs[0]) == 2 * (10 * round_ + 1)
+        for c in clocks:
+            c.now += 7
+
+
+def test_batches_record_at_once_without_a_running_loop() -> None:
+    m = Metrics(clock=Clock(), prometheus_retention_s=60)
+    timer, counter = SampleBatch(m.sample("kvs", "apply")), CounterBatch(m.counter("rpc", "request"))
+    timer.observe(2.0)
+    counter.incr()
+    assert m.series[("consul.kvs.apply", ())].count == 1
+    assert m.series[("consul.rpc.request", ())].total == 1

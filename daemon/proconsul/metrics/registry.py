@@ -21,6 +21,7 @@ the current interval, a few float operations. A labelled series is looked up onc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -29,7 +30,8 @@ from typing import Any
 from proconsul.metrics.inmem import Aggregate, Inmem, Interval
 
 __all__ = [
-    "COUNTER", "GAUGE", "OUTBOX_CAP", "SAMPLE", "Counter", "Gauge", "Metrics", "Sample", "Series", "parse_prefix_filter",
+    "COUNTER", "GAUGE", "OUTBOX_CAP", "SAMPLE", "Counter", "CounterBatch", "Gauge", "Metrics", "Sample", "SampleBatch",
+    "Series", "parse_prefix_filter",
 ]  # fmt: skip
 
 COUNTER = "counter"
@@ -154,6 +156,41 @@ class Counter(_Handle):
         out = m.outbox
         if out is not None and len(out) < OUTBOX_CAP:
             out.append((s, value))
+
+
+    def incr_each(self, times: int, value: float = 1.0) -> None:
+        """`incr(value)` `times` times, at one clock reading: every view as if each had been
+        recorded (the interval aggregate counts `times` values, the statsd outbox gets `times`
+        lines), for a caller that counts a batch's events once per batch."""
+        if self._family.blocked or times <= 0:
+            return
+        m = self._metrics
+        now = m.clock()
+        s = self._series
+        inmem = m.inmem
+        counters = (inmem.newest if now < inmem.end else inmem.current(now)).counters
+        agg = counters.get(s)
+        if agg is None:
+            agg = counters[s] = Aggregate()
+        if agg.count == 0 or value < agg.min:
+            agg.min = value
+        if agg.count == 0 or value > agg.max:
+            agg.max = value
+        agg.count += times
+        total, sumsq, square = agg.total, agg.sumsq, value * value
+        for _ in range(times):  # the sums `incr` would have built, term by term
+            total += value
+            sumsq += square
+        agg.total, agg.sumsq = total, sumsq
+        total = s.total
+        for _ in range(times):
+            total += value
+        s.total = total
+        s.updated = now
+        out = m.outbox
+        if out is not None and len(out) < OUTBOX_CAP:
+            entry = (s, value)
+            out.extend([entry] * min(times, OUTBOX_CAP - len(out)))
 
 
 class Gauge(_Handle):
@@ -433,3 +470,93 @@ class Metrics:
 
 def _describe(series: Series) -> tuple[str, str, dict[str, str]]:
     return series.key, series.name, series.labels
+
+
+class _Deferred:
+    """The batches of one owner with recordings waiting for the end of this loop iteration:
+    one `call_soon` records them all (in the order they were first touched)."""
+
+    __slots__ = ("_dirty",)
+
+    def __init__(self) -> None:
+        self._dirty: list[SampleBatch | CounterBatch] = []
+
+    def mark(self, batch: SampleBatch | CounterBatch) -> bool:
+        """Schedule `batch`'s flush; False when no loop runs (the caller records at once)."""
+        if not self._dirty:
+            loop = asyncio._get_running_loop()
+            if loop is None:
+                return False
+            loop.call_soon(self.flush)
+        self._dirty.append(batch)
+        return True
+
+    def flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for batch in dirty:
+            batch.flush()
+
+
+class SampleBatch:
+    """A `Sample` whose per-event values (one per write on a hot path) are kept in a list and
+    recorded with one `observe_many` in a callback scheduled when the first one of a loop
+    iteration arrives: what is recorded, and every view of it, is what `observe` per value
+    would have recorded, a moment later (before anything that callback's iteration reads)."""
+
+    __slots__ = ("_deferred", "_sample", "_values")
+
+    def __init__(self, sample: Sample, deferred: _Deferred | None = None) -> None:
+        self._sample = sample
+        self._deferred = deferred if deferred is not None else _Deferred()
+        self._values: list[float] = []
+
+    @property
+    def sample(self) -> Sample:
+        return self._sample
+
+    def observe(self, value: float) -> None:
+        values = self._values
+        if not values and not self._deferred.mark(self):
+            self._sample.observe(value)
+            return
+        values.append(value)
+
+    def since(self, start: float) -> None:
+        """Observe the milliseconds elapsed since `start`, a `time.perf_counter()` reading."""
+        self.observe((time.perf_counter() - start) * 1000.0)
+
+    def flush(self) -> None:
+        values = self._values
+        if values:
+            self._values = []
+            self._sample.observe_many(values)
+
+
+class CounterBatch:
+    """A `Counter` whose `incr()`s within a loop iteration are recorded at its end by one
+    `Counter.incr_each` (as `SampleBatch` does for a sample); each view is what one `incr` per
+    event would have recorded."""
+
+    __slots__ = ("_counter", "_deferred", "_times")
+
+    def __init__(self, counter: Counter, deferred: _Deferred | None = None) -> None:
+        self._counter = counter
+        self._deferred = deferred if deferred is not None else _Deferred()
+        self._times = 0
+
+    def incr(self) -> None:
+        if self._times == 0 and not self._deferred.mark(self):
+            self._counter.incr()
+            return
+        self._times += 1
+
+    def flush(self) -> None:
+        times = self._times
+        if times:
+            self._times = 0
+            self._counter.incr_each(times)
+
+
+def deferred_group() -> _Deferred:
+    """A group for `SampleBatch`/`CounterBatch`es that flush in one shared callback."""
+    return _Deferred()

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from proconsul.malformed_log import MALFORMED
 from proconsul.metrics import Metrics, Sample
+from proconsul.metrics.registry import CounterBatch, SampleBatch, deferred_group
 from proconsul.rpc_api import (
     CALLER_TOKEN,
     Consensus,
@@ -533,6 +534,10 @@ class Server:
             commands.PreparedQueryOp: m.sample("prepared-query", "apply",
                                                help="ms to apply a prepared query create/update/delete through Raft"),
         }
+        # `write_now`'s per-write recordings of the same two metrics, made once per loop iteration.
+        batched = deferred_group()
+        self._m_kvs_apply_now = SampleBatch(self._m_apply_by_type[commands.KVS], batched)
+        self._m_request_now = CounterBatch(self._m_request, batched)
 
     # ---------------------------------------------------------------------------------- reads
 
@@ -864,7 +869,7 @@ class Server:
         propose_now = self._propose_now
         if propose_now is None:
             return False
-        timer = self._m_apply_by_type[commands.KVS]
+        timer = self._m_kvs_apply_now
         start = time.perf_counter()
 
         def applied(out: tuple[int, Any] | None, exc: BaseException | None) -> None:
@@ -880,7 +885,7 @@ class Server:
 
         if not propose_now(command, applied):
             return False
-        self._m_request.incr()
+        self._m_request_now.incr()
         return True
 
     def _forward_now(self, command: commands.KVS,
