@@ -1495,31 +1495,25 @@ class RaftServer:
             if rd.early_messages:
                 self._send_all(rd.early_messages)
             committed = rd.committed_entries
-            start = time.perf_counter()
-            if rd.snapshot is not None:
-                await self._persist(rd)
-            else:
-                # The log write is handed to the writer thread first, and only then are the
-                # committed entries already in the durable log applied (committed means durable
-                # on a quorum, and these are durable here too): their FSM work overlaps the
-                # write instead of delaying its start (on a follower it is the previous write's
-                # commit, ahead of this write on the critical path), and a write's answer does
-                # not wait for the fsync of the proposals that arrived after it. Entries this
-                # Ready appends wait for the write (below).
-                writing = self._submit_write(rd)
-                if committed:
-                    durable_last = rd.entries[0].index - 1 if rd.entries else committed[-1].index
-                    n = 0
-                    for e in committed:
-                        if e.index > durable_last:
-                            break
-                        self._apply(e)
-                        n += 1
-                    committed = committed[n:]
-                if writing is not None:
-                    await self._finish_write(*writing)
+            if rd.snapshot is None and committed:
+                # Committed entries already in the durable log are applied while this Ready's
+                # own entries are being written (committed means durable on a quorum, and these
+                # are durable here too): a write's answer does not wait for the fsync of the
+                # proposals that arrived after it. Entries this Ready appends wait (below).
+                durable_last = rd.entries[0].index - 1 if rd.entries else committed[-1].index
+                n = 0
+                for e in committed:
+                    if e.index > durable_last:
+                        break
+                    self._apply(e)
+                    n += 1
+                committed = committed[n:]
             if rd.entries:
+                start = time.perf_counter()
+                await self._persist(rd)
                 (self._m_dispatch if was_leader else self._m_store_logs).since(start)
+            else:
+                await self._persist(rd)
             if rd.messages:
                 self._send_all(rd.messages)
             if appends_from:
@@ -1539,21 +1533,14 @@ class RaftServer:
             self._maybe_snapshot(core)
 
     async def _persist(self, rd: Any) -> None:
+        log = self.storage.log
         if rd.snapshot is not None:
             self.storage.install_snapshot(rd.snapshot)
             await self._restore_fsm(rd.snapshot.data, "restoring a snapshot from the leader")
             self.applied_index = rd.snapshot.meta.index
             self._fail_pending_upto(rd.snapshot.meta.index)
-        writing = self._submit_write(rd)
-        if writing is not None:
-            await self._finish_write(*writing)
-
-    def _submit_write(self, rd: Any) -> tuple[asyncio.Future[Any], DiskHardState | None, list[LogRecord], int | None] | None:
-        """Hand a Ready's entries and hard state to the writer thread (None: nothing to write);
-        `_finish_write` awaits it and updates the memory image."""
-        log = self.storage.log
         if not rd.entries and rd.hard_state is None:
-            return None
+            return
         hs = None
         if rd.hard_state is not None:
             hs = DiskHardState(rd.hard_state.term, rd.hard_state.vote or "", rd.hard_state.commit)
@@ -1563,17 +1550,13 @@ class RaftServer:
                 # rides along with the next entries instead of costing an fsync (etcd's MustSync
                 # rule; a third of the leader's fsyncs in bench/raft_vs_etcd.py were these).
                 log.hard_state = hs
-                return None
+                return
         batch = [LogRecord(e.index, e.term, int(e.kind), e.data) for e in rd.entries]
         truncate = log.check_append(batch, None)
         # The fsync runs off the event loop; proposals arriving meanwhile form the next batch.
         assert self._writer is not None, "start() first"
-        return self._writer.submit(log.write_db, hs, batch, truncate), hs, batch, truncate
-
-    async def _finish_write(self, fut: asyncio.Future[Any], hs: DiskHardState | None, batch: list[LogRecord],
-                            truncate: int | None) -> None:
-        await fut
-        self.storage.log.apply_memory(hs, batch, truncate)
+        await self._writer.submit(log.write_db, hs, batch, truncate)
+        log.apply_memory(hs, batch, truncate)
         if truncate is not None:
             # Our uncommitted tail was replaced by a new leader's: those writes' fate is unknown.
             self._fail_pending_from(truncate)

@@ -2,7 +2,7 @@
 
 Owns what a server keeps in `data_dir/raft/` and the promise behind every acknowledged write:
 `save()` (or `write_db`, its durable half) returns only after the hard state (term, vote,
-commit) and the new entries are on disk, in ONE durable write, an O_DSYNC `pwritev` (Raft needs both
+commit) and the new entries are on disk, in ONE write and ONE `fdatasync` (Raft needs both
 before it may answer a vote or an append). A caller that batches the proposals queued during a
 save gets group commit.
 
@@ -53,9 +53,6 @@ LOG_DIR = "wal"  # the log's directory inside the raft directory
 LEGACY_DB = "raft.db"  # the SQLite log of versions before issue 21, imported once
 SEGMENT_BYTES = 16 << 20
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.wal$")
-# The newest segment, as the log writes it: every write is durable when it returns (O_DSYNC:
-# the data, and the metadata needed to read it back, as an fdatasync after it would make them).
-_SEGMENT_FLAGS = os.O_RDWR | os.O_DSYNC
 
 
 class CorruptStorage(Exception):
@@ -263,7 +260,7 @@ class DurableLog:
         self.offset_term = offset_term
         self.hard_state = self.durable_hard_state = hs
         tail = self._segments[-1]
-        fd = os.open(tail.path, _SEGMENT_FLAGS)
+        fd = os.open(tail.path, os.O_RDWR)
         assert scan is not None
         if scan.dirty_end > scan.end:
             # A torn last write: zeroed, so that no leftover of it can follow the next frame.
@@ -305,15 +302,14 @@ class DurableLog:
         seq = self._segments[-1].seq + 1
         meta = self._meta_frame()
         path = self._create_segment(seq, meta)
-        fd = os.open(path, _SEGMENT_FLAGS)
+        fd = os.open(path, os.O_RDWR)
         assert self._fd is not None
         os.close(self._fd)
         self._fd, self._pos = fd, len(meta)
         self._segments.append(_Segment(seq, path, 0))
 
     def _write_frame(self, body: bytes, max_index: int) -> None:
-        """Append one frame to the newest segment, durably: the segment is open with O_DSYNC,
-        so the write returns once the frame is on disk as after an fdatasync."""
+        """Append one frame to the newest segment and fdatasync it."""
         if self._broken is not None:
             raise CorruptStorage(f"{self.path}: an earlier write failed ({self._broken}); restart the server")
         assert self._fd is not None, "open() first"
@@ -322,12 +318,10 @@ class DurableLog:
             # Full (a frame larger than a segment still goes alone into a new one, which grows).
             self._roll()
         try:
-            # One system call where a write and an fdatasync were two: the writer thread
-            # releases and retakes the GIL once per write, not twice, and the cost on disk is
-            # the same (bench/raft_log_write.py). After a failed durable write the page cache
-            # may say the data is written when the disk does not have it: no retry, the log
-            # refuses every later write.
             _write_all(self._fd, [wal.frame_header(body), body], self._pos)
+            # After a failed fdatasync the page cache may say the data is written when the disk
+            # does not have it: no retry, the log refuses every later write.
+            os.fdatasync(self._fd)
         except BaseException as exc:
             self._broken = exc
             raise
@@ -411,24 +405,14 @@ class DurableLog:
         return truncate_from
 
     def write_db(self, hard_state: HardState | None, batch: list[LogRecord], truncate_from: int | None) -> None:
-        """The durable half of `save`: one frame, one durable write. Safe to run in a
+        """The durable half of `save`: one frame, one write, one fdatasync. Safe to run in a
         worker thread: it touches only the files and `durable_hard_state` (the memory image is
         the caller's, in `apply_memory`, and nothing else writes while it runs)."""
-        # The frame's body built with one join (each entry's header packed once, no
-        # intermediate bytes for the entries alone).
-        parts: list[bytes] = []
-        add = parts.append
+        parts = [_encode_entries(batch)] if batch else []
         if truncate_from is not None:
-            add(wal.TRUNCATE.pack(wal.T_TRUNCATE, truncate_from))
-        if batch:
-            pack = wal.ENTRY.pack
-            t = wal.T_ENTRY
-            for r in batch:
-                data = r.data
-                add(pack(t, r.index, r.term, r.kind, len(data)))
-                add(data)
+            parts.insert(0, wal.TRUNCATE.pack(wal.T_TRUNCATE, truncate_from))
         if hard_state is not None and hard_state != self.durable_hard_state:
-            add(wal.encode_hard(hard_state.term, hard_state.vote, hard_state.commit))
+            parts.append(wal.encode_hard(hard_state.term, hard_state.vote, hard_state.commit))
         if parts:
             self._write_frame(b"".join(parts), batch[-1].index if batch else 0)
         if hard_state is not None:
