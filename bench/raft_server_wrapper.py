@@ -123,6 +123,11 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "--":
         argv.pop(0)
     _install_counter()
+    trace = os.environ.get("RAFT_TRACE")
+    if trace:  # per-stage timestamps of each write (bench/raft_trace.py)
+        import raft_trace
+
+        raft_trace.install()
     if stats_path:
         threading.Thread(target=_dumper, args=(stats_path,), daemon=True, name="batch-stats").start()
     prof = cProfile.Profile() if prof_path else None
@@ -141,6 +146,8 @@ def main(argv: list[str]) -> int:
             prof.dump_stats(prof_path)
         if stats_path:
             _dump(stats_path)
+        if trace:
+            raft_trace.dump(trace)
 
 
 if __name__ == "__main__":
