@@ -101,7 +101,7 @@ def test_a_set_keeps_the_lock_of_the_key_it_overwrites() -> None:
     assert fast.fsm.store.kv["k"].session == "s1"
 
 
-def test_the_leaders_own_set_applies_through_the_same_path() -> None:
+def test_the_leaders_own_set_builds_the_same_state() -> None:
     fast, slow = _pair()
     c = cmd.KVS(cmd.KVOp.SET, DirEntry("k", b"v", flags=3))
     data = cmd.encode(c)

@@ -141,9 +141,6 @@ class CommandStateMachine:
             return None
         if proposed is not None and _round_trips(proposed):
             # The leader's own proposal: the command it encoded, unchanged by a decode.
-            if proposed.op == commands.KVOp.SET:
-                e = proposed.entry
-                return self.fsm.apply_kv_set(index, e.key, e.value, e.flags)
             return self.fsm.apply(index, proposed)
         try:
             command = commands.decode_for_apply(data)
