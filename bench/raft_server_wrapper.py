@@ -29,10 +29,6 @@ import threading
 import time
 from typing import Any
 
-# The agent measured is this tree's: a shared venv's editable install may point at another
-# checkout, and a bench run from a worktree must not measure that one.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "daemon"))
-
 from proconsul import transport
 from proconsul.agent.agent import run_agent
 from proconsul.raft import storage
