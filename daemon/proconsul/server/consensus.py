@@ -143,11 +143,13 @@ class CommandStateMachine:
             # The leader's own proposal: the command it encoded, unchanged by a decode.
             return self.fsm.apply(index, proposed)
         try:
-            command = commands.decode(data)
+            command = commands.decode_for_apply(data)
         except ValueError as exc:
             logger.error("raft: entry %d is not a command (%s); skipped", index, exc)
             self.fsm.apply(index, commands.Noop())
             return None
+        if type(command) is tuple:  # a plain KV set: (key, value, flags)
+            return self.fsm.apply_kv_set(index, *command)
         if isinstance(command, commands.Restore):
             with blocking_work("restoring a snapshot (PUT /v1/snapshot)"), collector_paused():
                 return self.fsm.apply(index, command)

@@ -332,14 +332,47 @@ def encode(command: Command) -> bytes:
     return msgpack.packb([int(kind), payload], use_bin_type=True)
 
 
-def decode(data: bytes) -> Command:
-    """Decode bytes produced by `encode`; raises ValueError on anything else."""
+def _unpack(data: bytes) -> tuple[Any, Any]:
+    """(kind, payload) of an encoded command; ValueError when it is not one."""
     try:
         kind, payload = msgpack.unpackb(data, raw=False)
         if type(kind) is not int or kind != _KVS:  # every KV write skips the enum's lookup
             kind = CommandType(kind)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ValueError(f"undecodable command: {exc}") from exc
+    return kind, payload
+
+
+def decode(data: bytes) -> Command:
+    """Decode bytes produced by `encode`; raises ValueError on anything else."""
+    kind, payload = _unpack(data)
+    return _decode(kind, payload)
+
+
+# What `decode_for_apply` answers for a plain KV set: the only fields the store's set reads.
+KVSetFields = tuple[str, Any, Any]
+
+
+def decode_for_apply(data: bytes) -> Command | KVSetFields:
+    """`decode(data)`, except that a plain KV set (the write every member applies most) comes
+    back as the tuple (key, value, flags) for `FSM.apply_kv_set`: no KVS and no DirEntry that
+    the store would only read three fields of and then rebuild. Only the exact shape `encode`
+    writes for a set takes that path ([KVS, ["set", flat entry list]], no `checked_at`); any
+    other shape decodes as `decode` does, so both paths build the same state."""
+    kind, payload = _unpack(data)
+    if kind == _KVS and type(payload) is list and len(payload) == 2:
+        op, wire = payload
+        if type(op) is str and op == KVOp.SET and type(wire) is list and 0 < len(wire) <= _DIR_ENTRY_FIELDS:
+            for v in wire:
+                if type(v) is list:
+                    break
+            else:
+                n = len(wire)
+                return (wire[0], wire[1] if n > 1 else None, wire[2] if n > 2 else 0)
+    return _decode(kind, payload)
+
+
+def _decode(kind: Any, payload: Any) -> Command:
     if kind == _KVS:
         checked_at = int(payload[2]) if len(payload) > 2 else 0
         return KVS(payload[0], _dir_entry(payload[1]), checked_at)

@@ -103,6 +103,16 @@ class FSM:
         finally:
             store.finish(index)
 
+    def apply_kv_set(self, index: int, key: str, value: bytes | None, flags: int) -> bool:
+        """`apply(index, KVS("set", DirEntry(key, value, flags)))` without building either:
+        the same store change, result and watch wakeups (a set cannot fail)."""
+        store = self.store
+        index += store.index_offset
+        try:
+            return store.kv_set_fields(index, key, value, flags)
+        finally:
+            store.finish(index)
+
     def _apply_restore(self, index: int, blob: bytes) -> Any:
         """Replace the store with a snapshot's state, deterministically on every server.
 

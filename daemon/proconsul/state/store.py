@@ -598,14 +598,17 @@ class Store:
         return idx, entries
 
     def kv_set(self, index: int, entry: DirEntry) -> bool:
-        existing = self.kv.get(entry.key)
+        return self.kv_set_fields(index, entry.key, entry.value, entry.flags)
+
+    def kv_set_fields(self, index: int, key: str, value: bytes | None, flags: int) -> bool:
+        """`kv_set` from the three fields a set reads (the follower's apply decodes only those)."""
+        existing = self.kv.get(key)
         # Built directly rather than with dataclasses.replace, which showed in every member's
         # write-path profile (it rebuilds a kwargs dict from the fields on every call).
         if existing is not None:
-            entry = DirEntry(entry.key, entry.value, entry.flags, existing.session, existing.lock_index,
-                             existing.create_index, index)
+            entry = DirEntry(key, value, flags, existing.session, existing.lock_index, existing.create_index, index)
         else:
-            entry = DirEntry(entry.key, entry.value, entry.flags, "", 0, index, index)
+            entry = DirEntry(key, value, flags, "", 0, index, index)
         self._kv_put(index, entry)
         return True
 
