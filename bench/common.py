@@ -52,6 +52,21 @@ def agent_command(http_port: int, dns_port: int, extra: list[str]) -> list[str]:
     return [python_exe(), "-c", code, *args]
 
 
+TREE_DAEMON = str(Path(__file__).resolve().parent.parent / "daemon")
+
+
+def tree_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a process a bench starts: agents run this tree's daemon. A shared
+    venv's editable install may map `proconsul` to another checkout, so without this a bench
+    run from a worktree measured that one. A PYTHONPATH that already names a daemon (another
+    tree measured with this bench file) is kept as it is."""
+    out = dict(os.environ if env is None else env)
+    paths = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if not any(os.path.isdir(os.path.join(p, "proconsul")) for p in paths):
+        out["PYTHONPATH"] = os.pathsep.join([TREE_DAEMON, *paths])
+    return out
+
+
 class Procs:
     """Every process a benchmark starts, stopped by pid (SIGTERM, then SIGKILL) in stop_all()."""
 
@@ -64,7 +79,7 @@ class Procs:
         if cpu is not None:
             cmd = ["taskset", "-c", str(cpu), *cmd]
         out = open(log, "wb")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=tree_env(env))
         out.close()
         self.procs.append((name, proc))
         return proc

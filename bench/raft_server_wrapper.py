@@ -29,9 +29,10 @@ import threading
 import time
 from typing import Any
 
-# The agent measured is this tree's: a shared venv's editable install may point at another
-# checkout, and a bench run from a worktree must not measure that one.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "daemon"))
+# The agent measured is this tree's (a shared venv's editable install may point at another
+# checkout), unless PYTHONPATH names a daemon on purpose (another tree measured with this file).
+if not any(os.path.isdir(os.path.join(p, "proconsul")) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "daemon"))
 
 from proconsul import transport  # noqa: E402
 from proconsul.agent.agent import run_agent  # noqa: E402
