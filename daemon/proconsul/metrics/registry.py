@@ -484,8 +484,9 @@ class _Deferred:
     def mark(self, batch: SampleBatch | CounterBatch) -> bool:
         """Schedule `batch`'s flush; False when no loop runs (the caller records at once)."""
         if not self._dirty:
-            loop = asyncio._get_running_loop()
-            if loop is None:
+            try:
+                loop = asyncio.get_running_loop()  # once per loop iteration, not per recording
+            except RuntimeError:
                 return False
             loop.call_soon(self.flush)
         self._dirty.append(batch)
