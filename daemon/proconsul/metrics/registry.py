@@ -145,18 +145,21 @@ class Counter(_Handle):
         m = self._metrics
         now = m.clock()
         s = self._series
-        inmem = m.inmem
-        counters = (inmem.newest if now < inmem.end else inmem.current(now)).counters
-        agg = counters.get(s)
-        if agg is None:
-            agg = counters[s] = Aggregate()
-        agg.ingest(value)
+        self._aggregate(now).ingest(value)
         s.total += value
         s.updated = now
         out = m.outbox
         if out is not None and len(out) < OUTBOX_CAP:
             out.append((s, value))
 
+    def _aggregate(self, now: float) -> Aggregate:
+        """This series' aggregate in the in-memory interval holding `now`."""
+        inmem = self._metrics.inmem
+        counters = (inmem.newest if now < inmem.end else inmem.current(now)).counters
+        agg = counters.get(self._series)
+        if agg is None:
+            agg = counters[self._series] = Aggregate()
+        return agg
 
     def incr_each(self, times: int, value: float = 1.0) -> None:
         """`incr(value)` `times` times, at one clock reading: every view as if each had been
@@ -167,11 +170,7 @@ class Counter(_Handle):
         m = self._metrics
         now = m.clock()
         s = self._series
-        inmem = m.inmem
-        counters = (inmem.newest if now < inmem.end else inmem.current(now)).counters
-        agg = counters.get(s)
-        if agg is None:
-            agg = counters[s] = Aggregate()
+        agg = self._aggregate(now)
         if agg.count == 0 or value < agg.min:
             agg.min = value
         if agg.count == 0 or value > agg.max:
