@@ -12,11 +12,10 @@ import pytest
 from proconsul.agent import gc_policy
 
 
-async def test_survivors_are_frozen_and_dead_cycles_still_reclaimed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gc_policy, "_MIN_FULL_SCAN_OBJECTS", 20_000)
-    policy = gc_policy.GCPolicy()
-    policy.max_defer_s = 0.0  # every scan as soon as it is due (waiting for quiet: below)
-    policy.install()
+def _count_freeze_walks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """CPython counts the frozen heap by walking it: from now on every `gc.get_freeze_count()`
+    call adds one to the returned counter, so a test can check the policy does not ask on every
+    collection."""
     real_freeze_count = gc.get_freeze_count
     walks = [0]
 
@@ -24,25 +23,40 @@ async def test_survivors_are_frozen_and_dead_cycles_still_reclaimed(monkeypatch:
         walks[0] += 1
         return real_freeze_count()
 
+    monkeypatch.setattr(gc, "get_freeze_count", counting_freeze_count)
+    return walks
+
+
+async def _churn_cycles(count: int, stop: list[bool] | None = None) -> None:
+    """Dead cycles that live long enough to be frozen (what a complete scan is for), allocated
+    fast enough that the collector runs many times in every quiet window."""
+    window: collections.deque[dict[str, object]] = collections.deque()
+    for i in range(count):
+        a: dict[str, object] = {"i": i}
+        a["self"] = [a]
+        window.append(a)
+        if len(window) > 5_000:
+            window.popleft()
+        if i % 1_000 == 0:
+            await asyncio.sleep(0)
+            if stop and stop[0]:
+                return
+
+
+async def test_survivors_are_frozen_and_dead_cycles_still_reclaimed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gc_policy, "_MIN_FULL_SCAN_OBJECTS", 20_000)
+    policy = gc_policy.GCPolicy()
+    policy.max_defer_s = 0.0  # every scan as soon as it is due (waiting for quiet: below)
+    policy.install()
     try:
         startup = gc.get_freeze_count()
-        # CPython counts the frozen heap by walking it: the policy must not ask on every collection.
-        monkeypatch.setattr(gc, "get_freeze_count", counting_freeze_count)
+        walks = _count_freeze_walks(monkeypatch)
         assert startup > 0  # the startup heap (in a full test run, everything pytest imported)
-        window: collections.deque[dict[str, object]] = collections.deque()
         # Enough churn to more than double the frozen heap whatever the startup heap's size:
-        # every cycle lives long enough to be frozen, so the doubling rule must fire.
+        # every cycle lives long enough to be frozen, then becomes garbage that only a complete
+        # scan can reclaim, so the doubling rule must fire.
         cycles = max(300_000, startup + 100_000)  # (so that 2 * startup + 100_000 < 2 * cycles)
-        for i in range(cycles):
-            # A cycle that outlives a few collections (so it is frozen), then becomes garbage:
-            # only a complete scan can reclaim it.
-            a: dict[str, object] = {"i": i}
-            a["self"] = [a]
-            window.append(a)
-            if len(window) > 5_000:
-                window.popleft()
-            if i % 1_000 == 0:
-                await asyncio.sleep(0)  # the loop runs the scans the policy schedules
+        await _churn_cycles(cycles)  # (it yields to the loop, which runs the scheduled scans)
         await asyncio.sleep(0)
         assert policy.freezes > 0
         assert policy.full_scans > 0
@@ -68,16 +82,9 @@ async def test_frozen_objects_freed_by_reference_counting_never_cost_a_complete_
     monkeypatch.setattr(gc_policy, "_MIN_FULL_SCAN_OBJECTS", 20_000)
     policy = gc_policy.GCPolicy()
     policy.install()
-    real_freeze_count = gc.get_freeze_count
-    walks = [0]
-
-    def counting_freeze_count() -> int:
-        walks[0] += 1
-        return real_freeze_count()
-
     try:
         startup = gc.get_freeze_count()
-        monkeypatch.setattr(gc, "get_freeze_count", counting_freeze_count)
+        walks = _count_freeze_walks(monkeypatch)
         window: collections.deque[dict[str, object]] = collections.deque()
         # Each entry outlives a generation-1 collection (so it is frozen) and is two objects: three
         # times the startup heap goes through, and the running total must cross its threshold.
@@ -103,22 +110,6 @@ async def test_frozen_objects_freed_by_reference_counting_never_cost_a_complete_
     finally:
         policy.uninstall()
     assert gc.get_freeze_count() == 0
-
-
-async def _churn_cycles(count: int, stop: list[bool] | None = None) -> None:
-    """Dead cycles that live long enough to be frozen (what a complete scan is for), allocated
-    fast enough that the collector runs many times in every quiet window."""
-    window: collections.deque[dict[str, object]] = collections.deque()
-    for i in range(count):
-        a: dict[str, object] = {"i": i}
-        a["self"] = [a]
-        window.append(a)
-        if len(window) > 5_000:
-            window.popleft()
-        if i % 1_000 == 0:
-            await asyncio.sleep(0)
-            if stop and stop[0]:
-                return
 
 
 async def test_a_due_complete_scan_waits_for_a_quiet_loop(monkeypatch: pytest.MonkeyPatch) -> None:

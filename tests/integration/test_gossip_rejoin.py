@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from cluster_helpers import free_subnet, member_statuses
@@ -31,7 +34,25 @@ def _leave(agent: AgentProcess) -> None:
     agent.proc.wait(60)
 
 
-def test_restarted_client_rejoins_from_its_snapshot(tmp_path: Path) -> None:
+@dataclass
+class _Pair:
+    """A bootstrapped server and client `c1` (data dir `data`) that joined it; `running` is every
+    agent started so far, stopped when the test ends."""
+
+    server: AgentProcess
+    first: AgentProcess
+    data: Path
+    server_ip: str
+    client_ip: str
+    running: list[AgentProcess]
+
+    def start(self, agent: AgentProcess) -> AgentProcess:
+        self.running.append(agent.start())
+        return agent
+
+
+@contextmanager
+def _server_and_joined_client(tmp_path: Path) -> Iterator[_Pair]:
     prefix = free_subnet(2)
     sip, cip = f"{prefix}.1", f"{prefix}.2"
     data = tmp_path / "c1"
@@ -43,6 +64,15 @@ def test_restarted_client_rejoins_from_its_snapshot(tmp_path: Path) -> None:
         first = _client(cip, data, f"-retry-join={sip}", "-retry-interval=1s")
         running.append(first.start())
         wait_for(lambda: member_statuses(server) == {"srv": 1, "c1": 1}, timeout=60, what=lambda: first.log())
+        yield _Pair(server, first, data, sip, cip, running)
+    finally:
+        for agent in running:
+            agent.stop()
+
+
+def test_restarted_client_rejoins_from_its_snapshot(tmp_path: Path) -> None:
+    with _server_and_joined_client(tmp_path) as pair:
+        server, first, data, sip, cip = pair.server, pair.first, pair.data, pair.server_ip, pair.client_ip
         # The snapshot is appended by its own writer task: it follows the member event shortly.
         wait_for(lambda: "alive: srv " in (data / "serf" / "local.snapshot").read_text(), timeout=30,
                  what="the server recorded in c1's snapshot")
@@ -51,7 +81,7 @@ def test_restarted_client_rejoins_from_its_snapshot(tmp_path: Path) -> None:
         first.kill()
         wait_for(lambda: member_statuses(server)["c1"] == 4, timeout=60, what="c1 failed")
         second = _client(cip, data)
-        running.append(second.start())
+        pair.start(second)
         wait_for(lambda: member_statuses(server).get("c1") == 1 and member_statuses(second).get("srv") == 1, timeout=60,
                  what=lambda: f"c1 rejoined\n{second.log()}")
         assert "Re-joined to previously known node: srv" in second.log()
@@ -61,7 +91,7 @@ def test_restarted_client_rejoins_from_its_snapshot(tmp_path: Path) -> None:
         wait_for(lambda: member_statuses(server).get("c1") == 3, timeout=30, what="c1 left")
         assert (data / "serf" / "local.snapshot").read_text().endswith("leave\n")
         third = _client(cip, data)
-        running.append(third.start())
+        pair.start(third)
         wait_for(lambda: _up(third), timeout=60, what=lambda: third.log())
         assert "Attempting re-join" not in third.log()
         assert member_statuses(third) == {"c1": 1}
@@ -70,17 +100,14 @@ def test_restarted_client_rejoins_from_its_snapshot(tmp_path: Path) -> None:
         # Join once more, leave, and start with -rejoin: the leave is ignored and it rejoins.
         third.stop()
         fourth = _client(cip, data, f"-retry-join={sip}", "-retry-interval=1s")
-        running.append(fourth.start())
+        pair.start(fourth)
         wait_for(lambda: member_statuses(server).get("c1") == 1, timeout=60, what=lambda: fourth.log())
         _leave(fourth)
         wait_for(lambda: member_statuses(server).get("c1") == 3, timeout=30, what="c1 left again")
         fifth = _client(cip, data, "-rejoin")
-        running.append(fifth.start())
+        pair.start(fifth)
         wait_for(lambda: member_statuses(server).get("c1") == 1, timeout=60, what=lambda: f"rejoin\n{fifth.log()}")
         assert "Ignoring previous leave in snapshot" in fifth.log()
-    finally:
-        for agent in running:
-            agent.stop()
 
 
 def _event_names(agent: AgentProcess) -> list[str]:
@@ -93,17 +120,8 @@ def test_restarted_client_does_not_replay_events_it_handled(tmp_path: Path) -> N
     """serf's event clock in the snapshot: after kill -9 and a restart, the user events the client
     had already received are not delivered again by the cluster's push-pull (its watches would
     fire twice), while one fired while it was down still arrives."""
-    prefix = free_subnet(2)
-    sip, cip = f"{prefix}.1", f"{prefix}.2"
-    data = tmp_path / "c1"
-    server = AgentProcess("-server", "-bootstrap", "-hcl", "performance { raft_multiplier = 1 }", dev=False,
-                          ip=sip, node="srv", data_dir=str(tmp_path / "srv"))
-    running: list[AgentProcess] = []
-    try:
-        running.append(server.start())
-        first = _client(cip, data, f"-retry-join={sip}", "-retry-interval=1s")
-        running.append(first.start())
-        wait_for(lambda: member_statuses(server) == {"srv": 1, "c1": 1}, timeout=60, what=lambda: first.log())
+    with _server_and_joined_client(tmp_path) as pair:
+        server, first, data, cip = pair.server, pair.first, pair.data, pair.client_ip
         assert server.http("PUT", "/v1/event/fire/before-restart")[0] == 200
         wait_for(lambda: _event_names(first) == ["before-restart"], timeout=30, what="c1 got the event")
         wait_for(lambda: "event-clock: " in (data / "serf" / "local.snapshot").read_text(), timeout=30,
@@ -113,10 +131,7 @@ def test_restarted_client_does_not_replay_events_it_handled(tmp_path: Path) -> N
         wait_for(lambda: member_statuses(server)["c1"] == 4, timeout=60, what="c1 failed")
         assert server.http("PUT", "/v1/event/fire/while-down")[0] == 200
         second = _client(cip, data)
-        running.append(second.start())
+        pair.start(second)
         wait_for(lambda: "while-down" in _event_names(second), timeout=60,
                  what=lambda: f"the event fired while c1 was down\n{second.log()}")
         assert _event_names(second) == ["while-down"]
-    finally:
-        for agent in running:
-            agent.stop()
