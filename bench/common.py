@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tree_daemon import TREE_DAEMON, pythonpath_names_a_daemon  # (first: this tree's proconsul, not the venv's)
+
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 VENV_PY = REPO / ".venv" / "bin" / "python"
@@ -52,7 +54,6 @@ def agent_command(http_port: int, dns_port: int, extra: list[str]) -> list[str]:
     return [python_exe(), "-c", code, *args]
 
 
-TREE_DAEMON = str(Path(__file__).resolve().parent.parent / "daemon")
 
 
 def tree_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -61,8 +62,8 @@ def tree_env(env: dict[str, str] | None = None) -> dict[str, str]:
     run from a worktree measured that one. A PYTHONPATH that already names a daemon (another
     tree measured with this bench file) is kept as it is."""
     out = dict(os.environ if env is None else env)
-    paths = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if not any(os.path.isdir(os.path.join(p, "proconsul")) for p in paths):
+    if not pythonpath_names_a_daemon(out.get("PYTHONPATH", "")):
+        paths = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p]
         out["PYTHONPATH"] = os.pathsep.join([TREE_DAEMON, *paths])
     return out
 

@@ -12,6 +12,7 @@ import sys
 import time
 
 import msgpack
+import tree_daemon  # noqa: E402,F401  (this tree's proconsul, not the venv's)
 from proconsul.raft import codec
 from proconsul.raft.messages import Entry, EntryKind, Message, MsgType
 from proconsul.server.consensus import CommandStateMachine

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import tree_daemon  # noqa: E402,F401  (this tree's proconsul, not the venv's)
 from catalog_scale import Layout, check_op, load_batches  # noqa: E402
 from proconsul.http.txn import decode_ops  # noqa: E402
 from proconsul.state import commands  # noqa: E402

@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "sim"))
 
+import tree_daemon  # noqa: E402,F401  (this tree's proconsul, not the venv's)
 from gossip_sim import Cluster, SimNode  # noqa: E402
 from proconsul.gossip.config import GossipConfig  # noqa: E402
 from proconsul.gossip.core import MemberEvent, MemberEventKind, UserEventReceived  # noqa: E402

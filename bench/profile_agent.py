@@ -13,6 +13,7 @@ from __future__ import annotations
 import cProfile
 import sys
 
+import tree_daemon  # noqa: E402,F401  (this tree's proconsul, not the venv's)
 from proconsul.agent.agent import run_agent
 
 

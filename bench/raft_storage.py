@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 
+import tree_daemon  # noqa: E402,F401  (this tree's proconsul, not the venv's)
 from proconsul.raft.storage import HardState, LogRecord, atomic_write, raft_log
 
 PAYLOAD = b"x" * 256
