@@ -12,6 +12,10 @@ It also counts the writes the server forwarded to its leader (`fwd_writes`) and 
 `Raft.ApplyBatch` calls that carried them (`fwd_calls`).
 The wrapper costs one Python call and a few additions per batch (the batch itself costs ~1 ms).
 
+With `GC_TRACE=<dir>` in the environment each agent also records its collector pauses and its
+event loop's lag in `<dir>/<pid>.gc` and `<dir>/<pid>.lag` (CLOCK_MONOTONIC), to place a run's
+p99 outliers.
+
 With `--prof` the agent runs under cProfile and the stats are dumped when it stops (SIGTERM);
 cProfile slows Python-level calls, so read shares, not absolute times. With `PROF_WINDOW=1` in
 the environment the profiler runs only between a SIGUSR1 and a SIGUSR2 (bench/catalog_scale.py
