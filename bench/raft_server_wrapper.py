@@ -12,6 +12,10 @@ It also counts the writes the server forwarded to its leader (`fwd_writes`) and 
 `Raft.ApplyBatch` calls that carried them (`fwd_calls`).
 The wrapper costs one Python call and a few additions per batch (the batch itself costs ~1 ms).
 
+With `GC_TRACE=<dir>` in the environment each agent also records its collector pauses and its
+event loop's lag in `<dir>/<pid>.gc` and `<dir>/<pid>.lag` (CLOCK_MONOTONIC), to place a run's
+p99 outliers.
+
 With `--prof` the agent runs under cProfile and the stats are dumped when it stops (SIGTERM);
 cProfile slows Python-level calls, so read shares, not absolute times. With `PROF_WINDOW=1` in
 the environment the profiler runs only between a SIGUSR1 and a SIGUSR2 (bench/catalog_scale.py
@@ -93,6 +97,31 @@ def _install_counter() -> None:
         transport.ConnectionPool.send_call = counted_send_call  # type: ignore[method-assign]
 
 
+def _install_gc_trace(prefix: str) -> None:
+    """GC_TRACE=<dir>, prefix <dir>/<pid>. `<prefix>.gc`: "<monotonic> <generation> <pause ms> <collected>" for every collection of
+    generation 1 or 2 and any other over 1 ms; `<prefix>.lag`: the loop's wake-up lag every 10 ms
+    (bench/common.py). CLOCK_MONOTONIC, comparable with the bench's own time stamps."""
+    import gc
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import install_loop_lag_monitor
+
+    install_loop_lag_monitor(prefix + ".lag", 0.01)
+    out = open(prefix + ".gc", "a", buffering=1)  # noqa: SIM115 (open for the process's life)
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        ms = (time.perf_counter() - started[0]) * 1000.0
+        gen = info.get("generation", 0)
+        if gen > 0 or ms > 1.0:
+            out.write(f"{time.monotonic():.6f} {gen} {ms:.3f} {info.get('collected', 0)}\n")
+
+    gc.callbacks.append(on_gc)
+
+
 def _dump(path: str) -> None:
     with _LOCK:
         text = json.dumps(STATS)
@@ -129,6 +158,9 @@ def main(argv: list[str]) -> int:
         import raft_trace
 
         raft_trace.install()
+    gc_trace = os.environ.get("GC_TRACE")
+    if gc_trace:  # every collector pause and the event loop's lag, for placing p99 outliers
+        _install_gc_trace(os.path.join(gc_trace, str(os.getpid())))
     if stats_path:
         threading.Thread(target=_dumper, args=(stats_path,), daemon=True, name="batch-stats").start()
     prof = cProfile.Profile() if prof_path else None

@@ -155,3 +155,44 @@ async def test_a_due_complete_scan_runs_under_load_once_deferred_long_enough(
     finally:
         policy.uninstall()
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_due_complete_scan_waits_while_the_process_is_busy_with_few_collections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leader serving forwarded writes is busy (40 % of a core) yet runs the collector only a
+    few times a second: a window with few collections is not quiet while the process's CPU
+    says it is working, and the scan runs once the CPU goes idle too."""
+    monkeypatch.setattr(gc_policy, "_MIN_FULL_SCAN_OBJECTS", 20_000)
+    monkeypatch.setattr(gc_policy, "QUIET_WINDOW_S", 0.05)
+    policy = gc_policy.GCPolicy()
+    policy.max_defer_s = 3600.0
+    busy = [True]
+    cpu = [0.0]
+
+    def fake_cpu() -> float:
+        # Each reading while busy: half a core over the window since the last one.
+        if busy[0]:
+            cpu[0] += 0.5 * gc_policy.QUIET_WINDOW_S
+        return cpu[0]
+
+    policy.cpu_clock = fake_cpu
+    policy.install()
+    try:
+        startup = gc.get_freeze_count()
+        await _churn_cycles(max(300_000, startup + 100_000))
+        assert policy._scan_pending and policy.full_scans == 0
+        # No allocation now (no collections), but the process is busy: every window stays loud.
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+        assert policy.full_scans == 0 and policy._scan_pending
+        busy[0] = False
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if policy.full_scans:
+                break
+        assert policy.full_scans == 1 and not policy._scan_pending
+        assert policy.last_full_scan_collected > 0
+    finally:
+        policy.uninstall()
+    assert gc.get_freeze_count() == 0

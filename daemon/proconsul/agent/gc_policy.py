@@ -22,8 +22,14 @@ The policy, installed once the agent has started:
    by walking it.
 4. a complete scan that is due waits for a quiet moment: the loop checks every `QUIET_WINDOW_S`
    how many collections ran since the last check (the collector runs on allocations, so under
-   load it runs hundreds of times a second, and idle a few times), and scans once a window saw
-   at most `QUIET_COLLECTIONS`, or `MAX_DEFER_S` after it fell due whatever the load. A fresh
+   load it usually runs hundreds of times a second, and idle a few times) and how much CPU the
+   process used meanwhile, and scans once a window saw at most `QUIET_COLLECTIONS` and at most
+   `QUIET_CPU_SHARE` of a core, or `MAX_DEFER_S` after it fell due whatever the load. The CPU
+   share is what tells load from idle on a leader serving forwarded writes: a batch costs it
+   few net allocations (its requests' objects die young, and freed objects do not count towards
+   the collector's trigger), so it saw fewer than ten collections in half a second while 40 %
+   busy, and ran a 165 ms scan in the middle of a benchmark's run (docs/PERFORMANCE.md, "Issue
+   21: the forwarded write at c16 and its first-round p99 (follfwd)"). A fresh
    server's heap grows under its first load (the Raft log held in memory, connections, the
    store) past the first threshold, so its first scan (60-120 ms on a 200,000-object heap) used
    to land in the middle of that load: the p99 of a benchmark's first round (docs/PERFORMANCE.md,
@@ -47,6 +53,9 @@ _MIN_FULL_SCAN_OBJECTS = 200_000
 # any generation), or this long after it fell due.
 QUIET_WINDOW_S = 0.5
 QUIET_COLLECTIONS = 10
+# ... and the process (every thread) used at most this share of one core in it. An idle server
+# (heartbeats, gossip) uses a few %; a Raft member under PUT load at c16 20-80 %.
+QUIET_CPU_SHARE = 0.10
 MAX_DEFER_S = 60.0
 
 
@@ -66,6 +75,12 @@ class GCPolicy:
         self._collections = 0  # collections of any generation so far (the load, for step 4)
         self._window_start = 0  # `_collections` when the current quiet window began
         self._scan_due_at = 0.0  # loop time when the pending scan fell due
+        # The process's CPU seconds (all threads) and the loop's time when the current quiet
+        # window began.
+        self.cpu_clock = time.process_time
+        self._window_cpu = 0.0
+        self._window_at = 0.0
+        self.last_window_cpu_share = 0.0  # in the window that let the last deferred scan run
         self.max_defer_s = MAX_DEFER_S
         self.freezes = 0
         self.full_scans = 0
@@ -131,19 +146,28 @@ class GCPolicy:
             self._full_scan()
             return
         self._scan_due_at = loop.time()
+        self._start_window(loop)
+
+    def _start_window(self, loop: asyncio.AbstractEventLoop) -> None:
         self._window_start = self._collections
+        self._window_cpu = self.cpu_clock()
+        self._window_at = loop.time()
         loop.call_later(QUIET_WINDOW_S, self._quiet_check)
 
     def _quiet_check(self) -> None:
         if not self.installed or not self._scan_pending:
             return
-        assert self._loop is not None
-        busy = self._collections - self._window_start
-        if busy <= QUIET_COLLECTIONS or self._loop.time() - self._scan_due_at >= self.max_defer_s:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        collections = self._collections - self._window_start
+        share = (self.cpu_clock() - self._window_cpu) / max(now - self._window_at, QUIET_WINDOW_S)
+        quiet = collections <= QUIET_COLLECTIONS and share <= QUIET_CPU_SHARE
+        if quiet or now - self._scan_due_at >= self.max_defer_s:
+            self.last_window_cpu_share = share
             self._full_scan()
             return
-        self._window_start = self._collections
-        self._loop.call_later(QUIET_WINDOW_S, self._quiet_check)
+        self._start_window(loop)
 
     def _full_scan(self) -> None:
         started = time.perf_counter()
@@ -159,9 +183,14 @@ class GCPolicy:
         # At info: a scan is a pause of the whole loop, rare (once per growth of the frozen heap
         # by half), and a benchmark must be able to place it (bench/catalog_scale.py reads it).
         logger.info(
-            "gc: complete scan: %d objects live, %d reclaimed, %.1f ms, ended at %.3f",
+            "gc: complete scan: %d objects live, %d reclaimed, %.1f ms, ended at %.3f "
+            "(due for %.1f s; CPU in the last window %.0f %% of a core)",
             self._scanned_size, collected, self.last_full_scan_ms, time.time(),
+            self._loop.time() - self._scan_due_at if self._loop is not None and self._scan_due_at else 0.0,
+            self.last_window_cpu_share * 100.0,
         )  # fmt: skip
+        self._scan_due_at = 0.0
+        self.last_window_cpu_share = 0.0
 
 
 POLICY = GCPolicy()
