@@ -304,6 +304,44 @@ async def test_fast_path_answers_like_the_normal_path(tmp_path: Path) -> None:
         await agent.stop()
 
 
+async def test_plain_puts_read_from_their_bytes_answer_like_the_normal_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a fresh connection each PUT of the table arrives as one chunk: the fast ones are read
+    # from their bytes without aiohttp's parser (`plain_put`, `put_plain`), the others are
+    # parsed and answered by the normal path; every answer is the normal path's.
+    agent, normal = await _start_agent(tmp_path)
+    taken: list[str] = []
+    real = fast_module.FastRequestHandler.put_plain
+
+    def spy(self: Any, target: str, body: bytes) -> bool:
+        ok = real(self, target, body)
+        if ok:
+            taken.append(target)
+        return ok
+
+    monkeypatch.setattr(fast_module.FastRequestHandler, "put_plain", spy)
+    try:
+        fast_addr, normal_addr = agent.http.bound[0], normal.bound[0]
+        routes = agent.http.fast_routes
+        assert routes is not None
+
+        def run() -> None:
+            fast, slow = Conn(*fast_addr), Conn(*normal_addr)
+            try:
+                _compare_writes(fast, slow, routes, agent)
+            finally:
+                fast.close()
+                slow.close()
+
+        await asyncio.to_thread(run)
+        plain = [t.format(c="fast") for m, t, _, h, f in WRITES if m == "PUT" and f and not h]
+        assert taken == plain
+    finally:
+        await normal.stop()
+        await agent.stop()
+
+
 async def test_a_closed_connection_is_freed_by_reference_counting(tmp_path: Path) -> None:
     """A fast-path connection that closes leaves no cycle behind: its handler is freed at once,
     without the cyclic collector (whose complete scans pause a big server; docs/PERFORMANCE.md)."""

@@ -685,9 +685,9 @@ class FastRequestHandler(GuardedRequestHandler):
         # Messages parsed meanwhile, routed after it (a list only while there are some: one
         # tracked object fewer per idle connection).
         self._reentered: list[tuple[Any, Any]] | None = None
-        # aiohttp's parser has been given whole requests only, so it holds nothing between them
-        # and a plain PUT may be read from the bytes without it (`_Intercept.feed_data`). Once
-        # it is given anything else it keeps the connection for good.
+        # aiohttp's parser has been given whole PUT requests only, so it holds nothing between
+        # them and a plain PUT may be read from the bytes without it (`_Intercept.feed_data`).
+        # Once it is given anything else (a read, part of a request) it keeps the connection.
         self._between = True
 
     # ------------------------------------------------------------------ routing each message
@@ -944,7 +944,9 @@ class _Intercept:
             # routed from its bytes: no parser objects (message, headers, URL, body stream).
             plain = plain_put(data)
             if plain is None:
-                handler._between = one_message(data)
+                # Another PUT stays on this way only if the parser is given one whole request;
+                # anything else keeps the connection on the parser (a read costs no check).
+                handler._between = data.startswith(b"PUT ") and one_message(data)
             elif (handler._busy is None and not handler._backlog and handler._slow == 0
                   and not handler._routing and not handler._parser_full and handler.put_plain(*plain)):
                 return _NO_MESSAGES
