@@ -1,11 +1,11 @@
-"""http/fast.py's reading of a plain KV PUT from its bytes (`plain_put`) and its test that a chunk
-is one whole request as aiohttp's parser frames it (`one_message`): what they take, and that they
-leave anything they do not fully understand to aiohttp's parser."""
+"""http/fast.py's reading of a plain KV PUT from its bytes (`plain_put`): what it takes, and that
+it leaves anything it does not fully understand (or that is not exactly one whole request) to
+aiohttp's parser."""
 
 from __future__ import annotations
 
 import pytest
-from proconsul.http.fast import one_message, plain_put
+from proconsul.http.fast import plain_put
 
 HOST = b"Host: 127.0.0.1:8500\r\n"
 
@@ -32,11 +32,14 @@ def test_a_plain_put_gives_its_target_and_whole_body() -> None:
     put().replace(HOST, b""),  # no Host: aiohttp answers 400
     put(extra=HOST),  # two Hosts
     put(extra=b"Content-Length: 1\r\n"),  # two lengths
+    put() + put(),  # pipelined
     put(length=b"-1"), put(length=b"0x1"), put(length=b"1" * 12),
     put(extra=b"X-Consul-Token: t\r\n"), put(extra=b"Expect: 100-continue\r\n"),
     put(extra=b"Connection: close\r\n"), put(extra=b"Transfer-Encoding: chunked\r\n"),
     put(extra=b"Content-Encoding: gzip\r\n"), put(extra=b"Upgrade: websocket\r\n"),
     put(extra=b"Host : x\r\n"),  # a space before the colon
+    b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    b"GET /v1/kv/a HTTP/1.1\r\n" + HOST + b"\r\n",
     put(extra=b"Accept: a\x01b\r\n"), put(extra=b"Accept: \xc3\xa9\r\n"),  # a control byte, non-ASCII
     put().replace(b"HTTP/1.1\r\n", b"HTTP/1.1\n"),  # a bare LF
     put().replace(HOST, b"Host: a\rb\r\n"),  # a bare CR
@@ -49,30 +52,3 @@ def test_a_plain_put_gives_its_target_and_whole_body() -> None:
 ])
 def test_anything_else_is_left_to_aiohttps_parser(data: bytes) -> None:
     assert plain_put(data) is None
-
-
-@pytest.mark.parametrize("data", [
-    b"GET /v1/kv/a HTTP/1.1\r\n" + HOST + b"\r\n",
-    b"GET /v1/kv/a?index=3 HTTP/1.1\r\n" + HOST + b"X-Consul-Token: t\r\n\r\n",
-    put(extra=b"X-Consul-Token: t\r\n"),
-    put(extra=b"Expect: 100-continue\r\n"),
-    b"DELETE /v1/kv/a HTTP/1.1\r\n" + HOST + b"content-length: 0\r\n\r\n",
-])
-def test_one_whole_request_leaves_the_parser_between_requests(data: bytes) -> None:
-    assert one_message(data)
-
-
-@pytest.mark.parametrize("data", [
-    put(body=b"vv", length=b"1"), put(body=b"v", length=b"2"), put()[:-3],
-    put() + put(),  # two (the second could be partial as far as this test knows)
-    put(extra=b"Content-Length: 1\r\n"), put(length=b"x"),
-    put(extra=b"Transfer-Encoding: chunked\r\n"), put(extra=b"Connection: keep-alive\r\n"),
-    put(extra=b"Upgrade: websocket\r\n"),
-    b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-    b"GET /v1/kv/a HTTP/1.1\n" + HOST + b"\r\n",
-    b"GET /v1/kv/a HTTP/1.1\r\n" + HOST + b"X: a\rb\r\n\r\n",
-    b"\r\n\r\nGET /v1/kv/a HTTP/1.1\r\n" + HOST + b"\r\n",
-    put(body=b"x" * 20000),
-])
-def test_anything_else_takes_the_connection_to_the_parser_for_good(data: bytes) -> None:
-    assert not one_message(data)

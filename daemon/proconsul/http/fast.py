@@ -39,8 +39,8 @@ of ordinary header fields (`plain_put`), arriving while its connection has nothi
 is routed from the bytes, with no message, header dict, URL or body stream built for it (on a
 Raft leader under write load those were a fifth of the event loop's time per write). This is
 only sound while aiohttp's parser sits between two requests, holding no partial one: so a
-connection keeps it only as long as the parser has been given whole PUT requests
-(`one_message`); the first read, or part of a request, leaves the connection to the parser.
+connection keeps it only as long as every chunk it received was such a whole PUT; the first read,
+other PUT or part of a request leaves the connection to the parser for good.
 """
 
 from __future__ import annotations
@@ -643,31 +643,6 @@ def plain_put(data: bytes) -> tuple[str, bytes] | None:
     return parts[1].decode("ascii"), data[start:]
 
 
-def one_message(data: bytes) -> bool:
-    """Whether `data` is exactly one whole request as aiohttp's parser frames it, so that parsing
-    it leaves the parser between messages: a CRLF-only head, no transfer coding, upgrade or
-    `Connection`, and exactly the body its one `Content-Length` declares. False when in doubt."""
-    end = data.find(b"\r\n\r\n")
-    if end <= 0 or end > _PLAIN_HEAD_MAX:
-        return False
-    head = data[:end + 2].lower()
-    crlf = head.count(b"\r\n")
-    if head.count(b"\n") != crlf or head.count(b"\r") != crlf or head.startswith(b"connect "):
-        return False
-    if b"\ntransfer-encoding:" in head or b"\nupgrade:" in head or b"\nconnection:" in head:
-        return False
-    length = 0
-    at = head.find(b"\ncontent-length:")
-    if at >= 0:
-        if head.find(b"\ncontent-length:", at + 1) >= 0:
-            return False
-        value = head[at + 16:head.index(b"\r", at)].strip(b" \t")
-        if not value.isdigit() or len(value) > 9:
-            return False
-        length = int(value)
-    return length <= _PLAIN_BODY_MAX and len(data) == end + 4 + length
-
-
 class FastRequestHandler(GuardedRequestHandler):
     """The guarded request handler with the fast path in front of aiohttp's request handling."""
 
@@ -693,9 +668,10 @@ class FastRequestHandler(GuardedRequestHandler):
         # Messages parsed meanwhile, routed after it (a list only while there are some: one
         # tracked object fewer per idle connection).
         self._reentered: list[tuple[Any, Any]] | None = None
-        # aiohttp's parser has been given whole PUT requests only, so it holds nothing between
-        # them and a plain PUT may be read from the bytes without it (`_Intercept.feed_data`).
-        # Once it is given anything else (a read, part of a request) it keeps the connection.
+        # aiohttp's parser has been given whole plain PUTs only (`plain_put`), so it holds
+        # nothing between them and the next plain PUT may be read from its bytes without it
+        # (`_Intercept.feed_data`). Once it is given anything else (a read, a PUT with other
+        # headers, part of a request) it keeps the connection.
         self._between = True
 
     # ------------------------------------------------------------------ routing each message
@@ -790,6 +766,7 @@ class FastRequestHandler(GuardedRequestHandler):
             return False
         routes = self._routes
         if not routes.on or not routes.reads.writes:
+            self._between = False  # none will be taken here (ACLs, a reader): stop looking
             return False
         path, sep, query_string = target.partition("?")
         if "/." in path or not path.startswith(KV_ROUTE):
@@ -952,9 +929,7 @@ class _Intercept:
             # routed from its bytes: no parser objects (message, headers, URL, body stream).
             plain = plain_put(data)
             if plain is None:
-                # Another PUT stays on this way only if the parser is given one whole request;
-                # anything else keeps the connection on the parser (a read costs no check).
-                handler._between = data.startswith(b"PUT ") and one_message(data)
+                handler._between = False  # the parser may now hold part of a request: for good
             elif (handler._busy is None and not handler._backlog and handler._slow == 0
                   and not handler._routing and not handler._parser_full and handler.put_plain(*plain)):
                 return _NO_MESSAGES
