@@ -310,6 +310,77 @@ async def test_fast_path_answers_like_the_normal_path(tmp_path: Path) -> None:
         await agent.stop()
 
 
+async def test_plain_puts_read_from_their_bytes_answer_like_the_normal_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a fresh connection each PUT of the table arrives as one chunk: the fast ones are read
+    # from their bytes without aiohttp's parser (`plain_put`, `put_plain`), the others are
+    # parsed and answered by the normal path; every answer is the normal path's.
+    agent, normal = await _start_agent(tmp_path)
+    taken: list[str] = []
+    real = fast_module.FastRequestHandler.put_plain
+
+    def spy(self: Any, target: str, body: bytes) -> bool:
+        ok = real(self, target, body)
+        if ok:
+            taken.append(target)
+        return ok
+
+    monkeypatch.setattr(fast_module.FastRequestHandler, "put_plain", spy)
+    try:
+        fast_addr, normal_addr = agent.http.bound[0], normal.bound[0]
+        routes = agent.http.fast_routes
+        assert routes is not None
+
+        def run() -> None:
+            fast, slow = Conn(*fast_addr), Conn(*normal_addr)
+            try:
+                _compare_writes(fast, slow, routes, agent)
+            finally:
+                fast.close()
+                slow.close()
+
+        await asyncio.to_thread(run)
+        plain = [t.format(c="fast") for m, t, _, h, f in WRITES if m == "PUT" and f and not h]
+        assert taken == plain
+    finally:
+        await normal.stop()
+        await agent.stop()
+
+
+async def test_the_rest_of_a_head_that_looks_like_a_plain_put_is_never_read_as_one(tmp_path: Path) -> None:
+    # A request head that arrives in two pieces leaves aiohttp's parser holding its first piece:
+    # the second is the parser's, even when it is, byte for byte, a whole plain PUT.
+    agent, normal = await _start_agent(tmp_path)
+    try:
+        addr = agent.http.bound[0]
+        routes = agent.http.fast_routes
+        assert routes is not None
+
+        def run() -> None:
+            conn = Conn(*addr)
+            try:
+                first = b"PUT /v1/kv/outer HTTP/1.1\r\nX-Note: "
+                second = conn.request_bytes("PUT", "/v1/kv/smuggled", b"x")
+                conn.sock.sendall(first)
+                time.sleep(0.1)  # the two pieces arrive apart (not a timing assertion)
+                conn.sock.sendall(second)
+                status, _, payload = conn.response()
+                assert (status, payload) == (b"HTTP/1.1 200 OK", b"true")
+                assert conn.call("GET", "/v1/kv/outer?raw")[2] == b"x"
+                assert _status(conn.call("GET", "/v1/kv/smuggled")) == 404
+                before = routes.answered
+                assert conn.call("PUT", "/v1/kv/after", b"v")[2] == b"true"
+                assert routes.answered == before + 1  # the fast path, through the parser
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(run)
+    finally:
+        await normal.stop()
+        await agent.stop()
+
+
 async def test_a_closed_connection_is_freed_by_reference_counting(tmp_path: Path) -> None:
     """A fast-path connection that closes leaves no cycle behind: its handler is freed at once,
     without the cyclic collector (whose complete scans pause a big server; docs/PERFORMANCE.md)."""
