@@ -404,11 +404,15 @@ class _Settlements:
     batch: the driver settles a loop iteration's applied entries together, and their owners'
     work (a fast-path PUT writes its answer) runs after the iteration, not inside it."""
 
-    __slots__ = ("_due", "_loop")
+    __slots__ = ("_due", "_loop", "_held")
 
     def __init__(self) -> None:
         self._due: list[tuple[Settled, tuple[int, Any] | None, BaseException | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # While the driver runs cycles from an event-loop callback of its own (a peer's read,
+        # a write's completion), it hands the outcomes out itself once they end (`release`):
+        # no event-loop iteration between a write's apply and its answer.
+        self._held = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand outcomes out on `loop` (the driver's, from `start()`)."""
@@ -416,9 +420,19 @@ class _Settlements:
 
     def add(self, done: Settled, value: tuple[int, Any] | None, exc: BaseException | None) -> None:
         due = self._due
-        if not due:
+        if not due and not self._held:
             (self._loop or asyncio.get_running_loop()).call_soon(self._run)
         due.append((done, value, exc))
+
+    def hold(self) -> None:
+        """Outcomes added from now on wait for `release` (not a `call_soon`)."""
+        self._held = True
+
+    def release(self) -> None:
+        """Hand out what is due now; called after the cycles, outside any caller's call."""
+        self._held = False
+        if self._due:
+            self._run()
 
     def _run(self) -> None:
         due, self._due = self._due, []
@@ -1437,7 +1451,7 @@ class RaftServer:
     def _deliver(self, msgs: list[Message]) -> None:
         self._inbox.extend(msgs)
         if self._can_inline():
-            self._drive_inline()
+            self._drive_inline(answer=True)
         else:
             self._wake.set()
 
@@ -1458,13 +1472,21 @@ class RaftServer:
         return (not self._busy and not self._cycling and not self._stopped and self._slow is None
                 and self._task is not None and not self._task.done() and self._started_loop)
 
-    def _drive_inline(self) -> None:
+    def _drive_inline(self, answer: bool = False) -> None:
         """Run cycles now, from a callback of the event loop (not the driver task): an error
-        fails the server as the task's would, never the caller."""
+        fails the server as the task's would, never the caller. With `answer` (an event-loop
+        callback of the driver's own, never a proposer's call) the proposals the cycles
+        applied are answered right after them."""
+        settlements = self._settlements
+        if answer:
+            settlements.hold()
         try:
             self._run_cycles()
         except Exception as exc:
             self._driver_failed(exc)
+        finally:
+            if answer:
+                settlements.release()
 
     def _driver_failed(self, exc: BaseException) -> None:
         self._stopped = True  # no further cycle: this server can no longer take part safely
@@ -1602,17 +1624,22 @@ class RaftServer:
 
     def _written(self, rd: Any, ctx: tuple[Any, ...], write: tuple[Any, ...], outcome: tuple[bool, Any]) -> None:
         """The log writer finished `rd`'s write (on the loop): carry the Ready out, go on."""
+        settlements = self._settlements
+        settlements.hold()  # the writes this completion applies are answered when it ends
         try:
-            ok, value = outcome
-            if not ok:
-                raise value
-            self._wrote(write)
-            self._finish(rd, ctx)
-        except Exception as exc:
-            self._driver_failed(exc)
-            return
-        if self._can_inline():
-            self._drive_inline()
+            try:
+                ok, value = outcome
+                if not ok:
+                    raise value
+                self._wrote(write)
+                self._finish(rd, ctx)
+            except Exception as exc:
+                self._driver_failed(exc)
+                return
+            if self._can_inline():
+                self._drive_inline()
+        finally:
+            settlements.release()
 
     def _finish(self, rd: Any, ctx: tuple[Any, ...]) -> None:
         """The Ready after its write: send, apply, release reads, advance."""
