@@ -2,7 +2,8 @@
 log-writer thread): one ReadIndex round serves every `?consistent` read waiting at that moment,
 and the leader applies the command object it proposed, but only when decoding its bytes would
 give the very same command; `propose_now` answers a batch of writes by callback, once, after the
-driver's iteration (a write proposed with nothing in flight leaves at once, alone)."""
+driver's iteration; a peer's message reaching an idle driver is stepped within the read that brought
+it, and one arriving while a write is in flight waits for that write's completion."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from proconsul.metrics import Metrics
+from proconsul.raft.messages import Message, MsgType
 from proconsul.raft.node import NoLeaderError, OutcomeUnknown, RaftServer
 from proconsul.server.consensus import CommandStateMachine, RaftLog
 from proconsul.state import commands
@@ -109,22 +111,13 @@ async def test_propose_now_answers_a_batch_by_callback_after_the_iteration(tmp_p
     proposed = metrics.series[("consul.raft.apply", ())]
     commits_before, applies_before, proposed_before = commit.count, fsm_apply.count, proposed.total
     got: list[tuple[int, Any, Any]] = []
-    # How many outcomes had arrived each time the loop next ran something after one arrived.
-    marks: list[int] = []
-    marking = False
+    after_first: list[int] = []  # how many outcomes had arrived when the loop next ran something
     all_in = asyncio.Event()
     n = 20
 
-    def mark() -> None:
-        nonlocal marking
-        marking = False
-        marks.append(len(got))
-
     def outcome(i: int, out: Any, exc: Any) -> None:
-        nonlocal marking
-        if not marking:
-            marking = True
-            loop.call_soon(mark)
+        if not got:
+            loop.call_soon(lambda: after_first.append(len(got)))
         got.append((i, out, exc))
         if len(got) == n:
             all_in.set()
@@ -154,10 +147,8 @@ async def test_propose_now_answers_a_batch_by_callback_after_the_iteration(tmp_p
         indexes = [out[0] for _, out, _ in got]
         assert indexes == sorted(indexes) and len(set(indexes)) == n
         assert indexes[-1] == store.kv_get("k19")[1].modify_index  # type: ignore[union-attr]
-        # The first, proposed with nothing in flight, left at once (from `propose_now`); the
-        # others, proposed while its write was in flight, went in one Ready, and one callback
-        # answered them all.
-        assert marks == [1, n], marks
+        # Proposed before the driver ran: one Ready applied them, and one callback answered all.
+        assert after_first == [n]
         assert commit.count == commits_before + n and fsm_apply.count >= applies_before + n
         assert proposed.total == proposed_before + n
         # A write pending when the server stops is answered too (applied, or its fate unknown).
@@ -175,3 +166,61 @@ async def test_propose_now_answers_a_batch_by_callback_after_the_iteration(tmp_p
     assert (exc is None and out[1] is True) or (out is None and isinstance(exc, OutcomeUnknown))
     with pytest.raises(NoLeaderError):  # stopped: refused, nothing proposed
         raft.propose_now(commands.encode(last), last, lambda out, exc: late.append((out, exc)))
+
+
+async def _idle(raft: RaftServer) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while raft._busy:
+        assert asyncio.get_running_loop().time() < deadline, "the driver never became idle"
+        await asyncio.sleep(0.001)
+
+
+async def test_a_peer_message_reaching_an_idle_driver_is_stepped_within_the_read(tmp_path: Any) -> None:
+    raft, _, _ = await _leader(tmp_path)
+    try:
+        core = raft.core
+        assert core is not None
+        stepped: list[Message] = []
+        real_step = core.step
+
+        def step(m: Message) -> None:
+            stepped.append(m)
+            real_step(m)
+
+        core.step = step  # type: ignore[method-assign]
+        await _idle(raft)
+        m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
+        raft._deliver([m])  # what the inbound protocol calls for one read's messages
+        assert stepped == [m] and raft._inbox == []  # no event-loop iteration in between
+    finally:
+        await raft.stop()
+
+
+async def test_a_peer_message_arriving_during_a_write_is_stepped_by_its_completion(tmp_path: Any) -> None:
+    raft, _, store = await _leader(tmp_path)
+    try:
+        core = raft.core
+        assert core is not None
+        stepped: list[Message] = []
+        real_step = core.step
+
+        def step(m: Message) -> None:
+            stepped.append(m)
+            real_step(m)
+
+        core.step = step  # type: ignore[method-assign]
+        await _idle(raft)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        command = commands.KVS(commands.KVOp.SET, DirEntry("k", b"v"))
+        raft.propose_now(commands.encode(command), command, lambda out, exc: done.set_result((out, exc)))
+        await asyncio.sleep(0)  # the end of the pass: the proposal's cycle hands its write over
+        assert raft._busy
+        m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
+        raft._deliver([m])
+        assert stepped == [] and raft._inbox == [m]  # waits for the write in flight
+        out, exc = await asyncio.wait_for(done, 30)
+        assert exc is None and out[1] is True and store.kv_get("k")[1] is not None
+        assert stepped == [m] and raft._inbox == []
+    finally:
+        await raft.stop()

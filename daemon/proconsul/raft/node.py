@@ -777,6 +777,7 @@ class RaftServer:
         # none) and its timer, and the role the last Ready reported.
         self._busy = False
         self._cycling = False
+        self._kick_due = False  # a `_kick` is scheduled (propose_now)
         self._slow: tuple[Any, tuple[Any, ...]] | None = None
         self._started_loop = False
         self._next_tick = 0.0
@@ -1191,7 +1192,7 @@ class RaftServer:
         fut: asyncio.Future[tuple[int, Any]] = self._running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut, proposed, time.perf_counter())
         self._m_apply.incr()
-        self._wake.set()
+        self._poke()
         return await fut
 
     def propose_batch(self, items: list[tuple[bytes, Any]]) -> list[asyncio.Future[tuple[int, Any]]]:
@@ -1226,7 +1227,7 @@ class RaftServer:
         if not futs:
             return futs
         self._m_apply.incr(len(futs))
-        self._wake.set()
+        self._poke()
         return futs
 
     def propose_now(self, data: bytes, proposed: Any, done: Settled) -> None:
@@ -1238,10 +1239,6 @@ class RaftServer:
         NotLeaderError, or RaftError while a leadership transfer runs, is raised with nothing
         proposed."""
         core = self._core()
-        # Nothing proposed earlier waits for a quorum (one writer at a time, c1): the entry
-        # leaves for the followers from here, not an event-loop iteration later. Under load
-        # proposals queue behind the write in flight and go out together (the group commit).
-        idle = core.commit_index == core.last_index
         try:
             proposal = core.propose(data)
         except NotLeader as exc:
@@ -1250,10 +1247,15 @@ class RaftServer:
             raise RaftError(str(exc)) from None
         self._pending[proposal.index] = (proposal.term, _Settle(self._settlements, done), proposed, time.perf_counter())
         self._proposed_now += 1  # raft.apply, counted once per loop iteration (_record_timings)
-        if idle and self._can_inline():
-            self._drive_inline()
+        if self._can_inline():
+            # The driver is idle: the proposals of this event-loop pass (every request read in
+            # it) go out together in one cycle as soon as the pass ends, without a task switch.
+            # Not from here: the first alone would leave the others behind its write.
+            if not self._kick_due:
+                self._kick_due = True
+                self._running_loop().call_soon(self._kick)
         else:
-            self._wake.set()
+            self._poke()
 
     async def verify_leader(self) -> None:
         """ReadIndex: returns once a quorum confirmed leadership and the FSM caught up.
@@ -1286,7 +1288,7 @@ class RaftServer:
             raise NotLeaderError(self.leader_address())
         self._read_waiting.append(done)
         if len(self._read_waiting) == 1:
-            self._wake.set()
+            self._poke()
 
     def _start_read_round(self, core: RaftNode) -> None:
         """One ReadIndex round for every read waiting now, unless one is under way (called by
@@ -1315,7 +1317,7 @@ class RaftServer:
                 done.extend(entry[1])
         _notify_soon(self._loop, done, None)
         if self._read_waiting:
-            self._wake.set()
+            self._poke()
 
     def _expire_reads(self) -> None:
         """Fail the rounds unconfirmed for two election timeouts (no quorum answers; with
@@ -1346,7 +1348,7 @@ class RaftServer:
             raise NotLeaderError(self.leader_address()) from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut, None, 0.0)
-        self._wake.set()
+        self._poke()
         await fut
 
     async def remove_voter(self, node_id: str) -> None:
@@ -1364,7 +1366,7 @@ class RaftServer:
             raise RaftError(f"raft: cannot remove {node_id}: {exc}") from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut, None, 0.0)
-        self._wake.set()
+        self._poke()
         try:
             await fut
         except OutcomeUnknown:
@@ -1405,7 +1407,7 @@ class RaftServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         self._transfer_until = loop.time() + max(timeout_s, self.tick_s * self.election_tick * 2)
-        self._wake.set()
+        self._poke()
         while loop.time() < deadline:
             if self.leader_id and self.leader_id != self.id:
                 return str(self.leader_id)
@@ -1453,7 +1455,7 @@ class RaftServer:
         if self._can_inline():
             self._drive_inline(answer=True)
         else:
-            self._wake.set()
+            self._poke()
 
     # ---------------------------------------------------------------------------- the loop
     #
@@ -1462,11 +1464,26 @@ class RaftServer:
     # writer), the write on the writer's thread, and `_finish` (sends, applies, advances),
     # called from the write's completion callback. The next cycle follows at once when there is
     # work. Cycles are started by the driver task (ticks, proposals, reads, a snapshot to
-    # install), and, when the driver is idle, directly by the code that brings the work: a
-    # read of peer messages (`_deliver`) and, when nothing is in flight, a proposal
-    # (`propose_now`): no event-loop iteration and task switch between a message's arrival and
-    # its step, nor between a durable write and its answer. `_cycling` makes sure a cycle
-    # never starts inside another (an FSM apply or a callback that proposes only queues work).
+    # install), and, when the driver is idle, directly by what brings the work: a read of peer
+    # messages (`_deliver`), and the end of the event-loop pass in which `propose_now` was
+    # called (`_kick`, so a pass's requests still go out together): no task switch between a
+    # message's arrival and its step, nor between a durable write and its answer. While a
+    # write is in flight nothing wakes the task (`_poke`): its completion's cycles take all
+    # the work. `_cycling` makes sure a cycle never starts inside another (an FSM apply or a
+    # callback that proposes only queues work).
+
+    def _kick(self) -> None:
+        self._kick_due = False
+        if self._can_inline():
+            self._drive_inline(answer=True)
+        else:
+            self._poke()
+
+    def _poke(self) -> None:
+        """Wake the driver task for new work, unless a write is in flight: its completion
+        runs the next cycles, which take all the work there is (no task switch per poke)."""
+        if not self._busy:
+            self._wake.set()
 
     def _can_inline(self) -> bool:
         return (not self._busy and not self._cycling and not self._stopped and self._slow is None
@@ -1671,7 +1688,7 @@ class RaftServer:
             assert loop is not None
             self._commit_due = loop.time() + self.commit_delay_s
             # The driver task may sleep until the next tick: wake it when the commit is due.
-            self._commit_timer = loop.call_at(self._commit_due, self._wake.set)
+            self._commit_timer = loop.call_at(self._commit_due, self._poke)
         self._maybe_snapshot(core)
 
     def _soft_state_changed(self, core: RaftNode, soft: Any) -> None:
@@ -1858,7 +1875,7 @@ class RaftServer:
             return snap
 
         future = asyncio.get_running_loop().run_in_executor(None, write)
-        future.add_done_callback(lambda _: self._wake.set())
+        future.add_done_callback(lambda _: self._poke())
         self._snapshot_job = (start, meta, future)
 
     def _finish_snapshot(self, core: RaftNode) -> None:
