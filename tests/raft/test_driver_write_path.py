@@ -2,8 +2,8 @@
 log-writer thread): one ReadIndex round serves every `?consistent` read waiting at that moment,
 and the leader applies the command object it proposed, but only when decoding its bytes would
 give the very same command; `propose_now` answers a batch of writes by callback, once, after the
-driver's iteration; a peer's message reaching an idle driver is stepped within the read that brought
-it, and one arriving while a write is in flight waits for that write's completion."""
+driver's iteration; a peer's message reaching an idle leader is stepped at the end of the event-loop
+pass that read it, and one arriving while a write is in flight waits for that write's completion."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ async def _idle(raft: RaftServer) -> None:
         await asyncio.sleep(0.001)
 
 
-async def test_a_peer_message_reaching_an_idle_driver_is_stepped_within_the_read(tmp_path: Any) -> None:
+async def test_a_peer_message_reaching_an_idle_leader_is_stepped_at_the_end_of_the_pass(tmp_path: Any) -> None:
     raft, _, _ = await _leader(tmp_path)
     try:
         core = raft.core
@@ -191,7 +191,11 @@ async def test_a_peer_message_reaching_an_idle_driver_is_stepped_within_the_read
         await _idle(raft)
         m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
         raft._deliver([m])  # what the inbound protocol calls for one read's messages
-        assert stepped == [m] and raft._inbox == []  # no event-loop iteration in between
+        # A leader steps it at the end of this event-loop pass (with the requests read in it),
+        # in a callback of its own: no wake of the driver task and no further iteration.
+        assert stepped == [] and raft._inbox == [m] and not raft._wake.is_set()
+        await asyncio.sleep(0)
+        assert stepped == [m] and raft._inbox == []
     finally:
         await raft.stop()
 

@@ -1452,10 +1452,16 @@ class RaftServer:
 
     def _deliver(self, msgs: list[Message]) -> None:
         self._inbox.extend(msgs)
-        if self._can_inline():
-            self._drive_inline(answer=True)
-        else:
+        if not self._can_inline():
             self._poke()
+        elif self._was_leader:
+            # A leader steps its followers' answers at the end of the event-loop pass, with
+            # the requests read in it proposed by then: one Ready takes them all.
+            if not self._kick_due:
+                self._kick_due = True
+                self._running_loop().call_soon(self._kick)
+        else:
+            self._drive_inline(answer=True)
 
     # ---------------------------------------------------------------------------- the loop
     #
