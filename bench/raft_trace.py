@@ -55,6 +55,8 @@ def install() -> None:
             around(obj, "data_received", "peer_in")
     around(storage.DurableLog, "write_db", "wdb", end=True)
     around(node._LogWriter, "submit", "submit")
+    if hasattr(node._LogWriter, "submit_then"):  # the driver's writes, with a callback
+        around(node._LogWriter, "submit_then", "submit")
     from proconsul.raft import core
 
     around(core.RaftNode, "step", "step")
@@ -81,6 +83,8 @@ def install() -> None:
         resolve(*a)
 
     node._resolve = traced_resolve
+    if hasattr(node.RaftServer, "_written"):  # trees whose driver takes a write's outcome by callback
+        around(node.RaftServer, "_written", "resolved")
 
 
 def dump(prefix: str) -> None:

@@ -2,7 +2,8 @@
 log-writer thread): one ReadIndex round serves every `?consistent` read waiting at that moment,
 and the leader applies the command object it proposed, but only when decoding its bytes would
 give the very same command; `propose_now` answers a batch of writes by callback, once, after the
-driver's iteration."""
+driver's iteration; a peer's message reaching an idle leader is stepped at the end of the event-loop
+pass that read it, and one arriving while a write is in flight waits for that write's completion."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from proconsul.metrics import Metrics
+from proconsul.raft.messages import Message, MsgType
 from proconsul.raft.node import NoLeaderError, OutcomeUnknown, RaftServer
 from proconsul.server.consensus import CommandStateMachine, RaftLog
 from proconsul.state import commands
@@ -164,3 +166,65 @@ async def test_propose_now_answers_a_batch_by_callback_after_the_iteration(tmp_p
     assert (exc is None and out[1] is True) or (out is None and isinstance(exc, OutcomeUnknown))
     with pytest.raises(NoLeaderError):  # stopped: refused, nothing proposed
         raft.propose_now(commands.encode(last), last, lambda out, exc: late.append((out, exc)))
+
+
+async def _idle(raft: RaftServer) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while raft._busy:
+        assert asyncio.get_running_loop().time() < deadline, "the driver never became idle"
+        await asyncio.sleep(0.001)
+
+
+async def test_a_peer_message_reaching_an_idle_leader_is_stepped_at_the_end_of_the_pass(tmp_path: Any) -> None:
+    raft, _, _ = await _leader(tmp_path)
+    try:
+        core = raft.core
+        assert core is not None
+        stepped: list[Message] = []
+        real_step = core.step
+
+        def step(m: Message) -> None:
+            stepped.append(m)
+            real_step(m)
+
+        core.step = step  # type: ignore[method-assign]
+        await _idle(raft)
+        m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
+        raft._deliver([m])  # what the inbound protocol calls for one read's messages
+        # A leader steps it at the end of this event-loop pass (with the requests read in it),
+        # in a callback of its own: no wake of the driver task and no further iteration.
+        assert stepped == [] and raft._inbox == [m] and not raft._wake.is_set()
+        await asyncio.sleep(0)
+        assert stepped == [m] and raft._inbox == []
+    finally:
+        await raft.stop()
+
+
+async def test_a_peer_message_arriving_during_a_write_is_stepped_by_its_completion(tmp_path: Any) -> None:
+    raft, _, store = await _leader(tmp_path)
+    try:
+        core = raft.core
+        assert core is not None
+        stepped: list[Message] = []
+        real_step = core.step
+
+        def step(m: Message) -> None:
+            stepped.append(m)
+            real_step(m)
+
+        core.step = step  # type: ignore[method-assign]
+        await _idle(raft)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        command = commands.KVS(commands.KVOp.SET, DirEntry("k", b"v"))
+        raft.propose_now(commands.encode(command), command, lambda out, exc: done.set_result((out, exc)))
+        await asyncio.sleep(0)  # the end of the pass: the proposal's cycle hands its write over
+        assert raft._busy
+        m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
+        raft._deliver([m])
+        assert stepped == [] and raft._inbox == [m]  # waits for the write in flight
+        out, exc = await asyncio.wait_for(done, 30)
+        assert exc is None and out[1] is True and store.kv_get("k")[1] is not None
+        assert stepped == [m] and raft._inbox == []
+    finally:
+        await raft.stop()

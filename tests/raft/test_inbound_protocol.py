@@ -50,6 +50,10 @@ class _Server:
         self._inbox: list[Message] = []
         self._wake = _CountingWake()
 
+    def _deliver(self, msgs: list[Message]) -> None:
+        self._inbox.extend(msgs)
+        self._wake.set()
+
     @property
     def wakes(self) -> int:
         return self._wake.count

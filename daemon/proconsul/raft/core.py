@@ -893,11 +893,16 @@ class RaftNode:
         if self._outstanding is not None:
             return False
         lg = self._log
+        # Field by field, not by building a HardState and a SoftState to compare (called once
+        # or twice per Ready; two records per call cost more than the rest of it).
+        ph = self._prev_hard
+        ps = self._prev_soft
         return bool(
             self._msgs or self._bcast_pending or lg.unstable or lg.unstable_snap is not None
-            or lg.committed > lg.applied or self._hard_state() != self._prev_hard
-            or self._soft_state() != self._prev_soft
-            or any(r.index <= lg.applied for r in self._read_ready)
+            or lg.committed > lg.applied
+            or self.term != ph.term or self.vote != ph.vote or lg.committed != ph.commit
+            or self.leader != ps.leader or self.role is not ps.role
+            or (self._read_ready and any(r.index <= lg.applied for r in self._read_ready))
         )
 
     def ready(self) -> Ready | None:
@@ -908,19 +913,25 @@ class RaftNode:
         if not self.has_ready():
             return None
         lg = self._log
-        hard = self._hard_state()
-        soft = self._soft_state()
+        ph = self._prev_hard
+        ps = self._prev_soft
+        hard_changed = self.term != ph.term or self.vote != ph.vote or lg.committed != ph.commit
+        hard = self._hard_state() if hard_changed else ph
+        soft_changed = self.leader != ps.leader or self.role is not ps.role
+        soft = self._soft_state() if soft_changed else ps
         lo = lg.applied + 1
         if lg.unstable_snap is not None:
             lo = max(lo, lg.unstable_snap.meta.index + 1)
         committed = tuple(lg.slice(lo, lg.committed + 1)) if lg.committed >= lo else ()
-        applied_after = committed[-1].index if committed else lg.applied
-        if lg.unstable_snap is not None:
-            applied_after = max(applied_after, lg.unstable_snap.meta.index)
-        reads = tuple(r for r in self._read_ready if r.index <= applied_after)
-        self._read_ready = [r for r in self._read_ready if r.index > applied_after]
+        reads: tuple[ReadState, ...] = ()
+        if self._read_ready:
+            applied_after = committed[-1].index if committed else lg.applied
+            if lg.unstable_snap is not None:
+                applied_after = max(applied_after, lg.unstable_snap.meta.index)
+            reads = tuple(r for r in self._read_ready if r.index <= applied_after)
+            self._read_ready = [r for r in self._read_ready if r.index > applied_after]
 
-        durable_term = hard.term == self._prev_hard.term and hard.vote == self._prev_hard.vote
+        durable_term = hard.term == ph.term and hard.vote == ph.vote
         early: list[Message] = []
         late: list[Message] = []
         for m in self._msgs:
@@ -930,8 +941,8 @@ class RaftNode:
                 late.append(m)
         self._msgs = []
         rd = Ready(
-            soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard if hard != self._prev_hard else None,
+            soft_state=soft if soft_changed else None,
+            hard_state=hard if hard_changed else None,
             entries=tuple(lg.unstable),
             snapshot=lg.unstable_snap,
             committed_entries=committed,
@@ -1251,6 +1262,11 @@ class RaftNode:
             return False
         lg = self._log
         prev = pr.next - 1
+        if not send_empty and prev >= lg.last_index() and (
+                min(lg.committed, prev) <= pr.sent_commit or (self.defer_commit and not self._commit_flush)):
+            # Nothing to send (the common second call of a broadcast's loop): decided before
+            # the term lookup and slice below would find no entries and decide the same.
+            return False
         prev_term = lg.term(prev)
         ents: list[Entry] = []
         if prev_term is not None:

@@ -271,7 +271,8 @@ class AddressBook:
 class _LogWriter:
     """One long-lived thread that runs the log's durable writes (one log write and its fdatasync).
 
-    The hand-off is a `SimpleQueue.put` and, for the answer, one `call_soon_threadsafe`: cheaper
+    The hand-off is a `SimpleQueue.put` and, for the answer, one `call_soon_threadsafe` (of a
+    callback, `submit_then`, or resolving a future, `submit`): cheaper
     per batch than `run_in_executor` (a `concurrent.futures` future chained to an asyncio one,
     the pool's work item and thread accounting), and the fsync never queues behind unrelated
     work in the default executor. Writes run one at a time, in submission order.
@@ -300,23 +301,32 @@ class _LogWriter:
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         loop = self._loop
         fut: asyncio.Future[Any] = loop.create_future()
-        self._q.put((loop, fut, fn, args))
+        self._q.put((loop, fut, None, fn, args))
         return fut
+
+    def submit_then(self, then: Callable[[tuple[bool, Any]], None], fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the thread, then `then((True, result))` or `then((False, error))`
+        on the loop: one callback, no future and no task switch between the write and what
+        follows it."""
+        self._q.put((self._loop, None, then, fn, args))
 
     def _work(self) -> None:
         while True:
             item = self._q.get()
             if item is self._STOP:
                 return
-            loop, fut, fn, args = item
+            loop, fut, then, fn, args = item
             try:
                 result = fn(*args)
-            except BaseException as exc:  # handed to the awaiting coroutine, which fails the loop
+            except BaseException as exc:  # handed to the waiter, which fails the loop
                 outcome: tuple[bool, Any] = (False, exc)
             else:
                 outcome = (True, result)
             try:
-                loop.call_soon_threadsafe(_resolve, fut, outcome)
+                if then is not None:
+                    loop.call_soon_threadsafe(then, outcome)
+                else:
+                    loop.call_soon_threadsafe(_resolve, fut, outcome)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
 
@@ -394,11 +404,15 @@ class _Settlements:
     batch: the driver settles a loop iteration's applied entries together, and their owners'
     work (a fast-path PUT writes its answer) runs after the iteration, not inside it."""
 
-    __slots__ = ("_due", "_loop")
+    __slots__ = ("_due", "_loop", "_held")
 
     def __init__(self) -> None:
         self._due: list[tuple[Settled, tuple[int, Any] | None, BaseException | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # While the driver runs cycles from an event-loop callback of its own (a peer's read,
+        # a write's completion), it hands the outcomes out itself once they end (`release`):
+        # no event-loop iteration between a write's apply and its answer.
+        self._held = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand outcomes out on `loop` (the driver's, from `start()`)."""
@@ -406,9 +420,19 @@ class _Settlements:
 
     def add(self, done: Settled, value: tuple[int, Any] | None, exc: BaseException | None) -> None:
         due = self._due
-        if not due:
+        if not due and not self._held:
             (self._loop or asyncio.get_running_loop()).call_soon(self._run)
         due.append((done, value, exc))
+
+    def hold(self) -> None:
+        """Outcomes added from now on wait for `release` (not a `call_soon`)."""
+        self._held = True
+
+    def release(self) -> None:
+        """Hand out what is due now; called after the cycles, outside any caller's call."""
+        self._held = False
+        if self._due:
+            self._run()
 
     def _run(self) -> None:
         due, self._due = self._due, []
@@ -747,6 +771,20 @@ class RaftServer:
         self.core: RaftNode | None = None
         self._inbox: list[Message] = []
         self._wake = _Wake()
+        # The driver's state between cycles (see `_cycle`): a Ready's write is in flight
+        # (`_busy`), a cycle is running (`_cycling`), a snapshot-installing Ready waits for the
+        # task (`_slow`); the next tick, when a deferred commit index is due to be sent (0:
+        # none) and its timer, and the role the last Ready reported.
+        self._busy = False
+        self._cycling = False
+        self._kick_due = False  # a `_kick` is scheduled (propose_now)
+        self._slow: tuple[Any, tuple[Any, ...]] | None = None
+        self._started_loop = False
+        self._next_tick = 0.0
+        self._commit_due = 0.0
+        self._commit_timer: asyncio.TimerHandle | None = None
+        self._was_leader = False
+        self._was_role = "follower"
         self._links: dict[str, _PeerLink] = {}
         # Raft index -> (term, its waiter, the decoded object proposed with the bytes or None,
         # the perf_counter reading it was proposed at for raft.commitTime, 0.0: not timed). The
@@ -1154,7 +1192,7 @@ class RaftServer:
         fut: asyncio.Future[tuple[int, Any]] = self._running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut, proposed, time.perf_counter())
         self._m_apply.incr()
-        self._wake.set()
+        self._poke()
         return await fut
 
     def propose_batch(self, items: list[tuple[bytes, Any]]) -> list[asyncio.Future[tuple[int, Any]]]:
@@ -1189,7 +1227,7 @@ class RaftServer:
         if not futs:
             return futs
         self._m_apply.incr(len(futs))
-        self._wake.set()
+        self._poke()
         return futs
 
     def propose_now(self, data: bytes, proposed: Any, done: Settled) -> None:
@@ -1209,7 +1247,15 @@ class RaftServer:
             raise RaftError(str(exc)) from None
         self._pending[proposal.index] = (proposal.term, _Settle(self._settlements, done), proposed, time.perf_counter())
         self._proposed_now += 1  # raft.apply, counted once per loop iteration (_record_timings)
-        self._wake.set()
+        if self._can_inline():
+            # The driver is idle: the proposals of this event-loop pass (every request read in
+            # it) go out together in one cycle as soon as the pass ends, without a task switch.
+            # Not from here: the first alone would leave the others behind its write.
+            if not self._kick_due:
+                self._kick_due = True
+                self._running_loop().call_soon(self._kick)
+        else:
+            self._poke()
 
     async def verify_leader(self) -> None:
         """ReadIndex: returns once a quorum confirmed leadership and the FSM caught up.
@@ -1242,7 +1288,7 @@ class RaftServer:
             raise NotLeaderError(self.leader_address())
         self._read_waiting.append(done)
         if len(self._read_waiting) == 1:
-            self._wake.set()
+            self._poke()
 
     def _start_read_round(self, core: RaftNode) -> None:
         """One ReadIndex round for every read waiting now, unless one is under way (called by
@@ -1271,7 +1317,7 @@ class RaftServer:
                 done.extend(entry[1])
         _notify_soon(self._loop, done, None)
         if self._read_waiting:
-            self._wake.set()
+            self._poke()
 
     def _expire_reads(self) -> None:
         """Fail the rounds unconfirmed for two election timeouts (no quorum answers; with
@@ -1302,7 +1348,7 @@ class RaftServer:
             raise NotLeaderError(self.leader_address()) from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut, None, 0.0)
-        self._wake.set()
+        self._poke()
         await fut
 
     async def remove_voter(self, node_id: str) -> None:
@@ -1320,7 +1366,7 @@ class RaftServer:
             raise RaftError(f"raft: cannot remove {node_id}: {exc}") from None
         fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._pending[proposal.index] = (proposal.term, fut, None, 0.0)
-        self._wake.set()
+        self._poke()
         try:
             await fut
         except OutcomeUnknown:
@@ -1361,7 +1407,7 @@ class RaftServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         self._transfer_until = loop.time() + max(timeout_s, self.tick_s * self.election_tick * 2)
-        self._wake.set()
+        self._poke()
         while loop.time() < deadline:
             if self.leader_id and self.leader_id != self.id:
                 return str(self.leader_id)
@@ -1395,55 +1441,159 @@ class RaftServer:
         """Handler for inbound ConnType.RAFT connections: a hello frame, then messages.
 
         The stream's transport is handed to an `_InboundRaft` protocol, which decodes frames
-        into the inbox as the loop reads them and wakes the Raft loop: no task switch, read
-        call or copy through a StreamReader per message. This task only waits for the end.
+        into the inbox as the loop reads them: no task switch, read call or copy through a
+        StreamReader per message. When the driver is idle (no Ready being written), the
+        messages are stepped at once, from the read (`_deliver`); else the write's completion
+        steps them. This task only waits for the end.
         """
-        def deliver(msgs: list[Message]) -> None:
-            self._inbox.extend(msgs)
-            self._wake.set()
-
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        adopt_stream(reader, writer, _InboundRaft(self.addresses.learn, deliver, writer.get_extra_info("peername"), closed))
+        adopt_stream(reader, writer, _InboundRaft(self.addresses.learn, self._deliver, writer.get_extra_info("peername"), closed))
         await closed
 
+    def _deliver(self, msgs: list[Message]) -> None:
+        self._inbox.extend(msgs)
+        if not self._can_inline():
+            self._poke()
+        elif self._was_leader:
+            # A leader steps its followers' answers at the end of the event-loop pass, with
+            # the requests read in it proposed by then: one Ready takes them all.
+            if not self._kick_due:
+                self._kick_due = True
+                self._running_loop().call_soon(self._kick)
+        else:
+            self._drive_inline(answer=True)
+
     # ---------------------------------------------------------------------------- the loop
+    #
+    # One Ready at a time, in three parts: `_cycle` (steps the inbox, takes the Ready, sends the
+    # leader's early messages, applies what is already durable and hands the write to the log
+    # writer), the write on the writer's thread, and `_finish` (sends, applies, advances),
+    # called from the write's completion callback. The next cycle follows at once when there is
+    # work. Cycles are started by the driver task (ticks, proposals, reads, a snapshot to
+    # install), and, when the driver is idle, directly by what brings the work: a read of peer
+    # messages (`_deliver`), and the end of the event-loop pass in which `propose_now` was
+    # called (`_kick`, so a pass's requests still go out together): no task switch between a
+    # message's arrival and its step, nor between a durable write and its answer. While a
+    # write is in flight nothing wakes the task (`_poke`): its completion's cycles take all
+    # the work. `_cycling` makes sure a cycle never starts inside another (an FSM apply or a
+    # callback that proposes only queues work).
+
+    def _kick(self) -> None:
+        self._kick_due = False
+        if self._can_inline():
+            self._drive_inline(answer=True)
+        else:
+            self._poke()
+
+    def _poke(self) -> None:
+        """Wake the driver task for new work, unless a write is in flight: its completion
+        runs the next cycles, which take all the work there is (no task switch per poke)."""
+        if not self._busy:
+            self._wake.set()
+
+    def _can_inline(self) -> bool:
+        return (not self._busy and not self._cycling and not self._stopped and self._slow is None
+                and self._task is not None and not self._task.done() and self._started_loop)
+
+    def _drive_inline(self, answer: bool = False) -> None:
+        """Run cycles now, from a callback of the event loop (not the driver task): an error
+        fails the server as the task's would, never the caller. With `answer` (an event-loop
+        callback of the driver's own, never a proposer's call) the proposals the cycles
+        applied are answered right after them."""
+        settlements = self._settlements
+        if answer:
+            settlements.hold()
+        try:
+            self._run_cycles()
+        except Exception as exc:
+            self._driver_failed(exc)
+        finally:
+            if answer:
+                settlements.release()
+
+    def _driver_failed(self, exc: BaseException) -> None:
+        self._stopped = True  # no further cycle: this server can no longer take part safely
+        task = self._task
+        if task is not None:
+            task.remove_done_callback(self._loop_ended)
+            task.cancel()
+        logger.critical("raft: the replication loop failed; stopping the agent", exc_info=exc)
+        self._fatal(exc)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        core = self._core()
-        next_tick = loop.time() + self.tick_s
-        commit_due = 0.0  # when to tell followers a commit index no entries carried (0: none due)
-        was_leader = False
-        was_role = "follower"
-        while True:
-            timeout = max(0.0, (min(next_tick, commit_due) if commit_due else next_tick) - loop.time())
-            if not self._inbox and not core.has_ready():
-                await self._wake.wait(loop, timeout)
-            self._wake.clear()
-            if commit_due and loop.time() >= commit_due:
-                commit_due = 0.0
-                core.flush_commit()
-            if self._snapshot_job is not None and self._snapshot_job[2].done():
-                self._finish_snapshot(core)
-            if loop.time() >= next_tick:
-                core.tick()
-                next_tick = loop.time() + self.tick_s
-                if self._pending_deadline and loop.time() >= self._pending_deadline:
-                    self._pending_deadline = 0.0
-                    if not was_leader:
-                        self._fail_pending(
-                            OutcomeUnknown("leadership moved before the write applied; it may or may not commit")
-                        )
-                if self._reads:
-                    self._expire_reads()
-                if was_leader:
-                    self._sample_last_contact()
-                    # A leader is in contact with itself: once deposed, its data is as old as this.
-                    self._last_leader_contact = time.monotonic()
-                if self.snapshot_interval_s is not None and not core.has_ready():
-                    self._maybe_snapshot(core)
+        self._next_tick = loop.time() + self.tick_s
+        self._commit_due = 0.0
+        self._was_leader = False
+        self._was_role = "follower"
+        self._started_loop = True
+        try:
+            while True:
+                if self._slow is not None:
+                    # A Ready that installs a snapshot: restored in a worker thread, awaited here.
+                    rd, ctx = self._slow
+                    await self._persist(rd)
+                    self._slow = None
+                    self._finish(rd, ctx)
+                    continue
+                if not self._busy:
+                    self._run_cycles()
+                    if self._slow is not None:
+                        continue
+                if self._busy:
+                    # The write's completion runs the next cycles (which tick when one is due);
+                    # what woke us meanwhile is handled by them. Look again now and then.
+                    self._wake.clear()
+                    await self._wake.wait(loop, max(0.005, self._next_tick - loop.time()))
+                    continue
+                due = min(self._next_tick, self._commit_due) if self._commit_due else self._next_tick
+                await self._wake.wait(loop, max(0.0, due - loop.time()))
+                self._wake.clear()
+        finally:
+            self._started_loop = False
+
+    def _run_cycles(self) -> None:
+        """Cycles until there is no work, or a write is in flight (its completion goes on)."""
+        self._cycling = True
+        try:
+            while self._cycle():
+                pass
+        finally:
+            self._cycling = False
+
+    def _cycle(self) -> bool:
+        """One Ready, up to its write; True when it was carried out whole and more work waits."""
+        loop = self._loop
+        assert loop is not None
+        core = self._core_now()
+        now = loop.time()
+        if self._commit_due and now >= self._commit_due:
+            self._commit_due = 0.0
+            self._commit_timer = None
+            core.flush_commit()
+        if self._snapshot_job is not None and self._snapshot_job[2].done():
+            self._finish_snapshot(core)
+        if now >= self._next_tick:
+            core.tick()
+            self._next_tick = now + self.tick_s
+            if self._pending_deadline and now >= self._pending_deadline:
+                self._pending_deadline = 0.0
+                if not self._was_leader:
+                    self._fail_pending(
+                        OutcomeUnknown("leadership moved before the write applied; it may or may not commit")
+                    )
+            if self._reads:
+                self._expire_reads()
+            if self._was_leader:
+                self._sample_last_contact()
+                # A leader is in contact with itself: once deposed, its data is as old as this.
+                self._last_leader_contact = time.monotonic()
+            if self.snapshot_interval_s is not None and not core.has_ready():
+                self._maybe_snapshot(core)
+        appends_from = 0.0  # when this cycle began handling AppendEntries (0: none came)
+        if self._inbox:
             inbox, self._inbox = self._inbox, []
-            appends_from = 0.0  # when this iteration began handling AppendEntries (0: none came)
+            was_leader = self._was_leader
             for m in inbox:
                 if m.type is MsgType.APP and not appends_from:
                     appends_from = time.perf_counter()
@@ -1456,91 +1606,141 @@ class RaftServer:
                     continue
                 if m.frm == core.leader and m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
                     self._heard_from_leader(m)
-            if self._read_waiting:
-                self._start_read_round(core)
-            rd = core.ready()
-            if rd is None:
-                self._record_timings()
-                continue
-            if rd.soft_state is not None:
-                if rd.soft_state.leader != self.leader_id:
-                    self._on_leader_change(rd.soft_state.leader)
-                self.leader_id = rd.soft_state.leader
-                if rd.soft_state.leader == self.id:
-                    self._last_leader_contact = time.monotonic()
-                role = rd.soft_state.role.value
-                if role != was_role:
-                    counter = self._m_state.get(role)
-                    if counter is not None:
-                        counter.incr()
-                    was_role = role
-                is_leader = role == "leader"
-                if is_leader != was_leader:
-                    logger.info("raft: %s leadership (term %d)", "gained" if is_leader else "lost", core.term)
-                    if not is_leader and loop.time() < self._transfer_until:
-                        # A transfer we started: the new leader holds every pending entry and
-                        # commits them in its term; they resolve as they apply (or time out).
-                        self._pending_deadline = self._transfer_until
-                    elif not is_leader:
-                        self._fail_pending(
-                            OutcomeUnknown("leadership lost before the write applied; it may or may not commit")
-                        )
-                    if not is_leader:
-                        # The core drops its ReadIndex requests with leadership.
-                        self._fail_reads(NoLeaderError())
-                    was_leader = is_leader
-                    now = time.monotonic()
-                    self._follower_contact = {peer: now for peer, _, _ in self.voters() if peer != self.id}
-                    self._on_leadership(is_leader)
-            if rd.early_messages:
-                self._send_all(rd.early_messages)
-            committed = rd.committed_entries
-            if rd.snapshot is None and committed:
-                # Committed entries already in the durable log are applied while this Ready's
-                # own entries are being written (committed means durable on a quorum, and these
-                # are durable here too): a write's answer does not wait for the fsync of the
-                # proposals that arrived after it. Entries this Ready appends wait (below).
-                durable_last = rd.entries[0].index - 1 if rd.entries else committed[-1].index
-                n = 0
-                for e in committed:
-                    if e.index > durable_last:
-                        break
-                    self._apply(e)
-                    n += 1
-                committed = committed[n:]
-            if rd.entries:
-                start = time.perf_counter()
-                await self._persist(rd)
-                (self._m_dispatch if was_leader else self._m_store_logs).since(start)
-            else:
-                await self._persist(rd)
-            if rd.messages:
-                self._send_all(rd.messages)
-            if appends_from:
-                self._m_append_entries.since(appends_from)  # answered (hashicorp/raft's rpc.appendEntries)
-            for e in committed:
-                self._apply(e)
-            if self._contact_pending:
-                self._caught_up_with_leader()
-            if rd.read_states:
-                self._release_reads(rd.read_states)
+        if self._read_waiting:
+            self._start_read_round(core)
+        rd = core.ready()
+        if rd is None:
             self._record_timings()
-            core.advance(rd)
-            if not core.commit_unsent():
-                commit_due = 0.0
-            elif not commit_due:
-                commit_due = loop.time() + self.commit_delay_s
-            self._maybe_snapshot(core)
-
-    async def _persist(self, rd: Any) -> None:
-        log = self.storage.log
+            return False
+        if rd.soft_state is not None:
+            self._soft_state_changed(core, rd.soft_state)
+        if rd.early_messages:
+            self._send_all(rd.early_messages)
+        committed = rd.committed_entries
+        if rd.snapshot is None and committed:
+            # Committed entries already in the durable log are applied while this Ready's
+            # own entries are being written (committed means durable on a quorum, and these
+            # are durable here too): a write's answer does not wait for the fsync of the
+            # proposals that arrived after it. Entries this Ready appends wait (below).
+            durable_last = rd.entries[0].index - 1 if rd.entries else committed[-1].index
+            n = 0
+            for e in committed:
+                if e.index > durable_last:
+                    break
+                self._apply(e)
+                n += 1
+            committed = committed[n:]
+        ctx = (committed, time.perf_counter() if rd.entries else 0.0, appends_from, self._was_leader)
         if rd.snapshot is not None:
-            self.storage.install_snapshot(rd.snapshot)
-            await self._restore_fsm(rd.snapshot.data, "restoring a snapshot from the leader")
-            self.applied_index = rd.snapshot.meta.index
-            self._fail_pending_upto(rd.snapshot.meta.index)
+            self._busy = True
+            self._slow = (rd, ctx)
+            self._wake.set()
+            return False
+        write = self._prepare_write(rd)
+        if write is None:
+            self._finish(rd, ctx)
+            return bool(self._inbox) or core.has_ready() or bool(self._read_waiting)
+        assert self._writer is not None, "start() first"
+        self._busy = True
+        self._writer.submit_then(functools.partial(self._written, rd, ctx, write), self.storage.log.write_db, *write)
+        return False
+
+    def _written(self, rd: Any, ctx: tuple[Any, ...], write: tuple[Any, ...], outcome: tuple[bool, Any]) -> None:
+        """The log writer finished `rd`'s write (on the loop): carry the Ready out, go on."""
+        settlements = self._settlements
+        settlements.hold()  # the writes this completion applies are answered when it ends
+        try:
+            try:
+                ok, value = outcome
+                if not ok:
+                    raise value
+                self._wrote(write)
+                self._finish(rd, ctx)
+            except Exception as exc:
+                self._driver_failed(exc)
+                return
+            if self._can_inline():
+                self._drive_inline()
+        finally:
+            settlements.release()
+
+    def _finish(self, rd: Any, ctx: tuple[Any, ...]) -> None:
+        """The Ready after its write: send, apply, release reads, advance."""
+        committed, write_start, appends_from, was_leader = ctx
+        self._busy = False
+        if write_start:
+            (self._m_dispatch if was_leader else self._m_store_logs).since(write_start)
+        if rd.messages:
+            self._send_all(rd.messages)
+        if appends_from:
+            self._m_append_entries.since(appends_from)  # answered (hashicorp/raft's rpc.appendEntries)
+        for e in committed:
+            self._apply(e)
+        if self._contact_pending:
+            self._caught_up_with_leader()
+        if rd.read_states:
+            self._release_reads(rd.read_states)
+        self._record_timings()
+        core = self._core_now()
+        core.advance(rd)
+        if not core.commit_unsent():
+            if self._commit_due:
+                self._commit_due = 0.0
+                if self._commit_timer is not None:
+                    self._commit_timer.cancel()
+                    self._commit_timer = None
+        elif not self._commit_due:
+            loop = self._loop
+            assert loop is not None
+            self._commit_due = loop.time() + self.commit_delay_s
+            # The driver task may sleep until the next tick: wake it when the commit is due.
+            self._commit_timer = loop.call_at(self._commit_due, self._poke)
+        self._maybe_snapshot(core)
+
+    def _soft_state_changed(self, core: RaftNode, soft: Any) -> None:
+        if soft.leader != self.leader_id:
+            self._on_leader_change(soft.leader)
+        self.leader_id = soft.leader
+        if soft.leader == self.id:
+            self._last_leader_contact = time.monotonic()
+        role = soft.role.value
+        if role != self._was_role:
+            counter = self._m_state.get(role)
+            if counter is not None:
+                counter.incr()
+            self._was_role = role
+        is_leader = role == "leader"
+        if is_leader != self._was_leader:
+            logger.info("raft: %s leadership (term %d)", "gained" if is_leader else "lost", core.term)
+            loop = self._loop
+            assert loop is not None
+            if not is_leader and loop.time() < self._transfer_until:
+                # A transfer we started: the new leader holds every pending entry and
+                # commits them in its term; they resolve as they apply (or time out).
+                self._pending_deadline = self._transfer_until
+            elif not is_leader:
+                self._fail_pending(
+                    OutcomeUnknown("leadership lost before the write applied; it may or may not commit")
+                )
+            if not is_leader:
+                # The core drops its ReadIndex requests with leadership.
+                self._fail_reads(NoLeaderError())
+            self._was_leader = is_leader
+            now = time.monotonic()
+            self._follower_contact = {peer: now for peer, _, _ in self.voters() if peer != self.id}
+            self._on_leadership(is_leader)
+
+    def _core_now(self) -> RaftNode:
+        core = self.core
+        assert core is not None, "start() first"
+        return core
+
+    def _prepare_write(self, rd: Any) -> tuple[Any, ...] | None:
+        """`rd`'s log write as `DurableLog.write_db` arguments, or None when nothing needs an
+        fsync (no entries, and only the commit index moved, or nothing at all)."""
+        log = self.storage.log
         if not rd.entries and rd.hard_state is None:
-            return
+            return None
         hs = None
         if rd.hard_state is not None:
             hs = DiskHardState(rd.hard_state.term, rd.hard_state.vote or "", rd.hard_state.commit)
@@ -1550,16 +1750,32 @@ class RaftServer:
                 # rides along with the next entries instead of costing an fsync (etcd's MustSync
                 # rule; a third of the leader's fsyncs in bench/raft_vs_etcd.py were these).
                 log.hard_state = hs
-                return
+                return None
         batch = [LogRecord(e.index, e.term, int(e.kind), e.data) for e in rd.entries]
-        truncate = log.check_append(batch, None)
-        # The fsync runs off the event loop; proposals arriving meanwhile form the next batch.
-        assert self._writer is not None, "start() first"
-        await self._writer.submit(log.write_db, hs, batch, truncate)
-        log.apply_memory(hs, batch, truncate)
+        return (hs, batch, log.check_append(batch, None))
+
+    def _wrote(self, write: tuple[Any, ...]) -> None:
+        """A `_prepare_write` write is durable: the log's memory follows it."""
+        hs, batch, truncate = write
+        self.storage.log.apply_memory(hs, batch, truncate)
         if truncate is not None:
             # Our uncommitted tail was replaced by a new leader's: those writes' fate is unknown.
             self._fail_pending_from(truncate)
+
+    async def _persist(self, rd: Any) -> None:
+        """A Ready's persistence awaited in the driver task (a Ready that installs a snapshot)."""
+        if rd.snapshot is not None:
+            self.storage.install_snapshot(rd.snapshot)
+            await self._restore_fsm(rd.snapshot.data, "restoring a snapshot from the leader")
+            self.applied_index = rd.snapshot.meta.index
+            self._fail_pending_upto(rd.snapshot.meta.index)
+        write = self._prepare_write(rd)
+        if write is None:
+            return
+        # The fsync runs off the event loop; proposals arriving meanwhile form the next batch.
+        assert self._writer is not None, "start() first"
+        await self._writer.submit(self.storage.log.write_db, *write)
+        self._wrote(write)
 
     def _send_all(self, msgs: tuple[Message, ...]) -> None:
         """Send one phase's messages: each peer's go out together (see `_PeerLink.flush`)."""
@@ -1665,7 +1881,7 @@ class RaftServer:
             return snap
 
         future = asyncio.get_running_loop().run_in_executor(None, write)
-        future.add_done_callback(lambda _: self._wake.set())
+        future.add_done_callback(lambda _: self._poke())
         self._snapshot_job = (start, meta, future)
 
     def _finish_snapshot(self, core: RaftNode) -> None:
