@@ -129,7 +129,9 @@ async def test_protocol_errors_on_the_raft_stream_are_one_line_not_a_traceback(
     from proconsul.raft.node import RaftServer
     from proconsul.wire import encode_frame
 
-    fake = SimpleNamespace(addresses=SimpleNamespace(learn=lambda *a: None), _inbox=[], _wake=asyncio.Event())
+    inbox: list[Message] = []
+    # What the stream hands over (`RaftServer._deliver`): collected, nothing stepped.
+    fake = SimpleNamespace(addresses=SimpleNamespace(learn=lambda *a: None), _inbox=inbox, _deliver=inbox.extend)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await RaftServer.serve_stream(fake, reader, writer)  # type: ignore[arg-type]
