@@ -112,6 +112,15 @@ async def test_frozen_objects_freed_by_reference_counting_never_cost_a_complete_
     assert gc.get_freeze_count() == 0
 
 
+async def _one_scan_once_quiet(policy: gc_policy.GCPolicy) -> None:
+    """Idle the loop (up to 10 s) until the pending scan has run, once."""
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if policy.full_scans:
+            break
+    assert policy.full_scans == 1 and not policy._scan_pending
+
+
 async def test_a_due_complete_scan_waits_for_a_quiet_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Step 4: a complete scan that falls due under load (the collector running all the time)
     runs once a window sees few collections, not in the middle of the load."""
@@ -124,11 +133,7 @@ async def test_a_due_complete_scan_waits_for_a_quiet_loop(monkeypatch: pytest.Mo
         startup = gc.get_freeze_count()
         await _churn_cycles(max(300_000, startup + 100_000))
         assert policy._scan_pending and policy.full_scans == 0  # due, and held back by the load
-        for _ in range(200):  # the loop idles: the next quiet window runs it
-            await asyncio.sleep(0.05)
-            if policy.full_scans:
-                break
-        assert policy.full_scans == 1 and not policy._scan_pending
+        await _one_scan_once_quiet(policy)  # the loop idles: the next quiet window runs it
         assert policy.last_full_scan_collected > 0
     finally:
         policy.uninstall()
@@ -187,11 +192,7 @@ async def test_a_due_complete_scan_waits_while_the_process_is_busy_with_few_coll
             await asyncio.sleep(0.05)
         assert policy.full_scans == 0 and policy._scan_pending
         busy[0] = False
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            if policy.full_scans:
-                break
-        assert policy.full_scans == 1 and not policy._scan_pending
+        await _one_scan_once_quiet(policy)
         assert policy.last_full_scan_collected > 0
     finally:
         policy.uninstall()

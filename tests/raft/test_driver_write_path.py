@@ -175,19 +175,25 @@ async def _idle(raft: RaftServer) -> None:
         await asyncio.sleep(0.001)
 
 
+def _record_steps(core: Any) -> list[Message]:
+    """Every message the core steps from now on, in order (it still steps them)."""
+    stepped: list[Message] = []
+    real_step = core.step
+
+    def step(m: Message) -> None:
+        stepped.append(m)
+        real_step(m)
+
+    core.step = step
+    return stepped
+
+
 async def test_a_peer_message_reaching_an_idle_leader_is_stepped_at_the_end_of_the_pass(tmp_path: Any) -> None:
     raft, _, _ = await _leader(tmp_path)
     try:
         core = raft.core
         assert core is not None
-        stepped: list[Message] = []
-        real_step = core.step
-
-        def step(m: Message) -> None:
-            stepped.append(m)
-            real_step(m)
-
-        core.step = step  # type: ignore[method-assign]
+        stepped = _record_steps(core)
         await _idle(raft)
         m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
         raft._deliver([m])  # what the inbound protocol calls for one read's messages
@@ -205,14 +211,7 @@ async def test_a_peer_message_arriving_during_a_write_is_stepped_by_its_completi
     try:
         core = raft.core
         assert core is not None
-        stepped: list[Message] = []
-        real_step = core.step
-
-        def step(m: Message) -> None:
-            stepped.append(m)
-            real_step(m)
-
-        core.step = step  # type: ignore[method-assign]
+        stepped = _record_steps(core)
         await _idle(raft)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
