@@ -162,6 +162,28 @@ def test_a_hard_state_change_alone_is_durable(tmp_path: Path) -> None:
     again.close()
 
 
+def test_hard_state_frames_alone_roll_segments_and_compaction_drops_them(tmp_path: Path) -> None:
+    # A partitioned server votes for itself term after term and appends nothing: its newest
+    # segment must still roll when full, or it grows for as long as the partition lasts.
+    log = opened(tmp_path)
+    log.append(recs(1, 4))
+    for term in range(2, 400):
+        log.save(HardState(term, "self", 0))
+    assert len(segments(tmp_path)) > 2
+    assert all(seg.stat().st_size <= SMALL for seg in segments(tmp_path))
+    log.close()
+    again = opened(tmp_path)
+    assert again.hard_state == HardState(399, "self", 0) and (again.first_index, again.last_index) == (1, 3)
+    again.compact_prefix(3)  # a snapshot covers the entries: every full segment before the newest goes
+    again.save(HardState(400, "self", 0))
+    expected = image(again)
+    again.close()
+    assert len(segments(tmp_path)) == 1
+    third = opened(tmp_path)
+    assert image(third) == expected and third.first_index == 4
+    third.close()
+
+
 def test_an_interrupted_segment_creation_is_ignored(tmp_path: Path) -> None:
     log = opened(tmp_path)
     log.append(recs(1, 5))

@@ -156,6 +156,7 @@ class DurableLog:
         self._lock_fd: int | None = None
         self._fd: int | None = None  # the newest segment, written at self._pos
         self._pos = 0
+        self._tail_frames = 0  # frames in the newest segment, its meta frame included
         self._segments: list[_Segment] = []
         self._broken: BaseException | None = None
 
@@ -269,6 +270,7 @@ class DurableLog:
             os.pwrite(fd, bytes(scan.dirty_end - scan.end), scan.end)
             os.fdatasync(fd)
         self._fd, self._pos = fd, scan.end
+        self._tail_frames = len(scan.bodies)
 
     # ------------------------------------------------------------------------------- segments
 
@@ -306,6 +308,7 @@ class DurableLog:
         assert self._fd is not None
         os.close(self._fd)
         self._fd, self._pos = fd, len(meta)
+        self._tail_frames = 1
         self._segments.append(_Segment(seq, path, 0))
 
     def _write_frame(self, body: bytes, max_index: int) -> None:
@@ -314,8 +317,11 @@ class DurableLog:
             raise CorruptStorage(f"{self.path}: an earlier write failed ({self._broken}); restart the server")
         assert self._fd is not None, "open() first"
         size = wal.FRAME.size + len(body)
-        if self._pos + size > self.segment_bytes and self._segments[-1].max_index:
-            # Full (a frame larger than a segment still goes alone into a new one, which grows).
+        if self._pos + size > self.segment_bytes and self._tail_frames > 1:
+            # Full. A segment holding only its meta frame takes the frame however large it is (it
+            # grows), so one oversized frame never rolls twice. A segment of hard-state or
+            # compaction frames alone (a partitioned server voting for itself term after term)
+            # rolls like any other instead of growing without bound.
             self._roll()
         try:
             _write_all(self._fd, [wal.frame_header(body), body], self._pos)
@@ -326,6 +332,7 @@ class DurableLog:
             self._broken = exc
             raise
         self._pos += size
+        self._tail_frames += 1
         seg = self._segments[-1]
         if max_index > seg.max_index:
             seg.max_index = max_index
