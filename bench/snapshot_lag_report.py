@@ -63,6 +63,7 @@ def report(trace: Path, run_text: str) -> None:
         name = members.get(pid, str(pid))
         print(f"== {name} pid {pid}")
         finishes: list[float] = []
+        file_halves: list[float] = []
         current: dict[str, float] = {}
         for row in snaps:
             t, stage, ms = float(row[0]), row[1], float(row[2])
@@ -70,9 +71,8 @@ def report(trace: Path, run_text: str) -> None:
                 current["encode"] = ms
                 current["enc_from"] = float(row[3])
                 current["enc_to"] = t
-            elif stage == "compact_file":
-                print(f"    its compaction's file half on the log writer thread: {ms:.1f} ms "
-                      f"(segments {current.pop('segments', 0):.1f})")
+            elif stage == "compact_file":  # on the log writer thread, around its snapshot's finish
+                file_halves.append(ms)
             elif stage in ("begin", "compact", "segments"):
                 current[stage] = current.get(stage, 0.0) + ms
                 current.setdefault(stage + "_at", t)
@@ -87,6 +87,8 @@ def report(trace: Path, run_text: str) -> None:
                       f"lag max in the {AFTER_S} s after: {max(after, default=0):.1f} ms")
                 finishes.append(t)
                 current = {}
+        if file_halves:
+            print(f"  compactions' file halves on the log writer thread: {', '.join(f'{x:.1f}' for x in file_halves)} ms")
         measured = [(tt, x) for tt, x in lag if inside(tt, windows)]
         values = [x for _, x in measured]
         near = [x for tt, x in measured if any(f - 0.2 <= tt <= f + AFTER_S for f in finishes)]

@@ -307,3 +307,30 @@ def test_a_crash_between_the_compaction_frame_and_the_segment_deletion(tmp_path:
     third = opened(tmp_path)
     assert image(third) == expected and third.first_index == 261
     third.close()
+
+
+def test_a_crash_that_brings_back_the_newest_deleted_segment_reopens_the_same_log(tmp_path: Path) -> None:
+    """A compaction deletes old segments oldest first and makes each deletion durable before the
+    next, but not the last one: a crash may bring that one back. It directly precedes the oldest
+    segment kept, so the log reopens as it was, cut at the durable compaction point."""
+    log = opened(tmp_path)
+    for i in range(1, 400, 10):
+        log.save(HardState(1, "a", i + 9), recs(i, i + 10))
+    before = segments(tmp_path)
+    kept = {p: p.read_bytes() for p in before}
+    log.compact_prefix(300)
+    after = segments(tmp_path)
+    gone = [p for p in before if p not in after]
+    assert len(gone) >= 2
+    expected = image(log)
+    log.close()
+    gone[-1].write_bytes(kept[gone[-1]])  # the newest deletion, lost in the crash
+    again = opened(tmp_path)
+    assert image(again) == expected
+    again.compact_prefix(320)  # deleted again by the next compaction
+    assert not gone[-1].exists()
+    expected = image(again)
+    again.close()
+    third = opened(tmp_path)
+    assert image(third) == expected
+    third.close()
