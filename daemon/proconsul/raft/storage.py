@@ -21,7 +21,8 @@ Segments and compaction: a segment is filled up to `segment_bytes` and the next 
 (created under a temporary name, preallocated, fsynced, renamed, the directory fsynced), and its
 first frame restates the log's bounds and the hard state, so a segment never depends on the
 ones before it for those. `compact_prefix` records the new first index (fdatasync) and deletes
-the oldest segments whose entries all lie below it. Replay applies the records in order,
+the oldest segments whose entries all lie below it; the Raft driver runs its two halves apart
+(`compact_memory` on the event loop, `write_compaction` on its log writer thread). Replay applies the records in order,
 exactly as `apply_memory` / `compact_prefix` / `reset` changed the memory image when they ran.
 
 Damage: in the newest segment, a frame that fails its checksum with nothing valid after it is a
