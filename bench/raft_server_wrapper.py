@@ -14,7 +14,13 @@ The wrapper costs one Python call and a few additions per batch (the batch itsel
 
 With `GC_TRACE=<dir>` in the environment each agent also records its collector pauses and its
 event loop's lag in `<dir>/<pid>.gc` and `<dir>/<pid>.lag` (CLOCK_MONOTONIC), to place a run's
-p99 outliers.
+p99 outliers. `<prefix>.snap` gets a line "<monotonic at the end> <stage> <ms>" for each stage of an
+automatic Raft snapshot, timed by wrapping the functions that run them: `begin` (`_maybe_snapshot`
+when it started one: the view, on the loop), `encode` (the returned encoder, in its thread; a
+third field gives its start), `finish` (`_finish_snapshot`, on the loop), `compact`
+(`DurableLog.compact_prefix`, inside `finish`; in trees that split it, `compact_memory` inside
+`finish` and `compact_file`, `write_compaction` on the log writer thread) and `segments` (the
+segment deletions).
 
 With `--prof` the agent runs under cProfile and the stats are dumped when it stops (SIGTERM);
 cProfile slows Python-level calls, so read shares, not absolute times. With `PROF_WINDOW=1` in
@@ -122,6 +128,59 @@ def _install_gc_trace(prefix: str) -> None:
     gc.callbacks.append(on_gc)
 
 
+def _install_snapshot_stamps(path: str) -> None:
+    """Time each stage of an automatic snapshot (see the module docstring) without changing daemon code."""
+    from proconsul.raft import node
+    from proconsul.state import store
+
+    out = open(path, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
+
+    def stamp(stage: str, t0: float, extra: str = "") -> None:
+        ms = (time.perf_counter() - t0) * 1000.0
+        with _LOCK:
+            out.write(f"{time.monotonic():.6f} {stage} {ms:.3f}{extra}\n")
+
+    def timed(owner: Any, name: str, stage: str, only_if: Any = None) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            before = only_if(self) if only_if else None
+            t0 = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                if only_if is None or (before is None and only_if(self) is not None):
+                    stamp(stage, t0)
+
+        setattr(owner, name, wrapper)
+
+    timed(node.RaftServer, "_maybe_snapshot", "begin", only_if=lambda srv: srv._snapshot_job)
+    timed(node.RaftServer, "_finish_snapshot", "finish")
+    if hasattr(storage.DurableLog, "compact_memory"):  # the loop's half; the file half on the log writer
+        timed(storage.DurableLog, "compact_memory", "compact")
+        timed(storage.DurableLog, "write_compaction", "compact_file")
+    else:
+        timed(storage.DurableLog, "compact_prefix", "compact")
+    if hasattr(storage.DurableLog, "_drop_segments_below"):
+        timed(storage.DurableLog, "_drop_segments_below", "segments")
+    view = store.Store.snapshot_view
+
+    def snapshot_view(self: store.Store) -> Any:
+        encode = view(self)
+
+        def timed_encode() -> bytes:
+            t0 = time.perf_counter()
+            started = time.monotonic()
+            try:
+                return encode()
+            finally:
+                stamp("encode", t0, f" {started:.6f}")
+
+        return timed_encode
+
+    store.Store.snapshot_view = snapshot_view  # type: ignore[method-assign]
+
+
 def _dump(path: str) -> None:
     with _LOCK:
         text = json.dumps(STATS)
@@ -161,6 +220,7 @@ def main(argv: list[str]) -> int:
     gc_trace = os.environ.get("GC_TRACE")
     if gc_trace:  # every collector pause and the event loop's lag, for placing p99 outliers
         _install_gc_trace(os.path.join(gc_trace, str(os.getpid())))
+        _install_snapshot_stamps(os.path.join(gc_trace, str(os.getpid())) + ".snap")
     if stats_path:
         threading.Thread(target=_dumper, args=(stats_path,), daemon=True, name="batch-stats").start()
     prof = cProfile.Profile() if prof_path else None

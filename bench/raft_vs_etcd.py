@@ -143,8 +143,19 @@ class Cluster:
         return next(ip for ip in self.ips if ip != self.leader)
 
 
+def snapshot_settings(args: argparse.Namespace) -> tuple[str, ...]:
+    """The `-hcl` fragments for `--snapshot-interval` / `--snapshot-threshold` (none by default)."""
+    out = []
+    if args.snapshot_interval is not None:
+        out.append(f'raft_snapshot_interval = "{int(args.snapshot_interval * 1000)}ms"')
+    if args.snapshot_threshold is not None:
+        out.append(f"raft_snapshot_threshold = {args.snapshot_threshold}")
+    return tuple(out)
+
+
 def start_proconsul(procs: Procs, root: Path, prefix: str, prof_dir: Path | None, stats_dir: Path,
-                    raft_multiplier: int | None = None, http_workers: int = 1) -> Cluster:
+                    raft_multiplier: int | None = None, http_workers: int = 1,
+                    snapshot_hcl: tuple[str, ...] = ()) -> Cluster:
     ips = [f"{prefix}.{i}" for i in (1, 2, 3)]
     c = Cluster("proconsul", ips)
     py = str(VENV_PY) if VENV_PY.exists() else sys.executable
@@ -154,6 +165,7 @@ def start_proconsul(procs: Procs, root: Path, prefix: str, prof_dir: Path | None
             "-server", "-bootstrap-expect=3", *joins,
             *(["-hcl", f"performance {{ raft_multiplier = {raft_multiplier} }}"] if raft_multiplier else []),
             *(["-hcl", f"http_workers = {http_workers}"] if http_workers != 1 else []),
+            *(arg for fragment in snapshot_hcl for arg in ("-hcl", fragment)),
             f"-data-dir={root / f'p{n}'}", "-http-port=8500", "-dns-port=8600",
             f"-client={ip}", f"-bind={ip}", f"-node=s{n}",
         ]
@@ -306,6 +318,8 @@ class Result:
     batches: dict[str, Any] | None = None  # proconsul leader: write_db calls/entries during the run
     # CPU ms per request of each member: the leader first, then the followers in address order
     cpu_ms_per_req: list[float] = field(default_factory=list)
+    # The measured window on CLOCK_MONOTONIC (GC_TRACE's clock), to place a member's stalls in it
+    window: tuple[float, float] = (0.0, 0.0)
 
 
 def read_stats(path: Path) -> dict[str, Any]:
@@ -387,7 +401,7 @@ def run_case(case: Case, cl: Cluster, conc: int, rnd: int, args: argparse.Namesp
     per_member = [(c1[p] - c0[p]) * 1000.0 / reqs for p in [lpid, *(p for p in pids if p != lpid)]]
     return Result(case.system, case.op, conc, rnd, rps, p50, p99, parse_p999(out), errors,
                   (c1[lpid] - c0[lpid]) / wall, cluster, wrk, max(0.0, busy - cluster - wrk), batches,
-                  per_member)
+                  per_member, (t0, t1))
 
 
 def check_leader(cl: Cluster) -> None:
@@ -500,6 +514,11 @@ def main(argv: list[str]) -> int:
                     help="proconsul's performance.raft_multiplier (default: the agent's default, 5)")
     ap.add_argument("--http-workers", type=int, default=1,
                     help="proconsul's http_workers on every server (processes serving HTTP; 1: the agent alone)")
+    ap.add_argument("--snapshot-interval", type=float, default=None,
+                    help="proconsul's raft_snapshot_interval in seconds (default: the agent's, 30 s; a "
+                         "snapshot is checked for every 1-2x this): lower, a short run holds several snapshots")
+    ap.add_argument("--snapshot-threshold", type=int, default=None,
+                    help="proconsul's raft_snapshot_threshold in entries (default: the agent's, 16384)")
     ap.add_argument("--keep-data", action="store_true", help="keep the data dirs (logs are always kept)")
     ap.add_argument("--json", help="write machine info and results here")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -528,7 +547,8 @@ def main(argv: list[str]) -> int:
         pprefix = free_subnet((8300, 8301, 8500, 8600))
         eprefix = free_subnet((2379, 2380), avoid=pprefix)
         ec = start_etcd(procs, tmp, eprefix)
-        pc = start_proconsul(procs, tmp, pprefix, None, stats_dir, args.raft_multiplier, args.http_workers)
+        pc = start_proconsul(procs, tmp, pprefix, None, stats_dir, args.raft_multiplier, args.http_workers,
+                             snapshot_settings(args))
         print(f"# proconsul {pc.ips} leader {pc.leader} pids {pc.pids()}", flush=True)
         print(f"# etcd      {ec.ips} leader {ec.leader} pids {ec.pids()}", flush=True)
         st, body = http("GET", f"http://{ec.leader}:2379/v2/keys/")
@@ -564,7 +584,7 @@ def main(argv: list[str]) -> int:
                               f"p50 {r.p50_ms:7.2f}  p99 {r.p99_ms:7.2f}  p99.9 {r.p999_ms:7.1f} ms  "
                               f"cpu ms/req L,F,F {cpu}  cpu L {r.leader_cpu:4.2f} "
                               f"all {r.cluster_cpu:4.2f}  wrk {r.wrk_cpu:4.2f}  other {r.other:4.2f}  "
-                              f"err {r.errors}{extra}", flush=True)
+                              f"err {r.errors}{extra}  t {r.window[0]:.3f}-{r.window[1]:.3f}", flush=True)
             check_leader(pc)
             check_leader(ec)
         # both clusters must still answer correctly after the load (the key PUT runs write, or,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from proconsul.raft.node import RaftServer
-from proconsul.raft.storage import SnapshotStore
+from proconsul.raft.node import _RELEASE_SLICE, RaftServer, _release_in_slices
+from proconsul.raft.storage import SnapshotStore, raft_log
 from proconsul.server.consensus import CommandStateMachine
 from proconsul.state import commands as cmd
 from proconsul.state.fsm import FSM
@@ -62,11 +62,21 @@ def test_snapshots_taken_while_writes_continue_hold_the_state_at_their_index(tmp
                 written.append((index, key, value if i % 5 else b""))
             await _until(lambda: not raft.snapshot_in_progress())
             assert raft.storage.snapshot_meta().index > 200  # several snapshots were taken
+            compacted_to.append(raft.storage.first_index())
             return {k: e.value for k, e in store.kv.items()}
         finally:
             await raft.stop()
 
+    compacted_to: list[int] = []
     final = asyncio.run(run())
+    # The compaction's frame was written by the log writer (stop() drains it): the files say
+    # what the memory said.
+    log = raft_log(str(tmp_path / "raft"))
+    log.open()
+    try:
+        assert log.first_index == compacted_to[0] > 1
+    finally:
+        log.close()
 
     def state_at(index: int) -> dict[str, bytes]:
         kv: dict[str, bytes] = {}
@@ -101,3 +111,20 @@ def test_snapshots_taken_while_writes_continue_hold_the_state_at_their_index(tmp
         checked += 1
         max(Path(snaps.directory).glob("*.snap")).unlink()  # names sort by term, then index
     assert checked >= 2
+
+
+def test_records_a_compaction_drops_are_freed_a_slice_per_loop_iteration() -> None:
+    """The driver hands the dropped records to the loop in slices, never all in one callback."""
+    async def run() -> list[int]:
+        loop = asyncio.get_running_loop()
+        records = list(range(2 * _RELEASE_SLICE + 5))
+        sizes: list[int] = []
+        loop.call_soon(_release_in_slices, loop, records)
+        while records:
+            await asyncio.sleep(0)
+            sizes.append(len(records))
+        return sizes
+
+    sizes = asyncio.run(run())
+    assert sizes[0] == _RELEASE_SLICE + 5 and sizes[-1] == 0
+    assert all(a - b <= _RELEASE_SLICE for a, b in zip([2 * _RELEASE_SLICE + 5, *sizes], sizes))

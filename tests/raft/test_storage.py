@@ -10,6 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from proconsul.raft.core import Configuration, Snapshot
+from proconsul.raft.core import SnapshotMeta as CoreSnapshotMeta
+from proconsul.raft.node import DiskStorage
 from proconsul.raft.storage import (
     DurableLog,
     HardState,
@@ -176,3 +179,25 @@ def test_raft_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
     assert _mode(raft_dir / "wal") == 0o700
     files = list((raft_dir / "wal").iterdir())
     assert len(files) == 2 and all(_mode(p) == 0o600 for p in files), [(p.name, oct(_mode(p))) for p in files]
+
+
+def test_a_crash_between_the_snapshot_file_and_the_compaction_recovers(tmp_path: Path) -> None:
+    """The automatic snapshot writes its file, then the driver compacts the log in memory and
+    queues the compaction's frame on its log writer: a crash before that frame leaves the new
+    snapshot and the whole log, which a restarted server serves consistently."""
+    storage = DiskStorage(str(tmp_path))
+    storage.bootstrap(["a"])
+    storage.log.save(HardState(1, "a", 100), recs(1, 101))
+    snap = Snapshot(CoreSnapshotMeta(80, 1, Configuration(frozenset(["a"]))), b"state at 80")
+    storage.write_snapshot_file(snap)
+    storage.serve_snapshot(snap)
+    assert storage.log.compact_memory(70) is not None
+    assert (storage.first_index(), storage.term(70)) == (71, 1)
+    storage.log.close()  # the crash: the compaction frame never written
+
+    again = DiskStorage(str(tmp_path))
+    assert again.snapshot().meta.index == 80 and again.snapshot().data == b"state at 80"
+    assert (again.first_index(), again.last_index()) == (1, 100)
+    assert [e.index for e in again.entries(81, 101)] == list(range(81, 101))
+    assert again.term(80) == 1
+    again.log.close()

@@ -273,3 +273,86 @@ def test_an_import_a_crash_cut_short_is_finished_at_the_next_open(tmp_path: Path
     again = opened(tmp_path)
     assert again.last_index == 5 and not (tmp_path / "raft.db").exists()
     again.close()
+
+
+def test_a_crash_between_a_compactions_memory_and_file_halves_reopens_with_the_longer_log(tmp_path: Path) -> None:
+    """The driver moves the log's memory bounds at once and writes the compaction frame later
+    on its log writer thread: a crash in between (even after writes that started new segments,
+    whose first frame restates the bounds) reopens with the log from the old first index, and
+    the frame written afterwards compacts it as the memory said."""
+    log = opened(tmp_path)
+    for i in range(1, 200, 10):
+        log.save(HardState(1, "a", i + 9), recs(i, i + 10))
+    bounds = log.compact_memory(150)
+    assert bounds is not None
+    first, offset_term, dropped = bounds
+    assert (first, offset_term) == (151, 1) and [r.index for r in dropped] == list(range(1, 151))
+    assert (log.first_index, log.get(150), log.get(151)) == (151, None, recs(151, 152)[0])
+    rolled = len(segments(tmp_path))
+    for i in range(200, 400, 10):  # new segments while the frame is not written
+        log.save(HardState(1, "a", i + 9), recs(i, i + 10))
+    assert len(segments(tmp_path)) > rolled
+    log.close()  # the crash: the compaction frame never written
+
+    again = opened(tmp_path)
+    assert (again.first_index, again.last_index, again.offset_term) == (1, 399, 0)
+    assert again.slice(1, 400) == recs(1, 400)
+    bounds = again.compact_memory(150)
+    assert bounds is not None
+    again.write_compaction(bounds[0], bounds[1])
+    expected = image(again)
+    again.close()
+    third = opened(tmp_path)
+    assert image(third) == expected and third.first_index == 151
+    third.close()
+
+
+def test_a_crash_between_the_compaction_frame_and_the_segment_deletion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = opened(tmp_path)
+    for i in range(1, 300, 10):
+        log.save(HardState(1, "a", i + 9), recs(i, i + 10))
+    many = len(segments(tmp_path))
+    bounds = log.compact_memory(250)
+    assert bounds is not None
+    with monkeypatch.context() as m:  # the crash comes right after the frame's fdatasync
+        m.setattr(DurableLog, "_drop_segments_below", lambda self, first_index: None)
+        log.write_compaction(bounds[0], bounds[1])
+    expected = image(log)
+    log.close()
+    assert len(segments(tmp_path)) == many
+    again = opened(tmp_path)
+    assert image(again) == expected
+    again.compact_prefix(260)  # the next compaction deletes what the crash left
+    assert len(segments(tmp_path)) < many
+    expected = image(again)
+    again.close()
+    third = opened(tmp_path)
+    assert image(third) == expected and third.first_index == 261
+    third.close()
+
+
+def test_a_crash_that_brings_back_the_newest_deleted_segment_reopens_the_same_log(tmp_path: Path) -> None:
+    """A compaction deletes old segments oldest first and makes each deletion durable before the
+    next, but not the last one: a crash may bring that one back. It directly precedes the oldest
+    segment kept, so the log reopens as it was, cut at the durable compaction point."""
+    log = opened(tmp_path)
+    for i in range(1, 400, 10):
+        log.save(HardState(1, "a", i + 9), recs(i, i + 10))
+    before = segments(tmp_path)
+    kept = {p: p.read_bytes() for p in before}
+    log.compact_prefix(300)
+    after = segments(tmp_path)
+    gone = [p for p in before if p not in after]
+    assert len(gone) >= 2
+    expected = image(log)
+    log.close()
+    gone[-1].write_bytes(kept[gone[-1]])  # the newest deletion, lost in the crash
+    again = opened(tmp_path)
+    assert image(again) == expected
+    again.compact_prefix(320)  # deleted again by the next compaction
+    assert not gone[-1].exists()
+    expected = image(again)
+    again.close()
+    third = opened(tmp_path)
+    assert image(third) == expected
+    third.close()

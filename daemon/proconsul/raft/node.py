@@ -223,10 +223,14 @@ class DiskStorage:
         self.snapshots.save(meta, snap.data)
 
     def adopt_snapshot(self, snap: Snapshot, compact_to: int) -> None:
-        """The log half of `record_snapshot`, on the loop: serve `snap`, compact the log."""
-        self._snap = snap
+        """The log half of `record_snapshot`: serve `snap`, compact the log (both halves here)."""
+        self.serve_snapshot(snap)
         if compact_to >= self.log.first_index:
             self.log.compact_prefix(compact_to)
+
+    def serve_snapshot(self, snap: Snapshot) -> None:
+        """Serve `snap` (its file is durable) to the core and to followers that need it."""
+        self._snap = snap
 
     def bootstrap(self, voters: list[str], learners: list[str] | None = None) -> None:
         """Write the initial configuration as snapshot 0 (only on an empty storage)."""
@@ -269,7 +273,8 @@ class AddressBook:
 
 
 class _LogWriter:
-    """One long-lived thread that runs the log's durable writes (one log write and its fdatasync).
+    """One long-lived thread that runs the log's durable writes (one log write and its fdatasync),
+    and a snapshot's log compaction (its frame, fdatasync and segment deletions), in order.
 
     The hand-off is a `SimpleQueue.put` and, for the answer, one `call_soon_threadsafe` (of a
     callback, `submit_then`, or resolving a future, `submit`): cheaper
@@ -337,6 +342,18 @@ class _LogWriter:
     def stop(self) -> None:
         """End the thread after the writes queued so far (does not wait for it)."""
         self._q.put(self._STOP)
+
+
+# Log records freed per event-loop iteration after a compaction (~0.2-0.5 ms of frees on this
+# box): dropping the ~100,000 records a snapshot compacts at once held the loop for 30-80 ms.
+_RELEASE_SLICE = 2048
+
+
+def _release_in_slices(loop: asyncio.AbstractEventLoop, records: list[Any]) -> None:
+    """Free `records` one slice per loop iteration, from the end (nothing is moved)."""
+    del records[-_RELEASE_SLICE:]
+    if records:
+        loop.call_soon(_release_in_slices, loop, records)
 
 
 def _resolve(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
@@ -987,6 +1004,8 @@ class RaftServer:
                 await task
             except asyncio.CancelledError:
                 pass
+        if self._writer is not None:
+            await self._writer.drain()  # a compaction queued on the log writer: before our write
         try:
             hs = self.storage.log.hard_state
             self.storage.log.save(hard_state=DiskHardState(max(hs.term, marker.term), "",
@@ -1765,6 +1784,9 @@ class RaftServer:
     async def _persist(self, rd: Any) -> None:
         """A Ready's persistence awaited in the driver task (a Ready that installs a snapshot)."""
         if rd.snapshot is not None:
+            if self._writer is not None:
+                # A compaction queued on the log writer ends before the log is reset here.
+                await self._writer.drain()
             self.storage.install_snapshot(rd.snapshot)
             await self._restore_fsm(rd.snapshot.data, "restoring a snapshot from the leader")
             self.applied_index = rd.snapshot.meta.index
@@ -1885,7 +1907,8 @@ class RaftServer:
         self._snapshot_job = (start, meta, future)
 
     def _finish_snapshot(self, core: RaftNode) -> None:
-        """Between Readys (no log write in flight): serve the written snapshot, compact the log."""
+        """Between Readys (no log write in flight): serve the written snapshot, compact the log
+        (see `_compact`: the compaction's file work is queued on the log writer)."""
         assert self._snapshot_job is not None
         start, meta, future = self._snapshot_job
         self._snapshot_job = None
@@ -1896,9 +1919,39 @@ class RaftServer:
             return
         if self.storage.snapshot_meta().index >= meta.index:
             return  # a newer snapshot (from the leader) was installed meanwhile
-        self.storage.adopt_snapshot(snap, compact_to=meta.index - self.trailing_logs)
+        self.storage.serve_snapshot(snap)
+        self._compact(meta.index - self.trailing_logs)
         self._m_snapshot.since(start)
         logger.info("raft: snapshot at index %d", meta.index)
+
+    def _compact(self, upto_index: int) -> None:
+        """Drop the log up to `upto_index` (covered by the snapshot just written) without
+        holding the loop: the memory's bounds move now, the compaction frame's fdatasync and the
+        old segments' deletion run on the log writer thread (in order with the log writes), and
+        the dropped records are freed a slice per loop iteration."""
+        log = self.storage.log
+        if upto_index < log.first_index:
+            return
+        compaction = log.compact_memory(upto_index)
+        if compaction is None:
+            return
+        first, offset_term, dropped = compaction
+        writer, loop = self._writer, self._loop
+        if writer is None or loop is None:  # not started: nothing else writes the log
+            log.write_compaction(first, offset_term)
+            return
+        writer.submit_then(self._compaction_written, log.write_compaction, first, offset_term)
+        loop.call_soon(_release_in_slices, loop, dropped)
+
+    def _compaction_written(self, outcome: tuple[bool, Any]) -> None:
+        ok, value = outcome
+        if ok:
+            return
+        if self._stopped:
+            logger.warning("raft: the log compaction failed while stopping: %s", value)
+            return
+        # The log refuses every later write after a failed fdatasync: fail as a write would.
+        self._driver_failed(value)
 
     def _fail_pending(self, exc: Exception) -> None:
         for _, fut, _, _ in self._pending.values():
