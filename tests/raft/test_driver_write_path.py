@@ -188,20 +188,43 @@ def _record_steps(core: Any) -> list[Message]:
     return stepped
 
 
-async def test_a_peer_message_reaching_an_idle_leader_is_stepped_at_the_end_of_the_pass(tmp_path: Any) -> None:
+async def test_a_peer_message_reaching_a_leader_with_nothing_in_flight_is_stepped_in_the_read(tmp_path: Any) -> None:
     raft, _, _ = await _leader(tmp_path)
     try:
         core = raft.core
         assert core is not None
         stepped = _record_steps(core)
         await _idle(raft)
+        assert not raft._pending and not raft._kick_due and not raft._reads
         m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
         raft._deliver([m])  # what the inbound protocol calls for one read's messages
-        # A leader steps it at the end of this event-loop pass (with the requests read in it),
-        # in a callback of its own: no wake of the driver task and no further iteration.
+        # No proposal in this pass and at most one write in flight (c1): nothing to gather it
+        # with, so it is stepped at once, without a wake of the driver task.
+        assert stepped == [m] and raft._inbox == [] and not raft._wake.is_set()
+    finally:
+        await raft.stop()
+
+
+async def test_a_peer_message_reaching_a_leader_in_a_pass_with_proposals_is_stepped_at_its_end(tmp_path: Any) -> None:
+    raft, _, store = await _leader(tmp_path)
+    try:
+        core = raft.core
+        assert core is not None
+        stepped = _record_steps(core)
+        await _idle(raft)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        command = commands.KVS(commands.KVOp.SET, DirEntry("k", b"v"))
+        raft.propose_now(commands.encode(command), command, lambda out, exc: done.set_result((out, exc)))
+        m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
+        raft._deliver([m])
+        # A request proposed in this pass: the answer waits for the end of the pass, where one
+        # Ready takes both, in a callback of its own (no wake of the driver task).
         assert stepped == [] and raft._inbox == [m] and not raft._wake.is_set()
         await asyncio.sleep(0)
         assert stepped == [m] and raft._inbox == []
+        out, exc = await asyncio.wait_for(done, 30)
+        assert exc is None and store.kv_get("k")[1] is not None
     finally:
         await raft.stop()
 

@@ -59,9 +59,15 @@ class MsgType(enum.IntEnum):
     TIMEOUT_NOW = 10  # leadership transfer: the target campaigns at once, bypassing the lease
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Message:
     """One Raft RPC. Unused fields keep their defaults; field meaning depends on `type`.
+
+    Treated as immutable (nothing assigns a field after construction) but not `frozen`: a
+    frozen dataclass's `__init__` sets every field through `object.__setattr__`, ~1.3 µs a
+    message against ~0.4 µs for plain slot stores, and a replicated write builds about five
+    (the AppendEntries, its decode on each follower, the answers and their decodes).
+    Equality and hashing stay by value (`unsafe_hash`), and `dataclasses.replace` still works.
 
     Attributes:
         type: which RPC.

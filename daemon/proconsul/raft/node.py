@@ -1473,9 +1473,12 @@ class RaftServer:
         self._inbox.extend(msgs)
         if not self._can_inline():
             self._poke()
-        elif self._was_leader:
+        elif self._was_leader and (self._kick_due or len(self._pending) > 1 or self._reads):
             # A leader steps its followers' answers at the end of the event-loop pass, with
-            # the requests read in it proposed by then: one Ready takes them all.
+            # the requests read in it proposed by then: one Ready takes them all. With at most
+            # one write in flight, none proposed in this pass and no ReadIndex round under way
+            # (one client writing: c1) there is nothing to gather, and the answer is stepped
+            # now, a loop iteration earlier.
             if not self._kick_due:
                 self._kick_due = True
                 self._running_loop().call_soon(self._kick)
