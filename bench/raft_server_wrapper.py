@@ -91,10 +91,28 @@ def _install_counter() -> None:
         return await call(self, address, method, body, *args, **kwargs)
 
     transport.ConnectionPool.call = counted_call  # type: ignore[method-assign]
+
+    def _timed(done: Any) -> Any:
+        # `fwd_rtt_s`: the summed round trips of the batches sent with send_call (sent -> answer
+        # read), `fwd_rtt_hist`: their count by millisecond.
+        t0 = time.perf_counter()
+
+        def answered(*a: Any) -> Any:
+            dt = time.perf_counter() - t0
+            with _LOCK:
+                STATS["fwd_rtt_s"] = STATS.get("fwd_rtt_s", 0.0) + dt
+                hist = STATS.setdefault("fwd_rtt_hist", {})
+                key = str(min(int(dt * 1000), 50))
+                hist[key] = hist.get(key, 0) + 1
+            return done(*a)
+
+        return answered
     send_call = getattr(transport.ConnectionPool, "send_call", None)
     if send_call is not None:  # trees before it send every batch through `call`
         def counted_send_call(self: transport.ConnectionPool, address: str, method: str, body: Any,
                               *args: Any, **kwargs: Any) -> bool:
+            if method == forwarding.BATCH_METHOD and args:
+                args = (_timed(args[0]), *args[1:])  # the batch's round trip, from here to its answer
             sent = bool(send_call(self, address, method, body, *args, **kwargs))
             if sent:
                 count(method, body)
