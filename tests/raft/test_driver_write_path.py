@@ -175,6 +175,14 @@ async def _idle(raft: RaftServer) -> None:
         await asyncio.sleep(0.001)
 
 
+def _propose_kv_set(raft: RaftServer) -> asyncio.Future[Any]:
+    """Propose a KV set of "k" with `propose_now`; the future gets its (outcome, error)."""
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    command = commands.KVS(commands.KVOp.SET, DirEntry("k", b"v"))
+    raft.propose_now(commands.encode(command), command, lambda out, exc: done.set_result((out, exc)))
+    return done
+
+
 def _record_steps(core: Any) -> list[Message]:
     """Every message the core steps from now on, in order (it still steps them)."""
     stepped: list[Message] = []
@@ -212,10 +220,7 @@ async def test_a_peer_message_reaching_a_leader_in_a_pass_with_proposals_is_step
         assert core is not None
         stepped = _record_steps(core)
         await _idle(raft)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
-        command = commands.KVS(commands.KVOp.SET, DirEntry("k", b"v"))
-        raft.propose_now(commands.encode(command), command, lambda out, exc: done.set_result((out, exc)))
+        done = _propose_kv_set(raft)
         m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
         raft._deliver([m])
         # A request proposed in this pass: the answer waits for the end of the pass, where one
@@ -236,10 +241,7 @@ async def test_a_peer_message_arriving_during_a_write_is_stepped_by_its_completi
         assert core is not None
         stepped = _record_steps(core)
         await _idle(raft)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
-        command = commands.KVS(commands.KVOp.SET, DirEntry("k", b"v"))
-        raft.propose_now(commands.encode(command), command, lambda out, exc: done.set_result((out, exc)))
+        done = _propose_kv_set(raft)
         await asyncio.sleep(0)  # the end of the pass: the proposal's cycle hands its write over
         assert raft._busy
         m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
