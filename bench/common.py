@@ -17,7 +17,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tree_daemon import TREE_DAEMON, pythonpath_names_a_daemon  # (first: this tree's proconsul, not the venv's)
+from tree_daemon import (  # (first: this tree's proconsul, not the venv's)
+    TREE_DAEMON,
+    pythonpath_names_a_daemon,
+)
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
