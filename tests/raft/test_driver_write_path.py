@@ -8,6 +8,8 @@ pass that read it, and one arriving while a write is in flight waits for that wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -175,6 +177,25 @@ async def _idle(raft: RaftServer) -> None:
         await asyncio.sleep(0.001)
 
 
+@contextlib.asynccontextmanager
+async def _idle_recording_leader(tmp_path: Any) -> AsyncIterator[tuple[RaftServer, Store, Any, list[Message]]]:
+    """A single-voter leader with nothing in flight, whose core records what it steps."""
+    raft, _, store = await _leader(tmp_path)
+    try:
+        core = raft.core
+        assert core is not None
+        stepped = _record_steps(core)
+        await _idle(raft)
+        yield raft, store, core, stepped
+    finally:
+        await raft.stop()
+
+
+def _heartbeat_answer(core: Any) -> Message:
+    """A follower's answer to a heartbeat, in the leader's term (stepping it changes nothing)."""
+    return Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
+
+
 def _propose_kv_set(raft: RaftServer) -> asyncio.Future[Any]:
     """Propose a KV set of "k" with `propose_now`; the future gets its (outcome, error)."""
     done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -197,31 +218,19 @@ def _record_steps(core: Any) -> list[Message]:
 
 
 async def test_a_peer_message_reaching_a_leader_with_nothing_in_flight_is_stepped_in_the_read(tmp_path: Any) -> None:
-    raft, _, _ = await _leader(tmp_path)
-    try:
-        core = raft.core
-        assert core is not None
-        stepped = _record_steps(core)
-        await _idle(raft)
+    async with _idle_recording_leader(tmp_path) as (raft, store, core, stepped):
         assert not raft._pending and not raft._kick_due and not raft._reads
-        m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
+        m = _heartbeat_answer(core)
         raft._deliver([m])  # what the inbound protocol calls for one read's messages
         # No proposal in this pass and at most one write in flight (c1): nothing to gather it
         # with, so it is stepped at once, without a wake of the driver task.
         assert stepped == [m] and raft._inbox == [] and not raft._wake.is_set()
-    finally:
-        await raft.stop()
 
 
 async def test_a_peer_message_reaching_a_leader_in_a_pass_with_proposals_is_stepped_at_its_end(tmp_path: Any) -> None:
-    raft, _, store = await _leader(tmp_path)
-    try:
-        core = raft.core
-        assert core is not None
-        stepped = _record_steps(core)
-        await _idle(raft)
+    async with _idle_recording_leader(tmp_path) as (raft, store, core, stepped):
         done = _propose_kv_set(raft)
-        m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
+        m = _heartbeat_answer(core)
         raft._deliver([m])
         # A request proposed in this pass: the answer waits for the end of the pass, where one
         # Ready takes both, in a callback of its own (no wake of the driver task).
@@ -230,25 +239,16 @@ async def test_a_peer_message_reaching_a_leader_in_a_pass_with_proposals_is_step
         assert stepped == [m] and raft._inbox == []
         out, exc = await asyncio.wait_for(done, 30)
         assert exc is None and store.kv_get("k")[1] is not None
-    finally:
-        await raft.stop()
 
 
 async def test_a_peer_message_arriving_during_a_write_is_stepped_by_its_completion(tmp_path: Any) -> None:
-    raft, _, store = await _leader(tmp_path)
-    try:
-        core = raft.core
-        assert core is not None
-        stepped = _record_steps(core)
-        await _idle(raft)
+    async with _idle_recording_leader(tmp_path) as (raft, store, core, stepped):
         done = _propose_kv_set(raft)
         await asyncio.sleep(0)  # the end of the pass: the proposal's cycle hands its write over
         assert raft._busy
-        m = Message(MsgType.HEARTBEAT_RESP, "a", "b", core.term)
+        m = _heartbeat_answer(core)
         raft._deliver([m])
         assert stepped == [] and raft._inbox == [m]  # waits for the write in flight
         out, exc = await asyncio.wait_for(done, 30)
         assert exc is None and out[1] is True and store.kv_get("k")[1] is not None
         assert stepped == [m] and raft._inbox == []
-    finally:
-        await raft.stop()
