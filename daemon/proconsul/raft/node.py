@@ -213,20 +213,11 @@ class DiskStorage:
         self.log.reset(snap.meta.index + 1, snap.meta.term)
         self._snap = snap
 
-    def record_snapshot(self, snap: Snapshot, compact_to: int) -> None:
-        self.write_snapshot_file(snap)
-        self.adopt_snapshot(snap, compact_to)
-
     def write_snapshot_file(self, snap: Snapshot) -> None:
-        """The file half of `record_snapshot`: safe in a worker thread (touches no log file)."""
+        """A snapshot taken here, written to its file: safe in a worker thread (touches no log
+        file). `serve_snapshot` and the driver's `_compact` follow it on the loop."""
         meta = DiskSnapshotMeta(snap.meta.index, snap.meta.term, snap.meta.config.encode())
         self.snapshots.save(meta, snap.data)
-
-    def adopt_snapshot(self, snap: Snapshot, compact_to: int) -> None:
-        """The log half of `record_snapshot`: serve `snap`, compact the log (both halves here)."""
-        self.serve_snapshot(snap)
-        if compact_to >= self.log.first_index:
-            self.log.compact_prefix(compact_to)
 
     def serve_snapshot(self, snap: Snapshot) -> None:
         """Serve `snap` (its file is durable) to the core and to followers that need it."""
@@ -1933,8 +1924,6 @@ class RaftServer:
         old segments' deletion run on the log writer thread (in order with the log writes), and
         the dropped records are freed a slice per loop iteration."""
         log = self.storage.log
-        if upto_index < log.first_index:
-            return
         compaction = log.compact_memory(upto_index)
         if compaction is None:
             return
