@@ -908,18 +908,20 @@ class Server:
 
         def settled(outcome: tuple[int, Any] | None, exc: BaseException | None) -> None:
             if outcome is not None:
-                try:
-                    result = decode_result(outcome[1])
-                except Exception as bad:
-                    done(None, None, bad)
-                    return
+                result = outcome[1]
+                if isinstance(result, dict):  # only a transaction's result needs decoding (a KV op's is a bool)
+                    try:
+                        result = decode_result(result)
+                    except Exception as bad:
+                        done(None, None, bad)
+                        return
                 done(WriteMeta(outcome[0]), result, None)
             elif isinstance(exc, NotLeader) and asyncio.get_running_loop().time() < deadline:
                 self._retry_forward(leader, command, deadline, done)
             else:
                 done(None, None, exc)
 
-        self._m_request.incr()
+        self._m_request_now.incr()  # counted once per loop iteration, as the leader's `write_now`
         forwarder.submit_now(leader, data, token, settled)
         return True
 

@@ -205,6 +205,16 @@ class Store:
         watch."""
         if index > self.last_index:
             self.last_index = index
+        if not self._watches:
+            # Nothing parked, so nothing to fire: forget what was touched in place (no fresh
+            # containers, no topic lookups). A watch registered later is not fired by earlier
+            # changes either way.
+            self._dirty_tables.clear()
+            self._dirty_keys.clear()
+            self._dirty_services.clear()
+            self._dirty_nodes.clear()
+            self._dirty_all = False
+            return
         tables, keys = self._dirty_tables, self._dirty_keys
         services, nodes, everything = self._dirty_services, self._dirty_nodes, self._dirty_all
         # Fresh containers for what was touched only (a KV write touches no service or node).
@@ -609,7 +619,19 @@ class Store:
             entry = DirEntry(key, value, flags, existing.session, existing.lock_index, existing.create_index, index)
         else:
             entry = DirEntry(key, value, flags, "", 0, index, index)
-        self._kv_put(index, entry)
+        if self._undo is not None:
+            self._kv_put(index, entry)
+            return True
+        # `_kv_put` outside a transaction (nothing to undo), spelled out: every member's apply
+        # of every KV write comes here, and the two calls showed in the follower's profile.
+        if existing is None:
+            bisect.insort(self._kv_sorted, key)
+        self.kv[key] = entry
+        if key in self.tombstones:
+            del self.tombstones[key]
+        self.table_index["kvs"] = index
+        self._dirty_tables.add("kvs")
+        self._dirty_keys.append(key)
         return True
 
     def kv_cas(self, index: int, entry: DirEntry) -> bool:
