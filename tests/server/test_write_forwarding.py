@@ -445,6 +445,23 @@ async def test_write_now_on_a_follower_forwards_and_answers_as_write_does() -> N
     assert str(exc) == str(by_write.value) == 'invalid session "no-such-session"'
 
 
+async def test_write_now_on_a_follower_counts_a_request_per_write_as_write_does() -> None:
+    _, view, pool, _ = cluster()
+    metrics = Metrics()
+    counted = Server(Store(), view, "dc1", pool=pool, rpc_hold_timeout_s=30.0, metrics=metrics)
+
+    def requests() -> float:
+        return metrics.series[("consul.rpc.request", ())].total
+
+    assert (await counted.write(kv_set("w")))[1] is True
+    by_write = requests()
+    assert by_write == 1
+    outs = start_now(counted, [kv_set(f"c/{i}") for i in range(5)])
+    for out in outs:
+        assert (await out.one())[2] is None
+    assert requests() == by_write + 5
+
+
 async def test_write_now_on_a_follower_goes_to_the_new_leader_after_a_refusal() -> None:
     follower, view, pool, logs = cluster((LEADER, OTHER))
 

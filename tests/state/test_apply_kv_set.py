@@ -108,3 +108,33 @@ def test_the_leaders_own_set_builds_the_same_state() -> None:
     assert fast.apply(1, data, proposed=c) is True
     _general(slow, 1, data)
     assert _state(fast.fsm.store) == _state(slow.fsm.store)
+
+
+def test_a_set_outside_a_transaction_changes_what_one_inside_a_committed_one_does() -> None:
+    # `kv_set_fields` spells `_kv_put` out when there is nothing to undo; inside a transaction
+    # it goes through `_kv_put`, and a rollback must still undo every part of it.
+    outside, inside = Store(), Store()
+    for store in (outside, inside):
+        store.kv_set_fields(1, "k", b"old", 0)
+        store.finish(1)
+        store.kv_delete(2, "k")  # a tombstone the set below clears
+        store.finish(2)
+    before = _state(inside)
+    inside.begin()
+    inside.kv_set_fields(3, "k", b"new", 4)
+    inside.kv_set_fields(3, "fresh", b"f", 0)
+    inside.rollback()
+    inside.finish(2)
+    assert _state(inside) == before
+    outside.kv_set_fields(3, "k", b"new", 4)
+    outside.kv_set_fields(3, "fresh", b"f", 0)
+    inside.begin()
+    inside.kv_set_fields(3, "k", b"new", 4)
+    inside.kv_set_fields(3, "fresh", b"f", 0)
+    inside.commit()
+    assert (outside._dirty_tables, outside._dirty_keys) == (inside._dirty_tables, inside._dirty_keys)
+    for store in (outside, inside):
+        store.finish(3)
+    assert _state(outside) == _state(inside)
+    assert outside.kv["k"] == DirEntry("k", b"new", 4, "", 0, 3, 3) and "k" not in outside.tombstones
+    assert outside._kv_sorted == ["fresh", "k"]

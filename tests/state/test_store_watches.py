@@ -86,3 +86,23 @@ def test_service_index_follows_renames_deregistrations_and_failed_transactions()
     other.store.restore(store.snapshot())
     assert [s.id for s in other.store.service_instances("api")] == ["b"]
     assert other.store.list_services()[1] == {"api": [], "db": []}
+
+
+def test_changes_made_with_nothing_parked_never_fire_a_later_watch() -> None:
+    # With no watch parked, `finish` forgets what the command touched without looking for
+    # watches; what it forgot must not linger and fire a watch registered afterwards.
+    log = Log()
+    _register(log, "n1", "web1", "web")
+    log.apply(cmd.KVS("set", DirEntry(key="k/1", value=b"1")))
+    log.apply(cmd.KVS("delete", DirEntry(key="k/1")))
+    store = log.store
+    fired: list[str] = []
+    store.watch((), lambda: fired.append("k/"), kv_prefix="k/")
+    store.watch((), lambda: fired.append("web"), services=("web",))
+    store.watch((), lambda: fired.append("n1"), nodes=("n1",))
+    store.watch(("tombstones",), lambda: fired.append("tombstones"))
+    log.apply(cmd.KVS("set", DirEntry(key="other", value=b"x")))
+    assert fired == []
+    log.apply(cmd.KVS("set", DirEntry(key="k/2", value=b"2")))
+    assert fired == ["k/"]
+    assert store.watch_count() == 3
