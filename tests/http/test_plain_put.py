@@ -52,3 +52,32 @@ def test_a_plain_put_gives_its_target_and_whole_body() -> None:
 ])
 def test_anything_else_is_left_to_aiohttps_parser(data: bytes) -> None:
     assert plain_put(data) is None
+
+
+def test_fields_read_before_still_need_their_request_line_and_whole_body() -> None:
+    # A head's fields are read once and remembered (`_plain_heads`); the request line and the
+    # body's length are checked on every request all the same.
+    assert plain_put(put(body=b"ab")) == ("/v1/kv/a", b"ab")
+    assert plain_put(put(b"/v1/kv/other", b"cd")) == ("/v1/kv/other", b"cd")  # the same fields
+    assert plain_put(put(body=b"ab")[:-1]) is None  # the body still arriving
+    assert plain_put(put(body=b"ab") + b"x") is None  # more than the one request
+    assert plain_put(put(body=b"ab").replace(b"PUT ", b"POST ")) is None
+    assert plain_put(put(b"/v1/kv/a b", b"ab")) is None
+    assert plain_put(put(body=b"ab").replace(b"HTTP/1.1", b"HTTP/1.0")) is None
+
+
+def test_any_number_of_distinct_heads_is_read_correctly() -> None:
+    # More distinct heads than are remembered: each is still read whole, before and after.
+    for i in range(600):
+        extra = b"User-Agent: client-%d\r\n" % i
+        assert plain_put(put(extra=extra, body=b"v" * (i % 7))) == ("/v1/kv/a", b"v" * (i % 7))
+        assert plain_put(put(extra=extra + b"X-Consul-Token: t\r\n")) is None
+
+
+@pytest.mark.parametrize("data", [
+    put(body=b"vv", length=b"1"), put(extra=HOST), put(extra=b"Content-Length: 1\r\n"), put(length=b"0x1"),
+    put(extra=b"Accept: a\x01b\r\n"), put().replace(HOST, b"Host: a\rb\r\n"), put(body=b"x" * 20000),
+])
+def test_what_is_refused_stays_refused_when_asked_again(data: bytes) -> None:
+    assert plain_put(data) is None
+    assert plain_put(data) is None

@@ -613,17 +613,46 @@ def plain_put(data: bytes) -> tuple[str, bytes] | None:
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > _PLAIN_HEAD_MAX:
         return None
-    head = data[:end]
-    lines = head.split(b"\r\n")
-    # Only printable ASCII (and HTAB) between the CRLFs: no bare CR or LF, no control byte.
-    if head.translate(None, _HEAD_BYTES) != b"\r\n" * (len(lines) - 1):
-        return None
-    parts = lines[0].split(b" ")
+    # The request line: exactly three parts, each matched whole (so no CR, LF or control byte).
+    line_end = data.find(b"\r\n")
+    parts = data[:line_end].split(b" ")
     if len(parts) != 3 or parts[0] != b"PUT" or parts[2] != b"HTTP/1.1" or not _PLAIN_TARGET.fullmatch(parts[1]):
+        return None
+    fields = data[line_end + 2:end]  # empty when the request line ends the head
+    length = _plain_heads.get(fields)
+    if length is None:
+        length = _plain_fields(fields)
+        if length is None:
+            return None
+        if len(_plain_heads) >= _PLAIN_HEADS_MAX:
+            _plain_heads.clear()
+        _plain_heads[fields] = length
+    start = end + 4
+    if len(data) - start != length:
+        return None
+    return parts[1].decode("ascii"), data[start:]
+
+
+# Header fields (a head without its request line) that `_plain_fields` took, with the body
+# length each declares. A client sends the same fields with every write of the same size, so
+# they are read once, not per request; the key is the exact bytes, so a block found here is one
+# that was read in full. Bounded: emptied when full (a client varying its fields only loses the
+# shortcut).
+_plain_heads: dict[bytes, int] = {}
+_PLAIN_HEADS_MAX = 256
+
+
+def _plain_fields(fields: bytes) -> int | None:
+    """The body length a plain PUT's header fields declare (0 without a `Content-Length`), or
+    None when they are not plain: CRLF-separated lines of allowed fields with printable ASCII
+    only, one `Host`, at most one length within `_PLAIN_BODY_MAX`."""
+    lines = fields.split(b"\r\n")
+    # Only printable ASCII (and HTAB) between the CRLFs: no bare CR or LF, no control byte.
+    if fields.translate(None, _HEAD_BYTES) != b"\r\n" * (len(lines) - 1):
         return None
     host = False
     length = -1
-    for line in lines[1:]:
+    for line in lines:
         name, sep, value = line.partition(b":")
         name = name.lower()
         if not sep or name not in _PLAIN_FIELDS:
@@ -637,10 +666,9 @@ def plain_put(data: bytes) -> tuple[str, bytes] | None:
             if host:
                 return None
             host = True
-    start = end + 4
-    if not host or len(data) - start != (length if length > 0 else 0) or length > _PLAIN_BODY_MAX:
+    if not host or length > _PLAIN_BODY_MAX:
         return None
-    return parts[1].decode("ascii"), data[start:]
+    return length if length > 0 else 0
 
 
 class FastRequestHandler(GuardedRequestHandler):
