@@ -62,8 +62,10 @@ SEGMENT_BYTES = 16 << 20
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.wal$")
 # A compacted segment deleted in the background is renamed to `<seq>.wal<DOOMED>` (replay never
 # reads it; the next open deletes a leftover) and shrunk by this much per step before its unlink.
+# Freeing a segment's extents costs about 1 ms per MB on this box under load (ext4, `discard`):
+# 16 MB in one unlink held the log writer 7-15 ms, 4 MB steps 2-7 ms, 1 MB steps 0.6-1.1 ms.
 DOOMED = ".del"
-DELETE_STEP_BYTES = 4 << 20
+DELETE_STEP_BYTES = 1 << 20
 
 
 class CorruptStorage(Exception):
