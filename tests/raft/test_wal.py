@@ -444,3 +444,33 @@ def test_a_gap_between_segments_above_the_compaction_point_is_corruption(tmp_pat
     middle.unlink()
     with pytest.raises(CorruptStorage, match="log starts at"):
         opened(tmp_path)
+
+
+def test_a_failed_deletion_piece_leaves_the_file_for_the_next_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piece that fails (an I/O error) is not retried after every later write: the file stays
+    renamed aside, the log goes on, and the next open deletes it."""
+    monkeypatch.setattr(storage_module, "DELETE_STEP_BYTES", 1024)
+    log = _filled(tmp_path)
+    bounds = log.compact_memory(300)
+    assert bounds is not None
+    log.write_compaction(bounds[0], bounds[1], in_steps=True)
+    renamed = doomed(tmp_path)
+    assert renamed
+    assert log.delete_step() is True  # the directory fsync
+
+    def failing(path: str, length: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr(storage_module.os, "truncate", failing)
+        steps = 0
+        while log.delete_step():
+            steps += 1
+            assert steps < 100
+    assert doomed(tmp_path) == renamed and log.delete_step() is False
+    log.append(recs(400, 405))
+    expected = image(log)
+    log.close()
+    again = opened(tmp_path)
+    assert image(again) == expected and not doomed(tmp_path)
+    again.close()

@@ -583,8 +583,15 @@ class DurableLog:
             if not self._doomed:
                 return False
             if self._doomed_renamed:
-                _fsync_dir(self.path)
                 self._doomed_renamed = False
+                try:
+                    _fsync_dir(self.path)
+                except OSError as exc:
+                    # Nothing may be shortened before the renames are durable: the files are
+                    # left whole for the next open to delete.
+                    logger.warning("raft: compacted segments left for the next open: %s", exc)
+                    self._doomed.clear()
+                    return False
                 return True
             doomed = self._doomed[0]
             path, size = doomed
@@ -596,6 +603,10 @@ class DurableLog:
                 os.unlink(path)
             except FileNotFoundError:  # deleted already (a reopen of the log, in a test)
                 pass
+            except OSError as exc:
+                # Left for the next open to delete: retried after every write, it would only
+                # fail again.
+                logger.warning("raft: could not delete the compacted segment %s: %s", path, exc)
             self._doomed.pop(0)
             return bool(self._doomed)
 
