@@ -265,7 +265,8 @@ class AddressBook:
 
 class _LogWriter:
     """One long-lived thread that runs the log's durable writes (one log write and its fdatasync),
-    and a snapshot's log compaction (its frame, fdatasync and segment deletions), in order.
+    and a snapshot's log compaction (its frame, fdatasync and the old segments renamed aside), in
+    order; between them, while nothing is queued, the renamed segments' deletion a piece at a time.
 
     The hand-off is a `SimpleQueue.put` and, for the answer, one `call_soon_threadsafe` (of a
     callback, `submit_then`, or resolving a future, `submit`): cheaper
