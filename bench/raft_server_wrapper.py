@@ -19,8 +19,10 @@ automatic Raft snapshot, timed by wrapping the functions that run them: `begin` 
 when it started one: the view, on the loop), `encode` (the returned encoder, in its thread; a
 third field gives its start), `finish` (`_finish_snapshot`, on the loop), `compact`
 (`DurableLog.compact_prefix`, inside `finish`; in trees that split it, `compact_memory` inside
-`finish` and `compact_file`, `write_compaction` on the log writer thread) and `segments` (the
-segment deletions).
+`finish` and `compact_file`, `write_compaction` on the log writer thread), `segments` (the
+segment deletions), `snapfile` (the snapshot's file written, in its thread) and, in trees that
+delete compacted segments in pieces, each `delete_step`. `<prefix>.slow` gets the log writes and
+forwarded batch round trips of 2 ms or more (see SLOW_OUT).
 
 With `--prof` the agent runs under cProfile and the stats are dumped when it stops (SIGTERM);
 cProfile slows Python-level calls, so read shares, not absolute times. With `PROF_WINDOW=1` in
@@ -51,6 +53,11 @@ from proconsul.server import forwarding  # noqa: E402
 
 STATS: dict[str, Any] = {"calls": 0, "entries": 0, "hs_only": 0, "busy_s": 0.0, "hist": {}}
 _LOCK = threading.Lock()
+# Under GC_TRACE: `<pid>.slow` gets "<monotonic at the end> <what> <ms> [n]" for each log write
+# (`write_db`) and forwarded batch round trip (`fwd_rtt`) of at least SLOW_S, to place a run's
+# p99 outliers against the snapshots' stages.
+SLOW_OUT: list[Any] = []
+SLOW_S = 0.002
 
 
 def _install_counter() -> None:
@@ -63,6 +70,8 @@ def _install_counter() -> None:
         finally:
             dt = time.perf_counter() - t0
             n = len(batch)
+            if SLOW_OUT and dt >= SLOW_S:
+                SLOW_OUT[0].write(f"{time.monotonic():.6f} write_db {dt * 1000.0:.3f} {n}\n")
             with _LOCK:
                 STATS["calls"] += 1
                 STATS["entries"] += n
@@ -99,6 +108,8 @@ def _install_counter() -> None:
 
         def answered(*a: Any) -> Any:
             dt = time.perf_counter() - t0
+            if SLOW_OUT and dt >= SLOW_S:
+                SLOW_OUT[0].write(f"{time.monotonic():.6f} fwd_rtt {dt * 1000.0:.3f}\n")
             with _LOCK:
                 STATS["fwd_rtt_s"] = STATS.get("fwd_rtt_s", 0.0) + dt
                 hist = STATS.setdefault("fwd_rtt_hist", {})
@@ -179,8 +190,22 @@ def _install_snapshot_stamps(path: str) -> None:
         timed(storage.DurableLog, "write_compaction", "compact_file")
     else:
         timed(storage.DurableLog, "compact_prefix", "compact")
+    timed(node.DiskStorage, "write_snapshot_file", "snapfile")  # the snapshot's file: write, fsync, rename
     if hasattr(storage.DurableLog, "_drop_segments_below"):
         timed(storage.DurableLog, "_drop_segments_below", "segments")
+    if hasattr(storage.DurableLog, "delete_step"):  # a renamed segment's deletion, piece by piece
+        step = storage.DurableLog.delete_step
+
+        def delete_step(self: storage.DurableLog) -> bool:
+            if not self._doomed:
+                return False
+            t0 = time.perf_counter()
+            try:
+                return step(self)
+            finally:
+                stamp("delete_step", t0)
+
+        storage.DurableLog.delete_step = delete_step  # type: ignore[method-assign]
     view = store.Store.snapshot_view
 
     def snapshot_view(self: store.Store) -> Any:
@@ -239,6 +264,7 @@ def main(argv: list[str]) -> int:
     if gc_trace:  # every collector pause and the event loop's lag, for placing p99 outliers
         _install_gc_trace(os.path.join(gc_trace, str(os.getpid())))
         _install_snapshot_stamps(os.path.join(gc_trace, str(os.getpid())) + ".snap")
+        SLOW_OUT.append(open(os.path.join(gc_trace, str(os.getpid())) + ".slow", "a", buffering=1))  # noqa: SIM115
     if stats_path:
         threading.Thread(target=_dumper, args=(stats_path,), daemon=True, name="batch-stats").start()
     prof = cProfile.Profile() if prof_path else None

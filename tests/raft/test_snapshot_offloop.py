@@ -128,3 +128,49 @@ def test_records_a_compaction_drops_are_freed_a_slice_per_loop_iteration() -> No
     sizes = asyncio.run(run())
     assert sizes[0] == _RELEASE_SLICE + 5 and sizes[-1] == 0
     assert all(a - b <= _RELEASE_SLICE for a, b in zip([2 * _RELEASE_SLICE + 5, *sizes], sizes))
+
+
+def test_the_log_writer_deletes_compacted_segments_in_pieces_between_writes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With small segments every snapshot's compaction drops whole segments: the log writer
+    renames them aside with the compaction frame and deletes them a piece at a time between
+    the writes that follow, so none is left once writes go on, and the log reopens."""
+    from proconsul.raft import node as node_module
+    from proconsul.raft import storage as storage_module
+
+    monkeypatch.setattr(node_module, "raft_log", lambda directory: raft_log(directory, 4096))
+    monkeypatch.setattr(storage_module, "DELETE_STEP_BYTES", 1024)
+    steps: list[bool] = []
+    step = storage_module.DurableLog.delete_step
+
+    def counted(self):  # type: ignore[no-untyped-def]
+        more = step(self)
+        steps.append(more)
+        return more
+
+    monkeypatch.setattr(storage_module.DurableLog, "delete_step", counted)
+    wal = tmp_path / "raft" / "wal"
+
+    async def run() -> int:
+        raft, _ = _server(tmp_path)
+        await raft.start()
+        try:
+            await _until(raft.is_leader)
+            for i in range(400):
+                await raft.propose_bytes(cmd.encode(cmd.KVS("set", DirEntry(key=f"k/{i % 7}", value=b"v" * 40))))
+            await _until(lambda: not raft.snapshot_in_progress())
+            for i in range(50):  # writes after the last compaction: its deletion's pieces run between them
+                await raft.propose_bytes(cmd.encode(cmd.KVS("set", DirEntry(key="after", value=str(i).encode()))))
+            await _until(lambda: not list(wal.glob("*.wal.del")))
+            return raft.storage.first_index()
+        finally:
+            await raft.stop()
+
+    first = asyncio.run(run())
+    assert steps.count(True) > 10  # many pieces: a fsync, truncations, unlinks
+    log = raft_log(str(tmp_path / "raft"), 4096)
+    log.open()
+    try:
+        assert log.first_index == first > 1
+        assert len(list(wal.glob("*.wal"))) < 10
+    finally:
+        log.close()

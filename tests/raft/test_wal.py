@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from proconsul.raft import storage as storage_module
 from proconsul.raft.storage import CorruptStorage, DurableLog, HardState, LogRecord, raft_log
 
 SMALL = 4096  # bytes per segment: a few dozen entries each, so tests cross segments
@@ -356,3 +357,120 @@ def test_a_crash_that_brings_back_the_newest_deleted_segment_reopens_the_same_lo
     third = opened(tmp_path)
     assert image(third) == expected
     third.close()
+
+
+def _filled(path: Path, upto: int = 400) -> DurableLog:
+    log = opened(path)
+    for i in range(1, upto, 10):
+        log.save(HardState(1, "a", i + 9), recs(i, i + 10))
+    return log
+
+
+def doomed(path: Path) -> list[Path]:
+    return sorted((path / "wal").glob("*.wal.del"))
+
+
+def test_a_compaction_in_steps_renames_the_old_segments_aside_then_deletes_them_piece_by_piece(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the Raft driver does: the log writer renames the compacted segments aside (cheap),
+    then deletes them a bounded piece per `delete_step` between later writes: first the
+    directory fsync that makes the renames durable, then a truncation per step, the unlink last."""
+    monkeypatch.setattr(storage_module, "DELETE_STEP_BYTES", 1024)
+    log = _filled(tmp_path)
+    before = segments(tmp_path)
+    bounds = log.compact_memory(300)
+    assert bounds is not None
+    log.write_compaction(bounds[0], bounds[1], in_steps=True)
+    renamed = doomed(tmp_path)
+    assert len(renamed) >= 2 and all(Path(str(p)[: -len(".del")]) in before for p in renamed)
+    assert all(p not in segments(tmp_path) for p in (Path(str(p)[: -len(".del")]) for p in renamed))
+    sizes = {p: p.stat().st_size for p in renamed}
+    assert log.delete_step() is True  # the directory fsync: nothing shortened yet
+    assert {p: p.stat().st_size for p in renamed} == sizes
+    steps = 1
+    log.append(recs(400, 405))  # writes go on between the steps
+    while log.delete_step():
+        steps += 1
+        assert steps < 1000
+    assert not doomed(tmp_path) and steps > len(renamed) * (SMALL // 1024 - 1)
+    expected = image(log)
+    log.close()
+    again = opened(tmp_path)
+    assert image(again) == expected and again.first_index == 301
+    again.close()
+
+
+def test_a_crash_during_a_deletion_in_steps_reopens_the_same_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash after some steps leaves a shortened `.wal.del` file (deleted at the next open),
+    and may undo any subset of the renames (no directory fsync between them): a segment brought
+    back under its own name holds only entries below the durable compaction point, even with a
+    gap to the next segment kept, and the log reopens cut at that point."""
+    monkeypatch.setattr(storage_module, "DELETE_STEP_BYTES", 1024)
+    log = _filled(tmp_path, 600)
+    before = segments(tmp_path)
+    kept = {p: p.read_bytes() for p in before}
+    bounds = log.compact_memory(500)
+    assert bounds is not None
+    log.write_compaction(bounds[0], bounds[1], in_steps=True)
+    renamed = [Path(str(p)[: -len(".del")]) for p in doomed(tmp_path)]
+    assert len(renamed) >= 3
+    log.delete_step()
+    log.delete_step()  # the first renamed segment shortened once
+    expected = image(log)
+    log.close()
+    # The crash: the oldest and a middle rename undone, the others not (a gap between them and
+    # after them), the shortened file left as it was.
+    renamed[0].write_bytes(kept[renamed[0]])
+    renamed[2].write_bytes(kept[renamed[2]])
+    again = opened(tmp_path)
+    assert image(again) == expected and again.first_index == 501
+    assert not doomed(tmp_path)  # the interrupted deletion finished at open
+    again.compact_prefix(520)  # the segments brought back go with the next compaction
+    assert not renamed[0].exists() and not renamed[2].exists()
+    expected = image(again)
+    again.close()
+    third = opened(tmp_path)
+    assert image(third) == expected
+    third.close()
+
+
+def test_a_gap_between_segments_above_the_compaction_point_is_corruption(tmp_path: Path) -> None:
+    """Replay accepts a gap between segments only below the durable compaction point: a
+    missing segment whose entries the log still needs fails the open."""
+    log = _filled(tmp_path)
+    log.compact_prefix(50)
+    middle = segments(tmp_path)[len(segments(tmp_path)) // 2]
+    log.close()
+    middle.unlink()
+    with pytest.raises(CorruptStorage, match="log starts at"):
+        opened(tmp_path)
+
+
+def test_a_failed_deletion_piece_leaves_the_file_for_the_next_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piece that fails (an I/O error) is not retried after every later write: the file stays
+    renamed aside, the log goes on, and the next open deletes it."""
+    monkeypatch.setattr(storage_module, "DELETE_STEP_BYTES", 1024)
+    log = _filled(tmp_path)
+    bounds = log.compact_memory(300)
+    assert bounds is not None
+    log.write_compaction(bounds[0], bounds[1], in_steps=True)
+    renamed = doomed(tmp_path)
+    assert renamed
+    assert log.delete_step() is True  # the directory fsync
+
+    def failing(path: str, length: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr(storage_module.os, "truncate", failing)
+        steps = 0
+        while log.delete_step():
+            steps += 1
+            assert steps < 100
+    assert doomed(tmp_path) == renamed and log.delete_step() is False
+    log.append(recs(400, 405))
+    expected = image(log)
+    log.close()
+    again = opened(tmp_path)
+    assert image(again) == expected and not doomed(tmp_path)
+    again.close()

@@ -265,7 +265,8 @@ class AddressBook:
 
 class _LogWriter:
     """One long-lived thread that runs the log's durable writes (one log write and its fdatasync),
-    and a snapshot's log compaction (its frame, fdatasync and segment deletions), in order.
+    and a snapshot's log compaction (its frame, fdatasync and the old segments renamed aside), in
+    order; between them, while nothing is queued, the renamed segments' deletion a piece at a time.
 
     The hand-off is a `SimpleQueue.put` and, for the answer, one `call_soon_threadsafe` (of a
     callback, `submit_then`, or resolving a future, `submit`): cheaper
@@ -284,13 +285,17 @@ class _LogWriter:
     # GIL over within that, at the cost of a thread switch only when another thread wants it.
     SWITCH_INTERVAL_S = 0.0005
 
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, between: Callable[[], bool] | None = None) -> None:
+        """`between`: background work done in bounded pieces between the submitted calls (a
+        compacted segment's deletion, `DurableLog.delete_step`): called after each call while
+        nothing else is queued, and again while it returns True and the queue stays empty."""
         if sys.getswitchinterval() > self.SWITCH_INTERVAL_S:
             sys.setswitchinterval(self.SWITCH_INTERVAL_S)
         # The loop every submit() comes from (the driver's): asyncio.get_running_loop() costs a
         # getpid() system call per call on Python 3.11.
         self._loop = loop
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._between = between
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -307,10 +312,15 @@ class _LogWriter:
         self._q.put((self._loop, None, then, fn, args))
 
     def _work(self) -> None:
+        between, pending = self._between, False
         while True:
+            if pending and self._q.empty():
+                pending = self._step_between(between)
+                continue
             item = self._q.get()
             if item is self._STOP:
                 return
+            pending = between is not None
             loop, fut, then, fn, args = item
             try:
                 result = fn(*args)
@@ -325,6 +335,14 @@ class _LogWriter:
                     loop.call_soon_threadsafe(_resolve, fut, outcome)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
+
+    @staticmethod
+    def _step_between(between: Any) -> bool:
+        try:
+            return bool(between())
+        except Exception:  # a background deletion that failed is retried at the next open
+            logger.exception("raft: background work on the log writer failed")
+            return False
 
     async def drain(self) -> None:
         """Return once every write submitted so far has finished."""
@@ -932,7 +950,7 @@ class RaftServer:
         self.core = self._new_core(snap.meta.index)
         loop = self._loop = asyncio.get_running_loop()
         self._settlements.bind(loop)
-        self._writer = _LogWriter(f"raft-log-writer:{self.node_name}", loop)
+        self._writer = _LogWriter(f"raft-log-writer:{self.node_name}", loop, self.storage.log.delete_step)
         self._task = loop.create_task(self._run(), name="raft")
         self._task.add_done_callback(self._loop_ended)
         self.started.set()
@@ -1932,7 +1950,9 @@ class RaftServer:
         if writer is None or loop is None:  # not started: nothing else writes the log
             log.write_compaction(first, offset_term)
             return
-        writer.submit_then(self._compaction_written, log.write_compaction, first, offset_term)
+        # The old segments are renamed aside there and deleted in pieces between later writes
+        # (`DurableLog.delete_step`, the writer's `between` work).
+        writer.submit_then(self._compaction_written, log.write_compaction, first, offset_term, True)
         loop.call_soon(_release_in_slices, loop, dropped)
 
     def _compaction_written(self, outcome: tuple[bool, Any]) -> None:
