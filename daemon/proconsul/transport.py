@@ -336,6 +336,20 @@ class _Cork:
         if self._buf:
             self._flush()
 
+    def write_now(self, data: bytes) -> None:
+        """`data` written now, after what is buffered (one socket write), without scheduling a
+        flush for it: for a frame nothing else is expected to join in this iteration."""
+        if self._buf:
+            self._buf.append(data)
+            self._flush()
+            return
+        if self._writer.is_closing():
+            return  # as `_flush`: the callers see the loss through drain() or their futures
+        try:
+            self._writer.write(data)
+        except (ConnectionError, RuntimeError):
+            pass
+
     def _flush(self) -> None:
         buf, self._buf = self._buf, []
         if not buf or self._writer.is_closing():
@@ -358,13 +372,18 @@ def rpc_stream_handler(
     means it took the request and calls `answer(body, None)` or `answer(None, error)` once,
     later (no task for that request: a hot, short one such as a follower's batch of writes; it
     cannot be cancelled, and its answer is written through the cork without waiting for the
-    socket buffer to drain); False sends it to `dispatch` in a task."""
+    socket buffer to drain); False sends it to `dispatch` in a task. The answer of the last
+    such request outstanding on the connection is written at once, with any corked before it
+    (nothing else taken can join it: one client writing through a follower pays no loop
+    iteration for it); while others are outstanding, answers wait for the cork's flush, so the
+    answers of batches applied in one Raft step still leave in one socket write."""
     server_methods = frozenset(server_only)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder()
         inflight: dict[int, asyncio.Task[None]] = {}
         cork = _Cork(writer)
+        taken = _Outstanding()  # requests `dispatch_now` took and has not answered yet
         refusal = security.server_refusal(peer_certificate(writer)) if security is not None else ""
 
         async def answer(req: Request) -> None:
@@ -398,7 +417,7 @@ def rpc_stream_handler(
                             abandoned.cancel()
                         continue
                     if (dispatch_now is not None and not (refusal and msg.method in server_methods)
-                            and _offer(dispatch_now, msg, cork)):
+                            and _offer(dispatch_now, msg, cork, taken)):
                         continue
                     task = asyncio.get_running_loop().create_task(answer(msg))
                     inflight[msg.seq] = task
@@ -412,11 +431,26 @@ def rpc_stream_handler(
     return serve
 
 
-def _offer(dispatch_now: RPCHandlerNow, req: Request, cork: _Cork) -> bool:
-    """Offer `req` to `dispatch_now`; its answer goes out through `cork` as a task's would."""
+class _Outstanding:
+    """How many requests of one connection `dispatch_now` took and has not answered yet."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def _offer(dispatch_now: RPCHandlerNow, req: Request, cork: _Cork, taken: _Outstanding) -> bool:
+    """Offer `req` to `dispatch_now`; its answer goes out through `cork` as a task's would, or
+    at once when it is the last one outstanding (see `rpc_stream_handler`)."""
     seq = req.seq
+    answers = [False]
 
     def answered(body: Any, error: BaseException | None) -> None:
+        if answers[0]:
+            return  # `dispatch_now` answers once; never count one twice
+        answers[0] = True
+        taken.count -= 1
         if error is not None and not isinstance(error, Exception):
             return  # cancelled: nothing is answered, as for a cancelled task
         resp = Response(seq, None, body) if error is None else Response(seq, str(error) or type(error).__name__, None)
@@ -425,16 +459,24 @@ def _offer(dispatch_now: RPCHandlerNow, req: Request, cork: _Cork) -> bool:
         except Exception as exc:  # an answer that does not encode: the caller gets why
             data = encode_response(Response(seq, str(exc) or type(exc).__name__, None))
         try:
-            cork.write(data)
+            if taken.count:
+                cork.write(data)  # another answer may come in this iteration: one write for both
+            else:
+                cork.write_now(data)
         except (ConnectionError, RuntimeError):
             pass
 
+    taken.count += 1  # before the offer: an answer is never given inside it, but be exact
     try:
-        return dispatch_now(req.method, req.body, answered)
+        took = dispatch_now(req.method, req.body, answered)
     except Exception as exc:  # a bug before taking it: answered as `dispatch` would have failed
         logger.exception("transport: serving %s without a task failed", req.method)
         answered(None, exc)
         return True
+    if not took:
+        answers[0] = True
+        taken.count -= 1
+    return took
 
 
 def _forget(inflight: dict[int, asyncio.Task[None]], seq: int, task: asyncio.Task[None]) -> None:
@@ -597,8 +639,7 @@ class ConnectionPool:
         entry = _Callback(done)
         conn.pending[seq] = entry
         entry.timer = asyncio.get_running_loop().call_later(timeout_s, self._expire, conn, seq, entry)
-        conn.cork.write(frame)
-        conn.cork.flush_now()
+        conn.cork.write_now(frame)
         return True
 
     @staticmethod
