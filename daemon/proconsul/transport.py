@@ -162,6 +162,58 @@ def adopt_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pro
     return True
 
 
+class _DirectReads(asyncio.Protocol):
+    """Stands in for a stream's StreamReaderProtocol: the bytes go to `on_data` inside the
+    transport's read callback (no task woken per read, no loop iteration before they are acted
+    on); the end of the connection and the write flow control still go to the stream's own
+    protocol, so the stream's reader sees the EOF or the error and `drain()` still waits. An
+    exception from `on_data` goes to `on_error` (which closes the connection)."""
+
+    def __init__(self, stream_protocol: Any, on_data: Callable[[bytes], None],
+                 on_error: Callable[[Exception], None]) -> None:
+        self._stream = stream_protocol
+        self._on_data = on_data
+        self._on_error = on_error
+        self._failed = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return  # closing after an error: the rest is not read
+        try:
+            self._on_data(data)
+        except Exception as exc:
+            self._failed = True
+            self._on_error(exc)
+
+    def eof_received(self) -> bool | None:
+        return self._stream.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stream.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._stream.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream.resume_writing()
+
+
+def read_directly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  on_data: Callable[[bytes], None], on_error: Callable[[Exception], None]) -> None:
+    """From now on, hand what `reader`'s stream receives to `on_data` as it arrives (see
+    `_DirectReads`); what the reader had buffered goes first, now. The reader itself then only
+    ends: `read()` answers b"" at EOF or raises the connection's error. Used for answers to our
+    own requests (`_Connection`), whose amount our requests bound: no read back-pressure is lost."""
+    transport = writer.transport
+    transport.set_protocol(_DirectReads(transport.get_protocol(), on_data, on_error))
+    buffered = bytes(reader._buffer)  # noqa: SLF001 (as adopt_stream: no public way without a task switch)
+    reader._buffer.clear()  # noqa: SLF001
+    if buffered:
+        transport.get_protocol().data_received(buffered)
+    if not transport.is_closing() and not transport.is_reading():
+        transport.resume_reading()  # the reader had paused it with a full buffer
+
+
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
 # (method, body, answer) -> whether it took the request (`rpc_stream_handler`'s `dispatch_now`).
@@ -532,28 +584,31 @@ class _Connection:
         self.pending: dict[int, asyncio.Future[Any] | _Callback] = {}
         self.seq = itertools.count(1)
         self.closed = False
+        self._decoder = FrameDecoder()
+        # Answers are read in the transport's callback (a forwarded batch's writers are answered
+        # without waiting for a task to be woken); the task waits for the end of the connection.
+        read_directly(reader, writer, self._take, self.close)
         self.reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
+    def _take(self, data: bytes) -> None:
+        for payload in self._decoder.feed(data):
+            msg = decode_message(payload)
+            if not isinstance(msg, Response):
+                raise ProtocolError("server sent a request frame")
+            fut = self.pending.pop(msg.seq, None)
+            if fut is None or fut.done():
+                continue
+            if msg.error is not None:
+                fut.set_exception(RemoteError(msg.error))
+            else:
+                fut.set_result(msg.body)
+
     async def _read_loop(self) -> None:
-        decoder = FrameDecoder()
         error: BaseException = ConnectionError("connection closed")
         try:
-            while True:
-                data = await self.reader.read(_READ_CHUNK)
-                if not data:
-                    break
-                for payload in decoder.feed(data):
-                    msg = decode_message(payload)
-                    if not isinstance(msg, Response):
-                        raise ProtocolError("server sent a request frame")
-                    fut = self.pending.pop(msg.seq, None)
-                    if fut is None or fut.done():
-                        continue
-                    if msg.error is not None:
-                        fut.set_exception(RemoteError(msg.error))
-                    else:
-                        fut.set_result(msg.body)
-        except (ProtocolError, ConnectionError) as exc:
+            while await self.reader.read(_READ_CHUNK):
+                pass  # nothing arrives here any more (see _take): this waits for the end
+        except ConnectionError as exc:
             error = exc
         finally:
             self.close(error)
