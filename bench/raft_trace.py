@@ -105,6 +105,8 @@ def _install_forwarding(around: Any) -> None:
     around(forwarding.WriteForwarder, "_dispatch", "fwd_dispatch")
     around(forwarding._CallbackWrite, "_fire", "fwd_settle", end=True)
     around(asyncio.StreamReaderProtocol, "data_received", "rpc_in")
+    if hasattr(transport, "_DirectReads"):  # a pool connection's answers, read without a task
+        around(transport._DirectReads, "data_received", "rpc_in")
     around(transport._Cork, "write", "cork_write")
     around(transport._Cork, "_flush", "cork_flush", end=True)
     if hasattr(transport._Cork, "write_now"):  # a frame written at once, past the cork's flush
