@@ -10,6 +10,12 @@ entry/exit; each process writes `<prefix>.<pid>.json` when it stops. Then
 lines the processes' stamps up write by write and prints the median of each stage of a
 concurrency-1 PUT. Alignment assumes one write in flight at a time (c1): each stage is the first
 matching stamp after the previous stage's, so run it with `--conc 1` only.
+
+    .venv/bin/python bench/raft_trace.py <prefix> forwarded
+
+does the same for a c1 write sent to a follower (`--only "PUT follower"`), hop by hop: the
+follower's HTTP read, its forwarder, the batch frame, the leader's RPC read, proposal, apply
+and answer frame, and the follower's read of it and HTTP answer (`analyse_forwarded`).
 """
 
 from __future__ import annotations
