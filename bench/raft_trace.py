@@ -10,10 +10,17 @@ entry/exit; each process writes `<prefix>.<pid>.json` when it stops. Then
 lines the processes' stamps up write by write and prints the median of each stage of a
 concurrency-1 PUT. Alignment assumes one write in flight at a time (c1): each stage is the first
 matching stamp after the previous stage's, so run it with `--conc 1` only.
+
+    .venv/bin/python bench/raft_trace.py <prefix> forwarded
+
+does the same for a c1 write sent to a follower (`--only "PUT follower"`), hop by hop: the
+follower's HTTP read, its forwarder, the batch frame, the leader's RPC read, proposal, apply
+and answer frame, and the follower's read of it and HTTP answer (`analyse_forwarded`).
 """
 
 from __future__ import annotations
 
+import collections
 import glob
 import json
 import os
@@ -48,6 +55,7 @@ def install() -> None:
 
     around(conn_guard.GuardedRequestHandler, "data_received", "http_in")
     around(node.RaftServer, "propose_now", "propose")
+    around(node.RaftServer, "propose_batch", "propose")  # a follower's forwarded batch
     around(node._PeerLink, "flush", "flush")
     # The peer protocol: the class defining data_received at the top of raft/node.py.
     for obj in vars(node).values():
@@ -59,6 +67,7 @@ def install() -> None:
         around(node._LogWriter, "submit_then", "submit")
     from proconsul.raft import core
 
+    _install_forwarding(around)
     around(core.RaftNode, "step", "step")
     around(core.RaftNode, "ready", "ready", end=True)
     around(node.RaftServer, "_apply", "apply", end=True)
@@ -85,6 +94,36 @@ def install() -> None:
     node._resolve = traced_resolve
     if hasattr(node.RaftServer, "_written"):  # trees whose driver takes a write's outcome by callback
         around(node.RaftServer, "_written", "resolved")
+
+
+def _install_forwarding(around: Any) -> None:
+    """Stamps of a write forwarded by a follower (`PUT follower`): its hand-over to the
+    forwarder, the batch's dispatch, every RPC connection's reads (the StreamReaderProtocol
+    of the pool's and the listener's RPC streams: neither HTTP nor Raft uses one), the leader's
+    task-less offer, the corks' writes and flushes on both sides, and the write's settling
+    (which writes the HTTP answer, so its `_end` is the answer sent)."""
+    import asyncio
+
+    from proconsul import transport
+    from proconsul.server import forwarding
+
+    around(forwarding.WriteForwarder, "submit_now", "fwd_submit")
+    around(forwarding.WriteForwarder, "_dispatch", "fwd_dispatch")
+    around(forwarding._CallbackWrite, "_fire", "fwd_settle", end=True)
+    around(asyncio.StreamReaderProtocol, "data_received", "rpc_in")
+    if hasattr(transport, "_DirectReads"):  # a pool connection's answers, read without a task
+        around(transport._DirectReads, "data_received", "rpc_in")
+    around(transport._Cork, "write", "cork_write")
+    around(transport._Cork, "_flush", "cork_flush", end=True)
+    if hasattr(transport._Cork, "write_now"):  # a frame written at once, past the cork's flush
+        around(transport._Cork, "write_now", "cork_now", end=True)
+    offer = transport._offer
+
+    def traced_offer(*a: Any) -> Any:
+        EVENTS.append(("rpc_offer", time.perf_counter_ns()))
+        return offer(*a)
+
+    transport._offer = traced_offer
 
 
 def dump(prefix: str) -> None:
@@ -215,5 +254,104 @@ def analyse(prefix: str) -> None:
     print(f"  follower's answer arrived after the leader's own write in {follower_last}/{n} writes")
 
 
+def analyse_forwarded(prefix: str) -> None:
+    """The stages of a c1 write sent to a follower (`PUT follower`), hop by hop: on the
+    receiving follower (F), the leader (L) and the other follower (O)."""
+    procs = []
+    for path in sorted(glob.glob(prefix + ".*.json")):
+        with open(path, encoding="utf-8") as fh:
+            procs.append({k: sorted(v) for k, v in json.load(fh).items()})
+    leader = max(procs, key=lambda p: len(p.get("rpc_offer", ())))
+    rf = max(procs, key=lambda p: len(p.get("fwd_submit", ())))
+    # The other follower (its file may be missing: a process killed before it dumped).
+    other = next((p for p in procs if p is not leader and p is not rf), {})
+    offers = leader["rpc_offer"]  # one per forwarded batch: one write each at c1
+    missing: collections.Counter[str] = collections.Counter()
+    rows: list[dict[str, int]] = []
+    busy: list[int] = []
+
+    def g(p: dict[str, list[int]], tag: str) -> list[int]:
+        return p.get(tag, [])
+
+    for p in procs:  # a frame leaves by the cork's flush or at once (`write_now`)
+        for tag in ("cork_write", "cork_flush", "cork_flush_end"):
+            p[tag + "+now"] = sorted(g(p, tag) + g(p, "cork_now_end" if tag.endswith("_end") else "cork_now"))
+
+    for k, to in enumerate(offers[1:-1], 1):
+        limit = offers[k + 1]
+        s: dict[str, int | None] = {}
+        s["L.offer"] = to
+        s["F.http_in"] = _before(g(rf, "http_in"), to)
+        if s["F.http_in"] is None or to - s["F.http_in"] > 5_000_000:
+            missing["early"] += 1
+            continue
+        s["F.submit"] = _after(g(rf, "fwd_submit"), s["F.http_in"], to)
+        s["F.dispatch"] = _after(g(rf, "fwd_dispatch"), s["F.http_in"], to)
+        s["F.send"] = _after(g(rf, "cork_flush+now"), s["F.http_in"], to)  # its end may follow L's read
+        s["L.rpc_in"] = _before(g(leader, "rpc_in"), to)
+        tp = _after(g(leader, "propose"), to, limit) if "propose" in leader else to  # older traces: no stamp
+        if tp is None:
+            missing["early"] += 1
+            continue
+        s["L.propose"] = tp
+        s["L.app_sent"] = _after(g(leader, "flush"), tp, limit)
+        s["F.peer_in"] = _after(g(rf, "peer_in"), tp, limit)
+        if other:
+            s["O.peer_in"] = _after(g(other, "peer_in"), tp, limit)
+        s["F.wdb_end"] = _after(g(rf, "wdb_end"), tp, limit)
+        if other:
+            s["O.wdb_end"] = _after(g(other, "wdb_end"), tp, limit)
+        s["L.wdb_end"] = _after(g(leader, "wdb_end"), tp, limit)
+        s["L.apply"] = _after(g(leader, "apply"), tp, limit)
+        if s["L.apply"] is None:
+            missing["early"] += 1
+            continue
+        s["L.apply_end"] = _after(g(leader, "apply_end"), s["L.apply"], limit)
+        s["L.ans_write"] = _after(g(leader, "cork_write+now"), s["L.apply"], limit)
+        if s["L.ans_write"] is None:
+            missing["early"] += 1
+            continue
+        s["L.ans_flush"] = _after(g(leader, "cork_flush+now"), s["L.ans_write"] - 1, limit)
+        s["L.ans_sent"] = _after(g(leader, "cork_flush_end+now"), s["L.ans_write"], limit)
+        if s["L.ans_sent"] is None:
+            missing["early"] += 1
+            continue
+        # The follower may read the answer before the leader's send returns: after its start.
+        s["F.rpc_in"] = _after(g(rf, "rpc_in"), s["L.ans_flush"], limit)
+        s["F.settle"] = _after(g(rf, "fwd_settle"), s["L.ans_flush"], limit)
+        s["F.answered"] = _after(g(rf, "fwd_settle_end"), s["L.ans_flush"], limit)
+        if None in s.values():
+            missing[next(n for n, t in s.items() if t is None)] += 1
+            continue
+        rows.append(s)  # type: ignore[arg-type]
+        # The receiving follower's Raft reads between the leader's answer leaving and its read.
+        busy.append(sum(1 for t in g(rf, "peer_in") if s["L.ans_flush"] <= t <= s["F.settle"]))  # type: ignore[operator]
+    print(f"{len(rows)} forwarded writes aligned (of {len(offers)} batches); median us since F.http_in")
+    if missing:
+        print(f"  not aligned, by first missing stage: {dict(missing)}")
+    if not rows:
+        return
+    for name in sorted(rows[0], key=lambda x: statistics.median(r[x] - r["F.http_in"] for r in rows)):
+        print(f"  {name:14s} {statistics.median(r[name] - r['F.http_in'] for r in rows) / 1000:8.1f}")
+    pairs = [("F.http_in", "F.submit"), ("F.submit", "F.dispatch"), ("F.dispatch", "F.send"),
+             ("F.send", "L.rpc_in"), ("L.rpc_in", "L.offer"), ("L.offer", "L.propose"),
+             ("L.propose", "L.app_sent"), ("L.app_sent", "F.peer_in"), ("L.app_sent", "O.peer_in"),
+             ("L.propose", "L.wdb_end"), ("L.apply", "L.apply_end"), ("L.apply_end", "L.ans_write"), ("L.ans_write", "L.ans_flush"),
+             ("L.ans_flush", "L.ans_sent"), ("L.ans_flush", "F.rpc_in"), ("F.rpc_in", "F.settle"),
+             ("F.settle", "F.answered"), ("F.http_in", "F.answered"), ("L.offer", "L.ans_sent")]
+    print("stage deltas (median of per-write differences, us)")
+    for a, b in pairs:
+        if a not in rows[0] or b not in rows[0]:
+            continue
+        print(f"  {a + ' -> ' + b:28s} {statistics.median(r[b] - r[a] for r in rows) / 1000:8.1f}")
+    print(f"  F's Raft reads between the answer leaving and its settling: median {statistics.median(busy)}, "
+          f"writes with any {sum(1 for b in busy if b)}/{len(busy)}")
+    late = sum(1 for r in rows if r["F.wdb_end"] > r["L.ans_sent"])
+    print(f"  F's own log write ended after the leader's answer left in {late}/{len(rows)} writes")
+
+
 if __name__ == "__main__":
-    analyse(sys.argv[1])
+    if len(sys.argv) > 2 and sys.argv[2] == "forwarded":
+        analyse_forwarded(sys.argv[1])
+    else:
+        analyse(sys.argv[1])

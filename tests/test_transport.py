@@ -417,3 +417,98 @@ async def test_dispatch_now_answers_requests_without_a_task() -> None:
     finally:
         await pool.close()
         await listener.stop()
+
+
+async def test_answers_reach_a_send_call_callback_from_the_read_not_a_task() -> None:
+    """The client hands each answer to its `send_call` callback (or its `call` future) inside
+    the transport's read callback: no task is woken to read it."""
+    loop = asyncio.get_running_loop()
+
+    async def dispatch(method: str, body: Any) -> Any:
+        return body * 3
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(dispatch)})
+    await listener.start()
+    pool = ConnectionPool()
+    addr = f"127.0.0.1:{listener.port}"
+    got: asyncio.Future[Any] = loop.create_future()
+
+    def answered(reply: Any, error: BaseException | None) -> None:
+        got.set_result((reply, error, asyncio.current_task()))
+
+    try:
+        assert await pool.call(addr, "task", 7) == 21  # dials
+        assert pool.send_call(addr, "now", 14, answered) is True
+        reply, error, task = await asyncio.wait_for(got, 30)
+        assert (reply, error) == (42, None)
+        assert task is None, "the answer was handed over from a task, not the read callback"
+        assert await pool.call(addr, "again", 5) == 15
+    finally:
+        await pool.close()
+        await listener.stop()
+
+
+async def test_a_server_answering_with_a_request_frame_fails_the_client_s_calls() -> None:
+    from proconsul.wire import ProtocolError, Request, encode_request
+
+    async def rogue(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # the call's first bytes
+        writer.write(encode_request(Request(1, "nope", None)))
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+
+    server = Listener("127.0.0.1", 0, {ConnType.RPC: rogue})
+    await server.start()
+    pool = ConnectionPool()
+    try:
+        with pytest.raises(ProtocolError, match="request frame"):
+            await pool.call(f"127.0.0.1:{server.port}", "anything", None, timeout_s=30)
+        assert all(conn.closed for conn in pool._conns.values())
+    finally:
+        await pool.close()
+        await server.stop()
+
+
+class _RecordingCork:
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, bytes]] = []
+
+    def write(self, data: bytes) -> None:
+        self.frames.append(("corked", data))
+
+    def write_now(self, data: bytes) -> None:
+        self.frames.append(("now", data))
+
+
+async def test_the_last_outstanding_task_less_answer_is_written_at_once() -> None:
+    """`dispatch_now`'s answers wait for the cork's flush while another request it took is
+    unanswered on the connection (answers of one Raft step leave in one write), and the last
+    one is written at once, with them; a request it declines counts for nothing."""
+    from proconsul.wire import FrameDecoder, Request, decode_message
+
+    answers: dict[int, Any] = {}
+
+    def dispatch_now(method: str, body: Any, answer: Any) -> bool:
+        if method != "now":
+            return False
+        answers[body] = answer
+        return True
+
+    cork = _RecordingCork()
+    taken = transport._Outstanding()
+    offer = transport._offer
+    assert offer(dispatch_now, Request(1, "now", 1), cork, taken) is True  # type: ignore[arg-type]
+    assert offer(dispatch_now, Request(2, "now", 2), cork, taken) is True  # type: ignore[arg-type]
+    assert offer(dispatch_now, Request(3, "task", 3), cork, taken) is False  # type: ignore[arg-type]
+    assert taken.count == 2
+    answers[2](20, None)
+    answers[2](21, None)  # a second answer to one request is ignored
+    answers[1](None, ValueError("no"))
+    assert [how for how, _ in cork.frames] == ["corked", "now"]
+    first, last = (decode_message(FrameDecoder().feed(data)[0]) for _, data in cork.frames)
+    assert (first.seq, first.body, first.error) == (2, 20, None)
+    assert (last.seq, last.error) == (1, "no")
+    assert taken.count == 0
+    assert offer(dispatch_now, Request(4, "now", 4), cork, taken) is True  # type: ignore[arg-type]
+    answers[4](None, asyncio.CancelledError())  # cancelled: nothing is answered
+    assert taken.count == 0 and len(cork.frames) == 2

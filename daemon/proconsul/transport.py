@@ -162,6 +162,58 @@ def adopt_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pro
     return True
 
 
+class _DirectReads(asyncio.Protocol):
+    """Stands in for a stream's StreamReaderProtocol: the bytes go to `on_data` inside the
+    transport's read callback (no task woken per read, no loop iteration before they are acted
+    on); the end of the connection and the write flow control still go to the stream's own
+    protocol, so the stream's reader sees the EOF or the error and `drain()` still waits. An
+    exception from `on_data` goes to `on_error` (which closes the connection)."""
+
+    def __init__(self, stream_protocol: Any, on_data: Callable[[bytes], None],
+                 on_error: Callable[[Exception], None]) -> None:
+        self._stream = stream_protocol
+        self._on_data = on_data
+        self._on_error = on_error
+        self._failed = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return  # closing after an error: the rest is not read
+        try:
+            self._on_data(data)
+        except Exception as exc:
+            self._failed = True
+            self._on_error(exc)
+
+    def eof_received(self) -> bool | None:
+        return self._stream.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stream.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._stream.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream.resume_writing()
+
+
+def read_directly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  on_data: Callable[[bytes], None], on_error: Callable[[Exception], None]) -> None:
+    """From now on, hand what `reader`'s stream receives to `on_data` as it arrives (see
+    `_DirectReads`); what the reader had buffered goes first, now. The reader itself then only
+    ends: `read()` answers b"" at EOF or raises the connection's error. Used for answers to our
+    own requests (`_Connection`), whose amount our requests bound: no read back-pressure is lost."""
+    transport = writer.transport
+    transport.set_protocol(_DirectReads(transport.get_protocol(), on_data, on_error))
+    buffered = bytes(reader._buffer)  # noqa: SLF001 (as adopt_stream: no public way without a task switch)
+    reader._buffer.clear()  # noqa: SLF001
+    if buffered:
+        transport.get_protocol().data_received(buffered)
+    if not transport.is_closing() and not transport.is_reading():
+        transport.resume_reading()  # the reader had paused it with a full buffer
+
+
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
 # (method, body, answer) -> whether it took the request (`rpc_stream_handler`'s `dispatch_now`).
@@ -336,6 +388,20 @@ class _Cork:
         if self._buf:
             self._flush()
 
+    def write_now(self, data: bytes) -> None:
+        """`data` written now, after what is buffered (one socket write), without scheduling a
+        flush for it: for a frame nothing else is expected to join in this iteration."""
+        if self._buf:
+            self._buf.append(data)
+            self._flush()
+            return
+        if self._writer.is_closing():
+            return  # as `_flush`: the callers see the loss through drain() or their futures
+        try:
+            self._writer.write(data)
+        except (ConnectionError, RuntimeError):
+            pass
+
     def _flush(self) -> None:
         buf, self._buf = self._buf, []
         if not buf or self._writer.is_closing():
@@ -358,13 +424,18 @@ def rpc_stream_handler(
     means it took the request and calls `answer(body, None)` or `answer(None, error)` once,
     later (no task for that request: a hot, short one such as a follower's batch of writes; it
     cannot be cancelled, and its answer is written through the cork without waiting for the
-    socket buffer to drain); False sends it to `dispatch` in a task."""
+    socket buffer to drain); False sends it to `dispatch` in a task. The answer of the last
+    such request outstanding on the connection is written at once, with any corked before it
+    (nothing else taken can join it: one client writing through a follower pays no loop
+    iteration for it); while others are outstanding, answers wait for the cork's flush, so the
+    answers of batches applied in one Raft step still leave in one socket write."""
     server_methods = frozenset(server_only)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder()
         inflight: dict[int, asyncio.Task[None]] = {}
         cork = _Cork(writer)
+        taken = _Outstanding()  # requests `dispatch_now` took and has not answered yet
         refusal = security.server_refusal(peer_certificate(writer)) if security is not None else ""
 
         async def answer(req: Request) -> None:
@@ -398,7 +469,7 @@ def rpc_stream_handler(
                             abandoned.cancel()
                         continue
                     if (dispatch_now is not None and not (refusal and msg.method in server_methods)
-                            and _offer(dispatch_now, msg, cork)):
+                            and _offer(dispatch_now, msg, cork, taken)):
                         continue
                     task = asyncio.get_running_loop().create_task(answer(msg))
                     inflight[msg.seq] = task
@@ -412,11 +483,26 @@ def rpc_stream_handler(
     return serve
 
 
-def _offer(dispatch_now: RPCHandlerNow, req: Request, cork: _Cork) -> bool:
-    """Offer `req` to `dispatch_now`; its answer goes out through `cork` as a task's would."""
+class _Outstanding:
+    """How many requests of one connection `dispatch_now` took and has not answered yet."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def _offer(dispatch_now: RPCHandlerNow, req: Request, cork: _Cork, taken: _Outstanding) -> bool:
+    """Offer `req` to `dispatch_now`; its answer goes out through `cork` as a task's would, or
+    at once when it is the last one outstanding (see `rpc_stream_handler`)."""
     seq = req.seq
+    answers = [False]
 
     def answered(body: Any, error: BaseException | None) -> None:
+        if answers[0]:
+            return  # `dispatch_now` answers once; never count one twice
+        answers[0] = True
+        taken.count -= 1
         if error is not None and not isinstance(error, Exception):
             return  # cancelled: nothing is answered, as for a cancelled task
         resp = Response(seq, None, body) if error is None else Response(seq, str(error) or type(error).__name__, None)
@@ -425,16 +511,24 @@ def _offer(dispatch_now: RPCHandlerNow, req: Request, cork: _Cork) -> bool:
         except Exception as exc:  # an answer that does not encode: the caller gets why
             data = encode_response(Response(seq, str(exc) or type(exc).__name__, None))
         try:
-            cork.write(data)
+            if taken.count:
+                cork.write(data)  # another answer may come in this iteration: one write for both
+            else:
+                cork.write_now(data)
         except (ConnectionError, RuntimeError):
             pass
 
+    taken.count += 1  # before the offer: an answer is never given inside it, but be exact
     try:
-        return dispatch_now(req.method, req.body, answered)
+        took = dispatch_now(req.method, req.body, answered)
     except Exception as exc:  # a bug before taking it: answered as `dispatch` would have failed
         logger.exception("transport: serving %s without a task failed", req.method)
         answered(None, exc)
         return True
+    if not took:
+        answers[0] = True
+        taken.count -= 1
+    return took
 
 
 def _forget(inflight: dict[int, asyncio.Task[None]], seq: int, task: asyncio.Task[None]) -> None:
@@ -490,28 +584,31 @@ class _Connection:
         self.pending: dict[int, asyncio.Future[Any] | _Callback] = {}
         self.seq = itertools.count(1)
         self.closed = False
+        self._decoder = FrameDecoder()
+        # Answers are read in the transport's callback (a forwarded batch's writers are answered
+        # without waiting for a task to be woken); the task waits for the end of the connection.
+        read_directly(reader, writer, self._take, self.close)
         self.reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
+    def _take(self, data: bytes) -> None:
+        for payload in self._decoder.feed(data):
+            msg = decode_message(payload)
+            if not isinstance(msg, Response):
+                raise ProtocolError("server sent a request frame")
+            fut = self.pending.pop(msg.seq, None)
+            if fut is None or fut.done():
+                continue
+            if msg.error is not None:
+                fut.set_exception(RemoteError(msg.error))
+            else:
+                fut.set_result(msg.body)
+
     async def _read_loop(self) -> None:
-        decoder = FrameDecoder()
         error: BaseException = ConnectionError("connection closed")
         try:
-            while True:
-                data = await self.reader.read(_READ_CHUNK)
-                if not data:
-                    break
-                for payload in decoder.feed(data):
-                    msg = decode_message(payload)
-                    if not isinstance(msg, Response):
-                        raise ProtocolError("server sent a request frame")
-                    fut = self.pending.pop(msg.seq, None)
-                    if fut is None or fut.done():
-                        continue
-                    if msg.error is not None:
-                        fut.set_exception(RemoteError(msg.error))
-                    else:
-                        fut.set_result(msg.body)
-        except (ProtocolError, ConnectionError) as exc:
+            while await self.reader.read(_READ_CHUNK):
+                pass  # nothing arrives here any more (see _take): this waits for the end
+        except ConnectionError as exc:
             error = exc
         finally:
             self.close(error)
@@ -597,8 +694,7 @@ class ConnectionPool:
         entry = _Callback(done)
         conn.pending[seq] = entry
         entry.timer = asyncio.get_running_loop().call_later(timeout_s, self._expire, conn, seq, entry)
-        conn.cork.write(frame)
-        conn.cork.flush_now()
+        conn.cork.write_now(frame)
         return True
 
     @staticmethod

@@ -290,6 +290,56 @@ async def test_stopping_the_forwarder_settles_the_batches_sent_without_a_task() 
     assert len(pool.direct) == 1  # the write queued when it stopped never left
 
 
+async def test_one_writer_s_write_leaves_at_once_and_several_writers_still_batch() -> None:
+    """`submit_now` sends a write inside the call when nothing is in flight and the last batch
+    carried one write (one client writing); otherwise it waits for the iteration's batch. Its
+    outcome still never comes from inside the call."""
+    pool = DirectPool(applied_in_order)
+    pool.hold = True
+    fwd = WriteForwarder(pool)
+    got: list[Any] = []
+    fwd.submit_now(LEADER, b"a", None, lambda o, e: got.append((o, e)))
+    assert pool.direct == []  # no batch yet: the first write waits for the iteration's others
+    await asyncio.sleep(0)
+    assert [b["commands"] for _, _, b in pool.direct] == [[b"a"]]
+    pool.held.pop()()
+    assert got == [((100, "a"), None)]
+    fwd.submit_now(LEADER, b"b", None, lambda o, e: got.append((o, e)))
+    assert [b["commands"] for _, _, b in pool.direct][-1] == [b"b"]  # left inside the call
+    assert got == [((100, "a"), None)]  # and was not answered inside it
+    # In flight: the next writes wait for the iteration and go together.
+    fwd.submit_now(LEADER, b"c", None, lambda o, e: got.append((o, e)))
+    fwd.submit_now(LEADER, b"d", None, lambda o, e: got.append((o, e)))
+    assert len(pool.direct) == 2
+    await asyncio.sleep(0)
+    assert [b["commands"] for _, _, b in pool.direct][-1] == [b"c", b"d"]
+    for settle in pool.held:
+        settle()
+    pool.held.clear()
+    # The last batch carried two writes: a write waits for its iteration again.
+    fwd.submit_now(LEADER, b"e", None, lambda o, e: got.append((o, e)))
+    assert len(pool.direct) == 3
+    await asyncio.sleep(0)
+    assert [b["commands"] for _, _, b in pool.direct][-1] == [b"e"]
+    pool.held.pop()()
+    assert [o for o, _ in got] == [(100, "a"), (100, "b"), (100, "c"), (101, "d"), (100, "e")]
+
+
+async def test_a_write_sent_at_once_that_fails_to_leave_is_answered_from_the_loop() -> None:
+    class Broken(DirectPool):
+        def send_call(self, *args: Any, **kwargs: Any) -> bool:
+            raise RuntimeError("broken")
+
+    pool = Broken(applied_in_order)
+    fwd = WriteForwarder(pool)
+    fwd._alone = True  # as after a batch of one write
+    got: list[Any] = []
+    fwd.submit_now(LEADER, b"a", None, lambda o, e: got.append((o, e)))
+    assert got == []
+    await asyncio.sleep(0)
+    assert len(got) == 1 and got[0][0] is None and type(got[0][1]) is UnknownOutcome
+
+
 @pytest.mark.parametrize("pool_type, sent", [(ScriptedPool, "calls"), (DirectPool, "direct")],
                          ids=["in-a-task", "without-a-task"])
 async def test_a_write_given_up_before_its_batch_left_is_not_sent(pool_type: type[ScriptedPool], sent: str) -> None:

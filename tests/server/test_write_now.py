@@ -208,13 +208,34 @@ async def test_propose_batch_now_answers_once_every_entry_is_settled() -> None:
     assert type(got[1]) is UnknownOutcome
     # Anything but a Raft error fails the whole batch, as it fails `apply_batch`.
     failed = Outcomes()
-    assert log.propose_batch_now(batch[:1], failed) is True
+    assert log.propose_batch_now(batch[:2], failed) is True
+    raft.futures[-2].set_result((4, True))
     raft.futures[-1].set_exception(ValueError("broken"))
     got, exc = await failed.one()
     assert got is None and type(exc) is ValueError
     empty = Outcomes()
     assert log.propose_batch_now([], empty) is True and empty.got == []
     assert await empty.one() == ([], None)
+
+
+async def test_a_one_write_batch_is_proposed_as_a_fast_path_write_with_the_same_outcomes() -> None:
+    raft = ScriptedRaft()
+    log = RaftLog(raft)  # type: ignore[arg-type]
+    one = [(kv_set("k"), commands.encode(kv_set("k")))]
+    applied, lost, broken = Outcomes(), Outcomes(), Outcomes()
+    for outcomes in (applied, lost, broken):
+        assert log.propose_batch_now(one, outcomes) is True
+    # By callback (`RaftServer.propose_now`), not a future: the leader's own fast-path PUT's way.
+    assert raft.futures == [] and len(raft.callbacks) == 3
+    assert raft.proposed == [(one[0][1], one[0][0])] * 3
+    raft.callbacks[0]((7, True), None)
+    raft.callbacks[1](None, OutcomeUnknown("lost"))
+    raft.callbacks[2](None, ValueError("broken"))
+    assert await applied.one() == ([(7, True)], None)
+    got, exc = await lost.one()  # a Raft error is that write's RPC error, as `_batch_outcomes` gives
+    assert exc is None and len(got) == 1 and type(got[0]) is UnknownOutcome
+    got, exc = await broken.one()  # anything else fails the batch
+    assert got is None and type(exc) is ValueError
 
 
 @pytest.mark.parametrize("refusal", [NotLeaderError("10.0.0.1:8300"), RaftError("transfer running")])

@@ -68,6 +68,17 @@ def _settled(done: Applied, out: tuple[int, Any] | None, exc: BaseException | No
 BatchApplied = Callable[[list[tuple[int, Any] | RPCError] | None, BaseException | None], None]
 
 
+def _settled_one(done: BatchApplied, out: tuple[int, Any] | None, exc: BaseException | None) -> None:
+    """A one-write batch's outcome, as `_batch_outcomes` reports it for its future: a Raft
+    error becomes that write's RPC error; any other (a stopping driver's) fails the batch."""
+    if exc is None:
+        done([out], None)  # type: ignore[list-item]
+    elif isinstance(exc, RaftError):
+        done([rpc_error(exc)], None)
+    else:
+        done(None, exc)
+
+
 def _batch_outcomes(futs: list[asyncio.Future[tuple[int, Any]]]) -> list[tuple[int, Any] | RPCError]:
     """Each settled proposal's outcome: (index, result), or the RPC error `apply` would raise
     for a Raft error; any other exception (CancelledError for a cancelled one) is raised."""
@@ -249,7 +260,19 @@ class RaftLog:
         """`apply_batch` without a coroutine (a follower's `Raft.ApplyBatch` on the leader):
         proposes the batch now and calls `done(outcomes, None)` once every entry is settled, or
         `done(None, error)` with what `apply_batch` would raise then; never from inside this call. False, with nothing proposed, when Raft refuses the batch before
-        proposing (not the leader, a leadership transfer): `apply_batch` then raises it."""
+        proposing (not the leader, a leadership transfer): `apply_batch` then raises it.
+
+        A batch of one write (a follower forwarding one client's writes, c1) is proposed as the
+        leader's own fast-path PUT is (`RaftServer.propose_now`): its outcome comes by callback
+        with the iteration's other settlements, and an idle driver runs the proposal at the end
+        of this loop pass, not a future's callback and a wake of the driver task later."""
+        if len(batch) == 1:
+            command, data = batch[0]
+            try:
+                self.raft.propose_now(data, command, functools.partial(_settled_one, done))
+            except RaftError:
+                return False  # raised before anything was proposed
+            return True
         try:
             futs = self.raft.propose_batch([(data, command) for command, data in batch])
         except RaftError:

@@ -3,7 +3,8 @@
 Owns the path of a write that reaches a server which does not lead. Every write handed over
 during one event-loop iteration goes to the leader in one `Raft.ApplyBatch` call: one frame on
 the pooled connection (`transport.ConnectionPool`), one deadline. The frame is written by a
-callback at the start of the next iteration, and the answer settles the writes from the
+callback at the start of the next iteration (or at once, by `submit_now`, when nothing is in
+flight and the last batch carried one write: one client writing), and the answer settles the writes from the
 connection's reader (`ConnectionPool.send_call`): no task, and no loop iteration spent waiting
 for one to be scheduled, on a path a write through a follower pays twice (a task per call, and
 the pool's write-coalescing flush, remain for the first call to a leader, which dials, and for a
@@ -155,6 +156,10 @@ class WriteForwarder:
         self._flying: dict[int, list[_Write]] = {}
         self._send_call: Callable[..., bool] | None = getattr(pool, "send_call", None)
         self.batches_sent = 0  # calls made (tests and benchmarks read how writes were grouped)
+        # Whether the last batch dispatched carried a single write: then `submit_now` sends a
+        # write at once when nothing is in flight (with several writers, batches are larger,
+        # and the writes of an iteration still wait for each other).
+        self._alone = False
         # ACLs on: the token each queued write carries, by its future (empty with ACLs off).
         self._tokens: dict[Pending, str] = {}
 
@@ -185,6 +190,12 @@ class WriteForwarder:
             self._tokens[write] = token
         queued = self._queued.get(leader)
         if queued is None:
+            if self._alone and not self._flying and not self._tasks and not self._queued:
+                # One client writing: nothing in flight, the last batch carried one write, so
+                # none is expected to join this one; it leaves now, not an iteration later.
+                self._queued[leader] = [(data, write)]
+                self._dispatch(leader, now=True)
+                return
             queued = self._queued[leader] = []
             asyncio.get_running_loop().call_soon(self._dispatch, leader)
         queued.append((data, write))
@@ -221,12 +232,15 @@ class WriteForwarder:
                                                  "the write may have applied"))
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _dispatch(self, leader: str) -> None:
+    def _dispatch(self, leader: str, now: bool = False) -> None:
+        """Send the writes queued for `leader`. `now`: called from `submit_now`, whose callback
+        must not run inside it (a failure to send is then reported from the loop)."""
         writes = self._queued.pop(leader, [])
         # A caller that gave up before the call left (its request was cancelled): not sent.
         writes = [w for w in writes if not w[1].done()]
         if not writes:
             return
+        self._alone = len(writes) == 1
         send_call = self._send_call
         if send_call is None or time.monotonic() < self._single_until.get(leader, 0.0):
             self._spawn(leader, writes)
@@ -242,8 +256,14 @@ class WriteForwarder:
             except Exception:
                 del self._flying[key]
                 logger.exception("rpc: forwarding %d writes to the leader %s failed", len(part), leader)
-                _fail(part, lambda: UnknownOutcome(f"rpc error: forwarding to the leader {leader} failed; "
-                                                   "the write may have applied"))
+                def make() -> BaseException:
+                    return UnknownOutcome(f"rpc error: forwarding to the leader {leader} failed; "
+                                          "the write may have applied")
+
+                if now:
+                    asyncio.get_running_loop().call_soon(_fail, part, make)
+                else:
+                    _fail(part, make)
                 continue
             if not sent:  # no open connection (or a full buffer): the call dials, and waits
                 del self._flying[key]
