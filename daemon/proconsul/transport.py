@@ -383,11 +383,6 @@ class _Cork:
             asyncio.get_running_loop().call_soon(self._flush)
         self._buf.append(data)
 
-    def flush_now(self) -> None:
-        """Write what is buffered now (the scheduled flush then finds nothing to do)."""
-        if self._buf:
-            self._flush()
-
     def write_now(self, data: bytes) -> None:
         """`data` written now, after what is buffered (one socket write), without scheduling a
         flush for it: for a frame nothing else is expected to join in this iteration."""
