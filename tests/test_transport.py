@@ -512,3 +512,216 @@ async def test_the_last_outstanding_task_less_answer_is_written_at_once() -> Non
     assert offer(dispatch_now, Request(4, "now", 4), cork, taken) is True  # type: ignore[arg-type]
     answers[4](None, asyncio.CancelledError())  # cancelled: nothing is answered
     assert taken.count == 0 and len(cork.frames) == 2
+
+
+class _RawClient:
+    """A client writing request frames by hand (pipelining as many as it likes) on a served
+    connection whose transport the test can look at."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from proconsul.wire import FrameDecoder
+
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+
+    def send(self, *requests: tuple[int, str, Any]) -> None:
+        from proconsul.wire import Request, encode_request
+
+        self.writer.write(b"".join(encode_request(Request(seq, method, body)) for seq, method, body in requests))
+
+    async def answers(self, count: int) -> dict[int, Any]:
+        from proconsul.wire import decode_message
+
+        got: dict[int, Any] = {}
+        while len(got) < count:
+            data = await asyncio.wait_for(self.reader.read(65536), 30)
+            assert data, f"connection closed after {len(got)} of {count} answers"
+            for payload in self.decoder.feed(data):
+                msg = decode_message(payload)
+                got[msg.seq] = msg.body if msg.error is None else ("error", msg.error)
+        return got
+
+
+async def _serving(handler: Any) -> tuple[Listener, list[asyncio.Transport]]:
+    """A listener serving RPC with `handler`; the list gets each served connection's transport."""
+    transports: list[asyncio.Transport] = []
+
+    async def recording(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        transports.append(writer.transport)  # type: ignore[arg-type]
+        await handler(reader, writer)
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: recording})
+    await listener.start()
+    return listener, transports
+
+
+async def _until(condition: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.005)
+
+
+async def test_a_client_pipelining_past_the_bound_is_not_read_until_answers_fall(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read back-pressure: with `bound` requests taken by `dispatch_now` and unanswered, the
+    server reads no further request (`dispatch_now` sees no more, whatever the client pipelines);
+    it reads again only once they have fallen to half the bound, and every request is answered."""
+    bound = 4
+    monkeypatch.setattr(transport, "_MAX_TAKEN", bound)
+    taken: dict[int, Any] = {}
+    answered: set[int] = set()
+
+    def dispatch_now(method: str, body: Any, answer: Any) -> bool:
+        taken[body] = answer
+        return True
+
+    async def dispatch(method: str, body: Any) -> Any:
+        raise AssertionError("every request is taken by dispatch_now")
+
+    def answer(n: int) -> None:
+        taken[n](n * 10, None)
+        answered.add(n)
+
+    listener, transports = await _serving(rpc_stream_handler(dispatch, dispatch_now=dispatch_now))
+    reader, writer = await dial(f"127.0.0.1:{listener.port}", ConnType.RPC)
+    client = _RawClient(reader, writer)
+    try:
+        client.send(*((n, "now", n) for n in range(1, 21)))
+        await _until(lambda: len(taken) == bound, f"{bound} requests taken")
+        await asyncio.sleep(0.05)  # the rest of the pipeline stays unread meanwhile
+        assert sorted(taken) == [1, 2, 3, 4]
+        answer(1)  # 3 unanswered: above half the bound, still waiting
+        await asyncio.sleep(0.05)
+        assert sorted(taken) == [1, 2, 3, 4]
+        answer(2)  # 2 unanswered: reading goes on, up to the bound again
+        await _until(lambda: len(taken) == 6, "reading resumes at half the bound")
+        await asyncio.sleep(0.05)
+        assert sorted(taken) == [1, 2, 3, 4, 5, 6]
+        while len(answered) < 20:
+            for n in sorted(set(taken) - answered):
+                answer(n)
+            await _until(lambda: len(taken) > len(answered) or len(answered) == 20, "more requests are read")
+            assert len(taken) - len(answered) <= bound
+        assert await client.answers(20) == {n: n * 10 for n in range(1, 21)}
+    finally:
+        writer.close()
+        await listener.stop()
+
+
+async def test_requests_in_tasks_count_toward_the_bound_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task-served requests in flight have their own (looser) bound: at it, reading pauses;
+    as tasks end, the rest is read and served."""
+    monkeypatch.setattr(transport, "_MAX_TASKS", 3)
+    started: list[int] = []
+    release = asyncio.Event()
+
+    async def dispatch(method: str, body: Any) -> Any:
+        started.append(body)
+        await release.wait()
+        return -body
+
+    listener, transports = await _serving(rpc_stream_handler(dispatch))
+    reader, writer = await dial(f"127.0.0.1:{listener.port}", ConnType.RPC)
+    client = _RawClient(reader, writer)
+    try:
+        client.send(*((n, "task", n) for n in range(1, 11)))
+        await _until(lambda: len(started) == 3, "3 requests in flight")
+        await asyncio.sleep(0.05)
+        assert started == [1, 2, 3]
+        release.set()
+        assert await client.answers(10) == {n: -n for n in range(1, 11)}
+        assert started == list(range(1, 11))
+    finally:
+        writer.close()
+        await listener.stop()
+
+
+async def test_a_served_connection_ends_as_before(caplog: pytest.LogCaptureFixture) -> None:
+    """EOF in the middle of a frame ends the service quietly; a response frame from the client
+    closes the connection with one warning and no traceback; either way the requests in flight in
+    tasks are cancelled. Stopping the listener cancels the serving and its tasks."""
+    from proconsul.wire import Response, encode_response
+
+    cancelled: list[Any] = []
+    started: list[Any] = []
+
+    async def dispatch(method: str, body: Any) -> Any:
+        started.append(body)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(body)
+            raise
+
+    listener = Listener("127.0.0.1", 0, {ConnType.RPC: rpc_stream_handler(dispatch)})
+    await listener.start()
+    addr = f"127.0.0.1:{listener.port}"
+    caplog.set_level("DEBUG")
+    try:
+        reader, writer = await dial(addr, ConnType.RPC)
+        client = _RawClient(reader, writer)
+        client.send((1, "park", "eof"))
+        await _until(lambda: "eof" in started, "the first request is served")
+        writer.write(encode_response(Response(9, None, "x"))[:5])  # half a frame, then EOF
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        await _until(lambda: "eof" in cancelled, "EOF cancels the request in flight")
+        writer.close()
+
+        reader, writer = await dial(addr, ConnType.RPC)
+        client = _RawClient(reader, writer)
+        client.send((1, "park", "rogue"))
+        await _until(lambda: "rogue" in started, "the request before the bad frame is served")
+        writer.write(encode_response(Response(2, None, "not a request")))
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        await _until(lambda: "rogue" in cancelled, "the protocol error cancels the request in flight")
+        writer.close()
+        assert "client sent a response frame" in caplog.text
+
+        reader, writer = await dial(addr, ConnType.RPC)
+        _RawClient(reader, writer).send((1, "park", "stop"))
+        await _until(lambda: "stop" in started, "the request is served")
+    finally:
+        await listener.stop()
+    assert "stop" in cancelled, "stopping the listener cancels the serving task's requests"
+    assert await asyncio.wait_for(reader.read(), 30) == b""
+    writer.close()
+    assert all(r.exc_info is None for r in caplog.records), [r.getMessage() for r in caplog.records if r.exc_info]
+    assert not [r for r in caplog.records if r.name == "asyncio"], [r.getMessage() for r in caplog.records]
+
+
+async def test_a_client_pipelining_past_the_bound_fills_no_more_than_the_readers_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the serving task waits at the bound, the unread requests stay in its StreamReader,
+    which stops reading the socket at its limit: the server's memory for one connection is
+    bounded however much the client sends (the rest waits in the kernel and the client's buffer)."""
+    monkeypatch.setattr(transport, "_MAX_TAKEN", 2)
+    taken: dict[int, Any] = {}
+
+    def dispatch_now(method: str, body: Any, answer: Any) -> bool:
+        taken[body[0]] = answer
+        return True
+
+    async def dispatch(method: str, body: Any) -> Any:
+        raise AssertionError("every request is taken by dispatch_now")
+
+    listener, transports = await _serving(rpc_stream_handler(dispatch, dispatch_now=dispatch_now))
+    reader, writer = await dial(f"127.0.0.1:{listener.port}", ConnType.RPC)
+    client = _RawClient(reader, writer)
+    filler = b"x" * 4096
+    try:
+        client.send(*((n, "now", [n, filler]) for n in range(1, 401)))  # ~1.6 MB pipelined
+        await _until(lambda: len(taken) == 2 and transports and not transports[0].is_reading(),
+                     "the server stops reading the socket")
+        assert sorted(taken) == [1, 2]
+        for n in range(1, 401):
+            await _until(lambda n=n: n in taken, f"request {n} is read once room is made")
+            taken[n](n, None)
+        assert await client.answers(400) == {n: n for n in range(1, 401)}
+    finally:
+        writer.close()
+        await listener.stop()

@@ -4,7 +4,9 @@ Owns the sockets of server-to-server and client-to-server traffic. The listener 
 per connection (`wire.ConnType`) and hands the stream to the protocol's handler; the RPC handler
 answers each request in its own task, so slow requests (blocking queries) do not hold up fast
 ones on the same connection (except the requests its `dispatch_now` takes and answers through a
-callback: a follower's batch of writes on the leader, with no task per request). `ConnectionPool` keeps one connection per peer and multiplexes
+callback: a follower's batch of writes on the leader, with no task per request); past a bound of
+unanswered requests it reads no more until they fall (read back-pressure). `ConnectionPool` keeps
+one connection per peer and multiplexes
 concurrent calls on it by sequence number; `dial` opens every outgoing connection (the pool's and
 Raft's). A caller that gives up on a call (cancelled, or timed out) sends `CANCEL_METHOD` with the
 call's sequence number on the same connection, and the serving side cancels that request's task:
@@ -431,6 +433,8 @@ def rpc_stream_handler(
         inflight: dict[int, asyncio.Task[None]] = {}
         cork = _Cork(writer)
         taken = _Outstanding()  # requests `dispatch_now` took and has not answered yet
+        room = _Room(taken, inflight)
+        taken.on_answer = room.note_answer
         refusal = security.server_refusal(peer_certificate(writer)) if security is not None else ""
 
         async def answer(req: Request) -> None:
@@ -449,12 +453,18 @@ def rpc_stream_handler(
             except ConnectionError:
                 pass
 
+        def task_done(task: asyncio.Task[None], seq: int) -> None:
+            _forget(inflight, seq, task)
+            room.note_answer()
+
         try:
             while True:
                 data = await reader.read(_READ_CHUNK)
                 if not data:
                     return
                 for payload in decoder.feed(data):
+                    if room.full():
+                        await room.wait()  # unread bytes stay in the reader, which pauses the socket
                     msg = decode_message(payload)
                     if not isinstance(msg, Request):
                         raise ProtocolError("client sent a response frame")
@@ -468,7 +478,7 @@ def rpc_stream_handler(
                         continue
                     task = asyncio.get_running_loop().create_task(answer(msg))
                     inflight[msg.seq] = task
-                    task.add_done_callback(lambda t, seq=msg.seq: _forget(inflight, seq, t))
+                    task.add_done_callback(lambda t, seq=msg.seq: task_done(t, seq))
         except ProtocolError as exc:
             logger.warning("transport: closing RPC connection: %s", exc, extra=MALFORMED)
         finally:
@@ -478,13 +488,59 @@ def rpc_stream_handler(
     return serve
 
 
-class _Outstanding:
-    """How many requests of one connection `dispatch_now` took and has not answered yet."""
+# A served connection's read back-pressure (`_Room`): at either bound the serving task reads no
+# further request until both counts have fallen to half of it. `dispatch_now`'s requests (a
+# follower's batches of writes) end within a Raft round; the task bound is loose, since the
+# blocking queries one agent forwards park there for minutes, and its later requests (the
+# cancels of those queries among them) wait behind the bound.
+_MAX_TAKEN = 256
+_MAX_TASKS = 4096
 
-    __slots__ = ("count",)
+
+class _Outstanding:
+    """How many requests of one connection `dispatch_now` took and has not answered yet;
+    `on_answer`, when set, is called after each answer."""
+
+    __slots__ = ("count", "on_answer")
 
     def __init__(self) -> None:
         self.count = 0
+        self.on_answer: Callable[[], None] | None = None
+
+
+class _Room:
+    """Whether a served connection may take another request: without a bound, a client that
+    pipelines requests faster than they are answered would grow the server's tasks and pending
+    answers without limit. While the serving task waits here it reads nothing, so the bytes pile
+    up in its StreamReader, which pauses the socket at its own limit."""
+
+    __slots__ = ("_taken", "_inflight", "_waiter")
+
+    def __init__(self, taken: _Outstanding, inflight: dict[int, asyncio.Task[None]]) -> None:
+        self._taken = taken
+        self._inflight = inflight
+        self._waiter: asyncio.Future[None] | None = None
+
+    def full(self) -> bool:
+        return self._taken.count >= _MAX_TAKEN or len(self._inflight) >= _MAX_TASKS
+
+    async def wait(self) -> None:
+        """Until both counts are at half their bound or below (hysteresis: one answer does not
+        let exactly one more request in)."""
+        while not self._low():
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def note_answer(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self._low():
+            waiter.set_result(None)
+
+    def _low(self) -> bool:
+        return self._taken.count <= _MAX_TAKEN // 2 and len(self._inflight) <= _MAX_TASKS // 2
 
 
 def _offer(dispatch_now: RPCHandlerNow, req: Request, cork: _Cork, taken: _Outstanding) -> bool:
@@ -498,6 +554,8 @@ def _offer(dispatch_now: RPCHandlerNow, req: Request, cork: _Cork, taken: _Outst
             return  # `dispatch_now` answers once; never count one twice
         answers[0] = True
         taken.count -= 1
+        if taken.on_answer is not None:
+            taken.on_answer()
         if error is not None and not isinstance(error, Exception):
             return  # cancelled: nothing is answered, as for a cancelled task
         resp = Response(seq, None, body) if error is None else Response(seq, str(error) or type(error).__name__, None)
