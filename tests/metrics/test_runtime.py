@@ -79,6 +79,17 @@ def test_the_task_gauge_follows_tasks_without_walking_them() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
 
 
+def test_the_interval_open_at_set_up_holds_the_runtime_gauges() -> None:
+    """As go-metrics emits runtime stats when set up: an agent records other metrics before its
+    sampler's `run()` starts, and a first interval without the runtime gauges would be the one
+    `/v1/agent/metrics` shows until the next ends (a CI run saw exactly that)."""
+    m = Metrics(hostname="")
+    m.gauge("autopilot", "healthy").set(1.0)
+    RuntimeSampler(m)
+    gauges = {g["Name"] for g in m.summary()["Gauges"]}
+    assert {"consul.runtime.alloc_bytes", "consul.runtime.num_goroutines", "consul.autopilot.healthy"} <= gauges
+
+
 async def test_without_asyncio_task_sets_the_tasks_are_walked_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
     # (Python 3.14 keeps no task sets in asyncio.tasks.)
     monkeypatch.setattr(runtime, "_task_registry", lambda: None)
@@ -91,7 +102,9 @@ async def test_without_asyncio_task_sets_the_tasks_are_walked_once_a_minute(monk
 
     monkeypatch.setattr(asyncio, "all_tasks", counted)
     m = Metrics(hostname="")
-    sampler = RuntimeSampler(m)
+    sampler = RuntimeSampler(m)  # its first sample walks
+    assert len(walks) == 1
+    walks.clear()
     for _ in range(120):  # two minutes of samples at the default 1 s
         sampler.sample()
     assert len(walks) == 2

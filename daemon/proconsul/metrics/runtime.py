@@ -91,6 +91,10 @@ class RuntimeSampler:
         self._registry = _task_registry()
         self._samples = 0
         self._walked = 0
+        # As go-metrics emits its runtime stats when it is set up: the interval open now holds
+        # them too, although `run()` starts only once the agent is up (other metrics recorded
+        # before that would otherwise make a first interval without them).
+        self.sample()
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         # Runs inside the collector; keep it to two clock reads and an add.
@@ -110,7 +114,10 @@ class RuntimeSampler:
         if self._registry is not None:
             return sum(len(s) for s in self._registry)
         if self._samples % _WALK_EVERY == 0:
-            self._walked = len(asyncio.all_tasks())
+            try:
+                self._walked = len(asyncio.all_tasks())
+            except RuntimeError:
+                return self._walked  # no loop running yet (the sample at construction): walk at the next
         self._samples += 1
         return self._walked
 
