@@ -212,7 +212,10 @@ def test_a_killed_worker_is_restarted(server: AgentProcess) -> None:
              what=f"the worker restarted\n{server.log()}")
     new = _worker_pids(server) - before
     assert _request(server.addr, "PUT", "/v1/kv/w/after", b"a")[0] == 200
-    wait_for(lambda: _a_worker_answers(server, "/v1/kv/w/after", new), timeout=60, what="the new worker answering")
+    # (The agent's log says whether the new worker bootstrapped its replica: a CI run once timed
+    # out here with no log to tell.)
+    wait_for(lambda: _a_worker_answers(server, "/v1/kv/w/after", new), timeout=60,
+             what=lambda: f"the new worker {new} answering\n{server.log()}")
     for _ in range(30):
         status, _, body = _request(server.addr, "GET", "/v1/kv/w/after?raw")
         assert (status, body) == (200, b"a")
