@@ -16,6 +16,7 @@ import os
 import select
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,23 @@ def _worker_pids(agent: AgentProcess) -> set[int]:
     return out
 
 
+def _wait_for_restart(scan: Callable[[], set[int]], before: set[int], victim: int,
+                      what: str | Callable[[], str] = "") -> set[int]:
+    """The workers started since `before` (which held the killed `victim`): waits until one scan
+    of /proc no longer lists the victim and lists as many workers as before. The count and the
+    victim's absence come from the same scan: with two scans, a first one taken before the
+    victim has run to its exit (a loaded box) still lists it beside the survivor ("as many as
+    before"), the next one no longer does ("the victim is gone"), and the restart, 0.2 s later
+    at least, is in neither; a CI run then waited 60 s for reads from an empty set of new
+    workers."""
+
+    def restarted() -> set[int]:
+        now = scan()
+        return now - before if len(now) == len(before) and victim not in now else set()
+
+    return wait_for(restarted, timeout=60, what=what)  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     ip = f"{free_subnet(1)}.1"
@@ -73,6 +91,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 def _a_worker_answers(agent: AgentProcess, path: str, workers: set[int] | None = None) -> bool:
     """Whether one of up to 30 reads on fresh connections was answered by a worker (of `workers`)."""
+    # An empty `workers` could never match: waiting on it only times out, telling nothing.
+    assert workers is None or workers, "no worker pid to look for"
     pids = {str(p) for p in (workers if workers is not None else _worker_pids(agent))}
     for _ in range(30):
         status, headers, _ = _request(agent.addr, "GET", path)
@@ -208,9 +228,8 @@ def test_a_killed_worker_is_restarted(server: AgentProcess) -> None:
     before = _worker_pids(server)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)  # a worker this test's agent started: its child, found by ppid
-    wait_for(lambda: len(_worker_pids(server)) == 2 and victim not in _worker_pids(server), timeout=60,
-             what=f"the worker restarted\n{server.log()}")
-    new = _worker_pids(server) - before
+    new = _wait_for_restart(lambda: _worker_pids(server), before, victim,
+                            what=lambda: f"the worker restarted\n{server.log()}")
     assert _request(server.addr, "PUT", "/v1/kv/w/after", b"a")[0] == 200
     # (The agent's log says whether the new worker bootstrapped its replica: a CI run once timed
     # out here with no log to tell.)
@@ -219,6 +238,19 @@ def test_a_killed_worker_is_restarted(server: AgentProcess) -> None:
     for _ in range(30):
         status, _, body = _request(server.addr, "GET", "/v1/kv/w/after?raw")
         assert (status, body) == (200, b"a")
+
+
+def test_the_restart_wait_is_not_fooled_by_a_victim_dying_between_two_scans() -> None:
+    """/proc as a loaded box may show it: the killed victim still listed by the first scan after
+    the kill, gone from the next ones, the restarted worker there only later. The wait returns
+    the restarted worker, never an empty set."""
+    victim, survivor, restarted = 101, 102, 103
+    scans = [{victim, survivor}, {survivor}, {survivor}, {survivor}, {survivor, restarted}]
+
+    def scan() -> set[int]:
+        return scans.pop(0) if len(scans) > 1 else scans[0]
+
+    assert _wait_for_restart(scan, {victim, survivor}, victim) == {restarted}
 
 
 def test_a_followers_default_reads_still_go_to_the_leader(tmp_path: Path) -> None:
