@@ -66,15 +66,16 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last_exc!r}")
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    """`wait_for` for tests on the running event loop: poll `predicate` every 50 ms without
-    blocking the loop; fail after `timeout` seconds."""
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "",
+                     interval: float = 0.05) -> None:
+    """`wait_for` for tests on the running event loop: poll `predicate` every `interval`
+    seconds without blocking the loop; fail after `timeout` seconds, saying `what` was awaited."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
         if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
+            raise AssertionError(f"condition not reached in time: {what}" if what else "condition not reached in time")
+        await asyncio.sleep(interval)
 
 
 class AgentProcess:

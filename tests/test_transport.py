@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from helpers import wait_until
 from proconsul import transport
 from proconsul.transport import ConnectionPool, Listener, RemoteError, dial, rpc_stream_handler
 from proconsul.wire import ConnType
@@ -557,10 +558,8 @@ async def _serving(handler: Any) -> tuple[Listener, list[asyncio.Transport]]:
 
 
 async def _until(condition: Any, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + 30
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.005)
+    # A short poll: the bound tests wait on one condition per request they pipeline.
+    await wait_until(condition, timeout=30, what=what, interval=0.005)
 
 
 async def test_a_client_pipelining_past_the_bound_is_not_read_until_answers_fall(
