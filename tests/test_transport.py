@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Any
 
 import pytest
@@ -633,6 +635,46 @@ async def test_requests_in_tasks_count_toward_the_bound_too(monkeypatch: pytest.
         release.set()
         assert await client.answers(10) == {n: -n for n in range(1, 11)}
         assert started == list(range(1, 11))
+    finally:
+        writer.close()
+        await listener.stop()
+
+
+@pytest.mark.parametrize("hang_up", ["eof", "reset"])
+async def test_a_client_hanging_up_at_the_bound_has_its_parked_requests_cancelled(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, hang_up: str,
+) -> None:
+    """At the task bound the serving task still watches the connection: a client that hangs up
+    (EOF, or a reset) while its requests are parked there has them cancelled at once, not when
+    they end (for a blocking query, minutes later), and the request it pipelined past the bound
+    is never served."""
+    monkeypatch.setattr(transport, "_MAX_TASKS", 2)
+    started: list[int] = []
+    cancelled: list[int] = []
+
+    async def dispatch(method: str, body: Any) -> Any:
+        started.append(body)
+        try:
+            await asyncio.Event().wait()  # parked, like a blocking query
+        except asyncio.CancelledError:
+            cancelled.append(body)
+            raise
+
+    listener, _ = await _serving(rpc_stream_handler(dispatch))
+    reader, writer = await dial(f"127.0.0.1:{listener.port}", ConnType.RPC)
+    try:
+        client = _RawClient(reader, writer)
+        client.send((1, "park", 1), (2, "park", 2))
+        await _until(lambda: started == [1, 2], "two requests parked: the bound")
+        client.send((3, "park", 3))
+        await writer.drain()
+        if hang_up == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+        await _until(lambda: sorted(cancelled) == [1, 2], "the parked requests are cancelled")
+        assert started == [1, 2]
+        assert not [r for r in caplog.records if r.exc_info], "a hang-up is not an error to log"
     finally:
         writer.close()
         await listener.stop()

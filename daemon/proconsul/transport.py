@@ -457,14 +457,24 @@ def rpc_stream_handler(
             _forget(inflight, seq, task)
             room.note_answer()
 
+        held: bytes | None = None  # a chunk read while waiting for room, decoded next
         try:
             while True:
-                data = await reader.read(_READ_CHUNK)
+                if held is not None:
+                    data, held = held, None
+                else:
+                    data = await reader.read(_READ_CHUNK)
                 if not data:
                     return
                 for payload in decoder.feed(data):
                     if room.full():
-                        await room.wait()  # unread bytes stay in the reader, which pauses the socket
+                        # Unread bytes stay in the reader, which pauses the socket; one chunk is
+                        # read meanwhile (if none is held yet) to see the client hang up.
+                        more = await room.wait(reader if held is None else None)
+                        if more == b"":
+                            return  # the client hung up: its requests are cancelled below
+                        if more is not None:
+                            held = more
                     msg = decode_message(payload)
                     if not isinstance(msg, Request):
                         raise ProtocolError("client sent a response frame")
@@ -511,8 +521,9 @@ class _Outstanding:
 class _Room:
     """Whether a served connection may take another request: without a bound, a client that
     pipelines requests faster than they are answered would grow the server's tasks and pending
-    answers without limit. While the serving task waits here it reads nothing, so the bytes pile
-    up in its StreamReader, which pauses the socket at its own limit."""
+    answers without limit. While the serving task waits here it reads at most one chunk more
+    (to see the client hang up), so the bytes pile up in its StreamReader, which pauses the
+    socket at its own limit."""
 
     __slots__ = ("_taken", "_inflight", "_waiter")
 
@@ -524,15 +535,38 @@ class _Room:
     def full(self) -> bool:
         return self._taken.count >= _MAX_TAKEN or len(self._inflight) >= _MAX_TASKS
 
-    async def wait(self) -> None:
+    async def wait(self, reader: asyncio.StreamReader | None) -> bytes | None:
         """Until both counts are at half their bound or below (hysteresis: one answer does not
-        let exactly one more request in)."""
-        while not self._low():
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        let exactly one more request in).
+
+        Meanwhile one more chunk is read from `reader` (when given), so that a client hanging up
+        while its requests are parked here is seen at once and its requests cancelled, not when
+        they end (minutes later for blocking queries). Returns that chunk, or b"" at once for
+        the client's EOF (a reset is raised at once), or None when nothing more was read. The
+        reading stops after that one chunk: the server holds at most one chunk beyond the
+        reader's limit."""
+        loop = asyncio.get_running_loop()
+        read = loop.create_task(reader.read(_READ_CHUNK)) if reader is not None else None
+        try:
+            while not self._low():
+                self._waiter = loop.create_future()
+                try:
+                    if read is None or read.done():
+                        await self._waiter
+                    else:
+                        await asyncio.wait((self._waiter, read), return_when=asyncio.FIRST_COMPLETED)
+                        if read.done() and not read.cancelled() and (
+                                read.exception() is not None or not read.result()):
+                            break  # the client hung up (EOF or a reset): no need to wait on
+                finally:
+                    self._waiter = None
+        finally:
+            if read is not None and not read.done():
+                read.cancel()  # no bytes are taken from the reader by a read cancelled while waiting
+                await asyncio.wait((read,))  # the reader admits one reader at a time: let it leave
+        if read is None or read.cancelled():
+            return None
+        return read.result()  # the read's ConnectionError, if any, ends the serving task
 
     def note_answer(self) -> None:
         waiter = self._waiter

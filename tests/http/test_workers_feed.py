@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from helpers import wait_until
 from proconsul.http.workers.feed import ApplyFeed
 from proconsul.http.workers.replica import BarrierFailed, Replica
 from proconsul.server.consensus import CommandStateMachine
@@ -35,9 +36,7 @@ class _Status:
 
 
 async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
+    await wait_until(predicate, timeout=timeout, interval=0.005)
 
 
 def _put(machine: CommandStateMachine, index: int, key: str, value: bytes) -> None:

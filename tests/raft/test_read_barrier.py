@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from helpers import wait_until
 from proconsul.raft.node import NoLeaderError, RaftServer
 from proconsul.server.consensus import CommandStateMachine, RaftLog
 from proconsul.state import commands
@@ -33,10 +34,7 @@ async def _leader(tmp_path: Any) -> tuple[RaftServer, Store]:
 
 
 async def _until(cond: Callable[[], Any], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + 30
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
+    await wait_until(cond, timeout=30, what=what, interval=0.005)
 
 
 class HeldRounds:

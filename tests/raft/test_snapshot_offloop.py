@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from helpers import wait_until
 from proconsul.raft.node import _RELEASE_SLICE, RaftServer, _release_in_slices
 from proconsul.raft.storage import SnapshotStore, raft_log
 from proconsul.server.consensus import CommandStateMachine
@@ -35,12 +36,8 @@ def _server(tmp_path: Path) -> tuple[RaftServer, Store]:
     return raft, store
 
 
-async def _until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
+    await wait_until(predicate, timeout=30, interval=0.01)
 
 
 def test_snapshots_taken_while_writes_continue_hold_the_state_at_their_index(tmp_path: Path) -> None:
