@@ -326,7 +326,7 @@ def test_deb_on_real_systemd(container: Container) -> None:
 
     # Log lines reach /var/log/proconsul/proconsul.log through rsyslog (facility LOCAL0).
     wait_for(lambda: "agent: started" in box.run("cat /var/log/proconsul/proconsul.log", check=False).stdout,
-             timeout=30, what="rsyslog file")
+             timeout=90, what=lambda: _syslog_chain(box))
 
     assert box.run("stat -c %U:%G /var/log/proconsul/proconsul.log").stdout.strip() == "syslog:adm"
 
@@ -406,6 +406,15 @@ class PrivateLink:
         self.created.clear()
 
 
+def _syslog_chain(box: Container) -> str:
+    """What the syslog path inside `box` shows, for a failure message: the file's tail, the
+    daemons' state, and journald's own word on messages it could not forward."""
+    return f"the agent's lines in rsyslog's file on {box.name}\n" + box.run(
+        "tail -n 20 /var/log/proconsul/proconsul.log; systemctl is-active rsyslog syslog.socket; "
+        "journalctl -b --no-pager -o cat -u systemd-journald -u rsyslog | tail -n 20; "
+        "journalctl -b --no-pager -o cat -t proconsul | grep -c .", check=False).stdout[-4000:]
+
+
 def _members_table(box: Container) -> dict[str, str]:
     """`proconsul members` inside a container as {node: status}."""
     out = box.run("proconsul members", check=False)
@@ -469,7 +478,7 @@ def test_two_containers_form_a_cluster(packages: dict[str, Path]) -> None:
             assert client.run("systemctl is-active proconsul").stdout.strip() == "active"
             wait_for(lambda: "agent: started" in server.run("cat /var/log/proconsul/proconsul.log",
                                                             check=False).stdout,
-                     timeout=30, what="the server's lines in rsyslog's file (rsyslog as root)")
+                     timeout=90, what=lambda: _syslog_chain(server))
 
             both = {"pc2srv": "alive", "pc2cli": "alive"}
             for box in boxes:
