@@ -498,8 +498,9 @@ def rpc_stream_handler(
     return serve
 
 
-# A served connection's read back-pressure (`_Room`): at either bound the serving task reads no
-# further request until both counts have fallen to half of it. `dispatch_now`'s requests (a
+# A served connection's read back-pressure (`_Room`): at either bound the serving task takes no
+# further request until both counts have fallen to half of it (it reads one chunk meanwhile, to
+# see the client hang up). `dispatch_now`'s requests (a
 # follower's batches of writes) end within a Raft round; the task bound is loose, since the
 # blocking queries one agent forwards park there for minutes, and its later requests (the
 # cancels of those queries among them) wait behind the bound.
