@@ -763,6 +763,8 @@ async def test_a_client_pipelining_past_the_bound_fills_no_more_than_the_readers
             await _until(lambda n=n: n in taken, f"request {n} is read once room is made")
             taken[n](n, None)
         assert await client.answers(400) == {n: n for n in range(1, 401)}
+        # The chunk read while waiting at the bound is decoded after the requests before it.
+        assert list(taken) == list(range(1, 401))
     finally:
         writer.close()
         await listener.stop()
